@@ -1,0 +1,138 @@
+//! The one error type every call returns.
+
+use std::io;
+use std::sync::Arc;
+
+/// Why a call, a connection or a handshake failed.
+///
+/// Every variant names a cause the caller can act on. The `Display` text reads as a sentence and
+/// includes the underlying cause, so `println!("{err}")` says everything known.
+///
+/// `RpcError` is `Clone`: when a connection dies, every call pending on it receives the same
+/// reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// Opening the connection (TCP connect, Unix socket connect) failed.
+    #[error("could not connect to the server: {0}")]
+    Connect(Arc<io::Error>),
+
+    /// Connecting and exchanging the handshake did not finish within the connect timeout.
+    #[error("the server did not complete the handshake within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+
+    /// The peer does not speak this protocol: its first frame was not a valid hello.
+    #[error("the handshake failed: {0}")]
+    Handshake(String),
+
+    /// The peer speaks a protocol version this side does not understand.
+    #[error("the peer speaks protocol version {theirs}, but this side speaks version {ours}")]
+    VersionMismatch {
+        /// The version this side speaks.
+        ours: u32,
+        /// The version the peer announced.
+        theirs: u32,
+    },
+
+    /// The server serves a different service than the one this client was generated for.
+    #[error("the server serves `{found}`, but this client was generated for `{expected}`")]
+    WrongService {
+        /// The service this side expected.
+        expected: String,
+        /// The service the peer announced.
+        found: String,
+    },
+
+    /// The connection closed (the peer hung up or the server shut down) before the call
+    /// completed.
+    #[error("the connection closed before the call completed")]
+    ConnectionClosed,
+
+    /// Reading from or writing to the connection failed.
+    #[error("the connection failed: {0}")]
+    Io(Arc<io::Error>),
+
+    /// The peer sent bytes that break the protocol; the connection was closed.
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+
+    /// A frame is over the size limit. Sent frames are checked against the limit the peer
+    /// announced (the call fails, the connection stays up); a received frame over this side's
+    /// limit closes the connection without reading it.
+    #[error("a frame of {size} bytes is over the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The size of the frame's payload in bytes.
+        size: u64,
+        /// The limit it broke.
+        limit: u64,
+    },
+
+    /// The call's arguments could not be encoded; nothing was sent.
+    #[error("the arguments to `{method}` could not be encoded: {reason}")]
+    Encode {
+        /// The method called.
+        method: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The server's answer could not be decoded into the method's return type.
+    #[error("the response to `{method}` could not be decoded: {reason}")]
+    Decode {
+        /// The method called.
+        method: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The server could not decode the call's arguments into the method's parameter types.
+    #[error("the server could not decode the arguments to `{method}`: {reason}")]
+    InvalidArguments {
+        /// The method called.
+        method: String,
+        /// What went wrong, as the server reported it.
+        reason: String,
+    },
+
+    /// The server has no method of this name.
+    #[error("the server has no method named `{method}`")]
+    UnknownMethod {
+        /// The method called.
+        method: String,
+    },
+
+    /// The server has a method of this name, but its arguments or return type differ.
+    #[error(
+        "the server's `{method}` has a different signature than this client's; \
+         rebuild the client from the server's service definition"
+    )]
+    SignatureMismatch {
+        /// The method called.
+        method: String,
+    },
+
+    /// The server's handler panicked while running the call.
+    #[error("the server's handler for `{method}` panicked: {message}")]
+    HandlerPanicked {
+        /// The method called.
+        method: String,
+        /// The panic's message, when it had one.
+        message: String,
+    },
+
+    /// The server ran the call but could not send its result (for example, the result was over
+    /// the client's frame limit, or could not be encoded).
+    #[error("the server could not answer `{method}`: {message}")]
+    Server {
+        /// The method called.
+        method: String,
+        /// What the server reported.
+        message: String,
+    },
+}
+
+impl From<io::Error> for RpcError {
+    fn from(error: io::Error) -> Self {
+        RpcError::Io(Arc::new(error))
+    }
+}

@@ -1,0 +1,90 @@
+//! Define a trait, call it remotely.
+//!
+//! `#[rpc_core::service]` on a trait generates, beside it, a request enum and a response enum
+//! (one variant per method), a client whose methods mirror the trait's and return
+//! `Result<_, RpcError>`, and a server dispatcher. Calls travel postcard-encoded in
+//! length-prefixed frames over TCP, Unix sockets or any byte stream, many at once on one
+//! connection.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! pub struct DivideByZero;
+//!
+//! #[rpc_core::service]
+//! pub trait Calc {
+//!     /// Adds two numbers.
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     /// Divides, refusing to divide by zero.
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, DivideByZero>;
+//! }
+//!
+//! struct MyCalc;
+//!
+//! impl Calc for MyCalc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, DivideByZero> {
+//!         a.checked_div(b).ok_or(DivideByZero)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = rpc_core::Server::bind("127.0.0.1:0").await?;
+//! let addr = server.local_addr()?;
+//! tokio::spawn(server.serve(CalcServer::new(MyCalc)));
+//!
+//! let client = CalcClient::connect(addr).await?;
+//! assert_eq!(client.add(2, 3).await?, 5);
+//! assert_eq!(client.div(1, 0).await?, Err(DivideByZero));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces:
+//! - [`service`]: the attribute macro; see its documentation for what it generates.
+//! - [`Server`] and [`ServerBuilder`]: listen on TCP or a Unix socket, or serve one stream.
+//! - [`ClientBuilder`] and [`Channel`]: connect a generated client; [`Channel`] is the shared,
+//!   multiplexed connection inside it.
+//! - [`RpcError`]: the one error every call returns.
+//!
+//! The bytes on the wire are described in `docs/wire.md` of the repository.
+
+mod client;
+mod error;
+mod protocol;
+mod server;
+mod service;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use client::{Channel, ClientBuilder, ServiceClient};
+pub use error::RpcError;
+pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
+pub use server::{Server, ServerBuilder, serve_connection};
+pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};
+
+/// Turns a trait into a remotely callable service.
+///
+/// For `#[service] pub trait Calc { ... }` it generates, with the trait's visibility:
+///
+/// - the trait itself, with each `async fn` declared as returning a `Send` future, and
+///   `Send + Sync + 'static` as supertraits, so implementations can be served from any thread;
+///   implement it with plain `async fn`s;
+/// - `CalcRequest`: an enum with one variant per method (in UpperCamelCase), its fields named
+///   after the arguments;
+/// - `CalcResponse`: an enum with one variant per method, holding its return value;
+/// - `CalcClient`: a cheap-to-clone client with `connect(addr)`, `from_stream(io)`,
+///   `builder()`, and one `async fn` per method returning `Result<T, RpcError>`;
+/// - `CalcServer<T: Calc>`: `CalcServer::new(implementation)`, the [`Service`] that the
+///   [`Server`] runs.
+///
+/// Arguments and return values may be any types that implement serde's `Serialize` and
+/// `DeserializeOwned`. An application error is just a return type such as
+/// `Result<i64, MyError>`.
+pub use rpc_macros::service;

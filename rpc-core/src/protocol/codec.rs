@@ -1,0 +1,88 @@
+//! postcard encoding into an existing buffer, and strict decoding.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// postcard rejected the bytes or the value.
+    #[error("{0}")]
+    Postcard(#[from] postcard::Error),
+    /// The value decoded, but bytes were left after it.
+    #[error("{0} unexpected bytes followed the value")]
+    TrailingBytes(usize),
+}
+
+/// Appends `value`, postcard-encoded, to `out`.
+pub(crate) fn append<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let start = out.len();
+    match postcard::serialize_with_flavor(value, AppendTo(out)) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            out.truncate(start);
+            Err(error.into())
+        }
+    }
+}
+
+/// Decodes a `T` that must fill `bytes` exactly: trailing bytes mean the two sides disagree on
+/// the type, and are an error rather than silently ignored.
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(CodecError::TrailingBytes(rest.len()))
+    }
+}
+
+/// A postcard flavor that appends to a `Vec` a slice at a time.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_keeps_what_was_there() {
+        let mut out = vec![9];
+        append(&(1u8, "hi"), &mut out).expect("encodes");
+        assert_eq!(out, [9, 1, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn decode_exact_rejects_trailing_bytes() {
+        assert_eq!(decode_exact::<u8>(&[5]), Ok(5));
+        assert_eq!(
+            decode_exact::<u8>(&[5, 6, 7]),
+            Err(CodecError::TrailingBytes(2))
+        );
+        assert!(matches!(
+            decode_exact::<u64>(&[]),
+            Err(CodecError::Postcard(_))
+        ));
+    }
+}

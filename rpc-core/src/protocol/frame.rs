@@ -1,0 +1,246 @@
+//! Reading and writing length-prefixed frames.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::LENGTH_PREFIX;
+use crate::RpcError;
+
+/// How much the read buffer grows by at most per read, whatever length a frame claims. Memory
+/// follows the bytes that actually arrive, never the number in a length prefix.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A read buffer larger than this is dropped once it empties, so an idle connection holds
+/// little memory.
+const IDLE_BUFFER_KEEP: usize = 8 * 1024;
+
+/// Frames smaller than this are copied together into one write; larger ones go out directly.
+const COALESCE_BELOW: usize = 16 * 1024;
+
+/// The most bytes gathered into one coalesced write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Reads frames from a byte stream.
+#[derive(Debug)]
+pub(crate) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    max_frame_len: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(io: R, max_frame_len: usize) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::new(),
+            max_frame_len,
+        }
+    }
+
+    /// Changes the largest payload accepted from here on.
+    pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+
+    /// Reads the next frame's payload. `Ok(None)` means the peer closed the stream cleanly,
+    /// between frames.
+    ///
+    /// Cancel safe: bytes read so far stay buffered for the next call.
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
+        loop {
+            let wanted = if self.buf.len() >= LENGTH_PREFIX {
+                let mut prefix = [0; LENGTH_PREFIX];
+                prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX]);
+                let size = u32::from_be_bytes(prefix) as usize;
+                if size > self.max_frame_len {
+                    return Err(RpcError::FrameTooLarge {
+                        size: size as u64,
+                        limit: self.max_frame_len as u64,
+                    });
+                }
+                let needed = LENGTH_PREFIX + size;
+                if self.buf.len() >= needed {
+                    self.buf.advance(LENGTH_PREFIX);
+                    let payload = self.buf.split_to(size).freeze();
+                    if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_KEEP {
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(Some(payload));
+                }
+                needed - self.buf.len()
+            } else {
+                LENGTH_PREFIX - self.buf.len()
+            };
+            self.buf.reserve(wanted.clamp(IDLE_BUFFER_KEEP, READ_CHUNK));
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(RpcError::Protocol(
+                        "the stream ended in the middle of a frame".into(),
+                    ))
+                };
+            }
+        }
+    }
+}
+
+/// Writes whole frames that are already encoded, length prefix included.
+#[derive(Debug)]
+pub(crate) struct FrameWriter<W> {
+    io: W,
+    batch: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(io: W) -> Self {
+        FrameWriter {
+            io,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Writes one frame and flushes it.
+    pub(crate) async fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(frame).await?;
+        self.io.flush().await
+    }
+
+    /// Writes `first` and every frame already queued behind it, gathering small frames into
+    /// few large writes, then flushes.
+    async fn send_queued(
+        &mut self,
+        first: Vec<u8>,
+        queue: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> std::io::Result<()> {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            next = queue.try_recv().ok();
+            if frame.len() >= COALESCE_BELOW || (self.batch.is_empty() && next.is_none()) {
+                self.write_batch().await?;
+                self.io.write_all(&frame).await?;
+            } else {
+                self.batch.extend_from_slice(&frame);
+                if self.batch.len() >= COALESCE_LIMIT {
+                    self.write_batch().await?;
+                }
+            }
+        }
+        self.write_batch().await?;
+        if self.batch.capacity() > 2 * COALESCE_LIMIT {
+            self.batch = Vec::new();
+        }
+        self.io.flush().await
+    }
+
+    async fn write_batch(&mut self) -> std::io::Result<()> {
+        if !self.batch.is_empty() {
+            self.io.write_all(&self.batch).await?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Sends every frame that arrives on `queue` until all its senders are gone, then shuts the
+/// write side down so the peer sees the end of the stream.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Some(frame) = queue.recv().await {
+        writer.send_queued(frame, &mut queue).await?;
+    }
+    writer.io.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_frames_split_across_reads() {
+        let mut bytes = frame(b"hello");
+        bytes.extend(frame(b""));
+        bytes.extend(frame(&[7; 100_000]));
+        let (mut tx, rx) = tokio::io::duplex(17);
+        let writer = tokio::spawn(async move { tx.write_all(&bytes).await });
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        assert_eq!(
+            reader.next_frame().await.expect("frame"),
+            Some(Bytes::from_static(b"hello"))
+        );
+        assert_eq!(
+            reader.next_frame().await.expect("frame"),
+            Some(Bytes::new())
+        );
+        let big = reader.next_frame().await.expect("frame").expect("some");
+        assert_eq!(big.len(), 100_000);
+        writer.await.expect("joins").expect("writes");
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+
+    #[tokio::test]
+    async fn refuses_an_oversized_length_without_reading_it() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(&u32::MAX.to_be_bytes()).await.expect("writes");
+        let mut reader = FrameReader::new(rx, 1024);
+        let err = reader.next_frame().await.expect_err("too large");
+        assert!(matches!(
+            err,
+            RpcError::FrameTooLarge {
+                size: 4_294_967_295,
+                limit: 1024
+            }
+        ));
+        assert!(reader.buf.capacity() <= READ_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_a_protocol_error() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(&frame(b"hello")[..6]).await.expect("writes");
+        drop(tx);
+        let mut reader = FrameReader::new(rx, 1024);
+        let err = reader.next_frame().await.expect_err("truncated");
+        assert!(matches!(err, RpcError::Protocol(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn coalesced_writes_keep_frame_order() {
+        let (tx, rx) = tokio::io::duplex(1 << 20);
+        let (queue_tx, queue_rx) = mpsc::channel(64);
+        for i in 0..50u8 {
+            queue_tx.send(frame(&[i; 3])).await.expect("queued");
+        }
+        queue_tx.send(frame(&[99; 20_000])).await.expect("queued");
+        drop(queue_tx);
+        write_frames(FrameWriter::new(tx), queue_rx)
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        for i in 0..50u8 {
+            assert_eq!(
+                reader.next_frame().await.expect("frame").expect("some")[..],
+                [i; 3]
+            );
+        }
+        assert_eq!(
+            reader
+                .next_frame()
+                .await
+                .expect("frame")
+                .expect("some")
+                .len(),
+            20_000
+        );
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The handshake: the first frame each side sends.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{FrameReader, FrameWriter, Head, MAX_FRAME_LEN_CAP, finish_frame};
+use crate::RpcError;
+use crate::service::{MethodInfo, ServiceInfo};
+
+/// The first four bytes after a hello's kind byte: "rpcc".
+pub(crate) const MAGIC: [u8; 4] = *b"rpcc";
+
+/// The protocol version this crate speaks.
+pub(crate) const VERSION: u32 = 1;
+
+/// The largest hello accepted. Generous for any real service, small enough that a peer speaking
+/// another protocol is refused at once.
+pub(crate) const MAX_HELLO_LEN: usize = 64 * 1024;
+
+/// The handshake frame: who this side is and what it accepts.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello<'a> {
+    magic: [u8; 4],
+    version: u32,
+    /// The largest frame payload this side accepts.
+    max_frame_len: u32,
+    /// The service's name, the trait's identifier.
+    service: &'a str,
+    /// Every method with its signature fingerprint.
+    #[serde(borrow)]
+    methods: MethodTable<'a>,
+}
+
+/// What one side learned about the other from its hello.
+#[derive(Debug)]
+pub(crate) struct PeerInfo {
+    /// The largest frame payload the peer accepts.
+    pub(crate) max_frame_len: usize,
+    /// The peer's methods and their fingerprints.
+    pub(crate) methods: HashMap<String, u64>,
+}
+
+impl PeerInfo {
+    /// Checks a method this side is about to call against the peer's table.
+    pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
+        match self.methods.get(method.name) {
+            None => Err(RpcError::UnknownMethod {
+                method: method.name.to_owned(),
+            }),
+            Some(&fingerprint) if fingerprint != method.fingerprint => {
+                Err(RpcError::SignatureMismatch {
+                    method: method.name.to_owned(),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl<'a> Hello<'a> {
+    pub(crate) fn new(service: &'a ServiceInfo, max_frame_len: usize) -> Self {
+        Hello {
+            magic: MAGIC,
+            version: VERSION,
+            max_frame_len: max_frame_len.min(MAX_FRAME_LEN_CAP) as u32,
+            service: service.name,
+            methods: MethodTable::Local(service.methods),
+        }
+    }
+
+    /// Writes this hello as one frame.
+    pub(crate) async fn send<W: AsyncWrite + Unpin>(
+        self,
+        writer: &mut FrameWriter<W>,
+    ) -> Result<(), RpcError> {
+        let mut frame = Head::Hello(self)
+            .begin_frame()
+            .map_err(|e| RpcError::Protocol(format!("the hello could not be encoded: {e}")))?;
+        finish_frame(&mut frame, MAX_HELLO_LEN)?;
+        writer.send(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads the peer's hello and checks that it speaks this protocol and serves
+    /// `expected_service`.
+    pub(crate) async fn receive<R: AsyncRead + Unpin>(
+        reader: &mut FrameReader<R>,
+        max_frame_len: usize,
+        expected_service: &str,
+    ) -> Result<PeerInfo, RpcError> {
+        let not_a_peer =
+            || RpcError::Handshake("the peer's first frame is not an rpc-core hello".into());
+        reader.set_max_frame_len(MAX_HELLO_LEN.min(max_frame_len));
+        let payload = match reader.next_frame().await {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Err(RpcError::ConnectionClosed),
+            Err(RpcError::FrameTooLarge { .. } | RpcError::Protocol(_)) => {
+                return Err(not_a_peer());
+            }
+            Err(other) => return Err(other),
+        };
+        reader.set_max_frame_len(max_frame_len);
+
+        // Kind, magic and version first: they keep their place in every version, so a peer
+        // speaking another version is told so, not that its hello is garbage.
+        let Some((&HELLO_KIND, after_kind)) = payload.split_first() else {
+            return Err(not_a_peer());
+        };
+        match postcard::take_from_bytes::<([u8; 4], u32)>(after_kind) {
+            Ok(((MAGIC, VERSION), _)) => {}
+            Ok(((MAGIC, theirs), _)) => {
+                return Err(RpcError::VersionMismatch {
+                    ours: VERSION,
+                    theirs,
+                });
+            }
+            _ => return Err(not_a_peer()),
+        }
+        // Bytes after the method table are ignored: later versions may append fields.
+        let Ok((Head::Hello(hello), _)) = Head::decode(&payload) else {
+            return Err(not_a_peer());
+        };
+        if hello.service != expected_service {
+            return Err(RpcError::WrongService {
+                expected: expected_service.to_owned(),
+                found: hello.service.to_owned(),
+            });
+        }
+        Ok(PeerInfo {
+            max_frame_len: hello.max_frame_len as usize,
+            methods: match hello.methods {
+                MethodTable::Remote(methods) => methods,
+                MethodTable::Local(_) => HashMap::new(),
+            },
+        })
+    }
+}
+
+/// The first byte of a hello's payload: the index of [`Head::Hello`].
+const HELLO_KIND: u8 = 0;
+
+/// The method list of a hello: written from the local [`ServiceInfo`], read into a map. It is
+/// read element by element, so the count the peer claims sizes no allocation.
+#[derive(Debug)]
+enum MethodTable<'a> {
+    Local(&'a [MethodInfo]),
+    Remote(HashMap<String, u64>),
+}
+
+impl Serialize for MethodTable<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MethodTable::Local(methods) => {
+                let mut seq = serializer.serialize_seq(Some(methods.len()))?;
+                for method in methods.iter() {
+                    seq.serialize_element(&(method.name, method.fingerprint))?;
+                }
+                seq.end()
+            }
+            MethodTable::Remote(methods) => serializer.collect_seq(methods.iter()),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MethodTable<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TableVisitor;
+        impl<'de> Visitor<'de> for TableVisitor {
+            type Value = HashMap<String, u64>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of (method name, fingerprint) pairs")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut methods = HashMap::new();
+                while let Some((name, fingerprint)) = seq.next_element::<(&'de str, u64)>()? {
+                    methods.insert(name.to_owned(), fingerprint);
+                }
+                Ok(methods)
+            }
+        }
+        deserializer
+            .deserialize_seq(TableVisitor)
+            .map(MethodTable::Remote)
+    }
+}

@@ -1,0 +1,188 @@
+//! The wire protocol: what each frame carries. `docs/wire.md` describes the same thing byte by
+//! byte; keep the two in step.
+//!
+//! A frame is a 4-byte big-endian payload length followed by the payload. The payload starts
+//! with a postcard-encoded [`Head`]; for a request the rest of the payload is the arguments, for
+//! a successful response it is the return value, both postcard-encoded.
+
+mod codec;
+mod frame;
+mod hello;
+
+pub use codec::CodecError;
+pub(crate) use codec::{append, decode_exact};
+pub(crate) use frame::{FrameReader, FrameWriter, write_frames};
+pub(crate) use hello::{Hello, PeerInfo};
+
+use serde::{Deserialize, Serialize};
+
+/// The byte length of the frame header (the payload length).
+pub(crate) const LENGTH_PREFIX: usize = 4;
+
+/// The default limit on a frame's payload: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// The largest limit the 4-byte length prefix can express.
+pub(crate) const MAX_FRAME_LEN_CAP: usize = u32::MAX as usize;
+
+/// What a frame is. The variant index is the first byte of every payload (postcard encodes it
+/// as a varint, and every index here is below 128).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Head<'a> {
+    /// 0: the first frame each side sends.
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// 1: a call; the rest of the payload is the arguments.
+    Request {
+        /// Chosen by the client, unique among its calls in flight on the connection.
+        id: u64,
+        /// The method's name as written in the trait (without `r#`).
+        method: &'a str,
+    },
+    /// 2: the answer to the request with the same id.
+    Response {
+        /// The id of the request answered.
+        id: u64,
+        /// Whether the call succeeded; on success the rest of the payload is the return value.
+        outcome: Outcome<'a>,
+    },
+}
+
+/// How a call ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome<'a> {
+    /// 0: the handler returned; its value follows the head.
+    Ok,
+    /// 1: the call failed before or while running; nothing follows the head.
+    Err {
+        /// One of the [`code`] constants.
+        code: u32,
+        /// A sentence for people.
+        message: &'a str,
+    },
+}
+
+/// The error codes of [`Outcome::Err`].
+pub(crate) mod code {
+    /// The server has no method of that name.
+    pub(crate) const UNKNOWN_METHOD: u32 = 1;
+    /// The arguments did not decode into the method's parameter types.
+    pub(crate) const INVALID_ARGUMENTS: u32 = 2;
+    /// The handler panicked.
+    pub(crate) const HANDLER_PANICKED: u32 = 3;
+    /// The encoded return value is over the client's frame limit.
+    pub(crate) const RESPONSE_TOO_LARGE: u32 = 4;
+    /// The return value could not be encoded.
+    pub(crate) const RESPONSE_ENCODE_FAILED: u32 = 5;
+}
+
+impl<'a> Head<'a> {
+    /// The frame kind's name, for error messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Head::Hello(_) => "hello",
+            Head::Request { .. } => "request",
+            Head::Response { .. } => "response",
+        }
+    }
+
+    /// Splits a frame's payload into its head and the bytes after it.
+    pub(crate) fn decode(payload: &'a [u8]) -> Result<(Head<'a>, &'a [u8]), CodecError> {
+        postcard::take_from_bytes(payload).map_err(CodecError::from)
+    }
+
+    /// Starts a frame: room for the length prefix, then this head.
+    pub(crate) fn begin_frame(&self) -> Result<Vec<u8>, CodecError> {
+        let mut frame = Vec::with_capacity(64);
+        frame.extend_from_slice(&[0; LENGTH_PREFIX]);
+        append(self, &mut frame)?;
+        Ok(frame)
+    }
+}
+
+/// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
+/// over `limit` bytes.
+pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::RpcError> {
+    let size = frame.len() - LENGTH_PREFIX;
+    if size > limit.min(MAX_FRAME_LEN_CAP) {
+        return Err(crate::RpcError::FrameTooLarge {
+            size: size as u64,
+            limit: limit as u64,
+        });
+    }
+    // `size` fits in u32: it is at most MAX_FRAME_LEN_CAP.
+    frame[..LENGTH_PREFIX].copy_from_slice(&(size as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Builds a complete error response frame. Error frames are small, so they always fit.
+pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Vec<u8> {
+    let head = Head::Response {
+        id,
+        outcome: Outcome::Err { code, message },
+    };
+    let mut frame = Vec::with_capacity(32 + message.len());
+    frame.extend_from_slice(&[0; LENGTH_PREFIX]);
+    // Serializing a head into a Vec cannot fail: it has no maps, sequences of unknown length or
+    // custom serializers.
+    if append(&head, &mut frame).is_err() {
+        unreachable!("a response head always encodes");
+    }
+    let size = (frame.len() - LENGTH_PREFIX) as u32;
+    frame[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_bytes_match_wire_md() {
+        // docs/wire.md, "Example": call `add` with id 1.
+        let mut frame = Head::Request {
+            id: 1,
+            method: "add",
+        }
+        .begin_frame()
+        .expect("encodes");
+        append(&(2i64, 3i64), &mut frame).expect("encodes");
+        finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
+        assert_eq!(
+            frame,
+            [0, 0, 0, 8, 0x01, 0x01, 0x03, b'a', b'd', b'd', 0x04, 0x06]
+        );
+    }
+
+    #[test]
+    fn response_head_bytes_match_wire_md() {
+        let mut frame = Head::Response {
+            id: 1,
+            outcome: Outcome::Ok,
+        }
+        .begin_frame()
+        .expect("encodes");
+        append(&5i64, &mut frame).expect("encodes");
+        finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
+        assert_eq!(frame, [0, 0, 0, 4, 0x02, 0x01, 0x00, 0x0a]);
+
+        let frame = error_response(7, code::UNKNOWN_METHOD, "no");
+        assert_eq!(
+            frame,
+            [0, 0, 0, 7, 0x02, 0x07, 0x01, 0x01, 0x02, b'n', b'o']
+        );
+    }
+
+    #[test]
+    fn finish_frame_refuses_payloads_over_the_limit() {
+        let mut frame = vec![0u8; LENGTH_PREFIX + 11];
+        let err = finish_frame(&mut frame, 10).expect_err("over the limit");
+        assert!(matches!(
+            err,
+            crate::RpcError::FrameTooLarge {
+                size: 11,
+                limit: 10
+            }
+        ));
+    }
+}

@@ -1,0 +1,381 @@
+//! Writes the code for a validated service. Everything is named by absolute path and every
+//! local the generated code introduces has a mixed-site span, so nothing the user declares can
+//! capture or shadow it.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::Ident;
+use syn::spanned::Spanned;
+
+use crate::parse::{Method, Service};
+
+pub(crate) fn service(service: &Service) -> TokenStream {
+    let service_trait = service_trait(service);
+    let request = request_enum(service);
+    let response = response_enum(service);
+    let client = client(service);
+    let server = server(service);
+    quote! {
+        #service_trait
+        #request
+        #response
+        #client
+        #server
+    }
+}
+
+/// A name for a generated local that user code cannot see or shadow.
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+fn service_trait(service: &Service) -> TokenStream {
+    let Service {
+        attrs,
+        vis,
+        ident,
+        supertraits,
+        methods,
+    } = service;
+    let supertraits = supertraits.iter();
+    let methods = methods.iter().map(|method| {
+        let Method {
+            attrs,
+            ident,
+            args,
+            output,
+            ..
+        } = method;
+        let arg_idents = args.iter().map(|arg| &arg.ident);
+        let arg_types = args.iter().map(|arg| &arg.ty);
+        let future = quote_spanned! {output.span()=>
+            impl ::core::future::Future<Output = #output> + ::core::marker::Send
+        };
+        quote! {
+            #(#attrs)*
+            fn #ident(&self, #(#arg_idents: #arg_types),*) -> #future;
+        }
+    });
+    quote! {
+        #(#attrs)*
+        #vis trait #ident: ::core::marker::Send + ::core::marker::Sync + 'static #(+ #supertraits)* {
+            #(#methods)*
+        }
+    }
+}
+
+fn serde_derives() -> TokenStream {
+    quote! {
+        #[derive(::rpc_core::__private::serde::Serialize, ::rpc_core::__private::serde::Deserialize)]
+        #[serde(crate = "::rpc_core::__private::serde")]
+    }
+}
+
+fn request_enum(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let name = format_ident!("{}Request", service.ident);
+    let doc = format!(
+        "A call of the [`{}`] service: one variant per method, one field per argument.",
+        service.ident
+    );
+    let derives = serde_derives();
+    let variants = service.methods.iter().map(|method| {
+        let cfgs = &method.cfgs;
+        let variant = &method.variant;
+        let doc = format!("The arguments of [`{}::{}`].", service.ident, method.ident);
+        if method.args.is_empty() {
+            return quote! { #(#cfgs)* #[doc = #doc] #variant, };
+        }
+        let fields = method.args.iter().map(|arg| {
+            let (ident, ty) = (&arg.ident, &arg.ty);
+            let doc = format!("The `{ident}` argument.");
+            quote! { #[doc = #doc] #ident: #ty }
+        });
+        quote! { #(#cfgs)* #[doc = #doc] #variant { #(#fields),* }, }
+    });
+    quote! {
+        #[doc = #doc]
+        #derives
+        #vis enum #name {
+            #(#variants)*
+        }
+    }
+}
+
+fn response_enum(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let name = format_ident!("{}Response", service.ident);
+    let doc = format!(
+        "A result of the [`{}`] service: one variant per method, holding its return value.",
+        service.ident
+    );
+    let derives = serde_derives();
+    let variants = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            variant,
+            output,
+            ..
+        } = method;
+        let doc = format!("What [`{}::{}`] returned.", service.ident, method.ident);
+        quote! { #(#cfgs)* #[doc = #doc] #variant(#output), }
+    });
+    quote! {
+        #[doc = #doc]
+        #derives
+        #vis enum #name {
+            #(#variants)*
+        }
+    }
+}
+
+fn method_info(method: &Method) -> TokenStream {
+    let name = &method.name;
+    let fingerprint = method.fingerprint;
+    quote! { ::rpc_core::MethodInfo { name: #name, fingerprint: #fingerprint } }
+}
+
+fn service_info(service: &Service) -> TokenStream {
+    let name = service.ident.to_string();
+    let methods = service.methods.iter().map(|method| {
+        let cfgs = &method.cfgs;
+        let info = method_info(method);
+        quote! { #(#cfgs)* #info }
+    });
+    quote! {
+        ::rpc_core::ServiceInfo { name: #name, methods: &[#(#methods),*] }
+    }
+}
+
+fn client(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let trait_ident = &service.ident;
+    let name = format_ident!("{}Client", service.ident);
+    let doc = format!(
+        "A client of the [`{trait_ident}`] service: one `async fn` per method, each returning \
+         `Result<_, RpcError>`.\n\nCheap to clone; clones share one connection, over which any \
+         number of calls may be in flight."
+    );
+    let info = service_info(service);
+    let channel = local("channel");
+    let methods = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            docs,
+            ident,
+            args,
+            output,
+            ..
+        } = method;
+        let arg_idents: Vec<&Ident> = args.iter().map(|arg| &arg.ident).collect();
+        let arg_types = args.iter().map(|arg| &arg.ty);
+        let info = method_info(method);
+        quote! {
+            #(#cfgs)*
+            #(#docs)*
+            #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
+                -> ::core::result::Result<#output, ::rpc_core::RpcError>
+            {
+                self.#channel.call(&#info, &(#(#arg_idents,)*)).await
+            }
+        }
+    });
+    let stream = local("S");
+    quote! {
+        #[doc = #doc]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #vis struct #name {
+            #channel: ::rpc_core::Channel,
+        }
+
+        impl #name {
+            /// Connects over TCP to `addr`, with the default settings.
+            #vis async fn connect(
+                addr: impl ::rpc_core::__private::ToSocketAddrs,
+            ) -> ::core::result::Result<Self, ::rpc_core::RpcError> {
+                Self::builder().connect(addr).await
+            }
+
+            /// Connects over a stream you opened (a Unix socket, an in-memory pipe, TLS), with
+            /// the default settings.
+            #vis async fn from_stream<#stream>(
+                stream: #stream,
+            ) -> ::core::result::Result<Self, ::rpc_core::RpcError>
+            where
+                #stream: ::rpc_core::__private::AsyncRead
+                    + ::rpc_core::__private::AsyncWrite
+                    + ::core::marker::Send
+                    + 'static,
+            {
+                Self::builder().connect_stream(stream).await
+            }
+
+            /// Settings for a new connection: frame limit, connect timeout.
+            #vis fn builder() -> ::rpc_core::ClientBuilder<Self> {
+                ::rpc_core::ClientBuilder::new()
+            }
+
+            #(#methods)*
+        }
+
+        impl ::rpc_core::ServiceClient for #name {
+            const INFO: ::rpc_core::ServiceInfo = #info;
+
+            fn from_channel(channel: ::rpc_core::Channel) -> Self {
+                Self { #channel: channel }
+            }
+        }
+    }
+}
+
+fn server(service: &Service) -> TokenStream {
+    let vis = &service.vis;
+    let trait_ident = &service.ident;
+    let name = format_ident!("{}Server", service.ident);
+    let request = format_ident!("{}Request", service.ident);
+    let response = format_ident!("{}Response", service.ident);
+    let doc = format!(
+        "Serves an implementation of [`{trait_ident}`]: decodes each request, calls the \
+         implementation, encodes the result. Give it to `rpc_core::Server::serve`.\n\nCheap to \
+         clone; clones share the implementation."
+    );
+    let info = service_info(service);
+    let implementation = local("implementation");
+    let imp = local("__RpcImpl");
+    let (method, args, req, resp, out, value) = (
+        local("method"),
+        local("args"),
+        local("request"),
+        local("response"),
+        local("out"),
+        local("value"),
+    );
+
+    let decode_arms = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            name,
+            variant,
+            args: params,
+            ..
+        } = method;
+        let idents: Vec<&Ident> = params.iter().map(|arg| &arg.ident).collect();
+        let types = params.iter().map(|arg| &arg.ty);
+        let build = if idents.is_empty() {
+            quote! { #request::#variant }
+        } else {
+            quote! { #request::#variant { #(#idents),* } }
+        };
+        quote! {
+            #(#cfgs)*
+            #name => ::rpc_core::__private::decode_args::<(#(#types,)*)>(#args)
+                .map(|(#(#idents,)*)| #build),
+        }
+    });
+    let name_arms = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            name,
+            variant,
+            ..
+        } = method;
+        quote! { #(#cfgs)* #request::#variant { .. } => #name, }
+    });
+    let call_arms = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            ident,
+            variant,
+            args: params,
+            ..
+        } = method;
+        let idents: Vec<&Ident> = params.iter().map(|arg| &arg.ident).collect();
+        let pattern = if idents.is_empty() {
+            quote! { #request::#variant }
+        } else {
+            quote! { #request::#variant { #(#idents),* } }
+        };
+        quote! {
+            #(#cfgs)*
+            #pattern => #response::#variant(
+                <#imp as #trait_ident>::#ident(&#implementation, #(#idents),*).await
+            ),
+        }
+    });
+    let encode_arms = service.methods.iter().map(|method| {
+        let Method { cfgs, variant, .. } = method;
+        quote! {
+            #(#cfgs)*
+            #response::#variant(#value) => ::rpc_core::__private::encode_value(#value, #out),
+        }
+    });
+
+    quote! {
+        #[doc = #doc]
+        #vis struct #name<T> {
+            #implementation: ::rpc_core::__private::Arc<T>,
+        }
+
+        impl<#imp: #trait_ident> #name<#imp> {
+            /// Wraps the implementation that every connection and call will share.
+            #vis fn new(implementation: #imp) -> Self {
+                Self { #implementation: ::rpc_core::__private::Arc::new(implementation) }
+            }
+        }
+
+        impl<#imp> ::core::clone::Clone for #name<#imp> {
+            fn clone(&self) -> Self {
+                Self { #implementation: ::rpc_core::__private::Arc::clone(&self.#implementation) }
+            }
+        }
+
+        impl<#imp> ::core::fmt::Debug for #name<#imp> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#name)).finish_non_exhaustive()
+            }
+        }
+
+        impl<#imp: #trait_ident> ::rpc_core::Service for #name<#imp> {
+            const INFO: ::rpc_core::ServiceInfo = #info;
+            type Request = #request;
+            type Response = #response;
+
+            fn decode_request(
+                #method: &::core::primitive::str,
+                #args: &[::core::primitive::u8],
+            ) -> ::core::result::Result<#request, ::rpc_core::DecodeError> {
+                match #method {
+                    #(#decode_arms)*
+                    _ => ::core::result::Result::Err(::rpc_core::DecodeError::UnknownMethod),
+                }
+            }
+
+            fn method_name(#req: &#request) -> &'static ::core::primitive::str {
+                match #req {
+                    #(#name_arms)*
+                }
+            }
+
+            fn call(
+                &self,
+                #req: #request,
+            ) -> impl ::core::future::Future<Output = #response> + ::core::marker::Send + 'static {
+                let #implementation = ::rpc_core::__private::Arc::clone(&self.#implementation);
+                async move {
+                    match #req {
+                        #(#call_arms)*
+                    }
+                }
+            }
+
+            fn encode_response(
+                #resp: &#response,
+                #out: &mut ::rpc_core::__private::Vec<::core::primitive::u8>,
+            ) -> ::core::result::Result<(), ::rpc_core::CodecError> {
+                match #resp {
+                    #(#encode_arms)*
+                }
+            }
+        }
+    }
+}

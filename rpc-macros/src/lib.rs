@@ -1,0 +1,46 @@
+//! The `#[service]` attribute. Use it through `rpc_core::service`, whose documentation says what
+//! it generates.
+//!
+//! The work is split by phase: [`parse`] turns the trait into a plain model and reports every
+//! shape it cannot serve, [`validate`] checks the rules between methods, [`expand`] writes the
+//! code. Every error is spanned at the token that breaks the rule.
+
+mod expand;
+mod fingerprint;
+mod names;
+mod parse;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Turns a trait into a remotely callable service. See `rpc_core::service`.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    let args = proc_macro2::TokenStream::from(args);
+    let input = proc_macro2::TokenStream::from(input);
+    match generate(args, input.clone()) {
+        Ok(output) => output.into(),
+        // Keep the user's trait so that its other uses still resolve, and add the errors.
+        Err(error) => {
+            let mut output = input;
+            output.extend(error.into_compile_error());
+            output.into()
+        }
+    }
+}
+
+fn generate(
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    if !args.is_empty() {
+        return Err(syn::Error::new_spanned(
+            args,
+            "#[service] takes no arguments",
+        ));
+    }
+    let item: syn::ItemTrait = syn::parse2(input)?;
+    let service = parse::service(item)?;
+    validate::service(&service)?;
+    Ok(expand::service(&service))
+}

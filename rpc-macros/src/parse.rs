@@ -1,0 +1,271 @@
+//! From the trait as written to a plain model of the service, refusing every shape the runtime
+//! cannot serve. All problems are reported at once, each at its own token.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, format_ident};
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
+use syn::visit::Visit;
+use syn::{
+    Attribute, FnArg, Ident, ItemTrait, Pat, ReturnType, Signature, Token, TraitItem, TraitItemFn,
+    Type, TypeParamBound, Visibility,
+};
+
+use crate::{fingerprint, names};
+
+/// A service trait.
+pub(crate) struct Service {
+    /// The trait's attributes, kept on the trait.
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) ident: Ident,
+    pub(crate) supertraits: Punctuated<TypeParamBound, Token![+]>,
+    pub(crate) methods: Vec<Method>,
+}
+
+/// One `async fn` of the trait.
+pub(crate) struct Method {
+    /// Every attribute, kept on the trait method.
+    pub(crate) attrs: Vec<Attribute>,
+    /// The `#[cfg]` attributes, repeated on every item generated for the method.
+    pub(crate) cfgs: Vec<Attribute>,
+    /// The doc comments, repeated on the client method.
+    pub(crate) docs: Vec<Attribute>,
+    pub(crate) ident: Ident,
+    /// The name on the wire: the identifier without `r#`.
+    pub(crate) name: String,
+    /// The request and response variant.
+    pub(crate) variant: Ident,
+    pub(crate) args: Vec<Arg>,
+    /// The return type; `()` when none is written.
+    pub(crate) output: Type,
+    pub(crate) fingerprint: u64,
+}
+
+/// One argument after `&self`.
+pub(crate) struct Arg {
+    pub(crate) ident: Ident,
+    pub(crate) ty: Type,
+}
+
+/// Collects errors so that one compile shows them all.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(errors) => errors.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    pub(crate) fn finish<T>(self, value: T) -> syn::Result<T> {
+        match self.0 {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+}
+
+pub(crate) fn service(item: ItemTrait) -> syn::Result<Service> {
+    let mut errors = Errors::default();
+    if let Some(unsafety) = &item.unsafety {
+        errors.spanned(unsafety, "a service trait cannot be `unsafe`");
+    }
+    if let Some(auto) = &item.auto_token {
+        errors.spanned(auto, "a service trait cannot be an `auto` trait");
+    }
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errors.spanned(
+            &item.generics,
+            "generic service traits are not supported; both sides must agree on concrete types",
+        );
+    }
+    let mut methods = Vec::new();
+    for trait_item in item.items {
+        match trait_item {
+            TraitItem::Fn(function) => methods.push(method(function, &mut errors)),
+            other => errors.spanned(other, "a service trait may contain only `async fn` methods"),
+        }
+    }
+    errors.finish(Service {
+        attrs: item.attrs,
+        vis: item.vis,
+        ident: item.ident,
+        supertraits: item.supertraits,
+        methods,
+    })
+}
+
+fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
+    let TraitItemFn {
+        attrs,
+        sig,
+        default,
+        ..
+    } = function;
+    if let Some(body) = &default {
+        errors.spanned(
+            body,
+            "rpc methods cannot have a default body; implement them in the `impl` block",
+        );
+    }
+    check_qualifiers(&sig, errors);
+    check_receiver(&sig, errors);
+    let args = arguments(&sig, errors);
+    let output = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => {
+            check_owned(ty, "return types", errors);
+            (**ty).clone()
+        }
+    };
+
+    let name = sig.ident.unraw().to_string();
+    let variant = format_ident!("{}", names::upper_camel(&name), span = sig.ident.span());
+    let arg_types: Vec<TokenStream> = args.iter().map(|arg| arg.ty.to_token_stream()).collect();
+    let fingerprint = fingerprint::method(&name, &arg_types, &output.to_token_stream());
+    let cfgs = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .cloned()
+        .collect();
+    let docs = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    Method {
+        attrs,
+        cfgs,
+        docs,
+        ident: sig.ident,
+        name,
+        variant,
+        args,
+        output,
+        fingerprint,
+    }
+}
+
+fn check_qualifiers(sig: &Signature, errors: &mut Errors) {
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            "rpc methods must be `async fn`: a remote call always waits for the network",
+        );
+    }
+    if let Some(constness) = &sig.constness {
+        errors.spanned(constness, "rpc methods cannot be `const`");
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.spanned(unsafety, "rpc methods cannot be `unsafe`");
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(abi, "rpc methods cannot have an `extern` ABI");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.spanned(
+            &sig.generics,
+            "generic rpc methods are not supported; both sides must agree on concrete types",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(variadic, "rpc methods cannot be variadic");
+    }
+}
+
+fn check_receiver(sig: &Signature, errors: &mut Errors) {
+    const TAKE_REF_SELF: &str = "rpc methods take `&self` as their first argument";
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(receiver)) => {
+            if receiver.reference.is_none() {
+                errors.spanned(
+                    receiver,
+                    "`self` by value is not supported: the server calls one shared \
+                     implementation; take `&self`",
+                );
+            } else if receiver.mutability.is_some() {
+                errors.spanned(
+                    receiver,
+                    "`&mut self` is not supported: calls run concurrently on one shared \
+                     implementation; take `&self` and use interior mutability",
+                );
+            } else if receiver.colon_token.is_some() {
+                errors.spanned(receiver, TAKE_REF_SELF);
+            } else if let Some((_, Some(lifetime))) = &receiver.reference {
+                errors.spanned(
+                    lifetime,
+                    "rpc methods take plain `&self`, without a lifetime",
+                );
+            }
+        }
+        Some(FnArg::Typed(first)) => errors.spanned(first, TAKE_REF_SELF),
+        None => errors.push(syn::Error::new(sig.paren_token.span.join(), TAKE_REF_SELF)),
+    }
+}
+
+fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
+    let mut args = Vec::new();
+    for input in sig.inputs.iter().skip(1) {
+        let FnArg::Typed(typed) = input else {
+            continue; // a second `self` is rejected by the compiler itself
+        };
+        check_owned(&typed.ty, "arguments", errors);
+        match &*typed.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => args.push(Arg {
+                ident: pat.ident.clone(),
+                ty: (*typed.ty).clone(),
+            }),
+            other => errors.spanned(
+                other,
+                "rpc arguments must be plain names, like `a: i64`: the name becomes a field of \
+                 the request",
+            ),
+        }
+    }
+    args
+}
+
+/// Refuses `impl Trait` and borrowed types, in arguments or return types (`what`).
+fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
+    struct Finder<'e> {
+        what: &'e str,
+        errors: &'e mut Errors,
+    }
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_type_impl_trait(&mut self, node: &'ast syn::TypeImplTrait) {
+            self.errors.spanned(
+                node,
+                format!(
+                    "`impl Trait` {} are not supported; name a concrete type",
+                    self.what
+                ),
+            );
+        }
+        fn visit_type_reference(&mut self, node: &'ast syn::TypeReference) {
+            self.errors.spanned(
+                node,
+                format!(
+                    "borrowed {} are not supported: values cross the network; use an owned \
+                     type such as `String` or `Vec<T>`",
+                    self.what
+                ),
+            );
+        }
+        fn visit_lifetime(&mut self, node: &'ast syn::Lifetime) {
+            if node.ident != "static" {
+                self.errors.spanned(
+                    node,
+                    format!("{} cannot borrow: use owned types", self.what),
+                );
+            }
+        }
+    }
+    Finder { what, errors }.visit_type(ty);
+}
