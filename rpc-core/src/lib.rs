@@ -58,6 +58,8 @@ mod error;
 mod protocol;
 mod server;
 mod service;
+mod task;
+mod transport;
 
 #[doc(hidden)]
 #[path = "private.rs"]

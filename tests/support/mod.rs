@@ -1,1 +1,250 @@
-//! Shared test services.
+//! What the integration tests share: a test service whose handlers can be held at a gate, a
+//! server starter, and a raw client that speaks the protocol byte by byte, as `docs/wire.md`
+//! describes it, to send the server what no well-behaved client would.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Barrier, watch};
+
+/// An application error, returned as a plain value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MathError {
+    /// The divisor was zero.
+    DivideByZero,
+}
+
+/// The service every integration test talks to.
+#[rpc_core::service]
+pub trait Lab {
+    /// Adds two numbers.
+    async fn add(&self, a: i64, b: i64) -> i64;
+    /// Divides, or says why not.
+    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+    /// Returns its argument.
+    async fn echo(&self, bytes: Vec<u8>) -> Vec<u8>;
+    /// Returns `len` zero bytes.
+    async fn zeros(&self, len: u64) -> Vec<u8>;
+    /// Adds one to a counter shared by every connection, and returns it.
+    async fn incr(&self) -> u64;
+    /// Waits until `gate` is opened, then returns its name.
+    async fn wait(&self, gate: String) -> String;
+    /// Opens `gate`, releasing every call waiting at it, now and later.
+    async fn open(&self, gate: String);
+    /// Returns once `parties` calls (the number given at construction) are inside at once.
+    async fn rendezvous(&self);
+    /// Panics with `message`.
+    async fn panic(&self, message: String) -> u64;
+    /// Returns nothing.
+    async fn reset(&self);
+}
+
+/// The implementation of [`Lab`].
+#[derive(Debug)]
+pub struct LabImpl {
+    counter: AtomicU64,
+    gates: Mutex<HashMap<String, watch::Sender<bool>>>,
+    barrier: Barrier,
+}
+
+impl LabImpl {
+    /// A lab whose `rendezvous` waits for `parties` calls.
+    pub fn new(parties: usize) -> Self {
+        LabImpl {
+            counter: AtomicU64::new(0),
+            gates: Mutex::new(HashMap::new()),
+            barrier: Barrier::new(parties),
+        }
+    }
+
+    fn gate(&self, name: &str) -> watch::Sender<bool> {
+        let mut gates = self.gates.lock().expect("gates lock");
+        gates
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(false).0)
+            .clone()
+    }
+}
+
+impl Default for LabImpl {
+    fn default() -> Self {
+        Self::new(2)
+    }
+}
+
+impl Lab for LabImpl {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    async fn div(&self, a: i64, b: i64) -> Result<i64, MathError> {
+        a.checked_div(b).ok_or(MathError::DivideByZero)
+    }
+
+    async fn echo(&self, bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+
+    async fn zeros(&self, len: u64) -> Vec<u8> {
+        vec![0; len as usize]
+    }
+
+    async fn incr(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn wait(&self, gate: String) -> String {
+        let mut open = self.gate(&gate).subscribe();
+        open.wait_for(|open| *open).await.expect("gate kept");
+        gate
+    }
+
+    async fn open(&self, gate: String) {
+        self.gate(&gate).send_replace(true);
+    }
+
+    async fn rendezvous(&self) {
+        self.barrier.wait().await;
+    }
+
+    async fn panic(&self, message: String) -> u64 {
+        panic!("{message}");
+    }
+
+    async fn reset(&self) {
+        self.counter.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Starts a TCP server for a fresh [`LabImpl`] on a free loopback port.
+pub async fn start_tcp() -> SocketAddr {
+    start_tcp_with(rpc_core::Server::builder(), LabImpl::default()).await
+}
+
+/// Starts a TCP server with `builder`'s settings, serving `lab`.
+pub async fn start_tcp_with(builder: rpc_core::ServerBuilder, lab: LabImpl) -> SocketAddr {
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("has an address");
+    tokio::spawn(server.serve(LabServer::new(lab)));
+    addr
+}
+
+/// Fails the test, instead of hanging it, if `work` does not finish in 20 s. A guard against
+/// hangs, not a measure of speed: every use finishes in milliseconds when the code works.
+pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+/// postcard's unsigned varint: seven bits a byte, least significant first.
+pub fn varint(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A postcard string: varint length, then UTF-8.
+pub fn string(text: &str) -> Vec<u8> {
+    let mut out = varint(text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// A frame: 4-byte big-endian payload length, then the payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A client hello for `service`, with no methods of its own.
+pub fn hello(service: &str, version: u32) -> Vec<u8> {
+    let mut payload = vec![0x00];
+    payload.extend_from_slice(b"rpcc");
+    payload.extend(varint(version.into()));
+    payload.extend(varint(16 * 1024 * 1024));
+    payload.extend(string(service));
+    payload.extend(varint(0));
+    frame(&payload)
+}
+
+/// A request frame calling `method` with already-encoded `args`.
+pub fn request(id: u64, method: &str, args: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x01];
+    payload.extend(varint(id));
+    payload.extend(string(method));
+    payload.extend_from_slice(args);
+    frame(&payload)
+}
+
+/// A client that writes raw bytes, for feeding the server what a real client never would.
+#[derive(Debug)]
+pub struct RawClient {
+    /// The connection.
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    /// Connects without sending anything.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connects"),
+        }
+    }
+
+    /// Connects and completes the handshake as a client of `Lab`.
+    pub async fn handshake(addr: SocketAddr) -> Self {
+        let mut raw = Self::connect(addr).await;
+        raw.send(&hello("Lab", 1)).await;
+        let server_hello = raw
+            .read_frame()
+            .await
+            .expect("the server answers the hello");
+        assert_eq!(
+            &server_hello[..5],
+            b"\x00rpcc",
+            "the server's hello starts with its magic"
+        );
+        raw
+    }
+
+    /// Writes bytes as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("writes");
+    }
+
+    /// Reads one frame's payload, or `None` if the server closed the connection.
+    pub async fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut prefix = [0; 4];
+        self.stream.read_exact(&mut prefix).await.ok()?;
+        let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
+        self.stream.read_exact(&mut payload).await.ok()?;
+        Some(payload)
+    }
+
+    /// Waits until the server closes the connection, failing if it sends a frame instead.
+    pub async fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        // A reset counts as closed too.
+        let _ = self.stream.read_to_end(&mut rest).await;
+        assert!(
+            rest.is_empty(),
+            "the server sent {rest:?} instead of closing"
+        );
+    }
+}

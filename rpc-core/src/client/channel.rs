@@ -18,6 +18,7 @@ use crate::protocol::{
     write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
+use crate::task::AbortOnDrop;
 
 /// How many encoded requests may wait for the writer before callers wait too.
 const OUTGOING_QUEUE: usize = 1024;
@@ -40,15 +41,9 @@ struct Inner {
     pending: Arc<Pending>,
     next_id: AtomicU64,
     server: PeerInfo,
-    reader: AbortHandle,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Nobody can call any more. The writer ends by itself once `outgoing` is gone, shutting
-        // the connection down; the reader would wait for the server forever.
-        self.reader.abort();
-    }
+    /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
+    /// itself when `outgoing` is dropped, shutting the connection down.)
+    _reader: AbortOnDrop,
 }
 
 impl fmt::Debug for Channel {
@@ -93,7 +88,7 @@ impl Channel {
                 pending,
                 next_id: AtomicU64::new(0),
                 server,
-                reader: reader.abort_handle(),
+                _reader: AbortOnDrop::new(&reader),
             }),
         })
     }

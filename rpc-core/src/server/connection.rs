@@ -18,6 +18,7 @@ use crate::protocol::{
     write_frames,
 };
 use crate::service::{DecodeError, Service};
+use crate::task::AbortOnDrop;
 
 /// How many finished answers may wait for the writer before handlers wait too.
 const RESPONSE_QUEUE: usize = 256;
@@ -64,6 +65,9 @@ where
 
     let (responses, queue) = mpsc::channel(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_frames(writer, queue));
+    // If this future is dropped, the connection closes: handlers still running would otherwise
+    // keep the writer, and with it the socket, open.
+    let _writer_guard = AbortOnDrop::new(&writer);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let ended = loop {
         // Read nothing more until a call slot is free: this is the connection's backpressure.

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use crate::RpcError;
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
+use crate::transport;
 
 /// A bound listener, ready to serve a service.
 pub struct Server {
@@ -158,11 +159,11 @@ impl Server {
         let service = Arc::new(service);
         loop {
             let accepted = match &self.listener {
-                Listener::Tcp(listener) => listener.accept().await.and_then(|(stream, peer)| {
-                    stream.set_nodelay(true)?;
-                    self.spawn_connection(stream, peer.to_string(), &service);
-                    Ok(())
-                }),
+                Listener::Tcp(listener) => {
+                    transport::accept_tcp(listener).await.map(|(stream, peer)| {
+                        self.spawn_connection(stream, peer.to_string(), &service);
+                    })
+                }
                 #[cfg(unix)]
                 Listener::Unix(listener) => listener.accept().await.map(|(stream, peer)| {
                     self.spawn_connection(stream, format!("{peer:?}"), &service);

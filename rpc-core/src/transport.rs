@@ -1,0 +1,50 @@
+//! Opening TCP connections the way every connection of this crate is opened: with
+//! `TCP_NODELAY` set, because a call is a small message whose answer someone waits for.
+//!
+//! Any other byte stream (`AsyncRead + AsyncWrite`) plugs in through
+//! [`ClientBuilder::connect_stream`](crate::ClientBuilder::connect_stream) and
+//! [`ServerBuilder::serve_connection`](crate::ServerBuilder::serve_connection).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+
+/// Connects to `addr` with `TCP_NODELAY` set.
+pub(crate) async fn connect_tcp(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Accepts a connection and sets `TCP_NODELAY` on it.
+pub(crate) async fn accept_tcp(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
+    stream.set_nodelay(true)?;
+    Ok((stream, peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_ends_have_nodelay_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(connect_tcp(addr), accept_tcp(&listener));
+        assert!(
+            client
+                .expect("connects")
+                .nodelay()
+                .expect("reads the option")
+        );
+        assert!(
+            accepted
+                .expect("accepts")
+                .0
+                .nodelay()
+                .expect("reads the option")
+        );
+    }
+}

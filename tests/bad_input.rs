@@ -1,0 +1,250 @@
+//! Bad input gets a clear error and loses nothing: whatever one client sends, only its own
+//! connection or call fails, and every other client keeps being served.
+
+use std::time::Duration;
+
+use rpc_core::{RpcError, Server};
+use rpc_tests::{
+    LabClient, LabImpl, LabServer, RawClient, frame, request, start_tcp, start_tcp_with, varint,
+    within,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// Fails unless the server at `addr` still answers a fresh client.
+async fn still_serves(addr: std::net::SocketAddr) {
+    let client = within("connecting", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(within("a call", client.add(1, 1)).await.expect("add"), 2);
+}
+
+/// `add(2, 3)`'s arguments: zigzag varints.
+const ADD_2_3: [u8; 2] = [0x04, 0x06];
+
+#[tokio::test]
+async fn an_oversized_length_closes_only_that_connection() {
+    let addr = start_tcp_with(Server::builder().max_frame_len(1024), LabImpl::default()).await;
+    let bystander = LabClient::connect(addr).await.expect("connects");
+
+    let mut before_hello = RawClient::connect(addr).await;
+    before_hello.send(&u32::MAX.to_be_bytes()).await;
+    within("closing", before_hello.expect_closed()).await;
+
+    let mut after_hello = RawClient::handshake(addr).await;
+    after_hello.send(&(1u32 << 30).to_be_bytes()).await;
+    after_hello.send(&[0; 64]).await;
+    within("closing", after_hello.expect_closed()).await;
+
+    assert_eq!(bystander.add(2, 2).await.expect("bystander's call"), 4);
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn garbage_bytes_close_only_that_connection() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    within("closing", raw.expect_closed()).await;
+
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&frame(&[0x7f, 0xff, 0xff])).await;
+    within("closing", raw.expect_closed()).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn a_truncated_frame_closes_only_that_connection() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    let whole = request(1, "add", &ADD_2_3);
+    raw.send(&whole[..whole.len() - 2]).await;
+    raw.stream.shutdown().await.expect("half-closes");
+    within("closing", raw.expect_closed()).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn a_client_sending_a_response_frame_is_disconnected() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&frame(&[0x02, 0x01, 0x00, 0x0a])).await;
+    within("closing", raw.expect_closed()).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn an_unknown_method_fails_only_that_call() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(7, "nope", &[])).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    // Response, id 7, Err, code 1 (unknown method), then the message.
+    assert_eq!(answer[..4], [0x02, 0x07, 0x01, 0x01]);
+    let message = String::from_utf8_lossy(&answer[5..]);
+    assert!(
+        message.contains("nope"),
+        "the message names the method: {message}"
+    );
+
+    raw.send(&request(8, "add", &ADD_2_3)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer,
+        [0x02, 0x08, 0x00, 0x0a],
+        "add(2, 3) = 5 on the same connection"
+    );
+}
+
+#[tokio::test]
+async fn undecodable_arguments_fail_only_that_call() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(1, "add", &[0xff])).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer[..4],
+        [0x02, 0x01, 0x01, 0x02],
+        "code 2: invalid arguments"
+    );
+
+    raw.send(&request(2, "add", &[0x04, 0x06, 0x00])).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer[..4],
+        [0x02, 0x02, 0x01, 0x02],
+        "trailing bytes are refused too"
+    );
+
+    raw.send(&request(3, "add", &ADD_2_3)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer, [0x02, 0x03, 0x00, 0x0a]);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_only_that_call() {
+    let addr = start_tcp().await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    let (panicked, sum) = tokio::join!(client.panic("boom".into()), client.add(1, 2));
+    match panicked {
+        Err(RpcError::HandlerPanicked { method, message }) => {
+            assert_eq!(method, "panic");
+            assert!(message.contains("boom"), "{message}");
+        }
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    assert_eq!(sum.expect("the call beside it"), 3);
+    assert_eq!(client.add(2, 2).await.expect("the same connection"), 4);
+}
+
+#[tokio::test]
+async fn a_request_over_the_servers_limit_fails_before_sending() {
+    let addr = start_tcp_with(Server::builder().max_frame_len(1024), LabImpl::default()).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    match client.echo(vec![0; 2000]).await {
+        Err(RpcError::FrameTooLarge { limit: 1024, size }) => assert!(size > 2000),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        client.echo(vec![1; 100]).await.expect("a small one"),
+        [1; 100]
+    );
+}
+
+#[tokio::test]
+async fn a_result_over_the_clients_limit_fails_only_that_call() {
+    let addr = start_tcp().await;
+    let client = LabClient::builder()
+        .max_frame_len(1024)
+        .connect(addr)
+        .await
+        .expect("connects");
+    match client.zeros(4096).await {
+        Err(RpcError::Server { method, message }) => {
+            assert_eq!(method, "zeros");
+            assert!(message.contains("too large"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    assert_eq!(client.zeros(10).await.expect("a small one"), [0; 10]);
+}
+
+#[tokio::test]
+async fn idle_and_half_open_connections_block_nobody() {
+    let addr = start_tcp().await;
+    let _silent = RawClient::connect(addr).await;
+    let _greeted = RawClient::handshake(addr).await;
+    let mut half_a_frame = RawClient::handshake(addr).await;
+    half_a_frame.send(&[0, 0, 0, 50, 0x01]).await;
+    let mut half_a_prefix = RawClient::connect(addr).await;
+    half_a_prefix.send(&[0, 0]).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    let addr = start_tcp_with(
+        Server::builder().handshake_timeout(Duration::from_millis(100)),
+        LabImpl::default(),
+    )
+    .await;
+    let mut silent = RawClient::connect(addr).await;
+    within("closing", silent.expect_closed()).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_call_disturbs_nobody() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut args = varint(4);
+    args.extend_from_slice(b"gone");
+    raw.send(&request(1, "wait", &args)).await;
+    drop(raw);
+
+    let client = LabClient::connect(addr).await.expect("connects");
+    client.open("gone".into()).await.expect("opens the gate");
+    still_serves(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pending_call_fails_when_the_connection_dies() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        rpc_core::serve_connection(stream, LabServer::new(LabImpl::default())).await
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+
+    let waiting: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.wait("never".into()).await })
+        })
+        .collect();
+    // Frames go out in order: once this answer is back, the ten waits reached the server.
+    assert_eq!(client.add(1, 1).await.expect("add"), 2);
+
+    server.abort();
+    for call in waiting {
+        match within("a pending call", call).await.expect("joins") {
+            Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
+            other => panic!("expected the connection's end, got {other:?}"),
+        }
+    }
+    match within("a call on the dead connection", client.add(1, 1)).await {
+        Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
+        other => panic!("expected the connection's end, got {other:?}"),
+    }
+}

@@ -1,0 +1,106 @@
+//! Calls over real TCP: results, application errors, shared state, concurrency on the server,
+//! and many calls multiplexed on one connection, answered out of order.
+
+use futures_util::future::join_all;
+use rpc_tests::{LabClient, MathError, start_tcp, within};
+
+#[tokio::test]
+async fn a_call_returns_the_handlers_result() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    assert_eq!(client.add(2, 3).await.expect("add"), 5);
+    assert_eq!(client.echo(vec![1, 2, 3]).await.expect("echo"), [1, 2, 3]);
+    client.reset().await.expect("a unit method returns ()");
+}
+
+#[tokio::test]
+async fn application_errors_are_plain_values() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    assert_eq!(client.div(7, 2).await.expect("call succeeds"), Ok(3));
+    assert_eq!(
+        client.div(1, 0).await.expect("call succeeds"),
+        Err(MathError::DivideByZero)
+    );
+}
+
+#[tokio::test]
+async fn state_is_shared_by_every_connection() {
+    let addr = start_tcp().await;
+    let first = LabClient::connect(addr).await.expect("connects");
+    let second = LabClient::connect(addr).await.expect("connects");
+    assert_eq!(first.incr().await.expect("incr"), 1);
+    assert_eq!(second.incr().await.expect("incr"), 2);
+    assert_eq!(first.incr().await.expect("incr"), 3);
+}
+
+#[tokio::test]
+async fn calls_on_one_connection_run_concurrently_on_the_server() {
+    // `rendezvous` returns only once two calls are inside it at the same time: run one after
+    // the other, they would wait forever.
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let (a, b) = within("two concurrent rendezvous calls", async {
+        tokio::join!(client.rendezvous(), client.rendezvous())
+    })
+    .await;
+    a.expect("first");
+    b.expect("second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_does_not_hold_back_the_fast_ones_behind_it() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait("slow".into()).await }
+    });
+
+    let fast = join_all((0..100).map(|i| {
+        let client = client.clone();
+        async move { client.add(i, 1).await }
+    }));
+    let results = within("100 fast calls behind a blocked one", fast).await;
+    for (i, result) in (0..).zip(results) {
+        assert_eq!(result.expect("fast call"), i + 1);
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow call is still waiting at its gate"
+    );
+
+    client.open("slow".into()).await.expect("open");
+    let slow = within("the slow call", slow).await.expect("joins");
+    assert_eq!(slow.expect("slow call"), "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_on_one_client_complete() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let calls = join_all((0..10_000).map(|i| {
+        let client = client.clone();
+        async move { (i, client.add(i, i).await) }
+    }));
+    for (i, result) in within("10,000 concurrent calls", calls).await {
+        assert_eq!(result.expect("call"), 2 * i);
+    }
+}
+
+#[tokio::test]
+async fn large_values_cross_intact() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let payload: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let back = within("a 3 MiB echo", client.echo(payload.clone()))
+        .await
+        .expect("echo");
+    assert_eq!(back, payload);
+}

@@ -1,0 +1,153 @@
+//! The handshake: a client finds out at connect time that it reached the wrong thing, and per
+//! call that the server lacks a method or has changed its signature.
+
+use std::time::Duration;
+
+use rpc_core::RpcError;
+use rpc_tests::{LabClient, RawClient, frame, hello, start_tcp, string, varint, within};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// A later version of `Lab`: one method added, one changed, the others as they were.
+mod v2 {
+    use rpc_tests::MathError;
+
+    #[rpc_core::service]
+    pub trait Lab {
+        async fn add(&self, a: i64, b: i64) -> i64;
+        async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
+        async fn echo(&self, text: String) -> String;
+        async fn mul(&self, a: i64, b: i64) -> i64;
+    }
+}
+
+#[rpc_core::service]
+pub trait Other {
+    async fn ping(&self);
+}
+
+#[tokio::test]
+async fn a_method_the_server_lacks_is_named() {
+    let client = v2::LabClient::connect(start_tcp().await)
+        .await
+        .expect("a newer client still connects");
+    assert_eq!(client.add(2, 3).await.expect("unchanged methods work"), 5);
+    match client.mul(2, 3).await {
+        Err(RpcError::UnknownMethod { method }) => assert_eq!(method, "mul"),
+        other => panic!("expected UnknownMethod, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_changed_signature_is_named_not_garbled() {
+    let client = v2::LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let error = client
+        .echo("hi".into())
+        .await
+        .expect_err("signature changed");
+    match &error {
+        RpcError::SignatureMismatch { method } => assert_eq!(method, "echo"),
+        other => panic!("expected SignatureMismatch, got {other:?}"),
+    }
+    assert!(error.to_string().contains("`echo`"), "{error}");
+}
+
+#[tokio::test]
+async fn another_service_is_refused_at_connect() {
+    match OtherClient::connect(start_tcp().await).await {
+        Err(RpcError::WrongService { expected, found }) => {
+            assert_eq!(expected, "Other");
+            assert_eq!(found, "Lab");
+        }
+        other => panic!("expected WrongService, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn something_that_is_not_a_server_is_refused_at_connect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accepts");
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    });
+    match within("connecting", LabClient::connect(addr)).await {
+        Err(error @ RpcError::Handshake(_)) => {
+            assert!(
+                error.to_string().contains("not an rpc-core hello"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let held = tokio::spawn(async move { listener.accept().await });
+    let connecting = LabClient::builder()
+        .connect_timeout(Duration::from_millis(100))
+        .connect(addr);
+    match within("connecting", connecting).await {
+        Err(RpcError::ConnectTimeout(timeout)) => {
+            assert_eq!(timeout, Duration::from_millis(100));
+        }
+        other => panic!("expected ConnectTimeout, got {other:?}"),
+    }
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    match LabClient::connect(addr).await {
+        Err(error @ RpcError::Connect(_)) => {
+            assert!(
+                error.to_string().starts_with("could not connect"),
+                "{error}"
+            );
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_server_of_another_version_is_reported_with_both_versions() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        let mut payload = vec![0x00];
+        payload.extend_from_slice(b"rpcc");
+        payload.extend(varint(2));
+        payload.extend(varint(1024));
+        payload.extend(string("Lab"));
+        payload.extend(varint(0));
+        raw.send(&frame(&payload)).await;
+        raw.expect_closed().await;
+    });
+    match within("connecting", LabClient::connect(addr)).await {
+        Err(RpcError::VersionMismatch { ours: 1, theirs: 2 }) => {}
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello("Lab", 2)).await;
+    let answer = within("the server's hello", raw.read_frame())
+        .await
+        .expect("the server answers with its own hello");
+    assert_eq!(answer[..6], *b"\x00rpcc\x01", "kind 0, magic, version 1");
+    within("closing", raw.expect_closed()).await;
+}

@@ -1,0 +1,74 @@
+//! The same calls over every transport: TCP, Unix domain sockets, and in-memory pipes.
+
+use futures_util::future::join_all;
+use rpc_core::Server;
+use rpc_tests::{LabClient, LabImpl, LabServer, start_tcp, within};
+
+/// What every transport must carry: a plain call, concurrent calls, state kept between calls.
+async fn exercise(client: LabClient) {
+    assert_eq!(client.add(40, 2).await.expect("add"), 42);
+    let sums = join_all((0..50).map(|i| {
+        let client = client.clone();
+        async move { client.add(i, 100).await }
+    }));
+    for (i, sum) in (0..).zip(within("50 concurrent calls", sums).await) {
+        assert_eq!(sum.expect("add"), i + 100);
+    }
+    assert_eq!(client.incr().await.expect("incr"), 1);
+    assert_eq!(client.incr().await.expect("incr"), 2);
+}
+
+#[tokio::test]
+async fn tcp() {
+    exercise(
+        LabClient::connect(start_tcp().await)
+            .await
+            .expect("connects"),
+    )
+    .await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket() {
+    let dir = std::env::temp_dir().join(format!("rpc-core-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("lab.sock");
+    let _ = std::fs::remove_file(&path);
+    let server = Server::bind_unix(&path).expect("binds");
+    assert!(
+        server.local_addr().is_err(),
+        "a Unix server has no TCP address"
+    );
+    tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
+
+    let client = LabClient::builder()
+        .connect_unix(&path)
+        .await
+        .expect("connects");
+    exercise(client).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn in_memory_pipe() {
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(rpc_core::serve_connection(
+        server_end,
+        LabServer::new(LabImpl::default()),
+    ));
+    exercise(LabClient::from_stream(client_end).await.expect("handshake")).await;
+}
+
+#[tokio::test]
+async fn in_memory_connections_share_one_implementation() {
+    let lab = LabServer::new(LabImpl::default());
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(rpc_core::serve_connection(server_end, lab.clone()));
+        clients.push(LabClient::from_stream(client_end).await.expect("handshake"));
+    }
+    assert_eq!(clients[0].incr().await.expect("incr"), 1);
+    assert_eq!(clients[1].incr().await.expect("incr"), 2);
+}
