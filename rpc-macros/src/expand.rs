@@ -325,7 +325,7 @@ fn server(service: &Service) -> TokenStream {
 
         impl<#imp> ::core::clone::Clone for #name<#imp> {
             fn clone(&self) -> Self {
-                Self { #implementation: ::rpc_core::__private::Arc::clone(&self.#implementation) }
+                Self { #implementation: ::core::clone::Clone::clone(&self.#implementation) }
             }
         }
 
@@ -360,7 +360,7 @@ fn server(service: &Service) -> TokenStream {
                 &self,
                 #req: #request,
             ) -> impl ::core::future::Future<Output = #response> + ::core::marker::Send + 'static {
-                let #implementation = ::rpc_core::__private::Arc::clone(&self.#implementation);
+                let #implementation = ::core::clone::Clone::clone(&self.#implementation);
                 async move {
                     match #req {
                         #(#call_arms)*

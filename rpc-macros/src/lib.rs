@@ -40,7 +40,49 @@ fn generate(
         ));
     }
     let item: syn::ItemTrait = syn::parse2(input)?;
-    let service = parse::service(item)?;
-    validate::service(&service)?;
+    let mut errors = parse::Errors::default();
+    let service = parse::service(item, &mut errors);
+    validate::service(&service, &mut errors);
+    errors.finish()?;
     Ok(expand::service(&service))
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    #[test]
+    fn doc_comments_carry_over_to_the_client_method() {
+        let output = super::generate(
+            quote!(),
+            quote! {
+                pub trait Calc {
+                    /// Adds two numbers.
+                    async fn add(&self, a: i64, b: i64) -> i64;
+                }
+            },
+        )
+        .expect("expands")
+        .to_string();
+        assert_eq!(
+            output.matches("Adds two numbers.").count(),
+            2,
+            "once on the trait method, once on the client method: {output}"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_in_one_pass() {
+        let error = super::generate(
+            quote!(),
+            quote! {
+                pub trait Calc {
+                    fn add(&self) -> i64;
+                    async fn connect(&self);
+                }
+            },
+        )
+        .expect_err("two problems");
+        assert_eq!(error.into_iter().count(), 2);
+    }
 }

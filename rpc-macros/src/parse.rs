@@ -64,16 +64,17 @@ impl Errors {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
-    pub(crate) fn finish<T>(self, value: T) -> syn::Result<T> {
+    pub(crate) fn finish(self) -> syn::Result<()> {
         match self.0 {
             Some(error) => Err(error),
-            None => Ok(value),
+            None => Ok(()),
         }
     }
 }
 
-pub(crate) fn service(item: ItemTrait) -> syn::Result<Service> {
-    let mut errors = Errors::default();
+/// Builds the model, adding to `errors` every shape that cannot be served. The model is
+/// complete either way, so that [`crate::validate`] can report its own findings too.
+pub(crate) fn service(item: ItemTrait, errors: &mut Errors) -> Service {
     if let Some(unsafety) = &item.unsafety {
         errors.spanned(unsafety, "a service trait cannot be `unsafe`");
     }
@@ -89,17 +90,17 @@ pub(crate) fn service(item: ItemTrait) -> syn::Result<Service> {
     let mut methods = Vec::new();
     for trait_item in item.items {
         match trait_item {
-            TraitItem::Fn(function) => methods.push(method(function, &mut errors)),
+            TraitItem::Fn(function) => methods.push(method(function, errors)),
             other => errors.spanned(other, "a service trait may contain only `async fn` methods"),
         }
     }
-    errors.finish(Service {
+    Service {
         attrs: item.attrs,
         vis: item.vis,
         ident: item.ident,
         supertraits: item.supertraits,
         methods,
-    })
+    }
 }
 
 fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
@@ -184,7 +185,13 @@ fn check_receiver(sig: &Signature, errors: &mut Errors) {
     const TAKE_REF_SELF: &str = "rpc methods take `&self` as their first argument";
     match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => {
-            if receiver.reference.is_none() {
+            if receiver.colon_token.is_some() {
+                errors.spanned(
+                    receiver,
+                    "rpc methods take plain `&self`, not `self` with a type: the server owns \
+                     the implementation",
+                );
+            } else if receiver.reference.is_none() {
                 errors.spanned(
                     receiver,
                     "`self` by value is not supported: the server calls one shared \
@@ -196,8 +203,6 @@ fn check_receiver(sig: &Signature, errors: &mut Errors) {
                     "`&mut self` is not supported: calls run concurrently on one shared \
                      implementation; take `&self` and use interior mutability",
                 );
-            } else if receiver.colon_token.is_some() {
-                errors.spanned(receiver, TAKE_REF_SELF);
             } else if let Some((_, Some(lifetime))) = &receiver.reference {
                 errors.spanned(
                     lifetime,

@@ -7,8 +7,7 @@ use crate::parse::{Errors, Service};
 /// Inherent methods of the generated client; a trait method of the same name would clash.
 pub(crate) const CLIENT_METHODS: &[&str] = &["builder", "connect", "from_stream"];
 
-pub(crate) fn service(service: &Service) -> syn::Result<()> {
-    let mut errors = Errors::default();
+pub(crate) fn service(service: &Service, errors: &mut Errors) {
     let client = format!("{}Client", service.ident);
     let mut variants: HashMap<String, &syn::Ident> = HashMap::new();
     for method in &service.methods {
@@ -47,5 +46,4 @@ pub(crate) fn service(service: &Service) -> syn::Result<()> {
             );
         }
     }
-    errors.finish(())
 }

@@ -1,0 +1,188 @@
+//! Generated code survives hostile surroundings: names that shadow the prelude, no prelude at
+//! all, arguments named like the generated code's own locals, raw identifiers, and `#[cfg]` on
+//! methods. Each service is then called end to end over an in-memory pipe.
+
+#![allow(unreachable_pub)]
+
+/// Everything here shadows a name a careless expansion would use unqualified.
+#[allow(dead_code, non_camel_case_types)]
+mod shadowing {
+    use ::serde::{Deserialize, Serialize};
+
+    pub type Result<T> = ::core::result::Result<T, ()>;
+    pub type Option = ();
+    pub struct Vec;
+    pub struct Arc;
+    pub struct Box;
+    pub struct String;
+    pub trait Send {}
+    pub trait Sync {}
+    pub trait Future {}
+    pub trait Clone {}
+    pub mod core {}
+    pub mod std {}
+    pub mod serde {}
+
+    /// A user type named like the server's type parameter.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct T(pub u8);
+
+    #[rpc_core::service]
+    pub trait Shadowed {
+        /// Arguments named like the generated code's locals.
+        async fn locals(
+            &self,
+            implementation: u8,
+            request: u8,
+            channel: u8,
+            method: u8,
+            args: u8,
+            out: u8,
+            value: u8,
+            response: u8,
+        ) -> u32;
+        async fn wrap(&self, t: T) -> T;
+        async fn r#type(&self, r#in: u32) -> u32;
+        #[cfg(any())]
+        async fn compiled_out(&self, missing: DoesNotExist);
+        #[cfg(all())]
+        async fn compiled_in(&self);
+    }
+
+    pub struct Impl;
+
+    impl Shadowed for Impl {
+        async fn locals(
+            &self,
+            implementation: u8,
+            request: u8,
+            channel: u8,
+            method: u8,
+            args: u8,
+            out: u8,
+            value: u8,
+            response: u8,
+        ) -> u32 {
+            [
+                implementation,
+                request,
+                channel,
+                method,
+                args,
+                out,
+                value,
+                response,
+            ]
+            .iter()
+            .map(|&x| u32::from(x))
+            .sum()
+        }
+        async fn wrap(&self, t: T) -> T {
+            T(t.0 + 1)
+        }
+        async fn r#type(&self, r#in: u32) -> u32 {
+            r#in * 2
+        }
+        async fn compiled_in(&self) {}
+    }
+}
+
+mod no_prelude {
+    #![no_implicit_prelude]
+
+    #[::rpc_core::service]
+    pub trait Quiet {
+        async fn get(&self, key: ::std::string::String) -> ::std::option::Option<u64>;
+        async fn nothing(&self);
+    }
+
+    pub struct Impl;
+
+    impl Quiet for Impl {
+        async fn get(&self, key: ::std::string::String) -> ::std::option::Option<u64> {
+            ::std::option::Option::Some(key.len() as u64)
+        }
+        async fn nothing(&self) {}
+    }
+}
+
+use rpc_core::{Service, ServiceClient};
+use shadowing::{ShadowedClient, ShadowedRequest, ShadowedServer, T};
+
+async fn shadowed_client() -> ShadowedClient {
+    let (client_end, server_end) = tokio::io::duplex(4096);
+    tokio::spawn(rpc_core::serve_connection(
+        server_end,
+        ShadowedServer::new(shadowing::Impl),
+    ));
+    ShadowedClient::from_stream(client_end)
+        .await
+        .expect("handshake")
+}
+
+#[tokio::test]
+async fn shadowed_names_do_not_break_the_expansion() {
+    let client = shadowed_client().await;
+    assert_eq!(
+        client.locals(1, 2, 3, 4, 5, 6, 7, 8).await.expect("locals"),
+        36
+    );
+    assert_eq!(client.wrap(T(1)).await.expect("wrap"), T(2));
+    client.compiled_in().await.expect("compiled_in");
+}
+
+#[tokio::test]
+async fn raw_identifiers_keep_their_meaning_and_lose_the_prefix_on_the_wire() {
+    let client = shadowed_client().await;
+    assert_eq!(client.r#type(21).await.expect("r#type"), 42);
+    let request = ShadowedRequest::Type { r#in: 1 };
+    assert!(matches!(request, ShadowedRequest::Type { r#in: 1 }));
+    let names: Vec<&str> = ShadowedClient::INFO
+        .methods
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(names.contains(&"type"), "{names:?}");
+}
+
+#[tokio::test]
+async fn cfg_on_a_method_applies_to_everything_generated_for_it() {
+    let names: Vec<&str> = <ShadowedServer<shadowing::Impl> as Service>::INFO
+        .methods
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["locals", "wrap", "type", "compiled_in"]);
+}
+
+#[tokio::test]
+async fn no_implicit_prelude_is_fine() {
+    let (client_end, server_end) = tokio::io::duplex(4096);
+    tokio::spawn(rpc_core::serve_connection(
+        server_end,
+        no_prelude::QuietServer::new(no_prelude::Impl),
+    ));
+    let client = no_prelude::QuietClient::from_stream(client_end)
+        .await
+        .expect("handshake");
+    assert_eq!(client.get("four".into()).await.expect("get"), Some(4));
+    client.nothing().await.expect("nothing");
+}
+
+#[test]
+fn the_request_and_response_enums_are_serde_types() {
+    let request = no_prelude::QuietRequest::Get { key: "k".into() };
+    let bytes = postcard_bytes(&request);
+    assert_eq!(bytes, [0, 1, b'k'], "variant 0, then the field");
+    let response = no_prelude::QuietResponse::Get(Some(7));
+    assert_eq!(postcard_bytes(&response), [0, 1, 7]);
+    let unit = no_prelude::QuietRequest::Nothing;
+    assert_eq!(postcard_bytes(&unit), [1]);
+}
+
+fn postcard_bytes<V: serde::Serialize>(value: &V) -> Vec<u8> {
+    // The enums' serde encoding, through the same serializer the runtime uses.
+    let mut out = Vec::new();
+    rpc_core::__private::encode_value(value, &mut out).expect("encodes");
+    out
+}

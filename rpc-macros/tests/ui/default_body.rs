@@ -1,0 +1,8 @@
+#[rpc_core::service]
+pub trait Calc {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+}
+
+fn main() {}
