@@ -173,6 +173,8 @@ fn client(service: &Service) -> TokenStream {
         quote! {
             #(#cfgs)*
             #(#docs)*
+            // The trait decides how many arguments there are; a lint belongs there, not here.
+            #[allow(clippy::too_many_arguments)]
             #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
                 -> ::core::result::Result<#output, ::rpc_core::RpcError>
             {

@@ -30,6 +30,7 @@ mod shadowing {
     #[rpc_core::service]
     pub trait Shadowed {
         /// Arguments named like the generated code's locals.
+        #[allow(clippy::too_many_arguments)]
         async fn locals(
             &self,
             implementation: u8,
@@ -45,13 +46,14 @@ mod shadowing {
         async fn r#type(&self, r#in: u32) -> u32;
         #[cfg(any())]
         async fn compiled_out(&self, missing: DoesNotExist);
-        #[cfg(all())]
+        #[cfg(test)]
         async fn compiled_in(&self);
     }
 
     pub struct Impl;
 
     impl Shadowed for Impl {
+        #[allow(clippy::too_many_arguments)]
         async fn locals(
             &self,
             implementation: u8,
