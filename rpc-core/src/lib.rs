@@ -71,6 +71,11 @@ pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};
 
+/// The README's example, compiled as a doctest so that it keeps matching the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Turns a trait into a remotely callable service.
 ///
 /// For `#[service] pub trait Calc { ... }` it generates, with the trait's visibility:

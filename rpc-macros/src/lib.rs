@@ -1,8 +1,8 @@
 //! The `#[service]` attribute. Use it through `rpc_core::service`, whose documentation says what
 //! it generates.
 //!
-//! The work is split by phase: [`parse`] turns the trait into a plain model and reports every
-//! shape it cannot serve, [`validate`] checks the rules between methods, [`expand`] writes the
+//! The work is split by phase: `parse` turns the trait into a plain model and reports every
+//! shape it cannot serve, `validate` checks the rules between methods, `expand` writes the
 //! code. Every error is spanned at the token that breaks the rule.
 
 mod expand;

@@ -190,3 +190,54 @@ impl<'de: 'a, 'a> Deserialize<'de> for MethodTable<'a> {
             .map(MethodTable::Remote)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameReader;
+
+    #[tokio::test]
+    async fn client_hello_bytes_match_wire_md() {
+        // docs/wire.md, section 8: a client of `Calc` with no methods, 16 MiB limit.
+        static CALC: ServiceInfo = ServiceInfo {
+            name: "Calc",
+            methods: &[],
+        };
+        let mut written = Vec::new();
+        let mut writer = FrameWriter::new(&mut written);
+        Hello::new(&CALC, 16 * 1024 * 1024)
+            .send(&mut writer)
+            .await
+            .expect("writes");
+        assert_eq!(
+            written,
+            [
+                0x00, 0x00, 0x00, 0x10, 0x00, b'r', b'p', b'c', b'c', 0x01, 0x80, 0x80, 0x80, 0x08,
+                0x04, b'C', b'a', b'l', b'c', 0x00
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hello_reads_back_with_its_method_table() {
+        static LAB: ServiceInfo = ServiceInfo {
+            name: "Lab",
+            methods: &[MethodInfo {
+                name: "add",
+                fingerprint: 0xdead_beef,
+            }],
+        };
+        let mut written = Vec::new();
+        Hello::new(&LAB, 1000)
+            .send(&mut FrameWriter::new(&mut written))
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(&written[..], 1 << 20);
+        let peer = Hello::receive(&mut reader, 1 << 20, "Lab")
+            .await
+            .expect("reads");
+        assert_eq!(peer.max_frame_len, 1000);
+        assert_eq!(peer.methods.get("add"), Some(&0xdead_beef));
+        assert!(peer.check_method(&LAB.methods[0]).is_ok());
+    }
+}

@@ -166,11 +166,11 @@ mod tests {
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(frame, [0, 0, 0, 4, 0x02, 0x01, 0x00, 0x0a]);
 
-        let frame = error_response(7, code::UNKNOWN_METHOD, "no");
-        assert_eq!(
-            frame,
-            [0, 0, 0, 7, 0x02, 0x07, 0x01, 0x01, 0x02, b'n', b'o']
-        );
+        // docs/wire.md, section 8: an unknown-method answer to id 7.
+        let frame = error_response(7, code::UNKNOWN_METHOD, "no such");
+        let mut expected = vec![0, 0, 0, 0x0c, 0x02, 0x07, 0x01, 0x01, 0x07];
+        expected.extend_from_slice(b"no such");
+        assert_eq!(frame, expected);
     }
 
     #[test]

@@ -1,0 +1,73 @@
+//! The example programs run and say what they should.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn run(program: &str, args: &[&str]) -> (bool, String, Option<i32>) {
+    let output = Command::new(program).args(args).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout, output.status.code())
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_demo"), &[]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("add(2, 3)  = Ok(5)"), "{stdout}");
+    assert!(stdout.contains("refused: division by zero"), "{stdout}");
+    assert!(stdout.contains("sum = 338350"), "{stdout}");
+    assert!(stdout.contains("did 103 calculations"), "{stdout}");
+    assert!(
+        stdout.contains("serves `Calc`, but this client was generated for `Greeter`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Hello, demo!"), "{stdout}");
+    assert!(stdout.ends_with("demo: done\n"), "{stdout}");
+}
+
+#[test]
+fn calc_reports_application_errors_as_values() {
+    let calc = env!("CARGO_BIN_EXE_calc");
+    let (ok, stdout, _) = run(calc, &["84", "/", "2"]);
+    assert!(ok);
+    assert_eq!(stdout, "84 / 2 = 42\n");
+    let (_, stdout, code) = run(calc, &["1", "/", "0"]);
+    assert_eq!(
+        (stdout.as_str(), code),
+        ("1 / 0: division by zero\n", Some(2))
+    );
+    let (_, stdout, code) = run(calc, &["9223372036854775807", "+", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.contains("does not fit"), "{stdout}");
+}
+
+#[test]
+fn hello_client_talks_to_hello_server_in_another_process() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hello_server"))
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts the server");
+    let mut first_line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut first_line)
+        .expect("reads the address");
+    let addr = first_line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the server prints its address first")
+        .to_owned();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_hello_client"))
+        .args(["Ada", "Grace"])
+        .env("HELLO_ADDR", &addr)
+        .output()
+        .expect("runs the client");
+    server.kill().expect("stops the server");
+    let _ = server.wait();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "Hello, Ada!\nHello, Grace!\n"
+    );
+}
