@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, request, start_tcp, start_tcp_with, varint,
-    within,
+    LabClient, LabImpl, LabServer, RawClient, frame, loopback_listener, request, start_tcp,
+    start_tcp_with, varint, within,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 /// Fails unless the server at `addr` still answers a fresh client.
 async fn still_serves(addr: std::net::SocketAddr) {
@@ -219,8 +218,7 @@ async fn a_client_that_vanishes_mid_call_disturbs_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pending_call_fails_when_the_connection_dies() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("address");
+    let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accepts");
         rpc_core::serve_connection(stream, LabServer::new(LabImpl::default())).await

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use rpc_core::RpcError;
-use rpc_tests::{LabClient, RawClient, frame, hello, start_tcp, string, varint, within};
+use rpc_tests::{
+    LabClient, RawClient, frame, hello, loopback_listener, start_tcp, string, varint, within,
+};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 /// A later version of `Lab`: one method added, one changed, the others as they were.
 mod v2 {
@@ -67,8 +68,7 @@ async fn another_service_is_refused_at_connect() {
 
 #[tokio::test]
 async fn something_that_is_not_a_server_is_refused_at_connect() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("address");
+    let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.expect("accepts");
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
@@ -86,8 +86,7 @@ async fn something_that_is_not_a_server_is_refused_at_connect() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("address");
+    let (listener, addr) = loopback_listener().await;
     let held = tokio::spawn(async move { listener.accept().await });
     let connecting = LabClient::builder()
         .connect_timeout(Duration::from_millis(100))
@@ -103,8 +102,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("address");
+    let (listener, addr) = loopback_listener().await;
     drop(listener);
     match LabClient::connect(addr).await {
         Err(error @ RpcError::Connect(_)) => {
@@ -119,8 +117,7 @@ async fn a_refused_connection_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_server_of_another_version_is_reported_with_both_versions() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("address");
+    let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };

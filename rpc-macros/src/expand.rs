@@ -64,21 +64,42 @@ fn service_trait(service: &Service) -> TokenStream {
     }
 }
 
-fn serde_derives() -> TokenStream {
+/// A public-facing enum of the service, serializable through rpc-core's own serde.
+fn serde_enum(
+    service: &Service,
+    suffix: &str,
+    doc: &str,
+    variants: impl Iterator<Item = TokenStream>,
+) -> TokenStream {
+    let vis = &service.vis;
+    let name = format_ident!("{}{suffix}", service.ident);
     quote! {
+        #[doc = #doc]
         #[derive(::rpc_core::__private::serde::Serialize, ::rpc_core::__private::serde::Deserialize)]
         #[serde(crate = "::rpc_core::__private::serde")]
+        #vis enum #name {
+            #(#variants)*
+        }
+    }
+}
+
+/// `FooRequest::Variant { a, b }`, or `FooRequest::Variant` for a method without arguments: the
+/// same tokens build the request and match it.
+fn request_variant(request: &Ident, method: &Method) -> TokenStream {
+    let variant = &method.variant;
+    if method.args.is_empty() {
+        quote! { #request::#variant }
+    } else {
+        let idents = method.args.iter().map(|arg| &arg.ident);
+        quote! { #request::#variant { #(#idents),* } }
     }
 }
 
 fn request_enum(service: &Service) -> TokenStream {
-    let vis = &service.vis;
-    let name = format_ident!("{}Request", service.ident);
     let doc = format!(
         "A call of the [`{}`] service: one variant per method, one field per argument.",
         service.ident
     );
-    let derives = serde_derives();
     let variants = service.methods.iter().map(|method| {
         let cfgs = &method.cfgs;
         let variant = &method.variant;
@@ -93,23 +114,14 @@ fn request_enum(service: &Service) -> TokenStream {
         });
         quote! { #(#cfgs)* #[doc = #doc] #variant { #(#fields),* }, }
     });
-    quote! {
-        #[doc = #doc]
-        #derives
-        #vis enum #name {
-            #(#variants)*
-        }
-    }
+    serde_enum(service, "Request", &doc, variants)
 }
 
 fn response_enum(service: &Service) -> TokenStream {
-    let vis = &service.vis;
-    let name = format_ident!("{}Response", service.ident);
     let doc = format!(
         "A result of the [`{}`] service: one variant per method, holding its return value.",
         service.ident
     );
-    let derives = serde_derives();
     let variants = service.methods.iter().map(|method| {
         let Method {
             cfgs,
@@ -120,13 +132,7 @@ fn response_enum(service: &Service) -> TokenStream {
         let doc = format!("What [`{}::{}`] returned.", service.ident, method.ident);
         quote! { #(#cfgs)* #[doc = #doc] #variant(#output), }
     });
-    quote! {
-        #[doc = #doc]
-        #derives
-        #vis enum #name {
-            #(#variants)*
-        }
-    }
+    serde_enum(service, "Response", &doc, variants)
 }
 
 fn method_info(method: &Method) -> TokenStream {
@@ -257,17 +263,12 @@ fn server(service: &Service) -> TokenStream {
         let Method {
             cfgs,
             name,
-            variant,
             args: params,
             ..
         } = method;
-        let idents: Vec<&Ident> = params.iter().map(|arg| &arg.ident).collect();
+        let idents = params.iter().map(|arg| &arg.ident);
         let types = params.iter().map(|arg| &arg.ty);
-        let build = if idents.is_empty() {
-            quote! { #request::#variant }
-        } else {
-            quote! { #request::#variant { #(#idents),* } }
-        };
+        let build = request_variant(&request, method);
         quote! {
             #(#cfgs)*
             #name => ::rpc_core::__private::decode_args::<(#(#types,)*)>(#args)
@@ -291,12 +292,8 @@ fn server(service: &Service) -> TokenStream {
             args: params,
             ..
         } = method;
-        let idents: Vec<&Ident> = params.iter().map(|arg| &arg.ident).collect();
-        let pattern = if idents.is_empty() {
-            quote! { #request::#variant }
-        } else {
-            quote! { #request::#variant { #(#idents),* } }
-        };
+        let idents = params.iter().map(|arg| &arg.ident);
+        let pattern = request_variant(&request, method);
         quote! {
             #(#cfgs)*
             #pattern => #response::#variant(

@@ -136,6 +136,15 @@ pub async fn start_tcp_with(builder: rpc_core::ServerBuilder, lab: LabImpl) -> S
     addr
 }
 
+/// A TCP listener on a free loopback port, for tests that play the server by hand.
+pub async fn loopback_listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("has an address");
+    (listener, addr)
+}
+
 /// Fails the test, instead of hanging it, if `work` does not finish in 20 s. A guard against
 /// hangs, not a measure of speed: every use finishes in milliseconds when the code works.
 pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
