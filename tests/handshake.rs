@@ -127,7 +127,7 @@ async fn a_server_of_another_version_is_reported_with_both_versions() {
         payload.extend(varint(2));
         payload.extend(varint(1024));
         payload.extend(string("Lab"));
-        payload.extend(varint(0));
+        payload.extend([0, 0, 0]); // methods, ping interval, max concurrent calls
         raw.send(&frame(&payload)).await;
         raw.expect_closed().await;
     });

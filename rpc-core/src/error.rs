@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a call, a connection or a handshake failed.
 ///
@@ -19,7 +20,7 @@ pub enum RpcError {
 
     /// Connecting and exchanging the handshake did not finish within the connect timeout.
     #[error("the server did not complete the handshake within {0:?}")]
-    ConnectTimeout(std::time::Duration),
+    ConnectTimeout(Duration),
 
     /// The peer does not speak this protocol: its first frame was not a valid hello.
     #[error("the handshake failed: {0}")]
@@ -47,6 +48,28 @@ pub enum RpcError {
     /// completed.
     #[error("the connection closed before the call completed")]
     ConnectionClosed,
+
+    /// The peer sent nothing, not even a keep-alive ping, for this long while this side waited:
+    /// it is presumed dead and the connection was dropped.
+    #[error("the peer sent nothing for {0:?}, not even a keep-alive ping, and is presumed dead")]
+    KeepaliveTimeout(Duration),
+
+    /// The call's deadline passed before its answer came. The server dropped the handler.
+    #[error("`{method}` did not complete within its deadline of {deadline:?}")]
+    DeadlineExceeded {
+        /// The method called.
+        method: String,
+        /// The deadline the call had, counted from when it was made.
+        deadline: Duration,
+    },
+
+    /// The server is closing the connection (shutting down, or the connection was idle) and did
+    /// not run the call. Running it again elsewhere is safe.
+    #[error("the server is closing the connection and did not run `{method}`")]
+    ServerClosing {
+        /// The method called.
+        method: String,
+    },
 
     /// Reading from or writing to the connection failed.
     #[error("the connection failed: {0}")]

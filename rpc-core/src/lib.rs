@@ -54,7 +54,9 @@
 //! The bytes on the wire are described in `docs/wire.md` of the repository.
 
 mod client;
+mod context;
 mod error;
+mod metadata;
 mod protocol;
 mod server;
 mod service;
@@ -66,7 +68,9 @@ mod transport;
 pub mod __private;
 
 pub use client::{Channel, ClientBuilder, ServiceClient};
+pub use context::Context;
 pub use error::RpcError;
+pub use metadata::Metadata;
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};

@@ -23,3 +23,6 @@ pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), Co
 
 /// `Vec`, for generated code in crates whose prelude lacks it.
 pub type Vec<T> = std::vec::Vec<T>;
+
+/// `String`, for generated code in crates whose prelude lacks it.
+pub type String = std::string::String;

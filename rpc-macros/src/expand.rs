@@ -218,9 +218,28 @@ fn client(service: &Service) -> TokenStream {
                 Self::builder().connect_stream(stream).await
             }
 
-            /// Settings for a new connection: frame limit, connect timeout.
+            /// Settings for a new connection: default deadline and metadata, frame limit,
+            /// timeouts, keep-alive.
             #vis fn builder() -> ::rpc_core::ClientBuilder<Self> {
                 ::rpc_core::ClientBuilder::new()
+            }
+
+            /// The same connection, with calls that fail with `RpcError::DeadlineExceeded` if
+            /// not answered within `deadline`. The server drops the handler then too.
+            #[must_use]
+            #vis fn with_deadline(&self, deadline: ::core::time::Duration) -> Self {
+                Self { #channel: self.#channel.with_deadline(deadline) }
+            }
+
+            /// The same connection, with `key` set to `value` in the metadata of every call; the
+            /// handler reads it through `rpc_core::Context::current().metadata()`.
+            #[must_use]
+            #vis fn with_metadata(
+                &self,
+                key: impl ::core::convert::Into<::rpc_core::__private::String>,
+                value: impl ::core::convert::AsRef<[::core::primitive::u8]>,
+            ) -> Self {
+                Self { #channel: self.#channel.with_metadata(key, value) }
             }
 
             #(#methods)*

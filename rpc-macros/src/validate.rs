@@ -5,7 +5,13 @@ use std::collections::HashMap;
 use crate::parse::{Errors, Service};
 
 /// Inherent methods of the generated client; a trait method of the same name would clash.
-pub(crate) const CLIENT_METHODS: &[&str] = &["builder", "connect", "from_stream"];
+pub(crate) const CLIENT_METHODS: &[&str] = &[
+    "builder",
+    "connect",
+    "from_stream",
+    "with_deadline",
+    "with_metadata",
+];
 
 pub(crate) fn service(service: &Service, errors: &mut Errors) {
     let client = format!("{}Client", service.ident);

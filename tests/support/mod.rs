@@ -181,22 +181,31 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A client hello for `service`, with no methods of its own.
+/// A hello for `service`: no methods of its own, no pings, no limit on concurrent calls.
 pub fn hello(service: &str, version: u32) -> Vec<u8> {
     let mut payload = vec![0x00];
     payload.extend_from_slice(b"rpcc");
     payload.extend(varint(version.into()));
     payload.extend(varint(16 * 1024 * 1024));
     payload.extend(string(service));
-    payload.extend(varint(0));
+    payload.extend(varint(0)); // methods
+    payload.extend(varint(0)); // ping interval
+    payload.extend(varint(0)); // max concurrent calls
     frame(&payload)
 }
 
-/// A request frame calling `method` with already-encoded `args`.
+/// A request frame calling `method` with already-encoded `args`, no deadline, no metadata.
 pub fn request(id: u64, method: &str, args: &[u8]) -> Vec<u8> {
+    request_with_timeout(id, method, 0, args)
+}
+
+/// A request frame with a deadline `timeout_ms` from now (0: none).
+pub fn request_with_timeout(id: u64, method: &str, timeout_ms: u64, args: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x01];
     payload.extend(varint(id));
     payload.extend(string(method));
+    payload.extend(varint(timeout_ms));
+    payload.extend(varint(0)); // metadata
     payload.extend_from_slice(args);
     frame(&payload)
 }

@@ -1,29 +1,29 @@
 //! One multiplexed connection to a server: many calls in flight, answers in any order.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::pending::{Pending, Reply};
-use crate::RpcError;
 use crate::protocol::{
-    self, FrameReader, FrameWriter, Head, Hello, Outcome, PeerInfo, code, finish_frame,
+    self, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, code, finish_frame,
     write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::task::AbortOnDrop;
+use crate::{Metadata, RpcError};
 
-/// How many encoded requests may wait for the writer before callers wait too.
-const OUTGOING_QUEUE: usize = 1024;
-
-/// A connection to a server, shared by every clone of a generated client.
+/// A connection to a server, shared by every clone of a generated client, with the options its
+/// calls are made with (deadline, metadata).
 ///
 /// Cheap to clone: clones share the connection. Any number of calls may be in flight at once;
 /// each completes when its own answer arrives. When the connection dies, every pending call
@@ -33,16 +33,22 @@ const OUTGOING_QUEUE: usize = 1024;
 #[derive(Clone)]
 pub struct Channel {
     inner: Arc<Inner>,
+    deadline: Duration,
+    metadata: Arc<Metadata>,
 }
 
 struct Inner {
     service: &'static str,
-    outgoing: mpsc::Sender<Vec<u8>>,
+    outbox: Outbox,
+    /// A call holds a slot from before it is sent until it is answered or abandoned, so that no
+    /// more calls are in flight than the server runs at once: the server then never has to stop
+    /// reading, and a cancellation always reaches it.
+    slots: Arc<Semaphore>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
     server: PeerInfo,
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
-    /// itself when `outgoing` is dropped, shutting the connection down.)
+    /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
 }
 
@@ -51,6 +57,8 @@ impl fmt::Debug for Channel {
         f.debug_struct("Channel")
             .field("service", &self.inner.service)
             .field("closed", &self.is_closed())
+            .field("deadline", &self.deadline)
+            .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
 }
@@ -68,36 +76,74 @@ impl Channel {
         let (read, write) = tokio::io::split(stream);
         let mut reader = FrameReader::new(read, config.max_frame_len);
         let mut writer = FrameWriter::new(write);
-        Hello::new(service, config.max_frame_len)
+        Hello::new(service, config.max_frame_len, config.keepalive, None)
             .send(&mut writer)
             .await?;
         let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        reader.set_silence_limit(server.silence_limit(config.keepalive));
 
-        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let (outbox, queue) = Outbox::new();
         let pending = Arc::new(Pending::default());
-        let writer = tokio::spawn(write_requests(writer, queue, pending.clone()));
+        let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
+        let writer = tokio::spawn(write_requests(writer, queue, heartbeat, pending.clone()));
         let reader = tokio::spawn(read_responses(
             reader,
             pending.clone(),
-            writer.abort_handle(),
+            AbortOnDrop::new(&writer),
         ));
         Ok(Channel {
             inner: Arc::new(Inner {
                 service: service.name,
-                outgoing,
+                outbox,
+                slots: Arc::new(Semaphore::new(
+                    server
+                        .max_concurrent_calls
+                        .unwrap_or(Semaphore::MAX_PERMITS)
+                        .clamp(1, Semaphore::MAX_PERMITS),
+                )),
                 pending,
                 next_id: AtomicU64::new(0),
                 server,
                 _reader: AbortOnDrop::new(&reader),
             }),
+            deadline: config.deadline,
+            metadata: Arc::new(config.metadata.clone()),
         })
+    }
+
+    /// The same connection, with calls that wait at most `deadline` (from when each call is
+    /// made). The server learns the deadline and drops the handler when it passes.
+    #[must_use]
+    pub fn with_deadline(&self, deadline: Duration) -> Channel {
+        Channel {
+            deadline,
+            ..self.clone()
+        }
+    }
+
+    /// The same connection, with `key` set to `value` in the metadata of every call.
+    #[must_use]
+    pub fn with_metadata(&self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Channel {
+        let mut channel = self.clone();
+        Arc::make_mut(&mut channel.metadata).insert(key, value);
+        channel
+    }
+
+    /// How long each call waits for its answer.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// What each call carries to the server.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// Calls `method` with its encoded argument tuple and decodes the result.
     ///
     /// Generated clients call this; call it directly only to talk to a service without its
-    /// generated client. Dropping the future before it completes abandons the call: its answer
-    /// is discarded when it arrives.
+    /// generated client. Dropping the future before it completes cancels the call: the server
+    /// drops its handler.
     pub async fn call<A, R>(&self, method: &'static MethodInfo, args: &A) -> Result<R, RpcError>
     where
         A: Serialize + ?Sized,
@@ -105,38 +151,77 @@ impl Channel {
     {
         let inner = &*self.inner;
         inner.server.check_method(method)?;
-        let encode_failed = |e: protocol::CodecError| RpcError::Encode {
+        let expires = Instant::now().checked_add(self.deadline);
+        let deadline_exceeded = || RpcError::DeadlineExceeded {
             method: method.name.to_owned(),
-            reason: e.to_string(),
+            deadline: self.deadline,
         };
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Head::Request {
-            id,
-            method: method.name,
-        }
-        .begin_frame()
-        .map_err(encode_failed)?;
-        protocol::append(args, &mut frame).map_err(encode_failed)?;
-        finish_frame(&mut frame, inner.server.max_frame_len)?;
 
-        let answer = inner.pending.register(id)?;
-        let waiting = Waiting {
-            pending: &inner.pending,
-            id,
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.request_frame(id, method, args, expires.is_some())?;
+        let Ok(slot) = until(expires, inner.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| deadline_exceeded())?
+        else {
+            unreachable!("the outgoing slots are never closed");
         };
-        if inner.outgoing.send(frame).await.is_err() {
+        let answer = inner.pending.register(id, method.name)?;
+        let mut waiting = Waiting {
+            inner,
+            id,
+            armed: true,
+            _slot: slot,
+        };
+        if !inner.outbox.send(frame, None) {
+            waiting.armed = false;
             return Err(inner.pending.close_reason());
         }
-        let reply = answer.await;
-        std::mem::forget(waiting); // the reader removed the entry when it replied
+        let reply = until(expires, answer)
+            .await
+            .map_err(|_| deadline_exceeded())?;
+        waiting.armed = false; // answered: nothing to cancel
         match reply.map_err(|_| inner.pending.close_reason())? {
             Reply::Ok(body) => protocol::decode_exact(&body).map_err(|e| RpcError::Decode {
                 method: method.name.to_owned(),
                 reason: e.to_string(),
             }),
-            Reply::Err { code, message } => Err(remote_error(method.name, code, message)),
+            Reply::Err { code, message } => {
+                Err(remote_error(method.name, code, message, self.deadline))
+            }
             Reply::Failed(reason) => Err(reason),
         }
+    }
+
+    fn request_frame<A: Serialize + ?Sized>(
+        &self,
+        id: u64,
+        method: &MethodInfo,
+        args: &A,
+        has_deadline: bool,
+    ) -> Result<Vec<u8>, RpcError> {
+        let encode_failed = |e: protocol::CodecError| RpcError::Encode {
+            method: method.name.to_owned(),
+            reason: e.to_string(),
+        };
+        // Whole milliseconds, rounded up so that a short deadline never reads as "none".
+        let timeout_ms = if has_deadline {
+            u64::try_from(self.deadline.as_micros().div_ceil(1000))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        } else {
+            0
+        };
+        let mut frame = Head::Request {
+            id,
+            method: method.name,
+            timeout_ms,
+            metadata: Cow::Borrowed(&self.metadata),
+        }
+        .begin_frame()
+        .map_err(encode_failed)?;
+        protocol::append(args, &mut frame).map_err(encode_failed)?;
+        finish_frame(&mut frame, self.inner.server.max_frame_len)?;
+        Ok(frame)
     }
 
     /// Whether the connection has closed. A closed channel fails every call at once.
@@ -145,20 +230,37 @@ impl Channel {
     }
 }
 
-/// Removes a call's entry from the pending table if the call is dropped while it waits.
+/// Runs `work` until `expires`, or without a limit.
+async fn until<F: Future>(
+    expires: Option<Instant>,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match expires {
+        Some(expires) => tokio::time::timeout_at(expires, work).await,
+        None => Ok(work.await),
+    }
+}
+
+/// A call that was sent and waits for its answer. Dropped while still armed (the caller gave
+/// up, or the deadline passed), it tells the server to drop the handler.
 struct Waiting<'a> {
-    pending: &'a Pending,
+    inner: &'a Inner,
     id: u64,
+    armed: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.pending.forget(self.id);
+        if self.armed && self.inner.pending.forget(self.id) {
+            // The request is ahead of this in the outbox, so the server always sees it first.
+            self.inner.outbox.send_head(&Head::Cancel { id: self.id });
+        }
     }
 }
 
 /// Turns an error response into the error the caller sees.
-fn remote_error(method: &str, code: u32, message: String) -> RpcError {
+fn remote_error(method: &str, code: u32, message: String, deadline: Duration) -> RpcError {
     let method = method.to_owned();
     match code {
         code::UNKNOWN_METHOD => RpcError::UnknownMethod { method },
@@ -167,16 +269,19 @@ fn remote_error(method: &str, code: u32, message: String) -> RpcError {
             reason: message,
         },
         code::HANDLER_PANICKED => RpcError::HandlerPanicked { method, message },
+        code::DEADLINE_EXCEEDED => RpcError::DeadlineExceeded { method, deadline },
+        code::NOT_RUN => RpcError::ServerClosing { method },
         _ => RpcError::Server { method, message },
     }
 }
 
 async fn write_requests<W: AsyncWrite + Unpin>(
     writer: FrameWriter<W>,
-    queue: mpsc::Receiver<Vec<u8>>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<protocol::Outgoing>,
+    heartbeat: Option<Duration>,
     pending: Arc<Pending>,
 ) {
-    if let Err(error) = write_frames(writer, queue).await {
+    if let Err(error) = write_frames(writer, queue, heartbeat).await {
         pending.close(error.into());
     }
 }
@@ -184,7 +289,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
 async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     pending: Arc<Pending>,
-    writer: AbortHandle,
+    _writer: AbortOnDrop,
 ) {
     let reason = loop {
         let payload = match reader.next_frame().await {
@@ -203,9 +308,11 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 };
                 pending.complete(id, reply);
             }
+            Ok((Head::Ping, _)) => {}
+            Ok((Head::GoAway, _)) => pending.drain(),
             Ok((head, _)) => {
                 break RpcError::Protocol(format!(
-                    "the server sent a {} frame, where only responses may come",
+                    "the server sent a {} frame, which only clients send",
                     head.kind()
                 ));
             }
@@ -216,5 +323,4 @@ async fn read_responses<R: AsyncRead + Unpin>(
     };
     tracing::debug!(%reason, "client connection closed");
     pending.close(reason);
-    writer.abort();
 }

@@ -30,6 +30,8 @@ pub(crate) struct Pending {
 struct State {
     calls: HashMap<u64, oneshot::Sender<Reply>>,
     closed: Option<RpcError>,
+    /// The server said it takes no new calls.
+    draining: bool,
 }
 
 impl Pending {
@@ -38,11 +40,21 @@ impl Pending {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a call about to be sent, or says why the connection takes no more calls.
-    pub(crate) fn register(&self, id: u64) -> Result<oneshot::Receiver<Reply>, RpcError> {
+    /// Registers a call to `method` about to be sent, or says why the connection takes no more
+    /// calls.
+    pub(crate) fn register(
+        &self,
+        id: u64,
+        method: &str,
+    ) -> Result<oneshot::Receiver<Reply>, RpcError> {
         let mut state = self.state();
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
+        }
+        if state.draining {
+            return Err(RpcError::ServerClosing {
+                method: method.to_owned(),
+            });
         }
         let (tx, rx) = oneshot::channel();
         state.calls.insert(id, tx);
@@ -59,9 +71,14 @@ impl Pending {
         }
     }
 
-    /// Forgets a call that stopped waiting.
-    pub(crate) fn forget(&self, id: u64) {
-        self.state().calls.remove(&id);
+    /// Forgets a call that stopped waiting. `true` if it was still waiting for its answer.
+    pub(crate) fn forget(&self, id: u64) -> bool {
+        self.state().calls.remove(&id).is_some()
+    }
+
+    /// Takes no new calls; the ones waiting still get their answers.
+    pub(crate) fn drain(&self) {
+        self.state().draining = true;
     }
 
     /// Closes the table: every waiting call fails with `reason`, and so does every later
@@ -101,14 +118,14 @@ mod tests {
     #[tokio::test]
     async fn close_fails_waiting_and_later_calls() {
         let pending = Pending::default();
-        let waiting = pending.register(1).expect("open");
+        let waiting = pending.register(1, "f").expect("open");
         pending.close(RpcError::ConnectionClosed);
         assert!(matches!(
             waiting.await,
             Ok(Reply::Failed(RpcError::ConnectionClosed))
         ));
         assert!(matches!(
-            pending.register(2),
+            pending.register(2, "f"),
             Err(RpcError::ConnectionClosed)
         ));
     }
@@ -116,12 +133,26 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_their_own_call() {
         let pending = Pending::default();
-        let one = pending.register(1).expect("open");
-        let two = pending.register(2).expect("open");
+        let one = pending.register(1, "f").expect("open");
+        let two = pending.register(2, "f").expect("open");
         pending.complete(2, Reply::Ok(Bytes::from_static(b"2")));
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
         pending.complete(3, Reply::Ok(Bytes::new()));
         assert!(matches!(one.await, Ok(Reply::Ok(b)) if b == "1"));
         assert!(matches!(two.await, Ok(Reply::Ok(b)) if b == "2"));
+    }
+
+    #[tokio::test]
+    async fn draining_refuses_new_calls_and_answers_old_ones() {
+        let pending = Pending::default();
+        let old = pending.register(1, "f").expect("open");
+        pending.drain();
+        assert!(matches!(
+            pending.register(2, "g"),
+            Err(RpcError::ServerClosing { method }) if method == "g"
+        ));
+        pending.complete(1, Reply::Ok(Bytes::new()));
+        assert!(matches!(old.await, Ok(Reply::Ok(_))));
+        assert!(!pending.forget(1), "answered calls are gone");
     }
 }

@@ -1,10 +1,12 @@
 //! Reading and writing length-prefixed frames.
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::LENGTH_PREFIX;
+use super::{Head, LENGTH_PREFIX};
 use crate::RpcError;
 
 /// How much the read buffer grows by at most per read, whatever length a frame claims. Memory
@@ -27,6 +29,7 @@ pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_frame_len: usize,
+    silence_limit: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -35,7 +38,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf: BytesMut::new(),
             max_frame_len,
+            silence_limit: None,
         }
+    }
+
+    /// Fails a read that waits longer than `limit` for the next bytes: the peer is presumed dead.
+    /// A live peer sends a ping at least every keep-alive interval, so it is never silent that
+    /// long.
+    pub(crate) fn set_silence_limit(&mut self, limit: Option<Duration>) {
+        self.silence_limit = limit;
     }
 
     /// Changes the largest payload accepted from here on.
@@ -73,7 +84,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 LENGTH_PREFIX - self.buf.len()
             };
             self.buf.reserve(wanted.clamp(IDLE_BUFFER_KEEP, READ_CHUNK));
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let read = match self.silence_limit {
+                None => self.io.read_buf(&mut self.buf).await?,
+                Some(limit) => tokio::time::timeout(limit, self.io.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| RpcError::KeepaliveTimeout(limit))??,
+            };
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -83,6 +100,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
+    }
+}
+
+/// A frame waiting for the writer, with the slot it holds (a share of a connection's budget)
+/// until it is written.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    frame: Vec<u8>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// The queue every task of a connection sends its frames through. Frames leave in the order
+/// queued, so a cancellation never overtakes its request. The queue itself is unbounded; what
+/// bounds it is the slots: requests and responses hold one until written.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox(mpsc::UnboundedSender<Outgoing>);
+
+impl Outbox {
+    pub(crate) fn new() -> (Outbox, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Outbox(tx), rx)
+    }
+
+    /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
+    /// writer is gone, and with it the connection.
+    pub(crate) fn send(&self, frame: Vec<u8>, slot: Option<OwnedSemaphorePermit>) -> bool {
+        self.0.send(Outgoing { frame, _slot: slot }).is_ok()
+    }
+
+    /// Queues a frame that is only a head (cancel, go-away).
+    pub(crate) fn send_head(&self, head: &Head<'_>) -> bool {
+        self.send(head.frame(), None)
     }
 }
 
@@ -108,20 +157,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Writes `first` and every frame already queued behind it, gathering small frames into
-    /// few large writes, then flushes.
+    /// few large writes, then flushes. A frame's slot is released once its bytes are written or
+    /// copied into the batch, which is itself bounded.
     async fn send_queued(
         &mut self,
-        first: Vec<u8>,
-        queue: &mut mpsc::Receiver<Vec<u8>>,
+        first: Outgoing,
+        queue: &mut mpsc::UnboundedReceiver<Outgoing>,
     ) -> std::io::Result<()> {
         let mut next = Some(first);
-        while let Some(frame) = next.take() {
+        while let Some(outgoing) = next.take() {
             next = queue.try_recv().ok();
+            let frame = &outgoing.frame;
             if frame.len() >= COALESCE_BELOW || (self.batch.is_empty() && next.is_none()) {
                 self.write_batch().await?;
-                self.io.write_all(&frame).await?;
+                self.io.write_all(frame).await?;
             } else {
-                self.batch.extend_from_slice(&frame);
+                self.batch.extend_from_slice(frame);
                 if self.batch.len() >= COALESCE_LIMIT {
                     self.write_batch().await?;
                 }
@@ -144,15 +195,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 /// Sends every frame that arrives on `queue` until all its senders are gone, then shuts the
-/// write side down so the peer sees the end of the stream.
+/// write side down so the peer sees the end of the stream. After `heartbeat` without a frame to
+/// send, sends a ping, so that the peer knows this side is alive.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    heartbeat: Option<Duration>,
 ) -> std::io::Result<()> {
-    while let Some(frame) = queue.recv().await {
-        writer.send_queued(frame, &mut queue).await?;
+    loop {
+        let next = match heartbeat {
+            None => queue.recv().await,
+            Some(interval) => match tokio::time::timeout(interval, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    writer.send(&Head::Ping.frame()).await?;
+                    continue;
+                }
+            },
+        };
+        match next {
+            Some(outgoing) => writer.send_queued(outgoing, &mut queue).await?,
+            None => return writer.io.shutdown().await,
+        }
     }
-    writer.io.shutdown().await
 }
 
 #[cfg(test)]
@@ -216,13 +281,13 @@ mod tests {
     #[tokio::test]
     async fn coalesced_writes_keep_frame_order() {
         let (tx, rx) = tokio::io::duplex(1 << 20);
-        let (queue_tx, queue_rx) = mpsc::channel(64);
+        let (outbox, queue) = Outbox::new();
         for i in 0..50u8 {
-            queue_tx.send(frame(&[i; 3])).await.expect("queued");
+            assert!(outbox.send(frame(&[i; 3]), None));
         }
-        queue_tx.send(frame(&[99; 20_000])).await.expect("queued");
-        drop(queue_tx);
-        write_frames(FrameWriter::new(tx), queue_rx)
+        assert!(outbox.send(frame(&[99; 20_000]), None));
+        drop(outbox);
+        write_frames(FrameWriter::new(tx), queue, None)
             .await
             .expect("writes");
         let mut reader = FrameReader::new(rx, 1 << 20);
@@ -242,5 +307,37 @@ mod tests {
             20_000
         );
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_writer_sends_pings() {
+        let (tx, rx) = tokio::io::duplex(1024);
+        let (outbox, queue) = Outbox::new();
+        let writer = tokio::spawn(write_frames(
+            FrameWriter::new(tx),
+            queue,
+            Some(Duration::from_secs(10)),
+        ));
+        let mut reader = FrameReader::new(rx, 1024);
+        for _ in 0..3 {
+            let ping = reader.next_frame().await.expect("frame").expect("some");
+            assert_eq!(ping[..], [0x04]);
+        }
+        drop(outbox);
+        writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_reader_gives_up_after_its_limit() {
+        let (_tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        reader.set_silence_limit(Some(Duration::from_secs(30)));
+        let error = reader.next_frame().await.expect_err("silence");
+        assert!(matches!(error, RpcError::KeepaliveTimeout(limit) if limit.as_secs() == 30));
     }
 }

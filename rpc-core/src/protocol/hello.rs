@@ -8,7 +8,9 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{FrameReader, FrameWriter, Head, MAX_FRAME_LEN_CAP, finish_frame};
+use std::time::Duration;
+
+use super::{FrameReader, FrameWriter, Head, KeepAlive, MAX_FRAME_LEN_CAP, finish_frame};
 use crate::RpcError;
 use crate::service::{MethodInfo, ServiceInfo};
 
@@ -34,6 +36,12 @@ pub(crate) struct Hello<'a> {
     /// Every method with its signature fingerprint.
     #[serde(borrow)]
     methods: MethodTable<'a>,
+    /// How often this side pings when it has nothing else to send, in milliseconds; 0 if it
+    /// does not.
+    ping_interval_ms: u64,
+    /// How many calls a client may have in flight on the connection at once; 0 for no limit.
+    /// A server's limit; clients send 0.
+    max_concurrent_calls: u32,
 }
 
 /// What one side learned about the other from its hello.
@@ -43,9 +51,22 @@ pub(crate) struct PeerInfo {
     pub(crate) max_frame_len: usize,
     /// The peer's methods and their fingerprints.
     pub(crate) methods: HashMap<String, u64>,
+    /// How often the peer pings when it has nothing else to send.
+    pub(crate) ping_interval: Option<Duration>,
+    /// How many calls the peer runs at once on this connection.
+    pub(crate) max_concurrent_calls: Option<usize>,
 }
 
 impl PeerInfo {
+    /// How long to wait for the peer's bytes before presuming it dead, given this side's
+    /// keep-alive settings: never less than twice the peer's ping interval, so that a live peer
+    /// is never mistaken for a dead one; no limit when either side does not ping.
+    pub(crate) fn silence_limit(&self, own: Option<KeepAlive>) -> Option<Duration> {
+        let own = own?;
+        let peer_interval = self.ping_interval?;
+        Some(own.timeout.max(peer_interval.saturating_mul(2)))
+    }
+
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
         match self.methods.get(method.name) {
@@ -63,13 +84,26 @@ impl PeerInfo {
 }
 
 impl<'a> Hello<'a> {
-    pub(crate) fn new(service: &'a ServiceInfo, max_frame_len: usize) -> Self {
+    pub(crate) fn new(
+        service: &'a ServiceInfo,
+        max_frame_len: usize,
+        keepalive: Option<KeepAlive>,
+        max_concurrent_calls: Option<usize>,
+    ) -> Self {
+        let ping_interval_ms = keepalive.map_or(0, |keepalive| {
+            u64::try_from(keepalive.interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
         Hello {
             magic: MAGIC,
             version: VERSION,
             max_frame_len: max_frame_len.min(MAX_FRAME_LEN_CAP) as u32,
             service: service.name,
             methods: MethodTable::Local(service.methods),
+            ping_interval_ms,
+            max_concurrent_calls: max_concurrent_calls
+                .map_or(0, |calls| u32::try_from(calls).unwrap_or(u32::MAX)),
         }
     }
 
@@ -121,7 +155,7 @@ impl<'a> Hello<'a> {
             }
             _ => return Err(not_a_peer()),
         }
-        // Bytes after the method table are ignored: later versions may append fields.
+        // Bytes after the last field are ignored: later versions may append fields.
         let Ok((Head::Hello(hello), _)) = Head::decode(&payload) else {
             return Err(not_a_peer());
         };
@@ -137,6 +171,10 @@ impl<'a> Hello<'a> {
                 MethodTable::Remote(methods) => methods,
                 MethodTable::Local(_) => HashMap::new(),
             },
+            ping_interval: (hello.ping_interval_ms > 0)
+                .then(|| Duration::from_millis(hello.ping_interval_ms)),
+            max_concurrent_calls: (hello.max_concurrent_calls > 0)
+                .then_some(hello.max_concurrent_calls as usize),
         })
     }
 }
@@ -205,15 +243,15 @@ mod tests {
         };
         let mut written = Vec::new();
         let mut writer = FrameWriter::new(&mut written);
-        Hello::new(&CALC, 16 * 1024 * 1024)
+        Hello::new(&CALC, 16 * 1024 * 1024, Some(KeepAlive::DEFAULT), None)
             .send(&mut writer)
             .await
             .expect("writes");
         assert_eq!(
             written,
             [
-                0x00, 0x00, 0x00, 0x10, 0x00, b'r', b'p', b'c', b'c', 0x01, 0x80, 0x80, 0x80, 0x08,
-                0x04, b'C', b'a', b'l', b'c', 0x00
+                0x00, 0x00, 0x00, 0x13, 0x00, b'r', b'p', b'c', b'c', 0x01, 0x80, 0x80, 0x80, 0x08,
+                0x04, b'C', b'a', b'l', b'c', 0x00, 0x98, 0x75, 0x00
             ]
         );
     }
@@ -228,7 +266,7 @@ mod tests {
             }],
         };
         let mut written = Vec::new();
-        Hello::new(&LAB, 1000)
+        Hello::new(&LAB, 1000, None, Some(64))
             .send(&mut FrameWriter::new(&mut written))
             .await
             .expect("writes");
@@ -239,5 +277,31 @@ mod tests {
         assert_eq!(peer.max_frame_len, 1000);
         assert_eq!(peer.methods.get("add"), Some(&0xdead_beef));
         assert!(peer.check_method(&LAB.methods[0]).is_ok());
+        assert_eq!(peer.ping_interval, None);
+        assert_eq!(peer.max_concurrent_calls, Some(64));
+        assert_eq!(peer.silence_limit(Some(KeepAlive::DEFAULT)), None);
+    }
+
+    #[test]
+    fn the_silence_limit_respects_the_peers_ping_interval() {
+        let peer = PeerInfo {
+            max_frame_len: 0,
+            methods: HashMap::new(),
+            ping_interval: Some(Duration::from_secs(15)),
+            max_concurrent_calls: None,
+        };
+        let impatient = KeepAlive {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(200),
+        };
+        assert_eq!(
+            peer.silence_limit(Some(impatient)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            peer.silence_limit(Some(KeepAlive::DEFAULT)),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(peer.silence_limit(None), None);
     }
 }

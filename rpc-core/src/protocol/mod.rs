@@ -11,16 +11,36 @@ mod hello;
 
 pub use codec::CodecError;
 pub(crate) use codec::{append, decode_exact};
-pub(crate) use frame::{FrameReader, FrameWriter, write_frames};
+pub(crate) use frame::{FrameReader, FrameWriter, Outbox, Outgoing, write_frames};
 pub(crate) use hello::{Hello, PeerInfo};
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+
+use crate::Metadata;
 
 /// The byte length of the frame header (the payload length).
 pub(crate) const LENGTH_PREFIX: usize = 4;
 
 /// The default limit on a frame's payload: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Keep-alive settings of one side: ping after `interval` of sending nothing; presume the peer
+/// dead after `timeout` of waiting for its bytes in vain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepAlive {
+    pub(crate) interval: std::time::Duration,
+    pub(crate) timeout: std::time::Duration,
+}
+
+impl KeepAlive {
+    /// The defaults of both sides: ping after 15 s of silence, give up after 45 s.
+    pub(crate) const DEFAULT: KeepAlive = KeepAlive {
+        interval: std::time::Duration::from_secs(15),
+        timeout: std::time::Duration::from_secs(45),
+    };
+}
 
 /// The largest limit the 4-byte length prefix can express.
 pub(crate) const MAX_FRAME_LEN_CAP: usize = u32::MAX as usize;
@@ -38,6 +58,10 @@ pub(crate) enum Head<'a> {
         id: u64,
         /// The method's name as written in the trait (without `r#`).
         method: &'a str,
+        /// How long the client waits, in milliseconds; 0 for no deadline.
+        timeout_ms: u64,
+        /// What the client attached to the call.
+        metadata: Cow<'a, Metadata>,
     },
     /// 2: the answer to the request with the same id.
     Response {
@@ -46,6 +70,16 @@ pub(crate) enum Head<'a> {
         /// Whether the call succeeded; on success the rest of the payload is the return value.
         outcome: Outcome<'a>,
     },
+    /// 3: the client no longer waits for this call; the server drops its handler.
+    Cancel {
+        /// The id of the request cancelled.
+        id: u64,
+    },
+    /// 4: a heartbeat, sent by either side after a while of sending nothing else.
+    Ping,
+    /// 5: the server takes no new calls on this connection and closes it once the calls it is
+    /// running are answered.
+    GoAway,
 }
 
 /// How a call ended.
@@ -74,6 +108,10 @@ pub(crate) mod code {
     pub(crate) const RESPONSE_TOO_LARGE: u32 = 4;
     /// The return value could not be encoded.
     pub(crate) const RESPONSE_ENCODE_FAILED: u32 = 5;
+    /// The deadline passed before the handler finished; the handler was dropped.
+    pub(crate) const DEADLINE_EXCEEDED: u32 = 6;
+    /// The server is closing the connection and did not run the call.
+    pub(crate) const NOT_RUN: u32 = 7;
 }
 
 impl<'a> Head<'a> {
@@ -83,12 +121,29 @@ impl<'a> Head<'a> {
             Head::Hello(_) => "hello",
             Head::Request { .. } => "request",
             Head::Response { .. } => "response",
+            Head::Cancel { .. } => "cancel",
+            Head::Ping => "ping",
+            Head::GoAway => "go-away",
         }
     }
 
     /// Splits a frame's payload into its head and the bytes after it.
     pub(crate) fn decode(payload: &'a [u8]) -> Result<(Head<'a>, &'a [u8]), CodecError> {
         postcard::take_from_bytes(payload).map_err(CodecError::from)
+    }
+
+    /// A complete frame holding only this head, for the heads that carry no body.
+    pub(crate) fn frame(&self) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(16);
+        frame.extend_from_slice(&[0; LENGTH_PREFIX]);
+        // Serializing a head into a Vec cannot fail: it has no maps, sequences of unknown length
+        // or custom serializers that fail.
+        if append(self, &mut frame).is_err() {
+            unreachable!("a frame head always encodes");
+        }
+        let size = (frame.len() - LENGTH_PREFIX) as u32;
+        frame[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
+        frame
     }
 
     /// Starts a frame: room for the length prefix, then this head.
@@ -117,20 +172,11 @@ pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::
 
 /// Builds a complete error response frame. Error frames are small, so they always fit.
 pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Vec<u8> {
-    let head = Head::Response {
+    Head::Response {
         id,
         outcome: Outcome::Err { code, message },
-    };
-    let mut frame = Vec::with_capacity(32 + message.len());
-    frame.extend_from_slice(&[0; LENGTH_PREFIX]);
-    // Serializing a head into a Vec cannot fail: it has no maps, sequences of unknown length or
-    // custom serializers.
-    if append(&head, &mut frame).is_err() {
-        unreachable!("a response head always encodes");
     }
-    let size = (frame.len() - LENGTH_PREFIX) as u32;
-    frame[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
-    frame
+    .frame()
 }
 
 #[cfg(test)]
@@ -143,6 +189,8 @@ mod tests {
         let mut frame = Head::Request {
             id: 1,
             method: "add",
+            timeout_ms: 100,
+            metadata: Cow::Owned(Metadata::new()),
         }
         .begin_frame()
         .expect("encodes");
@@ -150,7 +198,35 @@ mod tests {
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
             frame,
-            [0, 0, 0, 8, 0x01, 0x01, 0x03, b'a', b'd', b'd', 0x04, 0x06]
+            [
+                0, 0, 0, 10, 0x01, 0x01, 0x03, b'a', b'd', b'd', 0x64, 0x00, 0x04, 0x06
+            ]
+        );
+    }
+
+    #[test]
+    fn control_frame_bytes_match_wire_md() {
+        assert_eq!(Head::Cancel { id: 5 }.frame(), [0, 0, 0, 2, 0x03, 0x05]);
+        assert_eq!(Head::Ping.frame(), [0, 0, 0, 1, 0x04]);
+        assert_eq!(Head::GoAway.frame(), [0, 0, 0, 1, 0x05]);
+    }
+
+    #[test]
+    fn request_metadata_bytes_match_wire_md() {
+        let mut metadata = Metadata::new();
+        metadata.insert("k", "v");
+        let frame = Head::Request {
+            id: 2,
+            method: "f",
+            timeout_ms: 0,
+            metadata: Cow::Borrowed(&metadata),
+        }
+        .frame();
+        assert_eq!(
+            frame,
+            [
+                0, 0, 0, 10, 0x01, 0x02, 0x01, b'f', 0x00, 0x01, 0x01, b'k', 0x01, b'v'
+            ]
         );
     }
 

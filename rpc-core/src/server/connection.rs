@@ -1,39 +1,35 @@
-//! Serving one connection: read requests, run each as its own task, write answers as they
-//! finish.
+//! Serving one connection: read frames, start each request as its own call, write answers as
+//! they finish; drain on shutdown or idleness.
 
-use std::any::Any;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
 use super::ServerConfig;
+use super::calls::{Calls, NewCall, truncate};
 use crate::RpcError;
 use crate::protocol::{
-    FrameReader, FrameWriter, Head, Hello, Outcome, code, error_response, finish_frame,
-    write_frames,
+    FrameReader, FrameWriter, Head, Hello, Outbox, code, error_response, write_frames,
 };
 use crate::service::{DecodeError, Service};
 use crate::task::AbortOnDrop;
 
-/// How many finished answers may wait for the writer before handlers wait too.
-const RESPONSE_QUEUE: usize = 256;
+/// Where a connection learns that the server is shutting down; `None` for a connection served
+/// on its own.
+pub(crate) type ShutdownSignal = Option<watch::Receiver<bool>>;
 
-/// Error messages sent to clients are cut to this many bytes.
-const MAX_ERROR_MESSAGE: usize = 1024;
-
-/// Serves one connection until the client closes it or breaks the protocol.
-///
-/// At most `max_in_flight` calls run at once; while that many are running the connection is not
-/// read, so a client sending faster than the service answers is slowed down, not buffered.
+/// Serves one connection until the client closes it, breaks the protocol, goes silent, or the
+/// server shuts down.
 pub(crate) async fn serve<S, IO>(
     io: IO,
     service: Arc<S>,
     config: &ServerConfig,
+    peer_addr: Option<SocketAddr>,
+    mut shutdown: ShutdownSignal,
 ) -> Result<(), RpcError>
 where
     S: Service,
@@ -57,183 +53,193 @@ where
     // A client of another service or version still gets this side's hello, so that it can say
     // exactly what does not match.
     if let Ok(_) | Err(RpcError::WrongService { .. } | RpcError::VersionMismatch { .. }) = &client {
-        Hello::new(&S::INFO, config.max_frame_len)
-            .send(&mut writer)
-            .await?;
+        let hello = Hello::new(
+            &S::INFO,
+            config.max_frame_len,
+            config.keepalive,
+            Some(config.max_in_flight),
+        );
+        hello.send(&mut writer).await?;
     }
-    let client_max_frame_len = client?.max_frame_len;
+    let client = client?;
+    reader.set_silence_limit(client.silence_limit(config.keepalive));
 
-    let (responses, queue) = mpsc::channel(RESPONSE_QUEUE);
-    let writer = tokio::spawn(write_frames(writer, queue));
-    // If this future is dropped, the connection closes: handlers still running would otherwise
-    // keep the writer, and with it the socket, open.
+    let (outbox, queue) = Outbox::new();
+    let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
+    let mut writer = tokio::spawn(write_frames(writer, queue, heartbeat));
+    // If this future is dropped (the server's grace period ran out), the connection closes and
+    // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
     let _writer_guard = AbortOnDrop::new(&writer);
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let calls = Arc::new(Calls::default());
+    let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
+
+    let mut connection = Connection {
+        service: &*service,
+        calls: &calls,
+        outbox,
+        slots: Arc::new(Semaphore::new(config.max_in_flight)),
+        client_max_frame_len: client.max_frame_len,
+        peer_addr,
+        draining: false,
+    };
+    let mut last_request = Instant::now();
     let ended = loop {
-        // Read nothing more until a call slot is free: this is the connection's backpressure.
-        let Ok(slot) = in_flight.clone().acquire_owned().await else {
-            unreachable!("the in-flight semaphore is never closed");
-        };
-        let payload = match reader.next_frame().await {
-            Ok(Some(payload)) => payload,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        };
-        if let Err(error) =
-            dispatch(&payload, &*service, &responses, slot, client_max_frame_len).await
-        {
-            break Err(error);
+        if connection.draining && calls.is_empty() {
+            break Ok(());
+        }
+        let idle_deadline = config
+            .idle_timeout
+            .and_then(|idle| last_request.checked_add(idle));
+        tokio::select! {
+            written = &mut writer => {
+                break Err(match written {
+                    Ok(Err(error)) => error.into(),
+                    _ => RpcError::ConnectionClosed,
+                });
+            }
+            () = shutdown_requested(&mut shutdown), if !connection.draining => {
+                connection.start_draining();
+            }
+            () = calls.wait_idle(), if connection.draining => {}
+            () = sleep_until(idle_deadline), if !connection.draining && calls.is_empty() => {
+                tracing::debug!(?peer_addr, "closing an idle connection");
+                connection.start_draining();
+            }
+            frame = reader.next_frame() => match frame {
+                Ok(Some(payload)) => {
+                    if let Err(error) = connection.handle(&payload).await {
+                        break Err(error);
+                    }
+                    last_request = Instant::now();
+                }
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            },
         }
     };
-    drop(responses);
+    let Connection { outbox, .. } = connection;
+    drop(outbox);
     match ended {
-        // The client finished sending; the calls still running answer before the connection
-        // closes.
+        // The client finished sending, or the connection drained: the calls still running
+        // answer, then the writer closes the connection.
         Ok(()) => match writer.await {
             Ok(written) => written.map_err(RpcError::from),
             Err(_) => Err(RpcError::ConnectionClosed),
         },
-        Err(error) => {
-            writer.abort();
-            Err(error)
-        }
+        Err(error) => Err(error),
     }
 }
 
-/// Decodes one request and starts its call, or answers at once with why it cannot run.
-async fn dispatch<S: Service>(
-    payload: &Bytes,
-    service: &S,
-    responses: &mpsc::Sender<Vec<u8>>,
-    slot: OwnedSemaphorePermit,
+/// The state of one connection's reading side.
+struct Connection<'a, S> {
+    service: &'a S,
+    calls: &'a Arc<Calls>,
+    outbox: Outbox,
+    /// Every running call holds one until its answer is written.
+    slots: Arc<Semaphore>,
     client_max_frame_len: usize,
-) -> Result<(), RpcError> {
-    let (id, method, args) = match Head::decode(payload) {
-        Ok((Head::Request { id, method }, args)) => (id, method, args),
-        Ok((head, _)) => {
-            return Err(RpcError::Protocol(format!(
-                "the client sent a {} frame, where only requests may come",
-                head.kind()
-            )));
-        }
-        Err(error) => {
-            return Err(RpcError::Protocol(format!(
-                "the client sent an undecodable frame: {error}"
-            )));
-        }
-    };
-    let request = match S::decode_request(method, args) {
-        Ok(request) => request,
-        Err(error) => {
-            let (code, message) = match error {
-                DecodeError::UnknownMethod => (
-                    code::UNKNOWN_METHOD,
-                    format!("the service `{}` has no method `{method}`", S::INFO.name),
-                ),
-                DecodeError::InvalidArguments(error) => {
-                    (code::INVALID_ARGUMENTS, error.to_string())
-                }
-            };
-            tracing::debug!(method = %truncate(method), %message, "refused a call");
-            return responses
-                .send(error_response(id, code, truncate(&message)))
-                .await
-                .map_err(|_| RpcError::ConnectionClosed);
-        }
-    };
-    let method = S::method_name(&request);
-    let call = service.call(request);
-    let responses = responses.clone();
-    tokio::spawn(async move {
-        let frame = run::<S>(id, method, call, client_max_frame_len).await;
-        // Fails only when the connection is gone, and then nobody waits for the answer.
-        let _ = responses.send(frame).await;
-        drop(slot);
-    });
-    Ok(())
+    peer_addr: Option<SocketAddr>,
+    /// The server takes no new calls on this connection.
+    draining: bool,
 }
 
-/// Runs one call to completion and encodes its answer. A panic in the handler, or in the
-/// result's `Serialize`, becomes an error answer for this call alone.
-async fn run<S: Service>(
-    id: u64,
-    method: &'static str,
-    call: impl Future<Output = S::Response>,
-    client_max_frame_len: usize,
-) -> Vec<u8> {
-    let answered = AssertUnwindSafe(async move {
-        let response = call.await;
-        let mut frame = Head::Response {
-            id,
-            outcome: Outcome::Ok,
-        }
-        .begin_frame()?;
-        S::encode_response(&response, &mut frame)?;
-        Ok(frame)
-    })
-    .catch_unwind()
-    .await;
-    match answered {
-        Ok(Ok(mut frame)) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => frame,
-            Err(too_large) => {
-                tracing::warn!(method, %too_large, "a result is over the client's frame limit");
-                error_response(
-                    id,
-                    code::RESPONSE_TOO_LARGE,
-                    &format!("the result is too large for the client: {too_large}"),
-                )
-            }
-        },
-        Ok(Err(error)) => {
-            let error: crate::protocol::CodecError = error;
-            tracing::warn!(method, %error, "a result could not be encoded");
-            error_response(
+impl<S: Service> Connection<'_, S> {
+    fn start_draining(&mut self) {
+        self.draining = true;
+        self.outbox.send_head(&Head::GoAway);
+    }
+
+    /// Acts on one frame from the client.
+    async fn handle(&mut self, payload: &Bytes) -> Result<(), RpcError> {
+        let (head, args) = Head::decode(payload).map_err(|error| {
+            RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
+        })?;
+        let (id, method, timeout_ms, metadata) = match head {
+            Head::Request {
                 id,
-                code::RESPONSE_ENCODE_FAILED,
-                &format!("the result could not be encoded: {error}"),
-            )
+                method,
+                timeout_ms,
+                metadata,
+            } => (id, method, timeout_ms, metadata),
+            Head::Cancel { id } => {
+                self.calls.cancel(id);
+                return Ok(());
+            }
+            Head::Ping => return Ok(()),
+            head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway) => {
+                return Err(RpcError::Protocol(format!(
+                    "the client sent a {} frame, which only servers send",
+                    head.kind()
+                )));
+            }
+        };
+        if self.draining {
+            return self.refuse(id, code::NOT_RUN, "the server is closing this connection");
         }
-        Err(panic) => {
-            let message = panic_message(&*panic);
-            tracing::error!(method, message, "a handler panicked");
-            error_response(id, code::HANDLER_PANICKED, truncate(message))
+        let request = match S::decode_request(method, args) {
+            Ok(request) => request,
+            Err(DecodeError::UnknownMethod) => {
+                let message = format!("the service `{}` has no method `{method}`", S::INFO.name);
+                return self.refuse(id, code::UNKNOWN_METHOD, &message);
+            }
+            Err(DecodeError::InvalidArguments(error)) => {
+                return self.refuse(id, code::INVALID_ARGUMENTS, &error.to_string());
+            }
+        };
+        // Backpressure: a client that has more calls running than the server announced waits
+        // here, unread, until one finishes.
+        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+            unreachable!("the in-flight semaphore is never closed");
+        };
+        let call = NewCall {
+            id,
+            request,
+            timeout_ms,
+            metadata: metadata.into_owned(),
+            peer_addr: self.peer_addr,
+            slot,
+        };
+        self.calls
+            .start(self.service, call, &self.outbox, self.client_max_frame_len)
+    }
+
+    /// Answers a request with an error, without running it.
+    fn refuse(&self, id: u64, code: u32, message: &str) -> Result<(), RpcError> {
+        tracing::debug!(id, code, message, "refused a call");
+        if self
+            .outbox
+            .send(error_response(id, code, truncate(message)), None)
+        {
+            Ok(())
+        } else {
+            Err(RpcError::ConnectionClosed)
         }
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(message) = panic.downcast_ref::<&'static str>() {
-        message
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message
-    } else {
-        "the panic carried no message"
+/// Returns when the server starts shutting down, or is gone; never for a connection served on
+/// its own.
+async fn shutdown_requested(shutdown: &mut ShutdownSignal) {
+    match shutdown {
+        Some(signal) => {
+            let _ = signal.wait_for(|stopping| *stopping).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
-/// Cuts a message to at most [`MAX_ERROR_MESSAGE`] bytes, on a character boundary.
-fn truncate(message: &str) -> &str {
-    if message.len() <= MAX_ERROR_MESSAGE {
-        return message;
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
-    let mut end = MAX_ERROR_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::truncate;
+/// Drops every running handler of a connection when the connection is dropped.
+struct AbortCallsOnDrop(Arc<Calls>);
 
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        let long = "é".repeat(1000);
-        let cut = truncate(&long);
-        assert!(cut.len() <= super::MAX_ERROR_MESSAGE);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate("short"), "short");
+impl Drop for AbortCallsOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_all();
     }
 }

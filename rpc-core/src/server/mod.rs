@@ -1,22 +1,30 @@
-//! The server side: listening, accepting, and serving connections.
+//! The server side: listening, accepting, serving connections, shutting down gracefully.
 //!
 //! ```no_run
 //! # #[rpc_core::service] pub trait Calc { async fn add(&self, a: i64, b: i64) -> i64; }
 //! # struct MyCalc;
 //! # impl Calc for MyCalc { async fn add(&self, a: i64, b: i64) -> i64 { a + b } }
 //! # async fn run() -> std::io::Result<()> {
+//! use std::time::Duration;
+//!
 //! let server = rpc_core::Server::builder()
+//!     .max_connections(1000)
 //!     .max_in_flight_per_connection(256)
+//!     .shutdown_grace(Duration::from_secs(10))
 //!     .bind("127.0.0.1:7000")
 //!     .await?;
 //! println!("listening on {}", server.local_addr()?);
-//! server.serve(CalcServer::new(MyCalc)).await
+//! // Runs until Ctrl-C, then lets running calls finish for up to 10 s.
+//! let ctrl_c = async { tokio::signal::ctrl_c().await.ok(); };
+//! server.serve_with_shutdown(CalcServer::new(MyCalc), ctrl_c).await
 //! # }
 //! ```
 
+mod calls;
 mod connection;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,9 +32,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::RpcError;
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_CAP};
+use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
 use crate::transport;
 
@@ -53,7 +63,11 @@ pub struct ServerBuilder {
 pub(crate) struct ServerConfig {
     pub(crate) max_frame_len: usize,
     pub(crate) max_in_flight: usize,
+    pub(crate) max_connections: usize,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) keepalive: Option<KeepAlive>,
+    pub(crate) shutdown_grace: Duration,
 }
 
 impl Default for ServerBuilder {
@@ -62,7 +76,11 @@ impl Default for ServerBuilder {
             config: ServerConfig {
                 max_frame_len: DEFAULT_MAX_FRAME_LEN,
                 max_in_flight: 1024,
+                max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
+                idle_timeout: None,
+                keepalive: Some(KeepAlive::DEFAULT),
+                shutdown_grace: Duration::from_secs(30),
             },
         }
     }
@@ -77,17 +95,54 @@ impl ServerBuilder {
         self
     }
 
-    /// How many calls of one connection may run at once (default 1024, at least 1). While that
-    /// many run, the server reads nothing more from the connection, so a fast client is slowed
-    /// down instead of buffered without bound.
+    /// How many calls of one connection may run at once (default 1024, at least 1). Clients
+    /// learn it in the handshake and hold further calls back; from a client that sends more
+    /// anyway, the server reads nothing until a call finishes, so memory stays bounded and
+    /// nothing is dropped.
     pub fn max_in_flight_per_connection(mut self, calls: usize) -> Self {
-        self.config.max_in_flight = calls.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self.config.max_in_flight = calls.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// How many connections are served at once (default 10,000, at least 1). Past it, the
+    /// server accepts no connection until one closes; clients wait in the listen backlog.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
     /// How long a new connection may take to send its hello before it is closed (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection that has had no call running and received no request for this long
+    /// (default: never). Its client is told first, so its next call fails with
+    /// [`RpcError::ServerClosing`] instead of being lost.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends a ping after `interval` of sending nothing else, and closes a connection whose
+    /// client sent nothing for `timeout`: a client that vanished without closing. The timeout is
+    /// never shorter than twice the client's own ping interval. Defaults: 15 s and 45 s.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.keepalive = Some(KeepAlive { interval, timeout });
+        self
+    }
+
+    /// Neither pings nor watches for silent clients.
+    pub fn disable_keepalive(mut self) -> Self {
+        self.config.keepalive = None;
+        self
+    }
+
+    /// How long [`Server::serve_with_shutdown`] lets running calls finish once shutdown starts
+    /// (default 30 s). Calls still running then are dropped and their connections closed.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
         self
     }
 
@@ -110,7 +165,7 @@ impl ServerBuilder {
         S: Service,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
-        connection::serve(io, Arc::new(service), &self.config).await
+        connection::serve(io, Arc::new(service), &self.config, None, None).await
     }
 
     fn server(self, listener: Listener) -> Server {
@@ -156,18 +211,50 @@ impl Server {
     /// Runs until accepting fails for a reason that retrying cannot fix. A misbehaving client
     /// only ever closes its own connection.
     pub async fn serve<S: Service>(self, service: S) -> io::Result<()> {
+        self.serve_with_shutdown(service, std::future::pending())
+            .await
+    }
+
+    /// Like [`Server::serve`], until `signal` completes; then shuts down gracefully:
+    ///
+    /// 1. stops accepting: new connections are refused;
+    /// 2. tells every client that the connection takes no new calls; a call that arrives anyway
+    ///    fails with [`RpcError::ServerClosing`], which says it did not run;
+    /// 3. lets the running calls finish and answer, for up to the
+    ///    [shutdown grace](ServerBuilder::shutdown_grace);
+    /// 4. drops the calls still running then, and closes every connection: their clients get
+    ///    [`RpcError::ConnectionClosed`].
+    ///
+    /// Returns once every connection is closed.
+    pub async fn serve_with_shutdown<S, F>(self, service: S, signal: F) -> io::Result<()>
+    where
+        S: Service,
+        F: Future<Output = ()> + Send,
+    {
+        let Server { listener, config } = self;
         let service = Arc::new(service);
+        let (stop, stopping) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        let mut connections = JoinSet::new();
+        let spawner = Spawner {
+            service: &service,
+            config: &config,
+            stopping: &stopping,
+        };
+        tokio::pin!(signal);
         loop {
-            let accepted = match &self.listener {
-                Listener::Tcp(listener) => {
-                    transport::accept_tcp(listener).await.map(|(stream, peer)| {
-                        self.spawn_connection(stream, peer.to_string(), &service);
-                    })
-                }
-                #[cfg(unix)]
-                Listener::Unix(listener) => listener.accept().await.map(|(stream, peer)| {
-                    self.spawn_connection(stream, format!("{peer:?}"), &service);
-                }),
+            // Reap the connections that ended, so that the set holds only live ones.
+            while connections.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                () = &mut signal => break,
+                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => unreachable!("the connection semaphore is never closed"),
+                },
+            };
+            let accepted = tokio::select! {
+                () = &mut signal => break,
+                accepted = listener.accept(&spawner, slot, &mut connections) => accepted,
             };
             if let Err(error) = accepted {
                 match classify_accept_error(&error) {
@@ -182,21 +269,75 @@ impl Server {
                 }
             }
         }
-    }
 
-    fn spawn_connection<S, IO>(&self, io: IO, peer: String, service: &Arc<S>)
+        drop(listener);
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = connections.len(),
+                "the shutdown grace ran out; dropping the calls still running"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    /// Accepts one connection and starts serving it in `connections`.
+    async fn accept<S: Service>(
+        &self,
+        spawner: &Spawner<'_, S>,
+        slot: OwnedSemaphorePermit,
+        connections: &mut JoinSet<()>,
+    ) -> io::Result<()> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = transport::accept_tcp(listener).await?;
+                connections.spawn(spawner.connection(stream, Some(peer), slot));
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                connections.spawn(spawner.connection(stream, None, slot));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every connection of a server shares.
+struct Spawner<'a, S> {
+    service: &'a Arc<S>,
+    config: &'a Arc<ServerConfig>,
+    stopping: &'a watch::Receiver<bool>,
+}
+
+impl<S: Service> Spawner<'_, S> {
+    /// The task that serves one accepted connection; it holds its connection slot until done.
+    fn connection<IO>(
+        &self,
+        io: IO,
+        peer: Option<SocketAddr>,
+        slot: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: Service,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let service = Arc::clone(service);
-        let config = Arc::clone(&self.config);
-        tokio::spawn(async move {
-            match connection::serve(io, service, &config).await {
-                Ok(()) => tracing::debug!(%peer, "connection closed"),
-                Err(error) => tracing::debug!(%peer, %error, "connection closed"),
+        let service = Arc::clone(self.service);
+        let config = Arc::clone(self.config);
+        let stopping = self.stopping.clone();
+        async move {
+            match connection::serve(io, service, &config, peer, Some(stopping)).await {
+                Ok(()) => tracing::debug!(?peer, "connection closed"),
+                Err(error) => tracing::debug!(?peer, %error, "connection closed"),
             }
-        });
+            drop(slot);
+        }
     }
 }
 
@@ -227,7 +368,7 @@ fn classify_accept_error(error: &io::Error) -> AcceptError {
         ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
         | TimedOut | BrokenPipe | NotConnected => AcceptError::ConnectionOnly,
         OutOfMemory | QuotaExceeded => AcceptError::OutOfResources,
-        // EMFILE and ENFILE have no ErrorKind of their own.
+        // EMFILE and ENFILE (24 and 23 on Linux and macOS) have no ErrorKind of their own.
         _ if matches!(error.raw_os_error(), Some(23 | 24)) => AcceptError::OutOfResources,
         _ => AcceptError::Fatal,
     }

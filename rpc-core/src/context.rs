@@ -1,0 +1,89 @@
+//! What a handler can learn about the call it is running, without a parameter for it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::Metadata;
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// The call a handler is running: its id, method, deadline, the client's address, and the
+/// metadata the client attached.
+///
+/// Read it with [`Context::current`] anywhere inside a handler (in the handler's own task; a task
+/// the handler spawns does not inherit it):
+///
+/// ```
+/// #[rpc_core::service]
+/// pub trait Vault {
+///     async fn open(&self) -> bool;
+/// }
+///
+/// struct MyVault;
+///
+/// impl Vault for MyVault {
+///     async fn open(&self) -> bool {
+///         let call = rpc_core::Context::current();
+///         call.metadata().get_str("token") == Some("s3cr3t")
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) request_id: u64,
+    pub(crate) method: &'static str,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) metadata: Metadata,
+}
+
+impl Context {
+    /// The context of the call being handled.
+    ///
+    /// # Panics
+    ///
+    /// Outside a handler's task. Use [`Context::try_current`] where that can happen.
+    pub fn current() -> Context {
+        Self::try_current()
+            .expect("rpc_core::Context::current() called outside an rpc handler's task")
+    }
+
+    /// The context of the call being handled, or `None` outside a handler's task.
+    pub fn try_current() -> Option<Context> {
+        CURRENT.try_with(Context::clone).ok()
+    }
+
+    /// The call's id: unique among the calls in flight on its connection.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// The method called, as named in the trait.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// When the client stops waiting. The server drops the handler at this instant.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The client's address, for TCP connections.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// What the client attached to this call: its per-client metadata, overridden by per-call
+    /// entries of the same keys.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Runs `future` with this context as the current one.
+    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+}
