@@ -148,3 +148,42 @@ async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
     assert_eq!(answer[..6], *b"\x00rpcc\x01", "kind 0, magic, version 1");
     within("closing", raw.expect_closed()).await;
 }
+
+/// The newer server, for the older client.
+struct V2;
+
+impl v2::Lab for V2 {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn div(&self, a: i64, b: i64) -> Result<i64, rpc_tests::MathError> {
+        a.checked_div(b).ok_or(rpc_tests::MathError::DivideByZero)
+    }
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+    async fn mul(&self, a: i64, b: i64) -> i64 {
+        a * b
+    }
+}
+
+#[tokio::test]
+async fn adding_methods_to_the_server_does_not_break_old_clients() {
+    let server = rpc_core::Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("address");
+    tokio::spawn(server.serve(v2::LabServer::new(V2)));
+
+    let old = LabClient::connect(addr)
+        .await
+        .expect("an older client connects");
+    assert_eq!(old.add(2, 3).await.expect("unchanged"), 5);
+    assert_eq!(old.div(9, 3).await.expect("unchanged"), Ok(3));
+    match old.echo(vec![1]).await {
+        Err(RpcError::SignatureMismatch { method }) => assert_eq!(method, "echo"),
+        other => panic!("expected SignatureMismatch, got {other:?}"),
+    }
+    match old.incr().await {
+        Err(RpcError::UnknownMethod { method }) => assert_eq!(method, "incr"),
+        other => panic!("expected UnknownMethod, got {other:?}"),
+    }
+}

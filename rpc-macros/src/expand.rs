@@ -251,6 +251,10 @@ fn client(service: &Service) -> TokenStream {
             fn from_channel(channel: ::rpc_core::Channel) -> Self {
                 Self { #channel: channel }
             }
+
+            fn channel(&self) -> &::rpc_core::Channel {
+                &self.#channel
+            }
         }
     }
 }

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Barrier, watch};
+use tokio::sync::{Barrier, mpsc, watch};
 
 /// An application error, returned as a plain value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,23 +44,49 @@ pub trait Lab {
     async fn panic(&self, message: String) -> u64;
     /// Returns nothing.
     async fn reset(&self);
+    /// Reports "started {tag}", then would run for 10 s before reporting "finished {tag}";
+    /// reports "dropped {tag}" if its future is dropped before that.
+    async fn hold(&self, tag: String);
+    /// What the handler sees of its call through `rpc_core::Context`.
+    async fn whoami(&self) -> CallInfo;
+    /// Counts itself as running, yields a few times, and returns.
+    async fn tracked(&self) -> u64;
 }
 
-/// The implementation of [`Lab`].
+/// A handler's view of its call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallInfo {
+    /// `Context::request_id`.
+    pub request_id: u64,
+    /// `Context::method`.
+    pub method: String,
+    /// `Context::peer_addr`.
+    pub peer: Option<SocketAddr>,
+    /// Milliseconds left until `Context::deadline`, if there is one.
+    pub deadline_left_ms: Option<u64>,
+    /// `Context::metadata`, as pairs.
+    pub metadata: Vec<(String, Vec<u8>)>,
+}
+
+/// What a test can see of, and do to, a [`LabImpl`] it gave to a server.
 #[derive(Debug)]
-pub struct LabImpl {
-    counter: AtomicU64,
+pub struct Probe {
     gates: Mutex<HashMap<String, watch::Sender<bool>>>,
-    barrier: Barrier,
+    events_tx: mpsc::UnboundedSender<String>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    running: AtomicU64,
+    most_running: AtomicU64,
 }
 
-impl LabImpl {
-    /// A lab whose `rendezvous` waits for `parties` calls.
-    pub fn new(parties: usize) -> Self {
-        LabImpl {
-            counter: AtomicU64::new(0),
+impl Probe {
+    fn new() -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Probe {
             gates: Mutex::new(HashMap::new()),
-            barrier: Barrier::new(parties),
+            events_tx,
+            events: tokio::sync::Mutex::new(events),
+            running: AtomicU64::new(0),
+            most_running: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +96,86 @@ impl LabImpl {
             .entry(name.to_owned())
             .or_insert_with(|| watch::channel(false).0)
             .clone()
+    }
+
+    /// Opens `gate`, as the `open` method does.
+    pub fn open(&self, gate: &str) {
+        self.gate(gate).send_replace(true);
+    }
+
+    /// The next event a handler reported.
+    pub async fn next_event(&self) -> String {
+        within("a handler event", async {
+            self.events
+                .lock()
+                .await
+                .recv()
+                .await
+                .expect("the lab is alive")
+        })
+        .await
+    }
+
+    /// The most `wait` and `tracked` calls that ever ran at once.
+    pub fn most_running(&self) -> u64 {
+        self.most_running.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, event: String) {
+        let _ = self.events_tx.send(event);
+    }
+
+    fn enter(&self) -> Running<'_> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now, Ordering::SeqCst);
+        Running(self)
+    }
+}
+
+/// Counts a call as running until dropped.
+struct Running<'a>(&'a Probe);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reports whether the handler holding it finished or was dropped.
+struct HoldGuard<'a> {
+    probe: &'a Probe,
+    tag: String,
+    finished: bool,
+}
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        let outcome = if self.finished { "finished" } else { "dropped" };
+        self.probe.report(format!("{outcome} {}", self.tag));
+    }
+}
+
+/// The implementation of [`Lab`].
+#[derive(Debug)]
+pub struct LabImpl {
+    counter: AtomicU64,
+    barrier: Barrier,
+    probe: Arc<Probe>,
+}
+
+impl LabImpl {
+    /// A lab whose `rendezvous` waits for `parties` calls.
+    pub fn new(parties: usize) -> Self {
+        LabImpl {
+            counter: AtomicU64::new(0),
+            barrier: Barrier::new(parties),
+            probe: Arc::new(Probe::new()),
+        }
+    }
+
+    /// A handle to watch and steer this lab after giving it to a server.
+    pub fn probe(&self) -> Arc<Probe> {
+        Arc::clone(&self.probe)
     }
 }
 
@@ -101,13 +207,14 @@ impl Lab for LabImpl {
     }
 
     async fn wait(&self, gate: String) -> String {
-        let mut open = self.gate(&gate).subscribe();
+        let _running = self.probe.enter();
+        let mut open = self.probe.gate(&gate).subscribe();
         open.wait_for(|open| *open).await.expect("gate kept");
         gate
     }
 
     async fn open(&self, gate: String) {
-        self.gate(&gate).send_replace(true);
+        self.probe.open(&gate);
     }
 
     async fn rendezvous(&self) {
@@ -120,6 +227,44 @@ impl Lab for LabImpl {
 
     async fn reset(&self) {
         self.counter.store(0, Ordering::SeqCst);
+    }
+
+    async fn hold(&self, tag: String) {
+        self.probe.report(format!("started {tag}"));
+        let mut guard = HoldGuard {
+            probe: &self.probe,
+            tag,
+            finished: false,
+        };
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        guard.finished = true;
+    }
+
+    async fn whoami(&self) -> CallInfo {
+        let call = rpc_core::Context::current();
+        CallInfo {
+            request_id: call.request_id(),
+            method: call.method().to_owned(),
+            peer: call.peer_addr(),
+            deadline_left_ms: call.deadline().map(|deadline| {
+                deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64
+            }),
+            metadata: call
+                .metadata()
+                .iter()
+                .map(|(key, value)| (key.to_owned(), value.to_vec()))
+                .collect(),
+        }
+    }
+
+    async fn tracked(&self) -> u64 {
+        let _running = self.probe.enter();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.probe.running.load(Ordering::SeqCst)
     }
 }
 

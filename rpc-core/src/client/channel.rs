@@ -228,6 +228,12 @@ impl Channel {
     pub fn is_closed(&self) -> bool {
         self.inner.pending.is_closed()
     }
+
+    /// Returns once the connection has closed, for whatever reason: the server went away, shut
+    /// down, closed it as idle, or went silent.
+    pub async fn closed(&self) {
+        self.inner.pending.wait_closed().await;
+    }
 }
 
 /// Runs `work` until `expires`, or without a limit.

@@ -48,6 +48,9 @@ pub trait ServiceClient: Sized {
 
     /// Wraps an established connection.
     fn from_channel(channel: Channel) -> Self;
+
+    /// The connection this client calls through, with its call options.
+    fn channel(&self) -> &Channel;
 }
 
 /// Settings for new client connections, with bounded defaults.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::RpcError;
 
@@ -24,6 +24,8 @@ pub(crate) enum Reply {
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     state: Mutex<State>,
+    /// Turns true when the table closes.
+    closed: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -48,13 +50,14 @@ impl Pending {
         method: &str,
     ) -> Result<oneshot::Receiver<Reply>, RpcError> {
         let mut state = self.state();
-        if let Some(reason) = &state.closed {
-            return Err(reason.clone());
-        }
+        // The server said it takes no new calls: that says more than how the connection ended.
         if state.draining {
             return Err(RpcError::ServerClosing {
                 method: method.to_owned(),
             });
+        }
+        if let Some(reason) = &state.closed {
+            return Err(reason.clone());
         }
         let (tx, rx) = oneshot::channel();
         state.calls.insert(id, tx);
@@ -95,6 +98,14 @@ impl Pending {
         for (_, tx) in calls {
             let _ = tx.send(Reply::Failed(reason.clone()));
         }
+        self.closed.send_replace(true);
+    }
+
+    /// Returns once the table is closed.
+    pub(crate) async fn wait_closed(&self) {
+        let mut closed = self.closed.subscribe();
+        // The sender lives as long as `self`, so this ends only when the value turns true.
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 
     /// Why the table closed; [`RpcError::ConnectionClosed`] if it has not (yet) recorded one.

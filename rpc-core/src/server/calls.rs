@@ -22,11 +22,30 @@ use crate::{Context, Metadata, RpcError};
 const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// The calls of one connection that are running, by request id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Calls {
-    running: Mutex<HashMap<u64, AbortHandle>>,
+    running: Mutex<Running>,
     /// Woken when the last running call ends.
     idle: Notify,
+}
+
+#[derive(Debug)]
+struct Running {
+    calls: HashMap<u64, AbortHandle>,
+    /// When the last call ended (or the connection began).
+    idle_since: Instant,
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        Calls {
+            running: Mutex::new(Running {
+                calls: HashMap::new(),
+                idle_since: Instant::now(),
+            }),
+            idle: Notify::new(),
+        }
+    }
 }
 
 /// One call to start: what the connection decoded from a request.
@@ -43,7 +62,7 @@ pub(crate) struct NewCall<R> {
 }
 
 impl Calls {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
+    fn running(&self) -> MutexGuard<'_, Running> {
         // No code panics while holding the lock; if one ever did, the map is still consistent.
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -60,13 +79,13 @@ impl Calls {
         let (abort, registration) = AbortHandle::new_pair();
         {
             let mut running = self.running();
-            if running.contains_key(&call.id) {
+            if running.calls.contains_key(&call.id) {
                 return Err(RpcError::Protocol(format!(
                     "the client reused the id {} of a call still running",
                     call.id
                 )));
             }
-            running.insert(call.id, abort);
+            running.calls.insert(call.id, abort);
         }
         let NewCall {
             id,
@@ -109,8 +128,9 @@ impl Calls {
 
     fn finish(&self, id: u64) {
         let mut running = self.running();
-        running.remove(&id);
-        if running.is_empty() {
+        running.calls.remove(&id);
+        if running.calls.is_empty() {
+            running.idle_since = Instant::now();
             self.idle.notify_waiters();
         }
     }
@@ -118,20 +138,36 @@ impl Calls {
     /// Drops the handler of call `id`, if it is still running. Unknown ids are ignored: the
     /// call may have just finished.
     pub(crate) fn cancel(&self, id: u64) {
-        if let Some(abort) = self.running().get(&id) {
+        if let Some(abort) = self.running().calls.get(&id) {
             abort.abort();
         }
     }
 
     /// Drops every running handler.
     pub(crate) fn abort_all(&self) {
-        for abort in self.running().values() {
+        for abort in self.running().calls.values() {
             abort.abort();
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.running().is_empty()
+        self.running().calls.is_empty()
+    }
+
+    /// Returns once no call has run, and no request has come since `last_request`, for `idle`.
+    pub(crate) async fn idle_for(&self, idle: Duration, last_request: Instant) {
+        loop {
+            self.wait_idle().await;
+            let since = self.running().idle_since.max(last_request);
+            let Some(until) = since.checked_add(idle) else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(until).await;
+            let running = self.running();
+            if running.calls.is_empty() && running.idle_since <= since {
+                return;
+            }
+        }
     }
 
     /// Returns once no call is running.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -87,9 +88,6 @@ where
         if connection.draining && calls.is_empty() {
             break Ok(());
         }
-        let idle_deadline = config
-            .idle_timeout
-            .and_then(|idle| last_request.checked_add(idle));
         tokio::select! {
             written = &mut writer => {
                 break Err(match written {
@@ -101,17 +99,16 @@ where
                 connection.start_draining();
             }
             () = calls.wait_idle(), if connection.draining => {}
-            () = sleep_until(idle_deadline), if !connection.draining && calls.is_empty() => {
+            () = idle_for(&calls, config.idle_timeout, last_request), if !connection.draining => {
                 tracing::debug!(?peer_addr, "closing an idle connection");
                 connection.start_draining();
             }
             frame = reader.next_frame() => match frame {
-                Ok(Some(payload)) => {
-                    if let Err(error) = connection.handle(&payload).await {
-                        break Err(error);
-                    }
-                    last_request = Instant::now();
-                }
+                Ok(Some(payload)) => match connection.handle(&payload).await {
+                    Ok(Handled::Request) => last_request = Instant::now(),
+                    Ok(Handled::Other) => {}
+                    Err(error) => break Err(error),
+                },
                 Ok(None) => break Ok(()),
                 Err(error) => break Err(error),
             },
@@ -150,7 +147,7 @@ impl<S: Service> Connection<'_, S> {
     }
 
     /// Acts on one frame from the client.
-    async fn handle(&mut self, payload: &Bytes) -> Result<(), RpcError> {
+    async fn handle(&mut self, payload: &Bytes) -> Result<Handled, RpcError> {
         let (head, args) = Head::decode(payload).map_err(|error| {
             RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
         })?;
@@ -163,9 +160,9 @@ impl<S: Service> Connection<'_, S> {
             } => (id, method, timeout_ms, metadata),
             Head::Cancel { id } => {
                 self.calls.cancel(id);
-                return Ok(());
+                return Ok(Handled::Other);
             }
-            Head::Ping => return Ok(()),
+            Head::Ping => return Ok(Handled::Other),
             head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway) => {
                 return Err(RpcError::Protocol(format!(
                     "the client sent a {} frame, which only servers send",
@@ -200,17 +197,18 @@ impl<S: Service> Connection<'_, S> {
             slot,
         };
         self.calls
-            .start(self.service, call, &self.outbox, self.client_max_frame_len)
+            .start(self.service, call, &self.outbox, self.client_max_frame_len)?;
+        Ok(Handled::Request)
     }
 
     /// Answers a request with an error, without running it.
-    fn refuse(&self, id: u64, code: u32, message: &str) -> Result<(), RpcError> {
+    fn refuse(&self, id: u64, code: u32, message: &str) -> Result<Handled, RpcError> {
         tracing::debug!(id, code, message, "refused a call");
         if self
             .outbox
             .send(error_response(id, code, truncate(message)), None)
         {
-            Ok(())
+            Ok(Handled::Request)
         } else {
             Err(RpcError::ConnectionClosed)
         }
@@ -228,11 +226,21 @@ async fn shutdown_requested(shutdown: &mut ShutdownSignal) {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Returns once the connection has been idle for `timeout`; never without one. Pings do not
+/// count as activity: a client that only pings is idle.
+async fn idle_for(calls: &Calls, timeout: Option<Duration>, last_request: Instant) {
+    match timeout {
+        Some(timeout) => calls.idle_for(timeout, last_request).await,
         None => std::future::pending().await,
     }
+}
+
+/// What a frame from the client was.
+enum Handled {
+    /// A request: activity that keeps the connection from being idle.
+    Request,
+    /// A cancellation or a ping.
+    Other,
 }
 
 /// Drops every running handler of a connection when the connection is dropped.

@@ -1,0 +1,136 @@
+//! Deadlines, cancellation, and what a handler knows of its call, over real TCP.
+
+use std::time::Duration;
+
+use rpc_core::{Context, RpcError, Server, ServiceClient};
+use rpc_tests::{
+    LabClient, LabImpl, RawClient, request_with_timeout, start_tcp_with, string, within,
+};
+
+async fn lab() -> (
+    LabClient,
+    std::sync::Arc<rpc_tests::Probe>,
+    std::net::SocketAddr,
+) {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder(), lab).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    (client, probe, addr)
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_fails_and_its_handler_is_dropped() {
+    let (client, probe, _) = lab().await;
+    let short = client.with_deadline(Duration::from_millis(100));
+    match within("a call with a deadline", short.hold("late".into())).await {
+        Err(RpcError::DeadlineExceeded { method, deadline }) => {
+            assert_eq!(method, "hold");
+            assert_eq!(deadline, Duration::from_millis(100));
+        }
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert_eq!(probe.next_event().await, "started late");
+    assert_eq!(probe.next_event().await, "dropped late");
+    // The deadline was the handle's; the client it came from keeps its own.
+    assert_eq!(client.channel().deadline(), Duration::from_secs(30));
+    assert_eq!(client.add(1, 2).await.expect("same connection"), 3);
+}
+
+/// The deadline travels with the request: the server enforces it without the client's help.
+#[tokio::test]
+async fn the_server_drops_a_handler_at_the_deadline_the_request_carries() {
+    let (_, probe, addr) = lab().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request_with_timeout(9, "hold", 50, &string("raw")))
+        .await;
+    assert_eq!(probe.next_event().await, "started raw");
+    assert_eq!(probe.next_event().await, "dropped raw");
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("answered");
+    // Response, id 9, Err, code 6: deadline exceeded.
+    assert_eq!(answer[..4], [0x02, 0x09, 0x01, 0x06]);
+}
+
+#[tokio::test]
+async fn dropping_a_call_drops_its_handler_on_the_server() {
+    let (client, probe, _) = lab().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.hold("cancelled".into()).await }
+    });
+    assert_eq!(probe.next_event().await, "started cancelled");
+    call.abort();
+    assert_eq!(
+        probe.next_event().await,
+        "dropped cancelled",
+        "the handler, which would run 10 s, was dropped when the call was"
+    );
+    assert_eq!(client.add(2, 2).await.expect("same connection"), 4);
+}
+
+#[tokio::test]
+async fn a_call_dropped_after_a_timeout_on_the_client_is_cancelled_too() {
+    let (client, probe, _) = lab().await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), client.hold("timed out".into())).await;
+    assert!(gave_up.is_err(), "the caller's own timeout fired");
+    assert_eq!(probe.next_event().await, "started timed out");
+    assert_eq!(probe.next_event().await, "dropped timed out");
+}
+
+#[tokio::test]
+async fn a_handler_reads_its_calls_context() {
+    let lab = LabImpl::default();
+    let addr = start_tcp_with(Server::builder(), lab).await;
+    let client = LabClient::builder()
+        .metadata("authorization", "Bearer s3cr3t")
+        .metadata("tenant", "a")
+        .deadline(Duration::from_secs(20))
+        .connect(addr)
+        .await
+        .expect("connects");
+
+    let info = client
+        .with_metadata("trace-id", [0xab, 0xcd])
+        .with_metadata("tenant", "b")
+        .whoami()
+        .await
+        .expect("whoami");
+    assert_eq!(info.method, "whoami");
+    assert_eq!(
+        info.metadata,
+        [
+            ("authorization".to_owned(), b"Bearer s3cr3t".to_vec()),
+            ("tenant".to_owned(), b"b".to_vec()),
+            ("trace-id".to_owned(), vec![0xab, 0xcd]),
+        ],
+        "per-client metadata, with per-call entries added and overriding"
+    );
+    let left = info.deadline_left_ms.expect("every call has a deadline");
+    assert!(left <= 20_000 && left > 0, "{left} ms left of 20 s");
+    let peer = info.peer.expect("a TCP peer has an address");
+    assert!(peer.ip().is_loopback());
+    assert_ne!(
+        peer.port(),
+        addr.port(),
+        "the client's port, not the server's"
+    );
+
+    let again = client.whoami().await.expect("whoami");
+    assert_ne!(
+        again.request_id, info.request_id,
+        "each call has its own id"
+    );
+    assert_eq!(
+        again.metadata.len(),
+        2,
+        "per-call metadata stayed with its handle"
+    );
+}
+
+#[test]
+fn there_is_no_context_outside_a_handler() {
+    assert!(Context::try_current().is_none());
+}

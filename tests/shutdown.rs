@@ -1,0 +1,99 @@
+//! Graceful shutdown: stop accepting, let running calls finish within the grace period, refuse
+//! new calls with an error that says they did not run, then close. No call ever hangs.
+
+use std::time::Duration;
+
+use rpc_core::{RpcError, Server};
+use rpc_tests::{LabClient, LabImpl, LabServer, within};
+use tokio::sync::oneshot;
+
+/// Starts a server that shuts down when the returned sender fires.
+async fn server_with_grace(
+    grace: Duration,
+    lab: LabImpl,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let server = Server::builder()
+        .shutdown_grace(grace)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel();
+    let serving = tokio::spawn(server.serve_with_shutdown(LabServer::new(lab), async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, serving)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_calls_finish_and_new_ones_are_refused() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, stop, serving) = server_with_grace(Duration::from_secs(20), lab).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    let running = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait("finish me".into()).await }
+    });
+    // Frames are read in order: once this is answered, the wait above is running.
+    assert_eq!(client.add(1, 1).await.expect("add"), 2);
+
+    stop.send(()).expect("the server listens for the signal");
+    let refused = within("the server to refuse new calls", async {
+        loop {
+            match client.add(1, 1).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(error) => break error,
+            }
+        }
+    })
+    .await;
+    match refused {
+        RpcError::ServerClosing { method } => assert_eq!(method, "add"),
+        other => panic!("expected ServerClosing, got {other:?}"),
+    }
+    assert!(
+        matches!(LabClient::connect(addr).await, Err(RpcError::Connect(_))),
+        "new connections are refused"
+    );
+
+    probe.open("finish me");
+    let finished = within("the running call", running).await.expect("joins");
+    assert_eq!(finished.expect("the running call completes"), "finish me");
+    within("the server to stop", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_still_running_when_the_grace_ends_fail_instead_of_hanging() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, stop, serving) = server_with_grace(Duration::from_millis(100), lab).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move { client.hold("stuck".into()).await }
+    });
+    assert_eq!(probe.next_event().await, "started stuck");
+
+    stop.send(()).expect("the server listens for the signal");
+    within("the server to stop", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+    assert_eq!(
+        probe.next_event().await,
+        "dropped stuck",
+        "the handler was dropped"
+    );
+    match within("the stuck call", stuck).await.expect("joins") {
+        Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
+        other => panic!("expected the connection's end, got {other:?}"),
+    }
+}
