@@ -89,7 +89,7 @@ impl Channel {
         let reader = tokio::spawn(read_responses(
             reader,
             pending.clone(),
-            AbortOnDrop::new(&writer),
+            writer.abort_handle(),
         ));
         Ok(Channel {
             inner: Arc::new(Inner {
@@ -292,10 +292,13 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Reads the server's frames until the connection ends, then fails the calls still waiting and
+/// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
+/// sends what is queued, cancellations included, and shuts the connection down by itself.)
 async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     pending: Arc<Pending>,
-    _writer: AbortOnDrop,
+    writer: tokio::task::AbortHandle,
 ) {
     let reason = loop {
         let payload = match reader.next_frame().await {
@@ -329,4 +332,5 @@ async fn read_responses<R: AsyncRead + Unpin>(
     };
     tracing::debug!(%reason, "client connection closed");
     pending.close(reason);
+    writer.abort();
 }
