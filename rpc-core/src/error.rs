@@ -71,6 +71,13 @@ pub enum RpcError {
         method: String,
     },
 
+    /// The sender of a stream ended it with an error; it is the stream's last item.
+    #[error("the stream failed: {message}")]
+    StreamFailed {
+        /// What the sender reported.
+        message: String,
+    },
+
     /// Reading from or writing to the connection failed.
     #[error("the connection failed: {0}")]
     Io(Arc<io::Error>),

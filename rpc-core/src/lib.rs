@@ -60,6 +60,7 @@ mod metadata;
 mod protocol;
 mod server;
 mod service;
+mod stream;
 mod task;
 mod transport;
 
@@ -74,6 +75,7 @@ pub use metadata::Metadata;
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};
+pub use stream::{StreamClosed, StreamSender, Streaming};
 
 /// The README's example, compiled as a doctest so that it keeps matching the API.
 #[cfg(doctest)]

@@ -8,6 +8,9 @@ pub use tokio::net::ToSocketAddrs;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::stream::{InboundSlot, Outbound};
+
+use crate::Streaming;
 use crate::protocol::{self, CodecError};
 use crate::service::DecodeError;
 
@@ -17,8 +20,18 @@ pub fn decode_args<T: DeserializeOwned>(args: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Appends a return value's encoding to a response frame.
-pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    protocol::append(value, out)
+pub fn encode_value<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Option<Outbound>, CodecError> {
+    protocol::append(value, out).map(|()| None)
+}
+
+/// A streamed return value, to be sent item by item after the response.
+pub fn encode_stream<T: Serialize + Send + 'static>(
+    stream: Streaming<T>,
+) -> Result<Option<Outbound>, CodecError> {
+    Ok(Some(Outbound::new(stream)))
 }
 
 /// `Vec`, for generated code in crates whose prelude lacks it.

@@ -109,6 +109,13 @@ fn request_enum(service: &Service) -> TokenStream {
         }
         let fields = method.args.iter().map(|arg| {
             let (ident, ty) = (&arg.ident, &arg.ty);
+            if arg.stream_item.is_some() {
+                let doc = format!(
+                    "The `{ident}` stream. Not serialized: a deserialized request holds an \
+                     empty stream."
+                );
+                return quote! { #[doc = #doc] #[serde(skip)] #ident: #ty };
+            }
             let doc = format!("The `{ident}` argument.");
             quote! { #[doc = #doc] #ident: #ty }
         });
@@ -130,6 +137,11 @@ fn response_enum(service: &Service) -> TokenStream {
             ..
         } = method;
         let doc = format!("What [`{}::{}`] returned.", service.ident, method.ident);
+        if method.download.is_some() {
+            let doc =
+                format!("{doc} Not serialized: a deserialized response holds an empty stream.");
+            return quote! { #(#cfgs)* #[doc = #doc] #variant(#[serde(skip)] #output), };
+        }
         quote! { #(#cfgs)* #[doc = #doc] #variant(#output), }
     });
     serde_enum(service, "Response", &doc, variants)
@@ -173,9 +185,22 @@ fn client(service: &Service) -> TokenStream {
             output,
             ..
         } = method;
-        let arg_idents: Vec<&Ident> = args.iter().map(|arg| &arg.ident).collect();
+        let arg_idents = args.iter().map(|arg| &arg.ident);
         let arg_types = args.iter().map(|arg| &arg.ty);
+        let plain: Vec<&Ident> = method.plain_args().map(|arg| &arg.ident).collect();
         let info = method_info(method);
+        let call = match (method.upload(), method.download.is_some()) {
+            (None, false) => quote! { call(&#info, &(#(#plain,)*)) },
+            (None, true) => quote! { call_streaming(&#info, &(#(#plain,)*)) },
+            (Some(upload), false) => {
+                let upload = &upload.ident;
+                quote! { call_upload(&#info, &(#(#plain,)*), #upload) }
+            }
+            (Some(upload), true) => {
+                let upload = &upload.ident;
+                quote! { call_bidi(&#info, &(#(#plain,)*), #upload) }
+            }
+        };
         quote! {
             #(#cfgs)*
             #(#docs)*
@@ -184,7 +209,7 @@ fn client(service: &Service) -> TokenStream {
             #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
                 -> ::core::result::Result<#output, ::rpc_core::RpcError>
             {
-                self.#channel.call(&#info, &(#(#arg_idents,)*)).await
+                self.#channel.#call.await
             }
         }
     });
@@ -273,29 +298,33 @@ fn server(service: &Service) -> TokenStream {
     let info = service_info(service);
     let implementation = local("implementation");
     let imp = local("__RpcImpl");
-    let (method, args, req, resp, out, value) = (
+    let (method, args, streams, req, resp, out, value) = (
         local("method"),
         local("args"),
+        // Unused when no method streams an argument, or every method streams its result.
+        local("_streams"),
         local("request"),
         local("response"),
-        local("out"),
+        local("_out"),
         local("value"),
     );
 
     let decode_arms = service.methods.iter().map(|method| {
-        let Method {
-            cfgs,
-            name,
-            args: params,
-            ..
-        } = method;
-        let idents = params.iter().map(|arg| &arg.ident);
-        let types = params.iter().map(|arg| &arg.ty);
+        let Method { cfgs, name, .. } = method;
+        let idents = method.plain_args().map(|arg| &arg.ident);
+        let types = method.plain_args().map(|arg| &arg.ty);
         let build = request_variant(&request, method);
+        let attach = method.upload().map(|upload| {
+            let (ident, item) = (&upload.ident, &upload.stream_item);
+            quote! { let #ident = #streams.stream::<#item>(#name); }
+        });
         quote! {
             #(#cfgs)*
             #name => ::rpc_core::__private::decode_args::<(#(#types,)*)>(#args)
-                .map(|(#(#idents,)*)| #build),
+                .map(|(#(#idents,)*)| {
+                    #attach
+                    #build
+                }),
         }
     });
     let name_arms = service.methods.iter().map(|method| {
@@ -326,9 +355,14 @@ fn server(service: &Service) -> TokenStream {
     });
     let encode_arms = service.methods.iter().map(|method| {
         let Method { cfgs, variant, .. } = method;
+        let encode = if method.download.is_some() {
+            quote! { ::rpc_core::__private::encode_stream(#value) }
+        } else {
+            quote! { ::rpc_core::__private::encode_value(&#value, #out) }
+        };
         quote! {
             #(#cfgs)*
-            #response::#variant(#value) => ::rpc_core::__private::encode_value(#value, #out),
+            #response::#variant(#value) => #encode,
         }
     });
 
@@ -365,6 +399,7 @@ fn server(service: &Service) -> TokenStream {
             fn decode_request(
                 #method: &::core::primitive::str,
                 #args: &[::core::primitive::u8],
+                #streams: &mut ::rpc_core::__private::InboundSlot,
             ) -> ::core::result::Result<#request, ::rpc_core::DecodeError> {
                 match #method {
                     #(#decode_arms)*
@@ -391,9 +426,12 @@ fn server(service: &Service) -> TokenStream {
             }
 
             fn encode_response(
-                #resp: &#response,
+                #resp: #response,
                 #out: &mut ::rpc_core::__private::Vec<::core::primitive::u8>,
-            ) -> ::core::result::Result<(), ::rpc_core::CodecError> {
+            ) -> ::core::result::Result<
+                ::core::option::Option<::rpc_core::__private::Outbound>,
+                ::rpc_core::CodecError,
+            > {
                 match #resp {
                     #(#encode_arms)*
                 }

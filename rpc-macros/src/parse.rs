@@ -39,13 +39,29 @@ pub(crate) struct Method {
     pub(crate) args: Vec<Arg>,
     /// The return type; `()` when none is written.
     pub(crate) output: Type,
+    /// The item type, when the method returns `Streaming<T>`.
+    pub(crate) download: Option<Type>,
     pub(crate) fingerprint: u64,
+}
+
+impl Method {
+    /// The argument the client streams, if any.
+    pub(crate) fn upload(&self) -> Option<&Arg> {
+        self.args.iter().find(|arg| arg.stream_item.is_some())
+    }
+
+    /// The arguments sent together in the request, in order.
+    pub(crate) fn plain_args(&self) -> impl Iterator<Item = &Arg> {
+        self.args.iter().filter(|arg| arg.stream_item.is_none())
+    }
 }
 
 /// One argument after `&self`.
 pub(crate) struct Arg {
     pub(crate) ident: Ident,
     pub(crate) ty: Type,
+    /// The item type, when the argument is `Streaming<T>`.
+    pub(crate) stream_item: Option<Type>,
 }
 
 /// Collects errors so that one compile shows them all.
@@ -126,6 +142,15 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
             (**ty).clone()
         }
     };
+    let download = streaming_item(&output, errors);
+    let mut streamed = args.iter().filter(|arg| arg.stream_item.is_some());
+    if let (Some(_), Some(second)) = (streamed.next(), streamed.next()) {
+        errors.spanned(
+            &second.ty,
+            "a method can stream at most one argument; send the others in one stream of a \
+             struct or enum",
+        );
+    }
 
     let name = sig.ident.unraw().to_string();
     let variant = format_ident!("{}", names::upper_camel(&name), span = sig.ident.span());
@@ -150,6 +175,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         variant,
         args,
         output,
+        download,
         fingerprint,
     }
 }
@@ -226,6 +252,7 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
             Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => args.push(Arg {
                 ident: pat.ident.clone(),
                 ty: (*typed.ty).clone(),
+                stream_item: streaming_item(&typed.ty, errors),
             }),
             other => errors.spanned(
                 other,
@@ -235,6 +262,56 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
         }
     }
     args
+}
+
+/// The item type of `Streaming<T>`, when `ty` is that; refuses `Streaming` anywhere else in
+/// `ty`, where the runtime could not stream it.
+fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
+    struct Nested<'e> {
+        errors: &'e mut Errors,
+    }
+    impl<'ast> Visit<'ast> for Nested<'_> {
+        fn visit_path_segment(&mut self, segment: &'ast syn::PathSegment) {
+            if segment.ident == "Streaming" {
+                self.errors.spanned(
+                    segment,
+                    "`Streaming` must be an argument's whole type or the whole return type, \
+                     not part of another type",
+                );
+            }
+            syn::visit::visit_path_segment(self, segment);
+        }
+    }
+    let top = match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        _ => None,
+    };
+    match top {
+        Some(segment) if segment.ident == "Streaming" => {
+            let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+                errors.spanned(segment, "`Streaming` takes the item type: `Streaming<T>`");
+                return None;
+            };
+            let mut types = generics.args.iter().filter_map(|arg| match arg {
+                syn::GenericArgument::Type(item) => Some(item),
+                _ => None,
+            });
+            match (types.next(), types.next(), generics.args.len()) {
+                (Some(item), None, 1) => {
+                    Nested { errors }.visit_type(item);
+                    Some(item.clone())
+                }
+                _ => {
+                    errors.spanned(generics, "`Streaming` takes one item type: `Streaming<T>`");
+                    None
+                }
+            }
+        }
+        _ => {
+            Nested { errors }.visit_type(ty);
+            None
+        }
+    }
 }
 
 /// Refuses `impl Trait` and borrowed types, in arguments or return types (`what`).

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ClientConfig;
@@ -19,8 +20,10 @@ use crate::protocol::{
     write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
+use crate::stream::registry::InboundParts;
+use crate::stream::{self, InboundOptions, Outbound, Streams};
 use crate::task::AbortOnDrop;
-use crate::{Metadata, RpcError};
+use crate::{Metadata, RpcError, Streaming};
 
 /// A connection to a server, shared by every clone of a generated client, with the options its
 /// calls are made with (deadline, metadata).
@@ -40,11 +43,12 @@ pub struct Channel {
 struct Inner {
     service: &'static str,
     outbox: Outbox,
-    /// A call holds a slot from before it is sent until it is answered or abandoned, so that no
-    /// more calls are in flight than the server runs at once: the server then never has to stop
-    /// reading, and a cancellation always reaches it.
+    /// A call holds a slot from before it is sent until it is answered or abandoned (or its
+    /// streamed result ends), so that no more calls are in flight than the server runs at once:
+    /// the server then never has to stop reading, and a cancellation always reaches it.
     slots: Arc<Semaphore>,
     pending: Arc<Pending>,
+    streams: Arc<Streams>,
     next_id: AtomicU64,
     server: PeerInfo,
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
@@ -84,13 +88,14 @@ impl Channel {
 
         let (outbox, queue) = Outbox::new();
         let pending = Arc::new(Pending::default());
+        let streams = Arc::new(Streams::default());
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
-        let writer = tokio::spawn(write_requests(writer, queue, heartbeat, pending.clone()));
-        let reader = tokio::spawn(read_responses(
-            reader,
-            pending.clone(),
-            writer.abort_handle(),
-        ));
+        let closer = Closer {
+            pending: Arc::clone(&pending),
+            streams: Arc::clone(&streams),
+        };
+        let writer = tokio::spawn(write_requests(writer, queue, heartbeat, closer.clone()));
+        let reader = tokio::spawn(read_responses(reader, closer, writer.abort_handle()));
         Ok(Channel {
             inner: Arc::new(Inner {
                 service: service.name,
@@ -102,6 +107,7 @@ impl Channel {
                         .clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 pending,
+                streams,
                 next_id: AtomicU64::new(0),
                 server,
                 _reader: AbortOnDrop::new(&reader),
@@ -149,6 +155,69 @@ impl Channel {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        self.start(method, args, None, false).await?.into_value()
+    }
+
+    /// Calls a method that takes a stream: sends `upload` item by item, as the server grants
+    /// credit, and decodes the result.
+    pub async fn call_upload<A, U, R>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Streaming<U>,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        U: Serialize + Send + 'static,
+        R: DeserializeOwned,
+    {
+        let upload = Outbound::new(upload);
+        self.start(method, args, Some(upload), false)
+            .await?
+            .into_value()
+    }
+
+    /// Calls a method that returns a stream. The call's deadline covers the whole stream;
+    /// dropping the stream cancels the call.
+    pub async fn call_streaming<A, T>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<Streaming<T>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.start(method, args, None, true).await?.into_stream()
+    }
+
+    /// Calls a method that takes a stream and returns one; `upload` goes on being sent while the
+    /// returned stream is read.
+    pub async fn call_bidi<A, U, T>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Streaming<U>,
+    ) -> Result<Streaming<T>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        U: Serialize + Send + 'static,
+        T: DeserializeOwned + Send + 'static,
+    {
+        let upload = Outbound::new(upload);
+        self.start(method, args, Some(upload), true)
+            .await?
+            .into_stream()
+    }
+
+    /// Sends a call, with its upload if any, and waits for the server's response.
+    async fn start<A: Serialize + ?Sized>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Option<Outbound>,
+        download: bool,
+    ) -> Result<Answered<'_>, RpcError> {
         let inner = &*self.inner;
         inner.server.check_method(method)?;
         let expires = Instant::now().checked_add(self.deadline);
@@ -170,26 +239,34 @@ impl Channel {
             inner,
             id,
             armed: true,
-            _slot: slot,
         };
+        // Streams are registered before the request leaves, so nothing the server sends back
+        // arrives before there is a place for it.
+        let inbound = download.then(|| inner.streams.open_inbound(id));
+        let credit = upload.as_ref().map(|_| inner.streams.open_outbound(id));
         if !inner.outbox.send(frame, None) {
             waiting.armed = false;
             return Err(inner.pending.close_reason());
         }
+        let upload = upload.zip(credit).map(|(items, credit)| {
+            let max_frame_len = inner.server.max_frame_len;
+            let pump = stream::pump(id, items, credit, inner.outbox.clone(), max_frame_len);
+            AbortOnDrop::new(&tokio::spawn(pump))
+        });
         let reply = until(expires, answer)
             .await
             .map_err(|_| deadline_exceeded())?;
-        waiting.armed = false; // answered: nothing to cancel
-        match reply.map_err(|_| inner.pending.close_reason())? {
-            Reply::Ok(body) => protocol::decode_exact(&body).map_err(|e| RpcError::Decode {
-                method: method.name.to_owned(),
-                reason: e.to_string(),
-            }),
-            Reply::Err { code, message } => {
-                Err(remote_error(method.name, code, message, self.deadline))
-            }
-            Reply::Failed(reason) => Err(reason),
-        }
+        waiting.armed = false; // answered: nothing to cancel, unless a stream follows
+        Ok(Answered {
+            channel: self,
+            method,
+            id,
+            reply: reply.map_err(|_| inner.pending.close_reason())?,
+            expires,
+            slot,
+            inbound,
+            upload,
+        })
     }
 
     fn request_frame<A: Serialize + ?Sized>(
@@ -236,6 +313,63 @@ impl Channel {
     }
 }
 
+/// A call the server has answered; for a streaming result, the stream's parts.
+struct Answered<'a> {
+    channel: &'a Channel,
+    method: &'static MethodInfo,
+    id: u64,
+    reply: Reply,
+    expires: Option<Instant>,
+    slot: OwnedSemaphorePermit,
+    inbound: Option<InboundParts>,
+    upload: Option<AbortOnDrop>,
+}
+
+impl Answered<'_> {
+    /// The result of a call without a streamed result.
+    fn into_value<R: DeserializeOwned>(self) -> Result<R, RpcError> {
+        let body = self.body()?;
+        protocol::decode_exact(&body).map_err(|e| RpcError::Decode {
+            method: self.method.name.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The streamed result of a call.
+    fn into_stream<T: DeserializeOwned + Send + 'static>(
+        mut self,
+    ) -> Result<Streaming<T>, RpcError> {
+        self.body()?;
+        let (Some(parts), Some(expires)) = (self.inbound.take(), Some(self.expires)) else {
+            unreachable!("a streaming call registers its stream");
+        };
+        let options = InboundOptions {
+            id: self.id,
+            method: self.method.name,
+            outbox: self.channel.inner.outbox.clone(),
+            deadline: expires.map(|at| (at, self.channel.deadline)),
+            cancel_on_drop: true,
+            slot: Some(self.slot),
+            upload: self.upload,
+        };
+        Ok(stream::inbound_stream(parts, options))
+    }
+
+    fn body(&self) -> Result<Bytes, RpcError> {
+        let method = self.method.name;
+        match &self.reply {
+            Reply::Ok(body) => Ok(body.clone()),
+            Reply::Err { code, message } => Err(remote_error(
+                method,
+                *code,
+                message.clone(),
+                self.channel.deadline,
+            )),
+            Reply::Failed(reason) => Err(reason.clone()),
+        }
+    }
+}
+
 /// Runs `work` until `expires`, or without a limit.
 async fn until<F: Future>(
     expires: Option<Instant>,
@@ -253,7 +387,6 @@ struct Waiting<'a> {
     inner: &'a Inner,
     id: u64,
     armed: bool,
-    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Waiting<'_> {
@@ -281,14 +414,28 @@ fn remote_error(method: &str, code: u32, message: String, deadline: Duration) ->
     }
 }
 
+/// What fails when the connection ends: the calls waiting for answers and the open streams.
+#[derive(Clone)]
+struct Closer {
+    pending: Arc<Pending>,
+    streams: Arc<Streams>,
+}
+
+impl Closer {
+    fn close(&self, reason: RpcError) {
+        self.streams.close_all(reason.clone());
+        self.pending.close(reason);
+    }
+}
+
 async fn write_requests<W: AsyncWrite + Unpin>(
     writer: FrameWriter<W>,
     queue: tokio::sync::mpsc::UnboundedReceiver<protocol::Outgoing>,
     heartbeat: Option<Duration>,
-    pending: Arc<Pending>,
+    closer: Closer,
 ) {
     if let Err(error) = write_frames(writer, queue, heartbeat).await {
-        pending.close(error.into());
+        closer.close(error.into());
     }
 }
 
@@ -297,9 +444,10 @@ async fn write_requests<W: AsyncWrite + Unpin>(
 /// sends what is queued, cancellations included, and shuts the connection down by itself.)
 async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
-    pending: Arc<Pending>,
+    closer: Closer,
     writer: tokio::task::AbortHandle,
 ) {
+    let Closer { pending, streams } = &closer;
     let reason = loop {
         let payload = match reader.next_frame().await {
             Ok(Some(payload)) => payload,
@@ -312,10 +460,21 @@ async fn read_responses<R: AsyncRead + Unpin>(
                     Outcome::Ok => Reply::Ok(payload.slice_ref(body)),
                     Outcome::Err { code, message } => Reply::Err {
                         code,
-                        message: message.to_owned(),
+                        message: message.into_owned(),
                     },
                 };
                 pending.complete(id, reply);
+            }
+            Ok((Head::StreamItem { id }, item)) => {
+                if let Err(error) = streams.deliver(id, payload.slice_ref(item)) {
+                    break error;
+                }
+            }
+            Ok((Head::StreamEnd { id, outcome }, _)) => streams.end(id, outcome.into()),
+            Ok((Head::Credit { id, items }, _)) => {
+                if let Err(error) = streams.grant(id, items) {
+                    break error;
+                }
             }
             Ok((Head::Ping, _)) => {}
             Ok((Head::GoAway, _)) => pending.drain(),
@@ -331,6 +490,6 @@ async fn read_responses<R: AsyncRead + Unpin>(
         }
     };
     tracing::debug!(%reason, "client connection closed");
-    pending.close(reason);
+    closer.close(reason);
     writer.abort();
 }

@@ -80,6 +80,25 @@ pub(crate) enum Head<'a> {
     /// 5: the server takes no new calls on this connection and closes it once the calls it is
     /// running are answered.
     GoAway,
+    /// 6: one item of call `id`'s stream; the rest of the payload is the item.
+    StreamItem {
+        /// The call the stream belongs to.
+        id: u64,
+    },
+    /// 7: the end of call `id`'s stream, cleanly or with an error.
+    StreamEnd {
+        /// The call the stream belongs to.
+        id: u64,
+        /// How the stream ended.
+        outcome: Outcome<'a>,
+    },
+    /// 8: the receiver of call `id`'s stream lets the sender send `items` more.
+    Credit {
+        /// The call the stream belongs to.
+        id: u64,
+        /// How many more items may be sent.
+        items: u32,
+    },
 }
 
 /// How a call ended.
@@ -91,8 +110,9 @@ pub(crate) enum Outcome<'a> {
     Err {
         /// One of the [`code`] constants.
         code: u32,
-        /// A sentence for people.
-        message: &'a str,
+        /// A sentence for people, at most [`MAX_ERROR_MESSAGE`] bytes.
+        #[serde(borrow)]
+        message: Cow<'a, str>,
     },
 }
 
@@ -112,6 +132,23 @@ pub(crate) mod code {
     pub(crate) const DEADLINE_EXCEEDED: u32 = 6;
     /// The server is closing the connection and did not run the call.
     pub(crate) const NOT_RUN: u32 = 7;
+    /// A stream's sender ended it with an error.
+    pub(crate) const STREAM_FAILED: u32 = 8;
+}
+
+/// Error messages sent to the peer are cut to this many bytes.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Cuts a message to at most [`MAX_ERROR_MESSAGE`] bytes, on a character boundary.
+pub(crate) fn truncate_message(message: &str) -> &str {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 impl<'a> Head<'a> {
@@ -124,6 +161,9 @@ impl<'a> Head<'a> {
             Head::Cancel { .. } => "cancel",
             Head::Ping => "ping",
             Head::GoAway => "go-away",
+            Head::StreamItem { .. } => "stream item",
+            Head::StreamEnd { .. } => "stream end",
+            Head::Credit { .. } => "credit",
         }
     }
 
@@ -174,7 +214,10 @@ pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::
 pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Vec<u8> {
     Head::Response {
         id,
-        outcome: Outcome::Err { code, message },
+        outcome: Outcome::Err {
+            code,
+            message: Cow::Borrowed(truncate_message(message)),
+        },
     }
     .frame()
 }
@@ -202,6 +245,27 @@ mod tests {
                 0, 0, 0, 10, 0x01, 0x01, 0x03, b'a', b'd', b'd', 0x64, 0x00, 0x04, 0x06
             ]
         );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let long = "é".repeat(1000);
+        let cut = truncate_message(&long);
+        assert!(cut.len() <= MAX_ERROR_MESSAGE);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_message("short"), "short");
+    }
+
+    #[test]
+    fn stream_frame_bytes_match_wire_md() {
+        assert_eq!(Head::StreamItem { id: 3 }.frame(), [0, 0, 0, 2, 0x06, 0x03]);
+        let end = Head::StreamEnd {
+            id: 3,
+            outcome: Outcome::Ok,
+        };
+        assert_eq!(end.frame(), [0, 0, 0, 3, 0x07, 0x03, 0x00]);
+        let credit = Head::Credit { id: 3, items: 16 };
+        assert_eq!(credit.frame(), [0, 0, 0, 3, 0x08, 0x03, 0x10]);
     }
 
     #[test]

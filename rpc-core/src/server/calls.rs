@@ -2,6 +2,7 @@
 //! until it answers, is cancelled, or the connection goes away.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,12 +15,12 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::protocol::{Head, Outbox, Outcome, code, error_response, finish_frame};
+use crate::protocol::{
+    Head, Outbox, Outcome, code, error_response, finish_frame, truncate_message,
+};
 use crate::service::Service;
+use crate::stream::{self, Outbound, Streams};
 use crate::{Context, Metadata, RpcError};
-
-/// Error messages sent to clients are cut to this many bytes.
-const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// The calls of one connection that are running, by request id.
 #[derive(Debug)]
@@ -68,13 +69,13 @@ impl Calls {
     }
 
     /// Starts a call as its own task. Its answer, if the call is not cancelled, goes to
-    /// `outbox`. Fails if the client reused the id of a call still running.
+    /// `outbox`, followed by its streamed result if it has one. Fails if the client reused the
+    /// id of a call still running.
     pub(crate) fn start<S: Service>(
         self: &Arc<Self>,
         service: &S,
         call: NewCall<S::Request>,
-        outbox: &Outbox,
-        client_max_frame_len: usize,
+        link: &Link,
     ) -> Result<(), RpcError> {
         let (abort, registration) = AbortHandle::new_pair();
         {
@@ -107,20 +108,47 @@ impl Calls {
             metadata,
         };
         let handler = service.call(request);
-        let answer = context.scope(answer::<S>(
-            id,
-            method,
-            handler,
-            deadline,
-            client_max_frame_len,
-        ));
+        let link = link.clone();
+        let run = context.scope(async move {
+            match answer::<S>(id, method, handler, deadline, link.client_max_frame_len).await {
+                (frame, None) => {
+                    link.outbox.send(frame, Some(slot));
+                }
+                (frame, Some(outbound)) => {
+                    let credit = link.streams.open_outbound(id);
+                    link.outbox.send(frame, None);
+                    let pump = stream::pump(
+                        id,
+                        outbound,
+                        credit,
+                        link.outbox.clone(),
+                        link.client_max_frame_len,
+                    );
+                    let streamed = AssertUnwindSafe(until(deadline, pump)).catch_unwind().await;
+                    let failure = match streamed {
+                        Ok(Ok(())) => None,
+                        Ok(Err(_)) => Some((
+                            code::DEADLINE_EXCEEDED,
+                            "the deadline passed before the stream ended".to_owned(),
+                        )),
+                        Err(panic) => Some((
+                            code::STREAM_FAILED,
+                            format!("the stream panicked: {}", panic_message(&*panic)),
+                        )),
+                    };
+                    if let Some((code, message)) = failure {
+                        let message = Cow::Borrowed(truncate_message(&message));
+                        let outcome = Outcome::Err { code, message };
+                        link.outbox
+                            .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
+                    }
+                }
+            }
+        });
         let calls = Arc::clone(self);
-        let outbox = outbox.clone();
         tokio::spawn(async move {
             // Aborted means cancelled by the client, or the connection is gone: nobody waits.
-            if let Ok(frame) = Abortable::new(answer, registration).await {
-                outbox.send(frame, Some(slot));
-            }
+            let _ = Abortable::new(run, registration).await;
             calls.finish(id);
         });
         Ok(())
@@ -184,7 +212,27 @@ impl Calls {
     }
 }
 
-/// Runs one call to completion, within its deadline, and encodes its answer. A panic in the
+/// What a call's task needs of its connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub(crate) outbox: Outbox,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) client_max_frame_len: usize,
+}
+
+/// Runs `work` until `deadline`, or without a limit.
+async fn until<F: Future>(
+    deadline: Option<Instant>,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await,
+        None => Ok(work.await),
+    }
+}
+
+/// Runs one call's handler to completion, within its deadline, and encodes its answer: the
+/// response frame, and the stream to send after it if the result is streamed. A panic in the
 /// handler, or in the result's `Serialize`, becomes an error answer for this call alone.
 async fn answer<S: Service>(
     id: u64,
@@ -192,29 +240,25 @@ async fn answer<S: Service>(
     handler: impl Future<Output = S::Response>,
     deadline: Option<Instant>,
     client_max_frame_len: usize,
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<Outbound>) {
     let answered = AssertUnwindSafe(async move {
-        let response = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, handler).await {
-                Ok(response) => response,
-                // The handler is dropped here: nobody waits for its answer any more.
-                Err(_) => return Ok(None),
-            },
-            None => handler.await,
+        // On the deadline the handler is dropped: nobody waits for its answer any more.
+        let Ok(response) = until(deadline, handler).await else {
+            return Ok(None);
         };
         let mut frame = Head::Response {
             id,
             outcome: Outcome::Ok,
         }
         .begin_frame()?;
-        S::encode_response(&response, &mut frame)?;
-        Ok(Some(frame))
+        let stream = S::encode_response(response, &mut frame)?;
+        Ok(Some((frame, stream)))
     })
     .catch_unwind()
     .await;
-    match answered {
-        Ok(Ok(Some(mut frame))) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => frame,
+    let frame = match answered {
+        Ok(Ok(Some((mut frame, stream)))) => match finish_frame(&mut frame, client_max_frame_len) {
+            Ok(()) => return (frame, stream),
             Err(too_large) => {
                 tracing::warn!(method, %too_large, "a result is over the client's frame limit");
                 error_response(
@@ -241,9 +285,10 @@ async fn answer<S: Service>(
         Err(panic) => {
             let message = panic_message(&*panic);
             tracing::error!(method, message, "a handler panicked");
-            error_response(id, code::HANDLER_PANICKED, truncate(message))
+            error_response(id, code::HANDLER_PANICKED, message)
         }
-    }
+    };
+    (frame, None)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
@@ -253,31 +298,5 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         message
     } else {
         "the panic carried no message"
-    }
-}
-
-/// Cuts a message to at most [`MAX_ERROR_MESSAGE`] bytes, on a character boundary.
-pub(crate) fn truncate(message: &str) -> &str {
-    if message.len() <= MAX_ERROR_MESSAGE {
-        return message;
-    }
-    let mut end = MAX_ERROR_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        let long = "é".repeat(1000);
-        let cut = truncate(&long);
-        assert!(cut.len() <= super::MAX_ERROR_MESSAGE);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate("short"), "short");
     }
 }

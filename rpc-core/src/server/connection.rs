@@ -11,12 +11,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::ServerConfig;
-use super::calls::{Calls, NewCall, truncate};
+use super::calls::{Calls, Link, NewCall};
 use crate::RpcError;
 use crate::protocol::{
     FrameReader, FrameWriter, Head, Hello, Outbox, code, error_response, write_frames,
 };
 use crate::service::{DecodeError, Service};
+use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 
 /// Where a connection learns that the server is shutting down; `None` for a connection served
@@ -74,12 +75,16 @@ where
     let calls = Arc::new(Calls::default());
     let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
 
+    let streams = Arc::new(Streams::default());
     let mut connection = Connection {
         service: &*service,
         calls: &calls,
-        outbox,
+        link: Link {
+            outbox,
+            streams: Arc::clone(&streams),
+            client_max_frame_len: client.max_frame_len,
+        },
         slots: Arc::new(Semaphore::new(config.max_in_flight)),
-        client_max_frame_len: client.max_frame_len,
         peer_addr,
         draining: false,
     };
@@ -114,8 +119,12 @@ where
             },
         }
     };
-    let Connection { outbox, .. } = connection;
-    drop(outbox);
+    // No more stream items come from the client: the streams it was sending end with an error.
+    streams.close_all(match &ended {
+        Ok(()) => RpcError::ConnectionClosed,
+        Err(error) => error.clone(),
+    });
+    drop(connection);
     match ended {
         // The client finished sending, or the connection drained: the calls still running
         // answer, then the writer closes the connection.
@@ -131,10 +140,9 @@ where
 struct Connection<'a, S> {
     service: &'a S,
     calls: &'a Arc<Calls>,
-    outbox: Outbox,
+    link: Link,
     /// Every running call holds one until its answer is written.
     slots: Arc<Semaphore>,
-    client_max_frame_len: usize,
     peer_addr: Option<SocketAddr>,
     /// The server takes no new calls on this connection.
     draining: bool,
@@ -143,7 +151,7 @@ struct Connection<'a, S> {
 impl<S: Service> Connection<'_, S> {
     fn start_draining(&mut self) {
         self.draining = true;
-        self.outbox.send_head(&Head::GoAway);
+        self.link.outbox.send_head(&Head::GoAway);
     }
 
     /// Acts on one frame from the client.
@@ -163,6 +171,18 @@ impl<S: Service> Connection<'_, S> {
                 return Ok(Handled::Other);
             }
             Head::Ping => return Ok(Handled::Other),
+            Head::StreamItem { id } => {
+                self.link.streams.deliver(id, payload.slice_ref(args))?;
+                return Ok(Handled::Other);
+            }
+            Head::StreamEnd { id, outcome } => {
+                self.link.streams.end(id, outcome.into());
+                return Ok(Handled::Other);
+            }
+            Head::Credit { id, items } => {
+                self.link.streams.grant(id, items)?;
+                return Ok(Handled::Other);
+            }
             head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway) => {
                 return Err(RpcError::Protocol(format!(
                     "the client sent a {} frame, which only servers send",
@@ -173,7 +193,12 @@ impl<S: Service> Connection<'_, S> {
         if self.draining {
             return self.refuse(id, code::NOT_RUN, "the server is closing this connection");
         }
-        let request = match S::decode_request(method, args) {
+        let mut streams = InboundSlot {
+            id,
+            streams: Arc::clone(&self.link.streams),
+            outbox: self.link.outbox.clone(),
+        };
+        let request = match S::decode_request(method, args, &mut streams) {
             Ok(request) => request,
             Err(DecodeError::UnknownMethod) => {
                 let message = format!("the service `{}` has no method `{method}`", S::INFO.name);
@@ -196,8 +221,7 @@ impl<S: Service> Connection<'_, S> {
             peer_addr: self.peer_addr,
             slot,
         };
-        self.calls
-            .start(self.service, call, &self.outbox, self.client_max_frame_len)?;
+        self.calls.start(self.service, call, &self.link)?;
         Ok(Handled::Request)
     }
 
@@ -205,8 +229,9 @@ impl<S: Service> Connection<'_, S> {
     fn refuse(&self, id: u64, code: u32, message: &str) -> Result<Handled, RpcError> {
         tracing::debug!(id, code, message, "refused a call");
         if self
+            .link
             .outbox
-            .send(error_response(id, code, truncate(message)), None)
+            .send(error_response(id, code, message), None)
         {
             Ok(Handled::Request)
         } else {

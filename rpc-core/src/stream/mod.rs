@@ -1,0 +1,239 @@
+//! Streams of values in either direction of a call, with flow control.
+//!
+//! A method that returns [`Streaming<T>`] streams its results to the client; a method that takes
+//! one (as its one streamed argument) receives a stream from the client; a method may do both.
+//! Items travel as their own frames on the call's connection, interleaved with every other call,
+//! and the receiver grants the sender credit as it consumes, so a slow reader holds back a fast
+//! writer instead of letting memory grow.
+
+mod pump;
+pub(crate) mod registry;
+
+pub use pump::Outbound;
+pub(crate) use pump::pump;
+pub use registry::InboundSlot;
+pub(crate) use registry::{InboundOptions, Streams, inbound_stream};
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::RpcError;
+
+/// How many items a stream's sender may send before the receiver grants more: every stream starts
+/// with this much credit.
+pub(crate) const INITIAL_CREDIT: u32 = 32;
+
+/// A receiver grants credit back once it has consumed this many items.
+pub(crate) const CREDIT_BATCH: u32 = INITIAL_CREDIT / 2;
+
+/// A stream of `T` that crosses the connection: returned by a method to stream results, taken as
+/// an argument to stream input.
+///
+/// It is a [`Stream`] of `Result<T, RpcError>`: an `Err` item (the sender failed, the deadline
+/// passed, the connection died) is the stream's last. [`Streaming::next`] reads it without
+/// importing a stream trait.
+///
+/// Build one from any stream, or from a channel:
+///
+/// ```
+/// use rpc_core::Streaming;
+///
+/// let numbers: Streaming<u32> = Streaming::new(futures_util::stream::iter(1..=3));
+///
+/// # async fn feed() {
+/// let (sender, lines) = Streaming::<String>::channel(16);
+/// tokio::spawn(async move {
+///     for n in 0..3 {
+///         if sender.send(format!("line {n}")).await.is_err() {
+///             break; // the receiver is gone: the call was cancelled
+///         }
+///     }
+/// });
+/// # }
+/// ```
+///
+/// Dropping a stream received as a call's result cancels the call: the server stops producing.
+pub struct Streaming<T> {
+    items: Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>,
+}
+
+impl<T: Send + 'static> Streaming<T> {
+    /// A stream of the items of `stream`.
+    pub fn new(stream: impl Stream<Item = T> + Send + 'static) -> Self {
+        Self::from_results(stream.map(Ok::<T, RpcError>))
+    }
+
+    /// A stream of the items of `stream`, where an `Err` ends the stream with that error: the
+    /// receiver gets it as its last item ([`RpcError::StreamFailed`] on the other side of a
+    /// connection).
+    pub fn from_results<E: fmt::Display>(
+        stream: impl Stream<Item = Result<T, E>> + Send + 'static,
+    ) -> Self {
+        let items = stream.map(|item| {
+            item.map_err(|error| RpcError::StreamFailed {
+                message: error.to_string(),
+            })
+        });
+        Streaming {
+            items: Box::pin(StopAfterError::new(items)),
+        }
+    }
+
+    /// A stream fed through the returned sender, holding at most `buffer` items (at least 1)
+    /// that the receiving side has not taken yet.
+    pub fn channel(buffer: usize) -> (StreamSender<T>, Self) {
+        let (tx, mut rx) = mpsc::channel(buffer.max(1));
+        let items = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        (
+            StreamSender { tx },
+            Streaming {
+                items: Box::pin(StopAfterError::new(items)),
+            },
+        )
+    }
+
+    /// A stream of items already checked to be results.
+    pub(crate) fn from_inner(
+        items: impl Stream<Item = Result<T, RpcError>> + Send + 'static,
+    ) -> Self {
+        Streaming {
+            items: Box::pin(items),
+        }
+    }
+
+    /// The next item, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<T, RpcError>> {
+        StreamExt::next(self).await
+    }
+}
+
+impl<T> Stream for Streaming<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.items.as_mut().poll_next(cx)
+    }
+}
+
+/// An empty stream. It is what a streamed field of a request or response enum holds after the
+/// enum is deserialized: the stream itself never travels inside a value.
+impl<T: Send + 'static> Default for Streaming<T> {
+    fn default() -> Self {
+        Streaming::new(futures_util::stream::empty())
+    }
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+/// Feeds a [`Streaming`] made by [`Streaming::channel`].
+#[derive(Debug)]
+pub struct StreamSender<T> {
+    tx: mpsc::Sender<Result<T, RpcError>>,
+}
+
+impl<T> Clone for StreamSender<T> {
+    fn clone(&self) -> Self {
+        StreamSender {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// The receiving side of a stream is gone: the call was cancelled or has ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the receiving side of the stream is gone")]
+pub struct StreamClosed;
+
+impl<T> StreamSender<T> {
+    /// Sends one item, waiting while the receiver is that far behind.
+    pub async fn send(&self, item: T) -> Result<(), StreamClosed> {
+        self.tx.send(Ok(item)).await.map_err(|_| StreamClosed)
+    }
+
+    /// Ends the stream with an error: the receiver gets [`RpcError::StreamFailed`] with
+    /// `message` as its last item.
+    pub async fn fail(self, message: impl Into<String>) -> Result<(), StreamClosed> {
+        let error = RpcError::StreamFailed {
+            message: message.into(),
+        };
+        self.tx.send(Err(error)).await.map_err(|_| StreamClosed)
+    }
+
+    /// Whether the receiving side is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Ends a stream after its first error.
+struct StopAfterError<S> {
+    inner: Option<Pin<Box<S>>>,
+}
+
+impl<S> StopAfterError<S> {
+    fn new(inner: S) -> Self {
+        StopAfterError {
+            inner: Some(Box::pin(inner)),
+        }
+    }
+}
+
+impl<S, T> Stream for StopAfterError<S>
+where
+    S: Stream<Item = Result<T, RpcError>>,
+{
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(inner.as_mut().poll_next(cx));
+        if !matches!(item, Some(Ok(_))) {
+            self.inner = None;
+        }
+        Poll::Ready(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_is_the_last_item() {
+        let source = futures_util::stream::iter([Ok(1), Err("broken"), Ok(3)]);
+        let mut stream = Streaming::from_results(source);
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(RpcError::StreamFailed { message })) if message == "broken"
+        ));
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_channel_stream_ends_when_its_senders_are_gone() {
+        let (sender, mut stream) = Streaming::channel(4);
+        sender.send(7u8).await.expect("open");
+        drop(sender);
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(7)));
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sender_learns_that_the_receiver_is_gone() {
+        let (sender, stream) = Streaming::<u8>::channel(1);
+        drop(stream);
+        assert!(sender.is_closed());
+        assert_eq!(sender.send(1).await, Err(StreamClosed));
+    }
+}

@@ -1,0 +1,315 @@
+//! Streaming calls over real TCP: each kind, errors mid-stream, cancellation by drop, deadlines
+//! over a whole stream, many streams beside unary calls, and bounded memory under a slow reader.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use rpc_core::{RpcError, Server, Streaming};
+use rpc_tests::within;
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+
+#[rpc_core::service]
+pub trait Numbers {
+    /// Streams `from..to`.
+    async fn count(&self, from: u64, to: u64) -> Streaming<u64>;
+    /// Adds up a stream.
+    async fn sum(&self, numbers: Streaming<u64>) -> u64;
+    /// Answers each number with its double, as it comes.
+    async fn double(&self, numbers: Streaming<u64>) -> Streaming<u64>;
+    /// Streams `0..n`, then fails.
+    async fn fail_after(&self, n: u64) -> Streaming<u64>;
+    /// Streams forever, reporting "dropped {tag}" when the stream is dropped.
+    async fn endless(&self, tag: String) -> Streaming<u64>;
+    /// Streams `count` chunks of `size` bytes, counting the chunks taken from the source.
+    async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf>;
+    /// A unary call beside the streams.
+    async fn add(&self, a: u64, b: u64) -> u64;
+}
+
+struct Impl {
+    events: mpsc::UnboundedSender<String>,
+    produced: Arc<AtomicU64>,
+}
+
+/// Reports when dropped: the stream that owns it was dropped.
+struct DropReport(mpsc::UnboundedSender<String>, String);
+
+impl Drop for DropReport {
+    fn drop(&mut self) {
+        let _ = self.0.send(format!("dropped {}", self.1));
+    }
+}
+
+impl Numbers for Impl {
+    async fn count(&self, from: u64, to: u64) -> Streaming<u64> {
+        Streaming::new(futures_util::stream::iter(from..to))
+    }
+
+    async fn sum(&self, mut numbers: Streaming<u64>) -> u64 {
+        let mut sum = 0;
+        while let Some(number) = numbers.next().await {
+            sum += number.expect("the client's stream ends cleanly");
+        }
+        sum
+    }
+
+    async fn double(&self, numbers: Streaming<u64>) -> Streaming<u64> {
+        Streaming::from_results(numbers.map(|n| n.map(|n| 2 * n)))
+    }
+
+    async fn fail_after(&self, n: u64) -> Streaming<u64> {
+        let items = (0..n)
+            .map(Ok)
+            .chain(std::iter::once(Err("the disk is full")));
+        Streaming::from_results(futures_util::stream::iter(items))
+    }
+
+    async fn endless(&self, tag: String) -> Streaming<u64> {
+        let report = DropReport(self.events.clone(), tag);
+        Streaming::new(futures_util::stream::iter(0..).map(move |n| {
+            let _ = &report;
+            n
+        }))
+    }
+
+    async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf> {
+        let produced = Arc::clone(&self.produced);
+        Streaming::new(futures_util::stream::iter(0..count).map(move |_| {
+            produced.fetch_add(1, Ordering::SeqCst);
+            ByteBuf::from(vec![7; size as usize])
+        }))
+    }
+
+    async fn add(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
+
+struct Fixture {
+    client: NumbersClient,
+    events: mpsc::UnboundedReceiver<String>,
+    produced: Arc<AtomicU64>,
+}
+
+async fn start() -> Fixture {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let produced = Arc::new(AtomicU64::new(0));
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("address");
+    tokio::spawn(server.serve(NumbersServer::new(Impl {
+        events: events_tx,
+        produced: Arc::clone(&produced),
+    })));
+    let client = NumbersClient::connect(addr).await.expect("connects");
+    Fixture {
+        client,
+        events,
+        produced,
+    }
+}
+
+async fn collect(stream: Streaming<u64>) -> Vec<Result<u64, RpcError>> {
+    within("the stream", stream.collect::<Vec<_>>()).await
+}
+
+#[tokio::test]
+async fn server_streaming_delivers_every_item_in_order() {
+    let fixture = start().await;
+    let stream = fixture.client.count(0, 1000).await.expect("starts");
+    let items: Vec<u64> = collect(stream)
+        .await
+        .into_iter()
+        .map(|item| item.expect("no error"))
+        .collect();
+    assert_eq!(
+        items,
+        (0..1000).collect::<Vec<_>>(),
+        "past many credit windows"
+    );
+}
+
+#[tokio::test]
+async fn client_streaming_sends_every_item() {
+    let fixture = start().await;
+    let numbers = Streaming::new(futures_util::stream::iter(1..=1000u64));
+    let sum = within("the upload", fixture.client.sum(numbers)).await;
+    assert_eq!(sum.expect("sum"), 500_500);
+}
+
+#[tokio::test]
+async fn bidirectional_streaming_answers_as_items_arrive() {
+    let fixture = start().await;
+    let (sender, numbers) = Streaming::channel(1);
+    let mut doubled = fixture.client.double(numbers).await.expect("starts");
+    for n in 1..=50u64 {
+        sender.send(n).await.expect("the server reads");
+        // Each answer comes before the next question is asked: nothing waits for the end.
+        let answer = within("an answer", doubled.next()).await;
+        assert_eq!(answer.expect("an item").expect("no error"), 2 * n);
+    }
+    drop(sender);
+    assert!(within("the end", doubled.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn an_error_mid_stream_reaches_the_client_as_such() {
+    let fixture = start().await;
+    let items = collect(fixture.client.fail_after(3).await.expect("starts")).await;
+    assert_eq!(items.len(), 4);
+    for (n, item) in (0..3).zip(&items) {
+        assert_eq!(item.as_ref().expect("an item"), &n);
+    }
+    match &items[3] {
+        Err(RpcError::StreamFailed { message }) => assert_eq!(message, "the disk is full"),
+        other => panic!("expected StreamFailed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_stream_stops_the_servers_producer() {
+    let mut fixture = start().await;
+    let mut stream = fixture
+        .client
+        .endless("reader".into())
+        .await
+        .expect("starts");
+    for n in 0..5 {
+        assert_eq!(stream.next().await.expect("an item").expect("no error"), n);
+    }
+    drop(stream);
+    let event = within("the producer to be dropped", fixture.events.recv()).await;
+    assert_eq!(event.as_deref(), Some("dropped reader"));
+    assert_eq!(fixture.client.add(1, 2).await.expect("same connection"), 3);
+}
+
+#[tokio::test]
+async fn a_deadline_covers_the_whole_stream() {
+    let mut fixture = start().await;
+    let short = fixture.client.with_deadline(Duration::from_millis(200));
+    let mut stream = short.endless("deadline".into()).await.expect("starts");
+    let last = within("the deadline", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => {}
+                other => break other,
+            }
+        }
+    })
+    .await;
+    match last {
+        Some(Err(RpcError::DeadlineExceeded { method, .. })) => assert_eq!(method, "endless"),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none(), "nothing after the error");
+    let event = within("the producer to be dropped", fixture.events.recv()).await;
+    assert_eq!(event.as_deref(), Some("dropped deadline"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_streams_share_a_connection_with_unary_calls() {
+    let fixture = start().await;
+    let streams = join_all((0..100u64).map(|i| {
+        let client = fixture.client.clone();
+        async move {
+            let stream = client.count(i, i + 200).await.expect("starts");
+            let items: Vec<u64> = stream.map(|item| item.expect("no error")).collect().await;
+            assert_eq!(items, (i..i + 200).collect::<Vec<_>>());
+        }
+    }));
+    let unary = join_all((0..100u64).map(|i| {
+        let client = fixture.client.clone();
+        async move { assert_eq!(client.add(i, 1).await.expect("add"), i + 1) }
+    }));
+    within("100 streams and 100 calls", async {
+        tokio::join!(streams, unary)
+    })
+    .await;
+}
+
+/// 1 GiB streamed to a client that reads slowly: the server takes from its source only what the
+/// client has room for, so at most a credit window of items is ever in flight, and unary calls
+/// on the same connection keep being answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
+    const CHUNK: u32 = 1024 * 1024;
+    const CHUNKS: u32 = 1024;
+    let fixture = start().await;
+    let mut stream = fixture.client.chunks(CHUNKS, CHUNK).await.expect("starts");
+    let mut read = 0u64;
+    let mut most_ahead = 0u64;
+    within("1 GiB", async {
+        while let Some(chunk) = stream.next().await {
+            assert_eq!(chunk.expect("a chunk").len(), CHUNK as usize);
+            read += 1;
+            // The reader is slow: it takes its time over every 64th chunk.
+            if read % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let ahead = fixture.produced.load(Ordering::SeqCst) - read;
+                most_ahead = most_ahead.max(ahead);
+                assert_eq!(fixture.client.add(read, 1).await.expect("unary"), read + 1);
+            }
+        }
+    })
+    .await;
+    assert_eq!(read, u64::from(CHUNKS));
+    assert!(
+        most_ahead <= 33,
+        "the producer ran {most_ahead} chunks (MiB) ahead of the reader"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_ends_every_stream_with_an_error() {
+    let (events, _) = mpsc::unbounded_channel();
+    let (listener, addr) = rpc_tests::loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let lab = Impl {
+            events,
+            produced: Arc::default(),
+        };
+        rpc_core::serve_connection(stream, NumbersServer::new(lab)).await
+    });
+    let client = NumbersClient::connect(addr).await.expect("connects");
+    let mut streams = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let mut stream = client.endless(tag.into()).await.expect("starts");
+        assert_eq!(stream.next().await.expect("an item").expect("no error"), 0);
+        streams.push(stream);
+    }
+    let (upload_tx, upload) = Streaming::channel(1);
+    let upload_sum = tokio::spawn({
+        let client = client.clone();
+        async move { client.sum(upload).await }
+    });
+    upload_tx.send(1).await.expect("the upload starts");
+
+    server.abort();
+    for mut stream in streams {
+        let last = within("the stream's end", async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => {}
+                    other => break other,
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(
+                last,
+                Some(Err(RpcError::ConnectionClosed | RpcError::Io(_)))
+            ),
+            "{last:?}"
+        );
+        assert!(stream.next().await.is_none());
+    }
+    match within("the upload", upload_sum).await.expect("joins") {
+        Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
+        other => panic!("expected the connection's end, got {other:?}"),
+    }
+}
