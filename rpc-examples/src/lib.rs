@@ -1,5 +1,8 @@
-//! Services shared by the example programs: a greeter for the two-terminal hello world, and a
-//! calculator whose division returns an application error.
+//! Services shared by the example programs: a greeter for the two-terminal hello world, a
+//! calculator whose division returns an application error, and the streaming services of
+//! [`streams`].
+
+pub mod streams;
 
 use serde::{Deserialize, Serialize};
 

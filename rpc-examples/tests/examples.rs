@@ -71,3 +71,46 @@ fn hello_client_talks_to_hello_server_in_another_process() {
         "Hello, Ada!\nHello, Grace!\n"
     );
 }
+
+#[test]
+fn tail_follows_the_log_and_stops() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_tail"), &[]);
+    assert!(ok, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 11, "{stdout}");
+    assert_eq!(lines[0], "tail: boot step 1 done", "the backlog first");
+    assert_eq!(
+        lines[3], "tail: request 1 served",
+        "then new lines as written"
+    );
+    assert_eq!(lines[9], "tail: request 7 served");
+    assert_eq!(lines[10], "tail: stopped after 10 lines");
+}
+
+#[test]
+fn upload_sends_a_file_in_chunks() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_upload"), &[]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("sending generated.bin, 5242880 bytes in 80 chunks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("received 5242880 bytes in 80 chunks"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("upload: checksums match\n"), "{stdout}");
+}
+
+#[test]
+fn chat_relays_lines_both_ways() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_chat"), &[]);
+    assert!(ok, "{stdout}");
+    assert_eq!(
+        stdout,
+        "chat: alice: hi bob\n\
+         chat: bob: hi alice, streaming works\n\
+         chat: alice: both ways, on one call each\n\
+         chat: both members heard all 3 lines\n"
+    );
+}

@@ -42,7 +42,7 @@ pub(crate) const CREDIT_BATCH: u32 = INITIAL_CREDIT / 2;
 /// ```
 /// use rpc_core::Streaming;
 ///
-/// let numbers: Streaming<u32> = Streaming::new(futures_util::stream::iter(1..=3));
+/// let numbers: Streaming<u32> = Streaming::iter(1..=3);
 ///
 /// # async fn feed() {
 /// let (sender, lines) = Streaming::<String>::channel(16);
@@ -65,6 +65,15 @@ impl<T: Send + 'static> Streaming<T> {
     /// A stream of the items of `stream`.
     pub fn new(stream: impl Stream<Item = T> + Send + 'static) -> Self {
         Self::from_results(stream.map(Ok::<T, RpcError>))
+    }
+
+    /// A stream of the items of `items`, such as a `Vec` or a range.
+    pub fn iter<I>(items: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        Self::new(futures_util::stream::iter(items))
     }
 
     /// A stream of the items of `stream`, where an `Err` ends the stream with that error: the
