@@ -28,10 +28,13 @@ pub trait Numbers {
     async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf>;
     /// A unary call beside the streams.
     async fn add(&self, a: u64, b: u64) -> u64;
+    /// Reads a stream slowly; returns the most items the client's source was ever ahead of it.
+    async fn slow_count(&self, chunks: Streaming<ByteBuf>) -> u64;
 }
 
 struct Impl {
     events: mpsc::UnboundedSender<String>,
+    /// Items taken from the source of the stream being sent, on whichever side sends it.
     produced: Arc<AtomicU64>,
 }
 
@@ -86,6 +89,20 @@ impl Numbers for Impl {
 
     async fn add(&self, a: u64, b: u64) -> u64 {
         a + b
+    }
+
+    async fn slow_count(&self, mut chunks: Streaming<ByteBuf>) -> u64 {
+        let mut read = 0;
+        let mut most_ahead = 0;
+        while let Some(chunk) = chunks.next().await {
+            chunk.expect("a chunk");
+            read += 1;
+            if read % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                most_ahead = most_ahead.max(self.produced.load(Ordering::SeqCst) - read);
+            }
+        }
+        most_ahead
     }
 }
 
@@ -312,4 +329,26 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
         Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
         other => panic!("expected the connection's end, got {other:?}"),
     }
+}
+
+/// The other direction: a client uploading 256 MiB to a server that reads slowly takes from its
+/// source only what the server has granted credit for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_holds_back_the_uploading_client() {
+    let fixture = start().await;
+    let produced = Arc::clone(&fixture.produced);
+    let source = futures_util::stream::iter(0..256).map(move |_| {
+        produced.fetch_add(1, Ordering::SeqCst);
+        ByteBuf::from(vec![1; 1024 * 1024])
+    });
+    let most_ahead = within(
+        "256 MiB up",
+        fixture.client.slow_count(Streaming::new(source)),
+    )
+    .await
+    .expect("slow_count");
+    assert!(
+        most_ahead <= 33,
+        "the client's source ran {most_ahead} chunks (MiB) ahead of the server"
+    );
 }
