@@ -237,12 +237,19 @@ async fn every_pending_call_fails_when_the_connection_dies() {
     server.abort();
     for call in waiting {
         match within("a pending call", call).await.expect("joins") {
-            Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
-            other => panic!("expected the connection's end, got {other:?}"),
+            Err(RpcError::Interrupted { method, cause }) => {
+                assert_eq!(method, "wait");
+                assert!(
+                    matches!(*cause, RpcError::ConnectionClosed | RpcError::Io(_)),
+                    "{cause}"
+                );
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
         }
     }
-    match within("a call on the dead connection", client.add(1, 1)).await {
-        Err(RpcError::ConnectionClosed | RpcError::Io(_)) => {}
-        other => panic!("expected the connection's end, got {other:?}"),
+    // The client tries to connect again, and finds nobody listening.
+    match within("a call to the dead server", client.add(1, 1)).await {
+        Err(RpcError::Connect(_)) => {}
+        other => panic!("expected a connect error, got {other:?}"),
     }
 }

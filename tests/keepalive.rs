@@ -46,8 +46,13 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
         .await
         .expect("connects");
     match within("a call to a silent server", client.add(1, 2)).await {
-        Err(RpcError::KeepaliveTimeout(silence)) => assert_eq!(silence, TIMEOUT),
-        other => panic!("expected KeepaliveTimeout, got {other:?}"),
+        Err(RpcError::Interrupted { cause, .. }) => {
+            assert!(
+                matches!(*cause, RpcError::KeepaliveTimeout(silence) if silence == TIMEOUT),
+                "{cause}"
+            );
+        }
+        other => panic!("expected Interrupted by the keep-alive timeout, got {other:?}"),
     }
     assert!(client.channel().is_closed());
     silent_server.abort();

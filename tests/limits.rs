@@ -117,7 +117,27 @@ async fn an_idle_connection_is_told_and_closed() {
 }
 
 #[tokio::test]
-async fn a_client_told_to_go_away_sends_no_new_calls() {
+async fn a_connection_told_to_go_away_sends_no_new_calls() {
+    let addr = start_tcp_with(
+        Server::builder().idle_timeout(Duration::from_millis(100)),
+        LabImpl::default(),
+    )
+    .await;
+    // One stream, which cannot be re-established: it shows the connection's own behaviour.
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let client = LabClient::from_stream(stream).await.expect("handshake");
+    assert_eq!(client.add(1, 1).await.expect("add"), 2);
+    within("the idle connection to close", client.channel().closed()).await;
+    match client.add(1, 1).await {
+        Err(RpcError::ServerClosing { method }) => assert_eq!(method, "add"),
+        other => panic!("expected ServerClosing, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_whose_idle_connection_was_closed_connects_again() {
     let addr = start_tcp_with(
         Server::builder().idle_timeout(Duration::from_millis(100)),
         LabImpl::default(),
@@ -126,8 +146,11 @@ async fn a_client_told_to_go_away_sends_no_new_calls() {
     let client = LabClient::connect(addr).await.expect("connects");
     assert_eq!(client.add(1, 1).await.expect("add"), 2);
     within("the idle connection to close", client.channel().closed()).await;
-    match client.add(1, 1).await {
-        Err(RpcError::ServerClosing { method }) => assert_eq!(method, "add"),
-        other => panic!("expected ServerClosing, got {other:?}"),
-    }
+    assert!(client.channel().is_closed());
+    assert_eq!(
+        within("a call", client.add(2, 2))
+            .await
+            .expect("a new connection"),
+        4
+    );
 }

@@ -44,10 +44,26 @@ pub enum RpcError {
         found: String,
     },
 
-    /// The connection closed (the peer hung up or the server shut down) before the call
-    /// completed.
-    #[error("the connection closed before the call completed")]
+    /// The connection closed: the peer hung up or the server shut down.
+    #[error("the connection closed")]
     ConnectionClosed,
+
+    /// The connection was lost while the call was in flight: the server may or may not have
+    /// run it. Methods marked `#[rpc(idempotent)]` are made again instead, where they can be.
+    #[error(
+        "the connection was lost while `{method}` was in flight ({cause}); it may or may not have run"
+    )]
+    Interrupted {
+        /// The method called.
+        method: String,
+        /// How the connection was lost.
+        cause: Box<RpcError>,
+    },
+
+    /// A balanced client has no server to call: its list is empty, or its name resolved to no
+    /// address.
+    #[error("there is no server to call: the list of endpoints is empty")]
+    NoEndpoints,
 
     /// The peer sent nothing, not even a keep-alive ping, for this long while this side waited:
     /// it is presumed dead and the connection was dropped.

@@ -26,6 +26,9 @@ pub struct MethodInfo {
     /// A hash of the method's name, argument types and return type as written. Two sides with
     /// the same fingerprint for a method agree on how its arguments and result are encoded.
     pub fingerprint: u64,
+    /// Whether running the method twice does no harm (`#[rpc(idempotent)]`): then a call whose
+    /// connection is lost is made again on another server.
+    pub idempotent: bool,
 }
 
 /// Why a request could not be turned into a call.

@@ -150,7 +150,10 @@ fn response_enum(service: &Service) -> TokenStream {
 fn method_info(method: &Method) -> TokenStream {
     let name = &method.name;
     let fingerprint = method.fingerprint;
-    quote! { ::rpc_core::MethodInfo { name: #name, fingerprint: #fingerprint } }
+    let idempotent = method.idempotent;
+    quote! {
+        ::rpc_core::MethodInfo { name: #name, fingerprint: #fingerprint, idempotent: #idempotent }
+    }
 }
 
 fn service_info(service: &Service) -> TokenStream {

@@ -22,11 +22,24 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
         Ok(output) => output.into(),
         // Keep the user's trait so that its other uses still resolve, and add the errors.
         Err(error) => {
-            let mut output = input;
+            let mut output = without_rpc_attributes(input);
             output.extend(error.into_compile_error());
             output.into()
         }
     }
+}
+
+/// The trait as written, less the `#[rpc(...)]` attributes only this macro understands.
+fn without_rpc_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let Ok(mut item) = syn::parse2::<syn::ItemTrait>(input.clone()) else {
+        return input;
+    };
+    for trait_item in &mut item.items {
+        if let syn::TraitItem::Fn(function) = trait_item {
+            function.attrs.retain(|attr| !attr.path().is_ident("rpc"));
+        }
+    }
+    quote::ToTokens::into_token_stream(item)
 }
 
 fn generate(

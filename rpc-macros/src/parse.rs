@@ -42,6 +42,8 @@ pub(crate) struct Method {
     /// The item type, when the method returns `Streaming<T>`.
     pub(crate) download: Option<Type>,
     pub(crate) fingerprint: u64,
+    /// `#[rpc(idempotent)]`: running it twice does no harm, so a lost call may be made again.
+    pub(crate) idempotent: bool,
 }
 
 impl Method {
@@ -126,6 +128,23 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         default,
         ..
     } = function;
+    let (rpc_attrs, attrs): (Vec<Attribute>, Vec<Attribute>) = attrs
+        .into_iter()
+        .partition(|attr| attr.path().is_ident("rpc"));
+    let mut idempotent = false;
+    for attr in &rpc_attrs {
+        let parsed = attr.parse_nested_meta(|option| {
+            if option.path.is_ident("idempotent") {
+                idempotent = true;
+                Ok(())
+            } else {
+                Err(option.error("unknown rpc option; the one there is: `idempotent`"))
+            }
+        });
+        if let Err(error) = parsed {
+            errors.push(error);
+        }
+    }
     if let Some(body) = &default {
         errors.spanned(
             body,
@@ -177,6 +196,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         output,
         download,
         fingerprint,
+        idempotent,
     }
 }
 

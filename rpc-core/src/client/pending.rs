@@ -79,6 +79,11 @@ impl Pending {
         self.state().calls.remove(&id).is_some()
     }
 
+    /// Whether the server said it takes no new calls.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.state().draining
+    }
+
     /// Takes no new calls; the ones waiting still get their answers.
     pub(crate) fn drain(&self) {
         self.state().draining = true;

@@ -263,6 +263,7 @@ mod tests {
             methods: &[MethodInfo {
                 name: "add",
                 fingerprint: 0xdead_beef,
+                idempotent: false,
             }],
         };
         let mut written = Vec::new();

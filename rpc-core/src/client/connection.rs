@@ -1,0 +1,431 @@
+//! One live, multiplexed connection to a server: many calls in flight, answers in any order.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::ClientConfig;
+use super::pending::{Pending, Reply};
+use crate::protocol::{
+    self, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, code, finish_frame,
+    write_frames,
+};
+use crate::service::{MethodInfo, ServiceInfo};
+use crate::stream::registry::InboundParts;
+use crate::stream::{self, InboundOptions, Outbound, Streams};
+use crate::task::AbortOnDrop;
+use crate::{Metadata, RpcError, Streaming};
+
+/// A live connection to one server. Calls go through [`Connection::start`].
+pub(crate) struct Connection {
+    outbox: Outbox,
+    /// A call holds a slot from before it is sent until it is answered or abandoned (or its
+    /// streamed result ends), so that no more calls are in flight than the server runs at once:
+    /// the server then never has to stop reading, and a cancellation always reaches it.
+    slots: Arc<Semaphore>,
+    pending: Arc<Pending>,
+    streams: Arc<Streams>,
+    next_id: AtomicU64,
+    server: PeerInfo,
+    /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
+    /// itself when the last outbox sender is dropped, shutting the connection down.)
+    _reader: AbortOnDrop,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call is: its method, and the options it is made with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallSpec<'a> {
+    pub(crate) method: &'static MethodInfo,
+    /// The deadline the caller gave, for error messages.
+    pub(crate) deadline: Duration,
+    /// When the call, retries included, must be over.
+    pub(crate) expires: Option<Instant>,
+    pub(crate) metadata: &'a Metadata,
+}
+
+impl CallSpec<'_> {
+    pub(crate) fn deadline_exceeded(&self) -> RpcError {
+        RpcError::DeadlineExceeded {
+            method: self.method.name.to_owned(),
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// Why one attempt at a call failed, by what a retry could do about it.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The call did not run: it never left, or the server refused to start it. Safe to try
+    /// again, on this server or another.
+    NotRun(RpcError),
+    /// The connection was lost with the call in flight: it may or may not have run.
+    Lost(RpcError),
+    /// Anything else: the answer stands.
+    Final(RpcError),
+}
+
+impl Failure {
+    /// The error a caller sees when the failure is not retried.
+    pub(crate) fn into_error(self, method: &str) -> RpcError {
+        match self {
+            Failure::NotRun(error) | Failure::Final(error) => error,
+            Failure::Lost(cause) => RpcError::Interrupted {
+                method: method.to_owned(),
+                cause: Box::new(cause),
+            },
+        }
+    }
+}
+
+impl Connection {
+    /// Exchanges hellos over `stream`, then starts the connection's reader and writer tasks.
+    pub(crate) async fn establish<S>(
+        stream: S,
+        service: &ServiceInfo,
+        config: &ClientConfig,
+    ) -> Result<Arc<Connection>, RpcError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(read, config.max_frame_len);
+        let mut writer = FrameWriter::new(write);
+        Hello::new(service, config.max_frame_len, config.keepalive, None)
+            .send(&mut writer)
+            .await?;
+        let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        reader.set_silence_limit(server.silence_limit(config.keepalive));
+
+        let (outbox, queue) = Outbox::new();
+        let pending = Arc::new(Pending::default());
+        let streams = Arc::new(Streams::default());
+        let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
+        let closer = Closer {
+            pending: Arc::clone(&pending),
+            streams: Arc::clone(&streams),
+        };
+        let writer = tokio::spawn(write_requests(writer, queue, heartbeat, closer.clone()));
+        let reader = tokio::spawn(read_responses(reader, closer, writer.abort_handle()));
+        Ok(Arc::new(Connection {
+            outbox,
+            slots: Arc::new(Semaphore::new(
+                server
+                    .max_concurrent_calls
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            pending,
+            streams,
+            next_id: AtomicU64::new(0),
+            server,
+            _reader: AbortOnDrop::new(&reader),
+        }))
+    }
+
+    /// Whether the connection has closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.pending.is_closed()
+    }
+
+    /// Whether the server said it takes no new calls on this connection.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.pending.is_draining()
+    }
+
+    /// Returns once the connection has closed.
+    pub(crate) async fn closed(&self) {
+        self.pending.wait_closed().await;
+    }
+
+    /// Sends a call, with its upload if any, and waits for the server's response.
+    pub(crate) async fn start<A: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        spec: CallSpec<'_>,
+        args: &A,
+        upload: Option<Outbound>,
+        download: bool,
+    ) -> Result<Answered, Failure> {
+        let method = spec.method;
+        self.server.check_method(method).map_err(Failure::Final)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
+        let Ok(slot) = until(spec.expires, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
+        else {
+            unreachable!("the outgoing slots are never closed");
+        };
+        let answer = self
+            .pending
+            .register(id, method.name)
+            .map_err(Failure::NotRun)?;
+        let mut waiting = Waiting {
+            connection: self,
+            id,
+            armed: true,
+        };
+        // Streams are registered before the request leaves, so nothing the server sends back
+        // arrives before there is a place for it.
+        let inbound = download.then(|| self.streams.open_inbound(id));
+        let credit = upload.as_ref().map(|_| self.streams.open_outbound(id));
+        if !self.outbox.send(frame, None) {
+            waiting.armed = false;
+            return Err(Failure::NotRun(self.pending.close_reason()));
+        }
+        let upload = upload.zip(credit).map(|(items, credit)| {
+            let max_frame_len = self.server.max_frame_len;
+            let pump = stream::pump(id, items, credit, self.outbox.clone(), max_frame_len);
+            AbortOnDrop::new(&tokio::spawn(pump))
+        });
+        let reply = until(spec.expires, answer)
+            .await
+            .map_err(|_| Failure::Final(spec.deadline_exceeded()))?;
+        waiting.armed = false; // answered: nothing to cancel, unless a stream follows
+        let reply = reply.map_err(|_| Failure::Lost(self.pending.close_reason()))?;
+        Ok(Answered {
+            connection: Arc::clone(self),
+            method,
+            id,
+            deadline: spec.deadline,
+            reply,
+            expires: spec.expires,
+            slot,
+            inbound,
+            upload,
+        })
+    }
+
+    fn request_frame<A: Serialize + ?Sized>(
+        &self,
+        id: u64,
+        spec: CallSpec<'_>,
+        args: &A,
+    ) -> Result<Vec<u8>, RpcError> {
+        let encode_failed = |e: protocol::CodecError| RpcError::Encode {
+            method: spec.method.name.to_owned(),
+            reason: e.to_string(),
+        };
+        // What is left of the deadline, in whole milliseconds rounded up so that a short
+        // deadline never reads as "none".
+        let timeout_ms = match spec.expires {
+            Some(expires) => {
+                let left = expires.saturating_duration_since(Instant::now());
+                u64::try_from(left.as_micros().div_ceil(1000))
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            }
+            None => 0,
+        };
+        let mut frame = Head::Request {
+            id,
+            method: spec.method.name,
+            timeout_ms,
+            metadata: Cow::Borrowed(spec.metadata),
+        }
+        .begin_frame()
+        .map_err(encode_failed)?;
+        protocol::append(args, &mut frame).map_err(encode_failed)?;
+        finish_frame(&mut frame, self.server.max_frame_len)?;
+        Ok(frame)
+    }
+}
+
+/// A call the server has answered; for a streaming result, the stream's parts.
+pub(crate) struct Answered {
+    connection: Arc<Connection>,
+    method: &'static MethodInfo,
+    id: u64,
+    deadline: Duration,
+    reply: Reply,
+    expires: Option<Instant>,
+    slot: OwnedSemaphorePermit,
+    inbound: Option<InboundParts>,
+    upload: Option<AbortOnDrop>,
+}
+
+impl Answered {
+    /// The result of a call without a streamed result.
+    pub(crate) fn into_value<R: DeserializeOwned>(self) -> Result<R, Failure> {
+        let body = self.body()?;
+        protocol::decode_exact(&body).map_err(|e| {
+            Failure::Final(RpcError::Decode {
+                method: self.method.name.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+    }
+
+    /// The streamed result of a call.
+    pub(crate) fn into_stream<T: DeserializeOwned + Send + 'static>(
+        mut self,
+    ) -> Result<Streaming<T>, Failure> {
+        self.body()?;
+        let Some(parts) = self.inbound.take() else {
+            unreachable!("a streaming call registers its stream");
+        };
+        let options = InboundOptions {
+            id: self.id,
+            method: self.method.name,
+            outbox: self.connection.outbox.clone(),
+            deadline: self.expires.map(|at| (at, self.deadline)),
+            cancel_on_drop: true,
+            slot: Some(self.slot),
+            upload: self.upload,
+        };
+        Ok(stream::inbound_stream(parts, options))
+    }
+
+    fn body(&self) -> Result<Bytes, Failure> {
+        let method = self.method.name;
+        match &self.reply {
+            Reply::Ok(body) => Ok(body.clone()),
+            Reply::Err { code, message } => {
+                Err(remote_error(method, *code, message.clone(), self.deadline))
+            }
+            Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
+        }
+    }
+}
+
+/// Runs `work` until `expires`, or without a limit.
+pub(crate) async fn until<F: Future>(
+    expires: Option<Instant>,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match expires {
+        Some(expires) => tokio::time::timeout_at(expires, work).await,
+        None => Ok(work.await),
+    }
+}
+
+/// A call that was sent and waits for its answer. Dropped while still armed (the caller gave
+/// up, or the deadline passed), it tells the server to drop the handler.
+struct Waiting<'a> {
+    connection: &'a Connection,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.connection.pending.forget(self.id) {
+            // The request is ahead of this in the outbox, so the server always sees it first.
+            self.connection
+                .outbox
+                .send_head(&Head::Cancel { id: self.id });
+        }
+    }
+}
+
+/// Turns an error response into the failure the caller sees.
+fn remote_error(method: &str, code: u32, message: String, deadline: Duration) -> Failure {
+    let method = method.to_owned();
+    match code {
+        code::UNKNOWN_METHOD => Failure::Final(RpcError::UnknownMethod { method }),
+        code::INVALID_ARGUMENTS => Failure::Final(RpcError::InvalidArguments {
+            method,
+            reason: message,
+        }),
+        code::HANDLER_PANICKED => Failure::Final(RpcError::HandlerPanicked { method, message }),
+        code::DEADLINE_EXCEEDED => Failure::Final(RpcError::DeadlineExceeded { method, deadline }),
+        code::NOT_RUN => Failure::NotRun(RpcError::ServerClosing { method }),
+        _ => Failure::Final(RpcError::Server { method, message }),
+    }
+}
+
+/// What fails when the connection ends: the calls waiting for answers and the open streams.
+#[derive(Clone)]
+struct Closer {
+    pending: Arc<Pending>,
+    streams: Arc<Streams>,
+}
+
+impl Closer {
+    fn close(&self, reason: RpcError) {
+        self.streams.close_all(reason.clone());
+        self.pending.close(reason);
+    }
+}
+
+async fn write_requests<W: AsyncWrite + Unpin>(
+    writer: FrameWriter<W>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<protocol::Outgoing>,
+    heartbeat: Option<Duration>,
+    closer: Closer,
+) {
+    if let Err(error) = write_frames(writer, queue, heartbeat).await {
+        closer.close(error.into());
+    }
+}
+
+/// Reads the server's frames until the connection ends, then fails the calls still waiting and
+/// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
+/// sends what is queued, cancellations included, and shuts the connection down by itself.)
+async fn read_responses<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    closer: Closer,
+    writer: tokio::task::AbortHandle,
+) {
+    let Closer { pending, streams } = &closer;
+    let reason = loop {
+        let payload = match reader.next_frame().await {
+            Ok(Some(payload)) => payload,
+            Ok(None) => break RpcError::ConnectionClosed,
+            Err(error) => break error,
+        };
+        match Head::decode(&payload) {
+            Ok((Head::Response { id, outcome }, body)) => {
+                let reply = match outcome {
+                    Outcome::Ok => Reply::Ok(payload.slice_ref(body)),
+                    Outcome::Err { code, message } => Reply::Err {
+                        code,
+                        message: message.into_owned(),
+                    },
+                };
+                pending.complete(id, reply);
+            }
+            Ok((Head::StreamItem { id }, item)) => {
+                if let Err(error) = streams.deliver(id, payload.slice_ref(item)) {
+                    break error;
+                }
+            }
+            Ok((Head::StreamEnd { id, outcome }, _)) => streams.end(id, outcome.into()),
+            Ok((Head::Credit { id, items }, _)) => {
+                if let Err(error) = streams.grant(id, items) {
+                    break error;
+                }
+            }
+            Ok((Head::Ping, _)) => {}
+            Ok((Head::GoAway, _)) => pending.drain(),
+            Ok((head, _)) => {
+                break RpcError::Protocol(format!(
+                    "the server sent a {} frame, which only clients send",
+                    head.kind()
+                ));
+            }
+            Err(error) => {
+                break RpcError::Protocol(format!("the server sent an undecodable frame: {error}"));
+            }
+        }
+    };
+    tracing::debug!(%reason, "client connection closed");
+    closer.close(reason);
+    writer.abort();
+}

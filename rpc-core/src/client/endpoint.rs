@@ -1,0 +1,230 @@
+//! One server address: the connection to it, reconnecting with exponential backoff and jitter
+//! when it is lost, and how many calls are outstanding on it.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::ClientConfig;
+use super::connection::Connection;
+use crate::service::ServiceInfo;
+use crate::{RpcError, transport};
+
+/// Where an endpoint connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The addresses of one TCP server, tried in order.
+    Tcp(Vec<SocketAddr>),
+    /// A Unix domain socket.
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+/// One server, and the connection to it.
+pub(crate) struct Endpoint {
+    target: Target,
+    service: ServiceInfo,
+    config: Arc<ClientConfig>,
+    live: Mutex<Live>,
+    /// One reconnection at a time; the calls that need it wait for it.
+    connecting: tokio::sync::Mutex<()>,
+    outstanding: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    connection: Option<Arc<Connection>>,
+    /// Connection attempts that failed in a row.
+    failures: u32,
+    /// No new attempt before this.
+    retry_at: Option<Instant>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("target", &self.target)
+            .field("outstanding", &self.outstanding())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn new(target: Target, service: ServiceInfo, config: Arc<ClientConfig>) -> Self {
+        Endpoint {
+            target,
+            service,
+            config,
+            live: Mutex::new(Live::default()),
+            connecting: tokio::sync::Mutex::new(()),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // No code panics while holding the lock; if one ever did, the state is still usable.
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current connection, if it is up and takes calls.
+    pub(crate) fn live_connection(&self) -> Option<Arc<Connection>> {
+        self.live()
+            .connection
+            .as_ref()
+            .filter(|connection| !connection.is_closed() && !connection.is_draining())
+            .cloned()
+    }
+
+    /// Whether the last attempts to connect failed and the next may not be made yet.
+    pub(crate) fn is_backing_off(&self) -> bool {
+        self.live_connection().is_none()
+            && self
+                .live()
+                .retry_at
+                .is_some_and(|retry_at| retry_at > Instant::now())
+    }
+
+    /// A connection that takes calls: the current one, or a new one, made once the backoff
+    /// after failed attempts has passed.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, RpcError> {
+        if let Some(connection) = self.live_connection() {
+            return Ok(connection);
+        }
+        let _turn = self.connecting.lock().await;
+        // Another call may have reconnected while this one waited for its turn.
+        if let Some(connection) = self.live_connection() {
+            return Ok(connection);
+        }
+        let retry_at = self.live().retry_at;
+        if let Some(retry_at) = retry_at {
+            tokio::time::sleep_until(retry_at).await;
+        }
+        let connected = self.connect().await;
+        let mut live = self.live();
+        match &connected {
+            Ok(connection) => {
+                live.connection = Some(Arc::clone(connection));
+                live.failures = 0;
+                live.retry_at = None;
+            }
+            Err(error) => {
+                live.failures = live.failures.saturating_add(1);
+                let wait = backoff(live.failures, &self.config);
+                live.retry_at = Some(Instant::now() + wait);
+                tracing::debug!(target = ?self.target, %error, ?wait, "connecting failed");
+            }
+        }
+        connected
+    }
+
+    async fn connect(&self) -> Result<Arc<Connection>, RpcError> {
+        let timeout = self.config.connect_timeout;
+        let connecting = async {
+            match &self.target {
+                Target::Tcp(addrs) => {
+                    let stream = transport::connect_tcp(&addrs[..])
+                        .await
+                        .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                    Connection::establish(stream, &self.service, &self.config).await
+                }
+                #[cfg(unix)]
+                Target::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                    Connection::establish(stream, &self.service, &self.config).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, connecting)
+            .await
+            .unwrap_or(Err(RpcError::ConnectTimeout(timeout)))
+    }
+
+    /// How many calls are in flight on this endpoint.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call as outstanding until the returned guard is dropped.
+    pub(crate) fn begin_call(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(Arc::clone(self))
+    }
+}
+
+/// A call in flight on an endpoint.
+#[derive(Debug)]
+pub(crate) struct Outstanding(Arc<Endpoint>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long to wait before connection attempt `failures + 1`: doubling from the minimum up to
+/// the maximum, each wait drawn between half and all of that, so that clients that lost the
+/// same server do not all come back at the same instant.
+fn backoff(failures: u32, config: &ClientConfig) -> Duration {
+    let doubled = config
+        .reconnect_min
+        .saturating_mul(1 << failures.saturating_sub(1).min(20));
+    let ceiling = doubled.min(config.reconnect_max);
+    let half = ceiling / 2;
+    let jitter_range = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(random() % jitter_range)
+}
+
+/// A random number, from the standard library's per-instance hash keys: enough for jitter and
+/// for picking endpoints, without a random-number crate.
+pub(crate) fn random() -> u64 {
+    RandomState::new().build_hasher().finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let config = ClientConfig {
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            ..ClientConfig::default()
+        };
+        for (failures, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (5, 1600),
+            (6, 2000),
+            (40, 2000),
+        ] {
+            let ceiling = Duration::from_millis(ceiling);
+            for _ in 0..50 {
+                let wait = backoff(failures, &config);
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "{failures}: {wait:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_numbers_differ() {
+        let draws: std::collections::HashSet<u64> = (0..100).map(|_| random()).collect();
+        assert!(draws.len() > 90);
+    }
+}

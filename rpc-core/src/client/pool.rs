@@ -1,0 +1,212 @@
+//! Many servers of one service: which endpoints there are (a fixed list, or what a DNS name
+//! resolves to, re-read periodically), and which one takes the next call.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use super::ClientConfig;
+use super::endpoint::{Endpoint, Target, random};
+use crate::RpcError;
+use crate::service::ServiceInfo;
+use crate::task::AbortOnDrop;
+
+/// The endpoints of a balanced client.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    service: ServiceInfo,
+    config: Arc<ClientConfig>,
+    /// Re-reads the DNS name, for a pool that follows one.
+    resolver: std::sync::Mutex<Option<AbortOnDrop>>,
+}
+
+impl Pool {
+    /// A pool of the servers at `addrs`.
+    pub(crate) fn new(
+        addrs: Vec<SocketAddr>,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            endpoints: RwLock::new(Vec::new()),
+            service,
+            config,
+            resolver: std::sync::Mutex::new(None),
+        });
+        pool.update(addrs);
+        pool
+    }
+
+    /// A pool of the addresses `name` (`host:port`) resolves to, re-resolved every `refresh`:
+    /// servers that appear are added, servers that vanish are removed.
+    pub(crate) async fn resolving(
+        name: String,
+        refresh: Duration,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+    ) -> Result<Arc<Self>, RpcError> {
+        let addrs = resolve(&name).await?;
+        let pool = Pool::new(addrs, service, config);
+        let weak = Arc::downgrade(&pool);
+        let task = tokio::spawn(follow(name, refresh, weak));
+        *pool.resolver.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(AbortOnDrop::new(&task));
+        Ok(pool)
+    }
+
+    /// Makes the pool's endpoints exactly `addrs`, keeping the endpoints (and connections) of
+    /// the addresses it already had.
+    pub(crate) fn update(&self, addrs: Vec<SocketAddr>) {
+        let mut endpoints = self
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut kept: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let target = Target::Tcp(vec![addr]);
+            if kept.iter().any(|endpoint| *endpoint.target() == target) {
+                continue;
+            }
+            let existing = endpoints
+                .iter()
+                .find(|endpoint| *endpoint.target() == target);
+            kept.push(match existing {
+                Some(endpoint) => Arc::clone(endpoint),
+                None => Arc::new(Endpoint::new(
+                    target,
+                    self.service,
+                    Arc::clone(&self.config),
+                )),
+            });
+        }
+        *endpoints = kept;
+    }
+
+    /// The endpoints, in no particular order.
+    pub(crate) fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The endpoint for the next call: of two picked at random, the one with fewer calls
+    /// outstanding ("power of two choices"). Endpoints waiting to reconnect are passed over
+    /// while others are up, and so is `avoid` (where the call just failed) while there is
+    /// another.
+    pub(crate) fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Result<Arc<Endpoint>, RpcError> {
+        let endpoints = self
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let others: Vec<&Arc<Endpoint>> = endpoints
+            .iter()
+            .filter(|endpoint| avoid.is_none_or(|avoid| !Arc::ptr_eq(avoid, endpoint)))
+            .collect();
+        let others = if others.is_empty() {
+            endpoints.iter().collect()
+        } else {
+            others
+        };
+        let up: Vec<&Arc<Endpoint>> = others
+            .iter()
+            .copied()
+            .filter(|endpoint| !endpoint.is_backing_off())
+            .collect();
+        let candidates = if up.is_empty() { others } else { up };
+        match candidates.len() {
+            0 => Err(RpcError::NoEndpoints),
+            1 => Ok(Arc::clone(candidates[0])),
+            n => {
+                let first = (random() % n as u64) as usize;
+                let mut second = (random() % (n as u64 - 1)) as usize;
+                if second >= first {
+                    second += 1;
+                }
+                let (a, b) = (candidates[first], candidates[second]);
+                Ok(Arc::clone(if b.outstanding() < a.outstanding() {
+                    b
+                } else {
+                    a
+                }))
+            }
+        }
+    }
+}
+
+async fn resolve(name: &str) -> Result<Vec<SocketAddr>, RpcError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name)
+        .await
+        .map_err(|e| RpcError::Connect(Arc::new(e)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(RpcError::NoEndpoints);
+    }
+    Ok(addrs)
+}
+
+/// Re-resolves `name` every `refresh` for as long as the pool lives. A failed lookup keeps the
+/// endpoints the pool has.
+async fn follow(name: String, refresh: Duration, pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(refresh).await;
+        let resolved = resolve(&name).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        match resolved {
+            Ok(addrs) => pool.update(addrs),
+            Err(error) => {
+                tracing::warn!(%name, %error, "re-resolving failed; keeping the endpoints")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::MethodInfo;
+
+    const SERVICE: ServiceInfo = ServiceInfo {
+        name: "Test",
+        methods: &[] as &[MethodInfo],
+    };
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn update_keeps_known_endpoints_and_drops_vanished_ones() {
+        let pool = Pool::new(vec![addr(1), addr(2)], SERVICE, Arc::default());
+        let before = pool.endpoints();
+        pool.update(vec![addr(2), addr(3), addr(3)]);
+        let after = pool.endpoints();
+        assert_eq!(after.len(), 2);
+        assert!(
+            Arc::ptr_eq(&after[0], &before[1]),
+            "the endpoint of :2 is kept"
+        );
+        assert_eq!(*after[1].target(), Target::Tcp(vec![addr(3)]));
+    }
+
+    #[test]
+    fn pick_prefers_the_less_busy_and_avoids_where_a_call_failed() {
+        let pool = Pool::new(vec![addr(1), addr(2)], SERVICE, Arc::default());
+        let endpoints = pool.endpoints();
+        let _busy = endpoints[0].begin_call();
+        for _ in 0..20 {
+            let picked = pool.pick(None).expect("an endpoint");
+            assert!(Arc::ptr_eq(&picked, &endpoints[1]), "the idle one");
+        }
+        let picked = pool.pick(Some(&endpoints[1])).expect("an endpoint");
+        assert!(
+            Arc::ptr_eq(&picked, &endpoints[0]),
+            "not where the call just failed"
+        );
+        let empty = Pool::new(vec![], SERVICE, Arc::default());
+        assert!(matches!(empty.pick(None), Err(RpcError::NoEndpoints)));
+    }
+}
