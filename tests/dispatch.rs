@@ -87,13 +87,11 @@ fn range(task: u64) -> (u64, u64) {
     (task * 200, task * 200 + 200)
 }
 
-/// Starts tasks `tasks`, at most `parallel` in flight at once; each result arrives on the
-/// returned channel as (task, worker, primes).
-fn spawn_job(
-    client: &WorkerClient,
-    tasks: std::ops::Range<u64>,
-    parallel: usize,
-) -> tokio::sync::mpsc::UnboundedReceiver<(u64, Result<(u32, u64), RpcError>)> {
+/// Where a job's results arrive: each task with its answer, (worker, primes).
+type Results = tokio::sync::mpsc::UnboundedReceiver<(u64, Result<(u32, u64), RpcError>)>;
+
+/// Starts tasks `tasks`, at most `parallel` in flight at once.
+fn spawn_job(client: &WorkerClient, tasks: std::ops::Range<u64>, parallel: usize) -> Results {
     let slots = Arc::new(Semaphore::new(parallel));
     let (done, results) = tokio::sync::mpsc::unbounded_channel();
     for task in tasks {
@@ -110,10 +108,7 @@ fn spawn_job(
 }
 
 /// Waits for `count` results, failing on any error.
-async fn collect(
-    results: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, Result<(u32, u64), RpcError>)>,
-    count: usize,
-) -> Vec<(u64, u32, u64)> {
+async fn collect(results: &mut Results, count: usize) -> Vec<(u64, u32, u64)> {
     let mut collected = Vec::with_capacity(count);
     while collected.len() < count {
         let (task, answer) = results.recv().await.expect("the job is running");

@@ -1,7 +1,8 @@
 //! Services shared by the example programs: a greeter for the two-terminal hello world, a
-//! calculator whose division returns an application error, and the streaming services of
-//! [`streams`].
+//! calculator whose division returns an application error, the streaming services of
+//! [`streams`], and the prime-counting workers of [`primes`].
 
+pub mod primes;
 pub mod streams;
 
 use serde::{Deserialize, Serialize};

@@ -114,3 +114,27 @@ fn chat_relays_lines_both_ways() {
          chat: both members heard all 3 lines\n"
     );
 }
+
+#[test]
+fn dispatch_survives_a_worker_killed_mid_job() {
+    let (ok, stdout, _) = run(
+        env!("CARGO_BIN_EXE_dispatch"),
+        &["--workers", "3", "--tasks", "3000"],
+    );
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("(kill -9) with tasks in flight"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("counted").count(),
+        4,
+        "three workers and the check: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "verified: 3000 tasks, each counted exactly once; 216816 primes below 3000000"
+        ),
+        "{stdout}"
+    );
+}

@@ -44,6 +44,10 @@ struct Live {
     failures: u32,
     /// No new attempt before this.
     retry_at: Option<Instant>,
+    /// Connection attempts made so far.
+    attempts: u64,
+    /// Why the last attempt failed.
+    last_error: Option<RpcError>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -95,15 +99,27 @@ impl Endpoint {
     }
 
     /// A connection that takes calls: the current one, or a new one, made once the backoff
-    /// after failed attempts has passed.
+    /// after failed attempts has passed. Calls that need a connection while an attempt is
+    /// under way share that attempt's outcome: one attempt per backoff period, however many
+    /// calls wait.
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>, RpcError> {
         if let Some(connection) = self.live_connection() {
             return Ok(connection);
         }
+        let attempts_seen = self.live().attempts;
         let _turn = self.connecting.lock().await;
-        // Another call may have reconnected while this one waited for its turn.
         if let Some(connection) = self.live_connection() {
             return Ok(connection);
+        }
+        {
+            let live = self.live();
+            if live.attempts != attempts_seen {
+                // An attempt was made while this call waited for its turn, and it failed.
+                return Err(live
+                    .last_error
+                    .clone()
+                    .unwrap_or(RpcError::ConnectionClosed));
+            }
         }
         let retry_at = self.live().retry_at;
         if let Some(retry_at) = retry_at {
@@ -111,13 +127,16 @@ impl Endpoint {
         }
         let connected = self.connect().await;
         let mut live = self.live();
+        live.attempts += 1;
         match &connected {
             Ok(connection) => {
                 live.connection = Some(Arc::clone(connection));
                 live.failures = 0;
                 live.retry_at = None;
+                live.last_error = None;
             }
             Err(error) => {
+                live.last_error = Some(error.clone());
                 live.failures = live.failures.saturating_add(1);
                 let wait = backoff(live.failures, &self.config);
                 live.retry_at = Some(Instant::now() + wait);
@@ -220,6 +239,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_waiting_for_a_connection_share_one_attempt() {
+        // Port 1 on loopback: nothing listens, every attempt is refused.
+        let target = Target::Tcp(vec![SocketAddr::from(([127, 0, 0, 1], 1))]);
+        let service = ServiceInfo {
+            name: "Test",
+            methods: &[],
+        };
+        let config = ClientConfig {
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            ..ClientConfig::default()
+        };
+        let endpoint = Arc::new(Endpoint::new(target, service, Arc::new(config)));
+        assert!(
+            endpoint.connection().await.is_err(),
+            "the first attempt fails"
+        );
+        assert!(endpoint.is_backing_off());
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let endpoint = Arc::clone(&endpoint);
+                tokio::spawn(async move { endpoint.connection().await })
+            })
+            .collect();
+        for call in waiting {
+            assert!(call.await.expect("joins").is_err());
+        }
+        assert_eq!(
+            endpoint.live().attempts,
+            2,
+            "ten waiting calls, one more attempt"
+        );
     }
 
     #[test]

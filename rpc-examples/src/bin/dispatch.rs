@@ -1,0 +1,231 @@
+//! Distributed task dispatch: a coordinator spreads a job over worker processes, and survives
+//! one of them being killed mid-job.
+//!
+//! ```text
+//! cargo run -p rpc-examples --bin dispatch                       # 4 workers, 10,000 tasks
+//! cargo run -p rpc-examples --bin dispatch -- --workers 8 --tasks 50000 --no-kill
+//! ```
+//!
+//! The coordinator starts the workers as separate processes on loopback ports, balances the
+//! tasks over them (each call goes to the less busy of two workers picked at random), and,
+//! unless told not to, kills one with SIGKILL (`kill -9`) a third of the way through. The calls
+//! that were in flight on it are made again on the others (`count_primes` is
+//! `#[rpc(idempotent)]`), and the job completes. At the end the coordinator checks that every
+//! task was counted exactly once and that the total is right.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rpc_core::{RpcError, Server};
+use rpc_examples::primes::{Counted, Counter, PrimeWorkerClient, PrimeWorkerServer, count_primes};
+use tokio::sync::Semaphore;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How many tasks are in flight at once.
+const IN_FLIGHT: usize = 64;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        return worker().await;
+    }
+    let options = Options::parse(&args)?;
+    coordinate(options).await
+}
+
+/// A worker process: serves on a free port, announced on the first line of its output.
+async fn worker() -> Result<(), Error> {
+    let server = Server::bind("127.0.0.1:0").await?;
+    println!("listening on {}", server.local_addr()?);
+    server.serve(PrimeWorkerServer::new(Counter)).await?;
+    Ok(())
+}
+
+struct Options {
+    workers: usize,
+    tasks: u64,
+    /// How many numbers each task counts.
+    span: u64,
+    kill_one: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self, Error> {
+        let mut options = Options {
+            workers: 4,
+            tasks: 10_000,
+            span: 1_000,
+            kill_one: true,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || -> Result<u64, Error> {
+                let value = args.next().ok_or(format!("{arg} needs a value"))?;
+                Ok(value.parse()?)
+            };
+            match arg.as_str() {
+                "--workers" => options.workers = value()? as usize,
+                "--tasks" => options.tasks = value()?,
+                "--span" => options.span = value()?,
+                "--no-kill" => options.kill_one = false,
+                other => {
+                    return Err(format!(
+                        "unknown argument {other}; usage: dispatch [--workers N] [--tasks N] \
+                         [--span N] [--no-kill]"
+                    )
+                    .into());
+                }
+            }
+        }
+        if options.workers < 2 && options.kill_one {
+            return Err("killing a worker needs at least two; add --no-kill".into());
+        }
+        Ok(options)
+    }
+}
+
+/// The worker processes; killed when dropped, so that none outlives the coordinator.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn coordinate(options: Options) -> Result<(), Error> {
+    let mut workers = Workers(Vec::new());
+    let mut addrs = Vec::new();
+    for _ in 0..options.workers {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or("no worker output")?).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("unexpected worker output: {line:?}"))?
+            .parse()?;
+        println!("dispatch: worker pid {} on {addr}", child.id());
+        addrs.push(addr);
+        workers.0.push(child);
+    }
+
+    let client = PrimeWorkerClient::builder()
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(1))
+        .balance(addrs);
+    let progress = ProgressBar::new(options.tasks).with_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} tasks  {per_sec}  {msg}",
+    )?);
+
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let resubmitted = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = tokio::spawn({
+        let (client, slots, resubmitted) = (client.clone(), slots.clone(), resubmitted.clone());
+        let (tasks, span) = (options.tasks, options.span);
+        async move {
+            for task in 0..tasks {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let (client, resubmitted, done) =
+                    (client.clone(), resubmitted.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let counted = run_task(&client, task, span, &resubmitted).await;
+                    drop(slot);
+                    let _ = done.send((task, counted));
+                });
+            }
+        }
+    });
+
+    let kill_at = options.tasks / 3;
+    let mut results: HashMap<u64, Counted> = HashMap::new();
+    let mut per_worker: HashMap<u32, u64> = HashMap::new();
+    while (results.len() as u64) < options.tasks {
+        let (task, counted) = done.recv().await.ok_or("the dispatcher stopped")?;
+        let counted = counted?;
+        if results.insert(task, counted).is_some() {
+            return Err(format!("task {task} was reported twice").into());
+        }
+        *per_worker.entry(counted.worker).or_default() += 1;
+        progress.inc(1);
+        if options.kill_one && results.len() as u64 == kill_at {
+            let victim = &mut workers.0[1];
+            victim.kill()?; // SIGKILL: the process dies with calls in flight
+            victim.wait()?;
+            // Printed around the bar, and also when there is no terminal to draw it on.
+            progress.suspend(|| {
+                println!(
+                    "dispatch: killed worker pid {} (kill -9) with tasks in flight",
+                    victim.id()
+                );
+            });
+            progress.set_message(format!("{} workers left", options.workers - 1));
+        }
+    }
+    progress.finish();
+    dispatcher.await?;
+
+    let primes: u64 = results.values().map(|counted| counted.primes).sum();
+    let limit = options.tasks * options.span;
+    let expected = count_primes(0, limit);
+    let mut pids: Vec<_> = per_worker.into_iter().collect();
+    pids.sort_unstable();
+    for (pid, tasks) in pids {
+        println!("dispatch: worker pid {pid} counted {tasks} tasks");
+    }
+    println!(
+        "dispatch: {} calls made again by the coordinator after the client gave up",
+        resubmitted.load(Ordering::Relaxed)
+    );
+    if primes != expected {
+        return Err(format!("counted {primes} primes below {limit}, expected {expected}").into());
+    }
+    println!(
+        "dispatch: verified: {} tasks, each counted exactly once; {primes} primes below {limit}",
+        results.len()
+    );
+    Ok(())
+}
+
+/// Counts one task's primes. The client already makes a lost call again on another worker
+/// when its retry budget allows; past that, the coordinator submits the task again itself, a
+/// few times, before giving up on the job.
+async fn run_task(
+    client: &PrimeWorkerClient,
+    task: u64,
+    span: u64,
+    resubmitted: &AtomicU64,
+) -> Result<Counted, RpcError> {
+    let (from, to) = (task * span, task * span + span);
+    let mut attempts = 0;
+    loop {
+        match client.count_primes(from, to).await {
+            Ok(counted) => return Ok(counted),
+            Err(error) if attempts < 5 => {
+                attempts += 1;
+                resubmitted.fetch_add(1, Ordering::Relaxed);
+                report_resubmission(task, &error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn report_resubmission(task: u64, error: &RpcError) {
+    eprintln!("dispatch: task {task} submitted again after: {error}");
+}
