@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::within;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 #[rpc_core::service]
@@ -16,10 +16,17 @@ pub trait Worker {
     /// Counts the primes in `from..to`; says which worker did.
     #[rpc(idempotent)]
     async fn count_primes(&self, from: u64, to: u64) -> (u32, u64);
+    /// Never returns: keeps a call in flight until its worker dies. Not idempotent.
+    async fn park(&self);
+    /// The same, marked idempotent.
+    #[rpc(idempotent)]
+    async fn park_idempotent(&self);
 }
 
 struct PrimeCounter {
     id: u32,
+    /// Told of every call that parks.
+    parked: mpsc::UnboundedSender<u32>,
 }
 
 impl Worker for PrimeCounter {
@@ -27,6 +34,16 @@ impl Worker for PrimeCounter {
         // Yield now and then, so that calls are really in flight together.
         tokio::task::yield_now().await;
         (self.id, count_primes(from, to))
+    }
+
+    async fn park(&self) {
+        let _ = self.parked.send(self.id);
+        std::future::pending().await
+    }
+
+    async fn park_idempotent(&self) {
+        let _ = self.parked.send(self.id);
+        std::future::pending().await
     }
 }
 
@@ -41,17 +58,23 @@ fn count_primes(from: u64, to: u64) -> u64 {
 struct WorkerProcess {
     id: u32,
     addr: SocketAddr,
+    parked: mpsc::UnboundedSender<u32>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl WorkerProcess {
-    async fn start(id: u32, addr: SocketAddr) -> Self {
+    async fn start(id: u32, addr: SocketAddr, parked: mpsc::UnboundedSender<u32>) -> Self {
         let server = Server::bind(addr).await.expect("binds");
         let addr = server.local_addr().expect("address");
-        let task = tokio::spawn(server.serve(WorkerServer::new(PrimeCounter { id })));
+        let counter = PrimeCounter {
+            id,
+            parked: parked.clone(),
+        };
+        let task = tokio::spawn(server.serve(WorkerServer::new(counter)));
         WorkerProcess {
             id,
             addr,
+            parked,
             task: Some(task),
         }
     }
@@ -64,16 +87,23 @@ impl WorkerProcess {
 
     async fn restart(&mut self) {
         self.kill();
-        *self = WorkerProcess::start(self.id, self.addr).await;
+        *self = WorkerProcess::start(self.id, self.addr, self.parked.clone()).await;
     }
 }
 
 async fn workers(count: u32) -> Vec<WorkerProcess> {
+    workers_reporting(count).await.0
+}
+
+/// Workers, and where they report each call that parks.
+async fn workers_reporting(count: u32) -> (Vec<WorkerProcess>, mpsc::UnboundedReceiver<u32>) {
+    let (parked, reports) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     for id in 0..count {
-        workers.push(WorkerProcess::start(id, SocketAddr::from(([127, 0, 0, 1], 0))).await);
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        workers.push(WorkerProcess::start(id, any_port, parked.clone()).await);
     }
-    workers
+    (workers, reports)
 }
 
 fn balanced_client(workers: &[WorkerProcess]) -> WorkerClient {
@@ -243,5 +273,76 @@ async fn an_empty_pool_says_so() {
     match client.count_primes(0, 10).await {
         Err(RpcError::NoEndpoints) => {}
         other => panic!("expected NoEndpoints, got {other:?}"),
+    }
+}
+
+/// Kills every worker once `calls` calls are parked on them, and returns what each call got.
+async fn park_and_kill<F, Fut>(
+    (mut workers, mut reports): (Vec<WorkerProcess>, mpsc::UnboundedReceiver<u32>),
+    calls: usize,
+    call: F,
+) -> Vec<RpcError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), RpcError>> + Send + 'static,
+{
+    let parked: Vec<_> = (0..calls).map(|_| tokio::spawn(call())).collect();
+    for _ in 0..calls {
+        within("a call to park", reports.recv())
+            .await
+            .expect("workers alive");
+    }
+    for worker in &mut workers {
+        worker.kill();
+    }
+    let mut errors = Vec::new();
+    for call in parked {
+        errors.push(
+            within("a parked call", call)
+                .await
+                .expect("joins")
+                .expect_err("no answer"),
+        );
+    }
+    errors
+}
+
+#[tokio::test]
+async fn a_call_that_may_have_run_is_not_made_again_unless_idempotent() {
+    let workers = workers_reporting(2).await;
+    let client = balanced_client(&workers.0);
+    let errors = park_and_kill(workers, 4, move || {
+        let client = client.clone();
+        async move { client.park().await }
+    })
+    .await;
+    for error in errors {
+        match &error {
+            RpcError::Interrupted { method, .. } => assert_eq!(method, "park"),
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        assert!(
+            error.to_string().contains("may or may not have run"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_exhausted_retry_budget_stops_retries_of_idempotent_calls() {
+    let workers = workers_reporting(2).await;
+    let client = WorkerClient::builder()
+        .retry_budget(0.0, 0)
+        .balance(workers.0.iter().map(|worker| worker.addr));
+    let errors = park_and_kill(workers, 4, move || {
+        let client = client.clone();
+        async move { client.park_idempotent().await }
+    })
+    .await;
+    for error in errors {
+        assert!(
+            matches!(&error, RpcError::Interrupted { method, .. } if method == "park_idempotent"),
+            "{error:?}"
+        );
     }
 }
