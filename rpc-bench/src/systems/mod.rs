@@ -1,0 +1,32 @@
+//! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`, and
+//! echoes of a byte payload as a plain `Vec<u8>` and as a byte buffer.
+
+pub mod raw;
+pub mod rpc;
+pub mod tarpc;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use serde_bytes::ByteBuf;
+
+/// One RPC system under test.
+pub trait System: Send + Sync + 'static {
+    /// A client, cheap to clone; clones share one connection.
+    type Client: Clone + Send + Sync + 'static;
+
+    /// Starts a server on a free loopback port.
+    fn serve() -> impl Future<Output = SocketAddr> + Send;
+
+    /// Opens one connection.
+    fn connect(addr: SocketAddr) -> impl Future<Output = Self::Client> + Send;
+
+    /// Calls `add`.
+    fn add(client: &Self::Client, a: u64, b: u64) -> impl Future<Output = u64> + Send;
+
+    /// Echoes a plain `Vec<u8>`.
+    fn echo_vec(client: &Self::Client, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
+
+    /// Echoes a byte buffer.
+    fn echo_bytes(client: &Self::Client, bytes: ByteBuf) -> impl Future<Output = ByteBuf> + Send;
+}
