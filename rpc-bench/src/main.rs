@@ -5,6 +5,7 @@
 //! cargo run --release -p rpc-bench               # measure and print the table
 //! cargo run --release -p rpc-bench -- --write    # also write BENCHMARKS.md and its chart
 //! cargo run --release -p rpc-bench -- --quick    # a short run, to see that it works
+//! cargo run --release -p rpc-bench -- --profile  # only rpc-core, 256 callers, 5 s: for perf
 //! ```
 
 mod alloc;
@@ -68,6 +69,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    if args.iter().any(|a| a == "--profile") {
+        let calls_per_second = runtime.block_on(async {
+            let client = RpcCore::connect(RpcCore::serve().await).await;
+            let effort = Effort {
+                window: Duration::from_secs(5),
+                ..effort
+            };
+            throughput::<RpcCore>(std::slice::from_ref(&client), 256, effort).await
+        });
+        println!("rpc-core, 256 callers: {calls_per_second:.0} calls/s");
+        return;
+    }
     let results = runtime.block_on(async {
         let raw = measure_floor::<Raw>(effort).await;
         let tarpc = measure::<Tarpc>("tarpc", effort).await;

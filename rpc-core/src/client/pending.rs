@@ -1,6 +1,7 @@
 //! The calls of one connection that wait for an answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -26,6 +27,10 @@ pub(crate) struct Pending {
     state: Mutex<State>,
     /// Turns true when the table closes.
     closed: watch::Sender<bool>,
+    /// Copies of `state.closed.is_some()` and `state.draining`, read on every call without the
+    /// lock; set under it.
+    is_closed: AtomicBool,
+    is_draining: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -81,12 +86,13 @@ impl Pending {
 
     /// Whether the server said it takes no new calls.
     pub(crate) fn is_draining(&self) -> bool {
-        self.state().draining
+        self.is_draining.load(Ordering::Acquire)
     }
 
     /// Takes no new calls; the ones waiting still get their answers.
     pub(crate) fn drain(&self) {
         self.state().draining = true;
+        self.is_draining.store(true, Ordering::Release);
     }
 
     /// Closes the table: every waiting call fails with `reason`, and so does every later
@@ -98,6 +104,7 @@ impl Pending {
                 return;
             }
             state.closed = Some(reason.clone());
+            self.is_closed.store(true, Ordering::Release);
             std::mem::take(&mut state.calls)
         };
         for (_, tx) in calls {
@@ -123,7 +130,7 @@ impl Pending {
 
     /// Whether the connection is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.state().closed.is_some()
+        self.is_closed.load(Ordering::Acquire)
     }
 }
 

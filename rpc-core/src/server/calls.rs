@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -68,26 +70,17 @@ impl Calls {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a call as its own task. Its answer, if the call is not cancelled, goes to
-    /// `outbox`, followed by its streamed result if it has one. Fails if the client reused the
-    /// id of a call still running.
+    /// Runs a call. A handler that finishes on its first poll, as most do, is answered at once,
+    /// from here: no task, no timer, nothing to cancel. Any other becomes its own task, under
+    /// its deadline, until it answers or is cancelled. The answer goes to `outbox`, followed by
+    /// the call's streamed result if it has one. Fails if the client reused the id of a call
+    /// still running.
     pub(crate) fn start<S: Service>(
         self: &Arc<Self>,
         service: &S,
         call: NewCall<S::Request>,
         link: &Link,
     ) -> Result<(), RpcError> {
-        let (abort, registration) = AbortHandle::new_pair();
-        {
-            let mut running = self.running();
-            if running.calls.contains_key(&call.id) {
-                return Err(RpcError::Protocol(format!(
-                    "the client reused the id {} of a call still running",
-                    call.id
-                )));
-            }
-            running.calls.insert(call.id, abort);
-        }
         let NewCall {
             id,
             request,
@@ -107,42 +100,49 @@ impl Calls {
             peer_addr,
             metadata,
         };
-        let handler = service.call(request);
-        let link = link.clone();
-        let run = context.scope(async move {
-            match answer::<S>(id, method, handler, deadline, link.client_max_frame_len).await {
+        let mut handler = Box::pin(context.clone().scope(service.call(request)));
+        let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
+        let first_poll =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut waker)));
+        let limit = link.client_max_frame_len;
+        let started = match first_poll {
+            Ok(Poll::Pending) => Started::Running(handler),
+            Ok(Poll::Ready(response)) => match respond::<S>(id, method, response, limit) {
                 (frame, None) => {
                     link.outbox.send(frame, Some(slot));
+                    return Ok(());
                 }
-                (frame, Some(outbound)) => {
-                    let credit = link.streams.open_outbound(id);
-                    link.outbox.send(frame, None);
-                    let pump = stream::pump(
-                        id,
-                        outbound,
-                        credit,
-                        link.outbox.clone(),
-                        link.client_max_frame_len,
-                    );
-                    let streamed = AssertUnwindSafe(until(deadline, pump)).catch_unwind().await;
-                    let failure = match streamed {
-                        Ok(Ok(())) => None,
-                        Ok(Err(_)) => Some((
-                            code::DEADLINE_EXCEEDED,
-                            "the deadline passed before the stream ended".to_owned(),
-                        )),
-                        Err(panic) => Some((
-                            code::STREAM_FAILED,
-                            format!("the stream panicked: {}", panic_message(&*panic)),
-                        )),
-                    };
-                    if let Some((code, message)) = failure {
-                        let message = Cow::Borrowed(truncate_message(&message));
-                        let outcome = Outcome::Err { code, message };
-                        link.outbox
-                            .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
-                    }
+                (frame, Some(stream)) => Started::Streaming(frame, stream),
+            },
+            Err(panic) => {
+                link.outbox.send(panicked(id, method, &*panic), Some(slot));
+                return Ok(());
+            }
+        };
+
+        let (abort, registration) = AbortHandle::new_pair();
+        {
+            let mut running = self.running();
+            if running.calls.contains_key(&id) {
+                return Err(RpcError::Protocol(format!(
+                    "the client reused the id {id} of a call still running"
+                )));
+            }
+            running.calls.insert(id, abort);
+        }
+        let link = link.clone();
+        let run = context.scope(async move {
+            let (frame, stream) = match started {
+                Started::Running(handler) => {
+                    answer::<S>(id, method, handler, deadline, limit).await
                 }
+                Started::Streaming(frame, stream) => (frame, Some(stream)),
+            };
+            match stream {
+                None => {
+                    link.outbox.send(frame, Some(slot));
+                }
+                Some(stream) => stream_out(id, frame, stream, deadline, &link, slot).await,
             }
         });
         let calls = Arc::clone(self);
@@ -231,9 +231,17 @@ async fn until<F: Future>(
     }
 }
 
+/// How a call stood after its handler's first poll.
+enum Started<F> {
+    /// The handler has more to do.
+    Running(Pin<Box<F>>),
+    /// The handler returned a stream: the response, and the stream to send after it.
+    Streaming(Vec<u8>, Outbound),
+}
+
 /// Runs one call's handler to completion, within its deadline, and encodes its answer: the
 /// response frame, and the stream to send after it if the result is streamed. A panic in the
-/// handler, or in the result's `Serialize`, becomes an error answer for this call alone.
+/// handler becomes an error answer for this call alone.
 async fn answer<S: Service>(
     id: u64,
     method: &'static str,
@@ -241,54 +249,105 @@ async fn answer<S: Service>(
     deadline: Option<Instant>,
     client_max_frame_len: usize,
 ) -> (Vec<u8>, Option<Outbound>) {
-    let answered = AssertUnwindSafe(async move {
-        // On the deadline the handler is dropped: nobody waits for its answer any more.
-        let Ok(response) = until(deadline, handler).await else {
-            return Ok(None);
-        };
+    // On the deadline the handler is dropped: nobody waits for its answer any more.
+    match AssertUnwindSafe(until(deadline, handler))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(response)) => respond::<S>(id, method, response, client_max_frame_len),
+        Ok(Err(_)) => (
+            error_response(
+                id,
+                code::DEADLINE_EXCEEDED,
+                "the deadline passed before the handler finished",
+            ),
+            None,
+        ),
+        Err(panic) => (panicked(id, method, &*panic), None),
+    }
+}
+
+/// Encodes a handler's result. A result over the client's frame limit, one that does not
+/// encode, or a `Serialize` that panics becomes an error answer instead.
+fn respond<S: Service>(
+    id: u64,
+    method: &'static str,
+    response: S::Response,
+    client_max_frame_len: usize,
+) -> (Vec<u8>, Option<Outbound>) {
+    let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut frame = Head::Response {
             id,
             outcome: Outcome::Ok,
         }
         .begin_frame()?;
         let stream = S::encode_response(response, &mut frame)?;
-        Ok(Some((frame, stream)))
-    })
-    .catch_unwind()
-    .await;
-    let frame = match answered {
-        Ok(Ok(Some((mut frame, stream)))) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => return (frame, stream),
+        Ok::<_, crate::protocol::CodecError>((frame, stream))
+    }));
+    match encoded {
+        Ok(Ok((mut frame, stream))) => match finish_frame(&mut frame, client_max_frame_len) {
+            Ok(()) => (frame, stream),
             Err(too_large) => {
                 tracing::warn!(method, %too_large, "a result is over the client's frame limit");
-                error_response(
-                    id,
-                    code::RESPONSE_TOO_LARGE,
-                    &format!("the result is too large for the client: {too_large}"),
-                )
+                let message = format!("the result is too large for the client: {too_large}");
+                (error_response(id, code::RESPONSE_TOO_LARGE, &message), None)
             }
         },
-        Ok(Ok(None)) => error_response(
-            id,
-            code::DEADLINE_EXCEEDED,
-            "the deadline passed before the handler finished",
-        ),
         Ok(Err(error)) => {
-            let error: crate::protocol::CodecError = error;
             tracing::warn!(method, %error, "a result could not be encoded");
-            error_response(
-                id,
-                code::RESPONSE_ENCODE_FAILED,
-                &format!("the result could not be encoded: {error}"),
+            let message = format!("the result could not be encoded: {error}");
+            (
+                error_response(id, code::RESPONSE_ENCODE_FAILED, &message),
+                None,
             )
         }
-        Err(panic) => {
-            let message = panic_message(&*panic);
-            tracing::error!(method, message, "a handler panicked");
-            error_response(id, code::HANDLER_PANICKED, message)
-        }
+        Err(panic) => (panicked(id, method, &*panic), None),
+    }
+}
+
+/// The answer to a call whose handler panicked.
+fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send)) -> Vec<u8> {
+    let message = panic_message(panic);
+    tracing::error!(method, message, "a handler panicked");
+    error_response(id, code::HANDLER_PANICKED, message)
+}
+
+/// Sends a streamed result: the response, then the stream, within the call's deadline. The
+/// call's slot is held until the stream ends.
+async fn stream_out(
+    id: u64,
+    frame: Vec<u8>,
+    stream: Outbound,
+    deadline: Option<Instant>,
+    link: &Link,
+    slot: OwnedSemaphorePermit,
+) {
+    let credit = link.streams.open_outbound(id);
+    link.outbox.send(frame, None);
+    let pump = stream::pump(
+        id,
+        stream,
+        credit,
+        link.outbox.clone(),
+        link.client_max_frame_len,
+    );
+    let failure = match AssertUnwindSafe(until(deadline, pump)).catch_unwind().await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some((
+            code::DEADLINE_EXCEEDED,
+            "the deadline passed before the stream ended".to_owned(),
+        )),
+        Err(panic) => Some((
+            code::STREAM_FAILED,
+            format!("the stream panicked: {}", panic_message(&*panic)),
+        )),
     };
-    (frame, None)
+    if let Some((code, message)) = failure {
+        let message = Cow::Borrowed(truncate_message(&message));
+        let outcome = Outcome::Err { code, message };
+        link.outbox
+            .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
