@@ -6,6 +6,7 @@
 //! cargo run --release -p rpc-bench -- --write    # also write BENCHMARKS.md and its chart
 //! cargo run --release -p rpc-bench -- --quick    # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --profile  # only rpc-core, 256 callers, 5 s: for perf
+//! cargo run --release -p rpc-bench -- --profile bulk  # only rpc-core's byte-buffer echo
 //! ```
 
 mod alloc;
@@ -69,16 +70,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    if args.iter().any(|a| a == "--profile") {
-        let calls_per_second = runtime.block_on(async {
+    if let Some(at) = args.iter().position(|a| a == "--profile") {
+        let bulk_bytes = args.get(at + 1).is_some_and(|a| a == "bulk");
+        let figure = runtime.block_on(async {
             let client = RpcCore::connect(RpcCore::serve().await).await;
             let effort = Effort {
                 window: Duration::from_secs(5),
                 ..effort
             };
-            throughput::<RpcCore>(std::slice::from_ref(&client), 256, effort).await
+            if bulk_bytes {
+                bulk::<RpcCore>(&client, true, effort).await
+            } else {
+                throughput::<RpcCore>(std::slice::from_ref(&client), 256, effort).await
+            }
         });
-        println!("rpc-core, 256 callers: {calls_per_second:.0} calls/s");
+        let what = if bulk_bytes {
+            "MiB/s of 1 MiB echoes"
+        } else {
+            "calls/s with 256 callers"
+        };
+        println!("rpc-core: {figure:.0} {what}");
         return;
     }
     let results = runtime.block_on(async {

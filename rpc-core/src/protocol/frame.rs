@@ -9,13 +9,21 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::{Head, LENGTH_PREFIX};
 use crate::RpcError;
 
-/// How much the read buffer grows by at most per read, whatever length a frame claims. Memory
-/// follows the bytes that actually arrive, never the number in a length prefix.
-const READ_CHUNK: usize = 64 * 1024;
+/// The least room a read makes: small frames arrive many to a read.
+const MIN_READ: usize = 2 * 1024;
 
-/// A read buffer larger than this is dropped once it empties, so an idle connection holds
-/// little memory.
-const IDLE_BUFFER_KEEP: usize = 8 * 1024;
+/// How much room a read makes at most on the word of a length prefix that passed the limit
+/// check. Beyond it the buffer grows with the bytes that actually arrive, at most doubling
+/// them, never to the number the peer claimed.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A read buffer up to this size is kept between frames whatever happens.
+const IDLE_BUFFER_KEEP: usize = 2 * MIN_READ;
+
+/// A larger buffer, left by a large frame, is kept for the next one while the connection is
+/// busy, and given up once the connection has been quiet this long: reallocating it for every
+/// frame costs more than the frame's own copy, holding it while idle costs memory.
+const LARGE_BUFFER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Frames smaller than this are copied together into one write; larger ones go out directly.
 const COALESCE_BELOW: usize = 16 * 1024;
@@ -30,6 +38,9 @@ pub(crate) struct FrameReader<R> {
     buf: BytesMut,
     max_frame_len: usize,
     silence_limit: Option<Duration>,
+    /// A large frame passed through `buf`, whose allocation the (empty-looking) buffer may
+    /// still hold for reuse.
+    holds_large: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -39,6 +50,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::new(),
             max_frame_len,
             silence_limit: None,
+            holds_large: false,
         }
     }
 
@@ -47,6 +59,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// long.
     pub(crate) fn set_silence_limit(&mut self, limit: Option<Duration>) {
         self.silence_limit = limit;
+    }
+
+    /// Reads what has arrived into the buffer: `Some(0)` at the end of the stream, `None` if a
+    /// large, empty buffer was given up after a quiet spell instead.
+    async fn read_more(&mut self) -> Result<Option<usize>, RpcError> {
+        let read = async {
+            if self.buf.is_empty() && self.holds_large {
+                tokio::select! {
+                    read = self.io.read_buf(&mut self.buf) => read.map(Some),
+                    () = tokio::time::sleep(LARGE_BUFFER_IDLE) => {
+                        self.buf = BytesMut::new();
+                        self.holds_large = false;
+                        Ok(None)
+                    }
+                }
+            } else {
+                self.io.read_buf(&mut self.buf).await.map(Some)
+            }
+        };
+        Ok(match self.silence_limit {
+            None => read.await?,
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| RpcError::KeepaliveTimeout(limit))??,
+        })
     }
 
     /// Changes the largest payload accepted from here on.
@@ -74,21 +111,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.buf.len() >= needed {
                     self.buf.advance(LENGTH_PREFIX);
                     let payload = self.buf.split_to(size).freeze();
-                    if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_KEEP {
-                        self.buf = BytesMut::new();
-                    }
+                    self.holds_large |= size > IDLE_BUFFER_KEEP;
                     return Ok(Some(payload));
                 }
                 needed - self.buf.len()
             } else {
                 LENGTH_PREFIX - self.buf.len()
             };
-            self.buf.reserve(wanted.clamp(IDLE_BUFFER_KEEP, READ_CHUNK));
-            let read = match self.silence_limit {
-                None => self.io.read_buf(&mut self.buf).await?,
-                Some(limit) => tokio::time::timeout(limit, self.io.read_buf(&mut self.buf))
-                    .await
-                    .map_err(|_| RpcError::KeepaliveTimeout(limit))??,
+            let room = wanted.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ);
+            self.buf.reserve(room);
+            let Some(read) = self.read_more().await? else {
+                continue; // a large buffer was given up: make room again
             };
             if read == 0 {
                 return if self.buf.is_empty() {
@@ -265,7 +298,10 @@ mod tests {
                 limit: 1024
             }
         ));
-        assert!(reader.buf.capacity() <= READ_CHUNK);
+        assert!(
+            reader.buf.capacity() <= 2 * MIN_READ,
+            "room for what arrived, not for the claim"
+        );
     }
 
     #[tokio::test]
@@ -307,6 +343,38 @@ mod tests {
             20_000
         );
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_buffer_is_kept_while_busy_and_given_up_when_quiet() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        let mut big = (100_000u32).to_be_bytes().to_vec();
+        big.extend(vec![1; 100_000]);
+        tx.write_all(&big).await.expect("writes");
+        let frame = reader.next_frame().await.expect("reads").expect("a frame");
+        drop(frame);
+        tx.write_all(&big).await.expect("writes");
+        reader.next_frame().await.expect("reads").expect("a frame");
+        assert!(
+            reader.holds_large,
+            "the allocation is kept for the next frame"
+        );
+
+        let quiet = tokio::spawn(async move {
+            let _ = reader.next_frame().await;
+            reader
+        });
+        tokio::time::sleep(LARGE_BUFFER_IDLE * 2).await;
+        drop(tx);
+        let reader = quiet.await.expect("joins");
+        assert!(!reader.holds_large, "given up once quiet");
+        assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
     }
 }
 
