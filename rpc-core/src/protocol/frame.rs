@@ -235,21 +235,35 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     heartbeat: Option<Duration>,
 ) -> std::io::Result<()> {
+    // One timer for the connection's life, ticking at half the interval: a tick with nothing
+    // written since the last sends a ping, so that this side is never silent for longer than
+    // the interval. (A timer armed per wait would cost a timer-wheel update per batch.)
+    let mut ticker = heartbeat.map(|interval| {
+        let half = (interval / 2).max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    let mut wrote_since_tick = false;
     loop {
-        let next = match heartbeat {
+        let next = match &mut ticker {
             None => queue.recv().await,
-            Some(interval) => match tokio::time::timeout(interval, queue.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    writer.send(&Head::Ping.frame()).await?;
+            Some(ticker) => tokio::select! {
+                biased;
+                next = queue.recv() => next,
+                _ = ticker.tick() => {
+                    if !std::mem::take(&mut wrote_since_tick) {
+                        writer.send(&Head::Ping.frame()).await?;
+                    }
                     continue;
                 }
             },
         };
-        match next {
-            Some(outgoing) => writer.send_queued(outgoing, &mut queue).await?,
-            None => return writer.io.shutdown().await,
-        }
+        let Some(first) = next else {
+            return writer.io.shutdown().await;
+        };
+        writer.send_queued(first, &mut queue).await?;
+        wrote_since_tick = true;
     }
 }
 
