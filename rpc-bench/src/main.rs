@@ -66,14 +66,13 @@ fn main() {
             sequential_calls: 30_000,
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    // Servers and clients each get a runtime with a worker thread of its own, as if they were
+    // two processes: no system gets to run both ends on one thread without any wakeup.
+    let runtime = one_thread_runtime();
     if let Some(at) = args.iter().position(|a| a == "--profile") {
         let bulk_bytes = args.get(at + 1).is_some_and(|a| a == "bulk");
         let figure = runtime.block_on(async {
-            let client = RpcCore::connect(RpcCore::serve().await).await;
+            let client = RpcCore::connect(serve::<RpcCore>()).await;
             let effort = Effort {
                 window: Duration::from_secs(5),
                 ..effort
@@ -106,10 +105,30 @@ fn main() {
     }
 }
 
+/// A multi-thread runtime with one worker.
+fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Starts `S`'s server on a runtime of its own, which lives as long as the process.
+fn serve<S: System>() -> std::net::SocketAddr {
+    let runtime = Box::leak(Box::new(one_thread_runtime()));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(S::serve()))
+            .join()
+            .expect("the server starts")
+    })
+}
+
 /// The raw floor takes part in what one call at a time can show.
 async fn measure_floor<S: System>(effort: Effort) -> Figures {
     eprintln!("measuring raw postcard over TCP");
-    let addr = S::serve().await;
+    let addr = serve::<S>();
     let client = S::connect(addr).await;
     let (p50, p99) = latency::<S>(&client, effort).await;
     Figures {
@@ -122,7 +141,7 @@ async fn measure_floor<S: System>(effort: Effort) -> Figures {
 
 async fn measure<S: System>(name: &str, effort: Effort) -> Figures {
     eprintln!("measuring {name}");
-    let addr = S::serve().await;
+    let addr = serve::<S>();
     let client = S::connect(addr).await;
     let (p50, p99) = latency::<S>(&client, effort).await;
     let allocations = allocations_per_call::<S>(&client, effort).await;

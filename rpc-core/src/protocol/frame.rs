@@ -196,11 +196,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         &mut self,
         first: Outgoing,
         queue: &mut mpsc::UnboundedReceiver<Outgoing>,
-    ) -> std::io::Result<usize> {
-        let mut sent = 0;
+    ) -> std::io::Result<()> {
         let mut next = Some(first);
         while let Some(outgoing) = next.take() {
-            sent += 1;
             next = queue.try_recv().ok();
             let frame = &outgoing.frame;
             if frame.len() >= COALESCE_BELOW || (self.batch.is_empty() && next.is_none()) {
@@ -217,8 +215,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if self.batch.capacity() > 2 * COALESCE_LIMIT {
             self.batch = Vec::new();
         }
-        self.io.flush().await?;
-        Ok(sent)
+        self.io.flush().await
     }
 
     async fn write_batch(&mut self) -> std::io::Result<()> {
@@ -248,8 +245,6 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         ticker
     });
     let mut wrote_since_tick = false;
-    // Whether the last write carried several frames: calls are arriving together.
-    let mut busy = false;
     loop {
         let next = match &mut ticker {
             None => queue.recv().await,
@@ -267,13 +262,14 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         let Some(first) = next else {
             return writer.io.shutdown().await;
         };
-        if busy && queue.is_empty() {
-            // While calls arrive together, let the tasks about to queue a frame do so first:
-            // one write for several frames costs far less than a write each. A lone call is
-            // written at once.
+        if queue.is_empty() {
+            // The task that queued this frame woke the writer, which the runtime then runs at
+            // once, before the other tasks that are about to queue theirs. Letting them run
+            // first gathers their frames into this write: one write for many frames costs far
+            // less than one each, and a lone call loses only a turn of the scheduler.
             tokio::task::yield_now().await;
         }
-        busy = writer.send_queued(first, &mut queue).await? > 1;
+        writer.send_queued(first, &mut queue).await?;
         wrote_since_tick = true;
     }
 }
