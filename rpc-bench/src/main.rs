@@ -142,6 +142,9 @@ async fn measure_floor<S: System>(effort: Effort) -> Figures {
 async fn measure<S: System>(name: &str, effort: Effort) -> Figures {
     eprintln!("measuring {name}");
     let addr = serve::<S>();
+    // First, while nothing else has run: later workloads leave buffers that are freed in
+    // their own time, which would blur the figure.
+    let idle = idle_connection_bytes::<S>(addr).await;
     let client = S::connect(addr).await;
     let (p50, p99) = latency::<S>(&client, effort).await;
     let allocations = allocations_per_call::<S>(&client, effort).await;
@@ -155,7 +158,6 @@ async fn measure<S: System>(name: &str, effort: Effort) -> Figures {
     drop(clients);
     let bulk_vec = bulk::<S>(&client, false, effort).await;
     let bulk_bytes = bulk::<S>(&client, true, effort).await;
-    let idle = idle_connection_bytes::<S>(addr).await;
     Figures {
         latency_p50_us: Some(p50),
         latency_p99_us: Some(p99),
@@ -257,8 +259,6 @@ async fn bulk<S: System>(client: &S::Client, as_bytes: bool, effort: Effort) -> 
 /// Heap bytes per idle connection, both ends, after a call on each has set it up.
 async fn idle_connection_bytes<S: System>(addr: std::net::SocketAddr) -> f64 {
     const CONNECTIONS: usize = 200;
-    // Let everything from the earlier workloads wind down first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = alloc::live_bytes();
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
