@@ -9,12 +9,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::connection::{Answered, CallSpec, Connection, Failure, until};
+use super::connection::{Answered, CallSpec, Connection, Failure};
 use super::endpoint::{Endpoint, Outstanding};
 use super::pool::Pool;
 use super::retry::RetryBudget;
 use crate::service::MethodInfo;
 use crate::stream::Outbound;
+use crate::task::until;
 use crate::{Metadata, RpcError, Streaming};
 
 /// The connection or connections of a generated client, with the options its calls are made

@@ -22,7 +22,7 @@ use crate::protocol::{
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams};
-use crate::task::AbortOnDrop;
+use crate::task::{AbortOnDrop, until};
 use crate::{Metadata, RpcError, Streaming};
 
 /// A live connection to one server. Calls go through [`Connection::start`].
@@ -301,17 +301,6 @@ impl Answered {
             }
             Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
         }
-    }
-}
-
-/// Runs `work` until `expires`, or without a limit.
-pub(crate) async fn until<F: Future>(
-    expires: Option<Instant>,
-    work: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    match expires {
-        Some(expires) => tokio::time::timeout_at(expires, work).await,
-        None => Ok(work.await),
     }
 }
 

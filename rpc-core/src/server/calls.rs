@@ -22,6 +22,7 @@ use crate::protocol::{
 };
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
+use crate::task::until;
 use crate::{Context, Metadata, RpcError};
 
 /// The calls of one connection that are running, by request id.
@@ -218,17 +219,6 @@ pub(crate) struct Link {
     pub(crate) outbox: Outbox,
     pub(crate) streams: Arc<Streams>,
     pub(crate) client_max_frame_len: usize,
-}
-
-/// Runs `work` until `deadline`, or without a limit.
-async fn until<F: Future>(
-    deadline: Option<Instant>,
-    work: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, work).await,
-        None => Ok(work.await),
-    }
 }
 
 /// How a call stood after its handler's first poll.
