@@ -7,6 +7,7 @@
 //! cargo run --release -p rpc-bench -- --quick    # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --profile  # only rpc-core, 256 callers, 5 s: for perf
 //! cargo run --release -p rpc-bench -- --profile bulk  # only rpc-core's byte-buffer echo
+//! cargo run --release -p rpc-bench -- --profile latency  # only rpc-core's sequential calls
 //! ```
 
 mod alloc;
@@ -70,7 +71,20 @@ fn main() {
     // two processes: no system gets to run both ends on one thread without any wakeup.
     let runtime = one_thread_runtime();
     if let Some(at) = args.iter().position(|a| a == "--profile") {
-        let bulk_bytes = args.get(at + 1).is_some_and(|a| a == "bulk");
+        let workload = args.get(at + 1).map(String::as_str);
+        let bulk_bytes = workload == Some("bulk");
+        if workload == Some("latency") {
+            let (p50, p99) = runtime.block_on(async {
+                let client = RpcCore::connect(serve::<RpcCore>()).await;
+                let effort = Effort {
+                    sequential_calls: 200_000,
+                    ..effort
+                };
+                latency::<RpcCore>(&client, effort).await
+            });
+            println!("rpc-core: sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
+            return;
+        }
         let figure = runtime.block_on(async {
             let client = RpcCore::connect(serve::<RpcCore>()).await;
             let effort = Effort {
