@@ -92,12 +92,12 @@ impl Numbers for Impl {
     }
 
     async fn slow_count(&self, mut chunks: Streaming<ByteBuf>) -> u64 {
-        let mut read = 0;
+        let mut read = 0u64;
         let mut most_ahead = 0;
         while let Some(chunk) = chunks.next().await {
             chunk.expect("a chunk");
             read += 1;
-            if read % 64 == 0 {
+            if read.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 most_ahead = most_ahead.max(self.produced.load(Ordering::SeqCst) - read);
             }
@@ -263,7 +263,7 @@ async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
             assert_eq!(chunk.expect("a chunk").len(), CHUNK as usize);
             read += 1;
             // The reader is slow: it takes its time over every 64th chunk.
-            if read % 64 == 0 {
+            if read.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let ahead = fixture.produced.load(Ordering::SeqCst) - read;
                 most_ahead = most_ahead.max(ahead);
