@@ -104,3 +104,20 @@ async fn large_values_cross_intact() {
         .expect("echo");
     assert_eq!(back, payload);
 }
+
+#[tokio::test]
+async fn payloads_cross_intact() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let bytes: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let back = within(
+        "a 2 MiB payload echo",
+        client.echo_payload(bytes.clone().into()),
+    )
+    .await
+    .expect("echo_payload");
+    assert_eq!(&back[..], &bytes[..]);
+    let empty = client.echo_payload(Vec::new().into()).await.expect("empty");
+    assert!(empty.is_empty());
+}

@@ -84,7 +84,7 @@ fn rows() -> Vec<Row> {
             target: Some((Baseline::Tarpc, 1.5)),
         },
         Row {
-            label: "Bulk 1 MiB echo, `ByteBuf`, 4 in flight",
+            label: "Bulk 1 MiB echo, byte buffer, 4 in flight",
             unit: "MiB/s",
             pick: |f| f.bulk_bytes,
             better: Better::Higher,

@@ -30,6 +30,8 @@ pub trait Lab {
     async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
     /// Returns its argument.
     async fn echo(&self, bytes: Vec<u8>) -> Vec<u8>;
+    /// Returns its argument, received without a copy out of its frame.
+    async fn echo_payload(&self, bytes: rpc_core::Payload) -> rpc_core::Payload;
     /// Returns `len` zero bytes.
     async fn zeros(&self, len: u64) -> Vec<u8>;
     /// Adds one to a counter shared by every connection, and returns it.
@@ -195,6 +197,10 @@ impl Lab for LabImpl {
     }
 
     async fn echo(&self, bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+
+    async fn echo_payload(&self, bytes: rpc_core::Payload) -> rpc_core::Payload {
         bytes
     }
 

@@ -1,5 +1,6 @@
 //! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`, and
-//! echoes of a byte payload as a plain `Vec<u8>` and as a byte buffer.
+//! echoes of a byte payload as a plain `Vec<u8>` and as the byte-buffer type each system handles
+//! best (`serde_bytes::ByteBuf` for tarpc and the raw floor, `rpc_core::Payload` for rpc-core).
 
 pub mod raw;
 pub mod rpc;
@@ -8,12 +9,13 @@ pub mod tarpc;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use serde_bytes::ByteBuf;
-
 /// One RPC system under test.
 pub trait System: Send + Sync + 'static {
     /// A client, cheap to clone; clones share one connection.
     type Client: Clone + Send + Sync + 'static;
+
+    /// The byte-buffer type the system handles best.
+    type Buf: From<Vec<u8>> + AsRef<[u8]> + Send + 'static;
 
     /// Starts a server on a free loopback port.
     fn serve() -> impl Future<Output = SocketAddr> + Send;
@@ -28,5 +30,8 @@ pub trait System: Send + Sync + 'static {
     fn echo_vec(client: &Self::Client, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
 
     /// Echoes a byte buffer.
-    fn echo_bytes(client: &Self::Client, bytes: ByteBuf) -> impl Future<Output = ByteBuf> + Send;
+    fn echo_bytes(
+        client: &Self::Client,
+        bytes: Self::Buf,
+    ) -> impl Future<Output = Self::Buf> + Send;
 }

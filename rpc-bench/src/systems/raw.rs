@@ -90,6 +90,7 @@ impl RawClient {
 
 impl System for Raw {
     type Client = RawClient;
+    type Buf = ByteBuf;
 
     async fn serve() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use serde_bytes::ByteBuf;
+use rpc_core::Payload;
 
 use super::System;
 
@@ -10,7 +10,7 @@ use super::System;
 pub trait Bench {
     async fn add(&self, a: u64, b: u64) -> u64;
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8>;
-    async fn echo_bytes(&self, bytes: ByteBuf) -> ByteBuf;
+    async fn echo_bytes(&self, bytes: Payload) -> Payload;
 }
 
 struct Impl;
@@ -22,7 +22,7 @@ impl Bench for Impl {
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8> {
         bytes
     }
-    async fn echo_bytes(&self, bytes: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(&self, bytes: Payload) -> Payload {
         bytes
     }
 }
@@ -32,6 +32,7 @@ pub struct RpcCore;
 
 impl System for RpcCore {
     type Client = BenchClient;
+    type Buf = Payload;
 
     async fn serve() -> SocketAddr {
         let server = rpc_core::Server::builder()
@@ -60,7 +61,7 @@ impl System for RpcCore {
         client.echo_vec(bytes).await.expect("echo")
     }
 
-    async fn echo_bytes(client: &BenchClient, bytes: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(client: &BenchClient, bytes: Payload) -> Payload {
         client.echo_bytes(bytes).await.expect("echo")
     }
 }

@@ -37,6 +37,7 @@ pub struct Tarpc;
 
 impl System for Tarpc {
     type Client = BenchClient;
+    type Buf = ByteBuf;
 
     async fn serve() -> SocketAddr {
         let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default)

@@ -264,7 +264,7 @@ impl Answered {
     /// The result of a call without a streamed result.
     pub(crate) fn into_value<R: DeserializeOwned>(self) -> Result<R, Failure> {
         let body = self.body()?;
-        protocol::decode_exact(&body).map_err(|e| {
+        crate::payload::decoding(&body, || protocol::decode_exact(&body)).map_err(|e| {
             Failure::Final(RpcError::Decode {
                 method: self.method.name.to_owned(),
                 reason: e.to_string(),

@@ -198,7 +198,9 @@ impl<S: Service> Connection<'_, S> {
             streams: Arc::clone(&self.link.streams),
             outbox: self.link.outbox.clone(),
         };
-        let request = match S::decode_request(method, args, &mut streams) {
+        let decoded =
+            crate::payload::decoding(payload, || S::decode_request(method, args, &mut streams));
+        let request = match decoded {
             Ok(request) => request,
             Err(DecodeError::UnknownMethod) => {
                 let message = format!("the service `{}` has no method `{method}`", S::INFO.name);

@@ -324,9 +324,11 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
         let item = match std::task::ready!(self.parts.rx.poll_recv(cx)) {
             Some(Inbound::Item(bytes)) => {
                 self.return_credit();
-                protocol::decode_exact(&bytes).map_err(|e| RpcError::Decode {
-                    method: method.to_owned(),
-                    reason: e.to_string(),
+                crate::payload::decoding(&bytes, || protocol::decode_exact(&bytes)).map_err(|e| {
+                    RpcError::Decode {
+                        method: method.to_owned(),
+                        reason: e.to_string(),
+                    }
                 })
             }
             Some(Inbound::Finished) => return self.finish(None),

@@ -1,0 +1,159 @@
+//! Byte payloads that cross the connection without being copied out of the frame they arrive
+//! in.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+use serde::de::{Error, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+thread_local! {
+    /// The frame being decoded on this thread, if any: a `Payload` decoded from it shares its
+    /// memory instead of copying.
+    static DECODING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with `frame` as the frame payloads are sliced from.
+pub(crate) fn decoding<T>(frame: &Bytes, decode: impl FnOnce() -> T) -> T {
+    let outer = DECODING.with(|current| current.replace(Some(frame.clone())));
+    let decoded = decode();
+    DECODING.with(|current| *current.borrow_mut() = outer);
+    decoded
+}
+
+/// Bytes for arguments and results that should not be copied: a received `Payload` shares the
+/// memory of the frame it arrived in.
+///
+/// Use it for large binary arguments and results (file chunks, images, blobs) instead of
+/// `Vec<u8>`, which serde encodes and decodes a byte at a time. On the wire it is the same as a
+/// `Vec<u8>` or `serde_bytes::ByteBuf`: a length, then the bytes.
+///
+/// ```
+/// use rpc_core::Payload;
+///
+/// let chunk = Payload::from(vec![1, 2, 3]);
+/// assert_eq!(&chunk[..], [1, 2, 3]);
+/// let bytes: bytes::Bytes = chunk.into_bytes();
+/// assert_eq!(bytes.len(), 3);
+/// ```
+///
+/// A received payload keeps the whole frame it arrived in alive: copy the bytes out
+/// (`to_vec`) to keep a small part of a large frame for long.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Payload(Bytes);
+
+impl Payload {
+    /// The bytes, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Self {
+        Payload(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Payload(Bytes::from(bytes))
+    }
+}
+
+impl From<&'static [u8]> for Payload {
+    fn from(bytes: &'static [u8]) -> Self {
+        Payload(Bytes::from_static(bytes))
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor;
+
+        impl<'de> Visitor<'de> for PayloadVisitor {
+            type Value = Payload;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_borrowed_bytes<E: Error>(self, bytes: &'de [u8]) -> Result<Payload, E> {
+                Ok(Payload(slice_of_frame(bytes)))
+            }
+
+            fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(Bytes::copy_from_slice(bytes)))
+            }
+
+            fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(Bytes::from(bytes)))
+            }
+        }
+
+        deserializer.deserialize_bytes(PayloadVisitor)
+    }
+}
+
+/// `bytes` as a slice of the frame being decoded when it lies within it; a copy otherwise.
+fn slice_of_frame(bytes: &[u8]) -> Bytes {
+    DECODING.with(|current| {
+        let current = current.borrow();
+        match current.as_ref() {
+            Some(frame) if within(frame, bytes) => frame.slice_ref(bytes),
+            _ => Bytes::copy_from_slice(bytes),
+        }
+    })
+}
+
+fn within(frame: &[u8], part: &[u8]) -> bool {
+    let frame = frame.as_ptr_range();
+    let part = part.as_ptr_range();
+    frame.start <= part.start && part.end <= frame.end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_decoded_from_a_frame_shares_its_memory() {
+        let frame =
+            Bytes::from(postcard::to_stdvec(&Payload::from(vec![7u8; 100])).expect("encodes"));
+        let payload: Payload = decoding(&frame, || postcard::from_bytes(&frame)).expect("decodes");
+        assert_eq!(&payload[..], [7; 100]);
+        assert!(within(&frame, &payload), "no copy");
+
+        let elsewhere: Payload = postcard::from_bytes(&frame).expect("decodes");
+        assert!(!within(&frame, &elsewhere), "outside a frame it is copied");
+        assert_eq!(payload, elsewhere);
+    }
+}
