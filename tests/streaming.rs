@@ -325,9 +325,12 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
         );
         assert!(stream.next().await.is_none());
     }
+    // The upload's first item may still be in its channel, the call not yet sent: then it
+    // fails as never run. Either way it fails rather than hangs.
     match within("the upload", upload_sum).await.expect("joins") {
         Err(RpcError::Interrupted { method, .. }) => assert_eq!(method, "sum"),
-        other => panic!("expected Interrupted, got {other:?}"),
+        Err(RpcError::ConnectionClosed | RpcError::Connect(_)) => {}
+        other => panic!("expected the upload to fail, got {other:?}"),
     }
 }
 

@@ -36,7 +36,7 @@ pub trait Lab {
     async fn zeros(&self, len: u64) -> Vec<u8>;
     /// Adds one to a counter shared by every connection, and returns it.
     async fn incr(&self) -> u64;
-    /// Waits until `gate` is opened, then returns its name.
+    /// Reports "waiting {gate}", waits until `gate` is opened, then returns its name.
     async fn wait(&self, gate: String) -> String;
     /// Opens `gate`, releasing every call waiting at it, now and later.
     async fn open(&self, gate: String);
@@ -215,6 +215,7 @@ impl Lab for LabImpl {
     async fn wait(&self, gate: String) -> String {
         let _running = self.probe.enter();
         let mut open = self.probe.gate(&gate).subscribe();
+        self.probe.report(format!("waiting {gate}"));
         open.wait_for(|open| *open).await.expect("gate kept");
         gate
     }
