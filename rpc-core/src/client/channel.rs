@@ -287,7 +287,13 @@ impl Channel {
         spec: CallSpec<'_>,
         avoid: Option<&Arc<Endpoint>>,
     ) -> Result<Target, RpcError> {
-        let endpoint = match &*self.backend {
+        let connect = |endpoint: Arc<Endpoint>| async move {
+            let connection = until(spec.expires, endpoint.connection())
+                .await
+                .map_err(|_| spec.deadline_exceeded())?;
+            Ok::<_, RpcError>((endpoint, connection))
+        };
+        let (endpoint, connection) = match &*self.backend {
             Backend::Fixed(connection) => {
                 return Ok(Target {
                     connection: Arc::clone(connection),
@@ -295,27 +301,24 @@ impl Channel {
                     _outstanding: None,
                 });
             }
-            Backend::Endpoint(endpoint, _) => Arc::clone(endpoint),
+            Backend::Endpoint(endpoint, _) => {
+                let (endpoint, connection) = connect(Arc::clone(endpoint)).await?;
+                (endpoint, connection?)
+            }
             Backend::Pool(pool, _) => {
                 let mut avoid = avoid.cloned();
                 let mut tries = pool.endpoints().len().max(1);
                 loop {
-                    let endpoint = pool.pick(avoid.as_ref())?;
+                    let (endpoint, connection) = connect(pool.pick(avoid.as_ref())?).await?;
                     tries -= 1;
-                    if tries == 0 || endpoint.live_connection().is_some() {
-                        break endpoint;
-                    }
-                    match until(spec.expires, endpoint.connection()).await {
-                        Ok(Ok(_)) => break endpoint,
-                        Ok(Err(_)) => avoid = Some(endpoint),
-                        Err(_) => return Err(spec.deadline_exceeded()),
+                    match connection {
+                        Ok(connection) => break (endpoint, connection),
+                        Err(error) if tries == 0 => return Err(error),
+                        Err(_) => avoid = Some(endpoint),
                     }
                 }
             }
         };
-        let connection = until(spec.expires, endpoint.connection())
-            .await
-            .map_err(|_| spec.deadline_exceeded())??;
         Ok(Target {
             connection,
             _outstanding: Some(endpoint.begin_call()),

@@ -140,7 +140,7 @@ pub(crate) mod code {
 pub(crate) const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// Cuts a message to at most [`MAX_ERROR_MESSAGE`] bytes, on a character boundary.
-pub(crate) fn truncate_message(message: &str) -> &str {
+fn truncate_message(message: &str) -> &str {
     if message.len() <= MAX_ERROR_MESSAGE {
         return message;
     }
@@ -210,14 +210,21 @@ pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::
     Ok(())
 }
 
+impl<'a> Outcome<'a> {
+    /// A failure with `code`, its message cut to [`MAX_ERROR_MESSAGE`] bytes.
+    pub(crate) fn error(code: u32, message: &'a str) -> Self {
+        Outcome::Err {
+            code,
+            message: Cow::Borrowed(truncate_message(message)),
+        }
+    }
+}
+
 /// Builds a complete error response frame. Error frames are small, so they always fit.
 pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Vec<u8> {
     Head::Response {
         id,
-        outcome: Outcome::Err {
-            code,
-            message: Cow::Borrowed(truncate_message(message)),
-        },
+        outcome: Outcome::error(code, message),
     }
     .frame()
 }

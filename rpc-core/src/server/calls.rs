@@ -2,7 +2,6 @@
 //! until it answers, is cancelled, or the connection goes away.
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,9 +16,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::protocol::{
-    Head, Outbox, Outcome, code, error_response, finish_frame, truncate_message,
-};
+use crate::protocol::{Head, Outbox, Outcome, code, error_response, finish_frame};
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
@@ -333,8 +330,7 @@ async fn stream_out(
         )),
     };
     if let Some((code, message)) = failure {
-        let message = Cow::Borrowed(truncate_message(&message));
-        let outcome = Outcome::Err { code, message };
+        let outcome = Outcome::error(code, &message);
         link.outbox
             .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
     }

@@ -71,7 +71,8 @@ pub(crate) async fn pump(
     outbox: Outbox,
     max_frame_len: usize,
 ) {
-    let end = loop {
+    // `None` for a clean end; otherwise why the stream failed.
+    let failure = loop {
         // Credit first: no item is taken from the source before the receiver can take it.
         match credit.credit.acquire().await {
             Ok(permit) => permit.forget(),
@@ -83,23 +84,19 @@ pub(crate) async fn pump(
         let next = std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut frame));
         match next.await {
             Some(Ok(())) => {}
-            Some(Err(message)) => break failed(&message),
-            None => break Outcome::Ok,
+            Some(Err(message)) => break Some(message),
+            None => break None,
         }
         if let Err(too_large) = finish_frame(&mut frame, max_frame_len) {
-            break failed(&format!("a stream item is too large: {too_large}"));
+            break Some(format!("a stream item is too large: {too_large}"));
         }
         if !outbox.send(frame, None) {
             return;
         }
     };
-    outbox.send_head(&Head::StreamEnd { id, outcome: end });
-}
-
-/// The end of a stream that failed with `message`.
-fn failed(message: &str) -> Outcome<'static> {
-    Outcome::Err {
-        code: code::STREAM_FAILED,
-        message: std::borrow::Cow::Owned(protocol::truncate_message(message).to_owned()),
-    }
+    let outcome = match &failure {
+        None => Outcome::Ok,
+        Some(message) => Outcome::error(code::STREAM_FAILED, message),
+    };
+    outbox.send_head(&Head::StreamEnd { id, outcome });
 }
