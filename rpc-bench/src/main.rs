@@ -73,7 +73,7 @@ fn main() {
         let workload = args.get(at + 1).map(String::as_str);
         let bulk_bytes = workload == Some("bulk");
         if workload == Some("latency") {
-            let (p50, p99) = runtime.block_on(async {
+            let (p50, p99) = on_worker(&runtime, async move {
                 let client = RpcCore::connect(serve::<RpcCore>()).await;
                 let effort = Effort {
                     sequential_calls: 200_000,
@@ -84,7 +84,7 @@ fn main() {
             println!("rpc-core: sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
             return;
         }
-        let figure = runtime.block_on(async {
+        let figure = on_worker(&runtime, async move {
             let client = RpcCore::connect(serve::<RpcCore>()).await;
             let effort = Effort {
                 window: Duration::from_secs(5),
@@ -104,7 +104,7 @@ fn main() {
         println!("rpc-core: {figure:.0} {what}");
         return;
     }
-    let results = runtime.block_on(async {
+    let results = on_worker(&runtime, async move {
         let raw = measure_floor::<Raw>(effort).await;
         let tarpc = measure::<Tarpc>("tarpc", effort).await;
         let rpc = measure::<RpcCore>("rpc-core", effort).await;
@@ -125,6 +125,19 @@ fn one_thread_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
+}
+
+/// Runs `work` as a task on `runtime`'s worker thread, and waits for its output.
+///
+/// `block_on` alone would run it on the calling thread instead, putting a second thread into
+/// every client and a thread wakeup into every call of every system.
+fn on_worker<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> T {
+    runtime
+        .block_on(runtime.spawn(work))
+        .expect("the benchmark runs to its end")
 }
 
 /// Starts `S`'s server on a runtime of its own, which lives as long as the process.
