@@ -2,7 +2,7 @@
 //! and many calls multiplexed on one connection, answered out of order.
 
 use futures_util::future::join_all;
-use rpc_tests::{LabClient, MathError, start_tcp, within};
+use rpc_tests::{LabClient, MathError, RawClient, request, start_tcp, within};
 
 #[tokio::test]
 async fn a_call_returns_the_handlers_result() {
@@ -103,6 +103,23 @@ async fn large_values_cross_intact() {
         .await
         .expect("echo");
     assert_eq!(back, payload);
+}
+
+#[tokio::test]
+async fn a_byte_vector_is_on_the_wire_as_serde_describes_it() {
+    // `Vec<u8>` goes through the codec as one byte string, which must not change the bytes:
+    // a varint length, then the bytes, as for any sequence of `u8`.
+    let mut raw = RawClient::handshake(start_tcp().await).await;
+    let bytes: Vec<u8> = (0..200).map(|i| i as u8).collect();
+    let mut args = vec![0xc8, 0x01]; // 200 as a varint
+    args.extend_from_slice(&bytes);
+    raw.send(&request(4, "echo", &args)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    // Response, id 4, Ok, then the vector as it was sent.
+    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
+    assert_eq!(answer[3..], args[..]);
 }
 
 #[tokio::test]

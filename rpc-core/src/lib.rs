@@ -102,4 +102,10 @@ struct ReadmeDoctests;
 /// Arguments and return values may be any types that implement serde's `Serialize` and
 /// `DeserializeOwned`. An application error is just a return type such as
 /// `Result<i64, MyError>`.
+///
+/// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) is encoded as one
+/// byte string, copied whole, instead of a byte at a time as serde would; the bytes on the wire
+/// are the same. Only that spelling is recognised: a `Vec<u8>` inside another type, or behind
+/// an alias, takes serde's slower path. For large binary data, [`Payload`] also avoids the copy
+/// on receipt.
 pub use rpc_macros::service;

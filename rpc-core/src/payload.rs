@@ -26,9 +26,10 @@ pub(crate) fn decoding<T>(frame: &Bytes, decode: impl FnOnce() -> T) -> T {
 /// Bytes for arguments and results that should not be copied: a received `Payload` shares the
 /// memory of the frame it arrived in.
 ///
-/// Use it for large binary arguments and results (file chunks, images, blobs) instead of
-/// `Vec<u8>`, which serde encodes and decodes a byte at a time. On the wire it is the same as a
-/// `Vec<u8>` or `serde_bytes::ByteBuf`: a length, then the bytes.
+/// Use it for large binary arguments, results and stream items (file chunks, images, blobs). A
+/// `Vec<u8>` argument or result is copied out of its frame whole; a `Vec<u8>` nested in another
+/// type, or sent as a stream item, goes through serde a byte at a time. On the wire a `Payload`
+/// is the same as a `Vec<u8>` or `serde_bytes::ByteBuf`: a length, then the bytes.
 ///
 /// ```
 /// use rpc_core::Payload;

@@ -34,8 +34,75 @@ pub fn encode_stream<T: Serialize + Send + 'static>(
     Ok(Some(Outbound::new(stream)))
 }
 
+/// A `Vec<u8>` argument or return value on its way through the codec: written and read as one
+/// byte string rather than a byte at a time through serde's sequence calls. postcard encodes
+/// both alike (a varint length, then the bytes), so the wire does not change; only the cost of
+/// the call does.
+#[derive(Debug)]
+pub struct ByteVec(pub Vec<u8>);
+
+impl ByteVec {
+    /// The bytes.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl Serialize for ByteVec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ByteVec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(bytes.to_vec())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(bytes)
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes).map(ByteVec)
+    }
+}
+
 /// `Vec`, for generated code in crates whose prelude lacks it.
 pub type Vec<T> = std::vec::Vec<T>;
 
 /// `String`, for generated code in crates whose prelude lacks it.
 pub type String = std::string::String;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_vec_is_encoded_exactly_as_serde_encodes_a_vec_of_u8() {
+        for len in [0, 1, 127, 128, 300] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut as_string = Vec::new();
+            encode_value(&ByteVec(bytes.clone()), &mut as_string).expect("encodes");
+            let mut as_sequence = Vec::new();
+            encode_value(&bytes, &mut as_sequence).expect("encodes");
+            assert_eq!(as_string, as_sequence, "{len} bytes");
+            let (back,): (ByteVec,) = decode_args(&as_sequence).expect("decodes");
+            assert_eq!(back.into_vec(), bytes);
+        }
+    }
+
+    #[test]
+    fn a_byte_vec_longer_than_its_frame_is_refused() {
+        // Length 5, three bytes: no allocation of the claimed length, an error instead.
+        assert!(decode_args::<(ByteVec,)>(&[5, 1, 2, 3]).is_err());
+    }
+}

@@ -3,11 +3,11 @@
 //! capture or shadow it.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::Ident;
 use syn::spanned::Spanned;
 
-use crate::parse::{Method, Service};
+use crate::parse::{Arg, Method, Service};
 
 pub(crate) fn service(service: &Service) -> TokenStream {
     let service_trait = service_trait(service);
@@ -168,6 +168,17 @@ fn service_info(service: &Service) -> TokenStream {
     }
 }
 
+/// An argument as the codec sees it, wrapped when it goes as a byte string: the same tokens
+/// build it on the client and take it apart on the server.
+fn wire_form(arg: &Arg) -> TokenStream {
+    let ident = &arg.ident;
+    if arg.as_bytes {
+        quote! { ::rpc_core::__private::ByteVec(#ident) }
+    } else {
+        quote! { #ident }
+    }
+}
+
 fn client(service: &Service) -> TokenStream {
     let vis = &service.vis;
     let trait_ident = &service.ident;
@@ -190,8 +201,10 @@ fn client(service: &Service) -> TokenStream {
         } = method;
         let arg_idents = args.iter().map(|arg| &arg.ident);
         let arg_types = args.iter().map(|arg| &arg.ty);
-        let plain: Vec<&Ident> = method.plain_args().map(|arg| &arg.ident).collect();
+        let plain: Vec<TokenStream> = method.plain_args().map(wire_form).collect();
         let info = method_info(method);
+        let received = (method.output_as_bytes && method.download.is_none())
+            .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_vec) });
         let call = match (method.upload(), method.download.is_some()) {
             (None, false) => quote! { call(&#info, &(#(#plain,)*)) },
             (None, true) => quote! { call_streaming(&#info, &(#(#plain,)*)) },
@@ -212,7 +225,7 @@ fn client(service: &Service) -> TokenStream {
             #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
                 -> ::core::result::Result<#output, ::rpc_core::RpcError>
             {
-                self.#channel.#call.await
+                self.#channel.#call.await #received
             }
         }
     });
@@ -314,8 +327,14 @@ fn server(service: &Service) -> TokenStream {
 
     let decode_arms = service.methods.iter().map(|method| {
         let Method { cfgs, name, .. } = method;
-        let idents = method.plain_args().map(|arg| &arg.ident);
-        let types = method.plain_args().map(|arg| &arg.ty);
+        let idents = method.plain_args().map(wire_form);
+        let types = method.plain_args().map(|arg| {
+            if arg.as_bytes {
+                quote! { ::rpc_core::__private::ByteVec }
+            } else {
+                arg.ty.to_token_stream()
+            }
+        });
         let build = request_variant(&request, method);
         let attach = method.upload().map(|upload| {
             let (ident, item) = (&upload.ident, &upload.stream_item);
@@ -360,6 +379,10 @@ fn server(service: &Service) -> TokenStream {
         let Method { cfgs, variant, .. } = method;
         let encode = if method.download.is_some() {
             quote! { ::rpc_core::__private::encode_stream(#value) }
+        } else if method.output_as_bytes {
+            quote! {
+                ::rpc_core::__private::encode_value(&::rpc_core::__private::ByteVec(#value), #out)
+            }
         } else {
             quote! { ::rpc_core::__private::encode_value(&#value, #out) }
         };

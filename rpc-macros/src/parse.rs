@@ -41,6 +41,8 @@ pub(crate) struct Method {
     pub(crate) output: Type,
     /// The item type, when the method returns `Streaming<T>`.
     pub(crate) download: Option<Type>,
+    /// The return type is written `Vec<u8>`: encoded as one byte string, see [`is_byte_vec`].
+    pub(crate) output_as_bytes: bool,
     pub(crate) fingerprint: u64,
     /// `#[rpc(idempotent)]`: running it twice does no harm, so a lost call may be made again.
     pub(crate) idempotent: bool,
@@ -64,6 +66,8 @@ pub(crate) struct Arg {
     pub(crate) ty: Type,
     /// The item type, when the argument is `Streaming<T>`.
     pub(crate) stream_item: Option<Type>,
+    /// The type is written `Vec<u8>`: encoded as one byte string, see [`is_byte_vec`].
+    pub(crate) as_bytes: bool,
 }
 
 /// Collects errors so that one compile shows them all.
@@ -193,6 +197,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         name,
         variant,
         args,
+        output_as_bytes: is_byte_vec(&output),
         output,
         download,
         fingerprint,
@@ -273,6 +278,7 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
                 ident: pat.ident.clone(),
                 ty: (*typed.ty).clone(),
                 stream_item: streaming_item(&typed.ty, errors),
+                as_bytes: is_byte_vec(&typed.ty),
             }),
             other => errors.spanned(
                 other,
@@ -334,6 +340,52 @@ fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
     }
 }
 
+/// Whether `ty` is spelled `Vec<u8>` (or `std::vec::Vec<u8>`, `alloc::vec::Vec<u8>`, with `u8`
+/// possibly `core::primitive::u8`). serde sees such a value as a sequence and encodes it a byte
+/// at a time; the generated code sends it as one byte string instead, which postcard writes
+/// identically. Only the spelling can tell: a macro sees no types, so an alias is not caught
+/// (and costs speed, not correctness).
+fn is_byte_vec(ty: &Type) -> bool {
+    fn path_is(path: &syn::Path, std_paths: &[&[&str]]) -> bool {
+        let idents: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        // The name alone, or its whole path from the crate root.
+        std_paths
+            .iter()
+            .any(|full| idents[..] == full[full.len() - 1..] || idents[..] == full[..])
+    }
+    fn plain_path(ty: &Type) -> Option<&syn::Path> {
+        match ty {
+            Type::Path(path) if path.qself.is_none() => Some(&path.path),
+            Type::Group(group) => plain_path(&group.elem),
+            Type::Paren(paren) => plain_path(&paren.elem),
+            _ => None,
+        }
+    }
+    let Some(path) = plain_path(ty) else {
+        return false;
+    };
+    let vec_paths: &[&[&str]] = &[&["std", "vec", "Vec"], &["alloc", "vec", "Vec"]];
+    let u8_paths: &[&[&str]] = &[&["core", "primitive", "u8"], &["std", "primitive", "u8"]];
+    let Some(last) = path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return false;
+    };
+    let mut bare = path.clone();
+    if let Some(segment) = bare.segments.last_mut() {
+        segment.arguments = syn::PathArguments::None;
+    }
+    let item = match generics.args.first() {
+        Some(syn::GenericArgument::Type(item)) if generics.args.len() == 1 => item,
+        _ => return false,
+    };
+    path_is(&bare, vec_paths)
+        && plain_path(item).is_some_and(|item| {
+            item.segments.iter().all(|s| s.arguments.is_none()) && path_is(item, u8_paths)
+        })
+}
+
 /// Refuses `impl Trait` and borrowed types, in arguments or return types (`what`).
 fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
     struct Finder<'e> {
@@ -370,4 +422,36 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
         }
     }
     Finder { what, errors }.visit_type(ty);
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    use super::is_byte_vec;
+
+    #[test]
+    fn byte_vectors_are_recognised_in_every_standard_spelling() {
+        assert!(is_byte_vec(&parse_quote!(Vec<u8>)));
+        assert!(is_byte_vec(&parse_quote!(std::vec::Vec<u8>)));
+        assert!(is_byte_vec(&parse_quote!(
+            ::std::vec::Vec<::core::primitive::u8>
+        )));
+        assert!(is_byte_vec(&parse_quote!(
+            alloc::vec::Vec<std::primitive::u8>
+        )));
+    }
+
+    #[test]
+    fn other_types_keep_serdes_encoding() {
+        assert!(!is_byte_vec(&parse_quote!(Vec<u16>)));
+        assert!(!is_byte_vec(&parse_quote!(Vec<i8>)));
+        assert!(!is_byte_vec(&parse_quote!(Option<Vec<u8>>)));
+        assert!(!is_byte_vec(&parse_quote!(mine::Vec<u8>)));
+        assert!(!is_byte_vec(&parse_quote!(Vec<mine::u8>)));
+        assert!(!is_byte_vec(&parse_quote!(Vec<u8, Global>)));
+        assert!(!is_byte_vec(&parse_quote!(VecDeque<u8>)));
+        assert!(!is_byte_vec(&parse_quote!([u8; 4])));
+        assert!(!is_byte_vec(&parse_quote!(Vec)));
+    }
 }

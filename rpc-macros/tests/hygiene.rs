@@ -96,6 +96,7 @@ mod no_prelude {
     pub trait Quiet {
         async fn get(&self, key: ::std::string::String) -> ::std::option::Option<u64>;
         async fn nothing(&self);
+        async fn reverse(&self, bytes: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8>;
     }
 
     pub struct Impl;
@@ -105,6 +106,10 @@ mod no_prelude {
             ::std::option::Option::Some(key.len() as u64)
         }
         async fn nothing(&self) {}
+        async fn reverse(&self, mut bytes: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+            bytes.reverse();
+            bytes
+        }
     }
 }
 
@@ -169,6 +174,10 @@ async fn no_implicit_prelude_is_fine() {
         .expect("handshake");
     assert_eq!(client.get("four".into()).await.expect("get"), Some(4));
     client.nothing().await.expect("nothing");
+    assert_eq!(
+        client.reverse(vec![1, 2, 3]).await.expect("reverse"),
+        [3, 2, 1]
+    );
 }
 
 #[test]
