@@ -6,8 +6,13 @@
 //! cargo run --release -p rpc-bench -- --write    # also write BENCHMARKS.md and its chart
 //! cargo run --release -p rpc-bench -- --quick    # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --profile  # only rpc-core, 256 callers, 5 s: for perf
-//! cargo run --release -p rpc-bench -- --profile bulk  # only rpc-core's byte-buffer echo
-//! cargo run --release -p rpc-bench -- --profile latency  # only rpc-core's sequential calls
+//! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM]  # one workload, one system
+//! ```
+//!
+//! `WORKLOAD` is `latency`, `bulk` (the byte-buffer echo), `bulk-vec`, `32` or `256` (callers on
+//! one connection); `SYSTEM` is `rpc-core` (the default), `tarpc` or `raw`.
+//!
+//! ```text
 //! ```
 
 mod alloc;
@@ -70,38 +75,14 @@ fn main() {
     // two processes: no system gets to run both ends on one thread without any wakeup.
     let runtime = one_thread_runtime();
     if let Some(at) = args.iter().position(|a| a == "--profile") {
-        let workload = args.get(at + 1).map(String::as_str);
-        let bulk_bytes = workload == Some("bulk");
-        if workload == Some("latency") {
-            let (p50, p99) = on_worker(&runtime, async move {
-                let client = RpcCore::connect(serve::<RpcCore>()).await;
-                let effort = Effort {
-                    sequential_calls: 200_000,
-                    ..effort
-                };
-                latency::<RpcCore>(&client, effort).await
-            });
-            println!("rpc-core: sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
-            return;
-        }
-        let figure = on_worker(&runtime, async move {
-            let client = RpcCore::connect(serve::<RpcCore>()).await;
-            let effort = Effort {
-                window: Duration::from_secs(5),
-                ..effort
-            };
-            if bulk_bytes {
-                bulk::<RpcCore>(&client, true, effort).await
-            } else {
-                throughput::<RpcCore>(std::slice::from_ref(&client), 256, effort).await
-            }
-        });
-        let what = if bulk_bytes {
-            "MiB/s of 1 MiB echoes"
-        } else {
-            "calls/s with 256 callers"
+        let workload = args.get(at + 1).cloned().unwrap_or_default();
+        let report = match args.get(at + 2).map(String::as_str) {
+            None | Some("rpc-core") => on_worker(&runtime, profile::<RpcCore>(workload)),
+            Some("tarpc") => on_worker(&runtime, profile::<Tarpc>(workload)),
+            Some("raw") => on_worker(&runtime, profile::<Raw>(workload)),
+            Some(other) => format!("no system called {other}: rpc-core, tarpc or raw"),
         };
-        println!("rpc-core: {figure:.0} {what}");
+        println!("{report}");
         return;
     }
     let results = on_worker(&runtime, async move {
@@ -115,6 +96,31 @@ fn main() {
     if args.iter().any(|a| a == "--write") {
         report::write(&results, &table).expect("writes BENCHMARKS.md and the chart");
         println!("wrote BENCHMARKS.md and docs/benchmarks.svg");
+    }
+}
+
+/// Runs one workload for 5 s (or 200,000 sequential calls), for a profiler to watch.
+async fn profile<S: System>(workload: String) -> String {
+    let client = S::connect(serve::<S>()).await;
+    let effort = Effort {
+        window: Duration::from_secs(5),
+        sequential_calls: 200_000,
+    };
+    match workload.as_str() {
+        "latency" => {
+            let (p50, p99) = latency::<S>(&client, effort).await;
+            format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs")
+        }
+        "bulk" | "bulk-vec" => {
+            let figure = bulk::<S>(&client, workload == "bulk", effort).await;
+            format!("{figure:.0} MiB/s of 1 MiB echoes")
+        }
+        "" | "32" | "256" => {
+            let callers = workload.parse().unwrap_or(256);
+            let figure = throughput::<S>(std::slice::from_ref(&client), callers, effort).await;
+            format!("{figure:.0} calls/s with {callers} callers")
+        }
+        other => format!("no workload called {other}: latency, bulk, bulk-vec, 32 or 256"),
     }
 }
 
