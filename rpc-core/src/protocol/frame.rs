@@ -14,7 +14,8 @@ const MIN_READ: usize = 2 * 1024;
 
 /// How much room a read makes at most on the word of a length prefix that passed the limit
 /// check. Beyond it the buffer grows with the bytes that actually arrive, at most doubling
-/// them, never to the number the peer claimed.
+/// them, or up to the largest frame the peer has already sent in full; never to a number the
+/// peer merely claimed.
 const READ_CHUNK: usize = 256 * 1024;
 
 /// A read buffer up to this size is kept between frames whatever happens.
@@ -41,6 +42,10 @@ pub(crate) struct FrameReader<R> {
     /// A large frame passed through `buf`, whose allocation the (empty-looking) buffer may
     /// still hold for reuse.
     holds_large: bool,
+    /// The largest frame read in full so far. Room for a frame up to this size is made at once:
+    /// the peer has shown it sends such frames, and making room for one in steps would copy the
+    /// bytes received so far at every step.
+    largest_delivered: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -51,6 +56,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame_len,
             silence_limit: None,
             holds_large: false,
+            largest_delivered: 0,
         }
     }
 
@@ -112,13 +118,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.advance(LENGTH_PREFIX);
                     let payload = self.buf.split_to(size).freeze();
                     self.holds_large |= size > IDLE_BUFFER_KEEP;
+                    self.largest_delivered = self.largest_delivered.max(size);
                     return Ok(Some(payload));
                 }
                 needed - self.buf.len()
             } else {
                 LENGTH_PREFIX - self.buf.len()
             };
-            let room = wanted.min(READ_CHUNK.max(self.buf.len())).max(MIN_READ);
+            let trusted = READ_CHUNK
+                .max(self.buf.len())
+                .max(LENGTH_PREFIX + self.largest_delivered);
+            let room = wanted.min(trusted).max(MIN_READ);
             self.buf.reserve(room);
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
@@ -396,6 +406,59 @@ mod buffer_tests {
         let reader = quiet.await.expect("joins");
         assert!(!reader.holds_large, "given up once quiet");
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    /// Polls `reader` for a frame once, until it waits for bytes that have not arrived.
+    async fn read_what_arrived<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) {
+        tokio::select! {
+            biased;
+            frame = reader.next_frame() => panic!("no frame is complete yet: {frame:?}"),
+            () = std::future::ready(()) => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn room_for_a_frame_is_made_at_once_only_up_to_the_largest_delivered() {
+        const LIMIT: usize = 4 << 20;
+        const BIG: usize = 1 << 20;
+        let (mut tx, rx) = tokio::io::duplex(4 << 20);
+        let mut reader = FrameReader::new(rx, LIMIT);
+
+        // A first large claim gets room for what arrives, not for the claim.
+        tx.write_all(&(BIG as u32).to_be_bytes())
+            .await
+            .expect("writes");
+        tx.write_all(&[1; 10]).await.expect("writes");
+        read_what_arrived(&mut reader).await;
+        assert!(reader.buf.capacity() < BIG, "{}", reader.buf.capacity());
+        tx.write_all(&vec![1; BIG - 10]).await.expect("writes");
+        let first = reader.next_frame().await.expect("reads").expect("a frame");
+        assert_eq!(first.len(), BIG);
+
+        // Once the peer has sent a frame that large, the next one gets its room in one step, in
+        // a new allocation while the first frame is still alive...
+        tx.write_all(&(BIG as u32).to_be_bytes())
+            .await
+            .expect("writes");
+        tx.write_all(&[2; 10]).await.expect("writes");
+        read_what_arrived(&mut reader).await;
+        assert!(reader.buf.capacity() >= BIG, "{}", reader.buf.capacity());
+
+        // ...but a larger claim, still under the limit, is not trusted beyond that.
+        tx.write_all(&vec![2; BIG - 10]).await.expect("writes");
+        drop(first);
+        reader.next_frame().await.expect("reads").expect("a frame");
+        tx.write_all(&(3 * BIG as u32).to_be_bytes())
+            .await
+            .expect("writes");
+        tx.write_all(&[3; 10]).await.expect("writes");
+        read_what_arrived(&mut reader).await;
+        assert!(reader.buf.capacity() < 3 * BIG, "{}", reader.buf.capacity());
     }
 }
 
