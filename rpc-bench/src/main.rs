@@ -269,12 +269,12 @@ async fn bulk<S: System>(client: &S::Client, as_bytes: bool, effort: Effort) -> 
         let (client, done) = (client.clone(), Arc::clone(&done));
         tasks.push(tokio::spawn(async move {
             let payload = vec![7u8; PAYLOAD];
+            // Sent again and again as a user would: a byte buffer as a clone of one buffer
+            // (a shared handle), a `Vec<u8>` as a copy.
+            let buf = S::Buf::from(payload.clone());
             while Instant::now() < until {
                 let back = if as_bytes {
-                    S::echo_bytes(&client, S::Buf::from(payload.clone()))
-                        .await
-                        .as_ref()
-                        .len()
+                    S::echo_bytes(&client, buf.clone()).await.as_ref().len()
                 } else {
                     S::echo_vec(&client, payload.clone()).await.len()
                 };

@@ -235,8 +235,8 @@ pub fn write(results: &Results, table: &str) -> std::io::Result<()> {
     let markdown = format!(
         "# Benchmarks\n\n\
          rpc-core against [tarpc](https://crates.io/crates/tarpc) 0.38 (bincode over TCP, the \
-         same service; byte buffers are `serde_bytes::ByteBuf` for tarpc and \
-         `rpc_core::Payload` for rpc-core) and a raw floor: length-prefixed postcard frames over one TCP connection, \
+         same service; byte buffers are `bytes::Bytes` for tarpc, faster there than \
+         `serde_bytes::ByteBuf`, and `rpc_core::Payload` for rpc-core) and a raw floor: length-prefixed postcard frames over one TCP connection, \
          one call at a time, with no framework at all. Every system runs client and server in \
          one process over loopback, on the same machine, in one run; each throughput figure is \
          measured for 3 s.\n\n\

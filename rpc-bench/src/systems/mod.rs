@@ -1,6 +1,8 @@
 //! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`, and
 //! echoes of a byte payload as a plain `Vec<u8>` and as the byte-buffer type each system handles
-//! best (`serde_bytes::ByteBuf` for tarpc and the raw floor, `rpc_core::Payload` for rpc-core).
+//! best (`bytes::Bytes` for tarpc and the raw floor, `rpc_core::Payload` for rpc-core). A caller
+//! sends the same buffer again and again, as a clone of its byte-buffer type: a shared handle
+//! for both, where a `Vec<u8>` must be copied.
 
 pub mod raw;
 pub mod rpc;
@@ -15,7 +17,7 @@ pub trait System: Send + Sync + 'static {
     type Client: Clone + Send + Sync + 'static;
 
     /// The byte-buffer type the system handles best.
-    type Buf: From<Vec<u8>> + AsRef<[u8]> + Send + 'static;
+    type Buf: From<Vec<u8>> + AsRef<[u8]> + Clone + Send + Sync + 'static;
 
     /// Starts a server on a free loopback port.
     fn serve() -> impl Future<Output = SocketAddr> + Send;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -90,7 +90,7 @@ impl RawClient {
 
 impl System for Raw {
     type Client = RawClient;
-    type Buf = ByteBuf;
+    type Buf = Bytes;
 
     async fn serve() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -123,7 +123,7 @@ impl System for Raw {
         client.call(ECHO, &bytes).await
     }
 
-    async fn echo_bytes(client: &RawClient, bytes: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(client: &RawClient, bytes: Bytes) -> Bytes {
         client.call(ECHO, &bytes).await
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use futures_util::StreamExt;
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::{client, context};
@@ -14,7 +14,7 @@ use super::System;
 pub trait Bench {
     async fn add(a: u64, b: u64) -> u64;
     async fn echo_vec(bytes: Vec<u8>) -> Vec<u8>;
-    async fn echo_bytes(bytes: ByteBuf) -> ByteBuf;
+    async fn echo_bytes(bytes: Bytes) -> Bytes;
 }
 
 #[derive(Clone)]
@@ -27,7 +27,7 @@ impl Bench for Impl {
     async fn echo_vec(self, _: context::Context, bytes: Vec<u8>) -> Vec<u8> {
         bytes
     }
-    async fn echo_bytes(self, _: context::Context, bytes: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(self, _: context::Context, bytes: Bytes) -> Bytes {
         bytes
     }
 }
@@ -37,7 +37,7 @@ pub struct Tarpc;
 
 impl System for Tarpc {
     type Client = BenchClient;
-    type Buf = ByteBuf;
+    type Buf = Bytes;
 
     async fn serve() -> SocketAddr {
         let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default)
@@ -76,7 +76,7 @@ impl System for Tarpc {
             .expect("echo")
     }
 
-    async fn echo_bytes(client: &BenchClient, bytes: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(client: &BenchClient, bytes: Bytes) -> Bytes {
         client
             .echo_bytes(context::current(), bytes)
             .await
