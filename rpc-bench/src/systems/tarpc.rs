@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use futures_util::StreamExt;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::{client, context};

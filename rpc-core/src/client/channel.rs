@@ -288,6 +288,9 @@ impl Channel {
         avoid: Option<&Arc<Endpoint>>,
     ) -> Result<Target, RpcError> {
         let connect = |endpoint: Arc<Endpoint>| async move {
+            if let Some(connection) = endpoint.live_connection() {
+                return Ok((endpoint, Ok(connection)));
+            }
             let connection = until(spec.expires, endpoint.connection())
                 .await
                 .map_err(|_| spec.deadline_exceeded())?;

@@ -166,11 +166,17 @@ impl Connection {
         self.server.check_method(method).map_err(Failure::Final)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
-        let Ok(slot) = until(spec.expires, Arc::clone(&self.slots).acquire_owned())
-            .await
-            .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
-        else {
-            unreachable!("the outgoing slots are never closed");
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let Ok(slot) = until(spec.expires, Arc::clone(&self.slots).acquire_owned())
+                    .await
+                    .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
+                else {
+                    unreachable!("the outgoing slots are never closed");
+                };
+                slot
+            }
         };
         let answer = self
             .pending
