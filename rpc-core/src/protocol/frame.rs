@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 
 use super::{Head, LENGTH_PREFIX};
 use crate::RpcError;
@@ -42,6 +43,9 @@ pub(crate) struct FrameReader<R> {
     /// A large frame passed through `buf`, whose allocation the (empty-looking) buffer may
     /// still hold for reuse.
     holds_large: bool,
+    /// When the last read returned bytes: when the frames it completed arrived, near enough
+    /// for deadlines and idleness, for one clock reading per read rather than per frame.
+    last_read: Instant,
     /// The largest frame read in full so far. Room for a frame up to this size is made at once:
     /// the peer has shown it sends such frames, and making room for one in steps would copy the
     /// bytes received so far at every step.
@@ -56,6 +60,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame_len,
             silence_limit: None,
             holds_large: false,
+            last_read: Instant::now(),
             largest_delivered: 0,
         }
     }
@@ -90,6 +95,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .await
                 .map_err(|_| RpcError::KeepaliveTimeout(limit))??,
         })
+    }
+
+    /// When the read that brought the last frame returned, or a later one: the frame had
+    /// arrived by then.
+    pub(crate) fn arrived(&self) -> Instant {
+        self.last_read
     }
 
     /// Changes the largest payload accepted from here on.
@@ -133,6 +144,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
+            self.last_read = Instant::now();
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)

@@ -54,6 +54,8 @@ impl Default for Calls {
 pub(crate) struct NewCall<R> {
     pub(crate) id: u64,
     pub(crate) request: R,
+    /// When the request had arrived: its deadline counts from there.
+    pub(crate) arrived: Instant,
     pub(crate) timeout_ms: u64,
     pub(crate) metadata: Metadata,
     pub(crate) peer_addr: Option<SocketAddr>,
@@ -82,6 +84,7 @@ impl Calls {
         let NewCall {
             id,
             request,
+            arrived,
             timeout_ms,
             metadata,
             peer_addr,
@@ -89,7 +92,7 @@ impl Calls {
         } = call;
         let method = S::method_name(&request);
         let deadline = (timeout_ms > 0)
-            .then(|| Instant::now().checked_add(Duration::from_millis(timeout_ms)))
+            .then(|| arrived.checked_add(Duration::from_millis(timeout_ms)))
             .flatten();
         let context = Context {
             request_id: id,

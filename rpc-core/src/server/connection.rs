@@ -109,8 +109,8 @@ where
                 connection.start_draining();
             }
             frame = reader.next_frame() => match frame {
-                Ok(Some(payload)) => match connection.handle(&payload).await {
-                    Ok(Handled::Request) => last_request = Instant::now(),
+                Ok(Some(payload)) => match connection.handle(&payload, reader.arrived()).await {
+                    Ok(Handled::Request) => last_request = reader.arrived(),
                     Ok(Handled::Other) => {}
                     Err(error) => break Err(error),
                 },
@@ -154,8 +154,8 @@ impl<S: Service> Connection<'_, S> {
         self.link.outbox.send_head(&Head::GoAway);
     }
 
-    /// Acts on one frame from the client.
-    async fn handle(&mut self, payload: &Bytes) -> Result<Handled, RpcError> {
+    /// Acts on one frame from the client, which had arrived by `arrived`.
+    async fn handle(&mut self, payload: &Bytes, arrived: Instant) -> Result<Handled, RpcError> {
         let (head, args) = Head::decode(payload).map_err(|error| {
             RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
         })?;
@@ -212,12 +212,19 @@ impl<S: Service> Connection<'_, S> {
         };
         // Backpressure: a client that has more calls running than the server announced waits
         // here, unread, until one finishes.
-        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-            unreachable!("the in-flight semaphore is never closed");
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                    unreachable!("the in-flight semaphore is never closed");
+                };
+                slot
+            }
         };
         let call = NewCall {
             id,
             request,
+            arrived,
             timeout_ms,
             metadata: metadata.into_owned(),
             peer_addr: self.peer_addr,
