@@ -106,6 +106,6 @@ struct ReadmeDoctests;
 /// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) is encoded as one
 /// byte string, copied whole, instead of a byte at a time as serde would; the bytes on the wire
 /// are the same. Only that spelling is recognised: a `Vec<u8>` inside another type, or behind
-/// an alias, takes serde's slower path. For large binary data, [`Payload`] also avoids the copy
-/// on receipt.
+/// an alias, takes serde's slower path. For large binary data, [`Payload`] also avoids the copies:
+/// into the frame on the way out, and out of it on receipt.
 pub use rpc_macros::service;

@@ -24,7 +24,8 @@ pub(crate) fn decoding<T>(frame: &Bytes, decode: impl FnOnce() -> T) -> T {
 }
 
 /// Bytes for arguments and results that should not be copied: a received `Payload` shares the
-/// memory of the frame it arrived in.
+/// memory of the frame it arrived in, and a sent one of 16 KiB or more is written to the socket
+/// from its own memory rather than copied into its frame.
 ///
 /// Use it for large binary arguments, results and stream items (file chunks, images, blobs). A
 /// `Vec<u8>` argument or result is copied out of its frame whole; a `Vec<u8>` nested in another
@@ -92,6 +93,7 @@ impl fmt::Debug for Payload {
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::protocol::offer(&self.0);
         serializer.serialize_bytes(&self.0)
     }
 }

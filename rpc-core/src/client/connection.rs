@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::pending::{Pending, Reply};
 use crate::protocol::{
-    self, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, code, finish_frame,
-    write_frames,
+    self, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, code,
+    finish_frame, write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
@@ -223,7 +223,7 @@ impl Connection {
         id: u64,
         spec: CallSpec<'_>,
         args: &A,
-    ) -> Result<Vec<u8>, RpcError> {
+    ) -> Result<Frame, RpcError> {
         let encode_failed = |e: protocol::CodecError| RpcError::Encode {
             method: spec.method.name.to_owned(),
             reason: e.to_string(),
@@ -247,7 +247,7 @@ impl Connection {
         }
         .begin_frame()
         .map_err(encode_failed)?;
-        protocol::append(args, &mut frame).map_err(encode_failed)?;
+        frame.append(args).map_err(encode_failed)?;
         finish_frame(&mut frame, self.server.max_frame_len)?;
         Ok(frame)
     }

@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::outgoing;
+
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -15,16 +17,19 @@ pub enum CodecError {
     TrailingBytes(usize),
 }
 
-/// Appends `value`, postcard-encoded, to `out`.
+/// Appends `value`, postcard-encoded, to `out`. Within [`Frame::encode`](super::Frame::encode),
+/// `out` being the frame's bytes, large payloads are spliced in rather than copied. On failure
+/// `out` is left as it was.
 pub(crate) fn append<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    let start = out.len();
+    let (start, spliced) = (out.len(), outgoing::spliced_count());
     match postcard::serialize_with_flavor(value, AppendTo(out)) {
         Ok(()) => Ok(()),
         Err(error) => {
             out.truncate(start);
+            outgoing::forget_splices_after(spliced);
             Err(error.into())
         }
     }
@@ -41,7 +46,8 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
     }
 }
 
-/// A postcard flavor that appends to a `Vec` a slice at a time.
+/// A postcard flavor that appends to a `Vec` a slice at a time, except for the large payloads
+/// it splices in.
 struct AppendTo<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for AppendTo<'_> {
@@ -49,7 +55,9 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if data.len() < outgoing::SPLICE_MIN || !outgoing::splice(self.0.len(), data) {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use std::io::IoSlice;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::{Head, LENGTH_PREFIX};
+use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -162,7 +164,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// until it is written.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    frame: Vec<u8>,
+    frame: Frame,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -180,7 +182,8 @@ impl Outbox {
 
     /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
     /// writer is gone, and with it the connection.
-    pub(crate) fn send(&self, frame: Vec<u8>, slot: Option<OwnedSemaphorePermit>) -> bool {
+    pub(crate) fn send(&self, frame: impl Into<Frame>, slot: Option<OwnedSemaphorePermit>) -> bool {
+        let frame = frame.into();
         self.0.send(Outgoing { frame, _slot: slot }).is_ok()
     }
 
@@ -206,8 +209,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Writes one frame and flushes it.
-    pub(crate) async fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(frame).await?;
+    pub(crate) async fn send(&mut self, frame: &Frame) -> std::io::Result<()> {
+        self.write_after_batch(frame).await?;
         self.io.flush().await
     }
 
@@ -223,14 +226,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         while let Some(outgoing) = next.take() {
             next = queue.try_recv().ok();
             let frame = &outgoing.frame;
-            if frame.len() >= COALESCE_BELOW || (self.batch.is_empty() && next.is_none()) {
-                self.write_batch().await?;
-                self.io.write_all(frame).await?;
-            } else {
-                self.batch.extend_from_slice(frame);
-                if self.batch.len() >= COALESCE_LIMIT {
-                    self.write_batch().await?;
+            let lone = self.batch.is_empty() && next.is_none();
+            match frame.contiguous() {
+                Some(bytes) if bytes.len() < COALESCE_BELOW && !lone => {
+                    self.batch.extend_from_slice(bytes);
+                    if self.batch.len() >= COALESCE_LIMIT {
+                        self.write_batch().await?;
+                    }
                 }
+                _ => self.write_after_batch(frame).await?,
             }
         }
         self.write_batch().await?;
@@ -238,6 +242,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.batch = Vec::new();
         }
         self.io.flush().await
+    }
+
+    /// Writes what is batched, then `frame`, in as few writes as the transport allows: one
+    /// vectored write for all of it, unless the transport takes less at a time.
+    async fn write_after_batch(&mut self, frame: &Frame) -> std::io::Result<()> {
+        let mut slices = Vec::with_capacity(2);
+        slices.push(IoSlice::new(&self.batch));
+        frame.push_slices(&mut slices);
+        let mut unwritten = &mut slices[..];
+        IoSlice::advance_slices(&mut unwritten, 0);
+        while !unwritten.is_empty() {
+            let written = self.io.write_vectored(unwritten).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut unwritten, written);
+        }
+        self.batch.clear();
+        Ok(())
     }
 
     async fn write_batch(&mut self) -> std::io::Result<()> {
@@ -275,7 +298,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
                 next = queue.recv() => next,
                 _ = ticker.tick() => {
                     if !std::mem::take(&mut wrote_since_tick) {
-                        writer.send(&Head::Ping.frame()).await?;
+                        writer.send(&Head::Ping.frame().into()).await?;
                     }
                     continue;
                 }
@@ -385,6 +408,98 @@ mod tests {
                 .len(),
             20_000
         );
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::Payload;
+    use crate::protocol::{finish_frame, outgoing::SPLICE_MIN};
+
+    /// A transport that takes at most `limit` bytes per write, gathered from as many slices as
+    /// it is given.
+    struct Trickle {
+        written: Vec<u8>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut taken = 0;
+            for slice in slices {
+                let take = slice.len().min(self.limit - taken);
+                self.written.extend_from_slice(&slice[..take]);
+                taken += take;
+            }
+            Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn spliced_frames_go_out_whole_and_in_order_through_partial_writes() {
+        let big: Vec<u8> = (0..3 * SPLICE_MIN).map(|i| (i % 251) as u8).collect();
+        let payload = Payload::from(big.clone());
+        let (outbox, queue) = Outbox::new();
+        for i in 0..3u8 {
+            assert!(outbox.send(Head::Ping.frame(), None));
+            let mut frame = Head::StreamItem { id: u64::from(i) }
+                .begin_frame()
+                .expect("encodes");
+            frame.append(&(i, &payload, i)).expect("encodes");
+            assert!(frame.contiguous().is_none(), "the payload is spliced in");
+            finish_frame(&mut frame, 1 << 20).expect("fits");
+            assert!(outbox.send(frame, None));
+        }
+        drop(outbox);
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: 1000,
+        };
+        write_frames(FrameWriter::new(&mut io), queue, None)
+            .await
+            .expect("writes");
+
+        let mut reader = FrameReader::new(&io.written[..], 1 << 20);
+        for i in 0..3u8 {
+            let ping = reader.next_frame().await.expect("reads").expect("a ping");
+            assert_eq!(ping[..], [0x04]);
+            let item = reader.next_frame().await.expect("reads").expect("an item");
+            let (head, rest) = Head::decode(&item).expect("a head");
+            assert!(matches!(head, Head::StreamItem { id } if id == u64::from(i)));
+            let (first, bytes, last): (u8, Payload, u8) =
+                postcard::from_bytes(rest).expect("the item");
+            assert_eq!((first, last), (i, i));
+            assert_eq!(&bytes[..], &big[..]);
+        }
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
     }
 }

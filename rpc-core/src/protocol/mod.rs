@@ -8,11 +8,13 @@
 mod codec;
 mod frame;
 mod hello;
+mod outgoing;
 
 pub use codec::CodecError;
 pub(crate) use codec::{append, decode_exact};
 pub(crate) use frame::{FrameReader, FrameWriter, Outbox, Outgoing, write_frames};
 pub(crate) use hello::{Hello, PeerInfo};
+pub(crate) use outgoing::{Frame, offer};
 
 use std::borrow::Cow;
 
@@ -187,17 +189,17 @@ impl<'a> Head<'a> {
     }
 
     /// Starts a frame: room for the length prefix, then this head.
-    pub(crate) fn begin_frame(&self) -> Result<Vec<u8>, CodecError> {
+    pub(crate) fn begin_frame(&self) -> Result<Frame, CodecError> {
         let mut frame = Vec::with_capacity(64);
         frame.extend_from_slice(&[0; LENGTH_PREFIX]);
         append(self, &mut frame)?;
-        Ok(frame)
+        Ok(Frame::from(frame))
     }
 }
 
 /// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
 /// over `limit` bytes.
-pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::RpcError> {
+pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate::RpcError> {
     let size = frame.len() - LENGTH_PREFIX;
     if size > limit.min(MAX_FRAME_LEN_CAP) {
         return Err(crate::RpcError::FrameTooLarge {
@@ -206,7 +208,7 @@ pub(crate) fn finish_frame(frame: &mut [u8], limit: usize) -> Result<(), crate::
         });
     }
     // `size` fits in u32: it is at most MAX_FRAME_LEN_CAP.
-    frame[..LENGTH_PREFIX].copy_from_slice(&(size as u32).to_be_bytes());
+    frame.set_length_prefix(size as u32);
     Ok(())
 }
 
@@ -221,12 +223,13 @@ impl<'a> Outcome<'a> {
 }
 
 /// Builds a complete error response frame. Error frames are small, so they always fit.
-pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Vec<u8> {
+pub(crate) fn error_response(id: u64, code: u32, message: &str) -> Frame {
     Head::Response {
         id,
         outcome: Outcome::error(code, message),
     }
     .frame()
+    .into()
 }
 
 #[cfg(test)]
@@ -244,10 +247,10 @@ mod tests {
         }
         .begin_frame()
         .expect("encodes");
-        append(&(2i64, 3i64), &mut frame).expect("encodes");
+        frame.append(&(2i64, 3i64)).expect("encodes");
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
-            frame,
+            frame.contiguous().expect("no payload to splice"),
             [
                 0, 0, 0, 10, 0x01, 0x01, 0x03, b'a', b'd', b'd', 0x64, 0x00, 0x04, 0x06
             ]
@@ -309,20 +312,23 @@ mod tests {
         }
         .begin_frame()
         .expect("encodes");
-        append(&5i64, &mut frame).expect("encodes");
+        frame.append(&5i64).expect("encodes");
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
-        assert_eq!(frame, [0, 0, 0, 4, 0x02, 0x01, 0x00, 0x0a]);
+        assert_eq!(
+            frame.contiguous().expect("nothing spliced"),
+            [0, 0, 0, 4, 0x02, 0x01, 0x00, 0x0a]
+        );
 
         // docs/wire.md, section 8: an unknown-method answer to id 7.
         let frame = error_response(7, code::UNKNOWN_METHOD, "no such");
         let mut expected = vec![0, 0, 0, 0x0c, 0x02, 0x07, 0x01, 0x01, 0x07];
         expected.extend_from_slice(b"no such");
-        assert_eq!(frame, expected);
+        assert_eq!(frame.contiguous().expect("nothing spliced"), expected);
     }
 
     #[test]
     fn finish_frame_refuses_payloads_over_the_limit() {
-        let mut frame = vec![0u8; LENGTH_PREFIX + 11];
+        let mut frame = Frame::from(vec![0u8; LENGTH_PREFIX + 11]);
         let err = finish_frame(&mut frame, 10).expect_err("over the limit");
         assert!(matches!(
             err,

@@ -16,7 +16,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::protocol::{Head, Outbox, Outcome, code, error_response, finish_frame};
+use crate::protocol::{Frame, Head, Outbox, Outcome, code, error_response, finish_frame};
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
@@ -226,7 +226,7 @@ enum Started<F> {
     /// The handler has more to do.
     Running(Pin<Box<F>>),
     /// The handler returned a stream: the response, and the stream to send after it.
-    Streaming(Vec<u8>, Outbound),
+    Streaming(Frame, Outbound),
 }
 
 /// Runs one call's handler to completion, within its deadline, and encodes its answer: the
@@ -238,7 +238,7 @@ async fn answer<S: Service>(
     handler: impl Future<Output = S::Response>,
     deadline: Option<Instant>,
     client_max_frame_len: usize,
-) -> (Vec<u8>, Option<Outbound>) {
+) -> (Frame, Option<Outbound>) {
     // On the deadline the handler is dropped: nobody waits for its answer any more.
     match AssertUnwindSafe(until(deadline, handler))
         .catch_unwind()
@@ -264,14 +264,14 @@ fn respond<S: Service>(
     method: &'static str,
     response: S::Response,
     client_max_frame_len: usize,
-) -> (Vec<u8>, Option<Outbound>) {
+) -> (Frame, Option<Outbound>) {
     let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut frame = Head::Response {
             id,
             outcome: Outcome::Ok,
         }
         .begin_frame()?;
-        let stream = S::encode_response(response, &mut frame)?;
+        let stream = frame.encode(|bytes| S::encode_response(response, bytes))?;
         Ok::<_, crate::protocol::CodecError>((frame, stream))
     }));
     match encoded {
@@ -296,7 +296,7 @@ fn respond<S: Service>(
 }
 
 /// The answer to a call whose handler panicked.
-fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send)) -> Vec<u8> {
+fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send)) -> Frame {
     let message = panic_message(panic);
     tracing::error!(method, message, "a handler panicked");
     error_response(id, code::HANDLER_PANICKED, message)
@@ -306,7 +306,7 @@ fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send)) -> Vec<u8> 
 /// call's slot is held until the stream ends.
 async fn stream_out(
     id: u64,
-    frame: Vec<u8>,
+    frame: Frame,
     stream: Outbound,
     deadline: Option<Instant>,
     link: &Link,

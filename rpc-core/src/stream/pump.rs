@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::Streaming;
 use super::registry::OutboundCredit;
 use crate::RpcError;
-use crate::protocol::{self, Head, Outbox, Outcome, code, finish_frame};
+use crate::protocol::{Frame, Head, Outbox, Outcome, code, finish_frame};
 
 /// An outgoing stream whose item type has been erased: it encodes each item into a frame.
 pub struct Outbound {
@@ -37,7 +37,7 @@ trait EncodeNext: Send {
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        frame: &mut Vec<u8>,
+        frame: &mut Frame,
     ) -> Poll<Option<Result<(), String>>>;
 }
 
@@ -45,11 +45,12 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        frame: &mut Vec<u8>,
+        frame: &mut Frame,
     ) -> Poll<Option<Result<(), String>>> {
         Poll::Ready(match std::task::ready!(self.poll_next(cx)) {
             Some(Ok(item)) => Some(
-                protocol::append(&item, frame)
+                frame
+                    .append(&item)
                     .map_err(|e| format!("an item could not be encoded: {e}")),
             ),
             // The sender's own message crosses as it is; another error (a stream relayed from

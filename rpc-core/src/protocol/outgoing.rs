@@ -1,0 +1,253 @@
+//! Frames on their way out. A large byte payload is not copied into its frame: the frame keeps a
+//! handle on the payload's own memory, and the writer sends it from there, in the same write as
+//! the bytes around it.
+//!
+//! How a payload gets there: while a frame is being encoded ([`Frame::encode`]), a
+//! [`Payload`](crate::Payload) offers its bytes ([`offer`]) just before serde hands the same
+//! slice to the codec, which then records the handle and the position instead of copying the
+//! slice. A slice matched by address and length is the offered memory itself, so whatever else
+//! serializes in between, a frame can only ever splice in the very bytes it would have copied.
+
+use std::cell::RefCell;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{CodecError, LENGTH_PREFIX, codec};
+
+/// Byte payloads at least this large go out from their own memory; smaller ones are copied into
+/// the frame, which costs less than one more piece for the writer to gather.
+pub(crate) const SPLICE_MIN: usize = 16 * 1024;
+
+thread_local! {
+    /// The payloads spliced into the frame being encoded on this thread, if one is, with their
+    /// positions in its bytes.
+    static SPLICES: RefCell<Option<Vec<(usize, Bytes)>>> = const { RefCell::new(None) };
+    /// The payload whose bytes the serializer is about to receive.
+    static OFFERED: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Offers `bytes` for splicing into the frame being encoded, if one is and they are large
+/// enough: called by a payload right before it serializes them.
+pub(crate) fn offer(bytes: &Bytes) {
+    if bytes.len() >= SPLICE_MIN && SPLICES.with_borrow(Option::is_some) {
+        OFFERED.set(Some(bytes.clone()));
+    }
+}
+
+/// Splices `data` in at position `at` of the frame being encoded, if `data` is the memory of the
+/// payload just offered. `false` means the caller copies it.
+pub(super) fn splice(at: usize, data: &[u8]) -> bool {
+    let Some(offered) = OFFERED.take() else {
+        return false;
+    };
+    if offered.as_ptr() != data.as_ptr() || offered.len() != data.len() {
+        return false;
+    }
+    SPLICES.with_borrow_mut(|splices| match splices {
+        Some(splices) => {
+            splices.push((at, offered));
+            true
+        }
+        None => false,
+    })
+}
+
+/// How many payloads the frame being encoded has spliced in so far.
+pub(super) fn spliced_count() -> usize {
+    SPLICES.with_borrow(|splices| splices.as_ref().map_or(0, Vec::len))
+}
+
+/// Forgets the payloads spliced in after the first `count`: the encoding they belonged to
+/// failed and was cut off.
+pub(super) fn forget_splices_after(count: usize) {
+    SPLICES.with_borrow_mut(|splices| {
+        if let Some(splices) = splices {
+            splices.truncate(count);
+        }
+    });
+}
+
+/// The splicing scope of one [`Frame::encode`]. Dropping it, even in a panic, restores the
+/// thread's state as it was.
+struct SpliceScope {
+    outer: Option<Vec<(usize, Bytes)>>,
+}
+
+impl SpliceScope {
+    fn open() -> Self {
+        SpliceScope {
+            outer: SPLICES.replace(Some(Vec::new())),
+        }
+    }
+
+    /// Ends the scope, returning what was spliced in it.
+    fn close(self) -> Vec<(usize, Bytes)> {
+        SPLICES.take().unwrap_or_default()
+    }
+}
+
+impl Drop for SpliceScope {
+    fn drop(&mut self) {
+        OFFERED.take();
+        SPLICES.set(self.outer.take());
+    }
+}
+
+/// An encoded frame, length prefix included, ready for the writer: its bytes, and the large
+/// payloads spliced in between them.
+#[derive(Debug, Default)]
+pub(crate) struct Frame {
+    bytes: Vec<u8>,
+    /// Payloads in order, each with the position in `bytes` it goes before.
+    spliced: Vec<(usize, Bytes)>,
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(bytes: Vec<u8>) -> Self {
+        Frame {
+            bytes,
+            spliced: Vec::new(),
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's whole length, length prefix included.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+            + self
+                .spliced
+                .iter()
+                .map(|(_, bytes)| bytes.len())
+                .sum::<usize>()
+    }
+
+    /// The frame's bytes, when nothing is spliced in.
+    pub(crate) fn contiguous(&self) -> Option<&[u8]> {
+        self.spliced.is_empty().then_some(&self.bytes[..])
+    }
+
+    /// Appends `value`, postcard-encoded, splicing in large payloads.
+    pub(crate) fn append<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CodecError> {
+        self.encode(|bytes| codec::append(value, bytes))
+    }
+
+    /// Runs `encode`, which appends to the frame's bytes through [`codec::append`]; large
+    /// payloads it serializes are spliced in rather than copied.
+    pub(crate) fn encode<R>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let scope = SpliceScope::open();
+        let result = encode(&mut self.bytes);
+        self.spliced.extend(scope.close());
+        result
+    }
+
+    /// Writes the length prefix: the length of everything after it.
+    pub(crate) fn set_length_prefix(&mut self, size: u32) {
+        self.bytes[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
+    }
+
+    /// Appends the frame to `slices` as the pieces a vectored write sends in order.
+    pub(crate) fn push_slices<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
+        let mut from = 0;
+        for (at, payload) in &self.spliced {
+            slices.push(IoSlice::new(&self.bytes[from..*at]));
+            slices.push(IoSlice::new(payload));
+            from = *at;
+        }
+        slices.push(IoSlice::new(&self.bytes[from..]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Payload;
+
+    /// The bytes of `frame` as they go on the wire.
+    fn flatten(frame: &Frame) -> Vec<u8> {
+        let mut slices = Vec::new();
+        frame.push_slices(&mut slices);
+        slices.iter().flat_map(|slice| slice.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_large_payload_is_spliced_in_and_the_bytes_are_those_of_a_copy() {
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let value = (1u8, big.clone(), "tail", big.clone());
+        let mut frame = Frame::from(vec![0; LENGTH_PREFIX]);
+        frame.append(&value).expect("encodes");
+
+        assert_eq!(frame.spliced.len(), 2, "both payloads are spliced");
+        assert!(
+            frame.bytes.len() < 64,
+            "and not copied: {}",
+            frame.bytes.len()
+        );
+        let mut copied = vec![0; LENGTH_PREFIX];
+        copied.extend(postcard::to_stdvec(&value).expect("encodes"));
+        assert_eq!(flatten(&frame), copied);
+        assert_eq!(frame.len(), copied.len());
+        assert_eq!(frame.contiguous(), None);
+    }
+
+    #[test]
+    fn a_small_payload_is_copied() {
+        let small = Payload::from(vec![7u8; SPLICE_MIN - 1]);
+        let mut frame = Frame::default();
+        frame.append(&small).expect("encodes");
+        assert!(frame.spliced.is_empty());
+        assert_eq!(
+            frame.contiguous(),
+            Some(&postcard::to_stdvec(&small).expect("encodes")[..])
+        );
+    }
+
+    #[test]
+    fn outside_a_frame_a_payload_offers_nothing() {
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let encoded = postcard::to_stdvec(&big).expect("encodes");
+        assert_eq!(encoded.len(), SPLICE_MIN + 3);
+        assert!(OFFERED.with_borrow(Option::is_none));
+    }
+
+    #[test]
+    fn a_failed_encoding_leaves_no_splice_behind() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::from(vec![1, 2]);
+        frame.append(&(big.clone(), Fails)).expect_err("fails");
+        assert_eq!(frame.contiguous(), Some(&[1, 2][..]));
+        frame.append(&big).expect("encodes");
+        assert_eq!(frame.spliced.len(), 1);
+        assert_eq!(
+            frame.spliced[0].0,
+            2 + 3,
+            "after the two bytes and the length varint"
+        );
+    }
+
+    #[test]
+    fn a_panic_while_encoding_leaves_the_thread_as_it_was() {
+        struct Panics;
+        impl Serialize for Panics {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                panic!("a Serialize that panics")
+            }
+        }
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            frame.append(&(big.clone(), Panics))
+        }));
+        assert!(panicked.is_err());
+        assert!(SPLICES.with_borrow(Option::is_none));
+        assert!(OFFERED.with_borrow(Option::is_none));
+    }
+}
