@@ -247,17 +247,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes what is batched, then `frame`, in as few writes as the transport allows: one
     /// vectored write for all of it, unless the transport takes less at a time.
     async fn write_after_batch(&mut self, frame: &Frame) -> std::io::Result<()> {
-        let mut slices = Vec::with_capacity(2);
-        slices.push(IoSlice::new(&self.batch));
-        frame.push_slices(&mut slices);
-        let mut unwritten = &mut slices[..];
-        IoSlice::advance_slices(&mut unwritten, 0);
-        while !unwritten.is_empty() {
-            let written = self.io.write_vectored(unwritten).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+        match frame.contiguous() {
+            Some(bytes) => {
+                let mut slices = [IoSlice::new(&self.batch), IoSlice::new(bytes)];
+                write_all_vectored(&mut self.io, &mut slices).await?;
             }
-            IoSlice::advance_slices(&mut unwritten, written);
+            None => {
+                let mut slices = vec![IoSlice::new(&self.batch)];
+                frame.push_slices(&mut slices);
+                write_all_vectored(&mut self.io, &mut slices).await?;
+            }
         }
         self.batch.clear();
         Ok(())
@@ -270,6 +269,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         Ok(())
     }
+}
+
+/// Writes all of `slices`, however little the transport takes at a time.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = io.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }
 
 /// Sends every frame that arrives on `queue` until all its senders are gone, then shuts the
