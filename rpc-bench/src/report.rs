@@ -247,15 +247,20 @@ pub fn write(results: &Results, table: &str) -> std::io::Result<()> {
          ## Goals not met in this run\n\n{}\n\
          ## How it was measured\n\n\
          - Servers run on a runtime with one worker thread, clients on another, as two processes \
-           would: no system can run both ends of a call on one thread.\n\
+           would: no system can run both ends of a call on one thread. Each client's calls run \
+           as tasks on its runtime's worker, not on the benchmark's main thread.\n\
+         - The byte-buffer echo sends one buffer again and again, as a clone of each system's \
+           byte type (a shared handle for `Bytes` and `Payload`); the `Vec<u8>` echo copies its \
+           vector for every call, as a caller of a `Vec<u8>` method must.\n\
          - Ratios above 1 are better for throughput, below 1 for latency.\n\
          - Allocations and idle memory count client and server together, both being in the \
            benchmark's process; the raw floor allocates per call too (its encode buffers).\n\
          - On this shared two-core machine, figures vary from run to run, the raw floor's \
            latency most of all; compare systems within one run.\n\n\
          ## What profiling found, and what was done\n\n\
-         `cargo run --release -p rpc-bench -- --profile` (or `--profile bulk`) runs one \
-         workload for 5 s, for `perf record -e cpu-clock -g`.\n\n\
+         `cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM]` runs one workload \
+         (`latency`, `32`, `256`, `bulk` or `bulk-vec`) of one system (`rpc-core`, `tarpc` or \
+         `raw`) for 5 s, for `perf record -e cpu-clock -g` or `perf stat`.\n\n\
          - Every call spawned a task on the server. Handlers that finish on their first poll \
            (most do) are now answered inline: no task, no timer, no cancellation entry.\n\
          - Writes carried one frame each: the runtime runs a woken task next, so the writer \
@@ -266,15 +271,31 @@ pub fn write(results: &Results, table: &str) -> std::io::Result<()> {
          - Large frames got freshly mapped buffers, page-faulted in, for every frame. The \
            reader now reuses the allocation while the connection is busy and gives it up after \
            a quiet second.\n\
-         - `Vec<u8>` is written a byte at a time by serde, through a postcard flavor that was \
-           not inlined; it is now (twice the `Vec<u8>` echo).\n\
+         - `Vec<u8>` went through serde a byte at a time. A `Vec<u8>` argument or result is now \
+           encoded and decoded as one byte string (the same bytes on the wire): about 3.5 times \
+           the `Vec<u8>` echo.\n\
          - Each side copied every byte payload out of its frame. `rpc_core::Payload`, the byte \
-           type of rpc-core's byte-buffer row, is received as a slice of its frame.\n\n\
-         What remains, from the profiles: at 32 callers, fewer frames are there to share a \
-         write; `Vec<u8>` is encoded and decoded a byte at a time by serde (use `Payload` for \
-         large binary data); payloads are still copied into frame buffers on the way out \
-         (vectored writes would avoid it); a call crosses four tasks (caller, writer, the \
-         peer's reader, and back) where the raw floor crosses none.\n",
+           type of rpc-core's byte-buffer row, is received as a slice of its frame.\n\
+         - Payloads were copied into their frames on the way out. A `Payload` of 16 KiB or \
+           more is now spliced into its frame by reference and sent with a vectored write (about a tenth more \
+           throughput).\n\
+         - The read buffer grew by doubling while a large frame arrived, copying what had \
+           arrived at each step. Room for a frame is now made at once up to the size of the \
+           largest frame the peer has already sent in full (a claim beyond it still grows with \
+           the bytes that arrive): about 1.5 times the `Payload` echo.\n\
+         - Every call armed a deadline timer around taking a connection and a slot, both \
+           nearly always free at once; now only a call that has to wait arms it (a sixth more \
+           throughput at 256 callers).\n\n\
+         What remains, from the profiles: at 32 callers the machine is half idle. The calls \
+         travel in one or two batches that the two ends take turns on, so each round trip \
+         pays two thread wakeups (sending wakes the sleeping peer; in this virtual machine \
+         that is a fifth of all CPU time) and throughput is 32 calls per round trip. \
+         Experiments that did not help: writing the first frame at once instead of waiting a \
+         scheduler turn (one frame per write, 2.5 times slower), yielding by waking itself \
+         instead of `yield_now` (15% slower at 32 callers, though faster at 256), capping a \
+         write at 16 frames to keep two batches in flight (10% faster at 32 callers on \
+         average but erratic, 15% slower at 256). tarpc keeps both cores busy by making a \
+         system call per frame, which is why it is slower everywhere else.\n",
         machine(),
         unmet(results),
     );
