@@ -285,17 +285,21 @@ pub fn write(results: &Results, table: &str) -> std::io::Result<()> {
            the bytes that arrive): about 1.5 times the `Payload` echo.\n\
          - Every call armed a deadline timer around taking a connection and a slot, both \
            nearly always free at once; now only a call that has to wait arms it (a sixth more \
-           throughput at 256 callers).\n\n\
-         What remains, from the profiles: at 32 callers the machine is half idle. The calls \
-         travel in one or two batches that the two ends take turns on, so each round trip \
-         pays two thread wakeups (sending wakes the sleeping peer; in this virtual machine \
-         that is a fifth of all CPU time) and throughput is 32 calls per round trip. \
-         Experiments that did not help: writing the first frame at once instead of waiting a \
-         scheduler turn (one frame per write, 2.5 times slower), yielding by waking itself \
-         instead of `yield_now` (15% slower at 32 callers, though faster at 256), capping a \
-         write at 16 frames to keep two batches in flight (10% faster at 32 callers on \
-         average but erratic, 15% slower at 256). tarpc keeps both cores busy by making a \
-         system call per frame, which is why it is slower everywhere else.\n",
+           throughput at 256 callers).\n\
+         - At 32 callers the machine was half idle: the calls travelled as one batch that the \
+           two ends took turns on, each asleep while the other worked, paying two thread \
+           wakeups per round trip (in this virtual machine, sending to a sleeping peer is a \
+           fifth of all CPU time). A gathered batch is now written in two halves; the first \
+           wakes the peer while the second is written, the halves travel apart and both ends \
+           work at once (about 380k to 500k calls/s). Experiments that did worse: writing the \
+           first frame at once instead of waiting a scheduler turn (one frame per write, 2.5 \
+           times slower), and yielding by waking itself instead of `yield_now` (15% slower at \
+           32 callers).\n\n\
+         What remains, from the profiles: the second write per batch costs a system call, \
+         which shows where the machine is already busy (100 connections). tarpc keeps both \
+         cores busy by making a system call per frame, which is why it is slower everywhere; \
+         the raw floor crosses no task, where an rpc-core call crosses four (caller, writer, \
+         the peer's reader, and back).\n",
         machine(),
         unmet(results),
     );
