@@ -1,8 +1,7 @@
 //! Reading and writing length-prefixed frames.
 
-use std::time::Duration;
-
 use std::io::IoSlice;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -146,7 +145,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
-            self.last_read = Instant::now();
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -156,6 +154,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     ))
                 };
             }
+            self.last_read = Instant::now();
         }
     }
 }
