@@ -33,7 +33,11 @@ async fn an_oversized_length_closes_only_that_connection() {
     let mut after_hello = RawClient::handshake(addr).await;
     after_hello.send(&(1u32 << 30).to_be_bytes()).await;
     after_hello.send(&[0; 64]).await;
-    within("closing", after_hello.expect_closed()).await;
+    within(
+        "closing",
+        after_hello.expect_refused("over the limit of 1024 bytes"),
+    )
+    .await;
 
     assert_eq!(bystander.add(2, 2).await.expect("bystander's call"), 4);
     still_serves(addr).await;
@@ -48,7 +52,7 @@ async fn garbage_bytes_close_only_that_connection() {
 
     let mut raw = RawClient::handshake(addr).await;
     raw.send(&frame(&[0x7f, 0xff, 0xff])).await;
-    within("closing", raw.expect_closed()).await;
+    within("closing", raw.expect_refused("undecodable frame")).await;
     still_serves(addr).await;
 }
 
@@ -59,7 +63,7 @@ async fn a_truncated_frame_closes_only_that_connection() {
     let whole = request(1, "add", &ADD_2_3);
     raw.send(&whole[..whole.len() - 2]).await;
     raw.stream.shutdown().await.expect("half-closes");
-    within("closing", raw.expect_closed()).await;
+    within("closing", raw.expect_refused("in the middle of a frame")).await;
     still_serves(addr).await;
 }
 
@@ -68,7 +72,11 @@ async fn a_client_sending_a_response_frame_is_disconnected() {
     let addr = start_tcp().await;
     let mut raw = RawClient::handshake(addr).await;
     raw.send(&frame(&[0x02, 0x01, 0x00, 0x0a])).await;
-    within("closing", raw.expect_closed()).await;
+    within(
+        "closing",
+        raw.expect_refused("a response frame, which only servers send"),
+    )
+    .await;
     still_serves(addr).await;
 }
 

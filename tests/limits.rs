@@ -73,29 +73,113 @@ async fn read_answer(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {
     payload
 }
 
+/// The args of `wait(gate)`.
+fn gate(name: &str) -> Vec<u8> {
+    string(name)
+}
+
+/// At the limit, the connection idle the longest gives way to a newcomer, and is told why: the
+/// go-away is the server's own word that it was full. A connection with a call running is not
+/// asked.
 #[tokio::test]
-async fn past_max_connections_new_clients_wait_until_one_leaves() {
-    let addr = start_tcp_with(Server::builder().max_connections(2), LabImpl::default()).await;
-    let first = LabClient::connect(addr).await.expect("first");
-    let second = LabClient::connect(addr).await.expect("second");
-    assert_eq!(first.add(1, 1).await.expect("first serves"), 2);
-    assert_eq!(second.add(2, 2).await.expect("second serves"), 4);
+async fn at_the_connection_limit_an_idle_connection_gives_way() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder().max_connections(2), lab).await;
+    let mut busy = RawClient::handshake(addr).await;
+    busy.send(&request(1, "wait", &gate("busy"))).await;
+    assert_eq!(probe.next_event().await, "waiting busy");
+    let mut idle = RawClient::handshake(addr).await;
 
-    let refused = LabClient::builder()
-        .connect_timeout(Duration::from_millis(200))
-        .connect(addr)
-        .await;
-    assert!(
-        matches!(refused, Err(RpcError::ConnectTimeout(_))),
-        "a third connection is not served: {refused:?}"
-    );
-
-    drop(first);
-    let third = within("a connection once a slot is free", LabClient::connect(addr))
+    let newcomer = within("a newcomer at the limit", LabClient::connect(addr))
         .await
-        .expect("connects once the first has left");
-    assert_eq!(third.add(3, 3).await.expect("third serves"), 6);
-    assert_eq!(second.add(4, 4).await.expect("second still serves"), 8);
+        .expect("admitted");
+    let before = within(
+        "the idle one to be told",
+        idle.expect_go_away(2, "connection limit"),
+    )
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    within("the idle one to close", idle.expect_closed()).await;
+
+    assert_eq!(newcomer.add(1, 2).await.expect("the newcomer is served"), 3);
+    newcomer.open("busy".into()).await.expect("opens the gate");
+    let answer = within("the busy call's answer", busy.read_frame())
+        .await
+        .expect("answered, not sent away");
+    assert_eq!(answer[..3], [0x02, 0x01, 0x00], "the busy call succeeded");
+}
+
+/// When every connection has a call running, a newcomer waits; the first connection whose
+/// calls are done then gives way to it.
+#[tokio::test]
+async fn when_every_connection_is_busy_a_newcomer_waits_for_one_to_be_done() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder().max_connections(2), lab).await;
+    let mut first = RawClient::handshake(addr).await;
+    first.send(&request(1, "wait", &gate("first"))).await;
+    assert_eq!(probe.next_event().await, "waiting first");
+    let mut second = RawClient::handshake(addr).await;
+    second.send(&request(1, "wait", &gate("second"))).await;
+    assert_eq!(probe.next_event().await, "waiting second");
+
+    let newcomer = tokio::spawn(LabClient::connect(addr));
+    probe.open("first");
+    // The first connection is answered, and only then, its calls done, asked to make room:
+    // the newcomer was waiting for it.
+    let before = within(
+        "the first to be told",
+        first.expect_go_away(2, "connection limit"),
+    )
+    .await;
+    assert_eq!(before.len(), 1, "the answer, then the go-away: {before:?}");
+    assert_eq!(before[0][..3], [0x02, 0x01, 0x00]);
+    let newcomer = within("the newcomer", newcomer)
+        .await
+        .expect("joins")
+        .expect("admitted once the first made room");
+    assert_eq!(newcomer.add(2, 2).await.expect("served"), 4);
+
+    probe.open("second");
+    let answer = within("the second's answer", second.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer[..3],
+        [0x02, 0x01, 0x00],
+        "never asked to leave while busy"
+    );
+}
+
+/// Peers that complete the handshake, announce that they never ping, and then say nothing
+/// cannot hold a server's every slot: a real client is still admitted.
+#[tokio::test]
+async fn silent_peers_cannot_lock_a_client_out() {
+    let addr = start_tcp_with(Server::builder().max_connections(10), LabImpl::default()).await;
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(RawClient::handshake(addr).await);
+    }
+    let client = within("a real client", LabClient::connect(addr))
+        .await
+        .expect("admitted");
+    assert_eq!(client.add(1, 1).await.expect("served"), 2);
+}
+
+/// Whatever ping interval it announced, a peer that says nothing after its hello is closed once
+/// the idle timeout passes, and the idle timeout is on unless disabled.
+#[tokio::test]
+async fn a_silent_peer_is_closed_at_the_idle_timeout() {
+    let addr = start_tcp_with(
+        Server::builder().idle_timeout(Duration::from_millis(100)),
+        LabImpl::default(),
+    )
+    .await;
+    let mut silent = RawClient::handshake(addr).await; // announces ping interval 0
+    let before = within("the go-away", silent.expect_go_away(1, "idle")).await;
+    assert!(before.is_empty(), "{before:?}");
+    within("closing", silent.expect_closed()).await;
 }
 
 #[tokio::test]
@@ -111,8 +195,8 @@ async fn an_idle_connection_is_told_and_closed() {
         .await
         .expect("answered");
     assert_eq!(answer, [0x02, 0x01, 0x00, 0x04]);
-    let go_away = within("going away", raw.read_frame()).await;
-    assert_eq!(go_away.as_deref(), Some(&[0x05][..]), "a go-away frame");
+    let before = within("going away", raw.expect_go_away(1, "idle")).await;
+    assert!(before.is_empty(), "nothing but the go-away: {before:?}");
     within("closing", raw.expect_closed()).await;
 }
 

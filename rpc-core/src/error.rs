@@ -48,6 +48,13 @@ pub enum RpcError {
     #[error("the connection closed")]
     ConnectionClosed,
 
+    /// The server closed the connection and said why: this side broke the protocol.
+    #[error("the server closed the connection: {reason}")]
+    ClosedByServer {
+        /// What the server said.
+        reason: String,
+    },
+
     /// The connection was lost while the call was in flight: the server may or may not have
     /// run it. Methods marked `#[rpc(idempotent)]` are made again instead, where they can be.
     #[error(
@@ -155,6 +162,16 @@ pub enum RpcError {
     SignatureMismatch {
         /// The method called.
         method: String,
+    },
+
+    /// The call is over one of the server's per-call limits (such as the size of its
+    /// metadata); it did not run, and the connection stays up.
+    #[error("the server refused `{method}`: {message}")]
+    LimitExceeded {
+        /// The method called.
+        method: String,
+        /// Which limit, as the server reported it.
+        message: String,
     },
 
     /// The server's handler panicked while running the call.

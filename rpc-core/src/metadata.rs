@@ -1,6 +1,7 @@
 //! Metadata: string keys with byte values that travel with a call, such as an auth token or a
 //! trace id.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{SeqAccess, Visitor};
@@ -97,7 +98,8 @@ impl Serialize for Metadata {
     }
 }
 
-/// Read entry by entry: the count a peer claims sizes no allocation.
+/// Read entry by entry: the count a peer claims sizes no allocation. A key that comes again
+/// replaces the earlier value, found through an index, so decoding is linear in the entries.
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct EntriesVisitor;
@@ -109,14 +111,119 @@ impl<'de> Deserialize<'de> for Metadata {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Metadata, A::Error> {
-                let mut metadata = Metadata::new();
+                let mut decoded = Decoded::default();
                 while let Some((key, value)) = seq.next_element::<(&'de str, &'de [u8])>()? {
-                    metadata.insert(key, value);
+                    decoded.push(key, value);
                 }
-                Ok(metadata)
+                Ok(decoded.metadata)
             }
         }
         deserializer.deserialize_seq(EntriesVisitor)
+    }
+}
+
+/// How much metadata one call may carry: a server refuses a call over either limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetadataLimits {
+    /// The most bytes of keys and values together.
+    pub(crate) max_len: usize,
+    /// The most entries.
+    pub(crate) max_entries: usize,
+}
+
+impl MetadataLimits {
+    /// 16 KiB in at most 64 entries: room for auth tokens and trace context, not for a payload.
+    pub(crate) const DEFAULT: MetadataLimits = MetadataLimits {
+        max_len: 16 * 1024,
+        max_entries: 64,
+    };
+}
+
+/// Why a request's metadata was not taken.
+#[derive(Debug)]
+pub(crate) enum MetadataError {
+    /// The bytes are not metadata: the peer broke the protocol.
+    Malformed(postcard::Error),
+    /// The metadata is well formed but over a limit; the sentence names it.
+    OverLimit(String),
+}
+
+impl Metadata {
+    /// Decodes the metadata at the start of `bytes` within `limits`, returning it and the bytes
+    /// after it. Stops at the first entry over a limit, so the work is linear in the bytes
+    /// read and bounded by the limits, whatever the peer claims.
+    pub(crate) fn decode_prefix(
+        bytes: &[u8],
+        limits: MetadataLimits,
+    ) -> Result<(Metadata, &[u8]), MetadataError> {
+        let (count, mut rest) =
+            postcard::take_from_bytes::<u64>(bytes).map_err(MetadataError::Malformed)?;
+        if count > limits.max_entries as u64 {
+            return Err(MetadataError::OverLimit(format!(
+                "the call's metadata has {count} entries, over the server's limit of {}",
+                limits.max_entries
+            )));
+        }
+        let mut decoded = Decoded::default();
+        let mut len = 0usize;
+        for _ in 0..count {
+            let ((key, value), after) = postcard::take_from_bytes::<(&str, &[u8])>(rest)
+                .map_err(MetadataError::Malformed)?;
+            rest = after;
+            len += key.len() + value.len();
+            if len > limits.max_len {
+                return Err(MetadataError::OverLimit(format!(
+                    "the call's metadata is over the server's limit of {} bytes",
+                    limits.max_len
+                )));
+            }
+            decoded.push(key, value);
+        }
+        Ok((decoded.metadata, rest))
+    }
+}
+
+/// Metadata being decoded: entries in the order first seen, a later value of the same key
+/// replacing the earlier one. Few entries are compared directly; more go through an index.
+#[derive(Default)]
+struct Decoded<'a> {
+    metadata: Metadata,
+    /// The keys of `metadata`'s entries, borrowed from the bytes being decoded.
+    keys: Vec<&'a str>,
+    index: Option<HashMap<&'a str, usize>>,
+}
+
+impl<'a> Decoded<'a> {
+    /// Past this many entries, keys are found through a hash index.
+    const SCAN_UP_TO: usize = 8;
+
+    fn push(&mut self, key: &'a str, value: &[u8]) {
+        let found = match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.keys.iter().position(|k| *k == key),
+        };
+        let entries = &mut self.metadata.entries;
+        if let Some(at) = found {
+            entries[at].1 = value.to_vec();
+            return;
+        }
+        entries.push((key.to_owned(), value.to_vec()));
+        self.keys.push(key);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(key, self.keys.len() - 1);
+            }
+            None if self.keys.len() > Self::SCAN_UP_TO => {
+                let index = self
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(at, k)| (*k, at))
+                    .collect();
+                self.index = Some(index);
+            }
+            None => {}
+        }
     }
 }
 
@@ -133,6 +240,81 @@ mod tests {
         let entries: Vec<_> = metadata.iter().collect();
         assert_eq!(entries, [("a", &b"2"[..]), ("b", &[0xff][..])]);
         assert_eq!(metadata.get_str("b"), None, "not UTF-8");
+    }
+
+    fn limits(max_len: usize, max_entries: usize) -> MetadataLimits {
+        MetadataLimits {
+            max_len,
+            max_entries,
+        }
+    }
+
+    #[test]
+    fn decode_prefix_returns_what_follows() {
+        let bytes = [1, 1, b'k', 2, 1, 2, 0xaa, 0xbb];
+        let (metadata, rest) =
+            Metadata::decode_prefix(&bytes, MetadataLimits::DEFAULT).expect("decodes");
+        assert_eq!(metadata.get("k"), Some(&[1, 2][..]));
+        assert_eq!(rest, [0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_place_and_takes_the_last_value() {
+        let mut metadata = Metadata::new();
+        for i in 0..20u8 {
+            metadata.insert(format!("k{i}"), [i]);
+        }
+        let mut bytes = postcard::to_stdvec(&metadata).expect("encodes");
+        // Twenty more entries repeating the first twenty keys with new values.
+        bytes[0] = 40;
+        for i in 0..20u8 {
+            let entry = (format!("k{i}"), vec![i + 100]);
+            bytes.extend(postcard::to_stdvec(&entry).expect("encodes"));
+        }
+        for decoded in [
+            Metadata::decode_prefix(&bytes, limits(1024, 64))
+                .expect("decodes")
+                .0,
+            postcard::from_bytes::<Metadata>(&bytes).expect("decodes"),
+        ] {
+            assert_eq!(decoded.len(), 20);
+            for (i, (key, value)) in decoded.iter().enumerate() {
+                assert_eq!(key, format!("k{i}"));
+                assert_eq!(value, [i as u8 + 100]);
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_over_a_limit_is_refused_naming_it() {
+        let mut metadata = Metadata::new();
+        metadata.insert("a", [0; 10]);
+        metadata.insert("b", [0; 10]);
+        let bytes = postcard::to_stdvec(&metadata).expect("encodes");
+        match Metadata::decode_prefix(&bytes, limits(1024, 1)) {
+            Err(MetadataError::OverLimit(why)) => assert!(why.contains("limit of 1"), "{why}"),
+            other => panic!("expected OverLimit, got {other:?}"),
+        }
+        match Metadata::decode_prefix(&bytes, limits(15, 64)) {
+            Err(MetadataError::OverLimit(why)) => assert!(why.contains("15 bytes"), "{why}"),
+            other => panic!("expected OverLimit, got {other:?}"),
+        }
+        // Exactly at both limits: taken.
+        assert!(Metadata::decode_prefix(&bytes, limits(22, 2)).is_ok());
+    }
+
+    #[test]
+    fn a_claimed_count_is_checked_before_any_entry_is_read() {
+        // A count of a billion with no entries behind it.
+        let bytes = [0x80, 0x94, 0xeb, 0xdc, 0x03];
+        assert!(matches!(
+            Metadata::decode_prefix(&bytes, MetadataLimits::DEFAULT),
+            Err(MetadataError::OverLimit(_))
+        ));
+        assert!(matches!(
+            Metadata::decode_prefix(&bytes, limits(usize::MAX, usize::MAX)),
+            Err(MetadataError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -407,6 +407,42 @@ impl RawClient {
         Some(payload)
     }
 
+    /// Reads frames until a go-away, which must give `reason` (0 shutting down, 1 idle, 2 making
+    /// room, 3 protocol error) and a message containing `says`; returns the frames before it.
+    pub async fn expect_go_away(&mut self, reason: u8, says: &str) -> Vec<Vec<u8>> {
+        let mut before = Vec::new();
+        loop {
+            let frame = self
+                .read_frame()
+                .await
+                .unwrap_or_else(|| panic!("closed without a go-away; got {before:?} first"));
+            if frame.first() != Some(&0x05) {
+                before.push(frame);
+                continue;
+            }
+            assert_eq!(frame[1], reason, "the go-away's reason");
+            let message = String::from_utf8_lossy(&frame[3..]).into_owned();
+            assert_eq!(
+                frame[2] as usize,
+                frame.len() - 3,
+                "a one-byte length for {message}"
+            );
+            assert!(message.contains(says), "the go-away says {message:?}");
+            return before;
+        }
+    }
+
+    /// Waits for a go-away for a protocol error whose message contains `says`, then for the
+    /// server to close the connection.
+    pub async fn expect_refused(&mut self, says: &str) {
+        let before = self.expect_go_away(3, says).await;
+        assert!(
+            before.is_empty(),
+            "the server sent {before:?} before its go-away"
+        );
+        self.expect_closed().await;
+    }
+
     /// Waits until the server closes the connection, failing if it sends a frame instead.
     pub async fn expect_closed(&mut self) {
         let mut rest = Vec::new();

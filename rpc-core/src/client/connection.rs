@@ -1,6 +1,5 @@
 //! One live, multiplexed connection to a server: many calls in flight, answers in any order.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ClientConfig;
-use super::pending::{Pending, Reply};
+use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
-    self, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, code,
-    finish_frame, write_frames,
+    self, Claim, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, Queue,
+    code, finish_frame, go_away, write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
@@ -112,6 +111,7 @@ impl Connection {
             .await?;
         let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
         reader.set_silence_limit(server.silence_limit(config.keepalive));
+        writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let (outbox, queue) = Outbox::new();
         let pending = Arc::new(Pending::default());
@@ -180,7 +180,7 @@ impl Connection {
         };
         let answer = self
             .pending
-            .register(id, method.name)
+            .register(id, method.name, frame)
             .map_err(Failure::NotRun)?;
         let mut waiting = Waiting {
             connection: self,
@@ -191,8 +191,10 @@ impl Connection {
         // arrives before there is a place for it.
         let inbound = download.then(|| self.streams.open_inbound(id));
         let credit = upload.as_ref().map(|_| self.streams.open_outbound(id));
-        if !self.outbox.send(frame, None) {
+        let requests = Arc::clone(&self.pending) as Arc<dyn Claim>;
+        if !self.outbox.send_claim(requests, id) {
             waiting.armed = false;
+            self.pending.forget(id);
             return Err(Failure::NotRun(self.pending.close_reason()));
         }
         let upload = upload.zip(credit).map(|(items, credit)| {
@@ -239,14 +241,8 @@ impl Connection {
             }
             None => 0,
         };
-        let mut frame = Head::Request {
-            id,
-            method: spec.method.name,
-            timeout_ms,
-            metadata: Cow::Borrowed(spec.metadata),
-        }
-        .begin_frame()
-        .map_err(encode_failed)?;
+        let mut frame = protocol::begin_request(id, spec.method.name, timeout_ms, spec.metadata)
+            .map_err(encode_failed)?;
         frame.append(args).map_err(encode_failed)?;
         finish_frame(&mut frame, self.server.max_frame_len)?;
         Ok(frame)
@@ -306,12 +302,14 @@ impl Answered {
                 Err(remote_error(method, *code, message.clone(), self.deadline))
             }
             Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
+            Reply::NotSent(reason) => Err(Failure::NotRun(reason.clone())),
         }
     }
 }
 
-/// A call that was sent and waits for its answer. Dropped while still armed (the caller gave
-/// up, or the deadline passed), it tells the server to drop the handler.
+/// A call that was queued and waits for its answer. Dropped while still armed (the caller gave
+/// up, or the deadline passed), it takes its request back if it was not written yet, and
+/// otherwise tells the server to drop the handler.
 struct Waiting<'a> {
     connection: &'a Connection,
     id: u64,
@@ -320,7 +318,7 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if self.armed && self.connection.pending.forget(self.id) {
+        if self.armed && self.connection.pending.forget(self.id) == Forgotten::Sent {
             // The request is ahead of this in the outbox, so the server always sees it first.
             self.connection
                 .outbox
@@ -341,6 +339,7 @@ fn remote_error(method: &str, code: u32, message: String, deadline: Duration) ->
         code::HANDLER_PANICKED => Failure::Final(RpcError::HandlerPanicked { method, message }),
         code::DEADLINE_EXCEEDED => Failure::Final(RpcError::DeadlineExceeded { method, deadline }),
         code::NOT_RUN => Failure::NotRun(RpcError::ServerClosing { method }),
+        code::LIMIT_EXCEEDED => Failure::Final(RpcError::LimitExceeded { method, message }),
         _ => Failure::Final(RpcError::Server { method, message }),
     }
 }
@@ -361,7 +360,7 @@ impl Closer {
 
 async fn write_requests<W: AsyncWrite + Unpin>(
     writer: FrameWriter<W>,
-    queue: tokio::sync::mpsc::UnboundedReceiver<protocol::Outgoing>,
+    queue: Queue,
     heartbeat: Option<Duration>,
     closer: Closer,
 ) {
@@ -408,7 +407,15 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 }
             }
             Ok((Head::Ping, _)) => {}
-            Ok((Head::GoAway, _)) => pending.drain(),
+            Ok((Head::GoAway { reason, message }, _)) => {
+                pending.drain();
+                if reason == go_away::PROTOCOL_ERROR {
+                    // Every answer the server had ready came before this; the rest never will.
+                    closer.close(RpcError::ClosedByServer {
+                        reason: message.into_owned(),
+                    });
+                }
+            }
             Ok((head, _)) => {
                 break RpcError::Protocol(format!(
                     "the server sent a {} frame, which only clients send",

@@ -1,4 +1,8 @@
-//! The calls of one connection that wait for an answer.
+//! The calls of one connection that wait for an answer, with the requests not yet written.
+//!
+//! A request waits here, not in the connection's queue: the queue holds only a claim on it.
+//! A call abandoned before the writer reached it takes its request back, so it leaves no bytes
+//! behind, and the server never hears of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::RpcError;
+use crate::protocol::{Claim, Frame};
 
 /// What the connection's reader hands a waiting call.
 #[derive(Debug)]
@@ -18,6 +23,19 @@ pub(crate) enum Reply {
     Err { code: u32, message: String },
     /// The connection ended before an answer came.
     Failed(RpcError),
+    /// The connection ended before the request was written: the call did not run.
+    NotSent(RpcError),
+}
+
+/// What [`Pending::forget`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forgotten {
+    /// The call was no longer waiting: answered, or the connection closed.
+    NotWaiting,
+    /// The request was still waiting for the writer: it was taken back and never sent.
+    Unsent,
+    /// The request was written: the server may be running it.
+    Sent,
 }
 
 /// The waiting calls of one connection, by request id. Once closed, it accepts no new call and
@@ -35,10 +53,17 @@ pub(crate) struct Pending {
 
 #[derive(Debug, Default)]
 struct State {
-    calls: HashMap<u64, oneshot::Sender<Reply>>,
+    calls: HashMap<u64, Waiter>,
     closed: Option<RpcError>,
     /// The server said it takes no new calls.
     draining: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    /// The request, until the writer claims it.
+    unsent: Option<Frame>,
 }
 
 impl Pending {
@@ -47,12 +72,13 @@ impl Pending {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a call to `method` about to be sent, or says why the connection takes no more
-    /// calls.
+    /// Registers a call to `method` whose request is `request`, to be claimed by the writer, or
+    /// says why the connection takes no more calls.
     pub(crate) fn register(
         &self,
         id: u64,
         method: &str,
+        request: Frame,
     ) -> Result<oneshot::Receiver<Reply>, RpcError> {
         let mut state = self.state();
         // The server said it takes no new calls: that says more than how the connection ended.
@@ -64,8 +90,12 @@ impl Pending {
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
         }
-        let (tx, rx) = oneshot::channel();
-        state.calls.insert(id, tx);
+        let (reply, rx) = oneshot::channel();
+        let waiter = Waiter {
+            reply,
+            unsent: Some(request),
+        };
+        state.calls.insert(id, waiter);
         Ok(rx)
     }
 
@@ -73,15 +103,21 @@ impl Pending {
     /// was dropped) is discarded.
     pub(crate) fn complete(&self, id: u64, reply: Reply) {
         let waiting = self.state().calls.remove(&id);
-        if let Some(tx) = waiting {
+        if let Some(waiter) = waiting {
             // The call may have been dropped since; then nobody needs the reply.
-            let _ = tx.send(reply);
+            let _ = waiter.reply.send(reply);
         }
     }
 
-    /// Forgets a call that stopped waiting. `true` if it was still waiting for its answer.
-    pub(crate) fn forget(&self, id: u64) -> bool {
-        self.state().calls.remove(&id).is_some()
+    /// Forgets a call that stopped waiting, taking its request back if it was not written yet.
+    pub(crate) fn forget(&self, id: u64) -> Forgotten {
+        match self.state().calls.remove(&id) {
+            None => Forgotten::NotWaiting,
+            Some(Waiter {
+                unsent: Some(_), ..
+            }) => Forgotten::Unsent,
+            Some(Waiter { unsent: None, .. }) => Forgotten::Sent,
+        }
     }
 
     /// Whether the server said it takes no new calls.
@@ -107,8 +143,12 @@ impl Pending {
             self.is_closed.store(true, Ordering::Release);
             std::mem::take(&mut state.calls)
         };
-        for (_, tx) in calls {
-            let _ = tx.send(Reply::Failed(reason.clone()));
+        for (_, waiter) in calls {
+            let reply = match waiter.unsent {
+                Some(_) => Reply::NotSent(reason.clone()),
+                None => Reply::Failed(reason.clone()),
+            };
+            let _ = waiter.reply.send(reply);
         }
         self.closed.send_replace(true);
     }
@@ -134,21 +174,40 @@ impl Pending {
     }
 }
 
+impl Claim for Pending {
+    fn claim(&self, id: u64) -> Option<Frame> {
+        self.state().calls.get_mut(&id)?.unsent.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn request() -> Frame {
+        Frame::from(vec![0u8; 8])
+    }
+
     #[tokio::test]
     async fn close_fails_waiting_and_later_calls() {
         let pending = Pending::default();
-        let waiting = pending.register(1, "f").expect("open");
+        let sent = pending.register(1, "f", request()).expect("open");
+        let unsent = pending.register(3, "f", request()).expect("open");
+        assert!(
+            pending.claim(1).is_some(),
+            "the writer took call 1's request"
+        );
         pending.close(RpcError::ConnectionClosed);
         assert!(matches!(
-            waiting.await,
+            sent.await,
             Ok(Reply::Failed(RpcError::ConnectionClosed))
         ));
+        assert!(
+            matches!(unsent.await, Ok(Reply::NotSent(RpcError::ConnectionClosed))),
+            "a request never written did not run"
+        );
         assert!(matches!(
-            pending.register(2, "f"),
+            pending.register(2, "f", request()),
             Err(RpcError::ConnectionClosed)
         ));
     }
@@ -156,8 +215,8 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_their_own_call() {
         let pending = Pending::default();
-        let one = pending.register(1, "f").expect("open");
-        let two = pending.register(2, "f").expect("open");
+        let one = pending.register(1, "f", request()).expect("open");
+        let two = pending.register(2, "f", request()).expect("open");
         pending.complete(2, Reply::Ok(Bytes::from_static(b"2")));
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
         pending.complete(3, Reply::Ok(Bytes::new()));
@@ -168,14 +227,29 @@ mod tests {
     #[tokio::test]
     async fn draining_refuses_new_calls_and_answers_old_ones() {
         let pending = Pending::default();
-        let old = pending.register(1, "f").expect("open");
+        let old = pending.register(1, "f", request()).expect("open");
         pending.drain();
         assert!(matches!(
-            pending.register(2, "g"),
+            pending.register(2, "g", request()),
             Err(RpcError::ServerClosing { method }) if method == "g"
         ));
         pending.complete(1, Reply::Ok(Bytes::new()));
         assert!(matches!(old.await, Ok(Reply::Ok(_))));
-        assert!(!pending.forget(1), "answered calls are gone");
+        assert_eq!(
+            pending.forget(1),
+            Forgotten::NotWaiting,
+            "answered calls are gone"
+        );
+    }
+
+    #[test]
+    fn a_call_forgotten_before_its_turn_takes_its_request_back() {
+        let pending = Pending::default();
+        pending.register(1, "f", request()).expect("open");
+        pending.register(2, "f", request()).expect("open");
+        assert!(pending.claim(2).is_some());
+        assert_eq!(pending.forget(1), Forgotten::Unsent);
+        assert!(pending.claim(1).is_none(), "nothing left for the writer");
+        assert_eq!(pending.forget(2), Forgotten::Sent);
     }
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
+use super::outbox::{Item, Outgoing, Queue};
+use super::stall::StallGuard;
 use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
 
@@ -104,6 +105,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.last_read
     }
 
+    /// Reads and drops whatever the peer still sends, until it closes its direction or the
+    /// stream fails. For a connection being closed: closing a socket with unread bytes resets
+    /// it, and a reset can destroy what the peer has not read yet.
+    pub(crate) async fn discard_until_end(&mut self) {
+        self.buf = BytesMut::new();
+        let mut sink = [0; MIN_READ];
+        while let Ok(1..) = self.io.read(&mut sink).await {}
+    }
+
     /// Changes the largest payload accepted from here on.
     pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
         self.max_frame_len = max_frame_len;
@@ -159,52 +169,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// A frame waiting for the writer, with the slot it holds (a share of a connection's budget)
-/// until it is written.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    frame: Frame,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-/// The queue every task of a connection sends its frames through. Frames leave in the order
-/// queued, so a cancellation never overtakes its request. The queue itself is unbounded; what
-/// bounds it is the slots: requests and responses hold one until written.
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox(mpsc::UnboundedSender<Outgoing>);
-
-impl Outbox {
-    pub(crate) fn new() -> (Outbox, mpsc::UnboundedReceiver<Outgoing>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Outbox(tx), rx)
-    }
-
-    /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
-    /// writer is gone, and with it the connection.
-    pub(crate) fn send(&self, frame: impl Into<Frame>, slot: Option<OwnedSemaphorePermit>) -> bool {
-        let frame = frame.into();
-        self.0.send(Outgoing { frame, _slot: slot }).is_ok()
-    }
-
-    /// Queues a frame that is only a head (cancel, go-away).
-    pub(crate) fn send_head(&self, head: &Head<'_>) -> bool {
-        self.send(head.frame(), None)
-    }
-}
-
 /// Writes whole frames that are already encoded, length prefix included.
 #[derive(Debug)]
 pub(crate) struct FrameWriter<W> {
-    io: W,
+    io: StallGuard<W>,
     batch: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(io: W) -> Self {
         FrameWriter {
-            io,
+            io: StallGuard::new(io, None),
             batch: Vec::new(),
         }
+    }
+
+    /// Fails a write that makes no progress for `limit`: the peer stopped reading.
+    pub(crate) fn set_stall_limit(&mut self, limit: Option<Duration>) {
+        self.io.set_limit(limit);
     }
 
     /// Writes one frame and flushes it.
@@ -215,24 +197,38 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes `first` and every frame already queued behind it, gathering small frames into
     /// few large writes, then flushes. A frame's slot is released once its bytes are written or
-    /// copied into the batch, which is itself bounded.
+    /// copied into the batch, which is itself bounded. Returns `true` if the connection's last
+    /// frame was among them: it was written, and nothing after it.
     ///
     /// The frames queued at the start go out in two writes, half in each. A batch written
     /// whole comes back whole: its calls travel together, and the two ends take turns, each
     /// asleep while the other works. The first half wakes the peer while the second is still
     /// being written, so the halves travel apart and both ends work at once (about a quarter
     /// more calls per second with 32 callers on one connection).
-    async fn send_queued(
-        &mut self,
-        first: Outgoing,
-        queue: &mut mpsc::UnboundedReceiver<Outgoing>,
-    ) -> std::io::Result<()> {
+    async fn send_queued(&mut self, first: Outgoing, queue: &mut Queue) -> std::io::Result<bool> {
         let mut next = Some(first);
         // Half of `first` and the frames behind it, rounded down: half of the others, rounded up.
-        let mut first_half_left = queue.len().div_ceil(2);
+        let mut first_half_left = queue.rx.len().div_ceil(2);
+        let mut last = false;
         while let Some(outgoing) = next.take() {
-            next = queue.try_recv().ok();
-            let frame = &outgoing.frame;
+            // Out of the queue: the bytes are the writer's now, one frame or batch at a time.
+            queue.meter.release(outgoing.queued_len());
+            let frame = match outgoing.item {
+                Item::Frame(frame) => frame,
+                Item::Last(frame) => {
+                    last = true;
+                    frame
+                }
+                Item::Claim(source, key) => match source.claim(key) {
+                    Some(frame) => frame,
+                    // Taken back by a call that was abandoned before its turn.
+                    None => {
+                        next = queue.rx.try_recv().ok();
+                        continue;
+                    }
+                },
+            };
+            next = if last { None } else { queue.rx.try_recv().ok() };
             let lone = self.batch.is_empty() && next.is_none();
             match frame.contiguous() {
                 Some(bytes) if bytes.len() < COALESCE_BELOW && !lone => {
@@ -243,14 +239,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                         self.write_batch().await?;
                     }
                 }
-                _ => self.write_after_batch(frame).await?,
+                _ => self.write_after_batch(&frame).await?,
             }
         }
         self.write_batch().await?;
         if self.batch.capacity() > 2 * COALESCE_LIMIT {
             self.batch = Vec::new();
         }
-        self.io.flush().await
+        self.io.flush().await?;
+        Ok(last)
     }
 
     /// Writes what is batched, then `frame`, in as few writes as the transport allows: one
@@ -296,33 +293,35 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Sends every frame that arrives on `queue` until all its senders are gone, then shuts the
-/// write side down so the peer sees the end of the stream. After `heartbeat` without a frame to
-/// send, sends a ping, so that the peer knows this side is alive.
+/// Sends every frame that arrives on `queue` until all its senders are gone or the last frame
+/// is written, then shuts the write side down so the peer sees the end of the stream. After
+/// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
+/// alive.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    mut queue: Queue,
     heartbeat: Option<Duration>,
 ) -> std::io::Result<()> {
-    // One timer for the connection's life, ticking at half the interval: a tick with nothing
-    // written since the last sends a ping, so that this side is never silent for longer than
-    // the interval. (A timer armed per wait would cost a timer-wheel update per batch.)
-    let mut ticker = heartbeat.map(|interval| {
-        let half = (interval / 2).max(Duration::from_millis(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    });
-    let mut wrote_since_tick = false;
+    // One timer for the connection's life, re-armed only when it fires: then, if something was
+    // written since it was armed, it is set to the interval after that write; if not, the side
+    // has been silent for the whole interval and a ping goes out. (A timer reset at every write
+    // would cost a timer-wheel update per batch.)
+    let mut last_write = Instant::now();
+    let mut ping = heartbeat.map(|interval| (interval, Box::pin(tokio::time::sleep(interval))));
     loop {
-        let next = match &mut ticker {
-            None => queue.recv().await,
-            Some(ticker) => tokio::select! {
+        let next = match &mut ping {
+            None => queue.rx.recv().await,
+            Some((interval, timer)) => tokio::select! {
                 biased;
-                next = queue.recv() => next,
-                _ = ticker.tick() => {
-                    if !std::mem::take(&mut wrote_since_tick) {
+                next = queue.rx.recv() => next,
+                () = timer.as_mut() => {
+                    let due = last_write + *interval;
+                    if due <= Instant::now() {
                         writer.send(&Head::Ping.frame().into()).await?;
+                        last_write = Instant::now();
+                        timer.as_mut().reset(last_write + *interval);
+                    } else {
+                        timer.as_mut().reset(due);
                     }
                     continue;
                 }
@@ -331,21 +330,27 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         let Some(first) = next else {
             return writer.io.shutdown().await;
         };
-        if queue.is_empty() {
+        if queue.rx.is_empty() {
             // The task that queued this frame woke the writer, which the runtime then runs at
             // once, before the other tasks that are about to queue theirs. Letting them run
             // first gathers their frames into this write: one write for many frames costs far
             // less than one each, and a lone call loses only a turn of the scheduler.
             tokio::task::yield_now().await;
         }
-        writer.send_queued(first, &mut queue).await?;
-        wrote_since_tick = true;
+        let last = writer.send_queued(first, &mut queue).await?;
+        if ping.is_some() {
+            last_write = Instant::now();
+        }
+        if last {
+            return writer.io.shutdown().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Outbox;
 
     fn frame(payload: &[u8]) -> Vec<u8> {
         let mut out = (payload.len() as u32).to_be_bytes().to_vec();
@@ -443,6 +448,7 @@ mod write_tests {
 
     use super::*;
     use crate::Payload;
+    use crate::protocol::Outbox;
     use crate::protocol::{finish_frame, outgoing::SPLICE_MIN};
 
     /// A transport that takes at most `limit` bytes per write, gathered from as many slices as
@@ -639,23 +645,52 @@ mod room_tests {
 #[cfg(test)]
 mod keepalive_tests {
     use super::*;
+    use crate::protocol::Outbox;
+
+    /// Fails a test that would otherwise wait for ever: a guard, not a measure of speed
+    /// (under paused time, only virtual time passes).
+    async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(600), work)
+            .await
+            .expect("did not hang")
+    }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_writer_sends_pings() {
+    async fn a_silent_writer_pings_once_per_interval_of_silence() {
         let (tx, rx) = tokio::io::duplex(1024);
         let (outbox, queue) = Outbox::new();
-        let writer = tokio::spawn(write_frames(
-            FrameWriter::new(tx),
-            queue,
-            Some(Duration::from_secs(10)),
-        ));
+        let interval = Duration::from_millis(500);
+        let writer = tokio::spawn(write_frames(FrameWriter::new(tx), queue, Some(interval)));
         let mut reader = FrameReader::new(rx, 1024);
-        for _ in 0..3 {
-            let ping = reader.next_frame().await.expect("frame").expect("some");
+        let started = Instant::now();
+        for n in 1..=4u32 {
+            let ping = within(reader.next_frame())
+                .await
+                .expect("frame")
+                .expect("some");
             assert_eq!(ping[..], [0x04]);
+            assert_eq!(started.elapsed(), interval * n, "ping {n}");
         }
+        // A frame resets the silence: the next ping comes an interval after it.
+        tokio::time::sleep(interval / 5).await;
+        assert!(outbox.send(Head::Cancel { id: 1 }.frame(), None));
+        let cancel = within(reader.next_frame())
+            .await
+            .expect("frame")
+            .expect("some");
+        assert_eq!(cancel[..], [0x03, 0x01]);
+        let sent = Instant::now();
+        let ping = within(reader.next_frame())
+            .await
+            .expect("frame")
+            .expect("some");
+        assert_eq!(ping[..], [0x04]);
+        assert_eq!(sent.elapsed(), interval);
         drop(outbox);
-        writer.abort();
+        within(writer)
+            .await
+            .expect("joins")
+            .expect("closes cleanly");
     }
 
     #[tokio::test(start_paused = true)]
@@ -663,7 +698,42 @@ mod keepalive_tests {
         let (_tx, rx) = tokio::io::duplex(1024);
         let mut reader = FrameReader::new(rx, 1024);
         reader.set_silence_limit(Some(Duration::from_secs(30)));
-        let error = reader.next_frame().await.expect_err("silence");
+        let error = within(reader.next_frame()).await.expect_err("silence");
         assert!(matches!(error, RpcError::KeepaliveTimeout(limit) if limit.as_secs() == 30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_whose_peer_reads_nothing_fails_after_its_limit() {
+        let (tx, _rx) = tokio::io::duplex(64);
+        let (outbox, queue) = Outbox::new();
+        let mut writer = FrameWriter::new(tx);
+        writer.set_stall_limit(Some(Duration::from_secs(45)));
+        let writing = tokio::spawn(write_frames(writer, queue, None));
+        assert!(outbox.send(vec![0u8; 4096], None));
+        let error = within(writing).await.expect("joins").expect_err("stalled");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(outbox.meter().queued(), 0, "what was queued is freed");
+    }
+
+    #[tokio::test]
+    async fn the_last_frame_ends_the_writer_and_nothing_after_it_is_sent() {
+        let (tx, rx) = tokio::io::duplex(1024);
+        let (outbox, queue) = Outbox::new();
+        assert!(outbox.send(Head::Cancel { id: 1 }.frame(), None));
+        assert!(outbox.send_last(Head::Ping.frame()));
+        assert!(outbox.send(Head::Cancel { id: 2 }.frame(), None));
+        within(write_frames(FrameWriter::new(tx), queue, None))
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(rx, 1024);
+        assert_eq!(
+            within(reader.next_frame()).await.expect("frame"),
+            Some(Bytes::from_static(&[0x03, 0x01]))
+        );
+        assert_eq!(
+            within(reader.next_frame()).await.expect("frame"),
+            Some(Bytes::from_static(&[0x04]))
+        );
+        assert_eq!(within(reader.next_frame()).await.expect("the end"), None);
     }
 }

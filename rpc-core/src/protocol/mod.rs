@@ -8,19 +8,20 @@
 mod codec;
 mod frame;
 mod hello;
+mod outbox;
 mod outgoing;
+mod stall;
 
 pub use codec::CodecError;
 pub(crate) use codec::{append, decode_exact};
-pub(crate) use frame::{FrameReader, FrameWriter, Outbox, Outgoing, write_frames};
+pub(crate) use frame::{FrameReader, FrameWriter, write_frames};
 pub(crate) use hello::{Hello, PeerInfo};
+pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, offer};
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-
-use crate::Metadata;
 
 /// The byte length of the frame header (the payload length).
 pub(crate) const LENGTH_PREFIX: usize = 4;
@@ -54,7 +55,9 @@ pub(crate) enum Head<'a> {
     /// 0: the first frame each side sends.
     #[serde(borrow)]
     Hello(Hello<'a>),
-    /// 1: a call; the rest of the payload is the arguments.
+    /// 1: a call; the rest of the payload is the call's metadata
+    /// ([`Metadata`](crate::Metadata), decoded apart so that its limits are checked as it is
+    /// read), then the arguments.
     Request {
         /// Chosen by the client, unique among its calls in flight on the connection.
         id: u64,
@@ -62,8 +65,6 @@ pub(crate) enum Head<'a> {
         method: &'a str,
         /// How long the client waits, in milliseconds; 0 for no deadline.
         timeout_ms: u64,
-        /// What the client attached to the call.
-        metadata: Cow<'a, Metadata>,
     },
     /// 2: the answer to the request with the same id.
     Response {
@@ -80,8 +81,14 @@ pub(crate) enum Head<'a> {
     /// 4: a heartbeat, sent by either side after a while of sending nothing else.
     Ping,
     /// 5: the server takes no new calls on this connection and closes it once the calls it is
-    /// running are answered.
-    GoAway,
+    /// running are answered; `reason` is one of the [`go_away`] constants.
+    GoAway {
+        /// Why the server closes the connection.
+        reason: u32,
+        /// A sentence for people, at most [`MAX_ERROR_MESSAGE`] bytes.
+        #[serde(borrow)]
+        message: Cow<'a, str>,
+    },
     /// 6: one item of call `id`'s stream; the rest of the payload is the item.
     StreamItem {
         /// The call the stream belongs to.
@@ -136,6 +143,21 @@ pub(crate) mod code {
     pub(crate) const NOT_RUN: u32 = 7;
     /// A stream's sender ended it with an error.
     pub(crate) const STREAM_FAILED: u32 = 8;
+    /// The call is over one of the server's per-call limits (its metadata); it did not run.
+    pub(crate) const LIMIT_EXCEEDED: u32 = 9;
+}
+
+/// The reasons of [`Head::GoAway`].
+pub(crate) mod go_away {
+    /// The server is shutting down.
+    pub(crate) const SHUTTING_DOWN: u32 = 0;
+    /// The connection had no call for the server's idle timeout.
+    pub(crate) const IDLE: u32 = 1;
+    /// The server is at its connection limit, and this idle connection gives way to a new one.
+    pub(crate) const MAKING_ROOM: u32 = 2;
+    /// The client broke the protocol; the message says how. The server closes the connection
+    /// once the answers it had already queued are written.
+    pub(crate) const PROTOCOL_ERROR: u32 = 3;
 }
 
 /// Error messages sent to the peer are cut to this many bytes.
@@ -162,7 +184,7 @@ impl<'a> Head<'a> {
             Head::Response { .. } => "response",
             Head::Cancel { .. } => "cancel",
             Head::Ping => "ping",
-            Head::GoAway => "go-away",
+            Head::GoAway { .. } => "go-away",
             Head::StreamItem { .. } => "stream item",
             Head::StreamEnd { .. } => "stream end",
             Head::Credit { .. } => "credit",
@@ -197,6 +219,23 @@ impl<'a> Head<'a> {
     }
 }
 
+/// Starts a request frame: its head, then its metadata, ready for the arguments.
+pub(crate) fn begin_request(
+    id: u64,
+    method: &str,
+    timeout_ms: u64,
+    metadata: &crate::Metadata,
+) -> Result<Frame, CodecError> {
+    let mut frame = Head::Request {
+        id,
+        method,
+        timeout_ms,
+    }
+    .begin_frame()?;
+    frame.append(metadata)?;
+    Ok(frame)
+}
+
 /// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
 /// over `limit` bytes.
 pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate::RpcError> {
@@ -210,6 +249,16 @@ pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate:
     // `size` fits in u32: it is at most MAX_FRAME_LEN_CAP.
     frame.set_length_prefix(size as u32);
     Ok(())
+}
+
+impl<'a> Head<'a> {
+    /// A go-away for `reason`, its message cut to [`MAX_ERROR_MESSAGE`] bytes.
+    pub(crate) fn go_away(reason: u32, message: &'a str) -> Self {
+        Head::GoAway {
+            reason,
+            message: Cow::Borrowed(truncate_message(message)),
+        }
+    }
 }
 
 impl<'a> Outcome<'a> {
@@ -239,14 +288,7 @@ mod tests {
     #[test]
     fn request_head_bytes_match_wire_md() {
         // docs/wire.md, "Example": call `add` with id 1.
-        let mut frame = Head::Request {
-            id: 1,
-            method: "add",
-            timeout_ms: 100,
-            metadata: Cow::Owned(Metadata::new()),
-        }
-        .begin_frame()
-        .expect("encodes");
+        let mut frame = begin_request(1, "add", 100, &crate::Metadata::new()).expect("encodes");
         frame.append(&(2i64, 3i64)).expect("encodes");
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
@@ -282,22 +324,22 @@ mod tests {
     fn control_frame_bytes_match_wire_md() {
         assert_eq!(Head::Cancel { id: 5 }.frame(), [0, 0, 0, 2, 0x03, 0x05]);
         assert_eq!(Head::Ping.frame(), [0, 0, 0, 1, 0x04]);
-        assert_eq!(Head::GoAway.frame(), [0, 0, 0, 1, 0x05]);
+        assert_eq!(
+            Head::go_away(go_away::SHUTTING_DOWN, "").frame(),
+            [0, 0, 0, 3, 0x05, 0x00, 0x00]
+        );
+        let idle = Head::go_away(go_away::IDLE, "idle").frame();
+        assert_eq!(idle, [0, 0, 0, 7, 0x05, 0x01, 0x04, b'i', b'd', b'l', b'e']);
     }
 
     #[test]
     fn request_metadata_bytes_match_wire_md() {
-        let mut metadata = Metadata::new();
+        let mut metadata = crate::Metadata::new();
         metadata.insert("k", "v");
-        let frame = Head::Request {
-            id: 2,
-            method: "f",
-            timeout_ms: 0,
-            metadata: Cow::Borrowed(&metadata),
-        }
-        .frame();
+        let mut frame = begin_request(2, "f", 0, &metadata).expect("encodes");
+        finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
-            frame,
+            frame.contiguous().expect("nothing spliced"),
             [
                 0, 0, 0, 10, 0x01, 0x02, 0x01, b'f', 0x00, 0x01, 0x01, b'k', 0x01, b'v'
             ]

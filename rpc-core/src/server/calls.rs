@@ -20,7 +20,7 @@ use crate::protocol::{Frame, Head, Outbox, Outcome, code, error_response, finish
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
-use crate::{Context, Metadata, RpcError};
+use crate::{Context, Metadata};
 
 /// The calls of one connection that are running, by request id.
 #[derive(Debug)]
@@ -73,14 +73,14 @@ impl Calls {
     /// Runs a call. A handler that finishes on its first poll, as most do, is answered at once,
     /// from here: no task, no timer, nothing to cancel. Any other becomes its own task, under
     /// its deadline, until it answers or is cancelled. The answer goes to `outbox`, followed by
-    /// the call's streamed result if it has one. Fails if the client reused the id of a call
-    /// still running.
+    /// the call's streamed result if it has one. The connection has made sure that no call
+    /// with the same id is running.
     pub(crate) fn start<S: Service>(
         self: &Arc<Self>,
         service: &S,
         call: NewCall<S::Request>,
         link: &Link,
-    ) -> Result<(), RpcError> {
+    ) {
         let NewCall {
             id,
             request,
@@ -111,26 +111,18 @@ impl Calls {
             Ok(Poll::Ready(response)) => match respond::<S>(id, method, response, limit) {
                 (frame, None) => {
                     link.outbox.send(frame, Some(slot));
-                    return Ok(());
+                    return;
                 }
                 (frame, Some(stream)) => Started::Streaming(frame, stream),
             },
             Err(panic) => {
                 link.outbox.send(panicked(id, method, &*panic), Some(slot));
-                return Ok(());
+                return;
             }
         };
 
         let (abort, registration) = AbortHandle::new_pair();
-        {
-            let mut running = self.running();
-            if running.calls.contains_key(&id) {
-                return Err(RpcError::Protocol(format!(
-                    "the client reused the id {id} of a call still running"
-                )));
-            }
-            running.calls.insert(id, abort);
-        }
+        self.running().calls.insert(id, abort);
         let link = link.clone();
         let run = context.scope(async move {
             let (frame, stream) = match started {
@@ -152,7 +144,6 @@ impl Calls {
             let _ = Abortable::new(run, registration).await;
             calls.finish(id);
         });
-        Ok(())
     }
 
     fn finish(&self, id: u64) {
@@ -177,6 +168,11 @@ impl Calls {
         for abort in self.running().calls.values() {
             abort.abort();
         }
+    }
+
+    /// Whether call `id` is running.
+    pub(crate) fn is_running(&self, id: u64) -> bool {
+        self.running().calls.contains_key(&id)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

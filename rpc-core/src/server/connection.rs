@@ -1,28 +1,59 @@
 //! Serving one connection: read frames, start each request as its own call, write answers as
-//! they finish; drain on shutdown or idleness.
+//! they finish; drain on shutdown, idleness or when another connection needs the room.
+//!
+//! The reader never waits on anything but the peer's bytes and the connection's own limits:
+//!
+//! - a request that finds every in-flight slot taken is parked, and reading goes on, so that
+//!   the peer's cancellations, credits and stream ends still arrive and free slots; only a
+//!   second request beyond the limit stops reading until a slot frees;
+//! - while the answers queued for the peer are over the connection's limit or the server's
+//!   budget, reading pauses until the writer drains them; a peer that reads nothing is dropped
+//!   by the writer's stall limit;
+//! - shutdown, idleness, keep-alive and giving way are watched whatever the reader does.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::ServerConfig;
 use super::calls::{Calls, Link, NewCall};
-use crate::RpcError;
+use super::registry::{Registration, Registry};
+use crate::metadata::MetadataError;
 use crate::protocol::{
-    FrameReader, FrameWriter, Head, Hello, Outbox, code, error_response, write_frames,
+    Budget, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, code, error_response, go_away,
+    write_frames,
 };
 use crate::service::{DecodeError, Service};
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
+use crate::{Metadata, RpcError};
 
-/// Where a connection learns that the server is shutting down; `None` for a connection served
-/// on its own.
-pub(crate) type ShutdownSignal = Option<watch::Receiver<bool>>;
+/// At most this many requests wait for an in-flight slot at once; past the first, the server
+/// stops reading until one of them starts.
+const MAX_PARKED: usize = 2;
+
+/// After closing on a protocol error, how long the server goes on reading (and discarding)
+/// what the peer still sends, so that closing the socket with unread bytes does not reset the
+/// connection before the peer has read the go-away.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What a connection of a listening server shares with the server; `None` for a connection
+/// served on its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    /// Turns true when the server starts shutting down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The bytes queued for peers across the server.
+    pub(crate) budget: Arc<Budget>,
+    /// The connections that may be asked to give way to a new one.
+    pub(crate) registry: Arc<Registry>,
+}
 
 /// Serves one connection until the client closes it, breaks the protocol, goes silent, or the
 /// server shuts down.
@@ -31,7 +62,7 @@ pub(crate) async fn serve<S, IO>(
     service: Arc<S>,
     config: &ServerConfig,
     peer_addr: Option<SocketAddr>,
-    mut shutdown: ShutdownSignal,
+    shared: Option<Shared>,
 ) -> Result<(), RpcError>
 where
     S: Service,
@@ -65,8 +96,11 @@ where
     }
     let client = client?;
     reader.set_silence_limit(client.silence_limit(config.keepalive));
+    writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
-    let (outbox, queue) = Outbox::new();
+    let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));
+    let (outbox, queue) = Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
+    let meter = Arc::clone(outbox.meter());
     let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
     let mut writer = tokio::spawn(write_frames(writer, queue, heartbeat));
     // If this future is dropped (the server's grace period ran out), the connection closes and
@@ -74,25 +108,37 @@ where
     let _writer_guard = AbortOnDrop::new(&writer);
     let calls = Arc::new(Calls::default());
     let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
+    let (mut shutdown, registration) = match &shared {
+        Some(shared) => (
+            Some(shared.shutdown.clone()),
+            Some(shared.registry.register(Arc::clone(&calls))),
+        ),
+        None => (None, None),
+    };
 
     let streams = Arc::new(Streams::default());
     let mut connection = Connection {
         service: &*service,
+        config,
         calls: &calls,
         link: Link {
-            outbox,
+            outbox: outbox.clone(),
             streams: Arc::clone(&streams),
             client_max_frame_len: client.max_frame_len,
         },
         slots: Arc::new(Semaphore::new(config.max_in_flight)),
+        parked: VecDeque::new(),
         peer_addr,
+        registration: registration.as_ref(),
         draining: false,
     };
     let mut last_request = Instant::now();
     let ended = loop {
-        if connection.draining && calls.is_empty() {
+        if connection.draining && calls.is_empty() && connection.parked.is_empty() {
             break Ok(());
         }
+        let room_to_park = connection.parked.len() < MAX_PARKED;
+        let reading = room_to_park && meter.may_read();
         tokio::select! {
             written = &mut writer => {
                 break Err(match written {
@@ -101,16 +147,41 @@ where
                 });
             }
             () = shutdown_requested(&mut shutdown), if !connection.draining => {
-                connection.start_draining();
+                connection.start_draining(go_away::SHUTTING_DOWN, "the server is shutting down");
             }
             () = calls.wait_idle(), if connection.draining => {}
-            () = idle_for(&calls, config.idle_timeout, last_request), if !connection.draining => {
+            () = idle_for(&calls, config.idle_timeout, last_request),
+                if !connection.draining && connection.parked.is_empty() =>
+            {
                 tracing::debug!(?peer_addr, "closing an idle connection");
-                connection.start_draining();
+                connection.start_draining(go_away::IDLE, "the connection was idle");
             }
-            frame = reader.next_frame() => match frame {
-                Ok(Some(payload)) => match connection.handle(&payload, reader.arrived()).await {
-                    Ok(Handled::Request) => last_request = reader.arrived(),
+            () = asked_to_give_way(registration.as_ref()), if !connection.draining => {
+                if calls.is_empty() && connection.parked.is_empty() {
+                    tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
+                    connection.start_draining(
+                        go_away::MAKING_ROOM,
+                        "the server is at its connection limit and needs this idle connection",
+                    );
+                }
+            }
+            slot = Arc::clone(&connection.slots).acquire_owned(),
+                if !connection.parked.is_empty() =>
+            {
+                let Ok(slot) = slot else {
+                    unreachable!("the in-flight semaphore is never closed");
+                };
+                connection.start_parked(slot);
+            }
+            () = meter.wait_may_read(), if room_to_park && !reading => {}
+            frame = reader.next_frame(), if reading => match frame {
+                Ok(Some(payload)) => match connection.handle(&payload, reader.arrived()) {
+                    Ok(Handled::Request) => {
+                        last_request = reader.arrived();
+                        if let Some(registration) = &registration {
+                            registration.touch();
+                        }
+                    }
                     Ok(Handled::Other) => {}
                     Err(error) => break Err(error),
                 },
@@ -128,51 +199,95 @@ where
     match ended {
         // The client finished sending, or the connection drained: the calls still running
         // answer, then the writer closes the connection.
-        Ok(()) => match writer.await {
-            Ok(written) => written.map_err(RpcError::from),
-            Err(_) => Err(RpcError::ConnectionClosed),
-        },
+        Ok(()) => {
+            drop(outbox);
+            match writer.await {
+                Ok(written) => written.map_err(RpcError::from),
+                Err(_) => Err(RpcError::ConnectionClosed),
+            }
+        }
+        // The client broke the protocol: the calls still running stop, the answers already
+        // queued go out, then a go-away saying why, then the connection closes.
+        Err(error @ (RpcError::Protocol(_) | RpcError::FrameTooLarge { .. })) => {
+            tracing::debug!(?peer_addr, %error, "closing a connection that broke the protocol");
+            calls.abort_all();
+            let message = match &error {
+                RpcError::Protocol(how) => how.clone(),
+                other => other.to_string(),
+            };
+            outbox.send_last(Head::go_away(go_away::PROTOCOL_ERROR, &message).frame());
+            drop(outbox);
+            let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
+            if matches!(flushed, Ok(Ok(Ok(())))) {
+                let _ = tokio::time::timeout(LINGER, reader.discard_until_end()).await;
+            }
+            Err(error)
+        }
         Err(error) => Err(error),
     }
 }
 
+/// A request decoded and checked, waiting for an in-flight slot.
+struct Parked<R> {
+    id: u64,
+    request: R,
+    arrived: Instant,
+    timeout_ms: u64,
+    metadata: Metadata,
+}
+
 /// The state of one connection's reading side.
-struct Connection<'a, S> {
+struct Connection<'a, S: Service> {
     service: &'a S,
+    config: &'a ServerConfig,
     calls: &'a Arc<Calls>,
     link: Link,
     /// Every running call holds one until its answer is written.
     slots: Arc<Semaphore>,
+    /// Requests that found no free slot, oldest first.
+    parked: VecDeque<Parked<S::Request>>,
     peer_addr: Option<SocketAddr>,
+    registration: Option<&'a Registration>,
     /// The server takes no new calls on this connection.
     draining: bool,
 }
 
 impl<S: Service> Connection<'_, S> {
-    fn start_draining(&mut self) {
+    /// Takes no new calls: tells the client why, and answers the parked requests, which never
+    /// ran, as not run.
+    fn start_draining(&mut self, reason: u32, message: &str) {
         self.draining = true;
-        self.link.outbox.send_head(&Head::GoAway);
+        if let Some(registration) = self.registration {
+            registration.leave();
+        }
+        self.link.outbox.send_head(&Head::go_away(reason, message));
+        for parked in std::mem::take(&mut self.parked) {
+            self.refuse(
+                parked.id,
+                code::NOT_RUN,
+                "the server is closing this connection",
+            );
+        }
     }
 
     /// Acts on one frame from the client, which had arrived by `arrived`.
-    async fn handle(&mut self, payload: &Bytes, arrived: Instant) -> Result<Handled, RpcError> {
-        let (head, args) = Head::decode(payload).map_err(|error| {
+    fn handle(&mut self, payload: &Bytes, arrived: Instant) -> Result<Handled, RpcError> {
+        let (head, rest) = Head::decode(payload).map_err(|error| {
             RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
         })?;
-        let (id, method, timeout_ms, metadata) = match head {
+        let (id, method, timeout_ms) = match head {
             Head::Request {
                 id,
                 method,
                 timeout_ms,
-                metadata,
-            } => (id, method, timeout_ms, metadata),
+            } => (id, method, timeout_ms),
             Head::Cancel { id } => {
                 self.calls.cancel(id);
                 return Ok(Handled::Other);
             }
             Head::Ping => return Ok(Handled::Other),
             Head::StreamItem { id } => {
-                self.link.streams.deliver(id, payload.slice_ref(args))?;
+                self.link.streams.deliver(id, payload.slice_ref(rest))?;
                 return Ok(Handled::Other);
             }
             Head::StreamEnd { id, outcome } => {
@@ -183,16 +298,36 @@ impl<S: Service> Connection<'_, S> {
                 self.link.streams.grant(id, items)?;
                 return Ok(Handled::Other);
             }
-            head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway) => {
+            head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway { .. }) => {
                 return Err(RpcError::Protocol(format!(
                     "the client sent a {} frame, which only servers send",
                     head.kind()
                 )));
             }
         };
-        if self.draining {
-            return self.refuse(id, code::NOT_RUN, "the server is closing this connection");
+        // Before anything of the request runs, decoding included: a reused id is refused, not
+        // started beside the call that has it.
+        if self.calls.is_running(id) || self.parked.iter().any(|parked| parked.id == id) {
+            return Err(RpcError::Protocol(format!(
+                "the client reused the id {id} of a call still running"
+            )));
         }
+        if self.draining {
+            self.refuse(id, code::NOT_RUN, "the server is closing this connection");
+            return Ok(Handled::Request);
+        }
+        let (metadata, args) = match Metadata::decode_prefix(rest, self.config.metadata) {
+            Ok(decoded) => decoded,
+            Err(MetadataError::OverLimit(why)) => {
+                self.refuse(id, code::LIMIT_EXCEEDED, &why);
+                return Ok(Handled::Request);
+            }
+            Err(MetadataError::Malformed(error)) => {
+                return Err(RpcError::Protocol(format!(
+                    "the client sent a request whose metadata does not decode: {error}"
+                )));
+            }
+        };
         let mut streams = InboundSlot {
             id,
             streams: Arc::clone(&self.link.streams),
@@ -204,54 +339,68 @@ impl<S: Service> Connection<'_, S> {
             Ok(request) => request,
             Err(DecodeError::UnknownMethod) => {
                 let message = format!("the service `{}` has no method `{method}`", S::INFO.name);
-                return self.refuse(id, code::UNKNOWN_METHOD, &message);
+                self.refuse(id, code::UNKNOWN_METHOD, &message);
+                return Ok(Handled::Request);
             }
             Err(DecodeError::InvalidArguments(error)) => {
-                return self.refuse(id, code::INVALID_ARGUMENTS, &error.to_string());
+                self.refuse(id, code::INVALID_ARGUMENTS, &error.to_string());
+                return Ok(Handled::Request);
             }
         };
-        // Backpressure: a client that has more calls running than the server announced waits
-        // here, unread, until one finishes.
-        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-                    unreachable!("the in-flight semaphore is never closed");
-                };
-                slot
-            }
-        };
-        let call = NewCall {
+        let parked = Parked {
             id,
             request,
             arrived,
             timeout_ms,
-            metadata: metadata.into_owned(),
-            peer_addr: self.peer_addr,
-            slot,
+            metadata,
         };
-        self.calls.start(self.service, call, &self.link)?;
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            // Nothing waits ahead of it: requests start in the order they came.
+            Ok(slot) if self.parked.is_empty() => self.start(parked, slot),
+            Ok(slot) => {
+                self.parked.push_back(parked);
+                self.start_parked(slot);
+            }
+            // Backpressure: the call waits for a slot while the reader goes on.
+            Err(_) => self.parked.push_back(parked),
+        }
         Ok(Handled::Request)
     }
 
-    /// Answers a request with an error, without running it.
-    fn refuse(&self, id: u64, code: u32, message: &str) -> Result<Handled, RpcError> {
-        tracing::debug!(id, code, message, "refused a call");
-        if self
-            .link
-            .outbox
-            .send(error_response(id, code, message), None)
-        {
-            Ok(Handled::Request)
-        } else {
-            Err(RpcError::ConnectionClosed)
+    /// Starts the oldest parked request with `slot`.
+    fn start_parked(&mut self, slot: OwnedSemaphorePermit) {
+        if let Some(parked) = self.parked.pop_front() {
+            self.start(parked, slot);
         }
+    }
+
+    fn start(&self, parked: Parked<S::Request>, slot: OwnedSemaphorePermit) {
+        let call = NewCall {
+            id: parked.id,
+            request: parked.request,
+            arrived: parked.arrived,
+            timeout_ms: parked.timeout_ms,
+            metadata: parked.metadata,
+            peer_addr: self.peer_addr,
+            slot,
+        };
+        self.calls.start(self.service, call, &self.link);
+    }
+
+    /// Answers a request with an error, without running it. The answer counts against the
+    /// connection's queued bytes like any other, so a peer that sends refused calls and reads
+    /// nothing is held back like one that sends good ones.
+    fn refuse(&self, id: u64, code: u32, message: &str) {
+        tracing::debug!(id, code, message, "refused a call");
+        self.link
+            .outbox
+            .send(error_response(id, code, message), None);
     }
 }
 
 /// Returns when the server starts shutting down, or is gone; never for a connection served on
 /// its own.
-async fn shutdown_requested(shutdown: &mut ShutdownSignal) {
+async fn shutdown_requested(shutdown: &mut Option<watch::Receiver<bool>>) {
     match shutdown {
         Some(signal) => {
             let _ = signal.wait_for(|stopping| *stopping).await;
@@ -269,11 +418,20 @@ async fn idle_for(calls: &Calls, timeout: Option<Duration>, last_request: Instan
     }
 }
 
+/// Returns when the server asks this connection to give way to a new one; never for a
+/// connection served on its own.
+async fn asked_to_give_way(registration: Option<&Registration>) {
+    match registration {
+        Some(registration) => registration.asked_to_give_way().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a frame from the client was.
 enum Handled {
     /// A request: activity that keeps the connection from being idle.
     Request,
-    /// A cancellation or a ping.
+    /// A cancellation, a ping, or a frame of a stream.
     Other,
 }
 

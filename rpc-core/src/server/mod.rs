@@ -22,6 +22,7 @@
 
 mod calls;
 mod connection;
+mod registry;
 
 use std::fmt;
 use std::future::Future;
@@ -36,7 +37,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::RpcError;
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
+use crate::metadata::MetadataLimits;
+use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
 use crate::transport;
 
@@ -68,6 +70,9 @@ pub(crate) struct ServerConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) keepalive: Option<KeepAlive>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) metadata: MetadataLimits,
+    pub(crate) max_queued_per_connection: usize,
+    pub(crate) max_queued: usize,
 }
 
 impl Default for ServerBuilder {
@@ -78,9 +83,12 @@ impl Default for ServerBuilder {
                 max_in_flight: 1024,
                 max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
-                idle_timeout: None,
+                idle_timeout: Some(Duration::from_secs(300)),
                 keepalive: Some(KeepAlive::DEFAULT),
                 shutdown_grace: Duration::from_secs(30),
+                metadata: MetadataLimits::DEFAULT,
+                max_queued_per_connection: 4 * 1024 * 1024,
+                max_queued: 256 * 1024 * 1024,
             },
         }
     }
@@ -104,8 +112,10 @@ impl ServerBuilder {
         self
     }
 
-    /// How many connections are served at once (default 10,000, at least 1). Past it, the
-    /// server accepts no connection until one closes; clients wait in the listen backlog.
+    /// How many connections are served at once (default 10,000, at least 1). At the limit, the
+    /// connection with no call running that has gone longest without a request is asked to give
+    /// way (its client is told, then it closes) so that a newcomer is admitted; when every
+    /// connection has a call running, newcomers wait until one closes.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
         self
@@ -118,22 +128,66 @@ impl ServerBuilder {
     }
 
     /// Closes a connection that has had no call running and received no request for this long
-    /// (default: never). Its client is told first, so its next call fails with
-    /// [`RpcError::ServerClosing`] instead of being lost.
+    /// (default 5 minutes). Its client is told first, so its next call fails with
+    /// [`RpcError::ServerClosing`] (and a reconnecting client connects again) instead of being
+    /// lost. A peer that completes the handshake and then says nothing holds its connection
+    /// no longer than this, whatever ping interval it announced.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
         self
     }
 
+    /// Keeps idle connections open for as long as their clients like. Idle connections still
+    /// give way to new ones at the [connection limit](ServerBuilder::max_connections).
+    pub fn disable_idle_timeout(mut self) -> Self {
+        self.config.idle_timeout = None;
+        self
+    }
+
+    /// The most bytes of metadata (keys and values together) one call may carry (default
+    /// 16 KiB). A call over it fails with [`RpcError::LimitExceeded`] without running; the
+    /// connection stays up.
+    pub fn max_metadata_len(mut self, bytes: usize) -> Self {
+        self.config.metadata.max_len = bytes;
+        self
+    }
+
+    /// The most metadata entries one call may carry (default 64). A call over it fails with
+    /// [`RpcError::LimitExceeded`] without running; the connection stays up.
+    pub fn max_metadata_entries(mut self, entries: usize) -> Self {
+        self.config.metadata.max_entries = entries;
+        self
+    }
+
+    /// How many bytes of answers may wait for one client to read them before the server stops
+    /// reading that client's requests (default 4 MiB). The server reads on once the client has
+    /// read enough; a connection with nothing queued is always read, so one answer of any size
+    /// still goes through.
+    pub fn max_queued_bytes_per_connection(mut self, bytes: usize) -> Self {
+        self.config.max_queued_per_connection = bytes;
+        self
+    }
+
+    /// How many bytes of answers may wait for their clients across the whole server before
+    /// connections that have answers waiting stop reading requests (default 256 MiB).
+    /// Connections with nothing queued are still read, so no client is locked out by others
+    /// that do not read.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued = bytes;
+        self
+    }
+
     /// Sends a ping after `interval` of sending nothing else, and closes a connection whose
     /// client sent nothing for `timeout`: a client that vanished without closing. The timeout is
-    /// never shorter than twice the client's own ping interval. Defaults: 15 s and 45 s.
+    /// never shorter than twice the client's own ping interval. A write the client does not
+    /// read for `timeout` closes the connection too, freeing what was queued for it. Defaults:
+    /// 15 s and 45 s.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.config.keepalive = Some(KeepAlive { interval, timeout });
         self
     }
 
-    /// Neither pings nor watches for silent clients.
+    /// Neither pings nor watches for silent clients, nor for clients that stop reading.
     pub fn disable_keepalive(mut self) -> Self {
         self.config.keepalive = None;
         self
@@ -236,38 +290,44 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let mut connections = JoinSet::new();
+        let shared = connection::Shared {
+            shutdown: stopping,
+            budget: Arc::new(Budget::new(config.max_queued)),
+            registry: Arc::default(),
+        };
         let spawner = Spawner {
             service: &service,
             config: &config,
-            stopping: &stopping,
+            shared: &shared,
         };
         tokio::pin!(signal);
         loop {
             // Reap the connections that ended, so that the set holds only live ones.
             while connections.try_join_next().is_some() {}
-            let slot = tokio::select! {
-                () = &mut signal => break,
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => unreachable!("the connection semaphore is never closed"),
-                },
-            };
             let accepted = tokio::select! {
                 () = &mut signal => break,
-                accepted = listener.accept(&spawner, slot, &mut connections) => accepted,
+                accepted = listener.accept() => accepted,
             };
-            if let Err(error) = accepted {
-                match classify_accept_error(&error) {
+            let (io, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => match classify_accept_error(&error) {
                     AcceptError::ConnectionOnly => {
                         tracing::debug!(%error, "a connection failed while being accepted");
+                        continue;
                     }
                     AcceptError::OutOfResources => {
                         tracing::warn!(%error, "accepting paused: out of resources");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
                     }
                     AcceptError::Fatal => return Err(error),
-                }
-            }
+                },
+            };
+            let slot = tokio::select! {
+                () = &mut signal => break,
+                slot = admit(&slots, &shared.registry) => slot,
+            };
+            connections.spawn(spawner.connection(io, peer, slot));
         }
 
         drop(listener);
@@ -287,26 +347,48 @@ impl Server {
     }
 }
 
+/// How often, at the connection limit, the server asks another idle connection to give way
+/// while a newcomer waits: the one asked may have taken a call meanwhile.
+const GIVE_WAY_RETRY: Duration = Duration::from_millis(100);
+
+/// A connection slot for a newcomer. At the limit, asks idle connections to give way, one at a
+/// time, until a slot frees.
+async fn admit(slots: &Arc<Semaphore>, registry: &registry::Registry) -> OwnedSemaphorePermit {
+    loop {
+        if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+            return slot;
+        }
+        registry.ask_idlest_to_give_way();
+        let slot = tokio::time::timeout(GIVE_WAY_RETRY, Arc::clone(slots).acquire_owned()).await;
+        match slot {
+            Ok(Ok(slot)) => return slot,
+            Ok(Err(_)) => unreachable!("the connection semaphore is never closed"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A stream accepted by a [`Listener`].
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
 impl Listener {
-    /// Accepts one connection and starts serving it in `connections`.
-    async fn accept<S: Service>(
-        &self,
-        spawner: &Spawner<'_, S>,
-        slot: OwnedSemaphorePermit,
-        connections: &mut JoinSet<()>,
-    ) -> io::Result<()> {
+    /// Accepts one connection, with the client's address for TCP.
+    async fn accept(&self) -> io::Result<(Accepted, Option<SocketAddr>)> {
         match self {
             Listener::Tcp(listener) => {
                 let (stream, peer) = transport::accept_tcp(listener).await?;
-                connections.spawn(spawner.connection(stream, Some(peer), slot));
+                Ok((Accepted::Tcp(stream), Some(peer)))
             }
             #[cfg(unix)]
             Listener::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
-                connections.spawn(spawner.connection(stream, None, slot));
+                Ok((Accepted::Unix(stream), None))
             }
         }
-        Ok(())
     }
 }
 
@@ -314,25 +396,31 @@ impl Listener {
 struct Spawner<'a, S> {
     service: &'a Arc<S>,
     config: &'a Arc<ServerConfig>,
-    stopping: &'a watch::Receiver<bool>,
+    shared: &'a connection::Shared,
 }
 
 impl<S: Service> Spawner<'_, S> {
     /// The task that serves one accepted connection; it holds its connection slot until done.
-    fn connection<IO>(
+    fn connection(
         &self,
-        io: IO,
+        io: Accepted,
         peer: Option<SocketAddr>,
         slot: OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static
-    where
-        IO: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let service = Arc::clone(self.service);
         let config = Arc::clone(self.config);
-        let stopping = self.stopping.clone();
+        let shared = self.shared.clone();
         async move {
-            match connection::serve(io, service, &config, peer, Some(stopping)).await {
+            let served = match io {
+                Accepted::Tcp(io) => {
+                    connection::serve(io, service, &config, peer, Some(shared)).await
+                }
+                #[cfg(unix)]
+                Accepted::Unix(io) => {
+                    connection::serve(io, service, &config, peer, Some(shared)).await
+                }
+            };
+            match served {
                 Ok(()) => tracing::debug!(?peer, "connection closed"),
                 Err(error) => tracing::debug!(?peer, %error, "connection closed"),
             }

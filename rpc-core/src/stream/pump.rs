@@ -1,15 +1,18 @@
-//! Sending a stream: one item per credit, each encoded straight into its frame, then the end.
+//! Sending a stream: one item per credit, each encoded straight into its frame, then the end,
+//! which needs no credit.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use serde::Serialize;
+use tokio::sync::TryAcquireError;
 
 use super::Streaming;
 use super::registry::OutboundCredit;
 use crate::RpcError;
-use crate::protocol::{Frame, Head, Outbox, Outcome, code, finish_frame};
+use crate::protocol::{Frame, Head, Outbox, Outcome, StreamFrames, code, finish_frame};
 
 /// An outgoing stream whose item type has been erased: it encodes each item into a frame.
 pub struct Outbound {
@@ -62,9 +65,16 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
     }
 }
 
-/// Sends `outbound` as call `id`'s stream: waits for a credit, then takes and sends one item,
-/// until the stream ends; then sends the end. Stops early, sending nothing more, when `credit`
-/// is closed (the connection ended) or the outbox is gone.
+/// Sends `outbound` as call `id`'s stream: one item per credit, until the stream ends; then
+/// sends the end, which needs no credit. Stops early, sending nothing more, when `credit` is
+/// closed (the connection ended) or the outbox is gone.
+///
+/// No item is taken from the source without a credit for it, but one: out of credit, the pump
+/// still polls the source, to learn of its end at once. An item found instead waits, alone,
+/// until a credit comes.
+///
+/// Dropped before the end (the call was cancelled, or its deadline passed), the pump takes back
+/// its items not yet written, so that they are freed at once.
 pub(crate) async fn pump(
     id: u64,
     mut outbound: Outbound,
@@ -72,18 +82,51 @@ pub(crate) async fn pump(
     outbox: Outbox,
     max_frame_len: usize,
 ) {
+    let frames = StreamFrames::new(&outbox);
+    let mut unsent = TakeBackOnDrop {
+        frames: Arc::clone(&frames),
+        armed: true,
+    };
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
-        // Credit first: no item is taken from the source before the receiver can take it.
-        match credit.credit.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return,
-        }
         let Ok(mut frame) = Head::StreamItem { id }.begin_frame() else {
             unreachable!("a stream item head always encodes");
         };
-        let next = std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut frame));
-        match next.await {
+        let item = {
+            let next =
+                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut frame));
+            tokio::pin!(next);
+            let turn = match credit.credit.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    Turn::Credit
+                }
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    permit = credit.credit.acquire() => match permit {
+                        Ok(permit) => {
+                            permit.forget();
+                            Turn::Credit
+                        }
+                        Err(_) => return,
+                    },
+                    item = &mut next => Turn::Ahead(item),
+                },
+            };
+            match turn {
+                Turn::Credit => next.await,
+                Turn::Ahead(Some(Ok(()))) => match credit.credit.acquire().await {
+                    Ok(permit) => {
+                        permit.forget();
+                        Some(Ok(()))
+                    }
+                    Err(_) => return,
+                },
+                Turn::Ahead(end) => end,
+            }
+        };
+        match item {
             Some(Ok(())) => {}
             Some(Err(message)) => break Some(message),
             None => break None,
@@ -91,13 +134,34 @@ pub(crate) async fn pump(
         if let Err(too_large) = finish_frame(&mut frame, max_frame_len) {
             break Some(format!("a stream item is too large: {too_large}"));
         }
-        if !outbox.send(frame, None) {
+        if !frames.send(&outbox, frame) {
             return;
         }
     };
+    unsent.armed = false;
     let outcome = match &failure {
         None => Outcome::Ok,
         Some(message) => Outcome::error(code::STREAM_FAILED, message),
     };
     outbox.send_head(&Head::StreamEnd { id, outcome });
+}
+
+/// What a pump found when it had a turn: a credit, or (out of credit) what the source had.
+enum Turn {
+    Credit,
+    Ahead(Option<Result<(), String>>),
+}
+
+/// Takes back a stream's unwritten items when its pump is dropped before the end.
+struct TakeBackOnDrop {
+    frames: Arc<StreamFrames>,
+    armed: bool,
+}
+
+impl Drop for TakeBackOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.frames.take_back();
+        }
+    }
 }

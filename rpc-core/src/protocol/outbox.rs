@@ -1,0 +1,402 @@
+//! The queue every task of a connection sends its frames through, and what it costs.
+//!
+//! Frames leave in the order queued, so a cancellation never overtakes its request. The queue
+//! holds three kinds of entry:
+//!
+//! - a frame, encoded and ready;
+//! - a claim on a frame kept elsewhere (a request in the client's table of waiting calls, an
+//!   item of an outgoing stream): the writer takes the frame when its turn comes, and a call
+//!   abandoned before then takes it back, so an abandoned call leaves no bytes queued;
+//! - the connection's last frame, after which the writer closes its direction.
+//!
+//! Every queued byte is counted in the connection's [`Meter`] and, on a server, in the
+//! server-wide [`Budget`]: the connection's reader stops reading while either is over its
+//! limit, so a peer that does not read what it asked for cannot make this side hold more.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+
+use super::{Frame, Head};
+
+/// A frame kept outside the queue until the writer claims it.
+pub(crate) trait Claim: Send + Sync {
+    /// Takes the frame queued under `key`, or `None` if it was taken back.
+    fn claim(&self, key: u64) -> Option<Frame>;
+}
+
+/// One entry of the queue.
+pub(crate) struct Outgoing {
+    pub(super) item: Item,
+    /// A share of a connection's budget, released once the frame is written.
+    pub(super) _slot: Option<OwnedSemaphorePermit>,
+}
+
+pub(super) enum Item {
+    Frame(Frame),
+    Claim(Arc<dyn Claim>, u64),
+    /// The connection's last frame: the writer closes its direction after it.
+    Last(Frame),
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.item {
+            Item::Frame(frame) => f.debug_tuple("Frame").field(&frame.len()).finish(),
+            Item::Claim(_, key) => f.debug_tuple("Claim").field(key).finish(),
+            Item::Last(frame) => f.debug_tuple("Last").field(&frame.len()).finish(),
+        }
+    }
+}
+
+impl Outgoing {
+    /// The bytes this entry holds in the queue itself (a claim holds none there).
+    pub(super) fn queued_len(&self) -> usize {
+        match &self.item {
+            Item::Frame(frame) | Item::Last(frame) => frame.len(),
+            Item::Claim(..) => 0,
+        }
+    }
+}
+
+/// The sending side of a connection's queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    meter: Arc<Meter>,
+}
+
+/// The receiving side, which the writer drains. Dropped with frames still queued (the
+/// connection died), it uncounts them.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(super) rx: mpsc::UnboundedReceiver<Outgoing>,
+    pub(super) meter: Arc<Meter>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(outgoing) = self.rx.try_recv() {
+            self.meter.release(outgoing.queued_len());
+        }
+    }
+}
+
+impl Outbox {
+    /// A queue whose bytes count only against the connection's own limit.
+    pub(crate) fn new() -> (Outbox, Queue) {
+        Self::with_meter(Meter::new(usize::MAX, None))
+    }
+
+    /// A queue measured by `meter`.
+    pub(crate) fn with_meter(meter: Meter) -> (Outbox, Queue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let meter = Arc::new(meter);
+        let queue = Queue {
+            rx,
+            meter: Arc::clone(&meter),
+        };
+        (Outbox { tx, meter }, queue)
+    }
+
+    /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
+    /// writer is gone, and with it the connection.
+    pub(crate) fn send(&self, frame: impl Into<Frame>, slot: Option<OwnedSemaphorePermit>) -> bool {
+        self.push(Item::Frame(frame.into()), slot)
+    }
+
+    /// Queues a frame that is only a head (cancel, credit).
+    pub(crate) fn send_head(&self, head: &Head<'_>) -> bool {
+        self.send(head.frame(), None)
+    }
+
+    /// Queues the connection's last frame: once it is written, the writer closes its direction
+    /// and ends, whatever is queued behind it.
+    pub(crate) fn send_last(&self, frame: impl Into<Frame>) -> bool {
+        self.push(Item::Last(frame.into()), None)
+    }
+
+    /// Queues a claim on the frame `source` keeps under `key`.
+    pub(crate) fn send_claim(&self, source: Arc<dyn Claim>, key: u64) -> bool {
+        self.push(Item::Claim(source, key), None)
+    }
+
+    fn push(&self, item: Item, slot: Option<OwnedSemaphorePermit>) -> bool {
+        let outgoing = Outgoing { item, _slot: slot };
+        let len = outgoing.queued_len();
+        self.meter.hold(len);
+        match self.tx.send(outgoing) {
+            Ok(()) => true,
+            Err(_) => {
+                self.meter.release(len);
+                false
+            }
+        }
+    }
+
+    /// The meter of this queue's bytes.
+    pub(crate) fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+}
+
+/// Counts the bytes queued on one connection, against the connection's own limit and the
+/// server-wide budget.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    queued: AtomicUsize,
+    limit: usize,
+    budget: Option<Arc<Budget>>,
+    /// The connection's reader waits for this when the queue is over its limit.
+    drained: Notify,
+    reader_waiting: AtomicBool,
+}
+
+impl Meter {
+    /// A meter for one connection: `limit` bytes of its own, and a share of `budget`.
+    pub(crate) fn new(limit: usize, budget: Option<Arc<Budget>>) -> Self {
+        Meter {
+            queued: AtomicUsize::new(0),
+            limit,
+            budget,
+            drained: Notify::new(),
+            reader_waiting: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts `bytes` more queued.
+    pub(crate) fn hold(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(budget) = &self.budget {
+            budget.queued.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts `bytes` fewer queued: they were written, or dropped.
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        if self.reader_waiting.load(Ordering::Acquire) {
+            self.drained.notify_one();
+        }
+        if let Some(budget) = &self.budget {
+            budget.release(bytes);
+        }
+    }
+
+    /// The bytes queued on this connection.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection may read another frame: its queue is empty, or under both its
+    /// own limit and the server-wide budget. A connection with nothing queued always may, so
+    /// that no connection is locked out by the others' backlog.
+    pub(crate) fn may_read(&self) -> bool {
+        let queued = self.queued();
+        queued == 0
+            || (queued < self.limit
+                && self
+                    .budget
+                    .as_ref()
+                    .is_none_or(|budget| budget.queued() < budget.limit))
+    }
+
+    /// Returns once [`Meter::may_read`] holds.
+    pub(crate) async fn wait_may_read(&self) {
+        loop {
+            let drained = self.drained.notified();
+            let freed = self.budget.as_ref().map(|budget| budget.freed.notified());
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let mut freed = freed.map(Box::pin);
+            if let Some(freed) = &mut freed {
+                freed.as_mut().enable();
+            }
+            self.reader_waiting.store(true, Ordering::Release);
+            if let Some(budget) = &self.budget {
+                budget.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            let ready = self.may_read();
+            if !ready {
+                match freed {
+                    Some(freed) => {
+                        tokio::select! {
+                            () = drained => {}
+                            () = freed => {}
+                        }
+                    }
+                    None => drained.await,
+                }
+            }
+            self.reader_waiting.store(false, Ordering::Release);
+            if let Some(budget) = &self.budget {
+                budget.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            if ready {
+                return;
+            }
+        }
+    }
+}
+
+/// The bytes queued across all of a server's connections, and their limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    queued: AtomicUsize,
+    limit: usize,
+    /// Woken when bytes are released while readers wait.
+    freed: Notify,
+    waiting: AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Budget {
+            queued: AtomicUsize::new(0),
+            limit,
+            freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// The bytes queued across the server.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    fn release(&self, bytes: usize) {
+        let before = self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        if before >= self.limit
+            && before - bytes < self.limit
+            && self.waiting.load(Ordering::Acquire) > 0
+        {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// The frames of one outgoing stream that are queued but not yet written. An abandoned stream
+/// takes them back ([`StreamFrames::take_back`]), so they are freed at once rather than when
+/// the writer reaches them.
+pub(crate) struct StreamFrames {
+    frames: Mutex<VecDeque<Frame>>,
+    meter: Arc<Meter>,
+}
+
+impl fmt::Debug for StreamFrames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamFrames").finish_non_exhaustive()
+    }
+}
+
+impl StreamFrames {
+    pub(crate) fn new(outbox: &Outbox) -> Arc<Self> {
+        Arc::new(StreamFrames {
+            frames: Mutex::new(VecDeque::new()),
+            meter: Arc::clone(&outbox.meter),
+        })
+    }
+
+    /// Queues `frame` on `outbox`, behind everything queued there. `false` when the writer is
+    /// gone.
+    pub(crate) fn send(self: &Arc<Self>, outbox: &Outbox, frame: Frame) -> bool {
+        self.meter.hold(frame.len());
+        self.lock().push_back(frame);
+        outbox.send_claim(Arc::clone(self) as Arc<dyn Claim>, 0)
+    }
+
+    /// Drops the frames not yet written.
+    pub(crate) fn take_back(&self) {
+        let frames = std::mem::take(&mut *self.lock());
+        for frame in frames {
+            self.meter.release(frame.len());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+        // Nothing panics while holding the lock; the queue is consistent either way.
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Claim for StreamFrames {
+    fn claim(&self, _: u64) -> Option<Frame> {
+        let frame = self.lock().pop_front()?;
+        self.meter.release(frame.len());
+        Some(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_bytes_are_counted_until_dropped_with_the_queue() {
+        let budget = Arc::new(Budget::new(100));
+        let (outbox, queue) = Outbox::with_meter(Meter::new(50, Some(Arc::clone(&budget))));
+        assert!(outbox.meter().may_read(), "nothing queued");
+        assert!(outbox.send(vec![0u8; 60], None));
+        assert_eq!(outbox.meter().queued(), 60);
+        assert_eq!(budget.queued(), 60);
+        assert!(!outbox.meter().may_read(), "over the connection's limit");
+        drop(queue);
+        assert_eq!(outbox.meter().queued(), 0, "uncounted with the queue");
+        assert_eq!(budget.queued(), 0);
+        assert!(!outbox.send(vec![0u8; 10], None), "the writer is gone");
+        assert_eq!(budget.queued(), 0, "a refused frame is not counted");
+    }
+
+    #[test]
+    fn a_connection_with_nothing_queued_may_read_whatever_the_server_holds() {
+        let budget = Arc::new(Budget::new(100));
+        let (busy, _busy_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
+        let (idle, _idle_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
+        assert!(busy.send(vec![0u8; 150], None));
+        assert!(!busy.meter().may_read(), "over the server's budget");
+        assert!(idle.meter().may_read(), "nothing of its own queued");
+        assert!(idle.send(vec![0u8; 1], None));
+        assert!(!idle.meter().may_read(), "now it holds a share too");
+    }
+
+    #[test]
+    fn stream_frames_taken_back_are_uncounted_and_never_claimed() {
+        let (outbox, _queue) = Outbox::new();
+        let frames = StreamFrames::new(&outbox);
+        assert!(frames.send(&outbox, Frame::from(vec![1u8; 30])));
+        assert!(frames.send(&outbox, Frame::from(vec![2u8; 20])));
+        assert_eq!(outbox.meter().queued(), 50);
+        let first = frames.claim(0).expect("the first frame");
+        assert_eq!(first.len(), 30);
+        assert_eq!(outbox.meter().queued(), 20);
+        frames.take_back();
+        assert_eq!(outbox.meter().queued(), 0);
+        assert!(frames.claim(0).is_none(), "taken back");
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_room_wakes_when_the_queue_drains() {
+        let (outbox, mut queue) = Outbox::with_meter(Meter::new(10, None));
+        assert!(outbox.send(vec![0u8; 20], None));
+        let meter = Arc::clone(outbox.meter());
+        let waiting = tokio::spawn(async move { meter.wait_may_read().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let outgoing = queue.rx.recv().await.expect("queued");
+        queue.meter.release(outgoing.queued_len());
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .expect("joins");
+    }
+}
