@@ -53,6 +53,10 @@ pub trait Lab {
     async fn whoami(&self) -> CallInfo;
     /// Counts itself as running, yields a few times, and returns.
     async fn tracked(&self) -> u64;
+    /// Streams the numbers from 0 up to, not including, `to`.
+    async fn count(&self, to: u64) -> rpc_core::Streaming<u64>;
+    /// Adds up a stream of numbers.
+    async fn sum(&self, numbers: rpc_core::Streaming<u64>) -> u64;
 }
 
 /// A handler's view of its call.
@@ -273,6 +277,21 @@ impl Lab for LabImpl {
         }
         self.probe.running.load(Ordering::SeqCst)
     }
+
+    async fn count(&self, to: u64) -> rpc_core::Streaming<u64> {
+        rpc_core::Streaming::iter(0..to)
+    }
+
+    async fn sum(&self, mut numbers: rpc_core::Streaming<u64>) -> u64 {
+        let mut total = 0;
+        while let Some(number) = numbers.next().await {
+            match number {
+                Ok(number) => total += number,
+                Err(_) => return u64::MAX,
+            }
+        }
+        total
+    }
 }
 
 /// Starts a TCP server for a fresh [`LabImpl`] on a free loopback port.
@@ -343,6 +362,27 @@ pub fn hello(service: &str, version: u32) -> Vec<u8> {
     payload.extend(varint(0)); // methods
     payload.extend(varint(0)); // ping interval
     payload.extend(varint(0)); // max concurrent calls
+    frame(&payload)
+}
+
+/// A server's hello for `Lab` with the given method table, ping interval and in-flight limit.
+pub fn server_hello(
+    methods: &[rpc_core::MethodInfo],
+    ping_interval_ms: u64,
+    max_concurrent_calls: u32,
+) -> Vec<u8> {
+    let mut payload = vec![0x00];
+    payload.extend_from_slice(b"rpcc");
+    payload.extend(varint(1));
+    payload.extend(varint(16 * 1024 * 1024));
+    payload.extend(string("Lab"));
+    payload.extend(varint(methods.len() as u64));
+    for method in methods {
+        payload.extend(string(method.name));
+        payload.extend(varint(method.fingerprint));
+    }
+    payload.extend(varint(ping_interval_ms));
+    payload.extend(varint(max_concurrent_calls.into()));
     frame(&payload)
 }
 

@@ -164,8 +164,7 @@ impl Connection {
     ) -> Result<Answered, Failure> {
         let method = spec.method;
         self.server.check_method(method).map_err(Failure::Final)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
+        // The slot first: a call waiting for one holds no encoded request.
         let slot = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -178,6 +177,8 @@ impl Connection {
                 slot
             }
         };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
         let answer = self
             .pending
             .register(id, method.name, frame)

@@ -22,6 +22,15 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::{Frame, Head};
 
+/// What a queued frame costs beyond its bytes (its allocation's bookkeeping, the queue's node),
+/// counted so that many small frames are not mistaken for few bytes.
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
+
+/// The bytes a queued frame is counted for.
+fn cost(frame: &Frame) -> usize {
+    frame.len() + ENTRY_OVERHEAD
+}
+
 /// A frame kept outside the queue until the writer claims it.
 pub(crate) trait Claim: Send + Sync {
     /// Takes the frame queued under `key`, or `None` if it was taken back.
@@ -56,7 +65,7 @@ impl Outgoing {
     /// The bytes this entry holds in the queue itself (a claim holds none there).
     pub(super) fn queued_len(&self) -> usize {
         match &self.item {
-            Item::Frame(frame) | Item::Last(frame) => frame.len(),
+            Item::Frame(frame) | Item::Last(frame) => cost(frame),
             Item::Claim(..) => 0,
         }
     }
@@ -310,7 +319,7 @@ impl StreamFrames {
     /// Queues `frame` on `outbox`, behind everything queued there. `false` when the writer is
     /// gone.
     pub(crate) fn send(self: &Arc<Self>, outbox: &Outbox, frame: Frame) -> bool {
-        self.meter.hold(frame.len());
+        self.meter.hold(cost(&frame));
         self.lock().push_back(frame);
         outbox.send_claim(Arc::clone(self) as Arc<dyn Claim>, 0)
     }
@@ -319,7 +328,7 @@ impl StreamFrames {
     pub(crate) fn take_back(&self) {
         let frames = std::mem::take(&mut *self.lock());
         for frame in frames {
-            self.meter.release(frame.len());
+            self.meter.release(cost(&frame));
         }
     }
 
@@ -332,7 +341,7 @@ impl StreamFrames {
 impl Claim for StreamFrames {
     fn claim(&self, _: u64) -> Option<Frame> {
         let frame = self.lock().pop_front()?;
-        self.meter.release(frame.len());
+        self.meter.release(cost(&frame));
         Some(frame)
     }
 }
@@ -343,12 +352,12 @@ mod tests {
 
     #[test]
     fn queued_bytes_are_counted_until_dropped_with_the_queue() {
-        let budget = Arc::new(Budget::new(100));
-        let (outbox, queue) = Outbox::with_meter(Meter::new(50, Some(Arc::clone(&budget))));
+        let budget = Arc::new(Budget::new(1000));
+        let (outbox, queue) = Outbox::with_meter(Meter::new(150, Some(Arc::clone(&budget))));
         assert!(outbox.meter().may_read(), "nothing queued");
         assert!(outbox.send(vec![0u8; 60], None));
-        assert_eq!(outbox.meter().queued(), 60);
-        assert_eq!(budget.queued(), 60);
+        assert_eq!(outbox.meter().queued(), 60 + ENTRY_OVERHEAD);
+        assert_eq!(budget.queued(), 60 + ENTRY_OVERHEAD);
         assert!(!outbox.meter().may_read(), "over the connection's limit");
         drop(queue);
         assert_eq!(outbox.meter().queued(), 0, "uncounted with the queue");
@@ -359,10 +368,10 @@ mod tests {
 
     #[test]
     fn a_connection_with_nothing_queued_may_read_whatever_the_server_holds() {
-        let budget = Arc::new(Budget::new(100));
+        let budget = Arc::new(Budget::new(300));
         let (busy, _busy_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
         let (idle, _idle_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
-        assert!(busy.send(vec![0u8; 150], None));
+        assert!(busy.send(vec![0u8; 200], None));
         assert!(!busy.meter().may_read(), "over the server's budget");
         assert!(idle.meter().may_read(), "nothing of its own queued");
         assert!(idle.send(vec![0u8; 1], None));
@@ -375,10 +384,10 @@ mod tests {
         let frames = StreamFrames::new(&outbox);
         assert!(frames.send(&outbox, Frame::from(vec![1u8; 30])));
         assert!(frames.send(&outbox, Frame::from(vec![2u8; 20])));
-        assert_eq!(outbox.meter().queued(), 50);
+        assert_eq!(outbox.meter().queued(), 50 + 2 * ENTRY_OVERHEAD);
         let first = frames.claim(0).expect("the first frame");
         assert_eq!(first.len(), 30);
-        assert_eq!(outbox.meter().queued(), 20);
+        assert_eq!(outbox.meter().queued(), 20 + ENTRY_OVERHEAD);
         frames.take_back();
         assert_eq!(outbox.meter().queued(), 0);
         assert!(frames.claim(0).is_none(), "taken back");
@@ -387,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_waiting_for_room_wakes_when_the_queue_drains() {
         let (outbox, mut queue) = Outbox::with_meter(Meter::new(10, None));
-        assert!(outbox.send(vec![0u8; 20], None));
+        assert!(outbox.send(vec![0u8; 1], None));
         let meter = Arc::clone(outbox.meter());
         let waiting = tokio::spawn(async move { meter.wait_may_read().await });
         tokio::task::yield_now().await;

@@ -1,0 +1,303 @@
+//! Hostile and broken peers, played by hand over real sockets: what they send cannot stall a
+//! connection, make a call run that should not, or close a connection without saying why.
+//! (What they cannot make either side hold in memory is in `memory.rs`.)
+
+use rpc_core::{RpcError, Server, ServiceClient};
+use rpc_tests::{
+    LabClient, LabImpl, LabServer, RawClient, frame, loopback_listener, request, server_hello,
+    start_tcp_with, string, varint, within,
+};
+
+/// `add(2, 3)`'s arguments: zigzag varints.
+const ADD_2_3: [u8; 2] = [0x04, 0x06];
+
+/// A request frame with `entries` metadata entries `k0` = `v`, `k1` = `v`, ...
+fn request_with_metadata(id: u64, method: &str, entries: usize, args: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x01];
+    payload.extend(varint(id));
+    payload.extend(string(method));
+    payload.extend(varint(0));
+    payload.extend(varint(entries as u64));
+    for n in 0..entries {
+        payload.extend(string(&format!("k{n}")));
+        payload.extend(string("v"));
+    }
+    payload.extend_from_slice(args);
+    frame(&payload)
+}
+
+/// The id, and the rest after it, of a frame of kind `kind` (ids below 128 are one byte).
+fn kind_and_id(payload: &[u8]) -> (u8, u8) {
+    (payload[0], payload[1])
+}
+
+/// Reads frames until the response to `id`, returning it.
+async fn response_to(raw: &mut RawClient, id: u8) -> Vec<u8> {
+    loop {
+        let payload = raw.read_frame().await.expect("the connection stays open");
+        if kind_and_id(&payload) == (0x02, id) {
+            return payload;
+        }
+    }
+}
+
+#[tokio::test]
+async fn metadata_over_a_limit_fails_the_call_and_the_connection_lives() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request_with_metadata(1, "add", 120_000, &ADD_2_3))
+        .await;
+    let refused = within("the refusal", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        refused[..4],
+        [0x02, 0x01, 0x01, 0x09],
+        "code 9: over a limit"
+    );
+    let message = String::from_utf8_lossy(&refused[5..]);
+    assert!(
+        message.contains("120000 entries, over the server's limit of 64"),
+        "{message}"
+    );
+    raw.send(&request(2, "add", &ADD_2_3)).await;
+    let answer = within("the next call", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer, [0x02, 0x02, 0x00, 0x0a]);
+
+    // A generated client gets a typed error naming the limit.
+    let client = LabClient::connect(addr).await.expect("connects");
+    let heavy = client.with_metadata("token", vec![b'x'; 17 * 1024]);
+    match heavy.add(1, 1).await {
+        Err(RpcError::LimitExceeded { method, message }) => {
+            assert_eq!(method, "add");
+            assert!(message.contains("16384 bytes"), "{message}");
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    assert_eq!(client.add(1, 1).await.expect("the same connection"), 2);
+}
+
+/// Decoding metadata is linear: two requests of 120,000 distinct keys each, which took a
+/// quadratic decoder seconds, are answered like any other (the guard only catches a hang).
+#[tokio::test]
+async fn many_metadata_keys_cost_linear_time() {
+    let builder = Server::builder()
+        .max_metadata_entries(200_000)
+        .max_metadata_len(16 * 1024 * 1024);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request_with_metadata(1, "add", 120_000, &ADD_2_3))
+        .await;
+    raw.send(&request_with_metadata(2, "add", 120_000, &ADD_2_3))
+        .await;
+    for id in 1..=2 {
+        let answer = within("an answer", raw.read_frame())
+            .await
+            .expect("answered");
+        assert_eq!(answer, [0x02, id, 0x00, 0x0a]);
+    }
+}
+
+/// At the in-flight limit the server still reads cancellations: two streams hold both slots of
+/// a client that sends a third call anyway, and cancelling one stream lets the third run.
+#[tokio::test]
+async fn a_cancellation_behind_a_call_past_the_limit_is_still_read() {
+    let addr = start_tcp_with(
+        Server::builder().max_in_flight_per_connection(2),
+        LabImpl::default(),
+    )
+    .await;
+    let mut raw = RawClient::handshake(addr).await;
+    // Two endless-enough streams, never granted credit: each holds its slot.
+    raw.send(&request(1, "count", &varint(1_000_000))).await;
+    raw.send(&request(2, "count", &varint(1_000_000))).await;
+    // A third call, past the limit, then the cancellation of the first stream.
+    raw.send(&request(3, "add", &ADD_2_3)).await;
+    raw.send(&frame(&[0x03, 0x01])).await;
+    let answer = within("the third call", response_to(&mut raw, 3)).await;
+    assert_eq!(answer, [0x02, 0x03, 0x00, 0x0a]);
+}
+
+/// The same with credit: a stream stalled for credit at the limit gets it, ends, and frees its
+/// slot for the call waiting behind it.
+#[tokio::test]
+async fn credit_behind_a_call_past_the_limit_is_still_read() {
+    let addr = start_tcp_with(
+        Server::builder().max_in_flight_per_connection(1),
+        LabImpl::default(),
+    )
+    .await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(1, "count", &varint(40))).await;
+    raw.send(&request(2, "add", &ADD_2_3)).await;
+    // 32 items come on the initial credit; 8 more need a grant.
+    raw.send(&frame(&[0x08, 0x01, 0x10])).await;
+    let answer = within("the second call", response_to(&mut raw, 2)).await;
+    assert_eq!(answer, [0x02, 0x02, 0x00, 0x0a]);
+}
+
+/// The end of a stream is not an item: a stream of exactly as many items as the initial credit
+/// ends without the client granting more.
+#[tokio::test]
+async fn a_streamed_result_ends_without_more_credit() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(1, "count", &varint(32))).await;
+    let response = within("the response", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(response, [0x02, 0x01, 0x00], "Ok, the stream follows");
+    for n in 0..32u8 {
+        let item = within("an item", raw.read_frame()).await.expect("a frame");
+        assert_eq!(item, [0x06, 0x01, n]);
+    }
+    let end = within("the end", raw.read_frame()).await.expect("a frame");
+    assert_eq!(
+        end,
+        [0x07, 0x01, 0x00],
+        "StreamEnd, Ok, with no credit left"
+    );
+}
+
+/// The same rule from the client: an upload of exactly the initial credit ends at once, to a
+/// server that never grants more.
+#[tokio::test]
+async fn an_upload_ends_without_more_credit() {
+    let (listener, addr) = loopback_listener().await;
+    let stingy_server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&server_hello(LabClient::INFO.methods, 0, 0)).await;
+        let call = raw.read_frame().await.expect("the request");
+        assert_eq!(call[0], 0x01, "a request");
+        let mut items = Vec::new();
+        loop {
+            let payload = raw.read_frame().await.expect("the upload");
+            match payload[0] {
+                0x06 => items.push(payload[2]),
+                0x07 => return (items, payload),
+                other => panic!("unexpected frame kind {other}"),
+            }
+        }
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    let upload = tokio::spawn(async move { client.sum(rpc_core::Streaming::iter(0..32u64)).await });
+    let (items, end) = within("the whole upload", stingy_server)
+        .await
+        .expect("joins");
+    assert_eq!(items, (0..32).collect::<Vec<u8>>());
+    assert_eq!(end[2], 0x00, "the end says Ok");
+    upload.abort();
+}
+
+/// A request reusing the id of a running call closes the connection before any of it runs.
+#[tokio::test]
+async fn a_reused_id_is_refused_before_its_handler_runs() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder(), lab).await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(5, "wait", &string("dup"))).await;
+    assert_eq!(probe.next_event().await, "waiting dup");
+    raw.send(&request(5, "incr", &[])).await;
+    within("the refusal", raw.expect_refused("reused the id 5")).await;
+
+    let client = LabClient::connect(addr).await.expect("connects");
+    assert_eq!(
+        client.incr().await.expect("incr"),
+        1,
+        "the duplicate never ran"
+    );
+}
+
+/// On a protocol error the server first sends the answers it already had, then a go-away that
+/// says what was wrong, then closes.
+#[tokio::test]
+async fn a_protocol_error_flushes_earlier_answers_then_says_why() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut both = request(1, "add", &ADD_2_3);
+    both.extend(frame(&[0x7f, 0xff, 0xff]));
+    raw.send(&both).await;
+    let before = within("the go-away", raw.expect_go_away(3, "undecodable frame")).await;
+    assert_eq!(
+        before,
+        [vec![0x02, 0x01, 0x00, 0x0a]],
+        "the earlier answer first"
+    );
+    within("closing", raw.expect_closed()).await;
+}
+
+/// A client told by the server that it broke the protocol fails its calls with the server's
+/// reason.
+#[tokio::test]
+async fn a_client_learns_why_the_server_closed_its_connection() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&server_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.read_frame().await.expect("the request");
+        let mut go_away = vec![0x05, 0x03];
+        go_away.extend(string("your frames are upside down"));
+        raw.send(&frame(&go_away)).await;
+        raw
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    match within("the call", client.add(1, 2)).await {
+        Err(RpcError::Interrupted { cause, .. }) => match *cause {
+            RpcError::ClosedByServer { reason } => {
+                assert_eq!(reason, "your frames are upside down");
+            }
+            other => panic!("expected ClosedByServer, got {other:?}"),
+        },
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+    drop(server);
+}
+
+/// Graceful shutdown reaches a connection whose client is past its limit: the request waiting
+/// for a slot is answered as not run, the running one finishes.
+#[tokio::test]
+async fn shutdown_reaches_a_connection_waiting_at_its_limit() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let server = Server::builder()
+        .max_in_flight_per_connection(1)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(LabServer::new(lab), async {
+        let _ = stopped.await;
+    }));
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&request(1, "wait", &string("slow"))).await;
+    assert_eq!(probe.next_event().await, "waiting slow");
+    raw.send(&request(2, "add", &ADD_2_3)).await;
+    // The second call waits for the first's slot; a ping behind it is read meanwhile.
+    raw.send(&frame(&[0x04])).await;
+
+    stop.send(()).expect("the server listens");
+    let before = within("the go-away", raw.expect_go_away(0, "shutting down")).await;
+    assert!(before.is_empty(), "{before:?}");
+    let refused = within("the parked call's answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(refused[..4], [0x02, 0x02, 0x01, 0x07], "not run");
+    probe.open("slow");
+    let answer = within("the running call", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..3], [0x02, 0x01, 0x00]);
+    within("closing", raw.expect_closed()).await;
+    within("the server to stop", serving)
+        .await
+        .expect("joins")
+        .expect("stops cleanly");
+}

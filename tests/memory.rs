@@ -1,0 +1,245 @@
+//! What a peer that floods, stops reading or goes silent can make the other side hold. This
+//! binary counts every byte allocated (client and server share the process), and runs its
+//! scenarios one at a time so that each sees only its own.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rpc_core::{Server, ServiceClient};
+use rpc_tests::{
+    LabClient, LabImpl, RawClient, frame, loopback_listener, request, server_hello, start_tcp_with,
+    string, varint, within,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+/// The system allocator, counting the bytes live and the most ever live since the last reset.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as it is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One scenario at a time: the counters are the process's.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const MIB: usize = 1024 * 1024;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Starts measuring: returns the bytes live now, and resets the peak to it.
+fn baseline() -> usize {
+    let now = live();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+/// The most bytes live since `baseline`, above it.
+fn peak_above(baseline: usize) -> usize {
+    PEAK.load(Ordering::Relaxed).saturating_sub(baseline)
+}
+
+/// Waits until what is live is back within `slack` of `baseline`: what was held is freed.
+async fn freed_to(baseline: usize, slack: usize) {
+    within("memory to be freed", async {
+        while live() > baseline + slack {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// 200,000 requests naming a method the server lacks, from a client that reads nothing: the
+/// refusals count against the connection's queue like answers, the server stops reading, and
+/// the connection is dropped once its writes make no progress. Without that bound the server
+/// held about 1 KiB per refusal (205 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_from_a_client_that_never_reads_are_bounded() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = start_tcp_with(
+        Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1)),
+        LabImpl::default(),
+    )
+    .await;
+    let start = baseline();
+    let mut raw = RawClient::handshake(addr).await;
+    let mut chunk = Vec::new();
+    for id in 0..1000 {
+        chunk.extend(request(id, "no_such_method", &[0; 64]));
+    }
+    let flood = within("the flood to be cut off", async {
+        for _ in 0..200 {
+            raw.stream.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    assert!(
+        flood.is_err(),
+        "the server read all 200,000 refused calls of a client that reads nothing"
+    );
+    let peak = peak_above(start);
+    assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
+    drop(raw);
+    freed_to(start, 4 * MIB).await;
+}
+
+/// 2,000 calls of 64 KiB to a server that stops reading: calls that time out take their
+/// requests back, the client detects that its writes make no progress and drops the
+/// connection, and memory goes back to where it was. (It used to keep ~100 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (listener, addr) = loopback_listener().await;
+    let deaf_server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&server_hello(LabClient::INFO.methods, 100, 64))
+            .await;
+        // Pings keep the client from presuming this side dead; it never reads again.
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raw.send(&frame(&[0x04])).await;
+        }
+    });
+    let start = baseline();
+    let client = LabClient::builder()
+        .keepalive(Duration::from_millis(100), Duration::from_secs(1))
+        .deadline(Duration::from_millis(200))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let calls: Vec<_> = (0..2000)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.echo(vec![7; 64 * 1024]).await })
+        })
+        .collect();
+    for call in calls {
+        let outcome = within("a call", call).await.expect("joins");
+        assert!(outcome.is_err(), "nothing is answered");
+    }
+    within("the stalled connection to close", client.channel().closed()).await;
+    // The callers hold their own arguments; the client itself holds at most the requests of
+    // the 64 calls in flight, once encoded and once in the socket's way.
+    let callers_own = 2000 * 64 * 1024;
+    let peak = peak_above(start).saturating_sub(callers_own);
+    assert!(
+        peak < 24 * MIB,
+        "{} MiB held at the peak beyond the callers' own arguments",
+        peak / MIB
+    );
+    drop(client);
+    freed_to(start, 4 * MIB).await;
+    deaf_server.abort();
+}
+
+/// A client that floods requests for large answers, stops reading and goes silent: the server
+/// stops reading it once its answers fill the connection's queue, and drops it once its writes
+/// make no progress for the keep-alive timeout, freeing everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_and_goes_silent_is_dropped_and_its_memory_freed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = start_tcp_with(
+        Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1)),
+        LabImpl::default(),
+    )
+    .await;
+    let start = baseline();
+    let mut raw = RawClient::handshake(addr).await;
+    let mut flood = Vec::new();
+    for id in 0..256 {
+        flood.extend(request(id, "zeros", &varint(MIB as u64)));
+    }
+    raw.send(&flood).await;
+    // The server holds a bounded share of the 256 MiB asked for, then lets go of all of it.
+    freed_to(start, 4 * MIB).await;
+    let peak = peak_above(start);
+    assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
+    drop(raw);
+}
+
+/// Twenty clients that each ask for 8 MiB of answers and read nothing: past the server-wide
+/// budget, connections with answers waiting stop reading, so the server holds the budget and
+/// one answer per connection, not every connection's share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_wide_budget_caps_what_all_connections_hold() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = start_tcp_with(
+        Server::builder().max_queued_bytes(8 * MIB),
+        LabImpl::default(),
+    )
+    .await;
+    let start = baseline();
+    let mut hogs = Vec::new();
+    for _ in 0..20 {
+        let mut raw = RawClient::handshake(addr).await;
+        let mut asks = Vec::new();
+        for id in 0..16 {
+            asks.extend(request(id, "zeros", &varint(512 * 1024)));
+        }
+        raw.send(&asks).await;
+        hogs.push(raw);
+    }
+    // Every hog has been read from at least once, and the server still serves a newcomer.
+    let client = within("a newcomer", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(
+        within("its call", client.add(1, 2)).await.expect("served"),
+        3
+    );
+    let peak = peak_above(start);
+    assert!(
+        peak < 40 * MIB,
+        "{} MiB held at the peak for 20 connections",
+        peak / MIB
+    );
+    drop(hogs);
+    drop(client);
+    freed_to(start, 4 * MIB).await;
+}
+
+/// A client's metadata over the server's limit fails the call, not the process: nothing is
+/// allocated for entries past the limit a peer claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_metadata_count_allocates_nothing_for_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let start = baseline();
+    let mut payload = vec![0x01];
+    payload.extend(varint(1));
+    payload.extend(string("add"));
+    payload.extend(varint(0));
+    payload.extend(varint(u64::from(u32::MAX))); // four billion entries claimed, none sent
+    raw.send(&frame(&payload)).await;
+    let refused = within("the refusal", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(refused[..4], [0x02, 0x01, 0x01, 0x09]);
+    let peak = peak_above(start);
+    assert!(peak < 4 * MIB, "{} MiB allocated for a claim", peak / MIB);
+}
