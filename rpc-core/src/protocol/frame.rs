@@ -13,13 +13,13 @@ use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
 
 /// The least room a read makes: small frames arrive many to a read.
-const MIN_READ: usize = 2 * 1024;
+pub(super) const MIN_READ: usize = 2 * 1024;
 
 /// How much room a read makes at most on the word of a length prefix that passed the limit
 /// check. Beyond it the buffer grows with the bytes that actually arrive, at most doubling
 /// them, or up to the largest frame the peer has already sent in full; never to a number the
 /// peer merely claimed.
-const READ_CHUNK: usize = 256 * 1024;
+pub(super) const READ_CHUNK: usize = 256 * 1024;
 
 /// A read buffer up to this size is kept between frames whatever happens.
 const IDLE_BUFFER_KEEP: usize = 2 * MIN_READ;
@@ -105,13 +105,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.last_read
     }
 
-    /// Reads and drops whatever the peer still sends, until it closes its direction or the
-    /// stream fails. For a connection being closed: closing a socket with unread bytes resets
-    /// it, and a reset can destroy what the peer has not read yet.
-    pub(crate) async fn discard_until_end(&mut self) {
+    /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
+    /// direction or the stream fails. For a connection being closed: closing a socket with
+    /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
+    pub(crate) async fn discard_until_end(&mut self, limit: usize) {
         self.buf = BytesMut::new();
         let mut sink = [0; MIN_READ];
-        while let Ok(1..) = self.io.read(&mut sink).await {}
+        let mut left = limit;
+        while left > 0 {
+            match self.io.read(&mut sink[..left.min(MIN_READ)]).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => left -= read,
+            }
+        }
+    }
+
+    /// The room the read buffer holds.
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Changes the largest payload accepted from here on.

@@ -10,6 +10,8 @@ mod frame;
 mod hello;
 mod outbox;
 mod outgoing;
+#[cfg(test)]
+mod properties;
 mod stall;
 
 pub use codec::CodecError;

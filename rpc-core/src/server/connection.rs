@@ -38,10 +38,11 @@ use crate::{Metadata, RpcError};
 /// stops reading until one of them starts.
 const MAX_PARKED: usize = 2;
 
-/// After closing on a protocol error, how long the server goes on reading (and discarding)
-/// what the peer still sends, so that closing the socket with unread bytes does not reset the
-/// connection before the peer has read the go-away.
+/// After closing on a protocol error, how long and how much the server goes on reading (and
+/// discarding) of what the peer still sends, so that closing the socket with unread bytes does
+/// not reset the connection before the peer has read the go-away.
 const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// What a connection of a listening server shares with the server; `None` for a connection
 /// served on its own.
@@ -219,7 +220,7 @@ where
             drop(outbox);
             let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
             if matches!(flushed, Ok(Ok(Ok(())))) {
-                let _ = tokio::time::timeout(LINGER, reader.discard_until_end()).await;
+                let _ = tokio::time::timeout(LINGER, reader.discard_until_end(LINGER_BYTES)).await;
             }
             Err(error)
         }

@@ -1,0 +1,154 @@
+//! A million mutated frames thrown at a server, then a well-behaved client served as if nothing
+//! had happened. The frames are made from valid ones (requests, cancellations, pings, credits,
+//! stream frames) with bytes changed at random; most stay framed, so the server reads and
+//! answers or refuses them, and the few that break the protocol cost only their connection.
+
+use std::time::Duration;
+
+use rpc_core::Server;
+use rpc_tests::{LabClient, LabImpl, RawClient, frame, request, start_tcp_with, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A small, fast, seeded generator (xorshift64*), so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Valid calls to mutate. None of them asks the server for more than a few bytes, however its
+/// arguments are changed.
+const CALLS: [(&str, &[u8]); 7] = [
+    ("add", &[0x04, 0x06]),
+    ("div", &[0x08, 0x00]),
+    ("echo", &[3, 1, 2, 3]),
+    ("echo_payload", &[2, 9, 9]),
+    ("whoami", &[]),
+    ("tracked", &[]),
+    ("incr", &[]),
+];
+
+/// One mutated frame with call id `id` (unique on its connection), appended to `out`:
+/// - mostly a request with its method name or arguments changed (answered, or refused as
+///   unknown or undecodable, on a connection that lives on);
+/// - a cancellation, ping, credit or stream frame with its numbers changed;
+/// - one in 20,000: any byte of a frame changed, which may break the protocol and cost the
+///   connection.
+fn mutate(rng: &mut Rng, id: u64, out: &mut Vec<u8>) {
+    let (method, args) = CALLS[rng.below(CALLS.len())];
+    let mut payload = request(id, method, args)[4..].to_vec();
+    let args_at = payload.len() - args.len();
+    match rng.below(100) {
+        0..=59 => {
+            // The arguments: changed bytes, or bytes added after them.
+            if payload.len() > args_at && rng.below(4) != 0 {
+                for _ in 0..1 + rng.below(3) {
+                    let at = args_at + rng.below(payload.len() - args_at);
+                    payload[at] = rng.next() as u8;
+                }
+            } else {
+                payload.extend((0..1 + rng.below(8)).map(|_| rng.next() as u8));
+            }
+        }
+        60..=79 => {
+            // A letter of the method's name: an unknown method, or rarely another one.
+            let name_at = args_at - method.len() - 2;
+            payload[name_at + rng.below(method.len())] = b'a' + rng.below(26) as u8;
+        }
+        _ => {
+            let id = rng.next() as u8 & 0x7f;
+            payload = match rng.below(5) {
+                0 => vec![0x03, id],
+                1 => vec![0x04],
+                2 => vec![0x08, id, rng.next() as u8 & 0x7f],
+                3 => vec![0x06, id, rng.next() as u8],
+                _ if rng.below(2) == 0 => vec![0x07, id, 0x00],
+                _ => vec![0x07, id, 0x01, 0x08, 0x00],
+            };
+        }
+    }
+    if rng.below(20_000) == 0 {
+        let at = rng.below(payload.len());
+        payload[at] = rng.next() as u8;
+    }
+    out.extend(frame(&payload));
+}
+
+const FRAMES: usize = 1_000_000;
+const BATCH: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_mutated_frames_then_a_client_is_served_correctly() {
+    let addr = start_tcp_with(
+        Server::builder().handshake_timeout(Duration::from_secs(5)),
+        LabImpl::default(),
+    )
+    .await;
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut sent = 0;
+    let mut connections = 0;
+    let mut answered = 0;
+    let mut batch = Vec::new();
+    within("a million frames", async {
+        while sent < FRAMES {
+            let raw = RawClient::handshake(addr).await;
+            connections += 1;
+            let mut sent_here = 0;
+            let (mut reader, mut writer) = raw.stream.into_split();
+            // Whatever the server answers is read and dropped, so that it never stops reading
+            // for want of a reader.
+            let drain = tokio::spawn(async move {
+                let mut sink = vec![0; 64 * 1024];
+                let mut total = 0;
+                while let Ok(n @ 1..) = reader.read(&mut sink).await {
+                    total += n;
+                }
+                total
+            });
+            while sent < FRAMES {
+                batch.clear();
+                for _ in 0..BATCH {
+                    sent_here += 1;
+                    mutate(&mut rng, sent_here, &mut batch);
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break; // the server closed this connection: a protocol error
+                }
+                sent += BATCH;
+            }
+            drop(writer);
+            answered += drain.await.expect("joins");
+        }
+    })
+    .await;
+    assert!(sent >= FRAMES);
+    // Four in five frames are requests, each answered in a few bytes: the server worked through
+    // the flood rather than dropping connections early.
+    assert!(
+        answered > FRAMES,
+        "{answered} bytes answered over {connections} connections"
+    );
+
+    let client = within("a client", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(client.add(20, 22).await.expect("add"), 42);
+    assert_eq!(client.echo(vec![1, 2, 3]).await.expect("echo"), [1, 2, 3]);
+    let mut numbers = client.count(100).await.expect("a stream");
+    let mut got = Vec::new();
+    while let Some(number) = numbers.next().await {
+        got.push(number.expect("an item"));
+    }
+    assert_eq!(got, (0..100).collect::<Vec<u64>>());
+    let upload = rpc_core::Streaming::iter(1..=10u64);
+    assert_eq!(client.sum(upload).await.expect("sum"), 55);
+}
