@@ -168,6 +168,28 @@ async fn a_request_over_the_servers_limit_fails_before_sending() {
     );
 }
 
+/// A request exactly as large as the server's limit goes through, both the client's check
+/// before sending and the server's as it reads; one byte more fails before it is sent.
+#[tokio::test]
+async fn a_request_of_exactly_the_servers_limit_is_served() {
+    const LIMIT: usize = 4096;
+    let addr = start_tcp_with(Server::builder().max_frame_len(LIMIT), LabImpl::default()).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    // kind 1, id 0 (1 byte), "echo" (5), a deadline of about 30,000 ms (3), no metadata (1),
+    // then the bytes' length (2) and the bytes.
+    let fits = LIMIT - 1 - 1 - 5 - 3 - 1 - 2;
+    let echoed = client.echo(vec![7; fits]).await.expect("exactly the limit");
+    assert_eq!(echoed.len(), fits);
+    // Id 1 from here on: one byte, the same size as 0.
+    match client.echo(vec![7; fits + 1]).await {
+        Err(RpcError::FrameTooLarge { size, limit }) => {
+            assert_eq!((size, limit), (LIMIT as u64 + 1, LIMIT as u64));
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert_eq!(client.add(1, 2).await.expect("the connection lives"), 3);
+}
+
 #[tokio::test]
 async fn a_result_over_the_clients_limit_fails_only_that_call() {
     let addr = start_tcp().await;

@@ -28,14 +28,52 @@ pub trait Numbers {
     async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf>;
     /// A unary call beside the streams.
     async fn add(&self, a: u64, b: u64) -> u64;
-    /// Reads a stream slowly; returns the most items the client's source was ever ahead of it.
+    /// Reads a stream, pausing every 64th item until the sender has filled its window.
     async fn slow_count(&self, chunks: Streaming<ByteBuf>) -> u64;
+}
+
+/// How far a stream's source runs ahead of its reader, watched on every item the source gives.
+#[derive(Debug, Default)]
+struct Window {
+    /// Items taken from the source.
+    produced: AtomicU64,
+    /// Items the reader has taken.
+    consumed: AtomicU64,
+    /// The most items the source was ever ahead of the reader.
+    most_ahead: AtomicU64,
+    /// How many items the source has in all.
+    total: AtomicU64,
+}
+
+impl Window {
+    /// Counts an item taken from the source, and how far ahead that puts it.
+    fn produce(&self) {
+        let produced = self.produced.fetch_add(1, Ordering::SeqCst) + 1;
+        let ahead = produced - self.consumed.load(Ordering::SeqCst);
+        self.most_ahead.fetch_max(ahead, Ordering::SeqCst);
+    }
+
+    fn consume(&self) {
+        self.consumed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns once the source is at least `items` ahead of the reader, or has given every item:
+    /// the sender filled its window and waits for credit.
+    async fn filled(&self, items: u64) {
+        let wanted = || {
+            let consumed = self.consumed.load(Ordering::SeqCst);
+            (consumed + items).min(self.total.load(Ordering::SeqCst))
+        };
+        while self.produced.load(Ordering::SeqCst) < wanted() {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 struct Impl {
     events: mpsc::UnboundedSender<String>,
-    /// Items taken from the source of the stream being sent, on whichever side sends it.
-    produced: Arc<AtomicU64>,
+    /// The window of the stream being sent, on whichever side sends it.
+    window: Arc<Window>,
 }
 
 /// Reports when dropped: the stream that owns it was dropped.
@@ -80,9 +118,10 @@ impl Numbers for Impl {
     }
 
     async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf> {
-        let produced = Arc::clone(&self.produced);
+        let window = Arc::clone(&self.window);
+        window.total.store(count.into(), Ordering::SeqCst);
         Streaming::new(futures_util::stream::iter(0..count).map(move |_| {
-            produced.fetch_add(1, Ordering::SeqCst);
+            window.produce();
             ByteBuf::from(vec![7; size as usize])
         }))
     }
@@ -93,39 +132,40 @@ impl Numbers for Impl {
 
     async fn slow_count(&self, mut chunks: Streaming<ByteBuf>) -> u64 {
         let mut read = 0u64;
-        let mut most_ahead = 0;
         while let Some(chunk) = chunks.next().await {
             chunk.expect("a chunk");
+            self.window.consume();
             read += 1;
             if read.is_multiple_of(64) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                most_ahead = most_ahead.max(self.produced.load(Ordering::SeqCst) - read);
+                within("the client to fill its window", self.window.filled(32)).await;
             }
         }
-        most_ahead
+        read
     }
 }
 
 struct Fixture {
     client: NumbersClient,
+    addr: std::net::SocketAddr,
     events: mpsc::UnboundedReceiver<String>,
-    produced: Arc<AtomicU64>,
+    window: Arc<Window>,
 }
 
 async fn start() -> Fixture {
     let (events_tx, events) = mpsc::unbounded_channel();
-    let produced = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Window::default());
     let server = Server::bind("127.0.0.1:0").await.expect("binds");
     let addr = server.local_addr().expect("address");
     tokio::spawn(server.serve(NumbersServer::new(Impl {
         events: events_tx,
-        produced: Arc::clone(&produced),
+        window: Arc::clone(&window),
     })));
     let client = NumbersClient::connect(addr).await.expect("connects");
     Fixture {
         client,
+        addr,
         events,
-        produced,
+        window,
     }
 }
 
@@ -248,8 +288,9 @@ async fn a_hundred_streams_share_a_connection_with_unary_calls() {
 }
 
 /// 1 GiB streamed to a client that reads slowly: the server takes from its source only what the
-/// client has room for, so at most a credit window of items is ever in flight, and unary calls
-/// on the same connection keep being answered meanwhile.
+/// client has room for, so at most a credit window of items (and the one item the sender looks
+/// ahead for the stream's end) is ever in flight, checked on every item; unary calls on the same
+/// connection keep being answered meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
     const CHUNK: u32 = 1024 * 1024;
@@ -257,26 +298,49 @@ async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
     let fixture = start().await;
     let mut stream = fixture.client.chunks(CHUNKS, CHUNK).await.expect("starts");
     let mut read = 0u64;
-    let mut most_ahead = 0u64;
     within("1 GiB", async {
         while let Some(chunk) = stream.next().await {
             assert_eq!(chunk.expect("a chunk").len(), CHUNK as usize);
+            fixture.window.consume();
             read += 1;
-            // The reader is slow: it takes its time over every 64th chunk.
+            // The reader is slow: every 64th chunk, it stops until the server has filled the
+            // window, and makes a unary call.
             if read.is_multiple_of(64) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let ahead = fixture.produced.load(Ordering::SeqCst) - read;
-                most_ahead = most_ahead.max(ahead);
+                fixture.window.filled(32).await;
                 assert_eq!(fixture.client.add(read, 1).await.expect("unary"), read + 1);
             }
         }
     })
     .await;
     assert_eq!(read, u64::from(CHUNKS));
+    // The credit window (32), the item the sender looks ahead for the stream's end, and the
+    // item in the reader's hands before it counts it.
+    let most_ahead = fixture.window.most_ahead.load(Ordering::SeqCst);
     assert!(
-        most_ahead <= 33,
+        (32..=34).contains(&most_ahead),
         "the producer ran {most_ahead} chunks (MiB) ahead of the reader"
     );
+}
+
+/// A stream item larger than the client's frame limit is not sent: the stream ends with an error
+/// saying so, and the connection goes on serving.
+#[tokio::test]
+async fn a_stream_item_over_the_clients_limit_ends_the_stream_not_the_connection() {
+    let fixture = start().await;
+    let client = NumbersClient::builder()
+        .max_frame_len(1024)
+        .connect(fixture.addr)
+        .await
+        .expect("connects");
+    let mut stream = client.chunks(2, 2048).await.expect("starts");
+    match within("the stream", stream.next()).await {
+        Some(Err(RpcError::StreamFailed { message })) => {
+            assert!(message.contains("too large"), "{message}");
+        }
+        other => panic!("expected StreamFailed, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none());
+    assert_eq!(client.add(1, 2).await.expect("the same connection"), 3);
 }
 
 #[tokio::test]
@@ -287,7 +351,7 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let lab = Impl {
             events,
-            produced: Arc::default(),
+            window: Arc::default(),
         };
         rpc_core::serve_connection(stream, NumbersServer::new(lab)).await
     });
@@ -339,19 +403,22 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_server_holds_back_the_uploading_client() {
     let fixture = start().await;
-    let produced = Arc::clone(&fixture.produced);
+    let window = Arc::clone(&fixture.window);
+    window.total.store(256, Ordering::SeqCst);
     let source = futures_util::stream::iter(0..256).map(move |_| {
-        produced.fetch_add(1, Ordering::SeqCst);
+        window.produce();
         ByteBuf::from(vec![1; 1024 * 1024])
     });
-    let most_ahead = within(
+    let read = within(
         "256 MiB up",
         fixture.client.slow_count(Streaming::new(source)),
     )
     .await
     .expect("slow_count");
+    assert_eq!(read, 256);
+    let most_ahead = fixture.window.most_ahead.load(Ordering::SeqCst);
     assert!(
-        most_ahead <= 33,
+        (32..=34).contains(&most_ahead),
         "the client's source ran {most_ahead} chunks (MiB) ahead of the server"
     );
 }

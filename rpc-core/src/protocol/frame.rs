@@ -412,6 +412,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_frame_at_the_limit_is_read_and_one_byte_over_is_refused() {
+        let mut bytes = frame(&[1; 1024]);
+        bytes.extend(frame(&[2; 1025]));
+        let mut reader = FrameReader::new(&bytes[..], 1024);
+        let at_limit = reader.next_frame().await.expect("read").expect("a frame");
+        assert_eq!(at_limit.len(), 1024);
+        let over = reader.next_frame().await.expect_err("over the limit");
+        assert!(
+            matches!(
+                over,
+                RpcError::FrameTooLarge {
+                    size: 1025,
+                    limit: 1024
+                }
+            ),
+            "{over}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_stream_cut_inside_a_frame_is_a_protocol_error() {
         let (mut tx, rx) = tokio::io::duplex(64);
         tx.write_all(&frame(b"hello")[..6]).await.expect("writes");

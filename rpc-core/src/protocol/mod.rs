@@ -371,6 +371,16 @@ mod tests {
     }
 
     #[test]
+    fn finish_frame_takes_a_payload_of_exactly_the_limit() {
+        let mut frame = Frame::from(vec![0u8; LENGTH_PREFIX + 10]);
+        finish_frame(&mut frame, 10).expect("exactly the limit fits");
+        assert_eq!(
+            frame.contiguous().expect("contiguous")[..LENGTH_PREFIX],
+            [0, 0, 0, 10]
+        );
+    }
+
+    #[test]
     fn finish_frame_refuses_payloads_over_the_limit() {
         let mut frame = Frame::from(vec![0u8; LENGTH_PREFIX + 11]);
         let err = finish_frame(&mut frame, 10).expect_err("over the limit");
