@@ -276,6 +276,76 @@ mod tests {
         );
     }
 
+    /// Plays a server on `listener` for one connection: answers the client's hello, then holds
+    /// the connection until `hang_up` fires.
+    async fn serve_one(
+        listener: tokio::net::TcpListener,
+        service: &'static ServiceInfo,
+        hang_up: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        use crate::protocol::{FrameReader, FrameWriter, Hello};
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let (read, write) = stream.into_split();
+        let mut reader = FrameReader::new(read, 1 << 20);
+        reader
+            .next_frame()
+            .await
+            .expect("reads")
+            .expect("the hello");
+        Hello::new(service, 1 << 20, None, None)
+            .send(&mut FrameWriter::new(write))
+            .await
+            .expect("answers");
+        let _ = hang_up.await;
+    }
+
+    #[tokio::test]
+    async fn the_backoff_starts_over_after_a_connection_succeeds() {
+        static SERVICE: ServiceInfo = ServiceInfo {
+            name: "Test",
+            methods: &[],
+        };
+        // A free port, closed for now: every attempt is refused.
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds")
+            .local_addr()
+            .expect("an address");
+        let config = ClientConfig {
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_secs(60),
+            ..ClientConfig::default()
+        };
+        let endpoint = Endpoint::new(Target::Tcp(vec![addr]), SERVICE, Arc::new(config));
+        let wait = |endpoint: &Endpoint| {
+            let retry_at = endpoint.live().retry_at.expect("backing off");
+            retry_at.saturating_duration_since(Instant::now())
+        };
+        for _ in 0..4 {
+            assert!(endpoint.connection().await.is_err(), "refused");
+        }
+        assert!(
+            wait(&endpoint) > Duration::from_millis(20),
+            "four failures wait longer than the minimum"
+        );
+
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebinds");
+        let (hang_up, hung_up) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(serve_one(listener, &SERVICE, hung_up));
+        let connection = endpoint.connection().await.expect("connects");
+        drop(hang_up);
+        server.await.expect("joins");
+        tokio::time::timeout(Duration::from_secs(20), connection.closed())
+            .await
+            .expect("the lost connection is noticed");
+
+        assert!(endpoint.connection().await.is_err(), "refused again");
+        assert!(
+            wait(&endpoint) <= Duration::from_millis(20),
+            "one failure since the success waits at most the minimum"
+        );
+    }
+
     #[test]
     fn random_numbers_differ() {
         let draws: std::collections::HashSet<u64> = (0..100).map(|_| random()).collect();
