@@ -9,7 +9,7 @@ use rpc_tests::{
 };
 use tokio::io::AsyncWriteExt;
 
-/// A later version of `Lab`: one method added, one changed, the others as they were.
+/// A later version of `Lab`: one method added, two changed, the others as they were.
 mod v2 {
     use rpc_tests::MathError;
 
@@ -19,6 +19,8 @@ mod v2 {
         async fn div(&self, a: i64, b: i64) -> Result<i64, MathError>;
         async fn echo(&self, text: String) -> String;
         async fn mul(&self, a: i64, b: i64) -> i64;
+        /// Only the argument's type differs from `Lab::zeros` (`u64`): same name, same result.
+        async fn zeros(&self, len: u32) -> Vec<u8>;
     }
 }
 
@@ -53,6 +55,19 @@ async fn a_changed_signature_is_named_not_garbled() {
         other => panic!("expected SignatureMismatch, got {other:?}"),
     }
     assert!(error.to_string().contains("`echo`"), "{error}");
+}
+
+/// The fingerprint follows each argument's type: a method whose only change is one argument's
+/// type (same name, same result) is refused, not sent with bytes the server would misread.
+#[tokio::test]
+async fn an_argument_whose_type_alone_changed_is_a_signature_mismatch() {
+    let client = v2::LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    match client.zeros(3).await {
+        Err(RpcError::SignatureMismatch { method }) => assert_eq!(method, "zeros"),
+        other => panic!("expected SignatureMismatch, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -149,6 +164,21 @@ async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
     within("closing", raw.expect_closed()).await;
 }
 
+/// A client that asks for a service the server does not serve gets the server's hello, so that
+/// it can say what differs, and then the connection closes: it is never served.
+#[tokio::test]
+async fn a_client_asking_for_another_service_gets_the_servers_hello_then_is_closed() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello("Other", 1)).await;
+    let answer = within("the server's hello", raw.read_frame())
+        .await
+        .expect("the server answers with its own hello");
+    assert_eq!(answer[..6], *b"\x00rpcc\x01", "kind 0, magic, version 1");
+    assert_eq!(answer[10..14], *b"\x03Lab", "the server names its service");
+    within("closing", raw.expect_closed()).await;
+}
+
 /// The newer server, for the older client.
 struct V2;
 
@@ -164,6 +194,9 @@ impl v2::Lab for V2 {
     }
     async fn mul(&self, a: i64, b: i64) -> i64 {
         a * b
+    }
+    async fn zeros(&self, len: u32) -> Vec<u8> {
+        vec![0; len as usize]
     }
 }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, ServiceClient};
-use rpc_tests::{LabClient, LabImpl, RawClient, request, start_tcp_with, string, within};
+use rpc_tests::{
+    LabClient, LabImpl, RawClient, read_varint, request, start_tcp_with, string, within,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_calls_runs_within_the_limit_and_every_call_is_answered() {
@@ -25,43 +27,62 @@ async fn a_flood_of_calls_runs_within_the_limit_and_every_call_is_answered() {
     assert!(probe.most_running() > 1, "calls did run concurrently");
 }
 
-/// A client that ignores the limit the server announced: the server stops reading its
-/// connection rather than buffer what it sends, and answers everything once calls finish.
+/// A client that ignores the limit the server announced: the server runs the limit's worth of
+/// its calls, starts no further one, reads no further than it must rather than buffer what the
+/// client sends, and answers every call exactly once when they can finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_the_limit_is_slowed_down_not_buffered() {
+    const LIMIT: usize = 4;
+    const CALLS: u64 = 200;
     let lab = LabImpl::default();
     let probe = lab.probe();
-    let addr = start_tcp_with(Server::builder().max_in_flight_per_connection(4), lab).await;
+    let addr = start_tcp_with(Server::builder().max_in_flight_per_connection(LIMIT), lab).await;
     let mut raw = RawClient::handshake(addr).await;
     let mut burst = Vec::new();
-    for id in 0..200 {
+    for id in 0..CALLS {
         burst.extend(request(id, "wait", &string("flood")));
     }
     let (mut read_half, mut write_half) = raw.stream.split();
-    let (written, answers) = tokio::join!(
-        async {
-            tokio::io::AsyncWriteExt::write_all(&mut write_half, &burst).await?;
-            // Only the limit's worth of calls are running, waiting at the gate: open it.
+    let (written, ids) = tokio::join!(
+        tokio::io::AsyncWriteExt::write_all(&mut write_half, &burst),
+        within("every answer", async {
+            // The limit's worth of calls start...
+            for _ in 0..LIMIT {
+                assert_eq!(probe.next_event().await, "waiting flood");
+            }
+            // ...and no other, though the server has every chance to start more: a second
+            // client's round trips run on the same server meanwhile.
+            let other = LabClient::connect(addr).await.expect("connects");
+            for n in 0..20 {
+                assert_eq!(other.add(n, 1).await.expect("served"), n + 1);
+            }
+            assert_eq!(
+                probe.try_next_event(),
+                None,
+                "a call past the limit started"
+            );
+            assert_eq!(probe.most_running(), LIMIT as u64);
             probe.open("flood");
-            Ok::<_, std::io::Error>(())
-        },
-        within("200 answers", async {
             let mut ids = Vec::new();
-            for _ in 0..200 {
+            for _ in 0..CALLS {
                 let answer = read_answer(&mut read_half).await;
                 assert_eq!(answer[0], 0x02, "a response");
-                ids.push(answer[1]);
+                let (id, len) = read_varint(&answer[1..]);
+                assert_eq!(answer[1 + len], 0x00, "call {id} succeeded");
+                ids.push(id);
             }
             ids
         })
     );
     written.expect("the burst is written");
-    assert_eq!(answers.len(), 200);
-    assert!(
-        probe.most_running() <= 4,
-        "{} ran at once",
-        probe.most_running()
+    let mut ids = ids;
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..CALLS).collect::<Vec<_>>(),
+        "each call answered once"
     );
+    assert_eq!(probe.most_running(), LIMIT as u64);
 }
 
 async fn read_answer(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {

@@ -122,6 +122,11 @@ impl Probe {
         .await
     }
 
+    /// The next event a handler reported, if one is waiting.
+    pub fn try_next_event(&self) -> Option<String> {
+        self.events.try_lock().ok()?.try_recv().ok()
+    }
+
     /// The most `wait` and `tracked` calls that ever ran at once.
     pub fn most_running(&self) -> u64 {
         self.most_running.load(Ordering::SeqCst)
@@ -336,6 +341,18 @@ pub fn varint(mut value: u64) -> Vec<u8> {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// Reads postcard's unsigned varint at the start of `bytes`: the value and the bytes it took.
+pub fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0;
+    for (at, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            return (value, at + 1);
+        }
+    }
+    panic!("not a varint: {bytes:?}");
 }
 
 /// A postcard string: varint length, then UTF-8.
