@@ -63,6 +63,16 @@ async fn running_calls_finish_and_new_ones_are_refused() {
         matches!(LabClient::connect(addr).await, Err(RpcError::Connect(_))),
         "new connections are refused"
     );
+    // Well after the signal, measured in the server's own work: two thousand more calls refused
+    // on the same connection, each a round trip. A server without grace would have dropped the
+    // running call, and this connection with it, long before.
+    for _ in 0..2000 {
+        match client.add(1, 1).await {
+            Err(RpcError::ServerClosing { .. }) => {}
+            other => panic!("expected ServerClosing while draining, got {other:?}"),
+        }
+    }
+    assert!(!running.is_finished(), "the running call is still running");
 
     probe.open("finish me");
     let finished = within("the running call", running).await.expect("joins");
