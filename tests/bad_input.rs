@@ -232,18 +232,49 @@ async fn a_connection_that_never_says_hello_is_closed() {
     still_serves(addr).await;
 }
 
-#[tokio::test]
-async fn a_client_that_vanishes_mid_call_disturbs_nobody() {
-    let addr = start_tcp().await;
+/// Starts `hold("gone")` from a raw client, then makes the client vanish as `vanish` does;
+/// returns once the handler is dropped, and checks that the server serves on.
+async fn vanish_mid_call(builder: rpc_core::ServerBuilder, vanish: fn(&RawClient)) {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(builder, lab).await;
     let mut raw = RawClient::handshake(addr).await;
     let mut args = varint(4);
     args.extend_from_slice(b"gone");
-    raw.send(&request(1, "wait", &args)).await;
+    raw.send(&request(1, "hold", &args)).await;
+    assert_eq!(probe.next_event().await, "started gone");
+    vanish(&raw);
     drop(raw);
-
-    let client = LabClient::connect(addr).await.expect("connects");
-    client.open("gone".into()).await.expect("opens the gate");
+    assert_eq!(
+        probe.next_event().await,
+        "dropped gone",
+        "the vanished client's handler, which would run 10 s, was dropped"
+    );
     still_serves(addr).await;
+}
+
+/// A client whose connection is reset (a process killed with unread bytes, a machine that
+/// rebooted): its handler is dropped at once.
+#[tokio::test]
+async fn a_client_that_vanishes_mid_call_disturbs_nobody() {
+    vanish_mid_call(Server::builder(), |raw| {
+        // A linger of zero closes with a reset, at once: it never blocks, which is what the
+        // deprecation warns of for other values.
+        #[allow(deprecated)]
+        raw.stream
+            .set_linger(Some(Duration::ZERO))
+            .expect("a reset on close");
+    })
+    .await;
+}
+
+/// A client that closes its socket normally mid-call looks, until the server writes to it,
+/// like one that only finished sending and still waits for its answers. The server's next
+/// write (a keep-alive ping at the latest) finds it gone, and its handler is dropped.
+#[tokio::test]
+async fn a_client_that_closes_mid_call_is_found_gone_at_the_next_ping() {
+    let builder = Server::builder().keepalive(Duration::from_millis(50), Duration::from_secs(5));
+    vanish_mid_call(builder, |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

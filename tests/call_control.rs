@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use rpc_core::{Context, RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, request_with_timeout, start_tcp_with, string, within,
+    LabClient, LabImpl, RawClient, loopback_listener, request_with_timeout, server_hello,
+    start_tcp_with, string, within,
 };
 
 async fn lab() -> (
@@ -19,9 +20,21 @@ async fn lab() -> (
     (client, probe, addr)
 }
 
+/// The client's side of a deadline, apart from the server's: against a server that never
+/// answers, the call fails at its deadline and the client tells the server to drop it.
 #[tokio::test]
-async fn a_call_past_its_deadline_fails_and_its_handler_is_dropped() {
-    let (client, probe, _) = lab().await;
+async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
+    let (listener, addr) = loopback_listener().await;
+    let deaf_server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&server_hello(LabClient::INFO.methods, 0, 0)).await;
+        let call = raw.read_frame().await.expect("the request");
+        let cancel = raw.read_frame().await.expect("the cancellation");
+        (call, cancel)
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
     let short = client.with_deadline(Duration::from_millis(100));
     match within("a call with a deadline", short.hold("late".into())).await {
         Err(RpcError::DeadlineExceeded { method, deadline }) => {
@@ -30,14 +43,17 @@ async fn a_call_past_its_deadline_fails_and_its_handler_is_dropped() {
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
-    assert_eq!(probe.next_event().await, "started late");
-    assert_eq!(probe.next_event().await, "dropped late");
+    let (call, cancel) = within("the server's view", deaf_server)
+        .await
+        .expect("joins");
+    assert_eq!(call[..2], [0x01, 0x00], "request 0");
+    assert_eq!(cancel, [0x03, 0x00], "Cancel of request 0");
     // The deadline was the handle's; the client it came from keeps its own.
     assert_eq!(client.channel().deadline(), Duration::from_secs(30));
-    assert_eq!(client.add(1, 2).await.expect("same connection"), 3);
 }
 
-/// The deadline travels with the request: the server enforces it without the client's help.
+/// The server's side of a deadline, apart from the client's: the deadline travels with the
+/// request, and the server enforces it without any Cancel (a raw client sends none).
 #[tokio::test]
 async fn the_server_drops_a_handler_at_the_deadline_the_request_carries() {
     let (_, probe, addr) = lab().await;

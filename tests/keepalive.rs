@@ -5,8 +5,14 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, loopback_listener, start_tcp_with, string, varint, within,
+    LabClient, LabImpl, RawClient, frame, loopback_listener, request, start_tcp_with, string,
+    varint, within,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 const INTERVAL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -58,6 +64,8 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     silent_server.abort();
 }
 
+/// A client that announces pings and then says nothing: the server pings it meanwhile, and
+/// closes the connection once the client has been silent for the timeout, not before.
 #[tokio::test]
 async fn a_server_closes_the_connection_of_a_client_gone_silent() {
     let addr = start_tcp_with(
@@ -67,34 +75,162 @@ async fn a_server_closes_the_connection_of_a_client_gone_silent() {
     .await;
     let mut raw = RawClient::connect(addr).await;
     raw.send(&lying_hello(&[], 50)).await;
+    let last_said = Instant::now();
     let hello = within("the server's hello", raw.read_frame())
         .await
         .expect("a hello");
     assert_eq!(hello[..5], *b"\x00rpcc");
-    within("the server to give up", async {
+    let pings = within("the server to give up", async {
+        let mut pings = 0;
         while let Some(frame) = raw.read_frame().await {
             assert_eq!(frame, [0x04], "only pings until the server closes");
+            pings += 1;
         }
+        pings
     })
     .await;
+    assert!(pings >= 1, "the server pinged while it waited");
+    assert!(
+        last_said.elapsed() >= TIMEOUT,
+        "closed after {:?}, before the client had been silent for {TIMEOUT:?}",
+        last_said.elapsed()
+    );
 }
 
+/// Reads one frame's payload from `reader`, or `None` at the end of the stream.
+async fn read_frame_from(reader: &mut OwnedReadHalf) -> Option<Vec<u8>> {
+    let mut prefix = [0; 4];
+    reader.read_exact(&mut prefix).await.ok()?;
+    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
+    reader.read_exact(&mut payload).await.ok()?;
+    Some(payload)
+}
+
+/// Writes a ping to `writer` every `INTERVAL` until `stop` fires, then hands the writer back.
+fn ping_until(
+    mut writer: OwnedWriteHalf,
+    stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<OwnedWriteHalf> {
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return writer,
+                () = tokio::time::sleep(INTERVAL) => {
+                    writer.write_all(&frame(&[0x04])).await.expect("the connection is up");
+                }
+            }
+        }
+    })
+}
+
+/// A client that pings as it announced keeps an idle connection up through many of the
+/// server's silence limits; the server's own pings, counted as they come, are the clock.
 #[tokio::test]
-async fn an_idle_healthy_connection_stays_up() {
-    // Pings every 50 ms against a silence limit of 500 ms: without pings the connection would
-    // be dropped four times over in the 2 s below; with them it lives, even on a busy machine.
+async fn an_idle_client_that_pings_stays_connected() {
     let addr = start_tcp_with(
-        Server::builder().keepalive(Duration::from_millis(50), Duration::from_millis(500)),
+        Server::builder().keepalive(INTERVAL, TIMEOUT),
         LabImpl::default(),
     )
     .await;
+    let (mut reader, mut writer) = TcpStream::connect(addr)
+        .await
+        .expect("connects")
+        .into_split();
+    writer
+        .write_all(&lying_hello(&[], 50))
+        .await
+        .expect("writes");
+    read_frame_from(&mut reader)
+        .await
+        .expect("the server's hello");
+    let (stop, stopped) = oneshot::channel();
+    let pinging = ping_until(writer, stopped);
+    // Twenty pings from the server: a second, five times its silence limit.
+    within("twenty pings", async {
+        for _ in 0..20 {
+            let ping = read_frame_from(&mut reader).await.expect("still connected");
+            assert_eq!(ping, [0x04]);
+        }
+    })
+    .await;
+    stop.send(()).expect("the pinger listens");
+    let mut writer = pinging.await.expect("joins");
+    writer
+        .write_all(&request(1, "add", &[0x02, 0x04]))
+        .await
+        .expect("writes");
+    let answer = within("the answer", async {
+        loop {
+            match read_frame_from(&mut reader).await.expect("still connected") {
+                ping if ping == [0x04] => continue,
+                answer => break answer,
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer, [0x02, 0x01, 0x00, 0x06]);
+}
+
+/// The other side: a client whose server pings but has nothing to say keeps its connection
+/// through many of its own silence limits; the client's pings, counted by the server, are the
+/// clock.
+#[tokio::test]
+async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
+    let (listener, addr) = loopback_listener().await;
+    let (twenty, counted) = oneshot::channel();
+    let mut twenty = Some(twenty);
+    let quiet_server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let (mut reader, mut writer) = stream.into_split();
+        read_frame_from(&mut reader)
+            .await
+            .expect("the client's hello");
+        writer
+            .write_all(&lying_hello(LabClient::INFO.methods, 50))
+            .await
+            .expect("writes");
+        let (stop, stopped) = oneshot::channel();
+        let pinging = ping_until(writer, stopped);
+        let mut pings = 0;
+        let request = loop {
+            let payload = read_frame_from(&mut reader).await.expect("still connected");
+            if payload == [0x04] {
+                pings += 1;
+                if pings == 20 {
+                    // Twenty pings from the client: a second, five times its silence limit.
+                    if let Some(twenty) = twenty.take() {
+                        let _ = twenty.send(());
+                    }
+                }
+                continue;
+            }
+            break payload;
+        };
+        assert_eq!(request[0], 0x01, "a request");
+        stop.send(()).expect("the pinger listens");
+        let mut writer = pinging.await.expect("joins");
+        let id = request[1];
+        writer
+            .write_all(&frame(&[0x02, id, 0x00, 0x06]))
+            .await
+            .expect("answers");
+        writer
+    });
     let client = LabClient::builder()
-        .keepalive(Duration::from_millis(50), Duration::from_millis(500))
+        .keepalive(INTERVAL, TIMEOUT)
         .connect(addr)
         .await
         .expect("connects");
-    // The scenario itself, not a synchronisation: four times the silence limit with no call.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    within("twenty client pings", counted)
+        .await
+        .expect("the server counts");
     assert!(!client.channel().is_closed());
-    assert_eq!(client.add(1, 2).await.expect("still connected"), 3);
+    assert_eq!(
+        within("a call", client.add(1, 2))
+            .await
+            .expect("still connected"),
+        3
+    );
+    drop(quiet_server);
 }
