@@ -164,6 +164,9 @@ where
                         go_away::MAKING_ROOM,
                         "the server is at its connection limit and needs this idle connection",
                     );
+                } else if let Some(registration) = &registration {
+                    // Busy after all: the next ask goes to another connection.
+                    registration.touch();
                 }
             }
             slot = Arc::clone(&connection.slots).acquire_owned(),
