@@ -4,7 +4,7 @@
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, loopback_listener, request, server_hello,
+    LabClient, LabImpl, LabServer, RawClient, frame, lab_hello, loopback_listener, request,
     start_tcp_with, string, varint, within,
 };
 
@@ -170,7 +170,7 @@ async fn an_upload_ends_without_more_credit() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&server_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
         let call = raw.read_frame().await.expect("the request");
         assert_eq!(call[0], 0x01, "a request");
         let mut items = Vec::new();
@@ -240,7 +240,7 @@ async fn a_client_learns_why_the_server_closed_its_connection() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&server_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
         raw.read_frame().await.expect("the request");
         let mut go_away = vec![0x05, 0x03];
         go_away.extend(string("your frames are upside down"));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, loopback_listener, request, start_tcp_with, string,
-    varint, within,
+    LabClient, LabImpl, RawClient, frame, lab_hello, loopback_listener, request, start_tcp_with,
+    within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,23 +17,6 @@ use tokio::time::Instant;
 const INTERVAL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_millis(200);
 
-/// A hello that announces `ping_interval_ms` and then never pings.
-fn lying_hello(methods: &[rpc_core::MethodInfo], ping_interval_ms: u64) -> Vec<u8> {
-    let mut payload = vec![0x00];
-    payload.extend_from_slice(b"rpcc");
-    payload.extend(varint(1));
-    payload.extend(varint(1 << 20));
-    payload.extend(string("Lab"));
-    payload.extend(varint(methods.len() as u64));
-    for method in methods {
-        payload.extend(string(method.name));
-        payload.extend(varint(method.fingerprint));
-    }
-    payload.extend(varint(ping_interval_ms));
-    payload.extend(varint(0));
-    frame(&payload)
-}
-
 #[tokio::test]
 async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     let (listener, addr) = loopback_listener().await;
@@ -41,7 +24,7 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lying_hello(LabClient::INFO.methods, 50)).await;
+        raw.send(&lab_hello(LabClient::INFO.methods, 50, 0)).await;
         // Hold the connection open and say nothing, like a machine that vanished.
         raw.read_frame().await;
         raw
@@ -74,7 +57,7 @@ async fn a_server_closes_the_connection_of_a_client_gone_silent() {
     )
     .await;
     let mut raw = RawClient::connect(addr).await;
-    raw.send(&lying_hello(&[], 50)).await;
+    raw.send(&lab_hello(&[], 50, 0)).await;
     let last_said = Instant::now();
     let hello = within("the server's hello", raw.read_frame())
         .await
@@ -138,7 +121,7 @@ async fn an_idle_client_that_pings_stays_connected() {
         .expect("connects")
         .into_split();
     writer
-        .write_all(&lying_hello(&[], 50))
+        .write_all(&lab_hello(&[], 50, 0))
         .await
         .expect("writes");
     read_frame_from(&mut reader)
@@ -187,7 +170,7 @@ async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
             .await
             .expect("the client's hello");
         writer
-            .write_all(&lying_hello(LabClient::INFO.methods, 50))
+            .write_all(&lab_hello(LabClient::INFO.methods, 50, 0))
             .await
             .expect("writes");
         let (stop, stopped) = oneshot::channel();

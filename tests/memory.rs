@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, loopback_listener, request, server_hello, start_tcp_with,
+    LabClient, LabImpl, RawClient, frame, lab_hello, loopback_listener, request, start_tcp_with,
     string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
@@ -70,6 +70,12 @@ async fn freed_to(baseline: usize, slack: usize) {
     .await;
 }
 
+/// A server that pings every 100 ms and drops a client that reads nothing for a second.
+async fn impatient_server() -> std::net::SocketAddr {
+    let keepalive = Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1));
+    start_tcp_with(keepalive, LabImpl::default()).await
+}
+
 /// 200,000 requests naming a method the server lacks, from a client that reads nothing: the
 /// refusals count against the connection's queue like answers, the server stops reading, and
 /// the connection is dropped once its writes make no progress. Without that bound the server
@@ -77,11 +83,7 @@ async fn freed_to(baseline: usize, slack: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_calls_from_a_client_that_never_reads_are_bounded() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let addr = start_tcp_with(
-        Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1)),
-        LabImpl::default(),
-    )
-    .await;
+    let addr = impatient_server().await;
     let start = baseline();
     let mut raw = RawClient::handshake(addr).await;
     let mut chunk = Vec::new();
@@ -116,8 +118,7 @@ async fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&server_hello(LabClient::INFO.methods, 100, 64))
-            .await;
+        raw.send(&lab_hello(LabClient::INFO.methods, 100, 64)).await;
         // Pings keep the client from presuming this side dead; it never reads again.
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,11 +163,7 @@ async fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_floods_and_goes_silent_is_dropped_and_its_memory_freed() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let addr = start_tcp_with(
-        Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1)),
-        LabImpl::default(),
-    )
-    .await;
+    let addr = impatient_server().await;
     let start = baseline();
     let mut raw = RawClient::handshake(addr).await;
     let mut flood = Vec::new();

@@ -299,8 +299,12 @@ mod tests {
             Err(MetadataError::OverLimit(why)) => assert!(why.contains("15 bytes"), "{why}"),
             other => panic!("expected OverLimit, got {other:?}"),
         }
-        // Exactly at both limits: taken.
+        // Exactly at both limits: taken; a byte under: refused.
         assert!(Metadata::decode_prefix(&bytes, limits(22, 2)).is_ok());
+        assert!(matches!(
+            Metadata::decode_prefix(&bytes, limits(21, 2)),
+            Err(MetadataError::OverLimit(_))
+        ));
     }
 
     #[test]

@@ -382,8 +382,9 @@ pub fn hello(service: &str, version: u32) -> Vec<u8> {
     frame(&payload)
 }
 
-/// A server's hello for `Lab` with the given method table, ping interval and in-flight limit.
-pub fn server_hello(
+/// A hello for `Lab`, as either side may send it, with the given method table, ping interval
+/// and in-flight limit (0 for none, as clients send).
+pub fn lab_hello(
     methods: &[rpc_core::MethodInfo],
     ping_interval_ms: u64,
     max_concurrent_calls: u32,
