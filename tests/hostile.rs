@@ -193,6 +193,71 @@ async fn an_upload_ends_without_more_credit() {
     upload.abort();
 }
 
+/// A call abandoned while its request still waits behind another leaves nothing on the wire: no
+/// request, and no Cancel for a request the server never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_before_its_request_left_sends_nothing() {
+    // A small receive buffer of fixed size (the kernel would otherwise grow it to tens of MiB),
+    // so that the first request cannot all be written while the server does not read.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("sets the buffer");
+    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("binds");
+    let listener = socket.listen(1).expect("listens");
+    let addr = listener.local_addr().expect("an address");
+    let (start_reading, reading) = tokio::sync::oneshot::channel::<()>();
+    let slow_server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
+        // Reads nothing until told: the client's writer blocks in the middle of the first
+        // request, larger than the sockets' buffers together.
+        let _ = reading.await;
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let payload = raw.read_frame().await.expect("a frame");
+            if payload != [0x04] {
+                seen.push(payload);
+            }
+        }
+        seen
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    // Polled once, the huge call is queued (request 0) before anything else.
+    let mut huge = Box::pin({
+        let client = client.clone();
+        async move { client.echo(vec![1; 4 * 1024 * 1024]).await }
+    });
+    let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(huge.as_mut().poll(&mut waker).is_pending());
+    let huge = tokio::spawn(huge);
+    let abandoned = client
+        .with_deadline(std::time::Duration::from_millis(100))
+        .add(1, 1)
+        .await;
+    assert!(
+        matches!(abandoned, Err(RpcError::DeadlineExceeded { .. })),
+        "{abandoned:?}"
+    );
+    start_reading.send(()).expect("the server waits");
+    let last = tokio::spawn({
+        let client = client.clone();
+        async move { client.add(2, 2).await }
+    });
+    let seen = within("what the server read", slow_server)
+        .await
+        .expect("joins");
+    let (first, second) = (&seen[0], &seen[1]);
+    assert_eq!(first[..2], [0x01, 0x00], "request 0, the huge one");
+    assert_eq!(
+        second[..2],
+        [0x01, 0x02],
+        "then request 2: neither request 1 nor a Cancel of it"
+    );
+    huge.abort();
+    last.abort();
+}
+
 /// A request reusing the id of a running call closes the connection before any of it runs.
 #[tokio::test]
 async fn a_reused_id_is_refused_before_its_handler_runs() {
