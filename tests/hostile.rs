@@ -200,8 +200,12 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     // A small receive buffer of fixed size (the kernel would otherwise grow it to tens of MiB),
     // so that the first request cannot all be written while the server does not read.
     let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    socket.set_recv_buffer_size(64 * 1024).expect("sets the buffer");
-    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("binds");
+    socket
+        .set_recv_buffer_size(64 * 1024)
+        .expect("sets the buffer");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("binds");
     let listener = socket.listen(1).expect("listens");
     let addr = listener.local_addr().expect("an address");
     let (start_reading, reading) = tokio::sync::oneshot::channel::<()>();

@@ -471,3 +471,72 @@ where
 {
     Server::builder().serve_connection(io, service).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_bounded() {
+        let config = Server::builder().config;
+        assert_eq!(config.max_frame_len, DEFAULT_MAX_FRAME_LEN);
+        assert_eq!(config.max_in_flight, 1024);
+        assert_eq!(config.max_connections, 10_000);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.keepalive, Some(KeepAlive::DEFAULT));
+        assert_eq!(config.metadata, MetadataLimits::DEFAULT);
+        assert_eq!(config.max_queued_per_connection, 4 * 1024 * 1024);
+        assert_eq!(config.max_queued, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_setting_lands_where_it_is_used() {
+        let config = Server::builder()
+            .max_frame_len(1)
+            .max_in_flight_per_connection(2)
+            .max_connections(3)
+            .handshake_timeout(Duration::from_secs(4))
+            .idle_timeout(Duration::from_secs(5))
+            .keepalive(Duration::from_secs(6), Duration::from_secs(7))
+            .shutdown_grace(Duration::from_secs(8))
+            .max_metadata_len(9)
+            .max_metadata_entries(10)
+            .max_queued_bytes_per_connection(11)
+            .max_queued_bytes(12)
+            .config;
+        assert_eq!(config.max_frame_len, 1);
+        assert_eq!(config.max_in_flight, 2);
+        assert_eq!(config.max_connections, 3);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(4));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(5)));
+        let keepalive = KeepAlive {
+            interval: Duration::from_secs(6),
+            timeout: Duration::from_secs(7),
+        };
+        assert_eq!(config.keepalive, Some(keepalive));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(8));
+        assert_eq!(config.metadata.max_len, 9);
+        assert_eq!(config.metadata.max_entries, 10);
+        assert_eq!(config.max_queued_per_connection, 11);
+        assert_eq!(config.max_queued, 12);
+
+        let off = Server::builder()
+            .disable_idle_timeout()
+            .disable_keepalive()
+            .config;
+        assert_eq!((off.idle_timeout, off.keepalive), (None, None));
+    }
+
+    #[test]
+    fn limits_are_kept_within_what_they_can_mean() {
+        let config = Server::builder()
+            .max_frame_len(usize::MAX)
+            .max_in_flight_per_connection(0)
+            .max_connections(0)
+            .config;
+        assert_eq!(config.max_frame_len, MAX_FRAME_LEN_CAP);
+        assert_eq!(config.max_in_flight, 1);
+        assert_eq!(config.max_connections, 1);
+    }
+}
