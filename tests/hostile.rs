@@ -7,6 +7,7 @@ use rpc_tests::{
     LabClient, LabImpl, LabServer, RawClient, frame, lab_hello, loopback_listener, request,
     start_tcp_with, string, varint, within,
 };
+use tokio::io::AsyncWriteExt;
 
 /// `add(2, 3)`'s arguments: zigzag varints.
 const ADD_2_3: [u8; 2] = [0x04, 0x06];
@@ -298,6 +299,41 @@ async fn a_protocol_error_flushes_earlier_answers_then_says_why() {
         "the earlier answer first"
     );
     within("closing", raw.expect_closed()).await;
+}
+
+/// A client that broke the protocol and had more on its way still reads the go-away: the server
+/// reads and drops what follows the error before closing, rather than resetting a connection
+/// with unread bytes, which can destroy what the client has not read yet.
+#[tokio::test]
+async fn the_go_away_reaches_a_client_that_had_sent_more() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut bytes = request(1, "add", &ADD_2_3);
+    bytes.extend(frame(&[0x7f, 0xff, 0xff]));
+    bytes.extend(vec![0x55; 200 * 1024]);
+    raw.send(&bytes).await;
+    raw.stream.shutdown().await.expect("half-closes");
+    let before = within("the go-away", raw.expect_go_away(3, "undecodable frame")).await;
+    assert_eq!(before, [vec![0x02, 0x01, 0x00, 0x0a]]);
+    within("closing", raw.expect_closed()).await;
+}
+
+/// What the server reads after a protocol error is bounded: a client that goes on sending is
+/// cut off long before 64 MiB.
+#[tokio::test]
+async fn a_client_sending_on_after_its_error_is_cut_off() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&frame(&[0x7f, 0xff, 0xff])).await;
+    let chunk = vec![0x55; 64 * 1024];
+    let sent = within("the server to cut the client off", async {
+        for _ in 0..1024 {
+            raw.stream.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    assert!(sent.is_err(), "the server read 64 MiB after the error");
 }
 
 /// A client told by the server that it broke the protocol fails its calls with the server's

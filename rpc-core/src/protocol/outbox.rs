@@ -379,6 +379,15 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_entry_shows_its_kind_and_size() {
+        let outgoing = Outgoing {
+            item: Item::Last(Frame::from(vec![0u8; 7])),
+            _slot: None,
+        };
+        assert_eq!(format!("{outgoing:?}"), "Last(7)");
+    }
+
+    #[test]
     fn stream_frames_taken_back_are_uncounted_and_never_claimed() {
         let (outbox, _queue) = Outbox::new();
         let frames = StreamFrames::new(&outbox);
