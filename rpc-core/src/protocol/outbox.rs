@@ -198,7 +198,7 @@ impl Meter {
             self.drained.notify_one();
         }
         if let Some(budget) = &self.budget {
-            budget.release(bytes);
+            budget.queued.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
 
@@ -221,36 +221,21 @@ impl Meter {
     }
 
     /// Returns once [`Meter::may_read`] holds.
+    ///
+    /// Only this connection's own writes wake it: a connection that may not read has bytes of
+    /// its own queued (one with none always may), so its writer is at work, and each write it
+    /// makes is a moment to look again, at its own queue and at the server's.
     pub(crate) async fn wait_may_read(&self) {
         loop {
             let drained = self.drained.notified();
-            let freed = self.budget.as_ref().map(|budget| budget.freed.notified());
             tokio::pin!(drained);
             drained.as_mut().enable();
-            let mut freed = freed.map(Box::pin);
-            if let Some(freed) = &mut freed {
-                freed.as_mut().enable();
-            }
             self.reader_waiting.store(true, Ordering::Release);
-            if let Some(budget) = &self.budget {
-                budget.waiting.fetch_add(1, Ordering::AcqRel);
-            }
             let ready = self.may_read();
             if !ready {
-                match freed {
-                    Some(freed) => {
-                        tokio::select! {
-                            () = drained => {}
-                            () = freed => {}
-                        }
-                    }
-                    None => drained.await,
-                }
+                drained.await;
             }
             self.reader_waiting.store(false, Ordering::Release);
-            if let Some(budget) = &self.budget {
-                budget.waiting.fetch_sub(1, Ordering::AcqRel);
-            }
             if ready {
                 return;
             }
@@ -263,9 +248,6 @@ impl Meter {
 pub(crate) struct Budget {
     queued: AtomicUsize,
     limit: usize,
-    /// Woken when bytes are released while readers wait.
-    freed: Notify,
-    waiting: AtomicUsize,
 }
 
 impl Budget {
@@ -273,24 +255,12 @@ impl Budget {
         Budget {
             queued: AtomicUsize::new(0),
             limit,
-            freed: Notify::new(),
-            waiting: AtomicUsize::new(0),
         }
     }
 
     /// The bytes queued across the server.
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
-    }
-
-    fn release(&self, bytes: usize) {
-        let before = self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        if before >= self.limit
-            && before - bytes < self.limit
-            && self.waiting.load(Ordering::Acquire) > 0
-        {
-            self.freed.notify_waiters();
-        }
     }
 }
 
@@ -364,6 +334,34 @@ mod tests {
         assert_eq!(budget.queued(), 0);
         assert!(!outbox.send(vec![0u8; 10], None), "the writer is gone");
         assert_eq!(budget.queued(), 0, "a refused frame is not counted");
+    }
+
+    #[test]
+    fn a_connection_may_read_until_its_queue_reaches_either_limit() {
+        let entry = 100 + ENTRY_OVERHEAD;
+        let budget = Arc::new(Budget::new(3 * entry));
+        let meter = Meter::new(2 * entry, Some(Arc::clone(&budget)));
+        meter.hold(entry);
+        assert!(meter.may_read(), "under both limits");
+        meter.hold(entry - 1);
+        assert!(meter.may_read(), "a byte under its own limit");
+        meter.hold(1);
+        assert!(!meter.may_read(), "at its own limit");
+        meter.release(entry);
+
+        // The meter holds one entry; another connection brings the server to its budget.
+        let other = Meter::new(usize::MAX, Some(Arc::clone(&budget)));
+        other.hold(2 * entry - 1);
+        assert!(meter.may_read(), "the server a byte under its budget");
+        other.hold(1);
+        assert!(!meter.may_read(), "the server at its budget");
+        assert!(
+            !other.may_read(),
+            "for every connection with something queued"
+        );
+        other.release(2 * entry);
+        meter.release(entry);
+        assert_eq!(budget.queued(), 0);
     }
 
     #[test]
