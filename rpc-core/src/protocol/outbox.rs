@@ -383,6 +383,9 @@ mod tests {
             _slot: None,
         };
         assert_eq!(format!("{outgoing:?}"), "Last(7)");
+        let (outbox, _queue) = Outbox::new();
+        let frames = format!("{:?}", StreamFrames::new(&outbox));
+        assert!(frames.starts_with("StreamFrames"), "{frames}");
     }
 
     #[test]

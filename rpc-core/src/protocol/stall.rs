@@ -120,6 +120,32 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
+    /// Flushing and shutting down go through to the transport: a buffered one (as TLS is)
+    /// sends nothing until flushed, and its peer sees the end only once it is shut down.
+    #[tokio::test]
+    async fn flush_and_shutdown_reach_the_transport() {
+        let (tx, mut rx) = tokio::io::duplex(1024);
+        let mut guarded =
+            StallGuard::new(tokio::io::BufWriter::new(tx), Some(Duration::from_secs(5)));
+        guarded.write_all(b"hello").await.expect("buffered");
+        guarded.flush().await.expect("flushed");
+        let mut got = [0; 5];
+        let read = tokio::io::AsyncReadExt::read_exact(&mut rx, &mut got);
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the flush sent the bytes")
+            .expect("reads");
+        assert_eq!(&got, b"hello");
+        guarded.shutdown().await.expect("shut down");
+        let mut rest = Vec::new();
+        let end = tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut rest);
+        tokio::time::timeout(Duration::from_secs(10), end)
+            .await
+            .expect("the peer sees the end")
+            .expect("reads");
+        assert!(rest.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
         let (tx, mut rx) = tokio::io::duplex(16);
