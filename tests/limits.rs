@@ -131,6 +131,44 @@ async fn at_the_connection_limit_an_idle_connection_gives_way() {
     assert_eq!(answer[..3], [0x02, 0x01, 0x00], "the busy call succeeded");
 }
 
+/// Of several idle connections, the one that has gone longest without a request gives way,
+/// whatever the order they connected in.
+#[tokio::test]
+async fn the_connection_idle_longest_is_the_one_that_gives_way() {
+    let addr = start_tcp_with(Server::builder().max_connections(4), LabImpl::default()).await;
+    let mut recent = Vec::new();
+    for _ in 0..3 {
+        recent.push(RawClient::handshake(addr).await);
+    }
+    let mut idlest = RawClient::handshake(addr).await;
+    // The three that connected first have made a call since the last one connected.
+    for (n, raw) in recent.iter_mut().enumerate() {
+        raw.send(&request(n as u64, "add", &[0x02, 0x02])).await;
+        let answer = within("an answer", raw.read_frame())
+            .await
+            .expect("answered");
+        assert_eq!(answer[3], 0x04);
+    }
+    let newcomer = within("a newcomer", LabClient::connect(addr))
+        .await
+        .expect("admitted");
+    let before = within(
+        "the idlest to go",
+        idlest.expect_go_away(2, "connection limit"),
+    )
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(newcomer.add(1, 1).await.expect("served"), 2);
+    for (n, raw) in recent.iter_mut().enumerate() {
+        raw.send(&request(10 + n as u64, "add", &[0x02, 0x02]))
+            .await;
+        let answer = within("an answer", raw.read_frame())
+            .await
+            .expect("still served");
+        assert_eq!(answer[0], 0x02, "an answer, not a go-away: {answer:?}");
+    }
+}
+
 /// When every connection has a call running, a newcomer waits; the first connection whose
 /// calls are done then gives way to it.
 #[tokio::test]

@@ -358,15 +358,11 @@ impl<S: Service> Connection<'_, S> {
             timeout_ms,
             metadata,
         };
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            // Nothing waits ahead of it: requests start in the order they came.
-            Ok(slot) if self.parked.is_empty() => self.start(parked, slot),
-            Ok(slot) => {
-                self.parked.push_back(parked);
-                self.start_parked(slot);
-            }
-            // Backpressure: the call waits for a slot while the reader goes on.
-            Err(_) => self.parked.push_back(parked),
+        // Requests start in the order they came: behind any already waiting for a slot. With
+        // none free, the call waits while the reader goes on (backpressure).
+        self.parked.push_back(parked);
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            self.start_parked(slot);
         }
         Ok(Handled::Request)
     }

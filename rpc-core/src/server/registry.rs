@@ -6,34 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use super::calls::Calls;
 
 /// The connections that have completed their handshake and take calls.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Registry {
-    epoch: Instant,
-    next_key: AtomicU64,
+    /// Counts registrations and requests across the server: a connection's last count says how
+    /// recently it was active, with no ties and no clock.
+    activity: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
 #[derive(Debug)]
 struct Entry {
     calls: Arc<Calls>,
-    /// When the connection last received a request, in milliseconds since the epoch.
-    last_request_ms: AtomicU64,
+    /// The server's activity count when the connection registered or last received a request.
+    last_active: AtomicU64,
     give_way: Notify,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry {
-            epoch: Instant::now(),
-            next_key: AtomicU64::new(0),
-            connections: Mutex::new(HashMap::new()),
-        }
-    }
 }
 
 impl Registry {
@@ -44,16 +34,16 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn tick(&self) -> u64 {
+        self.activity.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Adds a connection whose calls are `calls`, until the returned registration is dropped.
     pub(crate) fn register(self: &Arc<Self>, calls: Arc<Calls>) -> Registration {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let key = self.tick();
         let entry = Arc::new(Entry {
             calls,
-            last_request_ms: AtomicU64::new(self.now_ms()),
+            last_active: AtomicU64::new(key),
             give_way: Notify::new(),
         });
         self.connections().insert(key, Arc::clone(&entry));
@@ -71,7 +61,7 @@ impl Registry {
             .connections()
             .values()
             .filter(|entry| entry.calls.is_empty())
-            .min_by_key(|entry| entry.last_request_ms.load(Ordering::Relaxed))
+            .min_by_key(|entry| entry.last_active.load(Ordering::Relaxed))
             .cloned();
         match idlest {
             Some(entry) => {
@@ -94,8 +84,8 @@ pub(crate) struct Registration {
 impl Registration {
     /// Notes that a request arrived.
     pub(crate) fn touch(&self) {
-        let now = self.registry.now_ms();
-        self.entry.last_request_ms.store(now, Ordering::Relaxed);
+        let now = self.registry.tick();
+        self.entry.last_active.store(now, Ordering::Relaxed);
     }
 
     /// Returns when the server asks this connection to give way.
@@ -122,10 +112,9 @@ mod tests {
     #[tokio::test]
     async fn the_connection_idle_longest_is_asked_first_and_busy_ones_never() {
         let registry = Arc::new(Registry::default());
-        let old = registry.register(Arc::new(Calls::default()));
         let recent = registry.register(Arc::new(Calls::default()));
-        old.entry.last_request_ms.store(0, Ordering::Relaxed);
-        recent.entry.last_request_ms.store(1_000, Ordering::Relaxed);
+        let old = registry.register(Arc::new(Calls::default()));
+        recent.touch();
         assert!(registry.ask_idlest_to_give_way());
         tokio::time::timeout(std::time::Duration::from_secs(10), old.asked_to_give_way())
             .await
