@@ -194,8 +194,9 @@ async fn an_upload_ends_without_more_credit() {
     upload.abort();
 }
 
-/// A call abandoned while its request still waits behind another leaves nothing on the wire: no
-/// request, and no Cancel for a request the server never saw.
+/// Calls abandoned while their requests still wait behind another leave nothing on the wire: no
+/// request, no Cancel for a request the server never saw, and none of an upload's items or
+/// its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     // A small receive buffer of fixed size (the kernel would otherwise grow it to tens of MiB),
@@ -236,10 +237,14 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(huge.as_mut().poll(&mut waker).is_pending());
     let huge = tokio::spawn(huge);
-    let abandoned = client
-        .with_deadline(std::time::Duration::from_millis(100))
-        .add(1, 1)
-        .await;
+    let impatient = client.with_deadline(std::time::Duration::from_millis(100));
+    let abandoned = impatient.add(1, 1).await;
+    assert!(
+        matches!(abandoned, Err(RpcError::DeadlineExceeded { .. })),
+        "{abandoned:?}"
+    );
+    let upload = rpc_core::Streaming::iter(0..10u64);
+    let abandoned = impatient.sum(upload).await;
     assert!(
         matches!(abandoned, Err(RpcError::DeadlineExceeded { .. })),
         "{abandoned:?}"
@@ -256,8 +261,8 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     assert_eq!(first[..2], [0x01, 0x00], "request 0, the huge one");
     assert_eq!(
         second[..2],
-        [0x01, 0x02],
-        "then request 2: neither request 1 nor a Cancel of it"
+        [0x01, 0x03],
+        "then request 3: nothing of calls 1 and 2"
     );
     huge.abort();
     last.abort();

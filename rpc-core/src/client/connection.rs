@@ -20,7 +20,7 @@ use crate::protocol::{
 };
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
-use crate::stream::{self, InboundOptions, Outbound, Streams};
+use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
 use crate::{Metadata, RpcError, Streaming};
 
@@ -199,9 +199,7 @@ impl Connection {
             return Err(Failure::NotRun(self.pending.close_reason()));
         }
         let upload = upload.zip(credit).map(|(items, credit)| {
-            let max_frame_len = self.server.max_frame_len;
-            let pump = stream::pump(id, items, credit, self.outbox.clone(), max_frame_len);
-            AbortOnDrop::new(&tokio::spawn(pump))
+            Upload::start(id, items, credit, &self.outbox, self.server.max_frame_len)
         });
         let reply = until(spec.expires, answer)
             .await
@@ -260,7 +258,7 @@ pub(crate) struct Answered {
     expires: Option<Instant>,
     slot: OwnedSemaphorePermit,
     inbound: Option<InboundParts>,
-    upload: Option<AbortOnDrop>,
+    upload: Option<Upload>,
 }
 
 impl Answered {

@@ -16,7 +16,9 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::protocol::{Frame, Head, Outbox, Outcome, code, error_response, finish_frame};
+use crate::protocol::{
+    Frame, Head, Outbox, Outcome, StreamFrames, code, error_response, finish_frame,
+};
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
@@ -315,6 +317,7 @@ async fn stream_out(
         stream,
         credit,
         link.outbox.clone(),
+        StreamFrames::new(&link.outbox),
         link.client_max_frame_len,
     );
     let failure = match AssertUnwindSafe(until(deadline, pump)).catch_unwind().await {

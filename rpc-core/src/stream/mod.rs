@@ -10,7 +10,7 @@ mod pump;
 pub(crate) mod registry;
 
 pub use pump::Outbound;
-pub(crate) use pump::pump;
+pub(crate) use pump::{Upload, pump};
 pub use registry::InboundSlot;
 pub(crate) use registry::{InboundOptions, Streams, inbound_stream};
 

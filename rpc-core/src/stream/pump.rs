@@ -13,6 +13,7 @@ use super::Streaming;
 use super::registry::OutboundCredit;
 use crate::RpcError;
 use crate::protocol::{Frame, Head, Outbox, Outcome, StreamFrames, code, finish_frame};
+use crate::task::AbortOnDrop;
 
 /// An outgoing stream whose item type has been erased: it encodes each item into a frame.
 pub struct Outbound {
@@ -73,16 +74,17 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
 /// still polls the source, to learn of its end at once. An item found instead waits, alone,
 /// until a credit comes.
 ///
-/// Dropped before the end (the call was cancelled, or its deadline passed), the pump takes back
-/// its items not yet written, so that they are freed at once.
+/// Items and the end are queued through `frames`, so that whoever owns the stream can take back
+/// what is not written yet. Dropped before the end (the call was cancelled, or its deadline
+/// passed), the pump takes them back itself, so that they are freed at once.
 pub(crate) async fn pump(
     id: u64,
     mut outbound: Outbound,
     credit: OutboundCredit,
     outbox: Outbox,
+    frames: Arc<StreamFrames>,
     max_frame_len: usize,
 ) {
-    let frames = StreamFrames::new(&outbox);
     let mut unsent = TakeBackOnDrop {
         frames: Arc::clone(&frames),
         armed: true,
@@ -143,7 +145,47 @@ pub(crate) async fn pump(
         None => Outcome::Ok,
         Some(message) => Outcome::error(code::STREAM_FAILED, message),
     };
-    outbox.send_head(&Head::StreamEnd { id, outcome });
+    frames.send(&outbox, Head::StreamEnd { id, outcome }.frame().into());
+}
+
+/// A client's upload in progress: its pump, and its frames not yet written. Dropped (the call
+/// was answered or abandoned), it stops the pump and takes those frames back, the end
+/// included: the server needs none of them any more.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    _pump: AbortOnDrop,
+    frames: Arc<StreamFrames>,
+}
+
+impl Upload {
+    /// Starts pumping `outbound` as call `id`'s upload.
+    pub(crate) fn start(
+        id: u64,
+        outbound: Outbound,
+        credit: OutboundCredit,
+        outbox: &Outbox,
+        max_frame_len: usize,
+    ) -> Upload {
+        let frames = StreamFrames::new(outbox);
+        let task = pump(
+            id,
+            outbound,
+            credit,
+            outbox.clone(),
+            Arc::clone(&frames),
+            max_frame_len,
+        );
+        Upload {
+            _pump: AbortOnDrop::new(&tokio::spawn(task)),
+            frames,
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.frames.take_back();
+    }
 }
 
 /// What a pump found when it had a turn: a credit, or (out of credit) what the source had.

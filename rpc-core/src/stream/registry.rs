@@ -18,7 +18,6 @@ use tokio::time::Sleep;
 use super::{CREDIT_BATCH, INITIAL_CREDIT, Streaming};
 use crate::RpcError;
 use crate::protocol::{self, Head, Outbox, code};
-use crate::task::AbortOnDrop;
 
 /// What the connection's reader hands an incoming stream.
 #[derive(Debug)]
@@ -252,7 +251,7 @@ pub(crate) struct InboundOptions {
     /// The call's in-flight slot, held until the stream ends.
     pub(crate) slot: Option<OwnedSemaphorePermit>,
     /// The call's upload, which lives as long as the stream.
-    pub(crate) upload: Option<AbortOnDrop>,
+    pub(crate) upload: Option<super::Upload>,
 }
 
 /// Wraps the receiving end of an incoming stream as a [`Streaming`] of `T`.
