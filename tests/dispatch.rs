@@ -79,14 +79,17 @@ impl WorkerProcess {
         }
     }
 
-    fn kill(&mut self) {
+    /// Stops the worker and waits until it has: its listener and connections are gone (an
+    /// abort alone takes effect only when the runtime next gets to the task).
+    async fn kill(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            let _ = task.await;
         }
     }
 
     async fn restart(&mut self) {
-        self.kill();
+        self.kill().await;
         *self = WorkerProcess::start(self.id, self.addr, self.parked.clone()).await;
     }
 }
@@ -155,7 +158,7 @@ async fn a_worker_killed_mid_job_loses_no_task() {
     let mut results = spawn_job(&client, 0..2000, 48);
 
     let mut done = within("the first 300 tasks", collect(&mut results, 300)).await;
-    workers[1].kill();
+    workers[1].kill().await;
     done.extend(within("the other 1700 tasks", collect(&mut results, 1700)).await);
 
     let mut seen: HashMap<u64, u64> = HashMap::new();
@@ -202,7 +205,7 @@ async fn a_restarted_worker_is_used_again() {
     let mut results = spawn_job(&client, 0..200, 8);
     within("a first job", collect(&mut results, 200)).await;
 
-    workers[0].kill();
+    workers[0].kill().await;
     let mut results = spawn_job(&client, 0..200, 8);
     let without = within("a job without worker 0", collect(&mut results, 200)).await;
     assert!(without.iter().all(|(_, worker, _)| *worker == 1));
@@ -233,7 +236,7 @@ async fn a_single_server_client_reconnects_after_a_restart() {
         .expect("connects");
     assert_eq!(client.count_primes(0, 10).await.expect("first"), (0, 4));
 
-    workers[0].kill();
+    workers[0].kill().await;
     within(
         "the connection to drop",
         rpc_core::ServiceClient::channel(&client).closed(),
@@ -293,7 +296,7 @@ where
             .expect("workers alive");
     }
     for worker in &mut workers {
-        worker.kill();
+        worker.kill().await;
     }
     let mut errors = Vec::new();
     for call in parked {

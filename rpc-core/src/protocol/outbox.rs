@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
@@ -182,9 +182,9 @@ impl Meter {
         if bytes == 0 {
             return;
         }
-        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        let before = self.queued.fetch_add(bytes, Ordering::AcqRel);
         if let Some(budget) = &self.budget {
-            budget.queued.fetch_add(bytes, Ordering::AcqRel);
+            budget.add(before, before + bytes);
         }
     }
 
@@ -193,12 +193,12 @@ impl Meter {
         if bytes == 0 {
             return;
         }
-        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        let before = self.queued.fetch_sub(bytes, Ordering::AcqRel);
         if self.reader_waiting.load(Ordering::Acquire) {
             self.drained.notify_one();
         }
         if let Some(budget) = &self.budget {
-            budget.queued.fetch_sub(bytes, Ordering::AcqRel);
+            budget.add(before, before - bytes);
         }
     }
 
@@ -244,23 +244,47 @@ impl Meter {
 }
 
 /// The bytes queued across all of a server's connections, and their limit.
+///
+/// Each connection's queue is counted in whole steps (64 KiB): a connection adds to the
+/// server's count only when its own crosses a step, so the many small answers of a busy server
+/// never touch this count, which all connections share. What the budget caps is therefore the
+/// bytes queued beyond the first step of each connection.
 #[derive(Debug)]
 pub(crate) struct Budget {
-    queued: AtomicUsize,
+    /// Signed: a release on one thread may be counted just before the hold it follows.
+    queued: AtomicIsize,
     limit: usize,
+    step: usize,
 }
 
 impl Budget {
+    /// The step in which each connection's queue is counted.
+    pub(crate) const STEP: usize = 64 * 1024;
+
     pub(crate) fn new(limit: usize) -> Self {
+        Self::with_step(limit, Self::STEP)
+    }
+
+    fn with_step(limit: usize, step: usize) -> Self {
         Budget {
-            queued: AtomicUsize::new(0),
+            queued: AtomicIsize::new(0),
             limit,
+            step,
         }
     }
 
-    /// The bytes queued across the server.
+    /// The bytes queued across the server, counted in steps.
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        usize::try_from(self.queued.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Counts a connection's queue going from `before` to `after` bytes.
+    fn add(&self, before: usize, after: usize) {
+        let steps = |bytes: usize| (bytes / self.step) as isize;
+        let change = (steps(after) - steps(before)) * self.step as isize;
+        if change != 0 {
+            self.queued.fetch_add(change, Ordering::AcqRel);
+        }
     }
 }
 
@@ -322,7 +346,7 @@ mod tests {
 
     #[test]
     fn queued_bytes_are_counted_until_dropped_with_the_queue() {
-        let budget = Arc::new(Budget::new(1000));
+        let budget = Arc::new(Budget::with_step(1000, 1));
         let (outbox, queue) = Outbox::with_meter(Meter::new(150, Some(Arc::clone(&budget))));
         assert!(outbox.meter().may_read(), "nothing queued");
         assert!(outbox.send(vec![0u8; 60], None));
@@ -339,7 +363,7 @@ mod tests {
     #[test]
     fn a_connection_may_read_until_its_queue_reaches_either_limit() {
         let entry = 100 + ENTRY_OVERHEAD;
-        let budget = Arc::new(Budget::new(3 * entry));
+        let budget = Arc::new(Budget::with_step(3 * entry, 1));
         let meter = Meter::new(2 * entry, Some(Arc::clone(&budget)));
         meter.hold(entry);
         assert!(meter.may_read(), "under both limits");
@@ -365,8 +389,24 @@ mod tests {
     }
 
     #[test]
+    fn the_server_counts_each_queue_in_whole_steps() {
+        let budget = Arc::new(Budget::with_step(usize::MAX, 100));
+        let meter = Meter::new(usize::MAX, Some(Arc::clone(&budget)));
+        meter.hold(99);
+        assert_eq!(budget.queued(), 0, "under a step");
+        meter.hold(1);
+        assert_eq!(budget.queued(), 100, "a step");
+        meter.hold(250);
+        assert_eq!(budget.queued(), 300, "three steps");
+        meter.release(201);
+        assert_eq!(budget.queued(), 100, "back under two");
+        meter.release(meter.queued());
+        assert_eq!(budget.queued(), 0);
+    }
+
+    #[test]
     fn a_connection_with_nothing_queued_may_read_whatever_the_server_holds() {
-        let budget = Arc::new(Budget::new(300));
+        let budget = Arc::new(Budget::with_step(300, 1));
         let (busy, _busy_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
         let (idle, _idle_queue) = Outbox::with_meter(Meter::new(1000, Some(Arc::clone(&budget))));
         assert!(busy.send(vec![0u8; 200], None));

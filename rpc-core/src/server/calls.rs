@@ -181,20 +181,10 @@ impl Calls {
         self.running().calls.is_empty()
     }
 
-    /// Returns once no call has run, and no request has come since `last_request`, for `idle`.
-    pub(crate) async fn idle_for(&self, idle: Duration, last_request: Instant) {
-        loop {
-            self.wait_idle().await;
-            let since = self.running().idle_since.max(last_request);
-            let Some(until) = since.checked_add(idle) else {
-                return std::future::pending().await;
-            };
-            tokio::time::sleep_until(until).await;
-            let running = self.running();
-            if running.calls.is_empty() && running.idle_since <= since {
-                return;
-            }
-        }
+    /// Since when no call has been running; `None` while one is.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let running = self.running();
+        running.calls.is_empty().then_some(running.idle_since)
     }
 
     /// Returns once no call is running.

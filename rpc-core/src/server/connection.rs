@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::ServerConfig;
 use super::calls::{Calls, Link, NewCall};
@@ -134,6 +136,13 @@ where
         draining: false,
     };
     let mut last_request = Instant::now();
+    // The futures that wait for the server, kept across turns of the loop: made anew for every
+    // frame, each would register and unregister itself every time.
+    let mut idle = config.idle_timeout.map(IdleTimer::new);
+    let stopping = shutdown_requested(shutdown.take());
+    tokio::pin!(stopping);
+    let asked = asked_to_give_way(registration.as_ref());
+    tokio::pin!(asked);
     let ended = loop {
         if connection.draining && calls.is_empty() && connection.parked.is_empty() {
             break Ok(());
@@ -147,17 +156,22 @@ where
                     _ => RpcError::ConnectionClosed,
                 });
             }
-            () = shutdown_requested(&mut shutdown), if !connection.draining => {
+            () = &mut stopping, if !connection.draining => {
                 connection.start_draining(go_away::SHUTTING_DOWN, "the server is shutting down");
             }
             () = calls.wait_idle(), if connection.draining => {}
-            () = idle_for(&calls, config.idle_timeout, last_request),
-                if !connection.draining && connection.parked.is_empty() =>
-            {
-                tracing::debug!(?peer_addr, "closing an idle connection");
-                connection.start_draining(go_away::IDLE, "the connection was idle");
+            () = IdleTimer::fired(&mut idle), if !connection.draining => {
+                let idle_since = calls.idle_since().map(|since| since.max(last_request));
+                let parked = !connection.parked.is_empty();
+                if let Some(timer) = &mut idle
+                    && timer.is_over(idle_since.filter(|_| !parked))
+                {
+                    tracing::debug!(?peer_addr, "closing an idle connection");
+                    connection.start_draining(go_away::IDLE, "the connection was idle");
+                }
             }
-            () = asked_to_give_way(registration.as_ref()), if !connection.draining => {
+            () = &mut asked, if !connection.draining => {
+                asked.set(asked_to_give_way(registration.as_ref()));
                 if calls.is_empty() && connection.parked.is_empty() {
                     tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
                     connection.start_draining(
@@ -166,7 +180,7 @@ where
                     );
                 } else if let Some(registration) = &registration {
                     // Busy after all: the next ask goes to another connection.
-                    registration.touch();
+                    registration.touch(Instant::now());
                 }
             }
             slot = Arc::clone(&connection.slots).acquire_owned(),
@@ -183,7 +197,7 @@ where
                     Ok(Handled::Request) => {
                         last_request = reader.arrived();
                         if let Some(registration) = &registration {
-                            registration.touch();
+                            registration.touch(last_request);
                         }
                     }
                     Ok(Handled::Other) => {}
@@ -400,21 +414,49 @@ impl<S: Service> Connection<'_, S> {
 
 /// Returns when the server starts shutting down, or is gone; never for a connection served on
 /// its own.
-async fn shutdown_requested(shutdown: &mut Option<watch::Receiver<bool>>) {
+async fn shutdown_requested(shutdown: Option<watch::Receiver<bool>>) {
     match shutdown {
-        Some(signal) => {
+        Some(mut signal) => {
             let _ = signal.wait_for(|stopping| *stopping).await;
         }
         None => std::future::pending().await,
     }
 }
 
-/// Returns once the connection has been idle for `timeout`; never without one. Pings do not
-/// count as activity: a client that only pings is idle.
-async fn idle_for(calls: &Calls, timeout: Option<Duration>, last_request: Instant) {
-    match timeout {
-        Some(timeout) => calls.idle_for(timeout, last_request).await,
-        None => std::future::pending().await,
+/// Watches for a connection idle for its timeout: no call running, no request received. Pings
+/// do not count as activity: a client that only pings is idle. One timer for the connection's
+/// life, set again only when it fires, rather than one per frame.
+struct IdleTimer {
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Returns when the timer fires; never without one.
+    async fn fired(idle: &mut Option<IdleTimer>) {
+        match idle {
+            Some(idle) => idle.timer.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether a connection idle since `idle_since` (`None`: not idle now) has been idle for
+    /// the whole timeout. If not, sets the timer for when it would be.
+    fn is_over(&mut self, idle_since: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let due = idle_since.map_or(now + self.timeout, |since| since + self.timeout);
+        if due <= now {
+            return true;
+        }
+        self.timer.as_mut().reset(due);
+        false
     }
 }
 

@@ -6,24 +6,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::calls::Calls;
 
 /// The connections that have completed their handshake and take calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
-    /// Counts registrations and requests across the server: a connection's last count says how
-    /// recently it was active, with no ties and no clock.
-    activity: AtomicU64,
+    /// The instant activity is measured from.
+    epoch: Instant,
+    next_key: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
 #[derive(Debug)]
 struct Entry {
     calls: Arc<Calls>,
-    /// The server's activity count when the connection registered or last received a request.
+    /// When the connection registered or last received a request, in nanoseconds since the
+    /// registry's epoch. Each connection writes only its own: no line shared between them.
     last_active: AtomicU64,
     give_way: Notify,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            epoch: Instant::now(),
+            next_key: AtomicU64::new(0),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Registry {
@@ -34,16 +46,18 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn tick(&self) -> u64 {
-        self.activity.fetch_add(1, Ordering::Relaxed)
+    /// `at` in nanoseconds since the epoch.
+    fn since_epoch(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Adds a connection whose calls are `calls`, until the returned registration is dropped.
     pub(crate) fn register(self: &Arc<Self>, calls: Arc<Calls>) -> Registration {
-        let key = self.tick();
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             calls,
-            last_active: AtomicU64::new(key),
+            last_active: AtomicU64::new(self.since_epoch(Instant::now())),
             give_way: Notify::new(),
         });
         self.connections().insert(key, Arc::clone(&entry));
@@ -82,10 +96,10 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Notes that a request arrived.
-    pub(crate) fn touch(&self) {
-        let now = self.registry.tick();
-        self.entry.last_active.store(now, Ordering::Relaxed);
+    /// Notes that a request arrived `at`.
+    pub(crate) fn touch(&self, at: Instant) {
+        let at = self.registry.since_epoch(at);
+        self.entry.last_active.store(at, Ordering::Relaxed);
     }
 
     /// Returns when the server asks this connection to give way.
@@ -114,7 +128,7 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let recent = registry.register(Arc::new(Calls::default()));
         let old = registry.register(Arc::new(Calls::default()));
-        recent.touch();
+        recent.touch(Instant::now() + std::time::Duration::from_secs(1));
         assert!(registry.ask_idlest_to_give_way());
         tokio::time::timeout(std::time::Duration::from_secs(10), old.asked_to_give_way())
             .await
