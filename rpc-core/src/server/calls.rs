@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -28,6 +29,9 @@ use crate::{Context, Metadata};
 #[derive(Debug)]
 pub(crate) struct Calls {
     running: Mutex<Running>,
+    /// How many calls `running` holds, for a look without the lock: most calls answer on their
+    /// first poll and are never in it.
+    count: AtomicUsize,
     /// Woken when the last running call ends.
     idle: Notify,
 }
@@ -46,6 +50,7 @@ impl Default for Calls {
                 calls: HashMap::new(),
                 idle_since: Instant::now(),
             }),
+            count: AtomicUsize::new(0),
             idle: Notify::new(),
         }
     }
@@ -124,7 +129,11 @@ impl Calls {
         };
 
         let (abort, registration) = AbortHandle::new_pair();
-        self.running().calls.insert(id, abort);
+        {
+            let mut running = self.running();
+            running.calls.insert(id, abort);
+            self.count.store(running.calls.len(), Ordering::Release);
+        }
         let link = link.clone();
         let run = context.scope(async move {
             let (frame, stream) = match started {
@@ -151,6 +160,7 @@ impl Calls {
     fn finish(&self, id: u64) {
         let mut running = self.running();
         running.calls.remove(&id);
+        self.count.store(running.calls.len(), Ordering::Release);
         if running.calls.is_empty() {
             running.idle_since = Instant::now();
             self.idle.notify_waiters();
@@ -174,7 +184,7 @@ impl Calls {
 
     /// Whether call `id` is running.
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        self.running().calls.contains_key(&id)
+        self.count.load(Ordering::Acquire) > 0 && self.running().calls.contains_key(&id)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
