@@ -1,39 +1,55 @@
-//! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`, and
-//! echoes of a byte payload as a plain `Vec<u8>` and as the byte-buffer type each system handles
-//! best (`bytes::Bytes` for tarpc and the raw floor, `rpc_core::Payload` for rpc-core). A caller
-//! sends the same buffer again and again, as a clone of its byte-buffer type: a shared handle
-//! for both, where a `Vec<u8>` must be copied.
+//! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`;
+//! echoes of a byte payload as a `Vec<u8>`, as a `serde_bytes::ByteBuf` (the two ways users
+//! write byte buffers) and as the system's own shared byte type (`rpc_core::Payload`,
+//! `bytes::Bytes`); and `count(n)`, a stream of `n` numbers, where the system streams.
 
 pub mod raw;
 pub mod rpc;
 pub mod tarpc;
+pub mod tonic;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
+use serde_bytes::ByteBuf;
+
 /// One RPC system under test.
 pub trait System: Send + Sync + 'static {
-    /// A client, cheap to clone; clones share one connection.
-    type Client: Clone + Send + Sync + 'static;
+    /// The system's name, as the command line and the tables spell it.
+    const NAME: &'static str;
 
-    /// The byte-buffer type the system handles best.
-    type Buf: From<Vec<u8>> + AsRef<[u8]> + Clone + Send + Sync + 'static;
+    /// A connection, or a handle on one.
+    type Client: Send + Sync + 'static;
 
-    /// Starts a server on a free loopback port.
+    /// The system's shared byte type, sent again and again as clones of one buffer.
+    type Shared: From<Vec<u8>> + AsRef<[u8]> + Clone + Send + Sync + 'static;
+
+    /// Starts a server on a free loopback port, on the current runtime.
     fn serve() -> impl Future<Output = SocketAddr> + Send;
 
     /// Opens one connection.
     fn connect(addr: SocketAddr) -> impl Future<Output = Self::Client> + Send;
 
+    /// Another handle on `client`'s connection, for calls made at once; `None` for a system
+    /// that makes one call at a time.
+    fn share(client: &Self::Client) -> Option<Self::Client>;
+
     /// Calls `add`.
-    fn add(client: &Self::Client, a: u64, b: u64) -> impl Future<Output = u64> + Send;
+    fn add(client: &mut Self::Client, a: u64, b: u64) -> impl Future<Output = u64> + Send;
 
-    /// Echoes a plain `Vec<u8>`.
-    fn echo_vec(client: &Self::Client, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
+    /// Echoes a `Vec<u8>`.
+    fn echo_vec(client: &mut Self::Client, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
 
-    /// Echoes a byte buffer.
-    fn echo_bytes(
-        client: &Self::Client,
-        bytes: Self::Buf,
-    ) -> impl Future<Output = Self::Buf> + Send;
+    /// Echoes a `serde_bytes::ByteBuf`.
+    fn echo_buf(client: &mut Self::Client, bytes: ByteBuf) -> impl Future<Output = ByteBuf> + Send;
+
+    /// Echoes the system's shared byte type.
+    fn echo_shared(
+        client: &mut Self::Client,
+        bytes: Self::Shared,
+    ) -> impl Future<Output = Self::Shared> + Send;
+
+    /// Receives a stream of `items` numbers and counts them; `None` where the system has no
+    /// streams.
+    fn count(client: &mut Self::Client, items: u64) -> impl Future<Output = Option<u64>> + Send;
 }

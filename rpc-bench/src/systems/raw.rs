@@ -1,96 +1,144 @@
 //! The floor: length-prefixed postcard frames over one TCP connection, one call at a time, with
-//! no ids, no multiplexing, no handshake. Nothing a framework does can be faster than this.
+//! no ids, no multiplexing, no handshake, no lock and no copy a socket does not force: a caller
+//! owns its connection, encodes into one reused buffer and sends it with one write; each side
+//! reads whatever has arrived into one reused buffer and decodes frames where they lie.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 
 use super::System;
 
 /// Raw postcard over TCP.
+#[derive(Debug)]
 pub struct Raw;
 
-/// One connection; calls take turns.
-#[derive(Clone)]
-pub struct RawClient(Arc<Mutex<Conn>>);
-
-struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
-    buf: Vec<u8>,
+/// One connection, owned by its one caller.
+#[derive(Debug)]
+pub struct RawClient {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
 }
 
 /// Requests: a tag byte, then the postcard arguments.
 const ADD: u8 = 0;
 const ECHO: u8 = 1;
+const COUNT: u8 = 2;
 
-async fn read_frame(reader: &mut BufReader<OwnedReadHalf>, buf: &mut Vec<u8>) -> Option<()> {
-    let len = reader.read_u32().await.ok()? as usize;
-    buf.resize(len, 0);
-    reader.read_exact(buf).await.ok()?;
-    Some(())
+/// The length prefix.
+const PREFIX: usize = 4;
+
+/// Appends a frame: its length, an optional tag, then `value` in postcard.
+fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
+    let start = out.len();
+    out.extend_from_slice(&[0; PREFIX]);
+    out.extend(tag);
+    let mut body = std::mem::take(out);
+    body = postcard::to_extend(value, body).expect("encodes");
+    *out = body;
+    let len = (out.len() - start - PREFIX) as u32;
+    out[start..start + PREFIX].copy_from_slice(&len.to_be_bytes());
 }
 
-async fn write_frame(writer: &mut BufWriter<OwnedWriteHalf>, tag: Option<u8>, body: &[u8]) {
-    let len = body.len() + usize::from(tag.is_some());
-    let _ = writer.write_u32(len as u32).await;
-    if let Some(tag) = tag {
-        let _ = writer.write_u8(tag).await;
-    }
-    let _ = writer.write_all(body).await;
+/// The length of the first frame in `buf`, if its prefix has arrived.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; PREFIX] = buf.get(..PREFIX)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
 }
 
-async fn serve_connection(stream: TcpStream) {
-    let (read, write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut writer = BufWriter::new(write);
-    let mut buf = Vec::new();
-    while read_frame(&mut reader, &mut buf).await.is_some() {
-        let Some((&tag, args)) = buf.split_first() else {
-            return;
-        };
-        let answer = match tag {
-            ADD => {
-                let Ok((a, b)) = postcard::from_bytes::<(u64, u64)>(args) else {
-                    return;
-                };
-                postcard::to_stdvec(&a.wrapping_add(b)).unwrap_or_default()
+/// Reads until a whole frame is in `read`; its body is `read[PREFIX..PREFIX + len]`.
+async fn read_frame(stream: &mut TcpStream, read: &mut BytesMut) -> Option<usize> {
+    loop {
+        if let Some(len) = frame_len(read) {
+            if read.len() >= PREFIX + len {
+                return Some(len);
             }
-            _ => args.to_vec(),
-        };
-        write_frame(&mut writer, None, &answer).await;
-        if reader.buffer().is_empty() {
-            let _ = writer.flush().await;
+            read.reserve(PREFIX + len - read.len());
+        }
+        if stream.read_buf(read).await.ok()? == 0 {
+            return None;
         }
     }
 }
 
+async fn serve_connection(mut stream: TcpStream) {
+    let mut read = BytesMut::with_capacity(64 * 1024);
+    let mut write = Vec::with_capacity(64 * 1024);
+    while read_frame(&mut stream, &mut read).await.is_some() {
+        // Answer every whole frame that has arrived, then send the answers in one write.
+        while let Some(len) = frame_len(&read).filter(|len| read.len() >= PREFIX + len) {
+            let Some((&tag, args)) = read[PREFIX..PREFIX + len].split_first() else {
+                return;
+            };
+            match tag {
+                ADD => {
+                    let Ok((a, b)) = postcard::from_bytes::<(u64, u64)>(args) else {
+                        return;
+                    };
+                    encode(&mut write, None, &a.wrapping_add(b));
+                }
+                ECHO => {
+                    // The arguments are a byte string in postcard, and so is the answer.
+                    write.extend_from_slice(&(args.len() as u32).to_be_bytes());
+                    write.extend_from_slice(args);
+                }
+                COUNT => {
+                    let Ok(items) = postcard::from_bytes::<u64>(args) else {
+                        return;
+                    };
+                    for item in 0..items {
+                        encode(&mut write, None, &item);
+                        if write.len() >= 64 * 1024 {
+                            if stream.write_all(&write).await.is_err() {
+                                return;
+                            }
+                            write.clear();
+                        }
+                    }
+                }
+                _ => return,
+            }
+            read.advance(PREFIX + len);
+        }
+        if stream.write_all(&write).await.is_err() {
+            return;
+        }
+        write.clear();
+    }
+}
+
 impl RawClient {
-    async fn call<A: Serialize, R: DeserializeOwned>(&self, tag: u8, args: &A) -> R {
-        let mut conn = self.0.lock().await;
-        let Conn {
-            reader,
-            writer,
-            buf,
-        } = &mut *conn;
-        let body = postcard::to_stdvec(args).expect("encodes");
-        write_frame(writer, Some(tag), &body).await;
-        writer.flush().await.expect("writes");
-        read_frame(reader, buf).await.expect("an answer");
-        postcard::from_bytes(buf).expect("decodes")
+    async fn call<A: Serialize, R: DeserializeOwned>(&mut self, tag: u8, args: &A) -> R {
+        self.send(tag, args).await;
+        self.receive().await
+    }
+
+    async fn send<A: Serialize>(&mut self, tag: u8, args: &A) {
+        self.write.clear();
+        encode(&mut self.write, Some(tag), args);
+        self.stream.write_all(&self.write).await.expect("writes");
+    }
+
+    async fn receive<R: DeserializeOwned>(&mut self) -> R {
+        let len = read_frame(&mut self.stream, &mut self.read)
+            .await
+            .expect("an answer");
+        let answer = postcard::from_bytes(&self.read[PREFIX..PREFIX + len]).expect("decodes");
+        self.read.advance(PREFIX + len);
+        answer
     }
 }
 
 impl System for Raw {
+    const NAME: &str = "raw";
     type Client = RawClient;
-    type Buf = Bytes;
+    type Shared = Bytes;
 
     async fn serve() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -107,23 +155,40 @@ impl System for Raw {
     async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connects");
         stream.set_nodelay(true).expect("nodelay");
-        let (read, write) = stream.into_split();
-        RawClient(Arc::new(Mutex::new(Conn {
-            reader: BufReader::new(read),
-            writer: BufWriter::new(write),
-            buf: Vec::new(),
-        })))
+        RawClient {
+            stream,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: Vec::with_capacity(64 * 1024),
+        }
     }
 
-    async fn add(client: &RawClient, a: u64, b: u64) -> u64 {
+    fn share(_: &RawClient) -> Option<RawClient> {
+        None
+    }
+
+    async fn add(client: &mut RawClient, a: u64, b: u64) -> u64 {
         client.call(ADD, &(a, b)).await
     }
 
-    async fn echo_vec(client: &RawClient, bytes: Vec<u8>) -> Vec<u8> {
+    async fn echo_vec(client: &mut RawClient, bytes: Vec<u8>) -> Vec<u8> {
+        let back: ByteBuf = client.call(ECHO, &serde_bytes::Bytes::new(&bytes)).await;
+        back.into_vec()
+    }
+
+    async fn echo_buf(client: &mut RawClient, bytes: ByteBuf) -> ByteBuf {
         client.call(ECHO, &bytes).await
     }
 
-    async fn echo_bytes(client: &RawClient, bytes: Bytes) -> Bytes {
+    async fn echo_shared(client: &mut RawClient, bytes: Bytes) -> Bytes {
         client.call(ECHO, &bytes).await
+    }
+
+    async fn count(client: &mut RawClient, items: u64) -> Option<u64> {
+        client.send(COUNT, &items).await;
+        for expected in 0..items {
+            let item: u64 = client.receive().await;
+            assert_eq!(item, expected);
+        }
+        Some(items)
     }
 }

@@ -1,8 +1,9 @@
-//! rpc-core.
+//! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare.
 
 use std::net::SocketAddr;
 
-use rpc_core::Payload;
+use rpc_core::{Payload, Streaming};
+use serde_bytes::ByteBuf;
 
 use super::System;
 
@@ -10,7 +11,9 @@ use super::System;
 pub trait Bench {
     async fn add(&self, a: u64, b: u64) -> u64;
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8>;
-    async fn echo_bytes(&self, bytes: Payload) -> Payload;
+    async fn echo_buf(&self, bytes: ByteBuf) -> ByteBuf;
+    async fn echo_shared(&self, bytes: Payload) -> Payload;
+    async fn count(&self, items: u64) -> Streaming<u64>;
 }
 
 struct Impl;
@@ -22,17 +25,25 @@ impl Bench for Impl {
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8> {
         bytes
     }
-    async fn echo_bytes(&self, bytes: Payload) -> Payload {
+    async fn echo_buf(&self, bytes: ByteBuf) -> ByteBuf {
         bytes
+    }
+    async fn echo_shared(&self, bytes: Payload) -> Payload {
+        bytes
+    }
+    async fn count(&self, items: u64) -> Streaming<u64> {
+        Streaming::iter(0..items)
     }
 }
 
-/// rpc-core with its defaults.
+/// rpc-core.
+#[derive(Debug)]
 pub struct RpcCore;
 
 impl System for RpcCore {
+    const NAME: &str = "rpc-core";
     type Client = BenchClient;
-    type Buf = Payload;
+    type Shared = Payload;
 
     async fn serve() -> SocketAddr {
         let server = rpc_core::Server::builder()
@@ -53,15 +64,33 @@ impl System for RpcCore {
             .expect("connects")
     }
 
-    async fn add(client: &BenchClient, a: u64, b: u64) -> u64 {
+    fn share(client: &BenchClient) -> Option<BenchClient> {
+        Some(client.clone())
+    }
+
+    async fn add(client: &mut BenchClient, a: u64, b: u64) -> u64 {
         client.add(a, b).await.expect("add")
     }
 
-    async fn echo_vec(client: &BenchClient, bytes: Vec<u8>) -> Vec<u8> {
+    async fn echo_vec(client: &mut BenchClient, bytes: Vec<u8>) -> Vec<u8> {
         client.echo_vec(bytes).await.expect("echo")
     }
 
-    async fn echo_bytes(client: &BenchClient, bytes: Payload) -> Payload {
-        client.echo_bytes(bytes).await.expect("echo")
+    async fn echo_buf(client: &mut BenchClient, bytes: ByteBuf) -> ByteBuf {
+        client.echo_buf(bytes).await.expect("echo")
+    }
+
+    async fn echo_shared(client: &mut BenchClient, bytes: Payload) -> Payload {
+        client.echo_shared(bytes).await.expect("echo")
+    }
+
+    async fn count(client: &mut BenchClient, items: u64) -> Option<u64> {
+        let mut stream = client.count(items).await.expect("a stream");
+        let mut received = 0;
+        while let Some(item) = stream.next().await {
+            item.expect("an item");
+            received += 1;
+        }
+        Some(received)
     }
 }

@@ -1,9 +1,10 @@
-//! tarpc, bincode over TCP, as its documentation sets it up.
+//! tarpc 0.38, bincode over TCP, as its documentation sets it up.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde_bytes::ByteBuf;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::{client, context};
@@ -14,7 +15,8 @@ use super::System;
 pub trait Bench {
     async fn add(a: u64, b: u64) -> u64;
     async fn echo_vec(bytes: Vec<u8>) -> Vec<u8>;
-    async fn echo_bytes(bytes: Bytes) -> Bytes;
+    async fn echo_buf(bytes: ByteBuf) -> ByteBuf;
+    async fn echo_shared(bytes: Bytes) -> Bytes;
 }
 
 #[derive(Clone)]
@@ -27,17 +29,22 @@ impl Bench for Impl {
     async fn echo_vec(self, _: context::Context, bytes: Vec<u8>) -> Vec<u8> {
         bytes
     }
-    async fn echo_bytes(self, _: context::Context, bytes: Bytes) -> Bytes {
+    async fn echo_buf(self, _: context::Context, bytes: ByteBuf) -> ByteBuf {
+        bytes
+    }
+    async fn echo_shared(self, _: context::Context, bytes: Bytes) -> Bytes {
         bytes
     }
 }
 
-/// tarpc 0.38.
+/// tarpc 0.38. It has no streaming calls.
+#[derive(Debug)]
 pub struct Tarpc;
 
 impl System for Tarpc {
+    const NAME: &str = "tarpc";
     type Client = BenchClient;
-    type Buf = Bytes;
+    type Shared = Bytes;
 
     async fn serve() -> SocketAddr {
         let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default)
@@ -65,21 +72,30 @@ impl System for Tarpc {
         BenchClient::new(client::Config::default(), transport).spawn()
     }
 
-    async fn add(client: &BenchClient, a: u64, b: u64) -> u64 {
+    fn share(client: &BenchClient) -> Option<BenchClient> {
+        Some(client.clone())
+    }
+
+    async fn add(client: &mut BenchClient, a: u64, b: u64) -> u64 {
         client.add(context::current(), a, b).await.expect("add")
     }
 
-    async fn echo_vec(client: &BenchClient, bytes: Vec<u8>) -> Vec<u8> {
-        client
-            .echo_vec(context::current(), bytes)
-            .await
-            .expect("echo")
+    async fn echo_vec(client: &mut BenchClient, bytes: Vec<u8>) -> Vec<u8> {
+        let answer = client.echo_vec(context::current(), bytes).await;
+        answer.expect("echo")
     }
 
-    async fn echo_bytes(client: &BenchClient, bytes: Bytes) -> Bytes {
-        client
-            .echo_bytes(context::current(), bytes)
-            .await
-            .expect("echo")
+    async fn echo_buf(client: &mut BenchClient, bytes: ByteBuf) -> ByteBuf {
+        let answer = client.echo_buf(context::current(), bytes).await;
+        answer.expect("echo")
+    }
+
+    async fn echo_shared(client: &mut BenchClient, bytes: Bytes) -> Bytes {
+        let answer = client.echo_shared(context::current(), bytes).await;
+        answer.expect("echo")
+    }
+
+    async fn count(_: &mut BenchClient, _: u64) -> Option<u64> {
+        None
     }
 }

@@ -1,0 +1,270 @@
+//! The workloads, each generic over the system it measures, and the figures they produce.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use crate::setup::ServerEnd;
+use crate::systems::System;
+
+/// How long each throughput figure is measured for, how many calls the sequential ones make,
+/// and how many items the stream carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Effort {
+    pub window: Duration,
+    pub sequential_calls: usize,
+    pub stream_items: u64,
+}
+
+impl Effort {
+    /// The effort of a full run.
+    pub const FULL: Effort = Effort {
+        window: Duration::from_secs(3),
+        sequential_calls: 30_000,
+        stream_items: 1_000_000,
+    };
+
+    /// A short run, to see that everything works.
+    pub const QUICK: Effort = Effort {
+        window: Duration::from_millis(300),
+        sequential_calls: 2_000,
+        stream_items: 100_000,
+    };
+}
+
+/// One system's figures in one setup; `None` where the system does not take part.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Sequential calls: median and 99th-percentile latency, in microseconds.
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+    /// Calls per second on one connection with 32 and 256 concurrent callers.
+    pub pipelined_32: Option<f64>,
+    pub pipelined_256: Option<f64>,
+    /// Calls per second over 4 connections, 64 callers on each.
+    pub four_connections: Option<f64>,
+    /// Calls per second over 100 connections, 32 callers on each.
+    pub many_connections: Option<f64>,
+    /// MiB/s of 1 MiB payloads echoed, 4 in flight, as `Vec<u8>`, as `ByteBuf` and as the
+    /// system's shared byte type.
+    pub bulk_vec: Option<f64>,
+    pub bulk_buf: Option<f64>,
+    pub bulk_shared: Option<f64>,
+    /// Minor page faults per 1 MiB echo, both ends, as `Vec<u8>` and as `ByteBuf`.
+    pub faults_vec: Option<f64>,
+    pub faults_buf: Option<f64>,
+    /// Items per second of a stream of small items.
+    pub stream_items: Option<f64>,
+    /// Heap allocations per sequential call, both ends.
+    pub allocations_per_call: Option<f64>,
+    /// Heap bytes held per idle connection, both ends.
+    pub idle_connection_bytes: Option<f64>,
+}
+
+/// Every workload, in an order where none disturbs the next: idle memory first, while nothing
+/// else has run and left buffers to be freed in their own time.
+pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figures {
+    let addr = server.addr;
+    let idle = idle_connection_bytes::<S>(&server).await;
+    let mut client = S::connect(addr).await;
+    let (p50, p99) = latency::<S>(&mut client, effort).await;
+    let allocations = allocations_per_call::<S>(&server, &mut client, effort).await;
+    let one = [client];
+    let pipelined_32 = throughput::<S>(&one, 32, effort).await;
+    let pipelined_256 = throughput::<S>(&one, 256, effort).await;
+    let [mut client] = one;
+    let four = connections::<S>(addr, 4).await;
+    let four_connections = throughput::<S>(&four, 64, effort).await;
+    drop(four);
+    let many = connections::<S>(addr, 100).await;
+    let many_connections = throughput::<S>(&many, 32, effort).await;
+    drop(many);
+    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, effort).await;
+    let bulk_buf = bulk::<S>(&server, &client, Bytes::Buf, effort).await;
+    let bulk_shared = bulk::<S>(&server, &client, Bytes::Shared, effort).await;
+    let stream_items = stream::<S>(&mut client, effort).await;
+    Figures {
+        latency_p50_us: Some(p50),
+        latency_p99_us: Some(p99),
+        pipelined_32,
+        pipelined_256,
+        four_connections,
+        many_connections,
+        bulk_vec: bulk_vec.map(|b| b.mib_per_s),
+        bulk_buf: bulk_buf.map(|b| b.mib_per_s),
+        bulk_shared: bulk_shared.map(|b| b.mib_per_s),
+        faults_vec: bulk_vec.map(|b| b.faults_per_call),
+        faults_buf: bulk_buf.map(|b| b.faults_per_call),
+        stream_items,
+        allocations_per_call: Some(allocations),
+        idle_connection_bytes: Some(idle),
+    }
+}
+
+async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) -> Vec<S::Client> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        clients.push(S::connect(addr).await);
+    }
+    clients
+}
+
+/// Sequential calls, one in flight: the median and 99th percentile, in microseconds.
+pub async fn latency<S: System>(client: &mut S::Client, effort: Effort) -> (f64, f64) {
+    for i in 0..effort.sequential_calls / 10 {
+        S::add(client, i as u64, 1).await;
+    }
+    let mut samples = Vec::with_capacity(effort.sequential_calls);
+    for i in 0..effort.sequential_calls {
+        let start = Instant::now();
+        let sum = S::add(client, i as u64, 1).await;
+        samples.push(start.elapsed());
+        assert_eq!(sum, i as u64 + 1);
+    }
+    samples.sort_unstable();
+    let at = |quantile: f64| {
+        let index = ((samples.len() as f64 * quantile) as usize).min(samples.len() - 1);
+        samples[index].as_secs_f64() * 1e6
+    };
+    (at(0.50), at(0.99))
+}
+
+/// Heap allocations per sequential call, both ends.
+async fn allocations_per_call<S: System>(
+    server: &ServerEnd,
+    client: &mut S::Client,
+    effort: Effort,
+) -> f64 {
+    let calls = effort.sequential_calls / 3;
+    let before = server.counters();
+    for i in 0..calls {
+        S::add(client, i as u64, 1).await;
+    }
+    (server.counters() - before).allocations as f64 / calls as f64
+}
+
+/// Calls per second with `callers` concurrent callers on each of `clients`; `None` for a
+/// system that makes one call at a time.
+pub async fn throughput<S: System>(
+    clients: &[S::Client],
+    callers: usize,
+    effort: Effort,
+) -> Option<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let until = start + effort.window;
+    let mut tasks = Vec::new();
+    for client in clients {
+        for caller in 0..callers {
+            let (mut client, done) = (S::share(client)?, Arc::clone(&done));
+            tasks.push(tokio::spawn(async move {
+                let mut i = caller as u64;
+                while Instant::now() < until {
+                    S::add(&mut client, i, 1).await;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("a caller");
+    }
+    Some(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The byte type an echo sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bytes {
+    Vec,
+    Buf,
+    Shared,
+}
+
+/// What a bulk echo measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    pub mib_per_s: f64,
+    pub faults_per_call: f64,
+}
+
+/// 1 MiB payloads echoed, 4 in flight on one connection; `None` for a system that makes one
+/// call at a time.
+pub async fn bulk<S: System>(
+    server: &ServerEnd,
+    client: &S::Client,
+    bytes: Bytes,
+    effort: Effort,
+) -> Option<Bulk> {
+    const PAYLOAD: usize = 1024 * 1024;
+    let done = Arc::new(AtomicU64::new(0));
+    let callers: Vec<S::Client> = (0..4).map(|_| S::share(client)).collect::<Option<_>>()?;
+    // A first echo, outside the count: buffers sized for the first 1 MiB frame are set up
+    // once per connection, not per call.
+    let mut first = S::share(client)?;
+    S::echo_vec(&mut first, vec![7u8; PAYLOAD]).await;
+    let before = server.counters();
+    let start = Instant::now();
+    let until = start + effort.window;
+    let mut tasks = Vec::new();
+    for mut client in callers {
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let payload = vec![7u8; PAYLOAD];
+            // Sent again and again as a user would: a `Vec<u8>` or a `ByteBuf` as a copy, the
+            // shared type as a clone of one buffer (a shared handle).
+            let shared = S::Shared::from(payload.clone());
+            while Instant::now() < until {
+                let back = match bytes {
+                    Bytes::Vec => S::echo_vec(&mut client, payload.clone()).await.len(),
+                    Bytes::Buf => {
+                        let buf = ByteBuf::from(payload.clone());
+                        S::echo_buf(&mut client, buf).await.len()
+                    }
+                    Bytes::Shared => {
+                        let back = S::echo_shared(&mut client, shared.clone()).await;
+                        back.as_ref().len()
+                    }
+                };
+                assert_eq!(back, PAYLOAD);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a caller");
+    }
+    let calls = done.load(Ordering::Relaxed);
+    let spent = server.counters() - before;
+    Some(Bulk {
+        mib_per_s: calls as f64 / start.elapsed().as_secs_f64(),
+        faults_per_call: spent.minor_faults as f64 / calls.max(1) as f64,
+    })
+}
+
+/// Items per second of one stream of `effort.stream_items` numbers; `None` for a system
+/// without streams.
+pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option<f64> {
+    let start = Instant::now();
+    let received = S::count(client, effort.stream_items).await?;
+    assert_eq!(received, effort.stream_items);
+    Some(received as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Heap bytes per idle connection, both ends, after a call on each has set it up.
+async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> f64 {
+    const CONNECTIONS: usize = 200;
+    let before = server.counters();
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut client = S::connect(server.addr).await;
+        S::add(&mut client, i as u64, 1).await;
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.counters();
+    drop(clients);
+    (after - before).live_bytes as f64 / CONNECTIONS as f64
+}
