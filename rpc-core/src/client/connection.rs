@@ -113,6 +113,12 @@ impl Connection {
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
+        let capacity = server
+            .max_concurrent_calls
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let slots = Arc::new(Semaphore::new(capacity));
+        writer.watch_calls(Arc::clone(&slots), capacity);
         let (outbox, queue) = Outbox::new();
         let pending = Arc::new(Pending::default());
         let streams = Arc::new(Streams::default());
@@ -125,12 +131,7 @@ impl Connection {
         let reader = tokio::spawn(read_responses(reader, closer, writer.abort_handle()));
         Ok(Arc::new(Connection {
             outbox,
-            slots: Arc::new(Semaphore::new(
-                server
-                    .max_concurrent_calls
-                    .unwrap_or(Semaphore::MAX_PERMITS)
-                    .clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            slots,
             pending,
             streams,
             next_id: AtomicU64::new(0),

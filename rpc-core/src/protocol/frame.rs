@@ -1,10 +1,12 @@
 //! Reading and writing length-prefixed frames.
 
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::outbox::{Item, Outgoing, Queue};
@@ -186,6 +188,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub(crate) struct FrameWriter<W> {
     io: StallGuard<W>,
     batch: Vec<u8>,
+    /// The connection's call slots and how many there are, to tell when a single call is in
+    /// flight: then nobody else is about to queue a frame, and the writer sends at once.
+    calls: Option<(Arc<Semaphore>, usize)>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -193,7 +198,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             io: StallGuard::new(io, None),
             batch: Vec::new(),
+            calls: None,
         }
+    }
+
+    /// Lets the writer see how many calls are in flight: `slots`, of which there are
+    /// `capacity`, each held by one call.
+    pub(crate) fn watch_calls(&mut self, slots: Arc<Semaphore>, capacity: usize) {
+        self.calls = Some((slots, capacity));
+    }
+
+    /// Whether at most one call is in flight, as far as the writer was told.
+    fn lone_call(&self) -> bool {
+        self.calls
+            .as_ref()
+            .is_some_and(|(slots, capacity)| capacity - slots.available_permits() <= 1)
     }
 
     /// Fails a write that makes no progress for `limit`: the peer stopped reading.
@@ -342,11 +361,13 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         let Some(first) = next else {
             return writer.io.shutdown().await;
         };
-        if queue.rx.is_empty() {
+        if queue.rx.is_empty() && !writer.lone_call() {
             // The task that queued this frame woke the writer, which the runtime then runs at
             // once, before the other tasks that are about to queue theirs. Letting them run
             // first gathers their frames into this write: one write for many frames costs far
-            // less than one each, and a lone call loses only a turn of the scheduler.
+            // less than one each. Not for a lone call: nobody else is about to queue a
+            // frame, and on a multi-thread runtime the turn can hand the writer to another
+            // thread, a wakeup on every call.
             tokio::task::yield_now().await;
         }
         let last = writer.send_queued(first, &mut queue).await?;
@@ -478,6 +499,8 @@ mod write_tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use futures_util::FutureExt;
+
     use super::*;
     use crate::Payload;
     use crate::protocol::Outbox;
@@ -586,6 +609,47 @@ mod write_tests {
             .expect("writes");
         let frame_len = Head::Cancel { id: 0 }.frame().len();
         assert_eq!(io.writes, [5 * frame_len, 5 * frame_len]);
+    }
+
+    /// The writes a writer makes when one frame is queued, the writer has a turn, then four
+    /// more are queued; `in_flight` of the connection's 8 call slots are held.
+    async fn writes_around_a_turn(in_flight: u32) -> Vec<usize> {
+        let slots = Arc::new(Semaphore::new(8));
+        let _held = Arc::clone(&slots)
+            .acquire_many_owned(in_flight)
+            .await
+            .expect("slots");
+        let (outbox, queue) = Outbox::new();
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: usize::MAX,
+            writes: Vec::new(),
+        };
+        let mut writer = FrameWriter::new(&mut io);
+        writer.watch_calls(slots, 8);
+        let mut writing = Box::pin(write_frames(writer, queue, None));
+        assert!(outbox.send(Head::Cancel { id: 0 }.frame(), None));
+        // The writer's turn: it either writes the frame or waits for another turn.
+        assert!(writing.as_mut().now_or_never().is_none());
+        for id in 1..5 {
+            assert!(outbox.send(Head::Cancel { id }.frame(), None));
+        }
+        drop(outbox);
+        writing.await.expect("writes");
+        io.writes
+    }
+
+    #[tokio::test]
+    async fn a_lone_calls_frame_goes_out_without_waiting_for_others() {
+        let frame_len = Head::Cancel { id: 0 }.frame().len();
+        let lone = writes_around_a_turn(1).await;
+        assert_eq!(lone[0], frame_len, "written before the others were queued");
+        let busy = writes_around_a_turn(2).await;
+        assert_eq!(
+            busy[0],
+            2 * frame_len,
+            "with calls in flight, the writer waits a turn and gathers the others"
+        );
     }
 }
 

@@ -105,6 +105,8 @@ where
     let (outbox, queue) = Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
     let meter = Arc::clone(outbox.meter());
     let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
+    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    writer.watch_calls(Arc::clone(&slots), config.max_in_flight);
     let mut writer = tokio::spawn(write_frames(writer, queue, heartbeat));
     // If this future is dropped (the server's grace period ran out), the connection closes and
     // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
@@ -129,7 +131,7 @@ where
             streams: Arc::clone(&streams),
             client_max_frame_len: client.max_frame_len,
         },
-        slots: Arc::new(Semaphore::new(config.max_in_flight)),
+        slots,
         parked: VecDeque::new(),
         peer_addr,
         registration: registration.as_ref(),
