@@ -13,7 +13,8 @@
 //! ```
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
-//! with 64 callers each), `vec`, `buf` or `shared` (the 1 MiB echoes) or `stream`; `SYSTEM` is
+//! with 64 callers each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
+//! per idle connection, for a heap profiler); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic` or `raw`.
 
 mod alloc;
@@ -129,6 +130,11 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             };
         }
         let (connections, callers) = match workload.as_str() {
+            "idle" => {
+                drop(client);
+                let bytes = workloads::idle_connection_bytes::<S>(&server).await;
+                return format!("{:.1} KiB of heap per idle connection", bytes / 1024.0);
+            }
             "latency" => {
                 let (p50, p99) = workloads::latency::<S>(&mut client, effort).await;
                 return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
@@ -144,7 +150,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "4x64" => (4, 64),
             other => {
                 return format!(
-                    "no workload called {other}: latency, 32, 256, 4x64, vec, buf, shared or stream"
+                    "no workload called {other}: latency, 32, 256, 4x64, vec, buf, shared, stream \
+                     or idle"
                 );
             }
         };

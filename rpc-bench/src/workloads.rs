@@ -254,7 +254,7 @@ pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option
 }
 
 /// Heap bytes per idle connection, both ends, after a call on each has set it up.
-async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> f64 {
+pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> f64 {
     const CONNECTIONS: usize = 200;
     let before = server.counters();
     let mut clients = Vec::with_capacity(CONNECTIONS);
