@@ -155,10 +155,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 );
             }
         };
-        let mut clients = vec![client];
-        for _ in 1..connections {
-            clients.push(S::connect(server.addr).await);
-        }
+        drop(client);
+        let clients = workloads::connections::<S>(server.addr, connections).await;
         match workloads::throughput::<S>(&clients, callers, effort).await {
             Some(rate) => format!("{rate:.0} calls/s, {connections} × {callers} callers"),
             None => format!("{} makes one call at a time", S::NAME),

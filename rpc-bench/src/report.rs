@@ -62,8 +62,6 @@ struct Row {
     goals: &'static [(Baseline, f64)],
 }
 
-const THROUGHPUT: Better = Better::Higher;
-
 fn rows() -> Vec<Row> {
     use Baseline::{Absolute, Raw, Tarpc, Tonic};
     vec![
@@ -85,56 +83,56 @@ fn rows() -> Vec<Row> {
             label: "1 connection, 32 callers",
             unit: "calls/s",
             pick: |f| f.pipelined_32,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tarpc, 3.0), (Tonic, 5.0)],
         },
         Row {
             label: "1 connection, 256 callers",
             unit: "calls/s",
             pick: |f| f.pipelined_256,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tarpc, 4.0), (Tonic, 5.0)],
         },
         Row {
             label: "4 connections, 64 callers each",
             unit: "calls/s",
             pick: |f| f.four_connections,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tonic, 5.0)],
         },
         Row {
             label: "100 connections, 32 callers each",
             unit: "calls/s",
             pick: |f| f.many_connections,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tarpc, 3.0), (Tonic, 5.0)],
         },
         Row {
             label: "1 MiB echo, `Vec<u8>`, 4 in flight",
             unit: "MiB/s",
             pick: |f| f.bulk_vec,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tarpc, 2.0), (Tonic, 5.0)],
         },
         Row {
             label: "1 MiB echo, `ByteBuf`, 4 in flight",
             unit: "MiB/s",
             pick: |f| f.bulk_buf,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tarpc, 2.0), (Tonic, 5.0)],
         },
         Row {
             label: "1 MiB echo, `Payload` / `Bytes`, 4 in flight",
             unit: "MiB/s",
             pick: |f| f.bulk_shared,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tonic, 5.0)],
         },
         Row {
             label: "Stream of small items",
             unit: "items/s",
             pick: |f| f.stream_items,
-            better: THROUGHPUT,
+            better: Better::Higher,
             goals: &[(Tonic, 5.0)],
         },
         Row {

@@ -71,10 +71,8 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     let mut client = S::connect(addr).await;
     let (p50, p99) = latency::<S>(&mut client, effort).await;
     let allocations = allocations_per_call::<S>(&server, &mut client, effort).await;
-    let one = [client];
-    let pipelined_32 = throughput::<S>(&one, 32, effort).await;
-    let pipelined_256 = throughput::<S>(&one, 256, effort).await;
-    let [mut client] = one;
+    let pipelined_32 = throughput::<S>(std::slice::from_ref(&client), 32, effort).await;
+    let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
     let four = connections::<S>(addr, 4).await;
     let four_connections = throughput::<S>(&four, 64, effort).await;
     drop(four);
@@ -103,7 +101,8 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     }
 }
 
-async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) -> Vec<S::Client> {
+/// `count` connections to `addr`.
+pub async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) -> Vec<S::Client> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count {
         clients.push(S::connect(addr).await);

@@ -39,9 +39,7 @@ fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX]);
     out.extend(tag);
-    let mut body = std::mem::take(out);
-    body = postcard::to_extend(value, body).expect("encodes");
-    *out = body;
+    *out = postcard::to_extend(value, std::mem::take(out)).expect("encodes");
     let len = (out.len() - start - PREFIX) as u32;
     out[start..start + PREFIX].copy_from_slice(&len.to_be_bytes());
 }

@@ -210,9 +210,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Whether at most one call is in flight, as far as the writer was told.
     fn lone_call(&self) -> bool {
-        self.calls
-            .as_ref()
-            .is_some_and(|(slots, capacity)| capacity - slots.available_permits() <= 1)
+        self.calls.as_ref().is_some_and(|(slots, capacity)| {
+            capacity.saturating_sub(slots.available_permits()) <= 1
+        })
     }
 
     /// Fails a write that makes no progress for `limit`: the peer stopped reading.
