@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use rpc_core::RpcError;
 use rpc_tests::{
-    LabClient, RawClient, frame, hello, loopback_listener, start_tcp, string, varint, within,
+    LabClient, RawClient, VERSION, frame, hello, loopback_listener, start_tcp, string, varint,
+    within,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -139,15 +140,15 @@ async fn a_server_of_another_version_is_reported_with_both_versions() {
         raw.read_frame().await.expect("the client's hello");
         let mut payload = vec![0x00];
         payload.extend_from_slice(b"rpcc");
-        payload.extend(varint(2));
+        payload.extend(varint(3));
         payload.extend(varint(1024));
         payload.extend(string("Lab"));
-        payload.extend([0, 0, 0]); // methods, ping interval, max concurrent calls
+        payload.extend([0, 0, 0, 1]); // methods, ping interval, max concurrent calls, window
         raw.send(&frame(&payload)).await;
         raw.expect_closed().await;
     });
     match within("connecting", LabClient::connect(addr)).await {
-        Err(RpcError::VersionMismatch { ours: 1, theirs: 2 }) => {}
+        Err(RpcError::VersionMismatch { ours: 2, theirs: 3 }) => {}
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
 }
@@ -156,11 +157,11 @@ async fn a_server_of_another_version_is_reported_with_both_versions() {
 async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
     let addr = start_tcp().await;
     let mut raw = RawClient::connect(addr).await;
-    raw.send(&hello("Lab", 2)).await;
+    raw.send(&hello("Lab", 1)).await;
     let answer = within("the server's hello", raw.read_frame())
         .await
         .expect("the server answers with its own hello");
-    assert_eq!(answer[..6], *b"\x00rpcc\x01", "kind 0, magic, version 1");
+    assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
     within("closing", raw.expect_closed()).await;
 }
 
@@ -170,11 +171,11 @@ async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
 async fn a_client_asking_for_another_service_gets_the_servers_hello_then_is_closed() {
     let addr = start_tcp().await;
     let mut raw = RawClient::connect(addr).await;
-    raw.send(&hello("Other", 1)).await;
+    raw.send(&hello("Other", VERSION)).await;
     let answer = within("the server's hello", raw.read_frame())
         .await
         .expect("the server answers with its own hello");
-    assert_eq!(answer[..6], *b"\x00rpcc\x01", "kind 0, magic, version 1");
+    assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
     assert_eq!(answer[10..14], *b"\x03Lab", "the server names its service");
     within("closing", raw.expect_closed()).await;
 }

@@ -4,13 +4,31 @@
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, lab_hello, loopback_listener, request,
-    start_tcp_with, string, varint, within,
+    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_hello_with_window,
+    loopback_listener, request, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 
 /// `add(2, 3)`'s arguments: zigzag varints.
 const ADD_2_3: [u8; 2] = [0x04, 0x06];
+
+/// What a stream item `[0x06, id, n]` of a number below 128 costs: 39 bytes of credit.
+const SMALL_ITEM: u64 = item_cost(3);
+
+/// A window of exactly 32 such items.
+const WINDOW_OF_32: u32 = 32 * SMALL_ITEM as u32;
+
+/// A Credit frame granting stream `id` that many bytes.
+fn credit(id: u8, bytes: u64) -> Vec<u8> {
+    let mut payload = vec![0x08, id];
+    payload.extend(varint(bytes));
+    frame(&payload)
+}
+
+/// A StreamItem frame of stream `id` carrying the number `n` (below 128).
+fn small_item(id: u8, n: u8) -> Vec<u8> {
+    frame(&[0x06, id, n])
+}
 
 /// A request frame with `entries` metadata entries `k0` = `v`, `k1` = `v`, ...
 fn request_with_metadata(id: u64, method: &str, entries: usize, args: &[u8]) -> Vec<u8> {
@@ -130,21 +148,21 @@ async fn credit_behind_a_call_past_the_limit_is_still_read() {
         LabImpl::default(),
     )
     .await;
-    let mut raw = RawClient::handshake(addr).await;
+    let mut raw = RawClient::handshake_with_window(addr, WINDOW_OF_32).await;
     raw.send(&request(1, "count", &varint(40))).await;
     raw.send(&request(2, "add", &ADD_2_3)).await;
     // 32 items come on the initial credit; 8 more need a grant.
-    raw.send(&frame(&[0x08, 0x01, 0x10])).await;
+    raw.send(&credit(1, 8 * SMALL_ITEM)).await;
     let answer = within("the second call", response_to(&mut raw, 2)).await;
     assert_eq!(answer, [0x02, 0x02, 0x00, 0x0a]);
 }
 
-/// The end of a stream is not an item: a stream of exactly as many items as the initial credit
-/// ends without the client granting more.
+/// The end of a stream is not an item: a stream that uses up exactly the initial credit ends
+/// without the client granting more.
 #[tokio::test]
 async fn a_streamed_result_ends_without_more_credit() {
     let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
-    let mut raw = RawClient::handshake(addr).await;
+    let mut raw = RawClient::handshake_with_window(addr, WINDOW_OF_32).await;
     raw.send(&request(1, "count", &varint(32))).await;
     let response = within("the response", raw.read_frame())
         .await
@@ -171,7 +189,8 @@ async fn an_upload_ends_without_more_credit() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
+        let hello = lab_hello_with_window(LabClient::INFO.methods, 0, 0, WINDOW_OF_32);
+        raw.send(&hello).await;
         let call = raw.read_frame().await.expect("the request");
         assert_eq!(call[0], 0x01, "a request");
         let mut items = Vec::new();
@@ -192,6 +211,71 @@ async fn an_upload_ends_without_more_credit() {
     assert_eq!(items, (0..32).collect::<Vec<u8>>());
     assert_eq!(end[2], 0x00, "the end says Ok");
     upload.abort();
+}
+
+/// Items past the credit break the protocol, whether they come in one piece or each alone: the
+/// server says so in a go-away and closes the connection. With a window of three small items,
+/// the third uses the credit up and the fourth is one too many.
+#[tokio::test]
+async fn an_item_sent_without_credit_closes_the_connection() {
+    for separated in [false, true] {
+        let builder = Server::builder().stream_window(3 * SMALL_ITEM as u32);
+        let addr = start_tcp_with(builder, LabImpl::default()).await;
+        let mut raw = RawClient::handshake(addr).await;
+        let mut bytes = request(1, "sum", &[]);
+        for n in 0..4 {
+            bytes.extend(small_item(1, n));
+            if separated {
+                bytes.extend(frame(&[0x04])); // a ping between items
+            }
+        }
+        raw.send(&bytes).await;
+        let refused = raw.expect_refused("without credit");
+        within("the refusal", refused).await;
+    }
+}
+
+/// A receiver that grants more than the items it took cost breaks the protocol.
+#[tokio::test]
+async fn a_grant_past_what_the_items_cost_closes_the_connection() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake_with_window(addr, WINDOW_OF_32).await;
+    raw.send(&request(1, "count", &varint(40))).await;
+    // The response, then the 32 items the window holds.
+    for _ in 0..33 {
+        within("the stream", raw.read_frame())
+            .await
+            .expect("a frame");
+    }
+    raw.send(&credit(1, 33 * SMALL_ITEM)).await;
+    within("the refusal", raw.expect_refused("more credit")).await;
+}
+
+/// The frames of several streams, written in one piece and interleaved, reach each stream whole
+/// and in order: a server reads the items of one stream that arrive together in one go.
+#[tokio::test]
+async fn interleaved_streams_written_at_once_arrive_whole_and_in_order() {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut bytes = request(1, "sum", &[]);
+    bytes.extend(request(2, "sum", &[]));
+    for n in 0..100u8 {
+        bytes.extend(small_item(1, n));
+        if n % 2 == 1 {
+            bytes.extend(small_item(2, 1));
+        }
+    }
+    bytes.extend(frame(&[0x07, 0x01, 0x00]));
+    bytes.extend(frame(&[0x07, 0x02, 0x00]));
+    raw.send(&bytes).await;
+    let first = within("the first sum", response_to(&mut raw, 1)).await;
+    assert_eq!(
+        first,
+        [0x02, 0x01, 0x00, 0xd6, 0x26],
+        "0 + 1 + ... + 99 = 4950"
+    );
+    let second = within("the second sum", response_to(&mut raw, 2)).await;
+    assert_eq!(second, [0x02, 0x02, 0x00, 50], "fifty ones");
 }
 
 /// Calls abandoned while their requests still wait behind another leave nothing on the wire: no
@@ -321,7 +405,7 @@ async fn the_go_away_reaches_a_client_that_had_sent_more() {
     let mut raw = RawClient {
         stream: socket.connect(addr).await.expect("connects"),
     };
-    raw.send(&rpc_tests::hello("Lab", 1)).await;
+    raw.send(&rpc_tests::hello("Lab", rpc_tests::VERSION)).await;
     raw.read_frame().await.expect("the server's hello");
     let mut bytes = request(1, "zeros", &varint(512 * 1024));
     bytes.extend(frame(&[0x7f, 0xff, 0xff]));

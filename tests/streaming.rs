@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, Streaming};
-use rpc_tests::within;
+use rpc_tests::{STREAM_WINDOW, item_cost, within};
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
@@ -30,6 +30,16 @@ pub trait Numbers {
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Reads a stream, pausing every 64th item until the sender has filled its window.
     async fn slow_count(&self, chunks: Streaming<ByteBuf>) -> u64;
+}
+
+/// The chunk size of the flow-control tests.
+const CHUNK: u32 = 64 * 1024;
+
+/// How many chunks the default stream window lets a sender send ahead of the reader: as many as
+/// it takes to use the credit up, since an item goes while any credit is left. A chunk's frame
+/// holds the kind, a one-byte call id, the chunk's 3-byte length and the chunk.
+fn chunks_in_window() -> u64 {
+    u64::from(STREAM_WINDOW).div_ceil(item_cost(CHUNK as usize + 5))
 }
 
 /// How far a stream's source runs ahead of its reader, watched on every item the source gives.
@@ -137,7 +147,8 @@ impl Numbers for Impl {
             self.window.consume();
             read += 1;
             if read.is_multiple_of(64) {
-                within("the client to fill its window", self.window.filled(32)).await;
+                let filled = self.window.filled(chunks_in_window());
+                within("the client to fill its window", filled).await;
             }
         }
         read
@@ -293,12 +304,16 @@ async fn a_hundred_streams_share_a_connection_with_unary_calls() {
 /// connection keep being answered meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
-    const CHUNK: u32 = 1024 * 1024;
-    const CHUNKS: u32 = 1024;
+    const CHUNKS: u32 = 4096;
+    assert_eq!(
+        chunks_in_window(),
+        16,
+        "a window of 1 MiB holds 16 chunks of 64 KiB"
+    );
     let fixture = start().await;
     let mut stream = fixture.client.chunks(CHUNKS, CHUNK).await.expect("starts");
     let mut read = 0u64;
-    within("1 GiB", async {
+    within("256 MiB", async {
         while let Some(chunk) = stream.next().await {
             assert_eq!(chunk.expect("a chunk").len(), CHUNK as usize);
             fixture.window.consume();
@@ -306,19 +321,20 @@ async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
             // The reader is slow: every 64th chunk, it stops until the server has filled the
             // window, and makes a unary call.
             if read.is_multiple_of(64) {
-                fixture.window.filled(32).await;
+                fixture.window.filled(chunks_in_window()).await;
                 assert_eq!(fixture.client.add(read, 1).await.expect("unary"), read + 1);
             }
         }
     })
     .await;
     assert_eq!(read, u64::from(CHUNKS));
-    // The credit window (32), the item the sender looks ahead for the stream's end, and the
-    // item in the reader's hands before it counts it.
+    // The window's worth, the item the sender looks ahead for the stream's end, and the item
+    // in the reader's hands before it counts it.
     let most_ahead = fixture.window.most_ahead.load(Ordering::SeqCst);
+    let window = chunks_in_window();
     assert!(
-        (32..=34).contains(&most_ahead),
-        "the producer ran {most_ahead} chunks (MiB) ahead of the reader"
+        (window..=window + 2).contains(&most_ahead),
+        "the producer ran {most_ahead} chunks of 64 KiB ahead of the reader"
     );
 }
 
@@ -398,7 +414,7 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
     }
 }
 
-/// The other direction: a client uploading 256 MiB to a server that reads slowly takes from its
+/// The other direction: a client uploading 16 MiB to a server that reads slowly takes from its
 /// source only what the server has granted credit for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_server_holds_back_the_uploading_client() {
@@ -407,18 +423,19 @@ async fn a_slow_server_holds_back_the_uploading_client() {
     window.total.store(256, Ordering::SeqCst);
     let source = futures_util::stream::iter(0..256).map(move |_| {
         window.produce();
-        ByteBuf::from(vec![1; 1024 * 1024])
+        ByteBuf::from(vec![1; CHUNK as usize])
     });
     let read = within(
-        "256 MiB up",
+        "16 MiB up",
         fixture.client.slow_count(Streaming::new(source)),
     )
     .await
     .expect("slow_count");
     assert_eq!(read, 256);
     let most_ahead = fixture.window.most_ahead.load(Ordering::SeqCst);
+    let window = chunks_in_window();
     assert!(
-        (32..=34).contains(&most_ahead),
-        "the client's source ran {most_ahead} chunks (MiB) ahead of the server"
+        (window..=window + 2).contains(&most_ahead),
+        "the client's source ran {most_ahead} chunks of 64 KiB ahead of the server"
     );
 }

@@ -369,8 +369,26 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A hello for `service`: no methods of its own, no pings, no limit on concurrent calls.
+/// The protocol version rpc-core speaks.
+pub const VERSION: u32 = 2;
+
+/// The stream window rpc-core announces by default: the credit each stream it receives starts
+/// with, in bytes.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// What a stream item costs in credit: its frame's length with the prefix, plus 32.
+pub const fn item_cost(frame_payload_len: usize) -> u64 {
+    4 + frame_payload_len as u64 + 32
+}
+
+/// A hello for `service`: no methods of its own, no pings, no limit on concurrent calls, the
+/// default stream window.
 pub fn hello(service: &str, version: u32) -> Vec<u8> {
+    hello_with_window(service, version, STREAM_WINDOW)
+}
+
+/// [`hello`] with the given stream window.
+pub fn hello_with_window(service: &str, version: u32, stream_window: u32) -> Vec<u8> {
     let mut payload = vec![0x00];
     payload.extend_from_slice(b"rpcc");
     payload.extend(varint(version.into()));
@@ -379,19 +397,35 @@ pub fn hello(service: &str, version: u32) -> Vec<u8> {
     payload.extend(varint(0)); // methods
     payload.extend(varint(0)); // ping interval
     payload.extend(varint(0)); // max concurrent calls
+    payload.extend(varint(stream_window.into()));
     frame(&payload)
 }
 
 /// A hello for `Lab`, as either side may send it, with the given method table, ping interval
-/// and in-flight limit (0 for none, as clients send).
+/// and in-flight limit (0 for none, as clients send), and the default stream window.
 pub fn lab_hello(
     methods: &[rpc_core::MethodInfo],
     ping_interval_ms: u64,
     max_concurrent_calls: u32,
 ) -> Vec<u8> {
+    lab_hello_with_window(
+        methods,
+        ping_interval_ms,
+        max_concurrent_calls,
+        STREAM_WINDOW,
+    )
+}
+
+/// [`lab_hello`] with the given stream window.
+pub fn lab_hello_with_window(
+    methods: &[rpc_core::MethodInfo],
+    ping_interval_ms: u64,
+    max_concurrent_calls: u32,
+    stream_window: u32,
+) -> Vec<u8> {
     let mut payload = vec![0x00];
     payload.extend_from_slice(b"rpcc");
-    payload.extend(varint(1));
+    payload.extend(varint(VERSION.into()));
     payload.extend(varint(16 * 1024 * 1024));
     payload.extend(string("Lab"));
     payload.extend(varint(methods.len() as u64));
@@ -401,6 +435,7 @@ pub fn lab_hello(
     }
     payload.extend(varint(ping_interval_ms));
     payload.extend(varint(max_concurrent_calls.into()));
+    payload.extend(varint(stream_window.into()));
     frame(&payload)
 }
 
@@ -437,8 +472,15 @@ impl RawClient {
 
     /// Connects and completes the handshake as a client of `Lab`.
     pub async fn handshake(addr: SocketAddr) -> Self {
+        Self::handshake_with_window(addr, STREAM_WINDOW).await
+    }
+
+    /// Connects and completes the handshake as a client of `Lab` that gives each stream it
+    /// receives `stream_window` bytes of credit.
+    pub async fn handshake_with_window(addr: SocketAddr, stream_window: u32) -> Self {
         let mut raw = Self::connect(addr).await;
-        raw.send(&hello("Lab", 1)).await;
+        raw.send(&hello_with_window("Lab", VERSION, stream_window))
+            .await;
         let server_hello = raw
             .read_frame()
             .await

@@ -106,9 +106,16 @@ impl Connection {
         let (read, write) = tokio::io::split(stream);
         let mut reader = FrameReader::new(read, config.max_frame_len);
         let mut writer = FrameWriter::new(write);
-        Hello::new(service, config.max_frame_len, config.keepalive, None)
-            .send(&mut writer)
-            .await?;
+        let window = config.stream_window;
+        Hello::new(
+            service,
+            config.max_frame_len,
+            config.keepalive,
+            None,
+            window,
+        )
+        .send(&mut writer)
+        .await?;
         let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
@@ -121,7 +128,7 @@ impl Connection {
         writer.watch_calls(Arc::clone(&slots), capacity);
         let (outbox, queue) = Outbox::new();
         let pending = Arc::new(Pending::default());
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Streams::new(window, server.stream_window));
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
         let closer = Closer {
             pending: Arc::clone(&pending),
@@ -396,13 +403,13 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 pending.complete(id, reply);
             }
             Ok((Head::StreamItem { id }, item)) => {
-                if let Err(error) = streams.deliver(id, payload.slice_ref(item)) {
+                if let Err(error) = streams.deliver(id, &payload, item, &mut reader) {
                     break error;
                 }
             }
             Ok((Head::StreamEnd { id, outcome }, _)) => streams.end(id, outcome.into()),
-            Ok((Head::Credit { id, items }, _)) => {
-                if let Err(error) = streams.grant(id, items) {
+            Ok((Head::Credit { id, bytes }, _)) => {
+                if let Err(error) = streams.grant(id, bytes) {
                     break error;
                 }
             }

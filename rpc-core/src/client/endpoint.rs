@@ -292,7 +292,7 @@ mod tests {
             .await
             .expect("reads")
             .expect("the hello");
-        Hello::new(service, 1 << 20, None, None)
+        Hello::new(service, 1 << 20, None, None, 1)
             .send(&mut FrameWriter::new(write))
             .await
             .expect("answers");

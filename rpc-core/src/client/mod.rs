@@ -82,6 +82,7 @@ pub(crate) struct ClientConfig {
     pub(crate) reconnect_max: Duration,
     pub(crate) retry_ratio: f64,
     pub(crate) retry_burst: u32,
+    pub(crate) stream_window: u32,
 }
 
 impl Default for ClientConfig {
@@ -96,6 +97,7 @@ impl Default for ClientConfig {
             reconnect_max: Duration::from_secs(10),
             retry_ratio: 0.2,
             retry_burst: 100,
+            stream_window: crate::stream::DEFAULT_WINDOW,
         }
     }
 }
@@ -179,6 +181,15 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// fit as an error instead of sending it. A frame over it closes the connection unread.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
         self.config.max_frame_len = bytes;
+        self
+    }
+
+    /// How many bytes of a streamed result the server may send ahead of what this client has
+    /// taken from the stream (default 1 MiB, at least 1). Items count their frame's bytes plus
+    /// 32. A larger window keeps a stream moving over a link with a long round trip; it is also
+    /// what one stream may hold in memory here when its reader falls behind.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.stream_window = bytes.max(1);
         self
     }
 

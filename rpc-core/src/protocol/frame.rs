@@ -101,12 +101,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         })
     }
 
-    /// When the read that brought the last frame returned, or a later one: the frame had
-    /// arrived by then.
-    pub(crate) fn arrived(&self) -> Instant {
-        self.last_read
-    }
-
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
     /// direction or the stream fails. For a connection being closed: closing a socket with
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
@@ -180,6 +174,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.last_read = Instant::now();
         }
+    }
+}
+
+impl<R> FrameReader<R> {
+    /// When the read that brought the last frame returned, or a later one: the frame had
+    /// arrived by then.
+    pub(crate) fn arrived(&self) -> Instant {
+        self.last_read
+    }
+
+    /// Takes the frames already complete in the buffer, one after another from its start, whose
+    /// payloads begin with `head`: the frames of one stream that came right behind the frame
+    /// just read. They come whole, each with its length prefix, so that a stream of small
+    /// items is handed on in one piece instead of item by item. `None` if the next frame is
+    /// another's, incomplete, or over the limit (the next read reports that).
+    pub(crate) fn take_run(&mut self, head: &[u8]) -> Option<Bytes> {
+        let mut end = 0;
+        while let Some(prefix) = self.buf.get(end..end + LENGTH_PREFIX) {
+            let mut size = [0; LENGTH_PREFIX];
+            size.copy_from_slice(prefix);
+            let size = u32::from_be_bytes(size) as usize;
+            let payload = end + LENGTH_PREFIX;
+            if size > self.max_frame_len
+                || self.buf.len() - payload < size
+                || !self.buf[payload..payload + size].starts_with(head)
+            {
+                break;
+            }
+            self.holds_large |= size > IDLE_BUFFER_KEEP;
+            self.largest_delivered = self.largest_delivered.max(size);
+            end = payload + size;
+        }
+        (end > 0).then(|| self.buf.split_to(end).freeze())
     }
 }
 
@@ -411,6 +438,45 @@ mod tests {
         assert_eq!(big.len(), 100_000);
         writer.await.expect("joins").expect("writes");
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+
+    #[tokio::test]
+    async fn a_run_is_the_whole_frames_of_the_same_head_that_follow() {
+        let mut bytes = Vec::new();
+        for payload in [
+            &[6, 1, 0][..],
+            &[6, 1, 1],
+            &[6, 1, 2],
+            &[6, 2, 5],
+            &[6, 1, 3],
+        ] {
+            bytes.extend(frame(payload));
+        }
+        bytes.extend(frame(&[[6, 1].as_slice(), &[9; 48]].concat())); // over the limit of 40
+        bytes.extend(frame(&[6, 1, 4]));
+        bytes.extend(&frame(&[6, 1, 5])[..5]); // incomplete
+        let mut reader = FrameReader::new(&bytes[..], 40);
+        let first = reader.next_frame().await.expect("a frame").expect("some");
+        assert_eq!(first, [6, 1, 0][..]);
+        let run = reader.take_run(&first[..2]).expect("two more of stream 1");
+        assert_eq!(run, [frame(&[6, 1, 1]), frame(&[6, 1, 2])].concat());
+        assert_eq!(reader.take_run(&[6, 1]), None, "stream 2's frame is next");
+        let other = reader.next_frame().await.expect("a frame").expect("some");
+        assert_eq!(other, [6, 2, 5][..]);
+        let run = reader.take_run(&[6, 1]).expect("stream 1 again");
+        assert_eq!(run, frame(&[6, 1, 3]), "up to the frame over the limit");
+        let too_large = reader.next_frame().await.expect_err("over the limit");
+        assert!(matches!(
+            too_large,
+            RpcError::FrameTooLarge { size: 50, .. }
+        ));
+        reader.buf.advance(LENGTH_PREFIX + 50);
+        reader.next_frame().await.expect("a frame").expect("some");
+        assert_eq!(
+            reader.take_run(&[6, 1]),
+            None,
+            "the last frame is incomplete"
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use crate::service::{MethodInfo, ServiceInfo};
 pub(crate) const MAGIC: [u8; 4] = *b"rpcc";
 
 /// The protocol version this crate speaks.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The largest hello accepted. Generous for any real service, small enough that a peer speaking
 /// another protocol is refused at once.
@@ -42,6 +42,8 @@ pub(crate) struct Hello<'a> {
     /// How many calls a client may have in flight on the connection at once; 0 for no limit.
     /// A server's limit; clients send 0.
     max_concurrent_calls: u32,
+    /// The credit, in bytes, that every stream this side receives starts with; at least 1.
+    stream_window: u32,
 }
 
 /// What one side learned about the other from its hello.
@@ -55,6 +57,8 @@ pub(crate) struct PeerInfo {
     pub(crate) ping_interval: Option<Duration>,
     /// How many calls the peer runs at once on this connection.
     pub(crate) max_concurrent_calls: Option<usize>,
+    /// The credit every stream the peer receives starts with.
+    pub(crate) stream_window: u32,
 }
 
 impl PeerInfo {
@@ -89,6 +93,7 @@ impl<'a> Hello<'a> {
         max_frame_len: usize,
         keepalive: Option<KeepAlive>,
         max_concurrent_calls: Option<usize>,
+        stream_window: u32,
     ) -> Self {
         let ping_interval_ms = keepalive.map_or(0, |keepalive| {
             u64::try_from(keepalive.interval.as_millis())
@@ -104,6 +109,7 @@ impl<'a> Hello<'a> {
             ping_interval_ms,
             max_concurrent_calls: max_concurrent_calls
                 .map_or(0, |calls| u32::try_from(calls).unwrap_or(u32::MAX)),
+            stream_window: stream_window.max(1),
         }
     }
 
@@ -159,6 +165,13 @@ impl<'a> Hello<'a> {
         let Ok((Head::Hello(hello), _)) = Head::decode(&payload) else {
             return Err(not_a_peer());
         };
+        if hello.stream_window == 0 {
+            return Err(RpcError::Handshake(
+                "the peer announced a stream window of 0 bytes, in which no stream could send \
+                 an item"
+                    .into(),
+            ));
+        }
         if hello.service != expected_service {
             return Err(RpcError::WrongService {
                 expected: expected_service.to_owned(),
@@ -175,6 +188,7 @@ impl<'a> Hello<'a> {
                 .then(|| Duration::from_millis(hello.ping_interval_ms)),
             max_concurrent_calls: (hello.max_concurrent_calls > 0)
                 .then_some(hello.max_concurrent_calls as usize),
+            stream_window: hello.stream_window,
         })
     }
 }
@@ -236,22 +250,29 @@ mod tests {
 
     #[tokio::test]
     async fn client_hello_bytes_match_wire_md() {
-        // docs/wire.md, section 8: a client of `Calc` with no methods, 16 MiB limit.
+        // docs/wire.md, section 10: a client of `Calc` with no methods, 16 MiB limit.
         static CALC: ServiceInfo = ServiceInfo {
             name: "Calc",
             methods: &[],
         };
         let mut written = Vec::new();
         let mut writer = FrameWriter::new(&mut written);
-        Hello::new(&CALC, 16 * 1024 * 1024, Some(KeepAlive::DEFAULT), None)
-            .send(&mut writer)
-            .await
-            .expect("writes");
+        let window = crate::stream::DEFAULT_WINDOW;
+        Hello::new(
+            &CALC,
+            16 * 1024 * 1024,
+            Some(KeepAlive::DEFAULT),
+            None,
+            window,
+        )
+        .send(&mut writer)
+        .await
+        .expect("writes");
         assert_eq!(
             written,
             [
-                0x00, 0x00, 0x00, 0x13, 0x00, b'r', b'p', b'c', b'c', 0x01, 0x80, 0x80, 0x80, 0x08,
-                0x04, b'C', b'a', b'l', b'c', 0x00, 0x98, 0x75, 0x00
+                0x00, 0x00, 0x00, 0x16, 0x00, b'r', b'p', b'c', b'c', 0x02, 0x80, 0x80, 0x80, 0x08,
+                0x04, b'C', b'a', b'l', b'c', 0x00, 0x98, 0x75, 0x00, 0x80, 0x80, 0x40
             ]
         );
     }
@@ -267,7 +288,7 @@ mod tests {
             }],
         };
         let mut written = Vec::new();
-        Hello::new(&LAB, 1000, None, Some(64))
+        Hello::new(&LAB, 1000, None, Some(64), 300)
             .send(&mut FrameWriter::new(&mut written))
             .await
             .expect("writes");
@@ -280,7 +301,30 @@ mod tests {
         assert!(peer.check_method(&LAB.methods[0]).is_ok());
         assert_eq!(peer.ping_interval, None);
         assert_eq!(peer.max_concurrent_calls, Some(64));
+        assert_eq!(peer.stream_window, 300);
         assert_eq!(peer.silence_limit(Some(KeepAlive::DEFAULT)), None);
+    }
+
+    #[tokio::test]
+    async fn a_hello_with_a_zero_stream_window_is_refused() {
+        static LAB: ServiceInfo = ServiceInfo {
+            name: "Lab",
+            methods: &[],
+        };
+        let mut written = Vec::new();
+        Hello::new(&LAB, 1000, None, None, 1)
+            .send(&mut FrameWriter::new(&mut written))
+            .await
+            .expect("writes");
+        // The window is the hello's last byte: a varint 1, made 0.
+        assert_eq!(written.last(), Some(&0x01));
+        *written.last_mut().expect("a byte") = 0x00;
+        let mut reader = FrameReader::new(&written[..], 1 << 20);
+        let refused = Hello::receive(&mut reader, 1 << 20, "Lab").await;
+        assert!(
+            matches!(&refused, Err(RpcError::Handshake(why)) if why.contains("window of 0")),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -290,6 +334,7 @@ mod tests {
             methods: HashMap::new(),
             ping_interval: Some(Duration::from_secs(15)),
             max_concurrent_calls: None,
+            stream_window: 1,
         };
         let impatient = KeepAlive {
             interval: Duration::from_millis(50),

@@ -103,12 +103,13 @@ pub(crate) enum Head<'a> {
         /// How the stream ended.
         outcome: Outcome<'a>,
     },
-    /// 8: the receiver of call `id`'s stream lets the sender send `items` more.
+    /// 8: the receiver of call `id`'s stream gives its sender `bytes` more credit: its
+    /// consumer has taken items of that cost.
     Credit {
         /// The call the stream belongs to.
         id: u64,
-        /// How many more items may be sent.
-        items: u32,
+        /// How much credit is added, in bytes of item cost.
+        bytes: u32,
     },
 }
 
@@ -241,7 +242,17 @@ pub(crate) fn begin_request(
 /// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
 /// over `limit` bytes.
 pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate::RpcError> {
-    let size = frame.len() - LENGTH_PREFIX;
+    finish_frame_at(frame, 0, limit).map(drop)
+}
+
+/// Fills in the length prefix of the frame that starts at `at` (see [`Frame::start_frame`]),
+/// refusing a payload over `limit` bytes. Returns the payload's length.
+pub(crate) fn finish_frame_at(
+    frame: &mut Frame,
+    at: usize,
+    limit: usize,
+) -> Result<usize, crate::RpcError> {
+    let size = frame.payload_len_from(at);
     if size > limit.min(MAX_FRAME_LEN_CAP) {
         return Err(crate::RpcError::FrameTooLarge {
             size: size as u64,
@@ -249,8 +260,8 @@ pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate:
         });
     }
     // `size` fits in u32: it is at most MAX_FRAME_LEN_CAP.
-    frame.set_length_prefix(size as u32);
-    Ok(())
+    frame.set_length_prefix(at, size as u32);
+    Ok(size)
 }
 
 impl<'a> Head<'a> {
@@ -318,8 +329,11 @@ mod tests {
             outcome: Outcome::Ok,
         };
         assert_eq!(end.frame(), [0, 0, 0, 3, 0x07, 0x03, 0x00]);
-        let credit = Head::Credit { id: 3, items: 16 };
-        assert_eq!(credit.frame(), [0, 0, 0, 3, 0x08, 0x03, 0x10]);
+        let credit = Head::Credit {
+            id: 3,
+            bytes: 65_536,
+        };
+        assert_eq!(credit.frame(), [0, 0, 0, 5, 0x08, 0x03, 0x80, 0x80, 0x04]);
     }
 
     #[test]

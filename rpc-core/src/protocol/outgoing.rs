@@ -91,7 +91,8 @@ impl SpliceScope {
 impl Drop for SpliceScope {
     fn drop(&mut self) {
         OFFERED.take();
-        SPLICES.set(self.outer.take());
+        let outer = self.outer.take();
+        SPLICES.with_borrow_mut(|splices| *splices = outer);
     }
 }
 
@@ -143,9 +144,42 @@ impl Frame {
         result
     }
 
-    /// Writes the length prefix: the length of everything after it.
-    pub(crate) fn set_length_prefix(&mut self, size: u32) {
-        self.bytes[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
+    /// Makes room for at least `bytes` in all, so that appending up to that many does not
+    /// reallocate.
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.bytes.reserve(bytes.saturating_sub(self.bytes.len()));
+    }
+
+    /// Starts another frame after the whole frames this one already holds, so that several
+    /// small frames go to the writer as one: room for its length prefix. Returns where it
+    /// starts.
+    pub(crate) fn start_frame(&mut self) -> usize {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+        at
+    }
+
+    /// The payload length of the frame that starts at `at`: everything after its length
+    /// prefix, spliced payloads included.
+    pub(crate) fn payload_len_from(&self, at: usize) -> usize {
+        let spliced: usize = self
+            .spliced
+            .iter()
+            .filter(|(position, _)| *position > at)
+            .map(|(_, bytes)| bytes.len())
+            .sum();
+        self.bytes.len() - at - LENGTH_PREFIX + spliced
+    }
+
+    /// Cuts off the frame that starts at `at`, and everything after it.
+    pub(crate) fn truncate(&mut self, at: usize) {
+        self.bytes.truncate(at);
+        self.spliced.retain(|(position, _)| *position <= at);
+    }
+
+    /// Writes the length prefix of the frame that starts at `at`: the length of its payload.
+    pub(crate) fn set_length_prefix(&mut self, at: usize, size: u32) {
+        self.bytes[at..at + LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
     }
 
     /// Appends the frame to `slices` as the pieces a vectored write sends in order.

@@ -94,6 +94,7 @@ where
             config.max_frame_len,
             config.keepalive,
             Some(config.max_in_flight),
+            config.stream_window,
         );
         hello.send(&mut writer).await?;
     }
@@ -121,7 +122,7 @@ where
         None => (None, None),
     };
 
-    let streams = Arc::new(Streams::default());
+    let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
     let mut connection = Connection {
         service: &*service,
         config,
@@ -195,7 +196,7 @@ where
             }
             () = meter.wait_may_read(), if room_to_park && !reading => {}
             frame = reader.next_frame(), if reading => match frame {
-                Ok(Some(payload)) => match connection.handle(&payload, reader.arrived()) {
+                Ok(Some(payload)) => match connection.handle(&payload, &mut reader) {
                     Ok(Handled::Request) => {
                         last_request = reader.arrived();
                         if let Some(registration) = &registration {
@@ -290,8 +291,13 @@ impl<S: Service> Connection<'_, S> {
         }
     }
 
-    /// Acts on one frame from the client, which had arrived by `arrived`.
-    fn handle(&mut self, payload: &Bytes, arrived: Instant) -> Result<Handled, RpcError> {
+    /// Acts on one frame from the client, just read by `reader`.
+    fn handle<R>(
+        &mut self,
+        payload: &Bytes,
+        reader: &mut FrameReader<R>,
+    ) -> Result<Handled, RpcError> {
+        let arrived = reader.arrived();
         let (head, rest) = Head::decode(payload).map_err(|error| {
             RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
         })?;
@@ -307,15 +313,15 @@ impl<S: Service> Connection<'_, S> {
             }
             Head::Ping => return Ok(Handled::Other),
             Head::StreamItem { id } => {
-                self.link.streams.deliver(id, payload.slice_ref(rest))?;
+                self.link.streams.deliver(id, payload, rest, reader)?;
                 return Ok(Handled::Other);
             }
             Head::StreamEnd { id, outcome } => {
                 self.link.streams.end(id, outcome.into());
                 return Ok(Handled::Other);
             }
-            Head::Credit { id, items } => {
-                self.link.streams.grant(id, items)?;
+            Head::Credit { id, bytes } => {
+                self.link.streams.grant(id, bytes)?;
                 return Ok(Handled::Other);
             }
             head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway { .. }) => {

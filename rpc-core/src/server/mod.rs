@@ -73,6 +73,7 @@ pub(crate) struct ServerConfig {
     pub(crate) metadata: MetadataLimits,
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
+    pub(crate) stream_window: u32,
 }
 
 impl Default for ServerBuilder {
@@ -89,6 +90,7 @@ impl Default for ServerBuilder {
                 metadata: MetadataLimits::DEFAULT,
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
+                stream_window: crate::stream::DEFAULT_WINDOW,
             },
         }
     }
@@ -141,6 +143,16 @@ impl ServerBuilder {
     /// give way to new ones at the [connection limit](ServerBuilder::max_connections).
     pub fn disable_idle_timeout(mut self) -> Self {
         self.config.idle_timeout = None;
+        self
+    }
+
+    /// How many bytes of a streamed argument a client may send ahead of what the handler has
+    /// taken from the stream (default 1 MiB, at least 1). Items count their frame's bytes plus
+    /// 32. A larger window keeps an upload moving over a link with a long round trip; it is
+    /// also what one upload may hold in memory here when its handler falls behind, so a
+    /// connection holds at most this times its in-flight limit.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.config.stream_window = bytes.max(1);
         self
     }
 

@@ -23,12 +23,28 @@ use tokio::sync::mpsc;
 
 use crate::RpcError;
 
-/// How many items a stream's sender may send before the receiver grants more: every stream starts
-/// with this much credit.
-pub(crate) const INITIAL_CREDIT: u32 = 32;
+/// The default stream window: how many bytes of items (by [`item_cost`]) a stream's sender may
+/// send that the receiver's consumer has not taken yet. Each side announces its window in its
+/// hello, and every stream it receives starts with that much credit.
+pub(crate) const DEFAULT_WINDOW: u32 = 1024 * 1024;
 
-/// A receiver grants credit back once it has consumed this many items.
-pub(crate) const CREDIT_BATCH: u32 = INITIAL_CREDIT / 2;
+/// A receiver with `window` grants credit back once its consumer has taken this many bytes'
+/// worth of items: often enough that the sender does not run dry while the grant is on its way,
+/// seldom enough that grants cost next to nothing.
+pub(crate) fn grant_at(window: u32) -> i64 {
+    i64::from(window / 4).max(1)
+}
+
+/// What an item costs beyond its frame's bytes: what holding it costs the receiver (its place
+/// in a queue, its handle), so that a stream of tiny items cannot hold far more memory than its
+/// window says. HTTP/2 counts each header's size the same way.
+pub(crate) const ITEM_OVERHEAD: u32 = 32;
+
+/// The credit an item costs, given its frame's payload length (everything after the length
+/// prefix).
+pub(crate) fn item_cost(payload_len: usize) -> i64 {
+    (crate::protocol::LENGTH_PREFIX + payload_len + ITEM_OVERHEAD as usize) as i64
+}
 
 /// A stream of `T` that crosses the connection: returned by a method to stream results, taken as
 /// an argument to stream input.

@@ -1,19 +1,22 @@
-//! Sending a stream: one item per credit, each encoded straight into its frame, then the end,
-//! which needs no credit.
+//! Sending a stream: items encoded straight into their frames, as many as are ready and the
+//! credit allows gathered into one write, then the end, which needs no credit.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use serde::Serialize;
-use tokio::sync::TryAcquireError;
 
-use super::Streaming;
 use super::registry::OutboundCredit;
+use super::{Streaming, item_cost};
 use crate::RpcError;
-use crate::protocol::{Frame, Head, Outbox, Outcome, StreamFrames, code, finish_frame};
+use crate::protocol::{Frame, Head, Outbox, Outcome, StreamFrames, append, code, finish_frame_at};
 use crate::task::AbortOnDrop;
+
+/// Items ready at once are gathered into one piece for the writer until it holds this many
+/// bytes: a stream of small items then costs one queue entry per batch, not per item.
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// An outgoing stream whose item type has been erased: it encodes each item into a frame.
 pub struct Outbound {
@@ -35,28 +38,32 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
-/// Polls the next item and appends its encoding to a frame. `Err` ends the stream with that
-/// message.
+/// Where and how the items of one stream are encoded.
+struct Encoding<'a> {
+    id: u64,
+    frame: &'a mut Frame,
+    max_frame_len: usize,
+}
+
+/// Polls the next item and appends it to a frame as a whole StreamItem frame, returning what it
+/// costs. `Err` ends the stream with that message; nothing of the failed item stays in the
+/// frame.
 trait EncodeNext: Send {
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        frame: &mut Frame,
-    ) -> Poll<Option<Result<(), String>>>;
+        into: &mut Encoding<'_>,
+    ) -> Poll<Option<Result<i64, String>>>;
 }
 
 impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        frame: &mut Frame,
-    ) -> Poll<Option<Result<(), String>>> {
+        into: &mut Encoding<'_>,
+    ) -> Poll<Option<Result<i64, String>>> {
         Poll::Ready(match std::task::ready!(self.poll_next(cx)) {
-            Some(Ok(item)) => Some(
-                frame
-                    .append(&item)
-                    .map_err(|e| format!("an item could not be encoded: {e}")),
-            ),
+            Some(Ok(item)) => Some(encode_item(into, &item)),
             // The sender's own message crosses as it is; another error (a stream relayed from
             // elsewhere that broke) crosses as its sentence.
             Some(Err(RpcError::StreamFailed { message })) => Some(Err(message)),
@@ -66,13 +73,35 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
     }
 }
 
-/// Sends `outbound` as call `id`'s stream: one item per credit, until the stream ends; then
-/// sends the end, which needs no credit. Stops early, sending nothing more, when `credit` is
+/// Appends `item` as a whole StreamItem frame, returning its cost.
+fn encode_item<T: Serialize>(into: &mut Encoding<'_>, item: &T) -> Result<i64, String> {
+    let at = into.frame.start_frame();
+    let head = Head::StreamItem { id: into.id };
+    let encoded = into
+        .frame
+        .encode(|bytes| append(&head, bytes).and_then(|()| append(item, bytes)))
+        .map_err(|e| format!("an item could not be encoded: {e}"))
+        .and_then(|()| {
+            finish_frame_at(into.frame, at, into.max_frame_len)
+                .map_err(|too_large| format!("a stream item is too large: {too_large}"))
+        });
+    match encoded {
+        Ok(payload_len) => Ok(item_cost(payload_len)),
+        Err(message) => {
+            into.frame.truncate(at);
+            Err(message)
+        }
+    }
+}
+
+/// Sends `outbound` as call `id`'s stream while it has credit, until the stream ends; then
+/// sends the end, which needs no credit. Stops early, sending nothing more, when the credit is
 /// closed (the connection ended) or the outbox is gone.
 ///
-/// No item is taken from the source without a credit for it, but one: out of credit, the pump
+/// No item is taken from the source without credit for it, but one: out of credit, the pump
 /// still polls the source, to learn of its end at once. An item found instead waits, alone,
-/// until a credit comes.
+/// until credit comes. Items the source has ready at once go out together, up to
+/// [`BATCH_BYTES`] and as far as the credit goes.
 ///
 /// Items and the end are queued through `frames`, so that whoever owns the stream can take back
 /// what is not written yet. Dropped before the end (the call was cancelled, or its deadline
@@ -89,55 +118,69 @@ pub(crate) async fn pump(
         frames: Arc::clone(&frames),
         armed: true,
     };
+    let window = &credit.window;
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
-        let Ok(mut frame) = Head::StreamItem { id }.begin_frame() else {
-            unreachable!("a stream item head always encodes");
+        let mut batch = Frame::default();
+        let mut into = Encoding {
+            id,
+            frame: &mut batch,
+            max_frame_len,
         };
-        let item = {
+        // The first item of a batch: wait for credit, and meanwhile learn of the end.
+        let first = {
             let next =
-                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut frame));
+                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into));
             tokio::pin!(next);
-            let turn = match credit.credit.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    Turn::Credit
-                }
-                Err(TryAcquireError::Closed) => return,
-                Err(TryAcquireError::NoPermits) => tokio::select! {
+            let turn = match window.open() {
+                None => return,
+                Some(true) => Turn::Credit,
+                Some(false) => tokio::select! {
                     biased;
-                    permit = credit.credit.acquire() => match permit {
-                        Ok(permit) => {
-                            permit.forget();
-                            Turn::Credit
-                        }
-                        Err(_) => return,
-                    },
+                    open = window.ready() => if open { Turn::Credit } else { return },
                     item = &mut next => Turn::Ahead(item),
                 },
             };
             match turn {
                 Turn::Credit => next.await,
-                Turn::Ahead(Some(Ok(()))) => match credit.credit.acquire().await {
-                    Ok(permit) => {
-                        permit.forget();
-                        Some(Ok(()))
+                Turn::Ahead(Some(Ok(cost))) => {
+                    if !window.ready().await {
+                        return;
                     }
-                    Err(_) => return,
-                },
+                    Some(Ok(cost))
+                }
                 Turn::Ahead(end) => end,
             }
         };
-        match item {
-            Some(Ok(())) => {}
-            Some(Err(message)) => break Some(message),
-            None => break None,
+        let mut end = match first {
+            Some(Ok(cost)) => {
+                window.spend(cost);
+                None
+            }
+            Some(Err(message)) => Some(Some(message)),
+            None => Some(None),
+        };
+        // More items, as long as they are ready at once and credit lasts.
+        while end.is_none() && into.frame.len() < BATCH_BYTES && window.open() == Some(true) {
+            let next =
+                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into));
+            match next.now_or_never() {
+                None => break,
+                Some(Some(Ok(cost))) => {
+                    window.spend(cost);
+                    // More than one item is ready: room for a whole batch at once, rather than
+                    // growing into it step by step.
+                    into.frame.reserve(BATCH_BYTES);
+                }
+                Some(Some(Err(message))) => end = Some(Some(message)),
+                Some(None) => end = Some(None),
+            }
         }
-        if let Err(too_large) = finish_frame(&mut frame, max_frame_len) {
-            break Some(format!("a stream item is too large: {too_large}"));
-        }
-        if !frames.send(&outbox, frame) {
+        if batch.len() > 0 && !frames.send(&outbox, batch) {
             return;
+        }
+        if let Some(failure) = end {
+            break failure;
         }
     };
     unsent.armed = false;
@@ -188,10 +231,11 @@ impl Drop for Upload {
     }
 }
 
-/// What a pump found when it had a turn: a credit, or (out of credit) what the source had.
+/// What a pump found when it had a turn: credit, or (out of credit) what the source had, with
+/// its cost.
 enum Turn {
     Credit,
-    Ahead(Option<Result<(), String>>),
+    Ahead(Option<Result<i64, String>>),
 }
 
 /// Takes back a stream's unwritten items when its pump is dropped before the end.

@@ -4,26 +4,29 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::Sleep;
 
-use super::{CREDIT_BATCH, INITIAL_CREDIT, Streaming};
+use super::{Streaming, grant_at, item_cost};
 use crate::RpcError;
-use crate::protocol::{self, Head, Outbox, code};
+use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code};
 
 /// What the connection's reader hands an incoming stream.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// One encoded item.
-    Item(Bytes),
+    /// One encoded item, and the credit it cost.
+    Item { bytes: Bytes, cost: i64 },
+    /// Whole StreamItem frames of the stream, length prefixes included, each with a head of
+    /// `head_len` bytes before its item.
+    Run { frames: Bytes, head_len: usize },
     /// The sender ended the stream.
     Finished,
     /// The sender ended the stream with an error.
@@ -45,23 +48,27 @@ impl From<crate::protocol::Outcome<'_>> for Inbound {
 }
 
 /// The streams of one connection, by call id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Streams {
     state: Mutex<State>,
+    /// The credit each incoming stream starts with: this side's window.
+    own_window: u32,
+    /// The credit each outgoing stream starts with: the window the peer announced.
+    peer_window: u32,
 }
 
 #[derive(Debug, Default)]
 struct State {
     inbound: HashMap<u64, InboundEntry>,
-    outbound: HashMap<u64, Arc<Semaphore>>,
+    outbound: HashMap<u64, Arc<SendWindow>>,
     closed: Option<RpcError>,
 }
 
 #[derive(Debug)]
 struct InboundEntry {
     tx: mpsc::UnboundedSender<Inbound>,
-    /// How many more items the peer may send; an item past it breaks the protocol.
-    credit: Arc<AtomicU32>,
+    /// The peer's credit, in bytes: it may send an item while this is above zero.
+    credit: Arc<AtomicI64>,
 }
 
 /// The receiving end of an incoming stream, before it is wrapped for its item type. Dropped, it
@@ -69,7 +76,9 @@ struct InboundEntry {
 #[derive(Debug)]
 pub(crate) struct InboundParts {
     rx: mpsc::UnboundedReceiver<Inbound>,
-    credit: Arc<AtomicU32>,
+    credit: Arc<AtomicI64>,
+    /// How much the consumer takes before granting it back.
+    grant_at: i64,
     streams: Arc<Streams>,
     id: u64,
 }
@@ -81,6 +90,16 @@ impl Drop for InboundParts {
 }
 
 impl Streams {
+    /// The streams of a connection on which this side grants `own_window` bytes of credit to
+    /// each incoming stream, and the peer `peer_window` to each outgoing one.
+    pub(crate) fn new(own_window: u32, peer_window: u32) -> Self {
+        Streams {
+            state: Mutex::default(),
+            own_window,
+            peer_window,
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock; if one ever did, the maps are still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -89,7 +108,7 @@ impl Streams {
     /// Opens the receiving side of call `id`'s incoming stream.
     pub(crate) fn open_inbound(self: &Arc<Self>, id: u64) -> InboundParts {
         let (tx, rx) = mpsc::unbounded_channel();
-        let credit = Arc::new(AtomicU32::new(INITIAL_CREDIT));
+        let credit = Arc::new(AtomicI64::new(i64::from(self.own_window)));
         let mut state = self.state();
         match &state.closed {
             Some(reason) => {
@@ -106,28 +125,49 @@ impl Streams {
         InboundParts {
             rx,
             credit,
+            grant_at: grant_at(self.own_window),
             streams: Arc::clone(self),
             id,
         }
     }
 
-    /// Hands an item to call `id`'s incoming stream. Items for a stream nobody reads any more
-    /// are dropped; an item past the credit granted breaks the protocol.
-    pub(crate) fn deliver(&self, id: u64, item: Bytes) -> Result<(), RpcError> {
+    /// Hands call `id`'s item to its incoming stream, together with the items of the same
+    /// stream that follow it in `reader`'s buffer: `payload` is the frame's payload, `item` what
+    /// follows its head. Items for a stream nobody reads any more are dropped; an item sent
+    /// with no credit left breaks the protocol.
+    pub(crate) fn deliver<R>(
+        &self,
+        id: u64,
+        payload: &Bytes,
+        item: &[u8],
+        reader: &mut FrameReader<R>,
+    ) -> Result<(), RpcError> {
+        let head_len = payload.len() - item.len();
+        let run = reader.take_run(&payload[..head_len]);
         let state = self.state();
         let Some(entry) = state.inbound.get(&id) else {
             return Ok(());
         };
-        let had_credit = entry
-            .credit
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
-            .is_ok();
-        if !had_credit {
-            return Err(RpcError::Protocol(format!(
-                "the peer sent an item of stream {id} without credit for it"
-            )));
+        // Only this reader spends the credit; the consumer adds to it before granting, so what
+        // the peer may rely on is all there now.
+        let before = entry.credit.load(Ordering::Acquire);
+        let mut credit = before;
+        let costs = std::iter::once(payload.len()).chain(run.iter().flat_map(run_sizes));
+        for size in costs {
+            if credit <= 0 {
+                return Err(RpcError::Protocol(format!(
+                    "the peer sent an item of stream {id} without credit for it"
+                )));
+            }
+            credit -= item_cost(size);
         }
-        let _ = entry.tx.send(Inbound::Item(item));
+        entry.credit.fetch_sub(before - credit, Ordering::AcqRel);
+        let bytes = payload.slice_ref(item);
+        let cost = item_cost(payload.len());
+        let _ = entry.tx.send(Inbound::Item { bytes, cost });
+        if let Some(frames) = run {
+            let _ = entry.tx.send(Inbound::Run { frames, head_len });
+        }
         Ok(())
     }
 
@@ -143,32 +183,30 @@ impl Streams {
         self.state().inbound.remove(&id);
     }
 
-    /// Opens the sending side of call `id`'s outgoing stream, with the initial credit.
+    /// Opens the sending side of call `id`'s outgoing stream, with a whole window of credit.
     pub(crate) fn open_outbound(self: &Arc<Self>, id: u64) -> OutboundCredit {
-        let credit = Arc::new(Semaphore::new(INITIAL_CREDIT as usize));
+        let window = Arc::new(SendWindow::new(self.peer_window));
         let mut state = self.state();
         if state.closed.is_some() {
-            credit.close();
+            window.close();
         } else {
-            state.outbound.insert(id, Arc::clone(&credit));
+            state.outbound.insert(id, Arc::clone(&window));
         }
         OutboundCredit {
-            credit,
+            window,
             streams: Arc::clone(self),
             id,
         }
     }
 
     /// Adds the credit the receiver granted to call `id`'s outgoing stream.
-    pub(crate) fn grant(&self, id: u64, items: u32) -> Result<(), RpcError> {
-        if let Some(credit) = self.state().outbound.get(&id) {
-            // A receiver never has more than its window outstanding; more is a broken peer.
-            if credit.available_permits() + items as usize > 64 * INITIAL_CREDIT as usize {
-                return Err(RpcError::Protocol(format!(
-                    "the peer granted stream {id} more credit than it can have used"
-                )));
-            }
-            credit.add_permits(items as usize);
+    pub(crate) fn grant(&self, id: u64, bytes: u32) -> Result<(), RpcError> {
+        if let Some(window) = self.state().outbound.get(&id)
+            && !window.grant(bytes)
+        {
+            return Err(RpcError::Protocol(format!(
+                "the peer granted stream {id} more credit than its items cost"
+            )));
         }
         Ok(())
     }
@@ -188,8 +226,8 @@ impl Streams {
         for (_, entry) in state.inbound.drain() {
             let _ = entry.tx.send(Inbound::Lost(reason.clone()));
         }
-        for (_, credit) in state.outbound.drain() {
-            credit.close();
+        for (_, window) in state.outbound.drain() {
+            window.close();
         }
         state.closed = Some(reason);
     }
@@ -198,9 +236,79 @@ impl Streams {
 /// The credit of an outgoing stream. Dropped, it unregisters the stream.
 #[derive(Debug)]
 pub(crate) struct OutboundCredit {
-    pub(crate) credit: Arc<Semaphore>,
+    pub(crate) window: Arc<SendWindow>,
     streams: Arc<Streams>,
     id: u64,
+}
+
+/// How much an outgoing stream may still send, in bytes of item cost. An item may go while the
+/// credit is above zero, whatever it costs, so that an item larger than the whole window still
+/// goes, alone; the credit then falls below zero until the receiver has taken it.
+#[derive(Debug)]
+pub(crate) struct SendWindow {
+    credit: AtomicI64,
+    /// The credit the stream started with, which grants never take it past.
+    window: i64,
+    closed: AtomicBool,
+    changed: Notify,
+}
+
+impl SendWindow {
+    fn new(window: u32) -> Self {
+        SendWindow {
+            credit: AtomicI64::new(i64::from(window)),
+            window: i64::from(window),
+            closed: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Whether an item may be sent now; `None` once the stream is stopped (the connection
+    /// ended).
+    pub(crate) fn open(&self) -> Option<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.credit.load(Ordering::Acquire) > 0)
+    }
+
+    /// Waits until an item may be sent: `false` if the stream was stopped instead.
+    pub(crate) async fn ready(&self) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            match self.open() {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => changed.await,
+            }
+        }
+    }
+
+    /// Counts an item of `cost` sent.
+    pub(crate) fn spend(&self, cost: i64) {
+        self.credit.fetch_sub(cost, Ordering::AcqRel);
+    }
+
+    /// Adds `bytes` the receiver granted; `false` (and nothing added) if that would be more
+    /// than the window: the receiver granted more than the items it took cost.
+    fn grant(&self, bytes: u32) -> bool {
+        let granted = self
+            .credit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |credit| {
+                let after = credit + i64::from(bytes);
+                (after <= self.window).then_some(after)
+            })
+            .is_ok();
+        if granted {
+            self.changed.notify_one();
+        }
+        granted
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
 }
 
 impl Drop for OutboundCredit {
@@ -264,6 +372,8 @@ pub(crate) fn inbound_stream<T: DeserializeOwned + Send + 'static>(
         .map(|(at, given)| (Box::pin(tokio::time::sleep_until(at)), given));
     Streaming::from_inner(InboundStream::<T> {
         parts,
+        run: Bytes::new(),
+        head_len: 0,
         consumed: 0,
         deadline,
         done: false,
@@ -274,8 +384,12 @@ pub(crate) fn inbound_stream<T: DeserializeOwned + Send + 'static>(
 
 struct InboundStream<T> {
     parts: InboundParts,
-    /// Items taken since credit was last granted back.
-    consumed: u32,
+    /// Items handed over in one piece ([`Inbound::Run`]) and not taken yet.
+    run: Bytes,
+    /// The length of the head before each item in `run`.
+    head_len: usize,
+    /// The cost of the items taken since credit was last granted back.
+    consumed: i64,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     done: bool,
     options: InboundOptions,
@@ -290,15 +404,19 @@ impl<T> InboundStream<T> {
         Poll::Ready(item)
     }
 
-    /// Grants the sender credit for the items taken, once enough have been.
-    fn return_credit(&mut self) {
-        self.consumed += 1;
-        if self.consumed >= CREDIT_BATCH {
-            let items = std::mem::take(&mut self.consumed);
+    /// Grants the sender credit for an item of `cost` taken, once enough has been taken.
+    fn return_credit(&mut self, cost: i64) {
+        self.consumed += cost;
+        while self.consumed >= self.parts.grant_at {
+            // One grant says at most u32::MAX bytes; a larger item's cost takes several.
+            let bytes = u32::try_from(self.consumed).unwrap_or(u32::MAX);
+            self.consumed -= i64::from(bytes);
             // Counted before the frame leaves, so the sender's next items are always covered.
-            self.parts.credit.fetch_add(items, Ordering::AcqRel);
+            self.parts
+                .credit
+                .fetch_add(i64::from(bytes), Ordering::AcqRel);
             let id = self.options.id;
-            self.options.outbox.send_head(&Head::Credit { id, items });
+            self.options.outbox.send_head(&Head::Credit { id, bytes });
         }
     }
 }
@@ -311,8 +429,15 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
             return Poll::Ready(None);
         }
         let method = self.options.method;
+        // With items in hand a glance at the timer will do; before waiting for more, the timer
+        // must also be set to wake this task.
+        let in_hand = !self.run.is_empty();
         if let Some((sleep, given)) = self.deadline.as_mut()
-            && sleep.as_mut().poll(cx).is_ready()
+            && (if in_hand {
+                sleep.is_elapsed()
+            } else {
+                sleep.as_mut().poll(cx).is_ready()
+            })
         {
             let error = RpcError::DeadlineExceeded {
                 method: method.to_owned(),
@@ -320,15 +445,18 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
             };
             return self.finish(Some(Err(error)));
         }
+        if in_hand {
+            return self.next_in_run();
+        }
         let item = match std::task::ready!(self.parts.rx.poll_recv(cx)) {
-            Some(Inbound::Item(bytes)) => {
-                self.return_credit();
-                crate::payload::decoding(&bytes, || protocol::decode_exact(&bytes)).map_err(|e| {
-                    RpcError::Decode {
-                        method: method.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })
+            Some(Inbound::Item { bytes, cost }) => {
+                self.return_credit(cost);
+                crate::payload::decoding(&bytes, || protocol::decode_exact(&bytes))
+            }
+            Some(Inbound::Run { frames, head_len }) => {
+                self.run = frames;
+                self.head_len = head_len;
+                return self.next_in_run();
             }
             Some(Inbound::Finished) => return self.finish(None),
             Some(Inbound::Failed { code, message }) => {
@@ -344,11 +472,57 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
             Some(Inbound::Lost(reason)) => return self.finish(Some(Err(reason))),
             None => return self.finish(Some(Err(RpcError::ConnectionClosed))),
         };
-        if item.is_err() {
-            return self.finish(Some(item));
-        }
-        Poll::Ready(Some(item))
+        self.decoded(item)
     }
+}
+
+impl<T: DeserializeOwned> InboundStream<T> {
+    /// Takes the next item of the run being read.
+    fn next_in_run(&mut self) -> Poll<Option<Result<T, RpcError>>> {
+        let Some((size, rest)) = split_frame(&self.run) else {
+            unreachable!("a run holds whole frames, checked as they were read");
+        };
+        let item = rest.get(self.head_len..size).unwrap_or_default();
+        let decoded = crate::payload::decoding(&self.run, || protocol::decode_exact(item));
+        self.run.advance(LENGTH_PREFIX + size);
+        self.return_credit(item_cost(size));
+        self.decoded(decoded)
+    }
+
+    /// Hands on a decoded item; one that failed to decode ends the stream.
+    fn decoded(
+        &mut self,
+        item: Result<T, protocol::CodecError>,
+    ) -> Poll<Option<Result<T, RpcError>>> {
+        match item {
+            Ok(item) => Poll::Ready(Some(Ok(item))),
+            Err(error) => {
+                let error = RpcError::Decode {
+                    method: self.options.method.to_owned(),
+                    reason: error.to_string(),
+                };
+                self.finish(Some(Err(error)))
+            }
+        }
+    }
+}
+
+/// The payload size of the whole frame at the start of `frames`, and the bytes after its length
+/// prefix; `None` if no whole frame is there.
+fn split_frame(frames: &[u8]) -> Option<(usize, &[u8])> {
+    let (prefix, rest) = frames.split_first_chunk::<LENGTH_PREFIX>()?;
+    let size = u32::from_be_bytes(*prefix) as usize;
+    (rest.len() >= size).then_some((size, rest))
+}
+
+/// The payload sizes of the whole frames in `frames`, one after another.
+fn run_sizes(frames: &Bytes) -> impl Iterator<Item = usize> + '_ {
+    let mut rest = &frames[..];
+    std::iter::from_fn(move || {
+        let (size, after) = split_frame(rest)?;
+        rest = &after[size..];
+        Some(size)
+    })
 }
 
 impl<T> Drop for InboundStream<T> {
