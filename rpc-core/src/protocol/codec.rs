@@ -46,6 +46,9 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
     }
 }
 
+/// Slices up to this long are appended byte by byte.
+const SMALL: usize = 16;
+
 /// A postcard flavor that appends to a `Vec` a slice at a time, except for the large payloads
 /// it splices in.
 struct AppendTo<'a>(&'a mut Vec<u8>);
@@ -55,7 +58,13 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() < outgoing::SPLICE_MIN || !outgoing::splice(self.0.len(), data) {
+        if data.len() <= SMALL {
+            // Varints and short strings: a byte at a time costs less than a call to memcpy.
+            self.0.reserve(data.len());
+            for &byte in data {
+                self.0.push(byte);
+            }
+        } else if data.len() < outgoing::SPLICE_MIN || !outgoing::splice(self.0.len(), data) {
             self.0.extend_from_slice(data);
         }
         Ok(())

@@ -198,7 +198,7 @@ impl<R> FrameReader<R> {
             let payload = end + LENGTH_PREFIX;
             if size > self.max_frame_len
                 || self.buf.len() - payload < size
-                || !self.buf[payload..payload + size].starts_with(head)
+                || !same_start(&self.buf[payload..payload + size], head)
             {
                 break;
             }
@@ -208,6 +208,11 @@ impl<R> FrameReader<R> {
         }
         (end > 0).then(|| self.buf.split_to(end).freeze())
     }
+}
+
+/// Whether `bytes` starts with `head`: a few bytes, compared without a call to `memcmp`.
+fn same_start(bytes: &[u8], head: &[u8]) -> bool {
+    bytes.len() >= head.len() && bytes.iter().zip(head).all(|(a, b)| a == b)
 }
 
 /// Writes whole frames that are already encoded, length prefix included.

@@ -8,7 +8,7 @@
 //! slice. A slice matched by address and length is the offered memory itself, so whatever else
 //! serializes in between, a frame can only ever splice in the very bytes it would have copied.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
 
 use bytes::Bytes;
@@ -21,9 +21,16 @@ use super::{CodecError, LENGTH_PREFIX, codec};
 pub(crate) const SPLICE_MIN: usize = 16 * 1024;
 
 thread_local! {
-    /// The payloads spliced into the frame being encoded on this thread, if one is, with their
-    /// positions in its bytes.
-    static SPLICES: RefCell<Option<Vec<(usize, Bytes)>>> = const { RefCell::new(None) };
+    /// How many frames are being encoded on this thread (an encoding inside another counts too).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// How many payloads `SPLICES` holds, kept in a cell so that the common case, a frame with
+    /// no payload to splice, touches nothing else.
+    static SPLICED: Cell<usize> = const { Cell::new(0) };
+    /// The payloads spliced into the frames being encoded on this thread, with their positions
+    /// in their frames' bytes; each encoding owns those after the count it started at.
+    static SPLICES: RefCell<Vec<(usize, Bytes)>> = const { RefCell::new(Vec::new()) };
+    /// Whether `OFFERED` holds a payload.
+    static HAS_OFFER: Cell<bool> = const { Cell::new(false) };
     /// The payload whose bytes the serializer is about to receive.
     static OFFERED: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
@@ -31,68 +38,78 @@ thread_local! {
 /// Offers `bytes` for splicing into the frame being encoded, if one is and they are large
 /// enough: called by a payload right before it serializes them.
 pub(crate) fn offer(bytes: &Bytes) {
-    if bytes.len() >= SPLICE_MIN && SPLICES.with_borrow(Option::is_some) {
+    if bytes.len() >= SPLICE_MIN && DEPTH.get() > 0 {
         OFFERED.set(Some(bytes.clone()));
+        HAS_OFFER.set(true);
     }
 }
 
 /// Splices `data` in at position `at` of the frame being encoded, if `data` is the memory of the
 /// payload just offered. `false` means the caller copies it.
 pub(super) fn splice(at: usize, data: &[u8]) -> bool {
+    if !HAS_OFFER.replace(false) {
+        return false;
+    }
     let Some(offered) = OFFERED.take() else {
         return false;
     };
-    if offered.as_ptr() != data.as_ptr() || offered.len() != data.len() {
+    if offered.as_ptr() != data.as_ptr() || offered.len() != data.len() || DEPTH.get() == 0 {
         return false;
     }
-    SPLICES.with_borrow_mut(|splices| match splices {
-        Some(splices) => {
-            splices.push((at, offered));
-            true
-        }
-        None => false,
-    })
+    SPLICES.with_borrow_mut(|splices| splices.push((at, offered)));
+    SPLICED.set(SPLICED.get() + 1);
+    true
 }
 
-/// How many payloads the frame being encoded has spliced in so far.
+/// How many payloads the frames being encoded have spliced in so far.
 pub(super) fn spliced_count() -> usize {
-    SPLICES.with_borrow(|splices| splices.as_ref().map_or(0, Vec::len))
+    SPLICED.get()
 }
 
 /// Forgets the payloads spliced in after the first `count`: the encoding they belonged to
 /// failed and was cut off.
 pub(super) fn forget_splices_after(count: usize) {
-    SPLICES.with_borrow_mut(|splices| {
-        if let Some(splices) = splices {
-            splices.truncate(count);
-        }
-    });
+    if SPLICED.get() > count {
+        SPLICES.with_borrow_mut(|splices| splices.truncate(count));
+        SPLICED.set(count);
+    }
 }
 
 /// The splicing scope of one [`Frame::encode`]. Dropping it, even in a panic, restores the
 /// thread's state as it was.
 struct SpliceScope {
-    outer: Option<Vec<(usize, Bytes)>>,
+    /// How many payloads were spliced, by encodings around this one, when it started.
+    start: usize,
 }
 
 impl SpliceScope {
+    #[inline]
     fn open() -> Self {
+        DEPTH.set(DEPTH.get() + 1);
         SpliceScope {
-            outer: SPLICES.replace(Some(Vec::new())),
+            start: SPLICED.get(),
         }
     }
 
-    /// Ends the scope, returning what was spliced in it.
-    fn close(self) -> Vec<(usize, Bytes)> {
-        SPLICES.take().unwrap_or_default()
+    /// Ends the scope, returning what was spliced in it, if anything was.
+    #[inline]
+    fn close(self) -> Option<Vec<(usize, Bytes)>> {
+        if SPLICED.get() <= self.start {
+            return None;
+        }
+        SPLICED.set(self.start);
+        Some(SPLICES.with_borrow_mut(|splices| splices.split_off(self.start)))
     }
 }
 
 impl Drop for SpliceScope {
+    #[inline]
     fn drop(&mut self) {
-        OFFERED.take();
-        let outer = self.outer.take();
-        SPLICES.with_borrow_mut(|splices| *splices = outer);
+        DEPTH.set(DEPTH.get() - 1);
+        if HAS_OFFER.replace(false) {
+            OFFERED.take();
+        }
+        forget_splices_after(self.start);
     }
 }
 
@@ -140,7 +157,9 @@ impl Frame {
     pub(crate) fn encode<R>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let scope = SpliceScope::open();
         let result = encode(&mut self.bytes);
-        self.spliced.extend(scope.close());
+        if let Some(spliced) = scope.close() {
+            self.spliced.extend(spliced);
+        }
         result
     }
 
@@ -151,11 +170,12 @@ impl Frame {
     }
 
     /// Starts another frame after the whole frames this one already holds, so that several
-    /// small frames go to the writer as one: room for its length prefix. Returns where it
-    /// starts.
-    pub(crate) fn start_frame(&mut self) -> usize {
+    /// small frames go to the writer as one: room for its length prefix, then `head`, already
+    /// encoded. Returns where it starts.
+    pub(crate) fn start_frame(&mut self, head: &[u8]) -> usize {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+        self.bytes.extend_from_slice(head);
         at
     }
 
@@ -244,6 +264,7 @@ mod tests {
         let encoded = postcard::to_stdvec(&big).expect("encodes");
         assert_eq!(encoded.len(), SPLICE_MIN + 3);
         assert!(OFFERED.with_borrow(Option::is_none));
+        assert!(!HAS_OFFER.get());
     }
 
     #[test]
@@ -281,7 +302,10 @@ mod tests {
             frame.append(&(big.clone(), Panics))
         }));
         assert!(panicked.is_err());
-        assert!(SPLICES.with_borrow(Option::is_none));
+        assert_eq!(DEPTH.get(), 0);
+        assert_eq!(SPLICED.get(), 0);
+        assert!(SPLICES.with_borrow(Vec::is_empty));
         assert!(OFFERED.with_borrow(Option::is_none));
+        assert!(!HAS_OFFER.get());
     }
 }

@@ -80,7 +80,8 @@ pub struct Streaming<T> {
 impl<T: Send + 'static> Streaming<T> {
     /// A stream of the items of `stream`.
     pub fn new(stream: impl Stream<Item = T> + Send + 'static) -> Self {
-        Self::from_results(stream.map(Ok::<T, RpcError>))
+        // No item is an error, so none needs to end the stream early.
+        Self::from_inner(stream.map(Ok))
     }
 
     /// A stream of the items of `items`, such as a `Vec` or a range.

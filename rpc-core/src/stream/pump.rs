@@ -11,7 +11,9 @@ use serde::Serialize;
 use super::registry::OutboundCredit;
 use super::{Streaming, item_cost};
 use crate::RpcError;
-use crate::protocol::{Frame, Head, Outbox, Outcome, StreamFrames, append, code, finish_frame_at};
+use crate::protocol::{
+    Frame, Head, LENGTH_PREFIX, Outbox, Outcome, StreamFrames, code, finish_frame_at,
+};
 use crate::task::AbortOnDrop;
 
 /// Items ready at once are gathered into one piece for the writer until it holds this many
@@ -40,7 +42,8 @@ impl std::fmt::Debug for Outbound {
 
 /// Where and how the items of one stream are encoded.
 struct Encoding<'a> {
-    id: u64,
+    /// The head every item's frame starts with (StreamItem and the call's id), encoded once.
+    head: &'a [u8],
     frame: &'a mut Frame,
     max_frame_len: usize,
 }
@@ -75,11 +78,10 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
 
 /// Appends `item` as a whole StreamItem frame, returning its cost.
 fn encode_item<T: Serialize>(into: &mut Encoding<'_>, item: &T) -> Result<i64, String> {
-    let at = into.frame.start_frame();
-    let head = Head::StreamItem { id: into.id };
+    let at = into.frame.start_frame(into.head);
     let encoded = into
         .frame
-        .encode(|bytes| append(&head, bytes).and_then(|()| append(item, bytes)))
+        .append(item)
         .map_err(|e| format!("an item could not be encoded: {e}"))
         .and_then(|()| {
             finish_frame_at(into.frame, at, into.max_frame_len)
@@ -119,11 +121,13 @@ pub(crate) async fn pump(
         armed: true,
     };
     let window = &credit.window;
+    let head = Head::StreamItem { id }.frame();
+    let head = &head[LENGTH_PREFIX..];
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
         let mut batch = Frame::default();
         let mut into = Encoding {
-            id,
+            head,
             frame: &mut batch,
             max_frame_len,
         };
