@@ -34,10 +34,17 @@ pub fn encode_stream<T: Serialize + Send + 'static>(
     Ok(Some(Outbound::new(stream)))
 }
 
-/// A `Vec<u8>` argument or return value on its way through the codec: written and read as one
-/// byte string rather than a byte at a time through serde's sequence calls. postcard encodes
-/// both alike (a varint length, then the bytes), so the wire does not change; only the cost of
-/// the call does.
+/// A `Vec<u8>` argument or return value on its way out: a [`Payload`](crate::Payload), which
+/// takes the vector over without copying and sends large ones from their own memory.
+pub fn outgoing_bytes(bytes: Vec<u8>) -> crate::Payload {
+    crate::Payload::from(bytes)
+}
+
+/// A `Vec<u8>` argument or return value as it is decoded: read as one byte string rather than
+/// a byte at a time through serde's sequence calls. postcard encodes both alike (a varint
+/// length, then the bytes), so the wire does not change; only the cost of the call does. (On
+/// the way out, a `Vec<u8>` goes as a [`Payload`](crate::Payload), which sends it from its own
+/// memory.)
 #[derive(Debug)]
 pub struct ByteVec(pub Vec<u8>);
 
@@ -45,12 +52,6 @@ impl ByteVec {
     /// The bytes.
     pub fn into_vec(self) -> Vec<u8> {
         self.0
-    }
-}
-
-impl Serialize for ByteVec {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
     }
 }
 
@@ -88,16 +89,26 @@ mod tests {
 
     #[test]
     fn a_byte_vec_is_encoded_exactly_as_serde_encodes_a_vec_of_u8() {
-        for len in [0, 1, 127, 128, 300] {
+        for len in [0, 1, 127, 128, 300, 20_000] {
             let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut as_string = Vec::new();
-            encode_value(&ByteVec(bytes.clone()), &mut as_string).expect("encodes");
+            encode_value(&outgoing_bytes(bytes.clone()), &mut as_string).expect("encodes");
             let mut as_sequence = Vec::new();
             encode_value(&bytes, &mut as_sequence).expect("encodes");
             assert_eq!(as_string, as_sequence, "{len} bytes");
             let (back,): (ByteVec,) = decode_args(&as_sequence).expect("decodes");
             assert_eq!(back.into_vec(), bytes);
         }
+    }
+
+    #[test]
+    fn a_large_byte_vec_goes_out_from_its_own_memory() {
+        let mut frame = crate::protocol::Frame::default();
+        frame
+            .encode(|out| encode_value(&outgoing_bytes(vec![7; 20_000]), out))
+            .expect("encodes");
+        assert_eq!(frame.len(), 3 + 20_000, "a 3-byte length, then the bytes");
+        assert!(frame.contiguous().is_none(), "spliced in, not copied");
     }
 
     #[test]

@@ -168,12 +168,23 @@ fn service_info(service: &Service) -> TokenStream {
     }
 }
 
-/// An argument as the codec sees it, wrapped when it goes as a byte string: the same tokens
-/// build it on the client and take it apart on the server.
-fn wire_form(arg: &Arg) -> TokenStream {
+/// An argument as the server's decoder sees it, wrapped when it comes as a byte string.
+fn received_form(arg: &Arg) -> TokenStream {
     let ident = &arg.ident;
     if arg.as_bytes {
         quote! { ::rpc_core::__private::ByteVec(#ident) }
+    } else {
+        quote! { #ident }
+    }
+}
+
+/// An argument as the client's encoder sees it. A `Vec<u8>` goes as a byte string from its own
+/// memory (a `Payload` takes it over without copying), not copied into the frame; the bytes on
+/// the wire are the same.
+fn sent_form(arg: &Arg) -> TokenStream {
+    let ident = &arg.ident;
+    if arg.as_bytes {
+        quote! { ::rpc_core::__private::outgoing_bytes(#ident) }
     } else {
         quote! { #ident }
     }
@@ -201,7 +212,7 @@ fn client(service: &Service) -> TokenStream {
         } = method;
         let arg_idents = args.iter().map(|arg| &arg.ident);
         let arg_types = args.iter().map(|arg| &arg.ty);
-        let plain: Vec<TokenStream> = method.plain_args().map(wire_form).collect();
+        let plain: Vec<TokenStream> = method.plain_args().map(sent_form).collect();
         let info = method_info(method);
         let received = (method.output_as_bytes && method.download.is_none())
             .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_vec) });
@@ -327,7 +338,7 @@ fn server(service: &Service) -> TokenStream {
 
     let decode_arms = service.methods.iter().map(|method| {
         let Method { cfgs, name, .. } = method;
-        let idents = method.plain_args().map(wire_form);
+        let idents = method.plain_args().map(received_form);
         let types = method.plain_args().map(|arg| {
             if arg.as_bytes {
                 quote! { ::rpc_core::__private::ByteVec }
@@ -381,7 +392,10 @@ fn server(service: &Service) -> TokenStream {
             quote! { ::rpc_core::__private::encode_stream(#value) }
         } else if method.output_as_bytes {
             quote! {
-                ::rpc_core::__private::encode_value(&::rpc_core::__private::ByteVec(#value), #out)
+                ::rpc_core::__private::encode_value(
+                    &::rpc_core::__private::outgoing_bytes(#value),
+                    #out,
+                )
             }
         } else {
             quote! { ::rpc_core::__private::encode_value(&#value, #out) }
