@@ -271,7 +271,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     async fn send_queued(&mut self, first: Outgoing, queue: &mut Queue) -> std::io::Result<bool> {
         let mut next = Some(first);
         // Half of `first` and the frames behind it, rounded down: half of the others, rounded up.
-        let mut first_half_left = queue.rx.len().div_ceil(2);
+        let mut first_half_left = queue.len().div_ceil(2);
         let mut last = false;
         while let Some(outgoing) = next.take() {
             // Out of the queue: the bytes are the writer's now, one frame or batch at a time.
@@ -286,12 +286,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     Some(frame) => frame,
                     // Taken back by a call that was abandoned before its turn.
                     None => {
-                        next = queue.rx.try_recv().ok();
+                        next = queue.try_recv();
                         continue;
                     }
                 },
             };
-            next = if last { None } else { queue.rx.try_recv().ok() };
+            next = if last { None } else { queue.try_recv() };
             let lone = self.batch.is_empty() && next.is_none();
             match frame.contiguous() {
                 Some(bytes) if bytes.len() < COALESCE_BELOW && !lone => {
@@ -373,10 +373,10 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     let mut ping = heartbeat.map(|interval| (interval, Box::pin(tokio::time::sleep(interval))));
     loop {
         let next = match &mut ping {
-            None => queue.rx.recv().await,
+            None => queue.recv().await,
             Some((interval, timer)) => tokio::select! {
                 biased;
-                next = queue.rx.recv() => next,
+                next = queue.recv() => next,
                 () = timer.as_mut() => {
                     let due = last_write + *interval;
                     if due <= Instant::now() {
@@ -393,7 +393,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         let Some(first) = next else {
             return writer.io.shutdown().await;
         };
-        if queue.rx.is_empty() && !writer.lone_call() {
+        if queue.len() == 0 && !writer.lone_call() {
             // The task that queued this frame woke the writer, which the runtime then runs at
             // once, before the other tasks that are about to queue theirs. Letting them run
             // first gathers their frames into this write: one write for many frames costs far

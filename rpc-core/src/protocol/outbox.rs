@@ -16,9 +16,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::{Frame, Head};
 
@@ -72,24 +72,110 @@ impl Outgoing {
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    channel: Arc<Channel>,
     meter: Arc<Meter>,
 }
 
 /// The receiving side, which the writer drains. Dropped with frames still queued (the
-/// connection died), it uncounts them.
+/// connection died), it uncounts them, and the outboxes queue nothing more.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    pub(super) rx: mpsc::UnboundedReceiver<Outgoing>,
+    channel: Arc<Channel>,
     pub(super) meter: Arc<Meter>,
+}
+
+/// The queue between the outboxes and the writer: a plain deque under a lock, which holds no
+/// memory beyond the entries it has room for (a connection that waits idle holds next to
+/// nothing here).
+#[derive(Debug, Default)]
+struct Channel {
+    state: Mutex<State>,
+    /// How many outboxes there are; when the last is gone, the queue ends once drained.
+    senders: AtomicUsize,
+    /// Wakes the writer when it waits for an entry.
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: VecDeque<Outgoing>,
+    /// The writer is gone: nothing more is queued.
+    closed: bool,
+    /// The writer waits for an entry, and the next one queued wakes it.
+    waiting: bool,
+}
+
+impl Channel {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; the queue is consistent either way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.channel.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            channel: Arc::clone(&self.channel),
+            meter: Arc::clone(&self.meter),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.channel.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: a writer waiting for more learns there is none to come.
+            let waiting = std::mem::take(&mut self.channel.lock().waiting);
+            if waiting {
+                self.channel.ready.notify_one();
+            }
+        }
+    }
+}
+
+impl Queue {
+    /// The next entry, once there is one; `None` when every outbox is gone and nothing is
+    /// left. Cancel safe: an entry is taken only when it is returned.
+    pub(super) async fn recv(&mut self) -> Option<Outgoing> {
+        loop {
+            // Made before looking, so that an entry queued right after the look still wakes it.
+            let ready = self.channel.ready.notified();
+            {
+                let mut state = self.channel.lock();
+                if let Some(outgoing) = state.entries.pop_front() {
+                    return Some(outgoing);
+                }
+                if self.channel.senders.load(Ordering::Acquire) == 0 {
+                    return None;
+                }
+                state.waiting = true;
+            }
+            ready.await;
+        }
+    }
+
+    /// The next entry, if one is queued.
+    pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
+        self.channel.lock().entries.pop_front()
+    }
+
+    /// How many entries are queued.
+    pub(super) fn len(&self) -> usize {
+        self.channel.lock().entries.len()
+    }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        self.rx.close();
-        while let Ok(outgoing) = self.rx.try_recv() {
+        let entries = {
+            let mut state = self.channel.lock();
+            state.closed = true;
+            std::mem::take(&mut state.entries)
+        };
+        for outgoing in entries {
             self.meter.release(outgoing.queued_len());
         }
     }
@@ -103,13 +189,16 @@ impl Outbox {
 
     /// A queue measured by `meter`.
     pub(crate) fn with_meter(meter: Meter) -> (Outbox, Queue) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let channel = Arc::new(Channel {
+            senders: AtomicUsize::new(1),
+            ..Channel::default()
+        });
         let meter = Arc::new(meter);
         let queue = Queue {
-            rx,
+            channel: Arc::clone(&channel),
             meter: Arc::clone(&meter),
         };
-        (Outbox { tx, meter }, queue)
+        (Outbox { channel, meter }, queue)
     }
 
     /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
@@ -137,14 +226,21 @@ impl Outbox {
     fn push(&self, item: Item, slot: Option<OwnedSemaphorePermit>) -> bool {
         let outgoing = Outgoing { item, _slot: slot };
         let len = outgoing.queued_len();
-        self.meter.hold(len);
-        match self.tx.send(outgoing) {
-            Ok(()) => true,
-            Err(_) => {
-                self.meter.release(len);
-                false
-            }
+        let mut state = self.channel.lock();
+        if state.closed {
+            drop(state);
+            // Dropped here, outside the lock: its slot wakes whoever waits for one.
+            drop(outgoing);
+            return false;
         }
+        self.meter.hold(len);
+        state.entries.push_back(outgoing);
+        let wake = std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.channel.ready.notify_one();
+        }
+        true
     }
 
     /// The meter of this queue's bytes.
@@ -451,7 +547,7 @@ mod tests {
         let waiting = tokio::spawn(async move { meter.wait_may_read().await });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        let outgoing = queue.rx.recv().await.expect("queued");
+        let outgoing = queue.recv().await.expect("queued");
         queue.meter.release(outgoing.queued_len());
         tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
             .await

@@ -382,9 +382,15 @@ impl<S: Service> Connection<'_, S> {
         };
         // Requests start in the order they came: behind any already waiting for a slot. With
         // none free, the call waits while the reader goes on (backpressure).
-        self.parked.push_back(parked);
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            self.start_parked(slot);
+        let slot = Arc::clone(&self.slots).try_acquire_owned();
+        match slot {
+            Ok(slot) if self.parked.is_empty() => self.start(parked, slot),
+            slot => {
+                self.parked.push_back(parked);
+                if let Ok(slot) = slot {
+                    self.start_parked(slot);
+                }
+            }
         }
         Ok(Handled::Request)
     }
