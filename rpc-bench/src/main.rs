@@ -135,6 +135,10 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 let bytes = workloads::idle_connection_bytes::<S>(&server).await;
                 return format!("{:.1} KiB of heap per idle connection", bytes / 1024.0);
             }
+            "allocs" => {
+                let per_call = workloads::allocations_per_call::<S>(&server, &mut client, effort);
+                return format!("{:.2} allocations per call, both ends", per_call.await);
+            }
             "latency" => {
                 let (p50, p99) = workloads::latency::<S>(&mut client, effort).await;
                 return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
@@ -150,8 +154,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "4x64" => (4, 64),
             other => {
                 return format!(
-                    "no workload called {other}: latency, 32, 256, 4x64, vec, buf, shared, stream \
-                     or idle"
+                    "no workload called {other}: latency, 32, 256, 4x64, vec, buf, shared, stream, \
+                     idle or allocs"
                 );
             }
         };

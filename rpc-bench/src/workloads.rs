@@ -131,7 +131,7 @@ pub async fn latency<S: System>(client: &mut S::Client, effort: Effort) -> (f64,
 }
 
 /// Heap allocations per sequential call, both ends.
-async fn allocations_per_call<S: System>(
+pub async fn allocations_per_call<S: System>(
     server: &ServerEnd,
     client: &mut S::Client,
     effort: Effort,

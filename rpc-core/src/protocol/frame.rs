@@ -17,6 +17,10 @@ use crate::RpcError;
 /// The least room a read makes: small frames arrive many to a read.
 pub(super) const MIN_READ: usize = 2 * 1024;
 
+/// A read with less room than this left in the buffer makes room first; with more, it reads
+/// into what is left, so that one allocation serves many small frames.
+const SMALL_ROOM: usize = 256;
+
 /// How much room a read makes at most on the word of a length prefix that passed the limit
 /// check. Beyond it the buffer grows with the bytes that actually arrive, at most doubling
 /// them, or up to the largest frame the peer has already sent in full; never to a number the
@@ -158,8 +162,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let trusted = READ_CHUNK
                 .max(self.buf.len())
                 .max(LENGTH_PREFIX + self.largest_delivered);
-            let room = wanted.min(trusted).max(MIN_READ);
-            self.buf.reserve(room);
+            let room = wanted.min(trusted);
+            // Frames handed on still share the buffer's memory, so making room means a new
+            // allocation: it is done only when little room is left, and then for many frames.
+            if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
+                self.buf.reserve(room.max(MIN_READ));
+            }
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
@@ -443,6 +451,28 @@ mod tests {
         assert_eq!(big.len(), 100_000);
         writer.await.expect("joins").expect("writes");
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+
+    /// Small frames read one at a time, each still held (as a client's answers are, until their
+    /// callers take them), come one after another from one allocation, not one each.
+    #[tokio::test]
+    async fn small_frames_held_by_their_readers_share_one_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        let mut held = Vec::new();
+        for n in 0..20u8 {
+            tx.write_all(&frame(&[n; 10])).await.expect("writes");
+            let payload = reader.next_frame().await.expect("reads").expect("a frame");
+            assert_eq!(payload, [n; 10][..]);
+            held.push(payload);
+        }
+        for pair in held.windows(2) {
+            let gap = pair[1].as_ptr() as usize - pair[0].as_ptr() as usize;
+            assert_eq!(
+                gap, 14,
+                "the next frame's payload follows in the same buffer"
+            );
+        }
     }
 
     #[tokio::test]
