@@ -8,7 +8,51 @@
 use std::io;
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+
+/// A byte stream a connection runs over, split into the half its reader task reads from and
+/// the half its writer task writes to.
+pub(crate) trait Split {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+/// A TCP stream splits into halves that read and write at the same time.
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// So does a Unix socket.
+#[cfg(unix)]
+impl Split for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// Any other byte stream, whose halves take turns with it through a lock: a read in progress
+/// holds up a write, so the streams this crate opens itself split without one.
+pub(crate) struct Shared<S>(pub(crate) S);
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Split for Shared<S> {
+    type Read = tokio::io::ReadHalf<S>;
+    type Write = tokio::io::WriteHalf<S>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self.0)
+    }
+}
 
 /// Connects to `addr` with `TCP_NODELAY` set.
 pub(crate) async fn connect_tcp(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {

@@ -101,9 +101,9 @@ impl Connection {
         config: &ClientConfig,
     ) -> Result<Arc<Connection>, RpcError>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: crate::transport::Split,
     {
-        let (read, write) = tokio::io::split(stream);
+        let (read, write) = stream.split();
         let mut reader = FrameReader::new(read, config.max_frame_len);
         let mut writer = FrameWriter::new(write);
         let window = config.stream_window;

@@ -226,7 +226,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
         let timeout = self.config.connect_timeout;
         let connection = tokio::time::timeout(
             timeout,
-            Connection::establish(stream, &C::INFO, &self.config),
+            Connection::establish(crate::transport::Shared(stream), &C::INFO, &self.config),
         )
         .await
         .unwrap_or(Err(RpcError::ConnectTimeout(timeout)))?;

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use std::pin::Pin;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
@@ -69,9 +68,9 @@ pub(crate) async fn serve<S, IO>(
 ) -> Result<(), RpcError>
 where
     S: Service,
-    IO: AsyncRead + AsyncWrite + Send + 'static,
+    IO: crate::transport::Split,
 {
-    let (read, write) = tokio::io::split(io);
+    let (read, write) = io.split();
     let mut reader = FrameReader::new(read, config.max_frame_len);
     let mut writer = FrameWriter::new(write);
 

@@ -231,6 +231,7 @@ impl ServerBuilder {
         S: Service,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let io = crate::transport::Shared(io);
         connection::serve(io, Arc::new(service), &self.config, None, None).await
     }
 
