@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::Metadata;
+use crate::peer::{Peer, PeerIdentity};
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -36,7 +37,7 @@ pub struct Context {
     pub(crate) request_id: u64,
     pub(crate) method: &'static str,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) peer: Peer,
     pub(crate) metadata: Metadata,
 }
 
@@ -73,7 +74,13 @@ impl Context {
 
     /// The client's address, for TCP connections.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer_addr
+        self.peer.addr
+    }
+
+    /// The certificate the client presented, verified, on a server that requires client
+    /// certificates (mutual TLS); `None` otherwise.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.peer.identity.as_deref()
     }
 
     /// What the client attached to this call: its per-client metadata, overridden by per-call

@@ -18,6 +18,11 @@ pub enum RpcError {
     #[error("could not connect to the server: {0}")]
     Connect(Arc<io::Error>),
 
+    /// The TLS handshake failed: the peer's certificate was refused, or the peer refused this
+    /// side's, or the peer does not speak TLS. The text says which.
+    #[error("the TLS handshake failed: {0}")]
+    Tls(String),
+
     /// Connecting and exchanging the handshake did not finish within the connect timeout.
     #[error("the server did not complete the handshake within {0:?}")]
     ConnectTimeout(Duration),

@@ -50,6 +50,7 @@
 //! - [`ClientBuilder`] and [`Channel`]: connect a generated client; [`Channel`] is the shared,
 //!   multiplexed connection inside it.
 //! - [`RpcError`]: the one error every call returns.
+//! - `tls` (with the `tls` feature): calls between machines over TLS and mutual TLS.
 //!
 //! The bytes on the wire are described in `docs/wire.md` of the repository.
 
@@ -58,22 +59,26 @@ mod context;
 mod error;
 mod metadata;
 mod payload;
+mod peer;
 mod protocol;
 mod server;
 mod service;
 mod stream;
 mod task;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use client::{Channel, ClientBuilder, ServiceClient};
+pub use client::{Channel, ClientBuilder, ServerAddr, ServiceClient};
 pub use context::Context;
 pub use error::RpcError;
 pub use metadata::Metadata;
 pub use payload::Payload;
+pub use peer::PeerIdentity;
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};

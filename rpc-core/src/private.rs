@@ -3,7 +3,6 @@
 pub use serde;
 pub use std::sync::Arc;
 pub use tokio::io::{AsyncRead, AsyncWrite};
-pub use tokio::net::ToSocketAddrs;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -251,7 +251,7 @@ fn client(service: &Service) -> TokenStream {
         impl #name {
             /// Connects over TCP to `addr`, with the default settings.
             #vis async fn connect(
-                addr: impl ::rpc_core::__private::ToSocketAddrs,
+                addr: impl ::rpc_core::ServerAddr,
             ) -> ::core::result::Result<Self, ::rpc_core::RpcError> {
                 Self::builder().connect(addr).await
             }

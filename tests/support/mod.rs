@@ -2,6 +2,8 @@
 //! server starter, and a raw client that speaks the protocol byte by byte, as `docs/wire.md`
 //! describes it, to send the server what no well-behaved client would.
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -19,8 +19,12 @@ use crate::{RpcError, transport};
 /// Where an endpoint connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// The addresses of one TCP server, tried in order.
-    Tcp(Vec<SocketAddr>),
+    /// The addresses of one TCP server, tried in order, and the host name they were found
+    /// under, if they were.
+    Tcp {
+        addrs: Vec<SocketAddr>,
+        host: Option<Arc<str>>,
+    },
     /// A Unix domain socket.
     #[cfg(unix)]
     Unix(std::path::PathBuf),
@@ -150,10 +154,22 @@ impl Endpoint {
         let timeout = self.config.connect_timeout;
         let connecting = async {
             match &self.target {
-                Target::Tcp(addrs) => {
+                Target::Tcp { addrs, host } => {
                     let stream = transport::connect_tcp(&addrs[..])
                         .await
                         .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = &self.config.tls {
+                        let addr = stream
+                            .peer_addr()
+                            .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                        let stream = tls.connect(stream, host.as_deref(), addr).await?;
+                        let stream = transport::Shared(stream);
+                        return Connection::establish(stream, &self.service, &self.config)
+                            .await
+                            .map_err(crate::tls::refused_after_handshake);
+                    }
+                    let _ = host;
                     Connection::establish(stream, &self.service, &self.config).await
                 }
                 #[cfg(unix)]
@@ -244,7 +260,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_waiting_for_a_connection_share_one_attempt() {
         // Port 1 on loopback: nothing listens, every attempt is refused.
-        let target = Target::Tcp(vec![SocketAddr::from(([127, 0, 0, 1], 1))]);
+        let target = Target::Tcp {
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            host: None,
+        };
         let service = ServiceInfo {
             name: "Test",
             methods: &[],
@@ -316,7 +335,11 @@ mod tests {
             reconnect_max: Duration::from_secs(60),
             ..ClientConfig::default()
         };
-        let endpoint = Endpoint::new(Target::Tcp(vec![addr]), SERVICE, Arc::new(config));
+        let target = Target::Tcp {
+            addrs: vec![addr],
+            host: None,
+        };
+        let endpoint = Endpoint::new(target, SERVICE, Arc::new(config));
         let wait = |endpoint: &Endpoint| {
             let retry_at = endpoint.live().retry_at.expect("backing off");
             retry_at.saturating_duration_since(Instant::now())

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 mod channel;
 mod connection;
 mod endpoint;
@@ -30,6 +31,7 @@ mod pending;
 mod pool;
 mod retry;
 
+pub use address::ServerAddr;
 pub use channel::Channel;
 
 use std::fmt;
@@ -39,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::ToSocketAddrs;
 
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive};
 use crate::service::ServiceInfo;
@@ -83,6 +84,8 @@ pub(crate) struct ClientConfig {
     pub(crate) retry_ratio: f64,
     pub(crate) retry_burst: u32,
     pub(crate) stream_window: u32,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -98,6 +101,8 @@ impl Default for ClientConfig {
             retry_ratio: 0.2,
             retry_burst: 100,
             stream_window: crate::stream::DEFAULT_WINDOW,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -199,15 +204,29 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self
     }
 
+    /// Connects every TCP connection over TLS: each endpoint, each reconnection, each server
+    /// of a [balanced](ClientBuilder::balance) or [resolved](ClientBuilder::resolve) pool.
+    /// The server's certificate must carry the host name of the address (or, for an address
+    /// given as numbers, its IP address), unless [`ClientTls::server_name`] names another.
+    /// See [`tls`](crate::tls).
+    ///
+    /// [`ClientTls::server_name`]: crate::tls::ClientTls::server_name
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// Connects over TCP, with `TCP_NODELAY` set. The first connection is made now, so that a
     /// server that cannot be reached is reported here; later, a lost connection is made again
     /// when the next call needs it.
-    pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<C, RpcError> {
+    pub async fn connect(self, addr: impl ServerAddr) -> Result<C, RpcError> {
+        let host = addr.host().map(Arc::from);
         let addrs: Vec<_> = tokio::net::lookup_host(addr)
             .await
             .map_err(connect_failed)?
             .collect();
-        self.connect_endpoint(Target::Tcp(addrs)).await
+        self.connect_endpoint(Target::Tcp { addrs, host }).await
     }
 
     /// Connects to a Unix domain socket, reconnecting like [`ClientBuilder::connect`].
@@ -238,7 +257,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// reached is passed over while it backs off, and used again once it answers.
     pub fn balance(self, addrs: impl IntoIterator<Item = SocketAddr>) -> C {
         let config = Arc::new(self.config.clone());
-        let pool = Pool::new(addrs.into_iter().collect(), C::INFO, config);
+        let pool = Pool::new(addrs.into_iter().collect(), None, C::INFO, config);
         let budget = self.budget();
         self.client(Backend::Pool(pool, budget))
     }

@@ -17,14 +17,18 @@ pub(crate) struct Pool {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     service: ServiceInfo,
     config: Arc<ClientConfig>,
+    /// The host name the servers were found under, for a pool that follows a DNS name: over
+    /// TLS, their certificates must carry it.
+    host: Option<Arc<str>>,
     /// Re-reads the DNS name, for a pool that follows one.
     resolver: std::sync::Mutex<Option<AbortOnDrop>>,
 }
 
 impl Pool {
-    /// A pool of the servers at `addrs`.
+    /// A pool of the servers at `addrs`, found under the host name `host` if they were.
     pub(crate) fn new(
         addrs: Vec<SocketAddr>,
+        host: Option<Arc<str>>,
         service: ServiceInfo,
         config: Arc<ClientConfig>,
     ) -> Arc<Self> {
@@ -32,6 +36,7 @@ impl Pool {
             endpoints: RwLock::new(Vec::new()),
             service,
             config,
+            host,
             resolver: std::sync::Mutex::new(None),
         });
         pool.update(addrs);
@@ -47,7 +52,8 @@ impl Pool {
         config: Arc<ClientConfig>,
     ) -> Result<Arc<Self>, RpcError> {
         let addrs = resolve(&name).await?;
-        let pool = Pool::new(addrs, service, config);
+        let host = super::address::host_of(&name).map(Arc::from);
+        let pool = Pool::new(addrs, host, service, config);
         let weak = Arc::downgrade(&pool);
         let task = tokio::spawn(follow(name, refresh, weak));
         *pool.resolver.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -64,7 +70,10 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner);
         let mut kept: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            let target = Target::Tcp(vec![addr]);
+            let target = Target::Tcp {
+                addrs: vec![addr],
+                host: self.host.clone(),
+            };
             if kept.iter().any(|endpoint| *endpoint.target() == target) {
                 continue;
             }
@@ -180,7 +189,7 @@ mod tests {
 
     #[test]
     fn update_keeps_known_endpoints_and_drops_vanished_ones() {
-        let pool = Pool::new(vec![addr(1), addr(2)], SERVICE, Arc::default());
+        let pool = Pool::new(vec![addr(1), addr(2)], None, SERVICE, Arc::default());
         let before = pool.endpoints();
         pool.update(vec![addr(2), addr(3), addr(3)]);
         let after = pool.endpoints();
@@ -189,12 +198,16 @@ mod tests {
             Arc::ptr_eq(&after[0], &before[1]),
             "the endpoint of :2 is kept"
         );
-        assert_eq!(*after[1].target(), Target::Tcp(vec![addr(3)]));
+        let third = Target::Tcp {
+            addrs: vec![addr(3)],
+            host: None,
+        };
+        assert_eq!(*after[1].target(), third);
     }
 
     #[test]
     fn pick_prefers_the_less_busy_and_avoids_where_a_call_failed() {
-        let pool = Pool::new(vec![addr(1), addr(2)], SERVICE, Arc::default());
+        let pool = Pool::new(vec![addr(1), addr(2)], None, SERVICE, Arc::default());
         let endpoints = pool.endpoints();
         let _busy = endpoints[0].begin_call();
         for _ in 0..20 {
@@ -206,7 +219,7 @@ mod tests {
             Arc::ptr_eq(&picked, &endpoints[0]),
             "not where the call just failed"
         );
-        let empty = Pool::new(vec![], SERVICE, Arc::default());
+        let empty = Pool::new(vec![], None, SERVICE, Arc::default());
         assert!(matches!(empty.pick(None), Err(RpcError::NoEndpoints)));
     }
 }

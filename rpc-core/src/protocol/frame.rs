@@ -192,6 +192,12 @@ impl<R> FrameReader<R> {
         self.last_read
     }
 
+    /// Whether what was read so far starts like a TLS record (a handshake or an alert): the peer
+    /// speaks TLS where a frame was expected.
+    pub(crate) fn starts_with_tls_record(&self) -> bool {
+        matches!(self.buf.get(..3), Some([0x15 | 0x16, 0x03, 0x00..=0x04]))
+    }
+
     /// Takes the frames already complete in the buffer, one after another from its start, whose
     /// payloads begin with `head`: the frames of one stream that came right behind the frame
     /// just read. They come whole, each with its length prefix, so that a stream of small

@@ -140,7 +140,15 @@ impl<'a> Hello<'a> {
             Ok(Some(payload)) => payload,
             Ok(None) => return Err(RpcError::ConnectionClosed),
             Err(RpcError::FrameTooLarge { .. } | RpcError::Protocol(_)) => {
-                return Err(not_a_peer());
+                return Err(if reader.starts_with_tls_record() {
+                    RpcError::Handshake(
+                        "the peer speaks TLS and this side does not: set `tls` on both the \
+                         server and the client, or on neither"
+                            .into(),
+                    )
+                } else {
+                    not_a_peer()
+                });
             }
             Err(other) => return Err(other),
         };

@@ -4,7 +4,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use crate::peer::Peer;
 use crate::protocol::{
     Frame, Head, Outbox, Outcome, StreamFrames, code, error_response, finish_frame,
 };
@@ -65,7 +65,7 @@ pub(crate) struct NewCall<R> {
     pub(crate) arrived: Instant,
     pub(crate) timeout_ms: u64,
     pub(crate) metadata: Metadata,
-    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) peer: Peer,
     /// The share of the connection's in-flight budget the call holds until its answer is
     /// written.
     pub(crate) slot: OwnedSemaphorePermit,
@@ -94,7 +94,7 @@ impl Calls {
             arrived,
             timeout_ms,
             metadata,
-            peer_addr,
+            peer,
             slot,
         } = call;
         let method = S::method_name(&request);
@@ -105,7 +105,7 @@ impl Calls {
             request_id: id,
             method,
             deadline: deadline.map(Instant::into_std),
-            peer_addr,
+            peer,
             metadata,
         };
         let mut handler = Box::pin(context.clone().scope(service.call(request)));

@@ -12,7 +12,6 @@
 //! - shutdown, idleness, keep-alive and giving way are watched whatever the reader does.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use super::ServerConfig;
 use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
 use crate::metadata::MetadataError;
+use crate::peer::Peer;
 use crate::protocol::{
     Budget, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, code, error_response, go_away,
     write_frames,
@@ -58,13 +58,14 @@ pub(crate) struct Shared {
 }
 
 /// Serves one connection until the client closes it, breaks the protocol, goes silent, or the
-/// server shuts down.
+/// server shuts down. The client's hello must arrive by `handshake_deadline`.
 pub(crate) async fn serve<S, IO>(
     io: IO,
     service: Arc<S>,
     config: &ServerConfig,
-    peer_addr: Option<SocketAddr>,
+    peer: Peer,
     shared: Option<Shared>,
+    handshake_deadline: Instant,
 ) -> Result<(), RpcError>
 where
     S: Service,
@@ -74,8 +75,8 @@ where
     let mut reader = FrameReader::new(read, config.max_frame_len);
     let mut writer = FrameWriter::new(write);
 
-    let client = tokio::time::timeout(
-        config.handshake_timeout,
+    let client = tokio::time::timeout_at(
+        handshake_deadline,
         Hello::receive(&mut reader, config.max_frame_len, S::INFO.name),
     )
     .await
@@ -122,6 +123,7 @@ where
     };
 
     let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
+    let peer_addr = peer.addr;
     let mut connection = Connection {
         service: &*service,
         config,
@@ -133,7 +135,7 @@ where
         },
         slots,
         parked: VecDeque::new(),
-        peer_addr,
+        peer,
         registration: registration.as_ref(),
         draining: false,
     };
@@ -266,7 +268,7 @@ struct Connection<'a, S: Service> {
     slots: Arc<Semaphore>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
-    peer_addr: Option<SocketAddr>,
+    peer: Peer,
     registration: Option<&'a Registration>,
     /// The server takes no new calls on this connection.
     draining: bool,
@@ -408,7 +410,7 @@ impl<S: Service> Connection<'_, S> {
             arrived: parked.arrived,
             timeout_ms: parked.timeout_ms,
             metadata: parked.metadata,
-            peer_addr: self.peer_addr,
+            peer: self.peer.clone(),
             slot,
         };
         self.calls.start(self.service, call, &self.link);

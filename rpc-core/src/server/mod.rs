@@ -38,6 +38,7 @@ use tokio::task::JoinSet;
 
 use crate::RpcError;
 use crate::metadata::MetadataLimits;
+use crate::peer::Peer;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
 use crate::transport;
@@ -74,6 +75,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
     pub(crate) stream_window: u32,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerBuilder {
@@ -91,12 +94,23 @@ impl Default for ServerBuilder {
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
 }
 
 impl ServerBuilder {
+    /// Serves every TCP connection over TLS: the handshake, within the
+    /// [handshake timeout](ServerBuilder::handshake_timeout), comes before anything else, and a
+    /// client that does not complete it is dropped. See [`tls`](crate::tls).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// The largest frame payload accepted from a client, in bytes (default 16 MiB, at most
     /// `u32::MAX`). Clients learn it in the handshake and refuse to send a larger request; a
     /// frame over it closes that connection without being read.
@@ -232,7 +246,9 @@ impl ServerBuilder {
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let io = crate::transport::Shared(io);
-        connection::serve(io, Arc::new(service), &self.config, None, None).await
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        let service = Arc::new(service);
+        connection::serve(io, service, &self.config, Peer::default(), None, deadline).await
     }
 
     fn server(self, listener: Listener) -> Server {
@@ -381,6 +397,39 @@ async fn admit(slots: &Arc<Semaphore>, registry: &registry::Registry) -> OwnedSe
     }
 }
 
+/// Serves an accepted TCP connection, over TLS if the server has it set.
+async fn serve_tcp<S: Service>(
+    io: tokio::net::TcpStream,
+    service: Arc<S>,
+    config: &ServerConfig,
+    addr: Option<SocketAddr>,
+    shared: Option<connection::Shared>,
+    handshake_deadline: tokio::time::Instant,
+) -> Result<(), RpcError> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let accepted = tokio::time::timeout_at(handshake_deadline, tls.accept(io)).await;
+        let (io, identity) = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => return Err(crate::tls::handshake_failed(&error)),
+            Err(_) => {
+                return Err(RpcError::Handshake(format!(
+                    "the client did not finish the TLS handshake within {:?}",
+                    config.handshake_timeout
+                )));
+            }
+        };
+        let peer = Peer { addr, identity };
+        let io = transport::Shared(io);
+        return connection::serve(io, service, config, peer, shared, handshake_deadline).await;
+    }
+    let peer = Peer {
+        addr,
+        identity: None,
+    };
+    connection::serve(io, service, config, peer, shared, handshake_deadline).await
+}
+
 /// A stream accepted by a [`Listener`].
 enum Accepted {
     Tcp(tokio::net::TcpStream),
@@ -422,19 +471,26 @@ impl<S: Service> Spawner<'_, S> {
     ) -> impl Future<Output = ()> + Send + 'static {
         let service = Arc::clone(self.service);
         let config = Arc::clone(self.config);
-        let shared = self.shared.clone();
+        let shared = Some(self.shared.clone());
+        // The whole handshake, TLS included, must be over by then.
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
         async move {
             let served = match io {
-                Accepted::Tcp(io) => {
-                    connection::serve(io, service, &config, peer, Some(shared)).await
-                }
+                Accepted::Tcp(io) => serve_tcp(io, service, &config, peer, shared, deadline).await,
                 #[cfg(unix)]
                 Accepted::Unix(io) => {
-                    connection::serve(io, service, &config, peer, Some(shared)).await
+                    let peer = Peer {
+                        addr: peer,
+                        identity: None,
+                    };
+                    connection::serve(io, service, &config, peer, shared, deadline).await
                 }
             };
             match served {
                 Ok(()) => tracing::debug!(?peer, "connection closed"),
+                Err(error @ RpcError::Tls(_)) => {
+                    tracing::info!(?peer, %error, "a client failed the TLS handshake");
+                }
                 Err(error) => tracing::debug!(?peer, %error, "connection closed"),
             }
             drop(slot);

@@ -1,0 +1,99 @@
+//! The addresses a client connects to, and the host name each one carries, which a TLS client
+//! checks the server's certificate against.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use tokio::net::ToSocketAddrs;
+
+/// An address a client can connect to: anything tokio resolves (`"host:port"`, a
+/// `SocketAddr`, `(host, port)`, ...). It also says which host it names, if it names one: over
+/// TLS, the server's certificate must carry that name.
+pub trait ServerAddr: ToSocketAddrs {
+    /// The host name or IP address as written, without the port; `None` for an address given
+    /// as numbers only.
+    fn host(&self) -> Option<String>;
+}
+
+/// The host of `"host:port"` (or `"[v6]:port"`).
+pub(crate) fn host_of(name: &str) -> Option<String> {
+    let (host, _port) = name.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+impl ServerAddr for str {
+    fn host(&self) -> Option<String> {
+        host_of(self)
+    }
+}
+
+impl ServerAddr for String {
+    fn host(&self) -> Option<String> {
+        host_of(self)
+    }
+}
+
+impl ServerAddr for (&str, u16) {
+    fn host(&self) -> Option<String> {
+        Some(self.0.to_owned())
+    }
+}
+
+impl ServerAddr for (String, u16) {
+    fn host(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+impl<T: ServerAddr + ?Sized> ServerAddr for &T {
+    fn host(&self) -> Option<String> {
+        (**self).host()
+    }
+}
+
+/// Addresses given as numbers name no host: a TLS client checks the certificate against the IP
+/// address it connected to.
+macro_rules! numeric {
+    ($($address:ty),*) => {$(
+        impl ServerAddr for $address {
+            fn host(&self) -> Option<String> {
+                None
+            }
+        }
+    )*};
+}
+
+numeric!(
+    SocketAddr,
+    SocketAddrV4,
+    SocketAddrV6,
+    (IpAddr, u16),
+    (Ipv4Addr, u16),
+    (Ipv6Addr, u16),
+    &[SocketAddr]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_address_names_its_host() {
+        assert_eq!(
+            "calc.internal:7443".host().as_deref(),
+            Some("calc.internal")
+        );
+        assert_eq!(
+            String::from("10.0.0.7:1").host().as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!("[::1]:7443".host().as_deref(), Some("::1"));
+        assert_eq!(
+            ("calc.internal", 7443).host().as_deref(),
+            Some("calc.internal")
+        );
+        assert_eq!("no-port".host(), None);
+        let numeric = SocketAddr::from(([127, 0, 0, 1], 7443));
+        assert_eq!(numeric.host(), None);
+    }
+}

@@ -1,0 +1,69 @@
+//! Who is at the other end of a connection, as far as the transport can tell.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What a server knows of a connection's client before any call: its address, and the
+/// certificate it proved it holds, over TLS with client certificates.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Peer {
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) identity: Option<Arc<PeerIdentity>>,
+}
+
+/// The certificate a client presented over mutual TLS, verified by the server against the
+/// certificate authorities it trusts. Read it in a handler with
+/// [`Context::peer_identity`](crate::Context::peer_identity).
+///
+/// ```ignore
+/// let call = rpc_core::Context::current();
+/// let Some(client) = call.peer_identity() else { return Err(Denied) };
+/// if !client.names().iter().any(|name| name == "worker.internal") { return Err(Denied) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    chain: Vec<Vec<u8>>,
+    subject: String,
+    common_name: Option<String>,
+    names: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// An identity read from a verified chain.
+    #[cfg(feature = "tls")]
+    pub(crate) fn new(
+        chain: Vec<Vec<u8>>,
+        subject: String,
+        common_name: Option<String>,
+        names: Vec<String>,
+    ) -> Self {
+        PeerIdentity {
+            chain,
+            subject,
+            common_name,
+            names,
+        }
+    }
+
+    /// The certificates as the client sent them, DER-encoded, its own first, then the
+    /// intermediates that lead to a trusted authority.
+    pub fn certificate_chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// The client certificate's subject, as a distinguished name (`CN=worker-1, O=Acme`).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The common name (`CN`) in the certificate's subject, if it has one.
+    pub fn common_name(&self) -> Option<&str> {
+        self.common_name.as_deref()
+    }
+
+    /// The certificate's subject alternative names: DNS names, IP addresses, URIs (such as
+    /// SPIFFE ids) and email addresses, each as text.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
