@@ -138,20 +138,45 @@ async fn undecodable_arguments_fail_only_that_call() {
     assert_eq!(answer, [0x02, 0x03, 0x00, 0x0a]);
 }
 
+/// A panicking handler fails only its call, and its message stays on the server: the client
+/// learns that it panicked, and under which call id the server logged why.
 #[tokio::test]
-async fn a_panicking_handler_fails_only_that_call() {
+async fn a_panicking_handler_fails_only_that_call_and_keeps_its_message() {
     let addr = start_tcp().await;
     let client = LabClient::connect(addr).await.expect("connects");
-    let (panicked, sum) = tokio::join!(client.panic("boom".into()), client.add(1, 2));
+    let (panicked, sum) = tokio::join!(client.panic("secret boom".into()), client.add(1, 2));
     match panicked {
-        Err(RpcError::HandlerPanicked { method, message }) => {
+        Err(error @ RpcError::HandlerPanicked { .. }) => {
+            let text = error.to_string();
+            assert!(!text.contains("secret"), "{text}");
+            let RpcError::HandlerPanicked {
+                method, message, ..
+            } = error
+            else {
+                unreachable!("matched above");
+            };
             assert_eq!(method, "panic");
-            assert!(message.contains("boom"), "{message}");
+            assert_eq!(message, None);
+            assert!(text.contains("(call "), "{text}");
         }
         other => panic!("expected HandlerPanicked, got {other:?}"),
     }
     assert_eq!(sum.expect("the call beside it"), 3);
     assert_eq!(client.add(2, 2).await.expect("the same connection"), 4);
+}
+
+/// A server set to expose panic messages sends them.
+#[tokio::test]
+async fn a_server_may_send_panic_messages() {
+    let builder = Server::builder().expose_panic_messages(true);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    match client.panic("boom".into()).await {
+        Err(RpcError::HandlerPanicked { message, .. }) => {
+            assert_eq!(message.as_deref(), Some("boom"));
+        }
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -179,13 +179,20 @@ pub enum RpcError {
         message: String,
     },
 
-    /// The server's handler panicked while running the call.
-    #[error("the server's handler for `{method}` panicked: {message}")]
+    /// The server's handler panicked while running the call. The panic's message stays in the
+    /// server's log, under the call's id, unless the server is set to send it
+    /// ([`ServerBuilder::expose_panic_messages`](crate::ServerBuilder::expose_panic_messages)).
+    #[error(
+        "the server's handler for `{method}` panicked (call {request_id}){}",
+        panic_text(.message)
+    )]
     HandlerPanicked {
         /// The method called.
         method: String,
-        /// The panic's message, when it had one.
-        message: String,
+        /// The call's id, as the server logged it.
+        request_id: u64,
+        /// The panic's message, if the server sends panic messages.
+        message: Option<String>,
     },
 
     /// The server ran the call but could not send its result (for example, the result was over
@@ -197,6 +204,13 @@ pub enum RpcError {
         /// What the server reported.
         message: String,
     },
+}
+
+/// A panic's message as the end of a sentence, when there is one.
+fn panic_text(message: &Option<String>) -> String {
+    message
+        .as_ref()
+        .map_or_else(String::new, |message| format!(": {message}"))
 }
 
 impl From<io::Error> for RpcError {

@@ -306,7 +306,13 @@ impl Answered {
         match &self.reply {
             Reply::Ok(body) => Ok(body.clone()),
             Reply::Err { code, message } => {
-                Err(remote_error(method, *code, message.clone(), self.deadline))
+                let error = RemoteError {
+                    method,
+                    id: self.id,
+                    code: *code,
+                    message: message.clone(),
+                };
+                Err(error.failure(self.deadline))
             }
             Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
             Reply::NotSent(reason) => Err(Failure::NotRun(reason.clone())),
@@ -334,16 +340,47 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// An error response.
+struct RemoteError<'a> {
+    method: &'a str,
+    id: u64,
+    code: u32,
+    message: String,
+}
+
+impl RemoteError<'_> {
+    /// The failure the caller sees.
+    fn failure(self, deadline: Duration) -> Failure {
+        let RemoteError {
+            method,
+            id,
+            code,
+            message,
+        } = self;
+        let method = method.to_owned();
+        remote_error(method, id, code, message, deadline)
+    }
+}
+
 /// Turns an error response into the failure the caller sees.
-fn remote_error(method: &str, code: u32, message: String, deadline: Duration) -> Failure {
-    let method = method.to_owned();
+fn remote_error(
+    method: String,
+    id: u64,
+    code: u32,
+    message: String,
+    deadline: Duration,
+) -> Failure {
     match code {
         code::UNKNOWN_METHOD => Failure::Final(RpcError::UnknownMethod { method }),
         code::INVALID_ARGUMENTS => Failure::Final(RpcError::InvalidArguments {
             method,
             reason: message,
         }),
-        code::HANDLER_PANICKED => Failure::Final(RpcError::HandlerPanicked { method, message }),
+        code::HANDLER_PANICKED => Failure::Final(RpcError::HandlerPanicked {
+            method,
+            request_id: id,
+            message: (!message.is_empty()).then_some(message),
+        }),
         code::DEADLINE_EXCEEDED => Failure::Final(RpcError::DeadlineExceeded { method, deadline }),
         code::NOT_RUN => Failure::NotRun(RpcError::ServerClosing { method }),
         code::LIMIT_EXCEEDED => Failure::Final(RpcError::LimitExceeded { method, message }),

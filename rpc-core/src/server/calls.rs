@@ -113,17 +113,21 @@ impl Calls {
         let first_poll =
             std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut waker)));
         let limit = link.client_max_frame_len;
+        let panic_messages = link.panic_messages;
         let started = match first_poll {
             Ok(Poll::Pending) => Started::Running(handler),
-            Ok(Poll::Ready(response)) => match respond::<S>(id, method, response, limit) {
-                (frame, None) => {
-                    link.outbox.send(frame, Some(slot));
-                    return;
+            Ok(Poll::Ready(response)) => {
+                match respond::<S>(id, method, response, limit, panic_messages) {
+                    (frame, None) => {
+                        link.outbox.send(frame, Some(slot));
+                        return;
+                    }
+                    (frame, Some(stream)) => Started::Streaming(frame, stream),
                 }
-                (frame, Some(stream)) => Started::Streaming(frame, stream),
-            },
+            }
             Err(panic) => {
-                link.outbox.send(panicked(id, method, &*panic), Some(slot));
+                let answer = panicked(id, method, &*panic, panic_messages);
+                link.outbox.send(answer, Some(slot));
                 return;
             }
         };
@@ -138,7 +142,7 @@ impl Calls {
         let run = context.scope(async move {
             let (frame, stream) = match started {
                 Started::Running(handler) => {
-                    answer::<S>(id, method, handler, deadline, limit).await
+                    answer::<S>(id, method, handler, deadline, limit, panic_messages).await
                 }
                 Started::Streaming(frame, stream) => (frame, Some(stream)),
             };
@@ -217,6 +221,8 @@ pub(crate) struct Link {
     pub(crate) outbox: Outbox,
     pub(crate) streams: Arc<Streams>,
     pub(crate) client_max_frame_len: usize,
+    /// Whether a panic's message goes to the client (it always goes to the log).
+    pub(crate) panic_messages: bool,
 }
 
 /// How a call stood after its handler's first poll.
@@ -236,13 +242,16 @@ async fn answer<S: Service>(
     handler: impl Future<Output = S::Response>,
     deadline: Option<Instant>,
     client_max_frame_len: usize,
+    panic_messages: bool,
 ) -> (Frame, Option<Outbound>) {
     // On the deadline the handler is dropped: nobody waits for its answer any more.
     match AssertUnwindSafe(until(deadline, handler))
         .catch_unwind()
         .await
     {
-        Ok(Ok(response)) => respond::<S>(id, method, response, client_max_frame_len),
+        Ok(Ok(response)) => {
+            respond::<S>(id, method, response, client_max_frame_len, panic_messages)
+        }
         Ok(Err(_)) => (
             error_response(
                 id,
@@ -251,7 +260,7 @@ async fn answer<S: Service>(
             ),
             None,
         ),
-        Err(panic) => (panicked(id, method, &*panic), None),
+        Err(panic) => (panicked(id, method, &*panic, panic_messages), None),
     }
 }
 
@@ -262,6 +271,7 @@ fn respond<S: Service>(
     method: &'static str,
     response: S::Response,
     client_max_frame_len: usize,
+    panic_messages: bool,
 ) -> (Frame, Option<Outbound>) {
     let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut frame = Head::Response {
@@ -289,15 +299,17 @@ fn respond<S: Service>(
                 None,
             )
         }
-        Err(panic) => (panicked(id, method, &*panic), None),
+        Err(panic) => (panicked(id, method, &*panic, panic_messages), None),
     }
 }
 
-/// The answer to a call whose handler panicked.
-fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send)) -> Frame {
+/// The answer to a call whose handler panicked: the panic's message is logged with the call's
+/// id, and sent only if `send_message`.
+fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send), send_message: bool) -> Frame {
     let message = panic_message(panic);
-    tracing::error!(method, message, "a handler panicked");
-    error_response(id, code::HANDLER_PANICKED, message)
+    tracing::error!(method, request_id = id, message, "a handler panicked");
+    let sent = if send_message { message } else { "" };
+    error_response(id, code::HANDLER_PANICKED, sent)
 }
 
 /// Sends a streamed result: the response, then the stream, within the call's deadline. The
@@ -326,10 +338,16 @@ async fn stream_out(
             code::DEADLINE_EXCEEDED,
             "the deadline passed before the stream ended".to_owned(),
         )),
-        Err(panic) => Some((
-            code::STREAM_FAILED,
-            format!("the stream panicked: {}", panic_message(&*panic)),
-        )),
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            tracing::error!(request_id = id, message, "a streamed result panicked");
+            let sent = if link.panic_messages {
+                format!("the stream panicked: {message}")
+            } else {
+                format!("the stream panicked (call {id}); its message is in the server's log")
+            };
+            Some((code::STREAM_FAILED, sent))
+        }
     };
     if let Some((code, message)) = failure {
         let outcome = Outcome::error(code, &message);

@@ -132,6 +132,7 @@ where
             outbox: outbox.clone(),
             streams: Arc::clone(&streams),
             client_max_frame_len: client.max_frame_len,
+            panic_messages: config.panic_messages,
         },
         slots,
         parked: VecDeque::new(),

@@ -75,6 +75,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
     pub(crate) stream_window: u32,
+    pub(crate) panic_messages: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -94,6 +95,7 @@ impl Default for ServerBuilder {
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
+                panic_messages: false,
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -167,6 +169,16 @@ impl ServerBuilder {
     /// connection holds at most this times its in-flight limit.
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.config.stream_window = bytes.max(1);
+        self
+    }
+
+    /// Sends a panicking handler's message to the client, in
+    /// [`RpcError::HandlerPanicked`](crate::RpcError::HandlerPanicked) (default: off). Panic
+    /// messages can hold what clients should not see (paths, data, internal state), so by
+    /// default the client learns only that the handler panicked, and the call's id under which
+    /// the server logged the message. Turn it on where the clients are your own tests.
+    pub fn expose_panic_messages(mut self, expose: bool) -> Self {
+        self.config.panic_messages = expose;
         self
     }
 
