@@ -50,6 +50,37 @@ async fn unix_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Over a Unix socket a handler learns who the client is from the system: here, this very
+/// process, whose user owns the socket file it made. Over TCP there is no such thing.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_unix_socket_client_is_known_by_its_credentials() {
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = std::env::temp_dir().join(format!("rpc-core-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("lab.sock");
+    let _ = std::fs::remove_file(&path);
+    let server = Server::bind_unix(&path).expect("binds");
+    tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
+    let owner = std::fs::metadata(&path).expect("the socket file");
+    let client = LabClient::builder()
+        .connect_unix(&path)
+        .await
+        .expect("connects");
+    let info = client.whoami().await.expect("a call");
+    let (uid, gid, pid) = info.credentials.expect("credentials over a Unix socket");
+    assert_eq!(uid, owner.uid());
+    assert_eq!(gid, owner.gid());
+    assert_eq!(pid, i32::try_from(std::process::id()).ok());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let tcp = LabClient::connect(rpc_tests::start_tcp().await)
+        .await
+        .expect("connects");
+    assert_eq!(tcp.whoami().await.expect("a call").credentials, None);
+}
+
 #[tokio::test]
 async fn in_memory_pipe() {
     let (client_end, server_end) = tokio::io::duplex(64 * 1024);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::Metadata;
-use crate::peer::{Peer, PeerIdentity};
+use crate::peer::{Peer, PeerCredentials, PeerIdentity};
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -81,6 +81,12 @@ impl Context {
     /// certificates (mutual TLS); `None` otherwise.
     pub fn peer_identity(&self) -> Option<&PeerIdentity> {
         self.peer.identity.as_deref()
+    }
+
+    /// The user, group and process of the client, for a Unix socket connection; `None` for
+    /// other transports.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.peer.credentials
     }
 
     /// What the client attached to this call: its per-client metadata, overridden by per-call

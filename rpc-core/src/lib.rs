@@ -78,7 +78,7 @@ pub use context::Context;
 pub use error::RpcError;
 pub use metadata::Metadata;
 pub use payload::Payload;
-pub use peer::PeerIdentity;
+pub use peer::{PeerCredentials, PeerIdentity};
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};

@@ -3,12 +3,53 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What a server knows of a connection's client before any call: its address, and the
-/// certificate it proved it holds, over TLS with client certificates.
+/// What a server knows of a connection's client before any call: its address, the
+/// certificate it proved it holds (over TLS with client certificates), and the process behind a
+/// Unix socket.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Peer {
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) identity: Option<Arc<PeerIdentity>>,
+    pub(crate) credentials: Option<PeerCredentials>,
+}
+
+/// The user, group and process of a client connected over a Unix socket, as the operating
+/// system reports them for the socket (`SO_PEERCRED`): a local server can authorize by user
+/// without any secret. Read it in a handler with
+/// [`Context::peer_credentials`](crate::Context::peer_credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+}
+
+impl PeerCredentials {
+    /// The credentials of the process at the other end of `stream`, if the system tells.
+    #[cfg(unix)]
+    pub(crate) fn of(stream: &tokio::net::UnixStream) -> Option<Self> {
+        let credentials = stream.peer_cred().ok()?;
+        Some(PeerCredentials {
+            uid: credentials.uid(),
+            gid: credentials.gid(),
+            pid: credentials.pid(),
+        })
+    }
+
+    /// The client process's user id.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The client process's group id.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// The client process's id, where the system reports it (Linux, Android, macOS and others).
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
 }
 
 /// The certificate a client presented over mutual TLS, verified by the server against the

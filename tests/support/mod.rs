@@ -74,6 +74,8 @@ pub struct CallInfo {
     pub deadline_left_ms: Option<u64>,
     /// `Context::metadata`, as pairs.
     pub metadata: Vec<(String, Vec<u8>)>,
+    /// `Context::peer_credentials`: user, group and process ids.
+    pub credentials: Option<(u32, u32, Option<i32>)>,
 }
 
 /// What a test can see of, and do to, a [`LabImpl`] it gave to a server.
@@ -264,6 +266,9 @@ impl Lab for LabImpl {
             request_id: call.request_id(),
             method: call.method().to_owned(),
             peer: call.peer_addr(),
+            credentials: call
+                .peer_credentials()
+                .map(|who| (who.uid(), who.gid(), who.pid())),
             deadline_left_ms: call.deadline().map(|deadline| {
                 deadline
                     .saturating_duration_since(std::time::Instant::now())

@@ -39,6 +39,8 @@ use tokio::task::JoinSet;
 use crate::RpcError;
 use crate::metadata::MetadataLimits;
 use crate::peer::Peer;
+#[cfg(unix)]
+use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
 use crate::transport;
@@ -431,13 +433,18 @@ async fn serve_tcp<S: Service>(
                 )));
             }
         };
-        let peer = Peer { addr, identity };
+        let peer = Peer {
+            addr,
+            identity,
+            credentials: None,
+        };
         let io = transport::Shared(io);
         return connection::serve(io, service, config, peer, shared, handshake_deadline).await;
     }
     let peer = Peer {
         addr,
         identity: None,
+        credentials: None,
     };
     connection::serve(io, service, config, peer, shared, handshake_deadline).await
 }
@@ -494,6 +501,7 @@ impl<S: Service> Spawner<'_, S> {
                     let peer = Peer {
                         addr: peer,
                         identity: None,
+                        credentials: PeerCredentials::of(&io),
                     };
                     connection::serve(io, service, &config, peer, shared, deadline).await
                 }
