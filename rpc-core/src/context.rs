@@ -34,6 +34,7 @@ tokio::task_local! {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Context {
+    pub(crate) service: &'static str,
     pub(crate) request_id: u64,
     pub(crate) method: &'static str,
     pub(crate) deadline: Option<Instant>,
@@ -55,6 +56,11 @@ impl Context {
     /// The context of the call being handled, or `None` outside a handler's task.
     pub fn try_current() -> Option<Context> {
         CURRENT.try_with(Context::clone).ok()
+    }
+
+    /// The service called, as the trait is named.
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     /// The call's id: unique among the calls in flight on its connection.

@@ -179,6 +179,37 @@ pub enum RpcError {
         message: String,
     },
 
+    /// The server refused the call before running it: the caller did not say who it is, or
+    /// could not prove it. The server's interceptor said so.
+    #[error("the server refused `{method}`: the caller is not authenticated: {message}")]
+    Unauthenticated {
+        /// The method called.
+        method: String,
+        /// Why, as the server said it.
+        message: String,
+    },
+
+    /// The server refused the call before running it: the caller may not make it. The
+    /// server's interceptor said so.
+    #[error("the server refused `{method}`: permission denied: {message}")]
+    PermissionDenied {
+        /// The method called.
+        method: String,
+        /// Why, as the server said it.
+        message: String,
+    },
+
+    /// The server refused the call before running it, with another well-known status.
+    #[error("the server refused `{method}` ({status}): {message}")]
+    Refused {
+        /// The method called.
+        method: String,
+        /// The status.
+        status: crate::StatusCode,
+        /// Why, as the server said it.
+        message: String,
+    },
+
     /// The server's handler panicked while running the call. The panic's message stays in the
     /// server's log, under the call's id, unless the server is set to send it
     /// ([`ServerBuilder::expose_panic_messages`](crate::ServerBuilder::expose_panic_messages)).

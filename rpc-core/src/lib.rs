@@ -57,12 +57,14 @@
 mod client;
 mod context;
 mod error;
+mod intercept;
 mod metadata;
 mod payload;
 mod peer;
 mod protocol;
 mod server;
 mod service;
+mod status;
 mod stream;
 mod task;
 #[cfg(feature = "tls")]
@@ -82,6 +84,7 @@ pub use peer::{PeerCredentials, PeerIdentity};
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 pub use server::{Server, ServerBuilder, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};
+pub use status::{Status, StatusCode};
 pub use stream::{StreamClosed, StreamSender, Streaming};
 
 /// The README's example, compiled as a doctest so that it keeps matching the API.

@@ -1,6 +1,7 @@
 //! What a generated client calls through: the server or servers it talks to, and the options
 //! its calls are made with. Failover and retries live here.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use super::connection::{Answered, CallSpec, Connection, Failure};
 use super::endpoint::{Endpoint, Outstanding};
 use super::pool::Pool;
 use super::retry::RetryBudget;
+use crate::intercept::ClientInterceptor;
 use crate::service::MethodInfo;
 use crate::stream::Outbound;
 use crate::task::until;
@@ -40,6 +42,7 @@ pub struct Channel {
     backend: Arc<Backend>,
     deadline: Duration,
     metadata: Arc<Metadata>,
+    interceptor: Option<ClientInterceptor>,
 }
 
 /// Where calls go.
@@ -71,11 +74,17 @@ struct Target {
 }
 
 impl Channel {
-    pub(crate) fn new(backend: Backend, deadline: Duration, metadata: Metadata) -> Channel {
+    pub(crate) fn new(
+        backend: Backend,
+        deadline: Duration,
+        metadata: Metadata,
+        interceptor: Option<ClientInterceptor>,
+    ) -> Channel {
         Channel {
             backend: Arc::new(backend),
             deadline,
             metadata: Arc::new(metadata),
+            interceptor,
         }
     }
 
@@ -153,7 +162,8 @@ impl Channel {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let spec = self.spec(method);
+        let metadata = self.call_metadata();
+        let spec = self.spec(method, &metadata);
         let mut avoid = None;
         let mut not_run_retries = self.not_run_retries();
         loop {
@@ -250,17 +260,26 @@ impl Channel {
         upload: Option<Outbound>,
         download: bool,
     ) -> Result<Answered, Failure> {
-        let spec = self.spec(method);
+        let metadata = self.call_metadata();
+        let spec = self.spec(method, &metadata);
         let target = self.target(spec, None).await.map_err(Failure::Final)?;
         target.connection.start(spec, args, upload, download).await
     }
 
-    fn spec(&self, method: &'static MethodInfo) -> CallSpec<'_> {
+    fn spec<'a>(&self, method: &'static MethodInfo, metadata: &'a Metadata) -> CallSpec<'a> {
         CallSpec {
             method,
             deadline: self.deadline,
             expires: Instant::now().checked_add(self.deadline),
-            metadata: &self.metadata,
+            metadata,
+        }
+    }
+
+    /// The metadata of the next call: the channel's, as the client's interceptor changes it.
+    fn call_metadata(&self) -> Cow<'_, Metadata> {
+        match &self.interceptor {
+            None => Cow::Borrowed(&self.metadata),
+            Some(interceptor) => Cow::Owned(interceptor.apply(&self.metadata)),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
-use crate::{Metadata, RpcError, Streaming};
+use crate::{Metadata, RpcError, StatusCode, Streaming};
 
 /// A live connection to one server. Calls go through [`Connection::start`].
 pub(crate) struct Connection {
@@ -370,6 +370,9 @@ fn remote_error(
     message: String,
     deadline: Duration,
 ) -> Failure {
+    if let Some(status) = StatusCode::from_wire_code(code) {
+        return refused(method, status, message);
+    }
     match code {
         code::UNKNOWN_METHOD => Failure::Final(RpcError::UnknownMethod { method }),
         code::INVALID_ARGUMENTS => Failure::Final(RpcError::InvalidArguments {
@@ -385,6 +388,29 @@ fn remote_error(
         code::NOT_RUN => Failure::NotRun(RpcError::ServerClosing { method }),
         code::LIMIT_EXCEEDED => Failure::Final(RpcError::LimitExceeded { method, message }),
         _ => Failure::Final(RpcError::Server { method, message }),
+    }
+}
+
+/// A call the server's interceptor refused with `status`: it did not run.
+fn refused(method: String, status: StatusCode, message: String) -> Failure {
+    match status {
+        StatusCode::Unauthenticated => {
+            Failure::Final(RpcError::Unauthenticated { method, message })
+        }
+        StatusCode::PermissionDenied => {
+            Failure::Final(RpcError::PermissionDenied { method, message })
+        }
+        // A server that cannot take the call now: another may.
+        StatusCode::Unavailable => Failure::NotRun(RpcError::Refused {
+            method,
+            status,
+            message,
+        }),
+        status => Failure::Final(RpcError::Refused {
+            method,
+            status,
+            message,
+        }),
     }
 }
 

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::intercept::ClientInterceptor;
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive};
 use crate::service::ServiceInfo;
 use crate::{Metadata, RpcError};
@@ -84,6 +85,7 @@ pub(crate) struct ClientConfig {
     pub(crate) retry_ratio: f64,
     pub(crate) retry_burst: u32,
     pub(crate) stream_window: u32,
+    pub(crate) interceptor: Option<ClientInterceptor>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
 }
@@ -101,6 +103,7 @@ impl Default for ClientConfig {
             retry_ratio: 0.2,
             retry_burst: 100,
             stream_window: crate::stream::DEFAULT_WINDOW,
+            interceptor: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -198,6 +201,29 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self
     }
 
+    /// Changes the metadata of every call just before it is sent: `change` gets the metadata
+    /// the call would carry (the client's, and the call's own) and may add, replace or remove
+    /// entries. For what changes while the client lives, such as a token that is refreshed:
+    ///
+    /// ```
+    /// use std::sync::{Arc, RwLock};
+    /// # #[rpc_core::service]
+    /// # pub trait Calc { async fn add(&self, a: i64, b: i64) -> i64; }
+    ///
+    /// let token = Arc::new(RwLock::new(String::from("first")));
+    /// let current = Arc::clone(&token);
+    /// let builder = CalcClient::builder().intercept(move |metadata| {
+    ///     let token = current.read().expect("the token");
+    ///     metadata.insert("authorization", format!("Bearer {token}"));
+    /// });
+    /// // Later, elsewhere: every call from now on carries the new token.
+    /// *token.write().expect("the token") = String::from("second");
+    /// ```
+    pub fn intercept(mut self, change: impl Fn(&mut Metadata) + Send + Sync + 'static) -> Self {
+        self.config.interceptor = Some(ClientInterceptor::new(change));
+        self
+    }
+
     /// How long connecting and the handshake may take together (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -289,7 +315,12 @@ impl<C: ServiceClient> ClientBuilder<C> {
     }
 
     fn client(self, backend: Backend) -> C {
-        let channel = Channel::new(backend, self.config.deadline, self.config.metadata);
+        let channel = Channel::new(
+            backend,
+            self.config.deadline,
+            self.config.metadata,
+            self.config.interceptor,
+        );
         C::from_channel(channel)
     }
 }

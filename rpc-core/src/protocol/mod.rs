@@ -148,6 +148,8 @@ pub(crate) mod code {
     pub(crate) const STREAM_FAILED: u32 = 8;
     /// The call is over one of the server's per-call limits (its metadata); it did not run.
     pub(crate) const LIMIT_EXCEEDED: u32 = 9;
+    // 10 to 16: the server's interceptor refused the call with a
+    // [`StatusCode`](crate::StatusCode); `StatusCode::wire_code` numbers them.
 }
 
 /// The reasons of [`Head::GoAway`].

@@ -16,6 +16,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use crate::intercept::ServerInterceptor;
 use crate::peer::Peer;
 use crate::protocol::{
     Frame, Head, Outbox, Outcome, StreamFrames, code, error_response, finish_frame,
@@ -102,12 +103,17 @@ impl Calls {
             .then(|| arrived.checked_add(Duration::from_millis(timeout_ms)))
             .flatten();
         let context = Context {
+            service: S::INFO.name,
             request_id: id,
             method,
             deadline: deadline.map(Instant::into_std),
             peer,
             metadata,
         };
+        if let Some(refusal) = intercept(link, &context) {
+            link.outbox.send(refusal, Some(slot));
+            return;
+        }
         let mut handler = Box::pin(context.clone().scope(service.call(request)));
         let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
         let first_poll =
@@ -223,6 +229,24 @@ pub(crate) struct Link {
     pub(crate) client_max_frame_len: usize,
     /// Whether a panic's message goes to the client (it always goes to the log).
     pub(crate) panic_messages: bool,
+    /// The server's check of every call before its handler runs.
+    pub(crate) interceptor: Option<ServerInterceptor>,
+}
+
+/// The answer refusing the call in `context`, if the server's interceptor refuses it (or
+/// panics): then its handler never runs.
+fn intercept(link: &Link, context: &Context) -> Option<Frame> {
+    let interceptor = link.interceptor.as_ref()?;
+    let (id, method) = (context.request_id, context.method);
+    match std::panic::catch_unwind(AssertUnwindSafe(|| interceptor.check(context))) {
+        Ok(Ok(())) => None,
+        Ok(Err(status)) => {
+            tracing::debug!(method, request_id = id, %status, "the interceptor refused a call");
+            let code = status.code().wire_code();
+            Some(error_response(id, code, status.message()))
+        }
+        Err(panic) => Some(panicked(id, method, &*panic, link.panic_messages)),
+    }
 }
 
 /// How a call stood after its handler's first poll.

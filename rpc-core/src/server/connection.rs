@@ -133,6 +133,7 @@ where
             streams: Arc::clone(&streams),
             client_max_frame_len: client.max_frame_len,
             panic_messages: config.panic_messages,
+            interceptor: config.interceptor.clone(),
         },
         slots,
         parked: VecDeque::new(),

@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::RpcError;
+use crate::intercept::ServerInterceptor;
 use crate::metadata::MetadataLimits;
 use crate::peer::Peer;
 #[cfg(unix)]
@@ -44,6 +44,7 @@ use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::service::Service;
 use crate::transport;
+use crate::{Context, RpcError, Status};
 
 /// A bound listener, ready to serve a service.
 pub struct Server {
@@ -78,6 +79,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued: usize,
     pub(crate) stream_window: u32,
     pub(crate) panic_messages: bool,
+    pub(crate) interceptor: Option<ServerInterceptor>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -98,6 +100,7 @@ impl Default for ServerBuilder {
                 max_queued: 256 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 panic_messages: false,
+                interceptor: None,
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -171,6 +174,36 @@ impl ServerBuilder {
     /// connection holds at most this times its in-flight limit.
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.config.stream_window = bytes.max(1);
+        self
+    }
+
+    /// Checks every call before its handler runs. `check` sees the call's [`Context`]: the
+    /// service and method, the metadata, the client's address and, where there is one, its
+    /// verified TLS certificate or Unix credentials. Returning a [`Status`] refuses the call:
+    /// its handler never runs, and the client gets the status as
+    /// [`RpcError::Unauthenticated`](crate::RpcError::Unauthenticated),
+    /// [`RpcError::PermissionDenied`](crate::RpcError::PermissionDenied) or
+    /// [`RpcError::Refused`](crate::RpcError::Refused).
+    ///
+    /// ```
+    /// use rpc_core::{Server, Status};
+    ///
+    /// let builder = Server::builder().intercept(|call| {
+    ///     match call.metadata().get_str("token") {
+    ///         Some("s3cr3t") => Ok(()),
+    ///         Some(_) => Err(Status::permission_denied("that token may not call this")),
+    ///         None => Err(Status::unauthenticated("no token")),
+    ///     }
+    /// });
+    /// ```
+    ///
+    /// The check runs on the connection's reader, before the call's task: keep it quick (a
+    /// lookup, a signature check), and do slow work in the handler.
+    pub fn intercept(
+        mut self,
+        check: impl Fn(&Context) -> Result<(), Status> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.interceptor = Some(ServerInterceptor::new(check));
         self
     }
 

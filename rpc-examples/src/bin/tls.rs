@@ -1,5 +1,5 @@
-//! Mutual TLS: a server that admits only clients holding a certificate from its clients'
-//! authority, and a handler that decides by the name on that certificate.
+//! Mutual TLS: a server that admits only clients holding a certificate from its authority, and
+//! an interceptor that decides, by the name on that certificate, who may call what.
 //!
 //! ```text
 //! cargo run -p rpc-examples --bin tls                      # all of it, in one process
@@ -17,13 +17,13 @@ use std::process::ExitCode;
 
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use rpc_core::tls::{ClientTls, ServerTls};
-use rpc_core::{Context, Server};
+use rpc_core::{Context, Server, Status};
 
 /// A ledger that only tellers may write to.
 #[rpc_core::service]
 pub trait Ledger {
     /// Adds `amount` to the balance and returns the new one; tellers only.
-    async fn deposit(&self, amount: u64) -> Result<u64, String>;
+    async fn deposit(&self, amount: u64) -> u64;
     /// Who the server took the caller for.
     async fn whoami(&self) -> String;
 }
@@ -33,28 +33,34 @@ struct MyLedger {
     balance: std::sync::atomic::AtomicU64,
 }
 
-/// The common name on the caller's verified certificate.
-fn caller() -> Option<String> {
-    let call = Context::current();
-    call.peer_identity()?.common_name().map(str::to_owned)
+/// The common name on the verified certificate of the caller in `call`.
+fn caller(call: &Context) -> Option<&str> {
+    call.peer_identity()?.common_name()
+}
+
+/// Who may call what, checked before any handler runs: anyone with a certificate may ask who
+/// they are; only tellers may deposit.
+fn authorize(call: &Context) -> Result<(), Status> {
+    match (call.method(), caller(call)) {
+        (_, None) => Err(Status::unauthenticated("no certificate with a name")),
+        ("deposit", Some(name)) if !name.starts_with("teller-") => {
+            Err(Status::permission_denied(format!("{name} is not a teller")))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Ledger for MyLedger {
-    async fn deposit(&self, amount: u64) -> Result<u64, String> {
-        match caller() {
-            Some(name) if name.starts_with("teller-") => {
-                let before = self
-                    .balance
-                    .fetch_add(amount, std::sync::atomic::Ordering::SeqCst);
-                Ok(before + amount)
-            }
-            Some(name) => Err(format!("{name} may not deposit")),
-            None => Err("no certificate".to_owned()),
-        }
+    async fn deposit(&self, amount: u64) -> u64 {
+        let before = self
+            .balance
+            .fetch_add(amount, std::sync::atomic::Ordering::SeqCst);
+        before + amount
     }
 
     async fn whoami(&self) -> String {
-        caller().unwrap_or_else(|| "nobody".to_owned())
+        let call = Context::current();
+        caller(&call).unwrap_or("nobody").to_owned()
     }
 }
 
@@ -84,7 +90,9 @@ type Failure = Box<dyn std::error::Error>;
 async fn everything() -> Result<(), Failure> {
     let dir = std::env::temp_dir().join(format!("rpc-tls-example-{}", std::process::id()));
     write_certs(&dir)?;
-    let server = Server::builder().tls(server_tls(&dir)?);
+    let server = Server::builder()
+        .tls(server_tls(&dir)?)
+        .intercept(authorize);
     let server = server.bind("127.0.0.1:0").await?;
     let addr = format!("localhost:{}", server.local_addr()?.port());
     tokio::spawn(server.serve(LedgerServer::new(MyLedger::default())));
@@ -102,7 +110,8 @@ async fn everything() -> Result<(), Failure> {
 
 /// Serves the ledger at `addr` with the certificates in `dir`.
 async fn serve(dir: &Path, addr: &str) -> Result<(), Failure> {
-    let server = Server::builder().tls(server_tls(dir)?).bind(addr).await?;
+    let server = Server::builder().tls(server_tls(dir)?).intercept(authorize);
+    let server = server.bind(addr).await?;
     println!("serving on {} over mutual TLS", server.local_addr()?);
     server.serve(LedgerServer::new(MyLedger::default())).await?;
     Ok(())
@@ -122,9 +131,12 @@ async fn call(dir: &Path, addr: &str, name: &str) -> Result<(), Failure> {
     )?;
     let ledger = LedgerClient::builder().tls(tls).connect(addr).await?;
     let whoami = ledger.whoami().await?;
-    match ledger.deposit(10).await? {
+    match ledger.deposit(10).await {
         Ok(balance) => println!("{whoami}: deposited 10, the balance is {balance}"),
-        Err(refusal) => println!("{whoami}: refused: {refusal}"),
+        Err(refusal @ rpc_core::RpcError::PermissionDenied { .. }) => {
+            println!("{whoami}: {refusal}");
+        }
+        Err(other) => return Err(other.into()),
     }
     Ok(())
 }
