@@ -9,13 +9,14 @@
 //! cargo run --release -p rpc-bench -- --write                # also write BENCHMARKS.md and its chart
 //! cargo run --release -p rpc-bench -- --setup cross-process  # one setup: cross-process, shared, isolated
 //! cargo run --release -p rpc-bench -- --quick                # a short run, to see that it works
+//! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
 //! with 64 callers each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
 //! per idle connection, for a heap profiler); `SYSTEM` is
-//! `rpc-core` (the default), `tarpc`, `tonic` or `raw`.
+//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls` or `tonic-tls`.
 
 mod alloc;
 mod counters;
@@ -27,9 +28,9 @@ mod workloads;
 use setup::{Deployment, Setup};
 use systems::System;
 use systems::raw::Raw;
-use systems::rpc::RpcCore;
+use systems::rpc::{RpcCore, RpcCoreTls};
 use systems::tarpc::Tarpc;
-use systems::tonic::Tonic;
+use systems::tonic::{Tonic, TonicTls};
 use workloads::{Bytes, Effort};
 
 #[global_allocator]
@@ -67,7 +68,11 @@ fn main() {
             Tarpc::NAME => profile::<Tarpc>(setups[0], workload),
             Tonic::NAME => profile::<Tonic>(setups[0], workload),
             Raw::NAME => profile::<Raw>(setups[0], workload),
-            other => format!("no system called {other}: rpc-core, tarpc, tonic or raw"),
+            RpcCoreTls::NAME => profile::<RpcCoreTls>(setups[0], workload),
+            TonicTls::NAME => profile::<TonicTls>(setups[0], workload),
+            other => format!(
+                "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls or tonic-tls"
+            ),
         };
         println!("{report}");
         return;
@@ -77,8 +82,9 @@ fn main() {
     } else {
         Effort::FULL
     };
+    let tls_only = flag("--tls").is_some();
     let mut runs = Vec::new();
-    for setup in setups {
+    for setup in setups.iter().copied().filter(|_| !tls_only) {
         let results = report::Results {
             setup,
             raw: measure::<Raw>(setup, effort),
@@ -89,8 +95,21 @@ fn main() {
         println!("\n## {}\n\n{}", setup.name(), report::table(&results));
         runs.push(results);
     }
+    // Over TLS only across processes, where users run it, and only the workloads where
+    // encryption costs most.
+    let tls = setups.contains(&Setup::CrossProcess).then(|| {
+        let results = report::TlsResults {
+            tonic: measure_tls::<TonicTls>(effort),
+            rpc: measure_tls::<RpcCoreTls>(effort),
+        };
+        println!(
+            "\n## over TLS, cross-process\n\n{}",
+            report::tls_table(&results)
+        );
+        results
+    });
     if flag("--write").is_some() {
-        report::write(&runs).expect("writes BENCHMARKS.md and the chart");
+        report::write(&runs, tls.as_ref()).expect("writes BENCHMARKS.md and the chart");
         println!("wrote BENCHMARKS.md and docs/benchmarks.svg");
     }
 }
@@ -100,6 +119,13 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     deployment.run(workloads::measure::<S>(server, effort))
+}
+
+fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {
+    eprintln!("measuring {} (cross-process)", S::NAME);
+    let deployment = Deployment::start::<S>(Setup::CrossProcess);
+    let server = deployment.server.clone();
+    deployment.run(workloads::over_tls::<S>(server, effort))
 }
 
 /// Runs one workload for 5 s (or 200,000 sequential calls, or a stream of 10,000,000 items),

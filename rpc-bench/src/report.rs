@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use crate::setup::Setup;
-use crate::workloads::Figures;
+use crate::workloads::{Figures, TlsFigures};
 
 /// Every system's figures in one setup.
 #[derive(Debug)]
@@ -302,8 +302,48 @@ fn machine() -> String {
     )
 }
 
-/// Writes BENCHMARKS.md, a section per setup, and docs/benchmarks.svg from the first setup.
-pub fn write(runs: &[Results]) -> std::io::Result<()> {
+/// rpc-core and tonic over TLS, both across two processes.
+#[derive(Debug)]
+pub struct TlsResults {
+    pub rpc: TlsFigures,
+    pub tonic: TlsFigures,
+}
+
+/// The table of the TLS run: each workload, each system, and rpc-core's ratio to tonic.
+pub fn tls_table(results: &TlsResults) -> String {
+    let mut out = String::from(
+        "| Workload | rpc-core over TLS | tonic over TLS | rpc-core / tonic |\n|---|---:|---:|---:|\n",
+    );
+    let rows = [
+        (
+            "1 connection, 256 callers (calls/s)",
+            results.rpc.pipelined_256,
+            results.tonic.pipelined_256,
+        ),
+        (
+            "1 MiB echo, `Vec<u8>`, 4 in flight (MiB/s)",
+            results.rpc.bulk_vec,
+            results.tonic.bulk_vec,
+        ),
+    ];
+    for (label, rpc, tonic) in rows {
+        let ratio = match (rpc, tonic) {
+            (Some(rpc), Some(tonic)) if tonic > 0.0 => format!("{:.2}×", rpc / tonic),
+            _ => "—".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {ratio} |",
+            number(rpc),
+            number(tonic)
+        );
+    }
+    out
+}
+
+/// Writes BENCHMARKS.md, a section per setup and one over TLS, and docs/benchmarks.svg from
+/// the first setup.
+pub fn write(runs: &[Results], tls: Option<&TlsResults>) -> std::io::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut sections = String::new();
     for results in runs {
@@ -317,6 +357,16 @@ pub fn write(runs: &[Results]) -> std::io::Result<()> {
             setup.name(),
             table(results),
             unmet(results),
+        );
+    }
+    if let Some(tls) = tls {
+        let _ = write!(
+            sections,
+            "## Over TLS, two processes\n\nrpc-core and tonic with TLS on (rustls with the ring \
+             backend for both, a certificate made by rcgen for the run), server and client in two \
+             processes on default runtimes.\n\n```sh\ncargo run --release -p rpc-bench -- --tls\n\
+             ```\n\n{}\n",
+            tls_table(tls)
         );
     }
     let markdown = include_str!("benchmarks.md")

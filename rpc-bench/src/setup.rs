@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::counters::Counters;
 use crate::systems::System;
+use crate::systems::certs;
 
 /// Where the server and the clients run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +170,7 @@ impl Remote {
         let program = std::env::current_exe().expect("the benchmark's own path");
         let mut child = Command::new(program)
             .args(["--serve", system])
+            .env(certs::DIR_VARIABLE, certs::dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -206,13 +208,18 @@ impl Drop for Remote {
 /// The child's side of [`Remote`]: serves `system` on the default runtime until its standard
 /// input closes.
 pub fn serve_child(system: &str) -> Result<(), String> {
-    use crate::systems::{raw::Raw, rpc::RpcCore, tarpc::Tarpc, tonic::Tonic};
+    use crate::systems::raw::Raw;
+    use crate::systems::rpc::{RpcCore, RpcCoreTls};
+    use crate::systems::tarpc::Tarpc;
+    use crate::systems::tonic::{Tonic, TonicTls};
     let runtime = default_runtime();
     let addr = match system {
         RpcCore::NAME => runtime.block_on(RpcCore::serve()),
         Tarpc::NAME => runtime.block_on(Tarpc::serve()),
         Tonic::NAME => runtime.block_on(Tonic::serve()),
         Raw::NAME => runtime.block_on(Raw::serve()),
+        RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve()),
+        TonicTls::NAME => runtime.block_on(TonicTls::serve()),
         other => return Err(format!("no system called {other}")),
     };
     let mut out = std::io::stdout().lock();

@@ -101,6 +101,26 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     }
 }
 
+/// One system's figures over TLS: the workloads where encryption costs most.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFigures {
+    /// Calls per second on one connection with 256 concurrent callers.
+    pub pipelined_256: Option<f64>,
+    /// MiB/s of 1 MiB `Vec<u8>` payloads echoed, 4 in flight.
+    pub bulk_vec: Option<f64>,
+}
+
+/// The figures of a system whose connections are encrypted.
+pub async fn over_tls<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TlsFigures {
+    let client = S::connect(server.addr).await;
+    let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
+    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, effort).await;
+    TlsFigures {
+        pipelined_256,
+        bulk_vec: bulk_vec.map(|bulk| bulk.mib_per_s),
+    }
+}
+
 /// `count` connections to `addr`.
 pub async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) -> Vec<S::Client> {
     let mut clients = Vec::with_capacity(count);

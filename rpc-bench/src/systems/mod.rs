@@ -3,6 +3,7 @@
 //! write byte buffers) and as the system's own shared byte type (`rpc_core::Payload`,
 //! `bytes::Bytes`); and `count(n)`, a stream of `n` numbers, where the system streams.
 
+pub mod certs;
 pub mod raw;
 pub mod rpc;
 pub mod tarpc;

@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 
+use rpc_core::tls::{ClientTls, ServerTls};
 use rpc_core::{Payload, Streaming};
 use serde_bytes::ByteBuf;
 
-use super::System;
+use super::{System, certs};
 
 #[rpc_core::service]
 pub trait Bench {
@@ -36,32 +37,41 @@ impl Bench for Impl {
     }
 }
 
-/// rpc-core.
+/// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates.
 #[derive(Debug)]
-pub struct RpcCore;
+pub struct RpcCoreOver<const TLS: bool>;
 
-impl System for RpcCore {
-    const NAME: &str = "rpc-core";
+/// rpc-core over TCP.
+pub type RpcCore = RpcCoreOver<false>;
+
+/// rpc-core over TLS.
+pub type RpcCoreTls = RpcCoreOver<true>;
+
+impl<const TLS: bool> System for RpcCoreOver<TLS> {
+    const NAME: &str = if TLS { "rpc-core-tls" } else { "rpc-core" };
     type Client = BenchClient;
     type Shared = Payload;
 
     async fn serve() -> SocketAddr {
-        let server = rpc_core::Server::builder()
-            .max_frame_len(64 << 20)
-            .bind("127.0.0.1:0")
-            .await
-            .expect("binds");
+        let mut builder = rpc_core::Server::builder().max_frame_len(64 << 20);
+        if TLS {
+            let certs = certs::certs();
+            let tls = ServerTls::from_pem(&certs.server, &certs.key).expect("the certificate");
+            builder = builder.tls(tls);
+        }
+        let server = builder.bind("127.0.0.1:0").await.expect("binds");
         let addr = server.local_addr().expect("address");
         tokio::spawn(server.serve(BenchServer::new(Impl)));
         addr
     }
 
     async fn connect(addr: SocketAddr) -> BenchClient {
-        BenchClient::builder()
-            .max_frame_len(64 << 20)
-            .connect(addr)
-            .await
-            .expect("connects")
+        let mut builder = BenchClient::builder().max_frame_len(64 << 20);
+        if TLS {
+            let authority = &certs::certs().authority;
+            builder = builder.tls(ClientTls::trusting_pem(authority).expect("the authority"));
+        }
+        builder.connect(addr).await.expect("connects")
     }
 
     fn share(client: &BenchClient) -> Option<BenchClient> {
