@@ -290,6 +290,13 @@ async fn balanced_and_reconnected_connections_use_tls() {
     for n in 0..20 {
         assert_eq!(client.add(n, 1).await.expect("a call"), n + 1);
     }
+    // A pool that follows a DNS name checks each server's certificate against that name.
+    let resolved = VaultClient::builder().tls(client_tls(&authority)).resolve(
+        format!("localhost:{}", first.port()),
+        Duration::from_secs(60),
+    );
+    let resolved = within("resolving", resolved).await.expect("resolves");
+    assert_eq!(resolved.add(5, 5).await.expect("a call"), 10);
 
     let server = Server::builder()
         .tls(server_tls(&issued))
