@@ -15,7 +15,7 @@ use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
 
 /// The least room a read makes: small frames arrive many to a read.
-pub(super) const MIN_READ: usize = 2 * 1024;
+pub(super) const MIN_READ: usize = 1024;
 
 /// A read with less room than this left in the buffer makes room first; with more, it reads
 /// into what is left, so that one allocation serves many small frames.

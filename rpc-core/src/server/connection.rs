@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use std::pin::Pin;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -27,8 +28,8 @@ use super::registry::{Registration, Registry};
 use crate::metadata::MetadataError;
 use crate::peer::Peer;
 use crate::protocol::{
-    Budget, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, code, error_response, go_away,
-    write_frames,
+    Budget, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, PeerInfo, code, error_response,
+    go_away, write_frames,
 };
 use crate::service::{DecodeError, Service};
 use crate::stream::{InboundSlot, Streams};
@@ -74,31 +75,10 @@ where
     let (read, write) = io.split();
     let mut reader = FrameReader::new(read, config.max_frame_len);
     let mut writer = FrameWriter::new(write);
-
-    let client = tokio::time::timeout_at(
-        handshake_deadline,
-        Hello::receive(&mut reader, config.max_frame_len, S::INFO.name),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(RpcError::Handshake(format!(
-            "the client sent no hello within {:?}",
-            config.handshake_timeout
-        )))
-    });
-    // A client of another service or version still gets this side's hello, so that it can say
-    // exactly what does not match.
-    if let Ok(_) | Err(RpcError::WrongService { .. } | RpcError::VersionMismatch { .. }) = &client {
-        let hello = Hello::new(
-            &S::INFO,
-            config.max_frame_len,
-            config.keepalive,
-            Some(config.max_in_flight),
-            config.stream_window,
-        );
-        hello.send(&mut writer).await?;
-    }
-    let client = client?;
+    // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
+    // not keep room for it while it serves.
+    let handshake = shake_hands::<S, _, _>(&mut reader, &mut writer, config, handshake_deadline);
+    let client = Box::pin(handshake).await?;
     reader.set_silence_limit(client.silence_limit(config.keepalive));
     writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
@@ -249,6 +229,39 @@ where
         }
         Err(error) => Err(error),
     }
+}
+
+/// Reads the client's hello by `deadline` and answers with the server's. A client of another
+/// service or version still gets the server's hello, so that it can say exactly what does not
+/// match, and then the handshake fails.
+async fn shake_hands<S: Service, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    config: &ServerConfig,
+    deadline: Instant,
+) -> Result<PeerInfo, RpcError> {
+    let client = tokio::time::timeout_at(
+        deadline,
+        Hello::receive(reader, config.max_frame_len, S::INFO.name),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(RpcError::Handshake(format!(
+            "the client sent no hello within {:?}",
+            config.handshake_timeout
+        )))
+    });
+    if let Ok(_) | Err(RpcError::WrongService { .. } | RpcError::VersionMismatch { .. }) = &client {
+        let hello = Hello::new(
+            &S::INFO,
+            config.max_frame_len,
+            config.keepalive,
+            Some(config.max_in_flight),
+            config.stream_window,
+        );
+        hello.send(writer).await?;
+    }
+    client
 }
 
 /// A request decoded and checked, waiting for an in-flight slot.

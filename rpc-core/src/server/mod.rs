@@ -455,30 +455,47 @@ async fn serve_tcp<S: Service>(
 ) -> Result<(), RpcError> {
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
-        let accepted = tokio::time::timeout_at(handshake_deadline, tls.accept(io)).await;
-        let (io, identity) = match accepted {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(error)) => return Err(crate::tls::handshake_failed(&error)),
-            Err(_) => {
-                return Err(RpcError::Handshake(format!(
-                    "the client did not finish the TLS handshake within {:?}",
-                    config.handshake_timeout
-                )));
-            }
-        };
-        let peer = Peer {
-            addr,
-            identity,
-            credentials: None,
-        };
-        let io = transport::Shared(io);
-        return connection::serve(io, service, config, peer, shared, handshake_deadline).await;
+        // Boxed: a TLS connection's state is large, and a plain connection's task should not
+        // carry room for it.
+        let serving = serve_tls(tls, io, service, config, addr, shared, handshake_deadline);
+        return Box::pin(serving).await;
     }
     let peer = Peer {
         addr,
         identity: None,
         credentials: None,
     };
+    connection::serve(io, service, config, peer, shared, handshake_deadline).await
+}
+
+/// Serves an accepted TCP connection over TLS, the TLS handshake first.
+#[cfg(feature = "tls")]
+async fn serve_tls<S: Service>(
+    tls: &crate::tls::ServerTls,
+    io: tokio::net::TcpStream,
+    service: Arc<S>,
+    config: &ServerConfig,
+    addr: Option<SocketAddr>,
+    shared: Option<connection::Shared>,
+    handshake_deadline: tokio::time::Instant,
+) -> Result<(), RpcError> {
+    let accepted = tokio::time::timeout_at(handshake_deadline, tls.accept(io)).await;
+    let (io, identity) = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => return Err(crate::tls::handshake_failed(&error)),
+        Err(_) => {
+            return Err(RpcError::Handshake(format!(
+                "the client did not finish the TLS handshake within {:?}",
+                config.handshake_timeout
+            )));
+        }
+    };
+    let peer = Peer {
+        addr,
+        identity,
+        credentials: None,
+    };
+    let io = transport::Shared(io);
     connection::serve(io, service, config, peer, shared, handshake_deadline).await
 }
 

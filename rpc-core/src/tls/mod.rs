@@ -86,10 +86,13 @@ pub enum TlsError {
     /// The platform's trusted authorities could not be loaded.
     #[error("the platform's root certificates could not be loaded: {0}")]
     PlatformRoots(String),
-    /// This server's certificate cannot be replaced: it was built from a rustls configuration,
-    /// which decides how certificates are chosen.
-    #[error("a ServerTls built from a rustls configuration cannot reload its certificate")]
-    NotReloadable,
+    /// The setting was built from a rustls configuration (`from_config`), which decides this
+    /// itself: change the configuration instead.
+    #[error(
+        "this TLS setting was built from a rustls configuration, which decides this itself: \
+         change the configuration instead"
+    )]
+    FromConfig,
 }
 
 /// The crypto provider every configuration here uses: rustls' `ring` backend, which builds with
@@ -153,7 +156,7 @@ impl ServerTls {
     /// [`Context::peer_identity`](crate::Context::peer_identity).
     pub fn require_client_certificates(self, trusted: impl AsRef<[u8]>) -> Result<Self, TlsError> {
         let Some(certificate) = self.certificate else {
-            return Err(TlsError::NotReloadable);
+            return Err(TlsError::FromConfig);
         };
         let roots = certs::roots_from_pem(trusted.as_ref())?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
@@ -175,7 +178,7 @@ impl ServerTls {
         key: impl AsRef<[u8]>,
     ) -> Result<(), TlsError> {
         let Some(certificate) = &self.certificate else {
-            return Err(TlsError::NotReloadable);
+            return Err(TlsError::FromConfig);
         };
         let identity = Identity::from_pem(chain.as_ref(), key.as_ref())?;
         certificate.replace(identity.certified_key(&provider())?);
@@ -221,7 +224,8 @@ fn server_config(
 /// [`ClientBuilder::tls`](crate::ClientBuilder::tls).
 #[derive(Clone)]
 pub struct ClientTls {
-    roots: Arc<RootCertStore>,
+    /// `None` for a client built from a rustls configuration.
+    roots: Option<Arc<RootCertStore>>,
     identity: Option<Identity>,
     server_name: Option<ServerName<'static>>,
     connector: TlsConnector,
@@ -230,7 +234,7 @@ pub struct ClientTls {
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
-            .field("roots", &self.roots.len())
+            .field("roots", &self.roots.as_ref().map(|roots| roots.len()))
             .field("presents_a_certificate", &self.identity.is_some())
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
@@ -252,7 +256,7 @@ impl ClientTls {
         let roots = Arc::new(roots);
         let connector = connector(&roots, None)?;
         Ok(ClientTls {
-            roots,
+            roots: Some(roots),
             identity: None,
             server_name: None,
             connector,
@@ -262,7 +266,7 @@ impl ClientTls {
     /// Uses a rustls configuration as it is, for settings this type does not offer.
     pub fn from_config(config: Arc<ClientConfig>) -> Self {
         ClientTls {
-            roots: Arc::new(RootCertStore::empty()),
+            roots: None,
             identity: None,
             server_name: None,
             connector: TlsConnector::from(config),
@@ -270,14 +274,18 @@ impl ClientTls {
     }
 
     /// Presents the certificate chain (its own certificate first) and private key in `chain`
-    /// and `key`, PEM-encoded, to servers that require client certificates.
+    /// and `key`, PEM-encoded, to servers that require client certificates. (A client built
+    /// with [`ClientTls::from_config`] presents what its configuration says.)
     pub fn identity_pem(
         mut self,
         chain: impl AsRef<[u8]>,
         key: impl AsRef<[u8]>,
     ) -> Result<Self, TlsError> {
+        let Some(roots) = &self.roots else {
+            return Err(TlsError::FromConfig);
+        };
         let identity = Identity::from_pem(chain.as_ref(), key.as_ref())?;
-        self.connector = connector(&self.roots, Some(&identity))?;
+        self.connector = connector(roots, Some(&identity))?;
         self.identity = Some(identity);
         Ok(self)
     }
