@@ -457,7 +457,16 @@ async fn serve_tcp<S: Service>(
     if let Some(tls) = &config.tls {
         // Boxed: a TLS connection's state is large, and a plain connection's task should not
         // carry room for it.
-        let serving = serve_tls(tls, io, service, config, addr, shared, handshake_deadline);
+        let serving = async move {
+            let (io, identity) = accept_tls(tls, io, config, handshake_deadline).await?;
+            let peer = Peer {
+                addr,
+                identity,
+                credentials: None,
+            };
+            let io = transport::Shared(io);
+            connection::serve(io, service, config, peer, shared, handshake_deadline).await
+        };
         return Box::pin(serving).await;
     }
     let peer = Peer {
@@ -468,35 +477,29 @@ async fn serve_tcp<S: Service>(
     connection::serve(io, service, config, peer, shared, handshake_deadline).await
 }
 
-/// Serves an accepted TCP connection over TLS, the TLS handshake first.
+/// Runs the TLS handshake on an accepted TCP connection, by `deadline`: the encrypted stream,
+/// and the client's verified certificate if it presented one.
 #[cfg(feature = "tls")]
-async fn serve_tls<S: Service>(
+async fn accept_tls(
     tls: &crate::tls::ServerTls,
     io: tokio::net::TcpStream,
-    service: Arc<S>,
     config: &ServerConfig,
-    addr: Option<SocketAddr>,
-    shared: Option<connection::Shared>,
-    handshake_deadline: tokio::time::Instant,
-) -> Result<(), RpcError> {
-    let accepted = tokio::time::timeout_at(handshake_deadline, tls.accept(io)).await;
-    let (io, identity) = match accepted {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(error)) => return Err(crate::tls::handshake_failed(&error)),
-        Err(_) => {
-            return Err(RpcError::Handshake(format!(
-                "the client did not finish the TLS handshake within {:?}",
-                config.handshake_timeout
-            )));
-        }
-    };
-    let peer = Peer {
-        addr,
-        identity,
-        credentials: None,
-    };
-    let io = transport::Shared(io);
-    connection::serve(io, service, config, peer, shared, handshake_deadline).await
+    deadline: tokio::time::Instant,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        Option<Arc<crate::PeerIdentity>>,
+    ),
+    RpcError,
+> {
+    match tokio::time::timeout_at(deadline, tls.accept(io)).await {
+        Ok(Ok(accepted)) => Ok(accepted),
+        Ok(Err(error)) => Err(crate::tls::handshake_failed(&error)),
+        Err(_) => Err(RpcError::Handshake(format!(
+            "the client did not finish the TLS handshake within {:?}",
+            config.handshake_timeout
+        ))),
+    }
 }
 
 /// A stream accepted by a [`Listener`].
