@@ -19,6 +19,7 @@ use crate::service::MethodInfo;
 use crate::stream::Outbound;
 use crate::task::until;
 use crate::{Metadata, RpcError, Streaming};
+use tracing::Instrument;
 
 /// The connection or connections of a generated client, with the options its calls are made
 /// with (deadline, metadata).
@@ -43,6 +44,8 @@ pub struct Channel {
     deadline: Duration,
     metadata: Arc<Metadata>,
     interceptor: Option<ClientInterceptor>,
+    /// The service's name, for the calls' spans.
+    service: &'static str,
 }
 
 /// Where calls go.
@@ -66,6 +69,31 @@ impl fmt::Debug for Channel {
     }
 }
 
+/// Awaits `future` inside `span` when a subscriber wants the span, and as it is otherwise.
+macro_rules! in_span {
+    ($span:expr, $future:expr) => {
+        if $span.is_disabled() {
+            $future.await
+        } else {
+            $future.instrument($span.clone()).await
+        }
+    };
+}
+
+/// Records how a call ended in its span: status code 0, or the error as the span's status.
+fn record<T>(span: &tracing::Span, result: Result<T, RpcError>) -> Result<T, RpcError> {
+    match &result {
+        Ok(_) => {
+            span.record("rpc.status_code", 0);
+        }
+        Err(error) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", tracing::field::display(error));
+        }
+    }
+    result
+}
+
 /// Where one attempt at a call goes.
 struct Target {
     connection: Arc<Connection>,
@@ -79,13 +107,29 @@ impl Channel {
         deadline: Duration,
         metadata: Metadata,
         interceptor: Option<ClientInterceptor>,
+        service: &'static str,
     ) -> Channel {
         Channel {
             backend: Arc::new(backend),
             deadline,
             metadata: Arc::new(metadata),
             interceptor,
+            service,
         }
+    }
+
+    /// The span of one call of `method`, in OpenTelemetry's terms for RPC.
+    fn span(&self, method: &MethodInfo) -> tracing::Span {
+        tracing::info_span!(
+            "rpc.call",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            rpc.system = "rpc-core",
+            rpc.service = self.service,
+            rpc.method = method.name,
+            rpc.status_code = tracing::field::Empty,
+        )
     }
 
     /// The same connections, with calls that wait at most `deadline` (from when each call is
@@ -162,19 +206,27 @@ impl Channel {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        let span = self.span(method);
         let metadata = self.call_metadata();
         let spec = self.spec(method, &metadata);
         let mut avoid = None;
         let mut not_run_retries = self.not_run_retries();
+        // The span is entered around each step rather than wrapped around the whole call, and
+        // only when a subscriber wants it: a wrapper would move the call's large state once
+        // more on every call.
         loop {
-            let target = self.target(spec, avoid.as_ref()).await?;
-            let attempt = target.connection.start(spec, args, None, false).await;
+            let target = in_span!(span, self.target(spec, avoid.as_ref()));
+            let target = match target {
+                Ok(target) => target,
+                Err(error) => return record(&span, Err(error)),
+            };
+            let attempt = in_span!(span, target.connection.start(spec, args, None, false));
             let failure = match attempt.and_then(Answered::into_value) {
                 Ok(value) => {
                     if let Some(budget) = self.budget() {
                         budget.deposit();
                     }
-                    return Ok(value);
+                    return record(&span, Ok(value));
                 }
                 Err(failure) => failure,
             };
@@ -190,9 +242,9 @@ impl Channel {
                 .expires
                 .is_some_and(|expires| expires <= Instant::now());
             if !retry || expired {
-                return Err(failure.into_error(method.name));
+                return record(&span, Err(failure.into_error(method.name)));
             }
-            tracing::debug!(method = method.name, ?failure, "retrying a call");
+            span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
             avoid = target.endpoint;
         }
     }
@@ -211,10 +263,14 @@ impl Channel {
         U: Serialize + Send + 'static,
         R: DeserializeOwned,
     {
-        self.stream_once(method, args, Some(Outbound::new(upload)), false)
-            .await
-            .and_then(Answered::into_value)
-            .map_err(|failure| failure.into_error(method.name))
+        let call = self.stream_once(method, args, Some(Outbound::new(upload)), false);
+        let span = self.span(method);
+        let answered = in_span!(span, call);
+        let answer = answered.and_then(Answered::into_value);
+        record(
+            &span,
+            answer.map_err(|failure| failure.into_error(method.name)),
+        )
     }
 
     /// Calls a method that returns a stream. The call's deadline covers the whole stream;
@@ -228,10 +284,14 @@ impl Channel {
         A: Serialize + ?Sized,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        self.stream_once(method, args, None, true)
-            .await
-            .and_then(Answered::into_stream)
-            .map_err(|failure| failure.into_error(method.name))
+        let call = self.stream_once(method, args, None, true);
+        let span = self.span(method);
+        let answered = in_span!(span, call);
+        let answer = answered.and_then(Answered::into_stream);
+        record(
+            &span,
+            answer.map_err(|failure| failure.into_error(method.name)),
+        )
     }
 
     /// Calls a method that takes a stream and returns one; `upload` goes on being sent while the
@@ -247,10 +307,14 @@ impl Channel {
         U: Serialize + Send + 'static,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        self.stream_once(method, args, Some(Outbound::new(upload)), true)
-            .await
-            .and_then(Answered::into_stream)
-            .map_err(|failure| failure.into_error(method.name))
+        let call = self.stream_once(method, args, Some(Outbound::new(upload)), true);
+        let span = self.span(method);
+        let answered = in_span!(span, call);
+        let answer = answered.and_then(Answered::into_stream);
+        record(
+            &span,
+            answer.map_err(|failure| failure.into_error(method.name)),
+        )
     }
 
     async fn stream_once<A: Serialize + ?Sized>(

@@ -320,6 +320,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
             self.config.deadline,
             self.config.metadata,
             self.config.interceptor,
+            C::INFO.name,
         );
         C::from_channel(channel)
     }

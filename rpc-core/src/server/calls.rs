@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::intercept::ServerInterceptor;
 use crate::peer::Peer;
@@ -110,6 +111,8 @@ impl Calls {
             peer,
             metadata,
         };
+        let span = call_span(&context);
+        let _entered = span.enter();
         if let Some(refusal) = intercept(link, &context) {
             link.outbox.send(refusal, Some(slot));
             return;
@@ -160,6 +163,7 @@ impl Calls {
             }
         });
         let calls = Arc::clone(self);
+        let run = run.instrument(span.clone());
         tokio::spawn(async move {
             // Aborted means cancelled by the client, or the connection is gone: nobody waits.
             let _ = Abortable::new(run, registration).await;
@@ -243,7 +247,7 @@ fn intercept(link: &Link, context: &Context) -> Option<Frame> {
         Ok(Err(status)) => {
             tracing::debug!(method, request_id = id, %status, "the interceptor refused a call");
             let code = status.code().wire_code();
-            Some(error_response(id, code, status.message()))
+            Some(failure(id, code, status.message()))
         }
         Err(panic) => Some(panicked(id, method, &*panic, link.panic_messages)),
     }
@@ -277,7 +281,7 @@ async fn answer<S: Service>(
             respond::<S>(id, method, response, client_max_frame_len, panic_messages)
         }
         Ok(Err(_)) => (
-            error_response(
+            failure(
                 id,
                 code::DEADLINE_EXCEEDED,
                 "the deadline passed before the handler finished",
@@ -308,23 +312,57 @@ fn respond<S: Service>(
     }));
     match encoded {
         Ok(Ok((mut frame, stream))) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => (frame, stream),
+            Ok(()) => {
+                record_outcome(OK);
+                (frame, stream)
+            }
             Err(too_large) => {
                 tracing::warn!(method, %too_large, "a result is over the client's frame limit");
                 let message = format!("the result is too large for the client: {too_large}");
-                (error_response(id, code::RESPONSE_TOO_LARGE, &message), None)
+                (failure(id, code::RESPONSE_TOO_LARGE, &message), None)
             }
         },
         Ok(Err(error)) => {
             tracing::warn!(method, %error, "a result could not be encoded");
             let message = format!("the result could not be encoded: {error}");
-            (
-                error_response(id, code::RESPONSE_ENCODE_FAILED, &message),
-                None,
-            )
+            (failure(id, code::RESPONSE_ENCODE_FAILED, &message), None)
         }
         Err(panic) => (panicked(id, method, &*panic, panic_messages), None),
     }
+}
+
+/// The status code a call span records for a call answered with its result.
+const OK: u32 = 0;
+
+/// An error answer to call `id`, recorded in the call's span.
+fn failure(id: u64, code: u32, message: &str) -> Frame {
+    record_outcome(code);
+    error_response(id, code, message)
+}
+
+/// Records how the call whose span is current ended: `OK`, or the error code it was answered
+/// with (docs/wire.md, section 4).
+fn record_outcome(code: u32) {
+    let span = tracing::Span::current();
+    span.record("rpc.status_code", code);
+    if code != OK {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The span of one call on the server, under its connection's, in OpenTelemetry's terms for
+/// RPC. Its status code is recorded when the call is answered; it closes when the call ends.
+fn call_span(context: &Context) -> tracing::Span {
+    tracing::info_span!(
+        "rpc.call",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "rpc-core",
+        rpc.service = context.service,
+        rpc.method = context.method,
+        rpc.request_id = context.request_id,
+        rpc.status_code = tracing::field::Empty,
+    )
 }
 
 /// The answer to a call whose handler panicked: the panic's message is logged with the call's
@@ -333,7 +371,7 @@ fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send), send_messag
     let message = panic_message(panic);
     tracing::error!(method, request_id = id, message, "a handler panicked");
     let sent = if send_message { message } else { "" };
-    error_response(id, code::HANDLER_PANICKED, sent)
+    failure(id, code::HANDLER_PANICKED, sent)
 }
 
 /// Sends a streamed result: the response, then the stream, within the call's deadline. The
@@ -356,7 +394,7 @@ async fn stream_out(
         StreamFrames::new(&link.outbox),
         link.client_max_frame_len,
     );
-    let failure = match AssertUnwindSafe(until(deadline, pump)).catch_unwind().await {
+    let ended = match AssertUnwindSafe(until(deadline, pump)).catch_unwind().await {
         Ok(Ok(())) => None,
         Ok(Err(_)) => Some((
             code::DEADLINE_EXCEEDED,
@@ -373,7 +411,8 @@ async fn stream_out(
             Some((code::STREAM_FAILED, sent))
         }
     };
-    if let Some((code, message)) = failure {
+    if let Some((code, message)) = ended {
+        record_outcome(code);
         let outcome = Outcome::error(code, &message);
         link.outbox
             .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));

@@ -58,6 +58,21 @@ pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
 }
 
+/// The span of one connection on the server, which its calls' spans are under.
+pub(crate) fn span(service: &'static str, peer: Option<std::net::SocketAddr>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc.connection",
+        otel.kind = "server",
+        rpc.system = "rpc-core",
+        rpc.service = service,
+        client.address = tracing::field::Empty,
+    );
+    if let Some(peer) = peer {
+        span.record("client.address", tracing::field::display(peer));
+    }
+    span
+}
+
 /// Serves one connection until the client closes it, breaks the protocol, goes silent, or the
 /// server shuts down. The client's hello must arrive by `handshake_deadline`.
 pub(crate) async fn serve<S, IO>(

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::intercept::ServerInterceptor;
 use crate::metadata::MetadataLimits;
@@ -295,7 +296,10 @@ impl ServerBuilder {
         let io = crate::transport::Shared(io);
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
         let service = Arc::new(service);
-        connection::serve(io, service, &self.config, Peer::default(), None, deadline).await
+        let serving = connection::serve(io, service, &self.config, Peer::default(), None, deadline);
+        serving
+            .instrument(connection::span(S::INFO.name, None))
+            .await
     }
 
     fn server(self, listener: Listener) -> Server {
@@ -546,7 +550,8 @@ impl<S: Service> Spawner<'_, S> {
         let shared = Some(self.shared.clone());
         // The whole handshake, TLS included, must be over by then.
         let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-        async move {
+        let span = connection::span(S::INFO.name, peer);
+        let serving = async move {
             let served = match io {
                 Accepted::Tcp(io) => serve_tcp(io, service, &config, peer, shared, deadline).await,
                 #[cfg(unix)]
@@ -567,7 +572,8 @@ impl<S: Service> Spawner<'_, S> {
                 Err(error) => tracing::debug!(?peer, %error, "connection closed"),
             }
             drop(slot);
-        }
+        };
+        serving.instrument(span)
     }
 }
 
