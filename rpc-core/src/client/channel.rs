@@ -18,6 +18,7 @@ use crate::intercept::ClientInterceptor;
 use crate::service::MethodInfo;
 use crate::stream::Outbound;
 use crate::task::until;
+use crate::telemetry::{self, CallEnd, Side};
 use crate::{Metadata, RpcError, Streaming};
 use tracing::Instrument;
 
@@ -80,16 +81,11 @@ macro_rules! in_span {
     };
 }
 
-/// Records how a call ended in its span: status code 0, or the error as the span's status.
-fn record<T>(span: &tracing::Span, result: Result<T, RpcError>) -> Result<T, RpcError> {
+/// Records how a call ended: in its span and its metrics.
+fn ended<T>(end: CallEnd, result: Result<T, RpcError>) -> Result<T, RpcError> {
     match &result {
-        Ok(_) => {
-            span.record("rpc.status_code", 0);
-        }
-        Err(error) => {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", tracing::field::display(error));
-        }
+        Ok(_) => end.finish(telemetry::OK),
+        Err(error) => end.fail(error),
     }
     result
 }
@@ -207,6 +203,7 @@ impl Channel {
         R: DeserializeOwned,
     {
         let span = self.span(method);
+        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let metadata = self.call_metadata();
         let spec = self.spec(method, &metadata);
         let mut avoid = None;
@@ -218,7 +215,7 @@ impl Channel {
             let target = in_span!(span, self.target(spec, avoid.as_ref()));
             let target = match target {
                 Ok(target) => target,
-                Err(error) => return record(&span, Err(error)),
+                Err(error) => return ended(end, Err(error)),
             };
             let attempt = in_span!(span, target.connection.start(spec, args, None, false));
             let failure = match attempt.and_then(Answered::into_value) {
@@ -226,7 +223,7 @@ impl Channel {
                     if let Some(budget) = self.budget() {
                         budget.deposit();
                     }
-                    return record(&span, Ok(value));
+                    return ended(end, Ok(value));
                 }
                 Err(failure) => failure,
             };
@@ -242,9 +239,10 @@ impl Channel {
                 .expires
                 .is_some_and(|expires| expires <= Instant::now());
             if !retry || expired {
-                return record(&span, Err(failure.into_error(method.name)));
+                return ended(end, Err(failure.into_error(method.name)));
             }
             span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
+            telemetry::retried(self.service, method.name);
             avoid = target.endpoint;
         }
     }
@@ -265,10 +263,11 @@ impl Channel {
     {
         let call = self.stream_once(method, args, Some(Outbound::new(upload)), false);
         let span = self.span(method);
+        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_value);
-        record(
-            &span,
+        ended(
+            end,
             answer.map_err(|failure| failure.into_error(method.name)),
         )
     }
@@ -286,10 +285,11 @@ impl Channel {
     {
         let call = self.stream_once(method, args, None, true);
         let span = self.span(method);
+        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_stream);
-        record(
-            &span,
+        ended(
+            end,
             answer.map_err(|failure| failure.into_error(method.name)),
         )
     }
@@ -309,10 +309,11 @@ impl Channel {
     {
         let call = self.stream_once(method, args, Some(Outbound::new(upload)), true);
         let span = self.span(method);
+        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_stream);
-        record(
-            &span,
+        ended(
+            end,
             answer.map_err(|failure| failure.into_error(method.name)),
         )
     }

@@ -22,6 +22,7 @@ use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
+use crate::telemetry::{OpenConnection, Side};
 use crate::{Metadata, RpcError, StatusCode, Streaming};
 
 /// A live connection to one server. Calls go through [`Connection::start`].
@@ -135,7 +136,10 @@ impl Connection {
             streams: Arc::clone(&streams),
         };
         let writer = tokio::spawn(write_requests(writer, queue, heartbeat, closer.clone()));
-        let reader = tokio::spawn(read_responses(reader, closer, writer.abort_handle()));
+        // Counted open for as long as the reader reads.
+        let open = OpenConnection::new(Side::Client, service.name);
+        let reading = read_responses(reader, closer, writer.abort_handle(), open);
+        let reader = tokio::spawn(reading);
         Ok(Arc::new(Connection {
             outbox,
             slots,
@@ -446,6 +450,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     closer: Closer,
     writer: tokio::task::AbortHandle,
+    _open: OpenConnection,
 ) {
     let Closer { pending, streams } = &closer;
     let reason = loop {

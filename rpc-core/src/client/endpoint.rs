@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::connection::Connection;
 use crate::service::ServiceInfo;
-use crate::{RpcError, transport};
+use crate::{RpcError, telemetry, transport};
 
 /// Where an endpoint connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,8 @@ struct Live {
     attempts: u64,
     /// Why the last attempt failed.
     last_error: Option<RpcError>,
+    /// A connection was made before: the next one is a reconnection.
+    connected_before: bool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -134,6 +136,10 @@ impl Endpoint {
         live.attempts += 1;
         match &connected {
             Ok(connection) => {
+                if live.connected_before {
+                    telemetry::reconnected(self.service.name);
+                }
+                live.connected_before = true;
                 live.connection = Some(Arc::clone(connection));
                 live.failures = 0;
                 live.retry_at = None;
@@ -145,6 +151,7 @@ impl Endpoint {
                 let wait = backoff(live.failures, &self.config);
                 live.retry_at = Some(Instant::now() + wait);
                 tracing::debug!(target = ?self.target, %error, ?wait, "connecting failed");
+                telemetry::endpoint_failed(self.service.name);
             }
         }
         connected

@@ -25,6 +25,7 @@ use crate::protocol::{
 use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
+use crate::telemetry::{CallEnd, OK, Side};
 use crate::{Context, Metadata};
 
 /// The calls of one connection that are running, by request id.
@@ -113,8 +114,10 @@ impl Calls {
         };
         let span = call_span(&context);
         let _entered = span.enter();
+        let end = CallEnd::start(&span, Side::Server, S::INFO.name, method);
         if let Some(refusal) = intercept(link, &context) {
-            link.outbox.send(refusal, Some(slot));
+            end.finish(refusal.code);
+            link.outbox.send(refusal.frame, Some(slot));
             return;
         }
         let mut handler = Box::pin(context.clone().scope(service.call(request)));
@@ -126,17 +129,20 @@ impl Calls {
         let started = match first_poll {
             Ok(Poll::Pending) => Started::Running(handler),
             Ok(Poll::Ready(response)) => {
-                match respond::<S>(id, method, response, limit, panic_messages) {
-                    (frame, None) => {
-                        link.outbox.send(frame, Some(slot));
+                let answer = respond::<S>(id, method, response, limit, panic_messages);
+                match answer.stream {
+                    None => {
+                        end.finish(answer.code);
+                        link.outbox.send(answer.frame, Some(slot));
                         return;
                     }
-                    (frame, Some(stream)) => Started::Streaming(frame, stream),
+                    Some(stream) => Started::Streaming(answer.frame, stream),
                 }
             }
             Err(panic) => {
                 let answer = panicked(id, method, &*panic, panic_messages);
-                link.outbox.send(answer, Some(slot));
+                end.finish(answer.code);
+                link.outbox.send(answer.frame, Some(slot));
                 return;
             }
         };
@@ -149,17 +155,21 @@ impl Calls {
         }
         let link = link.clone();
         let run = context.scope(async move {
-            let (frame, stream) = match started {
+            let answer = match started {
                 Started::Running(handler) => {
                     answer::<S>(id, method, handler, deadline, limit, panic_messages).await
                 }
-                Started::Streaming(frame, stream) => (frame, Some(stream)),
+                Started::Streaming(frame, stream) => Answer::result(frame, Some(stream)),
             };
-            match stream {
+            match answer.stream {
                 None => {
-                    link.outbox.send(frame, Some(slot));
+                    end.finish(answer.code);
+                    link.outbox.send(answer.frame, Some(slot));
                 }
-                Some(stream) => stream_out(id, frame, stream, deadline, &link, slot).await,
+                Some(stream) => {
+                    let code = stream_out(id, answer.frame, stream, deadline, &link, slot).await;
+                    end.finish(code);
+                }
             }
         });
         let calls = Arc::clone(self);
@@ -239,7 +249,7 @@ pub(crate) struct Link {
 
 /// The answer refusing the call in `context`, if the server's interceptor refuses it (or
 /// panics): then its handler never runs.
-fn intercept(link: &Link, context: &Context) -> Option<Frame> {
+fn intercept(link: &Link, context: &Context) -> Option<Answer> {
     let interceptor = link.interceptor.as_ref()?;
     let (id, method) = (context.request_id, context.method);
     match std::panic::catch_unwind(AssertUnwindSafe(|| interceptor.check(context))) {
@@ -247,7 +257,7 @@ fn intercept(link: &Link, context: &Context) -> Option<Frame> {
         Ok(Err(status)) => {
             tracing::debug!(method, request_id = id, %status, "the interceptor refused a call");
             let code = status.code().wire_code();
-            Some(failure(id, code, status.message()))
+            Some(Answer::failure(id, code, status.message()))
         }
         Err(panic) => Some(panicked(id, method, &*panic, link.panic_messages)),
     }
@@ -271,7 +281,7 @@ async fn answer<S: Service>(
     deadline: Option<Instant>,
     client_max_frame_len: usize,
     panic_messages: bool,
-) -> (Frame, Option<Outbound>) {
+) -> Answer {
     // On the deadline the handler is dropped: nobody waits for its answer any more.
     match AssertUnwindSafe(until(deadline, handler))
         .catch_unwind()
@@ -280,15 +290,12 @@ async fn answer<S: Service>(
         Ok(Ok(response)) => {
             respond::<S>(id, method, response, client_max_frame_len, panic_messages)
         }
-        Ok(Err(_)) => (
-            failure(
-                id,
-                code::DEADLINE_EXCEEDED,
-                "the deadline passed before the handler finished",
-            ),
-            None,
+        Ok(Err(_)) => Answer::failure(
+            id,
+            code::DEADLINE_EXCEEDED,
+            "the deadline passed before the handler finished",
         ),
-        Err(panic) => (panicked(id, method, &*panic, panic_messages), None),
+        Err(panic) => panicked(id, method, &*panic, panic_messages),
     }
 }
 
@@ -300,7 +307,7 @@ fn respond<S: Service>(
     response: S::Response,
     client_max_frame_len: usize,
     panic_messages: bool,
-) -> (Frame, Option<Outbound>) {
+) -> Answer {
     let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut frame = Head::Response {
             id,
@@ -312,41 +319,47 @@ fn respond<S: Service>(
     }));
     match encoded {
         Ok(Ok((mut frame, stream))) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => {
-                record_outcome(OK);
-                (frame, stream)
-            }
+            Ok(()) => Answer::result(frame, stream),
             Err(too_large) => {
                 tracing::warn!(method, %too_large, "a result is over the client's frame limit");
                 let message = format!("the result is too large for the client: {too_large}");
-                (failure(id, code::RESPONSE_TOO_LARGE, &message), None)
+                Answer::failure(id, code::RESPONSE_TOO_LARGE, &message)
             }
         },
         Ok(Err(error)) => {
             tracing::warn!(method, %error, "a result could not be encoded");
             let message = format!("the result could not be encoded: {error}");
-            (failure(id, code::RESPONSE_ENCODE_FAILED, &message), None)
+            Answer::failure(id, code::RESPONSE_ENCODE_FAILED, &message)
         }
-        Err(panic) => (panicked(id, method, &*panic, panic_messages), None),
+        Err(panic) => panicked(id, method, &*panic, panic_messages),
     }
 }
 
-/// The status code a call span records for a call answered with its result.
-const OK: u32 = 0;
-
-/// An error answer to call `id`, recorded in the call's span.
-fn failure(id: u64, code: u32, message: &str) -> Frame {
-    record_outcome(code);
-    error_response(id, code, message)
+/// A call's answer: the response frame, the stream that follows it when the result is
+/// streamed, and the status code the call ends with (`OK` for its result).
+struct Answer {
+    frame: Frame,
+    stream: Option<Outbound>,
+    code: u32,
 }
 
-/// Records how the call whose span is current ended: `OK`, or the error code it was answered
-/// with (docs/wire.md, section 4).
-fn record_outcome(code: u32) {
-    let span = tracing::Span::current();
-    span.record("rpc.status_code", code);
-    if code != OK {
-        span.record("otel.status_code", "ERROR");
+impl Answer {
+    /// The answer carrying the call's result.
+    fn result(frame: Frame, stream: Option<Outbound>) -> Self {
+        Answer {
+            frame,
+            stream,
+            code: OK,
+        }
+    }
+
+    /// An error answer to call `id`.
+    fn failure(id: u64, code: u32, message: &str) -> Self {
+        Answer {
+            frame: error_response(id, code, message),
+            stream: None,
+            code,
+        }
     }
 }
 
@@ -367,14 +380,15 @@ fn call_span(context: &Context) -> tracing::Span {
 
 /// The answer to a call whose handler panicked: the panic's message is logged with the call's
 /// id, and sent only if `send_message`.
-fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send), send_message: bool) -> Frame {
+fn panicked(id: u64, method: &'static str, panic: &(dyn Any + Send), send_message: bool) -> Answer {
     let message = panic_message(panic);
     tracing::error!(method, request_id = id, message, "a handler panicked");
     let sent = if send_message { message } else { "" };
-    failure(id, code::HANDLER_PANICKED, sent)
+    Answer::failure(id, code::HANDLER_PANICKED, sent)
 }
 
-/// Sends a streamed result: the response, then the stream, within the call's deadline. The
+/// Sends a streamed result: the response, then the stream, within the call's deadline; returns
+/// the status code the stream ended with. The
 /// call's slot is held until the stream ends.
 async fn stream_out(
     id: u64,
@@ -383,7 +397,7 @@ async fn stream_out(
     deadline: Option<Instant>,
     link: &Link,
     slot: OwnedSemaphorePermit,
-) {
+) -> u32 {
     let credit = link.streams.open_outbound(id);
     link.outbox.send(frame, None);
     let pump = stream::pump(
@@ -411,11 +425,14 @@ async fn stream_out(
             Some((code::STREAM_FAILED, sent))
         }
     };
-    if let Some((code, message)) = ended {
-        record_outcome(code);
-        let outcome = Outcome::error(code, &message);
-        link.outbox
-            .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
+    match ended {
+        None => OK,
+        Some((code, message)) => {
+            let outcome = Outcome::error(code, &message);
+            link.outbox
+                .send(Head::StreamEnd { id, outcome }.frame(), Some(slot));
+            code
+        }
     }
 }
 

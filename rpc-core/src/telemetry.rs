@@ -1,0 +1,201 @@
+//! What every call and connection tells an operator: the call's span (see `tracing`), and,
+//! with the `metrics` feature, its metrics through the `metrics` facade. Without the feature the
+//! metric functions here are empty.
+//!
+//! The metrics, each labelled with `side` (`client` or `server`) and `service`:
+//!
+//! | metric | kind | more labels |
+//! |---|---|---|
+//! | `rpc_calls_started_total` | counter | `method` |
+//! | `rpc_calls_finished_total` | counter | `method`, `code` (`0` for a result, else the error code of `docs/wire.md`; `cancelled` for a call dropped before it ended; on a client, `error` for any failure) |
+//! | `rpc_call_duration_seconds` | histogram | `method` |
+//! | `rpc_calls_in_flight` | gauge | |
+//! | `rpc_connections_open` | gauge | |
+//! | `rpc_client_retries_total` | counter | `method` |
+//! | `rpc_client_reconnections_total` | counter | |
+//! | `rpc_client_endpoint_failures_total` | counter | (an endpoint that could not be reached, passed over while it backs off) |
+
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+/// Which end of a call or connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
+/// The status code of a call answered with its result.
+pub(crate) const OK: u32 = 0;
+
+/// The `code` label of a call's status code, without allocating.
+fn code_label(code: u32) -> &'static str {
+    const LABELS: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|code| LABELS.get(code))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// One call from its start to its end: records its outcome in its span and its metrics. Dropped
+/// before [`CallEnd::finish`], the call was cancelled (the client stopped waiting, or the
+/// connection ended).
+#[derive(Debug)]
+pub(crate) struct CallEnd {
+    span: tracing::Span,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    side: Side,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    service: &'static str,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    method: &'static str,
+    #[cfg(feature = "metrics")]
+    started: Instant,
+    finished: bool,
+}
+
+impl CallEnd {
+    /// Counts a call of `method` started, under `span`.
+    pub(crate) fn start(
+        span: &tracing::Span,
+        side: Side,
+        service: &'static str,
+        method: &'static str,
+    ) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let side = side.label();
+            metrics::counter!(
+                "rpc_calls_started_total",
+                "side" => side,
+                "service" => service,
+                "method" => method
+            )
+            .increment(1);
+            metrics::gauge!("rpc_calls_in_flight", "side" => side, "service" => service)
+                .increment(1.0);
+        }
+        CallEnd {
+            span: span.clone(),
+            side,
+            service,
+            method,
+            #[cfg(feature = "metrics")]
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// The call ended with status `code`: [`OK`], or the error code it was answered with.
+    pub(crate) fn finish(mut self, code: u32) {
+        self.span.record("rpc.status_code", code);
+        if code != OK {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.finished = true;
+        self.count(code_label(code));
+    }
+
+    /// The call failed on the client: `error` says how.
+    pub(crate) fn fail(mut self, error: &crate::RpcError) {
+        self.span.record("otel.status_code", "ERROR");
+        self.span
+            .record("otel.status_description", tracing::field::display(error));
+        self.finished = true;
+        self.count("error");
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn count(&self, code: &'static str) {
+        #[cfg(feature = "metrics")]
+        {
+            let (side, service, method) = (self.side.label(), self.service, self.method);
+            metrics::counter!(
+                "rpc_calls_finished_total",
+                "side" => side,
+                "service" => service,
+                "method" => method,
+                "code" => code
+            )
+            .increment(1);
+            metrics::histogram!(
+                "rpc_call_duration_seconds",
+                "side" => side,
+                "service" => service,
+                "method" => method
+            )
+            .record(self.started.elapsed().as_secs_f64());
+            metrics::gauge!("rpc_calls_in_flight", "side" => side, "service" => service)
+                .decrement(1.0);
+        }
+    }
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.count("cancelled");
+        }
+    }
+}
+
+/// One open connection, counted in `rpc_connections_open` until dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    side: Side,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    service: &'static str,
+}
+
+impl OpenConnection {
+    pub(crate) fn new(side: Side, service: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("rpc_connections_open", "side" => side.label(), "service" => service)
+            .increment(1.0);
+        OpenConnection { side, service }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("rpc_connections_open", "side" => self.side.label(), "service" => self.service)
+            .decrement(1.0);
+    }
+}
+
+/// A call of `method` is made again.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn retried(service: &'static str, method: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("rpc_client_retries_total", "service" => service, "method" => method)
+        .increment(1);
+}
+
+/// A client connected again to a server it had been connected to.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn reconnected(service: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("rpc_client_reconnections_total", "service" => service).increment(1);
+}
+
+/// An endpoint could not be reached, and is passed over while it backs off.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn endpoint_failed(service: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("rpc_client_endpoint_failures_total", "service" => service).increment(1);
+}

@@ -1,0 +1,128 @@
+//! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
+//! connections, retries and endpoints that could not be reached are recorded through the
+//! `metrics` facade: here into metrics-util's debugging recorder.
+
+use metrics::{SharedString, Unit};
+use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use rpc_core::{Server, Status, StatusCode};
+use rpc_tests::within;
+
+#[rpc_core::service]
+pub trait Greeter {
+    async fn greet(&self, name: String) -> String;
+    /// Refused by the server's interceptor.
+    async fn secret(&self) -> String;
+}
+
+struct MyGreeter;
+
+impl Greeter for MyGreeter {
+    async fn greet(&self, name: String) -> String {
+        format!("hello, {name}")
+    }
+
+    async fn secret(&self) -> String {
+        unreachable!("the interceptor refuses every call to it")
+    }
+}
+
+/// What the recorder held at one moment. (Taking it drains the histograms.)
+type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
+
+/// The value of the metric `name` whose labels include all of `labels`, summed over the
+/// series that match; for a histogram, how many values it holds.
+fn value(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for (key, _, _, value) in snapshot {
+        let key = key.key();
+        let matches = key.name() == name
+            && labels.iter().all(|(want_key, want_value)| {
+                key.labels()
+                    .any(|label| label.key() == *want_key && label.value() == *want_value)
+            });
+        if matches {
+            sum += match value {
+                DebugValue::Counter(count) => *count as f64,
+                DebugValue::Gauge(gauge) => gauge.into_inner(),
+                DebugValue::Histogram(samples) => samples.len() as f64,
+            };
+        }
+    }
+    sum
+}
+
+/// One test in this binary: the recorder is global.
+#[tokio::test]
+async fn calls_connections_retries_and_failures_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("the only recorder");
+
+    let server = Server::builder()
+        .intercept(|call| match call.method() {
+            "secret" => Err(Status::permission_denied("not for you")),
+            _ => Ok(()),
+        })
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    for name in ["Ada", "Grace"] {
+        client.greet(name.into()).await.expect("a call");
+    }
+    client.secret().await.expect_err("refused");
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let greet = [("service", "Greeter"), ("method", "greet")];
+    for side in ["client", "server"] {
+        let started = [&greet[..], &[("side", side)]].concat();
+        assert_eq!(value(&snapshot, "rpc_calls_started_total", &started), 2.0);
+        assert_eq!(value(&snapshot, "rpc_call_duration_seconds", &started), 2.0);
+        let in_flight = [("side", side), ("service", "Greeter")];
+        assert_eq!(value(&snapshot, "rpc_calls_in_flight", &in_flight), 0.0);
+        assert_eq!(value(&snapshot, "rpc_connections_open", &in_flight), 1.0);
+    }
+    let ok = [&greet[..], &[("side", "server"), ("code", "0")]].concat();
+    assert_eq!(value(&snapshot, "rpc_calls_finished_total", &ok), 2.0);
+    let refused = [("side", "server"), ("method", "secret"), ("code", "11")];
+    assert_eq!(value(&snapshot, "rpc_calls_finished_total", &refused), 1.0);
+    let failed = [("side", "client"), ("method", "secret"), ("code", "error")];
+    assert_eq!(value(&snapshot, "rpc_calls_finished_total", &failed), 1.0);
+
+    // A pool with a server that refuses as unavailable: calls are made again on the other, and
+    // each retry is counted.
+    let busy = Server::builder()
+        .intercept(|_| Err(Status::new(StatusCode::Unavailable, "busy")))
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let busy_addr = busy.local_addr().expect("an address");
+    tokio::spawn(busy.serve(GreeterServer::new(MyGreeter)));
+    // A port nothing listens on: its endpoint fails to connect and is passed over.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let dead_addr = dead.local_addr().expect("an address");
+    drop(dead);
+    let pool = GreeterClient::builder().balance([busy_addr, dead_addr, addr]);
+    let retries = [("service", "Greeter"), ("method", "greet")];
+    let failures = [("service", "Greeter")];
+    within("a retry and an endpoint failure", async {
+        loop {
+            let snapshot = snapshotter.snapshot().into_vec();
+            if value(&snapshot, "rpc_client_retries_total", &retries) > 0.0
+                && value(&snapshot, "rpc_client_endpoint_failures_total", &failures) > 0.0
+            {
+                break;
+            }
+            let greeting = pool.greet("Linus".into()).await;
+            greeting.expect("made on the server that answers");
+        }
+    })
+    .await;
+}
