@@ -1,5 +1,5 @@
 //! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
-//! connections, retries and endpoints that could not be reached are recorded through the
+//! connections, bytes, retries and endpoints that could not be reached are recorded through the
 //! `metrics` facade: here into metrics-util's debugging recorder.
 
 use metrics::{SharedString, Unit};
@@ -86,6 +86,17 @@ async fn calls_connections_retries_and_failures_are_counted() {
         let in_flight = [("side", side), ("service", "Greeter")];
         assert_eq!(value(&snapshot, "rpc_calls_in_flight", &in_flight), 0.0);
         assert_eq!(value(&snapshot, "rpc_connections_open", &in_flight), 1.0);
+        // Each side read what the other wrote, byte for byte, frames only (the hellos are not
+        // counted): three requests one way, three answers the other.
+        let received = value(&snapshot, "rpc_bytes_received_total", &in_flight);
+        let other = if side == "client" { "server" } else { "client" };
+        let sent = value(
+            &snapshot,
+            "rpc_bytes_sent_total",
+            &[("side", other), ("service", "Greeter")],
+        );
+        assert!(received > 0.0, "{side} received {received}");
+        assert_eq!(received, sent, "what the {other} sent, the {side} received");
     }
     let ok = [&greet[..], &[("side", "server"), ("code", "0")]].concat();
     assert_eq!(value(&snapshot, "rpc_calls_finished_total", &ok), 2.0);

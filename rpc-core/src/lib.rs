@@ -52,8 +52,9 @@
 //! - [`RpcError`]: the one error every call returns.
 //! - `tls` (with the `tls` feature): calls between machines over TLS and mutual TLS.
 //! - Every call has a `tracing` span on each side (`rpc.call`, with OpenTelemetry's RPC fields),
-//!   and with the `metrics` feature, calls, durations, calls in flight, connections, retries and
-//!   reconnections are recorded through the `metrics` facade (the README lists the metrics).
+//!   and with the `metrics` feature, calls, durations, calls in flight, connections, bytes,
+//!   retries and reconnections are recorded through the `metrics` facade (the README lists
+//!   the metrics).
 //!
 //! The bytes on the wire are described in `docs/wire.md` of the repository.
 

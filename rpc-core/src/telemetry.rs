@@ -14,6 +14,7 @@
 //! | `rpc_client_retries_total` | counter | `method` |
 //! | `rpc_client_reconnections_total` | counter | |
 //! | `rpc_client_endpoint_failures_total` | counter | (an endpoint that could not be reached, passed over while it backs off) |
+//! | `rpc_bytes_received_total`, `rpc_bytes_sent_total` | counter | (the protocol's bytes, after the handshake; under TLS, before encryption) |
 
 #[cfg(feature = "metrics")]
 use std::time::Instant;
@@ -175,6 +176,46 @@ impl Drop for OpenConnection {
         #[cfg(feature = "metrics")]
         metrics::gauge!("rpc_connections_open", "side" => self.side.label(), "service" => self.service)
             .decrement(1.0);
+    }
+}
+
+/// Which connection's bytes a reader or writer counts (`rpc_bytes_received_total`,
+/// `rpc_bytes_sent_total`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Traffic {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    side: Side,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    service: &'static str,
+}
+
+impl Traffic {
+    pub(crate) fn new(side: Side, service: &'static str) -> Self {
+        Traffic { side, service }
+    }
+
+    /// `bytes` more were read from the connection.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn received(self, bytes: usize) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "rpc_bytes_received_total",
+            "side" => self.side.label(),
+            "service" => self.service
+        )
+        .increment(bytes as u64);
+    }
+
+    /// `bytes` more were written to the connection.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn sent(self, bytes: usize) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "rpc_bytes_sent_total",
+            "side" => self.side.label(),
+            "service" => self.service
+        )
+        .increment(bytes as u64);
     }
 }
 

@@ -22,7 +22,7 @@ use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
-use crate::telemetry::{OpenConnection, Side};
+use crate::telemetry::{OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError, StatusCode, Streaming};
 
 /// A live connection to one server. Calls go through [`Connection::start`].
@@ -118,6 +118,8 @@ impl Connection {
         .send(&mut writer)
         .await?;
         let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        reader.count_traffic(Traffic::new(Side::Client, service.name));
+        writer.count_traffic(Traffic::new(Side::Client, service.name));
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 

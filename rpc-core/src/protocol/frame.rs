@@ -13,6 +13,7 @@ use super::outbox::{Item, Outgoing, Queue};
 use super::stall::StallGuard;
 use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
+use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
 pub(super) const MIN_READ: usize = 1024;
@@ -58,6 +59,8 @@ pub(crate) struct FrameReader<R> {
     /// the peer has shown it sends such frames, and making room for one in steps would copy the
     /// bytes received so far at every step.
     largest_delivered: usize,
+    /// Where the bytes read are counted, once the connection is established.
+    traffic: Option<Traffic>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -70,7 +73,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             holds_large: false,
             last_read: Instant::now(),
             largest_delivered: 0,
+            traffic: None,
         }
+    }
+
+    /// Counts the bytes read from here on in `traffic`.
+    pub(crate) fn count_traffic(&mut self, traffic: Traffic) {
+        self.traffic = Some(traffic);
     }
 
     /// Fails a read that waits longer than `limit` for the next bytes: the peer is presumed dead.
@@ -181,6 +190,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
             self.last_read = Instant::now();
+            if let Some(traffic) = self.traffic {
+                traffic.received(read);
+            }
         }
     }
 }
@@ -237,6 +249,8 @@ pub(crate) struct FrameWriter<W> {
     /// The connection's call slots and how many there are, to tell when a single call is in
     /// flight: then nobody else is about to queue a frame, and the writer sends at once.
     calls: Option<(Arc<Semaphore>, usize)>,
+    /// Where the bytes written are counted, once the connection is established.
+    traffic: Option<Traffic>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -245,6 +259,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io: StallGuard::new(io, None),
             batch: Vec::new(),
             calls: None,
+            traffic: None,
+        }
+    }
+
+    /// Counts the bytes written from here on in `traffic`.
+    pub(crate) fn count_traffic(&mut self, traffic: Traffic) {
+        self.traffic = Some(traffic);
+    }
+
+    /// Notes `bytes` written.
+    fn sent(&self, bytes: usize) {
+        if let Some(traffic) = self.traffic {
+            traffic.sent(bytes);
         }
     }
 
@@ -341,6 +368,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 write_all_vectored(&mut self.io, &mut slices).await?;
             }
         }
+        self.sent(self.batch.len() + frame.len());
         self.batch.clear();
         Ok(())
     }
@@ -348,6 +376,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     async fn write_batch(&mut self) -> std::io::Result<()> {
         if !self.batch.is_empty() {
             self.io.write_all(&self.batch).await?;
+            self.sent(self.batch.len());
             self.batch.clear();
         }
         Ok(())

@@ -34,7 +34,7 @@ use crate::protocol::{
 use crate::service::{DecodeError, Service};
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
-use crate::telemetry::{OpenConnection, Side};
+use crate::telemetry::{OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError};
 
 /// At most this many requests wait for an in-flight slot at once; past the first, the server
@@ -96,6 +96,8 @@ where
     let handshake = shake_hands::<S, _, _>(&mut reader, &mut writer, config, handshake_deadline);
     let client = Box::pin(handshake).await?;
     let _open = OpenConnection::new(Side::Server, S::INFO.name);
+    reader.count_traffic(Traffic::new(Side::Server, S::INFO.name));
+    writer.count_traffic(Traffic::new(Side::Server, S::INFO.name));
     reader.set_silence_limit(client.silence_limit(config.keepalive));
     writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
