@@ -54,7 +54,8 @@
 //! - Every call has a `tracing` span on each side (`rpc.call`, with OpenTelemetry's RPC fields),
 //!   and with the `metrics` feature, calls, durations, calls in flight, connections, bytes,
 //!   retries and reconnections are recorded through the `metrics` facade (the README lists
-//!   the metrics).
+//!   the metrics); with the `opentelemetry` feature, calls carry W3C trace context, and the
+//!   server's span continues the client's trace.
 //!
 //! The bytes on the wire are described in `docs/wire.md` of the repository.
 

@@ -240,3 +240,55 @@ pub(crate) fn endpoint_failed(service: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("rpc_client_endpoint_failures_total", "service" => service).increment(1);
 }
+
+/// W3C trace context in a call's metadata (feature `opentelemetry`): the client writes its
+/// span's `traceparent` and `tracestate`, and the server's span continues that trace.
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod trace_context {
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use crate::Metadata;
+
+    /// The OpenTelemetry context of `span`, if it belongs to a trace.
+    pub(crate) fn of(span: &tracing::Span) -> Option<opentelemetry::Context> {
+        let context = span.context();
+        context.span().span_context().is_valid().then_some(context)
+    }
+
+    /// Writes `context` into `metadata` as `traceparent` and `tracestate`.
+    pub(crate) fn write(context: &opentelemetry::Context, metadata: &mut Metadata) {
+        TraceContextPropagator::new().inject_context(context, &mut Writer(metadata));
+    }
+
+    /// Makes `span` continue the trace whose context `metadata` carries, if it carries one.
+    pub(crate) fn extract(metadata: &Metadata, span: &tracing::Span) {
+        let parent = TraceContextPropagator::new().extract(&Reader(metadata));
+        if parent.span().span_context().is_valid() {
+            // Fails only for a span no OpenTelemetry layer records, which has nothing to set.
+            let _ = span.set_parent(parent);
+        }
+    }
+
+    struct Writer<'a>(&'a mut Metadata);
+
+    impl Injector for Writer<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key, value);
+        }
+    }
+
+    struct Reader<'a>(&'a Metadata);
+
+    impl Extractor for Reader<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get_str(key)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(key, _)| key).collect()
+        }
+    }
+}

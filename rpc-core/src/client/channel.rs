@@ -204,7 +204,7 @@ impl Channel {
     {
         let span = self.span(method);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
-        let metadata = self.call_metadata();
+        let metadata = self.call_metadata(&span);
         let spec = self.spec(method, &metadata);
         let mut avoid = None;
         let mut not_run_retries = self.not_run_retries();
@@ -261,8 +261,8 @@ impl Channel {
         U: Serialize + Send + 'static,
         R: DeserializeOwned,
     {
-        let call = self.stream_once(method, args, Some(Outbound::new(upload)), false);
         let span = self.span(method);
+        let call = self.stream_once(method, args, Some(Outbound::new(upload)), false, &span);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_value);
@@ -283,8 +283,8 @@ impl Channel {
         A: Serialize + ?Sized,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let call = self.stream_once(method, args, None, true);
         let span = self.span(method);
+        let call = self.stream_once(method, args, None, true, &span);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_stream);
@@ -307,8 +307,8 @@ impl Channel {
         U: Serialize + Send + 'static,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let call = self.stream_once(method, args, Some(Outbound::new(upload)), true);
         let span = self.span(method);
+        let call = self.stream_once(method, args, Some(Outbound::new(upload)), true, &span);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
         let answer = answered.and_then(Answered::into_stream);
@@ -324,8 +324,9 @@ impl Channel {
         args: &A,
         upload: Option<Outbound>,
         download: bool,
+        span: &tracing::Span,
     ) -> Result<Answered, Failure> {
-        let metadata = self.call_metadata();
+        let metadata = self.call_metadata(span);
         let spec = self.spec(method, &metadata);
         let target = self.target(spec, None).await.map_err(Failure::Final)?;
         target.connection.start(spec, args, upload, download).await
@@ -341,11 +342,22 @@ impl Channel {
     }
 
     /// The metadata of the next call: the channel's, as the client's interceptor changes it.
-    fn call_metadata(&self) -> Cow<'_, Metadata> {
-        match &self.interceptor {
-            None => Cow::Borrowed(&self.metadata),
+    /// With the `opentelemetry` feature, it also carries the trace context of `span`, the
+    /// call's span, when that belongs to an OpenTelemetry trace.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_variables))]
+    fn call_metadata(&self, span: &tracing::Span) -> Cow<'_, Metadata> {
+        #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+        let mut metadata = match &self.interceptor {
+            None => Cow::Borrowed(&*self.metadata),
             Some(interceptor) => Cow::Owned(interceptor.apply(&self.metadata)),
+        };
+        #[cfg(feature = "opentelemetry")]
+        if !span.is_disabled()
+            && let Some(context) = telemetry::trace_context::of(span)
+        {
+            telemetry::trace_context::write(&context, metadata.to_mut());
         }
+        metadata
     }
 
     fn budget(&self) -> Option<&RetryBudget> {

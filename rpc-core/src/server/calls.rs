@@ -113,6 +113,10 @@ impl Calls {
             metadata,
         };
         let span = call_span(&context);
+        #[cfg(feature = "opentelemetry")]
+        if !span.is_disabled() {
+            crate::telemetry::trace_context::extract(&context.metadata, &span);
+        }
         let _entered = span.enter();
         let end = CallEnd::start(&span, Side::Server, S::INFO.name, method);
         if let Some(refusal) = intercept(link, &context) {
