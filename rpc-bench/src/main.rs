@@ -10,6 +10,7 @@
 //! cargo run --release -p rpc-bench -- --setup cross-process  # one setup: cross-process, shared, isolated
 //! cargo run --release -p rpc-bench -- --quick                # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
+//! cargo run --release -p rpc-bench -- --profile 256 --tracing  # with a tracing subscriber
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
 //!
@@ -60,6 +61,9 @@ fn main() {
             }
         }
     };
+    if flag("--tracing").is_some() {
+        setup::trace_everything();
+    }
     if let Some(at) = flag("--profile") {
         let workload = args.get(at + 1).cloned().unwrap_or_default();
         let system = args.get(at + 2).filter(|a| !a.starts_with("--"));
@@ -108,8 +112,28 @@ fn main() {
         );
         results
     });
+    // Last: the subscriber, once installed, stays for the rest of the process.
+    let traced = runs
+        .iter()
+        .find(|run| run.setup == Setup::CrossProcess && flag("--tracing").is_none())
+        .map(|run| {
+            setup::trace_everything();
+            let results = report::TracedResults {
+                off: workloads::TracedFigures {
+                    latency_p50_us: run.rpc.latency_p50_us,
+                    pipelined_256: run.rpc.pipelined_256,
+                },
+                on: measure_traced::<RpcCore>(effort),
+            };
+            println!(
+                "\n## tracing on, cross-process\n\n{}",
+                report::traced_table(&results)
+            );
+            results
+        });
     if flag("--write").is_some() {
-        report::write(&runs, tls.as_ref()).expect("writes BENCHMARKS.md and the chart");
+        report::write(&runs, tls.as_ref(), traced.as_ref())
+            .expect("writes BENCHMARKS.md and the chart");
         println!("wrote BENCHMARKS.md and docs/benchmarks.svg");
     }
 }
@@ -119,6 +143,13 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     deployment.run(workloads::measure::<S>(server, effort))
+}
+
+fn measure_traced<S: System>(effort: Effort) -> workloads::TracedFigures {
+    eprintln!("measuring {} with tracing on (cross-process)", S::NAME);
+    let deployment = Deployment::start::<S>(Setup::CrossProcess);
+    let server = deployment.server.clone();
+    deployment.run(workloads::traced::<S>(server, effort))
 }
 
 fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {

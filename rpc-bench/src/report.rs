@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use crate::setup::Setup;
-use crate::workloads::{Figures, TlsFigures};
+use crate::workloads::{Figures, TlsFigures, TracedFigures};
 
 /// Every system's figures in one setup.
 #[derive(Debug)]
@@ -341,9 +341,60 @@ pub fn tls_table(results: &TlsResults) -> String {
     out
 }
 
-/// Writes BENCHMARKS.md, a section per setup and one over TLS, and docs/benchmarks.svg from
-/// the first setup.
-pub fn write(runs: &[Results], tls: Option<&TlsResults>) -> std::io::Result<()> {
+/// rpc-core across two processes without and with a tracing subscriber.
+#[derive(Debug)]
+pub struct TracedResults {
+    pub off: TracedFigures,
+    pub on: TracedFigures,
+}
+
+/// The table of the tracing run: each workload without and with a subscriber, and the cost.
+pub fn traced_table(results: &TracedResults) -> String {
+    let mut out = String::from(
+        "| Workload | no subscriber | a subscriber recording every span | cost |\n|---|---:|---:|---:|\n",
+    );
+    let rows = [
+        (
+            "Sequential latency, p50 (µs)",
+            results.off.latency_p50_us,
+            results.on.latency_p50_us,
+            Better::Lower,
+        ),
+        (
+            "1 connection, 256 callers (calls/s)",
+            results.off.pipelined_256,
+            results.on.pipelined_256,
+            Better::Higher,
+        ),
+    ];
+    for (label, off, on, better) in rows {
+        let cost = match (off, on) {
+            (Some(off), Some(on)) if off > 0.0 && on > 0.0 => {
+                let worse = match better {
+                    Better::Lower => on / off - 1.0,
+                    Better::Higher => off / on - 1.0,
+                };
+                format!("{:+.0}%", worse * 100.0)
+            }
+            _ => "—".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {cost} |",
+            number(off),
+            number(on)
+        );
+    }
+    out
+}
+
+/// Writes BENCHMARKS.md, a section per setup, one over TLS and one with tracing on, and
+/// docs/benchmarks.svg from the first setup.
+pub fn write(
+    runs: &[Results],
+    tls: Option<&TlsResults>,
+    traced: Option<&TracedResults>,
+) -> std::io::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut sections = String::new();
     for results in runs {
@@ -367,6 +418,17 @@ pub fn write(runs: &[Results], tls: Option<&TlsResults>) -> std::io::Result<()> 
              processes on default runtimes.\n\n```sh\ncargo run --release -p rpc-bench -- --tls\n\
              ```\n\n{}\n",
             tls_table(tls)
+        );
+    }
+    if let Some(traced) = traced {
+        let _ = write!(
+            sections,
+            "## Tracing on, two processes\n\nrpc-core with a `tracing` subscriber installed in \
+             both processes (`tracing-subscriber`'s registry, which records every span and \
+             event and writes nothing: what spans cost before any output), against the same \
+             run without one.\n\n```sh\ncargo run --release -p rpc-bench -- --profile \
+             latency --tracing\n```\n\n{}\n",
+            traced_table(traced)
         );
     }
     let markdown = include_str!("benchmarks.md")

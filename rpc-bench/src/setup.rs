@@ -137,6 +137,19 @@ impl Deployment {
     }
 }
 
+/// Tells a server process to trace as its parent does.
+const TRACING_VARIABLE: &str = "RPC_BENCH_TRACING";
+
+/// Installs, for the rest of this process, a subscriber that records every span and event (in
+/// `tracing-subscriber`'s registry) and writes nothing: what tracing costs a program that has a
+/// subscriber, before the cost of its output. Server processes started afterwards do the same.
+pub fn trace_everything() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_subscriber::layer::Identity::new());
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+}
+
 /// The runtime `#[tokio::main]` builds.
 fn default_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -168,7 +181,11 @@ struct Remote {
 impl Remote {
     fn spawn(system: &str) -> Remote {
         let program = std::env::current_exe().expect("the benchmark's own path");
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        if tracing::dispatcher::has_been_set() {
+            command.env(TRACING_VARIABLE, "1");
+        }
+        let mut child = command
             .args(["--serve", system])
             .env(certs::DIR_VARIABLE, certs::dir())
             .stdin(Stdio::piped())
@@ -208,6 +225,9 @@ impl Drop for Remote {
 /// The child's side of [`Remote`]: serves `system` on the default runtime until its standard
 /// input closes.
 pub fn serve_child(system: &str) -> Result<(), String> {
+    if std::env::var_os(TRACING_VARIABLE).is_some() {
+        trace_everything();
+    }
     use crate::systems::raw::Raw;
     use crate::systems::rpc::{RpcCore, RpcCoreTls};
     use crate::systems::tarpc::Tarpc;

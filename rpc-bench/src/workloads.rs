@@ -121,6 +121,26 @@ pub async fn over_tls<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TlsF
     }
 }
 
+/// rpc-core's figures where tracing costs most: one call at a time, and many on one connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracedFigures {
+    /// Sequential calls: median latency, in microseconds.
+    pub latency_p50_us: Option<f64>,
+    /// Calls per second on one connection with 256 concurrent callers.
+    pub pipelined_256: Option<f64>,
+}
+
+/// The figures of a system with a subscriber installed in both processes.
+pub async fn traced<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TracedFigures {
+    let mut client = S::connect(server.addr).await;
+    let (p50, _) = latency::<S>(&mut client, effort).await;
+    let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
+    TracedFigures {
+        latency_p50_us: Some(p50),
+        pipelined_256,
+    }
+}
+
 /// `count` connections to `addr`.
 pub async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) -> Vec<S::Client> {
     let mut clients = Vec::with_capacity(count);
