@@ -261,15 +261,9 @@ impl Channel {
         U: Serialize + Send + 'static,
         R: DeserializeOwned,
     {
-        let span = self.span(method);
-        let call = self.stream_once(method, args, Some(Outbound::new(upload)), false, &span);
-        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
-        let answered = in_span!(span, call);
-        let answer = answered.and_then(Answered::into_value);
-        ended(
-            end,
-            answer.map_err(|failure| failure.into_error(method.name)),
-        )
+        let upload = Some(Outbound::new(upload));
+        self.call_once(method, args, upload, false, Answered::into_value)
+            .await
     }
 
     /// Calls a method that returns a stream. The call's deadline covers the whole stream;
@@ -283,15 +277,9 @@ impl Channel {
         A: Serialize + ?Sized,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let span = self.span(method);
-        let call = self.stream_once(method, args, None, true, &span);
-        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
-        let answered = in_span!(span, call);
-        let answer = answered.and_then(Answered::into_stream);
-        ended(
-            end,
-            answer.map_err(|failure| failure.into_error(method.name)),
-        )
+        let upload = None;
+        self.call_once(method, args, upload, true, Answered::into_stream)
+            .await
     }
 
     /// Calls a method that takes a stream and returns one; `upload` goes on being sent while the
@@ -307,11 +295,29 @@ impl Channel {
         U: Serialize + Send + 'static,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
+        let upload = Some(Outbound::new(upload));
+        self.call_once(method, args, upload, true, Answered::into_stream)
+            .await
+    }
+
+    /// Makes a call that is made once (a stream cannot be replayed) inside its span, and turns
+    /// its answer into what the caller gets with `into`.
+    async fn call_once<A, T>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Option<Outbound>,
+        download: bool,
+        into: impl FnOnce(Answered) -> Result<T, Failure>,
+    ) -> Result<T, RpcError>
+    where
+        A: Serialize + ?Sized,
+    {
         let span = self.span(method);
-        let call = self.stream_once(method, args, Some(Outbound::new(upload)), true, &span);
+        let call = self.stream_once(method, args, upload, download, &span);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
         let answered = in_span!(span, call);
-        let answer = answered.and_then(Answered::into_stream);
+        let answer = answered.and_then(into);
         ended(
             end,
             answer.map_err(|failure| failure.into_error(method.name)),
