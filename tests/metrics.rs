@@ -54,7 +54,7 @@ fn value(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// One test in this binary: the recorder is global.
 #[tokio::test]
-async fn calls_connections_retries_and_failures_are_counted() {
+async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("the only recorder");
@@ -136,4 +136,32 @@ async fn calls_connections_retries_and_failures_are_counted() {
         }
     })
     .await;
+
+    // A server that restarts: the client connects to it again, and says so.
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let serving = tokio::spawn(server.serve_with_shutdown(GreeterServer::new(MyGreeter), stopped));
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    client.greet("Ada".into()).await.expect("a call");
+    stop.send(()).expect("the server listens for it");
+    within("the shutdown", serving)
+        .await
+        .expect("joins")
+        .expect("shuts down");
+    let again = Server::bind(addr).await.expect("binds the same port again");
+    tokio::spawn(again.serve(GreeterServer::new(MyGreeter)));
+    let reconnected = async { while client.greet("Ada".into()).await.is_err() {} };
+    within("a call after the restart", reconnected).await;
+    let snapshot = snapshotter.snapshot().into_vec();
+    let reconnections = [("service", "Greeter")];
+    assert_eq!(
+        value(&snapshot, "rpc_client_reconnections_total", &reconnections),
+        1.0
+    );
 }
