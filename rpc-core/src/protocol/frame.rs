@@ -146,10 +146,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Cancel safe: bytes read so far stay buffered for the next call.
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
         loop {
-            let wanted = if self.buf.len() >= LENGTH_PREFIX {
-                let mut prefix = [0; LENGTH_PREFIX];
-                prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX]);
-                let size = u32::from_be_bytes(prefix) as usize;
+            let wanted = if let Some(size) = length_prefix(&self.buf) {
                 if size > self.max_frame_len {
                     return Err(RpcError::FrameTooLarge {
                         size: size as u64,
@@ -160,8 +157,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.buf.len() >= needed {
                     self.buf.advance(LENGTH_PREFIX);
                     let payload = self.buf.split_to(size).freeze();
-                    self.holds_large |= size > IDLE_BUFFER_KEEP;
-                    self.largest_delivered = self.largest_delivered.max(size);
+                    self.delivered(size);
                     return Ok(Some(payload));
                 }
                 needed - self.buf.len()
@@ -211,29 +207,44 @@ impl<R> FrameReader<R> {
     }
 
     /// Takes the frames already complete in the buffer, one after another from its start, whose
-    /// payloads begin with `head`: the frames of one stream that came right behind the frame
-    /// just read. They come whole, each with its length prefix, so that a stream of small
-    /// items is handed on in one piece instead of item by item. `None` if the next frame is
-    /// another's, incomplete, or over the limit (the next read reports that).
-    pub(crate) fn take_run(&mut self, head: &[u8]) -> Option<Bytes> {
+    /// payloads begin with `head` and whose payload lengths `accept` takes: the frames of one
+    /// stream that came right behind the frame just read. They come whole, each with its length
+    /// prefix, so that a stream of small items is handed on in one piece instead of item by
+    /// item. `None` if the next frame is another's, incomplete, over the limit (the next read
+    /// reports that), or refused by `accept` (the next read returns it on its own).
+    pub(crate) fn take_run(
+        &mut self,
+        head: &[u8],
+        mut accept: impl FnMut(usize) -> bool,
+    ) -> Option<Bytes> {
         let mut end = 0;
-        while let Some(prefix) = self.buf.get(end..end + LENGTH_PREFIX) {
-            let mut size = [0; LENGTH_PREFIX];
-            size.copy_from_slice(prefix);
-            let size = u32::from_be_bytes(size) as usize;
+        while let Some(size) = length_prefix(&self.buf[end..]) {
             let payload = end + LENGTH_PREFIX;
             if size > self.max_frame_len
                 || self.buf.len() - payload < size
                 || !same_start(&self.buf[payload..payload + size], head)
+                || !accept(size)
             {
                 break;
             }
-            self.holds_large |= size > IDLE_BUFFER_KEEP;
-            self.largest_delivered = self.largest_delivered.max(size);
+            self.delivered(size);
             end = payload + size;
         }
         (end > 0).then(|| self.buf.split_to(end).freeze())
     }
+
+    /// Notes a frame of `size` bytes handed on from the buffer.
+    fn delivered(&mut self, size: usize) {
+        self.holds_large |= size > IDLE_BUFFER_KEEP;
+        self.largest_delivered = self.largest_delivered.max(size);
+    }
+}
+
+/// The payload length the length prefix at the start of `bytes` says; `None` while fewer bytes
+/// than a prefix are there.
+pub(crate) fn length_prefix(bytes: &[u8]) -> Option<usize> {
+    let prefix = bytes.first_chunk::<LENGTH_PREFIX>()?;
+    Some(u32::from_be_bytes(*prefix) as usize)
 }
 
 /// Whether `bytes` starts with `head`: a few bytes, compared without a call to `memcmp`.
@@ -528,12 +539,18 @@ mod tests {
         let mut reader = FrameReader::new(&bytes[..], 40);
         let first = reader.next_frame().await.expect("a frame").expect("some");
         assert_eq!(first, [6, 1, 0][..]);
-        let run = reader.take_run(&first[..2]).expect("two more of stream 1");
+        let run = reader
+            .take_run(&first[..2], |_| true)
+            .expect("two more of stream 1");
         assert_eq!(run, [frame(&[6, 1, 1]), frame(&[6, 1, 2])].concat());
-        assert_eq!(reader.take_run(&[6, 1]), None, "stream 2's frame is next");
+        assert_eq!(
+            reader.take_run(&[6, 1], |_| true),
+            None,
+            "stream 2's frame is next"
+        );
         let other = reader.next_frame().await.expect("a frame").expect("some");
         assert_eq!(other, [6, 2, 5][..]);
-        let run = reader.take_run(&[6, 1]).expect("stream 1 again");
+        let run = reader.take_run(&[6, 1], |_| true).expect("stream 1 again");
         assert_eq!(run, frame(&[6, 1, 3]), "up to the frame over the limit");
         let too_large = reader.next_frame().await.expect_err("over the limit");
         assert!(matches!(
@@ -543,10 +560,31 @@ mod tests {
         reader.buf.advance(LENGTH_PREFIX + 50);
         reader.next_frame().await.expect("a frame").expect("some");
         assert_eq!(
-            reader.take_run(&[6, 1]),
+            reader.take_run(&[6, 1], |_| true),
             None,
             "the last frame is incomplete"
         );
+    }
+
+    /// A frame the caller does not accept ends the run, and is read on its own next.
+    #[tokio::test]
+    async fn a_run_ends_at_the_first_frame_not_accepted() {
+        let bytes = [frame(&[6, 1, 0]), frame(&[6, 1, 1]), frame(&[6, 1, 2, 2])].concat();
+        let mut reader = FrameReader::new(&bytes[..], 40);
+        let first = reader.next_frame().await.expect("a frame").expect("some");
+        let mut offered = Vec::new();
+        let run = reader.take_run(&first[..2], |size| {
+            offered.push(size);
+            size < 4
+        });
+        assert_eq!(run, Some(Bytes::from(frame(&[6, 1, 1]))));
+        assert_eq!(
+            offered,
+            [3, 4],
+            "each frame's payload length, up to the refused one"
+        );
+        let refused = reader.next_frame().await.expect("a frame").expect("some");
+        assert_eq!(refused, [6, 1, 2, 2][..]);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 
 use super::{Streaming, grant_at, item_cost};
 use crate::RpcError;
-use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code};
+use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code, length_prefix};
 
 /// What the connection's reader hands an incoming stream.
 #[derive(Debug)]
@@ -142,8 +142,6 @@ impl Streams {
         item: &[u8],
         reader: &mut FrameReader<R>,
     ) -> Result<(), RpcError> {
-        let head_len = payload.len() - item.len();
-        let run = reader.take_run(&payload[..head_len]);
         let state = self.state();
         let Some(entry) = state.inbound.get(&id) else {
             return Ok(());
@@ -151,16 +149,22 @@ impl Streams {
         // Only this reader spends the credit; the consumer adds to it before granting, so what
         // the peer may rely on is all there now.
         let before = entry.credit.load(Ordering::Acquire);
-        let mut credit = before;
-        let costs = std::iter::once(payload.len()).chain(run.iter().flat_map(run_sizes));
-        for size in costs {
-            if credit <= 0 {
-                return Err(RpcError::Protocol(format!(
-                    "the peer sent an item of stream {id} without credit for it"
-                )));
-            }
-            credit -= item_cost(size);
+        if before <= 0 {
+            return Err(RpcError::Protocol(format!(
+                "the peer sent an item of stream {id} without credit for it"
+            )));
         }
+        let mut credit = before - item_cost(payload.len());
+        // The same stream's frames right behind, as far as the credit goes: one sent without
+        // credit stays in the buffer, and is refused when it is read on its own.
+        let head_len = payload.len() - item.len();
+        let run = reader.take_run(&payload[..head_len], |size| {
+            let has_credit = credit > 0;
+            if has_credit {
+                credit -= item_cost(size);
+            }
+            has_credit
+        });
         entry.credit.fetch_sub(before - credit, Ordering::AcqRel);
         let bytes = payload.slice_ref(item);
         let cost = item_cost(payload.len());
@@ -510,19 +514,9 @@ impl<T: DeserializeOwned> InboundStream<T> {
 /// The payload size of the whole frame at the start of `frames`, and the bytes after its length
 /// prefix; `None` if no whole frame is there.
 fn split_frame(frames: &[u8]) -> Option<(usize, &[u8])> {
-    let (prefix, rest) = frames.split_first_chunk::<LENGTH_PREFIX>()?;
-    let size = u32::from_be_bytes(*prefix) as usize;
+    let size = length_prefix(frames)?;
+    let rest = &frames[LENGTH_PREFIX..];
     (rest.len() >= size).then_some((size, rest))
-}
-
-/// The payload sizes of the whole frames in `frames`, one after another.
-fn run_sizes(frames: &Bytes) -> impl Iterator<Item = usize> + '_ {
-    let mut rest = &frames[..];
-    std::iter::from_fn(move || {
-        let (size, after) = split_frame(rest)?;
-        rest = &after[size..];
-        Some(size)
-    })
 }
 
 impl<T> Drop for InboundStream<T> {
