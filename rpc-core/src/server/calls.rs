@@ -120,8 +120,7 @@ impl Calls {
         let _entered = span.enter();
         let end = CallEnd::start(&span, Side::Server, S::INFO.name, method);
         if let Some(refusal) = intercept(link, &context) {
-            end.finish(refusal.code);
-            link.outbox.send(refusal.frame, Some(slot));
+            refusal.send(end, link, slot);
             return;
         }
         let mut handler = Box::pin(context.clone().scope(service.call(request)));
@@ -136,17 +135,14 @@ impl Calls {
                 let answer = respond::<S>(id, method, response, limit, panic_messages);
                 match answer.stream {
                     None => {
-                        end.finish(answer.code);
-                        link.outbox.send(answer.frame, Some(slot));
+                        answer.send(end, link, slot);
                         return;
                     }
                     Some(stream) => Started::Streaming(answer.frame, stream),
                 }
             }
             Err(panic) => {
-                let answer = panicked(id, method, &*panic, panic_messages);
-                end.finish(answer.code);
-                link.outbox.send(answer.frame, Some(slot));
+                panicked(id, method, &*panic, panic_messages).send(end, link, slot);
                 return;
             }
         };
@@ -166,10 +162,7 @@ impl Calls {
                 Started::Streaming(frame, stream) => Answer::result(frame, Some(stream)),
             };
             match answer.stream {
-                None => {
-                    end.finish(answer.code);
-                    link.outbox.send(answer.frame, Some(slot));
-                }
+                None => answer.send(end, &link, slot),
                 Some(stream) => {
                     let code = stream_out(id, answer.frame, stream, deadline, &link, slot).await;
                     end.finish(code);
@@ -364,6 +357,13 @@ impl Answer {
             stream: None,
             code,
         }
+    }
+
+    /// Ends the call with this answer, which has no stream after it: records how it ended and
+    /// queues the frame, which releases the call's `slot` once written.
+    fn send(self, end: CallEnd, link: &Link, slot: OwnedSemaphorePermit) {
+        end.finish(self.code);
+        link.outbox.send(self.frame, Some(slot));
     }
 }
 
