@@ -311,9 +311,6 @@ pub struct TlsResults {
 
 /// The table of the TLS run: each workload, each system, and rpc-core's ratio to tonic.
 pub fn tls_table(results: &TlsResults) -> String {
-    let mut out = String::from(
-        "| Workload | rpc-core over TLS | tonic over TLS | rpc-core / tonic |\n|---|---:|---:|---:|\n",
-    );
     let rows = [
         (
             "1 connection, 256 callers (calls/s)",
@@ -326,16 +323,30 @@ pub fn tls_table(results: &TlsResults) -> String {
             results.tonic.bulk_vec,
         ),
     ];
-    for (label, rpc, tonic) in rows {
+    let rows = rows.map(|(label, rpc, tonic)| {
         let ratio = match (rpc, tonic) {
             (Some(rpc), Some(tonic)) if tonic > 0.0 => format!("{:.2}×", rpc / tonic),
             _ => "—".to_owned(),
         };
+        (label, rpc, tonic, ratio)
+    });
+    two_way_table(
+        ["rpc-core over TLS", "tonic over TLS", "rpc-core / tonic"],
+        &rows,
+    )
+}
+
+/// A table of workloads each measured two ways, and a column comparing the two: `columns`
+/// names the two ways and the comparison.
+fn two_way_table(columns: [&str; 3], rows: &[(&str, Option<f64>, Option<f64>, String)]) -> String {
+    let [one, other, comparison] = columns;
+    let mut out = format!("| Workload | {one} | {other} | {comparison} |\n|---|---:|---:|---:|\n");
+    for (label, a, b, compared) in rows {
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {ratio} |",
-            number(rpc),
-            number(tonic)
+            "| {label} | {} | {} | {compared} |",
+            number(*a),
+            number(*b)
         );
     }
     out
@@ -350,9 +361,6 @@ pub struct TracedResults {
 
 /// The table of the tracing run: each workload without and with a subscriber, and the cost.
 pub fn traced_table(results: &TracedResults) -> String {
-    let mut out = String::from(
-        "| Workload | no subscriber | a subscriber recording every span | cost |\n|---|---:|---:|---:|\n",
-    );
     let rows = [
         (
             "Sequential latency, p50 (µs)",
@@ -367,7 +375,7 @@ pub fn traced_table(results: &TracedResults) -> String {
             Better::Higher,
         ),
     ];
-    for (label, off, on, better) in rows {
+    let rows = rows.map(|(label, off, on, better)| {
         let cost = match (off, on) {
             (Some(off), Some(on)) if off > 0.0 && on > 0.0 => {
                 let worse = match better {
@@ -378,14 +386,10 @@ pub fn traced_table(results: &TracedResults) -> String {
             }
             _ => "—".to_owned(),
         };
-        let _ = writeln!(
-            out,
-            "| {label} | {} | {} | {cost} |",
-            number(off),
-            number(on)
-        );
-    }
-    out
+        (label, off, on, cost)
+    });
+    let columns = ["no subscriber", "a subscriber recording every span", "cost"];
+    two_way_table(columns, &rows)
 }
 
 /// Writes BENCHMARKS.md, a section per setup, one over TLS and one with tracing on, and
