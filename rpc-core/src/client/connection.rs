@@ -118,8 +118,9 @@ impl Connection {
         .send(&mut writer)
         .await?;
         let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
-        reader.count_traffic(Traffic::new(Side::Client, service.name));
-        writer.count_traffic(Traffic::new(Side::Client, service.name));
+        let traffic = Traffic::new(Side::Client, service.name);
+        reader.count_traffic(traffic);
+        writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
@@ -312,13 +313,14 @@ impl Answered {
         match &self.reply {
             Reply::Ok(body) => Ok(body.clone()),
             Reply::Err { code, message } => {
-                let error = RemoteError {
+                let method = method.to_owned();
+                Err(remote_error(
                     method,
-                    id: self.id,
-                    code: *code,
-                    message: message.clone(),
-                };
-                Err(error.failure(self.deadline))
+                    self.id,
+                    *code,
+                    message.clone(),
+                    self.deadline,
+                ))
             }
             Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
             Reply::NotSent(reason) => Err(Failure::NotRun(reason.clone())),
@@ -343,28 +345,6 @@ impl Drop for Waiting<'_> {
                 .outbox
                 .send_head(&Head::Cancel { id: self.id });
         }
-    }
-}
-
-/// An error response.
-struct RemoteError<'a> {
-    method: &'a str,
-    id: u64,
-    code: u32,
-    message: String,
-}
-
-impl RemoteError<'_> {
-    /// The failure the caller sees.
-    fn failure(self, deadline: Duration) -> Failure {
-        let RemoteError {
-            method,
-            id,
-            code,
-            message,
-        } = self;
-        let method = method.to_owned();
-        remote_error(method, id, code, message, deadline)
     }
 }
 

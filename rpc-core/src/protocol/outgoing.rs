@@ -53,7 +53,8 @@ pub(super) fn splice(at: usize, data: &[u8]) -> bool {
     let Some(offered) = OFFERED.take() else {
         return false;
     };
-    if offered.as_ptr() != data.as_ptr() || offered.len() != data.len() || DEPTH.get() == 0 {
+    // Offered only inside a scope, and taken back when the scope ends.
+    if offered.as_ptr() != data.as_ptr() || offered.len() != data.len() {
         return false;
     }
     SPLICES.with_borrow_mut(|splices| splices.push((at, offered)));

@@ -96,8 +96,9 @@ where
     let handshake = shake_hands::<S, _, _>(&mut reader, &mut writer, config, handshake_deadline);
     let client = Box::pin(handshake).await?;
     let _open = OpenConnection::new(Side::Server, S::INFO.name);
-    reader.count_traffic(Traffic::new(Side::Server, S::INFO.name));
-    writer.count_traffic(Traffic::new(Side::Server, S::INFO.name));
+    let traffic = Traffic::new(Side::Server, S::INFO.name);
+    reader.count_traffic(traffic);
+    writer.count_traffic(traffic);
     reader.set_silence_limit(client.silence_limit(config.keepalive));
     writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 

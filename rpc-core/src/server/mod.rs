@@ -466,7 +466,7 @@ async fn serve_tcp<S: Service>(
             let peer = Peer {
                 addr,
                 identity,
-                credentials: None,
+                ..Peer::default()
             };
             let io = transport::Shared(io);
             connection::serve(io, service, config, peer, shared, handshake_deadline).await
@@ -475,8 +475,7 @@ async fn serve_tcp<S: Service>(
     }
     let peer = Peer {
         addr,
-        identity: None,
-        credentials: None,
+        ..Peer::default()
     };
     connection::serve(io, service, config, peer, shared, handshake_deadline).await
 }
@@ -558,8 +557,8 @@ impl<S: Service> Spawner<'_, S> {
                 Accepted::Unix(io) => {
                     let peer = Peer {
                         addr: peer,
-                        identity: None,
                         credentials: PeerCredentials::of(&io),
+                        ..Peer::default()
                     };
                     connection::serve(io, service, &config, peer, shared, deadline).await
                 }
