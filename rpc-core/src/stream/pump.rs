@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures_util::{FutureExt, Stream};
 use serde::Serialize;
 
-use super::registry::OutboundCredit;
+use super::registry::{OutboundCredit, SendWindow};
 use super::{Streaming, item_cost};
 use crate::RpcError;
 use crate::protocol::{
@@ -156,28 +156,19 @@ pub(crate) async fn pump(
                 Turn::Ahead(end) => end,
             }
         };
-        let mut end = match first {
-            Some(Ok(cost)) => {
-                window.spend(cost);
-                None
-            }
-            Some(Err(message)) => Some(Some(message)),
-            None => Some(None),
-        };
+        let mut end = settle(window, first);
         // More items, as long as they are ready at once and credit lasts.
         while end.is_none() && into.frame.len() < BATCH_BYTES && window.open() == Some(true) {
             let next =
                 std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into));
-            match next.now_or_never() {
-                None => break,
-                Some(Some(Ok(cost))) => {
-                    window.spend(cost);
-                    // More than one item is ready: room for a whole batch at once, rather than
-                    // growing into it step by step.
-                    into.frame.reserve(BATCH_BYTES);
-                }
-                Some(Some(Err(message))) => end = Some(Some(message)),
-                Some(None) => end = Some(None),
+            let Some(polled) = next.now_or_never() else {
+                break;
+            };
+            end = settle(window, polled);
+            if end.is_none() {
+                // More than one item is ready: room for a whole batch at once, rather than
+                // growing into it step by step.
+                into.frame.reserve(BATCH_BYTES);
             }
         }
         if batch.len() > 0 && !frames.send(&outbox, batch) {
@@ -193,6 +184,19 @@ pub(crate) async fn pump(
         Some(message) => Outcome::error(code::STREAM_FAILED, message),
     };
     frames.send(&outbox, Head::StreamEnd { id, outcome }.frame().into());
+}
+
+/// What an item the source gave means for the stream: its cost spent, and `None`; or the end,
+/// `Some(None)` for a clean one, `Some(Some(message))` for a failure.
+fn settle(window: &SendWindow, polled: Option<Result<i64, String>>) -> Option<Option<String>> {
+    match polled {
+        Some(Ok(cost)) => {
+            window.spend(cost);
+            None
+        }
+        Some(Err(message)) => Some(Some(message)),
+        None => Some(None),
+    }
 }
 
 /// A client's upload in progress: its pump, and its frames not yet written. Dropped (the call
