@@ -61,16 +61,7 @@ pub(super) fn platform_roots() -> Result<RootCertStore, TlsError> {
 /// A certificate chain and the private key of its first certificate.
 pub(super) struct Identity {
     chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            chain: self.chain.clone(),
-            key: Arc::clone(&self.key),
-        }
-    }
+    key: PrivateKeyDer<'static>,
 }
 
 impl fmt::Debug for Identity {
@@ -89,10 +80,7 @@ impl Identity {
             rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey,
             other => TlsError::Pem(other.to_string()),
         })?;
-        Ok(Identity {
-            chain,
-            key: Arc::new(key),
-        })
+        Ok(Identity { chain, key })
     }
 
     pub(super) fn chain(&self) -> Vec<CertificateDer<'static>> {

@@ -226,7 +226,8 @@ fn server_config(
 pub struct ClientTls {
     /// `None` for a client built from a rustls configuration.
     roots: Option<Arc<RootCertStore>>,
-    identity: Option<Identity>,
+    /// Whether it presents a certificate of its own.
+    presents_certificate: bool,
     server_name: Option<ServerName<'static>>,
     connector: TlsConnector,
 }
@@ -235,7 +236,7 @@ impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
             .field("roots", &self.roots.as_ref().map(|roots| roots.len()))
-            .field("presents_a_certificate", &self.identity.is_some())
+            .field("presents_a_certificate", &self.presents_certificate)
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
@@ -257,7 +258,7 @@ impl ClientTls {
         let connector = connector(&roots, None)?;
         Ok(ClientTls {
             roots: Some(roots),
-            identity: None,
+            presents_certificate: false,
             server_name: None,
             connector,
         })
@@ -267,7 +268,7 @@ impl ClientTls {
     pub fn from_config(config: Arc<ClientConfig>) -> Self {
         ClientTls {
             roots: None,
-            identity: None,
+            presents_certificate: false,
             server_name: None,
             connector: TlsConnector::from(config),
         }
@@ -286,7 +287,7 @@ impl ClientTls {
         };
         let identity = Identity::from_pem(chain.as_ref(), key.as_ref())?;
         self.connector = connector(roots, Some(&identity))?;
-        self.identity = Some(identity);
+        self.presents_certificate = true;
         Ok(self)
     }
 
