@@ -59,11 +59,7 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("the only recorder");
 
-    let server = Server::builder()
-        .intercept(|call| match call.method() {
-            "secret" => Err(Status::permission_denied("not for you")),
-            _ => Ok(()),
-        })
+    let server = rpc_tests::refusing("secret")
         .bind("127.0.0.1:0")
         .await
         .expect("binds");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use rpc_core::{RpcError, Server, Status};
+use rpc_core::RpcError;
 use rpc_tests::within;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -131,11 +131,7 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = Server::builder()
-        .intercept(|call| match call.method() {
-            "secret" => Err(Status::permission_denied("not for you")),
-            _ => Ok(()),
-        })
+    let server = rpc_tests::refusing("secret")
         .bind("127.0.0.1:0")
         .await
         .expect("binds");

@@ -319,6 +319,18 @@ pub async fn start_tcp_with(builder: rpc_core::ServerBuilder, lab: LabImpl) -> S
     addr
 }
 
+/// A server builder whose interceptor refuses every call to `method`: permission denied, "not
+/// for you".
+pub fn refusing(method: &'static str) -> rpc_core::ServerBuilder {
+    rpc_core::Server::builder().intercept(move |call| {
+        if call.method() == method {
+            Err(rpc_core::Status::permission_denied("not for you"))
+        } else {
+            Ok(())
+        }
+    })
+}
+
 /// A TCP listener on a free loopback port, for tests that play the server by hand.
 pub async fn loopback_listener() -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
