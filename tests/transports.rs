@@ -28,13 +28,21 @@ async fn tcp() {
     .await;
 }
 
+/// A fresh directory of this test process, named after `tag`, and the path of a socket in it
+/// that does not exist yet.
 #[cfg(unix)]
-#[tokio::test]
-async fn unix_socket() {
-    let dir = std::env::temp_dir().join(format!("rpc-core-test-{}", std::process::id()));
+fn socket_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rpc-core-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("lab.sock");
     let _ = std::fs::remove_file(&path);
+    (dir, path)
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket() {
+    let (dir, path) = socket_path("test");
     let server = Server::bind_unix(&path).expect("binds");
     assert!(
         server.local_addr().is_err(),
@@ -57,10 +65,7 @@ async fn unix_socket() {
 async fn a_unix_socket_client_is_known_by_its_credentials() {
     use std::os::unix::fs::MetadataExt;
 
-    let dir = std::env::temp_dir().join(format!("rpc-core-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("lab.sock");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = socket_path("creds");
     let server = Server::bind_unix(&path).expect("binds");
     tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
     let owner = std::fs::metadata(&path).expect("the socket file");
