@@ -6,26 +6,8 @@ use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
+use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::within;
-
-#[rpc_core::service]
-pub trait Greeter {
-    async fn greet(&self, name: String) -> String;
-    /// Refused by the server's interceptor.
-    async fn secret(&self) -> String;
-}
-
-struct MyGreeter;
-
-impl Greeter for MyGreeter {
-    async fn greet(&self, name: String) -> String {
-        format!("hello, {name}")
-    }
-
-    async fn secret(&self) -> String {
-        unreachable!("the interceptor refuses every call to it")
-    }
-}
 
 /// What the recorder held at one moment. (Taking it drains the histograms.)
 type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;

@@ -6,33 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rpc_core::RpcError;
+use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::within;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-
-#[rpc_core::service]
-pub trait Greeter {
-    /// Greets `name`, logging as it does.
-    async fn greet(&self, name: String) -> String;
-    /// Refused by the server's interceptor.
-    async fn secret(&self) -> String;
-}
-
-struct MyGreeter;
-
-impl Greeter for MyGreeter {
-    async fn greet(&self, name: String) -> String {
-        tracing::info!(who = %name, "greeting");
-        format!("hello, {name}")
-    }
-
-    async fn secret(&self) -> String {
-        unreachable!("the interceptor refuses every call to it")
-    }
-}
 
 /// A span as a test sees it.
 #[derive(Debug, Clone, Default)]

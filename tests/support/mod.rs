@@ -3,6 +3,7 @@
 //! describes it, to send the server what no well-behaved client would.
 
 pub mod certs;
+pub mod greeter;
 
 use std::collections::HashMap;
 use std::future::Future;

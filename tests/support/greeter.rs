@@ -1,0 +1,26 @@
+//! A small service for the tests of what calls tell an operator (spans, metrics): one method
+//! that logs as it runs, and one that a server refuses (see [`refusing`](crate::refusing)).
+
+/// Greets; its `secret` is for refusing.
+#[rpc_core::service]
+pub trait Greeter {
+    /// Greets `name`, logging as it does.
+    async fn greet(&self, name: String) -> String;
+    /// Refused by the server's interceptor.
+    async fn secret(&self) -> String;
+}
+
+/// The implementation.
+#[derive(Debug)]
+pub struct MyGreeter;
+
+impl Greeter for MyGreeter {
+    async fn greet(&self, name: String) -> String {
+        tracing::info!(who = %name, "greeting");
+        format!("hello, {name}")
+    }
+
+    async fn secret(&self) -> String {
+        unreachable!("the interceptor refuses every call to it")
+    }
+}
