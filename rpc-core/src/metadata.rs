@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// metadata.insert("trace-id", [0x2a; 8]);
 /// assert_eq!(metadata.get("authorization"), Some(&b"Bearer s3cr3t"[..]));
 /// assert_eq!(metadata.get_str("authorization"), Some("Bearer s3cr3t"));
+/// assert_eq!(metadata.remove("trace-id"), Some(vec![0x2a; 8]));
+/// assert_eq!(metadata.len(), 1);
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
@@ -37,6 +39,12 @@ impl Metadata {
             Some(entry) => entry.1 = value,
             None => self.entries.push((key, value)),
         }
+    }
+
+    /// Removes `key`, returning its value if it had one.
+    pub fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
+        let at = self.entries.iter().position(|(k, _)| k == key)?;
+        Some(self.entries.remove(at).1)
     }
 
     /// The value of `key`.

@@ -76,6 +76,62 @@ impl<'de> serde::Deserialize<'de> for ByteVec {
     }
 }
 
+/// A boxed future that may move between threads.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Boxes a future, for generated code in crates whose prelude lacks `Box`.
+pub fn box_future<F>(future: F) -> BoxFuture<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+{
+    Box::pin(future)
+}
+
+/// Makes a generated client a `tower::Service` of its request enum, when rpc-core has its
+/// `tower` feature: then layers (rate limits, timeouts, retries) wrap it like any service.
+#[cfg(feature = "tower")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tower_client {
+    ($client:ident) => {
+        impl ::rpc_core::__private::tower::Service<<$client as ::rpc_core::ServiceClient>::Request>
+            for $client
+        {
+            type Response = <$client as ::rpc_core::ServiceClient>::Response;
+            type Error = ::rpc_core::RpcError;
+            type Future = ::rpc_core::__private::BoxFuture<
+                ::core::result::Result<Self::Response, ::rpc_core::RpcError>,
+            >;
+
+            /// Always ready: a call waits for room on its connection when it is made.
+            fn poll_ready(
+                &mut self,
+                _: &mut ::core::task::Context<'_>,
+            ) -> ::core::task::Poll<::core::result::Result<(), ::rpc_core::RpcError>> {
+                ::core::task::Poll::Ready(::core::result::Result::Ok(()))
+            }
+
+            fn call(
+                &mut self,
+                request: <$client as ::rpc_core::ServiceClient>::Request,
+            ) -> Self::Future {
+                ::rpc_core::ServiceClient::dispatch(self, request)
+            }
+        }
+    };
+}
+
+/// Without rpc-core's `tower` feature, a generated client is no `tower::Service`.
+#[cfg(not(feature = "tower"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tower_client {
+    ($client:ident) => {};
+}
+
+#[cfg(feature = "tower")]
+pub use tower;
+
 /// `Vec`, for generated code in crates whose prelude lacks it.
 pub type Vec<T> = std::vec::Vec<T>;
 

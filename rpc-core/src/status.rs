@@ -57,6 +57,8 @@ impl fmt::Display for Status {
     }
 }
 
+impl std::error::Error for Status {}
+
 /// The well-known reasons to refuse a call, each with its own code on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -76,11 +78,13 @@ pub enum StatusCode {
     /// The server cannot take the call now; another server, or the same one later, may. A
     /// client balancing over many servers makes the call again on another.
     Unavailable,
+    /// The server failed in a way it does not disclose; its log has the details.
+    Internal,
 }
 
 impl StatusCode {
     /// Every status code.
-    pub const ALL: [StatusCode; 7] = [
+    pub const ALL: [StatusCode; 8] = [
         StatusCode::Unauthenticated,
         StatusCode::PermissionDenied,
         StatusCode::InvalidArgument,
@@ -88,6 +92,7 @@ impl StatusCode {
         StatusCode::FailedPrecondition,
         StatusCode::ResourceExhausted,
         StatusCode::Unavailable,
+        StatusCode::Internal,
     ];
 
     /// The code's number on the wire (`docs/wire.md`, section 4).
@@ -100,6 +105,7 @@ impl StatusCode {
             StatusCode::FailedPrecondition => 14,
             StatusCode::ResourceExhausted => 15,
             StatusCode::Unavailable => 16,
+            StatusCode::Internal => 17,
         }
     }
 
@@ -121,6 +127,7 @@ impl fmt::Display for StatusCode {
             StatusCode::FailedPrecondition => "failed precondition",
             StatusCode::ResourceExhausted => "resource exhausted",
             StatusCode::Unavailable => "unavailable",
+            StatusCode::Internal => "internal error",
         })
     }
 }
@@ -140,10 +147,10 @@ mod tests {
             .collect();
         assert_eq!(
             numbers,
-            (10..=16).collect::<Vec<_>>(),
+            (10..=17).collect::<Vec<_>>(),
             "as docs/wire.md lists them"
         );
         assert_eq!(StatusCode::from_wire_code(9), None);
-        assert_eq!(StatusCode::from_wire_code(17), None);
+        assert_eq!(StatusCode::from_wire_code(18), None);
     }
 }

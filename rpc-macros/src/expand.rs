@@ -241,6 +241,26 @@ fn client(service: &Service) -> TokenStream {
         }
     });
     let stream = local("S");
+    let (request, response) = (
+        format_ident!("{}Request", service.ident),
+        format_ident!("{}Response", service.ident),
+    );
+    let (client, req) = (local("client"), local("request"));
+    let dispatch_arms = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            ident,
+            variant,
+            args,
+            ..
+        } = method;
+        let idents = args.iter().map(|arg| &arg.ident);
+        let pattern = request_variant(&request, method);
+        quote! {
+            #(#cfgs)*
+            #pattern => #client.#ident(#(#idents),*).await.map(#response::#variant),
+        }
+    });
     quote! {
         #[doc = #doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
@@ -299,6 +319,22 @@ fn client(service: &Service) -> TokenStream {
 
         impl ::rpc_core::ServiceClient for #name {
             const INFO: ::rpc_core::ServiceInfo = #info;
+            type Request = #request;
+            type Response = #response;
+
+            fn dispatch(
+                &self,
+                #req: #request,
+            ) -> ::rpc_core::__private::BoxFuture<
+                ::core::result::Result<#response, ::rpc_core::RpcError>,
+            > {
+                let #client = ::core::clone::Clone::clone(self);
+                ::rpc_core::__private::box_future(async move {
+                    match #req {
+                        #(#dispatch_arms)*
+                    }
+                })
+            }
 
             fn from_channel(channel: ::rpc_core::Channel) -> Self {
                 Self { #channel: channel }
@@ -308,6 +344,8 @@ fn client(service: &Service) -> TokenStream {
                 &self.#channel
             }
         }
+
+        ::rpc_core::__tower_client!(#name);
     }
 }
 

@@ -35,8 +35,10 @@ pub use address::ServerAddr;
 pub use channel::Channel;
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +58,20 @@ use retry::RetryBudget;
 pub trait ServiceClient: Sized {
     /// The service this client calls.
     const INFO: ServiceInfo;
+
+    /// A call of any of the service's methods, as one value: the generated `FooRequest`.
+    type Request: Send + 'static;
+
+    /// What any of the service's methods returned: the generated `FooResponse`.
+    type Response: Send + 'static;
+
+    /// Makes the call `request` describes, as the client's method of the same name does. With
+    /// rpc-core's `tower` feature, the generated client is also a `tower::Service` of its
+    /// `FooRequest` that calls this, so tower's layers can wrap it.
+    fn dispatch(
+        &self,
+        request: Self::Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Response, RpcError>> + Send>>;
 
     /// Wraps an established connection.
     fn from_channel(channel: Channel) -> Self;

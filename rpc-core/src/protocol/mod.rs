@@ -148,7 +148,7 @@ pub(crate) mod code {
     pub(crate) const STREAM_FAILED: u32 = 8;
     /// The call is over one of the server's per-call limits (its metadata); it did not run.
     pub(crate) const LIMIT_EXCEEDED: u32 = 9;
-    // 10 to 16: the server's interceptor refused the call with a
+    // 10 to 17: the server's interceptor or a middleware layer refused the call with a
     // [`StatusCode`](crate::StatusCode); `StatusCode::wire_code` numbers them.
 }
 

@@ -64,6 +64,9 @@ impl Default for Calls {
 pub(crate) struct NewCall<R> {
     pub(crate) id: u64,
     pub(crate) request: R,
+    /// The encoded arguments, for the server's layers.
+    #[cfg(feature = "tower")]
+    pub(crate) arguments: bytes::Bytes,
     /// When the request had arrived: its deadline counts from there.
     pub(crate) arrived: Instant,
     pub(crate) timeout_ms: u64,
@@ -94,6 +97,8 @@ impl Calls {
         let NewCall {
             id,
             request,
+            #[cfg(feature = "tower")]
+            arguments,
             arrived,
             timeout_ms,
             metadata,
@@ -123,24 +128,71 @@ impl Calls {
             refusal.send(end, link, slot);
             return;
         }
-        let mut handler = Box::pin(context.clone().scope(service.call(request)));
-        let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
-        let first_poll =
-            std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut waker)));
         let limit = link.client_max_frame_len;
         let panic_messages = link.panic_messages;
-        let started = match first_poll {
-            Ok(Poll::Pending) => Started::Running(handler),
-            Ok(Poll::Ready(response)) => {
-                let answer = respond::<S>(id, method, response, limit, panic_messages);
-                match answer.stream {
-                    None => {
-                        answer.send(end, link, slot);
-                        return;
-                    }
-                    Some(stream) => Started::Streaming(answer.frame, stream),
+        let handler = service.call(request);
+        let started = Started {
+            id,
+            method,
+            deadline,
+            span: span.clone(),
+            end,
+            slot,
+        };
+        #[cfg(feature = "tower")]
+        if let Some(stack) = &link.stack {
+            let call = crate::middleware::Call::new(
+                context.clone(),
+                arguments,
+                limit,
+                Box::new(move |context: Context| {
+                    Box::pin(async move {
+                        let response = context.scope(handler).await;
+                        respond::<S>(id, method, response, limit, panic_messages)
+                    })
+                }),
+            );
+            self.run(Box::pin(stack.clone().run(call)), context, started, link);
+            return;
+        }
+        let answering = context
+            .clone()
+            .scope(async move { respond::<S>(id, method, handler.await, limit, panic_messages) });
+        self.run(Box::pin(answering), context, started, link);
+    }
+
+    /// Runs a call's future, which answers it: polls it once here, and spawns it under the
+    /// call's deadline if it has more to do.
+    fn run<F>(
+        self: &Arc<Self>,
+        mut answering: Pin<Box<F>>,
+        context: Context,
+        started: Started,
+        link: &Link,
+    ) where
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        let Started {
+            id,
+            method,
+            deadline,
+            span,
+            end,
+            slot,
+        } = started;
+        let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
+        let first_poll =
+            std::panic::catch_unwind(AssertUnwindSafe(|| answering.as_mut().poll(&mut waker)));
+        let panic_messages = link.panic_messages;
+        let first = match first_poll {
+            Ok(Poll::Pending) => None,
+            Ok(Poll::Ready(answer)) => match answer.stream {
+                None => {
+                    answer.send(end, link, slot);
+                    return;
                 }
-            }
+                Some(_) => Some(answer),
+            },
             Err(panic) => {
                 panicked(id, method, &*panic, panic_messages).send(end, link, slot);
                 return;
@@ -155,11 +207,9 @@ impl Calls {
         }
         let link = link.clone();
         let run = context.scope(async move {
-            let answer = match started {
-                Started::Running(handler) => {
-                    answer::<S>(id, method, handler, deadline, limit, panic_messages).await
-                }
-                Started::Streaming(frame, stream) => Answer::result(frame, Some(stream)),
+            let answer = match first {
+                None => answer(id, method, answering, deadline, panic_messages).await,
+                Some(answer) => answer,
             };
             match answer.stream {
                 None => answer.send(end, &link, slot),
@@ -170,7 +220,7 @@ impl Calls {
             }
         });
         let calls = Arc::clone(self);
-        let run = run.instrument(span.clone());
+        let run = run.instrument(span);
         tokio::spawn(async move {
             // Aborted means cancelled by the client, or the connection is gone: nobody waits.
             let _ = Abortable::new(run, registration).await;
@@ -242,6 +292,9 @@ pub(crate) struct Link {
     pub(crate) panic_messages: bool,
     /// The server's check of every call before its handler runs.
     pub(crate) interceptor: Option<ServerInterceptor>,
+    /// The connection's layers around its handlers.
+    #[cfg(feature = "tower")]
+    pub(crate) stack: Option<crate::middleware::Stack>,
 }
 
 /// The answer refusing the call in `context`, if the server's interceptor refuses it (or
@@ -260,33 +313,33 @@ fn intercept(link: &Link, context: &Context) -> Option<Answer> {
     }
 }
 
-/// How a call stood after its handler's first poll.
-enum Started<F> {
-    /// The handler has more to do.
-    Running(Pin<Box<F>>),
-    /// The handler returned a stream: the response, and the stream to send after it.
-    Streaming(Frame, Outbound),
-}
-
-/// Runs one call's handler to completion, within its deadline, and encodes its answer: the
-/// response frame, and the stream to send after it if the result is streamed. A panic in the
-/// handler becomes an error answer for this call alone.
-async fn answer<S: Service>(
+/// What a call that has started carries until it ends.
+struct Started {
     id: u64,
     method: &'static str,
-    handler: impl Future<Output = S::Response>,
     deadline: Option<Instant>,
-    client_max_frame_len: usize,
+    span: tracing::Span,
+    end: CallEnd,
+    /// The call's share of the connection's in-flight budget.
+    slot: OwnedSemaphorePermit,
+}
+
+/// Runs a call's future to completion, within its deadline: the response frame, and the stream
+/// to send after it if the result is streamed. A panic in the handler becomes an error answer
+/// for this call alone.
+async fn answer(
+    id: u64,
+    method: &'static str,
+    answering: impl Future<Output = Answer>,
+    deadline: Option<Instant>,
     panic_messages: bool,
 ) -> Answer {
     // On the deadline the handler is dropped: nobody waits for its answer any more.
-    match AssertUnwindSafe(until(deadline, handler))
+    match AssertUnwindSafe(until(deadline, answering))
         .catch_unwind()
         .await
     {
-        Ok(Ok(response)) => {
-            respond::<S>(id, method, response, client_max_frame_len, panic_messages)
-        }
+        Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Answer::failure(
             id,
             code::DEADLINE_EXCEEDED,
@@ -311,18 +364,21 @@ fn respond<S: Service>(
             outcome: Outcome::Ok,
         }
         .begin_frame()?;
+        let result_at = frame.len();
         let stream = frame.encode(|bytes| S::encode_response(response, bytes))?;
-        Ok::<_, crate::protocol::CodecError>((frame, stream))
+        Ok::<_, crate::protocol::CodecError>((frame, result_at, stream))
     }));
     match encoded {
-        Ok(Ok((mut frame, stream))) => match finish_frame(&mut frame, client_max_frame_len) {
-            Ok(()) => Answer::result(frame, stream),
-            Err(too_large) => {
-                tracing::warn!(method, %too_large, "a result is over the client's frame limit");
-                let message = format!("the result is too large for the client: {too_large}");
-                Answer::failure(id, code::RESPONSE_TOO_LARGE, &message)
+        Ok(Ok((mut frame, result_at, stream))) => {
+            match finish_frame(&mut frame, client_max_frame_len) {
+                Ok(()) => Answer::result(frame, result_at, stream),
+                Err(too_large) => {
+                    tracing::warn!(method, %too_large, "a result is over the client's frame limit");
+                    let message = format!("the result is too large for the client: {too_large}");
+                    Answer::failure(id, code::RESPONSE_TOO_LARGE, &message)
+                }
             }
-        },
+        }
         Ok(Err(error)) => {
             tracing::warn!(method, %error, "a result could not be encoded");
             let message = format!("the result could not be encoded: {error}");
@@ -334,26 +390,75 @@ fn respond<S: Service>(
 
 /// A call's answer: the response frame, the stream that follows it when the result is
 /// streamed, and the status code the call ends with (`OK` for its result).
-struct Answer {
+pub(crate) struct Answer {
     frame: Frame,
+    /// Where in `frame` the encoded result begins (read by the server's layers).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    result_at: usize,
     stream: Option<Outbound>,
     code: u32,
 }
 
 impl Answer {
-    /// The answer carrying the call's result.
-    fn result(frame: Frame, stream: Option<Outbound>) -> Self {
+    /// The answer carrying the call's result, encoded in `frame` from `result_at` on.
+    fn result(frame: Frame, result_at: usize, stream: Option<Outbound>) -> Self {
         Answer {
             frame,
+            result_at,
             stream,
             code: OK,
         }
     }
 
+    /// The answer to call `id` carrying `result`, an encoded return value; an error answer if
+    /// it is over `client_max_frame_len`.
+    #[cfg(feature = "tower")]
+    pub(crate) fn encoded(id: u64, result: &[u8], client_max_frame_len: usize) -> Self {
+        let head = Head::Response {
+            id,
+            outcome: Outcome::Ok,
+        };
+        let mut frame = Frame::from(head.frame());
+        let result_at = frame.len();
+        frame.encode(|bytes| bytes.extend_from_slice(result));
+        match finish_frame(&mut frame, client_max_frame_len) {
+            Ok(()) => Answer::result(frame, result_at, None),
+            Err(too_large) => {
+                let message = format!("the result is too large for the client: {too_large}");
+                Answer::failure(id, code::RESPONSE_TOO_LARGE, &message)
+            }
+        }
+    }
+
+    /// Whether the call returned, rather than failed with an error of the server's.
+    #[cfg(feature = "tower")]
+    pub(crate) fn is_ok(&self) -> bool {
+        self.code == OK
+    }
+
+    /// The encoded return value, unless the call failed or its result is streamed.
+    #[cfg(feature = "tower")]
+    pub(crate) fn encoded_result(&self) -> Option<Vec<u8>> {
+        if self.code != OK || self.stream.is_some() {
+            return None;
+        }
+        let mut slices = Vec::new();
+        self.frame.push_slices(&mut slices);
+        let mut result = Vec::with_capacity(self.frame.len() - self.result_at);
+        let mut skip = self.result_at;
+        for slice in &slices {
+            let taken = skip.min(slice.len());
+            result.extend_from_slice(&slice[taken..]);
+            skip -= taken;
+        }
+        Some(result)
+    }
+
     /// An error answer to call `id`.
-    fn failure(id: u64, code: u32, message: &str) -> Self {
+    pub(crate) fn failure(id: u64, code: u32, message: &str) -> Self {
         Answer {
             frame: error_response(id, code, message),
+            result_at: 0,
             stream: None,
             code,
         }

@@ -134,6 +134,8 @@ where
             client_max_frame_len: client.max_frame_len,
             panic_messages: config.panic_messages,
             interceptor: config.interceptor.clone(),
+            #[cfg(feature = "tower")]
+            stack: config.layers.stack(),
         },
         slots,
         parked: VecDeque::new(),
@@ -288,6 +290,8 @@ async fn shake_hands<S: Service, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 struct Parked<R> {
     id: u64,
     request: R,
+    #[cfg(feature = "tower")]
+    arguments: bytes::Bytes,
     arrived: Instant,
     timeout_ms: u64,
     metadata: Metadata,
@@ -412,6 +416,9 @@ impl<S: Service> Connection<'_, S> {
         let parked = Parked {
             id,
             request,
+            // Shares the frame's memory: no copy.
+            #[cfg(feature = "tower")]
+            arguments: payload.slice_ref(args),
             arrived,
             timeout_ms,
             metadata,
@@ -442,6 +449,8 @@ impl<S: Service> Connection<'_, S> {
         let call = NewCall {
             id: parked.id,
             request: parked.request,
+            #[cfg(feature = "tower")]
+            arguments: parked.arguments,
             arrived: parked.arrived,
             timeout_ms: parked.timeout_ms,
             metadata: parked.metadata,

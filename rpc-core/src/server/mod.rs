@@ -22,6 +22,8 @@
 
 mod calls;
 mod connection;
+#[cfg(feature = "tower")]
+pub mod middleware;
 mod registry;
 
 use std::fmt;
@@ -81,6 +83,8 @@ pub(crate) struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) panic_messages: bool,
     pub(crate) interceptor: Option<ServerInterceptor>,
+    #[cfg(feature = "tower")]
+    pub(crate) layers: middleware::Layers,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ServerTls>,
 }
@@ -102,6 +106,8 @@ impl Default for ServerBuilder {
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 panic_messages: false,
                 interceptor: None,
+                #[cfg(feature = "tower")]
+                layers: middleware::Layers::default(),
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -205,6 +211,36 @@ impl ServerBuilder {
         check: impl Fn(&Context) -> Result<(), Status> + Send + Sync + 'static,
     ) -> Self {
         self.config.interceptor = Some(ServerInterceptor::new(check));
+        self
+    }
+
+    /// Runs every call through `layer`, a [`tower::Layer`] around the server's handlers: tower's
+    /// own middleware (concurrency and rate limits, timeouts, load shedding) or yours (auth,
+    /// audit, caching). Layers see each call as a [`Call`](middleware::Call) and answer with a
+    /// [`Reply`](middleware::Reply); a layer that fails a call sends the client a status, and
+    /// the connection goes on. Called again, adds a layer inside those already added. See
+    /// [`middleware`] for how calls go through the layers.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rpc_core::Server;
+    /// use tower::limit::GlobalConcurrencyLimitLayer;
+    /// use tower::timeout::TimeoutLayer;
+    ///
+    /// // At most 100 calls running on the whole server; each given up after 2 s.
+    /// let builder = Server::builder()
+    ///     .layer(GlobalConcurrencyLimitLayer::new(100))
+    ///     .layer(TimeoutLayer::new(Duration::from_secs(2)));
+    /// ```
+    #[cfg(feature = "tower")]
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<middleware::Next> + Send + Sync + 'static,
+        L::Service: tower::Service<middleware::Call, Response = middleware::Reply> + Send + 'static,
+        <L::Service as tower::Service<middleware::Call>>::Error: Into<middleware::BoxError>,
+        <L::Service as tower::Service<middleware::Call>>::Future: Send + 'static,
+    {
+        self.config.layers.push(layer);
         self
     }
 
