@@ -138,3 +138,17 @@ fn dispatch_survives_a_worker_killed_mid_job() {
         "{stdout}"
     );
 }
+
+#[test]
+fn middleware_audits_every_call_through_the_rate_limit() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_middleware"), &[]);
+    assert!(ok, "{stdout}");
+    let audited = stdout
+        .lines()
+        .filter(|line| line.starts_with("audit: 127.0.0.1:") && line.contains("Quotes.quote"))
+        .filter(|line| line.contains("answered"))
+        .count();
+    assert_eq!(audited, 8, "{stdout}");
+    assert!(stdout.contains(" RUST = 3340 cents"), "{stdout}");
+    assert!(stdout.contains("8 quotes in"), "{stdout}");
+}
