@@ -173,3 +173,32 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
         failed[0].1
     );
 }
+
+#[tokio::test]
+async fn a_streamed_calls_client_span_lasts_until_its_stream_ends() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = rpc_core::Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    let mut numbers = client.count(3).await.expect("a stream");
+    assert_eq!(numbers.next().await.expect("an item").expect("a number"), 0);
+
+    let called = capture.calls("client", "count");
+    assert_eq!(called.len(), 1, "one client span: {called:?}");
+    let (_, open) = &called[0];
+    assert!(!open.closed, "open while the stream runs: {open:?}");
+    assert!(!open.fields.contains_key("rpc.status_code"), "{open:?}");
+
+    while let Some(item) = numbers.next().await {
+        item.expect("a number");
+    }
+    let (_, ended) = &capture.calls("client", "count")[0];
+    assert!(ended.closed, "closed once the stream ended: {ended:?}");
+    assert_eq!(ended.fields["rpc.status_code"], "0");
+}

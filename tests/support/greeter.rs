@@ -8,6 +8,8 @@ pub trait Greeter {
     async fn greet(&self, name: String) -> String;
     /// Refused by the server's interceptor.
     async fn secret(&self) -> String;
+    /// `0..to`, streamed.
+    async fn count(&self, to: u32) -> rpc_core::Streaming<u32>;
 }
 
 /// The implementation.
@@ -22,5 +24,9 @@ impl Greeter for MyGreeter {
 
     async fn secret(&self) -> String {
         unreachable!("the interceptor refuses every call to it")
+    }
+
+    async fn count(&self, to: u32) -> rpc_core::Streaming<u32> {
+        rpc_core::Streaming::iter(0..to)
     }
 }

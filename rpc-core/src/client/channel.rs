@@ -262,8 +262,14 @@ impl Channel {
         R: DeserializeOwned,
     {
         let upload = Some(Outbound::new(upload));
-        self.call_once(method, args, upload, false, Answered::into_value)
-            .await
+        let answered = self.call_once(method, args, upload, false).await;
+        let (value, end) = answered?;
+        ended(
+            end,
+            value
+                .into_value()
+                .map_err(|failure| failure.into_error(method.name)),
+        )
     }
 
     /// Calls a method that returns a stream. The call's deadline covers the whole stream;
@@ -277,9 +283,7 @@ impl Channel {
         A: Serialize + ?Sized,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let upload = None;
-        self.call_once(method, args, upload, true, Answered::into_stream)
-            .await
+        self.download(method, args, None).await
     }
 
     /// Calls a method that takes a stream and returns one; `upload` goes on being sent while the
@@ -296,32 +300,47 @@ impl Channel {
         T: serde::de::DeserializeOwned + Send + 'static,
     {
         let upload = Some(Outbound::new(upload));
-        self.call_once(method, args, upload, true, Answered::into_stream)
-            .await
+        self.download(method, args, upload).await
     }
 
-    /// Makes a call that is made once (a stream cannot be replayed) inside its span, and turns
-    /// its answer into what the caller gets with `into`.
-    async fn call_once<A, T>(
+    /// Makes a call whose result is a stream. The call's span, and its count in the metrics,
+    /// last until the stream ends or is dropped.
+    async fn download<A, T>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Option<Outbound>,
+    ) -> Result<Streaming<T>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let (answered, end) = self.call_once(method, args, upload, true).await?;
+        match answered.into_stream() {
+            Ok(stream) => Ok(stream.ending(end)),
+            Err(failure) => ended(end, Err(failure.into_error(method.name))),
+        }
+    }
+
+    /// Makes a call that is made once (a stream cannot be replayed) inside its span: its
+    /// answer, and what records how the call ends; or how it failed, recorded.
+    async fn call_once<A>(
         &self,
         method: &'static MethodInfo,
         args: &A,
         upload: Option<Outbound>,
         download: bool,
-        into: impl FnOnce(Answered) -> Result<T, Failure>,
-    ) -> Result<T, RpcError>
+    ) -> Result<(Answered, CallEnd), RpcError>
     where
         A: Serialize + ?Sized,
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
         let end = CallEnd::start(&span, Side::Client, self.service, method.name);
-        let answered = in_span!(span, call);
-        let answer = answered.and_then(into);
-        ended(
-            end,
-            answer.map_err(|failure| failure.into_error(method.name)),
-        )
+        match in_span!(span, call) {
+            Ok(answered) => Ok((answered, end)),
+            Err(failure) => ended(end, Err(failure.into_error(method.name))),
+        }
     }
 
     async fn stream_once<A: Serialize + ?Sized>(

@@ -22,6 +22,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::RpcError;
+use crate::telemetry::{CallEnd, OK};
 
 /// The default stream window: how many bytes of items (by [`item_cost`]) a stream's sender may
 /// send that the receiver's consumer has not taken yet. Each side announces its window in its
@@ -131,6 +132,15 @@ impl<T: Send + 'static> Streaming<T> {
         }
     }
 
+    /// This stream, recording through `end` how the call it is the result of ended: when it
+    /// ends, fails, or is dropped first.
+    pub(crate) fn ending(self, end: CallEnd) -> Self {
+        Self::from_inner(Ending {
+            items: self.items,
+            end: Some(end),
+        })
+    }
+
     /// The next item, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<T, RpcError>> {
         StreamExt::next(self).await
@@ -196,6 +206,35 @@ impl<T> StreamSender<T> {
     /// Whether the receiving side is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// A call's streamed result, which records how the call ended once it has.
+struct Ending<T> {
+    items: Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>,
+    /// Until the stream has ended; dropped with it, it counts the call as cancelled.
+    end: Option<CallEnd>,
+}
+
+impl<T> Stream for Ending<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = std::task::ready!(self.items.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(_)) => {}
+            None => {
+                if let Some(end) = self.end.take() {
+                    end.finish(OK);
+                }
+            }
+            Some(Err(error)) => {
+                if let Some(end) = self.end.take() {
+                    end.fail(error);
+                }
+            }
+        }
+        Poll::Ready(item)
     }
 }
 

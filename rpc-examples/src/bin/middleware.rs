@@ -65,7 +65,9 @@ impl Service<Call> for Audit {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let context = call.context();
-        let who = context.peer_addr().map_or("?".to_owned(), |addr| addr.to_string());
+        let who = context
+            .peer_addr()
+            .map_or("?".to_owned(), |addr| addr.to_string());
         let line = format!(
             "audit: {who} called {}.{} with {} bytes of arguments",
             context.service(),
@@ -105,7 +107,9 @@ async fn main() -> Result<(), BoxError> {
         .timeout(Duration::from_secs(10))
         .service(client);
     let began = Instant::now();
-    let symbols = ["RUST", "TOKIO", "TOWER", "SERDE", "HYPER", "TONIC", "TARPC", "BYTES"];
+    let symbols = [
+        "RUST", "TOKIO", "TOWER", "SERDE", "HYPER", "TONIC", "TARPC", "BYTES",
+    ];
     for symbol in symbols {
         let request = QuotesRequest::Quote {
             symbol: symbol.to_owned(),
