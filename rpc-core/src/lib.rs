@@ -67,6 +67,7 @@ mod metadata;
 mod payload;
 mod peer;
 mod protocol;
+pub mod schema;
 mod server;
 mod service;
 mod status;

@@ -1,0 +1,353 @@
+//! Schemas: what a service's methods take and return, as the types' structure, read from
+//! their serde implementations with no derive of their own.
+//!
+//! A method's [fingerprint](MethodSchema::fingerprint) is a hash of its schema's canonical form
+//! (docs/wire.md, "Fingerprints"): it changes with every change to the bytes on the wire, and
+//! with nothing else. A server sends its [`ServiceSchema`] to whoever asks, unless
+//! [switched off](crate::ServerBuilder::reflection).
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Point { x: i32, y: i32 }
+//!
+//! #[rpc_core::service]
+//! pub trait Plot {
+//!     async fn draw(&self, at: Point, label: Option<String>) -> bool;
+//! }
+//!
+//! let schema = PlotClient::schema().expect("every type can be described");
+//! let draw = &schema.methods[0];
+//! assert_eq!(draw.args[0].name, "at");
+//! assert_eq!(draw.args[0].schema, rpc_core::schema::Schema::Named("Point".into()));
+//! print!("{}", schema.to_rust());
+//! ```
+
+mod canonical;
+mod render;
+mod trace;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The structure of a type as postcard encodes it. Named types ([`Schema::Named`]) are defined
+/// in the [`ServiceSchema::types`] of their service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Schema {
+    /// `()`: nothing on the wire.
+    Unit,
+    /// `bool`.
+    Bool,
+    /// `i8`.
+    I8,
+    /// `i16`.
+    I16,
+    /// `i32`.
+    I32,
+    /// `i64`.
+    I64,
+    /// `i128`.
+    I128,
+    /// `u8`.
+    U8,
+    /// `u16`.
+    U16,
+    /// `u32`.
+    U32,
+    /// `u64`.
+    U64,
+    /// `u128`.
+    U128,
+    /// `f32`.
+    F32,
+    /// `f64`.
+    F64,
+    /// `char`.
+    Char,
+    /// `String` or `&str`.
+    Str,
+    /// A byte string: `serde_bytes::ByteBuf`, `Payload`, or a `Vec<u8>` argument or result.
+    Bytes,
+    /// `Option<T>`.
+    Option(Box<Schema>),
+    /// A sequence: `Vec<T>`, `HashSet<T>`, `VecDeque<T>`...
+    Seq(Box<Schema>),
+    /// A map: `HashMap<K, V>`, `BTreeMap<K, V>`...
+    Map(Box<Schema>, Box<Schema>),
+    /// A tuple or an array (`[T; N]` is a tuple of `N` items).
+    Tuple(Vec<Schema>),
+    /// A struct or an enum, by name; its definition is in the service's `types`.
+    Named(String),
+}
+
+/// A named type: a struct or an enum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TypeDef {
+    /// `struct Marker;`
+    UnitStruct,
+    /// `struct Id(u64);`
+    NewtypeStruct(Schema),
+    /// `struct Pair(i32, i32);`
+    TupleStruct(Vec<Schema>),
+    /// `struct Point { x: i32, y: i32 }`
+    Struct(Vec<Field>),
+    /// An enum: each variant, by name, in order.
+    Enum(Vec<(String, Variant)>),
+}
+
+/// One variant of an enum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Variant {
+    /// `Empty`
+    Unit,
+    /// `Some(T)`
+    Newtype(Schema),
+    /// `Pair(i32, i32)`
+    Tuple(Vec<Schema>),
+    /// `Point { x: i32, y: i32 }`
+    Struct(Vec<Field>),
+}
+
+/// A named field, or a named argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    /// The field's name.
+    pub name: String,
+    /// Its type.
+    pub schema: Schema,
+}
+
+/// One method of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodSchema {
+    /// The method's name.
+    pub name: String,
+    /// The arguments sent in the request, in order (a streamed argument is not among them).
+    pub args: Vec<Field>,
+    /// The streamed argument, if the method takes one: its name, and its items' type.
+    pub upload: Option<Field>,
+    /// What the method returns; for a streamed result, the items' type.
+    pub result: Schema,
+    /// Whether the result is a stream of `result` items.
+    pub download: bool,
+    /// Whether running the method twice does no harm (`#[rpc(idempotent)]`).
+    pub idempotent: bool,
+    /// The hash of the method's canonical schema: equal on both sides exactly when they
+    /// encode its arguments and result alike.
+    pub fingerprint: u64,
+}
+
+/// Everything a service's methods send and receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSchema {
+    /// The service's name, as the trait is named.
+    pub name: String,
+    /// Its methods, in the order the trait declares them.
+    pub methods: Vec<MethodSchema>,
+    /// The named types the methods use, at any depth, by name. Two types of one name are told
+    /// apart by a suffix (`Item`, `Item#2`).
+    pub types: BTreeMap<String, TypeDef>,
+}
+
+impl ServiceSchema {
+    /// The method called `name`.
+    pub fn method(&self, name: &str) -> Option<&MethodSchema> {
+        self.methods.iter().find(|method| method.name == name)
+    }
+
+    /// The service as Rust source: its types, then the trait.
+    pub fn to_rust(&self) -> String {
+        render::service(self)
+    }
+
+    /// The canonical form of method `method`, which its fingerprint hashes (docs/wire.md).
+    pub fn canonical_form(&self, method: &MethodSchema) -> Vec<u8> {
+        canonical::method(method, &self.types)
+    }
+}
+
+/// Why a service's schema could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the schema of `{service}::{method}` cannot be made: {place} (of type `{type_name}`) cannot \
+     be described, because {reason}. Mark the method `#[rpc(opaque)]` to send it without a \
+     schema"
+)]
+pub struct SchemaError {
+    /// The service.
+    pub service: String,
+    /// The method whose type failed.
+    pub method: String,
+    /// Where in the method: "the argument `x`", "the result", "the streamed items".
+    pub place: String,
+    /// The Rust type, as the compiler names it.
+    pub type_name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Traces the schemas of a service's methods, one after another. Generated code calls it.
+#[derive(Debug)]
+pub struct ServiceTracer {
+    name: &'static str,
+    tracer: trace::Tracer,
+    methods: Vec<MethodSchema>,
+    error: Option<SchemaError>,
+}
+
+impl ServiceTracer {
+    /// Starts the schema of the service `name`.
+    pub fn new(name: &'static str) -> Self {
+        ServiceTracer {
+            name,
+            tracer: trace::Tracer::default(),
+            methods: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Starts the schema of method `name`.
+    pub fn method(&mut self, name: &'static str, idempotent: bool) -> MethodTracer<'_> {
+        MethodTracer {
+            service: self,
+            method: MethodSchema {
+                name: name.to_owned(),
+                args: Vec::new(),
+                upload: None,
+                result: Schema::Unit,
+                download: false,
+                idempotent,
+                fingerprint: 0,
+            },
+            opaque: None,
+        }
+    }
+
+    /// The service's schema, or the first type that could not be described.
+    pub fn finish(self) -> Result<ServiceSchema, SchemaError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let types = self.tracer.types();
+        let methods = self
+            .methods
+            .into_iter()
+            .map(|mut method| {
+                if method.fingerprint == 0 {
+                    method.fingerprint =
+                        canonical::fingerprint(&canonical::method(&method, &types));
+                }
+                method
+            })
+            .collect();
+        Ok(ServiceSchema {
+            name: self.name.to_owned(),
+            methods,
+            types,
+        })
+    }
+
+    fn trace<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        place: impl FnOnce() -> String,
+    ) -> Schema {
+        if self.error.is_some() {
+            return Schema::Unit;
+        }
+        match self.tracer.trace::<T>() {
+            Ok(schema) => schema,
+            Err(reason) => {
+                self.error = Some(SchemaError {
+                    service: self.name.to_owned(),
+                    method: method.to_owned(),
+                    place: place(),
+                    type_name: std::any::type_name::<T>().to_owned(),
+                    reason,
+                });
+                Schema::Unit
+            }
+        }
+    }
+}
+
+/// Traces one method's schema, part by part. Generated code calls it.
+#[derive(Debug)]
+pub struct MethodTracer<'s> {
+    service: &'s mut ServiceTracer,
+    method: MethodSchema,
+    opaque: Option<u64>,
+}
+
+impl MethodTracer<'_> {
+    /// The method is sent without a schema (`#[rpc(opaque)]`): its fingerprint is
+    /// `fingerprint`, a hash of its signature's text, and its types are not traced.
+    pub fn opaque(mut self, fingerprint: u64) -> Self {
+        self.opaque = Some(fingerprint);
+        self
+    }
+
+    /// Its next argument, `name`, of type `T`.
+    pub fn arg<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
+        let schema = self.schema::<T>(|| format!("the argument `{name}`"));
+        self.method.args.push(Field {
+            name: name.to_owned(),
+            schema,
+        });
+        self
+    }
+
+    /// Its streamed argument, `name`, with items of type `T`.
+    pub fn upload<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
+        let schema = self.schema::<T>(|| format!("the items of the streamed argument `{name}`"));
+        self.method.upload = Some(Field {
+            name: name.to_owned(),
+            schema,
+        });
+        self
+    }
+
+    /// Its result, of type `T`.
+    pub fn returns<T: DeserializeOwned>(mut self) {
+        self.method.result = self.schema::<T>(|| "the result".to_owned());
+        self.done();
+    }
+
+    /// Its streamed result, with items of type `T`.
+    pub fn streams<T: DeserializeOwned>(mut self) {
+        self.method.result = self.schema::<T>(|| "the streamed result's items".to_owned());
+        self.method.download = true;
+        self.done();
+    }
+
+    fn schema<T: DeserializeOwned>(&mut self, place: impl FnOnce() -> String) -> Schema {
+        if self.opaque.is_some() {
+            return Schema::Named(std::any::type_name::<T>().to_owned());
+        }
+        self.service.trace::<T>(&self.method.name, place)
+    }
+
+    fn done(mut self) {
+        if let Some(fingerprint) = self.opaque {
+            // Never 0: 0 marks a fingerprint still to compute.
+            self.method.fingerprint = fingerprint.max(1);
+        }
+        self.service.methods.push(self.method);
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&render::schema(self))
+    }
+}
+
+#[cfg(test)]
+mod tests;

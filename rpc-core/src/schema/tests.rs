@@ -1,0 +1,432 @@
+#![allow(dead_code, unreachable_pub)]
+//! Schemas traced from serde types, and fingerprints that follow the bytes on the wire.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The schema of a one-method service taking a `T` and returning `()`, and its fingerprint.
+fn traced<T: DeserializeOwned>() -> (ServiceSchema, u64) {
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<T>("value")
+        .returns::<()>();
+    let schema = tracer.finish().expect("describable");
+    let fingerprint = schema.methods[0].fingerprint;
+    (schema, fingerprint)
+}
+
+fn fingerprint<T: DeserializeOwned>() -> u64 {
+    traced::<T>().1
+}
+
+fn arg(schema: &ServiceSchema) -> &Schema {
+    &schema.methods[0].args[0].schema
+}
+
+#[derive(Serialize, Deserialize)]
+struct Point {
+    x: i32,
+    y: i32,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Shape {
+    Empty,
+    Circle(f64),
+    Segment(Point, Point),
+    Polygon { corners: Vec<Point>, closed: bool },
+}
+
+#[derive(Serialize, Deserialize)]
+enum Tree {
+    Leaf(u32),
+    Node(Box<Tree>, Box<Tree>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum List {
+    Cons(u32, Box<List>),
+    Nil,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Chain {
+    value: String,
+    next: Option<Box<Chain>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Everything {
+    flags: (bool, char),
+    small: (i8, i16, i32, i64, i128),
+    unsigned: (u8, u16, u32, u64, u128),
+    real: (f32, f64),
+    text: String,
+    bytes: serde_bytes::ByteBuf,
+    payload: crate::Payload,
+    list: Vec<u16>,
+    set: HashSet<String>,
+    map: HashMap<String, Vec<Tree>>,
+    sorted: BTreeMap<u8, Shape>,
+    array: [u8; 3],
+    unit: (),
+    marker: Marker,
+    id: Id,
+    pair: Pair,
+    chain: Chain,
+    list_of: List,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker;
+
+#[derive(Serialize, Deserialize)]
+struct Id(u64);
+
+#[derive(Serialize, Deserialize)]
+struct Pair(i32, String);
+
+#[test]
+fn every_kind_of_type_is_described() {
+    let (schema, _) = traced::<Everything>();
+    assert_eq!(*arg(&schema), Schema::Named("Everything".into()));
+    let TypeDef::Struct(fields) = &schema.types["Everything"] else {
+        panic!("a struct: {schema:?}");
+    };
+    let field = |name: &str| {
+        &fields
+            .iter()
+            .find(|field| field.name == name)
+            .expect("the field")
+            .schema
+    };
+    use Schema::*;
+    assert_eq!(*field("flags"), Tuple(vec![Bool, Char]));
+    assert_eq!(*field("small"), Tuple(vec![I8, I16, I32, I64, I128]));
+    assert_eq!(*field("unsigned"), Tuple(vec![U8, U16, U32, U64, U128]));
+    assert_eq!(*field("real"), Tuple(vec![F32, F64]));
+    assert_eq!(*field("text"), Str);
+    assert_eq!(*field("bytes"), Bytes);
+    assert_eq!(*field("payload"), Bytes);
+    assert_eq!(*field("list"), Seq(Box::new(U16)));
+    assert_eq!(*field("set"), Seq(Box::new(Str)));
+    let trees = Seq(Box::new(Named("Tree".into())));
+    assert_eq!(*field("map"), Map(Box::new(Str), Box::new(trees)));
+    assert_eq!(*field("array"), Tuple(vec![U8, U8, U8]));
+    assert_eq!(*field("unit"), Unit);
+    assert_eq!(schema.types["Marker"], TypeDef::UnitStruct);
+    assert_eq!(schema.types["Id"], TypeDef::NewtypeStruct(U64));
+    assert_eq!(schema.types["Pair"], TypeDef::TupleStruct(vec![I32, Str]));
+    assert_eq!(
+        schema.types["Shape"],
+        TypeDef::Enum(vec![
+            ("Empty".into(), Variant::Unit),
+            ("Circle".into(), Variant::Newtype(F64)),
+            (
+                "Segment".into(),
+                Variant::Tuple(vec![Named("Point".into()), Named("Point".into())])
+            ),
+            (
+                "Polygon".into(),
+                Variant::Struct(vec![
+                    Field {
+                        name: "corners".into(),
+                        schema: Seq(Box::new(Named("Point".into())))
+                    },
+                    Field {
+                        name: "closed".into(),
+                        schema: Bool
+                    },
+                ])
+            ),
+        ])
+    );
+    let tree = Named("Tree".into());
+    assert_eq!(
+        schema.types["Tree"],
+        TypeDef::Enum(vec![
+            ("Leaf".into(), Variant::Newtype(U32)),
+            ("Node".into(), Variant::Tuple(vec![tree.clone(), tree])),
+        ])
+    );
+    let list = Named("List".into());
+    assert_eq!(
+        schema.types["List"],
+        TypeDef::Enum(vec![
+            ("Cons".into(), Variant::Tuple(vec![U32, list])),
+            ("Nil".into(), Variant::Unit),
+        ])
+    );
+    let TypeDef::Struct(chain) = &schema.types["Chain"] else {
+        panic!("a struct");
+    };
+    assert_eq!(chain[1].schema, Option(Box::new(Named("Chain".into()))));
+}
+
+#[test]
+fn fingerprints_follow_the_bytes_on_the_wire() {
+    mod before {
+        #[derive(serde::Deserialize)]
+        pub struct User {
+            pub name: String,
+            pub age: u32,
+        }
+    }
+    mod renamed {
+        #[derive(serde::Deserialize)]
+        pub struct Person {
+            pub full_name: std::string::String,
+            pub years: u32,
+        }
+    }
+    mod added {
+        #[derive(serde::Deserialize)]
+        pub struct User {
+            pub name: String,
+            pub age: u32,
+            pub email: Option<String>,
+        }
+    }
+    mod retyped {
+        #[derive(serde::Deserialize)]
+        pub struct User {
+            pub name: String,
+            pub age: u64,
+        }
+    }
+    mod reordered {
+        #[derive(serde::Deserialize)]
+        pub struct User {
+            pub age: u32,
+            pub name: String,
+        }
+    }
+    mod removed {
+        #[derive(serde::Deserialize)]
+        pub struct User {
+            pub name: String,
+        }
+    }
+    type Years = u32;
+    #[derive(serde::Deserialize)]
+    struct Aliased {
+        name: String,
+        age: Years,
+    }
+
+    let base = fingerprint::<before::User>();
+    assert_eq!(
+        base,
+        fingerprint::<renamed::Person>(),
+        "names are not on the wire"
+    );
+    assert_eq!(base, fingerprint::<Aliased>(), "an alias is the same type");
+    assert_eq!(
+        base,
+        fingerprint::<(String, u32)>(),
+        "a struct is its fields in order"
+    );
+    for (change, other) in [
+        ("a field added", fingerprint::<added::User>()),
+        ("a field retyped", fingerprint::<retyped::User>()),
+        ("fields reordered", fingerprint::<reordered::User>()),
+        ("a field removed", fingerprint::<removed::User>()),
+    ] {
+        assert_ne!(base, other, "{change}");
+    }
+}
+
+#[test]
+fn enum_fingerprints_follow_their_variants() {
+    #[derive(serde::Deserialize)]
+    enum Before {
+        A,
+        B(u8),
+    }
+    #[derive(serde::Deserialize)]
+    enum Inserted {
+        A,
+        New,
+        B(u8),
+    }
+    #[derive(serde::Deserialize)]
+    enum Appended {
+        A,
+        B(u8),
+        New,
+    }
+    #[derive(serde::Deserialize)]
+    enum Renamed {
+        First,
+        Second(u8),
+    }
+    #[derive(serde::Deserialize)]
+    enum Wider {
+        A,
+        B(u16),
+    }
+    let base = fingerprint::<Before>();
+    assert_eq!(base, fingerprint::<Renamed>());
+    assert_ne!(base, fingerprint::<Inserted>());
+    assert_ne!(base, fingerprint::<Appended>());
+    assert_ne!(base, fingerprint::<Wider>());
+}
+
+#[test]
+fn byte_buffers_and_byte_vectors_are_one_thing_on_the_wire() {
+    let bytes = fingerprint::<serde_bytes::ByteBuf>();
+    assert_eq!(bytes, fingerprint::<Vec<u8>>());
+    assert_eq!(bytes, fingerprint::<crate::Payload>());
+    assert_ne!(bytes, fingerprint::<String>());
+    assert_ne!(bytes, fingerprint::<Vec<i8>>());
+}
+
+#[test]
+fn recursive_types_get_distinct_fingerprints() {
+    #[derive(serde::Deserialize)]
+    enum Other {
+        Leaf(u32),
+        Node(Box<Other>),
+    }
+    assert_ne!(fingerprint::<Tree>(), fingerprint::<Other>());
+    assert_ne!(fingerprint::<Tree>(), fingerprint::<List>());
+    assert_eq!(fingerprint::<Tree>(), fingerprint::<Tree>());
+}
+
+#[test]
+fn a_type_postcard_cannot_carry_is_refused_with_its_name() {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Number(u32),
+        Text(String),
+    }
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<u8>("fine")
+        .arg::<Loose>("loose")
+        .returns::<()>();
+    let error = tracer
+        .finish()
+        .expect_err("untagged enums need deserialize_any");
+    assert_eq!(error.method, "call");
+    assert_eq!(error.place, "the argument `loose`");
+    assert!(error.type_name.ends_with("Loose"), "{error}");
+    assert!(error.to_string().contains("#[rpc(opaque)]"), "{error}");
+}
+
+#[test]
+fn a_type_whose_deserialize_refuses_made_up_values_is_refused_with_why() {
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<std::num::NonZeroU32>("n")
+        .returns::<()>();
+    let error = tracer.finish().expect_err("zero is not a NonZeroU32");
+    assert!(
+        error.reason.contains("refused the made-up value"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_type_that_contains_itself_with_no_way_out_is_refused() {
+    #[derive(serde::Deserialize)]
+    struct Endless {
+        next: Box<Endless>,
+    }
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<Endless>("e")
+        .returns::<()>();
+    let error = tracer.finish().expect_err("no value of it exists");
+    assert!(error.reason.contains("contains itself"), "{error}");
+}
+
+#[test]
+fn two_types_of_one_name_are_told_apart() {
+    mod a {
+        #[derive(serde::Deserialize)]
+        pub struct Item {
+            pub id: u32,
+        }
+    }
+    mod b {
+        #[derive(serde::Deserialize)]
+        pub struct Item {
+            pub label: String,
+        }
+    }
+    let (schema, _) = traced::<(a::Item, b::Item)>();
+    assert_eq!(
+        *arg(&schema),
+        Schema::Tuple(vec![
+            Schema::Named("Item".into()),
+            Schema::Named("Item#2".into())
+        ])
+    );
+    assert_eq!(schema.types.len(), 2);
+}
+
+#[test]
+fn the_canonical_form_is_the_one_docs_wire_md_works_through() {
+    // docs/wire.md, "Fingerprints": `async fn draw(&self, at: Point, label: Option<String>)
+    // -> bool` with `struct Point { x: i32, y: i32 }`.
+    let mut tracer = ServiceTracer::new("Plot");
+    tracer
+        .method("draw", false)
+        .arg::<Point>("at")
+        .arg::<Option<String>>("label")
+        .returns::<bool>();
+    let schema = tracer.finish().expect("describable");
+    let draw = &schema.methods[0];
+    assert_eq!(
+        schema.canonical_form(draw),
+        [0x00, 20, 3, 4, 4, 17, 15, 1],
+        "shape, tuple of 3: i32, i32, option of str; then bool"
+    );
+    assert_eq!(draw.fingerprint, 0xe669_42cb_19e1_708d);
+}
+
+#[test]
+fn a_recursive_type_is_traced_whatever_comes_after_the_recursion() {
+    #[derive(serde::Deserialize)]
+    struct Deep {
+        next: Option<Box<Deep>>,
+        children: Vec<Deep>,
+        by_name: HashMap<String, Deep>,
+        shape: Tree,
+    }
+    let (schema, _) = traced::<Deep>();
+    let TypeDef::Struct(fields) = &schema.types["Deep"] else {
+        panic!("a struct");
+    };
+    assert_eq!(fields[3].schema, Schema::Named("Tree".into()));
+    assert!(matches!(&schema.types["Tree"], TypeDef::Enum(variants) if variants.len() == 2));
+}
+
+#[test]
+fn instances_of_a_generic_type_are_told_apart() {
+    #[derive(serde::Deserialize)]
+    struct Fail;
+    let (schema, _) = traced::<(Result<i64, Fail>, Result<String, Fail>)>();
+    assert_eq!(
+        *arg(&schema),
+        Schema::Tuple(vec![
+            Schema::Named("Result<i64, Fail>".into()),
+            Schema::Named("Result<String, Fail>".into())
+        ])
+    );
+    assert!(
+        schema
+            .to_rust()
+            .contains("pub enum Result<i64, Fail> {\n    Ok(i64),\n    Err(Fail),\n}")
+    );
+}

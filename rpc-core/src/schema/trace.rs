@@ -1,0 +1,917 @@
+//! Tracing a type's schema: deserializing it from a deserializer that makes up values and
+//! writes down what the type asks for.
+//!
+//! One pass deserializes one value. An `Option` is `Some` and a sequence or map has one
+//! element until what they hold is known, then they are empty; an enum takes a variant not
+//! traced yet. A pass may fail where a type contains itself; what it learned stays, and the
+//! next pass takes another way, until every part of the type is known.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+
+use super::{Field, Schema, TypeDef, Variant};
+
+/// A type's shape while it is being traced: a [`Schema`] with parts not known yet.
+#[derive(Debug, Clone, PartialEq)]
+enum Format {
+    Unknown,
+    Known(Schema),
+    Option(Box<Format>),
+    Seq(Box<Format>),
+    Map(Box<Format>, Box<Format>),
+    Tuple(Vec<Format>),
+}
+
+/// A named type's shape while it is being traced.
+#[derive(Debug, Clone)]
+enum Container {
+    Unit,
+    Newtype(Format),
+    Tuple(Vec<Format>),
+    Struct(Vec<(&'static str, Format)>),
+    /// Each variant, `None` until traced.
+    Enum(Vec<(&'static str, Option<VariantFormat>)>),
+}
+
+#[derive(Debug, Clone)]
+enum VariantFormat {
+    Unit,
+    Newtype(Format),
+    Tuple(Vec<Format>),
+    Struct(Vec<(&'static str, Format)>),
+}
+
+/// How deep one named type may nest in itself within one pass.
+const MAX_NESTING: usize = 3;
+
+/// How many passes one type may take.
+const MAX_PASSES: usize = 10_000;
+
+/// Why tracing stopped.
+#[derive(Debug)]
+pub(super) enum TraceError {
+    /// The type nests in itself here; another pass takes another way.
+    Recursion,
+    /// The type cannot be described.
+    Unsupported(String),
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceError::Recursion => f.write_str("the type contains itself at every turn"),
+            TraceError::Unsupported(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+impl de::Error for TraceError {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        TraceError::Unsupported(format!(
+            "its Deserialize refused the made-up value: {message}"
+        ))
+    }
+}
+
+/// Traces the types of one service, which share one table of named types.
+#[derive(Debug, Default)]
+pub(super) struct Tracer {
+    /// Named types, by name and field or variant names (two types of one name differ there).
+    types: BTreeMap<Key, Container>,
+    /// The name each named type has in the schema, given when first seen.
+    names: BTreeMap<Key, String>,
+    /// The named types being deserialized, outermost first.
+    stack: Vec<Key>,
+    /// Whether the current pass has learned anything.
+    learned: bool,
+}
+
+/// A named type's key: its serde name, and its Rust type's name (which tells apart two types
+/// of one name, and the instances of a generic type).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    name: &'static str,
+    rust: &'static str,
+}
+
+impl Key {
+    fn of<V>(name: &'static str) -> Key {
+        Key {
+            name,
+            rust: std::any::type_name::<V>(),
+        }
+    }
+
+    /// The name a schema gives the type: its serde name, or for an instance of a generic type,
+    /// its Rust name without paths (`Result<i64, DivideByZero>`).
+    fn display(&self) -> String {
+        if self.rust.contains('<') {
+            short(self.rust)
+        } else {
+            self.name.to_owned()
+        }
+    }
+}
+
+/// A Rust type's name without the paths of the types in it.
+fn short(type_name: &str) -> String {
+    let mut out = String::with_capacity(type_name.len());
+    let mut segment_start = 0;
+    let mut chars = type_name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            out.truncate(segment_start);
+        } else {
+            out.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                segment_start = out.len();
+            }
+        }
+    }
+    out
+}
+
+impl Tracer {
+    /// The schema of `T`, tracing as many passes as it takes.
+    pub(super) fn trace<T: DeserializeOwned>(&mut self) -> Result<Schema, String> {
+        let mut root = Format::Unknown;
+        let mut succeeded = false;
+        for _ in 0..MAX_PASSES {
+            self.learned = false;
+            self.stack.clear();
+            let pass = T::deserialize(Tracing {
+                tracer: self,
+                slot: &mut root,
+            });
+            match pass {
+                Ok(_) => succeeded = true,
+                Err(TraceError::Recursion) => {}
+                Err(TraceError::Unsupported(why)) => return Err(self.located(why)),
+            }
+            // Complete, and some pass made a value: the type has values, all of them described.
+            if succeeded && self.complete(&root) {
+                return Ok(self.finish(&root));
+            }
+            if !self.learned {
+                break;
+            }
+        }
+        Err(self.located(
+            "it contains itself with no way out (no `Option`, sequence, map or other enum \
+             variant ends the nesting)"
+                .to_owned(),
+        ))
+    }
+
+    /// `why`, saying in which named type tracing stopped.
+    fn located(&self, why: String) -> String {
+        match self.stack.last() {
+            Some(key) => format!("in `{}`: {why}", key.name),
+            None => why,
+        }
+    }
+
+    /// Every named type traced, as the schema names them.
+    pub(super) fn types(&self) -> BTreeMap<String, TypeDef> {
+        self.types
+            .iter()
+            .map(|(key, container)| (self.names[key].clone(), self.type_def(container)))
+            .collect()
+    }
+
+    /// The name a schema gives `key`: its own, or with `#2`, `#3`... after it for the second,
+    /// third... traced type of that name.
+    fn name(&mut self, key: &Key) -> String {
+        if let Some(name) = self.names.get(key) {
+            return name.clone();
+        }
+        let base = key.display();
+        let earlier = self
+            .names
+            .keys()
+            .filter(|other| other.display() == base)
+            .count();
+        let name = if earlier == 0 {
+            base
+        } else {
+            format!("{base}#{}", earlier + 1)
+        };
+        self.names.insert(key.clone(), name.clone());
+        name
+    }
+
+    /// Whether nothing more is to be learned by deserializing a value of `format` here: every
+    /// part of it is known, and every named type it holds is complete, or being deserialized
+    /// further out (which learns it there).
+    fn settled(&self, format: &Format) -> bool {
+        if has_unknown(format) {
+            return false;
+        }
+        let mut names = Vec::new();
+        references(format, &mut names);
+        names.into_iter().all(|name| {
+            let outer = self
+                .stack
+                .iter()
+                .any(|key| self.names.get(key).is_some_and(|n| n == name));
+            outer || self.complete(&Format::Known(Schema::Named(name.to_owned())))
+        })
+    }
+
+    /// Whether every part of `root`, and of every named type it reaches, is known.
+    fn complete(&self, root: &Format) -> bool {
+        if has_unknown(root) {
+            return false;
+        }
+        let by_name: BTreeMap<&str, &Key> = self
+            .names
+            .iter()
+            .map(|(key, name)| (name.as_str(), key))
+            .collect();
+        let mut pending = Vec::new();
+        references(root, &mut pending);
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(name) = pending.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(container) = by_name.get(name).and_then(|key| self.types.get(*key)) else {
+                return false;
+            };
+            let formats: Vec<&Format> = match container {
+                Container::Unit => Vec::new(),
+                Container::Newtype(inner) => vec![inner],
+                Container::Tuple(items) => items.iter().collect(),
+                Container::Struct(fields) => fields.iter().map(|(_, f)| f).collect(),
+                Container::Enum(variants) => {
+                    let mut formats = Vec::new();
+                    for (_, variant) in variants {
+                        match variant {
+                            None => return false,
+                            Some(VariantFormat::Unit) => {}
+                            Some(VariantFormat::Newtype(inner)) => formats.push(inner),
+                            Some(VariantFormat::Tuple(items)) => formats.extend(items),
+                            Some(VariantFormat::Struct(fields)) => {
+                                formats.extend(fields.iter().map(|(_, f)| f));
+                            }
+                        }
+                    }
+                    formats
+                }
+            };
+            for format in formats {
+                if has_unknown(format) {
+                    return false;
+                }
+                references(format, &mut pending);
+            }
+        }
+        true
+    }
+
+    fn finish(&self, format: &Format) -> Schema {
+        match format {
+            // Complete formats hold no unknown part.
+            Format::Unknown => Schema::Unit,
+            Format::Known(schema) => schema.clone(),
+            Format::Option(inner) => Schema::Option(Box::new(self.finish(inner))),
+            Format::Seq(inner) => Schema::Seq(Box::new(self.finish(inner))),
+            Format::Map(key, value) => {
+                Schema::Map(Box::new(self.finish(key)), Box::new(self.finish(value)))
+            }
+            Format::Tuple(items) => Schema::Tuple(items.iter().map(|i| self.finish(i)).collect()),
+        }
+    }
+
+    fn fields(&self, fields: &[(&'static str, Format)]) -> Vec<Field> {
+        fields
+            .iter()
+            .map(|(name, format)| Field {
+                name: (*name).to_owned(),
+                schema: self.finish(format),
+            })
+            .collect()
+    }
+
+    fn type_def(&self, container: &Container) -> TypeDef {
+        match container {
+            Container::Unit => TypeDef::UnitStruct,
+            Container::Newtype(inner) => TypeDef::NewtypeStruct(self.finish(inner)),
+            Container::Tuple(items) => {
+                TypeDef::TupleStruct(items.iter().map(|i| self.finish(i)).collect())
+            }
+            Container::Struct(fields) => TypeDef::Struct(self.fields(fields)),
+            Container::Enum(variants) => TypeDef::Enum(
+                variants
+                    .iter()
+                    .map(|(name, variant)| {
+                        let variant = match variant {
+                            None | Some(VariantFormat::Unit) => Variant::Unit,
+                            Some(VariantFormat::Newtype(inner)) => {
+                                Variant::Newtype(self.finish(inner))
+                            }
+                            Some(VariantFormat::Tuple(items)) => {
+                                Variant::Tuple(items.iter().map(|i| self.finish(i)).collect())
+                            }
+                            Some(VariantFormat::Struct(fields)) => {
+                                Variant::Struct(self.fields(fields))
+                            }
+                        };
+                        ((*name).to_owned(), variant)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Merges what a pass found at a place into what was known of it.
+    fn learn(&mut self, slot: &mut Format, found: Format) -> Result<(), TraceError> {
+        if *slot == found {
+            return Ok(());
+        }
+        match (&mut *slot, found) {
+            (Format::Unknown, found) => {
+                *slot = found;
+                self.learned = true;
+                Ok(())
+            }
+            (_, Format::Unknown) => Ok(()),
+            (Format::Option(known), Format::Option(found))
+            | (Format::Seq(known), Format::Seq(found)) => self.learn(known, *found),
+            (Format::Map(key, value), Format::Map(found_key, found_value)) => {
+                self.learn(key, *found_key)?;
+                self.learn(value, *found_value)
+            }
+            (Format::Tuple(known), Format::Tuple(found)) if known.len() == found.len() => {
+                for (known, found) in known.iter_mut().zip(found) {
+                    self.learn(known, found)?;
+                }
+                Ok(())
+            }
+            (known, found) => Err(TraceError::Unsupported(format!(
+                "it deserializes differently from one value to the next ({known:?}, then \
+                 {found:?}); two types share a name, or a Deserialize depends on more than \
+                 the type"
+            ))),
+        }
+    }
+
+    /// Takes the entry of a named type out of the table, to fill while deserializing it.
+    fn enter(
+        &mut self,
+        key: &Key,
+        fresh: impl FnOnce() -> Container,
+    ) -> Result<Container, TraceError> {
+        let depth = self.stack.iter().filter(|on| *on == key).count();
+        if depth >= MAX_NESTING {
+            return Err(TraceError::Recursion);
+        }
+        self.stack.push(key.clone());
+        Ok(match self.types.get(key) {
+            Some(known) => known.clone(),
+            None => {
+                self.learned = true;
+                fresh()
+            }
+        })
+    }
+
+    /// Puts a named type's entry back, with what this pass learned of it.
+    fn leave(&mut self, key: Key, filled: Container) -> Result<(), TraceError> {
+        self.stack.pop();
+        let merged = match self.types.remove(&key) {
+            None => filled,
+            Some(known) => self.merge(known, filled)?,
+        };
+        self.types.insert(key, merged);
+        Ok(())
+    }
+
+    fn merge(&mut self, known: Container, found: Container) -> Result<Container, TraceError> {
+        Ok(match (known, found) {
+            (Container::Newtype(mut known), Container::Newtype(found)) => {
+                self.learn(&mut known, found)?;
+                Container::Newtype(known)
+            }
+            (Container::Tuple(mut known), Container::Tuple(found)) => {
+                self.learn_all(&mut known, found)?;
+                Container::Tuple(known)
+            }
+            (Container::Struct(mut known), Container::Struct(found)) => {
+                for ((_, known), (_, found)) in known.iter_mut().zip(found) {
+                    self.learn(known, found)?;
+                }
+                Container::Struct(known)
+            }
+            (Container::Enum(mut known), Container::Enum(found)) => {
+                for ((_, known), (_, found)) in known.iter_mut().zip(found) {
+                    match (known.as_mut(), found) {
+                        (_, None) => {}
+                        (None, Some(found)) => *known = Some(found),
+                        (Some(known), Some(found)) => self.learn_variant(known, found)?,
+                    }
+                }
+                Container::Enum(known)
+            }
+            (known, _) => known,
+        })
+    }
+
+    fn learn_all(&mut self, known: &mut [Format], found: Vec<Format>) -> Result<(), TraceError> {
+        for (known, found) in known.iter_mut().zip(found) {
+            self.learn(known, found)?;
+        }
+        Ok(())
+    }
+
+    fn learn_variant(
+        &mut self,
+        known: &mut VariantFormat,
+        found: VariantFormat,
+    ) -> Result<(), TraceError> {
+        match (known, found) {
+            (VariantFormat::Newtype(known), VariantFormat::Newtype(found)) => {
+                self.learn(known, found)
+            }
+            (VariantFormat::Tuple(known), VariantFormat::Tuple(found)) => {
+                self.learn_all(known, found)
+            }
+            (VariantFormat::Struct(known), VariantFormat::Struct(found)) => {
+                for ((_, known), (_, found)) in known.iter_mut().zip(found) {
+                    self.learn(known, found)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Which variant of the enum `key` to take: outermost, one not traced yet; nested in
+    /// itself, one already traced to its end, so that the nesting stops.
+    fn pick_variant(&self, key: &Key, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
+        let nested = self.stack.iter().filter(|on| *on == key).count() > 1;
+        let traced = |variant: &Option<VariantFormat>| match variant {
+            None => false,
+            Some(VariantFormat::Unit) => true,
+            Some(VariantFormat::Newtype(inner)) => !has_unknown(inner),
+            Some(VariantFormat::Tuple(items)) => !items.iter().any(has_unknown),
+            Some(VariantFormat::Struct(fields)) => !fields.iter().any(|(_, f)| has_unknown(f)),
+        };
+        let untraced = variants.iter().position(|(_, variant)| !traced(variant));
+        let done = variants.iter().position(|(_, variant)| traced(variant));
+        let pick = if nested {
+            done.or(untraced)
+        } else {
+            untraced.or(done)
+        };
+        pick.unwrap_or(0)
+    }
+}
+
+/// The names `format` refers to directly.
+fn references<'a>(format: &'a Format, names: &mut Vec<&'a str>) {
+    match format {
+        Format::Known(schema) => schema_references(schema, names),
+        Format::Option(inner) | Format::Seq(inner) => references(inner, names),
+        Format::Map(key, value) => {
+            references(key, names);
+            references(value, names);
+        }
+        Format::Tuple(items) => items.iter().for_each(|item| references(item, names)),
+        Format::Unknown => {}
+    }
+}
+
+fn schema_references<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) {
+    match schema {
+        Schema::Named(name) => names.push(name),
+        Schema::Option(inner) | Schema::Seq(inner) => schema_references(inner, names),
+        Schema::Map(key, value) => {
+            schema_references(key, names);
+            schema_references(value, names);
+        }
+        Schema::Tuple(items) => items.iter().for_each(|item| schema_references(item, names)),
+        _ => {}
+    }
+}
+
+fn has_unknown(format: &Format) -> bool {
+    match format {
+        Format::Unknown => true,
+        Format::Known(_) => false,
+        Format::Option(inner) | Format::Seq(inner) => has_unknown(inner),
+        Format::Map(key, value) => has_unknown(key) || has_unknown(value),
+        Format::Tuple(items) => items.iter().any(has_unknown),
+    }
+}
+
+/// The deserializer of one place in a type: it writes what the type asks for into `slot`.
+struct Tracing<'t> {
+    tracer: &'t mut Tracer,
+    slot: &'t mut Format,
+}
+
+impl Tracing<'_> {
+    fn primitive(self, schema: Schema) -> Result<(), TraceError> {
+        self.tracer.learn(self.slot, Format::Known(schema))
+    }
+
+    /// Records that this place holds the named type `key`, and the name its schema gives it.
+    fn named(&mut self, key: &Key) -> Result<(), TraceError> {
+        let name = self.tracer.name(key);
+        self.tracer
+            .learn(self.slot, Format::Known(Schema::Named(name)))
+    }
+}
+
+macro_rules! primitives {
+    ($($method:ident => $schema:ident, $visit:ident($($value:expr)?);)*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+                self.primitive(Schema::$schema)?;
+                visitor.$visit($($value)?)
+            }
+        )*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for Tracing<'_> {
+    type Error = TraceError;
+
+    primitives! {
+        deserialize_bool => Bool, visit_bool(false);
+        deserialize_i8 => I8, visit_i8(0);
+        deserialize_i16 => I16, visit_i16(0);
+        deserialize_i32 => I32, visit_i32(0);
+        deserialize_i64 => I64, visit_i64(0);
+        deserialize_i128 => I128, visit_i128(0);
+        deserialize_u8 => U8, visit_u8(0);
+        deserialize_u16 => U16, visit_u16(0);
+        deserialize_u32 => U32, visit_u32(0);
+        deserialize_u64 => U64, visit_u64(0);
+        deserialize_u128 => U128, visit_u128(0);
+        deserialize_f32 => F32, visit_f32(0.0);
+        deserialize_f64 => F64, visit_f64(0.0);
+        deserialize_char => Char, visit_char('\0');
+        deserialize_str => Str, visit_str("");
+        deserialize_string => Str, visit_string(String::new());
+        deserialize_bytes => Bytes, visit_bytes(&[]);
+        deserialize_byte_buf => Bytes, visit_byte_buf(Vec::new());
+        deserialize_unit => Unit, visit_unit();
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, TraceError> {
+        Err(TraceError::Unsupported(
+            "it asks the format what comes next (an untagged or internally tagged enum, \
+             `#[serde(flatten)]`, or a self-describing value such as `serde_json::Value`), \
+             which postcard cannot say: it does not travel over rpc-core"
+                .to_owned(),
+        ))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Option(Box::new(Format::Unknown)))?;
+        let Format::Option(inner) = slot else {
+            unreachable!("learned as an option");
+        };
+        if tracer.settled(inner) {
+            return visitor.visit_none();
+        }
+        visitor.visit_some(Tracing {
+            tracer,
+            slot: inner,
+        })
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let key = Key::of::<V::Value>(name);
+        self.named(&key)?;
+        let container = self.tracer.enter(&key, || Container::Unit)?;
+        self.tracer.leave(key, container)?;
+        visitor.visit_unit()
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let key = Key::of::<V::Value>(name);
+        self.named(&key)?;
+        let mut container = self
+            .tracer
+            .enter(&key, || Container::Newtype(Format::Unknown))?;
+        let Container::Newtype(inner) = &mut container else {
+            return Err(self.tracer_conflict(name));
+        };
+        let value = visitor.visit_newtype_struct(Tracing {
+            tracer: self.tracer,
+            slot: inner,
+        });
+        self.tracer.leave(key, container)?;
+        value
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Seq(Box::new(Format::Unknown)))?;
+        let Format::Seq(item) = slot else {
+            unreachable!("learned as a sequence");
+        };
+        let mut slots = std::collections::VecDeque::new();
+        if !tracer.settled(item) {
+            slots.push_back(&mut **item);
+        }
+        visitor.visit_seq(Items { tracer, slots })
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Tuple(vec![Format::Unknown; len]))?;
+        let Format::Tuple(items) = slot else {
+            unreachable!("learned as a tuple");
+        };
+        visitor.visit_seq(Items {
+            tracer,
+            slots: items.iter_mut().collect(),
+        })
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let key = Key::of::<V::Value>(name);
+        self.named(&key)?;
+        let mut container = self
+            .tracer
+            .enter(&key, || Container::Tuple(vec![Format::Unknown; len]))?;
+        let Container::Tuple(items) = &mut container else {
+            return Err(self.tracer_conflict(name));
+        };
+        let value = visitor.visit_seq(Items {
+            tracer: self.tracer,
+            slots: items.iter_mut().collect(),
+        });
+        self.tracer.leave(key, container)?;
+        value
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        let unknown = || Box::new(Format::Unknown);
+        tracer.learn(slot, Format::Map(unknown(), unknown()))?;
+        let Format::Map(key, value) = slot else {
+            unreachable!("learned as a map");
+        };
+        let settled = tracer.settled(key) && tracer.settled(value);
+        let entry = (!settled).then_some((&mut **key, &mut **value));
+        visitor.visit_map(Entries { tracer, entry })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let key = Key::of::<V::Value>(name);
+        self.named(&key)?;
+        let mut container = self.tracer.enter(&key, || {
+            Container::Struct(fields.iter().map(|f| (*f, Format::Unknown)).collect())
+        })?;
+        let Container::Struct(slots) = &mut container else {
+            return Err(self.tracer_conflict(name));
+        };
+        let value = visitor.visit_seq(Items {
+            tracer: self.tracer,
+            slots: slots.iter_mut().map(|(_, slot)| slot).collect(),
+        });
+        self.tracer.leave(key, container)?;
+        value
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        if variants.is_empty() {
+            return Err(TraceError::Unsupported(format!(
+                "the enum `{name}` has no variants, so no value of it can be sent"
+            )));
+        }
+        let key = Key::of::<V::Value>(name);
+        self.named(&key)?;
+        let mut container = self.tracer.enter(&key, || {
+            Container::Enum(variants.iter().map(|v| (*v, None)).collect())
+        })?;
+        let Container::Enum(known) = &mut container else {
+            return Err(self.tracer_conflict(name));
+        };
+        let index = self.tracer.pick_variant(&key, known);
+        let value = visitor.visit_enum(Choice {
+            tracer: self.tracer,
+            index,
+            slot: &mut known[index].1,
+        });
+        self.tracer.leave(key, container)?;
+        value
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+impl Tracing<'_> {
+    fn tracer_conflict(&self, name: &str) -> TraceError {
+        TraceError::Unsupported(format!(
+            "`{name}` asks to be deserialized as a different kind of type from one value to \
+             the next"
+        ))
+    }
+}
+
+/// The elements of a sequence, tuple or struct: one slot each.
+struct Items<'t> {
+    tracer: &'t mut Tracer,
+    slots: std::collections::VecDeque<&'t mut Format>,
+}
+
+impl<'de> de::SeqAccess<'de> for Items<'_> {
+    type Error = TraceError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, TraceError> {
+        let Some(slot) = self.slots.pop_front() else {
+            return Ok(None);
+        };
+        seed.deserialize(Tracing {
+            tracer: &mut *self.tracer,
+            slot,
+        })
+        .map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.slots.len())
+    }
+}
+
+/// The entries of a map: one, until its key and value are known.
+struct Entries<'t> {
+    tracer: &'t mut Tracer,
+    entry: Option<(&'t mut Format, &'t mut Format)>,
+}
+
+impl<'de> de::MapAccess<'de> for Entries<'_> {
+    type Error = TraceError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, TraceError> {
+        let Some((key, _)) = self.entry.as_mut() else {
+            return Ok(None);
+        };
+        seed.deserialize(Tracing {
+            tracer: &mut *self.tracer,
+            slot: key,
+        })
+        .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, TraceError> {
+        let Some((_, value)) = self.entry.take() else {
+            return Err(TraceError::Unsupported(
+                "a map value without its key".to_owned(),
+            ));
+        };
+        seed.deserialize(Tracing {
+            tracer: &mut *self.tracer,
+            slot: value,
+        })
+    }
+}
+
+/// One variant of an enum, chosen by its index.
+struct Choice<'t> {
+    tracer: &'t mut Tracer,
+    index: usize,
+    slot: &'t mut Option<VariantFormat>,
+}
+
+impl<'de, 't> de::EnumAccess<'de> for Choice<'t> {
+    type Error = TraceError;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), TraceError> {
+        let index = u32::try_from(self.index).unwrap_or(u32::MAX);
+        let variant = seed.deserialize(IntoDeserializer::<TraceError>::into_deserializer(index))?;
+        Ok((variant, self))
+    }
+}
+
+impl Choice<'_> {
+    /// Records the variant's shape, unless it is known already.
+    fn shape(&mut self, fresh: VariantFormat) {
+        if self.slot.is_none() {
+            *self.slot = Some(fresh);
+            self.tracer.learned = true;
+        }
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Choice<'_> {
+    type Error = TraceError;
+
+    fn unit_variant(mut self) -> Result<(), TraceError> {
+        self.shape(VariantFormat::Unit);
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        mut self,
+        seed: T,
+    ) -> Result<T::Value, TraceError> {
+        self.shape(VariantFormat::Newtype(Format::Unknown));
+        let Some(VariantFormat::Newtype(inner)) = self.slot.as_mut() else {
+            return Err(TraceError::Unsupported(
+                "a variant changed its shape".to_owned(),
+            ));
+        };
+        seed.deserialize(Tracing {
+            tracer: self.tracer,
+            slot: inner,
+        })
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(
+        mut self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        self.shape(VariantFormat::Tuple(vec![Format::Unknown; len]));
+        let Some(VariantFormat::Tuple(items)) = self.slot.as_mut() else {
+            return Err(TraceError::Unsupported(
+                "a variant changed its shape".to_owned(),
+            ));
+        };
+        visitor.visit_seq(Items {
+            tracer: self.tracer,
+            slots: items.iter_mut().collect(),
+        })
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        mut self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let fresh = fields.iter().map(|f| (*f, Format::Unknown)).collect();
+        self.shape(VariantFormat::Struct(fresh));
+        let Some(VariantFormat::Struct(slots)) = self.slot.as_mut() else {
+            return Err(TraceError::Unsupported(
+                "a variant changed its shape".to_owned(),
+            ));
+        };
+        visitor.visit_seq(Items {
+            tracer: self.tracer,
+            slots: slots.iter_mut().map(|(_, slot)| slot).collect(),
+        })
+    }
+}
