@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rpc_core::{Context, RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, lab_hello, loopback_listener, request_with_timeout,
+    LabClient, LabImpl, RawClient, lab_hello, lab_methods, loopback_listener, request_with_timeout,
     start_tcp_with, string, within,
 };
 
@@ -29,7 +29,7 @@ async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         let call = raw.read_frame().await.expect("the request");
         let cancel = raw.read_frame().await.expect("the cancellation");
         (call, cancel)

@@ -2,9 +2,9 @@
 //! connection, make a call run that should not, or close a connection without saying why.
 //! (What they cannot make either side hold in memory is in `memory.rs`.)
 
-use rpc_core::{RpcError, Server, ServiceClient};
+use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_hello_with_window,
+    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_methods, lab_hello_with_window,
     loopback_listener, request, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
@@ -189,7 +189,7 @@ async fn an_upload_ends_without_more_credit() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        let hello = lab_hello_with_window(LabClient::INFO.methods, 0, 0, WINDOW_OF_32);
+        let hello = lab_hello_with_window(lab_methods(), 0, 0, WINDOW_OF_32);
         raw.send(&hello).await;
         let call = raw.read_frame().await.expect("the request");
         assert_eq!(call[0], 0x01, "a request");
@@ -299,7 +299,7 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         // Reads nothing until told: the client's writer blocks in the middle of the first
         // request, larger than the sockets' buffers together.
         let _ = reading.await;
@@ -446,7 +446,7 @@ async fn a_client_learns_why_the_server_closed_its_connection() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lab_hello(LabClient::INFO.methods, 0, 0)).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         raw.read_frame().await.expect("the request");
         let mut go_away = vec![0x05, 0x03];
         go_away.extend(string("your frames are upside down"));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, loopback_listener, request, start_tcp_with,
+    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request, start_tcp_with,
     within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,7 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
         let (stream, _) = listener.accept().await.expect("accepts");
         let mut raw = RawClient { stream };
         raw.read_frame().await.expect("the client's hello");
-        raw.send(&lab_hello(LabClient::INFO.methods, 50, 0)).await;
+        raw.send(&lab_hello(lab_methods(), 50, 0)).await;
         // Hold the connection open and say nothing, like a machine that vanished.
         raw.read_frame().await;
         raw
@@ -170,7 +170,7 @@ async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
             .await
             .expect("the client's hello");
         writer
-            .write_all(&lab_hello(LabClient::INFO.methods, 50, 0))
+            .write_all(&lab_hello(lab_methods(), 50, 0))
             .await
             .expect("writes");
         let (stop, stopped) = oneshot::channel();

@@ -159,15 +159,24 @@ pub enum RpcError {
         method: String,
     },
 
-    /// The server has a method of this name, but its arguments or return type differ.
+    /// The server has a method of this name, but its arguments or result are encoded
+    /// differently: their schemas, and so their fingerprints, differ.
     #[error(
-        "the server's `{method}` has a different signature than this client's; \
-         rebuild the client from the server's service definition"
+        "the server's `{method}` has a different signature than this client's{}; rebuild the \
+         client from the server's service definition",
+        difference.as_ref().map_or(String::new(), |difference| format!(" ({difference})"))
     )]
     SignatureMismatch {
         /// The method called.
         method: String,
+        /// What differs, when the server described its schema.
+        difference: Option<String>,
     },
+
+    /// A type of the service cannot be described, so its fingerprints cannot be made: nothing
+    /// is sent.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
 
     /// The call is over one of the server's per-call limits (such as the size of its
     /// metadata); it did not run, and the connection stays up.

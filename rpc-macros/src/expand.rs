@@ -5,6 +5,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::Ident;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::parse::{Arg, Method, Service};
@@ -15,12 +16,14 @@ pub(crate) fn service(service: &Service) -> TokenStream {
     let response = response_enum(service);
     let client = client(service);
     let server = server(service);
+    let schema = schema(service);
     quote! {
         #service_trait
         #request
         #response
         #client
         #server
+        #schema
     }
 }
 
@@ -149,10 +152,69 @@ fn response_enum(service: &Service) -> TokenStream {
 
 fn method_info(method: &Method) -> TokenStream {
     let name = &method.name;
-    let fingerprint = method.fingerprint;
     let idempotent = method.idempotent;
     quote! {
-        ::rpc_core::MethodInfo { name: #name, fingerprint: #fingerprint, idempotent: #idempotent }
+        ::rpc_core::MethodInfo { name: #name, idempotent: #idempotent }
+    }
+}
+
+/// The name of the function that traces a service's schema, once.
+fn schema_fn(service: &Service) -> Ident {
+    format_ident!("__rpc_schema_{}", service.ident)
+}
+
+/// The function that traces the service's schema the first time it is asked for.
+fn schema(service: &Service) -> TokenStream {
+    let function = schema_fn(service);
+    let name = service.ident.to_string();
+    let tracer = local("tracer");
+    let methods = service.methods.iter().map(|method| {
+        let Method {
+            cfgs,
+            name,
+            idempotent,
+            ..
+        } = method;
+        let opaque = method.opaque.map(|fingerprint| quote! { .opaque(#fingerprint) });
+        let args = method.plain_args().map(|arg| {
+            let (ty, name) = (&arg.ty, arg.ident.unraw().to_string());
+            quote! { .arg::<#ty>(#name) }
+        });
+        let upload = method.upload().map(|upload| {
+            let (item, name) = (&upload.stream_item, upload.ident.unraw().to_string());
+            quote! { .upload::<#item>(#name) }
+        });
+        let result = match &method.download {
+            Some(item) => quote! { .streams::<#item>() },
+            None => {
+                let output = &method.output;
+                quote! { .returns::<#output>() }
+            }
+        };
+        quote! {
+            #(#cfgs)*
+            #tracer.method(#name, #idempotent) #opaque #(#args)* #upload #result;
+        }
+    });
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        fn #function() -> &'static ::core::result::Result<
+            ::rpc_core::schema::ServiceSchema,
+            ::rpc_core::schema::SchemaError,
+        > {
+            static SCHEMA: ::rpc_core::__private::OnceLock<
+                ::core::result::Result<
+                    ::rpc_core::schema::ServiceSchema,
+                    ::rpc_core::schema::SchemaError,
+                >,
+            > = ::rpc_core::__private::OnceLock::new();
+            SCHEMA.get_or_init(|| {
+                let mut #tracer = ::rpc_core::schema::ServiceTracer::new(#name);
+                #(#methods)*
+                #tracer.finish()
+            })
+        }
     }
 }
 
@@ -163,8 +225,9 @@ fn service_info(service: &Service) -> TokenStream {
         let info = method_info(method);
         quote! { #(#cfgs)* #info }
     });
+    let schema = schema_fn(service);
     quote! {
-        ::rpc_core::ServiceInfo { name: #name, methods: &[#(#methods),*] }
+        ::rpc_core::ServiceInfo { name: #name, methods: &[#(#methods),*], schema: #schema }
     }
 }
 

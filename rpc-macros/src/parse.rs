@@ -43,7 +43,8 @@ pub(crate) struct Method {
     pub(crate) download: Option<Type>,
     /// The return type is written `Vec<u8>`: encoded as one byte string, see [`is_byte_vec`].
     pub(crate) output_as_bytes: bool,
-    pub(crate) fingerprint: u64,
+    /// `#[rpc(opaque)]`: sent without a schema, with this fingerprint of its signature's text.
+    pub(crate) opaque: Option<u64>,
     /// `#[rpc(idempotent)]`: running it twice does no harm, so a lost call may be made again.
     pub(crate) idempotent: bool,
 }
@@ -136,13 +137,17 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         .into_iter()
         .partition(|attr| attr.path().is_ident("rpc"));
     let mut idempotent = false;
+    let mut opaque = false;
     for attr in &rpc_attrs {
         let parsed = attr.parse_nested_meta(|option| {
             if option.path.is_ident("idempotent") {
                 idempotent = true;
                 Ok(())
+            } else if option.path.is_ident("opaque") {
+                opaque = true;
+                Ok(())
             } else {
-                Err(option.error("unknown rpc option; the one there is: `idempotent`"))
+                Err(option.error("unknown rpc option; the ones there are: `idempotent`, `opaque`"))
             }
         });
         if let Err(error) = parsed {
@@ -178,7 +183,8 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
     let name = sig.ident.unraw().to_string();
     let variant = format_ident!("{}", names::upper_camel(&name), span = sig.ident.span());
     let arg_types: Vec<TokenStream> = args.iter().map(|arg| arg.ty.to_token_stream()).collect();
-    let fingerprint = fingerprint::method(&name, &arg_types, &output.to_token_stream());
+    // Only an opaque method's fingerprint comes from its text; any other's, from its schema.
+    let opaque = opaque.then(|| fingerprint::method(&name, &arg_types, &output.to_token_stream()));
     let cfgs = attrs
         .iter()
         .filter(|a| a.path().is_ident("cfg"))
@@ -200,7 +206,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         output_as_bytes: is_byte_vec(&output),
         output,
         download,
-        fingerprint,
+        opaque,
         idempotent,
     }
 }

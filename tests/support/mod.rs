@@ -421,10 +421,19 @@ pub fn hello_with_window(service: &str, version: u32, stream_window: u32) -> Vec
     frame(&payload)
 }
 
+/// The methods of `Lab`, with their fingerprints, for hellos written by hand.
+pub fn lab_methods() -> &'static [rpc_core::schema::MethodSchema] {
+    use rpc_core::ServiceClient;
+    &LabClient::INFO
+        .describe()
+        .expect("Lab's types can be described")
+        .methods
+}
+
 /// A hello for `Lab`, as either side may send it, with the given method table, ping interval
 /// and in-flight limit (0 for none, as clients send), and the default stream window.
 pub fn lab_hello(
-    methods: &[rpc_core::MethodInfo],
+    methods: &[rpc_core::schema::MethodSchema],
     ping_interval_ms: u64,
     max_concurrent_calls: u32,
 ) -> Vec<u8> {
@@ -438,7 +447,7 @@ pub fn lab_hello(
 
 /// [`lab_hello`] with the given stream window.
 pub fn lab_hello_with_window(
-    methods: &[rpc_core::MethodInfo],
+    methods: &[rpc_core::schema::MethodSchema],
     ping_interval_ms: u64,
     max_concurrent_calls: u32,
     stream_window: u32,
@@ -450,7 +459,7 @@ pub fn lab_hello_with_window(
     payload.extend(string("Lab"));
     payload.extend(varint(methods.len() as u64));
     for method in methods {
-        payload.extend(string(method.name));
+        payload.extend(string(&method.name));
         payload.extend(varint(method.fingerprint));
     }
     payload.extend(varint(ping_interval_ms));

@@ -104,6 +104,8 @@ impl Connection {
     where
         S: crate::transport::Split,
     {
+        // Before a byte is sent: a type that cannot be described is reported here.
+        service.describe()?;
         let (read, write) = stream.split();
         let mut reader = FrameReader::new(read, config.max_frame_len);
         let mut writer = FrameWriter::new(write);
@@ -117,7 +119,8 @@ impl Connection {
         )
         .send(&mut writer)
         .await?;
-        let server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        let mut server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        server.compare(service.describe()?);
         let traffic = Traffic::new(Side::Client, service.name);
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);

@@ -274,6 +274,7 @@ mod tests {
         let service = ServiceInfo {
             name: "Test",
             methods: &[],
+            schema: crate::service::no_methods,
         };
         let config = ClientConfig {
             reconnect_min: Duration::from_secs(1),
@@ -330,6 +331,7 @@ mod tests {
         static SERVICE: ServiceInfo = ServiceInfo {
             name: "Test",
             methods: &[],
+            schema: crate::service::no_methods,
         };
         // A free port, closed for now: every attempt is refused.
         let addr = tokio::net::TcpListener::bind("127.0.0.1:0")

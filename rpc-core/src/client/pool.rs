@@ -181,6 +181,7 @@ mod tests {
     const SERVICE: ServiceInfo = ServiceInfo {
         name: "Test",
         methods: &[] as &[MethodInfo],
+        schema: crate::service::no_methods,
     };
 
     fn addr(port: u16) -> SocketAddr {

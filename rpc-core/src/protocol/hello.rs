@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::{FrameReader, FrameWriter, Head, KeepAlive, MAX_FRAME_LEN_CAP, finish_frame};
 use crate::RpcError;
+use crate::schema::ServiceSchema;
 use crate::service::{MethodInfo, ServiceInfo};
 
 /// The first four bytes after a hello's kind byte: "rpcc".
@@ -53,6 +54,9 @@ pub(crate) struct PeerInfo {
     pub(crate) max_frame_len: usize,
     /// The peer's methods and their fingerprints.
     pub(crate) methods: HashMap<String, u64>,
+    /// The methods the peer has with other fingerprints than this side's, and what differs
+    /// where that is known.
+    pub(crate) mismatched: HashMap<String, Option<String>>,
     /// How often the peer pings when it has nothing else to send.
     pub(crate) ping_interval: Option<Duration>,
     /// How many calls the peer runs at once on this connection.
@@ -71,19 +75,36 @@ impl PeerInfo {
         Some(own.timeout.max(peer_interval.saturating_mul(2)))
     }
 
+    /// Notes which of this side's methods the peer has with another fingerprint.
+    pub(crate) fn compare(&mut self, own: &ServiceSchema) {
+        self.mismatched = own
+            .methods
+            .iter()
+            .filter(|method| {
+                self.methods
+                    .get(&method.name)
+                    .is_some_and(|&theirs| theirs != method.fingerprint)
+            })
+            .map(|method| (method.name.clone(), None))
+            .collect();
+    }
+
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
-        match self.methods.get(method.name) {
-            None => Err(RpcError::UnknownMethod {
+        if !self.methods.contains_key(method.name) {
+            return Err(RpcError::UnknownMethod {
                 method: method.name.to_owned(),
-            }),
-            Some(&fingerprint) if fingerprint != method.fingerprint => {
-                Err(RpcError::SignatureMismatch {
-                    method: method.name.to_owned(),
-                })
-            }
-            Some(_) => Ok(()),
+            });
         }
+        if !self.mismatched.is_empty()
+            && let Some(difference) = self.mismatched.get(method.name)
+        {
+            return Err(RpcError::SignatureMismatch {
+                method: method.name.to_owned(),
+                difference: difference.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -105,7 +126,7 @@ impl<'a> Hello<'a> {
             version: VERSION,
             max_frame_len: max_frame_len.min(MAX_FRAME_LEN_CAP) as u32,
             service: service.name,
-            methods: MethodTable::Local(service.methods),
+            methods: MethodTable::Local(service),
             ping_interval_ms,
             max_concurrent_calls: max_concurrent_calls
                 .map_or(0, |calls| u32::try_from(calls).unwrap_or(u32::MAX)),
@@ -192,6 +213,7 @@ impl<'a> Hello<'a> {
                 MethodTable::Remote(methods) => methods,
                 MethodTable::Local(_) => HashMap::new(),
             },
+            mismatched: HashMap::new(),
             ping_interval: (hello.ping_interval_ms > 0)
                 .then(|| Duration::from_millis(hello.ping_interval_ms)),
             max_concurrent_calls: (hello.max_concurrent_calls > 0)
@@ -208,17 +230,20 @@ const HELLO_KIND: u8 = 0;
 /// read element by element, so the count the peer claims sizes no allocation.
 #[derive(Debug)]
 enum MethodTable<'a> {
-    Local(&'a [MethodInfo]),
+    Local(&'a ServiceInfo),
     Remote(HashMap<String, u64>),
 }
 
 impl Serialize for MethodTable<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            MethodTable::Local(methods) => {
+            MethodTable::Local(service) => {
+                // Each side checks its schema before its hello: a schema that cannot be made
+                // never gets here.
+                let methods = service.describe().map_or(&[][..], |schema| &schema.methods);
                 let mut seq = serializer.serialize_seq(Some(methods.len()))?;
-                for method in methods.iter() {
-                    seq.serialize_element(&(method.name, method.fingerprint))?;
+                for method in methods {
+                    seq.serialize_element(&(method.name.as_str(), method.fingerprint))?;
                 }
                 seq.end()
             }
@@ -262,6 +287,7 @@ mod tests {
         static CALC: ServiceInfo = ServiceInfo {
             name: "Calc",
             methods: &[],
+            schema: crate::service::no_methods,
         };
         let mut written = Vec::new();
         let mut writer = FrameWriter::new(&mut written);
@@ -287,13 +313,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_hello_reads_back_with_its_method_table() {
+        fn schema() -> &'static Result<ServiceSchema, crate::schema::SchemaError> {
+            static SCHEMA: std::sync::OnceLock<Result<ServiceSchema, crate::schema::SchemaError>> =
+                std::sync::OnceLock::new();
+            SCHEMA.get_or_init(|| {
+                let mut tracer = crate::schema::ServiceTracer::new("Lab");
+                tracer.method("add", false).opaque(0xdead_beef).returns::<()>();
+                tracer.finish()
+            })
+        }
         static LAB: ServiceInfo = ServiceInfo {
             name: "Lab",
             methods: &[MethodInfo {
                 name: "add",
-                fingerprint: 0xdead_beef,
                 idempotent: false,
             }],
+            schema,
         };
         let mut written = Vec::new();
         Hello::new(&LAB, 1000, None, Some(64), 300)
@@ -318,6 +353,7 @@ mod tests {
         static LAB: ServiceInfo = ServiceInfo {
             name: "Lab",
             methods: &[],
+            schema: crate::service::no_methods,
         };
         let mut written = Vec::new();
         Hello::new(&LAB, 1000, None, None, 1)
@@ -340,6 +376,7 @@ mod tests {
         let peer = PeerInfo {
             max_frame_len: 0,
             methods: HashMap::new(),
+            mismatched: HashMap::new(),
             ping_interval: Some(Duration::from_secs(15)),
             max_concurrent_calls: None,
             stream_window: 1,

@@ -430,3 +430,19 @@ fn instances_of_a_generic_type_are_told_apart() {
             .contains("pub enum Result<i64, Fail> {\n    Ok(i64),\n    Err(Fail),\n}")
     );
 }
+
+#[test]
+fn every_variant_of_an_enum_inside_an_enum_is_traced() {
+    #[derive(serde::Deserialize)]
+    enum Failure {
+        Overflow,
+        Invalid { why: String },
+        Nested(Tree),
+    }
+    let (schema, _) = traced::<Result<i64, Failure>>();
+    let TypeDef::Enum(variants) = &schema.types["Failure"] else {
+        panic!("an enum");
+    };
+    assert_eq!(variants.len(), 3);
+    assert!(matches!(&schema.types["Tree"], TypeDef::Enum(variants) if variants.len() == 2));
+}

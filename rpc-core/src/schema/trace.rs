@@ -451,24 +451,20 @@ impl Tracer {
         }
     }
 
-    /// Which variant of the enum `key` to take: outermost, one not traced yet; nested in
-    /// itself, one already traced to its end, so that the nesting stops.
+    /// Which variant of the enum `key` to take: outermost, one with more to learn; nested in
+    /// itself, one traced to its end, so that the nesting stops.
     fn pick_variant(&self, key: &Key, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
         let nested = self.stack.iter().filter(|on| *on == key).count() > 1;
-        let traced = |variant: &Option<VariantFormat>| match variant {
+        let settled = |variant: &Option<VariantFormat>| match variant {
             None => false,
             Some(VariantFormat::Unit) => true,
-            Some(VariantFormat::Newtype(inner)) => !has_unknown(inner),
-            Some(VariantFormat::Tuple(items)) => !items.iter().any(has_unknown),
-            Some(VariantFormat::Struct(fields)) => !fields.iter().any(|(_, f)| has_unknown(f)),
+            Some(VariantFormat::Newtype(inner)) => self.settled(inner),
+            Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
+            Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
         };
-        let untraced = variants.iter().position(|(_, variant)| !traced(variant));
-        let done = variants.iter().position(|(_, variant)| traced(variant));
-        let pick = if nested {
-            done.or(untraced)
-        } else {
-            untraced.or(done)
-        };
+        let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
+        let done = variants.iter().position(|(_, variant)| settled(variant));
+        let pick = if nested { done.or(unsettled) } else { unsettled.or(done) };
         pick.unwrap_or(0)
     }
 }

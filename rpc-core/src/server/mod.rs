@@ -329,6 +329,7 @@ impl ServerBuilder {
         S: Service,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
+        S::INFO.describe()?;
         let io = crate::transport::Shared(io);
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
         let service = Arc::new(service);
@@ -395,12 +396,14 @@ impl Server {
     /// 4. drops the calls still running then, and closes every connection: their clients get
     ///    [`RpcError::ConnectionClosed`].
     ///
-    /// Returns once every connection is closed.
+    /// Returns once every connection is closed. Fails at once, accepting nothing, if a type of
+    /// the service cannot be described (see [`schema`](crate::schema)).
     pub async fn serve_with_shutdown<S, F>(self, service: S, signal: F) -> io::Result<()>
     where
         S: Service,
         F: Future<Output = ()> + Send,
     {
+        S::INFO.describe().map_err(io::Error::other)?;
         let Server { listener, config } = self;
         let service = Arc::new(service);
         let (stop, stopping) = watch::channel(false);
