@@ -4,8 +4,8 @@
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_methods, lab_hello_with_window,
-    loopback_listener, request, start_tcp_with, string, varint, within,
+    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_hello_with_window,
+    lab_methods, loopback_listener, request, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request, start_tcp_with,
-    within,
+    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request,
+    start_tcp_with, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

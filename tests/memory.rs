@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request, start_tcp_with,
-    string, varint, within,
+    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request,
+    start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;

@@ -175,7 +175,9 @@ fn schema(service: &Service) -> TokenStream {
             idempotent,
             ..
         } = method;
-        let opaque = method.opaque.map(|fingerprint| quote! { .opaque(#fingerprint) });
+        let opaque = method
+            .opaque
+            .map(|fingerprint| quote! { .opaque(#fingerprint) });
         let args = method.plain_args().map(|arg| {
             let (ty, name) = (&arg.ty, arg.ident.unraw().to_string());
             quote! { .arg::<#ty>(#name) }

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,8 @@ use super::endpoint::{Endpoint, Outstanding};
 use super::pool::Pool;
 use super::retry::RetryBudget;
 use crate::intercept::ClientInterceptor;
-use crate::service::MethodInfo;
+use crate::schema::ServiceSchema;
+use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::Outbound;
 use crate::task::until;
 use crate::telemetry::{self, CallEnd, Side};
@@ -45,8 +48,8 @@ pub struct Channel {
     deadline: Duration,
     metadata: Arc<Metadata>,
     interceptor: Option<ClientInterceptor>,
-    /// The service's name, for the calls' spans.
-    service: &'static str,
+    /// The service: its name for the calls' spans, its schema to explain a mismatch.
+    service: ServiceInfo,
 }
 
 /// Where calls go.
@@ -103,7 +106,7 @@ impl Channel {
         deadline: Duration,
         metadata: Metadata,
         interceptor: Option<ClientInterceptor>,
-        service: &'static str,
+        service: ServiceInfo,
     ) -> Channel {
         Channel {
             backend: Arc::new(backend),
@@ -122,7 +125,7 @@ impl Channel {
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
             rpc.system = "rpc-core",
-            rpc.service = self.service,
+            rpc.service = self.service.name,
             rpc.method = method.name,
             rpc.status_code = tracing::field::Empty,
         )
@@ -203,7 +206,7 @@ impl Channel {
         R: DeserializeOwned,
     {
         let span = self.span(method);
-        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
+        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
         let metadata = self.call_metadata(&span);
         let spec = self.spec(method, &metadata);
         let mut avoid = None;
@@ -239,12 +242,52 @@ impl Channel {
                 .expires
                 .is_some_and(|expires| expires <= Instant::now());
             if !retry || expired {
-                return ended(end, Err(failure.into_error(method.name)));
+                return ended(end, Err(self.failed(failure, method).await));
             }
             span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
-            telemetry::retried(self.service, method.name);
+            telemetry::retried(self.service.name, method.name);
             avoid = target.endpoint;
         }
+    }
+
+    /// Asks the server for its schema: its methods, their arguments' names, and the structure
+    /// of every type they send. Fails with [`RpcError::UnknownMethod`] from a server whose
+    /// reflection is off.
+    pub async fn describe(&self) -> Result<ServiceSchema, RpcError> {
+        static DESCRIBE: MethodInfo = MethodInfo {
+            name: crate::protocol::DESCRIBE_METHOD,
+            idempotent: true,
+        };
+        self.call(&DESCRIBE, &()).await
+    }
+
+    /// The error a failed call reports; for a method whose signature differs from the
+    /// server's, with what differs, if the server describes itself.
+    async fn failed(&self, failure: Failure, method: &MethodInfo) -> RpcError {
+        match failure.into_error(method.name) {
+            RpcError::SignatureMismatch {
+                method,
+                difference: None,
+            } => {
+                let difference = self.difference(&method).await;
+                RpcError::SignatureMismatch { method, difference }
+            }
+            other => other,
+        }
+    }
+
+    /// What differs between this client's `method` and the server's, as the server describes
+    /// it.
+    fn difference<'a>(
+        &'a self,
+        method: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>> {
+        Box::pin(async move {
+            let ours = self.service.describe().ok()?;
+            let asking = self.with_deadline(self.deadline.min(Duration::from_secs(5)));
+            let theirs = asking.describe().await.ok()?;
+            crate::schema::difference(ours, &theirs, method)
+        })
     }
 
     /// Calls a method that takes a stream: sends `upload` item by item, as the server grants
@@ -318,7 +361,7 @@ impl Channel {
         let (answered, end) = self.call_once(method, args, upload, true).await?;
         match answered.into_stream() {
             Ok(stream) => Ok(stream.ending(end)),
-            Err(failure) => ended(end, Err(failure.into_error(method.name))),
+            Err(failure) => ended(end, Err(self.failed(failure, method).await)),
         }
     }
 
@@ -336,10 +379,10 @@ impl Channel {
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
-        let end = CallEnd::start(&span, Side::Client, self.service, method.name);
+        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
         match in_span!(span, call) {
             Ok(answered) => Ok((answered, end)),
-            Err(failure) => ended(end, Err(failure.into_error(method.name))),
+            Err(failure) => ended(end, Err(self.failed(failure, method).await)),
         }
     }
 

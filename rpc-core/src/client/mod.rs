@@ -336,7 +336,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
             self.config.deadline,
             self.config.metadata,
             self.config.interceptor,
-            C::INFO.name,
+            C::INFO,
         );
         C::from_channel(channel)
     }

@@ -91,7 +91,7 @@ impl PeerInfo {
 
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
-        if !self.methods.contains_key(method.name) {
+        if !self.methods.contains_key(method.name) && method.name != super::DESCRIBE_METHOD {
             return Err(RpcError::UnknownMethod {
                 method: method.name.to_owned(),
             });
@@ -201,7 +201,11 @@ impl<'a> Hello<'a> {
                     .into(),
             ));
         }
-        if hello.service != expected_service {
+        // An empty name on either side is a generic client's, which talks to any service.
+        if hello.service != expected_service
+            && !hello.service.is_empty()
+            && !expected_service.is_empty()
+        {
             return Err(RpcError::WrongService {
                 expected: expected_service.to_owned(),
                 found: hello.service.to_owned(),
@@ -318,7 +322,10 @@ mod tests {
                 std::sync::OnceLock::new();
             SCHEMA.get_or_init(|| {
                 let mut tracer = crate::schema::ServiceTracer::new("Lab");
-                tracer.method("add", false).opaque(0xdead_beef).returns::<()>();
+                tracer
+                    .method("add", false)
+                    .opaque(0xdead_beef)
+                    .returns::<()>();
                 tracer.finish()
             })
         }

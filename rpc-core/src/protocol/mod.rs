@@ -152,6 +152,10 @@ pub(crate) mod code {
     // [`StatusCode`](crate::StatusCode); `StatusCode::wire_code` numbers them.
 }
 
+/// The method every server answers with its [`ServiceSchema`](crate::schema::ServiceSchema),
+/// unless reflection is off. No trait method has this name: it is not an identifier.
+pub(crate) const DESCRIBE_METHOD: &str = "rpc.describe";
+
 /// The reasons of [`Head::GoAway`].
 pub(crate) mod go_away {
     /// The server is shutting down.

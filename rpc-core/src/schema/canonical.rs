@@ -48,6 +48,17 @@ pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -
     writer.out
 }
 
+/// The canonical form of one type: equal for two types exactly when postcard encodes them alike.
+pub(super) fn node(schema: &Schema, types: &BTreeMap<String, TypeDef>) -> Vec<u8> {
+    let mut writer = Writer {
+        types,
+        binders: Vec::new(),
+        out: Vec::new(),
+    };
+    writer.node(schema);
+    writer.out
+}
+
 struct Writer<'a> {
     types: &'a BTreeMap<String, TypeDef>,
     /// The recursive types being written, outermost first.

@@ -17,7 +17,9 @@
 //!     async fn draw(&self, at: Point, label: Option<String>) -> bool;
 //! }
 //!
-//! let schema = PlotClient::schema().expect("every type can be described");
+//! use rpc_core::ServiceClient;
+//!
+//! let schema = PlotClient::INFO.describe().expect("every type can be described");
 //! let draw = &schema.methods[0];
 //! assert_eq!(draw.args[0].name, "at");
 //! assert_eq!(draw.args[0].schema, rpc_core::schema::Schema::Named("Point".into()));
@@ -25,11 +27,14 @@
 //! ```
 
 mod canonical;
+mod compare;
 mod render;
 mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+pub use compare::{Incompatibility, difference, incompatibilities};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -464,7 +464,11 @@ impl Tracer {
         };
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
         let done = variants.iter().position(|(_, variant)| settled(variant));
-        let pick = if nested { done.or(unsettled) } else { unsettled.or(done) };
+        let pick = if nested {
+            done.or(unsettled)
+        } else {
+            unsettled.or(done)
+        };
         pick.unwrap_or(0)
     }
 }

@@ -28,8 +28,8 @@ use super::registry::{Registration, Registry};
 use crate::metadata::MetadataError;
 use crate::peer::Peer;
 use crate::protocol::{
-    Budget, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, PeerInfo, code, error_response,
-    go_away, write_frames,
+    Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
+    PeerInfo, code, error_response, finish_frame, go_away, write_frames,
 };
 use crate::service::{DecodeError, Service};
 use crate::stream::{InboundSlot, Streams};
@@ -382,6 +382,10 @@ impl<S: Service> Connection<'_, S> {
             self.refuse(id, code::NOT_RUN, "the server is closing this connection");
             return Ok(Handled::Request);
         }
+        if method == DESCRIBE_METHOD {
+            self.describe(id);
+            return Ok(Handled::Request);
+        }
         let (metadata, args) = match Metadata::decode_prefix(rest, self.config.metadata) {
             Ok(decoded) => decoded,
             Err(MetadataError::OverLimit(why)) => {
@@ -458,6 +462,48 @@ impl<S: Service> Connection<'_, S> {
             slot,
         };
         self.calls.start(self.service, call, &self.link);
+    }
+
+    /// Answers a describe request with the service's schema, or refuses it if reflection is
+    /// off. Its answer is queued like any other, so describing costs a flooding peer its own
+    /// reading.
+    fn describe(&self, id: u64) {
+        if !self.config.reflection {
+            let message = "this server does not describe its service: its reflection is off";
+            self.refuse(id, code::UNKNOWN_METHOD, message);
+            return;
+        }
+        // Checked when the server started.
+        let Ok(schema) = S::INFO.describe() else {
+            return self.refuse(
+                id,
+                code::RESPONSE_ENCODE_FAILED,
+                "the schema cannot be made",
+            );
+        };
+        let head = Head::Response {
+            id,
+            outcome: Outcome::Ok,
+        };
+        let encoded = head.begin_frame().and_then(|mut frame| {
+            frame.append(schema)?;
+            Ok(frame)
+        });
+        match encoded.map(|mut frame| {
+            finish_frame(&mut frame, self.link.client_max_frame_len).map(|()| frame)
+        }) {
+            Ok(Ok(frame)) => {
+                self.link.outbox.send(frame, None);
+            }
+            Ok(Err(too_large)) => {
+                let message = format!("the schema is too large for the client: {too_large}");
+                self.refuse(id, code::RESPONSE_TOO_LARGE, &message);
+            }
+            Err(error) => {
+                let message = format!("the schema could not be encoded: {error}");
+                self.refuse(id, code::RESPONSE_ENCODE_FAILED, &message);
+            }
+        }
     }
 
     /// Answers a request with an error, without running it. The answer counts against the

@@ -82,6 +82,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued: usize,
     pub(crate) stream_window: u32,
     pub(crate) panic_messages: bool,
+    pub(crate) reflection: bool,
     pub(crate) interceptor: Option<ServerInterceptor>,
     #[cfg(feature = "tower")]
     pub(crate) layers: middleware::Layers,
@@ -105,6 +106,7 @@ impl Default for ServerBuilder {
                 max_queued: 256 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 panic_messages: false,
+                reflection: true,
                 interceptor: None,
                 #[cfg(feature = "tower")]
                 layers: middleware::Layers::default(),
@@ -241,6 +243,17 @@ impl ServerBuilder {
         <L::Service as tower::Service<middleware::Call>>::Future: Send + 'static,
     {
         self.config.layers.push(layer);
+        self
+    }
+
+    /// Whether the server describes its service to clients that ask (default: on): its
+    /// methods, their arguments' names and every type's structure, as
+    /// [`Channel::describe`](crate::Channel::describe) and the `rpc` command-line tool read
+    /// it. A client whose method differs from the server's is then told what differs. Turn it
+    /// off where the service's shape is not for every client to see; the server then refuses
+    /// describe requests like an unknown method.
+    pub fn reflection(mut self, on: bool) -> Self {
+        self.config.reflection = on;
         self
     }
 

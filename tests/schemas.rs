@@ -1,0 +1,220 @@
+//! Schemas over real sockets: fingerprints that follow the bytes on the wire, mismatches that
+//! say what differs, and a server that describes its service to any client that asks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rpc_core::schema::{Schema, TypeDef};
+use rpc_core::{RpcError, Server, ServerBuilder, ServiceClient};
+use rpc_tests::{RawClient, VERSION, frame, hello, string, varint, within};
+
+/// The server's version of the service.
+mod served {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Note {
+        pub title: String,
+        pub body: String,
+    }
+
+    #[rpc_core::service]
+    pub trait Notes {
+        /// Keeps a note, and says what it kept.
+        async fn put(&self, note: Note) -> String;
+        #[rpc(idempotent)]
+        async fn count(&self) -> u64;
+    }
+}
+
+/// A client built from another spelling of the same service: other field names, another path
+/// to `String`. The bytes on the wire are the same.
+mod respelled {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Memo {
+        pub heading: std::string::String,
+        pub text: String,
+    }
+
+    #[rpc_core::service]
+    pub trait Notes {
+        async fn put(&self, note: Memo) -> std::string::String;
+        #[rpc(idempotent)]
+        async fn count(&self) -> u64;
+    }
+}
+
+/// A client from before the server added a field: its `put` is encoded differently.
+mod older {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Note {
+        pub title: String,
+    }
+
+    #[rpc_core::service]
+    pub trait Notes {
+        async fn put(&self, note: Note) -> String;
+        #[rpc(idempotent)]
+        async fn count(&self) -> u64;
+    }
+}
+
+#[derive(Clone, Default)]
+struct Kept(Arc<AtomicUsize>);
+
+impl served::Notes for Kept {
+    async fn put(&self, note: served::Note) -> String {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        format!("{}: {}", note.title, note.body)
+    }
+
+    async fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst) as u64
+    }
+}
+
+async fn serve(builder: ServerBuilder, kept: Kept) -> SocketAddr {
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(served::NotesServer::new(kept)));
+    addr
+}
+
+#[tokio::test]
+async fn another_spelling_of_the_same_types_calls_the_server() {
+    let addr = serve(Server::builder(), Kept::default()).await;
+    let client = within("connecting", respelled::NotesClient::connect(addr))
+        .await
+        .expect("connects");
+    let memo = respelled::Memo {
+        heading: "groceries".into(),
+        text: "milk".into(),
+    };
+    assert_eq!(
+        client.put(memo).await.expect("the same bytes"),
+        "groceries: milk"
+    );
+}
+
+#[tokio::test]
+async fn a_field_added_on_the_server_is_a_mismatch_that_names_it() {
+    let kept = Kept::default();
+    let addr = serve(Server::builder(), kept.clone()).await;
+    let client = within("connecting", older::NotesClient::connect(addr))
+        .await
+        .expect("connects");
+    let note = older::Note {
+        title: "groceries".into(),
+    };
+    let error = client.put(note).await.expect_err("encoded differently");
+    let RpcError::SignatureMismatch { method, difference } = &error else {
+        panic!("expected a signature mismatch, got {error:?}");
+    };
+    assert_eq!(method, "put");
+    let difference = difference.as_deref().expect("the server describes itself");
+    assert!(difference.contains("the argument `note`"), "{difference}");
+    assert!(difference.contains("(title: String) here"), "{difference}");
+    assert!(
+        difference.contains("(title: String, body: String) on the server"),
+        "{difference}"
+    );
+    assert!(error.to_string().contains(difference), "{error}");
+    assert_eq!(kept.0.load(Ordering::SeqCst), 0, "nothing was sent to run");
+    assert_eq!(client.count().await.expect("unchanged methods work"), 0);
+}
+
+#[tokio::test]
+async fn a_server_describes_its_service() {
+    let addr = serve(Server::builder(), Kept::default()).await;
+    let client = within("connecting", served::NotesClient::connect(addr))
+        .await
+        .expect("connects");
+    let described = client.channel().describe().await.expect("describes");
+    let own = served::NotesClient::INFO.describe().expect("a schema");
+    assert_eq!(&described, own);
+    assert_eq!(described.name, "Notes");
+    let put = described.method("put").expect("put");
+    assert_eq!(put.args[0].name, "note");
+    assert_eq!(put.args[0].schema, Schema::Named("Note".into()));
+    assert_eq!(put.result, Schema::Str);
+    assert!(described.method("count").expect("count").idempotent);
+    assert!(matches!(&described.types["Note"], TypeDef::Struct(fields) if fields.len() == 2));
+    let rust = described.to_rust();
+    assert!(
+        rust.contains("pub struct Note {\n    title: String,\n    body: String,\n}"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("async fn put(&self, note: Note) -> String;"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("#[rpc(idempotent)]\n    async fn count(&self) -> u64;"),
+        "{rust}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_with_reflection_off_describes_nothing_and_still_refuses_mismatches() {
+    let addr = serve(Server::builder().reflection(false), Kept::default()).await;
+    let served = within("connecting", served::NotesClient::connect(addr))
+        .await
+        .expect("connects");
+    match served.channel().describe().await {
+        Err(RpcError::UnknownMethod { method }) => assert_eq!(method, "rpc.describe"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let older = within("connecting", older::NotesClient::connect(addr))
+        .await
+        .expect("connects");
+    let note = older::Note { title: "x".into() };
+    match older.put(note).await {
+        Err(RpcError::SignatureMismatch { difference, .. }) => assert_eq!(difference, None),
+        other => panic!("expected a signature mismatch, got {other:?}"),
+    }
+}
+
+/// docs/wire.md, "Describing a service": a client that names no service is served, and the
+/// describe request is answered with the schema, postcard-encoded.
+#[tokio::test]
+async fn a_describe_request_on_the_wire() {
+    let addr = serve(Server::builder(), Kept::default()).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello("", VERSION)).await;
+    let server_hello = within("the server's hello", raw.read_frame())
+        .await
+        .expect("the server answers a client that names no service");
+    assert_eq!(&server_hello[..5], b"\x00rpcc");
+
+    // Request (kind 1), id 7, method "rpc.describe", no timeout, no metadata, no arguments.
+    let mut request = vec![0x01, 0x07];
+    request.extend(string("rpc.describe"));
+    request.extend([0x00, 0x00]);
+    raw.send(&frame(&request)).await;
+    let response = within("the description", raw.read_frame())
+        .await
+        .expect("answered");
+    // Response (kind 2), id 7, outcome Ok (0), then the ServiceSchema.
+    assert_eq!(&response[..3], [0x02, 0x07, 0x00]);
+    let mut expected = string("Notes");
+    expected.extend(varint(2)); // two methods
+    expected.extend(string("put"));
+    expected.extend(varint(1)); // one argument
+    expected.extend(string("note"));
+    assert!(
+        response[3..].starts_with(&expected),
+        "{:?}",
+        &response[3..40]
+    );
+    let schema: rpc_core::schema::ServiceSchema =
+        postcard::from_bytes(&response[3..]).expect("a ServiceSchema");
+    assert_eq!(
+        &schema,
+        served::NotesClient::INFO.describe().expect("a schema")
+    );
+}
