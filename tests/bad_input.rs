@@ -56,6 +56,35 @@ async fn garbage_bytes_close_only_that_connection() {
     still_serves(addr).await;
 }
 
+/// docs/wire.md, section 2: a frame of length 0 has no head, which breaks the protocol.
+#[tokio::test]
+async fn an_empty_frame_closes_only_that_connection() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&[0, 0, 0, 0]).await;
+    within("closing", raw.expect_refused("undecodable frame")).await;
+    still_serves(addr).await;
+}
+
+/// docs/wire.md, section 7: stream frames for an id with no open stream are ignored, and the
+/// connection goes on.
+#[tokio::test]
+async fn stream_frames_for_an_id_with_no_stream_are_ignored() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut item = vec![0x06, 0x2a];
+    item.extend([1, 2, 3]);
+    raw.send(&frame(&item)).await; // StreamItem, id 42
+    raw.send(&frame(&[0x07, 0x2a, 0x00])).await; // StreamEnd, id 42, Ok
+    raw.send(&frame(&[0x08, 0x2a, 0x10])).await; // Credit, id 42, 16 bytes
+    raw.send(&request(1, "add", &ADD_2_3)).await;
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("the connection goes on");
+    // Response, id 1, Ok, 5 as a zigzag varint.
+    assert_eq!(answer, [0x02, 0x01, 0x00, 0x0a]);
+}
+
 #[tokio::test]
 async fn a_truncated_frame_closes_only_that_connection() {
     let addr = start_tcp().await;
