@@ -218,3 +218,31 @@ async fn a_describe_request_on_the_wire() {
         served::NotesClient::INFO.describe().expect("a schema")
     );
 }
+
+#[tokio::test]
+async fn a_dynamic_client_calls_what_the_server_describes() {
+    use rpc_core::dynamic::{DynamicClient, DynamicReply, Encoded};
+
+    let kept = Kept::default();
+    let addr = serve(Server::builder(), kept.clone()).await;
+    let client = within("connecting", DynamicClient::connect(addr))
+        .await
+        .expect("a client that names no service is served");
+    let schema = client.describe().await.expect("describes");
+    let put = schema.method("put").expect("put");
+    let note = served::Note {
+        title: "a".into(),
+        body: "b".into(),
+    };
+    let args = postcard::to_allocvec(&(note,)).expect("encodes");
+    let reply = client
+        .call(put, Encoded::new(args), None)
+        .await
+        .expect("answers");
+    let DynamicReply::Value(result) = reply else {
+        panic!("a value, not a stream");
+    };
+    let text: String = postcard::from_bytes(result.as_bytes()).expect("a string");
+    assert_eq!(text, "a: b");
+    assert_eq!(kept.0.load(Ordering::SeqCst), 1);
+}

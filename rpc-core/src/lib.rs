@@ -61,6 +61,7 @@
 
 mod client;
 mod context;
+pub mod dynamic;
 mod error;
 mod intercept;
 mod metadata;

@@ -17,6 +17,7 @@ use super::endpoint::{Endpoint, Outstanding};
 use super::pool::Pool;
 use super::retry::RetryBudget;
 use crate::intercept::ClientInterceptor;
+use crate::protocol::{Decode, Encode};
 use crate::schema::ServiceSchema;
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::Outbound;
@@ -205,6 +206,20 @@ impl Channel {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        self.call_as(method, args).await
+    }
+
+    /// [`Channel::call`], for arguments encoded as serde or already, and results decoded
+    /// either way.
+    pub(crate) async fn call_as<A, R>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<R, RpcError>
+    where
+        A: Encode + ?Sized,
+        R: Decode,
+    {
         let span = self.span(method);
         let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
         let metadata = self.call_metadata(&span);
@@ -304,8 +319,21 @@ impl Channel {
         U: Serialize + Send + 'static,
         R: DeserializeOwned,
     {
-        let upload = Some(Outbound::new(upload));
-        let answered = self.call_once(method, args, upload, false).await;
+        self.upload(method, args, Outbound::new(upload)).await
+    }
+
+    /// Makes a call with a streamed argument and decodes its result.
+    pub(crate) async fn upload<A, R>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Outbound,
+    ) -> Result<R, RpcError>
+    where
+        A: Encode + ?Sized,
+        R: Decode,
+    {
+        let answered = self.call_once(method, args, Some(upload), false).await;
         let (value, end) = answered?;
         ended(
             end,
@@ -348,15 +376,15 @@ impl Channel {
 
     /// Makes a call whose result is a stream. The call's span, and its count in the metrics,
     /// last until the stream ends or is dropped.
-    async fn download<A, T>(
+    pub(crate) async fn download<A, T>(
         &self,
         method: &'static MethodInfo,
         args: &A,
         upload: Option<Outbound>,
     ) -> Result<Streaming<T>, RpcError>
     where
-        A: Serialize + ?Sized,
-        T: serde::de::DeserializeOwned + Send + 'static,
+        A: Encode + ?Sized,
+        T: Decode + Send + 'static,
     {
         let (answered, end) = self.call_once(method, args, upload, true).await?;
         match answered.into_stream() {
@@ -375,7 +403,7 @@ impl Channel {
         download: bool,
     ) -> Result<(Answered, CallEnd), RpcError>
     where
-        A: Serialize + ?Sized,
+        A: Encode + ?Sized,
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
@@ -386,7 +414,7 @@ impl Channel {
         }
     }
 
-    async fn stream_once<A: Serialize + ?Sized>(
+    async fn stream_once<A: Encode + ?Sized>(
         &self,
         method: &'static MethodInfo,
         args: &A,

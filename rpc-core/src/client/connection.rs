@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -15,8 +13,8 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
-    self, Claim, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome, PeerInfo, Queue,
-    code, finish_frame, go_away, write_frames,
+    self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome,
+    PeerInfo, Queue, code, finish_frame, go_away, write_frames,
 };
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
@@ -173,7 +171,7 @@ impl Connection {
     }
 
     /// Sends a call, with its upload if any, and waits for the server's response.
-    pub(crate) async fn start<A: Serialize + ?Sized>(
+    pub(crate) async fn start<A: Encode + ?Sized>(
         self: &Arc<Self>,
         spec: CallSpec<'_>,
         args: &A,
@@ -237,7 +235,7 @@ impl Connection {
         })
     }
 
-    fn request_frame<A: Serialize + ?Sized>(
+    fn request_frame<A: Encode + ?Sized>(
         &self,
         id: u64,
         spec: CallSpec<'_>,
@@ -260,7 +258,9 @@ impl Connection {
         };
         let mut frame = protocol::begin_request(id, spec.method.name, timeout_ms, spec.metadata)
             .map_err(encode_failed)?;
-        frame.append(args).map_err(encode_failed)?;
+        frame
+            .encode(|bytes| args.encode(bytes))
+            .map_err(encode_failed)?;
         finish_frame(&mut frame, self.server.max_frame_len)?;
         Ok(frame)
     }
@@ -281,9 +281,9 @@ pub(crate) struct Answered {
 
 impl Answered {
     /// The result of a call without a streamed result.
-    pub(crate) fn into_value<R: DeserializeOwned>(self) -> Result<R, Failure> {
+    pub(crate) fn into_value<R: Decode>(self) -> Result<R, Failure> {
         let body = self.body()?;
-        crate::payload::decoding(&body, || protocol::decode_exact(&body)).map_err(|e| {
+        R::decode(&body, &body).map_err(|e| {
             Failure::Final(RpcError::Decode {
                 method: self.method.name.to_owned(),
                 reason: e.to_string(),
@@ -292,7 +292,7 @@ impl Answered {
     }
 
     /// The streamed result of a call.
-    pub(crate) fn into_stream<T: DeserializeOwned + Send + 'static>(
+    pub(crate) fn into_stream<T: Decode + Send + 'static>(
         mut self,
     ) -> Result<Streaming<T>, Failure> {
         self.body()?;

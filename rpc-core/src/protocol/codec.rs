@@ -46,6 +46,34 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
     }
 }
 
+/// What goes into a frame as a value: anything serde serializes, or bytes encoded already
+/// ([`Encoded`](crate::dynamic::Encoded)).
+pub(crate) trait Encode {
+    /// Appends the value's encoding to `out`, as [`append`] does; on failure `out` is left as
+    /// it was.
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
+}
+
+impl<T: Serialize + ?Sized> Encode for T {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        append(self, out)
+    }
+}
+
+/// What comes out of a frame as a value: anything serde deserializes, or the bytes as they
+/// are ([`Encoded`](crate::dynamic::Encoded)).
+pub(crate) trait Decode: Sized {
+    /// Decodes `bytes`, which it must fill exactly, from within `frame`, which a
+    /// [`Payload`](crate::Payload) in it may share.
+    fn decode(frame: &bytes::Bytes, bytes: &[u8]) -> Result<Self, CodecError>;
+}
+
+impl<T: DeserializeOwned> Decode for T {
+    fn decode(frame: &bytes::Bytes, bytes: &[u8]) -> Result<Self, CodecError> {
+        crate::payload::decoding(frame, || decode_exact(bytes))
+    }
+}
+
 /// Slices up to this long are appended byte by byte.
 const SMALL: usize = 16;
 

@@ -15,7 +15,7 @@ mod properties;
 mod stall;
 
 pub use codec::CodecError;
-pub(crate) use codec::{append, decode_exact};
+pub(crate) use codec::{Decode, Encode, append, decode_exact};
 pub(crate) use frame::{FrameReader, FrameWriter, length_prefix, write_frames};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};

@@ -12,7 +12,7 @@ use super::registry::{OutboundCredit, SendWindow};
 use super::{Streaming, item_cost};
 use crate::RpcError;
 use crate::protocol::{
-    Frame, Head, LENGTH_PREFIX, Outbox, Outcome, StreamFrames, code, finish_frame_at,
+    Encode, Frame, Head, LENGTH_PREFIX, Outbox, Outcome, StreamFrames, code, finish_frame_at,
 };
 use crate::task::AbortOnDrop;
 
@@ -28,6 +28,13 @@ pub struct Outbound {
 impl Outbound {
     /// Erases the item type of `stream`.
     pub fn new<T: Serialize + Send + 'static>(stream: Streaming<T>) -> Self {
+        Outbound {
+            items: Box::pin(stream),
+        }
+    }
+
+    /// A stream of items encoded already.
+    pub(crate) fn encoded(stream: Streaming<crate::dynamic::Encoded>) -> Self {
         Outbound {
             items: Box::pin(stream),
         }
@@ -59,7 +66,7 @@ trait EncodeNext: Send {
     ) -> Poll<Option<Result<i64, String>>>;
 }
 
-impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
+impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -77,11 +84,11 @@ impl<T: Serialize + Send + 'static> EncodeNext for Streaming<T> {
 }
 
 /// Appends `item` as a whole StreamItem frame, returning its cost.
-fn encode_item<T: Serialize>(into: &mut Encoding<'_>, item: &T) -> Result<i64, String> {
+fn encode_item<T: Encode>(into: &mut Encoding<'_>, item: &T) -> Result<i64, String> {
     let at = into.frame.start_frame(into.head);
     let encoded = into
         .frame
-        .append(item)
+        .encode(|bytes| item.encode(bytes))
         .map_err(|e| format!("an item could not be encoded: {e}"))
         .and_then(|()| {
             finish_frame_at(into.frame, at, into.max_frame_len)

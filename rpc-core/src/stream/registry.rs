@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
+
+use crate::protocol::Decode;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::Sleep;
 
@@ -367,7 +369,7 @@ pub(crate) struct InboundOptions {
 }
 
 /// Wraps the receiving end of an incoming stream as a [`Streaming`] of `T`.
-pub(crate) fn inbound_stream<T: DeserializeOwned + Send + 'static>(
+pub(crate) fn inbound_stream<T: Decode + Send + 'static>(
     parts: InboundParts,
     options: InboundOptions,
 ) -> Streaming<T> {
@@ -425,7 +427,7 @@ impl<T> InboundStream<T> {
     }
 }
 
-impl<T: DeserializeOwned> Stream for InboundStream<T> {
+impl<T: Decode> Stream for InboundStream<T> {
     type Item = Result<T, RpcError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -455,7 +457,7 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
         let item = match std::task::ready!(self.parts.rx.poll_recv(cx)) {
             Some(Inbound::Item { bytes, cost }) => {
                 self.return_credit(cost);
-                crate::payload::decoding(&bytes, || protocol::decode_exact(&bytes))
+                T::decode(&bytes, &bytes)
             }
             Some(Inbound::Run { frames, head_len }) => {
                 self.run = frames;
@@ -480,14 +482,14 @@ impl<T: DeserializeOwned> Stream for InboundStream<T> {
     }
 }
 
-impl<T: DeserializeOwned> InboundStream<T> {
+impl<T: Decode> InboundStream<T> {
     /// Takes the next item of the run being read.
     fn next_in_run(&mut self) -> Poll<Option<Result<T, RpcError>>> {
         let Some((size, rest)) = split_frame(&self.run) else {
             unreachable!("a run holds whole frames, checked as they were read");
         };
         let item = rest.get(self.head_len..size).unwrap_or_default();
-        let decoded = crate::payload::decoding(&self.run, || protocol::decode_exact(item));
+        let decoded = T::decode(&self.run, item);
         self.run.advance(LENGTH_PREFIX + size);
         self.return_credit(item_cost(size));
         self.decoded(decoded)
