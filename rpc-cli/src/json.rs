@@ -1,0 +1,826 @@
+//! JSON to postcard and back, through a service's schema: what lets a person type a call's
+//! arguments and read its result.
+//!
+//! The JSON for a type is what `serde_json` writes for it: numbers, strings (a `char` is a
+//! one-character string), `null` for `()` and `None`, arrays for sequences, tuples and tuple
+//! structs, objects for structs (by field name) and for maps with string keys, and enums
+//! externally tagged (`"Unit"`, `{"Newtype": 1}`, `{"Tuple": [1, 2]}`, `{"Struct": {"a": 1}}`).
+//! Byte strings are arrays of numbers (or, as input, a string taken as its UTF-8 bytes); maps
+//! with other keys are arrays of `[key, value]` pairs; 128-bit integers may be strings.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rpc_core::schema::{Field, MethodSchema, Schema, TypeDef, Variant};
+use serde::de::{self, DeserializeSeed, Visitor};
+use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, SerializeTuple};
+use serde_json::{Map, Value};
+
+/// How deep values may nest: a schema that refers to itself without end, or a hostile
+/// server's deeply nested answer, stops here instead of exhausting the stack.
+const MAX_DEPTH: usize = 128;
+
+/// The named types of a service.
+pub type Types = BTreeMap<String, TypeDef>;
+
+/// Encodes a call's arguments: a JSON object keyed by the arguments' names, or an array of them
+/// in order. A method without arguments takes `{}`, `[]` or `null`.
+pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result<Vec<u8>, String> {
+    let args = &method.args;
+    let values: Vec<&Value> = match json {
+        Value::Null if args.is_empty() => Vec::new(),
+        Value::Array(items) => {
+            if items.len() != args.len() {
+                return Err(format!(
+                    "`{}` takes {} arguments ({}), and {} were given",
+                    method.name,
+                    args.len(),
+                    signature(args),
+                    items.len()
+                ));
+            }
+            items.iter().collect()
+        }
+        Value::Object(named) => {
+            if let Some(unknown) = named
+                .keys()
+                .find(|key| !args.iter().any(|arg| &arg.name == *key))
+            {
+                return Err(format!(
+                    "`{}` has no argument `{unknown}`; its arguments are ({})",
+                    method.name,
+                    signature(args)
+                ));
+            }
+            let mut values = Vec::with_capacity(args.len());
+            for arg in args {
+                let value = named.get(&arg.name).ok_or_else(|| {
+                    format!("the argument `{}` ({}) is missing", arg.name, arg.schema)
+                })?;
+                values.push(value);
+            }
+            values
+        }
+        other => {
+            return Err(format!(
+                "the arguments of `{}` are a JSON object keyed by name, or an array: ({}); \
+                 found {}",
+                method.name,
+                signature(args),
+                kind(other)
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for (arg, value) in args.iter().zip(values) {
+        out.extend(encode(&arg.schema, types, value, &arg.name)?);
+    }
+    Ok(out)
+}
+
+/// Encodes one value of type `schema` from `json`; `path` names it in errors.
+pub fn encode(schema: &Schema, types: &Types, json: &Value, path: &str) -> Result<Vec<u8>, String> {
+    let error = RefCell::new(None);
+    let typed = Typed {
+        schema,
+        types,
+        json,
+        path: path.to_owned(),
+        depth: 0,
+        error: &error,
+    };
+    postcard::to_allocvec(&typed).map_err(|failure| {
+        error
+            .into_inner()
+            .unwrap_or_else(|| format!("`{path}` could not be encoded: {failure}"))
+    })
+}
+
+/// Decodes one value of type `schema` from `bytes`, which it must fill exactly.
+pub fn decode(schema: &Schema, types: &Types, bytes: &[u8]) -> Result<Value, String> {
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let value = Shape {
+        schema,
+        types,
+        depth: 0,
+    }
+    .deserialize(&mut deserializer)
+    .map_err(|error| format!("the answer does not decode as {schema}: {error}"))?;
+    let rest = deserializer
+        .finalize()
+        .map_err(|error| format!("the answer does not decode as {schema}: {error}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "the answer has {} bytes more than a {schema}",
+            rest.len()
+        ));
+    }
+    Ok(value)
+}
+
+fn signature(args: &[Field]) -> String {
+    let args: Vec<String> = args
+        .iter()
+        .map(|arg| format!("{}: {}", arg.name, arg.schema))
+        .collect();
+    args.join(", ")
+}
+
+fn kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("`{b}`"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(items) => format!("an array of {}", items.len()),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+/// A JSON value to serialize as the type `schema`.
+struct Typed<'a> {
+    schema: &'a Schema,
+    types: &'a Types,
+    json: &'a Value,
+    path: String,
+    depth: usize,
+    /// Where the first error's sentence goes: postcard keeps no message of its own.
+    error: &'a RefCell<Option<String>>,
+}
+
+impl Typed<'_> {
+    fn fail<E: ser::Error>(&self, expected: impl fmt::Display) -> E {
+        self.fail_with(format!(
+            "`{}`: expected {expected}, found {}",
+            self.path,
+            kind(self.json)
+        ))
+    }
+
+    fn fail_with<E: ser::Error>(&self, message: String) -> E {
+        let mut error = self.error.borrow_mut();
+        if error.is_none() {
+            *error = Some(message);
+        }
+        E::custom("see the recorded message")
+    }
+
+    fn child<'b>(&'b self, schema: &'b Schema, json: &'b Value, path: String) -> Typed<'b> {
+        Typed {
+            schema,
+            types: self.types,
+            json,
+            path,
+            depth: self.depth + 1,
+            error: self.error,
+        }
+    }
+
+    fn integer<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let expected = format!("an integer ({})", self.schema);
+        let number = match self.json {
+            Value::Number(n) => n.as_i128(),
+            Value::String(s) => s.parse::<i128>().ok(),
+            _ => None,
+        };
+        let Some(n) = number else {
+            return Err(self.fail(expected));
+        };
+        let out_of_range = || {
+            self.fail_with(format!(
+                "`{}`: {n} does not fit in {}",
+                self.path, self.schema
+            ))
+        };
+        match self.schema {
+            Schema::I8 => serializer.serialize_i8(i8::try_from(n).map_err(|_| out_of_range())?),
+            Schema::I16 => serializer.serialize_i16(i16::try_from(n).map_err(|_| out_of_range())?),
+            Schema::I32 => serializer.serialize_i32(i32::try_from(n).map_err(|_| out_of_range())?),
+            Schema::I64 => serializer.serialize_i64(i64::try_from(n).map_err(|_| out_of_range())?),
+            Schema::I128 => serializer.serialize_i128(n),
+            Schema::U8 => serializer.serialize_u8(u8::try_from(n).map_err(|_| out_of_range())?),
+            Schema::U16 => serializer.serialize_u16(u16::try_from(n).map_err(|_| out_of_range())?),
+            Schema::U32 => serializer.serialize_u32(u32::try_from(n).map_err(|_| out_of_range())?),
+            Schema::U64 => serializer.serialize_u64(u64::try_from(n).map_err(|_| out_of_range())?),
+            _ => serializer.serialize_u128(u128::try_from(n).map_err(|_| out_of_range())?),
+        }
+    }
+
+    fn items<S: ser::Serializer>(
+        &self,
+        serializer: S,
+        schemas: &[&Schema],
+        names: Option<&[Field]>,
+    ) -> Result<S::Ok, S::Error> {
+        let values: Vec<(&Value, String)> = match (self.json, names) {
+            (Value::Object(object), Some(fields)) => {
+                if let Some(unknown) = object
+                    .keys()
+                    .find(|key| !fields.iter().any(|field| &field.name == *key))
+                {
+                    return Err(self.fail_with(format!(
+                        "`{}` has no field `{unknown}`; its fields are ({})",
+                        self.path,
+                        signature(fields)
+                    )));
+                }
+                let mut values = Vec::with_capacity(fields.len());
+                for field in fields {
+                    let path = format!("{}.{}", self.path, field.name);
+                    match object.get(&field.name) {
+                        Some(value) => values.push((value, path)),
+                        None => {
+                            return Err(
+                                self.fail_with(format!("`{path}` ({}) is missing", field.schema))
+                            );
+                        }
+                    }
+                }
+                values
+            }
+            (Value::Array(items), _) if items.len() == schemas.len() => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| (item, format!("{}[{index}]", self.path)))
+                .collect(),
+            _ => {
+                let expected = match names {
+                    Some(fields) => format!("an object with the fields ({})", signature(fields)),
+                    None => format!("an array of {} items", schemas.len()),
+                };
+                return Err(self.fail(expected));
+            }
+        };
+        let mut tuple = serializer.serialize_tuple(schemas.len())?;
+        for (schema, (value, path)) in schemas.iter().zip(&values) {
+            tuple.serialize_element(&self.child(schema, value, path.clone()))?;
+        }
+        tuple.end()
+    }
+
+    fn named<S: ser::Serializer>(&self, serializer: S, name: &str) -> Result<S::Ok, S::Error> {
+        let Some(def) = self.types.get(name) else {
+            return Err(self.fail_with(format!(
+                "`{}`: the type `{name}` is not described, so it cannot be written",
+                self.path
+            )));
+        };
+        match def {
+            TypeDef::UnitStruct => match self.json {
+                Value::Null => serializer.serialize_unit(),
+                _ => Err(self.fail("null")),
+            },
+            TypeDef::NewtypeStruct(inner) => self
+                .child(inner, self.json, self.path.clone())
+                .serialize(serializer),
+            TypeDef::TupleStruct(items) => {
+                self.items(serializer, &items.iter().collect::<Vec<_>>(), None)
+            }
+            TypeDef::Struct(fields) => {
+                let schemas: Vec<&Schema> = fields.iter().map(|field| &field.schema).collect();
+                self.items(serializer, &schemas, Some(fields))
+            }
+            TypeDef::Enum(variants) => self.variant(serializer, name, variants),
+            _ => Err(self.fail_with(format!(
+                "`{}`: `{name}` is a kind of type this tool does not know",
+                self.path
+            ))),
+        }
+    }
+
+    fn variant<S: ser::Serializer>(
+        &self,
+        serializer: S,
+        name: &str,
+        variants: &[(String, Variant)],
+    ) -> Result<S::Ok, S::Error> {
+        let names = || {
+            variants
+                .iter()
+                .map(|(variant, _)| variant.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (tag, content) = match self.json {
+            Value::String(tag) => (tag.as_str(), None),
+            Value::Object(object) if object.len() == 1 => {
+                let (tag, content) = object.iter().next().expect("one entry");
+                (tag.as_str(), Some(content))
+            }
+            _ => {
+                return Err(self.fail(format!(
+                    "a variant of `{name}`: \"Variant\" or {{\"Variant\": ...}}, one of {}",
+                    names()
+                )));
+            }
+        };
+        let Some(index) = variants.iter().position(|(variant, _)| variant == tag) else {
+            return Err(self.fail_with(format!(
+                "`{}`: `{name}` has no variant `{tag}`; its variants are {}",
+                self.path,
+                names()
+            )));
+        };
+        let index = u32::try_from(index).map_err(|_| self.fail_with("too many variants".into()))?;
+        let path = format!("{}.{tag}", self.path);
+        let null = Value::Null;
+        match (&variants[index as usize].1, content) {
+            (Variant::Unit, None | Some(Value::Null)) => {
+                serializer.serialize_unit_variant("", index, "")
+            }
+            (Variant::Unit, Some(_)) => Err(self.fail_with(format!("`{path}` takes no value"))),
+            (Variant::Newtype(inner), content) => {
+                let value = self.child(inner, content.unwrap_or(&null), path);
+                serializer.serialize_newtype_variant("", index, "", &value)
+            }
+            (Variant::Tuple(items), content) => {
+                let schemas: Vec<&Schema> = items.iter().collect();
+                let content = self.child(&Schema::Unit, content.unwrap_or(&null), path);
+                let items = VariantItems {
+                    typed: &content,
+                    schemas: &schemas,
+                    fields: None,
+                };
+                serializer.serialize_newtype_variant("", index, "", &items)
+            }
+            (Variant::Struct(fields), content) => {
+                let schemas: Vec<&Schema> = fields.iter().map(|field| &field.schema).collect();
+                let content = self.child(&Schema::Unit, content.unwrap_or(&null), path);
+                let items = VariantItems {
+                    typed: &content,
+                    schemas: &schemas,
+                    fields: Some(fields),
+                };
+                serializer.serialize_newtype_variant("", index, "", &items)
+            }
+            _ => Err(self.fail_with(format!(
+                "`{path}`: a kind of variant this tool does not know"
+            ))),
+        }
+    }
+}
+
+/// A tuple or struct variant's items: postcard writes them after the index as a tuple's.
+struct VariantItems<'a> {
+    typed: &'a Typed<'a>,
+    schemas: &'a [&'a Schema],
+    fields: Option<&'a [Field]>,
+}
+
+impl Serialize for VariantItems<'_> {
+    fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.typed.items(serializer, self.schemas, self.fields)
+    }
+}
+
+impl Serialize for Typed<'_> {
+    fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(self.fail_with(format!("`{}` nests more than {MAX_DEPTH} deep", self.path)));
+        }
+        match self.schema {
+            Schema::Unit => match self.json {
+                Value::Null => serializer.serialize_unit(),
+                _ => Err(self.fail("null")),
+            },
+            Schema::Bool => match self.json {
+                Value::Bool(b) => serializer.serialize_bool(*b),
+                _ => Err(self.fail("`true` or `false`")),
+            },
+            Schema::I8
+            | Schema::I16
+            | Schema::I32
+            | Schema::I64
+            | Schema::I128
+            | Schema::U8
+            | Schema::U16
+            | Schema::U32
+            | Schema::U64
+            | Schema::U128 => self.integer(serializer),
+            Schema::F32 => match self.json.as_f64() {
+                Some(x) => serializer.serialize_f32(x as f32),
+                None => Err(self.fail("a number (f32)")),
+            },
+            Schema::F64 => match self.json.as_f64() {
+                Some(x) => serializer.serialize_f64(x),
+                None => Err(self.fail("a number (f64)")),
+            },
+            Schema::Char => {
+                let mut chars = self.json.as_str().unwrap_or_default().chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => serializer.serialize_char(c),
+                    _ => Err(self.fail("a string of one character (char)")),
+                }
+            }
+            Schema::Str => match self.json {
+                Value::String(s) => serializer.serialize_str(s),
+                _ => Err(self.fail("a string")),
+            },
+            Schema::Bytes => match self.json {
+                Value::String(s) => serializer.serialize_bytes(s.as_bytes()),
+                Value::Array(items) => {
+                    let bytes: Option<Vec<u8>> = items
+                        .iter()
+                        .map(|item| item.as_u64().and_then(|n| u8::try_from(n).ok()))
+                        .collect();
+                    match bytes {
+                        Some(bytes) => serializer.serialize_bytes(&bytes),
+                        None => Err(self.fail("an array of bytes (0 to 255)")),
+                    }
+                }
+                _ => Err(self.fail("bytes: an array of numbers from 0 to 255, or a string")),
+            },
+            Schema::Option(inner) => match self.json {
+                Value::Null => serializer.serialize_none(),
+                json => serializer.serialize_some(&self.child(inner, json, self.path.clone())),
+            },
+            Schema::Seq(item) => match self.json {
+                Value::Array(items) => {
+                    let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                    for (index, value) in items.iter().enumerate() {
+                        seq.serialize_element(&self.child(
+                            item,
+                            value,
+                            format!("{}[{index}]", self.path),
+                        ))?;
+                    }
+                    seq.end()
+                }
+                _ => Err(self.fail(format!("an array ({})", self.schema))),
+            },
+            Schema::Map(key, value) => self.map(serializer, key, value),
+            Schema::Tuple(items) => self.items(serializer, &items.iter().collect::<Vec<_>>(), None),
+            Schema::Named(name) => self.named(serializer, name),
+            other => Err(self.fail_with(format!(
+                "`{}`: the type {other} is not known to this tool",
+                self.path
+            ))),
+        }
+    }
+}
+
+impl Typed<'_> {
+    fn map<S: ser::Serializer>(
+        &self,
+        serializer: S,
+        key: &Schema,
+        value: &Schema,
+    ) -> Result<S::Ok, S::Error> {
+        let entries: Vec<(Value, &Value)> = match self.json {
+            Value::Object(object) => object
+                .iter()
+                .map(|(k, v)| {
+                    let key = match key {
+                        Schema::Str | Schema::Char => Value::String(k.clone()),
+                        _ => serde_json::from_str(k).unwrap_or_else(|_| Value::String(k.clone())),
+                    };
+                    (key, v)
+                })
+                .collect(),
+            Value::Array(pairs) => {
+                let mut entries = Vec::with_capacity(pairs.len());
+                for pair in pairs {
+                    match pair.as_array().map(Vec::as_slice) {
+                        Some([k, v]) => entries.push((k.clone(), v)),
+                        _ => return Err(self.fail("an object, or an array of [key, value] pairs")),
+                    }
+                }
+                entries
+            }
+            _ => return Err(self.fail(format!("an object ({})", self.schema))),
+        };
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (k, v) in &entries {
+            let path = format!("{}[{k}]", self.path);
+            map.serialize_entry(
+                &self.child(key, k, path.clone()),
+                &self.child(value, v, path),
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// A type to read a JSON value of from postcard.
+#[derive(Clone, Copy)]
+struct Shape<'a> {
+    schema: &'a Schema,
+    types: &'a Types,
+    depth: usize,
+}
+
+impl<'a> Shape<'a> {
+    fn of(&self, schema: &'a Schema) -> Shape<'a> {
+        Shape {
+            schema,
+            types: self.types,
+            depth: self.depth + 1,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Shape<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(de::Error::custom(format!(
+                "values nest more than {MAX_DEPTH} deep"
+            )));
+        }
+        let visitor = ToJson(self);
+        match self.schema {
+            Schema::Unit => deserializer.deserialize_unit(visitor),
+            Schema::Bool => deserializer.deserialize_bool(visitor),
+            Schema::I8 => deserializer.deserialize_i8(visitor),
+            Schema::I16 => deserializer.deserialize_i16(visitor),
+            Schema::I32 => deserializer.deserialize_i32(visitor),
+            Schema::I64 => deserializer.deserialize_i64(visitor),
+            Schema::I128 => deserializer.deserialize_i128(visitor),
+            Schema::U8 => deserializer.deserialize_u8(visitor),
+            Schema::U16 => deserializer.deserialize_u16(visitor),
+            Schema::U32 => deserializer.deserialize_u32(visitor),
+            Schema::U64 => deserializer.deserialize_u64(visitor),
+            Schema::U128 => deserializer.deserialize_u128(visitor),
+            Schema::F32 => deserializer.deserialize_f32(visitor),
+            Schema::F64 => deserializer.deserialize_f64(visitor),
+            Schema::Char => deserializer.deserialize_char(visitor),
+            Schema::Str => deserializer.deserialize_str(visitor),
+            Schema::Bytes => deserializer.deserialize_bytes(visitor),
+            Schema::Option(_) => deserializer.deserialize_option(visitor),
+            Schema::Seq(_) => deserializer.deserialize_seq(visitor),
+            Schema::Map(..) => deserializer.deserialize_map(visitor),
+            Schema::Tuple(items) => deserializer.deserialize_tuple(items.len(), visitor),
+            Schema::Named(name) => match self.types.get(name) {
+                None => Err(de::Error::custom(format!(
+                    "the type `{name}` is not described"
+                ))),
+                Some(TypeDef::UnitStruct) => deserializer.deserialize_unit(visitor),
+                Some(TypeDef::NewtypeStruct(inner)) => self.of(inner).deserialize(deserializer),
+                Some(TypeDef::TupleStruct(items)) => {
+                    deserializer.deserialize_tuple(items.len(), visitor)
+                }
+                Some(TypeDef::Struct(fields)) => {
+                    deserializer.deserialize_tuple(fields.len(), visitor)
+                }
+                Some(TypeDef::Enum(_)) => deserializer.deserialize_enum("", &[], visitor),
+                Some(_) => Err(de::Error::custom(format!(
+                    "`{name}` is a kind of type this tool does not know"
+                ))),
+            },
+            other => Err(de::Error::custom(format!(
+                "the type {other} is not known to this tool"
+            ))),
+        }
+    }
+}
+
+/// Builds the JSON value of one postcard value, as its [`Shape`] says.
+struct ToJson<'a>(Shape<'a>);
+
+impl ToJson<'_> {
+    /// The items of a tuple, struct or variant: an object for named fields, else an array.
+    fn items<'de, A: de::SeqAccess<'de>>(
+        &self,
+        mut seq: A,
+        schemas: &[&Schema],
+        names: Option<&[Field]>,
+    ) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        for schema in schemas {
+            let value = seq
+                .next_element_seed(self.0.of(schema))?
+                .ok_or_else(|| de::Error::custom("the value ended early"))?;
+            values.push(value);
+        }
+        Ok(match names {
+            Some(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|field| field.name.clone())
+                    .zip(values)
+                    .collect(),
+            ),
+            None => Value::Array(values),
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for ToJson<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a value of {}", self.0.schema)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Value, E> {
+        Ok(i64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::from))
+    }
+
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<Value, E> {
+        Ok(u64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::from))
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_char<E: de::Error>(self, c: char) -> Result<Value, E> {
+        Ok(Value::String(c.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Value, E> {
+        Ok(Value::Array(
+            bytes.iter().map(|&b| Value::from(b)).collect(),
+        ))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        let Schema::Option(inner) = self.0.schema else {
+            return Err(de::Error::custom("an option where none was described"));
+        };
+        self.0.of(inner).deserialize(deserializer)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        match self.0.schema {
+            Schema::Seq(item) => {
+                // The length the peer claims sizes nothing: items are added as they decode.
+                let mut items = Vec::new();
+                while let Some(value) = seq.next_element_seed(self.0.of(item))? {
+                    items.push(value);
+                }
+                Ok(Value::Array(items))
+            }
+            Schema::Tuple(items) => self.items(seq, &items.iter().collect::<Vec<_>>(), None),
+            Schema::Named(name) => match self.0.types.get(name) {
+                Some(TypeDef::TupleStruct(items)) => {
+                    self.items(seq, &items.iter().collect::<Vec<_>>(), None)
+                }
+                Some(TypeDef::Struct(fields)) => {
+                    let schemas: Vec<&Schema> = fields.iter().map(|field| &field.schema).collect();
+                    self.items(seq, &schemas, Some(fields))
+                }
+                _ => Err(de::Error::custom(format!(
+                    "`{name}` is not a tuple or a struct"
+                ))),
+            },
+            other => Err(de::Error::custom(format!(
+                "a sequence where {other} was described"
+            ))),
+        }
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let Schema::Map(key, value) = self.0.schema else {
+            return Err(de::Error::custom("a map where none was described"));
+        };
+        let mut object = Map::new();
+        let mut pairs = Vec::new();
+        while let Some(k) = map.next_key_seed(self.0.of(key))? {
+            let v = map.next_value_seed(self.0.of(value))?;
+            match k {
+                Value::String(k) => {
+                    object.insert(k, v);
+                }
+                k => pairs.push(Value::Array(vec![k, v])),
+            }
+        }
+        Ok(if pairs.is_empty() {
+            Value::Object(object)
+        } else {
+            Value::Array(pairs)
+        })
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        use de::VariantAccess;
+        let Schema::Named(name) = self.0.schema else {
+            return Err(de::Error::custom("an enum where none was described"));
+        };
+        let Some(TypeDef::Enum(variants)) = self.0.types.get(name) else {
+            return Err(de::Error::custom(format!("`{name}` is not an enum")));
+        };
+        let (index, access) = data.variant_seed(VariantIndex)?;
+        let Some((tag, variant)) = usize::try_from(index).ok().and_then(|i| variants.get(i)) else {
+            return Err(de::Error::custom(format!(
+                "`{name}` has no variant {index}"
+            )));
+        };
+        let content = match variant {
+            Variant::Unit => {
+                access.unit_variant()?;
+                return Ok(Value::String(tag.clone()));
+            }
+            Variant::Newtype(inner) => access.newtype_variant_seed(self.0.of(inner))?,
+            Variant::Tuple(items) => {
+                let shape = Shape {
+                    schema: self.0.schema,
+                    ..self.0
+                };
+                access.tuple_variant(
+                    items.len(),
+                    VariantToJson {
+                        shape,
+                        schemas: items.iter().collect(),
+                        fields: None,
+                    },
+                )?
+            }
+            Variant::Struct(fields) => {
+                let shape = Shape {
+                    schema: self.0.schema,
+                    ..self.0
+                };
+                let schemas = fields.iter().map(|field| &field.schema).collect();
+                access.tuple_variant(
+                    fields.len(),
+                    VariantToJson {
+                        shape,
+                        schemas,
+                        fields: Some(fields),
+                    },
+                )?
+            }
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "`{tag}` is a kind of variant this tool does not know"
+                )));
+            }
+        };
+        let mut object = Map::new();
+        object.insert(tag.clone(), content);
+        Ok(Value::Object(object))
+    }
+}
+
+/// A variant's index, as postcard hands it over.
+struct VariantIndex;
+
+impl<'de> DeserializeSeed<'de> for VariantIndex {
+    type Value = u32;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<u32, D::Error> {
+        struct Index;
+        impl Visitor<'_> for Index {
+            type Value = u32;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a variant index")
+            }
+
+            fn visit_u32<E: de::Error>(self, index: u32) -> Result<u32, E> {
+                Ok(index)
+            }
+
+            fn visit_u64<E: de::Error>(self, index: u64) -> Result<u32, E> {
+                u32::try_from(index).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_u32(Index)
+    }
+}
+
+/// The items of a tuple or struct variant.
+struct VariantToJson<'a> {
+    shape: Shape<'a>,
+    schemas: Vec<&'a Schema>,
+    fields: Option<&'a [Field]>,
+}
+
+impl<'de> Visitor<'de> for VariantToJson<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a variant's items")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+        ToJson(self.shape).items(seq, &self.schemas, self.fields)
+    }
+}

@@ -1,0 +1,314 @@
+//! `rpc`: describe and call any rpc-core server from the command line, with JSON.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rpc_cli::json;
+use rpc_cli::lockfile::{self, LockError};
+use rpc_core::dynamic::{DynamicClient, DynamicReply, Encoded};
+use rpc_core::schema::ServiceSchema;
+use rpc_core::tls::ClientTls;
+use rpc_core::{ClientBuilder, RpcError, Streaming};
+use serde_json::Value;
+
+/// Describe and call any rpc-core server, with JSON.
+#[derive(Parser, Debug)]
+#[command(name = "rpc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the server's service as a Rust trait, with its types.
+    Describe {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Call a method: arguments as JSON, the result printed as JSON (a streamed result as one
+    /// JSON line per item; a streamed argument is read as JSON lines from stdin).
+    Call {
+        #[command(flatten)]
+        target: Target,
+        /// The method to call.
+        method: String,
+        /// The arguments: an object keyed by name (`{"a": 2, "b": 3}`) or an array in order
+        /// (`[2, 3]`); nothing for a method without arguments.
+        args: Option<String>,
+    },
+    /// Write the server's schema to a lock file, to check in.
+    Lock {
+        #[command(flatten)]
+        target: Target,
+        /// The lock file to write.
+        file: PathBuf,
+    },
+    /// Check the server against a lock file: fail on each change that breaks callers built
+    /// from it; added methods pass.
+    Check {
+        #[command(flatten)]
+        target: Target,
+        /// The lock file to check against.
+        file: PathBuf,
+    },
+}
+
+/// Where the server is, and how to reach it.
+#[derive(Args, Debug)]
+struct Target {
+    /// The server: `host:port`, or `unix:PATH` for a Unix socket.
+    addr: String,
+    /// Metadata for the call, `key=value`; may be given more than once.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+    /// How long to wait for the answer: `500ms`, `5s`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    deadline: Duration,
+    /// Connect over TLS, trusting the platform's authorities unless `--ca` is given.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the authority in this PEM file (implies `--tls`).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Present this certificate chain, for mutual TLS (with `--key`; implies `--tls`).
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of `--cert`.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The name the server's certificate must carry, if not the host connected to.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+/// What went wrong, and the exit code it gives.
+enum Failure {
+    /// The input was wrong: exit code 2.
+    Usage(String),
+    /// The call, the connection or the check failed: exit code 1.
+    Failed(String),
+}
+
+impl From<RpcError> for Failure {
+    fn from(error: RpcError) -> Self {
+        Failure::Failed(error.to_string())
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 5s or 2m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("`{text}`: the unit is one of ms, s, m, h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("rpc: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("rpc: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Describe { target } => {
+            let (_, schema) = connect(&target).await?;
+            print!("{}", schema.to_rust());
+            Ok(())
+        }
+        Command::Call {
+            target,
+            method,
+            args,
+        } => {
+            let (client, schema) = connect(&target).await?;
+            call(&client, &schema, &method, args.as_deref()).await
+        }
+        Command::Lock { target, file } => {
+            let (_, schema) = connect(&target).await?;
+            lockfile::write(&schema, &file).map_err(|e| Failure::Failed(e.to_string()))?;
+            println!(
+                "wrote the schema of `{}` to {}",
+                schema.name,
+                file.display()
+            );
+            Ok(())
+        }
+        Command::Check { target, file } => {
+            let (_, schema) = connect(&target).await?;
+            let locked = lockfile::read(&file).map_err(|e| Failure::Usage(e.to_string()))?;
+            let broken = rpc_core::schema::incompatibilities(&locked, &schema);
+            if !broken.is_empty() {
+                return Err(Failure::Failed(LockError::Incompatible(broken).to_string()));
+            }
+            println!("`{}` is compatible with {}", schema.name, file.display());
+            Ok(())
+        }
+    }
+}
+
+/// Connects as `target` says and asks the server for its schema.
+async fn connect(target: &Target) -> Result<(DynamicClient, ServiceSchema), Failure> {
+    let mut builder = DynamicClient::builder().deadline(target.deadline);
+    for header in &target.headers {
+        let Some((key, value)) = header.split_once('=') else {
+            return Err(Failure::Usage(format!(
+                "`-H {header}`: metadata is KEY=VALUE"
+            )));
+        };
+        builder = builder.metadata(key, value);
+    }
+    builder = tls(builder, target)?;
+    let client = match target.addr.strip_prefix("unix:") {
+        Some(path) => builder.connect_unix(path).await?,
+        None => builder.connect(target.addr.as_str()).await?,
+    };
+    let schema = client.describe().await?;
+    Ok((client, schema))
+}
+
+fn tls(
+    builder: ClientBuilder<DynamicClient>,
+    target: &Target,
+) -> Result<ClientBuilder<DynamicClient>, Failure> {
+    let wanted = target.tls || target.ca.is_some() || target.cert.is_some();
+    if !wanted {
+        return Ok(builder);
+    }
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))
+    };
+    let refused = |e: rpc_core::tls::TlsError| Failure::Usage(e.to_string());
+    let mut tls = match &target.ca {
+        Some(ca) => ClientTls::trusting_pem(read(ca)?).map_err(refused)?,
+        None => ClientTls::platform_roots().map_err(refused)?,
+    };
+    if let (Some(cert), Some(key)) = (&target.cert, &target.key) {
+        tls = tls.identity_pem(read(cert)?, read(key)?).map_err(refused)?;
+    }
+    if let Some(name) = &target.server_name {
+        tls = tls.server_name(name.clone()).map_err(refused)?;
+    }
+    Ok(builder.tls(tls))
+}
+
+async fn call(
+    client: &DynamicClient,
+    schema: &ServiceSchema,
+    name: &str,
+    args: Option<&str>,
+) -> Result<(), Failure> {
+    let Some(method) = schema.method(name) else {
+        let names: Vec<&str> = schema.methods.iter().map(|m| m.name.as_str()).collect();
+        return Err(Failure::Usage(format!(
+            "`{}` has no method `{name}`; its methods are {}",
+            schema.name,
+            names.join(", ")
+        )));
+    };
+    let args: Value = match args {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| Failure::Usage(format!("the arguments are not JSON: {e}")))?,
+    };
+    let encoded = json::encode_args(method, &schema.types, &args).map_err(Failure::Usage)?;
+    let bad_input = Arc::new(AtomicBool::new(false));
+    let upload = method
+        .upload
+        .as_ref()
+        .map(|upload| stdin_items(schema, upload, Arc::clone(&bad_input)));
+    let reply = client.call(method, Encoded::new(encoded), upload).await?;
+    match reply {
+        DynamicReply::Value(result) => {
+            let value = json::decode(&method.result, &schema.types, result.as_bytes())
+                .map_err(Failure::Failed)?;
+            println!("{}", pretty(&value));
+        }
+        DynamicReply::Stream(mut items) => {
+            while let Some(item) = items.next().await {
+                let item = item?;
+                let value = json::decode(&method.result, &schema.types, item.as_bytes())
+                    .map_err(Failure::Failed)?;
+                println!("{value}");
+            }
+        }
+    }
+    if bad_input.load(Ordering::Acquire) {
+        // The line's error is printed already; the server saw the stream fail there.
+        return Err(Failure::Usage(
+            "the streamed argument stopped at a line that does not fit".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// The streamed argument's items, read as JSON lines from stdin. A line that does not fit the
+/// item type ends the stream with that error, which the server sees as a failed stream.
+fn stdin_items(
+    schema: &ServiceSchema,
+    upload: &rpc_core::schema::Field,
+    bad_input: Arc<AtomicBool>,
+) -> Streaming<Encoded> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Encoded, String>>(16);
+    let (item, types, name) = (
+        upload.schema.clone(),
+        schema.types.clone(),
+        upload.name.clone(),
+    );
+    std::thread::spawn(move || {
+        for (number, line) in std::io::stdin().lock().lines().enumerate() {
+            let item = match line {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => serde_json::from_str::<Value>(&line)
+                    .map_err(|e| format!("line {} of stdin is not JSON: {e}", number + 1))
+                    .and_then(|value| {
+                        json::encode(&item, &types, &value, &format!("{name}[{number}]"))
+                    })
+                    .map(Encoded::new),
+                Err(error) => Err(format!("stdin could not be read: {error}")),
+            };
+            let failed = item.is_err();
+            if let Err(message) = &item {
+                eprintln!("rpc: {message}");
+                bad_input.store(true, Ordering::Release);
+            }
+            if sender.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut receiver = receiver;
+    Streaming::from_results(futures_util::stream::poll_fn(move |cx| {
+        receiver.poll_recv(cx)
+    }))
+}

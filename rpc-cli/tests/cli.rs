@@ -1,0 +1,398 @@
+//! `rpc` against real servers, the way grpcurl is used against gRPC ones: describing a service,
+//! calling it with JSON (streams both ways, metadata, deadlines, TLS), the errors a person
+//! gets for JSON that does not fit, and lock files.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+
+use rpc_core::{Context, Server, ServerBuilder, Streaming};
+use rpc_tests::certs::Authority;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Size {
+    Small,
+    Large { grams: u32 },
+    Custom(f64),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Order {
+    pub(crate) item: String,
+    pub(crate) quantity: u32,
+    pub(crate) size: Size,
+    pub(crate) note: Option<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) extras: BTreeMap<String, u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Receipt {
+    pub(crate) total: u64,
+    pub(crate) size: Size,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Price(pub(crate) u64);
+
+#[rpc_core::service]
+pub(crate) trait Shop {
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn order(&self, order: Order) -> Receipt;
+    async fn countdown(&self, from: u32) -> Streaming<u32>;
+    async fn total(&self, prices: Streaming<Price>) -> u64;
+    async fn whoami(&self) -> String;
+    async fn wait(&self);
+}
+
+struct MyShop;
+
+impl Shop for MyShop {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    async fn order(&self, order: Order) -> Receipt {
+        let extras: u64 = order.extras.values().map(|&n| u64::from(n)).sum();
+        Receipt {
+            total: u64::from(order.quantity) * 100 + extras,
+            size: order.size,
+            message: format!(
+                "{} x{} [{}] {}",
+                order.item,
+                order.quantity,
+                order.tags.join(","),
+                order.note.unwrap_or_default()
+            ),
+        }
+    }
+
+    async fn countdown(&self, from: u32) -> Streaming<u32> {
+        Streaming::iter((1..=from).rev())
+    }
+
+    async fn total(&self, mut prices: Streaming<Price>) -> u64 {
+        let mut total = 0;
+        while let Some(Ok(Price(price))) = prices.next().await {
+            total += price;
+        }
+        total
+    }
+
+    async fn whoami(&self) -> String {
+        let call = Context::current();
+        call.metadata()
+            .get_str("user")
+            .unwrap_or("nobody")
+            .to_owned()
+    }
+
+    async fn wait(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn serve(builder: ServerBuilder) -> SocketAddr {
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(ShopServer::new(MyShop)));
+    addr
+}
+
+/// Runs `rpc` with `args`, feeding it `stdin`, off the runtime's threads.
+async fn rpc(args: &[&str], stdin: &str) -> Output {
+    let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    let stdin = stdin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rpc"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs rpc");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin.as_bytes()).expect("feeds stdin");
+        drop(input);
+        child.wait_with_output().expect("rpc finishes")
+    })
+    .await
+    .expect("joins")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `rpc` and expects it to succeed; returns what it printed.
+async fn ok(args: &[&str]) -> String {
+    let output = rpc(args, "").await;
+    assert!(output.status.success(), "rpc {args:?}: {}", stderr(&output));
+    stdout(&output)
+}
+
+/// Runs `rpc` and expects it to fail with `code`; returns what it said.
+async fn fails(args: &[&str], code: i32) -> String {
+    let output = rpc(args, "").await;
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "rpc {args:?}: {}",
+        stdout(&output)
+    );
+    stderr(&output)
+}
+
+#[tokio::test]
+async fn describe_prints_the_service_as_rust() {
+    let addr = serve(Server::builder()).await.to_string();
+    let rust = ok(&["describe", &addr]).await;
+    assert!(
+        rust.contains("#[rpc_core::service]\npub trait Shop {"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("    async fn add(&self, a: i64, b: i64) -> i64;"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("    async fn order(&self, order: Order) -> Receipt;"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("async fn countdown(&self, from: u32) -> Streaming<u32>;"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("async fn total(&self, prices: Streaming<Price>) -> u64;"),
+        "{rust}"
+    );
+    assert!(rust.contains("    async fn wait(&self);"), "{rust}");
+    assert!(rust.contains("pub struct Price(pub u64);"), "{rust}");
+    assert!(rust.contains("pub enum Size {\n    Small,\n    Large {\n        grams: u32,\n    },\n    Custom(f64),\n}"), "{rust}");
+    assert!(rust.contains("    extras: HashMap<String, u8>,"), "{rust}");
+}
+
+#[tokio::test]
+async fn call_takes_arguments_by_name_or_in_order() {
+    let addr = serve(Server::builder()).await.to_string();
+    assert_eq!(
+        ok(&["call", &addr, "add", r#"{"a": 2, "b": 3}"#]).await,
+        "5\n"
+    );
+    assert_eq!(ok(&["call", &addr, "add", "[40, 2]"]).await, "42\n");
+    assert_eq!(ok(&["call", &addr, "whoami"]).await, "\"nobody\"\n");
+}
+
+#[tokio::test]
+async fn call_encodes_and_decodes_nested_types() {
+    let addr = serve(Server::builder()).await.to_string();
+    let order = json!({
+        "order": {
+            "item": "tea",
+            "quantity": 2,
+            "size": {"Large": {"grams": 500}},
+            "note": "green",
+            "tags": ["hot", "to go"],
+            "extras": {"honey": 7, "lemon": 3}
+        }
+    });
+    let printed = ok(&["call", &addr, "order", &order.to_string()]).await;
+    let receipt: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(
+        receipt,
+        json!({"total": 210, "size": {"Large": {"grams": 500}}, "message": "tea x2 [hot,to go] green"})
+    );
+
+    let plain = json!({"order": {"item": "tea", "quantity": 1, "size": "Small", "note": null,
+        "tags": [], "extras": {}}});
+    let printed = ok(&["call", &addr, "order", &plain.to_string()]).await;
+    let receipt: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(receipt["size"], json!("Small"));
+    let custom = json!({"order": {"item": "tea", "quantity": 1, "size": {"Custom": 0.5},
+        "note": null, "tags": [], "extras": {}}});
+    let printed = ok(&["call", &addr, "order", &custom.to_string()]).await;
+    let receipt: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(receipt["size"], json!({"Custom": 0.5}));
+}
+
+#[tokio::test]
+async fn json_that_does_not_fit_is_refused_naming_the_field_and_the_type() {
+    let addr = serve(Server::builder()).await.to_string();
+    let said = fails(&["call", &addr, "add", r#"{"a": "two", "b": 3}"#], 2).await;
+    assert!(
+        said.contains("`a`: expected an integer (i64), found the string \"two\""),
+        "{said}"
+    );
+    let said = fails(&["call", &addr, "add", r#"{"a": 1}"#], 2).await;
+    assert!(said.contains("the argument `b` (i64) is missing"), "{said}");
+    let said = fails(&["call", &addr, "add", r#"{"a": 1, "b": 2, "c": 3}"#], 2).await;
+    assert!(
+        said.contains("`add` has no argument `c`; its arguments are (a: i64, b: i64)"),
+        "{said}"
+    );
+
+    let missing =
+        json!({"order": {"item": "tea", "quantity": 1, "note": null, "tags": [], "extras": {}}});
+    let said = fails(&["call", &addr, "order", &missing.to_string()], 2).await;
+    assert!(said.contains("`order.size` (Size) is missing"), "{said}");
+    let wrong_variant = json!({"order": {"item": "tea", "quantity": 1, "size": "Huge", "note": null,
+        "tags": [], "extras": {}}});
+    let said = fails(&["call", &addr, "order", &wrong_variant.to_string()], 2).await;
+    assert!(
+        said.contains(
+            "`order.size`: `Size` has no variant `Huge`; its variants are Small, Large, Custom"
+        ),
+        "{said}"
+    );
+    let too_big = json!({"order": {"item": "tea", "quantity": -1, "size": "Small", "note": null,
+        "tags": [], "extras": {}}});
+    let said = fails(&["call", &addr, "order", &too_big.to_string()], 2).await;
+    assert!(
+        said.contains("`order.quantity`: -1 does not fit in u32"),
+        "{said}"
+    );
+
+    let said = fails(&["call", &addr, "refund", "{}"], 2).await;
+    assert!(
+        said.contains("`Shop` has no method `refund`; its methods are add, order"),
+        "{said}"
+    );
+    let said = fails(&["call", &addr, "add", "{not json"], 2).await;
+    assert!(said.contains("the arguments are not JSON"), "{said}");
+}
+
+#[tokio::test]
+async fn streams_go_as_json_lines_both_ways() {
+    let addr = serve(Server::builder()).await.to_string();
+    assert_eq!(ok(&["call", &addr, "countdown", "[3]"]).await, "3\n2\n1\n");
+    let output = rpc(&["call", &addr, "total"], "5\n7\n\n30\n").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "42\n");
+
+    let output = rpc(&["call", &addr, "total"], "5\n\"seven\"\n").await;
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "bad input: {}",
+        stdout(&output)
+    );
+    assert!(
+        stderr(&output).contains("`prices[1]`: expected an integer (u64)"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn metadata_and_deadlines_go_with_the_call() {
+    let addr = serve(Server::builder()).await.to_string();
+    assert_eq!(
+        ok(&["call", &addr, "whoami", "-H", "user=ada"]).await,
+        "\"ada\"\n"
+    );
+    let said = fails(&["call", &addr, "wait", "--deadline", "100ms"], 1).await;
+    assert!(said.contains("deadline"), "{said}");
+    let said = fails(&["call", &addr, "wait", "--deadline", "soon"], 2).await;
+    assert!(said.contains("not a duration"), "{said}");
+}
+
+#[tokio::test]
+async fn calls_go_over_tls_with_the_authority_given() {
+    let authority = Authority::new("test CA");
+    let issued = authority.issue("localhost", &["localhost", "127.0.0.1"]);
+    let tls = rpc_core::tls::ServerTls::from_pem(&issued.chain, &issued.key).expect("TLS");
+    let addr = serve(Server::builder().tls(tls)).await.to_string();
+    let dir = std::env::temp_dir().join(format!("rpc-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, authority.pem()).expect("writes");
+    let ca = ca.to_str().expect("UTF-8");
+    assert_eq!(
+        ok(&["call", &addr, "add", "[1, 2]", "--ca", ca]).await,
+        "3\n"
+    );
+    let said = fails(&["call", &addr, "add", "[1, 2]"], 1).await;
+    assert!(said.contains("TLS"), "a plaintext client is told: {said}");
+}
+
+/// The same service, later: `add` takes an `i32` now, and a method was added.
+mod changed {
+    #[rpc_core::service]
+    pub(crate) trait Shop {
+        async fn add(&self, a: i32, b: i64) -> i64;
+        async fn order(&self, order: super::Order) -> super::Receipt;
+        async fn countdown(&self, from: u32) -> rpc_core::Streaming<u32>;
+        async fn total(&self, prices: rpc_core::Streaming<super::Price>) -> u64;
+        async fn whoami(&self) -> String;
+        async fn wait(&self);
+        async fn refund(&self, order: u64) -> bool;
+    }
+}
+
+/// The same service with a method added, and nothing else changed.
+mod grown {
+    #[rpc_core::service]
+    pub(crate) trait Shop {
+        async fn add(&self, a: i64, b: i64) -> i64;
+        async fn order(&self, order: super::Order) -> super::Receipt;
+        async fn countdown(&self, from: u32) -> rpc_core::Streaming<u32>;
+        async fn total(&self, prices: rpc_core::Streaming<super::Price>) -> u64;
+        async fn whoami(&self) -> String;
+        async fn wait(&self);
+        async fn refund(&self, order: u64) -> bool;
+    }
+}
+
+#[tokio::test]
+async fn a_lock_file_catches_incompatible_changes_and_lets_additions_pass() {
+    use rpc_cli::lockfile::{self, Checked, LockError};
+    use rpc_core::ServiceClient;
+
+    let addr = serve(Server::builder()).await.to_string();
+    let dir = std::env::temp_dir().join(format!("rpc-cli-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let file = dir.join("shop.lock.json");
+    let path = file.to_str().expect("UTF-8");
+    let _ = std::fs::remove_file(&file);
+    let said = ok(&["lock", &addr, path]).await;
+    assert!(said.contains("wrote the schema of `Shop`"), "{said}");
+    assert!(ok(&["check", &addr, path]).await.contains("compatible"));
+
+    let locked = lockfile::read(&file).expect("reads");
+    assert_eq!(&locked, ShopClient::INFO.describe().expect("a schema"));
+
+    let grown = grown::ShopClient::INFO.describe().expect("a schema");
+    assert_eq!(
+        lockfile::check(grown, &file).expect("compatible"),
+        Checked::Compatible {
+            added: vec!["refund".to_owned()]
+        }
+    );
+    let changed = changed::ShopClient::INFO.describe().expect("a schema");
+    let Err(LockError::Incompatible(changes)) = lockfile::check(changed, &file) else {
+        panic!("`add` changed");
+    };
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].method, "add");
+    assert_eq!(
+        changes[0].change,
+        "the argument `a` is `i64` before and `i32` now"
+    );
+
+    let fresh = dir.join("fresh.lock.json");
+    let _ = std::fs::remove_file(&fresh);
+    assert_eq!(
+        lockfile::check(grown, &fresh).expect("written"),
+        Checked::Written
+    );
+    assert!(fresh.exists());
+}
