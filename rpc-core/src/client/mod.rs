@@ -263,6 +263,8 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// server that cannot be reached is reported here; later, a lost connection is made again
     /// when the next call needs it.
     pub async fn connect(self, addr: impl ServerAddr) -> Result<C, RpcError> {
+        // Before any lookup or connection: a type that cannot be described is reported first.
+        C::INFO.describe()?;
         let host = addr.host().map(Arc::from);
         let addrs: Vec<_> = tokio::net::lookup_host(addr)
             .await
@@ -316,6 +318,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     }
 
     async fn connect_endpoint(self, target: Target) -> Result<C, RpcError> {
+        C::INFO.describe()?;
         let endpoint = Arc::new(Endpoint::new(
             target,
             C::INFO,

@@ -27,12 +27,8 @@ pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
 
 /// A method's canonical form: a byte saying which sides stream, the arguments as one tuple,
 /// the streamed argument's items, and the result (or the streamed result's items).
-pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -> Vec<u8> {
-    let mut writer = Writer {
-        types,
-        binders: Vec::new(),
-        out: Vec::new(),
-    };
+pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -> Option<Vec<u8>> {
+    let mut writer = Writer::new(types);
     let shape = u8::from(method.upload.is_some()) | (u8::from(method.download) << 1);
     writer.out.push(shape);
     let args: Vec<&Schema> = method.args.iter().map(|arg| &arg.schema).collect();
@@ -45,25 +41,39 @@ pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -
         writer.out.push(STREAM);
     }
     writer.node(&method.result);
-    writer.out
+    writer.finish()
 }
 
 /// The canonical form of one type: equal for two types exactly when postcard encodes them alike.
-pub(super) fn node(schema: &Schema, types: &BTreeMap<String, TypeDef>) -> Vec<u8> {
-    let mut writer = Writer {
-        types,
-        binders: Vec::new(),
-        out: Vec::new(),
-    };
+pub(super) fn node(schema: &Schema, types: &BTreeMap<String, TypeDef>) -> Option<Vec<u8>> {
+    let mut writer = Writer::new(types);
     writer.node(schema);
-    writer.out
+    writer.finish()
 }
+
+/// The largest canonical form written: a schema (perhaps a hostile peer's) whose named types
+/// expand past it, or nest past [`MAX_NESTING`], has none.
+pub(super) const MAX_LEN: usize = 1 << 18;
+
+/// How many types may be looked through, in all, to find which contain themselves.
+const MAX_STEPS: usize = 1 << 18;
+
+/// How deep nodes may nest while a canonical form is written.
+const MAX_NESTING: usize = 256;
 
 struct Writer<'a> {
     types: &'a BTreeMap<String, TypeDef>,
     /// The recursive types being written, outermost first.
     binders: Vec<&'a str>,
     out: Vec<u8>,
+    /// How deep the node being written is.
+    depth: usize,
+    /// Whether the form grew past [`MAX_LEN`] or [`MAX_NESTING`]: then it is abandoned.
+    over: bool,
+    /// How many types have been looked through to find which contain themselves.
+    steps: usize,
+    /// Which named types contain themselves, as far as asked.
+    recursive: std::collections::HashMap<&'a str, bool>,
 }
 
 /// One element of a flattened tuple.
@@ -74,6 +84,31 @@ enum Element<'a> {
 }
 
 impl<'a> Writer<'a> {
+    fn new(types: &'a BTreeMap<String, TypeDef>) -> Self {
+        Writer {
+            types,
+            binders: Vec::new(),
+            out: Vec::new(),
+            depth: 0,
+            over: false,
+            steps: 0,
+            recursive: std::collections::HashMap::new(),
+        }
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        (!self.over).then_some(self.out)
+    }
+
+    /// Enters a node: `false` once the form is too long or too deep to go on.
+    fn enter(&mut self) -> bool {
+        self.depth += 1;
+        if self.depth > MAX_NESTING || self.out.len() > MAX_LEN {
+            self.over = true;
+        }
+        !self.over
+    }
+
     fn varint(&mut self, mut value: u64) {
         loop {
             let byte = (value & 0x7f) as u8;
@@ -88,6 +123,13 @@ impl<'a> Writer<'a> {
 
     /// Writes `schema` as one node.
     fn node(&mut self, schema: &'a Schema) {
+        if self.enter() {
+            self.node_within(schema);
+        }
+        self.depth -= 1;
+    }
+
+    fn node_within(&mut self, schema: &'a Schema) {
         let primitive = match schema {
             Schema::Bool => 1,
             Schema::I8 => 2,
@@ -134,6 +176,9 @@ impl<'a> Writer<'a> {
         for item in items {
             self.flatten(item, &mut elements);
         }
+        if self.over {
+            return;
+        }
         match elements.as_slice() {
             [] => self.out.push(UNIT),
             [one] => self.element(one),
@@ -154,7 +199,18 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn flatten(&self, schema: &'a Schema, into: &mut Vec<Element<'a>>) {
+    fn flatten(&mut self, schema: &'a Schema, into: &mut Vec<Element<'a>>) {
+        // Named types expand here: the same bounds as for writing hold.
+        if self.enter() && into.len() <= MAX_LEN {
+            self.flatten_within(schema, into);
+        } else {
+            self.over = true;
+        }
+        self.depth -= 1;
+    }
+
+    fn flatten_within(&mut self, schema: &'a Schema, into: &mut Vec<Element<'a>>) {
+        let types = self.types;
         match schema {
             Schema::Unit => {}
             Schema::Tuple(items) => items.iter().for_each(|item| self.flatten(item, into)),
@@ -163,7 +219,7 @@ impl<'a> Writer<'a> {
                     into.push(Element::Named(name));
                     return;
                 }
-                match self.types.get(name) {
+                match types.get(name) {
                     Some(TypeDef::UnitStruct) => {}
                     Some(TypeDef::NewtypeStruct(inner)) => self.flatten(inner, into),
                     Some(TypeDef::TupleStruct(items)) => {
@@ -185,6 +241,13 @@ impl<'a> Writer<'a> {
     /// Writes the named type `name` as one node: a back-reference if it is being written, an
     /// enum, or a recursive type's binder.
     fn named(&mut self, name: &'a str) {
+        if self.enter() {
+            self.named_within(name);
+        }
+        self.depth -= 1;
+    }
+
+    fn named_within(&mut self, name: &'a str) {
         if let Some(depth) = self.binders.iter().rev().position(|bound| *bound == name) {
             self.out.push(BACK);
             self.varint(depth as u64);
@@ -221,11 +284,27 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Whether the named type `name` contains itself.
-    fn recursive(&self, name: &str) -> bool {
+    /// Whether the named type `name` contains itself (found once per type).
+    fn recursive(&mut self, name: &'a str) -> bool {
+        if let Some(&known) = self.recursive.get(name) {
+            return known;
+        }
+        let found = self.reaches_itself(name);
+        self.recursive.insert(name, found);
+        found
+    }
+
+    fn reaches_itself(&mut self, name: &str) -> bool {
         let mut pending = vec![name];
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(next) = pending.pop() {
+            // Every type looked through counts against the form's budget: a hostile schema's
+            // long chains of types cannot make this quadratic.
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                self.over = true;
+                return false;
+            }
             let Some(def) = self.types.get(next) else {
                 continue;
             };
@@ -235,8 +314,7 @@ impl<'a> Writer<'a> {
                 if reached == name {
                     return true;
                 }
-                if !seen.contains(&reached) {
-                    seen.push(reached);
+                if seen.insert(reached) {
                     pending.push(reached);
                 }
             }

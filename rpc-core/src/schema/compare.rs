@@ -6,6 +6,9 @@ use std::fmt;
 
 use super::{Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant, canonical};
 
+/// How many levels of types a difference is looked for in.
+const MAX_DEPTH: usize = 32;
+
 /// A change that breaks callers: a method removed, or encoded differently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatibility {
@@ -72,8 +75,16 @@ struct Sides<'a> {
 }
 
 impl Sides<'_> {
+    /// Whether `ours` and `theirs` are encoded alike; `false` when either is too large to
+    /// tell.
     fn same(&self, ours: &Schema, theirs: &Schema) -> bool {
-        canonical::node(ours, self.ours) == canonical::node(theirs, self.theirs)
+        match (
+            canonical::node(ours, self.ours),
+            canonical::node(theirs, self.theirs),
+        ) {
+            (Some(ours), Some(theirs)) => ours == theirs,
+            _ => false,
+        }
     }
 
     fn method(&self, ours: &MethodSchema, theirs: &MethodSchema) -> String {
@@ -88,17 +99,14 @@ impl Sides<'_> {
         }
         for (mine, peers) in ours.args.iter().zip(&theirs.args) {
             if !self.same(&mine.schema, &peers.schema) {
-                return self.explain(
-                    &format!("the argument `{}`", mine.name),
-                    &mine.schema,
-                    &peers.schema,
-                );
+                let place = format!("the argument `{}`", mine.name);
+                return self.explain(&place, &mine.schema, &peers.schema, 0);
             }
         }
         match (&ours.upload, &theirs.upload) {
             (Some(mine), Some(peers)) if !self.same(&mine.schema, &peers.schema) => {
                 let place = format!("the items of the streamed argument `{}`", mine.name);
-                return self.explain(&place, &mine.schema, &peers.schema);
+                return self.explain(&place, &mine.schema, &peers.schema, 0);
             }
             (Some(_), None) | (None, Some(_)) => {
                 let streams = |upload: &Option<Field>| {
@@ -135,15 +143,22 @@ impl Sides<'_> {
             );
         }
         if !self.same(&ours.result, &theirs.result) {
-            return self.explain("the result", &ours.result, &theirs.result);
+            return self.explain("the result", &ours.result, &theirs.result, 0);
         }
         "its fingerprint differs, though its schema does not: one side marks it \
          `#[rpc(opaque)]`, or was built from another version of rpc-core"
             .to_owned()
     }
 
-    /// The first difference between `ours` and `theirs` at `place`, which differ on the wire.
-    fn explain(&self, place: &str, ours: &Schema, theirs: &Schema) -> String {
+    /// The first difference between `ours` and `theirs` at `place`, which differ on the wire,
+    /// looked for `depth` levels down already.
+    fn explain(&self, place: &str, ours: &Schema, theirs: &Schema, depth: usize) -> String {
+        // A recursive type can lead the search round in circles; a difference this deep is
+        // named where it was reached.
+        if depth > MAX_DEPTH {
+            return self.plain(place, ours, theirs);
+        }
+        let depth = depth + 1;
         let (ours_def, theirs_def) = (self.def(ours, self.ours), self.def(theirs, self.theirs));
         match (ours, theirs, ours_def, theirs_def) {
             (_, _, Some((name, TypeDef::Struct(mine))), Some((_, TypeDef::Struct(peers)))) => {
@@ -156,7 +171,7 @@ impl Sides<'_> {
                         self.there
                     );
                 }
-                self.fields(place, name, mine, peers)
+                self.fields(place, name, mine, peers, depth)
             }
             (_, _, Some((name, TypeDef::Enum(mine))), Some((_, TypeDef::Enum(peers)))) => {
                 let names = |variants: &[(String, Variant)]| {
@@ -181,7 +196,7 @@ impl Sides<'_> {
                         (Variant::Unit, Variant::Unit) => {}
                         (Variant::Newtype(mine), Variant::Newtype(peers)) => {
                             if !self.same(mine, peers) {
-                                return self.explain(&place, mine, peers);
+                                return self.explain(&place, mine, peers, depth);
                             }
                         }
                         (Variant::Struct(mine), Variant::Struct(peers))
@@ -192,37 +207,45 @@ impl Sides<'_> {
                                 .zip(peers)
                                 .any(|(m, p)| !self.same(&m.schema, &p.schema));
                             if differs {
-                                return self.fields(&place, name, mine, peers);
+                                return self.fields(&place, name, mine, peers, depth);
                             }
                         }
                         (mine, peers) => {
                             let mine = Schema::Tuple(variant_items(mine));
                             let peers = Schema::Tuple(variant_items(peers));
                             if !self.same(&mine, &peers) {
-                                return self.explain(&place, &mine, &peers);
+                                return self.explain(&place, &mine, &peers, depth);
                             }
                         }
                     }
                 }
                 self.plain(place, ours, theirs)
             }
-            (Schema::Option(mine), Schema::Option(peers), ..) => {
-                self.explain(&format!("{place} (inside the `Option`)"), mine, peers)
-            }
+            (Schema::Option(mine), Schema::Option(peers), ..) => self.explain(
+                &format!("{place} (inside the `Option`)"),
+                mine,
+                peers,
+                depth,
+            ),
             (Schema::Seq(mine), Schema::Seq(peers), ..) => {
-                self.explain(&format!("{place} (its items)"), mine, peers)
+                self.explain(&format!("{place} (its items)"), mine, peers, depth)
             }
             (Schema::Map(mine_key, mine_value), Schema::Map(peers_key, peers_value), ..) => {
                 if self.same(mine_key, peers_key) {
-                    self.explain(&format!("{place} (its values)"), mine_value, peers_value)
+                    self.explain(
+                        &format!("{place} (its values)"),
+                        mine_value,
+                        peers_value,
+                        depth,
+                    )
                 } else {
-                    self.explain(&format!("{place} (its keys)"), mine_key, peers_key)
+                    self.explain(&format!("{place} (its keys)"), mine_key, peers_key, depth)
                 }
             }
             (Schema::Tuple(mine), Schema::Tuple(peers), ..) if mine.len() == peers.len() => {
                 for (index, (mine, peers)) in mine.iter().zip(peers).enumerate() {
                     if !self.same(mine, peers) {
-                        return self.explain(&format!("{place}, item {index}"), mine, peers);
+                        return self.explain(&format!("{place}, item {index}"), mine, peers, depth);
                     }
                 }
                 self.plain(place, ours, theirs)
@@ -231,11 +254,18 @@ impl Sides<'_> {
         }
     }
 
-    fn fields(&self, place: &str, name: &str, mine: &[Field], peers: &[Field]) -> String {
+    fn fields(
+        &self,
+        place: &str,
+        name: &str,
+        mine: &[Field],
+        peers: &[Field],
+        depth: usize,
+    ) -> String {
         for (mine, peers) in mine.iter().zip(peers) {
             if !self.same(&mine.schema, &peers.schema) {
                 let place = format!("{place}, field `{name}.{}`", mine.name);
-                return self.explain(&place, &mine.schema, &peers.schema);
+                return self.explain(&place, &mine.schema, &peers.schema, depth);
             }
         }
         format!(

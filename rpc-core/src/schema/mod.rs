@@ -79,15 +79,48 @@ pub enum Schema {
     /// A byte string: `serde_bytes::ByteBuf`, `Payload`, or a `Vec<u8>` argument or result.
     Bytes,
     /// `Option<T>`.
-    Option(Box<Schema>),
+    Option(#[serde(deserialize_with = "nested")] Box<Schema>),
     /// A sequence: `Vec<T>`, `HashSet<T>`, `VecDeque<T>`...
-    Seq(Box<Schema>),
+    Seq(#[serde(deserialize_with = "nested")] Box<Schema>),
     /// A map: `HashMap<K, V>`, `BTreeMap<K, V>`...
-    Map(Box<Schema>, Box<Schema>),
+    Map(
+        #[serde(deserialize_with = "nested")] Box<Schema>,
+        #[serde(deserialize_with = "nested")] Box<Schema>,
+    ),
     /// A tuple or an array (`[T; N]` is a tuple of `N` items).
-    Tuple(Vec<Schema>),
+    Tuple(#[serde(deserialize_with = "nested")] Vec<Schema>),
     /// A struct or an enum, by name; its definition is in the service's `types`.
     Named(String),
+}
+
+/// How deep a schema read from a peer may nest: a hostile server's description cannot exhaust
+/// the stack of the client reading it.
+const MAX_NESTING: usize = 128;
+
+thread_local! {
+    /// How deep the schema being read on this thread nests where it is.
+    static NESTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads a part of a schema nested in another, refusing to go deeper than [`MAX_NESTING`].
+fn nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let depth = NESTING.with(|nesting| {
+        nesting.set(nesting.get() + 1);
+        nesting.get()
+    });
+    let read = if depth > MAX_NESTING {
+        Err(serde::de::Error::custom(format!(
+            "the schema nests more than {MAX_NESTING} deep"
+        )))
+    } else {
+        T::deserialize(deserializer)
+    };
+    NESTING.with(|nesting| nesting.set(nesting.get() - 1));
+    read
 }
 
 /// A named type: a struct or an enum.
@@ -172,8 +205,9 @@ impl ServiceSchema {
         render::service(self)
     }
 
-    /// The canonical form of method `method`, which its fingerprint hashes (docs/wire.md).
-    pub fn canonical_form(&self, method: &MethodSchema) -> Vec<u8> {
+    /// The canonical form of method `method`, which its fingerprint hashes (docs/wire.md);
+    /// `None` if it would be over 256 KiB, or nest over 256 deep.
+    pub fn canonical_form(&self, method: &MethodSchema) -> Option<Vec<u8>> {
         canonical::method(method, &self.types)
     }
 }
@@ -241,17 +275,26 @@ impl ServiceTracer {
             return Err(error);
         }
         let types = self.tracer.types();
-        let methods = self
-            .methods
-            .into_iter()
-            .map(|mut method| {
-                if method.fingerprint == 0 {
-                    method.fingerprint =
-                        canonical::fingerprint(&canonical::method(&method, &types));
-                }
-                method
-            })
-            .collect();
+        let mut methods = self.methods;
+        for method in &mut methods {
+            if method.fingerprint != 0 {
+                continue;
+            }
+            let Some(form) = canonical::method(method, &types) else {
+                return Err(SchemaError {
+                    service: self.name.to_owned(),
+                    method: method.name.clone(),
+                    place: "its arguments and result".to_owned(),
+                    type_name: "(all of them)".to_owned(),
+                    reason: format!(
+                        "their canonical form would be over {} bytes: their types' fields \
+                         nest too widely",
+                        canonical::MAX_LEN
+                    ),
+                });
+            };
+            method.fingerprint = canonical::fingerprint(&form);
+        }
         Ok(ServiceSchema {
             name: self.name.to_owned(),
             methods,

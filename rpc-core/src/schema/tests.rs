@@ -388,7 +388,7 @@ fn the_canonical_form_is_the_one_docs_wire_md_works_through() {
     let schema = tracer.finish().expect("describable");
     let draw = &schema.methods[0];
     assert_eq!(
-        schema.canonical_form(draw),
+        schema.canonical_form(draw).expect("small"),
         [0x00, 20, 3, 4, 4, 17, 15, 1],
         "shape, tuple of 3: i32, i32, option of str; then bool"
     );
@@ -445,4 +445,94 @@ fn every_variant_of_an_enum_inside_an_enum_is_traced() {
     };
     assert_eq!(variants.len(), 3);
     assert!(matches!(&schema.types["Tree"], TypeDef::Enum(variants) if variants.len() == 2));
+}
+
+/// A hostile server's description cannot exhaust the stack or the CPU of a client reading it.
+#[test]
+fn a_description_that_nests_without_end_is_refused() {
+    // Option(Option(Option(...))), 100,000 deep: one byte (17) a level.
+    let mut bytes = vec![17u8; 100_000];
+    bytes.push(1);
+    let read = postcard::from_bytes::<Schema>(&bytes);
+    assert!(read.is_err(), "refused, not followed to the end");
+    let nested: Vec<u8> = [17u8; 100].into_iter().chain([1]).collect();
+    assert!(
+        postcard::from_bytes::<Schema>(&nested).is_ok(),
+        "100 deep is fine"
+    );
+}
+
+#[test]
+fn a_description_whose_types_expand_without_end_is_compared_in_bounded_time() {
+    // T0 = (T1, T1), T1 = (T2, T2), ... T63 = u8: 2^63 leaves if written out.
+    let mut types = BTreeMap::new();
+    for level in 0..63 {
+        let next = Schema::Named(format!("T{}", level + 1));
+        types.insert(
+            format!("T{level}"),
+            TypeDef::TupleStruct(vec![next.clone(), next]),
+        );
+    }
+    types.insert("T63".to_owned(), TypeDef::NewtypeStruct(Schema::U8));
+    let method = |schema: Schema, fingerprint| MethodSchema {
+        name: "call".into(),
+        args: vec![Field {
+            name: "value".into(),
+            schema,
+        }],
+        upload: None,
+        result: Schema::Unit,
+        download: false,
+        idempotent: false,
+        fingerprint,
+    };
+    let theirs = ServiceSchema {
+        name: "Test".into(),
+        methods: vec![method(Schema::Named("T0".into()), 1)],
+        types,
+    };
+    let ours = ServiceSchema {
+        name: "Test".into(),
+        methods: vec![method(Schema::U8, 2)],
+        types: BTreeMap::new(),
+    };
+    assert_eq!(theirs.canonical_form(&theirs.methods[0]), None);
+    let said = difference(&ours, &theirs, "call").expect("they differ");
+    assert!(said.contains("the argument `value`"), "{said}");
+
+    // A newtype chain 10,000 deep writes nothing until its end: its depth is bounded too.
+    let mut chain = BTreeMap::new();
+    for level in 0..10_000 {
+        let next = Schema::Named(format!("N{}", level + 1));
+        chain.insert(format!("N{level}"), TypeDef::NewtypeStruct(next));
+    }
+    chain.insert("N10000".to_owned(), TypeDef::UnitStruct);
+    let deep = ServiceSchema {
+        name: "Test".into(),
+        methods: vec![method(Schema::Named("N0".into()), 3)],
+        types: chain,
+    };
+    assert_eq!(deep.canonical_form(&deep.methods[0]), None);
+    assert!(difference(&ours, &deep, "call").is_some());
+}
+
+#[test]
+fn differences_inside_recursive_types_are_found_without_going_round() {
+    #[derive(serde::Deserialize)]
+    enum Before {
+        Leaf(u32),
+        Node(Box<Before>, Box<Before>),
+    }
+    #[derive(serde::Deserialize)]
+    enum After {
+        Leaf(u64),
+        Node(Box<After>, Box<After>),
+    }
+    let (before, _) = traced::<Before>();
+    let (after, _) = traced::<After>();
+    let said = difference(&before, &after, "call").expect("they differ");
+    assert!(
+        said.contains("variant `Before::Leaf` is `u32` here and `u64` on the server"),
+        "{said}"
+    );
 }
