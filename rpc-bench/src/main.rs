@@ -16,7 +16,8 @@
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
 //! with 64 callers each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
-//! per idle connection, for a heap profiler); `SYSTEM` is
+//! per idle connection, for a heap profiler), or `local` (sequential calls through an in-process
+//! client, with no server); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls` or `tonic-tls`.
 
 mod alloc;
@@ -66,6 +67,11 @@ fn main() {
     }
     if let Some(at) = flag("--profile") {
         let workload = args.get(at + 1).cloned().unwrap_or_default();
+        if workload == "local" {
+            let (p50, p99) = measure_local(Effort::PROFILE);
+            println!("rpc-core in process: sequential p50 {p50:.2} µs, p99 {p99:.2} µs");
+            return;
+        }
         let system = args.get(at + 2).filter(|a| !a.starts_with("--"));
         let report = match system.map_or("rpc-core", String::as_str) {
             RpcCore::NAME => profile::<RpcCore>(setups[0], workload),
@@ -131,8 +137,19 @@ fn main() {
             );
             results
         });
+    let local = runs
+        .iter()
+        .find(|run| run.setup == Setup::CrossProcess)
+        .map(|run| {
+            let results = report::LocalResults {
+                local: measure_local(effort),
+                remote: (run.rpc.latency_p50_us, run.rpc.latency_p99_us),
+            };
+            println!("\n## in-process calls\n\n{}", report::local_table(&results));
+            results
+        });
     if flag("--write").is_some() {
-        report::write(&runs, tls.as_ref(), traced.as_ref())
+        report::write(&runs, tls.as_ref(), traced.as_ref(), local.as_ref())
             .expect("writes BENCHMARKS.md and the chart");
         println!("wrote BENCHMARKS.md and docs/benchmarks.svg");
     }
@@ -143,6 +160,16 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     deployment.run(workloads::measure::<S>(server, effort))
+}
+
+/// Sequential calls through a local client, on the default multi-thread runtime.
+fn measure_local(effort: Effort) -> (f64, f64) {
+    eprintln!("measuring rpc-core in process");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let mut client = systems::rpc::local_client();
+        workloads::latency::<RpcCore>(&mut client, effort).await
+    })
 }
 
 fn measure_traced<S: System>(effort: Effort) -> workloads::TracedFigures {
@@ -162,11 +189,7 @@ fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {
 /// Runs one workload for 5 s (or 200,000 sequential calls, or a stream of 10,000,000 items),
 /// for a profiler to watch.
 fn profile<S: System>(setup: Setup, workload: String) -> String {
-    let effort = Effort {
-        window: std::time::Duration::from_secs(5),
-        sequential_calls: 200_000,
-        stream_items: 10_000_000,
-    };
+    let effort = Effort::PROFILE;
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     deployment.run(async move {

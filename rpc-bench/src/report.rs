@@ -392,12 +392,53 @@ pub fn traced_table(results: &TracedResults) -> String {
     two_way_table(columns, &rows)
 }
 
-/// Writes BENCHMARKS.md, a section per setup, one over TLS and one with tracing on, and
-/// docs/benchmarks.svg from the first setup.
+/// Sequential calls of rpc-core's benchmark service in this process and across two.
+#[derive(Debug)]
+pub struct LocalResults {
+    /// Through `BenchClient::local`: median and 99th percentile, in microseconds.
+    pub local: (f64, f64),
+    /// Over TCP to another process, from the headline run.
+    pub remote: (Option<f64>, Option<f64>),
+}
+
+/// The table of local calls against remote ones.
+pub fn local_table(results: &LocalResults) -> String {
+    let ratio = |remote: Option<f64>, local: f64| {
+        remote
+            .filter(|_| local > 0.0)
+            .map_or("—".to_owned(), |remote| format!("{:.0}×", remote / local))
+    };
+    let rows = [
+        (
+            "Sequential latency, p50 (µs)",
+            Some(results.local.0),
+            results.remote.0,
+            ratio(results.remote.0, results.local.0),
+        ),
+        (
+            "Sequential latency, p99 (µs)",
+            Some(results.local.1),
+            results.remote.1,
+            ratio(results.remote.1, results.local.1),
+        ),
+    ];
+    two_way_table(
+        [
+            "in process (`local`)",
+            "two processes, TCP",
+            "remote / local",
+        ],
+        &rows,
+    )
+}
+
+/// Writes BENCHMARKS.md, a section per setup, one over TLS, one with tracing on and one for
+/// in-process calls, and docs/benchmarks.svg from the first setup.
 pub fn write(
     runs: &[Results],
     tls: Option<&TlsResults>,
     traced: Option<&TracedResults>,
+    local: Option<&LocalResults>,
 ) -> std::io::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut sections = String::new();
@@ -433,6 +474,17 @@ pub fn write(
              run without one.\n\n```sh\ncargo run --release -p rpc-bench -- --profile \
              latency --tracing\n```\n\n{}\n",
             traced_table(traced)
+        );
+    }
+    if let Some(local) = local {
+        let _ = write!(
+            sections,
+            "## In-process calls\n\nThe same sequential `add` through `BenchClient::local`, \
+             which calls the implementation directly (no serialization, no socket; deadline, \
+             context and panic catching as for a remote call), against the headline run's \
+             calls to another process.\n\n```sh\ncargo run --release -p rpc-bench -- \
+             --profile local\n```\n\n{}\n",
+            local_table(local)
         );
     }
     let markdown = include_str!("benchmarks.md")

@@ -19,6 +19,14 @@ pub struct Effort {
 }
 
 impl Effort {
+    /// The effort of `--profile`: one workload for 5 s (or 200,000 sequential calls, or a
+    /// stream of 10,000,000 items), for a profiler to watch.
+    pub const PROFILE: Effort = Effort {
+        window: Duration::from_secs(5),
+        sequential_calls: 200_000,
+        stream_items: 10_000_000,
+    };
+
     /// The effort of a full run.
     pub const FULL: Effort = Effort {
         window: Duration::from_secs(3),

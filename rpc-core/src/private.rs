@@ -76,6 +76,36 @@ impl<'de> serde::Deserialize<'de> for ByteVec {
     }
 }
 
+/// Whether a generated client calls its service in this process.
+pub fn is_local(channel: &crate::Channel) -> bool {
+    channel.is_local()
+}
+
+/// Calls a local service with a value of its request enum.
+pub async fn call_local<Req: Send + 'static, Resp: Send + 'static>(
+    channel: &crate::Channel,
+    method: &'static crate::MethodInfo,
+    request: Req,
+) -> Result<Resp, crate::RpcError> {
+    channel.call_local(method, request).await
+}
+
+/// A local call's streamed result, read within the call's deadline.
+pub fn local_stream<T: Send + 'static>(
+    channel: &crate::Channel,
+    method: &'static crate::MethodInfo,
+    stream: Streaming<T>,
+) -> Streaming<T> {
+    channel.local_stream(method, stream)
+}
+
+/// The error for a local service that answered with another method's response.
+pub fn wrong_response(method: &str) -> crate::RpcError {
+    crate::RpcError::Protocol(format!(
+        "the local service answered `{method}` with another method's response"
+    ))
+}
+
 /// A boxed future that may move between threads.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 

@@ -266,6 +266,12 @@ fn client(service: &Service) -> TokenStream {
     );
     let info = service_info(service);
     let channel = local("channel");
+    let (request, response) = (
+        format_ident!("{}Request", service.ident),
+        format_ident!("{}Response", service.ident),
+    );
+    let server = format_ident!("{}Server", service.ident);
+    let (answer, value) = (local("answer"), local("value"));
     let methods = service.methods.iter().map(|method| {
         let Method {
             cfgs,
@@ -293,6 +299,14 @@ fn client(service: &Service) -> TokenStream {
                 quote! { call_bidi(&#info, &(#(#plain,)*), #upload) }
             }
         };
+        let name = &method.name;
+        let variant = &method.variant;
+        let build = request_variant(&request, method);
+        let local_value = if method.download.is_some() {
+            quote! { ::rpc_core::__private::local_stream(&self.#channel, &#info, #value) }
+        } else {
+            quote! { #value }
+        };
         quote! {
             #(#cfgs)*
             #(#docs)*
@@ -301,15 +315,27 @@ fn client(service: &Service) -> TokenStream {
             #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
                 -> ::core::result::Result<#output, ::rpc_core::RpcError>
             {
+                if ::rpc_core::__private::is_local(&self.#channel) {
+                    let #answer = ::rpc_core::__private::call_local::<#request, #response>(
+                        &self.#channel,
+                        &#info,
+                        #build,
+                    )
+                    .await?;
+                    // With one method, no other response is possible.
+                    #[allow(unreachable_patterns)]
+                    return match #answer {
+                        #response::#variant(#value) => ::core::result::Result::Ok(#local_value),
+                        _ => ::core::result::Result::Err(
+                            ::rpc_core::__private::wrong_response(#name),
+                        ),
+                    };
+                }
                 self.#channel.#call.await #received
             }
         }
     });
     let stream = local("S");
-    let (request, response) = (
-        format_ident!("{}Request", service.ident),
-        format_ident!("{}Response", service.ident),
-    );
     let (client, req) = (local("client"), local("request"));
     let dispatch_arms = service.methods.iter().map(|method| {
         let Method {
@@ -353,6 +379,13 @@ fn client(service: &Service) -> TokenStream {
                     + 'static,
             {
                 Self::builder().connect_stream(stream).await
+            }
+
+            /// A client that calls `implementation` in this process: no serialization, no
+            /// socket, the same deadline, cancellation and `rpc_core::Context` as a remote
+            /// call. For settings (deadline, metadata), use `builder().local(...)`.
+            #vis fn local<#stream: #trait_ident>(implementation: #stream) -> Self {
+                Self::builder().local(#server::new(implementation))
             }
 
             /// Settings for a new connection: default deadline and metadata, frame limit,

@@ -9,6 +9,7 @@ pub(crate) const CLIENT_METHODS: &[&str] = &[
     "builder",
     "connect",
     "from_stream",
+    "local",
     "with_deadline",
     "with_metadata",
 ];

@@ -37,6 +37,11 @@ impl Bench for Impl {
     }
 }
 
+/// A client of the benchmark's service in this process: `BenchClient::local`.
+pub fn local_client() -> BenchClient {
+    BenchClient::local(Impl)
+}
+
 /// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates.
 #[derive(Debug)]
 pub struct RpcCoreOver<const TLS: bool>;

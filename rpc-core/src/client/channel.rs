@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::connection::{Answered, CallSpec, Connection, Failure};
 use super::endpoint::{Endpoint, Outstanding};
+use super::local::Local;
 use super::pool::Pool;
 use super::retry::RetryBudget;
 use crate::intercept::ClientInterceptor;
@@ -55,6 +56,8 @@ pub struct Channel {
 
 /// Where calls go.
 pub(crate) enum Backend {
+    /// The service itself, in this process.
+    Local(Local),
     Fixed(Arc<Connection>),
     Endpoint(Arc<Endpoint>, RetryBudget),
     Pool(Arc<Pool>, RetryBudget),
@@ -64,6 +67,7 @@ impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = f.debug_struct("Channel");
         match &*self.backend {
+            Backend::Local(local) => out.field("local", local),
             Backend::Fixed(connection) => out.field("connection", connection),
             Backend::Endpoint(endpoint, _) => out.field("endpoint", endpoint),
             Backend::Pool(pool, _) => out.field("pool", pool),
@@ -83,6 +87,14 @@ macro_rules! in_span {
             $future.instrument($span.clone()).await
         }
     };
+}
+
+/// What a local channel answers to a call made as to a remote one.
+fn not_remote() -> RpcError {
+    RpcError::Protocol(
+        "a local client calls its service directly: call it through its generated methods"
+            .to_owned(),
+    )
 }
 
 /// Records how a call ended: in its span and its metrics.
@@ -165,6 +177,7 @@ impl Channel {
     /// servers, that the next call will have to connect first.
     pub fn is_closed(&self) -> bool {
         match &*self.backend {
+            Backend::Local(_) => false,
             Backend::Fixed(connection) => connection.is_closed(),
             Backend::Endpoint(endpoint, _) => endpoint.live_connection().is_none(),
             Backend::Pool(pool, _) => pool
@@ -179,6 +192,8 @@ impl Channel {
     /// connection has.
     pub async fn closed(&self) {
         match &*self.backend {
+            // An in-process service has no connection to lose.
+            Backend::Local(_) => std::future::pending().await,
             Backend::Fixed(connection) => connection.closed().await,
             Backend::Endpoint(endpoint, _) => {
                 if let Some(connection) = endpoint.live_connection() {
@@ -265,10 +280,53 @@ impl Channel {
         }
     }
 
+    /// Whether this channel calls a service in this process ([`ClientBuilder::local`]).
+    ///
+    /// [`ClientBuilder::local`]: crate::ClientBuilder::local
+    pub fn is_local(&self) -> bool {
+        matches!(&*self.backend, Backend::Local(_))
+    }
+
+    /// Calls the local service with `request`, a value of its request enum, under this
+    /// channel's deadline and metadata, and returns its response.
+    pub(crate) async fn call_local<Req, Resp>(
+        &self,
+        method: &'static MethodInfo,
+        request: Req,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let Backend::Local(local) = &*self.backend else {
+            return Err(RpcError::Protocol("this client is not local".to_owned()));
+        };
+        let span = self.span(method);
+        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
+        let metadata = self.call_metadata(&span).into_owned();
+        let called = local.call(method, request, self.deadline, metadata);
+        ended(end, in_span!(span, called))
+    }
+
+    /// The deadline a streamed result of a local call of `method` is read under, from now.
+    pub(crate) fn local_stream<T: Send + 'static>(
+        &self,
+        method: &'static MethodInfo,
+        stream: Streaming<T>,
+    ) -> Streaming<T> {
+        match tokio::time::Instant::now().checked_add(self.deadline) {
+            Some(expires) => stream.within(expires, method.name, self.deadline),
+            None => stream,
+        }
+    }
+
     /// Asks the server for its schema: its methods, their arguments' names, and the structure
     /// of every type they send. Fails with [`RpcError::UnknownMethod`] from a server whose
     /// reflection is off.
     pub async fn describe(&self) -> Result<ServiceSchema, RpcError> {
+        if self.is_local() {
+            return Ok(self.service.describe()?.clone());
+        }
         static DESCRIBE: MethodInfo = MethodInfo {
             name: crate::protocol::DESCRIBE_METHOD,
             idempotent: true,
@@ -458,7 +516,7 @@ impl Channel {
 
     fn budget(&self) -> Option<&RetryBudget> {
         match &*self.backend {
-            Backend::Fixed(_) => None,
+            Backend::Local(_) | Backend::Fixed(_) => None,
             Backend::Endpoint(_, budget) | Backend::Pool(_, budget) => Some(budget),
         }
     }
@@ -466,7 +524,7 @@ impl Channel {
     /// How many times a call that did not run may be made: once per server, and once more.
     fn not_run_retries(&self) -> usize {
         match &*self.backend {
-            Backend::Fixed(_) => 1,
+            Backend::Local(_) | Backend::Fixed(_) => 1,
             Backend::Endpoint(..) => 2,
             Backend::Pool(pool, _) => pool.endpoints().len() + 1,
         }
@@ -489,6 +547,7 @@ impl Channel {
             Ok::<_, RpcError>((endpoint, connection))
         };
         let (endpoint, connection) = match &*self.backend {
+            Backend::Local(_) => return Err(not_remote()),
             Backend::Fixed(connection) => {
                 return Ok(Target {
                     connection: Arc::clone(connection),

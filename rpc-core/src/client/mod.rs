@@ -27,6 +27,7 @@ mod address;
 mod channel;
 mod connection;
 mod endpoint;
+mod local;
 mod pending;
 mod pool;
 mod retry;
@@ -294,6 +295,17 @@ impl<C: ServiceClient> ClientBuilder<C> {
         .await
         .unwrap_or(Err(RpcError::ConnectTimeout(timeout)))?;
         Ok(self.client(Backend::Fixed(connection)))
+    }
+
+    /// A client of `service` in this process: its calls run the implementation directly, with
+    /// no serialization and no socket, under the same deadline, cancellation and
+    /// [`Context`](crate::Context) as remote calls (the context has no peer address). For tests,
+    /// and for modules that may later move to another process. A panicking handler fails its
+    /// call with [`RpcError::HandlerPanicked`], message included. `service` is the generated
+    /// server of the client's own service (`CalcServer::new(implementation)`); the generated
+    /// `CalcClient::local(implementation)` is the short way.
+    pub fn local<S: crate::Service>(self, service: S) -> C {
+        self.client(Backend::Local(local::Local::new(service)))
     }
 
     /// Balances calls over the servers at `addrs`: each call goes to the less busy of two

@@ -545,7 +545,8 @@ async fn stream_out(
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
+/// The text a panic carried.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
     if let Some(message) = panic.downcast_ref::<&'static str>() {
         message
     } else if let Some(message) = panic.downcast_ref::<String>() {

@@ -22,6 +22,8 @@
 
 mod calls;
 mod connection;
+
+pub(crate) use calls::panic_message;
 #[cfg(feature = "tower")]
 pub mod middleware;
 mod registry;

@@ -15,6 +15,7 @@ pub use registry::InboundSlot;
 pub(crate) use registry::{InboundOptions, Streams, inbound_stream};
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -141,6 +142,22 @@ impl<T: Send + 'static> Streaming<T> {
         })
     }
 
+    /// This stream, ended with [`RpcError::DeadlineExceeded`] if it has not ended by `expires`
+    /// (the deadline of a call of `method`, `deadline` long).
+    pub(crate) fn within(
+        self,
+        expires: tokio::time::Instant,
+        method: &'static str,
+        deadline: std::time::Duration,
+    ) -> Self {
+        Self::from_inner(Within {
+            items: self.items,
+            expiry: Some(Box::pin(tokio::time::sleep_until(expires))),
+            method,
+            deadline,
+        })
+    }
+
     /// The next item, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<T, RpcError>> {
         StreamExt::next(self).await
@@ -206,6 +223,37 @@ impl<T> StreamSender<T> {
     /// Whether the receiving side is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// A stream read within a call's deadline.
+struct Within<T> {
+    items: Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>,
+    /// Until the deadline has passed and said so.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    method: &'static str,
+    deadline: std::time::Duration,
+}
+
+impl<T> Stream for Within<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(expiry) = self.expiry.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if expiry.as_mut().poll(cx).is_ready() {
+            self.expiry = None;
+            return Poll::Ready(Some(Err(RpcError::DeadlineExceeded {
+                method: self.method.to_owned(),
+                deadline: self.deadline,
+            })));
+        }
+        let item = std::task::ready!(self.items.as_mut().poll_next(cx));
+        if item.is_none() {
+            self.expiry = None;
+        }
+        Poll::Ready(item)
     }
 }
 
