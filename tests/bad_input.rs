@@ -367,7 +367,7 @@ async fn every_pending_call_fails_when_the_connection_dies() {
     }
     // The client tries to connect again, and finds nobody listening.
     match within("a call to the dead server", client.add(1, 1)).await {
-        Err(RpcError::Connect(_)) => {}
+        Err(RpcError::Connect { .. }) => {}
         other => panic!("expected a connect error, got {other:?}"),
     }
 }

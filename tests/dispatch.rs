@@ -265,14 +265,14 @@ async fn a_pool_can_follow_a_dns_name() {
         .resolve("name.invalid:80", Duration::from_secs(1))
         .await
     {
-        Err(RpcError::Connect(_) | RpcError::NoEndpoints) => {}
+        Err(RpcError::Connect { .. } | RpcError::NoEndpoints) => {}
         other => panic!("expected a lookup failure, got {other:?}"),
     }
 }
 
 #[tokio::test]
 async fn an_empty_pool_says_so() {
-    let client = WorkerClient::builder().balance([]);
+    let client = WorkerClient::builder().balance(Vec::<std::net::SocketAddr>::new());
     match client.count_primes(0, 10).await {
         Err(RpcError::NoEndpoints) => {}
         other => panic!("expected NoEndpoints, got {other:?}"),

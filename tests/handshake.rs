@@ -121,10 +121,12 @@ async fn a_refused_connection_is_a_connect_error() {
     let (listener, addr) = loopback_listener().await;
     drop(listener);
     match LabClient::connect(addr).await {
-        Err(error @ RpcError::Connect(_)) => {
+        Err(error @ RpcError::Connect { .. }) => {
             assert!(
-                error.to_string().starts_with("could not connect"),
-                "{error}"
+                error
+                    .to_string()
+                    .starts_with(&format!("could not connect to {addr}: ")),
+                "the error names the server: {error}"
             );
         }
         other => panic!("expected Connect, got {other:?}"),

@@ -60,7 +60,10 @@ async fn running_calls_finish_and_new_ones_are_refused() {
         other => panic!("expected ServerClosing, got {other:?}"),
     }
     assert!(
-        matches!(LabClient::connect(addr).await, Err(RpcError::Connect(_))),
+        matches!(
+            LabClient::connect(addr).await,
+            Err(RpcError::Connect { .. })
+        ),
         "new connections are refused"
     );
     // Well after the signal, measured in the server's own work: two thousand more calls refused

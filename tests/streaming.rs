@@ -409,7 +409,7 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
     // fails as never run. Either way it fails rather than hangs.
     match within("the upload", upload_sum).await.expect("joins") {
         Err(RpcError::Interrupted { method, .. }) => assert_eq!(method, "sum"),
-        Err(RpcError::ConnectionClosed | RpcError::Connect(_)) => {}
+        Err(RpcError::ConnectionClosed | RpcError::Connect { .. }) => {}
         other => panic!("expected the upload to fail, got {other:?}"),
     }
 }

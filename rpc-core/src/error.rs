@@ -15,8 +15,24 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum RpcError {
     /// Opening the connection (TCP connect, Unix socket connect) failed.
-    #[error("could not connect to the server: {0}")]
-    Connect(Arc<io::Error>),
+    #[error("could not connect to {endpoint}: {cause}")]
+    Connect {
+        /// The server, as it was given (`host:port`, an address, a socket's path).
+        endpoint: String,
+        /// Why.
+        cause: Arc<io::Error>,
+    },
+
+    /// Every server of a balanced client failed: each one's address and last error.
+    #[error(
+        "all {} endpoints are unavailable: {}",
+        causes.len(),
+        causes.iter().map(|(endpoint, cause)| format!("{endpoint} ({cause})")).collect::<Vec<_>>().join("; ")
+    )]
+    Unavailable {
+        /// Each endpoint, and the last error it failed with.
+        causes: Vec<(String, String)>,
+    },
 
     /// The TLS handshake failed: the peer's certificate was refused, or the peer refused this
     /// side's, or the peer does not speak TLS. The text says which.

@@ -83,7 +83,9 @@ mod transport;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use client::{Channel, ClientBuilder, ServerAddr, ServiceClient};
+pub use client::{
+    Channel, ClientBuilder, EndpointState, EndpointStatus, ServerAddr, ServiceClient,
+};
 pub use context::Context;
 pub use error::RpcError;
 pub use metadata::Metadata;

@@ -12,6 +12,10 @@ pub trait ServerAddr: ToSocketAddrs {
     /// The host name or IP address as written, without the port; `None` for an address given
     /// as numbers only.
     fn host(&self) -> Option<String>;
+
+    /// The address as written (`host:port`): what names the server in errors and in a pool's
+    /// listing, and what a balanced client resolves each time it connects.
+    fn endpoint(&self) -> String;
 }
 
 /// The host of `"host:port"` (or `"[v6]:port"`).
@@ -25,11 +29,19 @@ impl ServerAddr for str {
     fn host(&self) -> Option<String> {
         host_of(self)
     }
+
+    fn endpoint(&self) -> String {
+        self.to_owned()
+    }
 }
 
 impl ServerAddr for String {
     fn host(&self) -> Option<String> {
         host_of(self)
+    }
+
+    fn endpoint(&self) -> String {
+        self.clone()
     }
 }
 
@@ -37,17 +49,29 @@ impl ServerAddr for (&str, u16) {
     fn host(&self) -> Option<String> {
         Some(self.0.to_owned())
     }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.0, self.1)
+    }
 }
 
 impl ServerAddr for (String, u16) {
     fn host(&self) -> Option<String> {
         Some(self.0.clone())
     }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.0, self.1)
+    }
 }
 
 impl<T: ServerAddr + ?Sized> ServerAddr for &T {
     fn host(&self) -> Option<String> {
         (**self).host()
+    }
+
+    fn endpoint(&self) -> String {
+        (**self).endpoint()
     }
 }
 
@@ -59,6 +83,10 @@ macro_rules! numeric {
             fn host(&self) -> Option<String> {
                 None
             }
+
+            fn endpoint(&self) -> String {
+                SocketAddr::from(*self).to_string()
+            }
         }
     )*};
 }
@@ -69,9 +97,20 @@ numeric!(
     SocketAddrV6,
     (IpAddr, u16),
     (Ipv4Addr, u16),
-    (Ipv6Addr, u16),
-    &[SocketAddr]
+    (Ipv6Addr, u16)
 );
+
+/// The first address of several is what names them.
+impl ServerAddr for &[SocketAddr] {
+    fn host(&self) -> Option<String> {
+        None
+    }
+
+    fn endpoint(&self) -> String {
+        let addrs: Vec<String> = self.iter().map(ToString::to_string).collect();
+        addrs.join(", ")
+    }
+}
 
 #[cfg(test)]
 mod tests {

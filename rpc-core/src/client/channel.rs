@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::connection::{Answered, CallSpec, Connection, Failure};
-use super::endpoint::{Endpoint, Outstanding};
+use super::endpoint::{Endpoint, EndpointState, EndpointStatus, Outstanding};
 use super::local::Local;
 use super::pool::Pool;
 use super::retry::RetryBudget;
@@ -52,6 +52,8 @@ pub struct Channel {
     interceptor: Option<ClientInterceptor>,
     /// The service: its name for the calls' spans, its schema to explain a mismatch.
     service: ServiceInfo,
+    /// Whether a call waits for a server to come back rather than failing at once.
+    wait_for_ready: bool,
 }
 
 /// Where calls go.
@@ -89,6 +91,21 @@ macro_rules! in_span {
     };
 }
 
+/// The error for a pool none of whose endpoints could be reached: the one error if there was
+/// one endpoint, else each endpoint and its error.
+fn all_unavailable(mut causes: Vec<(String, RpcError)>) -> RpcError {
+    if causes.len() == 1 {
+        let (_, error) = causes.remove(0);
+        return error;
+    }
+    RpcError::Unavailable {
+        causes: causes
+            .into_iter()
+            .map(|(endpoint, error)| (endpoint, error.to_string()))
+            .collect(),
+    }
+}
+
 /// What a local channel answers to a call made as to a remote one.
 fn not_remote() -> RpcError {
     RpcError::Protocol(
@@ -120,6 +137,7 @@ impl Channel {
         metadata: Metadata,
         interceptor: Option<ClientInterceptor>,
         service: ServiceInfo,
+        wait_for_ready: bool,
     ) -> Channel {
         Channel {
             backend: Arc::new(backend),
@@ -127,6 +145,7 @@ impl Channel {
             metadata: Arc::new(metadata),
             interceptor,
             service,
+            wait_for_ready,
         }
     }
 
@@ -153,6 +172,56 @@ impl Channel {
             deadline,
             ..self.clone()
         }
+    }
+
+    /// The same connections, with calls that, while no server can be reached, wait within their
+    /// deadline for one to come back instead of failing at once (gRPC's wait-for-ready). The
+    /// default comes from [`ClientBuilder::wait_for_ready`](crate::ClientBuilder::wait_for_ready).
+    #[must_use]
+    pub fn wait_for_ready(&self, wait: bool) -> Channel {
+        let mut channel = self.clone();
+        channel.wait_for_ready = wait;
+        channel
+    }
+
+    /// Each server of this client: its address, what it is doing, its calls in flight, and
+    /// why it last failed. One for a client of one server; none for a local one.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        match &*self.backend {
+            Backend::Local(_) => Vec::new(),
+            Backend::Fixed(connection) => vec![EndpointStatus {
+                endpoint: "(a stream)".to_owned(),
+                state: if connection.is_closed() {
+                    EndpointState::Idle
+                } else {
+                    EndpointState::Connected
+                },
+                outstanding: 0,
+                last_error: None,
+            }],
+            Backend::Endpoint(endpoint, _) => vec![endpoint.status()],
+            Backend::Pool(pool, _) => pool.endpoints().iter().map(|e| e.status()).collect(),
+        }
+    }
+
+    /// The [`endpoints`](Self::endpoints) each time one of them changes: connects, fails,
+    /// loses its connection, is ejected or comes back, appears or vanishes. Ends only with the
+    /// channel's last clone.
+    pub fn endpoint_changes(
+        &self,
+    ) -> impl futures_util::Stream<Item = Vec<EndpointStatus>> + Send + 'static {
+        let changes = match &*self.backend {
+            Backend::Endpoint(endpoint, _) => Some(endpoint.changes().subscribe()),
+            Backend::Pool(pool, _) => Some(pool.changes().subscribe()),
+            Backend::Local(_) | Backend::Fixed(_) => None,
+        };
+        let channel = self.clone();
+        futures_util::stream::unfold((channel, changes), |(channel, changes)| async move {
+            let mut changes = changes?;
+            changes.changed().await.ok()?;
+            changes.mark_unchanged();
+            Some((channel.endpoints(), (channel, Some(changes))))
+        })
     }
 
     /// The same connections, with `key` set to `value` in the metadata of every call.
@@ -251,7 +320,11 @@ impl Channel {
                 Err(error) => return ended(end, Err(error)),
             };
             let attempt = in_span!(span, target.connection.start(spec, args, None, false));
-            let failure = match attempt.and_then(Answered::into_value) {
+            let outcome = attempt.and_then(Answered::into_value);
+            if let Some(endpoint) = &target.endpoint {
+                endpoint.record_call(outcome.as_ref().err().is_some_and(Failure::is_the_servers));
+            }
+            let failure = match outcome {
                 Ok(value) => {
                     if let Some(budget) = self.budget() {
                         budget.deposit();
@@ -532,7 +605,29 @@ impl Channel {
 
     /// A connection for the next attempt at a call, connecting if needed, within the call's
     /// deadline. In a pool, a server that cannot be reached is passed over for the others.
+    /// Waiting for ready, a call whose servers cannot be reached waits, within its deadline,
+    /// for one of them to come back.
     async fn target(
+        &self,
+        spec: CallSpec<'_>,
+        avoid: Option<&Arc<Endpoint>>,
+    ) -> Result<Target, RpcError> {
+        loop {
+            match self.target_once(spec, avoid).await {
+                Err(
+                    RpcError::Connect { .. }
+                    | RpcError::ConnectTimeout(_)
+                    | RpcError::Unavailable { .. },
+                ) if self.wait_for_ready => {
+                    // Each endpoint waits out its backoff before its next attempt: no spin.
+                    tokio::task::yield_now().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn target_once(
         &self,
         spec: CallSpec<'_>,
         avoid: Option<&Arc<Endpoint>>,
@@ -560,15 +655,22 @@ impl Channel {
                 (endpoint, connection?)
             }
             Backend::Pool(pool, _) => {
-                let mut avoid = avoid.cloned();
-                let mut tries = pool.endpoints().len().max(1);
+                // Each endpoint at most once: a server that cannot be reached is passed over
+                // for the others, and when none can be, the error names each one.
+                let mut tried: Vec<Arc<Endpoint>> = avoid.into_iter().cloned().collect();
+                let mut causes = Vec::new();
+                let endpoints = pool.endpoints().len().max(1);
                 loop {
-                    let (endpoint, connection) = connect(pool.pick(avoid.as_ref())?).await?;
-                    tries -= 1;
+                    let (endpoint, connection) = connect(pool.pick(&tried)?).await?;
                     match connection {
                         Ok(connection) => break (endpoint, connection),
-                        Err(error) if tries == 0 => return Err(error),
-                        Err(_) => avoid = Some(endpoint),
+                        Err(error) => {
+                            causes.push((endpoint.name(), error));
+                            tried.push(endpoint);
+                            if causes.len() >= endpoints {
+                                return Err(all_unavailable(causes));
+                            }
+                        }
                     }
                 }
             }

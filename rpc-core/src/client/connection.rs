@@ -80,6 +80,22 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// Whether the failure counts against the server: the connection was lost or the server
+    /// did not run the call, or no answer came in time. Answers the server gave, errors
+    /// included, do not.
+    pub(crate) fn is_the_servers(&self) -> bool {
+        match self {
+            Failure::Lost(_) | Failure::NotRun(_) => true,
+            Failure::Final(error) => matches!(
+                error,
+                RpcError::DeadlineExceeded { .. }
+                    | RpcError::KeepaliveTimeout(_)
+                    | RpcError::ConnectionClosed
+                    | RpcError::Io(_)
+            ),
+        }
+    }
+
     /// The error a caller sees when the failure is not retried.
     pub(crate) fn into_error(self, method: &str) -> RpcError {
         match self {

@@ -25,9 +25,61 @@ pub(crate) enum Target {
         addrs: Vec<SocketAddr>,
         host: Option<Arc<str>>,
     },
+    /// A server as written (`host:port`, or numbers), resolved again at each connection: a
+    /// balanced client's.
+    Named {
+        name: String,
+        host: Option<Arc<str>>,
+    },
     /// A Unix domain socket.
     #[cfg(unix)]
     Unix(std::path::PathBuf),
+}
+
+/// How many calls in a row may fail on an endpoint before it is ejected for a while.
+const EJECT_AFTER: u32 = 5;
+
+/// What an endpoint of a client is doing, as [`Channel::endpoints`](crate::Channel::endpoints)
+/// lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// A connection is up and takes calls.
+    Connected,
+    /// A connection is being made.
+    Connecting,
+    /// The last attempts to connect failed; the next waits for its backoff.
+    BackingOff,
+    /// Calls kept failing on it: no call goes to it until its backoff has passed, unless
+    /// every endpoint is out.
+    Ejected,
+    /// No connection, none being made, and free to make one when a call needs it.
+    Idle,
+}
+
+/// One endpoint of a client, as [`Channel::endpoints`](crate::Channel::endpoints) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// The server, as it was given (`host:port`, an address, a socket's path).
+    pub endpoint: String,
+    /// What it is doing.
+    pub state: EndpointState,
+    /// How many calls are in flight on it.
+    pub outstanding: usize,
+    /// Why its last connection attempt failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Tells a client's watchers that an endpoint's state changed: a counter they wait on.
+pub(crate) type Changes = Arc<tokio::sync::watch::Sender<u64>>;
+
+/// A new counter of changes.
+pub(crate) fn changes() -> Changes {
+    Arc::new(tokio::sync::watch::channel(0).0)
+}
+
+fn changed(changes: &Changes) {
+    changes.send_modify(|count| *count = count.wrapping_add(1));
 }
 
 /// One server, and the connection to it.
@@ -35,6 +87,7 @@ pub(crate) struct Endpoint {
     target: Target,
     service: ServiceInfo,
     config: Arc<ClientConfig>,
+    changes: Changes,
     live: Mutex<Live>,
     /// One reconnection at a time; the calls that need it wait for it.
     connecting: tokio::sync::Mutex<()>,
@@ -54,6 +107,12 @@ struct Live {
     last_error: Option<RpcError>,
     /// A connection was made before: the next one is a reconnection.
     connected_before: bool,
+    /// Calls that failed on it in a row.
+    call_failures: u32,
+    /// How many times it was ejected in a row, for the length of the next ejection.
+    ejections: u32,
+    /// Ejected until then.
+    ejected_until: Option<Instant>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -66,11 +125,17 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Target, service: ServiceInfo, config: Arc<ClientConfig>) -> Self {
+    pub(crate) fn new(
+        target: Target,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+        changes: Changes,
+    ) -> Self {
         Endpoint {
             target,
             service,
             config,
+            changes,
             live: Mutex::new(Live::default()),
             connecting: tokio::sync::Mutex::new(()),
             outstanding: AtomicUsize::new(0),
@@ -79,6 +144,84 @@ impl Endpoint {
 
     pub(crate) fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The counter of its state's changes.
+    pub(crate) fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// The server, as it was given.
+    pub(crate) fn name(&self) -> String {
+        match &self.target {
+            Target::Tcp { addrs, host } => match (host, addrs.first()) {
+                (Some(host), Some(addr)) => format!("{host}:{}", addr.port()),
+                (None, Some(addr)) => addr.to_string(),
+                (_, None) => "(no address)".to_owned(),
+            },
+            Target::Named { name, .. } => name.clone(),
+            #[cfg(unix)]
+            Target::Unix(path) => path.display().to_string(),
+        }
+    }
+
+    /// What it is doing, for a listing.
+    pub(crate) fn status(&self) -> EndpointStatus {
+        let connected = self.live_connection().is_some();
+        let connecting = self.connecting.try_lock().is_err();
+        let now = Instant::now();
+        let live = self.live();
+        let state = if live.ejected_until.is_some_and(|until| until > now) {
+            EndpointState::Ejected
+        } else if connected {
+            EndpointState::Connected
+        } else if connecting {
+            EndpointState::Connecting
+        } else if live.retry_at.is_some_and(|at| at > now) {
+            EndpointState::BackingOff
+        } else {
+            EndpointState::Idle
+        };
+        EndpointStatus {
+            endpoint: self.name(),
+            state,
+            outstanding: self.outstanding(),
+            last_error: live.last_error.as_ref().map(ToString::to_string),
+        }
+    }
+
+    /// Whether calls kept failing on it, and it is not to be called for now.
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.live()
+            .ejected_until
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Counts how a call on it went: calls failing in a row eject it for a backoff that grows
+    /// with each ejection; one that succeeds puts it back.
+    pub(crate) fn record_call(&self, failed: bool) {
+        let mut live = self.live();
+        if !failed {
+            let was_out = live.call_failures > 0 || live.ejections > 0;
+            live.call_failures = 0;
+            live.ejections = 0;
+            drop(live);
+            if was_out {
+                changed(&self.changes);
+            }
+            return;
+        }
+        live.call_failures += 1;
+        if live.call_failures < EJECT_AFTER {
+            return;
+        }
+        live.call_failures = 0;
+        live.ejections = live.ejections.saturating_add(1);
+        let wait = backoff(live.ejections, &self.config);
+        live.ejected_until = Some(Instant::now() + wait);
+        drop(live);
+        tracing::info!(endpoint = %self.name(), ?wait, "calls kept failing: ejected for a while");
+        changed(&self.changes);
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -131,6 +274,7 @@ impl Endpoint {
         if let Some(retry_at) = retry_at {
             tokio::time::sleep_until(retry_at).await;
         }
+        changed(&self.changes);
         let connected = self.connect().await;
         let mut live = self.live();
         live.attempts += 1;
@@ -144,6 +288,12 @@ impl Endpoint {
                 live.failures = 0;
                 live.retry_at = None;
                 live.last_error = None;
+                // Watchers hear of the connection's end too.
+                let (lost, changes) = (Arc::clone(connection), Arc::clone(&self.changes));
+                tokio::spawn(async move {
+                    lost.closed().await;
+                    changed(&changes);
+                });
             }
             Err(error) => {
                 live.last_error = Some(error.clone());
@@ -154,36 +304,54 @@ impl Endpoint {
                 telemetry::endpoint_failed(self.service.name);
             }
         }
+        drop(live);
+        changed(&self.changes);
         connected
     }
 
     async fn connect(&self) -> Result<Arc<Connection>, RpcError> {
         let timeout = self.config.connect_timeout;
+        let failed = |cause| RpcError::Connect {
+            endpoint: self.name(),
+            cause: Arc::new(cause),
+        };
         let connecting = async {
-            match &self.target {
-                Target::Tcp { addrs, host } => {
-                    let stream = transport::connect_tcp(&addrs[..])
+            let (resolved, host) = match &self.target {
+                Target::Tcp { host, .. } => (None, host),
+                Target::Named { name, host } => {
+                    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name.as_str())
                         .await
-                        .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                        .map_err(failed)?
+                        .collect();
+                    (Some(addrs), host)
+                }
+                #[cfg(unix)]
+                Target::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(failed)?;
+                    return Connection::establish(stream, &self.service, &self.config).await;
+                }
+            };
+            let addrs = match (&resolved, &self.target) {
+                (Some(addrs), _) => &addrs[..],
+                (None, Target::Tcp { addrs, .. }) => &addrs[..],
+                (None, _) => &[][..],
+            };
+            {
+                {
+                    let stream = transport::connect_tcp(addrs).await.map_err(failed)?;
                     #[cfg(feature = "tls")]
                     if let Some(tls) = &self.config.tls {
-                        let addr = stream
-                            .peer_addr()
-                            .map_err(|e| RpcError::Connect(Arc::new(e)))?;
+                        let addr = stream.peer_addr().map_err(failed)?;
                         let stream = tls.connect(stream, host.as_deref(), addr).await?;
                         let stream = transport::Shared(stream);
                         return Connection::establish(stream, &self.service, &self.config)
                             .await
                             .map_err(crate::tls::refused_after_handshake);
                     }
+                    #[cfg(not(feature = "tls"))]
                     let _ = host;
-                    Connection::establish(stream, &self.service, &self.config).await
-                }
-                #[cfg(unix)]
-                Target::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path)
-                        .await
-                        .map_err(|e| RpcError::Connect(Arc::new(e)))?;
                     Connection::establish(stream, &self.service, &self.config).await
                 }
             }
@@ -281,7 +449,7 @@ mod tests {
             reconnect_max: Duration::from_secs(60),
             ..ClientConfig::default()
         };
-        let endpoint = Arc::new(Endpoint::new(target, service, Arc::new(config)));
+        let endpoint = Arc::new(Endpoint::new(target, service, Arc::new(config), changes()));
         assert!(
             endpoint.connection().await.is_err(),
             "the first attempt fails"
@@ -348,7 +516,7 @@ mod tests {
             addrs: vec![addr],
             host: None,
         };
-        let endpoint = Endpoint::new(target, SERVICE, Arc::new(config));
+        let endpoint = Endpoint::new(target, SERVICE, Arc::new(config), changes());
         let wait = |endpoint: &Endpoint| {
             let retry_at = endpoint.live().retry_at.expect("backing off");
             retry_at.saturating_duration_since(Instant::now())

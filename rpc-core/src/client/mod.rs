@@ -34,11 +34,11 @@ mod retry;
 
 pub use address::ServerAddr;
 pub use channel::Channel;
+pub use endpoint::{EndpointState, EndpointStatus};
 
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +103,7 @@ pub(crate) struct ClientConfig {
     pub(crate) retry_burst: u32,
     pub(crate) stream_window: u32,
     pub(crate) interceptor: Option<ClientInterceptor>,
+    pub(crate) wait_for_ready: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
 }
@@ -121,6 +122,7 @@ impl Default for ClientConfig {
             retry_burst: 100,
             stream_window: crate::stream::DEFAULT_WINDOW,
             interceptor: None,
+            wait_for_ready: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -241,6 +243,14 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self
     }
 
+    /// Whether calls wait, within their deadline, for a server that cannot be reached to come
+    /// back, instead of failing at once (default: no; gRPC's wait-for-ready). For one call,
+    /// `client.channel().wait_for_ready(..)`.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.config.wait_for_ready = wait;
+        self
+    }
+
     /// How long connecting and the handshake may take together (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -267,9 +277,13 @@ impl<C: ServiceClient> ClientBuilder<C> {
         // Before any lookup or connection: a type that cannot be described is reported first.
         C::INFO.describe()?;
         let host = addr.host().map(Arc::from);
+        let endpoint = addr.endpoint();
         let addrs: Vec<_> = tokio::net::lookup_host(addr)
             .await
-            .map_err(connect_failed)?
+            .map_err(|cause| RpcError::Connect {
+                endpoint,
+                cause: Arc::new(cause),
+            })?
             .collect();
         self.connect_endpoint(Target::Tcp { addrs, host }).await
     }
@@ -308,12 +322,22 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self.client(Backend::Local(local::Local::new(service)))
     }
 
-    /// Balances calls over the servers at `addrs`: each call goes to the less busy of two
-    /// picked at random. Connections are made when calls need them; a server that cannot be
-    /// reached is passed over while it backs off, and used again once it answers.
-    pub fn balance(self, addrs: impl IntoIterator<Item = SocketAddr>) -> C {
+    /// Balances calls over the servers at `addrs`, given as [`connect`](Self::connect) takes
+    /// them (`"host:port"`, a `SocketAddr`...): each call goes to the less busy of two picked
+    /// at random. Connections are made when calls need them, each resolving its server's
+    /// name anew; a server that cannot be reached is passed over while it backs off, one on
+    /// which calls keep failing is ejected for a while, and either is used again once it
+    /// answers. `channel().endpoints()` lists them.
+    pub fn balance<A: ServerAddr>(self, addrs: impl IntoIterator<Item = A>) -> C {
         let config = Arc::new(self.config.clone());
-        let pool = Pool::new(addrs.into_iter().collect(), None, C::INFO, config);
+        let targets = addrs
+            .into_iter()
+            .map(|addr| Target::Named {
+                name: addr.endpoint(),
+                host: addr.host().map(Arc::from),
+            })
+            .collect();
+        let pool = Pool::fixed(targets, C::INFO, config);
         let budget = self.budget();
         self.client(Backend::Pool(pool, budget))
     }
@@ -335,6 +359,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
             target,
             C::INFO,
             Arc::new(self.config.clone()),
+            endpoint::changes(),
         ));
         endpoint.connection().await?;
         let budget = self.budget();
@@ -352,11 +377,8 @@ impl<C: ServiceClient> ClientBuilder<C> {
             self.config.metadata,
             self.config.interceptor,
             C::INFO,
+            self.config.wait_for_ready,
         );
         C::from_channel(channel)
     }
-}
-
-fn connect_failed(error: std::io::Error) -> RpcError {
-    RpcError::Connect(Arc::new(error))
 }

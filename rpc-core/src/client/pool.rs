@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use super::ClientConfig;
-use super::endpoint::{Endpoint, Target, random};
+use super::endpoint::{Changes, Endpoint, Target, changes, random};
 use crate::RpcError;
 use crate::service::ServiceInfo;
 use crate::task::AbortOnDrop;
@@ -22,6 +22,8 @@ pub(crate) struct Pool {
     host: Option<Arc<str>>,
     /// Re-reads the DNS name, for a pool that follows one.
     resolver: std::sync::Mutex<Option<AbortOnDrop>>,
+    /// Counts changes of its endpoints' states, for watchers.
+    changes: Changes,
 }
 
 impl Pool {
@@ -38,9 +40,40 @@ impl Pool {
             config,
             host,
             resolver: std::sync::Mutex::new(None),
+            changes: changes(),
         });
         pool.update(addrs);
         pool
+    }
+
+    /// A pool of the servers `targets` name, each resolved when it connects.
+    pub(crate) fn fixed(
+        targets: Vec<Target>,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+    ) -> Arc<Self> {
+        let changes = changes();
+        let endpoints = targets
+            .into_iter()
+            .map(|target| {
+                let endpoint =
+                    Endpoint::new(target, service, Arc::clone(&config), Arc::clone(&changes));
+                Arc::new(endpoint)
+            })
+            .collect();
+        Arc::new(Pool {
+            endpoints: RwLock::new(endpoints),
+            service,
+            config,
+            host: None,
+            resolver: std::sync::Mutex::new(None),
+            changes,
+        })
+    }
+
+    /// The counter of its endpoints' changes.
+    pub(crate) fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// A pool of the addresses `name` (`host:port`) resolves to, re-resolved every `refresh`:
@@ -86,10 +119,14 @@ impl Pool {
                     target,
                     self.service,
                     Arc::clone(&self.config),
+                    Arc::clone(&self.changes),
                 )),
             });
         }
         *endpoints = kept;
+        drop(endpoints);
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// The endpoints, in no particular order.
@@ -101,17 +138,17 @@ impl Pool {
     }
 
     /// The endpoint for the next call: of two picked at random, the one with fewer calls
-    /// outstanding ("power of two choices"). Endpoints waiting to reconnect are passed over
-    /// while others are up, and so is `avoid` (where the call just failed) while there is
-    /// another.
-    pub(crate) fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Result<Arc<Endpoint>, RpcError> {
+    /// outstanding ("power of two choices"). Endpoints waiting to reconnect or ejected are
+    /// passed over while others are up, and so are those in `avoid` (where the call just
+    /// failed) while there are others.
+    pub(crate) fn pick(&self, avoid: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, RpcError> {
         let endpoints = self
             .endpoints
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let others: Vec<&Arc<Endpoint>> = endpoints
             .iter()
-            .filter(|endpoint| avoid.is_none_or(|avoid| !Arc::ptr_eq(avoid, endpoint)))
+            .filter(|endpoint| !avoid.iter().any(|avoid| Arc::ptr_eq(avoid, endpoint)))
             .collect();
         let others = if others.is_empty() {
             endpoints.iter().collect()
@@ -121,7 +158,7 @@ impl Pool {
         let up: Vec<&Arc<Endpoint>> = others
             .iter()
             .copied()
-            .filter(|endpoint| !endpoint.is_backing_off())
+            .filter(|endpoint| !endpoint.is_backing_off() && !endpoint.is_ejected())
             .collect();
         let candidates = if up.is_empty() { others } else { up };
         match candidates.len() {
@@ -147,7 +184,10 @@ impl Pool {
 async fn resolve(name: &str) -> Result<Vec<SocketAddr>, RpcError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name)
         .await
-        .map_err(|e| RpcError::Connect(Arc::new(e)))?
+        .map_err(|e| RpcError::Connect {
+            endpoint: name.to_owned(),
+            cause: Arc::new(e),
+        })?
         .collect();
     if addrs.is_empty() {
         return Err(RpcError::NoEndpoints);
@@ -212,15 +252,15 @@ mod tests {
         let endpoints = pool.endpoints();
         let _busy = endpoints[0].begin_call();
         for _ in 0..20 {
-            let picked = pool.pick(None).expect("an endpoint");
+            let picked = pool.pick(&[]).expect("an endpoint");
             assert!(Arc::ptr_eq(&picked, &endpoints[1]), "the idle one");
         }
-        let picked = pool.pick(Some(&endpoints[1])).expect("an endpoint");
+        let picked = pool.pick(&endpoints[1..]).expect("an endpoint");
         assert!(
             Arc::ptr_eq(&picked, &endpoints[0]),
             "not where the call just failed"
         );
         let empty = Pool::new(vec![], None, SERVICE, Arc::default());
-        assert!(matches!(empty.pick(None), Err(RpcError::NoEndpoints)));
+        assert!(matches!(empty.pick(&[]), Err(RpcError::NoEndpoints)));
     }
 }

@@ -384,7 +384,7 @@ pub(crate) fn handshake_failed(error: &io::Error) -> RpcError {
 /// thing read.
 pub(crate) fn refused_after_handshake(error: RpcError) -> RpcError {
     match &error {
-        RpcError::Io(io) | RpcError::Connect(io) => match tls_error(io) {
+        RpcError::Io(io) | RpcError::Connect { cause: io, .. } => match tls_error(io) {
             Some(tls) => RpcError::Tls(describe(tls)),
             None => error,
         },

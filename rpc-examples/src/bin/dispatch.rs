@@ -117,7 +117,7 @@ async fn coordinate(options: Options) -> Result<(), Error> {
             .trim()
             .strip_prefix("listening on ")
             .ok_or_else(|| format!("unexpected worker output: {line:?}"))?
-            .parse()?;
+            .to_owned();
         println!("dispatch: worker pid {} on {addr}", child.id());
         addrs.push(addr);
         workers.0.push(child);

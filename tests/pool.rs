@@ -1,0 +1,170 @@
+//! A balanced client's endpoints, as an operator sees them: named in errors, listed with their
+//! states and changes, ejected when calls keep failing on them, and waited for when asked.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rpc_core::{EndpointState, RpcError, Server, ServerBuilder, ServiceClient, Status, StatusCode};
+use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
+use rpc_tests::{loopback_listener, within};
+
+/// A free loopback address with nothing listening on it.
+async fn closed_addr() -> SocketAddr {
+    let (listener, addr) = loopback_listener().await;
+    drop(listener);
+    addr
+}
+
+async fn serve_on(builder: ServerBuilder, addr: &str) -> SocketAddr {
+    let server = builder.bind(addr).await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    addr
+}
+
+#[tokio::test]
+async fn when_every_endpoint_is_down_the_error_names_each() {
+    let addrs = [
+        closed_addr().await,
+        closed_addr().await,
+        closed_addr().await,
+    ];
+    let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let client = GreeterClient::builder().balance(names.clone());
+    let error = within("a call", client.greet("x".into()))
+        .await
+        .expect_err("nobody listens");
+    let RpcError::Unavailable { causes } = &error else {
+        panic!("expected every endpoint unavailable, got {error:?}");
+    };
+    assert_eq!(causes.len(), 3);
+    let text = error.to_string();
+    assert!(
+        text.starts_with("all 3 endpoints are unavailable: "),
+        "{text}"
+    );
+    for name in &names {
+        assert!(
+            text.contains(&format!("{name} (could not connect to {name}: ")),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
+    let up = serve_on(Server::builder(), "127.0.0.1:0").await;
+    let down = closed_addr().await;
+    let client = GreeterClient::builder()
+        .reconnect_backoff(Duration::from_secs(60), Duration::from_secs(60))
+        .balance([up.to_string(), down.to_string()]);
+    let listed = client.channel().endpoints();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.iter().all(|e| e.state == EndpointState::Idle),
+        "{listed:?}"
+    );
+
+    let mut changes = Box::pin(client.channel().endpoint_changes());
+    // Calls go to the live one, after the other, when picked, fails once; until it has been.
+    let tried_down = |client: &GreeterClient| {
+        client
+            .channel()
+            .endpoints()
+            .iter()
+            .any(|e| e.endpoint == down.to_string() && e.state != EndpointState::Idle)
+    };
+    for _ in 0..200 {
+        within("a call", client.greet("x".into()))
+            .await
+            .expect("the live endpoint answers");
+        if tried_down(&client) {
+            break;
+        }
+    }
+    let listed = within("a change", changes.next())
+        .await
+        .expect("changes are reported");
+    assert_eq!(listed.len(), 2);
+    let listed = client.channel().endpoints();
+    let of = |addr: SocketAddr| {
+        listed
+            .iter()
+            .find(|e| e.endpoint == addr.to_string())
+            .expect("listed under the address it was given")
+            .clone()
+    };
+    assert_eq!(of(up).state, EndpointState::Connected);
+    assert_eq!(of(up).last_error, None);
+    let failed = of(down);
+    assert_eq!(failed.state, EndpointState::BackingOff, "{failed:?}");
+    let why = failed.last_error.expect("why it failed");
+    assert!(
+        why.contains(&format!("could not connect to {down}")),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_calls_keep_failing_is_ejected() {
+    let unavailable =
+        Server::builder().intercept(|_| Err(Status::new(StatusCode::Unavailable, "draining")));
+    let sick = serve_on(unavailable, "127.0.0.1:0").await;
+    let healthy = serve_on(Server::builder(), "127.0.0.1:0").await;
+    let client = GreeterClient::builder().balance([sick, healthy]);
+    // Unavailable means not run: each call is made again on the other server and succeeds,
+    // while the sick one's failures add up.
+    for _ in 0..400 {
+        within("a call", client.greet("x".into()))
+            .await
+            .expect("answered");
+        let sick_state = client
+            .channel()
+            .endpoints()
+            .into_iter()
+            .find(|e| e.endpoint == sick.to_string())
+            .expect("listed")
+            .state;
+        if sick_state == EndpointState::Ejected {
+            return;
+        }
+    }
+    panic!(
+        "the sick endpoint was never ejected: {:?}",
+        client.channel().endpoints()
+    );
+}
+
+#[tokio::test]
+async fn waiting_for_ready_rides_out_a_server_that_is_not_up_yet() {
+    let addr = closed_addr().await;
+    let client = GreeterClient::builder()
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .deadline(Duration::from_secs(20))
+        .balance([addr]);
+
+    // Without waiting, the call fails at once.
+    let refused = within("a call", client.greet("x".into())).await;
+    assert!(
+        matches!(refused, Err(RpcError::Connect { .. })),
+        "{refused:?}"
+    );
+
+    let waiting = GreeterClient::from_channel(client.channel().wait_for_ready(true));
+    let mut changes = Box::pin(client.channel().endpoint_changes());
+    let call = tokio::spawn(async move { waiting.greet("ada".into()).await });
+    // Once the waiting call has failed an attempt, the server comes up.
+    loop {
+        let listed = within("a change", changes.next()).await.expect("changes");
+        if listed[0].state == EndpointState::BackingOff {
+            break;
+        }
+    }
+    serve_on(Server::builder(), &addr.to_string()).await;
+    let greeting = within("the waiting call", call).await.expect("joins");
+    assert_eq!(
+        greeting.expect("answered once the server is up"),
+        "hello, ada"
+    );
+}
