@@ -31,17 +31,17 @@
 //!     }
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = rpc_core::Server::bind("127.0.0.1:0").await?;
-//! let addr = server.local_addr()?;
-//! tokio::spawn(server.serve(CalcServer::new(MyCalc)));
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let server = rpc_core::Server::bind("127.0.0.1:0").await?;
+//!     let addr = server.local_addr()?;
+//!     tokio::spawn(server.serve(CalcServer::new(MyCalc)));
 //!
-//! let client = CalcClient::connect(addr).await?;
-//! assert_eq!(client.add(2, 3).await?, 5);
-//! assert_eq!(client.div(1, 0).await?, Err(DivideByZero));
-//! # Ok(())
-//! # }
+//!     let client = CalcClient::connect(addr).await?;
+//!     assert_eq!(client.add(2, 3).await?, 5);
+//!     assert_eq!(client.div(1, 0).await?, Err(DivideByZero));
+//!     Ok(())
+//! }
 //! ```
 //!
 //! The pieces:
@@ -104,28 +104,4 @@ pub use stream::{StreamClosed, StreamSender, Streaming};
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
-/// Turns a trait into a remotely callable service.
-///
-/// For `#[service] pub trait Calc { ... }` it generates, with the trait's visibility:
-///
-/// - the trait itself, with each `async fn` declared as returning a `Send` future, and
-///   `Send + Sync + 'static` as supertraits, so implementations can be served from any thread;
-///   implement it with plain `async fn`s;
-/// - `CalcRequest`: an enum with one variant per method (in UpperCamelCase), its fields named
-///   after the arguments;
-/// - `CalcResponse`: an enum with one variant per method, holding its return value;
-/// - `CalcClient`: a cheap-to-clone client with `connect(addr)`, `from_stream(io)`,
-///   `builder()`, and one `async fn` per method returning `Result<T, RpcError>`;
-/// - `CalcServer<T: Calc>`: `CalcServer::new(implementation)`, the [`Service`] that the
-///   [`Server`] runs.
-///
-/// Arguments and return values may be any types that implement serde's `Serialize` and
-/// `DeserializeOwned`. An application error is just a return type such as
-/// `Result<i64, MyError>`.
-///
-/// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) is encoded as one
-/// byte string, copied whole, instead of a byte at a time as serde would; the bytes on the wire
-/// are the same. Only that spelling is recognised: a `Vec<u8>` inside another type, or behind
-/// an alias, takes serde's slower path. For large binary data, [`Payload`] also avoids the copies:
-/// into the frame on the way out, and out of it on receipt.
 pub use rpc_macros::service;

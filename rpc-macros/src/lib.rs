@@ -1,5 +1,5 @@
-//! The `#[service]` attribute. Use it through `rpc_core::service`, whose documentation says what
-//! it generates.
+//! The `#[service]` attribute. Use it through `rpc_core::service`; its documentation here is
+//! the attribute's whole manual.
 //!
 //! The work is split by phase: `parse` turns the trait into a plain model and reports every
 //! shape it cannot serve, `validate` checks the rules between methods, `expand` writes the
@@ -13,7 +13,137 @@ mod validate;
 
 use proc_macro::TokenStream;
 
-/// Turns a trait into a remotely callable service. See `rpc_core::service`.
+/// Turns a trait into a remotely callable service: a client, a server dispatcher, and two enums
+/// of its calls, generated beside it.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// pub struct DivideByZero;
+///
+/// #[rpc_core::service]
+/// pub trait Calc {
+///     /// Adds two numbers.
+///     async fn add(&self, a: i64, b: i64) -> i64;
+///     /// Divides; an application error is just a return type.
+///     async fn div(&self, a: i64, b: i64) -> Result<i64, DivideByZero>;
+/// }
+///
+/// struct MyCalc;
+///
+/// impl Calc for MyCalc {
+///     async fn add(&self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+///     async fn div(&self, a: i64, b: i64) -> Result<i64, DivideByZero> {
+///         a.checked_div(b).ok_or(DivideByZero)
+///     }
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let server = rpc_core::Server::bind("127.0.0.1:0").await?;
+///     let addr = server.local_addr()?;
+///     tokio::spawn(server.serve(CalcServer::new(MyCalc)));
+///
+///     let client = CalcClient::connect(addr).await?;
+///     assert_eq!(client.add(2, 3).await?, 5);
+///     assert_eq!(client.div(1, 0).await?, Err(DivideByZero));
+///     Ok(())
+/// }
+/// ```
+///
+/// # What it generates
+///
+/// For `pub trait Calc`, with the trait's visibility:
+///
+/// - **the trait**, each `async fn` declared as returning a `Send` future, with
+///   `Send + Sync + 'static` as supertraits: implement it with plain `async fn`s, and the server
+///   runs them on any thread;
+/// - **`CalcRequest`**: an enum with one variant per method, in UpperCamelCase (`Add { a, b }`),
+///   its fields named after the arguments;
+/// - **`CalcResponse`**: an enum with one variant per method holding its return value
+///   (`Add(i64)`);
+/// - **`CalcClient`**, cheap to clone (clones share one connection, or a pool):
+///   - `CalcClient::connect(addr)`, `CalcClient::from_stream(io)`, `CalcClient::builder()` (a
+///     `rpc_core::ClientBuilder`: deadline, metadata, TLS, balancing...), and
+///     `CalcClient::local(implementation)`, which calls an implementation in this process;
+///   - one `async fn` per method, with the trait method's doc comments, returning
+///     `Result<T, rpc_core::RpcError>`;
+///   - `with_deadline(duration)` and `with_metadata(key, value)`: the same connection, with
+///     calls that carry another deadline, or an entry more of metadata:
+///
+///     ```
+///     # #[rpc_core::service] pub trait Calc { async fn add(&self, a: i64, b: i64) -> i64; }
+///     # async fn run(client: CalcClient) -> Result<(), rpc_core::RpcError> {
+///     use std::time::Duration;
+///
+///     let sum = client.with_deadline(Duration::from_millis(100)).add(2, 3).await?;
+///     let traced = client.with_metadata("trace-id", "4bf92f35").add(2, 3).await?;
+///     # Ok(()) }
+///     ```
+///   - with rpc-core's `tower` feature, it is a `tower::Service<CalcRequest>`;
+/// - **`CalcServer<T: Calc>`**: `CalcServer::new(implementation)`, the `rpc_core::Service` a
+///   `rpc_core::Server` serves.
+///
+/// Arguments and results are any types that implement serde's `Serialize` and
+/// `DeserializeOwned`. Each method's types get a schema, read from those implementations, and a
+/// fingerprint of it that client and server compare before a call is sent.
+///
+/// # Method options
+///
+/// - `#[rpc(idempotent)]`: running the method twice does no harm, so a balancing client makes a
+///   call whose connection was lost again on another server, within its deadline and retry
+///   budget. Without it, such a call fails with `RpcError::Interrupted`.
+/// - `#[rpc(opaque)]`: the method's types have no schema (a type postcard cannot carry, or whose
+///   `Deserialize` refuses every made-up value); it is sent with a fingerprint of its
+///   signature's text instead, and reflection shows its types by name only.
+///
+/// ```
+/// #[rpc_core::service]
+/// pub trait Jobs {
+///     #[rpc(idempotent)]
+///     async fn status(&self, job: u64) -> String;
+///     async fn submit(&self, command: String) -> u64;
+/// }
+/// ```
+///
+/// # Streams
+///
+/// A method that returns `rpc_core::Streaming<T>` sends its result item by item; one that takes
+/// a `Streaming<T>` argument (at most one) receives it item by item; a method may do both. Items
+/// flow under credit, so a slow reader holds back a fast producer, and the call's deadline
+/// covers the whole stream.
+///
+/// ```
+/// use rpc_core::Streaming;
+///
+/// #[rpc_core::service]
+/// pub trait Logs {
+///     /// Every line of `file`, then the ones written later.
+///     async fn tail(&self, file: String) -> Streaming<String>;
+///     /// Stores lines as they come; returns how many.
+///     async fn append(&self, file: String, lines: Streaming<String>) -> u64;
+/// }
+/// ```
+///
+/// # `Vec<u8>` and large binary data
+///
+/// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) is encoded as one byte
+/// string, copied whole, instead of a byte at a time as serde would; the bytes on the wire are
+/// the same. Only that spelling is recognised. For large binary data, `rpc_core::Payload` also
+/// avoids the copies into and out of frames.
+///
+/// # What it refuses
+///
+/// Each with an error at the offending token: a method that is not `async`; a receiver other
+/// than `&self` (`&mut self`, `self`, a typed `self`); generic methods and generic traits (a
+/// service is one name and one schema on the wire); borrowed or `impl Trait` arguments and
+/// results; pattern arguments; default bodies; items other than methods; arguments to the
+/// attribute; more than one streamed argument; a method name that clashes with the client's own
+/// (`connect`, `from_stream`, `local`, `builder`, `with_deadline`, `with_metadata`), or two
+/// methods that make the same variant name.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     let args = proc_macro2::TokenStream::from(args);

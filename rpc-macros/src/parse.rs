@@ -160,12 +160,30 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
             "rpc methods cannot have a default body; implement them in the `impl` block",
         );
     }
-    check_qualifiers(&sig, errors);
+    // `fn f(&self) -> impl Future<Output = T>` written by hand: one error, saying what to write.
+    let hand_written = sig
+        .asyncness
+        .is_none()
+        .then(|| future_output(&sig.output))
+        .flatten();
+    if let Some(output) = &hand_written {
+        errors.spanned(
+            &sig.output,
+            format!(
+                "write `async fn {}(...) -> {}` instead of returning `impl Future`: the macro \
+                 declares the `Send` future the server needs",
+                sig.ident.unraw(),
+                output.to_token_stream()
+            ),
+        );
+    }
+    check_qualifiers(&sig, errors, hand_written.is_none());
     check_receiver(&sig, errors);
     let args = arguments(&sig, errors);
-    let output = match &sig.output {
-        ReturnType::Default => syn::parse_quote!(()),
-        ReturnType::Type(_, ty) => {
+    let output = match (&sig.output, hand_written) {
+        (_, Some(output)) => output,
+        (ReturnType::Default, None) => syn::parse_quote!(()),
+        (ReturnType::Type(_, ty), None) => {
             check_owned(ty, "return types", errors);
             (**ty).clone()
         }
@@ -211,8 +229,36 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
     }
 }
 
-fn check_qualifiers(sig: &Signature, errors: &mut Errors) {
-    if sig.asyncness.is_none() {
+/// `T`, for a return type written `impl Future<Output = T>` (or `impl Future<Output = T> + Send`).
+fn future_output(output: &ReturnType) -> Option<Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::ImplTrait(impl_trait) = &**ty else {
+        return None;
+    };
+    impl_trait.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let segment = bound.path.segments.last()?;
+        if segment.ident != "Future" {
+            return None;
+        }
+        let syn::PathArguments::AngleBracketed(arguments) = &segment.arguments else {
+            return Some(syn::parse_quote!(()));
+        };
+        arguments.args.iter().find_map(|argument| match argument {
+            syn::GenericArgument::AssocType(assoc) if assoc.ident == "Output" => {
+                Some(assoc.ty.clone())
+            }
+            _ => None,
+        })
+    })
+}
+
+fn check_qualifiers(sig: &Signature, errors: &mut Errors, check_async: bool) {
+    if check_async && sig.asyncness.is_none() {
         errors.spanned(
             sig.fn_token,
             "rpc methods must be `async fn`: a remote call always waits for the network",
