@@ -137,6 +137,14 @@ fn dispatch_survives_a_worker_killed_mid_job() {
         ),
         "{stdout}"
     );
+    // The pool's state while it ran: each worker connected at some point, and at the end the
+    // killed one is not.
+    assert!(stdout.contains("dispatch: pool: "), "{stdout}");
+    assert!(stdout.contains(" connected"), "{stdout}");
+    assert!(
+        stdout.contains("dispatch: pool at the end: 2 of 3 workers connected"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use rpc_core::{RpcError, Server};
+use rpc_core::{EndpointState, RpcError, Server, ServiceClient};
 use rpc_examples::primes::{Counted, Counter, PrimeWorkerClient, PrimeWorkerServer, count_primes};
 use tokio::sync::Semaphore;
 
@@ -130,6 +131,26 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         "{bar:40} {pos}/{len} tasks  {per_sec}  {msg}",
     )?);
 
+    // The pool's state as it changes: which workers are connected, backing off or ejected.
+    let watcher = tokio::spawn({
+        let (changes, progress) = (client.channel().endpoint_changes(), progress.clone());
+        async move {
+            let mut changes = Box::pin(changes);
+            let mut last = String::new();
+            while let Some(endpoints) = changes.next().await {
+                let states: Vec<String> = endpoints
+                    .iter()
+                    .map(|e| format!("{} {}", e.endpoint, state_name(e.state)))
+                    .collect();
+                let line = states.join(", ");
+                if line != last {
+                    progress.suspend(|| println!("dispatch: pool: {line}"));
+                    last = line;
+                }
+            }
+        }
+    });
+
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let resubmitted = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
@@ -163,6 +184,9 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         }
         *per_worker.entry(counted.worker).or_default() += 1;
         progress.inc(1);
+        if results.len().is_multiple_of(100) {
+            progress.set_message(live_state(&client, &per_worker));
+        }
         if options.kill_one && results.len() as u64 == kill_at {
             let victim = &mut workers.0[1];
             victim.kill()?; // SIGKILL: the process dies with calls in flight
@@ -179,6 +203,16 @@ async fn coordinate(options: Options) -> Result<(), Error> {
     }
     progress.finish();
     dispatcher.await?;
+    watcher.abort();
+    let endpoints = client.channel().endpoints();
+    let connected = endpoints
+        .iter()
+        .filter(|e| e.state == EndpointState::Connected)
+        .count();
+    println!(
+        "dispatch: pool at the end: {connected} of {} workers connected",
+        endpoints.len()
+    );
 
     let primes: u64 = results.values().map(|counted| counted.primes).sum();
     let limit = options.tasks * options.span;
@@ -200,6 +234,40 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         results.len()
     );
     Ok(())
+}
+
+/// How a worker's state reads in the example's output.
+fn state_name(state: EndpointState) -> &'static str {
+    match state {
+        EndpointState::Connected => "connected",
+        EndpointState::Connecting => "connecting",
+        EndpointState::BackingOff => "backing off",
+        EndpointState::Ejected => "ejected",
+        _ => "idle",
+    }
+}
+
+/// The progress bar's message: per worker, its state, calls in flight, and tasks done.
+fn live_state(client: &PrimeWorkerClient, per_worker: &HashMap<u32, u64>) -> String {
+    let states: Vec<String> = client
+        .channel()
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let port = e.endpoint.rsplit(':').next().unwrap_or(&e.endpoint);
+            format!(
+                ":{port} {} ({} in flight)",
+                state_name(e.state),
+                e.outstanding
+            )
+        })
+        .collect();
+    let done: u64 = per_worker.values().sum();
+    format!(
+        "{}; {} workers have answered {done}",
+        states.join(", "),
+        per_worker.len()
+    )
 }
 
 /// Counts one task's primes. The client already makes a lost call again on another worker
