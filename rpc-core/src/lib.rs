@@ -59,10 +59,14 @@
 //!
 //! The bytes on the wire are described in `docs/wire.md` of the repository.
 
+// The health service is written with the crate's own attribute, whose code names `::rpc_core`.
+extern crate self as rpc_core;
+
 mod client;
 mod context;
 pub mod dynamic;
 mod error;
+pub mod health;
 mod intercept;
 mod metadata;
 mod payload;

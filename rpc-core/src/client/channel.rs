@@ -17,6 +17,7 @@ use super::endpoint::{Endpoint, EndpointState, EndpointStatus, Outstanding};
 use super::local::Local;
 use super::pool::Pool;
 use super::retry::RetryBudget;
+use crate::health::ServingStatus;
 use crate::intercept::ClientInterceptor;
 use crate::protocol::{Decode, Encode};
 use crate::schema::ServiceSchema;
@@ -391,6 +392,23 @@ impl Channel {
             Some(expires) => stream.within(expires, method.name, self.deadline),
             None => stream,
         }
+    }
+
+    /// Asks the server whether it is serving (see [`health`](crate::health)). A local client's
+    /// service always is.
+    pub async fn health(&self) -> Result<ServingStatus, RpcError> {
+        if self.is_local() {
+            return Ok(ServingStatus::Serving);
+        }
+        self.call(&crate::health::CHECK, &("",)).await
+    }
+
+    /// The server's status now, then each time it changes, until it shuts down.
+    pub async fn watch_health(&self) -> Result<Streaming<ServingStatus>, RpcError> {
+        if self.is_local() {
+            return Ok(Streaming::iter([ServingStatus::Serving]));
+        }
+        self.call_streaming(&crate::health::WATCH, &("",)).await
     }
 
     /// Asks the server for its schema: its methods, their arguments' names, and the structure

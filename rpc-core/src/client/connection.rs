@@ -109,6 +109,24 @@ impl Failure {
 }
 
 impl Connection {
+    /// Asks the server on this connection whether it is serving, waiting at most `within`.
+    pub(crate) async fn check_health(
+        self: &Arc<Self>,
+        within: Duration,
+    ) -> Result<crate::health::ServingStatus, RpcError> {
+        let metadata = Metadata::new();
+        let spec = CallSpec {
+            method: &crate::health::CHECK,
+            deadline: within,
+            expires: Instant::now().checked_add(within),
+            metadata: &metadata,
+        };
+        self.start(spec, &("",), None, false)
+            .await
+            .and_then(Answered::into_value)
+            .map_err(|failure| failure.into_error(crate::health::CHECK.name))
+    }
+
     /// Exchanges hellos over `stream`, then starts the connection's reader and writer tasks.
     pub(crate) async fn establish<S>(
         stream: S,

@@ -53,6 +53,9 @@ pub enum EndpointState {
     /// Calls kept failing on it: no call goes to it until its backoff has passed, unless
     /// every endpoint is out.
     Ejected,
+    /// Its last health probe said it is not serving: no call goes to it until one says it
+    /// is, unless every endpoint is out.
+    NotServing,
     /// No connection, none being made, and free to make one when a call needs it.
     Idle,
 }
@@ -113,6 +116,8 @@ struct Live {
     ejections: u32,
     /// Ejected until then.
     ejected_until: Option<Instant>,
+    /// Its last health probe said it is not serving.
+    not_serving: bool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -173,6 +178,8 @@ impl Endpoint {
         let live = self.live();
         let state = if live.ejected_until.is_some_and(|until| until > now) {
             EndpointState::Ejected
+        } else if live.not_serving {
+            EndpointState::NotServing
         } else if connected {
             EndpointState::Connected
         } else if connecting {
@@ -190,11 +197,25 @@ impl Endpoint {
         }
     }
 
-    /// Whether calls kept failing on it, and it is not to be called for now.
-    pub(crate) fn is_ejected(&self) -> bool {
-        self.live()
-            .ejected_until
-            .is_some_and(|until| until > Instant::now())
+    /// Whether it is not to be called for now: calls kept failing on it, or it said it is not
+    /// serving.
+    pub(crate) fn is_out(&self) -> bool {
+        let live = self.live();
+        live.not_serving
+            || live
+                .ejected_until
+                .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Records what a health probe said.
+    pub(crate) fn set_serving(&self, serving: bool) {
+        let mut live = self.live();
+        if live.not_serving == serving {
+            live.not_serving = !serving;
+            drop(live);
+            tracing::info!(endpoint = %self.name(), serving, "the endpoint's health changed");
+            changed(&self.changes);
+        }
     }
 
     /// Counts how a call on it went: calls failing in a row eject it for a backoff that grows

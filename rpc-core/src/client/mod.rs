@@ -104,6 +104,7 @@ pub(crate) struct ClientConfig {
     pub(crate) stream_window: u32,
     pub(crate) interceptor: Option<ClientInterceptor>,
     pub(crate) wait_for_ready: bool,
+    pub(crate) health_checks: Option<Duration>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
 }
@@ -123,6 +124,7 @@ impl Default for ClientConfig {
             stream_window: crate::stream::DEFAULT_WINDOW,
             interceptor: None,
             wait_for_ready: false,
+            health_checks: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -248,6 +250,15 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// `client.channel().wait_for_ready(..)`.
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.config.wait_for_ready = wait;
+        self
+    }
+
+    /// For a balanced client ([`balance`](Self::balance), [`resolve`](Self::resolve)): asks
+    /// each connected server whether it is serving every `every`, and passes over those that
+    /// say they are not (a server draining for shutdown, one set not serving) until they say
+    /// they are. See [`health`](crate::health). Off by default.
+    pub fn health_checks(mut self, every: Duration) -> Self {
+        self.config.health_checks = Some(every);
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::ClientConfig;
 use super::endpoint::{Changes, Endpoint, Target, changes, random};
 use crate::RpcError;
+use crate::health::ServingStatus;
 use crate::service::ServiceInfo;
 use crate::task::AbortOnDrop;
 
@@ -24,6 +25,8 @@ pub(crate) struct Pool {
     resolver: std::sync::Mutex<Option<AbortOnDrop>>,
     /// Counts changes of its endpoints' states, for watchers.
     changes: Changes,
+    /// Probes the endpoints' health, for a pool that does.
+    prober: std::sync::Mutex<Option<AbortOnDrop>>,
 }
 
 impl Pool {
@@ -41,8 +44,10 @@ impl Pool {
             host,
             resolver: std::sync::Mutex::new(None),
             changes: changes(),
+            prober: std::sync::Mutex::new(None),
         });
         pool.update(addrs);
+        pool.probe_health();
         pool
     }
 
@@ -61,14 +66,26 @@ impl Pool {
                 Arc::new(endpoint)
             })
             .collect();
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             endpoints: RwLock::new(endpoints),
             service,
             config,
             host: None,
             resolver: std::sync::Mutex::new(None),
             changes,
-        })
+            prober: std::sync::Mutex::new(None),
+        });
+        pool.probe_health();
+        pool
+    }
+
+    /// Starts probing the endpoints' health, if the client asked for it.
+    fn probe_health(self: &Arc<Self>) {
+        let Some(every) = self.config.health_checks else {
+            return;
+        };
+        let task = tokio::spawn(probe(every, Arc::downgrade(self)));
+        *self.prober.lock().unwrap_or_else(PoisonError::into_inner) = Some(AbortOnDrop::new(&task));
     }
 
     /// The counter of its endpoints' changes.
@@ -158,7 +175,7 @@ impl Pool {
         let up: Vec<&Arc<Endpoint>> = others
             .iter()
             .copied()
-            .filter(|endpoint| !endpoint.is_backing_off() && !endpoint.is_ejected())
+            .filter(|endpoint| !endpoint.is_backing_off() && !endpoint.is_out())
             .collect();
         let candidates = if up.is_empty() { others } else { up };
         match candidates.len() {
@@ -193,6 +210,26 @@ async fn resolve(name: &str) -> Result<Vec<SocketAddr>, RpcError> {
         return Err(RpcError::NoEndpoints);
     }
     Ok(addrs)
+}
+
+/// Asks each connected endpoint of `pool` whether it is serving, every `every`, for as long as
+/// the pool lives; an endpoint that says it is not is passed over until it says it is. An
+/// endpoint that cannot answer keeps its standing: failing calls eject it anyway.
+async fn probe(every: Duration, pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(endpoints) = pool.upgrade().map(|pool| pool.endpoints()) else {
+            return;
+        };
+        for endpoint in endpoints {
+            let Some(connection) = endpoint.live_connection() else {
+                continue;
+            };
+            if let Ok(status) = connection.check_health(every).await {
+                endpoint.set_serving(status == ServingStatus::Serving);
+            }
+        }
+    }
 }
 
 /// Re-resolves `name` every `refresh` for as long as the pool lives. A failed lookup keeps the

@@ -91,7 +91,8 @@ impl PeerInfo {
 
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
-        if !self.methods.contains_key(method.name) && method.name != super::DESCRIBE_METHOD {
+        // `rpc.` names are every server's own (describe, health): never in a method table.
+        if !self.methods.contains_key(method.name) && !method.name.starts_with("rpc.") {
             return Err(RpcError::UnknownMethod {
                 method: method.name.to_owned(),
             });

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use super::ServerConfig;
 use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
+use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::MetadataError;
 use crate::peer::Peer;
 use crate::protocol::{
@@ -126,6 +127,10 @@ where
     let peer_addr = peer.addr;
     let mut connection = Connection {
         service: &*service,
+        health: HealthServer::new(Reporting {
+            reporter: config.health.clone(),
+            service: S::INFO.name,
+        }),
         config,
         calls: &calls,
         link: Link {
@@ -300,6 +305,8 @@ struct Parked<R> {
 /// The state of one connection's reading side.
 struct Connection<'a, S: Service> {
     service: &'a S,
+    /// The health service, served beside `service`.
+    health: HealthServer<Reporting>,
     config: &'a ServerConfig,
     calls: &'a Arc<Calls>,
     link: Link,
@@ -398,24 +405,12 @@ impl<S: Service> Connection<'_, S> {
                 )));
             }
         };
-        let mut streams = InboundSlot {
-            id,
-            streams: Arc::clone(&self.link.streams),
-            outbox: self.link.outbox.clone(),
-        };
-        let decoded =
-            crate::payload::decoding(payload, || S::decode_request(method, args, &mut streams));
-        let request = match decoded {
-            Ok(request) => request,
-            Err(DecodeError::UnknownMethod) => {
-                let message = format!("the service `{}` has no method `{method}`", S::INFO.name);
-                self.refuse(id, code::UNKNOWN_METHOD, &message);
-                return Ok(Handled::Request);
-            }
-            Err(DecodeError::InvalidArguments(error)) => {
-                self.refuse(id, code::INVALID_ARGUMENTS, &error.to_string());
-                return Ok(Handled::Request);
-            }
+        if let Some(name) = method.strip_prefix(health::PREFIX) {
+            self.health_call(id, name, args, payload, arrived, timeout_ms, metadata);
+            return Ok(Handled::Request);
+        }
+        let Some(request) = self.decode::<S>(id, method, args, payload) else {
+            return Ok(Handled::Request);
         };
         let parked = Parked {
             id,
@@ -440,6 +435,69 @@ impl<S: Service> Connection<'_, S> {
             }
         }
         Ok(Handled::Request)
+    }
+
+    /// Decodes the request for `method` of the service `T`, or refuses it, saying why.
+    fn decode<T: Service>(
+        &self,
+        id: u64,
+        method: &str,
+        args: &[u8],
+        payload: &bytes::Bytes,
+    ) -> Option<T::Request> {
+        let mut streams = InboundSlot {
+            id,
+            streams: Arc::clone(&self.link.streams),
+            outbox: self.link.outbox.clone(),
+        };
+        let decoded =
+            crate::payload::decoding(payload, || T::decode_request(method, args, &mut streams));
+        match decoded {
+            Ok(request) => Some(request),
+            Err(DecodeError::UnknownMethod) => {
+                let message = format!("the service `{}` has no method `{method}`", T::INFO.name);
+                self.refuse(id, code::UNKNOWN_METHOD, &message);
+                None
+            }
+            Err(DecodeError::InvalidArguments(error)) => {
+                self.refuse(id, code::INVALID_ARGUMENTS, &error.to_string());
+                None
+            }
+        }
+    }
+
+    /// Runs a call of the health service, which every server serves beside its own, if a
+    /// call slot is free; a health call is never parked.
+    #[allow(clippy::too_many_arguments)]
+    fn health_call(
+        &self,
+        id: u64,
+        name: &str,
+        args: &[u8],
+        payload: &bytes::Bytes,
+        arrived: Instant,
+        timeout_ms: u64,
+        metadata: Metadata,
+    ) {
+        let Some(request) = self.decode::<HealthServer<Reporting>>(id, name, args, payload) else {
+            return;
+        };
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let message = "the server has no call slot free for a health call";
+            return self.refuse(id, code::LIMIT_EXCEEDED, message);
+        };
+        let call = NewCall {
+            id,
+            request,
+            #[cfg(feature = "tower")]
+            arguments: payload.slice_ref(args),
+            arrived,
+            timeout_ms,
+            metadata,
+            peer: self.peer.clone(),
+            slot,
+        };
+        self.calls.start(&self.health, call, &self.link);
     }
 
     /// Starts the oldest parked request with `slot`.

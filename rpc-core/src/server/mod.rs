@@ -85,6 +85,8 @@ pub(crate) struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) panic_messages: bool,
     pub(crate) reflection: bool,
+    /// The server's status, as health calls report it.
+    pub(crate) health: crate::health::HealthReporter,
     pub(crate) interceptor: Option<ServerInterceptor>,
     #[cfg(feature = "tower")]
     pub(crate) layers: middleware::Layers,
@@ -109,6 +111,7 @@ impl Default for ServerBuilder {
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 panic_messages: false,
                 reflection: true,
+                health: crate::health::HealthReporter::default(),
                 interceptor: None,
                 #[cfg(feature = "tower")]
                 layers: middleware::Layers::default(),
@@ -355,9 +358,12 @@ impl ServerBuilder {
     }
 
     fn server(self, listener: Listener) -> Server {
+        let mut config = self.config;
+        // Each server has a status of its own, even when built from one builder.
+        config.health = crate::health::HealthReporter::default();
         Server {
             listener,
-            config: Arc::new(self.config),
+            config: Arc::new(config),
         }
     }
 }
@@ -377,6 +383,13 @@ impl Server {
     #[cfg(unix)]
     pub fn bind_unix(path: impl AsRef<std::path::Path>) -> io::Result<Server> {
         Self::builder().bind_unix(path)
+    }
+
+    /// Sets the status health calls report (serving unless set otherwise): for a server not
+    /// ready yet, or one that should be taken out of its clients' rotation. Graceful shutdown
+    /// sets it to not serving before draining. See [`health`](crate::health).
+    pub fn health(&self) -> crate::health::HealthReporter {
+        self.config.health.clone()
     }
 
     /// The TCP address this server listens on. Fails for a Unix socket server.
@@ -464,6 +477,8 @@ impl Server {
             connections.spawn(spawner.connection(io, peer, slot));
         }
 
+        // Not serving, before draining: health watchers and probing clients hear it first.
+        config.health.shut_down();
         drop(listener);
         let _ = stop.send(true);
         let drained = tokio::time::timeout(config.shutdown_grace, async {
