@@ -175,6 +175,11 @@ async fn a_health_check_on_the_wire() {
         request.extend(string("")); // the server's own service
         frame(&request)
     };
+    // The bytes docs/wire.md gives.
+    let mut documented = vec![0x00, 0x00, 0x00, 0x16, 0x01, 0x01, 0x10];
+    documented.extend(b"rpc.health.check");
+    documented.extend([0x00, 0x00, 0x00]);
+    assert_eq!(check(1), documented);
     raw.send(&check(1)).await;
     let answer = within("the answer", raw.read_frame())
         .await
