@@ -64,6 +64,8 @@ extern crate self as rpc_core;
 
 mod client;
 mod context;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod dynamic;
 mod error;
 pub mod health;

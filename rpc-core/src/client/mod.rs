@@ -26,6 +26,7 @@
 mod address;
 mod channel;
 mod connection;
+pub(crate) mod discovery;
 mod endpoint;
 mod local;
 mod pending;
@@ -359,7 +360,25 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// headless services and Consul publish a pool). Fails if the first lookup finds nothing.
     pub async fn resolve(self, name: impl Into<String>, refresh: Duration) -> Result<C, RpcError> {
         let config = Arc::new(self.config.clone());
-        let pool = Pool::resolving(name.into(), refresh, C::INFO, config).await?;
+        let source = discovery::Source::System(name.into());
+        let pool = Pool::resolving(source, refresh, C::INFO, config).await?;
+        let budget = self.budget();
+        Ok(self.client(Backend::Pool(pool, budget)))
+    }
+
+    /// Balances calls over the servers `discovery` finds, as [`resolve`](Self::resolve) does,
+    /// reading its records again every `refresh`. Fails if the first lookup finds nothing.
+    /// See [`dns`](crate::dns).
+    #[cfg(feature = "dns")]
+    pub async fn discover(
+        self,
+        discovery: crate::dns::Discovery,
+        refresh: Duration,
+    ) -> Result<C, RpcError> {
+        C::INFO.describe()?;
+        let config = Arc::new(self.config.clone());
+        let source = discovery::Source::Srv(discovery.ready()?);
+        let pool = Pool::resolving(source, refresh, C::INFO, config).await?;
         let budget = self.budget();
         Ok(self.client(Backend::Pool(pool, budget)))
     }

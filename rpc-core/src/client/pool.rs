@@ -1,11 +1,11 @@
 //! Many servers of one service: which endpoints there are (a fixed list, or what a DNS name
 //! resolves to, re-read periodically), and which one takes the next call.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use super::ClientConfig;
+use super::discovery::{Found, Source};
 use super::endpoint::{Changes, Endpoint, Target, changes, random};
 use crate::RpcError;
 use crate::health::ServingStatus;
@@ -18,9 +18,6 @@ pub(crate) struct Pool {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     service: ServiceInfo,
     config: Arc<ClientConfig>,
-    /// The host name the servers were found under, for a pool that follows a DNS name: over
-    /// TLS, their certificates must carry it.
-    host: Option<Arc<str>>,
     /// Re-reads the DNS name, for a pool that follows one.
     resolver: std::sync::Mutex<Option<AbortOnDrop>>,
     /// Counts changes of its endpoints' states, for watchers.
@@ -30,10 +27,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool of the servers at `addrs`, found under the host name `host` if they were.
+    /// A pool of the servers a lookup `found`.
     pub(crate) fn new(
-        addrs: Vec<SocketAddr>,
-        host: Option<Arc<str>>,
+        found: Vec<Found>,
         service: ServiceInfo,
         config: Arc<ClientConfig>,
     ) -> Arc<Self> {
@@ -41,12 +37,11 @@ impl Pool {
             endpoints: RwLock::new(Vec::new()),
             service,
             config,
-            host,
             resolver: std::sync::Mutex::new(None),
             changes: changes(),
             prober: std::sync::Mutex::new(None),
         });
-        pool.update(addrs);
+        pool.update(found);
         pool.probe_health();
         pool
     }
@@ -70,7 +65,6 @@ impl Pool {
             endpoints: RwLock::new(endpoints),
             service,
             config,
-            host: None,
             resolver: std::sync::Mutex::new(None),
             changes,
             prober: std::sync::Mutex::new(None),
@@ -93,36 +87,35 @@ impl Pool {
         &self.changes
     }
 
-    /// A pool of the addresses `name` (`host:port`) resolves to, re-resolved every `refresh`:
-    /// servers that appear are added, servers that vanish are removed.
+    /// A pool of the servers `source` finds, looked up again every `refresh`: servers that
+    /// appear are added, servers that vanish are removed.
     pub(crate) async fn resolving(
-        name: String,
+        source: Source,
         refresh: Duration,
         service: ServiceInfo,
         config: Arc<ClientConfig>,
     ) -> Result<Arc<Self>, RpcError> {
-        let addrs = resolve(&name).await?;
-        let host = super::address::host_of(&name).map(Arc::from);
-        let pool = Pool::new(addrs, host, service, config);
+        let found = source.lookup().await?;
+        let pool = Pool::new(found, service, config);
         let weak = Arc::downgrade(&pool);
-        let task = tokio::spawn(follow(name, refresh, weak));
+        let task = tokio::spawn(follow(source, refresh, weak));
         *pool.resolver.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(AbortOnDrop::new(&task));
         Ok(pool)
     }
 
-    /// Makes the pool's endpoints exactly `addrs`, keeping the endpoints (and connections) of
-    /// the addresses it already had.
-    pub(crate) fn update(&self, addrs: Vec<SocketAddr>) {
+    /// Makes the pool's endpoints exactly the servers `found`, keeping the endpoints (and
+    /// connections) of those it already had.
+    pub(crate) fn update(&self, found: Vec<Found>) {
         let mut endpoints = self
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut kept: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
-        for addr in addrs {
+        let mut kept: Vec<Arc<Endpoint>> = Vec::with_capacity(found.len());
+        for Found { addr, host } in found {
             let target = Target::Tcp {
                 addrs: vec![addr],
-                host: self.host.clone(),
+                host,
             };
             if kept.iter().any(|endpoint| *endpoint.target() == target) {
                 continue;
@@ -198,20 +191,6 @@ impl Pool {
     }
 }
 
-async fn resolve(name: &str) -> Result<Vec<SocketAddr>, RpcError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name)
-        .await
-        .map_err(|e| RpcError::Connect {
-            endpoint: name.to_owned(),
-            cause: Arc::new(e),
-        })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(RpcError::NoEndpoints);
-    }
-    Ok(addrs)
-}
-
 /// Asks each connected endpoint of `pool` whether it is serving, every `every`, for as long as
 /// the pool lives; an endpoint that says it is not is passed over until it says it is. An
 /// endpoint that cannot answer keeps its standing: failing calls eject it anyway.
@@ -232,19 +211,20 @@ async fn probe(every: Duration, pool: Weak<Pool>) {
     }
 }
 
-/// Re-resolves `name` every `refresh` for as long as the pool lives. A failed lookup keeps the
-/// endpoints the pool has.
-async fn follow(name: String, refresh: Duration, pool: Weak<Pool>) {
+/// Looks `source` up again every `refresh` for as long as the pool lives. A failed lookup keeps
+/// the endpoints the pool has.
+async fn follow(source: Source, refresh: Duration, pool: Weak<Pool>) {
     loop {
         tokio::time::sleep(refresh).await;
-        let resolved = resolve(&name).await;
+        let found = source.lookup().await;
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        match resolved {
-            Ok(addrs) => pool.update(addrs),
+        match found {
+            Ok(found) => pool.update(found),
             Err(error) => {
-                tracing::warn!(%name, %error, "re-resolving failed; keeping the endpoints")
+                let name = source.name();
+                tracing::warn!(%name, %error, "looking up the servers failed; keeping the endpoints")
             }
         }
     }
@@ -254,6 +234,7 @@ async fn follow(name: String, refresh: Duration, pool: Weak<Pool>) {
 mod tests {
     use super::*;
     use crate::service::MethodInfo;
+    use std::net::SocketAddr;
 
     const SERVICE: ServiceInfo = ServiceInfo {
         name: "Test",
@@ -265,11 +246,21 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn found(ports: &[u16]) -> Vec<Found> {
+        ports
+            .iter()
+            .map(|&port| Found {
+                addr: addr(port),
+                host: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn update_keeps_known_endpoints_and_drops_vanished_ones() {
-        let pool = Pool::new(vec![addr(1), addr(2)], None, SERVICE, Arc::default());
+        let pool = Pool::new(found(&[1, 2]), SERVICE, Arc::default());
         let before = pool.endpoints();
-        pool.update(vec![addr(2), addr(3), addr(3)]);
+        pool.update(found(&[2, 3, 3]));
         let after = pool.endpoints();
         assert_eq!(after.len(), 2);
         assert!(
@@ -285,7 +276,7 @@ mod tests {
 
     #[test]
     fn pick_prefers_the_less_busy_and_avoids_where_a_call_failed() {
-        let pool = Pool::new(vec![addr(1), addr(2)], None, SERVICE, Arc::default());
+        let pool = Pool::new(found(&[1, 2]), SERVICE, Arc::default());
         let endpoints = pool.endpoints();
         let _busy = endpoints[0].begin_call();
         for _ in 0..20 {
@@ -297,7 +288,7 @@ mod tests {
             Arc::ptr_eq(&picked, &endpoints[0]),
             "not where the call just failed"
         );
-        let empty = Pool::new(vec![], None, SERVICE, Arc::default());
+        let empty = Pool::new(Vec::new(), SERVICE, Arc::default());
         assert!(matches!(empty.pick(&[]), Err(RpcError::NoEndpoints)));
     }
 }
