@@ -82,13 +82,25 @@ async fn impatient_server() -> std::net::SocketAddr {
 /// held about 1 KiB per refusal (205 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_calls_from_a_client_that_never_reads_are_bounded() {
+    flood_without_reading("no_such_method").await;
+}
+
+/// The same with describe requests, each answered with the service's whole schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_requests_from_a_client_that_never_reads_are_bounded() {
+    flood_without_reading("rpc.describe").await;
+}
+
+/// Sends 200,000 requests for `method` and reads nothing: the server must stop reading, hold
+/// a bounded amount, and free it all once it drops the connection.
+async fn flood_without_reading(method: &str) {
     let _one = ONE_AT_A_TIME.lock().await;
     let addr = impatient_server().await;
     let start = baseline();
     let mut raw = RawClient::handshake(addr).await;
     let mut chunk = Vec::new();
     for id in 0..1000 {
-        chunk.extend(request(id, "no_such_method", &[0; 64]));
+        chunk.extend(request(id, method, &[0; 64]));
     }
     let flood = within("the flood to be cut off", async {
         for _ in 0..200 {
@@ -99,7 +111,7 @@ async fn refused_calls_from_a_client_that_never_reads_are_bounded() {
     .await;
     assert!(
         flood.is_err(),
-        "the server read all 200,000 refused calls of a client that reads nothing"
+        "the server read all 200,000 requests of a client that reads nothing"
     );
     let peak = peak_above(start);
     assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
