@@ -206,8 +206,9 @@ impl Channel {
     }
 
     /// The [`endpoints`](Self::endpoints) each time one of them changes: connects, fails,
-    /// loses its connection, is ejected or comes back, appears or vanishes. Ends only with the
-    /// channel's last clone.
+    /// loses its connection, is ejected or comes back, appears or vanishes. For a client of one
+    /// server or of a pool, it ends only with the channel's last clone; for a client of one
+    /// stream, or a local one, which have nothing to report, it ends at once.
     pub fn endpoint_changes(
         &self,
     ) -> impl futures_util::Stream<Item = Vec<EndpointStatus>> + Send + 'static {

@@ -243,6 +243,7 @@ fn state_name(state: EndpointState) -> &'static str {
         EndpointState::Connecting => "connecting",
         EndpointState::BackingOff => "backing off",
         EndpointState::Ejected => "ejected",
+        EndpointState::NotServing => "not serving",
         _ => "idle",
     }
 }
