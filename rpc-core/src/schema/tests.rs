@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::canonical;
 use super::*;
 
 /// The schema of a one-method service taking a `T` and returning `()`, and its fingerprint.
@@ -534,5 +535,143 @@ fn differences_inside_recursive_types_are_found_without_going_round() {
     assert!(
         said.contains("variant `Before::Leaf` is `u32` here and `u64` on the server"),
         "{said}"
+    );
+}
+
+/// A method's canonical form says which sides stream (section 5.1 of docs/wire.md).
+#[test]
+fn streamed_arguments_and_results_are_in_the_canonical_form() {
+    let form = |upload: bool, download: bool| {
+        let mut tracer = ServiceTracer::new("Test");
+        let method = tracer.method("call", false);
+        let method = if upload {
+            method.upload::<u8>("items")
+        } else {
+            method
+        };
+        if download {
+            method.streams::<u16>();
+        } else {
+            method.returns::<u16>();
+        }
+        let schema = tracer.finish().expect("describable");
+        schema.canonical_form(&schema.methods[0]).expect("small")
+    };
+    assert_eq!(form(false, false), [0, 0, 8]);
+    assert_eq!(form(true, false), [1, 0, 24, 7, 8]);
+    assert_eq!(form(false, true), [2, 0, 24, 8]);
+    assert_eq!(form(true, true), [3, 0, 24, 7, 24, 8]);
+}
+
+#[test]
+fn counts_of_128_and_more_are_written_as_varints() {
+    let wide = Schema::Tuple(vec![Schema::U8; 200]);
+    let form = canonical::node(&wide, &BTreeMap::new()).expect("small");
+    assert_eq!(form[..3], [20, 0xc8, 0x01], "tuple of 200: 0xc8 0x01");
+    assert_eq!(form.len(), 3 + 200);
+}
+
+#[test]
+fn a_wide_schema_is_not_mistaken_for_a_deep_one() {
+    // 1,000 elements, each an enum written through its own named node: nesting stays shallow.
+    let mut types = BTreeMap::new();
+    types.insert(
+        "E".to_owned(),
+        TypeDef::Enum(vec![
+            ("A".into(), Variant::Unit),
+            ("B".into(), Variant::Newtype(Schema::U8)),
+        ]),
+    );
+    let wide = Schema::Tuple(vec![Schema::Named("E".into()); 1000]);
+    assert!(canonical::node(&wide, &types).is_some());
+    let options = Schema::Tuple(vec![Schema::Option(Box::new(Schema::U8)); 1000]);
+    assert!(canonical::node(&options, &types).is_some());
+}
+
+#[test]
+fn a_schema_too_long_or_too_deep_has_no_canonical_form() {
+    // Long but shallow: over the size bound on its own.
+    let long = Schema::Tuple(vec![Schema::U8; 300_000]);
+    assert_eq!(canonical::node(&long, &BTreeMap::new()), None);
+    // Deep but short: over the nesting bound on its own, well before the stack runs out.
+    let mut deep = Schema::U8;
+    for _ in 0..10_000 {
+        deep = Schema::Option(Box::new(deep));
+    }
+    assert_eq!(canonical::node(&deep, &BTreeMap::new()), None);
+}
+
+#[test]
+fn struct_variants_and_recursive_structs_count_their_fields() {
+    #[derive(serde::Deserialize)]
+    enum Narrow {
+        Point { x: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    enum Wide {
+        Point { x: u16 },
+    }
+    assert_ne!(fingerprint::<Narrow>(), fingerprint::<Wide>());
+    #[derive(serde::Deserialize)]
+    struct ByteList {
+        value: u8,
+        next: Option<Box<ByteList>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WordList {
+        value: u16,
+        next: Option<Box<WordList>>,
+    }
+    assert_ne!(fingerprint::<ByteList>(), fingerprint::<WordList>());
+}
+
+#[test]
+fn types_that_contain_themselves_through_maps_and_tuples_get_fingerprints() {
+    #[derive(serde::Deserialize)]
+    struct Directory {
+        entries: BTreeMap<String, Directory>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Pairs {
+        pairs: Vec<(u8, Pairs)>,
+    }
+    let directory = fingerprint::<Directory>();
+    let pairs = fingerprint::<Pairs>();
+    assert_ne!(directory, pairs);
+}
+
+#[test]
+fn a_difference_is_named_where_it_is_not_at_the_first_argument() {
+    let two = |b: Schema| MethodSchema {
+        name: "call".into(),
+        args: vec![
+            Field {
+                name: "a".into(),
+                schema: Schema::U8,
+            },
+            Field {
+                name: "b".into(),
+                schema: b,
+            },
+        ],
+        upload: None,
+        result: Schema::Unit,
+        download: false,
+        idempotent: false,
+        fingerprint: 0,
+    };
+    let service = |b: Schema, fingerprint| ServiceSchema {
+        name: "Test".into(),
+        methods: vec![MethodSchema {
+            fingerprint,
+            ..two(b)
+        }],
+        types: BTreeMap::new(),
+    };
+    let said = difference(&service(Schema::U16, 1), &service(Schema::U32, 2), "call")
+        .expect("they differ");
+    assert_eq!(
+        said,
+        "the argument `b` is `u16` here and `u32` on the server"
     );
 }
