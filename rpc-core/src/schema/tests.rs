@@ -675,3 +675,285 @@ fn a_difference_is_named_where_it_is_not_at_the_first_argument() {
         "the argument `b` is `u16` here and `u32` on the server"
     );
 }
+
+/// A one-method service whose `call` takes a `T` named `value` and returns an `R`.
+fn service_of<T: DeserializeOwned, R: DeserializeOwned>() -> ServiceSchema {
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<T>("value")
+        .returns::<R>();
+    tracer.finish().expect("describable")
+}
+
+/// What `difference` says of `call` taking a `Before` here and an `After` on the server.
+fn said<Before: DeserializeOwned, After: DeserializeOwned>() -> String {
+    difference(
+        &service_of::<Before, ()>(),
+        &service_of::<After, ()>(),
+        "call",
+    )
+    .expect("they differ")
+}
+
+mod shapes {
+    #![allow(dead_code)]
+    use std::collections::BTreeMap;
+
+    #[derive(serde::Deserialize)]
+    pub struct Two {
+        pub a: u8,
+        pub b: u8,
+    }
+    #[derive(serde::Deserialize)]
+    pub struct Three {
+        pub a: u8,
+        pub b: u8,
+        pub c: u8,
+    }
+    #[derive(serde::Deserialize)]
+    pub struct TwoWide {
+        pub a: u8,
+        pub b: u16,
+    }
+    #[derive(serde::Deserialize)]
+    pub enum Kind {
+        Unit,
+        One(u8),
+        Pair(u8, u8),
+        Named { x: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    pub enum KindOne {
+        Unit,
+        One(u16),
+        Pair(u8, u8),
+        Named { x: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    pub enum KindPair {
+        Unit,
+        One(u8),
+        Pair(u8, u16),
+        Named { x: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    pub enum KindNamed {
+        Unit,
+        One(u8),
+        Pair(u8, u8),
+        Named { x: u16 },
+    }
+    #[derive(serde::Deserialize)]
+    pub enum KindShort {
+        Unit,
+        One(u8),
+    }
+    pub type MapU8 = BTreeMap<u8, u8>;
+    pub type MapU16Key = BTreeMap<u16, u8>;
+    pub type MapU16Value = BTreeMap<u8, u16>;
+}
+
+#[test]
+fn differences_are_named_where_they_are() {
+    use shapes::*;
+    assert_eq!(
+        said::<Two, Three>(),
+        "the argument `value`: `Two` has the fields (a: u8, b: u8) here and (a: u8, b: u8, c: u8) \
+         on the server"
+    );
+    assert_eq!(
+        said::<Two, TwoWide>(),
+        "the argument `value`, field `Two.b` is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<Kind, KindShort>(),
+        "the argument `value`: the enum `Kind` has the variants (Unit, One, Pair, Named) here and \
+         (Unit, One) on the server"
+    );
+    assert_eq!(
+        said::<Kind, KindOne>(),
+        "the argument `value`, variant `Kind::One` is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<Kind, KindPair>(),
+        "the argument `value`, variant `Kind::Pair`, item 1 is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<Kind, KindNamed>(),
+        "the argument `value`, variant `Kind::Named`, field `Kind.x` is `u8` here and `u16` on \
+         the server"
+    );
+    assert_eq!(
+        said::<Option<u8>, Option<u16>>(),
+        "the argument `value` (inside the `Option`) is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<Vec<u16>, Vec<u32>>(),
+        "the argument `value` (its items) is `u16` here and `u32` on the server"
+    );
+    assert_eq!(
+        said::<MapU8, MapU16Key>(),
+        "the argument `value` (its keys) is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<MapU8, MapU16Value>(),
+        "the argument `value` (its values) is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<(u8, u8), (u8, u16)>(),
+        "the argument `value`, item 1 is `u8` here and `u16` on the server"
+    );
+    assert_eq!(
+        said::<(u8, u8), (u8, u8, u8)>(),
+        "the argument `value` is `(u8, u8)` here and `(u8, u8, u8)` on the server"
+    );
+}
+
+#[test]
+fn differences_in_streams_and_results_are_named() {
+    let ours = service_of::<u8, u8>();
+    let theirs = service_of::<u8, u16>();
+    assert_eq!(
+        difference(&ours, &theirs, "call").as_deref(),
+        Some("the result is `u8` here and `u16` on the server")
+    );
+    let streaming = |upload: bool, download: bool| {
+        let mut tracer = ServiceTracer::new("Test");
+        let method = tracer.method("call", false).arg::<u8>("value");
+        let method = if upload {
+            method.upload::<u8>("items")
+        } else {
+            method
+        };
+        if download {
+            method.streams::<u8>();
+        } else {
+            method.returns::<u8>();
+        }
+        tracer.finish().expect("describable")
+    };
+    assert_eq!(
+        difference(&streaming(true, false), &ours, "call").as_deref(),
+        Some("it streams an argument here and does not stream on the server")
+    );
+    assert_eq!(
+        difference(&streaming(false, true), &ours, "call").as_deref(),
+        Some("it streams its result here and does not stream on the server")
+    );
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<u8>("value")
+        .upload::<u16>("items")
+        .returns::<u8>();
+    let wider = tracer.finish().expect("describable");
+    assert_eq!(
+        difference(&streaming(true, false), &wider, "call").as_deref(),
+        Some("the items of the streamed argument `items` is `u8` here and `u16` on the server")
+    );
+    let one = service_of::<u8, ()>();
+    let two = service_of::<(u8, u8), ()>();
+    assert!(difference(&one, &one, "call").is_none(), "no difference");
+    assert!(difference(&one, &two, "other").is_none(), "no such method");
+}
+
+#[test]
+fn incompatibilities_are_the_removed_and_the_changed_methods() {
+    let mut before = ServiceTracer::new("Test");
+    before.method("kept", false).arg::<u8>("a").returns::<()>();
+    before
+        .method("changed", false)
+        .arg::<u8>("a")
+        .returns::<()>();
+    before
+        .method("removed", false)
+        .arg::<u8>("a")
+        .returns::<()>();
+    let before = before.finish().expect("describable");
+    let mut after = ServiceTracer::new("Test");
+    after.method("kept", false).arg::<u8>("a").returns::<()>();
+    after
+        .method("changed", false)
+        .arg::<u16>("a")
+        .returns::<()>();
+    after.method("added", false).arg::<u8>("a").returns::<()>();
+    let after = after.finish().expect("describable");
+    let found = incompatibilities(&before, &after);
+    let said: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        said,
+        [
+            "`changed`: the argument `a` is `u8` before and `u16` now",
+            "`removed`: it was removed"
+        ]
+    );
+    assert!(incompatibilities(&before, &before).is_empty());
+}
+
+mod more_shapes {
+    #![allow(dead_code)]
+
+    #[derive(serde::Deserialize)]
+    pub enum Short {
+        Named { x: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    pub enum Long {
+        Named { x: u16, y: u8 },
+    }
+    #[derive(serde::Deserialize)]
+    pub struct ByteChain {
+        pub next: Option<Box<ByteChain>>,
+        pub value: u8,
+    }
+    #[derive(serde::Deserialize)]
+    pub struct WordChain {
+        pub next: Option<Box<WordChain>>,
+        pub value: u16,
+    }
+}
+
+#[test]
+fn differences_of_length_are_named_as_a_whole() {
+    use more_shapes::*;
+    assert_eq!(
+        said::<(u8, u8), (u16, u8, u8)>(),
+        "the argument `value` is `(u8, u8)` here and `(u16, u8, u8)` on the server"
+    );
+    assert_eq!(
+        said::<Short, Long>(),
+        "the argument `value`, variant `Short::Named` is `(u8,)` here and `(u16, u8)` on the \
+         server"
+    );
+}
+
+#[test]
+fn a_difference_behind_a_recursion_is_named_without_going_round_for_ever() {
+    // Each level's `next` differs (the chain's items do), so the search could go down `next`
+    // for ever; it stops at a bounded depth and names the place it reached.
+    let said = said::<more_shapes::ByteChain, more_shapes::WordChain>();
+    assert!(
+        said.starts_with("the argument `value`, field `ByteChain.next`"),
+        "{said}"
+    );
+    assert!(said.ends_with("on the server"), "{said}");
+}
+
+#[test]
+fn a_same_upload_is_passed_over_for_the_difference_after_it() {
+    let with = |result_is_wide: bool| {
+        let mut tracer = ServiceTracer::new("Test");
+        let method = tracer.method("call", false).upload::<u8>("items");
+        if result_is_wide {
+            method.returns::<u16>();
+        } else {
+            method.returns::<u8>();
+        }
+        tracer.finish().expect("describable")
+    };
+    assert_eq!(
+        difference(&with(false), &with(true), "call").as_deref(),
+        Some("the result is `u8` here and `u16` on the server")
+    );
+}
