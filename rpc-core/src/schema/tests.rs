@@ -957,3 +957,10 @@ fn a_same_upload_is_passed_over_for_the_difference_after_it() {
         Some("the result is `u8` here and `u16` on the server")
     );
 }
+
+#[test]
+fn types_are_traced_as_postcard_writes_them_not_as_text() {
+    // An address is a string to a human-readable format, and four bytes to postcard.
+    let (schema, _) = traced::<std::net::Ipv4Addr>();
+    assert_eq!(*arg(&schema), Schema::Tuple(vec![Schema::U8; 4]));
+}

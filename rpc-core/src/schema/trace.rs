@@ -476,27 +476,15 @@ impl Tracer {
 /// The names `format` refers to directly.
 fn references<'a>(format: &'a Format, names: &mut Vec<&'a str>) {
     match format {
-        Format::Known(schema) => schema_references(schema, names),
+        // A known part is a primitive or a named type: what holds others is a `Format`.
+        Format::Known(Schema::Named(name)) => names.push(name),
+        Format::Known(_) | Format::Unknown => {}
         Format::Option(inner) | Format::Seq(inner) => references(inner, names),
         Format::Map(key, value) => {
             references(key, names);
             references(value, names);
         }
         Format::Tuple(items) => items.iter().for_each(|item| references(item, names)),
-        Format::Unknown => {}
-    }
-}
-
-fn schema_references<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) {
-    match schema {
-        Schema::Named(name) => names.push(name),
-        Schema::Option(inner) | Schema::Seq(inner) => schema_references(inner, names),
-        Schema::Map(key, value) => {
-            schema_references(key, names);
-            schema_references(value, names);
-        }
-        Schema::Tuple(items) => items.iter().for_each(|item| schema_references(item, names)),
-        _ => {}
     }
 }
 
