@@ -964,3 +964,37 @@ fn types_are_traced_as_postcard_writes_them_not_as_text() {
     let (schema, _) = traced::<std::net::Ipv4Addr>();
     assert_eq!(*arg(&schema), Schema::Tuple(vec![Schema::U8; 4]));
 }
+
+#[test]
+fn a_service_reads_back_as_rust() {
+    let mut tracer = ServiceTracer::new("Shapes");
+    tracer
+        .method("draw", true)
+        .arg::<Point>("at")
+        .arg::<Pair>("pair")
+        .returns::<()>();
+    tracer
+        .method("pick", false)
+        .arg::<Shape>("shape")
+        .streams::<u8>();
+    let rust = tracer.finish().expect("describable").to_rust();
+    assert!(
+        rust.contains("pub struct Point {\n    x: i32,\n    y: i32,\n}\n"),
+        "{rust}"
+    );
+    assert!(rust.contains("pub struct Pair(i32, String);\n"), "{rust}");
+    assert!(
+        rust.contains(
+            "pub enum Shape {\n    Empty,\n    Circle(f64),\n    Segment(Point, Point),\n    \
+             Polygon {\n        corners: Vec<Point>,\n        closed: bool,\n    },\n}\n"
+        ),
+        "{rust}"
+    );
+    assert!(
+        rust.contains(
+            "pub trait Shapes {\n    #[rpc(idempotent)]\n    async fn draw(&self, at: Point, \
+             pair: Pair);\n    async fn pick(&self, shape: Shape) -> Streaming<u8>;\n}\n"
+        ),
+        "{rust}"
+    );
+}
