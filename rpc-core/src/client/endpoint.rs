@@ -1,6 +1,7 @@
 //! One server address: the connection to it, reconnecting with exponential backoff and jitter
 //! when it is lost, and how many calls are outstanding on it.
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -337,14 +338,15 @@ impl Endpoint {
             cause: Arc::new(cause),
         };
         let connecting = async {
-            let (resolved, host) = match &self.target {
-                Target::Tcp { host, .. } => (None, host),
+            // A balanced client's servers are resolved at each connection; others, once.
+            let (addrs, host) = match &self.target {
+                Target::Tcp { addrs, host } => (Cow::Borrowed(&addrs[..]), host),
                 Target::Named { name, host } => {
                     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name.as_str())
                         .await
                         .map_err(failed)?
                         .collect();
-                    (Some(addrs), host)
+                    (Cow::Owned(addrs), host)
                 }
                 #[cfg(unix)]
                 Target::Unix(path) => {
@@ -354,28 +356,19 @@ impl Endpoint {
                     return Connection::establish(stream, &self.service, &self.config).await;
                 }
             };
-            let addrs = match (&resolved, &self.target) {
-                (Some(addrs), _) => &addrs[..],
-                (None, Target::Tcp { addrs, .. }) => &addrs[..],
-                (None, _) => &[][..],
-            };
-            {
-                {
-                    let stream = transport::connect_tcp(addrs).await.map_err(failed)?;
-                    #[cfg(feature = "tls")]
-                    if let Some(tls) = &self.config.tls {
-                        let addr = stream.peer_addr().map_err(failed)?;
-                        let stream = tls.connect(stream, host.as_deref(), addr).await?;
-                        let stream = transport::Shared(stream);
-                        return Connection::establish(stream, &self.service, &self.config)
-                            .await
-                            .map_err(crate::tls::refused_after_handshake);
-                    }
-                    #[cfg(not(feature = "tls"))]
-                    let _ = host;
-                    Connection::establish(stream, &self.service, &self.config).await
-                }
+            let stream = transport::connect_tcp(&*addrs).await.map_err(failed)?;
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.config.tls {
+                let addr = stream.peer_addr().map_err(failed)?;
+                let stream = tls.connect(stream, host.as_deref(), addr).await?;
+                let stream = transport::Shared(stream);
+                return Connection::establish(stream, &self.service, &self.config)
+                    .await
+                    .map_err(crate::tls::refused_after_handshake);
             }
+            #[cfg(not(feature = "tls"))]
+            let _ = host;
+            Connection::establish(stream, &self.service, &self.config).await
         };
         tokio::time::timeout(timeout, connecting)
             .await

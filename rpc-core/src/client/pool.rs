@@ -33,16 +33,8 @@ impl Pool {
         service: ServiceInfo,
         config: Arc<ClientConfig>,
     ) -> Arc<Self> {
-        let pool = Arc::new(Pool {
-            endpoints: RwLock::new(Vec::new()),
-            service,
-            config,
-            resolver: std::sync::Mutex::new(None),
-            changes: changes(),
-            prober: std::sync::Mutex::new(None),
-        });
+        let pool = Pool::start(Vec::new(), service, config, changes());
         pool.update(found);
-        pool.probe_health();
         pool
     }
 
@@ -61,6 +53,16 @@ impl Pool {
                 Arc::new(endpoint)
             })
             .collect();
+        Pool::start(endpoints, service, config, changes)
+    }
+
+    /// A pool of `endpoints`, probing their health if the client asked for it.
+    fn start(
+        endpoints: Vec<Arc<Endpoint>>,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+        changes: Changes,
+    ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             endpoints: RwLock::new(endpoints),
             service,
