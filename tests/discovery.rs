@@ -15,7 +15,7 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use rpc_core::dns::Discovery;
 use rpc_core::{Server, ServiceClient};
-use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
+use rpc_tests::greeter::{self, GreeterClient};
 use rpc_tests::within;
 
 type Zone = InMemoryZoneHandler<TokioRuntimeProvider>;
@@ -78,17 +78,11 @@ impl Dns {
 async fn counted_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counting = Arc::clone(&calls);
-    let server = Server::builder()
-        .intercept(move |_| {
-            counting.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
-    (addr, calls)
+    let counted = Server::builder().intercept(move |_| {
+        counting.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    (greeter::serve(counted, "127.0.0.1:0").await, calls)
 }
 
 #[tokio::test]

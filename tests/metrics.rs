@@ -6,7 +6,7 @@ use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
-use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
+use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::within;
 
 /// What the recorder held at one moment. (Taking it drains the histograms.)
@@ -41,12 +41,7 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("the only recorder");
 
-    let server = rpc_tests::refusing("secret")
-        .bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    let addr = greeter::serve(rpc_tests::refusing("secret"), "127.0.0.1:0").await;
     let client = within("connecting", GreeterClient::connect(addr))
         .await
         .expect("connects");
@@ -85,13 +80,8 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
 
     // A pool with a server that refuses as unavailable: calls are made again on the other, and
     // each retry is counted.
-    let busy = Server::builder()
-        .intercept(|_| Err(Status::new(StatusCode::Unavailable, "busy")))
-        .bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let busy_addr = busy.local_addr().expect("an address");
-    tokio::spawn(busy.serve(GreeterServer::new(MyGreeter)));
+    let busy = Server::builder().intercept(|_| Err(Status::new(StatusCode::Unavailable, "busy")));
+    let busy_addr = greeter::serve(busy, "127.0.0.1:0").await;
     // A port nothing listens on: its endpoint fails to connect and is passed over.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -5,21 +5,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use rpc_core::{EndpointState, RpcError, Server, ServerBuilder, ServiceClient, Status, StatusCode};
-use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
+use rpc_core::{EndpointState, RpcError, Server, ServiceClient, Status, StatusCode};
+use rpc_tests::greeter::{self, GreeterClient};
 use rpc_tests::{loopback_listener, within};
 
 /// A free loopback address with nothing listening on it.
 async fn closed_addr() -> SocketAddr {
     let (listener, addr) = loopback_listener().await;
     drop(listener);
-    addr
-}
-
-async fn serve_on(builder: ServerBuilder, addr: &str) -> SocketAddr {
-    let server = builder.bind(addr).await.expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
     addr
 }
 
@@ -54,7 +47,7 @@ async fn when_every_endpoint_is_down_the_error_names_each() {
 
 #[tokio::test]
 async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
-    let up = serve_on(Server::builder(), "127.0.0.1:0").await;
+    let up = greeter::serve(Server::builder(), "127.0.0.1:0").await;
     let down = closed_addr().await;
     let client = GreeterClient::builder()
         .reconnect_backoff(Duration::from_secs(60), Duration::from_secs(60))
@@ -110,8 +103,8 @@ async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
 async fn an_endpoint_whose_calls_keep_failing_is_ejected() {
     let unavailable =
         Server::builder().intercept(|_| Err(Status::new(StatusCode::Unavailable, "draining")));
-    let sick = serve_on(unavailable, "127.0.0.1:0").await;
-    let healthy = serve_on(Server::builder(), "127.0.0.1:0").await;
+    let sick = greeter::serve(unavailable, "127.0.0.1:0").await;
+    let healthy = greeter::serve(Server::builder(), "127.0.0.1:0").await;
     let client = GreeterClient::builder().balance([sick, healthy]);
     // Unavailable means not run: each call is made again on the other server and succeeds,
     // while the sick one's failures add up.
@@ -161,7 +154,7 @@ async fn waiting_for_ready_rides_out_a_server_that_is_not_up_yet() {
             break;
         }
     }
-    serve_on(Server::builder(), &addr.to_string()).await;
+    greeter::serve(Server::builder(), &addr.to_string()).await;
     let greeting = within("the waiting call", call).await.expect("joins");
     assert_eq!(
         greeting.expect("answered once the server is up"),

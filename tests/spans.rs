@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rpc_core::RpcError;
-use rpc_tests::greeter::{GreeterClient, GreeterServer, MyGreeter};
+use rpc_tests::greeter::{self, GreeterClient};
 use rpc_tests::within;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -111,12 +111,7 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = rpc_tests::refusing("secret")
-        .bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    let addr = greeter::serve(rpc_tests::refusing("secret"), "127.0.0.1:0").await;
     let client = within("connecting", GreeterClient::connect(addr))
         .await
         .expect("connects");
@@ -180,9 +175,7 @@ async fn a_streamed_calls_client_span_lasts_until_its_stream_ends() {
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = rpc_core::Server::bind("127.0.0.1:0").await.expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    let addr = greeter::serve(rpc_core::Server::builder(), "127.0.0.1:0").await;
     let client = within("connecting", GreeterClient::connect(addr))
         .await
         .expect("connects");

@@ -30,3 +30,12 @@ impl Greeter for MyGreeter {
         rpc_core::Streaming::iter(0..to)
     }
 }
+
+/// Serves [`MyGreeter`] with `builder` on `addr` (`"127.0.0.1:0"` for any free port) in a task
+/// of its own; returns the address it listens on.
+pub async fn serve(builder: rpc_core::ServerBuilder, addr: &str) -> std::net::SocketAddr {
+    let server = builder.bind(addr).await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(GreeterServer::new(MyGreeter)));
+    addr
+}
