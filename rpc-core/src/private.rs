@@ -123,9 +123,11 @@ where
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __tower_client {
-    ($client:ident) => {
+    ($client:ident where $($bounds:tt)*) => {
         impl ::rpc_core::__private::tower::Service<<$client as ::rpc_core::ServiceClient>::Request>
             for $client
+        where
+            $($bounds)*
         {
             type Response = <$client as ::rpc_core::ServiceClient>::Response;
             type Error = ::rpc_core::RpcError;
@@ -156,7 +158,7 @@ macro_rules! __tower_client {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __tower_client {
-    ($client:ident) => {};
+    ($client:ident where $($bounds:tt)*) => {};
 }
 
 #[cfg(feature = "tower")]

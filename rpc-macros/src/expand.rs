@@ -8,15 +8,17 @@ use syn::Ident;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
+use crate::bounds::WireTypes;
 use crate::parse::{Arg, Method, Service};
 
 pub(crate) fn service(service: &Service) -> TokenStream {
+    let wire = WireTypes::of(service);
     let service_trait = service_trait(service);
-    let request = request_enum(service);
-    let response = response_enum(service);
-    let client = client(service);
-    let server = server(service);
-    let schema = schema(service);
+    let request = request_enum(service, &wire);
+    let response = response_enum(service, &wire);
+    let client = client(service, &wire);
+    let server = server(service, &wire);
+    let schema = schema(service, &wire);
     quote! {
         #service_trait
         #request
@@ -98,7 +100,8 @@ fn request_variant(request: &Ident, method: &Method) -> TokenStream {
     }
 }
 
-fn request_enum(service: &Service) -> TokenStream {
+fn request_enum(service: &Service, wire: &WireTypes) -> TokenStream {
+    let mut bounds = wire.field_bounds();
     let doc = format!(
         "A call of the [`{}`] service: one variant per method, one field per argument.",
         service.ident
@@ -120,14 +123,16 @@ fn request_enum(service: &Service) -> TokenStream {
                 return quote! { #[doc = #doc] #[serde(skip)] #ident: #ty };
             }
             let doc = format!("The `{ident}` argument.");
-            quote! { #[doc = #doc] #ident: #ty }
+            let bound = bounds.attribute(method, ty);
+            quote! { #[doc = #doc] #bound #ident: #ty }
         });
         quote! { #(#cfgs)* #[doc = #doc] #variant { #(#fields),* }, }
     });
     serde_enum(service, "Request", &doc, variants)
 }
 
-fn response_enum(service: &Service) -> TokenStream {
+fn response_enum(service: &Service, wire: &WireTypes) -> TokenStream {
+    let mut bounds = wire.field_bounds();
     let doc = format!(
         "A result of the [`{}`] service: one variant per method, holding its return value.",
         service.ident
@@ -145,7 +150,8 @@ fn response_enum(service: &Service) -> TokenStream {
                 format!("{doc} Not serialized: a deserialized response holds an empty stream.");
             return quote! { #(#cfgs)* #[doc = #doc] #variant(#[serde(skip)] #output), };
         }
-        quote! { #(#cfgs)* #[doc = #doc] #variant(#output), }
+        let bound = bounds.attribute(method, output);
+        quote! { #(#cfgs)* #[doc = #doc] #variant(#bound #output), }
     });
     serde_enum(service, "Response", &doc, variants)
 }
@@ -164,7 +170,8 @@ fn schema_fn(service: &Service) -> Ident {
 }
 
 /// The function that traces the service's schema the first time it is asked for.
-fn schema(service: &Service) -> TokenStream {
+fn schema(service: &Service, wire: &WireTypes) -> TokenStream {
+    let bounds = wire.predicates();
     let function = schema_fn(service);
     let name = service.ident.to_string();
     let tracer = local("tracer");
@@ -204,7 +211,10 @@ fn schema(service: &Service) -> TokenStream {
         fn #function() -> &'static ::core::result::Result<
             ::rpc_core::schema::ServiceSchema,
             ::rpc_core::schema::SchemaError,
-        > {
+        >
+        where
+            #bounds
+        {
             static SCHEMA: ::rpc_core::__private::OnceLock<
                 ::core::result::Result<
                     ::rpc_core::schema::ServiceSchema,
@@ -255,7 +265,8 @@ fn sent_form(arg: &Arg) -> TokenStream {
     }
 }
 
-fn client(service: &Service) -> TokenStream {
+fn client(service: &Service, wire: &WireTypes) -> TokenStream {
+    let bounds = wire.predicates();
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let name = format_ident!("{}Client", service.ident);
@@ -359,7 +370,10 @@ fn client(service: &Service) -> TokenStream {
             #channel: ::rpc_core::Channel,
         }
 
-        impl #name {
+        impl #name
+        where
+            #bounds
+        {
             /// Connects over TCP to `addr`, with the default settings.
             #vis async fn connect(
                 addr: impl ::rpc_core::ServerAddr,
@@ -415,7 +429,10 @@ fn client(service: &Service) -> TokenStream {
             #(#methods)*
         }
 
-        impl ::rpc_core::ServiceClient for #name {
+        impl ::rpc_core::ServiceClient for #name
+        where
+            #bounds
+        {
             const INFO: ::rpc_core::ServiceInfo = #info;
             type Request = #request;
             type Response = #response;
@@ -443,11 +460,12 @@ fn client(service: &Service) -> TokenStream {
             }
         }
 
-        ::rpc_core::__tower_client!(#name);
+        ::rpc_core::__tower_client!(#name where #bounds);
     }
 }
 
-fn server(service: &Service) -> TokenStream {
+fn server(service: &Service, wire: &WireTypes) -> TokenStream {
+    let bounds = wire.predicates();
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let name = format_ident!("{}Server", service.ident);
@@ -567,7 +585,10 @@ fn server(service: &Service) -> TokenStream {
             }
         }
 
-        impl<#imp: #trait_ident> ::rpc_core::Service for #name<#imp> {
+        impl<#imp: #trait_ident> ::rpc_core::Service for #name<#imp>
+        where
+            #bounds
+        {
             const INFO: ::rpc_core::ServiceInfo = #info;
             type Request = #request;
             type Response = #response;

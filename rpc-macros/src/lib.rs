@@ -5,6 +5,7 @@
 //! shape it cannot serve, `validate` checks the rules between methods, `expand` writes the
 //! code. Every error is spanned at the token that breaks the rule.
 
+mod bounds;
 mod expand;
 mod fingerprint;
 mod names;
@@ -88,7 +89,8 @@ use proc_macro::TokenStream;
 ///   `rpc_core::Server` serves.
 ///
 /// Arguments and results are any types that implement serde's `Serialize` and
-/// `DeserializeOwned`. Each method's types get a schema, read from those implementations, and a
+/// `DeserializeOwned`; a type that lacks one gets a compile error at the type, naming the missing
+/// trait, and the generated items list such types in their where clauses. Each method's types get a schema, read from those implementations, and a
 /// fingerprint of it that client and server compare before a call is sent.
 ///
 /// # Method options
