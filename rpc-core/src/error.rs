@@ -56,14 +56,22 @@ pub enum RpcError {
         theirs: u32,
     },
 
-    /// The server serves a different service than the one this client was generated for.
-    #[error("the server serves `{found}`, but this client was generated for `{expected}`")]
+    /// The server does not serve the service this client was generated for.
+    #[error(
+        "the server does not serve `{expected}`: it serves {}",
+        quoted_list(served)
+    )]
     WrongService {
         /// The service this side expected.
         expected: String,
-        /// The service the peer announced.
-        found: String,
+        /// Every service the server announced.
+        served: Vec<String>,
     },
+
+    /// The services given to a server cannot be served together: there are none, two share a
+    /// name, or one is named `rpc`, which is reserved.
+    #[error("the services cannot be served: {0}")]
+    Services(String),
 
     /// The connection closed: the peer hung up or the server shut down.
     #[error("the connection closed")]
@@ -263,6 +271,12 @@ pub enum RpcError {
 }
 
 /// A panic's message as the end of a sentence, when there is one.
+/// "`A`, `B`": names as a sentence shows them.
+fn quoted_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    quoted.join(", ")
+}
+
 fn panic_text(message: &Option<String>) -> String {
     message
         .as_ref()

@@ -143,12 +143,13 @@ pub(crate) mod service {
     /// What a connection answers health calls with.
     pub struct Reporting {
         pub(crate) reporter: HealthReporter,
-        pub(crate) service: &'static str,
+        /// The names of the services the server serves.
+        pub(crate) services: std::sync::Arc<[&'static str]>,
     }
 
     impl Reporting {
         fn knows(&self, service: &str) -> bool {
-            service.is_empty() || service == self.service
+            service.is_empty() || self.services.contains(&service)
         }
     }
 

@@ -100,7 +100,7 @@ pub use peer::{PeerCredentials, PeerIdentity};
 pub use protocol::{CodecError, DEFAULT_MAX_FRAME_LEN};
 #[cfg(feature = "tower")]
 pub use server::middleware;
-pub use server::{Server, ServerBuilder, serve_connection};
+pub use server::{Server, ServerBuilder, ServiceSet, Services, serve_connection};
 pub use service::{DecodeError, MethodInfo, Service, ServiceInfo};
 pub use status::{Status, StatusCode};
 pub use stream::{StreamClosed, StreamSender, Streaming};

@@ -18,7 +18,7 @@ fn demo_runs_end_to_end() {
     assert!(stdout.contains("sum = 338350"), "{stdout}");
     assert!(stdout.contains("did 103 calculations"), "{stdout}");
     assert!(
-        stdout.contains("serves `Calc`, but this client was generated for `Greeter`"),
+        stdout.contains("the server does not serve `Greeter`: it serves `Calc`"),
         "{stdout}"
     );
     assert!(stdout.contains("Hello, demo!"), "{stdout}");

@@ -402,6 +402,13 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
                 Self::builder().local(#server::new(implementation))
             }
 
+            /// A client of this service over the connections of `other`, a client of another
+            /// service: for a server of several services (`rpc_core::Services`), clients of
+            /// each share one connection. See `rpc_core::Channel::client`.
+            #vis fn sharing(other: &impl ::rpc_core::ServiceClient) -> Self {
+                ::rpc_core::ServiceClient::channel(other).client()
+            }
+
             /// Settings for a new connection: default deadline and metadata, frame limit,
             /// timeouts, keep-alive.
             #vis fn builder() -> ::rpc_core::ClientBuilder<Self> {

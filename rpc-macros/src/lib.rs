@@ -69,7 +69,9 @@ use proc_macro::TokenStream;
 /// - **`CalcClient`**, cheap to clone (clones share one connection, or a pool):
 ///   - `CalcClient::connect(addr)`, `CalcClient::from_stream(io)`, `CalcClient::builder()` (a
 ///     `rpc_core::ClientBuilder`: deadline, metadata, TLS, balancing...), and
-///     `CalcClient::local(implementation)`, which calls an implementation in this process;
+///     `CalcClient::local(implementation)`, which calls an implementation in this process, and
+///     `CalcClient::sharing(&other_client)`, a client over another service's connection to a
+///     server of several services (`rpc_core::Services`);
 ///   - one `async fn` per method, with the trait method's doc comments, returning
 ///     `Result<T, rpc_core::RpcError>`;
 ///   - `with_deadline(duration)` and `with_metadata(key, value)`: the same connection, with
@@ -144,7 +146,7 @@ use proc_macro::TokenStream;
 /// service is one name and one schema on the wire); borrowed or `impl Trait` arguments and
 /// results; pattern arguments; default bodies; items other than methods; arguments to the
 /// attribute; more than one streamed argument; a method name that clashes with the client's own
-/// (`connect`, `from_stream`, `local`, `builder`, `with_deadline`, `with_metadata`), or two
+/// (`connect`, `from_stream`, `local`, `sharing`, `builder`, `with_deadline`, `with_metadata`), or two
 /// methods that make the same variant name.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {

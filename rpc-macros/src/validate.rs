@@ -10,6 +10,7 @@ pub(crate) const CLIENT_METHODS: &[&str] = &[
     "connect",
     "from_stream",
     "local",
+    "sharing",
     "with_deadline",
     "with_metadata",
 ];

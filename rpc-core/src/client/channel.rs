@@ -164,6 +164,19 @@ impl Channel {
         )
     }
 
+    /// A client of another service over the same connections: for a server of several
+    /// services ([`Services`](crate::Services)), clients of each share one connection, and one
+    /// reconnection policy, deadline and metadata.
+    ///
+    /// Whether the server has the service is checked at each call, on the connection it goes
+    /// over: a server without it fails the call with [`RpcError::WrongService`]. A local
+    /// client serves its one service only, and fails calls of any other the same way.
+    pub fn client<C: crate::ServiceClient>(&self) -> C {
+        let mut channel = self.clone();
+        channel.service = C::INFO;
+        C::from_channel(channel)
+    }
+
     /// The same connections, with calls that wait at most `deadline` (from when each call is
     /// made, retries included). The server learns the deadline and drops the handler when it
     /// passes.
@@ -376,6 +389,12 @@ impl Channel {
         let Backend::Local(local) = &*self.backend else {
             return Err(RpcError::Protocol("this client is not local".to_owned()));
         };
+        if local.service_name() != self.service.name {
+            return Err(RpcError::WrongService {
+                expected: self.service.name.to_owned(),
+                served: vec![local.service_name().to_owned()],
+            });
+        }
         let span = self.span(method);
         let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
         let metadata = self.call_metadata(&span).into_owned();
@@ -580,6 +599,7 @@ impl Channel {
 
     fn spec<'a>(&self, method: &'static MethodInfo, metadata: &'a Metadata) -> CallSpec<'a> {
         CallSpec {
+            service: self.service,
             method,
             deadline: self.deadline,
             expires: Instant::now().checked_add(self.deadline),

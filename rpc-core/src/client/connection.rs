@@ -50,6 +50,9 @@ impl fmt::Debug for Connection {
 /// What one call is: its method, and the options it is made with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallSpec<'a> {
+    /// The service the call is of: on a server of several, it need not be the one the
+    /// connection's hello named.
+    pub(crate) service: ServiceInfo,
     pub(crate) method: &'static MethodInfo,
     /// The deadline the caller gave, for error messages.
     pub(crate) deadline: Duration,
@@ -116,6 +119,8 @@ impl Connection {
     ) -> Result<crate::health::ServingStatus, RpcError> {
         let metadata = Metadata::new();
         let spec = CallSpec {
+            // The server's own method, unqualified, as a generic client calls it.
+            service: <crate::dynamic::DynamicClient as crate::ServiceClient>::INFO,
             method: &crate::health::CHECK,
             deadline: within,
             expires: Instant::now().checked_add(within),
@@ -151,7 +156,8 @@ impl Connection {
         )
         .send(&mut writer)
         .await?;
-        let mut server = Hello::receive(&mut reader, config.max_frame_len, service.name).await?;
+        let mut server = Hello::receive(&mut reader, config.max_frame_len).await?;
+        server.check_serves(service.name)?;
         server.compare(service.describe()?);
         let traffic = Traffic::new(Side::Client, service.name);
         reader.count_traffic(traffic);
@@ -189,6 +195,13 @@ impl Connection {
         }))
     }
 
+    /// Whether `service` is the one the server's hello named, whose methods go unqualified. A
+    /// generic client's server names its first service; the client names its methods as they
+    /// are.
+    fn is_own(&self, service: &ServiceInfo) -> bool {
+        service.name.is_empty() || service.name == self.server.service
+    }
+
     /// Whether the connection has closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.pending.is_closed()
@@ -213,7 +226,12 @@ impl Connection {
         download: bool,
     ) -> Result<Answered, Failure> {
         let method = spec.method;
-        self.server.check_method(method).map_err(Failure::Final)?;
+        let checked = if self.is_own(&spec.service) {
+            self.server.check_method(method)
+        } else {
+            self.server.check_other(&spec.service, method)
+        };
+        checked.map_err(Failure::Final)?;
         // The slot first: a call waiting for one holds no encoded request.
         let slot = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => slot,
@@ -290,8 +308,16 @@ impl Connection {
             }
             None => 0,
         };
-        let mut frame = protocol::begin_request(id, spec.method.name, timeout_ms, spec.metadata)
-            .map_err(encode_failed)?;
+        // A service other than the one the hellos named is called by its qualified name.
+        let qualified;
+        let name = if self.is_own(&spec.service) {
+            spec.method.name
+        } else {
+            qualified = format!("{}.{}", spec.service.name, spec.method.name);
+            &qualified
+        };
+        let mut frame =
+            protocol::begin_request(id, name, timeout_ms, spec.metadata).map_err(encode_failed)?;
         frame
             .encode(|bytes| args.encode(bytes))
             .map_err(encode_failed)?;

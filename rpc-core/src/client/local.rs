@@ -64,6 +64,11 @@ impl Local {
         }
     }
 
+    /// The name of the service this client runs.
+    pub(crate) fn service_name(&self) -> &'static str {
+        self.service.name()
+    }
+
     /// Runs `request`, a request of method `method`, within `deadline`, with `metadata` in its
     /// context, and returns its response. A panic in the handler is caught, as a server catches
     /// it.

@@ -52,8 +52,14 @@ pub(crate) struct Hello<'a> {
 pub(crate) struct PeerInfo {
     /// The largest frame payload the peer accepts.
     pub(crate) max_frame_len: usize,
-    /// The peer's methods and their fingerprints.
+    /// The service the hello names: for a server, the one this connection's unqualified
+    /// requests go to; empty for a generic client.
+    pub(crate) service: String,
+    /// The methods of that service and their fingerprints.
     pub(crate) methods: HashMap<String, u64>,
+    /// Every service a server of several announced, with its methods, in its order; empty when
+    /// the peer has one service.
+    pub(crate) services: Vec<(String, HashMap<String, u64>)>,
     /// The methods the peer has with other fingerprints than this side's, and what differs
     /// where that is known.
     pub(crate) mismatched: HashMap<String, Option<String>>,
@@ -87,6 +93,64 @@ impl PeerInfo {
             })
             .map(|method| (method.name.clone(), None))
             .collect();
+    }
+
+    /// The names of every service the peer serves.
+    pub(crate) fn served(&self) -> Vec<String> {
+        if self.services.is_empty() {
+            vec![self.service.clone()]
+        } else {
+            self.services.iter().map(|(name, _)| name.clone()).collect()
+        }
+    }
+
+    /// Checks that a server's hello names `expected`, the service this client was made for (or
+    /// that either side is generic).
+    pub(crate) fn check_serves(&self, expected: &str) -> Result<(), RpcError> {
+        if self.service == expected || self.service.is_empty() || expected.is_empty() {
+            return Ok(());
+        }
+        Err(RpcError::WrongService {
+            expected: expected.to_owned(),
+            served: self.served(),
+        })
+    }
+
+    /// Checks a method of `service`, which is not the one the connection's hellos named,
+    /// against the server's table of that service: that the server has the service and the
+    /// method, with the same fingerprint.
+    pub(crate) fn check_other(
+        &self,
+        service: &ServiceInfo,
+        method: &MethodInfo,
+    ) -> Result<(), RpcError> {
+        let Some((_, methods)) = self.services.iter().find(|(name, _)| name == service.name) else {
+            return Err(RpcError::WrongService {
+                expected: service.name.to_owned(),
+                served: self.served(),
+            });
+        };
+        // The server's own methods (describe) are there for every service.
+        if method.name.starts_with("rpc.") {
+            return Ok(());
+        }
+        let Some(&theirs) = methods.get(method.name) else {
+            return Err(RpcError::UnknownMethod {
+                method: method.name.to_owned(),
+            });
+        };
+        let ours = service
+            .describe()?
+            .methods
+            .iter()
+            .find(|m| m.name == method.name);
+        if ours.is_some_and(|ours| ours.fingerprint != theirs) {
+            return Err(RpcError::SignatureMismatch {
+                method: method.name.to_owned(),
+                difference: None,
+            });
+        }
+        Ok(())
     }
 
     /// Checks a method this side is about to call against the peer's table.
@@ -140,20 +204,35 @@ impl<'a> Hello<'a> {
         self,
         writer: &mut FrameWriter<W>,
     ) -> Result<(), RpcError> {
-        let mut frame = Head::Hello(self)
-            .begin_frame()
-            .map_err(|e| RpcError::Protocol(format!("the hello could not be encoded: {e}")))?;
+        self.send_with_services(&[], writer).await
+    }
+
+    /// Writes this hello as one frame, followed by the table of `services` if there are more
+    /// than one (a server of several, docs/wire.md section 5).
+    pub(crate) async fn send_with_services<W: AsyncWrite + Unpin>(
+        self,
+        services: &[ServiceInfo],
+        writer: &mut FrameWriter<W>,
+    ) -> Result<(), RpcError> {
+        let unencodable = |e| RpcError::Protocol(format!("the hello could not be encoded: {e}"));
+        let mut frame = Head::Hello(self).begin_frame().map_err(unencodable)?;
+        if services.len() > 1 {
+            let table: Vec<_> = services
+                .iter()
+                .map(|service| (service.name, MethodTable::Local(service)))
+                .collect();
+            frame.append(&table).map_err(unencodable)?;
+        }
         finish_frame(&mut frame, MAX_HELLO_LEN)?;
         writer.send(&frame).await?;
         Ok(())
     }
 
-    /// Reads the peer's hello and checks that it speaks this protocol and serves
-    /// `expected_service`.
+    /// Reads the peer's hello and checks that it speaks this protocol. Which service it names
+    /// is for the caller to check.
     pub(crate) async fn receive<R: AsyncRead + Unpin>(
         reader: &mut FrameReader<R>,
         max_frame_len: usize,
-        expected_service: &str,
     ) -> Result<PeerInfo, RpcError> {
         let not_a_peer =
             || RpcError::Handshake("the peer's first frame is not an rpc-core hello".into());
@@ -191,9 +270,18 @@ impl<'a> Hello<'a> {
             }
             _ => return Err(not_a_peer()),
         }
-        // Bytes after the last field are ignored: later versions may append fields.
-        let Ok((Head::Hello(hello), _)) = Head::decode(&payload) else {
+        let Ok((Head::Hello(hello), appended)) = Head::decode(&payload) else {
             return Err(not_a_peer());
+        };
+        // A server of several services appends their table; bytes after it are ignored, for
+        // later versions to append more.
+        let services = if appended.is_empty() {
+            Vec::new()
+        } else {
+            match postcard::take_from_bytes::<ServiceTables>(appended) {
+                Ok((ServiceTables(tables), _)) => tables,
+                Err(_) => return Err(not_a_peer()),
+            }
         };
         if hello.stream_window == 0 {
             return Err(RpcError::Handshake(
@@ -202,22 +290,14 @@ impl<'a> Hello<'a> {
                     .into(),
             ));
         }
-        // An empty name on either side is a generic client's, which talks to any service.
-        if hello.service != expected_service
-            && !hello.service.is_empty()
-            && !expected_service.is_empty()
-        {
-            return Err(RpcError::WrongService {
-                expected: expected_service.to_owned(),
-                found: hello.service.to_owned(),
-            });
-        }
         Ok(PeerInfo {
             max_frame_len: hello.max_frame_len as usize,
+            service: hello.service.to_owned(),
             methods: match hello.methods {
                 MethodTable::Remote(methods) => methods,
                 MethodTable::Local(_) => HashMap::new(),
             },
+            services,
             mismatched: HashMap::new(),
             ping_interval: (hello.ping_interval_ms > 0)
                 .then(|| Duration::from_millis(hello.ping_interval_ms)),
@@ -259,9 +339,18 @@ impl Serialize for MethodTable<'_> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for MethodTable<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RemoteMethods::deserialize(deserializer).map(|methods| MethodTable::Remote(methods.0))
+    }
+}
+
+/// A method table as read from a peer.
+struct RemoteMethods(HashMap<String, u64>);
+
+impl<'de> Deserialize<'de> for RemoteMethods {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct TableVisitor;
         impl<'de> Visitor<'de> for TableVisitor {
-            type Value = HashMap<String, u64>;
+            type Value = RemoteMethods;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a sequence of (method name, fingerprint) pairs")
@@ -272,12 +361,38 @@ impl<'de: 'a, 'a> Deserialize<'de> for MethodTable<'a> {
                 while let Some((name, fingerprint)) = seq.next_element::<(&'de str, u64)>()? {
                     methods.insert(name.to_owned(), fingerprint);
                 }
-                Ok(methods)
+                Ok(RemoteMethods(methods))
             }
         }
-        deserializer
-            .deserialize_seq(TableVisitor)
-            .map(MethodTable::Remote)
+        deserializer.deserialize_seq(TableVisitor)
+    }
+}
+
+/// The table a server of several services appends to its hello: each service's name and
+/// method table. Read element by element, like a method table.
+struct ServiceTables(Vec<(String, HashMap<String, u64>)>);
+
+impl<'de> Deserialize<'de> for ServiceTables {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TablesVisitor;
+        impl<'de> Visitor<'de> for TablesVisitor {
+            type Value = ServiceTables;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of (service name, method table) pairs")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut tables = Vec::new();
+                while let Some((name, RemoteMethods(methods))) =
+                    seq.next_element::<(&'de str, RemoteMethods)>()?
+                {
+                    tables.push((name.to_owned(), methods));
+                }
+                Ok(ServiceTables(tables))
+            }
+        }
+        deserializer.deserialize_seq(TablesVisitor)
     }
 }
 
@@ -344,9 +459,7 @@ mod tests {
             .await
             .expect("writes");
         let mut reader = FrameReader::new(&written[..], 1 << 20);
-        let peer = Hello::receive(&mut reader, 1 << 20, "Lab")
-            .await
-            .expect("reads");
+        let peer = Hello::receive(&mut reader, 1 << 20).await.expect("reads");
         assert_eq!(peer.max_frame_len, 1000);
         assert_eq!(peer.methods.get("add"), Some(&0xdead_beef));
         assert!(peer.check_method(&LAB.methods[0]).is_ok());
@@ -354,6 +467,84 @@ mod tests {
         assert_eq!(peer.max_concurrent_calls, Some(64));
         assert_eq!(peer.stream_window, 300);
         assert_eq!(peer.silence_limit(Some(KeepAlive::DEFAULT)), None);
+    }
+
+    /// A service of one method `name`, with an opaque fingerprint `fingerprint`.
+    macro_rules! one_method_service {
+        ($service:literal, $method:literal, $fingerprint:literal) => {{
+            fn schema() -> &'static Result<ServiceSchema, crate::schema::SchemaError> {
+                static SCHEMA: std::sync::OnceLock<
+                    Result<ServiceSchema, crate::schema::SchemaError>,
+                > = std::sync::OnceLock::new();
+                SCHEMA.get_or_init(|| {
+                    let mut tracer = crate::schema::ServiceTracer::new($service);
+                    tracer
+                        .method($method, false)
+                        .opaque($fingerprint)
+                        .returns::<()>();
+                    tracer.finish()
+                })
+            }
+            ServiceInfo {
+                name: $service,
+                methods: &[MethodInfo {
+                    name: $method,
+                    idempotent: false,
+                }],
+                schema,
+            }
+        }};
+    }
+
+    #[tokio::test]
+    async fn a_server_of_several_services_appends_their_table_as_wire_md_says() {
+        // docs/wire.md, section 5: `A` with method `x` (fingerprint 1), `B` with `y` (2).
+        let services = [
+            one_method_service!("A", "x", 1),
+            one_method_service!("B", "y", 2),
+        ];
+        let mut written = Vec::new();
+        Hello::new(&services[1], 1000, None, None, 1)
+            .send_with_services(&services, &mut FrameWriter::new(&mut written))
+            .await
+            .expect("writes");
+        let table = [
+            0x02, 0x01, b'A', 0x01, 0x01, b'x', 0x01, 0x01, b'B', 0x01, 0x01, b'y', 0x02,
+        ];
+        assert!(written.ends_with(&table), "{written:02x?}");
+
+        let mut reader = FrameReader::new(&written[..], 1 << 20);
+        let peer = Hello::receive(&mut reader, 1 << 20).await.expect("reads");
+        assert_eq!(peer.service, "B");
+        assert_eq!(peer.served(), ["A", "B"]);
+        assert!(peer.check_serves("B").is_ok());
+        assert!(peer.check_serves("").is_ok());
+        assert!(matches!(
+            peer.check_serves("C"),
+            Err(RpcError::WrongService { expected, served }) if expected == "C" && served.len() == 2
+        ));
+        assert!(
+            peer.check_other(&services[0], &services[0].methods[0])
+                .is_ok()
+        );
+        let wrong = one_method_service!("A", "x", 3);
+        assert!(matches!(
+            peer.check_other(&wrong, &wrong.methods[0]),
+            Err(RpcError::SignatureMismatch { .. })
+        ));
+
+        // One service: nothing appended.
+        let mut alone = Vec::new();
+        Hello::new(&services[0], 1000, None, None, 1)
+            .send_with_services(&services[..1], &mut FrameWriter::new(&mut alone))
+            .await
+            .expect("writes");
+        let mut plain = Vec::new();
+        Hello::new(&services[0], 1000, None, None, 1)
+            .send(&mut FrameWriter::new(&mut plain))
+            .await
+            .expect("writes");
+        assert_eq!(alone, plain);
     }
 
     #[tokio::test]
@@ -372,7 +563,7 @@ mod tests {
         assert_eq!(written.last(), Some(&0x01));
         *written.last_mut().expect("a byte") = 0x00;
         let mut reader = FrameReader::new(&written[..], 1 << 20);
-        let refused = Hello::receive(&mut reader, 1 << 20, "Lab").await;
+        let refused = Hello::receive(&mut reader, 1 << 20).await;
         assert!(
             matches!(&refused, Err(RpcError::Handshake(why)) if why.contains("window of 0")),
             "{refused:?}"
@@ -383,7 +574,9 @@ mod tests {
     fn the_silence_limit_respects_the_peers_ping_interval() {
         let peer = PeerInfo {
             max_frame_len: 0,
+            service: String::new(),
             methods: HashMap::new(),
+            services: Vec::new(),
             mismatched: HashMap::new(),
             ping_interval: Some(Duration::from_secs(15)),
             max_concurrent_calls: None,

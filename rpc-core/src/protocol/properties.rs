@@ -76,7 +76,7 @@ proptest! {
         let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&payload);
         let mut reader = FrameReader::new(&bytes[..], 1 << 20);
-        let _ = block_on(Hello::receive(&mut reader, 1 << 20, "Lab"));
+        let _ = block_on(Hello::receive(&mut reader, 1 << 20));
     }
 
     #[test]
@@ -87,7 +87,7 @@ proptest! {
         let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&payload);
         let mut reader = FrameReader::new(&bytes[..], 1 << 20);
-        let _ = block_on(Hello::receive(&mut reader, 1 << 20, "Lab"));
+        let _ = block_on(Hello::receive(&mut reader, 1 << 20));
     }
 
     #[test]

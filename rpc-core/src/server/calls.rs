@@ -17,12 +17,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::services::ServiceSet;
 use crate::intercept::ServerInterceptor;
 use crate::peer::Peer;
 use crate::protocol::{
     Frame, Head, Outbox, Outcome, StreamFrames, code, error_response, finish_frame,
 };
-use crate::service::Service;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
 use crate::telemetry::{CallEnd, OK, Side};
@@ -88,7 +88,7 @@ impl Calls {
     /// its deadline, until it answers or is cancelled. The answer goes to `outbox`, followed by
     /// the call's streamed result if it has one. The connection has made sure that no call
     /// with the same id is running.
-    pub(crate) fn start<S: Service>(
+    pub(crate) fn start<S: ServiceSet>(
         self: &Arc<Self>,
         service: &S,
         call: NewCall<S::Request>,
@@ -105,12 +105,12 @@ impl Calls {
             peer,
             slot,
         } = call;
-        let method = S::method_name(&request);
+        let (service_name, method) = S::names(&request);
         let deadline = (timeout_ms > 0)
             .then(|| arrived.checked_add(Duration::from_millis(timeout_ms)))
             .flatten();
         let context = Context {
-            service: S::INFO.name,
+            service: service_name,
             request_id: id,
             method,
             deadline: deadline.map(Instant::into_std),
@@ -123,7 +123,7 @@ impl Calls {
             crate::telemetry::trace_context::extract(&context.metadata, &span);
         }
         let _entered = span.enter();
-        let end = CallEnd::start(&span, Side::Server, S::INFO.name, method);
+        let end = CallEnd::start(&span, Side::Server, service_name, method);
         if let Some(refusal) = intercept(link, &context) {
             refusal.send(end, link, slot);
             return;
@@ -351,7 +351,7 @@ async fn answer(
 
 /// Encodes a handler's result. A result over the client's frame limit, one that does not
 /// encode, or a `Serialize` that panics becomes an error answer instead.
-fn respond<S: Service>(
+fn respond<S: ServiceSet>(
     id: u64,
     method: &'static str,
     response: S::Response,

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use super::ServerConfig;
 use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
+use super::services::{Served, ServiceSet};
 use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::MetadataError;
 use crate::peer::Peer;
@@ -32,7 +33,7 @@ use crate::protocol::{
     Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
     PeerInfo, code, error_response, finish_frame, go_away, write_frames,
 };
-use crate::service::{DecodeError, Service};
+use crate::service::DecodeError;
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
@@ -79,14 +80,14 @@ pub(crate) fn span(service: &'static str, peer: Option<std::net::SocketAddr>) ->
 /// server shuts down. The client's hello must arrive by `handshake_deadline`.
 pub(crate) async fn serve<S, IO>(
     io: IO,
-    service: Arc<S>,
+    service: Arc<Served<S>>,
     config: &ServerConfig,
     peer: Peer,
     shared: Option<Shared>,
     handshake_deadline: Instant,
 ) -> Result<(), RpcError>
 where
-    S: Service,
+    S: ServiceSet,
     IO: crate::transport::Split,
 {
     let (read, write) = io.split();
@@ -94,10 +95,17 @@ where
     let mut writer = FrameWriter::new(write);
     // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
     // not keep room for it while it serves.
-    let handshake = shake_hands::<S, _, _>(&mut reader, &mut writer, config, handshake_deadline);
-    let client = Box::pin(handshake).await?;
-    let _open = OpenConnection::new(Side::Server, S::INFO.name);
-    let traffic = Traffic::new(Side::Server, S::INFO.name);
+    let handshake = shake_hands(
+        &service,
+        &mut reader,
+        &mut writer,
+        config,
+        handshake_deadline,
+    );
+    let (client, index) = Box::pin(handshake).await?;
+    let name = service.infos[index].name;
+    let _open = OpenConnection::new(Side::Server, name);
+    let traffic = Traffic::new(Side::Server, name);
     reader.count_traffic(traffic);
     writer.count_traffic(traffic);
     reader.set_silence_limit(client.silence_limit(config.keepalive));
@@ -126,10 +134,11 @@ where
     let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
     let peer_addr = peer.addr;
     let mut connection = Connection {
-        service: &*service,
+        service: &service,
+        index,
         health: HealthServer::new(Reporting {
             reporter: config.health.clone(),
-            service: S::INFO.name,
+            services: Arc::clone(&service.names),
         }),
         config,
         calls: &calls,
@@ -261,34 +270,52 @@ where
 /// Reads the client's hello by `deadline` and answers with the server's. A client of another
 /// service or version still gets the server's hello, so that it can say exactly what does not
 /// match, and then the handshake fails.
-async fn shake_hands<S: Service, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+///
+/// Returns the client's hello and the index of the service it named, whose methods its
+/// unqualified requests call.
+async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    service: &Served<S>,
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     config: &ServerConfig,
     deadline: Instant,
-) -> Result<PeerInfo, RpcError> {
-    let client = tokio::time::timeout_at(
-        deadline,
-        Hello::receive(reader, config.max_frame_len, S::INFO.name),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(RpcError::Handshake(format!(
-            "the client sent no hello within {:?}",
-            config.handshake_timeout
-        )))
-    });
-    if let Ok(_) | Err(RpcError::WrongService { .. } | RpcError::VersionMismatch { .. }) = &client {
+) -> Result<(PeerInfo, usize), RpcError> {
+    let client = tokio::time::timeout_at(deadline, Hello::receive(reader, config.max_frame_len))
+        .await
+        .unwrap_or_else(|_| {
+            Err(RpcError::Handshake(format!(
+                "the client sent no hello within {:?}",
+                config.handshake_timeout
+            )))
+        });
+    let named = match &client {
+        Ok(client) => service
+            .index_of(&client.service)
+            .ok_or_else(|| client.service.clone()),
+        Err(_) => Ok(0),
+    };
+    if let Ok(_) | Err(RpcError::VersionMismatch { .. }) = &client {
+        // A client of a service the server lacks is answered as by the first, and can tell.
         let hello = Hello::new(
-            &S::INFO,
+            &service.infos[*named.as_ref().unwrap_or(&0)],
             config.max_frame_len,
             config.keepalive,
             Some(config.max_in_flight),
             config.stream_window,
         );
-        hello.send(writer).await?;
+        hello.send_with_services(&service.infos, writer).await?;
     }
-    client
+    match named {
+        Ok(index) => client.map(|client| (client, index)),
+        Err(missing) => Err(RpcError::WrongService {
+            expected: missing,
+            served: service
+                .names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
+        }),
+    }
 }
 
 /// A request decoded and checked, waiting for an in-flight slot.
@@ -303,8 +330,10 @@ struct Parked<R> {
 }
 
 /// The state of one connection's reading side.
-struct Connection<'a, S: Service> {
-    service: &'a S,
+struct Connection<'a, S: ServiceSet> {
+    service: &'a Served<S>,
+    /// The service the client's hello named, whose methods its unqualified requests call.
+    index: usize,
     /// The health service, served beside `service`.
     health: HealthServer<Reporting>,
     config: &'a ServerConfig,
@@ -320,7 +349,7 @@ struct Connection<'a, S: Service> {
     draining: bool,
 }
 
-impl<S: Service> Connection<'_, S> {
+impl<S: ServiceSet> Connection<'_, S> {
     /// Takes no new calls: tells the client why, and answers the parked requests, which never
     /// ran, as not run.
     fn start_draining(&mut self, reason: u32, message: &str) {
@@ -389,8 +418,15 @@ impl<S: Service> Connection<'_, S> {
             self.refuse(id, code::NOT_RUN, "the server is closing this connection");
             return Ok(Handled::Request);
         }
+        let (index, method) = match self.service.route(method, self.index) {
+            Ok(routed) => routed,
+            Err(refusal) => {
+                self.refuse(id, code::UNKNOWN_METHOD, &refusal);
+                return Ok(Handled::Request);
+            }
+        };
         if method == DESCRIBE_METHOD {
-            self.describe(id);
+            self.describe(id, index);
             return Ok(Handled::Request);
         }
         let (metadata, args) = match Metadata::decode_prefix(rest, self.config.metadata) {
@@ -409,7 +445,8 @@ impl<S: Service> Connection<'_, S> {
             self.health_call(id, name, args, payload, arrived, timeout_ms, metadata);
             return Ok(Handled::Request);
         }
-        let Some(request) = self.decode::<S>(id, method, args, payload) else {
+        let name = self.service.infos[index].name;
+        let Some(request) = self.decode::<S>(id, (index, name), method, args, payload) else {
             return Ok(Handled::Request);
         };
         let parked = Parked {
@@ -437,10 +474,12 @@ impl<S: Service> Connection<'_, S> {
         Ok(Handled::Request)
     }
 
-    /// Decodes the request for `method` of the service `T`, or refuses it, saying why.
-    fn decode<T: Service>(
+    /// Decodes the request for `method` of the service at `index` in the set `T`, named `name`,
+    /// or refuses it, saying why.
+    fn decode<T: ServiceSet>(
         &self,
         id: u64,
+        (index, name): (usize, &str),
         method: &str,
         args: &[u8],
         payload: &bytes::Bytes,
@@ -450,12 +489,13 @@ impl<S: Service> Connection<'_, S> {
             streams: Arc::clone(&self.link.streams),
             outbox: self.link.outbox.clone(),
         };
-        let decoded =
-            crate::payload::decoding(payload, || T::decode_request(method, args, &mut streams));
+        let decoded = crate::payload::decoding(payload, || {
+            T::decode_request(index, method, args, &mut streams)
+        });
         match decoded {
             Ok(request) => Some(request),
             Err(DecodeError::UnknownMethod) => {
-                let message = format!("the service `{}` has no method `{method}`", T::INFO.name);
+                let message = format!("the service `{name}` has no method `{method}`");
                 self.refuse(id, code::UNKNOWN_METHOD, &message);
                 None
             }
@@ -479,7 +519,9 @@ impl<S: Service> Connection<'_, S> {
         timeout_ms: u64,
         metadata: Metadata,
     ) {
-        let Some(request) = self.decode::<HealthServer<Reporting>>(id, name, args, payload) else {
+        let health = (0, <HealthServer<Reporting> as crate::Service>::INFO.name);
+        let decoded = self.decode::<HealthServer<Reporting>>(id, health, name, args, payload);
+        let Some(request) = decoded else {
             return;
         };
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
@@ -519,20 +561,20 @@ impl<S: Service> Connection<'_, S> {
             peer: self.peer.clone(),
             slot,
         };
-        self.calls.start(self.service, call, &self.link);
+        self.calls.start(&self.service.set, call, &self.link);
     }
 
     /// Answers a describe request with the service's schema, or refuses it if reflection is
     /// off. Its answer is queued like any other, so describing costs a flooding peer its own
     /// reading.
-    fn describe(&self, id: u64) {
+    fn describe(&self, id: u64, index: usize) {
         if !self.config.reflection {
             let message = "this server does not describe its service: its reflection is off";
             self.refuse(id, code::UNKNOWN_METHOD, message);
             return;
         }
         // Checked when the server started.
-        let Ok(schema) = S::INFO.describe() else {
+        let Ok(schema) = self.service.infos[index].describe() else {
             return self.refuse(
                 id,
                 code::RESPONSE_ENCODE_FAILED,

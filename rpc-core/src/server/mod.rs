@@ -22,6 +22,7 @@
 
 mod calls;
 mod connection;
+mod services;
 
 pub(crate) use calls::panic_message;
 #[cfg(feature = "tower")]
@@ -47,9 +48,10 @@ use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
-use crate::service::Service;
 use crate::transport;
 use crate::{Context, RpcError, Status};
+use services::Served;
+pub use services::{ServiceSet, Services};
 
 /// A bound listener, ready to serve a service.
 pub struct Server {
@@ -344,17 +346,15 @@ impl ServerBuilder {
     /// connection ended, if not cleanly.
     pub async fn serve_connection<S, IO>(&self, io: IO, service: S) -> Result<(), RpcError>
     where
-        S: Service,
+        S: ServiceSet,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
-        S::INFO.describe()?;
+        let service = Arc::new(Served::new(service)?);
         let io = crate::transport::Shared(io);
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
-        let service = Arc::new(service);
+        let span = connection::span(service.first_name(), None);
         let serving = connection::serve(io, service, &self.config, Peer::default(), None, deadline);
-        serving
-            .instrument(connection::span(S::INFO.name, None))
-            .await
+        serving.instrument(span).await
     }
 
     fn server(self, listener: Listener) -> Server {
@@ -409,7 +409,7 @@ impl Server {
     ///
     /// Runs until accepting fails for a reason that retrying cannot fix. A misbehaving client
     /// only ever closes its own connection.
-    pub async fn serve<S: Service>(self, service: S) -> io::Result<()> {
+    pub async fn serve<S: ServiceSet>(self, service: S) -> io::Result<()> {
         self.serve_with_shutdown(service, std::future::pending())
             .await
     }
@@ -428,12 +428,11 @@ impl Server {
     /// the service cannot be described (see [`schema`](crate::schema)).
     pub async fn serve_with_shutdown<S, F>(self, service: S, signal: F) -> io::Result<()>
     where
-        S: Service,
+        S: ServiceSet,
         F: Future<Output = ()> + Send,
     {
-        S::INFO.describe().map_err(io::Error::other)?;
+        let service = Arc::new(Served::new(service).map_err(io::Error::other)?);
         let Server { listener, config } = self;
-        let service = Arc::new(service);
         let (stop, stopping) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let mut connections = JoinSet::new();
@@ -518,9 +517,9 @@ async fn admit(slots: &Arc<Semaphore>, registry: &registry::Registry) -> OwnedSe
 }
 
 /// Serves an accepted TCP connection, over TLS if the server has it set.
-async fn serve_tcp<S: Service>(
+async fn serve_tcp<S: ServiceSet>(
     io: tokio::net::TcpStream,
-    service: Arc<S>,
+    service: Arc<Served<S>>,
     config: &ServerConfig,
     addr: Option<SocketAddr>,
     shared: Option<connection::Shared>,
@@ -600,12 +599,12 @@ impl Listener {
 
 /// What every connection of a server shares.
 struct Spawner<'a, S> {
-    service: &'a Arc<S>,
+    service: &'a Arc<Served<S>>,
     config: &'a Arc<ServerConfig>,
     shared: &'a connection::Shared,
 }
 
-impl<S: Service> Spawner<'_, S> {
+impl<S: ServiceSet> Spawner<'_, S> {
     /// The task that serves one accepted connection; it holds its connection slot until done.
     fn connection(
         &self,
@@ -618,7 +617,7 @@ impl<S: Service> Spawner<'_, S> {
         let shared = Some(self.shared.clone());
         // The whole handshake, TLS included, must be over by then.
         let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-        let span = connection::span(S::INFO.name, peer);
+        let span = connection::span(self.service.first_name(), peer);
         let serving = async move {
             let served = match io {
                 Accepted::Tcp(io) => serve_tcp(io, service, &config, peer, shared, deadline).await,
@@ -682,7 +681,7 @@ fn classify_accept_error(error: &io::Error) -> AcceptError {
 /// [`ServerBuilder::serve_connection`].
 pub async fn serve_connection<S, IO>(io: IO, service: S) -> Result<(), RpcError>
 where
-    S: Service,
+    S: ServiceSet,
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     Server::builder().serve_connection(io, service).await
