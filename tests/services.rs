@@ -12,6 +12,7 @@ use rpc_tests::{RawClient, VERSION, hello, read_varint, request, string, varint,
 
 #[rpc_core::service]
 pub trait Calc {
+    /// `a + b`.
     async fn add(&self, a: i64, b: i64) -> i64;
     /// The port the calling client's connection comes from.
     async fn caller_port(&self) -> u16;
@@ -19,7 +20,9 @@ pub trait Calc {
 
 #[rpc_core::service]
 pub trait Kv {
+    /// The value of `key`: `a` has one.
     async fn get(&self, key: String) -> Option<String>;
+    /// The port the calling client's connection comes from.
     async fn caller_port(&self) -> u16;
     /// `0..to`, streamed.
     async fn keys(&self, to: u32) -> Streaming<u32>;
@@ -30,6 +33,7 @@ pub trait Kv {
 /// A service the server does not have.
 #[rpc_core::service]
 pub trait Absent {
+    /// Nothing.
     async fn ping(&self);
 }
 
@@ -37,6 +41,7 @@ pub trait Absent {
 mod kv_v2 {
     #[rpc_core::service]
     pub trait Kv {
+        /// `get`, keyed by number.
         async fn get(&self, key: u64) -> Option<String>;
     }
 }

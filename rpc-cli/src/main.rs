@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the server's service as a Rust trait, with its types.
+    /// Print the server's service as a Rust trait, with its types; each of them, for a server
+    /// of several (or the one `--service` names).
     Describe {
         #[command(flatten)]
         target: Target,
@@ -36,7 +37,8 @@ enum Command {
     Call {
         #[command(flatten)]
         target: Target,
-        /// The method to call.
+        /// The method to call: `add`, or `Kv.get` for a method of another service of a server
+        /// of several.
         method: String,
         /// The arguments: an object keyed by name (`{"a": 2, "b": 3}`) or an array in order
         /// (`[2, 3]`); nothing for a method without arguments.
@@ -85,6 +87,10 @@ struct Target {
     /// The name the server's certificate must carry, if not the host connected to.
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// For a server of several services: the one to describe, lock, check or call (by default
+    /// its first).
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
 }
 
 /// What went wrong, and the exit code it gives.
@@ -138,17 +144,40 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Describe { target } => {
-            let (_, schema) = connect(&target).await?;
-            print!("{}", schema.to_rust());
+            let (client, schema) = connect(&target).await?;
+            if target.service.is_some() {
+                print!("{}", schema.to_rust());
+                return Ok(());
+            }
+            for (at, service) in client.services().await?.iter().enumerate() {
+                let schema = if *service == schema.name {
+                    schema.clone()
+                } else {
+                    client.describe_service(service).await?
+                };
+                if at > 0 {
+                    println!();
+                }
+                print!("{}", schema.to_rust());
+            }
             Ok(())
         }
         Command::Call {
-            target,
+            mut target,
             method,
             args,
         } => {
+            // `Kv.get`: the method `get` of the service `Kv`.
+            let method = match method.split_once('.') {
+                Some((service, name)) => {
+                    target.service = Some(service.to_owned());
+                    name.to_owned()
+                }
+                None => method,
+            };
             let (client, schema) = connect(&target).await?;
-            call(&client, &schema, &method, args.as_deref()).await
+            let service = target.service.as_deref();
+            call(&client, &schema, service, &method, args.as_deref()).await
         }
         Command::Lock { target, file } => {
             let (_, schema) = connect(&target).await?;
@@ -189,7 +218,10 @@ async fn connect(target: &Target) -> Result<(DynamicClient, ServiceSchema), Fail
         Some(path) => builder.connect_unix(path).await?,
         None => builder.connect(target.addr.as_str()).await?,
     };
-    let schema = client.describe().await?;
+    let schema = match &target.service {
+        Some(service) => client.describe_service(service).await?,
+        None => client.describe().await?,
+    };
     Ok((client, schema))
 }
 
@@ -221,6 +253,7 @@ fn tls(
 async fn call(
     client: &DynamicClient,
     schema: &ServiceSchema,
+    service: Option<&str>,
     name: &str,
     args: Option<&str>,
 ) -> Result<(), Failure> {
@@ -243,7 +276,15 @@ async fn call(
         .upload
         .as_ref()
         .map(|upload| stdin_items(schema, upload, Arc::clone(&bad_input)));
-    let reply = client.call(method, Encoded::new(encoded), upload).await?;
+    // A service named on the command line is called by qualified names, whichever service the
+    // connection's hello named.
+    let mut qualified = method.clone();
+    if let Some(service) = service {
+        qualified.name = format!("{service}.{}", method.name);
+    }
+    let reply = client
+        .call(&qualified, Encoded::new(encoded), upload)
+        .await?;
     match reply {
         DynamicReply::Value(result) => {
             let value = json::decode(&method.result, &schema.types, result.as_bytes())

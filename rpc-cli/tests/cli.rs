@@ -396,3 +396,57 @@ async fn a_lock_file_catches_incompatible_changes_and_lets_additions_pass() {
     );
     assert!(fresh.exists());
 }
+
+/// A second service, to serve beside `Shop`.
+#[rpc_core::service]
+pub trait Clock {
+    /// Seconds since the epoch, fixed for the test.
+    async fn now(&self) -> u64;
+    /// `count` ticks, ten apart.
+    async fn ticks(&self, count: u32) -> Streaming<u64>;
+}
+
+struct MyClock;
+
+impl Clock for MyClock {
+    async fn now(&self) -> u64 {
+        1_700_000_000
+    }
+
+    async fn ticks(&self, count: u32) -> Streaming<u64> {
+        Streaming::iter((0..u64::from(count)).map(|tick| tick * 10))
+    }
+}
+
+#[tokio::test]
+async fn a_server_of_several_services_is_described_and_called_service_by_service() {
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address").to_string();
+    let services = rpc_core::Services::new()
+        .add(ShopServer::new(MyShop))
+        .add(ClockServer::new(MyClock));
+    tokio::spawn(server.serve(services));
+
+    let rust = ok(&["describe", &addr]).await;
+    assert!(rust.contains("pub trait Shop {"), "{rust}");
+    assert!(rust.contains("pub trait Clock {"), "{rust}");
+    assert!(
+        rust.contains("async fn ticks(&self, count: u32) -> Streaming<u64>;"),
+        "{rust}"
+    );
+    let clock_only = ok(&["describe", &addr, "--service", "Clock"]).await;
+    assert!(!clock_only.contains("pub trait Shop"), "{clock_only}");
+
+    assert_eq!(ok(&["call", &addr, "Clock.now"]).await.trim(), "1700000000");
+    assert_eq!(
+        ok(&["call", &addr, "Clock.ticks", "[3]"]).await,
+        "0\n10\n20\n"
+    );
+    assert_eq!(ok(&["call", &addr, "add", "[2, 3]"]).await.trim(), "5");
+
+    let missing = fails(&["call", &addr, "Till.open"], 1).await;
+    assert!(
+        missing.contains("the server does not serve `Till`: it serves `Shop`, `Clock`"),
+        "{missing}"
+    );
+}

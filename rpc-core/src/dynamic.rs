@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::client::{ClientBuilder, ServerAddr};
-use crate::protocol::{CodecError, Decode, Encode};
+use crate::protocol::{CodecError, DESCRIBE_METHOD, Decode, Encode};
 use crate::schema::{MethodSchema, SchemaError, ServiceSchema, ServiceTracer};
 use crate::stream::Outbound;
 use crate::{Channel, MethodInfo, RpcError, ServiceClient, ServiceInfo, Streaming};
@@ -168,6 +168,20 @@ impl DynamicClient {
     /// [`RpcError::UnknownMethod`] if its reflection is off.
     pub async fn describe(&self) -> Result<ServiceSchema, RpcError> {
         self.channel.describe().await
+    }
+
+    /// The services the server serves: one, unless it serves several
+    /// ([`Services`](crate::Services)).
+    pub async fn services(&self) -> Result<Vec<String>, RpcError> {
+        self.channel.services().await
+    }
+
+    /// One of the server's services, by name, whichever the connection's hello named. Its
+    /// methods are called by their qualified names, `service.method`: [`DynamicClient::call`]
+    /// takes the method with its name so qualified.
+    pub async fn describe_service(&self, service: &str) -> Result<ServiceSchema, RpcError> {
+        let describe = interned(&format!("{service}.{DESCRIBE_METHOD}"), true);
+        self.channel.call(describe, &()).await
     }
 
     /// Calls `method` with `args`, the postcard encoding of its argument tuple, and `upload`,

@@ -445,6 +445,22 @@ impl Channel {
         self.call(&DESCRIBE, &()).await
     }
 
+    /// The services the server serves, as its hello announced them: one, unless it serves
+    /// several ([`Services`](crate::Services)). Connects first if need be; for a pool, asks
+    /// the server the next call would go to.
+    pub async fn services(&self) -> Result<Vec<String>, RpcError> {
+        if self.is_local() {
+            return Ok(vec![self.service.name.to_owned()]);
+        }
+        static DESCRIBE: MethodInfo = MethodInfo {
+            name: crate::protocol::DESCRIBE_METHOD,
+            idempotent: true,
+        };
+        let metadata = Metadata::new();
+        let target = self.target(self.spec(&DESCRIBE, &metadata), None).await?;
+        Ok(target.connection.served())
+    }
+
     /// The error a failed call reports; for a method whose signature differs from the
     /// server's, with what differs, if the server describes itself.
     async fn failed(&self, failure: Failure, method: &MethodInfo) -> RpcError {

@@ -202,6 +202,11 @@ impl Connection {
         service.name.is_empty() || service.name == self.server.service
     }
 
+    /// The names of the services the server announced.
+    pub(crate) fn served(&self) -> Vec<String> {
+        self.server.served()
+    }
+
     /// Whether the connection has closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.pending.is_closed()

@@ -116,6 +116,30 @@ impl PeerInfo {
         })
     }
 
+    /// Checks `name` of `service`, as a generic client names it: that the server has both.
+    fn check_qualified(&self, service: &str, name: &str) -> Result<(), RpcError> {
+        let methods = if service == self.service {
+            Some(&self.methods)
+        } else {
+            self.services
+                .iter()
+                .find(|(served, _)| served == service)
+                .map(|(_, methods)| methods)
+        };
+        match methods {
+            None => Err(RpcError::WrongService {
+                expected: service.to_owned(),
+                served: self.served(),
+            }),
+            Some(methods) if !methods.contains_key(name) && !name.starts_with("rpc.") => {
+                Err(RpcError::UnknownMethod {
+                    method: name.to_owned(),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Checks a method of `service`, which is not the one the connection's hellos named,
     /// against the server's table of that service: that the server has the service and the
     /// method, with the same fingerprint.
@@ -155,6 +179,12 @@ impl PeerInfo {
 
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
+        // A generic client's qualified name (`Kv.get`): of the service it names.
+        if let Some((service, name)) = method.name.split_once('.')
+            && service != "rpc"
+        {
+            return self.check_qualified(service, name);
+        }
         // `rpc.` names are every server's own (describe, health): never in a method table.
         if !self.methods.contains_key(method.name) && !method.name.starts_with("rpc.") {
             return Err(RpcError::UnknownMethod {
