@@ -38,8 +38,38 @@ use workloads::{Bytes, Effort};
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
+/// How to run the benchmark, for `--help` and a flag it does not know.
+const USAGE: &str = "\
+usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls]
+       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
+WORKLOAD: latency, 32, 256, 4x64, vec, buf, shared, stream, idle or local
+SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls or tonic-tls";
+
+/// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
+/// does not start a run of several minutes.
+const FLAGS: &[&str] = &[
+    "--serve",
+    "--setup",
+    "--tracing",
+    "--profile",
+    "--quick",
+    "--tls",
+    "--write",
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    if let Some(unknown) = args
+        .iter()
+        .find(|a| a.starts_with('-') && !FLAGS.contains(&a.as_str()))
+    {
+        eprintln!("rpc-bench: no flag {unknown}\n{USAGE}");
+        std::process::exit(2);
+    }
     let flag = |name: &str| args.iter().position(|a| a == name);
     if let Some(at) = flag("--serve") {
         let system = args.get(at + 1).map_or("", String::as_str);
