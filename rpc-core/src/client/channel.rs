@@ -124,6 +124,12 @@ fn ended<T>(end: CallEnd, result: Result<T, RpcError>) -> Result<T, RpcError> {
     result
 }
 
+/// The server's own method that describes a service (docs/wire.md, section 6.1).
+static DESCRIBE: MethodInfo = MethodInfo {
+    name: crate::protocol::DESCRIBE_METHOD,
+    idempotent: true,
+};
+
 /// Where one attempt at a call goes.
 struct Target {
     connection: Arc<Connection>,
@@ -438,10 +444,6 @@ impl Channel {
         if self.is_local() {
             return Ok(self.service.describe()?.clone());
         }
-        static DESCRIBE: MethodInfo = MethodInfo {
-            name: crate::protocol::DESCRIBE_METHOD,
-            idempotent: true,
-        };
         self.call(&DESCRIBE, &()).await
     }
 
@@ -452,10 +454,6 @@ impl Channel {
         if self.is_local() {
             return Ok(vec![self.service.name.to_owned()]);
         }
-        static DESCRIBE: MethodInfo = MethodInfo {
-            name: crate::protocol::DESCRIBE_METHOD,
-            idempotent: true,
-        };
         let metadata = Metadata::new();
         let target = self.target(self.spec(&DESCRIBE, &metadata), None).await?;
         Ok(target.connection.served())

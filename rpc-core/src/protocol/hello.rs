@@ -104,39 +104,47 @@ impl PeerInfo {
         }
     }
 
+    /// The error for a client of `expected`, which the peer does not serve.
+    fn not_served(&self, expected: &str) -> RpcError {
+        RpcError::WrongService {
+            expected: expected.to_owned(),
+            served: self.served(),
+        }
+    }
+
     /// Checks that a server's hello names `expected`, the service this client was made for (or
     /// that either side is generic).
     pub(crate) fn check_serves(&self, expected: &str) -> Result<(), RpcError> {
         if self.service == expected || self.service.is_empty() || expected.is_empty() {
             return Ok(());
         }
-        Err(RpcError::WrongService {
-            expected: expected.to_owned(),
-            served: self.served(),
-        })
+        Err(self.not_served(expected))
     }
 
-    /// Checks `name` of `service`, as a generic client names it: that the server has both.
-    fn check_qualified(&self, service: &str, name: &str) -> Result<(), RpcError> {
-        let methods = if service == self.service {
-            Some(&self.methods)
-        } else {
-            self.services
-                .iter()
-                .find(|(served, _)| served == service)
-                .map(|(_, methods)| methods)
-        };
-        match methods {
-            None => Err(RpcError::WrongService {
-                expected: service.to_owned(),
-                served: self.served(),
+    /// The method table of `service`: the one the hellos named, or another the peer
+    /// announced.
+    fn table(&self, service: &str) -> Result<&HashMap<String, u64>, RpcError> {
+        if service == self.service {
+            return Ok(&self.methods);
+        }
+        self.services
+            .iter()
+            .find(|(served, _)| served == service)
+            .map(|(_, methods)| methods)
+            .ok_or_else(|| self.not_served(service))
+    }
+
+    /// The fingerprint of `name` in `methods`; `None` for the server's own `rpc.` methods
+    /// (describe, health), which are in no table. Fails if the peer lacks the method.
+    fn fingerprint_in(methods: &HashMap<String, u64>, name: &str) -> Result<Option<u64>, RpcError> {
+        if name.starts_with("rpc.") {
+            return Ok(None);
+        }
+        match methods.get(name) {
+            Some(&fingerprint) => Ok(Some(fingerprint)),
+            None => Err(RpcError::UnknownMethod {
+                method: name.to_owned(),
             }),
-            Some(methods) if !methods.contains_key(name) && !name.starts_with("rpc.") => {
-                Err(RpcError::UnknownMethod {
-                    method: name.to_owned(),
-                })
-            }
-            Some(_) => Ok(()),
         }
     }
 
@@ -148,20 +156,8 @@ impl PeerInfo {
         service: &ServiceInfo,
         method: &MethodInfo,
     ) -> Result<(), RpcError> {
-        let Some((_, methods)) = self.services.iter().find(|(name, _)| name == service.name) else {
-            return Err(RpcError::WrongService {
-                expected: service.name.to_owned(),
-                served: self.served(),
-            });
-        };
-        // The server's own methods (describe) are there for every service.
-        if method.name.starts_with("rpc.") {
+        let Some(theirs) = Self::fingerprint_in(self.table(service.name)?, method.name)? else {
             return Ok(());
-        }
-        let Some(&theirs) = methods.get(method.name) else {
-            return Err(RpcError::UnknownMethod {
-                method: method.name.to_owned(),
-            });
         };
         let ours = service
             .describe()?
@@ -183,14 +179,9 @@ impl PeerInfo {
         if let Some((service, name)) = method.name.split_once('.')
             && service != "rpc"
         {
-            return self.check_qualified(service, name);
+            return Self::fingerprint_in(self.table(service)?, name).map(drop);
         }
-        // `rpc.` names are every server's own (describe, health): never in a method table.
-        if !self.methods.contains_key(method.name) && !method.name.starts_with("rpc.") {
-            return Err(RpcError::UnknownMethod {
-                method: method.name.to_owned(),
-            });
-        }
+        Self::fingerprint_in(&self.methods, method.name)?;
         if !self.mismatched.is_empty()
             && let Some(difference) = self.mismatched.get(method.name)
         {

@@ -297,7 +297,7 @@ async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>
     if let Ok(_) | Err(RpcError::VersionMismatch { .. }) = &client {
         // A client of a service the server lacks is answered as by the first, and can tell.
         let hello = Hello::new(
-            &service.infos[*named.as_ref().unwrap_or(&0)],
+            &service.infos[named.as_ref().map_or(0, |&index| index)],
             config.max_frame_len,
             config.keepalive,
             Some(config.max_in_flight),

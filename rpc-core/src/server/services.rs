@@ -240,7 +240,7 @@ where
     fn names(request: &Self::Request) -> (&'static str, &'static str) {
         match request {
             Routed::Earlier(request) => <Services<L> as ServiceSet>::names(request),
-            Routed::Last(request) => (S::INFO.name, S::method_name(request)),
+            Routed::Last(request) => <S as ServiceSet>::names(request),
         }
     }
 
@@ -313,6 +313,11 @@ impl<S: ServiceSet> Served<S> {
         if name.is_empty() {
             return Some(0);
         }
+        self.position(name)
+    }
+
+    /// The service named `name`.
+    fn position(&self, name: &str) -> Option<usize> {
         self.infos.iter().position(|info| info.name == name)
     }
 
@@ -332,9 +337,7 @@ impl<S: ServiceSet> Served<S> {
     ) -> Result<(usize, &'m str), String> {
         match method.split_once('.') {
             Some((service, name)) if service != "rpc" => self
-                .infos
-                .iter()
-                .position(|info| info.name == service)
+                .position(service)
                 .map(|index| (index, name))
                 .ok_or_else(|| format!("the server has no service `{service}`")),
             _ => Ok((default, method)),
