@@ -4,8 +4,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::Metadata;
 use crate::peer::{Peer, PeerCredentials, PeerIdentity};
+use crate::{Metadata, RpcError};
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -99,6 +99,47 @@ impl Context {
     /// entries of the same keys.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// A client of the service `C` that the caller serves back over its connection
+    /// ([`ClientBuilder::serve`](crate::ClientBuilder::serve)): the server calls its client on
+    /// the connection the client opened, so a client behind NAT or a firewall can be called.
+    /// The client stays usable after this call ends, for as long as the connection lives;
+    /// keep it to call the client later. Its calls have the deadline, cancellation, streams
+    /// and limits of any client's (the deadline is 30 s unless changed with `with_deadline`),
+    /// and fail with [`RpcError::ConnectionClosed`] once the connection is gone.
+    ///
+    /// Fails with [`RpcError::CallerServesNothing`] if the caller serves nothing back. A
+    /// caller that serves another service than `C` fails each call with
+    /// [`RpcError::WrongService`].
+    ///
+    /// ```
+    /// #[rpc_core::service]
+    /// pub trait Worker {
+    ///     async fn run(&self, task: u64) -> u64;
+    /// }
+    ///
+    /// #[rpc_core::service]
+    /// pub trait Coordinator {
+    ///     async fn join(&self) -> u64;
+    /// }
+    ///
+    /// struct MyCoordinator;
+    ///
+    /// impl Coordinator for MyCoordinator {
+    ///     async fn join(&self) -> u64 {
+    ///         let Ok(worker) = rpc_core::Context::current().caller::<WorkerClient>().await else {
+    ///             return 0;
+    ///         };
+    ///         worker.run(41).await.unwrap_or(0)
+    ///     }
+    /// }
+    /// ```
+    pub async fn caller<C: crate::ServiceClient>(&self) -> Result<C, RpcError> {
+        match &self.peer.caller {
+            Some(caller) => caller.client::<C>().await,
+            None => Err(RpcError::CallerServesNothing),
+        }
     }
 
     /// Runs `future` with this context as the current one.

@@ -73,6 +73,16 @@ pub enum RpcError {
     #[error("the services cannot be served: {0}")]
     Services(String),
 
+    /// A handler asked for a client of what its caller serves back
+    /// ([`Context::caller`](crate::Context::caller)), but the caller serves nothing over its
+    /// connection: it did not set [`ClientBuilder::serve`](crate::ClientBuilder::serve), or the
+    /// call did not come over a connection.
+    #[error(
+        "the caller serves nothing back over its connection: a client serves a service to its \
+         server with `ClientBuilder::serve`"
+    )]
+    CallerServesNothing,
+
     /// The connection closed: the peer hung up or the server shut down.
     #[error("the connection closed")]
     ConnectionClosed,

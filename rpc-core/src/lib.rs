@@ -74,6 +74,7 @@ mod metadata;
 mod payload;
 mod peer;
 mod protocol;
+mod reverse;
 pub mod schema;
 mod server;
 mod service;

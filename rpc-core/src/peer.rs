@@ -11,6 +11,8 @@ pub(crate) struct Peer {
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) identity: Option<Arc<PeerIdentity>>,
     pub(crate) credentials: Option<PeerCredentials>,
+    /// A client of what the client serves back over its connection, if it does.
+    pub(crate) caller: Option<Arc<crate::reverse::Caller>>,
 }
 
 /// The user, group and process of a client connected over a Unix socket, as the operating

@@ -1,6 +1,7 @@
 //! One live, multiplexed connection to a server: many calls in flight, answers in any order.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,9 +14,10 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
-    self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Outbox, Outcome,
-    PeerInfo, Queue, code, finish_frame, go_away, write_frames,
+    self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
+    Outcome, PeerInfo, Queue, code, finish_frame, go_away, write_frames,
 };
+use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
@@ -37,6 +39,15 @@ pub(crate) struct Connection {
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
+    /// What the client serves back to the server, on the reverse connection inside this one.
+    _serving_back: Option<AbortOnDrop>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Nobody can call any more: whoever waits for the end hears of it now.
+        self.pending.close(RpcError::ConnectionClosed);
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -141,8 +152,10 @@ impl Connection {
     where
         S: crate::transport::Split,
     {
-        // Before a byte is sent: a type that cannot be described is reported here.
+        // Before a byte is sent: a type that cannot be described is reported here, and so is a
+        // set of services to serve back that cannot be served.
         service.describe()?;
+        let serve_back = config.serve_back.clone().transpose()?;
         let (read, write) = stream.split();
         let mut reader = FrameReader::new(read, config.max_frame_len);
         let mut writer = FrameWriter::new(write);
@@ -154,6 +167,7 @@ impl Connection {
             None,
             window,
         )
+        .serving_back(serve_back.is_some())
         .send(&mut writer)
         .await?;
         let mut server = Hello::receive(&mut reader, config.max_frame_len).await?;
@@ -171,7 +185,12 @@ impl Connection {
             .clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(capacity));
         writer.watch_calls(Arc::clone(&slots), capacity);
-        let (outbox, queue) = Outbox::new();
+        // A client serving back queues its answers like a server, within a limit, so that a
+        // server that reads nothing cannot make it hold them without bound.
+        let (outbox, queue) = match &serve_back {
+            Some(serve_back) => Outbox::with_meter(Meter::new(serve_back.queue_limit(), None)),
+            None => Outbox::new(),
+        };
         let pending = Arc::new(Pending::default());
         let streams = Arc::new(Streams::new(window, server.stream_window));
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
@@ -182,7 +201,16 @@ impl Connection {
         let writer = tokio::spawn(write_requests(writer, queue, heartbeat, closer.clone()));
         // Counted open for as long as the reader reads.
         let open = OpenConnection::new(Side::Client, service.name);
-        let reading = read_responses(reader, closer, writer.abort_handle(), open);
+        let (tunnel, serving) = match serve_back {
+            Some(serve_back) => {
+                let (tunnel, pipe) = Tunnel::open(outbox.clone(), server.max_frame_len);
+                let max_frame_len = reverse::max_frame_len(config.max_frame_len);
+                let serving = tokio::spawn(serve_back.serve(pipe, max_frame_len));
+                (Some(tunnel), Some(AbortOnDrop::new(&serving)))
+            }
+            None => (None, None),
+        };
+        let reading = read_responses(reader, closer, writer.abort_handle(), open, tunnel);
         let reader = tokio::spawn(reading);
         Ok(Arc::new(Connection {
             outbox,
@@ -192,6 +220,7 @@ impl Connection {
             next_id: AtomicU64::new(0),
             server,
             _reader: AbortOnDrop::new(&reader),
+            _serving_back: serving,
         }))
     }
 
@@ -220,6 +249,12 @@ impl Connection {
     /// Returns once the connection has closed.
     pub(crate) async fn closed(&self) {
         self.pending.wait_closed().await;
+    }
+
+    /// Returns once the connection has closed, or been dropped, without holding it open.
+    pub(crate) fn closed_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let pending = Arc::clone(&self.pending);
+        async move { pending.wait_closed().await }
     }
 
     /// Sends a call, with its upload if any, and waits for the server's response.
@@ -501,14 +536,34 @@ async fn read_responses<R: AsyncRead + Unpin>(
     closer: Closer,
     writer: tokio::task::AbortHandle,
     _open: OpenConnection,
+    mut tunnel: Option<Tunnel>,
 ) {
     let Closer { pending, streams } = &closer;
     let reason = loop {
+        // The server's calls back wait for what this side serves them with to take them.
+        if let Some(tunnel) = &tunnel
+            && !tunnel.may_read()
+        {
+            tunnel.wait_may_read().await;
+        }
         let payload = match reader.next_frame().await {
             Ok(Some(payload)) => payload,
             Ok(None) => break RpcError::ConnectionClosed,
             Err(error) => break error,
         };
+        if payload.first() == Some(&reverse::KIND) {
+            match &mut tunnel {
+                Some(tunnel) => tunnel.deliver(&payload),
+                None => {
+                    break RpcError::Protocol(
+                        "the server sent a frame of a reverse connection to a client that \
+                         serves nothing back"
+                            .into(),
+                    );
+                }
+            }
+            continue;
+        }
         match Head::decode(&payload) {
             Ok((Head::Response { id, outcome }, body)) => {
                 let reply = match outcome {

@@ -311,9 +311,10 @@ impl Endpoint {
                 live.retry_at = None;
                 live.last_error = None;
                 // Watchers hear of the connection's end too.
-                let (lost, changes) = (Arc::clone(connection), Arc::clone(&self.changes));
+                // Without holding the connection: a client dropped by its last user closes it.
+                let (lost, changes) = (connection.closed_signal(), Arc::clone(&self.changes));
                 tokio::spawn(async move {
-                    lost.closed().await;
+                    lost.await;
                     changed(&changes);
                 });
             }

@@ -106,6 +106,8 @@ pub(crate) struct ClientConfig {
     pub(crate) interceptor: Option<ClientInterceptor>,
     pub(crate) wait_for_ready: bool,
     pub(crate) health_checks: Option<Duration>,
+    /// What the client serves back to the server over each connection, or why it cannot.
+    pub(crate) serve_back: Option<Result<crate::reverse::ServeBack, RpcError>>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::ClientTls>,
 }
@@ -126,6 +128,7 @@ impl Default for ClientConfig {
             interceptor: None,
             wait_for_ready: false,
             health_checks: None,
+            serve_back: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -279,6 +282,59 @@ impl<C: ServiceClient> ClientBuilder<C> {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
         self.config.tls = Some(tls);
+        self
+    }
+
+    /// Serves `service` back to the server over each connection this client opens: the
+    /// server's handlers get a client of it from
+    /// [`Context::caller`](crate::Context::caller) and call it on the connection the client
+    /// opened, so a client behind NAT or a firewall, which the server could not dial, can
+    /// still be called. `service` is what a server serves: a generated `FooServer`, or
+    /// [`Services`](crate::Services). Its calls have the deadlines, cancellation, streams,
+    /// limits and [`Context`](crate::Context) of any server's, with
+    /// [`Server::builder`](crate::Server::builder)'s defaults; see
+    /// [`serve_with`](Self::serve_with) to change them. A set of services that cannot be
+    /// served (two of one name) fails the connection with [`RpcError::Services`].
+    ///
+    /// The client must be kept: dropping its last handle closes the connection, and the server
+    /// can no longer call it. A connection that is lost is made again when the next call
+    /// needs it; a client that makes no calls of its own can wait for the loss with
+    /// [`Channel::closed`](crate::Channel::closed) and then call again (see the `workers`
+    /// example).
+    ///
+    /// ```no_run
+    /// # #[rpc_core::service] pub trait Worker { async fn run(&self, task: u64) -> u64; }
+    /// # #[rpc_core::service] pub trait Coordinator { async fn join(&self, name: String); }
+    /// # struct MyWorker;
+    /// # impl Worker for MyWorker { async fn run(&self, task: u64) -> u64 { task } }
+    /// # async fn run() -> Result<(), rpc_core::RpcError> {
+    /// use rpc_core::ServiceClient;
+    ///
+    /// let coordinator = CoordinatorClient::builder()
+    ///     .serve(WorkerServer::new(MyWorker))
+    ///     .connect("coordinator.internal:7000")
+    ///     .await?;
+    /// // The coordinator's `join` handler keeps `Context::current().caller::<WorkerClient>()`.
+    /// coordinator.join("worker-1".into()).await?;
+    /// coordinator.channel().closed().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve<S: crate::ServiceSet>(self, service: S) -> Self {
+        self.serve_with(crate::Server::builder(), service)
+    }
+
+    /// Serves `service` back to the server as [`serve`](Self::serve) does, with the settings
+    /// of `server`: its in-flight limit per connection, stream window, interceptor, layers,
+    /// panic messages, reflection, metadata and queue limits apply to the server's calls.
+    /// Settings of a listener (TLS, connection limit, shutdown) do not apply, nor do
+    /// keep-alive and idleness, which the connection the client opened already covers; frames
+    /// are limited to one byte under this client's [`max_frame_len`](Self::max_frame_len).
+    pub fn serve_with<S: crate::ServiceSet>(
+        mut self,
+        server: crate::ServerBuilder,
+        service: S,
+    ) -> Self {
+        self.config.serve_back = Some(crate::reverse::ServeBack::new(server, service));
         self
     }
 

@@ -45,6 +45,10 @@ pub(crate) struct Hello<'a> {
     max_concurrent_calls: u32,
     /// The credit, in bytes, that every stream this side receives starts with; at least 1.
     stream_window: u32,
+    /// Whether this side, a client, serves a service back over the connection: appended after
+    /// the services table, not a field of the hello's head.
+    #[serde(skip)]
+    serves_back: bool,
 }
 
 /// What one side learned about the other from its hello.
@@ -69,6 +73,9 @@ pub(crate) struct PeerInfo {
     pub(crate) max_concurrent_calls: Option<usize>,
     /// The credit every stream the peer receives starts with.
     pub(crate) stream_window: u32,
+    /// Whether the peer, a client, serves a service back over the connection
+    /// (`crate::reverse`).
+    pub(crate) serves_back: bool,
 }
 
 impl PeerInfo {
@@ -217,7 +224,14 @@ impl<'a> Hello<'a> {
             max_concurrent_calls: max_concurrent_calls
                 .map_or(0, |calls| u32::try_from(calls).unwrap_or(u32::MAX)),
             stream_window: stream_window.max(1),
+            serves_back: false,
         }
+    }
+
+    /// Announces that this side, a client, serves a service back over the connection.
+    pub(crate) fn serving_back(mut self, serves_back: bool) -> Self {
+        self.serves_back = serves_back;
+        self
     }
 
     /// Writes this hello as one frame.
@@ -236,13 +250,18 @@ impl<'a> Hello<'a> {
         writer: &mut FrameWriter<W>,
     ) -> Result<(), RpcError> {
         let unencodable = |e| RpcError::Protocol(format!("the hello could not be encoded: {e}"));
+        let serves_back = self.serves_back;
         let mut frame = Head::Hello(self).begin_frame().map_err(unencodable)?;
-        if services.len() > 1 {
+        if services.len() > 1 || serves_back {
             let table: Vec<_> = services
                 .iter()
+                .filter(|_| services.len() > 1)
                 .map(|service| (service.name, MethodTable::Local(service)))
                 .collect();
             frame.append(&table).map_err(unencodable)?;
+        }
+        if serves_back {
+            frame.append(&true).map_err(unencodable)?;
         }
         finish_frame(&mut frame, MAX_HELLO_LEN)?;
         writer.send(&frame).await?;
@@ -294,15 +313,20 @@ impl<'a> Hello<'a> {
         let Ok((Head::Hello(hello), appended)) = Head::decode(&payload) else {
             return Err(not_a_peer());
         };
-        // A server of several services appends their table; bytes after it are ignored, for
-        // later versions to append more.
-        let services = if appended.is_empty() {
-            Vec::new()
+        // A server of several services appends their table, and a client that serves back
+        // says so after it; bytes after that are ignored, for later versions to append more.
+        let (services, serves_back) = if appended.is_empty() {
+            (Vec::new(), false)
         } else {
-            match postcard::take_from_bytes::<ServiceTables>(appended) {
-                Ok((ServiceTables(tables), _)) => tables,
-                Err(_) => return Err(not_a_peer()),
-            }
+            let Ok((ServiceTables(tables), rest)) = postcard::take_from_bytes(appended) else {
+                return Err(not_a_peer());
+            };
+            let serves_back = match rest.first() {
+                None | Some(0) => false,
+                Some(1) => true,
+                Some(_) => return Err(not_a_peer()),
+            };
+            (tables, serves_back)
         };
         if hello.stream_window == 0 {
             return Err(RpcError::Handshake(
@@ -325,6 +349,7 @@ impl<'a> Hello<'a> {
             max_concurrent_calls: (hello.max_concurrent_calls > 0)
                 .then_some(hello.max_concurrent_calls as usize),
             stream_window: hello.stream_window,
+            serves_back,
         })
     }
 }
@@ -594,6 +619,7 @@ mod tests {
     #[test]
     fn the_silence_limit_respects_the_peers_ping_interval() {
         let peer = PeerInfo {
+            serves_back: false,
             max_frame_len: 0,
             service: String::new(),
             methods: HashMap::new(),

@@ -33,6 +33,7 @@ use crate::protocol::{
     Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
     PeerInfo, code, error_response, finish_frame, go_away, write_frames,
 };
+use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
@@ -133,6 +134,16 @@ where
 
     let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
     let peer_addr = peer.addr;
+    // A client that serves back gets a reverse connection inside this one, and the server a
+    // client of it, which every call's context hands out.
+    let mut peer = peer;
+    let tunnel = client.serves_back.then(|| {
+        let (tunnel, pipe) = Tunnel::open(outbox.clone(), client.max_frame_len);
+        let max_frame_len = reverse::max_frame_len(config.max_frame_len);
+        let caller = Caller::connect(pipe, max_frame_len, config.stream_window);
+        peer.caller = Some(Arc::new(caller));
+        tunnel
+    });
     let mut connection = Connection {
         service: &service,
         index,
@@ -154,13 +165,19 @@ where
         slots,
         parked: VecDeque::new(),
         peer,
+        tunnel,
         registration: registration.as_ref(),
         draining: false,
     };
     let mut last_request = Instant::now();
     // The futures that wait for the server, kept across turns of the loop: made anew for every
     // frame, each would register and unregister itself every time.
-    let mut idle = config.idle_timeout.map(IdleTimer::new);
+    // The server may call a client that serves back at any time: such a connection is never
+    // idle (it still gives way at the connection limit).
+    let mut idle = config
+        .idle_timeout
+        .filter(|_| !client.serves_back)
+        .map(IdleTimer::new);
     let stopping = shutdown_requested(shutdown.take());
     tokio::pin!(stopping);
     let asked = asked_to_give_way(registration.as_ref());
@@ -170,7 +187,9 @@ where
             break Ok(());
         }
         let room_to_park = connection.parked.len() < MAX_PARKED;
-        let reading = room_to_park && meter.may_read();
+        let answers_drained = meter.may_read();
+        let reverse_taken = reverse::may_read(connection.tunnel.as_ref());
+        let reading = room_to_park && answers_drained && reverse_taken;
         tokio::select! {
             written = &mut writer => {
                 break Err(match written {
@@ -213,7 +232,9 @@ where
                 };
                 connection.start_parked(slot);
             }
-            () = meter.wait_may_read(), if room_to_park && !reading => {}
+            () = meter.wait_may_read(), if room_to_park && !answers_drained => {}
+            () = wait_reverse_taken(connection.tunnel.as_ref()),
+                if room_to_park && answers_drained && !reverse_taken => {}
             frame = reader.next_frame(), if reading => match frame {
                 Ok(Some(payload)) => match connection.handle(&payload, &mut reader) {
                     Ok(Handled::Request) => {
@@ -344,6 +365,8 @@ struct Connection<'a, S: ServiceSet> {
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
     peer: Peer,
+    /// The reverse connection, if the client serves back.
+    tunnel: Option<Tunnel>,
     registration: Option<&'a Registration>,
     /// The server takes no new calls on this connection.
     draining: bool,
@@ -374,6 +397,17 @@ impl<S: ServiceSet> Connection<'_, S> {
         reader: &mut FrameReader<R>,
     ) -> Result<Handled, RpcError> {
         let arrived = reader.arrived();
+        if payload.first() == Some(&reverse::KIND) {
+            let Some(tunnel) = &mut self.tunnel else {
+                return Err(RpcError::Protocol(
+                    "the client sent a frame of a reverse connection, but its hello announced \
+                     no service to serve back"
+                        .into(),
+                ));
+            };
+            tunnel.deliver(payload);
+            return Ok(Handled::Other);
+        }
         let (head, rest) = Head::decode(payload).map_err(|error| {
             RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
         })?;
@@ -614,6 +648,15 @@ impl<S: ServiceSet> Connection<'_, S> {
         self.link
             .outbox
             .send(error_response(id, code, message), None);
+    }
+}
+
+/// Returns once the reverse connection has taken enough of what was handed to it; never
+/// without one.
+async fn wait_reverse_taken(tunnel: Option<&Tunnel>) {
+    match tunnel {
+        Some(tunnel) => tunnel.wait_may_read().await,
+        None => std::future::pending().await,
     }
 }
 

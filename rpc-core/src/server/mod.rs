@@ -50,7 +50,7 @@ use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::transport;
 use crate::{Context, RpcError, Status};
-use services::Served;
+pub(crate) use services::Served;
 pub use services::{ServiceSet, Services};
 
 /// A bound listener, ready to serve a service.
@@ -355,6 +355,12 @@ impl ServerBuilder {
         let span = connection::span(service.first_name(), None);
         let serving = connection::serve(io, service, &self.config, Peer::default(), None, deadline);
         serving.instrument(span).await
+    }
+
+    /// The settings, for a client that serves a service back to its server
+    /// ([`ClientBuilder::serve_with`](crate::ClientBuilder::serve_with)).
+    pub(crate) fn into_config(self) -> ServerConfig {
+        self.config
     }
 
     fn server(self, listener: Listener) -> Server {
@@ -674,6 +680,22 @@ fn classify_accept_error(error: &io::Error) -> AcceptError {
         // EMFILE and ENFILE (24 and 23 on Linux and macOS) have no ErrorKind of their own.
         _ if matches!(error.raw_os_error(), Some(23 | 24)) => AcceptError::OutOfResources,
         _ => AcceptError::Fatal,
+    }
+}
+
+/// Serves the reverse connection on `pipe`: the calls a client's server makes to it over the
+/// connection the client opened (`crate::reverse`).
+pub(crate) async fn serve_reverse<S: ServiceSet>(
+    service: Arc<Served<S>>,
+    config: ServerConfig,
+    pipe: tokio::io::DuplexStream,
+) {
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let span = connection::span(service.first_name(), None);
+    let io = transport::Shared(pipe);
+    let serving = connection::serve(io, service, &config, Peer::default(), None, deadline);
+    if let Err(error) = serving.instrument(span).await {
+        tracing::debug!(%error, "the connection serving the server's calls closed");
     }
 }
 

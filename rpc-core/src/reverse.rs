@@ -1,0 +1,296 @@
+//! Calls from a server to its client, over the connection the client opened.
+//!
+//! A client that serves a service back ([`ClientBuilder::serve`](crate::ClientBuilder::serve))
+//! says so in its hello. The server then opens a **reverse connection** inside the outer one: a
+//! whole connection of the protocol, hellos included, in which the server is the client and the
+//! client the server. Each of its frames travels as the payload of an outer frame of kind 9,
+//! after that byte, and a kind-9 frame of that byte alone ends one direction of it
+//! (docs/wire.md section 12).
+//!
+//! Each side runs the reverse connection with the very code it runs in the other role, over an
+//! in-memory pipe that a [`Tunnel`] joins to the outer connection: deadlines, cancellation,
+//! streams, limits and backpressure hold as they do for calls the other way.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::Channel;
+use crate::dynamic::DynamicClient;
+use crate::protocol::{FrameReader, LENGTH_PREFIX, Meter, Outbox};
+use crate::server::{Served, ServerBuilder, ServerConfig, ServiceSet, serve_reverse};
+use crate::task::AbortOnDrop;
+use crate::{RpcError, ServiceClient};
+
+/// The kind byte of an outer frame that carries a frame of the reverse connection.
+pub(crate) const KIND: u8 = 9;
+
+/// How many bytes of the reverse connection an outer connection's reader holds, read but not
+/// yet taken by the reverse connection's own reader, before it pauses reading: the peer's
+/// reverse calls cannot make it buffer without bound while its own side of them is busy.
+const MAX_UNREAD: usize = 1024 * 1024;
+
+/// The room the in-memory pipe of a reverse connection has in each direction.
+const PIPE_ROOM: usize = 64 * 1024;
+
+/// What one frame waiting for the reverse connection's reader costs, beyond its bytes.
+const FRAME_OVERHEAD: usize = 128;
+
+/// The largest payload one side of a reverse connection may announce: its frames, with the kind
+/// byte before them, must fit in the outer connection's frames of `outer` bytes.
+pub(crate) fn max_frame_len(outer: usize) -> usize {
+    outer.saturating_sub(1).max(1)
+}
+
+/// The outer connection's end of a reverse connection: its reader hands over kind-9 frames
+/// here, and two pumps carry frames between the outer connection and the in-memory pipe the
+/// reverse connection runs on.
+pub(crate) struct Tunnel {
+    /// `None` once the peer has ended its direction of the reverse connection.
+    incoming: Option<mpsc::UnboundedSender<Bytes>>,
+    /// The bytes handed over and not yet written into the pipe.
+    unread: Arc<Meter>,
+    _pumps: [AbortOnDrop; 2],
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("unread", &self.unread.queued())
+            .field("open", &self.incoming.is_some())
+            .finish()
+    }
+}
+
+impl Tunnel {
+    /// Opens a reverse connection inside the outer connection whose frames go out through
+    /// `outbox`, to a peer that takes payloads of up to `peer_max_frame_len` bytes. Returns
+    /// the tunnel and the end of the pipe the reverse connection's code runs on.
+    pub(crate) fn open(outbox: Outbox, peer_max_frame_len: usize) -> (Tunnel, DuplexStream) {
+        let (inner, outer) = tokio::io::duplex(PIPE_ROOM);
+        let (read, write) = tokio::io::split(outer);
+        let (incoming, taken) = mpsc::unbounded_channel();
+        let unread = Arc::new(Meter::new(MAX_UNREAD, None));
+        let sending = tokio::spawn(send_out(read, outbox, max_frame_len(peer_max_frame_len)));
+        let taking = tokio::spawn(take_in(taken, write, Arc::clone(&unread)));
+        let tunnel = Tunnel {
+            incoming: Some(incoming),
+            unread,
+            _pumps: [AbortOnDrop::new(&sending), AbortOnDrop::new(&taking)],
+        };
+        (tunnel, inner)
+    }
+
+    /// Hands over an outer frame of kind 9, kind byte included. The frame of that byte alone
+    /// ends the peer's direction; anything after it is discarded, as is whatever arrives once
+    /// the reverse connection has closed.
+    pub(crate) fn deliver(&mut self, payload: &[u8]) {
+        let inner = payload.get(1..).unwrap_or_default();
+        if inner.is_empty() {
+            self.incoming = None;
+            return;
+        }
+        let Some(incoming) = &self.incoming else {
+            return;
+        };
+        let cost = inner.len() + FRAME_OVERHEAD;
+        self.unread.hold(cost);
+        // A copy: a slice would keep the whole buffer the outer reader read it into.
+        if incoming.send(Bytes::copy_from_slice(inner)).is_err() {
+            self.unread.release(cost);
+        }
+    }
+
+    /// Whether the outer reader may read another frame: the reverse connection has taken all
+    /// but a little of what was handed over.
+    pub(crate) fn may_read(&self) -> bool {
+        self.unread.may_read()
+    }
+
+    /// Returns once [`Tunnel::may_read`] holds.
+    pub(crate) async fn wait_may_read(&self) {
+        self.unread.wait_may_read().await;
+    }
+}
+
+/// Whether the outer reader may read on, with or without a reverse connection.
+pub(crate) fn may_read(tunnel: Option<&Tunnel>) -> bool {
+    tunnel.is_none_or(Tunnel::may_read)
+}
+
+/// Carries the reverse connection's frames out, each in an outer frame of kind 9 behind the
+/// outer connection's other frames; when the reverse connection ends its direction, so does
+/// the last frame this sends, the kind byte alone. Waits while the outer connection has more
+/// queued than its limit, so that the reverse connection's own limits hold it back.
+async fn send_out(read: ReadHalf<DuplexStream>, outbox: Outbox, max_frame_len: usize) {
+    let mut reader = FrameReader::new(read, max_frame_len);
+    loop {
+        outbox.meter().wait_may_read().await;
+        let Ok(Some(inner)) = reader.next_frame().await else {
+            break;
+        };
+        let mut frame = Vec::with_capacity(LENGTH_PREFIX + 1 + inner.len());
+        // Fits: the reverse connection's frames are one byte under the peer's limit.
+        frame.extend_from_slice(&(inner.len() as u32 + 1).to_be_bytes());
+        frame.push(KIND);
+        frame.extend_from_slice(&inner);
+        if !outbox.send(frame, None) {
+            return;
+        }
+    }
+    let mut end = 1u32.to_be_bytes().to_vec();
+    end.push(KIND);
+    outbox.send(end, None);
+}
+
+/// Writes the frames handed over into the pipe, for the reverse connection's reader; ends the
+/// pipe's direction when the peer ends its own. Once the reverse connection has gone, what
+/// remains is dropped.
+async fn take_in(
+    mut taken: mpsc::UnboundedReceiver<Bytes>,
+    mut write: WriteHalf<DuplexStream>,
+    unread: Arc<Meter>,
+) {
+    while let Some(inner) = taken.recv().await {
+        let cost = inner.len() + FRAME_OVERHEAD;
+        let length = (inner.len() as u32).to_be_bytes();
+        let written = match write.write_all(&length).await {
+            Ok(()) => write.write_all(&inner).await,
+            Err(error) => Err(error),
+        };
+        unread.release(cost);
+        if written.is_err() {
+            taken.close();
+            while let Some(inner) = taken.recv().await {
+                unread.release(inner.len() + FRAME_OVERHEAD);
+            }
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// A service a client serves back to the server over each connection it opens, with the
+/// settings it serves it with; its type erased, so that client builders stay of one type.
+#[derive(Clone)]
+pub(crate) struct ServeBack(Arc<dyn ServeBackSet>);
+
+impl fmt::Debug for ServeBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServeBack")
+    }
+}
+
+impl ServeBack {
+    /// Checks `service` as a server checks what it serves, and keeps it, with the settings of
+    /// `builder`, for the client's connections.
+    pub(crate) fn new<S: ServiceSet>(builder: ServerBuilder, service: S) -> Result<Self, RpcError> {
+        let served = Arc::new(Served::new(service)?);
+        let mut config = builder.into_config();
+        // The outer connection pings and watches for silence; and the server may call at any
+        // time, so the reverse connection is never idle.
+        config.keepalive = None;
+        config.idle_timeout = None;
+        Ok(ServeBack(Arc::new(Prepared { served, config })))
+    }
+
+    /// How many bytes the client may queue for the server before the reverse connection waits:
+    /// the server builder's limit for one connection.
+    pub(crate) fn queue_limit(&self) -> usize {
+        self.0.queue_limit()
+    }
+
+    /// Serves the reverse connection on `pipe` until it ends, taking frames of at most
+    /// `max_frame_len` bytes.
+    pub(crate) fn serve(
+        &self,
+        pipe: DuplexStream,
+        max_frame_len: usize,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.0.serve(pipe, max_frame_len)
+    }
+}
+
+trait ServeBackSet: Send + Sync {
+    fn queue_limit(&self) -> usize;
+
+    fn serve(
+        &self,
+        pipe: DuplexStream,
+        max_frame_len: usize,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+struct Prepared<S> {
+    served: Arc<Served<S>>,
+    config: ServerConfig,
+}
+
+impl<S: ServiceSet> ServeBackSet for Prepared<S> {
+    fn queue_limit(&self) -> usize {
+        self.config.max_queued_per_connection
+    }
+
+    fn serve(
+        &self,
+        pipe: DuplexStream,
+        max_frame_len: usize,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut config = self.config.clone();
+        config.max_frame_len = config.max_frame_len.min(max_frame_len);
+        Box::pin(serve_reverse(Arc::clone(&self.served), config, pipe))
+    }
+}
+
+/// The server's side of a reverse connection: a client of what the connection's client serves
+/// back, once the reverse connection's hellos are exchanged.
+pub(crate) struct Caller {
+    connected: watch::Receiver<Option<Result<Channel, RpcError>>>,
+    _connecting: AbortOnDrop,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller").finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// Connects a client over the reverse connection on `pipe`, accepting frames of at most
+    /// `max_frame_len` bytes and giving each stream `stream_window` bytes of credit.
+    pub(crate) fn connect(pipe: DuplexStream, max_frame_len: usize, stream_window: u32) -> Self {
+        let (publish, connected) = watch::channel(None);
+        let connecting = tokio::spawn(async move {
+            let client = DynamicClient::builder()
+                .disable_keepalive()
+                .max_frame_len(max_frame_len)
+                .stream_window(stream_window)
+                .connect_stream(pipe)
+                .await;
+            let _ = publish.send(Some(client.map(|client| client.channel().clone())));
+        });
+        Caller {
+            connected,
+            _connecting: AbortOnDrop::new(&connecting),
+        }
+    }
+
+    /// A client of the service `C` the connection's client serves back. Each call is checked
+    /// against what it serves before it is sent.
+    pub(crate) async fn client<C: ServiceClient>(&self) -> Result<C, RpcError> {
+        let mut connected = self.connected.clone();
+        let channel = match connected.wait_for(Option::is_some).await {
+            Ok(connected) => match &*connected {
+                Some(channel) => channel.clone(),
+                None => Err(RpcError::ConnectionClosed),
+            },
+            Err(_) => Err(RpcError::ConnectionClosed),
+        }?;
+        Ok(channel.client::<C>())
+    }
+}

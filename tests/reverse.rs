@@ -1,0 +1,583 @@
+//! Calls from a server to its client over the connection the client opened
+//! (`ClientBuilder::serve`, `Context::caller`), over real sockets: plain calls, calls back
+//! during a call and calls forward during those, deadlines, cancellation, streams both ways,
+//! the client's limit on calls, clear errors, a client that goes, and the bytes on the wire.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Streaming};
+use rpc_tests::{RawClient, VERSION, frame, read_varint, request, string, varint, within};
+use tokio::sync::mpsc;
+
+/// The server's service.
+#[rpc_core::service]
+pub trait Hub {
+    /// Keeps a client of what the caller serves back, for the test to call.
+    async fn join(&self) -> Result<(), String>;
+    /// Asks the caller's worker to double `x`, while this call runs.
+    async fn ask(&self, x: i64) -> Result<i64, String>;
+    /// `x + 1`.
+    async fn incr(&self, x: i64) -> i64;
+}
+
+/// What a client serves back.
+#[rpc_core::service]
+pub trait Worker {
+    /// `2 * x`.
+    async fn double(&self, x: i64) -> i64;
+    /// Reports "started {tag}", then waits for ever; reports "dropped {tag}" when dropped.
+    async fn hold(&self, tag: String);
+    /// `0..to`, streamed.
+    async fn count(&self, to: u64) -> Streaming<u64>;
+    /// The sum of a stream of numbers.
+    async fn sum(&self, numbers: Streaming<u64>) -> u64;
+    /// `hub.incr(x)`, called over the worker's own connection while the hub waits for this.
+    async fn via_hub(&self, x: i64) -> i64;
+}
+
+/// A service of another name, served back by a client the hub takes for a worker.
+#[rpc_core::service]
+pub trait Other {
+    /// Nothing.
+    async fn nothing(&self);
+}
+
+struct MyHub {
+    joined: mpsc::UnboundedSender<WorkerClient>,
+}
+
+impl Hub for MyHub {
+    async fn join(&self) -> Result<(), String> {
+        let worker = Context::current()
+            .caller::<WorkerClient>()
+            .await
+            .map_err(|error| error.to_string())?;
+        let _ = self.joined.send(worker);
+        Ok(())
+    }
+
+    async fn ask(&self, x: i64) -> Result<i64, String> {
+        let worker = Context::current()
+            .caller::<WorkerClient>()
+            .await
+            .map_err(|error| error.to_string())?;
+        worker.double(x).await.map_err(|error| error.to_string())
+    }
+
+    async fn incr(&self, x: i64) -> i64 {
+        x + 1
+    }
+}
+
+struct MyWorker {
+    events: mpsc::UnboundedSender<String>,
+    hub: Arc<OnceLock<HubClient>>,
+}
+
+/// Reports "dropped {tag}" when the handler holding it is dropped.
+struct Dropped(mpsc::UnboundedSender<String>, String);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.send(format!("dropped {}", self.1));
+    }
+}
+
+impl Worker for MyWorker {
+    async fn double(&self, x: i64) -> i64 {
+        2 * x
+    }
+
+    async fn hold(&self, tag: String) {
+        let _guard = Dropped(self.events.clone(), tag.clone());
+        let _ = self.events.send(format!("started {tag}"));
+        std::future::pending::<()>().await;
+    }
+
+    async fn count(&self, to: u64) -> Streaming<u64> {
+        Streaming::iter(0..to)
+    }
+
+    async fn sum(&self, mut numbers: Streaming<u64>) -> u64 {
+        let mut total = 0;
+        while let Some(Ok(number)) = numbers.next().await {
+            total += number;
+        }
+        total
+    }
+
+    async fn via_hub(&self, x: i64) -> i64 {
+        let hub = self.hub.get().expect("the worker knows its hub");
+        hub.incr(x).await.unwrap_or(i64::MIN)
+    }
+}
+
+/// A hub server, a client of it that serves a worker back with `worker_settings`, and the
+/// hub's client of that worker.
+struct Setup {
+    hub: HubClient,
+    worker: WorkerClient,
+    events: mpsc::UnboundedReceiver<String>,
+    joined: mpsc::UnboundedReceiver<WorkerClient>,
+    addr: std::net::SocketAddr,
+}
+
+async fn start_hub(
+    builder: ServerBuilder,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<WorkerClient>) {
+    let (joined_tx, joined) = mpsc::unbounded_channel();
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("has an address");
+    tokio::spawn(server.serve(HubServer::new(MyHub { joined: joined_tx })));
+    (addr, joined)
+}
+
+async fn setup_with(hub_settings: ServerBuilder, worker_settings: ServerBuilder) -> Setup {
+    setup_linked(hub_settings, worker_settings, true).await
+}
+
+/// With `link` false, the worker keeps no client of the hub: one that does keeps the
+/// connection it is served on open for as long as it lives.
+async fn setup_linked(
+    hub_settings: ServerBuilder,
+    worker_settings: ServerBuilder,
+    link: bool,
+) -> Setup {
+    let (addr, mut joined) = start_hub(hub_settings).await;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let hub_cell = Arc::new(OnceLock::new());
+    let worker = MyWorker {
+        events: events_tx,
+        hub: Arc::clone(&hub_cell),
+    };
+    let hub = HubClient::builder()
+        .serve_with(worker_settings, WorkerServer::new(worker))
+        .connect(addr)
+        .await
+        .expect("connects");
+    if link {
+        hub_cell.set(hub.clone()).expect("set once");
+    }
+    within("join", hub.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    let worker = within("the worker client", joined.recv())
+        .await
+        .expect("a worker");
+    Setup {
+        hub,
+        worker,
+        events,
+        joined,
+        addr,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with(Server::builder(), Server::builder()).await
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<String>) -> String {
+    within("a worker event", events.recv())
+        .await
+        .expect("the worker is alive")
+}
+
+#[tokio::test]
+async fn a_server_calls_its_client_on_the_connection_the_client_opened() {
+    let setup = setup().await;
+    assert_eq!(
+        within("double", setup.worker.double(21))
+            .await
+            .expect("answered"),
+        42
+    );
+    // Back during a call: the hub's handler calls the worker that called it.
+    assert_eq!(
+        within("ask", setup.hub.ask(5)).await.expect("answered"),
+        Ok(10)
+    );
+    // And forward during that: the worker's handler calls the hub while the hub waits.
+    assert_eq!(
+        within("via_hub", setup.worker.via_hub(1))
+            .await
+            .expect("answered"),
+        2
+    );
+    // Many at once, in both directions.
+    let calls = (0..200).map(|i| {
+        let (hub, worker) = (setup.hub.clone(), setup.worker.clone());
+        async move {
+            let (a, b) = tokio::join!(worker.double(i), hub.ask(i));
+            (a.expect("double"), b.expect("ask").expect("worker"))
+        }
+    });
+    let answers = within("200 calls each way", futures_util::future::join_all(calls)).await;
+    for (i, (a, b)) in answers.into_iter().enumerate() {
+        assert_eq!((a, b), (2 * i as i64, 2 * i as i64));
+    }
+}
+
+#[tokio::test]
+async fn deadlines_and_cancellation_reach_the_clients_handlers() {
+    let mut setup = setup().await;
+    let hurried = setup.worker.with_deadline(Duration::from_millis(200));
+    let late = within("a call past its deadline", hurried.hold("late".into())).await;
+    assert!(
+        matches!(late, Err(RpcError::DeadlineExceeded { ref method, .. }) if method == "hold"),
+        "{late:?}"
+    );
+    assert_eq!(next_event(&mut setup.events).await, "started late");
+    assert_eq!(next_event(&mut setup.events).await, "dropped late");
+
+    let worker = setup.worker.clone();
+    let call = tokio::spawn(async move { worker.hold("cancelled".into()).await });
+    assert_eq!(next_event(&mut setup.events).await, "started cancelled");
+    call.abort();
+    assert_eq!(next_event(&mut setup.events).await, "dropped cancelled");
+    // The connection serves on.
+    assert_eq!(
+        within("double", setup.worker.double(2))
+            .await
+            .expect("answered"),
+        4
+    );
+}
+
+#[tokio::test]
+async fn streams_flow_both_ways_with_credit() {
+    // Small windows on both sides: the streams run on credit granted back many times over.
+    let setup = setup_with(
+        Server::builder().stream_window(4096),
+        Server::builder().stream_window(4096),
+    )
+    .await;
+    let counted = within("a streamed result", async {
+        let stream = setup.worker.count(20_000).await.expect("the stream starts");
+        stream
+            .map(|item| item.expect("an item"))
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await;
+    assert_eq!(counted, (0..20_000).collect::<Vec<_>>());
+    let numbers = Streaming::iter(1..=20_000u64);
+    let sum = within("a streamed argument", setup.worker.sum(numbers)).await;
+    assert_eq!(sum.expect("answered"), 20_000 * 20_001 / 2);
+}
+
+#[tokio::test]
+async fn the_clients_limit_on_calls_holds_for_the_servers_calls() {
+    let mut setup = setup_with(
+        Server::builder(),
+        Server::builder().max_in_flight_per_connection(2),
+    )
+    .await;
+    let mut held = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let worker = setup.worker.clone();
+        held.push(tokio::spawn(async move { worker.hold(tag.into()).await }));
+    }
+    let mut started = [
+        next_event(&mut setup.events).await,
+        next_event(&mut setup.events).await,
+    ];
+    started.sort();
+    // Two run; every further call waits for a slot on the hub's side, none reaches the worker.
+    let hurried = setup.worker.with_deadline(Duration::from_millis(300));
+    let waiting = within("a call over the limit", hurried.double(1)).await;
+    assert!(
+        matches!(waiting, Err(RpcError::DeadlineExceeded { .. })),
+        "{waiting:?}"
+    );
+    assert!(setup.events.try_recv().is_err(), "a third call started");
+    // One ends: the one waiting starts.
+    let first = started[0]
+        .strip_prefix("started ")
+        .expect("an event")
+        .to_owned();
+    let index = ["a", "b", "c"]
+        .iter()
+        .position(|tag| *tag == first)
+        .expect("a tag");
+    held[index].abort();
+    assert_eq!(
+        next_event(&mut setup.events).await,
+        format!("dropped {first}")
+    );
+    let third = next_event(&mut setup.events).await;
+    assert!(third.starts_with("started "), "{third}");
+    assert!(!started.contains(&third), "{third} started twice");
+}
+
+#[tokio::test]
+async fn a_caller_that_serves_nothing_is_told_so() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let hub = HubClient::connect(addr).await.expect("connects");
+    let asked = within("ask", hub.ask(1)).await.expect("answered");
+    let error = asked.expect_err("the caller serves nothing");
+    assert!(error.contains("serves nothing back"), "{error}");
+    // Outside a call, or over no connection, the same.
+    let local = HubClient::local(MyHub {
+        joined: mpsc::unbounded_channel().0,
+    });
+    let error = within("ask", local.ask(1)).await.expect("answered");
+    assert!(error.expect_err("local").contains("serves nothing back"));
+}
+
+#[tokio::test]
+async fn a_caller_that_serves_another_service_fails_each_call_naming_it() {
+    struct MyOther;
+    impl Other for MyOther {
+        async fn nothing(&self) {}
+    }
+    let (addr, mut joined) = start_hub(Server::builder()).await;
+    let hub = HubClient::builder()
+        .serve(OtherServer::new(MyOther))
+        .connect(addr)
+        .await
+        .expect("connects");
+    within("join", hub.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    let worker = within("the worker client", joined.recv())
+        .await
+        .expect("a worker");
+    let error = within("double", worker.double(1))
+        .await
+        .expect_err("not a worker");
+    assert!(
+        matches!(&error, RpcError::WrongService { expected, served }
+            if expected == "Worker" && served == &["Other"]),
+        "{error:?}"
+    );
+    let asked = within("ask", hub.ask(1)).await.expect("answered");
+    assert!(asked.expect_err("not a worker").contains("`Other`"));
+}
+
+#[tokio::test]
+async fn when_the_client_goes_the_servers_calls_fail_and_its_handlers_stop() {
+    let mut setup = setup_linked(Server::builder(), Server::builder(), false).await;
+    let worker = setup.worker.clone();
+    let call = tokio::spawn(async move { worker.hold("gone".into()).await });
+    assert_eq!(next_event(&mut setup.events).await, "started gone");
+    // The last handle on the client's connection: dropping it closes the connection.
+    drop(setup.hub);
+    assert_eq!(next_event(&mut setup.events).await, "dropped gone");
+    let failed = within("the call in flight", call).await.expect("joins");
+    assert!(failed.is_err(), "{failed:?}");
+    let after = within("a call after", setup.worker.double(1)).await;
+    assert!(after.is_err(), "{after:?}");
+    assert!(setup.worker.channel().is_closed());
+    drop(setup.joined);
+    let _ = setup.addr;
+}
+
+#[tokio::test]
+async fn a_set_that_cannot_be_served_fails_the_connection_before_it_is_made() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let twice = rpc_core::Services::new()
+        .add(OtherServer::new(Noop))
+        .add(OtherServer::new(Noop));
+    let refused = HubClient::builder().serve(twice).connect(addr).await;
+    assert!(matches!(refused, Err(RpcError::Services(_))), "{refused:?}");
+}
+
+struct Noop;
+impl Other for Noop {
+    async fn nothing(&self) {}
+}
+
+/// A client's hello that announces serving back: the services table (empty) then `01`.
+fn hello_serving_back(service: &str) -> Vec<u8> {
+    let mut hello = rpc_tests::hello(service, VERSION);
+    hello.extend([0x00, 0x01]);
+    let length = (hello.len() - 4) as u32;
+    hello[..4].copy_from_slice(&length.to_be_bytes());
+    hello
+}
+
+/// Wraps a frame of the reverse connection in an outer frame of kind 9.
+fn reverse(inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x09];
+    payload.extend_from_slice(&inner[4..]);
+    frame(&payload)
+}
+
+#[tokio::test]
+async fn the_reverse_connection_byte_by_byte() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello_serving_back("Hub")).await;
+    let server_hello = within("the hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    assert_eq!(&server_hello[..5], b"\x00rpcc");
+    // The server opens the reverse connection at once: its client's hello, in a kind-9 frame.
+    // 16 MiB less the kind byte, no service named, no methods, no pings, no limit, 1 MiB window.
+    let inner_hello = within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    let mut expected = vec![0x09, 0x00];
+    expected.extend(b"rpcc");
+    expected.extend(varint(VERSION.into()));
+    expected.extend(varint(16 * 1024 * 1024 - 1));
+    expected.extend([0x00, 0x00, 0x00, 0x00]);
+    expected.extend(varint(1024 * 1024));
+    assert_eq!(inner_hello, expected);
+
+    // The raw client answers as a server of `Worker` with `double` (its real fingerprint).
+    let double = WorkerClient::INFO
+        .describe()
+        .expect("described")
+        .methods
+        .iter()
+        .find(|method| method.name == "double")
+        .expect("double")
+        .clone();
+    let mut hello = vec![0x00];
+    hello.extend(b"rpcc");
+    hello.extend(varint(VERSION.into()));
+    hello.extend(varint(1024 * 1024));
+    hello.extend(string("Worker"));
+    hello.extend(varint(1));
+    hello.extend(string("double"));
+    hello.extend(varint(double.fingerprint));
+    hello.extend([0x00, 0x00]);
+    hello.extend(varint(64 * 1024));
+    raw.send(&reverse(&frame(&hello))).await;
+
+    // `ask(21)`: the hub's handler calls `double(21)` back, in a kind-9 Request.
+    raw.send(&request(7, "ask", &[42])).await;
+    let call = within("the call back", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(
+        &call[..2],
+        &[0x09, 0x01],
+        "a Request of the reverse connection"
+    );
+    let (id, used) = read_varint(&call[2..]);
+    let rest = &call[2 + used..];
+    assert_eq!(&rest[..7], &string("double")[..]);
+    let (_timeout_ms, used) = read_varint(&rest[7..]);
+    assert_eq!(&rest[7 + used..], &[0x00, 42], "no metadata, then 21");
+    // Answered with 42: Response, the id, Ok, zigzag 42 = 84.
+    let mut answer = vec![0x02];
+    answer.extend(varint(id));
+    answer.extend([0x00, 84]);
+    raw.send(&reverse(&frame(&answer))).await;
+    // The hub answers `ask`: Response 7, Ok, Ok(42).
+    let asked = within("the answer", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(asked, [0x02, 0x07, 0x00, 0x00, 84]);
+
+    // The client ends its direction of the reverse connection: kind 9 alone. The hub's calls
+    // back now fail, and the outer connection serves on.
+    raw.send(&frame(&[0x09])).await;
+    raw.send(&request(8, "ask", &[2])).await;
+    let mut frames = Vec::new();
+    let answer = loop {
+        let frame = within("the answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        if frame[0] == 0x02 {
+            break frame;
+        }
+        frames.push(frame);
+    };
+    assert_eq!(&answer[..4], &[0x02, 0x08, 0x00, 0x01], "Ok(Err(...))");
+    let message = String::from_utf8_lossy(&answer[5..]);
+    assert!(message.contains("closed"), "{message}");
+    assert!(frames.iter().all(|frame| frame[0] == 0x09), "{frames:?}");
+}
+
+#[tokio::test]
+async fn a_reverse_frame_from_a_client_that_announced_none_is_a_protocol_error() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&rpc_tests::hello("Hub", VERSION)).await;
+    within("the hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    raw.send(&frame(&[0x09, 0x04])).await;
+    within("the refusal", raw.expect_refused("reverse connection")).await;
+}
+
+#[tokio::test]
+async fn garbage_inside_the_reverse_connection_closes_only_it() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello_serving_back("Hub")).await;
+    within("the hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    // Not a hello: the hub's side of the reverse connection gives up on it.
+    raw.send(&frame(&[0x09, 0xff, 0xff, 0xff])).await;
+    // Then a flood of frames for it, which are discarded, not held.
+    let junk = frame(&[vec![0x09], vec![0x04; 64 * 1024]].concat());
+    for _ in 0..256 {
+        raw.send(&junk).await;
+    }
+    raw.send(&request(1, "incr", &[2])).await;
+    let answer = loop {
+        let frame = within("the answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        if frame[0] == 0x02 {
+            break frame;
+        }
+        assert_eq!(frame[0], 0x09, "{frame:?}");
+    };
+    assert_eq!(answer, [0x02, 0x01, 0x00, 0x04], "incr(1) = 2");
+}
+
+#[tokio::test]
+async fn a_client_that_serves_nothing_refuses_reverse_frames_from_its_server() {
+    let (listener, addr) = rpc_tests::loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        within("the client's hello", raw.read_frame())
+            .await
+            .expect("a hello");
+        raw.send(&rpc_tests::hello("Hub", VERSION)).await;
+        raw.send(&frame(&[0x09, 0x04])).await;
+        // The client closes the connection.
+        raw.expect_closed().await;
+    });
+    let hub = HubClient::connect(addr).await.expect("connects");
+    within("the server", server)
+        .await
+        .expect("the server saw the close");
+    let _ = hub;
+}
+
+#[tokio::test]
+async fn a_connection_that_serves_back_is_never_closed_as_idle() {
+    let setup = setup_linked(
+        Server::builder().idle_timeout(Duration::from_millis(200)),
+        Server::builder(),
+        false,
+    )
+    .await;
+    // A plain client, connected after the worker's last call: idle later than the worker.
+    let plain = HubClient::connect(setup.addr).await.expect("connects");
+    within("the plain client closed as idle", plain.channel().closed()).await;
+    // The worker's connection, idle for longer, is still the one the hub calls it on.
+    assert_eq!(
+        within("double", setup.worker.double(4))
+            .await
+            .expect("answered"),
+        8
+    );
+    assert!(!setup.worker.channel().is_closed());
+}
