@@ -252,3 +252,60 @@ async fn a_huge_metadata_count_allocates_nothing_for_it() {
     let peak = peak_above(start);
     assert!(peak < 4 * MIB, "{} MiB allocated for a claim", peak / MIB);
 }
+
+/// A server that calls back a client serving back, 200,000 times with 1 KiB each (200 MiB),
+/// and reads nothing: the
+/// client's side of the calls back queues its answers within its limit, stops taking calls,
+/// stops reading the connection, drops it once its writes make no progress, and frees it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_back_from_a_server_that_never_reads_are_bounded() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (listener, addr) = loopback_listener().await;
+    let start = baseline();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        within("the client's hello", raw.read_frame())
+            .await
+            .expect("a hello");
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        // The reverse connection: this side's hello as its client, then the flood, each frame
+        // inside a kind-9 frame.
+        let reverse = |inner: Vec<u8>| {
+            let mut payload = vec![0x09];
+            payload.extend_from_slice(&inner[4..]);
+            frame(&payload)
+        };
+        raw.send(&reverse(rpc_tests::hello("Lab", rpc_tests::VERSION)))
+            .await;
+        let mut chunk = Vec::new();
+        for id in 0..1000 {
+            chunk.extend(reverse(request(id, "no_such_method", &[0; 1024])));
+        }
+        let mut sent = 0;
+        let flood = within("the flood to be cut off", async {
+            for _ in 0..200 {
+                raw.stream.write_all(&chunk).await?;
+                sent += 1;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        (flood.is_err(), sent)
+    });
+    let client = LabClient::builder()
+        .keepalive(Duration::from_millis(100), Duration::from_secs(1))
+        .serve(rpc_tests::LabServer::new(LabImpl::default()))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let (cut_off, sent) = within("the server", server).await.expect("joins");
+    assert!(
+        cut_off,
+        "the client took all 200,000 calls back of a server that reads nothing ({sent} chunks)"
+    );
+    let peak = peak_above(start);
+    assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
+    drop(client);
+    freed_to(start, 4 * MIB).await;
+}

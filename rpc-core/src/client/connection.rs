@@ -540,11 +540,15 @@ async fn read_responses<R: AsyncRead + Unpin>(
 ) {
     let Closer { pending, streams } = &closer;
     let reason = loop {
-        // The server's calls back wait for what this side serves them with to take them.
+        // The server's calls back wait for what this side serves them with to take them, unless
+        // the connection ends meanwhile (the writer gave up on a server that reads nothing).
         if let Some(tunnel) = &tunnel
             && !tunnel.may_read()
         {
-            tunnel.wait_may_read().await;
+            tokio::select! {
+                () = tunnel.wait_may_read() => {}
+                () = pending.wait_closed() => break pending.close_reason(),
+            }
         }
         let payload = match reader.next_frame().await {
             Ok(Some(payload)) => payload,
