@@ -417,18 +417,16 @@ async fn the_reverse_connection_byte_by_byte() {
         .await
         .expect("a hello");
     assert_eq!(&server_hello[..5], b"\x00rpcc");
-    // The server opens the reverse connection at once: its client's hello, in a kind-9 frame.
-    // 16 MiB less the kind byte, no service named, no methods, no pings, no limit, 1 MiB window.
+    // The server opens the reverse connection at once: its client's hello, in a kind-9 frame,
+    // byte for byte as docs/wire.md section 12 shows it.
     let inner_hello = within("the reverse hello", raw.read_frame())
         .await
         .expect("a frame");
-    let mut expected = vec![0x09, 0x00];
-    expected.extend(b"rpcc");
-    expected.extend(varint(VERSION.into()));
-    expected.extend(varint(16 * 1024 * 1024 - 1));
-    expected.extend([0x00, 0x00, 0x00, 0x00]);
-    expected.extend(varint(1024 * 1024));
-    assert_eq!(inner_hello, expected);
+    let wire_md = [
+        0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00, 0x00,
+        0x80, 0x80, 0x40,
+    ];
+    assert_eq!(inner_hello, wire_md);
 
     // The raw client answers as a server of `Worker` with `double` (its real fingerprint).
     let double = WorkerClient::INFO

@@ -594,6 +594,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_serving_back_ends_its_hello_with_an_empty_table_then_one() {
+        static LAB: ServiceInfo = ServiceInfo {
+            name: "Lab",
+            methods: &[],
+            schema: crate::service::no_methods,
+        };
+        let mut plain = Vec::new();
+        Hello::new(&LAB, 1000, None, None, 1)
+            .send(&mut FrameWriter::new(&mut plain))
+            .await
+            .expect("writes");
+        let mut serving = Vec::new();
+        Hello::new(&LAB, 1000, None, None, 1)
+            .serving_back(true)
+            .send(&mut FrameWriter::new(&mut serving))
+            .await
+            .expect("writes");
+        // docs/wire.md section 5: `services` empty, then `serves_back` 1.
+        assert_eq!(serving[4..serving.len() - 2], plain[4..]);
+        assert_eq!(serving[serving.len() - 2..], [0x00, 0x01]);
+        let read = |bytes: Vec<u8>| async move {
+            let mut reader = FrameReader::new(&bytes[..], 1 << 20);
+            Hello::receive(&mut reader, 1 << 20).await.expect("a hello")
+        };
+        assert!(read(serving.clone()).await.serves_back);
+        assert!(!read(plain).await.serves_back);
+        // Any byte but 0 or 1 there is not a hello.
+        *serving.last_mut().expect("a byte") = 0x02;
+        let mut reader = FrameReader::new(&serving[..], 1 << 20);
+        let refused = Hello::receive(&mut reader, 1 << 20).await;
+        assert!(
+            matches!(refused, Err(RpcError::Handshake(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_hello_with_a_zero_stream_window_is_refused() {
         static LAB: ServiceInfo = ServiceInfo {
             name: "Lab",
