@@ -160,3 +160,25 @@ fn middleware_audits_every_call_through_the_rate_limit() {
     assert!(stdout.contains(" RUST = 3340 cents"), "{stdout}");
     assert!(stdout.contains("8 quotes in"), "{stdout}");
 }
+
+#[test]
+fn workers_dial_out_and_the_coordinator_survives_one_killed() {
+    let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_workers"), &["--tasks", "3000"]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("(kill -9) with tasks in flight"),
+        "{stdout}"
+    );
+    // Three workers, then the one started in the killed one's place.
+    assert_eq!(stdout.matches(" joined").count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("workers: 3 workers in the pool at the end"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "workers: verified: 3000 tasks, each counted exactly once; 216816 primes below 3000000"
+        ),
+        "{stdout}"
+    );
+}
