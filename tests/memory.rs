@@ -9,7 +9,7 @@ use std::time::Duration;
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
     LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request,
-    start_tcp_with, string, varint, within,
+    reverse_frame, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -263,24 +263,15 @@ async fn calls_back_from_a_server_that_never_reads_are_bounded() {
     let (listener, addr) = loopback_listener().await;
     let start = baseline();
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        within("the client's hello", raw.read_frame())
-            .await
-            .expect("a hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         // The reverse connection: this side's hello as its client, then the flood, each frame
         // inside a kind-9 frame.
-        let reverse = |inner: Vec<u8>| {
-            let mut payload = vec![0x09];
-            payload.extend_from_slice(&inner[4..]);
-            frame(&payload)
-        };
-        raw.send(&reverse(rpc_tests::hello("Lab", rpc_tests::VERSION)))
+        raw.send(&reverse_frame(&rpc_tests::hello("Lab", rpc_tests::VERSION)))
             .await;
         let mut chunk = Vec::new();
         for id in 0..1000 {
-            chunk.extend(reverse(request(id, "no_such_method", &[0; 1024])));
+            chunk.extend(reverse_frame(&request(id, "no_such_method", &[0; 1024])));
         }
         let mut sent = 0;
         let flood = within("the flood to be cut off", async {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Streaming};
-use rpc_tests::{RawClient, VERSION, frame, read_varint, request, string, varint, within};
+use rpc_tests::{
+    RawClient, VERSION, frame, read_varint, request, reverse_frame, string, varint, within,
+};
 use tokio::sync::mpsc;
 
 /// The server's service.
@@ -160,13 +162,7 @@ async fn setup_linked(
     if link {
         hub_cell.set(hub.clone()).expect("set once");
     }
-    within("join", hub.join())
-        .await
-        .expect("answered")
-        .expect("joined");
-    let worker = within("the worker client", joined.recv())
-        .await
-        .expect("a worker");
+    let worker = join(&hub, &mut joined).await;
     Setup {
         hub,
         worker,
@@ -174,6 +170,17 @@ async fn setup_linked(
         joined,
         addr,
     }
+}
+
+/// Calls `join` with `hub`, and returns the hub's client of what `hub` serves back.
+async fn join(hub: &HubClient, joined: &mut mpsc::UnboundedReceiver<WorkerClient>) -> WorkerClient {
+    within("join", hub.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    within("the worker client", joined.recv())
+        .await
+        .expect("a worker")
 }
 
 async fn setup() -> Setup {
@@ -340,13 +347,7 @@ async fn a_caller_that_serves_another_service_fails_each_call_naming_it() {
         .connect(addr)
         .await
         .expect("connects");
-    within("join", hub.join())
-        .await
-        .expect("answered")
-        .expect("joined");
-    let worker = within("the worker client", joined.recv())
-        .await
-        .expect("a worker");
+    let worker = join(&hub, &mut joined).await;
     let error = within("double", worker.double(1))
         .await
         .expect_err("not a worker");
@@ -401,22 +402,10 @@ fn hello_serving_back(service: &str) -> Vec<u8> {
     hello
 }
 
-/// Wraps a frame of the reverse connection in an outer frame of kind 9.
-fn reverse(inner: &[u8]) -> Vec<u8> {
-    let mut payload = vec![0x09];
-    payload.extend_from_slice(&inner[4..]);
-    frame(&payload)
-}
-
 #[tokio::test]
 async fn the_reverse_connection_byte_by_byte() {
     let (addr, _joined) = start_hub(Server::builder()).await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&hello_serving_back("Hub")).await;
-    let server_hello = within("the hello", raw.read_frame())
-        .await
-        .expect("a hello");
-    assert_eq!(&server_hello[..5], b"\x00rpcc");
+    let mut raw = RawClient::greet(addr, &hello_serving_back("Hub")).await;
     // The server opens the reverse connection at once: its client's hello, in a kind-9 frame,
     // byte for byte as docs/wire.md section 12 shows it.
     let inner_hello = within("the reverse hello", raw.read_frame())
@@ -447,7 +436,7 @@ async fn the_reverse_connection_byte_by_byte() {
     hello.extend(varint(double.fingerprint));
     hello.extend([0x00, 0x00]);
     hello.extend(varint(64 * 1024));
-    raw.send(&reverse(&frame(&hello))).await;
+    raw.send(&reverse_frame(&frame(&hello))).await;
 
     // `ask(21)`: the hub's handler calls `double(21)` back, in a kind-9 Request.
     raw.send(&request(7, "ask", &[42])).await;
@@ -468,7 +457,7 @@ async fn the_reverse_connection_byte_by_byte() {
     let mut answer = vec![0x02];
     answer.extend(varint(id));
     answer.extend([0x00, 84]);
-    raw.send(&reverse(&frame(&answer))).await;
+    raw.send(&reverse_frame(&frame(&answer))).await;
     // The hub answers `ask`: Response 7, Ok, Ok(42).
     let asked = within("the answer", raw.read_frame())
         .await
@@ -479,30 +468,30 @@ async fn the_reverse_connection_byte_by_byte() {
     // back now fail, and the outer connection serves on.
     raw.send(&frame(&[0x09])).await;
     raw.send(&request(8, "ask", &[2])).await;
-    let mut frames = Vec::new();
-    let answer = loop {
+    let answer = next_outer_response(&mut raw).await;
+    assert_eq!(&answer[..4], &[0x02, 0x08, 0x00, 0x01], "Ok(Err(...))");
+    let message = String::from_utf8_lossy(&answer[5..]);
+    assert!(message.contains("closed"), "{message}");
+}
+
+/// The next Response of the outer connection, past frames of the reverse connection (and
+/// nothing else).
+async fn next_outer_response(raw: &mut RawClient) -> Vec<u8> {
+    loop {
         let frame = within("the answer", raw.read_frame())
             .await
             .expect("a frame");
         if frame[0] == 0x02 {
-            break frame;
+            return frame;
         }
-        frames.push(frame);
-    };
-    assert_eq!(&answer[..4], &[0x02, 0x08, 0x00, 0x01], "Ok(Err(...))");
-    let message = String::from_utf8_lossy(&answer[5..]);
-    assert!(message.contains("closed"), "{message}");
-    assert!(frames.iter().all(|frame| frame[0] == 0x09), "{frames:?}");
+        assert_eq!(frame[0], 0x09, "{frame:?}");
+    }
 }
 
 #[tokio::test]
 async fn a_reverse_frame_from_a_client_that_announced_none_is_a_protocol_error() {
     let (addr, _joined) = start_hub(Server::builder()).await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&rpc_tests::hello("Hub", VERSION)).await;
-    within("the hello", raw.read_frame())
-        .await
-        .expect("a hello");
+    let mut raw = RawClient::greet(addr, &rpc_tests::hello("Hub", VERSION)).await;
     raw.send(&frame(&[0x09, 0x04])).await;
     within("the refusal", raw.expect_refused("reverse connection")).await;
 }
@@ -510,11 +499,7 @@ async fn a_reverse_frame_from_a_client_that_announced_none_is_a_protocol_error()
 #[tokio::test]
 async fn garbage_inside_the_reverse_connection_closes_only_it() {
     let (addr, _joined) = start_hub(Server::builder()).await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&hello_serving_back("Hub")).await;
-    within("the hello", raw.read_frame())
-        .await
-        .expect("a hello");
+    let mut raw = RawClient::greet(addr, &hello_serving_back("Hub")).await;
     within("the reverse hello", raw.read_frame())
         .await
         .expect("a frame");
@@ -526,15 +511,7 @@ async fn garbage_inside_the_reverse_connection_closes_only_it() {
         raw.send(&junk).await;
     }
     raw.send(&request(1, "incr", &[2])).await;
-    let answer = loop {
-        let frame = within("the answer", raw.read_frame())
-            .await
-            .expect("a frame");
-        if frame[0] == 0x02 {
-            break frame;
-        }
-        assert_eq!(frame[0], 0x09, "{frame:?}");
-    };
+    let answer = next_outer_response(&mut raw).await;
     assert_eq!(answer, [0x02, 0x01, 0x00, 0x04], "incr(1) = 2");
 }
 
@@ -542,11 +519,7 @@ async fn garbage_inside_the_reverse_connection_closes_only_it() {
 async fn a_client_that_serves_nothing_refuses_reverse_frames_from_its_server() {
     let (listener, addr) = rpc_tests::loopback_listener().await;
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        within("the client's hello", raw.read_frame())
-            .await
-            .expect("a hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&rpc_tests::hello("Hub", VERSION)).await;
         raw.send(&frame(&[0x09, 0x04])).await;
         // The client closes the connection.

@@ -421,6 +421,14 @@ pub fn hello_with_window(service: &str, version: u32, stream_window: u32) -> Vec
     frame(&payload)
 }
 
+/// Wraps a frame (length prefix included) of the reverse connection, the calls from a server
+/// to its client, in an outer frame of kind 9 (docs/wire.md section 12).
+pub fn reverse_frame(inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x09];
+    payload.extend_from_slice(&inner[4..]);
+    frame(&payload)
+}
+
 /// The methods of `Lab`, with their fingerprints, for hellos written by hand.
 pub fn lab_methods() -> &'static [rpc_core::schema::MethodSchema] {
     use rpc_core::ServiceClient;
@@ -497,6 +505,28 @@ impl RawClient {
         RawClient {
             stream: TcpStream::connect(addr).await.expect("connects"),
         }
+    }
+
+    /// Accepts a client on `listener`, playing the server by hand, and reads the client's
+    /// hello, which it returns with the connection.
+    pub async fn accept(listener: &tokio::net::TcpListener) -> (Self, Vec<u8>) {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        let hello = within("the client's hello", raw.read_frame())
+            .await
+            .expect("a hello");
+        (raw, hello)
+    }
+
+    /// Connects, sends `hello` (a whole frame) and reads the server's hello.
+    pub async fn greet(addr: SocketAddr, hello: &[u8]) -> Self {
+        let mut raw = Self::connect(addr).await;
+        raw.send(hello).await;
+        let server_hello = within("the server's hello", raw.read_frame())
+            .await
+            .expect("the server answers the hello");
+        assert_eq!(&server_hello[..5], b"\x00rpcc", "the server's hello");
+        raw
     }
 
     /// Connects and completes the handshake as a client of `Lab`.

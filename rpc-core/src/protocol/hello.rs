@@ -593,13 +593,15 @@ mod tests {
         assert_eq!(alone, plain);
     }
 
+    /// A service of no methods, for hellos whose method table does not matter.
+    static LAB: ServiceInfo = ServiceInfo {
+        name: "Lab",
+        methods: &[],
+        schema: crate::service::no_methods,
+    };
+
     #[tokio::test]
     async fn a_client_serving_back_ends_its_hello_with_an_empty_table_then_one() {
-        static LAB: ServiceInfo = ServiceInfo {
-            name: "Lab",
-            methods: &[],
-            schema: crate::service::no_methods,
-        };
         let mut plain = Vec::new();
         Hello::new(&LAB, 1000, None, None, 1)
             .send(&mut FrameWriter::new(&mut plain))
@@ -632,11 +634,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_hello_with_a_zero_stream_window_is_refused() {
-        static LAB: ServiceInfo = ServiceInfo {
-            name: "Lab",
-            methods: &[],
-            schema: crate::service::no_methods,
-        };
         let mut written = Vec::new();
         Hello::new(&LAB, 1000, None, None, 1)
             .send(&mut FrameWriter::new(&mut written))

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,8 +23,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rpc_core::{EndpointState, RpcError, Server, ServiceClient};
-use rpc_examples::primes::{Counted, Counter, PrimeWorkerClient, PrimeWorkerServer, count_primes};
-use tokio::sync::Semaphore;
+use rpc_examples::primes::{
+    Counted, Counter, Job, PrimeWorkerClient, PrimeWorkerServer, Processes, Tally, spread,
+};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,7 +38,10 @@ async fn main() -> Result<(), Error> {
     if args.first().map(String::as_str) == Some("worker") {
         return worker().await;
     }
-    let options = Options::parse(&args)?;
+    let options = Job::parse("dispatch", &args, 4)?;
+    if options.workers < 2 && options.kill_one {
+        return Err("killing a worker needs at least two; add --no-kill".into());
+    }
     coordinate(options).await
 }
 
@@ -49,63 +53,8 @@ async fn worker() -> Result<(), Error> {
     Ok(())
 }
 
-struct Options {
-    workers: usize,
-    tasks: u64,
-    /// How many numbers each task counts.
-    span: u64,
-    kill_one: bool,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self, Error> {
-        let mut options = Options {
-            workers: 4,
-            tasks: 10_000,
-            span: 1_000,
-            kill_one: true,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || -> Result<u64, Error> {
-                let value = args.next().ok_or(format!("{arg} needs a value"))?;
-                Ok(value.parse()?)
-            };
-            match arg.as_str() {
-                "--workers" => options.workers = value()? as usize,
-                "--tasks" => options.tasks = value()?,
-                "--span" => options.span = value()?,
-                "--no-kill" => options.kill_one = false,
-                other => {
-                    return Err(format!(
-                        "unknown argument {other}; usage: dispatch [--workers N] [--tasks N] \
-                         [--span N] [--no-kill]"
-                    )
-                    .into());
-                }
-            }
-        }
-        if options.workers < 2 && options.kill_one {
-            return Err("killing a worker needs at least two; add --no-kill".into());
-        }
-        Ok(options)
-    }
-}
-
-/// The worker processes; killed when dropped, so that none outlives the coordinator.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn coordinate(options: Options) -> Result<(), Error> {
-    let mut workers = Workers(Vec::new());
+async fn coordinate(options: Job) -> Result<(), Error> {
+    let mut workers = Processes::default();
     let mut addrs = Vec::new();
     for _ in 0..options.workers {
         let mut child = Command::new(std::env::current_exe()?)
@@ -151,43 +100,25 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         }
     });
 
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let resubmitted = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn({
-        let (client, slots, resubmitted) = (client.clone(), slots.clone(), resubmitted.clone());
-        let (tasks, span) = (options.tasks, options.span);
-        async move {
-            for task in 0..tasks {
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let (client, resubmitted, done) =
-                    (client.clone(), resubmitted.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    let counted = run_task(&client, task, span, &resubmitted).await;
-                    drop(slot);
-                    let _ = done.send((task, counted));
-                });
-            }
+    let mut done = spread(options.tasks, IN_FLIGHT, {
+        let (client, resubmitted, span) = (client.clone(), resubmitted.clone(), options.span);
+        move |task| {
+            let (client, resubmitted) = (client.clone(), resubmitted.clone());
+            async move { run_task(&client, task, span, &resubmitted).await }
         }
     });
 
     let kill_at = options.tasks / 3;
-    let mut results: HashMap<u64, Counted> = HashMap::new();
-    let mut per_worker: HashMap<u32, u64> = HashMap::new();
-    while (results.len() as u64) < options.tasks {
+    let mut tally = Tally::default();
+    while tally.len() < options.tasks {
         let (task, counted) = done.recv().await.ok_or("the dispatcher stopped")?;
-        let counted = counted?;
-        if results.insert(task, counted).is_some() {
-            return Err(format!("task {task} was reported twice").into());
-        }
-        *per_worker.entry(counted.worker).or_default() += 1;
+        tally.record(task, counted?)?;
         progress.inc(1);
-        if results.len().is_multiple_of(100) {
-            progress.set_message(live_state(&client, &per_worker));
+        if tally.len().is_multiple_of(100) {
+            progress.set_message(live_state(&client, tally.per_worker()));
         }
-        if options.kill_one && results.len() as u64 == kill_at {
+        if options.kill_one && tally.len() == kill_at {
             let victim = &mut workers.0[1];
             victim.kill()?; // SIGKILL: the process dies with calls in flight
             victim.wait()?;
@@ -202,7 +133,6 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         }
     }
     progress.finish();
-    dispatcher.await?;
     watcher.abort();
     let endpoints = client.channel().endpoints();
     let connected = endpoints
@@ -214,25 +144,11 @@ async fn coordinate(options: Options) -> Result<(), Error> {
         endpoints.len()
     );
 
-    let primes: u64 = results.values().map(|counted| counted.primes).sum();
-    let limit = options.tasks * options.span;
-    let expected = count_primes(0, limit);
-    let mut pids: Vec<_> = per_worker.into_iter().collect();
-    pids.sort_unstable();
-    for (pid, tasks) in pids {
-        println!("dispatch: worker pid {pid} counted {tasks} tasks");
-    }
     println!(
         "dispatch: {} calls made again by the coordinator after the client gave up",
         resubmitted.load(Ordering::Relaxed)
     );
-    if primes != expected {
-        return Err(format!("counted {primes} primes below {limit}, expected {expected}").into());
-    }
-    println!(
-        "dispatch: verified: {} tasks, each counted exactly once; {primes} primes below {limit}",
-        results.len()
-    );
+    tally.verify("dispatch", options.tasks, options.span)?;
     Ok(())
 }
 

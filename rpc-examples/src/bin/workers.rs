@@ -14,15 +14,16 @@
 //! handed to the others. At the end the coordinator checks that every task was counted exactly
 //! once and that the total is right.
 
-use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rpc_core::{Context, Server, ServiceClient};
-use rpc_examples::primes::{Counted, Counter, PrimeWorkerClient, PrimeWorkerServer, count_primes};
-use tokio::sync::{Notify, Semaphore};
+use rpc_examples::primes::{
+    Counted, Counter, Job, PrimeWorkerClient, PrimeWorkerServer, Processes, Tally, spread,
+};
+use tokio::sync::Notify;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,7 +49,7 @@ async fn main() -> Result<(), Error> {
     {
         return worker(addr).await;
     }
-    let options = Options::parse(&args)?;
+    let options = Job::parse("workers", &args, 3)?;
     coordinate(options).await
 }
 
@@ -64,49 +65,6 @@ async fn worker(addr: &str) -> Result<(), Error> {
         .await??;
     coordinator.channel().closed().await;
     Ok(())
-}
-
-struct Options {
-    workers: usize,
-    tasks: u64,
-    /// How many numbers each task counts.
-    span: u64,
-    kill_one: bool,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Self, Error> {
-        let mut options = Options {
-            workers: 3,
-            tasks: 10_000,
-            span: 1_000,
-            kill_one: true,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || -> Result<u64, Error> {
-                let value = args.next().ok_or(format!("{arg} needs a value"))?;
-                Ok(value.parse()?)
-            };
-            match arg.as_str() {
-                "--workers" => options.workers = value()? as usize,
-                "--tasks" => options.tasks = value()?,
-                "--span" => options.span = value()?,
-                "--no-kill" => options.kill_one = false,
-                other => {
-                    return Err(format!(
-                        "unknown argument {other}; usage: workers [--workers N] [--tasks N] \
-                         [--span N] [--no-kill]"
-                    )
-                    .into());
-                }
-            }
-        }
-        if options.workers == 0 {
-            return Err("at least one worker is needed".into());
-        }
-        Ok(options)
-    }
 }
 
 /// The workers that joined, as the coordinator calls them.
@@ -193,30 +151,17 @@ impl Coordinator for MyCoordinator {
     }
 }
 
-/// The worker processes; killed when dropped, so that none outlives the coordinator.
-struct Workers(Vec<Child>);
-
-impl Workers {
-    fn start(&mut self, addr: &str) -> Result<u32, Error> {
-        let child = Command::new(std::env::current_exe()?)
-            .args(["worker", addr])
-            .spawn()?;
-        let pid = child.id();
-        self.0.push(child);
-        Ok(pid)
-    }
+/// Starts a worker process that connects to the coordinator at `addr`; returns its id.
+fn start_worker(workers: &mut Processes, addr: &str) -> Result<u32, Error> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(["worker", addr])
+        .spawn()?;
+    let pid = child.id();
+    workers.0.push(child);
+    Ok(pid)
 }
 
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn coordinate(options: Options) -> Result<(), Error> {
+async fn coordinate(options: Job) -> Result<(), Error> {
     let pool = Arc::new(Pool::default());
     let server = Server::bind("127.0.0.1:0").await?;
     let addr = server.local_addr()?.to_string();
@@ -226,44 +171,26 @@ async fn coordinate(options: Options) -> Result<(), Error> {
     });
     let serving = tokio::spawn(server.serve(service));
 
-    let mut workers = Workers(Vec::new());
+    let mut workers = Processes::default();
     for _ in 0..options.workers {
-        workers.start(&addr)?;
+        start_worker(&mut workers, &addr)?;
     }
 
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let handed_again = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn({
-        let (pool, slots, handed_again) = (pool.clone(), slots.clone(), handed_again.clone());
-        let (tasks, span) = (options.tasks, options.span);
-        async move {
-            for task in 0..tasks {
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let (pool, handed_again, done) =
-                    (pool.clone(), handed_again.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    let counted = run_task(&pool, task, span, &handed_again).await;
-                    drop(slot);
-                    let _ = done.send((task, counted));
-                });
-            }
+    let mut done = spread(options.tasks, IN_FLIGHT, {
+        let (pool, handed_again, span) = (pool.clone(), handed_again.clone(), options.span);
+        move |task| {
+            let (pool, handed_again) = (pool.clone(), handed_again.clone());
+            async move { run_task(&pool, task, span, &handed_again).await }
         }
     });
 
     let kill_at = options.tasks / 3;
-    let mut results: HashMap<u64, Counted> = HashMap::new();
-    let mut per_worker: HashMap<u32, u64> = HashMap::new();
-    while (results.len() as u64) < options.tasks {
+    let mut tally = Tally::default();
+    while tally.len() < options.tasks {
         let (task, counted) = done.recv().await.ok_or("the dispatcher stopped")?;
-        let counted = counted?;
-        if results.insert(task, counted).is_some() {
-            return Err(format!("task {task} was reported twice").into());
-        }
-        *per_worker.entry(counted.worker).or_default() += 1;
-        if options.kill_one && results.len() as u64 == kill_at {
+        tally.record(task, counted?)?;
+        if options.kill_one && tally.len() == kill_at {
             let victim = &mut workers.0[0];
             victim.kill()?; // SIGKILL: the process dies with calls in flight
             victim.wait()?;
@@ -271,37 +198,22 @@ async fn coordinate(options: Options) -> Result<(), Error> {
                 "workers: killed worker pid {} (kill -9) with tasks in flight",
                 victim.id()
             );
-            let pid = workers.start(&addr)?;
+            let pid = start_worker(&mut workers, &addr)?;
             println!("workers: started worker pid {pid} to take its place");
         }
     }
-    dispatcher.await?;
     // The worker started in the place of the killed one may still be joining.
     tokio::time::timeout(NO_WORKER_LIMIT, pool.wait_for(options.workers))
         .await
         .map_err(|_| "the workers started did not all join")?;
     println!("workers: {} workers in the pool at the end", pool.len());
 
-    let primes: u64 = results.values().map(|counted| counted.primes).sum();
-    let limit = options.tasks * options.span;
-    let expected = count_primes(0, limit);
-    let mut pids: Vec<_> = per_worker.into_iter().collect();
-    pids.sort_unstable();
-    for (pid, tasks) in pids {
-        println!("workers: worker pid {pid} counted {tasks} tasks");
-    }
     println!(
         "workers: {} tasks handed to another worker after theirs was lost",
         handed_again.load(Ordering::Relaxed)
     );
     serving.abort();
-    if primes != expected {
-        return Err(format!("counted {primes} primes below {limit}, expected {expected}").into());
-    }
-    println!(
-        "workers: verified: {} tasks, each counted exactly once; {primes} primes below {limit}",
-        results.len()
-    );
+    tally.verify("workers", options.tasks, options.span)?;
     Ok(())
 }
 
