@@ -300,3 +300,51 @@ async fn calls_back_from_a_server_that_never_reads_are_bounded() {
     drop(client);
     freed_to(start, 4 * MIB).await;
 }
+
+/// A client that serves back and floods the server with 200 MiB of frames for its reverse
+/// connection (stream items for a call that does not exist, which the server's side of it
+/// reads and drops): the server reads them no faster than that side takes them, and holds
+/// little.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_into_the_reverse_connection_is_bounded_on_the_server() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let start = baseline();
+    let mut raw = RawClient::greet(addr, &rpc_tests::hello_serving_back("Lab")).await;
+    // The server's hello in the reverse connection, answered as a server of `Lab`.
+    within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    raw.send(&reverse_frame(&lab_hello(lab_methods(), 0, 0)))
+        .await;
+    // StreamItem frames of 64 KiB for call 999, which has no stream: ignored, once read.
+    let mut item = vec![0x06];
+    item.extend(varint(999));
+    item.extend(vec![0; 64 * 1024]);
+    let flood = reverse_frame(&frame(&item)).repeat(16);
+    within("the flood", async {
+        for _ in 0..200 {
+            raw.stream
+                .write_all(&flood)
+                .await
+                .expect("the server reads on");
+        }
+    })
+    .await;
+    raw.send(&request(1, "add", &[2, 4])).await;
+    let answer = loop {
+        let frame = within("the answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        if frame[0] == 0x02 {
+            break frame;
+        }
+    };
+    assert_eq!(answer, [0x02, 0x01, 0x00, 0x06], "add(1, 2) = 3");
+    let peak = peak_above(start);
+    // About 2.5 MiB: the 1 MiB handed to the reverse connection and not yet taken, its pipe,
+    // and the buffers of the frames in between (about 10 MiB without the bound).
+    assert!(peak < 6 * MIB, "{} KiB held at the peak", peak / 1024);
+    drop(raw);
+    freed_to(start, 4 * MIB).await;
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Streaming};
 use rpc_tests::{
-    RawClient, VERSION, frame, read_varint, request, reverse_frame, string, varint, within,
+    RawClient, VERSION, frame, hello_serving_back, read_varint, request, reverse_frame, string,
+    varint, within,
 };
 use tokio::sync::mpsc;
 
@@ -391,15 +392,6 @@ async fn a_set_that_cannot_be_served_fails_the_connection_before_it_is_made() {
 struct Noop;
 impl Other for Noop {
     async fn nothing(&self) {}
-}
-
-/// A client's hello that announces serving back: the services table (empty) then `01`.
-fn hello_serving_back(service: &str) -> Vec<u8> {
-    let mut hello = rpc_tests::hello(service, VERSION);
-    hello.extend([0x00, 0x01]);
-    let length = (hello.len() - 4) as u32;
-    hello[..4].copy_from_slice(&length.to_be_bytes());
-    hello
 }
 
 #[tokio::test]

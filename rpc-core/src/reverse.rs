@@ -58,15 +58,6 @@ pub(crate) struct Tunnel {
     _pumps: [AbortOnDrop; 2],
 }
 
-impl fmt::Debug for Tunnel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tunnel")
-            .field("unread", &self.unread.queued())
-            .field("open", &self.incoming.is_some())
-            .finish()
-    }
-}
-
 impl Tunnel {
     /// Opens a reverse connection inside the outer connection whose frames go out through
     /// `outbox`, to a peer that takes payloads of up to `peer_max_frame_len` bytes. Returns

@@ -421,6 +421,16 @@ pub fn hello_with_window(service: &str, version: u32, stream_window: u32) -> Vec
     frame(&payload)
 }
 
+/// A client's hello for `service` that announces serving back: the services table (empty),
+/// then `01` (docs/wire.md section 5).
+pub fn hello_serving_back(service: &str) -> Vec<u8> {
+    let mut hello = hello(service, VERSION);
+    hello.extend([0x00, 0x01]);
+    let length = (hello.len() - 4) as u32;
+    hello[..4].copy_from_slice(&length.to_be_bytes());
+    hello
+}
+
 /// Wraps a frame (length prefix included) of the reverse connection, the calls from a server
 /// to its client, in an outer frame of kind 9 (docs/wire.md section 12).
 pub fn reverse_frame(inner: &[u8]) -> Vec<u8> {
