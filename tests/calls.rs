@@ -138,3 +138,25 @@ async fn payloads_cross_intact() {
     let empty = client.echo_payload(Vec::new().into()).await.expect("empty");
     assert!(empty.is_empty());
 }
+
+#[tokio::test]
+async fn a_client_dropped_by_its_last_user_leaves_no_task_behind() {
+    let addr = start_tcp().await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let client = LabClient::connect(addr).await.expect("connects");
+    assert_eq!(client.add(1, 2).await.expect("add"), 3);
+    assert!(
+        metrics.num_alive_tasks() > before,
+        "the connection runs tasks"
+    );
+    drop(client);
+    // The client's reader, writer and watcher end, and so does the server's connection, which
+    // sees the client close.
+    within("the connection's tasks to end", async {
+        while metrics.num_alive_tasks() > before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

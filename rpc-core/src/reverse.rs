@@ -52,7 +52,7 @@ pub(crate) fn max_frame_len(outer: usize) -> usize {
 /// reverse connection runs on.
 pub(crate) struct Tunnel {
     /// `None` once the peer has ended its direction of the reverse connection.
-    incoming: Option<mpsc::UnboundedSender<Bytes>>,
+    incoming: Option<mpsc::UnboundedSender<Unread>>,
     /// The bytes handed over and not yet written into the pipe.
     unread: Arc<Meter>,
     _pumps: [AbortOnDrop; 2],
@@ -68,7 +68,7 @@ impl Tunnel {
         let (incoming, taken) = mpsc::unbounded_channel();
         let unread = Arc::new(Meter::new(MAX_UNREAD, None));
         let sending = tokio::spawn(send_out(read, outbox, max_frame_len(peer_max_frame_len)));
-        let taking = tokio::spawn(take_in(taken, write, Arc::clone(&unread)));
+        let taking = tokio::spawn(take_in(taken, write));
         let tunnel = Tunnel {
             incoming: Some(incoming),
             unread,
@@ -89,12 +89,9 @@ impl Tunnel {
         let Some(incoming) = &self.incoming else {
             return;
         };
-        let cost = inner.len() + FRAME_OVERHEAD;
-        self.unread.hold(cost);
-        // A copy: a slice would keep the whole buffer the outer reader read it into.
-        if incoming.send(Bytes::copy_from_slice(inner)).is_err() {
-            self.unread.release(cost);
-        }
+        // Counted until it is written into the pipe or dropped, whichever comes first (a send
+        // that fails drops it at once).
+        let _ = incoming.send(Unread::hold(inner, &self.unread));
     }
 
     /// Whether the outer reader may read another frame: the reverse connection has taken all
@@ -139,27 +136,41 @@ async fn send_out(read: ReadHalf<DuplexStream>, outbox: Outbox, max_frame_len: u
     outbox.send(end, None);
 }
 
+/// A frame handed to the reverse connection and not yet written into its pipe, counted against
+/// the outer reader's bound for as long as it lives.
+struct Unread {
+    /// A copy: a slice would keep the whole buffer the outer reader read it into.
+    frame: Bytes,
+    meter: Arc<Meter>,
+}
+
+impl Unread {
+    fn hold(frame: &[u8], meter: &Arc<Meter>) -> Self {
+        meter.hold(frame.len() + FRAME_OVERHEAD);
+        Unread {
+            frame: Bytes::copy_from_slice(frame),
+            meter: Arc::clone(meter),
+        }
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.meter.release(self.frame.len() + FRAME_OVERHEAD);
+    }
+}
+
 /// Writes the frames handed over into the pipe, for the reverse connection's reader; ends the
 /// pipe's direction when the peer ends its own. Once the reverse connection has gone, what
-/// remains is dropped.
-async fn take_in(
-    mut taken: mpsc::UnboundedReceiver<Bytes>,
-    mut write: WriteHalf<DuplexStream>,
-    unread: Arc<Meter>,
-) {
-    while let Some(inner) = taken.recv().await {
-        let cost = inner.len() + FRAME_OVERHEAD;
-        let length = (inner.len() as u32).to_be_bytes();
+/// remains is dropped with the channel.
+async fn take_in(mut taken: mpsc::UnboundedReceiver<Unread>, mut write: WriteHalf<DuplexStream>) {
+    while let Some(unread) = taken.recv().await {
+        let length = (unread.frame.len() as u32).to_be_bytes();
         let written = match write.write_all(&length).await {
-            Ok(()) => write.write_all(&inner).await,
+            Ok(()) => write.write_all(&unread.frame).await,
             Err(error) => Err(error),
         };
-        unread.release(cost);
         if written.is_err() {
-            taken.close();
-            while let Some(inner) = taken.recv().await {
-                unread.release(inner.len() + FRAME_OVERHEAD);
-            }
             return;
         }
     }
