@@ -252,10 +252,11 @@ impl<'a> Hello<'a> {
         let unencodable = |e| RpcError::Protocol(format!("the hello could not be encoded: {e}"));
         let serves_back = self.serves_back;
         let mut frame = Head::Hello(self).begin_frame().map_err(unencodable)?;
-        if services.len() > 1 || serves_back {
-            let table: Vec<_> = services
+        // A server of one service announces no table; a client serving back, an empty one.
+        let announced = if services.len() > 1 { services } else { &[] };
+        if !announced.is_empty() || serves_back {
+            let table: Vec<_> = announced
                 .iter()
-                .filter(|_| services.len() > 1)
                 .map(|service| (service.name, MethodTable::Local(service)))
                 .collect();
             frame.append(&table).map_err(unencodable)?;
