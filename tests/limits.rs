@@ -297,3 +297,30 @@ async fn a_client_whose_idle_connection_was_closed_connects_again() {
         4
     );
 }
+
+/// docs/wire.md, Backpressure: the first request past the limit is parked and reading goes on;
+/// a second one stops reading until a slot frees. Here a Cancel sent after two parked requests
+/// is not read while the call it cancels runs: that call answers once released, and only then
+/// does the next parked request start.
+#[tokio::test]
+async fn a_second_request_past_the_limit_stops_reading_until_a_slot_frees() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder().max_in_flight_per_connection(1), lab).await;
+    let mut raw = RawClient::handshake(addr).await;
+    // One write: the running call, two parked ones, then a Cancel of the running one.
+    let mut burst = Vec::new();
+    for (id, gate) in [(1, "ga"), (2, "gb"), (3, "gc")] {
+        burst.extend(request(id, "wait", &string(gate)));
+    }
+    burst.extend([0x00, 0x00, 0x00, 0x02, 0x03, 0x01]);
+    raw.send(&burst).await;
+    assert_eq!(probe.next_event().await, "waiting ga");
+    probe.open("ga");
+    // Answered: the Cancel behind the second parked request was not read while it ran.
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(answer, [0x02, 0x01, 0x00, 0x02, b'g', b'a']);
+    assert_eq!(probe.next_event().await, "waiting gb");
+}
