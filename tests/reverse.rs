@@ -544,3 +544,38 @@ async fn a_connection_that_serves_back_is_never_closed_as_idle() {
     );
     assert!(!setup.worker.channel().is_closed());
 }
+
+#[tokio::test]
+async fn calls_back_travel_inside_tls_like_the_rest() {
+    use rpc_core::tls::{ClientTls, ServerTls};
+    let authority = rpc_tests::certs::Authority::new("servers");
+    let issued = authority.issue("hub", &["localhost"]);
+    let tls = ServerTls::from_pem(&issued.chain, &issued.key).expect("the hub's certificate");
+    let (addr, mut joined) = start_hub(Server::builder().tls(tls)).await;
+    let (events, _) = mpsc::unbounded_channel();
+    let worker = MyWorker {
+        events,
+        hub: Arc::new(OnceLock::new()),
+    };
+    let hub = HubClient::builder()
+        .tls(ClientTls::trusting_pem(authority.pem()).expect("the authority"))
+        .serve(WorkerServer::new(worker))
+        .connect(format!("localhost:{}", addr.port()))
+        .await
+        .expect("connects over TLS");
+    let worker = join(&hub, &mut joined).await;
+    assert_eq!(
+        within("double", worker.double(8)).await.expect("answered"),
+        16
+    );
+    assert_eq!(within("ask", hub.ask(3)).await.expect("answered"), Ok(6));
+    let counted = within("a streamed result", async {
+        let stream = worker.count(1000).await.expect("the stream starts");
+        stream
+            .map(|item| item.expect("an item"))
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await;
+    assert_eq!(counted, (0..1000).collect::<Vec<_>>());
+}
