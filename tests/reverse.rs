@@ -123,7 +123,6 @@ struct Setup {
     hub: HubClient,
     worker: WorkerClient,
     events: mpsc::UnboundedReceiver<String>,
-    joined: mpsc::UnboundedReceiver<WorkerClient>,
     addr: std::net::SocketAddr,
 }
 
@@ -168,7 +167,6 @@ async fn setup_linked(
         hub,
         worker,
         events,
-        joined,
         addr,
     }
 }
@@ -375,8 +373,6 @@ async fn when_the_client_goes_the_servers_calls_fail_and_its_handlers_stop() {
     let after = within("a call after", setup.worker.double(1)).await;
     assert!(after.is_err(), "{after:?}");
     assert!(setup.worker.channel().is_closed());
-    drop(setup.joined);
-    let _ = setup.addr;
 }
 
 #[tokio::test]

@@ -280,13 +280,13 @@ pub enum RpcError {
     },
 }
 
-/// A panic's message as the end of a sentence, when there is one.
 /// "`A`, `B`": names as a sentence shows them.
 fn quoted_list(names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
     quoted.join(", ")
 }
 
+/// A panic's message as the end of a sentence, when there is one.
 fn panic_text(message: &Option<String>) -> String {
     message
         .as_ref()

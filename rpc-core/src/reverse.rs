@@ -111,6 +111,15 @@ pub(crate) fn may_read(tunnel: Option<&Tunnel>) -> bool {
     tunnel.is_none_or(Tunnel::may_read)
 }
 
+/// Returns once [`may_read`] holds for `tunnel`; never without one (then it always holds, and
+/// nobody waits).
+pub(crate) async fn wait_may_read(tunnel: Option<&Tunnel>) {
+    match tunnel {
+        Some(tunnel) => tunnel.wait_may_read().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Carries the reverse connection's frames out, each in an outer frame of kind 9 behind the
 /// outer connection's other frames; when the reverse connection ends its direction, so does
 /// the last frame this sends, the kind byte alone. Waits while the outer connection has more

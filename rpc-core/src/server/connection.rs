@@ -233,7 +233,7 @@ where
                 connection.start_parked(slot);
             }
             () = meter.wait_may_read(), if room_to_park && !answers_drained => {}
-            () = wait_reverse_taken(connection.tunnel.as_ref()),
+            () = reverse::wait_may_read(connection.tunnel.as_ref()),
                 if room_to_park && answers_drained && !reverse_taken => {}
             frame = reader.next_frame(), if reading => match frame {
                 Ok(Some(payload)) => match connection.handle(&payload, &mut reader) {
@@ -648,15 +648,6 @@ impl<S: ServiceSet> Connection<'_, S> {
         self.link
             .outbox
             .send(error_response(id, code, message), None);
-    }
-}
-
-/// Returns once the reverse connection has taken enough of what was handed to it; never
-/// without one.
-async fn wait_reverse_taken(tunnel: Option<&Tunnel>) {
-    match tunnel {
-        Some(tunnel) => tunnel.wait_may_read().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -350,11 +350,7 @@ impl ServerBuilder {
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let service = Arc::new(Served::new(service)?);
-        let io = crate::transport::Shared(io);
-        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
-        let span = connection::span(service.first_name(), None);
-        let serving = connection::serve(io, service, &self.config, Peer::default(), None, deadline);
-        serving.instrument(span).await
+        serve_alone(io, service, &self.config).await
     }
 
     /// The settings, for a client that serves a service back to its server
@@ -690,13 +686,27 @@ pub(crate) async fn serve_reverse<S: ServiceSet>(
     config: ServerConfig,
     pipe: tokio::io::DuplexStream,
 ) {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let span = connection::span(service.first_name(), None);
-    let io = transport::Shared(pipe);
-    let serving = connection::serve(io, service, &config, Peer::default(), None, deadline);
-    if let Err(error) = serving.instrument(span).await {
+    if let Err(error) = serve_alone(pipe, service, &config).await {
         tracing::debug!(%error, "the connection serving the server's calls closed");
     }
+}
+
+/// Serves one connection that belongs to no listener: no peer address, no shutdown signal or
+/// connection registry, the handshake due within the configured timeout.
+async fn serve_alone<S, IO>(
+    io: IO,
+    service: Arc<Served<S>>,
+    config: &ServerConfig,
+) -> Result<(), RpcError>
+where
+    S: ServiceSet,
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let span = connection::span(service.first_name(), None);
+    let io = transport::Shared(io);
+    let serving = connection::serve(io, service, config, Peer::default(), None, deadline);
+    serving.instrument(span).await
 }
 
 /// Serves `service` on one connection you established, with the default settings. See
