@@ -10,8 +10,10 @@ rpc-core's unit tests and the named test binaries of `rpc-tests`, and restores t
     scripts/mutants.py --in-diff /tmp/change.diff --test reverse --test memory
     scripts/mutants.py -f rpc-core/src/reverse.rs --test reverse
 
-Each line of the log (default `mutants.out/narrow.log`, which git ignores) is `caught`, `MISSED`, `unviable` (does not
-build) or `timeout` (counted as caught: a test waited for its guard), then the mutant. Every
+Each line of the log (default `mutants.out/narrow.log`, which git ignores) is the mutant's
+number, then `caught`, `MISSED`, `unviable` (does not build) or `timeout` (counted as caught: a
+test waited for its guard), then the mutant. A mutant already in the log is skipped, so a long
+run can be stopped and started again. Every
 command runs in its own process group, killed whole at its time limit, so that a mutant that
 makes a test spin leaves nothing running.
 """
@@ -61,7 +63,11 @@ def main():
     for file in args.file or []:
         listing += ["-f", file]
     mutants = json.loads(subprocess.check_output(listing, cwd=root, text=True))
-    print(f"{len(mutants)} mutants", file=sys.stderr)
+    done = set()
+    if os.path.exists(args.log):
+        with open(args.log) as log:
+            done = {line.split(" ", 2)[2].rstrip("\n") for line in log if line.count(" ") >= 2}
+    print(f"{len(mutants)} mutants, {len(done & {m['name'] for m in mutants})} already in the log", file=sys.stderr)
 
     scratch = tempfile.mkdtemp(prefix="rpc-mutants-")
     subprocess.check_call(["git", "worktree", "add", "--detach", "-q", scratch], cwd=root)
@@ -74,6 +80,8 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
         with open(args.log, "a") as log:
             for number, mutant in enumerate(mutants):
+                if mutant["name"] in done:
+                    continue
                 path = mutant["file"]
                 patch = subprocess.run(
                     ["patch", "-p0", "--quiet", path],
