@@ -15,7 +15,7 @@ use super::ClientConfig;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
-    Outcome, PeerInfo, Queue, code, finish_frame, go_away, write_frames,
+    Outcome, PeerInfo, Queue, code, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
@@ -517,13 +517,13 @@ impl Closer {
     }
 }
 
-async fn write_requests<W: AsyncWrite + Unpin>(
+async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
     writer: FrameWriter<W>,
     queue: Queue,
     heartbeat: Option<Duration>,
     closer: Closer,
 ) {
-    if let Err(error) = write_frames(writer, queue, heartbeat).await {
+    if let Err(error) = write_frames_through(writer, queue, heartbeat).await {
         closer.close(error.into());
     }
 }

@@ -178,6 +178,13 @@ impl Claim for Pending {
     fn claim(&self, id: u64) -> Option<Frame> {
         self.state().calls.get_mut(&id)?.unsent.take()
     }
+
+    fn claim_contiguous(&self, id: u64) -> Option<Frame> {
+        let mut state = self.state();
+        let unsent = &mut state.calls.get_mut(&id)?.unsent;
+        unsent.as_ref()?.contiguous()?;
+        unsent.take()
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +193,21 @@ mod tests {
 
     fn request() -> Frame {
         Frame::from(vec![0u8; 8])
+    }
+
+    #[test]
+    fn only_a_request_in_one_piece_is_claimed_to_go_straight_through() {
+        let pending = Pending::default();
+        let _small = pending.register(1, "f", request()).expect("open");
+        let mut spliced = Frame::default();
+        spliced
+            .append(&crate::Payload::from(vec![7u8; 1 << 20]))
+            .expect("encodes");
+        let _large = pending.register(2, "f", spliced).expect("open");
+        assert_eq!(pending.claim_contiguous(1).map(|frame| frame.len()), Some(8));
+        assert!(pending.claim(1).is_none(), "taken");
+        assert!(pending.claim_contiguous(2).is_none(), "spliced: left for the writer");
+        assert!(pending.claim(2).is_some(), "which still finds it");
     }
 
     #[tokio::test]

@@ -1,15 +1,17 @@
 //! Reading and writing length-prefixed frames.
 
 use std::io::IoSlice;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
-use super::outbox::{Item, Outgoing, Queue};
+use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough};
 use super::stall::StallGuard;
 use super::{Frame, Head, LENGTH_PREFIX};
 use crate::RpcError;
@@ -200,6 +202,11 @@ impl<R> FrameReader<R> {
         self.last_read
     }
 
+    /// Whether bytes past the last frame are already read: more frames, or the start of one.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Whether what was read so far starts like a TLS record (a handshake or an alert): the peer
     /// speaks TLS where a frame was expected.
     pub(crate) fn starts_with_tls_record(&self) -> bool {
@@ -262,6 +269,10 @@ pub(crate) struct FrameWriter<W> {
     calls: Option<(Arc<Semaphore>, usize)>,
     /// Where the bytes written are counted, once the connection is established.
     traffic: Option<Traffic>,
+    /// When bytes were last written, by the writer or straight through it.
+    last_write: Instant,
+    /// The transport failed or was shut down: nothing more goes straight through.
+    closed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -271,6 +282,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             batch: Vec::new(),
             calls: None,
             traffic: None,
+            last_write: Instant::now(),
+            closed: false,
         }
     }
 
@@ -297,6 +310,37 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.calls.as_ref().is_some_and(|(slots, capacity)| {
             capacity.saturating_sub(slots.available_permits()) <= 1
         })
+    }
+
+    /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
+    /// frame while the writer is idle sends it this way, rather than waking the writer to. Only
+    /// a small frame: a large one takes long to write whatever wakes the writer, and what the
+    /// transport did not take at once would have to be copied aside. Returns how many bytes
+    /// were taken and whether they are flushed; `None` when it took none, and the frame goes to
+    /// the writer whole.
+    pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        if self.closed || bytes.len() >= COALESCE_BELOW {
+            return None;
+        }
+        // Past the stall guard: nothing waits here, so there is no stall to time. A transport
+        // that is full or failing takes nothing more, and the writer meets it as it would have.
+        let mut io = Pin::new(self.io.get_mut());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut written = 0;
+        while written < bytes.len() {
+            match io.as_mut().poll_write(&mut cx, &bytes[written..]) {
+                Poll::Ready(Ok(taken)) if taken > 0 => written += taken,
+                _ => break,
+            }
+        }
+        if written == 0 {
+            return None;
+        }
+        let flushed =
+            written == bytes.len() && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
+        self.sent(written);
+        self.last_write = Instant::now();
+        Some((written, flushed))
     }
 
     /// Fails a write that makes no progress for `limit`: the peer stopped reading.
@@ -414,29 +458,84 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// is written, then shuts the write side down so the peer sees the end of the stream. After
 /// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
 /// alive.
+#[cfg(test)]
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
+    writer: FrameWriter<W>,
+    queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    drive(&Mutex::new(writer), queue, heartbeat).await
+}
+
+/// Like [`write_frames`], and lets the tasks that queue frames write them straight through
+/// while the writer is idle ([`Outbox`](super::Outbox) decides when).
+pub(crate) async fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
+    writer: FrameWriter<W>,
+    queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    let calls = writer.calls.clone();
+    let wire = Arc::new(Mutex::new(writer));
+    if let Some((slots, capacity)) = calls {
+        queue.write_through(
+            Arc::downgrade(&wire) as Weak<dyn WriteThrough>,
+            slots,
+            capacity,
+        );
+    }
+    drive(&wire, queue, heartbeat).await
+}
+
+/// The writer, shared with the tasks that write straight through it.
+impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
+    fn if_idle(&self, write: &mut dyn FnMut(&mut dyn WriteNow)) {
+        if let Ok(mut writer) = self.try_lock() {
+            write(&mut *writer);
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> WriteNow for FrameWriter<W> {
+    fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        FrameWriter::write_now(self, bytes)
+    }
+}
+
+/// The writer's loop. It takes entries from the queue only while it holds `wire`, so that a
+/// frame written straight through never overtakes one queued before it.
+async fn drive<W: AsyncWrite + Unpin>(
+    wire: &Mutex<FrameWriter<W>>,
     mut queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    let result = write_queued(wire, &mut queue, heartbeat).await;
+    wire.lock().await.closed = true;
+    result
+}
+
+async fn write_queued<W: AsyncWrite + Unpin>(
+    wire: &Mutex<FrameWriter<W>>,
+    queue: &mut Queue,
     heartbeat: Option<Duration>,
 ) -> std::io::Result<()> {
     // One timer for the connection's life, re-armed only when it fires: then, if something was
     // written since it was armed, it is set to the interval after that write; if not, the side
     // has been silent for the whole interval and a ping goes out. (A timer reset at every write
     // would cost a timer-wheel update per batch.)
-    let mut last_write = Instant::now();
     let mut ping = heartbeat.map(|interval| (interval, Box::pin(tokio::time::sleep(interval))));
     loop {
-        let next = match &mut ping {
-            None => queue.recv().await,
+        let ready = match &mut ping {
+            None => queue.ready().await,
             Some((interval, timer)) => tokio::select! {
                 biased;
-                next = queue.recv() => next,
+                ready = queue.ready() => ready,
                 () = timer.as_mut() => {
-                    let due = last_write + *interval;
+                    let mut writer = wire.lock().await;
+                    let due = writer.last_write + *interval;
                     if due <= Instant::now() {
                         writer.send(&Head::Ping.frame().into()).await?;
-                        last_write = Instant::now();
-                        timer.as_mut().reset(last_write + *interval);
+                        writer.last_write = Instant::now();
+                        timer.as_mut().reset(writer.last_write + *interval);
                     } else {
                         timer.as_mut().reset(due);
                     }
@@ -444,10 +543,11 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
                 }
             },
         };
-        let Some(first) = next else {
+        let mut writer = wire.lock().await;
+        if !ready {
             return writer.io.shutdown().await;
-        };
-        if queue.len() == 0 && !writer.lone_call() {
+        }
+        if queue.len() == 1 && !writer.lone_call() {
             // The task that queued this frame woke the writer, which the runtime then runs at
             // once, before the other tasks that are about to queue theirs. Letting them run
             // first gathers their frames into this write: one write for many frames costs far
@@ -456,11 +556,15 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
             // thread, a wakeup on every call.
             tokio::task::yield_now().await;
         }
-        let last = writer.send_queued(first, &mut queue).await?;
+        let Some(first) = queue.try_recv() else {
+            continue;
+        };
+        let last = writer.send_queued(first, queue).await?;
         if ping.is_some() {
-            last_write = Instant::now();
+            writer.last_write = Instant::now();
         }
         if last {
+            writer.closed = true;
             return writer.io.shutdown().await;
         }
     }
@@ -1005,5 +1109,237 @@ mod keepalive_tests {
             Some(Bytes::from_static(&[0x04]))
         );
         assert_eq!(within(reader.next_frame()).await.expect("the end"), None);
+    }
+}
+
+#[cfg(test)]
+mod through_tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::sync::OwnedSemaphorePermit;
+
+    use super::*;
+    use crate::protocol::{Outbox, StreamFrames};
+
+    /// Counts how often the writer is woken.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    type Writing = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+    /// A connection's writer, polled once so that it waits idle, with 8 call slots of which
+    /// one is held; its peer reads from a pipe.
+    struct Idle {
+        outbox: Outbox,
+        writing: Writing,
+        wakes: Arc<Wakes>,
+        peer: DuplexStream,
+        slots: Arc<Semaphore>,
+        _call: OwnedSemaphorePermit,
+    }
+
+    impl Idle {
+        /// Over a pipe of `room` bytes.
+        async fn new(room: usize) -> Idle {
+            let (io, peer) = tokio::io::duplex(room);
+            Self::over(io, peer).await
+        }
+
+        async fn over<W>(io: W, peer: DuplexStream) -> Idle
+        where
+            W: AsyncWrite + Unpin + Send + 'static,
+        {
+            let slots = Arc::new(Semaphore::new(8));
+            let call = Arc::clone(&slots).acquire_owned().await.expect("a slot");
+            let (outbox, queue) = Outbox::new();
+            let mut writer = FrameWriter::new(io);
+            writer.watch_calls(Arc::clone(&slots), 8);
+            let mut idle = Idle {
+                outbox,
+                writing: Box::pin(write_frames_through(writer, queue, None)),
+                wakes: Arc::default(),
+                peer,
+                slots,
+                _call: call,
+            };
+            assert!(idle.poll_writer().is_pending(), "nothing to write yet");
+            idle
+        }
+
+        fn poll_writer(&mut self) -> Poll<std::io::Result<()>> {
+            let waker = Waker::from(Arc::clone(&self.wakes));
+            self.writing.as_mut().poll(&mut Context::from_waker(&waker))
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
+
+        /// The bytes the peer has received so far.
+        fn received(&mut self) -> Vec<u8> {
+            let mut received = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Some(Ok(read)) = self.peer.read(&mut buf).now_or_never() {
+                if read == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..read]);
+            }
+            received
+        }
+    }
+
+    fn cancel(id: u64) -> Vec<u8> {
+        Head::Cancel { id }.frame()
+    }
+
+    #[tokio::test]
+    async fn a_lone_calls_frame_goes_straight_through_without_waking_the_writer() {
+        let mut idle = Idle::new(1024).await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert_eq!(idle.received(), cancel(1), "written at once");
+        assert_eq!(idle.wakes(), 0, "by the task that queued it");
+        assert_eq!(idle.outbox.meter().queued(), 0);
+
+        // A stream's item is claimed and written the same way.
+        let items = StreamFrames::new(&idle.outbox);
+        assert!(items.send(&idle.outbox, Frame::from(cancel(2))));
+        assert_eq!(idle.received(), cancel(2));
+        assert_eq!(idle.wakes(), 0);
+        assert_eq!(idle.outbox.meter().queued(), 0, "the item is uncounted");
+    }
+
+    #[tokio::test]
+    async fn frames_go_to_the_writer_while_calls_are_many_or_more_are_coming() {
+        let mut idle = Idle::new(1024).await;
+        let _second = Arc::clone(&idle.slots).acquire_owned().await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert!(idle.received().is_empty(), "two calls in flight: queued");
+        assert_eq!(idle.wakes(), 1, "for the writer");
+        // Its turn, then (the writer waits one more for the other call's frame) the write.
+        assert!(idle.poll_writer().is_pending());
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(1));
+        drop(_second);
+
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(2), None));
+        assert!(idle.received().is_empty(), "more answers coming: queued");
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(2));
+
+        idle.outbox.gather(false);
+        assert!(idle.outbox.send(cancel(3), None));
+        assert_eq!(idle.received(), cancel(3), "straight through again");
+    }
+
+    #[tokio::test]
+    async fn a_frame_never_overtakes_one_queued_before_it() {
+        let mut idle = Idle::new(1024).await;
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(1), None));
+        idle.outbox.gather(false);
+        assert!(idle.outbox.send(cancel(2), None));
+        assert!(
+            idle.received().is_empty(),
+            "behind the first, for the writer"
+        );
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), [cancel(1), cancel(2)].concat());
+    }
+
+    #[tokio::test]
+    async fn what_the_transport_does_not_take_goes_first_to_the_writer() {
+        let first = Head::go_away(0, "a message long enough to fill the pipe").frame();
+        let idle = Idle::new(8).await;
+        assert!(idle.outbox.send(first.clone(), None));
+        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(2), None));
+        drop(idle.outbox);
+        let writing = idle.writing;
+        let mut peer = idle.peer;
+        let reading = async move {
+            let mut received = Vec::new();
+            peer.read_to_end(&mut received).await.map(|_| received)
+        };
+        let (written, received) = tokio::join!(within(writing), within(reading));
+        written.expect("writes");
+        assert_eq!(
+            received.expect("reads"),
+            [first, cancel(2)].concat(),
+            "the rest of the first frame, then the second"
+        );
+    }
+
+    /// A transport that, like TLS, keeps what it is given until flushed, and flushes only once
+    /// `flushing` is set.
+    struct Buffering {
+        kept: Vec<u8>,
+        flushing: Arc<std::sync::atomic::AtomicBool>,
+        peer: DuplexStream,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.kept.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            if !self.flushing.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            let this = &mut *self;
+            while !this.kept.is_empty() {
+                let written =
+                    std::task::ready!(Pin::new(&mut this.peer).poll_write(cx, &this.kept))?;
+                this.kept.drain(..written);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_through_a_buffering_transport_is_flushed_by_the_writer() {
+        let (io, peer) = tokio::io::duplex(1024);
+        let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let buffering = Buffering {
+            kept: Vec::new(),
+            flushing: Arc::clone(&flushing),
+            peer: io,
+        };
+        let mut idle = Idle::over(buffering, peer).await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert!(idle.received().is_empty(), "kept by the transport");
+        assert_eq!(idle.wakes(), 1, "the writer is woken to flush");
+        flushing.store(true, Ordering::SeqCst);
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(1), "flushed");
+    }
+
+    async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .expect("done in time")
     }
 }

@@ -16,7 +16,7 @@ mod stall;
 
 pub use codec::CodecError;
 pub(crate) use codec::{Decode, Encode, append, decode_exact};
-pub(crate) use frame::{FrameReader, FrameWriter, length_prefix, write_frames};
+pub(crate) use frame::{FrameReader, FrameWriter, length_prefix, write_frames_through};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, offer};

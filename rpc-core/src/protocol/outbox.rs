@@ -16,9 +16,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{Frame, Head};
 
@@ -35,6 +35,39 @@ fn cost(frame: &Frame) -> usize {
 pub(crate) trait Claim: Send + Sync {
     /// Takes the frame queued under `key`, or `None` if it was taken back.
     fn claim(&self, key: u64) -> Option<Frame>;
+
+    /// Takes the frame queued under `key` if its bytes are all in one piece, to be written
+    /// straight through; otherwise leaves it for the writer to claim.
+    fn claim_contiguous(&self, key: u64) -> Option<Frame>;
+}
+
+/// The connection's writer, as the tasks that queue frames see it.
+pub(crate) trait WriteThrough: Send + Sync {
+    /// Calls `write` with the writer if it is idle, holding it off meanwhile.
+    fn if_idle(&self, write: &mut dyn FnMut(&mut dyn WriteNow));
+}
+
+/// An idle writer, lent to a task that writes its frame straight through.
+pub(crate) trait WriteNow {
+    /// Writes what the transport takes of `bytes` without waiting: how many bytes, and whether
+    /// they are flushed; `None` when it took none (or writes only for a lone call and there
+    /// are more).
+    fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
+}
+
+/// What the queue needs to write a frame straight through.
+struct Through {
+    writer: Weak<dyn WriteThrough>,
+    /// The connection's call slots and how many there are: frames go straight through only
+    /// while at most one call is in flight.
+    slots: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Through {
+    fn lone_call(&self) -> bool {
+        self.capacity.saturating_sub(self.slots.available_permits()) <= 1
+    }
 }
 
 /// One entry of the queue.
@@ -96,6 +129,17 @@ struct Channel {
     senders: AtomicUsize,
     /// Wakes the writer when it waits for an entry.
     ready: Notify,
+    /// Set when the writer lets frames go straight through it.
+    through: OnceLock<Through>,
+    /// More frames are coming at once (the reader has more requests in hand, each answered
+    /// in turn): the writer gathers them rather than each going straight through.
+    gathering: AtomicBool,
+}
+
+impl fmt::Debug for Through {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Through").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -137,24 +181,50 @@ impl Drop for Outbox {
 }
 
 impl Queue {
-    /// The next entry, once there is one; `None` when every outbox is gone and nothing is
-    /// left. Cancel safe: an entry is taken only when it is returned.
-    pub(super) async fn recv(&mut self) -> Option<Outgoing> {
+    /// Returns `true` once an entry is queued, `false` when every outbox is gone and nothing is
+    /// left. Takes nothing.
+    pub(super) async fn ready(&self) -> bool {
         loop {
             // Made before looking, so that an entry queued right after the look still wakes it.
             let ready = self.channel.ready.notified();
             {
                 let mut state = self.channel.lock();
-                if let Some(outgoing) = state.entries.pop_front() {
-                    return Some(outgoing);
+                if !state.entries.is_empty() {
+                    return true;
                 }
                 if self.channel.senders.load(Ordering::Acquire) == 0 {
-                    return None;
+                    return false;
                 }
                 state.waiting = true;
             }
             ready.await;
         }
+    }
+
+    /// The next entry, once there is one; `None` when every outbox is gone and nothing is
+    /// left. Cancel safe: an entry is taken only when it is returned.
+    #[cfg(test)]
+    pub(super) async fn recv(&mut self) -> Option<Outgoing> {
+        if self.ready().await {
+            self.try_recv()
+        } else {
+            None
+        }
+    }
+
+    /// Lets the tasks that queue frames write them straight through `writer` while it is idle,
+    /// nothing is queued and at most one of the `capacity` call `slots` is taken.
+    pub(super) fn write_through(
+        &self,
+        writer: Weak<dyn WriteThrough>,
+        slots: Arc<Semaphore>,
+        capacity: usize,
+    ) {
+        let _ = self.channel.through.set(Through {
+            writer,
+            slots,
+            capacity,
+        });
     }
 
     /// The next entry, if one is queued.
@@ -224,6 +294,10 @@ impl Outbox {
     }
 
     fn push(&self, item: Item, slot: Option<OwnedSemaphorePermit>) -> bool {
+        let item = match self.write_through(item) {
+            Ok(()) => return true,
+            Err(item) => item,
+        };
         let outgoing = Outgoing { item, _slot: slot };
         let len = outgoing.queued_len();
         let mut state = self.channel.lock();
@@ -241,6 +315,84 @@ impl Outbox {
             self.channel.ready.notify_one();
         }
         true
+    }
+
+    /// Writes the frame of `item` straight through the writer, if the writer lets it (it is
+    /// idle, and at most one call is in flight) and nothing is queued ahead of it: the writer
+    /// task is then not woken for it. What the transport does not take at once is queued first
+    /// in line, for the writer. `Err` gives the item back, to be queued.
+    fn write_through(&self, item: Item) -> Result<(), Item> {
+        let Some(through) = self.channel.through.get() else {
+            return Err(item);
+        };
+        if !through.lone_call() || self.channel.gathering.load(Ordering::Relaxed) {
+            return Err(item);
+        }
+        let Some(writer) = through.writer.upgrade() else {
+            return Err(item);
+        };
+        let mut item = Some(item);
+        writer.if_idle(&mut |writer| {
+            // The writer takes entries only while it holds itself, as this does now: so the
+            // frames queued before this one are written, or still queued.
+            {
+                let state = self.channel.lock();
+                if state.closed || !state.entries.is_empty() {
+                    return;
+                }
+            }
+            let frame = match item.take() {
+                Some(Item::Frame(frame)) => frame,
+                Some(Item::Claim(source, key)) => match source.claim_contiguous(key) {
+                    Some(frame) => frame,
+                    None => {
+                        item = Some(Item::Claim(source, key));
+                        return;
+                    }
+                },
+                other => {
+                    item = other;
+                    return;
+                }
+            };
+            let Some(bytes) = frame.contiguous() else {
+                item = Some(Item::Frame(frame));
+                return;
+            };
+            match writer.write_now(bytes) {
+                Some((written, _)) if written < bytes.len() => {
+                    self.push_first(Frame::from(bytes[written..].to_vec()));
+                }
+                // Written, but a transport that buffers (TLS) still has it to flush.
+                Some((_, false)) => self.push_first(Frame::default()),
+                Some((_, true)) => {}
+                None => item = Some(Item::Frame(frame)),
+            }
+        });
+        item.map_or(Ok(()), Err)
+    }
+
+    /// Says whether more frames are about to be queued at once (the reader holds more requests
+    /// to answer): while they are, none goes straight through, and the writer gathers them
+    /// into one write.
+    pub(crate) fn gather(&self, more_coming: bool) {
+        self.channel.gathering.store(more_coming, Ordering::Relaxed);
+    }
+
+    /// Queues `frame` first in line: the rest of a frame written straight through in part.
+    fn push_first(&self, frame: Frame) {
+        let outgoing = Outgoing {
+            item: Item::Frame(frame),
+            _slot: None,
+        };
+        self.meter.hold(outgoing.queued_len());
+        let mut state = self.channel.lock();
+        state.entries.push_front(outgoing);
+        let wake = std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.channel.ready.notify_one();
+        }
     }
 
     /// The meter of this queue's bytes.
@@ -431,6 +583,16 @@ impl StreamFrames {
 impl Claim for StreamFrames {
     fn claim(&self, _: u64) -> Option<Frame> {
         let frame = self.lock().pop_front()?;
+        self.meter.release(cost(&frame));
+        Some(frame)
+    }
+
+    fn claim_contiguous(&self, _: u64) -> Option<Frame> {
+        let frame = {
+            let mut frames = self.lock();
+            frames.front()?.contiguous()?;
+            frames.pop_front()?
+        };
         self.meter.release(cost(&frame));
         Some(frame)
     }

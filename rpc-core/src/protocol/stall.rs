@@ -32,6 +32,11 @@ impl<W> StallGuard<W> {
         }
     }
 
+    /// The transport itself, for a write that waits for nothing and so needs no guard.
+    pub(crate) fn get_mut(&mut self) -> &mut W {
+        &mut self.io
+    }
+
     /// Changes the limit for the writes to come.
     pub(crate) fn set_limit(&mut self, limit: Option<Duration>) {
         self.limit = limit;

@@ -31,7 +31,7 @@ use crate::metadata::MetadataError;
 use crate::peer::Peer;
 use crate::protocol::{
     Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
-    PeerInfo, code, error_response, finish_frame, go_away, write_frames,
+    PeerInfo, code, error_response, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
@@ -118,7 +118,7 @@ where
     let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
     let slots = Arc::new(Semaphore::new(config.max_in_flight));
     writer.watch_calls(Arc::clone(&slots), config.max_in_flight);
-    let mut writer = tokio::spawn(write_frames(writer, queue, heartbeat));
+    let mut writer = tokio::spawn(write_frames_through(writer, queue, heartbeat));
     // If this future is dropped (the server's grace period ran out), the connection closes and
     // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
     let _writer_guard = AbortOnDrop::new(&writer);
@@ -236,7 +236,9 @@ where
             () = reverse::wait_may_read(connection.tunnel.as_ref()),
                 if room_to_park && answers_drained && !reverse_taken => {}
             frame = reader.next_frame(), if reading => match frame {
-                Ok(Some(payload)) => match connection.handle(&payload, &mut reader) {
+                Ok(Some(payload)) => {
+                    outbox.gather(reader.has_buffered());
+                    match connection.handle(&payload, &mut reader) {
                     Ok(Handled::Request) => {
                         last_request = reader.arrived();
                         if let Some(registration) = &registration {
@@ -245,7 +247,8 @@ where
                     }
                     Ok(Handled::Other) => {}
                     Err(error) => break Err(error),
-                },
+                    }
+                }
                 Ok(None) => break Ok(()),
                 Err(error) => break Err(error),
             },
