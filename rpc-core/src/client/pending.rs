@@ -204,9 +204,15 @@ mod tests {
             .append(&crate::Payload::from(vec![7u8; 1 << 20]))
             .expect("encodes");
         let _large = pending.register(2, "f", spliced).expect("open");
-        assert_eq!(pending.claim_contiguous(1).map(|frame| frame.len()), Some(8));
+        assert_eq!(
+            pending.claim_contiguous(1).map(|frame| frame.len()),
+            Some(8)
+        );
         assert!(pending.claim(1).is_none(), "taken");
-        assert!(pending.claim_contiguous(2).is_none(), "spliced: left for the writer");
+        assert!(
+            pending.claim_contiguous(2).is_none(),
+            "spliced: left for the writer"
+        );
         assert!(pending.claim(2).is_some(), "which still finds it");
     }
 

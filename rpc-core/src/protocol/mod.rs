@@ -13,13 +13,15 @@ mod outgoing;
 #[cfg(test)]
 mod properties;
 mod stall;
+mod writer;
 
 pub use codec::CodecError;
 pub(crate) use codec::{Decode, Encode, append, decode_exact};
-pub(crate) use frame::{FrameReader, FrameWriter, length_prefix, write_frames_through};
+pub(crate) use frame::{FrameReader, length_prefix};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, offer};
+pub(crate) use writer::{FrameWriter, write_frames_through};
 
 use std::borrow::Cow;
 

@@ -1,0 +1,858 @@
+//! Writing frames: the writer task that drains a connection's queue, gathering small frames
+//! into few writes and pinging when silent, and the straight path by which a lone call's frame
+//! skips it.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
+
+use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough};
+use super::stall::StallGuard;
+use super::{Frame, Head};
+use crate::telemetry::Traffic;
+
+/// Frames smaller than this are copied together into one write; larger ones go out directly.
+const COALESCE_BELOW: usize = 16 * 1024;
+
+/// The most bytes gathered into one coalesced write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Writes whole frames that are already encoded, length prefix included.
+#[derive(Debug)]
+pub(crate) struct FrameWriter<W> {
+    io: StallGuard<W>,
+    batch: Vec<u8>,
+    /// The connection's call slots and how many there are, to tell when a single call is in
+    /// flight: then nobody else is about to queue a frame, and the writer sends at once.
+    calls: Option<(Arc<Semaphore>, usize)>,
+    /// Where the bytes written are counted, once the connection is established.
+    traffic: Option<Traffic>,
+    /// When bytes were last written, by the writer or straight through it.
+    last_write: Instant,
+    /// The transport failed or was shut down: nothing more goes straight through.
+    closed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(io: W) -> Self {
+        FrameWriter {
+            io: StallGuard::new(io, None),
+            batch: Vec::new(),
+            calls: None,
+            traffic: None,
+            last_write: Instant::now(),
+            closed: false,
+        }
+    }
+
+    /// Counts the bytes written from here on in `traffic`.
+    pub(crate) fn count_traffic(&mut self, traffic: Traffic) {
+        self.traffic = Some(traffic);
+    }
+
+    /// Notes `bytes` written.
+    fn sent(&self, bytes: usize) {
+        if let Some(traffic) = self.traffic {
+            traffic.sent(bytes);
+        }
+    }
+
+    /// Lets the writer see how many calls are in flight: `slots`, of which there are
+    /// `capacity`, each held by one call.
+    pub(crate) fn watch_calls(&mut self, slots: Arc<Semaphore>, capacity: usize) {
+        self.calls = Some((slots, capacity));
+    }
+
+    /// Whether at most one call is in flight, as far as the writer was told.
+    fn lone_call(&self) -> bool {
+        self.calls.as_ref().is_some_and(|(slots, capacity)| {
+            capacity.saturating_sub(slots.available_permits()) <= 1
+        })
+    }
+
+    /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
+    /// frame while the writer is idle sends it this way, rather than waking the writer to. Only
+    /// a small frame: a large one takes long to write whatever wakes the writer, and what the
+    /// transport did not take at once would have to be copied aside. Returns how many bytes
+    /// were taken and whether they are flushed; `None` when it took none, and the frame goes to
+    /// the writer whole.
+    pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        if self.closed || bytes.len() >= COALESCE_BELOW {
+            return None;
+        }
+        // Past the stall guard: nothing waits here, so there is no stall to time. A transport
+        // that is full or failing takes nothing more, and the writer meets it as it would have.
+        let mut io = Pin::new(self.io.get_mut());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut written = 0;
+        while written < bytes.len() {
+            match io.as_mut().poll_write(&mut cx, &bytes[written..]) {
+                Poll::Ready(Ok(taken)) if taken > 0 => written += taken,
+                _ => break,
+            }
+        }
+        if written == 0 {
+            return None;
+        }
+        let flushed =
+            written == bytes.len() && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
+        self.sent(written);
+        self.last_write = Instant::now();
+        Some((written, flushed))
+    }
+
+    /// Fails a write that makes no progress for `limit`: the peer stopped reading.
+    pub(crate) fn set_stall_limit(&mut self, limit: Option<Duration>) {
+        self.io.set_limit(limit);
+    }
+
+    /// Writes one frame and flushes it.
+    pub(crate) async fn send(&mut self, frame: &Frame) -> std::io::Result<()> {
+        self.write_after_batch(frame).await?;
+        self.io.flush().await
+    }
+
+    /// Writes `first` and every frame already queued behind it, gathering small frames into
+    /// few large writes, then flushes. A frame's slot is released once its bytes are written or
+    /// copied into the batch, which is itself bounded. Returns `true` if the connection's last
+    /// frame was among them: it was written, and nothing after it.
+    ///
+    /// The frames queued at the start go out in two writes, half in each. A batch written
+    /// whole comes back whole: its calls travel together, and the two ends take turns, each
+    /// asleep while the other works. The first half wakes the peer while the second is still
+    /// being written, so the halves travel apart and both ends work at once (about a quarter
+    /// more calls per second with 32 callers on one connection).
+    async fn send_queued(&mut self, first: Outgoing, queue: &mut Queue) -> std::io::Result<bool> {
+        let mut next = Some(first);
+        // Half of `first` and the frames behind it, rounded down: half of the others, rounded up.
+        let mut first_half_left = queue.len().div_ceil(2);
+        let mut last = false;
+        while let Some(outgoing) = next.take() {
+            // Out of the queue: the bytes are the writer's now, one frame or batch at a time.
+            queue.meter.release(outgoing.queued_len());
+            let frame = match outgoing.item {
+                Item::Frame(frame) => frame,
+                Item::Last(frame) => {
+                    last = true;
+                    frame
+                }
+                Item::Claim(source, key) => match source.claim(key) {
+                    Some(frame) => frame,
+                    // Taken back by a call that was abandoned before its turn.
+                    None => {
+                        next = queue.try_recv();
+                        continue;
+                    }
+                },
+            };
+            next = if last { None } else { queue.try_recv() };
+            let lone = self.batch.is_empty() && next.is_none();
+            match frame.contiguous() {
+                Some(bytes) if bytes.len() < COALESCE_BELOW && !lone => {
+                    self.batch.extend_from_slice(bytes);
+                    first_half_left = first_half_left.saturating_sub(1);
+                    if self.batch.len() >= COALESCE_LIMIT || first_half_left == 0 {
+                        first_half_left = usize::MAX;
+                        self.write_batch().await?;
+                    }
+                }
+                _ => self.write_after_batch(&frame).await?,
+            }
+        }
+        self.write_batch().await?;
+        if self.batch.capacity() > 2 * COALESCE_LIMIT {
+            self.batch = Vec::new();
+        }
+        self.io.flush().await?;
+        Ok(last)
+    }
+
+    /// Writes what is batched, then `frame`, in as few writes as the transport allows: one
+    /// vectored write for all of it, unless the transport takes less at a time.
+    async fn write_after_batch(&mut self, frame: &Frame) -> std::io::Result<()> {
+        match frame.contiguous() {
+            Some(bytes) => {
+                let mut slices = [IoSlice::new(&self.batch), IoSlice::new(bytes)];
+                write_all_vectored(&mut self.io, &mut slices).await?;
+            }
+            None => {
+                let mut slices = vec![IoSlice::new(&self.batch)];
+                frame.push_slices(&mut slices);
+                write_all_vectored(&mut self.io, &mut slices).await?;
+            }
+        }
+        self.sent(self.batch.len() + frame.len());
+        self.batch.clear();
+        Ok(())
+    }
+
+    async fn write_batch(&mut self) -> std::io::Result<()> {
+        if !self.batch.is_empty() {
+            self.io.write_all(&self.batch).await?;
+            self.sent(self.batch.len());
+            self.batch.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `slices`, however little the transport takes at a time.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = io.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// Sends every frame that arrives on `queue` until all its senders are gone or the last frame
+/// is written, then shuts the write side down so the peer sees the end of the stream. After
+/// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
+/// alive.
+#[cfg(test)]
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: FrameWriter<W>,
+    queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    drive(&Mutex::new(writer), queue, heartbeat).await
+}
+
+/// Like [`write_frames`], and lets the tasks that queue frames write them straight through
+/// while the writer is idle ([`Outbox`](super::Outbox) decides when).
+pub(crate) async fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
+    writer: FrameWriter<W>,
+    queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    let calls = writer.calls.clone();
+    let wire = Arc::new(Mutex::new(writer));
+    if let Some((slots, capacity)) = calls {
+        queue.write_through(
+            Arc::downgrade(&wire) as Weak<dyn WriteThrough>,
+            slots,
+            capacity,
+        );
+    }
+    drive(&wire, queue, heartbeat).await
+}
+
+/// The writer, shared with the tasks that write straight through it.
+impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
+    fn if_idle(&self, write: &mut dyn FnMut(&mut dyn WriteNow)) {
+        if let Ok(mut writer) = self.try_lock() {
+            write(&mut *writer);
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> WriteNow for FrameWriter<W> {
+    fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        FrameWriter::write_now(self, bytes)
+    }
+}
+
+/// The writer's loop. It takes entries from the queue only while it holds `wire`, so that a
+/// frame written straight through never overtakes one queued before it.
+async fn drive<W: AsyncWrite + Unpin>(
+    wire: &Mutex<FrameWriter<W>>,
+    mut queue: Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    let result = write_queued(wire, &mut queue, heartbeat).await;
+    wire.lock().await.closed = true;
+    result
+}
+
+async fn write_queued<W: AsyncWrite + Unpin>(
+    wire: &Mutex<FrameWriter<W>>,
+    queue: &mut Queue,
+    heartbeat: Option<Duration>,
+) -> std::io::Result<()> {
+    // One timer for the connection's life, re-armed only when it fires: then, if something was
+    // written since it was armed, it is set to the interval after that write; if not, the side
+    // has been silent for the whole interval and a ping goes out. (A timer reset at every write
+    // would cost a timer-wheel update per batch.)
+    let mut ping = heartbeat.map(|interval| (interval, Box::pin(tokio::time::sleep(interval))));
+    loop {
+        let ready = match &mut ping {
+            None => queue.ready().await,
+            Some((interval, timer)) => tokio::select! {
+                biased;
+                ready = queue.ready() => ready,
+                () = timer.as_mut() => {
+                    let mut writer = wire.lock().await;
+                    let due = writer.last_write + *interval;
+                    if due <= Instant::now() {
+                        writer.send(&Head::Ping.frame().into()).await?;
+                        writer.last_write = Instant::now();
+                        timer.as_mut().reset(writer.last_write + *interval);
+                    } else {
+                        timer.as_mut().reset(due);
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut writer = wire.lock().await;
+        if !ready {
+            return writer.io.shutdown().await;
+        }
+        if queue.len() == 1 && !writer.lone_call() {
+            // The task that queued this frame woke the writer, which the runtime then runs at
+            // once, before the other tasks that are about to queue theirs. Letting them run
+            // first gathers their frames into this write: one write for many frames costs far
+            // less than one each. Not for a lone call: nobody else is about to queue a
+            // frame, and on a multi-thread runtime the turn can hand the writer to another
+            // thread, a wakeup on every call.
+            tokio::task::yield_now().await;
+        }
+        let Some(first) = queue.try_recv() else {
+            continue;
+        };
+        let last = writer.send_queued(first, queue).await?;
+        if ping.is_some() {
+            writer.last_write = Instant::now();
+        }
+        if last {
+            writer.closed = true;
+            return writer.io.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FrameReader, Outbox};
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn coalesced_writes_keep_frame_order() {
+        let (tx, rx) = tokio::io::duplex(1 << 20);
+        let (outbox, queue) = Outbox::new();
+        for i in 0..50u8 {
+            assert!(outbox.send(frame(&[i; 3]), None));
+        }
+        assert!(outbox.send(frame(&[99; 20_000]), None));
+        drop(outbox);
+        write_frames(FrameWriter::new(tx), queue, None)
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        for i in 0..50u8 {
+            assert_eq!(
+                reader.next_frame().await.expect("frame").expect("some")[..],
+                [i; 3]
+            );
+        }
+        assert_eq!(
+            reader
+                .next_frame()
+                .await
+                .expect("frame")
+                .expect("some")
+                .len(),
+            20_000
+        );
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::Payload;
+    use crate::protocol::{FrameReader, Outbox};
+    use crate::protocol::{finish_frame, outgoing::SPLICE_MIN};
+
+    /// A transport that takes at most `limit` bytes per write, gathered from as many slices as
+    /// it is given.
+    struct Trickle {
+        written: Vec<u8>,
+        limit: usize,
+        /// How many bytes each write took.
+        writes: Vec<usize>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut taken = 0;
+            for slice in slices {
+                let take = slice.len().min(self.limit - taken);
+                self.written.extend_from_slice(&slice[..take]);
+                taken += take;
+            }
+            self.writes.push(taken);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn spliced_frames_go_out_whole_and_in_order_through_partial_writes() {
+        let big: Vec<u8> = (0..3 * SPLICE_MIN).map(|i| (i % 251) as u8).collect();
+        let payload = Payload::from(big.clone());
+        let (outbox, queue) = Outbox::new();
+        for i in 0..3u8 {
+            assert!(outbox.send(Head::Ping.frame(), None));
+            let mut frame = Head::StreamItem { id: u64::from(i) }
+                .begin_frame()
+                .expect("encodes");
+            frame.append(&(i, &payload, i)).expect("encodes");
+            assert!(frame.contiguous().is_none(), "the payload is spliced in");
+            finish_frame(&mut frame, 1 << 20).expect("fits");
+            assert!(outbox.send(frame, None));
+        }
+        drop(outbox);
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: 1000,
+            writes: Vec::new(),
+        };
+        write_frames(FrameWriter::new(&mut io), queue, None)
+            .await
+            .expect("writes");
+
+        let mut reader = FrameReader::new(&io.written[..], 1 << 20);
+        for i in 0..3u8 {
+            let ping = reader.next_frame().await.expect("reads").expect("a ping");
+            assert_eq!(ping[..], [0x04]);
+            let item = reader.next_frame().await.expect("reads").expect("an item");
+            let (head, rest) = Head::decode(&item).expect("a head");
+            assert!(matches!(head, Head::StreamItem { id } if id == u64::from(i)));
+            let (first, bytes, last): (u8, Payload, u8) =
+                postcard::from_bytes(rest).expect("the item");
+            assert_eq!((first, last), (i, i));
+            assert_eq!(&bytes[..], &big[..]);
+        }
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_go_out_in_two_halves() {
+        let (outbox, queue) = Outbox::new();
+        for id in 0..10 {
+            assert!(outbox.send(Head::Cancel { id }.frame(), None));
+        }
+        drop(outbox);
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: usize::MAX,
+            writes: Vec::new(),
+        };
+        write_frames(FrameWriter::new(&mut io), queue, None)
+            .await
+            .expect("writes");
+        let frame_len = Head::Cancel { id: 0 }.frame().len();
+        assert_eq!(io.writes, [5 * frame_len, 5 * frame_len]);
+    }
+
+    /// The writes a writer makes when one frame is queued, the writer has a turn, then four
+    /// more are queued; `in_flight` of the connection's 8 call slots are held.
+    async fn writes_around_a_turn(in_flight: u32) -> Vec<usize> {
+        let slots = Arc::new(Semaphore::new(8));
+        let _held = Arc::clone(&slots)
+            .acquire_many_owned(in_flight)
+            .await
+            .expect("slots");
+        let (outbox, queue) = Outbox::new();
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: usize::MAX,
+            writes: Vec::new(),
+        };
+        let mut writer = FrameWriter::new(&mut io);
+        writer.watch_calls(slots, 8);
+        let mut writing = Box::pin(write_frames(writer, queue, None));
+        assert!(outbox.send(Head::Cancel { id: 0 }.frame(), None));
+        // The writer's turn: it either writes the frame or waits for another turn.
+        assert!(writing.as_mut().now_or_never().is_none());
+        for id in 1..5 {
+            assert!(outbox.send(Head::Cancel { id }.frame(), None));
+        }
+        drop(outbox);
+        writing.await.expect("writes");
+        io.writes
+    }
+
+    #[tokio::test]
+    async fn a_lone_calls_frame_goes_out_without_waiting_for_others() {
+        let frame_len = Head::Cancel { id: 0 }.frame().len();
+        let lone = writes_around_a_turn(1).await;
+        assert_eq!(lone[0], frame_len, "written before the others were queued");
+        let busy = writes_around_a_turn(2).await;
+        assert_eq!(
+            busy[0],
+            2 * frame_len,
+            "with calls in flight, the writer waits a turn and gathers the others"
+        );
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::{FrameReader, Outbox};
+
+    /// Fails a test that would otherwise wait for ever: a guard, not a measure of speed
+    /// (under paused time, only virtual time passes).
+    async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(600), work)
+            .await
+            .expect("did not hang")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_writer_pings_once_per_interval_of_silence() {
+        let (tx, rx) = tokio::io::duplex(1024);
+        let (outbox, queue) = Outbox::new();
+        let interval = Duration::from_millis(500);
+        let writer = tokio::spawn(write_frames(FrameWriter::new(tx), queue, Some(interval)));
+        let mut reader = FrameReader::new(rx, 1024);
+        let started = Instant::now();
+        for n in 1..=4u32 {
+            let ping = within(reader.next_frame())
+                .await
+                .expect("frame")
+                .expect("some");
+            assert_eq!(ping[..], [0x04]);
+            assert_eq!(started.elapsed(), interval * n, "ping {n}");
+        }
+        // A frame resets the silence: the next ping comes an interval after it.
+        tokio::time::sleep(interval / 5).await;
+        assert!(outbox.send(Head::Cancel { id: 1 }.frame(), None));
+        let cancel = within(reader.next_frame())
+            .await
+            .expect("frame")
+            .expect("some");
+        assert_eq!(cancel[..], [0x03, 0x01]);
+        let sent = Instant::now();
+        let ping = within(reader.next_frame())
+            .await
+            .expect("frame")
+            .expect("some");
+        assert_eq!(ping[..], [0x04]);
+        assert_eq!(sent.elapsed(), interval);
+        drop(outbox);
+        within(writer)
+            .await
+            .expect("joins")
+            .expect("closes cleanly");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_whose_peer_reads_nothing_fails_after_its_limit() {
+        let (tx, _rx) = tokio::io::duplex(64);
+        let (outbox, queue) = Outbox::new();
+        let mut writer = FrameWriter::new(tx);
+        writer.set_stall_limit(Some(Duration::from_secs(45)));
+        let writing = tokio::spawn(write_frames(writer, queue, None));
+        assert!(outbox.send(vec![0u8; 4096], None));
+        let error = within(writing).await.expect("joins").expect_err("stalled");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(outbox.meter().queued(), 0, "what was queued is freed");
+    }
+
+    #[tokio::test]
+    async fn the_last_frame_ends_the_writer_and_nothing_after_it_is_sent() {
+        let (tx, rx) = tokio::io::duplex(1024);
+        let (outbox, queue) = Outbox::new();
+        assert!(outbox.send(Head::Cancel { id: 1 }.frame(), None));
+        assert!(outbox.send_last(Head::Ping.frame()));
+        assert!(outbox.send(Head::Cancel { id: 2 }.frame(), None));
+        within(write_frames(FrameWriter::new(tx), queue, None))
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(rx, 1024);
+        assert_eq!(
+            within(reader.next_frame()).await.expect("frame"),
+            Some(Bytes::from_static(&[0x03, 0x01]))
+        );
+        assert_eq!(
+            within(reader.next_frame()).await.expect("frame"),
+            Some(Bytes::from_static(&[0x04]))
+        );
+        assert_eq!(within(reader.next_frame()).await.expect("the end"), None);
+    }
+}
+
+#[cfg(test)]
+mod through_tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::sync::OwnedSemaphorePermit;
+
+    use super::*;
+    use crate::protocol::{Outbox, StreamFrames};
+
+    /// Counts how often the writer is woken.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    type Writing = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+    /// A connection's writer, polled once so that it waits idle, with 8 call slots of which
+    /// one is held; its peer reads from a pipe.
+    struct Idle {
+        outbox: Outbox,
+        writing: Writing,
+        wakes: Arc<Wakes>,
+        peer: DuplexStream,
+        slots: Arc<Semaphore>,
+        _call: OwnedSemaphorePermit,
+    }
+
+    impl Idle {
+        /// Over a pipe of `room` bytes.
+        async fn new(room: usize) -> Idle {
+            let (io, peer) = tokio::io::duplex(room);
+            Self::over(io, peer).await
+        }
+
+        async fn over<W>(io: W, peer: DuplexStream) -> Idle
+        where
+            W: AsyncWrite + Unpin + Send + 'static,
+        {
+            let slots = Arc::new(Semaphore::new(8));
+            let call = Arc::clone(&slots).acquire_owned().await.expect("a slot");
+            let (outbox, queue) = Outbox::new();
+            let mut writer = FrameWriter::new(io);
+            writer.watch_calls(Arc::clone(&slots), 8);
+            let mut idle = Idle {
+                outbox,
+                writing: Box::pin(write_frames_through(writer, queue, None)),
+                wakes: Arc::default(),
+                peer,
+                slots,
+                _call: call,
+            };
+            assert!(idle.poll_writer().is_pending(), "nothing to write yet");
+            idle
+        }
+
+        fn poll_writer(&mut self) -> Poll<std::io::Result<()>> {
+            let waker = Waker::from(Arc::clone(&self.wakes));
+            self.writing.as_mut().poll(&mut Context::from_waker(&waker))
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
+
+        /// The bytes the peer has received so far.
+        fn received(&mut self) -> Vec<u8> {
+            let mut received = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Some(Ok(read)) = self.peer.read(&mut buf).now_or_never() {
+                if read == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..read]);
+            }
+            received
+        }
+    }
+
+    fn cancel(id: u64) -> Vec<u8> {
+        Head::Cancel { id }.frame()
+    }
+
+    #[tokio::test]
+    async fn a_lone_calls_frame_goes_straight_through_without_waking_the_writer() {
+        let mut idle = Idle::new(1024).await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert_eq!(idle.received(), cancel(1), "written at once");
+        assert_eq!(idle.wakes(), 0, "by the task that queued it");
+        assert_eq!(idle.outbox.meter().queued(), 0);
+
+        // A stream's item is claimed and written the same way.
+        let items = StreamFrames::new(&idle.outbox);
+        assert!(items.send(&idle.outbox, Frame::from(cancel(2))));
+        assert_eq!(idle.received(), cancel(2));
+        assert_eq!(idle.wakes(), 0);
+        assert_eq!(idle.outbox.meter().queued(), 0, "the item is uncounted");
+    }
+
+    #[tokio::test]
+    async fn frames_go_to_the_writer_while_calls_are_many_or_more_are_coming() {
+        let mut idle = Idle::new(1024).await;
+        let _second = Arc::clone(&idle.slots).acquire_owned().await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert!(idle.received().is_empty(), "two calls in flight: queued");
+        assert_eq!(idle.wakes(), 1, "for the writer");
+        // Its turn, then (the writer waits one more for the other call's frame) the write.
+        assert!(idle.poll_writer().is_pending());
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(1));
+        drop(_second);
+
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(2), None));
+        assert!(idle.received().is_empty(), "more answers coming: queued");
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(2));
+
+        idle.outbox.gather(false);
+        assert!(idle.outbox.send(cancel(3), None));
+        assert_eq!(idle.received(), cancel(3), "straight through again");
+    }
+
+    #[tokio::test]
+    async fn a_frame_never_overtakes_one_queued_before_it() {
+        let mut idle = Idle::new(1024).await;
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(1), None));
+        idle.outbox.gather(false);
+        assert!(idle.outbox.send(cancel(2), None));
+        assert!(
+            idle.received().is_empty(),
+            "behind the first, for the writer"
+        );
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), [cancel(1), cancel(2)].concat());
+    }
+
+    #[tokio::test]
+    async fn what_the_transport_does_not_take_goes_first_to_the_writer() {
+        let first = Head::go_away(0, "a message long enough to fill the pipe").frame();
+        let idle = Idle::new(8).await;
+        assert!(idle.outbox.send(first.clone(), None));
+        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
+        idle.outbox.gather(true);
+        assert!(idle.outbox.send(cancel(2), None));
+        drop(idle.outbox);
+        let writing = idle.writing;
+        let mut peer = idle.peer;
+        let reading = async move {
+            let mut received = Vec::new();
+            peer.read_to_end(&mut received).await.map(|_| received)
+        };
+        let (written, received) = tokio::join!(within(writing), within(reading));
+        written.expect("writes");
+        assert_eq!(
+            received.expect("reads"),
+            [first, cancel(2)].concat(),
+            "the rest of the first frame, then the second"
+        );
+    }
+
+    /// A transport that, like TLS, keeps what it is given until flushed, and flushes only once
+    /// `flushing` is set.
+    struct Buffering {
+        kept: Vec<u8>,
+        flushing: Arc<std::sync::atomic::AtomicBool>,
+        peer: DuplexStream,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.kept.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            if !self.flushing.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            let this = &mut *self;
+            while !this.kept.is_empty() {
+                let written =
+                    std::task::ready!(Pin::new(&mut this.peer).poll_write(cx, &this.kept))?;
+                this.kept.drain(..written);
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_through_a_buffering_transport_is_flushed_by_the_writer() {
+        let (io, peer) = tokio::io::duplex(1024);
+        let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let buffering = Buffering {
+            kept: Vec::new(),
+            flushing: Arc::clone(&flushing),
+            peer: io,
+        };
+        let mut idle = Idle::over(buffering, peer).await;
+        assert!(idle.outbox.send(cancel(1), None));
+        assert!(idle.received().is_empty(), "kept by the transport");
+        assert_eq!(idle.wakes(), 1, "the writer is woken to flush");
+        flushing.store(true, Ordering::SeqCst);
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), cancel(1), "flushed");
+    }
+
+    async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .expect("done in time")
+    }
+}
