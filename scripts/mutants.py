@@ -21,6 +21,7 @@ makes a test spin leaves nothing running.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def main():
     chosen.add_argument("--in-diff", help="the mutants of the lines this diff changes")
     chosen.add_argument("-f", "--file", action="append", help="the mutants of these files")
     parser.add_argument("--test", action="append", required=True, help="an rpc-tests binary")
+    parser.add_argument("--match", help="only the mutants whose name this regular expression finds")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per test command")
     parser.add_argument("--log", default="mutants.out/narrow.log")
     args = parser.parse_args()
@@ -63,6 +65,8 @@ def main():
     for file in args.file or []:
         listing += ["-f", file]
     mutants = json.loads(subprocess.check_output(listing, cwd=root, text=True))
+    if args.match:
+        mutants = [mutant for mutant in mutants if re.search(args.match, mutant["name"])]
     done = set()
     if os.path.exists(args.log):
         with open(args.log) as log:
