@@ -247,12 +247,13 @@ fn same_start(bytes: &[u8], head: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
 
-    fn frame(payload: &[u8]) -> Vec<u8> {
+    /// `payload` as a frame: its length prefix, then itself.
+    pub(in crate::protocol) fn frame(payload: &[u8]) -> Vec<u8> {
         let mut out = (payload.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(payload);
         out

@@ -337,13 +337,8 @@ async fn write_queued<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frame::tests::frame;
     use crate::protocol::{FrameReader, Outbox};
-
-    fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(payload);
-        out
-    }
 
     #[tokio::test]
     async fn coalesced_writes_keep_frame_order() {
