@@ -632,7 +632,7 @@ mod through_tests {
     use tokio::sync::OwnedSemaphorePermit;
 
     use super::*;
-    use crate::protocol::{Outbox, StreamFrames};
+    use crate::protocol::{FrameReader, Outbox, StreamFrames};
 
     /// Counts how often the writer is woken.
     #[derive(Default)]
@@ -789,6 +789,43 @@ mod through_tests {
             [first, cancel(2)].concat(),
             "the rest of the first frame, then the second"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_written_straight_through_puts_off_the_next_ping() {
+        let slots = Arc::new(Semaphore::new(8));
+        let _call = Arc::clone(&slots).acquire_owned().await.expect("a slot");
+        let (outbox, queue) = Outbox::new();
+        let (io, peer) = tokio::io::duplex(1024);
+        let mut writer = FrameWriter::new(io);
+        writer.watch_calls(slots, 8);
+        let interval = Duration::from_secs(10);
+        let writing = tokio::spawn(write_frames_through(writer, queue, Some(interval)));
+        // The writer has started and waits idle; the frame goes straight through.
+        tokio::time::sleep(interval * 6 / 10).await;
+        assert!(outbox.send(cancel(1), None));
+        let sent = Instant::now();
+        let mut reader = FrameReader::new(peer, 1024);
+        // Guards against waiting for ever; under paused time only virtual time passes.
+        let guard = Duration::from_secs(600);
+        let frame = tokio::time::timeout(guard, reader.next_frame()).await;
+        assert_eq!(
+            frame.expect("in time").expect("read"),
+            Some(cancel(1)[4..].to_vec().into())
+        );
+        let frame = tokio::time::timeout(guard, reader.next_frame()).await;
+        assert_eq!(
+            frame.expect("in time").expect("read"),
+            Some(vec![0x04].into()),
+            "a ping"
+        );
+        assert_eq!(
+            sent.elapsed(),
+            interval,
+            "an interval after the frame, not before"
+        );
+        drop(outbox);
+        writing.await.expect("joins").expect("closes cleanly");
     }
 
     /// A transport that, like TLS, keeps what it is given until flushed, and flushes only once
