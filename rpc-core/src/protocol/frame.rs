@@ -281,6 +281,32 @@ pub(super) mod tests {
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
     }
 
+    #[tokio::test]
+    async fn the_reader_tells_whether_more_was_read_than_the_frame_it_returned() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut bytes = frame(b"one");
+        bytes.extend(frame(b"two"));
+        bytes.extend(&frame(b"three")[..2]);
+        tx.write_all(&bytes).await.expect("writes");
+        let mut reader = FrameReader::new(rx, 1024);
+        assert_eq!(
+            reader.next_frame().await.expect("frame").expect("some")[..],
+            *b"one"
+        );
+        assert!(reader.has_buffered(), "a whole frame behind it");
+        assert_eq!(
+            reader.next_frame().await.expect("frame").expect("some")[..],
+            *b"two"
+        );
+        assert!(reader.has_buffered(), "the start of one");
+        tx.write_all(&frame(b"three")[2..]).await.expect("writes");
+        assert_eq!(
+            reader.next_frame().await.expect("frame").expect("some")[..],
+            *b"three"
+        );
+        assert!(!reader.has_buffered(), "nothing more");
+    }
+
     /// Small frames read one at a time, each still held (as a client's answers are, until their
     /// callers take them), come one after another from one allocation, not one each.
     #[tokio::test]
