@@ -56,6 +56,7 @@ pub(crate) trait WriteNow {
 }
 
 /// What the queue needs to write a frame straight through.
+#[derive(Debug)]
 struct Through {
     writer: Weak<dyn WriteThrough>,
     /// The connection's call slots and how many there are: frames go straight through only
@@ -134,12 +135,6 @@ struct Channel {
     /// More frames are coming at once (the reader has more requests in hand, each answered
     /// in turn): the writer gathers them rather than each going straight through.
     gathering: AtomicBool,
-}
-
-impl fmt::Debug for Through {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Through").finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Default)]
