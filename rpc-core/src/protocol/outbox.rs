@@ -50,8 +50,7 @@ pub(crate) trait WriteThrough: Send + Sync {
 /// An idle writer, lent to a task that writes its frame straight through.
 pub(crate) trait WriteNow {
     /// Writes what the transport takes of `bytes` without waiting: how many bytes, and whether
-    /// they are flushed; `None` when it took none (or writes only for a lone call and there
-    /// are more).
+    /// they are flushed; `None` when it took none (or the frame is too large to try).
     fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
 }
 
@@ -375,13 +374,17 @@ impl Outbox {
     }
 
     /// Queues `frame` first in line: the rest of a frame written straight through in part.
+    /// Dropped if the writer is gone (aborted with its connection) since the caller looked.
     fn push_first(&self, frame: Frame) {
         let outgoing = Outgoing {
             item: Item::Frame(frame),
             _slot: None,
         };
-        self.meter.hold(outgoing.queued_len());
         let mut state = self.channel.lock();
+        if state.closed {
+            return;
+        }
+        self.meter.hold(outgoing.queued_len());
         state.entries.push_front(outgoing);
         let wake = std::mem::take(&mut state.waiting);
         drop(state);
