@@ -218,10 +218,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Sends every frame that arrives on `queue` until all its senders are gone or the last frame
-/// is written, then shuts the write side down so the peer sees the end of the stream. After
-/// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
-/// alive.
+/// The writer loop without the straight path, for tests whose transport is borrowed.
 #[cfg(test)]
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     writer: FrameWriter<W>,
@@ -231,7 +228,10 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     drive(&Mutex::new(writer), queue, heartbeat).await
 }
 
-/// Like [`write_frames`], and lets the tasks that queue frames write them straight through
+/// Sends every frame that arrives on `queue` until all its senders are gone or the last frame
+/// is written, then shuts the write side down so the peer sees the end of the stream. After
+/// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
+/// alive. Meanwhile the tasks that queue frames may write a lone call's frame straight through
 /// while the writer is idle ([`Outbox`](super::Outbox) decides when).
 pub(crate) async fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
     writer: FrameWriter<W>,
