@@ -828,6 +828,40 @@ mod through_tests {
         writing.await.expect("joins").expect("closes cleanly");
     }
 
+    /// A transport that takes nothing and says so with a write of zero bytes.
+    struct TakesNothing;
+
+    impl AsyncWrite for TakesNothing {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_takes_nothing_leaves_the_frame_to_the_writer() {
+        let (_, peer) = tokio::io::duplex(8);
+        let mut idle = Idle::over(TakesNothing, peer).await;
+        assert!(idle.outbox.send(cancel(1), None), "queued, not lost");
+        assert_eq!(idle.wakes(), 1, "for the writer");
+        let error = match idle.poll_writer() {
+            Poll::Ready(result) => result.expect_err("the writer meets the failure"),
+            Poll::Pending => panic!("the writer wrote nothing and ended"),
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::WriteZero);
+    }
+
     /// A transport that, like TLS, keeps what it is given until flushed, and flushes only once
     /// `flushing` is set.
     struct Buffering {
