@@ -753,6 +753,17 @@ mod through_tests {
     }
 
     #[tokio::test]
+    async fn a_large_frame_goes_to_the_writer() {
+        let mut idle = Idle::new(1 << 20).await;
+        let large = crate::protocol::frame::tests::frame(&vec![7; COALESCE_BELOW]);
+        assert!(idle.outbox.send(large.clone(), None));
+        assert!(idle.received().is_empty(), "queued");
+        assert_eq!(idle.wakes(), 1, "for the writer");
+        assert!(idle.poll_writer().is_pending());
+        assert_eq!(idle.received(), large);
+    }
+
+    #[tokio::test]
     async fn a_frame_never_overtakes_one_queued_before_it() {
         let mut idle = Idle::new(1024).await;
         idle.outbox.gather(true);
