@@ -322,10 +322,15 @@ mod tests {
 
     #[test]
     fn truncate_respects_char_boundaries() {
-        let long = "é".repeat(1000);
+        // Two-byte characters after one byte: the limit falls inside a character.
+        let long = format!("a{}", "é".repeat(1000));
         let cut = truncate_message(&long);
-        assert!(cut.len() <= MAX_ERROR_MESSAGE);
-        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(
+            cut.len(),
+            MAX_ERROR_MESSAGE - 1,
+            "cut before the split character"
+        );
+        assert!(cut[1..].chars().all(|c| c == 'é'));
         assert_eq!(truncate_message("short"), "short");
     }
 
