@@ -54,20 +54,30 @@ pub(crate) trait WriteNow {
     fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
 }
 
-/// What the queue needs to write a frame straight through.
-#[derive(Debug)]
-struct Through {
-    writer: Weak<dyn WriteThrough>,
-    /// The connection's call slots and how many there are: frames go straight through only
-    /// while at most one call is in flight.
+/// A connection's call slots, each held by one call in flight, and how many there are.
+#[derive(Debug, Clone)]
+pub(super) struct CallSlots {
     slots: Arc<Semaphore>,
     capacity: usize,
 }
 
-impl Through {
-    fn lone_call(&self) -> bool {
+impl CallSlots {
+    pub(super) fn new(slots: Arc<Semaphore>, capacity: usize) -> Self {
+        CallSlots { slots, capacity }
+    }
+
+    /// Whether at most one call is in flight.
+    pub(super) fn lone_call(&self) -> bool {
         self.capacity.saturating_sub(self.slots.available_permits()) <= 1
     }
+}
+
+/// What the queue needs to write a frame straight through.
+#[derive(Debug)]
+struct Through {
+    writer: Weak<dyn WriteThrough>,
+    /// Frames go straight through only while at most one call is in flight.
+    calls: CallSlots,
 }
 
 /// One entry of the queue.
@@ -207,18 +217,9 @@ impl Queue {
     }
 
     /// Lets the tasks that queue frames write them straight through `writer` while it is idle,
-    /// nothing is queued and at most one of the `capacity` call `slots` is taken.
-    pub(super) fn write_through(
-        &self,
-        writer: Weak<dyn WriteThrough>,
-        slots: Arc<Semaphore>,
-        capacity: usize,
-    ) {
-        let _ = self.channel.through.set(Through {
-            writer,
-            slots,
-            capacity,
-        });
+    /// nothing is queued and at most one of the connection's `calls` is in flight.
+    pub(super) fn write_through(&self, writer: Weak<dyn WriteThrough>, calls: CallSlots) {
+        let _ = self.channel.through.set(Through { writer, calls });
     }
 
     /// The next entry, if one is queued.
@@ -319,7 +320,7 @@ impl Outbox {
         let Some(through) = self.channel.through.get() else {
             return Err(item);
         };
-        if !through.lone_call() || self.channel.gathering.load(Ordering::Relaxed) {
+        if !through.calls.lone_call() || self.channel.gathering.load(Ordering::Relaxed) {
             return Err(item);
         }
         let Some(writer) = through.writer.upgrade() else {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
-use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough};
+use super::outbox::{CallSlots, Item, Outgoing, Queue, WriteNow, WriteThrough};
 use super::stall::StallGuard;
 use super::{Frame, Head};
 use crate::telemetry::Traffic;
@@ -30,7 +30,7 @@ pub(crate) struct FrameWriter<W> {
     batch: Vec<u8>,
     /// The connection's call slots and how many there are, to tell when a single call is in
     /// flight: then nobody else is about to queue a frame, and the writer sends at once.
-    calls: Option<(Arc<Semaphore>, usize)>,
+    calls: Option<CallSlots>,
     /// Where the bytes written are counted, once the connection is established.
     traffic: Option<Traffic>,
     /// When bytes were last written, by the writer or straight through it.
@@ -66,14 +66,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Lets the writer see how many calls are in flight: `slots`, of which there are
     /// `capacity`, each held by one call.
     pub(crate) fn watch_calls(&mut self, slots: Arc<Semaphore>, capacity: usize) {
-        self.calls = Some((slots, capacity));
+        self.calls = Some(CallSlots::new(slots, capacity));
     }
 
     /// Whether at most one call is in flight, as far as the writer was told.
     fn lone_call(&self) -> bool {
-        self.calls.as_ref().is_some_and(|(slots, capacity)| {
-            capacity.saturating_sub(slots.available_permits()) <= 1
-        })
+        self.calls.as_ref().is_some_and(CallSlots::lone_call)
     }
 
     /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
@@ -240,12 +238,8 @@ pub(crate) async fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>
 ) -> std::io::Result<()> {
     let calls = writer.calls.clone();
     let wire = Arc::new(Mutex::new(writer));
-    if let Some((slots, capacity)) = calls {
-        queue.write_through(
-            Arc::downgrade(&wire) as Weak<dyn WriteThrough>,
-            slots,
-            capacity,
-        );
+    if let Some(calls) = calls {
+        queue.write_through(Arc::downgrade(&wire) as Weak<dyn WriteThrough>, calls);
     }
     drive(&wire, queue, heartbeat).await
 }
