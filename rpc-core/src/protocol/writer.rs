@@ -322,7 +322,6 @@ async fn write_queued<W: AsyncWrite + Unpin>(
             writer.last_write = Instant::now();
         }
         if last {
-            writer.closed = true;
             return writer.io.shutdown().await;
         }
     }
@@ -379,12 +378,12 @@ mod write_tests {
     use crate::protocol::{finish_frame, outgoing::SPLICE_MIN};
 
     /// A transport that takes at most `limit` bytes per write, gathered from as many slices as
-    /// it is given.
-    struct Trickle {
-        written: Vec<u8>,
-        limit: usize,
+    /// it is given (none at all, a write of zero bytes, with a limit of 0).
+    pub(super) struct Trickle {
+        pub(super) written: Vec<u8>,
+        pub(super) limit: usize,
         /// How many bytes each write took.
-        writes: Vec<usize>,
+        pub(super) writes: Vec<usize>,
     }
 
     impl AsyncWrite for Trickle {
@@ -625,6 +624,7 @@ mod through_tests {
     use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio::sync::OwnedSemaphorePermit;
 
+    use super::write_tests::Trickle;
     use super::*;
     use crate::protocol::{FrameReader, Outbox, StreamFrames};
 
@@ -833,31 +833,15 @@ mod through_tests {
         writing.await.expect("joins").expect("closes cleanly");
     }
 
-    /// A transport that takes nothing and says so with a write of zero bytes.
-    struct TakesNothing;
-
-    impl AsyncWrite for TakesNothing {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Ok(0))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test]
     async fn a_transport_that_takes_nothing_leaves_the_frame_to_the_writer() {
         let (_, peer) = tokio::io::duplex(8);
-        let mut idle = Idle::over(TakesNothing, peer).await;
+        let takes_nothing = Trickle {
+            written: Vec::new(),
+            limit: 0,
+            writes: Vec::new(),
+        };
+        let mut idle = Idle::over(takes_nothing, peer).await;
         assert!(idle.outbox.send(cancel(1), None), "queued, not lost");
         assert_eq!(idle.wakes(), 1, "for the writer");
         let error = match idle.poll_writer() {
