@@ -237,16 +237,17 @@ where
                 if room_to_park && answers_drained && !reverse_taken => {}
             frame = reader.next_frame(), if reading => match frame {
                 Ok(Some(payload)) => {
+                    // More requests already read: their answers wait to share one write.
                     outbox.gather(reader.has_buffered());
                     match connection.handle(&payload, &mut reader) {
-                    Ok(Handled::Request) => {
-                        last_request = reader.arrived();
-                        if let Some(registration) = &registration {
-                            registration.touch(last_request);
+                        Ok(Handled::Request) => {
+                            last_request = reader.arrived();
+                            if let Some(registration) = &registration {
+                                registration.touch(last_request);
+                            }
                         }
-                    }
-                    Ok(Handled::Other) => {}
-                    Err(error) => break Err(error),
+                        Ok(Handled::Other) => {}
+                        Err(error) => break Err(error),
                     }
                 }
                 Ok(None) => break Ok(()),
