@@ -261,15 +261,10 @@ async fn streams_flow_both_ways_with_credit() {
         Server::builder().stream_window(4096),
     )
     .await;
-    let counted = within("a streamed result", async {
-        let stream = setup.worker.count(20_000).await.expect("the stream starts");
-        stream
-            .map(|item| item.expect("an item"))
-            .collect::<Vec<_>>()
-            .await
-    })
-    .await;
-    assert_eq!(counted, (0..20_000).collect::<Vec<_>>());
+    assert_eq!(
+        counted(&setup.worker, 20_000).await,
+        (0..20_000).collect::<Vec<_>>()
+    );
     let numbers = Streaming::iter(1..=20_000u64);
     let sum = within("a streamed argument", setup.worker.sum(numbers)).await;
     assert_eq!(sum.expect("answered"), 20_000 * 20_001 / 2);
@@ -565,13 +560,14 @@ async fn calls_back_travel_inside_tls_like_the_rest() {
         16
     );
     assert_eq!(within("ask", hub.ask(3)).await.expect("answered"), Ok(6));
-    let counted = within("a streamed result", async {
-        let stream = worker.count(1000).await.expect("the stream starts");
-        stream
-            .map(|item| item.expect("an item"))
-            .collect::<Vec<_>>()
-            .await
+    assert_eq!(counted(&worker, 1000).await, (0..1000).collect::<Vec<_>>());
+}
+
+/// The items of `worker`'s streamed count to `to`, called back from the server.
+async fn counted(worker: &WorkerClient, to: u64) -> Vec<u64> {
+    within("a streamed result", async {
+        let stream = worker.count(to).await.expect("the stream starts");
+        stream.map(|item| item.expect("an item")).collect().await
     })
-    .await;
-    assert_eq!(counted, (0..1000).collect::<Vec<_>>());
+    .await
 }
