@@ -490,6 +490,25 @@ mod buffer_tests {
         assert!(!reader.holds_large, "given up once quiet");
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
     }
+
+    /// A frame of 2 KiB leaves a buffer small enough to keep: reading the next frame does not
+    /// start a timer to give it up. One byte more does.
+    #[tokio::test]
+    async fn a_frame_up_to_two_kib_does_not_count_as_large() {
+        const KEPT: usize = 2 << 10;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        tx.write_all(&tests::frame(&[1; KEPT]))
+            .await
+            .expect("writes");
+        reader.next_frame().await.expect("reads").expect("a frame");
+        assert!(!reader.holds_large, "{KEPT} bytes are kept");
+        tx.write_all(&tests::frame(&[1; KEPT + 1]))
+            .await
+            .expect("writes");
+        reader.next_frame().await.expect("reads").expect("a frame");
+        assert!(reader.holds_large, "one byte more is large");
+    }
 }
 
 #[cfg(test)]
@@ -505,6 +524,23 @@ mod room_tests {
             frame = reader.next_frame() => panic!("no frame is complete yet: {frame:?}"),
             () = std::future::ready(()) => {}
         }
+    }
+
+    /// A claim of up to 256 KiB gets its room at the first read, before the peer has shown it
+    /// sends frames that large: growing the buffer in steps would copy the bytes received so
+    /// far at each step.
+    #[tokio::test]
+    async fn room_for_a_frame_up_to_a_chunk_is_made_at_once() {
+        const CHUNK: usize = 256 << 10;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        tx.write_all(&(CHUNK as u32).to_be_bytes())
+            .await
+            .expect("writes");
+        tx.write_all(&[1; 10]).await.expect("writes");
+        read_what_arrived(&mut reader).await;
+        let capacity = reader.buf.capacity();
+        assert!(capacity >= LENGTH_PREFIX + CHUNK, "{capacity}");
     }
 
     #[tokio::test]
