@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs cargo-mutants' mutants against chosen socket tests only.
+"""Runs cargo-mutants' mutants against rpc-core's unit tests and chosen socket tests, fast.
 
 cargo-mutants runs the tests of every package it is told to, and passes the same arguments to
 each, so a run cannot be narrowed to some of `rpc-tests`' test binaries: `-- --test reverse`
@@ -9,6 +9,7 @@ rpc-core's unit tests and the named test binaries of `rpc-tests`, and restores t
 
     scripts/mutants.py --in-diff /tmp/change.diff --test reverse --test memory
     scripts/mutants.py -f rpc-core/src/reverse.rs --test reverse
+    scripts/mutants.py -f 'rpc-core/src/server/*.rs' --all-tests
 
 Each line of the log (default `mutants.out/narrow.log`, which git ignores) is the mutant's
 number, then `caught`, `MISSED`, `unviable` (does not build) or `timeout` (counted as caught: a
@@ -96,9 +97,11 @@ def main():
     chosen = parser.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--in-diff", help="the mutants of the lines this diff changes")
     chosen.add_argument("-f", "--file", action="append", help="the mutants of these files")
-    parser.add_argument("--test", action="append", required=True, help="an rpc-tests binary")
+    tests = parser.add_mutually_exclusive_group(required=True)
+    tests.add_argument("--test", action="append", help="an rpc-tests binary")
+    tests.add_argument("--all-tests", action="store_true", help="every rpc-tests binary")
     parser.add_argument("--match", help="only the mutants whose name this regular expression finds")
-    parser.add_argument("--timeout", type=int, default=300, help="seconds per test command")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds the tests of one mutant may take")
     parser.add_argument("--log", default="mutants.out/narrow.log")
     args = parser.parse_args()
 
@@ -121,7 +124,10 @@ def main():
     subprocess.check_call(["git", "worktree", "add", "--detach", "-q", scratch], cwd=root)
     # No debug information: a mutant's rebuild links a dozen test binaries, and it halves that.
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(scratch, "target"), CARGO_PROFILE_DEV_DEBUG="0")
-    tests = "-p rpc-tests " + " ".join(f"--test {test}" for test in args.test)
+    if args.all_tests:
+        tests = "-p rpc-tests"
+    else:
+        tests = "-p rpc-tests " + " ".join(f"--test {test}" for test in args.test)
     build = f"cargo build --tests -p rpc-core {tests} --quiet"
     try:
         if not test_binaries(build, scratch, env):
