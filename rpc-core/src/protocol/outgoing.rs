@@ -247,6 +247,24 @@ mod tests {
         assert_eq!(frame.contiguous(), None);
     }
 
+    /// Frames gathered into one, the first ending with a spliced payload, which goes before
+    /// the very position the second frame starts at: each frame's length, taken as it is
+    /// finished, counts its own bytes only.
+    #[test]
+    fn gathered_frames_each_count_only_their_own_spliced_bytes() {
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::default();
+        let first = frame.start_frame(b"A");
+        frame.append(&big).expect("encodes");
+        let mut first_payload = b"A".to_vec();
+        first_payload.extend(postcard::to_stdvec(&big).expect("encodes"));
+        assert_eq!(frame.payload_len_from(first), first_payload.len());
+
+        let second = frame.start_frame(b"B");
+        frame.append(&5u8).expect("encodes");
+        assert_eq!(frame.payload_len_from(second), 2, "its head and one byte");
+    }
+
     #[test]
     fn a_small_payload_is_copied() {
         let small = Payload::from(vec![7u8; SPLICE_MIN - 1]);
