@@ -3,6 +3,7 @@
 //! the server lacks is named in the error.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -291,4 +292,37 @@ async fn qualified_requests_route_on_the_wire() {
             .expect("an answer");
         assert_eq!(answer, [0x02, id as u8, 0x00, status], "{service}");
     }
+}
+
+/// What a server's interceptor, spans and metrics see of a call, on a server of several
+/// services: the service and method the request named, whichever service it is.
+#[tokio::test]
+async fn each_call_is_known_by_its_own_service_and_method() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let server = Server::builder()
+        .intercept(move |call| {
+            let names = (call.service(), call.method());
+            record.lock().expect("not poisoned").push(names);
+            Ok(())
+        })
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("has an address");
+    let services = Services::new()
+        .add(CalcServer::new(MyCalc))
+        .add(KvServer::new(MyKv));
+    tokio::spawn(server.serve(services));
+
+    let calc = within("connecting", CalcClient::connect(addr))
+        .await
+        .expect("connects");
+    let kv = KvClient::sharing(&calc);
+    assert_eq!(calc.add(1, 2).await.expect("adds"), 3);
+    assert_eq!(kv.get("b".into()).await.expect("gets"), None);
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        [("Calc", "add"), ("Kv", "get")]
+    );
 }
