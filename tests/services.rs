@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rpc_core::dynamic::DynamicClient;
-use rpc_core::{Context, RpcError, Server, ServiceClient, Services, Streaming};
+use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Services, Streaming};
 use rpc_tests::{RawClient, VERSION, hello, read_varint, request, string, varint, within};
 
 #[rpc_core::service]
@@ -81,7 +81,12 @@ impl Kv for MyKv {
 
 /// A server of `Calc` then `Kv`, on a free port.
 async fn start() -> SocketAddr {
-    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    start_with(Server::builder()).await
+}
+
+/// A server of `Calc` then `Kv` built by `builder`, on a free port.
+async fn start_with(builder: ServerBuilder) -> SocketAddr {
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
     let addr = server.local_addr().expect("has an address");
     let services = Services::new()
         .add(CalcServer::new(MyCalc))
@@ -300,21 +305,12 @@ async fn qualified_requests_route_on_the_wire() {
 async fn each_call_is_known_by_its_own_service_and_method() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
-    let server = Server::builder()
-        .intercept(move |call| {
-            let names = (call.service(), call.method());
-            record.lock().expect("not poisoned").push(names);
-            Ok(())
-        })
-        .bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = server.local_addr().expect("has an address");
-    let services = Services::new()
-        .add(CalcServer::new(MyCalc))
-        .add(KvServer::new(MyKv));
-    tokio::spawn(server.serve(services));
-
+    let addr = start_with(Server::builder().intercept(move |call| {
+        let names = (call.service(), call.method());
+        record.lock().expect("not poisoned").push(names);
+        Ok(())
+    }))
+    .await;
     let calc = within("connecting", CalcClient::connect(addr))
         .await
         .expect("connects");
