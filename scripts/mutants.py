@@ -31,8 +31,10 @@ import time
 
 
 def test_binaries(build, cwd, env):
-    """Builds the tests, `build` with JSON messages: the test executables, or None."""
-    output = subprocess.run(
+    """Builds the tests, `build` with JSON messages: the test executables with their packages'
+    directories, or None if the build fails or outlives an hour (its process group is killed).
+    """
+    process = subprocess.Popen(
         build + " --message-format=json",
         shell=True,
         cwd=cwd,
@@ -41,12 +43,17 @@ def test_binaries(build, cwd, env):
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
-        timeout=3600,
     )
-    if output.returncode != 0:
+    try:
+        output, _ = process.communicate(timeout=3600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None
+    if process.returncode != 0:
         return None
     binaries = []
-    for line in output.stdout.splitlines():
+    for line in output.splitlines():
         message = json.loads(line)
         if message.get("reason") == "compiler-artifact" and message["profile"]["test"]:
             package = os.path.dirname(message["manifest_path"])
@@ -56,12 +63,12 @@ def test_binaries(build, cwd, env):
 
 def run_all(binaries, timeout, env):
     """Runs the test binaries side by side: "caught" at the first that fails, "timeout" if one
-    outlives its limit, else "MISSED". The rest are killed as soon as the verdict is known.
+    outlives the limit, else "MISSED". Those still running when the verdict is known are killed.
 
     The socket tests mostly wait on timers and sockets, so running the binaries together takes
     about as long as the slowest one, not the sum.
     """
-    processes = [
+    running = [
         subprocess.Popen(
             [binary, "--quiet"],
             cwd=package,
@@ -74,18 +81,14 @@ def run_all(binaries, timeout, env):
     ]
     deadline = time.monotonic() + timeout
     verdict = "MISSED"
-    running = list(processes)
     while running and verdict == "MISSED":
-        for process in list(running):
-            code = process.poll()
-            if code is not None:
-                running.remove(process)
-                if code != 0:
-                    verdict = "caught"
-        if running and time.monotonic() > deadline:
+        time.sleep(0.05)
+        codes = [(process, process.poll()) for process in running]
+        running = [process for process, code in codes if code is None]
+        if any(code not in (None, 0) for _, code in codes):
+            verdict = "caught"
+        elif running and time.monotonic() > deadline:
             verdict = "timeout"
-        elif running and verdict == "MISSED":
-            time.sleep(0.05)
     for process in running:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
