@@ -12,11 +12,16 @@ rpc-core's unit tests and the named test binaries of `rpc-tests`, and restores t
     scripts/mutants.py -f 'rpc-core/src/server/*.rs' --all-tests
 
 Each line of the log (default `mutants.out/narrow.log`, which git ignores) is the mutant's
-number, then `caught`, `MISSED`, `unviable` (does not build) or `timeout` (counted as caught: a
-test waited for its guard), then the mutant. A mutant already in the log is skipped, so a long
-run can be stopped and started again. The test binaries run side by side, each in its own
-process group: the first failure decides, and the rest (or all, at the time limit) are killed
-whole, so that a mutant that makes a test spin leaves nothing running.
+number, then `caught:BINARY` (the test binary that failed first), `MISSED`, `unviable` (does
+not build) or `timeout:BINARY` (counted as caught: a test waited for its guard), then the
+mutant. A mutant already in the log is skipped, so a long run can be stopped and started again.
+The test binaries run side by side, each in its own process group: the first failure decides,
+and the rest (or all, at the time limit) are killed whole, so that a mutant that makes a test
+spin leaves nothing running.
+
+Side by side, the binaries share the machine's cores: a test that holds only on an idle machine
+would fail there and call every mutant caught. So before the first mutant the script runs the
+unmutated tests side by side a few times, and refuses to start if any fails.
 """
 
 import argparse
@@ -29,70 +34,87 @@ import sys
 import tempfile
 import time
 
+# How many times the unmutated tests run side by side before the first mutant.
+PRECHECK_RUNS = 3
 
-def test_binaries(build, cwd, env):
-    """Builds the tests, `build` with JSON messages: the test executables with their packages'
-    directories, or None if the build fails or outlives an hour (its process group is killed).
+
+def test_binaries(builds, cwd, env):
+    """Runs the cargo commands `builds`, one after another, with JSON messages: the test
+    executables they build as (name, executable, package directory), or None if a build fails
+    or outlives an hour (its process group is killed).
     """
-    process = subprocess.Popen(
-        build + " --message-format=json",
-        shell=True,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=3600)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        return None
-    if process.returncode != 0:
-        return None
     binaries = []
-    for line in output.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message["profile"]["test"]:
-            package = os.path.dirname(message["manifest_path"])
-            binaries.append((message["executable"], package))
+    for build in builds:
+        process = subprocess.Popen(
+            build + ["--quiet", "--message-format=json"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = process.communicate(timeout=3600)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return None
+        if process.returncode != 0:
+            return None
+        for line in output.splitlines():
+            message = json.loads(line)
+            if message.get("reason") == "compiler-artifact" and message["profile"]["test"]:
+                package = os.path.dirname(message["manifest_path"])
+                binaries.append((message["target"]["name"], message["executable"], package))
     return binaries
 
 
 def run_all(binaries, timeout, env):
-    """Runs the test binaries side by side: "caught" at the first that fails, "timeout" if one
-    outlives the limit, else "MISSED". Those still running when the verdict is known are killed.
+    """Runs the test binaries side by side: "caught:NAME" at the first that fails,
+    "timeout:NAME" if one outlives the limit, else "MISSED", with what that binary printed
+    (empty if none failed). Those still running when the verdict is known are killed.
 
     The socket tests mostly wait on timers and sockets, so running the binaries together takes
     about as long as the slowest one, not the sum.
     """
+    outputs = {name: tempfile.TemporaryFile() for name, _, _ in binaries}
     running = [
-        subprocess.Popen(
-            [binary, "--quiet"],
-            cwd=package,
-            env=dict(env, CARGO_MANIFEST_DIR=package),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        (
+            name,
+            subprocess.Popen(
+                [binary, "--quiet"],
+                cwd=package,
+                env=dict(env, CARGO_MANIFEST_DIR=package),
+                stdout=outputs[name],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
         )
-        for binary, package in binaries
+        for name, binary, package in binaries
     ]
     deadline = time.monotonic() + timeout
     verdict = "MISSED"
     while running and verdict == "MISSED":
         time.sleep(0.05)
-        codes = [(process, process.poll()) for process in running]
-        running = [process for process, code in codes if code is None]
-        if any(code not in (None, 0) for _, code in codes):
-            verdict = "caught"
+        codes = [(name, process, process.poll()) for name, process in running]
+        running = [(name, process) for name, process, code in codes if code is None]
+        failed = [name for name, _, code in codes if code not in (None, 0)]
+        if failed:
+            verdict = f"caught:{failed[0]}"
         elif running and time.monotonic() > deadline:
-            verdict = "timeout"
-    for process in running:
+            verdict = f"timeout:{running[0][0]}"
+    for _, process in running:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    return verdict
+    printed = ""
+    if verdict != "MISSED":
+        output = outputs[verdict.split(":", 1)[1]]
+        output.seek(0)
+        printed = output.read().decode(errors="replace")
+    for output in outputs.values():
+        output.close()
+    return verdict, printed
 
 
 def main():
@@ -127,14 +149,27 @@ def main():
     subprocess.check_call(["git", "worktree", "add", "--detach", "-q", scratch], cwd=root)
     # No debug information: a mutant's rebuild links a dozen test binaries, and it halves that.
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(scratch, "target"), CARGO_PROFILE_DEV_DEBUG="0")
+    # `--tests` builds every test target of the packages named, whatever `--test` says: the
+    # socket tests chosen are built by a command of their own.
     if args.all_tests:
-        tests = "-p rpc-tests"
+        builds = [["cargo", "build", "--tests", "-p", "rpc-core", "-p", "rpc-tests"]]
     else:
-        tests = "-p rpc-tests " + " ".join(f"--test {test}" for test in args.test)
-    build = f"cargo build --tests -p rpc-core {tests} --quiet"
+        chosen = [word for test in args.test for word in ("--test", test)]
+        builds = [
+            ["cargo", "build", "--tests", "-p", "rpc-core"],
+            ["cargo", "build", "-p", "rpc-tests", *chosen],
+        ]
     try:
-        if not test_binaries(build, scratch, env):
+        binaries = test_binaries(builds, scratch, env)
+        if not binaries:
             sys.exit("the unmutated tree does not build")
+        names = " ".join(sorted(name for name, _, _ in binaries))
+        print(f"the tests of each mutant: {names}", file=sys.stderr)
+        for _ in range(PRECHECK_RUNS):
+            verdict, printed = run_all(binaries, args.timeout, env)
+            if verdict != "MISSED":
+                print(printed, file=sys.stderr)
+                sys.exit(f"unmutated, side by side, the tests fail ({verdict}): fix that test first")
         os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
         with open(args.log, "a") as log:
             for number, mutant in enumerate(mutants):
@@ -150,10 +185,10 @@ def main():
                 )
                 if patch.returncode != 0:
                     verdict = "unapplied"
-                elif not (binaries := test_binaries(build, scratch, env)):
+                elif not (binaries := test_binaries(builds, scratch, env)):
                     verdict = "unviable"
                 else:
-                    verdict = run_all(binaries, args.timeout, env)
+                    verdict, _ = run_all(binaries, args.timeout, env)
                 subprocess.check_call(["git", "checkout", "-q", "--", path], cwd=scratch)
                 log.write(f"{number} {verdict} {mutant['name']}\n")
                 log.flush()
