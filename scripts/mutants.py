@@ -17,7 +17,8 @@ not build) or `timeout:BINARY` (counted as caught: a test waited for its guard),
 mutant. A mutant already in the log is skipped, so a long run can be stopped and started again.
 The test binaries run side by side, each in its own process group: the first failure decides,
 and the rest (or all, at the time limit) are killed whole, so that a mutant that makes a test
-spin leaves nothing running.
+spin leaves nothing running. While a file named like the log with `.pause` after it exists
+(`touch mutants.out/narrow.log.pause`), the run waits between two mutants.
 
 Side by side, the binaries share the machine's cores: a test that holds only on an idle machine
 would fail there and call every mutant caught. So before the first mutant the script runs the
@@ -117,6 +118,16 @@ def run_all(binaries, timeout, env):
     return verdict, printed
 
 
+def wait_while_paused(log):
+    """Waits while a file named like the log with `.pause` after it exists: a long run can lend
+    the machine to a benchmark, between two mutants, without being stopped."""
+    pause = log + ".pause"
+    if os.path.exists(pause):
+        print(f"paused until {pause} is removed", file=sys.stderr)
+        while os.path.exists(pause):
+            time.sleep(1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     chosen = parser.add_mutually_exclusive_group(required=True)
@@ -175,6 +186,7 @@ def main():
             for number, mutant in enumerate(mutants):
                 if mutant["name"] in done:
                     continue
+                wait_while_paused(args.log)
                 path = mutant["file"]
                 patch = subprocess.run(
                     ["patch", "-p0", "--quiet", path],
