@@ -509,6 +509,25 @@ mod buffer_tests {
         reader.next_frame().await.expect("reads").expect("a frame");
         assert!(reader.holds_large, "one byte more is large");
     }
+
+    /// Discarding after a protocol error reads exactly its limit of what the peer goes on
+    /// sending, then stops: a peer that never stops cannot keep the connection open.
+    #[tokio::test]
+    async fn discarding_reads_the_limit_and_no_more() {
+        let sent = vec![0x55; 1 << 20];
+        let mut reader = FrameReader::new(&sent[..], 1 << 20);
+        reader.discard_until_end(100_000).await;
+        assert_eq!(reader.io.len(), sent.len() - 100_000, "left unread");
+    }
+
+    /// Discarding stops at the end of what the peer sends, short of its limit.
+    #[tokio::test]
+    async fn discarding_stops_at_the_end() {
+        let sent = vec![0x55; 1000];
+        let mut reader = FrameReader::new(&sent[..], 1 << 20);
+        reader.discard_until_end(100_000).await;
+        assert!(reader.io.is_empty());
+    }
 }
 
 #[cfg(test)]
