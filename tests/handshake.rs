@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use rpc_core::RpcError;
+use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, RawClient, VERSION, frame, hello, loopback_listener, start_tcp, string, varint,
-    within,
+    LabClient, LabImpl, RawClient, VERSION, frame, hello, loopback_listener, start_tcp,
+    start_tcp_with, string, varint, within,
 };
+
+/// The largest hello a peer accepts (docs/wire.md, section 2: "until the hellos are exchanged").
+const MAX_HELLO_LEN: usize = 64 * 1024;
 use tokio::io::AsyncWriteExt;
 
 /// A later version of `Lab`: one method added, two changed, the others as they were.
@@ -167,6 +170,50 @@ async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
         .expect("the server answers with its own hello");
     assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
     within("closing", raw.expect_closed()).await;
+}
+
+/// A hello is small: a first frame claiming more than 64 KiB is refused as soon as its length
+/// arrives, though the server takes frames far larger once the handshake is done. The server
+/// does not wait for the rest, which would pin its memory for the whole handshake timeout.
+#[tokio::test]
+async fn a_hello_over_64_kib_is_refused_at_its_length() {
+    let builder = Server::builder().handshake_timeout(Duration::from_secs(600));
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let mut raw = RawClient::connect(addr).await;
+    let claimed = u32::try_from(MAX_HELLO_LEN + 1).expect("fits");
+    raw.stream
+        .write_all(&claimed.to_be_bytes())
+        .await
+        .expect("writes");
+    within("closing", raw.expect_closed()).await;
+}
+
+/// The same of a server's hello, for a client.
+#[tokio::test]
+async fn a_servers_hello_over_64_kib_is_refused_at_its_length() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accepts");
+        let claimed = u32::try_from(MAX_HELLO_LEN + 1).expect("fits");
+        stream
+            .write_all(&claimed.to_be_bytes())
+            .await
+            .expect("writes");
+        stream
+    });
+    let connecting = LabClient::builder()
+        .connect_timeout(Duration::from_secs(600))
+        .connect(addr);
+    match within("connecting", connecting).await {
+        Err(error @ RpcError::Handshake(_)) => {
+            assert!(
+                error.to_string().contains("not an rpc-core hello"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    drop(server);
 }
 
 /// A client that asks for a service the server does not serve gets the server's hello, so that
