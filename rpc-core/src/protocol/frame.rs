@@ -395,6 +395,17 @@ pub(super) mod tests {
         assert_eq!(refused, [6, 1, 2, 2][..]);
     }
 
+    /// A frame of exactly the limit is as welcome in a run as on its own.
+    #[tokio::test]
+    async fn a_run_takes_a_frame_of_exactly_the_limit() {
+        let largest = [[6, 1].as_slice(), &[9; 38]].concat();
+        let bytes = [frame(&[6, 1, 0]), frame(&largest)].concat();
+        let mut reader = FrameReader::new(&bytes[..], 40);
+        let first = reader.next_frame().await.expect("a frame").expect("some");
+        let run = reader.take_run(&first[..2], |_| true);
+        assert_eq!(run, Some(Bytes::from(frame(&largest))));
+    }
+
     #[tokio::test]
     async fn refuses_an_oversized_length_without_reading_it() {
         let (mut tx, rx) = tokio::io::duplex(64);
@@ -560,6 +571,29 @@ mod room_tests {
         read_what_arrived(&mut reader).await;
         let capacity = reader.buf.capacity();
         assert!(capacity >= LENGTH_PREFIX + CHUNK, "{capacity}");
+    }
+
+    /// The room made for a frame is what it still lacks: its length less what has arrived
+    /// (here the first read's kibibyte), not more.
+    #[tokio::test]
+    async fn room_made_for_a_frame_is_what_it_lacks() {
+        const FRAME: usize = 100 << 10;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        tx.write_all(&(FRAME as u32).to_be_bytes())
+            .await
+            .expect("writes");
+        tx.write_all(&[1; 50 << 10]).await.expect("writes");
+        read_what_arrived(&mut reader).await;
+        let capacity = reader.buf.capacity();
+        assert!(
+            capacity >= LENGTH_PREFIX + FRAME,
+            "room for the frame: {capacity}"
+        );
+        assert!(
+            capacity < LENGTH_PREFIX + FRAME + MIN_READ,
+            "no more: {capacity}"
+        );
     }
 
     #[tokio::test]
