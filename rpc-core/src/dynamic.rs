@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -68,8 +69,8 @@ impl Encode for Encoded {
 }
 
 impl Decode for Encoded {
-    fn decode(frame: &Bytes, bytes: &[u8]) -> Result<Self, CodecError> {
-        Ok(Encoded(frame.slice_ref(bytes)))
+    fn decode(frame: &mut Bytes, range: Range<usize>) -> Result<Self, CodecError> {
+        Ok(Encoded(frame.slice(range)))
     }
 }
 

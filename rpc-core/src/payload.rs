@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 
 use bytes::Bytes;
 use serde::de::{Error, Visitor};
@@ -15,12 +15,36 @@ thread_local! {
     static DECODING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
-/// Runs `decode` with `frame` as the frame payloads are sliced from.
-pub(crate) fn decoding<T>(frame: &Bytes, decode: impl FnOnce() -> T) -> T {
-    let outer = DECODING.with(|current| current.replace(Some(frame.clone())));
-    let decoded = decode();
-    DECODING.with(|current| *current.borrow_mut() = outer);
-    decoded
+/// Runs `decode` on the bytes of `frame` in `range` (none if it lies outside), with `frame` as
+/// the frame payloads are sliced from.
+///
+/// The frame is lent to the thread for the call, and given back however `decode` ends: moved,
+/// not cloned, so decoding costs no change to the reference count the frame shares with the
+/// buffer it was read into, which the connection's reader, on another thread, keeps changing.
+pub(crate) fn decoding<T>(
+    frame: &mut Bytes,
+    range: Range<usize>,
+    decode: impl FnOnce(&[u8]) -> T,
+) -> T {
+    /// Gives the lent frame back to its owner.
+    struct Lent<'a>(&'a mut Bytes);
+
+    impl Drop for Lent<'_> {
+        fn drop(&mut self) {
+            if let Some(frame) = DECODING.with(RefCell::take) {
+                *self.0 = frame;
+            }
+        }
+    }
+
+    let lent = std::mem::take(frame);
+    DECODING.with(|current| *current.borrow_mut() = Some(lent));
+    let _lent = Lent(frame);
+    DECODING.with(|current| {
+        let current = current.borrow();
+        let frame = current.as_deref().unwrap_or_default();
+        decode(frame.get(range).unwrap_or_default())
+    })
 }
 
 /// Bytes for arguments and results that should not be copied: a received `Payload` shares the
@@ -150,14 +174,39 @@ mod tests {
 
     #[test]
     fn a_payload_decoded_from_a_frame_shares_its_memory() {
-        let frame =
+        let mut frame =
             Bytes::from(postcard::to_stdvec(&Payload::from(vec![7u8; 100])).expect("encodes"));
-        let payload: Payload = decoding(&frame, || postcard::from_bytes(&frame)).expect("decodes");
+        let whole = 0..frame.len();
+        let payload: Payload =
+            decoding(&mut frame, whole, |bytes| postcard::from_bytes(bytes)).expect("decodes");
         assert_eq!(&payload[..], [7; 100]);
+        assert_eq!(frame.len(), 101, "the frame is given back");
         assert!(within(&frame, &payload), "no copy");
 
         let elsewhere: Payload = postcard::from_bytes(&frame).expect("decodes");
         assert!(!within(&frame, &elsewhere), "outside a frame it is copied");
         assert_eq!(payload, elsewhere);
+    }
+
+    #[test]
+    fn decoding_sees_the_range_asked_for_and_nothing_outside_the_frame() {
+        let mut frame = Bytes::from_static(&[1, 2, 3, 4]);
+        assert_eq!(decoding(&mut frame, 1..3, <[u8]>::to_vec), [2, 3]);
+        assert_eq!(decoding(&mut frame, 3..9, <[u8]>::to_vec), []);
+        assert_eq!(frame[..], [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_decoder_that_panics_still_gives_the_frame_back() {
+        let mut frame = Bytes::from_static(&[1, 2, 3]);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoding(&mut frame, 0..3, |_| panic!("a decoder panicked"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(frame[..], [1, 2, 3]);
+        assert!(
+            DECODING.with(|current| current.borrow().is_none()),
+            "the thread holds no frame any more"
+        );
     }
 }

@@ -381,9 +381,10 @@ pub(crate) struct Answered {
 
 impl Answered {
     /// The result of a call without a streamed result.
-    pub(crate) fn into_value<R: Decode>(self) -> Result<R, Failure> {
-        let body = self.body()?;
-        R::decode(&body, &body).map_err(|e| {
+    pub(crate) fn into_value<R: Decode>(mut self) -> Result<R, Failure> {
+        let mut body = self.take_body()?;
+        let whole = 0..body.len();
+        R::decode(&mut body, whole).map_err(|e| {
             Failure::Final(RpcError::Decode {
                 method: self.method.name.to_owned(),
                 reason: e.to_string(),
@@ -395,7 +396,7 @@ impl Answered {
     pub(crate) fn into_stream<T: Decode + Send + 'static>(
         mut self,
     ) -> Result<Streaming<T>, Failure> {
-        self.body()?;
+        self.take_body()?;
         let Some(parts) = self.inbound.take() else {
             unreachable!("a streaming call registers its stream");
         };
@@ -411,10 +412,12 @@ impl Answered {
         Ok(stream::inbound_stream(parts, options))
     }
 
-    fn body(&self) -> Result<Bytes, Failure> {
+    /// The answer's body, moved out: a clone would change the reference count the body
+    /// shares with the buffer the connection's reader, on another thread, reads into.
+    fn take_body(&mut self) -> Result<Bytes, Failure> {
         let method = self.method.name;
-        match &self.reply {
-            Reply::Ok(body) => Ok(body.clone()),
+        match &mut self.reply {
+            Reply::Ok(body) => Ok(std::mem::take(body)),
             Reply::Err { code, message } => {
                 let method = method.to_owned();
                 Err(remote_error(

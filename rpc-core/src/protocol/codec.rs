@@ -1,5 +1,7 @@
 //! postcard encoding into an existing buffer, and strict decoding.
 
+use std::ops::Range;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,14 +65,14 @@ impl<T: Serialize + ?Sized> Encode for T {
 /// What comes out of a frame as a value: anything serde deserializes, or the bytes as they
 /// are ([`Encoded`](crate::dynamic::Encoded)).
 pub(crate) trait Decode: Sized {
-    /// Decodes `bytes`, which it must fill exactly, from within `frame`, which a
-    /// [`Payload`](crate::Payload) in it may share.
-    fn decode(frame: &bytes::Bytes, bytes: &[u8]) -> Result<Self, CodecError>;
+    /// Decodes the bytes of `frame` in `range`, which it must fill exactly; a
+    /// [`Payload`](crate::Payload) in them shares the frame's memory.
+    fn decode(frame: &mut bytes::Bytes, range: Range<usize>) -> Result<Self, CodecError>;
 }
 
 impl<T: DeserializeOwned> Decode for T {
-    fn decode(frame: &bytes::Bytes, bytes: &[u8]) -> Result<Self, CodecError> {
-        crate::payload::decoding(frame, || decode_exact(bytes))
+    fn decode(frame: &mut bytes::Bytes, range: Range<usize>) -> Result<Self, CodecError> {
+        crate::payload::decoding(frame, range, decode_exact)
     }
 }
 

@@ -527,7 +527,12 @@ impl<S: ServiceSet> Connection<'_, S> {
             streams: Arc::clone(&self.link.streams),
             outbox: self.link.outbox.clone(),
         };
-        let decoded = crate::payload::decoding(payload, || {
+        // The arguments end the frame. A handle on the frame is lent to the decoder: the reader
+        // still holds the frame, and it is this thread's own buffer, so the clone is cheap.
+        debug_assert_eq!(args.as_ptr_range().end, payload.as_ptr_range().end);
+        let mut frame = payload.clone();
+        let args = frame.len() - args.len()..frame.len();
+        let decoded = crate::payload::decoding(&mut frame, args, |args| {
             T::decode_request(index, method, args, &mut streams)
         });
         match decoded {

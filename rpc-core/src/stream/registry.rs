@@ -455,9 +455,10 @@ impl<T: Decode> Stream for InboundStream<T> {
             return self.next_in_run();
         }
         let item = match std::task::ready!(self.parts.rx.poll_recv(cx)) {
-            Some(Inbound::Item { bytes, cost }) => {
+            Some(Inbound::Item { mut bytes, cost }) => {
                 self.return_credit(cost);
-                T::decode(&bytes, &bytes)
+                let whole = 0..bytes.len();
+                T::decode(&mut bytes, whole)
             }
             Some(Inbound::Run { frames, head_len }) => {
                 self.run = frames;
@@ -485,11 +486,11 @@ impl<T: Decode> Stream for InboundStream<T> {
 impl<T: Decode> InboundStream<T> {
     /// Takes the next item of the run being read.
     fn next_in_run(&mut self) -> Poll<Option<Result<T, RpcError>>> {
-        let Some((size, rest)) = split_frame(&self.run) else {
+        let Some((size, _)) = split_frame(&self.run) else {
             unreachable!("a run holds whole frames, checked as they were read");
         };
-        let item = rest.get(self.head_len..size).unwrap_or_default();
-        let decoded = T::decode(&self.run, item);
+        let item = LENGTH_PREFIX + self.head_len.min(size)..LENGTH_PREFIX + size;
+        let decoded = T::decode(&mut self.run, item);
         self.run.advance(LENGTH_PREFIX + size);
         self.return_credit(item_cost(size));
         self.decoded(decoded)
