@@ -570,9 +570,12 @@ impl Channel {
         T: Decode + Send + 'static,
     {
         let (answered, end) = self.call_once(method, args, upload, true).await?;
-        match answered.into_stream() {
-            Ok(stream) => Ok(stream.ending(end)),
-            Err(failure) => ended(end, Err(self.failed(failure, method).await)),
+        match answered.into_stream(end) {
+            Ok(stream) => Ok(stream),
+            Err(failed) => {
+                let (failure, end) = *failed;
+                ended(end, Err(self.failed(failure, method).await))
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
-use crate::telemetry::{OpenConnection, Side, Traffic};
+use crate::telemetry::{CallEnd, OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError, StatusCode, Streaming};
 
 /// A live connection to one server. Calls go through [`Connection::start`].
@@ -392,11 +392,15 @@ impl Answered {
         })
     }
 
-    /// The streamed result of a call.
+    /// The streamed result of a call, which records through `end` how the call ended; or the
+    /// failure, with `end` back.
     pub(crate) fn into_stream<T: Decode + Send + 'static>(
         mut self,
-    ) -> Result<Streaming<T>, Failure> {
-        self.take_body()?;
+        end: CallEnd,
+    ) -> Result<Streaming<T>, Box<(Failure, CallEnd)>> {
+        if let Err(failure) = self.take_body() {
+            return Err(Box::new((failure, end)));
+        }
         let Some(parts) = self.inbound.take() else {
             unreachable!("a streaming call registers its stream");
         };
@@ -408,6 +412,7 @@ impl Answered {
             cancel_on_drop: true,
             slot: Some(self.slot),
             upload: self.upload,
+            end: Some(end),
         };
         Ok(stream::inbound_stream(parts, options))
     }

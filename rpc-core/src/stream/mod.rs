@@ -23,7 +23,6 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::RpcError;
-use crate::telemetry::{CallEnd, OK};
 
 /// The default stream window: how many bytes of items (by [`item_cost`]) a stream's sender may
 /// send that the receiver's consumer has not taken yet. Each side announces its window in its
@@ -131,15 +130,6 @@ impl<T: Send + 'static> Streaming<T> {
         Streaming {
             items: Box::pin(items),
         }
-    }
-
-    /// This stream, recording through `end` how the call it is the result of ended: when it
-    /// ends, fails, or is dropped first.
-    pub(crate) fn ending(self, end: CallEnd) -> Self {
-        Self::from_inner(Ending {
-            items: self.items,
-            end: Some(end),
-        })
     }
 
     /// This stream, ended with [`RpcError::DeadlineExceeded`] if it has not ended by `expires`
@@ -252,35 +242,6 @@ impl<T> Stream for Within<T> {
         let item = std::task::ready!(self.items.as_mut().poll_next(cx));
         if item.is_none() {
             self.expiry = None;
-        }
-        Poll::Ready(item)
-    }
-}
-
-/// A call's streamed result, which records how the call ended once it has.
-struct Ending<T> {
-    items: Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>,
-    /// Until the stream has ended; dropped with it, it counts the call as cancelled.
-    end: Option<CallEnd>,
-}
-
-impl<T> Stream for Ending<T> {
-    type Item = Result<T, RpcError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = std::task::ready!(self.items.as_mut().poll_next(cx));
-        match &item {
-            Some(Ok(_)) => {}
-            None => {
-                if let Some(end) = self.end.take() {
-                    end.finish(OK);
-                }
-            }
-            Some(Err(error)) => {
-                if let Some(end) = self.end.take() {
-                    end.fail(error);
-                }
-            }
         }
         Poll::Ready(item)
     }

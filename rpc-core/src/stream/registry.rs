@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use super::{Streaming, grant_at, item_cost};
 use crate::RpcError;
 use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code, length_prefix};
+use crate::telemetry::{CallEnd, OK};
 
 /// What the connection's reader hands an incoming stream.
 #[derive(Debug)]
@@ -348,6 +349,7 @@ impl InboundSlot {
                 cancel_on_drop: false,
                 slot: None,
                 upload: None,
+                end: None,
             },
         )
     }
@@ -366,6 +368,9 @@ pub(crate) struct InboundOptions {
     pub(crate) slot: Option<OwnedSemaphorePermit>,
     /// The call's upload, which lives as long as the stream.
     pub(crate) upload: Option<super::Upload>,
+    /// What records how the call whose result this is ended: when the stream ends, fails, or is
+    /// dropped first (a client's result stream).
+    pub(crate) end: Option<CallEnd>,
 }
 
 /// Wraps the receiving end of an incoming stream as a [`Streaming`] of `T`.
@@ -407,6 +412,12 @@ impl<T> InboundStream<T> {
         self.done = true;
         self.options.slot = None;
         self.options.upload = None;
+        if let Some(end) = self.options.end.take() {
+            match &item {
+                Some(Err(error)) => end.fail(error),
+                _ => end.finish(OK),
+            }
+        }
         Poll::Ready(item)
     }
 
