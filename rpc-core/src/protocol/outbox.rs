@@ -715,4 +715,23 @@ mod tests {
             .expect("woken")
             .expect("joins");
     }
+
+    /// A writer waiting for frames learns when the last outbox is gone, whichever clone goes
+    /// last: it has nothing more to wait for.
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_when_the_last_outbox_is_dropped() {
+        let (outbox, queue) = Outbox::new();
+        let other = outbox.clone();
+        let writer = tokio::spawn(async move { queue.ready().await });
+        tokio::task::yield_now().await;
+        drop(outbox);
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "another outbox is left");
+        drop(other);
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+            .await
+            .expect("woken")
+            .expect("joins");
+        assert!(!ready, "nothing queued, and nothing to come");
+    }
 }
