@@ -661,6 +661,19 @@ mod tests {
         assert_eq!(budget.queued(), 0);
     }
 
+    /// A server's budget counts each connection in steps of 64 KiB: the small answers of a
+    /// busy connection never touch the count all connections share.
+    #[test]
+    fn a_servers_budget_steps_are_64_kib() {
+        const KIB: usize = 1024;
+        let budget = Arc::new(Budget::new(usize::MAX));
+        let meter = Meter::new(usize::MAX, Some(Arc::clone(&budget)));
+        meter.hold(64 * KIB - 1);
+        assert_eq!(budget.queued(), 0, "under a step");
+        meter.hold(1);
+        assert_eq!(budget.queued(), 64 * KIB, "a step");
+    }
+
     #[test]
     fn a_connection_with_nothing_queued_may_read_whatever_the_server_holds() {
         let budget = Arc::new(Budget::with_step(300, 1));
