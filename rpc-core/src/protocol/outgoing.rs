@@ -307,6 +307,44 @@ mod tests {
         );
     }
 
+    /// Within one encoding, a failed append takes back its own splices only: what an earlier
+    /// append spliced in stays.
+    #[test]
+    fn a_failed_append_keeps_the_splices_of_those_before_it() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::default();
+        frame.encode(|bytes| {
+            codec::append(&big, bytes).expect("encodes");
+            codec::append(&(big.clone(), Fails), bytes).expect_err("fails");
+        });
+        assert_eq!(frame.spliced.len(), 1, "the first append's payload");
+        assert_eq!(flatten(&frame), postcard::to_stdvec(&big).expect("encodes"));
+    }
+
+    /// Only the offered payload's own memory is spliced: bytes of the same length elsewhere,
+    /// or part of the payload, are copied.
+    #[test]
+    fn only_the_offered_payloads_memory_is_spliced() {
+        let big = Bytes::from(vec![7u8; SPLICE_MIN]);
+        let elsewhere = big.to_vec();
+        let _scope = SpliceScope::open();
+        offer(&big);
+        assert!(!splice(0, &elsewhere), "same length, other memory");
+        offer(&big);
+        assert!(
+            !splice(0, &big[..SPLICE_MIN - 1]),
+            "the same memory, shorter"
+        );
+        offer(&big);
+        assert!(splice(0, &big), "the payload itself");
+    }
+
     #[test]
     fn a_panic_while_encoding_leaves_the_thread_as_it_was() {
         struct Panics;
