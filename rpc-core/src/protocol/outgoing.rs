@@ -265,6 +265,21 @@ mod tests {
         assert_eq!(frame.payload_len_from(second), 2, "its head and one byte");
     }
 
+    /// Reserving makes room for that many bytes in all, counting those already there.
+    #[test]
+    fn reserving_makes_room_for_the_whole() {
+        let mut frame = Frame::from(vec![1; 100]);
+        frame.reserve(4096);
+        let room = frame.bytes.capacity();
+        assert!(room >= 4096, "{room}");
+        frame.bytes.extend_from_slice(&[2; 3996]);
+        assert_eq!(
+            frame.bytes.capacity(),
+            room,
+            "no reallocation up to the whole"
+        );
+    }
+
     #[test]
     fn a_small_payload_is_copied() {
         let small = Payload::from(vec![7u8; SPLICE_MIN - 1]);
