@@ -280,6 +280,20 @@ mod tests {
         );
     }
 
+    /// Cutting off a frame keeps the payload spliced at the very end of the frame before it.
+    #[test]
+    fn truncating_keeps_the_payload_that_ends_the_frame_before() {
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::default();
+        frame.start_frame(b"A");
+        frame.append(&big).expect("encodes");
+        let whole = flatten(&frame);
+        let second = frame.start_frame(b"B");
+        frame.append(&big).expect("encodes");
+        frame.truncate(second);
+        assert_eq!(flatten(&frame), whole);
+    }
+
     #[test]
     fn a_small_payload_is_copied() {
         let small = Payload::from(vec![7u8; SPLICE_MIN - 1]);
