@@ -125,6 +125,33 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
+    /// The guard writes vectored exactly when its transport does, so that the writer gathers
+    /// frames into one vectored write only where that is one system call.
+    #[test]
+    fn the_guard_writes_vectored_as_its_transport_does() {
+        /// A transport that writes one buffer at a time.
+        struct OneAtATime;
+        impl AsyncWrite for OneAtATime {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        assert!(!StallGuard::new(OneAtATime, None).is_write_vectored());
+        let (vectored, _rx) = tokio::io::duplex(16);
+        assert!(vectored.is_write_vectored());
+        assert!(StallGuard::new(vectored, None).is_write_vectored());
+    }
+
     /// Flushing and shutting down go through to the transport: a buffered one (as TLS is)
     /// sends nothing until flushed, and its peer sees the end only once it is shut down.
     #[tokio::test]
