@@ -482,6 +482,27 @@ mod write_tests {
         assert_eq!(io.writes, [5 * frame_len, 5 * frame_len]);
     }
 
+    /// Small frames are copied together, a half of the queue to a write while it stays under
+    /// 64 KiB: two halves of 50 KB each go out as two writes, not in pieces.
+    #[tokio::test]
+    async fn small_frames_are_gathered_a_half_to_a_write() {
+        let (outbox, queue) = Outbox::new();
+        let small = crate::protocol::frame::tests::frame(&[7; 500]);
+        for _ in 0..200 {
+            assert!(outbox.send(small.clone(), None));
+        }
+        drop(outbox);
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: usize::MAX,
+            writes: Vec::new(),
+        };
+        write_frames(FrameWriter::new(&mut io), queue, None)
+            .await
+            .expect("writes");
+        assert_eq!(io.writes, [100 * small.len(), 100 * small.len()]);
+    }
+
     /// The writes a writer makes when one frame is queued, the writer has a turn, then four
     /// more are queued; `in_flight` of the connection's 8 call slots are held.
     async fn writes_around_a_turn(in_flight: u32) -> Vec<usize> {
