@@ -188,6 +188,24 @@ async fn a_hello_over_64_kib_is_refused_at_its_length() {
     within("closing", raw.expect_closed()).await;
 }
 
+/// A hello of exactly 64 KiB is read: the server answers it (here with its own hello, since
+/// the long name is no service it serves).
+#[tokio::test]
+async fn a_hello_of_exactly_64_kib_is_read() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::connect(addr).await;
+    let short = hello("", VERSION).len() - 4;
+    // The name's length varint grows from one byte to three.
+    let largest = hello(&"x".repeat(MAX_HELLO_LEN - short - 2), VERSION);
+    assert_eq!(largest.len() - 4, MAX_HELLO_LEN);
+    raw.send(&largest).await;
+    let answer = within("the server's hello", raw.read_frame())
+        .await
+        .expect("the server answers with its own hello");
+    assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
+    within("closing", raw.expect_closed()).await;
+}
+
 /// The same of a server's hello, for a client.
 #[tokio::test]
 async fn a_servers_hello_over_64_kib_is_refused_at_its_length() {
