@@ -220,6 +220,15 @@ mod tests {
     use super::*;
     use crate::Payload;
 
+    /// A value whose encoding always fails.
+    struct Fails;
+
+    impl Serialize for Fails {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+
     /// The bytes of `frame` as they go on the wire.
     fn flatten(frame: &Frame) -> Vec<u8> {
         let mut slices = Vec::new();
@@ -317,12 +326,6 @@ mod tests {
 
     #[test]
     fn a_failed_encoding_leaves_no_splice_behind() {
-        struct Fails;
-        impl Serialize for Fails {
-            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-                Err(serde::ser::Error::custom("no"))
-            }
-        }
         let big = Payload::from(vec![7u8; SPLICE_MIN]);
         let mut frame = Frame::from(vec![1, 2]);
         frame.append(&(big.clone(), Fails)).expect_err("fails");
@@ -340,12 +343,6 @@ mod tests {
     /// append spliced in stays.
     #[test]
     fn a_failed_append_keeps_the_splices_of_those_before_it() {
-        struct Fails;
-        impl Serialize for Fails {
-            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-                Err(serde::ser::Error::custom("no"))
-            }
-        }
         let big = Payload::from(vec![7u8; SPLICE_MIN]);
         let mut frame = Frame::default();
         frame.encode(|bytes| {
