@@ -463,13 +463,9 @@ mod write_tests {
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
     }
 
-    #[tokio::test]
-    async fn frames_queued_together_go_out_in_two_halves() {
-        let (outbox, queue) = Outbox::new();
-        for id in 0..10 {
-            assert!(outbox.send(Head::Cancel { id }.frame(), None));
-        }
-        drop(outbox);
+    /// How many bytes each write took when a writer sent all of `queue` to a transport that
+    /// takes whatever it is given.
+    async fn writes_of(queue: Queue) -> Vec<usize> {
         let mut io = Trickle {
             written: Vec::new(),
             limit: usize::MAX,
@@ -478,8 +474,18 @@ mod write_tests {
         write_frames(FrameWriter::new(&mut io), queue, None)
             .await
             .expect("writes");
+        io.writes
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_go_out_in_two_halves() {
+        let (outbox, queue) = Outbox::new();
+        for id in 0..10 {
+            assert!(outbox.send(Head::Cancel { id }.frame(), None));
+        }
+        drop(outbox);
         let frame_len = Head::Cancel { id: 0 }.frame().len();
-        assert_eq!(io.writes, [5 * frame_len, 5 * frame_len]);
+        assert_eq!(writes_of(queue).await, [5 * frame_len, 5 * frame_len]);
     }
 
     /// Small frames are copied together, a half of the queue to a write while it stays under
@@ -492,15 +498,10 @@ mod write_tests {
             assert!(outbox.send(small.clone(), None));
         }
         drop(outbox);
-        let mut io = Trickle {
-            written: Vec::new(),
-            limit: usize::MAX,
-            writes: Vec::new(),
-        };
-        write_frames(FrameWriter::new(&mut io), queue, None)
-            .await
-            .expect("writes");
-        assert_eq!(io.writes, [100 * small.len(), 100 * small.len()]);
+        assert_eq!(
+            writes_of(queue).await,
+            [100 * small.len(), 100 * small.len()]
+        );
     }
 
     /// The writes a writer makes when one frame is queued, the writer has a turn, then four
