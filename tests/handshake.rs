@@ -160,16 +160,23 @@ async fn a_server_of_another_version_is_reported_with_both_versions() {
     }
 }
 
-#[tokio::test]
-async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
-    let addr = start_tcp().await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&hello("Lab", 1)).await;
+/// Reads the server's answer to a hello it will not serve: its own hello (version 2), then the
+/// close. Returns the hello.
+async fn servers_hello_then_close(raw: &mut RawClient) -> Vec<u8> {
     let answer = within("the server's hello", raw.read_frame())
         .await
         .expect("the server answers with its own hello");
     assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
     within("closing", raw.expect_closed()).await;
+    answer
+}
+
+#[tokio::test]
+async fn a_client_of_another_version_gets_the_servers_hello_then_is_closed() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello("Lab", 1)).await;
+    servers_hello_then_close(&mut raw).await;
 }
 
 /// A hello is small: a first frame claiming more than 64 KiB is refused as soon as its length
@@ -199,11 +206,7 @@ async fn a_hello_of_exactly_64_kib_is_read() {
     let largest = hello(&"x".repeat(MAX_HELLO_LEN - short - 2), VERSION);
     assert_eq!(largest.len() - 4, MAX_HELLO_LEN);
     raw.send(&largest).await;
-    let answer = within("the server's hello", raw.read_frame())
-        .await
-        .expect("the server answers with its own hello");
-    assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
-    within("closing", raw.expect_closed()).await;
+    servers_hello_then_close(&mut raw).await;
 }
 
 /// The same of a server's hello, for a client.
@@ -241,12 +244,8 @@ async fn a_client_asking_for_another_service_gets_the_servers_hello_then_is_clos
     let addr = start_tcp().await;
     let mut raw = RawClient::connect(addr).await;
     raw.send(&hello("Other", VERSION)).await;
-    let answer = within("the server's hello", raw.read_frame())
-        .await
-        .expect("the server answers with its own hello");
-    assert_eq!(answer[..6], *b"\x00rpcc\x02", "kind 0, magic, version 2");
+    let answer = servers_hello_then_close(&mut raw).await;
     assert_eq!(answer[10..14], *b"\x03Lab", "the server names its service");
-    within("closing", raw.expect_closed()).await;
 }
 
 /// The newer server, for the older client.
