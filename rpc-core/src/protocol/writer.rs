@@ -466,11 +466,7 @@ mod write_tests {
     /// How many bytes each write took when a writer sent all of `queue` to a transport that
     /// takes whatever it is given.
     async fn writes_of(queue: Queue) -> Vec<usize> {
-        let mut io = Trickle {
-            written: Vec::new(),
-            limit: usize::MAX,
-            writes: Vec::new(),
-        };
+        let mut io = trickle();
         write_frames(FrameWriter::new(&mut io), queue, None)
             .await
             .expect("writes");
@@ -513,11 +509,7 @@ mod write_tests {
             .await
             .expect("slots");
         let (outbox, queue) = Outbox::new();
-        let mut io = Trickle {
-            written: Vec::new(),
-            limit: usize::MAX,
-            writes: Vec::new(),
-        };
+        let mut io = trickle();
         let mut writer = FrameWriter::new(&mut io);
         writer.watch_calls(slots, 8);
         let mut writing = Box::pin(write_frames(writer, queue, None));
@@ -530,6 +522,64 @@ mod write_tests {
         drop(outbox);
         writing.await.expect("writes");
         io.writes
+    }
+
+    /// Has `writer` send all of `queue` in one go, as its loop does when woken; returns how
+    /// much memory its batch buffer holds after.
+    async fn sent_by(mut writer: FrameWriter<&mut Trickle>, mut queue: Queue) -> usize {
+        let first = queue.try_recv().expect("a frame is queued");
+        writer.send_queued(first, &mut queue).await.expect("writes");
+        assert!(queue.try_recv().is_none(), "everything was sent");
+        writer.batch.capacity()
+    }
+
+    /// A transport that takes whatever it is given.
+    fn trickle() -> Trickle {
+        Trickle {
+            written: Vec::new(),
+            limit: usize::MAX,
+            writes: Vec::new(),
+        }
+    }
+
+    /// A frame of `COALESCE_BELOW` bytes or more, and a frame with nothing else to go with it,
+    /// are written from their own memory: copying them into the batch would cost a copy of
+    /// every large payload and keep that much memory in the batch.
+    #[tokio::test]
+    async fn a_large_or_lone_frame_is_written_from_its_own_memory() {
+        let large = crate::protocol::frame::tests::frame(&[7; COALESCE_BELOW - 4]);
+        assert_eq!(large.len(), COALESCE_BELOW);
+        let small = Head::Cancel { id: 1 }.frame();
+        let (outbox, queue) = Outbox::new();
+        assert!(outbox.send(large.clone(), None));
+        assert!(outbox.send(small.clone(), None));
+        let mut io = trickle();
+        assert_eq!(sent_by(FrameWriter::new(&mut io), queue).await, 0);
+        assert_eq!(io.written, [large, small.clone()].concat());
+
+        let (outbox, queue) = Outbox::new();
+        assert!(outbox.send(small.clone(), None));
+        let mut io = trickle();
+        assert_eq!(sent_by(FrameWriter::new(&mut io), queue).await, 0);
+        assert_eq!(io.written, small);
+    }
+
+    /// The batch buffer keeps its memory between sends up to twice the coalescing limit, which
+    /// is all that gathering small frames can ask of it; more is given back after the send.
+    #[tokio::test]
+    async fn a_batch_keeps_its_memory_only_up_to_twice_the_coalescing_limit() {
+        for (capacity, kept) in [
+            (2 * COALESCE_LIMIT, 2 * COALESCE_LIMIT),
+            (2 * COALESCE_LIMIT + 1, 0),
+        ] {
+            let (outbox, queue) = Outbox::new();
+            assert!(outbox.send(Head::Cancel { id: 1 }.frame(), None));
+            let mut io = trickle();
+            let mut writer = FrameWriter::new(&mut io);
+            writer.batch = Vec::with_capacity(capacity);
+            assert_eq!(writer.batch.capacity(), capacity);
+            assert_eq!(sent_by(writer, queue).await, kept, "from {capacity} bytes");
+        }
     }
 
     #[tokio::test]
