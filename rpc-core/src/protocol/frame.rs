@@ -31,6 +31,13 @@ const IDLE_BUFFER_KEEP: usize = 2 * MIN_READ;
 /// frame costs more than the frame's own copy, holding it while idle costs memory.
 const LARGE_BUFFER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How many large allocations a reader keeps aside while frames handed on still share them.
+/// A client's reader goes on to the next answer before the caller of the last has decoded
+/// it, so the buffer cannot be reused in place; a fresh allocation for each large frame costs
+/// its size in page faults, as the allocator gives large freed blocks back to the system. Each
+/// is taken up again once its frames are dropped: enough for a few large calls in flight.
+const SPARES: usize = 4;
+
 /// Reads frames from a byte stream.
 #[derive(Debug)]
 pub(crate) struct FrameReader<R> {
@@ -41,6 +48,12 @@ pub(crate) struct FrameReader<R> {
     /// A large frame passed through `buf`, whose allocation the (empty-looking) buffer may
     /// still hold for reuse.
     holds_large: bool,
+    /// Allocations that held a large frame, which `buf` moved away from while frames still
+    /// shared them, oldest first, to be reused once they are free; given up with the large
+    /// buffer when the connection goes quiet.
+    spares: Vec<BytesMut>,
+    /// `buf`'s allocation held a large frame: worth keeping as a spare once `buf` leaves it.
+    large_here: bool,
     /// When the last read returned bytes: when the frames it completed arrived, near enough
     /// for deadlines and idleness, for one clock reading per read rather than per frame.
     last_read: Instant,
@@ -60,6 +73,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame_len,
             silence_limit: None,
             holds_large: false,
+            spares: Vec::new(),
+            large_here: false,
             last_read: Instant::now(),
             largest_delivered: 0,
             traffic: None,
@@ -87,7 +102,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     read = self.io.read_buf(&mut self.buf) => read.map(Some),
                     () = tokio::time::sleep(LARGE_BUFFER_IDLE) => {
                         self.buf = BytesMut::new();
+                        self.spares = Vec::new();
                         self.holds_large = false;
+                        self.large_here = false;
                         Ok(None)
                     }
                 }
@@ -108,6 +125,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
     pub(crate) async fn discard_until_end(&mut self, limit: usize) {
         self.buf = BytesMut::new();
+        self.spares = Vec::new();
+        self.large_here = false;
         let mut sink = [0; MIN_READ];
         let mut left = limit;
         while left > 0 {
@@ -160,7 +179,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Frames handed on still share the buffer's memory, so making room means a new
             // allocation: it is done only when little room is left, and then for many frames.
             if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
-                self.buf.reserve(room.max(MIN_READ));
+                self.make_room(room.max(MIN_READ));
             }
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
@@ -183,6 +202,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 impl<R> FrameReader<R> {
+    /// Makes room in the buffer for `additional` more bytes: in its own allocation if no frame
+    /// handed on shares it any more, else in a spare whose frames are all gone, else in a new
+    /// one. A large allocation left behind is kept as a spare.
+    fn make_room(&mut self, additional: usize) {
+        if self.buf.try_reclaim(additional) {
+            return;
+        }
+        let needed = self.buf.len() + additional;
+        let free = self
+            .spares
+            .iter_mut()
+            .position(|spare| spare.try_reclaim(needed));
+        // An empty handle on the allocation being left, which keeps it for a spare.
+        let left = std::mem::take(&mut self.large_here).then(|| self.buf.split_off(self.buf.len()));
+        match free {
+            Some(at) => {
+                let mut spare = self.spares.remove(at);
+                spare.extend_from_slice(&self.buf);
+                self.buf = spare;
+            }
+            None => self.buf.reserve(additional),
+        }
+        if let Some(left) = left {
+            if self.spares.len() == SPARES {
+                self.spares.remove(0);
+            }
+            self.spares.push(left);
+        }
+    }
+
     /// When the read that brought the last frame returned, or a later one: the frame had
     /// arrived by then.
     pub(crate) fn arrived(&self) -> Instant {
@@ -230,6 +279,7 @@ impl<R> FrameReader<R> {
     /// Notes a frame of `size` bytes handed on from the buffer.
     fn delivered(&mut self, size: usize) {
         self.holds_large |= size > IDLE_BUFFER_KEEP;
+        self.large_here |= size > IDLE_BUFFER_KEEP;
         self.largest_delivered = self.largest_delivered.max(size);
     }
 }
@@ -502,6 +552,48 @@ mod buffer_tests {
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
     }
 
+    /// A large frame dropped before the next is read leaves its allocation to the next in place.
+    /// One still held when the next is read leaves its allocation aside, and the frame after
+    /// reuses it once it is dropped; while it is held, the reader leaves it alone.
+    #[tokio::test]
+    async fn a_large_allocation_is_reused_once_its_frame_is_dropped() {
+        const SIZE: usize = 100_000;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        let mut next = async |reader: &mut FrameReader<_>| {
+            tx.write_all(&tests::frame(&[1; SIZE]))
+                .await
+                .expect("writes");
+            reader.next_frame().await.expect("reads").expect("a frame")
+        };
+        let dropped_at = next(&mut reader).await.as_ptr();
+        let first = next(&mut reader).await;
+        assert_eq!(
+            first.as_ptr(),
+            dropped_at,
+            "a frame dropped at once leaves room in place"
+        );
+        assert!(reader.spares.is_empty());
+        let second = next(&mut reader).await;
+        let third = next(&mut reader).await;
+        assert_ne!(third.as_ptr(), first.as_ptr(), "the first frame is held");
+        assert_ne!(third.as_ptr(), second.as_ptr(), "the second frame is held");
+        let first_at = first.as_ptr();
+        drop((first, second));
+        let fourth = next(&mut reader).await;
+        assert_eq!(fourth.as_ptr(), first_at, "in the first frame's allocation");
+        assert_eq!(reader.spares.len(), 2, "the other two are kept");
+        let mut held = vec![fourth];
+        for _ in 0..SPARES {
+            held.push(next(&mut reader).await);
+        }
+        assert_eq!(
+            reader.spares.len(),
+            SPARES,
+            "no more than {SPARES} are kept"
+        );
+    }
+
     /// A frame of 2 KiB leaves a buffer small enough to keep: reading the next frame does not
     /// start a timer to give it up. One byte more does.
     #[tokio::test]
@@ -514,11 +606,13 @@ mod buffer_tests {
             .expect("writes");
         reader.next_frame().await.expect("reads").expect("a frame");
         assert!(!reader.holds_large, "{KEPT} bytes are kept");
+        assert!(!reader.large_here, "nor kept as a spare");
         tx.write_all(&tests::frame(&[1; KEPT + 1]))
             .await
             .expect("writes");
         reader.next_frame().await.expect("reads").expect("a frame");
         assert!(reader.holds_large, "one byte more is large");
+        assert!(reader.large_here, "and kept as a spare when left");
     }
 
     /// Discarding after a protocol error reads exactly its limit of what the peer goes on
