@@ -301,7 +301,9 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
         raw.read_frame().await.expect("the client's hello");
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         // Reads nothing until told: the client's writer blocks in the middle of the first
-        // request, larger than the sockets' buffers together.
+        // request, larger than the sockets' buffers together. (The kernel grows the client's
+        // send buffer up to `net.ipv4.tcp_wmem`'s ceiling, 4 MiB by default: a request of
+        // 4 MiB could all fit there, and the writer go on to the calls meant to wait.)
         let _ = reading.await;
         let mut seen = Vec::new();
         while seen.len() < 2 {
@@ -316,7 +318,7 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     // Polled once, the huge call is queued (request 0) before anything else.
     let mut huge = Box::pin({
         let client = client.clone();
-        async move { client.echo(vec![1; 4 * 1024 * 1024]).await }
+        async move { client.echo(vec![1; 15 * 1024 * 1024]).await }
     });
     let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(huge.as_mut().poll(&mut waker).is_pending());
