@@ -468,3 +468,30 @@ impl<C: ServiceClient> ClientBuilder<C> {
         C::from_channel(channel)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dynamic::DynamicClient;
+
+    #[test]
+    fn reconnect_backoff_keeps_its_bounds_and_never_lets_max_fall_below_min() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(60));
+        let config = ClientBuilder::<DynamicClient>::new()
+            .reconnect_backoff(min, max)
+            .config;
+        assert_eq!((config.reconnect_min, config.reconnect_max), (min, max));
+        let config = ClientBuilder::<DynamicClient>::new()
+            .reconnect_backoff(min, Duration::from_secs(1))
+            .config;
+        assert_eq!((config.reconnect_min, config.reconnect_max), (min, min));
+    }
+
+    #[test]
+    fn a_builder_shows_its_settings() {
+        let builder = ClientBuilder::<DynamicClient>::new().deadline(Duration::from_secs(7));
+        let text = format!("{builder:?}");
+        assert!(text.starts_with("ClientBuilder { config: "), "{text}");
+        assert!(text.contains("deadline: 7s"), "{text}");
+    }
+}
