@@ -135,18 +135,20 @@ async fn waiting_for_ready_rides_out_a_server_that_is_not_up_yet() {
     let client = GreeterClient::builder()
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .deadline(Duration::from_secs(20))
+        .wait_for_ready(true)
         .balance([addr]);
 
-    // Without waiting, the call fails at once.
-    let refused = within("a call", client.greet("x".into())).await;
+    // Told not to wait, a call fails at once.
+    let impatient = GreeterClient::from_channel(client.channel().wait_for_ready(false));
+    let refused = within("a call", impatient.greet("x".into())).await;
     assert!(
         matches!(refused, Err(RpcError::Connect { .. })),
         "{refused:?}"
     );
 
-    let waiting = GreeterClient::from_channel(client.channel().wait_for_ready(true));
+    // The client's calls wait.
     let mut changes = Box::pin(client.channel().endpoint_changes());
-    let call = tokio::spawn(async move { waiting.greet("ada".into()).await });
+    let call = tokio::spawn(async move { client.greet("ada".into()).await });
     // Once the waiting call has failed an attempt, the server comes up.
     loop {
         let listed = within("a change", changes.next()).await.expect("changes");
