@@ -135,4 +135,43 @@ mod tests {
         let numeric = SocketAddr::from(([127, 0, 0, 1], 7443));
         assert_eq!(numeric.host(), None);
     }
+
+    /// Each form of address names its server as it was written, which errors and a pool's
+    /// listing show and a balanced client resolves.
+    #[test]
+    fn an_address_is_named_as_written() {
+        assert_eq!("calc.internal:7443".endpoint(), "calc.internal:7443");
+        assert_eq!(String::from("[::1]:7443").endpoint(), "[::1]:7443");
+        assert_eq!(("calc.internal", 7443).endpoint(), "calc.internal:7443");
+        assert_eq!(
+            (String::from("calc.internal"), 7443).endpoint(),
+            "calc.internal:7443"
+        );
+        assert_eq!(
+            (String::from("calc.internal"), 7443).host().as_deref(),
+            Some("calc.internal")
+        );
+        assert_eq!((&&"calc.internal:7443").endpoint(), "calc.internal:7443");
+        assert_eq!(
+            (&"calc.internal:7443").host().as_deref(),
+            Some("calc.internal")
+        );
+        let v4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 7), 7443);
+        let v6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 7443, 0, 0);
+        assert_eq!(SocketAddr::from(v4).endpoint(), "10.0.0.7:7443");
+        assert_eq!(v4.endpoint(), "10.0.0.7:7443");
+        assert_eq!(v6.endpoint(), "[::1]:7443");
+        assert_eq!(
+            (IpAddr::from([10, 0, 0, 7]), 7443).endpoint(),
+            "10.0.0.7:7443"
+        );
+        assert_eq!(
+            (Ipv4Addr::new(10, 0, 0, 7), 7443).endpoint(),
+            "10.0.0.7:7443"
+        );
+        assert_eq!((Ipv6Addr::LOCALHOST, 7443).endpoint(), "[::1]:7443");
+        let several = [SocketAddr::from(v4), SocketAddr::from(v6)];
+        assert_eq!((&several[..]).endpoint(), "10.0.0.7:7443, [::1]:7443");
+        assert_eq!((&several[..]).host(), None);
+    }
 }
