@@ -5,7 +5,7 @@ use std::ops::Range;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::outgoing;
+use super::{outgoing, spare};
 
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +94,10 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
             for &byte in data {
                 self.0.push(byte);
             }
-        } else if data.len() < outgoing::SPLICE_MIN || !outgoing::splice(self.0.len(), data) {
+        } else if data.len() < outgoing::SPLICE_MIN {
+            self.0.extend_from_slice(data);
+        } else if !outgoing::splice(self.0.len(), data) {
+            spare::reserve(self.0, data.len());
             self.0.extend_from_slice(data);
         }
         Ok(())

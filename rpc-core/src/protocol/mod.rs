@@ -12,6 +12,7 @@ mod outbox;
 mod outgoing;
 #[cfg(test)]
 mod properties;
+mod spare;
 mod stall;
 mod writer;
 

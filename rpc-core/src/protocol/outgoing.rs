@@ -123,6 +123,12 @@ pub(crate) struct Frame {
     spliced: Vec<(usize, Bytes)>,
 }
 
+impl Drop for Frame {
+    fn drop(&mut self) {
+        super::spare::keep(&mut self.bytes);
+    }
+}
+
 impl From<Vec<u8>> for Frame {
     fn from(bytes: Vec<u8>) -> Self {
         Frame {
@@ -141,6 +147,12 @@ impl Frame {
                 .iter()
                 .map(|(_, bytes)| bytes.len())
                 .sum::<usize>()
+    }
+
+    /// How much memory the frame's bytes hold.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
     }
 
     /// The frame's bytes, when nothing is spliced in.

@@ -1,0 +1,152 @@
+//! The memory of large frames, kept after they are dropped for the next large frames to take
+//! up. glibc gives large freed blocks back to the system, and a fresh megabyte costs 256 page
+//! faults to touch again: a large value copied into its frame (a `serde_bytes::ByteBuf`, a long
+//! string) paid them for every call, on both ends. A frame is encoded on its caller's thread and
+//! dropped by the connection's writer, often on another, so the process keeps one small store
+//! of them for every connection.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// A frame's memory is kept once it is dropped only if it holds at least this much.
+const SPARE_MIN: usize = 64 * 1024;
+
+/// The most memory the process keeps.
+const BUDGET: usize = 4 * 1024 * 1024;
+
+/// The memory page's usual size: fresh memory for a large frame is rounded up to whole pages,
+/// with one to spare.
+const PAGE: usize = 4096;
+
+/// Large frames' memory, kept up to [`BUDGET`].
+#[derive(Debug, Default)]
+struct Spares {
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The process's spares. Only frames of [`SPARE_MIN`] bytes or more take the lock, whose cost
+/// is nothing beside their copy.
+#[cfg(not(test))]
+fn spares() -> &'static Spares {
+    static SPARES: Spares = Spares {
+        buffers: Mutex::new(Vec::new()),
+    };
+    &SPARES
+}
+
+/// In unit tests, each test's thread has its own spares, so that tests running side by side
+/// do not take each other's.
+#[cfg(test)]
+fn spares() -> &'static Spares {
+    thread_local! {
+        static SPARES: &'static Spares = Box::leak(Box::default());
+    }
+    SPARES.with(|spares| *spares)
+}
+
+impl Spares {
+    fn buffers(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // Nothing panics while holding the lock.
+        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps the memory of `bytes`, a dropped frame's, if it is large and the budget has room for
+/// it (else it is freed with `bytes`).
+pub(super) fn keep(bytes: &mut Vec<u8>) {
+    if bytes.capacity() < SPARE_MIN {
+        return;
+    }
+    let mut buffers = spares().buffers();
+    let kept: usize = buffers.iter().map(Vec::capacity).sum();
+    if kept + bytes.capacity() <= BUDGET {
+        let mut spare = std::mem::take(bytes);
+        spare.clear();
+        buffers.push(spare);
+    }
+}
+
+/// Makes room in `bytes`, a frame's, for `additional` more, which are many: in a spare's memory
+/// if one is large enough, else in fresh memory with room for the next frame of about the same
+/// size (a request's header grows with its id).
+pub(super) fn reserve(bytes: &mut Vec<u8>, additional: usize) {
+    if bytes.capacity() - bytes.len() >= additional {
+        return;
+    }
+    let needed = bytes.len() + additional;
+    let spare = {
+        let mut buffers = spares().buffers();
+        let fits = buffers.iter().position(|spare| spare.capacity() >= needed);
+        fits.map(|at| buffers.swap_remove(at))
+    };
+    match spare {
+        Some(mut spare) => {
+            spare.extend_from_slice(bytes);
+            *bytes = spare;
+        }
+        None => bytes.reserve_exact((needed + PAGE).next_multiple_of(PAGE) - bytes.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::protocol::{Frame, LENGTH_PREFIX};
+
+    /// `bytes` copied into a frame, as a `ByteBuf` is.
+    fn copied_in(bytes: &ByteBuf) -> Frame {
+        let mut frame = Frame::from(vec![0; LENGTH_PREFIX]);
+        frame.append(bytes).expect("encodes");
+        frame
+    }
+
+    /// Where a frame's bytes start, and how much memory they hold.
+    fn memory_of(frame: &Frame) -> (*const u8, usize) {
+        let bytes = frame.contiguous().expect("nothing spliced");
+        (bytes.as_ptr(), frame.capacity())
+    }
+
+    fn kept() -> usize {
+        spares().buffers().iter().map(Vec::capacity).sum()
+    }
+
+    /// A large value copied into a frame takes up the memory of a large frame dropped before
+    /// it, not fresh memory, even when it is a little larger; the bytes are those of a copy.
+    #[test]
+    fn a_dropped_large_frames_memory_is_taken_up_by_the_next() {
+        let first = copied_in(&ByteBuf::from(vec![7; 100_000]));
+        let (at, room) = memory_of(&first);
+        drop(first);
+        assert_eq!(kept(), room);
+        let larger = ByteBuf::from(vec![8; 100_000 + PAGE / 2]);
+        let second = copied_in(&larger);
+        assert_eq!(
+            memory_of(&second),
+            (at, room),
+            "in the first frame's memory"
+        );
+        assert_eq!(kept(), 0);
+        let mut copied = vec![0; LENGTH_PREFIX];
+        copied.extend(postcard::to_stdvec(&larger).expect("encodes"));
+        assert_eq!(second.contiguous(), Some(&copied[..]));
+    }
+
+    /// A frame under 64 KiB is freed, not kept; large ones are kept up to the budget.
+    #[test]
+    fn small_frames_are_freed_and_large_ones_kept_within_the_budget() {
+        drop(copied_in(&ByteBuf::from(vec![7; SPARE_MIN / 2])));
+        assert_eq!(kept(), 0, "a frame under {SPARE_MIN} bytes is not kept");
+        drop(Frame::from(Vec::with_capacity(SPARE_MIN)));
+        assert_eq!(kept(), SPARE_MIN, "a frame of {SPARE_MIN} bytes is kept");
+        spares().buffers().clear();
+
+        let large = ByteBuf::from(vec![7; 1 << 20]);
+        let room = memory_of(&copied_in(&large)).1;
+        let many: Vec<Frame> = (0..BUDGET / room + 2).map(|_| copied_in(&large)).collect();
+        drop(many);
+        let kept = kept();
+        assert!(kept <= BUDGET, "{kept} bytes kept");
+        assert!(kept + room > BUDGET, "only {kept} bytes kept");
+    }
+}
