@@ -58,6 +58,9 @@ async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
         listed.iter().all(|e| e.state == EndpointState::Idle),
         "{listed:?}"
     );
+    let shown = format!("{:?}", client.channel());
+    assert!(shown.starts_with("Channel { pool: "), "{shown}");
+    assert!(shown.contains(&down.to_string()), "{shown}");
 
     let mut changes = Box::pin(client.channel().endpoint_changes());
     // Calls go to the live one, after the other, when picked, fails once; until it has been.
