@@ -158,6 +158,30 @@ async fn an_unavailable_server_passes_the_call_to_another() {
     );
 }
 
+/// When every server answers Unavailable, a balanced client makes the call once on each and
+/// once more, then gives up with the refusal, long before its deadline.
+#[tokio::test]
+async fn when_every_server_is_unavailable_the_call_is_made_once_per_server_and_once_more() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let busy = || {
+        let count = Arc::clone(&asked);
+        Server::builder().intercept(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            Err(Status::new(StatusCode::Unavailable, "busy"))
+        })
+    };
+    let first = serve(busy(), MyDoor::default()).await;
+    let second = serve(busy(), MyDoor::default()).await;
+    let client = DoorClient::builder()
+        .deadline(std::time::Duration::from_secs(600))
+        .balance([first, second]);
+    match within("the call", client.open()).await {
+        Err(RpcError::Refused { status, .. }) => assert_eq!(status, StatusCode::Unavailable),
+        other => panic!("expected Refused(Unavailable), got {other:?}"),
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+}
+
 /// A refusal on the wire, byte for byte as docs/wire.md gives it: a Response with outcome Err,
 /// code 10 and the interceptor's sentence.
 #[tokio::test]
