@@ -108,6 +108,12 @@ async fn a_handler_reads_its_calls_context() {
         .await
         .expect("connects");
 
+    let channel = client.channel().with_metadata("tenant", "b");
+    assert_eq!(channel.metadata().get_str("tenant"), Some("b"));
+    assert_eq!(
+        client.channel().metadata().get_str("authorization"),
+        Some("Bearer s3cr3t")
+    );
     let info = client
         .with_metadata("trace-id", [0xab, 0xcd])
         .with_metadata("tenant", "b")
