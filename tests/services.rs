@@ -108,6 +108,29 @@ async fn a_client_of_each_service_connects_to_the_one_listener() {
     assert_eq!(kv.get("b".into()).await.expect("gets"), None);
 }
 
+/// A client asked which services its server serves names each, in the order the server was
+/// built with; one over a stream it was given shows that connection.
+#[tokio::test]
+async fn a_client_lists_the_services_of_its_server() {
+    let addr = start().await;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let kv = KvClient::builder()
+        .connect_stream(stream)
+        .await
+        .expect("Kv shakes hands");
+    let services = within("the listing", kv.channel().services())
+        .await
+        .expect("lists");
+    assert_eq!(services, ["Calc", "Kv"]);
+    let shown = format!("{:?}", kv.channel());
+    assert!(
+        shown.starts_with("Channel { connection: Connection { closed: false, .. }"),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn clients_of_different_services_share_one_connection() {
     let addr = start().await;
