@@ -36,6 +36,9 @@ const LARGE_BUFFER_IDLE: std::time::Duration = std::time::Duration::from_secs(1)
 /// it, so the buffer cannot be reused in place; a fresh allocation for each large frame costs
 /// its size in page faults, as the allocator gives large freed blocks back to the system. Each
 /// is taken up again once its frames are dropped: enough for a few large calls in flight.
+/// Memory stays bounded: besides its buffer, a reader holds at most this many allocations, each
+/// no larger than the buffer once grew for a frame within `max_frame_len`, and none once the
+/// connection has been quiet for `LARGE_BUFFER_IDLE`.
 const SPARES: usize = 4;
 
 /// Reads frames from a byte stream.
