@@ -102,6 +102,25 @@ async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
     );
 }
 
+/// A server's answers are its word, refusals included: calls it refuses as a matter of course
+/// do not count against it, and it is not ejected for them.
+#[tokio::test]
+async fn an_endpoint_whose_answers_are_refusals_is_not_ejected() {
+    let refusing =
+        Server::builder().intercept(|_| Err(Status::new(StatusCode::PermissionDenied, "no")));
+    let addr = greeter::serve(refusing, "127.0.0.1:0").await;
+    let client = GreeterClient::builder().balance([addr]);
+    for _ in 0..20 {
+        let refused = within("a call", client.greet("x".into())).await;
+        assert!(
+            matches!(refused, Err(RpcError::PermissionDenied { .. })),
+            "{refused:?}"
+        );
+    }
+    let listed = client.channel().endpoints();
+    assert_eq!(listed[0].state, EndpointState::Connected, "{listed:?}");
+}
+
 #[tokio::test]
 async fn an_endpoint_whose_calls_keep_failing_is_ejected() {
     let unavailable =

@@ -86,6 +86,42 @@ async fn running_calls_finish_and_new_ones_are_refused() {
         .expect("a clean shutdown");
 }
 
+/// A client that dials its server itself sends no new call on a connection the server is
+/// draining: it dials again (here in vain, the server accepting no more), while the running
+/// call finishes on the old connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialing_client_sends_no_new_call_on_a_draining_connection() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, stop, serving) = server_with_grace(Duration::from_secs(20), lab).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    let running = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait("finish me".into()).await }
+    });
+    assert_eq!(probe.next_event().await, "waiting finish me");
+
+    stop.send(()).expect("the server listens for the signal");
+    let failed = within("calls to fail", async {
+        loop {
+            match client.add(1, 1).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(error) => break error,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(failed, RpcError::Connect { .. }), "{failed:?}");
+
+    probe.open("finish me");
+    let finished = within("the running call", running).await.expect("joins");
+    assert_eq!(finished.expect("the running call completes"), "finish me");
+    within("the server to stop", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_still_running_when_the_grace_ends_fail_instead_of_hanging() {
     let lab = LabImpl::default();
