@@ -59,3 +59,15 @@ impl Source {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed lookup's warning names what was looked up.
+    #[test]
+    fn a_source_is_named_as_given() {
+        let source = Source::System("workers.internal:7000".into());
+        assert_eq!(source.name(), "workers.internal:7000");
+    }
+}
