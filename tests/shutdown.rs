@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
-use rpc_tests::{LabClient, LabImpl, LabServer, within};
+use rpc_tests::{LabClient, LabImpl, LabServer, Probe, within};
 use tokio::sync::oneshot;
 
 /// Starts a server that shuts down when the returned sender fires.
@@ -29,6 +29,47 @@ async fn server_with_grace(
     (addr, stop, serving)
 }
 
+/// A call that waits on `client` for its gate, once its handler runs.
+async fn a_running_call(
+    client: &LabClient,
+    probe: &Probe,
+) -> tokio::task::JoinHandle<Result<String, RpcError>> {
+    let running = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait("finish me".into()).await }
+    });
+    assert_eq!(probe.next_event().await, "waiting finish me");
+    running
+}
+
+/// The error of the first of `client`'s calls to fail, calling until one does.
+async fn first_failure(client: &LabClient) -> RpcError {
+    within("a call to fail", async {
+        loop {
+            match client.add(1, 1).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(error) => break error,
+            }
+        }
+    })
+    .await
+}
+
+/// Opens the running call's gate: it completes, and then the server stops cleanly.
+async fn finish(
+    probe: &Probe,
+    running: tokio::task::JoinHandle<Result<String, RpcError>>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    probe.open("finish me");
+    let finished = within("the running call", running).await.expect("joins");
+    assert_eq!(finished.expect("the running call completes"), "finish me");
+    within("the server to stop", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_calls_finish_and_new_ones_are_refused() {
     let lab = LabImpl::default();
@@ -39,23 +80,10 @@ async fn running_calls_finish_and_new_ones_are_refused() {
         .await
         .expect("connects");
     let client = LabClient::from_stream(stream).await.expect("handshake");
-    let running = tokio::spawn({
-        let client = client.clone();
-        async move { client.wait("finish me".into()).await }
-    });
-    assert_eq!(probe.next_event().await, "waiting finish me");
+    let running = a_running_call(&client, &probe).await;
 
     stop.send(()).expect("the server listens for the signal");
-    let refused = within("the server to refuse new calls", async {
-        loop {
-            match client.add(1, 1).await {
-                Ok(_) => tokio::task::yield_now().await,
-                Err(error) => break error,
-            }
-        }
-    })
-    .await;
-    match refused {
+    match first_failure(&client).await {
         RpcError::ServerClosing { method } => assert_eq!(method, "add"),
         other => panic!("expected ServerClosing, got {other:?}"),
     }
@@ -76,14 +104,7 @@ async fn running_calls_finish_and_new_ones_are_refused() {
         }
     }
     assert!(!running.is_finished(), "the running call is still running");
-
-    probe.open("finish me");
-    let finished = within("the running call", running).await.expect("joins");
-    assert_eq!(finished.expect("the running call completes"), "finish me");
-    within("the server to stop", serving)
-        .await
-        .expect("joins")
-        .expect("a clean shutdown");
+    finish(&probe, running, serving).await;
 }
 
 /// A client that dials its server itself sends no new call on a connection the server is
@@ -95,31 +116,12 @@ async fn a_dialing_client_sends_no_new_call_on_a_draining_connection() {
     let probe = lab.probe();
     let (addr, stop, serving) = server_with_grace(Duration::from_secs(20), lab).await;
     let client = LabClient::connect(addr).await.expect("connects");
-    let running = tokio::spawn({
-        let client = client.clone();
-        async move { client.wait("finish me".into()).await }
-    });
-    assert_eq!(probe.next_event().await, "waiting finish me");
+    let running = a_running_call(&client, &probe).await;
 
     stop.send(()).expect("the server listens for the signal");
-    let failed = within("calls to fail", async {
-        loop {
-            match client.add(1, 1).await {
-                Ok(_) => tokio::task::yield_now().await,
-                Err(error) => break error,
-            }
-        }
-    })
-    .await;
+    let failed = first_failure(&client).await;
     assert!(matches!(failed, RpcError::Connect { .. }), "{failed:?}");
-
-    probe.open("finish me");
-    let finished = within("the running call", running).await.expect("joins");
-    assert_eq!(finished.expect("the running call completes"), "finish me");
-    within("the server to stop", serving)
-        .await
-        .expect("joins")
-        .expect("a clean shutdown");
+    finish(&probe, running, serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
