@@ -447,6 +447,40 @@ mod tests {
         }
     }
 
+    /// An ejection and a backoff last until their instant and no longer, for the listing and
+    /// for the pool's choice alike.
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_and_a_backoff_end_at_their_instant() {
+        let target = Target::Tcp {
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            host: None,
+        };
+        let service = ServiceInfo {
+            name: "Test",
+            methods: &[],
+            schema: crate::service::no_methods,
+        };
+        let config = Arc::new(ClientConfig::default());
+        let endpoint = Endpoint::new(target, service, config, changes());
+        let shown = format!("{endpoint:?}");
+        assert!(shown.starts_with("Endpoint { target: Tcp"), "{shown}");
+        assert_eq!(endpoint.status().state, EndpointState::Idle);
+        assert!(!endpoint.is_out());
+
+        let ten_seconds = Duration::from_secs(10);
+        endpoint.live().ejected_until = Some(Instant::now() + ten_seconds);
+        assert_eq!(endpoint.status().state, EndpointState::Ejected);
+        assert!(endpoint.is_out());
+        tokio::time::advance(ten_seconds).await;
+        assert_eq!(endpoint.status().state, EndpointState::Idle);
+        assert!(!endpoint.is_out());
+
+        endpoint.live().retry_at = Some(Instant::now() + ten_seconds);
+        assert_eq!(endpoint.status().state, EndpointState::BackingOff);
+        tokio::time::advance(ten_seconds).await;
+        assert_eq!(endpoint.status().state, EndpointState::Idle);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn calls_waiting_for_a_connection_share_one_attempt() {
         // Port 1 on loopback: nothing listens, every attempt is refused.
