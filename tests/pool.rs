@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rpc_core::{EndpointState, RpcError, Server, ServiceClient, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient};
-use rpc_tests::{loopback_listener, within};
+use rpc_tests::{LabClient, RawClient, lab_hello, lab_methods, loopback_listener, within};
 
 /// A free loopback address with nothing listening on it.
 async fn closed_addr() -> SocketAddr {
@@ -149,6 +149,30 @@ async fn an_endpoint_whose_calls_keep_failing_is_ejected() {
         "the sick endpoint was never ejected: {:?}",
         client.channel().endpoints()
     );
+}
+
+/// A client of one server reports its endpoint's changes too: here, the connection lost.
+#[tokio::test]
+async fn a_client_of_one_server_reports_a_lost_connection() {
+    let (listener, addr) = loopback_listener().await;
+    let (hang_up, hung_up) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepts");
+        let mut raw = RawClient { stream };
+        raw.read_frame().await.expect("the client's hello");
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        let _ = hung_up.await;
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    let listed = client.channel().endpoints();
+    assert_eq!(listed[0].state, EndpointState::Connected, "{listed:?}");
+    let mut changes = Box::pin(client.channel().endpoint_changes());
+    drop(hang_up);
+    server.await.expect("joins");
+    let listed = within("a change", changes.next())
+        .await
+        .expect("changes are reported");
+    assert_ne!(listed[0].state, EndpointState::Connected, "{listed:?}");
 }
 
 #[tokio::test]
