@@ -447,10 +447,8 @@ mod tests {
         }
     }
 
-    /// An ejection and a backoff last until their instant and no longer, for the listing and
-    /// for the pool's choice alike.
-    #[tokio::test(start_paused = true)]
-    async fn an_ejection_and_a_backoff_end_at_their_instant() {
+    /// An endpoint of port 1 on loopback, where nothing listens.
+    fn unreachable(config: ClientConfig) -> Endpoint {
         let target = Target::Tcp {
             addrs: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
             host: None,
@@ -460,8 +458,45 @@ mod tests {
             methods: &[],
             schema: crate::service::no_methods,
         };
-        let config = Arc::new(ClientConfig::default());
-        let endpoint = Endpoint::new(target, service, config, changes());
+        Endpoint::new(target, service, Arc::new(config), changes())
+    }
+
+    /// Five calls failing in a row eject an endpoint, four do not, and a success in between
+    /// starts the count over. Watchers hear of the ejection and of the success that ends a run
+    /// of failures, not of every success.
+    #[tokio::test(start_paused = true)]
+    async fn five_failures_in_a_row_eject_and_a_success_starts_the_count_over() {
+        let endpoint = unreachable(ClientConfig::default());
+        let mut watch = endpoint.changes().subscribe();
+        let mut heard = || {
+            let changed = watch.has_changed().expect("the endpoint lives");
+            watch.mark_unchanged();
+            changed
+        };
+        endpoint.record_call(false);
+        assert!(!heard(), "a success after successes");
+        for _ in 0..EJECT_AFTER - 1 {
+            endpoint.record_call(true);
+        }
+        assert!(!endpoint.is_out(), "one failure short");
+        endpoint.record_call(false);
+        assert!(heard(), "a success after failures");
+        for _ in 0..EJECT_AFTER - 1 {
+            endpoint.record_call(true);
+        }
+        assert!(!endpoint.is_out(), "the count started over");
+        endpoint.record_call(true);
+        assert!(endpoint.is_out(), "the last failure in a row ejects");
+        assert!(heard(), "the ejection");
+        endpoint.record_call(false);
+        assert!(heard(), "a success after an ejection");
+    }
+
+    /// An ejection and a backoff last until their instant and no longer, for the listing and
+    /// for the pool's choice alike.
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_and_a_backoff_end_at_their_instant() {
+        let endpoint = unreachable(ClientConfig::default());
         let shown = format!("{endpoint:?}");
         assert!(shown.starts_with("Endpoint { target: Tcp"), "{shown}");
         assert_eq!(endpoint.status().state, EndpointState::Idle);
@@ -483,22 +518,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_waiting_for_a_connection_share_one_attempt() {
-        // Port 1 on loopback: nothing listens, every attempt is refused.
-        let target = Target::Tcp {
-            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
-            host: None,
-        };
-        let service = ServiceInfo {
-            name: "Test",
-            methods: &[],
-            schema: crate::service::no_methods,
-        };
-        let config = ClientConfig {
+        let endpoint = Arc::new(unreachable(ClientConfig {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             ..ClientConfig::default()
-        };
-        let endpoint = Arc::new(Endpoint::new(target, service, Arc::new(config), changes()));
+        }));
         assert!(
             endpoint.connection().await.is_err(),
             "the first attempt fails"
