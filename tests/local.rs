@@ -96,6 +96,11 @@ impl Depot for MyDepot {
 async fn a_local_client_is_the_same_type_and_calls_directly() {
     let client: DepotClient = DepotClient::local(MyDepot::default());
     assert!(client.channel().is_local());
+    let shown = format!("{:?}", client.channel());
+    assert!(
+        shown.starts_with(r#"Channel { local: Local { service: "Depot", .. }"#),
+        "{shown}"
+    );
     assert_eq!(client.add(2, 3).await.expect("adds"), 5);
     assert_eq!(client.bytes(vec![1, 2, 3]).await.expect("bytes"), [3, 2, 1]);
     let items: Vec<u32> = client

@@ -92,6 +92,7 @@ async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
             .clone()
     };
     assert_eq!(of(up).state, EndpointState::Connected);
+    assert_eq!(of(up).outstanding, 0, "the calls are over");
     assert_eq!(of(up).last_error, None);
     let failed = of(down);
     assert_eq!(failed.state, EndpointState::BackingOff, "{failed:?}");

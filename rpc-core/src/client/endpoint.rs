@@ -512,8 +512,10 @@ mod tests {
 
         endpoint.live().retry_at = Some(Instant::now() + ten_seconds);
         assert_eq!(endpoint.status().state, EndpointState::BackingOff);
+        assert!(endpoint.is_backing_off());
         tokio::time::advance(ten_seconds).await;
         assert_eq!(endpoint.status().state, EndpointState::Idle);
+        assert!(!endpoint.is_backing_off());
     }
 
     #[tokio::test(start_paused = true)]
