@@ -3,7 +3,7 @@
 //! faults to touch again: a large value copied into its frame (a `serde_bytes::ByteBuf`, a long
 //! string) paid them for every call, on both ends. A frame is encoded on its caller's thread and
 //! dropped by the connection's writer, often on another, so the process keeps one small store
-//! of them for every connection.
+//! of them, which every connection shares.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
