@@ -535,14 +535,15 @@ mod buffer_tests {
         let mut big = (100_000u32).to_be_bytes().to_vec();
         big.extend(vec![1; 100_000]);
         tx.write_all(&big).await.expect("writes");
-        let frame = reader.next_frame().await.expect("reads").expect("a frame");
-        drop(frame);
+        let held = reader.next_frame().await.expect("reads").expect("a frame");
         tx.write_all(&big).await.expect("writes");
         reader.next_frame().await.expect("reads").expect("a frame");
         assert!(
             reader.holds_large,
             "the allocation is kept for the next frame"
         );
+        assert_eq!(reader.spares.len(), 1, "the held frame's allocation");
+        drop(held);
 
         let quiet = tokio::spawn(async move {
             let _ = reader.next_frame().await;
@@ -553,6 +554,7 @@ mod buffer_tests {
         let reader = quiet.await.expect("joins");
         assert!(!reader.holds_large, "given up once quiet");
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
+        assert!(reader.spares.is_empty(), "and the spares with it");
     }
 
     /// A large frame dropped before the next is read leaves its allocation to the next in place.
