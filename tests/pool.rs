@@ -158,9 +158,7 @@ async fn a_client_of_one_server_reports_a_lost_connection() {
     let (listener, addr) = loopback_listener().await;
     let (hang_up, hung_up) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         let _ = hung_up.await;
     });
