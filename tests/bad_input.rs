@@ -371,3 +371,44 @@ async fn every_pending_call_fails_when_the_connection_dies() {
         other => panic!("expected a connect error, got {other:?}"),
     }
 }
+
+/// A server whose stream of numbers holds an item that does not decode, in the middle of items
+/// that arrive together: the client hands on every item before it, in order, then the error,
+/// and the stream ends there.
+#[tokio::test]
+async fn a_stream_item_that_does_not_decode_ends_the_stream_after_the_items_before_it() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&rpc_tests::lab_hello(rpc_tests::lab_methods(), 0, 0))
+            .await;
+        let request = within("the request", raw.read_frame())
+            .await
+            .expect("a request");
+        let id = request[1];
+        // The answer, and the stream in one write: items 0, 1 and 2, then the number 3 with a
+        // byte too many, then 4, then the end.
+        let mut answer = frame(&[0x02, id, 0x00]);
+        for item in [&[0][..], &[1], &[2], &[3, 7], &[4]] {
+            answer.extend(frame(&[&[0x06, id][..], item].concat()));
+        }
+        answer.extend(frame(&[0x07, id, 0x00]));
+        raw.send(&answer).await;
+        raw
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    let mut numbers = within("the stream", client.count(5))
+        .await
+        .expect("a stream");
+    for expected in 0..3 {
+        let item = within("an item", numbers.next()).await;
+        assert_eq!(item.map(Result::ok), Some(Some(expected)));
+    }
+    let failed = within("the bad item", numbers.next()).await;
+    assert!(
+        matches!(&failed, Some(Err(RpcError::Decode { method, .. })) if method == "count"),
+        "{failed:?}"
+    );
+    assert!(within("the end", numbers.next()).await.is_none());
+    drop(server.await.expect("joins"));
+}

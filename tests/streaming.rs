@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use rpc_core::{RpcError, Server, Streaming};
+use rpc_core::{Payload, RpcError, Server, Streaming};
 use rpc_tests::{STREAM_WINDOW, item_cost, within};
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
@@ -26,6 +26,8 @@ pub trait Numbers {
     async fn endless(&self, tag: String) -> Streaming<u64>;
     /// Streams `count` chunks of `size` bytes, counting the chunks taken from the source.
     async fn chunks(&self, count: u32, size: u32) -> Streaming<ByteBuf>;
+    /// Streams `count` payloads of `size` bytes, each filled with its index.
+    async fn pieces(&self, count: u8, size: u32) -> Streaming<Payload>;
     /// A unary call beside the streams.
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Reads a stream, pausing every 64th item until the sender has filled its window.
@@ -134,6 +136,10 @@ impl Numbers for Impl {
             window.produce();
             ByteBuf::from(vec![7; size as usize])
         }))
+    }
+
+    async fn pieces(&self, count: u8, size: u32) -> Streaming<Payload> {
+        Streaming::iter((0..count).map(move |n| Payload::from(vec![n; size as usize])))
     }
 
     async fn add(&self, a: u64, b: u64) -> u64 {
@@ -457,5 +463,31 @@ async fn a_slow_server_holds_back_the_uploading_client() {
     assert!(
         (window..=window + 2).contains(&most_ahead),
         "the client's source ran {most_ahead} chunks of 64 KiB ahead of the server"
+    );
+}
+
+/// Payloads streamed together reach the client as slices of the frames they arrived in, not as
+/// copies: each lies in memory right after the one before it and the next frame's few bytes.
+#[tokio::test]
+async fn streamed_payloads_share_the_memory_they_arrived_in() {
+    let fixture = start().await;
+    let stream = fixture.client.pieces(100, 100).await.expect("starts");
+    let pieces: Vec<Payload> = within("the stream", stream.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|piece| piece.expect("no error"))
+        .collect();
+    for (n, piece) in pieces.iter().enumerate() {
+        assert_eq!(piece[..], vec![n as u8; 100], "piece {n}");
+    }
+    // Between two pieces: the next frame's length prefix, its kind, its one-byte call id and
+    // the piece's one-byte length.
+    let adjacent = pieces
+        .windows(2)
+        .filter(|pair| pair[0].as_ptr() as usize + 100 + 7 == pair[1].as_ptr() as usize)
+        .count();
+    assert!(
+        adjacent >= 50,
+        "only {adjacent} of 99 pieces follow the one before in memory"
     );
 }

@@ -69,6 +69,11 @@ impl Encode for Encoded {
 }
 
 impl Decode for Encoded {
+    fn decode_lent(bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(Encoded(crate::payload::slice_of_frame(bytes)))
+    }
+
+    /// The bytes as they are, sliced from the frame without lending it.
     fn decode(frame: &mut Bytes, range: Range<usize>) -> Result<Self, CodecError> {
         Ok(Encoded(frame.slice(range)))
     }

@@ -30,6 +30,7 @@ pub(crate) fn decoding<T>(
     struct Lent<'a>(&'a mut Bytes);
 
     impl Drop for Lent<'_> {
+        #[inline]
         fn drop(&mut self) {
             if let Some(frame) = DECODING.with(RefCell::take) {
                 *self.0 = frame;
@@ -38,9 +39,10 @@ pub(crate) fn decoding<T>(
     }
 
     let lent = std::mem::take(frame);
-    DECODING.with(|current| *current.borrow_mut() = Some(lent));
+    // Created before the frame is lent, so that it takes the frame back even if `decode` panics.
     let _lent = Lent(frame);
     DECODING.with(|current| {
+        *current.borrow_mut() = Some(lent);
         let current = current.borrow();
         let frame = current.as_deref().unwrap_or_default();
         decode(frame.get(range).unwrap_or_default())
@@ -152,7 +154,7 @@ impl<'de> Deserialize<'de> for Payload {
 }
 
 /// `bytes` as a slice of the frame being decoded when it lies within it; a copy otherwise.
-fn slice_of_frame(bytes: &[u8]) -> Bytes {
+pub(crate) fn slice_of_frame(bytes: &[u8]) -> Bytes {
     DECODING.with(|current| {
         let current = current.borrow();
         match current.as_ref() {

@@ -65,14 +65,23 @@ impl<T: Serialize + ?Sized> Encode for T {
 /// What comes out of a frame as a value: anything serde deserializes, or the bytes as they
 /// are ([`Encoded`](crate::dynamic::Encoded)).
 pub(crate) trait Decode: Sized {
+    /// Decodes `bytes`, which it must fill exactly, while the frame they lie in is lent for
+    /// decoding ([`crate::payload::decoding`]): a [`Payload`](crate::Payload) in them shares the
+    /// frame's memory. Many values decoded within one lending cost one lending.
+    fn decode_lent(bytes: &[u8]) -> Result<Self, CodecError>;
+
     /// Decodes the bytes of `frame` in `range`, which it must fill exactly; a
     /// [`Payload`](crate::Payload) in them shares the frame's memory.
-    fn decode(frame: &mut bytes::Bytes, range: Range<usize>) -> Result<Self, CodecError>;
+    #[inline]
+    fn decode(frame: &mut bytes::Bytes, range: Range<usize>) -> Result<Self, CodecError> {
+        crate::payload::decoding(frame, range, Self::decode_lent)
+    }
 }
 
 impl<T: DeserializeOwned> Decode for T {
-    fn decode(frame: &mut bytes::Bytes, range: Range<usize>) -> Result<Self, CodecError> {
-        crate::payload::decoding(frame, range, decode_exact)
+    #[inline]
+    fn decode_lent(bytes: &[u8]) -> Result<Self, CodecError> {
+        decode_exact(bytes)
     }
 }
 

@@ -289,6 +289,7 @@ impl<R> FrameReader<R> {
 
 /// The payload length the length prefix at the start of `bytes` says; `None` while fewer bytes
 /// than a prefix are there.
+#[inline]
 pub(crate) fn length_prefix(bytes: &[u8]) -> Option<usize> {
     let prefix = bytes.first_chunk::<LENGTH_PREFIX>()?;
     Some(u32::from_be_bytes(*prefix) as usize)

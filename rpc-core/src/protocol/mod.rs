@@ -256,6 +256,7 @@ pub(crate) fn finish_frame(frame: &mut Frame, limit: usize) -> Result<(), crate:
 
 /// Fills in the length prefix of the frame that starts at `at` (see [`Frame::start_frame`]),
 /// refusing a payload over `limit` bytes. Returns the payload's length.
+#[inline]
 pub(crate) fn finish_frame_at(
     frame: &mut Frame,
     at: usize,

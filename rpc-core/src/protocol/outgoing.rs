@@ -63,12 +63,14 @@ pub(super) fn splice(at: usize, data: &[u8]) -> bool {
 }
 
 /// How many payloads the frames being encoded have spliced in so far.
+#[inline]
 pub(super) fn spliced_count() -> usize {
     SPLICED.get()
 }
 
 /// Forgets the payloads spliced in after the first `count`: the encoding they belonged to
 /// failed and was cut off.
+#[inline]
 pub(super) fn forget_splices_after(count: usize) {
     if SPLICED.get() > count {
         SPLICES.with_borrow_mut(|splices| splices.truncate(count));
@@ -140,6 +142,7 @@ impl From<Vec<u8>> for Frame {
 
 impl Frame {
     /// The frame's whole length, length prefix included.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
             + self
@@ -185,6 +188,7 @@ impl Frame {
     /// Starts another frame after the whole frames this one already holds, so that several
     /// small frames go to the writer as one: room for its length prefix, then `head`, already
     /// encoded. Returns where it starts.
+    #[inline]
     pub(crate) fn start_frame(&mut self, head: &[u8]) -> usize {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
@@ -194,6 +198,7 @@ impl Frame {
 
     /// The payload length of the frame that starts at `at`: everything after its length
     /// prefix, spliced payloads included.
+    #[inline]
     pub(crate) fn payload_len_from(&self, at: usize) -> usize {
         let spliced: usize = self
             .spliced
@@ -211,6 +216,7 @@ impl Frame {
     }
 
     /// Writes the length prefix of the frame that starts at `at`: the length of its payload.
+    #[inline]
     pub(crate) fn set_length_prefix(&mut self, at: usize, size: u32) {
         self.bytes[at..at + LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
     }

@@ -3,9 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use serde::Serialize;
 
 use super::registry::{OutboundCredit, SendWindow};
@@ -64,6 +64,37 @@ trait EncodeNext: Send {
         cx: &mut Context<'_>,
         into: &mut Encoding<'_>,
     ) -> Poll<Option<Result<i64, String>>>;
+
+    /// Appends the items the source has ready at once, while `credit` is above zero and the
+    /// frame holds less than [`BATCH_BYTES`], taking each item's cost off `credit`. Returns the
+    /// end if the source reached it: `Some(None)` for a clean one, `Some(Some(message))` for a
+    /// failure.
+    ///
+    /// Provided here so that it is compiled for each source: the items of a batch cost no
+    /// dynamic call but the source's own.
+    fn encode_ready(
+        mut self: Pin<&mut Self>,
+        into: &mut Encoding<'_>,
+        credit: &mut i64,
+    ) -> Option<Option<String>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut reserved = false;
+        while *credit > 0 && into.frame.len() < BATCH_BYTES {
+            match self.as_mut().poll_encode(&mut cx, into) {
+                Poll::Pending => return None,
+                Poll::Ready(Some(Ok(cost))) => *credit -= cost,
+                Poll::Ready(Some(Err(message))) => return Some(Some(message)),
+                Poll::Ready(None) => return Some(None),
+            }
+            if !reserved {
+                // More than one item is ready: room for a whole batch at once, rather than
+                // growing into it step by step.
+                into.frame.reserve(BATCH_BYTES);
+                reserved = true;
+            }
+        }
+        None
+    }
 }
 
 impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
@@ -164,19 +195,14 @@ pub(crate) async fn pump(
             }
         };
         let mut end = settle(window, first);
-        // More items, as long as they are ready at once and credit lasts.
-        while end.is_none() && into.frame.len() < BATCH_BYTES && window.open() == Some(true) {
-            let next =
-                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into));
-            let Some(polled) = next.now_or_never() else {
-                break;
-            };
-            end = settle(window, polled);
-            if end.is_none() {
-                // More than one item is ready: room for a whole batch at once, rather than
-                // growing into it step by step.
-                into.frame.reserve(BATCH_BYTES);
-            }
+        // More items, as long as they are ready at once and credit lasts. Credit only grows
+        // meanwhile, so what there is now is spent locally, and the whole batch's cost at once.
+        if end.is_none()
+            && let Some(before) = window.credit()
+        {
+            let mut credit = before;
+            end = outbound.items.as_mut().encode_ready(&mut into, &mut credit);
+            window.spend(before - credit);
         }
         if batch.len() > 0 && !frames.send(&outbox, batch) {
             return;

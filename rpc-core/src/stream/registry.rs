@@ -1,7 +1,7 @@
 //! The streams of one connection: where incoming items go, and how much credit each outgoing
 //! stream has. Both sides of a connection use the same registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -273,10 +273,16 @@ impl SendWindow {
     /// Whether an item may be sent now; `None` once the stream is stopped (the connection
     /// ended).
     pub(crate) fn open(&self) -> Option<bool> {
+        self.credit().map(|credit| credit > 0)
+    }
+
+    /// The credit left, which only grants change meanwhile; `None` once the stream is stopped.
+    #[inline]
+    pub(crate) fn credit(&self) -> Option<i64> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        Some(self.credit.load(Ordering::Acquire) > 0)
+        Some(self.credit.load(Ordering::Acquire))
     }
 
     /// Waits until an item may be sent: `false` if the stream was stopped instead.
@@ -291,7 +297,8 @@ impl SendWindow {
         }
     }
 
-    /// Counts an item of `cost` sent.
+    /// Counts items of `cost` in all sent.
+    #[inline]
     pub(crate) fn spend(&self, cost: i64) {
         self.credit.fetch_sub(cost, Ordering::AcqRel);
     }
@@ -385,6 +392,7 @@ pub(crate) fn inbound_stream<T: Decode + Send + 'static>(
         parts,
         run: Bytes::new(),
         head_len: 0,
+        ahead: VecDeque::new(),
         consumed: 0,
         deadline,
         done: false,
@@ -399,6 +407,9 @@ struct InboundStream<T> {
     run: Bytes,
     /// The length of the head before each item in `run`.
     head_len: usize,
+    /// Items of `run` decoded already and not taken yet, in order. The first that failed to
+    /// decode ends the stream, and those after it are dropped with it.
+    ahead: VecDeque<Result<T, protocol::CodecError>>,
     /// The cost of the items taken since credit was last granted back.
     consumed: i64,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
@@ -406,6 +417,9 @@ struct InboundStream<T> {
     options: InboundOptions,
     item: PhantomData<fn() -> T>,
 }
+
+/// Nothing in the stream is pinned: items decoded ahead are only ever moved out whole.
+impl<T> Unpin for InboundStream<T> {}
 
 impl<T> InboundStream<T> {
     fn finish(&mut self, item: Option<Result<T, RpcError>>) -> Poll<Option<Result<T, RpcError>>> {
@@ -448,7 +462,7 @@ impl<T: Decode> Stream for InboundStream<T> {
         let method = self.options.method;
         // With items in hand a glance at the timer will do; before waiting for more, the timer
         // must also be set to wake this task.
-        let in_hand = !self.run.is_empty();
+        let in_hand = !self.ahead.is_empty() || !self.run.is_empty();
         if let Some((sleep, given)) = self.deadline.as_mut()
             && (if in_hand {
                 sleep.is_elapsed()
@@ -497,14 +511,35 @@ impl<T: Decode> Stream for InboundStream<T> {
 impl<T: Decode> InboundStream<T> {
     /// Takes the next item of the run being read.
     fn next_in_run(&mut self) -> Poll<Option<Result<T, RpcError>>> {
-        let Some((size, _)) = split_frame(&self.run) else {
-            unreachable!("a run holds whole frames, checked as they were read");
-        };
-        let item = LENGTH_PREFIX + self.head_len.min(size)..LENGTH_PREFIX + size;
-        let decoded = T::decode(&mut self.run, item);
-        self.run.advance(LENGTH_PREFIX + size);
-        self.return_credit(item_cost(size));
-        self.decoded(decoded)
+        if self.ahead.is_empty() {
+            self.decode_ahead();
+        }
+        match self.ahead.pop_front() {
+            Some(item) => self.decoded(item),
+            None => unreachable!("a run holds whole frames, checked as they were read"),
+        }
+    }
+
+    /// Decodes the next items of the run, as many as [`AHEAD_BYTES`] of them fill, with the
+    /// run lent for decoding once for all of them: a stream of small items then costs one
+    /// lending per batch, not per item.
+    fn decode_ahead(&mut self) {
+        let room = (AHEAD_BYTES / size_of::<Result<T, protocol::CodecError>>().max(1)).max(1);
+        let (head_len, ahead) = (self.head_len, &mut self.ahead);
+        let whole = 0..self.run.len();
+        let (taken, cost) = crate::payload::decoding(&mut self.run, whole, |frames| {
+            let (mut taken, mut cost) = (0, 0);
+            while ahead.len() < room
+                && let Some((size, rest)) = split_frame(&frames[taken..])
+            {
+                ahead.push_back(T::decode_lent(&rest[head_len.min(size)..size]));
+                taken += LENGTH_PREFIX + size;
+                cost += item_cost(size);
+            }
+            (taken, cost)
+        });
+        self.run.advance(taken);
+        self.return_credit(cost);
     }
 
     /// Hands on a decoded item; one that failed to decode ends the stream.
@@ -525,8 +560,13 @@ impl<T: Decode> InboundStream<T> {
     }
 }
 
+/// How much memory a stream gives the items it decodes ahead of its consumer: 32 items of 8
+/// bytes and their error, fewer of larger types, at least one.
+const AHEAD_BYTES: usize = 32 * 24;
+
 /// The payload size of the whole frame at the start of `frames`, and the bytes after its length
 /// prefix; `None` if no whole frame is there.
+#[inline]
 fn split_frame(frames: &[u8]) -> Option<(usize, &[u8])> {
     let size = length_prefix(frames)?;
     let rest = &frames[LENGTH_PREFIX..];
