@@ -491,3 +491,24 @@ async fn streamed_payloads_share_the_memory_they_arrived_in() {
         "only {adjacent} of 99 pieces follow the one before in memory"
     );
 }
+
+/// Payloads large enough to go out from their own memory, several to a write, arrive intact
+/// and in order.
+#[tokio::test]
+async fn large_streamed_payloads_arrive_intact() {
+    let fixture = start().await;
+    let size = 20 * 1024;
+    let stream = fixture.client.pieces(6, size).await.expect("starts");
+    let pieces: Vec<Payload> = within("the stream", stream.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|piece| piece.expect("no error"))
+        .collect();
+    assert_eq!(pieces.len(), 6);
+    for (n, piece) in pieces.iter().enumerate() {
+        assert!(
+            piece.iter().all(|&byte| byte == n as u8) && piece.len() == size as usize,
+            "piece {n} arrived altered"
+        );
+    }
+}

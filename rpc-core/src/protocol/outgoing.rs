@@ -97,12 +97,23 @@ impl SpliceScope {
     /// Ends the scope, returning what was spliced in it, if anything was.
     #[inline]
     fn close(self) -> Option<Vec<(usize, Bytes)>> {
-        if SPLICED.get() <= self.start {
-            return None;
-        }
-        SPLICED.set(self.start);
-        Some(SPLICES.with_borrow_mut(|splices| splices.split_off(self.start)))
+        take_splices(self.start)
     }
+}
+
+/// Takes the payloads spliced in after the first `start`, if there are any.
+#[inline]
+fn take_splices(start: usize) -> Option<Vec<(usize, Bytes)>> {
+    if SPLICED.get() <= start {
+        return None;
+    }
+    SPLICED.set(start);
+    Some(SPLICES.with_borrow_mut(|splices| splices.split_off(start)))
+}
+
+/// A splicing scope a frame holds open across many encodings ([`Frame::open_scope`]).
+pub(crate) struct OpenScope {
+    _scope: SpliceScope,
 }
 
 impl Drop for SpliceScope {
@@ -123,6 +134,8 @@ pub(crate) struct Frame {
     bytes: Vec<u8>,
     /// Payloads in order, each with the position in `bytes` it goes before.
     spliced: Vec<(usize, Bytes)>,
+    /// Where the scope this frame holds open ([`Frame::open_scope`]) started, if it holds one.
+    scope: Option<usize>,
 }
 
 impl Drop for Frame {
@@ -136,6 +149,7 @@ impl From<Vec<u8>> for Frame {
         Frame {
             bytes,
             spliced: Vec::new(),
+            scope: None,
         }
     }
 }
@@ -170,13 +184,36 @@ impl Frame {
 
     /// Runs `encode`, which appends to the frame's bytes through [`codec::append`]; large
     /// payloads it serializes are spliced in rather than copied.
+    #[inline]
     pub(crate) fn encode<R>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-        let scope = SpliceScope::open();
-        let result = encode(&mut self.bytes);
-        if let Some(spliced) = scope.close() {
+        let (result, spliced) = match self.scope {
+            // The frame's own scope is open: only what this encoding spliced is taken.
+            Some(start) => (encode(&mut self.bytes), take_splices(start)),
+            None => {
+                let scope = SpliceScope::open();
+                (encode(&mut self.bytes), scope.close())
+            }
+        };
+        if let Some(spliced) = spliced {
             self.spliced.extend(spliced);
         }
         result
+    }
+
+    /// Opens one splicing scope for the encodings that follow, until
+    /// [`close_scope`](Frame::close_scope): many small values then cost one scope, not one
+    /// each. Nothing may be awaited while it is open, since the scope is the thread's. After a
+    /// panic inside it, the frame must not be encoded into again.
+    pub(crate) fn open_scope(&mut self) -> OpenScope {
+        let scope = SpliceScope::open();
+        self.scope = Some(scope.start);
+        OpenScope { _scope: scope }
+    }
+
+    /// Closes the scope [`open_scope`](Frame::open_scope) opened.
+    pub(crate) fn close_scope(&mut self, scope: OpenScope) {
+        self.scope = None;
+        drop(scope);
     }
 
     /// Makes room for at least `bytes` in all, so that appending up to that many does not
@@ -290,6 +327,42 @@ mod tests {
         let second = frame.start_frame(b"B");
         frame.append(&5u8).expect("encodes");
         assert_eq!(frame.payload_len_from(second), 2, "its head and one byte");
+    }
+
+    /// Frames encoded one after another in one open scope splice their payloads as they would
+    /// in scopes of their own: each frame's length counts its own payload, and a frame cut off
+    /// takes its payload with it.
+    #[test]
+    fn frames_encoded_in_one_open_scope_each_keep_their_own_payloads() {
+        let big = Payload::from(vec![7u8; SPLICE_MIN]);
+        let mut frame = Frame::default();
+        let scope = frame.open_scope();
+        let first = frame.start_frame(b"A");
+        frame.append(&big).expect("encodes");
+        let first_len = frame.payload_len_from(first);
+        let second = frame.start_frame(b"B");
+        frame.append(&(big.clone(), 1u8)).expect("encodes");
+        let second_len = frame.payload_len_from(second);
+        let cut = frame.start_frame(b"C");
+        frame.append(&big).expect("encodes");
+        frame.truncate(cut);
+        frame.close_scope(scope);
+
+        let big_len = postcard::to_stdvec(&big).expect("encodes").len();
+        assert_eq!((first_len, second_len), (1 + big_len, 1 + big_len + 1));
+        assert_eq!(frame.spliced.len(), 2, "the cut frame's payload is gone");
+        let mut copied = vec![0; LENGTH_PREFIX];
+        copied.push(b'A');
+        copied.extend(postcard::to_stdvec(&big).expect("encodes"));
+        copied.extend([0; LENGTH_PREFIX]);
+        copied.push(b'B');
+        copied.extend(postcard::to_stdvec(&(big, 1u8)).expect("encodes"));
+        assert_eq!(flatten(&frame), copied);
+        assert_eq!(
+            spliced_count(),
+            0,
+            "the thread holds nothing after the scope"
+        );
     }
 
     /// Reserving makes room for that many bytes in all, counting those already there.

@@ -78,13 +78,20 @@ trait EncodeNext: Send {
         credit: &mut i64,
     ) -> Option<Option<String>> {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut reserved = false;
+        let scope = into.frame.open_scope();
+        let (mut end, mut reserved) = (None, false);
         while *credit > 0 && into.frame.len() < BATCH_BYTES {
             match self.as_mut().poll_encode(&mut cx, into) {
-                Poll::Pending => return None,
+                Poll::Pending => break,
                 Poll::Ready(Some(Ok(cost))) => *credit -= cost,
-                Poll::Ready(Some(Err(message))) => return Some(Some(message)),
-                Poll::Ready(None) => return Some(None),
+                Poll::Ready(Some(Err(message))) => {
+                    end = Some(Some(message));
+                    break;
+                }
+                Poll::Ready(None) => {
+                    end = Some(None);
+                    break;
+                }
             }
             if !reserved {
                 // More than one item is ready: room for a whole batch at once, rather than
@@ -93,7 +100,8 @@ trait EncodeNext: Send {
                 reserved = true;
             }
         }
-        None
+        into.frame.close_scope(scope);
+        end
     }
 }
 
