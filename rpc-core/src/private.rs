@@ -34,16 +34,18 @@ pub fn encode_stream<T: Serialize + Send + 'static>(
 }
 
 /// A `Vec<u8>` argument or return value on its way out: a [`Payload`](crate::Payload), which
-/// takes the vector over without copying and sends large ones from their own memory.
+/// takes the vector over without copying and sends large ones from their own memory. A large
+/// vector's memory is kept for the next one decoded once the frame is written.
 pub fn outgoing_bytes(bytes: Vec<u8>) -> crate::Payload {
-    crate::Payload::from(bytes)
+    crate::Payload::from(protocol::shared(bytes))
 }
 
 /// A `Vec<u8>` argument or return value as it is decoded: read as one byte string rather than
 /// a byte at a time through serde's sequence calls. postcard encodes both alike (a varint
 /// length, then the bytes), so the wire does not change; only the cost of the call does. (On
 /// the way out, a `Vec<u8>` goes as a [`Payload`](crate::Payload), which sends it from its own
-/// memory.)
+/// memory.) A large one is decoded into the memory of a large frame or vector dropped before
+/// it, if the process kept one, rather than into fresh memory.
 #[derive(Debug)]
 pub struct ByteVec(pub Vec<u8>);
 
@@ -65,7 +67,7 @@ impl<'de> serde::Deserialize<'de> for ByteVec {
             }
 
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(bytes.to_vec())
+                Ok(protocol::copied(bytes))
             }
 
             fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {

@@ -22,6 +22,7 @@ pub(crate) use frame::{FrameReader, length_prefix};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, offer};
+pub(crate) use spare::{copied, shared};
 pub(crate) use writer::{FrameWriter, write_frames_through};
 
 use std::borrow::Cow;

@@ -4,8 +4,13 @@
 //! string) paid them for every call, on both ends. A frame is encoded on its caller's thread and
 //! dropped by the connection's writer, often on another, so the process keeps one small store
 //! of them, which every connection shares.
+//!
+//! A `Vec<u8>` argument or result takes part too: decoded into a spare's memory, and its
+//! memory kept when the frame that sent it from there is done with it.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
 
 /// A frame's memory is kept once it is dropped only if it holds at least this much.
 const SPARE_MIN: usize = 64 * 1024;
@@ -66,6 +71,42 @@ fn keep_large(bytes: &mut Vec<u8>) {
         let mut spare = std::mem::take(bytes);
         spare.clear();
         buffers.push(spare);
+    }
+}
+
+/// `bytes` copied into a vector of their own, in a spare's memory if they are large and one is
+/// there.
+pub(crate) fn copied(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() < SPARE_MIN {
+        return bytes.to_vec();
+    }
+    let mut copy = Vec::new();
+    reserve(&mut copy, bytes.len());
+    copy.extend_from_slice(bytes);
+    copy
+}
+
+/// `bytes` as [`Bytes`] without a copy; a large vector's memory is kept (as a dropped frame's
+/// is) once the last `Bytes` sharing it is dropped.
+pub(crate) fn shared(bytes: Vec<u8>) -> Bytes {
+    if bytes.capacity() < SPARE_MIN {
+        return Bytes::from(bytes);
+    }
+    Bytes::from_owner(KeptOnDrop(bytes))
+}
+
+/// A large vector shared as [`Bytes`], whose memory is kept when the last of them is dropped.
+struct KeptOnDrop(Vec<u8>);
+
+impl AsRef<[u8]> for KeptOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for KeptOnDrop {
+    fn drop(&mut self) {
+        keep(&mut self.0);
     }
 }
 
@@ -134,6 +175,28 @@ mod tests {
         let mut copied = vec![0; LENGTH_PREFIX];
         copied.extend(postcard::to_stdvec(&larger).expect("encodes"));
         assert_eq!(second.contiguous(), Some(&copied[..]));
+    }
+
+    /// A large vector sent as shared bytes leaves its memory for the next large vector decoded,
+    /// once the last share is dropped; a small one is freed and copied as usual.
+    #[test]
+    fn a_sent_vectors_memory_is_taken_up_by_the_next_decoded() {
+        let sent = vec![7u8; 100_000];
+        let (at, room) = (sent.as_ptr(), sent.capacity());
+        let whole = shared(sent);
+        let share = whole.slice(10..20);
+        drop(whole);
+        assert_eq!(kept(), 0, "a share is still alive");
+        drop(share);
+        assert_eq!(kept(), room);
+        let decoded = copied(&[8; 90_000]);
+        assert_eq!((decoded.as_ptr(), decoded.capacity()), (at, room));
+        assert_eq!(decoded, [8; 90_000]);
+        assert_eq!(kept(), 0);
+
+        drop(shared(vec![1; SPARE_MIN - 1]));
+        assert_eq!(kept(), 0, "a vector under {SPARE_MIN} bytes is not kept");
+        assert_eq!(copied(&[1, 2, 3]), [1, 2, 3]);
     }
 
     /// A frame under 64 KiB is freed, not kept; large ones are kept up to the budget.
