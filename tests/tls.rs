@@ -17,6 +17,8 @@ pub trait Vault {
     /// Who the server says the caller is: the subject, common name and names of its
     /// certificate, if it presented one.
     async fn whoami(&self) -> Option<(String, Option<String>, Vec<String>)>;
+    /// The caller's address, as the server sees it.
+    async fn peer(&self) -> Option<SocketAddr>;
 }
 
 struct MyVault;
@@ -34,6 +36,10 @@ impl Vault for MyVault {
             identity.common_name().map(str::to_owned),
             identity.names().to_vec(),
         ))
+    }
+
+    async fn peer(&self) -> Option<SocketAddr> {
+        Context::current().peer_addr()
     }
 }
 
@@ -88,6 +94,11 @@ async fn calls_go_over_tls_to_the_name_the_certificate_carries() {
         client.whoami().await.expect("a call"),
         None,
         "no client certificate"
+    );
+    let peer = client.peer().await.expect("a call");
+    assert!(
+        peer.is_some_and(|peer| peer.ip().is_loopback() && peer.port() != addr.port()),
+        "a handler sees the client's address over TLS too: {peer:?}"
     );
 
     // By number, the address itself is the name checked.
