@@ -625,8 +625,8 @@ impl<S: ServiceSet> Spawner<'_, S> {
                 Accepted::Tcp(io) => serve_tcp(io, service, &config, peer, shared, deadline).await,
                 #[cfg(unix)]
                 Accepted::Unix(io) => {
+                    // A Unix socket's client has no address; the system names its process.
                     let peer = Peer {
-                        addr: peer,
                         credentials: PeerCredentials::of(&io),
                         ..Peer::default()
                     };
