@@ -658,6 +658,7 @@ impl fmt::Debug for Server {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum AcceptError {
     /// Only the connection being accepted is affected.
     ConnectionOnly,
@@ -785,5 +786,27 @@ mod tests {
         assert_eq!(config.max_frame_len, MAX_FRAME_LEN_CAP);
         assert_eq!(config.max_in_flight, 1);
         assert_eq!(config.max_connections, 1);
+    }
+
+    /// A failed accept is the connection's alone, a shortage the server waits out, or the end
+    /// of the listener.
+    #[test]
+    fn a_failed_accept_is_told_by_its_cause() {
+        use io::ErrorKind;
+        let kind = |kind: ErrorKind| classify_accept_error(&io::Error::from(kind));
+        for alone in [ErrorKind::ConnectionAborted, ErrorKind::ConnectionReset] {
+            assert_eq!(kind(alone), AcceptError::ConnectionOnly, "{alone:?}");
+        }
+        for short in [ErrorKind::OutOfMemory, ErrorKind::QuotaExceeded] {
+            assert_eq!(kind(short), AcceptError::OutOfResources, "{short:?}");
+        }
+        // EMFILE and ENFILE.
+        for code in [23, 24] {
+            let error = io::Error::from_raw_os_error(code);
+            assert_eq!(classify_accept_error(&error), AcceptError::OutOfResources);
+        }
+        assert_eq!(kind(ErrorKind::PermissionDenied), AcceptError::Fatal);
+        let other = io::Error::from_raw_os_error(22);
+        assert_eq!(classify_accept_error(&other), AcceptError::Fatal, "EINVAL");
     }
 }
