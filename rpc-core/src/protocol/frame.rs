@@ -23,6 +23,10 @@ const SMALL_ROOM: usize = 256;
 /// peer merely claimed.
 pub(super) const READ_CHUNK: usize = 256 * 1024;
 
+/// The most room a read makes for small frames that keep coming: a peer that fills every read
+/// is read in steps growing up to this, fewer and cheaper, rather than a kilobyte at a time.
+const MAX_READ_ROOM: usize = 16 * 1024;
+
 /// A read buffer up to this size is kept between frames whatever happens.
 const IDLE_BUFFER_KEEP: usize = 2 * MIN_READ;
 
@@ -48,9 +52,13 @@ pub(crate) struct FrameReader<R> {
     buf: BytesMut,
     max_frame_len: usize,
     silence_limit: Option<Duration>,
-    /// A large frame passed through `buf`, whose allocation the (empty-looking) buffer may
-    /// still hold for reuse.
+    /// A large frame, or a spell of reads larger than [`IDLE_BUFFER_KEEP`], passed through
+    /// `buf`, whose allocation the (empty-looking) buffer may still hold for reuse.
     holds_large: bool,
+    /// The room a read makes at least: doubled after a read that filled the room it had (more
+    /// was waiting), halved after one that took less than half, from [`MIN_READ`] up to
+    /// [`MAX_READ_ROOM`].
+    read_room: usize,
     /// Allocations that held a large frame, which `buf` moved away from while frames still
     /// shared them, oldest first, to be reused once they are free; given up with the large
     /// buffer when the connection goes quiet.
@@ -76,6 +84,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame_len,
             silence_limit: None,
             holds_large: false,
+            read_room: MIN_READ,
             spares: Vec::new(),
             large_here: false,
             last_read: Instant::now(),
@@ -108,6 +117,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         self.spares = Vec::new();
                         self.holds_large = false;
                         self.large_here = false;
+                        self.read_room = MIN_READ;
                         Ok(None)
                     }
                 }
@@ -182,11 +192,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Frames handed on still share the buffer's memory, so making room means a new
             // allocation: it is done only when little room is left, and then for many frames.
             if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
-                self.make_room(room.max(MIN_READ));
+                self.make_room(room.max(self.read_room));
+                self.holds_large |= self.read_room > IDLE_BUFFER_KEEP;
             }
+            let free = self.buf.capacity() - self.buf.len();
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
+            if read == free {
+                self.read_room = (self.read_room * 2).min(MAX_READ_ROOM);
+            } else if read < free / 2 {
+                self.read_room = (self.read_room / 2).max(MIN_READ);
+            }
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -556,6 +573,55 @@ mod buffer_tests {
         assert!(!reader.holds_large, "given up once quiet");
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
         assert!(reader.spares.is_empty(), "and the spares with it");
+    }
+
+    /// Small frames that keep coming are read in ever larger steps, up to [`MAX_READ_ROOM`];
+    /// a trickle, a frame at a time, in the least; and the large buffer is given up, and the
+    /// steps start small again, once the connection is quiet.
+    #[tokio::test(start_paused = true)]
+    async fn reads_grow_while_frames_keep_coming_and_shrink_when_they_trickle() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1024);
+        let burst: Vec<u8> = (0..20_000u32)
+            .flat_map(|n| tests::frame(&n.to_be_bytes()))
+            .collect();
+        tx.write_all(&burst).await.expect("writes");
+        let (mut largest_step, mut largest_buffer) = (0, 0);
+        for n in 0..20_000u32 {
+            let frame = reader.next_frame().await.expect("reads").expect("a frame");
+            assert_eq!(frame[..], n.to_be_bytes(), "frame {n}");
+            largest_step = largest_step.max(reader.read_room);
+            largest_buffer = largest_buffer.max(reader.buf.capacity());
+        }
+        assert_eq!(
+            largest_step, MAX_READ_ROOM,
+            "a burst is read in large steps"
+        );
+        assert!(largest_buffer <= 2 * MAX_READ_ROOM, "{largest_buffer}");
+
+        for n in 0..8u32 {
+            tx.write_all(&tests::frame(&n.to_be_bytes()))
+                .await
+                .expect("writes");
+            reader.next_frame().await.expect("reads").expect("a frame");
+        }
+        assert_eq!(
+            reader.read_room, MIN_READ,
+            "a trickle is read in small steps"
+        );
+
+        let quiet = tokio::spawn(async move {
+            let _ = reader.next_frame().await;
+            reader
+        });
+        tokio::time::sleep(LARGE_BUFFER_IDLE * 2).await;
+        drop(tx);
+        let reader = quiet.await.expect("joins");
+        assert!(
+            reader.buf.capacity() <= IDLE_BUFFER_KEEP,
+            "given up once quiet"
+        );
+        assert_eq!(reader.read_room, MIN_READ);
     }
 
     /// A large frame dropped before the next is read leaves its allocation to the next in place.
