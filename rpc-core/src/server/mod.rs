@@ -788,6 +788,15 @@ mod tests {
         assert_eq!(config.max_connections, 1);
     }
 
+    #[tokio::test]
+    async fn a_servers_debug_names_where_it_listens() {
+        let server = Server::bind("127.0.0.1:0").await.expect("binds");
+        let addr = server.local_addr().expect("an address");
+        let shown = format!("{server:?}");
+        assert!(shown.contains(&format!("tcp: Some({addr})")), "{shown}");
+        assert!(shown.contains("max_frame_len"), "and its settings: {shown}");
+    }
+
     /// A failed accept is the connection's alone, a shortage the server waits out, or the end
     /// of the listener.
     #[test]
