@@ -25,6 +25,8 @@ pub trait Vault {
     async fn whoami(&self) -> String;
     /// `0..count`, streamed.
     async fn count(&self, count: u32) -> Streaming<u32>;
+    /// `len` bytes, each its position modulo 251.
+    async fn blob(&self, len: u32) -> Vec<u8>;
 }
 
 #[derive(Clone)]
@@ -60,6 +62,10 @@ impl Vault for MyVault {
 
     async fn count(&self, count: u32) -> Streaming<u32> {
         Streaming::iter(0..count)
+    }
+
+    async fn blob(&self, len: u32) -> Vec<u8> {
+        (0..len).map(|n| (n % 251) as u8).collect()
     }
 }
 
@@ -265,6 +271,7 @@ struct Entry {
     from: Option<SocketAddr>,
     arguments: Vec<u8>,
     ok: bool,
+    result: Option<Vec<u8>>,
 }
 
 /// Records every call and how it ended.
@@ -303,12 +310,13 @@ impl Service<Call> for Audited {
         let reply = self.next.call(call);
         Box::pin(async move {
             let reply = reply.await?;
-            let ok = reply.is_ok();
+            let (ok, result) = (reply.is_ok(), reply.encoded_result());
             log.0.lock().expect("the log").push(Entry {
                 method,
                 from,
                 arguments,
                 ok,
+                result,
             });
             Ok(reply)
         })
@@ -341,6 +349,45 @@ async fn an_audit_layer_sees_method_peer_arguments_and_outcome_of_every_call() {
     assert_eq!(log[1].arguments, [3]);
     assert_eq!([log[0].method, log[1].method], ["add", "count"]);
     assert!(log.iter().all(|entry| entry.ok && entry.from.is_some()));
+    assert_eq!(log[0].result, Some(vec![1]), "-1, zigzag-encoded");
+    assert_eq!(
+        log[1].result, None,
+        "a streamed result is sent after the reply"
+    );
+}
+
+/// A layer sees a result large enough to be sent from its own memory as the very bytes of its
+/// encoding, and a call that failed (its result too large for its client) as failed, with no
+/// result.
+#[tokio::test]
+async fn a_layer_sees_a_large_result_and_a_failed_call_as_they_are() {
+    let audit = Audit::default();
+    let vault = serve(Server::builder().layer(audit.clone())).await;
+    let client = connect(vault.addr).await;
+    let blob = client.blob(100_000).await.expect("a blob");
+    let small = VaultClient::builder()
+        .max_frame_len(1024)
+        .connect(vault.addr);
+    let small = within("connecting", small).await.expect("connects");
+    let failed = small.blob(2000).await;
+    assert!(
+        matches!(&failed, Err(RpcError::Server { .. })),
+        "{failed:?}"
+    );
+
+    let log = audit.0.lock().expect("the log").clone();
+    assert_eq!([log[0].method, log[1].method], ["blob", "blob"]);
+    assert!(log[0].ok);
+    let encoded = postcard::to_stdvec(&blob).expect("encodes");
+    assert!(
+        log[0].result.as_ref() == Some(&encoded),
+        "the blob's encoding, whole"
+    );
+    assert!(
+        !log[1].ok,
+        "a result too large for its client failed the call"
+    );
+    assert_eq!(log[1].result, None);
 }
 
 /// A method and its encoded arguments.
