@@ -733,3 +733,27 @@ impl Drop for AbortCallsOnDrop {
         self.0.abort_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle timer: a connection not idle now is never over its timeout, and its timer is
+    /// set a whole timeout ahead; one idle since a while is over once the timeout has passed
+    /// since then, and before that its timer is set for exactly then.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_counts_from_when_the_connection_went_idle() {
+        let timeout = Duration::from_secs(10);
+        let mut idle = IdleTimer::new(timeout);
+        let now = Instant::now();
+        assert!(!idle.is_over(None), "busy now");
+        assert_eq!(idle.timer.deadline(), now + timeout);
+
+        let since = now - Duration::from_secs(4);
+        assert!(!idle.is_over(Some(since)), "idle for 4 s of 10");
+        assert_eq!(idle.timer.deadline(), since + timeout);
+
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(idle.is_over(Some(since)), "idle for the whole 10 s");
+    }
+}
