@@ -21,7 +21,7 @@ pub(crate) use codec::{Decode, Encode, append, decode_exact};
 pub(crate) use frame::{FrameReader, length_prefix};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
-pub(crate) use outgoing::{Frame, offer};
+pub(crate) use outgoing::{Frame, OpenScope, offer};
 pub(crate) use spare::{copied, shared};
 pub(crate) use writer::{FrameWriter, write_frames_through};
 

@@ -111,9 +111,20 @@ fn take_splices(start: usize) -> Option<Vec<(usize, Bytes)>> {
     Some(SPLICES.with_borrow_mut(|splices| splices.split_off(start)))
 }
 
-/// A splicing scope a frame holds open across many encodings ([`Frame::open_scope`]).
+/// A splicing scope held open across many encodings into one frame
+/// ([`Frame::encode_within`]): many small values then cost one scope, not one each. Nothing may
+/// be awaited while it is open, since the scope is the thread's; dropping it closes it.
 pub(crate) struct OpenScope {
-    _scope: SpliceScope,
+    scope: SpliceScope,
+}
+
+impl OpenScope {
+    /// Opens a scope.
+    pub(crate) fn open() -> Self {
+        OpenScope {
+            scope: SpliceScope::open(),
+        }
+    }
 }
 
 impl Drop for SpliceScope {
@@ -134,8 +145,6 @@ pub(crate) struct Frame {
     bytes: Vec<u8>,
     /// Payloads in order, each with the position in `bytes` it goes before.
     spliced: Vec<(usize, Bytes)>,
-    /// Where the scope this frame holds open ([`Frame::open_scope`]) started, if it holds one.
-    scope: Option<usize>,
 }
 
 impl Drop for Frame {
@@ -149,7 +158,6 @@ impl From<Vec<u8>> for Frame {
         Frame {
             bytes,
             spliced: Vec::new(),
-            scope: None,
         }
     }
 }
@@ -186,34 +194,27 @@ impl Frame {
     /// payloads it serializes are spliced in rather than copied.
     #[inline]
     pub(crate) fn encode<R>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-        let (result, spliced) = match self.scope {
-            // The frame's own scope is open: only what this encoding spliced is taken.
-            Some(start) => (encode(&mut self.bytes), take_splices(start)),
-            None => {
-                let scope = SpliceScope::open();
-                (encode(&mut self.bytes), scope.close())
-            }
-        };
-        if let Some(spliced) = spliced {
+        let scope = SpliceScope::open();
+        let result = encode(&mut self.bytes);
+        if let Some(spliced) = scope.close() {
             self.spliced.extend(spliced);
         }
         result
     }
 
-    /// Opens one splicing scope for the encodings that follow, until
-    /// [`close_scope`](Frame::close_scope): many small values then cost one scope, not one
-    /// each. Nothing may be awaited while it is open, since the scope is the thread's. After a
-    /// panic inside it, the frame must not be encoded into again.
-    pub(crate) fn open_scope(&mut self) -> OpenScope {
-        let scope = SpliceScope::open();
-        self.scope = Some(scope.start);
-        OpenScope { _scope: scope }
-    }
-
-    /// Closes the scope [`open_scope`](Frame::open_scope) opened.
-    pub(crate) fn close_scope(&mut self, scope: OpenScope) {
-        self.scope = None;
-        drop(scope);
+    /// [`Frame::encode`] within `scope`, which stays open for the encodings after it: only
+    /// what this encoding spliced is taken.
+    #[inline]
+    pub(crate) fn encode_within<R>(
+        &mut self,
+        scope: &OpenScope,
+        encode: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> R {
+        let result = encode(&mut self.bytes);
+        if let Some(spliced) = take_splices(scope.scope.start) {
+            self.spliced.extend(spliced);
+        }
+        result
     }
 
     /// Makes room for at least `bytes` in all, so that appending up to that many does not
@@ -336,27 +337,36 @@ mod tests {
     fn frames_encoded_in_one_open_scope_each_keep_their_own_payloads() {
         let big = Payload::from(vec![7u8; SPLICE_MIN]);
         let mut frame = Frame::default();
-        let scope = frame.open_scope();
+        let scope = OpenScope::open();
+        let within = |frame: &mut Frame, value: &(Payload, Option<u8>)| {
+            frame
+                .encode_within(&scope, |bytes| codec::append(value, bytes))
+                .expect("encodes");
+        };
         let first = frame.start_frame(b"A");
-        frame.append(&big).expect("encodes");
+        within(&mut frame, &(big.clone(), None));
         let first_len = frame.payload_len_from(first);
         let second = frame.start_frame(b"B");
-        frame.append(&(big.clone(), 1u8)).expect("encodes");
+        within(&mut frame, &(big.clone(), Some(1)));
         let second_len = frame.payload_len_from(second);
         let cut = frame.start_frame(b"C");
-        frame.append(&big).expect("encodes");
+        within(&mut frame, &(big.clone(), None));
         frame.truncate(cut);
-        frame.close_scope(scope);
+        drop(scope);
 
-        let big_len = postcard::to_stdvec(&big).expect("encodes").len();
-        assert_eq!((first_len, second_len), (1 + big_len, 1 + big_len + 1));
+        let first_value = postcard::to_stdvec(&(big.clone(), None::<u8>)).expect("encodes");
+        let second_value = postcard::to_stdvec(&(big, Some(1u8))).expect("encodes");
+        assert_eq!(
+            (first_len, second_len),
+            (1 + first_value.len(), 1 + second_value.len())
+        );
         assert_eq!(frame.spliced.len(), 2, "the cut frame's payload is gone");
         let mut copied = vec![0; LENGTH_PREFIX];
         copied.push(b'A');
-        copied.extend(postcard::to_stdvec(&big).expect("encodes"));
+        copied.extend(first_value);
         copied.extend([0; LENGTH_PREFIX]);
         copied.push(b'B');
-        copied.extend(postcard::to_stdvec(&(big, 1u8)).expect("encodes"));
+        copied.extend(second_value);
         assert_eq!(flatten(&frame), copied);
         assert_eq!(
             spliced_count(),

@@ -12,7 +12,8 @@ use super::registry::{OutboundCredit, SendWindow};
 use super::{Streaming, item_cost};
 use crate::RpcError;
 use crate::protocol::{
-    Encode, Frame, Head, LENGTH_PREFIX, Outbox, Outcome, StreamFrames, code, finish_frame_at,
+    Encode, Frame, Head, LENGTH_PREFIX, OpenScope, Outbox, Outcome, StreamFrames, code,
+    finish_frame_at,
 };
 use crate::task::AbortOnDrop;
 
@@ -63,6 +64,7 @@ trait EncodeNext: Send {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         into: &mut Encoding<'_>,
+        scope: Option<&OpenScope>,
     ) -> Poll<Option<Result<i64, String>>>;
 
     /// Appends the items the source has ready at once, while `credit` is above zero and the
@@ -78,10 +80,10 @@ trait EncodeNext: Send {
         credit: &mut i64,
     ) -> Option<Option<String>> {
         let mut cx = Context::from_waker(Waker::noop());
-        let scope = into.frame.open_scope();
+        let scope = OpenScope::open();
         let (mut end, mut reserved) = (None, false);
         while *credit > 0 && into.frame.len() < BATCH_BYTES {
-            match self.as_mut().poll_encode(&mut cx, into) {
+            match self.as_mut().poll_encode(&mut cx, into, Some(&scope)) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(cost))) => *credit -= cost,
                 Poll::Ready(Some(Err(message))) => {
@@ -100,7 +102,6 @@ trait EncodeNext: Send {
                 reserved = true;
             }
         }
-        into.frame.close_scope(scope);
         end
     }
 }
@@ -110,9 +111,10 @@ impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         into: &mut Encoding<'_>,
+        scope: Option<&OpenScope>,
     ) -> Poll<Option<Result<i64, String>>> {
         Poll::Ready(match std::task::ready!(self.poll_next(cx)) {
-            Some(Ok(item)) => Some(encode_item(into, &item)),
+            Some(Ok(item)) => Some(encode_item(into, scope, &item)),
             // The sender's own message crosses as it is; another error (a stream relayed from
             // elsewhere that broke) crosses as its sentence.
             Some(Err(RpcError::StreamFailed { message })) => Some(Err(message)),
@@ -122,12 +124,20 @@ impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
     }
 }
 
-/// Appends `item` as a whole StreamItem frame, returning its cost.
-fn encode_item<T: Encode>(into: &mut Encoding<'_>, item: &T) -> Result<i64, String> {
+/// Appends `item` as a whole StreamItem frame, returning its cost; within `scope` if one is
+/// open for the batch.
+fn encode_item<T: Encode>(
+    into: &mut Encoding<'_>,
+    scope: Option<&OpenScope>,
+    item: &T,
+) -> Result<i64, String> {
     let at = into.frame.start_frame(into.head);
-    let encoded = into
-        .frame
-        .encode(|bytes| item.encode(bytes))
+    let encode = |bytes: &mut Vec<u8>| item.encode(bytes);
+    let encoded = match scope {
+        Some(scope) => into.frame.encode_within(scope, encode),
+        None => into.frame.encode(encode),
+    };
+    let encoded = encoded
         .map_err(|e| format!("an item could not be encoded: {e}"))
         .and_then(|()| {
             finish_frame_at(into.frame, at, into.max_frame_len)
@@ -180,7 +190,7 @@ pub(crate) async fn pump(
         // The first item of a batch: wait for credit, and meanwhile learn of the end.
         let first = {
             let next =
-                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into));
+                std::future::poll_fn(|cx| outbound.items.as_mut().poll_encode(cx, &mut into, None));
             tokio::pin!(next);
             let turn = match window.open() {
                 None => return,
