@@ -272,6 +272,8 @@ struct Entry {
     arguments: Vec<u8>,
     ok: bool,
     result: Option<Vec<u8>>,
+    /// How the call, the rest of the stack and the reply show themselves (`Debug`).
+    shown: String,
 }
 
 /// Records every call and how it ended.
@@ -307,6 +309,7 @@ impl Service<Call> for Audited {
         let log = self.log.clone();
         let (method, from) = (call.context().method(), call.context().peer_addr());
         let arguments = call.encoded_arguments().to_vec();
+        let shown = format!("{call:?} to {:?}", self.next);
         let reply = self.next.call(call);
         Box::pin(async move {
             let reply = reply.await?;
@@ -317,6 +320,7 @@ impl Service<Call> for Audited {
                 arguments,
                 ok,
                 result,
+                shown: format!("{shown}: {reply:?}"),
             });
             Ok(reply)
         })
@@ -353,6 +357,12 @@ async fn an_audit_layer_sees_method_peer_arguments_and_outcome_of_every_call() {
     assert_eq!(
         log[1].result, None,
         "a streamed result is sent after the reply"
+    );
+    let shown = &log[0].shown;
+    assert!(
+        shown.starts_with(r#"Call { service: "Vault", method: "add", request_id: "#)
+            && shown.ends_with("arguments: 2, .. } to Next: Reply { ok: true, .. }"),
+        "{shown}"
     );
 }
 

@@ -137,7 +137,10 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
     assert!(seen.closed, "closed when the call ended");
     let connection = capture.span(seen.parent.expect("under its connection"));
     assert_eq!(connection.name, "rpc.connection");
-    assert_eq!(connection.fields["rpc.service"], "Greeter", "{connection:?}");
+    assert_eq!(
+        connection.fields["rpc.service"], "Greeter",
+        "{connection:?}"
+    );
     assert!(
         connection.fields["client.address"].starts_with("127.0.0.1:"),
         "{connection:?}"
