@@ -330,7 +330,10 @@ impl Service<Call> for Audited {
 #[tokio::test]
 async fn an_audit_layer_sees_method_peer_arguments_and_outcome_of_every_call() {
     let audit = Audit::default();
-    let vault = serve(Server::builder().layer(audit.clone())).await;
+    let builder = Server::builder().layer(audit.clone());
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("layers: Layers(1)"), "{shown}");
+    let vault = serve(builder).await;
     let client = connect(vault.addr).await;
     assert_eq!(client.add(2, -3).await.expect("adds"), -1);
     let items: Vec<u32> = client
