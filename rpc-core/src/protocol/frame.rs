@@ -542,9 +542,24 @@ pub(super) mod tests {
 
 #[cfg(test)]
 mod buffer_tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
 
     use super::*;
+
+    /// `reader` once it has waited for a frame through a quiet spell long enough to give up a
+    /// large buffer, and its peer has then gone.
+    async fn after_a_quiet_spell(
+        mut reader: FrameReader<DuplexStream>,
+        peer: DuplexStream,
+    ) -> FrameReader<DuplexStream> {
+        let quiet = tokio::spawn(async move {
+            let _ = reader.next_frame().await;
+            reader
+        });
+        tokio::time::sleep(LARGE_BUFFER_IDLE * 2).await;
+        drop(peer);
+        quiet.await.expect("joins")
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_large_buffer_is_kept_while_busy_and_given_up_when_quiet() {
@@ -563,13 +578,7 @@ mod buffer_tests {
         assert_eq!(reader.spares.len(), 1, "the held frame's allocation");
         drop(held);
 
-        let quiet = tokio::spawn(async move {
-            let _ = reader.next_frame().await;
-            reader
-        });
-        tokio::time::sleep(LARGE_BUFFER_IDLE * 2).await;
-        drop(tx);
-        let reader = quiet.await.expect("joins");
+        let reader = after_a_quiet_spell(reader, tx).await;
         assert!(!reader.holds_large, "given up once quiet");
         assert!(reader.buf.capacity() <= IDLE_BUFFER_KEEP);
         assert!(reader.spares.is_empty(), "and the spares with it");
@@ -610,13 +619,7 @@ mod buffer_tests {
             "a trickle is read in small steps"
         );
 
-        let quiet = tokio::spawn(async move {
-            let _ = reader.next_frame().await;
-            reader
-        });
-        tokio::time::sleep(LARGE_BUFFER_IDLE * 2).await;
-        drop(tx);
-        let reader = quiet.await.expect("joins");
+        let reader = after_a_quiet_spell(reader, tx).await;
         assert!(
             reader.buf.capacity() <= IDLE_BUFFER_KEEP,
             "given up once quiet"
