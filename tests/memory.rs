@@ -44,6 +44,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
 
+/// What the process may keep once a scenario is over, whatever its peers did: up to 4 MiB of
+/// large frames' and vectors' memory held for reuse (`protocol/spare.rs`, one store for the
+/// whole process), and a little besides.
+const KEPT: usize = 5 * MIB;
+
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
@@ -116,7 +121,7 @@ async fn flood_without_reading(method: &str) {
     let peak = peak_above(start);
     assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
     drop(raw);
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
 }
 
 /// 2,000 calls of 64 KiB to a server that stops reading: calls that time out take their
@@ -165,7 +170,7 @@ async fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
         peak / MIB
     );
     drop(client);
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
     deaf_server.abort();
 }
 
@@ -184,7 +189,7 @@ async fn a_client_that_floods_and_goes_silent_is_dropped_and_its_memory_freed() 
     }
     raw.send(&flood).await;
     // The server holds a bounded share of the 256 MiB asked for, then lets go of all of it.
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
     let peak = peak_above(start);
     assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
     drop(raw);
@@ -228,7 +233,7 @@ async fn the_server_wide_budget_caps_what_all_connections_hold() {
     );
     drop(hogs);
     drop(client);
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
 }
 
 /// A client's metadata over the server's limit fails the call, not the process: nothing is
@@ -298,7 +303,7 @@ async fn calls_back_from_a_server_that_never_reads_are_bounded() {
     let peak = peak_above(start);
     assert!(peak < 48 * MIB, "{} MiB held at the peak", peak / MIB);
     drop(client);
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
 }
 
 /// A client that serves back and floods the server with 200 MiB of frames for its reverse
@@ -343,8 +348,9 @@ async fn a_flood_into_the_reverse_connection_is_bounded_on_the_server() {
     assert_eq!(answer, [0x02, 0x01, 0x00, 0x06], "add(1, 2) = 3");
     let peak = peak_above(start);
     // About 2.5 MiB: the 1 MiB handed to the reverse connection and not yet taken, its pipe,
-    // and the buffers of the frames in between (about 10 MiB without the bound).
-    assert!(peak < 6 * MIB, "{} KiB held at the peak", peak / 1024);
+    // and the buffers of the frames in between, and up to 4 MiB the process keeps for reuse
+    // (about 10 MiB more without the bound).
+    assert!(peak < 8 * MIB, "{} KiB held at the peak", peak / 1024);
     drop(raw);
-    freed_to(start, 4 * MIB).await;
+    freed_to(start, KEPT).await;
 }
