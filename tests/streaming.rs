@@ -364,6 +364,46 @@ async fn a_slow_reader_holds_back_the_producer_and_memory_stays_bounded() {
     );
 }
 
+/// A sender whose source is always ready, with credit to spare, still gives the other tasks of
+/// its runtime a turn every few batches, rather than encoding all it may send in one go: on a
+/// multi-thread runtime, that is what lets another worker take it over while the one it ran on
+/// writes what it encoded. An observer on the same single thread sees how many items were
+/// produced between two of its turns.
+#[tokio::test]
+async fn a_busy_sender_gives_other_tasks_a_turn() {
+    const CHUNKS: u32 = 4096;
+    const SIZE: u32 = 1024;
+    let fixture = start().await;
+    let client = NumbersClient::builder()
+        .stream_window(64 * 1024 * 1024)
+        .connect(fixture.addr)
+        .await
+        .expect("connects");
+    let window = Arc::clone(&fixture.window);
+    let observer = tokio::spawn(async move {
+        let (mut last, mut most) = (0, 0);
+        loop {
+            let produced = window.produced.load(Ordering::SeqCst);
+            most = most.max(produced - last);
+            last = produced;
+            if produced == u64::from(CHUNKS) {
+                return most;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let stream = client.chunks(CHUNKS, SIZE).await.expect("starts");
+    let read = within("4 MiB", stream.count()).await;
+    assert_eq!(read, CHUNKS as usize);
+    let most = within("the observer", observer).await.expect("observes");
+    // The sender yields after 128 KiB sent in full batches of 32 KiB: about 160 chunks of 1 KiB
+    // between two turns, against all 4096 in one go without it.
+    assert!(
+        most <= 256,
+        "{most} chunks were produced while the other tasks waited"
+    );
+}
+
 /// A stream item larger than the client's frame limit is not sent: the stream ends with an error
 /// saying so, and the connection goes on serving.
 #[tokio::test]
