@@ -538,6 +538,53 @@ pub(super) mod tests {
             .expect_err("silence");
         assert!(matches!(error, RpcError::KeepaliveTimeout(limit) if limit.as_secs() == 30));
     }
+
+    /// The limit counts from the last bytes read, not from the first wait: frames at 10 s and
+    /// 20 s put the end of patience at 50 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_silence_limit_counts_from_the_last_bytes() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        reader.set_silence_limit(Some(Duration::from_secs(30)));
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                tx.write_all(&[0, 0, 0, 1, 7]).await.expect("writes");
+            }
+            tx
+        });
+        for _ in 0..2 {
+            let frame = tokio::time::timeout(Duration::from_secs(600), reader.next_frame())
+                .await
+                .expect("did not hang")
+                .expect("a frame");
+            assert_eq!(frame.as_deref(), Some(&[7][..]));
+        }
+        let _tx = writer.await.expect("joins");
+        let error = tokio::time::timeout(Duration::from_secs(600), reader.next_frame())
+            .await
+            .expect("did not hang")
+            .expect_err("silence");
+        assert!(matches!(error, RpcError::KeepaliveTimeout(_)));
+        let waited = start.elapsed();
+        assert!(
+            (Duration::from_secs(50)..Duration::from_millis(50_010)).contains(&waited),
+            "gave up after {waited:?}"
+        );
+    }
+
+    /// A limit beyond the clock's range, from a peer that announced an absurd ping interval,
+    /// is no limit: frames are read as usual.
+    #[tokio::test]
+    async fn a_limit_beyond_the_clock_is_no_limit() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        reader.set_silence_limit(Some(Duration::MAX));
+        tx.write_all(&[0, 0, 0, 1, 7]).await.expect("writes");
+        let frame = reader.next_frame().await.expect("a frame");
+        assert_eq!(frame.as_deref(), Some(&[7][..]));
+    }
 }
 
 #[cfg(test)]
