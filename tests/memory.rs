@@ -44,7 +44,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const MIB: usize = 1024 * 1024;
 
-/// What the process may keep once a scenario is over, whatever its peers did: up to 4 MiB of
+/// What the process may keep once a scenario is over, whatever its peers did: up to 4.06 MiB of
 /// large frames' and vectors' memory held for reuse (`protocol/spare.rs`, one store for the
 /// whole process), and a little besides.
 const KEPT: usize = 5 * MIB;
@@ -348,7 +348,7 @@ async fn a_flood_into_the_reverse_connection_is_bounded_on_the_server() {
     assert_eq!(answer, [0x02, 0x01, 0x00, 0x06], "add(1, 2) = 3");
     let peak = peak_above(start);
     // About 2.5 MiB: the 1 MiB handed to the reverse connection and not yet taken, its pipe,
-    // and the buffers of the frames in between, and up to 4 MiB the process keeps for reuse
+    // and the buffers of the frames in between, and up to 4.06 MiB the process keeps for reuse
     // (about 10 MiB more without the bound).
     assert!(peak < 8 * MIB, "{} KiB held at the peak", peak / 1024);
     drop(raw);

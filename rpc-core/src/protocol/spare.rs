@@ -15,8 +15,9 @@ use bytes::Bytes;
 /// A frame's memory is kept once it is dropped only if it holds at least this much.
 const SPARE_MIN: usize = 64 * 1024;
 
-/// The most memory the process keeps.
-const BUDGET: usize = 4 * 1024 * 1024;
+/// The most memory the process keeps: four frames of 1 MiB values, each with its head and the
+/// page of slack fresh memory gets, so that four such calls in flight all find memory here.
+const BUDGET: usize = 4 * (1024 * 1024 + 16 * 1024);
 
 /// The memory page's usual size: fresh memory for a large frame is rounded up to whole pages,
 /// with one to spare.
@@ -162,6 +163,9 @@ mod tests {
     fn a_dropped_large_frames_memory_is_taken_up_by_the_next() {
         let first = copied_in(&ByteBuf::from(vec![7; 100_000]));
         let (at, room) = memory_of(&first);
+        // Fresh memory: the frame's length, rounded up to whole pages with one to spare.
+        let needed = first.len();
+        assert_eq!(room, (needed + PAGE).next_multiple_of(PAGE));
         drop(first);
         assert_eq!(kept(), room);
         let larger = ByteBuf::from(vec![8; 100_000 + PAGE / 2]);
@@ -197,13 +201,38 @@ mod tests {
         drop(shared(vec![1; SPARE_MIN - 1]));
         assert_eq!(kept(), 0, "a vector under {SPARE_MIN} bytes is not kept");
         assert_eq!(copied(&[1, 2, 3]), [1, 2, 3]);
+
+        let mut exactly = Vec::with_capacity(SPARE_MIN);
+        exactly.resize(SPARE_MIN, 1);
+        drop(shared(exactly));
+        assert_eq!(kept(), SPARE_MIN, "a vector of {SPARE_MIN} bytes is kept");
+        let small = copied(&[1, 2, 3]);
+        assert_eq!((small.as_slice(), small.capacity()), (&[1, 2, 3][..], 3));
+        assert_eq!(kept(), SPARE_MIN, "a small copy leaves the spare alone");
     }
 
-    /// A frame under 64 KiB is freed, not kept; large ones are kept up to the budget.
+    /// A frame that already holds many bytes, with no room left, still moves into a spare to
+    /// take a large value, rather than growing into fresh memory.
+    #[test]
+    fn a_full_frame_moves_into_a_spare_for_a_large_value() {
+        let (at, room) = memory_of(&copied_in(&ByteBuf::from(vec![7; 300_000])));
+        assert_eq!(kept(), room);
+        let mut frame = Frame::from(vec![5; 60_000]);
+        frame
+            .append(&ByteBuf::from(vec![8; 100_000]))
+            .expect("encodes");
+        assert_eq!(memory_of(&frame), (at, room), "in the spare's memory");
+        let bytes = frame.contiguous().expect("nothing spliced");
+        assert_eq!(bytes[..60_000], [5; 60_000]);
+        assert_eq!(bytes[bytes.len() - 100_000..], [8; 100_000]);
+    }
+
+    /// A frame under 64 KiB (a stream's batch of 32 KiB, say) is freed, not kept; large ones are
+    /// kept up to the budget, which holds the frames of four 1 MiB values.
     #[test]
     fn small_frames_are_freed_and_large_ones_kept_within_the_budget() {
-        drop(copied_in(&ByteBuf::from(vec![7; SPARE_MIN / 2])));
-        assert_eq!(kept(), 0, "a frame under {SPARE_MIN} bytes is not kept");
+        drop(copied_in(&ByteBuf::from(vec![7; 32 * 1024])));
+        assert_eq!(kept(), 0, "a frame of 32 KiB is not kept");
         drop(Frame::from(Vec::with_capacity(SPARE_MIN)));
         assert_eq!(kept(), SPARE_MIN, "a frame of {SPARE_MIN} bytes is kept");
         spares().buffers().clear();
@@ -215,5 +244,6 @@ mod tests {
         let kept = kept();
         assert!(kept <= BUDGET, "{kept} bytes kept");
         assert!(kept + room > BUDGET, "only {kept} bytes kept");
+        assert_eq!(kept / room, 4, "the frames of four 1 MiB values are kept");
     }
 }
