@@ -542,6 +542,25 @@ mod write_tests {
         }
     }
 
+    /// Frames of 8 KiB are small: four queued together are copied into the batch, two to a
+    /// write.
+    #[tokio::test]
+    async fn frames_of_eight_kib_are_gathered() {
+        let frame = crate::protocol::frame::tests::frame(&[7; 8 * 1024 - 4]);
+        let (outbox, queue) = Outbox::new();
+        for _ in 0..4 {
+            assert!(outbox.send(frame.clone(), None));
+        }
+        let mut io = trickle();
+        let kept = sent_by(FrameWriter::new(&mut io), queue).await;
+        assert!(
+            kept >= 2 * frame.len(),
+            "copied into the batch ({kept} bytes)"
+        );
+        assert_eq!(io.writes, [2 * frame.len(), 2 * frame.len()]);
+        assert_eq!(io.written, frame.repeat(4));
+    }
+
     /// A frame of `COALESCE_BELOW` bytes or more, and a frame with nothing else to go with it,
     /// are written from their own memory: copying them into the batch would cost a copy of
     /// every large payload and keep that much memory in the batch.
