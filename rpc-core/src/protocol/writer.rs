@@ -542,6 +542,22 @@ mod write_tests {
         }
     }
 
+    /// Straight through, a frame goes out in as many writes as the transport needs and no more:
+    /// not one of nothing after its last byte.
+    #[tokio::test]
+    async fn a_frame_written_now_takes_the_writes_the_transport_needs() {
+        let mut io = Trickle {
+            written: Vec::new(),
+            limit: 3,
+            writes: Vec::new(),
+        };
+        let mut writer = FrameWriter::new(&mut io);
+        assert_eq!(writer.write_now(&[1; 10]), Some((10, true)));
+        drop(writer);
+        assert_eq!(io.writes, [3, 3, 3, 1]);
+        assert_eq!(io.written, [1; 10]);
+    }
+
     /// Frames of 8 KiB are small: four queued together are copied into the batch, two to a
     /// write.
     #[tokio::test]
