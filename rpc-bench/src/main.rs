@@ -216,7 +216,7 @@ fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {
     deployment.run(workloads::over_tls::<S>(server, effort))
 }
 
-/// Runs one workload for 5 s (or 200,000 sequential calls, or a stream of 10,000,000 items),
+/// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),
 /// for a profiler to watch.
 fn profile<S: System>(setup: Setup, workload: String) -> String {
     let effort = Effort::PROFILE;
