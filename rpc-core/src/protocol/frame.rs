@@ -638,14 +638,15 @@ mod buffer_tests {
     async fn reads_grow_while_frames_keep_coming_and_shrink_when_they_trickle() {
         let (mut tx, rx) = tokio::io::duplex(1 << 20);
         let mut reader = FrameReader::new(rx, 1024);
+        // Frames of 7 bytes, so that reads end inside a frame and leave part of it buffered.
         let burst: Vec<u8> = (0..20_000u32)
-            .flat_map(|n| tests::frame(&n.to_be_bytes()))
+            .flat_map(|n| tests::frame(&n.to_be_bytes()[1..]))
             .collect();
         tx.write_all(&burst).await.expect("writes");
         let (mut largest_step, mut largest_buffer) = (0, 0);
         for n in 0..20_000u32 {
             let frame = reader.next_frame().await.expect("reads").expect("a frame");
-            assert_eq!(frame[..], n.to_be_bytes(), "frame {n}");
+            assert_eq!(frame[..], n.to_be_bytes()[1..], "frame {n}");
             largest_step = largest_step.max(reader.read_room);
             largest_buffer = largest_buffer.max(reader.buf.capacity());
         }
