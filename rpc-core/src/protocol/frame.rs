@@ -199,11 +199,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
-            if read == free {
-                self.read_room = (self.read_room * 2).min(MAX_READ_ROOM);
-            } else if read < free / 2 {
-                self.read_room = (self.read_room / 2).max(MIN_READ);
-            }
+            self.read_room = next_read_room(self.read_room, read, free);
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -218,6 +214,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 traffic.received(read);
             }
         }
+    }
+}
+
+/// The least room the next read makes, after a read that took `read` bytes of the `free` it
+/// had: twice `room` if it filled them (more was waiting), half if it took less than half,
+/// within [`MIN_READ`] and [`MAX_READ_ROOM`]; else `room` again.
+fn next_read_room(room: usize, read: usize, free: usize) -> usize {
+    if read == free {
+        (room * 2).min(MAX_READ_ROOM)
+    } else if read < free / 2 {
+        (room / 2).max(MIN_READ)
+    } else {
+        room
     }
 }
 
@@ -674,6 +683,22 @@ mod buffer_tests {
             "given up once quiet"
         );
         assert_eq!(reader.read_room, MIN_READ);
+    }
+
+    /// The read room doubles after a full read, halves after one that took less than half of
+    /// its room, and otherwise stays, within its bounds.
+    #[test]
+    fn the_read_room_follows_how_much_each_read_took() {
+        assert_eq!(next_read_room(4096, 4096, 4096), 8192, "full: doubled");
+        assert_eq!(
+            next_read_room(16 * 1024, 5000, 5000),
+            16 * 1024,
+            "at most 16 KiB"
+        );
+        assert_eq!(next_read_room(8192, 3000, 8192), 4096, "under half: halved");
+        assert_eq!(next_read_room(1024, 10, 1024), MIN_READ, "at least 1 KiB");
+        assert_eq!(next_read_room(8192, 5000, 8192), 8192, "over half: kept");
+        assert_eq!(next_read_room(8192, 4096, 8192), 8192, "exactly half: kept");
     }
 
     /// A large frame dropped before the next is read leaves its allocation to the next in place.
