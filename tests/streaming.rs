@@ -396,10 +396,11 @@ async fn a_busy_sender_gives_other_tasks_a_turn() {
     let read = within("4 MiB", stream.count()).await;
     assert_eq!(read, CHUNKS as usize);
     let most = within("the observer", observer).await.expect("observes");
-    // The sender yields after 128 KiB sent in full batches of 32 KiB: about 160 chunks of 1 KiB
-    // between two turns, against all 4096 in one go without it.
+    // The sender yields after 128 KiB sent in full batches of 32 KiB: about 128 chunks of 1 KiB
+    // between two turns, against all 4096 in one go without it, and 64 when it gave up its turn
+    // after every batch (each a trip through the scheduler).
     assert!(
-        most <= 256,
+        (100..=256).contains(&most),
         "{most} chunks were produced while the other tasks waited"
     );
 }
