@@ -326,3 +326,36 @@ impl Drop for TakeBackOnDrop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items ready at once are encoded into one frame, each a whole StreamItem frame, and the
+    /// frame makes room for a whole batch as soon as a second item is ready, rather than
+    /// growing into it step by step.
+    #[test]
+    fn ready_items_share_a_frame_with_room_for_the_batch() {
+        let mut source: Pin<Box<dyn EncodeNext>> = Box::pin(Streaming::iter(0..100u64));
+        let head = Head::StreamItem { id: 1 }.frame();
+        let mut frame = Frame::default();
+        let mut into = Encoding {
+            head: &head[LENGTH_PREFIX..],
+            frame: &mut frame,
+            max_frame_len: 1024,
+        };
+        let mut credit = i64::MAX;
+        let end = source.as_mut().encode_ready(&mut into, &mut credit);
+        assert_eq!(end, Some(None), "the source ended");
+        assert!(frame.capacity() >= BATCH_BYTES, "{}", frame.capacity());
+        let bytes = frame.contiguous().expect("nothing spliced");
+        let mut expected = Vec::new();
+        for n in 0..100u64 {
+            let mut item = head[LENGTH_PREFIX..].to_vec();
+            item.extend(postcard::to_stdvec(&n).expect("encodes"));
+            expected.extend((item.len() as u32).to_be_bytes());
+            expected.extend(item);
+        }
+        assert_eq!(bytes, expected);
+    }
+}
