@@ -560,8 +560,8 @@ impl<T: Decode> InboundStream<T> {
     }
 }
 
-/// How much memory a stream gives the items it decodes ahead of its consumer: 32 items of 8
-/// bytes and their error, fewer of larger types, at least one.
+/// How much memory a stream gives the items it decodes ahead of its consumer: 48 `u64`s (16
+/// bytes each as a result), fewer of larger types, at least one.
 const AHEAD_BYTES: usize = 32 * 24;
 
 /// The payload size of the whole frame at the start of `frames`, and the bytes after its length
@@ -578,6 +578,65 @@ impl<T> Drop for InboundStream<T> {
         if self.options.cancel_on_drop && !self.done {
             let id = self.options.id;
             self.options.outbox.send_head(&Head::Cancel { id });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::protocol::Outbox;
+
+    /// A stream of `u64` taking the items of one run decodes 48 of them ahead of its consumer
+    /// at a time, with one lending of the run, and hands them on in order.
+    #[tokio::test]
+    async fn a_run_of_small_items_is_decoded_48_ahead() {
+        let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
+        let parts = streams.open_inbound(1);
+        let (outbox, _queue) = Outbox::new();
+        let head = Head::StreamItem { id: 1 }.frame();
+        let head = &head[LENGTH_PREFIX..];
+        let mut frames = Vec::new();
+        for n in 0..100u64 {
+            let mut payload = head.to_vec();
+            payload.extend(postcard::to_stdvec(&n).expect("encodes"));
+            frames.extend((payload.len() as u32).to_be_bytes());
+            frames.extend(payload);
+        }
+        let mut stream = InboundStream::<u64> {
+            parts,
+            run: Bytes::new(),
+            head_len: 0,
+            ahead: VecDeque::new(),
+            consumed: 0,
+            deadline: None,
+            done: false,
+            options: InboundOptions {
+                id: 1,
+                method: "count",
+                outbox,
+                deadline: None,
+                cancel_on_drop: false,
+                slot: None,
+                upload: None,
+                end: None,
+            },
+            item: PhantomData,
+        };
+        let sent = streams.state().inbound[&1].tx.send(Inbound::Run {
+            frames: Bytes::from(frames),
+            head_len: head.len(),
+        });
+        assert!(sent.is_ok());
+        let first = stream.next().await.expect("an item").expect("decodes");
+        assert_eq!(first, 0);
+        assert_eq!(stream.ahead.len(), 47, "48 decoded, one taken");
+        for n in 1..100 {
+            let item = stream.next().await.expect("an item").expect("decodes");
+            assert_eq!(item, n);
+            assert!(stream.ahead.len() < 48, "{} ahead", stream.ahead.len());
         }
     }
 }
