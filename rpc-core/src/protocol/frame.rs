@@ -327,13 +327,13 @@ fn same_start(bytes: &[u8], head: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
 
     /// `payload` as a frame: its length prefix, then itself.
-    pub(in crate::protocol) fn frame(payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
         let mut out = (payload.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(payload);
         out

@@ -353,8 +353,7 @@ mod tests {
         for n in 0..100u64 {
             let mut item = head[LENGTH_PREFIX..].to_vec();
             item.extend(postcard::to_stdvec(&n).expect("encodes"));
-            expected.extend((item.len() as u32).to_be_bytes());
-            expected.extend(item);
+            expected.extend(crate::protocol::frame(&item));
         }
         assert_eq!(bytes, expected);
     }

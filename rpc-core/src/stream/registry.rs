@@ -602,8 +602,7 @@ mod tests {
         for n in 0..100u64 {
             let mut payload = head.to_vec();
             payload.extend(postcard::to_stdvec(&n).expect("encodes"));
-            frames.extend((payload.len() as u32).to_be_bytes());
-            frames.extend(payload);
+            frames.extend(protocol::frame(&payload));
         }
         let mut stream = InboundStream::<u64> {
             parts,
