@@ -562,7 +562,7 @@ impl<T: Decode> InboundStream<T> {
 
 /// How much memory a stream gives the items it decodes ahead of its consumer: 48 `u64`s (16
 /// bytes each as a result), fewer of larger types, at least one.
-const AHEAD_BYTES: usize = 32 * 24;
+const AHEAD_BYTES: usize = 48 * 16;
 
 /// The payload size of the whole frame at the start of `frames`, and the bytes after its length
 /// prefix; `None` if no whole frame is there.
