@@ -7,6 +7,7 @@ use rpc_tests::{
     LabClient, LabImpl, RawClient, lab_hello, lab_methods, loopback_listener, request_with_timeout,
     start_tcp_with, string, within,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn lab() -> (
     LabClient,
@@ -50,6 +51,62 @@ async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
     assert_eq!(cancel, [0x03, 0x00], "Cancel of request 0");
     // The deadline was the handle's; the client it came from keeps its own.
     assert_eq!(client.channel().deadline(), Duration::from_secs(30));
+}
+
+/// Each call's deadline is its own, though one timer watches all of a connection's: a call with
+/// a short deadline, made after one with the default 30 s, fails at its own deadline while the
+/// other still waits. Under paused time, over an in-memory pipe to a server that never answers.
+#[tokio::test(start_paused = true)]
+async fn a_short_deadline_behind_a_long_one_passes_first() {
+    let (pipe, mut server) = tokio::io::duplex(64 * 1024);
+    let (requests, mut requested) = tokio::sync::mpsc::unbounded_channel();
+    let deaf_server = tokio::spawn(async move {
+        let mut hello = true;
+        while let Ok(len) = server.read_u32().await {
+            let mut payload = vec![0; len as usize];
+            server
+                .read_exact(&mut payload)
+                .await
+                .expect("a whole frame");
+            if std::mem::take(&mut hello) {
+                server
+                    .write_all(&lab_hello(lab_methods(), 0, 0))
+                    .await
+                    .expect("the hello");
+            } else {
+                let _ = requests.send(payload);
+            }
+        }
+    });
+    let client = LabClient::builder()
+        .disable_keepalive()
+        .connect_stream(pipe)
+        .await
+        .expect("connects");
+    let long = tokio::spawn({
+        let client = client.clone();
+        async move { client.hold("long".into()).await }
+    });
+    let first = requested.recv().await.expect("the long call's request");
+    assert_eq!(first[..2], [0x01, 0x00], "request 0");
+    let start = tokio::time::Instant::now();
+    let short = client.with_deadline(Duration::from_millis(100));
+    assert!(matches!(
+        short.hold("short".into()).await,
+        Err(RpcError::DeadlineExceeded { .. })
+    ));
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
+        "the short call failed after {waited:?}"
+    );
+    assert!(!long.is_finished(), "the long call still waits");
+    let second = requested.recv().await.expect("the short call's request");
+    assert_eq!(second[..2], [0x01, 0x01], "request 1");
+    let cancel = requested.recv().await.expect("its cancellation");
+    assert_eq!(cancel, [0x03, 0x01], "Cancel of request 1");
+    long.abort();
+    deaf_server.abort();
 }
 
 /// The server's side of a deadline, apart from the client's: the deadline travels with the

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ClientConfig;
+use super::deadlines::expire_calls;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
@@ -39,6 +40,8 @@ pub(crate) struct Connection {
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
+    /// Fails the calls whose deadlines pass.
+    _expiring: AbortOnDrop,
     /// What the client serves back to the server, on the reverse connection inside this one.
     _serving_back: Option<AbortOnDrop>,
 }
@@ -212,6 +215,7 @@ impl Connection {
         };
         let reading = read_responses(reader, closer, writer.abort_handle(), open, tunnel);
         let reader = tokio::spawn(reading);
+        let expiring = tokio::spawn(expire_calls(Arc::clone(&pending), outbox.clone()));
         Ok(Arc::new(Connection {
             outbox,
             slots,
@@ -220,6 +224,7 @@ impl Connection {
             next_id: AtomicU64::new(0),
             server,
             _reader: AbortOnDrop::new(&reader),
+            _expiring: AbortOnDrop::new(&expiring),
             _serving_back: serving,
         }))
     }
@@ -289,7 +294,7 @@ impl Connection {
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
         let answer = self
             .pending
-            .register(id, method.name, frame)
+            .register(id, method.name, frame, spec.expires)
             .map_err(Failure::NotRun)?;
         let mut waiting = Waiting {
             connection: self,
@@ -309,9 +314,9 @@ impl Connection {
         let upload = upload.zip(credit).map(|(items, credit)| {
             Upload::start(id, items, credit, &self.outbox, self.server.max_frame_len)
         });
-        let reply = until(spec.expires, answer)
-            .await
-            .map_err(|_| Failure::Final(spec.deadline_exceeded()))?;
+        // Past the deadline, the connection's expiring task answers `Reply::Expired`, having
+        // told the server if need be.
+        let reply = answer.await;
         waiting.armed = false; // answered: nothing to cancel, unless a stream follows
         let reply = reply.map_err(|_| Failure::Lost(self.pending.close_reason()))?;
         Ok(Answered {
@@ -435,13 +440,17 @@ impl Answered {
             }
             Reply::Failed(reason) => Err(Failure::Lost(reason.clone())),
             Reply::NotSent(reason) => Err(Failure::NotRun(reason.clone())),
+            Reply::Expired => Err(Failure::Final(RpcError::DeadlineExceeded {
+                method: method.to_owned(),
+                deadline: self.deadline,
+            })),
         }
     }
 }
 
 /// A call that was queued and waits for its answer. Dropped while still armed (the caller gave
-/// up, or the deadline passed), it takes its request back if it was not written yet, and
-/// otherwise tells the server to drop the handler.
+/// up), it takes its request back if it was not written yet, and otherwise tells the server to
+/// drop the handler, as the connection's expiring task does for a call past its deadline.
 struct Waiting<'a> {
     connection: &'a Connection,
     id: u64,

@@ -26,6 +26,7 @@
 mod address;
 mod channel;
 mod connection;
+mod deadlines;
 pub(crate) mod discovery;
 mod endpoint;
 mod local;

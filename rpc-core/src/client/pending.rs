@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
 
+use super::deadlines::{Deadlines, Next};
 use crate::RpcError;
 use crate::protocol::{Claim, Frame};
 
@@ -25,6 +27,9 @@ pub(crate) enum Reply {
     Failed(RpcError),
     /// The connection ended before the request was written: the call did not run.
     NotSent(RpcError),
+    /// The call's deadline passed first. The server was told to drop the call if its request
+    /// had been written; otherwise the request was taken back.
+    Expired,
 }
 
 /// What [`Pending::forget`] found.
@@ -49,11 +54,15 @@ pub(crate) struct Pending {
     /// lock; set under it.
     is_closed: AtomicBool,
     is_draining: AtomicBool,
+    /// Wakes the task that expires calls when a deadline comes before the one it sleeps until.
+    expiring: Notify,
 }
 
 #[derive(Debug, Default)]
 struct State {
     calls: HashMap<u64, Waiter>,
+    /// The deadlines of the waiting calls that have one.
+    deadlines: Deadlines,
     closed: Option<RpcError>,
     /// The server said it takes no new calls.
     draining: bool,
@@ -73,12 +82,14 @@ impl Pending {
     }
 
     /// Registers a call to `method` whose request is `request`, to be claimed by the writer, or
-    /// says why the connection takes no more calls.
+    /// says why the connection takes no more calls. Past `expires`, if the call has a deadline,
+    /// [`Pending::expire`] fails it with [`Reply::Expired`].
     pub(crate) fn register(
         &self,
         id: u64,
         method: &str,
         request: Frame,
+        expires: Option<Instant>,
     ) -> Result<oneshot::Receiver<Reply>, RpcError> {
         let mut state = self.state();
         // The server said it takes no new calls: that says more than how the connection ended.
@@ -95,8 +106,48 @@ impl Pending {
             reply,
             unsent: Some(request),
         };
-        state.calls.insert(id, waiter);
+        let State {
+            calls, deadlines, ..
+        } = &mut *state;
+        calls.insert(id, waiter);
+        if let Some(expires) = expires
+            && deadlines.insert(expires, id, calls.len(), |id| calls.contains_key(&id))
+        {
+            self.expiring.notify_one();
+        }
         Ok(rx)
+    }
+
+    /// Fails each waiting call whose deadline has passed at `now` with [`Reply::Expired`],
+    /// calling `cancel` with the id of each whose request was written. Returns when a deadline
+    /// passes next; `None` when no call waits with one, until [`Pending::deadline_added`].
+    pub(crate) fn expire(&self, now: Instant, mut cancel: impl FnMut(u64)) -> Option<Instant> {
+        loop {
+            let (id, waiter) = {
+                let mut state = self.state();
+                let State {
+                    calls, deadlines, ..
+                } = &mut *state;
+                match deadlines.next(now, |id| calls.contains_key(&id)) {
+                    Next::Expire(id) => (id, calls.remove(&id)),
+                    Next::SleepUntil(at) => return Some(at),
+                    Next::Wait => return None,
+                }
+            };
+            if let Some(waiter) = waiter {
+                if waiter.unsent.is_none() {
+                    cancel(id);
+                }
+                // The caller may have given up meanwhile; then nobody needs to hear it.
+                let _ = waiter.reply.send(Reply::Expired);
+            }
+        }
+    }
+
+    /// Returns once a call registers a deadline earlier than the one [`Pending::expire`] last
+    /// returned (or any, after it returned `None`); at once if one did since.
+    pub(crate) async fn deadline_added(&self) {
+        self.expiring.notified().await;
     }
 
     /// Hands `reply` to the call waiting on `id`. A reply nobody waits for any more (the call
@@ -141,6 +192,7 @@ impl Pending {
             }
             state.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::Release);
+            state.deadlines = Deadlines::default();
             std::mem::take(&mut state.calls)
         };
         for (_, waiter) in calls {
@@ -198,12 +250,12 @@ mod tests {
     #[test]
     fn only_a_request_in_one_piece_is_claimed_to_go_straight_through() {
         let pending = Pending::default();
-        let _small = pending.register(1, "f", request()).expect("open");
+        let _small = pending.register(1, "f", request(), None).expect("open");
         let mut spliced = Frame::default();
         spliced
             .append(&crate::Payload::from(vec![7u8; 1 << 20]))
             .expect("encodes");
-        let _large = pending.register(2, "f", spliced).expect("open");
+        let _large = pending.register(2, "f", spliced, None).expect("open");
         assert_eq!(
             pending.claim_contiguous(1).map(|frame| frame.len()),
             Some(8)
@@ -219,8 +271,8 @@ mod tests {
     #[tokio::test]
     async fn close_fails_waiting_and_later_calls() {
         let pending = Pending::default();
-        let sent = pending.register(1, "f", request()).expect("open");
-        let unsent = pending.register(3, "f", request()).expect("open");
+        let sent = pending.register(1, "f", request(), None).expect("open");
+        let unsent = pending.register(3, "f", request(), None).expect("open");
         assert!(
             pending.claim(1).is_some(),
             "the writer took call 1's request"
@@ -235,7 +287,7 @@ mod tests {
             "a request never written did not run"
         );
         assert!(matches!(
-            pending.register(2, "f", request()),
+            pending.register(2, "f", request(), None),
             Err(RpcError::ConnectionClosed)
         ));
     }
@@ -243,8 +295,8 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_their_own_call() {
         let pending = Pending::default();
-        let one = pending.register(1, "f", request()).expect("open");
-        let two = pending.register(2, "f", request()).expect("open");
+        let one = pending.register(1, "f", request(), None).expect("open");
+        let two = pending.register(2, "f", request(), None).expect("open");
         pending.complete(2, Reply::Ok(Bytes::from_static(b"2")));
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
         pending.complete(3, Reply::Ok(Bytes::new()));
@@ -255,10 +307,10 @@ mod tests {
     #[tokio::test]
     async fn draining_refuses_new_calls_and_answers_old_ones() {
         let pending = Pending::default();
-        let old = pending.register(1, "f", request()).expect("open");
+        let old = pending.register(1, "f", request(), None).expect("open");
         pending.drain();
         assert!(matches!(
-            pending.register(2, "g", request()),
+            pending.register(2, "g", request(), None),
             Err(RpcError::ServerClosing { method }) if method == "g"
         ));
         pending.complete(1, Reply::Ok(Bytes::new()));
@@ -270,11 +322,50 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn calls_past_their_deadline_expire_and_written_ones_are_cancelled() {
+        let pending = Pending::default();
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_millis(10);
+        let later = now + std::time::Duration::from_secs(1);
+        let written = pending
+            .register(1, "f", request(), Some(soon))
+            .expect("open");
+        let unwritten = pending
+            .register(2, "f", request(), Some(soon))
+            .expect("open");
+        let _waits = pending
+            .register(3, "f", request(), Some(later))
+            .expect("open");
+        let _forever = pending.register(4, "f", request(), None).expect("open");
+        assert!(
+            pending.claim(1).is_some(),
+            "the writer took call 1's request"
+        );
+        let mut cancelled = Vec::new();
+        assert_eq!(pending.expire(now, |id| cancelled.push(id)), Some(soon));
+        assert_eq!(pending.expire(soon, |id| cancelled.push(id)), Some(later));
+        assert_eq!(cancelled, [1], "only the written request is cancelled");
+        assert!(matches!(written.await, Ok(Reply::Expired)));
+        assert!(matches!(unwritten.await, Ok(Reply::Expired)));
+        assert!(
+            pending.claim(2).is_none(),
+            "call 2's request was taken back"
+        );
+        assert_eq!(pending.forget(3), Forgotten::Unsent, "call 3 still waits");
+        assert_eq!(pending.expire(later, |id| cancelled.push(id)), None);
+        assert_eq!(
+            pending.forget(4),
+            Forgotten::Unsent,
+            "call 4 has no deadline"
+        );
+    }
+
     #[test]
     fn a_call_forgotten_before_its_turn_takes_its_request_back() {
         let pending = Pending::default();
-        pending.register(1, "f", request()).expect("open");
-        pending.register(2, "f", request()).expect("open");
+        pending.register(1, "f", request(), None).expect("open");
+        pending.register(2, "f", request(), None).expect("open");
         assert!(pending.claim(2).is_some());
         assert_eq!(pending.forget(1), Forgotten::Unsent);
         assert!(pending.claim(1).is_none(), "nothing left for the writer");
