@@ -87,12 +87,14 @@ async fn a_short_deadline_behind_a_long_one_passes_first() {
         let client = client.clone();
         async move { client.hold("long".into()).await }
     });
-    let first = requested.recv().await.expect("the long call's request");
+    let first = within("the long call's request", requested.recv())
+        .await
+        .expect("sent");
     assert_eq!(first[..2], [0x01, 0x00], "request 0");
     let start = tokio::time::Instant::now();
     let short = client.with_deadline(Duration::from_millis(100));
     assert!(matches!(
-        short.hold("short".into()).await,
+        within("the short call", short.hold("short".into())).await,
         Err(RpcError::DeadlineExceeded { .. })
     ));
     let waited = start.elapsed();
@@ -101,9 +103,13 @@ async fn a_short_deadline_behind_a_long_one_passes_first() {
         "the short call failed after {waited:?}"
     );
     assert!(!long.is_finished(), "the long call still waits");
-    let second = requested.recv().await.expect("the short call's request");
+    let second = within("the short call's request", requested.recv())
+        .await
+        .expect("sent");
     assert_eq!(second[..2], [0x01, 0x01], "request 1");
-    let cancel = requested.recv().await.expect("its cancellation");
+    let cancel = within("its cancellation", requested.recv())
+        .await
+        .expect("sent");
     assert_eq!(cancel, [0x03, 0x01], "Cancel of request 1");
     long.abort();
     deaf_server.abort();

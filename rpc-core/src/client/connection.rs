@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,10 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::ClientConfig;
-use super::deadlines::expire_calls;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
@@ -40,8 +40,6 @@ pub(crate) struct Connection {
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
-    /// Fails the calls whose deadlines pass.
-    _expiring: AbortOnDrop,
     /// What the client serves back to the server, on the reverse connection inside this one.
     _serving_back: Option<AbortOnDrop>,
 }
@@ -213,9 +211,15 @@ impl Connection {
             }
             None => (None, None),
         };
-        let reading = read_responses(reader, closer, writer.abort_handle(), open, tunnel);
+        let reading = read_responses(
+            reader,
+            closer,
+            writer.abort_handle(),
+            outbox.clone(),
+            open,
+            tunnel,
+        );
         let reader = tokio::spawn(reading);
-        let expiring = tokio::spawn(expire_calls(Arc::clone(&pending), outbox.clone()));
         Ok(Arc::new(Connection {
             outbox,
             slots,
@@ -224,7 +228,6 @@ impl Connection {
             next_id: AtomicU64::new(0),
             server,
             _reader: AbortOnDrop::new(&reader),
-            _expiring: AbortOnDrop::new(&expiring),
             _serving_back: serving,
         }))
     }
@@ -314,7 +317,7 @@ impl Connection {
         let upload = upload.zip(credit).map(|(items, credit)| {
             Upload::start(id, items, credit, &self.outbox, self.server.max_frame_len)
         });
-        // Past the deadline, the connection's expiring task answers `Reply::Expired`, having
+        // Past the deadline, the connection's reader answers `Reply::Expired`, having
         // told the server if need be.
         let reply = answer.await;
         waiting.armed = false; // answered: nothing to cancel, unless a stream follows
@@ -450,7 +453,7 @@ impl Answered {
 
 /// A call that was queued and waits for its answer. Dropped while still armed (the caller gave
 /// up), it takes its request back if it was not written yet, and otherwise tells the server to
-/// drop the handler, as the connection's expiring task does for a call past its deadline.
+/// drop the handler, as the connection's reader does for a call past its deadline.
 struct Waiting<'a> {
     connection: &'a Connection,
     id: u64,
@@ -548,14 +551,33 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
 /// Reads the server's frames until the connection ends, then fails the calls still waiting and
 /// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
 /// sends what is queued, cancellations included, and shuts the connection down by itself.)
+/// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
+/// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
+/// whether any call still waits with a deadline.
+fn expire_calls(pending: &Pending, outbox: &Outbox, timer: Pin<&mut Sleep>) -> bool {
+    let next = pending.expire(Instant::now(), |id| {
+        // The request is ahead of this in the outbox, so the server sees it first.
+        outbox.send_head(&Head::Cancel { id });
+    });
+    if let Some(at) = next {
+        timer.reset(at);
+    }
+    next.is_some()
+}
+
 async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     closer: Closer,
     writer: tokio::task::AbortHandle,
+    outbox: Outbox,
     _open: OpenConnection,
     mut tunnel: Option<Tunnel>,
 ) {
     let Closer { pending, streams } = &closer;
+    // The connection's one timer for its calls' deadlines, set while any call waits with one.
+    let deadline = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(deadline);
+    let mut deadline_set = false;
     let reason = loop {
         // The server's calls back wait for what this side serves them with to take them, unless
         // the connection ends meanwhile (the writer gave up on a server that reads nothing).
@@ -565,12 +587,30 @@ async fn read_responses<R: AsyncRead + Unpin>(
             tokio::select! {
                 () = tunnel.wait_may_read() => {}
                 () = pending.wait_closed() => break pending.close_reason(),
+                () = &mut deadline, if deadline_set => {
+                    deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                }
+                () = std::future::poll_fn(|cx| pending.poll_earlier_deadline(cx)) => {
+                    deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                }
             }
+            continue;
         }
-        let payload = match reader.next_frame().await {
-            Ok(Some(payload)) => payload,
-            Ok(None) => break RpcError::ConnectionClosed,
-            Err(error) => break error,
+        // Frames first: deadlines are looked at only when there is nothing to read.
+        let frame = tokio::select! {
+            biased;
+            frame = reader.next_frame() => Some(frame),
+            () = &mut deadline, if deadline_set => None,
+            () = std::future::poll_fn(|cx| pending.poll_earlier_deadline(cx)) => None,
+        };
+        let payload = match frame {
+            Some(Ok(Some(payload))) => payload,
+            Some(Ok(None)) => break RpcError::ConnectionClosed,
+            Some(Err(error)) => break error,
+            None => {
+                deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                continue;
+            }
         };
         if payload.first() == Some(&reverse::KIND) {
             match &mut tunnel {

@@ -26,7 +26,6 @@
 mod address;
 mod channel;
 mod connection;
-mod deadlines;
 pub(crate) mod discovery;
 mod endpoint;
 mod local;

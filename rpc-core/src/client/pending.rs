@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, oneshot, watch};
+use futures_util::task::AtomicWaker;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::deadlines::{Deadlines, Next};
 use crate::RpcError;
 use crate::protocol::{Claim, Frame};
 
@@ -54,15 +55,18 @@ pub(crate) struct Pending {
     /// lock; set under it.
     is_closed: AtomicBool,
     is_draining: AtomicBool,
-    /// Wakes the task that expires calls when a deadline comes before the one it sleeps until.
-    expiring: Notify,
+    /// Set, and the connection's reader woken, when a call's deadline comes before the one the
+    /// reader's timer is set for.
+    earlier_deadline: AtomicBool,
+    reader: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
 struct State {
     calls: HashMap<u64, Waiter>,
-    /// The deadlines of the waiting calls that have one.
-    deadlines: Deadlines,
+    /// The deadline the connection's reader has its timer set for: the earliest of the
+    /// waiting calls' when it last looked, or an earlier one registered since.
+    next_deadline: Option<Instant>,
     closed: Option<RpcError>,
     /// The server said it takes no new calls.
     draining: bool,
@@ -73,6 +77,8 @@ struct Waiter {
     reply: oneshot::Sender<Reply>,
     /// The request, until the writer claims it.
     unsent: Option<Frame>,
+    /// When the call's deadline passes, if it has one.
+    expires: Option<Instant>,
 }
 
 impl Pending {
@@ -105,49 +111,60 @@ impl Pending {
         let waiter = Waiter {
             reply,
             unsent: Some(request),
+            expires,
         };
-        let State {
-            calls, deadlines, ..
-        } = &mut *state;
-        calls.insert(id, waiter);
+        state.calls.insert(id, waiter);
+        // Calls mostly share their channel's deadline, so this is rare: the first call's, and
+        // one shorter than those before it.
         if let Some(expires) = expires
-            && deadlines.insert(expires, id, calls.len(), |id| calls.contains_key(&id))
+            && state.next_deadline.is_none_or(|next| expires < next)
         {
-            self.expiring.notify_one();
+            state.next_deadline = Some(expires);
+            self.earlier_deadline.store(true, Ordering::Release);
+            self.reader.wake();
         }
         Ok(rx)
     }
 
     /// Fails each waiting call whose deadline has passed at `now` with [`Reply::Expired`],
-    /// calling `cancel` with the id of each whose request was written. Returns when a deadline
-    /// passes next; `None` when no call waits with one, until [`Pending::deadline_added`].
+    /// calling `cancel` with the id of each whose request was written. Returns the earliest
+    /// deadline of the calls still waiting, for the reader to set its timer to; `None` if none
+    /// has one, until [`Pending::poll_earlier_deadline`].
+    ///
+    /// It looks at every waiting call, but only when the timer fires or a call's deadline
+    /// comes before the one it was set for: about once per deadline's length while calls
+    /// share one.
     pub(crate) fn expire(&self, now: Instant, mut cancel: impl FnMut(u64)) -> Option<Instant> {
-        loop {
-            let (id, waiter) = {
-                let mut state = self.state();
-                let State {
-                    calls, deadlines, ..
-                } = &mut *state;
-                match deadlines.next(now, |id| calls.contains_key(&id)) {
-                    Next::Expire(id) => (id, calls.remove(&id)),
-                    Next::SleepUntil(at) => return Some(at),
-                    Next::Wait => return None,
-                }
-            };
-            if let Some(waiter) = waiter {
-                if waiter.unsent.is_none() {
-                    cancel(id);
-                }
-                // The caller may have given up meanwhile; then nobody needs to hear it.
-                let _ = waiter.reply.send(Reply::Expired);
+        let (expired, next): (Vec<(u64, Waiter)>, _) = {
+            let mut state = self.state();
+            let passed = |_: &u64, waiter: &mut Waiter| waiter.expires.is_some_and(|at| at <= now);
+            let expired = state.calls.extract_if(passed).collect();
+            state.next_deadline = state
+                .calls
+                .values()
+                .filter_map(|waiter| waiter.expires)
+                .min();
+            (expired, state.next_deadline)
+        };
+        for (id, waiter) in expired {
+            if waiter.unsent.is_none() {
+                cancel(id);
             }
+            // The caller may have given up meanwhile; then nobody needs to hear it.
+            let _ = waiter.reply.send(Reply::Expired);
         }
+        next
     }
 
-    /// Returns once a call registers a deadline earlier than the one [`Pending::expire`] last
-    /// returned (or any, after it returned `None`); at once if one did since.
-    pub(crate) async fn deadline_added(&self) {
-        self.expiring.notified().await;
+    /// Ready once a call has registered a deadline earlier than the one [`Pending::expire`]
+    /// last returned (or any, after it returned `None`); the connection's reader polls it.
+    pub(crate) fn poll_earlier_deadline(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.reader.register(cx.waker());
+        if self.earlier_deadline.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Hands `reply` to the call waiting on `id`. A reply nobody waits for any more (the call
@@ -192,7 +209,7 @@ impl Pending {
             }
             state.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::Release);
-            state.deadlines = Deadlines::default();
+            state.next_deadline = None;
             std::mem::take(&mut state.calls)
         };
         for (_, waiter) in calls {
