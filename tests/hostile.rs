@@ -509,3 +509,80 @@ async fn shutdown_reaches_a_connection_waiting_at_its_limit() {
         .expect("joins")
         .expect("stops cleanly");
 }
+
+/// A server whose pings never stop: its hello, then as many Ping frames as each read asks for,
+/// always ready, as a socket that always has bytes is. Like a socket, each read uses up some of
+/// the task's budget, so that the reader yields now and then; what it is sent is discarded.
+struct EndlessPings {
+    hello: Vec<u8>,
+    sent: usize,
+}
+
+impl tokio::io::AsyncRead for EndlessPings {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let this = &mut *self;
+        if this.sent < this.hello.len() {
+            let hello = &this.hello[this.sent..];
+            let n = hello.len().min(buf.remaining());
+            buf.put_slice(&hello[..n]);
+            this.sent += n;
+        } else {
+            const PING: [u8; 5] = [0, 0, 0, 1, 0x04];
+            while buf.remaining() >= PING.len() {
+                buf.put_slice(&PING);
+            }
+        }
+        budget.made_progress();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for EndlessPings {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A server that never stops sending, so that the client's reader always has a frame to read,
+/// cannot hold a call past its deadline: the reader looks at the deadlines every so many
+/// frames, not only when it has nothing to read. (Without that, this call waited for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_stops_sending_cannot_hold_a_call_past_its_deadline() {
+    let pings = EndlessPings {
+        hello: lab_hello(lab_methods(), 0, 0),
+        sent: 0,
+    };
+    let client = LabClient::builder()
+        .disable_keepalive()
+        .deadline(std::time::Duration::from_millis(100))
+        .connect_stream(pings)
+        .await
+        .expect("connects");
+    assert!(matches!(
+        within("the call", client.hold("flooded".into())).await,
+        Err(RpcError::DeadlineExceeded { .. })
+    ));
+}

@@ -551,6 +551,10 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
 /// Reads the server's frames until the connection ends, then fails the calls still waiting and
 /// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
 /// sends what is queued, cancellations included, and shuts the connection down by itself.)
+/// How many frames in a row the reader reads at most before it looks whether the first deadline
+/// has passed; otherwise it looks only when it has nothing to read.
+const LOOK_AT_DEADLINES_EVERY: u32 = 256;
+
 /// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
 /// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
 /// whether any call still waits with a deadline.
@@ -578,6 +582,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
     let deadline = tokio::time::sleep_until(Instant::now());
     tokio::pin!(deadline);
     let mut deadline_set = false;
+    let mut frames_unlooked = 0;
     let reason = loop {
         // The server's calls back wait for what this side serves them with to take them, unless
         // the connection ends meanwhile (the writer gave up on a server that reads nothing).
@@ -596,7 +601,18 @@ async fn read_responses<R: AsyncRead + Unpin>(
             }
             continue;
         }
-        // Frames first: deadlines are looked at only when there is nothing to read.
+        // Frames first: deadlines are looked at when there is nothing to read, and every
+        // `LOOK_AT_DEADLINES_EVERY` frames, so that a server that never stops sending cannot
+        // keep calls waiting past them (`select!` then only ever finds a frame ready, or the
+        // task's budget spent, when it polls nothing).
+        frames_unlooked += 1;
+        if frames_unlooked >= LOOK_AT_DEADLINES_EVERY {
+            frames_unlooked = 0;
+            let passed = deadline_set && deadline.deadline() <= Instant::now();
+            if passed || pending.take_earlier_deadline() {
+                deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+            }
+        }
         let frame = tokio::select! {
             biased;
             frame = reader.next_frame() => Some(frame),

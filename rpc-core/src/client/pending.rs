@@ -160,11 +160,17 @@ impl Pending {
     /// last returned (or any, after it returned `None`); the connection's reader polls it.
     pub(crate) fn poll_earlier_deadline(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         self.reader.register(cx.waker());
-        if self.earlier_deadline.swap(false, Ordering::AcqRel) {
+        if self.take_earlier_deadline() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Whether a call has registered a deadline earlier than the one [`Pending::expire`] last
+    /// returned, since it was last asked.
+    pub(crate) fn take_earlier_deadline(&self) -> bool {
+        self.earlier_deadline.swap(false, Ordering::AcqRel)
     }
 
     /// Hands `reply` to the call waiting on `id`. A reply nobody waits for any more (the call
