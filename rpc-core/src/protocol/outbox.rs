@@ -565,6 +565,11 @@ impl StreamFrames {
         outbox.send_claim(Arc::clone(self) as Arc<dyn Claim>, 0)
     }
 
+    /// Whether frames queued here still wait for the writer.
+    pub(crate) fn any_unwritten(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     /// Drops the frames not yet written.
     pub(crate) fn take_back(&self) {
         let frames = std::mem::take(&mut *self.lock());
@@ -702,15 +707,18 @@ mod tests {
     fn stream_frames_taken_back_are_uncounted_and_never_claimed() {
         let (outbox, _queue) = Outbox::new();
         let frames = StreamFrames::new(&outbox);
+        assert!(!frames.any_unwritten());
         assert!(frames.send(&outbox, Frame::from(vec![1u8; 30])));
         assert!(frames.send(&outbox, Frame::from(vec![2u8; 20])));
         assert_eq!(outbox.meter().queued(), 50 + 2 * ENTRY_OVERHEAD);
         let first = frames.claim(0).expect("the first frame");
         assert_eq!(first.len(), 30);
         assert_eq!(outbox.meter().queued(), 20 + ENTRY_OVERHEAD);
+        assert!(frames.any_unwritten(), "the second still waits");
         frames.take_back();
         assert_eq!(outbox.meter().queued(), 0);
         assert!(frames.claim(0).is_none(), "taken back");
+        assert!(!frames.any_unwritten());
     }
 
     #[tokio::test]

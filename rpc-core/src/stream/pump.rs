@@ -22,11 +22,12 @@ use crate::task::AbortOnDrop;
 const BATCH_BYTES: usize = 32 * 1024;
 
 /// A pump whose source keeps it busy yields its worker once it has sent this many bytes in full
-/// batches in a row. Until it does, the writer it woke waits in the worker's next-task slot,
-/// which no other worker may take: on a runtime shared with the stream's receiver, the pump,
-/// the writer and the receiver then tend to stay on one worker while the other sleeps, and a
-/// stream of small items ran at half speed in about half the runs. Yielding lets another worker
-/// take the pump.
+/// batches in a row and a batch it queued before still waits for the writer. Until it does,
+/// the writer it woke waits in the worker's next-task slot, which no other worker may take: on
+/// a runtime shared with the stream's receiver, the pump, the writer and the receiver then tend
+/// to stay on one worker while the other sleeps, and a stream of small items ran at half speed
+/// in about half the runs. Yielding lets another worker take the pump. A writer that keeps up,
+/// on another worker, costs the pump no yield.
 const YIELD_AFTER: usize = 4 * BATCH_BYTES;
 
 /// An outgoing stream whose item type has been erased: it encodes each item into a frame.
@@ -240,7 +241,7 @@ pub(crate) async fn pump(
             break failure;
         }
         busy = if sent >= BATCH_BYTES { busy + sent } else { 0 };
-        if busy >= YIELD_AFTER {
+        if busy >= YIELD_AFTER && frames.any_unwritten() {
             busy = 0;
             tokio::task::yield_now().await;
         }
