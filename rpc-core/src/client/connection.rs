@@ -548,9 +548,6 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
-/// Reads the server's frames until the connection ends, then fails the calls still waiting and
-/// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
-/// sends what is queued, cancellations included, and shuts the connection down by itself.)
 /// How many frames in a row the reader reads at most before it looks whether the first deadline
 /// has passed; otherwise it looks only when it has nothing to read.
 const LOOK_AT_DEADLINES_EVERY: u32 = 256;
@@ -569,6 +566,9 @@ fn expire_calls(pending: &Pending, outbox: &Outbox, timer: Pin<&mut Sleep>) -> b
     next.is_some()
 }
 
+/// Reads the server's frames until the connection ends, then fails the calls still waiting and
+/// stops the writer. (Aborted instead when the last client handle is dropped: the writer then
+/// sends what is queued, cancellations included, and shuts the connection down by itself.)
 async fn read_responses<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     closer: Closer,
