@@ -123,6 +123,32 @@ async fn a_byte_vector_is_on_the_wire_as_serde_describes_it() {
 }
 
 #[tokio::test]
+async fn a_byte_buf_crosses_intact_and_is_on_the_wire_as_serde_describes_it() {
+    // A `ByteBuf` argument and result go from their own memory as one byte string: the bytes
+    // are serde's, a varint length and the bytes.
+    let mut raw = RawClient::handshake(start_tcp().await).await;
+    let mut args = vec![0x03];
+    args.extend_from_slice(b"abc");
+    raw.send(&request(4, "echo_buf", &args)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
+    assert_eq!(answer[3..], args[..]);
+
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    for len in [0, 200, 3 * 1024 * 1024] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+        let back = within("a ByteBuf echo", client.echo_buf(bytes.clone().into()))
+            .await
+            .expect("echo_buf");
+        assert_eq!(back.into_vec(), bytes, "{len} bytes");
+    }
+}
+
+#[tokio::test]
 async fn payloads_cross_intact() {
     let client = LabClient::connect(start_tcp().await)
         .await

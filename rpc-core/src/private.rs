@@ -33,26 +33,63 @@ pub fn encode_stream<T: Serialize + Send + 'static>(
     Ok(Some(Outbound::new(stream)))
 }
 
-/// A `Vec<u8>` argument or return value on its way out: a [`Payload`](crate::Payload), which
-/// takes the vector over without copying and sends large ones from their own memory. A large
-/// vector's memory is kept for the next one decoded once the frame is written.
-pub fn outgoing_bytes(bytes: Vec<u8>) -> crate::Payload {
-    crate::Payload::from(protocol::shared(bytes))
+/// A type whose arguments and return values the generated code sends as one byte string from
+/// their own memory: `Vec<u8>` and `serde_bytes::ByteBuf`, which `#[service]` knows by their
+/// spelling.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is spelled like a byte string that rpc-core sends from its own memory, \
+               but it is another type",
+    note = "`#[service]` takes an argument or result written `ByteBuf` for `serde_bytes::ByteBuf`; \
+            to send another type of that name through serde, write it as an alias \
+            (`type Blob = ByteBuf;`)"
+)]
+pub trait ByteString: Sized {
+    /// The bytes, without copying them.
+    fn into_bytes(self) -> Vec<u8>;
+    /// The value that holds `bytes`, without copying them.
+    fn from_bytes(bytes: Vec<u8>) -> Self;
 }
 
-/// A `Vec<u8>` argument or return value as it is decoded: read as one byte string rather than
-/// a byte at a time through serde's sequence calls. postcard encodes both alike (a varint
+impl ByteString for Vec<u8> {
+    fn into_bytes(self) -> Vec<u8> {
+        self
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        bytes
+    }
+}
+
+impl ByteString for serde_bytes::ByteBuf {
+    fn into_bytes(self) -> Vec<u8> {
+        self.into_vec()
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        serde_bytes::ByteBuf::from(bytes)
+    }
+}
+
+/// A byte-string argument or return value on its way out: a [`Payload`](crate::Payload), which
+/// takes the vector over without copying and sends large ones from their own memory. A large
+/// vector's memory is kept for the next one decoded once the frame is written.
+pub fn outgoing_bytes(bytes: impl ByteString) -> crate::Payload {
+    crate::Payload::from(protocol::shared(bytes.into_bytes()))
+}
+
+/// A byte-string argument or return value as it is decoded: read as one byte string rather
+/// than a byte at a time through serde's sequence calls. postcard encodes both alike (a varint
 /// length, then the bytes), so the wire does not change; only the cost of the call does. (On
-/// the way out, a `Vec<u8>` goes as a [`Payload`](crate::Payload), which sends it from its own
-/// memory.) A large one is decoded into the memory of a large frame or vector dropped before
-/// it, if the process kept one, rather than into fresh memory.
+/// the way out, it goes as a [`Payload`](crate::Payload), which sends it from its own memory.)
+/// A large one is decoded into the memory of a large frame or vector dropped before it, if the
+/// process kept one, rather than into fresh memory.
 #[derive(Debug)]
 pub struct ByteVec(pub Vec<u8>);
 
 impl ByteVec {
-    /// The bytes.
-    pub fn into_vec(self) -> Vec<u8> {
-        self.0
+    /// The bytes, as the type the method names.
+    pub fn into_bytes<B: ByteString>(self) -> B {
+        B::from_bytes(self.0)
     }
 }
 
@@ -186,7 +223,7 @@ mod tests {
             encode_value(&bytes, &mut as_sequence).expect("encodes");
             assert_eq!(as_string, as_sequence, "{len} bytes");
             let (back,): (ByteVec,) = decode_args(&as_sequence).expect("decodes");
-            assert_eq!(back.into_vec(), bytes);
+            assert_eq!(back.into_bytes::<Vec<u8>>(), bytes);
         }
     }
 
@@ -198,6 +235,22 @@ mod tests {
             .expect("encodes");
         assert_eq!(frame.len(), 3 + 20_000, "a 3-byte length, then the bytes");
         assert!(frame.contiguous().is_none(), "spliced in, not copied");
+    }
+
+    #[test]
+    fn a_large_byte_buf_goes_out_from_its_own_memory_and_comes_back_whole() {
+        let bytes: Vec<u8> = (0..20_000).map(|i| i as u8).collect();
+        let mut frame = crate::protocol::Frame::default();
+        let buf = serde_bytes::ByteBuf::from(bytes.clone());
+        frame
+            .encode(|out| encode_value(&outgoing_bytes(buf), out))
+            .expect("encodes");
+        assert_eq!(frame.len(), 3 + 20_000, "a 3-byte length, then the bytes");
+        assert!(frame.contiguous().is_none(), "spliced in, not copied");
+        let mut as_serde = Vec::new();
+        encode_value(&serde_bytes::ByteBuf::from(bytes.clone()), &mut as_serde).expect("encodes");
+        let (back,): (ByteVec,) = decode_args(&as_serde).expect("decodes");
+        assert_eq!(back.into_bytes::<serde_bytes::ByteBuf>().into_vec(), bytes);
     }
 
     #[test]

@@ -23,11 +23,18 @@ use crate::parse::{Method, Service};
 /// The distinct types a service sends, each with the span of its first appearance.
 pub(crate) struct WireTypes {
     types: Vec<(String, TokenStream, Span)>,
+    /// The types sent as byte strings from their own memory (`ByteBuf` arguments and results),
+    /// which must be `rpc_core::__private::ByteString`: a type of another crate that is only
+    /// spelled like one gets that error at the type, once.
+    byte_strings: Vec<String>,
 }
 
 impl WireTypes {
     pub(crate) fn of(service: &Service) -> Self {
-        let mut this = Self { types: Vec::new() };
+        let mut this = Self {
+            types: Vec::new(),
+            byte_strings: Vec::new(),
+        };
         // A predicate cannot carry `#[cfg]`: a method that may be compiled out keeps its types
         // out of the where clauses, since they may not even exist.
         for method in service
@@ -37,6 +44,12 @@ impl WireTypes {
         {
             for ty in sent_types(method) {
                 this.add(ty);
+            }
+            let args = method.plain_args().filter(|arg| arg.as_bytes);
+            let result =
+                (method.output_as_bytes && method.download.is_none()).then_some(&method.output);
+            for ty in args.map(|arg| &arg.ty).chain(result) {
+                this.byte_strings.push(ty.to_token_stream().to_string());
             }
         }
         this
@@ -52,14 +65,19 @@ impl WireTypes {
             .push((key, respan(ty.to_token_stream(), span), span));
     }
 
-    /// `Type: Serialize + DeserializeOwned,` for each type, to follow `where`.
+    /// `Type: Serialize + DeserializeOwned,` for each type, to follow `where`, and
+    /// `+ ByteString` for those sent as byte strings.
     pub(crate) fn predicates(&self) -> TokenStream {
         self.types
             .iter()
-            .map(|(_, ty, span)| {
+            .map(|(key, ty, span)| {
+                let byte_string = self.byte_strings.contains(key).then(|| {
+                    quote_spanned! {*span=> + ::rpc_core::__private::ByteString }
+                });
                 quote_spanned! {*span=>
                     #ty: ::rpc_core::__private::serde::Serialize
-                        + ::rpc_core::__private::serde::de::DeserializeOwned,
+                        + ::rpc_core::__private::serde::de::DeserializeOwned
+                        #byte_string,
                 }
             })
             .collect()

@@ -253,9 +253,9 @@ fn received_form(arg: &Arg) -> TokenStream {
     }
 }
 
-/// An argument as the client's encoder sees it. A `Vec<u8>` goes as a byte string from its own
-/// memory (a `Payload` takes it over without copying), not copied into the frame; the bytes on
-/// the wire are the same.
+/// An argument as the client's encoder sees it. A `Vec<u8>` or `ByteBuf` goes as a byte string
+/// from its own memory (a `Payload` takes it over without copying), not copied into the frame;
+/// the bytes on the wire are the same.
 fn sent_form(arg: &Arg) -> TokenStream {
     let ident = &arg.ident;
     if arg.as_bytes {
@@ -297,7 +297,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         let plain: Vec<TokenStream> = method.plain_args().map(sent_form).collect();
         let info = method_info(method);
         let received = (method.output_as_bytes && method.download.is_none())
-            .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_vec) });
+            .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_bytes) });
         let call = match (method.upload(), method.download.is_some()) {
             (None, false) => quote! { call(&#info, &(#(#plain,)*)) },
             (None, true) => quote! { call_streaming(&#info, &(#(#plain,)*)) },
@@ -508,6 +508,10 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
             }
         });
         let build = request_variant(&request, method);
+        let byte_strings = method.plain_args().filter(|arg| arg.as_bytes).map(|arg| {
+            let ident = &arg.ident;
+            quote! { let #ident = ::rpc_core::__private::ByteString::from_bytes(#ident); }
+        });
         let attach = method.upload().map(|upload| {
             let (ident, item) = (&upload.ident, &upload.stream_item);
             quote! { let #ident = #streams.stream::<#item>(#name); }
@@ -516,6 +520,7 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
             #(#cfgs)*
             #name => ::rpc_core::__private::decode_args::<(#(#types,)*)>(#args)
                 .map(|(#(#idents,)*)| {
+                    #(#byte_strings)*
                     #attach
                     #build
                 }),

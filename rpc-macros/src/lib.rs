@@ -132,12 +132,14 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
-/// # `Vec<u8>` and large binary data
+/// # `Vec<u8>`, `ByteBuf` and large binary data
 ///
-/// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) is encoded as one byte
-/// string, copied whole, instead of a byte at a time as serde would; the bytes on the wire are
-/// the same. Only that spelling is recognised. For large binary data, `rpc_core::Payload` also
-/// avoids the copies into and out of frames.
+/// An argument or return type written `Vec<u8>` (or `std::vec::Vec<u8>`) or `ByteBuf` (or
+/// `serde_bytes::ByteBuf`) is sent from its own memory as one byte string, not copied into its
+/// frame, and decoded as one, instead of a byte at a time as serde would for a `Vec<u8>`; the
+/// bytes on the wire are the same. Only those spellings are recognised, and a type of another
+/// crate named `ByteBuf` is refused at the type (write it as an alias to send it through
+/// serde). For large binary data, `rpc_core::Payload` also avoids the copy out of the frame.
 ///
 /// # What it refuses
 ///

@@ -41,7 +41,8 @@ pub(crate) struct Method {
     pub(crate) output: Type,
     /// The item type, when the method returns `Streaming<T>`.
     pub(crate) download: Option<Type>,
-    /// The return type is written `Vec<u8>`: encoded as one byte string, see [`is_byte_vec`].
+    /// The return type is written `Vec<u8>` or `ByteBuf`: sent as one byte string from its own
+    /// memory, see [`is_byte_string`].
     pub(crate) output_as_bytes: bool,
     /// `#[rpc(opaque)]`: sent without a schema, with this fingerprint of its signature's text.
     pub(crate) opaque: Option<u64>,
@@ -67,7 +68,8 @@ pub(crate) struct Arg {
     pub(crate) ty: Type,
     /// The item type, when the argument is `Streaming<T>`.
     pub(crate) stream_item: Option<Type>,
-    /// The type is written `Vec<u8>`: encoded as one byte string, see [`is_byte_vec`].
+    /// The type is written `Vec<u8>` or `ByteBuf`: sent as one byte string from its own memory,
+    /// see [`is_byte_string`].
     pub(crate) as_bytes: bool,
 }
 
@@ -221,7 +223,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         name,
         variant,
         args,
-        output_as_bytes: is_byte_vec(&output),
+        output_as_bytes: is_byte_string(&output),
         output,
         download,
         opaque,
@@ -330,7 +332,7 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
                 ident: pat.ident.clone(),
                 ty: (*typed.ty).clone(),
                 stream_item: streaming_item(&typed.ty, errors),
-                as_bytes: is_byte_vec(&typed.ty),
+                as_bytes: is_byte_string(&typed.ty),
             }),
             other => errors.spanned(
                 other,
@@ -393,11 +395,14 @@ fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
 }
 
 /// Whether `ty` is spelled `Vec<u8>` (or `std::vec::Vec<u8>`, `alloc::vec::Vec<u8>`, with `u8`
-/// possibly `core::primitive::u8`). serde sees such a value as a sequence and encodes it a byte
-/// at a time; the generated code sends it as one byte string instead, which postcard writes
-/// identically. Only the spelling can tell: a macro sees no types, so an alias is not caught
-/// (and costs speed, not correctness).
-fn is_byte_vec(ty: &Type) -> bool {
+/// possibly `core::primitive::u8`) or `ByteBuf` (or `serde_bytes::ByteBuf`). serde sees a
+/// `Vec<u8>` as a sequence and encodes it a byte at a time, and a `ByteBuf` is copied into its
+/// frame and out of it; the generated code sends either from its own memory as one byte string
+/// and decodes it as one, which postcard writes identically. Only the spelling can tell: a
+/// macro sees no types, so an alias is not caught (and costs speed, not correctness), and a
+/// type of another crate named `ByteBuf` is refused by the compiler, as not
+/// `rpc_core::__private::ByteString`.
+fn is_byte_string(ty: &Type) -> bool {
     fn path_is(path: &syn::Path, std_paths: &[&[&str]]) -> bool {
         let idents: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
         // The name alone, or its whole path from the crate root.
@@ -416,6 +421,11 @@ fn is_byte_vec(ty: &Type) -> bool {
     let Some(path) = plain_path(ty) else {
         return false;
     };
+    if path.segments.iter().all(|s| s.arguments.is_none())
+        && path_is(path, &[&["serde_bytes", "ByteBuf"]])
+    {
+        return true;
+    }
     let vec_paths: &[&[&str]] = &[&["std", "vec", "Vec"], &["alloc", "vec", "Vec"]];
     let u8_paths: &[&[&str]] = &[&["core", "primitive", "u8"], &["std", "primitive", "u8"]];
     let Some(last) = path.segments.last() else {
@@ -480,30 +490,37 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
 mod tests {
     use syn::parse_quote;
 
-    use super::is_byte_vec;
+    use super::is_byte_string;
 
     #[test]
-    fn byte_vectors_are_recognised_in_every_standard_spelling() {
-        assert!(is_byte_vec(&parse_quote!(Vec<u8>)));
-        assert!(is_byte_vec(&parse_quote!(std::vec::Vec<u8>)));
-        assert!(is_byte_vec(&parse_quote!(
+    fn byte_strings_are_recognised_in_every_standard_spelling() {
+        assert!(is_byte_string(&parse_quote!(Vec<u8>)));
+        assert!(is_byte_string(&parse_quote!(std::vec::Vec<u8>)));
+        assert!(is_byte_string(&parse_quote!(
             ::std::vec::Vec<::core::primitive::u8>
         )));
-        assert!(is_byte_vec(&parse_quote!(
+        assert!(is_byte_string(&parse_quote!(
             alloc::vec::Vec<std::primitive::u8>
         )));
+        assert!(is_byte_string(&parse_quote!(ByteBuf)));
+        assert!(is_byte_string(&parse_quote!(serde_bytes::ByteBuf)));
+        assert!(is_byte_string(&parse_quote!(::serde_bytes::ByteBuf)));
     }
 
     #[test]
     fn other_types_keep_serdes_encoding() {
-        assert!(!is_byte_vec(&parse_quote!(Vec<u16>)));
-        assert!(!is_byte_vec(&parse_quote!(Vec<i8>)));
-        assert!(!is_byte_vec(&parse_quote!(Option<Vec<u8>>)));
-        assert!(!is_byte_vec(&parse_quote!(mine::Vec<u8>)));
-        assert!(!is_byte_vec(&parse_quote!(Vec<mine::u8>)));
-        assert!(!is_byte_vec(&parse_quote!(Vec<u8, Global>)));
-        assert!(!is_byte_vec(&parse_quote!(VecDeque<u8>)));
-        assert!(!is_byte_vec(&parse_quote!([u8; 4])));
-        assert!(!is_byte_vec(&parse_quote!(Vec)));
+        assert!(!is_byte_string(&parse_quote!(Vec<u16>)));
+        assert!(!is_byte_string(&parse_quote!(Vec<i8>)));
+        assert!(!is_byte_string(&parse_quote!(Option<Vec<u8>>)));
+        assert!(!is_byte_string(&parse_quote!(mine::Vec<u8>)));
+        assert!(!is_byte_string(&parse_quote!(Vec<mine::u8>)));
+        assert!(!is_byte_string(&parse_quote!(Vec<u8, Global>)));
+        assert!(!is_byte_string(&parse_quote!(VecDeque<u8>)));
+        assert!(!is_byte_string(&parse_quote!([u8; 4])));
+        assert!(!is_byte_string(&parse_quote!(Vec)));
+        assert!(!is_byte_string(&parse_quote!(mine::ByteBuf)));
+        assert!(!is_byte_string(&parse_quote!(serde_bytes::Bytes)));
+        assert!(!is_byte_string(&parse_quote!(ByteBuf<u8>)));
+        assert!(!is_byte_string(&parse_quote!(Option<ByteBuf>)));
     }
 }

@@ -60,6 +60,8 @@ pub trait Lab {
     async fn count(&self, to: u64) -> rpc_core::Streaming<u64>;
     /// Adds up a stream of numbers.
     async fn sum(&self, numbers: rpc_core::Streaming<u64>) -> u64;
+    /// Returns its argument, a `serde_bytes::ByteBuf`.
+    async fn echo_buf(&self, bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf;
 }
 
 /// A handler's view of its call.
@@ -304,6 +306,10 @@ impl Lab for LabImpl {
             }
         }
         total
+    }
+
+    async fn echo_buf(&self, bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+        bytes
     }
 }
 
