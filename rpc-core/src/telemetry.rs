@@ -102,9 +102,12 @@ impl CallEnd {
 
     /// The call ended with status `code`: [`OK`], or the error code it was answered with.
     pub(crate) fn finish(mut self, code: u32) {
-        self.span.record("rpc.status_code", code);
-        if code != OK {
-            self.span.record("otel.status_code", "ERROR");
+        // A span no subscriber wants still looks each field up by name: skipped.
+        if !self.span.is_disabled() {
+            self.span.record("rpc.status_code", code);
+            if code != OK {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
         self.finished = true;
         self.count(code_label(code));
