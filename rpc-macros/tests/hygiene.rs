@@ -97,6 +97,7 @@ mod no_prelude {
         async fn get(&self, key: ::std::string::String) -> ::std::option::Option<u64>;
         async fn nothing(&self);
         async fn reverse(&self, bytes: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8>;
+        async fn rotate(&self, bytes: ::serde_bytes::ByteBuf) -> ::serde_bytes::ByteBuf;
     }
 
     pub struct Impl;
@@ -108,6 +109,10 @@ mod no_prelude {
         async fn nothing(&self) {}
         async fn reverse(&self, mut bytes: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
             bytes.reverse();
+            bytes
+        }
+        async fn rotate(&self, mut bytes: ::serde_bytes::ByteBuf) -> ::serde_bytes::ByteBuf {
+            bytes.rotate_left(1);
             bytes
         }
     }
@@ -178,6 +183,8 @@ async fn no_implicit_prelude_is_fine() {
         client.reverse(vec![1, 2, 3]).await.expect("reverse"),
         [3, 2, 1]
     );
+    let rotated = client.rotate(vec![1, 2, 3].into()).await.expect("rotate");
+    assert_eq!(rotated.into_vec(), [2, 3, 1]);
 }
 
 #[test]
