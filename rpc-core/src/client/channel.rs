@@ -692,7 +692,9 @@ impl Channel {
             if let Some(connection) = endpoint.live_connection() {
                 return Ok((endpoint, Ok(connection)));
             }
-            let connection = until(spec.expires, endpoint.connection())
+            // Boxed: making a connection (a handshake, TLS perhaps) is a large future that
+            // every call's own would otherwise carry, used only by the calls that reconnect.
+            let connection = until(spec.expires, Box::pin(endpoint.connection()))
                 .await
                 .map_err(|_| spec.deadline_exceeded())?;
             Ok::<_, RpcError>((endpoint, connection))
