@@ -284,7 +284,10 @@ where
             drop(outbox);
             let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
             if matches!(flushed, Ok(Ok(Ok(())))) {
-                let _ = tokio::time::timeout(LINGER, reader.discard_until_end(LINGER_BYTES)).await;
+                // Boxed: with its buffer, the largest state of the connection's future, which
+                // every connection would otherwise hold for as long as it is open.
+                let discard = Box::pin(reader.discard_until_end(LINGER_BYTES));
+                let _ = tokio::time::timeout(LINGER, discard).await;
             }
             Err(error)
         }
