@@ -137,6 +137,27 @@ struct Target {
     _outstanding: Option<Outstanding>,
 }
 
+impl Target {
+    /// The one connection of a channel over a stream.
+    fn fixed(connection: &Arc<Connection>) -> Self {
+        Target {
+            connection: Arc::clone(connection),
+            endpoint: None,
+            _outstanding: None,
+        }
+    }
+
+    /// `connection` to `endpoint`, counted among the endpoint's outstanding calls until the
+    /// attempt ends.
+    fn on(endpoint: Arc<Endpoint>, connection: Arc<Connection>) -> Self {
+        Target {
+            connection,
+            _outstanding: Some(endpoint.begin_call()),
+            endpoint: Some(endpoint),
+        }
+    }
+}
+
 impl Channel {
     pub(crate) fn new(
         backend: Backend,
@@ -663,7 +684,37 @@ impl Channel {
     /// deadline. In a pool, a server that cannot be reached is passed over for the others.
     /// Waiting for ready, a call whose servers cannot be reached waits, within its deadline,
     /// for one of them to come back.
-    async fn target(
+    /// Where one attempt at a call goes. A connection that is there already is taken at once,
+    /// with no future of its own: waiting for one (connecting, a handshake, the backoff after
+    /// failures) is a large future, which only the calls that wait box.
+    fn target<'a>(
+        &'a self,
+        spec: CallSpec<'a>,
+        avoid: Option<&'a Arc<Endpoint>>,
+    ) -> impl Future<Output = Result<Target, RpcError>> + Send + 'a {
+        let live = self.live_target(avoid);
+        async move {
+            match live {
+                Some(target) => Ok(target),
+                None => Box::pin(self.wait_for_target(spec, avoid)).await,
+            }
+        }
+    }
+
+    /// The target of a call when its connection is live: the fixed one, the endpoint's, or
+    /// that of the endpoint the pool picks.
+    fn live_target(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Target> {
+        let endpoint = match &*self.backend {
+            Backend::Local(_) => return None,
+            Backend::Fixed(connection) => return Some(Target::fixed(connection)),
+            Backend::Endpoint(endpoint, _) => Arc::clone(endpoint),
+            Backend::Pool(pool, _) => pool.pick(avoid.map_or(&[], std::slice::from_ref)).ok()?,
+        };
+        let connection = endpoint.live_connection()?;
+        Some(Target::on(endpoint, connection))
+    }
+
+    async fn wait_for_target(
         &self,
         spec: CallSpec<'_>,
         avoid: Option<&Arc<Endpoint>>,
@@ -701,13 +752,7 @@ impl Channel {
         };
         let (endpoint, connection) = match &*self.backend {
             Backend::Local(_) => return Err(not_remote()),
-            Backend::Fixed(connection) => {
-                return Ok(Target {
-                    connection: Arc::clone(connection),
-                    endpoint: None,
-                    _outstanding: None,
-                });
-            }
+            Backend::Fixed(connection) => return Ok(Target::fixed(connection)),
             Backend::Endpoint(endpoint, _) => {
                 let (endpoint, connection) = connect(Arc::clone(endpoint)).await?;
                 (endpoint, connection?)
@@ -733,10 +778,6 @@ impl Channel {
                 }
             }
         };
-        Ok(Target {
-            connection,
-            _outstanding: Some(endpoint.begin_call()),
-            endpoint: Some(endpoint),
-        })
+        Ok(Target::on(endpoint, connection))
     }
 }
