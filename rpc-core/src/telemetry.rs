@@ -19,6 +19,64 @@
 #[cfg(feature = "metrics")]
 use std::time::Instant;
 
+#[cfg(feature = "metrics")]
+use metrics::Label;
+
+/// The label sets of the metrics recorded for every call and every read and write, each made
+/// once for the process. `metrics::counter!` with labels that are not literals builds them into
+/// a new vector each time: a dozen allocations per call, whether a recorder is installed or not.
+#[cfg(feature = "metrics")]
+mod labels {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, PoisonError, RwLock};
+
+    use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata};
+
+    /// What the `metrics` macros would say of a metric recorded here.
+    static METADATA: Metadata<'static> =
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+    type Sets = HashMap<Box<[(&'static str, &'static str)]>, &'static [Label]>;
+
+    /// The label set of `pairs`, made on its first use and kept for the process. Label values
+    /// are names the program holds for ever (a side, its services' and methods' names, status
+    /// codes), so there are a few sets per method, as a recorder keeps a few series.
+    pub(super) fn of(pairs: &[(&'static str, &'static str)]) -> &'static [Label] {
+        static SETS: OnceLock<RwLock<Sets>> = OnceLock::new();
+        let sets = SETS.get_or_init(RwLock::default);
+        if let Some(labels) = sets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pairs)
+        {
+            return labels;
+        }
+        let mut sets = sets.write().unwrap_or_else(PoisonError::into_inner);
+        sets.entry(pairs.into()).or_insert_with(|| {
+            let labels: Box<[Label]> = pairs
+                .iter()
+                .map(|&(key, value)| Label::from_static_parts(key, value))
+                .collect();
+            Box::leak(labels)
+        })
+    }
+
+    pub(super) fn counter(name: &'static str, labels: &'static [Label]) -> Counter {
+        let key = Key::from_static_parts(name, labels);
+        metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA))
+    }
+
+    pub(super) fn gauge(name: &'static str, labels: &'static [Label]) -> Gauge {
+        let key = Key::from_static_parts(name, labels);
+        metrics::with_recorder(|recorder| recorder.register_gauge(&key, &METADATA))
+    }
+
+    pub(super) fn histogram(name: &'static str, labels: &'static [Label]) -> Histogram {
+        let key = Key::from_static_parts(name, labels);
+        metrics::with_recorder(|recorder| recorder.register_histogram(&key, &METADATA))
+    }
+}
+
 /// Which end of a call or connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -63,6 +121,9 @@ pub(crate) struct CallEnd {
     service: &'static str,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     method: &'static str,
+    /// `side`, `service` and `method`, and `side` and `service`, as label sets.
+    #[cfg(feature = "metrics")]
+    labels: (&'static [Label], &'static [Label]),
     #[cfg(feature = "metrics")]
     started: Instant,
     finished: bool,
@@ -77,23 +138,23 @@ impl CallEnd {
         method: &'static str,
     ) -> Self {
         #[cfg(feature = "metrics")]
-        {
-            let side = side.label();
-            metrics::counter!(
-                "rpc_calls_started_total",
-                "side" => side,
-                "service" => service,
-                "method" => method
-            )
-            .increment(1);
-            metrics::gauge!("rpc_calls_in_flight", "side" => side, "service" => service)
-                .increment(1.0);
-        }
+        let labels = {
+            let side = ("side", side.label());
+            let labels = (
+                labels::of(&[side, ("service", service), ("method", method)]),
+                labels::of(&[side, ("service", service)]),
+            );
+            labels::counter("rpc_calls_started_total", labels.0).increment(1);
+            labels::gauge("rpc_calls_in_flight", labels.1).increment(1.0);
+            labels
+        };
         CallEnd {
             span: span.clone(),
             side,
             service,
             method,
+            #[cfg(feature = "metrics")]
+            labels,
             #[cfg(feature = "metrics")]
             started: Instant::now(),
             finished: false,
@@ -126,24 +187,16 @@ impl CallEnd {
     fn count(&self, code: &'static str) {
         #[cfg(feature = "metrics")]
         {
-            let (side, service, method) = (self.side.label(), self.service, self.method);
-            metrics::counter!(
-                "rpc_calls_finished_total",
-                "side" => side,
-                "service" => service,
-                "method" => method,
-                "code" => code
-            )
-            .increment(1);
-            metrics::histogram!(
-                "rpc_call_duration_seconds",
-                "side" => side,
-                "service" => service,
-                "method" => method
-            )
-            .record(self.started.elapsed().as_secs_f64());
-            metrics::gauge!("rpc_calls_in_flight", "side" => side, "service" => service)
-                .decrement(1.0);
+            let finished = labels::of(&[
+                ("side", self.side.label()),
+                ("service", self.service),
+                ("method", self.method),
+                ("code", code),
+            ]);
+            labels::counter("rpc_calls_finished_total", finished).increment(1);
+            labels::histogram("rpc_call_duration_seconds", self.labels.0)
+                .record(self.started.elapsed().as_secs_f64());
+            labels::gauge("rpc_calls_in_flight", self.labels.1).decrement(1.0);
         }
     }
 }
@@ -186,39 +239,32 @@ impl Drop for OpenConnection {
 /// `rpc_bytes_sent_total`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Traffic {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    side: Side,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    service: &'static str,
+    /// `side` and `service`, as a label set.
+    #[cfg(feature = "metrics")]
+    labels: &'static [Label],
 }
 
 impl Traffic {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn new(side: Side, service: &'static str) -> Self {
-        Traffic { side, service }
+        Traffic {
+            #[cfg(feature = "metrics")]
+            labels: labels::of(&[("side", side.label()), ("service", service)]),
+        }
     }
 
     /// `bytes` more were read from the connection.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn received(self, bytes: usize) {
         #[cfg(feature = "metrics")]
-        metrics::counter!(
-            "rpc_bytes_received_total",
-            "side" => self.side.label(),
-            "service" => self.service
-        )
-        .increment(bytes as u64);
+        labels::counter("rpc_bytes_received_total", self.labels).increment(bytes as u64);
     }
 
     /// `bytes` more were written to the connection.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn sent(self, bytes: usize) {
         #[cfg(feature = "metrics")]
-        metrics::counter!(
-            "rpc_bytes_sent_total",
-            "side" => self.side.label(),
-            "service" => self.service
-        )
-        .increment(bytes as u64);
+        labels::counter("rpc_bytes_sent_total", self.labels).increment(bytes as u64);
     }
 }
 
