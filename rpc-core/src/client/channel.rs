@@ -681,12 +681,9 @@ impl Channel {
     }
 
     /// A connection for the next attempt at a call, connecting if needed, within the call's
-    /// deadline. In a pool, a server that cannot be reached is passed over for the others.
-    /// Waiting for ready, a call whose servers cannot be reached waits, within its deadline,
-    /// for one of them to come back.
-    /// Where one attempt at a call goes. A connection that is there already is taken at once,
-    /// with no future of its own: waiting for one (connecting, a handshake, the backoff after
-    /// failures) is a large future, which only the calls that wait box.
+    /// deadline. A connection that is there already is taken at once, with no future of its
+    /// own: waiting for one (connecting, a handshake, the backoff after failures) is a large
+    /// future, which only the calls that wait box.
     fn target<'a>(
         &'a self,
         spec: CallSpec<'a>,
@@ -714,6 +711,9 @@ impl Channel {
         Some(Target::on(endpoint, connection))
     }
 
+    /// A connection for the next attempt at a call, waited for. In a pool, a server that cannot
+    /// be reached is passed over for the others. Waiting for ready, a call whose servers cannot
+    /// be reached waits, within its deadline, for one of them to come back.
     async fn wait_for_target(
         &self,
         spec: CallSpec<'_>,
@@ -743,9 +743,7 @@ impl Channel {
             if let Some(connection) = endpoint.live_connection() {
                 return Ok((endpoint, Ok(connection)));
             }
-            // Boxed: making a connection (a handshake, TLS perhaps) is a large future that
-            // every call's own would otherwise carry, used only by the calls that reconnect.
-            let connection = until(spec.expires, Box::pin(endpoint.connection()))
+            let connection = until(spec.expires, endpoint.connection())
                 .await
                 .map_err(|_| spec.deadline_exceeded())?;
             Ok::<_, RpcError>((endpoint, connection))
