@@ -27,9 +27,7 @@ async fn lab() -> (
 async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
     let (listener, addr) = loopback_listener().await;
     let deaf_server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         let call = raw.read_frame().await.expect("the request");
         let cancel = raw.read_frame().await.expect("the cancellation");

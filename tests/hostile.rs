@@ -186,9 +186,7 @@ async fn a_streamed_result_ends_without_more_credit() {
 async fn an_upload_ends_without_more_credit() {
     let (listener, addr) = loopback_listener().await;
     let stingy_server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         let hello = lab_hello_with_window(lab_methods(), 0, 0, WINDOW_OF_32);
         raw.send(&hello).await;
         let call = raw.read_frame().await.expect("the request");
@@ -296,9 +294,7 @@ async fn a_call_abandoned_before_its_request_left_sends_nothing() {
     let addr = listener.local_addr().expect("an address");
     let (start_reading, reading) = tokio::sync::oneshot::channel::<()>();
     let slow_server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         // Reads nothing until told: the client's writer blocks in the middle of the first
         // request, larger than the sockets' buffers together. (The kernel grows the client's
@@ -445,9 +441,7 @@ async fn a_client_sending_on_after_its_error_is_cut_off() {
 async fn a_client_learns_why_the_server_closed_its_connection() {
     let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 0, 0)).await;
         raw.read_frame().await.expect("the request");
         let mut go_away = vec![0x05, 0x03];

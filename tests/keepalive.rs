@@ -21,9 +21,7 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     let (listener, addr) = loopback_listener().await;
     let silent_server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accepts");
-        let mut raw = RawClient { stream };
-        raw.read_frame().await.expect("the client's hello");
+        let (mut raw, _) = RawClient::accept(&listener).await;
         raw.send(&lab_hello(lab_methods(), 50, 0)).await;
         // Hold the connection open and say nothing, like a machine that vanished.
         raw.read_frame().await;

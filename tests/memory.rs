@@ -151,9 +151,7 @@ fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
     scenario(async {
         let (listener, addr) = loopback_listener().await;
         let deaf_server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accepts");
-            let mut raw = RawClient { stream };
-            raw.read_frame().await.expect("the client's hello");
+            let (mut raw, _) = RawClient::accept(&listener).await;
             raw.send(&lab_hello(lab_methods(), 100, 64)).await;
             // Pings keep the client from presuming this side dead; it never reads again.
             loop {
