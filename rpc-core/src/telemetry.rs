@@ -22,9 +22,10 @@ use std::time::Instant;
 #[cfg(feature = "metrics")]
 use metrics::Label;
 
-/// The label sets of the metrics recorded for every call and every read and write, each made
-/// once for the process. `metrics::counter!` with labels that are not literals builds them into
-/// a new vector each time: a dozen allocations per call, whether a recorder is installed or not.
+/// The label sets of the metrics, each made once for the process, and the metrics registered
+/// by keys that borrow them. `metrics::counter!` with labels that are not literals builds them
+/// into a new vector at each use: a dozen allocations per call, whether a recorder is installed
+/// or not.
 #[cfg(feature = "metrics")]
 mod labels {
     use std::collections::HashMap;
@@ -212,26 +213,29 @@ impl Drop for CallEnd {
 /// One open connection, counted in `rpc_connections_open` until dropped.
 #[derive(Debug)]
 pub(crate) struct OpenConnection {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    side: Side,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    service: &'static str,
+    /// `side` and `service`, as a label set.
+    #[cfg(feature = "metrics")]
+    labels: &'static [Label],
 }
 
 impl OpenConnection {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn new(side: Side, service: &'static str) -> Self {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("rpc_connections_open", "side" => side.label(), "service" => service)
-            .increment(1.0);
-        OpenConnection { side, service }
+        let labels = labels::of(&[("side", side.label()), ("service", service)]);
+        #[cfg(feature = "metrics")]
+        labels::gauge("rpc_connections_open", labels).increment(1.0);
+        OpenConnection {
+            #[cfg(feature = "metrics")]
+            labels,
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("rpc_connections_open", "side" => self.side.label(), "service" => self.service)
-            .decrement(1.0);
+        labels::gauge("rpc_connections_open", self.labels).decrement(1.0);
     }
 }
 
@@ -272,22 +276,33 @@ impl Traffic {
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub(crate) fn retried(service: &'static str, method: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("rpc_client_retries_total", "service" => service, "method" => method)
-        .increment(1);
+    labels::counter(
+        "rpc_client_retries_total",
+        labels::of(&[("service", service), ("method", method)]),
+    )
+    .increment(1);
 }
 
 /// A client connected again to a server it had been connected to.
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub(crate) fn reconnected(service: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("rpc_client_reconnections_total", "service" => service).increment(1);
+    labels::counter(
+        "rpc_client_reconnections_total",
+        labels::of(&[("service", service)]),
+    )
+    .increment(1);
 }
 
 /// An endpoint could not be reached, and is passed over while it backs off.
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub(crate) fn endpoint_failed(service: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("rpc_client_endpoint_failures_total", "service" => service).increment(1);
+    labels::counter(
+        "rpc_client_endpoint_failures_total",
+        labels::of(&[("service", service)]),
+    )
+    .increment(1);
 }
 
 /// W3C trace context in a call's metadata (feature `opentelemetry`): the client writes its
