@@ -105,36 +105,32 @@ async fn large_values_cross_intact() {
     assert_eq!(back, payload);
 }
 
+/// Calls the echoing `method` with `args`, encoded by hand, and checks that the answer is a
+/// Response to id 4, Ok, then the same bytes.
+async fn echoed_as_sent(method: &str, args: &[u8]) {
+    let mut raw = RawClient::handshake(start_tcp().await).await;
+    raw.send(&request(4, method, args)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
+    assert_eq!(answer[3..], args[..]);
+}
+
 #[tokio::test]
 async fn a_byte_vector_is_on_the_wire_as_serde_describes_it() {
     // `Vec<u8>` goes through the codec as one byte string, which must not change the bytes:
     // a varint length, then the bytes, as for any sequence of `u8`.
-    let mut raw = RawClient::handshake(start_tcp().await).await;
-    let bytes: Vec<u8> = (0..200).map(|i| i as u8).collect();
     let mut args = vec![0xc8, 0x01]; // 200 as a varint
-    args.extend_from_slice(&bytes);
-    raw.send(&request(4, "echo", &args)).await;
-    let answer = within("an answer", raw.read_frame())
-        .await
-        .expect("answered");
-    // Response, id 4, Ok, then the vector as it was sent.
-    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
-    assert_eq!(answer[3..], args[..]);
+    args.extend((0..200).map(|i| i as u8));
+    echoed_as_sent("echo", &args).await;
 }
 
 #[tokio::test]
 async fn a_byte_buf_crosses_intact_and_is_on_the_wire_as_serde_describes_it() {
     // A `ByteBuf` argument and result go from their own memory as one byte string: the bytes
     // are serde's, a varint length and the bytes.
-    let mut raw = RawClient::handshake(start_tcp().await).await;
-    let mut args = vec![0x03];
-    args.extend_from_slice(b"abc");
-    raw.send(&request(4, "echo_buf", &args)).await;
-    let answer = within("an answer", raw.read_frame())
-        .await
-        .expect("answered");
-    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
-    assert_eq!(answer[3..], args[..]);
+    echoed_as_sent("echo_buf", b"\x03abc").await;
 
     let client = LabClient::connect(start_tcp().await)
         .await
