@@ -1,10 +1,11 @@
 //! Reading length-prefixed frames, with memory bounded whatever lengths the peer claims.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
 use crate::RpcError;
@@ -52,6 +53,11 @@ pub(crate) struct FrameReader<R> {
     buf: BytesMut,
     max_frame_len: usize,
     silence_limit: Option<Duration>,
+    /// The timer that enforces `silence_limit`, made at the first read that waits under one and
+    /// kept for the connection's life. It runs to the end of the silence as it was when last
+    /// set, never past it; when it fires early (bytes came since), it is set again, so reads
+    /// cost the timer wheel nothing while bytes keep coming.
+    silence: Option<Pin<Box<Sleep>>>,
     /// A large frame, or a spell of reads larger than [`IDLE_BUFFER_KEEP`], passed through
     /// `buf`, whose allocation the (empty-looking) buffer may still hold for reuse.
     holds_large: bool,
@@ -83,6 +89,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::new(),
             max_frame_len,
             silence_limit: None,
+            silence: None,
             holds_large: false,
             read_room: MIN_READ,
             spares: Vec::new(),
@@ -103,6 +110,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// long.
     pub(crate) fn set_silence_limit(&mut self, limit: Option<Duration>) {
         self.silence_limit = limit;
+        // A timer set under an earlier limit may run past the end of the new one.
+        self.silence = None;
     }
 
     /// Reads what has arrived into the buffer: `Some(0)` at the end of the stream, `None` if a
@@ -125,12 +134,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.io.read_buf(&mut self.buf).await.map(Some)
             }
         };
-        Ok(match self.silence_limit {
-            None => read.await?,
-            Some(limit) => tokio::time::timeout(limit, read)
-                .await
-                .map_err(|_| RpcError::KeepaliveTimeout(limit))??,
-        })
+        // No bytes come in during this read but its own: the silence ends where it ends now.
+        // A limit past the clock's range, from a peer's absurd ping interval, is no limit.
+        let Some((limit, silent_until)) = self
+            .silence_limit
+            .and_then(|limit| Some((limit, self.last_read.checked_add(limit)?)))
+        else {
+            return Ok(read.await?);
+        };
+        let timer = self
+            .silence
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(silent_until)));
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                biased;
+                read = &mut read => return Ok(read?),
+                () = timer.as_mut() => {
+                    if silent_until <= Instant::now() {
+                        return Err(RpcError::KeepaliveTimeout(limit));
+                    }
+                    timer.as_mut().reset(silent_until);
+                }
+            }
+        }
     }
 
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
@@ -593,6 +620,26 @@ pub(crate) mod tests {
         tx.write_all(&[0, 0, 0, 1, 7]).await.expect("writes");
         let frame = reader.next_frame().await.expect("a frame");
         assert_eq!(frame.as_deref(), Some(&[7][..]));
+    }
+
+    /// A shorter limit set after a read waited under a longer one holds: the timer made for
+    /// the longer one is not left running to its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_limit_replaces_the_timer_of_a_longer_one() {
+        let (_tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        reader.set_silence_limit(Some(Duration::from_secs(600)));
+        let start = Instant::now();
+        let waited = tokio::time::timeout(Duration::from_secs(1), reader.next_frame()).await;
+        assert!(waited.is_err(), "nothing was sent");
+        reader.set_silence_limit(Some(Duration::from_secs(30)));
+        let error = reader.next_frame().await.expect_err("silence");
+        assert!(matches!(error, RpcError::KeepaliveTimeout(limit) if limit.as_secs() == 30));
+        let gave_up = start.elapsed();
+        assert!(
+            gave_up < Duration::from_secs(31),
+            "gave up after {gave_up:?}"
+        );
     }
 }
 
