@@ -194,23 +194,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Cancel safe: bytes read so far stay buffered for the next call.
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
         loop {
-            let wanted = if let Some(size) = length_prefix(&self.buf) {
-                if size > self.max_frame_len {
-                    return Err(RpcError::FrameTooLarge {
-                        size: size as u64,
-                        limit: self.max_frame_len as u64,
-                    });
-                }
-                let needed = LENGTH_PREFIX + size;
-                if self.buf.len() >= needed {
-                    self.buf.advance(LENGTH_PREFIX);
-                    let payload = self.buf.split_to(size).freeze();
-                    self.delivered(size);
-                    return Ok(Some(payload));
-                }
-                needed - self.buf.len()
-            } else {
-                LENGTH_PREFIX - self.buf.len()
+            if let Some(payload) = self.buffered_frame()? {
+                return Ok(Some(payload));
+            }
+            // What the next frame still lacks: its length prefix checked, the rest of it.
+            let wanted = match length_prefix(&self.buf) {
+                Some(size) => LENGTH_PREFIX + size - self.buf.len(),
+                None => LENGTH_PREFIX - self.buf.len(),
             };
             let trusted = READ_CHUNK
                 .max(self.buf.len())
@@ -294,6 +284,27 @@ impl<R> FrameReader<R> {
         self.last_read
     }
 
+    /// The next frame's payload if the reads so far brought all of it, without reading: for a
+    /// loop that handles every frame one read brought before it turns to anything else.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
+        let Some(size) = length_prefix(&self.buf) else {
+            return Ok(None);
+        };
+        if size > self.max_frame_len {
+            return Err(RpcError::FrameTooLarge {
+                size: size as u64,
+                limit: self.max_frame_len as u64,
+            });
+        }
+        if self.buf.len() < LENGTH_PREFIX + size {
+            return Ok(None);
+        }
+        self.buf.advance(LENGTH_PREFIX);
+        let payload = self.buf.split_to(size).freeze();
+        self.delivered(size);
+        Ok(Some(payload))
+    }
+
     /// Whether bytes past the last frame are already read: more frames, or the start of one.
     pub(crate) fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
@@ -364,6 +375,34 @@ pub(crate) mod tests {
         let mut out = (payload.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(payload);
         out
+    }
+
+    /// What one read brought is handed out frame by frame without reading again: whole frames
+    /// in order, nothing for the start of one, and an oversized length as soon as it is seen.
+    #[tokio::test]
+    async fn buffered_frames_come_without_a_read() {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 8);
+        let mut bytes = [frame(b"one"), frame(b"two")].concat();
+        bytes.extend_from_slice(&frame(b"three")[..5]);
+        tx.write_all(&bytes).await.expect("writes");
+        let first = reader.next_frame().await.expect("reads");
+        assert_eq!(first.as_deref(), Some(&b"one"[..]));
+        let second = reader.buffered_frame().expect("well formed");
+        assert_eq!(second.as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            reader.buffered_frame().expect("well formed"),
+            None,
+            "a part"
+        );
+        tx.write_all(&frame(b"three")[5..]).await.expect("writes");
+        tx.write_all(&frame(b"too large")).await.expect("writes");
+        let third = reader.next_frame().await.expect("reads");
+        assert_eq!(third.as_deref(), Some(&b"three"[..]));
+        assert!(matches!(
+            reader.buffered_frame(),
+            Err(RpcError::FrameTooLarge { size: 9, limit: 8 })
+        ));
     }
 
     #[tokio::test]

@@ -182,14 +182,11 @@ where
     tokio::pin!(stopping);
     let asked = asked_to_give_way(registration.as_ref());
     tokio::pin!(asked);
-    let ended = loop {
+    let ended = 'serve: loop {
         if connection.draining && calls.is_empty() && connection.parked.is_empty() {
             break Ok(());
         }
-        let room_to_park = connection.parked.len() < MAX_PARKED;
-        let answers_drained = meter.may_read();
-        let reverse_taken = reverse::may_read(connection.tunnel.as_ref());
-        let reading = room_to_park && answers_drained && reverse_taken;
+        let gate = connection.read_gate(&meter);
         tokio::select! {
             written = &mut writer => {
                 break Err(match written {
@@ -232,11 +229,11 @@ where
                 };
                 connection.start_parked(slot);
             }
-            () = meter.wait_may_read(), if room_to_park && !answers_drained => {}
+            () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
             () = reverse::wait_may_read(connection.tunnel.as_ref()),
-                if room_to_park && answers_drained && !reverse_taken => {}
-            frame = reader.next_frame(), if reading => match frame {
-                Ok(Some(payload)) => {
+                if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
+            frame = reader.next_frame(), if gate.is_open() => match frame {
+                Ok(Some(mut payload)) => loop {
                     // More requests already read: their answers wait to share one write.
                     outbox.gather(reader.has_buffered());
                     match connection.handle(&payload, &mut reader) {
@@ -247,9 +244,19 @@ where
                             }
                         }
                         Ok(Handled::Other) => {}
-                        Err(error) => break Err(error),
+                        Err(error) => break 'serve Err(error),
                     }
-                }
+                    // The frames the same read brought are handled here, while the connection
+                    // may read on, rather than each after a turn of every branch above.
+                    if !connection.read_gate(&meter).is_open() {
+                        break;
+                    }
+                    match reader.buffered_frame() {
+                        Ok(Some(next)) => payload = next,
+                        Ok(None) => break,
+                        Err(error) => break 'serve Err(error),
+                    }
+                },
                 Ok(None) => break Ok(()),
                 Err(error) => break Err(error),
             },
@@ -379,7 +386,33 @@ struct Connection<'a, S: ServiceSet> {
     draining: bool,
 }
 
+/// What lets a connection read its next frame; it reads only when all three hold.
+struct ReadGate {
+    /// A request that finds every in-flight slot taken can still be parked.
+    room_to_park: bool,
+    /// The answers queued for the client are within the connection's budget.
+    answers_drained: bool,
+    /// The reverse connection, if any, has taken what was handed to it.
+    reverse_taken: bool,
+}
+
+impl ReadGate {
+    fn is_open(&self) -> bool {
+        self.room_to_park && self.answers_drained && self.reverse_taken
+    }
+}
+
 impl<S: ServiceSet> Connection<'_, S> {
+    /// Whether the connection may read its next frame now, with `meter` counting the answers
+    /// queued for the client.
+    fn read_gate(&self, meter: &Meter) -> ReadGate {
+        ReadGate {
+            room_to_park: self.parked.len() < MAX_PARKED,
+            answers_drained: meter.may_read(),
+            reverse_taken: reverse::may_read(self.tunnel.as_ref()),
+        }
+    }
+
     /// Takes no new calls: tells the client why, and answers the parked requests, which never
     /// ran, as not run.
     fn start_draining(&mut self, reason: u32, message: &str) {
