@@ -321,7 +321,7 @@ impl Connection {
         // told the server if need be.
         let reply = answer.await;
         waiting.armed = false; // answered: nothing to cancel, unless a stream follows
-        let reply = reply.map_err(|_| Failure::Lost(self.pending.close_reason()))?;
+        let reply = reply.ok_or_else(|| Failure::Lost(self.pending.close_reason()))?;
         Ok(Answered {
             connection: Arc::clone(self),
             method,

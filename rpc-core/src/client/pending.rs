@@ -5,14 +5,16 @@
 //! behind, and the server never hears of it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::RpcError;
@@ -43,6 +45,38 @@ pub(crate) enum Forgotten {
     Unsent,
     /// The request was written: the server may be running it.
     Sent,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting(Option<Waker>),
+    Ready(Reply),
+}
+
+impl Waiter {
+    fn is_waiting(&self) -> bool {
+        matches!(self.reply, Slot::Waiting(_))
+    }
+
+    /// The reply, if it came.
+    fn into_reply(self) -> Option<Reply> {
+        match self.reply {
+            Slot::Ready(reply) => Some(reply),
+            Slot::Waiting(_) => None,
+        }
+    }
+
+    /// Hands the call `reply`, unless it already has one; returns the task to wake.
+    fn answer(&mut self, reply: Reply) -> Option<Waker> {
+        let Slot::Waiting(waker) = &mut self.reply else {
+            return None;
+        };
+        let waker = waker.take();
+        self.reply = Slot::Ready(reply);
+        // Answered: a request the writer has not claimed yet is no longer worth sending.
+        self.unsent = None;
+        waker
+    }
 }
 
 /// The waiting calls of one connection, by request id. Once closed, it accepts no new call and
@@ -98,7 +132,9 @@ impl Hasher for IdHasher {
 
 #[derive(Debug)]
 struct Waiter {
-    reply: oneshot::Sender<Reply>,
+    /// The reply once it came, kept here for the call to take; until then, the waker of the
+    /// task waiting for it. A reply has no channel of its own: one fewer allocation per call.
+    reply: Slot,
     /// The request, until the writer claims it.
     unsent: Option<Frame>,
     /// When the call's deadline passes, if it has one.
@@ -120,7 +156,7 @@ impl Pending {
         method: &str,
         request: Frame,
         expires: Option<Instant>,
-    ) -> Result<oneshot::Receiver<Reply>, RpcError> {
+    ) -> Result<ReplyFuture<'_>, RpcError> {
         let mut state = self.state();
         // The server said it takes no new calls: that says more than how the connection ended.
         if state.draining {
@@ -131,9 +167,8 @@ impl Pending {
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
         }
-        let (reply, rx) = oneshot::channel();
         let waiter = Waiter {
-            reply,
+            reply: Slot::Waiting(None),
             unsent: Some(request),
             expires,
         };
@@ -147,7 +182,24 @@ impl Pending {
             self.earlier_deadline.store(true, Ordering::Release);
             self.reader.wake();
         }
-        Ok(rx)
+        Ok(ReplyFuture { pending: self, id })
+    }
+
+    /// The reply to call `id` if it came, taken with the call's place in the table; otherwise
+    /// the call waits, to be woken when it comes. `None` if the call is not in the table.
+    fn poll_reply(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let mut state = self.state();
+        let Some(waiter) = state.calls.get_mut(&id) else {
+            return Poll::Ready(None);
+        };
+        if let Slot::Waiting(waker) = &mut waiter.reply {
+            match waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        Poll::Ready(state.calls.remove(&id).and_then(Waiter::into_reply))
     }
 
     /// Fails each waiting call whose deadline has passed at `now` with [`Reply::Expired`],
@@ -159,23 +211,30 @@ impl Pending {
     /// comes before the one it was set for: about once per deadline's length while calls
     /// share one.
     pub(crate) fn expire(&self, now: Instant, mut cancel: impl FnMut(u64)) -> Option<Instant> {
-        let (expired, next): (Vec<(u64, Waiter)>, _) = {
+        let (expired, next) = {
             let mut state = self.state();
-            let passed = |_: &u64, waiter: &mut Waiter| waiter.expires.is_some_and(|at| at <= now);
-            let expired = state.calls.extract_if(passed).collect();
-            state.next_deadline = state
-                .calls
-                .values()
-                .filter_map(|waiter| waiter.expires)
-                .min();
-            (expired, state.next_deadline)
-        };
-        for (id, waiter) in expired {
-            if waiter.unsent.is_none() {
-                cancel(id);
+            let mut expired = Vec::new();
+            let mut next = None::<Instant>;
+            for (&id, waiter) in state.calls.iter_mut().filter(|(_, w)| w.is_waiting()) {
+                match waiter.expires {
+                    Some(at) if at <= now => {
+                        let written = waiter.unsent.is_none();
+                        if let Some(waker) = waiter.answer(Reply::Expired) {
+                            expired.push(waker);
+                        }
+                        if written {
+                            cancel(id);
+                        }
+                    }
+                    Some(at) => next = Some(next.map_or(at, |next| next.min(at))),
+                    None => {}
+                }
             }
-            // The caller may have given up meanwhile; then nobody needs to hear it.
-            let _ = waiter.reply.send(Reply::Expired);
+            state.next_deadline = next;
+            (expired, next)
+        };
+        for waker in expired {
+            waker.wake();
         }
         next
     }
@@ -200,17 +259,24 @@ impl Pending {
     /// Hands `reply` to the call waiting on `id`. A reply nobody waits for any more (the call
     /// was dropped) is discarded.
     pub(crate) fn complete(&self, id: u64, reply: Reply) {
-        let waiting = self.state().calls.remove(&id);
-        if let Some(waiter) = waiting {
-            // The call may have been dropped since; then nobody needs the reply.
-            let _ = waiter.reply.send(reply);
+        let waker = self
+            .state()
+            .calls
+            .get_mut(&id)
+            .and_then(|waiter| waiter.answer(reply));
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
     /// Forgets a call that stopped waiting, taking its request back if it was not written yet.
     pub(crate) fn forget(&self, id: u64) -> Forgotten {
         match self.state().calls.remove(&id) {
-            None => Forgotten::NotWaiting,
+            None
+            | Some(Waiter {
+                reply: Slot::Ready(_),
+                ..
+            }) => Forgotten::NotWaiting,
             Some(Waiter {
                 unsent: Some(_), ..
             }) => Forgotten::Unsent,
@@ -232,7 +298,7 @@ impl Pending {
     /// Closes the table: every waiting call fails with `reason`, and so does every later
     /// [`Pending::register`]. Only the first reason is kept.
     pub(crate) fn close(&self, reason: RpcError) {
-        let calls = {
+        let wakers: Vec<Waker> = {
             let mut state = self.state();
             if state.closed.is_some() {
                 return;
@@ -240,14 +306,21 @@ impl Pending {
             state.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::Release);
             state.next_deadline = None;
-            std::mem::take(&mut state.calls)
+            // Each call takes its reply, and its place in the table, when it is woken.
+            state
+                .calls
+                .values_mut()
+                .filter_map(|waiter| {
+                    let reply = match waiter.unsent {
+                        Some(_) => Reply::NotSent(reason.clone()),
+                        None => Reply::Failed(reason.clone()),
+                    };
+                    waiter.answer(reply)
+                })
+                .collect()
         };
-        for (_, waiter) in calls {
-            let reply = match waiter.unsent {
-                Some(_) => Reply::NotSent(reason.clone()),
-                None => Reply::Failed(reason.clone()),
-            };
-            let _ = waiter.reply.send(reply);
+        for waker in wakers {
+            waker.wake();
         }
         self.closed.send_replace(true);
     }
@@ -270,6 +343,22 @@ impl Pending {
     /// Whether the connection is closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
+    }
+}
+
+/// The reply to one registered call, as [`Pending::register`] returns it: `None` if the call
+/// left the table without one (it cannot, while the call waits for this).
+#[derive(Debug)]
+pub(crate) struct ReplyFuture<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Future for ReplyFuture<'_> {
+    type Output = Option<Reply>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        self.pending.poll_reply(self.id, cx)
     }
 }
 
@@ -327,10 +416,13 @@ mod tests {
         pending.close(RpcError::ConnectionClosed);
         assert!(matches!(
             sent.await,
-            Ok(Reply::Failed(RpcError::ConnectionClosed))
+            Some(Reply::Failed(RpcError::ConnectionClosed))
         ));
         assert!(
-            matches!(unsent.await, Ok(Reply::NotSent(RpcError::ConnectionClosed))),
+            matches!(
+                unsent.await,
+                Some(Reply::NotSent(RpcError::ConnectionClosed))
+            ),
             "a request never written did not run"
         );
         assert!(matches!(
@@ -347,8 +439,8 @@ mod tests {
         pending.complete(2, Reply::Ok(Bytes::from_static(b"2")));
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
         pending.complete(3, Reply::Ok(Bytes::new()));
-        assert!(matches!(one.await, Ok(Reply::Ok(b)) if b == "1"));
-        assert!(matches!(two.await, Ok(Reply::Ok(b)) if b == "2"));
+        assert!(matches!(one.await, Some(Reply::Ok(b)) if b == "1"));
+        assert!(matches!(two.await, Some(Reply::Ok(b)) if b == "2"));
     }
 
     #[tokio::test]
@@ -361,7 +453,7 @@ mod tests {
             Err(RpcError::ServerClosing { method }) if method == "g"
         ));
         pending.complete(1, Reply::Ok(Bytes::new()));
-        assert!(matches!(old.await, Ok(Reply::Ok(_))));
+        assert!(matches!(old.await, Some(Reply::Ok(_))));
         assert_eq!(
             pending.forget(1),
             Forgotten::NotWaiting,
@@ -393,8 +485,8 @@ mod tests {
         assert_eq!(pending.expire(now, |id| cancelled.push(id)), Some(soon));
         assert_eq!(pending.expire(soon, |id| cancelled.push(id)), Some(later));
         assert_eq!(cancelled, [1], "only the written request is cancelled");
-        assert!(matches!(written.await, Ok(Reply::Expired)));
-        assert!(matches!(unwritten.await, Ok(Reply::Expired)));
+        assert!(matches!(written.await, Some(Reply::Expired)));
+        assert!(matches!(unwritten.await, Some(Reply::Expired)));
         assert!(
             pending.claim(2).is_none(),
             "call 2's request was taken back"
