@@ -500,6 +500,24 @@ mod tests {
         );
     }
 
+    /// An answer waiting for its call to take it is past expiring: the call is neither failed
+    /// nor cancelled at the server, and its deadline no longer sets the reader's timer.
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_call_does_not_expire() {
+        let pending = Pending::default();
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_millis(10);
+        let answered = pending
+            .register(1, "f", request(), Some(soon))
+            .expect("open");
+        assert!(pending.claim(1).is_some(), "written");
+        pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
+        let mut cancelled = Vec::new();
+        assert_eq!(pending.expire(soon, |id| cancelled.push(id)), None);
+        assert!(cancelled.is_empty(), "nothing to cancel: {cancelled:?}");
+        assert!(matches!(answered.await, Some(Reply::Ok(b)) if b == "1"));
+    }
+
     #[test]
     fn a_call_forgotten_before_its_turn_takes_its_request_back() {
         let pending = Pending::default();
