@@ -15,7 +15,7 @@
 //! ```
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
-//! with 64 callers each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
+//! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
 //! per idle connection, for a heap profiler), or `local` (sequential calls through an in-process
 //! client, with no server); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls` or `tonic-tls`.
@@ -42,7 +42,7 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 const USAGE: &str = "\
 usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls]
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
-WORKLOAD: latency, 32, 256, 4x64, vec, buf, shared, stream, idle or local
+WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls or tonic-tls";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
@@ -262,10 +262,11 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "" | "256" => (1, 256),
             "32" => (1, 32),
             "4x64" => (4, 64),
+            "100x32" => (100, 32),
             other => {
                 return format!(
-                    "no workload called {other}: latency, 32, 256, 4x64, vec, buf, shared, stream, \
-                     idle or allocs"
+                    "no workload called {other}: latency, 32, 256, 4x64, 100x32, vec, buf, shared, \
+                     stream, idle or allocs"
                 );
             }
         };
