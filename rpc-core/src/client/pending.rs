@@ -518,6 +518,40 @@ mod tests {
         assert!(matches!(answered.await, Some(Reply::Ok(b)) if b == "1"));
     }
 
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A call polled last from another task (a future moved, or raced in a `select!` of a
+    /// task that changed) is woken there, not where it was first polled.
+    #[test]
+    fn the_reply_wakes_the_task_that_polled_last() {
+        let pending = Pending::default();
+        let mut reply = std::pin::pin!(pending.register(1, "f", request(), None).expect("open"));
+        let (first, last) = (
+            std::sync::Arc::new(Wakes::default()),
+            std::sync::Arc::new(Wakes::default()),
+        );
+        for wakes in [&first, &last] {
+            let waker = Waker::from(std::sync::Arc::clone(wakes));
+            assert!(
+                reply
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        pending.complete(1, Reply::Ok(Bytes::new()));
+        assert_eq!(first.0.load(Ordering::Relaxed), 0);
+        assert_eq!(last.0.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn a_call_forgotten_before_its_turn_takes_its_request_back() {
         let pending = Pending::default();
