@@ -213,18 +213,14 @@ impl Pending {
     pub(crate) fn expire(&self, now: Instant, mut cancel: impl FnMut(u64)) -> Option<Instant> {
         let (expired, next) = {
             let mut state = self.state();
+            // Each expired call: its id, whether its request was written, its task.
             let mut expired = Vec::new();
             let mut next = None::<Instant>;
             for (&id, waiter) in state.calls.iter_mut().filter(|(_, w)| w.is_waiting()) {
                 match waiter.expires {
                     Some(at) if at <= now => {
                         let written = waiter.unsent.is_none();
-                        if let Some(waker) = waiter.answer(Reply::Expired) {
-                            expired.push(waker);
-                        }
-                        if written {
-                            cancel(id);
-                        }
+                        expired.push((id, written, waiter.answer(Reply::Expired)));
                     }
                     Some(at) => next = Some(next.map_or(at, |next| next.min(at))),
                     None => {}
@@ -233,8 +229,14 @@ impl Pending {
             state.next_deadline = next;
             (expired, next)
         };
-        for waker in expired {
-            waker.wake();
+        // Outside the lock: a Cancel may be written to the socket straight away.
+        for (id, written, waker) in expired {
+            if written {
+                cancel(id);
+            }
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
         next
     }
@@ -310,6 +312,7 @@ impl Pending {
             state
                 .calls
                 .values_mut()
+                .filter(|waiter| waiter.is_waiting())
                 .filter_map(|waiter| {
                     let reply = match waiter.unsent {
                         Some(_) => Reply::NotSent(reason.clone()),
