@@ -125,12 +125,22 @@ fn main() {
     let tls_only = flag("--tls").is_some();
     let mut runs = Vec::new();
     for setup in setups.iter().copied().filter(|_| !tls_only) {
+        let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
+        for round in 1..=effort.rounds {
+            eprintln!("round {round} of {}", effort.rounds);
+            let [raw, tarpc, tonic, rpc] = &mut rounds;
+            raw.push(measure::<Raw>(setup, effort));
+            tarpc.push(measure::<Tarpc>(setup, effort));
+            tonic.push(measure::<Tonic>(setup, effort));
+            rpc.push(measure::<RpcCore>(setup, effort));
+        }
+        let [raw, tarpc, tonic, rpc] = rounds.map(|figures| workloads::Figures::median(&figures));
         let results = report::Results {
             setup,
-            raw: measure::<Raw>(setup, effort),
-            tarpc: measure::<Tarpc>(setup, effort),
-            tonic: measure::<Tonic>(setup, effort),
-            rpc: measure::<RpcCore>(setup, effort),
+            raw,
+            tarpc,
+            tonic,
+            rpc,
         };
         println!("\n## {}\n\n{}", setup.name(), report::table(&results));
         runs.push(results);

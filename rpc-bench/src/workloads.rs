@@ -10,10 +10,11 @@ use crate::setup::ServerEnd;
 use crate::systems::System;
 
 /// How long each throughput figure is measured for, how many calls the sequential ones make,
-/// and how many items the stream carries.
+/// how many items the stream carries, and in how many rounds a full run measures every system.
 #[derive(Debug, Clone, Copy)]
 pub struct Effort {
     pub window: Duration,
+    pub rounds: usize,
     pub sequential_calls: usize,
     pub stream_items: u64,
 }
@@ -23,13 +24,17 @@ impl Effort {
     /// 10,000,000 items for 5 s), for a profiler to watch.
     pub const PROFILE: Effort = Effort {
         window: Duration::from_secs(5),
+        rounds: 1,
         sequential_calls: 200_000,
         stream_items: 10_000_000,
     };
 
-    /// The effort of a full run.
+    /// The effort of a full run: three rounds, each measuring every system in turn, so that a
+    /// spell of noise on the machine falls on one round of a few systems rather than on one
+    /// system's every figure; each figure is the median of its rounds.
     pub const FULL: Effort = Effort {
-        window: Duration::from_secs(3),
+        window: Duration::from_secs(2),
+        rounds: 3,
         sequential_calls: 30_000,
         stream_items: 1_000_000,
     };
@@ -37,6 +42,7 @@ impl Effort {
     /// A short run, to see that everything works.
     pub const QUICK: Effort = Effort {
         window: Duration::from_millis(300),
+        rounds: 1,
         sequential_calls: 2_000,
         stream_items: 100_000,
     };
@@ -69,6 +75,33 @@ pub struct Figures {
     pub allocations_per_call: Option<f64>,
     /// Heap bytes held per idle connection, both ends.
     pub idle_connection_bytes: Option<f64>,
+}
+
+impl Figures {
+    /// Each figure's median over `rounds` (the lower middle one of an even count).
+    pub fn median(rounds: &[Figures]) -> Figures {
+        let median = |figure: fn(&Figures) -> Option<f64>| {
+            let mut values: Vec<f64> = rounds.iter().filter_map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len().saturating_sub(1) / 2).copied()
+        };
+        Figures {
+            latency_p50_us: median(|f| f.latency_p50_us),
+            latency_p99_us: median(|f| f.latency_p99_us),
+            pipelined_32: median(|f| f.pipelined_32),
+            pipelined_256: median(|f| f.pipelined_256),
+            four_connections: median(|f| f.four_connections),
+            many_connections: median(|f| f.many_connections),
+            bulk_vec: median(|f| f.bulk_vec),
+            bulk_buf: median(|f| f.bulk_buf),
+            bulk_shared: median(|f| f.bulk_shared),
+            faults_vec: median(|f| f.faults_vec),
+            faults_buf: median(|f| f.faults_buf),
+            stream_items: median(|f| f.stream_items),
+            allocations_per_call: median(|f| f.allocations_per_call),
+            idle_connection_bytes: median(|f| f.idle_connection_bytes),
+        }
+    }
 }
 
 /// Every workload, in an order where none disturbs the next: idle memory first, while nothing
