@@ -15,9 +15,9 @@
 //! ```
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
-//! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap
-//! per idle connection, for a heap profiler), or `local` (sequential calls through an in-process
-//! client, with no server); `SYSTEM` is
+//! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
+//! (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
+//! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls` or `tonic-tls`.
 
 mod alloc;

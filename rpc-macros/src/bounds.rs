@@ -46,8 +46,7 @@ impl WireTypes {
                 this.add(ty);
             }
             let args = method.plain_args().filter(|arg| arg.as_bytes);
-            let result =
-                (method.output_as_bytes && method.download.is_none()).then_some(&method.output);
+            let result = method.output_as_bytes.then_some(&method.output);
             for ty in args.map(|arg| &arg.ty).chain(result) {
                 this.byte_strings.push(ty.to_token_stream().to_string());
             }

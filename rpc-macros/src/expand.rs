@@ -296,7 +296,8 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         let arg_types = args.iter().map(|arg| &arg.ty);
         let plain: Vec<TokenStream> = method.plain_args().map(sent_form).collect();
         let info = method_info(method);
-        let received = (method.output_as_bytes && method.download.is_none())
+        let received = method
+            .output_as_bytes
             .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_bytes) });
         let call = match (method.upload(), method.download.is_some()) {
             (None, false) => quote! { call(&#info, &(#(#plain,)*)) },

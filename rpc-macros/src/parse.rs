@@ -42,7 +42,7 @@ pub(crate) struct Method {
     /// The item type, when the method returns `Streaming<T>`.
     pub(crate) download: Option<Type>,
     /// The return type is written `Vec<u8>` or `ByteBuf`: sent as one byte string from its own
-    /// memory, see [`is_byte_string`].
+    /// memory, see [`is_byte_string`]. Never for a streamed result, spelled `Streaming<T>`.
     pub(crate) output_as_bytes: bool,
     /// `#[rpc(opaque)]`: sent without a schema, with this fingerprint of its signature's text.
     pub(crate) opaque: Option<u64>,
@@ -512,6 +512,9 @@ mod tests {
         assert!(!is_byte_string(&parse_quote!(Vec<u16>)));
         assert!(!is_byte_string(&parse_quote!(Vec<i8>)));
         assert!(!is_byte_string(&parse_quote!(Option<Vec<u8>>)));
+        // A stream of byte strings is a stream: its items go through serde, one frame each.
+        assert!(!is_byte_string(&parse_quote!(Streaming<Vec<u8>>)));
+        assert!(!is_byte_string(&parse_quote!(rpc_core::Streaming<ByteBuf>)));
         assert!(!is_byte_string(&parse_quote!(mine::Vec<u8>)));
         assert!(!is_byte_string(&parse_quote!(Vec<mine::u8>)));
         assert!(!is_byte_string(&parse_quote!(Vec<u8, Global>)));
