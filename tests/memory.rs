@@ -279,6 +279,30 @@ fn a_huge_metadata_count_allocates_nothing_for_it() {
     });
 }
 
+/// A byte string the server would read into memory of its own is given room as its bytes come,
+/// not as its length claims: a request claiming 15 MiB of bytes and sending 1,000 before the
+/// peer stops costs the server a fraction of a MiB.
+#[test]
+fn a_claimed_byte_string_allocates_only_for_what_came() {
+    scenario(async {
+        let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+        let mut raw = RawClient::handshake(addr).await;
+        let start = baseline();
+        let claimed = 15 * MIB;
+        let mut args = varint(claimed as u64);
+        args.extend_from_slice(&[1; 1000]);
+        let mut frame = request(4, "echo_buf", &args);
+        let length = (frame.len() - 4 - 1000 + claimed) as u32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        raw.send(&frame).await;
+        // The server reads to the end of what was sent, then closes the connection.
+        raw.stream.shutdown().await.expect("shuts down");
+        let _ = within("the server to close", raw.expect_go_away(3, "")).await;
+        let peak = peak_above(start);
+        assert!(peak < MIB, "{} KiB allocated for a claim", peak / 1024);
+    });
+}
+
 /// A server that calls back a client serving back, 200,000 times with 1 KiB each (200 MiB),
 /// and reads nothing: the
 /// client's side of the calls back queues its answers within its limit, stops taking calls,

@@ -81,8 +81,9 @@ pub fn outgoing_bytes(bytes: impl ByteString) -> crate::Payload {
 /// than a byte at a time through serde's sequence calls. postcard encodes both alike (a varint
 /// length, then the bytes), so the wire does not change; only the cost of the call does. (On
 /// the way out, it goes as a [`Payload`](crate::Payload), which sends it from its own memory.)
-/// A large one is decoded into the memory of a large frame or vector dropped before it, if the
-/// process kept one, rather than into fresh memory.
+/// A large one that ends its frame was read into a vector of its own, which it takes; another
+/// is copied into the memory of a large frame or vector dropped before it, if the process kept
+/// one, rather than into fresh memory.
 #[derive(Debug)]
 pub struct ByteVec(pub Vec<u8>);
 
@@ -104,6 +105,13 @@ impl<'de> serde::Deserialize<'de> for ByteVec {
             }
 
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+                // The byte string of a split frame: its bytes were read into a vector of their
+                // own, and its length here rewritten to nothing.
+                if bytes.is_empty()
+                    && let Some(tail) = protocol::take_tail(bytes.as_ptr())
+                {
+                    return Ok(tail);
+                }
                 Ok(protocol::copied(bytes))
             }
 
@@ -113,6 +121,17 @@ impl<'de> serde::Deserialize<'de> for ByteVec {
         }
         deserializer.deserialize_byte_buf(Bytes).map(ByteVec)
     }
+}
+
+/// Calls a method whose result is a byte string: a large one is read into memory of its own
+/// and becomes the result without a copy.
+pub async fn call_byte_string<A: serde::Serialize, B: ByteString>(
+    channel: &crate::Channel,
+    method: &'static crate::MethodInfo,
+    args: &A,
+) -> Result<B, crate::RpcError> {
+    let bytes = channel.call_byte_string(method, args).await?;
+    Ok(bytes.into_bytes())
 }
 
 /// Whether a generated client calls its service in this process.

@@ -79,6 +79,16 @@ pub trait Service: Send + Sync + 'static {
     /// The name of the method a request calls, for error reports.
     fn method_name(request: &Self::Request) -> &'static str;
 
+    /// Whether the arguments of `method` end in a `Vec<u8>` or `serde_bytes::ByteBuf` that
+    /// [`Service::decode_request`] takes as it was read, rather than copied: then the server
+    /// reads a large one into memory of its own. Generated; the default, `false`, is always
+    /// correct.
+    #[doc(hidden)]
+    fn ends_in_byte_string(method: &str) -> bool {
+        let _ = method;
+        false
+    }
+
     /// Runs a call. The future owns what it needs, so the server can spawn it.
     fn call(&self, request: Self::Request)
     -> impl Future<Output = Self::Response> + Send + 'static;

@@ -296,19 +296,27 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         let arg_types = args.iter().map(|arg| &arg.ty);
         let plain: Vec<TokenStream> = method.plain_args().map(sent_form).collect();
         let info = method_info(method);
-        let received = method
-            .output_as_bytes
-            .then(|| quote! { .map(::rpc_core::__private::ByteVec::into_bytes) });
+        let channel_call = |call: TokenStream| quote! { self.#channel.#call.await };
         let call = match (method.upload(), method.download.is_some()) {
-            (None, false) => quote! { call(&#info, &(#(#plain,)*)) },
-            (None, true) => quote! { call_streaming(&#info, &(#(#plain,)*)) },
+            // Read into memory of its own when large, a byte string becomes the result as it is.
+            (None, false) if method.output_as_bytes => quote! {
+                ::rpc_core::__private::call_byte_string(&self.#channel, &#info, &(#(#plain,)*))
+                    .await
+            },
+            (None, false) => channel_call(quote! { call(&#info, &(#(#plain,)*)) }),
+            (None, true) => channel_call(quote! { call_streaming(&#info, &(#(#plain,)*)) }),
             (Some(upload), false) => {
                 let upload = &upload.ident;
-                quote! { call_upload(&#info, &(#(#plain,)*), #upload) }
+                let call = channel_call(quote! { call_upload(&#info, &(#(#plain,)*), #upload) });
+                if method.output_as_bytes {
+                    quote! { #call.map(::rpc_core::__private::ByteVec::into_bytes) }
+                } else {
+                    call
+                }
             }
             (Some(upload), true) => {
                 let upload = &upload.ident;
-                quote! { call_bidi(&#info, &(#(#plain,)*), #upload) }
+                channel_call(quote! { call_bidi(&#info, &(#(#plain,)*), #upload) })
             }
         };
         let name = &method.name;
@@ -343,7 +351,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
                         ),
                     };
                 }
-                self.#channel.#call.await #received
+                #call
             }
         }
     });
@@ -527,6 +535,26 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
                 }),
         }
     });
+    let byte_string_arms: Vec<TokenStream> = service
+        .methods
+        .iter()
+        .filter(|method| method.ends_in_byte_string())
+        .map(|method| {
+            let Method { cfgs, name, .. } = method;
+            quote! { #(#cfgs)* #name => true, }
+        })
+        .collect();
+    // Most services have no such method: the provided `false` stands.
+    let ends_in_byte_string = (!byte_string_arms.is_empty()).then(|| {
+        quote! {
+            fn ends_in_byte_string(#method: &::core::primitive::str) -> bool {
+                match #method {
+                    #(#byte_string_arms)*
+                    _ => false,
+                }
+            }
+        }
+    });
     let name_arms = service.methods.iter().map(|method| {
         let Method {
             cfgs,
@@ -616,6 +644,8 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
                     _ => ::core::result::Result::Err(::rpc_core::DecodeError::UnknownMethod),
                 }
             }
+
+            #ends_in_byte_string
 
             fn method_name(#req: &#request) -> &'static ::core::primitive::str {
                 match #req {

@@ -60,6 +60,12 @@ impl Method {
     pub(crate) fn plain_args(&self) -> impl Iterator<Item = &Arg> {
         self.args.iter().filter(|arg| arg.stream_item.is_none())
     }
+
+    /// Whether the request's arguments end in a byte string and nothing is streamed in: the
+    /// server may read a large one into memory of its own and take it without a copy.
+    pub(crate) fn ends_in_byte_string(&self) -> bool {
+        self.upload().is_none() && self.plain_args().last().is_some_and(|arg| arg.as_bytes)
+    }
 }
 
 /// One argument after `&self`.

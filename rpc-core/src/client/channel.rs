@@ -17,6 +17,7 @@ use super::endpoint::{Endpoint, EndpointState, EndpointStatus, Outstanding};
 use super::local::Local;
 use super::pool::Pool;
 use super::retry::RetryBudget;
+use crate::__private::ByteVec;
 use crate::health::ServingStatus;
 use crate::intercept::ClientInterceptor;
 use crate::protocol::{Decode, Encode};
@@ -346,10 +347,38 @@ impl Channel {
         A: Encode + ?Sized,
         R: Decode,
     {
+        self.call_taking(method, args, false).await
+    }
+
+    /// [`Channel::call`] of a method whose result is a byte string: a large one is read into
+    /// memory of its own, which becomes the result without a copy.
+    pub(crate) async fn call_byte_string<A>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<ByteVec, RpcError>
+    where
+        A: Encode + ?Sized,
+    {
+        self.call_taking(method, args, true).await
+    }
+
+    /// [`Channel::call_as`]; `takes_byte_string` if `R` is a byte string taken as it was read.
+    async fn call_taking<A, R>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        takes_byte_string: bool,
+    ) -> Result<R, RpcError>
+    where
+        A: Encode + ?Sized,
+        R: Decode,
+    {
         let span = self.span(method);
         let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
         let metadata = self.call_metadata(&span);
-        let spec = self.spec(method, &metadata);
+        let mut spec = self.spec(method, &metadata);
+        spec.takes_byte_string = takes_byte_string;
         let mut avoid = None;
         let mut not_run_retries = self.not_run_retries();
         // The span is entered around each step rather than wrapped around the whole call, and
@@ -642,6 +671,7 @@ impl Channel {
             deadline: self.deadline,
             expires: Instant::now().checked_add(self.deadline),
             metadata,
+            takes_byte_string: false,
         }
     }
 

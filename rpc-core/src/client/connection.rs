@@ -16,7 +16,7 @@ use super::ClientConfig;
 use super::pending::{Forgotten, Pending, Reply};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
-    Outcome, PeerInfo, Queue, code, finish_frame, go_away, write_frames_through,
+    Outcome, PeerInfo, Queue, Tail, code, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
@@ -71,6 +71,9 @@ pub(crate) struct CallSpec<'a> {
     /// When the call, retries included, must be over.
     pub(crate) expires: Option<Instant>,
     pub(crate) metadata: &'a Metadata,
+    /// The result is a byte string the caller takes as it was read: a large one may be read
+    /// into memory of its own.
+    pub(crate) takes_byte_string: bool,
 }
 
 impl CallSpec<'_> {
@@ -137,6 +140,7 @@ impl Connection {
             deadline: within,
             expires: Instant::now().checked_add(within),
             metadata: &metadata,
+            takes_byte_string: false,
         };
         self.start(spec, &("",), None, false)
             .await
@@ -297,7 +301,7 @@ impl Connection {
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
         let answer = self
             .pending
-            .register(id, method.name, frame, spec.expires)
+            .register(id, method.name, frame, spec.expires, spec.takes_byte_string)
             .map_err(Failure::NotRun)?;
         let mut waiting = Waiting {
             connection: self,
@@ -390,9 +394,9 @@ pub(crate) struct Answered {
 impl Answered {
     /// The result of a call without a streamed result.
     pub(crate) fn into_value<R: Decode>(mut self) -> Result<R, Failure> {
-        let mut body = self.take_body()?;
+        let (mut body, tail) = self.take_body()?;
         let whole = 0..body.len();
-        R::decode(&mut body, whole).map_err(|e| {
+        protocol::decode_with(&mut body, whole, tail, R::decode_lent).map_err(|e| {
             Failure::Final(RpcError::Decode {
                 method: self.method.name.to_owned(),
                 reason: e.to_string(),
@@ -427,10 +431,10 @@ impl Answered {
 
     /// The answer's body, moved out: a clone would change the reference count the body
     /// shares with the buffer the connection's reader, on another thread, reads into.
-    fn take_body(&mut self) -> Result<Bytes, Failure> {
+    fn take_body(&mut self) -> Result<(Bytes, Option<Tail>), Failure> {
         let method = self.method.name;
         match &mut self.reply {
-            Reply::Ok(body) => Ok(std::mem::take(body)),
+            Reply::Ok(body, tail) => Ok((std::mem::take(body), tail.take())),
             Reply::Err { code, message } => {
                 let method = method.to_owned();
                 Err(remote_error(
@@ -555,6 +559,22 @@ const LOOK_AT_DEADLINES_EVERY: u32 = 256;
 /// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
 /// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
 /// whether any call still waits with a deadline.
+/// Where the value begins of the response whose payload starts with `prefix`, if it answers a
+/// call that takes its result, a byte string, as it was read: for the reader to read a large
+/// one into memory of its own.
+fn byte_string_result(pending: &Pending, prefix: &[u8]) -> Option<usize> {
+    match Head::decode(prefix) {
+        Ok((
+            Head::Response {
+                id,
+                outcome: Outcome::Ok,
+            },
+            value,
+        )) if pending.takes_byte_string(id) => Some(prefix.len() - value.len()),
+        _ => None,
+    }
+}
+
 fn expire_calls(pending: &Pending, outbox: &Outbox, timer: Pin<&mut Sleep>) -> bool {
     let next = pending.expire(Instant::now(), |id| {
         // The request is ahead of this in the outbox, so the server sees it first.
@@ -615,12 +635,14 @@ async fn read_responses<R: AsyncRead + Unpin>(
         }
         let frame = tokio::select! {
             biased;
-            frame = reader.next_frame() => Some(frame),
+            frame = reader.next_frame_split(|prefix| byte_string_result(pending, prefix)) => {
+                Some(frame)
+            }
             () = &mut deadline, if deadline_set => None,
             () = std::future::poll_fn(|cx| pending.poll_earlier_deadline(cx)) => None,
         };
-        let payload = match frame {
-            Some(Ok(Some(payload))) => payload,
+        let (payload, tail) = match frame {
+            Some(Ok(Some(frame))) => frame,
             Some(Ok(None)) => break RpcError::ConnectionClosed,
             Some(Err(error)) => break error,
             None => {
@@ -644,7 +666,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
         match Head::decode(&payload) {
             Ok((Head::Response { id, outcome }, body)) => {
                 let reply = match outcome {
-                    Outcome::Ok => Reply::Ok(payload.slice_ref(body)),
+                    Outcome::Ok => Reply::Ok(payload.slice_ref(body), tail),
                     Outcome::Err { code, message } => Reply::Err {
                         code,
                         message: message.into_owned(),
@@ -687,4 +709,43 @@ async fn read_responses<R: AsyncRead + Unpin>(
     tracing::debug!(%reason, "client connection closed");
     closer.close(reason);
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response's value is offered for a split only if it answers a waiting call that takes
+    /// its result as a byte string as it was read, and only where the value begins.
+    #[test]
+    fn only_a_byte_string_result_of_a_waiting_call_is_read_apart() {
+        let pending = Pending::default();
+        let request = || Frame::from(vec![0u8; 8]);
+        let _bytes = pending.register(1, "f", request(), None, true);
+        let _value = pending.register(2, "f", request(), None, false);
+        let response = |id, outcome| {
+            let mut payload =
+                postcard::to_stdvec(&Head::Response { id, outcome }).expect("encodes");
+            payload.extend_from_slice(&[0x80, 0x80, 0x04, 1, 2, 3]);
+            payload
+        };
+        let ok = response(1, Outcome::Ok);
+        assert_eq!(byte_string_result(&pending, &ok), Some(ok.len() - 6));
+        assert_eq!(
+            byte_string_result(&pending, &response(2, Outcome::Ok)),
+            None
+        );
+        assert_eq!(
+            byte_string_result(&pending, &response(3, Outcome::Ok)),
+            None,
+            "no such call"
+        );
+        let failed = Outcome::Err {
+            code: code::NOT_RUN,
+            message: "no".into(),
+        };
+        assert_eq!(byte_string_result(&pending, &response(1, failed)), None);
+        pending.complete(1, Reply::Ok(Bytes::new(), None));
+        assert_eq!(byte_string_result(&pending, &ok), None, "answered already");
+    }
 }

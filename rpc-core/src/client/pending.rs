@@ -18,13 +18,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::RpcError;
-use crate::protocol::{Claim, Frame};
+use crate::protocol::{Claim, Frame, Tail};
 
 /// What the connection's reader hands a waiting call.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The call returned; the bytes are its encoded return value.
-    Ok(Bytes),
+    /// The call returned; the bytes are its encoded return value, with its byte string if the
+    /// reader read that into memory of its own.
+    Ok(Bytes, Option<Tail>),
     /// The server reported an error.
     Err { code: u32, message: String },
     /// The connection ended before an answer came.
@@ -139,6 +140,9 @@ struct Waiter {
     unsent: Option<Frame>,
     /// When the call's deadline passes, if it has one.
     expires: Option<Instant>,
+    /// The call's result is a byte string it takes as it was read: a large one may be read
+    /// into memory of its own.
+    takes_byte_string: bool,
 }
 
 impl Pending {
@@ -156,6 +160,7 @@ impl Pending {
         method: &str,
         request: Frame,
         expires: Option<Instant>,
+        takes_byte_string: bool,
     ) -> Result<ReplyFuture<'_>, RpcError> {
         let mut state = self.state();
         // The server said it takes no new calls: that says more than how the connection ended.
@@ -171,6 +176,7 @@ impl Pending {
             reply: Slot::Waiting(None),
             unsent: Some(request),
             expires,
+            takes_byte_string,
         };
         state.calls.insert(id, waiter);
         // Calls mostly share their channel's deadline, so this is rare: the first call's, and
@@ -183,6 +189,13 @@ impl Pending {
             self.reader.wake();
         }
         Ok(ReplyFuture { pending: self, id })
+    }
+
+    /// Whether call `id` waits for a result that is a byte string it takes as it was read.
+    pub(crate) fn takes_byte_string(&self, id: u64) -> bool {
+        let state = self.state();
+        let waiter = state.calls.get(&id);
+        waiter.is_some_and(|waiter| waiter.takes_byte_string && waiter.is_waiting())
     }
 
     /// The reply to call `id` if it came, taken with the call's place in the table; otherwise
@@ -389,12 +402,16 @@ mod tests {
     #[test]
     fn only_a_request_in_one_piece_is_claimed_to_go_straight_through() {
         let pending = Pending::default();
-        let _small = pending.register(1, "f", request(), None).expect("open");
+        let _small = pending
+            .register(1, "f", request(), None, false)
+            .expect("open");
         let mut spliced = Frame::default();
         spliced
             .append(&crate::Payload::from(vec![7u8; 1 << 20]))
             .expect("encodes");
-        let _large = pending.register(2, "f", spliced, None).expect("open");
+        let _large = pending
+            .register(2, "f", spliced, None, false)
+            .expect("open");
         assert_eq!(
             pending.claim_contiguous(1).map(|frame| frame.len()),
             Some(8)
@@ -410,8 +427,12 @@ mod tests {
     #[tokio::test]
     async fn close_fails_waiting_and_later_calls() {
         let pending = Pending::default();
-        let sent = pending.register(1, "f", request(), None).expect("open");
-        let unsent = pending.register(3, "f", request(), None).expect("open");
+        let sent = pending
+            .register(1, "f", request(), None, false)
+            .expect("open");
+        let unsent = pending
+            .register(3, "f", request(), None, false)
+            .expect("open");
         assert!(
             pending.claim(1).is_some(),
             "the writer took call 1's request"
@@ -429,7 +450,7 @@ mod tests {
             "a request never written did not run"
         );
         assert!(matches!(
-            pending.register(2, "f", request(), None),
+            pending.register(2, "f", request(), None, false),
             Err(RpcError::ConnectionClosed)
         ));
     }
@@ -437,26 +458,32 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_their_own_call() {
         let pending = Pending::default();
-        let one = pending.register(1, "f", request(), None).expect("open");
-        let two = pending.register(2, "f", request(), None).expect("open");
-        pending.complete(2, Reply::Ok(Bytes::from_static(b"2")));
-        pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
-        pending.complete(3, Reply::Ok(Bytes::new()));
-        assert!(matches!(one.await, Some(Reply::Ok(b)) if b == "1"));
-        assert!(matches!(two.await, Some(Reply::Ok(b)) if b == "2"));
+        let one = pending
+            .register(1, "f", request(), None, false)
+            .expect("open");
+        let two = pending
+            .register(2, "f", request(), None, false)
+            .expect("open");
+        pending.complete(2, Reply::Ok(Bytes::from_static(b"2"), None));
+        pending.complete(1, Reply::Ok(Bytes::from_static(b"1"), None));
+        pending.complete(3, Reply::Ok(Bytes::new(), None));
+        assert!(matches!(one.await, Some(Reply::Ok(b, _)) if b == "1"));
+        assert!(matches!(two.await, Some(Reply::Ok(b, _)) if b == "2"));
     }
 
     #[tokio::test]
     async fn draining_refuses_new_calls_and_answers_old_ones() {
         let pending = Pending::default();
-        let old = pending.register(1, "f", request(), None).expect("open");
+        let old = pending
+            .register(1, "f", request(), None, false)
+            .expect("open");
         pending.drain();
         assert!(matches!(
-            pending.register(2, "g", request(), None),
+            pending.register(2, "g", request(), None, false),
             Err(RpcError::ServerClosing { method }) if method == "g"
         ));
-        pending.complete(1, Reply::Ok(Bytes::new()));
-        assert!(matches!(old.await, Some(Reply::Ok(_))));
+        pending.complete(1, Reply::Ok(Bytes::new(), None));
+        assert!(matches!(old.await, Some(Reply::Ok(..))));
         assert_eq!(
             pending.forget(1),
             Forgotten::NotWaiting,
@@ -471,15 +498,17 @@ mod tests {
         let soon = now + std::time::Duration::from_millis(10);
         let later = now + std::time::Duration::from_secs(1);
         let written = pending
-            .register(1, "f", request(), Some(soon))
+            .register(1, "f", request(), Some(soon), false)
             .expect("open");
         let unwritten = pending
-            .register(2, "f", request(), Some(soon))
+            .register(2, "f", request(), Some(soon), false)
             .expect("open");
         let _waits = pending
-            .register(3, "f", request(), Some(later))
+            .register(3, "f", request(), Some(later), false)
             .expect("open");
-        let _forever = pending.register(4, "f", request(), None).expect("open");
+        let _forever = pending
+            .register(4, "f", request(), None, false)
+            .expect("open");
         assert!(
             pending.claim(1).is_some(),
             "the writer took call 1's request"
@@ -511,14 +540,14 @@ mod tests {
         let now = Instant::now();
         let soon = now + std::time::Duration::from_millis(10);
         let answered = pending
-            .register(1, "f", request(), Some(soon))
+            .register(1, "f", request(), Some(soon), false)
             .expect("open");
         assert!(pending.claim(1).is_some(), "written");
-        pending.complete(1, Reply::Ok(Bytes::from_static(b"1")));
+        pending.complete(1, Reply::Ok(Bytes::from_static(b"1"), None));
         let mut cancelled = Vec::new();
         assert_eq!(pending.expire(soon, |id| cancelled.push(id)), None);
         assert!(cancelled.is_empty(), "nothing to cancel: {cancelled:?}");
-        assert!(matches!(answered.await, Some(Reply::Ok(b)) if b == "1"));
+        assert!(matches!(answered.await, Some(Reply::Ok(b, _)) if b == "1"));
     }
 
     /// Counts its wakes.
@@ -536,7 +565,11 @@ mod tests {
     #[test]
     fn the_reply_wakes_the_task_that_polled_last() {
         let pending = Pending::default();
-        let mut reply = std::pin::pin!(pending.register(1, "f", request(), None).expect("open"));
+        let mut reply = std::pin::pin!(
+            pending
+                .register(1, "f", request(), None, false)
+                .expect("open")
+        );
         let (first, last) = (
             std::sync::Arc::new(Wakes::default()),
             std::sync::Arc::new(Wakes::default()),
@@ -550,7 +583,7 @@ mod tests {
                     .is_pending()
             );
         }
-        pending.complete(1, Reply::Ok(Bytes::new()));
+        pending.complete(1, Reply::Ok(Bytes::new(), None));
         assert_eq!(first.0.load(Ordering::Relaxed), 0);
         assert_eq!(last.0.load(Ordering::Relaxed), 1);
     }
@@ -558,8 +591,12 @@ mod tests {
     #[test]
     fn a_call_forgotten_before_its_turn_takes_its_request_back() {
         let pending = Pending::default();
-        pending.register(1, "f", request(), None).expect("open");
-        pending.register(2, "f", request(), None).expect("open");
+        pending
+            .register(1, "f", request(), None, false)
+            .expect("open");
+        pending
+            .register(2, "f", request(), None, false)
+            .expect("open");
         assert!(pending.claim(2).is_some());
         assert_eq!(pending.forget(1), Forgotten::Unsent);
         assert!(pending.claim(1).is_none(), "nothing left for the writer");

@@ -3,11 +3,13 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
+use super::spare;
+use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::telemetry::Traffic;
 
@@ -80,6 +82,20 @@ pub(crate) struct FrameReader<R> {
     largest_delivered: usize,
     /// Where the bytes read are counted, once the connection is established.
     traffic: Option<Traffic>,
+    /// The frame being read in two parts: its head in `buf`, its trailing byte string here.
+    splitting: Option<Splitting>,
+    /// The frame at the start of `buf` was offered for a split and is read whole.
+    split_refused: bool,
+}
+
+/// The byte string that ends a frame being read, which goes into memory of its own.
+#[derive(Debug)]
+struct Splitting {
+    tail: Tail,
+    /// The byte string's length.
+    length: usize,
+    /// The frame's payload length.
+    size: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -97,6 +113,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             last_read: Instant::now(),
             largest_delivered: 0,
             traffic: None,
+            splitting: None,
+            split_refused: false,
         }
     }
 
@@ -118,6 +136,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// large, empty buffer was given up after a quiet spell instead.
     async fn read_more(&mut self) -> Result<Option<usize>, RpcError> {
         let read = async {
+            if let Some(splitting) = &mut self.splitting {
+                let missing = splitting.length - splitting.tail.bytes.len();
+                let mut room = (&mut splitting.tail.bytes).limit(missing);
+                return self.io.read_buf(&mut room).await.map(Some);
+            }
             if self.buf.is_empty() && self.holds_large {
                 tokio::select! {
                     read = self.io.read_buf(&mut self.buf) => read.map(Some),
@@ -167,6 +190,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf = BytesMut::new();
         self.spares = Vec::new();
         self.large_here = false;
+        self.splitting = None;
         let mut sink = [0; MIN_READ];
         let mut left = limit;
         while left > 0 {
@@ -193,30 +217,57 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// Cancel safe: bytes read so far stay buffered for the next call.
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
+        let frame = self.next_frame_split(|_| None).await?;
+        Ok(frame.map(|(payload, _)| payload))
+    }
+
+    /// Reads the next frame's payload, as [`FrameReader::next_frame`], with the large byte
+    /// string that ends it, if any, read into memory of its own ([`tail`]). `split` is asked
+    /// once about each frame that may end in one and is not all read yet: given the payload's
+    /// first bytes, where the byte string's length may begin, if the frame may end in one that
+    /// the receiver takes as a vector.
+    ///
+    /// Cancel safe: bytes read so far stay buffered for the next call.
+    pub(crate) async fn next_frame_split(
+        &mut self,
+        mut split: impl FnMut(&[u8]) -> Option<usize>,
+    ) -> Result<Option<(Bytes, Option<Tail>)>, RpcError> {
         loop {
-            if let Some(payload) = self.buffered_frame()? {
-                return Ok(Some(payload));
-            }
-            // What the next frame still lacks: its length prefix checked, the rest of it.
-            let wanted = match length_prefix(&self.buf) {
-                Some(size) => LENGTH_PREFIX + size - self.buf.len(),
-                None => LENGTH_PREFIX - self.buf.len(),
+            let room = match &mut self.splitting {
+                Some(splitting) => {
+                    let bytes = &mut splitting.tail.bytes;
+                    if bytes.len() == splitting.length {
+                        return Ok(Some(self.finish_split()));
+                    }
+                    // Room for the bytes the peer has shown it sends, or for twice those it
+                    // sent so far, never for a length it merely claimed.
+                    if bytes.capacity() == bytes.len() {
+                        let trusted = READ_CHUNK.max(2 * bytes.len()).max(self.largest_delivered);
+                        bytes.reserve_exact(splitting.length.min(trusted) - bytes.len());
+                    }
+                    None
+                }
+                None => {
+                    if let Some(payload) = self.buffered_frame()? {
+                        return Ok(Some((payload, None)));
+                    }
+                    if let Some(size) = self.may_split() {
+                        let prefix = &self.buf[LENGTH_PREFIX..];
+                        match split(prefix).and_then(|from| tail::find(prefix, from, size)) {
+                            Some(at) => self.begin_split(at, size),
+                            None => self.split_refused = true,
+                        }
+                        continue;
+                    }
+                    Some(self.make_room_for_next())
+                }
             };
-            let trusted = READ_CHUNK
-                .max(self.buf.len())
-                .max(LENGTH_PREFIX + self.largest_delivered);
-            let room = wanted.min(trusted);
-            // Frames handed on still share the buffer's memory, so making room means a new
-            // allocation: it is done only when little room is left, and then for many frames.
-            if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
-                self.make_room(room.max(self.read_room));
-                self.holds_large |= self.read_room > IDLE_BUFFER_KEEP;
-            }
-            let free = self.buf.capacity() - self.buf.len();
             let Some(read) = self.read_more().await? else {
                 continue; // a large buffer was given up: make room again
             };
-            self.read_room = next_read_room(self.read_room, read, free);
+            if let Some(free) = room {
+                self.read_room = next_read_room(self.read_room, read, free);
+            }
             if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -231,6 +282,65 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 traffic.received(read);
             }
         }
+    }
+
+    /// Makes room for the next read into the buffer; returns the room it has.
+    fn make_room_for_next(&mut self) -> usize {
+        // What the next frame still lacks: its length prefix checked, the rest of it.
+        let wanted = match length_prefix(&self.buf) {
+            Some(size) => LENGTH_PREFIX + size - self.buf.len(),
+            None => LENGTH_PREFIX - self.buf.len(),
+        };
+        let trusted = READ_CHUNK
+            .max(self.buf.len())
+            .max(LENGTH_PREFIX + self.largest_delivered);
+        let room = wanted.min(trusted);
+        // Frames handed on still share the buffer's memory, so making room means a new
+        // allocation: it is done only when little room is left, and then for many frames.
+        if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
+            self.make_room(room.max(self.read_room));
+            self.holds_large |= self.read_room > IDLE_BUFFER_KEEP;
+        }
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// The payload length of the frame at the buffer's start, if it is large enough to end in
+    /// a byte string worth reading apart and has not been offered for a split yet.
+    fn may_split(&self) -> Option<usize> {
+        let size = length_prefix(&self.buf)?;
+        (!self.split_refused && size > tail::MIN_TAIL).then_some(size)
+    }
+
+    /// Reads the frame at the buffer's start, of `size` bytes, in two parts from here on: its
+    /// head, with the byte string's length rewritten to `0`, stays in the buffer; the byte
+    /// string's bytes, those read so far moved first, go into a vector of their own.
+    fn begin_split(&mut self, split: Split, size: usize) {
+        let length_at = LENGTH_PREFIX + split.at;
+        let bytes_at = length_at + split.length_len;
+        let trusted = READ_CHUNK.max(self.buf.len()).max(self.largest_delivered);
+        let mut bytes = Vec::new();
+        spare::reserve(&mut bytes, split.length.min(trusted));
+        bytes.extend_from_slice(&self.buf[bytes_at..]);
+        let tail = Tail::new(bytes, &self.buf[length_at..bytes_at]);
+        self.buf.truncate(length_at);
+        self.buf.extend_from_slice(&[0]);
+        self.splitting = Some(Splitting {
+            tail,
+            length: split.length,
+            size,
+        });
+    }
+
+    /// The frame read in two parts, now whole: its head and its byte string.
+    fn finish_split(&mut self) -> (Bytes, Option<Tail>) {
+        let Some(Splitting { tail, size, .. }) = self.splitting.take() else {
+            unreachable!("a split is finished only while one is under way");
+        };
+        self.buf.advance(LENGTH_PREFIX);
+        let head = self.buf.split().freeze();
+        self.split_refused = false;
+        self.largest_delivered = self.largest_delivered.max(size);
+        (head, Some(tail))
     }
 }
 
@@ -345,6 +455,7 @@ impl<R> FrameReader<R> {
 
     /// Notes a frame of `size` bytes handed on from the buffer.
     fn delivered(&mut self, size: usize) {
+        self.split_refused = false;
         self.holds_large |= size > IDLE_BUFFER_KEEP;
         self.large_here |= size > IDLE_BUFFER_KEEP;
         self.largest_delivered = self.largest_delivered.max(size);
@@ -962,5 +1073,125 @@ mod room_tests {
         tx.write_all(&[3; 10]).await.expect("writes");
         read_what_arrived(&mut reader).await;
         assert!(reader.buf.capacity() < 3 * BIG, "{}", reader.buf.capacity());
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::tests::frame;
+    use super::*;
+
+    /// A payload of `head`, then a byte string of `length` bytes of `fill` to its end.
+    fn ending_in_bytes(head: &[u8], length: usize, fill: u8) -> Vec<u8> {
+        let mut payload = head.to_vec();
+        payload.extend(postcard::to_stdvec(&length).expect("encodes"));
+        payload.resize(payload.len() + length, fill);
+        payload
+    }
+
+    /// A frame that ends in a large byte string, arriving in pieces, is read in two parts
+    /// where the splitter says its byte string may begin: the head, with the length rewritten
+    /// to `0`, and the bytes in a vector of their own. The frames around it are untouched.
+    #[tokio::test]
+    async fn a_large_frame_ending_in_a_byte_string_is_read_in_two_parts() {
+        let length = tail::MIN_TAIL + 1000;
+        let mut bytes = frame(b"one");
+        bytes.extend(frame(&ending_in_bytes(b"h", length, 7)));
+        bytes.extend(frame(b"two"));
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move { tx.write_all(&bytes).await });
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        let mut asked = 0;
+        let mut split = |prefix: &[u8]| {
+            asked += 1;
+            prefix.starts_with(b"h").then_some(1)
+        };
+        let (one, tail) = reader
+            .next_frame_split(&mut split)
+            .await
+            .expect("reads")
+            .expect("a frame");
+        assert_eq!((&one[..], tail.is_none()), (&b"one"[..], true));
+        let (head, tail) = reader
+            .next_frame_split(&mut split)
+            .await
+            .expect("reads")
+            .expect("a frame");
+        assert_eq!(head[..], *b"h\0", "the length rewritten");
+        let tail = tail.expect("split");
+        assert_eq!(tail.bytes, vec![7; length]);
+        let (two, tail) = reader
+            .next_frame_split(&mut split)
+            .await
+            .expect("reads")
+            .expect("a frame");
+        assert_eq!((&two[..], tail.is_none()), (&b"two"[..], true));
+        assert_eq!(asked, 1, "asked once, about the large frame only");
+        assert_eq!(reader.largest_delivered, length + 4);
+        writer.await.expect("joins").expect("writes");
+    }
+
+    /// A large frame the splitter does not split, or in which no byte string runs to the end
+    /// from where it says, is read whole; it is asked once about it.
+    #[tokio::test]
+    async fn a_frame_not_split_is_read_whole() {
+        let length = tail::MIN_TAIL + 1;
+        let mut bytes = frame(&ending_in_bytes(b"h", length, 1));
+        let mut no_bytes_at_the_end = ending_in_bytes(b"h", length, 2);
+        no_bytes_at_the_end.push(0);
+        bytes.extend(frame(&no_bytes_at_the_end));
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move { tx.write_all(&bytes).await });
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        let mut asked = 0;
+        let (first, tail) = reader
+            .next_frame_split(|_| {
+                asked += 1;
+                None
+            })
+            .await
+            .expect("reads")
+            .expect("a frame");
+        assert_eq!((first.len(), tail.is_none()), (length + 4, true));
+        assert_eq!(asked, 1);
+        let (second, tail) = reader
+            .next_frame_split(|_| Some(1))
+            .await
+            .expect("reads")
+            .expect("a frame");
+        assert_eq!(
+            (&second[..], tail.is_none()),
+            (&no_bytes_at_the_end[..], true)
+        );
+        writer.await.expect("joins").expect("writes");
+    }
+
+    /// The byte string's vector grows with the bytes that come, as the buffer does: a length
+    /// claimed up to the limit, with a few bytes behind it, gets no room for all of it.
+    #[tokio::test]
+    async fn a_split_makes_room_only_for_bytes_that_came() {
+        let claimed = 8 << 20;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 16 << 20);
+        let payload = ending_in_bytes(b"h", claimed, 0);
+        tx.write_all(&frame(&payload)[..100]).await.expect("writes");
+        tokio::select! {
+            biased;
+            frame = reader.next_frame_split(|_| Some(1)) => panic!("not complete: {frame:?}"),
+            () = std::future::ready(()) => {}
+        }
+        let splitting = reader.splitting.as_ref().expect("split");
+        let room = splitting.tail.bytes.capacity();
+        assert!(room < 2 * READ_CHUNK, "{room}");
+        assert_eq!(
+            reader.buf.len(),
+            LENGTH_PREFIX + 2,
+            "the head alone stays buffered"
+        );
+        drop(tx);
+        let cut = reader.next_frame_split(|_| Some(1)).await;
+        assert!(matches!(cut, Err(RpcError::Protocol(_))), "{cut:?}");
     }
 }

@@ -14,6 +14,7 @@ mod outgoing;
 mod properties;
 mod spare;
 mod stall;
+mod tail;
 mod writer;
 
 pub use codec::CodecError;
@@ -25,6 +26,7 @@ pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, OpenScope, offer};
 pub(crate) use spare::{copied, shared};
+pub(crate) use tail::{Tail, decode_with, take as take_tail};
 pub(crate) use writer::{FrameWriter, write_frames_through};
 
 use std::borrow::Cow;

@@ -27,11 +27,11 @@ use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
 use super::services::{Served, ServiceSet};
 use crate::health::{self, service::HealthServer, service::Reporting};
-use crate::metadata::MetadataError;
+use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
-    Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
-    PeerInfo, code, error_response, finish_frame, go_away, write_frames_through,
+    self, Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
+    PeerInfo, Tail, code, error_response, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
@@ -169,6 +169,15 @@ where
         registration: registration.as_ref(),
         draining: false,
     };
+    let byte_strings = ByteStrings {
+        service: connection.service,
+        index: connection.index,
+        metadata: config.metadata,
+        #[cfg(feature = "tower")]
+        layered: connection.link.stack.is_some(),
+        #[cfg(not(feature = "tower"))]
+        layered: false,
+    };
     let mut last_request = Instant::now();
     // The futures that wait for the server, kept across turns of the loop: made anew for every
     // frame, each would register and unregister itself every time.
@@ -232,11 +241,12 @@ where
             () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
             () = reverse::wait_may_read(connection.tunnel.as_ref()),
                 if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
-            frame = reader.next_frame(), if gate.is_open() => match frame {
-                Ok(Some(mut payload)) => loop {
+            frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
+                if gate.is_open() => match frame {
+                Ok(Some((mut payload, mut tail))) => loop {
                     // More requests already read: their answers wait to share one write.
                     outbox.gather(reader.has_buffered());
-                    match connection.handle(&payload, &mut reader) {
+                    match connection.handle(&payload, tail.take(), &mut reader) {
                         Ok(Handled::Request) => {
                             last_request = reader.arrived();
                             if let Some(registration) = &registration {
@@ -386,6 +396,36 @@ struct Connection<'a, S: ServiceSet> {
     draining: bool,
 }
 
+/// Finds, for the connection's reader, the requests whose arguments end in a byte string their
+/// service takes as it was read, so that a large one is read into memory of its own.
+struct ByteStrings<'a, S> {
+    service: &'a Served<S>,
+    /// The service the client's hello named.
+    index: usize,
+    metadata: MetadataLimits,
+    /// The server's layers see the arguments whole: no frame is split under them.
+    layered: bool,
+}
+
+impl<S: ServiceSet> ByteStrings<'_, S> {
+    /// Where the arguments begin of the request whose payload starts with `prefix`, if they
+    /// end in such a byte string.
+    fn from(&self, prefix: &[u8]) -> Option<usize> {
+        if self.layered {
+            return None;
+        }
+        let Ok((Head::Request { method, .. }, rest)) = Head::decode(prefix) else {
+            return None;
+        };
+        let (index, method) = self.service.route(method, self.index).ok()?;
+        if !S::ends_in_byte_string(index, method) {
+            return None;
+        }
+        let (_, args) = Metadata::decode_prefix(rest, self.metadata).ok()?;
+        Some(prefix.len() - args.len())
+    }
+}
+
 /// What lets a connection read its next frame; it reads only when all three hold.
 struct ReadGate {
     /// A request that finds every in-flight slot taken can still be parked.
@@ -434,6 +474,7 @@ impl<S: ServiceSet> Connection<'_, S> {
     fn handle<R>(
         &mut self,
         payload: &Bytes,
+        tail: Option<Tail>,
         reader: &mut FrameReader<R>,
     ) -> Result<Handled, RpcError> {
         let arrived = reader.arrived();
@@ -520,7 +561,8 @@ impl<S: ServiceSet> Connection<'_, S> {
             return Ok(Handled::Request);
         }
         let name = self.service.infos[index].name;
-        let Some(request) = self.decode::<S>(id, (index, name), method, args, payload) else {
+        let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
+        let Some(request) = request else {
             return Ok(Handled::Request);
         };
         let parked = Parked {
@@ -555,7 +597,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         id: u64,
         (index, name): (usize, &str),
         method: &str,
-        args: &[u8],
+        (args, tail): (&[u8], Option<Tail>),
         payload: &bytes::Bytes,
     ) -> Option<T::Request> {
         let mut streams = InboundSlot {
@@ -568,7 +610,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         debug_assert_eq!(args.as_ptr_range().end, payload.as_ptr_range().end);
         let mut frame = payload.clone();
         let args = frame.len() - args.len()..frame.len();
-        let decoded = crate::payload::decoding(&mut frame, args, |args| {
+        let decoded = protocol::decode_with(&mut frame, args, tail, |args| {
             T::decode_request(index, method, args, &mut streams)
         });
         match decoded {
@@ -599,7 +641,8 @@ impl<S: ServiceSet> Connection<'_, S> {
         metadata: Metadata,
     ) {
         let health = (0, <HealthServer<Reporting> as crate::Service>::INFO.name);
-        let decoded = self.decode::<HealthServer<Reporting>>(id, health, name, args, payload);
+        let decoded =
+            self.decode::<HealthServer<Reporting>>(id, health, name, (args, None), payload);
         let Some(request) = decoded else {
             return;
         };

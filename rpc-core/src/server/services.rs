@@ -43,6 +43,11 @@ pub trait ServiceSet: sealed::Sealed + Send + Sync + 'static {
         streams: &mut InboundSlot,
     ) -> Result<Self::Request, DecodeError>;
 
+    /// Whether the arguments of `method` of the service at `index` end in a byte string read
+    /// into memory of its own ([`Service::ends_in_byte_string`]).
+    #[doc(hidden)]
+    fn ends_in_byte_string(index: usize, method: &str) -> bool;
+
     /// The service and method a request calls.
     #[doc(hidden)]
     fn names(request: &Self::Request) -> (&'static str, &'static str);
@@ -82,6 +87,10 @@ impl<S: Service> ServiceSet for S {
         streams: &mut InboundSlot,
     ) -> Result<Self::Request, DecodeError> {
         S::decode_request(method, args, streams)
+    }
+
+    fn ends_in_byte_string(_index: usize, method: &str) -> bool {
+        S::ends_in_byte_string(method)
     }
 
     fn names(request: &Self::Request) -> (&'static str, &'static str) {
@@ -181,6 +190,10 @@ impl ServiceSet for Services<()> {
         Err(DecodeError::UnknownMethod)
     }
 
+    fn ends_in_byte_string(_: usize, _: &str) -> bool {
+        false
+    }
+
     fn names(request: &Self::Request) -> (&'static str, &'static str) {
         match *request {}
     }
@@ -234,6 +247,14 @@ where
         } else {
             <Services<L> as ServiceSet>::decode_request(index, method, args, streams)
                 .map(Routed::Earlier)
+        }
+    }
+
+    fn ends_in_byte_string(index: usize, method: &str) -> bool {
+        if index == <Services<L> as ServiceSet>::COUNT {
+            S::ends_in_byte_string(method)
+        } else {
+            <Services<L> as ServiceSet>::ends_in_byte_string(index, method)
         }
     }
 
