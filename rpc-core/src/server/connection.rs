@@ -817,6 +817,74 @@ impl Drop for AbortCallsOnDrop {
 mod tests {
     use super::*;
 
+    #[rpc_core::service]
+    trait Store {
+        async fn put(&self, key: String, data: Vec<u8>) -> u64;
+        async fn rename(&self, key: String) -> String;
+    }
+
+    struct Nothing;
+
+    impl Store for Nothing {
+        async fn put(&self, _: String, data: Vec<u8>) -> u64 {
+            data.len() as u64
+        }
+
+        async fn rename(&self, key: String) -> String {
+            key
+        }
+    }
+
+    /// A request payload calling `method` with `args`, under one metadata entry.
+    fn request(method: &str, args: &[u8]) -> Vec<u8> {
+        let head = Head::Request {
+            id: 300,
+            method,
+            timeout_ms: 30_000,
+        };
+        let mut payload = postcard::to_stdvec(&head).expect("encodes");
+        payload.extend_from_slice(b"\x01\x03key\x02va");
+        payload.extend_from_slice(args);
+        payload
+    }
+
+    /// The reader is told where the arguments begin for a method whose arguments end in a
+    /// byte string, named alone or with its service, and for nothing else: another method, a
+    /// method of no service, a frame that is not a request, a head not all there, or a server
+    /// whose layers see the arguments whole.
+    #[test]
+    fn only_requests_ending_in_a_byte_string_are_offered_for_a_split() {
+        let served = Served::new(StoreServer::new(Nothing)).expect("a valid service");
+        let mut finder = ByteStrings {
+            service: &served,
+            index: 0,
+            metadata: MetadataLimits::DEFAULT,
+            layered: false,
+        };
+        let args = b"\x01k\x03abc";
+        for method in ["put", "Store.put"] {
+            let put = request(method, args);
+            assert_eq!(finder.from(&put), Some(put.len() - args.len()), "{method}");
+        }
+        assert_eq!(finder.from(&request("rename", b"\x01k")), None);
+        assert_eq!(finder.from(&request("remove", args)), None);
+        assert_eq!(finder.from(&request("Other.put", args)), None);
+        let put = request("put", args);
+        assert_eq!(
+            finder.from(&put[..put.len() - args.len() - 2]),
+            None,
+            "cut short"
+        );
+        let response = Head::Response {
+            id: 300,
+            outcome: protocol::Outcome::Ok,
+        };
+        let response = postcard::to_stdvec(&response).expect("encodes");
+        assert_eq!(finder.from(&response), None);
+        finder.layered = true;
+        assert_eq!(finder.from(&put), None, "under layers");
+    }
+
     /// The idle timer: a connection not idle now is never over its timeout, and its timer is
     /// set a whole timeout ahead; one idle since a while is over once the timeout has passed
     /// since then, and before that its timer is set for exactly then.
