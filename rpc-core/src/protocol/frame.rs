@@ -83,7 +83,8 @@ pub(crate) struct FrameReader<R> {
     /// Where the bytes read are counted, once the connection is established.
     traffic: Option<Traffic>,
     /// The frame being read in two parts: its head in `buf`, its trailing byte string here.
-    splitting: Option<Splitting>,
+    /// Boxed: every connection holds a reader, few ever split a frame.
+    splitting: Option<Box<Splitting>>,
     /// The frame at the start of `buf` was offered for a split and is read whole.
     split_refused: bool,
 }
@@ -324,16 +325,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let tail = Tail::new(bytes, &self.buf[length_at..bytes_at]);
         self.buf.truncate(length_at);
         self.buf.extend_from_slice(&[0]);
-        self.splitting = Some(Splitting {
+        self.splitting = Some(Box::new(Splitting {
             tail,
             length: split.length,
             size,
-        });
+        }));
     }
 
     /// The frame read in two parts, now whole: its head and its byte string.
     fn finish_split(&mut self) -> (Bytes, Option<Tail>) {
-        let Some(Splitting { tail, size, .. }) = self.splitting.take() else {
+        let Some(Splitting { tail, size, .. }) = self.splitting.take().map(|split| *split) else {
             unreachable!("a split is finished only while one is under way");
         };
         self.buf.advance(LENGTH_PREFIX);
