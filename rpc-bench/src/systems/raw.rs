@@ -1,7 +1,10 @@
 //! The floor: length-prefixed postcard frames over one TCP connection, one call at a time, with
 //! no ids, no multiplexing, no handshake, no lock and no copy a socket does not force: a caller
 //! owns its connection, encodes into one reused buffer and sends it with one write; each side
-//! reads whatever has arrived into one reused buffer and decodes frames where they lie.
+//! reads whatever has arrived into one reused buffer and decodes frames where they lie. A
+//! stream's items are encoded in 64 KiB chunks that a task of their own writes, the two
+//! passing the chunks back and forth: on one shared runtime, writing from the encoding task
+//! left a core idle, and the floor fell below rpc-core's streams.
 
 use std::net::SocketAddr;
 
@@ -9,8 +12,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use super::System;
 
@@ -51,7 +56,7 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// Reads until a whole frame is in `read`; its body is `read[PREFIX..PREFIX + len]`.
-async fn read_frame(stream: &mut TcpStream, read: &mut BytesMut) -> Option<usize> {
+async fn read_frame(stream: &mut (impl AsyncRead + Unpin), read: &mut BytesMut) -> Option<usize> {
     loop {
         if let Some(len) = frame_len(read) {
             if read.len() >= PREFIX + len {
@@ -65,7 +70,10 @@ async fn read_frame(stream: &mut TcpStream, read: &mut BytesMut) -> Option<usize
     }
 }
 
-async fn serve_connection(mut stream: TcpStream) {
+async fn serve_connection(stream: TcpStream) {
+    // Halves that own the socket between them, without a lock, so that a stream's writes can
+    // go to a task of their own.
+    let (mut stream, mut writer) = stream.into_split();
     let mut read = BytesMut::with_capacity(64 * 1024);
     let mut write = Vec::with_capacity(64 * 1024);
     while read_frame(&mut stream, &mut read).await.is_some() {
@@ -90,25 +98,53 @@ async fn serve_connection(mut stream: TcpStream) {
                     let Ok(items) = postcard::from_bytes::<u64>(args) else {
                         return;
                     };
-                    for item in 0..items {
-                        encode(&mut write, None, &item);
-                        if write.len() >= 64 * 1024 {
-                            if stream.write_all(&write).await.is_err() {
-                                return;
-                            }
-                            write.clear();
-                        }
-                    }
+                    let Some(back) = stream_items(writer, &mut write, items).await else {
+                        return;
+                    };
+                    writer = back;
                 }
                 _ => return,
             }
             read.advance(PREFIX + len);
         }
-        if stream.write_all(&write).await.is_err() {
+        if writer.write_all(&write).await.is_err() {
             return;
         }
         write.clear();
     }
+}
+
+/// Sends `items` numbers as frames, encoded here in chunks of 64 KiB while a task of their own
+/// writes the chunks before them, so that encoding and writing run at once on two cores, as a
+/// streaming sender's should; the chunks' memory goes back and forth, never allocated anew.
+/// Gives the write half back once all is written, with `write` empty; `None` if a write failed.
+async fn stream_items(
+    mut writer: OwnedWriteHalf,
+    write: &mut Vec<u8>,
+    items: u64,
+) -> Option<OwnedWriteHalf> {
+    let (full, mut to_write) = mpsc::channel::<Vec<u8>>(2);
+    let (written, mut empty) = mpsc::channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = written.try_send(Vec::with_capacity(64 * 1024));
+    }
+    let writing = tokio::spawn(async move {
+        while let Some(mut chunk) = to_write.recv().await {
+            writer.write_all(&chunk).await.ok()?;
+            chunk.clear();
+            let _ = written.try_send(chunk);
+        }
+        Some(writer)
+    });
+    for item in 0..items {
+        encode(write, None, &item);
+        if write.len() >= 64 * 1024 {
+            let next = empty.recv().await?;
+            full.send(std::mem::replace(write, next)).await.ok()?;
+        }
+    }
+    drop(full);
+    writing.await.ok()?
 }
 
 impl RawClient {
