@@ -4,7 +4,7 @@ use std::future::Future;
 use std::task::Poll;
 
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Aborts a task when dropped, so that a connection's helper tasks (its writer, its reader) end
 /// with the value that owns them instead of outliving it.
@@ -23,26 +23,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The deadline passed before the work was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadlinePassed;
+
 /// Runs `work` until `deadline`, or to completion when there is none.
 ///
-/// Work done at its first poll, as the handlers of most calls are, is done without a timer: a
-/// timer costs a reference to the runtime, shared by every worker thread, and a place in its
-/// timer wheel. A deadline already past does not stop work done at its first poll (nor does
-/// tokio's `timeout`, which polls the work first too).
+/// The timer is made only once the work waits: work done at its first poll, as the handlers of
+/// most calls are, costs no timer (a timer takes a reference to the runtime, which every worker
+/// thread writes, and a place in its timer wheel). Like tokio's `timeout`, it polls the work
+/// before looking at the timer, so work done at its first poll is done even past its deadline;
+/// unlike wrapping the work in `timeout` once it waits, it never polls the work twice in a turn,
+/// so work that gives up its turn (a busy sender's yield) still gives it up.
 pub(crate) async fn until<F: Future>(
     deadline: Option<Instant>,
     work: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
+) -> Result<F::Output, DeadlinePassed> {
     let Some(deadline) = deadline else {
         return Ok(work.await);
     };
     let mut work = std::pin::pin!(work);
-    if let Poll::Ready(output) =
-        std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
-    {
-        return Ok(output);
-    }
-    tokio::time::timeout_at(deadline, work).await
+    let mut timer = std::pin::pin!(None::<Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if timer.as_mut().as_pin_mut().is_none() {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        match timer.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(DeadlinePassed)),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -68,5 +82,26 @@ mod tests {
         };
         assert_eq!(until(Some(later), slow).await, Ok(7));
         assert_eq!(until(None, async { 9 }).await, Ok(9));
+    }
+
+    /// Work that gives up its turn is polled once in that turn, not again at once: a sender
+    /// that yields to let other tasks run must not be run on regardless.
+    #[tokio::test]
+    async fn work_that_yields_is_polled_once_a_turn() {
+        let polls = std::cell::Cell::new(0);
+        let yielding = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            if polls.get() == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(polls.get())
+        });
+        let soon = Instant::now() + Duration::from_secs(60);
+        let mut running = std::pin::pin!(until(Some(soon), yielding));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(running.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "one poll in the turn");
+        assert_eq!(running.await, Ok(2));
     }
 }
