@@ -2,7 +2,7 @@
 //! and many calls multiplexed on one connection, answered out of order.
 
 use futures_util::future::join_all;
-use rpc_tests::{LabClient, MathError, RawClient, request, start_tcp, within};
+use rpc_tests::{LabClient, MathError, echoed_as_sent, start_tcp, within};
 
 #[tokio::test]
 async fn a_call_returns_the_handlers_result() {
@@ -103,18 +103,6 @@ async fn large_values_cross_intact() {
         .await
         .expect("echo");
     assert_eq!(back, payload);
-}
-
-/// Calls the echoing `method` with `args`, encoded by hand, and checks that the answer is a
-/// Response to id 4, Ok, then the same bytes.
-async fn echoed_as_sent(method: &str, args: &[u8]) {
-    let mut raw = RawClient::handshake(start_tcp().await).await;
-    raw.send(&request(4, method, args)).await;
-    let answer = within("an answer", raw.read_frame())
-        .await
-        .expect("answered");
-    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
-    assert_eq!(answer[3..], args[..]);
 }
 
 #[tokio::test]

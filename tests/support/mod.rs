@@ -355,6 +355,18 @@ pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// Calls the echoing Lab `method` with `args`, encoded by hand, and checks that the answer is
+/// a Response to id 4, Ok, then the same bytes.
+pub async fn echoed_as_sent(method: &str, args: &[u8]) {
+    let mut raw = RawClient::handshake(start_tcp().await).await;
+    raw.send(&request(4, method, args)).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..3], [0x02, 0x04, 0x00]);
+    assert_eq!(answer[3..], args[..]);
+}
+
 /// postcard's unsigned varint: seven bits a byte, least significant first.
 pub fn varint(mut value: u64) -> Vec<u8> {
     let mut out = Vec::new();
