@@ -317,6 +317,68 @@ mod tests {
         assert_eq!(seen, [1, args.len()], "the head, then the whole");
     }
 
+    type Value<T> = Option<(String, u32, T)>;
+
+    /// The arguments decoded as a byte string's (which takes a tail).
+    fn taking(bytes: &[u8]) -> Result<Value<Vec<u8>>, ()> {
+        let decoded = crate::protocol::decode_exact::<(String, u32, ByteVec)>(bytes);
+        Ok(decoded.ok().map(|(key, n, bytes)| (key, n, bytes.0)))
+    }
+
+    /// The same bytes decoded through serde's byte buffer, which never takes one.
+    fn through_serde(bytes: &[u8]) -> Result<Value<Vec<u8>>, ()> {
+        let decoded = crate::protocol::decode_exact::<(String, u32, serde_bytes::ByteBuf)>(bytes);
+        Ok(decoded
+            .ok()
+            .map(|(key, n, bytes)| (key, n, bytes.into_vec())))
+    }
+
+    /// The same bytes decoded as a string, which never takes one.
+    fn as_text(bytes: &[u8]) -> Result<Value<String>, ()> {
+        Ok(crate::protocol::decode_exact::<(String, u32, String)>(bytes).ok())
+    }
+
+    /// `decode` run on `args` split at `split`, as the reader splits a frame.
+    fn split_decoded<T>(
+        args: &[u8],
+        split: Split,
+        decode: impl FnMut(&[u8]) -> Result<T, ()>,
+    ) -> Result<T, ()> {
+        let (mut head, tail) = split_frame(args, split);
+        let whole = 0..head.len();
+        decode_with(&mut head, whole, Some(tail), decode)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever the arguments before it, and whatever bytes of the head are garbled, a frame
+        /// split where `find` says decodes to what the whole frame decodes to, for a type that
+        /// takes the tail and for types that do not.
+        #[test]
+        fn a_split_frame_decodes_as_the_whole_one(
+            key in ".{0,40}",
+            n in proptest::prelude::any::<u32>(),
+            extra in 0usize..3000,
+            garbled in proptest::collection::vec((0usize..60, proptest::prelude::any::<u8>()), 0..3),
+        ) {
+            let mut args = encoded(&(key, n, "y".repeat(MIN_TAIL + extra)));
+            for (at, byte) in garbled {
+                if at < args.len() {
+                    args[at] = byte;
+                }
+            }
+            if let Some(split) = find(&args[..512], 0, args.len()) {
+                proptest::prop_assert_eq!(split_decoded(&args, split, taking), taking(&args));
+                proptest::prop_assert_eq!(
+                    split_decoded(&args, split, through_serde),
+                    through_serde(&args)
+                );
+                proptest::prop_assert_eq!(split_decoded(&args, split, as_text), as_text(&args));
+            }
+        }
+    }
+
     /// A tail is only ever taken within the decoding it was lent to, even one that panics.
     #[test]
     fn a_panicking_decoding_leaves_no_tail_lent() {
