@@ -49,6 +49,11 @@ const LARGE_BUFFER_IDLE: std::time::Duration = std::time::Duration::from_secs(1)
 const SPARES: usize = 4;
 
 /// Reads frames from a byte stream.
+///
+/// A large frame that ends in a byte string its receiver takes as a vector can be read in two
+/// parts ([`FrameReader::next_frame_split`]): its head into the buffer, its byte string into a
+/// vector of its own, which grows with the bytes that come as the buffer does, so the two
+/// together hold no more than the frame would.
 #[derive(Debug)]
 pub(crate) struct FrameReader<R> {
     io: R,
