@@ -73,21 +73,10 @@ pub(crate) struct Split {
 }
 
 /// The varint at the start of `bytes` and how many bytes it takes, if it is whole and fits a
-/// `usize`.
+/// `usize`: a byte string's length, as postcard reads it.
 fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value: u64 = 0;
-    for (i, &byte) in bytes.iter().take(MAX_VARINT).enumerate() {
-        let bits = u64::from(byte & 0x7f);
-        let shift = 7 * i as u32;
-        if shift >= 64 || (shift > 0 && bits >> (64 - shift) != 0) {
-            return None;
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Some((usize::try_from(value).ok()?, i + 1));
-        }
-    }
-    None
+    let (value, rest) = postcard::take_from_bytes::<usize>(bytes).ok()?;
+    Some((value, bytes.len() - rest.len()))
 }
 
 impl Tail {
