@@ -245,10 +245,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     if bytes.len() == splitting.length {
                         return Ok(Some(self.finish_split()));
                     }
-                    // Room for the bytes the peer has shown it sends, or for twice those it
-                    // sent so far, never for a length it merely claimed.
+                    // Room for twice the bytes it sent so far, or as many as the peer has shown
+                    // it sends.
                     if bytes.capacity() == bytes.len() {
-                        let trusted = READ_CHUNK.max(2 * bytes.len()).max(self.largest_delivered);
+                        let trusted = trusted(2 * bytes.len(), self.largest_delivered);
                         bytes.reserve_exact(splitting.length.min(trusted) - bytes.len());
                     }
                     None
@@ -297,10 +297,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Some(size) => LENGTH_PREFIX + size - self.buf.len(),
             None => LENGTH_PREFIX - self.buf.len(),
         };
-        let trusted = READ_CHUNK
-            .max(self.buf.len())
-            .max(LENGTH_PREFIX + self.largest_delivered);
-        let room = wanted.min(trusted);
+        let room = wanted.min(trusted(self.buf.len(), self.largest_delivered));
         // Frames handed on still share the buffer's memory, so making room means a new
         // allocation: it is done only when little room is left, and then for many frames.
         if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
@@ -323,8 +320,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn begin_split(&mut self, split: Split, size: usize) {
         let length_at = LENGTH_PREFIX + split.at;
         let bytes_at = length_at + split.length_len;
-        let trusted = READ_CHUNK.max(self.buf.len()).max(self.largest_delivered);
         let mut bytes = Vec::new();
+        let trusted = trusted(self.buf.len(), self.largest_delivered);
         spare::reserve(&mut bytes, split.length.min(trusted));
         bytes.extend_from_slice(&self.buf[bytes_at..]);
         let tail = Tail::new(bytes, &self.buf[length_at..bytes_at]);
@@ -348,6 +345,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.largest_delivered = self.largest_delivered.max(size);
         (head, Some(tail))
     }
+}
+
+/// How much memory a frame may be given at once: as much as `held` (so what is held at most
+/// doubles), a chunk, or room for a frame as large as the largest the peer has already sent in
+/// full (`largest_delivered`); never a length it merely claimed.
+fn trusted(held: usize, largest_delivered: usize) -> usize {
+    READ_CHUNK.max(held).max(LENGTH_PREFIX + largest_delivered)
 }
 
 /// The least room the next read makes, after a read that took `read` bytes of the `free` it
