@@ -55,8 +55,9 @@ pub(crate) fn decoding<T>(
 ///
 /// Use it for large binary arguments, results and stream items (file chunks, images, blobs). A
 /// `Vec<u8>` or `serde_bytes::ByteBuf` argument or result is sent from its own memory too, and
-/// a large one (64 KiB or more) that is the last argument or the whole result is received into
-/// memory of its own; elsewhere among the arguments it is copied out of its frame. Nested in
+/// a large one (64 KiB or more) that is the last argument or the whole result of a method that
+/// streams no argument is received into memory of its own; elsewhere it is copied out of its
+/// frame. Nested in
 /// another type, or sent as a stream item, a `ByteBuf` is copied into its frame and a `Vec<u8>`
 /// goes through serde a byte at a time. On the wire a `Payload` is the same as a `Vec<u8>` or
 /// `serde_bytes::ByteBuf`: a length, then the bytes.

@@ -48,7 +48,7 @@ pub(crate) async fn until<F: Future>(
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        if timer.as_mut().as_pin_mut().is_none() {
+        if timer.is_none() {
             timer.set(Some(tokio::time::sleep_until(deadline)));
         }
         match timer.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {

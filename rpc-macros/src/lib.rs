@@ -139,9 +139,9 @@ use proc_macro::TokenStream;
 /// frame, and decoded as one, instead of a byte at a time as serde would for a `Vec<u8>`; the
 /// bytes on the wire are the same. Only those spellings are recognised, and a type of another
 /// crate named `ByteBuf` is refused at the type (write it as an alias to send it through
-/// serde). A large one (64 KiB or more) that is the last argument, or the result, is also
-/// received into memory of its own rather than copied out of its frame; `rpc_core::Payload`
-/// avoids that copy wherever it is.
+/// serde). A large one (64 KiB or more) that is the last argument or the result of a method
+/// that streams no argument is also received into memory of its own rather than copied out of
+/// its frame; `rpc_core::Payload` avoids that copy wherever it is.
 ///
 /// # What it refuses
 ///
