@@ -556,9 +556,6 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
 /// has passed; otherwise it looks only when it has nothing to read.
 const LOOK_AT_DEADLINES_EVERY: u32 = 256;
 
-/// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
-/// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
-/// whether any call still waits with a deadline.
 /// Where the value begins of the response whose payload starts with `prefix`, if it answers a
 /// call that takes its result, a byte string, as it was read: for the reader to read a large
 /// one into memory of its own.
@@ -575,6 +572,9 @@ fn byte_string_result(pending: &Pending, prefix: &[u8]) -> Option<usize> {
     }
 }
 
+/// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
+/// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
+/// whether any call still waits with a deadline.
 fn expire_calls(pending: &Pending, outbox: &Outbox, timer: Pin<&mut Sleep>) -> bool {
     let next = pending.expire(Instant::now(), |id| {
         // The request is ahead of this in the outbox, so the server sees it first.
