@@ -101,8 +101,10 @@ async fn serve_connection(stream: TcpStream) {
                     write.extend_from_slice(&(args.len() as u32).to_be_bytes());
                     if args.len() < LARGE {
                         write.extend_from_slice(args);
-                    } else if writer.write_all(&write).await.is_err()
-                        || writer.write_all(args).await.is_err()
+                    } else if writer
+                        .write_all_buf(&mut Buf::chain(write.as_slice(), args))
+                        .await
+                        .is_err()
                     {
                         return;
                     } else {
@@ -183,8 +185,8 @@ impl RawClient {
             postcard::to_extend(&bytes.len(), std::mem::take(&mut self.write)).expect("encodes");
         let len = (self.write.len() - PREFIX + bytes.len()) as u32;
         self.write[..PREFIX].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&self.write).await.expect("writes");
-        self.stream.write_all(bytes).await.expect("writes");
+        let mut frame = Buf::chain(self.write.as_slice(), bytes);
+        self.stream.write_all_buf(&mut frame).await.expect("writes");
     }
 
     /// Echoes `bytes`: sent from their own memory when large, and read back into it, as a
