@@ -2,6 +2,7 @@
 //! into few writes and pinging when silent, and the straight path by which a lone call's frame
 //! skips it.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -231,17 +232,21 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
 /// `heartbeat` without a frame to send, sends a ping, so that the peer knows this side is
 /// alive. Meanwhile the tasks that queue frames may write a lone call's frame straight through
 /// while the writer is idle ([`Outbox`](super::Outbox) decides when).
-pub(crate) async fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
+///
+/// Not an `async fn`: one would keep room for `writer` in its state for as long as it runs,
+/// though the writer moves out at once, and the task that runs it lives as long as its
+/// connection.
+pub(crate) fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
     writer: FrameWriter<W>,
     queue: Queue,
     heartbeat: Option<Duration>,
-) -> std::io::Result<()> {
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
     let calls = writer.calls.clone();
     let wire = Arc::new(Mutex::new(writer));
     if let Some(calls) = calls {
         queue.write_through(Arc::downgrade(&wire) as Weak<dyn WriteThrough>, calls);
     }
-    drive(&wire, queue, heartbeat).await
+    async move { drive(&wire, queue, heartbeat).await }
 }
 
 /// The writer, shared with the tasks that write straight through it.
