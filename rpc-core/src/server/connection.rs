@@ -79,14 +79,16 @@ pub(crate) fn span(service: &'static str, peer: Option<std::net::SocketAddr>) ->
 
 /// Serves one connection until the client closes it, breaks the protocol, goes silent, or the
 /// server shuts down. The client's hello must arrive by `handshake_deadline`.
-pub(crate) async fn serve<S, IO>(
+///
+/// Not an `async fn`, which would hold each argument twice for as long as the connection lives.
+pub(crate) fn serve<S, IO>(
     io: IO,
     service: Arc<Served<S>>,
     config: &ServerConfig,
     peer: Peer,
     shared: Option<Shared>,
     handshake_deadline: Instant,
-) -> Result<(), RpcError>
+) -> impl Future<Output = Result<(), RpcError>>
 where
     S: ServiceSet,
     IO: crate::transport::Split,
@@ -94,221 +96,224 @@ where
     let (read, write) = io.split();
     let mut reader = FrameReader::new(read, config.max_frame_len);
     let mut writer = FrameWriter::new(write);
-    // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
-    // not keep room for it while it serves.
-    let handshake = shake_hands(
-        &service,
-        &mut reader,
-        &mut writer,
-        config,
-        handshake_deadline,
-    );
-    let (client, index) = Box::pin(handshake).await?;
-    let name = service.infos[index].name;
-    let _open = OpenConnection::new(Side::Server, name);
-    let traffic = Traffic::new(Side::Server, name);
-    reader.count_traffic(traffic);
-    writer.count_traffic(traffic);
-    reader.set_silence_limit(client.silence_limit(config.keepalive));
-    writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
+    async move {
+        // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
+        // not keep room for it while it serves.
+        let handshake = shake_hands(
+            &service,
+            &mut reader,
+            &mut writer,
+            config,
+            handshake_deadline,
+        );
+        let (client, index) = Box::pin(handshake).await?;
+        let name = service.infos[index].name;
+        let _open = OpenConnection::new(Side::Server, name);
+        let traffic = Traffic::new(Side::Server, name);
+        reader.count_traffic(traffic);
+        writer.count_traffic(traffic);
+        reader.set_silence_limit(client.silence_limit(config.keepalive));
+        writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
-    let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));
-    let (outbox, queue) = Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
-    let meter = Arc::clone(outbox.meter());
-    let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
-    writer.watch_calls(Arc::clone(&slots), config.max_in_flight);
-    let mut writer = tokio::spawn(write_frames_through(writer, queue, heartbeat));
-    // If this future is dropped (the server's grace period ran out), the connection closes and
-    // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
-    let _writer_guard = AbortOnDrop::new(&writer);
-    let calls = Arc::new(Calls::default());
-    let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
-    let (mut shutdown, registration) = match &shared {
-        Some(shared) => (
-            Some(shared.shutdown.clone()),
-            Some(shared.registry.register(Arc::clone(&calls))),
-        ),
-        None => (None, None),
-    };
+        let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));
+        let (outbox, queue) =
+            Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
+        let meter = Arc::clone(outbox.meter());
+        let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
+        let slots = Arc::new(Semaphore::new(config.max_in_flight));
+        writer.watch_calls(Arc::clone(&slots), config.max_in_flight);
+        let mut writer = tokio::spawn(write_frames_through(writer, queue, heartbeat));
+        // If this future is dropped (the server's grace period ran out), the connection closes and
+        // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
+        let _writer_guard = AbortOnDrop::new(&writer);
+        let calls = Arc::new(Calls::default());
+        let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
+        let (mut shutdown, registration) = match &shared {
+            Some(shared) => (
+                Some(shared.shutdown.clone()),
+                Some(shared.registry.register(Arc::clone(&calls))),
+            ),
+            None => (None, None),
+        };
 
-    let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
-    let peer_addr = peer.addr;
-    // A client that serves back gets a reverse connection inside this one, and the server a
-    // client of it, which every call's context hands out.
-    let mut peer = peer;
-    let tunnel = client.serves_back.then(|| {
-        let (tunnel, pipe) = Tunnel::open(outbox.clone(), client.max_frame_len);
-        let max_frame_len = reverse::max_frame_len(config.max_frame_len);
-        let caller = Caller::connect(pipe, max_frame_len, config.stream_window);
-        peer.caller = Some(Arc::new(caller));
-        tunnel
-    });
-    let mut connection = Connection {
-        service: &service,
-        index,
-        health: HealthServer::new(Reporting {
-            reporter: config.health.clone(),
-            services: Arc::clone(&service.names),
-        }),
-        config,
-        calls: &calls,
-        link: Link {
-            outbox: outbox.clone(),
-            streams: Arc::clone(&streams),
-            client_max_frame_len: client.max_frame_len,
-            panic_messages: config.panic_messages,
-            interceptor: config.interceptor.clone(),
-            #[cfg(feature = "tower")]
-            stack: config.layers.stack(),
-        },
-        slots,
-        parked: VecDeque::new(),
-        peer,
-        tunnel,
-        registration: registration.as_ref(),
-        draining: false,
-    };
-    let byte_strings = ByteStrings {
-        service: connection.service,
-        index: connection.index,
-        metadata: config.metadata,
-        #[cfg(feature = "tower")]
-        layered: connection.link.stack.is_some(),
-        #[cfg(not(feature = "tower"))]
-        layered: false,
-    };
-    let mut last_request = Instant::now();
-    // The futures that wait for the server, kept across turns of the loop: made anew for every
-    // frame, each would register and unregister itself every time.
-    // The server may call a client that serves back at any time: such a connection is never
-    // idle (it still gives way at the connection limit).
-    let mut idle = config
-        .idle_timeout
-        .filter(|_| !client.serves_back)
-        .map(IdleTimer::new);
-    let stopping = shutdown_requested(shutdown.take());
-    tokio::pin!(stopping);
-    let asked = asked_to_give_way(registration.as_ref());
-    tokio::pin!(asked);
-    let ended = 'serve: loop {
-        if connection.draining && calls.is_empty() && connection.parked.is_empty() {
-            break Ok(());
-        }
-        let gate = connection.read_gate(&meter);
-        tokio::select! {
-            written = &mut writer => {
-                break Err(match written {
-                    Ok(Err(error)) => error.into(),
-                    _ => RpcError::ConnectionClosed,
-                });
-            }
-            () = &mut stopping, if !connection.draining => {
-                connection.start_draining(go_away::SHUTTING_DOWN, "the server is shutting down");
-            }
-            () = calls.wait_idle(), if connection.draining => {}
-            () = IdleTimer::fired(&mut idle), if !connection.draining => {
-                let idle_since = calls.idle_since().map(|since| since.max(last_request));
-                let parked = !connection.parked.is_empty();
-                if let Some(timer) = &mut idle
-                    && timer.is_over(idle_since.filter(|_| !parked))
-                {
-                    tracing::debug!(?peer_addr, "closing an idle connection");
-                    connection.start_draining(go_away::IDLE, "the connection was idle");
-                }
-            }
-            () = &mut asked, if !connection.draining => {
-                asked.set(asked_to_give_way(registration.as_ref()));
-                if calls.is_empty() && connection.parked.is_empty() {
-                    tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
-                    connection.start_draining(
-                        go_away::MAKING_ROOM,
-                        "the server is at its connection limit and needs this idle connection",
-                    );
-                } else if let Some(registration) = &registration {
-                    // Busy after all: the next ask goes to another connection.
-                    registration.touch(Instant::now());
-                }
-            }
-            slot = Arc::clone(&connection.slots).acquire_owned(),
-                if !connection.parked.is_empty() =>
-            {
-                let Ok(slot) = slot else {
-                    unreachable!("the in-flight semaphore is never closed");
-                };
-                connection.start_parked(slot);
-            }
-            () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
-            () = reverse::wait_may_read(connection.tunnel.as_ref()),
-                if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
-            frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
-                if gate.is_open() => match frame {
-                Ok(Some((mut payload, mut tail))) => loop {
-                    // More requests already read: their answers wait to share one write.
-                    outbox.gather(reader.has_buffered());
-                    match connection.handle(&payload, tail.take(), &mut reader) {
-                        Ok(Handled::Request) => {
-                            last_request = reader.arrived();
-                            if let Some(registration) = &registration {
-                                registration.touch(last_request);
-                            }
-                        }
-                        Ok(Handled::Other) => {}
-                        Err(error) => break 'serve Err(error),
-                    }
-                    // The frames the same read brought are handled here, while the connection
-                    // may read on, rather than each after a turn of every branch above.
-                    if !connection.read_gate(&meter).is_open() {
-                        break;
-                    }
-                    match reader.buffered_frame() {
-                        Ok(Some(next)) => payload = next,
-                        Ok(None) => break,
-                        Err(error) => break 'serve Err(error),
-                    }
-                },
-                Ok(None) => break Ok(()),
-                Err(error) => break Err(error),
+        let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
+        let peer_addr = peer.addr;
+        // A client that serves back gets a reverse connection inside this one, and the server a
+        // client of it, which every call's context hands out.
+        let mut peer = peer;
+        let tunnel = client.serves_back.then(|| {
+            let (tunnel, pipe) = Tunnel::open(outbox.clone(), client.max_frame_len);
+            let max_frame_len = reverse::max_frame_len(config.max_frame_len);
+            let caller = Caller::connect(pipe, max_frame_len, config.stream_window);
+            peer.caller = Some(Arc::new(caller));
+            tunnel
+        });
+        let mut connection = Connection {
+            service: &service,
+            index,
+            health: HealthServer::new(Reporting {
+                reporter: config.health.clone(),
+                services: Arc::clone(&service.names),
+            }),
+            config,
+            calls: &calls,
+            link: Link {
+                outbox: outbox.clone(),
+                streams: Arc::clone(&streams),
+                client_max_frame_len: client.max_frame_len,
+                panic_messages: config.panic_messages,
+                interceptor: config.interceptor.clone(),
+                #[cfg(feature = "tower")]
+                stack: config.layers.stack(),
             },
-        }
-    };
-    // No more stream items come from the client: the streams it was sending end with an error.
-    streams.close_all(match &ended {
-        Ok(()) => RpcError::ConnectionClosed,
-        Err(error) => error.clone(),
-    });
-    drop(connection);
-    match ended {
-        // The client finished sending, or the connection drained: the calls still running
-        // answer, then the writer closes the connection.
-        Ok(()) => {
-            drop(outbox);
-            match writer.await {
-                Ok(written) => written.map_err(RpcError::from),
-                Err(_) => Err(RpcError::ConnectionClosed),
+            slots,
+            parked: VecDeque::new(),
+            peer,
+            tunnel,
+            registration: registration.as_ref(),
+            draining: false,
+        };
+        let byte_strings = ByteStrings {
+            service: connection.service,
+            index: connection.index,
+            metadata: config.metadata,
+            #[cfg(feature = "tower")]
+            layered: connection.link.stack.is_some(),
+            #[cfg(not(feature = "tower"))]
+            layered: false,
+        };
+        let mut last_request = Instant::now();
+        // The futures that wait for the server, kept across turns of the loop: made anew for every
+        // frame, each would register and unregister itself every time.
+        // The server may call a client that serves back at any time: such a connection is never
+        // idle (it still gives way at the connection limit).
+        let mut idle = config
+            .idle_timeout
+            .filter(|_| !client.serves_back)
+            .map(IdleTimer::new);
+        let stopping = shutdown_requested(shutdown.take());
+        tokio::pin!(stopping);
+        let asked = asked_to_give_way(registration.as_ref());
+        tokio::pin!(asked);
+        let ended = 'serve: loop {
+            if connection.draining && calls.is_empty() && connection.parked.is_empty() {
+                break Ok(());
             }
-        }
-        // The client broke the protocol: the calls still running stop, the answers already
-        // queued go out, then a go-away saying why, then the connection closes.
-        Err(error @ (RpcError::Protocol(_) | RpcError::FrameTooLarge { .. })) => {
-            tracing::debug!(?peer_addr, %error, "closing a connection that broke the protocol");
-            calls.abort_all();
-            let message = match &error {
-                RpcError::Protocol(how) => how.clone(),
-                other => other.to_string(),
-            };
-            outbox.send_last(Head::go_away(go_away::PROTOCOL_ERROR, &message).frame());
-            drop(outbox);
-            let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
-            if matches!(flushed, Ok(Ok(Ok(())))) {
-                // Boxed: with its buffer, the largest state of the connection's future, which
-                // every connection would otherwise hold for as long as it is open.
-                let discard = Box::pin(reader.discard_until_end(LINGER_BYTES));
-                let _ = tokio::time::timeout(LINGER, discard).await;
+            let gate = connection.read_gate(&meter);
+            tokio::select! {
+                written = &mut writer => {
+                    break Err(match written {
+                        Ok(Err(error)) => error.into(),
+                        _ => RpcError::ConnectionClosed,
+                    });
+                }
+                () = &mut stopping, if !connection.draining => {
+                    connection.start_draining(go_away::SHUTTING_DOWN, "the server is shutting down");
+                }
+                () = calls.wait_idle(), if connection.draining => {}
+                () = IdleTimer::fired(&mut idle), if !connection.draining => {
+                    let idle_since = calls.idle_since().map(|since| since.max(last_request));
+                    let parked = !connection.parked.is_empty();
+                    if let Some(timer) = &mut idle
+                        && timer.is_over(idle_since.filter(|_| !parked))
+                    {
+                        tracing::debug!(?peer_addr, "closing an idle connection");
+                        connection.start_draining(go_away::IDLE, "the connection was idle");
+                    }
+                }
+                () = &mut asked, if !connection.draining => {
+                    asked.set(asked_to_give_way(registration.as_ref()));
+                    if calls.is_empty() && connection.parked.is_empty() {
+                        tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
+                        connection.start_draining(
+                            go_away::MAKING_ROOM,
+                            "the server is at its connection limit and needs this idle connection",
+                        );
+                    } else if let Some(registration) = &registration {
+                        // Busy after all: the next ask goes to another connection.
+                        registration.touch(Instant::now());
+                    }
+                }
+                slot = Arc::clone(&connection.slots).acquire_owned(),
+                    if !connection.parked.is_empty() =>
+                {
+                    let Ok(slot) = slot else {
+                        unreachable!("the in-flight semaphore is never closed");
+                    };
+                    connection.start_parked(slot);
+                }
+                () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
+                () = reverse::wait_may_read(connection.tunnel.as_ref()),
+                    if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
+                frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
+                    if gate.is_open() => match frame {
+                    Ok(Some((mut payload, mut tail))) => loop {
+                        // More requests already read: their answers wait to share one write.
+                        outbox.gather(reader.has_buffered());
+                        match connection.handle(&payload, tail.take(), &mut reader) {
+                            Ok(Handled::Request) => {
+                                last_request = reader.arrived();
+                                if let Some(registration) = &registration {
+                                    registration.touch(last_request);
+                                }
+                            }
+                            Ok(Handled::Other) => {}
+                            Err(error) => break 'serve Err(error),
+                        }
+                        // The frames the same read brought are handled here, while the connection
+                        // may read on, rather than each after a turn of every branch above.
+                        if !connection.read_gate(&meter).is_open() {
+                            break;
+                        }
+                        match reader.buffered_frame() {
+                            Ok(Some(next)) => payload = next,
+                            Ok(None) => break,
+                            Err(error) => break 'serve Err(error),
+                        }
+                    },
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                },
             }
-            Err(error)
+        };
+        // No more stream items come from the client: the streams it was sending end with an error.
+        streams.close_all(match &ended {
+            Ok(()) => RpcError::ConnectionClosed,
+            Err(error) => error.clone(),
+        });
+        drop(connection);
+        match ended {
+            // The client finished sending, or the connection drained: the calls still running
+            // answer, then the writer closes the connection.
+            Ok(()) => {
+                drop(outbox);
+                match writer.await {
+                    Ok(written) => written.map_err(RpcError::from),
+                    Err(_) => Err(RpcError::ConnectionClosed),
+                }
+            }
+            // The client broke the protocol: the calls still running stop, the answers already
+            // queued go out, then a go-away saying why, then the connection closes.
+            Err(error @ (RpcError::Protocol(_) | RpcError::FrameTooLarge { .. })) => {
+                tracing::debug!(?peer_addr, %error, "closing a connection that broke the protocol");
+                calls.abort_all();
+                let message = match &error {
+                    RpcError::Protocol(how) => how.clone(),
+                    other => other.to_string(),
+                };
+                outbox.send_last(Head::go_away(go_away::PROTOCOL_ERROR, &message).frame());
+                drop(outbox);
+                let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
+                if matches!(flushed, Ok(Ok(Ok(())))) {
+                    // Boxed: with its buffer, the largest state of the connection's future, which
+                    // every connection would otherwise hold for as long as it is open.
+                    let discard = Box::pin(reader.discard_until_end(LINGER_BYTES));
+                    let _ = tokio::time::timeout(LINGER, discard).await;
+                }
+                Err(error)
+            }
+            Err(error) => Err(error),
         }
-        Err(error) => Err(error),
     }
 }
 

@@ -36,6 +36,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "tls")]
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -518,15 +521,17 @@ async fn admit(slots: &Arc<Semaphore>, registry: &registry::Registry) -> OwnedSe
     }
 }
 
-/// Serves an accepted TCP connection, over TLS if the server has it set.
-async fn serve_tcp<S: ServiceSet>(
+/// Serves an accepted TCP connection, over TLS if the server has it set. Not an `async fn`,
+/// which would keep its arguments, twice, beside the plain connection's future for as long as
+/// the connection lives.
+fn serve_tcp<'a, S: ServiceSet>(
     io: tokio::net::TcpStream,
     service: Arc<Served<S>>,
-    config: &ServerConfig,
+    config: &'a ServerConfig,
     addr: Option<SocketAddr>,
     shared: Option<connection::Shared>,
     handshake_deadline: tokio::time::Instant,
-) -> Result<(), RpcError> {
+) -> impl Future<Output = Result<(), RpcError>> + Send + 'a {
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
         // Boxed: a TLS connection's state is large, and a plain connection's task should not
@@ -541,13 +546,14 @@ async fn serve_tcp<S: ServiceSet>(
             let io = transport::Shared(io);
             connection::serve(io, service, config, peer, shared, handshake_deadline).await
         };
-        return Box::pin(serving).await;
+        return Either::Left(serving.boxed());
     }
     let peer = Peer {
         addr,
         ..Peer::default()
     };
-    connection::serve(io, service, config, peer, shared, handshake_deadline).await
+    let serving = connection::serve(io, service, config, peer, shared, handshake_deadline);
+    Either::<BoxFuture<'a, _>, _>::Right(serving)
 }
 
 /// Runs the TLS handshake on an accepted TCP connection, by `deadline`: the encrypted stream,
