@@ -178,11 +178,9 @@ impl RawClient {
 
     /// Sends an echo of `bytes`, a large byte string, from their own memory.
     async fn send_large_echo(&mut self, bytes: &[u8]) {
+        // The frame of the byte string's length alone, made the frame of the whole string.
         self.write.clear();
-        self.write.extend_from_slice(&[0; PREFIX]);
-        self.write.push(ECHO);
-        self.write =
-            postcard::to_extend(&bytes.len(), std::mem::take(&mut self.write)).expect("encodes");
+        encode(&mut self.write, Some(ECHO), &bytes.len());
         let len = (self.write.len() - PREFIX + bytes.len()) as u32;
         self.write[..PREFIX].copy_from_slice(&len.to_be_bytes());
         let mut frame = Buf::chain(self.write.as_slice(), bytes);
