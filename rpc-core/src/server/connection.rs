@@ -50,6 +50,14 @@ const MAX_PARKED: usize = 2;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// Of the requests one read brought, the reader handles this many, then gives the runtime a
+/// turn before it handles more. The writer then sends the answers so far while the rest are
+/// handled, on another worker if one is free: the client starts on them sooner, and the two
+/// ends work at once rather than in turns. (Across two processes with 256 callers on one
+/// connection, 48 or 64 measured 8% more calls per second than never, 128 half that, and 16
+/// less than never: each turn costs a wakeup.)
+const HANDLED_PER_TURN: usize = 64;
+
 /// What a connection of a listening server shares with the server; `None` for a connection
 /// served on its own.
 #[derive(Debug, Clone)]
@@ -247,7 +255,7 @@ where
                     if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
                 frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
                     if gate.is_open() => match frame {
-                    Ok(Some((mut payload, mut tail))) => loop {
+                    Ok(Some((mut payload, mut tail))) => for handled in 1.. {
                         // More requests already read: their answers wait to share one write.
                         outbox.gather(reader.has_buffered());
                         match connection.handle(&payload, tail.take(), &mut reader) {
@@ -264,6 +272,9 @@ where
                         // may read on, rather than each after a turn of every branch above.
                         if !connection.read_gate(&meter).is_open() {
                             break;
+                        }
+                        if handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
+                            tokio::task::yield_now().await;
                         }
                         match reader.buffered_frame() {
                             Ok(Some(next)) => payload = next,
