@@ -1,17 +1,8 @@
 //! Calls over real TCP: results, application errors, shared state, concurrency on the server,
 //! and many calls multiplexed on one connection, answered out of order.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-
 use futures_util::future::join_all;
-use rpc_tests::{
-    LabClient, MathError, VERSION, echoed_as_sent, hello, read_varint, request, start_tcp, within,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use rpc_tests::{LabClient, MathError, echoed_as_sent, start_tcp, within};
 
 #[tokio::test]
 async fn a_call_returns_the_handlers_result() {
@@ -178,108 +169,4 @@ async fn a_client_dropped_by_its_last_user_leaves_no_task_behind() {
         }
     })
     .await;
-}
-
-/// A server whose one method answers how many bytes the server had written when it ran.
-#[rpc_core::service]
-trait Written {
-    async fn so_far(&self) -> u64;
-}
-
-struct Observer(Arc<AtomicU64>);
-
-impl Written for Observer {
-    async fn so_far(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A transport that counts the bytes written through it.
-struct Counted {
-    io: tokio::io::DuplexStream,
-    written: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(taken)) = polled {
-            self.written.fetch_add(taken as u64, Ordering::SeqCst);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Reads one frame's payload.
-async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
-    let mut prefix = [0; 4];
-    io.read_exact(&mut prefix).await.expect("a length prefix");
-    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
-    io.read_exact(&mut payload).await.expect("a payload");
-    payload
-}
-
-/// Of many requests that arrive together, the server does not hold every answer back until it
-/// has handled the last: the answers to the first go out while the rest wait, so that the
-/// client can start on them. (The first requests' answers still wait for each other, to share
-/// a write.)
-#[tokio::test]
-async fn answers_to_a_long_batch_leave_before_the_whole_batch_is_handled() {
-    let (mut client, server_end) = tokio::io::duplex(1 << 20);
-    let written = Arc::new(AtomicU64::new(0));
-    let io = Counted {
-        io: server_end,
-        written: Arc::clone(&written),
-    };
-    tokio::spawn(rpc_core::serve_connection(
-        io,
-        WrittenServer::new(Observer(written)),
-    ));
-    client
-        .write_all(&hello("Written", VERSION))
-        .await
-        .expect("writes");
-    let hello_len = 4 + read_frame(&mut client).await.len() as u64;
-    let calls = 1000;
-    let batch: Vec<u8> = (0..calls)
-        .flat_map(|id| request(id, "so_far", &[]))
-        .collect();
-    client.write_all(&batch).await.expect("writes");
-    let mut seen = vec![None; calls as usize];
-    for _ in 0..calls {
-        let answer = within("an answer", read_frame(&mut client)).await;
-        let (id, at) = read_varint(&answer[1..]);
-        assert_eq!(answer[0], 0x02, "a response");
-        assert_eq!(answer[1 + at], 0x00, "an Ok outcome");
-        let (so_far, _) = read_varint(&answer[2 + at..]);
-        seen[id as usize] = Some(so_far);
-    }
-    assert_eq!(seen[0], Some(hello_len), "the first waits to share a write");
-    let last = seen[calls as usize - 1].expect("the last was answered");
-    assert!(
-        last > hello_len,
-        "when the last request ran, answers had gone out: {last} bytes written"
-    );
 }

@@ -659,6 +659,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 continue;
             }
         };
+        let large = protocol::is_large(&payload, tail.as_ref());
         if payload.first() == Some(&reverse::KIND) {
             match &mut tunnel {
                 Some(tunnel) => tunnel.deliver(&payload),
@@ -713,6 +714,10 @@ async fn read_responses<R: AsyncRead + Unpin>(
             Err(error) => {
                 break RpcError::Protocol(format!("the server sent an undecodable frame: {error}"));
             }
+        }
+        // The task a large frame woke runs now, while this reads on (`protocol::is_large`).
+        if large {
+            tokio::task::yield_now().await;
         }
     };
     tracing::debug!(%reason, "client connection closed");

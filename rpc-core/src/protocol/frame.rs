@@ -472,6 +472,20 @@ impl<R> FrameReader<R> {
     }
 }
 
+/// A frame of this many bytes or more is large: see [`is_large`].
+const LARGE_FRAME: usize = 64 * 1024;
+
+/// Whether a frame read, its `payload` and the `tail` its byte string was read into if it came
+/// apart, is large. A connection's reader that has handed on a large frame gives the runtime a
+/// turn before it reads on. Handing it on woke a task (the caller it answers, the reader of its
+/// stream, or the writer with the answer to it) into its worker's next-task slot, which no other
+/// worker takes: without the turn that task waits until the reader runs out of bytes, and with
+/// large frames arriving one after another it rarely does. With it, the woken task runs at once
+/// and the reader goes on, on another worker if one is free.
+pub(crate) fn is_large(payload: &[u8], tail: Option<&Tail>) -> bool {
+    payload.len() + tail.map_or(0, Tail::len) >= LARGE_FRAME
+}
+
 /// The payload length the length prefix at the start of `bytes` says; `None` while fewer bytes
 /// than a prefix are there.
 #[inline]

@@ -21,7 +21,7 @@ pub use codec::CodecError;
 pub(crate) use codec::{Decode, Encode, append, decode_exact};
 #[cfg(test)]
 pub(crate) use frame::tests::frame;
-pub(crate) use frame::{FrameReader, length_prefix};
+pub(crate) use frame::{FrameReader, is_large, length_prefix};
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, OpenScope, offer};

@@ -80,6 +80,11 @@ fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
 }
 
 impl Tail {
+    /// How many bytes the byte string has.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// A tail whose length, `length` as it was on the wire, is rewritten in the head.
     pub(crate) fn new(bytes: Vec<u8>, length: &[u8]) -> Self {
         let mut kept = [0; MAX_VARINT];

@@ -258,6 +258,7 @@ where
                     Ok(Some((mut payload, mut tail))) => for handled in 1.. {
                         // More requests already read: their answers wait to share one write.
                         outbox.gather(reader.has_buffered());
+                        let large = protocol::is_large(&payload, tail.as_ref());
                         match connection.handle(&payload, tail.take(), &mut reader) {
                             Ok(Handled::Request) => {
                                 last_request = reader.arrived();
@@ -273,7 +274,8 @@ where
                         if !connection.read_gate(&meter).is_open() {
                             break;
                         }
-                        if handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
+                        // A turn after a large request too (`protocol::is_large`).
+                        if large || handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
                             tokio::task::yield_now().await;
                         }
                         match reader.buffered_frame() {
