@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use rpc_core::ServiceClient;
 use rpc_tests::{
-    STREAM_WINDOW, VERSION, frame, hello, read_varint, request, string, varint, within,
+    STREAM_WINDOW, VERSION, frame, hello, read_varint, request, service_hello, varint, within,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
@@ -127,21 +127,7 @@ async fn serve() -> (DuplexStream, u64) {
 /// The hello of a server of `Written`, with its method table, as a client checks it.
 fn server_hello() -> Vec<u8> {
     let schema = WrittenClient::INFO.describe().expect("described");
-    let methods = &schema.methods;
-    let mut payload = vec![0x00];
-    payload.extend_from_slice(b"rpcc");
-    payload.extend(varint(VERSION.into()));
-    payload.extend(varint(16 * 1024 * 1024));
-    payload.extend(string("Written"));
-    payload.extend(varint(methods.len() as u64));
-    for method in methods {
-        payload.extend(string(&method.name));
-        payload.extend(varint(method.fingerprint));
-    }
-    payload.extend(varint(0)); // ping interval
-    payload.extend(varint(0)); // max concurrent calls
-    payload.extend(varint(STREAM_WINDOW.into()));
-    frame(&payload)
+    service_hello("Written", &schema.methods, 0, 0, STREAM_WINDOW)
 }
 
 /// A successful response's id and body.

@@ -488,11 +488,29 @@ pub fn lab_hello_with_window(
     max_concurrent_calls: u32,
     stream_window: u32,
 ) -> Vec<u8> {
+    service_hello(
+        "Lab",
+        methods,
+        ping_interval_ms,
+        max_concurrent_calls,
+        stream_window,
+    )
+}
+
+/// A hello for `service`, as either side may send it, with the given method table, ping
+/// interval, in-flight limit and stream window.
+pub fn service_hello(
+    service: &str,
+    methods: &[rpc_core::schema::MethodSchema],
+    ping_interval_ms: u64,
+    max_concurrent_calls: u32,
+    stream_window: u32,
+) -> Vec<u8> {
     let mut payload = vec![0x00];
     payload.extend_from_slice(b"rpcc");
     payload.extend(varint(VERSION.into()));
     payload.extend(varint(16 * 1024 * 1024));
-    payload.extend(string("Lab"));
+    payload.extend(string(service));
     payload.extend(varint(methods.len() as u64));
     for method in methods {
         payload.extend(string(&method.name));
