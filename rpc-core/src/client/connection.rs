@@ -612,7 +612,13 @@ async fn read_responses<R: AsyncRead + Unpin>(
     tokio::pin!(deadline);
     let mut deadline_set = false;
     let mut frames_unlooked = 0;
+    // The task the last frame woke, if it was large, runs before this reads on
+    // (`protocol::is_large`). Taken at the top of the loop, where no frame is held.
+    let mut turn_due = false;
     let reason = loop {
+        if std::mem::take(&mut turn_due) {
+            tokio::task::yield_now().await;
+        }
         // The server's calls back wait for what this side serves them with to take them, unless
         // the connection ends meanwhile (the writer gave up on a server that reads nothing).
         if let Some(tunnel) = &tunnel
@@ -659,7 +665,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 continue;
             }
         };
-        let large = protocol::is_large(&payload, tail.as_ref());
+        turn_due = protocol::is_large(&payload, tail.as_ref());
         if payload.first() == Some(&reverse::KIND) {
             match &mut tunnel {
                 Some(tunnel) => tunnel.deliver(&payload),
@@ -714,10 +720,6 @@ async fn read_responses<R: AsyncRead + Unpin>(
             Err(error) => {
                 break RpcError::Protocol(format!("the server sent an undecodable frame: {error}"));
             }
-        }
-        // The task a large frame woke runs now, while this reads on (`protocol::is_large`).
-        if large {
-            tokio::task::yield_now().await;
         }
     };
     tracing::debug!(%reason, "client connection closed");

@@ -203,7 +203,11 @@ where
         tokio::pin!(stopping);
         let asked = asked_to_give_way(registration.as_ref());
         tokio::pin!(asked);
+        let mut turn_due = false;
         let ended = 'serve: loop {
+            if std::mem::take(&mut turn_due) {
+                tokio::task::yield_now().await;
+            }
             if connection.draining && calls.is_empty() && connection.parked.is_empty() {
                 break Ok(());
             }
@@ -274,9 +278,11 @@ where
                         if !connection.read_gate(&meter).is_open() {
                             break;
                         }
-                        // A turn after a large request too (`protocol::is_large`).
+                        // A turn after a large request too (`protocol::is_large`), taken at
+                        // the top of the loop, where no frame is held.
                         if large || handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
-                            tokio::task::yield_now().await;
+                            turn_due = true;
+                            break;
                         }
                         match reader.buffered_frame() {
                             Ok(Some(next)) => payload = next,
