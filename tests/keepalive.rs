@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request,
-    start_tcp_with, within,
+    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener,
+    read_frame_from, request, start_tcp_with, within,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -76,15 +76,6 @@ async fn a_server_closes_the_connection_of_a_client_gone_silent() {
         "closed after {:?}, before the client had been silent for {TIMEOUT:?}",
         last_said.elapsed()
     );
-}
-
-/// Reads one frame's payload from `reader`, or `None` at the end of the stream.
-async fn read_frame_from(reader: &mut OwnedReadHalf) -> Option<Vec<u8>> {
-    let mut prefix = [0; 4];
-    reader.read_exact(&mut prefix).await.ok()?;
-    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
-    reader.read_exact(&mut payload).await.ok()?;
-    Some(payload)
 }
 
 /// Writes a ping to `writer` every `INTERVAL` until `stop` fires, then hands the writer back.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, read_varint, request, start_tcp_with, string, within,
+    LabClient, LabImpl, RawClient, read_frame_from, read_varint, request, start_tcp_with, string,
+    within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,12 +87,7 @@ async fn a_client_past_the_limit_is_slowed_down_not_buffered() {
 }
 
 async fn read_answer(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut prefix = [0; 4];
-    stream.read_exact(&mut prefix).await.expect("a frame");
-    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
-    stream.read_exact(&mut payload).await.expect("a frame");
-    payload
+    read_frame_from(stream).await.expect("a frame")
 }
 
 /// The args of `wait(gate)`.

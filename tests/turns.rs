@@ -16,9 +16,10 @@ use std::task::{Context, Poll};
 
 use rpc_core::ServiceClient;
 use rpc_tests::{
-    STREAM_WINDOW, VERSION, frame, hello, read_varint, request, service_hello, varint, within,
+    STREAM_WINDOW, VERSION, frame, hello, read_frame_from, read_varint, request, service_hello,
+    varint, within,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
 /// A server whose methods report how many bytes the server had written when they ran.
 #[rpc_core::service]
@@ -101,11 +102,7 @@ impl AsyncWrite for Counted {
 
 /// Reads one frame's payload.
 async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
-    let mut prefix = [0; 4];
-    io.read_exact(&mut prefix).await.expect("a length prefix");
-    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
-    io.read_exact(&mut payload).await.expect("a payload");
-    payload
+    read_frame_from(io).await.expect("a frame")
 }
 
 /// A server of `Written` on a counted pipe, with its client's end after the handshake, and the

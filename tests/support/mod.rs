@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, mpsc, watch};
 
@@ -538,6 +538,15 @@ pub fn request_with_timeout(id: u64, method: &str, timeout_ms: u64, args: &[u8])
     frame(&payload)
 }
 
+/// Reads one frame's payload from `io`, or `None` if the stream ends or fails first.
+pub async fn read_frame_from(io: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut prefix = [0; 4];
+    io.read_exact(&mut prefix).await.ok()?;
+    let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
+    io.read_exact(&mut payload).await.ok()?;
+    Some(payload)
+}
+
 /// A client that writes raw bytes, for feeding the server what a real client never would.
 #[derive(Debug)]
 pub struct RawClient {
@@ -605,11 +614,7 @@ impl RawClient {
 
     /// Reads one frame's payload, or `None` if the server closed the connection.
     pub async fn read_frame(&mut self) -> Option<Vec<u8>> {
-        let mut prefix = [0; 4];
-        self.stream.read_exact(&mut prefix).await.ok()?;
-        let mut payload = vec![0; u32::from_be_bytes(prefix) as usize];
-        self.stream.read_exact(&mut payload).await.ok()?;
-        Some(payload)
+        read_frame_from(&mut self.stream).await
     }
 
     /// Reads frames until a go-away, which must give `reason` (0 shutting down, 1 idle, 2 making
