@@ -7,6 +7,7 @@
 
 mod codec;
 mod frame;
+mod head;
 mod hello;
 mod outbox;
 mod outgoing;
@@ -208,18 +209,13 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// Splits a frame's payload into its head and the bytes after it.
-    pub(crate) fn decode(payload: &'a [u8]) -> Result<(Head<'a>, &'a [u8]), CodecError> {
-        postcard::take_from_bytes(payload).map_err(CodecError::from)
-    }
-
     /// A complete frame holding only this head, for the heads that carry no body.
     pub(crate) fn frame(&self) -> Vec<u8> {
         let mut frame = Vec::with_capacity(16);
         frame.extend_from_slice(&[0; LENGTH_PREFIX]);
         // Serializing a head into a Vec cannot fail: it has no maps, sequences of unknown length
         // or custom serializers that fail.
-        if append(self, &mut frame).is_err() {
+        if self.encode_into(&mut frame).is_err() {
             unreachable!("a frame head always encodes");
         }
         let size = (frame.len() - LENGTH_PREFIX) as u32;
@@ -231,7 +227,7 @@ impl<'a> Head<'a> {
     pub(crate) fn begin_frame(&self) -> Result<Frame, CodecError> {
         let mut frame = Vec::with_capacity(64);
         frame.extend_from_slice(&[0; LENGTH_PREFIX]);
-        append(self, &mut frame)?;
+        self.encode_into(&mut frame)?;
         Ok(Frame::from(frame))
     }
 }
@@ -243,14 +239,22 @@ pub(crate) fn begin_request(
     timeout_ms: u64,
     metadata: &crate::Metadata,
 ) -> Result<Frame, CodecError> {
-    let mut frame = Head::Request {
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+    Head::Request {
         id,
         method,
         timeout_ms,
     }
-    .begin_frame()?;
-    frame.append(metadata)?;
-    Ok(frame)
+    .encode_into(&mut bytes)?;
+    // Metadata holds no payload to splice in: appended as it is, and no metadata as the count
+    // 0 that postcard makes of it.
+    if metadata.is_empty() {
+        bytes.push(0);
+    } else {
+        append(metadata, &mut bytes)?;
+    }
+    Ok(Frame::from(bytes))
 }
 
 /// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
