@@ -151,11 +151,14 @@ impl<'a> Bytes<'a> {
     #[inline]
     fn varint(&mut self, max_len: usize, max_last: u8) -> Option<u64> {
         let mut value = 0u64;
-        for i in 0..max_len {
-            let byte = self.byte()?;
+        for (i, &byte) in self.0.iter().take(max_len).enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
-                return (i + 1 < max_len || byte <= max_last).then_some(value);
+                if i + 1 == max_len && byte > max_last {
+                    return None;
+                }
+                self.0 = &self.0[i + 1..];
+                return Some(value);
             }
         }
         None
