@@ -475,6 +475,9 @@ impl Answer {
 /// The span of one call on the server, under its connection's, in OpenTelemetry's terms for
 /// RPC. Its status code is recorded when the call is answered; it closes when the call ends.
 fn call_span(context: &Context) -> tracing::Span {
+    if !crate::telemetry::call_spans_wanted() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "rpc.call",
         otel.kind = "server",
