@@ -1,6 +1,6 @@
 //! The handshake: the first frame each side sends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{SeqAccess, Visitor};
@@ -24,6 +24,12 @@ pub(crate) const VERSION: u32 = 2;
 /// The largest hello accepted. Generous for any real service, small enough that a peer speaking
 /// another protocol is refused at once.
 pub(crate) const MAX_HELLO_LEN: usize = 64 * 1024;
+
+/// The methods of one service a peer announced, by name, with their signature fingerprints.
+/// Looked up on every call: a sorted map of a few names costs a few comparisons, where hashing
+/// the name cost more than the rest of the check, and no table a peer makes up is slow to
+/// search.
+pub(crate) type Fingerprints = BTreeMap<String, u64>;
 
 /// The handshake frame: who this side is and what it accepts.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,10 +66,10 @@ pub(crate) struct PeerInfo {
     /// requests go to; empty for a generic client.
     pub(crate) service: String,
     /// The methods of that service and their fingerprints.
-    pub(crate) methods: HashMap<String, u64>,
+    pub(crate) methods: Fingerprints,
     /// Every service a server of several announced, with its methods, in its order; empty when
     /// the peer has one service.
-    pub(crate) services: Vec<(String, HashMap<String, u64>)>,
+    pub(crate) services: Vec<(String, Fingerprints)>,
     /// The methods the peer has with other fingerprints than this side's, and what differs
     /// where that is known.
     pub(crate) mismatched: HashMap<String, Option<String>>,
@@ -130,7 +136,7 @@ impl PeerInfo {
 
     /// The method table of `service`: the one the hellos named, or another the peer
     /// announced.
-    fn table(&self, service: &str) -> Result<&HashMap<String, u64>, RpcError> {
+    fn table(&self, service: &str) -> Result<&Fingerprints, RpcError> {
         if service == self.service {
             return Ok(&self.methods);
         }
@@ -143,7 +149,7 @@ impl PeerInfo {
 
     /// The fingerprint of `name` in `methods`; `None` for the server's own `rpc.` methods
     /// (describe, health), which are in no table. Fails if the peer lacks the method.
-    fn fingerprint_in(methods: &HashMap<String, u64>, name: &str) -> Result<Option<u64>, RpcError> {
+    fn fingerprint_in(methods: &Fingerprints, name: &str) -> Result<Option<u64>, RpcError> {
         if name.starts_with("rpc.") {
             return Ok(None);
         }
@@ -182,6 +188,11 @@ impl PeerInfo {
 
     /// Checks a method this side is about to call against the peer's table.
     pub(crate) fn check_method(&self, method: &MethodInfo) -> Result<(), RpcError> {
+        // Mostly a method of the service the hellos named, found at once. (No method's name
+        // has a dot: a name found here is not a qualified one.)
+        if self.methods.contains_key(method.name) {
+            return self.check_fingerprint(method);
+        }
         // A generic client's qualified name (`Kv.get`): of the service it names.
         if let Some((service, name)) = method.name.split_once('.')
             && service != "rpc"
@@ -189,6 +200,11 @@ impl PeerInfo {
             return Self::fingerprint_in(self.table(service)?, name).map(drop);
         }
         Self::fingerprint_in(&self.methods, method.name)?;
+        self.check_fingerprint(method)
+    }
+
+    /// Checks that `method`, which the peer has, has the same fingerprint on both sides.
+    fn check_fingerprint(&self, method: &MethodInfo) -> Result<(), RpcError> {
         if !self.mismatched.is_empty()
             && let Some(difference) = self.mismatched.get(method.name)
         {
@@ -251,7 +267,9 @@ impl<'a> Hello<'a> {
     ) -> Result<(), RpcError> {
         let unencodable = |e| RpcError::Protocol(format!("the hello could not be encoded: {e}"));
         let serves_back = self.serves_back;
-        let mut frame = Head::Hello(self).begin_frame().map_err(unencodable)?;
+        let mut frame = Head::Hello(Box::new(self))
+            .begin_frame()
+            .map_err(unencodable)?;
         // A server of one service announces no table; a client serving back, an empty one.
         let announced = if services.len() > 1 { services } else { &[] };
         if !announced.is_empty() || serves_back {
@@ -341,7 +359,7 @@ impl<'a> Hello<'a> {
             service: hello.service.to_owned(),
             methods: match hello.methods {
                 MethodTable::Remote(methods) => methods,
-                MethodTable::Local(_) => HashMap::new(),
+                MethodTable::Local(_) => Fingerprints::new(),
             },
             services,
             mismatched: HashMap::new(),
@@ -363,7 +381,7 @@ const HELLO_KIND: u8 = 0;
 #[derive(Debug)]
 enum MethodTable<'a> {
     Local(&'a ServiceInfo),
-    Remote(HashMap<String, u64>),
+    Remote(Fingerprints),
 }
 
 impl Serialize for MethodTable<'_> {
@@ -391,7 +409,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MethodTable<'a> {
 }
 
 /// A method table as read from a peer.
-struct RemoteMethods(HashMap<String, u64>);
+struct RemoteMethods(Fingerprints);
 
 impl<'de> Deserialize<'de> for RemoteMethods {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -404,7 +422,7 @@ impl<'de> Deserialize<'de> for RemoteMethods {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut methods = HashMap::new();
+                let mut methods = Fingerprints::new();
                 while let Some((name, fingerprint)) = seq.next_element::<(&'de str, u64)>()? {
                     methods.insert(name.to_owned(), fingerprint);
                 }
@@ -417,7 +435,7 @@ impl<'de> Deserialize<'de> for RemoteMethods {
 
 /// The table a server of several services appends to its hello: each service's name and
 /// method table. Read element by element, like a method table.
-struct ServiceTables(Vec<(String, HashMap<String, u64>)>);
+struct ServiceTables(Vec<(String, Fingerprints)>);
 
 impl<'de> Deserialize<'de> for ServiceTables {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -657,7 +675,7 @@ mod tests {
             serves_back: false,
             max_frame_len: 0,
             service: String::new(),
-            methods: HashMap::new(),
+            methods: Fingerprints::new(),
             services: Vec::new(),
             mismatched: HashMap::new(),
             ping_interval: Some(Duration::from_secs(15)),

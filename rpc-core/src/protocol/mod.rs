@@ -63,9 +63,10 @@ pub(crate) const MAX_FRAME_LEN_CAP: usize = u32::MAX as usize;
 /// as a varint, and every index here is below 128).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Head<'a> {
-    /// 0: the first frame each side sends.
+    /// 0: the first frame each side sends. Boxed: the largest head by far, it would make
+    /// every head as large, to be moved and dropped on every call.
     #[serde(borrow)]
-    Hello(Hello<'a>),
+    Hello(Box<Hello<'a>>),
     /// 1: a call; the rest of the payload is the call's metadata
     /// ([`Metadata`](crate::Metadata), decoded apart so that its limits are checked as it is
     /// read), then the arguments.
