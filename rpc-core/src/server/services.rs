@@ -356,11 +356,15 @@ impl<S: ServiceSet> Served<S> {
         method: &'m str,
         default: usize,
     ) -> Result<(usize, &'m str), String> {
-        match method.split_once('.') {
-            Some((service, name)) if service != "rpc" => self
-                .position(service)
-                .map(|index| (index, name))
-                .ok_or_else(|| format!("the server has no service `{service}`")),
+        // A byte at a time: names are short, and a dot is ASCII, so both sides of it are
+        // whole characters.
+        match method.bytes().position(|byte| byte == b'.') {
+            Some(dot) if &method[..dot] != "rpc" => {
+                let (service, name) = (&method[..dot], &method[dot + 1..]);
+                self.position(service)
+                    .map(|index| (index, name))
+                    .ok_or_else(|| format!("the server has no service `{service}`"))
+            }
             _ => Ok((default, method)),
         }
     }
