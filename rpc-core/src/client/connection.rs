@@ -299,9 +299,19 @@ impl Connection {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
+        // This task's waker, which the reply wakes: taken in the same poll as the reply's future
+        // is first polled (nothing below waits before it).
+        let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
         let answer = self
             .pending
-            .register(id, method.name, frame, spec.expires, spec.takes_byte_string)
+            .register(
+                id,
+                method.name,
+                frame,
+                spec.expires,
+                spec.takes_byte_string,
+                waker,
+            )
             .map_err(Failure::NotRun)?;
         let mut waiting = Waiting {
             connection: self,
@@ -737,8 +747,22 @@ mod tests {
     fn only_a_byte_string_result_of_a_waiting_call_is_read_apart() {
         let pending = Pending::default();
         let request = || Frame::from(vec![0u8; 8]);
-        let _bytes = pending.register(1, "f", request(), None, true);
-        let _value = pending.register(2, "f", request(), None, false);
+        let _bytes = pending.register(
+            1,
+            "f",
+            request(),
+            None,
+            true,
+            std::task::Waker::noop().clone(),
+        );
+        let _value = pending.register(
+            2,
+            "f",
+            request(),
+            None,
+            false,
+            std::task::Waker::noop().clone(),
+        );
         let response = |id, outcome| {
             let mut payload =
                 postcard::to_stdvec(&Head::Response { id, outcome }).expect("encodes");

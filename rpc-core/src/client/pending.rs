@@ -153,7 +153,9 @@ impl Pending {
 
     /// Registers a call to `method` whose request is `request`, to be claimed by the writer, or
     /// says why the connection takes no more calls. Past `expires`, if the call has a deadline,
-    /// [`Pending::expire`] fails it with [`Reply::Expired`].
+    /// [`Pending::expire`] fails it with [`Reply::Expired`]. The reply wakes `waker`: the
+    /// call's own, so that the reply's future, first polled with it, need not look at the table
+    /// again before anything can have come.
     pub(crate) fn register(
         &self,
         id: u64,
@@ -161,6 +163,7 @@ impl Pending {
         request: Frame,
         expires: Option<Instant>,
         takes_byte_string: bool,
+        waker: Waker,
     ) -> Result<ReplyFuture<'_>, RpcError> {
         let mut state = self.state();
         // The server said it takes no new calls: that says more than how the connection ended.
@@ -172,8 +175,9 @@ impl Pending {
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
         }
+        let registered = WakerIdentity::of(&waker);
         let waiter = Waiter {
-            reply: Slot::Waiting(None),
+            reply: Slot::Waiting(Some(waker)),
             unsent: Some(request),
             expires,
             takes_byte_string,
@@ -188,7 +192,11 @@ impl Pending {
             self.earlier_deadline.store(true, Ordering::Release);
             self.reader.wake();
         }
-        Ok(ReplyFuture { pending: self, id })
+        Ok(ReplyFuture {
+            pending: self,
+            id,
+            registered: Some(registered),
+        })
     }
 
     /// Whether call `id` waits for a result that is a byte string it takes as it was read.
@@ -368,13 +376,39 @@ impl Pending {
 pub(crate) struct ReplyFuture<'a> {
     pending: &'a Pending,
     id: u64,
+    /// The waker the call was registered with, until the future is first polled.
+    registered: Option<WakerIdentity>,
 }
 
 impl Future for ReplyFuture<'_> {
     type Output = Option<Reply>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        // Polled first with the waker the call registered with, there is nothing to look at:
+        // a reply that came since has woken that waker, and the call is polled again for it.
+        // One lock of the table fewer per call.
+        if self.registered.take() == Some(WakerIdentity::of(cx.waker())) {
+            return Poll::Pending;
+        }
         self.pending.poll_reply(self.id, cx)
+    }
+}
+
+/// What tells two wakers apart, as [`Waker::will_wake`] does: the same data and functions wake
+/// the same task. Kept as addresses, not a clone of the waker, which would cost two atomic
+/// updates of the task's reference count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WakerIdentity {
+    data: usize,
+    vtable: usize,
+}
+
+impl WakerIdentity {
+    fn of(waker: &Waker) -> Self {
+        WakerIdentity {
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        }
     }
 }
 
@@ -403,14 +437,14 @@ mod tests {
     fn only_a_request_in_one_piece_is_claimed_to_go_straight_through() {
         let pending = Pending::default();
         let _small = pending
-            .register(1, "f", request(), None, false)
+            .register(1, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         let mut spliced = Frame::default();
         spliced
             .append(&crate::Payload::from(vec![7u8; 1 << 20]))
             .expect("encodes");
         let _large = pending
-            .register(2, "f", spliced, None, false)
+            .register(2, "f", spliced, None, false, Waker::noop().clone())
             .expect("open");
         assert_eq!(
             pending.claim_contiguous(1).map(|frame| frame.len()),
@@ -428,10 +462,10 @@ mod tests {
     async fn close_fails_waiting_and_later_calls() {
         let pending = Pending::default();
         let sent = pending
-            .register(1, "f", request(), None, false)
+            .register(1, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         let unsent = pending
-            .register(3, "f", request(), None, false)
+            .register(3, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         assert!(
             pending.claim(1).is_some(),
@@ -450,8 +484,34 @@ mod tests {
             "a request never written did not run"
         );
         assert!(matches!(
-            pending.register(2, "f", request(), None, false),
+            pending.register(2, "f", request(), None, false, Waker::noop().clone()),
             Err(RpcError::ConnectionClosed)
+        ));
+    }
+
+    /// A reply that comes before the call first looks for it wakes the waker the call was
+    /// registered with: the first poll, which does not look, loses nothing.
+    #[test]
+    fn a_reply_before_the_first_poll_wakes_the_registered_waker() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(std::sync::Arc::clone(&count));
+        let pending = Pending::default();
+        let mut reply = pending
+            .register(1, "f", request(), None, false, waker.clone())
+            .expect("open");
+        pending.complete(1, Reply::Ok(Bytes::from_static(b"1"), None));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the reply woke the call");
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut reply).poll(&mut cx).is_pending());
+        assert!(matches!(
+            Pin::new(&mut reply).poll(&mut cx),
+            Poll::Ready(Some(Reply::Ok(b, _))) if b == "1"
         ));
     }
 
@@ -459,10 +519,10 @@ mod tests {
     async fn replies_reach_their_own_call() {
         let pending = Pending::default();
         let one = pending
-            .register(1, "f", request(), None, false)
+            .register(1, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         let two = pending
-            .register(2, "f", request(), None, false)
+            .register(2, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         pending.complete(2, Reply::Ok(Bytes::from_static(b"2"), None));
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1"), None));
@@ -475,11 +535,11 @@ mod tests {
     async fn draining_refuses_new_calls_and_answers_old_ones() {
         let pending = Pending::default();
         let old = pending
-            .register(1, "f", request(), None, false)
+            .register(1, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         pending.drain();
         assert!(matches!(
-            pending.register(2, "g", request(), None, false),
+            pending.register(2, "g", request(), None, false, Waker::noop().clone()),
             Err(RpcError::ServerClosing { method }) if method == "g"
         ));
         pending.complete(1, Reply::Ok(Bytes::new(), None));
@@ -498,16 +558,16 @@ mod tests {
         let soon = now + std::time::Duration::from_millis(10);
         let later = now + std::time::Duration::from_secs(1);
         let written = pending
-            .register(1, "f", request(), Some(soon), false)
+            .register(1, "f", request(), Some(soon), false, Waker::noop().clone())
             .expect("open");
         let unwritten = pending
-            .register(2, "f", request(), Some(soon), false)
+            .register(2, "f", request(), Some(soon), false, Waker::noop().clone())
             .expect("open");
         let _waits = pending
-            .register(3, "f", request(), Some(later), false)
+            .register(3, "f", request(), Some(later), false, Waker::noop().clone())
             .expect("open");
         let _forever = pending
-            .register(4, "f", request(), None, false)
+            .register(4, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         assert!(
             pending.claim(1).is_some(),
@@ -540,7 +600,7 @@ mod tests {
         let now = Instant::now();
         let soon = now + std::time::Duration::from_millis(10);
         let answered = pending
-            .register(1, "f", request(), Some(soon), false)
+            .register(1, "f", request(), Some(soon), false, Waker::noop().clone())
             .expect("open");
         assert!(pending.claim(1).is_some(), "written");
         pending.complete(1, Reply::Ok(Bytes::from_static(b"1"), None));
@@ -567,7 +627,7 @@ mod tests {
         let pending = Pending::default();
         let mut reply = std::pin::pin!(
             pending
-                .register(1, "f", request(), None, false)
+                .register(1, "f", request(), None, false, Waker::noop().clone())
                 .expect("open")
         );
         let (first, last) = (
@@ -592,10 +652,10 @@ mod tests {
     fn a_call_forgotten_before_its_turn_takes_its_request_back() {
         let pending = Pending::default();
         pending
-            .register(1, "f", request(), None, false)
+            .register(1, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         pending
-            .register(2, "f", request(), None, false)
+            .register(2, "f", request(), None, false, Waker::noop().clone())
             .expect("open");
         assert!(pending.claim(2).is_some());
         assert_eq!(pending.forget(1), Forgotten::Unsent);
