@@ -6,7 +6,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -96,6 +96,10 @@ pub(crate) struct Endpoint {
     /// One reconnection at a time; the calls that need it wait for it.
     connecting: tokio::sync::Mutex<()>,
     outstanding: AtomicUsize,
+    /// Whether calls failed on it lately (`Live::call_failures` or `Live::ejections` is not
+    /// 0): set and cleared under the lock, read without it, so that a call that succeeds on
+    /// an endpoint with nothing to forget does not take the lock every call takes.
+    failing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +149,7 @@ impl Endpoint {
             live: Mutex::new(Live::default()),
             connecting: tokio::sync::Mutex::new(()),
             outstanding: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -222,11 +227,15 @@ impl Endpoint {
     /// Counts how a call on it went: calls failing in a row eject it for a backoff that grows
     /// with each ejection; one that succeeds puts it back.
     pub(crate) fn record_call(&self, failed: bool) {
+        if !failed && !self.failing.load(Ordering::Acquire) {
+            return;
+        }
         let mut live = self.live();
         if !failed {
             let was_out = live.call_failures > 0 || live.ejections > 0;
             live.call_failures = 0;
             live.ejections = 0;
+            self.failing.store(false, Ordering::Release);
             drop(live);
             if was_out {
                 changed(&self.changes);
@@ -234,6 +243,7 @@ impl Endpoint {
             return;
         }
         live.call_failures += 1;
+        self.failing.store(true, Ordering::Release);
         if live.call_failures < EJECT_AFTER {
             return;
         }
