@@ -746,23 +746,13 @@ mod tests {
     #[test]
     fn only_a_byte_string_result_of_a_waiting_call_is_read_apart() {
         let pending = Pending::default();
-        let request = || Frame::from(vec![0u8; 8]);
-        let _bytes = pending.register(
-            1,
-            "f",
-            request(),
-            None,
-            true,
-            std::task::Waker::noop().clone(),
-        );
-        let _value = pending.register(
-            2,
-            "f",
-            request(),
-            None,
-            false,
-            std::task::Waker::noop().clone(),
-        );
+        let register = |id, takes_byte_string| {
+            let request = Frame::from(vec![0u8; 8]);
+            let waker = std::task::Waker::noop().clone();
+            pending.register(id, "f", request, None, takes_byte_string, waker)
+        };
+        let _bytes = register(1, true);
+        let _value = register(2, false);
         let response = |id, outcome| {
             let mut payload =
                 postcard::to_stdvec(&Head::Response { id, outcome }).expect("encodes");
