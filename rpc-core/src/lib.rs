@@ -78,6 +78,7 @@ mod reverse;
 pub mod schema;
 mod server;
 mod service;
+mod slots;
 mod status;
 mod stream;
 mod task;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::ClientConfig;
@@ -20,6 +19,7 @@ use crate::protocol::{
 };
 use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
+use crate::slots::{CallSlot, CallSlots};
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
@@ -32,7 +32,7 @@ pub(crate) struct Connection {
     /// A call holds a slot from before it is sent until it is answered or abandoned (or its
     /// streamed result ends), so that no more calls are in flight than the server runs at once:
     /// the server then never has to stop reading, and a cancellation always reaches it.
-    slots: Arc<Semaphore>,
+    slots: Arc<CallSlots>,
     pending: Arc<Pending>,
     streams: Arc<Streams>,
     next_id: AtomicU64,
@@ -184,12 +184,8 @@ impl Connection {
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
-        let capacity = server
-            .max_concurrent_calls
-            .unwrap_or(Semaphore::MAX_PERMITS)
-            .clamp(1, Semaphore::MAX_PERMITS);
-        let slots = Arc::new(Semaphore::new(capacity));
-        writer.watch_calls(Arc::clone(&slots), capacity);
+        let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
+        writer.watch_calls(Arc::clone(&slots));
         // A client serving back queues its answers like a server, within a limit, so that a
         // server that reads nothing cannot make it hold them without bound.
         let (outbox, queue) = match &serve_back {
@@ -285,17 +281,11 @@ impl Connection {
         };
         checked.map_err(Failure::Final)?;
         // The slot first: a call waiting for one holds no encoded request.
-        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                let Ok(slot) = until(spec.expires, Arc::clone(&self.slots).acquire_owned())
-                    .await
-                    .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
-                else {
-                    unreachable!("the outgoing slots are never closed");
-                };
-                slot
-            }
+        let slot = match self.slots.try_take() {
+            Some(slot) => slot,
+            None => until(spec.expires, self.slots.take())
+                .await
+                .map_err(|_| Failure::Final(spec.deadline_exceeded()))?,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
@@ -396,7 +386,7 @@ pub(crate) struct Answered {
     deadline: Duration,
     reply: Reply,
     expires: Option<Instant>,
-    slot: OwnedSemaphorePermit,
+    slot: CallSlot,
     inbound: Option<InboundParts>,
     upload: Option<Upload>,
 }

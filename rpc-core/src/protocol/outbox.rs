@@ -18,9 +18,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::{Frame, Head};
+use crate::slots::{CallSlot, CallSlots};
 
 /// What a queued frame costs beyond its bytes (its allocation's bookkeeping, the queue's node),
 /// counted so that many small frames are not mistaken for few bytes.
@@ -54,37 +55,19 @@ pub(crate) trait WriteNow {
     fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
 }
 
-/// A connection's call slots, each held by one call in flight, and how many there are.
-#[derive(Debug, Clone)]
-pub(super) struct CallSlots {
-    slots: Arc<Semaphore>,
-    capacity: usize,
-}
-
-impl CallSlots {
-    pub(super) fn new(slots: Arc<Semaphore>, capacity: usize) -> Self {
-        CallSlots { slots, capacity }
-    }
-
-    /// Whether at most one call is in flight.
-    pub(super) fn lone_call(&self) -> bool {
-        self.capacity.saturating_sub(self.slots.available_permits()) <= 1
-    }
-}
-
 /// What the queue needs to write a frame straight through.
 #[derive(Debug)]
 struct Through {
     writer: Weak<dyn WriteThrough>,
     /// Frames go straight through only while at most one call is in flight.
-    calls: CallSlots,
+    calls: Arc<CallSlots>,
 }
 
 /// One entry of the queue.
 pub(crate) struct Outgoing {
     pub(super) item: Item,
     /// A share of a connection's budget, released once the frame is written.
-    pub(super) _slot: Option<OwnedSemaphorePermit>,
+    pub(super) _slot: Option<CallSlot>,
 }
 
 pub(super) enum Item {
@@ -225,7 +208,7 @@ impl Queue {
 
     /// Lets the tasks that queue frames write them straight through `writer` while it is idle,
     /// nothing is queued and at most one of the connection's `calls` is in flight.
-    pub(super) fn write_through(&self, writer: Weak<dyn WriteThrough>, calls: CallSlots) {
+    pub(super) fn write_through(&self, writer: Weak<dyn WriteThrough>, calls: Arc<CallSlots>) {
         let _ = self.channel.through.set(Through { writer, calls });
     }
 
@@ -280,7 +263,7 @@ impl Outbox {
 
     /// Queues a complete frame; `slot` is released once the frame is written. `false` when the
     /// writer is gone, and with it the connection.
-    pub(crate) fn send(&self, frame: impl Into<Frame>, slot: Option<OwnedSemaphorePermit>) -> bool {
+    pub(crate) fn send(&self, frame: impl Into<Frame>, slot: Option<CallSlot>) -> bool {
         self.push(Item::Frame(frame.into()), slot)
     }
 
@@ -300,7 +283,7 @@ impl Outbox {
         self.push(Item::Claim(source, key), None)
     }
 
-    fn push(&self, item: Item, slot: Option<OwnedSemaphorePermit>) -> bool {
+    fn push(&self, item: Item, slot: Option<CallSlot>) -> bool {
         let item = match self.write_through(item) {
             Ok(()) => return true,
             Err(item) => item,

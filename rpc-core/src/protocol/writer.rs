@@ -10,12 +10,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::outbox::{CallSlots, Item, Outgoing, Queue, WriteNow, WriteThrough};
+use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough};
 use super::stall::StallGuard;
 use super::{Frame, Head};
+use crate::slots::CallSlots;
 use crate::telemetry::Traffic;
 
 /// Frames smaller than this are copied together into one write; larger ones go out directly.
@@ -29,9 +30,9 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 pub(crate) struct FrameWriter<W> {
     io: StallGuard<W>,
     batch: Vec<u8>,
-    /// The connection's call slots and how many there are, to tell when a single call is in
-    /// flight: then nobody else is about to queue a frame, and the writer sends at once.
-    calls: Option<CallSlots>,
+    /// The connection's call slots, to tell when a single call is in flight: then nobody else
+    /// is about to queue a frame, and the writer sends at once.
+    calls: Option<Arc<CallSlots>>,
     /// Where the bytes written are counted, once the connection is established.
     traffic: Option<Traffic>,
     /// When bytes were last written, by the writer or straight through it.
@@ -64,15 +65,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    /// Lets the writer see how many calls are in flight: `slots`, of which there are
-    /// `capacity`, each held by one call.
-    pub(crate) fn watch_calls(&mut self, slots: Arc<Semaphore>, capacity: usize) {
-        self.calls = Some(CallSlots::new(slots, capacity));
+    /// Lets the writer see how many calls are in flight: `slots`, each held by one call.
+    pub(crate) fn watch_calls(&mut self, slots: Arc<CallSlots>) {
+        self.calls = Some(slots);
     }
 
     /// Whether at most one call is in flight, as far as the writer was told.
     fn lone_call(&self) -> bool {
-        self.calls.as_ref().is_some_and(CallSlots::lone_call)
+        self.calls.as_deref().is_some_and(CallSlots::lone_call)
     }
 
     /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
@@ -511,15 +511,14 @@ mod write_tests {
     /// The writes a writer makes when one frame is queued, the writer has a turn, then four
     /// more are queued; `in_flight` of the connection's 8 call slots are held.
     async fn writes_around_a_turn(in_flight: u32) -> Vec<usize> {
-        let slots = Arc::new(Semaphore::new(8));
-        let _held = Arc::clone(&slots)
-            .acquire_many_owned(in_flight)
-            .await
-            .expect("slots");
+        let slots = CallSlots::new(8);
+        let _held: Vec<_> = (0..in_flight)
+            .map(|_| slots.try_take().expect("a slot"))
+            .collect();
         let (outbox, queue) = Outbox::new();
         let mut io = trickle();
         let mut writer = FrameWriter::new(&mut io);
-        writer.watch_calls(slots, 8);
+        writer.watch_calls(slots);
         let mut writing = Box::pin(write_frames(writer, queue, None));
         assert!(outbox.send(Head::Cancel { id: 0 }.frame(), None));
         // The writer's turn: it either writes the frame or waits for another turn.
@@ -735,9 +734,9 @@ mod through_tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Wake, Waker};
 
+    use crate::slots::{CallSlot, CallSlots};
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, DuplexStream};
-    use tokio::sync::OwnedSemaphorePermit;
 
     use super::write_tests::Trickle;
     use super::*;
@@ -762,8 +761,8 @@ mod through_tests {
         writing: Writing,
         wakes: Arc<Wakes>,
         peer: DuplexStream,
-        slots: Arc<Semaphore>,
-        _call: OwnedSemaphorePermit,
+        slots: Arc<CallSlots>,
+        _call: CallSlot,
     }
 
     impl Idle {
@@ -777,11 +776,11 @@ mod through_tests {
         where
             W: AsyncWrite + Unpin + Send + 'static,
         {
-            let slots = Arc::new(Semaphore::new(8));
-            let call = Arc::clone(&slots).acquire_owned().await.expect("a slot");
+            let slots = CallSlots::new(8);
+            let call = slots.try_take().expect("a slot");
             let (outbox, queue) = Outbox::new();
             let mut writer = FrameWriter::new(io);
-            writer.watch_calls(Arc::clone(&slots), 8);
+            writer.watch_calls(Arc::clone(&slots));
             let mut idle = Idle {
                 outbox,
                 writing: Box::pin(write_frames_through(writer, queue, None)),
@@ -840,7 +839,7 @@ mod through_tests {
     #[tokio::test]
     async fn frames_go_to_the_writer_while_calls_are_many_or_more_are_coming() {
         let mut idle = Idle::new(1024).await;
-        let _second = Arc::clone(&idle.slots).acquire_owned().await;
+        let _second = idle.slots.try_take();
         assert!(idle.outbox.send(cancel(1), None));
         assert!(idle.received().is_empty(), "two calls in flight: queued");
         assert_eq!(idle.wakes(), 1, "for the writer");
@@ -913,12 +912,12 @@ mod through_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_frame_written_straight_through_puts_off_the_next_ping() {
-        let slots = Arc::new(Semaphore::new(8));
-        let _call = Arc::clone(&slots).acquire_owned().await.expect("a slot");
+        let slots = CallSlots::new(8);
+        let _call = slots.try_take().expect("a slot");
         let (outbox, queue) = Outbox::new();
         let (io, peer) = tokio::io::duplex(1024);
         let mut writer = FrameWriter::new(io);
-        writer.watch_calls(slots, 8);
+        writer.watch_calls(slots);
         let interval = Duration::from_secs(10);
         let writing = tokio::spawn(write_frames_through(writer, queue, Some(interval)));
         // The writer has started and waits idle; the frame goes straight through.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -23,6 +23,7 @@ use crate::peer::Peer;
 use crate::protocol::{
     Frame, Head, Outbox, Outcome, StreamFrames, code, error_response, finish_frame,
 };
+use crate::slots::CallSlot;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
 use crate::telemetry::{CallEnd, OK, Side};
@@ -74,7 +75,7 @@ pub(crate) struct NewCall<R> {
     pub(crate) peer: Peer,
     /// The share of the connection's in-flight budget the call holds until its answer is
     /// written.
-    pub(crate) slot: OwnedSemaphorePermit,
+    pub(crate) slot: CallSlot,
 }
 
 impl Calls {
@@ -321,7 +322,7 @@ struct Started {
     span: tracing::Span,
     end: CallEnd,
     /// The call's share of the connection's in-flight budget.
-    slot: OwnedSemaphorePermit,
+    slot: CallSlot,
 }
 
 /// Runs a call's future to completion, within its deadline: the response frame, and the stream
@@ -466,7 +467,7 @@ impl Answer {
 
     /// Ends the call with this answer, which has no stream after it: records how it ended and
     /// queues the frame, which releases the call's `slot` once written.
-    fn send(self, end: CallEnd, link: &Link, slot: OwnedSemaphorePermit) {
+    fn send(self, end: CallEnd, link: &Link, slot: CallSlot) {
         end.finish(self.code);
         link.outbox.send(self.frame, Some(slot));
     }
@@ -508,7 +509,7 @@ async fn stream_out(
     stream: Outbound,
     deadline: Option<Instant>,
     link: &Link,
-    slot: OwnedSemaphorePermit,
+    slot: CallSlot,
 ) -> u32 {
     let credit = link.streams.open_outbound(id);
     link.outbox.send(frame, None);

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::ServerConfig;
@@ -35,6 +35,7 @@ use crate::protocol::{
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
+use crate::slots::{CallSlot, CallSlots};
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
@@ -128,8 +129,8 @@ where
             Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
         let meter = Arc::clone(outbox.meter());
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
-        let slots = Arc::new(Semaphore::new(config.max_in_flight));
-        writer.watch_calls(Arc::clone(&slots), config.max_in_flight);
+        let slots = CallSlots::new(config.max_in_flight);
+        writer.watch_calls(Arc::clone(&slots));
         let mut writer = tokio::spawn(write_frames_through(writer, queue, heartbeat));
         // If this future is dropped (the server's grace period ran out), the connection closes and
         // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
@@ -246,12 +247,9 @@ where
                         registration.touch(Instant::now());
                     }
                 }
-                slot = Arc::clone(&connection.slots).acquire_owned(),
+                slot = CallSlots::take_owned(Arc::clone(&connection.slots)),
                     if !connection.parked.is_empty() =>
                 {
-                    let Ok(slot) = slot else {
-                        unreachable!("the in-flight semaphore is never closed");
-                    };
                     connection.start_parked(slot);
                 }
                 () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
@@ -409,7 +407,7 @@ struct Connection<'a, S: ServiceSet> {
     calls: &'a Arc<Calls>,
     link: Link,
     /// Every running call holds one until its answer is written.
-    slots: Arc<Semaphore>,
+    slots: Arc<CallSlots>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
     peer: Peer,
@@ -601,12 +599,12 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         // Requests start in the order they came: behind any already waiting for a slot. With
         // none free, the call waits while the reader goes on (backpressure).
-        let slot = Arc::clone(&self.slots).try_acquire_owned();
+        let slot = self.slots.try_take();
         match slot {
-            Ok(slot) if self.parked.is_empty() => self.start(parked, slot),
+            Some(slot) if self.parked.is_empty() => self.start(parked, slot),
             slot => {
                 self.parked.push_back(parked);
-                if let Ok(slot) = slot {
+                if let Some(slot) = slot {
                     self.start_parked(slot);
                 }
             }
@@ -670,7 +668,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         let Some(request) = decoded else {
             return;
         };
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+        let Some(slot) = self.slots.try_take() else {
             let message = "the server has no call slot free for a health call";
             return self.refuse(id, code::LIMIT_EXCEEDED, message);
         };
@@ -689,13 +687,13 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 
     /// Starts the oldest parked request with `slot`.
-    fn start_parked(&mut self, slot: OwnedSemaphorePermit) {
+    fn start_parked(&mut self, slot: CallSlot) {
         if let Some(parked) = self.parked.pop_front() {
             self.start(parked, slot);
         }
     }
 
-    fn start(&self, parked: Parked<S::Request>, slot: OwnedSemaphorePermit) {
+    fn start(&self, parked: Parked<S::Request>, slot: CallSlot) {
         let call = NewCall {
             id: parked.id,
             request: parked.request,

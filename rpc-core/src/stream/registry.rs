@@ -14,12 +14,13 @@ use futures_util::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::protocol::Decode;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Sleep;
 
 use super::{Streaming, grant_at, item_cost};
 use crate::RpcError;
 use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code, length_prefix};
+use crate::slots::CallSlot;
 use crate::telemetry::{CallEnd, OK};
 
 /// What the connection's reader hands an incoming stream.
@@ -372,7 +373,7 @@ pub(crate) struct InboundOptions {
     /// Whether dropping the stream before its end cancels the call (a client's result stream).
     pub(crate) cancel_on_drop: bool,
     /// The call's in-flight slot, held until the stream ends.
-    pub(crate) slot: Option<OwnedSemaphorePermit>,
+    pub(crate) slot: Option<CallSlot>,
     /// The call's upload, which lives as long as the stream.
     pub(crate) upload: Option<super::Upload>,
     /// What records how the call whose result this is ended: when the stream ends, fails, or is
