@@ -110,10 +110,6 @@ pub(crate) struct Outbox {
 pub(crate) struct Queue {
     channel: Arc<Channel>,
     pub(super) meter: Arc<Meter>,
-    /// Entries taken from the channel, next in line: the writer takes everything queued under
-    /// one lock, rather than taking the lock again for each entry while the tasks that queue
-    /// them wait on it.
-    taken: VecDeque<Outgoing>,
 }
 
 /// The queue between the outboxes and the writer: a plain deque under a lock, which holds no
@@ -178,9 +174,6 @@ impl Queue {
         loop {
             // Made before looking, so that an entry queued right after the look still wakes it.
             let ready = self.channel.ready.notified();
-            if !self.taken.is_empty() {
-                return true;
-            }
             {
                 let mut state = self.channel.lock();
                 if !state.entries.is_empty() {
@@ -214,16 +207,12 @@ impl Queue {
 
     /// The next entry, if one is queued.
     pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
-        if self.taken.is_empty() {
-            // The two deques trade places: the channel keeps an empty one with room to spare.
-            std::mem::swap(&mut self.taken, &mut self.channel.lock().entries);
-        }
-        self.taken.pop_front()
+        self.channel.lock().entries.pop_front()
     }
 
     /// How many entries are queued.
     pub(super) fn len(&self) -> usize {
-        self.taken.len() + self.channel.lock().entries.len()
+        self.channel.lock().entries.len()
     }
 }
 
@@ -234,7 +223,7 @@ impl Drop for Queue {
             state.closed = true;
             std::mem::take(&mut state.entries)
         };
-        for outgoing in std::mem::take(&mut self.taken).into_iter().chain(entries) {
+        for outgoing in entries {
             self.meter.release(outgoing.queued_len());
         }
     }
@@ -256,7 +245,6 @@ impl Outbox {
         let queue = Queue {
             channel: Arc::clone(&channel),
             meter: Arc::clone(&meter),
-            taken: VecDeque::new(),
         };
         (Outbox { channel, meter }, queue)
     }

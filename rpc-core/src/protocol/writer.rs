@@ -318,12 +318,7 @@ async fn write_queued<W: AsyncWrite + Unpin>(
         let Some(first) = queue.try_recv() else {
             continue;
         };
-        // A write that failed may have left part of a frame, and the queue's next entries are
-        // the writer's now: nothing may go straight through after them.
-        let last = writer
-            .send_queued(first, queue)
-            .await
-            .inspect_err(|_| writer.closed = true)?;
+        let last = writer.send_queued(first, queue).await?;
         if ping.is_some() {
             writer.last_write = Instant::now();
         }
