@@ -212,13 +212,11 @@ impl<'a> Head<'a> {
 
     /// A complete frame holding only this head, for the heads that carry no body.
     pub(crate) fn frame(&self) -> Vec<u8> {
-        let mut frame = Vec::with_capacity(16);
-        frame.extend_from_slice(&[0; LENGTH_PREFIX]);
         // Serializing a head into a Vec cannot fail: it has no maps, sequences of unknown length
         // or custom serializers that fail.
-        if self.encode_into(&mut frame).is_err() {
+        let Ok(mut frame) = self.start(16) else {
             unreachable!("a frame head always encodes");
-        }
+        };
         let size = (frame.len() - LENGTH_PREFIX) as u32;
         frame[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
         frame
@@ -226,10 +224,16 @@ impl<'a> Head<'a> {
 
     /// Starts a frame: room for the length prefix, then this head.
     pub(crate) fn begin_frame(&self) -> Result<Frame, CodecError> {
-        let mut frame = Vec::with_capacity(64);
-        frame.extend_from_slice(&[0; LENGTH_PREFIX]);
-        self.encode_into(&mut frame)?;
-        Ok(Frame::from(frame))
+        self.start(64).map(Frame::from)
+    }
+
+    /// The bytes of a frame begun with this head, in a buffer of `capacity` bytes to start
+    /// with: room for the length prefix, then the head.
+    fn start(&self, capacity: usize) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = Vec::with_capacity(capacity);
+        bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+        self.encode_into(&mut bytes)?;
+        Ok(bytes)
     }
 }
 
@@ -240,14 +244,12 @@ pub(crate) fn begin_request(
     timeout_ms: u64,
     metadata: &crate::Metadata,
 ) -> Result<Frame, CodecError> {
-    let mut bytes = Vec::with_capacity(64);
-    bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
-    Head::Request {
+    let head = Head::Request {
         id,
         method,
         timeout_ms,
-    }
-    .encode_into(&mut bytes)?;
+    };
+    let mut bytes = head.start(64)?;
     // Metadata holds no payload to splice in: appended as it is, and no metadata as the count
     // 0 that postcard makes of it.
     if metadata.is_empty() {
