@@ -66,7 +66,7 @@ struct Through {
 /// One entry of the queue.
 pub(crate) struct Outgoing {
     pub(super) item: Item,
-    /// A share of a connection's budget, released once the frame is written.
+    /// The slot of the call this frame answers, given back once the frame is written.
     pub(super) _slot: Option<CallSlot>,
 }
 
