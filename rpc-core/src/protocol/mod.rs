@@ -227,10 +227,10 @@ impl<'a> Head<'a> {
         self.start(64).map(Frame::from)
     }
 
-    /// The bytes of a frame begun with this head, in a buffer of `capacity` bytes to start
-    /// with: room for the length prefix, then the head.
+    /// The bytes of a frame begun with this head, in a buffer of `capacity` bytes (at most
+    /// [`spare::SMALL_MAX`]) to start with: room for the length prefix, then the head.
     fn start(&self, capacity: usize) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = Vec::with_capacity(capacity);
+        let mut bytes = spare::small(capacity);
         bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
         self.encode_into(&mut bytes)?;
         Ok(bytes)

@@ -7,7 +7,13 @@
 //!
 //! A `Vec<u8>` argument or result takes part too: decoded into a spare's memory, and its
 //! memory kept when the frame that sent it from there is done with it.
+//!
+//! Small frames (a call's request or response of a few numbers) are kept too, a few dozen per
+//! thread: each call began two of them in fresh memory, which the writer freed on whatever
+//! thread it ran, and glibc's per-thread cache overflowed into its slower shared lists when
+//! hundreds of calls were in flight.
 
+use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -22,6 +28,46 @@ const BUDGET: usize = 4 * (1024 * 1024 + 16 * 1024);
 /// The memory page's usual size: fresh memory for a large frame is rounded up to whole pages,
 /// with one to spare.
 const PAGE: usize = 4096;
+
+/// A small frame's memory is kept once it is dropped only if it holds at most this much, which
+/// is no more than the bytes a queued frame is counted for beyond its own
+/// ([`ENTRY_OVERHEAD`](super::outbox::ENTRY_OVERHEAD)): a frame in kept memory costs no more
+/// than it is counted for.
+pub(super) const SMALL_MAX: usize = 128;
+
+/// How many small frames' memory a thread keeps.
+const SMALL_KEPT: usize = 64;
+
+thread_local! {
+    /// The memory of small frames dropped on this thread, each empty.
+    static SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Memory for a small frame of up to `capacity` bytes to start with (at most [`SMALL_MAX`]): a
+/// dropped small frame's, if this thread kept one.
+#[inline]
+pub(super) fn small(capacity: usize) -> Vec<u8> {
+    debug_assert!(capacity <= SMALL_MAX);
+    SMALL
+        .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Keeps the memory of `bytes`, a dropped small frame's, if this thread has room for it.
+fn keep_small(bytes: &mut Vec<u8>) {
+    // During the thread's teardown the store is gone, and the memory is freed with `bytes`.
+    let _ = SMALL.try_with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut()
+            && kept.len() < SMALL_KEPT
+        {
+            let mut spare = std::mem::take(bytes);
+            spare.clear();
+            kept.push(spare);
+        }
+    });
+}
 
 /// Large frames' memory, kept up to [`BUDGET`].
 #[derive(Debug, Default)]
@@ -57,11 +103,14 @@ impl Spares {
 }
 
 /// Keeps the memory of `bytes`, a dropped frame's, if it is large and the budget has room for
-/// it (else it is freed with `bytes`). Every frame's drop asks: a small one costs a comparison.
+/// it, or small and this thread's store has room (else it is freed with `bytes`).
 #[inline]
 pub(super) fn keep(bytes: &mut Vec<u8>) {
-    if bytes.capacity() >= SPARE_MIN {
+    let capacity = bytes.capacity();
+    if capacity >= SPARE_MIN {
         keep_large(bytes);
+    } else if capacity != 0 && capacity <= SMALL_MAX {
+        keep_small(bytes);
     }
 }
 
@@ -138,7 +187,7 @@ mod tests {
     use serde_bytes::ByteBuf;
 
     use super::*;
-    use crate::protocol::{Frame, LENGTH_PREFIX};
+    use crate::protocol::{Frame, Head, LENGTH_PREFIX};
 
     /// `bytes` copied into a frame, as a `ByteBuf` is.
     fn copied_in(bytes: &ByteBuf) -> Frame {
@@ -155,6 +204,38 @@ mod tests {
 
     fn kept() -> usize {
         spares().buffers().iter().map(Vec::capacity).sum()
+    }
+
+    fn small_kept() -> usize {
+        SMALL.with_borrow(Vec::len)
+    }
+
+    /// A small frame begins in the memory of the last small frame dropped on its thread; the
+    /// thread keeps at most [`SMALL_KEPT`] of them, and none that grew past [`SMALL_MAX`].
+    #[test]
+    fn a_dropped_small_frames_memory_is_taken_up_by_the_next() {
+        let first = Head::Cancel { id: 1 }.begin_frame().expect("encodes");
+        let (at, room) = memory_of(&first);
+        assert!(room <= SMALL_MAX);
+        drop(first);
+        assert_eq!(small_kept(), 1);
+        let second = Head::Cancel { id: 2 }.begin_frame().expect("encodes");
+        assert_eq!(memory_of(&second), (at, room), "in the first frame's memory");
+        assert_eq!(second.contiguous(), Some(&[0, 0, 0, 0, 0x03, 0x02][..]));
+        assert_eq!(small_kept(), 0);
+
+        let many: Vec<Frame> = (0..SMALL_KEPT as u64 + 8)
+            .map(|id| Head::Cancel { id }.begin_frame().expect("encodes"))
+            .collect();
+        drop(many);
+        assert_eq!(small_kept(), SMALL_KEPT, "at most {SMALL_KEPT} are kept");
+        SMALL.with_borrow_mut(Vec::clear);
+
+        let mut grown = Head::Cancel { id: 3 }.begin_frame().expect("encodes");
+        grown.append(&vec![7u8; SMALL_MAX]).expect("encodes");
+        assert!(grown.capacity() > SMALL_MAX);
+        drop(grown);
+        assert_eq!(small_kept(), 0, "a frame grown past {SMALL_MAX} bytes is freed");
     }
 
     /// A large value copied into a frame takes up the memory of a large frame dropped before
