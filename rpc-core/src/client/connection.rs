@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::ClientConfig;
-use super::pending::{Forgotten, Pending, Reply};
+use super::pending::{Answers, Forgotten, Pending, Reply};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
     Outcome, PeerInfo, Queue, Tail, code, finish_frame, go_away, write_frames_through,
@@ -615,6 +615,9 @@ async fn read_responses<R: AsyncRead + Unpin>(
     // The task the last frame woke, if it was large, runs before this reads on
     // (`protocol::is_large`). Taken at the top of the loop, where no frame is held.
     let mut turn_due = false;
+    // Responses that came in one read with more behind them, handed to their calls together
+    // once the frames read so far are all taken (or before anything else is done).
+    let mut answers = Answers::default();
     let reason = loop {
         if std::mem::take(&mut turn_due) {
             tokio::task::yield_now().await;
@@ -624,6 +627,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
         if let Some(tunnel) = &tunnel
             && !tunnel.may_read()
         {
+            pending.complete_all(&mut answers);
             tokio::select! {
                 () = tunnel.wait_may_read() => {}
                 () = pending.wait_closed() => break pending.close_reason(),
@@ -643,6 +647,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
         frames_unlooked += 1;
         if frames_unlooked >= LOOK_AT_DEADLINES_EVERY {
             frames_unlooked = 0;
+            pending.complete_all(&mut answers);
             let passed = deadline_set && deadline.deadline() <= Instant::now();
             if passed || pending.take_earlier_deadline() {
                 deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
@@ -666,7 +671,28 @@ async fn read_responses<R: AsyncRead + Unpin>(
             }
         };
         turn_due = protocol::is_large(&payload, tail.as_ref());
-        if payload.first() == Some(&reverse::KIND) {
+        // A frame of the reverse connection has no head of this one's.
+        let head = (payload.first() != Some(&reverse::KIND)).then(|| Head::decode(&payload));
+        if let Some(Ok((Head::Response { id, outcome }, body))) = head {
+            let reply = match outcome {
+                Outcome::Ok => Reply::Ok(payload.slice_ref(body), tail),
+                Outcome::Err { code, message } => Reply::Err {
+                    code,
+                    message: message.into_owned(),
+                },
+            };
+            let more = !turn_due && reader.has_whole_frame();
+            if !more && answers.is_empty() {
+                // One response in the read, as a sequential caller gets.
+                pending.complete(id, reply);
+            } else if !answers.keep(id, reply) || !more {
+                pending.complete_all(&mut answers);
+            }
+            continue;
+        }
+        // Whatever else the frame is, the responses before it reach their calls first.
+        pending.complete_all(&mut answers);
+        let Some(head) = head else {
             match &mut tunnel {
                 Some(tunnel) => tunnel.deliver(&payload),
                 None => {
@@ -678,18 +704,8 @@ async fn read_responses<R: AsyncRead + Unpin>(
                 }
             }
             continue;
-        }
-        match Head::decode(&payload) {
-            Ok((Head::Response { id, outcome }, body)) => {
-                let reply = match outcome {
-                    Outcome::Ok => Reply::Ok(payload.slice_ref(body), tail),
-                    Outcome::Err { code, message } => Reply::Err {
-                        code,
-                        message: message.into_owned(),
-                    },
-                };
-                pending.complete(id, reply);
-            }
+        };
+        match head {
             Ok((Head::StreamItem { id }, item)) => {
                 if let Err(error) = streams.deliver(id, &payload, item, &mut reader) {
                     break error;
@@ -722,6 +738,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             }
         }
     };
+    pending.complete_all(&mut answers);
     tracing::debug!(%reason, "client connection closed");
     closer.close(reason);
     writer.abort();

@@ -292,6 +292,26 @@ impl Pending {
         }
     }
 
+    /// Hands each of `answers`' replies to the call waiting for it, under one lock of the table,
+    /// then wakes those calls. Replies nobody waits for any more are discarded.
+    pub(crate) fn complete_all(&self, answers: &mut Answers) {
+        if answers.replies.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.state();
+            for (id, reply) in answers.replies.drain(..) {
+                let waiter = state.calls.get_mut(&id);
+                if let Some(waker) = waiter.and_then(|waiter| waiter.answer(reply)) {
+                    answers.wakers.push(waker);
+                }
+            }
+        }
+        for waker in answers.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
     /// Forgets a call that stopped waiting, taking its request back if it was not written yet.
     pub(crate) fn forget(&self, id: u64) -> Forgotten {
         match self.state().calls.remove(&id) {
@@ -391,6 +411,34 @@ impl Future for ReplyFuture<'_> {
             return Poll::Pending;
         }
         self.pending.poll_reply(self.id, cx)
+    }
+}
+
+/// Replies read and not yet handed to their calls: when one read brings many, the connection's
+/// reader hands them over together ([`Pending::complete_all`]), taking the table's lock, which
+/// every call also takes, once rather than once each.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    replies: Vec<(u64, Reply)>,
+    /// The wakers of the calls just answered, kept here only to wake them once the lock is
+    /// released; empty in between.
+    wakers: Vec<Waker>,
+}
+
+impl Answers {
+    /// At most this many replies wait to be handed over.
+    const MAX: usize = 64;
+
+    /// Keeps `reply` to call `id` for the next handover. Returns `false` when no more are kept:
+    /// they are to be handed over now.
+    pub(crate) fn keep(&mut self, id: u64, reply: Reply) -> bool {
+        self.replies.push((id, reply));
+        self.replies.len() < Self::MAX
+    }
+
+    /// Whether no reply waits to be handed over.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.replies.is_empty()
     }
 }
 
@@ -529,6 +577,64 @@ mod tests {
         pending.complete(3, Reply::Ok(Bytes::new(), None));
         assert!(matches!(one.await, Some(Reply::Ok(b, _)) if b == "1"));
         assert!(matches!(two.await, Some(Reply::Ok(b, _)) if b == "2"));
+    }
+
+    /// Replies kept for a handover reach no call until it, then each its own, every call woken
+    /// once; a reply for a call gone meanwhile is discarded, and the handover leaves nothing.
+    #[test]
+    fn replies_handed_over_together_each_reach_and_wake_their_own_call() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let pending = Pending::default();
+        let counts: Vec<_> = (0..3)
+            .map(|_| std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
+            .collect();
+        let wakers: Vec<Waker> = counts.iter().cloned().map(Waker::from).collect();
+        let mut replies: Vec<_> = (0..3)
+            .map(|id| {
+                let waker = wakers[id].clone();
+                pending
+                    .register(id as u64, "f", request(), None, false, waker)
+                    .expect("open")
+            })
+            .collect();
+        assert_eq!(pending.forget(1), Forgotten::Unsent);
+        let mut answers = Answers::default();
+        for id in [2, 1, 0] {
+            let reply = Reply::Ok(Bytes::from(id.to_string()), None);
+            assert!(answers.keep(id, reply), "room for more");
+        }
+        let woken = || counts.iter().map(|count| count.0.load(Ordering::SeqCst));
+        assert!(woken().all(|count| count == 0), "kept, not handed over");
+        pending.complete_all(&mut answers);
+        assert!(answers.is_empty());
+        assert_eq!(woken().collect::<Vec<_>>(), [1, 0, 1]);
+        for id in [0, 2] {
+            let mut cx = Context::from_waker(&wakers[id]);
+            let reply = &mut replies[id];
+            assert!(Pin::new(&mut *reply).poll(&mut cx).is_pending(), "first poll");
+            assert!(matches!(
+                Pin::new(reply).poll(&mut cx),
+                Poll::Ready(Some(Reply::Ok(b, _))) if b == id.to_string()
+            ));
+        }
+        assert_eq!(pending.forget(1), Forgotten::NotWaiting, "discarded");
+    }
+
+    /// At most `Answers::MAX` replies are kept before they must be handed over.
+    #[test]
+    fn answers_ask_for_a_handover_when_full() {
+        let mut answers = Answers::default();
+        for id in 1..Answers::MAX as u64 {
+            assert!(answers.keep(id, Reply::Ok(Bytes::new(), None)));
+        }
+        assert!(!answers.keep(0, Reply::Ok(Bytes::new(), None)), "full");
+        Pending::default().complete_all(&mut answers);
+        assert!(answers.is_empty(), "replies for no call are dropped");
     }
 
     #[tokio::test]

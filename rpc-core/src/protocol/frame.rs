@@ -430,6 +430,12 @@ impl<R> FrameReader<R> {
         !self.buf.is_empty()
     }
 
+    /// Whether the next frame is already read whole: it is taken without waiting for the peer.
+    pub(crate) fn has_whole_frame(&self) -> bool {
+        self.splitting.is_none()
+            && length_prefix(&self.buf).is_some_and(|size| self.buf.len() >= LENGTH_PREFIX + size)
+    }
+
     /// Whether what was read so far starts like a TLS record (a handshake or an alert): the peer
     /// speaks TLS where a frame was expected.
     pub(crate) fn starts_with_tls_record(&self) -> bool {
@@ -523,8 +529,11 @@ pub(crate) mod tests {
         tx.write_all(&bytes).await.expect("writes");
         let first = reader.next_frame().await.expect("reads");
         assert_eq!(first.as_deref(), Some(&b"one"[..]));
+        assert!(reader.has_whole_frame());
         let second = reader.buffered_frame().expect("well formed");
         assert_eq!(second.as_deref(), Some(&b"two"[..]));
+        assert!(!reader.has_whole_frame(), "only the start of the third");
+        assert!(reader.has_buffered());
         assert_eq!(
             reader.buffered_frame().expect("well formed"),
             None,
