@@ -73,7 +73,7 @@ pub trait Service: Send + Sync + 'static {
     fn decode_request(
         method: &str,
         args: &[u8],
-        streams: &mut InboundSlot,
+        streams: &mut InboundSlot<'_>,
     ) -> Result<Self::Request, DecodeError>;
 
     /// The name of the method a request calls, for error reports.

@@ -637,7 +637,7 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
             fn decode_request(
                 #method: &::core::primitive::str,
                 #args: &[::core::primitive::u8],
-                #streams: &mut ::rpc_core::__private::InboundSlot,
+                #streams: &mut ::rpc_core::__private::InboundSlot<'_>,
             ) -> ::core::result::Result<#request, ::rpc_core::DecodeError> {
                 match #method {
                     #(#decode_arms)*

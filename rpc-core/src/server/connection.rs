@@ -624,8 +624,8 @@ impl<S: ServiceSet> Connection<'_, S> {
     ) -> Option<T::Request> {
         let mut streams = InboundSlot {
             id,
-            streams: Arc::clone(&self.link.streams),
-            outbox: self.link.outbox.clone(),
+            streams: &self.link.streams,
+            outbox: &self.link.outbox,
         };
         // The arguments end the frame. A handle on the frame is lent to the decoder: the reader
         // still holds the frame, and it is this thread's own buffer, so the clone is cheap.

@@ -40,7 +40,7 @@ pub trait ServiceSet: sealed::Sealed + Send + Sync + 'static {
         index: usize,
         method: &str,
         args: &[u8],
-        streams: &mut InboundSlot,
+        streams: &mut InboundSlot<'_>,
     ) -> Result<Self::Request, DecodeError>;
 
     /// Whether the arguments of `method` of the service at `index` end in a byte string read
@@ -84,7 +84,7 @@ impl<S: Service> ServiceSet for S {
         _index: usize,
         method: &str,
         args: &[u8],
-        streams: &mut InboundSlot,
+        streams: &mut InboundSlot<'_>,
     ) -> Result<Self::Request, DecodeError> {
         S::decode_request(method, args, streams)
     }
@@ -185,7 +185,7 @@ impl ServiceSet for Services<()> {
         _: usize,
         _: &str,
         _: &[u8],
-        _: &mut InboundSlot,
+        _: &mut InboundSlot<'_>,
     ) -> Result<Self::Request, DecodeError> {
         Err(DecodeError::UnknownMethod)
     }
@@ -240,7 +240,7 @@ where
         index: usize,
         method: &str,
         args: &[u8],
-        streams: &mut InboundSlot,
+        streams: &mut InboundSlot<'_>,
     ) -> Result<Self::Request, DecodeError> {
         if index == <Services<L> as ServiceSet>::COUNT {
             S::decode_request(method, args, streams).map(Routed::Last)

@@ -334,13 +334,16 @@ impl Drop for OutboundCredit {
 
 /// What the generated `decode_request` uses to attach the incoming stream of a request.
 #[derive(Debug)]
-pub struct InboundSlot {
+///
+/// It borrows the connection's streams and outbox: a request without a stream argument, which
+/// most are, costs no reference counting.
+pub struct InboundSlot<'a> {
     pub(crate) id: u64,
-    pub(crate) streams: Arc<Streams>,
-    pub(crate) outbox: Outbox,
+    pub(crate) streams: &'a Arc<Streams>,
+    pub(crate) outbox: &'a Outbox,
 }
 
-impl InboundSlot {
+impl InboundSlot<'_> {
     /// The stream the client sends with this request, as argument of `method`.
     pub fn stream<T: DeserializeOwned + Send + 'static>(
         &mut self,
