@@ -193,6 +193,7 @@ impl Connection {
             None => Outbox::new(),
         };
         let pending = Arc::new(Pending::default());
+        outbox.claim_requests_from(Arc::clone(&pending) as Arc<dyn Claim>);
         let streams = Arc::new(Streams::new(window, server.stream_window));
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
         let closer = Closer {
@@ -312,8 +313,7 @@ impl Connection {
         // arrives before there is a place for it.
         let inbound = download.then(|| self.streams.open_inbound(id));
         let credit = upload.as_ref().map(|_| self.streams.open_outbound(id));
-        let requests = Arc::clone(&self.pending) as Arc<dyn Claim>;
-        if !self.outbox.send_claim(requests, id) {
+        if !self.outbox.send_request(id) {
             waiting.armed = false;
             self.pending.forget(id);
             return Err(Failure::NotRun(self.pending.close_reason()));

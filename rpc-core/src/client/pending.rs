@@ -616,7 +616,10 @@ mod tests {
         for id in [0, 2] {
             let mut cx = Context::from_waker(&wakers[id]);
             let reply = &mut replies[id];
-            assert!(Pin::new(&mut *reply).poll(&mut cx).is_pending(), "first poll");
+            assert!(
+                Pin::new(&mut *reply).poll(&mut cx).is_pending(),
+                "first poll"
+            );
             assert!(matches!(
                 Pin::new(reply).poll(&mut cx),
                 Poll::Ready(Some(Reply::Ok(b, _))) if b == id.to_string()

@@ -6,7 +6,9 @@
 //! - a frame, encoded and ready;
 //! - a claim on a frame kept elsewhere (a request in the client's table of waiting calls, an
 //!   item of an outgoing stream): the writer takes the frame when its turn comes, and a call
-//!   abandoned before then takes it back, so an abandoned call leaves no bytes queued;
+//!   abandoned before then takes it back, so an abandoned call leaves no bytes queued (a
+//!   request's claim names only its id: a client's connection has one table of waiting calls,
+//!   which the queue knows);
 //! - the connection's last frame, after which the writer closes its direction.
 //!
 //! Every queued byte is counted in the connection's [`Meter`] and, on a server, in the
@@ -33,7 +35,7 @@ fn cost(frame: &Frame) -> usize {
 }
 
 /// A frame kept outside the queue until the writer claims it.
-pub(crate) trait Claim: Send + Sync {
+pub(crate) trait Claim: Send + Sync + fmt::Debug {
     /// Takes the frame queued under `key`, or `None` if it was taken back.
     fn claim(&self, key: u64) -> Option<Frame>;
 
@@ -73,6 +75,9 @@ pub(crate) struct Outgoing {
 pub(super) enum Item {
     Frame(Frame),
     Claim(Arc<dyn Claim>, u64),
+    /// A claim on the request of call `id` in the connection's table of waiting calls
+    /// ([`Outbox::claim_requests_from`]).
+    Request(u64),
     /// The connection's last frame: the writer closes its direction after it.
     Last(Frame),
 }
@@ -82,6 +87,7 @@ impl fmt::Debug for Outgoing {
         match &self.item {
             Item::Frame(frame) => f.debug_tuple("Frame").field(&frame.len()).finish(),
             Item::Claim(_, key) => f.debug_tuple("Claim").field(key).finish(),
+            Item::Request(id) => f.debug_tuple("Request").field(id).finish(),
             Item::Last(frame) => f.debug_tuple("Last").field(&frame.len()).finish(),
         }
     }
@@ -92,7 +98,7 @@ impl Outgoing {
     pub(super) fn queued_len(&self) -> usize {
         match &self.item {
             Item::Frame(frame) | Item::Last(frame) => cost(frame),
-            Item::Claim(..) => 0,
+            Item::Claim(..) | Item::Request(_) => 0,
         }
     }
 }
@@ -124,6 +130,10 @@ struct Channel {
     ready: Notify,
     /// Set when the writer lets frames go straight through it.
     through: OnceLock<Through>,
+    /// The client's table of waiting calls, which queued requests are claimed from. Named once
+    /// for the queue, not in every entry: cloning a shared handle for each request would update
+    /// its count, on a line of memory every call also locks, twice per call.
+    requests: OnceLock<Arc<dyn Claim>>,
     /// More frames are coming at once (the reader has more requests in hand, each answered
     /// in turn): the writer gathers them rather than each going straight through.
     gathering: AtomicBool,
@@ -205,6 +215,12 @@ impl Queue {
         let _ = self.channel.through.set(Through { writer, calls });
     }
 
+    /// Takes the request of call `id` from the connection's table of waiting calls, or `None`
+    /// if it was taken back.
+    pub(super) fn claim_request(&self, id: u64) -> Option<Frame> {
+        self.channel.requests.get()?.claim(id)
+    }
+
     /// The next entry, if one is queued.
     pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
         self.channel.lock().entries.pop_front()
@@ -271,6 +287,20 @@ impl Outbox {
         self.push(Item::Claim(source, key), None)
     }
 
+    /// Names the client's table of waiting calls, which the requests queued with
+    /// [`Outbox::send_request`] are claimed from: once, before the first is queued.
+    pub(crate) fn claim_requests_from(&self, requests: Arc<dyn Claim>) {
+        let named = self.channel.requests.set(requests);
+        debug_assert!(named.is_ok(), "a connection has one table of waiting calls");
+    }
+
+    /// Queues a claim on the request of call `id` in the table named with
+    /// [`Outbox::claim_requests_from`]. `false` when the writer is gone, or no table was named.
+    pub(crate) fn send_request(&self, id: u64) -> bool {
+        debug_assert!(self.channel.requests.get().is_some(), "no table was named");
+        self.channel.requests.get().is_some() && self.push(Item::Request(id), None)
+    }
+
     fn push(&self, item: Item, slot: Option<CallSlot>) -> bool {
         let item = match self.write_through(item) {
             Ok(()) => return true,
@@ -328,6 +358,16 @@ impl Outbox {
                         return;
                     }
                 },
+                Some(Item::Request(id)) => {
+                    let requests = self.channel.requests.get();
+                    match requests.and_then(|requests| requests.claim_contiguous(id)) {
+                        Some(frame) => frame,
+                        None => {
+                            item = Some(Item::Request(id));
+                            return;
+                        }
+                    }
+                }
                 other => {
                     item = other;
                     return;

@@ -220,7 +220,11 @@ mod tests {
         drop(first);
         assert_eq!(small_kept(), 1);
         let second = Head::Cancel { id: 2 }.begin_frame().expect("encodes");
-        assert_eq!(memory_of(&second), (at, room), "in the first frame's memory");
+        assert_eq!(
+            memory_of(&second),
+            (at, room),
+            "in the first frame's memory"
+        );
         assert_eq!(second.contiguous(), Some(&[0, 0, 0, 0, 0x03, 0x02][..]));
         assert_eq!(small_kept(), 0);
 
@@ -235,7 +239,11 @@ mod tests {
         grown.append(&vec![7u8; SMALL_MAX]).expect("encodes");
         assert!(grown.capacity() > SMALL_MAX);
         drop(grown);
-        assert_eq!(small_kept(), 0, "a frame grown past {SMALL_MAX} bytes is freed");
+        assert_eq!(
+            small_kept(),
+            0,
+            "a frame grown past {SMALL_MAX} bytes is freed"
+        );
     }
 
     /// A large value copied into a frame takes up the memory of a large frame dropped before

@@ -147,6 +147,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                         continue;
                     }
                 },
+                Item::Request(id) => match queue.claim_request(id) {
+                    Some(frame) => frame,
+                    None => {
+                        next = queue.try_recv();
+                        continue;
+                    }
+                },
             };
             next = if last { None } else { queue.try_recv() };
             let lone = self.batch.is_empty() && next.is_none();
@@ -362,6 +369,50 @@ mod tests {
                 .len(),
             20_000
         );
+        assert_eq!(reader.next_frame().await.expect("clean end"), None);
+    }
+
+    /// Queued requests are claimed from the table of waiting calls the outbox was given, in the
+    /// order queued; one taken back before its turn leaves nothing on the wire.
+    #[tokio::test]
+    async fn queued_requests_are_claimed_from_the_table_of_waiting_calls() {
+        /// Requests by call id, as a client's table of waiting calls keeps them.
+        #[derive(Debug, Default)]
+        struct Table(std::sync::Mutex<std::collections::HashMap<u64, Frame>>);
+        impl crate::protocol::Claim for Table {
+            fn claim(&self, id: u64) -> Option<Frame> {
+                self.0.lock().expect("not poisoned").remove(&id)
+            }
+            fn claim_contiguous(&self, id: u64) -> Option<Frame> {
+                self.claim(id)
+            }
+        }
+        let table = Arc::new(Table::default());
+        let (outbox, queue) = Outbox::new();
+        outbox.claim_requests_from(Arc::clone(&table) as Arc<dyn crate::protocol::Claim>);
+        for id in 1..=3u8 {
+            let request = Frame::from(frame(&[id; 3]));
+            table
+                .0
+                .lock()
+                .expect("not poisoned")
+                .insert(id.into(), request);
+            assert!(outbox.send_request(id.into()));
+        }
+        assert!(
+            table.0.lock().expect("not poisoned").remove(&2).is_some(),
+            "taken back"
+        );
+        drop(outbox);
+        let (tx, rx) = tokio::io::duplex(1 << 16);
+        write_frames(FrameWriter::new(tx), queue, None)
+            .await
+            .expect("writes");
+        let mut reader = FrameReader::new(rx, 1 << 16);
+        for id in [1u8, 3] {
+            let request = reader.next_frame().await.expect("frame").expect("some");
+            assert_eq!(request[..], [id; 3]);
+        }
         assert_eq!(reader.next_frame().await.expect("clean end"), None);
     }
 }
