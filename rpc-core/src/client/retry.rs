@@ -29,6 +29,11 @@ impl RetryBudget {
 
     /// A call was made.
     pub(crate) fn deposit(&self) {
+        // Mostly the budget is full: then it is only read, and the memory every caller of the
+        // channel shares here is not written, which would take it from the other cores.
+        if self.balance.load(Ordering::Acquire) >= self.cap {
+            return;
+        }
         let _ = self
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |balance| {
