@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::connection::{Answered, CallSpec, Connection, Failure};
-use super::endpoint::{Endpoint, EndpointState, EndpointStatus, Outstanding};
+use super::endpoint::{Endpoint, EndpointState, EndpointStatus};
 use super::local::Local;
 use super::pool::Pool;
 use super::retry::RetryBudget;
@@ -134,8 +134,17 @@ static DESCRIBE: MethodInfo = MethodInfo {
 /// Where one attempt at a call goes.
 struct Target {
     connection: Arc<Connection>,
+    /// The endpoint of the connection, which counts the call among its outstanding ones until
+    /// the target is dropped; `None` for a channel's one connection.
     endpoint: Option<Arc<Endpoint>>,
-    _outstanding: Option<Outstanding>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.end_call();
+        }
+    }
 }
 
 impl Target {
@@ -144,16 +153,15 @@ impl Target {
         Target {
             connection: Arc::clone(connection),
             endpoint: None,
-            _outstanding: None,
         }
     }
 
     /// `connection` to `endpoint`, counted among the endpoint's outstanding calls until the
     /// attempt ends.
     fn on(endpoint: Arc<Endpoint>, connection: Arc<Connection>) -> Self {
+        endpoint.begin_call();
         Target {
             connection,
-            _outstanding: Some(endpoint.begin_call()),
             endpoint: Some(endpoint),
         }
     }
@@ -423,7 +431,7 @@ impl Channel {
             }
             span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
             telemetry::retried(self.service.name, method.name);
-            avoid = target.endpoint;
+            avoid = target.endpoint.clone();
         }
     }
 

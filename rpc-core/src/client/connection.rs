@@ -327,14 +327,13 @@ impl Connection {
         waiting.armed = false; // answered: nothing to cancel, unless a stream follows
         let reply = reply.ok_or_else(|| Failure::Lost(self.pending.close_reason()))?;
         Ok(Answered {
-            connection: Arc::clone(self),
             method,
             id,
             deadline: spec.deadline,
             reply,
             expires: spec.expires,
             slot,
-            inbound,
+            inbound: inbound.map(|parts| (parts, self.outbox.clone())),
             upload,
         })
     }
@@ -380,14 +379,15 @@ impl Connection {
 
 /// A call the server has answered; for a streaming result, the stream's parts.
 pub(crate) struct Answered {
-    connection: Arc<Connection>,
     method: &'static MethodInfo,
     id: u64,
     deadline: Duration,
     reply: Reply,
     expires: Option<Instant>,
     slot: CallSlot,
-    inbound: Option<InboundParts>,
+    /// For a streamed result, the stream's parts, and the outbox its credits and cancellation
+    /// go out through.
+    inbound: Option<(InboundParts, Outbox)>,
     upload: Option<Upload>,
 }
 
@@ -413,13 +413,13 @@ impl Answered {
         if let Err(failure) = self.take_body() {
             return Err(Box::new((failure, end)));
         }
-        let Some(parts) = self.inbound.take() else {
+        let Some((parts, outbox)) = self.inbound.take() else {
             unreachable!("a streaming call registers its stream");
         };
         let options = InboundOptions {
             id: self.id,
             method: self.method.name,
-            outbox: self.connection.outbox.clone(),
+            outbox,
             deadline: self.expires.map(|at| (at, self.deadline)),
             cancel_on_drop: true,
             slot: Some(self.slot),

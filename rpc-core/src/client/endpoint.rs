@@ -391,20 +391,14 @@ impl Endpoint {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Counts a call as outstanding until the returned guard is dropped.
-    pub(crate) fn begin_call(self: &Arc<Self>) -> Outstanding {
+    /// Counts a call as outstanding, until [`Endpoint::end_call`].
+    pub(crate) fn begin_call(&self) {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        Outstanding(Arc::clone(self))
     }
-}
 
-/// A call in flight on an endpoint.
-#[derive(Debug)]
-pub(crate) struct Outstanding(Arc<Endpoint>);
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    /// Counts an outstanding call as ended.
+    pub(crate) fn end_call(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

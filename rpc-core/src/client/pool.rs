@@ -280,7 +280,7 @@ mod tests {
     fn pick_prefers_the_less_busy_and_avoids_where_a_call_failed() {
         let pool = Pool::new(found(&[1, 2]), SERVICE, Arc::default());
         let endpoints = pool.endpoints();
-        let _busy = endpoints[0].begin_call();
+        endpoints[0].begin_call();
         for _ in 0..20 {
             let picked = pool.pick(&[]).expect("an endpoint");
             assert!(Arc::ptr_eq(&picked, &endpoints[1]), "the idle one");
