@@ -132,14 +132,15 @@ static DESCRIBE: MethodInfo = MethodInfo {
 };
 
 /// Where one attempt at a call goes.
-struct Target {
+struct Target<'a> {
     connection: Arc<Connection>,
     /// The endpoint of the connection, which counts the call among its outstanding ones until
-    /// the target is dropped; `None` for a channel's one connection.
-    endpoint: Option<Arc<Endpoint>>,
+    /// the target is dropped; `None` for a channel's one connection. Borrowed from a channel of
+    /// one endpoint: its reference count, which every caller shares, is left alone.
+    endpoint: Option<Cow<'a, Arc<Endpoint>>>,
 }
 
-impl Drop for Target {
+impl Drop for Target<'_> {
     fn drop(&mut self) {
         if let Some(endpoint) = &self.endpoint {
             endpoint.end_call();
@@ -147,7 +148,7 @@ impl Drop for Target {
     }
 }
 
-impl Target {
+impl<'a> Target<'a> {
     /// The one connection of a channel over a stream.
     fn fixed(connection: &Arc<Connection>) -> Self {
         Target {
@@ -158,7 +159,7 @@ impl Target {
 
     /// `connection` to `endpoint`, counted among the endpoint's outstanding calls until the
     /// attempt ends.
-    fn on(endpoint: Arc<Endpoint>, connection: Arc<Connection>) -> Self {
+    fn on(endpoint: Cow<'a, Arc<Endpoint>>, connection: Arc<Connection>) -> Self {
         endpoint.begin_call();
         Target {
             connection,
@@ -431,7 +432,7 @@ impl Channel {
             }
             span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
             telemetry::retried(self.service.name, method.name);
-            avoid = target.endpoint.clone();
+            avoid = target.endpoint.as_deref().cloned();
         }
     }
 
@@ -725,11 +726,11 @@ impl Channel {
     /// deadline. A connection that is there already is taken at once, with no future of its
     /// own: waiting for one (connecting, a handshake, the backoff after failures) is a large
     /// future, which only the calls that wait box.
-    fn target<'a>(
+    fn target<'a: 'b, 'b>(
         &'a self,
-        spec: CallSpec<'a>,
-        avoid: Option<&'a Arc<Endpoint>>,
-    ) -> impl Future<Output = Result<Target, RpcError>> + Send + 'a {
+        spec: CallSpec<'b>,
+        avoid: Option<&'b Arc<Endpoint>>,
+    ) -> impl Future<Output = Result<Target<'a>, RpcError>> + Send + 'b {
         let live = self.live_target(avoid);
         async move {
             match live {
@@ -741,12 +742,14 @@ impl Channel {
 
     /// The target of a call when its connection is live: the fixed one, the endpoint's, or
     /// that of the endpoint the pool picks.
-    fn live_target(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Target> {
+    fn live_target(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Target<'_>> {
         let endpoint = match &*self.backend {
             Backend::Local(_) => return None,
             Backend::Fixed(connection) => return Some(Target::fixed(connection)),
-            Backend::Endpoint(endpoint, _) => Arc::clone(endpoint),
-            Backend::Pool(pool, _) => pool.pick(avoid.map_or(&[], std::slice::from_ref)).ok()?,
+            Backend::Endpoint(endpoint, _) => Cow::Borrowed(endpoint),
+            Backend::Pool(pool, _) => {
+                Cow::Owned(pool.pick(avoid.map_or(&[], std::slice::from_ref)).ok()?)
+            }
         };
         let connection = endpoint.live_connection()?;
         Some(Target::on(endpoint, connection))
@@ -759,7 +762,7 @@ impl Channel {
         &self,
         spec: CallSpec<'_>,
         avoid: Option<&Arc<Endpoint>>,
-    ) -> Result<Target, RpcError> {
+    ) -> Result<Target<'_>, RpcError> {
         loop {
             match self.target_once(spec, avoid).await {
                 Err(
@@ -779,7 +782,7 @@ impl Channel {
         &self,
         spec: CallSpec<'_>,
         avoid: Option<&Arc<Endpoint>>,
-    ) -> Result<Target, RpcError> {
+    ) -> Result<Target<'_>, RpcError> {
         let connect = |endpoint: Arc<Endpoint>| async move {
             if let Some(connection) = endpoint.live_connection() {
                 return Ok((endpoint, Ok(connection)));
@@ -817,6 +820,6 @@ impl Channel {
                 }
             }
         };
-        Ok(Target::on(endpoint, connection))
+        Ok(Target::on(Cow::Owned(endpoint), connection))
     }
 }
