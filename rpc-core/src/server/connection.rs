@@ -262,12 +262,14 @@ where
                         outbox.gather(reader.has_buffered());
                         let large = protocol::is_large(&payload, tail.as_ref());
                         match connection.handle(&payload, tail.take(), &mut reader) {
-                            Ok(Handled::Request) => {
+                            // The requests of one read arrived at once: noted once.
+                            Ok(Handled::Request) if reader.arrived() != last_request => {
                                 last_request = reader.arrived();
                                 if let Some(registration) = &registration {
                                     registration.touch(last_request);
                                 }
                             }
+                            Ok(Handled::Request) => {}
                             Ok(Handled::Other) => {}
                             Err(error) => break 'serve Err(error),
                         }
