@@ -51,7 +51,8 @@ pub(crate) fn decoding<T>(
 
 /// Bytes for arguments and results that should not be copied: a received `Payload` shares the
 /// memory of the frame it arrived in, and a sent one of 16 KiB or more is written to the socket
-/// from its own memory rather than copied into its frame.
+/// from its own memory rather than copied into its frame. (A call's whole result of 32 bytes or
+/// fewer is copied out of its frame on the client, which costs less than sharing it.)
 ///
 /// Use it for large binary arguments, results and stream items (file chunks, images, blobs). A
 /// `Vec<u8>` or `serde_bytes::ByteBuf` argument or result is sent from its own memory too, and

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::ClientConfig;
-use super::pending::{Answers, Forgotten, Pending, Reply};
+use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
     Outcome, PeerInfo, Queue, Tail, code, finish_frame, go_away, write_frames_through,
@@ -394,9 +394,16 @@ pub(crate) struct Answered {
 impl Answered {
     /// The result of a call without a streamed result.
     pub(crate) fn into_value<R: Decode>(mut self) -> Result<R, Failure> {
-        let (mut body, tail) = self.take_body()?;
-        let whole = 0..body.len();
-        protocol::decode_with(&mut body, whole, tail, R::decode_lent).map_err(|e| {
+        let decoded = match &self.reply {
+            // No frame to lend: a payload in a few bytes is copied.
+            Reply::Small(value) => R::decode_lent(value.as_slice()),
+            _ => {
+                let (mut body, tail) = self.take_body()?;
+                let whole = 0..body.len();
+                protocol::decode_with(&mut body, whole, tail, R::decode_lent)
+            }
+        };
+        decoded.map_err(|e| {
             Failure::Final(RpcError::Decode {
                 method: self.method.name.to_owned(),
                 reason: e.to_string(),
@@ -435,6 +442,7 @@ impl Answered {
         let method = self.method.name;
         match &mut self.reply {
             Reply::Ok(body, tail) => Ok((std::mem::take(body), tail.take())),
+            Reply::Small(value) => Ok((Bytes::copy_from_slice(value.as_slice()), None)),
             Reply::Err { code, message } => {
                 let method = method.to_owned();
                 Err(remote_error(
@@ -675,7 +683,10 @@ async fn read_responses<R: AsyncRead + Unpin>(
         let head = (payload.first() != Some(&reverse::KIND)).then(|| Head::decode(&payload));
         if let Some(Ok((Head::Response { id, outcome }, body))) = head {
             let reply = match outcome {
-                Outcome::Ok => Reply::Ok(payload.slice_ref(body), tail),
+                Outcome::Ok => match (tail, SmallValue::copy_of(body)) {
+                    (None, Some(value)) => Reply::Small(value),
+                    (tail, _) => Reply::Ok(payload.slice_ref(body), tail),
+                },
                 Outcome::Err { code, message } => Reply::Err {
                     code,
                     message: message.into_owned(),

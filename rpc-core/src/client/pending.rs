@@ -26,6 +26,8 @@ pub(crate) enum Reply {
     /// The call returned; the bytes are its encoded return value, with its byte string if the
     /// reader read that into memory of its own.
     Ok(Bytes, Option<Tail>),
+    /// The call returned a value of a few bytes, copied out of the frame it came in.
+    Small(SmallValue),
     /// The server reported an error.
     Err { code: u32, message: String },
     /// The connection ended before an answer came.
@@ -35,6 +37,36 @@ pub(crate) enum Reply {
     /// The call's deadline passed first. The server was told to drop the call if its request
     /// had been written; otherwise the request was taken back.
     Expired,
+}
+
+/// A returned value of at most [`SmallValue::MAX`] bytes, kept as a copy rather than as a
+/// share of the buffer the connection's reader reads into: a share would update that buffer's
+/// reference count from the caller's thread, on memory the reader keeps updating from its own,
+/// and a value this small costs less to copy than to share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SmallValue {
+    len: u8,
+    bytes: [u8; SmallValue::MAX],
+}
+
+impl SmallValue {
+    /// The most bytes a value kept as a copy has.
+    pub(crate) const MAX: usize = 32;
+
+    /// A copy of `bytes`, if there are at most [`SmallValue::MAX`].
+    pub(crate) fn copy_of(bytes: &[u8]) -> Option<Self> {
+        let mut value = SmallValue {
+            len: u8::try_from(bytes.len()).ok()?,
+            bytes: [0; Self::MAX],
+        };
+        value.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(value)
+    }
+
+    /// The value's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// What [`Pending::forget`] found.
@@ -561,6 +593,17 @@ mod tests {
             Pin::new(&mut reply).poll(&mut cx),
             Poll::Ready(Some(Reply::Ok(b, _))) if b == "1"
         ));
+    }
+
+    #[test]
+    fn a_value_of_a_few_bytes_is_kept_as_a_copy() {
+        let bytes: Vec<u8> = (0..=SmallValue::MAX as u8).collect();
+        for len in [0, 1, SmallValue::MAX] {
+            let value = SmallValue::copy_of(&bytes[..len]).expect("small enough");
+            assert_eq!(value.as_slice(), &bytes[..len]);
+        }
+        assert!(SmallValue::copy_of(&bytes).is_none(), "one byte too many");
+        assert!(SmallValue::copy_of(&[0; 300]).is_none());
     }
 
     #[tokio::test]
