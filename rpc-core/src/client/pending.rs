@@ -569,16 +569,19 @@ mod tests {
         ));
     }
 
+    /// A waker that counts how often it is woken.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// A reply that comes before the call first looks for it wakes the waker the call was
     /// registered with: the first poll, which does not look, loses nothing.
     #[test]
     fn a_reply_before_the_first_poll_wakes_the_registered_waker() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: std::sync::Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(std::sync::Arc::clone(&count));
         let pending = Pending::default();
@@ -626,12 +629,6 @@ mod tests {
     /// once; a reply for a call gone meanwhile is discarded, and the handover leaves nothing.
     #[test]
     fn replies_handed_over_together_each_reach_and_wake_their_own_call() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: std::sync::Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let pending = Pending::default();
         let counts: Vec<_> = (0..3)
             .map(|_| std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
