@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use rpc_core::{Context, RpcError, Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, lab_hello, lab_methods, loopback_listener, request_with_timeout,
-    start_tcp_with, string, within,
+    LabClient, LabImpl, RawClient, lab_hello, lab_methods, loopback_listener, read_varint,
+    request_with_timeout, start_tcp_with, string, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,6 +49,83 @@ async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
     assert_eq!(cancel, [0x03, 0x00], "Cancel of request 0");
     // The deadline was the handle's; the client it came from keeps its own.
     assert_eq!(client.channel().deadline(), Duration::from_secs(30));
+}
+
+/// A request tells the server what is left of its call's deadline when it is sent: all of it
+/// for a call sent at once, less for one that waited for a slot. Under paused time, over an
+/// in-memory pipe to a server that runs one call at a time and never answers.
+#[tokio::test(start_paused = true)]
+async fn a_request_carries_what_is_left_of_its_deadline() {
+    let (pipe, mut server) = tokio::io::duplex(64 * 1024);
+    let (requests, mut requested) = tokio::sync::mpsc::unbounded_channel();
+    let deaf_server = tokio::spawn(async move {
+        let mut hello = true;
+        while let Ok(len) = server.read_u32().await {
+            let mut payload = vec![0; len as usize];
+            server
+                .read_exact(&mut payload)
+                .await
+                .expect("a whole frame");
+            if std::mem::take(&mut hello) {
+                server
+                    .write_all(&lab_hello(lab_methods(), 0, 1))
+                    .await
+                    .expect("the hello");
+            } else {
+                let _ = requests.send(payload);
+            }
+        }
+    });
+    let client = LabClient::builder()
+        .disable_keepalive()
+        .connect_stream(pipe)
+        .await
+        .expect("connects");
+    // A request's id, then its method's name, then its deadline in milliseconds.
+    let timeout_ms = |request: &[u8]| {
+        let name = string("hold");
+        assert_eq!(request[2..2 + name.len()], name[..], "a request of hold");
+        read_varint(&request[2 + name.len()..]).0
+    };
+    let short = tokio::spawn({
+        let short = client.with_deadline(Duration::from_secs(2));
+        async move { short.hold("short".into()).await }
+    });
+    let first = within("the first request", requested.recv())
+        .await
+        .expect("sent");
+    assert_eq!(first[..2], [0x01, 0x00], "request 0");
+    assert_eq!(
+        timeout_ms(&first),
+        2000,
+        "sent at once: all of its deadline"
+    );
+    // The server runs one call at a time: the next call waits for the first's slot, which its
+    // deadline frees after 2 s.
+    let long = tokio::spawn({
+        let long = client.with_deadline(Duration::from_secs(10));
+        async move { long.hold("long".into()).await }
+    });
+    let cancel = within("the first call's cancellation", requested.recv())
+        .await
+        .expect("sent");
+    assert_eq!(cancel, [0x03, 0x00], "Cancel of request 0");
+    assert!(matches!(
+        short.await.expect("joins"),
+        Err(RpcError::DeadlineExceeded { .. })
+    ));
+    let second = within("the second request", requested.recv())
+        .await
+        .expect("sent");
+    assert_eq!(second[..2], [0x01, 0x01], "request 1");
+    assert_eq!(
+        timeout_ms(&second),
+        8000,
+        "2 s of its 10 spent waiting for a slot"
+    );
+    long.abort();
+    drop(client);
+    let _ = deaf_server.await;
 }
 
 /// Each call's deadline is its own, though one timer watches all of a connection's: a call with

@@ -397,7 +397,15 @@ impl Channel {
         // only when a subscriber wants it: a wrapper would move the call's large state once
         // more on every call.
         loop {
-            let target = in_span!(span, self.target(spec, avoid.as_ref()));
+            // A connection that is there already is taken at once; waiting for one takes time
+            // off the deadline.
+            let target = match self.live_target(avoid.as_ref()) {
+                Some(target) => Ok(target),
+                None => {
+                    spec.fresh = false;
+                    in_span!(span, self.target(spec, avoid.as_ref()))
+                }
+            };
             let target = match target {
                 Ok(target) => target,
                 Err(error) => return ended(end, Err(error)),
@@ -431,6 +439,7 @@ impl Channel {
                 return ended(end, Err(self.failed(failure, method).await));
             }
             span.in_scope(|| tracing::debug!(?failure, "retrying a call"));
+            spec.fresh = false;
             telemetry::retried(self.service.name, method.name);
             avoid = target.endpoint.as_deref().cloned();
         }
@@ -671,7 +680,9 @@ impl Channel {
         span: &tracing::Span,
     ) -> Result<Answered, Failure> {
         let metadata = self.call_metadata(span);
-        let spec = self.spec(method, &metadata);
+        let mut spec = self.spec(method, &metadata);
+        // Connecting may take time off the deadline.
+        spec.fresh = false;
         let target = self.target(spec, None).await.map_err(Failure::Final)?;
         target.connection.start(spec, args, upload, download).await
     }
@@ -682,6 +693,7 @@ impl Channel {
             method,
             deadline: self.deadline,
             expires: Instant::now().checked_add(self.deadline),
+            fresh: true,
             metadata,
             takes_byte_string: false,
         }

@@ -70,6 +70,9 @@ pub(crate) struct CallSpec<'a> {
     pub(crate) deadline: Duration,
     /// When the call, retries included, must be over.
     pub(crate) expires: Option<Instant>,
+    /// Nothing has waited since `expires` was set: what is left of the deadline is all of it,
+    /// and the clock need not be read again to tell.
+    pub(crate) fresh: bool,
     pub(crate) metadata: &'a Metadata,
     /// The result is a byte string the caller takes as it was read: a large one may be read
     /// into memory of its own.
@@ -139,6 +142,7 @@ impl Connection {
             method: &crate::health::CHECK,
             deadline: within,
             expires: Instant::now().checked_add(within),
+            fresh: true,
             metadata: &metadata,
             takes_byte_string: false,
         };
@@ -282,11 +286,15 @@ impl Connection {
         };
         checked.map_err(Failure::Final)?;
         // The slot first: a call waiting for one holds no encoded request.
+        let mut spec = spec;
         let slot = match self.slots.try_take() {
             Some(slot) => slot,
-            None => until(spec.expires, self.slots.take())
-                .await
-                .map_err(|_| Failure::Final(spec.deadline_exceeded()))?,
+            None => {
+                spec.fresh = false;
+                until(spec.expires, self.slots.take())
+                    .await
+                    .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
+            }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
@@ -352,7 +360,11 @@ impl Connection {
         // deadline never reads as "none".
         let timeout_ms = match spec.expires {
             Some(expires) => {
-                let left = expires.saturating_duration_since(Instant::now());
+                let left = if spec.fresh {
+                    spec.deadline
+                } else {
+                    expires.saturating_duration_since(Instant::now())
+                };
                 u64::try_from(left.as_micros().div_ceil(1000))
                     .unwrap_or(u64::MAX)
                     .max(1)
