@@ -365,9 +365,7 @@ impl Connection {
                 } else {
                     expires.saturating_duration_since(Instant::now())
                 };
-                u64::try_from(left.as_micros().div_ceil(1000))
-                    .unwrap_or(u64::MAX)
-                    .max(1)
+                millis_rounded_up(left)
             }
             None => 0,
         };
@@ -387,6 +385,16 @@ impl Connection {
         finish_frame(&mut frame, self.server.max_frame_len)?;
         Ok(frame)
     }
+}
+
+/// `left` in whole milliseconds, whole microseconds rounded up, and at least 1: a short
+/// deadline never reads as none. Whole seconds and the rest apart: no 128-bit division.
+fn millis_rounded_up(left: Duration) -> u64 {
+    let rest = u64::from(left.subsec_micros().div_ceil(1000));
+    left.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(rest)
+        .max(1)
 }
 
 /// A call the server has answered; for a streaming result, the stream's parts.
@@ -770,6 +778,27 @@ async fn read_responses<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is left of a deadline goes to the server in whole milliseconds, rounded up as a
+    /// count of microseconds is, and never as 0, which would mean none.
+    #[test]
+    fn what_is_left_of_a_deadline_is_rounded_up_to_whole_milliseconds() {
+        for (left, ms) in [
+            (Duration::ZERO, 1),
+            (Duration::from_nanos(999), 1),
+            (Duration::from_micros(1), 1),
+            (Duration::from_micros(1000), 1),
+            (Duration::from_micros(1001), 2),
+            (Duration::from_nanos(1_000_999), 1),
+            (Duration::from_millis(2000), 2000),
+            (Duration::from_micros(2_000_500), 2001),
+            (Duration::MAX, u64::MAX),
+        ] {
+            assert_eq!(millis_rounded_up(left), ms, "{left:?}");
+            let by_micros = u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+            assert_eq!(ms, by_micros.max(1), "as a count of microseconds: {left:?}");
+        }
+    }
 
     /// A response's value is offered for a split only if it answers a waiting call that takes
     /// its result as a byte string as it was read, and only where the value begins.
