@@ -51,13 +51,18 @@ async fn a_call_past_its_deadline_fails_and_the_client_cancels_it() {
     assert_eq!(client.channel().deadline(), Duration::from_secs(30));
 }
 
-/// A request tells the server what is left of its call's deadline when it is sent: all of it
-/// for a call sent at once, less for one that waited for a slot. Under paused time, over an
-/// in-memory pipe to a server that runs one call at a time and never answers.
-#[tokio::test(start_paused = true)]
-async fn a_request_carries_what_is_left_of_its_deadline() {
+/// A client over an in-memory pipe to a server that runs `max_concurrent_calls` calls at a time
+/// (0: any number) and never answers: the payloads of the frames the client sends after its
+/// hello come out of the receiver; the task ends when the client is gone.
+async fn deaf_server(
+    max_concurrent_calls: u32,
+) -> (
+    LabClient,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (pipe, mut server) = tokio::io::duplex(64 * 1024);
-    let (requests, mut requested) = tokio::sync::mpsc::unbounded_channel();
+    let (requests, requested) = tokio::sync::mpsc::unbounded_channel();
     let deaf_server = tokio::spawn(async move {
         let mut hello = true;
         while let Ok(len) = server.read_u32().await {
@@ -67,10 +72,8 @@ async fn a_request_carries_what_is_left_of_its_deadline() {
                 .await
                 .expect("a whole frame");
             if std::mem::take(&mut hello) {
-                server
-                    .write_all(&lab_hello(lab_methods(), 0, 1))
-                    .await
-                    .expect("the hello");
+                let hello = lab_hello(lab_methods(), 0, max_concurrent_calls);
+                server.write_all(&hello).await.expect("the hello");
             } else {
                 let _ = requests.send(payload);
             }
@@ -81,31 +84,39 @@ async fn a_request_carries_what_is_left_of_its_deadline() {
         .connect_stream(pipe)
         .await
         .expect("connects");
-    // A request's id, then its method's name, then its deadline in milliseconds.
-    let timeout_ms = |request: &[u8]| {
-        let name = string("hold");
-        assert_eq!(request[2..2 + name.len()], name[..], "a request of hold");
-        read_varint(&request[2 + name.len()..]).0
+    (client, requested, deaf_server)
+}
+
+/// What is left of its deadline, in milliseconds, as the next request sent says, which must be
+/// request `id`, of `hold`: after its id comes its method's name, then that.
+async fn deadline_sent(
+    requested: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    id: u8,
+) -> u64 {
+    let request = within("a request", requested.recv()).await.expect("sent");
+    assert_eq!(request[..2], [0x01, id], "request {id}");
+    let name = string("hold");
+    assert_eq!(request[2..2 + name.len()], name[..], "a request of hold");
+    read_varint(&request[2 + name.len()..]).0
+}
+
+/// A request tells the server what is left of its call's deadline when it is sent: all of it
+/// for a call sent at once, less for one that waited for a slot. Under paused time, over an
+/// in-memory pipe to a server that runs one call at a time and never answers.
+#[tokio::test(start_paused = true)]
+async fn a_request_carries_what_is_left_of_its_deadline() {
+    let (client, mut requested, deaf_server) = deaf_server(1).await;
+    // A call of `hold`, which the server never answers, with `deadline`, in a task of its own.
+    let hold_for = |deadline: Duration| {
+        let call = client.with_deadline(deadline);
+        tokio::spawn(async move { call.hold("held".into()).await })
     };
-    let short = tokio::spawn({
-        let short = client.with_deadline(Duration::from_secs(2));
-        async move { short.hold("short".into()).await }
-    });
-    let first = within("the first request", requested.recv())
-        .await
-        .expect("sent");
-    assert_eq!(first[..2], [0x01, 0x00], "request 0");
-    assert_eq!(
-        timeout_ms(&first),
-        2000,
-        "sent at once: all of its deadline"
-    );
+    let short = hold_for(Duration::from_secs(2));
+    let left = deadline_sent(&mut requested, 0).await;
+    assert_eq!(left, 2000, "sent at once: all of its deadline");
     // The server runs one call at a time: the next call waits for the first's slot, which its
     // deadline frees after 2 s.
-    let long = tokio::spawn({
-        let long = client.with_deadline(Duration::from_secs(10));
-        async move { long.hold("long".into()).await }
-    });
+    let long = hold_for(Duration::from_secs(10));
     let cancel = within("the first call's cancellation", requested.recv())
         .await
         .expect("sent");
@@ -114,15 +125,8 @@ async fn a_request_carries_what_is_left_of_its_deadline() {
         short.await.expect("joins"),
         Err(RpcError::DeadlineExceeded { .. })
     ));
-    let second = within("the second request", requested.recv())
-        .await
-        .expect("sent");
-    assert_eq!(second[..2], [0x01, 0x01], "request 1");
-    assert_eq!(
-        timeout_ms(&second),
-        8000,
-        "2 s of its 10 spent waiting for a slot"
-    );
+    let left = deadline_sent(&mut requested, 1).await;
+    assert_eq!(left, 8000, "2 s of its 10 spent waiting for a slot");
     long.abort();
     drop(client);
     let _ = deaf_server.await;
@@ -133,31 +137,7 @@ async fn a_request_carries_what_is_left_of_its_deadline() {
 /// other still waits. Under paused time, over an in-memory pipe to a server that never answers.
 #[tokio::test(start_paused = true)]
 async fn a_short_deadline_behind_a_long_one_passes_first() {
-    let (pipe, mut server) = tokio::io::duplex(64 * 1024);
-    let (requests, mut requested) = tokio::sync::mpsc::unbounded_channel();
-    let deaf_server = tokio::spawn(async move {
-        let mut hello = true;
-        while let Ok(len) = server.read_u32().await {
-            let mut payload = vec![0; len as usize];
-            server
-                .read_exact(&mut payload)
-                .await
-                .expect("a whole frame");
-            if std::mem::take(&mut hello) {
-                server
-                    .write_all(&lab_hello(lab_methods(), 0, 0))
-                    .await
-                    .expect("the hello");
-            } else {
-                let _ = requests.send(payload);
-            }
-        }
-    });
-    let client = LabClient::builder()
-        .disable_keepalive()
-        .connect_stream(pipe)
-        .await
-        .expect("connects");
+    let (client, mut requested, deaf_server) = deaf_server(0).await;
     let long = tokio::spawn({
         let client = client.clone();
         async move { client.hold("long".into()).await }
