@@ -573,20 +573,11 @@ mod tests {
         ));
     }
 
-    /// A waker that counts how often it is woken.
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// A reply that comes before the call first looks for it wakes the waker the call was
     /// registered with: the first poll, which does not look, loses nothing.
     #[test]
     fn a_reply_before_the_first_poll_wakes_the_registered_waker() {
-        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let count = std::sync::Arc::new(Wakes::default());
         let waker = Waker::from(std::sync::Arc::clone(&count));
         let pending = Pending::default();
         let mut reply = pending
@@ -635,7 +626,7 @@ mod tests {
     fn replies_handed_over_together_each_reach_and_wake_their_own_call() {
         let pending = Pending::default();
         let counts: Vec<_> = (0..3)
-            .map(|_| std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
+            .map(|_| std::sync::Arc::new(Wakes::default()))
             .collect();
         let wakers: Vec<Waker> = counts.iter().cloned().map(Waker::from).collect();
         let mut replies: Vec<_> = (0..3)
