@@ -397,15 +397,7 @@ impl Channel {
         // only when a subscriber wants it: a wrapper would move the call's large state once
         // more on every call.
         loop {
-            // A connection that is there already is taken at once; waiting for one takes time
-            // off the deadline.
-            let target = match self.live_target(avoid.as_ref()) {
-                Some(target) => Ok(target),
-                None => {
-                    spec.fresh = false;
-                    in_span!(span, self.target(spec, avoid.as_ref()))
-                }
-            };
+            let target = in_span!(span, self.target(&mut spec, avoid.as_ref()));
             let target = match target {
                 Ok(target) => target,
                 Err(error) => return ended(end, Err(error)),
@@ -526,7 +518,8 @@ impl Channel {
             return Ok(vec![self.service.name.to_owned()]);
         }
         let metadata = Metadata::new();
-        let target = self.target(self.spec(&DESCRIBE, &metadata), None).await?;
+        let mut spec = self.spec(&DESCRIBE, &metadata);
+        let target = self.target(&mut spec, None).await?;
         Ok(target.connection.served())
     }
 
@@ -681,9 +674,8 @@ impl Channel {
     ) -> Result<Answered, Failure> {
         let metadata = self.call_metadata(span);
         let mut spec = self.spec(method, &metadata);
-        // Connecting may take time off the deadline.
-        spec.fresh = false;
-        let target = self.target(spec, None).await.map_err(Failure::Final)?;
+        let target = self.target(&mut spec, None).await;
+        let target = target.map_err(Failure::Final)?;
         target.connection.start(spec, args, upload, download).await
     }
 
@@ -737,13 +729,16 @@ impl Channel {
     /// A connection for the next attempt at a call, connecting if needed, within the call's
     /// deadline. A connection that is there already is taken at once, with no future of its
     /// own: waiting for one (connecting, a handshake, the backoff after failures) is a large
-    /// future, which only the calls that wait box.
-    fn target<'a: 'b, 'b>(
+    /// future, which only the calls that wait box. A call that waits has less of its deadline
+    /// left when it is sent: `spec` then says so.
+    fn target<'a: 'b, 'b, 'c: 'b>(
         &'a self,
-        spec: CallSpec<'b>,
+        spec: &mut CallSpec<'c>,
         avoid: Option<&'b Arc<Endpoint>>,
-    ) -> impl Future<Output = Result<Target<'a>, RpcError>> + Send + 'b {
+    ) -> impl Future<Output = Result<Target<'a>, RpcError>> + Send + use<'a, 'b> {
         let live = self.live_target(avoid);
+        spec.fresh &= live.is_some();
+        let spec: CallSpec<'b> = *spec;
         async move {
             match live {
                 Some(target) => Ok(target),
