@@ -1,7 +1,7 @@
 //! The workloads, each generic over the system it measures, and the figures they produce.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
@@ -233,16 +233,19 @@ pub async fn throughput<S: System>(
     effort: Effort,
 ) -> Option<f64> {
     let start = Instant::now();
-    let until = start + effort.window;
+    // The callers stop when one flag says so, set once when the window ends: a clock reading
+    // per call would be a cost of the benchmark's, not the system's.
+    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for client in clients {
         for caller in 0..callers {
             let mut client = S::share(client)?;
+            let stop = Arc::clone(&stop);
             // Each caller counts its own calls: one counter shared by thousands of callers is
             // a cache line every core fights over, a cost of the benchmark's, not the system's.
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
-                while Instant::now() < until {
+                while !stop.load(Ordering::Relaxed) {
                     S::add(&mut client, caller as u64 + done, 1).await;
                     done += 1;
                 }
@@ -250,6 +253,8 @@ pub async fn throughput<S: System>(
             }));
         }
     }
+    tokio::time::sleep_until((start + effort.window).into()).await;
+    stop.store(true, Ordering::Relaxed);
     let mut done = 0;
     for task in tasks {
         done += task.await.expect("a caller");
