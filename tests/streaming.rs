@@ -32,6 +32,9 @@ pub trait Numbers {
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Reads a stream, pausing every 64th item until the sender has filled its window.
     async fn slow_count(&self, chunks: Streaming<ByteBuf>) -> u64;
+    /// Streams `n` items, each the name of the method in the context its producer ran in;
+    /// first lets other tasks run if `wait`, so its handler does not finish on its first poll.
+    async fn context_seen(&self, n: u64, wait: bool) -> Streaming<String>;
 }
 
 /// The chunk size of the flow-control tests.
@@ -159,6 +162,15 @@ impl Numbers for Impl {
         }
         read
     }
+
+    async fn context_seen(&self, n: u64, wait: bool) -> Streaming<String> {
+        if wait {
+            tokio::task::yield_now().await;
+        }
+        Streaming::new(futures_util::stream::iter(0..n).map(|_| {
+            rpc_core::Context::try_current().map_or_else(String::new, |call| call.method().into())
+        }))
+    }
 }
 
 struct Fixture {
@@ -204,6 +216,24 @@ async fn server_streaming_delivers_every_item_in_order() {
         (0..1000).collect::<Vec<_>>(),
         "past many credit windows"
     );
+}
+
+#[tokio::test]
+async fn a_streamed_result_is_produced_in_its_calls_context() {
+    let fixture = start().await;
+    for wait in [false, true] {
+        let stream = fixture
+            .client
+            .context_seen(3, wait)
+            .await
+            .expect("the call");
+        let seen = within("the stream", stream.collect::<Vec<_>>()).await;
+        let seen: Vec<String> = seen
+            .into_iter()
+            .map(|item| item.expect("an item"))
+            .collect();
+        assert_eq!(seen, ["context_seen"; 3], "after a wait: {wait}");
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use tokio::task::futures::TaskLocalFuture;
+
 use crate::peer::{Peer, PeerCredentials, PeerIdentity};
 use crate::{Metadata, RpcError};
 
@@ -142,8 +144,9 @@ impl Context {
         }
     }
 
-    /// Runs `future` with this context as the current one.
-    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+    /// Runs `future` with this context as the current one; the context can be taken back
+    /// from the returned future ([`TaskLocalFuture::take_value`]).
+    pub(crate) fn scope<F: Future>(self, future: F) -> TaskLocalFuture<Context, F> {
         CURRENT.scope(self, future)
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable};
 use tokio::sync::Notify;
+use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -153,21 +154,21 @@ impl Calls {
                     })
                 }),
             );
-            self.run(Box::pin(stack.clone().run(call)), context, started, link);
+            let answering = context.scope(stack.clone().run(call));
+            self.run(Box::pin(answering), started, link);
             return;
         }
         let answering = context
-            .clone()
             .scope(async move { respond::<S>(id, method, handler.await, limit, panic_messages) });
-        self.run(Box::pin(answering), context, started, link);
+        self.run(Box::pin(answering), started, link);
     }
 
-    /// Runs a call's future, which answers it: polls it once here, and spawns it under the
-    /// call's deadline if it has more to do.
+    /// Runs a call's future, which answers it in the call's context: polls it once here, and
+    /// spawns it under the call's deadline if it has more to do. A streamed result is produced
+    /// in the same context, taken from the future once it has answered.
     fn run<F>(
         self: &Arc<Self>,
-        mut answering: Pin<Box<F>>,
-        context: Context,
+        mut answering: Pin<Box<TaskLocalFuture<Context, F>>>,
         started: Started,
         link: &Link,
     ) where
@@ -207,19 +208,23 @@ impl Calls {
             self.count.store(running.calls.len(), Ordering::Release);
         }
         let link = link.clone();
-        let run = context.scope(async move {
+        let run = async move {
             let answer = match first {
-                None => answer(id, method, answering, deadline, panic_messages).await,
+                None => answer(id, method, answering.as_mut(), deadline, panic_messages).await,
                 Some(answer) => answer,
             };
             match answer.stream {
                 None => answer.send(end, &link, slot),
                 Some(stream) => {
-                    let code = stream_out(id, answer.frame, stream, deadline, &link, slot).await;
+                    let sending = stream_out(id, answer.frame, stream, deadline, &link, slot);
+                    let code = match answering.as_mut().take_value() {
+                        Some(context) => context.scope(sending).await,
+                        None => sending.await,
+                    };
                     end.finish(code);
                 }
             }
-        });
+        };
         let calls = Arc::clone(self);
         let run = run.instrument(span);
         tokio::spawn(async move {
