@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::futures::TaskLocalFuture;
@@ -40,7 +41,8 @@ pub struct Context {
     pub(crate) request_id: u64,
     pub(crate) method: &'static str,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) peer: Peer,
+    /// Shared by the calls of a connection: a handle, not a copy, moves with each call.
+    pub(crate) peer: Arc<Peer>,
     pub(crate) metadata: Metadata,
 }
 

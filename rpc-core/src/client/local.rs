@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ impl<S: Service> LocalService for S {
 pub(crate) struct Local {
     service: Box<dyn LocalService>,
     next_id: AtomicU64,
+    /// The caller as every call's context names it: nobody, in this process.
+    peer: Arc<Peer>,
 }
 
 impl std::fmt::Debug for Local {
@@ -61,6 +64,7 @@ impl Local {
         Local {
             service: Box::new(service),
             next_id: AtomicU64::new(0),
+            peer: Arc::default(),
         }
     }
 
@@ -90,7 +94,7 @@ impl Local {
             request_id,
             method: method.name,
             deadline: expires.map(tokio::time::Instant::into_std),
-            peer: Peer::default(),
+            peer: Arc::clone(&self.peer),
             metadata,
         };
         let Some(handler) = self.service.call(Box::new(request)) else {

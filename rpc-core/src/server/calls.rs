@@ -73,7 +73,7 @@ pub(crate) struct NewCall<R> {
     pub(crate) arrived: Instant,
     pub(crate) timeout_ms: u64,
     pub(crate) metadata: Metadata,
-    pub(crate) peer: Peer,
+    pub(crate) peer: Arc<Peer>,
     /// The share of the connection's in-flight budget the call holds until its answer is
     /// written.
     pub(crate) slot: CallSlot,

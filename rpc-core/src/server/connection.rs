@@ -177,7 +177,7 @@ where
             },
             slots,
             parked: VecDeque::new(),
-            peer,
+            peer: Arc::new(peer),
             tunnel,
             registration: registration.as_ref(),
             draining: false,
@@ -412,7 +412,7 @@ struct Connection<'a, S: ServiceSet> {
     slots: Arc<CallSlots>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
-    peer: Peer,
+    peer: Arc<Peer>,
     /// The reverse connection, if the client serves back.
     tunnel: Option<Tunnel>,
     registration: Option<&'a Registration>,
@@ -682,7 +682,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             arrived,
             timeout_ms,
             metadata,
-            peer: self.peer.clone(),
+            peer: Arc::clone(&self.peer),
             slot,
         };
         self.calls.start(&self.health, call, &self.link);
@@ -704,7 +704,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             arrived: parked.arrived,
             timeout_ms: parked.timeout_ms,
             metadata: parked.metadata,
-            peer: self.peer.clone(),
+            peer: Arc::clone(&self.peer),
             slot,
         };
         self.calls.start(&self.service.set, call, &self.link);
