@@ -10,7 +10,8 @@ use std::time::Duration;
 /// includes the underlying cause, so `println!("{err}")` says everything known.
 ///
 /// `RpcError` is `Clone`: when a connection dies, every call pending on it receives the same
-/// reason.
+/// reason. It is small (64 bytes; a rare, large cause is boxed), because every call's result
+/// carries room for one.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
@@ -210,7 +211,7 @@ pub enum RpcError {
     /// A type of the service cannot be described, so its fingerprints cannot be made: nothing
     /// is sent.
     #[error(transparent)]
-    Schema(#[from] crate::schema::SchemaError),
+    Schema(Box<crate::schema::SchemaError>),
 
     /// The call is over one of the server's per-call limits (such as the size of its
     /// metadata); it did not run, and the connection stays up.
@@ -293,8 +294,30 @@ fn panic_text(message: &Option<String>) -> String {
         .map_or_else(String::new, |message| format!(": {message}"))
 }
 
+impl From<crate::schema::SchemaError> for RpcError {
+    fn from(error: crate::schema::SchemaError) -> Self {
+        RpcError::Schema(Box::new(error))
+    }
+}
+
 impl From<io::Error> for RpcError {
     fn from(error: io::Error) -> Self {
         RpcError::Io(Arc::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RpcError;
+
+    /// Every call's result, and every answer the client's table holds, has room for an error:
+    /// a variant that grows it past this makes each call move and keep more.
+    #[test]
+    fn an_error_takes_at_most_64_bytes() {
+        assert!(
+            size_of::<RpcError>() <= 64,
+            "{} bytes",
+            size_of::<RpcError>()
+        );
     }
 }
