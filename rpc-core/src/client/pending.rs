@@ -82,32 +82,52 @@ pub(crate) enum Forgotten {
 
 #[derive(Debug)]
 enum Slot {
-    Waiting(Option<Waker>),
+    /// No reply yet: the task to wake when it comes, and the request until the writer claims
+    /// it (a reply ends the wait, and with it a request not yet worth sending).
+    Waiting {
+        waker: Option<Waker>,
+        unsent: Option<Frame>,
+    },
     Ready(Reply),
 }
 
 impl Waiter {
     fn is_waiting(&self) -> bool {
-        matches!(self.reply, Slot::Waiting(_))
+        matches!(self.reply, Slot::Waiting { .. })
+    }
+
+    /// Whether the call waits and its request has been written (claimed by the writer).
+    fn is_written(&self) -> bool {
+        matches!(self.reply, Slot::Waiting { unsent: None, .. })
+    }
+
+    /// The request, if the call waits and the writer has not claimed it; `contiguous_only` if
+    /// only a request in one piece is wanted.
+    fn claim(&mut self, contiguous_only: bool) -> Option<Frame> {
+        let Slot::Waiting { unsent, .. } = &mut self.reply else {
+            return None;
+        };
+        if contiguous_only {
+            unsent.as_ref()?.contiguous()?;
+        }
+        unsent.take()
     }
 
     /// The reply, if it came.
     fn into_reply(self) -> Option<Reply> {
         match self.reply {
             Slot::Ready(reply) => Some(reply),
-            Slot::Waiting(_) => None,
+            Slot::Waiting { .. } => None,
         }
     }
 
     /// Hands the call `reply`, unless it already has one; returns the task to wake.
     fn answer(&mut self, reply: Reply) -> Option<Waker> {
-        let Slot::Waiting(waker) = &mut self.reply else {
+        let Slot::Waiting { waker, .. } = &mut self.reply else {
             return None;
         };
         let waker = waker.take();
         self.reply = Slot::Ready(reply);
-        // Answered: a request the writer has not claimed yet is no longer worth sending.
-        self.unsent = None;
         waker
     }
 }
@@ -166,10 +186,9 @@ impl Hasher for IdHasher {
 #[derive(Debug)]
 struct Waiter {
     /// The reply once it came, kept here for the call to take; until then, the waker of the
-    /// task waiting for it. A reply has no channel of its own: one fewer allocation per call.
+    /// task waiting for it and its request. A reply has no channel of its own: one fewer
+    /// allocation per call.
     reply: Slot,
-    /// The request, until the writer claims it.
-    unsent: Option<Frame>,
     /// When the call's deadline passes, if it has one.
     expires: Option<Instant>,
     /// The call's result is a byte string it takes as it was read: a large one may be read
@@ -209,8 +228,10 @@ impl Pending {
         }
         let registered = WakerIdentity::of(&waker);
         let waiter = Waiter {
-            reply: Slot::Waiting(Some(waker)),
-            unsent: Some(request),
+            reply: Slot::Waiting {
+                waker: Some(waker),
+                unsent: Some(request),
+            },
             expires,
             takes_byte_string,
         };
@@ -245,7 +266,7 @@ impl Pending {
         let Some(waiter) = state.calls.get_mut(&id) else {
             return Poll::Ready(None);
         };
-        if let Slot::Waiting(waker) = &mut waiter.reply {
+        if let Slot::Waiting { waker, .. } = &mut waiter.reply {
             match waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => *waker = Some(cx.waker().clone()),
@@ -272,7 +293,7 @@ impl Pending {
             for (&id, waiter) in state.calls.iter_mut().filter(|(_, w)| w.is_waiting()) {
                 match waiter.expires {
                     Some(at) if at <= now => {
-                        let written = waiter.unsent.is_none();
+                        let written = waiter.is_written();
                         expired.push((id, written, waiter.answer(Reply::Expired)));
                     }
                     Some(at) => next = Some(next.map_or(at, |next| next.min(at))),
@@ -346,16 +367,12 @@ impl Pending {
 
     /// Forgets a call that stopped waiting, taking its request back if it was not written yet.
     pub(crate) fn forget(&self, id: u64) -> Forgotten {
-        match self.state().calls.remove(&id) {
-            None
-            | Some(Waiter {
-                reply: Slot::Ready(_),
-                ..
-            }) => Forgotten::NotWaiting,
-            Some(Waiter {
+        match self.state().calls.remove(&id).map(|waiter| waiter.reply) {
+            None | Some(Slot::Ready(_)) => Forgotten::NotWaiting,
+            Some(Slot::Waiting {
                 unsent: Some(_), ..
             }) => Forgotten::Unsent,
-            Some(Waiter { unsent: None, .. }) => Forgotten::Sent,
+            Some(Slot::Waiting { unsent: None, .. }) => Forgotten::Sent,
         }
     }
 
@@ -387,9 +404,10 @@ impl Pending {
                 .values_mut()
                 .filter(|waiter| waiter.is_waiting())
                 .filter_map(|waiter| {
-                    let reply = match waiter.unsent {
-                        Some(_) => Reply::NotSent(reason.clone()),
-                        None => Reply::Failed(reason.clone()),
+                    let reply = if waiter.is_written() {
+                        Reply::Failed(reason.clone())
+                    } else {
+                        Reply::NotSent(reason.clone())
                     };
                     waiter.answer(reply)
                 })
@@ -498,14 +516,11 @@ impl WakerIdentity {
 
 impl Claim for Pending {
     fn claim(&self, id: u64) -> Option<Frame> {
-        self.state().calls.get_mut(&id)?.unsent.take()
+        self.state().calls.get_mut(&id)?.claim(false)
     }
 
     fn claim_contiguous(&self, id: u64) -> Option<Frame> {
-        let mut state = self.state();
-        let unsent = &mut state.calls.get_mut(&id)?.unsent;
-        unsent.as_ref()?.contiguous()?;
-        unsent.take()
+        self.state().calls.get_mut(&id)?.claim(true)
     }
 }
 
