@@ -11,9 +11,13 @@
 //! Small frames (a call's request or response of a few numbers) are kept too, a few dozen per
 //! thread: each call began two of them in fresh memory, which the writer freed on whatever
 //! thread it ran, and glibc's per-thread cache overflowed into its slower shared lists when
-//! hundreds of calls were in flight.
+//! hundreds of calls were in flight. A thread that drops more small frames than it makes (a
+//! connection's writer) passes the surplus, a batch at a time, to a store the process shares,
+//! where a thread that makes more than it drops (callers on another worker) takes a batch when
+//! it has none left: one lock per batch, not an allocation and a free per frame.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -38,30 +42,116 @@ pub(super) const SMALL_MAX: usize = 128;
 /// How many small frames' memory a thread keeps.
 const SMALL_KEPT: usize = 64;
 
+/// How many small frames' memory a thread passes to the process's store, or takes from it, at
+/// once.
+const SMALL_BATCH: usize = 32;
+
+/// How many small frames' memory the process's store keeps: 32 KiB at most, eight batches.
+const SMALL_SHARED: usize = 256;
+
 thread_local! {
     /// The memory of small frames dropped on this thread, each empty.
     static SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The memory of small frames that threads had no room for, each empty, up to
+/// [`SMALL_SHARED`]; and how many it holds, read without the lock.
+#[derive(Debug, Default)]
+struct SharedSmall {
+    frames: Mutex<Vec<Vec<u8>>>,
+    len: AtomicUsize,
+}
+
+impl SharedSmall {
+    fn frames(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // Nothing panics while holding the lock.
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves up to [`SMALL_BATCH`] frames' memory into `kept`, a thread's empty store.
+    fn take_batch(&self, kept: &mut Vec<Vec<u8>>) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut frames = self.frames();
+        let from = frames.len().saturating_sub(SMALL_BATCH);
+        kept.extend(frames.drain(from..));
+        self.len.store(frames.len(), Ordering::Relaxed);
+    }
+
+    /// Moves [`SMALL_BATCH`] frames' memory out of `kept`, a thread's full store, if the
+    /// process's store has room for them; those it has no room for stay in `kept`.
+    fn give_batch(&self, kept: &mut Vec<Vec<u8>>) {
+        if self.len.load(Ordering::Relaxed) + SMALL_BATCH > SMALL_SHARED {
+            return;
+        }
+        let mut frames = self.frames();
+        if frames.len() + SMALL_BATCH <= SMALL_SHARED {
+            frames.extend(kept.drain(kept.len() - SMALL_BATCH..));
+            self.len.store(frames.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The process's store of small frames' memory.
+#[cfg(not(test))]
+fn shared_small() -> &'static SharedSmall {
+    static SHARED_SMALL: SharedSmall = SharedSmall {
+        frames: Mutex::new(Vec::new()),
+        len: AtomicUsize::new(0),
+    };
+    &SHARED_SMALL
+}
+
+#[cfg(test)]
+thread_local! {
+    static SHARED_SMALL: std::cell::Cell<&'static SharedSmall> =
+        std::cell::Cell::new(Box::leak(Box::default()));
+}
+
+/// In unit tests, each test's thread has a store of its own, as with [`spares`], unless it is
+/// given another thread's ([`share_small_with`]).
+#[cfg(test)]
+fn shared_small() -> &'static SharedSmall {
+    SHARED_SMALL.get()
+}
+
+/// In unit tests, makes this thread use `store` as the process's store of small frames.
+#[cfg(test)]
+fn share_small_with(store: &'static SharedSmall) {
+    SHARED_SMALL.set(store);
+}
+
 /// Memory for a small frame of up to `capacity` bytes to start with (at most [`SMALL_MAX`]): a
-/// dropped small frame's, if this thread kept one.
+/// dropped small frame's, if this thread kept one or the process's store has some.
 #[inline]
 pub(super) fn small(capacity: usize) -> Vec<u8> {
     debug_assert!(capacity <= SMALL_MAX);
     SMALL
-        .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+        .try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            if kept.is_empty() {
+                shared_small().take_batch(&mut kept);
+            }
+            kept.pop()
+        })
         .ok()
         .flatten()
         .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
-/// Keeps the memory of `bytes`, a dropped small frame's, if this thread has room for it.
+/// Keeps the memory of `bytes`, a dropped small frame's, if this thread, or else the process,
+/// has room for it.
 fn keep_small(bytes: &mut Vec<u8>) {
     // During the thread's teardown the store is gone, and the memory is freed with `bytes`.
     let _ = SMALL.try_with(|kept| {
-        if let Ok(mut kept) = kept.try_borrow_mut()
-            && kept.len() < SMALL_KEPT
-        {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return;
+        };
+        if kept.len() >= SMALL_KEPT {
+            shared_small().give_batch(&mut kept);
+        }
+        if kept.len() < SMALL_KEPT {
             let mut spare = std::mem::take(bytes);
             spare.clear();
             kept.push(spare);
@@ -210,6 +300,13 @@ mod tests {
         SMALL.with_borrow(Vec::len)
     }
 
+    fn small_shared() -> usize {
+        let shared = shared_small();
+        let len = shared.frames().len();
+        assert_eq!(shared.len.load(Ordering::Relaxed), len, "the count is true");
+        len
+    }
+
     /// A small frame begins in the memory of the last small frame dropped on its thread; the
     /// thread keeps at most [`SMALL_KEPT`] of them, and none that grew past [`SMALL_MAX`].
     #[test]
@@ -232,8 +329,15 @@ mod tests {
             .map(|id| Head::Cancel { id }.begin_frame().expect("encodes"))
             .collect();
         drop(many);
-        assert_eq!(small_kept(), SMALL_KEPT, "at most {SMALL_KEPT} are kept");
+        assert!(small_kept() <= SMALL_KEPT, "at most {SMALL_KEPT} are kept");
+        assert_eq!(
+            small_kept() + small_shared(),
+            SMALL_KEPT + 8,
+            "the thread passed those it had no room for to the process's store"
+        );
         SMALL.with_borrow_mut(Vec::clear);
+        shared_small().frames().clear();
+        shared_small().len.store(0, Ordering::Relaxed);
 
         let mut grown = Head::Cancel { id: 3 }.begin_frame().expect("encodes");
         grown.append(&vec![7u8; SMALL_MAX]).expect("encodes");
@@ -244,6 +348,40 @@ mod tests {
             0,
             "a frame grown past {SMALL_MAX} bytes is freed"
         );
+    }
+
+    /// Small frames dropped on one thread (a writer's) are made again on another (a caller's)
+    /// in the same memory, through the process's store, which keeps at most [`SMALL_SHARED`].
+    #[test]
+    fn small_frames_dropped_on_one_thread_are_taken_up_on_another() {
+        let made: Vec<Frame> = (0..SMALL_SHARED as u64 + 2 * SMALL_KEPT as u64)
+            .map(|id| Head::Cancel { id }.begin_frame().expect("encodes"))
+            .collect();
+        let memory: std::collections::HashSet<*const u8> =
+            made.iter().map(|frame| memory_of(frame).0).collect();
+        // Dropped on another thread, as a writer drops the frames callers made.
+        let store = shared_small();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                share_small_with(store);
+                drop(made);
+                assert!(small_kept() <= SMALL_KEPT);
+            });
+        });
+        assert_eq!(small_kept(), 0);
+        assert_eq!(
+            small_shared(),
+            SMALL_SHARED,
+            "the process keeps {SMALL_SHARED}"
+        );
+
+        let again = Head::Cancel { id: 1 }.begin_frame().expect("encodes");
+        assert!(
+            memory.contains(&memory_of(&again).0),
+            "in a dropped frame's memory"
+        );
+        assert_eq!(small_kept(), SMALL_BATCH - 1, "a batch was taken at once");
+        assert_eq!(small_shared(), SMALL_SHARED - SMALL_BATCH);
     }
 
     /// A large value copied into a frame takes up the memory of a large frame dropped before
