@@ -116,11 +116,15 @@ pub(crate) struct Outbox {
 pub(crate) struct Queue {
     channel: Arc<Channel>,
     pub(super) meter: Arc<Meter>,
+    /// The entries the writer took out of the channel at once and has not sent yet; empty
+    /// whenever the writer is idle, so that nothing written straight through overtakes them.
+    taken: VecDeque<Outgoing>,
 }
 
 /// The queue between the outboxes and the writer: a plain deque under a lock, which holds no
 /// memory beyond the entries it has room for (a connection that waits idle holds next to
-/// nothing here).
+/// nothing here), and which the writer empties at once by swapping it for its own
+/// ([`Queue::try_recv`]).
 #[derive(Debug, Default)]
 struct Channel {
     state: Mutex<State>,
@@ -221,14 +225,19 @@ impl Queue {
         self.channel.requests.get()?.claim(id)
     }
 
-    /// The next entry, if one is queued.
+    /// The next entry, if one is queued. The writer takes every entry queued so far under one
+    /// lock, which the tasks queueing more take once per entry: the two deques swap, so neither
+    /// allocates.
     pub(super) fn try_recv(&mut self) -> Option<Outgoing> {
-        self.channel.lock().entries.pop_front()
+        if self.taken.is_empty() {
+            std::mem::swap(&mut self.channel.lock().entries, &mut self.taken);
+        }
+        self.taken.pop_front()
     }
 
     /// How many entries are queued.
     pub(super) fn len(&self) -> usize {
-        self.channel.lock().entries.len()
+        self.taken.len() + self.channel.lock().entries.len()
     }
 }
 
@@ -239,7 +248,7 @@ impl Drop for Queue {
             state.closed = true;
             std::mem::take(&mut state.entries)
         };
-        for outgoing in entries {
+        for outgoing in self.taken.drain(..).chain(entries) {
             self.meter.release(outgoing.queued_len());
         }
     }
@@ -259,6 +268,7 @@ impl Outbox {
         });
         let meter = Arc::new(meter);
         let queue = Queue {
+            taken: VecDeque::new(),
             channel: Arc::clone(&channel),
             meter: Arc::clone(&meter),
         };
