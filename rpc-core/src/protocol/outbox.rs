@@ -157,6 +157,21 @@ impl Channel {
         // Nothing panics while holding the lock; the queue is consistent either way.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The frame `claim` names, taken from where it is kept: `None` if it was taken back (or,
+    /// if `contiguous`, is not in one piece), and for an entry that holds its frame itself.
+    fn claim(&self, claim: &Item, contiguous: bool) -> Option<Frame> {
+        let (source, key) = match claim {
+            Item::Claim(source, key) => (source, *key),
+            Item::Request(id) => (self.requests.get()?, *id),
+            Item::Frame(_) | Item::Last(_) => return None,
+        };
+        if contiguous {
+            source.claim_contiguous(key)
+        } else {
+            source.claim(key)
+        }
+    }
 }
 
 impl Clone for Outbox {
@@ -219,10 +234,10 @@ impl Queue {
         let _ = self.channel.through.set(Through { writer, calls });
     }
 
-    /// Takes the request of call `id` from the connection's table of waiting calls, or `None`
-    /// if it was taken back.
-    pub(super) fn claim_request(&self, id: u64) -> Option<Frame> {
-        self.channel.requests.get()?.claim(id)
+    /// Takes the frame a claim entry names from where it is kept, or `None` if it was taken
+    /// back.
+    pub(super) fn claim(&self, claim: &Item) -> Option<Frame> {
+        self.channel.claim(claim, false)
     }
 
     /// The next entry, if one is queued. The writer takes every entry queued so far under one
@@ -361,19 +376,11 @@ impl Outbox {
             }
             let frame = match item.take() {
                 Some(Item::Frame(frame)) => frame,
-                Some(Item::Claim(source, key)) => match source.claim_contiguous(key) {
-                    Some(frame) => frame,
-                    None => {
-                        item = Some(Item::Claim(source, key));
-                        return;
-                    }
-                },
-                Some(Item::Request(id)) => {
-                    let requests = self.channel.requests.get();
-                    match requests.and_then(|requests| requests.claim_contiguous(id)) {
+                Some(claim @ (Item::Claim(..) | Item::Request(_))) => {
+                    match self.channel.claim(&claim, true) {
                         Some(frame) => frame,
                         None => {
-                            item = Some(Item::Request(id));
+                            item = Some(claim);
                             return;
                         }
                     }

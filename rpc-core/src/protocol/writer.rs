@@ -139,16 +139,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     last = true;
                     frame
                 }
-                Item::Claim(source, key) => match source.claim(key) {
+                claim @ (Item::Claim(..) | Item::Request(_)) => match queue.claim(&claim) {
                     Some(frame) => frame,
                     // Taken back by a call that was abandoned before its turn.
-                    None => {
-                        next = queue.try_recv();
-                        continue;
-                    }
-                },
-                Item::Request(id) => match queue.claim_request(id) {
-                    Some(frame) => frame,
                     None => {
                         next = queue.try_recv();
                         continue;
