@@ -193,7 +193,8 @@ impl Spares {
 }
 
 /// Keeps the memory of `bytes`, a dropped frame's, if it is large and the budget has room for
-/// it, or small and this thread's store has room (else it is freed with `bytes`).
+/// it, or small and this thread's store or the process's has room (else it is freed with
+/// `bytes`).
 #[inline]
 pub(super) fn keep(bytes: &mut Vec<u8>) {
     let capacity = bytes.capacity();

@@ -269,8 +269,7 @@ where
                                     registration.touch(last_request);
                                 }
                             }
-                            Ok(Handled::Request) => {}
-                            Ok(Handled::Other) => {}
+                            Ok(Handled::Request | Handled::Other) => {}
                             Err(error) => break 'serve Err(error),
                         }
                         // The frames the same read brought are handled here, while the connection

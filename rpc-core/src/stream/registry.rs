@@ -333,10 +333,10 @@ impl Drop for OutboundCredit {
 }
 
 /// What the generated `decode_request` uses to attach the incoming stream of a request.
-#[derive(Debug)]
 ///
 /// It borrows the connection's streams and outbox: a request without a stream argument, which
 /// most are, costs no reference counting.
+#[derive(Debug)]
 pub struct InboundSlot<'a> {
     pub(crate) id: u64,
     pub(crate) streams: &'a Arc<Streams>,
