@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use tokio::sync::Notify;
 
+use super::writer::{COALESCE_BELOW, COALESCE_LIMIT};
 use super::{Frame, Head};
 use crate::slots::{CallSlot, CallSlots};
 
@@ -55,6 +56,16 @@ pub(crate) trait WriteNow {
     /// Writes what the transport takes of `bytes` without waiting: how many bytes, and whether
     /// they are flushed; `None` when it took none (or the frame is too large to try).
     fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
+
+    /// Has `gather` copy frames into the writer's own buffer, then writes them as
+    /// [`WriteNow::write_now`] does; `gather` says whether it copied every frame it was to, and
+    /// if not, nothing is written. Returns the bytes the transport did not take (as a frame,
+    /// or `None` when it took them all) and whether the ones it took are flushed; `None` when
+    /// nothing was written.
+    fn write_gathered_now(
+        &mut self,
+        gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+    ) -> Option<(Option<Frame>, bool)>;
 }
 
 /// What the queue needs to write a frame straight through.
@@ -138,9 +149,6 @@ struct Channel {
     /// for the queue, not in every entry: cloning a shared handle for each request would update
     /// its count, on a line of memory every call also locks, twice per call.
     requests: OnceLock<Arc<dyn Claim>>,
-    /// More frames are coming at once (the reader has more requests in hand, each answered
-    /// in turn): the writer gathers them rather than each going straight through.
-    gathering: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +158,11 @@ struct State {
     closed: bool,
     /// The writer waits for an entry, and the next one queued wakes it.
     waiting: bool,
+    /// More frames are coming at once (the server's reader has more requests in hand, each
+    /// answered in turn): nothing goes straight through, and a frame queued meanwhile does not
+    /// wake the writer; the task that gathers writes them all when it is done
+    /// ([`Gathering`]).
+    gathering: bool,
 }
 
 impl Channel {
@@ -256,6 +269,16 @@ impl Queue {
     }
 }
 
+/// Frames being gathered into one write, until dropped ([`Outbox::gather`]).
+#[derive(Debug)]
+pub(crate) struct Gathering<'a>(&'a Outbox);
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.0.end_gathering();
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         let entries = {
@@ -342,7 +365,7 @@ impl Outbox {
         }
         self.meter.hold(len);
         state.entries.push_back(outgoing);
-        let wake = std::mem::take(&mut state.waiting);
+        let wake = !state.gathering && std::mem::take(&mut state.waiting);
         drop(state);
         if wake {
             self.channel.ready.notify_one();
@@ -358,7 +381,7 @@ impl Outbox {
         let Some(through) = self.channel.through.get() else {
             return Err(item);
         };
-        if !through.calls.lone_call() || self.channel.gathering.load(Ordering::Relaxed) {
+        if !through.calls.lone_call() {
             return Err(item);
         }
         let Some(writer) = through.writer.upgrade() else {
@@ -370,7 +393,7 @@ impl Outbox {
             // frames queued before this one are written, or still queued.
             {
                 let state = self.channel.lock();
-                if state.closed || !state.entries.is_empty() {
+                if state.closed || state.gathering || !state.entries.is_empty() {
                     return;
                 }
             }
@@ -407,11 +430,97 @@ impl Outbox {
         item.map_or(Ok(()), Err)
     }
 
-    /// Says whether more frames are about to be queued at once (the reader holds more requests
-    /// to answer): while they are, none goes straight through, and the writer gathers them
-    /// into one write.
-    pub(crate) fn gather(&self, more_coming: bool) {
-        self.channel.gathering.store(more_coming, Ordering::Relaxed);
+    /// Gathers the frames queued from now until the guard is dropped (the server's reader holds
+    /// more requests to answer, each in turn): none goes straight through and none wakes the
+    /// writer; then, if the writer is idle, the dropping task writes them itself in one write,
+    /// and otherwise wakes the writer for them. Not held across an `.await`: frames other tasks
+    /// queue meanwhile wait for it too.
+    pub(crate) fn gather(&self) -> Gathering<'_> {
+        self.channel.lock().gathering = true;
+        Gathering(self)
+    }
+
+    /// Ends gathering: writes what is queued straight through if the writer is waiting idle
+    /// and every entry is a small frame, and otherwise wakes the writer if it waits.
+    fn end_gathering(&self) {
+        {
+            let mut state = self.channel.lock();
+            state.gathering = false;
+            if state.entries.is_empty() || !state.waiting {
+                // Nothing queued, or the writer was woken already.
+                return;
+            }
+        }
+        if !self.write_gathered() {
+            let wake = std::mem::take(&mut self.channel.lock().waiting);
+            if wake {
+                self.channel.ready.notify_one();
+            }
+        }
+    }
+
+    /// Writes every queued entry straight through in one write, if the writer is idle and
+    /// each entry is a frame in one piece; the transport's leftovers go first in line, for the
+    /// writer. `false` if it wrote nothing, and the writer is to be woken.
+    fn write_gathered(&self) -> bool {
+        let Some(writer) = self
+            .channel
+            .through
+            .get()
+            .and_then(|through| through.writer.upgrade())
+        else {
+            return false;
+        };
+        let mut gathered = 0;
+        let mut wrote = None;
+        writer.if_idle(&mut |writer| {
+            // Holding the writer, as this does, is what the writer takes entries under: the
+            // entries copied are still first in line when they are taken out below.
+            wrote = writer.write_gathered_now(&mut |batch| {
+                let state = self.channel.lock();
+                if state.closed {
+                    return false;
+                }
+                for outgoing in &state.entries {
+                    let Item::Frame(frame) = &outgoing.item else {
+                        return false;
+                    };
+                    match frame.contiguous() {
+                        Some(bytes)
+                            if bytes.len() < COALESCE_BELOW
+                                && batch.len() + bytes.len() <= COALESCE_LIMIT =>
+                        {
+                            batch.extend_from_slice(bytes);
+                        }
+                        _ => return false,
+                    }
+                }
+                gathered = state.entries.len();
+                true
+            });
+            if wrote.is_some() {
+                // Out of the queue while the writer is still held.
+                let mut state = self.channel.lock();
+                if !state.closed {
+                    for outgoing in state.entries.drain(..gathered) {
+                        self.meter.release(outgoing.queued_len());
+                    }
+                }
+            }
+        });
+        match wrote {
+            None => false,
+            Some((Some(rest), _)) => {
+                self.push_first(rest);
+                true
+            }
+            // Written, but a transport that buffers (TLS) still has it to flush.
+            Some((None, false)) => {
+                self.push_first(Frame::default());
+                true
+            }
+            Some((None, true)) => true,
+        }
     }
 
     /// Queues `frame` first in line: the rest of a frame written straight through in part.

@@ -20,10 +20,10 @@ use crate::slots::CallSlots;
 use crate::telemetry::Traffic;
 
 /// Frames smaller than this are copied together into one write; larger ones go out directly.
-const COALESCE_BELOW: usize = 16 * 1024;
+pub(super) const COALESCE_BELOW: usize = 16 * 1024;
 
 /// The most bytes gathered into one coalesced write.
-const COALESCE_LIMIT: usize = 64 * 1024;
+pub(super) const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// Writes whole frames that are already encoded, length prefix included.
 #[derive(Debug)]
@@ -82,7 +82,40 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// were taken and whether they are flushed; `None` when it took none, and the frame goes to
     /// the writer whole.
     pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
-        if self.closed || bytes.len() >= COALESCE_BELOW {
+        if bytes.len() >= COALESCE_BELOW {
+            return None;
+        }
+        self.write_without_waiting(bytes)
+    }
+
+    /// Has `gather` copy frames into the batch, then writes it as [`FrameWriter::write_now`]
+    /// does a frame: what the transport did not take comes back as a frame, with whether what
+    /// it took is flushed; `None` when `gather` declined or nothing was taken. The batch is
+    /// empty again after.
+    fn write_gathered_now(
+        &mut self,
+        gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+    ) -> Option<(Option<Frame>, bool)> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let wrote = if gather(&mut batch) && !batch.is_empty() {
+            self.write_without_waiting(&batch)
+                .map(|(written, flushed)| {
+                    let rest =
+                        (written < batch.len()).then(|| Frame::from(batch[written..].to_vec()));
+                    (rest, flushed)
+                })
+        } else {
+            None
+        };
+        batch.clear();
+        self.batch = batch;
+        wrote
+    }
+
+    /// Writes what the transport takes of `bytes` at once: how many, and whether they are
+    /// flushed; `None` when it took none.
+    fn write_without_waiting(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        if self.closed {
             return None;
         }
         // Past the stall guard: nothing waits here, so there is no stall to time. A transport
@@ -257,6 +290,13 @@ impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
 impl<W: AsyncWrite + Unpin> WriteNow for FrameWriter<W> {
     fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
         FrameWriter::write_now(self, bytes)
+    }
+
+    fn write_gathered_now(
+        &mut self,
+        gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+    ) -> Option<(Option<Frame>, bool)> {
+        FrameWriter::write_gathered_now(self, gather)
     }
 }
 
@@ -876,9 +916,9 @@ mod through_tests {
     }
 
     #[tokio::test]
-    async fn frames_go_to_the_writer_while_calls_are_many_or_more_are_coming() {
+    async fn frames_go_to_the_writer_while_calls_are_many() {
         let mut idle = Idle::new(1024).await;
-        let _second = idle.slots.try_take();
+        let second = idle.slots.try_take();
         assert!(idle.outbox.send(cancel(1), None));
         assert!(idle.received().is_empty(), "two calls in flight: queued");
         assert_eq!(idle.wakes(), 1, "for the writer");
@@ -886,17 +926,96 @@ mod through_tests {
         assert!(idle.poll_writer().is_pending());
         assert!(idle.poll_writer().is_pending());
         assert_eq!(idle.received(), cancel(1));
-        drop(_second);
-
-        idle.outbox.gather(true);
+        drop(second);
         assert!(idle.outbox.send(cancel(2), None));
-        assert!(idle.received().is_empty(), "more answers coming: queued");
-        assert!(idle.poll_writer().is_pending());
-        assert_eq!(idle.received(), cancel(2));
+        assert_eq!(idle.received(), cancel(2), "straight through again");
+    }
 
-        idle.outbox.gather(false);
-        assert!(idle.outbox.send(cancel(3), None));
-        assert_eq!(idle.received(), cancel(3), "straight through again");
+    /// Frames gathered while more are coming go out together in one write, made by the task
+    /// that gathered them when it is done: the writer is not woken for them.
+    #[tokio::test]
+    async fn gathered_frames_go_out_in_one_write_without_waking_the_writer() {
+        let mut idle = Idle::new(1024).await;
+        let outbox = idle.outbox.clone();
+        let gathering = outbox.gather();
+        for id in 1..=3 {
+            assert!(idle.outbox.send(cancel(id), None));
+        }
+        assert!(idle.received().is_empty(), "gathered");
+        let queued = cancel(1).len() + crate::protocol::outbox::ENTRY_OVERHEAD;
+        assert_eq!(idle.outbox.meter().queued(), 3 * queued);
+        drop(gathering);
+        assert_eq!(idle.received(), [cancel(1), cancel(2), cancel(3)].concat());
+        assert_eq!(idle.wakes(), 0, "written by the task that gathered them");
+        assert_eq!(idle.outbox.meter().queued(), 0, "and uncounted");
+        assert!(idle.poll_writer().is_pending(), "the writer still waits");
+        assert!(idle.outbox.send(cancel(4), None));
+        assert_eq!(idle.received(), cancel(4), "straight through again");
+        assert_eq!(idle.wakes(), 0);
+    }
+
+    /// What the transport does not take of a gathered write goes first in line, for the
+    /// writer, ahead of anything queued after.
+    #[tokio::test]
+    async fn what_the_transport_does_not_take_of_a_gathered_write_goes_to_the_writer() {
+        let mut idle = Idle::new(8).await;
+        let outbox = idle.outbox.clone();
+        let gathering = outbox.gather();
+        for id in 1..=5 {
+            assert!(outbox.send(cancel(id), None));
+        }
+        drop(gathering);
+        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
+        assert!(outbox.send(cancel(6), None));
+        let expected: Vec<u8> = (1..=6).flat_map(cancel).collect();
+        let mut received = idle.received();
+        while received.len() < expected.len() {
+            assert!(idle.poll_writer().is_pending());
+            received.extend(idle.received());
+        }
+        assert_eq!(received, expected);
+        assert_eq!(outbox.meter().queued(), 0);
+    }
+
+    /// An entry the writer has to claim (a stream's item) or a large frame among those
+    /// gathered leaves them all to the writer, woken once gathering ends.
+    #[tokio::test]
+    async fn gathered_frames_with_a_claim_or_a_large_frame_go_to_the_writer() {
+        let large = crate::protocol::frame::tests::frame(&vec![7; COALESCE_BELOW]);
+        let mut idle = Idle::new(1 << 20).await;
+        let items = StreamFrames::new(&idle.outbox);
+        for last in [cancel(3), large] {
+            let gathering = idle.outbox.gather();
+            assert!(idle.outbox.send(cancel(1), None));
+            assert!(items.send(&idle.outbox, Frame::from(last.clone())));
+            assert_eq!(idle.wakes(), 0, "not while gathering");
+            drop(gathering);
+            assert!(idle.received().is_empty(), "left to the writer");
+            assert_eq!(idle.wakes(), 1, "woken once gathering ends");
+            assert!(idle.poll_writer().is_pending());
+            assert_eq!(idle.received(), [cancel(1), last].concat());
+            idle.wakes.0.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// A writer busy when gathering ends is not disturbed: it takes the gathered frames
+    /// after what it is writing.
+    #[tokio::test]
+    async fn frames_gathered_while_the_writer_is_busy_follow_what_it_writes() {
+        let first = Head::go_away(0, "a message long enough to fill the pipe").frame();
+        let mut idle = Idle::new(8).await;
+        assert!(idle.outbox.send(first.clone(), None));
+        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest of the first");
+        let gathering = idle.outbox.gather();
+        assert!(idle.outbox.send(cancel(2), None));
+        drop(gathering);
+        assert_eq!(idle.wakes(), 1, "already woken");
+        let mut received = idle.received();
+        while received.len() < first.len() + cancel(2).len() {
+            assert!(idle.poll_writer().is_pending());
+            received.extend(idle.received());
+        }
+        assert_eq!(received, [first, cancel(2)].concat());
     }
 
     #[tokio::test]
@@ -912,17 +1031,16 @@ mod through_tests {
 
     #[tokio::test]
     async fn a_frame_never_overtakes_one_queued_before_it() {
-        let mut idle = Idle::new(1024).await;
-        idle.outbox.gather(true);
-        assert!(idle.outbox.send(cancel(1), None));
-        idle.outbox.gather(false);
+        let large = crate::protocol::frame::tests::frame(&vec![7; COALESCE_BELOW]);
+        let mut idle = Idle::new(1 << 20).await;
+        assert!(idle.outbox.send(large.clone(), None));
         assert!(idle.outbox.send(cancel(2), None));
         assert!(
             idle.received().is_empty(),
             "behind the first, for the writer"
         );
         assert!(idle.poll_writer().is_pending());
-        assert_eq!(idle.received(), [cancel(1), cancel(2)].concat());
+        assert_eq!(idle.received(), [large, cancel(2)].concat());
     }
 
     #[tokio::test]
@@ -931,7 +1049,6 @@ mod through_tests {
         let idle = Idle::new(8).await;
         assert!(idle.outbox.send(first.clone(), None));
         assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
-        idle.outbox.gather(true);
         assert!(idle.outbox.send(cancel(2), None));
         drop(idle.outbox);
         let writing = idle.writing;

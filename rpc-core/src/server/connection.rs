@@ -257,38 +257,45 @@ where
                     if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
                 frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
                     if gate.is_open() => match frame {
-                    Ok(Some((mut payload, mut tail))) => for handled in 1.. {
-                        // More requests already read: their answers wait to share one write.
-                        outbox.gather(reader.has_buffered());
-                        let large = protocol::is_large(&payload, tail.as_ref());
-                        match connection.handle(&payload, tail.take(), &mut reader) {
-                            // The requests of one read arrived at once: noted once.
-                            Ok(Handled::Request) if reader.arrived() != last_request => {
-                                last_request = reader.arrived();
-                                if let Some(registration) = &registration {
-                                    registration.touch(last_request);
-                                }
+                    Ok(Some((mut payload, mut tail))) => {
+                        // More requests already read: their answers are gathered into one write,
+                        // made when this read's requests are handled (the guard is dropped).
+                        let mut gathering = None;
+                        for handled in 1.. {
+                            if gathering.is_none() && reader.has_buffered() {
+                                gathering = Some(outbox.gather());
                             }
-                            Ok(Handled::Request | Handled::Other) => {}
-                            Err(error) => break 'serve Err(error),
+                            let large = protocol::is_large(&payload, tail.as_ref());
+                            match connection.handle(&payload, tail.take(), &mut reader) {
+                                // The requests of one read arrived at once: noted once.
+                                Ok(Handled::Request) if reader.arrived() != last_request => {
+                                    last_request = reader.arrived();
+                                    if let Some(registration) = &registration {
+                                        registration.touch(last_request);
+                                    }
+                                }
+                                Ok(Handled::Request | Handled::Other) => {}
+                                Err(error) => break 'serve Err(error),
+                            }
+                            // The frames the same read brought are handled here, while the
+                            // connection may read on, rather than each after a turn of every
+                            // branch above.
+                            if !connection.read_gate(&meter).is_open() {
+                                break;
+                            }
+                            // A turn after a large request too (`protocol::is_large`), taken at
+                            // the top of the loop, where no frame is held.
+                            if large || handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
+                                turn_due = true;
+                                break;
+                            }
+                            match reader.buffered_frame() {
+                                Ok(Some(next)) => payload = next,
+                                Ok(None) => break,
+                                Err(error) => break 'serve Err(error),
+                            }
                         }
-                        // The frames the same read brought are handled here, while the connection
-                        // may read on, rather than each after a turn of every branch above.
-                        if !connection.read_gate(&meter).is_open() {
-                            break;
-                        }
-                        // A turn after a large request too (`protocol::is_large`), taken at
-                        // the top of the loop, where no frame is held.
-                        if large || handled % HANDLED_PER_TURN == 0 && reader.has_buffered() {
-                            turn_due = true;
-                            break;
-                        }
-                        match reader.buffered_frame() {
-                            Ok(Some(next)) => payload = next,
-                            Ok(None) => break,
-                            Err(error) => break 'serve Err(error),
-                        }
-                    },
+                    }
                     Ok(None) => break Ok(()),
                     Err(error) => break Err(error),
                 },
