@@ -1005,7 +1005,11 @@ mod through_tests {
         let first = Head::go_away(0, "a message long enough to fill the pipe").frame();
         let mut idle = Idle::new(8).await;
         assert!(idle.outbox.send(first.clone(), None));
-        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest of the first");
+        assert_eq!(
+            idle.wakes(),
+            1,
+            "the writer is woken for the rest of the first"
+        );
         let gathering = idle.outbox.gather();
         assert!(idle.outbox.send(cancel(2), None));
         drop(gathering);
