@@ -1,4 +1,5 @@
-//! Tying a spawned task's life to its owner's, and bounding work by a deadline.
+//! Tying a spawned task's life to its owner's, bounding work by a deadline, and giving the
+//! other ready tasks a turn.
 
 use std::future::Future;
 use std::task::Poll;
@@ -21,6 +22,28 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Lets the other tasks ready on this worker run before the calling task goes on: the task
+/// wakes itself and waits one turn, going to the back of its worker's queue.
+///
+/// Not `tokio::task::yield_now`, which puts the task off until its worker has run out of ready
+/// tasks and then polled for I/O, a system call at every turn. A connection's writer takes a
+/// turn before most writes with calls in flight, and a server's reader within a long batch:
+/// with 100 connections busy across two processes, those polls were a third of both
+/// processes' system calls (0.27 a call against 0.18 this way, with 17–40% more calls a
+/// second).
+pub(crate) async fn take_turn() {
+    let mut woken = false;
+    std::future::poll_fn(|cx| {
+        if woken {
+            return Poll::Ready(());
+        }
+        woken = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
 }
 
 /// The deadline passed before the work was done.

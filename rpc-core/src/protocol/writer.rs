@@ -353,7 +353,7 @@ async fn write_queued<W: AsyncWrite + Unpin>(
             // less than one each. Not for a lone call: nobody else is about to queue a
             // frame, and on a multi-thread runtime the turn can hand the writer to another
             // thread, a wakeup on every call.
-            tokio::task::yield_now().await;
+            crate::task::take_turn().await;
         }
         let Some(first) = queue.try_recv() else {
             continue;
