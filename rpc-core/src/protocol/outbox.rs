@@ -53,19 +53,27 @@ pub(crate) trait WriteThrough: Send + Sync {
 
 /// An idle writer, lent to a task that writes its frame straight through.
 pub(crate) trait WriteNow {
-    /// Writes what the transport takes of `bytes` without waiting: how many bytes, and whether
-    /// they are flushed; `None` when it took none (or the frame is too large to try).
-    fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)>;
+    /// Writes what the transport takes of `bytes` without waiting; `None` when it took none
+    /// (or the frame is too large to try).
+    fn write_now(&mut self, bytes: &[u8]) -> Option<WroteNow>;
 
     /// Has `gather` copy frames into the writer's own buffer, then writes them as
     /// [`WriteNow::write_now`] does; `gather` says whether it copied every frame it was to, and
-    /// if not, nothing is written. Returns the bytes the transport did not take (as a frame,
-    /// or `None` when it took them all) and whether the ones it took are flushed; `None` when
-    /// nothing was written.
+    /// if not, nothing is written.
     fn write_gathered_now(
         &mut self,
         gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
-    ) -> Option<(Option<Frame>, bool)>;
+    ) -> Option<WroteNow>;
+}
+
+/// What a write straight through left for the writer to do.
+#[derive(Debug)]
+pub(crate) struct WroteNow {
+    /// The bytes the transport did not take, if any.
+    pub(crate) rest: Option<Frame>,
+    /// Whether the bytes it took are flushed (a transport that buffers, as TLS does, may still
+    /// hold them).
+    pub(crate) flushed: bool,
 }
 
 /// What the queue needs to write a frame straight through.
@@ -418,12 +426,7 @@ impl Outbox {
                 return;
             };
             match writer.write_now(bytes) {
-                Some((written, _)) if written < bytes.len() => {
-                    self.push_first(Frame::from(bytes[written..].to_vec()));
-                }
-                // Written, but a transport that buffers (TLS) still has it to flush.
-                Some((_, false)) => self.push_first(Frame::default()),
-                Some((_, true)) => {}
+                Some(wrote) => self.leave_to_writer(wrote),
                 None => item = Some(Item::Frame(frame)),
             }
         });
@@ -509,17 +512,30 @@ impl Outbox {
             }
         });
         match wrote {
+            Some(wrote) => {
+                self.leave_to_writer(wrote);
+                true
+            }
             None => false,
-            Some((Some(rest), _)) => {
-                self.push_first(rest);
-                true
-            }
-            // Written, but a transport that buffers (TLS) still has it to flush.
-            Some((None, false)) => {
-                self.push_first(Frame::default());
-                true
-            }
-            Some((None, true)) => true,
+        }
+    }
+
+    /// Queues first in line what a write straight through left undone: the bytes the transport
+    /// did not take, or, if it took them all but has yet to flush them, an empty frame that has
+    /// the writer flush.
+    fn leave_to_writer(&self, wrote: WroteNow) {
+        match wrote {
+            WroteNow {
+                rest: Some(rest), ..
+            } => self.push_first(rest),
+            WroteNow {
+                rest: None,
+                flushed: false,
+            } => self.push_first(Frame::default()),
+            WroteNow {
+                rest: None,
+                flushed: true,
+            } => {}
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough};
+use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough, WroteNow};
 use super::stall::StallGuard;
 use super::{Frame, Head};
 use crate::slots::CallSlots;
@@ -78,10 +78,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
     /// frame while the writer is idle sends it this way, rather than waking the writer to. Only
     /// a small frame: a large one takes long to write whatever wakes the writer, and what the
-    /// transport did not take at once would have to be copied aside. Returns how many bytes
-    /// were taken and whether they are flushed; `None` when it took none, and the frame goes to
-    /// the writer whole.
-    pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+    /// transport did not take at once would have to be copied aside. `None` when it took none,
+    /// and the frame goes to the writer whole.
+    pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<WroteNow> {
         if bytes.len() >= COALESCE_BELOW {
             return None;
         }
@@ -89,21 +88,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Has `gather` copy frames into the batch, then writes it as [`FrameWriter::write_now`]
-    /// does a frame: what the transport did not take comes back as a frame, with whether what
-    /// it took is flushed; `None` when `gather` declined or nothing was taken. The batch is
-    /// empty again after.
+    /// does a frame; `None` when `gather` declined or nothing was taken. The batch is empty
+    /// again after.
     fn write_gathered_now(
         &mut self,
         gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
-    ) -> Option<(Option<Frame>, bool)> {
+    ) -> Option<WroteNow> {
         let mut batch = std::mem::take(&mut self.batch);
         let wrote = if gather(&mut batch) && !batch.is_empty() {
             self.write_without_waiting(&batch)
-                .map(|(written, flushed)| {
-                    let rest =
-                        (written < batch.len()).then(|| Frame::from(batch[written..].to_vec()));
-                    (rest, flushed)
-                })
         } else {
             None
         };
@@ -112,9 +105,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         wrote
     }
 
-    /// Writes what the transport takes of `bytes` at once: how many, and whether they are
-    /// flushed; `None` when it took none.
-    fn write_without_waiting(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+    /// Writes what the transport takes of `bytes` at once; what it did not take is copied
+    /// aside. `None` when it took none.
+    fn write_without_waiting(&mut self, bytes: &[u8]) -> Option<WroteNow> {
         if self.closed {
             return None;
         }
@@ -136,7 +129,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             written == bytes.len() && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
         self.sent(written);
         self.last_write = Instant::now();
-        Some((written, flushed))
+        Some(WroteNow {
+            rest: (written < bytes.len()).then(|| Frame::from(bytes[written..].to_vec())),
+            flushed,
+        })
     }
 
     /// Fails a write that makes no progress for `limit`: the peer stopped reading.
@@ -288,14 +284,14 @@ impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
 }
 
 impl<W: AsyncWrite + Unpin> WriteNow for FrameWriter<W> {
-    fn write_now(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+    fn write_now(&mut self, bytes: &[u8]) -> Option<WroteNow> {
         FrameWriter::write_now(self, bytes)
     }
 
     fn write_gathered_now(
         &mut self,
         gather: &mut dyn FnMut(&mut Vec<u8>) -> bool,
-    ) -> Option<(Option<Frame>, bool)> {
+    ) -> Option<WroteNow> {
         FrameWriter::write_gathered_now(self, gather)
     }
 }
@@ -638,7 +634,9 @@ mod write_tests {
             writes: Vec::new(),
         };
         let mut writer = FrameWriter::new(&mut io);
-        assert_eq!(writer.write_now(&[1; 10]), Some((10, true)));
+        let wrote = writer.write_now(&[1; 10]).expect("written");
+        assert!(wrote.rest.is_none(), "all 10 bytes taken");
+        assert!(wrote.flushed);
         drop(writer);
         assert_eq!(io.writes, [3, 3, 3, 1]);
         assert_eq!(io.written, [1; 10]);
@@ -881,6 +879,16 @@ mod through_tests {
             self.wakes.0.load(Ordering::SeqCst)
         }
 
+        /// The bytes the peer receives while the writer is polled, until it has `len`.
+        fn received_with_the_writer(&mut self, len: usize) -> Vec<u8> {
+            let mut received = self.received();
+            while received.len() < len {
+                assert!(self.poll_writer().is_pending());
+                received.extend(self.received());
+            }
+            received
+        }
+
         /// The bytes the peer has received so far.
         fn received(&mut self) -> Vec<u8> {
             let mut received = Vec::new();
@@ -968,12 +976,7 @@ mod through_tests {
         assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
         assert!(outbox.send(cancel(6), None));
         let expected: Vec<u8> = (1..=6).flat_map(cancel).collect();
-        let mut received = idle.received();
-        while received.len() < expected.len() {
-            assert!(idle.poll_writer().is_pending());
-            received.extend(idle.received());
-        }
-        assert_eq!(received, expected);
+        assert_eq!(idle.received_with_the_writer(expected.len()), expected);
         assert_eq!(outbox.meter().queued(), 0);
     }
 
@@ -1014,12 +1017,8 @@ mod through_tests {
         assert!(idle.outbox.send(cancel(2), None));
         drop(gathering);
         assert_eq!(idle.wakes(), 1, "already woken");
-        let mut received = idle.received();
-        while received.len() < first.len() + cancel(2).len() {
-            assert!(idle.poll_writer().is_pending());
-            received.extend(idle.received());
-        }
-        assert_eq!(received, [first, cancel(2)].concat());
+        let expected = [first, cancel(2)].concat();
+        assert_eq!(idle.received_with_the_writer(expected.len()), expected);
     }
 
     #[tokio::test]
