@@ -19,10 +19,10 @@ use bytes::Bytes;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::ServerConfig;
+use super::attention::{Attention, RaiseOnDrop, Signal};
 use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
 use super::services::{Served, ServiceSet};
@@ -63,11 +63,10 @@ const HANDLED_PER_TURN: usize = 64;
 /// served on its own.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
-    /// Turns true when the server starts shutting down.
-    pub(crate) shutdown: watch::Receiver<bool>,
     /// The bytes queued for peers across the server.
     pub(crate) budget: Arc<Budget>,
-    /// The connections that may be asked to give way to a new one.
+    /// The connections that may be asked to give way to a new one, and that hear when the
+    /// server shuts down.
     pub(crate) registry: Arc<Registry>,
 }
 
@@ -131,19 +130,24 @@ where
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
         let slots = CallSlots::new(config.max_in_flight);
         writer.watch_calls(Arc::clone(&slots));
-        let mut writer = tokio::spawn(write_frames_through(writer, queue, heartbeat));
+        // The writer ending, the server shutting down and the server asking this connection to
+        // give way all come through here.
+        let attention = Arc::new(Attention::default());
+        let ended = RaiseOnDrop(Arc::clone(&attention), Signal::WriterEnded);
+        let writing = write_frames_through(writer, queue, heartbeat);
+        let mut writer = tokio::spawn(async move {
+            let _ended = ended;
+            writing.await
+        });
         // If this future is dropped (the server's grace period ran out), the connection closes and
         // its handlers stop: running calls would otherwise keep the writer, and the socket, open.
         let _writer_guard = AbortOnDrop::new(&writer);
         let calls = Arc::new(Calls::default());
         let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
-        let (mut shutdown, registration) = match &shared {
-            Some(shared) => (
-                Some(shared.shutdown.clone()),
-                Some(shared.registry.register(Arc::clone(&calls))),
-            ),
-            None => (None, None),
-        };
+        let registration = shared.as_ref().map(|shared| {
+            let registry = &shared.registry;
+            registry.register(Arc::clone(&calls), Arc::clone(&attention))
+        });
 
         let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
         let peer_addr = peer.addr;
@@ -200,10 +204,6 @@ where
             .idle_timeout
             .filter(|_| !client.serves_back)
             .map(IdleTimer::new);
-        let stopping = shutdown_requested(shutdown.take());
-        tokio::pin!(stopping);
-        let asked = asked_to_give_way(registration.as_ref());
-        tokio::pin!(asked);
         let mut turn_due = false;
         let ended = 'serve: loop {
             if std::mem::take(&mut turn_due) {
@@ -214,14 +214,32 @@ where
             }
             let gate = connection.read_gate(&meter);
             tokio::select! {
-                written = &mut writer => {
-                    break Err(match written {
-                        Ok(Err(error)) => error.into(),
-                        _ => RpcError::ConnectionClosed,
-                    });
-                }
-                () = &mut stopping, if !connection.draining => {
-                    connection.start_draining(go_away::SHUTTING_DOWN, "the server is shutting down");
+                raised = attention.taken() => {
+                    if raised.has(Signal::WriterEnded) {
+                        break Err(match (&mut writer).await {
+                            Ok(Err(error)) => error.into(),
+                            _ => RpcError::ConnectionClosed,
+                        });
+                    }
+                    if connection.draining {
+                        continue;
+                    }
+                    if raised.has(Signal::ShuttingDown) {
+                        let message = "the server is shutting down";
+                        connection.start_draining(go_away::SHUTTING_DOWN, message);
+                    } else if raised.has(Signal::GiveWay) {
+                        if calls.is_empty() && connection.parked.is_empty() {
+                            tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
+                            connection.start_draining(
+                                go_away::MAKING_ROOM,
+                                "the server is at its connection limit and needs this idle \
+                                 connection",
+                            );
+                        } else if let Some(registration) = &registration {
+                            // Busy after all: the next ask goes to another connection.
+                            registration.touch(Instant::now());
+                        }
+                    }
                 }
                 () = calls.wait_idle(), if connection.draining => {}
                 () = IdleTimer::fired(&mut idle), if !connection.draining => {
@@ -232,19 +250,6 @@ where
                     {
                         tracing::debug!(?peer_addr, "closing an idle connection");
                         connection.start_draining(go_away::IDLE, "the connection was idle");
-                    }
-                }
-                () = &mut asked, if !connection.draining => {
-                    asked.set(asked_to_give_way(registration.as_ref()));
-                    if calls.is_empty() && connection.parked.is_empty() {
-                        tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
-                        connection.start_draining(
-                            go_away::MAKING_ROOM,
-                            "the server is at its connection limit and needs this idle connection",
-                        );
-                    } else if let Some(registration) = &registration {
-                        // Busy after all: the next ask goes to another connection.
-                        registration.touch(Instant::now());
                     }
                 }
                 slot = CallSlots::take_owned(Arc::clone(&connection.slots)),
@@ -769,17 +774,6 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 }
 
-/// Returns when the server starts shutting down, or is gone; never for a connection served on
-/// its own.
-async fn shutdown_requested(shutdown: Option<watch::Receiver<bool>>) {
-    match shutdown {
-        Some(mut signal) => {
-            let _ = signal.wait_for(|stopping| *stopping).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// Watches for a connection idle for its timeout: no call running, no request received. Pings
 /// do not count as activity: a client that only pings is idle. One timer for the connection's
 /// life, set again only when it fires, rather than one per frame.
@@ -814,15 +808,6 @@ impl IdleTimer {
         }
         self.timer.as_mut().reset(due);
         false
-    }
-}
-
-/// Returns when the server asks this connection to give way to a new one; never for a
-/// connection served on its own.
-async fn asked_to_give_way(registration: Option<&Registration>) {
-    match registration {
-        Some(registration) => registration.asked_to_give_way().await,
-        None => std::future::pending().await,
     }
 }
 

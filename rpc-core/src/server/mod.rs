@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod attention;
 mod calls;
 mod connection;
 mod services;
@@ -41,7 +42,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Either};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -438,11 +439,9 @@ impl Server {
     {
         let service = Arc::new(Served::new(service).map_err(io::Error::other)?);
         let Server { listener, config } = self;
-        let (stop, stopping) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let mut connections = JoinSet::new();
         let shared = connection::Shared {
-            shutdown: stopping,
             budget: Arc::new(Budget::new(config.max_queued)),
             registry: Arc::default(),
         };
@@ -484,7 +483,7 @@ impl Server {
         // Not serving, before draining: health watchers and probing clients hear it first.
         config.health.shut_down();
         drop(listener);
-        let _ = stop.send(true);
+        shared.registry.shut_down();
         let drained = tokio::time::timeout(config.shutdown_grace, async {
             while connections.join_next().await.is_some() {}
         })
