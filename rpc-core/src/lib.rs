@@ -62,6 +62,7 @@
 // The health service is written with the crate's own attribute, whose code names `::rpc_core`.
 extern crate self as rpc_core;
 
+mod alarm;
 mod client;
 mod context;
 #[cfg(feature = "dns")]

@@ -2,17 +2,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
+use crate::alarm::Alarm;
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
     Outcome, PeerInfo, Queue, Tail, code, finish_frame, go_away, write_frames_through,
@@ -608,7 +608,7 @@ fn byte_string_result(pending: &Pending, prefix: &[u8]) -> Option<usize> {
 /// Fails the calls of `pending` past their deadlines, queueing a Cancel on `outbox` for each
 /// whose request was written, and sets `timer` for the next deadline. Returns whether it is set:
 /// whether any call still waits with a deadline.
-fn expire_calls(pending: &Pending, outbox: &Outbox, timer: Pin<&mut Sleep>) -> bool {
+fn expire_calls(pending: &Pending, outbox: &Outbox, timer: &mut Alarm) -> bool {
     let next = pending.expire(Instant::now(), |id| {
         // The request is ahead of this in the outbox, so the server sees it first.
         outbox.send_head(&Head::Cancel { id });
@@ -636,8 +636,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
 ) {
     let Closer { pending, streams } = &closer;
     // The connection's one timer for its calls' deadlines, set while any call waits with one.
-    let deadline = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(deadline);
+    let mut deadline = Alarm::at(Instant::now());
     let mut deadline_set = false;
     let mut frames_unlooked = 0;
     // The task the last frame woke, if it was large, runs before this reads on
@@ -659,11 +658,11 @@ async fn read_responses<R: AsyncRead + Unpin>(
             tokio::select! {
                 () = tunnel.wait_may_read() => {}
                 () = pending.wait_closed() => break pending.close_reason(),
-                () = &mut deadline, if deadline_set => {
-                    deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                () = deadline.fired(), if deadline_set => {
+                    deadline_set = expire_calls(pending, &outbox, &mut deadline);
                 }
                 () = std::future::poll_fn(|cx| pending.poll_earlier_deadline(cx)) => {
-                    deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                    deadline_set = expire_calls(pending, &outbox, &mut deadline);
                 }
             }
             continue;
@@ -678,7 +677,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             pending.complete_all(&mut answers);
             let passed = deadline_set && deadline.deadline() <= Instant::now();
             if passed || pending.take_earlier_deadline() {
-                deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                deadline_set = expire_calls(pending, &outbox, &mut deadline);
             }
         }
         let frame = tokio::select! {
@@ -686,7 +685,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             frame = reader.next_frame_split(|prefix| byte_string_result(pending, prefix)) => {
                 Some(frame)
             }
-            () = &mut deadline, if deadline_set => None,
+            () = deadline.fired(), if deadline_set => None,
             () = std::future::poll_fn(|cx| pending.poll_earlier_deadline(cx)) => None,
         };
         let (payload, tail) = match frame {
@@ -694,7 +693,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             Some(Ok(None)) => break RpcError::ConnectionClosed,
             Some(Err(error)) => break error,
             None => {
-                deadline_set = expire_calls(pending, &outbox, deadline.as_mut());
+                deadline_set = expire_calls(pending, &outbox, &mut deadline);
                 continue;
             }
         };

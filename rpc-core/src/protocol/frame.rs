@@ -1,16 +1,17 @@
 //! Reading length-prefixed frames, with memory bounded whatever lengths the peer claims.
 
-use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::LENGTH_PREFIX;
 use super::spare;
 use super::tail::{self, Split, Tail};
 use crate::RpcError;
+use crate::alarm::Alarm;
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -63,8 +64,9 @@ pub(crate) struct FrameReader<R> {
     /// The timer that enforces `silence_limit`, made at the first read that waits under one and
     /// kept for the connection's life. It runs to the end of the silence as it was when last
     /// set, never past it; when it fires early (bytes came since), it is set again, so reads
-    /// cost the timer wheel nothing while bytes keep coming.
-    silence: Option<Pin<Box<Sleep>>>,
+    /// cost the timer wheel nothing while bytes keep coming, and the read that waits looks at
+    /// it for the price of a load ([`Alarm`]).
+    silence: Option<Alarm>,
     /// A large frame, or a spell of reads larger than [`IDLE_BUFFER_KEEP`], passed through
     /// `buf`, whose allocation the (empty-looking) buffer may still hold for reuse.
     holds_large: bool,
@@ -171,22 +173,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         else {
             return Ok(read.await?);
         };
-        let timer = self
-            .silence
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(silent_until)));
-        tokio::pin!(read);
-        loop {
-            tokio::select! {
-                biased;
-                read = &mut read => return Ok(read?),
-                () = timer.as_mut() => {
-                    if silent_until <= Instant::now() {
-                        return Err(RpcError::KeepaliveTimeout(limit));
-                    }
-                    timer.as_mut().reset(silent_until);
-                }
+        let timer = self.silence.get_or_insert_with(|| Alarm::at(silent_until));
+        let mut read = std::pin::pin!(read);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                return Poll::Ready(Ok(read?));
             }
-        }
+            while timer.poll_fired(cx).is_ready() {
+                if silent_until <= Instant::now() {
+                    return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
+                }
+                timer.reset(silent_until);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::ServerConfig;
 use super::attention::{Attention, RaiseOnDrop, Signal};
 use super::calls::{Calls, Link, NewCall};
 use super::registry::{Registration, Registry};
 use super::services::{Served, ServiceSet};
+use crate::alarm::Alarm;
 use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
@@ -776,24 +776,25 @@ impl<S: ServiceSet> Connection<'_, S> {
 
 /// Watches for a connection idle for its timeout: no call running, no request received. Pings
 /// do not count as activity: a client that only pings is idle. One timer for the connection's
-/// life, set again only when it fires, rather than one per frame.
+/// life, set again only when it fires, rather than one per frame, and looked at cheaply while
+/// it has not ([`Alarm`]).
 struct IdleTimer {
     timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Alarm,
 }
 
 impl IdleTimer {
     fn new(timeout: Duration) -> Self {
         IdleTimer {
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            timer: Alarm::at(Instant::now() + timeout),
         }
     }
 
     /// Returns when the timer fires; never without one.
     async fn fired(idle: &mut Option<IdleTimer>) {
         match idle {
-            Some(idle) => idle.timer.as_mut().await,
+            Some(idle) => idle.timer.fired().await,
             None => std::future::pending().await,
         }
     }
@@ -806,7 +807,7 @@ impl IdleTimer {
         if due <= now {
             return true;
         }
-        self.timer.as_mut().reset(due);
+        self.timer.reset(due);
         false
     }
 }
