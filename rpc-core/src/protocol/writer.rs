@@ -9,8 +9,8 @@ use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::lock::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough, WroteNow};
@@ -274,10 +274,14 @@ pub(crate) fn write_frames_through<W: AsyncWrite + Unpin + Send + 'static>(
     async move { drive(&wire, queue, heartbeat).await }
 }
 
-/// The writer, shared with the tasks that write straight through it.
+/// The writer, shared with the tasks that write straight through it. Behind `futures`' mutex,
+/// not tokio's: a lone call's frame takes and releases it on each end of every call, and
+/// tokio's release locks its waiter list each time (about 210 of a sequential call's 16,400
+/// instructions); this one's is one atomic operation while nobody waits, and only the writer
+/// task ever waits for it.
 impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
     fn if_idle(&self, write: &mut dyn FnMut(&mut dyn WriteNow)) {
-        if let Ok(mut writer) = self.try_lock() {
+        if let Some(mut writer) = self.try_lock() {
             write(&mut *writer);
         }
     }
