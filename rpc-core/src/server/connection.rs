@@ -213,7 +213,13 @@ where
                 break Ok(());
             }
             let gate = connection.read_gate(&meter);
+            // In order: the signals and the idle timer cost a load each while nothing is up
+            // ([`Attention`], [`Alarm`]), so they are looked at first, and a shutdown or a
+            // failed writer is seen before another frame is read; no branch stays ready
+            // without the loop acting on it, so reading is never starved. (Unbiased, the
+            // `select!` drew a random first branch at every wait.)
             tokio::select! {
+                biased;
                 raised = attention.taken() => {
                     if raised.has(Signal::WriterEnded) {
                         break Err(match (&mut writer).await {
