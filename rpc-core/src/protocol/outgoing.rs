@@ -230,7 +230,7 @@ impl Frame {
     pub(crate) fn start_frame(&mut self, head: &[u8]) -> usize {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
-        self.bytes.extend_from_slice(head);
+        codec::append_bytes(&mut self.bytes, head);
         at
     }
 
