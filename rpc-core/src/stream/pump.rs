@@ -21,6 +21,11 @@ use crate::task::AbortOnDrop;
 /// bytes: a stream of small items then costs one queue entry per batch, not per item.
 const BATCH_BYTES: usize = 32 * 1024;
 
+/// The room a batch has past [`BATCH_BYTES`], for the item that crosses the mark: one smaller
+/// than this does not reallocate the batch (which copied it whole, once per batch, 1% of the
+/// cost of a stream of small numbers).
+const BATCH_SLACK: usize = 1024;
+
 /// A pump whose source keeps it busy yields its worker once it has sent this many bytes in full
 /// batches in a row and a batch it queued before still waits for the writer. Until it does,
 /// the writer it woke waits in the worker's next-task slot, which no other worker may take: on
@@ -113,7 +118,7 @@ trait EncodeNext: Send {
             if !reserved {
                 // More than one item is ready: room for a whole batch at once, rather than
                 // growing into it step by step.
-                into.frame.reserve(BATCH_BYTES);
+                into.frame.reserve(BATCH_BYTES + BATCH_SLACK);
                 reserved = true;
             }
         }
@@ -360,7 +365,11 @@ mod tests {
         let mut credit = i64::MAX;
         let end = source.as_mut().encode_ready(&mut into, &mut credit);
         assert_eq!(end, Some(None), "the source ended");
-        assert!(frame.capacity() >= BATCH_BYTES, "{}", frame.capacity());
+        assert!(
+            frame.capacity() >= BATCH_BYTES + BATCH_SLACK,
+            "{}",
+            frame.capacity()
+        );
         let bytes = frame.contiguous().expect("nothing spliced");
         let mut expected = Vec::new();
         for n in 0..100u64 {
