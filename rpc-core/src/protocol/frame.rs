@@ -454,7 +454,7 @@ impl<R> FrameReader<R> {
         head: &[u8],
         mut accept: impl FnMut(usize) -> bool,
     ) -> Option<Bytes> {
-        let mut end = 0;
+        let (mut end, mut largest) = (0, 0);
         while let Some(size) = length_prefix(&self.buf[end..]) {
             let payload = end + LENGTH_PREFIX;
             if size > self.max_frame_len
@@ -464,10 +464,15 @@ impl<R> FrameReader<R> {
             {
                 break;
             }
-            self.delivered(size);
+            largest = largest.max(size);
             end = payload + size;
         }
-        (end > 0).then(|| self.buf.split_to(end).freeze())
+        if end == 0 {
+            return None;
+        }
+        // What handing on the frames means for the buffer depends on the largest alone.
+        self.delivered(largest);
+        Some(self.buf.split_to(end).freeze())
     }
 
     /// Notes a frame of `size` bytes handed on from the buffer.
