@@ -552,20 +552,25 @@ impl<T: Decode> InboundStream<T> {
     }
 
     /// Hands on a decoded item; one that failed to decode ends the stream.
+    #[inline]
     fn decoded(
         &mut self,
         item: Result<T, protocol::CodecError>,
     ) -> Poll<Option<Result<T, RpcError>>> {
         match item {
             Ok(item) => Poll::Ready(Some(Ok(item))),
-            Err(error) => {
-                let error = RpcError::Decode {
-                    method: self.options.method.to_owned(),
-                    reason: error.to_string(),
-                };
-                self.finish(Some(Err(error)))
-            }
+            Err(error) => self.undecodable(&error),
         }
+    }
+
+    /// Ends the stream at an item that failed to decode.
+    #[cold]
+    fn undecodable(&mut self, error: &protocol::CodecError) -> Poll<Option<Result<T, RpcError>>> {
+        let error = RpcError::Decode {
+            method: self.options.method.to_owned(),
+            reason: error.to_string(),
+        };
+        self.finish(Some(Err(error)))
     }
 }
 
