@@ -141,12 +141,19 @@ impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
         };
         Poll::Ready(match next {
             Some(Ok(item)) => Some(encode_item(into, scope, item)),
-            // The sender's own message crosses as it is; another error (a stream relayed from
-            // elsewhere that broke) crosses as its sentence.
-            Some(Err(RpcError::StreamFailed { message })) => Some(Err(message.as_str().into())),
-            Some(Err(error)) => Some(Err(error.to_string().into())),
+            Some(Err(error)) => Some(Err(failure(error))),
             None => None,
         })
+    }
+}
+
+/// Why a stream whose source failed with `error` ends: the sender's own message crosses as it
+/// is; another error (a stream relayed from elsewhere that broke) crosses as its sentence.
+#[cold]
+fn failure(error: &RpcError) -> Failure {
+    match error {
+        RpcError::StreamFailed { message } => message.as_str().into(),
+        error => error.to_string().into(),
     }
 }
 
@@ -163,19 +170,24 @@ fn encode_item<T: Encode>(
         Some(scope) => into.frame.encode_within(scope, encode),
         None => into.frame.encode(encode),
     };
-    let encoded = encoded
-        .map_err(|e| format!("an item could not be encoded: {e}"))
-        .and_then(|()| {
-            finish_frame_at(into.frame, at, into.max_frame_len)
-                .map_err(|too_large| format!("a stream item is too large: {too_large}"))
-        });
-    match encoded {
+    if let Err(error) = encoded {
+        let why = format_args!("an item could not be encoded: {error}");
+        return Err(not_sent(into.frame, at, why));
+    }
+    match finish_frame_at(into.frame, at, into.max_frame_len) {
         Ok(payload_len) => Ok(item_cost(payload_len)),
-        Err(message) => {
-            into.frame.truncate(at);
-            Err(message.into())
+        Err(too_large) => {
+            let why = format_args!("a stream item is too large: {too_large}");
+            Err(not_sent(into.frame, at, why))
         }
     }
+}
+
+/// Cuts off the frame of an item that could not be sent, begun at `at`, and says `why`.
+#[cold]
+fn not_sent(frame: &mut Frame, at: usize, why: std::fmt::Arguments<'_>) -> Failure {
+    frame.truncate(at);
+    why.to_string().into()
 }
 
 /// Sends `outbound` as call `id`'s stream while it has credit, until the stream ends; then
