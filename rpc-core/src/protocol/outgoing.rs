@@ -138,6 +138,29 @@ impl Drop for SpliceScope {
     }
 }
 
+/// How many bytes a [`FrameStart`] holds: a length prefix and a head of up to 12 bytes, which
+/// a stream item's (its kind and a call id of up to 10 bytes) always fits.
+const FRAME_START_ROOM: usize = 16;
+
+/// The start of frames that all begin alike, such as a stream's items: room for the length
+/// prefix, set as each frame is finished, then the head, already encoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameStart {
+    /// The start, then zeros up to the room's end.
+    bytes: [u8; FRAME_START_ROOM],
+    len: usize,
+}
+
+impl FrameStart {
+    /// The start of frames with `head`; `None` for a head longer than 12 bytes.
+    pub(crate) fn new(head: &[u8]) -> Option<FrameStart> {
+        let len = LENGTH_PREFIX + head.len();
+        let mut bytes = [0; FRAME_START_ROOM];
+        bytes.get_mut(LENGTH_PREFIX..len)?.copy_from_slice(head);
+        Some(FrameStart { bytes, len })
+    }
+}
+
 /// An encoded frame, length prefix included, ready for the writer: its bytes, and the large
 /// payloads spliced in between them.
 #[derive(Debug, Default)]
@@ -224,13 +247,15 @@ impl Frame {
     }
 
     /// Starts another frame after the whole frames this one already holds, so that several
-    /// small frames go to the writer as one: room for its length prefix, then `head`, already
-    /// encoded. Returns where it starts.
+    /// small frames go to the writer as one: `start`, room for its length prefix and its head.
+    /// Returns where it starts.
     #[inline]
-    pub(crate) fn start_frame(&mut self, head: &[u8]) -> usize {
+    pub(crate) fn start_frame(&mut self, start: &FrameStart) -> usize {
         let at = self.bytes.len();
-        self.bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
-        codec::append_bytes(&mut self.bytes, head);
+        // All the room in one store of a known size, then cut to the start's length: less than
+        // a byte at a time or a call to memcpy.
+        self.bytes.extend_from_slice(&start.bytes);
+        self.bytes.truncate(at + start.len);
         at
     }
 
@@ -276,6 +301,28 @@ mod tests {
     use super::*;
     use crate::Payload;
 
+    /// The start of frames with `head`, a short one.
+    fn start(head: &[u8]) -> FrameStart {
+        FrameStart::new(head).expect("a short head")
+    }
+
+    /// A frame started from a `FrameStart` holds its room for the length prefix and its head,
+    /// and nothing of the room past them; a head too long for one has none.
+    #[test]
+    fn a_frame_start_adds_its_prefix_and_head_alone() {
+        let mut frame = Frame::default();
+        let at = frame.start_frame(&start(b"head"));
+        assert_eq!((at, &frame.bytes[..]), (0, &b"\0\0\0\0head"[..]));
+        let longest = [9; 12];
+        let at = frame.start_frame(&start(&longest));
+        assert_eq!(at, 8);
+        assert_eq!(
+            &frame.bytes[8..],
+            &[0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]
+        );
+        assert!(FrameStart::new(&[9; 13]).is_none());
+    }
+
     /// A value whose encoding always fails.
     struct Fails;
 
@@ -319,13 +366,13 @@ mod tests {
     fn gathered_frames_each_count_only_their_own_spliced_bytes() {
         let big = Payload::from(vec![7u8; SPLICE_MIN]);
         let mut frame = Frame::default();
-        let first = frame.start_frame(b"A");
+        let first = frame.start_frame(&start(b"A"));
         frame.append(&big).expect("encodes");
         let mut first_payload = b"A".to_vec();
         first_payload.extend(postcard::to_stdvec(&big).expect("encodes"));
         assert_eq!(frame.payload_len_from(first), first_payload.len());
 
-        let second = frame.start_frame(b"B");
+        let second = frame.start_frame(&start(b"B"));
         frame.append(&5u8).expect("encodes");
         assert_eq!(frame.payload_len_from(second), 2, "its head and one byte");
     }
@@ -343,13 +390,13 @@ mod tests {
                 .encode_within(&scope, |bytes| codec::append(value, bytes))
                 .expect("encodes");
         };
-        let first = frame.start_frame(b"A");
+        let first = frame.start_frame(&start(b"A"));
         within(&mut frame, &(big.clone(), None));
         let first_len = frame.payload_len_from(first);
-        let second = frame.start_frame(b"B");
+        let second = frame.start_frame(&start(b"B"));
         within(&mut frame, &(big.clone(), Some(1)));
         let second_len = frame.payload_len_from(second);
-        let cut = frame.start_frame(b"C");
+        let cut = frame.start_frame(&start(b"C"));
         within(&mut frame, &(big.clone(), None));
         frame.truncate(cut);
         drop(scope);
@@ -395,10 +442,10 @@ mod tests {
     fn truncating_keeps_the_payload_that_ends_the_frame_before() {
         let big = Payload::from(vec![7u8; SPLICE_MIN]);
         let mut frame = Frame::default();
-        frame.start_frame(b"A");
+        frame.start_frame(&start(b"A"));
         frame.append(&big).expect("encodes");
         let whole = flatten(&frame);
-        let second = frame.start_frame(b"B");
+        let second = frame.start_frame(&start(b"B"));
         frame.append(&big).expect("encodes");
         frame.truncate(second);
         assert_eq!(flatten(&frame), whole);

@@ -12,7 +12,7 @@ use super::registry::{OutboundCredit, SendWindow};
 use super::{Streaming, item_cost};
 use crate::RpcError;
 use crate::protocol::{
-    Encode, Frame, Head, LENGTH_PREFIX, OpenScope, Outbox, Outcome, StreamFrames, code,
+    Encode, Frame, FrameStart, Head, LENGTH_PREFIX, OpenScope, Outbox, Outcome, StreamFrames, code,
     finish_frame_at,
 };
 use crate::task::AbortOnDrop;
@@ -64,8 +64,8 @@ impl std::fmt::Debug for Outbound {
 
 /// Where and how the items of one stream are encoded.
 struct Encoding<'a> {
-    /// The head every item's frame starts with (StreamItem and the call's id), encoded once.
-    head: &'a [u8],
+    /// How every item's frame starts (StreamItem and the call's id), encoded once.
+    start: FrameStart,
     frame: &'a mut Frame,
     max_frame_len: usize,
 }
@@ -164,7 +164,7 @@ fn encode_item<T: Encode>(
     scope: Option<&OpenScope>,
     item: &T,
 ) -> Result<i64, Failure> {
-    let at = into.frame.start_frame(into.head);
+    let at = into.frame.start_frame(&into.start);
     let encode = |bytes: &mut Vec<u8>| item.encode(bytes);
     let encoded = match scope {
         Some(scope) => into.frame.encode_within(scope, encode),
@@ -216,14 +216,14 @@ pub(crate) async fn pump(
     };
     let window = &credit.window;
     let head = Head::StreamItem { id }.frame();
-    let head = &head[LENGTH_PREFIX..];
+    let start = FrameStart::new(&head[LENGTH_PREFIX..]).expect("a stream item's head fits");
     // The bytes sent in full batches since the pump last yielded or found its source not ready.
     let mut busy = 0;
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
         let mut batch = Frame::default();
         let mut into = Encoding {
-            head,
+            start,
             frame: &mut batch,
             max_frame_len,
         };
@@ -370,7 +370,7 @@ mod tests {
         let head = Head::StreamItem { id: 1 }.frame();
         let mut frame = Frame::default();
         let mut into = Encoding {
-            head: &head[LENGTH_PREFIX..],
+            start: FrameStart::new(&head[LENGTH_PREFIX..]).expect("a short head"),
             frame: &mut frame,
             max_frame_len: 1024,
         };
