@@ -419,11 +419,13 @@ fn a_call_in_flight_holds_under_one_and_a_half_kib_of_state() {
 }
 
 #[test]
-fn a_call_allocates_once_both_ends_with_every_feature_on() {
-    // The figure the benchmark reports: the server's boxed call. A call's request and answer
-    // frames begin in the memory of frames dropped before them on the same thread, and a small
-    // answer reaches the caller as a copy (a reply waits in the table of waiting calls, with no
-    // channel of its own). This test binary has every feature of rpc-core on (TLS, metrics,
+fn a_call_allocates_nothing_both_ends_with_every_feature_on() {
+    // The figure the benchmark reports. The future that answers a call is pinned in the box of
+    // the call before it, kept by the connection when that call answered on its first poll
+    // (`server/kept_box.rs`; a box per call before, one allocation a call). A call's request
+    // and answer frames begin in the memory of frames dropped before them on the same thread,
+    // and a small answer reaches the caller as a copy (a reply waits in the table of waiting
+    // calls, with no channel of its own). This test binary has every feature of rpc-core on (TLS, metrics,
     // OpenTelemetry, tower, DNS) and installs no recorder or tracer, as a program that builds
     // them in and turns them on later does: none may cost an allocation per call by itself.
     scenario(async {
@@ -439,6 +441,8 @@ fn a_call_allocates_once_both_ends_with_every_feature_on() {
         }
         let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
         let per_call = made as f64 / CALLS as f64;
-        assert!(per_call < 1.5, "{per_call} allocations per call, both ends");
+        // Under one half: an allocation now and then (a table growing, a store of spare
+        // frames refilled) is not one a call.
+        assert!(per_call < 0.5, "{per_call} allocations per call, both ends");
     });
 }

@@ -18,6 +18,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::kept_box::{KeptBox, Pinned};
 use super::services::ServiceSet;
 use crate::intercept::ServerInterceptor;
 use crate::peer::Peer;
@@ -90,11 +91,15 @@ impl Calls {
     /// its deadline, until it answers or is cancelled. The answer goes to `outbox`, followed by
     /// the call's streamed result if it has one. The connection has made sure that no call
     /// with the same id is running.
+    ///
+    /// The future that answers is pinned in `kept`'s box, if it holds one of its type, and its
+    /// box goes back there if it answers on its first poll.
     pub(crate) fn start<S: ServiceSet>(
         self: &Arc<Self>,
         service: &S,
         call: NewCall<S::Request>,
         link: &Link,
+        kept: &KeptBox,
     ) {
         let NewCall {
             id,
@@ -155,12 +160,12 @@ impl Calls {
                 }),
             );
             let answering = context.scope(stack.clone().run(call));
-            self.run(Box::pin(answering), started, link);
+            self.run(kept.pin(answering), started, link, kept);
             return;
         }
         let answering = context
             .scope(async move { respond::<S>(id, method, handler.await, limit, panic_messages) });
-        self.run(Box::pin(answering), started, link);
+        self.run(kept.pin(answering), started, link, kept);
     }
 
     /// Runs a call's future, which answers it in the call's context: polls it once here, and
@@ -168,9 +173,10 @@ impl Calls {
     /// in the same context, taken from the future once it has answered.
     fn run<F>(
         self: &Arc<Self>,
-        mut answering: Pin<Box<TaskLocalFuture<Context, F>>>,
+        mut answering: Pinned<TaskLocalFuture<Context, F>>,
         started: Started,
         link: &Link,
+        kept: &KeptBox,
     ) where
         F: Future<Output = Answer> + Send + 'static,
     {
@@ -183,13 +189,15 @@ impl Calls {
             slot,
         } = started;
         let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
-        let first_poll =
-            std::panic::catch_unwind(AssertUnwindSafe(|| answering.as_mut().poll(&mut waker)));
+        let first_poll = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            pinned_future(&mut answering).poll(&mut waker)
+        }));
         let panic_messages = link.panic_messages;
         let first = match first_poll {
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(answer)) => match answer.stream {
                 None => {
+                    kept.keep(answering);
                     answer.send(end, link, slot);
                     return;
                 }
@@ -210,14 +218,17 @@ impl Calls {
         let link = link.clone();
         let run = async move {
             let answer = match first {
-                None => answer(id, method, answering.as_mut(), deadline, panic_messages).await,
+                None => {
+                    let answering = pinned_future(&mut answering);
+                    answer(id, method, answering, deadline, panic_messages).await
+                }
                 Some(answer) => answer,
             };
             match answer.stream {
                 None => answer.send(end, &link, slot),
                 Some(stream) => {
                     let sending = stream_out(id, answer.frame, stream, deadline, &link, slot);
-                    let code = match answering.as_mut().take_value() {
+                    let code = match pinned_future(&mut answering).take_value() {
                         Some(context) => context.scope(sending).await,
                         None => sending.await,
                     };
@@ -301,6 +312,14 @@ pub(crate) struct Link {
     /// The connection's layers around its handlers.
     #[cfg(feature = "tower")]
     pub(crate) stack: Option<crate::middleware::Stack>,
+}
+
+/// The future pinned in `pinned`, which holds one until it is kept for the next call.
+fn pinned_future<F>(pinned: &mut Pinned<F>) -> Pin<&mut F> {
+    match pinned.as_mut().as_pin_mut() {
+        Some(future) => future,
+        None => unreachable!("a call's box holds its future until it is kept"),
+    }
 }
 
 /// The answer refusing the call in `context`, if the server's interceptor refuses it (or

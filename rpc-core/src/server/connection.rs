@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::ServerConfig;
 use super::attention::{Attention, RaiseOnDrop, Signal};
 use super::calls::{Calls, Link, NewCall};
+use super::kept_box::KeptBox;
 use super::registry::{Registration, Registry};
 use super::services::{Served, ServiceSet};
 use crate::alarm::Alarm;
@@ -188,6 +189,7 @@ where
             tunnel,
             registration: registration.as_ref(),
             draining: false,
+            kept: KeptBox::default(),
         };
         let byte_strings = ByteStrings {
             service: connection.service,
@@ -438,6 +440,8 @@ struct Connection<'a, S: ServiceSet> {
     registration: Option<&'a Registration>,
     /// The server takes no new calls on this connection.
     draining: bool,
+    /// The box of the last call to answer on its first poll, for the next call's future.
+    kept: KeptBox,
 }
 
 /// Finds, for the connection's reader, the requests whose arguments end in a byte string their
@@ -705,7 +709,10 @@ impl<S: ServiceSet> Connection<'_, S> {
             peer: Arc::clone(&self.peer),
             slot,
         };
-        self.calls.start(&self.health, call, &self.link);
+        // The health service's futures are of a type of their own: their boxes are not kept,
+        // so that the service's box stays.
+        self.calls
+            .start(&self.health, call, &self.link, &KeptBox::default());
     }
 
     /// Starts the oldest parked request with `slot`.
@@ -727,7 +734,8 @@ impl<S: ServiceSet> Connection<'_, S> {
             peer: Arc::clone(&self.peer),
             slot,
         };
-        self.calls.start(&self.service.set, call, &self.link);
+        self.calls
+            .start(&self.service.set, call, &self.link, &self.kept);
     }
 
     /// Answers a describe request with the service's schema, or refuses it if reflection is

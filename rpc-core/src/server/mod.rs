@@ -23,6 +23,7 @@
 mod attention;
 mod calls;
 mod connection;
+mod kept_box;
 mod services;
 
 pub(crate) use calls::panic_message;
