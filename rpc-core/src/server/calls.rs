@@ -197,8 +197,8 @@ impl Calls {
             Ok(Poll::Pending) => None,
             Ok(Poll::Ready(answer)) => match answer.stream {
                 None => {
-                    kept.keep(answering);
                     answer.send(end, link, slot);
+                    kept.keep(answering);
                     return;
                 }
                 Some(_) => Some(answer),
