@@ -88,10 +88,10 @@ impl<T: DeserializeOwned> Decode for T {
 /// Slices up to this long are appended byte by byte.
 const SMALL: usize = 16;
 
-/// Appends `data` to `out`; a short slice (varints, short strings, the heads of frames) byte by
-/// byte, which costs less than a call to memcpy.
+/// Appends `data` to `out`; a short slice (varints, short strings) byte by byte, which costs
+/// less than a call to memcpy.
 #[inline]
-pub(crate) fn append_bytes(out: &mut Vec<u8>, data: &[u8]) {
+fn append_bytes(out: &mut Vec<u8>, data: &[u8]) {
     if data.len() <= SMALL {
         out.reserve(data.len());
         for &byte in data {
