@@ -454,12 +454,13 @@ impl<R> FrameReader<R> {
         head: &[u8],
         mut accept: impl FnMut(usize) -> bool,
     ) -> Option<Bytes> {
+        let head_word = HeadWord::new(head);
         let (mut end, mut largest) = (0, 0);
         while let Some(size) = length_prefix(&self.buf[end..]) {
             let payload = end + LENGTH_PREFIX;
             if size > self.max_frame_len
                 || self.buf.len() - payload < size
-                || !same_start(&self.buf[payload..payload + size], head)
+                || !HeadWord::starts(&head_word, &self.buf[payload..], size, head)
                 || !accept(size)
             {
                 break;
@@ -511,6 +512,41 @@ fn same_start(bytes: &[u8], head: &[u8]) -> bool {
     bytes.len() >= head.len() && bytes.iter().zip(head).all(|(a, b)| a == b)
 }
 
+/// A short head as one word, to compare with the first eight bytes of a payload and those after
+/// it at once, masked to the head's length: a frame of a stream of small items holds fewer.
+struct HeadWord {
+    word: u64,
+    mask: u64,
+}
+
+impl HeadWord {
+    /// `None` for a head longer than a word.
+    fn new(head: &[u8]) -> Option<HeadWord> {
+        let mut word = [0; 8];
+        word.get_mut(..head.len())?.copy_from_slice(head);
+        let mask = u64::MAX
+            .checked_shr(64 - 8 * head.len() as u32)
+            .unwrap_or(0);
+        Some(HeadWord {
+            word: u64::from_le_bytes(word),
+            mask,
+        })
+    }
+
+    /// Whether the payload of `size` bytes at the start of `from` begins with `head`, which
+    /// `head_word` holds as a word if it is one.
+    #[inline]
+    fn starts(head_word: &Option<HeadWord>, from: &[u8], size: usize, head: &[u8]) -> bool {
+        match (head_word, from.first_chunk::<8>()) {
+            (Some(head_word), Some(bytes)) => {
+                size >= head.len()
+                    && (u64::from_le_bytes(*bytes) ^ head_word.word) & head_word.mask == 0
+            }
+            _ => same_start(&from[..size], head),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use tokio::io::AsyncWriteExt;
@@ -522,6 +558,26 @@ pub(crate) mod tests {
         let mut out = (payload.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(payload);
         out
+    }
+
+    proptest::proptest! {
+        /// A head compared as a word says what a byte-by-byte comparison says, whatever the
+        /// head's length (past a word's, it is not made one), the payload's size and the bytes
+        /// after the payload, which the word reads and must not count.
+        #[test]
+        fn a_head_compared_as_a_word_agrees_with_its_bytes(
+            head in proptest::collection::vec(0u8..4, 0..10),
+            from in proptest::collection::vec(0u8..4, 0..20),
+            size in 0usize..20,
+        ) {
+            let size = size.min(from.len());
+            let word = HeadWord::new(&head);
+            proptest::prop_assert_eq!(word.is_some(), head.len() <= 8);
+            proptest::prop_assert_eq!(
+                HeadWord::starts(&word, &from, size, &head),
+                same_start(&from[..size], &head)
+            );
+        }
     }
 
     /// What one read brought is handed out frame by frame without reading again: whole frames
