@@ -144,23 +144,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads what has arrived into the buffer: `Some(0)` at the end of the stream, `None` if a
     /// large, empty buffer was given up after a quiet spell instead.
     async fn read_more(&mut self) -> Result<Option<usize>, RpcError> {
-        // The common read, straight into the buffer, is polled as it is; the rarer ones (a byte
-        // string read into a vector of its own, a large empty buffer that may be given up) are
-        // boxed, a small allocation beside a large read. Held inline, with its timer, the rare
-        // read's state made every read's future larger: 150 instructions a sequential call.
-        let read = if self.splitting.is_none() && !(self.buf.is_empty() && self.holds_large) {
-            let (io, buf) = (&mut self.io, &mut self.buf);
+        // A read into the buffer, or into the vector a byte string is read into, is polled as
+        // it is; the rare one of an empty large buffer, which is given up if nothing comes for
+        // a while, is boxed, with its timer: held inline, its state made every read's future
+        // larger, 150 instructions a sequential call.
+        let read = if self.splitting.is_some() || !(self.buf.is_empty() && self.holds_large) {
+            let (io, buf, splitting) = (&mut self.io, &mut self.buf, &mut self.splitting);
             Either::Left(std::future::poll_fn(move |cx| {
-                std::pin::pin!(io.read_buf(buf)).poll(cx).map_ok(Some)
+                let read = match splitting {
+                    Some(splitting) => {
+                        let missing = splitting.length - splitting.tail.bytes.len();
+                        let mut room = (&mut splitting.tail.bytes).limit(missing);
+                        std::pin::pin!(io.read_buf(&mut room)).poll(cx)
+                    }
+                    None => std::pin::pin!(io.read_buf(&mut *buf)).poll(cx),
+                };
+                read.map_ok(Some)
             }))
         } else {
             Either::Right(Box::pin(async {
-                if let Some(splitting) = &mut self.splitting {
-                    let missing = splitting.length - splitting.tail.bytes.len();
-                    let mut room = (&mut splitting.tail.bytes).limit(missing);
-                    return self.io.read_buf(&mut room).await.map(Some);
-                }
-                // A large buffer, empty: given up if nothing comes for a while.
                 tokio::select! {
                     read = self.io.read_buf(&mut self.buf) => read.map(Some),
                     () = tokio::time::sleep(LARGE_BUFFER_IDLE) => {
