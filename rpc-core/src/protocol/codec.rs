@@ -88,6 +88,22 @@ impl<T: DeserializeOwned> Decode for T {
 /// Slices up to this long are appended byte by byte.
 const SMALL: usize = 16;
 
+/// Appends `data` to `out`; a short slice (varints, short strings) byte by byte, which costs
+/// less than a call to memcpy. A function of its own, not a branch of `try_extend`: written
+/// inline there, the same loop cost a stream of small numbers 29 more instructions an item
+/// (callgrind), the compiler laying out the encoding of each item differently.
+#[inline]
+fn append_bytes(out: &mut Vec<u8>, data: &[u8]) {
+    if data.len() <= SMALL {
+        out.reserve(data.len());
+        for &byte in data {
+            out.push(byte);
+        }
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
 /// A postcard flavor that appends to a `Vec` a slice at a time, except for the large payloads
 /// it splices in.
 struct AppendTo<'a>(&'a mut Vec<u8>);
@@ -97,14 +113,8 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() <= SMALL {
-            // Varints and short strings: a byte at a time costs less than a call to memcpy.
-            self.0.reserve(data.len());
-            for &byte in data {
-                self.0.push(byte);
-            }
-        } else if data.len() < outgoing::SPLICE_MIN {
-            self.0.extend_from_slice(data);
+        if data.len() < outgoing::SPLICE_MIN {
+            append_bytes(self.0, data);
         } else if !outgoing::splice(self.0.len(), data) {
             spare::reserve(self.0, data.len());
             self.0.extend_from_slice(data);
