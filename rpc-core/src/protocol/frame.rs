@@ -465,13 +465,13 @@ impl<R> FrameReader<R> {
         head: &[u8],
         mut accept: impl FnMut(usize) -> bool,
     ) -> Option<Bytes> {
-        let head_word = HeadWord::new(head);
+        let head = RunHead::new(head);
         let (mut end, mut largest) = (0, 0);
         while let Some(size) = length_prefix(&self.buf[end..]) {
             let payload = end + LENGTH_PREFIX;
             if size > self.max_frame_len
                 || self.buf.len() - payload < size
-                || !HeadWord::starts(&head_word, &self.buf[payload..], size, head)
+                || !head.starts(&self.buf[payload..], size)
                 || !accept(size)
             {
                 break;
@@ -523,37 +523,36 @@ fn same_start(bytes: &[u8], head: &[u8]) -> bool {
     bytes.len() >= head.len() && bytes.iter().zip(head).all(|(a, b)| a == b)
 }
 
-/// A short head as one word, to compare with the first eight bytes of a payload and those after
-/// it at once, masked to the head's length: a frame of a stream of small items holds fewer.
-struct HeadWord {
-    word: u64,
-    mask: u64,
+/// The head a run's frames begin with; a short one also as one word, to compare with the
+/// first eight bytes of a payload and those after it at once, masked to the head's length: a
+/// frame of a stream of small items holds fewer.
+struct RunHead<'a> {
+    head: &'a [u8],
+    /// The head as a word, and the mask of its length; `None` for a head longer than a word.
+    word: Option<(u64, u64)>,
 }
 
-impl HeadWord {
-    /// `None` for a head longer than a word.
-    fn new(head: &[u8]) -> Option<HeadWord> {
-        let mut word = [0; 8];
-        word.get_mut(..head.len())?.copy_from_slice(head);
-        let mask = u64::MAX
-            .checked_shr(64 - 8 * head.len() as u32)
-            .unwrap_or(0);
-        Some(HeadWord {
-            word: u64::from_le_bytes(word),
-            mask,
-        })
+impl<'a> RunHead<'a> {
+    fn new(head: &'a [u8]) -> Self {
+        let word = (head.len() <= 8).then(|| {
+            let mut word = [0; 8];
+            word[..head.len()].copy_from_slice(head);
+            let mask = u64::MAX
+                .checked_shr(64 - 8 * head.len() as u32)
+                .unwrap_or(0);
+            (u64::from_le_bytes(word), mask)
+        });
+        RunHead { head, word }
     }
 
-    /// Whether the payload of `size` bytes at the start of `from` begins with `head`, which
-    /// `head_word` holds as a word if it is one.
+    /// Whether the payload of `size` bytes at the start of `from` begins with the head.
     #[inline]
-    fn starts(head_word: &Option<HeadWord>, from: &[u8], size: usize, head: &[u8]) -> bool {
-        match (head_word, from.first_chunk::<8>()) {
-            (Some(head_word), Some(bytes)) => {
-                size >= head.len()
-                    && (u64::from_le_bytes(*bytes) ^ head_word.word) & head_word.mask == 0
+    fn starts(&self, from: &[u8], size: usize) -> bool {
+        match (self.word, from.first_chunk::<8>()) {
+            (Some((word, mask)), Some(bytes)) => {
+                size >= self.head.len() && (u64::from_le_bytes(*bytes) ^ word) & mask == 0
             }
-            _ => same_start(&from[..size], head),
+            _ => same_start(&from[..size], self.head),
         }
     }
 }
@@ -582,10 +581,10 @@ pub(crate) mod tests {
             size in 0usize..20,
         ) {
             let size = size.min(from.len());
-            let word = HeadWord::new(&head);
-            proptest::prop_assert_eq!(word.is_some(), head.len() <= 8);
+            let run_head = RunHead::new(&head);
+            proptest::prop_assert_eq!(run_head.word.is_some(), head.len() <= 8);
             proptest::prop_assert_eq!(
-                HeadWord::starts(&word, &from, size, &head),
+                run_head.starts(&from, size),
                 same_start(&from[..size], &head)
             );
         }
