@@ -110,11 +110,12 @@ fn code_label(code: u32) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Whether any subscriber may want a call's span, which is at `INFO`. When none does, a call
-/// makes no span at all ([`tracing::Span::none`]): where tracing's `log` feature is on (some
-/// other crate turns it on), even a span no subscriber wants checks for a logger at each step
-/// of its life, made, entered, left and dropped, about 3% of a small call's work.
-pub(crate) fn call_spans_wanted() -> bool {
+/// Whether any subscriber may want rpc-core's spans, a connection's and a call's, which are at
+/// `INFO`. When none does, none is made ([`tracing::Span::none`]): where tracing's `log` feature
+/// is on (some other crate turns it on), even a span no subscriber wants checks for a logger at
+/// each step of its life, made, entered, left and dropped, about 3% of a small call's work, and
+/// a connection's span is entered and left at every turn of its task.
+pub(crate) fn spans_wanted() -> bool {
     tracing::level_enabled!(tracing::Level::INFO)
 }
 
@@ -123,7 +124,8 @@ pub(crate) fn call_spans_wanted() -> bool {
 /// connection ended).
 #[derive(Debug)]
 pub(crate) struct CallEnd {
-    span: tracing::Span,
+    /// The call's span, unless it is [`tracing::Span::none`]: then nothing is kept to drop.
+    span: Option<tracing::Span>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     side: Side,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -158,7 +160,7 @@ impl CallEnd {
             labels
         };
         CallEnd {
-            span: span.clone(),
+            span: (!span.is_none()).then(|| span.clone()),
             side,
             service,
             method,
@@ -173,10 +175,10 @@ impl CallEnd {
     /// The call ended with status `code`: [`OK`], or the error code it was answered with.
     pub(crate) fn finish(mut self, code: u32) {
         // A span no subscriber wants still looks each field up by name: skipped.
-        if !self.span.is_disabled() {
-            self.span.record("rpc.status_code", code);
+        if let Some(span) = self.span.as_ref().filter(|span| !span.is_disabled()) {
+            span.record("rpc.status_code", code);
             if code != OK {
-                self.span.record("otel.status_code", "ERROR");
+                span.record("otel.status_code", "ERROR");
             }
         }
         self.finished = true;
@@ -185,9 +187,10 @@ impl CallEnd {
 
     /// The call failed on the client: `error` says how.
     pub(crate) fn fail(mut self, error: &crate::RpcError) {
-        self.span.record("otel.status_code", "ERROR");
-        self.span
-            .record("otel.status_description", tracing::field::display(error));
+        if let Some(span) = &self.span {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", tracing::field::display(error));
+        }
         self.finished = true;
         self.count("error");
     }

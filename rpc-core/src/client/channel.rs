@@ -189,7 +189,7 @@ impl Channel {
 
     /// The span of one call of `method`, in OpenTelemetry's terms for RPC.
     fn span(&self, method: &MethodInfo) -> tracing::Span {
-        if !telemetry::call_spans_wanted() {
+        if !telemetry::spans_wanted() {
             return tracing::Span::none();
         }
         tracing::info_span!(

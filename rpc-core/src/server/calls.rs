@@ -142,7 +142,7 @@ impl Calls {
             id,
             method,
             deadline,
-            span: span.clone(),
+            span: (!span.is_none()).then(|| span.clone()),
             end,
             slot,
         };
@@ -237,7 +237,7 @@ impl Calls {
             }
         };
         let calls = Arc::clone(self);
-        let run = run.instrument(span);
+        let run = run.instrument(span.unwrap_or_else(tracing::Span::none));
         tokio::spawn(async move {
             // Aborted means cancelled by the client, or the connection is gone: nobody waits.
             let _ = Abortable::new(run, registration).await;
@@ -343,7 +343,9 @@ struct Started {
     id: u64,
     method: &'static str,
     deadline: Option<Instant>,
-    span: tracing::Span,
+    /// The call's span, for a call that outlives its first poll; `None` when the span is
+    /// [`tracing::Span::none`], which then costs no clone to drop.
+    span: Option<tracing::Span>,
     end: CallEnd,
     /// The call's share of the connection's in-flight budget.
     slot: CallSlot,
@@ -500,7 +502,7 @@ impl Answer {
 /// The span of one call on the server, under its connection's, in OpenTelemetry's terms for
 /// RPC. Its status code is recorded when the call is answered; it closes when the call ends.
 fn call_span(context: &Context) -> tracing::Span {
-    if !crate::telemetry::call_spans_wanted() {
+    if !crate::telemetry::spans_wanted() {
         return tracing::Span::none();
     }
     tracing::info_span!(

@@ -74,6 +74,9 @@ pub(crate) struct Shared {
 
 /// The span of one connection on the server, which its calls' spans are under.
 pub(crate) fn span(service: &'static str, peer: Option<std::net::SocketAddr>) -> tracing::Span {
+    if !crate::telemetry::spans_wanted() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "rpc.connection",
         otel.kind = "server",
