@@ -96,6 +96,7 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<'_>) {
 
 /// The heads of a call and of its stream, decoded as postcard decodes them; `None` for any
 /// other head, and for bytes postcard may reject, which then go to postcard to say why.
+#[inline]
 fn decode_common(payload: &[u8]) -> Option<(Head<'_>, &[u8])> {
     let mut bytes = Bytes(payload);
     let head = match bytes.byte()? {
@@ -147,17 +148,25 @@ impl<'a> Bytes<'a> {
     }
 
     /// A varint of at most `max_len` bytes whose last byte, if it takes them all, is at most
-    /// `max_last`: postcard's rule for a type of that width.
+    /// `max_last`: postcard's rule for a type of that width. A one-byte varint, the most common,
+    /// is taken before the loop.
     #[inline]
     fn varint(&mut self, max_len: usize, max_last: u8) -> Option<u64> {
-        let mut value = 0u64;
-        for (i, &byte) in self.0.iter().take(max_len).enumerate() {
+        let bytes = self.0;
+        let &first = bytes.first()?;
+        if first & 0x80 == 0 {
+            self.0 = &bytes[1..];
+            return Some(u64::from(first));
+        }
+        let mut value = u64::from(first & 0x7f);
+        for i in 1..max_len {
+            let byte = *bytes.get(i)?;
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
                 if i + 1 == max_len && byte > max_last {
                     return None;
                 }
-                self.0 = &self.0[i + 1..];
+                self.0 = &bytes[i + 1..];
                 return Some(value);
             }
         }
