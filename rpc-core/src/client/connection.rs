@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +37,9 @@ pub(crate) struct Connection {
     streams: Arc<Streams>,
     next_id: AtomicU64,
     server: PeerInfo,
+    /// The last method of the hellos' service found in the server's table, with the same
+    /// fingerprint: [`LastChecked`].
+    checked: LastChecked,
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
@@ -232,6 +235,7 @@ impl Connection {
             streams,
             next_id: AtomicU64::new(0),
             server,
+            checked: LastChecked::default(),
             _reader: AbortOnDrop::new(&reader),
             _serving_back: serving,
         }))
@@ -280,7 +284,8 @@ impl Connection {
     ) -> Result<Answered, Failure> {
         let method = spec.method;
         let checked = if self.is_own(&spec.service) {
-            self.server.check_method(method)
+            self.checked
+                .check(method, || self.server.check_method(method))
         } else {
             self.server.check_other(&spec.service, method)
         };
@@ -384,6 +389,29 @@ impl Connection {
             .map_err(encode_failed)?;
         finish_frame(&mut frame, self.server.max_frame_len)?;
         Ok(frame)
+    }
+}
+
+/// The method that last passed a check, by address: a client calls the same few methods over
+/// and over, and the server's table does not change, so the check, a lookup by name in the
+/// table, is made again only for another method. (A `&'static` one is never freed: no other
+/// method ever has its address.)
+#[derive(Debug, Default)]
+struct LastChecked(AtomicUsize);
+
+impl LastChecked {
+    fn check(
+        &self,
+        method: &'static MethodInfo,
+        check: impl FnOnce() -> Result<(), RpcError>,
+    ) -> Result<(), RpcError> {
+        let address = std::ptr::from_ref(method).addr();
+        if self.0.load(Ordering::Relaxed) == address {
+            return Ok(());
+        }
+        check()?;
+        self.0.store(address, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -801,6 +829,36 @@ mod tests {
 
     /// A response's value is offered for a split only if it answers a waiting call that takes
     /// its result as a byte string as it was read, and only where the value begins.
+    #[test]
+    fn a_method_that_passed_is_not_checked_again_and_one_that_failed_always_is() {
+        static GOOD: MethodInfo = MethodInfo {
+            name: "good",
+            idempotent: false,
+        };
+        static BAD: MethodInfo = MethodInfo {
+            name: "bad",
+            idempotent: false,
+        };
+        let checks = std::cell::Cell::new(0);
+        let check = |method: &MethodInfo| {
+            checks.set(checks.get() + 1);
+            if method.name == "bad" {
+                Err(RpcError::Protocol("mismatched".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let last = LastChecked::default();
+        assert!(last.check(&GOOD, || check(&GOOD)).is_ok());
+        assert!(last.check(&GOOD, || check(&GOOD)).is_ok());
+        assert_eq!(checks.get(), 1, "checked once");
+        assert!(last.check(&BAD, || check(&BAD)).is_err());
+        assert!(last.check(&BAD, || check(&BAD)).is_err());
+        assert_eq!(checks.get(), 3, "a failure is checked every time");
+        assert!(last.check(&GOOD, || check(&GOOD)).is_ok());
+        assert_eq!(checks.get(), 3, "still remembered after a failure");
+    }
+
     #[test]
     fn only_a_byte_string_result_of_a_waiting_call_is_read_apart() {
         let pending = Pending::default();
