@@ -164,6 +164,10 @@ impl Metadata {
         bytes: &[u8],
         limits: MetadataLimits,
     ) -> Result<(Metadata, &[u8]), MetadataError> {
+        // Most calls carry none: the count 0, one byte.
+        if let [0, rest @ ..] = bytes {
+            return Ok((Metadata::default(), rest));
+        }
         let (count, mut rest) =
             postcard::take_from_bytes::<u64>(bytes).map_err(MetadataError::Malformed)?;
         if count > limits.max_entries as u64 {
@@ -264,6 +268,21 @@ mod tests {
             Metadata::decode_prefix(&bytes, MetadataLimits::DEFAULT).expect("decodes");
         assert_eq!(metadata.get("k"), Some(&[1, 2][..]));
         assert_eq!(rest, [0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn no_metadata_is_one_byte_whether_or_not_anything_follows() {
+        for (bytes, after) in [(&[0, 0xaa][..], &[0xaa][..]), (&[0], &[])] {
+            let (metadata, rest) =
+                Metadata::decode_prefix(bytes, MetadataLimits::DEFAULT).expect("decodes");
+            assert!(metadata.is_empty());
+            assert_eq!(rest, after);
+        }
+        // The count's varint written the long way is no metadata too, as postcard reads it.
+        let (metadata, rest) =
+            Metadata::decode_prefix(&[0x80, 0x00, 7], MetadataLimits::DEFAULT).expect("decodes");
+        assert!(metadata.is_empty());
+        assert_eq!(rest, [7]);
     }
 
     #[test]

@@ -575,7 +575,9 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         // Before anything of the request runs, decoding included: a reused id is refused, not
         // started beside the call that has it.
-        if self.calls.is_running(id) || self.parked.iter().any(|parked| parked.id == id) {
+        if self.calls.is_running(id)
+            || !self.parked.is_empty() && self.parked.iter().any(|parked| parked.id == id)
+        {
             return Err(RpcError::Protocol(format!(
                 "the client reused the id {id} of a call still running"
             )));
