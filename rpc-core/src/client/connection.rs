@@ -283,7 +283,8 @@ impl Connection {
         download: bool,
     ) -> Result<Answered, Failure> {
         let method = spec.method;
-        let checked = if self.is_own(&spec.service) {
+        let own = self.is_own(&spec.service);
+        let checked = if own {
             self.checked
                 .check(method, || self.server.check_method(method))
         } else {
@@ -302,7 +303,9 @@ impl Connection {
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = self.request_frame(id, spec, args).map_err(Failure::Final)?;
+        let frame = self
+            .request_frame(id, spec, own, args)
+            .map_err(Failure::Final)?;
         // This task's waker, which the reply wakes: taken in the same poll as the reply's future
         // is first polled (nothing below waits before it).
         let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
@@ -355,6 +358,7 @@ impl Connection {
         &self,
         id: u64,
         spec: CallSpec<'_>,
+        own: bool,
         args: &A,
     ) -> Result<Frame, RpcError> {
         let encode_failed = |e: protocol::CodecError| RpcError::Encode {
@@ -374,9 +378,10 @@ impl Connection {
             }
             None => 0,
         };
-        // A service other than the one the hellos named is called by its qualified name.
+        // A service other than the one the hellos named (not `own`) is called by its qualified
+        // name.
         let qualified;
-        let name = if self.is_own(&spec.service) {
+        let name = if own {
             spec.method.name
         } else {
             qualified = format!("{}.{}", spec.service.name, spec.method.name);
