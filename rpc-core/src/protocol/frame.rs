@@ -431,8 +431,10 @@ impl<R> FrameReader<R> {
         if self.buf.len() < LENGTH_PREFIX + size {
             return Ok(None);
         }
-        self.buf.advance(LENGTH_PREFIX);
-        let payload = self.buf.split_to(size).freeze();
+        // The prefix goes with the frame and is stepped over once frozen: a `Bytes` advances
+        // by moving its pointer, a `BytesMut` by first asking what kind of memory it holds.
+        let mut payload = self.buf.split_to(LENGTH_PREFIX + size).freeze();
+        payload.advance(LENGTH_PREFIX);
         self.delivered(size);
         Ok(Some(payload))
     }
