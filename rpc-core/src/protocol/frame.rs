@@ -176,20 +176,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             }))
         };
-        // No bytes come in during this read but its own: the silence ends where it ends now.
-        // A limit past the clock's range, from a peer's absurd ping interval, is no limit.
-        let Some((limit, silent_until)) = self
-            .silence_limit
-            .and_then(|limit| Some((limit, self.last_read.checked_add(limit)?)))
-        else {
+        let Some(limit) = self.silence_limit else {
             return Ok(read.await?);
         };
-        let timer = self.silence.get_or_insert_with(|| Alarm::at(silent_until));
+        let (last_read, silence) = (self.last_read, &mut self.silence);
         let mut read = std::pin::pin!(read);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(read) = read.as_mut().poll(cx) {
                 return Poll::Ready(Ok(read?));
             }
+            // Only a read that waits has a silence to time. No bytes come in during it but its
+            // own: the silence ends where it ends now. A limit past the clock's range, from a
+            // peer's absurd ping interval, is no limit.
+            let Some(silent_until) = last_read.checked_add(limit) else {
+                return Poll::Pending;
+            };
+            let timer = silence.get_or_insert_with(|| Alarm::at(silent_until));
             while timer.poll_fired(cx).is_ready() {
                 if silent_until <= Instant::now() {
                     return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
