@@ -1,12 +1,13 @@
 //! Reading length-prefixed frames, with memory bounded whatever lengths the peer claims.
 
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
 use super::spare;
@@ -71,6 +72,9 @@ pub(crate) struct FrameReader<R> {
     /// A large frame, or a spell of reads larger than [`IDLE_BUFFER_KEEP`], passed through
     /// `buf`, whose allocation the (empty-looking) buffer may still hold for reuse.
     holds_large: bool,
+    /// While an empty buffer that holds a large allocation waits for bytes: when it gives the
+    /// allocation up ([`LARGE_BUFFER_IDLE`] after the wait began). Boxed, and made only then.
+    large_idle: Option<Pin<Box<Sleep>>>,
     /// The room a read makes at least: doubled after a read that filled the room it had (more
     /// was waiting), halved after one that took less than half, from [`MIN_READ`] up to
     /// [`MAX_READ_ROOM`].
@@ -97,6 +101,10 @@ pub(crate) struct FrameReader<R> {
     split_refused: bool,
 }
 
+/// A frame's payload, with the byte string that ends it when that was read into memory of its
+/// own ([`FrameReader::next_frame_split`]).
+pub(crate) type SplitFrame = (Bytes, Option<Tail>);
+
 /// The byte string that ends a frame being read, which goes into memory of its own.
 #[derive(Debug)]
 struct Splitting {
@@ -116,6 +124,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             silence_limit: None,
             silence: None,
             holds_large: false,
+            large_idle: None,
             read_room: MIN_READ,
             spares: Vec::new(),
             large_here: false,
@@ -142,65 +151,56 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads what has arrived into the buffer: `Some(0)` at the end of the stream, `None` if a
-    /// large, empty buffer was given up after a quiet spell instead.
-    async fn read_more(&mut self) -> Result<Option<usize>, RpcError> {
-        // A read into the buffer, or into the vector a byte string is read into, is polled as
-        // it is; the rare one of an empty large buffer, which is given up if nothing comes for
-        // a while, is boxed, with its timer: held inline, its state made every read's future
-        // larger, 150 instructions a sequential call.
-        let read = if self.splitting.is_some() || !(self.buf.is_empty() && self.holds_large) {
-            let (io, buf, splitting) = (&mut self.io, &mut self.buf, &mut self.splitting);
-            Either::Left(std::future::poll_fn(move |cx| {
-                let read = match splitting {
-                    Some(splitting) => {
-                        let missing = splitting.length - splitting.tail.bytes.len();
-                        let mut room = (&mut splitting.tail.bytes).limit(missing);
-                        std::pin::pin!(io.read_buf(&mut room)).poll(cx)
-                    }
-                    None => std::pin::pin!(io.read_buf(&mut *buf)).poll(cx),
-                };
-                read.map_ok(Some)
-            }))
-        } else {
-            Either::Right(Box::pin(async {
-                tokio::select! {
-                    read = self.io.read_buf(&mut self.buf) => read.map(Some),
-                    () = tokio::time::sleep(LARGE_BUFFER_IDLE) => {
-                        self.buf = BytesMut::new();
-                        self.spares = Vec::new();
-                        self.holds_large = false;
-                        self.large_here = false;
-                        self.read_room = MIN_READ;
-                        Ok(None)
-                    }
-                }
-            }))
-        };
-        let Some(limit) = self.silence_limit else {
-            return Ok(read.await?);
-        };
-        let (last_read, silence) = (self.last_read, &mut self.silence);
-        let mut read = std::pin::pin!(read);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(read) = read.as_mut().poll(cx) {
-                return Poll::Ready(Ok(read?));
+    /// large, empty buffer was given up after a quiet spell instead. A poll, not a future kept
+    /// between polls: each makes its read afresh, which leaves nothing half done when the wait
+    /// is dropped, and costs no future's state on the way in and out of every read.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<usize>, RpcError>> {
+        let (io, buf) = (&mut self.io, &mut self.buf);
+        let read = match &mut self.splitting {
+            Some(splitting) => {
+                let missing = splitting.length - splitting.tail.bytes.len();
+                let mut room = (&mut splitting.tail.bytes).limit(missing);
+                std::pin::pin!(io.read_buf(&mut room)).poll(cx)
             }
-            // Only a read that waits has a silence to time. No bytes come in during it but its
-            // own: the silence ends where it ends now. A limit past the clock's range, from a
-            // peer's absurd ping interval, is no limit.
-            let Some(silent_until) = last_read.checked_add(limit) else {
-                return Poll::Pending;
-            };
-            let timer = silence.get_or_insert_with(|| Alarm::at(silent_until));
-            while timer.poll_fired(cx).is_ready() {
-                if silent_until <= Instant::now() {
-                    return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
-                }
-                timer.reset(silent_until);
+            None => std::pin::pin!(io.read_buf(&mut *buf)).poll(cx),
+        };
+        if let Poll::Ready(read) = read {
+            self.large_idle = None;
+            return Poll::Ready(Ok(Some(read?)));
+        }
+        // An empty buffer that holds a large allocation gives it up if nothing comes for a
+        // while.
+        if self.splitting.is_none() && self.buf.is_empty() && self.holds_large {
+            let idle = self
+                .large_idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(LARGE_BUFFER_IDLE)));
+            if idle.as_mut().poll(cx).is_ready() {
+                self.large_idle = None;
+                self.buf = BytesMut::new();
+                self.spares = Vec::new();
+                self.holds_large = false;
+                self.large_here = false;
+                self.read_room = MIN_READ;
+                return Poll::Ready(Ok(None));
             }
-            Poll::Pending
-        })
-        .await
+        }
+        // Only a read that waits has a silence to time. No bytes come in during it but its own:
+        // the silence ends where it ends now. A limit past the clock's range, from a peer's
+        // absurd ping interval, is no limit.
+        let Some((limit, silent_until)) = self
+            .silence_limit
+            .and_then(|limit| Some((limit, self.last_read.checked_add(limit)?)))
+        else {
+            return Poll::Pending;
+        };
+        let timer = self.silence.get_or_insert_with(|| Alarm::at(silent_until));
+        while timer.poll_fired(cx).is_ready() {
+            if silent_until <= Instant::now() {
+                return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
+            }
+            timer.reset(silent_until);
+        }
+        Poll::Pending
     }
 
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
@@ -248,16 +248,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// the receiver takes as a vector.
     ///
     /// Cancel safe: bytes read so far stay buffered for the next call.
-    pub(crate) async fn next_frame_split(
+    pub(crate) fn next_frame_split(
         &mut self,
         mut split: impl FnMut(&[u8]) -> Option<usize>,
-    ) -> Result<Option<(Bytes, Option<Tail>)>, RpcError> {
+    ) -> impl Future<Output = Result<Option<SplitFrame>, RpcError>> {
+        std::future::poll_fn(move |cx| self.poll_next_frame_split(cx, &mut split))
+    }
+
+    /// Polls for the next frame, as [`FrameReader::next_frame_split`] waits for it.
+    fn poll_next_frame_split(
+        &mut self,
+        cx: &mut Context<'_>,
+        split: &mut impl FnMut(&[u8]) -> Option<usize>,
+    ) -> Poll<Result<Option<SplitFrame>, RpcError>> {
         loop {
             let room = match &mut self.splitting {
                 Some(splitting) => {
                     let bytes = &mut splitting.tail.bytes;
                     if bytes.len() == splitting.length {
-                        return Ok(Some(self.finish_split()));
+                        return Poll::Ready(Ok(Some(self.finish_split())));
                     }
                     // Room for twice the bytes it sent so far, or as many as the peer has shown
                     // it sends.
@@ -269,7 +278,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 None => {
                     if let Some(payload) = self.buffered_frame()? {
-                        return Ok(Some((payload, None)));
+                        return Poll::Ready(Ok(Some((payload, None))));
                     }
                     if let Some(size) = self.may_split() {
                         let prefix = &self.buf[LENGTH_PREFIX..];
@@ -282,20 +291,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Some(self.make_room_for_next())
                 }
             };
-            let Some(read) = self.read_more().await? else {
+            let Some(read) = ready!(self.poll_read_more(cx))? else {
                 continue; // a large buffer was given up: make room again
             };
             if let Some(free) = room {
                 self.read_room = next_read_room(self.read_room, read, free);
             }
             if read == 0 {
-                return if self.buf.is_empty() {
+                return Poll::Ready(if self.buf.is_empty() {
                     Ok(None)
                 } else {
                     Err(RpcError::Protocol(
                         "the stream ended in the middle of a frame".into(),
                     ))
-                };
+                });
             }
             self.last_read = Instant::now();
             if let Some(traffic) = self.traffic {
