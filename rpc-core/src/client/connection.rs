@@ -832,8 +832,8 @@ mod tests {
         }
     }
 
-    /// A response's value is offered for a split only if it answers a waiting call that takes
-    /// its result as a byte string as it was read, and only where the value begins.
+    /// A method that passed the check is not checked again until another has passed; one that
+    /// failed is checked every time it is called.
     #[test]
     fn a_method_that_passed_is_not_checked_again_and_one_that_failed_always_is() {
         static GOOD: MethodInfo = MethodInfo {
@@ -864,6 +864,8 @@ mod tests {
         assert_eq!(checks.get(), 3, "still remembered after a failure");
     }
 
+    /// A response's value is offered for a split only if it answers a waiting call that takes
+    /// its result as a byte string as it was read, and only where the value begins.
     #[test]
     fn only_a_byte_string_result_of_a_waiting_call_is_read_apart() {
         let pending = Pending::default();
