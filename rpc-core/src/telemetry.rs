@@ -119,6 +119,12 @@ pub(crate) fn spans_wanted() -> bool {
     tracing::level_enabled!(tracing::Level::INFO)
 }
 
+/// A clone of `span` to keep beyond the code that made it, unless it is
+/// [`tracing::Span::none`]: then nothing is kept, and nothing is left to drop.
+pub(crate) fn kept_span(span: &tracing::Span) -> Option<tracing::Span> {
+    (!span.is_none()).then(|| span.clone())
+}
+
 /// One call from its start to its end: records its outcome in its span and its metrics. Dropped
 /// before [`CallEnd::finish`], the call was cancelled (the client stopped waiting, or the
 /// connection ended).
@@ -160,7 +166,7 @@ impl CallEnd {
             labels
         };
         CallEnd {
-            span: (!span.is_none()).then(|| span.clone()),
+            span: kept_span(span),
             side,
             service,
             method,

@@ -142,7 +142,7 @@ impl Calls {
             id,
             method,
             deadline,
-            span: (!span.is_none()).then(|| span.clone()),
+            span: crate::telemetry::kept_span(&span),
             end,
             slot,
         };
