@@ -26,10 +26,7 @@ impl KeptBox {
     /// `future`, pinned in the box kept if there is one of its type, else in a new one.
     pub(crate) fn pin<F: Send + 'static>(&self, future: F) -> Pinned<F> {
         let mut kept = self.0.take();
-        let reused = kept
-            .as_mut()
-            .and_then(|kept| kept.downcast_mut::<Option<Pinned<F>>>())
-            .and_then(Option::take);
+        let reused = slot::<F>(&mut kept).and_then(Option::take);
         self.0.set(kept);
         match reused {
             Some(mut pinned) => {
@@ -45,15 +42,17 @@ impl KeptBox {
     pub(crate) fn keep<F: Send + 'static>(&self, mut pinned: Pinned<F>) {
         pinned.as_mut().set(None);
         let mut kept = self.0.take();
-        match kept
-            .as_mut()
-            .and_then(|kept| kept.downcast_mut::<Option<Pinned<F>>>())
-        {
+        match slot::<F>(&mut kept) {
             Some(slot) => *slot = Some(pinned),
             None => kept = Some(Box::new(Some(pinned))),
         }
         self.0.set(kept);
     }
+}
+
+/// The place of a box for futures of type `F` in what is kept, if what is kept is one.
+fn slot<F: 'static>(kept: &mut Option<Box<dyn Any + Send>>) -> Option<&mut Option<Pinned<F>>> {
+    kept.as_mut()?.downcast_mut()
 }
 
 #[cfg(test)]
