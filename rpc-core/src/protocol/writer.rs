@@ -352,7 +352,9 @@ async fn write_queued<W: AsyncWrite + Unpin>(
             // first gathers their frames into this write: one write for many frames costs far
             // less than one each. Not for a lone call: nobody else is about to queue a
             // frame, and on a multi-thread runtime the turn can hand the writer to another
-            // thread, a wakeup on every call.
+            // thread, a wakeup on every call. (Without the turn, across two processes on a
+            // two-core VM where a thread's wakeup is dear: 224–234k calls/s with 32 callers
+            // against 304–329k with it, and 267–341k with 256 against 876k–1.05M, interleaved.)
             crate::task::take_turn().await;
         }
         let Some(first) = queue.try_recv() else {
