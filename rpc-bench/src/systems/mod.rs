@@ -50,7 +50,7 @@ pub trait System: Send + Sync + 'static {
         bytes: Self::Shared,
     ) -> impl Future<Output = Self::Shared> + Send;
 
-    /// Receives a stream of `items` numbers and counts them; `None` where the system has no
-    /// streams.
+    /// Receives a stream of the numbers `0..items`, checking each in turn, and counts them;
+    /// `None` where the system has no streams. Every system does the same work per item.
     fn count(client: &mut Self::Client, items: u64) -> impl Future<Output = Option<u64>> + Send;
 }

@@ -103,7 +103,7 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
         let mut stream = client.count(items).await.expect("a stream");
         let mut received = 0;
         while let Some(item) = stream.next().await {
-            item.expect("an item");
+            assert_eq!(item.expect("an item"), received);
             received += 1;
         }
         Some(received)

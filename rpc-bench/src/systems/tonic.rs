@@ -195,7 +195,7 @@ impl<const TLS: bool> System for TonicOver<TLS> {
             .into_inner();
         let mut received = 0;
         while let Some(item) = stream.next().await {
-            item.expect("an item");
+            assert_eq!(item.expect("an item").value, received);
             received += 1;
         }
         Some(received)
