@@ -14,6 +14,17 @@
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
 //!
+//! Across two machines, the servers on one and the clients on the other:
+//!
+//! ```text
+//! cargo run --release -p rpc-bench -- --serve-all 0.0.0.0:7700  # on the server's machine
+//! cargo run --release -p rpc-bench -- --remote HOST:7700         # on the client's machine
+//! ```
+//!
+//! `--serve-all` serves rpc-core, tarpc, tonic and the raw floor on the port given and the
+//! three after it; `--remote` measures them from here (with `--quick` or `--profile` too),
+//! leaving out what needs both processes' counters (allocations, heap, page faults).
+//!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
 //! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
 //! (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
@@ -42,6 +53,8 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 const USAGE: &str = "\
 usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls]
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
+       rpc-bench --serve-all ADDR           (servers for another machine's --remote)
+       rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls or tonic-tls";
 
@@ -49,6 +62,8 @@ SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls or tonic-tls";
 /// does not start a run of several minutes.
 const FLAGS: &[&str] = &[
     "--serve",
+    "--serve-all",
+    "--remote",
     "--setup",
     "--tracing",
     "--profile",
@@ -79,7 +94,32 @@ fn main() {
         }
         return;
     }
+    if let Some(at) = flag("--serve-all") {
+        let served = args.get(at + 1).map_or("", String::as_str);
+        let result = resolve(served).and_then(setup::serve_all);
+        if let Err(error) = result {
+            eprintln!("rpc-bench --serve-all: {error}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    if let Some(at) = flag("--remote") {
+        let servers = args.get(at + 1).map_or("", String::as_str);
+        let only_here = ["--setup", "--write", "--tls", "--tracing"];
+        if let Some(other) = only_here.iter().find(|name| flag(name).is_some()) {
+            eprintln!("rpc-bench: {other} measures on this machine alone, not with --remote");
+            std::process::exit(2);
+        }
+        match resolve(servers) {
+            Ok(first) => setup::use_remote_servers(first),
+            Err(error) => {
+                eprintln!("rpc-bench --remote: {error}");
+                std::process::exit(2);
+            }
+        }
+    }
     let setups: Vec<Setup> = match flag("--setup") {
+        None if flag("--remote").is_some() => vec![Setup::Remote],
         None => Setup::ALL.to_vec(),
         Some(at) => {
             let name = args.get(at + 1).map_or("", String::as_str);
@@ -103,7 +143,12 @@ fn main() {
             return;
         }
         let system = args.get(at + 2).filter(|a| !a.starts_with("--"));
-        let report = match system.map_or("rpc-core", String::as_str) {
+        let system = system.map_or("rpc-core", String::as_str);
+        if setups[0] == Setup::Remote && !setup::SERVED_FOR_REMOTE.contains(&system) {
+            eprintln!("rpc-bench: --remote measures rpc-core, tarpc, tonic or raw, not {system}");
+            std::process::exit(2);
+        }
+        let report = match system {
             RpcCore::NAME => profile::<RpcCore>(setups[0], workload),
             Tarpc::NAME => profile::<Tarpc>(setups[0], workload),
             Tonic::NAME => profile::<Tonic>(setups[0], workload),
@@ -242,20 +287,28 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
         };
         if let Some(bytes) = bytes {
             let bulk = workloads::bulk::<S>(&server, &client, bytes, effort).await;
-            return format!(
-                "{:.0} MiB/s of 1 MiB echoes, {:.1} page faults per echo",
-                bulk.mib_per_s, bulk.faults_per_call
-            );
+            return match bulk.faults_per_call {
+                Some(faults) => format!(
+                    "{:.0} MiB/s of 1 MiB echoes, {faults:.1} page faults per echo",
+                    bulk.mib_per_s
+                ),
+                None => format!("{:.0} MiB/s of 1 MiB echoes", bulk.mib_per_s),
+            };
         }
         let (connections, callers) = match workload.as_str() {
             "idle" => {
                 drop(client);
-                let bytes = workloads::idle_connection_bytes::<S>(&server).await;
-                return format!("{:.1} KiB of heap per idle connection", bytes / 1024.0);
+                return match workloads::idle_connection_bytes::<S>(&server).await {
+                    Some(bytes) => format!("{:.1} KiB of heap per idle connection", bytes / 1024.0),
+                    None => NOT_COUNTED.to_owned(),
+                };
             }
             "allocs" => {
                 let per_call = workloads::allocations_per_call::<S>(&server, &mut client, effort);
-                return format!("{:.2} allocations per call, both ends", per_call.await);
+                return match per_call.await {
+                    Some(per_call) => format!("{per_call:.2} allocations per call, both ends"),
+                    None => NOT_COUNTED.to_owned(),
+                };
             }
             "latency" => {
                 let (p50, p99) = workloads::latency::<S>(&mut client, effort).await;
@@ -285,4 +338,19 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             None => format!("{} makes one call at a time", S::NAME),
         }
     })
+}
+
+/// What `--profile idle` and `--profile allocs` say with `--remote`.
+const NOT_COUNTED: &str = "not measured: the server runs on another machine, whose process \
+                           this one cannot count";
+
+/// The first address `servers` (`HOST:PORT`, a name or an IP address) resolves to.
+fn resolve(servers: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = servers
+        .to_socket_addrs()
+        .map_err(|error| format!("{servers:?} is not a HOST:PORT that resolves: {error}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{servers:?} resolves to no address"))
 }

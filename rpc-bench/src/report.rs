@@ -225,7 +225,13 @@ pub fn table(results: &Results) -> String {
         "| Workload | rpc-core | tarpc | tonic | raw floor | rpc-core against its goals |\n",
     );
     out.push_str("|---|---:|---:|---:|---:|---|\n");
+    // A row no system has a figure for (the counters, with the server on another machine) is
+    // left out rather than shown empty.
+    let systems = [&results.rpc, &results.tarpc, &results.tonic, &results.raw];
     for row in rows() {
+        if systems.iter().all(|figures| (row.pick)(figures).is_none()) {
+            continue;
+        }
         let unit = if row.unit.is_empty() {
             String::new()
         } else {
@@ -502,6 +508,7 @@ fn setup_title(setup: Setup) -> &'static str {
         Setup::CrossProcess => "Two processes, default runtimes (the headline)",
         Setup::Shared => "One process, one shared runtime",
         Setup::Isolated => "One process, a single-thread runtime for each side",
+        Setup::Remote => "Two machines, default runtimes",
     }
 }
 
@@ -557,4 +564,33 @@ fn chart(results: &Results) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row that no system has a figure for (the counters, with the server on another machine)
+    /// is left out; a row with a figure stays.
+    #[test]
+    fn a_row_without_any_figure_is_left_out() {
+        let measured = Figures {
+            latency_p50_us: Some(20.0),
+            ..Figures::default()
+        };
+        let results = Results {
+            setup: Setup::Remote,
+            rpc: measured.clone(),
+            tarpc: measured.clone(),
+            tonic: measured.clone(),
+            raw: measured,
+        };
+        let table = table(&results);
+        assert!(
+            table.contains("| Sequential latency, p50 (µs) | 20.0 |"),
+            "{table}"
+        );
+        assert!(!table.contains("Allocations per call"), "{table}");
+        assert_eq!(table.lines().count(), 3, "{table}");
+    }
 }

@@ -1,14 +1,19 @@
 //! Where a system's server and its clients run: in two processes on default runtimes (what
-//! users run), in one process on one shared runtime, or on two single-thread runtimes.
+//! users run), in one process on one shared runtime, on two single-thread runtimes, or on two
+//! machines.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::counters::Counters;
 use crate::systems::System;
 use crate::systems::certs;
+use crate::systems::raw::Raw;
+use crate::systems::rpc::{RpcCore, RpcCoreTls};
+use crate::systems::tarpc::Tarpc;
+use crate::systems::tonic::{Tonic, TonicTls};
 
 /// Where the server and the clients run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,18 +25,47 @@ pub enum Setup {
     Shared,
     /// Server and clients in one process, each on a runtime with one worker thread of its own.
     Isolated,
+    /// The servers on another machine (`rpc-bench --serve-all`), the clients here; each on the
+    /// default multi-thread runtime. Chosen with `--remote`, never part of a full run.
+    Remote,
+}
+
+/// A free port on the loopback interface, where the servers of the one-machine setups listen.
+pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// The systems `rpc-bench --serve-all` serves, on its port and the ones after it in this order.
+/// The TLS systems are not among them: their certificate is made for the loopback interface.
+pub const SERVED_FOR_REMOTE: [&str; 4] = [RpcCore::NAME, Tarpc::NAME, Tonic::NAME, Raw::NAME];
+
+/// Where `rpc-bench --serve-all` serves the first of [`SERVED_FOR_REMOTE`], for the remote
+/// setup; set once, from `--remote`.
+static REMOTE_SERVERS: OnceLock<SocketAddr> = OnceLock::new();
+
+/// Makes the remote setup call the servers that `rpc-bench --serve-all` started at `first`.
+pub fn use_remote_servers(first: SocketAddr) {
+    REMOTE_SERVERS
+        .set(first)
+        .expect("the remote servers are chosen once");
+}
+
+/// The address of `system`'s server among those served from `first` on.
+fn served_at(first: SocketAddr, system: &str) -> Option<SocketAddr> {
+    let index = SERVED_FOR_REMOTE.iter().position(|name| *name == system)?;
+    let port = first.port().checked_add(u16::try_from(index).ok()?)?;
+    Some(SocketAddr::new(first.ip(), port))
 }
 
 impl Setup {
     /// Every setup, the headline first.
     pub const ALL: [Setup; 3] = [Setup::CrossProcess, Setup::Shared, Setup::Isolated];
 
-    /// The name `--setup` takes.
+    /// The name `--setup` takes (`remote` is chosen with `--remote` instead).
     pub fn name(self) -> &'static str {
         match self {
             Setup::CrossProcess => "cross-process",
             Setup::Shared => "shared",
             Setup::Isolated => "isolated",
+            Setup::Remote => "remote",
         }
     }
 
@@ -55,6 +89,11 @@ impl Setup {
                 "Server and clients run in one process, each on a runtime with one worker \
                  thread of its own."
             }
+            Setup::Remote => {
+                "The servers run on another machine (`rpc-bench --serve-all`), the clients on \
+                 this one, each process on the default multi-thread runtime. Allocations, heap \
+                 and page faults are not measured: they count both processes."
+            }
         }
     }
 }
@@ -63,20 +102,32 @@ impl Setup {
 #[derive(Debug)]
 pub struct ServerEnd {
     pub addr: SocketAddr,
-    remote: Option<Mutex<Remote>>,
+    process: ServerProcess,
+}
+
+/// Where a server runs, for its counters.
+#[derive(Debug)]
+enum ServerProcess {
+    /// In this process.
+    This,
+    /// In a child process of this one, which answers for its counters.
+    Child(Mutex<Remote>),
+    /// On another machine: its counters cannot be read.
+    Elsewhere,
 }
 
 impl ServerEnd {
     /// The counters of every process taking part: this one, and the server's if it has its
-    /// own.
-    pub fn counters(&self) -> Counters {
+    /// own; `None` when the server runs on another machine.
+    pub fn counters(&self) -> Option<Counters> {
         let here = Counters::here();
-        match &self.remote {
-            None => here,
-            Some(remote) => {
+        match &self.process {
+            ServerProcess::This => Some(here),
+            ServerProcess::Child(remote) => {
                 let mut remote = remote.lock().expect("the counters' lock");
-                here + remote.counters()
+                Some(here + remote.counters())
             }
+            ServerProcess::Elsewhere => None,
         }
     }
 }
@@ -101,26 +152,48 @@ impl Deployment {
                     _servers: None,
                     server: Arc::new(ServerEnd {
                         addr: remote.addr,
-                        remote: Some(Mutex::new(remote)),
+                        process: ServerProcess::Child(Mutex::new(remote)),
                     }),
                 }
             }
             Setup::Shared => {
                 let runtime = default_runtime();
-                let addr = runtime.block_on(S::serve());
+                let addr = runtime.block_on(S::serve(LOOPBACK));
                 Deployment {
                     clients: runtime,
                     _servers: None,
-                    server: Arc::new(ServerEnd { addr, remote: None }),
+                    server: Arc::new(ServerEnd {
+                        addr,
+                        process: ServerProcess::This,
+                    }),
                 }
             }
             Setup::Isolated => {
                 let servers = one_thread_runtime();
-                let addr = servers.block_on(S::serve());
+                let addr = servers.block_on(S::serve(LOOPBACK));
                 Deployment {
                     clients: one_thread_runtime(),
                     _servers: Some(servers),
-                    server: Arc::new(ServerEnd { addr, remote: None }),
+                    server: Arc::new(ServerEnd {
+                        addr,
+                        process: ServerProcess::This,
+                    }),
+                }
+            }
+            Setup::Remote => {
+                let first = REMOTE_SERVERS
+                    .get()
+                    .expect("`--remote` names the servers of the remote setup");
+                let addr = served_at(*first, S::NAME).unwrap_or_else(|| {
+                    panic!("`rpc-bench --serve-all` does not serve {}", S::NAME)
+                });
+                Deployment {
+                    clients: default_runtime(),
+                    _servers: None,
+                    server: Arc::new(ServerEnd {
+                        addr,
+                        process: ServerProcess::Elsewhere,
+                    }),
                 }
             }
         }
@@ -228,19 +301,11 @@ pub fn serve_child(system: &str) -> Result<(), String> {
     if std::env::var_os(TRACING_VARIABLE).is_some() {
         trace_everything();
     }
-    use crate::systems::raw::Raw;
-    use crate::systems::rpc::{RpcCore, RpcCoreTls};
-    use crate::systems::tarpc::Tarpc;
-    use crate::systems::tonic::{Tonic, TonicTls};
     let runtime = default_runtime();
     let addr = match system {
-        RpcCore::NAME => runtime.block_on(RpcCore::serve()),
-        Tarpc::NAME => runtime.block_on(Tarpc::serve()),
-        Tonic::NAME => runtime.block_on(Tonic::serve()),
-        Raw::NAME => runtime.block_on(Raw::serve()),
-        RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve()),
-        TonicTls::NAME => runtime.block_on(TonicTls::serve()),
-        other => return Err(format!("no system called {other}")),
+        RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve(LOOPBACK)),
+        TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK)),
+        other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{addr}").map_err(|e| e.to_string())?;
@@ -253,4 +318,74 @@ pub fn serve_child(system: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Starts the server of `system`, one of [`SERVED_FOR_REMOTE`], listening on `bind`, on the
+/// current runtime.
+async fn serve_plain(system: &str, bind: SocketAddr) -> Result<SocketAddr, String> {
+    Ok(match system {
+        RpcCore::NAME => RpcCore::serve(bind).await,
+        Tarpc::NAME => Tarpc::serve(bind).await,
+        Tonic::NAME => Tonic::serve(bind).await,
+        Raw::NAME => Raw::serve(bind).await,
+        other => return Err(format!("no system called {other}")),
+    })
+}
+
+/// `rpc-bench --serve-all ADDR`: serves each of [`SERVED_FOR_REMOTE`] on the default runtime,
+/// the first on `first` and each next one on the next port, for `rpc-bench --remote` to call
+/// from another machine; prints where each listens, and serves until the process is stopped.
+pub fn serve_all(first: SocketAddr) -> Result<(), String> {
+    let mut binds = Vec::new();
+    for system in SERVED_FOR_REMOTE {
+        let bind = served_at(first, system)
+            .ok_or_else(|| format!("no port after {first} for {system}"))?;
+        // Each port tried first, so that one in use is an error, not a panic halfway through.
+        std::net::TcpListener::bind(bind)
+            .map_err(|error| format!("cannot listen on {bind} for {system}: {error}"))?;
+        binds.push((system, bind));
+    }
+    let runtime = default_runtime();
+    runtime.block_on(async {
+        for (system, bind) in binds {
+            let addr = serve_plain(system, bind).await?;
+            println!("{system} listening on {addr}");
+        }
+        println!(
+            "on the client's machine: rpc-bench --remote {first} (the address this machine \
+             is reached at, with port {})",
+            first.port()
+        );
+        std::future::pending::<Result<(), String>>().await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--serve-all` and `--remote` agree on where each system is: the one named first on the
+    /// port given, each next one on the next port.
+    #[test]
+    fn each_served_system_is_on_the_port_after_the_one_before() {
+        let first: SocketAddr = "192.0.2.7:7700".parse().expect("an address");
+        let ports: Vec<u16> = SERVED_FOR_REMOTE
+            .iter()
+            .map(|system| served_at(first, system).expect("served").port())
+            .collect();
+        assert_eq!(ports, [7700, 7701, 7702, 7703]);
+        let tonic = served_at(first, Tonic::NAME).expect("served");
+        assert_eq!(tonic, "192.0.2.7:7702".parse().expect("an address"));
+    }
+
+    /// A system `--serve-all` does not serve has no address, nor does one whose port would be
+    /// past the last.
+    #[test]
+    fn no_address_for_a_system_not_served_or_past_the_last_port() {
+        let first: SocketAddr = "192.0.2.7:7700".parse().expect("an address");
+        assert_eq!(served_at(first, RpcCoreTls::NAME), None);
+        let last: SocketAddr = "192.0.2.7:65534".parse().expect("an address");
+        assert!(served_at(last, RpcCore::NAME).is_some());
+        assert_eq!(served_at(last, Tonic::NAME), None);
+    }
 }

@@ -134,11 +134,11 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
         bulk_vec: Some(bulk_vec.mib_per_s),
         bulk_buf: Some(bulk_buf.mib_per_s),
         bulk_shared: Some(bulk_shared.mib_per_s),
-        faults_vec: Some(bulk_vec.faults_per_call),
-        faults_buf: Some(bulk_buf.faults_per_call),
+        faults_vec: bulk_vec.faults_per_call,
+        faults_buf: bulk_buf.faults_per_call,
         stream_items,
-        allocations_per_call: Some(allocations),
-        idle_connection_bytes: Some(idle),
+        allocations_per_call: allocations,
+        idle_connection_bytes: idle,
     }
 }
 
@@ -211,18 +211,20 @@ pub async fn latency<S: System>(client: &mut S::Client, effort: Effort) -> (f64,
     (at(0.50), at(0.99))
 }
 
-/// Heap allocations per sequential call, both ends.
+/// Heap allocations per sequential call, both ends; `None` when the server's process cannot
+/// be counted (it runs on another machine).
 pub async fn allocations_per_call<S: System>(
     server: &ServerEnd,
     client: &mut S::Client,
     effort: Effort,
-) -> f64 {
+) -> Option<f64> {
     let calls = effort.sequential_calls / 3;
-    let before = server.counters();
+    let before = server.counters()?;
     for i in 0..calls {
         S::add(client, i as u64, 1).await;
     }
-    (server.counters() - before).allocations as f64 / calls as f64
+    let spent = server.counters()? - before;
+    Some(spent.allocations as f64 / calls as f64)
 }
 
 /// Calls per second with `callers` concurrent callers on each of `clients`; `None` for a
@@ -270,11 +272,12 @@ pub enum Bytes {
     Shared,
 }
 
-/// What a bulk echo measured.
+/// What a bulk echo measured; the page faults, both ends, only where the server's process can
+/// be counted.
 #[derive(Debug, Clone, Copy)]
 pub struct Bulk {
     pub mib_per_s: f64,
-    pub faults_per_call: f64,
+    pub faults_per_call: Option<f64>,
 }
 
 /// 1 MiB payloads echoed, 4 in flight on one connection. A system that makes one call at a
@@ -332,10 +335,13 @@ pub async fn bulk<S: System>(
         task.await.expect("a caller");
     }
     let calls = done.load(Ordering::Relaxed);
-    let spent = server.counters() - before;
+    let faults = before.zip(server.counters()).map(|(before, after)| {
+        let spent = after - before;
+        spent.minor_faults as f64 / calls.max(1) as f64
+    });
     Bulk {
         mib_per_s: calls as f64 / start.elapsed().as_secs_f64(),
-        faults_per_call: spent.minor_faults as f64 / calls.max(1) as f64,
+        faults_per_call: faults,
     }
 }
 
@@ -355,10 +361,11 @@ pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option
     }
 }
 
-/// Heap bytes per idle connection, both ends, after a call on each has set it up.
-pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> f64 {
+/// Heap bytes per idle connection, both ends, after a call on each has set it up; `None` when
+/// the server's process cannot be counted (it runs on another machine).
+pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> Option<f64> {
     const CONNECTIONS: usize = 200;
-    let before = server.counters();
+    let before = server.counters()?;
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
         let mut client = S::connect(server.addr).await;
@@ -366,7 +373,7 @@ pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> f64 {
         clients.push(client);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = server.counters();
+    let after = server.counters()?;
     drop(clients);
-    (after - before).live_bytes as f64 / CONNECTIONS as f64
+    Some((after - before).live_bytes as f64 / CONNECTIONS as f64)
 }

@@ -25,8 +25,9 @@ pub trait System: Send + Sync + 'static {
     /// The system's shared byte type, sent again and again as clones of one buffer.
     type Shared: From<Vec<u8>> + AsRef<[u8]> + Clone + Send + Sync + 'static;
 
-    /// Starts a server on a free loopback port, on the current runtime.
-    fn serve() -> impl Future<Output = SocketAddr> + Send;
+    /// Starts a server listening on `bind` (port 0 for a free port), on the current runtime;
+    /// returns the address it listens on.
+    fn serve(bind: SocketAddr) -> impl Future<Output = SocketAddr> + Send;
 
     /// Opens one connection.
     fn connect(addr: SocketAddr) -> impl Future<Output = Self::Client> + Send;

@@ -285,8 +285,10 @@ impl System for Raw {
     type Client = RawClient;
     type Shared = Bytes;
 
-    async fn serve() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    async fn serve(bind: SocketAddr) -> SocketAddr {
+        let listener = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {

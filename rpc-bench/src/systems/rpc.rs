@@ -57,14 +57,17 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
     type Client = BenchClient;
     type Shared = Payload;
 
-    async fn serve() -> SocketAddr {
+    async fn serve(bind: SocketAddr) -> SocketAddr {
         let mut builder = rpc_core::Server::builder().max_frame_len(64 << 20);
         if TLS {
             let certs = certs::certs();
             let tls = ServerTls::from_pem(&certs.server, &certs.key).expect("the certificate");
             builder = builder.tls(tls);
         }
-        let server = builder.bind("127.0.0.1:0").await.expect("binds");
+        let server = builder
+            .bind(bind)
+            .await
+            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
         let addr = server.local_addr().expect("address");
         tokio::spawn(server.serve(BenchServer::new(Impl)));
         addr

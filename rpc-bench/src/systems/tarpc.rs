@@ -46,10 +46,10 @@ impl System for Tarpc {
     type Client = BenchClient;
     type Shared = Bytes;
 
-    async fn serve() -> SocketAddr {
-        let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default)
+    async fn serve(bind: SocketAddr) -> SocketAddr {
+        let mut listener = tarpc::serde_transport::tcp::listen(bind, Bincode::default)
             .await
-            .expect("binds");
+            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
         listener.config_mut().max_frame_length(64 << 20);
         let addr = listener.local_addr();
         tokio::spawn(async move {

@@ -111,9 +111,9 @@ impl<const TLS: bool> System for TonicOver<TLS> {
     type Client = BenchClient<Channel>;
     type Shared = Bytes;
 
-    async fn serve() -> SocketAddr {
-        let incoming = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .expect("binds")
+    async fn serve(bind: SocketAddr) -> SocketAddr {
+        let incoming = TcpIncoming::bind(bind)
+            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"))
             .with_nodelay(Some(true));
         let addr = incoming.local_addr().expect("address");
         let service = BenchServer::new(Impl)
