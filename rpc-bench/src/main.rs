@@ -312,11 +312,12 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             }
             "latency" => {
                 let (p50, p99) = workloads::latency::<S>(&mut client, effort).await;
-                return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs");
+                let calls = workloads::latency_calls(effort);
+                return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
             }
             "stream" => {
-                return match workloads::stream::<S>(&mut client, effort).await {
-                    Some(rate) => format!("{rate:.0} items/s"),
+                return match workloads::counted_stream::<S>(&mut client, effort).await {
+                    Some(rate) => format!("{:.0} items/s ({} items)", rate.per_second, rate.count),
                     None => format!("{} has no streams", S::NAME),
                 };
             }
@@ -333,8 +334,11 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
         };
         drop(client);
         let clients = workloads::connections::<S>(server.addr, connections).await;
-        match workloads::throughput::<S>(&clients, callers, effort).await {
-            Some(rate) => format!("{rate:.0} calls/s, {connections} × {callers} callers"),
+        match workloads::counted_throughput::<S>(&clients, callers, effort).await {
+            Some(rate) => format!(
+                "{:.0} calls/s, {connections} × {callers} callers ({} calls)",
+                rate.per_second, rate.count
+            ),
             None => format!("{} makes one call at a time", S::NAME),
         }
     })

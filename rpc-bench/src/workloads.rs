@@ -191,9 +191,14 @@ pub async fn connections<S: System>(addr: std::net::SocketAddr, count: usize) ->
     clients
 }
 
+/// How many calls [`latency`] makes: a tenth more than it times, to warm up.
+pub fn latency_calls(effort: Effort) -> usize {
+    effort.sequential_calls + effort.sequential_calls / 10
+}
+
 /// Sequential calls, one in flight: the median and 99th percentile, in microseconds.
 pub async fn latency<S: System>(client: &mut S::Client, effort: Effort) -> (f64, f64) {
-    for i in 0..effort.sequential_calls / 10 {
+    for i in 0..latency_calls(effort) - effort.sequential_calls {
         S::add(client, i as u64, 1).await;
     }
     let mut samples = Vec::with_capacity(effort.sequential_calls);
@@ -227,6 +232,13 @@ pub async fn allocations_per_call<S: System>(
     Some(spent.allocations as f64 / calls as f64)
 }
 
+/// How many calls or items a workload got through, and how fast.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    pub count: u64,
+}
+
 /// Calls per second with `callers` concurrent callers on each of `clients`; `None` for a
 /// system that makes one call at a time.
 pub async fn throughput<S: System>(
@@ -234,6 +246,16 @@ pub async fn throughput<S: System>(
     callers: usize,
     effort: Effort,
 ) -> Option<f64> {
+    let rate = counted_throughput::<S>(clients, callers, effort).await?;
+    Some(rate.per_second)
+}
+
+/// [`throughput`], with the number of calls made.
+pub async fn counted_throughput<S: System>(
+    clients: &[S::Client],
+    callers: usize,
+    effort: Effort,
+) -> Option<Rate> {
     let start = Instant::now();
     // The callers stop when one flag says so, set once when the window ends: a clock reading
     // per call would be a cost of the benchmark's, not the system's.
@@ -261,7 +283,10 @@ pub async fn throughput<S: System>(
     for task in tasks {
         done += task.await.expect("a caller");
     }
-    Some(done as f64 / start.elapsed().as_secs_f64())
+    Some(Rate {
+        per_second: done as f64 / start.elapsed().as_secs_f64(),
+        count: done,
+    })
 }
 
 /// The byte type an echo sends.
@@ -349,6 +374,12 @@ pub async fn bulk<S: System>(
 /// effort's window (at least one): a single stream of a million items lasts some 50 ms, too
 /// short to measure alone; `None` for a system without streams.
 pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option<f64> {
+    let rate = counted_stream::<S>(client, effort).await?;
+    Some(rate.per_second)
+}
+
+/// [`stream`], with the number of items received.
+pub async fn counted_stream<S: System>(client: &mut S::Client, effort: Effort) -> Option<Rate> {
     let start = Instant::now();
     let mut received = 0;
     loop {
@@ -356,7 +387,10 @@ pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option
         assert_eq!(items, effort.stream_items);
         received += items;
         if start.elapsed() >= effort.window {
-            return Some(received as f64 / start.elapsed().as_secs_f64());
+            return Some(Rate {
+                per_second: received as f64 / start.elapsed().as_secs_f64(),
+                count: received,
+            });
         }
     }
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Instructions of user code per call (or per streamed item), counted by callgrind: the figure
+# BENCHMARKS.md gives for each change to the call path, which time cannot show on a noisy
+# machine (a difference of 1% in instructions is exact here, and lost in the noise there).
+#
+#     scripts/instructions.sh [WORKLOAD] [SYSTEM]
+#     scripts/instructions.sh latency          # rpc-core, one call at a time (the default)
+#     scripts/instructions.sh 32 tarpc         # tarpc, 32 callers on one connection
+#     scripts/instructions.sh stream           # per item of a stream of small numbers
+#
+# WORKLOAD is one of `rpc-bench --profile`'s that count calls or items: latency, 32, 256,
+# 4x64, 100x32 or stream; SYSTEM is rpc-core (the default), tarpc, tonic or raw. The server and
+# its clients run in one process, on one shared runtime (`--setup shared`), so that callgrind
+# counts both ends; the count includes the benchmark's own loop around each call, and the
+# warm-up calls of `latency`. Needs valgrind (`apt install valgrind`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+workload=${1:-latency}
+system=${2:-rpc-core}
+command -v valgrind >/dev/null || {
+    echo "instructions.sh: needs valgrind (apt install valgrind)" >&2
+    exit 2
+}
+cargo build --release -p rpc-bench --quiet
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
+    target/release/rpc-bench --profile "$workload" "$system" --setup shared \
+    >"$out/report" 2>"$out/valgrind"
+total=$(sed -n 's/.*I *refs: *//p' "$out/valgrind" | tr -d ,)
+report=$(cat "$out/report")
+# The profile ends its report with the count: "(220000 calls)" or "(10000000 items)".
+count=$(sed -n 's/.*(\([0-9]*\) \(calls\|items\))$/\1/p' <<<"$report")
+unit=$(sed -n 's/.*([0-9]* \(calls\|items\))$/\1/p' <<<"$report")
+if [[ -z $total || -z $count || $count -eq 0 ]]; then
+    echo "instructions.sh: no count in the profile's report: $report" >&2
+    exit 1
+fi
+echo "$system, $workload: $((total / count)) instructions per ${unit%s} ($total over $count $unit; $report)"
