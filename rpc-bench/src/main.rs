@@ -22,8 +22,9 @@
 //! ```
 //!
 //! `--serve-all` serves rpc-core, tarpc, tonic and the raw floor on the port given and the
-//! three after it; `--remote` measures them from here (with `--quick` or `--profile` too),
-//! leaving out what needs both processes' counters (allocations, heap, page faults).
+//! three after it, to anyone who reaches them and without TLS (serve on a private network);
+//! `--remote` measures them from here (with `--quick` or `--profile` too), leaving out what
+//! needs both processes' counters (allocations, heap, page faults).
 //!
 //! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
 //! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
