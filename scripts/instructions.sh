@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions of user code per call (or per streamed item), counted by callgrind: the figure
 # BENCHMARKS.md gives for each change to the call path, which time cannot show on a noisy
-# machine (a difference of 1% in instructions is exact here, and lost in the noise there).
+# machine (counts repeat within about 1% from run to run; rates there vary by a third).
 #
 #     scripts/instructions.sh [WORKLOAD] [SYSTEM]
 #     scripts/instructions.sh latency          # rpc-core, one call at a time (the default)
@@ -37,4 +37,4 @@ if [[ -z $total || -z $count || $count -eq 0 ]]; then
     echo "instructions.sh: no count in the profile's report: $report" >&2
     exit 1
 fi
-echo "$system, $workload: $((total / count)) instructions per ${unit%s} ($total over $count $unit; $report)"
+echo "$system, $workload: $(((total + count / 2) / count)) instructions per ${unit%s} ($total over $count $unit; $report)"
