@@ -378,6 +378,32 @@ mod tests {
         assert_eq!(tonic, "192.0.2.7:7702".parse().expect("an address"));
     }
 
+    /// The remote setup calls the server that `--serve-all` put first, at the address given to
+    /// `--remote`, and counts nothing of a process it cannot read. (The only test that chooses
+    /// the remote servers: they are chosen once per process.)
+    #[test]
+    fn the_remote_setup_calls_the_servers_given_and_counts_nothing_of_them() {
+        let servers = default_runtime();
+        let first = servers
+            .block_on(serve_plain(SERVED_FOR_REMOTE[0], LOOPBACK))
+            .expect("serves rpc-core");
+        use_remote_servers(first);
+        let deployment = Deployment::start::<RpcCore>(Setup::Remote);
+        assert_eq!(deployment.server.addr, first);
+        assert_eq!(deployment.server.counters(), None);
+        let server = Arc::clone(&deployment.server);
+        let (sum, allocations) = deployment.run(async move {
+            let mut client = RpcCore::connect(server.addr).await;
+            let sum = RpcCore::add(&mut client, 2, 3).await;
+            let effort = crate::workloads::Effort::QUICK;
+            let allocations =
+                crate::workloads::allocations_per_call::<RpcCore>(&server, &mut client, effort);
+            (sum, allocations.await)
+        });
+        assert_eq!(sum, 5);
+        assert_eq!(allocations, None);
+    }
+
     /// A system `--serve-all` does not serve has no address, nor does one whose port would be
     /// past the last.
     #[test]
