@@ -111,7 +111,7 @@ enum ServerProcess {
     /// In this process.
     This,
     /// In a child process of this one, which answers for its counters.
-    Child(Mutex<Remote>),
+    Child(Mutex<ChildServer>),
     /// On another machine: its counters cannot be read.
     Elsewhere,
 }
@@ -123,9 +123,9 @@ impl ServerEnd {
         let here = Counters::here();
         match &self.process {
             ServerProcess::This => Some(here),
-            ServerProcess::Child(remote) => {
-                let mut remote = remote.lock().expect("the counters' lock");
-                Some(here + remote.counters())
+            ServerProcess::Child(child) => {
+                let mut child = child.lock().expect("the counters' lock");
+                Some(here + child.counters())
             }
             ServerProcess::Elsewhere => None,
         }
@@ -146,13 +146,13 @@ impl Deployment {
     pub fn start<S: System>(setup: Setup) -> Deployment {
         match setup {
             Setup::CrossProcess => {
-                let remote = Remote::spawn(S::NAME);
+                let child = ChildServer::spawn(S::NAME);
                 Deployment {
                     clients: default_runtime(),
                     _servers: None,
                     server: Arc::new(ServerEnd {
-                        addr: remote.addr,
-                        process: ServerProcess::Child(Mutex::new(remote)),
+                        addr: child.addr,
+                        process: ServerProcess::Child(Mutex::new(child)),
                     }),
                 }
             }
@@ -244,15 +244,15 @@ fn one_thread_runtime() -> tokio::runtime::Runtime {
 /// its address, then answers each `counters` line on its standard input with its counters, and
 /// exits when its standard input closes.
 #[derive(Debug)]
-struct Remote {
+struct ChildServer {
     addr: SocketAddr,
     child: Child,
     commands: ChildStdin,
     answers: BufReader<ChildStdout>,
 }
 
-impl Remote {
-    fn spawn(system: &str) -> Remote {
+impl ChildServer {
+    fn spawn(system: &str) -> ChildServer {
         let program = std::env::current_exe().expect("the benchmark's own path");
         let mut command = Command::new(program);
         if tracing::dispatcher::has_been_set() {
@@ -270,7 +270,7 @@ impl Remote {
         let mut line = String::new();
         answers.read_line(&mut line).expect("the server's address");
         let addr = line.trim().parse().expect("an address");
-        Remote {
+        ChildServer {
             addr,
             child,
             commands,
@@ -288,14 +288,14 @@ impl Remote {
     }
 }
 
-impl Drop for Remote {
+impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// The child's side of [`Remote`]: serves `system` on the default runtime until its standard
+/// The child's side of [`ChildServer`]: serves `system` on the default runtime until its standard
 /// input closes.
 pub fn serve_child(system: &str) -> Result<(), String> {
     if std::env::var_os(TRACING_VARIABLE).is_some() {
