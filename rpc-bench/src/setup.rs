@@ -158,7 +158,9 @@ impl Deployment {
             }
             Setup::Shared => {
                 let runtime = default_runtime();
-                let addr = runtime.block_on(S::serve(LOOPBACK));
+                let addr = runtime
+                    .block_on(S::serve(LOOPBACK))
+                    .expect("serves on loopback");
                 Deployment {
                     clients: runtime,
                     _servers: None,
@@ -170,7 +172,9 @@ impl Deployment {
             }
             Setup::Isolated => {
                 let servers = one_thread_runtime();
-                let addr = servers.block_on(S::serve(LOOPBACK));
+                let addr = servers
+                    .block_on(S::serve(LOOPBACK))
+                    .expect("serves on loopback");
                 Deployment {
                     clients: one_thread_runtime(),
                     _servers: Some(servers),
@@ -303,8 +307,8 @@ pub fn serve_child(system: &str) -> Result<(), String> {
     }
     let runtime = default_runtime();
     let addr = match system {
-        RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve(LOOPBACK)),
-        TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK)),
+        RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve(LOOPBACK))?,
+        TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK))?,
         other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };
     let mut out = std::io::stdout().lock();
@@ -323,32 +327,27 @@ pub fn serve_child(system: &str) -> Result<(), String> {
 /// Starts the server of `system`, one of [`SERVED_FOR_REMOTE`], listening on `bind`, on the
 /// current runtime.
 async fn serve_plain(system: &str, bind: SocketAddr) -> Result<SocketAddr, String> {
-    Ok(match system {
+    match system {
         RpcCore::NAME => RpcCore::serve(bind).await,
         Tarpc::NAME => Tarpc::serve(bind).await,
         Tonic::NAME => Tonic::serve(bind).await,
         Raw::NAME => Raw::serve(bind).await,
-        other => return Err(format!("no system called {other}")),
-    })
+        other => Err(format!("no system called {other}")),
+    }
 }
 
 /// `rpc-bench --serve-all ADDR`: serves each of [`SERVED_FOR_REMOTE`] on the default runtime,
 /// the first on `first` and each next one on the next port, for `rpc-bench --remote` to call
 /// from another machine; prints where each listens, and serves until the process is stopped.
 pub fn serve_all(first: SocketAddr) -> Result<(), String> {
-    let mut binds = Vec::new();
-    for system in SERVED_FOR_REMOTE {
-        let bind = served_at(first, system)
-            .ok_or_else(|| format!("no port after {first} for {system}"))?;
-        // Each port tried first, so that one in use is an error, not a panic halfway through.
-        std::net::TcpListener::bind(bind)
-            .map_err(|error| format!("cannot listen on {bind} for {system}: {error}"))?;
-        binds.push((system, bind));
-    }
     let runtime = default_runtime();
     runtime.block_on(async {
-        for (system, bind) in binds {
-            let addr = serve_plain(system, bind).await?;
+        for system in SERVED_FOR_REMOTE {
+            let bind = served_at(first, system)
+                .ok_or_else(|| format!("no port after {first} for {system}"))?;
+            let addr = serve_plain(system, bind)
+                .await
+                .map_err(|error| format!("{system}: {error}"))?;
             println!("{system} listening on {addr}");
         }
         println!(

@@ -26,8 +26,8 @@ pub trait System: Send + Sync + 'static {
     type Shared: From<Vec<u8>> + AsRef<[u8]> + Clone + Send + Sync + 'static;
 
     /// Starts a server listening on `bind` (port 0 for a free port), on the current runtime;
-    /// returns the address it listens on.
-    fn serve(bind: SocketAddr) -> impl Future<Output = SocketAddr> + Send;
+    /// returns the address it listens on, or why it cannot listen there.
+    fn serve(bind: SocketAddr) -> impl Future<Output = Result<SocketAddr, String>> + Send;
 
     /// Opens one connection.
     fn connect(addr: SocketAddr) -> impl Future<Output = Self::Client> + Send;

@@ -285,10 +285,10 @@ impl System for Raw {
     type Client = RawClient;
     type Shared = Bytes;
 
-    async fn serve(bind: SocketAddr) -> SocketAddr {
+    async fn serve(bind: SocketAddr) -> Result<SocketAddr, String> {
         let listener = TcpListener::bind(bind)
             .await
-            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
+            .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -296,7 +296,7 @@ impl System for Raw {
                 tokio::spawn(serve_connection(stream));
             }
         });
-        addr
+        Ok(addr)
     }
 
     async fn connect(addr: SocketAddr) -> RawClient {

@@ -57,7 +57,7 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
     type Client = BenchClient;
     type Shared = Payload;
 
-    async fn serve(bind: SocketAddr) -> SocketAddr {
+    async fn serve(bind: SocketAddr) -> Result<SocketAddr, String> {
         let mut builder = rpc_core::Server::builder().max_frame_len(64 << 20);
         if TLS {
             let certs = certs::certs();
@@ -67,10 +67,10 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
         let server = builder
             .bind(bind)
             .await
-            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
+            .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
         let addr = server.local_addr().expect("address");
         tokio::spawn(server.serve(BenchServer::new(Impl)));
-        addr
+        Ok(addr)
     }
 
     async fn connect(addr: SocketAddr) -> BenchClient {

@@ -46,10 +46,10 @@ impl System for Tarpc {
     type Client = BenchClient;
     type Shared = Bytes;
 
-    async fn serve(bind: SocketAddr) -> SocketAddr {
+    async fn serve(bind: SocketAddr) -> Result<SocketAddr, String> {
         let mut listener = tarpc::serde_transport::tcp::listen(bind, Bincode::default)
             .await
-            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"));
+            .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
         listener.config_mut().max_frame_length(64 << 20);
         let addr = listener.local_addr();
         tokio::spawn(async move {
@@ -61,7 +61,7 @@ impl System for Tarpc {
                 }));
             }
         });
-        addr
+        Ok(addr)
     }
 
     async fn connect(addr: SocketAddr) -> BenchClient {

@@ -111,9 +111,9 @@ impl<const TLS: bool> System for TonicOver<TLS> {
     type Client = BenchClient<Channel>;
     type Shared = Bytes;
 
-    async fn serve(bind: SocketAddr) -> SocketAddr {
+    async fn serve(bind: SocketAddr) -> Result<SocketAddr, String> {
         let incoming = TcpIncoming::bind(bind)
-            .unwrap_or_else(|error| panic!("cannot listen on {bind}: {error}"))
+            .map_err(|error| format!("cannot listen on {bind}: {error}"))?
             .with_nodelay(Some(true));
         let addr = incoming.local_addr().expect("address");
         let service = BenchServer::new(Impl)
@@ -132,7 +132,7 @@ impl<const TLS: bool> System for TonicOver<TLS> {
             .add_service(service)
             .serve_with_incoming(incoming);
         tokio::spawn(server);
-        addr
+        Ok(addr)
     }
 
     async fn connect(addr: SocketAddr) -> Self::Client {
