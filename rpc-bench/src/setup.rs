@@ -246,7 +246,7 @@ fn one_thread_runtime() -> tokio::runtime::Runtime {
 
 /// A server in a child process: this program run as `rpc-bench --serve SYSTEM`, which prints
 /// its address, then answers each `counters` line on its standard input with its counters, and
-/// exits when its standard input closes.
+/// exits on an `exit` line or when its standard input closes.
 #[derive(Debug)]
 struct ChildServer {
     addr: SocketAddr,
@@ -293,14 +293,19 @@ impl ChildServer {
 }
 
 impl Drop for ChildServer {
+    /// Asks the server to exit, so that it ends as a process does (a profiler watching it, such
+    /// as `valgrind --trace-children=yes`, then writes what it counted); kills it if it cannot
+    /// be asked.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if writeln!(self.commands, "exit").is_err() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
 
-/// The child's side of [`ChildServer`]: serves `system` on the default runtime until its standard
-/// input closes.
+/// The child's side of [`ChildServer`]: serves `system` on the default runtime until told to
+/// exit or its standard input closes.
 pub fn serve_child(system: &str) -> Result<(), String> {
     if std::env::var_os(TRACING_VARIABLE).is_some() {
         trace_everything();
@@ -316,9 +321,14 @@ pub fn serve_child(system: &str) -> Result<(), String> {
     out.flush().map_err(|e| e.to_string())?;
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
-        if line.trim() == "counters" {
-            writeln!(out, "{}", Counters::here().to_line()).map_err(|e| e.to_string())?;
-            out.flush().map_err(|e| e.to_string())?;
+        match line.trim() {
+            "counters" => {
+                writeln!(out, "{}", Counters::here().to_line()).map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+            }
+            // At once, without waiting for the runtime's tasks: the benchmark is done with them.
+            "exit" => std::process::exit(0),
+            _ => {}
         }
     }
     Ok(())
