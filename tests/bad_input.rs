@@ -52,7 +52,11 @@ async fn garbage_bytes_close_only_that_connection() {
 
     let mut raw = RawClient::handshake(addr).await;
     raw.send(&frame(&[0x7f, 0xff, 0xff])).await;
-    within("closing", raw.expect_refused("undecodable frame")).await;
+    within(
+        "closing",
+        raw.expect_refused("a frame of kind 0x7f, which the protocol does not have"),
+    )
+    .await;
     still_serves(addr).await;
 }
 
@@ -62,7 +66,11 @@ async fn an_empty_frame_closes_only_that_connection() {
     let addr = start_tcp().await;
     let mut raw = RawClient::handshake(addr).await;
     raw.send(&[0, 0, 0, 0]).await;
-    within("closing", raw.expect_refused("undecodable frame")).await;
+    within(
+        "closing",
+        raw.expect_refused("the client sent an empty frame, which has no head"),
+    )
+    .await;
     still_serves(addr).await;
 }
 
@@ -104,6 +112,20 @@ async fn a_client_sending_a_response_frame_is_disconnected() {
     within(
         "closing",
         raw.expect_refused("a response frame, which only servers send"),
+    )
+    .await;
+    still_serves(addr).await;
+}
+
+/// The hello comes once, first: another after the handshake breaks the protocol.
+#[tokio::test]
+async fn a_second_hello_from_a_client_is_refused() {
+    let addr = start_tcp().await;
+    let mut raw = RawClient::handshake(addr).await;
+    raw.send(&rpc_tests::hello("Lab", rpc_tests::VERSION)).await;
+    within(
+        "closing",
+        raw.expect_refused("the client sent a second hello frame"),
     )
     .await;
     still_serves(addr).await;

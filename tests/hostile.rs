@@ -379,7 +379,11 @@ async fn a_protocol_error_flushes_earlier_answers_then_says_why() {
     let mut both = request(1, "add", &ADD_2_3);
     both.extend(frame(&[0x7f, 0xff, 0xff]));
     raw.send(&both).await;
-    let before = within("the go-away", raw.expect_go_away(3, "undecodable frame")).await;
+    let before = within(
+        "the go-away",
+        raw.expect_go_away(3, "a frame of kind 0x7f, which the protocol does not have"),
+    )
+    .await;
     assert_eq!(
         before,
         [vec![0x02, 0x01, 0x00, 0x0a]],
@@ -411,7 +415,11 @@ async fn the_go_away_reaches_a_client_that_had_sent_more() {
     raw.send(&bytes).await;
     // The client is slow to read: the scenario, not a synchronisation.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let before = within("the go-away", raw.expect_go_away(3, "undecodable frame")).await;
+    let before = within(
+        "the go-away",
+        raw.expect_go_away(3, "a frame of kind 0x7f, which the protocol does not have"),
+    )
+    .await;
     assert_eq!(before.len(), 1, "the answer, then the go-away");
     assert_eq!(before[0].len(), 3 + 3 + 512 * 1024, "the whole answer");
     within("closing", raw.expect_closed()).await;

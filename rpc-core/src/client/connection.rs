@@ -15,7 +15,7 @@ use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::alarm::Alarm;
 use crate::protocol::{
     self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
-    Outcome, PeerInfo, Queue, Tail, code, finish_frame, go_away, write_frames_through,
+    Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
@@ -790,15 +790,8 @@ async fn read_responses<R: AsyncRead + Unpin>(
                     });
                 }
             }
-            Ok((head, _)) => {
-                break RpcError::Protocol(format!(
-                    "the server sent a {} frame, which only clients send",
-                    head.kind()
-                ));
-            }
-            Err(error) => {
-                break RpcError::Protocol(format!("the server sent an undecodable frame: {error}"));
-            }
+            Ok((head, _)) => break protocol::misplaced(Sender::Server, &head),
+            Err(error) => break protocol::undecodable(Sender::Server, &payload, &error),
         }
     };
     pending.complete_all(&mut answers);

@@ -16,6 +16,7 @@ mod properties;
 mod spare;
 mod stall;
 mod tail;
+mod violation;
 mod writer;
 
 pub use codec::CodecError;
@@ -28,6 +29,7 @@ pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
 pub(crate) use spare::{copied, shared};
 pub(crate) use tail::{Tail, decode_with, take as take_tail};
+pub(crate) use violation::{Sender, misplaced, undecodable};
 pub(crate) use writer::{FrameWriter, write_frames_through};
 
 use std::borrow::Cow;

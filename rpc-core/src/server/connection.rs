@@ -33,7 +33,7 @@ use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
     self, Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
-    PeerInfo, Tail, code, error_response, finish_frame, go_away, write_frames_through,
+    PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away, write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
@@ -540,9 +540,8 @@ impl<S: ServiceSet> Connection<'_, S> {
             tunnel.deliver(payload);
             return Ok(Handled::Other);
         }
-        let (head, rest) = Head::decode(payload).map_err(|error| {
-            RpcError::Protocol(format!("the client sent an undecodable frame: {error}"))
-        })?;
+        let (head, rest) = Head::decode(payload)
+            .map_err(|error| protocol::undecodable(Sender::Client, payload, &error))?;
         let (id, method, timeout_ms) = match head {
             Head::Request {
                 id,
@@ -567,10 +566,7 @@ impl<S: ServiceSet> Connection<'_, S> {
                 return Ok(Handled::Other);
             }
             head @ (Head::Hello(_) | Head::Response { .. } | Head::GoAway { .. }) => {
-                return Err(RpcError::Protocol(format!(
-                    "the client sent a {} frame, which only servers send",
-                    head.kind()
-                )));
+                return Err(protocol::misplaced(Sender::Client, &head));
             }
         };
         // Before anything of the request runs, decoding included: a reused id is refused, not
