@@ -303,6 +303,77 @@ fn a_claimed_byte_string_allocates_only_for_what_came() {
     });
 }
 
+/// What a frame that claims more than its peer has ever sent may be given before its bytes
+/// come: a chunk of 256 KiB, and room to spare; not another allocation, doubled, for the first
+/// few bytes that arrive.
+const CHUNK_AND_SOME: usize = MIB / 2;
+
+/// Any other request claiming 15 MiB and sending 1,000 bytes costs the server one chunk of its
+/// read buffer.
+#[test]
+fn a_claimed_frame_allocates_only_a_chunk() {
+    scenario(async {
+        let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+        let mut raw = RawClient::handshake(addr).await;
+        let start = baseline();
+        let claimed = 15 * MIB;
+        let mut frame = request(4, "add", &[1; 1000]);
+        let length = (frame.len() - 4 - 1000 + claimed) as u32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        raw.send(&frame).await;
+        raw.stream.shutdown().await.expect("shuts down");
+        let _ = within("the server to close", raw.expect_go_away(3, "")).await;
+        let peak = peak_above(start);
+        assert!(
+            peak < CHUNK_AND_SOME,
+            "{} KiB allocated for a claim",
+            peak / 1024
+        );
+    });
+}
+
+/// The same from the client's side: a server answering with a frame that claims 15 MiB and
+/// sends 1,000 bytes before it hangs up costs the client one chunk, whether the result is a
+/// byte string the client reads into memory of its own (`zeros`) or any other value, read into
+/// the connection's buffer (`add`).
+#[test]
+fn a_servers_claimed_result_allocates_only_for_what_came() {
+    for method in ["zeros", "add"] {
+        scenario(async move {
+            let (listener, addr) = loopback_listener().await;
+            let server = tokio::spawn(async move {
+                let (mut raw, _) = RawClient::accept(&listener).await;
+                raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+                let request = raw.read_frame().await.expect("the request");
+                let claimed = 15 * MIB;
+                let mut answer = vec![0x02, request[1], 0x00];
+                if method == "zeros" {
+                    answer.extend(varint(claimed as u64));
+                }
+                let length = (answer.len() + claimed) as u32;
+                answer.extend_from_slice(&[0; 1000]);
+                let mut frame = length.to_be_bytes().to_vec();
+                frame.extend(answer);
+                raw.send(&frame).await;
+            });
+            let client = LabClient::connect(addr).await.expect("connects");
+            let start = baseline();
+            let answered = match method {
+                "zeros" => client.zeros(15 * MIB as u64).await.map(drop),
+                _ => client.add(2, 3).await.map(drop),
+            };
+            within("the server", server).await.expect("joins");
+            assert!(answered.is_err(), "{method}: the answer never came whole");
+            let peak = peak_above(start);
+            assert!(
+                peak < CHUNK_AND_SOME,
+                "{method}: {} KiB allocated for a claim",
+                peak / 1024
+            );
+        });
+    }
+}
+
 /// A server that calls back a client serving back, 200,000 times with 1 KiB each (200 MiB),
 /// and reads nothing: the
 /// client's side of the calls back queues its answers within its limit, stops taking calls,

@@ -320,10 +320,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Some(size) => LENGTH_PREFIX + size - self.buf.len(),
             None => LENGTH_PREFIX - self.buf.len(),
         };
-        let room = wanted.min(trusted(self.buf.len(), self.largest_delivered));
+        let trusted = trusted(self.buf.len(), self.largest_delivered);
+        let room = wanted.min(trusted);
+        let free = self.buf.capacity() - self.buf.len();
         // Frames handed on still share the buffer's memory, so making room means a new
-        // allocation: it is done only when little room is left, and then for many frames.
-        if self.buf.capacity() - self.buf.len() < room.max(SMALL_ROOM) {
+        // allocation: it is done only when little room is left, and then for many frames. A
+        // frame longer than is trusted takes what room there is first: making room before
+        // that would allocate again, and double, for the few bytes a slow or lying peer sent
+        // into the last allocation.
+        let enough = if wanted > trusted {
+            free >= MAX_READ_ROOM
+        } else {
+            free >= room.max(SMALL_ROOM)
+        };
+        if !enough {
             self.make_room(room.max(self.read_room));
             self.holds_large |= self.read_room > IDLE_BUFFER_KEEP;
         }
