@@ -5,7 +5,8 @@
 
 use rpc_core::{RpcError, Streaming};
 use rpc_tests::{
-    LabClient, RawClient, frame, lab_hello, lab_methods, loopback_listener, string, varint, within,
+    LabClient, RawClient, frame, lab_hello, lab_hello_with_window, lab_methods, loopback_listener,
+    string, varint, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -258,6 +259,39 @@ async fn stream_items_past_the_clients_credit_close_the_connection() {
         error,
         "the peer sent an item of stream 0 without credit for it",
     );
+}
+
+/// A server granting an upload more credit than the items it took cost breaks the protocol:
+/// the client hangs up rather than send past the window it was given.
+#[tokio::test]
+async fn a_grant_past_what_the_items_cost_closes_the_connection() {
+    // Room for 32 items of one byte, each costing 39 bytes of credit.
+    const WINDOW: u32 = 32 * 39;
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&lab_hello_with_window(lab_methods(), 0, 0, WINDOW))
+            .await;
+        let request = raw.read_frame().await.expect("the request");
+        let id = request[1];
+        for n in 0..32 {
+            let item = raw.read_frame().await.expect("an item");
+            assert_eq!(item, [0x06, id, n], "item {n}");
+        }
+        let mut credit = vec![0x08, id];
+        credit.extend(varint(u64::from(WINDOW) + 39));
+        raw.send(&frame(&credit)).await;
+        client_hangs_up(raw).await;
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    let error = within("the upload", client.sum(Streaming::iter(0..64u64)))
+        .await
+        .expect_err("no answer came");
+    broke_the_protocol(
+        error,
+        "the peer granted stream 0 more credit than its items cost",
+    );
+    within("the server", server).await.expect("joins");
 }
 
 /// A server that closes in the middle of a frame fails the call; nothing waits for the rest.
