@@ -222,6 +222,44 @@ async fn silent_peers_cannot_lock_a_client_out() {
     assert_eq!(client.add(1, 1).await.expect("served"), 2);
 }
 
+/// Peers that connect and never say hello cannot hold a server's every slot either, even beside
+/// a connection with a call running, which is never asked to leave: at the limit, the peer that
+/// has been in its handshake the longest is closed for the newcomer. (The handshake timeout,
+/// an hour here, would otherwise keep the newcomer out until the client gave up.)
+#[tokio::test]
+async fn peers_that_never_say_hello_cannot_lock_a_client_out() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder()
+        .max_connections(3)
+        .handshake_timeout(Duration::from_secs(3600));
+    let addr = start_tcp_with(builder, lab).await;
+    let mut busy = RawClient::handshake(addr).await;
+    busy.send(&request(1, "wait", &gate("busy"))).await;
+    assert_eq!(probe.next_event().await, "waiting busy");
+    // Accepted in the order they connect, after the busy one.
+    let mut mute = vec![
+        RawClient::connect(addr).await,
+        RawClient::connect(addr).await,
+    ];
+    let client = within("a real client", LabClient::connect(addr))
+        .await
+        .expect("admitted");
+    assert_eq!(client.add(1, 1).await.expect("served"), 2);
+    within(
+        "the longest in its handshake to be closed",
+        mute[0].expect_closed(),
+    )
+    .await;
+
+    probe.open("busy");
+    let answer = within("the busy one's answer", busy.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..3], [0x02, 0x01, 0x00], "never asked to leave");
+    drop(mute.pop());
+}
+
 /// Whatever ping interval it announced, a peer that says nothing after its hello is closed once
 /// the idle timeout passes, and the idle timeout is on unless disabled.
 #[tokio::test]

@@ -25,7 +25,7 @@ use super::ServerConfig;
 use super::attention::{Attention, RaiseOnDrop, Signal};
 use super::calls::{Calls, Link, NewCall};
 use super::kept_box::KeptBox;
-use super::registry::{Registration, Registry};
+use super::registry::{Handshake, Registration};
 use super::services::{Served, ServiceSet};
 use crate::alarm::Alarm;
 use crate::health::{self, service::HealthServer, service::Reporting};
@@ -63,13 +63,14 @@ const HANDLED_PER_TURN: usize = 64;
 
 /// What a connection of a listening server shares with the server; `None` for a connection
 /// served on its own.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     /// The bytes queued for peers across the server.
     pub(crate) budget: Arc<Budget>,
-    /// The connections that may be asked to give way to a new one, and that hear when the
-    /// server shuts down.
-    pub(crate) registry: Arc<Registry>,
+    /// The connection's place among the server's: in its handshake, where a newcomer at the
+    /// connection limit may close it, until it registers; then asked to give way when idle, and
+    /// told when the server shuts down.
+    pub(crate) handshake: Handshake,
 }
 
 /// The span of one connection on the server, which its calls' spans are under.
@@ -151,9 +152,10 @@ where
         let _writer_guard = AbortOnDrop::new(&writer);
         let calls = Arc::new(Calls::default());
         let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
-        let registration = shared.as_ref().map(|shared| {
-            let registry = &shared.registry;
-            registry.register(Arc::clone(&calls), Arc::clone(&attention))
+        // The handshake is over: the connection moves to the established ones.
+        let registration = shared.map(|shared| {
+            let attention = Arc::clone(&attention);
+            shared.handshake.register(Arc::clone(&calls), attention)
         });
 
         let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));

@@ -55,6 +55,7 @@ use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::transport;
 use crate::{Context, RpcError, Status};
+use registry::{Handshake, Registry};
 pub(crate) use services::Served;
 pub use services::{ServiceSet, Services};
 
@@ -158,14 +159,18 @@ impl ServerBuilder {
 
     /// How many connections are served at once (default 10,000, at least 1). At the limit, the
     /// connection with no call running that has gone longest without a request is asked to give
-    /// way (its client is told, then it closes) so that a newcomer is admitted; when every
-    /// connection has a call running, newcomers wait until one closes.
+    /// way (its client is told, then it closes) so that a newcomer is admitted; with every
+    /// established connection running a call, the connection that has been in its handshake
+    /// the longest (TLS included) is closed instead, so that peers that connect and say nothing
+    /// cannot keep clients out; with none of those either, newcomers wait until one closes.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
     /// How long a new connection may take to send its hello before it is closed (default 10 s).
+    /// At the [connection limit](ServerBuilder::max_connections) it may be closed sooner, for a
+    /// newcomer.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -442,14 +447,12 @@ impl Server {
         let Server { listener, config } = self;
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let mut connections = JoinSet::new();
-        let shared = connection::Shared {
-            budget: Arc::new(Budget::new(config.max_queued)),
-            registry: Arc::default(),
-        };
+        let budget = Arc::new(Budget::new(config.max_queued));
+        let registry = Arc::new(Registry::default());
         let spawner = Spawner {
             service: &service,
             config: &config,
-            shared: &shared,
+            budget: &budget,
         };
         tokio::pin!(signal);
         loop {
@@ -476,15 +479,18 @@ impl Server {
             };
             let slot = tokio::select! {
                 () = &mut signal => break,
-                slot = admit(&slots, &shared.registry) => slot,
+                slot = admit(&slots, &registry) => slot,
             };
-            connections.spawn(spawner.connection(io, peer, slot));
+            let handshake = registry.begin_handshake();
+            let key = handshake.key();
+            let task = connections.spawn(spawner.connection(io, peer, slot, handshake));
+            registry.name_task(key, task);
         }
 
         // Not serving, before draining: health watchers and probing clients hear it first.
         config.health.shut_down();
         drop(listener);
-        shared.registry.shut_down();
+        registry.shut_down();
         let drained = tokio::time::timeout(config.shutdown_grace, async {
             while connections.join_next().await.is_some() {}
         })
@@ -505,13 +511,17 @@ impl Server {
 const GIVE_WAY_RETRY: Duration = Duration::from_millis(100);
 
 /// A connection slot for a newcomer. At the limit, asks idle connections to give way, one at a
-/// time, until a slot frees.
-async fn admit(slots: &Arc<Semaphore>, registry: &registry::Registry) -> OwnedSemaphorePermit {
+/// time, until a slot frees; with none idle, closes the connection that has been in its
+/// handshake the longest (a peer that connects and says nothing holds a slot no longer than
+/// that), and with none of those either, waits for a connection to end.
+async fn admit(slots: &Arc<Semaphore>, registry: &Registry) -> OwnedSemaphorePermit {
     loop {
         if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
             return slot;
         }
-        registry.ask_idlest_to_give_way();
+        if !registry.ask_idlest_to_give_way() {
+            registry.close_longest_handshake();
+        }
         let slot = tokio::time::timeout(GIVE_WAY_RETRY, Arc::clone(slots).acquire_owned()).await;
         match slot {
             Ok(Ok(slot)) => return slot,
@@ -609,20 +619,25 @@ impl Listener {
 struct Spawner<'a, S> {
     service: &'a Arc<Served<S>>,
     config: &'a Arc<ServerConfig>,
-    shared: &'a connection::Shared,
+    budget: &'a Arc<Budget>,
 }
 
 impl<S: ServiceSet> Spawner<'_, S> {
-    /// The task that serves one accepted connection; it holds its connection slot until done.
+    /// The task that serves one accepted connection; it holds its connection slot until done,
+    /// and its place in its handshake until that is over.
     fn connection(
         &self,
         io: Accepted,
         peer: Option<SocketAddr>,
         slot: OwnedSemaphorePermit,
+        handshake: Handshake,
     ) -> impl Future<Output = ()> + Send + 'static {
         let service = Arc::clone(self.service);
         let config = Arc::clone(self.config);
-        let shared = Some(self.shared.clone());
+        let shared = Some(connection::Shared {
+            budget: Arc::clone(self.budget),
+            handshake,
+        });
         // The whole handshake, TLS included, must be over by then.
         let deadline = tokio::time::Instant::now() + config.handshake_timeout;
         let span = connection::span(self.service.first_name(), peer);

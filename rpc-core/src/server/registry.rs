@@ -1,17 +1,19 @@
-//! The established connections of a server, so that at its connection limit the one idle the
-//! longest can be asked to give way to a newcomer (idle peers cannot lock others out), and so
-//! that each hears when the server shuts down.
+//! The connections of a server: at its connection limit, the established one idle the longest
+//! can be asked to give way to a newcomer, or else the one longest in its handshake closed for
+//! it (neither idle nor mute peers can lock others out); and each established one hears when
+//! the server shuts down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::attention::{Attention, Signal};
 use super::calls::Calls;
 
-/// The connections that have completed their handshake and take calls.
+/// The connections that have completed their handshake and take calls, and those still in it.
 #[derive(Debug)]
 pub(crate) struct Registry {
     /// The instant activity is measured from.
@@ -23,6 +25,9 @@ pub(crate) struct Registry {
 #[derive(Debug, Default)]
 struct Connections {
     entries: HashMap<u64, Arc<Entry>>,
+    /// The connections in their handshake, oldest first (keys count up), each with the task
+    /// that serves it once that is named ([`Registry::name_task`]).
+    handshakes: BTreeMap<u64, Option<AbortHandle>>,
     /// The server is shutting down: a connection that registers now is told at once.
     shutting_down: bool,
 }
@@ -61,15 +66,54 @@ impl Registry {
         u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Adds a connection just admitted, in its handshake until the returned handshake is
+    /// registered or dropped.
+    pub(crate) fn begin_handshake(self: &Arc<Self>) -> Handshake {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.connections().handshakes.insert(key, None);
+        Handshake {
+            registry: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// Names the task serving the connection whose handshake is `key`, which closing the
+    /// connection aborts; nothing if its handshake is over already.
+    pub(crate) fn name_task(&self, key: u64, task: AbortHandle) {
+        if let Some(named) = self.connections().handshakes.get_mut(&key) {
+            *named = Some(task);
+        }
+    }
+
+    /// Closes the connection that has been in its handshake the longest, whose slot then frees.
+    /// `false` if no connection is in its handshake.
+    pub(crate) fn close_longest_handshake(&self) -> bool {
+        let task = {
+            let mut connections = self.connections();
+            let Some(key) = connections
+                .handshakes
+                .iter()
+                .find_map(|(key, task)| task.as_ref().map(|_| *key))
+            else {
+                return false;
+            };
+            connections.handshakes.remove(&key).flatten()
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+        true
+    }
+
     /// Adds a connection whose calls are `calls`, until the returned registration is dropped.
     /// It is asked to give way, and told that the server shuts down (at once, if it is shutting
     /// down already), through `attention`.
-    pub(crate) fn register(
+    fn register(
         self: &Arc<Self>,
+        key: u64,
         calls: Arc<Calls>,
         attention: Arc<Attention>,
     ) -> Registration {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             calls,
             last_active: AtomicU64::new(self.since_epoch(Instant::now())),
@@ -79,6 +123,7 @@ impl Registry {
         if connections.shutting_down {
             entry.attention.raise(Signal::ShuttingDown);
         }
+        connections.handshakes.remove(&key);
         connections.entries.insert(key, Arc::clone(&entry));
         drop(connections);
         Registration {
@@ -118,6 +163,36 @@ impl Registry {
     }
 }
 
+/// A connection's place among those in their handshake; dropped, it leaves.
+#[derive(Debug)]
+pub(crate) struct Handshake {
+    registry: Arc<Registry>,
+    key: u64,
+}
+
+impl Handshake {
+    /// What names the connection's task to the registry ([`Registry::name_task`]).
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The handshake is over: the connection, whose calls are `calls`, is established until
+    /// the returned registration is dropped. It is asked to give way, and told that the server
+    /// shuts down (at once, if it is shutting down already), through `attention`.
+    pub(crate) fn register(self, calls: Arc<Calls>, attention: Arc<Attention>) -> Registration {
+        let registry = Arc::clone(&self.registry);
+        // Moved from one list to the other under one lock: never closed as a handshake once
+        // established. (Dropping `self` afterwards finds nothing left to remove.)
+        registry.register(self.key, calls, attention)
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.registry.connections().handshakes.remove(&self.key);
+    }
+}
+
 /// One connection's place in the [`Registry`]; dropped, it leaves.
 #[derive(Debug)]
 pub(crate) struct Registration {
@@ -152,7 +227,9 @@ mod tests {
     /// A connection and the attention it is told things through.
     fn connection(registry: &Arc<Registry>) -> (Registration, Arc<Attention>) {
         let attention = Arc::new(Attention::default());
-        let registration = registry.register(Arc::new(Calls::default()), Arc::clone(&attention));
+        let registration = registry
+            .begin_handshake()
+            .register(Arc::new(Calls::default()), Arc::clone(&attention));
         (registration, attention)
     }
 
@@ -180,6 +257,38 @@ mod tests {
         );
         drop(recent);
         assert!(!registry.ask_idlest_to_give_way(), "nobody is left to ask");
+    }
+
+    /// A task that waits until aborted, standing for a connection's.
+    fn waiting_task() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn the_connection_longest_in_its_handshake_is_closed_first_and_established_ones_never() {
+        let registry = Arc::new(Registry::default());
+        let (oldest, older, newest) = (waiting_task(), waiting_task(), waiting_task());
+        let first = registry.begin_handshake();
+        registry.name_task(first.key(), oldest.abort_handle());
+        let second = registry.begin_handshake();
+        registry.name_task(second.key(), older.abort_handle());
+        // Its handshake over, the second is no longer one to close.
+        let _established = second.register(Arc::new(Calls::default()), Arc::default());
+        let third = registry.begin_handshake();
+        registry.name_task(third.key(), newest.abort_handle());
+        let unnamed = registry.begin_handshake();
+
+        assert!(registry.close_longest_handshake());
+        assert!(oldest.await.is_err_and(|error| error.is_cancelled()));
+        assert!(registry.close_longest_handshake());
+        assert!(newest.await.is_err_and(|error| error.is_cancelled()));
+        assert!(
+            !registry.close_longest_handshake(),
+            "one whose task is not named yet is not closed"
+        );
+        assert!(!older.is_finished(), "the established one was left alone");
+        drop((first, third, unnamed));
+        older.abort();
     }
 
     /// Shutting down reaches every connection registered, and every one that registers later;
