@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rpc_core::{RpcError, Server, ServiceClient};
+use rpc_core::{RpcError, Server, ServiceClient, Streaming};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, read_frame_from, read_varint, request, start_tcp_with, string,
-    within,
+    LabClient, LabImpl, RawClient, frame, read_frame_from, read_varint, request, start_tcp_with,
+    string, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,6 +258,78 @@ async fn peers_that_never_say_hello_cannot_lock_a_client_out() {
         .expect("answered");
     assert_eq!(answer[..3], [0x02, 0x01, 0x00], "never asked to leave");
     drop(mute.pop());
+}
+
+/// A connection may have only so many calls with a streamed argument open, each holding up to
+/// its window of items: past the limit a call is refused before it runs, what it sent of its
+/// stream is dropped, and the connection goes on; once an upload is over, another may start.
+#[tokio::test]
+async fn uploads_past_the_connections_limit_are_refused_until_one_is_over() {
+    let builder = Server::builder().max_uploads_per_connection(2);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    let (first, first_items) = Streaming::channel(1);
+    let (second, second_items) = Streaming::channel(1);
+    let mut open = [
+        Box::pin(client.sum(first_items)),
+        Box::pin(client.sum(second_items)),
+    ];
+    // Polled once, each call's request is on its way, in this order, before the next call's.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for upload in &mut open {
+        assert!(upload.as_mut().poll(&mut cx).is_pending());
+    }
+    match within("a third upload", client.sum(Streaming::iter(1..=3u64))).await {
+        Err(RpcError::LimitExceeded { method, message }) => {
+            assert_eq!(method, "sum");
+            assert_eq!(
+                message,
+                "the connection already has the most calls with a streamed argument open \
+                 that the server takes at once: 2"
+            );
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    assert_eq!(client.add(1, 1).await.expect("the connection goes on"), 2);
+
+    drop(first);
+    let [done, still_open] = open;
+    assert_eq!(within("the first upload", done).await.expect("summed"), 0);
+    let sum = within("another upload", client.sum(Streaming::iter(1..=3u64)))
+        .await
+        .expect("a place is free again");
+    assert_eq!(sum, 6);
+    drop((second, still_open));
+}
+
+/// The same on the wire (docs/wire.md, section 7): the refusal is a Response with code 9, the
+/// refused call's items are dropped without breaking the protocol, and the open upload goes on.
+#[tokio::test]
+async fn an_upload_past_the_limit_is_answered_with_code_9_and_its_items_dropped() {
+    let builder = Server::builder().max_uploads_per_connection(1);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut bytes = request(1, "sum", &[]);
+    bytes.extend(frame(&[0x06, 0x01, 0x05]));
+    bytes.extend(request(2, "sum", &[]));
+    bytes.extend(frame(&[0x06, 0x02, 0x07]));
+    bytes.extend(frame(&[0x07, 0x02, 0x00]));
+    raw.send(&bytes).await;
+    let refused = within("the refusal", raw.read_frame())
+        .await
+        .expect("answered");
+    let message = "the connection already has the most calls with a streamed argument open \
+                   that the server takes at once: 1";
+    let mut expected = vec![0x02, 0x02, 0x01, 0x09];
+    expected.extend(string(message));
+    assert_eq!(refused, expected);
+    raw.send(&frame(&[0x07, 0x01, 0x00])).await;
+    let summed = within("the sum", raw.read_frame()).await.expect("answered");
+    assert_eq!(
+        summed,
+        [0x02, 0x01, 0x00, 0x05],
+        "5, from call 1's item alone"
+    );
 }
 
 /// Whatever ping interval it announced, a peer that says nothing after its hello is closed once

@@ -327,7 +327,7 @@ impl Connection {
         };
         // Streams are registered before the request leaves, so nothing the server sends back
         // arrives before there is a place for it.
-        let inbound = download.then(|| self.streams.open_inbound(id));
+        let inbound = download.then(|| self.streams.open_inbound(id, None));
         let credit = upload.as_ref().map(|_| self.streams.open_outbound(id));
         if !self.outbox.send_request(id) {
             waiting.armed = false;

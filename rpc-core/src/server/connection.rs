@@ -38,7 +38,7 @@ use crate::protocol::{
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
 use crate::slots::{CallSlot, CallSlots};
-use crate::stream::{InboundSlot, Streams};
+use crate::stream::{InboundSlot, Streams, UploadPlace};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError};
@@ -611,8 +611,26 @@ impl<S: ServiceSet> Connection<'_, S> {
             self.health_call(id, name, args, payload, arrived, timeout_ms, metadata);
             return Ok(Handled::Request);
         }
+        // An upload holds its window of items until its handler takes them: a connection may
+        // have only so many open. Refused before it runs; its items are dropped as they come.
+        let place = if self.service.takes_upload(index, method) {
+            let max = self.config.max_uploads;
+            match self.link.streams.reserve_upload(max) {
+                Some(place) => Some(place),
+                None => {
+                    let why = format!(
+                        "the connection already has the most calls with a streamed argument \
+                         open that the server takes at once: {max}"
+                    );
+                    self.refuse(id, code::LIMIT_EXCEEDED, &why);
+                    return Ok(Handled::Request);
+                }
+            }
+        } else {
+            None
+        };
         let name = self.service.infos[index].name;
-        let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
+        let request = self.decode::<S>(id, (index, name), method, (args, tail), payload, place);
         let Some(request) = request else {
             return Ok(Handled::Request);
         };
@@ -650,11 +668,13 @@ impl<S: ServiceSet> Connection<'_, S> {
         method: &str,
         (args, tail): (&[u8], Option<Tail>),
         payload: &bytes::Bytes,
+        place: Option<UploadPlace>,
     ) -> Option<T::Request> {
         let mut streams = InboundSlot {
             id,
             streams: &self.link.streams,
             outbox: &self.link.outbox,
+            place,
         };
         // The arguments end the frame. A handle on the frame is lent to the decoder: the reader
         // still holds the frame, and it is this thread's own buffer, so the clone is cheap.
@@ -693,7 +713,7 @@ impl<S: ServiceSet> Connection<'_, S> {
     ) {
         let health = (0, <HealthServer<Reporting> as crate::Service>::INFO.name);
         let decoded =
-            self.decode::<HealthServer<Reporting>>(id, health, name, (args, None), payload);
+            self.decode::<HealthServer<Reporting>>(id, health, name, (args, None), payload, None);
         let Some(request) = decoded else {
             return;
         };

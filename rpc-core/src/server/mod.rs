@@ -91,6 +91,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
     pub(crate) stream_window: u32,
+    pub(crate) max_uploads: usize,
     pub(crate) panic_messages: bool,
     pub(crate) reflection: bool,
     /// The server's status, as health calls report it.
@@ -117,6 +118,7 @@ impl Default for ServerBuilder {
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
+                max_uploads: 64,
                 panic_messages: false,
                 reflection: true,
                 health: crate::health::HealthReporter::default(),
@@ -197,9 +199,21 @@ impl ServerBuilder {
     /// taken from the stream (default 1 MiB, at least 1). Items count their frame's bytes plus
     /// 32. A larger window keeps an upload moving over a link with a long round trip; it is
     /// also what one upload may hold in memory here when its handler falls behind, so a
-    /// connection holds at most this times its in-flight limit.
+    /// connection holds at most this times its
+    /// [limit on uploads](ServerBuilder::max_uploads_per_connection).
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.config.stream_window = bytes.max(1);
+        self
+    }
+
+    /// How many calls with a streamed argument one connection may have open at once (default
+    /// 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window) of
+    /// items its handler has not taken yet, so this bounds what a connection's uploads hold:
+    /// 64 MiB by default. A call past it is refused before it runs, with
+    /// [`RpcError::LimitExceeded`], and what the client sent of its stream is dropped as it
+    /// is read; the call may be made again once an upload on the connection is over.
+    pub fn max_uploads_per_connection(mut self, uploads: usize) -> Self {
+        self.config.max_uploads = uploads.max(1);
         self
     }
 

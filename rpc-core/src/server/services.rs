@@ -301,6 +301,9 @@ pub(crate) struct Served<S> {
     pub(crate) infos: Vec<ServiceInfo>,
     /// The services' names, for health calls.
     pub(crate) names: Arc<[&'static str]>,
+    /// For each service, the methods that take a streamed argument, which the server counts
+    /// against its limit on uploads.
+    uploads: Vec<Vec<&'static str>>,
 }
 
 impl<S: ServiceSet> Served<S> {
@@ -326,7 +329,31 @@ impl<S: ServiceSet> Served<S> {
             info.describe()?;
         }
         let names = infos.iter().map(|info| info.name).collect();
-        Ok(Served { set, infos, names })
+        let uploads = infos
+            .iter()
+            .map(|info| match info.describe() {
+                Ok(schema) => schema
+                    .methods
+                    .iter()
+                    .filter(|method| method.upload.is_some())
+                    .map(|method| method.name.as_str())
+                    .collect(),
+                Err(_) => Vec::new(),
+            })
+            .collect();
+        Ok(Served {
+            set,
+            infos,
+            names,
+            uploads,
+        })
+    }
+
+    /// Whether `method` of the service at `index` takes a streamed argument.
+    pub(crate) fn takes_upload(&self, index: usize, method: &str) -> bool {
+        self.uploads
+            .get(index)
+            .is_some_and(|uploads| uploads.contains(&method))
     }
 
     /// The service a hello's name refers to: the first for an empty name.
