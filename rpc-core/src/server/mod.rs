@@ -764,6 +764,7 @@ mod tests {
         let config = Server::builder().config;
         assert_eq!(config.max_frame_len, DEFAULT_MAX_FRAME_LEN);
         assert_eq!(config.max_in_flight, 1024);
+        assert_eq!(config.max_uploads, 64);
         assert_eq!(config.max_connections, 10_000);
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
@@ -817,10 +818,12 @@ mod tests {
             .max_frame_len(usize::MAX)
             .max_in_flight_per_connection(0)
             .max_connections(0)
+            .max_uploads_per_connection(0)
             .config;
         assert_eq!(config.max_frame_len, MAX_FRAME_LEN_CAP);
         assert_eq!(config.max_in_flight, 1);
         assert_eq!(config.max_connections, 1);
+        assert_eq!(config.max_uploads, 1);
     }
 
     #[tokio::test]
