@@ -131,6 +131,41 @@ async fn a_second_hello_from_a_client_is_refused() {
     still_serves(addr).await;
 }
 
+/// An argument nested deeper than a decoder goes (docs/wire.md, section 3) fails only its
+/// call: a million levels in a megabyte would otherwise overflow the stack of the server's
+/// thread and abort its process.
+#[tokio::test]
+async fn an_argument_nested_too_deep_fails_only_that_call() {
+    use rpc_tests::nest::{self, Chain, NestClient};
+    let addr = nest::serve().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
+        .await;
+    within("the server's hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    raw.send(&request(1, "length", &nest::chain_bytes(1_000_000)))
+        .await;
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
+    let message = String::from_utf8_lossy(&answer[5..]);
+    assert!(
+        message.ends_with("the value nests deeper than 256 levels"),
+        "{message}"
+    );
+    // The connection, and the server, go on.
+    raw.send(&request(2, "length", &nest::chain_bytes(100)))
+        .await;
+    let answer = within("the next answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer, [0x02, 0x02, 0x00, 100]);
+    let client = NestClient::connect(addr).await.expect("connects");
+    assert_eq!(client.length(Chain::of(3)).await.expect("answered"), 3);
+}
+
 #[tokio::test]
 async fn an_unknown_method_fails_only_that_call() {
     let addr = start_tcp().await;

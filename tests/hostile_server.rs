@@ -5,8 +5,8 @@
 
 use rpc_core::{RpcError, Streaming};
 use rpc_tests::{
-    LabClient, RawClient, frame, lab_hello, lab_hello_with_window, lab_methods, loopback_listener,
-    string, varint, within,
+    LabClient, RawClient, STREAM_WINDOW, frame, lab_hello, lab_hello_with_window, lab_methods,
+    loopback_listener, service_hello, string, varint, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -292,6 +292,41 @@ async fn a_grant_past_what_the_items_cost_closes_the_connection() {
         "the peer granted stream 0 more credit than its items cost",
     );
     within("the server", server).await.expect("joins");
+}
+
+/// A result nested deeper than a decoder goes (docs/wire.md, section 3) fails its call rather
+/// than overflow the client's stack, and the connection goes on.
+#[tokio::test]
+async fn a_result_nested_too_deep_fails_only_that_call() {
+    use rpc_core::ServiceClient;
+    use rpc_tests::nest::{self, NestClient};
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        let methods = &NestClient::INFO.describe().expect("described").methods;
+        raw.send(&service_hello("Nest", methods, 0, 0, STREAM_WINDOW))
+            .await;
+        let request = raw.read_frame().await.expect("the request");
+        raw.send(&ok_response(request[1], &nest::chain_bytes(1_000_000)))
+            .await;
+        let request = raw.read_frame().await.expect("the next request");
+        raw.send(&ok_response(request[1], &nest::chain_bytes(2)))
+            .await;
+        raw
+    });
+    let client = NestClient::connect(addr).await.expect("connects");
+    match within("the call", client.make(5)).await {
+        Err(RpcError::Decode { method, reason }) => {
+            assert_eq!(method, "make");
+            assert_eq!(reason, "the value nests deeper than 256 levels");
+        }
+        other => panic!("expected a decoding error, got {other:?}"),
+    }
+    let chain = within("the next call", client.make(2))
+        .await
+        .expect("answered");
+    assert_eq!(chain.links(), 2);
+    drop(within("the server", server).await.expect("joins"));
 }
 
 /// A server that closes in the middle of a frame fails the call; nothing waits for the rest.

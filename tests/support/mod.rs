@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod greeter;
+pub mod nest;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,10 +1,12 @@
 //! postcard encoding into an existing buffer, and strict decoding.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::depth::Limited;
 use super::{outgoing, spare};
 
 /// A value could not be encoded or decoded.
@@ -17,6 +19,9 @@ pub enum CodecError {
     /// The value decoded, but bytes were left after it.
     #[error("{0} unexpected bytes followed the value")]
     TrailingBytes(usize),
+    /// The value nests deeper than this many levels: decoding it could overflow the stack.
+    #[error("the value nests deeper than {0} levels")]
+    TooDeep(usize),
 }
 
 /// Appends `value`, postcard-encoded, to `out`. Within [`Frame::encode`](super::Frame::encode),
@@ -38,9 +43,17 @@ pub(crate) fn append<T: Serialize + ?Sized>(
 }
 
 /// Decodes a `T` that must fill `bytes` exactly: trailing bytes mean the two sides disagree on
-/// the type, and are an error rather than silently ignored.
+/// the type, and are an error rather than silently ignored. A value nested deeper than
+/// [`MAX_DEPTH`](super::depth::MAX_DEPTH) is refused before it can exhaust the stack.
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let exceeded = Cell::new(false);
+    let value = match T::deserialize(Limited::new(&mut deserializer, &exceeded)) {
+        Ok(value) => value,
+        Err(_) if exceeded.get() => return Err(CodecError::TooDeep(super::depth::MAX_DEPTH)),
+        Err(error) => return Err(error.into()),
+    };
+    let rest = deserializer.finalize()?;
     if rest.is_empty() {
         Ok(value)
     } else {

@@ -6,6 +6,7 @@
 //! a successful response it is the return value, both postcard-encoded.
 
 mod codec;
+mod depth;
 mod frame;
 mod head;
 mod hello;

@@ -1,0 +1,64 @@
+//! A service whose values nest as deeply as a peer makes them: for the tests of the bound on
+//! how deeply a decoded value may nest (docs/wire.md, section 3).
+
+use serde::{Deserialize, Serialize};
+
+/// A chain of links, each a level deeper than the one before: postcard writes `01` for each
+/// link and `00` for the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The rest of the chain.
+    pub next: Option<Box<Chain>>,
+}
+
+impl Chain {
+    /// A chain of `links` links.
+    pub fn of(links: u64) -> Chain {
+        (0..links).fold(Chain { next: None }, |chain, _| Chain {
+            next: Some(Box::new(chain)),
+        })
+    }
+
+    /// How many links the chain has.
+    pub fn links(&self) -> u64 {
+        std::iter::successors(self.next.as_deref(), |chain| chain.next.as_deref()).count() as u64
+    }
+}
+
+/// Measures and makes chains.
+#[rpc_core::service]
+pub trait Nest {
+    /// How many links `chain` has.
+    async fn length(&self, chain: Chain) -> u64;
+    /// A chain of `links` links.
+    async fn make(&self, links: u64) -> Chain;
+}
+
+/// The implementation.
+#[derive(Debug)]
+pub struct Nesting;
+
+impl Nest for Nesting {
+    async fn length(&self, chain: Chain) -> u64 {
+        chain.links()
+    }
+
+    async fn make(&self, links: u64) -> Chain {
+        Chain::of(links)
+    }
+}
+
+/// Serves [`Nesting`] on a free loopback port in a task of its own; returns the address.
+pub async fn serve() -> std::net::SocketAddr {
+    let server = rpc_core::Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(NestServer::new(Nesting)));
+    addr
+}
+
+/// The bytes of a chain of `links` links, written by hand: `01` for each link, `00` for the end.
+pub fn chain_bytes(links: usize) -> Vec<u8> {
+    let mut bytes = vec![0x01; links];
+    bytes.push(0x00);
+    bytes
+}
