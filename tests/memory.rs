@@ -279,26 +279,42 @@ fn a_huge_metadata_count_allocates_nothing_for_it() {
     });
 }
 
+/// How much every claim below says follows: 15 MiB, within the default limit of 16.
+const CLAIMED: usize = 15 * MIB;
+
+/// What every claim below sends of what it says follows before its peer stops.
+const SENT: usize = 1000;
+
+/// `frame` (a whole frame) with its length raised to say that [`CLAIMED`] bytes follow, and
+/// [`SENT`] of them after it.
+fn claiming(mut frame: Vec<u8>) -> Vec<u8> {
+    let length = (frame.len() - 4 + CLAIMED) as u32;
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&[1; SENT]);
+    frame
+}
+
+/// Sends a server `frame`, a claim, then stops sending; waits for the server to say it broke
+/// the protocol and close the connection; returns the most the process held meanwhile.
+async fn held_for_a_claim_to_a_server(frame: Vec<u8>) -> usize {
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let start = baseline();
+    raw.send(&claiming(frame)).await;
+    // The server reads to the end of what was sent, then closes the connection.
+    raw.stream.shutdown().await.expect("shuts down");
+    let _ = within("the server to close", raw.expect_go_away(3, "")).await;
+    peak_above(start)
+}
+
 /// A byte string the server would read into memory of its own is given room as its bytes come,
 /// not as its length claims: a request claiming 15 MiB of bytes and sending 1,000 before the
 /// peer stops costs the server a fraction of a MiB.
 #[test]
 fn a_claimed_byte_string_allocates_only_for_what_came() {
     scenario(async {
-        let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
-        let mut raw = RawClient::handshake(addr).await;
-        let start = baseline();
-        let claimed = 15 * MIB;
-        let mut args = varint(claimed as u64);
-        args.extend_from_slice(&[1; 1000]);
-        let mut frame = request(4, "echo_buf", &args);
-        let length = (frame.len() - 4 - 1000 + claimed) as u32;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
-        raw.send(&frame).await;
-        // The server reads to the end of what was sent, then closes the connection.
-        raw.stream.shutdown().await.expect("shuts down");
-        let _ = within("the server to close", raw.expect_go_away(3, "")).await;
-        let peak = peak_above(start);
+        let frame = request(4, "echo_buf", &varint(CLAIMED as u64));
+        let peak = held_for_a_claim_to_a_server(frame).await;
         assert!(peak < MIB, "{} KiB allocated for a claim", peak / 1024);
     });
 }
@@ -313,17 +329,7 @@ const CHUNK_AND_SOME: usize = MIB / 2;
 #[test]
 fn a_claimed_frame_allocates_only_a_chunk() {
     scenario(async {
-        let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
-        let mut raw = RawClient::handshake(addr).await;
-        let start = baseline();
-        let claimed = 15 * MIB;
-        let mut frame = request(4, "add", &[1; 1000]);
-        let length = (frame.len() - 4 - 1000 + claimed) as u32;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
-        raw.send(&frame).await;
-        raw.stream.shutdown().await.expect("shuts down");
-        let _ = within("the server to close", raw.expect_go_away(3, "")).await;
-        let peak = peak_above(start);
+        let peak = held_for_a_claim_to_a_server(request(4, "add", &[])).await;
         assert!(
             peak < CHUNK_AND_SOME,
             "{} KiB allocated for a claim",
@@ -345,21 +351,16 @@ fn a_servers_claimed_result_allocates_only_for_what_came() {
                 let (mut raw, _) = RawClient::accept(&listener).await;
                 raw.send(&lab_hello(lab_methods(), 0, 0)).await;
                 let request = raw.read_frame().await.expect("the request");
-                let claimed = 15 * MIB;
                 let mut answer = vec![0x02, request[1], 0x00];
                 if method == "zeros" {
-                    answer.extend(varint(claimed as u64));
+                    answer.extend(varint(CLAIMED as u64));
                 }
-                let length = (answer.len() + claimed) as u32;
-                answer.extend_from_slice(&[0; 1000]);
-                let mut frame = length.to_be_bytes().to_vec();
-                frame.extend(answer);
-                raw.send(&frame).await;
+                raw.send(&claiming(frame(&answer))).await;
             });
             let client = LabClient::connect(addr).await.expect("connects");
             let start = baseline();
             let answered = match method {
-                "zeros" => client.zeros(15 * MIB as u64).await.map(drop),
+                "zeros" => client.zeros(CLAIMED as u64).await.map(drop),
                 _ => client.add(2, 3).await.map(drop),
             };
             within("the server", server).await.expect("joins");
