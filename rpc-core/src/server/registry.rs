@@ -181,8 +181,9 @@ impl Handshake {
     /// shuts down (at once, if it is shutting down already), through `attention`.
     pub(crate) fn register(self, calls: Arc<Calls>, attention: Arc<Attention>) -> Registration {
         let registry = Arc::clone(&self.registry);
-        // Moved from one list to the other under one lock: never closed as a handshake once
-        // established. (Dropping `self` afterwards finds nothing left to remove.)
+        // Moved from one list to the other under the lock a newcomer chooses under: a
+        // connection is chosen to be closed only while it is still in its handshake. (Dropping
+        // `self` afterwards finds nothing left to remove.)
         registry.register(self.key, calls, attention)
     }
 }
