@@ -317,6 +317,7 @@ impl<S: ServiceSet> Served<S> {
                 "there are none: add at least one to `Services::new()`".to_owned(),
             ));
         }
+        let mut uploads = Vec::with_capacity(infos.len());
         for (at, info) in infos.iter().enumerate() {
             if info.name == "rpc" || infos[..at].iter().any(|other| other.name == info.name) {
                 let why = if info.name == "rpc" {
@@ -326,21 +327,14 @@ impl<S: ServiceSet> Served<S> {
                 };
                 return Err(RpcError::Services(why));
             }
-            info.describe()?;
+            let schema = info.describe()?;
+            let streamed = schema
+                .methods
+                .iter()
+                .filter(|method| method.upload.is_some());
+            uploads.push(streamed.map(|method| method.name.as_str()).collect());
         }
         let names = infos.iter().map(|info| info.name).collect();
-        let uploads = infos
-            .iter()
-            .map(|info| match info.describe() {
-                Ok(schema) => schema
-                    .methods
-                    .iter()
-                    .filter(|method| method.upload.is_some())
-                    .map(|method| method.name.as_str())
-                    .collect(),
-                Err(_) => Vec::new(),
-            })
-            .collect();
         Ok(Served {
             set,
             infos,
