@@ -126,6 +126,21 @@ pub(crate) enum Head<'a> {
     },
 }
 
+/// The names of the frame kinds, by their byte (docs/wire.md, section 4), for error messages:
+/// the heads above, then the frames of a reverse connection.
+pub(crate) const KIND_NAMES: [&str; 10] = [
+    "hello",
+    "request",
+    "response",
+    "cancel",
+    "ping",
+    "go-away",
+    "stream item",
+    "stream end",
+    "credit",
+    "reverse",
+];
+
 /// How a call ended.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome<'a> {
@@ -200,17 +215,18 @@ fn truncate_message(message: &str) -> &str {
 impl<'a> Head<'a> {
     /// The frame kind's name, for error messages.
     pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Head::Hello(_) => "hello",
-            Head::Request { .. } => "request",
-            Head::Response { .. } => "response",
-            Head::Cancel { .. } => "cancel",
-            Head::Ping => "ping",
-            Head::GoAway { .. } => "go-away",
-            Head::StreamItem { .. } => "stream item",
-            Head::StreamEnd { .. } => "stream end",
-            Head::Credit { .. } => "credit",
-        }
+        let kind = match self {
+            Head::Hello(_) => 0,
+            Head::Request { .. } => 1,
+            Head::Response { .. } => 2,
+            Head::Cancel { .. } => 3,
+            Head::Ping => 4,
+            Head::GoAway { .. } => 5,
+            Head::StreamItem { .. } => 6,
+            Head::StreamEnd { .. } => 7,
+            Head::Credit { .. } => 8,
+        };
+        KIND_NAMES[kind]
     }
 
     /// A complete frame holding only this head, for the heads that carry no body.

@@ -1,7 +1,7 @@
 //! What a peer did wrong, when the head of a frame it sent breaks the protocol: the sentence
 //! each side's reader closes the connection with (docs/wire.md, sections 2 and 4).
 
-use super::{CodecError, Head};
+use super::{CodecError, Head, KIND_NAMES};
 use crate::RpcError;
 
 /// The side a frame came from.
@@ -27,27 +27,13 @@ impl Sender {
     }
 }
 
-/// The names of the kinds, by their byte (docs/wire.md, section 4).
-const KINDS: [&str; 10] = [
-    "hello",
-    "request",
-    "response",
-    "cancel",
-    "ping",
-    "go-away",
-    "stream item",
-    "stream end",
-    "credit",
-    "reverse",
-];
-
 /// A frame from `from` whose head did not decode (`error`): empty, of a kind the protocol does
 /// not have, or of a known kind whose fields do not decode.
 pub(crate) fn undecodable(from: Sender, payload: &[u8], error: &CodecError) -> RpcError {
     let from = from.name();
     RpcError::Protocol(match payload.first() {
         None => format!("the {from} sent an empty frame, which has no head"),
-        Some(&kind) => match KINDS.get(usize::from(kind)) {
+        Some(&kind) => match KIND_NAMES.get(usize::from(kind)) {
             Some(name) => {
                 format!("the {from} sent a {name} frame whose head does not decode: {error}")
             }
