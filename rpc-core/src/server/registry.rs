@@ -180,11 +180,10 @@ impl Handshake {
     /// the returned registration is dropped. It is asked to give way, and told that the server
     /// shuts down (at once, if it is shutting down already), through `attention`.
     pub(crate) fn register(self, calls: Arc<Calls>, attention: Arc<Attention>) -> Registration {
-        let registry = Arc::clone(&self.registry);
         // Moved from one list to the other under the lock a newcomer chooses under: a
         // connection is chosen to be closed only while it is still in its handshake. (Dropping
         // `self` afterwards finds nothing left to remove.)
-        registry.register(self.key, calls, attention)
+        self.registry.register(self.key, calls, attention)
     }
 }
 
