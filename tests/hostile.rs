@@ -443,31 +443,35 @@ async fn a_client_sending_on_after_its_error_is_cut_off() {
     assert!(sent.is_err(), "the server read 64 MiB after the error");
 }
 
-/// A client told by the server that it broke the protocol fails its calls with the server's
-/// reason.
+/// A client told by the server that it broke the protocol (reason 3), or that the server took
+/// back the memory of the frame it was sending (reason 4), fails its calls with the server's
+/// reason rather than waiting for answers that will not come.
 #[tokio::test]
 async fn a_client_learns_why_the_server_closed_its_connection() {
-    let (listener, addr) = loopback_listener().await;
-    let server = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
-        raw.read_frame().await.expect("the request");
-        let mut go_away = vec![0x05, 0x03];
-        go_away.extend(string("your frames are upside down"));
-        raw.send(&frame(&go_away)).await;
-        raw
-    });
-    let client = LabClient::connect(addr).await.expect("connects");
-    match within("the call", client.add(1, 2)).await {
-        Err(RpcError::Interrupted { cause, .. }) => match *cause {
-            RpcError::ClosedByServer { reason } => {
-                assert_eq!(reason, "your frames are upside down");
-            }
-            other => panic!("expected ClosedByServer, got {other:?}"),
-        },
-        other => panic!("expected Interrupted, got {other:?}"),
+    for (reason, says) in [
+        (0x03, "your frames are upside down"),
+        (0x04, "the server ran short of memory for large frames"),
+    ] {
+        let (listener, addr) = loopback_listener().await;
+        let server = tokio::spawn(async move {
+            let (mut raw, _) = RawClient::accept(&listener).await;
+            raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+            raw.read_frame().await.expect("the request");
+            let mut go_away = vec![0x05, reason];
+            go_away.extend(string(says));
+            raw.send(&frame(&go_away)).await;
+            raw
+        });
+        let client = LabClient::connect(addr).await.expect("connects");
+        match within("the call", client.add(1, 2)).await {
+            Err(RpcError::Interrupted { cause, .. }) => match *cause {
+                RpcError::ClosedByServer { reason } => assert_eq!(reason, says),
+                other => panic!("expected ClosedByServer, got {other:?}"),
+            },
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        drop(server);
     }
-    drop(server);
 }
 
 /// Graceful shutdown reaches a connection whose client is past its limit: the request waiting

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener, request,
-    reverse_frame, start_tcp_with, string, varint, within,
+    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener,
+    read_frame_from, request, reverse_frame, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -373,6 +373,85 @@ fn a_servers_claimed_result_allocates_only_for_what_came() {
             );
         });
     }
+}
+
+/// How much each hog below sends of its frame before it stops.
+const HOG_SENDS: usize = 2 * MIB;
+
+/// Connects to `addr`, starts a request claiming 15 MiB, sends [`HOG_SENDS`] of it (as fast as
+/// the server reads) and no more; returns the connection's reading half, and the task that
+/// keeps its writing half open.
+async fn hog(
+    addr: std::net::SocketAddr,
+) -> (tokio::net::tcp::OwnedReadHalf, tokio::task::JoinHandle<()>) {
+    let raw = RawClient::handshake(addr).await;
+    let (read, mut write) = raw.stream.into_split();
+    let mut start = request(1, "add", &[]);
+    let claimed = (start.len() - 4 + CLAIMED) as u32;
+    start[..4].copy_from_slice(&claimed.to_be_bytes());
+    let keep_open = tokio::spawn(async move {
+        // A small piece at a time: the test's own allocations count too.
+        let piece = [1; 64 * 1024];
+        if write.write_all(&start).await.is_ok() {
+            for _ in 0..HOG_SENDS / piece.len() {
+                if write.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    (read, keep_open)
+}
+
+/// Sixteen peers that each send 2 MiB of a 15 MiB frame and then stop sending: past the memory
+/// the server's connections share for large frames (16 MiB here), a reader that needs more
+/// waits instead of reading, so the server holds that and a little per connection, not 32 MiB
+/// and more (141 MiB at the peak without the limit). A real client's large call still goes
+/// through: waiting, the server takes back the memory of the connections whose peers keep
+/// them waiting longest, one a second, and closes them with a go-away that says why.
+#[test]
+fn large_frames_share_the_servers_memory_and_stalled_ones_give_way() {
+    scenario(async {
+        let builder = Server::builder().max_frame_memory(16 * MIB);
+        let addr = start_tcp_with(builder, LabImpl::default()).await;
+        let start = baseline();
+        let mut hogs = Vec::new();
+        for _ in 0..16 {
+            hogs.push(hog(addr).await);
+        }
+        within("the hogs to take the server's memory", async {
+            while live() < start + 15 * MIB {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+
+        let client = LabClient::connect(addr).await.expect("connects");
+        let bytes = serde_bytes::ByteBuf::from(vec![7; 2 * MIB]);
+        let echoed = within("a large call", client.echo_buf(bytes.clone())).await;
+        assert_eq!(echoed.expect("served"), bytes);
+        let peak = peak_above(start);
+        assert!(peak < 40 * MIB, "{} MiB held at the peak", peak / MIB);
+
+        // The first hog to hear from the server is one whose memory was taken back.
+        let mut told = tokio::task::JoinSet::new();
+        let mut writers = Vec::new();
+        for (mut read, writer) in hogs {
+            told.spawn(async move { read_frame_from(&mut read).await });
+            writers.push(writer);
+        }
+        let first = within("a hog to hear", told.join_next()).await;
+        let go_away = first.and_then(Result::ok).flatten().expect("a frame");
+        assert_eq!(go_away[..2], [0x05, 4], "a go-away, reason 4");
+        let message = String::from_utf8_lossy(&go_away[3..]);
+        assert!(
+            message.contains("ran short of memory for large frames"),
+            "{message}"
+        );
+        told.abort_all();
+        writers.iter().for_each(tokio::task::JoinHandle::abort);
+    });
 }
 
 /// A server that calls back a client serving back, 200,000 times with 1 KiB each (200 MiB),

@@ -149,6 +149,16 @@ pub enum RpcError {
     #[error("the peer broke the protocol: {0}")]
     Protocol(String),
 
+    /// The server ran short of the memory its connections share for the large frames they
+    /// are reading, and took back what this connection's unfinished frame held (its peer kept
+    /// it waiting longest, or its frame lacked the most): the connection was closed. Seen by
+    /// the server; its client is told so in a GoAway and sees [`RpcError::ClosedByServer`].
+    #[error(
+        "the server ran short of memory for large frames and took back what this connection's \
+         unfinished frame held"
+    )]
+    FrameMemoryReclaimed,
+
     /// A frame is over the size limit. Sent frames are checked against the limit the peer
     /// announced (the call fails, the connection stays up); a received frame over this side's
     /// limit closes the connection without reading it.

@@ -783,7 +783,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             Ok((Head::Ping, _)) => {}
             Ok((Head::GoAway { reason, message }, _)) => {
                 pending.drain();
-                if reason == go_away::PROTOCOL_ERROR {
+                if reason == go_away::PROTOCOL_ERROR || reason == go_away::MEMORY_RECLAIMED {
                     // Every answer the server had ready came before this; the rest never will.
                     closer.close(RpcError::ClosedByServer {
                         reason: message.into_owned(),

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
+use super::frame_memory::{self, FrameMemory, Share};
 use super::spare;
 use super::tail::{self, Split, Tail};
 use crate::RpcError;
@@ -80,9 +82,14 @@ pub(crate) struct FrameReader<R> {
     /// [`MAX_READ_ROOM`].
     read_room: usize,
     /// Allocations that held a large frame, which `buf` moved away from while frames still
-    /// shared them, oldest first, to be reused once they are free; given up with the large
-    /// buffer when the connection goes quiet.
-    spares: Vec<BytesMut>,
+    /// shared them, oldest first, to be reused once they are free, each with its size; given up
+    /// with the large buffer when the connection goes quiet.
+    spares: Vec<(BytesMut, usize)>,
+    /// The size of the allocation `buf` is in, as the reader made it.
+    buf_alloc: usize,
+    /// On a server, this reader's share of the memory all its connections hold for large
+    /// frames ([`frame_memory`](super::frame_memory)). Boxed: clients have none.
+    share: Option<Box<Share>>,
     /// `buf`'s allocation held a large frame: worth keeping as a spare once `buf` leaves it.
     large_here: bool,
     /// When the last read returned bytes: when the frames it completed arrived, near enough
@@ -109,6 +116,8 @@ pub(crate) type SplitFrame = (Bytes, Option<Tail>);
 #[derive(Debug)]
 struct Splitting {
     tail: Tail,
+    /// The room asked for the byte string so far.
+    room: usize,
     /// The byte string's length.
     length: usize,
     /// The frame's payload length.
@@ -127,6 +136,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             large_idle: None,
             read_room: MIN_READ,
             spares: Vec::new(),
+            buf_alloc: 0,
+            share: None,
             large_here: false,
             last_read: Instant::now(),
             largest_delivered: 0,
@@ -166,7 +177,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         if let Poll::Ready(read) = read {
             self.large_idle = None;
+            if let Some(share) = &self.share {
+                share.heard_from_peer();
+            }
             return Poll::Ready(Ok(Some(read?)));
+        }
+        if let Some(share) = &self.share {
+            share.waiting_for_peer();
         }
         // An empty buffer that holds a large allocation gives it up if nothing comes for a
         // while.
@@ -176,11 +193,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(LARGE_BUFFER_IDLE)));
             if idle.as_mut().poll(cx).is_ready() {
                 self.large_idle = None;
-                self.buf = BytesMut::new();
-                self.spares = Vec::new();
-                self.holds_large = false;
-                self.large_here = false;
-                self.read_room = MIN_READ;
+                self.give_up_large();
                 return Poll::Ready(Ok(None));
             }
         }
@@ -207,10 +220,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// direction or the stream fails. For a connection being closed: closing a socket with
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
     pub(crate) async fn discard_until_end(&mut self, limit: usize) {
-        self.buf = BytesMut::new();
-        self.spares = Vec::new();
-        self.large_here = false;
         self.splitting = None;
+        self.buf.clear();
+        self.give_up_large();
         let mut sink = [0; MIN_READ];
         let mut left = limit;
         while left > 0 {
@@ -261,18 +273,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         cx: &mut Context<'_>,
         split: &mut impl FnMut(&[u8]) -> Option<usize>,
     ) -> Poll<Result<Option<SplitFrame>, RpcError>> {
+        if let Some(share) = &self.share
+            && share.poll_taken_back(cx)
+        {
+            self.give_back()?;
+        }
         loop {
-            let room = match &mut self.splitting {
+            let room = match &self.splitting {
                 Some(splitting) => {
-                    let bytes = &mut splitting.tail.bytes;
-                    if bytes.len() == splitting.length {
+                    let (read, length) = (splitting.tail.bytes.len(), splitting.length);
+                    if read == length {
                         return Poll::Ready(Ok(Some(self.finish_split())));
                     }
                     // Room for twice the bytes it sent so far, or as many as the peer has shown
                     // it sends.
-                    if bytes.capacity() == bytes.len() {
-                        let trusted = trusted(2 * bytes.len(), self.largest_delivered);
-                        bytes.reserve_exact(splitting.length.min(trusted) - bytes.len());
+                    if splitting.tail.bytes.capacity() == read {
+                        let room = length.min(trusted(2 * read, self.largest_delivered));
+                        ready!(self.poll_memory(cx, room, Replaced::Tail));
+                        if let Some(splitting) = &mut self.splitting {
+                            splitting.tail.bytes.reserve_exact(room - read);
+                            splitting.room = room;
+                        }
                     }
                     None
                 }
@@ -281,14 +302,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         return Poll::Ready(Ok(Some((payload, None))));
                     }
                     if let Some(size) = self.may_split() {
+                        let room = size.min(trusted(self.buf.len(), self.largest_delivered));
+                        ready!(self.poll_memory(cx, room, Replaced::Nothing));
                         let prefix = &self.buf[LENGTH_PREFIX..];
                         match split(prefix).and_then(|from| tail::find(prefix, from, size)) {
                             Some(at) => self.begin_split(at, size),
                             None => self.split_refused = true,
                         }
+                        self.settle();
                         continue;
                     }
-                    Some(self.make_room_for_next())
+                    Some(ready!(self.poll_make_room_for_next(cx)))
                 }
             };
             let Some(read) = ready!(self.poll_read_more(cx))? else {
@@ -314,7 +338,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Makes room for the next read into the buffer; returns the room it has.
-    fn make_room_for_next(&mut self) -> usize {
+    fn poll_make_room_for_next(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
         // What the next frame still lacks: its length prefix checked, the rest of it.
         let wanted = match length_prefix(&self.buf) {
             Some(size) => LENGTH_PREFIX + size - self.buf.len(),
@@ -334,10 +358,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             free >= room.max(SMALL_ROOM)
         };
         if !enough {
-            self.make_room(room.max(self.read_room));
+            ready!(self.poll_make_room(cx, room.max(self.read_room)));
             self.holds_large |= self.read_room > IDLE_BUFFER_KEEP;
         }
-        self.buf.capacity() - self.buf.len()
+        Poll::Ready(self.buf.capacity() - self.buf.len())
     }
 
     /// The payload length of the frame at the buffer's start, if it is large enough to end in
@@ -362,6 +386,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.extend_from_slice(&[0]);
         self.splitting = Some(Box::new(Splitting {
             tail,
+            room: split.length.min(trusted),
             length: split.length,
             size,
         }));
@@ -376,8 +401,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let head = self.buf.split().freeze();
         self.split_refused = false;
         self.largest_delivered = self.largest_delivered.max(size);
+        self.settle();
         (head, Some(tail))
     }
+}
+
+/// The allocation a new one takes the place of, whose memory is given back once it is made.
+#[derive(Debug, Clone, Copy)]
+enum Replaced {
+    /// None: the new allocation comes on top.
+    Nothing,
+    /// The read buffer's, unless it is kept as a spare.
+    Buffer,
+    /// The vector of the byte string being read apart.
+    Tail,
 }
 
 /// How much memory a frame may be given at once: as much as `held` (so what is held at most
@@ -401,34 +438,159 @@ fn next_read_room(room: usize, read: usize, free: usize) -> usize {
 }
 
 impl<R> FrameReader<R> {
+    /// Draws what this reader holds past [`frame_memory::FREE`] bytes from `memory`, which the
+    /// server's other connections share.
+    pub(crate) fn share_memory(&mut self, memory: Arc<FrameMemory>) {
+        self.share = Some(Box::new(Share::new(memory)));
+    }
+
+    /// The bytes the reader holds: its buffer's allocation, the spares, and the room made for a
+    /// byte string read apart (a recycled vector may have more, out of the process's spares).
+    fn held(&self) -> usize {
+        let spares: usize = self.spares.iter().map(|(_, size)| size).sum();
+        let tail = self
+            .splitting
+            .as_ref()
+            .map_or(0, |splitting| splitting.room);
+        self.buf_alloc + spares + tail
+    }
+
+    /// Ready once the reader's share of the server's memory covers what it will hold with
+    /// `more` bytes allocated, in place of the allocation `replaced` names; at once on a reader
+    /// with no share. Short of memory, the reader keeps nothing for reuse any more (the spares,
+    /// the buffer it moves away from) before it waits: that is only to be faster.
+    fn poll_memory(&mut self, cx: &mut Context<'_>, more: usize, replaced: Replaced) -> Poll<()> {
+        let missing = self.missing();
+        let Some(share) = &mut self.share else {
+            return Poll::Ready(());
+        };
+        share.lacks(missing);
+        let wanted = self.will_hold(more, replaced);
+        if let Some(share) = &mut self.share
+            && (share.covers(wanted) || share.try_cover(wanted))
+        {
+            return Poll::Ready(());
+        }
+        self.spares = Vec::new();
+        self.large_here = false;
+        self.settle();
+        let wanted = self.will_hold(more, replaced);
+        match &mut self.share {
+            Some(share) => share.poll_cover(cx, wanted),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// The bytes the frame being read still lacks.
+    fn missing(&self) -> usize {
+        match &self.splitting {
+            Some(splitting) => splitting.length - splitting.tail.bytes.len(),
+            None => length_prefix(&self.buf).map_or(0, |size| {
+                (LENGTH_PREFIX + size).saturating_sub(self.buf.len())
+            }),
+        }
+    }
+
+    /// What the reader holds once `more` bytes are allocated in place of `replaced`.
+    fn will_hold(&self, more: usize, replaced: Replaced) -> usize {
+        let freed = match replaced {
+            Replaced::Nothing => 0,
+            Replaced::Buffer if self.large_here => 0,
+            Replaced::Buffer => self.buf_alloc,
+            Replaced::Tail => self
+                .splitting
+                .as_ref()
+                .map_or(0, |splitting| splitting.room),
+        };
+        self.held() - freed + more
+    }
+
+    /// Gives back to the server's memory what the reader no longer holds.
+    fn settle(&mut self) {
+        let held = self.held();
+        if let Some(share) = &mut self.share {
+            share.shrink_to(held);
+        }
+    }
+
+    /// Gives up the large allocations kept for the next large frames.
+    fn give_up_large(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.buf_alloc = 0;
+        }
+        self.spares = Vec::new();
+        self.holds_large = false;
+        self.large_here = false;
+        self.read_room = MIN_READ;
+        self.settle();
+    }
+
+    /// Another reader took this one's share of the server's memory back. Between frames (or
+    /// early in a small one) it gives up the allocations it kept for reuse, and reads on; in
+    /// the middle of a large frame, it has nothing to give up but the frame, at once: the
+    /// connection closes, but its peer may take a while to read why.
+    fn give_back(&mut self) -> Result<(), RpcError> {
+        if self.splitting.is_none()
+            && self.buf_alloc > frame_memory::FREE
+            && (1..MAX_READ_ROOM).contains(&self.buf.len())
+        {
+            // A few bytes in a large allocation: they move to a small one.
+            let mut small = BytesMut::with_capacity(MIN_READ.max(self.buf.len()));
+            small.extend_from_slice(&self.buf);
+            self.buf_alloc = small.capacity();
+            self.buf = small;
+        }
+        self.give_up_large();
+        if self.held() > frame_memory::FREE {
+            self.splitting = None;
+            self.buf.clear();
+            self.give_up_large();
+            return Err(RpcError::FrameMemoryReclaimed);
+        }
+        Ok(())
+    }
+
     /// Makes room in the buffer for `additional` more bytes: in its own allocation if no frame
     /// handed on shares it any more, else in a spare whose frames are all gone, else in a new
-    /// one. A large allocation left behind is kept as a spare.
-    fn make_room(&mut self, additional: usize) {
+    /// one, once the server's memory has room for it. A large allocation left behind is kept
+    /// as a spare.
+    fn poll_make_room(&mut self, cx: &mut Context<'_>, additional: usize) -> Poll<()> {
         if self.buf.try_reclaim(additional) {
-            return;
+            return Poll::Ready(());
         }
         let needed = self.buf.len() + additional;
         let free = self
             .spares
             .iter_mut()
-            .position(|spare| spare.try_reclaim(needed));
+            .position(|(spare, _)| spare.try_reclaim(needed));
+        if free.is_none() {
+            ready!(self.poll_memory(cx, needed, Replaced::Buffer));
+        }
         // An empty handle on the allocation being left, which keeps it for a spare.
         let left = std::mem::take(&mut self.large_here).then(|| self.buf.split_off(self.buf.len()));
+        let left_size = std::mem::replace(&mut self.buf_alloc, needed);
         match free {
             Some(at) => {
-                let mut spare = self.spares.remove(at);
+                let (mut spare, size) = self.spares.remove(at);
                 spare.extend_from_slice(&self.buf);
                 self.buf = spare;
+                self.buf_alloc = size;
             }
-            None => self.buf.reserve(additional),
+            None => {
+                let mut fresh = BytesMut::with_capacity(needed);
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
+            }
         }
         if let Some(left) = left {
             if self.spares.len() == SPARES {
                 self.spares.remove(0);
             }
-            self.spares.push(left);
+            self.spares.push((left, left_size));
         }
+        self.settle();
+        Poll::Ready(())
     }
 
     /// When the read that brought the last frame returned, or a later one: the frame had
@@ -1321,5 +1483,35 @@ mod split_tests {
         drop(tx);
         let cut = reader.next_frame_split(|_| Some(1)).await;
         assert!(matches!(cut, Err(RpcError::Protocol(_))), "{cut:?}");
+    }
+
+    /// On a server, what a reader holds past 64 KiB comes from the memory its connections
+    /// share: a reader whose frame needs more than is left reads no further until another
+    /// gives some back, and what it holds goes back when it is dropped.
+    #[tokio::test]
+    async fn a_reader_draws_what_a_large_frame_needs_from_the_shared_memory() {
+        use futures_util::FutureExt;
+
+        const TOTAL: usize = 1 << 20;
+        let memory = FrameMemory::new(TOTAL, 0);
+        let mut other = Share::new(Arc::clone(&memory));
+        assert!(other.try_cover(frame_memory::FREE + 900 * 1024));
+        let (mut tx, rx) = tokio::io::duplex(4 << 20);
+        let mut reader = FrameReader::new(rx, 4 << 20);
+        reader.share_memory(Arc::clone(&memory));
+        let payload = vec![7; 512 * 1024];
+        tx.write_all(&frame(&payload)).await.expect("writes");
+
+        let read = {
+            let mut next = std::pin::pin!(reader.next_frame());
+            assert!(next.as_mut().now_or_never().is_none(), "waits for memory");
+            drop(other);
+            next.await.expect("reads").expect("a frame")
+        };
+        assert_eq!(read, payload);
+        assert!(memory.left() < TOTAL, "the reader still holds its buffer");
+        drop(read);
+        drop(reader);
+        assert_eq!(memory.left(), TOTAL);
     }
 }

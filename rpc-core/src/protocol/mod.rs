@@ -8,6 +8,7 @@
 mod codec;
 mod depth;
 mod frame;
+mod frame_memory;
 mod head;
 mod hello;
 mod outbox;
@@ -25,6 +26,7 @@ pub(crate) use codec::{Decode, Encode, append, decode_exact};
 #[cfg(test)]
 pub(crate) use frame::tests::frame;
 pub(crate) use frame::{FrameReader, is_large, length_prefix};
+pub(crate) use frame_memory::FrameMemory;
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
@@ -195,6 +197,9 @@ pub(crate) mod go_away {
     /// The client broke the protocol; the message says how. The server closes the connection
     /// once the answers it had already queued are written.
     pub(crate) const PROTOCOL_ERROR: u32 = 3;
+    /// The server ran short of memory for large frames and took it back from this connection,
+    /// in the middle of a frame: the server closes it as it does on a protocol error.
+    pub(crate) const MEMORY_RECLAIMED: u32 = 4;
 }
 
 /// Error messages sent to the peer are cut to this many bytes.

@@ -32,8 +32,9 @@ use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
-    self, Budget, DESCRIBE_METHOD, FrameReader, FrameWriter, Head, Hello, Meter, Outbox, Outcome,
-    PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away, write_frames_through,
+    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, Hello, Meter,
+    Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
+    write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
@@ -67,6 +68,8 @@ const HANDLED_PER_TURN: usize = 64;
 pub(crate) struct Shared {
     /// The bytes queued for peers across the server.
     pub(crate) budget: Arc<Budget>,
+    /// The memory the server's connections hold for large frames they are reading.
+    pub(crate) frame_memory: Arc<FrameMemory>,
     /// The connection's place among the server's: in its handshake, where a newcomer at the
     /// connection limit may close it, until it registers; then asked to give way when idle, and
     /// told when the server shuts down.
@@ -109,6 +112,9 @@ where
 {
     let (read, write) = io.split();
     let mut reader = FrameReader::new(read, config.max_frame_len);
+    if let Some(shared) = &shared {
+        reader.share_memory(Arc::clone(&shared.frame_memory));
+    }
     let mut writer = FrameWriter::new(write);
     async move {
         // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
@@ -338,16 +344,24 @@ where
                     Err(_) => Err(RpcError::ConnectionClosed),
                 }
             }
-            // The client broke the protocol: the calls still running stop, the answers already
-            // queued go out, then a go-away saying why, then the connection closes.
-            Err(error @ (RpcError::Protocol(_) | RpcError::FrameTooLarge { .. })) => {
-                tracing::debug!(?peer_addr, %error, "closing a connection that broke the protocol");
+            // The client broke the protocol, or the server took back the memory of the frame it
+            // was sending: the calls still running stop, the answers already queued go out,
+            // then a go-away saying why, then the connection closes.
+            Err(
+                error @ (RpcError::Protocol(_)
+                | RpcError::FrameTooLarge { .. }
+                | RpcError::FrameMemoryReclaimed),
+            ) => {
+                tracing::debug!(?peer_addr, %error, "closing a connection, saying why");
                 calls.abort_all();
-                let message = match &error {
-                    RpcError::Protocol(how) => how.clone(),
-                    other => other.to_string(),
+                let (reason, message) = match &error {
+                    RpcError::Protocol(how) => (go_away::PROTOCOL_ERROR, how.clone()),
+                    RpcError::FrameMemoryReclaimed => {
+                        (go_away::MEMORY_RECLAIMED, error.to_string())
+                    }
+                    other => (go_away::PROTOCOL_ERROR, other.to_string()),
                 };
-                outbox.send_last(Head::go_away(go_away::PROTOCOL_ERROR, &message).frame());
+                outbox.send_last(Head::go_away(reason, &message).frame());
                 drop(outbox);
                 let flushed = tokio::time::timeout(config.handshake_timeout, &mut writer).await;
                 if matches!(flushed, Ok(Ok(Ok(())))) {

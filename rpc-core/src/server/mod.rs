@@ -52,7 +52,7 @@ use crate::metadata::MetadataLimits;
 use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
-use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP};
+use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::transport;
 use crate::{Context, RpcError, Status};
 use registry::{Handshake, Registry};
@@ -90,6 +90,7 @@ pub(crate) struct ServerConfig {
     pub(crate) metadata: MetadataLimits,
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
+    pub(crate) max_frame_memory: usize,
     pub(crate) stream_window: u32,
     pub(crate) max_uploads: usize,
     pub(crate) panic_messages: bool,
@@ -117,6 +118,7 @@ impl Default for ServerBuilder {
                 metadata: MetadataLimits::DEFAULT,
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
+                max_frame_memory: 1024 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 max_uploads: 64,
                 panic_messages: false,
@@ -331,6 +333,24 @@ impl ServerBuilder {
         self
     }
 
+    /// How much memory the server's connections may hold together for the large frames they
+    /// are reading (default 1 GiB; never less than [`max_frame_len`](Self::max_frame_len), so
+    /// that the largest frame can always be read). Each connection's first 64 KiB do not count:
+    /// small calls never wait for this memory.
+    ///
+    /// A connection that needs more than is left stops reading until frames that arrive whole
+    /// give some back, first come first served. After waiting a second it takes memory back:
+    /// from the connection whose client has kept it waiting longest, a second or more in all,
+    /// in the middle of a frame; or, when every connection holding memory is waiting for more
+    /// (none could finish), from the one whose frame lacks the most. A connection between
+    /// frames gives up only what it kept for reuse; one in the middle of a frame is closed, its
+    /// client told why in a GoAway (reason 4). A peer that sends a large frame slowly, or never
+    /// finishes it, cannot keep others from the memory.
+    pub fn max_frame_memory(mut self, bytes: usize) -> Self {
+        self.config.max_frame_memory = bytes;
+        self
+    }
+
     /// Sends a ping after `interval` of sending nothing else, and closes a connection whose
     /// client sent nothing for `timeout`: a client that vanished without closing. The timeout is
     /// never shorter than twice the client's own ping interval. A write the client does not
@@ -462,11 +482,13 @@ impl Server {
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let mut connections = JoinSet::new();
         let budget = Arc::new(Budget::new(config.max_queued));
+        let frame_memory = FrameMemory::new(config.max_frame_memory, config.max_frame_len);
         let registry = Arc::new(Registry::default());
         let spawner = Spawner {
             service: &service,
             config: &config,
             budget: &budget,
+            frame_memory: &frame_memory,
         };
         tokio::pin!(signal);
         loop {
@@ -634,6 +656,7 @@ struct Spawner<'a, S> {
     service: &'a Arc<Served<S>>,
     config: &'a Arc<ServerConfig>,
     budget: &'a Arc<Budget>,
+    frame_memory: &'a Arc<FrameMemory>,
 }
 
 impl<S: ServiceSet> Spawner<'_, S> {
@@ -650,6 +673,7 @@ impl<S: ServiceSet> Spawner<'_, S> {
         let config = Arc::clone(self.config);
         let shared = Some(connection::Shared {
             budget: Arc::clone(self.budget),
+            frame_memory: Arc::clone(self.frame_memory),
             handshake,
         });
         // The whole handshake, TLS included, must be over by then.
@@ -772,6 +796,7 @@ mod tests {
         assert_eq!(config.metadata, MetadataLimits::DEFAULT);
         assert_eq!(config.max_queued_per_connection, 4 * 1024 * 1024);
         assert_eq!(config.max_queued, 256 * 1024 * 1024);
+        assert_eq!(config.max_frame_memory, 1024 * 1024 * 1024);
     }
 
     #[test]
@@ -788,6 +813,7 @@ mod tests {
             .max_metadata_entries(10)
             .max_queued_bytes_per_connection(11)
             .max_queued_bytes(12)
+            .max_frame_memory(13)
             .config;
         assert_eq!(config.max_frame_len, 1);
         assert_eq!(config.max_in_flight, 2);
@@ -804,6 +830,7 @@ mod tests {
         assert_eq!(config.metadata.max_entries, 10);
         assert_eq!(config.max_queued_per_connection, 11);
         assert_eq!(config.max_queued, 12);
+        assert_eq!(config.max_frame_memory, 13);
 
         let off = Server::builder()
             .disable_idle_timeout()
