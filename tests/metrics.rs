@@ -1,13 +1,14 @@
 //! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
-//! connections, bytes, retries and endpoints that could not be reached are recorded through the
-//! `metrics` facade: here into metrics-util's debugging recorder.
+//! connections, bytes, retries, endpoints that could not be reached and frames whose memory a
+//! server took back are recorded through the `metrics` facade: here into metrics-util's
+//! debugging recorder.
 
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
-use rpc_tests::within;
+use rpc_tests::{RawClient, VERSION, hello, request, varint, within};
 
 /// What the recorder held at one moment. (Taking it drains the histograms.)
 type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
@@ -132,6 +133,39 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let reconnections = [("service", "Greeter")];
     assert_eq!(
         value(&snapshot, "rpc_client_reconnections_total", &reconnections),
+        1.0
+    );
+
+    // A server short of memory for large frames: a client that sent most of one and stopped
+    // loses it to one that sends its own whole, and the server counts what it took back.
+    const MIB: usize = 1024 * 1024;
+    let short = Server::builder().max_frame_len(MIB).max_frame_memory(MIB);
+    let addr = greeter::serve(short, "127.0.0.1:0").await;
+    let mut stalled = RawClient::greet(addr, &hello("Greeter", VERSION)).await;
+    let mut start = request(1, "greet", &varint((MIB - 64) as u64));
+    let claimed = (start.len() - 4 + MIB - 64) as u32;
+    start[..4].copy_from_slice(&claimed.to_be_bytes());
+    start.resize(start.len() + 900 * 1024, b'a');
+    stalled.send(&start).await;
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    let name = "b".repeat(600 * 1024);
+    let greeting = within("a large call", client.greet(name.clone())).await;
+    assert_eq!(greeting.expect("served"), format!("hello, {name}"));
+    within(
+        "the go-away",
+        stalled.expect_go_away(4, "ran short of memory"),
+    )
+    .await;
+    let snapshot = snapshotter.snapshot().into_vec();
+    let server = [("side", "server"), ("service", "Greeter")];
+    assert_eq!(
+        value(
+            &snapshot,
+            "rpc_server_frame_memory_reclaimed_total",
+            &server
+        ),
         1.0
     );
 }

@@ -322,6 +322,18 @@ pub(crate) fn endpoint_failed(service: &'static str) {
     .increment(1);
 }
 
+/// The server took back the memory of the frame a client of `service` was sending, and closed
+/// its connection (`frame_memory.rs`).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn frame_memory_reclaimed(service: &'static str) {
+    #[cfg(feature = "metrics")]
+    labels::counter(
+        "rpc_server_frame_memory_reclaimed_total",
+        labels::of(&[("side", "server"), ("service", service)]),
+    )
+    .increment(1);
+}
+
 /// W3C trace context in a call's metadata (feature `opentelemetry`): the client writes its
 /// span's `traceparent` and `tracestate`, and the server's span continues that trace.
 #[cfg(feature = "opentelemetry")]

@@ -352,7 +352,16 @@ where
                 | RpcError::FrameTooLarge { .. }
                 | RpcError::FrameMemoryReclaimed),
             ) => {
-                tracing::debug!(?peer_addr, %error, "closing a connection, saying why");
+                if matches!(error, RpcError::FrameMemoryReclaimed) {
+                    tracing::warn!(
+                        ?peer_addr,
+                        "the server is short of memory for large frames (max_frame_memory): \
+                         closing the connection whose client kept it waiting longest"
+                    );
+                    crate::telemetry::frame_memory_reclaimed(name);
+                } else {
+                    tracing::debug!(?peer_addr, %error, "closing a connection, saying why");
+                }
                 calls.abort_all();
                 let (reason, message) = match &error {
                     RpcError::Protocol(how) => (go_away::PROTOCOL_ERROR, how.clone()),
