@@ -302,14 +302,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         return Poll::Ready(Ok(Some((payload, None))));
                     }
                     if let Some(size) = self.may_split() {
+                        // Reading apart saves a copy, for the memory of a second allocation
+                        // beside the buffer: short of memory, the frame is read whole.
                         let room = size.min(trusted(self.buf.len(), self.largest_delivered));
-                        ready!(self.poll_memory(cx, room, Replaced::Nothing));
                         let prefix = &self.buf[LENGTH_PREFIX..];
                         match split(prefix).and_then(|from| tail::find(prefix, from, size)) {
-                            Some(at) => self.begin_split(at, size),
-                            None => self.split_refused = true,
+                            Some(at) if self.has_memory_now(room, Replaced::Nothing) => {
+                                self.begin_split(at, size);
+                                self.settle();
+                            }
+                            _ => self.split_refused = true,
                         }
-                        self.settle();
                         continue;
                     }
                     Some(ready!(self.poll_make_room_for_next(cx)))
@@ -458,27 +461,37 @@ impl<R> FrameReader<R> {
     /// Ready once the reader's share of the server's memory covers what it will hold with
     /// `more` bytes allocated, in place of the allocation `replaced` names; at once on a reader
     /// with no share. Short of memory, the reader keeps nothing for reuse any more (the spares,
-    /// the buffer it moves away from) before it waits: that is only to be faster.
+    /// the buffer it moves away from, room in its buffer it does not use) before it waits:
+    /// that is only to be faster, and a reader holding a large buffer from an earlier frame
+    /// could otherwise wait for more than there is.
     fn poll_memory(&mut self, cx: &mut Context<'_>, more: usize, replaced: Replaced) -> Poll<()> {
-        let missing = self.missing();
-        let Some(share) = &mut self.share else {
-            return Poll::Ready(());
-        };
-        share.lacks(missing);
-        let wanted = self.will_hold(more, replaced);
-        if let Some(share) = &mut self.share
-            && (share.covers(wanted) || share.try_cover(wanted))
-        {
+        if self.has_memory_now(more, replaced) {
             return Poll::Ready(());
         }
         self.spares = Vec::new();
         self.large_here = false;
+        if !matches!(replaced, Replaced::Buffer) {
+            self.compact();
+        }
         self.settle();
         let wanted = self.will_hold(more, replaced);
         match &mut self.share {
             Some(share) => share.poll_cover(cx, wanted),
             None => Poll::Ready(()),
         }
+    }
+
+    /// Whether the reader's share of the server's memory covers what it will hold with `more`
+    /// bytes allocated in place of `replaced`, taking more if there is enough left now;
+    /// always, on a reader with no share.
+    fn has_memory_now(&mut self, more: usize, replaced: Replaced) -> bool {
+        let missing = self.missing();
+        let wanted = self.will_hold(more, replaced);
+        let Some(share) = &mut self.share else {
+            return true;
+        };
+        share.lacks(missing);
+        share.covers(wanted) || share.try_cover(wanted)
     }
 
     /// The bytes the frame being read still lacks.
@@ -531,16 +544,7 @@ impl<R> FrameReader<R> {
     /// the middle of a large frame, it has nothing to give up but the frame, at once: the
     /// connection closes, but its peer may take a while to read why.
     fn give_back(&mut self) -> Result<(), RpcError> {
-        if self.splitting.is_none()
-            && self.buf_alloc > frame_memory::FREE
-            && (1..MAX_READ_ROOM).contains(&self.buf.len())
-        {
-            // A few bytes in a large allocation: they move to a small one.
-            let mut small = BytesMut::with_capacity(MIN_READ.max(self.buf.len()));
-            small.extend_from_slice(&self.buf);
-            self.buf_alloc = small.capacity();
-            self.buf = small;
-        }
+        self.compact();
         self.give_up_large();
         if self.held() > frame_memory::FREE {
             self.splitting = None;
@@ -549,6 +553,18 @@ impl<R> FrameReader<R> {
             return Err(RpcError::FrameMemoryReclaimed);
         }
         Ok(())
+    }
+
+    /// Moves the bytes in the buffer to an allocation their own size, if the one they are in is
+    /// large and mostly unused (a large frame's, with the start of the next in it).
+    fn compact(&mut self) {
+        let size = MIN_READ.max(self.buf.len());
+        if self.buf_alloc > frame_memory::FREE && self.buf_alloc > 2 * size {
+            let mut small = BytesMut::with_capacity(size);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+            self.buf_alloc = size;
+        }
     }
 
     /// Makes room in the buffer for `additional` more bytes: in its own allocation if no frame
@@ -1513,5 +1529,48 @@ mod split_tests {
         drop(read);
         drop(reader);
         assert_eq!(memory.left(), TOTAL);
+    }
+
+    /// A reader short of memory spends none on speed, and reads a frame as large as the
+    /// server's memory allows after a large one, instead of waiting for ever for more than
+    /// there is. With most of the frame already in the last frame's allocation, it reads it
+    /// whole rather than apart (which would take a second allocation); with less, it reads it
+    /// apart, and gives up the unused room of that allocation when its byte string grows.
+    #[tokio::test]
+    async fn a_reader_short_of_memory_reads_the_largest_frame_after_another() {
+        const LARGEST: usize = 1 << 20;
+        let length = LARGEST - 16;
+        for (before, apart) in [(900 * 1024, false), (300 * 1024, true)] {
+            let memory = FrameMemory::new(0, LARGEST);
+            let (mut tx, rx) = tokio::io::duplex(4 << 20);
+            let mut reader = FrameReader::new(rx, LARGEST);
+            reader.share_memory(Arc::clone(&memory));
+            let mut bytes = frame(&vec![1; before]);
+            bytes.extend(frame(&ending_in_bytes(b"h", length, 7)));
+            let writer = tokio::spawn(async move { tx.write_all(&bytes).await });
+            let split = |prefix: &[u8]| prefix.starts_with(b"h").then_some(1);
+            let (first, _) = reader
+                .next_frame_split(split)
+                .await
+                .expect("reads")
+                .expect("a frame");
+            assert_eq!(first.len(), before);
+            drop(first);
+            let second =
+                tokio::time::timeout(Duration::from_secs(20), reader.next_frame_split(split));
+            let (head, tail) = second
+                .await
+                .expect("not stuck waiting for memory")
+                .expect("reads")
+                .expect("a frame");
+            if apart {
+                assert_eq!(head[..], *b"h\0");
+                assert_eq!(tail.expect("read apart").bytes, vec![7; length]);
+            } else {
+                assert!(tail.is_none(), "read whole");
+                assert_eq!(head, ending_in_bytes(b"h", length, 7));
+            }
+            writer.await.expect("joins").expect("writes");
+        }
     }
 }

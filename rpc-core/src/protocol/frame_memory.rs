@@ -70,10 +70,18 @@ struct Holder {
 }
 
 impl FrameMemory {
-    /// Memory for `bytes` in all, and never less than `at_least` (room for the largest frame a
-    /// reader may be asked to read, which it could otherwise wait for for ever).
-    pub(crate) fn new(bytes: usize, at_least: usize) -> Arc<Self> {
-        let total = units(bytes.max(at_least) + FREE).min(Semaphore::MAX_PERMITS as u32);
+    /// Memory for `bytes` in all past each reader's first [`FREE`], and never less than
+    /// `largest_frame` and as much again as a reader's free bytes: room for the largest frame a
+    /// reader may be asked to read, and the room it makes around it, which it would otherwise
+    /// wait for for ever.
+    pub(crate) fn new(bytes: usize, largest_frame: usize) -> Arc<Self> {
+        let most = u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX);
+        let total = units(
+            bytes
+                .max(largest_frame.saturating_add(FREE))
+                .saturating_add(FREE),
+        );
+        let total = total.min(most);
         Arc::new(FrameMemory {
             units: Arc::new(Semaphore::new(total as usize)),
             epoch: Instant::now(),
