@@ -404,6 +404,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let head = self.buf.split().freeze();
         self.split_refused = false;
         self.largest_delivered = self.largest_delivered.max(size);
+        if let Some(share) = &self.share {
+            share.frame_arrived();
+        }
         self.settle();
         (head, Some(tail))
     }
@@ -690,6 +693,9 @@ impl<R> FrameReader<R> {
 
     /// Notes a frame of `size` bytes handed on from the buffer.
     fn delivered(&mut self, size: usize) {
+        if let Some(share) = &self.share {
+            share.frame_arrived();
+        }
         self.split_refused = false;
         self.holds_large |= size > IDLE_BUFFER_KEEP;
         self.large_here |= size > IDLE_BUFFER_KEEP;

@@ -11,7 +11,9 @@
 //! A peer could hold its share for ever by sending a large frame slowly, or not at all, and
 //! lock everyone else out. So a reader that has waited [`PATIENCE`] takes a share back
 //! ([`FrameMemory::take_back`]): that of the holder whose peer has kept it waiting longest, for
-//! [`PATIENCE`] or more in all since it began to hold. Time a reader spends waiting for memory,
+//! [`PATIENCE`] or more in all since the last frame it read (a connection busy with large
+//! frames for hours waits a little between many of them, and is not idle for that). Time a
+//! reader spends waiting for memory,
 //! not reading, does not count against its peer, which would send if it read. If none has, and
 //! every holder waits for more memory, none would ever finish: the one whose frame lacks the
 //! most gives way. Otherwise the holders are reading, and give memory back as their frames
@@ -55,7 +57,8 @@ pub(crate) struct FrameMemory {
 /// tell it.
 #[derive(Debug)]
 struct Holder {
-    /// How long it has waited for its peer's bytes since, in nanoseconds, up to its last read.
+    /// How long it has waited for its peer's bytes since the last frame it read whole, in
+    /// nanoseconds, up to its last read.
     waited: AtomicU64,
     /// Since when it has waited for its peer's bytes, in nanoseconds from the memory's epoch,
     /// plus one; 0 while it is not waiting for them.
@@ -100,8 +103,8 @@ impl FrameMemory {
     }
 
     /// Takes back a share, but for `asking`'s own: that of the holder whose peer has kept it
-    /// waiting longest, if one has kept it waiting for [`PATIENCE`] or more in all since it
-    /// began to hold. Failing that, if every holder is waiting for more memory, none will
+    /// waiting longest, if one has kept it waiting for [`PATIENCE`] or more in all since the
+    /// last frame it read whole (or since it began to hold). Failing that, if every holder is waiting for more memory, none will
     /// finish its frame and give memory back: the one whose frame lacks the most, the furthest
     /// from finishing, gives way. Otherwise the holders are reading, and will give memory back
     /// as their frames arrive whole. Returns whether a share was taken back.
@@ -334,6 +337,13 @@ impl Share {
         }
     }
 
+    /// The reader read a frame whole: its peer has kept it waiting for none of the next yet.
+    pub(crate) fn frame_arrived(&self) {
+        if let Some((_, holder)) = &self.held {
+            holder.waited.store(0, Ordering::Release);
+        }
+    }
+
     /// The reader read bytes: it no longer waits for its peer.
     pub(crate) fn heard_from_peer(&self) {
         if let Some((_, holder)) = &self.held {
@@ -474,5 +484,28 @@ mod tests {
         let memory = FrameMemory::new(0, 4 << 20);
         let mut share = Share::new(memory);
         assert!(share.try_cover(FREE + (4 << 20)));
+    }
+
+    /// A frame read whole forgives the waits before it: a connection busy with large frames
+    /// for a long time, waiting a little between them, is not taken for an idle one.
+    #[tokio::test(start_paused = true)]
+    async fn waits_before_the_last_whole_frame_do_not_count() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut busy = Share::new(Arc::clone(&memory));
+        assert!(busy.try_cover(FREE + (1 << 20)));
+        for _ in 0..4 {
+            busy.waiting_for_peer();
+            tokio::time::advance(PATIENCE / 2).await;
+            busy.heard_from_peer();
+            busy.frame_arrived();
+        }
+        let mut waiting = Share::new(Arc::clone(&memory));
+        assert!(waiting.poll_cover(&mut noop(), FREE + 1024).is_pending());
+        tokio::time::advance(PATIENCE).await;
+        assert!(waiting.poll_cover(&mut noop(), FREE + 1024).is_pending());
+        assert!(
+            !busy.poll_taken_back(&mut noop()),
+            "two seconds of waits, half a second each"
+        );
     }
 }
