@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, ServiceClient, Streaming};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, read_frame_from, read_varint, request, start_tcp_with,
-    string, within,
+    LabClient, LabImpl, RawClient, VERSION, frame, hello, read_frame_from, read_varint, request,
+    start_tcp_with, string, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,11 +260,12 @@ async fn peers_that_never_say_hello_cannot_lock_a_client_out() {
     drop(mute.pop());
 }
 
-/// A connection may have only so many calls with a streamed argument open, each holding up to
-/// its window of items: past the limit a call is refused before it runs, what it sent of its
-/// stream is dropped, and the connection goes on; once an upload is over, another may start.
+/// A connection runs only so many calls with a streamed argument at once, each holding up to
+/// its window of items. The server announces how many in its hello, and a client holds a call
+/// past them back until one is over, as it does a call past the server's in-flight limit:
+/// nothing is refused, and other calls go on meanwhile.
 #[tokio::test]
-async fn uploads_past_the_connections_limit_are_refused_until_one_is_over() {
+async fn uploads_past_the_servers_limit_wait_for_one_to_end() {
     let builder = Server::builder().max_uploads_per_connection(2);
     let addr = start_tcp_with(builder, LabImpl::default()).await;
     let client = LabClient::connect(addr).await.expect("connects");
@@ -279,56 +280,59 @@ async fn uploads_past_the_connections_limit_are_refused_until_one_is_over() {
     for upload in &mut open {
         assert!(upload.as_mut().poll(&mut cx).is_pending());
     }
-    match within("a third upload", client.sum(Streaming::iter(1..=3u64))).await {
-        Err(RpcError::LimitExceeded { method, message }) => {
-            assert_eq!(method, "sum");
-            assert_eq!(
-                message,
-                "the connection already has the most calls with a streamed argument open \
-                 that the server takes at once: 2"
-            );
-        }
-        other => panic!("expected LimitExceeded, got {other:?}"),
-    }
+    let mut third = Box::pin(client.sum(Streaming::iter(1..=3u64)));
+    assert!(third.as_mut().poll(&mut cx).is_pending(), "held back");
     assert_eq!(client.add(1, 1).await.expect("the connection goes on"), 2);
 
     drop(first);
     let [done, still_open] = open;
     assert_eq!(within("the first upload", done).await.expect("summed"), 0);
-    let sum = within("another upload", client.sum(Streaming::iter(1..=3u64)))
+    let sum = within("the third upload", third)
         .await
-        .expect("a place is free again");
+        .expect("run once a place is free");
     assert_eq!(sum, 6);
     drop((second, still_open));
 }
 
-/// The same on the wire (docs/wire.md, section 7): the refusal is a Response with code 9, the
-/// refused call's items are dropped without breaking the protocol, and the open upload goes on.
+/// The same on the wire (docs/wire.md, sections 5 and 7): the server's hello ends with its limit
+/// on uploads; a request past it, from a client that does not keep to it, is parked, its items
+/// kept, while the server reads on, and runs once an upload is over.
 #[tokio::test]
-async fn an_upload_past_the_limit_is_answered_with_code_9_and_its_items_dropped() {
+async fn an_upload_past_the_limit_is_parked_until_one_is_over() {
     let builder = Server::builder().max_uploads_per_connection(1);
     let addr = start_tcp_with(builder, LabImpl::default()).await;
-    let mut raw = RawClient::handshake(addr).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello("Lab", VERSION)).await;
+    let server_hello = within("the hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    assert_eq!(
+        server_hello[server_hello.len() - 3..],
+        [0x00, 0x00, 0x01],
+        "no services table, not serving back, one upload at a time"
+    );
     let mut bytes = request(1, "sum", &[]);
     bytes.extend(frame(&[0x06, 0x01, 0x05]));
     bytes.extend(request(2, "sum", &[]));
     bytes.extend(frame(&[0x06, 0x02, 0x07]));
     bytes.extend(frame(&[0x07, 0x02, 0x00]));
     raw.send(&bytes).await;
-    let refused = within("the refusal", raw.read_frame())
+    raw.send(&frame(&[0x07, 0x01, 0x00])).await;
+    let first = within("the first sum", raw.read_frame())
         .await
         .expect("answered");
-    let message = "the connection already has the most calls with a streamed argument open \
-                   that the server takes at once: 1";
-    let mut expected = vec![0x02, 0x02, 0x01, 0x09];
-    expected.extend(string(message));
-    assert_eq!(refused, expected);
-    raw.send(&frame(&[0x07, 0x01, 0x00])).await;
-    let summed = within("the sum", raw.read_frame()).await.expect("answered");
     assert_eq!(
-        summed,
+        first,
         [0x02, 0x01, 0x00, 0x05],
-        "5, from call 1's item alone"
+        "call 1, which ran first: 5"
+    );
+    let second = within("the second sum", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(
+        second,
+        [0x02, 0x02, 0x00, 0x07],
+        "call 2, parked with its item: 7"
     );
 }
 

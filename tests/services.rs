@@ -273,9 +273,11 @@ async fn qualified_requests_route_on_the_wire() {
             table.extend(varint(method.fingerprint));
         }
     }
+    // Then `serves_back` 0 and the server's limit on uploads, 64.
+    table.extend([0x00, 0x40]);
     assert!(
         hello.ends_with(&table),
-        "the hello ends with the services' table"
+        "the hello ends with the services' table, serves_back and max_uploads"
     );
     assert!(
         hello[5..].windows(5).any(|w| w == b"\x04Calc"),

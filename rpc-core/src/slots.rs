@@ -23,9 +23,14 @@ pub(crate) struct CallSlots {
     freed: Notify,
 }
 
-/// One call's slot, given back when dropped.
+/// One call's slot, given back when dropped, with the call's place among the connection's
+/// uploads if it sends a streamed argument (a slot of the connection's upload slots, given back
+/// with it).
 #[derive(Debug)]
-pub(crate) struct CallSlot(Arc<CallSlots>);
+pub(crate) struct CallSlot {
+    slots: Arc<CallSlots>,
+    _upload: Option<Box<CallSlot>>,
+}
 
 impl CallSlots {
     /// `capacity` slots (at least one), none taken.
@@ -51,7 +56,12 @@ impl CallSlots {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(CallSlot(Arc::clone(self))),
+                Ok(_) => {
+                    return Some(CallSlot {
+                        slots: Arc::clone(self),
+                        _upload: None,
+                    });
+                }
                 Err(now) => taken = now,
             }
         }
@@ -77,12 +87,6 @@ impl CallSlots {
         }
     }
 
-    /// [`CallSlots::take`], as a future that owns the slots, to be polled beside futures that
-    /// borrow what holds them.
-    pub(crate) async fn take_owned(self: Arc<Self>) -> CallSlot {
-        self.take().await
-    }
-
     /// How many slots are taken.
     pub(crate) fn taken(&self) -> usize {
         self.taken.load(Ordering::Relaxed)
@@ -94,9 +98,17 @@ impl CallSlots {
     }
 }
 
+impl CallSlot {
+    /// This slot, holding `upload` (a slot of the connection's uploads) until it is given back.
+    pub(crate) fn with_upload(mut self, upload: CallSlot) -> CallSlot {
+        self._upload = Some(Box::new(upload));
+        self
+    }
+}
+
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        let slots = &self.0;
+        let slots = &self.slots;
         slots.taken.fetch_sub(1, Ordering::SeqCst);
         if slots.waiting.load(Ordering::SeqCst) > 0 {
             slots.freed.notify_one();
@@ -141,6 +153,17 @@ mod tests {
         let _three = slots.try_take().expect("the first came back");
         drop(two);
         assert_eq!(slots.taken(), 1);
+    }
+
+    /// A slot holding an upload place gives both back at once.
+    #[test]
+    fn an_upload_place_goes_back_with_its_slot() {
+        let (slots, uploads) = (CallSlots::new(2), CallSlots::new(1));
+        let slot = slots.try_take().expect("a slot");
+        let slot = slot.with_upload(uploads.try_take().expect("a place"));
+        assert!(uploads.try_take().is_none(), "one place in all");
+        drop(slot);
+        assert_eq!((slots.taken(), uploads.taken()), (0, 0));
     }
 
     /// Waiters for slots all get one as the slots come back, each released slot waking one,

@@ -33,6 +33,9 @@ pub(crate) struct Connection {
     /// streamed result ends), so that no more calls are in flight than the server runs at once:
     /// the server then never has to stop reading, and a cancellation always reaches it.
     slots: Arc<CallSlots>,
+    /// A call with a streamed argument holds one of these too, with its slot, when the server
+    /// runs only so many of them at once: past them, the server would park the call.
+    uploads: Option<Arc<CallSlots>>,
     pending: Arc<Pending>,
     streams: Arc<Streams>,
     next_id: AtomicU64,
@@ -231,6 +234,7 @@ impl Connection {
         Ok(Arc::new(Connection {
             outbox,
             slots,
+            uploads: server.max_uploads.map(CallSlots::new),
             pending,
             streams,
             next_id: AtomicU64::new(0),
@@ -291,16 +295,18 @@ impl Connection {
             self.server.check_other(&spec.service, method)
         };
         checked.map_err(Failure::Final)?;
-        // The slot first: a call waiting for one holds no encoded request.
+        // The slots first: a call waiting for one holds no encoded request. An upload's place
+        // before its slot, so that a call waiting for a place holds no slot either.
         let mut spec = spec;
-        let slot = match self.slots.try_take() {
-            Some(slot) => slot,
-            None => {
-                spec.fresh = false;
-                until(spec.expires, self.slots.take())
-                    .await
-                    .map_err(|_| Failure::Final(spec.deadline_exceeded()))?
-            }
+        let uploads = self.uploads.as_ref().filter(|_| upload.is_some());
+        let place = match uploads {
+            Some(uploads) => Some(self.take_slot(uploads, &mut spec).await?),
+            None => None,
+        };
+        let slot = self.take_slot(&self.slots, &mut spec).await?;
+        let slot = match place {
+            Some(place) => slot.with_upload(place),
+            None => slot,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = self
@@ -327,7 +333,7 @@ impl Connection {
         };
         // Streams are registered before the request leaves, so nothing the server sends back
         // arrives before there is a place for it.
-        let inbound = download.then(|| self.streams.open_inbound(id, None));
+        let inbound = download.then(|| self.streams.open_inbound(id));
         let credit = upload.as_ref().map(|_| self.streams.open_outbound(id));
         if !self.outbox.send_request(id) {
             waiting.armed = false;
@@ -352,6 +358,21 @@ impl Connection {
             inbound: inbound.map(|parts| (parts, self.outbox.clone())),
             upload,
         })
+    }
+
+    /// One of `slots`, waiting for it until the call's deadline.
+    async fn take_slot(
+        &self,
+        slots: &Arc<CallSlots>,
+        spec: &mut CallSpec<'_>,
+    ) -> Result<CallSlot, Failure> {
+        if let Some(slot) = slots.try_take() {
+            return Ok(slot);
+        }
+        spec.fresh = false;
+        until(spec.expires, slots.take())
+            .await
+            .map_err(|_| Failure::Final(spec.deadline_exceeded()))
     }
 
     fn request_frame<A: Encode + ?Sized>(

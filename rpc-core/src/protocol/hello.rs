@@ -55,6 +55,10 @@ pub(crate) struct Hello<'a> {
     /// the services table, not a field of the hello's head.
     #[serde(skip)]
     serves_back: bool,
+    /// How many calls with a streamed argument a client may have in flight on the connection
+    /// at once; 0 for no limit. A server's limit, appended after `serves_back`.
+    #[serde(skip)]
+    max_uploads: u32,
 }
 
 /// What one side learned about the other from its hello.
@@ -77,6 +81,8 @@ pub(crate) struct PeerInfo {
     pub(crate) ping_interval: Option<Duration>,
     /// How many calls the peer runs at once on this connection.
     pub(crate) max_concurrent_calls: Option<usize>,
+    /// How many calls with a streamed argument the peer runs at once on this connection.
+    pub(crate) max_uploads: Option<usize>,
     /// The credit every stream the peer receives starts with.
     pub(crate) stream_window: u32,
     /// Whether the peer, a client, serves a service back over the connection
@@ -241,7 +247,15 @@ impl<'a> Hello<'a> {
                 .map_or(0, |calls| u32::try_from(calls).unwrap_or(u32::MAX)),
             stream_window: stream_window.max(1),
             serves_back: false,
+            max_uploads: 0,
         }
+    }
+
+    /// Announces that this side, a server, runs at most `uploads` calls with a streamed
+    /// argument at once on the connection.
+    pub(crate) fn taking_uploads(mut self, uploads: usize) -> Self {
+        self.max_uploads = u32::try_from(uploads).unwrap_or(u32::MAX);
+        self
     }
 
     /// Announces that this side, a client, serves a service back over the connection.
@@ -266,21 +280,25 @@ impl<'a> Hello<'a> {
         writer: &mut FrameWriter<W>,
     ) -> Result<(), RpcError> {
         let unencodable = |e| RpcError::Protocol(format!("the hello could not be encoded: {e}"));
-        let serves_back = self.serves_back;
+        let (serves_back, max_uploads) = (self.serves_back, self.max_uploads);
         let mut frame = Head::Hello(Box::new(self))
             .begin_frame()
             .map_err(unencodable)?;
-        // A server of one service announces no table; a client serving back, an empty one.
+        // A server of one service announces an empty table, a client that does not serve back
+        // none; `serves_back` follows, then a server's `max_uploads` (docs/wire.md section 5).
         let announced = if services.len() > 1 { services } else { &[] };
-        if !announced.is_empty() || serves_back {
+        if !announced.is_empty() || serves_back || max_uploads > 0 {
             let table: Vec<_> = announced
                 .iter()
                 .map(|service| (service.name, MethodTable::Local(service)))
                 .collect();
             frame.append(&table).map_err(unencodable)?;
         }
-        if serves_back {
-            frame.append(&true).map_err(unencodable)?;
+        if serves_back || max_uploads > 0 {
+            frame.append(&serves_back).map_err(unencodable)?;
+        }
+        if max_uploads > 0 {
+            frame.append(&max_uploads).map_err(unencodable)?;
         }
         finish_frame(&mut frame, MAX_HELLO_LEN)?;
         writer.send(&frame).await?;
@@ -332,20 +350,29 @@ impl<'a> Hello<'a> {
         let Ok((Head::Hello(hello), appended)) = Head::decode(&payload) else {
             return Err(not_a_peer());
         };
-        // A server of several services appends their table, and a client that serves back
-        // says so after it; bytes after that are ignored, for later versions to append more.
-        let (services, serves_back) = if appended.is_empty() {
-            (Vec::new(), false)
+        // A server of several services appends their table, a client that serves back says so
+        // after it, and a server then its limit on uploads; bytes after that are ignored, for
+        // later versions to append more.
+        let (services, serves_back, max_uploads) = if appended.is_empty() {
+            (Vec::new(), false, 0)
         } else {
             let Ok((ServiceTables(tables), rest)) = postcard::take_from_bytes(appended) else {
                 return Err(not_a_peer());
             };
-            let serves_back = match rest.first() {
-                None | Some(0) => false,
-                Some(1) => true,
+            let (serves_back, rest) = match rest.split_first() {
+                None => (false, rest),
+                Some((0, rest)) => (false, rest),
+                Some((1, rest)) => (true, rest),
                 Some(_) => return Err(not_a_peer()),
             };
-            (tables, serves_back)
+            let max_uploads = match rest {
+                [] => 0,
+                _ => match postcard::take_from_bytes::<u32>(rest) {
+                    Ok((uploads, _)) => uploads,
+                    Err(_) => return Err(not_a_peer()),
+                },
+            };
+            (tables, serves_back, max_uploads)
         };
         if hello.stream_window == 0 {
             return Err(RpcError::Handshake(
@@ -367,6 +394,7 @@ impl<'a> Hello<'a> {
                 .then(|| Duration::from_millis(hello.ping_interval_ms)),
             max_concurrent_calls: (hello.max_concurrent_calls > 0)
                 .then_some(hello.max_concurrent_calls as usize),
+            max_uploads: (max_uploads > 0).then_some(max_uploads as usize),
             stream_window: hello.stream_window,
             serves_back,
         })
@@ -619,6 +647,32 @@ mod tests {
         schema: crate::service::no_methods,
     };
 
+    /// A server's limit on uploads follows an empty services table and `serves_back` 0, and
+    /// reads back; a hello without it announces none.
+    #[tokio::test]
+    async fn a_server_ends_its_hello_with_its_limit_on_uploads() {
+        let mut plain = Vec::new();
+        Hello::new(&LAB, 1000, None, Some(8), 1)
+            .send(&mut FrameWriter::new(&mut plain))
+            .await
+            .expect("writes");
+        let mut limited = Vec::new();
+        Hello::new(&LAB, 1000, None, Some(8), 1)
+            .taking_uploads(300)
+            .send(&mut FrameWriter::new(&mut limited))
+            .await
+            .expect("writes");
+        // docs/wire.md section 5: `services` empty, `serves_back` 0, then 300 as a varint.
+        assert_eq!(limited[4..limited.len() - 4], plain[4..]);
+        assert_eq!(limited[limited.len() - 4..], [0x00, 0x00, 0xac, 0x02]);
+        let read = |bytes: Vec<u8>| async move {
+            let mut reader = FrameReader::new(&bytes[..], 1 << 20);
+            Hello::receive(&mut reader, 1 << 20).await.expect("a hello")
+        };
+        assert_eq!(read(limited).await.max_uploads, Some(300));
+        assert_eq!(read(plain).await.max_uploads, None);
+    }
+
     #[tokio::test]
     async fn a_client_serving_back_ends_its_hello_with_an_empty_table_then_one() {
         let mut plain = Vec::new();
@@ -680,6 +734,7 @@ mod tests {
             mismatched: HashMap::new(),
             ping_interval: Some(Duration::from_secs(15)),
             max_concurrent_calls: None,
+            max_uploads: None,
             stream_window: 1,
         };
         let impatient = KeepAlive {

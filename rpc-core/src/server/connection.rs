@@ -39,7 +39,7 @@ use crate::protocol::{
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
 use crate::slots::{CallSlot, CallSlots};
-use crate::stream::{InboundSlot, Streams, UploadPlace};
+use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError};
@@ -195,6 +195,7 @@ where
                 stack: config.layers.stack(),
             },
             slots,
+            uploads: CallSlots::new(config.max_uploads),
             parked: VecDeque::new(),
             peer: Arc::new(peer),
             tunnel,
@@ -274,7 +275,7 @@ where
                         connection.start_draining(go_away::IDLE, "the connection was idle");
                     }
                 }
-                slot = CallSlots::take_owned(Arc::clone(&connection.slots)),
+                slot = connection.slots_for_parked(),
                     if !connection.parked.is_empty() =>
                 {
                     connection.start_parked(slot);
@@ -421,7 +422,8 @@ async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>
             config.keepalive,
             Some(config.max_in_flight),
             config.stream_window,
-        );
+        )
+        .taking_uploads(config.max_uploads);
         hello.send_with_services(&service.infos, writer).await?;
     }
     match named {
@@ -441,6 +443,8 @@ async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>
 struct Parked<R> {
     id: u64,
     request: R,
+    /// It sends a streamed argument: it waits for a place among the connection's uploads too.
+    upload: bool,
     #[cfg(feature = "tower")]
     arguments: bytes::Bytes,
     arrived: Instant,
@@ -460,6 +464,8 @@ struct Connection<'a, S: ServiceSet> {
     link: Link,
     /// Every running call holds one until its answer is written.
     slots: Arc<CallSlots>,
+    /// Every running call with a streamed argument holds one of these too, with its slot.
+    uploads: Arc<CallSlots>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
     peer: Arc<Peer>,
@@ -634,32 +640,18 @@ impl<S: ServiceSet> Connection<'_, S> {
             self.health_call(id, name, args, payload, arrived, timeout_ms, metadata);
             return Ok(Handled::Request);
         }
-        // An upload holds its window of items until its handler takes them: a connection may
-        // have only so many open. Refused before it runs; its items are dropped as they come.
-        let place = if self.service.takes_upload(index, method) {
-            let max = self.config.max_uploads;
-            match self.link.streams.reserve_upload(max) {
-                Some(place) => Some(place),
-                None => {
-                    let why = format!(
-                        "the connection already has the most calls with a streamed argument \
-                         open that the server takes at once: {max}"
-                    );
-                    self.refuse(id, code::LIMIT_EXCEEDED, &why);
-                    return Ok(Handled::Request);
-                }
-            }
-        } else {
-            None
-        };
+        // An upload holds its window of items until its handler takes them: a connection runs
+        // only so many at once, and parks one past them as it does a call past its slots.
+        let upload = self.service.takes_upload(index, method);
         let name = self.service.infos[index].name;
-        let request = self.decode::<S>(id, (index, name), method, (args, tail), payload, place);
+        let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
         let Some(request) = request else {
             return Ok(Handled::Request);
         };
         let parked = Parked {
             id,
             request,
+            upload,
             // Shares the frame's memory: no copy.
             #[cfg(feature = "tower")]
             arguments: payload.slice_ref(args),
@@ -669,15 +661,14 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         // Requests start in the order they came: behind any already waiting for a slot. With
         // none free, the call waits while the reader goes on (backpressure).
-        let slot = self.slots.try_take();
+        let slot = self
+            .parked
+            .is_empty()
+            .then(|| self.try_slots(upload))
+            .flatten();
         match slot {
-            Some(slot) if self.parked.is_empty() => self.start(parked, slot),
-            slot => {
-                self.parked.push_back(parked);
-                if let Some(slot) = slot {
-                    self.start_parked(slot);
-                }
-            }
+            Some(slot) => self.start(parked, slot),
+            None => self.parked.push_back(parked),
         }
         Ok(Handled::Request)
     }
@@ -691,13 +682,11 @@ impl<S: ServiceSet> Connection<'_, S> {
         method: &str,
         (args, tail): (&[u8], Option<Tail>),
         payload: &bytes::Bytes,
-        place: Option<UploadPlace>,
     ) -> Option<T::Request> {
         let mut streams = InboundSlot {
             id,
             streams: &self.link.streams,
             outbox: &self.link.outbox,
-            place,
         };
         // The arguments end the frame. A handle on the frame is lent to the decoder: the reader
         // still holds the frame, and it is this thread's own buffer, so the clone is cheap.
@@ -736,7 +725,7 @@ impl<S: ServiceSet> Connection<'_, S> {
     ) {
         let health = (0, <HealthServer<Reporting> as crate::Service>::INFO.name);
         let decoded =
-            self.decode::<HealthServer<Reporting>>(id, health, name, (args, None), payload, None);
+            self.decode::<HealthServer<Reporting>>(id, health, name, (args, None), payload);
         let Some(request) = decoded else {
             return;
         };
@@ -759,6 +748,31 @@ impl<S: ServiceSet> Connection<'_, S> {
         // so that the service's box stays.
         self.calls
             .start(&self.health, call, &self.link, &KeptBox::default());
+    }
+
+    /// A slot for a call, with a place among the uploads if it sends a streamed argument, if
+    /// both are free.
+    fn try_slots(&self, upload: bool) -> Option<CallSlot> {
+        let slot = self.slots.try_take()?;
+        if !upload {
+            return Some(slot);
+        }
+        Some(slot.with_upload(self.uploads.try_take()?))
+    }
+
+    /// What the oldest parked request needs to start, once it is free: a future that owns the
+    /// slots, to be polled beside futures that borrow the connection.
+    fn slots_for_parked(&self) -> impl Future<Output = CallSlot> + use<S> {
+        let slots = Arc::clone(&self.slots);
+        let upload = self.parked.front().is_some_and(|parked| parked.upload);
+        let uploads = upload.then(|| Arc::clone(&self.uploads));
+        async move {
+            let slot = slots.take().await;
+            match uploads {
+                Some(uploads) => slot.with_upload(uploads.take().await),
+                None => slot,
+            }
+        }
     }
 
     /// Starts the oldest parked request with `slot`.

@@ -208,12 +208,14 @@ impl ServerBuilder {
         self
     }
 
-    /// How many calls with a streamed argument one connection may have open at once (default
-    /// 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window) of
-    /// items its handler has not taken yet, so this bounds what a connection's uploads hold:
-    /// 64 MiB by default. A call past it is refused before it runs, with
-    /// [`RpcError::LimitExceeded`], and what the client sent of its stream is dropped as it
-    /// is read; the call may be made again once an upload on the connection is over.
+    /// How many calls with a streamed argument one connection may have running at once
+    /// (default 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window)
+    /// of items its handler has not taken yet, so this bounds what a connection's uploads hold:
+    /// 64 MiB by default. The server's hello announces it, and an rpc-core client holds a call
+    /// past it back until an upload on the connection is over, as it does calls past
+    /// [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection). From a
+    /// client that does not, the server parks one such request, with its items, and reads on;
+    /// at a second it stops reading until an upload is over.
     pub fn max_uploads_per_connection(mut self, uploads: usize) -> Self {
         self.config.max_uploads = uploads.max(1);
         self

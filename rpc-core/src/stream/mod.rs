@@ -12,7 +12,7 @@ pub(crate) mod registry;
 pub use pump::Outbound;
 pub(crate) use pump::{Upload, pump};
 pub use registry::InboundSlot;
-pub(crate) use registry::{InboundOptions, Streams, UploadPlace, inbound_stream};
+pub(crate) use registry::{InboundOptions, Streams, inbound_stream};
 
 use std::fmt;
 use std::future::Future;

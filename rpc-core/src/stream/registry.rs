@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,8 +59,6 @@ pub(crate) struct Streams {
     own_window: u32,
     /// The credit each outgoing stream starts with: the window the peer announced.
     peer_window: u32,
-    /// How many incoming streams of arguments hold an [`UploadPlace`].
-    uploads: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -87,20 +85,6 @@ pub(crate) struct InboundParts {
     grant_at: i64,
     streams: Arc<Streams>,
     id: u64,
-    /// The place among the connection's uploads the stream holds, if it is one.
-    _place: Option<UploadPlace>,
-}
-
-/// A place among the incoming streamed arguments of a connection, which a server limits: held
-/// for as long as the stream's receiving end lives, since the items it holds are what the limit
-/// bounds.
-#[derive(Debug)]
-pub(crate) struct UploadPlace(Arc<Streams>);
-
-impl Drop for UploadPlace {
-    fn drop(&mut self) {
-        self.0.uploads.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Drop for InboundParts {
@@ -117,18 +101,7 @@ impl Streams {
             state: Mutex::default(),
             own_window,
             peer_window,
-            uploads: AtomicUsize::new(0),
         }
-    }
-
-    /// A place for one more incoming streamed argument, if fewer than `max` hold one.
-    pub(crate) fn reserve_upload(self: &Arc<Self>, max: usize) -> Option<UploadPlace> {
-        let reserved = self
-            .uploads
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < max).then_some(open + 1)
-            });
-        reserved.ok().map(|_| UploadPlace(Arc::clone(self)))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -136,13 +109,8 @@ impl Streams {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens the receiving side of call `id`'s incoming stream, holding `place` if it is a
-    /// streamed argument the server counts.
-    pub(crate) fn open_inbound(
-        self: &Arc<Self>,
-        id: u64,
-        place: Option<UploadPlace>,
-    ) -> InboundParts {
+    /// Opens the receiving side of call `id`'s incoming stream.
+    pub(crate) fn open_inbound(self: &Arc<Self>, id: u64) -> InboundParts {
         let (tx, rx) = mpsc::unbounded_channel();
         let credit = Arc::new(AtomicI64::new(i64::from(self.own_window)));
         let mut state = self.state();
@@ -164,7 +132,6 @@ impl Streams {
             grant_at: grant_at(self.own_window),
             streams: Arc::clone(self),
             id,
-            _place: place,
         }
     }
 
@@ -374,8 +341,6 @@ pub struct InboundSlot<'a> {
     pub(crate) id: u64,
     pub(crate) streams: &'a Arc<Streams>,
     pub(crate) outbox: &'a Outbox,
-    /// The connection's place for this upload, reserved before the request was decoded.
-    pub(crate) place: Option<UploadPlace>,
 }
 
 impl InboundSlot<'_> {
@@ -384,7 +349,7 @@ impl InboundSlot<'_> {
         &mut self,
         method: &'static str,
     ) -> Streaming<T> {
-        let parts = self.streams.open_inbound(self.id, self.place.take());
+        let parts = self.streams.open_inbound(self.id);
         inbound_stream(
             parts,
             InboundOptions {
@@ -653,7 +618,7 @@ mod tests {
     /// deadline `deadline` from now if one is given.
     fn stream_of_one_run(count: u64, deadline: Option<Duration>) -> InboundStream<u64> {
         let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
-        let parts = streams.open_inbound(1, None);
+        let parts = streams.open_inbound(1);
         let (outbox, _queue) = Outbox::new();
         let head = Head::StreamItem { id: 1 }.frame();
         let head = &head[LENGTH_PREFIX..];
