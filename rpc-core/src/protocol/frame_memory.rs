@@ -104,11 +104,11 @@ impl FrameMemory {
 
     /// Takes back a share, but for `asking`'s own: that of the holder whose peer has kept it
     /// waiting longest, if one has kept it waiting for [`PATIENCE`] or more in all since the
-    /// last frame it read whole (or since it began to hold). Failing that, if every holder is waiting for more memory, none will
-    /// finish its frame and give memory back: the one whose frame lacks the most, the furthest
-    /// from finishing, gives way. Otherwise the holders are reading, and will give memory back
-    /// as their frames arrive whole. Returns whether a share was taken back.
-    fn take_back(&self, asking: Option<&Arc<Holder>>) -> bool {
+    /// last frame it read whole (or since it began to hold). Failing that, if every holder is
+    /// waiting for more memory, none will finish its frame and give memory back: the one whose
+    /// frame lacks the most, the furthest from finishing, gives way. Otherwise the holders are
+    /// reading, and will give memory back as their frames arrive whole.
+    fn take_back(&self, asking: Option<&Arc<Holder>>) {
         let now = self.nanos(Instant::now());
         let holders = self.holders();
         let others = || {
@@ -131,16 +131,12 @@ impl FrameMemory {
                 .then(|| others().max_by_key(|holder| holder.missing.load(Ordering::Relaxed)))
                 .flatten()
         });
-        let Some(chosen) = chosen else {
-            return false;
-        };
-        chosen.taken_back.store(true, Ordering::Release);
-        chosen.reader.wake();
-        true
+        if let Some(chosen) = chosen {
+            chosen.taken_back.store(true, Ordering::Release);
+            chosen.reader.wake();
+        }
     }
-}
 
-impl FrameMemory {
     /// `at` in nanoseconds from the epoch.
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
