@@ -402,11 +402,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         self.buf.advance(LENGTH_PREFIX);
         let head = self.buf.split().freeze();
-        self.split_refused = false;
-        self.largest_delivered = self.largest_delivered.max(size);
-        if let Some(share) = &self.share {
-            share.frame_arrived();
-        }
+        self.arrived_whole(size);
         self.settle();
         (head, Some(tail))
     }
@@ -494,7 +490,7 @@ impl<R> FrameReader<R> {
             return true;
         };
         share.lacks(missing);
-        share.covers(wanted) || share.try_cover(wanted)
+        share.try_cover(wanted)
     }
 
     /// The bytes the frame being read still lacks.
@@ -693,12 +689,17 @@ impl<R> FrameReader<R> {
 
     /// Notes a frame of `size` bytes handed on from the buffer.
     fn delivered(&mut self, size: usize) {
+        self.arrived_whole(size);
+        self.holds_large |= size > IDLE_BUFFER_KEEP;
+        self.large_here |= size > IDLE_BUFFER_KEEP;
+    }
+
+    /// Notes a frame of `size` bytes read whole, from the buffer or in two parts.
+    fn arrived_whole(&mut self, size: usize) {
         if let Some(share) = &self.share {
             share.frame_arrived();
         }
         self.split_refused = false;
-        self.holds_large |= size > IDLE_BUFFER_KEEP;
-        self.large_here |= size > IDLE_BUFFER_KEEP;
         self.largest_delivered = self.largest_delivered.max(size);
     }
 }

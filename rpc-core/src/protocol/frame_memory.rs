@@ -202,11 +202,6 @@ impl Share {
             .map_or(0, |(permit, _)| permit.num_permits() as u32)
     }
 
-    /// Whether the share covers `bytes` held by the reader.
-    pub(crate) fn covers(&self, bytes: usize) -> bool {
-        units(bytes) <= self.held_units()
-    }
-
     /// Makes the share cover `bytes` held by the reader, waiting for others to give memory
     /// back if there is not enough left. A reader that waits past [`PATIENCE`] takes a share
     /// back ([`FrameMemory::take_back`]), and another every [`PATIENCE`] it waits on.
@@ -258,7 +253,8 @@ impl Share {
         }
     }
 
-    /// Makes the share cover `bytes` if there is memory for it now; returns whether it does.
+    /// Makes the share cover `bytes` if there is memory for it now (taking none if it already
+    /// does); returns whether it does.
     pub(crate) fn try_cover(&mut self, bytes: usize) -> bool {
         let lacking = units(bytes).saturating_sub(self.held_units());
         lacking == 0 || self.try_add(lacking)
