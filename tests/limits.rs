@@ -294,6 +294,62 @@ async fn uploads_past_the_servers_limit_wait_for_one_to_end() {
     drop((second, still_open));
 }
 
+/// A handler holds its arguments until it answers, so the large requests the running calls of
+/// one connection hold are bounded: one past the limit is parked until a call ends, then runs.
+/// Nothing is refused or lost.
+#[tokio::test]
+async fn large_requests_past_what_running_calls_may_hold_wait_for_one_to_end() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder().max_argument_bytes_per_connection(1024 * 1024);
+    let addr = start_tcp_with(builder, lab).await;
+    let mut raw = RawClient::handshake(addr).await;
+    // Four calls, each holding a 400 KiB gate name while it waits for its gate.
+    let name = |letter: char| format!("{letter}{}", "x".repeat(400 * 1024));
+    for (id, letter) in [(1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')] {
+        raw.send(&request(id, "wait", &string(&name(letter)))).await;
+    }
+    // A health call is never parked: its answer says the requests before it were all handled.
+    raw.send(&request(9, "rpc.health.check", &string(""))).await;
+    let answer = within("the health answer", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(answer[..3], [0x02, 0x09, 0x00]);
+    let mut started = Vec::new();
+    while let Some(event) = probe.try_next_event() {
+        started.push(event[..9].to_owned());
+    }
+    assert_eq!(
+        started,
+        ["waiting a", "waiting b", "waiting c"],
+        "the fourth waits: the three running hold 1.2 MiB"
+    );
+
+    probe.open(&name('a'));
+    let answer = within("the first answer", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(answer[..3], [0x02, 0x01, 0x00]);
+    let started = probe.next_event().await;
+    assert_eq!(
+        &started[..9],
+        "waiting d",
+        "started once the first was over"
+    );
+    for letter in ['b', 'c', 'd'] {
+        probe.open(&name(letter));
+    }
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let answer = within("an answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        answered.push(answer[1]);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [2, 3, 4], "every call answered");
+}
+
 /// The same on the wire (docs/wire.md, sections 5 and 7): the server's hello ends with its limit
 /// on uploads; a request past it, from a client that does not keep to it, is parked, its items
 /// kept, while the server reads on, and runs once an upload is over.

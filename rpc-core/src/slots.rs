@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::protocol::HeldBytes;
+
 /// The slots of one connection.
 #[derive(Debug)]
 pub(crate) struct CallSlots {
@@ -25,11 +27,12 @@ pub(crate) struct CallSlots {
 
 /// One call's slot, given back when dropped, with the call's place among the connection's
 /// uploads if it sends a streamed argument (a slot of the connection's upload slots, given back
-/// with it).
+/// with it), and on a server the bytes of a large request, counted until the call is over.
 #[derive(Debug)]
 pub(crate) struct CallSlot {
     slots: Arc<CallSlots>,
     _upload: Option<Box<CallSlot>>,
+    _arguments: Option<HeldBytes>,
 }
 
 impl CallSlots {
@@ -60,6 +63,7 @@ impl CallSlots {
                     return Some(CallSlot {
                         slots: Arc::clone(self),
                         _upload: None,
+                        _arguments: None,
                     });
                 }
                 Err(now) => taken = now,
@@ -102,6 +106,12 @@ impl CallSlot {
     /// This slot, holding `upload` (a slot of the connection's uploads) until it is given back.
     pub(crate) fn with_upload(mut self, upload: CallSlot) -> CallSlot {
         self._upload = Some(Box::new(upload));
+        self
+    }
+
+    /// This slot, counting `arguments` (the bytes of the call's request) until it is given back.
+    pub(crate) fn with_arguments(mut self, arguments: HeldBytes) -> CallSlot {
+        self._arguments = Some(arguments);
         self
     }
 }

@@ -32,8 +32,8 @@ use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
-    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, Hello, Meter,
-    Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
+    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, HeldBytes, Hello,
+    Meter, Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
     write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
@@ -47,6 +47,11 @@ use crate::{Metadata, RpcError};
 /// At most this many requests wait for an in-flight slot at once; past the first, the server
 /// stops reading until one of them starts.
 const MAX_PARKED: usize = 2;
+
+/// Requests larger than this count against the connection's limit on what its running calls
+/// hold (`ServerBuilder::max_argument_bytes_per_connection`); smaller ones, most calls, cost no
+/// counting. What the calls of a connection hold uncounted is at most this many bytes each.
+const COUNTED_FROM: usize = 64 * 1024;
 
 /// After closing on a protocol error, how long and how much the server goes on reading (and
 /// discarding) of what the peer still sends, so that closing the socket with unread bytes does
@@ -196,6 +201,7 @@ where
             },
             slots,
             uploads: CallSlots::new(config.max_uploads),
+            arguments: Arc::new(Meter::new(config.max_argument_bytes_per_connection, None)),
             parked: VecDeque::new(),
             peer: Arc::new(peer),
             tunnel,
@@ -445,6 +451,9 @@ struct Parked<R> {
     request: R,
     /// It sends a streamed argument: it waits for a place among the connection's uploads too.
     upload: bool,
+    /// The bytes of its request, if large enough to count against the connection's limit on
+    /// what running calls hold; 0 otherwise.
+    bytes: usize,
     #[cfg(feature = "tower")]
     arguments: bytes::Bytes,
     arrived: Instant,
@@ -466,6 +475,8 @@ struct Connection<'a, S: ServiceSet> {
     slots: Arc<CallSlots>,
     /// Every running call with a streamed argument holds one of these too, with its slot.
     uploads: Arc<CallSlots>,
+    /// The bytes of the large requests of the calls running, held with their slots.
+    arguments: Arc<Meter>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
     peer: Arc<Peer>,
@@ -643,6 +654,10 @@ impl<S: ServiceSet> Connection<'_, S> {
         // An upload holds its window of items until its handler takes them: a connection runs
         // only so many at once, and parks one past them as it does a call past its slots.
         let upload = self.service.takes_upload(index, method);
+        // A handler holds its arguments until it answers: a large request counts against what
+        // the connection's running calls may hold.
+        let bytes = payload.len() + tail.as_ref().map_or(0, Tail::len);
+        let bytes = if bytes > COUNTED_FROM { bytes } else { 0 };
         let name = self.service.infos[index].name;
         let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
         let Some(request) = request else {
@@ -652,6 +667,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             id,
             request,
             upload,
+            bytes,
             // Shares the frame's memory: no copy.
             #[cfg(feature = "tower")]
             arguments: payload.slice_ref(args),
@@ -661,9 +677,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         // Requests start in the order they came: behind any already waiting for a slot. With
         // none free, the call waits while the reader goes on (backpressure).
-        let slot = self
-            .parked
-            .is_empty()
+        let slot = (self.parked.is_empty() && (bytes == 0 || self.arguments.may_read()))
             .then(|| self.try_slots(upload))
             .flatten();
         match slot {
@@ -761,12 +775,19 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 
     /// What the oldest parked request needs to start, once it is free: a future that owns the
-    /// slots, to be polled beside futures that borrow the connection.
+    /// slots, to be polled beside futures that borrow the connection. A large request first
+    /// waits for the running calls to hold less than the connection's limit.
     fn slots_for_parked(&self) -> impl Future<Output = CallSlot> + use<S> {
         let slots = Arc::clone(&self.slots);
-        let upload = self.parked.front().is_some_and(|parked| parked.upload);
+        let front = self.parked.front();
+        let upload = front.is_some_and(|parked| parked.upload);
         let uploads = upload.then(|| Arc::clone(&self.uploads));
+        let large = front.is_some_and(|parked| parked.bytes > 0);
+        let arguments = large.then(|| Arc::clone(&self.arguments));
         async move {
+            if let Some(arguments) = arguments {
+                arguments.wait_may_read().await;
+            }
             let slot = slots.take().await;
             match uploads {
                 Some(uploads) => slot.with_upload(uploads.take().await),
@@ -783,6 +804,10 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 
     fn start(&self, parked: Parked<S::Request>, slot: CallSlot) {
+        let slot = match parked.bytes {
+            0 => slot,
+            bytes => slot.with_arguments(HeldBytes::new(&self.arguments, bytes)),
+        };
         let call = NewCall {
             id: parked.id,
             request: parked.request,

@@ -90,6 +90,7 @@ pub(crate) struct ServerConfig {
     pub(crate) metadata: MetadataLimits,
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
+    pub(crate) max_argument_bytes_per_connection: usize,
     pub(crate) max_frame_memory: usize,
     pub(crate) stream_window: u32,
     pub(crate) max_uploads: usize,
@@ -118,6 +119,7 @@ impl Default for ServerBuilder {
                 metadata: MetadataLimits::DEFAULT,
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
+                max_argument_bytes_per_connection: 64 * 1024 * 1024,
                 max_frame_memory: 1024 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 max_uploads: 64,
@@ -332,6 +334,21 @@ impl ServerBuilder {
     /// that do not read.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued = bytes;
+        self
+    }
+
+    /// How many bytes of large requests (over 64 KiB each, counted whole) the calls running on
+    /// one connection may hold together (default 64 MiB). A handler holds its arguments until
+    /// it answers, so without this a client could pin
+    /// [`max_in_flight_per_connection`](Self::max_in_flight_per_connection) times
+    /// [`max_frame_len`](Self::max_frame_len) bytes (16 GiB by default) with calls to a slow
+    /// method. A large request that arrives past it is parked, like a call past the in-flight
+    /// limit, until calls end: the server reads on past one such request and stops reading at
+    /// a second. A connection under the limit starts the next request whatever its size, so it
+    /// may go past the limit by one request, and a single request up to `max_frame_len` always
+    /// runs.
+    pub fn max_argument_bytes_per_connection(mut self, bytes: usize) -> Self {
+        self.config.max_argument_bytes_per_connection = bytes;
         self
     }
 
@@ -799,6 +816,7 @@ mod tests {
         assert_eq!(config.metadata, MetadataLimits::DEFAULT);
         assert_eq!(config.max_queued_per_connection, 4 * 1024 * 1024);
         assert_eq!(config.max_queued, 256 * 1024 * 1024);
+        assert_eq!(config.max_argument_bytes_per_connection, 64 * 1024 * 1024);
         assert_eq!(config.max_frame_memory, 1024 * 1024 * 1024);
     }
 
@@ -817,6 +835,7 @@ mod tests {
             .max_queued_bytes_per_connection(11)
             .max_queued_bytes(12)
             .max_frame_memory(13)
+            .max_argument_bytes_per_connection(14)
             .config;
         assert_eq!(config.max_frame_len, 1);
         assert_eq!(config.max_in_flight, 2);
@@ -834,6 +853,7 @@ mod tests {
         assert_eq!(config.max_queued_per_connection, 11);
         assert_eq!(config.max_queued, 12);
         assert_eq!(config.max_frame_memory, 13);
+        assert_eq!(config.max_argument_bytes_per_connection, 14);
 
         let off = Server::builder()
             .disable_idle_timeout()
