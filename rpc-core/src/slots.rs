@@ -1,17 +1,17 @@
 //! A connection's call slots: how many of its calls are in flight, up to its limit. Each call
 //! holds a slot from before its request is encoded until it is answered (on a server, until
-//! its answer is written).
+//! its answer is written). On a server, a slot also counts the bytes of its call's request,
+//! which the handler holds until it answers, against a limit of their own.
 //!
 //! A counter, not tokio's `Semaphore`: every call takes a slot and gives it back, from tasks on
 //! every worker, and the semaphore locks its list of waiters on each release, waiters or not.
-//! Here a release is one atomic subtraction, and a look at whether anyone waits.
+//! Here a release is one atomic subtraction (two with bytes), and a look at whether anyone
+//! waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
-
-use crate::protocol::HeldBytes;
 
 /// The slots of one connection.
 #[derive(Debug)]
@@ -20,27 +20,41 @@ pub(crate) struct CallSlots {
     taken: AtomicUsize,
     /// How many there are.
     capacity: usize,
+    /// The bytes the slots taken count.
+    bytes: AtomicUsize,
+    /// While the slots taken count this many bytes or more, no slot is free for a call that
+    /// counts any. Below it, one is, whatever its bytes: so the bytes go past it by one call's
+    /// at most, and a single call of any size always gets a slot.
+    byte_limit: usize,
     /// Tasks waiting for a slot; a release wakes one of them.
     waiting: AtomicUsize,
     freed: Notify,
 }
 
-/// One call's slot, given back when dropped, with the call's place among the connection's
-/// uploads if it sends a streamed argument (a slot of the connection's upload slots, given back
-/// with it), and on a server the bytes of a large request, counted until the call is over.
+/// One call's slot, given back when dropped, with the bytes it counts, and the call's place
+/// among the connection's uploads if it sends a streamed argument (a slot of the connection's
+/// upload slots, given back with it).
 #[derive(Debug)]
 pub(crate) struct CallSlot {
     slots: Arc<CallSlots>,
+    bytes: usize,
     _upload: Option<Box<CallSlot>>,
-    _arguments: Option<HeldBytes>,
 }
 
 impl CallSlots {
-    /// `capacity` slots (at least one), none taken.
+    /// `capacity` slots (at least one), none taken, with no limit on bytes.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Self::with_byte_limit(capacity, usize::MAX)
+    }
+
+    /// `capacity` slots (at least one), none taken; while those taken count `byte_limit` bytes
+    /// or more, none is free for a call that counts any.
+    pub(crate) fn with_byte_limit(capacity: usize, byte_limit: usize) -> Arc<Self> {
         Arc::new(CallSlots {
             taken: AtomicUsize::new(0),
             capacity: capacity.max(1),
+            bytes: AtomicUsize::new(0),
+            byte_limit,
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
         })
@@ -48,6 +62,18 @@ impl CallSlots {
 
     /// A slot, if one is free.
     pub(crate) fn try_take(self: &Arc<Self>) -> Option<CallSlot> {
+        self.try_take_counting(0)
+    }
+
+    /// A slot counting `bytes`, if one is free for them. Only one task takes slots that count
+    /// bytes (a server connection's reader): two could both find room under the limit.
+    pub(crate) fn try_take_counting(self: &Arc<Self>, bytes: usize) -> Option<CallSlot> {
+        if bytes > 0 {
+            let counted = self.bytes.load(Ordering::SeqCst);
+            if counted > 0 && counted >= self.byte_limit {
+                return None;
+            }
+        }
         let mut taken = self.taken.load(Ordering::SeqCst);
         loop {
             if taken >= self.capacity {
@@ -60,10 +86,13 @@ impl CallSlots {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
+                    if bytes > 0 {
+                        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+                    }
                     return Some(CallSlot {
                         slots: Arc::clone(self),
+                        bytes,
                         _upload: None,
-                        _arguments: None,
                     });
                 }
                 Err(now) => taken = now,
@@ -73,9 +102,17 @@ impl CallSlots {
 
     /// A slot, once one is free. Cancel safe: a wakeup meant for a waiter dropped meanwhile
     /// goes to another.
-    pub(crate) async fn take(self: &Arc<Self>) -> CallSlot {
+    pub(crate) fn take(self: &Arc<Self>) -> impl Future<Output = CallSlot> + '_ {
+        // Not an `async fn` around it: that would hold its state inside one more, in every
+        // call that waits for a slot.
+        self.take_counting(0)
+    }
+
+    /// A slot counting `bytes`, once one is free for them. Cancel safe, like
+    /// [`CallSlots::take`].
+    pub(crate) async fn take_counting(self: &Arc<Self>, bytes: usize) -> CallSlot {
         loop {
-            if let Some(slot) = self.try_take() {
+            if let Some(slot) = self.try_take_counting(bytes) {
                 return slot;
             }
             let freed = self.freed.notified();
@@ -84,7 +121,7 @@ impl CallSlots {
             // back after the look sees a waiter, and its wakeup finds this one listening.
             freed.as_mut().enable();
             let _waiting = Waiting::new(&self.waiting);
-            if let Some(slot) = self.try_take() {
+            if let Some(slot) = self.try_take_counting(bytes) {
                 return slot;
             }
             freed.await;
@@ -108,17 +145,14 @@ impl CallSlot {
         self._upload = Some(Box::new(upload));
         self
     }
-
-    /// This slot, counting `arguments` (the bytes of the call's request) until it is given back.
-    pub(crate) fn with_arguments(mut self, arguments: HeldBytes) -> CallSlot {
-        self._arguments = Some(arguments);
-        self
-    }
 }
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
         let slots = &self.slots;
+        if self.bytes > 0 {
+            slots.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        }
         slots.taken.fetch_sub(1, Ordering::SeqCst);
         if slots.waiting.load(Ordering::SeqCst) > 0 {
             slots.freed.notify_one();
@@ -174,6 +208,31 @@ mod tests {
         assert!(uploads.try_take().is_none(), "one place in all");
         drop(slot);
         assert_eq!((slots.taken(), uploads.taken()), (0, 0));
+    }
+
+    /// While the slots taken count their limit of bytes or more, none is free for a call that
+    /// counts any, though slots are left; below it, one is, whatever its size. Calls that count
+    /// none are not held back.
+    #[tokio::test]
+    async fn slots_that_count_bytes_stop_at_their_limit_and_come_back() {
+        let slots = CallSlots::with_byte_limit(8, 100);
+        let first = slots.try_take_counting(60).expect("under the limit");
+        let second = slots
+            .try_take_counting(60)
+            .expect("still under it: 60 counted");
+        assert!(slots.try_take_counting(1).is_none(), "120 counted");
+        let _uncounted = slots.try_take().expect("a call that counts nothing");
+        let mut waiting = Box::pin(slots.take_counting(500));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("60 counted: a slot is free, whatever the size");
+        drop((second, third));
+        let alone = slots.try_take_counting(10_000).expect("none counted");
+        assert!(slots.try_take_counting(1).is_none());
+        drop(alone);
+        assert_eq!(slots.taken(), 1);
     }
 
     /// Waiters for slots all get one as the slots come back, each released slot waking one,

@@ -28,7 +28,7 @@ pub(crate) use frame::tests::frame;
 pub(crate) use frame::{FrameReader, is_large, length_prefix};
 pub(crate) use frame_memory::FrameMemory;
 pub(crate) use hello::{Hello, PeerInfo};
-pub(crate) use outbox::{Budget, Claim, HeldBytes, Meter, Outbox, Queue, StreamFrames};
+pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
 pub(crate) use spare::{copied, shared};
 pub(crate) use tail::{Tail, decode_with, take as take_tail};

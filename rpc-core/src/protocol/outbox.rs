@@ -655,30 +655,6 @@ impl Meter {
     }
 }
 
-/// Bytes counted in a [`Meter`] for as long as this lives.
-#[derive(Debug)]
-pub(crate) struct HeldBytes {
-    meter: Arc<Meter>,
-    bytes: usize,
-}
-
-impl HeldBytes {
-    /// Counts `bytes` in `meter` until dropped.
-    pub(crate) fn new(meter: &Arc<Meter>, bytes: usize) -> Self {
-        meter.hold(bytes);
-        HeldBytes {
-            meter: Arc::clone(meter),
-            bytes,
-        }
-    }
-}
-
-impl Drop for HeldBytes {
-    fn drop(&mut self) {
-        self.meter.release(self.bytes);
-    }
-}
-
 /// The bytes queued across all of a server's connections, and their limit.
 ///
 /// Each connection's queue is counted in whole steps (64 KiB): a connection adds to the

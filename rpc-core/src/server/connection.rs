@@ -32,8 +32,8 @@ use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
-    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, HeldBytes, Hello,
-    Meter, Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
+    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, Hello, Meter,
+    Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
     write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
@@ -47,11 +47,6 @@ use crate::{Metadata, RpcError};
 /// At most this many requests wait for an in-flight slot at once; past the first, the server
 /// stops reading until one of them starts.
 const MAX_PARKED: usize = 2;
-
-/// Requests larger than this count against the connection's limit on what its running calls
-/// hold (`ServerBuilder::max_argument_bytes_per_connection`); smaller ones, most calls, cost no
-/// counting. What the calls of a connection hold uncounted is at most this many bytes each.
-const COUNTED_FROM: usize = 64 * 1024;
 
 /// After closing on a protocol error, how long and how much the server goes on reading (and
 /// discarding) of what the peer still sends, so that closing the socket with unread bytes does
@@ -145,7 +140,12 @@ where
             Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
         let meter = Arc::clone(outbox.meter());
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
-        let slots = CallSlots::new(config.max_in_flight);
+        // A handler holds its arguments until it answers: every call's slot counts the bytes of
+        // its request.
+        let slots = CallSlots::with_byte_limit(
+            config.max_in_flight,
+            config.max_argument_bytes_per_connection,
+        );
         writer.watch_calls(Arc::clone(&slots));
         // The writer ending, the server shutting down and the server asking this connection to
         // give way all come through here.
@@ -201,7 +201,6 @@ where
             },
             slots,
             uploads: CallSlots::new(config.max_uploads),
-            arguments: Arc::new(Meter::new(config.max_argument_bytes_per_connection, None)),
             parked: VecDeque::new(),
             peer: Arc::new(peer),
             tunnel,
@@ -451,8 +450,7 @@ struct Parked<R> {
     request: R,
     /// It sends a streamed argument: it waits for a place among the connection's uploads too.
     upload: bool,
-    /// The bytes of its request, if large enough to count against the connection's limit on
-    /// what running calls hold; 0 otherwise.
+    /// The bytes of its request, which its slot counts.
     bytes: usize,
     #[cfg(feature = "tower")]
     arguments: bytes::Bytes,
@@ -475,8 +473,6 @@ struct Connection<'a, S: ServiceSet> {
     slots: Arc<CallSlots>,
     /// Every running call with a streamed argument holds one of these too, with its slot.
     uploads: Arc<CallSlots>,
-    /// The bytes of the large requests of the calls running, held with their slots.
-    arguments: Arc<Meter>,
     /// Requests that found no free slot, oldest first.
     parked: VecDeque<Parked<S::Request>>,
     peer: Arc<Peer>,
@@ -654,10 +650,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         // An upload holds its window of items until its handler takes them: a connection runs
         // only so many at once, and parks one past them as it does a call past its slots.
         let upload = self.service.takes_upload(index, method);
-        // A handler holds its arguments until it answers: a large request counts against what
-        // the connection's running calls may hold.
         let bytes = payload.len() + tail.as_ref().map_or(0, Tail::len);
-        let bytes = if bytes > COUNTED_FROM { bytes } else { 0 };
         let name = self.service.infos[index].name;
         let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
         let Some(request) = request else {
@@ -677,8 +670,10 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         // Requests start in the order they came: behind any already waiting for a slot. With
         // none free, the call waits while the reader goes on (backpressure).
-        let slot = (self.parked.is_empty() && (bytes == 0 || self.arguments.may_read()))
-            .then(|| self.try_slots(upload))
+        let slot = self
+            .parked
+            .is_empty()
+            .then(|| self.try_slots(upload, bytes))
             .flatten();
         match slot {
             Some(slot) => self.start(parked, slot),
@@ -766,8 +761,8 @@ impl<S: ServiceSet> Connection<'_, S> {
 
     /// A slot for a call, with a place among the uploads if it sends a streamed argument, if
     /// both are free.
-    fn try_slots(&self, upload: bool) -> Option<CallSlot> {
-        let slot = self.slots.try_take()?;
+    fn try_slots(&self, upload: bool, bytes: usize) -> Option<CallSlot> {
+        let slot = self.slots.try_take_counting(bytes)?;
         if !upload {
             return Some(slot);
         }
@@ -775,20 +770,15 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 
     /// What the oldest parked request needs to start, once it is free: a future that owns the
-    /// slots, to be polled beside futures that borrow the connection. A large request first
-    /// waits for the running calls to hold less than the connection's limit.
+    /// slots, to be polled beside futures that borrow the connection.
     fn slots_for_parked(&self) -> impl Future<Output = CallSlot> + use<S> {
         let slots = Arc::clone(&self.slots);
         let front = self.parked.front();
         let upload = front.is_some_and(|parked| parked.upload);
         let uploads = upload.then(|| Arc::clone(&self.uploads));
-        let large = front.is_some_and(|parked| parked.bytes > 0);
-        let arguments = large.then(|| Arc::clone(&self.arguments));
+        let bytes = front.map_or(0, |parked| parked.bytes);
         async move {
-            if let Some(arguments) = arguments {
-                arguments.wait_may_read().await;
-            }
-            let slot = slots.take().await;
+            let slot = slots.take_counting(bytes).await;
             match uploads {
                 Some(uploads) => slot.with_upload(uploads.take().await),
                 None => slot,
@@ -804,10 +794,6 @@ impl<S: ServiceSet> Connection<'_, S> {
     }
 
     fn start(&self, parked: Parked<S::Request>, slot: CallSlot) {
-        let slot = match parked.bytes {
-            0 => slot,
-            bytes => slot.with_arguments(HeldBytes::new(&self.arguments, bytes)),
-        };
         let call = NewCall {
             id: parked.id,
             request: parked.request,

@@ -337,14 +337,14 @@ impl ServerBuilder {
         self
     }
 
-    /// How many bytes of large requests (over 64 KiB each, counted whole) the calls running on
-    /// one connection may hold together (default 64 MiB). A handler holds its arguments until
-    /// it answers, so without this a client could pin
+    /// How many bytes of requests (their frames' lengths) the calls running on one connection
+    /// may hold together (default 64 MiB). A handler holds its arguments until it answers, so
+    /// without this a client could pin
     /// [`max_in_flight_per_connection`](Self::max_in_flight_per_connection) times
     /// [`max_frame_len`](Self::max_frame_len) bytes (16 GiB by default) with calls to a slow
-    /// method. A large request that arrives past it is parked, like a call past the in-flight
-    /// limit, until calls end: the server reads on past one such request and stops reading at
-    /// a second. A connection under the limit starts the next request whatever its size, so it
+    /// method. A request that arrives past it is parked, like a call past the in-flight limit,
+    /// until calls end: the server reads on past one such request and stops reading at a
+    /// second. A connection under the limit starts the next request whatever its size, so it
     /// may go past the limit by one request, and a single request up to `max_frame_len` always
     /// runs.
     pub fn max_argument_bytes_per_connection(mut self, bytes: usize) -> Self {
