@@ -281,7 +281,7 @@ impl Connection {
     /// Sends a call, with its upload if any, and waits for the server's response.
     pub(crate) async fn start<A: Encode + ?Sized>(
         self: &Arc<Self>,
-        spec: CallSpec<'_>,
+        mut spec: CallSpec<'_>,
         args: &A,
         upload: Option<Outbound>,
         download: bool,
@@ -297,7 +297,6 @@ impl Connection {
         checked.map_err(Failure::Final)?;
         // The slots first: a call waiting for one holds no encoded request. An upload's place
         // before its slot, so that a call waiting for a place holds no slot either.
-        let mut spec = spec;
         let uploads = self.uploads.as_ref().filter(|_| upload.is_some());
         let place = match uploads {
             Some(uploads) => Some(self.take_slot(uploads, &mut spec).await?),
