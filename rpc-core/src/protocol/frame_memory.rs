@@ -12,14 +12,14 @@
 //! lock everyone else out. So a reader that has waited [`PATIENCE`] takes a share back
 //! ([`FrameMemory::take_back`]): that of the holder whose peer has kept it waiting longest, for
 //! [`PATIENCE`] or more in all since the last frame it read (a connection busy with large
-//! frames for hours waits a little between many of them, and is not idle for that). Time a
-//! reader spends waiting for memory,
-//! not reading, does not count against its peer, which would send if it read. If none has, and
-//! every holder waits for more memory, none would ever finish: the one whose frame lacks the
-//! most gives way. Otherwise the holders are reading, and give memory back as their frames
-//! arrive. A holder between frames gives up only the allocations it kept for reuse; one in the
-//! middle of a frame has its connection closed, and its client told why. Honest peers, whose
-//! large frames come as fast as the network carries them, seldom keep their reader waiting.
+//! frames for hours waits a little between many of them, and is not idle for that; time a
+//! reader spends waiting for memory, not reading, does not count against its peer, which would
+//! send if it read). If no holder's peer has, and every holder waits for more memory, none
+//! would ever finish: the one whose frame lacks the most gives way. Otherwise the holders are
+//! reading, and give memory back as their frames arrive. A holder between frames gives up only
+//! the allocations it kept for reuse; one in the middle of a frame has its connection closed,
+//! and its client told why. Honest peers, whose large frames come as fast as the network
+//! carries them, seldom keep their reader waiting.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -360,8 +360,7 @@ impl ServerBuilder {
     /// A connection that needs more than is left stops reading until frames that arrive whole
     /// give some back, first come first served. After waiting a second it takes memory back:
     /// from the connection whose client has kept it waiting longest since its last whole frame,
-    /// a second or more in all,
-    /// in the middle of a frame; or, when every connection holding memory is waiting for more
+    /// a second or more in all; or, when every connection holding memory is waiting for more
     /// (none could finish), from the one whose frame lacks the most. A connection between
     /// frames gives up only what it kept for reuse; one in the middle of a frame is closed, its
     /// client told why in a GoAway (reason 4). A peer that sends a large frame slowly, or never
