@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rpc_core::{RpcError, Server, ServiceClient, Streaming};
+use rpc_core::{RpcError, Server, ServiceClient, StatusCode, Streaming};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, VERSION, frame, hello, read_frame_from, read_varint, request,
-    start_tcp_with, string, within,
+    LabClient, LabImpl, Probe, RawClient, VERSION, frame, hello, read_frame_from, read_varint,
+    request, start_tcp_with, string, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,6 +294,18 @@ async fn uploads_past_the_servers_limit_wait_for_one_to_end() {
     drop((second, still_open));
 }
 
+/// A gate's name of 400 KiB, starting with `letter`: a call waiting for it holds that much.
+fn large_gate(letter: char) -> String {
+    format!("{letter}{}", "x".repeat(400 * 1024))
+}
+
+/// The next two calls to start waiting, by their gates' first letters, in order.
+async fn two_started(probe: &Probe) -> [String; 2] {
+    let mut started = [probe.next_event().await, probe.next_event().await];
+    started.sort();
+    started.map(|event| event[..9].to_owned())
+}
+
 /// A handler holds its arguments until it answers, so the large requests the running calls of
 /// one connection hold are bounded: one past the limit is parked until a call ends, then runs.
 /// Nothing is refused or lost.
@@ -305,9 +317,9 @@ async fn large_requests_past_what_running_calls_may_hold_wait_for_one_to_end() {
     let addr = start_tcp_with(builder, lab).await;
     let mut raw = RawClient::handshake(addr).await;
     // Four calls, each holding a 400 KiB gate name while it waits for its gate.
-    let name = |letter: char| format!("{letter}{}", "x".repeat(400 * 1024));
     for (id, letter) in [(1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')] {
-        raw.send(&request(id, "wait", &string(&name(letter)))).await;
+        raw.send(&request(id, "wait", &string(&large_gate(letter))))
+            .await;
     }
     // A health call is never parked: its answer says the requests before it were all handled.
     raw.send(&request(9, "rpc.health.check", &string(""))).await;
@@ -325,7 +337,7 @@ async fn large_requests_past_what_running_calls_may_hold_wait_for_one_to_end() {
         "the fourth waits: the three running hold 1.2 MiB"
     );
 
-    probe.open(&name('a'));
+    probe.open(&large_gate('a'));
     let answer = within("the first answer", raw.read_frame())
         .await
         .expect("a frame");
@@ -337,7 +349,7 @@ async fn large_requests_past_what_running_calls_may_hold_wait_for_one_to_end() {
         "started once the first was over"
     );
     for letter in ['b', 'c', 'd'] {
-        probe.open(&name(letter));
+        probe.open(&large_gate(letter));
     }
     let mut answered = Vec::new();
     for _ in 0..3 {
@@ -489,4 +501,107 @@ async fn a_second_request_past_the_limit_stops_reading_until_a_slot_frees() {
         .expect("a frame");
     assert_eq!(answer, [0x02, 0x01, 0x00, 0x02, b'g', b'a']);
     assert_eq!(probe.next_event().await, "waiting gb");
+}
+
+/// What the calls of the whole server hold of their requests is bounded too, however many
+/// clients connect: a request that would take them past the limit is refused, not run and not
+/// parked (so that nobody's slow calls keep others' requests waiting), with an error a channel
+/// with retries takes to another server. Small calls still run, and once calls end, the same
+/// request runs.
+#[tokio::test]
+async fn a_large_request_past_what_the_servers_calls_may_hold_is_refused_not_run() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder().max_argument_bytes(1024 * 1024);
+    let addr = start_tcp_with(builder, lab).await;
+    let (holder, other) = (
+        LabClient::connect(addr).await.expect("connects"),
+        LabClient::connect(addr).await.expect("connects"),
+    );
+    // Two calls of one client hold 800 KiB, 736 past its connection's first 64.
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { join_all([holder.wait(large_gate('a')), holder.wait(large_gate('b'))]).await }
+    });
+    assert_eq!(two_started(&probe).await, ["waiting a", "waiting b"]);
+
+    // Another client's 400 KiB would make it 1,072 KiB.
+    let refused = within("the refusal", other.wait(large_gate('c'))).await;
+    match refused {
+        Err(RpcError::Refused {
+            status: StatusCode::Unavailable,
+            message,
+            ..
+        }) => assert!(message.contains("max_argument_bytes"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        probe.try_next_event().is_none(),
+        "the refused call never ran"
+    );
+    assert_eq!(other.add(2, 3).await.expect("a small call runs"), 5);
+
+    probe.open(&large_gate('a'));
+    probe.open(&large_gate('b'));
+    for answer in within("the holder's answers", holding)
+        .await
+        .expect("no panic")
+    {
+        answer.expect("answered");
+    }
+    let later = tokio::spawn({
+        let other = other.clone();
+        async move { other.wait(large_gate('c')).await }
+    });
+    assert_eq!(
+        &probe.next_event().await[..9],
+        "waiting c",
+        "runs once the others ended"
+    );
+    probe.open(&large_gate('c'));
+    within("the answer", later)
+        .await
+        .expect("no panic")
+        .expect("answered");
+}
+
+/// The same on the wire (docs/wire.md, section 6): past the server's bound, a request is
+/// answered at once with code 16, while the calls before it still hold their bytes, and the
+/// connection stays up.
+#[tokio::test]
+async fn on_the_wire_a_request_past_the_servers_bound_is_answered_with_code_16() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder().max_argument_bytes(1024 * 1024);
+    let addr = start_tcp_with(builder, lab).await;
+    let mut raw = RawClient::handshake(addr).await;
+    // 400 KiB and 800 KiB: 336 and 736 past the connection's first 64; 1,136 with a third.
+    for (id, letter) in [(1, 'a'), (2, 'b'), (3, 'c')] {
+        raw.send(&request(id, "wait", &string(&large_gate(letter))))
+            .await;
+    }
+    let refused = within("the refusal", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(
+        refused[..4],
+        [0x02, 0x03, 0x01, 0x10],
+        "Response, id 3, Err, code 16"
+    );
+    let message = String::from_utf8_lossy(&refused[5..]);
+    assert!(message.contains("max_argument_bytes"), "{message}");
+    assert_eq!(two_started(&probe).await, ["waiting a", "waiting b"]);
+
+    probe.open(&large_gate('a'));
+    probe.open(&large_gate('b'));
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let answer = within("an answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        answered.push(answer[..3].to_owned());
+    }
+    answered.sort();
+    assert_eq!(answered, [[0x02, 0x01, 0x00], [0x02, 0x02, 0x00]]);
+    assert!(probe.try_next_event().is_none(), "the third never ran");
 }

@@ -1,6 +1,6 @@
 //! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
-//! connections, bytes, retries, endpoints that could not be reached and frames whose memory a
-//! server took back are recorded through the `metrics` facade: here into metrics-util's
+//! connections, bytes, retries, endpoints that could not be reached, frames whose memory a
+//! server took back and calls it shed are recorded through the `metrics` facade: here into metrics-util's
 //! debugging recorder.
 
 use metrics::{SharedString, Unit};
@@ -8,7 +8,9 @@ use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
-use rpc_tests::{RawClient, VERSION, hello, request, varint, within};
+use rpc_tests::{
+    LabClient, LabImpl, RawClient, VERSION, hello, request, start_tcp_with, varint, within,
+};
 
 /// What the recorder held at one moment. (Taking it drains the histograms.)
 type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
@@ -167,5 +169,37 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
             &server
         ),
         1.0
+    );
+
+    // A server whose calls hold as many bytes of requests as it allows sheds the next large
+    // call, and counts it.
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let addr = start_tcp_with(Server::builder().max_argument_bytes(MIB), lab).await;
+    let (holder, other) = (
+        LabClient::connect(addr).await.expect("connects"),
+        LabClient::connect(addr).await.expect("connects"),
+    );
+    let gate = "a".repeat(900 * 1024);
+    let holding = tokio::spawn({
+        let gate = gate.clone();
+        async move { holder.wait(gate).await }
+    });
+    probe.next_event().await;
+    let shed = within("the refusal", other.wait("b".repeat(400 * 1024))).await;
+    shed.expect_err("refused");
+    probe.open(&gate);
+    within("the held call", holding)
+        .await
+        .expect("no panic")
+        .expect("answered");
+    let snapshot = snapshotter.snapshot().into_vec();
+    // The client made the call again (code 16: it did not run), and was refused again.
+    let retries = [("service", "Lab"), ("method", "wait")];
+    let made_again = value(&snapshot, "rpc_client_retries_total", &retries);
+    let lab = [("side", "server"), ("service", "Lab")];
+    assert_eq!(
+        value(&snapshot, "rpc_server_calls_shed_total", &lab),
+        1.0 + made_again
     );
 }

@@ -1,7 +1,9 @@
 //! A connection's call slots: how many of its calls are in flight, up to its limit. Each call
 //! holds a slot from before its request is encoded until it is answered (on a server, until
 //! its answer is written). On a server, a slot also counts the bytes of its call's request,
-//! which the handler holds until it answers, against a limit of their own.
+//! which the handler holds until it answers, against a limit of their own; and the bytes of
+//! every request a connection holds, running or parked, past its first [`UNSHARED`], count
+//! against a limit of the whole server's ([`HeldRequests`], [`CallSlots::reserve`]).
 //!
 //! A counter, not tokio's `Semaphore`: every call takes a slot and gives it back, from tasks on
 //! every worker, and the semaphore locks its list of waiters on each release, waiters or not.
@@ -12,6 +14,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+
+/// What a connection's calls may hold of their requests before the server's limit on them all
+/// counts it: small calls never touch the count the server's connections share.
+pub(crate) const UNSHARED: usize = 64 * 1024;
+
+/// The bytes of requests that a whole server's calls hold, running or parked, past each
+/// connection's first [`UNSHARED`], and how many they may.
+#[derive(Debug)]
+pub(crate) struct HeldRequests {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl HeldRequests {
+    /// None held, at most `limit` (past which a request is held only while none is).
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(HeldRequests {
+            held: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// The bytes held now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+}
 
 /// The slots of one connection.
 #[derive(Debug)]
@@ -26,38 +56,92 @@ pub(crate) struct CallSlots {
     /// counts any. Below it, one is, whatever its bytes: so the bytes go past it by one call's
     /// at most, and a single call of any size always gets a slot.
     byte_limit: usize,
+    /// The bytes of the requests reserved on this connection, running or parked; what they
+    /// come to past [`UNSHARED`] is counted in `server` too.
+    reserved: AtomicUsize,
+    server: Option<Arc<HeldRequests>>,
     /// Tasks waiting for a slot; a release wakes one of them.
     waiting: AtomicUsize,
     freed: Notify,
 }
 
-/// One call's slot, given back when dropped, with the bytes it counts, and the call's place
-/// among the connection's uploads if it sends a streamed argument (a slot of the connection's
-/// upload slots, given back with it).
+/// One call's slot, given back when dropped, with the bytes it counts, the bytes of the
+/// reservation it took over ([`CallSlot::holding`]), and the call's place among the
+/// connection's uploads if it sends a streamed argument (a slot of the connection's upload
+/// slots, given back with it).
 #[derive(Debug)]
 pub(crate) struct CallSlot {
     slots: Arc<CallSlots>,
     bytes: usize,
+    reserved: usize,
     _upload: Option<Box<CallSlot>>,
+}
+
+/// A request's bytes, counted among those its connection holds, and among the server's past
+/// the connection's first [`UNSHARED`], until it is dropped or its call's slot takes it over.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    slots: Arc<CallSlots>,
+    bytes: usize,
 }
 
 impl CallSlots {
     /// `capacity` slots (at least one), none taken, with no limit on bytes.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
-        Self::with_byte_limit(capacity, usize::MAX)
+        Self::with_byte_limit(capacity, usize::MAX, None)
     }
 
     /// `capacity` slots (at least one), none taken; while those taken count `byte_limit` bytes
-    /// or more, none is free for a call that counts any.
-    pub(crate) fn with_byte_limit(capacity: usize, byte_limit: usize) -> Arc<Self> {
+    /// or more, none is free for a call that counts any. Reservations past [`UNSHARED`] count
+    /// in `server`, if any.
+    pub(crate) fn with_byte_limit(
+        capacity: usize,
+        byte_limit: usize,
+        server: Option<Arc<HeldRequests>>,
+    ) -> Arc<Self> {
         Arc::new(CallSlots {
             taken: AtomicUsize::new(0),
             capacity: capacity.max(1),
             bytes: AtomicUsize::new(0),
             byte_limit,
+            reserved: AtomicUsize::new(0),
+            server,
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
         })
+    }
+
+    /// Reserves a request's `bytes` for as long as the connection holds it, if the server may
+    /// hold them: `None` if what they add past the connection's first [`UNSHARED`] would take
+    /// the server's requests past its limit while it holds any.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let before = self.reserved.fetch_add(bytes, Ordering::SeqCst);
+        let reservation = Reservation {
+            slots: Arc::clone(self),
+            bytes,
+        };
+        let shared = past_unshared(before.saturating_add(bytes)) - past_unshared(before);
+        if shared > 0
+            && let Some(server) = &self.server
+        {
+            let held = server.held.fetch_add(shared, Ordering::SeqCst);
+            if held > 0 && held.saturating_add(shared) > server.limit {
+                // Dropping it takes back what it added.
+                return None;
+            }
+        }
+        Some(reservation)
+    }
+
+    /// Takes back `bytes` reserved, here and from the server's count.
+    fn release(&self, bytes: usize) {
+        let before = self.reserved.fetch_sub(bytes, Ordering::SeqCst);
+        let shared = past_unshared(before) - past_unshared(before - bytes);
+        if shared > 0
+            && let Some(server) = &self.server
+        {
+            server.held.fetch_sub(shared, Ordering::SeqCst);
+        }
     }
 
     /// A slot, if one is free.
@@ -92,6 +176,7 @@ impl CallSlots {
                     return Some(CallSlot {
                         slots: Arc::clone(self),
                         bytes,
+                        reserved: 0,
                         _upload: None,
                     });
                 }
@@ -145,6 +230,34 @@ impl CallSlot {
         self._upload = Some(Box::new(upload));
         self
     }
+
+    /// This slot, keeping what `reservation` holds, of the connection's own, until it is
+    /// given back.
+    pub(crate) fn holding(mut self, mut reservation: Reservation) -> CallSlot {
+        debug_assert!(Arc::ptr_eq(&self.slots, &reservation.slots));
+        self.reserved += std::mem::take(&mut reservation.bytes);
+        self
+    }
+}
+
+impl Reservation {
+    /// The bytes reserved.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.slots.release(self.bytes);
+        }
+    }
+}
+
+/// What `reserved` bytes of one connection come to past its first [`UNSHARED`].
+fn past_unshared(reserved: usize) -> usize {
+    reserved.saturating_sub(UNSHARED)
 }
 
 impl Drop for CallSlot {
@@ -152,6 +265,9 @@ impl Drop for CallSlot {
         let slots = &self.slots;
         if self.bytes > 0 {
             slots.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        }
+        if self.reserved > 0 {
+            slots.release(self.reserved);
         }
         slots.taken.fetch_sub(1, Ordering::SeqCst);
         if slots.waiting.load(Ordering::SeqCst) > 0 {
@@ -215,7 +331,7 @@ mod tests {
     /// none are not held back.
     #[tokio::test]
     async fn slots_that_count_bytes_stop_at_their_limit_and_come_back() {
-        let slots = CallSlots::with_byte_limit(8, 100);
+        let slots = CallSlots::with_byte_limit(8, 100, None);
         let first = slots.try_take_counting(60).expect("under the limit");
         let second = slots
             .try_take_counting(60)
@@ -233,6 +349,57 @@ mod tests {
         assert!(slots.try_take_counting(1).is_none());
         drop(alone);
         assert_eq!(slots.taken(), 1);
+    }
+
+    /// What a connection's requests hold past its first [`UNSHARED`] counts in the server's
+    /// total, whoever holds it (a reservation, then the slot that takes it over), until they
+    /// let go. A reservation that would take the total past its limit is refused, unless the
+    /// server holds nothing; small requests, within their connection's first 64 KiB, never are.
+    #[test]
+    fn reservations_past_a_connections_first_bytes_count_against_the_servers_limit() {
+        const KIB: usize = 1024;
+        let server = HeldRequests::new(300 * KIB);
+        let one = CallSlots::with_byte_limit(8, usize::MAX, Some(Arc::clone(&server)));
+        let other = CallSlots::with_byte_limit(8, usize::MAX, Some(Arc::clone(&server)));
+
+        let small = one.reserve(60 * KIB).expect("within the first 64 KiB");
+        assert_eq!(server.held(), 0);
+        let large = one.reserve(200 * KIB).expect("the server holds none");
+        assert_eq!(server.held(), 196 * KIB, "260 KiB, less the first 64");
+        let slot = one.try_take_counting(large.bytes()).expect("a slot");
+        let running = slot.holding(large);
+        assert_eq!(
+            server.held(),
+            196 * KIB,
+            "the slot holds what the reservation did"
+        );
+
+        assert!(other.reserve(200 * KIB).is_none(), "332 KiB past the limit");
+        assert_eq!(
+            server.held(),
+            196 * KIB,
+            "a refusal takes back what it added"
+        );
+        let fits = other.reserve(150 * KIB).expect("282 KiB");
+        assert_eq!(server.held(), 282 * KIB);
+        let tiny = other.reserve(KIB).expect("other's own first bytes");
+        assert_eq!(server.held(), 283 * KIB, "past its first 64 KiB: counted");
+        drop(tiny);
+
+        drop(small);
+        assert_eq!(
+            server.held(),
+            222 * KIB,
+            "136 KiB of one's and 86 of other's"
+        );
+        drop(running);
+        assert_eq!(server.held(), 86 * KIB);
+        drop(fits);
+        assert_eq!(server.held(), 0);
+        let alone = one.reserve(10 * 1024 * KIB).expect("none held: any size");
+        assert!(other.reserve(100 * KIB).is_none());
+        drop(alone);
+        assert_eq!(server.held(), 0);
     }
 
     /// Waiters for slots all get one as the slots come back, each released slot waking one,

@@ -334,6 +334,18 @@ pub(crate) fn frame_memory_reclaimed(service: &'static str) {
     .increment(1);
 }
 
+/// The server refused a call of a client of `service` without running it: its calls held as
+/// many bytes of requests as it allows (`max_argument_bytes`, `slots.rs`).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn call_shed(service: &'static str) {
+    #[cfg(feature = "metrics")]
+    labels::counter(
+        "rpc_server_calls_shed_total",
+        labels::of(&[("side", "server"), ("service", service)]),
+    )
+    .increment(1);
+}
+
 /// W3C trace context in a call's metadata (feature `opentelemetry`): the client writes its
 /// span's `traceparent` and `tracestate`, and the server's span continues that trace.
 #[cfg(feature = "opentelemetry")]

@@ -38,11 +38,11 @@ use crate::protocol::{
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
-use crate::slots::{CallSlot, CallSlots};
+use crate::slots::{CallSlot, CallSlots, HeldRequests, Reservation};
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
-use crate::{Metadata, RpcError};
+use crate::{Metadata, RpcError, StatusCode};
 
 /// At most this many requests wait for an in-flight slot at once; past the first, the server
 /// stops reading until one of them starts.
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) budget: Arc<Budget>,
     /// The memory the server's connections hold for large frames they are reading.
     pub(crate) frame_memory: Arc<FrameMemory>,
+    /// The bytes of requests the server's calls hold, running or parked.
+    pub(crate) requests: Arc<HeldRequests>,
     /// The connection's place among the server's: in its handshake, where a newcomer at the
     /// connection limit may close it, until it registers; then asked to give way when idle, and
     /// told when the server shuts down.
@@ -145,6 +147,7 @@ where
         let slots = CallSlots::with_byte_limit(
             config.max_in_flight,
             config.max_argument_bytes_per_connection,
+            shared.as_ref().map(|shared| Arc::clone(&shared.requests)),
         );
         writer.watch_calls(Arc::clone(&slots));
         // The writer ending, the server shutting down and the server asking this connection to
@@ -450,8 +453,8 @@ struct Parked<R> {
     request: R,
     /// It sends a streamed argument: it waits for a place among the connection's uploads too.
     upload: bool,
-    /// The bytes of its request, which its slot counts.
-    bytes: usize,
+    /// The bytes of its request, which its slot counts and takes over.
+    reservation: Reservation,
     #[cfg(feature = "tower")]
     arguments: bytes::Bytes,
     arrived: Instant,
@@ -652,6 +655,13 @@ impl<S: ServiceSet> Connection<'_, S> {
         let upload = self.service.takes_upload(index, method);
         let bytes = payload.len() + tail.as_ref().map_or(0, Tail::len);
         let name = self.service.infos[index].name;
+        let Some(reservation) = self.slots.reserve(bytes) else {
+            let message = "the server's calls hold as many bytes of requests as it allows \
+                           (max_argument_bytes); the call did not run";
+            self.refuse(id, StatusCode::Unavailable.wire_code(), message);
+            crate::telemetry::call_shed(name);
+            return Ok(Handled::Request);
+        };
         let request = self.decode::<S>(id, (index, name), method, (args, tail), payload);
         let Some(request) = request else {
             return Ok(Handled::Request);
@@ -660,7 +670,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             id,
             request,
             upload,
-            bytes,
+            reservation,
             // Shares the frame's memory: no copy.
             #[cfg(feature = "tower")]
             arguments: payload.slice_ref(args),
@@ -673,7 +683,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         let slot = self
             .parked
             .is_empty()
-            .then(|| self.try_slots(upload, bytes))
+            .then(|| self.try_slots(upload, parked.reservation.bytes()))
             .flatten();
         match slot {
             Some(slot) => self.start(parked, slot),
@@ -776,7 +786,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         let front = self.parked.front();
         let upload = front.is_some_and(|parked| parked.upload);
         let uploads = upload.then(|| Arc::clone(&self.uploads));
-        let bytes = front.map_or(0, |parked| parked.bytes);
+        let bytes = front.map_or(0, |parked| parked.reservation.bytes());
         async move {
             let slot = slots.take_counting(bytes).await;
             match uploads {
@@ -803,7 +813,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             timeout_ms: parked.timeout_ms,
             metadata: parked.metadata,
             peer: Arc::clone(&self.peer),
-            slot,
+            slot: slot.holding(parked.reservation),
         };
         self.calls
             .start(&self.service.set, call, &self.link, &self.kept);

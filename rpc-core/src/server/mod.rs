@@ -53,6 +53,7 @@ use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP};
+use crate::slots::HeldRequests;
 use crate::transport;
 use crate::{Context, RpcError, Status};
 use registry::{Handshake, Registry};
@@ -91,6 +92,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_queued_per_connection: usize,
     pub(crate) max_queued: usize,
     pub(crate) max_argument_bytes_per_connection: usize,
+    pub(crate) max_argument_bytes: usize,
     pub(crate) max_frame_memory: usize,
     pub(crate) stream_window: u32,
     pub(crate) max_uploads: usize,
@@ -120,6 +122,7 @@ impl Default for ServerBuilder {
                 max_queued_per_connection: 4 * 1024 * 1024,
                 max_queued: 256 * 1024 * 1024,
                 max_argument_bytes_per_connection: 64 * 1024 * 1024,
+                max_argument_bytes: 1024 * 1024 * 1024,
                 max_frame_memory: 1024 * 1024 * 1024,
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 max_uploads: 64,
@@ -352,6 +355,21 @@ impl ServerBuilder {
         self
     }
 
+    /// How many bytes of requests (their frames' lengths) the calls of the whole server may
+    /// hold together, running or parked, past each connection's first 64 KiB (default 1 GiB).
+    /// [`max_argument_bytes_per_connection`](Self::max_argument_bytes_per_connection) bounds
+    /// what one connection holds; this bounds them all, however many connect. A request that
+    /// would take the server past it is not run: its client gets
+    /// [`RpcError::Refused`] with [`StatusCode::Unavailable`](crate::StatusCode::Unavailable),
+    /// which a channel with retries tries on another server. It is not parked: a client whose
+    /// slow calls hold the server's bytes would otherwise keep every other client's large
+    /// requests waiting. Small calls, within their connection's first 64 KiB, are never
+    /// refused for it, and a server holding nothing past those runs a request of any size.
+    pub fn max_argument_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_argument_bytes = bytes;
+        self
+    }
+
     /// How much memory the server's connections may hold together for the large frames they
     /// are reading (default 1 GiB; never less than [`max_frame_len`](Self::max_frame_len), so
     /// that the largest frame can always be read). Each connection's first 64 KiB do not count:
@@ -502,12 +520,14 @@ impl Server {
         let mut connections = JoinSet::new();
         let budget = Arc::new(Budget::new(config.max_queued));
         let frame_memory = FrameMemory::new(config.max_frame_memory, config.max_frame_len);
+        let requests = HeldRequests::new(config.max_argument_bytes);
         let registry = Arc::new(Registry::default());
         let spawner = Spawner {
             service: &service,
             config: &config,
             budget: &budget,
             frame_memory: &frame_memory,
+            requests: &requests,
         };
         tokio::pin!(signal);
         loop {
@@ -676,6 +696,7 @@ struct Spawner<'a, S> {
     config: &'a Arc<ServerConfig>,
     budget: &'a Arc<Budget>,
     frame_memory: &'a Arc<FrameMemory>,
+    requests: &'a Arc<HeldRequests>,
 }
 
 impl<S: ServiceSet> Spawner<'_, S> {
@@ -693,6 +714,7 @@ impl<S: ServiceSet> Spawner<'_, S> {
         let shared = Some(connection::Shared {
             budget: Arc::clone(self.budget),
             frame_memory: Arc::clone(self.frame_memory),
+            requests: Arc::clone(self.requests),
             handshake,
         });
         // The whole handshake, TLS included, must be over by then.
@@ -816,6 +838,7 @@ mod tests {
         assert_eq!(config.max_queued_per_connection, 4 * 1024 * 1024);
         assert_eq!(config.max_queued, 256 * 1024 * 1024);
         assert_eq!(config.max_argument_bytes_per_connection, 64 * 1024 * 1024);
+        assert_eq!(config.max_argument_bytes, 1024 * 1024 * 1024);
         assert_eq!(config.max_frame_memory, 1024 * 1024 * 1024);
     }
 
@@ -835,6 +858,7 @@ mod tests {
             .max_queued_bytes(12)
             .max_frame_memory(13)
             .max_argument_bytes_per_connection(14)
+            .max_argument_bytes(15)
             .config;
         assert_eq!(config.max_frame_len, 1);
         assert_eq!(config.max_in_flight, 2);
@@ -853,6 +877,7 @@ mod tests {
         assert_eq!(config.max_queued, 12);
         assert_eq!(config.max_frame_memory, 13);
         assert_eq!(config.max_argument_bytes_per_connection, 14);
+        assert_eq!(config.max_argument_bytes, 15);
 
         let off = Server::builder()
             .disable_idle_timeout()
