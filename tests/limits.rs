@@ -294,6 +294,50 @@ async fn uploads_past_the_servers_limit_wait_for_one_to_end() {
     drop((second, still_open));
 }
 
+/// An upload holds, besides its request, the window of items its client may send before the
+/// handler takes any: the server counts that window among what its calls hold, and sheds an
+/// upload past its bound like any call, while the uploads before it go on.
+#[tokio::test]
+async fn uploads_count_their_window_among_what_the_servers_calls_hold() {
+    let builder = Server::builder()
+        .stream_window(256 * 1024)
+        .max_argument_bytes(1024 * 1024);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let client = LabClient::connect(addr).await.expect("connects");
+    // Four uploads hold 1 MiB of windows, 960 KiB past the connection's first 64.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (items, numbers) = Streaming::channel(1);
+        let mut upload = Box::pin(client.sum(numbers));
+        assert!(upload.as_mut().poll(&mut cx).is_pending());
+        open.push((items, upload));
+    }
+    // Answered after the four requests, on the same connection: they are running.
+    assert_eq!(client.add(1, 1).await.expect("a small call runs"), 2);
+
+    let shed = within("the fifth upload", client.sum(Streaming::iter(1..=3u64))).await;
+    match shed {
+        Err(RpcError::Refused {
+            status: StatusCode::Unavailable,
+            message,
+            ..
+        }) => assert!(message.contains("uploaded items"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let (items, upload) = open.pop().expect("four");
+    items.send(5).await.expect("the upload is open");
+    drop(items);
+    assert_eq!(within("an upload", upload).await.expect("summed"), 5);
+    let sum = within(
+        "the fifth upload again",
+        client.sum(Streaming::iter(1..=3u64)),
+    )
+    .await;
+    assert_eq!(sum.expect("runs once a window is free"), 6);
+}
+
 /// A gate's name of 400 KiB, starting with `letter`: a call waiting for it holds that much.
 fn large_gate(letter: char) -> String {
     format!("{letter}{}", "x".repeat(400 * 1024))

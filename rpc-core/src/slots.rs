@@ -240,13 +240,6 @@ impl CallSlot {
     }
 }
 
-impl Reservation {
-    /// The bytes reserved.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
@@ -366,7 +359,7 @@ mod tests {
         assert_eq!(server.held(), 0);
         let large = one.reserve(200 * KIB).expect("the server holds none");
         assert_eq!(server.held(), 196 * KIB, "260 KiB, less the first 64");
-        let slot = one.try_take_counting(large.bytes()).expect("a slot");
+        let slot = one.try_take_counting(200 * KIB).expect("a slot");
         let running = slot.holding(large);
         assert_eq!(
             server.held(),

@@ -453,7 +453,10 @@ struct Parked<R> {
     request: R,
     /// It sends a streamed argument: it waits for a place among the connection's uploads too.
     upload: bool,
-    /// The bytes of its request, which its slot counts and takes over.
+    /// The bytes of its request, which its slot counts.
+    bytes: usize,
+    /// What it holds, its request and, for an upload, the window of items its client may send
+    /// ahead, which its slot takes over.
     reservation: Reservation,
     #[cfg(feature = "tower")]
     arguments: bytes::Bytes,
@@ -651,13 +654,19 @@ impl<S: ServiceSet> Connection<'_, S> {
             return Ok(Handled::Request);
         }
         // An upload holds its window of items until its handler takes them: a connection runs
-        // only so many at once, and parks one past them as it does a call past its slots.
+        // only so many at once, and parks one past them as it does a call past its slots; and
+        // the window counts among what the server's calls hold.
         let upload = self.service.takes_upload(index, method);
         let bytes = payload.len() + tail.as_ref().map_or(0, Tail::len);
+        let window = if upload {
+            self.config.stream_window as usize
+        } else {
+            0
+        };
         let name = self.service.infos[index].name;
-        let Some(reservation) = self.slots.reserve(bytes) else {
-            let message = "the server's calls hold as many bytes of requests as it allows \
-                           (max_argument_bytes); the call did not run";
+        let Some(reservation) = self.slots.reserve(bytes + window) else {
+            let message = "the server's calls hold as many bytes of requests and uploaded \
+                           items as it allows (max_argument_bytes); the call did not run";
             self.refuse(id, StatusCode::Unavailable.wire_code(), message);
             crate::telemetry::call_shed(name);
             return Ok(Handled::Request);
@@ -670,6 +679,7 @@ impl<S: ServiceSet> Connection<'_, S> {
             id,
             request,
             upload,
+            bytes,
             reservation,
             // Shares the frame's memory: no copy.
             #[cfg(feature = "tower")]
@@ -683,7 +693,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         let slot = self
             .parked
             .is_empty()
-            .then(|| self.try_slots(upload, parked.reservation.bytes()))
+            .then(|| self.try_slots(upload, bytes))
             .flatten();
         match slot {
             Some(slot) => self.start(parked, slot),
@@ -786,7 +796,7 @@ impl<S: ServiceSet> Connection<'_, S> {
         let front = self.parked.front();
         let upload = front.is_some_and(|parked| parked.upload);
         let uploads = upload.then(|| Arc::clone(&self.uploads));
-        let bytes = front.map_or(0, |parked| parked.reservation.bytes());
+        let bytes = front.map_or(0, |parked| parked.bytes);
         async move {
             let slot = slots.take_counting(bytes).await;
             match uploads {

@@ -205,9 +205,11 @@ impl ServerBuilder {
     /// How many bytes of a streamed argument a client may send ahead of what the handler has
     /// taken from the stream (default 1 MiB, at least 1). Items count their frame's bytes plus
     /// 32. A larger window keeps an upload moving over a link with a long round trip; it is
-    /// also what one upload may hold in memory here when its handler falls behind, so a
-    /// connection holds at most this times its
-    /// [limit on uploads](ServerBuilder::max_uploads_per_connection).
+    /// also what one upload may hold in memory here when its handler falls behind (with one
+    /// more item, which a client may send while it has any credit left), so a connection holds
+    /// at most this times its [limit on uploads](ServerBuilder::max_uploads_per_connection),
+    /// and the server's uploads together count it within
+    /// [`max_argument_bytes`](ServerBuilder::max_argument_bytes).
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.config.stream_window = bytes.max(1);
         self
@@ -215,8 +217,8 @@ impl ServerBuilder {
 
     /// How many calls with a streamed argument one connection may have running at once
     /// (default 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window)
-    /// of items its handler has not taken yet, so this bounds what a connection's uploads hold:
-    /// 64 MiB by default. The server's hello announces it, and an rpc-core client holds a call
+    /// of items its handler has not taken yet (and one item more), so this bounds what a
+    /// connection's uploads hold: 64 MiB and 64 items by default. The server's hello announces it, and an rpc-core client holds a call
     /// past it back until an upload on the connection is over, as it does calls past
     /// [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection). From a
     /// client that does not, the server parks one such request, with its items, and reads on;
@@ -357,8 +359,11 @@ impl ServerBuilder {
 
     /// How many bytes of requests (their frames' lengths) the calls of the whole server may
     /// hold together, running or parked, past each connection's first 64 KiB (default 1 GiB).
+    /// A call with a streamed argument counts its [window](Self::stream_window) too: the items
+    /// its client may send before the handler takes any.
     /// [`max_argument_bytes_per_connection`](Self::max_argument_bytes_per_connection) bounds
-    /// what one connection holds; this bounds them all, however many connect. A request that
+    /// what one connection's running calls hold; this bounds them all, however many connect.
+    /// A request that
     /// would take the server past it is not run: its client gets
     /// [`RpcError::Refused`] with [`StatusCode::Unavailable`](crate::StatusCode::Unavailable),
     /// which a channel with retries tries on another server. It is not parked: a client whose
