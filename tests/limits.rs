@@ -317,14 +317,7 @@ async fn uploads_count_their_window_among_what_the_servers_calls_hold() {
     assert_eq!(client.add(1, 1).await.expect("a small call runs"), 2);
 
     let shed = within("the fifth upload", client.sum(Streaming::iter(1..=3u64))).await;
-    match shed {
-        Err(RpcError::Refused {
-            status: StatusCode::Unavailable,
-            message,
-            ..
-        }) => assert!(message.contains("uploaded items"), "{message}"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_shed(shed, "uploaded items");
 
     let (items, upload) = open.pop().expect("four");
     items.send(5).await.expect("the upload is open");
@@ -336,6 +329,19 @@ async fn uploads_count_their_window_among_what_the_servers_calls_hold() {
     )
     .await;
     assert_eq!(sum.expect("runs once a window is free"), 6);
+}
+
+/// Asserts that a call was shed, refused as `Unavailable` (code 16) with a message that says
+/// `says`.
+fn assert_shed<T: std::fmt::Debug>(outcome: Result<T, RpcError>, says: &str) {
+    match outcome {
+        Err(RpcError::Refused {
+            status: StatusCode::Unavailable,
+            message,
+            ..
+        }) => assert!(message.contains(says), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// A gate's name of 400 KiB, starting with `letter`: a call waiting for it holds that much.
@@ -571,14 +577,7 @@ async fn a_large_request_past_what_the_servers_calls_may_hold_is_refused_not_run
 
     // Another client's 400 KiB would make it 1,072 KiB.
     let refused = within("the refusal", other.wait(large_gate('c'))).await;
-    match refused {
-        Err(RpcError::Refused {
-            status: StatusCode::Unavailable,
-            message,
-            ..
-        }) => assert!(message.contains("max_argument_bytes"), "{message}"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_shed(refused, "max_argument_bytes");
     assert!(
         probe.try_next_event().is_none(),
         "the refused call never ran"
