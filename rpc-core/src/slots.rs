@@ -11,7 +11,7 @@
 //! waits.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -23,23 +23,26 @@ pub(crate) const UNSHARED: usize = 64 * 1024;
 /// connection's first [`UNSHARED`], and how many they may.
 #[derive(Debug)]
 pub(crate) struct HeldRequests {
-    held: AtomicUsize,
-    limit: usize,
+    /// Signed: each change is worked out from its connection's count, and two changes of one
+    /// connection may land here in the other order than they were counted there, for a moment
+    /// below zero.
+    held: AtomicIsize,
+    limit: isize,
 }
 
 impl HeldRequests {
     /// None held, at most `limit` (past which a request is held only while none is).
     pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(HeldRequests {
-            held: AtomicUsize::new(0),
-            limit,
+            held: AtomicIsize::new(0),
+            limit: isize::try_from(limit).unwrap_or(isize::MAX),
         })
     }
 
     /// The bytes held now.
     #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::SeqCst)
+        self.held.load(Ordering::SeqCst).max(0) as usize
     }
 }
 
@@ -124,6 +127,7 @@ impl CallSlots {
         if shared > 0
             && let Some(server) = &self.server
         {
+            let shared = shared as isize;
             let held = server.held.fetch_add(shared, Ordering::SeqCst);
             if held > 0 && held.saturating_add(shared) > server.limit {
                 // Dropping it takes back what it added.
@@ -140,7 +144,7 @@ impl CallSlots {
         if shared > 0
             && let Some(server) = &self.server
         {
-            server.held.fetch_sub(shared, Ordering::SeqCst);
+            server.held.fetch_sub(shared as isize, Ordering::SeqCst);
         }
     }
 
@@ -393,6 +397,20 @@ mod tests {
         assert!(other.reserve(100 * KIB).is_none());
         drop(alone);
         assert_eq!(server.held(), 0);
+    }
+
+    /// A connection's release and reservation, counted in one order on the connection, may
+    /// change the server's count in the other, leaving it below zero for a moment: that
+    /// refuses nobody.
+    #[test]
+    fn a_servers_count_below_zero_for_a_moment_refuses_nobody() {
+        let server = HeldRequests::new(100 * 1024);
+        let slots = CallSlots::with_byte_limit(8, usize::MAX, Some(Arc::clone(&server)));
+        // A release's change, landed before that of the reservation counted before it.
+        server.held.fetch_sub(50 * 1024, Ordering::SeqCst);
+        let reservation = slots.reserve(150 * 1024).expect("the server holds nothing");
+        drop(reservation);
+        assert_eq!(server.held.load(Ordering::SeqCst), -50 * 1024);
     }
 
     /// Waiters for slots all get one as the slots come back, each released slot waking one,
