@@ -256,6 +256,77 @@ fn the_server_wide_budget_caps_what_all_connections_hold() {
     });
 }
 
+/// Clients whose calls wait for ever cannot make a server hold their requests without bound,
+/// however many connect: past `max_argument_bytes`, requests are refused, not run, and their
+/// memory freed at once, while a newcomer's small call is still served.
+#[test]
+fn the_server_wide_bound_caps_what_all_connections_calls_hold() {
+    scenario(async {
+        let lab = LabImpl::default();
+        let probe = lab.probe();
+        let builder = Server::builder()
+            .max_argument_bytes(8 * MIB)
+            .max_frame_memory(16 * MIB);
+        let addr = start_tcp_with(builder, lab).await;
+        let gate = format!("g{}", "x".repeat(512 * 1024));
+        let start = baseline();
+        // 80 MiB of requests in all, to a method that waits for a gate nobody opens yet.
+        let mut hogs = Vec::new();
+        for _ in 0..20 {
+            let mut raw = RawClient::handshake(addr).await;
+            let mut asks = Vec::new();
+            for id in 0..8 {
+                asks.extend(request(id, "wait", &string(&gate)));
+            }
+            // A health call is never refused or parked: its answer follows the refusals of the
+            // requests before it.
+            asks.extend(request(8, "rpc.health.check", &string("")));
+            raw.send(&asks).await;
+            hogs.push(raw);
+        }
+        let mut refused = 0;
+        for raw in &mut hogs {
+            loop {
+                let frame = within("an answer", raw.read_frame())
+                    .await
+                    .expect("a frame");
+                if frame[..3] == [0x02, 0x08, 0x00] {
+                    break;
+                }
+                assert_eq!(frame[0], 0x02, "a Response");
+                assert_eq!(frame[2..4], [0x01, 0x10], "Err, code 16");
+                refused += 1;
+            }
+        }
+        let mut running = 0;
+        while probe.try_next_event().is_some() {
+            running += 1;
+        }
+        assert_eq!(running + refused, 160, "every request ran or was refused");
+        assert!(running < 40, "{running} calls hold 512 KiB each");
+        let client = within("a newcomer", LabClient::connect(addr))
+            .await
+            .expect("connects");
+        assert_eq!(
+            within("its call", client.add(1, 2)).await.expect("served"),
+            3
+        );
+        // About 41 MiB: the 8 MiB the calls running hold, with their frames, the 16 MiB the
+        // readers share, one hog's requests as this test built them, and what the process
+        // keeps for reuse (174 MiB without the bound, every request running).
+        let peak = peak_above(start);
+        assert!(
+            peak < 64 * MIB,
+            "{} MiB held at the peak for 80 MiB of requests",
+            peak / MIB
+        );
+        probe.open(&gate);
+        drop(hogs);
+        drop(client);
+        freed_to(start, KEPT).await;
+    });
+}
+
 /// A client's metadata over the server's limit fails the call, not the process: nothing is
 /// allocated for entries past the limit a peer claims.
 #[test]
