@@ -32,6 +32,8 @@ pub trait Numbers {
     async fn add(&self, a: u64, b: u64) -> u64;
     /// Reads a stream, pausing every 64th item until the sender has filled its window.
     async fn slow_count(&self, chunks: Streaming<ByteBuf>) -> u64;
+    /// Adds up the lengths of the chunks of a stream: `u64::MAX` if it fails.
+    async fn total_len(&self, chunks: Streaming<ByteBuf>) -> u64;
     /// Streams `n` items, each the name of the method in the context its producer ran in;
     /// first lets other tasks run if `wait`, so its handler does not finish on its first poll.
     async fn context_seen(&self, n: u64, wait: bool) -> Streaming<String>;
@@ -163,6 +165,17 @@ impl Numbers for Impl {
         read
     }
 
+    async fn total_len(&self, mut chunks: Streaming<ByteBuf>) -> u64 {
+        let mut total = 0;
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => total += chunk.len() as u64,
+                Err(_) => return u64::MAX,
+            }
+        }
+        total
+    }
+
     async fn context_seen(&self, n: u64, wait: bool) -> Streaming<String> {
         if wait {
             tokio::task::yield_now().await;
@@ -181,9 +194,13 @@ struct Fixture {
 }
 
 async fn start() -> Fixture {
+    start_with(Server::builder()).await
+}
+
+async fn start_with(builder: rpc_core::ServerBuilder) -> Fixture {
     let (events_tx, events) = mpsc::unbounded_channel();
     let window = Arc::new(Window::default());
-    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
     let addr = server.local_addr().expect("address");
     tokio::spawn(server.serve(NumbersServer::new(Impl {
         events: events_tx,
@@ -509,6 +526,29 @@ async fn a_dropped_connection_ends_every_stream_with_an_error() {
         Err(RpcError::ConnectionClosed | RpcError::Connect { .. }) => {}
         other => panic!("expected the upload to fail, got {other:?}"),
     }
+}
+
+/// An item may go while its stream has any credit left, whatever it costs: what it costs past
+/// the window counts among what the server's calls hold until the handler takes it. A server
+/// that may not hold it drops it and ends the stream for the handler with an error; the
+/// connection goes on, and the same item goes through a server that may.
+#[tokio::test]
+async fn an_item_past_the_window_counts_among_what_the_servers_calls_hold() {
+    let large = || Streaming::iter([ByteBuf::from(vec![7; 2 * 1024 * 1024])]);
+    let tight = Server::builder()
+        .stream_window(64 * 1024)
+        .max_argument_bytes(1024 * 1024);
+    let fixture = start_with(tight).await;
+    let total = within("the upload", fixture.client.total_len(large())).await;
+    assert_eq!(total.expect("answered"), u64::MAX, "the stream failed");
+    let small = Streaming::iter([ByteBuf::from(vec![7; 1000]), ByteBuf::from(vec![7; 24])]);
+    let total = within("a small upload", fixture.client.total_len(small)).await;
+    assert_eq!(total.expect("answered"), 1024, "the connection goes on");
+
+    let roomy = Server::builder().stream_window(64 * 1024);
+    let fixture = start_with(roomy).await;
+    let total = within("the upload", fixture.client.total_len(large())).await;
+    assert_eq!(total.expect("answered"), 2 * 1024 * 1024);
 }
 
 /// The other direction: a client uploading 16 MiB to a server that reads slowly takes from its

@@ -790,7 +790,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
         };
         match head {
             Ok((Head::StreamItem { id }, item)) => {
-                if let Err(error) = streams.deliver(id, &payload, item, &mut reader) {
+                if let Err(error) = streams.deliver(id, &payload, item, &mut reader, None) {
                     break error;
                 }
             }

@@ -598,7 +598,9 @@ impl<S: ServiceSet> Connection<'_, S> {
             }
             Head::Ping => return Ok(Handled::Other),
             Head::StreamItem { id } => {
-                self.link.streams.deliver(id, payload, rest, reader)?;
+                // What an item costs past its stream's window, the connection's calls hold.
+                let streams = &self.link.streams;
+                streams.deliver(id, payload, rest, reader, Some(&self.slots))?;
                 return Ok(Handled::Other);
             }
             Head::StreamEnd { id, outcome } => {

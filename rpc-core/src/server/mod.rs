@@ -208,7 +208,7 @@ impl ServerBuilder {
     /// also what one upload may hold in memory here when its handler falls behind (with one
     /// more item, which a client may send while it has any credit left), so a connection holds
     /// at most this times its [limit on uploads](ServerBuilder::max_uploads_per_connection),
-    /// and the server's uploads together count it within
+    /// and the server's uploads together count it, and the items past it, within
     /// [`max_argument_bytes`](ServerBuilder::max_argument_bytes).
     pub fn stream_window(mut self, bytes: u32) -> Self {
         self.config.stream_window = bytes.max(1);
@@ -359,8 +359,10 @@ impl ServerBuilder {
 
     /// How many bytes of requests (their frames' lengths) the calls of the whole server may
     /// hold together, running or parked, past each connection's first 64 KiB (default 1 GiB).
-    /// A call with a streamed argument counts its [window](Self::stream_window) too: the items
-    /// its client may send before the handler takes any.
+    /// A call with a streamed argument counts its [window](Self::stream_window) too, the items
+    /// its client may send before the handler takes any, and what an item its client sends
+    /// past the window costs until the handler takes it: an item the server may not hold is
+    /// dropped, and the handler's stream fails.
     /// [`max_argument_bytes_per_connection`](Self::max_argument_bytes_per_connection) bounds
     /// what one connection's running calls hold; this bounds them all, however many connect.
     /// A request that

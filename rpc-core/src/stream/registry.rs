@@ -18,10 +18,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Sleep;
 
 use super::{Streaming, grant_at, item_cost};
-use crate::RpcError;
 use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code, length_prefix};
-use crate::slots::CallSlot;
+use crate::slots::{CallSlot, CallSlots, Reservation};
 use crate::telemetry::{CallEnd, OK};
+use crate::{RpcError, StatusCode};
 
 /// What the connection's reader hands an incoming stream.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub(crate) enum Inbound {
     Finished,
     /// The sender ended the stream with an error.
     Failed { code: u32, message: String },
+    /// What the items before it cost past the stream's window, counted among what the server's
+    /// calls hold ([`Streams::deliver`]) until the consumer has taken them.
+    Held(Reservation),
     /// The connection ended.
     Lost(RpcError),
 }
@@ -139,14 +142,20 @@ impl Streams {
     /// stream that follow it in `reader`'s buffer: `payload` is the frame's payload, `item` what
     /// follows its head. Items for a stream nobody reads any more are dropped; an item sent
     /// with no credit left breaks the protocol.
+    ///
+    /// An item may go while any credit is left, whatever it costs: what the items cost past the
+    /// window is reserved in `holding` (a server connection's slots), if given, until the
+    /// consumer has taken them. If the server may not hold that much, the items are dropped and
+    /// the stream ends for its consumer with an error.
     pub(crate) fn deliver<R>(
         &self,
         id: u64,
         payload: &Bytes,
         item: &[u8],
         reader: &mut FrameReader<R>,
+        holding: Option<&Arc<CallSlots>>,
     ) -> Result<(), RpcError> {
-        let state = self.state();
+        let mut state = self.state();
         let Some(entry) = state.inbound.get(&id) else {
             return Ok(());
         };
@@ -170,11 +179,33 @@ impl Streams {
             has_credit
         });
         entry.credit.fetch_sub(before - credit, Ordering::AcqRel);
+        let past_window = usize::try_from(-credit).unwrap_or(0);
+        let held = match holding {
+            Some(slots) if past_window > 0 => match slots.reserve(past_window) {
+                Some(reservation) => Some(reservation),
+                None => {
+                    if let Some(entry) = state.inbound.remove(&id) {
+                        let _ = entry.tx.send(Inbound::Failed {
+                            code: StatusCode::Unavailable.wire_code(),
+                            message: "the server's calls hold as many bytes of requests and \
+                                      uploaded items as it allows (max_argument_bytes): an item \
+                                      past the stream's window was dropped"
+                                .to_owned(),
+                        });
+                    }
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
         let bytes = payload.slice_ref(item);
         let cost = item_cost(payload.len());
         let _ = entry.tx.send(Inbound::Item { bytes, cost });
         if let Some(frames) = run {
             let _ = entry.tx.send(Inbound::Run { frames, head_len });
+        }
+        if let Some(held) = held {
+            let _ = entry.tx.send(Inbound::Held(held));
         }
         Ok(())
     }
@@ -503,6 +534,11 @@ impl<T: Decode> InboundStream<T> {
             return self.next_in_run();
         }
         let item = match std::task::ready!(self.parts.rx.poll_recv(cx)) {
+            Some(Inbound::Held(held)) => {
+                // The items before it are taken: what they held past the window goes back.
+                drop(held);
+                return self.poll_beyond_ahead(cx);
+            }
             Some(Inbound::Item { mut bytes, cost }) => {
                 self.return_credit(cost);
                 let whole = 0..bytes.len();
