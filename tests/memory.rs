@@ -95,6 +95,18 @@ async fn freed_to(baseline: usize, slack: usize) {
     .await;
 }
 
+/// Connects a new client to `addr` and makes a call: the server still serves newcomers.
+async fn a_newcomer_is_served(addr: std::net::SocketAddr) -> LabClient {
+    let client = within("a newcomer", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(
+        within("its call", client.add(1, 2)).await.expect("served"),
+        3
+    );
+    client
+}
+
 /// A server that pings every 100 ms and drops a client that reads nothing for a second.
 async fn impatient_server() -> std::net::SocketAddr {
     let keepalive = Server::builder().keepalive(Duration::from_millis(100), Duration::from_secs(1));
@@ -237,13 +249,7 @@ fn the_server_wide_budget_caps_what_all_connections_hold() {
             hogs.push(raw);
         }
         // Every hog has been read from at least once, and the server still serves a newcomer.
-        let client = within("a newcomer", LabClient::connect(addr))
-            .await
-            .expect("connects");
-        assert_eq!(
-            within("its call", client.add(1, 2)).await.expect("served"),
-            3
-        );
+        let client = a_newcomer_is_served(addr).await;
         let peak = peak_above(start);
         assert!(
             peak < 40 * MIB,
@@ -304,13 +310,7 @@ fn the_server_wide_bound_caps_what_all_connections_calls_hold() {
         }
         assert_eq!(running + refused, 160, "every request ran or was refused");
         assert!(running < 40, "{running} calls hold 512 KiB each");
-        let client = within("a newcomer", LabClient::connect(addr))
-            .await
-            .expect("connects");
-        assert_eq!(
-            within("its call", client.add(1, 2)).await.expect("served"),
-            3
-        );
+        let client = a_newcomer_is_served(addr).await;
         // About 41 MiB: the 8 MiB the calls running hold, with their frames, the 16 MiB the
         // readers share, one hog's requests as this test built them, and what the process
         // keeps for reuse (174 MiB without the bound, every request running).
