@@ -1,9 +1,10 @@
 //! A connection's call slots: how many of its calls are in flight, up to its limit. Each call
 //! holds a slot from before its request is encoded until it is answered (on a server, until
 //! its answer is written). On a server, a slot also counts the bytes of its call's request,
-//! which the handler holds until it answers, against a limit of their own; and the bytes of
-//! every request a connection holds, running or parked, past its first [`UNSHARED`], count
-//! against a limit of the whole server's ([`HeldRequests`], [`CallSlots::reserve`]).
+//! which the handler holds until it answers, against a limit of their own; and the bytes a
+//! connection holds for its calls, running or parked (their requests, uploads' windows and
+//! items past them), past its first [`UNSHARED`], count against a limit of the whole server's
+//! ([`HeldRequests`], [`CallSlots::reserve`]).
 //!
 //! A counter, not tokio's `Semaphore`: every call takes a slot and gives it back, from tasks on
 //! every worker, and the semaphore locks its list of waiters on each release, waiters or not.
@@ -59,8 +60,8 @@ pub(crate) struct CallSlots {
     /// counts any. Below it, one is, whatever its bytes: so the bytes go past it by one call's
     /// at most, and a single call of any size always gets a slot.
     byte_limit: usize,
-    /// The bytes of the requests reserved on this connection, running or parked; what they
-    /// come to past [`UNSHARED`] is counted in `server` too.
+    /// The bytes reserved on this connection for its calls, running or parked; what they come
+    /// to past [`UNSHARED`] is counted in `server` too.
     reserved: AtomicUsize,
     server: Option<Arc<HeldRequests>>,
     /// Tasks waiting for a slot; a release wakes one of them.
@@ -80,8 +81,10 @@ pub(crate) struct CallSlot {
     _upload: Option<Box<CallSlot>>,
 }
 
-/// A request's bytes, counted among those its connection holds, and among the server's past
-/// the connection's first [`UNSHARED`], until it is dropped or its call's slot takes it over.
+/// Bytes a connection holds for a call (its request's, with an upload's window; or what an
+/// upload's items cost past that window), counted among those the connection holds, and among
+/// the server's past the connection's first [`UNSHARED`], until it is dropped or its call's
+/// slot takes it over.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     slots: Arc<CallSlots>,
@@ -114,8 +117,8 @@ impl CallSlots {
         })
     }
 
-    /// Reserves a request's `bytes` for as long as the connection holds it, if the server may
-    /// hold them: `None` if what they add past the connection's first [`UNSHARED`] would take
+    /// Reserves `bytes` the connection holds for a call, for as long as it holds them, if the
+    /// server may: `None` if what they add past the connection's first [`UNSHARED`] would take
     /// the server's requests past its limit while it holds any.
     pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
         let before = self.reserved.fetch_add(bytes, Ordering::SeqCst);
