@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+/// Why the server would not hold more for a call: said to the client of a request it sheds,
+/// and to the handler of an upload whose item past the window it drops.
+pub(crate) const OVER_SERVER_LIMIT: &str = "the server's calls hold as many bytes of requests \
+                                            and uploaded items as it allows (max_argument_bytes)";
+
 /// What a connection's calls may hold of their requests before the server's limit on them all
 /// counts it: small calls never touch the count the server's connections share.
 pub(crate) const UNSHARED: usize = 64 * 1024;

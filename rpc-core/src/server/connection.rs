@@ -38,7 +38,7 @@ use crate::protocol::{
 };
 use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
-use crate::slots::{CallSlot, CallSlots, HeldRequests, Reservation};
+use crate::slots::{CallSlot, CallSlots, HeldRequests, OVER_SERVER_LIMIT, Reservation};
 use crate::stream::{InboundSlot, Streams};
 use crate::task::AbortOnDrop;
 use crate::telemetry::{OpenConnection, Side, Traffic};
@@ -667,9 +667,8 @@ impl<S: ServiceSet> Connection<'_, S> {
         };
         let name = self.service.infos[index].name;
         let Some(reservation) = self.slots.reserve(bytes + window) else {
-            let message = "the server's calls hold as many bytes of requests and uploaded \
-                           items as it allows (max_argument_bytes); the call did not run";
-            self.refuse(id, StatusCode::Unavailable.wire_code(), message);
+            let message = format!("{OVER_SERVER_LIMIT}; the call did not run");
+            self.refuse(id, StatusCode::Unavailable.wire_code(), &message);
             crate::telemetry::call_shed(name);
             return Ok(Handled::Request);
         };

@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 
 use super::{Streaming, grant_at, item_cost};
 use crate::protocol::{self, FrameReader, Head, LENGTH_PREFIX, Outbox, code, length_prefix};
-use crate::slots::{CallSlot, CallSlots, Reservation};
+use crate::slots::{CallSlot, CallSlots, OVER_SERVER_LIMIT, Reservation};
 use crate::telemetry::{CallEnd, OK};
 use crate::{RpcError, StatusCode};
 
@@ -187,10 +187,9 @@ impl Streams {
                     if let Some(entry) = state.inbound.remove(&id) {
                         let _ = entry.tx.send(Inbound::Failed {
                             code: StatusCode::Unavailable.wire_code(),
-                            message: "the server's calls hold as many bytes of requests and \
-                                      uploaded items as it allows (max_argument_bytes): an item \
-                                      past the stream's window was dropped"
-                                .to_owned(),
+                            message: format!(
+                                "{OVER_SERVER_LIMIT}: an item past the stream's window was dropped"
+                            ),
                         });
                     }
                     return Ok(());
