@@ -215,11 +215,12 @@ impl ServerBuilder {
         self
     }
 
-    /// How many calls with a streamed argument one connection may have running at once
-    /// (default 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window)
-    /// of items its handler has not taken yet (and one item more), so this bounds what a
-    /// connection's uploads hold: 64 MiB and 64 items by default. The server's hello announces it, and an rpc-core client holds a call
-    /// past it back until an upload on the connection is over, as it does calls past
+    /// How many calls with a streamed argument one connection may have running at once (default
+    /// 64, at least 1). Each may hold its [stream window](ServerBuilder::stream_window) of
+    /// items its handler has not taken yet (and one item more), so this bounds what a
+    /// connection's uploads hold: 64 MiB and 64 items by default. The server's hello announces
+    /// it, and an rpc-core client holds a call past it back until an upload on the connection
+    /// is over, as it does calls past
     /// [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection). From a
     /// client that does not, the server parks one such request, with its items, and reads on;
     /// at a second it stops reading until an upload is over.
@@ -358,20 +359,19 @@ impl ServerBuilder {
     }
 
     /// How many bytes of requests (their frames' lengths) the calls of the whole server may
-    /// hold together, running or parked, past each connection's first 64 KiB (default 1 GiB).
-    /// A call with a streamed argument counts its [window](Self::stream_window) too, the items
-    /// its client may send before the handler takes any, and what an item its client sends
-    /// past the window costs until the handler takes it: an item the server may not hold is
-    /// dropped, and the handler's stream fails.
+    /// hold together, running or parked, past each connection's first 64 KiB (default 1 GiB). A
+    /// call with a streamed argument counts its [window](Self::stream_window) too, the items
+    /// its client may send before the handler takes any, and what an item its client sends past
+    /// the window costs until the handler takes it: an item the server may not hold is dropped,
+    /// and the handler's stream fails.
     /// [`max_argument_bytes_per_connection`](Self::max_argument_bytes_per_connection) bounds
-    /// what one connection's running calls hold; this bounds them all, however many connect.
-    /// A request that
-    /// would take the server past it is not run: its client gets
+    /// what one connection's running calls hold; this bounds them all, however many connect. A
+    /// request that would take the server past it is not run: its client gets
     /// [`RpcError::Refused`] with [`StatusCode::Unavailable`](crate::StatusCode::Unavailable),
     /// which a channel with retries tries on another server. It is not parked: a client whose
     /// slow calls hold the server's bytes would otherwise keep every other client's large
-    /// requests waiting. Small calls, within their connection's first 64 KiB, are never
-    /// refused for it, and a server holding nothing past those runs a request of any size.
+    /// requests waiting. Small calls, within their connection's first 64 KiB, are never refused
+    /// for it, and a server holding nothing past those runs a request of any size.
     pub fn max_argument_bytes(mut self, bytes: usize) -> Self {
         self.config.max_argument_bytes = bytes;
         self
