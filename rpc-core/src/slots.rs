@@ -25,8 +25,9 @@ pub(crate) const OVER_SERVER_LIMIT: &str = "the server's calls hold as many byte
 /// counts it: small calls never touch the count the server's connections share.
 pub(crate) const UNSHARED: usize = 64 * 1024;
 
-/// The bytes of requests that a whole server's calls hold, running or parked, past each
-/// connection's first [`UNSHARED`], and how many they may.
+/// The bytes a whole server's calls hold of what their clients sent (requests, uploads'
+/// windows and items past them), running or parked, past each connection's first
+/// [`UNSHARED`], and how many they may.
 #[derive(Debug)]
 pub(crate) struct HeldRequests {
     /// Signed: each change is worked out from its connection's count, and two changes of one
