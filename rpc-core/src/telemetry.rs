@@ -334,6 +334,19 @@ pub(crate) fn frame_memory_reclaimed(service: &'static str) {
     .increment(1);
 }
 
+/// The server closed the connection of a client of `service` that kept its answers waiting
+/// longest, while it held as many answers as it may for clients that have not read them
+/// (`max_queued_bytes`, `budget.rs`).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn unread_answers_reclaimed(service: &'static str) {
+    #[cfg(feature = "metrics")]
+    labels::counter(
+        "rpc_server_unread_answers_reclaimed_total",
+        labels::of(&[("side", "server"), ("service", service)]),
+    )
+    .increment(1);
+}
+
 /// The server refused a call of a client of `service` without running it: its calls held as
 /// many bytes of requests as it allows (`max_argument_bytes`, `slots.rs`).
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]

@@ -5,6 +5,7 @@
 //! with a postcard-encoded [`Head`]; for a request the rest of the payload is the arguments, for
 //! a successful response it is the return value, both postcard-encoded.
 
+mod budget;
 mod codec;
 mod depth;
 mod frame;
@@ -21,6 +22,7 @@ mod tail;
 mod violation;
 mod writer;
 
+pub(crate) use budget::{Budget, GaveWay};
 pub use codec::CodecError;
 pub(crate) use codec::{Decode, Encode, append, decode_exact};
 #[cfg(test)]
@@ -28,7 +30,7 @@ pub(crate) use frame::tests::frame;
 pub(crate) use frame::{FrameReader, is_large, length_prefix};
 pub(crate) use frame_memory::FrameMemory;
 pub(crate) use hello::{Hello, PeerInfo};
-pub(crate) use outbox::{Budget, Claim, Meter, Outbox, Queue, StreamFrames};
+pub(crate) use outbox::{Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
 pub(crate) use spare::{copied, shared};
 pub(crate) use tail::{Tail, decode_with, take as take_tail};

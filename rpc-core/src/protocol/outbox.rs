@@ -13,15 +13,18 @@
 //!
 //! Every queued byte is counted in the connection's [`Meter`] and, on a server, in the
 //! server-wide [`Budget`]: the connection's reader stops reading while either is over its
-//! limit, so a peer that does not read what it asked for cannot make this side hold more.
+//! limit, so a peer that does not read what it asked for cannot make this side hold more; and a
+//! server at its budget closes the connection whose peer has kept it waiting longest
+//! (`budget.rs`).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use tokio::sync::Notify;
 
+use super::budget::{Budget, Share};
 use super::writer::{COALESCE_BELOW, COALESCE_LIMIT};
 use super::{Frame, Head};
 use crate::slots::{CallSlot, CallSlots};
@@ -571,7 +574,7 @@ impl Outbox {
 pub(crate) struct Meter {
     queued: AtomicUsize,
     limit: usize,
-    budget: Option<Arc<Budget>>,
+    share: Option<Share>,
     /// The connection's reader waits for this when the queue is over its limit.
     drained: Notify,
     reader_waiting: AtomicBool,
@@ -583,7 +586,7 @@ impl Meter {
         Meter {
             queued: AtomicUsize::new(0),
             limit,
-            budget,
+            share: budget.map(Share::new),
             drained: Notify::new(),
             reader_waiting: AtomicBool::new(false),
         }
@@ -595,8 +598,8 @@ impl Meter {
             return;
         }
         let before = self.queued.fetch_add(bytes, Ordering::AcqRel);
-        if let Some(budget) = &self.budget {
-            budget.add(before, before + bytes);
+        if let Some(share) = &self.share {
+            share.add(before, before + bytes, || self.queued());
         }
     }
 
@@ -609,9 +612,14 @@ impl Meter {
         if self.reader_waiting.load(Ordering::Acquire) {
             self.drained.notify_one();
         }
-        if let Some(budget) = &self.budget {
-            budget.add(before, before - bytes);
+        if let Some(share) = &self.share {
+            share.add(before, before - bytes, || self.queued());
         }
+    }
+
+    /// The connection's share of the server's budget, if it has one.
+    pub(crate) fn share(&self) -> Option<&Share> {
+        self.share.as_ref()
     }
 
     /// The bytes queued on this connection.
@@ -627,9 +635,9 @@ impl Meter {
         queued == 0
             || (queued < self.limit
                 && self
-                    .budget
+                    .share
                     .as_ref()
-                    .is_none_or(|budget| budget.queued() < budget.limit))
+                    .is_none_or(|share| !share.budget().reached()))
     }
 
     /// Returns once [`Meter::may_read`] holds.
@@ -651,51 +659,6 @@ impl Meter {
             if ready {
                 return;
             }
-        }
-    }
-}
-
-/// The bytes queued across all of a server's connections, and their limit.
-///
-/// Each connection's queue is counted in whole steps (64 KiB): a connection adds to the
-/// server's count only when its own crosses a step, so the many small answers of a busy server
-/// never touch this count, which all connections share. What the budget caps is therefore the
-/// bytes queued beyond the first step of each connection.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    /// Signed: a release on one thread may be counted just before the hold it follows.
-    queued: AtomicIsize,
-    limit: usize,
-    step: usize,
-}
-
-impl Budget {
-    /// The step in which each connection's queue is counted.
-    pub(crate) const STEP: usize = 64 * 1024;
-
-    pub(crate) fn new(limit: usize) -> Self {
-        Self::with_step(limit, Self::STEP)
-    }
-
-    fn with_step(limit: usize, step: usize) -> Self {
-        Budget {
-            queued: AtomicIsize::new(0),
-            limit,
-            step,
-        }
-    }
-
-    /// The bytes queued across the server, counted in steps.
-    pub(crate) fn queued(&self) -> usize {
-        usize::try_from(self.queued.load(Ordering::Acquire)).unwrap_or(0)
-    }
-
-    /// Counts a connection's queue going from `before` to `after` bytes.
-    fn add(&self, before: usize, after: usize) {
-        let steps = |bytes: usize| (bytes / self.step) as isize;
-        let change = (steps(after) - steps(before)) * self.step as isize;
-        if change != 0 {
-            self.queued.fetch_add(change, Ordering::AcqRel);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Detecting a peer that stopped reading: a write that makes no progress for a whole limit
-//! fails, so the connection is closed and what was queued for the peer is freed.
+//! fails, so the connection is closed and what was queued for the peer is freed. On a server,
+//! one that keeps its writer behind fails sooner when the server holds all it may for peers
+//! that have not read (`budget.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
+use super::budget::{GaveWay, PATIENCE, Share};
+
 /// Wraps a writer so that a write (or flush, or shutdown) that cannot make progress for
 /// `limit` fails with [`io::ErrorKind::TimedOut`]. The timer is armed only while the transport
 /// is full, so writes that go straight through cost nothing more.
@@ -16,10 +20,13 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct StallGuard<W> {
     io: W,
     limit: Option<Duration>,
+    /// The connection's share of its server's budget: the guard tells it whether the peer keeps
+    /// up, and fails a write when the connection should give way.
+    share: Option<Share>,
     /// Allocated at the first stall, then reused.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The timer runs for the current stall.
-    armed: bool,
+    /// When the current stall began; `None` while the transport takes what it is given.
+    stalled_since: Option<Instant>,
 }
 
 impl<W> StallGuard<W> {
@@ -27,8 +34,9 @@ impl<W> StallGuard<W> {
         StallGuard {
             io,
             limit,
+            share: None,
             timer: None,
-            armed: false,
+            stalled_since: None,
         }
     }
 
@@ -40,38 +48,85 @@ impl<W> StallGuard<W> {
     /// Changes the limit for the writes to come.
     pub(crate) fn set_limit(&mut self, limit: Option<Duration>) {
         self.limit = limit;
-        self.armed = false;
+        self.stalled_since = None;
     }
 
-    /// Notes the outcome of one poll of the transport: progress disarms the timer, a stall arms
-    /// it (once) and fails when it fires.
+    /// Tells `share` whether the peer keeps up, and fails a stalled write when the server
+    /// needs the connection to give way.
+    pub(crate) fn share_budget(&mut self, share: Share) {
+        self.share = Some(share);
+    }
+
+    /// Notes a write that took `taken` of `offered` bytes, or none yet: whether the peer keeps
+    /// the writer behind.
+    fn note_write(&self, polled: &Poll<io::Result<usize>>, offered: usize) {
+        if let Some(share) = &self.share {
+            match polled {
+                Poll::Ready(Ok(taken)) if *taken >= offered => share.caught_up(),
+                Poll::Ready(Err(_)) => {}
+                _ => share.behind(),
+            }
+        }
+    }
+
+    /// When the timer of a stall that began at `since` should next fire: at the limit, or
+    /// sooner to look whether the connection should give way.
+    fn next_look(&self, since: Instant, now: Instant) -> Option<Instant> {
+        let limit = self.limit.map(|limit| since + limit);
+        let give_way = self.share.as_ref().map(|_| now + PATIENCE);
+        match (limit, give_way) {
+            (Some(limit), Some(give_way)) => Some(limit.min(give_way)),
+            (limit, give_way) => limit.or(give_way),
+        }
+    }
+
+    /// Notes the outcome of one poll of the transport: progress ends the stall, a stall arms
+    /// the timer (once), and when it fires the write fails if the stall reached the limit or
+    /// the connection gives way, or the timer is armed again.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let Some(limit) = self.limit else {
+        if polled.is_ready() {
+            self.stalled_since = None;
+            return polled;
+        }
+        let now = Instant::now();
+        let starting = self.stalled_since.is_none();
+        let since = *self.stalled_since.get_or_insert(now);
+        let Some(first_look) = self.next_look(since, now) else {
             return polled;
         };
-        if polled.is_ready() {
-            self.armed = false;
-            return polled;
-        }
-        let deadline = Instant::now() + limit;
-        let timer = self
+        let mut timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            timer.as_mut().reset(deadline);
-            self.armed = true;
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(first_look)));
+        if starting {
+            timer.as_mut().reset(first_look);
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer read nothing of what was sent to it for {limit:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
+        let outcome = loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                break Poll::Pending;
+            }
+            let now = Instant::now();
+            if let Some(limit) = self.limit
+                && now >= since + limit
+            {
+                break Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer read nothing of what was sent to it for {limit:?}"),
+                )));
+            }
+            if self.share.as_ref().is_some_and(Share::gives_way) {
+                break Poll::Ready(Err(GaveWay::error()));
+            }
+            timer
+                .as_mut()
+                .reset(self.next_look(since, now).unwrap_or(now + PATIENCE));
+        };
+        self.timer = Some(timer);
+        outcome
     }
 }
 
@@ -82,6 +137,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note_write(&polled, buf.len());
         self.watch(cx, polled)
     }
 
@@ -91,6 +147,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if self.share.is_some() {
+            let offered = bufs.iter().map(|buf| buf.len()).sum();
+            self.note_write(&polled, offered);
+        }
         self.watch(cx, polled)
     }
 
@@ -176,6 +236,40 @@ mod tests {
             .expect("the peer sees the end")
             .expect("reads");
         assert!(rest.is_empty());
+    }
+
+    /// A guard sharing a budget that holds `queued` bytes of its connection against `limit`,
+    /// and its peer, which reads nothing.
+    fn sharing(
+        limit: usize,
+        queued: usize,
+    ) -> (StallGuard<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (tx, rx) = tokio::io::duplex(16);
+        let share = Share::new(std::sync::Arc::new(super::super::Budget::with_step(
+            limit, 1,
+        )));
+        share.add(0, queued, || queued);
+        let mut guarded = StallGuard::new(tx, Some(Duration::from_secs(45)));
+        guarded.share_budget(share);
+        (guarded, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_kept_behind_gives_way_when_the_server_holds_its_budget() {
+        let (mut guarded, _peer) = sharing(11, 11);
+        let started = Instant::now();
+        let error = guarded.write_all(&[0; 64]).await.expect_err("gives way");
+        assert!(GaveWay::is(&error), "{error}");
+        assert_eq!(started.elapsed(), PATIENCE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_the_budget_a_write_kept_behind_waits_for_the_limit() {
+        let (mut guarded, _peer) = sharing(12, 11);
+        let started = Instant::now();
+        let error = guarded.write_all(&[0; 64]).await.expect_err("stalls");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(45));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ use futures_util::lock::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::budget::Share;
 use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough, WroteNow};
 use super::stall::StallGuard;
 use super::{Frame, Head};
@@ -138,6 +139,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Fails a write that makes no progress for `limit`: the peer stopped reading.
     pub(crate) fn set_stall_limit(&mut self, limit: Option<Duration>) {
         self.io.set_limit(limit);
+    }
+
+    /// Tells the server, through the connection's `share` of its budget, whether the peer keeps
+    /// up with what is written, and fails a write when the connection should give way.
+    pub(crate) fn share_budget(&mut self, share: Share) {
+        self.io.share_budget(share);
     }
 
     /// Writes one frame and flushes it.

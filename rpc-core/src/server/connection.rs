@@ -32,8 +32,8 @@ use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
 use crate::protocol::{
-    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, Head, Hello, Meter,
-    Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
+    self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, GaveWay, Head, Hello,
+    Meter, Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
     write_frames_through,
 };
 use crate::reverse::{self, Caller, Tunnel};
@@ -141,6 +141,9 @@ where
         let (outbox, queue) =
             Outbox::with_meter(Meter::new(config.max_queued_per_connection, budget));
         let meter = Arc::clone(outbox.meter());
+        if let Some(share) = meter.share() {
+            writer.share_budget(share.clone());
+        }
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
         // A handler holds its arguments until it answers: every call's slot counts the bytes of
         // its request.
@@ -248,7 +251,18 @@ where
                 raised = attention.taken() => {
                     if raised.has(Signal::WriterEnded) {
                         break Err(match (&mut writer).await {
-                            Ok(Err(error)) => error.into(),
+                            Ok(Err(error)) => {
+                                if GaveWay::is(&error) {
+                                    tracing::warn!(
+                                        ?peer_addr,
+                                        "the server holds as many answers as it may for clients \
+                                         that have not read them (max_queued_bytes): closing \
+                                         the connection whose client kept them waiting longest"
+                                    );
+                                    crate::telemetry::unread_answers_reclaimed(name);
+                                }
+                                error.into()
+                            }
                             _ => RpcError::ConnectionClosed,
                         });
                     }

@@ -334,10 +334,20 @@ impl ServerBuilder {
         self
     }
 
-    /// How many bytes of answers may wait for their clients across the whole server before
-    /// connections that have answers waiting stop reading requests (default 256 MiB).
-    /// Connections with nothing queued are still read, so no client is locked out by others
-    /// that do not read.
+    /// How many bytes of answers may wait for their clients across the whole server, past each
+    /// connection's first 64 KiB, before connections that have answers waiting stop reading
+    /// requests (default 256 MiB). Connections with nothing queued are still read, so no
+    /// client is locked out by others that do not read.
+    ///
+    /// The calls a connection runs when it stops reading still answer, up to
+    /// [`max_in_flight_per_connection`](Self::max_in_flight_per_connection) of them, so a
+    /// client that asks for large results and reads none could make the server hold far more,
+    /// and slow everyone else, until [keep-alive](Self::keepalive) gives up on it. So while the
+    /// server holds this many bytes, the connection whose client has kept its writes waiting
+    /// longest, a second or more since a write last took all it was given, is closed and its
+    /// answers freed; then the next, one at a time, until the server holds less. A client that
+    /// reads as fast as the network carries catches up at the end of every write, and is not
+    /// the one closed.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued = bytes;
         self
