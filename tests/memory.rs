@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, frame, lab_hello, lab_methods, loopback_listener,
+    LabClient, LabImpl, RawClient, answers_at, frame, lab_hello, lab_methods, loopback_listener,
     read_frame_from, request, reverse_frame, start_tcp_with, string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
@@ -259,6 +259,48 @@ fn the_server_wide_budget_caps_what_all_connections_hold() {
         drop(hogs);
         drop(client);
         freed_to(start, KEPT).await;
+    });
+}
+
+/// A client that asks for 64 MiB of answers and reads nothing, from a server that never drops a
+/// peer for not reading (keep-alive off). Its calls wait at a gate, so that their answers all
+/// come at once, past the connection's queue limit, which only stops the reading of requests:
+/// the server holds more than its budget, and then the connection whose client kept its answers
+/// waiting longest gives way after a second, and all that was queued for it is freed.
+/// Meanwhile a client that reads gets its large answers. Without it the server held the 64 MiB
+/// for as long as the client stayed.
+#[test]
+fn a_client_that_reads_nothing_gives_way_when_the_server_is_past_its_budget() {
+    scenario(async {
+        let builder = Server::builder()
+            .disable_keepalive()
+            .max_queued_bytes(8 * MIB);
+        let addr = start_tcp_with(builder, LabImpl::default()).await;
+        let start = baseline();
+        let mut raw = RawClient::handshake(addr).await;
+        raw.send(&answers_at("gate", 64, MIB as u64)).await;
+
+        let client = within("a client that reads", LabClient::connect(addr))
+            .await
+            .expect("connects");
+        within("the gate", client.open("gate".into()))
+            .await
+            .expect("opened");
+        let answers = (0..16).map(|_| client.zeros(MIB as u64));
+        for answer in within("its answers", futures_util::future::join_all(answers)).await {
+            assert_eq!(answer.expect("served").len(), MIB);
+        }
+        freed_to(start, KEPT).await;
+
+        // The server closed the connection: what the network held of it is read, then its end
+        // comes (or its reset), well before 64 MiB.
+        let mut sink = tokio::io::sink();
+        let read = tokio::io::copy(&mut raw.stream, &mut sink);
+        match within("the end of the connection", read).await {
+            Ok(bytes) => assert!(bytes < 32 * MIB as u64, "ended after {bytes} bytes"),
+            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+        drop(client);
     });
 }
 

@@ -1,7 +1,7 @@
 //! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
 //! connections, bytes, retries, endpoints that could not be reached, frames whose memory a
-//! server took back and calls it shed are recorded through the `metrics` facade: here into metrics-util's
-//! debugging recorder.
+//! server took back, calls it shed and connections it closed for answers unread are recorded
+//! through the `metrics` facade: here into metrics-util's debugging recorder.
 
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
@@ -9,7 +9,8 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, VERSION, hello, request, start_tcp_with, varint, within,
+    LabClient, LabImpl, RawClient, VERSION, answers_at, hello, request, start_tcp_with, varint,
+    within,
 };
 
 /// What the recorder held at one moment. (Taking it drains the histograms.)
@@ -35,6 +36,11 @@ fn value(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
         }
     }
     sum
+}
+
+/// The labels of the server's metrics for `Lab`.
+fn lab_labels() -> [(&'static str, &'static str); 2] {
+    [("side", "server"), ("service", "Lab")]
 }
 
 /// One test in this binary: the recorder is global.
@@ -197,9 +203,35 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     // The client made the call again (code 16: it did not run), and was refused again.
     let retries = [("service", "Lab"), ("method", "wait")];
     let made_again = value(&snapshot, "rpc_client_retries_total", &retries);
-    let lab = [("side", "server"), ("service", "Lab")];
     assert_eq!(
-        value(&snapshot, "rpc_server_calls_shed_total", &lab),
+        value(&snapshot, "rpc_server_calls_shed_total", &lab_labels()),
         1.0 + made_again
     );
+
+    // A server at its budget of answers queued closes the connection of a client that reads
+    // none of its own, and counts it.
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder().disable_keepalive().max_queued_bytes(MIB);
+    let addr = start_tcp_with(builder, lab).await;
+    let mut raw = RawClient::handshake(addr).await;
+    // More than the network holds for a client that reads nothing.
+    raw.send(&answers_at("answers", 64, MIB as u64)).await;
+    probe.open("answers");
+    // Reading nothing meanwhile: the server looks once a second whether to give up on it.
+    let mut closed = 0.0;
+    within("the connection to be closed", async {
+        while closed == 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let snapshot = snapshotter.snapshot().into_vec();
+            let name = "rpc_server_unread_answers_reclaimed_total";
+            closed += value(&snapshot, name, &lab_labels());
+        }
+    })
+    .await;
+    assert_eq!(closed, 1.0);
+    // What the network held of the answers is read, then the connection's end.
+    let mut sink = tokio::io::sink();
+    let read = tokio::io::copy(&mut raw.stream, &mut sink);
+    let _ = within("the end of the connection", read).await;
 }

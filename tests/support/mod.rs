@@ -63,6 +63,8 @@ pub trait Lab {
     async fn sum(&self, numbers: rpc_core::Streaming<u64>) -> u64;
     /// Returns its argument, a `serde_bytes::ByteBuf`.
     async fn echo_buf(&self, bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf;
+    /// Waits until `gate` is opened, then returns `len` zero bytes.
+    async fn zeros_at(&self, gate: String, len: u64) -> Vec<u8>;
 }
 
 /// A handler's view of its call.
@@ -227,6 +229,12 @@ impl Lab for LabImpl {
 
     async fn incr(&self) -> u64 {
         self.counter.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn zeros_at(&self, gate: String, len: u64) -> Vec<u8> {
+        let mut open = self.probe.gate(&gate).subscribe();
+        open.wait_for(|open| *open).await.expect("gate kept");
+        vec![0; len as usize]
     }
 
     async fn wait(&self, gate: String) -> String {
@@ -526,6 +534,16 @@ pub fn service_hello(
 /// A request frame calling `method` with already-encoded `args`, no deadline, no metadata.
 pub fn request(id: u64, method: &str, args: &[u8]) -> Vec<u8> {
     request_with_timeout(id, method, 0, args)
+}
+
+/// Request frames for `calls` calls of `zeros_at(gate, len)`, ids from 0: answers of `len` bytes
+/// each, which all come at once when `gate` opens.
+pub fn answers_at(gate: &str, calls: u64, len: u64) -> Vec<u8> {
+    let mut args = string(gate);
+    args.extend(varint(len));
+    (0..calls)
+        .flat_map(|id| request(id, "zeros_at", &args))
+        .collect()
 }
 
 /// A request frame with a deadline `timeout_ms` from now (0: none).
