@@ -172,6 +172,10 @@ impl ServerBuilder {
     /// established connection running a call, the connection that has been in its handshake
     /// the longest (TLS included) is closed instead, so that peers that connect and say nothing
     /// cannot keep clients out; with none of those either, newcomers wait until one closes.
+    ///
+    /// Each connection takes a file descriptor, and many systems let a process open only 1024
+    /// unless told otherwise (`ulimit -n`): raise that limit above this one. A server that runs
+    /// out of descriptors first makes room the same way, as if at this limit.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
         self
@@ -562,7 +566,15 @@ impl Server {
                         continue;
                     }
                     AcceptError::OutOfResources => {
-                        tracing::warn!(%error, "accepting paused: out of resources");
+                        tracing::warn!(
+                            %error,
+                            "accepting paused: out of resources (is the process's limit of open \
+                             files under max_connections?)"
+                        );
+                        // Out of file descriptors, most often: the process is as full as at its
+                        // connection limit, and makes room the same way, so that idle and mute
+                        // peers holding every descriptor cannot keep newcomers out.
+                        make_room(&registry);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -611,15 +623,21 @@ async fn admit(slots: &Arc<Semaphore>, registry: &Registry) -> OwnedSemaphorePer
         if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
             return slot;
         }
-        if !registry.ask_idlest_to_give_way() {
-            registry.close_longest_handshake();
-        }
+        make_room(registry);
         let slot = tokio::time::timeout(GIVE_WAY_RETRY, Arc::clone(slots).acquire_owned()).await;
         match slot {
             Ok(Ok(slot)) => return slot,
             Ok(Err(_)) => unreachable!("the connection semaphore is never closed"),
             Err(_) => {}
         }
+    }
+}
+
+/// Asks the idle connection that has gone longest without a request to give way; with none
+/// idle, closes the connection that has been in its handshake the longest.
+fn make_room(registry: &Registry) {
+    if !registry.ask_idlest_to_give_way() {
+        registry.close_longest_handshake();
     }
 }
 
