@@ -207,6 +207,66 @@ async fn when_every_connection_is_busy_a_newcomer_waits_for_one_to_be_done() {
     );
 }
 
+/// One client address holding every connection, each with a call running, cannot keep a
+/// client from another address out: at the limit, its connection gone longest without a
+/// request is asked to make room though busy, told why, and closed once its calls have had the
+/// shutdown grace to finish (they are dropped then); the newcomer is served.
+#[tokio::test]
+async fn at_the_limit_the_address_holding_every_busy_connection_makes_room() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let builder = Server::builder()
+        .max_connections(3)
+        .shutdown_grace(Duration::from_millis(200));
+    let addr = start_tcp_with(builder, lab).await;
+    let mut hog = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let mut raw = RawClient::handshake(addr).await;
+        raw.send(&request(1, "hold", &string(tag))).await;
+        assert_eq!(probe.next_event().await, format!("started {tag}"));
+        hog.push(raw);
+    }
+
+    // Another address on the loopback interface.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("an address"))
+        .expect("binds to another loopback address");
+    let stream = within("connecting", socket.connect(addr))
+        .await
+        .expect("connects");
+    let mut newcomer = RawClient { stream };
+    newcomer.send(&hello("Lab", VERSION)).await;
+    let server_hello = within("the server's hello to the newcomer", newcomer.read_frame()).await;
+    assert!(server_hello.is_some(), "admitted");
+
+    let before = within(
+        "the hog's first connection to be told",
+        hog[0].expect_go_away(2, "address holds more"),
+    )
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(
+        probe.next_event().await,
+        "dropped a",
+        "its call, past the grace"
+    );
+    within(
+        "the hog's first connection to close",
+        hog[0].expect_closed(),
+    )
+    .await;
+    newcomer.send(&request(1, "add", &[0x02, 0x04])).await;
+    let answer = within("the newcomer's answer", newcomer.read_frame())
+        .await
+        .expect("served");
+    assert_eq!(
+        answer[..4],
+        [0x02, 0x01, 0x00, 0x06],
+        "1 + 2, zigzag-encoded"
+    );
+}
+
 /// Peers that complete the handshake, announce that they never ping, and then say nothing
 /// cannot hold a server's every slot: a real client is still admitted.
 #[tokio::test]

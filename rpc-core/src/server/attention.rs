@@ -30,6 +30,9 @@ pub(crate) enum Signal {
     GiveWay = 2,
     /// The connection's writer ended: it failed, or wrote the connection's last frame.
     WriterEnded = 4,
+    /// The server is at its connection limit, and this connection's peer address holds more
+    /// connections than any other: it makes room though busy.
+    MakeRoom = 8,
 }
 
 /// The signals raised since the reader last took them.

@@ -233,6 +233,9 @@ where
             .filter(|_| !client.serves_back)
             .map(IdleTimer::new);
         let mut turn_due = false;
+        // When the calls of a connection asked to make room, busy as it was, are dropped if they
+        // are still running.
+        let mut room_due: Option<Instant> = None;
         let ended = 'serve: loop {
             if std::mem::take(&mut turn_due) {
                 crate::task::take_turn().await;
@@ -284,9 +287,26 @@ where
                             // Busy after all: the next ask goes to another connection.
                             registration.touch(Instant::now());
                         }
+                    } else if raised.has(Signal::MakeRoom) {
+                        tracing::info!(
+                            ?peer_addr,
+                            "a connection of the client address holding the most gives way to \
+                             a new one"
+                        );
+                        connection.start_draining(
+                            go_away::MAKING_ROOM,
+                            "the server is at its connection limit, and this client's address \
+                             holds more of its connections than any other",
+                        );
+                        room_due = Some(Instant::now() + config.shutdown_grace);
                     }
                 }
                 () = calls.wait_idle(), if connection.draining => {}
+                () = until(room_due), if room_due.is_some() => {
+                    tracing::debug!(?peer_addr, "dropping the calls still running to make room");
+                    calls.abort_all();
+                    break Ok(());
+                }
                 () = IdleTimer::fired(&mut idle), if !connection.draining => {
                     let idle_since = calls.idle_since().map(|since| since.max(last_request));
                     let parked = !connection.parked.is_empty();
@@ -406,6 +426,15 @@ where
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+/// Returns at `due`, or never. (A `select!` builds every branch's future, enabled or not: built
+/// from this, a branch rarely enabled reads no clock.)
+async fn until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

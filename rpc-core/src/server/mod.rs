@@ -34,7 +34,7 @@ mod registry;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,7 +171,12 @@ impl ServerBuilder {
     /// way (its client is told, then it closes) so that a newcomer is admitted; with every
     /// established connection running a call, the connection that has been in its handshake
     /// the longest (TLS included) is closed instead, so that peers that connect and say nothing
-    /// cannot keep clients out; with none of those either, newcomers wait until one closes.
+    /// cannot keep clients out. With none of those either, if one client address holds at
+    /// least two more connections than the newcomer's, its connection that has gone longest
+    /// without a request makes room, busy as it is: its client is told, it takes no new calls,
+    /// and the calls still running after the [shutdown grace](Self::shutdown_grace) are
+    /// dropped; so one address cannot keep others out by keeping every connection busy. Only one
+    /// connection makes room so at a time. Failing all that, newcomers wait until one closes.
     ///
     /// Each connection takes a file descriptor, and many systems let a process open only 1024
     /// unless told otherwise (`ulimit -n`): raise that limit above this one. A server that runs
@@ -426,7 +431,9 @@ impl ServerBuilder {
     }
 
     /// How long [`Server::serve_with_shutdown`] lets running calls finish once shutdown starts
-    /// (default 30 s). Calls still running then are dropped and their connections closed.
+    /// (default 30 s), and a busy connection asked to make room at the
+    /// [connection limit](Self::max_connections) its own. Calls still running then are dropped
+    /// and their connections closed.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
@@ -574,18 +581,19 @@ impl Server {
                         // Out of file descriptors, most often: the process is as full as at its
                         // connection limit, and makes room the same way, so that idle and mute
                         // peers holding every descriptor cannot keep newcomers out.
-                        make_room(&registry);
+                        make_room(&registry, None);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                     AcceptError::Fatal => return Err(error),
                 },
             };
+            let address = peer.map(|peer| peer.ip());
             let slot = tokio::select! {
                 () = &mut signal => break,
-                slot = admit(&slots, &registry) => slot,
+                slot = admit(&slots, &registry, address) => slot,
             };
-            let handshake = registry.begin_handshake();
+            let handshake = registry.begin_handshake(address);
             let key = handshake.key();
             let task = connections.spawn(spawner.connection(io, peer, slot, handshake));
             registry.name_task(key, task);
@@ -614,16 +622,18 @@ impl Server {
 /// while a newcomer waits: the one asked may have taken a call meanwhile.
 const GIVE_WAY_RETRY: Duration = Duration::from_millis(100);
 
-/// A connection slot for a newcomer. At the limit, asks idle connections to give way, one at a
-/// time, until a slot frees; with none idle, closes the connection that has been in its
-/// handshake the longest (a peer that connects and says nothing holds a slot no longer than
-/// that), and with none of those either, waits for a connection to end.
-async fn admit(slots: &Arc<Semaphore>, registry: &Registry) -> OwnedSemaphorePermit {
+/// A connection slot for a newcomer from `address`. At the limit, makes room
+/// ([`make_room`]) until a slot frees.
+async fn admit(
+    slots: &Arc<Semaphore>,
+    registry: &Registry,
+    address: Option<IpAddr>,
+) -> OwnedSemaphorePermit {
     loop {
         if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
             return slot;
         }
-        make_room(registry);
+        make_room(registry, address);
         let slot = tokio::time::timeout(GIVE_WAY_RETRY, Arc::clone(slots).acquire_owned()).await;
         match slot {
             Ok(Ok(slot)) => return slot,
@@ -633,11 +643,15 @@ async fn admit(slots: &Arc<Semaphore>, registry: &Registry) -> OwnedSemaphorePer
     }
 }
 
-/// Asks the idle connection that has gone longest without a request to give way; with none
-/// idle, closes the connection that has been in its handshake the longest.
-fn make_room(registry: &Registry) {
-    if !registry.ask_idlest_to_give_way() {
-        registry.close_longest_handshake();
+/// Makes room for a newcomer from `address` (unknown when the accept itself failed): asks the
+/// idle connection that has gone longest without a request to give way; with none idle,
+/// closes the connection that has been in its handshake the longest (a peer that connects and
+/// says nothing holds a slot no longer than that); with none of those either, asks a busy
+/// connection of the address holding the most to make room, if it holds at least two more
+/// than the newcomer's; failing that, the newcomer waits for a connection to end.
+fn make_room(registry: &Registry, address: Option<IpAddr>) {
+    if !registry.ask_idlest_to_give_way() && !registry.close_longest_handshake() {
+        registry.ask_busiest_address_to_give_way(address);
     }
 }
 

@@ -1,9 +1,11 @@
 //! The connections of a server: at its connection limit, the established one idle the longest
 //! can be asked to give way to a newcomer, or else the one longest in its handshake closed for
-//! it (neither idle nor mute peers can lock others out); and each established one hears when
-//! the server shuts down.
+//! it (neither idle nor mute peers can lock others out), or else one of the peer address that
+//! holds the most, busy as it is (nor can one address with every connection busy); and each
+//! established one hears when the server shuts down.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -25,9 +27,14 @@ pub(crate) struct Registry {
 #[derive(Debug, Default)]
 struct Connections {
     entries: HashMap<u64, Arc<Entry>>,
+    /// How many of `entries` each peer address holds.
+    per_address: HashMap<IpAddr, usize>,
+    /// Connections asked to make room though busy, which have not closed yet: while one is
+    /// draining, no other is asked.
+    making_room: usize,
     /// The connections in their handshake, oldest first (keys count up), each with the task
-    /// that serves it once that is named ([`Registry::name_task`]).
-    handshakes: BTreeMap<u64, Option<AbortHandle>>,
+    /// that serves it once that is named ([`Registry::name_task`]), and their peers' addresses.
+    handshakes: BTreeMap<u64, (Option<AbortHandle>, Option<IpAddr>)>,
     /// The server is shutting down: a connection that registers now is told at once.
     shutting_down: bool,
 }
@@ -35,6 +42,10 @@ struct Connections {
 #[derive(Debug)]
 struct Entry {
     calls: Arc<Calls>,
+    /// The peer's address, for a connection over IP.
+    address: Option<IpAddr>,
+    /// It was asked to make room though busy ([`Registry::ask_busiest_address_to_give_way`]).
+    making_room: std::sync::atomic::AtomicBool,
     /// When the connection registered or last received a request, in nanoseconds since the
     /// registry's epoch. Each connection writes only its own: no line shared between them.
     last_active: AtomicU64,
@@ -66,11 +77,11 @@ impl Registry {
         u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Adds a connection just admitted, in its handshake until the returned handshake is
-    /// registered or dropped.
-    pub(crate) fn begin_handshake(self: &Arc<Self>) -> Handshake {
+    /// Adds a connection just admitted from `address`, in its handshake until the returned
+    /// handshake is registered or dropped.
+    pub(crate) fn begin_handshake(self: &Arc<Self>, address: Option<IpAddr>) -> Handshake {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        self.connections().handshakes.insert(key, None);
+        self.connections().handshakes.insert(key, (None, address));
         Handshake {
             registry: Arc::clone(self),
             key,
@@ -80,7 +91,7 @@ impl Registry {
     /// Names the task serving the connection whose handshake is `key`, which closing the
     /// connection aborts; nothing if its handshake is over already.
     pub(crate) fn name_task(&self, key: u64, task: AbortHandle) {
-        if let Some(named) = self.connections().handshakes.get_mut(&key) {
+        if let Some((named, _)) = self.connections().handshakes.get_mut(&key) {
             *named = Some(task);
         }
     }
@@ -93,11 +104,14 @@ impl Registry {
             let Some(key) = connections
                 .handshakes
                 .iter()
-                .find_map(|(key, task)| task.as_ref().map(|_| *key))
+                .find_map(|(key, (task, _))| task.as_ref().map(|_| *key))
             else {
                 return false;
             };
-            connections.handshakes.remove(&key).flatten()
+            connections
+                .handshakes
+                .remove(&key)
+                .and_then(|(task, _)| task)
         };
         if let Some(task) = task {
             task.abort();
@@ -114,16 +128,24 @@ impl Registry {
         calls: Arc<Calls>,
         attention: Arc<Attention>,
     ) -> Registration {
+        let mut connections = self.connections();
+        let address = connections
+            .handshakes
+            .remove(&key)
+            .and_then(|(_, address)| address);
         let entry = Arc::new(Entry {
             calls,
+            address,
+            making_room: std::sync::atomic::AtomicBool::new(false),
             last_active: AtomicU64::new(self.since_epoch(Instant::now())),
             attention,
         });
-        let mut connections = self.connections();
         if connections.shutting_down {
             entry.attention.raise(Signal::ShuttingDown);
         }
-        connections.handshakes.remove(&key);
+        if let Some(address) = address {
+            *connections.per_address.entry(address).or_default() += 1;
+        }
         connections.entries.insert(key, Arc::clone(&entry));
         drop(connections);
         Registration {
@@ -146,6 +168,47 @@ impl Registry {
         match idlest {
             Some(entry) => {
                 entry.attention.raise(Signal::GiveWay);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks a connection of the peer address holding the most connections to make room, busy
+    /// as it is, if that address holds at least two more than `newcomer`'s: the one that has
+    /// gone longest without a request. `false` if no address holds that many more, or a
+    /// connection asked before is still making room. Connections without an address (over a
+    /// Unix socket) are never asked.
+    pub(crate) fn ask_busiest_address_to_give_way(&self, newcomer: Option<IpAddr>) -> bool {
+        let connections = self.connections();
+        if connections.making_room > 0 {
+            return false;
+        }
+        let newcomer_holds = newcomer
+            .and_then(|address| connections.per_address.get(&address).copied())
+            .unwrap_or(0);
+        let Some((&busiest, &holds)) = connections
+            .per_address
+            .iter()
+            .max_by_key(|(_, holds)| **holds)
+        else {
+            return false;
+        };
+        if holds < newcomer_holds + 2 {
+            return false;
+        }
+        let asked = connections
+            .entries
+            .values()
+            .filter(|entry| entry.address == Some(busiest))
+            .min_by_key(|entry| entry.last_active.load(Ordering::Relaxed))
+            .cloned();
+        drop(connections);
+        match asked {
+            Some(entry) => {
+                entry.making_room.store(true, Ordering::Relaxed);
+                self.connections().making_room += 1;
+                entry.attention.raise(Signal::MakeRoom);
                 true
             }
             None => false,
@@ -210,13 +273,28 @@ impl Registration {
 
     /// Leaves the registry early: a draining connection is no longer a candidate.
     pub(crate) fn leave(&self) {
-        self.registry.connections().entries.remove(&self.key);
+        let mut connections = self.registry.connections();
+        if connections.entries.remove(&self.key).is_none() {
+            return;
+        }
+        if let Some(address) = self.entry.address
+            && let Some(holds) = connections.per_address.get_mut(&address)
+        {
+            *holds -= 1;
+            if *holds == 0 {
+                connections.per_address.remove(&address);
+            }
+        }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.leave();
+        // Closed: a connection asked to make room has made it.
+        if self.entry.making_room.load(Ordering::Relaxed) {
+            self.registry.connections().making_room -= 1;
+        }
     }
 }
 
@@ -226,11 +304,80 @@ mod tests {
 
     /// A connection and the attention it is told things through.
     fn connection(registry: &Arc<Registry>) -> (Registration, Arc<Attention>) {
+        connection_from(registry, None)
+    }
+
+    /// A connection from `address`, and the attention it is told things through.
+    fn connection_from(
+        registry: &Arc<Registry>,
+        address: Option<IpAddr>,
+    ) -> (Registration, Arc<Attention>) {
         let attention = Arc::new(Attention::default());
         let registration = registry
-            .begin_handshake()
+            .begin_handshake(address)
             .register(Arc::new(Calls::default()), Arc::clone(&attention));
         (registration, attention)
+    }
+
+    fn address(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, last]))
+    }
+
+    /// Whether `attention` has had `signal` raised, without waiting.
+    fn raised(attention: &Attention, signal: Signal) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut taken = std::pin::pin!(attention.taken());
+        matches!(taken.as_mut().poll(&mut cx), std::task::Poll::Ready(raised) if raised.has(signal))
+    }
+
+    #[test]
+    fn the_address_holding_at_least_two_more_than_the_newcomers_makes_room_one_at_a_time() {
+        let registry = Arc::new(Registry::default());
+        let (hog_old, hog_old_attention) = connection_from(&registry, address(1));
+        let hog_new = connection_from(&registry, address(1));
+        hog_new
+            .0
+            .touch(Instant::now() + std::time::Duration::from_secs(1));
+        let other = connection_from(&registry, address(2));
+
+        assert!(
+            !registry.ask_busiest_address_to_give_way(address(1)),
+            "a newcomer from the address holding the most"
+        );
+        assert!(
+            !registry.ask_busiest_address_to_give_way(address(2)),
+            "two against one: one more is not enough"
+        );
+        assert!(registry.ask_busiest_address_to_give_way(address(3)));
+        assert!(
+            raised(&hog_old_attention, Signal::MakeRoom),
+            "the hog's connection gone longest without a request"
+        );
+        assert!(!raised(&hog_new.1, Signal::MakeRoom));
+        assert!(!raised(&other.1, Signal::MakeRoom));
+
+        // Draining, it leaves the candidates, but no other is asked until it has closed.
+        hog_old.leave();
+        let third = connection_from(&registry, address(2));
+        let fourth = connection_from(&registry, address(2));
+        assert!(
+            !registry.ask_busiest_address_to_give_way(None),
+            "one is making room"
+        );
+        drop(hog_old);
+        assert!(registry.ask_busiest_address_to_give_way(None), "it closed");
+        assert!(
+            raised(&other.1, Signal::MakeRoom),
+            "now the address holding three"
+        );
+        drop((hog_new, third, fourth));
+    }
+
+    #[test]
+    fn connections_without_an_address_are_never_asked_to_make_room() {
+        let registry = Arc::new(Registry::default());
+        let _connections = [connection(&registry), connection(&registry)];
+        assert!(!registry.ask_busiest_address_to_give_way(address(1)));
     }
 
     async fn told(attention: &Attention, signal: Signal) -> bool {
@@ -268,15 +415,15 @@ mod tests {
     async fn the_connection_longest_in_its_handshake_is_closed_first_and_established_ones_never() {
         let registry = Arc::new(Registry::default());
         let (oldest, older, newest) = (waiting_task(), waiting_task(), waiting_task());
-        let first = registry.begin_handshake();
+        let first = registry.begin_handshake(None);
         registry.name_task(first.key(), oldest.abort_handle());
-        let second = registry.begin_handshake();
+        let second = registry.begin_handshake(None);
         registry.name_task(second.key(), older.abort_handle());
         // Its handshake over, the second is no longer one to close.
         let _established = second.register(Arc::new(Calls::default()), Arc::default());
-        let third = registry.begin_handshake();
+        let third = registry.begin_handshake(None);
         registry.name_task(third.key(), newest.abort_handle());
-        let unnamed = registry.begin_handshake();
+        let unnamed = registry.begin_handshake(None);
 
         assert!(registry.close_longest_handshake());
         assert!(oldest.await.is_err_and(|error| error.is_cancelled()));
