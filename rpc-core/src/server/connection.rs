@@ -269,12 +269,28 @@ where
                             _ => RpcError::ConnectionClosed,
                         });
                     }
+                    // Asked to make room, a connection draining already gives its running
+                    // calls the grace too: the server asks no other until this one closes.
+                    if raised.has(Signal::MakeRoom) && room_due.is_none() {
+                        room_due = Some(Instant::now() + config.shutdown_grace);
+                    }
                     if connection.draining {
                         continue;
                     }
                     if raised.has(Signal::ShuttingDown) {
                         let message = "the server is shutting down";
                         connection.start_draining(go_away::SHUTTING_DOWN, message);
+                    } else if raised.has(Signal::MakeRoom) {
+                        tracing::info!(
+                            ?peer_addr,
+                            "a connection of the client address holding the most gives way to \
+                             a new one"
+                        );
+                        connection.start_draining(
+                            go_away::MAKING_ROOM,
+                            "the server is at its connection limit, and this client's address \
+                             holds more of its connections than any other",
+                        );
                     } else if raised.has(Signal::GiveWay) {
                         if calls.is_empty() && connection.parked.is_empty() {
                             tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
@@ -287,18 +303,6 @@ where
                             // Busy after all: the next ask goes to another connection.
                             registration.touch(Instant::now());
                         }
-                    } else if raised.has(Signal::MakeRoom) {
-                        tracing::info!(
-                            ?peer_addr,
-                            "a connection of the client address holding the most gives way to \
-                             a new one"
-                        );
-                        connection.start_draining(
-                            go_away::MAKING_ROOM,
-                            "the server is at its connection limit, and this client's address \
-                             holds more of its connections than any other",
-                        );
-                        room_due = Some(Instant::now() + config.shutdown_grace);
                     }
                 }
                 () = calls.wait_idle(), if connection.draining => {}
