@@ -169,14 +169,15 @@ impl ServerBuilder {
     /// How many connections are served at once (default 10,000, at least 1). At the limit, the
     /// connection with no call running that has gone longest without a request is asked to give
     /// way (its client is told, then it closes) so that a newcomer is admitted; with every
-    /// established connection running a call, the connection that has been in its handshake
-    /// the longest (TLS included) is closed instead, so that peers that connect and say nothing
-    /// cannot keep clients out. With none of those either, if one client address holds at
-    /// least two more connections than the newcomer's, its connection that has gone longest
-    /// without a request makes room, busy as it is: its client is told, it takes no new calls,
-    /// and the calls still running after the [shutdown grace](Self::shutdown_grace) are
-    /// dropped; so one address cannot keep others out by keeping every connection busy. Only one
-    /// connection makes room so at a time. Failing all that, newcomers wait until one closes.
+    /// established connection running a call, the connection that has been in its handshake the
+    /// longest (TLS included) is closed instead, so that peers that connect and say nothing
+    /// cannot keep clients out. With none of those either, if one client address (IPv6: its /64
+    /// prefix) holds at least two more connections than the newcomer's, its connection that has
+    /// gone longest without a request makes room, busy as it is: its client is told, it takes
+    /// no new calls, and the calls still running after the [shutdown
+    /// grace](Self::shutdown_grace) are dropped; so one address cannot keep others out by
+    /// keeping every connection busy. Only one connection makes room so at a time. Failing all
+    /// that, newcomers wait until one closes.
     ///
     /// Each connection takes a file descriptor, and many systems let a process open only 1024
     /// unless told otherwise (`ulimit -n`): raise that limit above this one. A server that runs
@@ -588,7 +589,7 @@ impl Server {
                     AcceptError::Fatal => return Err(error),
                 },
             };
-            let address = peer.map(|peer| peer.ip());
+            let address = peer.map(|peer| registry::counted_address(peer.ip()));
             let slot = tokio::select! {
                 () = &mut signal => break,
                 slot = admit(&slots, &registry, address) => slot,

@@ -15,6 +15,20 @@ use tokio::time::Instant;
 use super::attention::{Attention, Signal};
 use super::calls::Calls;
 
+/// The address a client is counted under when connections are counted per address: an IPv4
+/// address itself (also when mapped into IPv6), an IPv6 address by its /64 prefix, which one
+/// host or network is commonly given whole, so that a client cannot pass for many by taking
+/// addresses from its own prefix.
+pub(crate) fn counted_address(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// The connections that have completed their handshake and take calls, and those still in it.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -371,6 +385,25 @@ mod tests {
             "now the address holding three"
         );
         drop((hog_new, third, fourth));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_bit_prefix_and_mapped_ipv4_as_ipv4() {
+        let parse = |text: &str| text.parse::<IpAddr>().expect("an address");
+        assert_eq!(
+            counted_address(parse("2001:db8:1:2:aaaa::1")),
+            counted_address(parse("2001:db8:1:2:bbbb::9")),
+        );
+        assert_eq!(
+            counted_address(parse("2001:db8:1:2:aaaa::1")),
+            parse("2001:db8:1:2::")
+        );
+        assert_ne!(
+            counted_address(parse("2001:db8:1:2::1")),
+            counted_address(parse("2001:db8:1:3::1")),
+        );
+        assert_eq!(counted_address(parse("::ffff:10.0.0.1")), parse("10.0.0.1"));
+        assert_eq!(counted_address(parse("10.0.0.1")), parse("10.0.0.1"));
     }
 
     #[test]
