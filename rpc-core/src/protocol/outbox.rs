@@ -712,6 +712,20 @@ impl StreamFrames {
     }
 }
 
+/// Frames still here when the last claim on them goes (the writer ended before it reached
+/// them) are uncounted with them.
+impl Drop for StreamFrames {
+    fn drop(&mut self) {
+        let frames = self
+            .frames
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for frame in frames.drain(..) {
+            self.meter.release(cost(&frame));
+        }
+    }
+}
+
 impl Claim for StreamFrames {
     fn claim(&self, _: u64) -> Option<Frame> {
         let frame = self.lock().pop_front()?;
@@ -847,6 +861,24 @@ mod tests {
         assert_eq!(outbox.meter().queued(), 0);
         assert!(frames.claim(0).is_none(), "taken back");
         assert!(!frames.any_unwritten());
+    }
+
+    /// A stream whose pump queued its last frames and ended, on a connection whose writer then
+    /// ended before writing them: the frames go with the last claim on them, and so does their
+    /// count (which the server's budget would otherwise have kept for ever).
+    #[test]
+    fn stream_frames_dropped_unwritten_are_uncounted() {
+        let (outbox, queue) = Outbox::new();
+        let frames = StreamFrames::new(&outbox);
+        assert!(frames.send(&outbox, Frame::from(vec![1u8; 30])));
+        drop(frames);
+        assert_eq!(
+            outbox.meter().queued(),
+            30 + ENTRY_OVERHEAD,
+            "claimed in the queue"
+        );
+        drop(queue);
+        assert_eq!(outbox.meter().queued(), 0);
     }
 
     #[tokio::test]
