@@ -22,7 +22,7 @@ pub(crate) struct StallGuard<W> {
     limit: Option<Duration>,
     /// The connection's share of its server's budget: the guard tells it whether the peer keeps
     /// up, and fails a write when the connection should give way.
-    share: Option<Share>,
+    share: Option<WriterShare>,
     /// Allocated at the first stall, then reused.
     timer: Option<Pin<Box<Sleep>>>,
     /// When the current stall began; `None` while the transport takes what it is given.
@@ -54,13 +54,13 @@ impl<W> StallGuard<W> {
     /// Tells `share` whether the peer keeps up, and fails a stalled write when the server
     /// needs the connection to give way.
     pub(crate) fn share_budget(&mut self, share: Share) {
-        self.share = Some(share);
+        self.share = Some(WriterShare(share));
     }
 
     /// Notes a write that took `taken` of `offered` bytes, or none yet: whether the peer keeps
     /// the writer behind.
     fn note_write(&self, polled: &Poll<io::Result<usize>>, offered: usize) {
-        if let Some(share) = &self.share {
+        if let Some(WriterShare(share)) = &self.share {
             match polled {
                 Poll::Ready(Ok(taken)) if *taken >= offered => share.caught_up(),
                 Poll::Ready(Err(_)) => {}
@@ -118,7 +118,7 @@ impl<W> StallGuard<W> {
                     format!("the peer read nothing of what was sent to it for {limit:?}"),
                 )));
             }
-            if self.share.as_ref().is_some_and(Share::gives_way) {
+            if self.share.as_ref().is_some_and(|share| share.0.gives_way()) {
                 break Poll::Ready(Err(GaveWay::error()));
             }
             timer
@@ -127,6 +127,19 @@ impl<W> StallGuard<W> {
         };
         self.timer = Some(timer);
         outcome
+    }
+}
+
+/// A connection's share of its server's budget, as its writer holds it. Dropped with the
+/// writer, it leaves the connection caught up: a writer gone waits for nobody, and whatever its
+/// connection's queue still counts, it must not be the one kept behind longest, which the
+/// others would wait for to give way.
+#[derive(Debug)]
+struct WriterShare(Share);
+
+impl Drop for WriterShare {
+    fn drop(&mut self) {
+        self.0.caught_up();
     }
 }
 
@@ -270,6 +283,25 @@ mod tests {
         let error = guarded.write_all(&[0; 64]).await.expect_err("stalls");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(45));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_gone_is_never_the_one_kept_behind_longest() {
+        let budget = std::sync::Arc::new(super::super::Budget::with_step(0, 1));
+        let gone = Share::new(std::sync::Arc::clone(&budget));
+        let waiting = Share::new(budget);
+        for share in [&gone, &waiting] {
+            share.add(0, 10, || 10);
+        }
+        let mut guarded = StallGuard::new(tokio::io::sink(), None);
+        guarded.share_budget(gone.clone());
+        gone.behind();
+        tokio::time::advance(PATIENCE / 2).await;
+        waiting.behind();
+        tokio::time::advance(PATIENCE).await;
+        assert!(!waiting.gives_way(), "the other was behind longer");
+        drop(guarded);
+        assert!(waiting.gives_way(), "the other's writer is gone");
     }
 
     #[tokio::test(start_paused = true)]
