@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::AbortHandle;
@@ -59,7 +59,7 @@ struct Entry {
     /// The peer's address, for a connection over IP.
     address: Option<IpAddr>,
     /// It was asked to make room though busy ([`Registry::ask_busiest_address_to_give_way`]).
-    making_room: std::sync::atomic::AtomicBool,
+    making_room: AtomicBool,
     /// When the connection registered or last received a request, in nanoseconds since the
     /// registry's epoch. Each connection writes only its own: no line shared between them.
     last_active: AtomicU64,
@@ -150,7 +150,7 @@ impl Registry {
         let entry = Arc::new(Entry {
             calls,
             address,
-            making_room: std::sync::atomic::AtomicBool::new(false),
+            making_room: AtomicBool::new(false),
             last_active: AtomicU64::new(self.since_epoch(Instant::now())),
             attention,
         });
@@ -194,7 +194,7 @@ impl Registry {
     /// connection asked before is still making room. Connections without an address (over a
     /// Unix socket) are never asked.
     pub(crate) fn ask_busiest_address_to_give_way(&self, newcomer: Option<IpAddr>) -> bool {
-        let connections = self.connections();
+        let mut connections = self.connections();
         if connections.making_room > 0 {
             return false;
         }
@@ -211,22 +211,21 @@ impl Registry {
         if holds < newcomer_holds + 2 {
             return false;
         }
-        let asked = connections
+        let Some(asked) = connections
             .entries
             .values()
             .filter(|entry| entry.address == Some(busiest))
             .min_by_key(|entry| entry.last_active.load(Ordering::Relaxed))
-            .cloned();
+            .cloned()
+        else {
+            return false;
+        };
+        // Counted under the lock that checked the count: two newcomers at once ask one.
+        asked.making_room.store(true, Ordering::Relaxed);
+        connections.making_room += 1;
         drop(connections);
-        match asked {
-            Some(entry) => {
-                entry.making_room.store(true, Ordering::Relaxed);
-                self.connections().making_room += 1;
-                entry.attention.raise(Signal::MakeRoom);
-                true
-            }
-            None => false,
-        }
+        asked.attention.raise(Signal::MakeRoom);
+        true
     }
 
     /// Tells every connection, and every one that registers from now on, that the server is
