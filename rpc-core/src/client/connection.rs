@@ -192,6 +192,7 @@ impl Connection {
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
+        reader.set_busy_poll(config.busy_poll);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));

@@ -106,6 +106,10 @@ pub(crate) struct FrameReader<R> {
     splitting: Option<Box<Splitting>>,
     /// The frame at the start of `buf` was offered for a split and is read whole.
     split_refused: bool,
+    /// Busy polling: how long after its last bytes a read that finds nothing polls again at
+    /// the runtime's next turn rather than waits to be woken, and when those bytes came. Read
+    /// from the system's clock, not tokio's: a spin never lets a paused clock advance.
+    busy_poll: Option<(Duration, std::time::Instant)>,
 }
 
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
@@ -144,7 +148,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             traffic: None,
             splitting: None,
             split_refused: false,
+            busy_poll: None,
         }
+    }
+
+    /// Makes a read that finds nothing within `window` of the last bytes read poll again at the
+    /// runtime's next turn, rather than wait to be woken: the thread stays busy, so bytes that
+    /// come within the window need no sleeping thread woken ([`ClientBuilder::busy_poll`]). A
+    /// zero window, or none, turns it off.
+    ///
+    /// [`ClientBuilder::busy_poll`]: crate::ClientBuilder::busy_poll
+    pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) {
+        self.busy_poll = window
+            .filter(|window| !window.is_zero())
+            .map(|window| (window, std::time::Instant::now()));
+    }
+
+    /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
+    fn busy_at(&self, now: std::time::Instant) -> bool {
+        self.busy_poll
+            .is_some_and(|(window, since)| now.saturating_duration_since(since) < window)
     }
 
     /// Counts the bytes read from here on in `traffic`.
@@ -184,6 +207,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         if let Some(share) = &self.share {
             share.waiting_for_peer();
+        }
+        if self.busy_poll.is_some() && self.busy_at(std::time::Instant::now()) {
+            // Deferred to the runtime's next turn, after the tasks already waiting: tokio polls
+            // its I/O driver without sleeping first, and no other thread is woken for it.
+            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+            return Poll::Pending;
         }
         // An empty buffer that holds a large allocation gives it up if nothing comes for a
         // while.
@@ -334,6 +363,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 });
             }
             self.last_read = Instant::now();
+            if let Some((_, since)) = &mut self.busy_poll {
+                *since = std::time::Instant::now();
+            }
             if let Some(traffic) = self.traffic {
                 traffic.received(read);
             }
@@ -1579,5 +1611,93 @@ mod split_tests {
             }
             writer.await.expect("joins").expect("writes");
         }
+    }
+}
+
+#[cfg(test)]
+mod busy_poll_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::tests::frame;
+    use super::*;
+
+    /// A waker that counts how often it is woken.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `reader` once for its next frame, with `waker`.
+    fn poll_once<R: AsyncRead + Unpin>(
+        reader: &mut FrameReader<R>,
+        waker: &Waker,
+    ) -> Poll<Result<Option<Bytes>, RpcError>> {
+        let mut cx = Context::from_waker(waker);
+        std::pin::pin!(reader.next_frame()).poll(&mut cx)
+    }
+
+    /// A reader that busy polls and finds nothing asks to be polled again, though no bytes came
+    /// to wake it, read after read; one that does not waits for the bytes' wakeup. Polled
+    /// outside a runtime, where tokio wakes a task that defers itself at once.
+    #[test]
+    fn a_busy_reader_asks_to_be_polled_again_without_bytes_to_wake_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        for busy in [true, false] {
+            let (mut tx, rx) = tokio::io::duplex(1024);
+            let mut reader = FrameReader::new(rx, 1024);
+            reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)));
+            runtime
+                .block_on(tx.write_all(&frame(b"one")))
+                .expect("writes");
+            let count = Arc::new(Counting::default());
+            let waker = Waker::from(Arc::clone(&count));
+            let first = poll_once(&mut reader, &waker);
+            assert!(
+                matches!(&first, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+                "{first:?}"
+            );
+            for polled in 1..=3 {
+                assert!(poll_once(&mut reader, &waker).is_pending());
+                let woken = count.0.load(Ordering::SeqCst);
+                assert_eq!(woken, if busy { polled } else { 0 }, "busy: {busy}");
+            }
+        }
+    }
+
+    /// The spin lasts its window from the last bytes read, which every read restarts; a zero
+    /// window is none.
+    #[tokio::test]
+    async fn the_spin_lasts_its_window_from_the_last_bytes_read() {
+        let window = Duration::from_millis(50);
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        reader.set_busy_poll(Some(Duration::ZERO));
+        assert!(reader.busy_poll.is_none(), "a zero window is none");
+        reader.set_busy_poll(Some(window));
+        let Some((_, set)) = reader.busy_poll else {
+            panic!("busy polling is on");
+        };
+        assert!(reader.busy_at(set));
+        assert!(reader.busy_at(set + window - Duration::from_nanos(1)));
+        assert!(!reader.busy_at(set + window), "the window is over");
+
+        let before = std::time::Instant::now();
+        tx.write_all(&frame(b"one")).await.expect("writes");
+        reader.next_frame().await.expect("reads").expect("a frame");
+        let Some((_, read)) = reader.busy_poll else {
+            panic!("busy polling is on");
+        };
+        assert!(read >= before, "the read restarted the window");
+        assert!(reader.busy_at(read + window - Duration::from_nanos(1)));
+        assert!(!reader.busy_at(read + window));
     }
 }

@@ -135,6 +135,7 @@ where
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
+        reader.set_busy_poll(config.busy_poll);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));

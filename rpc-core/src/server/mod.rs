@@ -97,6 +97,7 @@ pub(crate) struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) max_uploads: usize,
     pub(crate) panic_messages: bool,
+    pub(crate) busy_poll: Option<Duration>,
     pub(crate) reflection: bool,
     /// The server's status, as health calls report it.
     pub(crate) health: crate::health::HealthReporter,
@@ -127,6 +128,7 @@ impl Default for ServerBuilder {
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 max_uploads: 64,
                 panic_messages: false,
+                busy_poll: None,
                 reflection: true,
                 health: crate::health::HealthReporter::default(),
                 interceptor: None,
@@ -209,6 +211,23 @@ impl ServerBuilder {
     /// give way to new ones at the [connection limit](ServerBuilder::max_connections).
     pub fn disable_idle_timeout(mut self) -> Self {
         self.config.idle_timeout = None;
+        self
+    }
+
+    /// Busy polling, for the lowest latency at the cost of CPU time (default off). For `window`
+    /// after each read that brought a connection's bytes, its task, finding nothing more, asks
+    /// to be polled again at the runtime's next turn instead of waiting to be woken: its worker
+    /// thread runs on, giving every other task its turns, so a client's next request that comes
+    /// within the window finds a thread awake. Where waking a sleeping thread is slow, as in
+    /// many virtual machines, that wakeup is most of a call's latency (see the client's
+    /// [`busy_poll`](crate::ClientBuilder::busy_poll), which it pairs with). The price is CPU
+    /// time: a worker thread stays busy for up to `window` after every request of every
+    /// connection, so only a server with cores to spare for it, and clients it trusts not to
+    /// keep it spinning with a byte every `window`, should turn it on. Polling stops at the end
+    /// of the window, and never starts before a connection's handshake is done. A zero window
+    /// turns it off.
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.config.busy_poll = Some(window).filter(|window| !window.is_zero());
         self
     }
 

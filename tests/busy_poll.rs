@@ -1,0 +1,179 @@
+//! Busy polling: with it on, a connection's reader keeps its thread running for the window after
+//! its last bytes instead of letting it sleep, on the server and on the client; calls, streams
+//! and large byte strings go through as without it; and once the window is over the thread
+//! sleeps again.
+//!
+//! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
+//! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
+//! nothing never sleeps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rpc_core::{Server, Streaming};
+use rpc_tests::{LabClient, LabImpl, LabServer, within};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// A window longer than any test: the reader polls on for as long as the test looks.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// How long each end is watched while no call is made.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// How a runtime's thread has slept.
+#[derive(Debug, Default)]
+struct Sleeps {
+    /// How many times it went to sleep.
+    count: AtomicUsize,
+    /// Whether it sleeps now.
+    asleep: AtomicBool,
+}
+
+impl Sleeps {
+    /// How many times the thread has gone to sleep so far.
+    fn so_far(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether the thread has slept since it had gone to sleep `before` times: it went to sleep
+    /// again, or it has been asleep all along.
+    fn slept_since(&self, before: usize) -> bool {
+        self.so_far() > before || self.asleep.load(Ordering::SeqCst)
+    }
+}
+
+/// A single-thread runtime, and how its thread sleeps.
+fn watched_runtime() -> (Runtime, Arc<Sleeps>) {
+    let sleeps = Arc::new(Sleeps::default());
+    let (parked, unparked) = (Arc::clone(&sleeps), Arc::clone(&sleeps));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(move || {
+            parked.asleep.store(true, Ordering::SeqCst);
+            parked.count.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_thread_unpark(move || unparked.asleep.store(false, Ordering::SeqCst))
+        .build()
+        .expect("a runtime");
+    (runtime, sleeps)
+}
+
+/// A server on a thread and runtime of its own, busy polling for `window` (none if `None`):
+/// its address, and how its thread sleeps. It serves until the test ends.
+fn start_server(window: Option<Duration>) -> (std::net::SocketAddr, Arc<Sleeps>) {
+    let (runtime, sleeps) = watched_runtime();
+    let (bound, address) = oneshot::channel();
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let mut builder = Server::builder();
+            if let Some(window) = window {
+                builder = builder.busy_poll(window);
+            }
+            let server = builder.bind("127.0.0.1:0").await.expect("binds");
+            let _ = bound.send(server.local_addr().expect("an address"));
+            server
+                .serve(LabServer::new(LabImpl::default()))
+                .await
+                .expect("serves");
+        });
+    });
+    let addr = address.blocking_recv().expect("the server's address");
+    (addr, sleeps)
+}
+
+/// Makes a call from a client that busy polls for `window` (none if `None`) to a server that
+/// does the same, then leaves both alone for [`QUIET`]: whether the server's thread and the
+/// client's slept meanwhile.
+fn slept_after_a_call(window: Option<Duration>) -> (bool, bool) {
+    let (addr, server_sleeps) = start_server(window);
+    let (runtime, client_sleeps) = watched_runtime();
+    runtime.block_on(async move {
+        let mut builder = LabClient::builder();
+        if let Some(window) = window {
+            builder = builder.busy_poll(window);
+        }
+        let client = within("a connection", builder.connect(addr))
+            .await
+            .expect("connects");
+        assert_eq!(within("a call", client.add(2, 3)).await.expect("add"), 5);
+        let (server_before, client_before) = (server_sleeps.so_far(), client_sleeps.so_far());
+        // The spell watched, not a wait for something to happen: nothing is sent during it.
+        tokio::time::sleep(QUIET).await;
+        // The client's thread is awake to look: it slept if it went to sleep meanwhile.
+        (
+            server_sleeps.slept_since(server_before),
+            client_sleeps.slept_since(client_before),
+        )
+    })
+}
+
+#[test]
+fn within_the_window_neither_end_lets_its_thread_sleep() {
+    assert_eq!(slept_after_a_call(Some(FOREVER)), (false, false));
+}
+
+#[test]
+fn without_busy_polling_both_ends_sleep_while_nothing_comes() {
+    assert_eq!(slept_after_a_call(None), (true, true));
+}
+
+#[test]
+fn once_the_window_is_over_both_ends_sleep_again() {
+    assert_eq!(
+        slept_after_a_call(Some(Duration::from_millis(1))),
+        (true, true)
+    );
+}
+
+/// Calls one at a time and many at once, a stream each way and large byte strings (read in two
+/// parts) go through as they do without busy polling, on the default multi-thread runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
+    let window = Duration::from_micros(100);
+    let server = Server::builder()
+        .busy_poll(window)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
+    let client = within(
+        "a connection",
+        LabClient::builder().busy_poll(window).connect(addr),
+    )
+    .await
+    .expect("connects");
+
+    for i in 0..200 {
+        assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
+    }
+    let calls = (0..64).map(|i| {
+        let client = client.clone();
+        async move { client.add(i, i).await.expect("add") }
+    });
+    let sums = within("calls at once", futures_util::future::join_all(calls)).await;
+    assert_eq!(sums, (0..64).map(|i| 2 * i).collect::<Vec<_>>());
+
+    let mut numbers = within("a stream", client.count(10_000))
+        .await
+        .expect("a stream");
+    let mut expected = 0;
+    while let Some(number) = within("an item", numbers.next()).await {
+        assert_eq!(number.expect("an item"), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, 10_000);
+    let upload = Streaming::iter(1..=1000u64);
+    assert_eq!(
+        within("an upload", client.sum(upload)).await.expect("sum"),
+        500_500
+    );
+
+    let large: Vec<u8> = (0..3 << 20).map(|i| i as u8).collect();
+    let echoed = within("a large echo", client.echo(large.clone()))
+        .await
+        .expect("echo");
+    assert!(echoed == large, "the large byte string came back as sent");
+}
