@@ -10,6 +10,7 @@
 //! cargo run --release -p rpc-bench -- --setup cross-process  # one setup: cross-process, shared, isolated
 //! cargo run --release -p rpc-bench -- --quick                # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
+//! cargo run --release -p rpc-bench -- --busy-poll            # only rpc-core, busy polling or not
 //! cargo run --release -p rpc-bench -- --profile 256 --tracing  # with a tracing subscriber
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
@@ -30,7 +31,8 @@
 //! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
 //! (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
 //! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
-//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls` or `tonic-tls`.
+//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls` or
+//! `rpc-core-busy-poll` (both ends busy polling).
 
 mod alloc;
 mod counters;
@@ -42,7 +44,7 @@ mod workloads;
 use setup::{Deployment, Setup};
 use systems::System;
 use systems::raw::Raw;
-use systems::rpc::{RpcCore, RpcCoreTls};
+use systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreTls};
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
 use workloads::{Bytes, Effort};
@@ -52,12 +54,12 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// How to run the benchmark, for `--help` and a flag it does not know.
 const USAGE: &str = "\
-usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls]
+usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls|--busy-poll]
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
-SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls or tonic-tls";
+SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls or rpc-core-busy-poll";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
 /// does not start a run of several minutes.
@@ -70,6 +72,7 @@ const FLAGS: &[&str] = &[
     "--profile",
     "--quick",
     "--tls",
+    "--busy-poll",
     "--write",
 ];
 
@@ -106,7 +109,7 @@ fn main() {
     }
     if let Some(at) = flag("--remote") {
         let servers = args.get(at + 1).map_or("", String::as_str);
-        let only_here = ["--setup", "--write", "--tls", "--tracing"];
+        let only_here = ["--setup", "--write", "--tls", "--busy-poll", "--tracing"];
         if let Some(other) = only_here.iter().find(|name| flag(name).is_some()) {
             eprintln!("rpc-bench: {other} measures on this machine alone, not with --remote");
             std::process::exit(2);
@@ -156,8 +159,10 @@ fn main() {
             Raw::NAME => profile::<Raw>(setups[0], workload),
             RpcCoreTls::NAME => profile::<RpcCoreTls>(setups[0], workload),
             TonicTls::NAME => profile::<TonicTls>(setups[0], workload),
+            RpcCoreBusy::NAME => profile::<RpcCoreBusy>(setups[0], workload),
             other => format!(
-                "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls or tonic-tls"
+                "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls \
+                 or rpc-core-busy-poll"
             ),
         };
         println!("{report}");
@@ -169,8 +174,13 @@ fn main() {
         Effort::FULL
     };
     let tls_only = flag("--tls").is_some();
+    let busy_only = flag("--busy-poll").is_some();
+    if flag("--write").is_some() && (tls_only || busy_only) {
+        eprintln!("rpc-bench: --write rewrites every table, so it needs the full run");
+        std::process::exit(2);
+    }
     let mut runs = Vec::new();
-    for setup in setups.iter().copied().filter(|_| !tls_only) {
+    for setup in setups.iter().copied().filter(|_| !tls_only && !busy_only) {
         let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
         for round in 1..=effort.rounds {
             eprintln!("round {round} of {}", effort.rounds);
@@ -193,7 +203,7 @@ fn main() {
     }
     // Over TLS only across processes, where users run it, and only the workloads where
     // encryption costs most.
-    let tls = setups.contains(&Setup::CrossProcess).then(|| {
+    let tls = (setups.contains(&Setup::CrossProcess) && !busy_only).then(|| {
         let results = report::TlsResults {
             tonic: measure_tls::<TonicTls>(effort),
             rpc: measure_tls::<RpcCoreTls>(effort),
@@ -201,6 +211,18 @@ fn main() {
         println!(
             "\n## over TLS, cross-process\n\n{}",
             report::tls_table(&results)
+        );
+        results
+    });
+    // Across processes only, where a sleeping thread's wakeup costs most.
+    let busy = (setups.contains(&Setup::CrossProcess) && !tls_only).then(|| {
+        let results = report::BusyResults {
+            off: measure_busy::<RpcCore>(effort),
+            on: measure_busy::<RpcCoreBusy>(effort),
+        };
+        println!(
+            "\n## busy polling, cross-process\n\n{}",
+            report::busy_table(&results)
         );
         results
     });
@@ -235,8 +257,14 @@ fn main() {
             results
         });
     if flag("--write").is_some() {
-        report::write(&runs, tls.as_ref(), traced.as_ref(), local.as_ref())
-            .expect("writes BENCHMARKS.md and the chart");
+        report::write(
+            &runs,
+            tls.as_ref(),
+            busy.as_ref(),
+            traced.as_ref(),
+            local.as_ref(),
+        )
+        .expect("writes BENCHMARKS.md and the chart");
         println!("wrote BENCHMARKS.md and docs/benchmarks.svg");
     }
 }
@@ -263,6 +291,13 @@ fn measure_traced<S: System>(effort: Effort) -> workloads::TracedFigures {
     let deployment = Deployment::start::<S>(Setup::CrossProcess);
     let server = deployment.server.clone();
     deployment.run(workloads::traced::<S>(server, effort))
+}
+
+fn measure_busy<S: System>(effort: Effort) -> workloads::BusyFigures {
+    eprintln!("measuring {} (cross-process)", S::NAME);
+    let deployment = Deployment::start::<S>(Setup::CrossProcess);
+    let server = deployment.server.clone();
+    deployment.run(workloads::busy::<S>(server, effort))
 }
 
 fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use crate::setup::Setup;
-use crate::workloads::{Figures, TlsFigures, TracedFigures};
+use crate::workloads::{BusyFigures, Figures, TlsFigures, TracedFigures};
 
 /// Every system's figures in one setup.
 #[derive(Debug)]
@@ -398,6 +398,63 @@ pub fn traced_table(results: &TracedResults) -> String {
     two_way_table(columns, &rows)
 }
 
+/// rpc-core across two processes with its defaults and with busy polling on both ends.
+#[derive(Debug)]
+pub struct BusyResults {
+    pub off: BusyFigures,
+    pub on: BusyFigures,
+}
+
+/// The table of the busy polling run: each figure with the defaults and with busy polling, and
+/// the second over the first.
+pub fn busy_table(results: &BusyResults) -> String {
+    let (off, on) = (&results.off, &results.on);
+    let rows = [
+        (
+            "Sequential latency, p50 (µs)",
+            off.latency_p50_us,
+            on.latency_p50_us,
+        ),
+        (
+            "Sequential latency, p99 (µs)",
+            off.latency_p99_us,
+            on.latency_p99_us,
+        ),
+        (
+            "CPU time per sequential call, both processes (µs)",
+            off.latency_cpu_us,
+            on.latency_cpu_us,
+        ),
+        (
+            "1 connection, 32 callers (calls/s)",
+            off.pipelined_32,
+            on.pipelined_32,
+        ),
+        (
+            "CPU time per call, 32 callers, both processes (µs)",
+            off.pipelined_32_cpu_us,
+            on.pipelined_32_cpu_us,
+        ),
+        (
+            "1 connection, 256 callers (calls/s)",
+            off.pipelined_256,
+            on.pipelined_256,
+        ),
+    ];
+    let rows = rows.map(|(label, off, on)| {
+        let ratio = match (off, on) {
+            (Some(off), Some(on)) if off > 0.0 => format!("{:.2}×", on / off),
+            _ => "—".to_owned(),
+        };
+        (label, off, on, ratio)
+    });
+    let busy = format!(
+        "busy polling, {} µs",
+        crate::systems::rpc::BUSY_POLL.as_micros()
+    );
+    two_way_table(["defaults", &busy, "busy / defaults"], &rows)
+}
+
 /// Sequential calls of rpc-core's benchmark service in this process and across two.
 #[derive(Debug)]
 pub struct LocalResults {
@@ -438,11 +495,12 @@ pub fn local_table(results: &LocalResults) -> String {
     )
 }
 
-/// Writes BENCHMARKS.md, a section per setup, one over TLS, one with tracing on and one for
-/// in-process calls, and docs/benchmarks.svg from the first setup.
+/// Writes BENCHMARKS.md, a section per setup, one over TLS, one with busy polling, one with
+/// tracing on and one for in-process calls, and docs/benchmarks.svg from the first setup.
 pub fn write(
     runs: &[Results],
     tls: Option<&TlsResults>,
+    busy: Option<&BusyResults>,
     traced: Option<&TracedResults>,
     local: Option<&LocalResults>,
 ) -> std::io::Result<()> {
@@ -469,6 +527,20 @@ pub fn write(
              processes on default runtimes.\n\n```sh\ncargo run --release -p rpc-bench -- --tls\n\
              ```\n\n{}\n",
             tls_table(tls)
+        );
+    }
+    if let Some(busy) = busy {
+        let _ = write!(
+            sections,
+            "## Busy polling on, two processes\n\nrpc-core with busy polling (`busy_poll`, off \
+             by default) on the server and the client, against its defaults, measured one after \
+             the other in one round: a reader that finds nothing keeps its thread running for \
+             the window after its last bytes, so the next frame needs no sleeping thread woken, \
+             at the price of CPU time (both processes' user and system time, from \
+             `/proc/self/stat`, in ticks of 10 ms). Not in the tables above, which measure \
+             every system as its defaults build it.\n\n```sh\ncargo run --release -p rpc-bench \
+             -- --busy-poll\n```\n\n{}\n",
+            busy_table(busy)
         );
     }
     if let Some(traced) = traced {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
+use crate::counters::{self, Counters};
 use crate::setup::ServerEnd;
 use crate::systems::System;
 
@@ -180,6 +181,51 @@ pub async fn traced<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Traced
         latency_p50_us: Some(p50),
         pipelined_256,
     }
+}
+
+/// What busy polling buys and costs: sequential calls and calls on one connection, with the
+/// CPU time both processes spent on each call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BusyFigures {
+    /// Sequential calls: median latency, in microseconds.
+    pub latency_p50_us: Option<f64>,
+    /// Sequential calls: 99th percentile, in microseconds.
+    pub latency_p99_us: Option<f64>,
+    /// Sequential calls: CPU time of both processes per call, in microseconds.
+    pub latency_cpu_us: Option<f64>,
+    /// Calls per second on one connection with 32 concurrent callers.
+    pub pipelined_32: Option<f64>,
+    /// The same calls: CPU time of both processes per call, in microseconds.
+    pub pipelined_32_cpu_us: Option<f64>,
+    /// Calls per second on one connection with 256 concurrent callers.
+    pub pipelined_256: Option<f64>,
+}
+
+/// The figures of [`BusyFigures`], for a system deployed across two processes.
+pub async fn busy<S: System>(server: Arc<ServerEnd>, effort: Effort) -> BusyFigures {
+    let mut client = S::connect(server.addr).await;
+    let before = server.counters();
+    let (p50, p99) = latency::<S>(&mut client, effort).await;
+    let latency_cpu_us = cpu_us_per_call(&server, before, latency_calls(effort) as u64);
+    let clients = std::slice::from_ref(&client);
+    let before = server.counters();
+    let rate = counted_throughput::<S>(clients, 32, effort).await;
+    let pipelined_32_cpu_us = rate.and_then(|rate| cpu_us_per_call(&server, before, rate.count));
+    BusyFigures {
+        latency_p50_us: Some(p50),
+        latency_p99_us: Some(p99),
+        latency_cpu_us,
+        pipelined_32: rate.map(|rate| rate.per_second),
+        pipelined_32_cpu_us,
+        pipelined_256: throughput::<S>(clients, 256, effort).await,
+    }
+}
+
+/// The CPU time both processes spent since `before`, per call of `calls`, in microseconds.
+fn cpu_us_per_call(server: &ServerEnd, before: Option<Counters>, calls: u64) -> Option<f64> {
+    let spent = server.counters()? - before?;
+    let seconds = spent.cpu_ticks as f64 / counters::TICKS_PER_SECOND;
+    Some(seconds * 1e6 / calls.max(1) as f64)
 }
 
 /// `count` connections to `addr`.

@@ -1,6 +1,8 @@
-//! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare.
+//! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare
+//! (and, as [`RpcCoreBusy`], busy polling on).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use rpc_core::tls::{ClientTls, ServerTls};
 use rpc_core::{Payload, Streaming};
@@ -42,18 +44,32 @@ pub fn local_client() -> BenchClient {
     BenchClient::local(Impl)
 }
 
-/// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates.
+/// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; with `BUSY`,
+/// both ends busy poll for [`BUSY_POLL`].
 #[derive(Debug)]
-pub struct RpcCoreOver<const TLS: bool>;
+pub struct RpcCoreOver<const TLS: bool, const BUSY: bool>;
 
 /// rpc-core over TCP.
-pub type RpcCore = RpcCoreOver<false>;
+pub type RpcCore = RpcCoreOver<false, false>;
 
 /// rpc-core over TLS.
-pub type RpcCoreTls = RpcCoreOver<true>;
+pub type RpcCoreTls = RpcCoreOver<true, false>;
 
-impl<const TLS: bool> System for RpcCoreOver<TLS> {
-    const NAME: &str = if TLS { "rpc-core-tls" } else { "rpc-core" };
+/// rpc-core over TCP, both ends busy polling.
+pub type RpcCoreBusy = RpcCoreOver<false, true>;
+
+/// The window both ends of [`RpcCoreBusy`] busy poll for: longer than a round trip between
+/// two processes here when both threads are awake (about 10 µs), so that the next frame
+/// comes within it.
+pub const BUSY_POLL: Duration = Duration::from_micros(100);
+
+impl<const TLS: bool, const BUSY: bool> System for RpcCoreOver<TLS, BUSY> {
+    const NAME: &str = match (TLS, BUSY) {
+        (false, false) => "rpc-core",
+        (true, false) => "rpc-core-tls",
+        (false, true) => "rpc-core-busy-poll",
+        (true, true) => "rpc-core-tls-busy-poll",
+    };
     type Client = BenchClient;
     type Shared = Payload;
 
@@ -63,6 +79,9 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
             let certs = certs::certs();
             let tls = ServerTls::from_pem(&certs.server, &certs.key).expect("the certificate");
             builder = builder.tls(tls);
+        }
+        if BUSY {
+            builder = builder.busy_poll(BUSY_POLL);
         }
         let server = builder
             .bind(bind)
@@ -78,6 +97,9 @@ impl<const TLS: bool> System for RpcCoreOver<TLS> {
         if TLS {
             let authority = &certs::certs().authority;
             builder = builder.tls(ClientTls::trusting_pem(authority).expect("the authority"));
+        }
+        if BUSY {
+            builder = builder.busy_poll(BUSY_POLL);
         }
         builder.connect(addr).await.expect("connects")
     }
