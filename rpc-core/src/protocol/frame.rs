@@ -106,10 +106,17 @@ pub(crate) struct FrameReader<R> {
     splitting: Option<Box<Splitting>>,
     /// The frame at the start of `buf` was offered for a split and is read whole.
     split_refused: bool,
-    /// Busy polling: how long after its last bytes a read that finds nothing polls again at
-    /// the runtime's next turn rather than waits to be woken, and when those bytes came. Read
-    /// from the system's clock, not tokio's: a spin never lets a paused clock advance.
-    busy_poll: Option<(Duration, std::time::Instant)>,
+    /// Busy polling, if on. Boxed: few connections have it, and every idle one holds a reader.
+    busy_poll: Option<Box<BusyPoll>>,
+}
+
+/// How long after its last bytes a read that finds nothing polls again at the runtime's next
+/// turn rather than waits to be woken, and when those bytes came.
+#[derive(Debug)]
+struct BusyPoll {
+    window: Duration,
+    /// From the system's clock, not tokio's: a spin never lets a paused clock advance.
+    since: std::time::Instant,
 }
 
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
@@ -159,15 +166,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// [`ClientBuilder::busy_poll`]: crate::ClientBuilder::busy_poll
     pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) {
-        self.busy_poll = window
-            .filter(|window| !window.is_zero())
-            .map(|window| (window, std::time::Instant::now()));
+        self.busy_poll = window.filter(|window| !window.is_zero()).map(|window| {
+            Box::new(BusyPoll {
+                window,
+                since: std::time::Instant::now(),
+            })
+        });
     }
 
     /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
     fn busy_at(&self, now: std::time::Instant) -> bool {
         self.busy_poll
-            .is_some_and(|(window, since)| now.saturating_duration_since(since) < window)
+            .as_ref()
+            .is_some_and(|busy| now.saturating_duration_since(busy.since) < busy.window)
     }
 
     /// Counts the bytes read from here on in `traffic`.
@@ -363,8 +374,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 });
             }
             self.last_read = Instant::now();
-            if let Some((_, since)) = &mut self.busy_poll {
-                *since = std::time::Instant::now();
+            if let Some(busy) = &mut self.busy_poll {
+                busy.since = std::time::Instant::now();
             }
             if let Some(traffic) = self.traffic {
                 traffic.received(read);
@@ -1683,9 +1694,7 @@ mod busy_poll_tests {
         reader.set_busy_poll(Some(Duration::ZERO));
         assert!(reader.busy_poll.is_none(), "a zero window is none");
         reader.set_busy_poll(Some(window));
-        let Some((_, set)) = reader.busy_poll else {
-            panic!("busy polling is on");
-        };
+        let set = reader.busy_poll.as_ref().expect("busy polling is on").since;
         assert!(reader.busy_at(set));
         assert!(reader.busy_at(set + window - Duration::from_nanos(1)));
         assert!(!reader.busy_at(set + window), "the window is over");
@@ -1693,9 +1702,7 @@ mod busy_poll_tests {
         let before = std::time::Instant::now();
         tx.write_all(&frame(b"one")).await.expect("writes");
         reader.next_frame().await.expect("reads").expect("a frame");
-        let Some((_, read)) = reader.busy_poll else {
-            panic!("busy polling is on");
-        };
+        let read = reader.busy_poll.as_ref().expect("busy polling is on").since;
         assert!(read >= before, "the read restarted the window");
         assert!(reader.busy_at(read + window - Duration::from_nanos(1)));
         assert!(!reader.busy_at(read + window));
