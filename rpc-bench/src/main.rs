@@ -335,7 +335,10 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "idle" => {
                 drop(client);
                 return match workloads::idle_connection_bytes::<S>(&server).await {
-                    Some(bytes) => format!("{:.1} KiB of heap per idle connection", bytes / 1024.0),
+                    Some(bytes) => format!(
+                        "{:.1} KiB ({bytes:.0} bytes) of heap per idle connection",
+                        bytes / 1024.0
+                    ),
                     None => NOT_COUNTED.to_owned(),
                 };
             }
