@@ -226,7 +226,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// window find a thread awake, and the thread that receives them nothing to wake. Where
     /// waking a sleeping thread is slow, as in many virtual machines, this is most of a call's
     /// latency: in this crate's benchmark on a two-core virtual machine, with 100 µs on both
-    /// ends, the median sequential call across two processes took 9–11 µs instead of about
+    /// ends, the median sequential call across two processes took about 10 µs instead of about
     /// 100. The price is a busy core for up to `window` after each answer; calls made at least
     /// `window` apart cost the same wakeup as without. Pair it with the server's
     /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
