@@ -41,7 +41,10 @@ mod setup;
 mod systems;
 mod workloads;
 
-use setup::{Deployment, Setup};
+use std::future::Future;
+use std::sync::Arc;
+
+use setup::{Deployment, ServerEnd, Setup};
 use systems::System;
 use systems::raw::Raw;
 use systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreTls};
@@ -205,8 +208,12 @@ fn main() {
     // encryption costs most.
     let tls = (setups.contains(&Setup::CrossProcess) && !busy_only).then(|| {
         let results = report::TlsResults {
-            tonic: measure_tls::<TonicTls>(effort),
-            rpc: measure_tls::<RpcCoreTls>(effort),
+            tonic: across_processes::<TonicTls, _>("", |server| {
+                workloads::over_tls::<TonicTls>(server, effort)
+            }),
+            rpc: across_processes::<RpcCoreTls, _>("", |server| {
+                workloads::over_tls::<RpcCoreTls>(server, effort)
+            }),
         };
         println!(
             "\n## over TLS, cross-process\n\n{}",
@@ -217,8 +224,12 @@ fn main() {
     // Across processes only, where a sleeping thread's wakeup costs most.
     let busy = (setups.contains(&Setup::CrossProcess) && !tls_only).then(|| {
         let results = report::BusyResults {
-            off: measure_busy::<RpcCore>(effort),
-            on: measure_busy::<RpcCoreBusy>(effort),
+            off: across_processes::<RpcCore, _>("", |server| {
+                workloads::busy::<RpcCore>(server, effort)
+            }),
+            on: across_processes::<RpcCoreBusy, _>("", |server| {
+                workloads::busy::<RpcCoreBusy>(server, effort)
+            }),
         };
         println!(
             "\n## busy polling, cross-process\n\n{}",
@@ -237,7 +248,9 @@ fn main() {
                     latency_p50_us: run.rpc.latency_p50_us,
                     pipelined_256: run.rpc.pipelined_256,
                 },
-                on: measure_traced::<RpcCore>(effort),
+                on: across_processes::<RpcCore, _>(" with tracing on", |server| {
+                    workloads::traced::<RpcCore>(server, effort)
+                }),
             };
             println!(
                 "\n## tracing on, cross-process\n\n{}",
@@ -286,25 +299,20 @@ fn measure_local(effort: Effort) -> (f64, f64) {
     })
 }
 
-fn measure_traced<S: System>(effort: Effort) -> workloads::TracedFigures {
-    eprintln!("measuring {} with tracing on (cross-process)", S::NAME);
+/// Runs `workload` against `S`'s server in a child process, the clients on this process's
+/// default runtime; `what` says what is measured, on the way.
+fn across_processes<S: System, F>(
+    what: &str,
+    workload: impl FnOnce(Arc<ServerEnd>) -> F,
+) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    eprintln!("measuring {}{what} (cross-process)", S::NAME);
     let deployment = Deployment::start::<S>(Setup::CrossProcess);
     let server = deployment.server.clone();
-    deployment.run(workloads::traced::<S>(server, effort))
-}
-
-fn measure_busy<S: System>(effort: Effort) -> workloads::BusyFigures {
-    eprintln!("measuring {} (cross-process)", S::NAME);
-    let deployment = Deployment::start::<S>(Setup::CrossProcess);
-    let server = deployment.server.clone();
-    deployment.run(workloads::busy::<S>(server, effort))
-}
-
-fn measure_tls<S: System>(effort: Effort) -> workloads::TlsFigures {
-    eprintln!("measuring {} (cross-process)", S::NAME);
-    let deployment = Deployment::start::<S>(Setup::CrossProcess);
-    let server = deployment.server.clone();
-    deployment.run(workloads::over_tls::<S>(server, effort))
+    deployment.run(workload(server))
 }
 
 /// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),

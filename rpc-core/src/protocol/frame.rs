@@ -1627,23 +1627,14 @@ mod split_tests {
 
 #[cfg(test)]
 mod busy_poll_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
+    use std::sync::atomic::Ordering;
+    use std::task::Waker;
 
     use tokio::io::AsyncWriteExt;
 
+    use super::super::writer::through_tests::Wakes;
     use super::tests::frame;
     use super::*;
-
-    /// A waker that counts how often it is woken.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
-
-    impl Wake for Counting {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// Polls `reader` once for its next frame, with `waker`.
     fn poll_once<R: AsyncRead + Unpin>(
@@ -1669,7 +1660,7 @@ mod busy_poll_tests {
             runtime
                 .block_on(tx.write_all(&frame(b"one")))
                 .expect("writes");
-            let count = Arc::new(Counting::default());
+            let count = Arc::new(Wakes::default());
             let waker = Waker::from(Arc::clone(&count));
             let first = poll_once(&mut reader, &waker);
             assert!(

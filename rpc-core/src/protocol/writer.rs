@@ -818,7 +818,7 @@ mod keepalive_tests {
 }
 
 #[cfg(test)]
-mod through_tests {
+pub(super) mod through_tests {
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -832,9 +832,9 @@ mod through_tests {
     use super::*;
     use crate::protocol::{FrameReader, Outbox, StreamFrames};
 
-    /// Counts how often the writer is woken.
+    /// Counts how often a task is woken (here, the writer's).
     #[derive(Default)]
-    struct Wakes(AtomicUsize);
+    pub(in crate::protocol) struct Wakes(pub(in crate::protocol) AtomicUsize);
 
     impl Wake for Wakes {
         fn wake(self: Arc<Self>) {
