@@ -109,6 +109,30 @@ async fn calls_go_over_tls_to_the_name_the_certificate_carries() {
     assert_eq!(by_number.add(1, 1).await.expect("a call"), 2);
 }
 
+/// Busy polling reads through TLS as through TCP: a reader that finds nothing in the TLS
+/// stream polls it again, one call at a time and many at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_over_tls_with_busy_polling_on_both_ends() {
+    let window = std::time::Duration::from_micros(100);
+    let authority = Authority::new("servers");
+    let tls = server_tls(&authority.issue("vault", SERVER_NAMES));
+    let addr = serve(Server::builder().tls(tls).busy_poll(window)).await;
+    let connecting = VaultClient::builder()
+        .tls(client_tls(&authority))
+        .busy_poll(window)
+        .connect(format!("localhost:{}", addr.port()));
+    let client = within("connecting", connecting).await.expect("connects");
+    for i in 0..100 {
+        assert_eq!(client.add(i, 1).await.expect("a call"), i + 1);
+    }
+    let calls = (0..32).map(|i| {
+        let client = client.clone();
+        async move { client.add(i, i).await.expect("a call") }
+    });
+    let sums = within("calls at once", futures_util::future::join_all(calls)).await;
+    assert_eq!(sums, (0..32).map(|i| 2 * i).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn a_server_certificate_from_an_unknown_authority_is_refused() {
     let addr = serve(Server::builder().tls(server_tls(
