@@ -233,6 +233,9 @@ where
             .idle_timeout
             .filter(|_| !client.serves_back)
             .map(IdleTimer::new);
+        // Nothing else of the client's hello is needed: its method table, kept, would cost
+        // every connection for as long as it lasts.
+        drop(client);
         let mut turn_due = false;
         // When the calls of a connection asked to make room, busy as it was, are dropped if they
         // are still running.
