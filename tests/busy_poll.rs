@@ -60,9 +60,9 @@ fn watched_runtime() -> (Runtime, Arc<Sleeps>) {
     (runtime, sleeps)
 }
 
-/// A server on a thread and runtime of its own, busy polling for `window` (none if `None`):
-/// its address, and how its thread sleeps. It serves until the test ends.
-fn start_server(window: Option<Duration>) -> (std::net::SocketAddr, Arc<Sleeps>) {
+/// A server of `lab` on a thread and runtime of its own, busy polling for `window` (none if
+/// `None`): its address, and how its thread sleeps. It serves until the test ends.
+fn start_server(window: Option<Duration>, lab: LabImpl) -> (std::net::SocketAddr, Arc<Sleeps>) {
     let (runtime, sleeps) = watched_runtime();
     let (bound, address) = oneshot::channel();
     std::thread::spawn(move || {
@@ -73,10 +73,7 @@ fn start_server(window: Option<Duration>) -> (std::net::SocketAddr, Arc<Sleeps>)
             }
             let server = builder.bind("127.0.0.1:0").await.expect("binds");
             let _ = bound.send(server.local_addr().expect("an address"));
-            server
-                .serve(LabServer::new(LabImpl::default()))
-                .await
-                .expect("serves");
+            server.serve(LabServer::new(lab)).await.expect("serves");
         });
     });
     let addr = address.blocking_recv().expect("the server's address");
@@ -87,7 +84,7 @@ fn start_server(window: Option<Duration>) -> (std::net::SocketAddr, Arc<Sleeps>)
 /// does the same, then leaves both alone for [`QUIET`]: whether the server's thread and the
 /// client's slept meanwhile.
 fn slept_after_a_call(window: Option<Duration>) -> (bool, bool) {
-    let (addr, server_sleeps) = start_server(window);
+    let (addr, server_sleeps) = start_server(window, LabImpl::default());
     let (runtime, client_sleeps) = watched_runtime();
     runtime.block_on(async move {
         let mut builder = LabClient::builder();
@@ -125,6 +122,42 @@ fn once_the_window_is_over_both_ends_sleep_again() {
         slept_after_a_call(Some(Duration::from_millis(1))),
         (true, true)
     );
+}
+
+/// A call sent once the window is over wakes the client's reader, whose thread then stays awake
+/// while the call is in flight (for the window from when it went out), though the server takes
+/// its time and sends nothing meanwhile.
+#[test]
+fn a_call_sent_after_the_window_keeps_the_clients_thread_awake_while_in_flight() {
+    let window = Duration::from_secs(1);
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, _) = start_server(None, lab);
+    let (runtime, client_sleeps) = watched_runtime();
+    runtime.block_on(async move {
+        let client = LabClient::builder().busy_poll(window).connect(addr);
+        let client = within("a connection", client).await.expect("connects");
+        let before = client_sleeps.so_far();
+        // The spell watched: the window since the handshake's last bytes runs out.
+        tokio::time::sleep(window + QUIET).await;
+        assert!(
+            client_sleeps.slept_since(before),
+            "past the window it sleeps"
+        );
+
+        let before = client_sleeps.so_far();
+        let call = tokio::spawn(async move { client.wait("gate".to_owned()).await });
+        assert_eq!(probe.next_event().await, "waiting gate");
+        // The spell watched: the handler holds the call.
+        tokio::time::sleep(QUIET).await;
+        assert!(
+            !client_sleeps.slept_since(before),
+            "the call in flight keeps it awake"
+        );
+        probe.open("gate");
+        let answer = within("the answer", call).await.expect("the call's task");
+        assert_eq!(answer.expect("wait"), "gate");
+    });
 }
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two

@@ -535,7 +535,8 @@ pub fn write(
             "## Busy polling on, two processes\n\nrpc-core with busy polling (`busy_poll`, off \
              by default) on the server and the client, against its defaults, measured one after \
              the other in one round: a reader that finds nothing keeps its thread running for \
-             the window after its last bytes, so the next frame needs no sleeping thread woken, \
+             the window after its last bytes (and, on a client, its last call sent), so the \
+             next frame needs no sleeping thread woken, \
              at the price of CPU time (both processes' user and system time, from \
              `/proc/self/stat`, in ticks of 10 ms). Not in the tables above, which measure \
              every system as its defaults build it.\n\n```sh\ncargo run --release -p rpc-bench \

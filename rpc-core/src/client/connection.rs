@@ -14,8 +14,9 @@ use super::ClientConfig;
 use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::alarm::Alarm;
 use crate::protocol::{
-    self, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter, Outbox,
-    Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away, write_frames_through,
+    self, CallSent, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter,
+    Outbox, Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away,
+    write_frames_through,
 };
 use crate::reverse::{self, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
@@ -48,6 +49,8 @@ pub(crate) struct Connection {
     _reader: AbortOnDrop,
     /// What the client serves back to the server, on the reverse connection inside this one.
     _serving_back: Option<AbortOnDrop>,
+    /// With busy polling on, where each call sent tells the reader an answer is on its way.
+    calls_sent: Option<Arc<CallSent>>,
 }
 
 impl Drop for Connection {
@@ -192,7 +195,7 @@ impl Connection {
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
-        reader.set_busy_poll(config.busy_poll);
+        let calls_sent = reader.set_busy_poll(config.busy_poll);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
@@ -243,6 +246,7 @@ impl Connection {
             checked: LastChecked::default(),
             _reader: AbortOnDrop::new(&reader),
             _serving_back: serving,
+            calls_sent,
         }))
     }
 
@@ -339,6 +343,9 @@ impl Connection {
             waiting.armed = false;
             self.pending.forget(id);
             return Err(Failure::NotRun(self.pending.close_reason()));
+        }
+        if let Some(calls_sent) = &self.calls_sent {
+            calls_sent.now();
         }
         let upload = upload.zip(credit).map(|(items, credit)| {
             Upload::start(id, items, credit, &self.outbox, self.server.max_frame_len)

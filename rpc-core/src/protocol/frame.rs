@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
+use super::busy::{BusyPoll, CallSent};
 use super::frame_memory::{self, FrameMemory, Share};
 use super::spare;
 use super::tail::{self, Split, Tail};
@@ -110,15 +111,6 @@ pub(crate) struct FrameReader<R> {
     busy_poll: Option<Box<BusyPoll>>,
 }
 
-/// How long after its last bytes a read that finds nothing polls again at the runtime's next
-/// turn rather than waits to be woken, and when those bytes came.
-#[derive(Debug)]
-struct BusyPoll {
-    window: Duration,
-    /// From the system's clock, not tokio's: a spin never lets a paused clock advance.
-    since: std::time::Instant,
-}
-
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
 /// own ([`FrameReader::next_frame_split`]).
 pub(crate) type SplitFrame = (Bytes, Option<Tail>);
@@ -159,26 +151,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Makes a read that finds nothing within `window` of the last bytes read poll again at the
-    /// runtime's next turn, rather than wait to be woken: the thread stays busy, so bytes that
-    /// come within the window need no sleeping thread woken ([`ClientBuilder::busy_poll`]). A
-    /// zero window, or none, turns it off.
-    ///
-    /// [`ClientBuilder::busy_poll`]: crate::ClientBuilder::busy_poll
-    pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) {
-        self.busy_poll = window.filter(|window| !window.is_zero()).map(|window| {
-            Box::new(BusyPoll {
-                window,
-                since: std::time::Instant::now(),
-            })
-        });
-    }
-
-    /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
-    fn busy_at(&self, now: std::time::Instant) -> bool {
-        self.busy_poll
-            .as_ref()
-            .is_some_and(|busy| now.saturating_duration_since(busy.since) < busy.window)
+    /// Makes a read that finds nothing within `window` of the last bytes read, or of the last
+    /// call sent, poll again at the runtime's next turn rather than wait to be woken: the
+    /// thread stays busy, so bytes that come within the window need no sleeping thread woken
+    /// ([`busy`](super::busy)). A zero window, or none, turns it off. Returns where the callers
+    /// of a client tell the reader of each call they send.
+    pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) -> Option<Arc<CallSent>> {
+        self.busy_poll = window
+            .filter(|window| !window.is_zero())
+            .map(|window| Box::new(BusyPoll::new(window)));
+        self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
     /// Counts the bytes read from here on in `traffic`.
@@ -219,10 +201,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if let Some(share) = &self.share {
             share.waiting_for_peer();
         }
-        if self.busy_poll.is_some() && self.busy_at(std::time::Instant::now()) {
-            // Deferred to the runtime's next turn, after the tasks already waiting: tokio polls
-            // its I/O driver without sleeping first, and no other thread is woken for it.
-            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+        if let Some(busy) = &self.busy_poll
+            && busy.poll_again(cx)
+        {
             return Poll::Pending;
         }
         // An empty buffer that holds a large allocation gives it up if nothing comes for a
@@ -375,7 +356,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.last_read = Instant::now();
             if let Some(busy) = &mut self.busy_poll {
-                busy.since = std::time::Instant::now();
+                busy.read();
             }
             if let Some(traffic) = self.traffic {
                 traffic.received(read);
@@ -1673,29 +1654,5 @@ mod busy_poll_tests {
                 assert_eq!(woken, if busy { polled } else { 0 }, "busy: {busy}");
             }
         }
-    }
-
-    /// The spin lasts its window from the last bytes read, which every read restarts; a zero
-    /// window is none.
-    #[tokio::test]
-    async fn the_spin_lasts_its_window_from_the_last_bytes_read() {
-        let window = Duration::from_millis(50);
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::new(rx, 1024);
-        reader.set_busy_poll(Some(Duration::ZERO));
-        assert!(reader.busy_poll.is_none(), "a zero window is none");
-        reader.set_busy_poll(Some(window));
-        let set = reader.busy_poll.as_ref().expect("busy polling is on").since;
-        assert!(reader.busy_at(set));
-        assert!(reader.busy_at(set + window - Duration::from_nanos(1)));
-        assert!(!reader.busy_at(set + window), "the window is over");
-
-        let before = std::time::Instant::now();
-        tx.write_all(&frame(b"one")).await.expect("writes");
-        reader.next_frame().await.expect("reads").expect("a frame");
-        let read = reader.busy_poll.as_ref().expect("busy polling is on").since;
-        assert!(read >= before, "the read restarted the window");
-        assert!(reader.busy_at(read + window - Duration::from_nanos(1)));
-        assert!(!reader.busy_at(read + window));
     }
 }

@@ -6,6 +6,7 @@
 //! a successful response it is the return value, both postcard-encoded.
 
 mod budget;
+mod busy;
 mod codec;
 mod depth;
 mod frame;
@@ -23,6 +24,7 @@ mod violation;
 mod writer;
 
 pub(crate) use budget::{Budget, GaveWay};
+pub(crate) use busy::CallSent;
 pub use codec::CodecError;
 pub(crate) use codec::{Decode, Encode, append, decode_exact};
 #[cfg(test)]
