@@ -224,12 +224,12 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// nothing more, asks to be polled again at the runtime's next turn instead of waiting to
     /// be woken: its worker thread runs on, giving every other task its turns, so the answers
     /// that come within the window find a thread awake, and the thread that receives them
-    /// nothing to wake. Where
-    /// waking a sleeping thread is slow, as in many virtual machines, this is most of a call's
-    /// latency: in this crate's benchmark on a two-core virtual machine, with 100 µs on both
-    /// ends, the median sequential call across two processes took about 10 µs instead of about
-    /// 100. The price is a busy core for up to `window` after each call and each answer, for
-    /// as long as calls are in flight when they take longer. Pair it with the server's
+    /// nothing to wake. Where waking a sleeping thread is slow, as in many virtual machines,
+    /// this is most of a call's latency: in this crate's benchmark on a two-core virtual
+    /// machine, with 100 µs on both ends, the median sequential call across two processes took
+    /// about 10 µs instead of about 100. The price is a busy core for up to `window` after each
+    /// call sent and each answer; an answer that takes longer than the window finds the thread
+    /// asleep, as without. Pair it with the server's
     /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = Some(window).filter(|window| !window.is_zero());
