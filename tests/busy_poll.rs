@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use rpc_core::{Server, Streaming};
 use rpc_tests::{LabClient, LabImpl, LabServer, within};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -122,6 +124,32 @@ fn once_the_window_is_over_both_ends_sleep_again() {
         slept_after_a_call(Some(Duration::from_millis(1))),
         (true, true)
     );
+}
+
+/// Busy polling starts once a connection's handshake is done: a peer that connects and sends
+/// part of a hello, or nothing, keeps no server thread awake.
+#[test]
+fn a_peer_that_has_not_shaken_hands_keeps_no_server_thread_awake() {
+    let (addr, server_sleeps) = start_server(Some(FOREVER), LabImpl::default());
+    let (runtime, _) = watched_runtime();
+    runtime.block_on(async move {
+        let mut silent = TcpStream::connect(addr).await.expect("connects");
+        let mut halfway = TcpStream::connect(addr).await.expect("connects");
+        // A frame's length prefix, for a hello that never comes.
+        halfway.write_all(&[0, 0, 0, 40, 0]).await.expect("writes");
+        // A call on a connection accepted after theirs: both are being served by its answer.
+        // That connection then closes, and with it its polling.
+        let client = within("a connection", LabClient::connect(addr))
+            .await
+            .expect("connects");
+        assert_eq!(within("a call", client.add(1, 1)).await.expect("add"), 2);
+        drop(client);
+        let before = server_sleeps.so_far();
+        // The spell watched: neither peer says more.
+        tokio::time::sleep(QUIET).await;
+        assert!(server_sleeps.slept_since(before));
+        silent.shutdown().await.expect("shuts down");
+    });
 }
 
 /// A call sent once the window is over wakes the client's reader, whose thread then stays awake
