@@ -232,7 +232,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// asleep, as without. Pair it with the server's
     /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.config.busy_poll = Some(window).filter(|window| !window.is_zero());
+        self.config.busy_poll = Some(window);
         self
     }
 

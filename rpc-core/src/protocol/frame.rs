@@ -1626,6 +1626,20 @@ mod busy_poll_tests {
         std::pin::pin!(reader.next_frame()).poll(&mut cx)
     }
 
+    /// A zero window, as the builders pass it on, is no busy polling at all.
+    #[test]
+    fn a_zero_window_turns_busy_polling_off() {
+        let (_tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        assert!(reader.set_busy_poll(Some(Duration::ZERO)).is_none());
+        assert!(reader.busy_poll.is_none());
+        assert!(
+            reader
+                .set_busy_poll(Some(Duration::from_micros(1)))
+                .is_some()
+        );
+    }
+
     /// A reader that busy polls and finds nothing asks to be polled again, though no bytes came
     /// to wake it, read after read; one that does not waits for the bytes' wakeup. Polled
     /// outside a runtime, where tokio wakes a task that defers itself at once.

@@ -227,7 +227,7 @@ impl ServerBuilder {
     /// of the window, and never starts before a connection's handshake is done. A zero window
     /// turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.config.busy_poll = Some(window).filter(|window| !window.is_zero());
+        self.config.busy_poll = Some(window);
         self
     }
 
