@@ -213,9 +213,24 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
     Some(Verdict {
         ratio,
         goal,
-        reads: format!("{ratio:.2}× {} (goal {sign} {goal}×)", baseline.name()),
+        reads: format!(
+            "{}× {} (goal {sign} {goal}×)",
+            shown(ratio, goal),
+            baseline.name()
+        ),
         met,
     })
+}
+
+/// A ratio to two decimals, or to three where two would print the goal itself (1.10× against a
+/// goal of 1.1× when the ratio is 1.1004), so that a verdict never reads as its own opposite.
+fn shown(ratio: f64, goal: f64) -> String {
+    let two = format!("{ratio:.2}");
+    if ratio != goal && two == format!("{goal:.2}") {
+        format!("{ratio:.3}")
+    } else {
+        two
+    }
 }
 
 /// The results of one setup as a markdown table.
@@ -665,5 +680,16 @@ mod tests {
         );
         assert!(!table.contains("Allocations per call"), "{table}");
         assert_eq!(table.lines().count(), 3, "{table}");
+    }
+
+    /// A ratio that misses its goal by less than two decimals show is printed with a third, so
+    /// that "1.10× (goal ≤ 1.1×): not met" cannot appear; others keep two.
+    #[test]
+    fn a_ratio_rounding_to_its_goal_shows_a_third_decimal() {
+        assert_eq!(shown(103.0 / 93.6, 1.1), "1.100");
+        assert_eq!(shown(3.996, 4.0), "3.996");
+        assert_eq!(shown(1.1, 1.1), "1.10");
+        assert_eq!(shown(1.06, 1.1), "1.06");
+        assert_eq!(shown(2.11, 3.0), "2.11");
     }
 }
