@@ -31,8 +31,9 @@
 //! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
 //! (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
 //! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
-//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls` or
-//! `rpc-core-busy-poll` (both ends busy polling).
+//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
+//! `rpc-core-busy-poll` (both ends busy polling), `rpc-core-busy-poll-server` or
+//! `rpc-core-busy-poll-client` (that end alone).
 
 mod alloc;
 mod counters;
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use setup::{Deployment, ServerEnd, Setup};
 use systems::System;
 use systems::raw::Raw;
-use systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreTls};
+use systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreTls};
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
 use workloads::{Bytes, Effort};
@@ -62,7 +63,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
-SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls or rpc-core-busy-poll";
+SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-busy-poll,
+        rpc-core-busy-poll-server or rpc-core-busy-poll-client";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
 /// does not start a run of several minutes.
@@ -163,9 +165,11 @@ fn main() {
             RpcCoreTls::NAME => profile::<RpcCoreTls>(setups[0], workload),
             TonicTls::NAME => profile::<TonicTls>(setups[0], workload),
             RpcCoreBusy::NAME => profile::<RpcCoreBusy>(setups[0], workload),
+            RpcCoreBusyServer::NAME => profile::<RpcCoreBusyServer>(setups[0], workload),
+            RpcCoreBusyClient::NAME => profile::<RpcCoreBusyClient>(setups[0], workload),
             other => format!(
-                "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls \
-                 or rpc-core-busy-poll"
+                "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls, \
+                 rpc-core-busy-poll, rpc-core-busy-poll-server or rpc-core-busy-poll-client"
             ),
         };
         println!("{report}");
@@ -227,7 +231,13 @@ fn main() {
             off: across_processes::<RpcCore, _>("", |server| {
                 workloads::busy::<RpcCore>(server, effort)
             }),
-            on: across_processes::<RpcCoreBusy, _>("", |server| {
+            server: across_processes::<RpcCoreBusyServer, _>("", |server| {
+                workloads::busy::<RpcCoreBusyServer>(server, effort)
+            }),
+            client: across_processes::<RpcCoreBusyClient, _>("", |server| {
+                workloads::busy::<RpcCoreBusyClient>(server, effort)
+            }),
+            both: across_processes::<RpcCoreBusy, _>("", |server| {
                 workloads::busy::<RpcCoreBusy>(server, effort)
             }),
         };

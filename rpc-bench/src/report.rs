@@ -413,61 +413,60 @@ pub fn traced_table(results: &TracedResults) -> String {
     two_way_table(columns, &rows)
 }
 
-/// rpc-core across two processes with its defaults and with busy polling on both ends.
+/// rpc-core across two processes with its defaults, with busy polling on each end alone and
+/// with it on both.
 #[derive(Debug)]
 pub struct BusyResults {
     pub off: BusyFigures,
-    pub on: BusyFigures,
+    pub server: BusyFigures,
+    pub client: BusyFigures,
+    pub both: BusyFigures,
 }
 
-/// The table of the busy polling run: each figure with the defaults and with busy polling, and
-/// the second over the first.
+/// The table of the busy polling run: each figure with the defaults, with the server alone
+/// polling, with the client alone and with both, and both over the defaults.
 pub fn busy_table(results: &BusyResults) -> String {
-    let (off, on) = (&results.off, &results.on);
-    let rows = [
-        (
-            "Sequential latency, p50 (µs)",
-            off.latency_p50_us,
-            on.latency_p50_us,
-        ),
-        (
-            "Sequential latency, p99 (µs)",
-            off.latency_p99_us,
-            on.latency_p99_us,
-        ),
-        (
-            "CPU time per sequential call, both processes (µs)",
-            off.latency_cpu_us,
-            on.latency_cpu_us,
-        ),
-        (
-            "1 connection, 32 callers (calls/s)",
-            off.pipelined_32,
-            on.pipelined_32,
-        ),
-        (
-            "CPU time per call, 32 callers, both processes (µs)",
-            off.pipelined_32_cpu_us,
-            on.pipelined_32_cpu_us,
-        ),
-        (
-            "1 connection, 256 callers (calls/s)",
-            off.pipelined_256,
-            on.pipelined_256,
-        ),
+    let runs = [
+        &results.off,
+        &results.server,
+        &results.client,
+        &results.both,
     ];
-    let rows = rows.map(|(label, off, on)| {
-        let ratio = match (off, on) {
-            (Some(off), Some(on)) if off > 0.0 => format!("{:.2}×", on / off),
+    /// Where a row's figure is in a run's figures.
+    type Pick = fn(&BusyFigures) -> Option<f64>;
+    let figures: [(&str, Pick); 6] = [
+        ("Sequential latency, p50 (µs)", |f| f.latency_p50_us),
+        ("Sequential latency, p99 (µs)", |f| f.latency_p99_us),
+        ("CPU time per sequential call, both processes (µs)", |f| {
+            f.latency_cpu_us
+        }),
+        ("1 connection, 32 callers (calls/s)", |f| f.pipelined_32),
+        ("CPU time per call, 32 callers, both processes (µs)", |f| {
+            f.pipelined_32_cpu_us
+        }),
+        ("1 connection, 256 callers (calls/s)", |f| f.pipelined_256),
+    ];
+    let window = crate::systems::rpc::BUSY_POLL.as_micros();
+    let mut out = format!(
+        "| Workload | defaults | the server alone, {window} µs | the client alone, {window} µs \
+         | both ends, {window} µs | both / defaults |\n|---|---:|---:|---:|---:|---:|\n"
+    );
+    for (label, pick) in figures {
+        let [off, server, client, both] = runs.map(pick);
+        let ratio = match (off, both) {
+            (Some(off), Some(both)) if off > 0.0 => format!("{:.2}×", both / off),
             _ => "—".to_owned(),
         };
-        (label, off, on, ratio)
-    });
-    let busy = format!(
-        "busy polling, {} µs",
-        crate::systems::rpc::BUSY_POLL.as_micros()
-    );
-    two_way_table(["defaults", &busy, "busy / defaults"], &rows)
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {ratio} |",
+            number(off),
+            number(server),
+            number(client),
+            number(both)
+        );
+    }
+    out
 }
 
 /// Sequential calls of rpc-core's benchmark service in this process and across two.
@@ -548,11 +547,11 @@ pub fn write(
         let _ = write!(
             sections,
             "## Busy polling on, two processes\n\nrpc-core with busy polling (`busy_poll`, off \
-             by default) on the server and the client, against its defaults, measured one after \
-             the other in one round: a reader that finds nothing keeps its thread running for \
-             the window after its last bytes (and, on a client, its last call sent), so the \
-             next frame needs no sleeping thread woken, \
-             at the price of CPU time (both processes' user and system time, from \
+             by default) on the server alone, on the client alone and on both, against its \
+             defaults, measured one after the other in one round: a reader that finds nothing \
+             keeps its thread running for the window after its last bytes (and, on a client, \
+             its last call sent), so the next frame needs no sleeping thread woken, at the \
+             price of CPU time (both processes' user and system time, from \
              `/proc/self/stat`, in ticks of 10 ms). Not in the tables above, which measure \
              every system as its defaults build it.\n\n```sh\ncargo run --release -p rpc-bench \
              -- --busy-poll\n```\n\n{}\n",
@@ -680,6 +679,35 @@ mod tests {
         );
         assert!(!table.contains("Allocations per call"), "{table}");
         assert_eq!(table.lines().count(), 3, "{table}");
+    }
+
+    /// The busy polling table shows each of the four runs in its own column, in the order of
+    /// its heading, and compares both ends with the defaults.
+    #[test]
+    fn the_busy_polling_table_has_a_column_for_each_end() {
+        let at = |p50: f64| BusyFigures {
+            latency_p50_us: Some(p50),
+            ..BusyFigures::default()
+        };
+        let table = busy_table(&BusyResults {
+            off: at(100.0),
+            server: at(40.0),
+            client: at(44.0),
+            both: at(10.0),
+        });
+        let heading = table.lines().next().unwrap_or_default();
+        assert!(
+            heading.contains("| defaults | the server alone, 100 µs | the client alone, 100 µs"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| Sequential latency, p50 (µs) | 100 | 40.0 | 44.0 | 10.0 | 0.10× |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| Sequential latency, p99 (µs) | — | — | — | — | — |"),
+            "{table}"
+        );
     }
 
     /// A ratio that misses its goal by less than two decimals show is printed with a third, so

@@ -11,7 +11,7 @@ use crate::counters::Counters;
 use crate::systems::System;
 use crate::systems::certs;
 use crate::systems::raw::Raw;
-use crate::systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreTls};
+use crate::systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreTls};
 use crate::systems::tarpc::Tarpc;
 use crate::systems::tonic::{Tonic, TonicTls};
 
@@ -314,6 +314,8 @@ pub fn serve_child(system: &str) -> Result<(), String> {
     let addr = match system {
         RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve(LOOPBACK))?,
         RpcCoreBusy::NAME => runtime.block_on(RpcCoreBusy::serve(LOOPBACK))?,
+        RpcCoreBusyServer::NAME => runtime.block_on(RpcCoreBusyServer::serve(LOOPBACK))?,
+        RpcCoreBusyClient::NAME => runtime.block_on(RpcCoreBusyClient::serve(LOOPBACK))?,
         TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK))?,
         other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };

@@ -1,5 +1,5 @@
 //! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare
-//! (and, as [`RpcCoreBusy`], busy polling on).
+//! (and, as [`RpcCoreBusy`] and its one-ended kin, busy polling on).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,31 +44,49 @@ pub fn local_client() -> BenchClient {
     BenchClient::local(Impl)
 }
 
-/// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; with `BUSY`,
-/// both ends busy poll for [`BUSY_POLL`].
+/// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; the ends
+/// that `BUSY` names ([`BUSY_SERVER`], [`BUSY_CLIENT`], [`BUSY_BOTH`] or 0) busy poll for
+/// [`BUSY_POLL`].
 #[derive(Debug)]
-pub struct RpcCoreOver<const TLS: bool, const BUSY: bool>;
+pub struct RpcCoreOver<const TLS: bool, const BUSY: u8>;
+
+/// In `RpcCoreOver`'s `BUSY`: the server busy polls.
+pub const BUSY_SERVER: u8 = 1;
+
+/// In `RpcCoreOver`'s `BUSY`: the client busy polls.
+pub const BUSY_CLIENT: u8 = 2;
+
+/// In `RpcCoreOver`'s `BUSY`: both ends busy poll.
+pub const BUSY_BOTH: u8 = BUSY_SERVER | BUSY_CLIENT;
 
 /// rpc-core over TCP.
-pub type RpcCore = RpcCoreOver<false, false>;
+pub type RpcCore = RpcCoreOver<false, 0>;
 
 /// rpc-core over TLS.
-pub type RpcCoreTls = RpcCoreOver<true, false>;
+pub type RpcCoreTls = RpcCoreOver<true, 0>;
 
 /// rpc-core over TCP, both ends busy polling.
-pub type RpcCoreBusy = RpcCoreOver<false, true>;
+pub type RpcCoreBusy = RpcCoreOver<false, BUSY_BOTH>;
 
-/// The window both ends of [`RpcCoreBusy`] busy poll for: longer than a round trip between
+/// rpc-core over TCP, the server alone busy polling.
+pub type RpcCoreBusyServer = RpcCoreOver<false, BUSY_SERVER>;
+
+/// rpc-core over TCP, the client alone busy polling.
+pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT>;
+
+/// The window the busy ends of [`RpcCoreBusy`] and its kin poll for: longer than a round trip between
 /// two processes here when both threads are awake (about 10 µs), so that the next frame
 /// comes within it.
 pub const BUSY_POLL: Duration = Duration::from_micros(100);
 
-impl<const TLS: bool, const BUSY: bool> System for RpcCoreOver<TLS, BUSY> {
+impl<const TLS: bool, const BUSY: u8> System for RpcCoreOver<TLS, BUSY> {
     const NAME: &str = match (TLS, BUSY) {
-        (false, false) => "rpc-core",
-        (true, false) => "rpc-core-tls",
-        (false, true) => "rpc-core-busy-poll",
-        (true, true) => "rpc-core-tls-busy-poll",
+        (false, 0) => "rpc-core",
+        (true, 0) => "rpc-core-tls",
+        (false, BUSY_BOTH) => "rpc-core-busy-poll",
+        (false, BUSY_SERVER) => "rpc-core-busy-poll-server",
+        (false, BUSY_CLIENT) => "rpc-core-busy-poll-client",
+        _ => panic!("no name for this rpc-core: name it before measuring it"),
     };
     type Client = BenchClient;
     type Shared = Payload;
@@ -80,7 +98,7 @@ impl<const TLS: bool, const BUSY: bool> System for RpcCoreOver<TLS, BUSY> {
             let tls = ServerTls::from_pem(&certs.server, &certs.key).expect("the certificate");
             builder = builder.tls(tls);
         }
-        if BUSY {
+        if BUSY & BUSY_SERVER != 0 {
             builder = builder.busy_poll(BUSY_POLL);
         }
         let server = builder
@@ -98,7 +116,7 @@ impl<const TLS: bool, const BUSY: bool> System for RpcCoreOver<TLS, BUSY> {
             let authority = &certs::certs().authority;
             builder = builder.tls(ClientTls::trusting_pem(authority).expect("the authority"));
         }
-        if BUSY {
+        if BUSY & BUSY_CLIENT != 0 {
             builder = builder.busy_poll(BUSY_POLL);
         }
         builder.connect(addr).await.expect("connects")
