@@ -74,9 +74,9 @@ pub type RpcCoreBusyServer = RpcCoreOver<false, BUSY_SERVER>;
 /// rpc-core over TCP, the client alone busy polling.
 pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT>;
 
-/// The window the busy ends of [`RpcCoreBusy`] and its kin poll for: longer than a round trip between
-/// two processes here when both threads are awake (about 10 µs), so that the next frame
-/// comes within it.
+/// The window the busy ends of [`RpcCoreBusy`] and its kin poll for: longer than a round trip
+/// between two processes here when both threads are awake (about 10 µs), so that the next
+/// frame comes within it.
 pub const BUSY_POLL: Duration = Duration::from_micros(100);
 
 impl<const TLS: bool, const BUSY: u8> System for RpcCoreOver<TLS, BUSY> {
