@@ -349,26 +349,33 @@ pub fn tls_table(results: &TlsResults) -> String {
             (Some(rpc), Some(tonic)) if tonic > 0.0 => format!("{:.2}×", rpc / tonic),
             _ => "—".to_owned(),
         };
-        (label, rpc, tonic, ratio)
+        (label, [rpc, tonic], ratio)
     });
-    two_way_table(
-        ["rpc-core over TLS", "tonic over TLS", "rpc-core / tonic"],
+    compared_table(
+        ["rpc-core over TLS", "tonic over TLS"],
+        "rpc-core / tonic",
         &rows,
     )
 }
 
-/// A table of workloads each measured two ways, and a column comparing the two: `columns`
-/// names the two ways and the comparison.
-fn two_way_table(columns: [&str; 3], rows: &[(&str, Option<f64>, Option<f64>, String)]) -> String {
-    let [one, other, comparison] = columns;
-    let mut out = format!("| Workload | {one} | {other} | {comparison} |\n|---|---:|---:|---:|\n");
-    for (label, a, b, compared) in rows {
-        let _ = writeln!(
-            out,
-            "| {label} | {} | {} | {compared} |",
-            number(*a),
-            number(*b)
-        );
+/// A table of workloads each measured several ways, and a last column comparing them: `ways`
+/// names the ways, `comparison` the last column, and each row holds a figure for each way.
+fn compared_table<const N: usize>(
+    ways: [&str; N],
+    comparison: &str,
+    rows: &[(&str, [Option<f64>; N], String)],
+) -> String {
+    let mut out = String::from("| Workload |");
+    for way in ways {
+        let _ = write!(out, " {way} |");
+    }
+    let _ = writeln!(out, " {comparison} |\n|---|{}", "---:|".repeat(N + 1));
+    for (label, figures, compared) in rows {
+        let _ = write!(out, "| {label} |");
+        for figure in figures {
+            let _ = write!(out, " {} |", number(*figure));
+        }
+        let _ = writeln!(out, " {compared} |");
     }
     out
 }
@@ -407,10 +414,13 @@ pub fn traced_table(results: &TracedResults) -> String {
             }
             _ => "—".to_owned(),
         };
-        (label, off, on, cost)
+        (label, [off, on], cost)
     });
-    let columns = ["no subscriber", "a subscriber recording every span", "cost"];
-    two_way_table(columns, &rows)
+    compared_table(
+        ["no subscriber", "a subscriber recording every span"],
+        "cost",
+        &rows,
+    )
 }
 
 /// rpc-core across two processes with its defaults, with busy polling on each end alone and
@@ -434,7 +444,7 @@ pub fn busy_table(results: &BusyResults) -> String {
     ];
     /// Where a row's figure is in a run's figures.
     type Pick = fn(&BusyFigures) -> Option<f64>;
-    let figures: [(&str, Pick); 6] = [
+    let workloads: [(&str, Pick); 6] = [
         ("Sequential latency, p50 (µs)", |f| f.latency_p50_us),
         ("Sequential latency, p99 (µs)", |f| f.latency_p99_us),
         ("CPU time per sequential call, both processes (µs)", |f| {
@@ -446,27 +456,25 @@ pub fn busy_table(results: &BusyResults) -> String {
         }),
         ("1 connection, 256 callers (calls/s)", |f| f.pipelined_256),
     ];
-    let window = crate::systems::rpc::BUSY_POLL.as_micros();
-    let mut out = format!(
-        "| Workload | defaults | the server alone, {window} µs | the client alone, {window} µs \
-         | both ends, {window} µs | both / defaults |\n|---|---:|---:|---:|---:|---:|\n"
-    );
-    for (label, pick) in figures {
+    let rows = workloads.map(|(label, pick)| {
         let [off, server, client, both] = runs.map(pick);
         let ratio = match (off, both) {
             (Some(off), Some(both)) if off > 0.0 => format!("{:.2}×", both / off),
             _ => "—".to_owned(),
         };
-        let _ = writeln!(
-            out,
-            "| {label} | {} | {} | {} | {} | {ratio} |",
-            number(off),
-            number(server),
-            number(client),
-            number(both)
-        );
-    }
-    out
+        (label, [off, server, client, both], ratio)
+    });
+    let window = crate::systems::rpc::BUSY_POLL.as_micros();
+    compared_table(
+        [
+            "defaults",
+            &format!("the server alone, {window} µs"),
+            &format!("the client alone, {window} µs"),
+            &format!("both ends, {window} µs"),
+        ],
+        "both / defaults",
+        &rows,
+    )
 }
 
 /// Sequential calls of rpc-core's benchmark service in this process and across two.
@@ -488,23 +496,18 @@ pub fn local_table(results: &LocalResults) -> String {
     let rows = [
         (
             "Sequential latency, p50 (µs)",
-            Some(results.local.0),
-            results.remote.0,
+            [Some(results.local.0), results.remote.0],
             ratio(results.remote.0, results.local.0),
         ),
         (
             "Sequential latency, p99 (µs)",
-            Some(results.local.1),
-            results.remote.1,
+            [Some(results.local.1), results.remote.1],
             ratio(results.remote.1, results.local.1),
         ),
     ];
-    two_way_table(
-        [
-            "in process (`local`)",
-            "two processes, TCP",
-            "remote / local",
-        ],
+    compared_table(
+        ["in process (`local`)", "two processes, TCP"],
+        "remote / local",
         &rows,
     )
 }
