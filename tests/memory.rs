@@ -521,8 +521,9 @@ async fn hog(
 /// the server's connections share for large frames (16 MiB here), a reader that needs more
 /// waits instead of reading, so the server holds that and a little per connection, not 32 MiB
 /// and more (141 MiB at the peak without the limit). A real client's large call still goes
-/// through: waiting, the server takes back the memory of the connections whose peers keep
-/// them waiting longest, one a second, and closes them with a go-away that says why.
+/// through: it goes before the hogs, whose frames lack more, and once it has waited a second
+/// the server takes back the memory of the connections whose peers keep them waiting, and
+/// closes them with a go-away that says why.
 #[test]
 fn large_frames_share_the_servers_memory_and_stalled_ones_give_way() {
     scenario(async {

@@ -193,12 +193,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         if let Poll::Ready(read) = read {
             self.large_idle = None;
-            if let Some(share) = &self.share {
+            if let Some(share) = &mut self.share {
                 share.heard_from_peer();
             }
             return Poll::Ready(Ok(Some(read?)));
         }
-        if let Some(share) = &self.share {
+        if let Some(share) = &mut self.share {
             share.waiting_for_peer();
         }
         if let Some(busy) = &self.busy_poll

@@ -5,32 +5,39 @@
 //! reuse; across thousands of connections that is still more than any machine has. So a
 //! server's readers draw what they hold past the first [`FREE`] bytes each from one
 //! [`FrameMemory`]. A reader that needs more than is left stops reading (its peer's sends back
-//! up into TCP) and waits its turn, first come first served, while the memory freed by frames
-//! that arrive whole goes round.
+//! up into TCP) and waits in line ([`queue`]: the frame that lacks the least first, each
+//! counted smaller the longer its reader has waited), while the memory freed by frames that
+//! arrive whole goes round.
 //!
 //! A peer could hold its share for ever by sending a large frame slowly, or not at all, and
-//! lock everyone else out. So a reader that has waited [`PATIENCE`] takes a share back
-//! ([`FrameMemory::take_back`]): that of the holder whose peer has kept it waiting longest, for
-//! [`PATIENCE`] or more in all since the last frame it read (a connection busy with large
-//! frames for hours waits a little between many of them, and is not idle for that; time a
-//! reader spends waiting for memory, not reading, does not count against its peer, which would
-//! send if it read). If no holder's peer has, and every holder waits for more memory, none
-//! would ever finish: the one whose frame lacks the most gives way. Otherwise the holders are
-//! reading, and give memory back as their frames arrive. A holder between frames gives up only
-//! the allocations it kept for reuse; one in the middle of a frame has its connection closed,
-//! and its client told why. Honest peers, whose large frames come as fast as the network
-//! carries them, seldom keep their reader waiting.
+//! lock everyone else out. So a reader that has waited [`PATIENCE`] takes shares back
+//! ([`FrameMemory::take_back`]): those of the holders whose peers have kept them waiting
+//! longest, for [`PATIENCE`] or more in all since the last frame they read (a connection busy
+//! with large frames for hours waits a little between many of them, and is not idle for that),
+//! as many as it takes to cover what the line waits for. Time a reader spends waiting for
+//! memory, not reading, counts against its peer only if the peer sent nothing meanwhile, which
+//! the reader learns when its first read after the wait finds nothing; a holder that learns so,
+//! past [`PATIENCE`], gives its share back at once to those waiting
+//! ([`Share::waiting_for_peer`]). If no holder's peer has kept it waiting, and every holder
+//! waits for more memory, none would ever finish: the one whose frame lacks the most gives way.
+//! Otherwise the holders are reading, and give memory back as their frames arrive. A holder
+//! between frames gives up only the allocations it kept for reuse; one in the middle of a frame
+//! has its connection closed, and its client told why. Honest peers, whose large frames come as
+//! fast as the network carries them, seldom keep their reader waiting.
+
+mod queue;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+use queue::{Queue, Ticket};
 
 /// What a reader holds without a share of the server's memory: its buffer for small frames,
 /// many to a read, and the start of a larger one.
@@ -46,17 +53,28 @@ const UNIT: usize = 1024;
 /// The memory a server's readers hold together past [`FREE`] bytes each.
 #[derive(Debug)]
 pub(crate) struct FrameMemory {
-    units: Arc<Semaphore>,
     /// What the holders' times count from.
     epoch: Instant,
+    state: Mutex<State>,
+}
+
+/// What a server's readers hold and wait for.
+#[derive(Debug)]
+struct State {
+    /// The units no reader holds.
+    free: u64,
     /// The readers holding a share now.
-    holders: Mutex<Vec<Arc<Holder>>>,
+    holders: Vec<Arc<Holder>>,
+    /// The readers waiting for more.
+    queue: Queue,
 }
 
 /// One reader holding a share: what others read to pick whose share to take back, and how they
 /// tell it.
 #[derive(Debug)]
 struct Holder {
+    /// The units it holds.
+    held: AtomicU64,
     /// How long it has waited for its peer's bytes since the last frame it read whole, in
     /// nanoseconds, up to its last read.
     waited: AtomicU64,
@@ -78,62 +96,125 @@ impl FrameMemory {
     /// reader may be asked to read, and the room it makes around it, which it would otherwise
     /// wait for for ever.
     pub(crate) fn new(bytes: usize, largest_frame: usize) -> Arc<Self> {
-        let most = u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX);
         let total = units(
             bytes
                 .max(largest_frame.saturating_add(FREE))
                 .saturating_add(FREE),
         );
-        let total = total.min(most);
         Arc::new(FrameMemory {
-            units: Arc::new(Semaphore::new(total as usize)),
             epoch: Instant::now(),
-            holders: Mutex::new(Vec::new()),
+            state: Mutex::new(State {
+                free: u64::from(total),
+                holders: Vec::new(),
+                queue: Queue::default(),
+            }),
         })
     }
 
     /// The bytes left for readers to take now.
     #[cfg(test)]
     pub(crate) fn left(&self) -> usize {
-        self.units.available_permits() * UNIT
+        self.state().free as usize * UNIT
     }
 
-    fn holders(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Holder>>> {
-        self.holders.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes back a share, but for `asking`'s own: that of the holder whose peer has kept it
-    /// waiting longest, if one has kept it waiting for [`PATIENCE`] or more in all since the
-    /// last frame it read whole (or since it began to hold). Failing that, if every holder is
-    /// waiting for more memory, none will finish its frame and give memory back: the one whose
-    /// frame lacks the most, the furthest from finishing, gives way. Otherwise the holders are
-    /// reading, and will give memory back as their frames arrive whole.
+    /// Takes `units` for a reader whose frame lacks `missing`, if they are left and no reader
+    /// waiting stands before it.
+    fn try_take(&self, units: u32, missing: u64) -> bool {
+        let now = self.nanos(Instant::now());
+        let mut state = self.state();
+        let taken = state.free >= u64::from(units) && !state.queue.is_ahead_of(missing, now);
+        if taken {
+            state.free -= u64::from(units);
+        }
+        taken
+    }
+
+    /// Puts a reader in line for `units`, its frame lacking `missing` bytes, waiting since
+    /// `began`; returns its place.
+    fn wait_for(&self, units: u32, missing: u64, began: Instant, ticket: Arc<Ticket>) -> u64 {
+        let now = self.nanos(Instant::now());
+        let began = self.nanos(began);
+        let mut state = self.state();
+        let place = state.queue.push(units, missing, began, ticket);
+        // Memory given back since the reader last looked may be enough.
+        let State { free, queue, .. } = &mut *state;
+        queue.serve(free, now);
+        place
+    }
+
+    /// Takes the reader at `place` out of line; returns whether it was given its memory first.
+    fn leave_line(&self, place: u64) -> bool {
+        let now = self.nanos(Instant::now());
+        let mut state = self.state();
+        let State { free, queue, .. } = &mut *state;
+        let waiting = queue.remove(place);
+        if waiting {
+            // Those behind it may need less than it did.
+            queue.serve(free, now);
+        }
+        !waiting
+    }
+
+    /// Gives back `units`, to the readers waiting first.
+    fn give_back(&self, units: u32) {
+        let now = self.nanos(Instant::now());
+        let mut state = self.state();
+        let State { free, queue, .. } = &mut *state;
+        *free += u64::from(units);
+        queue.serve(free, now);
+    }
+
+    /// Takes back shares, but for `asking`'s own: those of the holders whose peers have kept
+    /// them waiting for [`PATIENCE`] or more in all since the last frame they read whole (or
+    /// since they began to hold), the longest kept waiting first, until what they hold covers
+    /// what the line waits for. Failing any, if every holder is waiting for more memory, none
+    /// will finish its frame and give memory back: the one whose frame lacks the most, the
+    /// furthest from finishing, gives way. Otherwise the holders are reading, and will give
+    /// memory back as their frames arrive whole.
     fn take_back(&self, asking: Option<&Arc<Holder>>) {
         let now = self.nanos(Instant::now());
-        let holders = self.holders();
+        let state = self.state();
+        let holders = &state.holders;
         let others = || {
             holders.iter().filter(|holder| {
                 !asking.is_some_and(|asking| Arc::ptr_eq(asking, holder))
                     && !holder.taken_back.load(Ordering::Acquire)
             })
         };
-        let idlest = others()
+        let mut idle: Vec<_> = others()
             .map(|holder| (holder.waited_for_peer(now), holder))
             .filter(|(waited, _)| *waited >= PATIENCE.as_nanos() as u64)
-            .max_by_key(|(waited, _)| *waited)
-            .map(|(_, holder)| holder);
-        let chosen = idlest.or_else(|| {
-            let stuck = holders.iter().all(|holder| {
-                holder.waiting_for_memory.load(Ordering::Acquire)
-                    && !holder.taken_back.load(Ordering::Acquire)
-            });
-            stuck
-                .then(|| others().max_by_key(|holder| holder.missing.load(Ordering::Relaxed)))
-                .flatten()
+            .collect();
+        if !idle.is_empty() {
+            idle.sort_unstable_by_key(|(waited, _)| std::cmp::Reverse(*waited));
+            let coming: u64 = holders
+                .iter()
+                .filter(|holder| holder.taken_back.load(Ordering::Acquire))
+                .map(|holder| holder.held.load(Ordering::Relaxed))
+                .sum();
+            let mut lacking = state.queue.units().saturating_sub(state.free + coming);
+            for (_, holder) in idle {
+                holder.take_back();
+                lacking = lacking.saturating_sub(holder.held.load(Ordering::Relaxed));
+                if lacking == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+        let stuck = holders.iter().all(|holder| {
+            holder.waiting_for_memory.load(Ordering::Acquire)
+                && !holder.taken_back.load(Ordering::Acquire)
         });
-        if let Some(chosen) = chosen {
-            chosen.taken_back.store(true, Ordering::Release);
-            chosen.reader.wake();
+        if stuck
+            && let Some(furthest) =
+                others().max_by_key(|holder| holder.missing.load(Ordering::Relaxed))
+        {
+            furthest.take_back();
         }
     }
 
@@ -144,6 +225,12 @@ impl FrameMemory {
 }
 
 impl Holder {
+    /// Tells its reader to give its share back.
+    fn take_back(&self) {
+        self.taken_back.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
     /// How long it has waited for its peer's bytes, up to `now` (from the epoch).
     fn waited_for_peer(&self, now: u64) -> u64 {
         let since = self.waiting_since.load(Ordering::Acquire);
@@ -163,9 +250,13 @@ fn units(bytes: usize) -> u32 {
 /// One reader's share of a server's [`FrameMemory`].
 pub(crate) struct Share {
     memory: Arc<FrameMemory>,
-    /// The units held, with the holder others see, while there are any.
-    held: Option<(OwnedSemaphorePermit, Arc<Holder>)>,
+    /// The units held.
+    held: u32,
+    /// The holder others see, while the share holds any units.
+    holder: Option<Arc<Holder>>,
     wait: Option<Box<Wait>>,
+    /// When the reader began its last wait for memory, if it has read nothing since it got it.
+    memory_wait_began: Option<Instant>,
     /// The bytes the reader's frame in progress lacks, as it last said.
     missing: u64,
 }
@@ -173,14 +264,18 @@ pub(crate) struct Share {
 /// A reader waiting for more memory.
 struct Wait {
     units: u32,
-    acquire: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+    /// Its place in line.
+    place: u64,
+    ticket: Arc<Ticket>,
     patience: Pin<Box<Sleep>>,
+    /// When the reader began to wait, or began an earlier wait not followed by a read.
+    began: Instant,
 }
 
 impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Share")
-            .field("held", &self.held_units())
+            .field("held", &self.held)
             .field("waiting", &self.wait.as_ref().map(|wait| wait.units))
             .finish()
     }
@@ -190,155 +285,192 @@ impl Share {
     pub(crate) fn new(memory: Arc<FrameMemory>) -> Self {
         Share {
             memory,
-            held: None,
+            held: 0,
+            holder: None,
             wait: None,
+            memory_wait_began: None,
             missing: 0,
         }
     }
 
-    fn held_units(&self) -> u32 {
-        self.held
-            .as_ref()
-            .map_or(0, |(permit, _)| permit.num_permits() as u32)
-    }
-
-    /// Makes the share cover `bytes` held by the reader, waiting for others to give memory
-    /// back if there is not enough left. A reader that waits past [`PATIENCE`] takes a share
-    /// back ([`FrameMemory::take_back`]), and another every [`PATIENCE`] it waits on.
+    /// Makes the share cover `bytes` held by the reader, waiting in line if there is not
+    /// enough left. A reader that waits past [`PATIENCE`] takes a share back
+    /// ([`FrameMemory::take_back`]), and another every [`PATIENCE`] it waits on.
     pub(crate) fn poll_cover(&mut self, cx: &mut Context<'_>, bytes: usize) -> Poll<()> {
         loop {
-            let lacking = units(bytes).saturating_sub(self.held_units());
+            let lacking = units(bytes).saturating_sub(self.held);
             if lacking == 0 {
-                self.wait = None;
-                if let Some((_, holder)) = &self.held {
+                if let Some(wait) = self.leave_line() {
+                    self.memory_wait_began = Some(wait.began);
+                }
+                if let Some(holder) = &self.holder {
                     holder.waiting_for_memory.store(false, Ordering::Release);
                 }
                 return Poll::Ready(());
             }
-            if let Some(wait) = &mut self.wait
-                && wait.units == lacking
-            {
-                if let Poll::Ready(acquired) = wait.acquire.as_mut().poll(cx) {
-                    self.wait = None;
-                    // The semaphore is never closed.
-                    if let Ok(permit) = acquired {
-                        self.add(permit);
-                    }
+            let Some(wait) = &mut self.wait else {
+                if self.try_add(lacking) {
                     continue;
                 }
-                if let Some((_, holder)) = &self.held {
-                    holder.waiting_for_memory.store(true, Ordering::Release);
+                let began = self.memory_wait_began.take().unwrap_or_else(Instant::now);
+                let patience = Box::pin(tokio::time::sleep(PATIENCE));
+                self.line_up(lacking, patience, began);
+                continue;
+            };
+            if wait.units != lacking {
+                // The reader needs another amount: it keeps what it was given, if anything, and
+                // waits on for the rest, as patient as before.
+                if let Some(wait) = self.leave_line() {
+                    let lacking = units(bytes).saturating_sub(self.held);
+                    if lacking > 0 {
+                        self.line_up(lacking, wait.patience, wait.began);
+                    } else {
+                        self.memory_wait_began = Some(wait.began);
+                    }
                 }
-                while wait.patience.as_mut().poll(cx).is_ready() {
-                    let asking = self.held.as_ref().map(|(_, holder)| holder);
-                    self.memory.take_back(asking);
-                    wait.patience.as_mut().reset(Instant::now() + PATIENCE);
-                }
-                return Poll::Pending;
-            }
-            if self.try_add(lacking) {
                 continue;
             }
-            // A new wait goes to the back of the line; the reader waits for one amount at a time.
-            let acquire = Arc::clone(&self.memory.units).acquire_many_owned(lacking);
-            let patience = match self.wait.take() {
-                Some(wait) => wait.patience,
-                None => Box::pin(tokio::time::sleep(PATIENCE)),
-            };
-            self.wait = Some(Box::new(Wait {
-                units: lacking,
-                acquire: Box::pin(acquire),
-                patience,
-            }));
+            if wait.ticket.poll_granted(cx) {
+                if let Some(wait) = self.leave_line() {
+                    self.memory_wait_began = Some(wait.began);
+                }
+                continue;
+            }
+            if let Some(holder) = &self.holder {
+                holder.waiting_for_memory.store(true, Ordering::Release);
+            }
+            while wait.patience.as_mut().poll(cx).is_ready() {
+                self.memory.take_back(self.holder.as_ref());
+                wait.patience.as_mut().reset(Instant::now() + PATIENCE);
+            }
+            return Poll::Pending;
         }
     }
 
-    /// Makes the share cover `bytes` if there is memory for it now (taking none if it already
-    /// does); returns whether it does.
+    /// Puts the reader in line for `units`.
+    fn line_up(&mut self, units: u32, patience: Pin<Box<Sleep>>, began: Instant) {
+        let ticket = Arc::new(Ticket::default());
+        let place = self
+            .memory
+            .wait_for(units, self.missing, began, Arc::clone(&ticket));
+        self.wait = Some(Box::new(Wait {
+            units,
+            place,
+            ticket,
+            patience,
+            began,
+        }));
+    }
+
+    /// Takes the reader out of line, if it waits, keeping what it was given; returns its wait.
+    fn leave_line(&mut self) -> Option<Box<Wait>> {
+        let wait = self.wait.take()?;
+        if self.memory.leave_line(wait.place) {
+            self.add(wait.units);
+        }
+        Some(wait)
+    }
+
+    /// Makes the share cover `bytes` if there is memory for it now and no reader waiting for
+    /// memory stands before this one (taking none if it already covers them); returns whether
+    /// it does.
     pub(crate) fn try_cover(&mut self, bytes: usize) -> bool {
-        let lacking = units(bytes).saturating_sub(self.held_units());
+        let lacking = units(bytes).saturating_sub(self.held);
         lacking == 0 || self.try_add(lacking)
     }
 
     fn try_add(&mut self, units: u32) -> bool {
-        match Arc::clone(&self.memory.units).try_acquire_many_owned(units) {
-            Ok(permit) => {
-                self.add(permit);
-                true
-            }
-            Err(_) => false,
+        let taken = self.memory.try_take(units, self.missing);
+        if taken {
+            self.add(units);
         }
+        taken
     }
 
-    fn add(&mut self, permit: OwnedSemaphorePermit) {
-        match &mut self.held {
-            Some((held, _)) => held.merge(permit),
-            None => {
-                let holder = Arc::new(Holder {
-                    waited: AtomicU64::new(0),
-                    waiting_since: AtomicU64::new(0),
-                    missing: AtomicU64::new(self.missing),
-                    waiting_for_memory: AtomicBool::new(false),
-                    taken_back: AtomicBool::new(false),
-                    reader: AtomicWaker::new(),
-                });
-                self.memory.holders().push(Arc::clone(&holder));
-                self.held = Some((permit, holder));
-            }
+    fn add(&mut self, units: u32) {
+        self.held += units;
+        if let Some(holder) = &self.holder {
+            holder.held.store(u64::from(self.held), Ordering::Relaxed);
+        } else {
+            let holder = Arc::new(Holder {
+                held: AtomicU64::new(u64::from(self.held)),
+                waited: AtomicU64::new(0),
+                waiting_since: AtomicU64::new(0),
+                missing: AtomicU64::new(self.missing),
+                waiting_for_memory: AtomicBool::new(false),
+                taken_back: AtomicBool::new(false),
+                reader: AtomicWaker::new(),
+            });
+            self.memory.state().holders.push(Arc::clone(&holder));
+            self.holder = Some(holder);
         }
     }
 
     /// Gives back what the share holds past covering `bytes`.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = units(bytes);
-        let Some((permit, _)) = &mut self.held else {
-            return;
-        };
-        let held = permit.num_permits() as u32;
-        if keep >= held {
+        if keep >= self.held {
             return;
         }
-        if keep > 0 {
-            drop(permit.split((held - keep) as usize));
-            return;
-        }
-        if let Some((permit, holder)) = self.held.take() {
-            drop(permit);
-            let mut holders = self.memory.holders();
-            if let Some(at) = holders.iter().position(|h| Arc::ptr_eq(h, &holder)) {
-                holders.swap_remove(at);
+        if keep == 0
+            && let Some(holder) = self.holder.take()
+        {
+            let mut state = self.memory.state();
+            if let Some(at) = state.holders.iter().position(|h| Arc::ptr_eq(h, &holder)) {
+                state.holders.swap_remove(at);
             }
+        }
+        self.memory.give_back(self.held - keep);
+        self.held = keep;
+        if let Some(holder) = &self.holder {
+            holder.held.store(u64::from(keep), Ordering::Relaxed);
         }
     }
 
     /// Notes that the reader's frame in progress lacks `bytes` more.
     pub(crate) fn lacks(&mut self, bytes: usize) {
         self.missing = bytes as u64;
-        if let Some((_, holder)) = &self.held {
+        if let Some(holder) = &self.holder {
             holder.missing.store(self.missing, Ordering::Relaxed);
         }
     }
 
-    /// The reader found nothing to read: from now on it waits for its peer.
-    pub(crate) fn waiting_for_peer(&self) {
-        if let Some((_, holder)) = &self.held
-            && holder.waiting_since.load(Ordering::Relaxed) == 0
+    /// The reader found nothing to read: from now on it waits for its peer. If it last waited
+    /// for memory, it has waited for its peer since that wait began: nothing came in the
+    /// meantime although nothing was read, so the peer sent nothing while the connection could
+    /// take it. A reader whose peer has thus kept it waiting [`PATIENCE`] or more in all since
+    /// its last whole frame gives its share back at once if another reader waits for memory:
+    /// it would otherwise keep what it got from those behind it, until one of them has waited
+    /// its own patience.
+    pub(crate) fn waiting_for_peer(&mut self) {
+        let began = self.memory_wait_began.take();
+        let Some(holder) = &self.holder else {
+            return;
+        };
+        if holder.waiting_since.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let now = Instant::now();
+        let since = self.memory.nanos(began.unwrap_or(now));
+        holder.waiting_since.store(since + 1, Ordering::Release);
+        if holder.waited_for_peer(self.memory.nanos(now)) >= PATIENCE.as_nanos() as u64
+            && !self.memory.state().queue.is_empty()
         {
-            let now = self.memory.nanos(Instant::now());
-            holder.waiting_since.store(now + 1, Ordering::Release);
+            holder.take_back();
         }
     }
 
     /// The reader read a frame whole: its peer has kept it waiting for none of the next yet.
     pub(crate) fn frame_arrived(&self) {
-        if let Some((_, holder)) = &self.held {
+        if let Some(holder) = &self.holder {
             holder.waited.store(0, Ordering::Release);
         }
     }
 
     /// The reader read bytes: it no longer waits for its peer.
-    pub(crate) fn heard_from_peer(&self) {
-        if let Some((_, holder)) = &self.held {
+    pub(crate) fn heard_from_peer(&mut self) {
+        self.memory_wait_began = None;
+        if let Some(holder) = &self.holder {
             let since = holder.waiting_since.swap(0, Ordering::AcqRel);
             if since != 0 {
                 let now = self.memory.nanos(Instant::now());
@@ -350,7 +482,7 @@ impl Share {
 
     /// Whether another reader took the share back; if not, `cx` is woken when one does.
     pub(crate) fn poll_taken_back(&self, cx: &mut Context<'_>) -> bool {
-        let Some((_, holder)) = &self.held else {
+        let Some(holder) = &self.holder else {
             return false;
         };
         if holder.taken_back.load(Ordering::Acquire) {
@@ -363,6 +495,7 @@ impl Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
+        let _ = self.leave_line();
         self.shrink_to(0);
     }
 }
@@ -393,12 +526,12 @@ mod tests {
         );
         drop(share);
         assert_eq!(memory.left(), 1 << 20);
-        assert!(memory.holders().is_empty());
+        assert!(memory.state().holders.is_empty());
     }
 
-    /// A reader that finds too little left waits, first come first served; once it has waited
-    /// its patience, the holder whose peer kept it waiting longest, for its patience or more,
-    /// is told to give its share back; what it gives back ends the wait.
+    /// A reader that finds too little left waits; once it has waited its patience, the holder
+    /// whose peer kept it waiting longest, for its patience or more, is told to give its share
+    /// back; what it gives back ends the wait.
     #[tokio::test(start_paused = true)]
     async fn a_waiting_reader_takes_back_the_share_of_the_holder_kept_waiting_longest() {
         let memory = FrameMemory::new(1 << 20, 0);
@@ -499,5 +632,115 @@ mod tests {
             !busy.poll_taken_back(&mut noop()),
             "two seconds of waits, half a second each"
         );
+    }
+
+    const KIB: usize = 1024;
+
+    /// A share of `bytes` past the free ones, for a frame that lacks `missing`.
+    fn holding(memory: &Arc<FrameMemory>, bytes: usize, missing: usize) -> Share {
+        let mut share = Share::new(Arc::clone(memory));
+        share.lacks(missing);
+        assert!(share.try_cover(FREE + bytes), "{bytes} bytes are left");
+        share
+    }
+
+    /// A share that waits for `bytes` past the free ones, for a frame that lacks `missing`.
+    fn waiting(memory: &Arc<FrameMemory>, bytes: usize, missing: usize) -> Share {
+        let mut share = Share::new(Arc::clone(memory));
+        share.lacks(missing);
+        assert!(share.poll_cover(&mut noop(), FREE + bytes).is_pending());
+        share
+    }
+
+    /// Memory given back goes to the reader whose frame lacks the least, whoever came first;
+    /// no one passes the first in line, not even for what is left, but a frame that lacks less
+    /// than everyone's in line is not made to wait.
+    #[tokio::test(start_paused = true)]
+    async fn the_frame_that_lacks_the_least_is_served_first_and_no_one_passes_it() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut all = holding(&memory, 1 << 20, 0);
+        let mut far = waiting(&memory, 256 * KIB, 8 << 20);
+        let mut near = waiting(&memory, 256 * KIB, 1 << 20);
+
+        all.shrink_to(FREE + (1 << 20) - 384 * KIB);
+        assert!(near.poll_cover(&mut noop(), FREE + 256 * KIB).is_ready());
+        assert!(far.poll_cover(&mut noop(), FREE + 256 * KIB).is_pending());
+        assert_eq!(memory.left(), 128 * KIB, "kept for the first in line");
+
+        let mut behind = Share::new(Arc::clone(&memory));
+        behind.lacks(16 << 20);
+        assert!(!behind.try_cover(FREE + 64 * KIB), "the far frame is first");
+        let mut small = Share::new(Arc::clone(&memory));
+        small.lacks(100 * KIB);
+        assert!(
+            small.try_cover(FREE + 64 * KIB),
+            "it lacks less than the far frame"
+        );
+    }
+
+    /// What a frame lacks counts half as much for every second its reader has waited: a large
+    /// frame does not wait for ever behind smaller ones that keep coming.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_has_waited_goes_before_newer_smaller_ones() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut all = holding(&memory, 1 << 20, 0);
+        let mut large = waiting(&memory, 256 * KIB, 8 << 20);
+        tokio::time::advance(4 * PATIENCE).await;
+        let mut small = waiting(&memory, 256 * KIB, 1 << 20);
+
+        all.shrink_to(FREE + (1 << 20) - 256 * KIB);
+        assert!(large.poll_cover(&mut noop(), FREE + 256 * KIB).is_ready());
+        assert!(small.poll_cover(&mut noop(), FREE + 256 * KIB).is_pending());
+    }
+
+    /// A reader given memory after waiting [`PATIENCE`] for it, whose first read then finds
+    /// nothing, has a peer that sent nothing all that time: it gives its share back at once if
+    /// another reader waits, and not if its peer sent meanwhile or no one waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_whose_peer_sent_nothing_while_it_waited_for_memory_gives_way() {
+        async fn gives_way(peer_sent: bool, another_waits: bool) -> bool {
+            let memory = FrameMemory::new(1 << 20, 0);
+            let mut reader = holding(&memory, 512 * KIB, 1 << 20);
+            let mut other = holding(&memory, 512 * KIB, 0);
+            assert!(
+                reader
+                    .poll_cover(&mut noop(), FREE + 768 * KIB)
+                    .is_pending()
+            );
+            tokio::time::advance(2 * PATIENCE).await;
+            let _behind = another_waits.then(|| waiting(&memory, 512 * KIB, 2 << 20));
+
+            other.shrink_to(0);
+            assert!(reader.poll_cover(&mut noop(), FREE + 768 * KIB).is_ready());
+            if peer_sent {
+                reader.heard_from_peer();
+            }
+            reader.waiting_for_peer();
+            reader.poll_taken_back(&mut noop())
+        }
+        assert!(gives_way(false, true).await);
+        assert!(!gives_way(true, true).await, "its peer sent meanwhile");
+        assert!(!gives_way(false, false).await, "no one waits");
+    }
+
+    /// A reader out of patience takes back the shares of as many holders kept waiting by
+    /// their peers as it takes to cover what the line waits for, those kept waiting longest
+    /// first.
+    #[tokio::test(start_paused = true)]
+    async fn idle_holders_give_way_until_what_the_line_waits_for_is_covered() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut holders: Vec<Share> = (0..3).map(|_| holding(&memory, 300 * KIB, 0)).collect();
+        for holder in &mut holders {
+            holder.waiting_for_peer();
+            tokio::time::advance(PATIENCE / 4).await;
+        }
+        let mut line = waiting(&memory, 500 * KIB, 1 << 20);
+        tokio::time::advance(PATIENCE).await;
+        assert!(line.poll_cover(&mut noop(), FREE + 500 * KIB).is_pending());
+        let taken: Vec<bool> = holders
+            .iter()
+            .map(|holder| holder.poll_taken_back(&mut noop()))
+            .collect();
+        assert_eq!(taken, [true, true, false], "124 KiB left, 376 more wanted");
     }
 }

@@ -422,13 +422,18 @@ impl ServerBuilder {
     /// small calls never wait for this memory.
     ///
     /// A connection that needs more than is left stops reading until frames that arrive whole
-    /// give some back, first come first served. After waiting a second it takes memory back:
-    /// from the connection whose client has kept it waiting longest since its last whole frame,
-    /// a second or more in all; or, when every connection holding memory is waiting for more
-    /// (none could finish), from the one whose frame lacks the most. A connection between
-    /// frames gives up only what it kept for reuse; one in the middle of a frame is closed, its
-    /// client told why in a GoAway (reason 4). A peer that sends a large frame slowly, or never
-    /// finishes it, cannot keep others from the memory.
+    /// give some back. What is given back goes first to the connection whose frame lacks the
+    /// least, each frame counted half as large for every second its connection has waited, so
+    /// that none waits for ever. After waiting a second a connection takes memory back: from
+    /// the connections whose clients have kept them waiting a second or more in all since their
+    /// last whole frame, the longest first, as many as it takes to cover what the waiting
+    /// connections need; or, when every connection holding memory is waiting for more (none
+    /// could finish), from the one whose frame lacks the most. A connection given memory after
+    /// waiting a second or more for it, whose client then turns out to have sent nothing
+    /// meanwhile, gives it back at once if others wait. A connection between frames gives up
+    /// only what it kept for reuse; one in the middle of a frame is closed, its client told why
+    /// in a GoAway (reason 4). A peer that sends a large frame slowly, or never finishes it,
+    /// cannot keep others from the memory.
     pub fn max_frame_memory(mut self, bytes: usize) -> Self {
         self.config.max_frame_memory = bytes;
         self
