@@ -294,8 +294,8 @@ impl Share {
     }
 
     /// Makes the share cover `bytes` held by the reader, waiting in line if there is not
-    /// enough left. A reader that waits past [`PATIENCE`] takes a share back
-    /// ([`FrameMemory::take_back`]), and another every [`PATIENCE`] it waits on.
+    /// enough left. A reader that waits past [`PATIENCE`] takes shares back
+    /// ([`FrameMemory::take_back`]), and again every [`PATIENCE`] it waits on.
     pub(crate) fn poll_cover(&mut self, cx: &mut Context<'_>, bytes: usize) -> Poll<()> {
         loop {
             let lacking = units(bytes).saturating_sub(self.held);
