@@ -303,9 +303,6 @@ impl Share {
                 if let Some(wait) = self.leave_line() {
                     self.memory_wait_began = Some(wait.began);
                 }
-                if let Some(holder) = &self.holder {
-                    holder.waiting_for_memory.store(false, Ordering::Release);
-                }
                 return Poll::Ready(());
             }
             let Some(wait) = &mut self.wait else {
@@ -336,9 +333,6 @@ impl Share {
                 }
                 continue;
             }
-            if let Some(holder) = &self.holder {
-                holder.waiting_for_memory.store(true, Ordering::Release);
-            }
             while wait.patience.as_mut().poll(cx).is_ready() {
                 self.memory.take_back(self.holder.as_ref());
                 wait.patience.as_mut().reset(Instant::now() + PATIENCE);
@@ -349,7 +343,10 @@ impl Share {
 
     /// Puts the reader in line for `units`.
     fn line_up(&mut self, units: u32, patience: Pin<Box<Sleep>>, began: Instant) {
-        let ticket = Arc::new(Ticket::default());
+        if let Some(holder) = &self.holder {
+            holder.waiting_for_memory.store(true, Ordering::Release);
+        }
+        let ticket = Arc::new(Ticket::new(self.holder.clone()));
         let place = self
             .memory
             .wait_for(units, self.missing, began, Arc::clone(&ticket));
@@ -367,6 +364,9 @@ impl Share {
         let wait = self.wait.take()?;
         if self.memory.leave_line(wait.place) {
             self.add(wait.units);
+        }
+        if let Some(holder) = &self.holder {
+            holder.waiting_for_memory.store(false, Ordering::Release);
         }
         Some(wait)
     }
@@ -742,5 +742,26 @@ mod tests {
             .map(|holder| holder.poll_taken_back(&mut noop()))
             .collect();
         assert_eq!(taken, [true, true, false], "124 KiB left, 376 more wanted");
+    }
+
+    /// A holder given the memory it waited for is no longer stuck, even before its reader has
+    /// looked: the others are not all stuck, and none gives way.
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_given_memory_is_not_stuck_before_it_looks() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut given = holding(&memory, 384 * KIB, 1 << 20);
+        let mut stuck = holding(&memory, 384 * KIB, 4 << 20);
+        let mut reading = holding(&memory, 256 * KIB, 0);
+        assert!(given.poll_cover(&mut noop(), FREE + 640 * KIB).is_pending());
+        assert!(stuck.poll_cover(&mut noop(), FREE + 640 * KIB).is_pending());
+
+        reading.shrink_to(0);
+        tokio::time::advance(PATIENCE).await;
+        assert!(stuck.poll_cover(&mut noop(), FREE + 640 * KIB).is_pending());
+        assert!(
+            !given.poll_taken_back(&mut noop()),
+            "it was given what it waited for"
+        );
+        assert!(given.poll_cover(&mut noop(), FREE + 640 * KIB).is_ready());
     }
 }

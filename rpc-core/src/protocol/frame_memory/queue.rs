@@ -6,16 +6,27 @@ use std::task::Context;
 
 use futures_util::task::AtomicWaker;
 
-use super::PATIENCE;
+use super::{Holder, PATIENCE};
 
 /// How a waiting reader learns that it was given what it waits for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Ticket {
     granted: AtomicBool,
     reader: AtomicWaker,
+    /// The reader's holder, if it holds memory already: from the moment it is given more, it
+    /// is not stuck waiting for memory, even before it has looked.
+    holder: Option<Arc<Holder>>,
 }
 
 impl Ticket {
+    pub(super) fn new(holder: Option<Arc<Holder>>) -> Self {
+        Ticket {
+            granted: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            holder,
+        }
+    }
+
     /// Whether the reader was given what it waits for; if not, `cx` is woken when it is.
     pub(super) fn poll_granted(&self, cx: &mut Context<'_>) -> bool {
         if self.granted.load(Ordering::Acquire) {
@@ -26,6 +37,9 @@ impl Ticket {
     }
 
     fn grant(&self) {
+        if let Some(holder) = &self.holder {
+            holder.waiting_for_memory.store(false, Ordering::Release);
+        }
         self.granted.store(true, Ordering::Release);
         self.reader.wake();
     }
