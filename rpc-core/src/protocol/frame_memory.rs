@@ -764,4 +764,56 @@ mod tests {
         );
         assert!(given.poll_cover(&mut noop(), FREE + 640 * KIB).is_ready());
     }
+
+    /// Memory given back at once goes down the line in order, as far as it reaches: a reader
+    /// further back that asks for less does not pass the first it does not reach.
+    #[tokio::test(start_paused = true)]
+    async fn memory_given_back_goes_down_the_line_in_order() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut all = holding(&memory, 1 << 20, 0);
+        let mut last = waiting(&memory, 256 * KIB, 3 << 20);
+        let mut first = waiting(&memory, 256 * KIB, 1 << 20);
+        let mut second = waiting(&memory, 512 * KIB, 2 << 20);
+        let poll = |share: &mut Share, bytes| share.poll_cover(&mut noop(), FREE + bytes);
+
+        all.shrink_to(FREE + (1 << 20) - 600 * KIB);
+        assert!(poll(&mut first, 256 * KIB).is_ready());
+        assert!(poll(&mut second, 512 * KIB).is_pending());
+        assert!(
+            poll(&mut last, 256 * KIB).is_pending(),
+            "it does not pass the second"
+        );
+        assert_eq!(memory.left(), 344 * KIB);
+
+        all.shrink_to(FREE + (1 << 20) - 800 * KIB);
+        assert!(poll(&mut second, 512 * KIB).is_ready());
+        assert!(poll(&mut last, 256 * KIB).is_pending());
+        assert_eq!(memory.left(), 32 * KIB);
+    }
+
+    /// Of three holders stuck waiting for one another, all out of patience together, one gives
+    /// way, not all three: once one is taken back, the others wait for what it gives back.
+    #[tokio::test(start_paused = true)]
+    async fn of_holders_stuck_together_one_gives_way() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let mut stuck: Vec<Share> = (1..=3)
+            .map(|missing| holding(&memory, 300 * KIB, missing << 20))
+            .collect();
+        for share in &mut stuck {
+            assert!(share.poll_cover(&mut noop(), FREE + 600 * KIB).is_pending());
+        }
+        tokio::time::advance(PATIENCE).await;
+        for share in &mut stuck {
+            assert!(share.poll_cover(&mut noop(), FREE + 600 * KIB).is_pending());
+        }
+        let taken: Vec<bool> = stuck
+            .iter()
+            .map(|share| share.poll_taken_back(&mut noop()))
+            .collect();
+        assert_eq!(
+            taken,
+            [false, false, true],
+            "the one whose frame lacks the most"
+        );
+    }
 }
