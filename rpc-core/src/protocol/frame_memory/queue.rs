@@ -63,7 +63,8 @@ impl Waiter {
     /// waited.
     fn rank(&self, now: u64) -> u64 {
         let halvings = now.saturating_sub(self.began) / PATIENCE.as_nanos() as u64;
-        self.missing.checked_shr(halvings as u32).unwrap_or(0)
+        let halvings = u32::try_from(halvings).unwrap_or(u32::MAX);
+        self.missing.checked_shr(halvings).unwrap_or(0)
     }
 }
 
