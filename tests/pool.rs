@@ -208,3 +208,31 @@ async fn waiting_for_ready_rides_out_a_server_that_is_not_up_yet() {
         "hello, ada"
     );
 }
+
+/// An address given more than once is a server to reach over as many connections: calls that
+/// move large payloads spread over several TCP connections to one server, as four clients'
+/// would, behind one client.
+#[tokio::test]
+async fn an_address_given_more_than_once_gets_a_connection_each_time() {
+    let addr = rpc_tests::start_tcp().await;
+    let client = LabClient::builder().balance([addr; 4]);
+    let mut ports = std::collections::BTreeSet::new();
+    // Each call goes to the less busy of two endpoints picked at random: 400 calls miss one
+    // of four with a chance of 4 × (3/4)^400.
+    for _ in 0..400 {
+        let me = within("a call", client.whoami()).await.expect("answers");
+        ports.insert(me.peer.expect("over TCP").port());
+        if ports.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(ports.len(), 4, "connections seen: {ports:?}");
+    let listed = client.channel().endpoints();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|endpoint| endpoint.state == EndpointState::Connected),
+        "{listed:?}"
+    );
+}

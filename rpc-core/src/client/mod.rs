@@ -414,7 +414,10 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// at random. Connections are made when calls need them, each resolving its server's
     /// name anew; a server that cannot be reached is passed over while it backs off, one on
     /// which calls keep failing is ejected for a while, and either is used again once it
-    /// answers. `channel().endpoints()` lists them.
+    /// answers. `channel().endpoints()` lists them. An address given more than once is reached
+    /// over a connection for each time: calls that move large payloads then spread over
+    /// several TCP connections to one server, which moved 1 MiB echoes a fifth faster than one
+    /// connection in BENCHMARKS.md's runs.
     pub fn balance<A: ServerAddr>(self, addrs: impl IntoIterator<Item = A>) -> C {
         let config = Arc::new(self.config.clone());
         let targets = addrs
