@@ -1,6 +1,7 @@
 //! With the `metrics` feature, calls, their outcomes and durations, calls in flight, open
-//! connections, bytes, retries, endpoints that could not be reached, frames whose memory a
-//! server took back, calls it shed and connections it closed for answers unread are recorded
+//! connections, bytes, retries, endpoints that could not be reached, the memory a server holds
+//! for large frames and the connections waiting for it, frames whose memory a server took back,
+//! calls it shed and connections it closed for answers unread are recorded
 //! through the `metrics` facade: here into metrics-util's debugging recorder.
 
 use metrics::{SharedString, Unit};
@@ -13,7 +14,8 @@ use rpc_tests::{
     within,
 };
 
-/// What the recorder held at one moment. (Taking it drains the histograms.)
+/// What the recorder held at one moment. (Taking it drains it: counters and gauges start again
+/// from zero, histograms empty.)
 type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
 
 /// The value of the metric `name` whose labels include all of `labels`, summed over the
@@ -36,6 +38,38 @@ fn value(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
         }
     }
     sum
+}
+
+/// The gauges of the memory the process's servers hold for large frames, summed over the
+/// snapshots taken, each of which drains what changed since the last.
+#[derive(Debug, Default)]
+struct FrameMemoryGauges {
+    bytes: f64,
+    waiting: f64,
+}
+
+impl FrameMemoryGauges {
+    fn add(&mut self, snapshot: &Snapshot) {
+        let server = [("side", "server")];
+        self.bytes += value(snapshot, "rpc_server_frame_memory_bytes", &server);
+        self.waiting += value(snapshot, "rpc_server_frame_memory_waiting", &server);
+    }
+
+    /// Takes snapshots until the gauges are `wanted`: a server's connections move them as
+    /// they read, with nothing to await.
+    async fn until(
+        &mut self,
+        snapshotter: &metrics_util::debugging::Snapshotter,
+        wanted: impl Fn(&Self) -> bool,
+    ) {
+        loop {
+            self.add(&snapshotter.snapshot().into_vec());
+            if wanted(self) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// The labels of the server's metrics for `Lab`.
@@ -155,11 +189,21 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     start[..4].copy_from_slice(&claimed.to_be_bytes());
     start.resize(start.len() + 900 * 1024, b'a');
     stalled.send(&start).await;
+    // The server holds what it read of the frame past the connection's first 64 KiB.
+    let mut memory = FrameMemoryGauges::default();
+    let held = |memory: &FrameMemoryGauges| memory.bytes >= (900 - 64) as f64 * 1024.0;
+    within("the stalled frame held", memory.until(&snapshotter, held)).await;
     let client = within("connecting", GreeterClient::connect(addr))
         .await
         .expect("connects");
     let name = "b".repeat(600 * 1024);
-    let greeting = within("a large call", client.greet(name.clone())).await;
+    let call = tokio::spawn({
+        let name = name.clone();
+        async move { client.greet(name).await }
+    });
+    let waiting = |memory: &FrameMemoryGauges| memory.waiting == 1.0;
+    within("the call waiting", memory.until(&snapshotter, waiting)).await;
+    let greeting = within("a large call", call).await.expect("no panic");
     assert_eq!(greeting.expect("served"), format!("hello, {name}"));
     within(
         "the go-away",
@@ -167,6 +211,8 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     )
     .await;
     let snapshot = snapshotter.snapshot().into_vec();
+    memory.add(&snapshot);
+    assert_eq!(memory.waiting, 0.0, "no one waits");
     let server = [("side", "server"), ("service", "Greeter")];
     assert_eq!(
         value(

@@ -334,6 +334,23 @@ pub(crate) fn frame_memory_reclaimed(service: &'static str) {
     .increment(1);
 }
 
+/// What a server's connections hold for large frames past their first 64 KiB changed by
+/// `held` bytes, and the connections waiting for more by `waiting` (`frame_memory.rs`): gauges
+/// of the process, summed over its servers, which share no such memory but the machine's.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn frame_memory_changed(held: i64, waiting: i64) {
+    #[cfg(feature = "metrics")]
+    {
+        let labels = labels::of(&[("side", "server")]);
+        if held != 0 {
+            labels::gauge("rpc_server_frame_memory_bytes", labels).increment(held as f64);
+        }
+        if waiting != 0 {
+            labels::gauge("rpc_server_frame_memory_waiting", labels).increment(waiting as f64);
+        }
+    }
+}
+
 /// The server closed the connection of a client of `service` that kept its answers waiting
 /// longest, while it held as many answers as it may for clients that have not read them
 /// (`max_queued_bytes`, `budget.rs`).

@@ -121,6 +121,14 @@ impl FrameMemory {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Reports to the process's metrics how `state` changed from `before` (what was free, and
+    /// how many waited).
+    fn report(before: (u64, usize), state: &State) {
+        let (free, waiting) = before;
+        let held = (free as i64 - state.free as i64) * UNIT as i64;
+        crate::telemetry::frame_memory_changed(held, state.queue.len() as i64 - waiting as i64);
+    }
+
     /// Takes `units` for a reader whose frame lacks `missing`, if they are left and no reader
     /// waiting stands before it.
     fn try_take(&self, units: u32, missing: u64) -> bool {
@@ -128,7 +136,9 @@ impl FrameMemory {
         let mut state = self.state();
         let taken = state.free >= u64::from(units) && !state.queue.is_ahead_of(missing, now);
         if taken {
+            let before = (state.free, state.queue.len());
             state.free -= u64::from(units);
+            Self::report(before, &state);
         }
         taken
     }
@@ -139,10 +149,12 @@ impl FrameMemory {
         let now = self.nanos(Instant::now());
         let began = self.nanos(began);
         let mut state = self.state();
+        let before = (state.free, state.queue.len());
         let place = state.queue.push(units, missing, began, ticket);
         // Memory given back since the reader last looked may be enough.
         let State { free, queue, .. } = &mut *state;
         queue.serve(free, now);
+        Self::report(before, &state);
         place
     }
 
@@ -150,12 +162,14 @@ impl FrameMemory {
     fn leave_line(&self, place: u64) -> bool {
         let now = self.nanos(Instant::now());
         let mut state = self.state();
+        let before = (state.free, state.queue.len());
         let State { free, queue, .. } = &mut *state;
         let waiting = queue.remove(place);
         if waiting {
             // Those behind it may need less than it did.
             queue.serve(free, now);
         }
+        Self::report(before, &state);
         !waiting
     }
 
@@ -163,9 +177,11 @@ impl FrameMemory {
     fn give_back(&self, units: u32) {
         let now = self.nanos(Instant::now());
         let mut state = self.state();
+        let before = (state.free, state.queue.len());
         let State { free, queue, .. } = &mut *state;
         *free += u64::from(units);
         queue.serve(free, now);
+        Self::report(before, &state);
     }
 
     /// Takes back shares, but for `asking`'s own: those of the holders whose peers have kept

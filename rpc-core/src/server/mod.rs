@@ -433,7 +433,9 @@ impl ServerBuilder {
     /// meanwhile, gives it back at once if others wait. A connection between frames gives up
     /// only what it kept for reuse; one in the middle of a frame is closed, its client told why
     /// in a GoAway (reason 4). A peer that sends a large frame slowly, or never finishes it,
-    /// cannot keep others from the memory.
+    /// cannot keep others from the memory. With the `metrics` feature, the gauges
+    /// `rpc_server_frame_memory_bytes` and `rpc_server_frame_memory_waiting` show how much the
+    /// process's servers hold and how many connections wait.
     pub fn max_frame_memory(mut self, bytes: usize) -> Self {
         self.config.max_frame_memory = bytes;
         self

@@ -113,6 +113,11 @@ impl Queue {
         self.waiters.is_empty()
     }
 
+    /// How many readers are waiting.
+    pub(super) fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// The units the readers in line wait for, together.
     pub(super) fn units(&self) -> u64 {
         self.waiters
