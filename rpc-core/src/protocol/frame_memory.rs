@@ -47,6 +47,9 @@ pub(crate) const FREE: usize = 64 * 1024;
 /// holder's peer must have kept it waiting, in all, for its share to be taken back.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(1);
 
+/// How often, at most, the holders are looked over to take shares back.
+const LOOK_OVER: Duration = Duration::from_millis(250);
+
 /// Shares are counted in units of this many bytes, so that a `u32` counts terabytes.
 const UNIT: usize = 1024;
 
@@ -67,6 +70,12 @@ struct State {
     holders: Vec<Arc<Holder>>,
     /// The readers waiting for more.
     queue: Queue,
+    /// When the holders were last looked over to take shares back, in nanoseconds from the
+    /// epoch.
+    looked_over: Option<u64>,
+    /// How many times they were.
+    #[cfg(test)]
+    looks: usize,
 }
 
 /// One reader holding a share: what others read to pick whose share to take back, and how they
@@ -107,6 +116,9 @@ impl FrameMemory {
                 free: u64::from(total),
                 holders: Vec::new(),
                 queue: Queue::default(),
+                looked_over: None,
+                #[cfg(test)]
+                looks: 0,
             }),
         })
     }
@@ -191,9 +203,23 @@ impl FrameMemory {
     /// will finish its frame and give memory back: the one whose frame lacks the most, the
     /// furthest from finishing, gives way. Otherwise the holders are reading, and will give
     /// memory back as their frames arrive whole.
-    fn take_back(&self, asking: Option<&Arc<Holder>>) {
+    ///
+    /// However many readers run out of patience, the holders are looked over at most once every
+    /// [`LOOK_OVER`] (each look takes back what the whole line needs): thousands of readers in
+    /// line cost a look at every holder a few times a second, not thousands of times. Returns
+    /// whether it looked.
+    fn take_back(&self, asking: Option<&Arc<Holder>>) -> bool {
         let now = self.nanos(Instant::now());
-        let state = self.state();
+        let mut state = self.state();
+        let recent = |last: u64| now.saturating_sub(last) < LOOK_OVER.as_nanos() as u64;
+        if state.looked_over.is_some_and(recent) {
+            return false;
+        }
+        state.looked_over = Some(now);
+        #[cfg(test)]
+        {
+            state.looks += 1;
+        }
         let holders = &state.holders;
         let others = || {
             holders.iter().filter(|holder| {
@@ -220,7 +246,7 @@ impl FrameMemory {
                     break;
                 }
             }
-            return;
+            return true;
         }
         let stuck = holders.iter().all(|holder| {
             holder.waiting_for_memory.load(Ordering::Acquire)
@@ -232,6 +258,7 @@ impl FrameMemory {
         {
             furthest.take_back();
         }
+        true
     }
 
     /// `at` in nanoseconds from the epoch.
@@ -350,8 +377,10 @@ impl Share {
                 continue;
             }
             while wait.patience.as_mut().poll(cx).is_ready() {
-                self.memory.take_back(self.holder.as_ref());
-                wait.patience.as_mut().reset(Instant::now() + PATIENCE);
+                // Another reader looked the holders over just now: this one looks again soon.
+                let looked = self.memory.take_back(self.holder.as_ref());
+                let next = if looked { PATIENCE } else { LOOK_OVER };
+                wait.patience.as_mut().reset(Instant::now() + next);
             }
             return Poll::Pending;
         }
@@ -831,5 +860,25 @@ mod tests {
             [false, false, true],
             "the one whose frame lacks the most"
         );
+    }
+
+    /// Readers that run out of patience together look the holders over once between them,
+    /// however many there are.
+    #[tokio::test(start_paused = true)]
+    async fn readers_out_of_patience_together_look_the_holders_over_once() {
+        let memory = FrameMemory::new(1 << 20, 0);
+        let _all = holding(&memory, 1 << 20, 0);
+        let mut line: Vec<Share> = (0..100).map(|_| waiting(&memory, KIB, 1 << 20)).collect();
+        let tick = |line: &mut Vec<Share>| {
+            for share in line {
+                assert!(share.poll_cover(&mut noop(), FREE + KIB).is_pending());
+            }
+        };
+        tokio::time::advance(PATIENCE).await;
+        tick(&mut line);
+        assert_eq!(memory.state().looks, 1, "one look for a hundred readers");
+        tokio::time::advance(PATIENCE).await;
+        tick(&mut line);
+        assert_eq!(memory.state().looks, 2);
     }
 }
