@@ -5,9 +5,9 @@
 //! reuse; across thousands of connections that is still more than any machine has. So a
 //! server's readers draw what they hold past the first [`FREE`] bytes each from one
 //! [`FrameMemory`]. A reader that needs more than is left stops reading (its peer's sends back
-//! up into TCP) and waits in line ([`queue`]: the frame that lacks the least first, each
-//! counted smaller the longer its reader has waited), while the memory freed by frames that
-//! arrive whole goes round.
+//! up into TCP) and waits in line ([`queue`]: the frame that lacks the least first, and before
+//! them, first come first served, the readers that have waited four seconds), while the memory
+//! freed by frames that arrive whole goes round.
 //!
 //! A peer could hold its share for ever by sending a large frame slowly, or not at all, and
 //! lock everyone else out. So a reader that has waited [`PATIENCE`] takes shares back
@@ -723,18 +723,22 @@ mod tests {
         );
     }
 
-    /// What a frame lacks counts half as much for every second its reader has waited: a large
-    /// frame does not wait for ever behind smaller ones that keep coming.
+    /// A reader that has waited [`queue::OVERDUE`] goes before those that have not, whatever
+    /// their frames lack, and those that have waited go first come first served: a large frame
+    /// does not wait for ever behind smaller ones that keep coming.
     #[tokio::test(start_paused = true)]
-    async fn a_frame_that_has_waited_goes_before_newer_smaller_ones() {
+    async fn readers_that_have_waited_go_first_come_first_served() {
         let memory = FrameMemory::new(1 << 20, 0);
         let mut all = holding(&memory, 1 << 20, 0);
         let mut large = waiting(&memory, 256 * KIB, 8 << 20);
-        tokio::time::advance(4 * PATIENCE).await;
-        let mut small = waiting(&memory, 256 * KIB, 1 << 20);
+        tokio::time::advance(PATIENCE).await;
+        let mut medium = waiting(&memory, 256 * KIB, 1 << 20);
+        tokio::time::advance(queue::OVERDUE).await;
+        let mut small = waiting(&memory, 256 * KIB, 64 * KIB);
 
-        all.shrink_to(FREE + (1 << 20) - 256 * KIB);
+        all.shrink_to(FREE + (1 << 20) - 512 * KIB);
         assert!(large.poll_cover(&mut noop(), FREE + 256 * KIB).is_ready());
+        assert!(medium.poll_cover(&mut noop(), FREE + 256 * KIB).is_ready());
         assert!(small.poll_cover(&mut noop(), FREE + 256 * KIB).is_pending());
     }
 

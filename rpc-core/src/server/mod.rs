@@ -423,8 +423,8 @@ impl ServerBuilder {
     ///
     /// A connection that needs more than is left stops reading until frames that arrive whole
     /// give some back. What is given back goes first to the connection whose frame lacks the
-    /// least, each frame counted half as large for every second its connection has waited, so
-    /// that none waits for ever. After waiting a second a connection takes memory back: from
+    /// least, and before it, first come first served, to those that have waited four seconds,
+    /// so that none waits for ever. After waiting a second a connection takes memory back: from
     /// the connections whose clients have kept them waiting a second or more in all since their
     /// last whole frame, the longest first, as many as it takes to cover what the waiting
     /// connections need; or, when every connection holding memory is waiting for more (none

@@ -1,12 +1,15 @@
 //! The readers waiting for a server's memory for large frames, in the order they are served.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Context;
 
 use futures_util::task::AtomicWaker;
 
-use super::{Holder, PATIENCE};
+use std::time::Duration;
+
+use super::Holder;
 
 /// How a waiting reader learns that it was given what it waits for.
 #[derive(Debug)]
@@ -48,8 +51,6 @@ impl Ticket {
 /// One reader in line.
 #[derive(Debug)]
 struct Waiter {
-    /// Its place in line, by which it leaves, and which breaks ties first come first served.
-    place: u64,
     units: u32,
     /// The bytes its frame lacks.
     missing: u64,
@@ -58,24 +59,23 @@ struct Waiter {
     ticket: Arc<Ticket>,
 }
 
-impl Waiter {
-    /// Where it stands at `now`: the bytes its frame lacks, halved for every [`PATIENCE`] it has
-    /// waited.
-    fn rank(&self, now: u64) -> u64 {
-        let halvings = now.saturating_sub(self.began) / PATIENCE.as_nanos() as u64;
-        let halvings = u32::try_from(halvings).unwrap_or(u32::MAX);
-        self.missing.checked_shr(halvings).unwrap_or(0)
-    }
-}
-
 /// The readers waiting for memory. The one whose frame lacks the least goes first: the nearest
 /// to finishing, which gives its memory back soonest, where a peer that claims a huge frame and
-/// sends it slowly comes last. What a frame lacks counts half as much for every [`PATIENCE`] its
-/// reader has waited, so that no frame waits for ever behind smaller ones that keep coming. No
-/// one passes the first in line: what is given back waits for it until there is enough.
+/// sends it slowly comes last. A reader that has waited [`OVERDUE`] goes before those that have
+/// not, first come first served among them, so that no frame waits for ever behind smaller ones
+/// that keep coming. No one passes the first in line: what is given back waits for it until
+/// there is enough. Each reader's place, given when it joins, breaks ties first come first
+/// served and is how it leaves; finding the first, joining and leaving take a time that grows
+/// with the logarithm of the line's length.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
-    waiters: Vec<Waiter>,
+    waiters: HashMap<u64, Waiter>,
+    /// Places, by what their frames lack.
+    by_missing: BTreeSet<(u64, u64)>,
+    /// Places, by when their readers began to wait.
+    by_age: BTreeSet<(u64, u64)>,
+    /// The units the readers in line wait for, together.
+    units: u64,
     next_place: u64,
 }
 
@@ -91,21 +91,31 @@ impl Queue {
     ) -> u64 {
         let place = self.next_place;
         self.next_place += 1;
-        self.waiters.push(Waiter {
-            place,
+        self.by_missing.insert((missing, place));
+        self.by_age.insert((began, place));
+        self.units += u64::from(units);
+        let waiter = Waiter {
             units,
             missing,
             began,
             ticket,
-        });
+        };
+        self.waiters.insert(place, waiter);
         place
     }
 
     /// Takes the reader at `place` out of line; returns whether it was still waiting (it was
     /// given its memory otherwise).
     pub(super) fn remove(&mut self, place: u64) -> bool {
-        let at = self.waiters.iter().position(|waiter| waiter.place == place);
-        at.map(|at| self.waiters.swap_remove(at)).is_some()
+        self.take(place).is_some()
+    }
+
+    fn take(&mut self, place: u64) -> Option<Waiter> {
+        let waiter = self.waiters.remove(&place)?;
+        self.by_missing.remove(&(waiter.missing, place));
+        self.by_age.remove(&(waiter.began, place));
+        self.units -= u64::from(waiter.units);
+        Some(waiter)
     }
 
     /// Whether no reader is waiting.
@@ -120,56 +130,57 @@ impl Queue {
 
     /// The units the readers in line wait for, together.
     pub(super) fn units(&self) -> u64 {
-        self.waiters
-            .iter()
-            .map(|waiter| u64::from(waiter.units))
-            .sum()
+        self.units
     }
 
-    /// Where the first in line is in `waiters` at `now` (nanoseconds from the epoch).
-    fn first(&self, now: u64) -> Option<usize> {
-        let ranks = self
-            .waiters
-            .iter()
-            .map(|waiter| (waiter.rank(now), waiter.place));
-        let (at, _) = ranks.enumerate().min_by_key(|(_, rank)| *rank)?;
-        Some(at)
+    /// The place of the first in line at `now` (nanoseconds from the epoch).
+    fn first(&self, now: u64) -> Option<u64> {
+        match self.by_age.first() {
+            Some(&(began, place)) if has_waited(began, now) => Some(place),
+            _ => self.by_missing.first().map(|&(_, place)| place),
+        }
     }
 
     /// Whether a reader that is not in line, whose frame lacks `missing`, would stand behind
     /// one that is.
     pub(super) fn is_ahead_of(&self, missing: u64, now: u64) -> bool {
-        self.waiters
-            .iter()
-            .any(|waiter| waiter.rank(now) <= missing)
+        let waited = |&(began, _): &(u64, u64)| has_waited(began, now);
+        self.by_age.first().is_some_and(waited)
+            || self
+                .by_missing
+                .first()
+                .is_some_and(|&(first, _)| first <= missing)
     }
 
     /// Gives the first in line their units out of `free` while there are enough for the
-    /// first, and tells them. Finding the first takes one look at each reader in line; when
-    /// there is enough for it, the line is put in order once, so that a large amount given
-    /// back to a long line costs a sort rather than a look at every reader for each served.
+    /// first, and tells them.
     pub(super) fn serve(&mut self, free: &mut u64, now: u64) {
-        let Some(first) = self.first(now) else {
-            return;
-        };
-        if u64::from(self.waiters[first].units) > *free {
-            return;
-        }
-        self.waiters
-            .sort_unstable_by_key(|waiter| (waiter.rank(now), waiter.place));
-        let served = self
-            .waiters
-            .iter()
-            .take_while(|waiter| {
-                let enough = u64::from(waiter.units) <= *free;
-                if enough {
-                    *free -= u64::from(waiter.units);
-                }
-                enough
-            })
-            .count();
-        for waiter in self.waiters.drain(..served) {
-            waiter.ticket.grant();
+        while let Some(place) = self.first(now) {
+            let Some(units) = self
+                .waiters
+                .get(&place)
+                .map(|waiter| u64::from(waiter.units))
+            else {
+                return;
+            };
+            if units > *free {
+                return;
+            }
+            *free -= units;
+            if let Some(waiter) = self.take(place) {
+                waiter.ticket.grant();
+            }
         }
     }
+}
+
+/// How long a reader waits before it goes before those that have not waited as long: long
+/// enough that a frame which lacks little, and will give its memory back soon, is not put
+/// behind large ones that have waited a little; short enough that a large frame is not held
+/// back for long by smaller ones that keep coming.
+pub(super) const OVERDUE: Duration = Duration::from_secs(4);
+
+/// Whether a reader waiting since `began` has waited [`OVERDUE`] by `now`.
+fn has_waited(began: u64, now: u64) -> bool {
+    now.saturating_sub(began) >= OVERDUE.as_nanos() as u64
 }
