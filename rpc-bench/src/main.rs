@@ -33,7 +33,8 @@
 //! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
 //! `rpc-core-busy-poll` (both ends busy polling), `rpc-core-busy-poll-server` or
-//! `rpc-core-busy-poll-client` (that end alone).
+//! `rpc-core-busy-poll-client` (that end alone), or `rpc-core-4-connections` (one client over
+//! four connections to the server, through `ClientBuilder::balance`).
 
 mod alloc;
 mod counters;
@@ -48,7 +49,9 @@ use std::sync::Arc;
 use setup::{Deployment, ServerEnd, Setup};
 use systems::System;
 use systems::raw::Raw;
-use systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreTls};
+use systems::rpc::{
+    RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreTls,
+};
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
 use workloads::{Bytes, Effort};
@@ -64,7 +67,7 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-busy-poll,
-        rpc-core-busy-poll-server or rpc-core-busy-poll-client";
+        rpc-core-busy-poll-server, rpc-core-busy-poll-client or rpc-core-4-connections";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
 /// does not start a run of several minutes.
@@ -167,9 +170,11 @@ fn main() {
             RpcCoreBusy::NAME => profile::<RpcCoreBusy>(setups[0], workload),
             RpcCoreBusyServer::NAME => profile::<RpcCoreBusyServer>(setups[0], workload),
             RpcCoreBusyClient::NAME => profile::<RpcCoreBusyClient>(setups[0], workload),
+            RpcCoreFourConnections::NAME => profile::<RpcCoreFourConnections>(setups[0], workload),
             other => format!(
                 "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls, \
-                 rpc-core-busy-poll, rpc-core-busy-poll-server or rpc-core-busy-poll-client"
+                 rpc-core-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client or \
+                 rpc-core-4-connections"
             ),
         };
         println!("{report}");

@@ -11,7 +11,9 @@ use crate::counters::Counters;
 use crate::systems::System;
 use crate::systems::certs;
 use crate::systems::raw::Raw;
-use crate::systems::rpc::{RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreTls};
+use crate::systems::rpc::{
+    RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreTls,
+};
 use crate::systems::tarpc::Tarpc;
 use crate::systems::tonic::{Tonic, TonicTls};
 
@@ -316,6 +318,9 @@ pub fn serve_child(system: &str) -> Result<(), String> {
         RpcCoreBusy::NAME => runtime.block_on(RpcCoreBusy::serve(LOOPBACK))?,
         RpcCoreBusyServer::NAME => runtime.block_on(RpcCoreBusyServer::serve(LOOPBACK))?,
         RpcCoreBusyClient::NAME => runtime.block_on(RpcCoreBusyClient::serve(LOOPBACK))?,
+        RpcCoreFourConnections::NAME => {
+            runtime.block_on(RpcCoreFourConnections::serve(LOOPBACK))?
+        }
         TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK))?,
         other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };

@@ -1,5 +1,6 @@
 //! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare
-//! (and, as [`RpcCoreBusy`] and its one-ended kin, busy polling on).
+//! (and, as [`RpcCoreBusy`] and its one-ended kin, busy polling on; as
+//! [`RpcCoreFourConnections`], a client over four connections).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,9 +47,9 @@ pub fn local_client() -> BenchClient {
 
 /// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; the ends
 /// that `BUSY` names ([`BUSY_SERVER`], [`BUSY_CLIENT`], [`BUSY_BOTH`] or 0) busy poll for
-/// [`BUSY_POLL`].
+/// [`BUSY_POLL`]; a client reaches the server over `CONNECTIONS` connections.
 #[derive(Debug)]
-pub struct RpcCoreOver<const TLS: bool, const BUSY: u8>;
+pub struct RpcCoreOver<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize>;
 
 /// In `RpcCoreOver`'s `BUSY`: the server busy polls.
 pub const BUSY_SERVER: u8 = 1;
@@ -60,32 +61,39 @@ pub const BUSY_CLIENT: u8 = 2;
 pub const BUSY_BOTH: u8 = BUSY_SERVER | BUSY_CLIENT;
 
 /// rpc-core over TCP.
-pub type RpcCore = RpcCoreOver<false, 0>;
+pub type RpcCore = RpcCoreOver<false, 0, 1>;
 
 /// rpc-core over TLS.
-pub type RpcCoreTls = RpcCoreOver<true, 0>;
+pub type RpcCoreTls = RpcCoreOver<true, 0, 1>;
 
 /// rpc-core over TCP, both ends busy polling.
-pub type RpcCoreBusy = RpcCoreOver<false, BUSY_BOTH>;
+pub type RpcCoreBusy = RpcCoreOver<false, BUSY_BOTH, 1>;
 
 /// rpc-core over TCP, the server alone busy polling.
-pub type RpcCoreBusyServer = RpcCoreOver<false, BUSY_SERVER>;
+pub type RpcCoreBusyServer = RpcCoreOver<false, BUSY_SERVER, 1>;
 
 /// rpc-core over TCP, the client alone busy polling.
-pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT>;
+pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT, 1>;
+
+/// rpc-core over TCP, one client reaching the server over four connections: its address given
+/// four times to `ClientBuilder::balance`, as a user moving large payloads may.
+pub type RpcCoreFourConnections = RpcCoreOver<false, 0, 4>;
 
 /// The window the busy ends of [`RpcCoreBusy`] and its kin poll for: longer than a round trip
 /// between two processes here when both threads are awake (about 10 µs), so that the next
 /// frame comes within it.
 pub const BUSY_POLL: Duration = Duration::from_micros(100);
 
-impl<const TLS: bool, const BUSY: u8> System for RpcCoreOver<TLS, BUSY> {
-    const NAME: &str = match (TLS, BUSY) {
-        (false, 0) => "rpc-core",
-        (true, 0) => "rpc-core-tls",
-        (false, BUSY_BOTH) => "rpc-core-busy-poll",
-        (false, BUSY_SERVER) => "rpc-core-busy-poll-server",
-        (false, BUSY_CLIENT) => "rpc-core-busy-poll-client",
+impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
+    for RpcCoreOver<TLS, BUSY, CONNECTIONS>
+{
+    const NAME: &str = match (TLS, BUSY, CONNECTIONS) {
+        (false, 0, 1) => "rpc-core",
+        (true, 0, 1) => "rpc-core-tls",
+        (false, BUSY_BOTH, 1) => "rpc-core-busy-poll",
+        (false, BUSY_SERVER, 1) => "rpc-core-busy-poll-server",
+        (false, BUSY_CLIENT, 1) => "rpc-core-busy-poll-client",
+        (false, 0, 4) => "rpc-core-4-connections",
         _ => panic!("no name for this rpc-core: name it before measuring it"),
     };
     type Client = BenchClient;
@@ -118,6 +126,9 @@ impl<const TLS: bool, const BUSY: u8> System for RpcCoreOver<TLS, BUSY> {
         }
         if BUSY & BUSY_CLIENT != 0 {
             builder = builder.busy_poll(BUSY_POLL);
+        }
+        if CONNECTIONS > 1 {
+            return builder.balance([addr; CONNECTIONS]);
         }
         builder.connect(addr).await.expect("connects")
     }
