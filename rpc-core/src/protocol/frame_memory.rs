@@ -29,7 +29,7 @@ mod queue;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -82,8 +82,8 @@ struct State {
 /// tell it.
 #[derive(Debug)]
 struct Holder {
-    /// The units it holds.
-    held: AtomicU64,
+    /// The units it holds; only its share changes them.
+    held: AtomicU32,
     /// How long it has waited for its peer's bytes since the last frame it read whole, in
     /// nanoseconds, up to its last read.
     waited: AtomicU64,
@@ -133,67 +133,50 @@ impl FrameMemory {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reports to the process's metrics how `state` changed from `before` (what was free, and
-    /// how many waited).
-    fn report(before: (u64, usize), state: &State) {
-        let (free, waiting) = before;
-        let held = (free as i64 - state.free as i64) * UNIT as i64;
-        crate::telemetry::frame_memory_changed(held, state.queue.len() as i64 - waiting as i64);
+    /// Makes `change` to what is free and who waits (given the time, in nanoseconds from the
+    /// epoch), then hands what is free to the line in its order (memory given back, or a reader
+    /// that left or joined, may let the first in line have enough) and reports to the process's
+    /// metrics what the readers hold and how many wait.
+    fn change<R>(&self, change: impl FnOnce(&mut State, u64) -> R) -> R {
+        let now = self.nanos(Instant::now());
+        let mut state = self.state();
+        let (free_before, waiting_before) = (state.free, state.queue.len());
+        let result = change(&mut state, now);
+        let State { free, queue, .. } = &mut *state;
+        queue.serve(free, now);
+        let held = (free_before as i64 - *free as i64) * UNIT as i64;
+        let waiting = queue.len() as i64 - waiting_before as i64;
+        crate::telemetry::frame_memory_changed(held, waiting);
+        result
     }
 
     /// Takes `units` for a reader whose frame lacks `missing`, if they are left and no reader
     /// waiting stands before it.
     fn try_take(&self, units: u32, missing: u64) -> bool {
-        let now = self.nanos(Instant::now());
-        let mut state = self.state();
-        let taken = state.free >= u64::from(units) && !state.queue.is_ahead_of(missing, now);
-        if taken {
-            let before = (state.free, state.queue.len());
-            state.free -= u64::from(units);
-            Self::report(before, &state);
-        }
-        taken
+        self.change(|state, now| {
+            let taken = state.free >= u64::from(units) && !state.queue.is_ahead_of(missing, now);
+            if taken {
+                state.free -= u64::from(units);
+            }
+            taken
+        })
     }
 
     /// Puts a reader in line for `units`, its frame lacking `missing` bytes, waiting since
     /// `began`; returns its place.
     fn wait_for(&self, units: u32, missing: u64, began: Instant, ticket: Arc<Ticket>) -> u64 {
-        let now = self.nanos(Instant::now());
         let began = self.nanos(began);
-        let mut state = self.state();
-        let before = (state.free, state.queue.len());
-        let place = state.queue.push(units, missing, began, ticket);
-        // Memory given back since the reader last looked may be enough.
-        let State { free, queue, .. } = &mut *state;
-        queue.serve(free, now);
-        Self::report(before, &state);
-        place
+        self.change(|state, _| state.queue.push(units, missing, began, ticket))
     }
 
     /// Takes the reader at `place` out of line; returns whether it was given its memory first.
     fn leave_line(&self, place: u64) -> bool {
-        let now = self.nanos(Instant::now());
-        let mut state = self.state();
-        let before = (state.free, state.queue.len());
-        let State { free, queue, .. } = &mut *state;
-        let waiting = queue.remove(place);
-        if waiting {
-            // Those behind it may need less than it did.
-            queue.serve(free, now);
-        }
-        Self::report(before, &state);
-        !waiting
+        self.change(|state, _| !state.queue.remove(place))
     }
 
     /// Gives back `units`, to the readers waiting first.
     fn give_back(&self, units: u32) {
-        let now = self.nanos(Instant::now());
-        let mut state = self.state();
-        let before = (state.free, state.queue.len());
-        let State { free, queue, .. } = &mut *state;
-        *free += u64::from(units);
-        queue.serve(free, now);
-        Self::report(before, &state);
+        self.change(|state, _| state.free += u64::from(units));
     }
 
     /// Takes back shares, but for `asking`'s own: those of the holders whose peers have kept
@@ -236,12 +219,12 @@ impl FrameMemory {
             let coming: u64 = holders
                 .iter()
                 .filter(|holder| holder.taken_back.load(Ordering::Acquire))
-                .map(|holder| holder.held.load(Ordering::Relaxed))
+                .map(|holder| u64::from(holder.held.load(Ordering::Relaxed)))
                 .sum();
             let mut lacking = state.queue.units().saturating_sub(state.free + coming);
             for (_, holder) in idle {
                 holder.take_back();
-                lacking = lacking.saturating_sub(holder.held.load(Ordering::Relaxed));
+                lacking = lacking.saturating_sub(u64::from(holder.held.load(Ordering::Relaxed)));
                 if lacking == 0 {
                     break;
                 }
@@ -293,9 +276,7 @@ fn units(bytes: usize) -> u32 {
 /// One reader's share of a server's [`FrameMemory`].
 pub(crate) struct Share {
     memory: Arc<FrameMemory>,
-    /// The units held.
-    held: u32,
-    /// The holder others see, while the share holds any units.
+    /// The holder others see, with the units held, while the share holds any.
     holder: Option<Arc<Holder>>,
     wait: Option<Box<Wait>>,
     /// When the reader began its last wait for memory, if it has read nothing since it got it.
@@ -318,7 +299,7 @@ struct Wait {
 impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Share")
-            .field("held", &self.held)
+            .field("held", &self.held())
             .field("waiting", &self.wait.as_ref().map(|wait| wait.units))
             .finish()
     }
@@ -328,7 +309,6 @@ impl Share {
     pub(crate) fn new(memory: Arc<FrameMemory>) -> Self {
         Share {
             memory,
-            held: 0,
             holder: None,
             wait: None,
             memory_wait_began: None,
@@ -341,7 +321,7 @@ impl Share {
     /// ([`FrameMemory::take_back`]), and again every [`PATIENCE`] it waits on.
     pub(crate) fn poll_cover(&mut self, cx: &mut Context<'_>, bytes: usize) -> Poll<()> {
         loop {
-            let lacking = units(bytes).saturating_sub(self.held);
+            let lacking = units(bytes).saturating_sub(self.held());
             if lacking == 0 {
                 if let Some(wait) = self.leave_line() {
                     self.memory_wait_began = Some(wait.began);
@@ -361,7 +341,7 @@ impl Share {
                 // The reader needs another amount: it keeps what it was given, if anything, and
                 // waits on for the rest, as patient as before.
                 if let Some(wait) = self.leave_line() {
-                    let lacking = units(bytes).saturating_sub(self.held);
+                    let lacking = units(bytes).saturating_sub(self.held());
                     if lacking > 0 {
                         self.line_up(lacking, wait.patience, wait.began);
                     } else {
@@ -420,7 +400,7 @@ impl Share {
     /// memory stands before this one (taking none if it already covers them); returns whether
     /// it does.
     pub(crate) fn try_cover(&mut self, bytes: usize) -> bool {
-        let lacking = units(bytes).saturating_sub(self.held);
+        let lacking = units(bytes).saturating_sub(self.held());
         lacking == 0 || self.try_add(lacking)
     }
 
@@ -432,13 +412,18 @@ impl Share {
         taken
     }
 
+    /// The units the share holds.
+    fn held(&self) -> u32 {
+        let held = self.holder.as_ref().map(|holder| &holder.held);
+        held.map_or(0, |held| held.load(Ordering::Relaxed))
+    }
+
     fn add(&mut self, units: u32) {
-        self.held += units;
         if let Some(holder) = &self.holder {
-            holder.held.store(u64::from(self.held), Ordering::Relaxed);
+            holder.held.fetch_add(units, Ordering::Relaxed);
         } else {
             let holder = Arc::new(Holder {
-                held: AtomicU64::new(u64::from(self.held)),
+                held: AtomicU32::new(units),
                 waited: AtomicU64::new(0),
                 waiting_since: AtomicU64::new(0),
                 missing: AtomicU64::new(self.missing),
@@ -454,22 +439,21 @@ impl Share {
     /// Gives back what the share holds past covering `bytes`.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = units(bytes);
-        if keep >= self.held {
+        let held = self.held();
+        if keep >= held {
             return;
         }
-        if keep == 0
-            && let Some(holder) = self.holder.take()
-        {
+        if keep > 0 {
+            if let Some(holder) = &self.holder {
+                holder.held.store(keep, Ordering::Relaxed);
+            }
+        } else if let Some(holder) = self.holder.take() {
             let mut state = self.memory.state();
             if let Some(at) = state.holders.iter().position(|h| Arc::ptr_eq(h, &holder)) {
                 state.holders.swap_remove(at);
             }
         }
-        self.memory.give_back(self.held - keep);
-        self.held = keep;
-        if let Some(holder) = &self.holder {
-            holder.held.store(u64::from(keep), Ordering::Relaxed);
-        }
+        self.memory.give_back(held - keep);
     }
 
     /// Notes that the reader's frame in progress lacks `bytes` more.
