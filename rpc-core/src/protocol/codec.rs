@@ -14,14 +14,41 @@ use super::{outgoing, spare};
 #[non_exhaustive]
 pub enum CodecError {
     /// postcard rejected the bytes or the value.
-    #[error("{0}")]
+    #[error("{}", postcard_sentence(.0))]
     Postcard(#[from] postcard::Error),
     /// The value decoded, but bytes were left after it.
-    #[error("{0} unexpected bytes followed the value")]
+    #[error("bytes were left over after the value: {0} of them")]
     TrailingBytes(usize),
     /// The value nests deeper than this many levels: decoding it could overflow the stack.
     #[error("the value nests deeper than {0} levels")]
     TooDeep(usize),
+}
+
+/// What postcard's `error` means, as a sentence a reader of either side's log can act on:
+/// postcard's own messages are phrases ("Serde Deserialization Error") that do not say which
+/// rule the bytes broke.
+fn postcard_sentence(error: &postcard::Error) -> String {
+    use postcard::Error::*;
+    match error {
+        DeserializeUnexpectedEnd => "the bytes ended before the value did".into(),
+        DeserializeBadVarint => "a variable-length integer ran on past its type's width".into(),
+        DeserializeBadBool => "a bool was neither 0 nor 1".into(),
+        DeserializeBadChar => "a char was not a Unicode scalar value".into(),
+        DeserializeBadUtf8 => "a string was not valid UTF-8".into(),
+        DeserializeBadOption => "an Option's tag was neither 0 nor 1".into(),
+        DeserializeBadEnum => "an enum's variant index was over 2^32 - 1".into(),
+        SerdeDeCustom => {
+            "a value was out of its type's range (an enum's variant index past its last \
+             variant, a collection of the wrong length, or a value the type's own rules refuse)"
+                .into()
+        }
+        SerdeSerCustom => "the value refused to be encoded (its Serialize failed)".into(),
+        SerializeSeqLengthUnknown => {
+            "a sequence whose length is not known in advance cannot be encoded".into()
+        }
+        CollectStrError => "a value written with `collect_str` failed to format".into(),
+        other => format!("postcard could not handle the value: {other}"),
+    }
 }
 
 /// Appends `value`, postcard-encoded, to `out`. Within [`Frame::encode`](super::Frame::encode),
@@ -168,5 +195,23 @@ mod tests {
             decode_exact::<u64>(&[]),
             Err(CodecError::Postcard(_))
         ));
+    }
+
+    /// A value that does not decode is described in a sentence that names the rule its bytes
+    /// broke, not postcard's phrase ("Serde Deserialization Error" for a bad enum variant).
+    #[test]
+    fn decode_errors_read_as_sentences() {
+        let said = |error: CodecError| error.to_string();
+        let short = decode_exact::<(u8, u8)>(&[1]).expect_err("one byte short");
+        assert_eq!(said(short), "the bytes ended before the value did");
+        let extra = decode_exact::<u8>(&[1, 2]).expect_err("a byte over");
+        assert_eq!(
+            said(extra),
+            "bytes were left over after the value: 1 of them"
+        );
+        let utf8 = decode_exact::<String>(&[1, 0xff]).expect_err("not UTF-8");
+        assert_eq!(said(utf8), "a string was not valid UTF-8");
+        let variant = decode_exact::<Result<u8, u8>>(&[2, 0]).expect_err("no third variant");
+        assert!(said(variant).starts_with("a value was out of its type's range"));
     }
 }
