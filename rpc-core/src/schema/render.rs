@@ -81,10 +81,27 @@ fn type_def(name: &str, def: &TypeDef) -> String {
     }
 }
 
+/// Whether `name` is an instance of the standard library's `Result`, which the signatures name
+/// as Rust does and which needs no definition (as a generic instance, `pub enum Result<i64,
+/// MathError>` would not be Rust).
+fn is_std_result(name: &str, def: &TypeDef) -> bool {
+    let TypeDef::Enum(variants) = def else {
+        return false;
+    };
+    name.starts_with("Result<")
+        && matches!(
+            variants.as_slice(),
+            [(ok, Variant::Newtype(_)), (err, Variant::Newtype(_))] if ok == "Ok" && err == "Err"
+        )
+}
+
 /// A service as Rust source: its types, then its trait.
 pub(super) fn service(service: &ServiceSchema) -> String {
     let mut out = String::new();
     for (name, def) in &service.types {
+        if is_std_result(name, def) {
+            continue;
+        }
         out.push_str(&type_def(name, def));
         out.push('\n');
     }
