@@ -32,12 +32,18 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
         Value::Null if args.is_empty() => Vec::new(),
         Value::Array(items) => {
             if items.len() != args.len() {
+                let takes = match args.len() {
+                    1 => "1 argument".to_owned(),
+                    n => format!("{n} arguments"),
+                };
+                let given = match items.len() {
+                    1 => "1 was given".to_owned(),
+                    n => format!("{n} were given"),
+                };
                 return Err(format!(
-                    "`{}` takes {} arguments ({}), and {} were given",
+                    "`{}` takes {takes} ({}), and {given}",
                     method.name,
-                    args.len(),
                     signature(args),
-                    items.len()
                 ));
             }
             items.iter().collect()

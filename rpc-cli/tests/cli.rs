@@ -239,6 +239,11 @@ async fn json_that_does_not_fit_is_refused_naming_the_field_and_the_type() {
         said.contains("`add` has no argument `c`; its arguments are (a: i64, b: i64)"),
         "{said}"
     );
+    let said = fails(&["call", &addr, "add", "[1]"], 2).await;
+    assert!(
+        said.contains("`add` takes 2 arguments (a: i64, b: i64), and 1 was given"),
+        "{said}"
+    );
 
     let missing =
         json!({"order": {"item": "tea", "quantity": 1, "note": null, "tags": [], "extras": {}}});
