@@ -41,15 +41,44 @@ fn calc_reports_application_errors_as_values() {
     assert!(stdout.contains("does not fit"), "{stdout}");
 }
 
+/// A server in a process of its own, killed when dropped: a test that fails leaves no server
+/// behind holding the test run's output open. Its standard input is closed first, for a server
+/// started through a launcher (pyenv's `python3` runs Python as a child of its own, which the
+/// kill does not reach) that ends at the end of its input.
+struct Running {
+    process: Child,
+    input: Option<std::process::ChildStdin>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.input.take());
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 /// Starts the server `program` on a free port; returns it and the address it printed first.
-fn start_server(program: &str) -> (Child, String) {
+fn start_server(program: &str) -> (Running, String) {
+    start_server_with(program, &[])
+}
+
+/// Starts `program` with `args` and a free port to listen on.
+fn start_server_with(program: &str, args: &[&str]) -> (Running, String) {
     let mut server = Command::new(program)
+        .args(args)
         .arg("127.0.0.1:0")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("starts the server");
+    let stdout = server.stdout.take().expect("stdout");
+    let server = Running {
+        input: server.stdin.take(),
+        process: server,
+    };
     let mut first_line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
+    BufReader::new(stdout)
         .read_line(&mut first_line)
         .expect("reads the address");
     let addr = first_line
@@ -60,11 +89,6 @@ fn start_server(program: &str) -> (Child, String) {
     (server, addr)
 }
 
-fn stop(mut server: Child) {
-    server.kill().expect("stops the server");
-    let _ = server.wait();
-}
-
 #[test]
 fn hello_client_talks_to_hello_server_in_another_process() {
     let (server, addr) = start_server(env!("CARGO_BIN_EXE_hello_server"));
@@ -73,7 +97,7 @@ fn hello_client_talks_to_hello_server_in_another_process() {
         .env("HELLO_ADDR", &addr)
         .output()
         .expect("runs the client");
-    stop(server);
+    drop(server);
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
@@ -86,8 +110,7 @@ fn hello_client_talks_to_hello_server_in_another_process() {
 /// document. Skipped, saying so, where python3 is not installed.
 #[test]
 fn a_client_written_from_the_wire_document_speaks_to_the_example_server() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 is not installed");
+    if !python3() {
         return;
     }
     let (server, addr) = start_server(env!("CARGO_BIN_EXE_example_server"));
@@ -96,10 +119,111 @@ fn a_client_written_from_the_wire_document_speaks_to_the_example_server() {
         .args([script, &addr])
         .output()
         .expect("runs the client");
-    stop(server);
+    drop(server);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
+}
+
+/// Whether python3 runs here; the tests of the clients and servers in Python skip, saying so,
+/// where it does not.
+fn python3() -> bool {
+    let found = Command::new("python3").arg("--version").output().is_ok();
+    if !found {
+        eprintln!("skipped: python3 is not installed");
+    }
+    found
+}
+
+/// rpc-core's generated clients call a server in Python written from docs/wire.md alone: calls
+/// and application errors, a streamed result of 100,000 items that needs credit granted back,
+/// one dropped midway, and uploads within and over the server's limit, under a window of 64 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_clients_call_a_server_written_from_the_wire_document() {
+    use futures_util::StreamExt;
+    use rpc_core::Streaming;
+    use rpc_examples::streams::{FileStoreClient, LogTailClient, UploadError, checksum};
+    use rpc_examples::{CalcClient, MathError};
+    use serde_bytes::ByteBuf;
+
+    if !python3() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/wire_server.py");
+    let (server, addr) = start_server_with("python3", &[script, "--exit-with-stdin"]);
+    let calc = CalcClient::builder()
+        .keepalive(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_secs(30),
+        )
+        .connect(addr.as_str())
+        .await
+        .expect("the handshake with the Python server");
+    assert_eq!(calc.add(2, 3).await.expect("add"), Ok(5));
+    assert_eq!(
+        calc.div(1, 0).await.expect("div"),
+        Err(MathError::DivideByZero)
+    );
+    assert_eq!(
+        calc.mul(i64::MAX, 2).await.expect("mul"),
+        Err(MathError::Overflow)
+    );
+    assert_eq!(calc.count().await.expect("count"), 3);
+
+    let log = LogTailClient::connect(addr.as_str())
+        .await
+        .expect("connects");
+    let mut lines = log.tail(0).await.expect("tail");
+    let mut read = 0u64;
+    while let Some(line) = lines.next().await {
+        read += 1;
+        assert_eq!(line.expect("an item"), format!("line {read}"));
+    }
+    assert_eq!(
+        read, 100_000,
+        "every line, as the client granted credit back"
+    );
+    let mut lines = log.tail(10).await.expect("tail");
+    let first = lines.next().await.expect("an item").expect("a line");
+    assert_eq!(first, "line 11");
+    drop(lines); // cancels the call on the server
+    let last: Vec<String> = log
+        .tail(99_998)
+        .await
+        .expect("tail")
+        .map(|line| line.expect("a line"))
+        .collect()
+        .await;
+    assert_eq!(last, ["line 99999", "line 100000"]);
+
+    let store = FileStoreClient::connect(addr.as_str())
+        .await
+        .expect("connects");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<ByteBuf> = data
+        .chunks(10_000)
+        .map(|c| ByteBuf::from(c.to_vec()))
+        .collect();
+    let receipt = store
+        .upload("a.bin".into(), Streaming::iter(chunks))
+        .await
+        .expect("upload")
+        .expect("within the limit");
+    assert_eq!((receipt.bytes, receipt.chunks), (1_000_000, 100));
+    assert_eq!(receipt.checksum, checksum(&data));
+    let too_large = std::iter::repeat_with(|| ByteBuf::from(vec![7u8; 100_000])).take(20);
+    let refused = store
+        .upload("b.bin".into(), Streaming::iter(too_large))
+        .await
+        .expect("answered");
+    assert_eq!(refused, Err(UploadError::TooLarge { limit: 1 << 20 }));
+    assert_eq!(
+        calc.count()
+            .await
+            .expect("the first connection still works"),
+        3
+    );
+    drop(server);
 }
 
 #[test]
