@@ -126,7 +126,7 @@ def expected_fingerprints():
 # ---------------------------------------------------------------- sections 2, 4 and 5
 
 HELLO, REQUEST, RESPONSE, CANCEL, PING, GOAWAY = 0, 1, 2, 3, 4, 5
-STREAM_ITEM, STREAM_END, CREDIT = 6, 7, 8
+STREAM_ITEM, STREAM_END, CREDIT, REVERSE = 6, 7, 8, 9
 
 
 class Connection:
@@ -177,8 +177,8 @@ class Connection:
             return True
 
 
-def client_hello(service, version=2, window=1 << 20):
-    return (bytes([HELLO]) + b"rpcc" + varint(version) + varint(16 << 20) + string(service)
+def client_hello(service, version=2, window=1 << 20, max_frame_len=16 << 20):
+    return (bytes([HELLO]) + b"rpcc" + varint(version) + varint(max_frame_len) + string(service)
             + varint(0)  # no methods
             + varint(0)  # never pings, so the server does not watch for silence
             + varint(0)  # max_concurrent_calls: a client's is 0

@@ -9,7 +9,8 @@ document as wire_client.py checks the client's:
 
 With `--exit-with-stdin` it ends when its standard input does, as a test harness wants.
 `cargo test -p rpc-examples` calls it with `CalcClient`, `LogTailClient` and `FileStoreClient`
-wherever python3 is installed. Its log is 100,000 lines, "line 1" to "line 100000", and a tail
+wherever python3 is installed. A client that serves `Greeter` back (section 12) is called
+back with `hello("Calc")` before each `add` it makes is answered. Its log is 100,000 lines, "line 1" to "line 100000", and a tail
 of it ends at the last; its file store takes files of up to 1 MiB. It receives streams with a
 window of 64 KiB, so an upload goes on only as it grants credit back.
 """
@@ -18,10 +19,10 @@ import socket
 import sys
 import threading
 
-from wire import (CANCEL, CREDIT, PING, REQUEST, STREAM_END, STREAM_ITEM, Connection, Reader,
-                  credit, decode, decode_hello, expected_fingerprints, fnv1a, item_cost,
-                  outcome_err, outcome_ok, response, server_hello, stream_end, stream_item,
-                  string, varint, zigzag)
+from wire import (CANCEL, CREDIT, HELLO, PING, REQUEST, RESPONSE, REVERSE, STREAM_END,
+                  STREAM_ITEM, Connection, Reader, client_hello, credit, decode, decode_hello,
+                  expected_fingerprints, fnv1a, item_cost, outcome_err, outcome_ok, request,
+                  response, server_hello, stream_end, stream_item, string, varint, zigzag)
 
 LOG_LINES = 100_000
 UPLOAD_LIMIT = 1 << 20
@@ -29,7 +30,11 @@ WINDOW = 64 * 1024
 MAX_CALLS = 16
 
 # Error codes of section 4.
-UNKNOWN_METHOD, INVALID_ARGUMENTS = 1, 2
+UNKNOWN_METHOD, INVALID_ARGUMENTS, UNDISCLOSED = 1, 2, 17
+
+# What a client that serves back must serve: `Greeter`, whose `hello(name: String) -> String`
+# has the canonical form 00 0f 0f (section 5.1).
+GREETER_HELLO = fnv1a(bytes([0, 15, 15]))
 
 
 def services():
@@ -96,6 +101,50 @@ class OutgoingStream:
             streams.pop(self.id, None)
 
 
+class Reverse:
+    """The reverse connection (section 12): this server calls the client's `Greeter` on it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.changed = threading.Condition()
+        self.hello = None
+        self.answers = {}
+        self.next_id = 0
+
+    def open(self):
+        # Our reverse Hello, as a client's: no service, no pings, a frame one byte smaller than
+        # our outer Hello's.
+        self.conn.send(bytes([REVERSE]) + client_hello("", max_frame_len=(16 << 20) - 1))
+
+    def receive(self, inner):
+        """A frame of the reverse connection, from the client."""
+        with self.changed:
+            if inner and inner[0] == HELLO:
+                self.hello = decode_hello(inner)
+            elif inner:
+                message = decode(inner)
+                if message["kind"] == RESPONSE:
+                    self.answers[message["id"]] = message
+            self.changed.notify_all()
+
+    def greet(self, name):
+        """Calls the client's `Greeter.hello(name)` and returns the greeting."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.hello is not None, timeout=10):
+                raise ValueError("the client did not answer the reverse Hello")
+            if dict(self.hello["methods"]).get("hello") != GREETER_HELLO:
+                raise ValueError(f"the client does not serve Greeter: {self.hello}")
+            id, self.next_id = self.next_id, self.next_id + 1
+        self.conn.send(bytes([REVERSE]) + request(id, "hello", string(name), timeout_ms=10_000))
+        with self.changed:
+            if not self.changed.wait_for(lambda: id in self.answers, timeout=10):
+                raise ValueError("the client did not answer the call back")
+            answer = self.answers.pop(id)
+        if not answer["ok"]:
+            raise ValueError(f"the call back failed: {answer}")
+        return Reader(answer["body"]).string()
+
+
 class Upload:
     """A streamed argument this server receives, granting credit back as it takes items."""
 
@@ -127,12 +176,24 @@ def serve(conn, calculator):
     conn.send(server_hello(own, services(), MAX_CALLS, WINDOW, 0))
     window = hello["stream_window"]
     outgoing, uploads = {}, {}
+    reverse = None
+    if hello.get("serves_back") == 1:
+        reverse = Reverse(conn)
+        reverse.open()
     while True:
         frame = conn.frame()
+        if frame[:1] == bytes([REVERSE]) and reverse:
+            reverse.receive(frame[1:])
+            continue
         message = decode(frame)
         kind = message["kind"]
         if kind == REQUEST:
-            request(conn, message, own, window, calculator, outgoing, uploads)
+            if reverse and message["method"] in ("add", "Calc.add"):
+                # Answered once the client has greeted us back over the reverse connection.
+                args = (conn, message, reverse, calculator)
+                threading.Thread(target=add_after_greeting, args=args, daemon=True).start()
+                continue
+            handle_request(conn, message, own, window, calculator, outgoing, uploads)
         elif kind == CANCEL:
             stream = outgoing.get(message["id"])
             if stream:
@@ -156,7 +217,7 @@ def serve(conn, calculator):
             raise AssertionError(f"the client sent a frame of kind {kind}")
 
 
-def request(conn, message, own, window, calculator, outgoing, uploads):
+def handle_request(conn, message, own, window, calculator, outgoing, uploads):
     id, name = message["id"], message["method"]
     service, method = own, name
     if "." in name and not name.startswith("rpc."):
@@ -178,6 +239,20 @@ def request(conn, message, own, window, calculator, outgoing, uploads):
             conn.send(response(id, outcome_err(UNKNOWN_METHOD, text)))
     except (ValueError, KeyError, UnicodeDecodeError) as error:
         conn.send(response(id, outcome_err(INVALID_ARGUMENTS, str(error))))
+
+
+def add_after_greeting(conn, message, reverse, calculator):
+    """`add`, for a client that serves `Greeter` back: it answers only if the client, called
+    back, greets this server as `Greeter` should."""
+    try:
+        greeting = reverse.greet("Calc")
+        if greeting != "Hello, Calc!":
+            raise ValueError(f"the client greeted us with {greeting!r}")
+        answer = outcome_ok(calculator.call("add", Reader(message["body"])))
+    except Exception as error:  # any failure is answered, so that the client does not wait
+        print(f"the call back failed: {error!r}", file=sys.stderr)
+        answer = outcome_err(UNDISCLOSED, "")
+    conn.send(response(message["id"], answer))
 
 
 def item(conn, id, upload, frame, body, uploads):

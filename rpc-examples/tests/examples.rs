@@ -226,6 +226,31 @@ async fn the_generated_clients_call_a_server_written_from_the_wire_document() {
     drop(server);
 }
 
+/// The server in Python calls back a client that serves `Greeter` (docs/wire.md section 12):
+/// it opens the reverse connection inside the client's, checks the client's reverse Hello and
+/// its fingerprint, and answers `add` only once `hello("Calc")` has come back right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_written_from_the_wire_document_calls_its_client_back() {
+    use rpc_examples::{CalcClient, FriendlyGreeter, GreeterServer};
+
+    if !python3() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/wire_server.py");
+    let (server, addr) = start_server_with("python3", &[script, "--exit-with-stdin"]);
+    let calc = CalcClient::builder()
+        .serve(GreeterServer::new(FriendlyGreeter))
+        .connect(addr.as_str())
+        .await
+        .expect("the handshake with the Python server");
+    assert_eq!(
+        calc.add(2, 3).await.expect("add, after the call back"),
+        Ok(5)
+    );
+    assert_eq!(calc.add(4, 5).await.expect("add, after another"), Ok(9));
+    drop(server);
+}
+
 #[test]
 fn tail_follows_the_log_and_stops() {
     let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_tail"), &[]);
