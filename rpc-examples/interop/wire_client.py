@@ -15,9 +15,9 @@ wire_server.py.
 import socket
 import sys
 
-from wire import (CANCEL, CREDIT, GOAWAY, RESPONSE, STREAM_END, STREAM_ITEM, Connection,
-                  Reader, client_hello, decode_hello, expected_fingerprints, fnv1a, item_cost,
-                  request, string, varint, zigzag)
+from wire import (BYTES, CANCEL, CREDIT, ENUM, GOAWAY, RESPONSE, STREAM_END, STREAM_ITEM,
+                  STREAMED, TUPLE, Connection, Reader, client_hello, decode_hello,
+                  expected_fingerprints, fnv1a, item_cost, request, string, varint, zigzag)
 
 
 def call(conn, id, method, args=b"", **options):
@@ -66,7 +66,11 @@ def type_def(r):
     if tag <= 3:
         return (tag, variant(r, tag))
     if tag == 4:
-        return (tag, [(r.string(), variant(r, r.varint())) for _ in range(r.varint())])
+        variants = []
+        for _ in range(r.varint()):
+            name, shape = r.string(), r.varint()
+            variants.append((name, (shape, variant(r, shape))))
+        return (tag, variants)
     raise AssertionError(f"a TypeDef of tag {tag}")
 
 
@@ -86,6 +90,132 @@ def decode_service_schema(body):
     return name, methods, types
 
 
+# ---------------------------------------------------------------- section 5.1 from 6.1
+
+
+UNIT, U8, OPTION, SEQ, MAP, TUPLE_SCHEMA, NAMED = 0, 7, 17, 18, 19, 20, 21
+ENUM_DEF = 4
+
+
+class Canonical:
+    """A method's canonical form (section 5.1), written from its described schema (6.1)."""
+
+    def __init__(self, types):
+        self.types = types
+
+    def method(self, args, upload, result, download):
+        out = bytes([(1 if upload else 0) + (2 if download else 0)])
+        out += self.tuple_node([schema for _, schema in args], [])
+        if upload:
+            out += bytes([STREAMED]) + self.node(upload[1], [])
+        if download:
+            out += bytes([STREAMED])
+        return out + self.node(result, [])
+
+    def named_in(self, schema):
+        """The names a schema refers to, through options, sequences, maps and tuples."""
+        if isinstance(schema, int):
+            return []
+        tag = schema[0]
+        if tag in (OPTION, SEQ):
+            return self.named_in(schema[1])
+        if tag == MAP:
+            return self.named_in(schema[1]) + self.named_in(schema[2])
+        if tag == TUPLE_SCHEMA:
+            return [name for item in schema[1] for name in self.named_in(item)]
+        return [schema[1]]
+
+    def members(self, name):
+        """The schemas a type's definition holds: fields, items, variants' contents."""
+        tag, body = self.types[name]
+        if tag == ENUM_DEF:
+            return [schema for _, shape in body for schema in self.shape_items(shape)]
+        return self.shape_items((tag, body))
+
+    @staticmethod
+    def shape_items(shape):
+        tag, body = shape
+        if tag == 0:
+            return []
+        if tag == 1:
+            return [body]
+        if tag == 2:
+            return body
+        return [schema for _, schema in body]
+
+    def recursive(self, name):
+        """Whether the type's definition reaches itself through any number of other types."""
+        seen, todo = set(), [n for s in self.members(name) for n in self.named_in(s)]
+        while todo:
+            next_name = todo.pop()
+            if next_name == name:
+                return True
+            if next_name not in seen:
+                seen.add(next_name)
+                todo.extend(n for s in self.members(next_name) for n in self.named_in(s))
+        return False
+
+    def is_named_node(self, name):
+        return self.types[name][0] == ENUM_DEF or self.recursive(name)
+
+    def elements(self, schema):
+        if schema == UNIT:
+            return []
+        if isinstance(schema, tuple) and schema[0] == TUPLE_SCHEMA:
+            return [e for item in schema[1] for e in self.elements(item)]
+        if isinstance(schema, tuple) and schema[0] == NAMED:
+            if self.is_named_node(schema[1]):
+                return [schema]
+            return [e for member in self.members(schema[1]) for e in self.elements(member)]
+        return [schema]
+
+    def tuple_node(self, schemas, stack):
+        elements = [e for schema in schemas for e in self.elements(schema)]
+        if not elements:
+            return bytes([0])
+        if len(elements) == 1:
+            return self.node(elements[0], stack)
+        return (bytes([TUPLE]) + varint(len(elements))
+                + b"".join(self.node(e, stack) for e in elements))
+
+    def node(self, schema, stack):
+        if isinstance(schema, int):
+            return self.tuple_node([], stack) if schema == UNIT else bytes([schema])
+        tag = schema[0]
+        if tag == OPTION:
+            return bytes([17]) + self.node(schema[1], stack)
+        if tag == SEQ:
+            if schema[1] == U8:
+                return bytes([BYTES])
+            return bytes([18]) + self.node(schema[1], stack)
+        if tag == MAP:
+            return bytes([19]) + self.node(schema[1], stack) + self.node(schema[2], stack)
+        if tag == TUPLE_SCHEMA:
+            return self.tuple_node(schema[1], stack)
+        name = schema[1]
+        if not self.is_named_node(name):
+            return self.tuple_node([schema], stack)
+        if name in stack:
+            return bytes([22]) + varint(len(stack) - 1 - stack.index(name))
+        if self.recursive(name):
+            return bytes([23]) + self.definition(name, stack + [name])
+        return self.definition(name, stack)
+
+    def definition(self, name, stack):
+        tag, body = self.types[name]
+        if tag != ENUM_DEF:
+            return self.tuple_node(self.shape_items((tag, body)), stack)
+        out = bytes([ENUM]) + varint(len(body))
+        for _, (shape, content) in body:
+            if shape == 0:
+                out += bytes([0])
+            elif shape == 1:
+                out += self.node(content, stack)
+            else:
+                out += self.tuple_node(self.shape_items((shape, content)), stack)
+        return out
+
+
 # ---------------------------------------------------------------- the checks
 
 
@@ -101,7 +231,8 @@ def calls(addr):
     hello = decode_hello(conn.frame())
     check(hello["version"] == 2 and hello["service"] == "Calc", "the server's Hello names Calc")
     tables = {name: dict(methods) for name, methods in hello["services"]}
-    check(sorted(tables) == ["Calc", "FileStore", "LogTail"], "its Hello lists three services")
+    check(sorted(tables) == ["Calc", "Evaluator", "FileStore", "LogTail"],
+          "its Hello lists four services")
     check(dict(hello["methods"]) == tables["Calc"], "the own service's table is Calc's")
     for (service, method), fingerprint in expected_fingerprints().items():
         check(tables[service][method] == fingerprint, f"{service}.{method}'s fingerprint")
@@ -137,8 +268,26 @@ def calls(addr):
           "rpc.describe: Calc's four methods")
     check(methods["add"][5] == expected_fingerprints()[("Calc", "add")],
           "rpc.describe: add's fingerprint")
-    check(types["MathError"] == (4, [("DivideByZero", None), ("Overflow", None)]),
+    check(types["MathError"] == (4, [("DivideByZero", (0, None)), ("Overflow", (0, None))]),
           "rpc.describe: MathError, an enum of two unit variants")
+
+    # Every method's fingerprint, worked out from its description as section 5.1 says: the
+    # Evaluator's types are recursive, and refer to each other.
+    id = 100
+    for service, table in tables.items():
+        id += 1
+        answer = call(conn, id, f"{service}.rpc.describe")
+        _, methods, types = decode_service_schema(answer["body"])
+        canonical = Canonical(types)
+        for method, (args, upload, result, download, _, _) in methods.items():
+            form = canonical.method(args, upload, result, download)
+            check(fnv1a(form) == table[method],
+                  f"{service}.{method}'s fingerprint from its description: {form.hex()}")
+
+    # Evaluator.eval(Add(Num(2), Neg(Num(5)))): variants Num 0, Add 2, Neg 4.
+    expr = b"\x02" + b"\x00" + zigzag(2) + b"\x04" + b"\x00" + zigzag(5)
+    answer = call(conn, 10, "Evaluator.eval", expr)
+    check(answer["ok"] and answer["body"] == b"\x00" + zigzag(-3), "eval(2 + -5) is Ok(-3)")
     return conn, hello
 
 

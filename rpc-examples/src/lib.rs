@@ -1,7 +1,9 @@
 //! Services shared by the example programs: a greeter for the two-terminal hello world, a
 //! calculator whose division returns an application error, the streaming services of
-//! [`streams`], and the prime-counting workers of [`primes`].
+//! [`streams`], the prime-counting workers of [`primes`], and [`expr`]'s evaluator of
+//! expressions, a recursive type.
 
+pub mod expr;
 pub mod primes;
 pub mod streams;
 

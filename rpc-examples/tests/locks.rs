@@ -3,6 +3,7 @@
 //! clients fails here, naming the method and the change.
 
 use rpc_cli::lockfile::assert_compatible;
+use rpc_examples::expr::EvaluatorClient;
 use rpc_examples::primes::PrimeWorkerClient;
 use rpc_examples::streams::{ChatRoomClient, FileStoreClient, LogTailClient};
 use rpc_examples::{CalcClient, GreeterClient};
@@ -19,4 +20,5 @@ fn every_example_service_is_compatible_with_its_lock_file() {
     assert_compatible::<LogTailClient>(lock("log_tail"));
     assert_compatible::<FileStoreClient>(lock("file_store"));
     assert_compatible::<ChatRoomClient>(lock("chat_room"));
+    assert_compatible::<EvaluatorClient>(lock("evaluator"));
 }

@@ -6,15 +6,18 @@
 //! rpc describe 127.0.0.1:7000
 //! rpc call 127.0.0.1:7000 add '[2, 3]'
 //! rpc call 127.0.0.1:7000 LogTail.tail '[0]'
+//! rpc call 127.0.0.1:7000 Evaluator.eval '[{"Add": [{"Num": 2}, {"Neg": {"Num": 5}}]}]'
 //! ```
 //!
 //! It serves `Calc` (its own service: a client that names none gets it), `LogTail`, whose log
-//! gains a line every second, and `FileStore`, which takes uploads of up to 1 MiB. An address as
-//! the first argument overrides the default; port 0 picks a free port.
+//! gains a line every second, `FileStore`, which takes uploads of up to 1 MiB, and `Evaluator`,
+//! which evaluates expressions sent as trees. An address as the first argument overrides the
+//! default; port 0 picks a free port.
 
 use std::time::Duration;
 
 use rpc_core::{Server, Services};
+use rpc_examples::expr::{Arithmetic, EvaluatorServer};
 use rpc_examples::streams::{ChecksumStore, FileStoreServer, Log, LogTailServer};
 use rpc_examples::{CalcServer, Calculator};
 
@@ -42,6 +45,7 @@ async fn main() -> std::io::Result<()> {
     let services = Services::new()
         .add(CalcServer::new(Calculator::default()))
         .add(LogTailServer::new(log))
-        .add(FileStoreServer::new(ChecksumStore { limit: 1 << 20 }));
+        .add(FileStoreServer::new(ChecksumStore { limit: 1 << 20 }))
+        .add(EvaluatorServer::new(Arithmetic));
     server.serve(services).await
 }
