@@ -108,6 +108,35 @@ async fn a_client_of_each_service_connects_to_the_one_listener() {
     assert_eq!(kv.get("b".into()).await.expect("gets"), None);
 }
 
+/// Health is asked of any service of a server of several, by name: each it has serves, one it
+/// lacks is unknown, and "" is the connection's own. A local client's own service serves.
+#[tokio::test]
+async fn health_is_asked_of_each_service_by_name() {
+    use rpc_core::health::ServingStatus::{ServiceUnknown, Serving};
+
+    let addr = start().await;
+    let kv = within("connecting", KvClient::connect(addr))
+        .await
+        .expect("Kv connects");
+    let channel = kv.channel();
+    for (service, status) in [("Calc", Serving), ("Kv", Serving), ("", Serving)] {
+        let asked = within("a check", channel.service_health(service)).await;
+        assert_eq!(asked.expect("answered"), status, "{service:?}");
+    }
+    let absent = within("a check", channel.service_health("Absent")).await;
+    assert_eq!(absent.expect("answered"), ServiceUnknown);
+    let mut watched = within("a watch", channel.watch_service_health("Absent"))
+        .await
+        .expect("watches");
+    let first = within("the status now", watched.next()).await;
+    assert_eq!(first.expect("an item").expect("a status"), ServiceUnknown);
+
+    let local = KvClient::local(MyKv);
+    let own = local.channel().service_health("Kv").await.expect("local");
+    let other = local.channel().service_health("Calc").await.expect("local");
+    assert_eq!((own, other), (Serving, ServiceUnknown));
+}
+
 /// A client asked which services its server serves names each, in the order the server was
 /// built with; one over a stream it was given shows that connection.
 #[tokio::test]

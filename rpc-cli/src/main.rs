@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use rpc_cli::json;
 use rpc_cli::lockfile::{self, LockError};
 use rpc_core::dynamic::{DynamicClient, DynamicReply, Encoded};
+use rpc_core::health::ServingStatus;
 use rpc_core::schema::ServiceSchema;
 use rpc_core::tls::ClientTls;
 use rpc_core::{ClientBuilder, RpcError, Streaming};
@@ -44,6 +45,17 @@ enum Command {
         /// (`[2, 3]`); nothing for a method without arguments.
         args: Option<String>,
     },
+    /// Ask whether the server is serving (its own service, or the one `--service` names):
+    /// prints `serving`, `not serving` or `service unknown`, and exits 0 only for `serving`.
+    /// Needs no reflection: a probe for load balancers and orchestrators.
+    Health {
+        #[command(flatten)]
+        target: Target,
+        /// Print the status now, then each change, until the server shuts down (with no
+        /// deadline unless `--deadline` is given); the exit code follows the last one.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Write the server's schema to a lock file, to check in.
     Lock {
         #[command(flatten)]
@@ -69,9 +81,9 @@ struct Target {
     /// Metadata for the call, `key=value`; may be given more than once.
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
     headers: Vec<String>,
-    /// How long to wait for the answer: `500ms`, `5s`, `2m`.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    deadline: Duration,
+    /// How long to wait for the answer: `500ms`, `5s`, `2m` (30s unless given).
+    #[arg(long, value_parser = parse_duration)]
+    deadline: Option<Duration>,
     /// Connect over TLS, trusting the platform's authorities unless `--ca` is given.
     #[arg(long)]
     tls: bool,
@@ -167,6 +179,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             method,
             args,
         } => {
+            if method.starts_with("rpc.") {
+                return Err(Failure::Usage(format!(
+                    "`{method}` is one of every server's own methods, not its service's: \
+                     `rpc health` checks health, `rpc describe` describes"
+                )));
+            }
             // `Kv.get`: the method `get` of the service `Kv`.
             let method = match method.split_once('.') {
                 Some((service, name)) => {
@@ -179,6 +197,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let service = target.service.as_deref();
             call(&client, &schema, service, &method, args.as_deref()).await
         }
+        Command::Health { target, watch } => health(&target, watch).await,
         Command::Lock { target, file } => {
             let (_, schema) = connect(&target).await?;
             lockfile::write(&schema, &file).map_err(|e| Failure::Failed(e.to_string()))?;
@@ -202,9 +221,22 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
+/// The deadline of a call that `--deadline` does not set.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Connects as `target` says and asks the server for its schema.
 async fn connect(target: &Target) -> Result<(DynamicClient, ServiceSchema), Failure> {
-    let mut builder = DynamicClient::builder().deadline(target.deadline);
+    let client = connect_only(target, target.deadline.unwrap_or(DEFAULT_DEADLINE)).await?;
+    let schema = match &target.service {
+        Some(service) => client.describe_service(service).await?,
+        None => client.describe().await?,
+    };
+    Ok((client, schema))
+}
+
+/// Connects as `target` says, with `deadline` for each call.
+async fn connect_only(target: &Target, deadline: Duration) -> Result<DynamicClient, Failure> {
+    let mut builder = DynamicClient::builder().deadline(deadline);
     for header in &target.headers {
         let Some((key, value)) = header.split_once('=') else {
             return Err(Failure::Usage(format!(
@@ -214,15 +246,51 @@ async fn connect(target: &Target) -> Result<(DynamicClient, ServiceSchema), Fail
         builder = builder.metadata(key, value);
     }
     builder = tls(builder, target)?;
-    let client = match target.addr.strip_prefix("unix:") {
+    Ok(match target.addr.strip_prefix("unix:") {
         Some(path) => builder.connect_unix(path).await?,
         None => builder.connect(target.addr.as_str()).await?,
+    })
+}
+
+/// `rpc health`: the status, or each status while `watch`ing; fails unless the last is
+/// serving.
+async fn health(target: &Target, watch: bool) -> Result<(), Failure> {
+    // A watch lasts until the server shuts down: no deadline unless one is given (one too far
+    // to represent is none).
+    let deadline = match (target.deadline, watch) {
+        (Some(deadline), _) => deadline,
+        (None, true) => Duration::MAX,
+        (None, false) => DEFAULT_DEADLINE,
     };
-    let schema = match &target.service {
-        Some(service) => client.describe_service(service).await?,
-        None => client.describe().await?,
+    let client = connect_only(target, deadline).await?;
+    let channel = rpc_core::ServiceClient::channel(&client);
+    let service = target.service.as_deref().unwrap_or("");
+    let last = if watch {
+        let mut statuses = channel.watch_service_health(service).await?;
+        let mut last = None;
+        while let Some(status) = statuses.next().await {
+            let status = status?;
+            println!("{status}");
+            last = Some(status);
+        }
+        last
+    } else {
+        let status = channel.service_health(service).await?;
+        println!("{status}");
+        Some(status)
     };
-    Ok((client, schema))
+    match last {
+        Some(ServingStatus::Serving) => Ok(()),
+        Some(ServingStatus::ServiceUnknown) => Err(Failure::Failed(format!(
+            "the server does not serve `{service}`"
+        ))),
+        Some(ServingStatus::NotServing) => {
+            Err(Failure::Failed("the server is not serving".to_owned()))
+        }
+        None => Err(Failure::Failed(
+            "the watch ended before the server told a status".to_owned(),
+        )),
+    }
 }
 
 fn tls(

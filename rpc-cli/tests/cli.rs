@@ -7,8 +7,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 
+use rpc_core::health::ServingStatus;
 use rpc_core::{Context, Server, ServerBuilder, Streaming};
 use rpc_tests::certs::Authority;
+use rpc_tests::within;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -149,6 +151,86 @@ async fn fails(args: &[&str], code: i32) -> String {
         stdout(&output)
     );
     stderr(&output)
+}
+
+/// `rpc health` asks without reflection, prints the status, and exits 0 only for serving.
+#[tokio::test]
+async fn health_prints_the_status_and_fails_unless_serving() {
+    let server = Server::builder()
+        .reflection(false)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("an address").to_string();
+    let health = server.health();
+    tokio::spawn(server.serve(ShopServer::new(MyShop)));
+
+    assert_eq!(ok(&["health", &addr]).await, "serving\n");
+    assert_eq!(
+        ok(&["health", &addr, "--service", "Shop"]).await,
+        "serving\n"
+    );
+    health.set(ServingStatus::NotServing);
+    let output = rpc(&["health", &addr], "").await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "not serving\n");
+    assert!(stderr(&output).contains("the server is not serving"));
+    let output = rpc(&["health", &addr, "--service", "Kv"], "").await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "service unknown\n");
+    assert!(stderr(&output).contains("the server does not serve `Kv`"));
+
+    let said = fails(&["call", &addr, "rpc.health.check"], 2).await;
+    assert!(said.contains("`rpc health` checks health"), "{said}");
+}
+
+/// `rpc health --watch` prints each change until the server shuts down, and its exit code
+/// follows the last status: shutting down is not serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_follows_each_change_until_shutdown() {
+    use std::io::BufRead;
+
+    let server = Server::builder().bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address").to_string();
+    let health = server.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.serve_with_shutdown(ShopServer::new(MyShop), async {
+        let _ = stopped.await;
+    }));
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_rpc"))
+        .args(["health", &addr, "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("runs rpc");
+    let (line_sent, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let out = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            if line_sent.send(line.expect("a line")).is_err() {
+                return;
+            }
+        }
+    });
+    let mut next = async || within("a status", lines.recv()).await.expect("a line");
+    assert_eq!(next().await, "serving");
+    health.set(ServingStatus::NotServing);
+    assert_eq!(next().await, "not serving");
+    health.set(ServingStatus::Serving);
+    assert_eq!(next().await, "serving");
+    stop.send(()).expect("the server listens");
+    assert_eq!(next().await, "not serving", "shutting down, first");
+    let status = within(
+        "rpc's exit",
+        tokio::task::spawn_blocking(move || watch.wait().expect("waits")),
+    )
+    .await
+    .expect("joins");
+    assert_eq!(status.code(), Some(1));
+    within("the server's end", served)
+        .await
+        .expect("joins")
+        .expect("served");
 }
 
 #[tokio::test]

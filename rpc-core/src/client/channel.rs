@@ -486,18 +486,44 @@ impl Channel {
     /// Asks the server whether it is serving (see [`health`](crate::health)). A local client's
     /// service always is.
     pub async fn health(&self) -> Result<ServingStatus, RpcError> {
-        if self.is_local() {
-            return Ok(ServingStatus::Serving);
-        }
-        self.call(&crate::health::CHECK, &("",)).await
+        self.service_health("").await
     }
 
     /// The server's status now, then each time it changes, until it shuts down.
     pub async fn watch_health(&self) -> Result<Streaming<ServingStatus>, RpcError> {
+        self.watch_service_health("").await
+    }
+
+    /// Asks the server whether it serves `service`, one of a server of several
+    /// ([`Services`](crate::Services)); `""` asks about the connection's own, as
+    /// [`health`](Self::health) does. A server without that service answers
+    /// [`ServingStatus::ServiceUnknown`].
+    pub async fn service_health(&self, service: &str) -> Result<ServingStatus, RpcError> {
         if self.is_local() {
-            return Ok(Streaming::iter([ServingStatus::Serving]));
+            return Ok(self.local_health(service));
         }
-        self.call_streaming(&crate::health::WATCH, &("",)).await
+        self.call(&crate::health::CHECK, &(service,)).await
+    }
+
+    /// `service`'s status now, then each time it changes, until the server shuts down.
+    pub async fn watch_service_health(
+        &self,
+        service: &str,
+    ) -> Result<Streaming<ServingStatus>, RpcError> {
+        if self.is_local() {
+            return Ok(Streaming::iter([self.local_health(service)]));
+        }
+        self.call_streaming(&crate::health::WATCH, &(service,))
+            .await
+    }
+
+    /// The health of `service` as a local client's: its own service always serves.
+    fn local_health(&self, service: &str) -> ServingStatus {
+        if service.is_empty() || service == self.service.name {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::ServiceUnknown
+        }
     }
 
     /// Asks the server for its schema: its methods, their arguments' names, and the structure
