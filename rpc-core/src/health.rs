@@ -5,7 +5,8 @@
 //! `rpc.health.check` with the service's status now, `rpc.health.watch` with it now and then at
 //! each change. [`Server::health`](crate::Server::health) sets it; graceful shutdown marks the
 //! server not serving before it drains. A client asks with [`Channel::health`] or
-//! [`Channel::watch_health`], and a balanced client can probe its endpoints with it
+//! [`Channel::watch_health`] (about one service of a server of several,
+//! [`Channel::service_health`]), and a balanced client can probe its endpoints with it
 //! ([`ClientBuilder::health_checks`](crate::ClientBuilder::health_checks)), passing over those
 //! not serving.
 //!
@@ -27,6 +28,7 @@
 //!
 //! [`Channel::health`]: crate::Channel::health
 //! [`Channel::watch_health`]: crate::Channel::watch_health
+//! [`Channel::service_health`]: crate::Channel::service_health
 
 use std::fmt;
 use std::sync::Arc;
