@@ -99,8 +99,8 @@ struct Target {
     /// The name the server's certificate must carry, if not the host connected to.
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// For a server of several services: the one to describe, lock, check or call (by default
-    /// its first).
+    /// For a server of several services: the one to describe, lock, check, call or ask the
+    /// health of (by default its first; for `health`, the one the server names its own).
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
 }
