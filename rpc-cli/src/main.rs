@@ -100,7 +100,7 @@ struct Target {
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
     /// For a server of several services: the one to describe, lock, check, call or ask the
-    /// health of (by default its first; for `health`, the one the server names its own).
+    /// health of (by default its first).
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
 }
