@@ -206,3 +206,88 @@ async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
     );
     drop(quiet_server);
 }
+
+/// The request frame of `echo(bytes)`, whose byte string the server reads into memory of its
+/// own: on Linux, with the socket's receive low-water mark raised while it comes in.
+fn echo_request(id: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut args = rpc_tests::varint(bytes.len() as u64);
+    args.extend_from_slice(bytes);
+    request(id, "echo", &args)
+}
+
+/// A large frame that comes in slowly, each piece well within the keep-alive timeout but the
+/// whole far past it, is read to its end: bytes held below the socket's raised low-water mark
+/// (which wake no reader) are looked for before the client is judged silent.
+#[tokio::test]
+async fn a_large_frame_sent_slowly_is_not_taken_for_silence() {
+    let addr = start_tcp_with(
+        Server::builder().keepalive(INTERVAL, TIMEOUT),
+        LabImpl::default(),
+    )
+    .await;
+    let stream = TcpStream::connect(addr).await.expect("connects");
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(&lab_hello(lab_methods(), 50, 0))
+        .await
+        .expect("writes the hello");
+    within("the server's hello", read_frame_from(&mut read))
+        .await
+        .expect("a hello");
+    let bytes: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let frame = echo_request(1, &bytes);
+    // 4 KiB every 20 ms: 1.3 s for the whole, ten times the timeout of 200 ms.
+    let sent = Instant::now();
+    for piece in frame.chunks(4096) {
+        write.write_all(piece).await.expect("writes a piece");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent.elapsed() > TIMEOUT * 4, "sent slowly");
+    let answer = within("the echo", async {
+        loop {
+            match read_frame_from(&mut read).await {
+                Some(ping) if ping == [0x04] => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("answered, not closed for silence");
+    let mut expected = vec![0x02, 0x01, 0x00];
+    expected.extend(rpc_tests::varint(bytes.len() as u64));
+    expected.extend_from_slice(&bytes);
+    assert!(answer == expected, "the echo comes back whole");
+}
+
+/// A client that stops in the middle of a large frame is still found silent, whatever mark
+/// the server's socket had while it waited.
+#[tokio::test]
+async fn a_client_that_stops_inside_a_large_frame_is_found_silent() {
+    let addr = start_tcp_with(
+        Server::builder().keepalive(INTERVAL, TIMEOUT),
+        LabImpl::default(),
+    )
+    .await;
+    let stream = TcpStream::connect(addr).await.expect("connects");
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(&lab_hello(lab_methods(), 50, 0))
+        .await
+        .expect("writes the hello");
+    within("the server's hello", read_frame_from(&mut read))
+        .await
+        .expect("a hello");
+    let frame = echo_request(1, &vec![7; 1 << 20]);
+    write
+        .write_all(&frame[..300 * 1024])
+        .await
+        .expect("writes part of the frame");
+    // Then nothing: the server closes the connection for silence.
+    let closed = within("the server to give up", async {
+        while let Some(frame) = read_frame_from(&mut read).await {
+            assert_eq!(frame, [0x04], "only pings until the server closes");
+        }
+    })
+    .await;
+    assert_eq!(closed, ());
+}

@@ -71,6 +71,7 @@ pub mod dynamic;
 mod error;
 pub mod health;
 mod intercept;
+mod low_water;
 mod metadata;
 mod payload;
 mod peer;

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
+use crate::low_water::LowWater;
+
 /// A byte stream a connection runs over, split into the half its reader task reads from and
 /// the half its writer task writes to.
 pub(crate) trait Split {
@@ -18,6 +20,12 @@ pub(crate) trait Split {
     type Write: AsyncWrite + Unpin + Send + 'static;
 
     fn split(self) -> (Self::Read, Self::Write);
+
+    /// The receive low-water mark of `read`'s socket, if it has one the reader may move.
+    fn low_water(read: &Self::Read) -> Option<LowWater> {
+        let _ = read;
+        None
+    }
 }
 
 /// A TCP stream splits into halves that read and write at the same time.
@@ -27,6 +35,10 @@ impl Split for TcpStream {
 
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+
+    fn low_water(read: &Self::Read) -> Option<LowWater> {
+        LowWater::of(read.as_ref())
     }
 }
 

@@ -17,6 +17,7 @@ use super::spare;
 use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
+use crate::low_water::LowWater;
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -35,6 +36,10 @@ pub(super) const READ_CHUNK: usize = 256 * 1024;
 /// The most room a read makes for small frames that keep coming: a peer that fills every read
 /// is read in steps growing up to this, fewer and cheaper, rather than a kilobyte at a time.
 const MAX_READ_ROOM: usize = 16 * 1024;
+
+/// How long a reader whose peer seems silent waits once more, after lowering the socket's
+/// low-water mark, for bytes already there below it to wake it.
+const SILENCE_RECHECK: Duration = Duration::from_secs(1);
 
 /// A read buffer up to this size is kept between frames whatever happens.
 const IDLE_BUFFER_KEEP: usize = 2 * MIN_READ;
@@ -109,6 +114,9 @@ pub(crate) struct FrameReader<R> {
     split_refused: bool,
     /// Busy polling, if on. Boxed: few connections have it, and every idle one holds a reader.
     busy_poll: Option<Box<BusyPoll>>,
+    /// The socket's receive low-water mark, raised while a frame's byte string comes in, if
+    /// the transport has one ([`crate::low_water`]).
+    low_water: Option<LowWater>,
 }
 
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
@@ -148,7 +156,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             splitting: None,
             split_refused: false,
             busy_poll: None,
+            low_water: None,
         }
+    }
+
+    /// Moves `low_water`, the mark of the socket this reads, while a large frame's byte string
+    /// comes in, so that the reader is woken once much of it has come.
+    pub(crate) fn set_low_water(&mut self, low_water: Option<LowWater>) {
+        self.low_water = low_water;
     }
 
     /// Makes a read that finds nothing within `window` of the last bytes read, or of the last
@@ -186,12 +201,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let read = match &mut self.splitting {
             Some(splitting) => {
                 let missing = splitting.length - splitting.tail.bytes.len();
+                if let Some(low_water) = &mut self.low_water {
+                    low_water.before_waiting_for(missing);
+                }
                 let mut room = (&mut splitting.tail.bytes).limit(missing);
                 std::pin::pin!(io.read_buf(&mut room)).poll(cx)
             }
-            None => std::pin::pin!(io.read_buf(&mut *buf)).poll(cx),
+            None => {
+                if let Some(low_water) = &mut self.low_water {
+                    low_water.lower();
+                }
+                std::pin::pin!(io.read_buf(&mut *buf)).poll(cx)
+            }
         };
         if let Poll::Ready(read) = read {
+            if let Some(low_water) = &mut self.low_water {
+                low_water.heard();
+            }
             self.large_idle = None;
             if let Some(share) = &mut self.share {
                 share.heard_from_peer();
@@ -229,10 +255,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let timer = self.silence.get_or_insert_with(|| Alarm::at(silent_until));
         while timer.poll_fired(cx).is_ready() {
-            if silent_until <= Instant::now() {
-                return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
+            let now = Instant::now();
+            if silent_until > now {
+                timer.reset(silent_until);
+                continue;
             }
-            timer.reset(silent_until);
+            // Bytes below a raised low-water mark wake no one: lowered, any already here wake
+            // the reader, which then reads them; the peer is silent only if none do.
+            if let Some(low_water) = &mut self.low_water
+                && low_water.lower_for_silence()
+            {
+                timer.reset(now + SILENCE_RECHECK);
+                continue;
+            }
+            return Poll::Ready(Err(RpcError::KeepaliveTimeout(limit)));
         }
         Poll::Pending
     }
@@ -241,6 +277,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// direction or the stream fails. For a connection being closed: closing a socket with
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
     pub(crate) async fn discard_until_end(&mut self, limit: usize) {
+        if let Some(low_water) = &mut self.low_water {
+            low_water.lower();
+        }
         self.splitting = None;
         self.buf.clear();
         self.give_up_large();

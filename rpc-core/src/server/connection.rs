@@ -113,7 +113,9 @@ where
     IO: crate::transport::Split,
 {
     let (read, write) = io.split();
+    let low_water = IO::low_water(&read);
     let mut reader = FrameReader::new(read, config.max_frame_len);
+    reader.set_low_water(low_water);
     if let Some(shared) = &shared {
         reader.share_memory(Arc::clone(&shared.frame_memory));
     }
