@@ -115,6 +115,8 @@ fn main() {
         }
         return;
     }
+    // The run's certificates, if it makes them, go with it.
+    let _certs = systems::certs::RemovedAtExit;
     if let Some(at) = flag("--remote") {
         let servers = args.get(at + 1).map_or("", String::as_str);
         let only_here = ["--setup", "--write", "--tls", "--busy-poll", "--tracing"];

@@ -32,6 +32,9 @@ pub fn certs() -> &'static Certs {
     })
 }
 
+/// The directory this process made for the run's certificates, if it made one.
+static MADE: OnceLock<PathBuf> = OnceLock::new();
+
 /// The directory of the run's certificates, made on first use unless a parent process named
 /// one.
 pub fn dir() -> &'static Path {
@@ -41,9 +44,23 @@ pub fn dir() -> &'static Path {
         None => {
             let dir = std::env::temp_dir().join(format!("rpc-bench-certs-{}", std::process::id()));
             make(&dir);
+            let _ = MADE.set(dir.clone());
             dir
         }
     })
+}
+
+/// Removes, when dropped, the certificates' directory this process made (with a private key
+/// in it), so that runs leave none behind; one a parent process named is its to remove.
+#[derive(Debug)]
+pub struct RemovedAtExit;
+
+impl Drop for RemovedAtExit {
+    fn drop(&mut self) {
+        if let Some(dir) = MADE.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Writes an authority, and a server certificate it signs, to `dir`.
