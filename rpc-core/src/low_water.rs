@@ -27,8 +27,9 @@ pub(crate) struct LowWater {
     /// The socket, borrowed for as long as the reader holding this holds its read half.
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
-    /// The mark now: 1 (the kernel's default) unless raised.
-    mark: usize,
+    /// The mark now: 1 (the kernel's default) unless raised; at most [`MAX_MARK`]. Four bytes,
+    /// as the file descriptor: every connection's reader holds this.
+    mark: u32,
     /// Lowered to judge the peer's silence: not raised again until bytes have been read.
     held_low: bool,
 }
@@ -59,7 +60,7 @@ impl LowWater {
         if self.held_low || missing <= 1 {
             return self.lower();
         }
-        if self.mark > missing {
+        if self.mark() > missing {
             self.set(missing);
         } else if self.mark == 1 {
             let room = sys::receive_buffer(self).map_or(0, |bytes| bytes / 2);
@@ -90,8 +91,14 @@ impl LowWater {
         self.held_low = false;
     }
 
+    fn mark(&self) -> usize {
+        usize::try_from(self.mark).unwrap_or(usize::MAX)
+    }
+
     fn set(&mut self, mark: usize) {
-        let mark = mark.max(1);
+        let Ok(mark) = u32::try_from(mark.max(1)) else {
+            return;
+        };
         if mark != self.mark && sys::set_mark(self, mark).is_ok() {
             self.mark = mark;
         }
@@ -106,7 +113,7 @@ mod sys {
     use super::{LowWater, io};
 
     /// Sets `SO_RCVLOWAT` to `mark` bytes.
-    pub(super) fn set_mark(low_water: &LowWater, mark: usize) -> io::Result<()> {
+    pub(super) fn set_mark(low_water: &LowWater, mark: u32) -> io::Result<()> {
         let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
         // SAFETY: `fd` is the socket of a read half its reader holds as long as it holds this
         // (`LowWater::of`), so it is open; the option's value is a `c_int` whose address and
@@ -155,7 +162,7 @@ mod sys {
 mod sys {
     use super::{LowWater, io};
 
-    pub(super) fn set_mark(_: &LowWater, _: usize) -> io::Result<()> {
+    pub(super) fn set_mark(_: &LowWater, _: u32) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
