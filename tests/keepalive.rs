@@ -10,7 +10,7 @@ use rpc_tests::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -207,19 +207,9 @@ async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
     drop(quiet_server);
 }
 
-/// The request frame of `echo(bytes)`, whose byte string the server reads into memory of its
-/// own: on Linux, with the socket's receive low-water mark raised while it comes in.
-fn echo_request(id: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut args = rpc_tests::varint(bytes.len() as u64);
-    args.extend_from_slice(bytes);
-    request(id, "echo", &args)
-}
-
-/// A large frame that comes in slowly, each piece well within the keep-alive timeout but the
-/// whole far past it, is read to its end: bytes held below the socket's raised low-water mark
-/// (which wake no reader) are looked for before the client is judged silent.
-#[tokio::test]
-async fn a_large_frame_sent_slowly_is_not_taken_for_silence() {
+/// A connection, its hellos exchanged, to a Lab server with this file's keep-alive, from a
+/// client that announces pings every 50 ms.
+async fn lab_client_of_a_keepalive_server() -> (OwnedReadHalf, OwnedWriteHalf) {
     let addr = start_tcp_with(
         Server::builder().keepalive(INTERVAL, TIMEOUT),
         LabImpl::default(),
@@ -234,6 +224,23 @@ async fn a_large_frame_sent_slowly_is_not_taken_for_silence() {
     within("the server's hello", read_frame_from(&mut read))
         .await
         .expect("a hello");
+    (read, write)
+}
+
+/// The request frame of `echo(bytes)`, whose byte string the server reads into memory of its
+/// own: on Linux, with the socket's receive low-water mark raised while it comes in.
+fn echo_request(id: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut args = rpc_tests::varint(bytes.len() as u64);
+    args.extend_from_slice(bytes);
+    request(id, "echo", &args)
+}
+
+/// A large frame that comes in slowly, each piece well within the keep-alive timeout but the
+/// whole far past it, is read to its end: bytes held below the socket's raised low-water mark
+/// (which wake no reader) are looked for before the client is judged silent.
+#[tokio::test]
+async fn a_large_frame_sent_slowly_is_not_taken_for_silence() {
+    let (mut read, mut write) = lab_client_of_a_keepalive_server().await;
     let bytes: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
     let frame = echo_request(1, &bytes);
     // 4 KiB every 20 ms: 1.3 s for the whole, ten times the timeout of 200 ms.
@@ -263,20 +270,7 @@ async fn a_large_frame_sent_slowly_is_not_taken_for_silence() {
 /// the server's socket had while it waited.
 #[tokio::test]
 async fn a_client_that_stops_inside_a_large_frame_is_found_silent() {
-    let addr = start_tcp_with(
-        Server::builder().keepalive(INTERVAL, TIMEOUT),
-        LabImpl::default(),
-    )
-    .await;
-    let stream = TcpStream::connect(addr).await.expect("connects");
-    let (mut read, mut write) = stream.into_split();
-    write
-        .write_all(&lab_hello(lab_methods(), 50, 0))
-        .await
-        .expect("writes the hello");
-    within("the server's hello", read_frame_from(&mut read))
-        .await
-        .expect("a hello");
+    let (mut read, mut write) = lab_client_of_a_keepalive_server().await;
     let frame = echo_request(1, &vec![7; 1 << 20]);
     write
         .write_all(&frame[..300 * 1024])
