@@ -136,6 +136,11 @@ mod sys {
 
     /// The socket's receive buffer (`SO_RCVBUF`), in bytes.
     pub(super) fn receive_buffer(low_water: &LowWater) -> io::Result<usize> {
+        get(low_water, libc::SO_RCVBUF)
+    }
+
+    /// The socket-level option `name`, an `int`, as a count of bytes.
+    pub(super) fn get(low_water: &LowWater, name: libc::c_int) -> io::Result<usize> {
         let mut value: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: as in `set_mark`, `fd` is open; `value` and `len` are valid for writes of
@@ -144,7 +149,7 @@ mod sys {
             libc::getsockopt(
                 low_water.fd,
                 libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
+                name,
                 (&raw mut value).cast(),
                 &raw mut len,
             )
@@ -177,21 +182,7 @@ mod tests {
 
     /// The mark the kernel holds for `low_water`'s socket.
     fn kernel_mark(low_water: &LowWater) -> usize {
-        let mut value: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        #[allow(unsafe_code)]
-        // SAFETY: as in `sys::receive_buffer`.
-        let done = unsafe {
-            libc::getsockopt(
-                low_water.fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&raw mut value).cast(),
-                &raw mut len,
-            )
-        };
-        assert_eq!(done, 0, "{}", io::Error::last_os_error());
-        usize::try_from(value).expect("a mark")
+        sys::get(low_water, libc::SO_RCVLOWAT).expect("the mark")
     }
 
     async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
