@@ -106,16 +106,23 @@ pub fn encode(schema: &Schema, types: &Types, json: &Value, path: &str) -> Resul
 /// Decodes one value of type `schema` from `bytes`, which it must fill exactly.
 pub fn decode(schema: &Schema, types: &Types, bytes: &[u8]) -> Result<Value, String> {
     let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let error = RefCell::new(None);
+    let failed = |failure: postcard::Error| {
+        let why = error
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| rpc_core::CodecError::from(failure).to_string());
+        format!("the answer does not decode as {schema}: {why}")
+    };
     let value = Shape {
         schema,
         types,
         depth: 0,
+        error: &error,
     }
     .deserialize(&mut deserializer)
-    .map_err(|error| format!("the answer does not decode as {schema}: {error}"))?;
-    let rest = deserializer
-        .finalize()
-        .map_err(|error| format!("the answer does not decode as {schema}: {error}"))?;
+    .map_err(failed)?;
+    let rest = deserializer.finalize().map_err(failed)?;
     if !rest.is_empty() {
         return Err(format!(
             "the answer has {} bytes more than a {schema}",
@@ -514,15 +521,26 @@ struct Shape<'a> {
     schema: &'a Schema,
     types: &'a Types,
     depth: usize,
+    /// Why the value did not decode, as first said: postcard keeps no custom message.
+    error: &'a RefCell<Option<String>>,
 }
 
 impl<'a> Shape<'a> {
     fn of(&self, schema: &'a Schema) -> Shape<'a> {
         Shape {
             schema,
-            types: self.types,
             depth: self.depth + 1,
+            ..*self
         }
+    }
+
+    /// Fails the decoding with `message`, which [`decode`] reports.
+    fn fail<E: de::Error>(&self, message: impl fmt::Display) -> E {
+        let mut error = self.error.borrow_mut();
+        if error.is_none() {
+            *error = Some(message.to_string());
+        }
+        E::custom("see the recorded message")
     }
 }
 
@@ -531,9 +549,7 @@ impl<'de> DeserializeSeed<'de> for Shape<'_> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         if self.depth > MAX_DEPTH {
-            return Err(de::Error::custom(format!(
-                "values nest more than {MAX_DEPTH} deep"
-            )));
+            return Err(self.fail(format!("values nest more than {MAX_DEPTH} deep")));
         }
         let visitor = ToJson(self);
         match self.schema {
@@ -559,9 +575,7 @@ impl<'de> DeserializeSeed<'de> for Shape<'_> {
             Schema::Map(..) => deserializer.deserialize_map(visitor),
             Schema::Tuple(items) => deserializer.deserialize_tuple(items.len(), visitor),
             Schema::Named(name) => match self.types.get(name) {
-                None => Err(de::Error::custom(format!(
-                    "the type `{name}` is not described"
-                ))),
+                None => Err(self.fail(format!("the type `{name}` is not described"))),
                 Some(TypeDef::UnitStruct) => deserializer.deserialize_unit(visitor),
                 Some(TypeDef::NewtypeStruct(inner)) => self.of(inner).deserialize(deserializer),
                 Some(TypeDef::TupleStruct(items)) => {
@@ -571,13 +585,11 @@ impl<'de> DeserializeSeed<'de> for Shape<'_> {
                     deserializer.deserialize_tuple(fields.len(), visitor)
                 }
                 Some(TypeDef::Enum(_)) => deserializer.deserialize_enum("", &[], visitor),
-                Some(_) => Err(de::Error::custom(format!(
+                Some(_) => Err(self.fail(format!(
                     "`{name}` is a kind of type this tool does not know"
                 ))),
             },
-            other => Err(de::Error::custom(format!(
-                "the type {other} is not known to this tool"
-            ))),
+            other => Err(self.fail(format!("the type {other} is not known to this tool"))),
         }
     }
 }
@@ -597,7 +609,7 @@ impl ToJson<'_> {
         for schema in schemas {
             let value = seq
                 .next_element_seed(self.0.of(schema))?
-                .ok_or_else(|| de::Error::custom("the value ended early"))?;
+                .ok_or_else(|| self.0.fail("the value ended early"))?;
             values.push(value);
         }
         Ok(match names {
@@ -668,7 +680,7 @@ impl<'de> Visitor<'de> for ToJson<'_> {
 
     fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         let Schema::Option(inner) = self.0.schema else {
-            return Err(de::Error::custom("an option where none was described"));
+            return Err(self.0.fail("an option where none was described"));
         };
         self.0.of(inner).deserialize(deserializer)
     }
@@ -692,19 +704,17 @@ impl<'de> Visitor<'de> for ToJson<'_> {
                     let schemas: Vec<&Schema> = fields.iter().map(|field| &field.schema).collect();
                     self.items(seq, &schemas, Some(fields))
                 }
-                _ => Err(de::Error::custom(format!(
-                    "`{name}` is not a tuple or a struct"
-                ))),
+                _ => Err(self.0.fail(format!("`{name}` is not a tuple or a struct"))),
             },
-            other => Err(de::Error::custom(format!(
-                "a sequence where {other} was described"
-            ))),
+            other => Err(self
+                .0
+                .fail(format!("a sequence where {other} was described"))),
         }
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let Schema::Map(key, value) = self.0.schema else {
-            return Err(de::Error::custom("a map where none was described"));
+            return Err(self.0.fail("a map where none was described"));
         };
         let mut object = Map::new();
         let mut pairs = Vec::new();
@@ -727,16 +737,14 @@ impl<'de> Visitor<'de> for ToJson<'_> {
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
         use de::VariantAccess;
         let Schema::Named(name) = self.0.schema else {
-            return Err(de::Error::custom("an enum where none was described"));
+            return Err(self.0.fail("an enum where none was described"));
         };
         let Some(TypeDef::Enum(variants)) = self.0.types.get(name) else {
-            return Err(de::Error::custom(format!("`{name}` is not an enum")));
+            return Err(self.0.fail(format!("`{name}` is not an enum")));
         };
         let (index, access) = data.variant_seed(VariantIndex)?;
         let Some((tag, variant)) = usize::try_from(index).ok().and_then(|i| variants.get(i)) else {
-            return Err(de::Error::custom(format!(
-                "`{name}` has no variant {index}"
-            )));
+            return Err(self.0.fail(format!("`{name}` has no variant {index}")));
         };
         let content = match variant {
             Variant::Unit => {
@@ -774,7 +782,7 @@ impl<'de> Visitor<'de> for ToJson<'_> {
                 )?
             }
             _ => {
-                return Err(de::Error::custom(format!(
+                return Err(self.0.fail(format!(
                     "`{tag}` is a kind of variant this tool does not know"
                 )));
             }
@@ -828,5 +836,34 @@ impl<'de> Visitor<'de> for VariantToJson<'_> {
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
         ToJson(self.shape).items(seq, &self.schemas, self.fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer that does not decode says why in a sentence: this tool's own reason when it
+    /// has one (postcard keeps none of it), and otherwise the rule the bytes broke.
+    #[test]
+    fn an_answer_that_does_not_decode_says_why() {
+        let types: Types = [(
+            "Size".to_owned(),
+            TypeDef::Enum(vec![("Small".to_owned(), Variant::Unit)]),
+        )]
+        .into();
+        let size = Schema::Named("Size".to_owned());
+        assert_eq!(decode(&size, &types, &[0]), Ok(Value::from("Small")));
+        assert_eq!(
+            decode(&size, &types, &[5]),
+            Err("the answer does not decode as Size: `Size` has no variant 5".to_owned())
+        );
+        assert_eq!(
+            decode(&Schema::Tuple(vec![Schema::U8, Schema::U8]), &types, &[1]),
+            Err(
+                "the answer does not decode as (u8, u8): the bytes ended before the value did"
+                    .to_owned()
+            )
+        );
     }
 }
