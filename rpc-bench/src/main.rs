@@ -27,9 +27,9 @@
 //! `--remote` measures them from here (with `--quick` or `--profile` too), leaving out what
 //! needs both processes' counters (allocations, heap, page faults).
 //!
-//! `WORKLOAD` is `latency`, `32` or `256` (callers on one connection), `4x64` (4 connections
-//! with 64 callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared`
-//! (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
+//! `WORKLOAD` is `latency`, `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
+//! one connection), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
+//! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
 //! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
 //! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
 //! `rpc-core-busy-poll` (both ends busy polling), `rpc-core-busy-poll-server` or
@@ -379,6 +379,10 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 let calls = workloads::latency_calls(effort);
                 return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
             }
+            "spaced" => {
+                let (p50, calls) = workloads::spaced::<S>(&mut client, effort).await;
+                return format!("calls 1 ms apart: p50 {p50:.1} µs ({calls} calls)");
+            }
             "stream" => {
                 return match workloads::counted_stream::<S>(&mut client, effort).await {
                     Some(rate) => format!("{:.0} items/s ({} items)", rate.per_second, rate.count),
@@ -391,8 +395,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "100x32" => (100, 32),
             other => {
                 return format!(
-                    "no workload called {other}: latency, 32, 256, 4x64, 100x32, vec, buf, shared, \
-                     stream, idle or allocs"
+                    "no workload called {other}: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, \
+                     shared, stream, idle or allocs"
                 );
             }
         };

@@ -444,7 +444,7 @@ pub fn busy_table(results: &BusyResults) -> String {
     ];
     /// Where a row's figure is in a run's figures.
     type Pick = fn(&BusyFigures) -> Option<f64>;
-    let workloads: [(&str, Pick); 6] = [
+    let workloads: [(&str, Pick); 8] = [
         ("Sequential latency, p50 (µs)", |f| f.latency_p50_us),
         ("Sequential latency, p99 (µs)", |f| f.latency_p99_us),
         ("CPU time per sequential call, both processes (µs)", |f| {
@@ -455,6 +455,12 @@ pub fn busy_table(results: &BusyResults) -> String {
             f.pipelined_32_cpu_us
         }),
         ("1 connection, 256 callers (calls/s)", |f| f.pipelined_256),
+        ("Sequential calls 1 ms apart, p50 (µs)", |f| {
+            f.spaced_p50_us
+        }),
+        ("CPU time per call 1 ms apart, both processes (µs)", |f| {
+            f.spaced_cpu_us
+        }),
     ];
     let rows = workloads.map(|(label, pick)| {
         let [off, server, client, both] = runs.map(pick);
@@ -552,11 +558,12 @@ pub fn write(
             "## Busy polling on, two processes\n\nrpc-core with busy polling (`busy_poll`, off \
              by default) on the server alone, on the client alone and on both, against its \
              defaults, measured one after the other in one round: a reader that finds nothing \
-             keeps its thread running for the window after its last bytes (and, on a client, \
+             keeps its thread running for a window after its last bytes (and, on a client, \
              its last call sent), so the next frame needs no sleeping thread woken, at the \
              price of CPU time (both processes' user and system time, from \
-             `/proc/self/stat`, in ticks of 10 ms). Not in the tables above, which measure \
-             every system as its defaults build it.\n\n```sh\ncargo run --release -p rpc-bench \
+             `/proc/self/stat`, in ticks of 10 ms). The window adapts, up to the one given: \
+             the last two rows are sequential calls started 1 ms apart, further than it. Not in \
+             the tables above, which measure every system as its defaults build it.\n\n```sh\ncargo run --release -p rpc-bench \
              -- --busy-poll\n```\n\n{}\n",
             busy_table(busy)
         );

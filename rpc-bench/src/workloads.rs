@@ -199,7 +199,15 @@ pub struct BusyFigures {
     pub pipelined_32_cpu_us: Option<f64>,
     /// Calls per second on one connection with 256 concurrent callers.
     pub pipelined_256: Option<f64>,
+    /// Sequential calls [`SPACED_BY`] apart: median latency, in microseconds.
+    pub spaced_p50_us: Option<f64>,
+    /// The same calls: CPU time of both processes per call, in microseconds.
+    pub spaced_cpu_us: Option<f64>,
 }
+
+/// How far apart [`spaced`] starts its calls: further than a busy poller's window, as a
+/// client's calls are that wait on something else between them.
+pub const SPACED_BY: Duration = Duration::from_millis(1);
 
 /// The figures of [`BusyFigures`], for a system deployed across two processes.
 pub async fn busy<S: System>(server: Arc<ServerEnd>, effort: Effort) -> BusyFigures {
@@ -211,14 +219,37 @@ pub async fn busy<S: System>(server: Arc<ServerEnd>, effort: Effort) -> BusyFigu
     let before = server.counters();
     let rate = counted_throughput::<S>(clients, 32, effort).await;
     let pipelined_32_cpu_us = rate.and_then(|rate| cpu_us_per_call(&server, before, rate.count));
+    let pipelined_256 = throughput::<S>(clients, 256, effort).await;
+    let before = server.counters();
+    let (spaced_p50_us, calls) = spaced::<S>(&mut client, effort).await;
     BusyFigures {
         latency_p50_us: Some(p50),
         latency_p99_us: Some(p99),
         latency_cpu_us,
         pipelined_32: rate.map(|rate| rate.per_second),
         pipelined_32_cpu_us,
-        pipelined_256: throughput::<S>(clients, 256, effort).await,
+        pipelined_256,
+        spaced_p50_us: Some(spaced_p50_us),
+        spaced_cpu_us: cpu_us_per_call(&server, before, calls),
     }
+}
+
+/// Sequential calls started [`SPACED_BY`] apart for the effort's window: their median latency,
+/// in microseconds, and how many were made.
+pub async fn spaced<S: System>(client: &mut S::Client, effort: Effort) -> (f64, u64) {
+    let mut tick = tokio::time::interval(SPACED_BY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = Instant::now() + effort.window;
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let start = Instant::now();
+        let sum = S::add(client, samples.len() as u64, 1).await;
+        samples.push(start.elapsed());
+        assert_eq!(sum, samples.len() as u64);
+    }
+    let calls = samples.len() as u64;
+    (quantiles(samples).0, calls)
 }
 
 /// The CPU time both processes spent since `before`, per call of `calls`, in microseconds.
@@ -254,6 +285,11 @@ pub async fn latency<S: System>(client: &mut S::Client, effort: Effort) -> (f64,
         samples.push(start.elapsed());
         assert_eq!(sum, i as u64 + 1);
     }
+    quantiles(samples)
+}
+
+/// The median and 99th percentile of `samples` (at least one), in microseconds.
+fn quantiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort_unstable();
     let at = |quantile: f64| {
         let index = ((samples.len() as f64 * quantile) as usize).min(samples.len() - 1);
