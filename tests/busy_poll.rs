@@ -152,11 +152,11 @@ fn a_peer_that_has_not_shaken_hands_keeps_no_server_thread_awake() {
     });
 }
 
-/// A call sent once the window is over wakes the client's reader, whose thread then stays awake
-/// while the call is in flight (for the window from when it went out), though the server takes
-/// its time and sends nothing meanwhile.
+/// A call sent once the window is over does not wake the client's reader to poll: its thread
+/// sleeps while the call is in flight and the server takes its time, as without busy polling.
+/// (Woken to poll, it made calls a millisecond apart slower on a two-core VM: `busy`'s doc.)
 #[test]
-fn a_call_sent_after_the_window_keeps_the_clients_thread_awake_while_in_flight() {
+fn a_call_sent_after_the_window_leaves_the_clients_thread_asleep_while_in_flight() {
     let window = Duration::from_secs(1);
     let lab = LabImpl::default();
     let probe = lab.probe();
@@ -165,22 +165,18 @@ fn a_call_sent_after_the_window_keeps_the_clients_thread_awake_while_in_flight()
     runtime.block_on(async move {
         let client = LabClient::builder().busy_poll(window).connect(addr);
         let client = within("a connection", client).await.expect("connects");
-        let before = client_sleeps.so_far();
         // The spell watched: the window since the handshake's last bytes runs out.
         tokio::time::sleep(window + QUIET).await;
-        assert!(
-            client_sleeps.slept_since(before),
-            "past the window it sleeps"
-        );
 
         let before = client_sleeps.so_far();
         let call = tokio::spawn(async move { client.wait("gate".to_owned()).await });
         assert_eq!(probe.next_event().await, "waiting gate");
-        // The spell watched: the handler holds the call.
+        // The spell watched: the handler holds the call, within the window from when it went
+        // out (a reader woken by the call would poll all through it).
         tokio::time::sleep(QUIET).await;
         assert!(
-            !client_sleeps.slept_since(before),
-            "the call in flight keeps it awake"
+            client_sleeps.slept_since(before),
+            "the call in flight does not keep it awake"
         );
         probe.open("gate");
         let answer = within("the answer", call).await.expect("the call's task");

@@ -166,11 +166,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.low_water = low_water;
     }
 
-    /// Makes a read that finds nothing within `window` of the last bytes read, or of the last
+    /// Makes a read that finds nothing within a window of the last bytes read, or of the last
     /// call sent, poll again at the runtime's next turn rather than wait to be woken: the
-    /// thread stays busy, so bytes that come within the window need no sleeping thread woken
-    /// ([`busy`](super::busy)). A zero window, or none, turns it off. Returns where the callers
-    /// of a client tell the reader of each call they send.
+    /// thread stays busy, so bytes that come within the window need no sleeping thread woken.
+    /// The window adapts to the connection, up to `window` ([`busy`](super::busy)). A zero
+    /// window, or none, turns it off. Returns where the callers of a client tell the reader of
+    /// each call they send.
     pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) -> Option<Arc<CallSent>> {
         self.busy_poll = window
             .filter(|window| !window.is_zero())
@@ -227,7 +228,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if let Some(share) = &mut self.share {
             share.waiting_for_peer();
         }
-        if let Some(busy) = &self.busy_poll
+        if let Some(busy) = &mut self.busy_poll
             && busy.poll_again(cx)
         {
             return Poll::Pending;

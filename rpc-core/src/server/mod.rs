@@ -214,18 +214,19 @@ impl ServerBuilder {
         self
     }
 
-    /// Busy polling, for the lowest latency at the cost of CPU time (default off). For `window`
-    /// after each read that brought a connection's bytes, its task, finding nothing more, asks
-    /// to be polled again at the runtime's next turn instead of waiting to be woken: its worker
-    /// thread runs on, giving every other task its turns, so a client's next request that comes
-    /// within the window finds a thread awake. Where waking a sleeping thread is slow, as in
-    /// many virtual machines, that wakeup is most of a call's latency (see the client's
-    /// [`busy_poll`](crate::ClientBuilder::busy_poll), which it pairs with). The price is CPU
-    /// time: a worker thread stays busy for up to `window` after every request of every
-    /// connection, so only a server with cores to spare for it, and clients it trusts not to
-    /// keep it spinning with a byte every `window`, should turn it on. Polling stops at the end
-    /// of the window, and never starts before a connection's handshake is done. A zero window
-    /// turns it off.
+    /// Busy polling, for the lowest latency at the cost of CPU time (default off). For a window
+    /// of up to `window` after each read that brought a connection's bytes, its task, finding
+    /// nothing more, asks to be polled again at the runtime's next turn instead of waiting to
+    /// be woken: its worker thread runs on, giving every other task its turns, so a client's
+    /// next request that comes within the window finds a thread awake. Where waking a sleeping
+    /// thread is slow, as in many virtual machines, that wakeup is most of a call's latency (see
+    /// the client's [`busy_poll`](crate::ClientBuilder::busy_poll), which it pairs with, and
+    /// whose window adapts in the same way). The price is CPU time: a worker thread stays busy
+    /// while a connection's requests keep coming within the window, so only a server with cores
+    /// to spare for it, and clients it trusts not to keep it spinning with a byte every
+    /// `window`, should turn it on. A connection whose requests come further apart stops
+    /// polling after a few windows in vain. Polling never starts before a connection's
+    /// handshake is done. A zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = Some(window);
         self
