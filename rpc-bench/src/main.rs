@@ -29,12 +29,13 @@
 //!
 //! `WORKLOAD` is `latency`, `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
 //! one connection), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
-//! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream` or `idle` (heap per idle connection, for a heap profiler), or
-//! `local` (sequential calls through an in-process client, with no server); `SYSTEM` is
-//! `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
-//! `rpc-core-busy-poll` (both ends busy polling), `rpc-core-busy-poll-server` or
-//! `rpc-core-busy-poll-client` (that end alone), or `rpc-core-4-connections` (one client over
-//! four connections to the server, through `ClientBuilder::balance`).
+//! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream`, `idle` (heap per idle
+//! connection, for a heap profiler), `allocs` (allocations per call), or `local` (sequential
+//! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
+//! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-busy-poll` (both ends busy
+//! polling), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (that end alone), or
+//! `rpc-core-4-connections` (one client over four connections to the server, through
+//! `ClientBuilder::balance`).
 
 mod alloc;
 mod counters;
@@ -65,7 +66,7 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
-WORKLOAD: latency, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle or local
+WORKLOAD: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle, allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client or rpc-core-4-connections";
 
@@ -396,7 +397,7 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             other => {
                 return format!(
                     "no workload called {other}: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, \
-                     shared, stream, idle or allocs"
+                     shared, stream, idle, allocs or local"
                 );
             }
         };
