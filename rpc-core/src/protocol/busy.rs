@@ -54,14 +54,23 @@ pub(super) struct BusyPoll {
     window: Duration,
     /// When the reader last read bytes.
     read: Instant,
-    /// Whether the reader has polled again since its last bytes, or the last call sent.
-    polling: bool,
+    /// What the reader has done since its last bytes.
+    since_read: SinceRead,
     /// How many times in a row, up to [`IN_VAIN_TO_HALVE`], it polled through its window in vain.
     in_vain: u8,
-    /// Whether the reader went to sleep since its last bytes: it polls no more until they come.
-    asleep: bool,
     /// What the connection's callers tell it.
     calls: Arc<CallSent>,
+}
+
+/// What a reader has done since its last bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinceRead {
+    /// Nothing yet.
+    Nothing,
+    /// It polled again, within its window.
+    Polled,
+    /// It went to sleep: it polls no more until its next bytes come.
+    Slept,
 }
 
 /// Where a client's callers tell its reader that a call went out: the answer is on its way, so
@@ -98,9 +107,8 @@ impl BusyPoll {
             most,
             window: most,
             read: now,
-            polling: false,
+            since_read: SinceRead::Nothing,
             in_vain: 0,
-            asleep: false,
             calls: Arc::new(CallSent {
                 base: now,
                 at: AtomicU64::new(0),
@@ -129,8 +137,7 @@ impl BusyPoll {
             self.in_vain = 0;
         }
         self.read = now;
-        self.polling = false;
-        self.asleep = false;
+        self.since_read = SinceRead::Nothing;
     }
 
     /// The last bytes read or call sent, whichever came later: what the window runs from.
@@ -170,17 +177,17 @@ impl BusyPoll {
 
     /// [`BusyPoll::poll_again`], at `now`.
     fn poll_again_at(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.asleep {
-            return false;
-        }
-        if !self.polls_at(now) {
-            if std::mem::take(&mut self.polling) {
-                self.polled_in_vain();
+        match self.since_read {
+            SinceRead::Slept => return false,
+            _ if !self.polls_at(now) => {
+                if self.since_read == SinceRead::Polled {
+                    self.polled_in_vain();
+                }
+                self.since_read = SinceRead::Slept;
+                return false;
             }
-            self.asleep = true;
-            return false;
+            _ => self.since_read = SinceRead::Polled,
         }
-        self.polling = true;
         // Deferred to the runtime's next turn, after the tasks already waiting: tokio polls its
         // I/O driver without sleeping first, and no other thread is woken for it.
         let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
@@ -218,9 +225,8 @@ mod tests {
     }
 
     /// A reader with a window of 100 µs, and a time past it.
-    fn past_its_window(polling: bool) -> (BusyPoll, Instant) {
-        let mut busy = BusyPoll::new(Duration::from_micros(100));
-        busy.polling = polling;
+    fn past_its_window() -> (BusyPoll, Instant) {
+        let busy = BusyPoll::new(Duration::from_micros(100));
         let past = busy.read + Duration::from_secs(1);
         (busy, past)
     }
@@ -236,7 +242,7 @@ mod tests {
     /// for a call sent, nor for anything else that polls its task. Bytes start it again.
     #[test]
     fn a_reader_past_its_window_sleeps_until_its_next_bytes() {
-        let (mut busy, past) = past_its_window(false);
+        let (mut busy, past) = past_its_window();
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(
@@ -262,7 +268,7 @@ mod tests {
     /// that waits without having polled keeps its window.
     #[test]
     fn polling_in_vain_halves_the_window_until_it_is_none() {
-        let (mut busy, past) = past_its_window(false);
+        let (mut busy, past) = past_its_window();
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(!busy.poll_again_at(&mut cx, past));
@@ -273,12 +279,12 @@ mod tests {
             let before = busy.window;
             for _ in 0..IN_VAIN_TO_HALVE {
                 assert_eq!(busy.window, before, "not before the second time");
-                (busy.polling, busy.asleep) = (true, false);
+                busy.since_read = SinceRead::Polled;
                 assert!(
                     !busy.poll_again_at(&mut cx, past),
                     "past its window, it waits"
                 );
-                assert!(!busy.polling && busy.asleep);
+                assert_eq!(busy.since_read, SinceRead::Slept);
             }
             assert!(busy.window == before / 2 || busy.window.is_zero());
             halvings += 1;
@@ -347,9 +353,9 @@ mod tests {
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(busy.poll_again(&mut cx), "within its window, it polls");
-        assert!(busy.polling);
+        assert_eq!(busy.since_read, SinceRead::Polled);
         busy.read();
-        assert!(!busy.polling);
+        assert_eq!(busy.since_read, SinceRead::Nothing);
         assert_eq!(busy.window, most);
     }
 }
