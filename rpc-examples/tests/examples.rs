@@ -135,6 +135,16 @@ fn python3() -> bool {
     found
 }
 
+/// The server in Python written from docs/wire.md (`interop/wire_server.py`), ending with its
+/// standard input; `None` where python3 is not installed.
+fn start_python_server() -> Option<(Running, String)> {
+    if !python3() {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/wire_server.py");
+    Some(start_server_with("python3", &[script, "--exit-with-stdin"]))
+}
+
 /// rpc-core's generated clients call a server in Python written from docs/wire.md alone: calls
 /// and application errors, a streamed result of 100,000 items that needs credit granted back,
 /// one dropped midway, and uploads within and over the server's limit, under a window of 64 KiB.
@@ -146,11 +156,9 @@ async fn the_generated_clients_call_a_server_written_from_the_wire_document() {
     use rpc_examples::{CalcClient, MathError};
     use serde_bytes::ByteBuf;
 
-    if !python3() {
+    let Some((server, addr)) = start_python_server() else {
         return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/wire_server.py");
-    let (server, addr) = start_server_with("python3", &[script, "--exit-with-stdin"]);
+    };
     let calc = CalcClient::builder()
         .keepalive(
             std::time::Duration::from_millis(20),
@@ -233,11 +241,9 @@ async fn the_generated_clients_call_a_server_written_from_the_wire_document() {
 async fn a_server_written_from_the_wire_document_calls_its_client_back() {
     use rpc_examples::{CalcClient, FriendlyGreeter, GreeterServer};
 
-    if !python3() {
+    let Some((server, addr)) = start_python_server() else {
         return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/wire_server.py");
-    let (server, addr) = start_server_with("python3", &[script, "--exit-with-stdin"]);
+    };
     let calc = CalcClient::builder()
         .serve(GreeterServer::new(FriendlyGreeter))
         .connect(addr.as_str())
