@@ -1,12 +1,16 @@
 //! Busy polling: with it on, a connection's reader keeps its thread running for the window after
-//! its last bytes instead of letting it sleep, on the server and on the client; calls, streams
-//! and large byte strings go through as without it; and once the window is over the thread
-//! sleeps again.
+//! its last bytes instead of letting it sleep, on the server and on the client, when its peer
+//! runs in another process; calls, streams and large byte strings go through as without it;
+//! once the window is over the thread sleeps again; and a peer in this process is never polled
+//! for.
 //!
 //! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
 //! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
-//! nothing never sleeps.
+//! nothing never sleeps. A peer "in another process" is reached through a relay of raw sockets,
+//! whose ends are not this crate's: as far as either end can tell, the relay is its peer, and
+//! it runs elsewhere.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +18,7 @@ use std::time::Duration;
 use rpc_core::{Server, Streaming};
 use rpc_tests::{LabClient, LabImpl, LabServer, within};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -62,8 +66,8 @@ fn watched_runtime() -> (Runtime, Arc<Sleeps>) {
     (runtime, sleeps)
 }
 
-/// A server of `lab` on a thread and runtime of its own, busy polling for `window` (none if
-/// `None`): its address, and how its thread sleeps. It serves until the test ends.
+/// A server of `lab` on a thread and runtime of its own, busy polling for up to `window` (as by
+/// default if `None`): its address, and how its thread sleeps. It serves until the test ends.
 fn start_server(window: Option<Duration>, lab: LabImpl) -> (std::net::SocketAddr, Arc<Sleeps>) {
     let (runtime, sleeps) = watched_runtime();
     let (bound, address) = oneshot::channel();
@@ -82,11 +86,56 @@ fn start_server(window: Option<Duration>, lab: LabImpl) -> (std::net::SocketAddr
     (addr, sleeps)
 }
 
-/// Makes a call from a client that busy polls for `window` (none if `None`) to a server that
-/// does the same, then leaves both alone for [`QUIET`]: whether the server's thread and the
-/// client's slept meanwhile.
-fn slept_after_a_call(window: Option<Duration>) -> (bool, bool) {
+/// A relay to `target` on a thread and runtime of its own: the address that reaches `target`
+/// through it. Its sockets are not this crate's, so each end takes it for a peer in another
+/// process. It relays until the test ends.
+fn relay_to(target: SocketAddr) -> SocketAddr {
+    let (bound, address) = oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let _ = bound.send(listener.local_addr().expect("an address"));
+            loop {
+                let (mut inbound, _) = listener.accept().await.expect("accepts");
+                let mut outbound = TcpStream::connect(target).await.expect("connects");
+                inbound.set_nodelay(true).expect("sets nodelay");
+                outbound.set_nodelay(true).expect("sets nodelay");
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+    });
+    address.blocking_recv().expect("the relay's address")
+}
+
+/// Where a test's client and server meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meeting {
+    /// Directly: each finds the other in this process.
+    Directly,
+    /// Through a relay: each takes its peer for another process's.
+    ThroughARelay,
+}
+
+/// The address a client uses to meet the server at `addr` in the way given.
+fn meet(addr: SocketAddr, meeting: Meeting) -> SocketAddr {
+    match meeting {
+        Meeting::Directly => addr,
+        Meeting::ThroughARelay => relay_to(addr),
+    }
+}
+
+/// Makes a call from a client that busy polls for up to `window` (as by default if `None`) to a
+/// server that does the same, met as given, then leaves both alone for [`QUIET`]: whether the
+/// server's thread and the client's slept meanwhile.
+fn slept_after_a_call(window: Option<Duration>, meeting: Meeting) -> (bool, bool) {
     let (addr, server_sleeps) = start_server(window, LabImpl::default());
+    let addr = meet(addr, meeting);
     let (runtime, client_sleeps) = watched_runtime();
     runtime.block_on(async move {
         let mut builder = LabClient::builder();
@@ -110,20 +159,31 @@ fn slept_after_a_call(window: Option<Duration>) -> (bool, bool) {
 
 #[test]
 fn within_the_window_neither_end_lets_its_thread_sleep() {
-    assert_eq!(slept_after_a_call(Some(FOREVER)), (false, false));
+    let slept = slept_after_a_call(Some(FOREVER), Meeting::ThroughARelay);
+    assert_eq!(slept, (false, false));
 }
 
 #[test]
-fn without_busy_polling_both_ends_sleep_while_nothing_comes() {
-    assert_eq!(slept_after_a_call(None), (true, true));
+fn with_busy_polling_off_both_ends_sleep_while_nothing_comes() {
+    let slept = slept_after_a_call(Some(Duration::ZERO), Meeting::ThroughARelay);
+    assert_eq!(slept, (true, true));
 }
 
 #[test]
 fn once_the_window_is_over_both_ends_sleep_again() {
-    assert_eq!(
-        slept_after_a_call(Some(Duration::from_millis(1))),
-        (true, true)
-    );
+    let window = Duration::from_millis(1);
+    let slept = slept_after_a_call(Some(window), Meeting::ThroughARelay);
+    assert_eq!(slept, (true, true));
+}
+
+/// A client and a server in one process do not poll for each other, whatever their window:
+/// there a call's two ends meet without a sleeping thread to wake.
+#[test]
+fn ends_in_one_process_do_not_poll_for_each_other() {
+    let slept = slept_after_a_call(Some(FOREVER), Meeting::Directly);
+    assert_eq!(slept, (true, true));
+    let slept = slept_after_a_call(None, Meeting::Directly);
+    assert_eq!(slept, (true, true), "nor do they by default");
 }
 
 /// Busy polling starts once a connection's handshake is done: a peer that connects and sends
@@ -131,15 +191,17 @@ fn once_the_window_is_over_both_ends_sleep_again() {
 #[test]
 fn a_peer_that_has_not_shaken_hands_keeps_no_server_thread_awake() {
     let (addr, server_sleeps) = start_server(Some(FOREVER), LabImpl::default());
+    let relayed = relay_to(addr);
     let (runtime, _) = watched_runtime();
     runtime.block_on(async move {
         let mut silent = TcpStream::connect(addr).await.expect("connects");
         let mut halfway = TcpStream::connect(addr).await.expect("connects");
         // A frame's length prefix, for a hello that never comes.
         halfway.write_all(&[0, 0, 0, 40, 0]).await.expect("writes");
-        // A call on a connection accepted after theirs: both are being served by its answer.
-        // That connection then closes, and with it its polling.
-        let client = within("a connection", LabClient::connect(addr))
+        // A call on a connection accepted after theirs, from another process as far as the
+        // server can tell: both are being served by its answer. That connection then closes,
+        // and with it its polling.
+        let client = within("a connection", LabClient::connect(relayed))
             .await
             .expect("connects");
         assert_eq!(within("a call", client.add(1, 1)).await.expect("add"), 2);
@@ -160,7 +222,8 @@ fn a_call_sent_after_the_window_leaves_the_clients_thread_asleep_while_in_flight
     let window = Duration::from_secs(1);
     let lab = LabImpl::default();
     let probe = lab.probe();
-    let (addr, _) = start_server(None, lab);
+    let (addr, _) = start_server(Some(Duration::ZERO), lab);
+    let addr = relay_to(addr);
     let (runtime, client_sleeps) = watched_runtime();
     runtime.block_on(async move {
         let client = LabClient::builder().busy_poll(window).connect(addr);
@@ -185,7 +248,8 @@ fn a_call_sent_after_the_window_leaves_the_clients_thread_asleep_while_in_flight
 }
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two
-/// parts) go through as they do without busy polling, on the default multi-thread runtime.
+/// parts) go through as they do without busy polling, on the default multi-thread runtime,
+/// between ends that take each other for other processes'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
     let window = Duration::from_micros(100);
@@ -196,6 +260,9 @@ async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
         .expect("binds");
     let addr = server.local_addr().expect("an address");
     tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
+    let addr = tokio::task::spawn_blocking(move || relay_to(addr))
+        .await
+        .expect("a relay");
     let client = within(
         "a connection",
         LabClient::builder().busy_poll(window).connect(addr),

@@ -10,7 +10,7 @@
 //! cargo run --release -p rpc-bench -- --setup cross-process  # one setup: cross-process, shared, isolated
 //! cargo run --release -p rpc-bench -- --quick                # a short run, to see that it works
 //! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
-//! cargo run --release -p rpc-bench -- --busy-poll            # only rpc-core, busy polling or not
+//! cargo run --release -p rpc-bench -- --busy-poll            # only rpc-core, busy polling on or off
 //! cargo run --release -p rpc-bench -- --profile 256 --tracing  # with a tracing subscriber
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
@@ -32,8 +32,9 @@
 //! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream`, `idle` (heap per idle
 //! connection, for a heap profiler), `allocs` (allocations per call), or `local` (sequential
 //! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
-//! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-busy-poll` (both ends busy
-//! polling), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (that end alone), or
+//! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-no-busy-poll` (busy polling
+//! off at both ends), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (on at that
+//! end alone), or
 //! `rpc-core-4-connections` (one client over four connections to the server, through
 //! `ClientBuilder::balance`).
 
@@ -51,7 +52,8 @@ use setup::{Deployment, ServerEnd, Setup};
 use systems::System;
 use systems::raw::Raw;
 use systems::rpc::{
-    RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreTls,
+    RpcCore, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreNoBusyPoll,
+    RpcCoreTls,
 };
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
@@ -67,7 +69,7 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle, allocs or local
-SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-busy-poll,
+SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client or rpc-core-4-connections";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
@@ -170,13 +172,13 @@ fn main() {
             Raw::NAME => profile::<Raw>(setups[0], workload),
             RpcCoreTls::NAME => profile::<RpcCoreTls>(setups[0], workload),
             TonicTls::NAME => profile::<TonicTls>(setups[0], workload),
-            RpcCoreBusy::NAME => profile::<RpcCoreBusy>(setups[0], workload),
+            RpcCoreNoBusyPoll::NAME => profile::<RpcCoreNoBusyPoll>(setups[0], workload),
             RpcCoreBusyServer::NAME => profile::<RpcCoreBusyServer>(setups[0], workload),
             RpcCoreBusyClient::NAME => profile::<RpcCoreBusyClient>(setups[0], workload),
             RpcCoreFourConnections::NAME => profile::<RpcCoreFourConnections>(setups[0], workload),
             other => format!(
                 "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls, \
-                 rpc-core-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client or \
+                 rpc-core-no-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client or \
                  rpc-core-4-connections"
             ),
         };
@@ -236,8 +238,8 @@ fn main() {
     // Across processes only, where a sleeping thread's wakeup costs most.
     let busy = (setups.contains(&Setup::CrossProcess) && !tls_only).then(|| {
         let results = report::BusyResults {
-            off: across_processes::<RpcCore, _>("", |server| {
-                workloads::busy::<RpcCore>(server, effort)
+            off: across_processes::<RpcCoreNoBusyPoll, _>("", |server| {
+                workloads::busy::<RpcCoreNoBusyPoll>(server, effort)
             }),
             server: across_processes::<RpcCoreBusyServer, _>("", |server| {
                 workloads::busy::<RpcCoreBusyServer>(server, effort)
@@ -245,8 +247,8 @@ fn main() {
             client: across_processes::<RpcCoreBusyClient, _>("", |server| {
                 workloads::busy::<RpcCoreBusyClient>(server, effort)
             }),
-            both: across_processes::<RpcCoreBusy, _>("", |server| {
-                workloads::busy::<RpcCoreBusy>(server, effort)
+            both: across_processes::<RpcCore, _>("", |server| {
+                workloads::busy::<RpcCore>(server, effort)
             }),
         };
         println!(

@@ -12,7 +12,8 @@ use crate::systems::System;
 use crate::systems::certs;
 use crate::systems::raw::Raw;
 use crate::systems::rpc::{
-    RpcCore, RpcCoreBusy, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreTls,
+    RpcCore, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreNoBusyPoll,
+    RpcCoreTls,
 };
 use crate::systems::tarpc::Tarpc;
 use crate::systems::tonic::{Tonic, TonicTls};
@@ -315,7 +316,7 @@ pub fn serve_child(system: &str) -> Result<(), String> {
     let runtime = default_runtime();
     let addr = match system {
         RpcCoreTls::NAME => runtime.block_on(RpcCoreTls::serve(LOOPBACK))?,
-        RpcCoreBusy::NAME => runtime.block_on(RpcCoreBusy::serve(LOOPBACK))?,
+        RpcCoreNoBusyPoll::NAME => runtime.block_on(RpcCoreNoBusyPoll::serve(LOOPBACK))?,
         RpcCoreBusyServer::NAME => runtime.block_on(RpcCoreBusyServer::serve(LOOPBACK))?,
         RpcCoreBusyClient::NAME => runtime.block_on(RpcCoreBusyClient::serve(LOOPBACK))?,
         RpcCoreFourConnections::NAME => {

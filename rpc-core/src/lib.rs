@@ -75,6 +75,7 @@ mod low_water;
 mod metadata;
 mod payload;
 mod peer;
+mod peer_process;
 mod protocol;
 mod reverse;
 pub mod schema;

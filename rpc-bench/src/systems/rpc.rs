@@ -1,6 +1,6 @@
 //! rpc-core, with its defaults but a frame limit that fits the 1 MiB echoes with room to spare
-//! (and, as [`RpcCoreBusy`] and its one-ended kin, busy polling on; as
-//! [`RpcCoreFourConnections`], a client over four connections).
+//! (and, as [`RpcCoreNoBusyPoll`] and its one-ended kin, busy polling off at either end or
+//! both; as [`RpcCoreFourConnections`], a client over four connections).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,8 +46,9 @@ pub fn local_client() -> BenchClient {
 }
 
 /// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; the ends
-/// that `BUSY` names ([`BUSY_SERVER`], [`BUSY_CLIENT`], [`BUSY_BOTH`] or 0) busy poll for
-/// [`BUSY_POLL`]; a client reaches the server over `CONNECTIONS` connections.
+/// that `BUSY` names ([`BUSY_SERVER`], [`BUSY_CLIENT`], [`BUSY_BOTH`] or 0) busy poll as they
+/// do by default, and the others not at all; a client reaches the server over `CONNECTIONS`
+/// connections.
 #[derive(Debug)]
 pub struct RpcCoreOver<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize>;
 
@@ -60,14 +61,14 @@ pub const BUSY_CLIENT: u8 = 2;
 /// In `RpcCoreOver`'s `BUSY`: both ends busy poll.
 pub const BUSY_BOTH: u8 = BUSY_SERVER | BUSY_CLIENT;
 
-/// rpc-core over TCP.
-pub type RpcCore = RpcCoreOver<false, 0, 1>;
+/// rpc-core over TCP, with its defaults.
+pub type RpcCore = RpcCoreOver<false, BUSY_BOTH, 1>;
 
 /// rpc-core over TLS.
-pub type RpcCoreTls = RpcCoreOver<true, 0, 1>;
+pub type RpcCoreTls = RpcCoreOver<true, BUSY_BOTH, 1>;
 
-/// rpc-core over TCP, both ends busy polling.
-pub type RpcCoreBusy = RpcCoreOver<false, BUSY_BOTH, 1>;
+/// rpc-core over TCP, busy polling off at both ends.
+pub type RpcCoreNoBusyPoll = RpcCoreOver<false, 0, 1>;
 
 /// rpc-core over TCP, the server alone busy polling.
 pub type RpcCoreBusyServer = RpcCoreOver<false, BUSY_SERVER, 1>;
@@ -77,23 +78,18 @@ pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT, 1>;
 
 /// rpc-core over TCP, one client reaching the server over four connections: its address given
 /// four times to `ClientBuilder::balance`, as a user moving large payloads may.
-pub type RpcCoreFourConnections = RpcCoreOver<false, 0, 4>;
-
-/// The window the busy ends of [`RpcCoreBusy`] and its kin poll for: longer than a round trip
-/// between two processes here when both threads are awake (about 10 µs), so that the next
-/// frame comes within it.
-pub const BUSY_POLL: Duration = Duration::from_micros(100);
+pub type RpcCoreFourConnections = RpcCoreOver<false, BUSY_BOTH, 4>;
 
 impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
     for RpcCoreOver<TLS, BUSY, CONNECTIONS>
 {
     const NAME: &str = match (TLS, BUSY, CONNECTIONS) {
-        (false, 0, 1) => "rpc-core",
-        (true, 0, 1) => "rpc-core-tls",
-        (false, BUSY_BOTH, 1) => "rpc-core-busy-poll",
+        (false, BUSY_BOTH, 1) => "rpc-core",
+        (true, BUSY_BOTH, 1) => "rpc-core-tls",
+        (false, 0, 1) => "rpc-core-no-busy-poll",
         (false, BUSY_SERVER, 1) => "rpc-core-busy-poll-server",
         (false, BUSY_CLIENT, 1) => "rpc-core-busy-poll-client",
-        (false, 0, 4) => "rpc-core-4-connections",
+        (false, BUSY_BOTH, 4) => "rpc-core-4-connections",
         _ => panic!("no name for this rpc-core: name it before measuring it"),
     };
     type Client = BenchClient;
@@ -106,8 +102,8 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
             let tls = ServerTls::from_pem(&certs.server, &certs.key).expect("the certificate");
             builder = builder.tls(tls);
         }
-        if BUSY & BUSY_SERVER != 0 {
-            builder = builder.busy_poll(BUSY_POLL);
+        if BUSY & BUSY_SERVER == 0 {
+            builder = builder.busy_poll(Duration::ZERO);
         }
         let server = builder
             .bind(bind)
@@ -124,8 +120,8 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
             let authority = &certs::certs().authority;
             builder = builder.tls(ClientTls::trusting_pem(authority).expect("the authority"));
         }
-        if BUSY & BUSY_CLIENT != 0 {
-            builder = builder.busy_poll(BUSY_POLL);
+        if BUSY & BUSY_CLIENT == 0 {
+            builder = builder.busy_poll(Duration::ZERO);
         }
         if CONNECTIONS > 1 {
             return builder.balance([addr; CONNECTIONS]);

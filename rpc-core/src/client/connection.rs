@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::alarm::Alarm;
+use crate::peer_process::{End, PeerProcess};
 use crate::protocol::{
     self, CallSent, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter,
     Outbox, Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away,
@@ -51,6 +52,9 @@ pub(crate) struct Connection {
     _serving_back: Option<AbortOnDrop>,
     /// With busy polling on, where each call sent tells the reader an answer is on its way.
     calls_sent: Option<Arc<CallSent>>,
+    /// Over TCP, this connection's end in this process's table of them, for as long as it
+    /// lives.
+    _end: Option<End>,
 }
 
 impl Drop for Connection {
@@ -164,6 +168,7 @@ impl Connection {
     /// Exchanges hellos over `stream`, then starts the connection's reader and writer tasks.
     pub(crate) async fn establish<S>(
         stream: S,
+        peer: PeerProcess,
         service: &ServiceInfo,
         config: &ClientConfig,
     ) -> Result<Arc<Connection>, RpcError>
@@ -197,7 +202,8 @@ impl Connection {
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
-        let calls_sent = reader.set_busy_poll(config.busy_poll);
+        let (elsewhere, end) = peer.place();
+        let calls_sent = reader.set_busy_poll(elsewhere.then_some(config.busy_poll));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
@@ -249,6 +255,7 @@ impl Connection {
             _reader: AbortOnDrop::new(&reader),
             _serving_back: serving,
             calls_sent,
+            _end: end,
         }))
     }
 

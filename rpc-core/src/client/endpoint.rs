@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::connection::Connection;
+use crate::peer_process::PeerProcess;
 use crate::service::ServiceInfo;
 use crate::{RpcError, telemetry, transport};
 
@@ -364,22 +365,25 @@ impl Endpoint {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
                         .map_err(failed)?;
-                    return Connection::establish(stream, &self.service, &self.config).await;
+                    let peer =
+                        PeerProcess::of_pid(stream.peer_cred().ok().and_then(|cred| cred.pid()));
+                    return Connection::establish(stream, peer, &self.service, &self.config).await;
                 }
             };
             let stream = transport::connect_tcp(&*addrs).await.map_err(failed)?;
+            let peer = PeerProcess::of_tcp(&stream);
             #[cfg(feature = "tls")]
             if let Some(tls) = &self.config.tls {
                 let addr = stream.peer_addr().map_err(failed)?;
                 let stream = tls.connect(stream, host.as_deref(), addr).await?;
                 let stream = transport::Shared(stream);
-                return Connection::establish(stream, &self.service, &self.config)
+                return Connection::establish(stream, peer, &self.service, &self.config)
                     .await
                     .map_err(crate::tls::refused_after_handshake);
             }
             #[cfg(not(feature = "tls"))]
             let _ = host;
-            Connection::establish(stream, &self.service, &self.config).await
+            Connection::establish(stream, peer, &self.service, &self.config).await
         };
         tokio::time::timeout(timeout, connecting)
             .await

@@ -47,6 +47,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::intercept::ClientInterceptor;
+use crate::peer_process::PeerProcess;
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive};
 use crate::service::ServiceInfo;
 use crate::{Metadata, RpcError};
@@ -106,7 +107,8 @@ pub(crate) struct ClientConfig {
     pub(crate) interceptor: Option<ClientInterceptor>,
     pub(crate) wait_for_ready: bool,
     pub(crate) health_checks: Option<Duration>,
-    pub(crate) busy_poll: Option<Duration>,
+    /// The most window of busy polling, for a server in another process; zero for none.
+    pub(crate) busy_poll: Duration,
     /// What the client serves back to the server over each connection, or why it cannot.
     pub(crate) serve_back: Option<Result<crate::reverse::ServeBack, RpcError>>,
     #[cfg(feature = "tls")]
@@ -129,7 +131,7 @@ impl Default for ClientConfig {
             interceptor: None,
             wait_for_ready: false,
             health_checks: None,
-            busy_poll: None,
+            busy_poll: crate::protocol::busy::DEFAULT_WINDOW,
             serve_back: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -219,29 +221,34 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self
     }
 
-    /// Busy polling, for the lowest latency at the cost of CPU time (default off). For a window
-    /// of up to `window` after each read that brought bytes (and after each call sent while it
-    /// polls), the connection's reader, finding nothing more, asks to be polled again at the
-    /// runtime's next turn instead of waiting to be woken: its worker thread runs on, giving
-    /// every other task its turns, so the answers that come within the window find a thread
-    /// awake, and the thread that receives them nothing to wake. Where waking a sleeping thread
-    /// is slow, as in many virtual machines, this is most of a call's latency: in this crate's
-    /// benchmark on a two-core virtual machine, with 100 µs on both ends, the median sequential
-    /// call across two processes took about 8 µs instead of about 72.
+    /// Busy polling for servers in other processes, for the lowest latency at the cost of CPU
+    /// time (default: up to 100 µs). For a window after each read that brought bytes (and after
+    /// each call sent while it polls), the connection's reader, finding nothing more, asks to be
+    /// polled again at the runtime's next turn instead of waiting to be woken: its worker thread
+    /// runs on, giving every other task its turns, so the answers that come within the window
+    /// find a thread awake, and the thread that receives them nothing to wake. Where waking a
+    /// sleeping thread is slow, as in many virtual machines, this is most of a call's latency:
+    /// in this crate's benchmark on a two-core virtual machine, with both ends polling as by
+    /// default, the median sequential call across two processes took about 8 µs instead of
+    /// about 75, and one connection carried 1.7 times the calls from 32 callers.
     ///
     /// The window adapts, up to `window`: it doubles when bytes come just after it ended and
     /// halves after polling through it in vain twice in a row, and a reader that went to sleep
     /// sleeps until its next bytes. So calls that follow each other closely are answered to a
-    /// thread awake, and calls further apart than `window` cost about what they cost without
-    /// busy polling (in the benchmark, calls 1 ms apart took 13.6 µs against 12.1 without, at
-    /// 55 µs of CPU time a call across both processes against 45). The price is a busy core
-    /// while frames keep coming within the window. It pays where client and server are in
-    /// different processes: with both on one shared runtime, where a call's ends meet without
-    /// a wakeup, the benchmark's sequential calls were slower with it (9 µs against 5.5). Pair
-    /// it with the server's [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns
-    /// it off.
+    /// thread awake, and calls further apart than `window` cost little more than without busy
+    /// polling: in the benchmark, calls started 1 ms apart took 14.9 µs against 12.8 without,
+    /// at 60 µs of CPU time a call across both processes against 40 (a tenth of them came
+    /// within 100 µs of the call before, as a tenth of calls made at random would, and grew
+    /// the window again). The price is a busy core while frames keep coming within the window.
+    ///
+    /// A server in this process (one of this crate's, over TCP or a Unix socket) is never
+    /// polled for: where a call's two ends share a runtime they meet without a thread to wake,
+    /// and the benchmark's sequential calls were slower with polling (9 µs against 5.5). Nor
+    /// is one reached through [`connect_stream`](ClientBuilder::connect_stream), which cannot be
+    /// placed. It pairs with the server's [`busy_poll`](crate::ServerBuilder::busy_poll); a
+    /// zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.config.busy_poll = Some(window);
+        self.config.busy_poll = window;
         self
     }
 
@@ -400,7 +407,12 @@ impl<C: ServiceClient> ClientBuilder<C> {
         let timeout = self.config.connect_timeout;
         let connection = tokio::time::timeout(
             timeout,
-            Connection::establish(crate::transport::Shared(stream), &C::INFO, &self.config),
+            Connection::establish(
+                crate::transport::Shared(stream),
+                PeerProcess::Unknown,
+                &C::INFO,
+                &self.config,
+            ),
         )
         .await
         .unwrap_or(Err(RpcError::ConnectTimeout(timeout)))?;
@@ -504,6 +516,19 @@ impl<C: ServiceClient> ClientBuilder<C> {
 mod tests {
     use super::*;
     use crate::dynamic::DynamicClient;
+
+    /// Busy polling is on by default, for servers in other processes (the connection decides
+    /// whether its server is one: `tests/busy_poll.rs`), and a zero window turns it off.
+    #[test]
+    fn busy_polling_is_on_by_default_and_a_zero_window_turns_it_off() {
+        let config = ClientBuilder::<DynamicClient>::new().config;
+        assert_eq!(config.busy_poll, crate::protocol::busy::DEFAULT_WINDOW);
+        assert!(!config.busy_poll.is_zero());
+        let config = ClientBuilder::<DynamicClient>::new()
+            .busy_poll(Duration::ZERO)
+            .config;
+        assert!(config.busy_poll.is_zero());
+    }
 
     #[test]
     fn reconnect_backoff_keeps_its_bounds_and_never_lets_max_fall_below_min() {

@@ -1,7 +1,9 @@
 //! Busy polling ([`ClientBuilder::busy_poll`], [`ServerBuilder::busy_poll`]): when a reader
 //! polls again at the runtime's next turn instead of waiting to be woken. It does for its window
 //! after the last bytes it read, and, on a client, after the last call sent while it polls: the
-//! answers to calls made one after another then find the reader's thread awake.
+//! answers to calls made one after another then find the reader's thread awake. It is on by
+//! default, up to [`DEFAULT_WINDOW`], on every connection whose peer runs in another process
+//! ([`crate::peer_process`]): in one process, polling only slows a call's two ends.
 //!
 //! The window adapts to the connection, between nothing and the window the builder was given
 //! (its most), as a guest kernel's halt polling does:
@@ -33,10 +35,16 @@
 //! [`ServerBuilder::busy_poll`]: crate::ServerBuilder::busy_poll
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::Context;
 use std::time::{Duration, Instant};
+
+/// The most window of a client's and a server's busy polling unless set: about what a call's
+/// answer takes between two processes on one machine when their threads are awake (8 µs in
+/// this crate's benchmark) many times over, and what waking a sleeping thread can take on a
+/// virtual machine.
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_micros(100);
 
 /// A window halved below this is no window: the reader stops polling. Doubled from none, a
 /// window starts at twice this.
@@ -73,20 +81,22 @@ enum SinceRead {
     Slept,
 }
 
+/// What every [`CallSent`] counts from: one instant for the process, so that each connection's
+/// holds no instant of its own.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// Where a client's callers tell its reader that a call went out: the answer is on its way, so
 /// a reader that polls does for a window from then.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct CallSent {
-    /// What `at` counts from.
-    base: Instant,
-    /// When the last call went out, in nanoseconds after `base` (0 before any).
+    /// When the last call went out, in nanoseconds after [`EPOCH`] (0 before any).
     at: AtomicU64,
 }
 
 impl CallSent {
     /// A call went out: a reader that polls does for its window from now.
     pub(crate) fn now(&self) {
-        let nanos = self.base.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let nanos = EPOCH.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         self.at.store(nanos.max(1), Ordering::Release);
     }
 
@@ -94,7 +104,7 @@ impl CallSent {
     fn last(&self) -> Option<Instant> {
         match self.at.load(Ordering::Acquire) {
             0 => None,
-            nanos => self.base.checked_add(Duration::from_nanos(nanos)),
+            nanos => EPOCH.checked_add(Duration::from_nanos(nanos)),
         }
     }
 }
@@ -109,10 +119,7 @@ impl BusyPoll {
             read: now,
             since_read: SinceRead::Nothing,
             in_vain: 0,
-            calls: Arc::new(CallSent {
-                base: now,
-                at: AtomicU64::new(0),
-            }),
+            calls: Arc::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! a successful response it is the return value, both postcard-encoded.
 
 mod budget;
-mod busy;
+pub(crate) mod busy;
 mod codec;
 mod depth;
 mod frame;

@@ -31,6 +31,7 @@ use crate::alarm::Alarm;
 use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
+use crate::peer_process::PeerProcess;
 use crate::protocol::{
     self, Budget, DESCRIBE_METHOD, FrameMemory, FrameReader, FrameWriter, GaveWay, Head, Hello,
     Meter, Outbox, Outcome, PeerInfo, Sender, Tail, code, error_response, finish_frame, go_away,
@@ -105,6 +106,7 @@ pub(crate) fn serve<S, IO>(
     service: Arc<Served<S>>,
     config: &ServerConfig,
     peer: Peer,
+    process: PeerProcess,
     shared: Option<Shared>,
     handshake_deadline: Instant,
 ) -> impl Future<Output = Result<(), RpcError>>
@@ -137,7 +139,8 @@ where
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
-        reader.set_busy_poll(config.busy_poll);
+        let (elsewhere, _end) = process.place();
+        reader.set_busy_poll(elsewhere.then_some(config.busy_poll));
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));

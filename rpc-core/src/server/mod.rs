@@ -52,6 +52,7 @@ use crate::metadata::MetadataLimits;
 use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
+use crate::peer_process::PeerProcess;
 use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP};
 use crate::slots::HeldRequests;
 use crate::transport;
@@ -97,7 +98,8 @@ pub(crate) struct ServerConfig {
     pub(crate) stream_window: u32,
     pub(crate) max_uploads: usize,
     pub(crate) panic_messages: bool,
-    pub(crate) busy_poll: Option<Duration>,
+    /// The most window of busy polling, for clients in other processes; zero for none.
+    pub(crate) busy_poll: Duration,
     pub(crate) reflection: bool,
     /// The server's status, as health calls report it.
     pub(crate) health: crate::health::HealthReporter,
@@ -128,7 +130,7 @@ impl Default for ServerBuilder {
                 stream_window: crate::stream::DEFAULT_WINDOW,
                 max_uploads: 64,
                 panic_messages: false,
-                busy_poll: None,
+                busy_poll: crate::protocol::busy::DEFAULT_WINDOW,
                 reflection: true,
                 health: crate::health::HealthReporter::default(),
                 interceptor: None,
@@ -214,21 +216,30 @@ impl ServerBuilder {
         self
     }
 
-    /// Busy polling, for the lowest latency at the cost of CPU time (default off). For a window
-    /// of up to `window` after each read that brought a connection's bytes, its task, finding
-    /// nothing more, asks to be polled again at the runtime's next turn instead of waiting to
-    /// be woken: its worker thread runs on, giving every other task its turns, so a client's
-    /// next request that comes within the window finds a thread awake. Where waking a sleeping
-    /// thread is slow, as in many virtual machines, that wakeup is most of a call's latency (see
-    /// the client's [`busy_poll`](crate::ClientBuilder::busy_poll), which it pairs with, and
-    /// whose window adapts in the same way). The price is CPU time: a worker thread stays busy
-    /// while a connection's requests keep coming within the window, so only a server with cores
-    /// to spare for it, and clients it trusts not to keep it spinning with a byte every
-    /// `window`, should turn it on. A connection whose requests come further apart stops
-    /// polling after a few windows in vain. Polling never starts before a connection's
-    /// handshake is done. A zero window turns it off.
+    /// Busy polling for clients in other processes, for the lowest latency at the cost of CPU
+    /// time (default: up to 100 µs). For a window after each read that brought a connection's
+    /// bytes, its task, finding nothing more, asks to be polled again at the runtime's next turn
+    /// instead of waiting to be woken: its worker thread runs on, giving every other task its
+    /// turns, so a client's next request that comes within the window finds a thread awake.
+    /// Where waking a sleeping thread is slow, as in many virtual machines, that wakeup is most
+    /// of a call's latency (see the client's [`busy_poll`](crate::ClientBuilder::busy_poll),
+    /// which it pairs with: the figures there are for both ends polling, as by default).
+    ///
+    /// The window adapts, up to `window`, as the client's does, so a connection whose requests
+    /// come further apart stops polling after a few windows in vain. A client in this process
+    /// (one of this crate's, over TCP or a Unix socket) is never polled for: there a call's two
+    /// ends meet without a thread to wake, and polling only slows them. Nor is one whose
+    /// connection came through [`serve_connection`](ServerBuilder::serve_connection), which
+    /// cannot be placed. Polling never starts before a connection's handshake is done.
+    ///
+    /// The price is CPU time: a worker thread stays busy while a connection's requests keep
+    /// coming within the window. A client that sends a byte within every window can keep one
+    /// worker thread busy (every connection polling on a thread shares its polling, so no more
+    /// than the runtime's worker threads are ever busy for it), though its other tasks keep
+    /// their turns. A server whose cores are better spent elsewhere, or which serves clients
+    /// it does not trust with that, turns it off with a zero window.
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.config.busy_poll = Some(window);
+        self.config.busy_poll = window;
         self
     }
 
@@ -699,6 +710,7 @@ fn serve_tcp<'a, S: ServiceSet>(
         // Boxed: a TLS connection's state is large, and a plain connection's task should not
         // carry room for it.
         let serving = async move {
+            let process = PeerProcess::of_tcp(&io);
             let (io, identity) = accept_tls(tls, io, config, handshake_deadline).await?;
             let peer = Peer {
                 addr,
@@ -706,7 +718,16 @@ fn serve_tcp<'a, S: ServiceSet>(
                 ..Peer::default()
             };
             let io = transport::Shared(io);
-            connection::serve(io, service, config, peer, shared, handshake_deadline).await
+            connection::serve(
+                io,
+                service,
+                config,
+                peer,
+                process,
+                shared,
+                handshake_deadline,
+            )
+            .await
         };
         return Either::Left(serving.boxed());
     }
@@ -714,7 +735,16 @@ fn serve_tcp<'a, S: ServiceSet>(
         addr,
         ..Peer::default()
     };
-    let serving = connection::serve(io, service, config, peer, shared, handshake_deadline);
+    let process = PeerProcess::of_tcp(&io);
+    let serving = connection::serve(
+        io,
+        service,
+        config,
+        peer,
+        process,
+        shared,
+        handshake_deadline,
+    );
     Either::<BoxFuture<'a, _>, _>::Right(serving)
 }
 
@@ -803,11 +833,14 @@ impl<S: ServiceSet> Spawner<'_, S> {
                 #[cfg(unix)]
                 Accepted::Unix(io) => {
                     // A Unix socket's client has no address; the system names its process.
+                    let credentials = PeerCredentials::of(&io);
+                    let process =
+                        PeerProcess::of_pid(credentials.and_then(|credentials| credentials.pid()));
                     let peer = Peer {
-                        credentials: PeerCredentials::of(&io),
+                        credentials,
                         ..Peer::default()
                     };
-                    connection::serve(io, service, &config, peer, shared, deadline).await
+                    connection::serve(io, service, &config, peer, process, shared, deadline).await
                 }
             };
             match served {
@@ -883,7 +916,16 @@ where
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let span = connection::span(service.first_name(), None);
     let io = transport::Shared(io);
-    let serving = connection::serve(io, service, config, Peer::default(), None, deadline);
+    let process = PeerProcess::Unknown;
+    let serving = connection::serve(
+        io,
+        service,
+        config,
+        Peer::default(),
+        process,
+        None,
+        deadline,
+    );
     serving.instrument(span).await
 }
 
@@ -917,6 +959,8 @@ mod tests {
         assert_eq!(config.max_argument_bytes_per_connection, 64 * 1024 * 1024);
         assert_eq!(config.max_argument_bytes, 1024 * 1024 * 1024);
         assert_eq!(config.max_frame_memory, 1024 * 1024 * 1024);
+        // Bounded too: a worker thread polls for at most this after a client's last bytes.
+        assert_eq!(config.busy_poll, Duration::from_micros(100));
     }
 
     #[test]
