@@ -202,8 +202,9 @@ impl Connection {
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
+        let streams = Arc::new(Streams::new(window, server.stream_window));
         let (elsewhere, end) = peer.place();
-        let calls_sent = reader.set_busy_poll(elsewhere.then_some(config.busy_poll));
+        let calls_sent = reader.set_busy_poll(elsewhere.then_some(config.busy_poll), &streams);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
@@ -216,7 +217,6 @@ impl Connection {
         };
         let pending = Arc::new(Pending::default());
         outbox.claim_requests_from(Arc::clone(&pending) as Arc<dyn Claim>);
-        let streams = Arc::new(Streams::new(window, server.stream_window));
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
         let closer = Closer {
             pending: Arc::clone(&pending),

@@ -17,6 +17,10 @@
 //!   one busy connection about 5% of their rate.
 //! - A reader that went to sleep sleeps until its next bytes, as without busy polling, whatever
 //!   wakes its task meanwhile (a call sent, a deadline to watch).
+//! - A reader whose connection has a stream open, either way, does not poll: while a stream's
+//!   items flow they keep its reader busy, and a reader polling between them took the CPU time
+//!   its peer needed to send them (on a two-core virtual machine, a stream of small items
+//!   between two processes went a third slower with both ends polling).
 //!
 //! So a connection whose frames come closer together than the most polls for them, and one
 //! whose frames come further apart stops after a few windows' worth of CPU time, rather than
@@ -39,6 +43,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::Context;
 use std::time::{Duration, Instant};
+
+use crate::stream::Streams;
 
 /// The most window of a client's and a server's busy polling unless set: about what a call's
 /// answer takes between two processes on one machine when their threads are awake (8 µs in
@@ -68,6 +74,8 @@ pub(super) struct BusyPoll {
     in_vain: u8,
     /// What the connection's callers tell it.
     calls: Arc<CallSent>,
+    /// The connection's streams: it does not poll while any is open.
+    streams: Arc<Streams>,
 }
 
 /// What a reader has done since its last bytes.
@@ -110,8 +118,8 @@ impl CallSent {
 }
 
 impl BusyPoll {
-    /// Busy polling for up to `most`, from now.
-    pub(super) fn new(most: Duration) -> Self {
+    /// Busy polling for up to `most`, from now, on a connection with `streams`.
+    pub(super) fn new(most: Duration, streams: Arc<Streams>) -> Self {
         let now = Instant::now();
         BusyPoll {
             most,
@@ -120,6 +128,7 @@ impl BusyPoll {
             since_read: SinceRead::Nothing,
             in_vain: 0,
             calls: Arc::default(),
+            streams,
         }
     }
 
@@ -176,8 +185,8 @@ impl BusyPoll {
     }
 
     /// Whether a read that found nothing now polls again at the runtime's next turn (it has
-    /// asked to be, then) rather than waits for its bytes: whether it is within its window, and
-    /// has not gone to sleep since its last bytes.
+    /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
+    /// not gone to sleep since its last bytes, and has no stream open.
     pub(super) fn poll_again(&mut self, cx: &mut Context<'_>) -> bool {
         self.poll_again_at(cx, Instant::now())
     }
@@ -186,6 +195,10 @@ impl BusyPoll {
     fn poll_again_at(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         match self.since_read {
             SinceRead::Slept => return false,
+            _ if self.streams.any_open() => {
+                self.since_read = SinceRead::Slept;
+                return false;
+            }
             _ if !self.polls_at(now) => {
                 if self.since_read == SinceRead::Polled {
                     self.polled_in_vain();
@@ -214,7 +227,7 @@ mod tests {
     #[test]
     fn the_window_runs_from_the_last_read_or_call_sent() {
         let window = Duration::from_millis(50);
-        let mut busy = BusyPoll::new(window);
+        let mut busy = BusyPoll::new(window, no_streams());
         let read = busy.read;
         assert!(busy.polls_at(read + window - Duration::from_nanos(1)));
         assert!(!busy.polls_at(read + window), "the window is over");
@@ -231,9 +244,14 @@ mod tests {
         assert!(!busy.polls_at(busy.read + window));
     }
 
+    /// A connection's streams, none open.
+    fn no_streams() -> Arc<Streams> {
+        Arc::new(Streams::new(1 << 20, 1 << 20))
+    }
+
     /// A reader with a window of 100 µs, and a time past it.
     fn past_its_window() -> (BusyPoll, Instant) {
-        let busy = BusyPoll::new(Duration::from_micros(100));
+        let busy = BusyPoll::new(Duration::from_micros(100), no_streams());
         let past = busy.read + Duration::from_secs(1);
         (busy, past)
     }
@@ -312,7 +330,7 @@ mod tests {
     #[test]
     fn bytes_the_window_just_missed_double_it() {
         let most = Duration::from_micros(100);
-        let mut busy = BusyPoll::new(most);
+        let mut busy = BusyPoll::new(most, no_streams());
         busy.window = Duration::ZERO;
         let mut at = busy.read;
         let mut after = |gap: u64| {
@@ -356,13 +374,43 @@ mod tests {
     #[test]
     fn bytes_found_while_polling_keep_the_window() {
         let most = Duration::from_secs(3600);
-        let mut busy = BusyPoll::new(most);
+        let mut busy = BusyPoll::new(most, no_streams());
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(busy.poll_again(&mut cx), "within its window, it polls");
         assert_eq!(busy.since_read, SinceRead::Polled);
         busy.read();
         assert_eq!(busy.since_read, SinceRead::Nothing);
+        assert_eq!(busy.window, most);
+    }
+
+    /// A reader whose connection has a stream open does not poll, whatever its window, and
+    /// does not count that against its window; once the stream is closed, its next bytes start
+    /// it again.
+    #[test]
+    fn a_reader_with_a_stream_open_does_not_poll() {
+        let streams = no_streams();
+        let most = Duration::from_secs(3600);
+        let mut busy = BusyPoll::new(most, Arc::clone(&streams));
+        let (wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let now = busy.read;
+
+        let upload = streams.open_outbound(1);
+        assert!(!busy.poll_again_at(&mut cx, now), "a stream going out");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        busy.read_at(now);
+        drop(upload);
+        let download = streams.open_inbound(2);
+        assert!(!busy.poll_again_at(&mut cx, now), "a stream coming in");
+        drop(download);
+        assert!(
+            !busy.poll_again_at(&mut cx, now),
+            "asleep until its next bytes"
+        );
+
+        busy.read_at(now);
+        assert!(busy.poll_again_at(&mut cx, now), "no stream open: it polls");
         assert_eq!(busy.window, most);
     }
 }

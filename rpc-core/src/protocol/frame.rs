@@ -18,6 +18,7 @@ use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
 use crate::low_water::LowWater;
+use crate::stream::Streams;
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -169,13 +170,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Makes a read that finds nothing within a window of the last bytes read, or of the last
     /// call sent, poll again at the runtime's next turn rather than wait to be woken: the
     /// thread stays busy, so bytes that come within the window need no sleeping thread woken.
-    /// The window adapts to the connection, up to `window` ([`busy`](super::busy)). A zero
-    /// window, or none, turns it off. Returns where the callers of a client tell the reader of
-    /// each call they send.
-    pub(crate) fn set_busy_poll(&mut self, window: Option<Duration>) -> Option<Arc<CallSent>> {
+    /// The window adapts to the connection, up to `window` ([`busy`](super::busy)), and the
+    /// reader does not poll while any of `streams` is open. A zero window, or none, turns it
+    /// off. Returns where the callers of a client tell the reader of each call they send.
+    pub(crate) fn set_busy_poll(
+        &mut self,
+        window: Option<Duration>,
+        streams: &Arc<Streams>,
+    ) -> Option<Arc<CallSent>> {
         self.busy_poll = window
             .filter(|window| !window.is_zero())
-            .map(|window| Box::new(BusyPoll::new(window)));
+            .map(|window| Box::new(BusyPoll::new(window, Arc::clone(streams))));
         self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
@@ -1671,13 +1676,15 @@ mod busy_poll_tests {
     fn a_zero_window_turns_busy_polling_off() {
         let (_tx, rx) = tokio::io::duplex(1024);
         let mut reader = FrameReader::new(rx, 1024);
-        assert!(reader.set_busy_poll(Some(Duration::ZERO)).is_none());
-        assert!(reader.busy_poll.is_none());
+        let streams = Arc::new(Streams::new(1024, 1024));
         assert!(
             reader
-                .set_busy_poll(Some(Duration::from_micros(1)))
-                .is_some()
+                .set_busy_poll(Some(Duration::ZERO), &streams)
+                .is_none()
         );
+        assert!(reader.busy_poll.is_none());
+        let window = Some(Duration::from_micros(1));
+        assert!(reader.set_busy_poll(window, &streams).is_some());
     }
 
     /// A reader that busy polls and finds nothing asks to be polled again, though no bytes came
@@ -1691,7 +1698,8 @@ mod busy_poll_tests {
         for busy in [true, false] {
             let (mut tx, rx) = tokio::io::duplex(1024);
             let mut reader = FrameReader::new(rx, 1024);
-            reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)));
+            let streams = Arc::new(Streams::new(1024, 1024));
+            reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
             runtime
                 .block_on(tx.write_all(&frame(b"one")))
                 .expect("writes");

@@ -139,8 +139,9 @@ where
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
+        let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
         let (elsewhere, _end) = process.place();
-        reader.set_busy_poll(elsewhere.then_some(config.busy_poll));
+        reader.set_busy_poll(elsewhere.then_some(config.busy_poll), &streams);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));
@@ -181,7 +182,6 @@ where
             shared.handshake.register(Arc::clone(&calls), attention)
         });
 
-        let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
         let peer_addr = peer.addr;
         // A client that serves back gets a reverse connection inside this one, and the server a
         // client of it, which every call's context hands out.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,9 @@ impl From<crate::protocol::Outcome<'_>> for Inbound {
 #[derive(Debug)]
 pub(crate) struct Streams {
     state: Mutex<State>,
+    /// How many streams are open, both ways, as of the last change to `state`: a connection's
+    /// reader does not busy poll while any is.
+    open: AtomicUsize,
     /// The credit each incoming stream starts with: this side's window.
     own_window: u32,
     /// The credit each outgoing stream starts with: the window the peer announced.
@@ -102,6 +105,7 @@ impl Streams {
     pub(crate) fn new(own_window: u32, peer_window: u32) -> Self {
         Streams {
             state: Mutex::default(),
+            open: AtomicUsize::new(0),
             own_window,
             peer_window,
         }
@@ -110,6 +114,17 @@ impl Streams {
     fn state(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock; if one ever did, the maps are still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts the streams open in `state`, after a change to it.
+    fn recount(&self, state: &State) {
+        let open = state.inbound.len() + state.outbound.len();
+        self.open.store(open, Ordering::Relaxed);
+    }
+
+    /// Whether any stream is open, either way.
+    pub(crate) fn any_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
     }
 
     /// Opens the receiving side of call `id`'s incoming stream.
@@ -127,6 +142,7 @@ impl Streams {
                     credit: Arc::clone(&credit),
                 };
                 state.inbound.insert(id, entry);
+                self.recount(&state);
             }
         }
         InboundParts {
@@ -185,6 +201,7 @@ impl Streams {
                 Some(reservation) => Some(reservation),
                 None => {
                     if let Some(entry) = state.inbound.remove(&id) {
+                        self.recount(&state);
                         let _ = entry.tx.send(Inbound::Failed {
                             code: StatusCode::Unavailable.wire_code(),
                             message: format!(
@@ -211,14 +228,18 @@ impl Streams {
 
     /// Ends call `id`'s incoming stream as the sender said.
     pub(crate) fn end(&self, id: u64, end: Inbound) {
-        if let Some(entry) = self.state().inbound.remove(&id) {
+        let mut state = self.state();
+        if let Some(entry) = state.inbound.remove(&id) {
+            self.recount(&state);
             let _ = entry.tx.send(end);
         }
     }
 
     /// Forgets call `id`'s incoming stream: its reader is gone.
     fn close_inbound(&self, id: u64) {
-        self.state().inbound.remove(&id);
+        let mut state = self.state();
+        state.inbound.remove(&id);
+        self.recount(&state);
     }
 
     /// Opens the sending side of call `id`'s outgoing stream, with a whole window of credit.
@@ -229,6 +250,7 @@ impl Streams {
             window.close();
         } else {
             state.outbound.insert(id, Arc::clone(&window));
+            self.recount(&state);
         }
         OutboundCredit {
             window,
@@ -251,7 +273,9 @@ impl Streams {
 
     /// Forgets call `id`'s outgoing stream.
     fn close_outbound(&self, id: u64) {
-        self.state().outbound.remove(&id);
+        let mut state = self.state();
+        state.outbound.remove(&id);
+        self.recount(&state);
     }
 
     /// The connection ended: every incoming stream gets `reason` as its last item, every
@@ -267,6 +291,7 @@ impl Streams {
         for (_, window) in state.outbound.drain() {
             window.close();
         }
+        self.recount(&state);
         state.closed = Some(reason);
     }
 }
@@ -648,6 +673,29 @@ mod tests {
 
     use super::*;
     use crate::protocol::Outbox;
+
+    /// Whether any stream is open follows every way one opens and closes: its sender ending
+    /// it, its reader or sender dropped, and the connection ending.
+    #[test]
+    fn any_open_counts_streams_both_ways() {
+        let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
+        assert!(!streams.any_open());
+        let download = streams.open_inbound(1);
+        let upload = streams.open_outbound(2);
+        drop(upload);
+        assert!(streams.any_open(), "one is still coming in");
+        streams.end(1, Inbound::Lost(RpcError::ConnectionClosed));
+        assert!(!streams.any_open(), "its sender ended it");
+        drop(download);
+        assert!(!streams.any_open());
+
+        let (_download, _upload) = (streams.open_inbound(3), streams.open_outbound(4));
+        assert!(streams.any_open());
+        streams.close_all(RpcError::ConnectionClosed);
+        assert!(!streams.any_open(), "the connection ended");
+        let _late = streams.open_inbound(5);
+        assert!(!streams.any_open(), "opened after the end, it ends at once");
+    }
 
     /// A stream of `u64` that has been sent the numbers `0..count` as one run, with the
     /// deadline `deadline` from now if one is given.
