@@ -7,7 +7,10 @@
 //!
 //! A Unix socket's system names its peer's process. A TCP connection's does not, so this
 //! process keeps a table of the local addresses of the TCP connections its clients and servers
-//! have open (their *ends*): a peer whose address is one of them is in this process. Each end
+//! have open (their *ends*): a peer whose address is one of them is in this process. The table
+//! holds each address as a 64-bit hash, which is what every connection keeps of its own and its
+//! peer's: two addresses of one hash would make a peer elsewhere look local, which costs it
+//! busy polling and nothing else, and among the ends of one process is as good as never. Each end
 //! is in the table from before its connection's handshake until the connection is dropped, and
 //! each end looks its peer up once the handshake is over, when the peer's end is in the table
 //! if it will ever be. A peer that is not one of this crate's ends (a raw socket, a proxy) is
@@ -18,12 +21,28 @@
 //! [`ServerBuilder::busy_poll`]: crate::ServerBuilder::busy_poll
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-/// The local addresses of this process's open TCP connections, each with how many connections
-/// have it: every connection a server accepts on one address has the same.
-static ENDS: LazyLock<Mutex<HashMap<SocketAddr, usize>>> = LazyLock::new(Mutex::default);
+/// The local addresses of this process's open TCP connections, by [`Address`], each with how
+/// many connections have it: every connection a server accepts on one address has the same.
+static ENDS: LazyLock<Mutex<HashMap<Address, usize>>> = LazyLock::new(Mutex::default);
+
+/// A socket address as the table of ends holds it: a hash of its IP address, as the peer sees
+/// it, and its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Address(u64);
+
+impl Address {
+    fn of(addr: SocketAddr) -> Self {
+        // The same keys everywhere: the table is only ever in one process.
+        let mut hasher = DefaultHasher::new();
+        addr.ip().to_canonical().hash(&mut hasher);
+        addr.port().hash(&mut hasher);
+        Address(hasher.finish())
+    }
+}
 
 /// Where a connection's peer runs, as far as this process can tell, and, for a TCP connection,
 /// its own end's entry in the table of this process's ends for as long as this lives.
@@ -33,7 +52,7 @@ pub(crate) enum PeerProcess {
     /// ends once the handshake is over.
     Tcp {
         /// The peer's address.
-        peer: SocketAddr,
+        peer: Address,
         /// This end, in the table until this is dropped.
         end: End,
     },
@@ -49,8 +68,8 @@ impl PeerProcess {
     pub(crate) fn of_tcp(stream: &tokio::net::TcpStream) -> Self {
         match (stream.local_addr(), stream.peer_addr()) {
             (Ok(local), Ok(peer)) => PeerProcess::Tcp {
-                peer: canonical(peer),
-                end: End::join(canonical(local)),
+                peer: Address::of(peer),
+                end: End::join(Address::of(local)),
             },
             _ => PeerProcess::Unknown,
         }
@@ -88,10 +107,10 @@ impl PeerProcess {
 
 /// A TCP connection's local address, in this process's table of ends while this lives.
 #[derive(Debug)]
-pub(crate) struct End(SocketAddr);
+pub(crate) struct End(Address);
 
 impl End {
-    fn join(addr: SocketAddr) -> Self {
+    fn join(addr: Address) -> Self {
         *ends().entry(addr).or_default() += 1;
         End(addr)
     }
@@ -111,14 +130,8 @@ impl Drop for End {
 
 /// The table of ends, locked. Nothing panics while it is held, but a poisoned lock would still
 /// hold a sound table.
-fn ends() -> std::sync::MutexGuard<'static, HashMap<SocketAddr, usize>> {
+fn ends() -> std::sync::MutexGuard<'static, HashMap<Address, usize>> {
     ENDS.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// An IPv4 address a dual-stack socket reports as IPv6 (`::ffff:a.b.c.d`) as the IPv4 one its
-/// peer sees.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]
@@ -196,10 +209,14 @@ mod tests {
         );
     }
 
+    /// A dual-stack socket reports an IPv4 peer as IPv6 (`::ffff:a.b.c.d`): the table takes it
+    /// for the IPv4 address the peer sees; other addresses and ports stay apart.
     #[test]
     fn an_ipv4_address_seen_through_ipv6_is_the_ipv4_address() {
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:80".parse().expect("an address");
-        let plain: SocketAddr = "127.0.0.1:80".parse().expect("an address");
-        assert_eq!(canonical(mapped), plain);
+        let address = |text: &str| Address::of(text.parse().expect("an address"));
+        assert_eq!(address("[::ffff:127.0.0.1]:80"), address("127.0.0.1:80"));
+        assert_ne!(address("127.0.0.1:80"), address("127.0.0.1:81"));
+        assert_ne!(address("127.0.0.1:80"), address("127.0.0.2:80"));
+        assert_ne!(address("[::1]:80"), address("127.0.0.1:80"));
     }
 }

@@ -52,20 +52,22 @@ use crate::stream::Streams;
 /// virtual machine.
 pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_micros(100);
 
-/// A window halved below this is no window: the reader stops polling. Doubled from none, a
-/// window starts at twice this.
-const SHORTEST_WINDOW: Duration = Duration::from_micros(1);
+/// A window halved below this many nanoseconds is no window: the reader stops polling. Doubled
+/// from none, a window starts at twice this.
+const SHORTEST_WINDOW: u64 = 1_000;
 
 /// How many times in a row the reader polls through its window in vain before it halves.
 const IN_VAIN_TO_HALVE: u8 = 2;
 
-/// A reader's busy polling: its window, and when it last had reason to poll.
+/// A reader's busy polling: its window, and when it last had reason to poll. Windows are in
+/// nanoseconds, which takes a reader's state down a size class from `Duration`s: every
+/// connection with a peer in another process holds one.
 #[derive(Debug)]
 pub(super) struct BusyPoll {
     /// The longest window: the one the builder was given.
-    most: Duration,
+    most: u64,
     /// The window now, up to `most` (see the module's doc).
-    window: Duration,
+    window: u64,
     /// When the reader last read bytes.
     read: Instant,
     /// What the reader has done since its last bytes.
@@ -122,8 +124,8 @@ impl BusyPoll {
     pub(super) fn new(most: Duration, streams: Arc<Streams>) -> Self {
         let now = Instant::now();
         BusyPoll {
-            most,
-            window: most,
+            most: nanos(most),
+            window: nanos(most),
             read: now,
             since_read: SinceRead::Nothing,
             in_vain: 0,
@@ -145,10 +147,11 @@ impl BusyPoll {
     /// The reader read bytes at `now`: if they came later than the window after the bytes
     /// before them but within the most, the window doubles.
     fn read_at(&mut self, now: Instant) {
-        let gap = now.saturating_duration_since(self.read);
+        let gap = nanos(now.saturating_duration_since(self.read));
         if gap <= self.most {
             if gap > self.window {
-                self.window = (self.window * 2).max(SHORTEST_WINDOW * 2).min(self.most);
+                let doubled = self.window.saturating_mul(2).max(SHORTEST_WINDOW * 2);
+                self.window = doubled.min(self.most);
             }
             self.in_vain = 0;
         }
@@ -166,7 +169,7 @@ impl BusyPoll {
 
     /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
     pub(super) fn polls_at(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since()) < self.window
+        nanos(now.saturating_duration_since(self.since())) < self.window
     }
 
     /// The reader polled until its window was over and found nothing: it goes to sleep, and at
@@ -180,7 +183,7 @@ impl BusyPoll {
         self.in_vain = 0;
         self.window /= 2;
         if self.window < SHORTEST_WINDOW {
-            self.window = Duration::ZERO;
+            self.window = 0;
         }
     }
 
@@ -215,6 +218,11 @@ impl BusyPoll {
     }
 }
 
+/// `duration` in nanoseconds, the most a `u64` holds if longer (over 500 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -242,6 +250,11 @@ mod tests {
         assert!(busy.read >= sent);
         assert!(busy.polls_at(busy.read + window - Duration::from_nanos(1)));
         assert!(!busy.polls_at(busy.read + window));
+    }
+
+    /// `count` microseconds, as windows are held.
+    fn micros(count: u64) -> u64 {
+        count * 1_000
     }
 
     /// A connection's streams, none open.
@@ -300,7 +313,7 @@ mod tests {
         assert_eq!(busy.window, busy.most, "it had not polled");
 
         let mut halvings = 0;
-        while !busy.window.is_zero() {
+        while busy.window != 0 {
             let before = busy.window;
             for _ in 0..IN_VAIN_TO_HALVE {
                 assert_eq!(busy.window, before, "not before the second time");
@@ -311,7 +324,7 @@ mod tests {
                 );
                 assert_eq!(busy.since_read, SinceRead::Slept);
             }
-            assert!(busy.window == before / 2 || busy.window.is_zero());
+            assert!(busy.window == before / 2 || busy.window == 0);
             halvings += 1;
         }
         // 100 µs halved seven times is 0.78 µs, under the shortest window.
@@ -331,7 +344,7 @@ mod tests {
     fn bytes_the_window_just_missed_double_it() {
         let most = Duration::from_micros(100);
         let mut busy = BusyPoll::new(most, no_streams());
-        busy.window = Duration::ZERO;
+        busy.window = 0;
         let mut at = busy.read;
         let mut after = |gap: u64| {
             at += Duration::from_micros(gap);
@@ -339,33 +352,25 @@ mod tests {
         };
 
         busy.read_at(after(30));
-        assert_eq!(busy.window, Duration::from_micros(2), "from none");
+        assert_eq!(busy.window, micros(2), "from none");
         for window in [4, 8, 16, 32] {
             busy.read_at(after(30));
-            assert_eq!(busy.window, Duration::from_micros(window));
+            assert_eq!(busy.window, micros(window));
         }
         busy.read_at(after(30));
-        assert_eq!(
-            busy.window,
-            Duration::from_micros(32),
-            "found within the window"
-        );
+        assert_eq!(busy.window, micros(32), "found within the window");
         busy.read_at(after(90));
-        assert_eq!(busy.window, Duration::from_micros(64));
+        assert_eq!(busy.window, micros(64));
         busy.read_at(after(90));
-        assert_eq!(busy.window, most, "held to the most");
+        assert_eq!(busy.window, nanos(most), "held to the most");
 
-        busy.window = Duration::from_micros(10);
+        busy.window = micros(10);
         busy.in_vain = 1;
         busy.read_at(after(1_000));
-        assert_eq!(
-            busy.window,
-            Duration::from_micros(10),
-            "a gap past the most"
-        );
+        assert_eq!(busy.window, micros(10), "a gap past the most");
         assert_eq!(busy.in_vain, 1);
         busy.read_at(after(3));
-        assert_eq!(busy.window, Duration::from_micros(10));
+        assert_eq!(busy.window, micros(10));
         assert_eq!(busy.in_vain, 0, "bytes close behind others: not in vain");
     }
 
@@ -381,7 +386,7 @@ mod tests {
         assert_eq!(busy.since_read, SinceRead::Polled);
         busy.read();
         assert_eq!(busy.since_read, SinceRead::Nothing);
-        assert_eq!(busy.window, most);
+        assert_eq!(busy.window, nanos(most));
     }
 
     /// A reader whose connection has a stream open does not poll, whatever its window, and
@@ -411,6 +416,6 @@ mod tests {
 
         busy.read_at(now);
         assert!(busy.poll_again_at(&mut cx, now), "no stream open: it polls");
-        assert_eq!(busy.window, most);
+        assert_eq!(busy.window, nanos(most));
     }
 }
