@@ -9,8 +9,11 @@
 //! (its most), as a guest kernel's halt polling does:
 //!
 //! - Bytes that come later than the window after the bytes before them, but within the most,
-//!   double it (from nothing, to two microseconds): polling a little longer would have found
-//!   them awake. Bytes that come within the window leave it as it is.
+//!   for the second time in a row, double it (from nothing, to two microseconds): polling a
+//!   little longer would have found them awake, and not by chance. Bytes that come within the
+//!   window leave it as it is. Once was enough before: then a tenth of calls started a
+//!   millisecond apart, which came within the most of the call before as a tenth of calls
+//!   made at random would, grew the window again and again.
 //! - Every second time in a row that the reader polls through its window and finds nothing, it
 //!   goes to sleep with the window halved, and with none once that is under a microsecond. A
 //!   frame late now and then is no reason to stop: halving at every such sleep cost calls on
@@ -59,6 +62,9 @@ const SHORTEST_WINDOW: u64 = 1_000;
 /// How many times in a row the reader polls through its window in vain before it halves.
 const IN_VAIN_TO_HALVE: u8 = 2;
 
+/// How many times in a row bytes come just after the window before it doubles.
+const MISSED_TO_DOUBLE: u8 = 2;
+
 /// A reader's busy polling: its window, and when it last had reason to poll. Windows are in
 /// nanoseconds, which takes a reader's state down a size class from `Duration`s: every
 /// connection with a peer in another process holds one.
@@ -74,6 +80,8 @@ pub(super) struct BusyPoll {
     since_read: SinceRead,
     /// How many times in a row, up to [`IN_VAIN_TO_HALVE`], it polled through its window in vain.
     in_vain: u8,
+    /// How many times in a row, up to [`MISSED_TO_DOUBLE`], bytes came just after its window.
+    missed: u8,
     /// What the connection's callers tell it.
     calls: Arc<CallSent>,
     /// The connection's streams: it does not poll while any is open.
@@ -129,6 +137,7 @@ impl BusyPoll {
             read: now,
             since_read: SinceRead::Nothing,
             in_vain: 0,
+            missed: 0,
             calls: Arc::default(),
             streams,
         }
@@ -145,15 +154,23 @@ impl BusyPoll {
     }
 
     /// The reader read bytes at `now`: if they came later than the window after the bytes
-    /// before them but within the most, the window doubles.
+    /// before them but within the most, for the second time in a row, the window doubles.
     fn read_at(&mut self, now: Instant) {
         let gap = nanos(now.saturating_duration_since(self.read));
         if gap <= self.most {
             if gap > self.window {
-                let doubled = self.window.saturating_mul(2).max(SHORTEST_WINDOW * 2);
-                self.window = doubled.min(self.most);
+                self.missed += 1;
+                if self.missed >= MISSED_TO_DOUBLE {
+                    self.missed = 0;
+                    let doubled = self.window.saturating_mul(2).max(SHORTEST_WINDOW * 2);
+                    self.window = doubled.min(self.most);
+                }
+            } else {
+                self.missed = 0;
             }
             self.in_vain = 0;
+        } else {
+            self.missed = 0;
         }
         self.read = now;
         self.since_read = SinceRead::Nothing;
@@ -338,10 +355,11 @@ mod tests {
     }
 
     /// Bytes that come later than the window after the bytes before them, but within the most,
-    /// double the window (from none, to two microseconds) and count the polls in vain afresh;
-    /// bytes within the window leave it, and bytes later than the most leave both.
+    /// for the second time in a row, double the window (from none, to two microseconds); such
+    /// bytes count the polls in vain afresh; bytes within the window leave it, and bytes later
+    /// than the most leave both, and each starts the count of such bytes afresh.
     #[test]
-    fn bytes_the_window_just_missed_double_it() {
+    fn bytes_the_window_just_missed_twice_in_a_row_double_it() {
         let most = Duration::from_micros(100);
         let mut busy = BusyPoll::new(most, no_streams());
         busy.window = 0;
@@ -352,15 +370,28 @@ mod tests {
         };
 
         busy.read_at(after(30));
+        assert_eq!(busy.window, 0, "once is not enough");
+        busy.read_at(after(30));
         assert_eq!(busy.window, micros(2), "from none");
         for window in [4, 8, 16, 32] {
             busy.read_at(after(30));
+            busy.read_at(after(30));
             assert_eq!(busy.window, micros(window));
         }
+        busy.read_at(after(90));
         busy.read_at(after(30));
-        assert_eq!(busy.window, micros(32), "found within the window");
+        busy.read_at(after(90));
+        assert_eq!(
+            busy.window,
+            micros(32),
+            "found within the window in between"
+        );
         busy.read_at(after(90));
         assert_eq!(busy.window, micros(64));
+        busy.read_at(after(1_000));
+        busy.read_at(after(90));
+        assert_eq!(busy.window, micros(64), "a gap past the most in between");
+        busy.read_at(after(90));
         busy.read_at(after(90));
         assert_eq!(busy.window, nanos(most), "held to the most");
 
