@@ -232,14 +232,13 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// default, the median sequential call across two processes took about 8 µs instead of
     /// about 75, and one connection carried 1.7 times the calls from 32 callers.
     ///
-    /// The window adapts, up to `window`: it doubles when bytes come just after it ended and
-    /// halves after polling through it in vain twice in a row, and a reader that went to sleep
-    /// sleeps until its next bytes. So calls that follow each other closely are answered to a
-    /// thread awake, and calls further apart than `window` cost little more than without busy
-    /// polling: in the benchmark, calls started 1 ms apart took 14.9 µs against 12.8 without,
-    /// at 60 µs of CPU time a call across both processes against 40 (a tenth of them came
-    /// within 100 µs of the call before, as a tenth of calls made at random would, and grew
-    /// the window again). The price is a busy core while frames keep coming within the window.
+    /// The window adapts, up to `window`: it doubles when bytes come just after it ended twice
+    /// in a row and halves after polling through it in vain twice in a row, and a reader that
+    /// went to sleep sleeps until its next bytes. So calls that follow each other closely are
+    /// answered to a thread awake, and calls further apart than `window` cost little more than
+    /// without busy polling: in the benchmark, calls started 1 ms apart took 13.4–14.6 µs
+    /// against 12.8–13.4 without, at 40–55 µs of CPU time a call across both processes either
+    /// way. The price is a busy core while frames keep coming within the window.
     /// A connection with a stream open, either way, does not poll: its items keep the reader
     /// busy while they flow, and polling between them took CPU time the sender needed (a
     /// stream of small items went a third slower with it).
