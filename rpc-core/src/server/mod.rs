@@ -704,7 +704,7 @@ fn serve_tcp<'a, S: ServiceSet>(
     config: &'a ServerConfig,
     addr: Option<SocketAddr>,
     shared: Option<connection::Shared>,
-    handshake_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
 ) -> impl Future<Output = Result<(), RpcError>> + Send + 'a {
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
@@ -712,23 +712,14 @@ fn serve_tcp<'a, S: ServiceSet>(
         // carry room for it.
         let serving = async move {
             let process = PeerProcess::of_tcp(&io);
-            let (io, identity) = accept_tls(tls, io, config, handshake_deadline).await?;
+            let (io, identity) = accept_tls(tls, io, config, deadline).await?;
             let peer = Peer {
                 addr,
                 identity,
                 ..Peer::default()
             };
             let io = transport::Shared(io);
-            connection::serve(
-                io,
-                service,
-                config,
-                peer,
-                process,
-                shared,
-                handshake_deadline,
-            )
-            .await
+            connection::serve(io, service, config, peer, process, shared, deadline).await
         };
         return Either::Left(serving.boxed());
     }
@@ -737,15 +728,7 @@ fn serve_tcp<'a, S: ServiceSet>(
         ..Peer::default()
     };
     let process = PeerProcess::of_tcp(&io);
-    let serving = connection::serve(
-        io,
-        service,
-        config,
-        peer,
-        process,
-        shared,
-        handshake_deadline,
-    );
+    let serving = connection::serve(io, service, config, peer, process, shared, deadline);
     Either::<BoxFuture<'a, _>, _>::Right(serving)
 }
 
