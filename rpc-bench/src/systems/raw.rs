@@ -7,7 +7,10 @@
 //! left a core idle, and the floor fell below rpc-core's streams. A large byte string is
 //! written from its own memory, not copied into a frame, and the client reads an echoed one back
 //! into the memory it sent from (or, shared, as a slice of its read buffer): the floor had
-//! copied each MiB twice on each end, and rpc-core, which does not, beat it.
+//! copied each MiB twice on each end, and rpc-core, which does not, beat it. While the rest of a
+//! large frame comes in, each side raises its socket's receive low-water mark as rpc-core's
+//! readers do ([`LowWater`]): without it, on single-thread runtimes the floor's 1 MiB echoes
+//! fell below rpc-core's in two full runs.
 
 use std::net::SocketAddr;
 
@@ -32,6 +35,7 @@ pub struct RawClient {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    mark: LowWater,
 }
 
 /// Requests: a tag byte, then the postcard arguments.
@@ -93,14 +97,23 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     Some(u32::from_be_bytes(prefix) as usize)
 }
 
-/// Reads until a whole frame is in `read`; its body is `read[PREFIX..PREFIX + len]`.
-async fn read_frame(stream: &mut (impl AsyncRead + Unpin), read: &mut BytesMut) -> Option<usize> {
+/// Reads until a whole frame is in `read`; its body is `read[PREFIX..PREFIX + len]`. The rest
+/// of a large frame is waited for under `mark`, raised.
+async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    read: &mut BytesMut,
+    mark: &mut LowWater,
+) -> Option<usize> {
     loop {
         if let Some(len) = frame_len(read) {
             if read.len() >= PREFIX + len {
+                mark.lower();
                 return Some(len);
             }
             read.reserve(PREFIX + len - read.len());
+            if len >= LARGE {
+                mark.before_waiting_for(PREFIX + len - read.len());
+            }
         }
         if stream.read_buf(read).await.ok()? == 0 {
             return None;
@@ -111,10 +124,14 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin), read: &mut BytesMut) 
 async fn serve_connection(stream: TcpStream) {
     // Halves that own the socket between them, without a lock, so that a stream's writes can
     // go to a task of their own.
+    let mut mark = LowWater::of(&stream);
     let (mut stream, mut writer) = stream.into_split();
     let mut read = BytesMut::with_capacity(64 * 1024);
     let mut write = Vec::with_capacity(64 * 1024);
-    while read_frame(&mut stream, &mut read).await.is_some() {
+    while read_frame(&mut stream, &mut read, &mut mark)
+        .await
+        .is_some()
+    {
         // Answer every whole frame that has arrived, then send the answers in one write.
         while let Some(len) = frame_len(&read).filter(|len| read.len() >= PREFIX + len) {
             let Some((&tag, args)) = read[PREFIX..PREFIX + len].split_first() else {
@@ -244,6 +261,7 @@ impl RawClient {
         bytes.extend_from_slice(&self.read[head..head + came]);
         self.read.advance(head + came);
         while bytes.len() < len {
+            self.mark.before_waiting_for(len - bytes.len());
             let wanted = (len - bytes.len()) as u64;
             let read = (&mut self.stream)
                 .take(wanted)
@@ -252,6 +270,7 @@ impl RawClient {
                 .expect("reads");
             assert_ne!(read, 0, "the rest of an answer");
         }
+        self.mark.lower();
         bytes
     }
 
@@ -262,7 +281,7 @@ impl RawClient {
             return self.call(ECHO, bytes).await;
         }
         self.send_large_echo(bytes).await;
-        let len = read_frame(&mut self.stream, &mut self.read)
+        let len = read_frame(&mut self.stream, &mut self.read, &mut self.mark)
             .await
             .expect("an answer");
         let frame = self.read.split_to(PREFIX + len).freeze();
@@ -271,7 +290,7 @@ impl RawClient {
     }
 
     async fn receive<R: DeserializeOwned>(&mut self) -> R {
-        let len = read_frame(&mut self.stream, &mut self.read)
+        let len = read_frame(&mut self.stream, &mut self.read, &mut self.mark)
             .await
             .expect("an answer");
         let answer = postcard::from_bytes(&self.read[PREFIX..PREFIX + len]).expect("decodes");
@@ -303,6 +322,7 @@ impl System for Raw {
         let stream = TcpStream::connect(addr).await.expect("connects");
         stream.set_nodelay(true).expect("nodelay");
         RawClient {
+            mark: LowWater::of(&stream),
             stream,
             read: BytesMut::with_capacity(64 * 1024),
             write: Vec::with_capacity(64 * 1024),
@@ -336,5 +356,115 @@ impl System for Raw {
             assert_eq!(item, expected);
         }
         Some(items)
+    }
+}
+
+/// The most a mark is raised to, as rpc-core's readers raise theirs.
+const MAX_MARK: usize = 128 * 1024;
+
+/// A TCP socket's receive low-water mark (`SO_RCVLOWAT`, on Linux), moved as rpc-core's readers
+/// move theirs (`rpc-core/src/low_water.rs`): raised, while the rest of a large frame comes in,
+/// to what is missing of it, up to [`MAX_MARK`] and half the socket's receive buffer, so that
+/// the reader is woken once much of it has come rather than at every segment; back to one byte
+/// between frames. The mark never passes what is missing, which the peer sends whole.
+#[derive(Debug)]
+struct LowWater {
+    /// The socket, open for as long as the connection whose reader holds this.
+    fd: std::os::fd::RawFd,
+    /// The mark now: 1, the kernel's default, unless raised.
+    mark: usize,
+}
+
+impl LowWater {
+    fn of(stream: &TcpStream) -> Self {
+        use std::os::fd::AsRawFd;
+        LowWater {
+            fd: stream.as_raw_fd(),
+            mark: 1,
+        }
+    }
+
+    /// Before waiting for `missing` more bytes of a large frame.
+    fn before_waiting_for(&mut self, missing: usize) {
+        if self.mark > missing {
+            self.set(missing.max(1));
+        } else if self.mark == 1 {
+            let room = socket::receive_buffer(self.fd).map_or(0, |bytes| bytes / 2);
+            self.set(missing.min(MAX_MARK).min(room).max(1));
+        }
+    }
+
+    /// Back to one byte.
+    fn lower(&mut self) {
+        self.set(1);
+    }
+
+    fn set(&mut self, mark: usize) {
+        if mark != self.mark && socket::set_mark(self.fd, mark).is_ok() {
+            self.mark = mark;
+        }
+    }
+}
+
+/// The two socket options, through libc, which alone sets `SO_RCVLOWAT`.
+#[allow(unsafe_code)]
+mod socket {
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// Sets `fd`'s `SO_RCVLOWAT` to `mark` bytes.
+    #[cfg(target_os = "linux")]
+    pub(super) fn set_mark(fd: RawFd, mark: usize) -> io::Result<()> {
+        let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is the socket of a connection its holder keeps open; the value is a
+        // `c_int` whose address and size are passed, and the kernel only reads it.
+        let done = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `fd`'s receive buffer (`SO_RCVBUF`), in bytes.
+    #[cfg(target_os = "linux")]
+    pub(super) fn receive_buffer(fd: RawFd) -> io::Result<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as in `set_mark`, `fd` is open; `value` and `len` are valid for writes of the
+        // sizes given, which is all the kernel writes.
+        let done = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        if done == 0 {
+            Ok(usize::try_from(value).unwrap_or(0))
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Elsewhere the mark stays where it is.
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn set_mark(_: RawFd, _: usize) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn receive_buffer(_: RawFd) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
