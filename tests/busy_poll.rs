@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rpc_core::{Server, Streaming};
-use rpc_tests::{LabClient, LabImpl, LabServer, within};
+use rpc_tests::{LabClient, LabImpl, LabServer, loopback_listener, within};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -97,8 +97,8 @@ fn relay_to(target: SocketAddr) -> SocketAddr {
             .build()
             .expect("a runtime");
         runtime.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-            let _ = bound.send(listener.local_addr().expect("an address"));
+            let (listener, addr) = loopback_listener().await;
+            let _ = bound.send(addr);
             loop {
                 let (mut inbound, _) = listener.accept().await.expect("accepts");
                 let mut outbound = TcpStream::connect(target).await.expect("connects");

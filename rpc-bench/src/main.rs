@@ -34,9 +34,8 @@
 //! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
 //! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-no-busy-poll` (busy polling
 //! off at both ends), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (on at that
-//! end alone), or
-//! `rpc-core-4-connections` (one client over four connections to the server, through
-//! `ClientBuilder::balance`).
+//! end alone), or `rpc-core-4-connections` (one client over four connections to the server,
+//! through `ClientBuilder::balance`).
 
 mod alloc;
 mod counters;

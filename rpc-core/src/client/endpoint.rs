@@ -365,8 +365,8 @@ impl Endpoint {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
                         .map_err(failed)?;
-                    let peer =
-                        PeerProcess::of_pid(stream.peer_cred().ok().and_then(|cred| cred.pid()));
+                    let credentials = crate::peer::PeerCredentials::of(&stream);
+                    let peer = PeerProcess::of_pid(credentials.and_then(|peer| peer.pid()));
                     return Connection::establish(stream, peer, &self.service, &self.config).await;
                 }
             };

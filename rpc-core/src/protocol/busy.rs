@@ -114,8 +114,8 @@ pub(crate) struct CallSent {
 impl CallSent {
     /// A call went out: a reader that polls does for its window from now.
     pub(crate) fn now(&self) {
-        let nanos = EPOCH.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        self.at.store(nanos.max(1), Ordering::Release);
+        self.at
+            .store(nanos(EPOCH.elapsed()).max(1), Ordering::Release);
     }
 
     /// When the last call went out, if one has.
@@ -157,20 +157,15 @@ impl BusyPoll {
     /// before them but within the most, for the second time in a row, the window doubles.
     fn read_at(&mut self, now: Instant) {
         let gap = nanos(now.saturating_duration_since(self.read));
-        if gap <= self.most {
-            if gap > self.window {
-                self.missed += 1;
-                if self.missed >= MISSED_TO_DOUBLE {
-                    self.missed = 0;
-                    let doubled = self.window.saturating_mul(2).max(SHORTEST_WINDOW * 2);
-                    self.window = doubled.min(self.most);
-                }
-            } else {
-                self.missed = 0;
-            }
-            self.in_vain = 0;
-        } else {
+        let just_missed = gap > self.window && gap <= self.most;
+        self.missed = if just_missed { self.missed + 1 } else { 0 };
+        if self.missed >= MISSED_TO_DOUBLE {
             self.missed = 0;
+            let doubled = self.window.saturating_mul(2).max(SHORTEST_WINDOW * 2);
+            self.window = doubled.min(self.most);
+        }
+        if gap <= self.most {
+            self.in_vain = 0;
         }
         self.read = now;
         self.since_read = SinceRead::Nothing;

@@ -818,8 +818,7 @@ impl<S: ServiceSet> Spawner<'_, S> {
                 Accepted::Unix(io) => {
                     // A Unix socket's client has no address; the system names its process.
                     let credentials = PeerCredentials::of(&io);
-                    let process =
-                        PeerProcess::of_pid(credentials.and_then(|credentials| credentials.pid()));
+                    let process = PeerProcess::of_pid(credentials.and_then(|peer| peer.pid()));
                     let peer = Peer {
                         credentials,
                         ..Peer::default()
@@ -900,16 +899,8 @@ where
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let span = connection::span(service.first_name(), None);
     let io = transport::Shared(io);
-    let process = PeerProcess::Unknown;
-    let serving = connection::serve(
-        io,
-        service,
-        config,
-        Peer::default(),
-        process,
-        None,
-        deadline,
-    );
+    let (peer, process) = (Peer::default(), PeerProcess::Unknown);
+    let serving = connection::serve(io, service, config, peer, process, None, deadline);
     serving.instrument(span).await
 }
 
