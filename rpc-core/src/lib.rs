@@ -71,7 +71,6 @@ pub mod dynamic;
 mod error;
 pub mod health;
 mod intercept;
-mod low_water;
 mod metadata;
 mod payload;
 mod peer;
@@ -85,6 +84,7 @@ mod slots;
 mod status;
 mod stream;
 mod task;
+mod tcp_socket;
 mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
-use crate::low_water::LowWater;
+use crate::tcp_socket::TcpSocket;
 
 /// A byte stream a connection runs over, split into the half its reader task reads from and
 /// the half its writer task writes to.
@@ -21,8 +21,9 @@ pub(crate) trait Split {
 
     fn split(self) -> (Self::Read, Self::Write);
 
-    /// The receive low-water mark of `read`'s socket, if it has one the reader may move.
-    fn low_water(read: &Self::Read) -> Option<LowWater> {
+    /// The TCP socket `read` reads, if it reads one directly (not through TLS): its reader
+    /// moves the socket's receive low-water mark, and reads it past tokio while busy polling.
+    fn tcp_socket(read: &Self::Read) -> Option<TcpSocket> {
         let _ = read;
         None
     }
@@ -37,8 +38,8 @@ impl Split for TcpStream {
         self.into_split()
     }
 
-    fn low_water(read: &Self::Read) -> Option<LowWater> {
-        LowWater::of(read.as_ref())
+    fn tcp_socket(read: &Self::Read) -> Option<TcpSocket> {
+        TcpSocket::of(read.as_ref())
     }
 }
 

@@ -363,7 +363,7 @@ impl System for Raw {
 const MAX_MARK: usize = 128 * 1024;
 
 /// A TCP socket's receive low-water mark (`SO_RCVLOWAT`, on Linux), moved as rpc-core's readers
-/// move theirs (`rpc-core/src/low_water.rs`): raised, while the rest of a large frame comes in,
+/// move theirs (`rpc-core/src/tcp_socket.rs`): raised, while the rest of a large frame comes in,
 /// to what is missing of it, up to [`MAX_MARK`] and half the socket's receive buffer, so that
 /// the reader is woken once much of it has come rather than at every segment; back to one byte
 /// between frames. The mark never passes what is missing, which the peer sends whole.

@@ -180,9 +180,9 @@ impl Connection {
         service.describe()?;
         let serve_back = config.serve_back.clone().transpose()?;
         let (read, write) = stream.split();
-        let low_water = S::low_water(&read);
+        let socket = S::tcp_socket(&read);
         let mut reader = FrameReader::new(read, config.max_frame_len);
-        reader.set_low_water(low_water);
+        reader.set_tcp_socket(socket);
         let mut writer = FrameWriter::new(write);
         let window = config.stream_window;
         Hello::new(

@@ -25,6 +25,10 @@
 //!   its peer needed to send them (on a two-core virtual machine, a stream of small items
 //!   between two processes went a third slower with both ends polling).
 //!
+//! A reader of a TCP socket that polls looks at the socket itself when tokio finds nothing: on
+//! a multi-thread runtime, tokio sees a socket's bytes only once the worker holding its I/O
+//! driver, often one asleep, is woken ([`crate::tcp_socket`]).
+//!
 //! So a connection whose frames come closer together than the most polls for them, and one
 //! whose frames come further apart stops after a few windows' worth of CPU time, rather than
 //! polling a whole window after every frame. On a two-core virtual machine, with 100 µs on both
@@ -182,6 +186,15 @@ impl BusyPoll {
     /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
     pub(super) fn polls_at(&self, now: Instant) -> bool {
         nanos(now.saturating_duration_since(self.since())) < self.window
+    }
+
+    /// Whether a read that finds nothing now would poll again: the reader has not gone to
+    /// sleep since its last bytes, has no stream open, and is within its window. Such a read
+    /// may look past tokio for bytes its driver has not seen yet ([`crate::tcp_socket`]).
+    pub(super) fn polls_now(&self) -> bool {
+        self.since_read != SinceRead::Slept
+            && !self.streams.any_open()
+            && self.polls_at(Instant::now())
     }
 
     /// The reader polled until its window was over and found nothing: it goes to sleep, and at

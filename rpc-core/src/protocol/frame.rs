@@ -17,8 +17,8 @@ use super::spare;
 use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
-use crate::low_water::LowWater;
 use crate::stream::Streams;
+use crate::tcp_socket::TcpSocket;
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -115,9 +115,10 @@ pub(crate) struct FrameReader<R> {
     split_refused: bool,
     /// Busy polling, if on. Boxed: few connections have it, and every idle one holds a reader.
     busy_poll: Option<Box<BusyPoll>>,
-    /// The socket's receive low-water mark, raised while a frame's byte string comes in, if
-    /// the transport has one ([`crate::low_water`]).
-    low_water: Option<LowWater>,
+    /// The TCP socket this reads, if it reads one directly ([`crate::tcp_socket`]): its
+    /// receive low-water mark is raised while a frame's byte string comes in, and a busy
+    /// polling reader reads it past tokio.
+    socket: Option<TcpSocket>,
 }
 
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
@@ -157,14 +158,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             splitting: None,
             split_refused: false,
             busy_poll: None,
-            low_water: None,
+            socket: None,
         }
     }
 
-    /// Moves `low_water`, the mark of the socket this reads, while a large frame's byte string
-    /// comes in, so that the reader is woken once much of it has come.
-    pub(crate) fn set_low_water(&mut self, low_water: Option<LowWater>) {
-        self.low_water = low_water;
+    /// Gives the reader `socket`, the TCP socket it reads: it moves the socket's low-water mark
+    /// while a large frame's byte string comes in, so that it is woken once much of it has
+    /// come, and reads the socket past tokio while busy polling.
+    pub(crate) fn set_tcp_socket(&mut self, socket: Option<TcpSocket>) {
+        self.socket = socket;
     }
 
     /// Makes a read that finds nothing within a window of the last bytes read, or of the last
@@ -207,22 +209,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let read = match &mut self.splitting {
             Some(splitting) => {
                 let missing = splitting.length - splitting.tail.bytes.len();
-                if let Some(low_water) = &mut self.low_water {
-                    low_water.before_waiting_for(missing);
+                if let Some(socket) = &mut self.socket {
+                    socket.before_waiting_for(missing);
                 }
                 let mut room = (&mut splitting.tail.bytes).limit(missing);
                 std::pin::pin!(io.read_buf(&mut room)).poll(cx)
             }
             None => {
-                if let Some(low_water) = &mut self.low_water {
-                    low_water.lower();
+                if let Some(socket) = &mut self.socket {
+                    socket.lower();
                 }
-                std::pin::pin!(io.read_buf(&mut *buf)).poll(cx)
+                match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
+                    Poll::Pending => self.read_past_tokio(),
+                    read => read,
+                }
             }
         };
         if let Poll::Ready(read) = read {
-            if let Some(low_water) = &mut self.low_water {
-                low_water.heard();
+            if let Some(socket) = &mut self.socket {
+                socket.heard();
             }
             self.large_idle = None;
             if let Some(share) = &mut self.share {
@@ -268,8 +273,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             // Bytes below a raised low-water mark wake no one: lowered, any already here wake
             // the reader, which then reads them; the peer is silent only if none do.
-            if let Some(low_water) = &mut self.low_water
-                && low_water.lower_for_silence()
+            if let Some(socket) = &mut self.socket
+                && socket.lower_for_silence()
             {
                 timer.reset(now + SILENCE_RECHECK);
                 continue;
@@ -279,12 +284,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Poll::Pending
     }
 
+    /// While busy polling, the bytes that have come that tokio has not seen yet: it sees a
+    /// socket's bytes only when a thread polls its I/O driver, which a sleeping worker may hold
+    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll.
+    fn read_past_tokio(&mut self) -> Poll<std::io::Result<usize>> {
+        match (&self.busy_poll, &self.socket) {
+            (Some(busy), Some(socket)) if busy.polls_now() => socket
+                .read_now(&mut self.buf)
+                .map_or(Poll::Pending, |read| Poll::Ready(Ok(read))),
+            _ => Poll::Pending,
+        }
+    }
+
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
     /// direction or the stream fails. For a connection being closed: closing a socket with
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
     pub(crate) async fn discard_until_end(&mut self, limit: usize) {
-        if let Some(low_water) = &mut self.low_water {
-            low_water.lower();
+        if let Some(socket) = &mut self.socket {
+            socket.lower();
         }
         self.splitting = None;
         self.buf.clear();
@@ -1714,6 +1731,48 @@ mod busy_poll_tests {
                 assert!(poll_once(&mut reader, &waker).is_pending());
                 let woken = count.0.load(Ordering::SeqCst);
                 assert_eq!(woken, if busy { polled } else { 0 }, "busy: {busy}");
+            }
+        }
+    }
+
+    /// A busy polling reader of a TCP socket finds a frame that has come though no thread has
+    /// polled tokio's I/O driver since (on a multi-thread runtime, a sleeping worker may hold
+    /// it): it reads the socket itself. A reader that does not busy poll waits for the driver.
+    #[test]
+    fn a_busy_reader_finds_bytes_the_driver_has_not_seen() {
+        use std::io::Write;
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime");
+        // Nothing here is awaited: the runtime never polls its driver.
+        let _inside = runtime.enter();
+        for busy in [true, false] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+            let mut peer = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
+                .expect("connects");
+            let (accepted, _) = listener.accept().expect("accepts");
+            peer.write_all(&frame(b"one")).expect("writes");
+            // Waits, blocking, until the frame is in the socket.
+            accepted.peek(&mut [0; 1]).expect("the frame comes");
+            accepted.set_nonblocking(true).expect("non-blocking");
+            let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+            let (read, _write) = stream.into_split();
+            let socket = TcpSocket::of(read.as_ref());
+            let mut reader = FrameReader::new(read, 1024);
+            reader.set_tcp_socket(socket);
+            let streams = Arc::new(Streams::new(1024, 1024));
+            reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+
+            let polled = poll_once(&mut reader, Waker::noop());
+            if busy {
+                assert!(
+                    matches!(&polled, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+                    "{polled:?}"
+                );
+            } else {
+                assert!(polled.is_pending(), "{polled:?}");
             }
         }
     }

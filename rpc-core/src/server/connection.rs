@@ -115,9 +115,9 @@ where
     IO: crate::transport::Split,
 {
     let (read, write) = io.split();
-    let low_water = IO::low_water(&read);
+    let socket = IO::tcp_socket(&read);
     let mut reader = FrameReader::new(read, config.max_frame_len);
-    reader.set_low_water(low_water);
+    reader.set_tcp_socket(socket);
     if let Some(shared) = &shared {
         reader.share_memory(Arc::clone(&shared.frame_memory));
     }

@@ -1,0 +1,312 @@
+//! What a connection's reader does with its TCP socket past tokio, on Linux: it moves the
+//! socket's receive low-water mark, and while busy polling it reads the socket itself.
+//!
+//! # The low-water mark
+//!
+//! Waking a reader once much of a large frame has come, not at every segment: a 1 MiB byte
+//! string arrives in pieces as its sender writes and the window opens; a reader woken at each
+//! piece reads a few hundred kilobytes, finds nothing more and sleeps again, and on a machine
+//! where waking an idle core is dear, those wakeups are much of the frame's cost. With the mark
+//! (`SO_RCVLOWAT`) raised to what is missing of the frame (up to [`MAX_MARK`]), the kernel wakes
+//! the reader only once that much is there: 1 MiB echoes over one connection between two
+//! processes measured a tenth faster (BENCHMARKS.md).
+//!
+//! The mark never exceeds what is still missing of the frame, which a peer keeping to the
+//! protocol sends whole; it is back to one byte before anything else is read. It stays within
+//! half the socket's receive buffer, so that raising it never makes the kernel grow the buffer
+//! and clamp the window to the mark. Bytes below it wake no one, so before a reader judges its
+//! peer silent it lowers the mark ([`TcpSocket::lower_for_silence`]) and looks again.
+//!
+//! # Reads while busy polling
+//!
+//! tokio learns that a socket has bytes only when a thread polls its I/O driver, and its reads
+//! find nothing until then. On a multi-thread runtime the driver is held by whichever worker
+//! went to sleep first, waiting in it for events: a reader busy polling on another worker would
+//! find nothing until that sleeping worker was woken, which is the wakeup busy polling is there
+//! to spare. So a busy polling reader whose read through tokio finds nothing reads the socket
+//! itself ([`TcpSocket::read_now`]). Between two processes on a two-core machine, sequential
+//! calls' p99 fell from 110-115 µs to 70-72 and their median from 8.0 to 7.0 (BENCHMARKS.md).
+//! tokio is not misled: bytes read here leave its readiness as it was, and the event their
+//! arrival raised at most wakes the reader once more to find nothing.
+
+use std::io;
+
+/// The highest mark raised. A higher one spared more wakeups between two processes (512 KiB:
+/// a fifth faster than none) but left the cores idle in turn within one (a fifth slower), where
+/// this one measured within the noise of none (BENCHMARKS.md).
+pub(crate) const MAX_MARK: usize = 128 * 1024;
+
+/// The TCP socket a connection's reader reads: its receive low-water mark as the reader moves
+/// it, and reads past tokio.
+#[derive(Debug)]
+pub(crate) struct TcpSocket {
+    /// The socket, borrowed for as long as the reader holding this holds its read half.
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::RawFd,
+    /// The mark now: 1 (the kernel's default) unless raised; at most [`MAX_MARK`]. Four bytes,
+    /// as the file descriptor: every connection's reader holds this.
+    mark: u32,
+    /// Lowered to judge the peer's silence: not raised again until bytes have been read.
+    held_low: bool,
+}
+
+impl TcpSocket {
+    /// `stream`'s socket, for the reader of its read half; `None` where its mark is not moved
+    /// nor read past tokio (other systems than Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+    pub(crate) fn of(stream: &tokio::net::TcpStream) -> Option<TcpSocket> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            Some(TcpSocket {
+                fd: stream.as_raw_fd(),
+                mark: 1,
+                held_low: false,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
+    /// Before waiting for more of a large frame of which `missing` bytes have not come: raises
+    /// the mark to as much of that as the socket's buffer allows, up to [`MAX_MARK`], or lowers
+    /// it to `missing` if it is above. A failure leaves the mark where it was, which only
+    /// costs wakeups.
+    pub(crate) fn before_waiting_for(&mut self, missing: usize) {
+        if self.held_low || missing <= 1 {
+            return self.lower();
+        }
+        if self.mark() > missing {
+            self.set(missing);
+        } else if self.mark == 1 {
+            let room = sys::receive_buffer(self).map_or(0, |bytes| bytes / 2);
+            self.set(missing.min(MAX_MARK).min(room));
+        }
+    }
+
+    /// Back to one byte: between frames, and before anything but a large frame's string is
+    /// read.
+    pub(crate) fn lower(&mut self) {
+        self.set(1);
+    }
+
+    /// Before judging the peer silent: back to one byte, and kept there until bytes are read,
+    /// so that bytes already here below the mark wake the reader. `false` if the mark was not
+    /// raised, and the peer is as silent as it seems.
+    pub(crate) fn lower_for_silence(&mut self) -> bool {
+        if self.mark == 1 {
+            return false;
+        }
+        self.lower();
+        self.held_low = true;
+        true
+    }
+
+    /// Bytes were read: the mark may be raised again.
+    pub(crate) fn heard(&mut self) {
+        self.held_low = false;
+    }
+
+    /// Reads the bytes that have arrived into `buf`'s spare room, straight from the socket and
+    /// without waiting: `None` if there are none, if `buf` has no room, or if the stream ended
+    /// or failed, which tokio's next read reports.
+    pub(crate) fn read_now(&self, buf: &mut bytes::BytesMut) -> Option<usize> {
+        sys::read_now(self, buf)
+    }
+
+    fn mark(&self) -> usize {
+        usize::try_from(self.mark).unwrap_or(usize::MAX)
+    }
+
+    fn set(&mut self, mark: usize) {
+        let Ok(mark) = u32::try_from(mark.max(1)) else {
+            return;
+        };
+        if mark != self.mark && sys::set_mark(self, mark).is_ok() {
+            self.mark = mark;
+        }
+    }
+}
+
+/// The two socket options, read and set through libc, and the read: socket2, nix and rustix
+/// set neither `SO_RCVLOWAT` nor, on a borrowed socket, anything this needs, and none reads
+/// into a `BytesMut`'s spare room.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod sys {
+    use super::{TcpSocket, io};
+
+    /// Sets `SO_RCVLOWAT` to `mark` bytes.
+    pub(super) fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
+        let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is the socket of a read half its reader holds as long as it holds this
+        // (`TcpSocket::of`), so it is open; the option's value is a `c_int` whose address and
+        // size are passed, and the kernel only reads it.
+        let done = unsafe {
+            libc::setsockopt(
+                socket.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Reads what has arrived into `buf`'s spare room, without waiting.
+    pub(super) fn read_now(socket: &TcpSocket, buf: &mut bytes::BytesMut) -> Option<usize> {
+        let room = buf.spare_capacity_mut();
+        if room.is_empty() {
+            return None;
+        }
+        // SAFETY: `fd` is open, as in `set_mark`; `room` is valid for writes of its length,
+        // and the kernel writes at most that many bytes there.
+        let read = unsafe {
+            libc::recv(
+                socket.fd,
+                room.as_mut_ptr().cast(),
+                room.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let read = usize::try_from(read).ok().filter(|&read| read > 0)?;
+        // SAFETY: the kernel initialised the first `read` bytes of the spare room, which
+        // follows `buf`'s bytes.
+        unsafe { buf.set_len(buf.len() + read) };
+        Some(read)
+    }
+
+    /// The socket's receive buffer (`SO_RCVBUF`), in bytes.
+    pub(super) fn receive_buffer(socket: &TcpSocket) -> io::Result<usize> {
+        get(socket, libc::SO_RCVBUF)
+    }
+
+    /// The socket-level option `name`, an `int`, as a count of bytes.
+    pub(super) fn get(socket: &TcpSocket, name: libc::c_int) -> io::Result<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as in `set_mark`, `fd` is open; `value` and `len` are valid for writes of
+        // the sizes given, which is all the kernel writes.
+        let done = unsafe {
+            libc::getsockopt(
+                socket.fd,
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        if done == 0 {
+            Ok(usize::try_from(value).unwrap_or(0))
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Elsewhere no mark is moved (`TcpSocket::of` gives none).
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use super::{TcpSocket, io};
+
+    pub(super) fn set_mark(_: &TcpSocket, _: u32) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(super) fn receive_buffer(_: &TcpSocket) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(super) fn read_now(_: &TcpSocket, _: &mut bytes::BytesMut) -> Option<usize> {
+        None
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The mark the kernel holds for `socket`.
+    fn kernel_mark(socket: &TcpSocket) -> usize {
+        sys::get(socket, libc::SO_RCVLOWAT).expect("the mark")
+    }
+
+    async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
+            listener.accept().await.expect("accepts").0
+        });
+        (client.expect("connects"), accepted)
+    }
+
+    /// The mark follows what is missing of a frame, within half the receive buffer and
+    /// [`MAX_MARK`], and is back to one byte between frames.
+    #[tokio::test]
+    async fn the_mark_never_passes_what_is_missing_nor_half_the_buffer() {
+        let (_client, server) = connected().await;
+        let mut socket = TcpSocket::of(&server).expect("on Linux");
+        let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
+        socket.before_waiting_for(8 << 20);
+        assert_eq!(kernel_mark(&socket), MAX_MARK.min(half_buffer));
+        socket.before_waiting_for(1000);
+        assert_eq!(kernel_mark(&socket), 1000, "lowered to what is missing");
+        socket.before_waiting_for(5000);
+        assert_eq!(kernel_mark(&socket), 1000, "not raised within the frame");
+        socket.lower();
+        assert_eq!(kernel_mark(&socket), 1);
+    }
+
+    /// Lowered to judge the peer's silence, the mark stays low until bytes are read.
+    #[tokio::test]
+    async fn a_mark_lowered_for_silence_stays_low_until_bytes_are_read() {
+        let (_client, server) = connected().await;
+        let mut socket = TcpSocket::of(&server).expect("on Linux");
+        assert!(!socket.lower_for_silence(), "not raised: truly silent");
+        socket.before_waiting_for(100_000);
+        assert!(kernel_mark(&socket) > 1);
+        assert!(socket.lower_for_silence());
+        assert_eq!(kernel_mark(&socket), 1);
+        socket.before_waiting_for(100_000);
+        assert_eq!(kernel_mark(&socket), 1, "held low");
+        socket.heard();
+        socket.before_waiting_for(100_000);
+        assert!(kernel_mark(&socket) > 1, "raised again after a read");
+    }
+
+    /// What has arrived is read into the buffer's spare room, after the bytes already there;
+    /// nothing is read into a buffer without room, nor from a socket with no bytes or whose
+    /// stream has ended.
+    #[tokio::test]
+    async fn read_now_takes_what_has_arrived_into_the_spare_room() {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut client, server) = connected().await;
+        let socket = TcpSocket::of(&server).expect("on Linux");
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"kept ");
+        assert_eq!(socket.read_now(&mut buf), None, "nothing has come");
+
+        client.write_all(b"bytes").await.expect("writes");
+        server.readable().await.expect("the bytes come");
+        assert_eq!(
+            socket.read_now(&mut bytes::BytesMut::new()),
+            None,
+            "no room"
+        );
+        assert_eq!(socket.read_now(&mut buf), Some(5));
+        assert_eq!(&buf[..], b"kept bytes");
+
+        drop(client);
+        server.readable().await.expect("the end comes");
+        assert_eq!(socket.read_now(&mut buf), None, "the stream ended");
+        assert_eq!(&buf[..], b"kept bytes");
+    }
+}
