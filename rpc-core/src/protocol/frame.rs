@@ -291,7 +291,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         match (&self.busy_poll, &self.socket) {
             (Some(busy), Some(socket)) if busy.polls_now() => socket
                 .read_now(&mut self.buf)
-                .map_or(Poll::Pending, |read| Poll::Ready(Ok(read))),
+                .map_or(Poll::Pending, Poll::Ready),
             _ => Poll::Pending,
         }
     }
@@ -1735,6 +1735,41 @@ mod busy_poll_tests {
         }
     }
 
+    /// A connected pair of blocking sockets: the peer's, and the one accepted, for a reader.
+    fn connected_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let peer = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
+            .expect("connects");
+        let (accepted, _) = listener.accept().expect("accepts");
+        (peer, accepted)
+    }
+
+    /// A reader of `accepted`, registered with the runtime entered, polling for an hour if
+    /// `busy`.
+    fn reader_of(
+        accepted: std::net::TcpStream,
+        busy: bool,
+    ) -> FrameReader<tokio::net::tcp::OwnedReadHalf> {
+        accepted.set_nonblocking(true).expect("non-blocking");
+        let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+        let (read, _write) = stream.into_split();
+        let socket = TcpSocket::of(read.as_ref());
+        let mut reader = FrameReader::new(read, 1024);
+        reader.set_tcp_socket(socket);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        reader
+    }
+
+    /// A current-thread runtime with I/O, to enter without ever awaiting: it never polls its
+    /// driver.
+    fn runtime_with_io() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime")
+    }
+
     /// A busy polling reader of a TCP socket finds a frame that has come though no thread has
     /// polled tokio's I/O driver since (on a multi-thread runtime, a sleeping worker may hold
     /// it): it reads the socket itself. A reader that does not busy poll waits for the driver.
@@ -1742,28 +1777,14 @@ mod busy_poll_tests {
     fn a_busy_reader_finds_bytes_the_driver_has_not_seen() {
         use std::io::Write;
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("a runtime");
-        // Nothing here is awaited: the runtime never polls its driver.
+        let runtime = runtime_with_io();
         let _inside = runtime.enter();
         for busy in [true, false] {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-            let mut peer = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
-                .expect("connects");
-            let (accepted, _) = listener.accept().expect("accepts");
+            let (mut peer, accepted) = connected_pair();
             peer.write_all(&frame(b"one")).expect("writes");
             // Waits, blocking, until the frame is in the socket.
             accepted.peek(&mut [0; 1]).expect("the frame comes");
-            accepted.set_nonblocking(true).expect("non-blocking");
-            let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
-            let (read, _write) = stream.into_split();
-            let socket = TcpSocket::of(read.as_ref());
-            let mut reader = FrameReader::new(read, 1024);
-            reader.set_tcp_socket(socket);
-            let streams = Arc::new(Streams::new(1024, 1024));
-            reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+            let mut reader = reader_of(accepted, busy);
 
             let polled = poll_once(&mut reader, Waker::noop());
             if busy {
@@ -1775,5 +1796,37 @@ mod busy_poll_tests {
                 assert!(polled.is_pending(), "{polled:?}");
             }
         }
+    }
+
+    /// A busy polling reader that reads its socket itself reports a peer's reset as the failure
+    /// it is, not as a clean end: a socket reports a reset once, so whoever reads it first must
+    /// pass it on (a server drops the handlers of a client reset mid-call, and finishes those
+    /// of one that only closed its side).
+    #[test]
+    fn a_busy_reader_reports_a_reset_it_reads_itself() {
+        let runtime = runtime_with_io();
+        let _inside = runtime.enter();
+        let (peer, accepted) = connected_pair();
+        let mut reader = reader_of(accepted, true);
+        peer.set_nonblocking(true).expect("non-blocking");
+        let peer = tokio::net::TcpStream::from_std(peer).expect("registers");
+        // A linger of zero closes with a reset, at once.
+        #[allow(deprecated)]
+        peer.set_linger(Some(Duration::ZERO))
+            .expect("a reset on close");
+        drop(peer);
+        // Only the reader's own reads can see the reset: the driver never runs. Polled until
+        // it comes, which on loopback is at once.
+        let guard = std::time::Instant::now() + Duration::from_secs(20);
+        let polled = loop {
+            match poll_once(&mut reader, Waker::noop()) {
+                Poll::Ready(polled) => break polled,
+                Poll::Pending => assert!(std::time::Instant::now() < guard, "no reset came"),
+            }
+        };
+        assert!(
+            matches!(&polled, Err(RpcError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset),
+            "{polled:?}"
+        );
     }
 }
