@@ -1,8 +1,8 @@
 //! Busy polling: with it on, a connection's reader keeps its thread running for the window after
 //! its last bytes instead of letting it sleep, on the server and on the client, when its peer
-//! runs in another process; calls, streams and large byte strings go through as without it;
-//! once the window is over the thread sleeps again; and a peer in this process is never polled
-//! for.
+//! runs in another process or on another runtime of this one; calls, streams and large byte
+//! strings go through as without it; once the window is over the thread sleeps again; and a
+//! peer on the same runtime is never polled for.
 //!
 //! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
 //! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
@@ -176,14 +176,41 @@ fn once_the_window_is_over_both_ends_sleep_again() {
     assert_eq!(slept, (true, true));
 }
 
-/// A client and a server in one process do not poll for each other, whatever their window:
+/// A client and a server on two runtimes of one process poll for each other, as if in two
+/// processes: each runtime has a thread of its own to keep awake.
+#[test]
+fn ends_on_two_runtimes_of_one_process_poll_for_each_other() {
+    let slept = slept_after_a_call(Some(FOREVER), Meeting::Directly);
+    assert_eq!(slept, (false, false));
+}
+
+/// A client and a server on one runtime do not poll for each other, whatever their window:
 /// there a call's two ends meet without a sleeping thread to wake.
 #[test]
-fn ends_in_one_process_do_not_poll_for_each_other() {
-    let slept = slept_after_a_call(Some(FOREVER), Meeting::Directly);
-    assert_eq!(slept, (true, true));
-    let slept = slept_after_a_call(None, Meeting::Directly);
-    assert_eq!(slept, (true, true), "nor do they by default");
+fn ends_on_one_runtime_do_not_poll_for_each_other() {
+    for window in [Some(FOREVER), None] {
+        let (runtime, sleeps) = watched_runtime();
+        let slept = runtime.block_on(async move {
+            let mut server = Server::builder();
+            let mut client = LabClient::builder();
+            if let Some(window) = window {
+                server = server.busy_poll(window);
+                client = client.busy_poll(window);
+            }
+            let server = server.bind("127.0.0.1:0").await.expect("binds");
+            let addr = server.local_addr().expect("an address");
+            tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
+            let client = within("a connection", client.connect(addr))
+                .await
+                .expect("connects");
+            assert_eq!(within("a call", client.add(2, 3)).await.expect("add"), 5);
+            let before = sleeps.so_far();
+            // The spell watched, not a wait for something to happen: nothing is sent during it.
+            tokio::time::sleep(QUIET).await;
+            sleeps.slept_since(before)
+        });
+        assert!(slept, "the window: {window:?}");
+    }
 }
 
 /// Busy polling starts once a connection's handshake is done: a peer that connects and sends

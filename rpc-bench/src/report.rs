@@ -555,7 +555,8 @@ pub fn write(
         let _ = write!(
             sections,
             "## Busy polling, two processes\n\nrpc-core with busy polling (`busy_poll`: by \
-             default up to 100 µs at both ends, for a peer in another process) off, on at the \
+             default up to 100 µs at both ends, for a peer in another process or runtime) off, \
+             on at the \
              server alone, at the client alone and at both, as by default, measured one after \
              the other in one round: a reader that finds nothing keeps its thread running for a \
              window after its last bytes (and, on a client, its last call sent), so the next \
@@ -563,8 +564,9 @@ pub fn write(
              user and system time, from `/proc/self/stat`, in ticks of 10 ms). The window \
              adapts, up to the one given: the last two rows are sequential calls started 1 ms \
              apart, further than it. The tables above measure rpc-core as its defaults build \
-             it: polling across two processes, not in one, where a call's two ends meet without \
-             a wakeup and polling only slows them.\n\n```sh\ncargo run --release -p rpc-bench \
+             it: polling across two processes and between the single-thread runtimes of one, \
+             not on one shared runtime, where a call's two ends meet without a wakeup and \
+             polling only slows them.\n\n```sh\ncargo run --release -p rpc-bench \
              -- --busy-poll\n```\n\n{}\n",
             busy_table(busy)
         );

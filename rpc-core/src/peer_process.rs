@@ -1,20 +1,25 @@
-//! Whether a connection's peer runs in this process: busy polling
-//! ([`ClientBuilder::busy_poll`], [`ServerBuilder::busy_poll`]) is for peers in other
-//! processes. Where both ends of a connection run in one process, on one runtime, a call's two
-//! ends meet without a sleeping thread to wake, and a reader that polls only takes turns from
-//! the tasks it waits for: in this crate's benchmark its sequential calls took 9 µs against
-//! 5.5 with both ends polling (BENCHMARKS.md).
+//! Whether a connection's peer runs elsewhere, on threads of its own: busy polling
+//! ([`ClientBuilder::busy_poll`], [`ServerBuilder::busy_poll`]) is for peers in other processes,
+//! and on other runtimes of this one. Where both ends of a connection run on one runtime, a
+//! call's two ends meet without a sleeping thread to wake, and a reader that polls only takes
+//! turns from the tasks it waits for: in this crate's benchmark, on one shared runtime, its
+//! sequential calls took 20.8 µs against 5.4 with both ends polling. Two runtimes of one process
+//! have threads of their own, each woken as another process's would be: there polling took
+//! sequential calls between two single-thread runtimes from 71.4 µs to 6.8 (BENCHMARKS.md).
 //!
 //! A Unix socket's system names its peer's process. A TCP connection's does not, so this
 //! process keeps a table of the local addresses of the TCP connections its clients and servers
-//! have open (their *ends*): a peer whose address is one of them is in this process. The table
+//! have open (their *ends*), each with the runtime its end runs on: a peer whose address is one
+//! of them is in this process, on that runtime ([`tokio::runtime::Id`]). The table
 //! holds each address as a 64-bit hash, which is what every connection keeps of its own and its
 //! peer's: two addresses of one hash would make a peer elsewhere look local, which costs it
 //! busy polling and nothing else, and among the ends of one process is as good as never. Each end
 //! is in the table from before its connection's handshake until the connection is dropped, and
 //! each end looks its peer up once the handshake is over, when the peer's end is in the table
 //! if it will ever be. A peer that is not one of this crate's ends (a raw socket, a proxy) is
-//! taken for another process's. A stream this crate did not open itself (`connect_stream`,
+//! taken for another process's. Ends at one address on several runtimes (a server's, served
+//! from more than one), or on none, are taken for the looking end's runtime's: polling for them
+//! might only slow them. A stream this crate did not open itself (`connect_stream`,
 //! `serve_connection`) has a peer it cannot place, and no busy polling by default.
 //!
 //! [`ClientBuilder::busy_poll`]: crate::ClientBuilder::busy_poll
@@ -25,9 +30,20 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-/// The local addresses of this process's open TCP connections, by [`Address`], each with how
-/// many connections have it: every connection a server accepts on one address has the same.
-static ENDS: LazyLock<Mutex<HashMap<Address, usize>>> = LazyLock::new(Mutex::default);
+use tokio::runtime::{Handle, Id};
+
+/// The local addresses of this process's open TCP connections, by [`Address`], each with the
+/// ends that have it: every connection a server accepts on one address has the same.
+static ENDS: LazyLock<Mutex<HashMap<Address, Ends>>> = LazyLock::new(Mutex::default);
+
+/// The ends of this process's connections at one address.
+#[derive(Debug)]
+struct Ends {
+    /// How many.
+    count: usize,
+    /// The runtime they all run on; `None` if they run on several, or one ran on none.
+    runtime: Option<Id>,
+}
 
 /// A socket address as the table of ends holds it: a hash of its IP address, as the peer sees
 /// it, and its port.
@@ -83,11 +99,19 @@ impl PeerProcess {
         }
     }
 
-    /// Whether the peer is in another process than this one, as far as can be told: `false`
-    /// when it is in this one or cannot be placed. Asked once the handshake is over.
+    /// Whether the peer runs elsewhere, on threads of its own, as far as can be told: in another
+    /// process, or on another runtime of this one than the current; `false` when it runs on
+    /// this runtime or cannot be placed. Asked once the handshake is over, on the runtime the
+    /// connection runs on.
     pub(crate) fn is_elsewhere(&self) -> bool {
         match self {
-            PeerProcess::Tcp { peer, .. } => !ends().contains_key(peer),
+            PeerProcess::Tcp { peer, .. } => match ends().get(peer) {
+                None => true,
+                Some(ends) => match (ends.runtime, current_runtime()) {
+                    (Some(theirs), Some(ours)) => theirs != ours,
+                    _ => false,
+                },
+            },
             PeerProcess::Known(here) => !here,
             PeerProcess::Unknown => false,
         }
@@ -110,18 +134,33 @@ impl PeerProcess {
 pub(crate) struct End(Address);
 
 impl End {
+    /// An end at `addr`, on the current runtime.
     fn join(addr: Address) -> Self {
-        *ends().entry(addr).or_default() += 1;
+        let runtime = current_runtime();
+        ends()
+            .entry(addr)
+            .and_modify(|ends| {
+                ends.count += 1;
+                if ends.runtime != runtime {
+                    ends.runtime = None;
+                }
+            })
+            .or_insert(Ends { count: 1, runtime });
         End(addr)
     }
+}
+
+/// The runtime this runs on, if any.
+fn current_runtime() -> Option<Id> {
+    Handle::try_current().ok().map(|handle| handle.id())
 }
 
 impl Drop for End {
     fn drop(&mut self) {
         let mut ends = ends();
-        if let Some(count) = ends.get_mut(&self.0) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(these) = ends.get_mut(&self.0) {
+            these.count -= 1;
+            if these.count == 0 {
                 ends.remove(&self.0);
             }
         }
@@ -130,7 +169,7 @@ impl Drop for End {
 
 /// The table of ends, locked. Nothing panics while it is held, but a poisoned lock would still
 /// hold a sound table.
-fn ends() -> std::sync::MutexGuard<'static, HashMap<Address, usize>> {
+fn ends() -> std::sync::MutexGuard<'static, HashMap<Address, Ends>> {
     ENDS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -196,6 +235,68 @@ mod tests {
         );
         ends.pop();
         assert!(watcher.is_elsewhere());
+    }
+
+    /// A current-thread runtime of its own.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime")
+    }
+
+    /// A connected pair of blocking sockets, to be ends on runtimes chosen after.
+    fn std_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let connected = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
+            .expect("connects");
+        (connected, listener.accept().expect("accepts").0)
+    }
+
+    /// `stream`'s end, made on `runtime`; the stream itself is closed, its end stays.
+    fn end_on(runtime: &tokio::runtime::Runtime, stream: std::net::TcpStream) -> PeerProcess {
+        stream.set_nonblocking(true).expect("non-blocking");
+        runtime.block_on(async {
+            PeerProcess::of_tcp(&TcpStream::from_std(stream).expect("registers"))
+        })
+    }
+
+    /// Two ends of one process on two runtimes run on threads of their own: each is elsewhere
+    /// to the other, looked at from its own runtime. On one runtime they are not.
+    #[test]
+    fn ends_on_two_runtimes_are_elsewhere_to_each_other() {
+        let (first, second) = (runtime(), runtime());
+        let (connected, accepted) = std_pair();
+        let (client, server) = (end_on(&first, connected), end_on(&second, accepted));
+        assert!(first.block_on(async { client.is_elsewhere() }));
+        assert!(second.block_on(async { server.is_elsewhere() }));
+        assert!(
+            !second.block_on(async { client.is_elsewhere() }),
+            "looked at from the server's runtime, the client's peer runs on it"
+        );
+
+        let (connected, accepted) = std_pair();
+        let (client, server) = (end_on(&first, connected), end_on(&first, accepted));
+        assert!(!first.block_on(async { client.is_elsewhere() }));
+        assert!(!first.block_on(async { server.is_elsewhere() }));
+    }
+
+    /// Ends at one address on several runtimes are taken for the looking end's runtime's.
+    #[test]
+    fn ends_at_one_address_on_several_runtimes_are_taken_for_this_ones() {
+        let (first, second, third) = (runtime(), runtime(), runtime());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let mut accepted = Vec::new();
+        let mut watchers = Vec::new();
+        for runtime in [&first, &second] {
+            let connected = std::net::TcpStream::connect(addr).expect("connects");
+            accepted.push(end_on(runtime, listener.accept().expect("accepts").0));
+            watchers.push(end_on(&third, connected));
+        }
+        assert!(!third.block_on(async { watchers[0].is_elsewhere() }));
+        drop(accepted);
+        assert!(third.block_on(async { watchers[0].is_elsewhere() }));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! polls again at the runtime's next turn instead of waiting to be woken. It does for its window
 //! after the last bytes it read, and, on a client, after the last call sent while it polls: the
 //! answers to calls made one after another then find the reader's thread awake. It is on by
-//! default, up to [`DEFAULT_WINDOW`], on every connection whose peer runs in another process
-//! ([`crate::peer_process`]): in one process, polling only slows a call's two ends.
+//! default, up to [`DEFAULT_WINDOW`], on every connection whose peer runs in another process,
+//! or on another runtime of this one ([`crate::peer_process`]): on one runtime, polling only
+//! slows a call's two ends.
 //!
 //! The window adapts to the connection, between nothing and the window the builder was given
 //! (its most), as a guest kernel's halt polling does:
@@ -71,7 +72,7 @@ const MISSED_TO_DOUBLE: u8 = 2;
 
 /// A reader's busy polling: its window, and when it last had reason to poll. Windows are in
 /// nanoseconds, which takes a reader's state down a size class from `Duration`s: every
-/// connection with a peer in another process holds one.
+/// connection with a peer elsewhere holds one.
 #[derive(Debug)]
 pub(super) struct BusyPoll {
     /// The longest window: the one the builder was given.
