@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rpc_core::{Server, Streaming};
-use rpc_tests::{LabClient, LabImpl, LabServer, loopback_listener, within};
+use rpc_tests::{LabClient, LabImpl, LabServer, RawClient, loopback_listener, within};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -211,6 +211,45 @@ fn ends_on_one_runtime_do_not_poll_for_each_other() {
         });
         assert!(slept, "the window: {window:?}");
     }
+}
+
+/// A peer that keeps a server's reader polling, as one that sends a byte within every window
+/// would, keeps the server's thread busy, the price `ServerBuilder::busy_poll` states, but locks
+/// no one out: on its one thread, the server still answers another client's calls, and the
+/// thread has not slept meanwhile. (The window here outlasts the test, so a peer that sent part
+/// of a frame and then nothing keeps its reader polling as a trickle of bytes would.)
+#[test]
+fn a_peer_that_keeps_a_reader_polling_locks_no_one_out() {
+    let (addr, server_sleeps) = start_server(Some(FOREVER), LabImpl::default());
+    let (runtime, _) = watched_runtime();
+    runtime.block_on(async move {
+        let mut hog = RawClient::handshake(addr).await;
+        // A frame's length prefix and a byte of the frame, the rest of which never comes.
+        hog.stream
+            .write_all(&[0, 0, 1, 0, 1])
+            .await
+            .expect("writes");
+        let client = within("a connection", LabClient::connect(addr))
+            .await
+            .expect("connects");
+        assert_eq!(within("a call", client.add(0, 1)).await.expect("add"), 1);
+        let before = server_sleeps.so_far();
+        for i in 1..200 {
+            assert_eq!(
+                within("a call", client.add(i, 1)).await.expect("add"),
+                i + 1
+            );
+        }
+        // Its connection closes, and with it its polling: the hog's is left.
+        drop(client);
+        // The spell watched, not a wait for something to happen.
+        tokio::time::sleep(QUIET).await;
+        assert!(
+            !server_sleeps.slept_since(before),
+            "the hog's reader keeps the server's thread busy"
+        );
+        drop(hog);
+    });
 }
 
 /// Busy polling starts once a connection's handshake is done: a peer that connects and sends
