@@ -29,7 +29,9 @@
 //! tokio is not misled: bytes read here leave its readiness as it was, and the event their
 //! arrival raised at most wakes the reader once more to find nothing. Such a read reports what
 //! a read through tokio would, the stream's end and its errors too: a socket reports a reset
-//! once, and a reader that passed over it would then read a clean end.
+//! once, and a reader that passed over it would then read a clean end. It spends the task's
+//! budget as tokio's reads do, so that a peer whose bytes keep coming cannot keep its reader
+//! from yielding to the other tasks on its thread.
 
 use std::io;
 

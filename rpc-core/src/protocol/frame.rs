@@ -220,7 +220,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     socket.lower();
                 }
                 match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
-                    Poll::Pending => self.read_past_tokio(),
+                    Poll::Pending => self.poll_read_past_tokio(cx),
                     read => read,
                 }
             }
@@ -286,14 +286,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// While busy polling, the bytes that have come that tokio has not seen yet: it sees a
     /// socket's bytes only when a thread polls its I/O driver, which a sleeping worker may hold
-    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll.
-    fn read_past_tokio(&mut self) -> Poll<std::io::Result<usize>> {
-        match (&self.busy_poll, &self.socket) {
-            (Some(busy), Some(socket)) if busy.polls_now() => socket
-                .read_now(&mut self.buf)
-                .map_or(Poll::Pending, Poll::Ready),
-            _ => Poll::Pending,
+    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll. Such a
+    /// read spends the task's budget as tokio's own reads do, and none is made once the budget
+    /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
+    /// its reader from ever giving the other tasks on its thread their turn.
+    fn poll_read_past_tokio(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let (Some(busy), Some(socket)) = (&self.busy_poll, &self.socket) else {
+            return Poll::Pending;
+        };
+        if !busy.polls_now() {
+            return Poll::Pending;
         }
+        let budget = ready!(tokio::task::coop::poll_proceed(cx));
+        let read = socket
+            .read_now(&mut self.buf)
+            .map_or(Poll::Pending, Poll::Ready);
+        if read.is_ready() {
+            budget.made_progress();
+        }
+        read
     }
 
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
@@ -1827,6 +1838,38 @@ mod busy_poll_tests {
         assert!(
             matches!(&polled, Err(RpcError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset),
             "{polled:?}"
+        );
+    }
+
+    /// A read past tokio spends the task's budget as tokio's own reads do: once the task has
+    /// spent it, the reader reads nothing more until the task's next turn, whatever has come.
+    #[test]
+    fn a_busy_reader_whose_task_spent_its_budget_waits_for_its_next_turn() {
+        use std::io::Write;
+
+        let runtime = runtime_with_io();
+        let (mut peer, accepted) = connected_pair();
+        peer.write_all(&frame(b"one")).expect("writes");
+        accepted.peek(&mut [0; 1]).expect("the frame comes");
+        let mut reader = {
+            let _inside = runtime.enter();
+            reader_of(accepted, true)
+        };
+        // One turn of a task: its budget spent, then the reader polled. The runtime's driver
+        // never runs: each turn is over at its first poll.
+        let spent = runtime.block_on(std::future::poll_fn(|cx| {
+            while let Poll::Ready(budget) = tokio::task::coop::poll_proceed(cx) {
+                budget.made_progress();
+            }
+            Poll::Ready(poll_once(&mut reader, Waker::noop()))
+        }));
+        assert!(spent.is_pending(), "{spent:?}");
+        let next = runtime.block_on(std::future::poll_fn(|_| {
+            Poll::Ready(poll_once(&mut reader, Waker::noop()))
+        }));
+        assert!(
+            matches!(&next, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+            "{next:?}"
         );
     }
 }
