@@ -436,6 +436,12 @@ impl Share {
         }
     }
 
+    /// Whether the share holds any of the server's memory: the reader has a large frame in
+    /// hand, or memory kept for one.
+    pub(crate) fn holds_any(&self) -> bool {
+        self.holder.is_some()
+    }
+
     /// Gives back what the share holds past covering `bytes`.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = units(bytes);
