@@ -19,19 +19,20 @@
 //!
 //! # Reads while busy polling
 //!
-//! tokio learns that a socket has bytes only when a thread polls its I/O driver, and its reads
-//! find nothing until then. On a multi-thread runtime the driver is held by whichever worker
-//! went to sleep first, waiting in it for events: a reader busy polling on another worker would
-//! find nothing until that sleeping worker was woken, which is the wakeup busy polling is there
-//! to spare. So a busy polling reader whose read through tokio finds nothing reads the socket
-//! itself ([`TcpSocket::read_now`]). Between two processes on a two-core machine, sequential
-//! calls' p99 fell from 110-115 µs to 70-72 and their median from 8.0 to 7.0 (BENCHMARKS.md).
-//! tokio is not misled: bytes read here leave its readiness as it was, and the event their
-//! arrival raised at most wakes the reader once more to find nothing. Such a read reports what
-//! a read through tokio would, the stream's end and its errors too: a socket reports a reset
-//! once, and a reader that passed over it would then read a clean end. It spends the task's
-//! budget as tokio's reads do, so that a peer whose bytes keep coming cannot keep its reader
-//! from yielding to the other tasks on its thread.
+//! tokio learns that a socket has bytes only when a thread polls its I/O driver, and its reads find
+//! nothing until then. On a multi-thread runtime the driver is held by whichever worker went to
+//! sleep first, waiting in it for events: a reader busy polling on another worker would find
+//! nothing until that sleeping worker was woken, which is the wakeup busy polling is there to
+//! spare. So a busy polling reader whose read through tokio finds nothing reads the socket itself
+//! ([`TcpSocket::read_now`]). Between two processes on a two-core machine, sequential calls' p99
+//! fell from 110-115 µs to 70-75 and their median from 7.7-8.1 to 6.8-7.0 (BENCHMARKS.md). tokio is
+//! not misled: bytes read here leave its readiness as it was, and the event their arrival raised at
+//! most wakes the reader once more to find nothing. Such a read reports what a read through tokio
+//! would, the stream's end and its errors too: a socket reports a reset once, and a reader that
+//! passed over it would then read a clean end. It spends the task's budget as tokio's reads do, so
+//! that a peer whose bytes keep coming cannot keep its reader from yielding to the other tasks on
+//! its thread. A server's reader holding part of its connections' memory for large frames reads
+//! through tokio alone (`FrameReader`'s `poll_read_past_tokio` says why).
 
 use std::io;
 
