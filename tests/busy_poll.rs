@@ -73,17 +73,39 @@ fn start_server(window: Option<Duration>, lab: LabImpl) -> (std::net::SocketAddr
     let (bound, address) = oneshot::channel();
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let mut builder = Server::builder();
-            if let Some(window) = window {
-                builder = builder.busy_poll(window);
-            }
-            let server = builder.bind("127.0.0.1:0").await.expect("binds");
-            let _ = bound.send(server.local_addr().expect("an address"));
-            server.serve(LabServer::new(lab)).await.expect("serves");
+            let _ = bound.send(serve_here(window, lab).await);
+            std::future::pending::<()>().await
         });
     });
     let addr = address.blocking_recv().expect("the server's address");
     (addr, sleeps)
+}
+
+/// A server of `lab` on the runtime this runs on, busy polling for up to `window` (as by
+/// default if `None`): its address. It serves until the test ends.
+async fn serve_here(window: Option<Duration>, lab: LabImpl) -> SocketAddr {
+    let mut builder = Server::builder();
+    if let Some(window) = window {
+        builder = builder.busy_poll(window);
+    }
+    let server = builder.bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(async move { server.serve(LabServer::new(lab)).await.expect("serves") });
+    addr
+}
+
+/// A client of the server at `addr`, busy polling for up to `window` (as by default if `None`),
+/// once its first call is answered.
+async fn called_once(addr: SocketAddr, window: Option<Duration>) -> LabClient {
+    let mut builder = LabClient::builder();
+    if let Some(window) = window {
+        builder = builder.busy_poll(window);
+    }
+    let client = within("a connection", builder.connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(within("a call", client.add(2, 3)).await.expect("add"), 5);
+    client
 }
 
 /// A relay to `target` on a thread and runtime of its own: the address that reaches `target`
@@ -138,14 +160,7 @@ fn slept_after_a_call(window: Option<Duration>, meeting: Meeting) -> (bool, bool
     let addr = meet(addr, meeting);
     let (runtime, client_sleeps) = watched_runtime();
     runtime.block_on(async move {
-        let mut builder = LabClient::builder();
-        if let Some(window) = window {
-            builder = builder.busy_poll(window);
-        }
-        let client = within("a connection", builder.connect(addr))
-            .await
-            .expect("connects");
-        assert_eq!(within("a call", client.add(2, 3)).await.expect("add"), 5);
+        let _client = called_once(addr, window).await;
         let (server_before, client_before) = (server_sleeps.so_far(), client_sleeps.so_far());
         // The spell watched, not a wait for something to happen: nothing is sent during it.
         tokio::time::sleep(QUIET).await;
@@ -191,19 +206,8 @@ fn ends_on_one_runtime_do_not_poll_for_each_other() {
     for window in [Some(FOREVER), None] {
         let (runtime, sleeps) = watched_runtime();
         let slept = runtime.block_on(async move {
-            let mut server = Server::builder();
-            let mut client = LabClient::builder();
-            if let Some(window) = window {
-                server = server.busy_poll(window);
-                client = client.busy_poll(window);
-            }
-            let server = server.bind("127.0.0.1:0").await.expect("binds");
-            let addr = server.local_addr().expect("an address");
-            tokio::spawn(server.serve(LabServer::new(LabImpl::default())));
-            let client = within("a connection", client.connect(addr))
-                .await
-                .expect("connects");
-            assert_eq!(within("a call", client.add(2, 3)).await.expect("add"), 5);
+            let addr = serve_here(window, LabImpl::default()).await;
+            let _client = called_once(addr, window).await;
             let before = sleeps.so_far();
             // The spell watched, not a wait for something to happen: nothing is sent during it.
             tokio::time::sleep(QUIET).await;

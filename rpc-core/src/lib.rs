@@ -86,6 +86,8 @@ mod stream;
 mod task;
 mod tcp_socket;
 mod telemetry;
+#[cfg(test)]
+mod test_sockets;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transport;

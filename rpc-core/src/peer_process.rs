@@ -178,14 +178,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-
-    /// A connected pair of TCP streams in this process.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let addr = listener.local_addr().expect("an address");
-        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (connected.expect("connects"), accepted.expect("accepts").0)
-    }
+    use crate::test_sockets::{blocking_pair, pair};
 
     #[tokio::test]
     async fn two_ends_in_this_process_find_each_other() {
@@ -245,14 +238,6 @@ mod tests {
             .expect("a runtime")
     }
 
-    /// A connected pair of blocking sockets, to be ends on runtimes chosen after.
-    fn std_pair() -> (std::net::TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let connected = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
-            .expect("connects");
-        (connected, listener.accept().expect("accepts").0)
-    }
-
     /// `stream`'s end, made on `runtime`; the stream itself is closed, its end stays.
     fn end_on(runtime: &tokio::runtime::Runtime, stream: std::net::TcpStream) -> PeerProcess {
         stream.set_nonblocking(true).expect("non-blocking");
@@ -266,7 +251,7 @@ mod tests {
     #[test]
     fn ends_on_two_runtimes_are_elsewhere_to_each_other() {
         let (first, second) = (runtime(), runtime());
-        let (connected, accepted) = std_pair();
+        let (connected, accepted) = blocking_pair();
         let (client, server) = (end_on(&first, connected), end_on(&second, accepted));
         assert!(first.block_on(async { client.is_elsewhere() }));
         assert!(second.block_on(async { server.is_elsewhere() }));
@@ -275,7 +260,7 @@ mod tests {
             "looked at from the server's runtime, the client's peer runs on it"
         );
 
-        let (connected, accepted) = std_pair();
+        let (connected, accepted) = blocking_pair();
         let (client, server) = (end_on(&first, connected), end_on(&first, accepted));
         assert!(!first.block_on(async { client.is_elsewhere() }));
         assert!(!first.block_on(async { server.is_elsewhere() }));

@@ -245,28 +245,18 @@ mod sys {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::test_sockets::pair;
 
     /// The mark the kernel holds for `socket`.
     fn kernel_mark(socket: &TcpSocket) -> usize {
         sys::get(socket, libc::SO_RCVLOWAT).expect("the mark")
     }
 
-    async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds");
-        let addr = listener.local_addr().expect("an address");
-        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
-            listener.accept().await.expect("accepts").0
-        });
-        (client.expect("connects"), accepted)
-    }
-
     /// The mark follows what is missing of a frame, within half the receive buffer and
     /// [`MAX_MARK`], and is back to one byte between frames.
     #[tokio::test]
     async fn the_mark_never_passes_what_is_missing_nor_half_the_buffer() {
-        let (_client, server) = connected().await;
+        let (_client, server) = pair().await;
         let mut socket = TcpSocket::of(&server).expect("on Linux");
         let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
         socket.before_waiting_for(8 << 20);
@@ -282,7 +272,7 @@ mod tests {
     /// Lowered to judge the peer's silence, the mark stays low until bytes are read.
     #[tokio::test]
     async fn a_mark_lowered_for_silence_stays_low_until_bytes_are_read() {
-        let (_client, server) = connected().await;
+        let (_client, server) = pair().await;
         let mut socket = TcpSocket::of(&server).expect("on Linux");
         assert!(!socket.lower_for_silence(), "not raised: truly silent");
         socket.before_waiting_for(100_000);
@@ -303,7 +293,7 @@ mod tests {
     async fn read_now_takes_what_has_arrived_into_the_spare_room() {
         use tokio::io::AsyncWriteExt;
 
-        let (mut client, server) = connected().await;
+        let (mut client, server) = pair().await;
         let socket = TcpSocket::of(&server).expect("on Linux");
         let mut buf = bytes::BytesMut::with_capacity(64);
         buf.extend_from_slice(b"kept ");
@@ -331,7 +321,7 @@ mod tests {
     /// that passed over it would leave the reader taking the reset for a clean end.
     #[tokio::test]
     async fn read_now_reports_a_reset() {
-        let (client, server) = connected().await;
+        let (client, server) = pair().await;
         let socket = TcpSocket::of(&server).expect("on Linux");
         // A linger of zero closes with a reset, at once.
         #[allow(deprecated)]

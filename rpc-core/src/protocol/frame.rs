@@ -303,7 +303,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let (Some(busy), Some(socket)) = (&self.busy_poll, &self.socket) else {
             return Poll::Pending;
         };
-        if !busy.polls_now() || self.share.as_ref().is_some_and(|share| share.holds_any()) {
+        if self.share.as_ref().is_some_and(|share| share.holds_any()) || !busy.polls_now() {
             return Poll::Pending;
         }
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
@@ -1698,6 +1698,7 @@ mod busy_poll_tests {
     use super::super::writer::through_tests::Wakes;
     use super::tests::frame;
     use super::*;
+    use crate::test_sockets::blocking_pair;
 
     /// Polls `reader` once for its next frame, with `waker`.
     fn poll_once<R: AsyncRead + Unpin>(
@@ -1755,15 +1756,6 @@ mod busy_poll_tests {
         }
     }
 
-    /// A connected pair of blocking sockets: the peer's, and the one accepted, for a reader.
-    fn connected_pair() -> (std::net::TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let peer = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
-            .expect("connects");
-        let (accepted, _) = listener.accept().expect("accepts");
-        (peer, accepted)
-    }
-
     /// A reader of `accepted`, registered with the runtime entered, polling for an hour if
     /// `busy`.
     fn reader_of(
@@ -1800,7 +1792,7 @@ mod busy_poll_tests {
         let runtime = runtime_with_io();
         let _inside = runtime.enter();
         for busy in [true, false] {
-            let (mut peer, accepted) = connected_pair();
+            let (mut peer, accepted) = blocking_pair();
             peer.write_all(&frame(b"one")).expect("writes");
             // Waits, blocking, until the frame is in the socket.
             accepted.peek(&mut [0; 1]).expect("the frame comes");
@@ -1826,7 +1818,7 @@ mod busy_poll_tests {
     fn a_busy_reader_reports_a_reset_it_reads_itself() {
         let runtime = runtime_with_io();
         let _inside = runtime.enter();
-        let (peer, accepted) = connected_pair();
+        let (peer, accepted) = blocking_pair();
         let mut reader = reader_of(accepted, true);
         peer.set_nonblocking(true).expect("non-blocking");
         let peer = tokio::net::TcpStream::from_std(peer).expect("registers");
@@ -1857,7 +1849,7 @@ mod busy_poll_tests {
         use std::io::Write;
 
         let runtime = runtime_with_io();
-        let (mut peer, accepted) = connected_pair();
+        let (mut peer, accepted) = blocking_pair();
         peer.write_all(&frame(b"one")).expect("writes");
         accepted.peek(&mut [0; 1]).expect("the frame comes");
         let mut reader = {
