@@ -31,8 +31,7 @@
 //! would, the stream's end and its errors too: a socket reports a reset once, and a reader that
 //! passed over it would then read a clean end. It spends the task's budget as tokio's reads do, so
 //! that a peer whose bytes keep coming cannot keep its reader from yielding to the other tasks on
-//! its thread. A server's reader holding part of its connections' memory for large frames reads
-//! through tokio alone (`FrameReader`'s `poll_read_past_tokio` says why).
+//! its thread.
 
 use std::io;
 

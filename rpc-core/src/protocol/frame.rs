@@ -290,20 +290,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// read spends the task's budget as tokio's own reads do, and none is made once the budget
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
     /// its reader from ever giving the other tasks on its thread their turn.
-    ///
-    /// A server's reader that holds part of the memory its connections share for large frames
-    /// ([`frame_memory`]) reads through tokio alone: its frames are large, where a wakeup
-    /// matters little, and its reads tell how long its peer keeps it waiting, which decides
-    /// whose memory is taken back. With such readers reading past tokio too, a test of sixteen
-    /// peers holding that memory while a client's large call waited for it
-    /// (`tests/memory.rs`) saw the call wait out its 20 s guard in 2 of 14 runs on two cores
-    /// kept busy by another benchmark; with this rule in none of 16, as in none of 14 before
-    /// any reader read past tokio. Why is not known yet.
     fn poll_read_past_tokio(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let (Some(busy), Some(socket)) = (&self.busy_poll, &self.socket) else {
             return Poll::Pending;
         };
-        if self.share.as_ref().is_some_and(|share| share.holds_any()) || !busy.polls_now() {
+        if !busy.polls_now() {
             return Poll::Pending;
         }
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
@@ -376,11 +367,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         cx: &mut Context<'_>,
         split: &mut impl FnMut(&[u8]) -> Option<usize>,
     ) -> Poll<Result<Option<SplitFrame>, RpcError>> {
-        if let Some(share) = &self.share
-            && share.poll_taken_back(cx)
+        if self
+            .share
+            .as_ref()
+            .is_some_and(|share| share.is_taken_back())
         {
             self.give_back()?;
         }
+        let polled = self.poll_frame_or_wait(cx, split);
+        // A reader going to wait with a share, even one it took in this poll, is woken if
+        // another reader takes it back; it gives it back at its next poll.
+        if polled.is_pending()
+            && let Some(share) = &self.share
+            && share.poll_taken_back(cx)
+        {
+            cx.waker().wake_by_ref();
+        }
+        polled
+    }
+
+    /// [`FrameReader::poll_next_frame_split`] but for the memory taken back.
+    fn poll_frame_or_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        split: &mut impl FnMut(&[u8]) -> Option<usize>,
+    ) -> Poll<Result<Option<SplitFrame>, RpcError>> {
         loop {
             let room = match &self.splitting {
                 Some(splitting) => {
@@ -1642,6 +1653,49 @@ mod split_tests {
         drop(read);
         drop(reader);
         assert_eq!(memory.left(), TOTAL);
+    }
+
+    /// A reader that takes its first share of the server's memory in the poll that goes on to
+    /// wait for its peer is woken when a reader out of patience takes that share back, and gives
+    /// it back at its next poll: its peer, which sends nothing more, would never wake it. (Such a
+    /// reader had registered no waker for it, and kept its share: `tests/memory.rs` saw a large
+    /// call wait out its guard behind sixteen peers that had each sent part of a frame.)
+    #[tokio::test(start_paused = true)]
+    async fn a_share_taken_in_the_poll_that_waits_can_be_taken_back() {
+        use std::sync::atomic::Ordering;
+        use std::task::Waker;
+
+        use futures_util::FutureExt;
+
+        use super::super::writer::through_tests::Wakes;
+
+        const TOTAL: usize = 1 << 20;
+        let memory = FrameMemory::new(TOTAL, 0);
+        let (mut tx, rx) = tokio::io::duplex(4 << 20);
+        let mut reader = FrameReader::new(rx, 4 << 20);
+        reader.share_memory(Arc::clone(&memory));
+        let whole = frame(&vec![7; 900 * 1024]);
+        tx.write_all(&whole[..512 * 1024]).await.expect("writes");
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let polled = std::pin::pin!(reader.next_frame()).poll(&mut cx);
+        assert!(polled.is_pending(), "the rest of the frame is missing");
+        assert!(memory.left() < TOTAL / 2, "the reader took a share");
+
+        let mut other = Share::new(Arc::clone(&memory));
+        let wanted = frame_memory::FREE + 900 * 1024;
+        let waiting = tokio::spawn(async move {
+            std::future::poll_fn(|cx| other.poll_cover(cx, wanted)).await;
+        });
+        tokio::time::sleep(frame_memory::PATIENCE * 2).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "told of the take-back");
+        let given = reader.next_frame().now_or_never().expect("at once");
+        assert!(
+            matches!(given, Err(RpcError::FrameMemoryReclaimed)),
+            "{given:?}"
+        );
+        waiting.await.expect("the other reader's memory");
     }
 
     /// A reader short of memory spends none on speed, and reads a frame as large as the

@@ -436,12 +436,6 @@ impl Share {
         }
     }
 
-    /// Whether the share holds any of the server's memory: the reader has a large frame in
-    /// hand, or memory kept for one.
-    pub(crate) fn holds_any(&self) -> bool {
-        self.holder.is_some()
-    }
-
     /// Gives back what the share holds past covering `bytes`.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = units(bytes);
@@ -515,7 +509,17 @@ impl Share {
         }
     }
 
-    /// Whether another reader took the share back; if not, `cx` is woken when one does.
+    /// Whether another reader took the share back.
+    pub(crate) fn is_taken_back(&self) -> bool {
+        self.holder
+            .as_ref()
+            .is_some_and(|holder| holder.taken_back.load(Ordering::Acquire))
+    }
+
+    /// Whether another reader took the share back; if not, `cx` is woken when one does. A
+    /// reader calls it each time it goes to wait holding a share, which it may have taken in
+    /// the same poll: a waker registered only when the poll began would be none then, and a
+    /// reader whose peer sent nothing more would never hear that its share was taken back.
     pub(crate) fn poll_taken_back(&self, cx: &mut Context<'_>) -> bool {
         let Some(holder) = &self.holder else {
             return false;
