@@ -1,7 +1,6 @@
 //! One live, multiplexed connection to a server: many calls in flight, answers in any order.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::ClientConfig;
+use super::endpoint::Changes;
 use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::alarm::Alarm;
 use crate::peer_process::{End, PeerProcess};
@@ -286,10 +286,9 @@ impl Connection {
         self.pending.wait_closed().await;
     }
 
-    /// Returns once the connection has closed, or been dropped, without holding it open.
-    pub(crate) fn closed_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let pending = Arc::clone(&self.pending);
-        async move { pending.wait_closed().await }
+    /// Counts the connection's end in `changes` once it closes, or at once if it has.
+    pub(crate) fn count_close_in(&self, changes: Changes) {
+        self.pending.count_close_in(changes);
     }
 
     /// Sends a call, with its upload if any, and waits for the server's response.

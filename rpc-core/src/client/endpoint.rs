@@ -83,7 +83,7 @@ pub(crate) fn changes() -> Changes {
     Arc::new(tokio::sync::watch::channel(0).0)
 }
 
-fn changed(changes: &Changes) {
+pub(crate) fn changed(changes: &Changes) {
     changes.send_modify(|count| *count = count.wrapping_add(1));
 }
 
@@ -322,12 +322,7 @@ impl Endpoint {
                 live.retry_at = None;
                 live.last_error = None;
                 // Watchers hear of the connection's end too.
-                // Without holding the connection: a client dropped by its last user closes it.
-                let (lost, changes) = (connection.closed_signal(), Arc::clone(&self.changes));
-                tokio::spawn(async move {
-                    lost.await;
-                    changed(&changes);
-                });
+                connection.count_close_in(Arc::clone(&self.changes));
             }
             Err(error) => {
                 live.last_error = Some(error.clone());

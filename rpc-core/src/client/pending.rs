@@ -17,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::endpoint::{self, Changes};
 use crate::RpcError;
 use crate::protocol::{Claim, Frame, Tail};
 
@@ -158,6 +159,8 @@ struct State {
     closed: Option<RpcError>,
     /// The server said it takes no new calls.
     draining: bool,
+    /// Counted once the table closes: the watchers of the client whose connection this is.
+    count_close_in: Option<Changes>,
 }
 
 /// Hashes the ids this side gives its own calls, one after another from 1: a multiplication
@@ -390,7 +393,7 @@ impl Pending {
     /// Closes the table: every waiting call fails with `reason`, and so does every later
     /// [`Pending::register`]. Only the first reason is kept.
     pub(crate) fn close(&self, reason: RpcError) {
-        let wakers: Vec<Waker> = {
+        let (wakers, count_close_in): (Vec<Waker>, _) = {
             let mut state = self.state();
             if state.closed.is_some() {
                 return;
@@ -399,7 +402,7 @@ impl Pending {
             self.is_closed.store(true, Ordering::Release);
             state.next_deadline = None;
             // Each call takes its reply, and its place in the table, when it is woken.
-            state
+            let wakers = state
                 .calls
                 .values_mut()
                 .filter(|waiter| waiter.is_waiting())
@@ -411,12 +414,29 @@ impl Pending {
                     };
                     waiter.answer(reply)
                 })
-                .collect()
+                .collect();
+            (wakers, state.count_close_in.take())
         };
         for waker in wakers {
             waker.wake();
         }
         self.closed.send_replace(true);
+        if let Some(changes) = count_close_in {
+            endpoint::changed(&changes);
+        }
+    }
+
+    /// Counts the table's closing in `changes` once it closes, at once if it has: how a
+    /// client's watchers hear that a connection ended, with no task of its own (half a
+    /// kilobyte for every connection) waiting for that.
+    pub(crate) fn count_close_in(&self, changes: Changes) {
+        let mut state = self.state();
+        if state.closed.is_none() {
+            state.count_close_in = Some(changes);
+            return;
+        }
+        drop(state);
+        endpoint::changed(&changes);
     }
 
     /// Returns once the table is closed.
@@ -526,10 +546,29 @@ impl Claim for Pending {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn request() -> Frame {
         Frame::from(vec![0u8; 8])
+    }
+
+    /// A client's watchers hear of a connection's end once, when its table closes, or at once
+    /// if it closed before they asked.
+    #[test]
+    fn the_close_is_counted_once_in_the_changes_given() {
+        let pending = Pending::default();
+        let changes = endpoint::changes();
+        pending.count_close_in(Arc::clone(&changes));
+        assert_eq!(*changes.borrow(), 0, "not before the close");
+        pending.close(RpcError::ConnectionClosed);
+        pending.close(RpcError::ConnectionClosed);
+        assert_eq!(*changes.borrow(), 1, "once");
+
+        let late = endpoint::changes();
+        pending.count_close_in(Arc::clone(&late));
+        assert_eq!(*late.borrow(), 1, "closed already: at once");
     }
 
     #[test]
