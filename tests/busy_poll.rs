@@ -2,7 +2,8 @@
 //! its last bytes instead of letting it sleep, on the server and on the client, when its peer
 //! runs in another process or on another runtime of this one; calls, streams and large byte
 //! strings go through as without it; once the window is over the thread sleeps again; and a
-//! peer on the same runtime is never polled for.
+//! peer on the same runtime is polled for only by a server that read several of its requests at
+//! once.
 //!
 //! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
 //! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
@@ -199,8 +200,8 @@ fn ends_on_two_runtimes_of_one_process_poll_for_each_other() {
     assert_eq!(slept, (false, false));
 }
 
-/// A client and a server on one runtime do not poll for each other, whatever their window:
-/// there a call's two ends meet without a sleeping thread to wake.
+/// A client and a server on one runtime do not poll for each other after a lone call,
+/// whatever their window: there a call's two ends meet without a sleeping thread to wake.
 #[test]
 fn ends_on_one_runtime_do_not_poll_for_each_other() {
     for window in [Some(FOREVER), None] {
@@ -215,6 +216,28 @@ fn ends_on_one_runtime_do_not_poll_for_each_other() {
         });
         assert!(slept, "the window: {window:?}");
     }
+}
+
+/// A server polls for a client on its own runtime after a read that brought several of its
+/// requests, as pipelined callers' come: calls started together, sent before the server's
+/// reader has its turn on their one thread, keep that thread awake afterwards.
+#[test]
+fn a_server_polls_for_pipelined_calls_of_a_client_on_its_runtime() {
+    let (runtime, sleeps) = watched_runtime();
+    let slept = runtime.block_on(async move {
+        let addr = serve_here(Some(FOREVER), LabImpl::default()).await;
+        let client = called_once(addr, Some(FOREVER)).await;
+        let calls = (0..8).map(|i| client.add(i, 1));
+        let sums = within("the calls", futures_util::future::join_all(calls)).await;
+        for (i, sum) in (0..8).zip(sums) {
+            assert_eq!(sum.expect("add"), i + 1);
+        }
+        let before = sleeps.so_far();
+        // The spell watched, not a wait for something to happen: nothing is sent during it.
+        tokio::time::sleep(QUIET).await;
+        sleeps.slept_since(before)
+    });
+    assert!(!slept, "the server's reader polls after the batch");
 }
 
 /// A peer that keeps a server's reader polling, as one that sends a byte within every window

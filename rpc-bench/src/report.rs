@@ -564,9 +564,9 @@ pub fn write(
              user and system time, from `/proc/self/stat`, in ticks of 10 ms). The window \
              adapts, up to the one given: the last two rows are sequential calls started 1 ms \
              apart, further than it. The tables above measure rpc-core as its defaults build \
-             it: polling across two processes and between the single-thread runtimes of one, \
-             not on one shared runtime, where a call's two ends meet without a wakeup and \
-             polling only slows them.\n\n```sh\ncargo run --release -p rpc-bench \
+             it: polling across two processes and between the single-thread runtimes of one; \
+             on one shared runtime, where a call's two ends meet without a wakeup, only a \
+             server polls, after a read that brought several requests.\n\n```sh\ncargo run --release -p rpc-bench \
              -- --busy-poll\n```\n\n{}\n",
             busy_table(busy)
         );

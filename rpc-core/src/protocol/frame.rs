@@ -186,6 +186,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
+    /// Makes busy polling, if set, poll only after reads that brought several frames: for a
+    /// server's reader whose client runs on the same runtime ([`busy`](super::busy)).
+    pub(crate) fn busy_poll_after_batches_only(&mut self) {
+        if let Some(busy) = &mut self.busy_poll {
+            busy.after_batches_only();
+        }
+    }
+
     /// Counts the bytes read from here on in `traffic`.
     pub(crate) fn count_traffic(&mut self, traffic: Traffic) {
         self.traffic = Some(traffic);
@@ -815,6 +823,9 @@ impl<R> FrameReader<R> {
     fn arrived_whole(&mut self, size: usize) {
         if let Some(share) = &self.share {
             share.frame_arrived();
+        }
+        if let Some(busy) = &mut self.busy_poll {
+            busy.frame();
         }
         self.split_refused = false;
         self.largest_delivered = self.largest_delivered.max(size);

@@ -140,8 +140,13 @@ where
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
         let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
-        let (elsewhere, _end) = process.place();
-        reader.set_busy_poll(elsewhere.then_some(config.busy_poll), &streams);
+        let (elsewhere, end) = process.place();
+        // A client over TCP on this runtime is polled for only after reads of several requests.
+        let nearby = !elsewhere && end.is_some();
+        reader.set_busy_poll((elsewhere || nearby).then_some(config.busy_poll), &streams);
+        if nearby {
+            reader.busy_poll_after_batches_only();
+        }
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let budget = shared.as_ref().map(|shared| Arc::clone(&shared.budget));

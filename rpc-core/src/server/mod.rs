@@ -228,11 +228,14 @@ impl ServerBuilder {
     /// The window adapts, up to `window`, as the client's does, so a connection whose requests
     /// come further apart stops polling after a few windows in vain, and one with a stream open
     /// does not poll (see the client's). A client on the same runtime (one of this crate's,
-    /// over TCP), or in this process over a Unix socket, is never polled for: there a call's
-    /// two ends meet without a thread to wake, and polling only slows them. A client on
-    /// another runtime of this process is, as another process's. Nor is one whose connection
-    /// came through [`serve_connection`](ServerBuilder::serve_connection), which cannot be
-    /// placed. Polling never starts before a connection's handshake is done.
+    /// over TCP) is polled for only after a read that brought several of its requests: there
+    /// a call's two ends meet without a thread to wake, and polling after a lone call only
+    /// slows it, but pipelined callers' next requests come sooner than a sleeping worker wakes
+    /// (on a two-core machine, 32 callers on one connection made about a quarter more calls a
+    /// second). A client in this process over a Unix socket is never polled for, nor one whose
+    /// connection came through [`serve_connection`](ServerBuilder::serve_connection), which
+    /// cannot be placed. A client on another runtime of this process is, as another
+    /// process's. Polling never starts before a connection's handshake is done.
     ///
     /// The price is CPU time: a worker thread stays busy while a connection's requests keep
     /// coming within the window. A client that sends a byte within every window can keep one
