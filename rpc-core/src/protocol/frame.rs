@@ -394,7 +394,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         polled
     }
 
-    /// [`FrameReader::poll_next_frame_split`] but for the memory taken back.
+    /// Polls for the next frame as [`FrameReader::poll_next_frame_split`] does, which looks
+    /// after a share taken back before and after.
     fn poll_frame_or_wait(
         &mut self,
         cx: &mut Context<'_>,
