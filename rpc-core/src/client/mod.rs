@@ -244,14 +244,14 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// busy while they flow, and polling between them took CPU time the sender needed (a
     /// stream of small items went a third slower with it).
     ///
-    /// A server on the same runtime (one of this crate's, over TCP), or in this process over a
-    /// Unix socket, is never polled for by the client: where a call's two ends share a runtime they meet
+    /// A server on the same runtime (one of this crate's, over TCP), or in this process over a Unix
+    /// socket, is never polled for by the client: where a call's two ends share a runtime they meet
     /// without a thread to wake, and the benchmark's sequential calls were slower with polling
-    /// (20.8 µs against 5.4); the server polls for such a client only after a read that
-    /// brought several of its requests. A server on another runtime of this process is polled
-    /// for, as another process's: its threads are its own. Nor is one reached through
-    /// [`connect_stream`](ClientBuilder::connect_stream), which cannot be placed. It pairs with
-    /// the server's [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
+    /// (20.8 µs against 5.4); the server polls for such a client only after a read that brought
+    /// several of its requests. A server on another runtime of this process is polled for, as
+    /// another process's: its threads are its own. Nor is one reached through
+    /// [`connect_stream`](ClientBuilder::connect_stream), which cannot be placed. It pairs with the
+    /// server's [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self
