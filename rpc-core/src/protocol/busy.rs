@@ -253,18 +253,19 @@ impl BusyPoll {
     /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
     /// not gone to sleep since its last bytes, and has no stream open.
     pub(super) fn poll_again(&mut self, cx: &mut Context<'_>) -> bool {
-        self.poll_again_at(cx, Instant::now())
+        self.poll_again_at(cx, Instant::now)
     }
 
-    /// [`BusyPoll::poll_again`], at `now`.
-    fn poll_again_at(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+    /// [`BusyPoll::poll_again`], at the time `now` tells: read only if the reader may poll at
+    /// all, so that a reader asleep, or one of a lone call's request, reads no clock.
+    fn poll_again_at(&mut self, cx: &mut Context<'_>, now: impl FnOnce() -> Instant) -> bool {
         match self.since_read {
             SinceRead::Slept => return false,
             _ if self.streams.any_open() || !self.batch_allows() => {
                 self.since_read = SinceRead::Slept;
                 return false;
             }
-            _ if !self.polls_at(now) => {
+            _ if !self.polls_at(now()) => {
                 if self.since_read == SinceRead::Polled {
                     self.polled_in_vain();
                 }
@@ -346,18 +347,18 @@ mod tests {
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(
-            !busy.poll_again_at(&mut cx, past),
+            !busy.poll_again_at(&mut cx, || past),
             "past its window, it waits"
         );
         busy.calls().now();
         let sent = busy.calls.last().expect("a call went out");
         assert!(busy.polls_at(sent), "within the window from the call sent");
-        assert!(!busy.poll_again_at(&mut cx, sent), "asleep, it waits on");
+        assert!(!busy.poll_again_at(&mut cx, || sent), "asleep, it waits on");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "and asks for no turn");
 
         busy.read_at(sent);
         assert!(
-            busy.poll_again_at(&mut cx, sent),
+            busy.poll_again_at(&mut cx, || sent),
             "its bytes came: it polls again"
         );
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its turn");
@@ -371,7 +372,7 @@ mod tests {
         let (mut busy, past) = past_its_window();
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        assert!(!busy.poll_again_at(&mut cx, past));
+        assert!(!busy.poll_again_at(&mut cx, || past));
         assert_eq!(busy.window, busy.most, "it had not polled");
 
         let mut halvings = 0;
@@ -381,7 +382,7 @@ mod tests {
                 assert_eq!(busy.window, before, "not before the second time");
                 busy.since_read = SinceRead::Polled;
                 assert!(
-                    !busy.poll_again_at(&mut cx, past),
+                    !busy.poll_again_at(&mut cx, || past),
                     "past its window, it waits"
                 );
                 assert_eq!(busy.since_read, SinceRead::Slept);
@@ -506,20 +507,23 @@ mod tests {
         let now = busy.read;
 
         let upload = streams.open_outbound(1);
-        assert!(!busy.poll_again_at(&mut cx, now), "a stream going out");
+        assert!(!busy.poll_again_at(&mut cx, || now), "a stream going out");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         busy.read_at(now);
         drop(upload);
         let download = streams.open_inbound(2);
-        assert!(!busy.poll_again_at(&mut cx, now), "a stream coming in");
+        assert!(!busy.poll_again_at(&mut cx, || now), "a stream coming in");
         drop(download);
         assert!(
-            !busy.poll_again_at(&mut cx, now),
+            !busy.poll_again_at(&mut cx, || now),
             "asleep until its next bytes"
         );
 
         busy.read_at(now);
-        assert!(busy.poll_again_at(&mut cx, now), "no stream open: it polls");
+        assert!(
+            busy.poll_again_at(&mut cx, || now),
+            "no stream open: it polls"
+        );
         assert_eq!(busy.window, nanos(most));
     }
 }
