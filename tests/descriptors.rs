@@ -5,7 +5,7 @@
 #![cfg(target_os = "linux")]
 
 use rpc_core::Server;
-use rpc_tests::{LabImpl, RawClient, VERSION, hello, start_tcp_with, within};
+use rpc_tests::{LabImpl, RawClient, VERSION, hello, request, start_tcp_with, varint, within};
 use tokio::net::TcpStream;
 
 /// The errno of a process out of file descriptors.
@@ -13,6 +13,9 @@ const EMFILE: i32 = 24;
 
 /// GoAway reason 2: the server is at its connection limit and needs an idle connection.
 const MAKING_ROOM: u8 = 2;
+
+/// The arguments of `add(2, 3)`: two zigzag varints.
+const ADD_2_3: [u8; 2] = [0x04, 0x06];
 
 /// Sets the process's soft limit of open files to `files`.
 fn limit_open_files(files: u64) {
@@ -54,7 +57,11 @@ async fn connect(addr: std::net::SocketAddr) -> Option<RawClient> {
 /// descriptor of its own: the server has none left to accept it with, and still serves it, the
 /// idle connection that has gone longest without a call asked to give way, as at the
 /// connection limit. (Without that, the server retried its accept for ever, and the
-/// newcomer's hello went unanswered.)
+/// newcomer's hello went unanswered.) Room is made only for a newcomer that waits: the accept
+/// after the connection that took the last descriptor fails as well, with no one waiting, and
+/// the server once made room then too, each idle connection in turn asked to give way to no
+/// one as the descriptors it freed let the next peer in, and at times the newcomer in its
+/// handshake closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_peers_holding_every_descriptor_give_way_to_newcomers() {
     let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
@@ -75,4 +82,22 @@ async fn idle_peers_holding_every_descriptor_give_way_to_newcomers() {
     let told = within("the first peer's go-away", peers[0].read_frame()).await;
     let go_away = told.expect("a frame before the end");
     assert_eq!(go_away[..2], [0x05, MAKING_ROOM], "a go-away, making room");
+    // At most one other made room: the second, if the last peer to fit took the process's
+    // last descriptor before the server could accept it. Every one after is still served.
+    for (index, peer) in peers.iter_mut().enumerate().skip(2) {
+        let id = u64::try_from(index).expect("a small index");
+        peer.send(&request(id, "add", &ADD_2_3)).await;
+        let answer = within("an answer", peer.read_frame()).await;
+        let answer = answer.unwrap_or_else(|| panic!("peer {index} was closed"));
+        assert_eq!(
+            answer[..],
+            [0x02, varint(id)[0], 0x00, 0x0a],
+            "peer {index}'s sum"
+        );
+    }
+    // The one descriptor freed for the newcomer went to it: none is left for another.
+    assert!(
+        connect(addr).await.is_none(),
+        "room was made for no one once the newcomer was in"
+    );
 }

@@ -24,6 +24,7 @@ mod attention;
 mod calls;
 mod connection;
 mod kept_box;
+mod listener;
 mod services;
 
 pub(crate) use calls::panic_message;
@@ -57,6 +58,7 @@ use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX
 use crate::slots::HeldRequests;
 use crate::transport;
 use crate::{Context, RpcError, Status};
+use listener::{AcceptError, Accepted, Listener};
 use registry::{Handshake, Registry};
 pub(crate) use services::Served;
 pub use services::{ServiceSet, Services};
@@ -65,12 +67,6 @@ pub use services::{ServiceSet, Services};
 pub struct Server {
     listener: Listener,
     config: Arc<ServerConfig>,
-}
-
-enum Listener {
-    Tcp(TcpListener),
-    #[cfg(unix)]
-    Unix(tokio::net::UnixListener),
 }
 
 /// Settings for a server's connections, with bounded defaults.
@@ -185,7 +181,9 @@ impl ServerBuilder {
     ///
     /// Each connection takes a file descriptor, and many systems let a process open only 1024
     /// unless told otherwise (`ulimit -n`): raise that limit above this one. A server that runs
-    /// out of descriptors first makes room the same way, as if at this limit.
+    /// out of descriptors first makes room the same way, as if at this limit, for each newcomer
+    /// that waits (on Linux, where it can tell; elsewhere whenever an accept fails for want of
+    /// one).
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
         self
@@ -611,21 +609,26 @@ impl Server {
             };
             let (io, peer) = match accepted {
                 Ok(accepted) => accepted,
-                Err(error) => match classify_accept_error(&error) {
+                Err(error) => match AcceptError::of(&error) {
                     AcceptError::ConnectionOnly => {
                         tracing::debug!(%error, "a connection failed while being accepted");
                         continue;
                     }
                     AcceptError::OutOfResources => {
-                        tracing::warn!(
-                            %error,
-                            "accepting paused: out of resources (is the process's limit of open \
-                             files under max_connections?)"
-                        );
                         // Out of file descriptors, most often: the process is as full as at its
                         // connection limit, and makes room the same way, so that idle and mute
-                        // peers holding every descriptor cannot keep newcomers out.
-                        make_room(&registry, None);
+                        // peers holding every descriptor cannot keep newcomers out. Only for a
+                        // newcomer that waits: the accept after the one that took the last
+                        // descriptor fails too, with no one to make room for.
+                        if listener.has_newcomer() {
+                            tracing::warn!(
+                                %error,
+                                "a newcomer waits, and the server is out of resources to accept \
+                                 it: an idle connection is asked to give way (is the process's \
+                                 limit of open files under max_connections?)"
+                            );
+                            make_room(&registry, None);
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -761,30 +764,6 @@ async fn accept_tls(
     }
 }
 
-/// A stream accepted by a [`Listener`].
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    #[cfg(unix)]
-    Unix(tokio::net::UnixStream),
-}
-
-impl Listener {
-    /// Accepts one connection, with the client's address for TCP.
-    async fn accept(&self) -> io::Result<(Accepted, Option<SocketAddr>)> {
-        match self {
-            Listener::Tcp(listener) => {
-                let (stream, peer) = transport::accept_tcp(listener).await?;
-                Ok((Accepted::Tcp(stream), Some(peer)))
-            }
-            #[cfg(unix)]
-            Listener::Unix(listener) => {
-                let (stream, _) = listener.accept().await?;
-                Ok((Accepted::Unix(stream), None))
-            }
-        }
-    }
-}
-
 /// What every connection of a server shares.
 struct Spawner<'a, S> {
     service: &'a Arc<Served<S>>,
@@ -852,28 +831,6 @@ impl fmt::Debug for Server {
             Listener::Unix(listener) => out.field("unix", &listener.local_addr().ok()),
         };
         out.field("config", &self.config).finish()
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum AcceptError {
-    /// Only the connection being accepted is affected.
-    ConnectionOnly,
-    /// The process is out of file descriptors or memory; it may recover.
-    OutOfResources,
-    /// The listener itself is broken.
-    Fatal,
-}
-
-fn classify_accept_error(error: &io::Error) -> AcceptError {
-    use io::ErrorKind::*;
-    match error.kind() {
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-        | TimedOut | BrokenPipe | NotConnected => AcceptError::ConnectionOnly,
-        OutOfMemory | QuotaExceeded => AcceptError::OutOfResources,
-        // EMFILE and ENFILE (24 and 23 on Linux and macOS) have no ErrorKind of their own.
-        _ if matches!(error.raw_os_error(), Some(23 | 24)) => AcceptError::OutOfResources,
-        _ => AcceptError::Fatal,
     }
 }
 
@@ -1007,27 +964,5 @@ mod tests {
         let shown = format!("{server:?}");
         assert!(shown.contains(&format!("tcp: Some({addr})")), "{shown}");
         assert!(shown.contains("max_frame_len"), "and its settings: {shown}");
-    }
-
-    /// A failed accept is the connection's alone, a shortage the server waits out, or the end
-    /// of the listener.
-    #[test]
-    fn a_failed_accept_is_told_by_its_cause() {
-        use io::ErrorKind;
-        let kind = |kind: ErrorKind| classify_accept_error(&io::Error::from(kind));
-        for alone in [ErrorKind::ConnectionAborted, ErrorKind::ConnectionReset] {
-            assert_eq!(kind(alone), AcceptError::ConnectionOnly, "{alone:?}");
-        }
-        for short in [ErrorKind::OutOfMemory, ErrorKind::QuotaExceeded] {
-            assert_eq!(kind(short), AcceptError::OutOfResources, "{short:?}");
-        }
-        // EMFILE and ENFILE.
-        for code in [23, 24] {
-            let error = io::Error::from_raw_os_error(code);
-            assert_eq!(classify_accept_error(&error), AcceptError::OutOfResources);
-        }
-        assert_eq!(kind(ErrorKind::PermissionDenied), AcceptError::Fatal);
-        let other = io::Error::from_raw_os_error(22);
-        assert_eq!(classify_accept_error(&other), AcceptError::Fatal, "EINVAL");
     }
 }
