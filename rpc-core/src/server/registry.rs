@@ -46,11 +46,22 @@ struct Connections {
     /// Connections asked to make room though busy, which have not closed yet: while one is
     /// draining, no other is asked.
     making_room: usize,
-    /// The connections in their handshake, oldest first (keys count up), each with the task
-    /// that serves it once that is named ([`Registry::name_task`]), and their peers' addresses.
-    handshakes: BTreeMap<u64, (Option<AbortHandle>, Option<IpAddr>)>,
+    /// The connections in their handshake, oldest first (keys count up).
+    handshakes: BTreeMap<u64, InHandshake>,
     /// The server is shutting down: a connection that registers now is told at once.
     shutting_down: bool,
+}
+
+/// A connection in its handshake.
+#[derive(Debug)]
+struct InHandshake {
+    /// The task that serves it, once named ([`Registry::name_task`]).
+    task: Option<AbortHandle>,
+    /// Its peer's address, for a connection over IP.
+    address: Option<IpAddr>,
+    /// When it was admitted, in nanoseconds since the registry's epoch: the time it has been
+    /// idle since, once established, until its first call.
+    since: u64,
 }
 
 #[derive(Debug)]
@@ -60,8 +71,8 @@ struct Entry {
     address: Option<IpAddr>,
     /// It was asked to make room though busy ([`Registry::ask_busiest_address_to_give_way`]).
     making_room: AtomicBool,
-    /// When the connection registered or last received a request, in nanoseconds since the
-    /// registry's epoch. Each connection writes only its own: no line shared between them.
+    /// When the connection was admitted (its handshake began) or last received a request, in
+    /// nanoseconds since the registry's epoch. Each connection writes only its own: no line shared between them.
     last_active: AtomicU64,
     /// Where the connection hears that it is to give way, or that the server shuts down.
     attention: Arc<Attention>,
@@ -95,7 +106,13 @@ impl Registry {
     /// handshake is registered or dropped.
     pub(crate) fn begin_handshake(self: &Arc<Self>, address: Option<IpAddr>) -> Handshake {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        self.connections().handshakes.insert(key, (None, address));
+        let since = self.since_epoch(Instant::now());
+        let handshake = InHandshake {
+            task: None,
+            address,
+            since,
+        };
+        self.connections().handshakes.insert(key, handshake);
         Handshake {
             registry: Arc::clone(self),
             key,
@@ -105,8 +122,8 @@ impl Registry {
     /// Names the task serving the connection whose handshake is `key`, which closing the
     /// connection aborts; nothing if its handshake is over already.
     pub(crate) fn name_task(&self, key: u64, task: AbortHandle) {
-        if let Some((named, _)) = self.connections().handshakes.get_mut(&key) {
-            *named = Some(task);
+        if let Some(handshake) = self.connections().handshakes.get_mut(&key) {
+            handshake.task = Some(task);
         }
     }
 
@@ -118,14 +135,14 @@ impl Registry {
             let Some(key) = connections
                 .handshakes
                 .iter()
-                .find_map(|(key, (task, _))| task.as_ref().map(|_| *key))
+                .find_map(|(key, handshake)| handshake.task.as_ref().map(|_| *key))
             else {
                 return false;
             };
             connections
                 .handshakes
                 .remove(&key)
-                .and_then(|(task, _)| task)
+                .and_then(|handshake| handshake.task)
         };
         if let Some(task) = task {
             task.abort();
@@ -143,15 +160,16 @@ impl Registry {
         attention: Arc<Attention>,
     ) -> Registration {
         let mut connections = self.connections();
-        let address = connections
-            .handshakes
-            .remove(&key)
-            .and_then(|(_, address)| address);
+        let handshake = connections.handshakes.remove(&key);
+        let address = handshake.as_ref().and_then(|handshake| handshake.address);
+        // Idle since it was admitted: a connection whose handshake ended later, its task slower
+        // to get there, has not been idle for less.
+        let since = handshake.map_or_else(|| self.since_epoch(Instant::now()), |h| h.since);
         let entry = Arc::new(Entry {
             calls,
             address,
             making_room: AtomicBool::new(false),
-            last_active: AtomicU64::new(self.since_epoch(Instant::now())),
+            last_active: AtomicU64::new(since),
             attention,
         });
         if connections.shutting_down {
@@ -436,6 +454,24 @@ mod tests {
         );
         drop(recent);
         assert!(!registry.ask_idlest_to_give_way(), "nobody is left to ask");
+    }
+
+    /// Idle since admitted: a connection whose task took longer to finish its handshake has
+    /// not been idle for less than one admitted after it that registered first.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_from_when_it_was_admitted() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.begin_handshake(None);
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        let (_second, second_attention) = connection(&registry);
+        let first_attention = Arc::new(Attention::default());
+        let _first = first.register(Arc::new(Calls::default()), Arc::clone(&first_attention));
+        assert!(registry.ask_idlest_to_give_way());
+        assert!(
+            raised(&first_attention, Signal::GiveWay),
+            "the first admitted"
+        );
+        assert!(!raised(&second_attention, Signal::GiveWay));
     }
 
     /// A task that waits until aborted, standing for a connection's.
