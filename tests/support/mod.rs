@@ -92,6 +92,8 @@ pub struct Probe {
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     running: AtomicU64,
     most_running: AtomicU64,
+    /// How many `zeros_at` calls wait at their gates.
+    at_gates: watch::Sender<u64>,
 }
 
 impl Probe {
@@ -103,7 +105,18 @@ impl Probe {
             events: tokio::sync::Mutex::new(events),
             running: AtomicU64::new(0),
             most_running: AtomicU64::new(0),
+            at_gates: watch::channel(0).0,
         }
+    }
+
+    /// Returns once `calls` calls of `zeros_at` (or more) wait at their gates: all of a
+    /// client's requests are read and running, and opening the gate answers them at once.
+    pub async fn until_at_gates(&self, calls: u64) {
+        let mut at_gates = self.at_gates.subscribe();
+        let waiting = at_gates.wait_for(|&waiting| waiting >= calls);
+        within("the calls at their gates", waiting)
+            .await
+            .expect("the lab is alive");
     }
 
     fn gate(&self, name: &str) -> watch::Sender<bool> {
@@ -159,6 +172,22 @@ struct Running<'a>(&'a Probe);
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a `zeros_at` call as waiting at its gate until dropped.
+struct AtGate<'a>(&'a Probe);
+
+impl<'a> AtGate<'a> {
+    fn enter(probe: &'a Probe) -> Self {
+        probe.at_gates.send_modify(|waiting| *waiting += 1);
+        AtGate(probe)
+    }
+}
+
+impl Drop for AtGate<'_> {
+    fn drop(&mut self) {
+        self.0.at_gates.send_modify(|waiting| *waiting -= 1);
     }
 }
 
@@ -233,7 +262,9 @@ impl Lab for LabImpl {
 
     async fn zeros_at(&self, gate: String, len: u64) -> Vec<u8> {
         let mut open = self.probe.gate(&gate).subscribe();
+        let at_gate = AtGate::enter(&self.probe);
         open.wait_for(|open| *open).await.expect("gate kept");
+        drop(at_gate);
         vec![0; len as usize]
     }
 
