@@ -141,7 +141,7 @@ mod tests {
     /// A listener tells whether someone waits to be accepted, and stops telling so once they
     /// are accepted.
     #[tokio::test]
-    async fn a_listener_tells_whether_a_newcomer_waits() {
+    async fn a_tcp_listener_tells_whether_a_newcomer_waits() {
         let listener = Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.expect("binds"));
         let Listener::Tcp(tcp) = &listener else {
             unreachable!("bound over TCP")
@@ -158,6 +158,25 @@ mod tests {
         let _accepted = listener.accept().await.expect("accepts");
         #[cfg(target_os = "linux")]
         assert!(!listener.has_newcomer(), "the queue is empty again");
+    }
+
+    /// The same of a Unix socket's listener, whose waiting connections the kernel queues as
+    /// messages.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_unix_listener_tells_whether_a_newcomer_waits() {
+        let path = std::env::temp_dir().join(format!("rpc-core-listener-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path).expect("binds");
+        let listener = Listener::Unix(unix);
+        assert!(!listener.has_newcomer(), "no one has connected");
+        let _client = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connects");
+        assert!(listener.has_newcomer(), "a connection waits in the queue");
+        let _accepted = listener.accept().await.expect("accepts");
+        assert!(!listener.has_newcomer(), "the queue is empty again");
+        std::fs::remove_file(&path).expect("removes the socket's file");
     }
 
     /// Gives other tasks turns until `seen`, for at most ten seconds.
