@@ -119,6 +119,33 @@ pub(crate) fn spans_wanted() -> bool {
     tracing::level_enabled!(tracing::Level::INFO)
 }
 
+/// A future polled inside a span it borrows: [`tracing::Instrument`] without the clone of the
+/// span it owns, which a subscriber pays for twice (the clone and its drop each look the span
+/// up in the subscriber's registry).
+pub(crate) struct InSpan<'a, F> {
+    span: &'a tracing::Span,
+    future: F,
+}
+
+impl<'a, F> InSpan<'a, F> {
+    pub(crate) fn new(span: &'a tracing::Span, future: F) -> Self {
+        InSpan { span, future }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.span.enter();
+        std::pin::Pin::new(&mut this.future).poll(cx)
+    }
+}
+
 /// A clone of `span` to keep beyond the code that made it, unless it is
 /// [`tracing::Span::none`]: then nothing is kept, and nothing is left to drop.
 pub(crate) fn kept_span(span: &tracing::Span) -> Option<tracing::Span> {
@@ -425,5 +452,25 @@ pub(crate) mod trace_context {
         fn keys(&self) -> Vec<&str> {
             self.0.iter().map(|(key, _)| key).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::InSpan;
+
+    /// A future awaited in a span it borrows runs inside the span, and leaves it when polled.
+    #[test]
+    fn a_future_in_a_borrowed_span_runs_inside_it() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("call");
+            let inside = async { tracing::Span::current().id() };
+            let seen = InSpan::new(&span, std::pin::pin!(inside)).now_or_never();
+            assert_eq!(seen, Some(span.id()), "the span was current inside");
+            assert_eq!(tracing::Span::current().id(), None, "and is not after");
+        });
     }
 }

@@ -27,7 +27,6 @@ use crate::stream::Outbound;
 use crate::task::until;
 use crate::telemetry::{self, CallEnd, Side};
 use crate::{Metadata, RpcError, Streaming};
-use tracing::Instrument;
 
 /// The connection or connections of a generated client, with the options its calls are made
 /// with (deadline, metadata).
@@ -88,7 +87,7 @@ macro_rules! in_span {
         if $span.is_disabled() {
             $future.await
         } else {
-            $future.instrument($span.clone()).await
+            crate::telemetry::InSpan::new(&$span, std::pin::pin!($future)).await
         }
     };
 }
