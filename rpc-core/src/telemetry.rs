@@ -205,6 +205,11 @@ impl CallEnd {
         }
     }
 
+    /// The call's span, unless it is [`tracing::Span::none`].
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.span.as_ref()
+    }
+
     /// The call ended with status `code`: [`OK`], or the error code it was answered with.
     pub(crate) fn finish(mut self, code: u32) {
         // A span no subscriber wants still looks each field up by name: skipped.

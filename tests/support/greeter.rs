@@ -4,7 +4,7 @@
 /// Greets; its `secret` is for refusing.
 #[rpc_core::service]
 pub trait Greeter {
-    /// Greets `name`, logging as it does.
+    /// Greets `name`, logging as it starts and, after a yield, as it ends.
     async fn greet(&self, name: String) -> String;
     /// Refused by the server's interceptor.
     async fn secret(&self) -> String;
@@ -19,6 +19,9 @@ pub struct MyGreeter;
 impl Greeter for MyGreeter {
     async fn greet(&self, name: String) -> String {
         tracing::info!(who = %name, "greeting");
+        // Not done on its first poll: the rest runs in a task of its own.
+        tokio::task::yield_now().await;
+        tracing::info!(who = %name, "greeted");
         format!("hello, {name}")
     }
 

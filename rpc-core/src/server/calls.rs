@@ -142,7 +142,6 @@ impl Calls {
             id,
             method,
             deadline,
-            span: crate::telemetry::kept_span(&span),
             end,
             slot,
         };
@@ -184,7 +183,6 @@ impl Calls {
             id,
             method,
             deadline,
-            span,
             end,
             slot,
         } = started;
@@ -216,6 +214,8 @@ impl Calls {
             self.count.store(running.calls.len(), Ordering::Release);
         }
         let link = link.clone();
+        // A call that outlives its first poll runs on in its span: cloned only then.
+        let span = end.span().cloned();
         let run = async move {
             let answer = match first {
                 None => {
@@ -343,9 +343,7 @@ struct Started {
     id: u64,
     method: &'static str,
     deadline: Option<Instant>,
-    /// The call's span, for a call that outlives its first poll; `None` when the span is
-    /// [`tracing::Span::none`], which then costs no clone to drop.
-    span: Option<tracing::Span>,
+    /// Ends the call, and holds its span.
     end: CallEnd,
     /// The call's share of the connection's in-flight budget.
     slot: CallSlot,
