@@ -72,7 +72,8 @@ struct Entry {
     /// It was asked to make room though busy ([`Registry::ask_busiest_address_to_give_way`]).
     making_room: AtomicBool,
     /// When the connection was admitted (its handshake began) or last received a request, in
-    /// nanoseconds since the registry's epoch. Each connection writes only its own: no line shared between them.
+    /// nanoseconds since the registry's epoch. Each connection writes only its own: no line
+    /// shared between them.
     last_active: AtomicU64,
     /// Where the connection hears that it is to give way, or that the server shuts down.
     attention: Arc<Attention>,
