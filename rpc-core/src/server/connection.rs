@@ -125,12 +125,18 @@ where
     async move {
         // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
         // not keep room for it while it serves.
+        let said_hello = || {
+            if let Some(shared) = &shared {
+                shared.handshake.said_hello();
+            }
+        };
         let handshake = shake_hands(
             &service,
             &mut reader,
             &mut writer,
             config,
             handshake_deadline,
+            said_hello,
         );
         let (client, index) = Box::pin(handshake).await?;
         let name = service.infos[index].name;
@@ -461,13 +467,15 @@ async fn until(due: Option<Instant>) {
 /// match, and then the handshake fails.
 ///
 /// Returns the client's hello and the index of the service it named, whose methods its
-/// unqualified requests call.
+/// unqualified requests call. Calls `said_hello` once a client's hello for a service the server
+/// has is read, before answering it.
 async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     service: &Served<S>,
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     config: &ServerConfig,
     deadline: Instant,
+    said_hello: impl FnOnce(),
 ) -> Result<(PeerInfo, usize), RpcError> {
     let client = tokio::time::timeout_at(deadline, Hello::receive(reader, config.max_frame_len))
         .await
@@ -483,6 +491,9 @@ async fn shake_hands<S: ServiceSet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>
             .ok_or_else(|| client.service.clone()),
         Err(_) => Ok(0),
     };
+    if client.is_ok() && named.is_ok() {
+        said_hello();
+    }
     if let Ok(_) | Err(RpcError::VersionMismatch { .. }) = &client {
         // A client of a service the server lacks is answered as by the first, and can tell.
         let hello = Hello::new(

@@ -170,8 +170,8 @@ impl ServerBuilder {
     /// connection with no call running that has gone longest without a request is asked to give
     /// way (its client is told, then it closes) so that a newcomer is admitted; with every
     /// established connection running a call, the connection that has been in its handshake the
-    /// longest (TLS included) is closed instead, so that peers that connect and say nothing
-    /// cannot keep clients out. With none of those either, if one client address (IPv6: its /64
+    /// longest (TLS included) without a hello from its client is closed instead, so that peers
+    /// that connect and say nothing cannot keep clients out. With none of those either, if one client address (IPv6: its /64
     /// prefix) holds at least two more connections than the newcomer's, its connection that has
     /// gone longest without a request makes room, busy as it is: its client is told, it takes
     /// no new calls, and the calls still running after the [shutdown
@@ -692,8 +692,8 @@ async fn admit(
 
 /// Makes room for a newcomer from `address` (unknown when the accept itself failed): asks the
 /// idle connection that has gone longest without a request to give way; with none idle,
-/// closes the connection that has been in its handshake the longest (a peer that connects and
-/// says nothing holds a slot no longer than that); with none of those either, asks a busy
+/// closes the connection that has been in its handshake the longest without a hello (a peer
+/// that connects and says nothing holds a slot no longer than that); with none of those either, asks a busy
 /// connection of the address holding the most to make room, if it holds at least two more
 /// than the newcomer's; failing that, the newcomer waits for a connection to end.
 fn make_room(registry: &Registry, address: Option<IpAddr>) {

@@ -62,6 +62,9 @@ struct InHandshake {
     /// When it was admitted, in nanoseconds since the registry's epoch: the time it has been
     /// idle since, once established, until its first call.
     since: u64,
+    /// Its client said hello: it is no mute peer to close for a newcomer, though its task has
+    /// yet to answer and register it.
+    said_hello: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,7 @@ impl Registry {
             task: None,
             address,
             since,
+            said_hello: false,
         };
         self.connections().handshakes.insert(key, handshake);
         Handshake {
@@ -128,14 +132,15 @@ impl Registry {
         }
     }
 
-    /// Closes the connection that has been in its handshake the longest, whose slot then frees.
-    /// `false` if no connection is in its handshake.
+    /// Closes the connection that has been in its handshake the longest, its client silent so
+    /// far, whose slot then frees. `false` if no connection is.
     pub(crate) fn close_longest_handshake(&self) -> bool {
         let task = {
             let mut connections = self.connections();
             let Some(key) = connections
                 .handshakes
                 .iter()
+                .filter(|(_, handshake)| !handshake.said_hello)
                 .find_map(|(key, handshake)| handshake.task.as_ref().map(|_| *key))
             else {
                 return false;
@@ -269,6 +274,14 @@ impl Handshake {
     /// What names the connection's task to the registry ([`Registry::name_task`]).
     pub(crate) fn key(&self) -> u64 {
         self.key
+    }
+
+    /// The client said hello: the connection is no longer one to close for a newcomer, while
+    /// its task answers and then registers it.
+    pub(crate) fn said_hello(&self) {
+        if let Some(handshake) = self.registry.connections().handshakes.get_mut(&self.key) {
+            handshake.said_hello = true;
+        }
     }
 
     /// The handshake is over: the connection, whose calls are `calls`, is established until
@@ -505,6 +518,31 @@ mod tests {
         assert!(!older.is_finished(), "the established one was left alone");
         drop((first, third, unnamed));
         older.abort();
+    }
+
+    /// A connection whose client said hello is no mute peer: not closed for a newcomer in the
+    /// moment before its task answers and registers it.
+    #[tokio::test]
+    async fn a_connection_whose_client_said_hello_is_not_closed_for_a_newcomer() {
+        let registry = Arc::new(Registry::default());
+        let (greeted, mute) = (waiting_task(), waiting_task());
+        let first = registry.begin_handshake(None);
+        registry.name_task(first.key(), greeted.abort_handle());
+        first.said_hello();
+        assert!(!registry.close_longest_handshake(), "nobody mute to close");
+        let second = registry.begin_handshake(None);
+        registry.name_task(second.key(), mute.abort_handle());
+        assert!(registry.close_longest_handshake());
+        assert!(
+            mute.await.is_err_and(|error| error.is_cancelled()),
+            "the mute one"
+        );
+        assert!(
+            !greeted.is_finished(),
+            "the one that said hello was left alone"
+        );
+        drop((first, second));
+        greeted.abort();
     }
 
     /// Shutting down reaches every connection registered, and every one that registers later;
