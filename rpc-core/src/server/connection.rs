@@ -123,13 +123,14 @@ where
     }
     let mut writer = FrameWriter::new(write);
     async move {
-        // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
-        // not keep room for it while it serves.
+        // A client that said hello is no longer one to close for a newcomer.
         let said_hello = || {
             if let Some(shared) = &shared {
                 shared.handshake.said_hello();
             }
         };
+        // Boxed: its state is dead once the hellos are exchanged, and a connection's task should
+        // not keep room for it while it serves.
         let handshake = shake_hands(
             &service,
             &mut reader,

@@ -167,17 +167,16 @@ impl ServerBuilder {
     }
 
     /// How many connections are served at once (default 10,000, at least 1). At the limit, the
-    /// connection with no call running that has gone longest without a request is asked to give
-    /// way (its client is told, then it closes) so that a newcomer is admitted; with every
-    /// established connection running a call, the connection that has been in its handshake the
-    /// longest (TLS included) without a hello from its client is closed instead, so that peers
-    /// that connect and say nothing cannot keep clients out. With none of those either, if one client address (IPv6: its /64
-    /// prefix) holds at least two more connections than the newcomer's, its connection that has
-    /// gone longest without a request makes room, busy as it is: its client is told, it takes
-    /// no new calls, and the calls still running after the [shutdown
-    /// grace](Self::shutdown_grace) are dropped; so one address cannot keep others out by
-    /// keeping every connection busy. Only one connection makes room so at a time. Failing all
-    /// that, newcomers wait until one closes.
+    /// connection with no call running that has gone longest without a request is asked to give way
+    /// (its client is told, then it closes) so that a newcomer is admitted; with every established
+    /// connection running a call, the connection that has been in its handshake the longest (TLS
+    /// included) without a hello from its client is closed instead, so that peers that connect and
+    /// say nothing cannot keep clients out. With none of those either, if one client address (IPv6:
+    /// its /64 prefix) holds at least two more connections than the newcomer's, its connection that
+    /// has gone longest without a request makes room, busy as it is: its client is told, it takes
+    /// no new calls, and the calls still running after the [shutdown grace](Self::shutdown_grace)
+    /// are dropped; so one address cannot keep others out by keeping every connection busy. Only
+    /// one connection makes room so at a time. Failing all that, newcomers wait until one closes.
     ///
     /// Each connection takes a file descriptor, and many systems let a process open only 1024
     /// unless told otherwise (`ulimit -n`): raise that limit above this one. A server that runs
@@ -690,12 +689,12 @@ async fn admit(
     }
 }
 
-/// Makes room for a newcomer from `address` (unknown when the accept itself failed): asks the
-/// idle connection that has gone longest without a request to give way; with none idle,
-/// closes the connection that has been in its handshake the longest without a hello (a peer
-/// that connects and says nothing holds a slot no longer than that); with none of those either, asks a busy
-/// connection of the address holding the most to make room, if it holds at least two more
-/// than the newcomer's; failing that, the newcomer waits for a connection to end.
+/// Makes room for a newcomer from `address` (unknown when the accept itself failed): asks the idle
+/// connection that has gone longest without a request to give way; with none idle, closes the
+/// connection that has been in its handshake the longest without a hello (a peer that connects and
+/// says nothing holds a slot no longer than that); with none of those either, asks a busy
+/// connection of the address holding the most to make room, if it holds at least two more than the
+/// newcomer's; failing that, the newcomer waits for a connection to end.
 fn make_room(registry: &Registry, address: Option<IpAddr>) {
     if !registry.ask_idlest_to_give_way() && !registry.close_longest_handshake() {
         registry.ask_busiest_address_to_give_way(address);
