@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, loopback_listener, request, start_tcp,
-    start_tcp_with, varint, within,
+    ADD_2_3, LabClient, LabImpl, LabServer, RawClient, frame, loopback_listener, request,
+    start_tcp, start_tcp_with, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -17,9 +17,6 @@ async fn still_serves(addr: std::net::SocketAddr) {
         .expect("connects");
     assert_eq!(within("a call", client.add(1, 1)).await.expect("add"), 2);
 }
-
-/// `add(2, 3)`'s arguments: zigzag varints.
-const ADD_2_3: [u8; 2] = [0x04, 0x06];
 
 #[tokio::test]
 async fn an_oversized_length_closes_only_that_connection() {

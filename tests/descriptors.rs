@@ -5,7 +5,9 @@
 #![cfg(target_os = "linux")]
 
 use rpc_core::Server;
-use rpc_tests::{LabImpl, RawClient, VERSION, hello, request, start_tcp_with, varint, within};
+use rpc_tests::{
+    ADD_2_3, LabImpl, RawClient, VERSION, hello, request, start_tcp_with, varint, within,
+};
 use tokio::net::TcpStream;
 
 /// The errno of a process out of file descriptors.
@@ -13,9 +15,6 @@ const EMFILE: i32 = 24;
 
 /// GoAway reason 2: the server is at its connection limit and needs an idle connection.
 const MAKING_ROOM: u8 = 2;
-
-/// The arguments of `add(2, 3)`: two zigzag varints.
-const ADD_2_3: [u8; 2] = [0x04, 0x06];
 
 /// Sets the process's soft limit of open files to `files`.
 fn limit_open_files(files: u64) {

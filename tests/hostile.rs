@@ -4,13 +4,11 @@
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello, lab_hello_with_window,
-    lab_methods, loopback_listener, request, start_tcp_with, string, varint, within,
+    ADD_2_3, LabClient, LabImpl, LabServer, RawClient, frame, item_cost, lab_hello,
+    lab_hello_with_window, lab_methods, loopback_listener, request, start_tcp_with, string, varint,
+    within,
 };
 use tokio::io::AsyncWriteExt;
-
-/// `add(2, 3)`'s arguments: zigzag varints.
-const ADD_2_3: [u8; 2] = [0x04, 0x06];
 
 /// What a stream item `[0x06, id, n]` of a number below 128 costs: 39 bytes of credit.
 const SMALL_ITEM: u64 = item_cost(3);

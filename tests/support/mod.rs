@@ -447,6 +447,9 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `add(2, 3)`'s arguments, as a request frame carries them: two zigzag varints.
+pub const ADD_2_3: [u8; 2] = [0x04, 0x06];
+
 /// The protocol version rpc-core speaks.
 pub const VERSION: u32 = 2;
 
