@@ -10,7 +10,8 @@ use rpc_tests::greeter::{self, GreeterClient};
 use rpc_tests::within;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -174,6 +175,41 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
         "{:?}",
         failed[0].1
     );
+}
+
+/// A subscriber that keeps rpc-core's target below `INFO` out, as README's Observability
+/// suggests for a program that wants its own logs and not the spans' cost, gets no span of a
+/// call or a connection, while the handler's own logs still reach it.
+#[tokio::test]
+async fn a_filter_on_rpc_cores_target_leaves_its_spans_out() {
+    let capture = Capture::default();
+    let filter = Targets::new()
+        .with_default(Level::INFO)
+        .with_target("rpc_core", Level::WARN);
+    let subscriber = tracing_subscriber::registry().with(capture.clone().with_filter(filter));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let addr = greeter::serve(rpc_core::Server::builder(), "127.0.0.1:0").await;
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(
+        client.greet("Ada".into()).await.expect("a call"),
+        "hello, Ada"
+    );
+    drop(client);
+
+    let spans = capture.spans.lock().expect("spans").clone();
+    assert!(spans.is_empty(), "no span of rpc-core's: {spans:?}");
+    let events = capture.events.lock().expect("events").clone();
+    for logged in ["greeting", "greeted"] {
+        assert!(
+            events
+                .iter()
+                .any(|(message, span)| message == logged && span.is_none()),
+            "the handler's {logged:?}, in no span: {events:?}"
+        );
+    }
 }
 
 #[tokio::test]
