@@ -104,11 +104,11 @@ mod sys {
         // SAFETY: `poll` is one valid `pollfd` the kernel writes `revents` of, and the count
         // passed is one; `fd` is the listener's, open while `self` is borrowed; a zero
         // timeout returns at once.
-        let ready = unsafe { libc::poll(&raw mut poll, 1, 0) };
-        if ready < 0 {
+        if unsafe { libc::poll(&raw mut poll, 1, 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(ready > 0 && poll.revents & libc::POLLIN != 0)
+        // `revents` stays 0 when nothing is ready.
+        Ok(poll.revents & libc::POLLIN != 0)
     }
 }
 
