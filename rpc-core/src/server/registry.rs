@@ -418,6 +418,35 @@ mod tests {
         drop((hog_new, third, fourth));
     }
 
+    /// A connection that left early (it drains) no longer counts for its address, while the
+    /// others of that address still do.
+    #[test]
+    fn a_connection_that_left_no_longer_counts_for_its_address() {
+        let registry = Arc::new(Registry::default());
+        let two = [
+            connection_from(&registry, address(1)),
+            connection_from(&registry, address(1)),
+        ];
+        two[0].0.leave();
+        assert!(
+            !registry.ask_busiest_address_to_give_way(address(2)),
+            "one left against none: not enough"
+        );
+
+        let registry = Arc::new(Registry::default());
+        let three = [
+            connection_from(&registry, address(1)),
+            connection_from(&registry, address(1)),
+            connection_from(&registry, address(1)),
+        ];
+        three[0].0.leave();
+        assert!(
+            registry.ask_busiest_address_to_give_way(address(2)),
+            "two left against none"
+        );
+        drop((two, three));
+    }
+
     #[test]
     fn ipv6_clients_are_counted_by_their_64_bit_prefix_and_mapped_ipv4_as_ipv4() {
         let parse = |text: &str| text.parse::<IpAddr>().expect("an address");
@@ -518,6 +547,20 @@ mod tests {
         assert!(!older.is_finished(), "the established one was left alone");
         drop((first, third, unnamed));
         older.abort();
+    }
+
+    /// A connection whose handshake failed leaves no trace: it is not taken for one still in its
+    /// handshake, to close for a newcomer (which would free no slot), nor kept.
+    #[tokio::test]
+    async fn a_connection_whose_handshake_failed_leaves_the_registry() {
+        let registry = Arc::new(Registry::default());
+        let failed = waiting_task();
+        let handshake = registry.begin_handshake(None);
+        registry.name_task(handshake.key(), failed.abort_handle());
+        drop(handshake);
+        assert!(!registry.close_longest_handshake(), "nobody to close");
+        assert!(registry.connections().handshakes.is_empty());
+        failed.abort();
     }
 
     /// A connection whose client said hello is no mute peer: not closed for a newcomer in the
