@@ -77,6 +77,21 @@ fn lab_labels() -> [(&'static str, &'static str); 2] {
     [("side", "server"), ("service", "Lab")]
 }
 
+/// A service whose one method runs until it is dropped, saying when it has started.
+#[rpc_core::service]
+trait Held {
+    async fn hold(&self);
+}
+
+struct Holding(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Held for Holding {
+    async fn hold(&self) {
+        let _ = self.0.send(());
+        std::future::pending::<()>().await;
+    }
+}
+
 /// One test in this binary: the recorder is global.
 #[tokio::test]
 async fn calls_connections_retries_failures_and_reconnections_are_counted() {
@@ -280,4 +295,41 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let mut sink = tokio::io::sink();
     let read = tokio::io::copy(&mut raw.stream, &mut sink);
     let _ = within("the end of the connection", read).await;
+
+    // A call whose client stops waiting is counted as cancelled on both sides, and neither
+    // counts as in flight any more; a connection that closes no longer counts as open.
+    let (started, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(HeldServer::new(Holding(started))));
+    let client = within("connecting", HeldClient::connect(addr))
+        .await
+        .expect("connects");
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.hold().await }
+    });
+    within("the handler to start", started_rx.recv()).await;
+    call.abort();
+    assert!(call.await.is_err_and(|error| error.is_cancelled()));
+    drop(client);
+    // Summed over the snapshots taken, each of which drains what changed since the last.
+    let (mut cancelled, mut in_flight, mut open) = ([0.0; 2], [0.0; 2], [0.0; 2]);
+    within(
+        "the cancelled call and the closed connection counted",
+        async {
+            while cancelled != [1.0; 2] || in_flight != [0.0; 2] || open != [0.0; 2] {
+                let snapshot = snapshotter.snapshot().into_vec();
+                for (i, side) in ["client", "server"].into_iter().enumerate() {
+                    let held = [("side", side), ("service", "Held")];
+                    let code = [&held[..], &[("code", "cancelled")]].concat();
+                    cancelled[i] += value(&snapshot, "rpc_calls_finished_total", &code);
+                    in_flight[i] += value(&snapshot, "rpc_calls_in_flight", &held);
+                    open[i] += value(&snapshot, "rpc_connections_open", &held);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
 }
