@@ -322,6 +322,25 @@ mod tests {
         assert!(share.gives_way(), "at it");
     }
 
+    /// A write failed because its connection gave way is told apart from every other failure
+    /// (the server logs and counts only those), and says why.
+    #[test]
+    fn a_write_failed_for_giving_way_is_told_by_its_error() {
+        let gave_way = GaveWay::error();
+        assert!(GaveWay::is(&gave_way));
+        assert!(
+            gave_way.to_string().contains("(max_queued_bytes)"),
+            "{gave_way}"
+        );
+        let others = [
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+            std::io::Error::other("another failure"),
+        ];
+        for other in others {
+            assert!(!GaveWay::is(&other), "{other}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn catching_up_starts_the_time_behind_again() {
         let budget = Arc::new(Budget::with_step(0, 100));
