@@ -388,6 +388,9 @@ mod tests {
         );
         let fits = other.reserve(150 * KIB).expect("282 KiB");
         assert_eq!(server.held(), 282 * KIB);
+        let to_the_limit = other.reserve(18 * KIB).expect("300 KiB: the limit itself");
+        assert_eq!(server.held(), 300 * KIB);
+        drop(to_the_limit);
         let tiny = other.reserve(KIB).expect("other's own first bytes");
         assert_eq!(server.held(), 283 * KIB, "past its first 64 KiB: counted");
         drop(tiny);
