@@ -285,6 +285,29 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(45));
     }
 
+    /// A write the transport takes only part of keeps the writer behind (its peer reads slower
+    /// than it is sent to); one that takes all it was offered keeps it caught up; a failed one
+    /// says nothing of the peer. Seen through the budget: behind for [`PATIENCE`] with the
+    /// server at its budget, a connection gives way.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_taking_part_of_what_it_was_offered_keeps_the_writer_behind() {
+        let share = |guarded: &StallGuard<_>| match &guarded.share {
+            Some(WriterShare(share)) => share.clone(),
+            None => unreachable!("the guard shares the budget"),
+        };
+        let (mut part, _peer) = sharing(0, 10);
+        assert_eq!(part.write(&[0; 64]).await.expect("a part"), 16);
+        let (mut whole, _peer) = sharing(0, 10);
+        assert_eq!(whole.write(&[0; 8]).await.expect("all"), 8);
+        let (mut failed, peer) = sharing(0, 10);
+        drop(peer);
+        failed.write(&[0; 8]).await.expect_err("no peer");
+        tokio::time::advance(PATIENCE).await;
+        assert!(share(&part).gives_way(), "behind for a second");
+        assert!(!share(&whole).gives_way(), "caught up");
+        assert!(!share(&failed).gives_way(), "nothing said");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_writer_gone_is_never_the_one_kept_behind_longest() {
         let budget = std::sync::Arc::new(super::super::Budget::with_step(0, 1));
