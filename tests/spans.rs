@@ -105,6 +105,18 @@ impl Capture {
     }
 }
 
+/// A client of the greeter at `addr`, which has greeted Ada once.
+async fn greeted_ada(addr: std::net::SocketAddr) -> GreeterClient {
+    let client = within("connecting", GreeterClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(
+        client.greet("Ada".into()).await.expect("a call"),
+        "hello, Ada"
+    );
+    client
+}
+
 /// All on one thread, so that the subscriber set for this test sees both sides.
 #[tokio::test]
 async fn each_call_has_a_span_on_each_side_with_its_outcome() {
@@ -113,13 +125,7 @@ async fn each_call_has_a_span_on_each_side_with_its_outcome() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let addr = greeter::serve(rpc_tests::refusing("secret"), "127.0.0.1:0").await;
-    let client = within("connecting", GreeterClient::connect(addr))
-        .await
-        .expect("connects");
-    assert_eq!(
-        client.greet("Ada".into()).await.expect("a call"),
-        "hello, Ada"
-    );
+    let client = greeted_ada(addr).await;
     let refused = client.secret().await;
     assert!(
         matches!(refused, Err(RpcError::PermissionDenied { .. })),
@@ -190,13 +196,7 @@ async fn a_filter_on_rpc_cores_target_leaves_its_spans_out() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let addr = greeter::serve(rpc_core::Server::builder(), "127.0.0.1:0").await;
-    let client = within("connecting", GreeterClient::connect(addr))
-        .await
-        .expect("connects");
-    assert_eq!(
-        client.greet("Ada".into()).await.expect("a call"),
-        "hello, Ada"
-    );
+    let client = greeted_ada(addr).await;
     drop(client);
 
     let spans = capture.spans.lock().expect("spans").clone();
