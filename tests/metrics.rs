@@ -77,7 +77,10 @@ fn lab_labels() -> [(&'static str, &'static str); 2] {
     [("side", "server"), ("service", "Lab")]
 }
 
-/// A service whose one method runs until it is dropped, saying when it has started.
+/// A service whose one method runs until it is dropped, saying when it has started. Not Lab's
+/// `hold`: the gauges of calls in flight and open connections are labelled by service alone,
+/// and the Lab connections of the sections before may still be closing while its series are
+/// summed.
 #[rpc_core::service]
 trait Held {
     async fn hold(&self);
