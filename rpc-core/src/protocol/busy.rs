@@ -11,7 +11,7 @@
 //! The window adapts to the connection, between nothing and the window the builder was given
 //! (its most), as a guest kernel's halt polling does:
 //!
-//! - Bytes that come later than the window after the bytes before them, but within the most,
+//! - Bytes that come once the window after the bytes before them is over, but within the most,
 //!   for the second time in a row, double it (from nothing, to two microseconds): polling a
 //!   little longer would have found them awake, and not by chance. Bytes that come within the
 //!   window leave it as it is. Once was enough before: then a tenth of calls started a
@@ -192,11 +192,12 @@ impl BusyPoll {
         self.read_at(Instant::now());
     }
 
-    /// The reader read bytes at `now`: if they came later than the window after the bytes
-    /// before them but within the most, for the second time in a row, the window doubles.
+    /// The reader read bytes at `now`: if they came once the window after the bytes before
+    /// them was over (as it ends, polling has stopped: [`BusyPoll::polls_at`]) but within the
+    /// most, for the second time in a row, the window doubles.
     fn read_at(&mut self, now: Instant) {
         let gap = nanos(now.saturating_duration_since(self.read));
-        let just_missed = gap > self.window && gap <= self.most;
+        let just_missed = gap >= self.window && gap <= self.most;
         self.missed = if just_missed { self.missed + 1 } else { 0 };
         if self.missed >= MISSED_TO_DOUBLE {
             self.missed = 0;
@@ -392,6 +393,16 @@ mod tests {
         }
         // 100 µs halved seven times is 0.78 µs, under the shortest window.
         assert_eq!(halvings, 7);
+
+        // The shortest window is a window: the one doubling from none gives, halved once.
+        busy.window = SHORTEST_WINDOW * 2;
+        for expected in [SHORTEST_WINDOW, 0] {
+            for _ in 0..IN_VAIN_TO_HALVE {
+                busy.since_read = SinceRead::Polled;
+                assert!(!busy.poll_again_at(&mut cx, || past));
+            }
+            assert_eq!(busy.window, expected);
+        }
         busy.read_at(past);
         busy.calls().now();
         assert!(
@@ -449,6 +460,15 @@ mod tests {
         busy.read_at(after(3));
         assert_eq!(busy.window, micros(10));
         assert_eq!(busy.in_vain, 0, "bytes close behind others: not in vain");
+
+        assert!(!busy.polls_at(busy.read + Duration::from_micros(10)));
+        busy.read_at(after(10));
+        busy.read_at(after(10));
+        assert_eq!(
+            busy.window,
+            micros(20),
+            "bytes as the window ends came after its polling stopped"
+        );
     }
 
     /// A reader that finds bytes while it polls keeps its window: only sleeps after polling in
