@@ -190,3 +190,44 @@ fn watching(status: watch::Receiver<(ServingStatus, bool)>) -> Streaming<Serving
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status set again wakes no watcher; once the server shuts down, no status set moves it
+    /// from not serving.
+    #[test]
+    fn a_status_changes_only_when_it_differs_and_the_server_is_not_shutting_down() {
+        let reporter = HealthReporter::default();
+        let mut watcher = reporter.watch();
+        reporter.set(ServingStatus::Serving);
+        assert!(!watcher.has_changed().expect("open"), "the same status");
+        reporter.set(ServingStatus::NotServing);
+        assert!(watcher.has_changed().expect("open"));
+        assert_eq!(watcher.borrow_and_update().0, ServingStatus::NotServing);
+
+        reporter.set(ServingStatus::Serving);
+        reporter.shut_down();
+        watcher.borrow_and_update();
+        reporter.set(ServingStatus::Serving);
+        assert!(!watcher.has_changed().expect("open"), "shut down");
+        assert_eq!(reporter.status(), ServingStatus::NotServing);
+    }
+
+    /// What the `rpc` tool prints, and what a reporter shows of itself.
+    #[test]
+    fn statuses_read_as_words() {
+        let words = [
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+            ServingStatus::ServiceUnknown,
+        ]
+        .map(|status| status.to_string());
+        assert_eq!(words, ["serving", "not serving", "service unknown"]);
+        assert_eq!(
+            format!("{:?}", HealthReporter::default()),
+            "HealthReporter { status: Serving }"
+        );
+    }
+}
