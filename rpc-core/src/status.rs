@@ -153,4 +153,29 @@ mod tests {
         assert_eq!(StatusCode::from_wire_code(9), None);
         assert_eq!(StatusCode::from_wire_code(18), None);
     }
+
+    /// A status reads as its code's words, then its sentence: what a refused caller's error
+    /// says.
+    #[test]
+    fn a_status_reads_as_its_code_then_its_message() {
+        let words = StatusCode::ALL.map(|code| code.to_string());
+        assert_eq!(
+            words,
+            [
+                "unauthenticated",
+                "permission denied",
+                "invalid argument",
+                "not found",
+                "failed precondition",
+                "resource exhausted",
+                "unavailable",
+                "internal error",
+            ]
+        );
+        let status = Status::permission_denied("the token may only read");
+        assert_eq!(
+            status.to_string(),
+            "permission denied: the token may only read"
+        );
+    }
 }
