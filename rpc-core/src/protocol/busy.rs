@@ -376,8 +376,9 @@ mod tests {
         assert!(!busy.poll_again_at(&mut cx, || past));
         assert_eq!(busy.window, busy.most, "it had not polled");
 
-        let mut halvings = 0;
-        while busy.window != 0 {
+        // Polls through its window in vain, and goes to sleep, as many times in a row as halve
+        // the window once; the window holds until the last.
+        let mut poll_in_vain_to_halve = |busy: &mut BusyPoll| {
             let before = busy.window;
             for _ in 0..IN_VAIN_TO_HALVE {
                 assert_eq!(busy.window, before, "not before the second time");
@@ -388,6 +389,12 @@ mod tests {
                 );
                 assert_eq!(busy.since_read, SinceRead::Slept);
             }
+        };
+
+        let mut halvings = 0;
+        while busy.window != 0 {
+            let before = busy.window;
+            poll_in_vain_to_halve(&mut busy);
             assert!(busy.window == before / 2 || busy.window == 0);
             halvings += 1;
         }
@@ -397,10 +404,7 @@ mod tests {
         // The shortest window is a window: the one doubling from none gives, halved once.
         busy.window = SHORTEST_WINDOW * 2;
         for expected in [SHORTEST_WINDOW, 0] {
-            for _ in 0..IN_VAIN_TO_HALVE {
-                busy.since_read = SinceRead::Polled;
-                assert!(!busy.poll_again_at(&mut cx, || past));
-            }
+            poll_in_vain_to_halve(&mut busy);
             assert_eq!(busy.window, expected);
         }
         busy.read_at(past);
