@@ -254,6 +254,78 @@ mod tests {
         assert_eq!(metadata.get_str("b"), None, "not UTF-8");
     }
 
+    #[test]
+    fn remove_takes_out_its_key_alone() {
+        let mut metadata = Metadata::new();
+        metadata.insert("a", "1");
+        metadata.insert("b", "2");
+        metadata.insert("c", "3");
+        assert_eq!(metadata.remove("b"), Some(b"2".to_vec()));
+        assert_eq!(metadata.remove("b"), None, "already removed");
+        let entries: Vec<_> = metadata.iter().collect();
+        assert_eq!(entries, [("a", &b"1"[..]), ("c", &b"3"[..])]);
+    }
+
+    #[test]
+    fn debug_shows_text_as_text_and_other_bytes_as_numbers() {
+        let mut metadata = Metadata::new();
+        metadata.insert("tenant", "a");
+        metadata.insert("id", [0xff, 1]);
+        assert_eq!(
+            format!("{metadata:?}"),
+            r#"{"tenant": "a", "id": [255, 1]}"#
+        );
+    }
+
+    #[test]
+    fn the_default_limits_take_16_kib_in_64_entries() {
+        // 64 keys of 3 bytes and values of 253: 16,384 bytes together.
+        let mut metadata = Metadata::new();
+        for i in 0..64 {
+            metadata.insert(format!("k{i:02}"), [0; 253]);
+        }
+        let at_limit = postcard::to_stdvec(&metadata).expect("encodes");
+        let (decoded, _) =
+            Metadata::decode_prefix(&at_limit, MetadataLimits::DEFAULT).expect("at the limits");
+        assert_eq!(decoded, metadata);
+
+        metadata.insert("k63", [0; 254]);
+        let a_byte_over = postcard::to_stdvec(&metadata).expect("encodes");
+        match Metadata::decode_prefix(&a_byte_over, MetadataLimits::DEFAULT) {
+            Err(MetadataError::OverLimit(why)) => assert!(why.contains("16384 bytes"), "{why}"),
+            other => panic!("expected OverLimit, got {other:?}"),
+        }
+
+        metadata.insert("k63", [0; 253]);
+        metadata.remove("k62");
+        metadata.insert("k64", []);
+        metadata.insert("k65", []);
+        let an_entry_over = postcard::to_stdvec(&metadata).expect("encodes");
+        match Metadata::decode_prefix(&an_entry_over, MetadataLimits::DEFAULT) {
+            Err(MetadataError::OverLimit(why)) => assert!(why.contains("limit of 64"), "{why}"),
+            other => panic!("expected OverLimit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_indexed_past_eight_entries() {
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        let mut decoded = Decoded::default();
+        for key in &keys[..8] {
+            decoded.push(key, b"v");
+        }
+        assert!(decoded.index.is_none(), "eight are scanned");
+        decoded.push(&keys[8], b"v");
+        let index = decoded.index.as_ref().expect("the ninth builds the index");
+        assert_eq!(index.len(), 9);
+        decoded.push(&keys[9], b"v");
+        decoded.push(&keys[0], b"w");
+        let index = decoded.index.as_ref().expect("kept");
+        assert_eq!(index.get("k9"), Some(&9));
+        assert_eq!(decoded.metadata.len(), 10);
+        assert_eq!(decoded.metadata.get("k0"), Some(&b"w"[..]));
+    }
+
     fn limits(max_len: usize, max_entries: usize) -> MetadataLimits {
         MetadataLimits {
             max_len,
