@@ -63,11 +63,17 @@ impl Dns {
 
     /// Publishes the servers on `ports` of `host.test.`, and no others.
     async fn publish(&mut self, ports: &[u16]) {
+        let servers: Vec<_> = ports.iter().map(|&port| ("host.test.", port)).collect();
+        self.publish_at(&servers).await;
+    }
+
+    /// Publishes SRV records naming these targets and ports, and no others.
+    async fn publish_at(&mut self, servers: &[(&str, u16)]) {
         self.serial += 1;
         let key = RrKey::new(LowerName::from(&name(SERVICE)), RecordType::SRV);
         self.zone.records_mut().await.remove(&key);
-        for &port in ports {
-            let srv = SRV::new(0, 0, port, name("host.test."));
+        for &(target, port) in servers {
+            let srv = SRV::new(0, 0, port, name(target));
             let record = Record::from_rdata(name(SERVICE), 0, RData::SRV(srv));
             assert!(self.zone.upsert(record, self.serial).await, "published");
         }
@@ -174,4 +180,31 @@ async fn a_name_with_no_records_is_refused_at_discovery() {
         error.to_string().contains("_none._tcp.greeter.test."),
         "the error names what was looked up: {error}"
     );
+}
+
+#[tokio::test]
+async fn a_target_that_does_not_resolve_is_left_out_and_the_others_still_count() {
+    let (server, calls) = counted_server().await;
+    let mut dns = Dns::start().await;
+    // `nowhere.test.` has no address record.
+    dns.publish_at(&[("nowhere.test.", 1), ("host.test.", server.port())])
+        .await;
+    let discovery = Discovery::srv(SERVICE).name_servers([dns.addr]);
+    let client = within(
+        "discovering",
+        GreeterClient::builder().discover(discovery, Duration::from_secs(60)),
+    )
+    .await
+    .expect("finds the server that resolves");
+    let listed: Vec<String> = client
+        .channel()
+        .endpoints()
+        .into_iter()
+        .map(|e| e.endpoint)
+        .collect();
+    assert_eq!(listed, [format!("host.test:{}", server.port())]);
+    within("a call", client.greet("x".into()))
+        .await
+        .expect("answers");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

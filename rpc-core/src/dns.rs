@@ -141,3 +141,19 @@ impl Discovery {
         Ok(found)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_names_what_is_asked_of_whom() {
+        let discovery = Discovery::srv("_rpc._tcp.calc.")
+            .name_servers(["127.0.0.1:53".parse().expect("an address")]);
+        assert_eq!(discovery.name(), "_rpc._tcp.calc.");
+        assert_eq!(
+            format!("{discovery:?}"),
+            r#"Discovery { name: "_rpc._tcp.calc.", name_servers: [127.0.0.1:53], .. }"#
+        );
+    }
+}
