@@ -179,6 +179,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_conversion_keeps_the_bytes() {
+        let bytes = [1u8, 2, 3];
+        for payload in [
+            Payload::from(&b"\x01\x02\x03"[..]),
+            Payload::from(bytes.to_vec()),
+            Payload::from(Bytes::copy_from_slice(&bytes)),
+        ] {
+            assert_eq!(payload.as_ref(), bytes);
+            assert_eq!(&payload[..], bytes);
+            assert_eq!(format!("{payload:?}"), "Payload(3 bytes)");
+            assert_eq!(payload.into_bytes(), bytes[..]);
+        }
+    }
+
+    #[test]
     fn a_payload_decoded_from_a_frame_shares_its_memory() {
         let mut frame =
             Bytes::from(postcard::to_stdvec(&Payload::from(vec![7u8; 100])).expect("encodes"));
@@ -192,6 +207,44 @@ mod tests {
         let elsewhere: Payload = postcard::from_bytes(&frame).expect("decodes");
         assert!(!within(&frame, &elsewhere), "outside a frame it is copied");
         assert_eq!(payload, elsewhere);
+
+        // Bytes decoded from other memory while a frame is lent are copied too.
+        let other = postcard::to_stdvec(&Payload::from(vec![9u8; 10])).expect("encodes");
+        let copied: Payload =
+            decoding(&mut frame, 0..0, |_| postcard::from_bytes(&other)).expect("decodes");
+        assert_eq!(&copied[..], [9; 10]);
+        assert!(!within(&other, &copied), "a copy, not a slice of the frame");
+    }
+
+    /// A deserializer that hands its bytes over: owned, or borrowed for the call only.
+    enum Handed {
+        Owned(Vec<u8>),
+        Lent(Vec<u8>),
+    }
+
+    impl<'de> Deserializer<'de> for Handed {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            match self {
+                Handed::Owned(bytes) => visitor.visit_byte_buf(bytes),
+                Handed::Lent(bytes) => visitor.visit_bytes(&bytes),
+            }
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            enum identifier ignored_any
+        }
+    }
+
+    #[test]
+    fn bytes_not_borrowed_from_the_input_are_taken_whole() {
+        for handed in [Handed::Owned(vec![1, 2, 3]), Handed::Lent(vec![1, 2, 3])] {
+            let payload = Payload::deserialize(handed).expect("decodes");
+            assert_eq!(&payload[..], [1, 2, 3]);
+        }
     }
 
     #[test]
