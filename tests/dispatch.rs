@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
-use rpc_tests::within;
+use rpc_tests::{held_loopback_port, within};
+use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
@@ -58,25 +59,33 @@ fn count_primes(from: u64, to: u64) -> u64 {
 struct WorkerProcess {
     id: u32,
     addr: SocketAddr,
+    /// Holds the worker's port while it is down too, so that no other test's socket takes it.
+    _port: TcpSocket,
     parked: mpsc::UnboundedSender<u32>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl WorkerProcess {
-    async fn start(id: u32, addr: SocketAddr, parked: mpsc::UnboundedSender<u32>) -> Self {
-        let server = Server::bind(addr).await.expect("binds");
-        let addr = server.local_addr().expect("address");
-        let counter = PrimeCounter {
-            id,
-            parked: parked.clone(),
-        };
-        let task = tokio::spawn(server.serve(WorkerServer::new(counter)));
-        WorkerProcess {
+    async fn start(id: u32, parked: mpsc::UnboundedSender<u32>) -> Self {
+        let (port, addr) = held_loopback_port();
+        let mut worker = WorkerProcess {
             id,
             addr,
+            _port: port,
             parked,
-            task: Some(task),
-        }
+            task: None,
+        };
+        worker.serve().await;
+        worker
+    }
+
+    async fn serve(&mut self) {
+        let server = Server::bind(self.addr).await.expect("binds");
+        let counter = PrimeCounter {
+            id: self.id,
+            parked: self.parked.clone(),
+        };
+        self.task = Some(tokio::spawn(server.serve(WorkerServer::new(counter))));
     }
 
     /// Stops the worker and waits until it has: its listener and connections are gone (an
@@ -90,7 +99,7 @@ impl WorkerProcess {
 
     async fn restart(&mut self) {
         self.kill().await;
-        *self = WorkerProcess::start(self.id, self.addr, self.parked.clone()).await;
+        self.serve().await;
     }
 }
 
@@ -103,8 +112,7 @@ async fn workers_reporting(count: u32) -> (Vec<WorkerProcess>, mpsc::UnboundedRe
     let (parked, reports) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     for id in 0..count {
-        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        workers.push(WorkerProcess::start(id, any_port, parked.clone()).await);
+        workers.push(WorkerProcess::start(id, parked.clone()).await);
     }
     (workers, reports)
 }

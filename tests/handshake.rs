@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, VERSION, frame, hello, loopback_listener, start_tcp,
-    start_tcp_with, string, varint, within,
+    LabClient, LabImpl, RawClient, VERSION, frame, held_loopback_port, hello, loopback_listener,
+    start_tcp, start_tcp_with, string, varint, within,
 };
 
 /// The largest hello a peer accepts (docs/wire.md, section 2: "until the hellos are exchanged").
@@ -123,8 +123,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
-    let (listener, addr) = loopback_listener().await;
-    drop(listener);
+    let (_held, addr) = held_loopback_port();
     match LabClient::connect(addr).await {
         Err(error @ RpcError::Connect { .. }) => {
             assert!(

@@ -10,8 +10,8 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rpc_core::{Server, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, VERSION, answers_at, hello, request, start_tcp_with, varint,
-    within,
+    LabClient, LabImpl, RawClient, VERSION, answers_at, held_loopback_port, hello, request,
+    start_tcp_with, varint, within,
 };
 
 /// What the recorder held at one moment. (Taking it drains it: counters and gauges start again
@@ -169,8 +169,8 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     .await;
 
     // A server that restarts: the client connects to it again, and says so.
-    let server = Server::bind("127.0.0.1:0").await.expect("binds");
-    let addr = server.local_addr().expect("an address");
+    let (_held, addr) = held_loopback_port();
+    let server = Server::bind(addr).await.expect("binds");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stopped.await;

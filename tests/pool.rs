@@ -7,22 +7,18 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rpc_core::{EndpointState, RpcError, Server, ServiceClient, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient};
-use rpc_tests::{LabClient, RawClient, lab_hello, lab_methods, loopback_listener, within};
-
-/// A free loopback address with nothing listening on it.
-async fn closed_addr() -> SocketAddr {
-    let (listener, addr) = loopback_listener().await;
-    drop(listener);
-    addr
-}
+use rpc_tests::{
+    LabClient, RawClient, held_loopback_port, lab_hello, lab_methods, loopback_listener, within,
+};
 
 #[tokio::test]
 async fn when_every_endpoint_is_down_the_error_names_each() {
-    let addrs = [
-        closed_addr().await,
-        closed_addr().await,
-        closed_addr().await,
+    let held = [
+        held_loopback_port(),
+        held_loopback_port(),
+        held_loopback_port(),
     ];
+    let addrs = held.each_ref().map(|(_, addr)| *addr);
     let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     let client = GreeterClient::builder().balance(names.clone());
     let error = within("a call", client.greet("x".into()))
@@ -48,7 +44,7 @@ async fn when_every_endpoint_is_down_the_error_names_each() {
 #[tokio::test]
 async fn endpoints_are_listed_with_their_states_and_changes_are_reported() {
     let up = greeter::serve(Server::builder(), "127.0.0.1:0").await;
-    let down = closed_addr().await;
+    let (_held, down) = held_loopback_port();
     let client = GreeterClient::builder()
         .reconnect_backoff(Duration::from_secs(60), Duration::from_secs(60))
         .balance([up.to_string(), down.to_string()]);
@@ -176,7 +172,7 @@ async fn a_client_of_one_server_reports_a_lost_connection() {
 
 #[tokio::test]
 async fn waiting_for_ready_rides_out_a_server_that_is_not_up_yet() {
-    let addr = closed_addr().await;
+    let (_held, addr) = held_loopback_port();
     let client = GreeterClient::builder()
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .deadline(Duration::from_secs(20))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rpc_core::tls::{ClientTls, ServerTls};
 use rpc_core::{Context, RpcError, Server, ServerBuilder};
 use rpc_tests::certs::{Authority, Issued};
-use rpc_tests::within;
+use rpc_tests::{held_loopback_port, within};
 use tokio::io::AsyncReadExt;
 
 #[rpc_core::service]
@@ -333,11 +333,9 @@ async fn balanced_and_reconnected_connections_use_tls() {
     let resolved = within("resolving", resolved).await.expect("resolves");
     assert_eq!(resolved.add(5, 5).await.expect("a call"), 10);
 
-    let server = Server::builder()
-        .tls(server_tls(&issued))
-        .bind("127.0.0.1:0");
+    let (_held, addr) = held_loopback_port();
+    let server = Server::builder().tls(server_tls(&issued)).bind(addr);
     let server = server.await.expect("binds");
-    let addr = server.local_addr().expect("an address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stopped.await;

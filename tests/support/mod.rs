@@ -387,6 +387,20 @@ pub async fn loopback_listener() -> (tokio::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// A free loopback port held for as long as the returned socket lives: bound (with
+/// `SO_REUSEADDR`, as a listener binds) but not listened on, so connections to it are refused,
+/// a server may bind it beside the socket, and bind it again after it stops, and no other socket
+/// of the suite takes the port meanwhile. A port freed by dropping a listener is not safe for
+/// that: any test binding port 0 in the meantime may be given it.
+pub fn held_loopback_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_reuseaddr(true).expect("reuses the address");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(any_port).expect("binds");
+    let addr = socket.local_addr().expect("has an address");
+    (socket, addr)
+}
+
 /// Fails the test, instead of hanging it, if `work` does not finish in 20 s. A guard against
 /// hangs, not a measure of speed: every use finishes in milliseconds when the code works.
 pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {

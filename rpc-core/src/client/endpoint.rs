@@ -579,12 +579,14 @@ mod tests {
             methods: &[],
             schema: crate::service::no_methods,
         };
-        // A free port, closed for now: every attempt is refused.
-        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds")
-            .local_addr()
-            .expect("an address");
+        // A port bound but not listened on: every attempt is refused, and no other test's
+        // socket can take the port before it is opened (as one may take a port freed by
+        // dropping a listener).
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("binds");
+        let addr = socket.local_addr().expect("an address");
         let config = ClientConfig {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(60),
@@ -607,7 +609,7 @@ mod tests {
             "four failures wait longer than the minimum"
         );
 
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebinds");
+        let listener = socket.listen(8).expect("listens");
         let (hang_up, hung_up) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(serve_one(listener, &SERVICE, hung_up));
         let connection = endpoint.connection().await.expect("connects");
