@@ -238,3 +238,23 @@ fn interned(name: &str, idempotent: bool) -> &'static MethodInfo {
             Box::leak(Box::new(MethodInfo { name, idempotent }))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_bytes_are_kept_as_given() {
+        let encoded = Encoded::new(vec![2, 3, 4]);
+        assert_eq!(encoded.as_bytes(), [2, 3, 4]);
+        assert_eq!(format!("{encoded:?}"), "Encoded(3 bytes)");
+        let mut out = vec![1];
+        encoded.encode(&mut out).expect("encodes");
+        assert_eq!(
+            out,
+            [1, 2, 3, 4],
+            "written as they are, after what was there"
+        );
+        assert_eq!(encoded.into_bytes(), [2, 3, 4][..]);
+    }
+}

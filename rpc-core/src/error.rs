@@ -330,4 +330,33 @@ mod tests {
             size_of::<RpcError>()
         );
     }
+
+    #[test]
+    fn a_wrong_service_error_names_every_service_served() {
+        let error = RpcError::WrongService {
+            expected: "Calc".to_owned(),
+            served: vec!["Kv".to_owned(), "Health".to_owned()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "the server does not serve `Calc`: it serves `Kv`, `Health`"
+        );
+    }
+
+    #[test]
+    fn a_panic_s_message_ends_the_sentence_only_when_the_server_sent_it() {
+        let panicked = |message: Option<&str>| RpcError::HandlerPanicked {
+            method: "add".to_owned(),
+            request_id: 7,
+            message: message.map(str::to_owned),
+        };
+        assert_eq!(
+            panicked(None).to_string(),
+            "the server's handler for `add` panicked (call 7)"
+        );
+        assert_eq!(
+            panicked(Some("overflow")).to_string(),
+            "the server's handler for `add` panicked (call 7): overflow"
+        );
+    }
 }
