@@ -8,17 +8,27 @@ use rpc_core::tls::{ClientTls, ServerTls};
 use rpc_core::{Context, RpcError, Server, ServerBuilder};
 use rpc_tests::certs::{Authority, Issued};
 use rpc_tests::{held_loopback_port, within};
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 #[rpc_core::service]
 pub trait Vault {
     /// Adds; a call that needs nothing of its caller.
     async fn add(&self, a: i64, b: i64) -> i64;
-    /// Who the server says the caller is: the subject, common name and names of its
-    /// certificate, if it presented one.
-    async fn whoami(&self) -> Option<(String, Option<String>, Vec<String>)>;
+    /// Who the server says the caller is, if it presented a certificate.
+    async fn whoami(&self) -> Option<Caller>;
     /// The caller's address, as the server sees it.
     async fn peer(&self) -> Option<SocketAddr>;
+}
+
+/// What a handler reads of a client's verified certificate.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Caller {
+    subject: String,
+    common_name: Option<String>,
+    names: Vec<String>,
+    /// DER, the client's certificate first.
+    chain: Vec<Vec<u8>>,
 }
 
 struct MyVault;
@@ -28,14 +38,15 @@ impl Vault for MyVault {
         a + b
     }
 
-    async fn whoami(&self) -> Option<(String, Option<String>, Vec<String>)> {
+    async fn whoami(&self) -> Option<Caller> {
         let call = Context::current();
         let identity = call.peer_identity()?;
-        Some((
-            identity.subject().to_owned(),
-            identity.common_name().map(str::to_owned),
-            identity.names().to_vec(),
-        ))
+        Some(Caller {
+            subject: identity.subject().to_owned(),
+            common_name: identity.common_name().map(str::to_owned),
+            names: identity.names().to_vec(),
+            chain: identity.certificate_chain().to_vec(),
+        })
     }
 
     async fn peer(&self) -> Option<SocketAddr> {
@@ -201,11 +212,11 @@ async fn with_mutual_tls_a_handler_reads_the_clients_verified_certificate() {
         .clients
         .issue("worker-1", &["worker-1.pool.internal", "10.0.0.7"]);
     let client = mutual.connect_as(&worker).await.expect("connects");
-    let (subject, common_name, names) =
-        client.whoami().await.expect("a call").expect("an identity");
-    assert_eq!(subject, "CN=worker-1");
-    assert_eq!(common_name.as_deref(), Some("worker-1"));
-    assert_eq!(names, ["worker-1.pool.internal", "10.0.0.7"]);
+    let caller = client.whoami().await.expect("a call").expect("an identity");
+    assert_eq!(caller.subject, "CN=worker-1");
+    assert_eq!(caller.common_name.as_deref(), Some("worker-1"));
+    assert_eq!(caller.names, ["worker-1.pool.internal", "10.0.0.7"]);
+    assert_eq!(caller.chain, worker.ders, "the chain as the client sent it");
 }
 
 #[tokio::test]

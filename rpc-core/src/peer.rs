@@ -110,3 +110,22 @@ impl PeerIdentity {
         &self.names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket tests run as whoever runs them, often root, whose ids are the zeros a broken
+    /// accessor could return too.
+    #[test]
+    fn credentials_read_back_as_the_system_gave_them() {
+        let credentials = PeerCredentials {
+            uid: 1000,
+            gid: 100,
+            pid: Some(42),
+        };
+        assert_eq!(credentials.uid(), 1000);
+        assert_eq!(credentials.gid(), 100);
+        assert_eq!(credentials.pid(), Some(42));
+    }
+}

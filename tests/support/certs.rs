@@ -15,6 +15,8 @@ pub struct Issued {
     pub chain: String,
     /// The certificate's private key.
     pub key: String,
+    /// The chain's certificates, DER-encoded, in the same order.
+    pub ders: Vec<Vec<u8>>,
 }
 
 impl Authority {
@@ -66,6 +68,7 @@ impl Authority {
         Issued {
             chain: format!("{}{}", certificate.pem(), self.certificate.pem()),
             key: key.serialize_pem(),
+            ders: vec![certificate.der().to_vec(), self.certificate.der().to_vec()],
         }
     }
 }
