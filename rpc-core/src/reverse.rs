@@ -305,3 +305,45 @@ impl Caller {
         Ok(channel.client::<C>())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// An outer frame of kind 9 carrying `len` bytes of the reverse connection.
+    fn reverse_frame(len: usize) -> Vec<u8> {
+        let mut frame = vec![0; 1 + len];
+        frame[0] = KIND;
+        frame
+    }
+
+    #[tokio::test]
+    async fn the_outer_reader_reads_on_until_a_mebibyte_waits_for_the_reverse_connection() {
+        let (outbox, _queue) = Outbox::new();
+        let (mut tunnel, mut inner) = Tunnel::open(outbox, 1024 * 1024);
+        const FRAME: usize = 16 * 1024;
+        // 62 frames of 16 KiB, 1,023,744 bytes with their overhead, are under a mebibyte
+        // however much the pipe has taken: reading goes on.
+        for _ in 0..62 {
+            tunnel.deliver(&reverse_frame(FRAME));
+        }
+        assert!(tunnel.may_read(), "under the bound");
+
+        // 70, over a mebibyte even with the pipe's 64 KiB taken: reading pauses.
+        for _ in 62..70 {
+            tunnel.deliver(&reverse_frame(FRAME));
+        }
+        assert!(!tunnel.may_read(), "over the bound");
+
+        // The reverse connection reads them all: reading resumes.
+        let mut read = 0;
+        let mut buffer = vec![0; 64 * 1024];
+        while read < 70 * (4 + FRAME) {
+            read += inner.read(&mut buffer).await.expect("reads");
+        }
+        tunnel.wait_may_read().await;
+        assert!(tunnel.may_read());
+    }
+}
