@@ -14,7 +14,7 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKe
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use rpc_core::dns::Discovery;
-use rpc_core::{Server, ServiceClient};
+use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::greeter::{self, GreeterClient};
 use rpc_tests::within;
 
@@ -91,6 +91,29 @@ async fn counted_server() -> (SocketAddr, Arc<AtomicUsize>) {
     (greeter::serve(counted, "127.0.0.1:0").await, calls)
 }
 
+/// A client of the servers the SRV records of `name` list, asked of `dns`, read again every
+/// `refresh`.
+async fn discover(name: &str, dns: &Dns, refresh: Duration) -> Result<GreeterClient, RpcError> {
+    let discovery = Discovery::srv(name).name_servers([dns.addr]);
+    within(
+        "discovering",
+        GreeterClient::builder().discover(discovery, refresh),
+    )
+    .await
+}
+
+/// The endpoints `client` balances over, sorted.
+fn listed(client: &GreeterClient) -> Vec<String> {
+    let mut listed: Vec<String> = client
+        .channel()
+        .endpoints()
+        .into_iter()
+        .map(|e| e.endpoint)
+        .collect();
+    listed.sort();
+    listed
+}
+
 #[tokio::test]
 async fn calls_follow_the_servers_the_srv_records_list() {
     let (first, first_calls) = counted_server().await;
@@ -98,23 +121,9 @@ async fn calls_follow_the_servers_the_srv_records_list() {
     let mut dns = Dns::start().await;
     dns.publish(&[first.port()]).await;
 
-    let discovery = Discovery::srv(SERVICE).name_servers([dns.addr]);
-    let client = within(
-        "discovering",
-        GreeterClient::builder().discover(discovery, Duration::from_millis(20)),
-    )
-    .await
-    .expect("finds the first server");
-    let listed = |client: &GreeterClient| -> Vec<String> {
-        let mut listed: Vec<String> = client
-            .channel()
-            .endpoints()
-            .into_iter()
-            .map(|e| e.endpoint)
-            .collect();
-        listed.sort();
-        listed
-    };
+    let client = discover(SERVICE, &dns, Duration::from_millis(20))
+        .await
+        .expect("finds the first server");
     assert_eq!(listed(&client), [format!("host.test:{}", first.port())]);
     for _ in 0..5 {
         within("a call", client.greet("x".into()))
@@ -169,12 +178,7 @@ async fn calls_follow_the_servers_the_srv_records_list() {
 #[tokio::test]
 async fn a_name_with_no_records_is_refused_at_discovery() {
     let dns = Dns::start().await;
-    let discovery = Discovery::srv("_none._tcp.greeter.test.").name_servers([dns.addr]);
-    let found = within(
-        "discovering",
-        GreeterClient::builder().discover(discovery, Duration::from_secs(1)),
-    )
-    .await;
+    let found = discover("_none._tcp.greeter.test.", &dns, Duration::from_secs(1)).await;
     let error = found.expect_err("nothing to call");
     assert!(
         error.to_string().contains("_none._tcp.greeter.test."),
@@ -189,20 +193,10 @@ async fn a_target_that_does_not_resolve_is_left_out_and_the_others_still_count()
     // `nowhere.test.` has no address record.
     dns.publish_at(&[("nowhere.test.", 1), ("host.test.", server.port())])
         .await;
-    let discovery = Discovery::srv(SERVICE).name_servers([dns.addr]);
-    let client = within(
-        "discovering",
-        GreeterClient::builder().discover(discovery, Duration::from_secs(60)),
-    )
-    .await
-    .expect("finds the server that resolves");
-    let listed: Vec<String> = client
-        .channel()
-        .endpoints()
-        .into_iter()
-        .map(|e| e.endpoint)
-        .collect();
-    assert_eq!(listed, [format!("host.test:{}", server.port())]);
+    let client = discover(SERVICE, &dns, Duration::from_secs(60))
+        .await
+        .expect("finds the server that resolves");
+    assert_eq!(listed(&client), [format!("host.test:{}", server.port())]);
     within("a call", client.greet("x".into()))
         .await
         .expect("answers");
