@@ -319,6 +319,27 @@ mod tests {
         frame
     }
 
+    #[crate::service]
+    trait Echo {
+        async fn echo(&self, text: String) -> String;
+    }
+
+    struct Plain;
+
+    impl Echo for Plain {
+        async fn echo(&self, text: String) -> String {
+            text
+        }
+    }
+
+    #[test]
+    fn a_client_serving_back_queues_what_its_server_builder_lets_a_connection_queue() {
+        let builder = ServerBuilder::default().max_queued_bytes_per_connection(12_345);
+        let serve_back = ServeBack::new(builder, EchoServer::new(Plain)).expect("serves");
+        assert_eq!(serve_back.queue_limit(), 12_345);
+        assert_eq!(format!("{serve_back:?}"), "ServeBack");
+    }
+
     #[tokio::test]
     async fn the_outer_reader_reads_on_until_a_mebibyte_waits_for_the_reverse_connection() {
         let (outbox, _queue) = Outbox::new();
