@@ -375,3 +375,22 @@ async fn balanced_and_reconnected_connections_use_tls() {
     };
     assert_eq!(within("a call after the restart", reconnected).await, 4);
 }
+
+/// Printed, TLS settings say what they hold and nothing of a key.
+#[test]
+fn tls_settings_print_what_they_hold() {
+    let authority = Authority::new("servers");
+    let issued = authority.issue("vault", SERVER_NAMES);
+    let server = server_tls(&issued);
+    assert_eq!(format!("{server:?}"), "ServerTls { reloadable: true, .. }");
+    let client = client_tls(&authority)
+        .identity_pem(&issued.chain, &issued.key)
+        .expect("the client's certificate")
+        .server_name("vault.internal")
+        .expect("a name");
+    assert_eq!(
+        format!("{client:?}"),
+        "ClientTls { roots: Some(1), presents_a_certificate: true, \
+         server_name: Some(DnsName(\"vault.internal\")), .. }"
+    );
+}
