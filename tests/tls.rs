@@ -394,3 +394,25 @@ fn tls_settings_print_what_they_hold() {
          server_name: Some(DnsName(\"vault.internal\")), .. }"
     );
 }
+
+#[tokio::test]
+async fn a_server_reads_its_certificate_and_key_from_files() {
+    let authority = Authority::new("servers");
+    let issued = authority.issue("vault", SERVER_NAMES);
+    let dir = std::env::temp_dir().join(format!("rpc-tls-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let (chain, key) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&chain, &issued.chain).expect("writes");
+    std::fs::write(&key, &issued.key).expect("writes");
+    let tls = ServerTls::from_pem_files(&chain, &key).expect("reads both");
+    let missing = ServerTls::from_pem_files(dir.join("none.pem"), &key);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let addr = serve(Server::builder().tls(tls)).await;
+    let client = connect(addr, client_tls(&authority))
+        .await
+        .expect("connects");
+    assert_eq!(client.add(2, 3).await.expect("a call"), 5);
+    let error = missing.expect_err("no such file");
+    assert!(error.to_string().contains("none.pem"), "{error}");
+}

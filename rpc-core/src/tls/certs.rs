@@ -129,3 +129,41 @@ impl ResolvesServerCert for Reloadable {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_prints_how_many_certificates_it_holds_and_not_its_key() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a certificate");
+        let chain = certified.cert.pem();
+        let key = certified.key_pair.serialize_pem();
+        let identity = Identity::from_pem(chain.as_bytes(), key.as_bytes()).expect("an identity");
+        assert_eq!(format!("{identity:?}"), "Identity { certificates: 1, .. }");
+    }
+
+    #[test]
+    fn a_file_is_read_whole_or_the_error_names_it() {
+        let dir = std::env::temp_dir().join(format!("rpc-core-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let path = dir.join("chain.pem");
+        std::fs::write(&path, b"the PEM text").expect("writes");
+        assert_eq!(read(&path).expect("reads"), b"the PEM text");
+
+        let missing = dir.join("missing.pem");
+        let error = read(&missing).expect_err("no such file");
+        assert!(
+            matches!(&error, TlsError::Read { path, .. } if *path == missing),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("could not read {}: ", missing.display())),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
