@@ -282,6 +282,15 @@ where
 mod tests {
     use super::*;
 
+    /// docs/wire.md: rpc-core grants credit back once its consumer has taken a quarter of its
+    /// window's worth.
+    #[test]
+    fn credit_is_granted_back_a_quarter_window_at_a_time() {
+        assert_eq!(grant_at(DEFAULT_WINDOW), 256 * 1024);
+        assert_eq!(grant_at(1000), 250);
+        assert_eq!(grant_at(3), 1, "never less than a byte");
+    }
+
     #[tokio::test]
     async fn an_error_is_the_last_item() {
         let source = futures_util::stream::iter([Ok(1), Err("broken"), Ok(3)]);
@@ -306,8 +315,55 @@ mod tests {
     #[tokio::test]
     async fn a_sender_learns_that_the_receiver_is_gone() {
         let (sender, stream) = Streaming::<u8>::channel(1);
+        assert!(!sender.is_closed(), "the receiver is there");
         drop(stream);
         assert!(sender.is_closed());
         assert_eq!(sender.send(1).await, Err(StreamClosed));
+        assert_eq!(sender.fail("too late").await, Err(StreamClosed));
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_fails_ends_the_stream_with_its_message() {
+        let (sender, mut stream) = Streaming::channel(4);
+        sender.send(1u8).await.expect("open");
+        let also = sender.clone();
+        sender.fail("the disk is full").await.expect("open");
+        also.send(2).await.expect("still open");
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(RpcError::StreamFailed { message })) if message == "the disk is full"
+        ));
+        assert!(stream.next().await.is_none(), "nothing after the failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_within_a_deadline_passes_its_items_then_ends_with_the_deadline() {
+        let deadline = std::time::Duration::from_secs(5);
+        let expires = tokio::time::Instant::now() + deadline;
+        let (sender, stream) = Streaming::channel(4);
+        let mut stream = stream.within(expires, "watch", deadline);
+        sender.send(1u8).await.expect("open");
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
+        // The sender lives on and sends nothing more: the deadline ends the stream.
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(RpcError::DeadlineExceeded { method, deadline: after }))
+                if method == "watch" && after == deadline
+        ));
+        assert!(stream.next().await.is_none());
+        assert_eq!(
+            tokio::time::Instant::now(),
+            expires,
+            "not before the deadline"
+        );
+        drop(sender);
+
+        // A stream that ends in time ends as it does.
+        let items = Streaming::new(futures_util::stream::iter([3u8]));
+        let mut stream = items.within(tokio::time::Instant::now() + deadline, "watch", deadline);
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(3)));
+        assert!(stream.next().await.is_none());
+        assert!(stream.next().await.is_none(), "and stays ended");
     }
 }
