@@ -360,6 +360,44 @@ impl Drop for TakeBackOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::Streams;
+
+    /// A pump dropped before its stream's end (the call was cancelled, or its deadline
+    /// passed) takes back what it queued and the writer has not written: none of it goes out,
+    /// and the connection's queue is uncounted at once.
+    #[tokio::test]
+    async fn a_pump_dropped_before_the_end_takes_back_its_unwritten_items() {
+        let (outbox, _queue) = Outbox::new();
+        let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
+        let frames = StreamFrames::new(&outbox);
+        let (sender, items) = Streaming::channel(4);
+        let pumping = tokio::spawn(pump(
+            1,
+            Outbound::new(items),
+            streams.open_outbound(1),
+            outbox.clone(),
+            Arc::clone(&frames),
+            1 << 20,
+        ));
+        sender.send(7u64).await.expect("open");
+        // Nothing writes the queue: the item waits there, counted, once the pump has had a
+        // turn.
+        let queued = async {
+            while !frames.any_unwritten() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), queued)
+            .await
+            .expect("the pump queues the item");
+        assert!(outbox.meter().queued() > 0);
+
+        pumping.abort();
+        let _ = pumping.await;
+        assert!(!frames.any_unwritten(), "taken back");
+        assert_eq!(outbox.meter().queued(), 0, "uncounted");
+        drop(sender);
+    }
 
     /// Items ready at once are encoded into one frame, each a whole StreamItem frame, and the
     /// frame makes room for a whole batch as soon as a second item is ready, rather than
