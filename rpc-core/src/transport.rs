@@ -104,4 +104,29 @@ mod tests {
                 .expect("reads the option")
         );
     }
+
+    /// A connection's reader over TCP reads its socket directly when busy polling, and moves
+    /// its low-water mark: the socket it is given is the read half's own.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_read_half_of_a_tcp_stream_gives_its_own_socket() {
+        use tokio::io::AsyncWriteExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(connect_tcp(addr), accept_tcp(&listener));
+        let (read, _write) = Split::split(client.expect("connects"));
+        let socket = <TcpStream as Split>::tcp_socket(&read).expect("a TCP socket on Linux");
+        let mut peer = accepted.expect("accepts").0;
+        peer.write_all(b"ping").await.expect("writes");
+        let mut buf = bytes::BytesMut::with_capacity(16);
+        loop {
+            read.readable().await.expect("waits");
+            if let Some(read) = socket.read_now(&mut buf) {
+                assert_eq!(read.expect("reads"), 4);
+                break;
+            }
+        }
+        assert_eq!(&buf[..], b"ping");
+    }
 }
