@@ -231,6 +231,24 @@ async fn an_item_sent_without_credit_closes_the_connection() {
     }
 }
 
+/// An item may overdraw the credit left, whatever it costs, but none may follow it until the
+/// receiver grants more: an item right behind the overdrawing one, in the same read, is refused
+/// as one sent alone would be.
+#[tokio::test]
+async fn an_item_behind_one_that_overdrew_the_credit_closes_the_connection() {
+    // A window of one small item; the first item, a number of ten bytes, costs more.
+    let builder = Server::builder().stream_window(SMALL_ITEM as u32);
+    let addr = start_tcp_with(builder, LabImpl::default()).await;
+    let mut raw = RawClient::handshake(addr).await;
+    let mut bytes = request(1, "sum", &[]);
+    let mut large = vec![0x06, 1];
+    large.extend(varint(u64::MAX));
+    bytes.extend(frame(&large));
+    bytes.extend(small_item(1, 0));
+    raw.send(&bytes).await;
+    within("the refusal", raw.expect_refused("without credit")).await;
+}
+
 /// A receiver that grants more than the items it took cost breaks the protocol.
 #[tokio::test]
 async fn a_grant_past_what_the_items_cost_closes_the_connection() {
