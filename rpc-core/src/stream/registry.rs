@@ -697,6 +697,31 @@ mod tests {
         assert!(!streams.any_open(), "opened after the end, it ends at once");
     }
 
+    /// When the connection ends, an outgoing stream waiting for credit stops waiting, and one
+    /// opened after it stops at once: its pump ends rather than wait for ever.
+    #[tokio::test]
+    async fn the_connection_ending_stops_every_outgoing_stream() {
+        let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
+        let upload = streams.open_outbound(1);
+        upload.window.spend(1 << 20);
+        assert_eq!(upload.window.open(), Some(false), "out of credit");
+        let waiting = tokio::spawn({
+            let window = Arc::clone(&upload.window);
+            async move { window.ready().await }
+        });
+        streams.close_all(RpcError::ConnectionClosed);
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+            .await
+            .expect("stops waiting")
+            .expect("joins");
+        assert!(!stopped, "stopped, not ready");
+        assert_eq!(upload.window.credit(), None);
+
+        let late = streams.open_outbound(2);
+        assert_eq!(late.window.open(), None, "stopped from the start");
+        assert!(!late.window.ready().await);
+    }
+
     /// A stream of `u64` that has been sent the numbers `0..count` as one run, with the
     /// deadline `deadline` from now if one is given.
     fn stream_of_one_run(count: u64, deadline: Option<Duration>) -> InboundStream<u64> {
