@@ -7,7 +7,7 @@
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use rpc_core::{Server, Status, StatusCode};
+use rpc_core::{RpcError, Server, Status, StatusCode};
 use rpc_tests::greeter::{self, GreeterClient, GreeterServer, MyGreeter};
 use rpc_tests::{
     LabClient, LabImpl, RawClient, VERSION, answers_at, held_loopback_port, hello, request,
@@ -95,6 +95,23 @@ impl Held for Holding {
     }
 }
 
+/// A service whose stream of numbers fails after its first.
+#[rpc_core::service]
+trait Failing {
+    async fn numbers(&self) -> rpc_core::Streaming<u64>;
+}
+
+struct Broken;
+
+impl Failing for Broken {
+    async fn numbers(&self) -> rpc_core::Streaming<u64> {
+        rpc_core::Streaming::from_results(futures_util::stream::iter([
+            Ok(1),
+            Err("the source broke"),
+        ]))
+    }
+}
+
 /// One test in this binary: the recorder is global.
 #[tokio::test]
 async fn calls_connections_retries_failures_and_reconnections_are_counted() {
@@ -144,11 +161,7 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
     let busy = Server::builder().intercept(|_| Err(Status::new(StatusCode::Unavailable, "busy")));
     let busy_addr = greeter::serve(busy, "127.0.0.1:0").await;
     // A port nothing listens on: its endpoint fails to connect and is passed over.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let dead_addr = dead.local_addr().expect("an address");
-    drop(dead);
+    let (_dead, dead_addr) = held_loopback_port();
     let pool = GreeterClient::builder().balance([busy_addr, dead_addr, addr]);
     let retries = [("service", "Greeter"), ("method", "greet")];
     let failures = [("service", "Greeter")];
@@ -335,4 +348,34 @@ async fn calls_connections_retries_failures_and_reconnections_are_counted() {
         },
     )
     .await;
+
+    // A call whose streamed result ends in an error is counted as failed on the client when
+    // its caller reads the error.
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(FailingServer::new(Broken)));
+    let client = within("connecting", FailingClient::connect(addr))
+        .await
+        .expect("connects");
+    let mut numbers = within("a call", client.numbers()).await.expect("answers");
+    assert_eq!(
+        within("an item", numbers.next()).await.map(Result::ok),
+        Some(Some(1))
+    );
+    let failed = within("the failure", numbers.next()).await;
+    assert!(
+        matches!(failed, Some(Err(RpcError::StreamFailed { .. }))),
+        "{failed:?}"
+    );
+    let snapshot = snapshotter.snapshot().into_vec();
+    let numbers = [
+        ("side", "client"),
+        ("service", "Failing"),
+        ("method", "numbers"),
+    ];
+    for (code, count) in [("error", 1.0), ("0", 0.0)] {
+        let finished = [&numbers[..], &[("code", code)]].concat();
+        let counted = value(&snapshot, "rpc_calls_finished_total", &finished);
+        assert_eq!(counted, count, "code {code}");
+    }
 }
