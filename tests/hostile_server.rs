@@ -345,3 +345,40 @@ async fn a_server_that_closes_mid_frame_fails_the_call() {
     broke_the_protocol(error, "the stream ended in the middle of a frame");
     within("the server", server).await.expect("joins");
 }
+
+/// A server that ends a streamed result with code 6 says the call's deadline passed: the
+/// client reports the deadline it gave the call, as for any call past its deadline, not a
+/// failed stream.
+#[tokio::test]
+async fn a_stream_the_server_ends_for_the_deadline_is_a_deadline_exceeded() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, request) = first_call(&listener).await;
+        let id = request[1];
+        raw.send(&ok_response(id, &[])).await;
+        raw.send(&frame(&[0x06, id, 0x01])).await;
+        let mut end = vec![0x07, id, 0x01, 0x06];
+        end.extend(string("the deadline passed"));
+        raw.send(&frame(&end)).await;
+        raw
+    });
+    let deadline = std::time::Duration::from_secs(600);
+    let connecting = LabClient::builder().deadline(deadline).connect(addr);
+    let client = within("connecting", connecting).await.expect("connects");
+    let mut stream: Streaming<u64> = within("the call", client.count(3))
+        .await
+        .expect("the stream starts");
+    let first = within("an item", stream.next()).await;
+    assert_eq!(first.map(Result::ok), Some(Some(1)));
+    match within("the end", stream.next()).await {
+        Some(Err(RpcError::DeadlineExceeded {
+            method,
+            deadline: given,
+        })) => {
+            assert_eq!(method, "count");
+            assert_eq!(given, deadline);
+        }
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    let _raw = within("the server", server).await.expect("joins");
+}
