@@ -725,15 +725,23 @@ mod tests {
     /// A stream of `u64` that has been sent the numbers `0..count` as one run, with the
     /// deadline `deadline` from now if one is given.
     fn stream_of_one_run(count: u64, deadline: Option<Duration>) -> InboundStream<u64> {
+        let items: Vec<Vec<u8>> = (0..count)
+            .map(|n| postcard::to_stdvec(&n).expect("encodes"))
+            .collect();
+        stream_of_run(&items, deadline)
+    }
+
+    /// A stream of `u64` that has been sent one run of StreamItem frames carrying `items`.
+    fn stream_of_run(items: &[Vec<u8>], deadline: Option<Duration>) -> InboundStream<u64> {
         let streams = Arc::new(Streams::new(1 << 20, 1 << 20));
         let parts = streams.open_inbound(1);
         let (outbox, _queue) = Outbox::new();
         let head = Head::StreamItem { id: 1 }.frame();
         let head = &head[LENGTH_PREFIX..];
         let mut frames = Vec::new();
-        for n in 0..count {
+        for item in items {
             let mut payload = head.to_vec();
-            payload.extend(postcard::to_stdvec(&n).expect("encodes"));
+            payload.extend(item);
             frames.extend(protocol::frame(&payload));
         }
         let sent = streams.state().inbound[&1].tx.send(Inbound::Run {
@@ -779,6 +787,39 @@ mod tests {
             assert_eq!(item, n);
             assert!(stream.ahead.len() < 48, "{} ahead", stream.ahead.len());
         }
+    }
+
+    /// What the items of a run cost is counted as they are taken, for the credit granted back
+    /// to the sender.
+    #[tokio::test]
+    async fn the_items_of_a_run_taken_count_for_the_credit_granted_back() {
+        let mut stream = stream_of_one_run(100, None);
+        let head_len = Head::StreamItem { id: 1 }.frame().len() - LENGTH_PREFIX;
+        let cost: i64 = (0..100u64)
+            .map(|n| item_cost(head_len + postcard::to_stdvec(&n).expect("encodes").len()))
+            .sum();
+        while stream.next().await.is_some() {
+            if stream.ahead.is_empty() && stream.run.is_empty() {
+                break;
+            }
+        }
+        assert!(cost < stream.parts.grant_at, "too little yet for a grant");
+        assert_eq!(stream.consumed, cost);
+    }
+
+    /// An item of a run that does not decode ends the stream with an error naming the method,
+    /// after the items before it.
+    #[tokio::test]
+    async fn an_item_that_does_not_decode_ends_the_stream() {
+        // Eleven bytes of continuation: no u64.
+        let items = [vec![7], vec![0xff; 11], vec![8]];
+        let mut stream = stream_of_run(&items, None);
+        assert_eq!(stream.next().await.expect("an item").expect("decodes"), 7);
+        match stream.next().await {
+            Some(Err(RpcError::Decode { method, .. })) => assert_eq!(method, "count"),
+            other => panic!("expected Decode, got {other:?}"),
+        }
+        assert!(stream.next().await.is_none(), "nothing after it");
     }
 
     /// Past the deadline, the items decoded before it are still handed on, and the stream ends
