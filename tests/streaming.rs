@@ -18,6 +18,8 @@ pub trait Numbers {
     async fn count(&self, from: u64, to: u64) -> Streaming<u64>;
     /// Adds up a stream.
     async fn sum(&self, numbers: Streaming<u64>) -> u64;
+    /// The first number of a stream, whose rest it drops unread.
+    async fn first(&self, numbers: Streaming<u64>) -> Option<u64>;
     /// Answers each number with its double, as it comes.
     async fn double(&self, numbers: Streaming<u64>) -> Streaming<u64>;
     /// Streams `0..n`, then fails.
@@ -113,6 +115,10 @@ impl Numbers for Impl {
             sum += number.expect("the client's stream ends cleanly");
         }
         sum
+    }
+
+    async fn first(&self, mut numbers: Streaming<u64>) -> Option<u64> {
+        numbers.next().await.and_then(Result::ok)
     }
 
     async fn double(&self, numbers: Streaming<u64>) -> Streaming<u64> {
@@ -259,6 +265,19 @@ async fn client_streaming_sends_every_item() {
     let numbers = Streaming::new(futures_util::stream::iter(1..=1000u64));
     let sum = within("the upload", fixture.client.sum(numbers)).await;
     assert_eq!(sum.expect("sum"), 500_500);
+}
+
+/// A handler may drop the stream it was sent before its end: the call is answered, nothing of
+/// the stream's end is sent to the client (a Cancel, the client's to send, would break the
+/// protocol), and the connection goes on.
+#[tokio::test]
+async fn a_handler_that_drops_its_stream_early_still_answers() {
+    let fixture = start().await;
+    let numbers = Streaming::new(futures_util::stream::iter(7..));
+    let first = within("the call", fixture.client.first(numbers)).await;
+    assert_eq!(first.expect("answered"), Some(7));
+    let sum = within("a call after it", fixture.client.add(2, 3)).await;
+    assert_eq!(sum.expect("the same connection answers"), 5);
 }
 
 #[tokio::test]
