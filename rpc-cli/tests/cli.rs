@@ -475,6 +475,26 @@ async fn a_lock_file_catches_incompatible_changes_and_lets_additions_pass() {
         "the argument `a` is `i64` before and `i32` now"
     );
 
+    // The check a user's own test makes: silent when compatible, a panic listing each
+    // change and how to accept them when not.
+    lockfile::assert_compatible::<ShopClient>(&file);
+    let panicked = std::panic::catch_unwind(|| {
+        lockfile::assert_compatible::<changed::ShopClient>(&file);
+    });
+    let payload = panicked.expect_err("`add` changed");
+    let message = payload
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(
+        message.starts_with("the service changed in ways that break its callers:\n  - "),
+        "{message}"
+    );
+    assert!(
+        message.contains("the argument `a` is `i64` before and `i32` now"),
+        "{message}"
+    );
+    assert!(message.ends_with("(`rpc lock`, or delete it and rerun) and commit it."));
+
     let fresh = dir.join("fresh.lock.json");
     let _ = std::fs::remove_file(&fresh);
     assert_eq!(
