@@ -421,3 +421,21 @@ fn stdin_items(
         receiver.poll_recv(cx)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_each_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        let unit = parse_duration("5d").expect_err("no such unit");
+        assert_eq!(unit, "`5d`: the unit is one of ms, s, m, h");
+        let number = parse_duration("soon").expect_err("no number");
+        assert_eq!(number, "`soon` is not a duration such as 500ms, 5s or 2m");
+    }
+}
