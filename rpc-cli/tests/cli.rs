@@ -377,6 +377,14 @@ async fn streams_go_as_json_lines_both_ways() {
         "{}",
         stderr(&output)
     );
+
+    // Reading stops at the first bad line: the lines after it are never judged.
+    let output = rpc(&["call", &addr, "total"], "\"five\"\n\"six\"\n\"seven\"\n").await;
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let said = stderr(&output);
+    assert!(said.contains("`prices[0]`"), "{said}");
+    assert!(!said.contains("`prices[1]`"), "{said}");
+    assert!(!said.contains("`prices[2]`"), "{said}");
 }
 
 #[tokio::test]
@@ -537,6 +545,13 @@ async fn a_server_of_several_services_is_described_and_called_service_by_service
     let rust = ok(&["describe", &addr]).await;
     assert!(rust.contains("pub trait Shop {"), "{rust}");
     assert!(rust.contains("pub trait Clock {"), "{rust}");
+    // Each service as its own schema prints it, in the order served, a blank line apart.
+    use rpc_core::ServiceClient;
+    let each = |info: &rpc_core::ServiceInfo| info.describe().expect("a schema").to_rust();
+    assert_eq!(
+        rust,
+        format!("{}\n{}", each(&ShopClient::INFO), each(&ClockClient::INFO))
+    );
     assert!(
         rust.contains("async fn ticks(&self, count: u32) -> Streaming<u64>;"),
         "{rust}"
