@@ -192,20 +192,30 @@ impl Typed<'_> {
 
     fn integer<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let expected = format!("an integer ({})", self.schema);
+        // An `i128` holds every integer but a `u128` past its most, which comes as a string.
         let number = match self.json {
-            Value::Number(n) => n.as_i128(),
-            Value::String(s) => s.parse::<i128>().ok(),
+            Value::Number(n) => n.as_i128().map(Ok),
+            Value::String(s) => match s.parse::<i128>() {
+                Ok(n) => Some(Ok(n)),
+                Err(_) => s.parse::<u128>().ok().map(Err),
+            },
             _ => None,
         };
-        let Some(n) = number else {
-            return Err(self.fail(expected));
-        };
-        let out_of_range = || {
+        let does_not_fit = |n: &dyn fmt::Display| {
             self.fail_with(format!(
                 "`{}`: {n} does not fit in {}",
                 self.path, self.schema
             ))
         };
+        let n = match number {
+            Some(Ok(n)) => n,
+            Some(Err(big)) if *self.schema == Schema::U128 => {
+                return serializer.serialize_u128(big);
+            }
+            Some(Err(big)) => return Err(does_not_fit(&big)),
+            None => return Err(self.fail(expected)),
+        };
+        let out_of_range = || does_not_fit(&n);
         match self.schema {
             Schema::I8 => serializer.serialize_i8(i8::try_from(n).map_err(|_| out_of_range())?),
             Schema::I16 => serializer.serialize_i16(i16::try_from(n).map_err(|_| out_of_range())?),
@@ -752,30 +762,20 @@ impl<'de> Visitor<'de> for ToJson<'_> {
                 return Ok(Value::String(tag.clone()));
             }
             Variant::Newtype(inner) => access.newtype_variant_seed(self.0.of(inner))?,
-            Variant::Tuple(items) => {
-                let shape = Shape {
-                    schema: self.0.schema,
-                    ..self.0
-                };
-                access.tuple_variant(
-                    items.len(),
-                    VariantToJson {
-                        shape,
-                        schemas: items.iter().collect(),
-                        fields: None,
-                    },
-                )?
-            }
+            Variant::Tuple(items) => access.tuple_variant(
+                items.len(),
+                VariantToJson {
+                    shape: self.0,
+                    schemas: items.iter().collect(),
+                    fields: None,
+                },
+            )?,
             Variant::Struct(fields) => {
-                let shape = Shape {
-                    schema: self.0.schema,
-                    ..self.0
-                };
                 let schemas = fields.iter().map(|field| &field.schema).collect();
                 access.tuple_variant(
                     fields.len(),
                     VariantToJson {
-                        shape,
+                        shape: self.0,
                         schemas,
                         fields: Some(fields),
                     },
@@ -811,10 +811,6 @@ impl<'de> DeserializeSeed<'de> for VariantIndex {
             fn visit_u32<E: de::Error>(self, index: u32) -> Result<u32, E> {
                 Ok(index)
             }
-
-            fn visit_u64<E: de::Error>(self, index: u64) -> Result<u32, E> {
-                u32::try_from(index).map_err(E::custom)
-            }
         }
         deserializer.deserialize_u32(Index)
     }
@@ -841,7 +837,338 @@ impl<'de> Visitor<'de> for VariantToJson<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use rpc_core::schema::ServiceTracer;
+    use serde::de::DeserializeOwned;
+    use serde_bytes::ByteBuf;
+    use serde_json::json;
+
     use super::*;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Marker;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Meters(u32);
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Point(i16, i16);
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    enum Figure {
+        Empty,
+        Circle(f64),
+        Line(Point, Point),
+        Box { corner: Point, side: Meters },
+    }
+
+    /// Every kind of type the tool writes and reads.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Everything {
+        unit: (),
+        flag: bool,
+        small: (i8, i16, i32, i64, i128),
+        unsigned: (u8, u16, u32, u64, u128),
+        floats: (f32, f64),
+        letter: char,
+        name: String,
+        bytes: ByteBuf,
+        maybe: Option<u8>,
+        nothing: Option<u8>,
+        list: Vec<u16>,
+        by_name: BTreeMap<String, i8>,
+        array: [u8; 3],
+        marker: Marker,
+        meters: Meters,
+        shapes: Vec<Figure>,
+    }
+
+    /// The schema of `T` and the named types it uses, as a service describes them.
+    fn traced<T: DeserializeOwned>() -> (Schema, Types) {
+        let mut tracer = ServiceTracer::new("Test");
+        tracer.method("get", false).returns::<T>();
+        let service = tracer.finish().expect("a schema");
+        (service.methods[0].result.clone(), service.types)
+    }
+
+    /// `value`'s JSON, as serde_json writes it, encodes to postcard's own bytes for `value`,
+    /// and those bytes decode to that JSON.
+    fn round_trip<T: Serialize + DeserializeOwned>(value: &T) {
+        let (schema, types) = traced::<T>();
+        let bytes = postcard::to_allocvec(value).expect("postcard encodes");
+        let json = serde_json::to_value(value).expect("serde_json encodes");
+        assert_eq!(
+            encode(&schema, &types, &json, "value"),
+            Ok(bytes.clone()),
+            "{json}"
+        );
+        assert_eq!(decode(&schema, &types, &bytes), Ok(json));
+    }
+
+    #[test]
+    fn every_kind_of_value_goes_both_ways_as_serde_writes_it() {
+        round_trip(&Everything {
+            unit: (),
+            flag: true,
+            small: (-8, 300, -70_000, 5_000_000_000, 7),
+            unsigned: (200, 60_000, 4_000_000_000, 1 << 40, 9),
+            floats: (1.5, -0.25),
+            letter: 'é',
+            name: "Ada".to_owned(),
+            bytes: ByteBuf::from(vec![0, 1, 255]),
+            maybe: Some(4),
+            nothing: None,
+            list: vec![1, 600],
+            // A key that reads as a number stays a string for a map keyed by strings.
+            by_name: [("1".to_owned(), -1), ("two".to_owned(), 2)].into(),
+            array: [1, 2, 3],
+            marker: Marker,
+            meters: Meters(12),
+            shapes: vec![
+                Figure::Empty,
+                Figure::Circle(2.5),
+                Figure::Line(Point(1, -1), Point(2, -2)),
+                Figure::Box {
+                    corner: Point(0, 5),
+                    side: Meters(3),
+                },
+            ],
+        });
+        round_trip(&false);
+        round_trip(&Marker);
+        round_trip(&Point(-3, 4));
+        round_trip(&(i128::from(i64::MIN), u128::from(u64::MAX)));
+        // Bytes may be typed as a string, taken as its UTF-8 bytes.
+        let hi = encode(&Schema::Bytes, &Types::new(), &json!("hé"), "v");
+        assert_eq!(hi, Ok(vec![3, b'h', 0xc3, 0xa9]));
+    }
+
+    #[test]
+    fn integers_past_64_bits_are_strings_both_ways() {
+        let (schema, types) = traced::<(i128, u128)>();
+        let value = (i128::MIN, u128::MAX);
+        let bytes = postcard::to_allocvec(&value).expect("encodes");
+        let json = json!([i128::MIN.to_string(), u128::MAX.to_string()]);
+        assert_eq!(decode(&schema, &types, &bytes), Ok(json.clone()));
+        assert_eq!(encode(&schema, &types, &json, "v"), Ok(bytes));
+        // Any integer may come as a string.
+        assert_eq!(
+            encode(&Schema::U8, &types, &json!("200"), "v"),
+            Ok(vec![200])
+        );
+        assert_eq!(
+            encode(&Schema::I128, &types, &json!(u128::MAX.to_string()), "v"),
+            Err(format!("`v`: {} does not fit in i128", u128::MAX))
+        );
+    }
+
+    #[test]
+    fn maps_with_other_keys_are_pairs_out_and_either_in() {
+        let (schema, types) = traced::<BTreeMap<u32, bool>>();
+        let value: BTreeMap<u32, bool> = [(1, true), (300, false)].into();
+        let bytes = postcard::to_allocvec(&value).expect("encodes");
+        let pairs = json!([[1, true], [300, false]]);
+        assert_eq!(decode(&schema, &types, &bytes), Ok(pairs.clone()));
+        assert_eq!(encode(&schema, &types, &pairs, "m"), Ok(bytes.clone()));
+        let object = json!({"1": true, "300": false});
+        assert_eq!(encode(&schema, &types, &object, "m"), Ok(bytes));
+        assert_eq!(
+            encode(&schema, &types, &json!([[1, true, 2]]), "m"),
+            Err(
+                "`m`: expected an object, or an array of [key, value] pairs, found an array of 1"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn integers_that_do_not_fit_their_type_are_refused() {
+        let types = Types::new();
+        let refused = [
+            (Schema::I8, json!(128), "128 does not fit in i8"),
+            (Schema::I16, json!(40_000), "40000 does not fit in i16"),
+            (
+                Schema::I32,
+                json!(3_000_000_000u64),
+                "3000000000 does not fit in i32",
+            ),
+            (
+                Schema::I64,
+                json!(u64::MAX),
+                "18446744073709551615 does not fit in i64",
+            ),
+            (Schema::U8, json!(256), "256 does not fit in u8"),
+            (Schema::U16, json!(70_000), "70000 does not fit in u16"),
+            (
+                Schema::U32,
+                json!(5_000_000_000u64),
+                "5000000000 does not fit in u32",
+            ),
+            (Schema::U64, json!(-1), "-1 does not fit in u64"),
+            (
+                Schema::U64,
+                json!("18446744073709551616"),
+                "18446744073709551616 does not fit in u64",
+            ),
+            (Schema::U128, json!(-1), "-1 does not fit in u128"),
+        ];
+        for (schema, json, why) in refused {
+            assert_eq!(
+                encode(&schema, &types, &json, "n"),
+                Err(format!("`n`: {why}")),
+                "{schema}"
+            );
+        }
+        assert_eq!(
+            encode(&Schema::I8, &types, &json!("many"), "n"),
+            Err("`n`: expected an integer (i8), found the string \"many\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn json_of_the_wrong_shape_is_refused_with_what_was_expected() {
+        let (schema, types) = traced::<Vec<Figure>>();
+        let refused = [
+            (
+                json!(["Round"]),
+                "`s[0]`: `Figure` has no variant `Round`; its variants are \
+                Empty, Circle, Line, Box",
+            ),
+            (json!([{"Empty": 1}]), "`s[0].Empty` takes no value"),
+            (
+                json!([{"Circle": 1.0, "Empty": null}]),
+                "`s[0]`: expected a variant of `Figure`: \
+                \"Variant\" or {\"Variant\": ...}, one of Empty, Circle, Line, Box, found an object",
+            ),
+            (
+                json!([{"Line": [[1, 2]]}]),
+                "`s[0].Line`: expected an array of 2 items, found an \
+                array of 1",
+            ),
+            (
+                json!([{"Line": [[1, 2], [3, 4, 5]]}]),
+                "`s[0].Line[1]`: expected an array of 2 \
+                items, found an array of 3",
+            ),
+            (
+                json!([{"Box": {"corner": [0, 0]}}]),
+                "`s[0].Box.side` (Meters) is missing",
+            ),
+            (
+                json!([{"Box": {"corner": [0, 0], "side": 1, "colour": 2}}]),
+                "`s[0].Box` has no \
+                field `colour`; its fields are (corner: Point, side: Meters)",
+            ),
+        ];
+        for (json, why) in refused {
+            assert_eq!(
+                encode(&schema, &types, &json, "s"),
+                Err(why.to_owned()),
+                "{json}"
+            );
+        }
+        let refused = [
+            (
+                Schema::Unit,
+                json!(0),
+                "`v`: expected null, found the number 0",
+            ),
+            (
+                Schema::Bool,
+                json!(1),
+                "`v`: expected `true` or `false`, found the number 1",
+            ),
+            (
+                Schema::Char,
+                json!("ab"),
+                "`v`: expected a string of one character (char), found \
+                the string \"ab\"",
+            ),
+            (
+                Schema::Str,
+                json!(null),
+                "`v`: expected a string, found null",
+            ),
+            (
+                Schema::Bytes,
+                json!([256]),
+                "`v`: expected an array of bytes (0 to 255), found an \
+                array of 1",
+            ),
+            (
+                Schema::Named("Marker".to_owned()),
+                json!(false),
+                "`v`: expected null, found \
+                `false`",
+            ),
+        ];
+        let (_, types) = traced::<Everything>();
+        for (schema, json, why) in refused {
+            assert_eq!(
+                encode(&schema, &types, &json, "v"),
+                Err(why.to_owned()),
+                "{schema}"
+            );
+        }
+    }
+
+    #[test]
+    fn arguments_come_by_name_or_in_order_and_null_only_for_none() {
+        let mut tracer = ServiceTracer::new("Calc");
+        tracer
+            .method("add", false)
+            .arg::<i64>("a")
+            .arg::<i64>("b")
+            .returns::<i64>();
+        tracer.method("now", false).returns::<u64>();
+        let service = tracer.finish().expect("a schema");
+        let (add, now) = (&service.methods[0], &service.methods[1]);
+        let bytes = postcard::to_allocvec(&(2i64, -3i64)).expect("encodes");
+        let types = &service.types;
+        assert_eq!(encode_args(add, types, &json!([2, -3])), Ok(bytes.clone()));
+        assert_eq!(
+            encode_args(add, types, &json!({"b": -3, "a": 2})),
+            Ok(bytes)
+        );
+        assert_eq!(encode_args(now, types, &json!(null)), Ok(Vec::new()));
+        assert_eq!(encode_args(now, types, &json!([])), Ok(Vec::new()));
+        assert_eq!(
+            encode_args(add, types, &json!(null)),
+            Err(
+                "the arguments of `add` are a JSON object keyed by name, or an array: \
+                 (a: i64, b: i64); found null"
+                    .to_owned()
+            )
+        );
+    }
+
+    /// Values nest up to [`MAX_DEPTH`] below the top, in JSON and in postcard, and no deeper.
+    #[test]
+    fn values_nest_as_deep_as_the_limit_and_no_deeper() {
+        let types = Types::new();
+        let nested = |levels: usize| {
+            (0..levels).fold(Schema::U8, |inner, _| Schema::Option(Box::new(inner)))
+        };
+        let mut bytes = vec![1; MAX_DEPTH];
+        bytes.push(5);
+        let deepest = nested(MAX_DEPTH);
+        assert_eq!(encode(&deepest, &types, &json!(5), "v"), Ok(bytes.clone()));
+        assert_eq!(decode(&deepest, &types, &bytes), Ok(json!(5)));
+
+        let deeper = nested(MAX_DEPTH + 1);
+        assert_eq!(
+            encode(&deeper, &types, &json!(5), "v"),
+            Err(format!("`v` nests more than {MAX_DEPTH} deep"))
+        );
+        bytes.insert(0, 1);
+        assert_eq!(
+            decode(&deeper, &types, &bytes),
+            Err(format!(
+                "the answer does not decode as {deeper}: values nest more than {MAX_DEPTH} deep"
+            ))
+        );
+    }
 
     /// An answer that does not decode says why in a sentence: this tool's own reason when it
     /// has one (postcard keeps none of it), and otherwise the rule the bytes broke.
