@@ -163,6 +163,39 @@ async fn an_argument_nested_too_deep_fails_only_that_call() {
     assert_eq!(client.length(Chain::of(3)).await.expect("answered"), 3);
 }
 
+/// An argument that claims more items of no bytes than its bytes allow (docs/wire.md, section
+/// 3) fails only its call: `Vec<()>` of 2^62 units, in 9 bytes, would otherwise keep the
+/// server's thread counting them for ever.
+#[tokio::test]
+async fn an_argument_claiming_countless_empty_items_fails_only_that_call() {
+    use rpc_tests::nest::{self, NestClient};
+    let addr = nest::serve().await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
+        .await;
+    within("the server's hello", raw.read_frame())
+        .await
+        .expect("a hello");
+    raw.send(&request(1, "count", &varint(1 << 62))).await;
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
+    let message = String::from_utf8_lossy(&answer[5..]);
+    assert!(
+        message.ends_with("more items than one a byte and 4096 more: too many items of no bytes"),
+        "{message}"
+    );
+    // The connection, and the server, go on; a few thousand units are a value like any other.
+    raw.send(&request(2, "count", &varint(4000))).await;
+    let answer = within("the next answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer, [0x02, 0x02, 0x00, 0xa0, 0x1f]);
+    let client = NestClient::connect(addr).await.expect("connects");
+    assert_eq!(client.count(vec![(); 7]).await.expect("answered"), 7);
+}
+
 #[tokio::test]
 async fn an_unknown_method_fails_only_that_call() {
     let addr = start_tcp().await;

@@ -329,6 +329,42 @@ async fn a_result_nested_too_deep_fails_only_that_call() {
     drop(within("the server", server).await.expect("joins"));
 }
 
+/// A result that claims more items of no bytes than its bytes allow (docs/wire.md, section 3)
+/// fails its call rather than keep the client's thread counting them, and the connection goes
+/// on.
+#[tokio::test]
+async fn a_result_claiming_countless_empty_items_fails_only_that_call() {
+    use rpc_core::ServiceClient;
+    use rpc_tests::nest::NestClient;
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        let methods = &NestClient::INFO.describe().expect("described").methods;
+        raw.send(&service_hello("Nest", methods, 0, 0, STREAM_WINDOW))
+            .await;
+        let request = raw.read_frame().await.expect("the request");
+        raw.send(&ok_response(request[1], &rpc_tests::varint(u64::MAX)))
+            .await;
+        let request = raw.read_frame().await.expect("the next request");
+        raw.send(&ok_response(request[1], &rpc_tests::varint(3)))
+            .await;
+        raw
+    });
+    let client = NestClient::connect(addr).await.expect("connects");
+    match within("the call", client.units(5)).await {
+        Err(RpcError::Decode { method, reason }) => {
+            assert_eq!(method, "units");
+            assert!(reason.ends_with("too many items of no bytes"), "{reason}");
+        }
+        other => panic!("expected a decoding error, got {other:?}"),
+    }
+    let units = within("the next call", client.units(3))
+        .await
+        .expect("answered");
+    assert_eq!(units.len(), 3);
+    drop(within("the server", server).await.expect("joins"));
+}
+
 /// A server that closes in the middle of a frame fails the call; nothing waits for the rest.
 #[tokio::test]
 async fn a_server_that_closes_mid_frame_fails_the_call() {

@@ -1,5 +1,6 @@
-//! A service whose values nest as deeply as a peer makes them: for the tests of the bound on
-//! how deeply a decoded value may nest (docs/wire.md, section 3).
+//! A service whose values nest as deeply, and hold as many items of no bytes, as a peer makes
+//! them: for the tests of the bounds on how deeply a decoded value may nest and how many items
+//! it may hold (docs/wire.md, section 3).
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,10 @@ pub trait Nest {
     async fn length(&self, chain: Chain) -> u64;
     /// A chain of `links` links.
     async fn make(&self, links: u64) -> Chain;
+    /// How many units `units` holds: on the wire, a count and nothing else.
+    async fn count(&self, units: Vec<()>) -> u64;
+    /// `count` units.
+    async fn units(&self, count: u64) -> Vec<()>;
 }
 
 /// The implementation.
@@ -45,6 +50,14 @@ impl Nest for Nesting {
 
     async fn make(&self, links: u64) -> Chain {
         Chain::of(links)
+    }
+
+    async fn count(&self, units: Vec<()>) -> u64 {
+        units.len() as u64
+    }
+
+    async fn units(&self, count: u64) -> Vec<()> {
+        vec![(); count as usize]
     }
 }
 

@@ -1,12 +1,11 @@
 //! postcard encoding into an existing buffer, and strict decoding.
 
-use std::cell::Cell;
 use std::ops::Range;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::depth::Limited;
+use super::depth::{Limited, Limits};
 use super::{outgoing, spare};
 
 /// A value could not be encoded or decoded.
@@ -22,6 +21,14 @@ pub enum CodecError {
     /// The value nests deeper than this many levels: decoding it could overflow the stack.
     #[error("the value nests deeper than {0} levels")]
     TooDeep(usize),
+    /// The value's sequences and maps claim more items, all told, than one for each of its
+    /// bytes and this many more: as many items of no bytes (`Vec<()>`) would keep the decoder
+    /// counting them.
+    #[error(
+        "the value's sequences and maps hold more items than one a byte and {0} more: too \
+         many items of no bytes"
+    )]
+    TooManyItems(usize),
 }
 
 /// What postcard's `error` means, as a sentence a reader of either side's log can act on:
@@ -71,14 +78,15 @@ pub(crate) fn append<T: Serialize + ?Sized>(
 
 /// Decodes a `T` that must fill `bytes` exactly: trailing bytes mean the two sides disagree on
 /// the type, and are an error rather than silently ignored. A value nested deeper than
-/// [`MAX_DEPTH`](super::depth::MAX_DEPTH) is refused before it can exhaust the stack.
+/// [`MAX_DEPTH`](super::depth::MAX_DEPTH) is refused before it can exhaust the stack, and one
+/// claiming more items than its bytes can hold before it keeps the thread counting them
+/// ([`super::depth`]).
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let mut deserializer = postcard::Deserializer::from_bytes(bytes);
-    let exceeded = Cell::new(false);
-    let value = match T::deserialize(Limited::new(&mut deserializer, &exceeded)) {
+    let limits = Limits::of(bytes.len());
+    let value = match T::deserialize(Limited::new(&mut deserializer, &limits)) {
         Ok(value) => value,
-        Err(_) if exceeded.get() => return Err(CodecError::TooDeep(super::depth::MAX_DEPTH)),
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(limits.broken().unwrap_or_else(|| error.into())),
     };
     let rest = deserializer.finalize()?;
     if rest.is_empty() {

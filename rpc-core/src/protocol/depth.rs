@@ -1,35 +1,79 @@
-//! A bound on how deeply a value a peer sends may nest. serde decodes a nested value by
-//! recursion, a few stack frames per level, and postcard spends a byte or two on a level: a
-//! frame of a few kilobytes that nests `Option<Box<Self>>` (or any recursive type of the
-//! user's) deep enough would overflow the decoding thread's stack and abort the whole process.
-//! Every value is decoded through [`Limited`], which refuses one nested deeper than
-//! [`MAX_DEPTH`] before the stack runs out (docs/wire.md, section 3).
+//! Bounds on what a value a peer sends may make its decoder do.
+//!
+//! How deeply it nests: serde decodes a nested value by recursion, a few stack frames per
+//! level, and postcard spends a byte or two on a level: a frame of a few kilobytes that nests
+//! `Option<Box<Self>>` (or any recursive type of the user's) deep enough would overflow the
+//! decoding thread's stack and abort the whole process. A value nested deeper than
+//! [`MAX_DEPTH`] is refused before the stack runs out.
+//!
+//! How many items its sequences and maps hold: an item of no bytes (`()`, a unit struct) costs
+//! its claim nothing, so a few bytes could claim `Vec<()>` of 2^64 items and keep the decoding
+//! thread counting them for ever. Every other item takes at least a byte of its own, so a value
+//! holds, all told, at most one item a byte of it plus [`ZERO_SIZED_ITEMS`].
+//!
+//! Every value is decoded through [`Limited`] (docs/wire.md, section 3).
 
 use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 
+use super::CodecError;
+
 /// The most levels a decoded value may nest: each sequence, map, tuple, struct, enum variant,
 /// `Some` and newtype counts one. Far past what data types nest in practice, and far within
 /// what a thread's stack holds (tokio's workers have 2 MiB).
 pub(crate) const MAX_DEPTH: usize = 256;
 
-/// A deserializer that fails once the value nests deeper than its depth allows, noting in
-/// `exceeded` that this is why.
+/// How many items a value's sequences and maps may hold, all told, beyond one for each of its
+/// bytes: room for a few thousand items of no bytes (a `Vec<()>`), and no more work than that
+/// for a lie about their number.
+pub(crate) const ZERO_SIZED_ITEMS: usize = 4096;
+
+/// What one value may still make its decoder do, and which bound it broke, if one did.
+pub(crate) struct Limits {
+    /// Items its sequences and maps may still hold.
+    items_left: Cell<usize>,
+    /// The error for the bound broken.
+    broken: Cell<Option<CodecError>>,
+}
+
+impl Limits {
+    /// The bounds of a value of `len` bytes.
+    pub(crate) fn of(len: usize) -> Self {
+        Limits {
+            items_left: Cell::new(len.saturating_add(ZERO_SIZED_ITEMS)),
+            broken: Cell::new(None),
+        }
+    }
+
+    /// The error for the bound the value broke, if the decoding failed for that.
+    pub(crate) fn broken(&self) -> Option<CodecError> {
+        self.broken.take()
+    }
+
+    #[cold]
+    fn break_with<E: de::Error>(&self, error: CodecError) -> E {
+        let message = E::custom(&error);
+        self.broken.set(Some(error));
+        message
+    }
+}
+
+/// A deserializer that fails once the value breaks one of its [`Limits`], noting in them which.
 pub(crate) struct Limited<'a, D> {
     inner: D,
     depth: usize,
-    exceeded: &'a Cell<bool>,
+    limits: &'a Limits,
 }
 
 impl<'a, D> Limited<'a, D> {
-    /// `inner`, allowed [`MAX_DEPTH`] levels.
-    pub(crate) fn new(inner: D, exceeded: &'a Cell<bool>) -> Self {
+    /// `inner`, allowed [`MAX_DEPTH`] levels and the items `limits` allows.
+    pub(crate) fn new(inner: D, limits: &'a Limits) -> Self {
         Limited {
             inner,
             depth: MAX_DEPTH,
-            exceeded,
+            limits,
         }
     }
 }
@@ -38,7 +82,7 @@ impl<'a, D> Limited<'a, D> {
 #[derive(Clone, Copy)]
 struct Level<'a> {
     depth: usize,
-    exceeded: &'a Cell<bool>,
+    limits: &'a Limits,
 }
 
 impl<'a> Level<'a> {
@@ -46,16 +90,22 @@ impl<'a> Level<'a> {
     fn down<E: de::Error>(self) -> Result<Self, E> {
         match self.depth.checked_sub(1) {
             Some(depth) => Ok(Level { depth, ..self }),
-            None => Err(self.too_deep()),
+            None => Err(self.limits.break_with(CodecError::TooDeep(MAX_DEPTH))),
         }
     }
 
-    #[cold]
-    fn too_deep<E: de::Error>(self) -> E {
-        self.exceeded.set(true);
-        E::custom(format_args!(
-            "the value nests deeper than {MAX_DEPTH} levels"
-        ))
+    /// One more item of a sequence or map, or the error that the value holds too many.
+    #[inline]
+    fn item<E: de::Error>(self) -> Result<(), E> {
+        match self.limits.items_left.get().checked_sub(1) {
+            Some(left) => {
+                self.limits.items_left.set(left);
+                Ok(())
+            }
+            None => Err(self
+                .limits
+                .break_with(CodecError::TooManyItems(ZERO_SIZED_ITEMS))),
+        }
     }
 
     #[inline]
@@ -63,7 +113,7 @@ impl<'a> Level<'a> {
         Limited {
             inner,
             depth: self.depth,
-            exceeded: self.exceeded,
+            limits: self.limits,
         }
     }
 }
@@ -73,7 +123,7 @@ impl<'a, D> Limited<'a, D> {
     fn level(&self) -> Level<'a> {
         Level {
             depth: self.depth,
-            exceeded: self.exceeded,
+            limits: self.limits,
         }
     }
 }
@@ -258,7 +308,11 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Access<'_, A> {
         seed: S,
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
-        self.inner.next_element_seed(Seed { seed, level })
+        let element = self.inner.next_element_seed(Seed { seed, level })?;
+        if element.is_some() {
+            level.item()?;
+        }
+        Ok(element)
     }
 
     #[inline]
@@ -276,7 +330,11 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
         seed: S,
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
-        self.inner.next_key_seed(Seed { seed, level })
+        let key = self.inner.next_key_seed(Seed { seed, level })?;
+        if key.is_some() {
+            level.item()?;
+        }
+        Ok(key)
     }
 
     #[inline]
@@ -348,7 +406,9 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Access<'_, A> {
 mod tests {
     use serde::{Deserialize, Serialize};
 
-    use super::MAX_DEPTH;
+    use std::collections::BTreeMap;
+
+    use super::{MAX_DEPTH, ZERO_SIZED_ITEMS};
     use crate::protocol::{CodecError, decode_exact};
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -399,5 +459,35 @@ mod tests {
             decode_exact::<Tree>(&bytes),
             Err(CodecError::TooDeep(MAX_DEPTH))
         );
+    }
+
+    /// A value holds, all told, at most one item a byte of it and [`ZERO_SIZED_ITEMS`] more.
+    #[test]
+    fn items_of_no_bytes_are_bounded_by_the_bytes() {
+        // `Vec<()>` is a count and nothing else: a count of two bytes allows 4098 units.
+        let most = 2 + ZERO_SIZED_ITEMS;
+        let within = postcard::to_stdvec(&vec![(); most]).expect("encodes");
+        assert_eq!(within.len(), 2);
+        assert_eq!(
+            decode_exact::<Vec<()>>(&within).map(|units| units.len()),
+            Ok(most)
+        );
+        let past = postcard::to_stdvec(&vec![(); most + 1]).expect("encodes");
+        let refused = CodecError::TooManyItems(ZERO_SIZED_ITEMS);
+        assert_eq!(decode_exact::<Vec<()>>(&past), Err(refused.clone()));
+
+        // Claims of 2^64 - 1, which would take centuries to count: refused at once, in a
+        // sequence, in a map, and spread over the sequences of a sequence.
+        let lie = postcard::to_stdvec(&u64::MAX).expect("encodes");
+        assert_eq!(decode_exact::<Vec<()>>(&lie), Err(refused.clone()));
+        assert_eq!(decode_exact::<BTreeMap<(), ()>>(&lie), Err(refused.clone()));
+        let mut spread = vec![0xff, 0x01]; // 255 vectors, of 255 units each
+        spread.extend([0xff, 0x01].repeat(255));
+        assert_eq!(decode_exact::<Vec<Vec<()>>>(&spread), Err(refused));
+
+        // Items of a byte or more never reach the bound: a long `Vec<u8>` decodes as ever.
+        let bytes = postcard::to_stdvec(&vec![7u8; 100_000]).expect("encodes");
+        let decoded = decode_exact::<Vec<u8>>(&bytes).expect("decodes");
+        assert_eq!(decoded, vec![7u8; 100_000]);
     }
 }
