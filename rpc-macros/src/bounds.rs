@@ -187,20 +187,57 @@ mod tests {
 
     #[test]
     fn standard_types_need_no_bound_and_others_do() {
-        for plain in ["i64", "String", "Vec<u8>", "Option<(u32, [u8; 4])>", "()"] {
+        for plain in [
+            "i64",
+            "String",
+            "Vec<u8>",
+            "Option<(u32, [u8; 4])>",
+            "()",
+            "(u8)",
+        ] {
             let ty: Type = syn::parse_str(plain).expect("a type");
             assert!(is_std_serde(&ty), "{plain}");
         }
+        // A type a `macro_rules!` macro passed on, in a group of no delimiters.
+        let grouped = Type::Group(syn::TypeGroup {
+            group_token: Default::default(),
+            elem: Box::new(syn::parse_str("u64").expect("a type")),
+        });
+        assert!(is_std_serde(&grouped));
         let others = [
             "Point",
             "Vec<Point>",
             "Result<i64, E>",
             "std::string::String",
             "Box<str>",
+            // Named like a standard type, but another's.
+            "<T>::String",
+            "u32::Alias",
         ];
         for user in others {
             let ty: Type = syn::parse_str(user).expect("a type");
             assert!(!is_std_serde(&ty), "{user}");
         }
+    }
+
+    /// One predicate for each type that needs one, however often the trait names it.
+    #[test]
+    fn each_type_is_bound_once_and_standard_types_not_at_all() {
+        let item: syn::ItemTrait = syn::parse_quote! {
+            trait Plot {
+                async fn draw(&self, at: Point, size: u32) -> Point;
+                async fn line(&self, from: Point, to: Point) -> Vec<u8>;
+            }
+        };
+        let mut errors = crate::parse::Errors::default();
+        let service = crate::parse::service(item, &mut errors);
+        errors.finish().expect("a service");
+        let predicates = WireTypes::of(&service).predicates().to_string();
+        assert_eq!(
+            predicates.matches(": :: rpc_core").count(),
+            1,
+            "{predicates}"
+        );
+        assert!(predicates.starts_with("Point :"), "{predicates}");
     }
 }
