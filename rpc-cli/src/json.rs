@@ -5,10 +5,14 @@
 //! one-character string), `null` for `()` and `None`, arrays for sequences, tuples and tuple
 //! structs, objects for structs (by field name) and for maps with string keys, and enums
 //! externally tagged (`"Unit"`, `{"Newtype": 1}`, `{"Tuple": [1, 2]}`, `{"Struct": {"a": 1}}`).
-//! Byte strings are arrays of numbers (or, as input, a string taken as its UTF-8 bytes); maps
-//! with other keys are arrays of `[key, value]` pairs; 128-bit integers may be strings.
+//! Byte strings are arrays of numbers (or, as input, a string taken as its UTF-8 bytes). A map
+//! is an object when its keys are strings, no two alike, and otherwise an array of `[key,
+//! value]` pairs; as input it may be either, an object's keys read as JSON (`"true"`, `"1.5"`)
+//! where the key's type takes no string. Integers past 64 bits are strings, and any integer
+//! may be typed as one. Objects keep their order: a struct's fields print as it declares them,
+//! a map's entries as they came.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -20,6 +24,11 @@ use serde_json::{Map, Value};
 /// How deep values may nest: a schema that refers to itself without end, or a hostile
 /// server's deeply nested answer, stops here instead of exhausting the stack.
 const MAX_DEPTH: usize = 128;
+
+/// How many items an answer's sequences and maps may hold, all told, beyond one for each of
+/// its bytes: items of no bytes (`()`) cost a hostile server nothing to claim, and each takes
+/// a step to read (rpc-core bounds what it decodes alike).
+const ZERO_SIZED_ITEMS: usize = 4096;
 
 /// The named types of a service.
 pub type Types = BTreeMap<String, TypeDef>;
@@ -114,10 +123,12 @@ pub fn decode(schema: &Schema, types: &Types, bytes: &[u8]) -> Result<Value, Str
             .unwrap_or_else(|| rpc_core::CodecError::from(failure).to_string());
         format!("the answer does not decode as {schema}: {why}")
     };
+    let items_left = Cell::new(bytes.len().saturating_add(ZERO_SIZED_ITEMS));
     let value = Shape {
         schema,
         types,
         depth: 0,
+        items_left: &items_left,
         error: &error,
     }
     .deserialize(&mut deserializer)
@@ -491,16 +502,19 @@ impl Typed<'_> {
         value: &Schema,
     ) -> Result<S::Ok, S::Error> {
         let entries: Vec<(Value, &Value)> = match self.json {
-            Value::Object(object) => object
-                .iter()
-                .map(|(k, v)| {
-                    let key = match key {
-                        Schema::Str | Schema::Char => Value::String(k.clone()),
-                        _ => serde_json::from_str(k).unwrap_or_else(|_| Value::String(k.clone())),
-                    };
-                    (key, v)
-                })
-                .collect(),
+            Value::Object(object) => {
+                let as_string = takes_strings(key, self.types, 0);
+                object
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = match as_string {
+                            true => None,
+                            false => serde_json::from_str(k).ok(),
+                        };
+                        (key.unwrap_or_else(|| Value::String(k.clone())), v)
+                    })
+                    .collect()
+            }
             Value::Array(pairs) => {
                 let mut entries = Vec::with_capacity(pairs.len());
                 for pair in pairs {
@@ -525,12 +539,41 @@ impl Typed<'_> {
     }
 }
 
+/// Whether JSON of type `schema` may be a string: then an object's key is given to it as the
+/// string it is, and otherwise read as JSON (`"true"`, `"[1, 2]"`). A map's keys are written as
+/// an object exactly when they are all strings, which only such types decode to.
+fn takes_strings(schema: &Schema, types: &Types, depth: usize) -> bool {
+    match schema {
+        Schema::Char | Schema::Str | Schema::Bytes => true,
+        Schema::I8
+        | Schema::I16
+        | Schema::I32
+        | Schema::I64
+        | Schema::I128
+        | Schema::U8
+        | Schema::U16
+        | Schema::U32
+        | Schema::U64
+        | Schema::U128 => true,
+        _ if depth > MAX_DEPTH => false,
+        Schema::Option(inner) => takes_strings(inner, types, depth + 1),
+        Schema::Named(name) => match types.get(name) {
+            Some(TypeDef::NewtypeStruct(inner)) => takes_strings(inner, types, depth + 1),
+            Some(TypeDef::Enum(_)) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// A type to read a JSON value of from postcard.
 #[derive(Clone, Copy)]
 struct Shape<'a> {
     schema: &'a Schema,
     types: &'a Types,
     depth: usize,
+    /// How many more items the answer's sequences and maps may hold ([`ZERO_SIZED_ITEMS`]).
+    items_left: &'a Cell<usize>,
     /// Why the value did not decode, as first said: postcard keeps no custom message.
     error: &'a RefCell<Option<String>>,
 }
@@ -541,6 +584,20 @@ impl<'a> Shape<'a> {
             schema,
             depth: self.depth + 1,
             ..*self
+        }
+    }
+
+    /// One more item of a sequence or map, or the error that the answer holds too many.
+    fn item<E: de::Error>(&self) -> Result<(), E> {
+        match self.items_left.get().checked_sub(1) {
+            Some(left) => {
+                self.items_left.set(left);
+                Ok(())
+            }
+            None => Err(self.fail(format!(
+                "its sequences and maps hold more items than one a byte and {ZERO_SIZED_ITEMS} \
+                 more"
+            ))),
         }
     }
 
@@ -701,6 +758,7 @@ impl<'de> Visitor<'de> for ToJson<'_> {
                 // The length the peer claims sizes nothing: items are added as they decode.
                 let mut items = Vec::new();
                 while let Some(value) = seq.next_element_seed(self.0.of(item))? {
+                    self.0.item()?;
                     items.push(value);
                 }
                 Ok(Value::Array(items))
@@ -726,21 +784,26 @@ impl<'de> Visitor<'de> for ToJson<'_> {
         let Schema::Map(key, value) = self.0.schema else {
             return Err(self.0.fail("a map where none was described"));
         };
-        let mut object = Map::new();
+        // An object when every key is a string, and no two alike; else `[key, value]` pairs.
+        let mut object = Some(Map::new());
         let mut pairs = Vec::new();
         while let Some(k) = map.next_key_seed(self.0.of(key))? {
+            self.0.item()?;
             let v = map.next_value_seed(self.0.of(value))?;
-            match k {
-                Value::String(k) => {
-                    object.insert(k, v);
+            if let (Some(entries), Value::String(name)) = (&mut object, &k) {
+                if !entries.contains_key(name) {
+                    entries.insert(name.clone(), v.clone());
+                } else {
+                    object = None;
                 }
-                k => pairs.push(Value::Array(vec![k, v])),
+            } else {
+                object = None;
             }
+            pairs.push(Value::Array(vec![k, v]));
         }
-        Ok(if pairs.is_empty() {
-            Value::Object(object)
-        } else {
-            Value::Array(pairs)
+        Ok(match object {
+            Some(entries) => Value::Object(entries),
+            None => Value::Array(pairs),
         })
     }
 
@@ -944,6 +1007,29 @@ mod tests {
         assert_eq!(hi, Ok(vec![3, b'h', 0xc3, 0xa9]));
     }
 
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Listed {
+        zebra: u8,
+        apple: u8,
+    }
+
+    /// Fields print in the order the type declares them, and a map's entries in the order they
+    /// came, as the server wrote them.
+    #[test]
+    fn fields_and_entries_keep_their_order() {
+        let (schema, types) = traced::<(Listed, Vec<(String, u8)>)>();
+        let value = (Listed { zebra: 1, apple: 2 }, vec![("b".to_owned(), 3u8)]);
+        let bytes = postcard::to_allocvec(&value).expect("encodes");
+        let json = decode(&schema, &types, &bytes).expect("decodes");
+        assert_eq!(json.to_string(), r#"[{"zebra":1,"apple":2},[["b",3]]]"#);
+        let (schema, types) = traced::<BTreeMap<String, u8>>();
+        let json = json!({"b": 1, "a": 2});
+        let bytes = encode(&schema, &types, &json, "m").expect("encodes");
+        assert_eq!(bytes, [2, 1, b'b', 1, 1, b'a', 2]);
+        let back = decode(&schema, &types, &bytes).expect("decodes");
+        assert_eq!(back.to_string(), r#"{"b":1,"a":2}"#);
+    }
+
     #[test]
     fn integers_past_64_bits_are_strings_both_ways() {
         let (schema, types) = traced::<(i128, u128)>();
@@ -1141,6 +1227,28 @@ mod tests {
                     .to_owned()
             )
         );
+    }
+
+    /// An answer holds, all told, at most one item a byte and [`ZERO_SIZED_ITEMS`] more: a
+    /// claim of 2^64 - 1 units, in ten bytes, is refused rather than counted.
+    #[test]
+    fn an_answer_holds_no_more_items_than_its_bytes_allow() {
+        let types = Types::new();
+        let units = Schema::Seq(Box::new(Schema::Unit));
+        let most = 2 + ZERO_SIZED_ITEMS;
+        let within = postcard::to_allocvec(&vec![(); most]).expect("encodes");
+        assert_eq!(within.len(), 2);
+        let decoded = decode(&units, &types, &within).map(|units| units.as_array().map(Vec::len));
+        assert_eq!(decoded, Ok(Some(most)));
+        let too_many = "the answer does not decode as Vec<()>: its sequences and maps hold more \
+                        items than one a byte and 4096 more";
+        let past = postcard::to_allocvec(&vec![(); most + 1]).expect("encodes");
+        assert_eq!(decode(&units, &types, &past), Err(too_many.to_owned()));
+        let lie = postcard::to_allocvec(&u64::MAX).expect("encodes");
+        assert_eq!(decode(&units, &types, &lie), Err(too_many.to_owned()));
+        let map = Schema::Map(Box::new(Schema::Unit), Box::new(Schema::Unit));
+        let refused = decode(&map, &types, &lie);
+        assert!(refused.is_err_and(|why| why.ends_with("one a byte and 4096 more")));
     }
 
     /// Values nest up to [`MAX_DEPTH`] below the top, in JSON and in postcard, and no deeper.
