@@ -128,19 +128,25 @@ async fn a_second_hello_from_a_client_is_refused() {
     still_serves(addr).await;
 }
 
-/// An argument nested deeper than a decoder goes (docs/wire.md, section 3) fails only its
-/// call: a million levels in a megabyte would otherwise overflow the stack of the server's
-/// thread and abort its process.
-#[tokio::test]
-async fn an_argument_nested_too_deep_fails_only_that_call() {
-    use rpc_tests::nest::{self, Chain, NestClient};
-    let addr = nest::serve().await;
+/// A server of `Nest`, and a raw client of it past the hellos.
+async fn nest_and_raw_client() -> (std::net::SocketAddr, RawClient) {
+    let addr = rpc_tests::nest::serve().await;
     let mut raw = RawClient::connect(addr).await;
     raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
         .await;
     within("the server's hello", raw.read_frame())
         .await
         .expect("a hello");
+    (addr, raw)
+}
+
+/// An argument nested deeper than a decoder goes (docs/wire.md, section 3) fails only its
+/// call: a million levels in a megabyte would otherwise overflow the stack of the server's
+/// thread and abort its process.
+#[tokio::test]
+async fn an_argument_nested_too_deep_fails_only_that_call() {
+    use rpc_tests::nest::{self, Chain, NestClient};
+    let (addr, mut raw) = nest_and_raw_client().await;
     raw.send(&request(1, "length", &nest::chain_bytes(1_000_000)))
         .await;
     let answer = within("the answer", raw.read_frame())
@@ -168,14 +174,8 @@ async fn an_argument_nested_too_deep_fails_only_that_call() {
 /// server's thread counting them for ever.
 #[tokio::test]
 async fn an_argument_claiming_countless_empty_items_fails_only_that_call() {
-    use rpc_tests::nest::{self, NestClient};
-    let addr = nest::serve().await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
-        .await;
-    within("the server's hello", raw.read_frame())
-        .await
-        .expect("a hello");
+    use rpc_tests::nest::NestClient;
+    let (addr, mut raw) = nest_and_raw_client().await;
     raw.send(&request(1, "count", &varint(1 << 62))).await;
     let answer = within("the answer", raw.read_frame())
         .await

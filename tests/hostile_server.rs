@@ -294,26 +294,37 @@ async fn a_grant_past_what_the_items_cost_closes_the_connection() {
     within("the server", server).await.expect("joins");
 }
 
+/// A server of `Nest` that answers the first call with `first` and the next with `second`,
+/// each the bytes of a result: its task, which returns the connection, and its address.
+async fn nest_answering(
+    first: Vec<u8>,
+    second: Vec<u8>,
+) -> (tokio::task::JoinHandle<RawClient>, std::net::SocketAddr) {
+    use rpc_core::ServiceClient;
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        let methods = &rpc_tests::nest::NestClient::INFO
+            .describe()
+            .expect("described")
+            .methods;
+        raw.send(&service_hello("Nest", methods, 0, 0, STREAM_WINDOW))
+            .await;
+        for result in [first, second] {
+            let request = raw.read_frame().await.expect("a request");
+            raw.send(&ok_response(request[1], &result)).await;
+        }
+        raw
+    });
+    (server, addr)
+}
+
 /// A result nested deeper than a decoder goes (docs/wire.md, section 3) fails its call rather
 /// than overflow the client's stack, and the connection goes on.
 #[tokio::test]
 async fn a_result_nested_too_deep_fails_only_that_call() {
-    use rpc_core::ServiceClient;
     use rpc_tests::nest::{self, NestClient};
-    let (listener, addr) = loopback_listener().await;
-    let server = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        let methods = &NestClient::INFO.describe().expect("described").methods;
-        raw.send(&service_hello("Nest", methods, 0, 0, STREAM_WINDOW))
-            .await;
-        let request = raw.read_frame().await.expect("the request");
-        raw.send(&ok_response(request[1], &nest::chain_bytes(1_000_000)))
-            .await;
-        let request = raw.read_frame().await.expect("the next request");
-        raw.send(&ok_response(request[1], &nest::chain_bytes(2)))
-            .await;
-        raw
-    });
+    let (server, addr) = nest_answering(nest::chain_bytes(1_000_000), nest::chain_bytes(2)).await;
     let client = NestClient::connect(addr).await.expect("connects");
     match within("the call", client.make(5)).await {
         Err(RpcError::Decode { method, reason }) => {
@@ -334,22 +345,8 @@ async fn a_result_nested_too_deep_fails_only_that_call() {
 /// on.
 #[tokio::test]
 async fn a_result_claiming_countless_empty_items_fails_only_that_call() {
-    use rpc_core::ServiceClient;
     use rpc_tests::nest::NestClient;
-    let (listener, addr) = loopback_listener().await;
-    let server = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        let methods = &NestClient::INFO.describe().expect("described").methods;
-        raw.send(&service_hello("Nest", methods, 0, 0, STREAM_WINDOW))
-            .await;
-        let request = raw.read_frame().await.expect("the request");
-        raw.send(&ok_response(request[1], &rpc_tests::varint(u64::MAX)))
-            .await;
-        let request = raw.read_frame().await.expect("the next request");
-        raw.send(&ok_response(request[1], &rpc_tests::varint(3)))
-            .await;
-        raw
-    });
+    let (server, addr) = nest_answering(rpc_tests::varint(u64::MAX), rpc_tests::varint(3)).await;
     let client = NestClient::connect(addr).await.expect("connects");
     match within("the call", client.units(5)).await {
         Err(RpcError::Decode { method, reason }) => {

@@ -422,16 +422,7 @@ impl Serialize for Typed<'_> {
                 Value::Bool(b) => serializer.serialize_bool(*b),
                 _ => Err(self.fail("`true` or `false`")),
             },
-            Schema::I8
-            | Schema::I16
-            | Schema::I32
-            | Schema::I64
-            | Schema::I128
-            | Schema::U8
-            | Schema::U16
-            | Schema::U32
-            | Schema::U64
-            | Schema::U128 => self.integer(serializer),
+            integer if is_integer(integer) => self.integer(serializer),
             Schema::F32 => match self.json.as_f64() {
                 Some(x) => serializer.serialize_f32(x as f32),
                 None => Err(self.fail("a number (f32)")),
@@ -539,22 +530,30 @@ impl Typed<'_> {
     }
 }
 
+/// Whether `schema` is an integer's, of any width.
+fn is_integer(schema: &Schema) -> bool {
+    matches!(
+        schema,
+        Schema::I8
+            | Schema::I16
+            | Schema::I32
+            | Schema::I64
+            | Schema::I128
+            | Schema::U8
+            | Schema::U16
+            | Schema::U32
+            | Schema::U64
+            | Schema::U128
+    )
+}
+
 /// Whether JSON of type `schema` may be a string: then an object's key is given to it as the
 /// string it is, and otherwise read as JSON (`"true"`, `"[1, 2]"`). A map's keys are written as
 /// an object exactly when they are all strings, which only such types decode to.
 fn takes_strings(schema: &Schema, types: &Types, depth: usize) -> bool {
     match schema {
         Schema::Char | Schema::Str | Schema::Bytes => true,
-        Schema::I8
-        | Schema::I16
-        | Schema::I32
-        | Schema::I64
-        | Schema::I128
-        | Schema::U8
-        | Schema::U16
-        | Schema::U32
-        | Schema::U64
-        | Schema::U128 => true,
+        integer if is_integer(integer) => true,
         _ if depth > MAX_DEPTH => false,
         Schema::Option(inner) => takes_strings(inner, types, depth + 1),
         Schema::Named(name) => match types.get(name) {
