@@ -140,6 +140,17 @@ async fn nest_and_raw_client() -> (std::net::SocketAddr, RawClient) {
     (addr, raw)
 }
 
+/// Sends call 1 of `method` with `args` and expects it refused with code 2 (arguments that do
+/// not decode): the message, past its length.
+async fn refused_as_call_1(raw: &mut RawClient, method: &str, args: &[u8]) -> String {
+    raw.send(&request(1, method, args)).await;
+    let answer = within("the answer", raw.read_frame())
+        .await
+        .expect("answered");
+    assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
+    String::from_utf8_lossy(&answer[5..]).into_owned()
+}
+
 /// An argument nested deeper than a decoder goes (docs/wire.md, section 3) fails only its
 /// call: a million levels in a megabyte would otherwise overflow the stack of the server's
 /// thread and abort its process.
@@ -147,13 +158,7 @@ async fn nest_and_raw_client() -> (std::net::SocketAddr, RawClient) {
 async fn an_argument_nested_too_deep_fails_only_that_call() {
     use rpc_tests::nest::{self, Chain, NestClient};
     let (addr, mut raw) = nest_and_raw_client().await;
-    raw.send(&request(1, "length", &nest::chain_bytes(1_000_000)))
-        .await;
-    let answer = within("the answer", raw.read_frame())
-        .await
-        .expect("answered");
-    assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
-    let message = String::from_utf8_lossy(&answer[5..]);
+    let message = refused_as_call_1(&mut raw, "length", &nest::chain_bytes(1_000_000)).await;
     assert!(
         message.ends_with("the value nests deeper than 256 levels"),
         "{message}"
@@ -176,12 +181,7 @@ async fn an_argument_nested_too_deep_fails_only_that_call() {
 async fn an_argument_claiming_countless_empty_items_fails_only_that_call() {
     use rpc_tests::nest::NestClient;
     let (addr, mut raw) = nest_and_raw_client().await;
-    raw.send(&request(1, "count", &varint(1 << 62))).await;
-    let answer = within("the answer", raw.read_frame())
-        .await
-        .expect("answered");
-    assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
-    let message = String::from_utf8_lossy(&answer[5..]);
+    let message = refused_as_call_1(&mut raw, "count", &varint(1 << 62)).await;
     assert!(
         message.ends_with("more items than one a byte and 4096 more: too many items of no bytes"),
         "{message}"
