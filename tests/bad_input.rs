@@ -141,7 +141,7 @@ async fn nest_and_raw_client() -> (std::net::SocketAddr, RawClient) {
 }
 
 /// Sends call 1 of `method` with `args` and expects it refused with code 2 (arguments that do
-/// not decode): the message, past its length.
+/// not decode): the answer past the code, which ends with the message.
 async fn refused_as_call_1(raw: &mut RawClient, method: &str, args: &[u8]) -> String {
     raw.send(&request(1, method, args)).await;
     let answer = within("the answer", raw.read_frame())
