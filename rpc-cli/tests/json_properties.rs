@@ -251,7 +251,7 @@ fn typed_value() -> impl Strategy<Value = (Schema, Types, Value)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     /// Accepted JSON encodes; its bytes decode; the JSON they decode to encodes to them again.
     #[test]
