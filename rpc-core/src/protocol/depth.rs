@@ -404,9 +404,9 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Access<'_, A> {
 
 #[cfg(test)]
 mod tests {
-    use serde::{Deserialize, Serialize};
-
     use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
 
     use super::{MAX_DEPTH, ZERO_SIZED_ITEMS};
     use crate::protocol::{CodecError, decode_exact};
