@@ -494,9 +494,91 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
+    use quote::ToTokens;
     use syn::parse_quote;
 
-    use super::is_byte_string;
+    use super::{
+        Errors, ItemTrait, Service, Type, check_owned, is_byte_string, service, streaming_item,
+    };
+
+    /// The service `item` makes, or the errors it gets, as text.
+    fn parsed(item: ItemTrait) -> Result<Service, String> {
+        let mut errors = Errors::default();
+        let parsed = service(item, &mut errors);
+        match errors.finish() {
+            Ok(()) => Ok(parsed),
+            Err(error) => Err(error.into_iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn arguments_are_plain_names() {
+        for item in [
+            parse_quote!(
+                trait T {
+                    async fn f(&self, ref a: u8);
+                }
+            ),
+            parse_quote!(
+                trait T {
+                    async fn f(&self, a @ _: u8);
+                }
+            ),
+        ] {
+            let refused = parsed(item).err().expect("refused");
+            assert!(
+                refused.starts_with("rpc arguments must be plain names"),
+                "{refused}"
+            );
+        }
+        let service = parsed(parse_quote!(
+            trait T {
+                async fn f(&self, a: u8);
+            }
+        ))
+        .expect("a service");
+        assert_eq!(service.methods[0].args[0].ident, "a");
+    }
+
+    /// A hand-written `impl Future` is refused, saying what to write: its `Output`, whatever
+    /// else its bounds name.
+    #[test]
+    fn a_future_s_output_is_what_to_write() {
+        let refused = parsed(parse_quote!(
+            trait T {
+                fn f(&self) -> impl Future<Other = u8, Output = u16> + Send;
+            }
+        ))
+        .err()
+        .expect("refused");
+        assert!(
+            refused.starts_with("write `async fn f(...) -> u16`"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn only_static_lifetimes_are_owned() {
+        let mut errors = Errors::default();
+        check_owned(&parse_quote!(Cow<'static, str>), "arguments", &mut errors);
+        assert!(errors.finish().is_ok());
+        let mut errors = Errors::default();
+        check_owned(&parse_quote!(Cow<'a, str>), "arguments", &mut errors);
+        let refused = errors.finish().expect_err("borrows").to_string();
+        assert_eq!(refused, "arguments cannot borrow: use owned types");
+    }
+
+    #[test]
+    fn only_a_plain_path_named_streaming_streams() {
+        let mut errors = Errors::default();
+        let item = streaming_item(&parse_quote!(Streaming<u8>), &mut errors);
+        assert_eq!(
+            item.map(|ty| ty.to_token_stream().to_string()),
+            Some("u8".to_owned())
+        );
+        let mut errors = Errors::default();
+        assert!(streaming_item(&parse_quote!(<X>::Streaming<u8>), &mut errors).is_none());
+    }
 
     #[test]
     fn byte_strings_are_recognised_in_every_standard_spelling() {
@@ -511,6 +593,13 @@ mod tests {
         assert!(is_byte_string(&parse_quote!(ByteBuf)));
         assert!(is_byte_string(&parse_quote!(serde_bytes::ByteBuf)));
         assert!(is_byte_string(&parse_quote!(::serde_bytes::ByteBuf)));
+        assert!(is_byte_string(&parse_quote!((Vec<u8>))));
+        // A type a `macro_rules!` macro passed on, in a group of no delimiters.
+        let grouped = Type::Group(syn::TypeGroup {
+            group_token: Default::default(),
+            elem: Box::new(parse_quote!(ByteBuf)),
+        });
+        assert!(is_byte_string(&grouped));
     }
 
     #[test]
@@ -531,5 +620,6 @@ mod tests {
         assert!(!is_byte_string(&parse_quote!(serde_bytes::Bytes)));
         assert!(!is_byte_string(&parse_quote!(ByteBuf<u8>)));
         assert!(!is_byte_string(&parse_quote!(Option<ByteBuf>)));
+        assert!(!is_byte_string(&parse_quote!(<X>::ByteBuf)));
     }
 }
