@@ -15,12 +15,13 @@ use rpc_tests::{
 use tokio::io::AsyncWriteExt;
 
 /// The system allocator, counting the bytes live, the most ever live since the last reset, and
-/// the allocations made.
+/// the allocations made and the bytes they asked for.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for Counting {
@@ -28,6 +29,7 @@ unsafe impl GlobalAlloc for Counting {
         let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
         PEAK.fetch_max(live, Ordering::Relaxed);
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on as it is.
         unsafe { System.alloc(layout) }
     }
@@ -492,6 +494,44 @@ fn a_servers_claimed_result_allocates_only_for_what_came() {
             );
         });
     }
+}
+
+/// A large byte string that is a call's whole result is read into memory of its own, not into
+/// the connection's buffer to be copied out of it (README, "What the attribute generates"):
+/// the client allocates room for it once, grown as its bytes come (about twice its size, all
+/// told), where reading it into the buffer and copying it out allocated about four times.
+#[test]
+fn a_large_byte_string_result_is_not_copied_out_of_its_frame() {
+    const LEN: usize = 8 * MIB;
+    scenario(async {
+        let (listener, addr) = loopback_listener().await;
+        let mut answer = vec![0x02, 0x00, 0x00];
+        answer.extend(varint(LEN as u64));
+        answer.resize(answer.len() + LEN, 7);
+        let mut answer = frame(&answer);
+        let server = tokio::spawn(async move {
+            let (mut raw, _) = RawClient::accept(&listener).await;
+            raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+            let request = raw.read_frame().await.expect("the request");
+            answer[5] = request[1];
+            raw.send(&answer).await;
+            raw
+        });
+        let client = LabClient::connect(addr).await.expect("connects");
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        let zeros = within("the call", client.zeros(LEN as u64))
+            .await
+            .expect("answered");
+        let allocated = ALLOCATED.load(Ordering::Relaxed) - before;
+        assert!(zeros.len() == LEN && zeros.iter().all(|&byte| byte == 7));
+        assert!(
+            allocated < 3 * LEN,
+            "{} KiB allocated for {} KiB",
+            allocated / 1024,
+            LEN / 1024
+        );
+        drop(within("the server", server).await.expect("joins"));
+    });
 }
 
 /// How much each hog below sends of its frame before it stops.
