@@ -6,24 +6,9 @@
 use std::time::Duration;
 
 use rpc_core::Server;
+use rpc_tests::rng::Rng;
 use rpc_tests::{LabClient, LabImpl, RawClient, frame, request, start_tcp_with, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A small, fast, seeded generator (xorshift64*), so that a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Valid calls to mutate. None of them asks the server for more than a few bytes, however its
 /// arguments are changed.
@@ -53,10 +38,10 @@ fn mutate(rng: &mut Rng, id: u64, out: &mut Vec<u8>) {
             if payload.len() > args_at && rng.below(4) != 0 {
                 for _ in 0..1 + rng.below(3) {
                     let at = args_at + rng.below(payload.len() - args_at);
-                    payload[at] = rng.next() as u8;
+                    payload[at] = rng.next_u64() as u8;
                 }
             } else {
-                payload.extend((0..1 + rng.below(8)).map(|_| rng.next() as u8));
+                payload.extend((0..1 + rng.below(8)).map(|_| rng.next_u64() as u8));
             }
         }
         60..=79 => {
@@ -65,12 +50,12 @@ fn mutate(rng: &mut Rng, id: u64, out: &mut Vec<u8>) {
             payload[name_at + rng.below(method.len())] = b'a' + rng.below(26) as u8;
         }
         _ => {
-            let id = rng.next() as u8 & 0x7f;
+            let id = rng.next_u64() as u8 & 0x7f;
             payload = match rng.below(5) {
                 0 => vec![0x03, id],
                 1 => vec![0x04],
-                2 => vec![0x08, id, rng.next() as u8 & 0x7f],
-                3 => vec![0x06, id, rng.next() as u8],
+                2 => vec![0x08, id, rng.next_u64() as u8 & 0x7f],
+                3 => vec![0x06, id, rng.next_u64() as u8],
                 _ if rng.below(2) == 0 => vec![0x07, id, 0x00],
                 _ => vec![0x07, id, 0x01, 0x08, 0x00],
             };
@@ -78,7 +63,7 @@ fn mutate(rng: &mut Rng, id: u64, out: &mut Vec<u8>) {
     }
     if rng.below(20_000) == 0 {
         let at = rng.below(payload.len());
-        payload[at] = rng.next() as u8;
+        payload[at] = rng.next_u64() as u8;
     }
     out.extend(frame(&payload));
 }

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod greeter;
 pub mod nest;
+pub mod rng;
 
 use std::collections::HashMap;
 use std::future::Future;

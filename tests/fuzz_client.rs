@@ -1,0 +1,290 @@
+//! A server that answers with mutated frames, and a client that must take whatever it sends:
+//! every call ends, with its result or an error, within its deadline; nothing in the client
+//! panics; and the process's clients then call a well-behaved server correctly. The answers are
+//! made from valid ones (results of `add`, `echo` and `zeros`, small and large enough to be
+//! read into memory of their own; `count`'s stream of items and its end) with bytes changed,
+//! cut or added at random, answers lost or sent twice, and frames the client did not ask for
+//! (pings, credits, stream frames and results of other ids) sent between them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rpc_core::RpcError;
+use rpc_tests::rng::Rng;
+use rpc_tests::{
+    LabClient, RawClient, frame, lab_hello, lab_methods, loopback_listener, start_tcp, varint,
+    within,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// The length of `zeros`' large answer: past the 64 KiB from which a byte string that is a
+/// call's whole result is read into memory of its own.
+const LARGE: u64 = 100_000;
+
+/// A varint at the start of `bytes`, and the bytes after it.
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (at, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[at + 1..]));
+        }
+    }
+    None
+}
+
+/// The id and method of a Request's payload; `None` for any other frame.
+fn id_and_method(payload: &[u8]) -> Option<(u64, &str)> {
+    let (&kind, rest) = payload.split_first()?;
+    if kind != 0x01 {
+        return None;
+    }
+    let (id, rest) = read_varint(rest)?;
+    let (len, rest) = read_varint(rest)?;
+    let method = std::str::from_utf8(rest.get(..len as usize)?).ok()?;
+    Some((id, method))
+}
+
+/// The payloads of a valid answer to call `id` of `method`, as the client made it below.
+fn answer(id: u64, method: &str) -> Vec<Vec<u8>> {
+    let head = |kind: u8| {
+        let mut payload = vec![kind];
+        payload.extend(varint(id));
+        payload
+    };
+    let ok = |body: &[u8]| {
+        let mut payload = head(0x02);
+        payload.push(0x00);
+        payload.extend_from_slice(body);
+        payload
+    };
+    match method {
+        "add" => vec![ok(&[0x0a])],
+        "echo" => vec![ok(&[3, 1, 2, 3])],
+        "zeros" => {
+            let len = if id.is_multiple_of(2) { 10 } else { LARGE };
+            let mut body = varint(len);
+            body.resize(body.len() + len as usize, 0);
+            vec![ok(&body)]
+        }
+        "count" => {
+            let mut payloads = vec![ok(&[])];
+            for item in 0..5 {
+                let mut payload = head(0x06);
+                payload.push(item);
+                payloads.push(payload);
+            }
+            let mut end = head(0x07);
+            end.push(0x00);
+            payloads.push(end);
+            payloads
+        }
+        other => panic!("the client makes no call of `{other}`"),
+    }
+}
+
+/// A frame the client did not ask for: a ping, or a credit, stream frame or result for an id
+/// that may be any call's or none.
+fn unasked(rng: &mut Rng) -> Vec<u8> {
+    let id = varint(rng.below(300) as u64);
+    let mut payload = match rng.below(5) {
+        0 => return vec![0x04],
+        1 => vec![0x08],
+        2 => vec![0x06],
+        3 => vec![0x07],
+        _ => vec![0x02],
+    };
+    payload.extend(id);
+    payload.extend((0..rng.below(4)).map(|_| rng.next_u64() as u8));
+    payload
+}
+
+/// `payload`, framed, after what `rng` does to it: mostly nothing; else bytes changed, cut or
+/// added; rarely a length prefix that claims less than follows, so that the frames after it
+/// are read out of step. (A claim of more than follows would leave the client waiting for
+/// bytes that never come, its calls failing at their deadlines until keep-alive gives the
+/// connection up: `tests/keepalive.rs` tests that.)
+fn mutated(rng: &mut Rng, mut payload: Vec<u8>) -> Vec<u8> {
+    match rng.below(100) {
+        0..=84 => {}
+        85..=92 => {
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(payload.len());
+                payload[at] = rng.next_u64() as u8;
+            }
+        }
+        93..=95 => payload.truncate(rng.below(payload.len())),
+        _ => payload.extend((0..1 + rng.below(16)).map(|_| rng.next_u64() as u8)),
+    }
+    let mut framed = frame(&payload);
+    if rng.below(200) == 0 {
+        let length = payload.len().saturating_sub(1 + rng.below(64)) as u32;
+        framed[..4].copy_from_slice(&length.to_be_bytes());
+    }
+    framed
+}
+
+/// Serves every connection to `listener` with mutated answers, each connection from its own
+/// seed, until the test ends.
+async fn serve_mutated(listener: TcpListener) {
+    let mut seed = 0x0bad_5eed_0000_0001u64;
+    loop {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        seed += 1;
+        let mut rng = Rng(seed);
+        tokio::spawn(async move {
+            // Written past `RawClient::send`, which fails the test when the client has gone.
+            if raw
+                .stream
+                .write_all(&lab_hello(lab_methods(), 0, 0))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(request) = raw.read_frame().await {
+                let Some((id, method)) = id_and_method(&request) else {
+                    continue; // a cancel, ping or credit of the client's
+                };
+                let mut out = Vec::new();
+                if rng.below(10) == 0 {
+                    let unasked = unasked(&mut rng);
+                    out.extend(mutated(&mut rng, unasked));
+                }
+                let copies = match rng.below(50) {
+                    0 => 0,
+                    1 => 2,
+                    _ => 1,
+                };
+                for _ in 0..copies {
+                    for payload in answer(id, method) {
+                        out.extend(mutated(&mut rng, payload));
+                    }
+                }
+                if raw.stream.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// How the calls ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// With the right result.
+    right: AtomicUsize,
+    /// With a result, not the one asked for: a lie that decodes.
+    wrong: AtomicUsize,
+    /// With an error.
+    failed: AtomicUsize,
+}
+
+impl Outcomes {
+    fn count<T: PartialEq>(&self, result: Result<T, RpcError>, right: T) {
+        let counter = match result {
+            Ok(value) if value == right => &self.right,
+            Ok(_) => &self.wrong,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One call of the `turn`th kind.
+async fn call(client: &LabClient, turn: usize, outcomes: &Outcomes) {
+    match turn % 5 {
+        0 => outcomes.count(client.add(2, 3).await, 5),
+        1 => outcomes.count(client.echo(vec![1, 2, 3]).await, vec![1, 2, 3]),
+        2 | 3 => {
+            // The server answers even ids with 10 bytes and odd ones with LARGE: either is right.
+            let result = client.zeros(LARGE).await.map(|zeros| {
+                let len = zeros.len() as u64;
+                (len == 10 || len == LARGE) && zeros.iter().all(|&byte| byte == 0)
+            });
+            outcomes.count(result, true);
+        }
+        _ => {
+            let items = async {
+                let mut stream = client.count(5).await?;
+                let mut items = Vec::new();
+                while let Some(item) = stream.next().await {
+                    items.push(item?);
+                }
+                Ok(items)
+            };
+            outcomes.count(items.await, vec![0, 1, 2, 3, 4]);
+        }
+    }
+}
+
+/// Callers at once, and calls each.
+const CALLERS: usize = 8;
+const CALLS: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&panics);
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        report(info);
+    }));
+
+    let (listener, addr) = loopback_listener().await;
+    tokio::spawn(serve_mutated(listener));
+    let client = LabClient::builder()
+        .deadline(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let outcomes = Arc::new(Outcomes::default());
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (client, outcomes) = (client.clone(), Arc::clone(&outcomes));
+            tokio::spawn(async move {
+                for turn in 0..CALLS {
+                    call(&client, caller + turn, &outcomes).await;
+                }
+            })
+        })
+        .collect();
+    within("every call to end", async {
+        for caller in callers {
+            caller.await.expect("a caller");
+        }
+    })
+    .await;
+
+    let (right, wrong, failed) = (
+        outcomes.right.load(Ordering::Relaxed),
+        outcomes.wrong.load(Ordering::Relaxed),
+        outcomes.failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(right + wrong + failed, CALLERS * CALLS);
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
+    // Most answers go through unharmed, and are taken as they should be.
+    assert!(
+        right > CALLERS * CALLS / 4,
+        "{right} right, {wrong} wrong, {failed} failed"
+    );
+    assert!(failed > 0, "no mutation failed a call");
+
+    // A well-behaved server is then called correctly: nothing the hostile one sent was kept.
+    let good = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    assert_eq!(good.add(20, 22).await.expect("add"), 42);
+    let zeros = good.zeros(LARGE).await.expect("zeros");
+    assert!(zeros.len() == LARGE as usize && zeros.iter().all(|&byte| byte == 0));
+    let mut numbers = good.count(3).await.expect("a stream");
+    let mut got = Vec::new();
+    while let Some(number) = numbers.next().await {
+        got.push(number.expect("an item"));
+    }
+    assert_eq!(got, [0, 1, 2]);
+}
