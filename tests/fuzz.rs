@@ -2,6 +2,8 @@
 //! had happened. The frames are made from valid ones (requests, cancellations, pings, credits,
 //! stream frames) with bytes changed at random; most stay framed, so the server reads and
 //! answers or refuses them, and the few that break the protocol cost only their connection.
+//! The same, fewer, for a service of the types that cost a decoder most for their bytes:
+//! values nested deep, and sequences of items of no bytes.
 
 use std::time::Duration;
 
@@ -10,9 +12,12 @@ use rpc_tests::rng::Rng;
 use rpc_tests::{LabClient, LabImpl, RawClient, frame, request, start_tcp_with, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Valid calls to mutate. None of them asks the server for more than a few bytes, however its
-/// arguments are changed.
-const CALLS: [(&str, &[u8]); 7] = [
+/// A call to mutate: the method, and valid arguments.
+type Call = (&'static str, &'static [u8]);
+
+/// Valid calls of Lab to mutate. None of them asks the server for more than a few bytes,
+/// however its arguments are changed.
+const CALLS: [Call; 7] = [
     ("add", &[0x04, 0x06]),
     ("div", &[0x08, 0x00]),
     ("echo", &[3, 1, 2, 3]),
@@ -28,8 +33,8 @@ const CALLS: [(&str, &[u8]); 7] = [
 /// - a cancellation, ping, credit or stream frame with its numbers changed;
 /// - one in 20,000: any byte of a frame changed, which may break the protocol and cost the
 ///   connection.
-fn mutate(rng: &mut Rng, id: u64, out: &mut Vec<u8>) {
-    let (method, args) = CALLS[rng.below(CALLS.len())];
+fn mutate(rng: &mut Rng, calls: &[Call], id: u64, out: &mut Vec<u8>) {
+    let (method, args) = calls[rng.below(calls.len())];
     let mut payload = request(id, method, args)[4..].to_vec();
     let args_at = payload.len() - args.len();
     match rng.below(100) {
@@ -78,50 +83,8 @@ async fn a_million_mutated_frames_then_a_client_is_served_correctly() {
         LabImpl::default(),
     )
     .await;
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let mut sent = 0;
-    let mut connections = 0;
-    let mut answered = 0;
-    let mut batch = Vec::new();
-    within("a million frames", async {
-        while sent < FRAMES {
-            let raw = RawClient::handshake(addr).await;
-            connections += 1;
-            let mut sent_here = 0;
-            let (mut reader, mut writer) = raw.stream.into_split();
-            // Whatever the server answers is read and dropped, so that it never stops reading
-            // for want of a reader.
-            let drain = tokio::spawn(async move {
-                let mut sink = vec![0; 64 * 1024];
-                let mut total = 0;
-                while let Ok(n @ 1..) = reader.read(&mut sink).await {
-                    total += n;
-                }
-                total
-            });
-            while sent < FRAMES {
-                batch.clear();
-                for _ in 0..BATCH {
-                    sent_here += 1;
-                    mutate(&mut rng, sent_here, &mut batch);
-                }
-                if writer.write_all(&batch).await.is_err() {
-                    break; // the server closed this connection: a protocol error
-                }
-                sent += BATCH;
-            }
-            drop(writer);
-            answered += drain.await.expect("joins");
-        }
-    })
-    .await;
-    assert!(sent >= FRAMES);
-    // Four in five frames are requests, each answered in a few bytes: the server worked through
-    // the flood rather than dropping connections early.
-    assert!(
-        answered > FRAMES,
-        "{answered} bytes answered over {connections} connections"
-    );
+    let hello = rpc_tests::hello("Lab", rpc_tests::VERSION);
+    flood(addr, &hello, &CALLS, FRAMES).await;
 
     let client = within("a client", LabClient::connect(addr))
         .await
@@ -136,4 +99,77 @@ async fn a_million_mutated_frames_then_a_client_is_served_correctly() {
     assert_eq!(got, (0..100).collect::<Vec<u64>>());
     let upload = rpc_core::Streaming::iter(1..=10u64);
     assert_eq!(client.sum(upload).await.expect("sum"), 55);
+}
+
+/// Sends `frames` frames mutated from `calls` to the server at `addr`, `BATCH` at a time, each
+/// connection greeted with `hello`, a new one whenever the server closes the last; checks
+/// that the server worked through them.
+async fn flood(addr: std::net::SocketAddr, hello: &[u8], calls: &[Call], frames: usize) {
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut sent = 0;
+    let mut connections = 0;
+    let mut answered = 0;
+    let mut batch = Vec::new();
+    within("the flood", async {
+        while sent < frames {
+            let raw = RawClient::greet(addr, hello).await;
+            connections += 1;
+            let mut sent_here = 0;
+            let (mut reader, mut writer) = raw.stream.into_split();
+            // Whatever the server answers is read and dropped, so that it never stops reading
+            // for want of a reader.
+            let drain = tokio::spawn(async move {
+                let mut sink = vec![0; 64 * 1024];
+                let mut total = 0;
+                while let Ok(n @ 1..) = reader.read(&mut sink).await {
+                    total += n;
+                }
+                total
+            });
+            while sent < frames {
+                batch.clear();
+                for _ in 0..BATCH {
+                    sent_here += 1;
+                    mutate(&mut rng, calls, sent_here, &mut batch);
+                }
+                if writer.write_all(&batch).await.is_err() {
+                    break; // the server closed this connection: a protocol error
+                }
+                sent += BATCH;
+            }
+            drop(writer);
+            answered += drain.await.expect("joins");
+        }
+    })
+    .await;
+    assert!(sent >= frames);
+    // Four in five frames are requests, each answered in a few bytes: the server worked through
+    // the flood rather than dropping connections early.
+    assert!(
+        answered > frames,
+        "{answered} bytes answered over {connections} connections"
+    );
+}
+
+/// Valid calls of Nest to mutate: a chain of links, each a level deeper, and vectors of units,
+/// whose count alone is on the wire (one written in five bytes, so that a changed byte can
+/// claim billions).
+const NEST_CALLS: [Call; 3] = [
+    ("length", &[0x01, 0x01, 0x01, 0x00]),
+    ("count", &[0x03]),
+    ("count", &[0x80, 0x80, 0x80, 0x80, 0x00]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_frames_of_deep_and_empty_values_then_a_client_is_served_correctly() {
+    use rpc_tests::nest::{self, Chain, NestClient};
+    let addr = nest::serve().await;
+    let hello = rpc_tests::hello("Nest", rpc_tests::VERSION);
+    flood(addr, &hello, &NEST_CALLS, FRAMES / 10).await;
+
+    let client = within("a client", NestClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(client.count(vec![(); 7]).await.expect("count"), 7);
+    assert_eq!(client.length(Chain::of(9)).await.expect("length"), 9);
 }

@@ -498,11 +498,12 @@ impl Typed<'_> {
                 object
                     .iter()
                     .map(|(k, v)| {
-                        let key = match as_string {
-                            true => None,
-                            false => serde_json::from_str(k).ok(),
+                        let parsed = if as_string {
+                            None
+                        } else {
+                            serde_json::from_str(k).ok()
                         };
-                        (key.unwrap_or_else(|| Value::String(k.clone())), v)
+                        (parsed.unwrap_or_else(|| Value::String(k.clone())), v)
                     })
                     .collect()
             }
