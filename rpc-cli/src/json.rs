@@ -1068,6 +1068,47 @@ mod tests {
         );
     }
 
+    /// An object's keys are strings to a key type that takes strings, and JSON to any other.
+    #[test]
+    fn object_keys_are_read_as_their_type_takes_them() {
+        let types: Types = [
+            ("Name".to_owned(), TypeDef::NewtypeStruct(Schema::Str)),
+            (
+                "Code".to_owned(),
+                TypeDef::Enum(vec![("1".to_owned(), Variant::Unit)]),
+            ),
+            (
+                "Loop".to_owned(),
+                TypeDef::NewtypeStruct(Schema::Named("Loop".to_owned())),
+            ),
+        ]
+        .into();
+        let map = |key: Schema| Schema::Map(Box::new(key), Box::new(Schema::U8));
+        let named = |name: &str| Schema::Named(name.to_owned());
+        let pair = |key: Schema| Schema::Tuple(vec![key.clone(), key]);
+        let read = [
+            (map(Schema::Bool), json!({"true": 1}), vec![1, 1, 1]),
+            (
+                map(pair(Schema::U8)),
+                json!({"[1, 2]": 3}),
+                vec![1, 1, 2, 3],
+            ),
+            (map(named("Name")), json!({"1": 2}), vec![1, 1, b'1', 2]),
+            (
+                map(Schema::Option(Box::new(Schema::Str))),
+                json!({"1": 2}),
+                vec![1, 1, 1, b'1', 2],
+            ),
+            (map(named("Code")), json!({"1": 4}), vec![1, 0, 4]),
+        ];
+        for (schema, json, bytes) in read {
+            assert_eq!(encode(&schema, &types, &json, "m"), Ok(bytes), "{schema}");
+        }
+        // A type that is its own newtype: refused, not followed for ever.
+        let endless = encode(&map(named("Loop")), &types, &json!({"a": 1}), "m");
+        assert!(endless.is_err_and(|why| why.contains("nests more than 128 deep")));
+    }
+
     #[test]
     fn integers_that_do_not_fit_their_type_are_refused() {
         let types = Types::new();
