@@ -6,8 +6,9 @@
 //! decoding thread's stack and abort the whole process. A value nested deeper than
 //! [`MAX_DEPTH`] is refused before the stack runs out.
 //!
-//! How many items its sequences and maps hold: an item of no bytes (`()`, a unit struct) costs
-//! its claim nothing, so a few bytes could claim `Vec<()>` of 2^64 items and keep the decoding
+//! How many items its sequences and maps hold, each as many as the peer claims (a tuple's,
+//! struct's or variant's are as many as the type says): an item of no bytes (`()`, a unit
+//! struct) costs its claim nothing, so a few bytes could claim `Vec<()>` of 2^64 items and keep the decoding
 //! thread counting them for ever. Every other item takes at least a byte of its own, so a value
 //! holds, all told, at most one item a byte of it plus [`ZERO_SIZED_ITEMS`].
 //!
@@ -128,15 +129,19 @@ impl<'a, D> Limited<'a, D> {
     }
 }
 
-/// Wraps `visitor` to count the levels of what it visits.
+/// Wraps `visitor` to count the levels of what it visits, and the items of a sequence or map.
 struct Visiting<'a, V> {
     visitor: V,
     level: Level<'a>,
+    /// Whether what is visited has as many items as the peer claims (a sequence or a map),
+    /// each counted, rather than as many as its type says (a tuple, struct or variant).
+    claimed: bool,
 }
 
-/// Each `deserialize_*` method, with the arguments it passes on before the visitor.
+/// Each `deserialize_*` method, with the arguments it passes on before the visitor, and
+/// whether what it reads has as many items as the peer claims.
 macro_rules! forward_deserialize {
-    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+    ($claimed:literal: $($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
         $(
             #[inline]
             fn $method<V: Visitor<'de>>(
@@ -145,7 +150,8 @@ macro_rules! forward_deserialize {
                 visitor: V,
             ) -> Result<V::Value, D::Error> {
                 let level = self.level();
-                self.inner.$method($($arg,)* Visiting { visitor, level })
+                let claimed = $claimed;
+                self.inner.$method($($arg,)* Visiting { visitor, level, claimed })
             }
         )*
     };
@@ -154,7 +160,8 @@ macro_rules! forward_deserialize {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
     type Error = D::Error;
 
-    forward_deserialize!(
+    forward_deserialize!(true: deserialize_seq(), deserialize_map());
+    forward_deserialize!(false:
         deserialize_any(),
         deserialize_bool(),
         deserialize_i8(),
@@ -176,8 +183,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
         deserialize_byte_buf(),
         deserialize_option(),
         deserialize_unit(),
-        deserialize_seq(),
-        deserialize_map(),
         deserialize_identifier(),
         deserialize_ignored_any(),
         deserialize_unit_struct(name: &'static str),
@@ -261,27 +266,43 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visiting<'_, V> {
     #[inline]
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
         let level = self.level.down()?;
-        self.visitor.visit_seq(Access { inner: seq, level })
+        let claimed = self.claimed;
+        self.visitor.visit_seq(Access {
+            inner: seq,
+            level,
+            claimed,
+        })
     }
 
     #[inline]
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
         let level = self.level.down()?;
-        self.visitor.visit_map(Access { inner: map, level })
+        let claimed = self.claimed;
+        self.visitor.visit_map(Access {
+            inner: map,
+            level,
+            claimed,
+        })
     }
 
     #[inline]
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
         let level = self.level.down()?;
-        self.visitor.visit_enum(Access { inner: data, level })
+        self.visitor.visit_enum(Access {
+            inner: data,
+            level,
+            claimed: false,
+        })
     }
 }
 
 /// The elements, entries or variant of a value one level down: each is decoded with what
-/// depth is left.
+/// depth is left, and each element or entry the peer claims is counted.
 struct Access<'a, A> {
     inner: A,
     level: Level<'a>,
+    /// Whether the items are as many as the peer claims: then each counts.
+    claimed: bool,
 }
 
 /// Decodes one part of a value with what depth is left.
@@ -309,7 +330,7 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Access<'_, A> {
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
         let element = self.inner.next_element_seed(Seed { seed, level })?;
-        if element.is_some() {
+        if self.claimed && element.is_some() {
             level.item()?;
         }
         Ok(element)
@@ -331,7 +352,7 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
         let key = self.inner.next_key_seed(Seed { seed, level })?;
-        if key.is_some() {
+        if self.claimed && key.is_some() {
             level.item()?;
         }
         Ok(key)
@@ -365,6 +386,7 @@ impl<'a, 'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Access<'a, A> {
             Access {
                 inner: variant,
                 level,
+                claimed: false,
             },
         ))
     }
@@ -387,7 +409,15 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Access<'_, A> {
     #[inline]
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
         let level = self.level;
-        self.inner.tuple_variant(len, Visiting { visitor, level })
+        let claimed = false;
+        self.inner.tuple_variant(
+            len,
+            Visiting {
+                visitor,
+                level,
+                claimed,
+            },
+        )
     }
 
     #[inline]
@@ -397,8 +427,14 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Access<'_, A> {
         visitor: V,
     ) -> Result<V::Value, A::Error> {
         let level = self.level;
-        self.inner
-            .struct_variant(fields, Visiting { visitor, level })
+        self.inner.struct_variant(
+            fields,
+            Visiting {
+                visitor,
+                level,
+                claimed: false,
+            },
+        )
     }
 }
 
@@ -461,6 +497,34 @@ mod tests {
         );
     }
 
+    /// Ten thousand units read as a tuple: as many as the type says, not as a peer claims.
+    struct FixedUnits;
+
+    impl<'de> Deserialize<'de> for FixedUnits {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Units;
+            impl<'de> serde::de::Visitor<'de> for Units {
+                type Value = FixedUnits;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("ten thousand units")
+                }
+
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<FixedUnits, A::Error> {
+                    for _ in 0..10_000 {
+                        let unit = seq.next_element::<()>()?;
+                        unit.ok_or_else(|| serde::de::Error::custom("the units ended early"))?;
+                    }
+                    Ok(FixedUnits)
+                }
+            }
+            deserializer.deserialize_tuple(10_000, Units)
+        }
+    }
+
     /// A value holds, all told, at most one item a byte of it and [`ZERO_SIZED_ITEMS`] more.
     #[test]
     fn items_of_no_bytes_are_bounded_by_the_bytes() {
@@ -484,6 +548,9 @@ mod tests {
         let mut spread = vec![0xff, 0x01]; // 255 vectors, of 255 units each
         spread.extend([0xff, 0x01].repeat(255));
         assert_eq!(decode_exact::<Vec<Vec<()>>>(&spread), Err(refused));
+
+        // Items as many as the type says are not claims: ten thousand units in a tuple pass.
+        assert!(decode_exact::<FixedUnits>(&[]).is_ok());
 
         // Items of a byte or more never reach the bound: a long `Vec<u8>` decodes as ever.
         let bytes = postcard::to_stdvec(&vec![7u8; 100_000]).expect("encodes");
