@@ -536,6 +536,9 @@ mod tests {
             decode_exact::<Vec<()>>(&within).map(|units| units.len()),
             Ok(most)
         );
+        // As many entries of a map of units: each the same entry, but each read and counted.
+        let map = decode_exact::<BTreeMap<(), ()>>(&within).map(|map| map.len());
+        assert_eq!(map, Ok(1));
         let past = postcard::to_stdvec(&vec![(); most + 1]).expect("encodes");
         let refused = CodecError::TooManyItems(ZERO_SIZED_ITEMS);
         assert_eq!(decode_exact::<Vec<()>>(&past), Err(refused.clone()));
