@@ -534,6 +534,46 @@ fn a_large_byte_string_result_is_not_copied_out_of_its_frame() {
     });
 }
 
+/// A value's collections are given room for what its bytes can hold, not for the counts they
+/// claim: a tree of hash maps nested 100 deep, each claiming a million children in a few bytes
+/// and holding one, had each map make room for tens of thousands (serde's most, 1 MiB each)
+/// before the bytes ran out: 178 MiB for a frame of 400 bytes. Now some 60 KiB.
+#[test]
+fn claimed_counts_in_a_small_frame_allocate_little() {
+    scenario(async {
+        use rpc_tests::nest;
+        let addr = nest::serve().await;
+        let mut raw = RawClient::connect(addr).await;
+        raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
+            .await;
+        within("the server's hello", raw.read_frame())
+            .await
+            .expect("a hello");
+        // `Node` (variant 1), a count of a million, then the first child, 100 times over; then
+        // the bytes end.
+        let mut args = Vec::new();
+        for _ in 0..100 {
+            args.push(0x01);
+            args.extend(varint(1 << 20));
+            args.push(0x00); // the first child's key
+        }
+        let frame = request(1, "size", &args);
+        let start = baseline();
+        raw.send(&frame).await;
+        let answer = within("the answer", raw.read_frame())
+            .await
+            .expect("answered");
+        let peak = peak_above(start);
+        assert_eq!(answer[..4], [0x02, 0x01, 0x01, 0x02], "code 2: {answer:?}");
+        assert!(
+            peak < MIB,
+            "{} KiB allocated for {} bytes",
+            peak / 1024,
+            frame.len()
+        );
+    });
+}
+
 /// How much each hog below sends of its frame before it stops.
 const HOG_SENDS: usize = 2 * MIB;
 

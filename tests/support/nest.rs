@@ -26,6 +26,25 @@ impl Chain {
     }
 }
 
+/// A tree: each node holds its children in a map by number, whose count the peer writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tree {
+    /// No children.
+    Leaf,
+    /// Children, by number.
+    Node(std::collections::HashMap<u32, Tree>),
+}
+
+impl Tree {
+    /// How many nodes and leaves the tree has.
+    pub fn size(&self) -> u64 {
+        match self {
+            Tree::Leaf => 1,
+            Tree::Node(children) => 1 + children.values().map(Tree::size).sum::<u64>(),
+        }
+    }
+}
+
 /// Measures and makes chains.
 #[rpc_core::service]
 pub trait Nest {
@@ -37,6 +56,8 @@ pub trait Nest {
     async fn count(&self, units: Vec<()>) -> u64;
     /// `count` units.
     async fn units(&self, count: u64) -> Vec<()>;
+    /// How many nodes and leaves `tree` has.
+    async fn size(&self, tree: Tree) -> u64;
 }
 
 /// The implementation.
@@ -58,6 +79,10 @@ impl Nest for Nesting {
 
     async fn units(&self, count: u64) -> Vec<()> {
         vec![(); count as usize]
+    }
+
+    async fn size(&self, tree: Tree) -> u64 {
+        tree.size()
     }
 }
 

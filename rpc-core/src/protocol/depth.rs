@@ -12,6 +12,12 @@
 //! thread counting them for ever. Every other item takes at least a byte of its own, so a value
 //! holds, all told, at most one item a byte of it plus [`ZERO_SIZED_ITEMS`].
 //!
+//! How much room its collections make for what they claim: serde gives a vector or a hash map
+//! room for its count before its items come (up to 1 MiB each), so a map nested in a map a
+//! hundred times, each claiming a million entries in a few bytes, had some 180 MiB made for a
+//! frame of 400 bytes. The counts decoders see are cut to what the value's bytes can hold, all
+//! told: one item a byte.
+//!
 //! Every value is decoded through [`Limited`] (docs/wire.md, section 3).
 
 use std::cell::Cell;
@@ -35,6 +41,9 @@ pub(crate) const ZERO_SIZED_ITEMS: usize = 4096;
 pub(crate) struct Limits {
     /// Items its sequences and maps may still hold.
     items_left: Cell<usize>,
+    /// Items its sequences and maps may still be given room for before they come: what their
+    /// counts say, up to one item a byte of the value, all told.
+    room_left: Cell<usize>,
     /// The error for the bound broken.
     broken: Cell<Option<CodecError>>,
 }
@@ -44,6 +53,7 @@ impl Limits {
     pub(crate) fn of(len: usize) -> Self {
         Limits {
             items_left: Cell::new(len.saturating_add(ZERO_SIZED_ITEMS)),
+            room_left: Cell::new(len),
             broken: Cell::new(None),
         }
     }
@@ -51,6 +61,14 @@ impl Limits {
     /// The error for the bound the value broke, if the decoding failed for that.
     pub(crate) fn broken(&self) -> Option<CodecError> {
         self.broken.take()
+    }
+
+    /// How many items a sequence or map that claims `count` may be given room for now: its
+    /// claim, within what is left of one item a byte of the value, which the room given takes.
+    fn room_for(&self, count: usize) -> usize {
+        let room = count.min(self.room_left.get());
+        self.room_left.set(self.room_left.get() - room);
+        room
     }
 
     #[cold]
@@ -336,9 +354,16 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Access<'_, A> {
         Ok(element)
     }
 
+    /// The peer's count, for the room a collection makes before its items come: within what
+    /// the value's bytes can hold, all told, for a claimed one ([`Limits::room_for`]).
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
+        let count = self.inner.size_hint()?;
+        if self.claimed {
+            Some(self.level.limits.room_for(count))
+        } else {
+            Some(count)
+        }
     }
 }
 
@@ -364,9 +389,16 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
         self.inner.next_value_seed(Seed { seed, level })
     }
 
+    /// The peer's count, for the room a collection makes before its items come: within what
+    /// the value's bytes can hold, all told, for a claimed one ([`Limits::room_for`]).
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
+        let count = self.inner.size_hint()?;
+        if self.claimed {
+            Some(self.level.limits.room_for(count))
+        } else {
+            Some(count)
+        }
     }
 }
 
