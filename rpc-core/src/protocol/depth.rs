@@ -529,6 +529,39 @@ mod tests {
         );
     }
 
+    /// Honest collections are given room for all their items at once, one after another; a
+    /// claim past what the value's bytes can hold is given room for no more than that.
+    #[test]
+    fn collections_get_room_for_what_their_bytes_can_hold() {
+        let honest = (vec![7u64; 500], vec![8u64; 500]);
+        let bytes = postcard::to_stdvec(&honest).expect("encodes");
+        let (first, second) = decode_exact::<(Vec<u64>, Vec<u64>)>(&bytes).expect("decodes");
+        assert_eq!((first.capacity(), second.capacity()), (500, 500));
+
+        // A map of a million entries claimed, three bytes given: room for the bytes there are.
+        let claim = [0x80, 0x80, 0x40, 1, 2, 3];
+        let mut deserializer = postcard::Deserializer::from_bytes(&claim);
+        let limits = super::Limits::of(claim.len());
+        let limited = super::Limited::new(&mut deserializer, &limits);
+        let room = serde::Deserializer::deserialize_map(limited, Room).expect("a hint");
+        assert_eq!(room, Some(claim.len()));
+    }
+
+    /// The room a map is offered.
+    struct Room;
+
+    impl<'de> serde::de::Visitor<'de> for Room {
+        type Value = Option<usize>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Ok(map.size_hint())
+        }
+    }
+
     /// Ten thousand units read as a tuple: as many as the type says, not as a peer claims.
     struct FixedUnits;
 
