@@ -13,7 +13,7 @@
 //! a map's entries as they came.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use rpc_core::schema::{Field, MethodSchema, Schema, TypeDef, Variant};
@@ -784,26 +784,25 @@ impl<'de> Visitor<'de> for ToJson<'_> {
         let Schema::Map(key, value) = self.0.schema else {
             return Err(self.0.fail("a map where none was described"));
         };
-        // An object when every key is a string, and no two alike; else `[key, value]` pairs.
-        let mut object = Some(Map::new());
-        let mut pairs = Vec::new();
+        let mut entries = Vec::new();
         while let Some(k) = map.next_key_seed(self.0.of(key))? {
             self.0.item()?;
-            let v = map.next_value_seed(self.0.of(value))?;
-            if let (Some(entries), Value::String(name)) = (&mut object, &k) {
-                if !entries.contains_key(name) {
-                    entries.insert(name.clone(), v.clone());
-                } else {
-                    object = None;
-                }
-            } else {
-                object = None;
-            }
-            pairs.push(Value::Array(vec![k, v]));
+            entries.push((k, map.next_value_seed(self.0.of(value))?));
         }
-        Ok(match object {
-            Some(entries) => Value::Object(entries),
-            None => Value::Array(pairs),
+        // An object when every key is a string, and no two alike; else `[key, value]` pairs.
+        let mut names = HashSet::new();
+        let named_once = entries
+            .iter()
+            .all(|(k, _)| k.as_str().is_some_and(|name| names.insert(name)));
+        Ok(if named_once {
+            let named = entries.into_iter().filter_map(|(k, v)| match k {
+                Value::String(name) => Some((name, v)),
+                _ => None,
+            });
+            Value::Object(named.collect())
+        } else {
+            let pairs = entries.into_iter().map(|(k, v)| Value::Array(vec![k, v]));
+            Value::Array(pairs.collect())
         })
     }
 
