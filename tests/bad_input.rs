@@ -131,13 +131,7 @@ async fn a_second_hello_from_a_client_is_refused() {
 /// A server of `Nest`, and a raw client of it past the hellos.
 async fn nest_and_raw_client() -> (std::net::SocketAddr, RawClient) {
     let addr = rpc_tests::nest::serve().await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
-        .await;
-    within("the server's hello", raw.read_frame())
-        .await
-        .expect("a hello");
-    (addr, raw)
+    (addr, rpc_tests::nest::raw_client(addr).await)
 }
 
 /// Sends call 1 of `method` with `args` and expects it refused with code 2 (arguments that do

@@ -187,12 +187,7 @@ async fn when_every_server_is_unavailable_the_call_is_made_once_per_server_and_o
 #[tokio::test]
 async fn a_refusal_is_an_error_response_with_the_status_code() {
     let addr = serve(guarded(), MyDoor::default()).await;
-    let mut raw = RawClient::connect(addr).await;
-    raw.send(&rpc_tests::hello("Door", rpc_tests::VERSION))
-        .await;
-    within("the server's hello", raw.read_frame())
-        .await
-        .expect("a hello");
+    let mut raw = RawClient::greet(addr, &rpc_tests::hello("Door", rpc_tests::VERSION)).await;
     let mut request = vec![0x01];
     request.extend(varint(1));
     request.extend(string("open"));

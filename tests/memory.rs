@@ -542,13 +542,7 @@ fn a_large_byte_string_result_is_not_copied_out_of_its_frame() {
 fn claimed_counts_in_a_small_frame_allocate_little() {
     scenario(async {
         use rpc_tests::nest;
-        let addr = nest::serve().await;
-        let mut raw = RawClient::connect(addr).await;
-        raw.send(&rpc_tests::hello("Nest", rpc_tests::VERSION))
-            .await;
-        within("the server's hello", raw.read_frame())
-            .await
-            .expect("a hello");
+        let mut raw = nest::raw_client(nest::serve().await).await;
         // `Node` (variant 1), a count of a million, then the first child, 100 times over; then
         // the bytes end.
         let mut args = Vec::new();

@@ -94,6 +94,11 @@ pub async fn serve() -> std::net::SocketAddr {
     addr
 }
 
+/// A raw client of the `Nest` server at `addr`, past the hellos.
+pub async fn raw_client(addr: std::net::SocketAddr) -> crate::RawClient {
+    crate::RawClient::greet(addr, &crate::hello("Nest", crate::VERSION)).await
+}
+
 /// The bytes of a chain of `links` links, written by hand: `01` for each link, `00` for the end.
 pub fn chain_bytes(links: usize) -> Vec<u8> {
     let mut bytes = vec![0x01; links];

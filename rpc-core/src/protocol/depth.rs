@@ -8,9 +8,9 @@
 //!
 //! How many items its sequences and maps hold, each as many as the peer claims (a tuple's,
 //! struct's or variant's are as many as the type says): an item of no bytes (`()`, a unit
-//! struct) costs its claim nothing, so a few bytes could claim `Vec<()>` of 2^64 items and keep the decoding
-//! thread counting them for ever. Every other item takes at least a byte of its own, so a value
-//! holds, all told, at most one item a byte of it plus [`ZERO_SIZED_ITEMS`].
+//! struct) costs its claim nothing, so a few bytes could claim `Vec<()>` of 2^64 items and keep
+//! the decoding thread counting them for ever. Every other item takes at least a byte of its
+//! own, so a value holds, all told, at most one item a byte of it plus [`ZERO_SIZED_ITEMS`].
 //!
 //! How much room its collections make for what they claim: serde gives a vector or a hash map
 //! room for its count before its items come (up to 1 MiB each), so a map nested in a map a
@@ -63,6 +63,18 @@ impl Limits {
         self.broken.take()
     }
 
+    /// One more item of a sequence or map, or the error that the value holds too many.
+    #[inline]
+    fn item<E: de::Error>(&self) -> Result<(), E> {
+        match self.items_left.get().checked_sub(1) {
+            Some(left) => {
+                self.items_left.set(left);
+                Ok(())
+            }
+            None => Err(self.break_with(CodecError::TooManyItems(ZERO_SIZED_ITEMS))),
+        }
+    }
+
     /// How many items a sequence or map that claims `count` may be given room for now: its
     /// claim, within what is left of one item a byte of the value, which the room given takes.
     fn room_for(&self, count: usize) -> usize {
@@ -110,20 +122,6 @@ impl<'a> Level<'a> {
         match self.depth.checked_sub(1) {
             Some(depth) => Ok(Level { depth, ..self }),
             None => Err(self.limits.break_with(CodecError::TooDeep(MAX_DEPTH))),
-        }
-    }
-
-    /// One more item of a sequence or map, or the error that the value holds too many.
-    #[inline]
-    fn item<E: de::Error>(self) -> Result<(), E> {
-        match self.limits.items_left.get().checked_sub(1) {
-            Some(left) => {
-                self.limits.items_left.set(left);
-                Ok(())
-            }
-            None => Err(self
-                .limits
-                .break_with(CodecError::TooManyItems(ZERO_SIZED_ITEMS))),
         }
     }
 
@@ -349,7 +347,7 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Access<'_, A> {
         let level = self.level;
         let element = self.inner.next_element_seed(Seed { seed, level })?;
         if self.claimed && element.is_some() {
-            level.item()?;
+            level.limits.item()?;
         }
         Ok(element)
     }
@@ -378,7 +376,7 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
         let level = self.level;
         let key = self.inner.next_key_seed(Seed { seed, level })?;
         if self.claimed && key.is_some() {
-            level.item()?;
+            level.limits.item()?;
         }
         Ok(key)
     }
