@@ -13,11 +13,11 @@ use rpc_tests::{LabClient, LabImpl, RawClient, frame, request, start_tcp_with, w
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A call to mutate: the method, and valid arguments.
-type Call = (&'static str, &'static [u8]);
+type Call<'a> = (&'a str, &'a [u8]);
 
 /// Valid calls of Lab to mutate. None of them asks the server for more than a few bytes,
 /// however its arguments are changed.
-const CALLS: [Call; 7] = [
+const CALLS: [Call<'static>; 7] = [
     ("add", &[0x04, 0x06]),
     ("div", &[0x08, 0x00]),
     ("echo", &[3, 1, 2, 3]),
@@ -33,20 +33,27 @@ const CALLS: [Call; 7] = [
 /// - a cancellation, ping, credit or stream frame with its numbers changed;
 /// - one in 20,000: any byte of a frame changed, which may break the protocol and cost the
 ///   connection.
-fn mutate(rng: &mut Rng, calls: &[Call], id: u64, out: &mut Vec<u8>) {
+fn mutate(rng: &mut Rng, calls: &[Call<'_>], id: u64, out: &mut Vec<u8>) {
     let (method, args) = calls[rng.below(calls.len())];
     let mut payload = request(id, method, args)[4..].to_vec();
     let args_at = payload.len() - args.len();
     match rng.below(100) {
         0..=59 => {
-            // The arguments: changed bytes, or bytes added after them.
-            if payload.len() > args_at && rng.below(4) != 0 {
-                for _ in 0..1 + rng.below(3) {
-                    let at = args_at + rng.below(payload.len() - args_at);
-                    payload[at] = rng.next_u64() as u8;
+            // The arguments: changed bytes, a byte added or taken out among them, or bytes
+            // added after them.
+            let args_len = payload.len() - args_at;
+            match rng.below(8) {
+                0..=4 if args_len > 0 => {
+                    for _ in 0..1 + rng.below(3) {
+                        let at = args_at + rng.below(args_len);
+                        payload[at] = rng.next_u64() as u8;
+                    }
                 }
-            } else {
-                payload.extend((0..1 + rng.below(8)).map(|_| rng.next_u64() as u8));
+                5 if args_len > 0 => {
+                    payload.remove(args_at + rng.below(args_len));
+                }
+                6 => payload.insert(args_at + rng.below(args_len + 1), rng.next_u64() as u8),
+                _ => payload.extend((0..1 + rng.below(8)).map(|_| rng.next_u64() as u8)),
             }
         }
         60..=79 => {
@@ -104,7 +111,7 @@ async fn a_million_mutated_frames_then_a_client_is_served_correctly() {
 /// Sends `frames` frames mutated from `calls` to the server at `addr`, `BATCH` at a time, each
 /// connection greeted with `hello`, a new one whenever the server closes the last; checks
 /// that the server worked through them.
-async fn flood(addr: std::net::SocketAddr, hello: &[u8], calls: &[Call], frames: usize) {
+async fn flood(addr: std::net::SocketAddr, hello: &[u8], calls: &[Call<'_>], frames: usize) {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let mut sent = 0;
     let mut connections = 0;
@@ -154,7 +161,7 @@ async fn flood(addr: std::net::SocketAddr, hello: &[u8], calls: &[Call], frames:
 /// Valid calls of Nest to mutate: a chain of links, each a level deeper, and vectors of units,
 /// whose count alone is on the wire (one written in five bytes, so that a changed byte can
 /// claim billions).
-const NEST_CALLS: [Call; 3] = [
+const NEST_CALLS: [Call<'static>; 3] = [
     ("length", &[0x01, 0x01, 0x01, 0x00]),
     ("count", &[0x03]),
     ("count", &[0x80, 0x80, 0x80, 0x80, 0x00]),
@@ -172,4 +179,58 @@ async fn mutated_frames_of_deep_and_empty_values_then_a_client_is_served_correct
         .expect("connects");
     assert_eq!(client.count(vec![(); 7]).await.expect("count"), 7);
     assert_eq!(client.length(Chain::of(9)).await.expect("length"), 9);
+}
+
+/// Mutated calls of a service of odd types (structs of no fields, options of options, 128-bit
+/// integers, characters, floats, maps keyed by enums, sets of strings and of units, arrays of
+/// arrays), each with rules a changed byte breaks: the server refuses what does not decode,
+/// answers what does, never panics, and then serves a client correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rpc_tests::odd::{self, Empty, Key, Odd, OddsClient, Unit};
+
+    let panics = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&panics);
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        report(info);
+    }));
+
+    let odd = Odd::sample();
+    let by_key = HashMap::from([
+        (Key::Named { at: -5 }, Some(Some(-1i128 << 100))),
+        (Key::Plain, Some(None)),
+        (Key::Numbered(3), None),
+    ]);
+    let sets = vec![
+        HashSet::from(["x".to_owned(), "yz".to_owned()]),
+        HashSet::new(),
+    ];
+    let odd_bytes = postcard::to_stdvec(&odd).expect("encodes");
+    let by_key_bytes = postcard::to_stdvec(&by_key).expect("encodes");
+    let names_bytes = postcard::to_stdvec(&(&sets, Unit, Empty {})).expect("encodes");
+    let calls: [Call<'_>; 4] = [
+        ("items", &odd_bytes),
+        ("echo", &odd_bytes),
+        ("present", &by_key_bytes),
+        ("names", &names_bytes),
+    ];
+    let addr = odd::serve().await;
+    let hello = rpc_tests::hello("Odds", rpc_tests::VERSION);
+    flood(addr, &hello, &calls, FRAMES / 10).await;
+
+    let client = within("a client", OddsClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(client.items(odd.clone()).await.expect("items"), 36);
+    assert_eq!(client.echo(odd.clone()).await.expect("echo"), odd);
+    assert_eq!(client.present(by_key).await.expect("present"), 1);
+    assert_eq!(client.names(sets, Unit, Empty {}).await.expect("names"), 2);
+    let _ = std::panic::take_hook();
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the server");
 }

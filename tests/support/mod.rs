@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod greeter;
 pub mod nest;
+pub mod odd;
 pub mod rng;
 
 use std::collections::HashMap;
@@ -361,9 +362,18 @@ pub async fn start_tcp() -> SocketAddr {
 
 /// Starts a TCP server with `builder`'s settings, serving `lab`.
 pub async fn start_tcp_with(builder: rpc_core::ServerBuilder, lab: LabImpl) -> SocketAddr {
+    serve_on_loopback(builder, LabServer::new(lab)).await
+}
+
+/// Serves `services` with `builder`'s settings on a free loopback port, in a task of its own;
+/// returns the address.
+pub async fn serve_on_loopback(
+    builder: rpc_core::ServerBuilder,
+    services: impl rpc_core::ServiceSet,
+) -> SocketAddr {
     let server = builder.bind("127.0.0.1:0").await.expect("binds");
     let addr = server.local_addr().expect("has an address");
-    tokio::spawn(server.serve(LabServer::new(lab)));
+    tokio::spawn(server.serve(services));
     addr
 }
 

@@ -88,10 +88,7 @@ impl Nest for Nesting {
 
 /// Serves [`Nesting`] on a free loopback port in a task of its own; returns the address.
 pub async fn serve() -> std::net::SocketAddr {
-    let server = rpc_core::Server::bind("127.0.0.1:0").await.expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(NestServer::new(Nesting)));
-    addr
+    crate::serve_on_loopback(rpc_core::Server::builder(), NestServer::new(Nesting)).await
 }
 
 /// A raw client of the `Nest` server at `addr`, past the hellos.
