@@ -4,17 +4,22 @@
 //! made from valid ones (results of `add`, `echo` and `zeros`, small and large enough to be
 //! read into memory of their own; `count`'s stream of items and its end) with bytes changed,
 //! cut or added at random, answers lost or sent twice, and frames the client did not ask for
-//! (pings, credits, stream frames and results of other ids) sent between them.
+//! (pings, credits, stream frames and results of other ids) sent between them. The same for a
+//! service of odd types (`rpc_tests::odd`), whose results a changed byte makes invalid in more
+//! ways: a `bool` of `2`, a `char` past `0x10FFFF`, text that is not UTF-8, a variant that does
+//! not exist.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rpc_core::RpcError;
+use rpc_core::{RpcError, ServiceClient};
+use rpc_tests::odd::{self, Empty, Odd, OddsClient, Unit};
 use rpc_tests::rng::Rng;
 use rpc_tests::{
-    LabClient, RawClient, frame, lab_hello, lab_methods, loopback_listener, start_tcp, varint,
-    within,
+    LabClient, RawClient, STREAM_WINDOW, frame, lab_hello, lab_methods, loopback_listener,
+    service_hello, start_tcp, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -47,36 +52,40 @@ fn id_and_method(payload: &[u8]) -> Option<(u64, &str)> {
     Some((id, method))
 }
 
-/// The payloads of a valid answer to call `id` of `method`, as the client made it below.
-fn answer(id: u64, method: &str) -> Vec<Vec<u8>> {
-    let head = |kind: u8| {
-        let mut payload = vec![kind];
-        payload.extend(varint(id));
-        payload
-    };
-    let ok = |body: &[u8]| {
-        let mut payload = head(0x02);
-        payload.push(0x00);
-        payload.extend_from_slice(body);
-        payload
-    };
+/// The payload of a frame of `kind` for call `id`, before its body.
+fn head(kind: u8, id: u64) -> Vec<u8> {
+    let mut payload = vec![kind];
+    payload.extend(varint(id));
+    payload
+}
+
+/// The payload of call `id`'s successful result, `body`.
+fn ok(id: u64, body: &[u8]) -> Vec<u8> {
+    let mut payload = head(0x02, id);
+    payload.push(0x00);
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// The payloads of a valid answer to call `id` of Lab's `method`, as the client made it below.
+fn lab_answer(id: u64, method: &str) -> Vec<Vec<u8>> {
     match method {
-        "add" => vec![ok(&[0x0a])],
-        "echo" => vec![ok(&[3, 1, 2, 3])],
+        "add" => vec![ok(id, &[0x0a])],
+        "echo" => vec![ok(id, &[3, 1, 2, 3])],
         "zeros" => {
             let len = if id.is_multiple_of(2) { 10 } else { LARGE };
             let mut body = varint(len);
             body.resize(body.len() + len as usize, 0);
-            vec![ok(&body)]
+            vec![ok(id, &body)]
         }
         "count" => {
-            let mut payloads = vec![ok(&[])];
+            let mut payloads = vec![ok(id, &[])];
             for item in 0..5 {
-                let mut payload = head(0x06);
+                let mut payload = head(0x06, id);
                 payload.push(item);
                 payloads.push(payload);
             }
-            let mut end = head(0x07);
+            let mut end = head(0x07, id);
             end.push(0x00);
             payloads.push(end);
             payloads
@@ -103,10 +112,8 @@ fn unasked(rng: &mut Rng) -> Vec<u8> {
 
 /// `payload`, framed, after what `rng` does to it: mostly nothing; else bytes changed, cut or
 /// added; rarely a length prefix that claims less than follows, so that the frames after it
-/// are read out of step. (A claim of more than follows would leave the client waiting for
-/// bytes that never come, its calls failing at their deadlines until keep-alive gives the
-/// connection up: `tests/keepalive.rs` tests that.)
-fn mutated(rng: &mut Rng, mut payload: Vec<u8>) -> Vec<u8> {
+/// are read out of step, which sets `out_of_step`.
+fn mutated(rng: &mut Rng, mut payload: Vec<u8>, out_of_step: &mut bool) -> Vec<u8> {
     match rng.below(100) {
         0..=84 => {}
         85..=92 => {
@@ -122,26 +129,30 @@ fn mutated(rng: &mut Rng, mut payload: Vec<u8>) -> Vec<u8> {
     if rng.below(200) == 0 {
         let length = payload.len().saturating_sub(1 + rng.below(64)) as u32;
         framed[..4].copy_from_slice(&length.to_be_bytes());
+        *out_of_step = true;
     }
     framed
 }
 
-/// Serves every connection to `listener` with mutated answers, each connection from its own
-/// seed, until the test ends.
-async fn serve_mutated(listener: TcpListener) {
+/// The payloads of a valid answer to a call, by its id and method.
+type Answers = Arc<dyn Fn(u64, &str) -> Vec<Vec<u8>> + Send + Sync>;
+
+/// Serves every connection to `listener` with `hello`, then with mutated `answers`, each
+/// connection from its own seed, until the test ends. A connection whose frames were sent out
+/// of step is closed once they are written: read out of step, a length prefix may claim more
+/// bytes than ever follow, and then the connection would stall, its calls failing at their
+/// deadlines, until keep-alive gave it up (`tests/keepalive.rs` tests that), which a few such
+/// connections would make longer than the test.
+async fn serve_mutated(listener: TcpListener, hello: Vec<u8>, answers: Answers) {
     let mut seed = 0x0bad_5eed_0000_0001u64;
     loop {
         let (mut raw, _) = RawClient::accept(&listener).await;
         seed += 1;
         let mut rng = Rng(seed);
+        let (hello, answers) = (hello.clone(), Arc::clone(&answers));
         tokio::spawn(async move {
             // Written past `RawClient::send`, which fails the test when the client has gone.
-            if raw
-                .stream
-                .write_all(&lab_hello(lab_methods(), 0, 0))
-                .await
-                .is_err()
-            {
+            if raw.stream.write_all(&hello).await.is_err() {
                 return;
             }
             while let Some(request) = raw.read_frame().await {
@@ -149,9 +160,10 @@ async fn serve_mutated(listener: TcpListener) {
                     continue; // a cancel, ping or credit of the client's
                 };
                 let mut out = Vec::new();
+                let mut out_of_step = false;
                 if rng.below(10) == 0 {
                     let unasked = unasked(&mut rng);
-                    out.extend(mutated(&mut rng, unasked));
+                    out.extend(mutated(&mut rng, unasked, &mut out_of_step));
                 }
                 let copies = match rng.below(50) {
                     0 => 0,
@@ -159,11 +171,11 @@ async fn serve_mutated(listener: TcpListener) {
                     _ => 1,
                 };
                 for _ in 0..copies {
-                    for payload in answer(id, method) {
-                        out.extend(mutated(&mut rng, payload));
+                    for payload in answers(id, method) {
+                        out.extend(mutated(&mut rng, payload, &mut out_of_step));
                     }
                 }
-                if raw.stream.write_all(&out).await.is_err() {
+                if raw.stream.write_all(&out).await.is_err() || out_of_step {
                     return;
                 }
             }
@@ -193,8 +205,8 @@ impl Outcomes {
     }
 }
 
-/// One call of the `turn`th kind.
-async fn call(client: &LabClient, turn: usize, outcomes: &Outcomes) {
+/// One call of Lab's, of the `turn`th kind.
+async fn call_lab(client: LabClient, turn: usize, outcomes: Arc<Outcomes>) {
     match turn % 5 {
         0 => outcomes.count(client.add(2, 3).await, 5),
         1 => outcomes.count(client.echo(vec![1, 2, 3]).await, vec![1, 2, 3]),
@@ -224,31 +236,37 @@ async fn call(client: &LabClient, turn: usize, outcomes: &Outcomes) {
 const CALLERS: usize = 8;
 const CALLS: usize = 1000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
-    let panics = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&panics);
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        report(info);
-    }));
+/// How many panics the process has had, counted from the first call on.
+fn panics() -> &'static AtomicUsize {
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    static COUNTING: std::sync::Once = std::sync::Once::new();
+    COUNTING.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            report(info);
+        }));
+    });
+    &PANICS
+}
 
-    let (listener, addr) = loopback_listener().await;
-    tokio::spawn(serve_mutated(listener));
-    let client = LabClient::builder()
-        .deadline(Duration::from_millis(500))
-        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(10))
-        .connect(addr)
-        .await
-        .expect("connects");
+/// Makes [`CALLERS`] callers of `client`'s each make [`CALLS`] calls, the `turn`th by
+/// `call(client, turn, outcomes)`, and checks that every call ended, nothing panicked, most
+/// answers were taken as they should be and some mutation failed a call.
+async fn call_a_hostile_server<C, Call, Made>(client: C, call: Call)
+where
+    C: Clone + Send + 'static,
+    Call: Fn(C, usize, Arc<Outcomes>) -> Made + Copy + Send + 'static,
+    Made: Future<Output = ()> + Send,
+{
+    let panics = panics();
     let outcomes = Arc::new(Outcomes::default());
     let callers: Vec<_> = (0..CALLERS)
         .map(|caller| {
             let (client, outcomes) = (client.clone(), Arc::clone(&outcomes));
             tokio::spawn(async move {
                 for turn in 0..CALLS {
-                    call(&client, caller + turn, &outcomes).await;
+                    call(client.clone(), caller + turn, Arc::clone(&outcomes)).await;
                 }
             })
         })
@@ -273,6 +291,28 @@ async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
         "{right} right, {wrong} wrong, {failed} failed"
     );
     assert!(failed > 0, "no mutation failed a call");
+}
+
+/// `builder` set for a hostile server: a call is given up after half a second, and a connection
+/// the server closed is made again at once.
+fn hostile_client<C: ServiceClient>(
+    builder: rpc_core::ClientBuilder<C>,
+) -> rpc_core::ClientBuilder<C> {
+    builder
+        .deadline(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
+    let (listener, addr) = loopback_listener().await;
+    let hello = lab_hello(lab_methods(), 0, 0);
+    tokio::spawn(serve_mutated(listener, hello, Arc::new(lab_answer)));
+    let client = hostile_client(LabClient::builder())
+        .connect(addr)
+        .await
+        .expect("connects");
+    call_a_hostile_server(client, call_lab).await;
 
     // A well-behaved server is then called correctly: nothing the hostile one sent was kept.
     let good = LabClient::connect(start_tcp().await)
@@ -287,4 +327,46 @@ async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
         got.push(number.expect("an item"));
     }
     assert_eq!(got, [0, 1, 2]);
+}
+
+/// One call of Odds', of the `turn`th kind.
+async fn call_odds(client: OddsClient, turn: usize, outcomes: Arc<Outcomes>) {
+    match turn % 4 {
+        0 => outcomes.count(client.items(Odd::sample()).await, 36),
+        1 => outcomes.count(client.echo(Odd::sample()).await, Odd::sample()),
+        2 => outcomes.count(client.present(HashMap::new()).await, 1),
+        _ => outcomes.count(client.names(Vec::new(), Unit, Empty {}).await, 2),
+    }
+}
+
+/// Results of odd types mutated (structs of no fields, options of options, 128-bit integers,
+/// characters, floats, maps keyed by enums, sets of strings and of units): every call ends,
+/// nothing panics, and a well-behaved server of them is then called correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
+    let methods = &OddsClient::INFO
+        .describe()
+        .expect("Odds' types can be described")
+        .methods;
+    let hello = service_hello("Odds", methods, 0, 0, STREAM_WINDOW);
+    let echoed = postcard::to_stdvec(&Odd::sample()).expect("encodes");
+    let answers = move |id, method: &str| match method {
+        "items" => vec![ok(id, &varint(36))],
+        "echo" => vec![ok(id, &echoed)],
+        "present" => vec![ok(id, &[1])],
+        "names" => vec![ok(id, &[2])],
+        other => panic!("the client makes no call of `{other}`"),
+    };
+    let (listener, addr) = loopback_listener().await;
+    tokio::spawn(serve_mutated(listener, hello, Arc::new(answers)));
+    let client = hostile_client(OddsClient::builder())
+        .connect(addr)
+        .await
+        .expect("connects");
+    call_a_hostile_server(client, call_odds).await;
+
+    let good = OddsClient::connect(odd::serve().await)
+        .await
+        .expect("connects");
+    assert_eq!(good.echo(Odd::sample()).await.expect("echo"), Odd::sample());
 }
