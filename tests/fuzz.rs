@@ -2,8 +2,9 @@
 //! had happened. The frames are made from valid ones (requests, cancellations, pings, credits,
 //! stream frames) with bytes changed at random; most stay framed, so the server reads and
 //! answers or refuses them, and the few that break the protocol cost only their connection.
-//! The same, fewer, for a service of the types that cost a decoder most for their bytes:
-//! values nested deep, and sequences of items of no bytes.
+//! The same, fewer, for a service of the types that cost a decoder most for their bytes
+//! (values nested deep, and sequences of items of no bytes), and for one of odd types, as
+//! arguments and as the items of uploads.
 
 use std::time::Duration;
 
@@ -233,4 +234,73 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
     assert_eq!(client.names(sets, Unit, Empty {}).await.expect("names"), 2);
     let _ = std::panic::take_hook();
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the server");
+}
+
+/// Uploads of odd values, mutated: each a `tally` call whose three streamed items are
+/// `Odd::sample` with bytes changed, added or taken out now and then, then the stream's end.
+/// The server answers every call, from the items it could read, on the one connection, and
+/// then serves a client correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_uploads_of_odd_values_are_each_answered_then_a_client_is_served() {
+    use rpc_tests::odd::{self, Odd, OddsClient};
+    use rpc_tests::{read_frame_from, varint};
+
+    const UPLOADS: u64 = 20_000;
+    const ITEMS: usize = 3;
+    let item = postcard::to_stdvec(&Odd::sample()).expect("encodes");
+    let addr = odd::serve().await;
+    let raw = RawClient::greet(addr, &rpc_tests::hello("Odds", rpc_tests::VERSION)).await;
+    let (mut reader, mut writer) = raw.stream.into_split();
+    // The answers are read as they come, so that the server never waits for a reader.
+    let answers = tokio::spawn(async move {
+        let mut answered = 0;
+        while answered < UPLOADS {
+            let frame = read_frame_from(&mut reader).await.expect("an answer");
+            assert_eq!(frame[0], 0x02, "a response, not {frame:?}");
+            answered += 1;
+        }
+        answered
+    });
+    let mut rng = Rng(0x0dd5_5eed_0f0d);
+    let mut batch = Vec::new();
+    for id in 1..=UPLOADS {
+        batch.extend(request(id, "tally", &[]));
+        for _ in 0..ITEMS {
+            let mut payload = vec![0x06];
+            payload.extend(varint(id));
+            let at = payload.len();
+            payload.extend_from_slice(&item);
+            // Half the items unchanged, so that calls read on past a good item or two.
+            match rng.below(6) {
+                0 => {
+                    let changed = at + rng.below(item.len());
+                    payload[changed] = rng.next_u64() as u8;
+                }
+                1 => {
+                    payload.remove(at + rng.below(item.len()));
+                }
+                2 => payload.insert(at + rng.below(item.len()), rng.next_u64() as u8),
+                _ => {}
+            }
+            batch.extend(frame(&payload));
+        }
+        let mut end = vec![0x07];
+        end.extend(varint(id));
+        end.push(0x00);
+        batch.extend(frame(&end));
+        if id % 500 == 0 {
+            within("an upload", writer.write_all(&batch))
+                .await
+                .expect("the server reads on");
+            batch.clear();
+        }
+    }
+    let answered = within("every answer", answers).await.expect("joins");
+    assert_eq!(answered, UPLOADS);
+
+    let client = within("a client", OddsClient::connect(addr))
+        .await
+        .expect("connects");
+    let uploads = rpc_core::Streaming::iter([Odd::sample(), Odd::sample()]);
+    assert_eq!(client.tally(uploads).await.expect("tally"), 72);
 }

@@ -67,6 +67,17 @@ fn ok(id: u64, body: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// The payloads of call `id`'s streamed result: its response, a StreamItem for each of
+/// `items` (each an item's encoding), and the stream's end.
+fn streamed(id: u64, items: impl Iterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut payloads = vec![ok(id, &[])];
+    payloads.extend(items.map(|item| [head(0x06, id), item].concat()));
+    let mut end = head(0x07, id);
+    end.push(0x00);
+    payloads.push(end);
+    payloads
+}
+
 /// The payloads of a valid answer to call `id` of Lab's `method`, as the client made it below.
 fn lab_answer(id: u64, method: &str) -> Vec<Vec<u8>> {
     match method {
@@ -78,18 +89,7 @@ fn lab_answer(id: u64, method: &str) -> Vec<Vec<u8>> {
             body.resize(body.len() + len as usize, 0);
             vec![ok(id, &body)]
         }
-        "count" => {
-            let mut payloads = vec![ok(id, &[])];
-            for item in 0..5 {
-                let mut payload = head(0x06, id);
-                payload.push(item);
-                payloads.push(payload);
-            }
-            let mut end = head(0x07, id);
-            end.push(0x00);
-            payloads.push(end);
-            payloads
-        }
+        "count" => streamed(id, (0..5).map(|item| vec![item])),
         other => panic!("the client makes no call of `{other}`"),
     }
 }
@@ -331,17 +331,28 @@ async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
 
 /// One call of Odds', of the `turn`th kind.
 async fn call_odds(client: OddsClient, turn: usize, outcomes: Arc<Outcomes>) {
-    match turn % 4 {
+    match turn % 5 {
         0 => outcomes.count(client.items(Odd::sample()).await, 36),
         1 => outcomes.count(client.echo(Odd::sample()).await, Odd::sample()),
         2 => outcomes.count(client.present(HashMap::new()).await, 1),
-        _ => outcomes.count(client.names(Vec::new(), Unit, Empty {}).await, 2),
+        3 => outcomes.count(client.names(Vec::new(), Unit, Empty {}).await, 2),
+        _ => {
+            let items = async {
+                let mut stream = client.samples(3).await?;
+                let mut items = Vec::new();
+                while let Some(item) = stream.next().await {
+                    items.push(item?);
+                }
+                Ok(items)
+            };
+            outcomes.count(items.await, vec![Odd::sample(); 3]);
+        }
     }
 }
 
-/// Results of odd types mutated (structs of no fields, options of options, 128-bit integers,
-/// characters, floats, maps keyed by enums, sets of strings and of units): every call ends,
-/// nothing panics, and a well-behaved server of them is then called correctly.
+/// Results and streamed items of odd types mutated (structs of no fields, options of options,
+/// 128-bit integers, characters, floats, maps keyed by enums, sets of strings and of units):
+/// every call ends, nothing panics, and a well-behaved server of them is then called correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
     let methods = &OddsClient::INFO
@@ -355,6 +366,7 @@ async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
         "echo" => vec![ok(id, &echoed)],
         "present" => vec![ok(id, &[1])],
         "names" => vec![ok(id, &[2])],
+        "samples" => streamed(id, (0..3).map(|_| echoed.clone())),
         other => panic!("the client makes no call of `{other}`"),
     };
     let (listener, addr) = loopback_listener().await;

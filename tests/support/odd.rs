@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use rpc_core::Streaming;
 use serde::{Deserialize, Serialize};
 
 /// A map's key of three kinds.
@@ -123,6 +124,10 @@ pub trait Odds {
     async fn present(&self, by_key: HashMap<Key, Option<Option<i128>>>) -> u64;
     /// How many strings the sets hold, all told.
     async fn names(&self, sets: Vec<HashSet<String>>, unit: Unit, empty: Empty) -> u64;
+    /// How many items `odds` hold, all told, up to the first that fails.
+    async fn tally(&self, odds: Streaming<Odd>) -> u64;
+    /// `count` copies of [`Odd::sample`].
+    async fn samples(&self, count: u64) -> Streaming<Odd>;
 }
 
 /// The implementation.
@@ -147,6 +152,18 @@ impl Odds for OddsImpl {
 
     async fn names(&self, sets: Vec<HashSet<String>>, _: Unit, _: Empty) -> u64 {
         sets.iter().map(HashSet::len).sum::<usize>() as u64
+    }
+
+    async fn tally(&self, mut odds: Streaming<Odd>) -> u64 {
+        let mut items = 0;
+        while let Some(Ok(odd)) = odds.next().await {
+            items += odd.items();
+        }
+        items
+    }
+
+    async fn samples(&self, count: u64) -> Streaming<Odd> {
+        Streaming::iter((0..count).map(|_| Odd::sample()))
     }
 }
 
