@@ -189,18 +189,12 @@ async fn mutated_frames_of_deep_and_empty_values_then_a_client_is_served_correct
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
     use std::collections::{HashMap, HashSet};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use rpc_tests::odd::{self, Empty, Key, Odd, OddsClient, Unit};
 
-    let panics = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&panics);
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        report(info);
-    }));
+    let panics = rpc_tests::panics();
+    let before = panics.load(Ordering::SeqCst);
 
     let odd = Odd::sample();
     let by_key = HashMap::from([
@@ -232,8 +226,11 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
     assert_eq!(client.echo(odd.clone()).await.expect("echo"), odd);
     assert_eq!(client.present(by_key).await.expect("present"), 1);
     assert_eq!(client.names(sets, Unit, Empty {}).await.expect("names"), 2);
-    let _ = std::panic::take_hook();
-    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the server");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        before,
+        "a panic in the server"
+    );
 }
 
 /// Uploads of odd values, mutated: each a `tally` call whose three streamed items are
@@ -303,4 +300,55 @@ async fn mutated_uploads_of_odd_values_are_each_answered_then_a_client_is_served
         .expect("connects");
     let uploads = rpc_core::Streaming::iter([Odd::sample(), Odd::sample()]);
     assert_eq!(client.tally(uploads).await.expect("tally"), 72);
+}
+
+/// Hellos mutated (bytes changed, taken out, added, or cut off), each on a connection of its
+/// own: the server answers or refuses each and closes the connection once the client has
+/// closed its side, panics nothing, and then serves a client correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_hellos_are_each_answered_or_refused_then_a_client_is_served() {
+    use std::sync::atomic::Ordering;
+
+    const HELLOS: usize = 2_000;
+    let panics = rpc_tests::panics();
+    let before = panics.load(Ordering::SeqCst);
+    let addr = start_tcp_with(
+        Server::builder().handshake_timeout(Duration::from_secs(5)),
+        LabImpl::default(),
+    )
+    .await;
+    let hello = rpc_tests::hello("Lab", rpc_tests::VERSION)[4..].to_vec();
+    let mut rng = Rng(0x4e11_0f0d_5eed_0001);
+    let mut answered = 0;
+    within("the hellos", async {
+        for _ in 0..HELLOS {
+            let mut payload = hello.clone();
+            rng.mutate(&mut payload);
+            let mut raw = RawClient::connect(addr).await;
+            raw.stream
+                .write_all(&frame(&payload))
+                .await
+                .expect("the server reads a hello");
+            raw.stream.shutdown().await.expect("shuts down");
+            let mut answer = Vec::new();
+            // The server's answer, if any, then its end; a reset ends it too.
+            let _ = raw.stream.read_to_end(&mut answer).await;
+            answered += usize::from(answer.get(4) == Some(&0));
+        }
+    })
+    .await;
+    // A hello changed only in its limits or cut after its service is still a hello the
+    // server answers: some are, as the mutations leave many such.
+    assert!(answered > 0, "no mutated hello was answered");
+    assert!(answered < HELLOS, "every mutated hello was answered");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        before,
+        "a panic in the server"
+    );
+
+    let client = within("a client", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(client.add(20, 22).await.expect("add"), 42);
 }

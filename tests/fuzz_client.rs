@@ -236,20 +236,6 @@ async fn call_lab(client: LabClient, turn: usize, outcomes: Arc<Outcomes>) {
 const CALLERS: usize = 8;
 const CALLS: usize = 1000;
 
-/// How many panics the process has had, counted from the first call on.
-fn panics() -> &'static AtomicUsize {
-    static PANICS: AtomicUsize = AtomicUsize::new(0);
-    static COUNTING: std::sync::Once = std::sync::Once::new();
-    COUNTING.call_once(|| {
-        let report = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            report(info);
-        }));
-    });
-    &PANICS
-}
-
 /// Makes [`CALLERS`] callers of `client`'s each make [`CALLS`] calls, the `turn`th by
 /// `call(client, turn, outcomes)`, and checks that every call ended, nothing panicked, most
 /// answers were taken as they should be and some mutation failed a call.
@@ -259,7 +245,7 @@ where
     Call: Fn(C, usize, Arc<Outcomes>) -> Made + Copy + Send + 'static,
     Made: Future<Output = ()> + Send,
 {
-    let panics = panics();
+    let panics = rpc_tests::panics();
     let outcomes = Arc::new(Outcomes::default());
     let callers: Vec<_> = (0..CALLERS)
         .map(|caller| {
@@ -381,4 +367,62 @@ async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
         .await
         .expect("connects");
     assert_eq!(good.echo(Odd::sample()).await.expect("echo"), Odd::sample());
+}
+
+/// Serves every connection to `listener` with Lab's hello mutated (bytes changed, taken out,
+/// added, or cut off), then answers each `add` it is sent, and any other call (the schema a
+/// client asks for when a fingerprint differs) as an unknown method, until the test ends.
+async fn serve_mutated_hellos(listener: TcpListener) {
+    let hello = lab_hello(lab_methods(), 0, 0)[4..].to_vec();
+    let mut rng = Rng(0x4e11_0c11_e27f_0001);
+    loop {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        let mut payload = hello.clone();
+        rng.mutate(&mut payload);
+        tokio::spawn(async move {
+            if raw.stream.write_all(&frame(&payload)).await.is_err() {
+                return;
+            }
+            while let Some(request) = raw.read_frame().await {
+                let answer = match id_and_method(&request) {
+                    Some((id, "add")) => ok(id, &[0x0a]),
+                    Some((id, _)) => [head(0x02, id), vec![0x01, 0x01, 0x00]].concat(),
+                    None => continue,
+                };
+                if raw.stream.write_all(&frame(&answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A client meeting a server's mutated hellos, a connection each: every connect ends, with a
+/// client or an error; a client made calls on; nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connect_to_a_server_of_mutated_hellos_ends_and_nothing_panics() {
+    const HELLOS: usize = 1_000;
+    let panics = rpc_tests::panics();
+    let (listener, addr) = loopback_listener().await;
+    tokio::spawn(serve_mutated_hellos(listener));
+    let (mut connected, mut called) = (0, 0);
+    within("every connect and call", async {
+        for _ in 0..HELLOS {
+            let client = LabClient::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .deadline(Duration::from_millis(500))
+                .connect(addr)
+                .await;
+            if let Ok(client) = client {
+                connected += 1;
+                called += usize::from(client.add(2, 3).await.is_ok());
+            }
+        }
+    })
+    .await;
+    // Hellos changed only in their limits or past their methods still connect: some do, and
+    // their calls go through; most are refused.
+    assert!(called > 0, "no call went through");
+    assert!(connected < HELLOS, "every mutated hello was taken");
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
 }

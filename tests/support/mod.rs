@@ -420,6 +420,23 @@ pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// How many panics the process has had since this was first called, on any thread: the fuzz
+/// tests check that what they throw at a side panics nothing in it, which a panic caught by a
+/// task or a server (and so not failing the test) would otherwise hide.
+pub fn panics() -> &'static std::sync::atomic::AtomicUsize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    static COUNTING: std::sync::Once = std::sync::Once::new();
+    COUNTING.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            report(info);
+        }));
+    });
+    &PANICS
+}
+
 /// Calls the echoing Lab `method` with `args`, encoded by hand, and checks that the answer is
 /// a Response to id 4, Ok, then the same bytes.
 pub async fn echoed_as_sent(method: &str, args: &[u8]) {
