@@ -110,20 +110,12 @@ fn unasked(rng: &mut Rng) -> Vec<u8> {
     payload
 }
 
-/// `payload`, framed, after what `rng` does to it: mostly nothing; else bytes changed, cut or
-/// added; rarely a length prefix that claims less than follows, so that the frames after it
+/// `payload`, framed, after what `rng` does to it: mostly nothing; else bytes changed, taken
+/// out, added or cut off ([`Rng::mutate`]); rarely a length prefix that claims less than follows, so that the frames after it
 /// are read out of step, which sets `out_of_step`.
 fn mutated(rng: &mut Rng, mut payload: Vec<u8>, out_of_step: &mut bool) -> Vec<u8> {
-    match rng.below(100) {
-        0..=84 => {}
-        85..=92 => {
-            for _ in 0..1 + rng.below(3) {
-                let at = rng.below(payload.len());
-                payload[at] = rng.next_u64() as u8;
-            }
-        }
-        93..=95 => payload.truncate(rng.below(payload.len())),
-        _ => payload.extend((0..1 + rng.below(16)).map(|_| rng.next_u64() as u8)),
+    if rng.below(100) >= 85 {
+        rng.mutate(&mut payload);
     }
     let mut framed = frame(&payload);
     if rng.below(200) == 0 {
