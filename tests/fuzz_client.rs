@@ -418,3 +418,78 @@ async fn every_connect_to_a_server_of_mutated_hellos_ends_and_nothing_panics() {
     assert!(connected < HELLOS, "every mutated hello was taken");
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
 }
+
+/// A server whose `length` differs from the client's (its fingerprint changed, in its hello and
+/// in its description) and whose description of itself comes mutated: the client, refused a
+/// call for the difference, asks what differs and compares its schema with whatever the server
+/// sent, recursive types included (`Chain` holds itself); every call ends refused, saying what
+/// differs when it can tell; a description that decodes can be shown as Rust and its methods'
+/// canonical forms made; and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_refused_for_a_difference_against_mutated_descriptions_end_and_nothing_panics() {
+    use rpc_tests::nest::{Chain, NestClient};
+
+    const CALLS: usize = 2_000;
+    let panics = rpc_tests::panics();
+    let mut schema = NestClient::INFO
+        .describe()
+        .expect("Nest's types can be described")
+        .clone();
+    let length = schema
+        .methods
+        .iter_mut()
+        .find(|method| method.name == "length")
+        .expect("a method `length`");
+    length.fingerprint ^= 1;
+    let hello = service_hello("Nest", &schema.methods, 0, 0, STREAM_WINDOW);
+    let description = postcard::to_stdvec(&schema).expect("encodes");
+    let (listener, addr) = loopback_listener().await;
+    tokio::spawn(async move {
+        let mut rng = Rng(0xde5c_21be_0f0d_0001);
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.stream.write_all(&hello).await.expect("sends its hello");
+        while let Some(request) = raw.read_frame().await {
+            let Some((id, "rpc.describe")) = id_and_method(&request) else {
+                continue;
+            };
+            let mut described = description.clone();
+            if rng.below(4) != 0 {
+                rng.mutate(&mut described);
+            }
+            if raw
+                .stream
+                .write_all(&frame(&ok(id, &described)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let client = NestClient::connect(addr).await.expect("connects");
+    let (mut told, mut described) = (0, 0);
+    within("every call", async {
+        for _ in 0..CALLS {
+            match client.length(Chain::of(3)).await {
+                Err(RpcError::SignatureMismatch { difference, .. }) => {
+                    told += usize::from(difference.is_some());
+                }
+                other => panic!("a call refused for its signature, not {other:?}"),
+            }
+            // A description that decodes is shown as Rust, and its methods' canonical forms
+            // made, as `rpc describe` and the fingerprints do.
+            if let Ok(schema) = client.channel().describe().await {
+                described += 1;
+                assert!(schema.to_rust().contains(&schema.name));
+                for method in &schema.methods {
+                    let _ = schema.canonical_form(method);
+                }
+            }
+        }
+    })
+    .await;
+    assert!(described > 0, "no description decoded");
+    // The descriptions left whole, and some changed where it does not matter, say what differs.
+    assert!(told > 0, "no difference told");
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
+}
