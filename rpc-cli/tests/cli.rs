@@ -1,6 +1,7 @@
 //! `rpc` against real servers, the way grpcurl is used against gRPC ones: describing a service,
 //! calling it with JSON (streams both ways, metadata, deadlines, TLS), the errors a person
-//! gets for JSON that does not fit, and lock files.
+//! gets for JSON that does not fit, lock files, and what it does with a server whose answers
+//! come mutated.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -571,4 +572,85 @@ async fn a_server_of_several_services_is_described_and_called_service_by_service
         missing.contains("the server does not serve `Till`: it serves `Shop`, `Clock`"),
         "{missing}"
     );
+}
+
+/// A relay to the server at `target` that passes on what a client sends as it is, and the
+/// server's hello, but changes (bytes changed, taken out, added or cut off) one in two of the
+/// frames the server sends after it, framed again so that they stay frames: descriptions,
+/// results and stream items alike. Each connection from its own seed, drawn from `seed`.
+async fn mutating_relay(target: SocketAddr, seed: u64) -> SocketAddr {
+    use rpc_tests::rng::Rng;
+    use rpc_tests::{frame, read_frame_from};
+    use tokio::io::AsyncWriteExt;
+
+    let (listener, addr) = rpc_tests::loopback_listener().await;
+    tokio::spawn(async move {
+        let mut seeds = Rng(seed);
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                let _ = to_server.shutdown().await;
+            });
+            let mut rng = Rng(seeds.next_u64());
+            tokio::spawn(async move {
+                let mut hello = true;
+                while let Some(mut payload) = read_frame_from(&mut from_server).await {
+                    if !hello && rng.below(2) == 0 {
+                        rng.mutate(&mut payload);
+                    }
+                    hello = false;
+                    if to_client.write_all(&frame(&payload)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = to_client.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// `rpc` against a server whose descriptions, results and stream items come mutated: every
+/// run ends, with success (a change that still decodes), a failed call (exit code 1) or input
+/// the mutated description does not take (exit code 2), never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_ends_cleanly_whatever_a_mutated_server_sends() {
+    const RUNS: u64 = 210;
+    let addr = mutating_relay(serve(Server::builder()).await, 0x0c11_5eed_0f0d_0001).await;
+    let addr = addr.to_string();
+    let order = json!({"order": {"item": "tea", "quantity": 2, "size": {"Large": {"grams": 5}},
+        "note": "green", "tags": ["hot"], "extras": {"honey": 7}}})
+    .to_string();
+    let mut codes = BTreeMap::new();
+    within("every run", async {
+        for run in 0..RUNS {
+            // An answer whose id a change made another's is an answer to no call: its call
+            // waits for its deadline, which is short here.
+            let args = match run % 3 {
+                0 => vec!["describe", &addr, "--deadline", "1s"],
+                1 => vec!["call", &addr, "order", &order, "--deadline", "1s"],
+                _ => vec!["call", &addr, "countdown", "[5]", "--deadline", "1s"],
+            };
+            let output = rpc(&args, "").await;
+            let code = output.status.code();
+            assert!(
+                matches!(code, Some(0..=2)),
+                "rpc {args:?} ended with {code:?}: {}",
+                stderr(&output)
+            );
+            *codes.entry((run % 3, code)).or_insert(0) += 1;
+        }
+    })
+    .await;
+    // Of each command, some runs meet only changes that still decode, or none at all; some
+    // fail.
+    for command in 0..3 {
+        assert!(codes.contains_key(&(command, Some(0))), "{codes:?}");
+        assert!(codes.contains_key(&(command, Some(1))), "{codes:?}");
+    }
 }
