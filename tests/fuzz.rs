@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use rpc_core::Server;
 use rpc_tests::rng::Rng;
-use rpc_tests::{LabClient, LabImpl, RawClient, frame, request, start_tcp_with, within};
+use rpc_tests::{
+    LabClient, LabImpl, RawClient, frame, request, start_tcp_with, string, varint, within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A call to mutate: the method, and valid arguments.
@@ -228,7 +230,7 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_uploads_of_odd_values_are_each_answered_then_a_client_is_served() {
     use rpc_tests::odd::{self, Odd, OddsClient};
-    use rpc_tests::{read_frame_from, varint};
+    use rpc_tests::read_frame_from;
 
     const UPLOADS: u64 = 20_000;
     const ITEMS: usize = 3;
@@ -321,6 +323,84 @@ async fn mutated_hellos_are_each_answered_or_refused_then_a_client_is_served() {
     // server answers: some are, as the mutations leave many such.
     assert!(answered > 0, "no mutated hello was answered");
     assert!(answered < HELLOS, "every mutated hello was answered");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        before,
+        "a panic in the server"
+    );
+
+    let client = within("a client", LabClient::connect(addr))
+        .await
+        .expect("connects");
+    assert_eq!(client.add(20, 22).await.expect("add"), 42);
+}
+
+/// Metadata on the wire (docs/wire.md, section 4): a W3C trace context, a text value and a
+/// binary one.
+fn metadata() -> Vec<u8> {
+    let mut metadata = varint(3);
+    for (key, value) in [
+        (
+            "traceparent",
+            &b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+        ),
+        ("token", b"s3cr3t"),
+        ("bin", &[0, 1, 0xfe, 0xff]),
+    ] {
+        metadata.extend(string(key));
+        metadata.extend(varint(value.len() as u64));
+        metadata.extend_from_slice(value);
+    }
+    metadata
+}
+
+/// Requests whose deadline and metadata come mutated, each on a connection of its own and
+/// followed by a valid call: a head that still decodes gets its call answered or refused, and
+/// the valid call after it answered, on a connection that lives on; one that does not is a
+/// protocol error that closes its connection (docs/wire.md, section 4). Nothing panics, and a
+/// client is then served correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_metadata_fails_its_call_or_its_connection_and_nothing_panics() {
+    use std::sync::atomic::Ordering;
+
+    use rpc_tests::read_frame_from;
+
+    const REQUESTS: usize = 3_000;
+    let panics = rpc_tests::panics();
+    let before = panics.load(Ordering::SeqCst);
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let hello = rpc_tests::hello("Lab", rpc_tests::VERSION);
+    let valid = request(2, "add", &[0x04, 0x06]);
+    let mut rng = Rng(0x3e7a_da7a_0f0d_0001);
+    let (mut lived, mut closed) = (0, 0);
+    within("the requests", async {
+        for _ in 0..REQUESTS {
+            let mut payload = request(1, "add", &[])[4..].to_vec();
+            payload.truncate(payload.len() - 2); // before the deadline's and metadata's zeros
+            let mut rest = varint(rng.below(2) as u64 * 1000);
+            rest.extend(metadata());
+            rest.extend_from_slice(&[0x04, 0x06]);
+            rng.mutate(&mut rest);
+            payload.extend(rest);
+            let mut raw = RawClient::greet(addr, &hello).await;
+            raw.stream
+                .write_all(&[frame(&payload), valid.clone()].concat())
+                .await
+                .expect("the server reads them");
+            raw.stream.shutdown().await.expect("shuts down");
+            let mut answered_valid = false;
+            while let Some(answer) = read_frame_from(&mut raw.stream).await {
+                answered_valid |= answer.starts_with(&[0x02, 0x02, 0x00]);
+            }
+            if answered_valid {
+                lived += 1;
+            } else {
+                closed += 1;
+            }
+        }
+    })
+    .await;
+    assert!(lived > 0 && closed > 0, "{lived} lived, {closed} closed");
     assert_eq!(
         panics.load(Ordering::SeqCst),
         before,
