@@ -493,3 +493,115 @@ async fn calls_refused_for_a_difference_against_mutated_descriptions_end_and_not
     assert!(told > 0, "no difference told");
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
 }
+
+/// A server that calls its client back with calls mutated, on connections of their own: in
+/// three connections of four, the arguments of each call back (bytes changed, taken out, added
+/// or cut off), each of which the client answers, with its result or an error, before the
+/// server answers the client's own call; in the fourth, one whole frame of the reverse
+/// connection, which may end it. The client's own call on the outer connection is answered
+/// every time, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_calls_back_fail_only_the_reverse_connection_and_nothing_panics() {
+    use rpc_tests::{LabImpl, LabServer, reverse_frame, string};
+
+    const CONNECTIONS: usize = 200;
+    const CALLS_BACK: u64 = 20;
+    let panics = rpc_tests::panics();
+    // The server's reverse hello (docs/wire.md, section 12): no service, no methods.
+    let mut reverse_hello = vec![0x00];
+    reverse_hello.extend(b"rpcc");
+    reverse_hello.extend(varint(rpc_tests::VERSION.into()));
+    reverse_hello.extend(varint(16 * 1024 * 1024 - 1));
+    reverse_hello.extend(string(""));
+    reverse_hello.extend([0x00, 0x00, 0x00]);
+    reverse_hello.extend(varint(STREAM_WINDOW.into()));
+    // Calls back answered, and reverse connections the client ended, over all connections.
+    let seen = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let counted = Arc::clone(&seen);
+    let (listener, addr) = loopback_listener().await;
+    tokio::spawn(async move {
+        let mut seeds = Rng(0x2e7e_25e0_0f0d_0001);
+        loop {
+            let (mut raw, _) = RawClient::accept(&listener).await;
+            let mut rng = Rng(seeds.next_u64());
+            let mut opening = lab_hello(lab_methods(), 0, 0);
+            opening.extend(reverse_frame(&frame(&reverse_hello)));
+            let seen = Arc::clone(&counted);
+            tokio::spawn(async move {
+                if raw.stream.write_all(&opening).await.is_err() {
+                    return;
+                }
+                let whole_frame = rng.below(4) == 0;
+                let mutated_whole = 1 + rng.below(CALLS_BACK as usize) as u64;
+                let mut calls_back = Vec::new();
+                for id in 1..=CALLS_BACK {
+                    let mut call = rpc_tests::request(id, "add", &[])[4..].to_vec();
+                    let mut args = vec![0x04, 0x06];
+                    if whole_frame {
+                        call.extend(args);
+                        if id == mutated_whole {
+                            rng.mutate(&mut call);
+                        }
+                    } else {
+                        rng.mutate(&mut args);
+                        call.extend(args);
+                    }
+                    calls_back.extend(frame(&[&[0x09][..], &call].concat()));
+                }
+                let (mut answered, mut ended, mut held) = (0, false, None);
+                while let Some(payload) = raw.read_frame().await {
+                    if payload.starts_with(&[0x09, 0x00]) {
+                        // The client's reverse hello: the calls back go.
+                        if raw.stream.write_all(&calls_back).await.is_err() {
+                            return;
+                        }
+                    } else if let Some((id, "add")) = id_and_method(&payload) {
+                        held = Some(id);
+                    } else if payload.starts_with(&[0x09, 0x02]) {
+                        answered += 1;
+                        seen.0.fetch_add(1, Ordering::Relaxed);
+                    } else if payload == [0x09] {
+                        ended = true;
+                        seen.1.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The client's own call is answered once every call back has been, unless
+                    // a whole frame was mutated, which may leave some unanswered.
+                    let settled = whole_frame || ended || answered >= CALLS_BACK;
+                    if let Some(id) = held.filter(|_| settled) {
+                        held = None;
+                        if raw
+                            .stream
+                            .write_all(&frame(&ok(id, &[0x0a])))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    within("every connection", async {
+        for _ in 0..CONNECTIONS {
+            let client = LabClient::builder()
+                .serve(LabServer::new(LabImpl::default()))
+                .connect(addr)
+                .await
+                .expect("connects");
+            let added = client.add(2, 3).await;
+            assert_eq!(added.expect("the outer connection serves on"), 5);
+        }
+    })
+    .await;
+    let (answered, ended) = (
+        seen.0.load(Ordering::Relaxed),
+        seen.1.load(Ordering::Relaxed),
+    );
+    assert!(
+        answered >= CONNECTIONS / 2 * CALLS_BACK as usize,
+        "{answered} calls back answered"
+    );
+    assert!(ended > 0, "no mutated frame ended a reverse connection");
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the client");
+}
