@@ -405,3 +405,96 @@ async fn panicked_nothing_and_serves_a_client(addr: std::net::SocketAddr, before
         .expect("connects");
     assert_eq!(client.add(20, 22).await.expect("add"), 42);
 }
+
+/// Streamed results under credit a client grants at random: on connections of their own, each
+/// with a window of five items, five `count` streams of ten items are opened; as items come,
+/// the client grants their cost back, now and then grants a byte to an id that streams nothing
+/// (ignored) and cancels some streams; on one connection in four it also grants up to
+/// 2^64 - 1 bytes at once, past what the items sent cost or past a credit's width, which
+/// closes the connection (docs/wire.md, section 7). Nothing overflows or
+/// panics, every connection ends once its client has closed its side, and a client is then
+/// served correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_credit_ends_its_streams_or_its_connection_and_nothing_panics() {
+    use std::sync::atomic::Ordering;
+
+    use rpc_tests::read_frame_from;
+
+    const CONNECTIONS: usize = 300;
+    const READS: usize = 100;
+    let before = rpc_tests::panics().load(Ordering::SeqCst);
+    let addr = start_tcp_with(Server::builder(), LabImpl::default()).await;
+    let window = 5 * rpc_tests::item_cost(3);
+    let hello = rpc_tests::hello_with_window("Lab", rpc_tests::VERSION, window as u32);
+    let mut rng = Rng(0xc2ed_17f0_0f0d_0001);
+    let (mut ended, mut cut_off) = (0, 0);
+    within("every connection", async {
+        for _ in 0..CONNECTIONS {
+            let mut raw = RawClient::greet(addr, &hello).await;
+            let requests: Vec<u8> = (1..=5).flat_map(|id| request(id, "count", &[10])).collect();
+            raw.stream
+                .write_all(&requests)
+                .await
+                .expect("the server reads");
+            let lies = rng.below(4) == 0;
+            let mut closed = false;
+            // Until every stream has ended or been cancelled (after which the server sends
+            // nothing more of it): a stream granted each item's cost back never starves, so
+            // frames keep coming until then.
+            let mut open: std::collections::BTreeSet<u8> = (1..=5).collect();
+            for _ in 0..READS {
+                if open.is_empty() {
+                    break;
+                }
+                let Some(payload) = read_frame_from(&mut raw.stream).await else {
+                    closed = true;
+                    break;
+                };
+                if payload[0] == 0x07 {
+                    ended += 1;
+                    open.remove(&payload[1]);
+                }
+                if payload[0] != 0x06 || !open.contains(&payload[1]) {
+                    continue;
+                }
+                // An item of stream `id`: its cost granted back, or now and then the stream
+                // cancelled; a lying client grants anything besides, now and then.
+                let id = varint(u64::from(payload[1]));
+                let cost = rpc_tests::item_cost(payload.len());
+                let mut answer = if rng.below(10) == 0 {
+                    open.remove(&payload[1]);
+                    frame(&[&[0x03][..], &id].concat())
+                } else {
+                    frame(&[&[0x08][..], &id, &varint(cost)].concat())
+                };
+                if lies && rng.below(10) == 0 {
+                    // Besides the cost: within what the items sent cost, still honest; past it,
+                    // or past a credit's width, a protocol error.
+                    let bits = [12, 32, 63, 64][rng.below(4)];
+                    let lie = varint(rng.next_u64() >> (64 - bits));
+                    answer.extend(frame(&[&[0x08][..], &id, &lie].concat()));
+                }
+                if rng.below(10) == 0 {
+                    // A grant to an id that streams nothing: ignored (docs/wire.md, section 7).
+                    let other = varint(6 + rng.below(100) as u64);
+                    answer.extend(frame(&[&[0x08][..], &other, &varint(1)].concat()));
+                }
+                if raw.stream.write_all(&answer).await.is_err() {
+                    closed = true;
+                    break;
+                }
+            }
+            cut_off += usize::from(closed);
+            raw.stream.shutdown().await.ok();
+            let mut rest = Vec::new();
+            let _ = raw.stream.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    // Streams ran to their end, and lying grants cut connections off.
+    assert!(
+        ended > 0 && cut_off > 0,
+        "{ended} streams ended, {cut_off} cut off"
+    );
+    panicked_nothing_and_serves_a_client(addr, before).await;
+}
