@@ -94,9 +94,15 @@ fn lab_answer(id: u64, method: &str) -> Vec<Vec<u8>> {
     }
 }
 
-/// A frame the client did not ask for: a ping, or a credit, stream frame or result for an id
-/// that may be any call's or none.
+/// A frame the client did not ask for: a ping, a GoAway (any reason, rarely), or a credit,
+/// stream frame or result for an id that may be any call's or none.
 fn unasked(rng: &mut Rng) -> Vec<u8> {
+    if rng.below(50) == 0 {
+        let mut go_away = vec![0x05];
+        go_away.extend(varint(rng.below(6) as u64));
+        go_away.extend(rpc_tests::string("going"));
+        return go_away;
+    }
     let id = varint(rng.below(300) as u64);
     let mut payload = match rng.below(5) {
         0 => return vec![0x04],
