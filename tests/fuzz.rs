@@ -4,7 +4,8 @@
 //! answers or refuses them, and the few that break the protocol cost only their connection.
 //! The same, fewer, for a service of the types that cost a decoder most for their bytes
 //! (values nested deep, and sequences of items of no bytes), and for one of odd types, as
-//! arguments and as the items of uploads.
+//! arguments and as the items of uploads. And the rest of what a client sends a server:
+//! hellos, requests' deadlines and metadata, and credit for streamed results.
 
 use std::time::Duration;
 

@@ -4,10 +4,12 @@
 //! made from valid ones (results of `add`, `echo` and `zeros`, small and large enough to be
 //! read into memory of their own; `count`'s stream of items and its end) with bytes changed,
 //! cut or added at random, answers lost or sent twice, and frames the client did not ask for
-//! (pings, credits, stream frames and results of other ids) sent between them. The same for a
-//! service of odd types (`rpc_tests::odd`), whose results a changed byte makes invalid in more
-//! ways: a `bool` of `2`, a `char` past `0x10FFFF`, text that is not UTF-8, a variant that does
-//! not exist.
+//! (pings, GoAways, credits, stream frames and results of other ids) sent between them. The
+//! same for a service of odd types (`rpc_tests::odd`), whose results a changed byte makes
+//! invalid in more ways: a `bool` of `2`, a `char` past `0x10FFFF`, text that is not UTF-8, a
+//! variant that does not exist. And the other things a server sends a client: its hello, its
+//! description of itself (which a client refused for a changed fingerprint compares with its
+//! own schema), and its calls back to a client that serves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
