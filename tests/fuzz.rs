@@ -225,7 +225,8 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
 }
 
 /// Uploads of odd values, mutated: each a `tally` call whose three streamed items are
-/// `Odd::sample` with bytes changed, added or taken out now and then, then the stream's end.
+/// `Odd::sample`, one in two of them mutated (bytes changed, taken out, added or cut off), then
+/// the stream's end.
 /// The server answers every call, from the items it could read, on the one connection, and
 /// then serves a client correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,9 +413,8 @@ async fn panicked_nothing_and_serves_a_client(addr: std::net::SocketAddr, before
 /// the client grants their cost back, now and then grants a byte to an id that streams nothing
 /// (ignored) and cancels some streams; on one connection in four it also grants up to
 /// 2^64 - 1 bytes at once, past what the items sent cost or past a credit's width, which
-/// closes the connection (docs/wire.md, section 7). Nothing overflows or
-/// panics, every connection ends once its client has closed its side, and a client is then
-/// served correctly.
+/// closes the connection (docs/wire.md, section 7). Nothing overflows or panics, every
+/// connection ends once its client has closed its side, and a client is then served correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_credit_ends_its_streams_or_its_connection_and_nothing_panics() {
     use std::sync::atomic::Ordering;
