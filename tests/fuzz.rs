@@ -179,14 +179,36 @@ async fn mutated_frames_of_deep_and_empty_values_then_a_client_is_served_correct
 /// answers what does, never panics, and then serves a client correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
+    flood_odds(rpc_tests::odd::serve().await).await;
+}
+
+/// The same through tower layers and an interceptor, where a call's arguments reach the
+/// middleware before the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_frames_of_odd_types_through_middleware_then_a_client_is_served() {
+    use rpc_tests::odd::{OddsImpl, OddsServer};
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(4))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)));
+    let builder = Server::builder()
+        .intercept(|call| match call.metadata().get_str("token") {
+            Some("no") => Err(rpc_core::Status::permission_denied("not for you")),
+            _ => Ok(()),
+        })
+        .layer(layers);
+    flood_odds(rpc_tests::serve_on_loopback(builder, OddsServer::new(OddsImpl)).await).await;
+}
+
+/// Throws 100,000 mutated calls of `Odds` at the server at `addr`, then checks that nothing
+/// panicked and that a client is served correctly.
+async fn flood_odds(addr: std::net::SocketAddr) {
     use std::collections::{HashMap, HashSet};
     use std::sync::atomic::Ordering;
 
-    use rpc_tests::odd::{self, Empty, Key, Odd, OddsClient, Unit};
+    use rpc_tests::odd::{Empty, Key, Odd, OddsClient, Unit};
 
-    let panics = rpc_tests::panics();
-    let before = panics.load(Ordering::SeqCst);
-
+    let before = rpc_tests::panics().load(Ordering::SeqCst);
     let odd = Odd::sample();
     let by_key = HashMap::from([
         (Key::Named { at: -5 }, Some(Some(-1i128 << 100))),
@@ -206,7 +228,6 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
         ("present", &by_key_bytes),
         ("names", &names_bytes),
     ];
-    let addr = odd::serve().await;
     let hello = rpc_tests::hello("Odds", rpc_tests::VERSION);
     flood(addr, &hello, &calls, FRAMES / 10).await;
 
@@ -217,11 +238,8 @@ async fn mutated_frames_of_odd_types_then_a_client_is_served_correctly() {
     assert_eq!(client.echo(odd.clone()).await.expect("echo"), odd);
     assert_eq!(client.present(by_key).await.expect("present"), 1);
     assert_eq!(client.names(sets, Unit, Empty {}).await.expect("names"), 2);
-    assert_eq!(
-        panics.load(Ordering::SeqCst),
-        before,
-        "a panic in the server"
-    );
+    let panics = rpc_tests::panics().load(Ordering::SeqCst);
+    assert_eq!(panics, before, "a panic in the server");
 }
 
 /// Uploads of odd values, mutated: each a `tally` call whose three streamed items are
