@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use rpc_core::{RpcError, ServiceClient};
 use rpc_tests::odd::{self, Empty, Odd, OddsClient, Unit};
 use rpc_tests::rng::Rng;
@@ -219,14 +220,7 @@ async fn call_lab(client: LabClient, turn: usize, outcomes: Arc<Outcomes>) {
             outcomes.count(result, true);
         }
         _ => {
-            let items = async {
-                let mut stream = client.count(5).await?;
-                let mut items = Vec::new();
-                while let Some(item) = stream.next().await {
-                    items.push(item?);
-                }
-                Ok(items)
-            };
+            let items = async { client.count(5).await?.try_collect::<Vec<_>>().await };
             outcomes.count(items.await, vec![0, 1, 2, 3, 4]);
         }
     }
@@ -323,14 +317,7 @@ async fn call_odds(client: OddsClient, turn: usize, outcomes: Arc<Outcomes>) {
         2 => outcomes.count(client.present(HashMap::new()).await, 1),
         3 => outcomes.count(client.names(Vec::new(), Unit, Empty {}).await, 2),
         _ => {
-            let items = async {
-                let mut stream = client.samples(3).await?;
-                let mut items = Vec::new();
-                while let Some(item) = stream.next().await {
-                    items.push(item?);
-                }
-                Ok(items)
-            };
+            let items = async { client.samples(3).await?.try_collect::<Vec<_>>().await };
             outcomes.count(items.await, vec![Odd::sample(); 3]);
         }
     }
