@@ -79,6 +79,7 @@ const FLAGS: &[&str] = &[
     "--remote",
     "--setup",
     "--tracing",
+    "--traced-figures",
     "--profile",
     "--quick",
     "--tls",
@@ -149,7 +150,31 @@ fn main() {
         }
     };
     if flag("--tracing").is_some() {
+        if flag("--profile").is_none() && flag("--traced-figures").is_none() {
+            eprintln!(
+                "rpc-bench: --tracing goes with --profile; a full run measures tracing's cost \
+                 in a section of its own"
+            );
+            std::process::exit(2);
+        }
         setup::trace_everything();
+    }
+    if flag("--traced-figures").is_some() {
+        // A client of the tracing section's (`traced_rounds`), in a process of its own.
+        let effort = if flag("--quick").is_some() {
+            Effort::QUICK
+        } else {
+            Effort::FULL
+        };
+        let what = match flag("--tracing") {
+            Some(_) => " with tracing on",
+            None => " with tracing off",
+        };
+        let figures = across_processes::<RpcCore, _>(what, |server| {
+            workloads::traced::<RpcCore>(server, effort)
+        });
+        println!("{}", figures.to_line());
+        return;
     }
     if let Some(at) = flag("--profile") {
         let workload = args.get(at + 1).cloned().unwrap_or_default();
@@ -256,27 +281,14 @@ fn main() {
         );
         results
     });
-    // Last: the subscriber, once installed, stays for the rest of the process.
-    let traced = runs
-        .iter()
-        .find(|run| run.setup == Setup::CrossProcess && flag("--tracing").is_none())
-        .map(|run| {
-            setup::trace_everything();
-            let results = report::TracedResults {
-                off: workloads::TracedFigures {
-                    latency_p50_us: run.rpc.latency_p50_us,
-                    pipelined_256: run.rpc.pipelined_256,
-                },
-                on: across_processes::<RpcCore, _>(" with tracing on", |server| {
-                    workloads::traced::<RpcCore>(server, effort)
-                }),
-            };
-            println!(
-                "\n## tracing on, cross-process\n\n{}",
-                report::traced_table(&results)
-            );
-            results
-        });
+    let traced = (setups.contains(&Setup::CrossProcess) && !tls_only && !busy_only).then(|| {
+        let results = traced_rounds(effort, flag("--quick").is_some());
+        println!(
+            "\n## tracing on, cross-process\n\n{}",
+            report::traced_table(&results)
+        );
+        results
+    });
     let local = runs
         .iter()
         .find(|run| run.setup == Setup::CrossProcess)
@@ -306,6 +318,59 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     deployment.run(workloads::measure::<S>(server, effort))
+}
+
+/// rpc-core across two processes without and with a tracing subscriber, each figure the median
+/// of `effort.rounds` rounds that measure both, one after the other in an order each round
+/// reverses. Each measurement's client runs in a process of its own (`--traced-figures`, with
+/// its server in a child of that), as a subscriber once installed stays for the rest of its
+/// process, and this one measures the other sections without.
+fn traced_rounds(effort: Effort, quick: bool) -> report::TracedResults {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..effort.rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for traced in order {
+            let figures = traced_in_child(traced, quick);
+            if traced {
+                on.push(figures);
+            } else {
+                off.push(figures);
+            }
+        }
+    }
+    report::TracedResults {
+        off: workloads::TracedFigures::median(&off),
+        on: workloads::TracedFigures::median(&on),
+    }
+}
+
+/// One measurement of [`traced_rounds`]: this program run as `rpc-bench --traced-figures`, with
+/// `--tracing` if `traced`, which prints its figures on one line.
+fn traced_in_child(traced: bool, quick: bool) -> workloads::TracedFigures {
+    let program = std::env::current_exe().expect("the benchmark's own path");
+    let mut command = std::process::Command::new(program);
+    command.arg("--traced-figures");
+    if traced {
+        command.arg("--tracing");
+    }
+    if quick {
+        command.arg("--quick");
+    }
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("starts the measuring client's process");
+    assert!(
+        output.status.success(),
+        "the measuring client failed: {}",
+        output.status
+    );
+    let line = String::from_utf8_lossy(&output.stdout);
+    workloads::TracedFigures::from_line(&line).expect("the measuring client's figures")
 }
 
 /// Sequential calls through a local client, on the default multi-thread runtime.

@@ -577,7 +577,8 @@ pub fn write(
             "## Tracing on, two processes\n\nrpc-core with a `tracing` subscriber installed in \
              both processes (`tracing-subscriber`'s registry, which records every span and \
              event and writes nothing: what spans cost before any output), against the same \
-             run without one.\n\n```sh\ncargo run --release -p rpc-bench -- --profile \
+             workloads without one, measured in the same rounds: each round measures both, in \
+             turn, the client of each in a process of its own.\n\n```sh\ncargo run --release -p rpc-bench -- --profile \
              latency --tracing\n```\n\n{}\n",
             traced_table(traced)
         );

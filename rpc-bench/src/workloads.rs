@@ -81,11 +81,7 @@ pub struct Figures {
 impl Figures {
     /// Each figure's median over `rounds` (the lower middle one of an even count).
     pub fn median(rounds: &[Figures]) -> Figures {
-        let median = |figure: fn(&Figures) -> Option<f64>| {
-            let mut values: Vec<f64> = rounds.iter().filter_map(figure).collect();
-            values.sort_by(f64::total_cmp);
-            values.get(values.len().saturating_sub(1) / 2).copied()
-        };
+        let median = |figure| median_of(rounds, figure);
         Figures {
             latency_p50_us: median(|f| f.latency_p50_us),
             latency_p99_us: median(|f| f.latency_p99_us),
@@ -103,6 +99,14 @@ impl Figures {
             idle_connection_bytes: median(|f| f.idle_connection_bytes),
         }
     }
+}
+
+/// The median of one figure over `rounds` that measured it (the lower middle one of an even
+/// count); `None` if none did.
+fn median_of<T>(rounds: &[T], figure: fn(&T) -> Option<f64>) -> Option<f64> {
+    let mut values: Vec<f64> = rounds.iter().filter_map(figure).collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied()
 }
 
 /// Every workload, in an order where none disturbs the next: idle memory first, while nothing
@@ -172,7 +176,43 @@ pub struct TracedFigures {
     pub pipelined_256: Option<f64>,
 }
 
-/// The figures of a system with a subscriber installed in both processes.
+impl TracedFigures {
+    /// Each figure's median over `rounds` (the lower middle one of an even count).
+    pub fn median(rounds: &[TracedFigures]) -> TracedFigures {
+        let median = |figure| median_of(rounds, figure);
+        TracedFigures {
+            latency_p50_us: median(|f| f.latency_p50_us),
+            pipelined_256: median(|f| f.pipelined_256),
+        }
+    }
+
+    /// The figures on one line, for the process that measured them to tell the one that
+    /// started it: a figure not measured as `-`.
+    pub fn to_line(self) -> String {
+        let field = |figure: Option<f64>| figure.map_or_else(|| "-".to_owned(), |f| f.to_string());
+        format!(
+            "{} {}",
+            field(self.latency_p50_us),
+            field(self.pipelined_256)
+        )
+    }
+
+    /// Reads what [`TracedFigures::to_line`] wrote.
+    pub fn from_line(line: &str) -> Option<TracedFigures> {
+        let field = |text: &str| match text {
+            "-" => Some(None),
+            number => number.parse().ok().map(Some),
+        };
+        let mut fields = line.split_whitespace();
+        Some(TracedFigures {
+            latency_p50_us: field(fields.next()?)?,
+            pipelined_256: field(fields.next()?)?,
+        })
+    }
+}
+
+/// The figures of a system where tracing costs most (measured with a subscriber installed in
+/// both processes and without one, each time in processes of their own: `--traced-figures`).
 pub async fn traced<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TracedFigures {
     let mut client = S::connect(server.addr).await;
     let (p50, _) = latency::<S>(&mut client, effort).await;
@@ -492,4 +532,51 @@ pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> Option<f64>
     let after = server.counters()?;
     drop(clients);
     Some((after - before).live_bytes as f64 / CONNECTIONS as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TracedFigures;
+
+    #[test]
+    fn traced_figures_cross_the_pipe_whole() {
+        let measured = TracedFigures {
+            latency_p50_us: Some(14.001),
+            pipelined_256: Some(1_198_140.523_478_614_9),
+        };
+        let read = TracedFigures::from_line(&measured.to_line()).expect("figures");
+        assert_eq!(read.latency_p50_us, measured.latency_p50_us);
+        assert_eq!(read.pipelined_256, measured.pipelined_256);
+        let unmeasured = TracedFigures {
+            latency_p50_us: Some(9.5),
+            pipelined_256: None,
+        };
+        let read = TracedFigures::from_line(&unmeasured.to_line()).expect("figures");
+        assert_eq!(read.latency_p50_us, Some(9.5));
+        assert_eq!(read.pipelined_256, None);
+        assert!(
+            TracedFigures::from_line("9.5").is_none(),
+            "a figure missing"
+        );
+        assert!(
+            TracedFigures::from_line("9.5 fast").is_none(),
+            "not a number"
+        );
+    }
+
+    #[test]
+    fn the_median_of_traced_rounds_is_each_figures_middle() {
+        let round = |p50, rate| TracedFigures {
+            latency_p50_us: Some(p50),
+            pipelined_256: rate,
+        };
+        let rounds = [
+            round(14.0, Some(1.2e6)),
+            round(10.0, None),
+            round(12.0, Some(0.8e6)),
+        ];
+        let median = TracedFigures::median(&rounds);
+        assert_eq!(median.latency_p50_us, Some(12.0));
+        assert_eq!(median.pipelined_256, Some(0.8e6), "the lower of two");
+    }
 }
