@@ -34,7 +34,9 @@ const ZERO_SIZED_ITEMS: usize = 4096;
 pub type Types = BTreeMap<String, TypeDef>;
 
 /// Encodes a call's arguments: a JSON object keyed by the arguments' names, or an array of them
-/// in order. A method without arguments takes `{}`, `[]` or `null`.
+/// in order. A method without arguments takes `{}`, `[]` or `null`; a method of one argument
+/// also takes that argument's value alone, unless it is an object or an array (read as above:
+/// `{"order": {...}}` or `[{...}]` for an argument that is a struct).
 pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result<Vec<u8>, String> {
     let args = &method.args;
     let values: Vec<&Value> = match json {
@@ -77,6 +79,7 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
             }
             values
         }
+        alone if args.len() == 1 => vec![alone],
         other => {
             return Err(format!(
                 "the arguments of `{}` are a JSON object keyed by name, or an array: ({}); \
@@ -1248,8 +1251,16 @@ mod tests {
             .arg::<i64>("b")
             .returns::<i64>();
         tracer.method("now", false).returns::<u64>();
+        tracer
+            .method("name", false)
+            .arg::<Option<String>>("of")
+            .returns::<String>();
         let service = tracer.finish().expect("a schema");
-        let (add, now) = (&service.methods[0], &service.methods[1]);
+        let (add, now, name) = (
+            &service.methods[0],
+            &service.methods[1],
+            &service.methods[2],
+        );
         let bytes = postcard::to_allocvec(&(2i64, -3i64)).expect("encodes");
         let types = &service.types;
         assert_eq!(encode_args(add, types, &json!([2, -3])), Ok(bytes.clone()));
@@ -1259,6 +1270,14 @@ mod tests {
         );
         assert_eq!(encode_args(now, types, &json!(null)), Ok(Vec::new()));
         assert_eq!(encode_args(now, types, &json!([])), Ok(Vec::new()));
+        // A method of one argument takes its value alone, `null` included, unless an object
+        // or an array, which are all the arguments.
+        let some = postcard::to_allocvec(&Some("ada")).expect("encodes");
+        assert_eq!(encode_args(name, types, &json!("ada")), Ok(some.clone()));
+        assert_eq!(encode_args(name, types, &json!(["ada"])), Ok(some.clone()));
+        assert_eq!(encode_args(name, types, &json!({"of": "ada"})), Ok(some));
+        let none = postcard::to_allocvec(&None::<String>).expect("encodes");
+        assert_eq!(encode_args(name, types, &json!(null)), Ok(none));
         assert_eq!(
             encode_args(add, types, &json!(null)),
             Err(

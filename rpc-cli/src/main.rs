@@ -1,6 +1,6 @@
 //! `rpc`: describe and call any rpc-core server from the command line, with JSON.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,9 +41,12 @@ enum Command {
         /// The method to call: `add`, or `Kv.get` for a method of another service of a server
         /// of several.
         method: String,
-        /// The arguments: an object keyed by name (`{"a": 2, "b": 3}`) or an array in order
-        /// (`[2, 3]`); nothing for a method without arguments.
-        args: Option<String>,
+        /// The arguments, as JSON: each argument's value in order (`2 3`, `'"text"'`), or all of
+        /// them as one object keyed by name (`'{"a": 2, "b": 3}'`) or one array (`[2, 3]`);
+        /// nothing for a method without arguments. A lone object or array is read as all the
+        /// arguments, so an argument that is a struct goes as `'{"order": {...}}'`.
+        #[arg(allow_negative_numbers = true)]
+        args: Vec<String>,
     },
     /// Ask whether the server is serving (its own service, or the one `--service` names):
     /// prints `serving`, `not serving` or `service unknown`, and exits 0 only for `serving`.
@@ -111,6 +114,21 @@ enum Failure {
     Usage(String),
     /// The call, the connection or the check failed: exit code 1.
     Failed(String),
+    /// Whatever read the output stopped reading it (`rpc call ... | head -3`): the work is
+    /// dropped, a call in flight cancelled, and `rpc` exits quietly, with code 0.
+    OutputClosed,
+}
+
+/// Writes `text` to standard output; a reader that went away ends the command quietly
+/// ([`Failure::OutputClosed`]) instead of with a panic, as `println!` would.
+fn out(text: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(text)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::OutputClosed,
+            _ => Failure::Failed(format!("the output could not be written: {error}")),
+        })
 }
 
 impl From<RpcError> for Failure {
@@ -141,7 +159,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("rpc: {message}");
             ExitCode::from(2)
@@ -158,7 +176,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Describe { target } => {
             let (client, schema) = connect(&target).await?;
             if target.service.is_some() {
-                print!("{}", schema.to_rust());
+                out(format_args!("{}", schema.to_rust()))?;
                 return Ok(());
             }
             for (at, service) in client.services().await?.iter().enumerate() {
@@ -168,9 +186,9 @@ async fn run(command: Command) -> Result<(), Failure> {
                     client.describe_service(service).await?
                 };
                 if at > 0 {
-                    println!();
+                    out(format_args!("\n"))?;
                 }
-                print!("{}", schema.to_rust());
+                out(format_args!("{}", schema.to_rust()))?;
             }
             Ok(())
         }
@@ -193,19 +211,20 @@ async fn run(command: Command) -> Result<(), Failure> {
                 }
                 None => method,
             };
+            let args = typed_args(&args)?;
             let (client, schema) = connect(&target).await?;
             let service = target.service.as_deref();
-            call(&client, &schema, service, &method, args.as_deref()).await
+            call(&client, &schema, service, &method, &args).await
         }
         Command::Health { target, watch } => health(&target, watch).await,
         Command::Lock { target, file } => {
             let (_, schema) = connect(&target).await?;
             lockfile::write(&schema, &file).map_err(|e| Failure::Failed(e.to_string()))?;
-            println!(
-                "wrote the schema of `{}` to {}",
+            out(format_args!(
+                "wrote the schema of `{}` to {}\n",
                 schema.name,
                 file.display()
-            );
+            ))?;
             Ok(())
         }
         Command::Check { target, file } => {
@@ -215,7 +234,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             if !broken.is_empty() {
                 return Err(Failure::Failed(LockError::Incompatible(broken).to_string()));
             }
-            println!("`{}` is compatible with {}", schema.name, file.display());
+            out(format_args!(
+                "`{}` is compatible with {}\n",
+                schema.name,
+                file.display()
+            ))?;
             Ok(())
         }
     }
@@ -270,13 +293,13 @@ async fn health(target: &Target, watch: bool) -> Result<(), Failure> {
         let mut last = None;
         while let Some(status) = statuses.next().await {
             let status = status?;
-            println!("{status}");
+            out(format_args!("{status}\n"))?;
             last = Some(status);
         }
         last
     } else {
         let status = channel.service_health(service).await?;
-        println!("{status}");
+        out(format_args!("{status}\n"))?;
         Some(status)
     };
     match last {
@@ -318,12 +341,38 @@ fn tls(
     Ok(builder.tls(tls))
 }
 
+/// The arguments as typed after the method: nothing (`null`), one JSON value (all the
+/// arguments, or a lone argument's value: [`json::encode_args`] tells), or several, each an
+/// argument's value in order (an array of them). Read before connecting, so that a slip of the
+/// keyboard is told at once.
+fn typed_args(texts: &[String]) -> Result<Value, Failure> {
+    let parse = |text: &String| {
+        serde_json::from_str(text).map_err(|error| {
+            let hint = if text.starts_with(char::is_alphabetic) {
+                format!(" (a string is written in double quotes, inside the shell's: '\"{text}\"')")
+            } else {
+                String::new()
+            };
+            Failure::Usage(format!("the argument `{text}` is not JSON{hint}: {error}"))
+        })
+    };
+    match texts {
+        [] => Ok(Value::Null),
+        [one] => parse(one),
+        several => several
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+    }
+}
+
 async fn call(
     client: &DynamicClient,
     schema: &ServiceSchema,
     service: Option<&str>,
     name: &str,
-    args: Option<&str>,
+    args: &Value,
 ) -> Result<(), Failure> {
     let Some(method) = schema.method(name) else {
         let names: Vec<&str> = schema.methods.iter().map(|m| m.name.as_str()).collect();
@@ -333,12 +382,7 @@ async fn call(
             names.join(", ")
         )));
     };
-    let args: Value = match args {
-        None => Value::Null,
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| Failure::Usage(format!("the arguments are not JSON: {e}")))?,
-    };
-    let encoded = json::encode_args(method, &schema.types, &args).map_err(Failure::Usage)?;
+    let encoded = json::encode_args(method, &schema.types, args).map_err(Failure::Usage)?;
     let bad_input = Arc::new(AtomicBool::new(false));
     let upload = method
         .upload
@@ -357,14 +401,14 @@ async fn call(
         DynamicReply::Value(result) => {
             let value = json::decode(&method.result, &schema.types, result.as_bytes())
                 .map_err(Failure::Failed)?;
-            println!("{}", pretty(&value));
+            out(format_args!("{}\n", pretty(&value)))?;
         }
         DynamicReply::Stream(mut items) => {
             while let Some(item) = items.next().await {
                 let item = item?;
                 let value = json::decode(&method.result, &schema.types, item.as_bytes())
                     .map_err(Failure::Failed)?;
-                println!("{value}");
+                out(format_args!("{value}\n"))?;
             }
         }
     }

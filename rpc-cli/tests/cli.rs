@@ -275,6 +275,63 @@ async fn call_takes_arguments_by_name_or_in_order() {
     assert_eq!(ok(&["call", &addr, "whoami"]).await, "\"nobody\"\n");
 }
 
+/// Each argument may follow the method on its own, negative numbers too; a method of one
+/// argument takes its value alone; a word that is not JSON is told how to quote a string,
+/// before anything is sent.
+#[tokio::test]
+async fn call_takes_each_argument_on_its_own() {
+    let addr = serve(Server::builder()).await.to_string();
+    assert_eq!(ok(&["call", &addr, "add", "2", "-3"]).await, "-1\n");
+    assert_eq!(ok(&["call", &addr, "countdown", "2"]).await, "2\n1\n");
+    let said = fails(&["call", &addr, "add", "1", "2", "3"], 2).await;
+    assert!(
+        said.contains("`add` takes 2 arguments (a: i64, b: i64), and 3 were given"),
+        "{said}"
+    );
+    let said = fails(&["call", &addr, "add", "2"], 2).await;
+    assert!(
+        said.contains(
+            "a JSON object keyed by name, or an array: (a: i64, b: i64); found the number 2"
+        ),
+        "{said}"
+    );
+    // Judged before connecting: no server listens at this address's port 9.
+    let said = fails(&["call", "127.0.0.1:9", "add", "two", "3"], 2).await;
+    assert!(
+        said.contains(
+            "the argument `two` is not JSON (a string is written in double quotes, inside the \
+             shell's: '\"two\"')"
+        ),
+        "{said}"
+    );
+}
+
+/// A reader of the output that goes away (`rpc call ... | head -1`) ends `rpc` quietly, with
+/// exit code 0, rather than with a panic about a broken pipe.
+#[tokio::test]
+async fn output_closed_early_ends_quietly() {
+    let addr = serve(Server::builder()).await.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rpc"))
+            .args(["call", &addr, "countdown", "4000000000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs rpc");
+        let mut first = String::new();
+        let mut items = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut items, &mut first).expect("reads an item");
+        assert_eq!(first, "4000000000\n");
+        drop(items);
+        child.wait_with_output().expect("rpc finishes")
+    })
+    .await
+    .expect("joins");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "", "nothing said");
+}
+
 #[tokio::test]
 async fn call_encodes_and_decodes_nested_types() {
     let addr = serve(Server::builder()).await.to_string();
@@ -355,7 +412,10 @@ async fn json_that_does_not_fit_is_refused_naming_the_field_and_the_type() {
         "{said}"
     );
     let said = fails(&["call", &addr, "add", "{not json"], 2).await;
-    assert!(said.contains("the arguments are not JSON"), "{said}");
+    assert!(
+        said.contains("the argument `{not json` is not JSON: key must be a string"),
+        "{said}"
+    );
 }
 
 #[tokio::test]

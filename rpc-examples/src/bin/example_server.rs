@@ -4,8 +4,8 @@
 //! ```text
 //! cargo run -p rpc-examples --bin example_server     # listens on 127.0.0.1:7000
 //! rpc describe 127.0.0.1:7000
-//! rpc call 127.0.0.1:7000 add '[2, 3]'
-//! rpc call 127.0.0.1:7000 LogTail.tail '[0]'
+//! rpc call 127.0.0.1:7000 add 2 3
+//! rpc call 127.0.0.1:7000 LogTail.tail 0
 //! rpc call 127.0.0.1:7000 Evaluator.eval '[{"Add": [{"Num": 2}, {"Neg": {"Num": 5}}]}]'
 //! ```
 //!
