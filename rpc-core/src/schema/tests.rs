@@ -1001,3 +1001,40 @@ fn a_service_reads_back_as_rust() {
         "{rust}"
     );
 }
+
+#[test]
+fn an_enum_that_holds_itself_through_a_struct_is_traced_whatever_its_variants_order() {
+    // `Let` holds the enum again through `Binding`, so it is complete only once every variant
+    // is known; the tracer once took it again and again, first in order, and never reached
+    // `Many`: "it contains itself with no way out".
+    #[derive(Deserialize)]
+    enum Expr {
+        Num(i64),
+        Let(Box<Binding>),
+        Many(Vec<Expr>),
+    }
+    #[derive(Deserialize)]
+    struct Binding {
+        value: Box<Expr>,
+    }
+    let (schema, _) = traced::<Expr>();
+    let named = |name: &str| Schema::Named(name.to_owned());
+    assert_eq!(
+        schema.types["Expr"],
+        TypeDef::Enum(vec![
+            ("Num".to_owned(), Variant::Newtype(Schema::I64)),
+            ("Let".to_owned(), Variant::Newtype(named("Binding"))),
+            (
+                "Many".to_owned(),
+                Variant::Newtype(Schema::Seq(Box::new(named("Expr"))))
+            ),
+        ])
+    );
+    assert_eq!(
+        schema.types["Binding"],
+        TypeDef::Struct(vec![Field {
+            name: "value".to_owned(),
+            schema: named("Expr"),
+        }])
+    );
+}

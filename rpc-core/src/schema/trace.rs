@@ -451,8 +451,11 @@ impl Tracer {
         }
     }
 
-    /// Which variant of the enum `key` to take: outermost, one with more to learn; nested in
-    /// itself, one traced to its end, so that the nesting stops.
+    /// Which variant of the enum `key` to take: outermost, one never traced, else one with more
+    /// to learn; nested in itself, one traced to its end, so that the nesting stops. (A variant
+    /// traced but unsettled may wait on the others: `Let(Box<Binding>)`, whose `Binding` holds
+    /// the enum again, is complete only once every variant is known; taking it again, first
+    /// in order, would never reach the variants after it.)
     fn pick_variant(&self, key: &Key, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
         let nested = self.stack.iter().filter(|on| *on == key).count() > 1;
         let settled = |variant: &Option<VariantFormat>| match variant {
@@ -462,12 +465,13 @@ impl Tracer {
             Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
             Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
         };
+        let untraced = variants.iter().position(|(_, variant)| variant.is_none());
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
         let done = variants.iter().position(|(_, variant)| settled(variant));
         let pick = if nested {
             done.or(unsettled)
         } else {
-            unsettled.or(done)
+            untraced.or(unsettled).or(done)
         };
         pick.unwrap_or(0)
     }
