@@ -146,7 +146,10 @@ async fn a_server_describes_its_service() {
     assert!(matches!(&described.types["Note"], TypeDef::Struct(fields) if fields.len() == 2));
     let rust = described.to_rust();
     assert!(
-        rust.contains("pub struct Note {\n    title: String,\n    body: String,\n}"),
+        rust.contains(
+            "#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]\n\
+             pub struct Note {\n    pub title: String,\n    pub body: String,\n}"
+        ),
         "{rust}"
     );
     assert!(

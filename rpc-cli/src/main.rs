@@ -27,8 +27,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the server's service as a Rust trait, with its types; each of them, for a server
-    /// of several (or the one `--service` names).
+    /// Print the server's service as Rust that compiles (beside serde and rpc-core) into a
+    /// client of it: its types and its trait; for a server of several, each in a module of its
+    /// own (or the one `--service` names).
     Describe {
         #[command(flatten)]
         target: Target,
@@ -119,6 +120,34 @@ enum Failure {
     OutputClosed,
 }
 
+/// `schema` as Rust, in a module named after the service (`LogTail` in `pub mod log_tail`).
+fn in_module(schema: &ServiceSchema) -> String {
+    let mut module = String::new();
+    for (at, c) in schema.name.chars().enumerate() {
+        if c.is_uppercase() {
+            if at > 0 {
+                module.push('_');
+            }
+            module.extend(c.to_lowercase());
+        } else {
+            module.push(c);
+        }
+    }
+    let mut out = format!(
+        "pub mod {} {{\n",
+        rpc_core::schema::rust_identifier(&module)
+    );
+    for line in schema.to_rust().lines() {
+        if !line.is_empty() {
+            out.push_str("    ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("}\n");
+    out
+}
+
 /// Writes `text` to standard output; a reader that went away ends the command quietly
 /// ([`Failure::OutputClosed`]) instead of with a panic, as `println!` would.
 fn out(text: std::fmt::Arguments<'_>) -> Result<(), Failure> {
@@ -179,7 +208,13 @@ async fn run(command: Command) -> Result<(), Failure> {
                 out(format_args!("{}", schema.to_rust()))?;
                 return Ok(());
             }
-            for (at, service) in client.services().await?.iter().enumerate() {
+            let services = client.services().await?;
+            if let [_] = services.as_slice() {
+                return out(format_args!("{}", schema.to_rust()));
+            }
+            // Several: each in a module of its own, so that the whole compiles as it is even
+            // where two services use types of one name.
+            for (at, service) in services.iter().enumerate() {
                 let schema = if *service == schema.name {
                     schema.clone()
                 } else {
@@ -188,7 +223,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 if at > 0 {
                     out(format_args!("\n"))?;
                 }
-                out(format_args!("{}", schema.to_rust()))?;
+                out(format_args!("{}", in_module(&schema)))?;
             }
             Ok(())
         }

@@ -261,7 +261,23 @@ async fn describe_prints_the_service_as_rust() {
     assert!(rust.contains("    async fn wait(&self);"), "{rust}");
     assert!(rust.contains("pub struct Price(pub u64);"), "{rust}");
     assert!(rust.contains("pub enum Size {\n    Small,\n    Large {\n        grams: u32,\n    },\n    Custom(f64),\n}"), "{rust}");
-    assert!(rust.contains("    extras: HashMap<String, u8>,"), "{rust}");
+    assert!(
+        rust.contains("    pub extras: HashMap<String, u8>,"),
+        "{rust}"
+    );
+    assert!(
+        rust.starts_with(
+            "use rpc_core::Streaming;\nuse serde::{Deserialize, Serialize};\n\
+             use std::collections::HashMap;\n\n"
+        ),
+        "{rust}"
+    );
+    assert!(
+        rust.contains(
+            "#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]\npub struct Order {"
+        ),
+        "{rust}"
+    );
 }
 
 #[tokio::test]
@@ -604,21 +620,40 @@ async fn a_server_of_several_services_is_described_and_called_service_by_service
     tokio::spawn(server.serve(services));
 
     let rust = ok(&["describe", &addr]).await;
-    assert!(rust.contains("pub trait Shop {"), "{rust}");
-    assert!(rust.contains("pub trait Clock {"), "{rust}");
-    // Each service as its own schema prints it, in the order served, a blank line apart.
+    // Each service as its own schema prints it, in the order served, a blank line apart, in
+    // a module of its own, so that the whole compiles where two services use types of one
+    // name (each module has its own `use`s and types).
     use rpc_core::ServiceClient;
-    let each = |info: &rpc_core::ServiceInfo| info.describe().expect("a schema").to_rust();
+    let each = |info: &rpc_core::ServiceInfo, module: &str| {
+        let rust = info.describe().expect("a schema").to_rust();
+        let indented: String = rust
+            .lines()
+            .map(|line| match line {
+                "" => "\n".to_owned(),
+                line => format!("    {line}\n"),
+            })
+            .collect();
+        format!("pub mod {module} {{\n{indented}}}\n")
+    };
     assert_eq!(
         rust,
-        format!("{}\n{}", each(&ShopClient::INFO), each(&ClockClient::INFO))
+        format!(
+            "{}\n{}",
+            each(&ShopClient::INFO, "shop"),
+            each(&ClockClient::INFO, "clock")
+        )
     );
     assert!(
-        rust.contains("async fn ticks(&self, count: u32) -> Streaming<u64>;"),
+        rust.contains("\n    pub trait Clock {\n        async fn now(&self) -> u64;"),
         "{rust}"
     );
     let clock_only = ok(&["describe", &addr, "--service", "Clock"]).await;
     assert!(!clock_only.contains("pub trait Shop"), "{clock_only}");
+    assert!(!clock_only.contains("pub mod"), "{clock_only}");
+    assert!(
+        clock_only.starts_with("use rpc_core::Streaming;"),
+        "{clock_only}"
+    );
 
     assert_eq!(ok(&["call", &addr, "Clock.now"]).await.trim(), "1700000000");
     assert_eq!(

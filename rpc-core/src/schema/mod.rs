@@ -200,7 +200,16 @@ impl ServiceSchema {
         self.methods.iter().find(|method| method.name == name)
     }
 
-    /// The service as Rust source: its types, then the trait.
+    /// The service as Rust source that compiles beside serde (with its `derive` feature) and
+    /// rpc-core: the `use`s it needs, its types, then its trait, whose generated client calls
+    /// a server of this schema. What a schema does not say is chosen so that no byte on the
+    /// wire changes: each type derives `Serialize` and `Deserialize` (and `Debug`, `Clone`,
+    /// `PartialEq`; `Eq` and `Hash` where a map's key holds it), fields are public, a map is a
+    /// `HashMap` (a `Vec` of pairs where its key holds a float or a map, which cannot be
+    /// hashed), a set or a byte string is a `Vec`, a type that holds itself directly or through
+    /// others (not through a vector or a map) holds itself in a `Box`, a name that is not an
+    /// identifier is made one ([`rust_identifier`]), and a method whose types are not described
+    /// (`#[rpc(opaque)]`) is left out, with a comment that says so.
     pub fn to_rust(&self) -> String {
         render::service(self)
     }
@@ -389,6 +398,14 @@ impl MethodTracer<'_> {
         }
         self.service.methods.push(self.method);
     }
+}
+
+/// `name` as a Rust identifier, as [`ServiceSchema::to_rust`] writes names: as it is if it is
+/// one; a keyword raw (`r#type`); anything else with each character an identifier cannot hold
+/// made `_` (`first-name` becomes `first_name`), and `_` before a name that would start with a
+/// digit or be `self`, `Self`, `super` or `crate`.
+pub fn rust_identifier(name: &str) -> String {
+    render::ident(name)
 }
 
 impl fmt::Display for Schema {

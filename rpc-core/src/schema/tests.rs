@@ -982,10 +982,13 @@ fn a_service_reads_back_as_rust() {
         .streams::<u8>();
     let rust = tracer.finish().expect("describable").to_rust();
     assert!(
-        rust.contains("pub struct Point {\n    x: i32,\n    y: i32,\n}\n"),
+        rust.contains("pub struct Point {\n    pub x: i32,\n    pub y: i32,\n}\n"),
         "{rust}"
     );
-    assert!(rust.contains("pub struct Pair(i32, String);\n"), "{rust}");
+    assert!(
+        rust.contains("pub struct Pair(pub i32, pub String);\n"),
+        "{rust}"
+    );
     assert!(
         rust.contains(
             "pub enum Shape {\n    Empty,\n    Circle(f64),\n    Segment(Point, Point),\n    \
@@ -999,6 +1002,208 @@ fn a_service_reads_back_as_rust() {
              pair: Pair);\n    async fn pick(&self, shape: Shape) -> Streaming<u8>;\n}\n"
         ),
         "{rust}"
+    );
+}
+
+/// The rendering of a service whose one method takes a `T`.
+fn rendered<T: DeserializeOwned>() -> String {
+    traced::<T>().0.to_rust()
+}
+
+#[test]
+fn a_type_that_holds_itself_inline_holds_itself_boxed() {
+    let rust = rendered::<Tree>();
+    assert!(rust.contains("    Node(Box<Tree>, Box<Tree>),\n"), "{rust}");
+    let rust = rendered::<List>();
+    assert!(rust.contains("    Cons(u32, Box<List>),\n"), "{rust}");
+
+    // Through another type, and through an option: every reference in the cycle is boxed.
+    #[derive(Deserialize)]
+    enum Expr {
+        Num(i64),
+        Let(Box<Binding>),
+        Maybe(Option<(u8, Box<Expr>)>),
+        Many(Vec<Expr>),
+    }
+    #[derive(Deserialize)]
+    struct Binding {
+        value: Box<Expr>,
+        names: HashMap<String, Expr>,
+    }
+    let rust = rendered::<Expr>();
+    assert!(rust.contains("    Let(Box<Binding>),\n"), "{rust}");
+    assert!(
+        rust.contains("    Maybe(Option<(u8, Box<Expr>)>),\n"),
+        "{rust}"
+    );
+    assert!(rust.contains("    pub value: Box<Expr>,\n"), "{rust}");
+    // Not through a vector or a map, which hold their items on the heap already.
+    assert!(rust.contains("    Many(Vec<Expr>),\n"), "{rust}");
+    assert!(
+        rust.contains("    pub names: HashMap<String, Expr>,\n"),
+        "{rust}"
+    );
+    // Nor in a signature, which holds the value once.
+    assert!(
+        rust.contains("async fn call(&self, value: Expr);"),
+        "{rust}"
+    );
+}
+
+/// A service `Test` whose one method, `call`, takes `args` and returns `()`, with `types`.
+fn service_taking(args: Vec<(&str, Schema)>, types: Vec<(&str, TypeDef)>) -> ServiceSchema {
+    let field = |(name, schema): (&str, Schema)| Field {
+        name: name.to_owned(),
+        schema,
+    };
+    ServiceSchema {
+        name: "Test".to_owned(),
+        methods: vec![MethodSchema {
+            name: "call".to_owned(),
+            args: args.into_iter().map(field).collect(),
+            upload: None,
+            result: Schema::Unit,
+            download: false,
+            idempotent: false,
+            fingerprint: 1,
+        }],
+        types: types
+            .into_iter()
+            .map(|(name, def)| (name.to_owned(), def))
+            .collect(),
+    }
+}
+
+#[test]
+fn map_keys_derive_what_hashing_needs_and_keys_that_cannot_be_hashed_go_as_pairs() {
+    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    enum Key {
+        Plain,
+        Tagged(Tag),
+    }
+    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    struct Tag(String);
+    #[derive(Deserialize)]
+    struct Maps {
+        by_key: HashMap<Key, u8>,
+        nested: BTreeMap<String, HashMap<Vec<u64>, u8>>,
+        listed: Vec<(Key, f32)>,
+    }
+    let rust = rendered::<Maps>();
+    let hashed = "#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]\n";
+    let plain = "#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]\n";
+    assert!(rust.contains(&format!("{hashed}pub enum Key {{")), "{rust}");
+    assert!(
+        rust.contains(&format!("{hashed}pub struct Tag(pub String);")),
+        "{rust}"
+    );
+    assert!(
+        rust.contains(&format!("{plain}pub struct Maps {{")),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("    pub by_key: HashMap<Key, u8>,\n"),
+        "{rust}"
+    );
+    assert!(
+        rust.contains("    pub nested: HashMap<String, HashMap<Vec<u64>, u8>>,\n"),
+        "{rust}"
+    );
+    assert!(
+        rust.starts_with(
+            "use serde::{Deserialize, Serialize};\nuse std::collections::HashMap;\n\n"
+        ),
+        "{rust}"
+    );
+
+    // A key that holds a float or a map cannot be hashed: its map goes as a vector of pairs,
+    // the same bytes on the wire. (Rust's maps need keys that can be, so such schemas come
+    // from keys with serde implementations of their own.)
+    let map = |key: Schema, value: Schema| Schema::Map(Box::new(key), Box::new(value));
+    let named = |name: &str| Schema::Named(name.to_owned());
+    let inner = Field {
+        name: "inner".to_owned(),
+        schema: map(Schema::U8, Schema::U8),
+    };
+    let schema = service_taking(
+        vec![
+            ("by_float", map(Schema::F32, Schema::Str)),
+            (
+                "by_measure",
+                map(
+                    Schema::Tuple(vec![Schema::U8, named("Measure")]),
+                    Schema::Str,
+                ),
+            ),
+            ("by_holder", map(named("Holder"), Schema::Unit)),
+        ],
+        vec![
+            ("Measure", TypeDef::NewtypeStruct(Schema::F64)),
+            ("Holder", TypeDef::Struct(vec![inner])),
+        ],
+    );
+    let rust = schema.to_rust();
+    assert!(rust.contains("by_float: Vec<(f32, String)>"), "{rust}");
+    assert!(
+        rust.contains("by_measure: Vec<((u8, Measure), String)>"),
+        "{rust}"
+    );
+    assert!(rust.contains("by_holder: Vec<(Holder, ())>"), "{rust}");
+    assert!(
+        rust.contains(&format!("{plain}pub struct Measure(pub f64);")),
+        "{rust}"
+    );
+    assert!(
+        rust.contains(&format!(
+            "{plain}pub struct Holder {{\n    pub inner: HashMap<u8, u8>,"
+        )),
+        "{rust}"
+    );
+    assert!(!rust.contains("Hash,"), "{rust}");
+}
+
+#[test]
+fn names_that_are_not_identifiers_are_made_ones() {
+    #[derive(Deserialize)]
+    struct Named {
+        r#type: u8,
+        #[serde(rename = "first-name")]
+        first_name: String,
+        #[serde(rename = "2nd")]
+        second: bool,
+        #[serde(rename = "self")]
+        this: (),
+    }
+    let rust = rendered::<Named>();
+    for field in [
+        "    pub r#type: u8,\n",
+        "    pub first_name: String,\n",
+        "    pub _2nd: bool,\n",
+        "    pub _self: (),\n",
+    ] {
+        assert!(rust.contains(field), "{field}: {rust}");
+    }
+}
+
+#[test]
+fn a_rendering_says_what_it_uses_and_leaves_out_opaque_methods() {
+    let mut tracer = ServiceTracer::new("Plain");
+    tracer
+        .method("add", false)
+        .arg::<i64>("a")
+        .arg::<i64>("type")
+        .returns::<i64>();
+    tracer
+        .method("raw", false)
+        .opaque(7)
+        .arg::<Point>("at")
+        .streams::<u8>();
+    let rust = tracer.finish().expect("describable").to_rust();
+    assert_eq!(
+        rust,
+        "#[rpc_core::service]\npub trait Plain {\n    async fn add(&self, a: i64, r#type: i64) \
+         -> i64;\n    // `raw` is left out: the server does not describe its types \
+         (`#[rpc(opaque)]`).\n}\n"
     );
 }
 
