@@ -471,11 +471,16 @@ async fn calls_refused_for_a_difference_against_mutated_descriptions_end_and_not
                 }
                 other => panic!("a call refused for its signature, not {other:?}"),
             }
-            // A description that decodes is shown as Rust, and its methods' canonical forms
-            // made, as `rpc describe` and the fingerprints do.
+            // A description that decodes is shown as Rust (its names made identifiers), and
+            // its methods' canonical forms made, as `rpc describe` and the fingerprints do.
             if let Ok(schema) = client.channel().describe().await {
                 described += 1;
-                assert!(schema.to_rust().contains(&schema.name));
+                let trait_name = rpc_core::schema::rust_identifier(&schema.name);
+                assert!(
+                    schema
+                        .to_rust()
+                        .contains(&format!("pub trait {trait_name} {{"))
+                );
                 for method in &schema.methods {
                     let _ = schema.canonical_form(method);
                 }

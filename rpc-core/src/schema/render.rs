@@ -101,9 +101,14 @@ fn is_path_keyword(name: &str) -> bool {
 /// an identifier is made one.
 struct Source<'a> {
     types: &'a BTreeMap<String, TypeDef>,
-    /// For each type, the types it holds inline, at any depth: directly, in an option or a
-    /// tuple, not in a sequence or a map.
-    inline: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// Each type's place in `component`, by name.
+    index: BTreeMap<&'a str, usize>,
+    /// For each type, its strongly connected component in the graph of types held inline
+    /// (directly, in an option or a tuple, not in a sequence or a map): two types of one
+    /// component hold each other, so each holds the other boxed.
+    component: Vec<usize>,
+    /// For each type, whether it holds a float or a map at any depth, which cannot be hashed.
+    unhashable: Vec<bool>,
     /// The types a hashed map key holds, at any depth: they derive `Eq` and `Hash` too.
     hashed: BTreeSet<&'a str>,
     /// Whether a `HashMap` was written, for the `use` that names it.
@@ -113,81 +118,89 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// Works out what the rendering needs to know of `service`'s types, in time linear in the
+    /// size of its schema: a description from a hostile server may hold a great many types.
     fn new(service: &'a ServiceSchema) -> Source<'a> {
         let types = &service.types;
-        let mut direct: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for (name, def) in types {
-            let held = direct.entry(name.as_str()).or_default();
+        let index: BTreeMap<&str, usize> = types
+            .keys()
+            .enumerate()
+            .map(|(at, name)| (name.as_str(), at))
+            .collect();
+        let mut inline = vec![Vec::new(); types.len()];
+        let mut held = vec![Vec::new(); types.len()];
+        let mut unhashable = vec![false; types.len()];
+        for (at, def) in types.values().enumerate() {
             for schema in schemas_of(def) {
-                held_inline(schema, held);
+                let mut names = Vec::new();
+                held_inline(schema, &mut names);
+                inline[at].extend(names.iter().filter_map(|name| index.get(name).copied()));
+                names.clear();
+                unhashable[at] |= refers(schema, &mut names);
+                held[at].extend(names.iter().filter_map(|name| index.get(name).copied()));
             }
         }
-        let inline = direct
-            .keys()
-            .map(|&name| (name, reachable(name, &direct)))
-            .collect();
+        // A type that holds an unhashable one is unhashable too.
+        let mut holders = vec![Vec::new(); types.len()];
+        for (holder, heldby) in held.iter().enumerate() {
+            for &one in heldby {
+                holders[one].push(holder);
+            }
+        }
+        let mut next: Vec<usize> = (0..types.len()).filter(|&at| unhashable[at]).collect();
+        while let Some(at) = next.pop() {
+            for &holder in &holders[at] {
+                if !unhashable[holder] {
+                    unhashable[holder] = true;
+                    next.push(holder);
+                }
+            }
+        }
         let mut source = Source {
             types,
-            inline,
+            component: components(&inline),
+            index,
+            unhashable,
             hashed: BTreeSet::new(),
             maps: Cell::new(false),
             streams: Cell::new(false),
         };
+        // What hashable map keys hold, at any depth, is hashed.
         let mut keys = Vec::new();
         for def in types.values() {
-            for schema in schemas_of(def) {
-                map_keys(schema, &mut keys);
-            }
+            schemas_of(def).for_each(|schema| map_keys(schema, &mut keys));
         }
         for method in &service.methods {
-            for schema in method_schemas(method) {
-                map_keys(schema, &mut keys);
+            method_schemas(method).for_each(|schema| map_keys(schema, &mut keys));
+        }
+        let mut next = Vec::new();
+        for key in keys {
+            if source.hashable(key) {
+                let mut names = Vec::new();
+                refers(key, &mut names);
+                next.extend(
+                    names
+                        .iter()
+                        .filter_map(|name| source.index.get(name).copied()),
+                );
             }
         }
-        for key in keys {
-            if source.hashable(key, &mut BTreeSet::new()) {
-                source.hash(key);
+        let names: Vec<&'a str> = types.keys().map(String::as_str).collect();
+        while let Some(at) = next.pop() {
+            if source.hashed.insert(names[at]) {
+                next.extend(&held[at]);
             }
         }
         source
     }
 
     /// Whether a value of `schema` can be hashed: it holds no float and no map.
-    fn hashable(&self, schema: &Schema, seen: &mut BTreeSet<String>) -> bool {
-        match schema {
-            Schema::F32 | Schema::F64 | Schema::Map(..) => false,
-            Schema::Option(inner) | Schema::Seq(inner) => self.hashable(inner, seen),
-            Schema::Tuple(items) => items.iter().all(|item| self.hashable(item, seen)),
-            Schema::Named(name) => match self.types.get(name) {
-                Some(def) if seen.insert(name.clone()) => {
-                    schemas_of(def).all(|inner| self.hashable(inner, seen))
-                }
-                // Already being looked at: the rest of it answers.
-                Some(_) => true,
-                None => false,
-            },
-            _ => true,
-        }
-    }
-
-    /// Marks every type `key` holds as hashed.
-    fn hash(&mut self, key: &'a Schema) {
-        match key {
-            Schema::Option(inner) | Schema::Seq(inner) => self.hash(inner),
-            Schema::Map(key, value) => {
-                self.hash(key);
-                self.hash(value);
-            }
-            Schema::Tuple(items) => items.iter().for_each(|item| self.hash(item)),
-            Schema::Named(name) => {
-                if let Some((name, def)) = self.types.get_key_value(name)
-                    && self.hashed.insert(name.as_str())
-                {
-                    schemas_of(def).for_each(|inner| self.hash(inner));
-                }
-            }
-            _ => {}
-        }
+    fn hashable(&self, schema: &Schema) -> bool {
+        let mut names = Vec::new();
+        !refers(schema, &mut names)
+            && names
+                .iter()
+                .all(|name| self.index.get(name).is_some_and(|&at| !self.unhashable[at]))
     }
 
     /// `schema` as Rust, in a field of `owner` (none in a signature), held `inline` or not.
@@ -197,7 +210,7 @@ impl<'a> Source<'a> {
             Schema::Seq(item) => format!("Vec<{}>", self.ty(item, owner, false)),
             Schema::Map(key, value) => {
                 let (k, v) = (self.ty(key, owner, false), self.ty(value, owner, false));
-                if self.hashable(key, &mut BTreeSet::new()) {
+                if self.hashable(key) {
                     self.maps.set(true);
                     format!("HashMap<{k}, {v}>")
                 } else {
@@ -214,12 +227,11 @@ impl<'a> Source<'a> {
                     return format!("Result<{ok}, {err}>");
                 }
                 let named = ident(name);
+                // `name` and `owner` hold each other (or are one): boxed, or the type would
+                // hold itself without end.
+                let component = |name: &str| self.index.get(name).map(|&at| self.component[at]);
                 let holds_owner = owner.is_some_and(|owner| {
-                    name == owner
-                        || self
-                            .inline
-                            .get(name.as_str())
-                            .is_some_and(|held| held.contains(owner))
+                    component(owner).is_some_and(|c| component(name) == Some(c))
                 });
                 if inline && holds_owner {
                     format!("Box<{named}>")
@@ -403,27 +415,95 @@ fn method_schemas(method: &MethodSchema) -> impl Iterator<Item = &Schema> {
 }
 
 /// Adds to `held` the types `schema` names inline: not in a sequence or a map.
-fn held_inline<'a>(schema: &'a Schema, held: &mut BTreeSet<&'a str>) {
+fn held_inline<'a>(schema: &'a Schema, held: &mut Vec<&'a str>) {
     match schema {
         Schema::Option(inner) => held_inline(inner, held),
         Schema::Tuple(items) => items.iter().for_each(|item| held_inline(item, held)),
-        Schema::Named(name) => {
-            held.insert(name.as_str());
-        }
+        Schema::Named(name) => held.push(name),
         _ => {}
     }
 }
 
-/// Every type reachable from `from` through `edges`, at any depth.
-fn reachable<'a>(from: &'a str, edges: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> BTreeSet<&'a str> {
-    let mut seen = BTreeSet::new();
-    let mut next: Vec<&str> = edges.get(from).into_iter().flatten().copied().collect();
-    while let Some(name) = next.pop() {
-        if seen.insert(name) {
-            next.extend(edges.get(name).into_iter().flatten().copied());
+/// Adds to `names` every type `schema` names, at any depth; whether it holds, outside them, a
+/// float or a map, which cannot be hashed.
+fn refers<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) -> bool {
+    match schema {
+        Schema::F32 | Schema::F64 => true,
+        Schema::Map(key, value) => {
+            refers(key, names);
+            refers(value, names);
+            true
+        }
+        Schema::Option(inner) | Schema::Seq(inner) => refers(inner, names),
+        Schema::Tuple(items) => {
+            // Every item, not stopping at the first that holds a float: each names its types.
+            let mut holds = false;
+            for item in items {
+                holds |= refers(item, names);
+            }
+            holds
+        }
+        Schema::Named(name) => {
+            names.push(name);
+            false
+        }
+        _ => false,
+    }
+}
+
+/// The strongly connected components of the graph whose node `n` has edges to `edges[n]`: for
+/// each node, a node that stands for its component (Kosaraju's algorithm, without recursion, so
+/// that a long chain of types cannot overflow the stack).
+fn components(edges: &[Vec<usize>]) -> Vec<usize> {
+    let nodes = edges.len();
+    let mut visited = vec![false; nodes];
+    let mut finished = Vec::with_capacity(nodes);
+    for start in 0..nodes {
+        if visited[start] {
+            continue;
+        }
+        visited[start] = true;
+        let mut stack = vec![(start, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = *top;
+            match edges[node].get(next) {
+                Some(&to) => {
+                    top.1 += 1;
+                    if !visited[to] {
+                        visited[to] = true;
+                        stack.push((to, 0));
+                    }
+                }
+                None => {
+                    finished.push(node);
+                    stack.pop();
+                }
+            }
         }
     }
-    seen
+    let mut reversed = vec![Vec::new(); nodes];
+    for (from, tos) in edges.iter().enumerate() {
+        for &to in tos {
+            reversed[to].push(from);
+        }
+    }
+    let mut component = vec![usize::MAX; nodes];
+    for &start in finished.iter().rev() {
+        if component[start] != usize::MAX {
+            continue;
+        }
+        component[start] = start;
+        let mut stack = vec![start];
+        while let Some(node) = stack.pop() {
+            for &from in &reversed[node] {
+                if component[from] == usize::MAX {
+                    component[from] = start;
+                    stack.push(from);
+                }
+            }
+        }
+    }
+    component
 }
 
 /// Adds to `keys` the key of each map in `schema`, at any depth.

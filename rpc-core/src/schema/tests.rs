@@ -1243,3 +1243,38 @@ fn an_enum_that_holds_itself_through_a_struct_is_traced_whatever_its_variants_or
         }])
     );
 }
+
+/// A description from a hostile server may hold a great many types: 100,000 in one cycle, each
+/// holding the next inline, and a map keyed by the first. The rendering works them out without
+/// recursing type by type (which would overflow the stack) and in time linear in their number.
+#[test]
+fn a_great_many_types_in_one_cycle_render_without_deep_recursion() {
+    const TYPES: usize = 100_000;
+    let name = |at: usize| format!("T{}", at % TYPES);
+    let types = (0..TYPES)
+        .map(|at| {
+            let next = Schema::Named(name(at + 1));
+            (name(at), TypeDef::TupleStruct(vec![Schema::U8, next]))
+        })
+        .collect::<Vec<_>>();
+    let schema = service_taking(
+        vec![(
+            "by_chain",
+            Schema::Map(Box::new(Schema::Named(name(0))), Box::new(Schema::Unit)),
+        )],
+        types
+            .iter()
+            .map(|(name, def)| (name.as_str(), def.clone()))
+            .collect(),
+    );
+    let rust = schema.to_rust();
+    let hashed = "#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]\n";
+    assert!(
+        rust.contains(&format!("{hashed}pub struct T0(pub u8, pub Box<T1>);\n")),
+        "every type of the cycle holds the next boxed, and is hashed"
+    );
+    assert!(rust.contains(&format!(
+        "{hashed}pub struct T99999(pub u8, pub Box<T0>);\n"
+    )));
+    assert!(rust.contains("async fn call(&self, by_chain: HashMap<T0, ()>);"));
+}
