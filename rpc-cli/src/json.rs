@@ -64,8 +64,17 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
                 .keys()
                 .find(|key| !args.iter().any(|arg| &arg.name == *key))
             {
+                // An object meant as the value of a method's one argument (a struct) is all
+                // the arguments by name: say how to pass it.
+                let hint = match args.as_slice() {
+                    [only] => format!(
+                        " (an object for `{0}` itself goes by its name: {{\"{0}\": {{...}}}})",
+                        only.name
+                    ),
+                    _ => String::new(),
+                };
                 return Err(format!(
-                    "`{}` has no argument `{unknown}`; its arguments are ({})",
+                    "`{}` has no argument `{unknown}`; its arguments are ({}){hint}",
                     method.name,
                     signature(args)
                 ));

@@ -401,6 +401,18 @@ async fn json_that_does_not_fit_is_refused_naming_the_field_and_the_type() {
         "{said}"
     );
 
+    // A struct given as all the arguments, rather than by its argument's name, is told how.
+    let unwrapped = json!({"item": "tea", "quantity": 1, "size": "Small", "note": null,
+        "tags": [], "extras": {}});
+    let said = fails(&["call", &addr, "order", &unwrapped.to_string()], 2).await;
+    assert!(
+        said.contains(
+            "`order` has no argument `item`; its arguments are (order: Order) (an object for \
+             `order` itself goes by its name: {\"order\": {...}})"
+        ),
+        "{said}"
+    );
+
     let missing =
         json!({"order": {"item": "tea", "quantity": 1, "note": null, "tags": [], "extras": {}}});
     let said = fails(&["call", &addr, "order", &missing.to_string()], 2).await;
