@@ -1278,3 +1278,130 @@ fn a_great_many_types_in_one_cycle_render_without_deep_recursion() {
     )));
     assert!(rust.contains("async fn call(&self, by_chain: HashMap<T0, ()>);"));
 }
+
+/// Recursive types as users write them: syntax trees, cons lists held in structs, types whose
+/// every variant holds the enum again (a sequence ends it), cycles through three types. Each
+/// once failed as "it contains itself with no way out" where a variant that holds the enum
+/// again inline was taken again and again, nested, for it counted as settled (being learned
+/// further out); a nested enum now takes a variant known to end first.
+#[test]
+fn recursive_types_users_write_are_traced() {
+    let named = |name: &str| Schema::Named(name.to_owned());
+    let seq = |item: Schema| Schema::Seq(Box::new(item));
+
+    #[derive(Deserialize)]
+    enum Expr {
+        Bin(Box<Bin>),
+        Lit(u8),
+    }
+    #[derive(Deserialize)]
+    struct Bin {
+        op: Op,
+        l: Expr,
+        r: Expr,
+    }
+    #[derive(Deserialize)]
+    enum Op {
+        Add,
+        Sub,
+    }
+    let (schema, _) = traced::<Expr>();
+    assert_eq!(
+        schema.types["Expr"],
+        TypeDef::Enum(vec![
+            ("Bin".to_owned(), Variant::Newtype(named("Bin"))),
+            ("Lit".to_owned(), Variant::Newtype(Schema::U8)),
+        ])
+    );
+    let field = |name: &str, schema: Schema| Field {
+        name: name.to_owned(),
+        schema,
+    };
+    assert_eq!(
+        schema.types["Bin"],
+        TypeDef::Struct(vec![
+            field("op", named("Op")),
+            field("l", named("Expr")),
+            field("r", named("Expr")),
+        ])
+    );
+    assert_eq!(
+        schema.types["Op"],
+        TypeDef::Enum(vec![
+            ("Add".to_owned(), Variant::Unit),
+            ("Sub".to_owned(), Variant::Unit)
+        ])
+    );
+
+    #[derive(Deserialize)]
+    enum Cons {
+        Cell(u8, Box<Cons>),
+        Nil,
+    }
+    #[derive(Deserialize)]
+    struct Lists {
+        a: Cons,
+        b: Cons,
+        c: Option<Cons>,
+    }
+    let (schema, _) = traced::<Lists>();
+    assert_eq!(
+        schema.types["Cons"],
+        TypeDef::Enum(vec![
+            (
+                "Cell".to_owned(),
+                Variant::Tuple(vec![Schema::U8, named("Cons")])
+            ),
+            ("Nil".to_owned(), Variant::Unit),
+        ])
+    );
+
+    #[derive(Deserialize)]
+    enum Ty {
+        Fn(Vec<Ty>, Box<Ty>),
+        Tuple(Vec<Ty>),
+        Named(String, Vec<Ty>),
+        Ref(Box<Ty>),
+    }
+    let (schema, _) = traced::<Ty>();
+    assert_eq!(
+        schema.types["Ty"],
+        TypeDef::Enum(vec![
+            (
+                "Fn".to_owned(),
+                Variant::Tuple(vec![seq(named("Ty")), named("Ty")])
+            ),
+            ("Tuple".to_owned(), Variant::Newtype(seq(named("Ty")))),
+            (
+                "Named".to_owned(),
+                Variant::Tuple(vec![Schema::Str, seq(named("Ty"))])
+            ),
+            ("Ref".to_owned(), Variant::Newtype(named("Ty"))),
+        ])
+    );
+
+    #[derive(Deserialize)]
+    enum Stmt {
+        Block(Block),
+        Expr(Value),
+        Empty,
+    }
+    #[derive(Deserialize)]
+    struct Block {
+        stmts: Vec<Stmt>,
+        tail: Option<Box<Value>>,
+    }
+    #[derive(Deserialize)]
+    enum Value {
+        Block(Box<Block>),
+        If(Box<Value>, Box<Block>, Option<Box<Block>>),
+        Lit(i64),
+    }
+    let (schema, _) = traced::<Stmt>();
+    assert_eq!(schema.types.len(), 3, "{:?}", schema.types);
+    assert!(
+        matches!(&schema.types["Value"], TypeDef::Enum(variants) if variants.len() == 3),
+        "{:?}",
+        schema.types
+    );
+}

@@ -223,6 +223,26 @@ impl Tracer {
         })
     }
 
+    /// Whether deserializing a value of `format` here is known to end without entering again
+    /// a named type being deserialized further out: every part is known, and each named type
+    /// it holds inline is one not being deserialized; an option, sequence or map of what is
+    /// settled is made empty, which ends there.
+    fn ends(&self, format: &Format) -> bool {
+        match format {
+            Format::Unknown => false,
+            Format::Known(Schema::Named(name)) => !self
+                .stack
+                .iter()
+                .any(|key| self.names.get(key).is_some_and(|n| n == name)),
+            Format::Known(_) => true,
+            Format::Option(inner) | Format::Seq(inner) => self.settled(inner) || self.ends(inner),
+            Format::Map(key, value) => {
+                (self.settled(key) && self.settled(value)) || (self.ends(key) && self.ends(value))
+            }
+            Format::Tuple(items) => items.iter().all(|item| self.ends(item)),
+        }
+    }
+
     /// Whether every part of `root`, and of every named type it reaches, is known.
     fn complete(&self, root: &Format) -> bool {
         if has_unknown(root) {
@@ -465,11 +485,22 @@ impl Tracer {
             Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
             Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
         };
+        let ends = |variant: &Option<VariantFormat>| match variant {
+            None => false,
+            Some(VariantFormat::Unit) => true,
+            Some(VariantFormat::Newtype(inner)) => self.ends(inner),
+            Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.ends(item)),
+            Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.ends(f)),
+        };
         let untraced = variants.iter().position(|(_, variant)| variant.is_none());
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
         let done = variants.iter().position(|(_, variant)| settled(variant));
         let pick = if nested {
-            done.or(unsettled)
+            // One known to end the nesting; else one never traced, which may (a `Nil`); else
+            // one traced to its end. A variant that holds the enum again inline is settled
+            // too (it is being learned further out), but taking it nests deeper.
+            let ending = variants.iter().position(|(_, variant)| ends(variant));
+            ending.or(untraced).or(done).or(unsettled)
         } else {
             untraced.or(unsettled).or(done)
         };
