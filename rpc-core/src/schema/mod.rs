@@ -415,4 +415,6 @@ impl fmt::Display for Schema {
 }
 
 #[cfg(test)]
+mod made_up;
+#[cfg(test)]
 mod tests;

@@ -1404,4 +1404,53 @@ fn recursive_types_users_write_are_traced() {
         "{:?}",
         schema.types
     );
+
+    // Found by the properties over made-up types (`made_up.rs`): a variant that ends only
+    // through an option whose item is not known yet; one whose sequence's items hold the enum
+    // again, through an option of an option.
+    #[derive(Deserialize)]
+    enum Maybe {
+        Again(Box<Maybe>, u8),
+        Ends(Option<Box<Maybe>>, Option<u8>),
+    }
+    let (schema, _) = traced::<Maybe>();
+    assert_eq!(
+        schema.types["Maybe"],
+        TypeDef::Enum(vec![
+            (
+                "Again".to_owned(),
+                Variant::Tuple(vec![named("Maybe"), Schema::U8])
+            ),
+            (
+                "Ends".to_owned(),
+                Variant::Tuple(vec![
+                    Schema::Option(Box::new(named("Maybe"))),
+                    Schema::Option(Box::new(Schema::U8))
+                ])
+            ),
+        ])
+    );
+    #[derive(Deserialize)]
+    enum Outer {
+        Many(Vec<Inner>, u8),
+        Again(Box<Outer>, u8),
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        back: Option<Option<Box<Outer>>>,
+    }
+    let (schema, _) = traced::<Outer>();
+    assert_eq!(
+        schema.types["Outer"],
+        TypeDef::Enum(vec![
+            (
+                "Many".to_owned(),
+                Variant::Tuple(vec![seq(named("Inner")), Schema::U8])
+            ),
+            (
+                "Again".to_owned(),
+                Variant::Tuple(vec![named("Outer"), Schema::U8])
+            ),
+        ])
+    );
 }

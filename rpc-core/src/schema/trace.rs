@@ -215,35 +215,39 @@ impl Tracer {
         let mut names = Vec::new();
         references(format, &mut names);
         names.into_iter().all(|name| {
-            let outer = self
-                .stack
-                .iter()
-                .any(|key| self.names.get(key).is_some_and(|n| n == name));
-            outer || self.complete(&Format::Known(Schema::Named(name.to_owned())))
+            self.on_stack(name) || self.complete(&Format::Known(Schema::Named(name.to_owned())))
         })
     }
 
-    /// Whether deserializing a value of `format` here is known to end without entering again
-    /// a named type being deserialized further out: every part is known, and each named type
-    /// it holds inline is one not being deserialized; an option, sequence or map of what is
-    /// settled is made empty, which ends there.
-    fn ends(&self, format: &Format) -> bool {
+    /// Whether the named type the schema calls `name` is being deserialized, further out.
+    fn on_stack(&self, name: &str) -> bool {
+        self.stack
+            .iter()
+            .any(|key| self.names.get(key).is_some_and(|n| n == name))
+    }
+
+    /// Whether deserializing a value of `format` here is known to enter again a named type
+    /// being deserialized further out: a part known to be such a type, held inline (an option,
+    /// sequence or map of what is settled is made empty, which ends there).
+    fn reenters(&self, format: &Format) -> bool {
         match format {
             Format::Unknown => false,
-            Format::Known(Schema::Named(name)) => !self
-                .stack
-                .iter()
-                .any(|key| self.names.get(key).is_some_and(|n| n == name)),
-            Format::Known(_) => true,
-            Format::Option(inner) | Format::Seq(inner) => self.settled(inner) || self.ends(inner),
-            Format::Map(key, value) => {
-                (self.settled(key) && self.settled(value)) || (self.ends(key) && self.ends(value))
+            Format::Known(Schema::Named(name)) => self.on_stack(name),
+            Format::Known(_) => false,
+            Format::Option(inner) | Format::Seq(inner) => {
+                !self.settled(inner) && self.reenters(inner)
             }
-            Format::Tuple(items) => items.iter().all(|item| self.ends(item)),
+            Format::Map(key, value) => {
+                !(self.settled(key) && self.settled(value))
+                    && (self.reenters(key) || self.reenters(value))
+            }
+            Format::Tuple(items) => items.iter().any(|item| self.reenters(item)),
         }
     }
 
-    /// Whether every part of `root`, and of every named type it reaches, is known.
+    /// Whether every part of `root`, and of every named type it reaches, is known; a named type
+    /// being deserialized further out counts as known, for it is learned there (between passes
+    /// none is).
     fn complete(&self, root: &Format) -> bool {
         if has_unknown(root) {
             return false;
@@ -257,7 +261,7 @@ impl Tracer {
         references(root, &mut pending);
         let mut seen = std::collections::BTreeSet::new();
         while let Some(name) = pending.pop() {
-            if !seen.insert(name) {
+            if !seen.insert(name) || self.on_stack(name) {
                 continue;
             }
             let Some(container) = by_name.get(name).and_then(|key| self.types.get(*key)) else {
@@ -485,26 +489,37 @@ impl Tracer {
             Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
             Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
         };
-        let ends = |variant: &Option<VariantFormat>| match variant {
-            None => false,
-            Some(VariantFormat::Unit) => true,
-            Some(VariantFormat::Newtype(inner)) => self.ends(inner),
-            Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.ends(item)),
-            Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.ends(f)),
+        // Traced, and no part known to hold again a type being deserialized here.
+        let may_end = |variant: &Option<VariantFormat>| {
+            variant.is_some() && !parts(variant).any(|part| self.reenters(part))
         };
+        let ends =
+            |variant: &Option<VariantFormat>| may_end(variant) && !parts(variant).any(has_unknown);
         let untraced = variants.iter().position(|(_, variant)| variant.is_none());
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
         let done = variants.iter().position(|(_, variant)| settled(variant));
         let pick = if nested {
             // One known to end the nesting; else one never traced, which may (a `Nil`); else
-            // one traced to its end. A variant that holds the enum again inline is settled
-            // too (it is being learned further out), but taking it nests deeper.
+            // one that may, not known to nest again; else one traced to its end. A variant
+            // that holds the enum again inline is settled too (it is being learned further
+            // out), but taking it nests deeper.
             let ending = variants.iter().position(|(_, variant)| ends(variant));
-            ending.or(untraced).or(done).or(unsettled)
+            let maybe = variants.iter().position(|(_, variant)| may_end(variant));
+            ending.or(untraced).or(maybe).or(done).or(unsettled)
         } else {
             untraced.or(unsettled).or(done)
         };
         pick.unwrap_or(0)
+    }
+}
+
+/// The places of a variant's fields (none for a unit variant, or one not traced yet).
+fn parts(variant: &Option<VariantFormat>) -> Box<dyn Iterator<Item = &Format> + '_> {
+    match variant {
+        None | Some(VariantFormat::Unit) => Box::new(std::iter::empty()),
+        Some(VariantFormat::Newtype(inner)) => Box::new(std::iter::once(inner)),
+        Some(VariantFormat::Tuple(items)) => Box::new(items.iter()),
+        Some(VariantFormat::Struct(fields)) => Box::new(fields.iter().map(|(_, f)| f)),
     }
 }
 
