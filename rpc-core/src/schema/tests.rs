@@ -1439,6 +1439,53 @@ fn recursive_types_users_write_are_traced() {
     struct Inner {
         back: Option<Option<Box<Outer>>>,
     }
+    // A map keyed by the enum that holds it (the outermost map is given an entry, whose key
+    // ends in an empty map); a cycle through four enums whose one way out is the third's.
+    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    enum Keyed {
+        Map(BTreeMap<Keyed, u8>),
+    }
+    impl PartialOrd for Keyed {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Keyed {
+        fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+            std::cmp::Ordering::Equal
+        }
+    }
+    let (schema, _) = traced::<Keyed>();
+    let map = |key: Schema, value: Schema| Schema::Map(Box::new(key), Box::new(value));
+    assert_eq!(
+        schema.types["Keyed"],
+        TypeDef::Enum(vec![(
+            "Map".to_owned(),
+            Variant::Newtype(map(named("Keyed"), Schema::U8))
+        )])
+    );
+    #[derive(Deserialize)]
+    enum First {
+        Second((Second,), u8),
+        Again(Box<First>, u8),
+    }
+    #[derive(Deserialize)]
+    enum Second {
+        First((Box<First>,)),
+        Third((Third,)),
+    }
+    #[derive(Deserialize)]
+    enum Third {
+        Fourth(Box<Fourth>),
+        End,
+    }
+    #[derive(Deserialize)]
+    enum Fourth {
+        First(Box<First>),
+    }
+    let (schema, _) = traced::<First>();
+    assert_eq!(schema.types.len(), 4, "{:?}", schema.types);
+
     let (schema, _) = traced::<Outer>();
     assert_eq!(
         schema.types["Outer"],

@@ -226,23 +226,57 @@ impl Tracer {
             .any(|key| self.names.get(key).is_some_and(|n| n == name))
     }
 
-    /// Whether deserializing a value of `format` here is known to enter again a named type
-    /// being deserialized further out: a part known to be such a type, held inline (an option,
-    /// sequence or map of what is settled is made empty, which ends there).
-    fn reenters(&self, format: &Format) -> bool {
-        match format {
-            Format::Unknown => false,
-            Format::Known(Schema::Named(name)) => self.on_stack(name),
-            Format::Known(_) => false,
-            Format::Option(inner) | Format::Seq(inner) => {
-                !self.settled(inner) && self.reenters(inner)
+    /// For each named type known, how many named types a value of it nests inline at the
+    /// least before every part is one that may be empty (an option, a sequence, a map), a
+    /// primitive or not known yet, an enum's variant never traced counting as one that ends
+    /// at once: 1 for a struct of primitives, [`UNENDING`] for a type with no way to end that
+    /// is known. Worked out from what every pass has learned so far.
+    fn heights(&self) -> BTreeMap<&str, usize> {
+        let mut heights: BTreeMap<&str, usize> = self
+            .names
+            .values()
+            .map(|name| (name.as_str(), UNENDING))
+            .collect();
+        loop {
+            let mut changed = false;
+            for (key, container) in &self.types {
+                let Some(name) = self.names.get(key) else {
+                    continue;
+                };
+                let most = |formats: &mut dyn Iterator<Item = &Format>| {
+                    formats.map(|f| height_of(f, &heights)).max().unwrap_or(0)
+                };
+                let inner = match container {
+                    Container::Unit => 0,
+                    Container::Newtype(inner) => height_of(inner, &heights),
+                    Container::Tuple(items) => most(&mut items.iter()),
+                    Container::Struct(fields) => most(&mut fields.iter().map(|(_, f)| f)),
+                    Container::Enum(variants) => variants
+                        .iter()
+                        .map(|(_, variant)| variant_height(variant, &heights))
+                        .min()
+                        .unwrap_or(UNENDING),
+                };
+                let height = inner.saturating_add(1);
+                if height < heights[name.as_str()] {
+                    heights.insert(name, height);
+                    changed = true;
+                }
             }
-            Format::Map(key, value) => {
-                !(self.settled(key) && self.settled(value))
-                    && (self.reenters(key) || self.reenters(value))
+            if !changed {
+                return heights;
             }
-            Format::Tuple(items) => items.iter().any(|item| self.reenters(item)),
         }
+    }
+
+    /// Whether some named type is being deserialized nested in itself here. There an option
+    /// is `None` and a sequence or map empty, whatever they hold: an item could nest deeper
+    /// still, and every type a value holds is learned where nothing nests, further out.
+    fn nested(&self) -> bool {
+        self.stack
+            .iter()
+            .enumerate()
+            .any(|(at, key)| self.stack[..at].contains(key))
     }
 
     /// Whether every part of `root`, and of every named type it reaches, is known; a named type
@@ -475,13 +509,14 @@ impl Tracer {
         }
     }
 
-    /// Which variant of the enum `key` to take: outermost, one never traced, else one with more
-    /// to learn; nested in itself, one traced to its end, so that the nesting stops. (A variant
-    /// traced but unsettled may wait on the others: `Let(Box<Binding>)`, whose `Binding` holds
-    /// the enum again, is complete only once every variant is known; taking it again, first
-    /// in order, would never reach the variants after it.)
-    fn pick_variant(&self, key: &Key, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
-        let nested = self.stack.iter().filter(|on| *on == key).count() > 1;
+    /// Which of an enum's `variants` to take: where nothing nests, one never traced, else one
+    /// with more to learn (a variant traced but unsettled may wait on the others:
+    /// `Let(Box<Binding>)`, whose `Binding` holds the enum again, is complete only once every
+    /// variant is known; taking it again, first in order, would never reach the variants after
+    /// it); where some type is nested in itself, the one that may end soonest, so that the
+    /// nesting stops: what a value holds is learned where nothing nests.
+    fn pick_variant(&self, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
+        let nested = self.nested();
         let settled = |variant: &Option<VariantFormat>| match variant {
             None => false,
             Some(VariantFormat::Unit) => true,
@@ -489,28 +524,55 @@ impl Tracer {
             Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
             Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
         };
-        // Traced, and no part known to hold again a type being deserialized here.
-        let may_end = |variant: &Option<VariantFormat>| {
-            variant.is_some() && !parts(variant).any(|part| self.reenters(part))
-        };
-        let ends =
-            |variant: &Option<VariantFormat>| may_end(variant) && !parts(variant).any(has_unknown);
         let untraced = variants.iter().position(|(_, variant)| variant.is_none());
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
         let done = variants.iter().position(|(_, variant)| settled(variant));
         let pick = if nested {
-            // One known to end the nesting; else one never traced, which may (a `Nil`); else
-            // one that may, not known to nest again; else one traced to its end. A variant
-            // that holds the enum again inline is settled too (it is being learned further
-            // out), but taking it nests deeper.
-            let ending = variants.iter().position(|(_, variant)| ends(variant));
-            let maybe = variants.iter().position(|(_, variant)| may_end(variant));
-            ending.or(untraced).or(maybe).or(done).or(unsettled)
+            // The variant that may end soonest, nesting the fewest named types inline before
+            // every part is one that may be empty or a primitive (one never traced may end at
+            // once: a `Nil`); else as outermost. A variant that holds the enum again inline is
+            // settled too (it is being learned further out), but taking it would nest deeper.
+            let heights = self.heights();
+            let soonest = variants
+                .iter()
+                .enumerate()
+                .map(|(at, (_, variant))| (variant_height(variant, &heights), at))
+                .filter(|(height, _)| *height < UNENDING)
+                .min()
+                .map(|(_, at)| at);
+            soonest.or(unsettled).or(done)
         } else {
             untraced.or(unsettled).or(done)
         };
         pick.unwrap_or(0)
     }
+}
+
+/// The height of a type with no known way to end ([`Tracer::heights`]).
+const UNENDING: usize = usize::MAX;
+
+/// How many named types a value of `format` nests inline at the least before it ends
+/// ([`Tracer::heights`]).
+fn height_of(format: &Format, heights: &BTreeMap<&str, usize>) -> usize {
+    match format {
+        Format::Known(Schema::Named(name)) => heights.get(name.as_str()).copied().unwrap_or(0),
+        Format::Tuple(items) => items
+            .iter()
+            .map(|item| height_of(item, heights))
+            .max()
+            .unwrap_or(0),
+        // May be empty, a primitive, or not known yet.
+        _ => 0,
+    }
+}
+
+/// How many named types a value of `variant` nests inline at the least before it ends; 0 for
+/// one never traced, which may end at once ([`Tracer::heights`]).
+fn variant_height(variant: &Option<VariantFormat>, heights: &BTreeMap<&str, usize>) -> usize {
+    parts(variant)
+        .map(|part| height_of(part, heights))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The places of a variant's fields (none for a unit variant, or one not traced yet).
@@ -626,7 +688,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         let Format::Option(inner) = slot else {
             unreachable!("learned as an option");
         };
-        if tracer.settled(inner) {
+        if tracer.settled(inner) || tracer.nested() {
             return visitor.visit_none();
         }
         visitor.visit_some(Tracing {
@@ -675,7 +737,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a sequence");
         };
         let mut slots = std::collections::VecDeque::new();
-        if !tracer.settled(item) {
+        if !tracer.settled(item) && !tracer.nested() {
             slots.push_back(&mut **item);
         }
         visitor.visit_seq(Items { tracer, slots })
@@ -727,7 +789,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a map");
         };
         let settled = tracer.settled(key) && tracer.settled(value);
-        let entry = (!settled).then_some((&mut **key, &mut **value));
+        let entry = (!settled && !tracer.nested()).then_some((&mut **key, &mut **value));
         visitor.visit_map(Entries { tracer, entry })
     }
 
@@ -772,7 +834,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         let Container::Enum(known) = &mut container else {
             return Err(self.tracer_conflict(name));
         };
-        let index = self.tracer.pick_variant(&key, known);
+        let index = self.tracer.pick_variant(known);
         let value = visitor.visit_enum(Choice {
             tracer: self.tracer,
             index,
