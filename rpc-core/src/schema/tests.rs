@@ -323,15 +323,56 @@ fn a_type_postcard_cannot_carry_is_refused_with_its_name() {
 }
 
 #[test]
+fn a_type_that_refuses_zeros_is_traced_with_ones() {
+    #[derive(Deserialize)]
+    struct Ids {
+        first: std::num::NonZeroU32,
+        rest: Vec<std::num::NonZeroU64>,
+        name: Option<String>,
+    }
+    let (schema, fingerprint) = traced::<Ids>();
+    let field = |name: &str, schema: Schema| Field {
+        name: name.to_owned(),
+        schema,
+    };
+    assert_eq!(
+        schema.types["Ids"],
+        TypeDef::Struct(vec![
+            field("first", Schema::U32),
+            field("rest", Schema::Seq(Box::new(Schema::U64))),
+            field("name", Schema::Option(Box::new(Schema::Str))),
+        ])
+    );
+    // The same bytes on the wire as the plain integers: the same fingerprint.
+    #[derive(Deserialize)]
+    struct Plain {
+        first: u32,
+        rest: Vec<u64>,
+        name: Option<String>,
+    }
+    assert_eq!(fingerprint, self::fingerprint::<Plain>());
+}
+
+#[test]
 fn a_type_whose_deserialize_refuses_made_up_values_is_refused_with_why() {
+    /// Accepts no value at all.
+    struct Never;
+    impl<'de> Deserialize<'de> for Never {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Never, D::Error> {
+            let n = u8::deserialize(deserializer)?;
+            Err(serde::de::Error::custom(format!("{n} is not welcome")))
+        }
+    }
     let mut tracer = ServiceTracer::new("Test");
     tracer
         .method("call", false)
-        .arg::<std::num::NonZeroU32>("n")
+        .arg::<Never>("n")
         .returns::<()>();
-    let error = tracer.finish().expect_err("zero is not a NonZeroU32");
+    let error = tracer.finish().expect_err("no value is a Never");
     assert!(
-        error.reason.contains("refused the made-up value"),
+        error
+            .reason
+            .contains("refused the made-up values (zeros and empty strings, then ones and \"a\"): 1 is not welcome"),
         "{error}"
     );
 }

@@ -54,6 +54,8 @@ const MAX_PASSES: usize = 10_000;
 pub(super) enum TraceError {
     /// The type nests in itself here; another pass takes another way.
     Recursion,
+    /// The type's `Deserialize` refused a made-up value; the other made-up values may do.
+    Refused(String),
     /// The type cannot be described.
     Unsupported(String),
 }
@@ -62,7 +64,7 @@ impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TraceError::Recursion => f.write_str("the type contains itself at every turn"),
-            TraceError::Unsupported(why) => f.write_str(why),
+            TraceError::Refused(why) | TraceError::Unsupported(why) => f.write_str(why),
         }
     }
 }
@@ -71,8 +73,9 @@ impl std::error::Error for TraceError {}
 
 impl de::Error for TraceError {
     fn custom<T: fmt::Display>(message: T) -> Self {
-        TraceError::Unsupported(format!(
-            "its Deserialize refused the made-up value: {message}"
+        TraceError::Refused(format!(
+            "its Deserialize refused the made-up values (zeros and empty strings, then ones \
+             and \"a\"): {message}"
         ))
     }
 }
@@ -88,6 +91,9 @@ pub(super) struct Tracer {
     stack: Vec<Key>,
     /// Whether the current pass has learned anything.
     learned: bool,
+    /// Whether values are made up as ones (`1`, `"a"`, `true`) rather than zeros (`0`, `""`,
+    /// `false`): for a type that refuses zeros, such as `NonZeroU32`.
+    ones: bool,
 }
 
 /// A named type's key: its serde name, and its Rust type's name (which tells apart two types
@@ -141,6 +147,7 @@ impl Tracer {
     pub(super) fn trace<T: DeserializeOwned>(&mut self) -> Result<Schema, String> {
         let mut root = Format::Unknown;
         let mut succeeded = false;
+        self.ones = false;
         for _ in 0..MAX_PASSES {
             self.learned = false;
             self.stack.clear();
@@ -151,7 +158,14 @@ impl Tracer {
             match pass {
                 Ok(_) => succeeded = true,
                 Err(TraceError::Recursion) => {}
-                Err(TraceError::Unsupported(why)) => return Err(self.located(why)),
+                // Refused a zero: the passes go on with ones, which learn the same shapes.
+                Err(TraceError::Refused(_)) if !self.ones => {
+                    self.ones = true;
+                    continue;
+                }
+                Err(TraceError::Refused(why) | TraceError::Unsupported(why)) => {
+                    return Err(self.located(why));
+                }
             }
             // Complete, and some pass made a value: the type has values, all of them described.
             if succeeded && self.complete(&root) {
@@ -630,11 +644,12 @@ impl Tracing<'_> {
 }
 
 macro_rules! primitives {
-    ($($method:ident => $schema:ident, $visit:ident($($value:expr)?);)*) => {
+    ($($method:ident => $schema:ident, $visit:ident($zero:expr, $one:expr);)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+                let ones = self.tracer.ones;
                 self.primitive(Schema::$schema)?;
-                visitor.$visit($($value)?)
+                visitor.$visit(if ones { $one } else { $zero })
             }
         )*
     };
@@ -644,25 +659,29 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
     type Error = TraceError;
 
     primitives! {
-        deserialize_bool => Bool, visit_bool(false);
-        deserialize_i8 => I8, visit_i8(0);
-        deserialize_i16 => I16, visit_i16(0);
-        deserialize_i32 => I32, visit_i32(0);
-        deserialize_i64 => I64, visit_i64(0);
-        deserialize_i128 => I128, visit_i128(0);
-        deserialize_u8 => U8, visit_u8(0);
-        deserialize_u16 => U16, visit_u16(0);
-        deserialize_u32 => U32, visit_u32(0);
-        deserialize_u64 => U64, visit_u64(0);
-        deserialize_u128 => U128, visit_u128(0);
-        deserialize_f32 => F32, visit_f32(0.0);
-        deserialize_f64 => F64, visit_f64(0.0);
-        deserialize_char => Char, visit_char('\0');
-        deserialize_str => Str, visit_str("");
-        deserialize_string => Str, visit_string(String::new());
-        deserialize_bytes => Bytes, visit_bytes(&[]);
-        deserialize_byte_buf => Bytes, visit_byte_buf(Vec::new());
-        deserialize_unit => Unit, visit_unit();
+        deserialize_bool => Bool, visit_bool(false, true);
+        deserialize_i8 => I8, visit_i8(0, 1);
+        deserialize_i16 => I16, visit_i16(0, 1);
+        deserialize_i32 => I32, visit_i32(0, 1);
+        deserialize_i64 => I64, visit_i64(0, 1);
+        deserialize_i128 => I128, visit_i128(0, 1);
+        deserialize_u8 => U8, visit_u8(0, 1);
+        deserialize_u16 => U16, visit_u16(0, 1);
+        deserialize_u32 => U32, visit_u32(0, 1);
+        deserialize_u64 => U64, visit_u64(0, 1);
+        deserialize_u128 => U128, visit_u128(0, 1);
+        deserialize_f32 => F32, visit_f32(0.0, 1.0);
+        deserialize_f64 => F64, visit_f64(0.0, 1.0);
+        deserialize_char => Char, visit_char('\0', 'a');
+        deserialize_str => Str, visit_str("", "a");
+        deserialize_string => Str, visit_string(String::new(), "a".to_owned());
+        deserialize_bytes => Bytes, visit_bytes(&[], b"a");
+        deserialize_byte_buf => Bytes, visit_byte_buf(Vec::new(), b"a".to_vec());
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        self.primitive(Schema::Unit)?;
+        visitor.visit_unit()
     }
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, TraceError> {
