@@ -1,5 +1,5 @@
 //! Properties of tracing, over types made up at random: structs and enums that hold each
-//! other, directly, in options and in sequences. Each is deserialized by hand, as serde's derive
+//! other, directly, in options, sequences, maps and tuples, and numbers that refuse zero. Each is deserialized by hand, as serde's derive
 //! would, from a description held by the test: whenever every type it reaches has values (every
 //! cycle has a way out), tracing describes it exactly; it never describes a type without values,
 //! and never panics or runs away.
@@ -19,6 +19,8 @@ use super::{Field, Schema, ServiceTracer, TypeDef, Variant};
 #[derive(Debug, Clone)]
 enum Ty {
     U8,
+    /// A `u8` that refuses 0, as `NonZeroU8` does.
+    NonZero,
     /// The graph's type of this index.
     Named(usize),
     Option(Box<Ty>),
@@ -114,6 +116,10 @@ impl<'de> DeserializeSeed<'de> for Seed {
                 <u8 as de::Deserialize>::deserialize(deserializer)?;
                 Ok(Made)
             }
+            Ty::NonZero => match <u8 as de::Deserialize>::deserialize(deserializer)? {
+                0 => Err(de::Error::custom("0 is not a NonZero")),
+                _ => Ok(Made),
+            },
             Ty::Option(_) => deserializer.deserialize_option(self),
             Ty::Seq(_) => deserializer.deserialize_seq(self),
             Ty::Map(..) => deserializer.deserialize_map(self),
@@ -259,7 +265,7 @@ fn inhabited(graph: &[Def]) -> Vec<bool> {
         match ty {
             Ty::Named(at) => has[*at],
             Ty::Tuple(items) => items.iter().all(|item| place(item, has)),
-            Ty::U8 | Ty::Option(_) | Ty::Seq(_) | Ty::Map(..) => true,
+            Ty::U8 | Ty::NonZero | Ty::Option(_) | Ty::Seq(_) | Ty::Map(..) => true,
         }
     }
     let mut has = vec![false; graph.len()];
@@ -287,7 +293,7 @@ fn inhabited(graph: &[Def]) -> Vec<bool> {
 /// The schema tracing should give `ty`.
 fn expected(ty: &Ty) -> Schema {
     match ty {
-        Ty::U8 => Schema::U8,
+        Ty::U8 | Ty::NonZero => Schema::U8,
         Ty::Named(at) => Schema::Named(names("T")[*at].to_owned()),
         Ty::Option(inner) => Schema::Option(Box::new(expected(inner))),
         Ty::Seq(inner) => Schema::Seq(Box::new(expected(inner))),
@@ -300,7 +306,7 @@ fn expected(ty: &Ty) -> Schema {
 fn expected_types(graph: &[Def]) -> BTreeMap<String, TypeDef> {
     fn reach(ty: &Ty, next: &mut Vec<usize>) {
         match ty {
-            Ty::U8 => {}
+            Ty::U8 | Ty::NonZero => {}
             Ty::Named(at) => next.push(*at),
             Ty::Option(inner) | Ty::Seq(inner) => reach(inner, next),
             Ty::Map(key, value) => {
@@ -372,7 +378,11 @@ fn expected_types(graph: &[Def]) -> BTreeMap<String, TypeDef> {
 /// A place in a graph of `types` types: mostly another type, sometimes in an option, a
 /// sequence, a map or a tuple, sometimes a number.
 fn ty(types: usize) -> impl Strategy<Value = Ty> {
-    let leaf = prop_oneof![1 => Just(Ty::U8), 3 => (0..types).prop_map(Ty::Named)];
+    let leaf = prop_oneof![
+        1 => Just(Ty::U8),
+        1 => Just(Ty::NonZero),
+        4 => (0..types).prop_map(Ty::Named),
+    ];
     leaf.prop_recursive(2, 6, 2, |inner| {
         prop_oneof![
             2 => inner.clone().prop_map(|ty| Ty::Option(Box::new(ty))),
