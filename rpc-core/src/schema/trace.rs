@@ -89,6 +89,11 @@ pub(super) struct Tracer {
     names: BTreeMap<Key, String>,
     /// The named types being deserialized, outermost first.
     stack: Vec<Key>,
+    /// For each entry of `stack`, whether its type was entered before in this pass where
+    /// nothing ended, and learned there: a value entered again ends as soon as it can.
+    again: Vec<bool>,
+    /// The named types entered in this pass where nothing ended.
+    entered: std::collections::BTreeSet<Key>,
     /// Whether the current pass has learned anything.
     learned: bool,
     /// Whether values are made up as ones (`1`, `"a"`, `true`) rather than zeros (`0`, `""`,
@@ -151,6 +156,8 @@ impl Tracer {
         for _ in 0..MAX_PASSES {
             self.learned = false;
             self.stack.clear();
+            self.again.clear();
+            self.entered.clear();
             let pass = T::deserialize(Tracing {
                 tracer: self,
                 slot: &mut root,
@@ -283,20 +290,36 @@ impl Tracer {
         }
     }
 
-    /// Whether some named type is being deserialized nested in itself here. There an option
-    /// is `None` and a sequence or map empty, whatever they hold: an item could nest deeper
-    /// still, and every type a value holds is learned where nothing nests, further out.
-    fn nested(&self) -> bool {
-        self.stack
+    /// Whether the value being deserialized here is to end as soon as it can: some named type
+    /// is nested in itself (an item could nest deeper still), or was entered before in this
+    /// pass (where it is learned), or the innermost is known whole (nothing below it is left to
+    /// learn; a value of it could be as large as its type allows). There an option is `None`, a sequence or map empty, and an enum takes the
+    /// variant that may end soonest: every type a value holds is learned where nothing nests,
+    /// further out, and a pass explores only what is still to learn.
+    fn ending(&self) -> bool {
+        let nested = self
+            .stack
             .iter()
             .enumerate()
-            .any(|(at, key)| self.stack[..at].contains(key))
+            .any(|(at, key)| self.stack[..at].contains(key));
+        nested
+            || self.again.contains(&true)
+            || self.stack.last().is_some_and(|innermost| {
+                self.names.get(innermost).is_some_and(|name| {
+                    self.complete_from(&Format::Known(Schema::Named(name.clone())), false)
+                })
+            })
     }
 
     /// Whether every part of `root`, and of every named type it reaches, is known; a named type
     /// being deserialized further out counts as known, for it is learned there (between passes
     /// none is).
     fn complete(&self, root: &Format) -> bool {
+        self.complete_from(root, true)
+    }
+
+    /// [`Tracer::complete`], counting the named types being deserialized as known or not.
+    fn complete_from(&self, root: &Format, outer_known: bool) -> bool {
         if has_unknown(root) {
             return false;
         }
@@ -309,7 +332,7 @@ impl Tracer {
         references(root, &mut pending);
         let mut seen = std::collections::BTreeSet::new();
         while let Some(name) = pending.pop() {
-            if !seen.insert(name) || self.on_stack(name) {
+            if !seen.insert(name) || (outer_known && self.on_stack(name)) {
                 continue;
             }
             let Some(container) = by_name.get(name).and_then(|key| self.types.get(*key)) else {
@@ -443,7 +466,13 @@ impl Tracer {
         if depth >= MAX_NESTING {
             return Err(TraceError::Recursion);
         }
+        // A type is learned where it is first entered outside an ending value.
+        let again = self.entered.contains(key);
+        if !again && !self.ending() {
+            self.entered.insert(key.clone());
+        }
         self.stack.push(key.clone());
+        self.again.push(again);
         Ok(match self.types.get(key) {
             Some(known) => known.clone(),
             None => {
@@ -456,6 +485,7 @@ impl Tracer {
     /// Puts a named type's entry back, with what this pass learned of it.
     fn leave(&mut self, key: Key, filled: Container) -> Result<(), TraceError> {
         self.stack.pop();
+        self.again.pop();
         let merged = match self.types.remove(&key) {
             None => filled,
             Some(known) => self.merge(known, filled)?,
@@ -530,7 +560,7 @@ impl Tracer {
     /// it); where some type is nested in itself, the one that may end soonest, so that the
     /// nesting stops: what a value holds is learned where nothing nests.
     fn pick_variant(&self, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
-        let nested = self.nested();
+        let nested = self.ending();
         let settled = |variant: &Option<VariantFormat>| match variant {
             None => false,
             Some(VariantFormat::Unit) => true,
@@ -707,7 +737,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         let Format::Option(inner) = slot else {
             unreachable!("learned as an option");
         };
-        if tracer.settled(inner) || tracer.nested() {
+        if tracer.settled(inner) || tracer.ending() {
             return visitor.visit_none();
         }
         visitor.visit_some(Tracing {
@@ -756,7 +786,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a sequence");
         };
         let mut slots = std::collections::VecDeque::new();
-        if !tracer.settled(item) && !tracer.nested() {
+        if !tracer.settled(item) && !tracer.ending() {
             slots.push_back(&mut **item);
         }
         visitor.visit_seq(Items { tracer, slots })
@@ -808,7 +838,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a map");
         };
         let settled = tracer.settled(key) && tracer.settled(value);
-        let entry = (!settled && !tracer.nested()).then_some((&mut **key, &mut **value));
+        let entry = (!settled && !tracer.ending()).then_some((&mut **key, &mut **value));
         visitor.visit_map(Entries { tracer, entry })
     }
 
