@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::rc::Rc;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
@@ -25,7 +26,7 @@ enum Format {
 }
 
 /// A named type's shape while it is being traced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Container {
     Unit,
     Newtype(Format),
@@ -35,7 +36,7 @@ enum Container {
     Enum(Vec<(&'static str, Option<VariantFormat>)>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum VariantFormat {
     Unit,
     Newtype(Format),
@@ -94,6 +95,17 @@ pub(super) struct Tracer {
     again: Vec<bool>,
     /// The named types entered in this pass where nothing ended.
     entered: std::collections::BTreeSet<Key>,
+    /// Bumped whenever what is known of a named type changes, so that what is worked out from
+    /// it is worked out again.
+    generation: u64,
+    /// How many times each named type, by its schema name, is in `stack`.
+    stacked: BTreeMap<String, usize>,
+    /// Each named type's schema name's key: [`Tracer::names`] the other way round.
+    by_name: BTreeMap<String, Key>,
+    /// [`Tracer::known_whole`] of the named types asked about, in a generation.
+    whole: std::cell::RefCell<(u64, BTreeMap<String, bool>)>,
+    /// [`Tracer::heights`] of the generation it was worked out in.
+    heights: std::cell::RefCell<Option<(u64, Rc<Heights>)>>,
     /// Whether the current pass has learned anything.
     learned: bool,
     /// Whether values are made up as ones (`1`, `"a"`, `true`) rather than zeros (`0`, `""`,
@@ -156,6 +168,7 @@ impl Tracer {
         for _ in 0..MAX_PASSES {
             self.learned = false;
             self.stack.clear();
+            self.stacked.clear();
             self.again.clear();
             self.entered.clear();
             let pass = T::deserialize(Tracing {
@@ -223,6 +236,7 @@ impl Tracer {
             format!("{base}#{}", earlier + 1)
         };
         self.names.insert(key.clone(), name.clone());
+        self.by_name.insert(name.clone(), key.clone());
         name
     }
 
@@ -242,9 +256,7 @@ impl Tracer {
 
     /// Whether the named type the schema calls `name` is being deserialized, further out.
     fn on_stack(&self, name: &str) -> bool {
-        self.stack
-            .iter()
-            .any(|key| self.names.get(key).is_some_and(|n| n == name))
+        self.stacked.get(name).is_some_and(|&count| count > 0)
     }
 
     /// For each named type known, how many named types a value of it nests inline at the
@@ -252,11 +264,22 @@ impl Tracer {
     /// primitive or not known yet, an enum's variant never traced counting as one that ends
     /// at once: 1 for a struct of primitives, [`UNENDING`] for a type with no way to end that
     /// is known. Worked out from what every pass has learned so far.
-    fn heights(&self) -> BTreeMap<&str, usize> {
-        let mut heights: BTreeMap<&str, usize> = self
+    fn heights(&self) -> Rc<Heights> {
+        if let Some((generation, heights)) = &*self.heights.borrow()
+            && *generation == self.generation
+        {
+            return Rc::clone(heights);
+        }
+        let heights = Rc::new(self.work_out_heights());
+        *self.heights.borrow_mut() = Some((self.generation, Rc::clone(&heights)));
+        heights
+    }
+
+    fn work_out_heights(&self) -> Heights {
+        let mut heights: Heights = self
             .names
             .values()
-            .map(|name| (name.as_str(), UNENDING))
+            .map(|name| (name.clone(), UNENDING))
             .collect();
         loop {
             let mut changed = false;
@@ -280,7 +303,7 @@ impl Tracer {
                 };
                 let height = inner.saturating_add(1);
                 if height < heights[name.as_str()] {
-                    heights.insert(name, height);
+                    heights.insert(name.clone(), height);
                     changed = true;
                 }
             }
@@ -293,9 +316,10 @@ impl Tracer {
     /// Whether the value being deserialized here is to end as soon as it can: some named type
     /// is nested in itself (an item could nest deeper still), or was entered before in this
     /// pass (where it is learned), or the innermost is known whole (nothing below it is left to
-    /// learn; a value of it could be as large as its type allows). There an option is `None`, a sequence or map empty, and an enum takes the
-    /// variant that may end soonest: every type a value holds is learned where nothing nests,
-    /// further out, and a pass explores only what is still to learn.
+    /// learn; a value of it could be as large as its type allows). There an option is `None`,
+    /// a sequence or map empty, and an enum takes the variant that may end soonest: every type
+    /// a value holds is learned where nothing nests, further out, and a pass explores only
+    /// what is still to learn.
     fn ending(&self) -> bool {
         let nested = self
             .stack
@@ -304,11 +328,28 @@ impl Tracer {
             .any(|(at, key)| self.stack[..at].contains(key));
         nested
             || self.again.contains(&true)
-            || self.stack.last().is_some_and(|innermost| {
-                self.names.get(innermost).is_some_and(|name| {
-                    self.complete_from(&Format::Known(Schema::Named(name.clone())), false)
-                })
-            })
+            || self
+                .stack
+                .last()
+                .is_some_and(|innermost| self.known_whole(innermost))
+    }
+
+    /// Whether every part of the named type `key`, and of every named type it reaches, is
+    /// known: remembered for the generation of what is known.
+    fn known_whole(&self, key: &Key) -> bool {
+        let Some(name) = self.names.get(key) else {
+            return false;
+        };
+        let mut whole = self.whole.borrow_mut();
+        if whole.0 != self.generation {
+            *whole = (self.generation, BTreeMap::new());
+        }
+        if let Some(&known) = whole.1.get(name) {
+            return known;
+        }
+        let known = self.complete_from(&Format::Known(Schema::Named(name.clone())), false);
+        whole.1.insert(name.clone(), known);
+        known
     }
 
     /// Whether every part of `root`, and of every named type it reaches, is known; a named type
@@ -323,11 +364,6 @@ impl Tracer {
         if has_unknown(root) {
             return false;
         }
-        let by_name: BTreeMap<&str, &Key> = self
-            .names
-            .iter()
-            .map(|(key, name)| (name.as_str(), key))
-            .collect();
         let mut pending = Vec::new();
         references(root, &mut pending);
         let mut seen = std::collections::BTreeSet::new();
@@ -335,7 +371,7 @@ impl Tracer {
             if !seen.insert(name) || (outer_known && self.on_stack(name)) {
                 continue;
             }
-            let Some(container) = by_name.get(name).and_then(|key| self.types.get(*key)) else {
+            let Some(container) = self.by_name.get(name).and_then(|key| self.types.get(key)) else {
                 return false;
             };
             let formats: Vec<&Format> = match container {
@@ -471,6 +507,9 @@ impl Tracer {
         if !again && !self.ending() {
             self.entered.insert(key.clone());
         }
+        if let Some(name) = self.names.get(key) {
+            *self.stacked.entry(name.clone()).or_default() += 1;
+        }
         self.stack.push(key.clone());
         self.again.push(again);
         Ok(match self.types.get(key) {
@@ -485,10 +524,27 @@ impl Tracer {
     /// Puts a named type's entry back, with what this pass learned of it.
     fn leave(&mut self, key: Key, filled: Container) -> Result<(), TraceError> {
         self.stack.pop();
+        if let Some(count) = self
+            .names
+            .get(&key)
+            .and_then(|name| self.stacked.get_mut(name))
+        {
+            *count -= 1;
+        }
         self.again.pop();
         let merged = match self.types.remove(&key) {
-            None => filled,
-            Some(known) => self.merge(known, filled)?,
+            None => {
+                self.generation += 1;
+                filled
+            }
+            Some(known) => {
+                let before = known.clone();
+                let merged = self.merge(known, filled)?;
+                if merged != before {
+                    self.generation += 1;
+                }
+                merged
+            }
         };
         self.types.insert(key, merged);
         Ok(())
@@ -592,12 +648,15 @@ impl Tracer {
     }
 }
 
+/// Each named type's height, by its schema name ([`Tracer::heights`]).
+type Heights = BTreeMap<String, usize>;
+
 /// The height of a type with no known way to end ([`Tracer::heights`]).
 const UNENDING: usize = usize::MAX;
 
 /// How many named types a value of `format` nests inline at the least before it ends
 /// ([`Tracer::heights`]).
-fn height_of(format: &Format, heights: &BTreeMap<&str, usize>) -> usize {
+fn height_of(format: &Format, heights: &Heights) -> usize {
     match format {
         Format::Known(Schema::Named(name)) => heights.get(name.as_str()).copied().unwrap_or(0),
         Format::Tuple(items) => items
@@ -612,7 +671,7 @@ fn height_of(format: &Format, heights: &BTreeMap<&str, usize>) -> usize {
 
 /// How many named types a value of `variant` nests inline at the least before it ends; 0 for
 /// one never traced, which may end at once ([`Tracer::heights`]).
-fn variant_height(variant: &Option<VariantFormat>, heights: &BTreeMap<&str, usize>) -> usize {
+fn variant_height(variant: &Option<VariantFormat>, heights: &Heights) -> usize {
     parts(variant)
         .map(|part| height_of(part, heights))
         .max()
