@@ -208,8 +208,9 @@ impl ServiceSchema {
     /// `HashMap` (a `Vec` of pairs where its key holds a float or a map, which cannot be
     /// hashed), a set or a byte string is a `Vec`, a type that holds itself directly or through
     /// others (not through a vector or a map) holds itself in a `Box`, a name that is not an
-    /// identifier is made one ([`rust_identifier`]), and a method whose types are not described
-    /// (`#[rpc(opaque)]`) is left out, with a comment that says so.
+    /// identifier is made one ([`rust_identifier`]; an instance of a generic type one word, as
+    /// Rust names types: `Page<String>` as `PageString`), and a method whose types are not
+    /// described (`#[rpc(opaque)]`) is left out, with a comment that says so.
     pub fn to_rust(&self) -> String {
         render::service(self)
     }

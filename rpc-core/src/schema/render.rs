@@ -87,6 +87,30 @@ pub(super) fn ident(name: &str) -> String {
     out
 }
 
+/// A type's schema name as a Rust type's: an instance of a generic type or a second type of
+/// one name made one word in upper camel case (`Page<String>` becomes `PageString`, `Item#2`
+/// `Item2`), as Rust names types; anything else as [`ident`] makes it.
+fn type_ident(name: &str) -> String {
+    if name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return ident(name);
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c.is_alphanumeric() {
+            if upper {
+                out.extend(c.to_uppercase());
+            } else {
+                out.push(c);
+            }
+            upper = false;
+        } else {
+            upper = true;
+        }
+    }
+    ident(&out)
+}
+
 fn is_path_keyword(name: &str) -> bool {
     matches!(name, "self" | "Self" | "super" | "crate" | "_")
 }
@@ -226,7 +250,7 @@ impl<'a> Source<'a> {
                     let (ok, err) = (self.ty(ok, owner, inline), self.ty(err, owner, inline));
                     return format!("Result<{ok}, {err}>");
                 }
-                let named = ident(name);
+                let named = type_ident(name);
                 // `name` and `owner` hold each other (or are one): boxed, or the type would
                 // hold itself without end.
                 let component = |name: &str| self.index.get(name).map(|&at| self.component[at]);
@@ -286,7 +310,7 @@ impl<'a> Source<'a> {
             "Debug, Clone, PartialEq, Serialize, Deserialize"
         };
         let mut out = format!("#[derive({derives})]\n");
-        let rust = ident(name);
+        let rust = type_ident(name);
         let _ = match def {
             TypeDef::UnitStruct => writeln!(out, "pub struct {rust};"),
             TypeDef::NewtypeStruct(inner) => {

@@ -1542,3 +1542,19 @@ fn recursive_types_users_write_are_traced() {
         ])
     );
 }
+
+#[test]
+fn instances_of_a_generic_type_render_as_names_rust_would_give_them() {
+    #[derive(Deserialize)]
+    struct Page<T> {
+        items: Vec<T>,
+    }
+    let (schema, _) = traced::<(Page<String>, Page<Vec<u8>>)>();
+    let rust = schema.to_rust();
+    assert!(rust.contains("pub struct PageString {"), "{rust}");
+    assert!(rust.contains("pub struct PageVecU8 {"), "{rust}");
+    assert!(
+        rust.contains("async fn call(&self, value: (PageString, PageVecU8));"),
+        "{rust}"
+    );
+}
