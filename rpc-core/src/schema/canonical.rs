@@ -348,7 +348,8 @@ fn def_references<'a>(def: &'a TypeDef, names: &mut Vec<&'a str>) {
     }
 }
 
-fn references<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) {
+/// Adds to `names` every named type `schema` holds, at any depth.
+pub(super) fn references<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) {
     match schema {
         Schema::Named(name) => names.push(name),
         Schema::Option(inner) | Schema::Seq(inner) => references(inner, names),

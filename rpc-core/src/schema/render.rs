@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
+use super::canonical::references;
 use super::{Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant};
 
 /// A type as Rust writes it, for a person reading a message (`Display` for [`Schema`]).
@@ -160,8 +161,9 @@ impl<'a> Source<'a> {
                 held_inline(schema, &mut names);
                 inline[at].extend(names.iter().filter_map(|name| index.get(name).copied()));
                 names.clear();
-                unhashable[at] |= refers(schema, &mut names);
+                references(schema, &mut names);
                 held[at].extend(names.iter().filter_map(|name| index.get(name).copied()));
+                unhashable[at] |= holds_unhashable(schema);
             }
         }
         // A type that holds an unhashable one is unhashable too.
@@ -201,7 +203,7 @@ impl<'a> Source<'a> {
         for key in keys {
             if source.hashable(key) {
                 let mut names = Vec::new();
-                refers(key, &mut names);
+                references(key, &mut names);
                 next.extend(
                     names
                         .iter()
@@ -221,7 +223,8 @@ impl<'a> Source<'a> {
     /// Whether a value of `schema` can be hashed: it holds no float and no map.
     fn hashable(&self, schema: &Schema) -> bool {
         let mut names = Vec::new();
-        !refers(schema, &mut names)
+        references(schema, &mut names);
+        !holds_unhashable(schema)
             && names
                 .iter()
                 .all(|name| self.index.get(name).is_some_and(|&at| !self.unhashable[at]))
@@ -354,7 +357,9 @@ impl<'a> Source<'a> {
     /// A method's declaration in the trait, or, for a method whose types the server does not
     /// describe (`#[rpc(opaque)]`), a comment saying it is left out.
     fn method(&self, method: &MethodSchema) -> String {
-        let opaque = method_schemas(method).any(|schema| self.names_unknown(schema));
+        let mut names = Vec::new();
+        method_schemas(method).for_each(|schema| references(schema, &mut names));
+        let opaque = names.iter().any(|name| !self.types.contains_key(*name));
         if opaque {
             return format!(
                 "    // `{}` is left out: the server does not describe its types \
@@ -399,17 +404,6 @@ impl<'a> Source<'a> {
         );
         out
     }
-
-    /// Whether `schema` names a type the service does not define.
-    fn names_unknown(&self, schema: &Schema) -> bool {
-        match schema {
-            Schema::Option(inner) | Schema::Seq(inner) => self.names_unknown(inner),
-            Schema::Map(key, value) => self.names_unknown(key) || self.names_unknown(value),
-            Schema::Tuple(items) => items.iter().any(|item| self.names_unknown(item)),
-            Schema::Named(name) => !self.types.contains_key(name),
-            _ => false,
-        }
-    }
 }
 
 /// The schemas a type's definition holds, one level down.
@@ -448,29 +442,13 @@ fn held_inline<'a>(schema: &'a Schema, held: &mut Vec<&'a str>) {
     }
 }
 
-/// Adds to `names` every type `schema` names, at any depth; whether it holds, outside them, a
-/// float or a map, which cannot be hashed.
-fn refers<'a>(schema: &'a Schema, names: &mut Vec<&'a str>) -> bool {
+/// Whether `schema` holds, outside the named types it names, a float or a map, which cannot
+/// be hashed.
+fn holds_unhashable(schema: &Schema) -> bool {
     match schema {
-        Schema::F32 | Schema::F64 => true,
-        Schema::Map(key, value) => {
-            refers(key, names);
-            refers(value, names);
-            true
-        }
-        Schema::Option(inner) | Schema::Seq(inner) => refers(inner, names),
-        Schema::Tuple(items) => {
-            // Every item, not stopping at the first that holds a float: each names its types.
-            let mut holds = false;
-            for item in items {
-                holds |= refers(item, names);
-            }
-            holds
-        }
-        Schema::Named(name) => {
-            names.push(name);
-            false
-        }
+        Schema::F32 | Schema::F64 | Schema::Map(..) => true,
+        Schema::Option(inner) | Schema::Seq(inner) => holds_unhashable(inner),
+        Schema::Tuple(items) => items.iter().any(holds_unhashable),
         _ => false,
     }
 }
