@@ -100,6 +100,8 @@ pub(super) struct Tracer {
     generation: u64,
     /// How many times each named type, by its schema name, is in `stack`.
     stacked: BTreeMap<String, usize>,
+    /// How many entries of `stack` are of a type already in it further out.
+    nested: usize,
     /// Each named type's schema name's key: [`Tracer::names`] the other way round.
     by_name: BTreeMap<String, Key>,
     /// [`Tracer::known_whole`] of the named types asked about, in a generation.
@@ -169,6 +171,7 @@ impl Tracer {
             self.learned = false;
             self.stack.clear();
             self.stacked.clear();
+            self.nested = 0;
             self.again.clear();
             self.entered.clear();
             let pass = T::deserialize(Tracing {
@@ -321,12 +324,7 @@ impl Tracer {
     /// a value holds is learned where nothing nests, further out, and a pass explores only
     /// what is still to learn.
     fn ending(&self) -> bool {
-        let nested = self
-            .stack
-            .iter()
-            .enumerate()
-            .any(|(at, key)| self.stack[..at].contains(key));
-        nested
+        self.nested > 0
             || self.again.contains(&true)
             || self
                 .stack
@@ -380,19 +378,13 @@ impl Tracer {
                 Container::Tuple(items) => items.iter().collect(),
                 Container::Struct(fields) => fields.iter().map(|(_, f)| f).collect(),
                 Container::Enum(variants) => {
-                    let mut formats = Vec::new();
-                    for (_, variant) in variants {
-                        match variant {
-                            None => return false,
-                            Some(VariantFormat::Unit) => {}
-                            Some(VariantFormat::Newtype(inner)) => formats.push(inner),
-                            Some(VariantFormat::Tuple(items)) => formats.extend(items),
-                            Some(VariantFormat::Struct(fields)) => {
-                                formats.extend(fields.iter().map(|(_, f)| f));
-                            }
-                        }
+                    if variants.iter().any(|(_, variant)| variant.is_none()) {
+                        return false;
                     }
-                    formats
+                    variants
+                        .iter()
+                        .flat_map(|(_, variant)| parts(variant))
+                        .collect()
                 }
             };
             for format in formats {
@@ -508,7 +500,9 @@ impl Tracer {
             self.entered.insert(key.clone());
         }
         if let Some(name) = self.names.get(key) {
-            *self.stacked.entry(name.clone()).or_default() += 1;
+            let count = self.stacked.entry(name.clone()).or_default();
+            self.nested += usize::from(*count > 0);
+            *count += 1;
         }
         self.stack.push(key.clone());
         self.again.push(again);
@@ -530,6 +524,7 @@ impl Tracer {
             .and_then(|name| self.stacked.get_mut(name))
         {
             *count -= 1;
+            self.nested -= usize::from(*count > 0);
         }
         self.again.pop();
         let merged = match self.types.remove(&key) {
@@ -617,12 +612,8 @@ impl Tracer {
     /// nesting stops: what a value holds is learned where nothing nests.
     fn pick_variant(&self, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
         let nested = self.ending();
-        let settled = |variant: &Option<VariantFormat>| match variant {
-            None => false,
-            Some(VariantFormat::Unit) => true,
-            Some(VariantFormat::Newtype(inner)) => self.settled(inner),
-            Some(VariantFormat::Tuple(items)) => items.iter().all(|item| self.settled(item)),
-            Some(VariantFormat::Struct(fields)) => fields.iter().all(|(_, f)| self.settled(f)),
+        let settled = |variant: &Option<VariantFormat>| {
+            variant.is_some() && parts(variant).all(|part| self.settled(part))
         };
         let untraced = variants.iter().position(|(_, variant)| variant.is_none());
         let unsettled = variants.iter().position(|(_, variant)| !settled(variant));
