@@ -224,7 +224,7 @@ impl ServerBuilder {
     ///
     /// The window adapts, up to `window`, as the client's does, so a connection whose requests
     /// come further apart stops polling after a few windows in vain, and one with a stream open
-    /// does not poll (see the client's). A client on the same runtime (one of this crate's,
+    /// or a large frame coming does not poll (see the client's). A client on the same runtime (one of this crate's,
     /// over TCP) is polled for only after a read that brought several of its requests: there
     /// a call's two ends meet without a thread to wake, and polling after a lone call only
     /// slows it, but pipelined callers' next requests come sooner than a sleeping worker wakes
