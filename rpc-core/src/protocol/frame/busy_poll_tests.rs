@@ -1,0 +1,247 @@
+//! The frame reader's busy polling: when it asks to be polled again, and its reads past tokio.
+
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+
+use tokio::io::AsyncWriteExt;
+
+use super::super::writer::through_tests::Wakes;
+use super::split_tests::ending_in_bytes;
+use super::tests::frame;
+use super::*;
+use crate::test_sockets::blocking_pair;
+
+/// Polls `reader` once for its next frame, with `waker`.
+fn poll_once<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    waker: &Waker,
+) -> Poll<Result<Option<Bytes>, RpcError>> {
+    let mut cx = Context::from_waker(waker);
+    std::pin::pin!(reader.next_frame()).poll(&mut cx)
+}
+
+/// A zero window, as the builders pass it on, is no busy polling at all.
+#[test]
+fn a_zero_window_turns_busy_polling_off() {
+    let (_tx, rx) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(rx, 1024);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    assert!(
+        reader
+            .set_busy_poll(Some(Duration::ZERO), &streams)
+            .is_none()
+    );
+    assert!(reader.busy_poll.is_none());
+    let window = Some(Duration::from_micros(1));
+    assert!(reader.set_busy_poll(window, &streams).is_some());
+}
+
+/// A reader that busy polls and finds nothing asks to be polled again, though no bytes came
+/// to wake it, read after read; one that does not waits for the bytes' wakeup. Polled
+/// outside a runtime, where tokio wakes a task that defers itself at once.
+#[test]
+fn a_busy_reader_asks_to_be_polled_again_without_bytes_to_wake_it() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    for busy in [true, false] {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        runtime
+            .block_on(tx.write_all(&frame(b"one")))
+            .expect("writes");
+        let count = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let first = poll_once(&mut reader, &waker);
+        assert!(
+            matches!(&first, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+            "{first:?}"
+        );
+        for polled in 1..=3 {
+            assert!(poll_once(&mut reader, &waker).is_pending());
+            let woken = count.0.load(Ordering::SeqCst);
+            assert_eq!(woken, if busy { polled } else { 0 }, "busy: {busy}");
+        }
+    }
+}
+
+/// A busy reader does not poll while the rest of a large frame is still to come, whether
+/// it reads the frame whole or its byte string apart, nor after handing it on, until its
+/// next bytes: those come at the pace of the copies that move large frames. A small frame
+/// after it starts polling again.
+#[test]
+fn a_busy_reader_does_not_poll_through_or_after_a_large_frame() {
+    // With timers: an empty buffer that held a large frame times its quiet spell.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _inside = runtime.enter();
+    let length = LARGE_FRAME.max(tail::MIN_TAIL) + 100;
+    for split_at in [None, Some(1)] {
+        let (mut tx, rx) = tokio::io::duplex(4 * length);
+        let mut reader = FrameReader::new(rx, 4 * length);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+        let mut split = |prefix: &[u8]| split_at.filter(|_| prefix.starts_with(b"h"));
+        let count = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = |reader: &mut FrameReader<_>| {
+            std::pin::pin!(reader.next_frame_split(&mut split)).poll(&mut cx)
+        };
+
+        let large = frame(&ending_in_bytes(b"h", length, 7));
+        let (start, rest) = large.split_at(1000);
+        runtime.block_on(tx.write_all(start)).expect("writes");
+        for _ in 0..3 {
+            assert!(poll(&mut reader).is_pending());
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "polled amid the frame");
+
+        // Wakes the reader, as bytes written do.
+        runtime.block_on(tx.write_all(rest)).expect("writes");
+        let woken = count.0.load(Ordering::SeqCst);
+        let read = poll(&mut reader);
+        assert!(
+            matches!(&read, Poll::Ready(Ok(Some((head, tail))))
+                if head.len() + tail.as_ref().map_or(0, Tail::len) > length),
+            "{read:?}"
+        );
+        assert!(poll(&mut reader).is_pending());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            woken,
+            "polled after the frame"
+        );
+
+        runtime
+            .block_on(tx.write_all(&frame(b"one")))
+            .expect("writes");
+        let woken = count.0.load(Ordering::SeqCst);
+        assert!(poll(&mut reader).is_ready());
+        assert!(poll(&mut reader).is_pending());
+        let polled = count.0.load(Ordering::SeqCst) - woken;
+        assert_eq!(polled, 1, "a small frame: it polls");
+    }
+}
+
+/// A reader of `accepted`, registered with the runtime entered, polling for an hour if
+/// `busy`.
+fn reader_of(
+    accepted: std::net::TcpStream,
+    busy: bool,
+) -> FrameReader<tokio::net::tcp::OwnedReadHalf> {
+    accepted.set_nonblocking(true).expect("non-blocking");
+    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+    let (read, _write) = stream.into_split();
+    let socket = TcpSocket::of(read.as_ref());
+    let mut reader = FrameReader::new(read, 1024);
+    reader.set_tcp_socket(socket);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+    reader
+}
+
+/// A current-thread runtime with I/O, to enter without ever awaiting: it never polls its
+/// driver.
+fn runtime_with_io() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime")
+}
+
+/// A busy polling reader of a TCP socket finds a frame that has come though no thread has
+/// polled tokio's I/O driver since (on a multi-thread runtime, a sleeping worker may hold
+/// it): it reads the socket itself. A reader that does not busy poll waits for the driver.
+#[test]
+fn a_busy_reader_finds_bytes_the_driver_has_not_seen() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    for busy in [true, false] {
+        let (mut peer, accepted) = blocking_pair();
+        peer.write_all(&frame(b"one")).expect("writes");
+        // Waits, blocking, until the frame is in the socket.
+        accepted.peek(&mut [0; 1]).expect("the frame comes");
+        let mut reader = reader_of(accepted, busy);
+
+        let polled = poll_once(&mut reader, Waker::noop());
+        if busy {
+            assert!(
+                matches!(&polled, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+                "{polled:?}"
+            );
+        } else {
+            assert!(polled.is_pending(), "{polled:?}");
+        }
+    }
+}
+
+/// A busy polling reader that reads its socket itself reports a peer's reset as the failure
+/// it is, not as a clean end: a socket reports a reset once, so whoever reads it first must
+/// pass it on (a server drops the handlers of a client reset mid-call, and finishes those
+/// of one that only closed its side).
+#[test]
+fn a_busy_reader_reports_a_reset_it_reads_itself() {
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    let (peer, accepted) = blocking_pair();
+    let mut reader = reader_of(accepted, true);
+    peer.set_nonblocking(true).expect("non-blocking");
+    let peer = tokio::net::TcpStream::from_std(peer).expect("registers");
+    // A linger of zero closes with a reset, at once.
+    #[allow(deprecated)]
+    peer.set_linger(Some(Duration::ZERO))
+        .expect("a reset on close");
+    drop(peer);
+    // Only the reader's own reads can see the reset: the driver never runs. Polled until
+    // it comes, which on loopback is at once.
+    let guard = std::time::Instant::now() + Duration::from_secs(20);
+    let polled = loop {
+        match poll_once(&mut reader, Waker::noop()) {
+            Poll::Ready(polled) => break polled,
+            Poll::Pending => assert!(std::time::Instant::now() < guard, "no reset came"),
+        }
+    };
+    assert!(
+        matches!(&polled, Err(RpcError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset),
+        "{polled:?}"
+    );
+}
+
+/// A read past tokio spends the task's budget as tokio's own reads do: once the task has
+/// spent it, the reader reads nothing more until the task's next turn, whatever has come.
+#[test]
+fn a_busy_reader_whose_task_spent_its_budget_waits_for_its_next_turn() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let (mut peer, accepted) = blocking_pair();
+    peer.write_all(&frame(b"one")).expect("writes");
+    accepted.peek(&mut [0; 1]).expect("the frame comes");
+    let mut reader = {
+        let _inside = runtime.enter();
+        reader_of(accepted, true)
+    };
+    // One turn of a task: its budget spent, then the reader polled. The runtime's driver
+    // never runs: each turn is over at its first poll.
+    let spent = runtime.block_on(std::future::poll_fn(|cx| {
+        while let Poll::Ready(budget) = tokio::task::coop::poll_proceed(cx) {
+            budget.made_progress();
+        }
+        Poll::Ready(poll_once(&mut reader, Waker::noop()))
+    }));
+    assert!(spent.is_pending(), "{spent:?}");
+    let next = runtime.block_on(std::future::poll_fn(|_| {
+        Poll::Ready(poll_once(&mut reader, Waker::noop()))
+    }));
+    assert!(
+        matches!(&next, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+        "{next:?}"
+    );
+}
