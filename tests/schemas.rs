@@ -309,6 +309,54 @@ async fn a_type_without_a_schema_is_refused_at_serve_and_at_connect() {
         Err(RpcError::Schema(error)) => {
             assert_eq!(error.method, "take");
             assert_eq!(error.place, "the argument `value`");
+            assert_eq!(
+                error.problem,
+                rpc_core::schema::SchemaProblem::Undescribable
+            );
+        }
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
+/// A type whose `Serialize` leaves out a field its `Deserialize` reads: postcard writes no field
+/// names, so a call carrying it when the field is empty would fail, or be read as another value.
+mod skipping {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Query {
+        pub name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+        pub tag: u8,
+    }
+
+    #[rpc_core::service]
+    pub trait Search {
+        async fn find(&self, query: Query) -> u32;
+    }
+}
+
+impl skipping::Search for Taker {
+    async fn find(&self, query: skipping::Query) -> u32 {
+        query.limit.unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+async fn a_type_that_does_not_read_back_what_it_writes_is_refused_at_serve_and_at_connect() {
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    let served = server.serve(skipping::SearchServer::new(Taker)).await;
+    let error = served.expect_err("refused before accepting anything");
+    let said = error.to_string();
+    assert!(said.contains("`Search::find`"), "{said}");
+    assert!(said.contains("does not read back what it writes"), "{said}");
+
+    match skipping::SearchClient::connect(addr).await {
+        Err(RpcError::Schema(error)) => {
+            assert_eq!(error.problem, rpc_core::schema::SchemaProblem::NotReadBack);
+            assert_eq!(error.place, "the argument `query`");
         }
         other => panic!("expected a schema error, got {other:?}"),
     }

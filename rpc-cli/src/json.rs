@@ -959,7 +959,7 @@ mod tests {
     }
 
     /// The schema of `T` and the named types it uses, as a service describes them.
-    fn traced<T: DeserializeOwned>() -> (Schema, Types) {
+    fn traced<T: Serialize + DeserializeOwned>() -> (Schema, Types) {
         let mut tracer = ServiceTracer::new("Test");
         tracer.method("get", false).returns::<T>();
         let service = tracer.finish().expect("a schema");

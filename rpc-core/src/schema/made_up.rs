@@ -425,7 +425,7 @@ proptest! {
         });
         GRAPH.with(|current| *current.borrow_mut() = Rc::new(graph.clone()));
         let mut tracer = ServiceTracer::new("Made");
-        tracer.method("call", false).arg::<Made>("value").returns::<()>();
+        tracer.method("call", false).read_only_arg::<Made>("value").returns::<()>();
         match tracer.finish() {
             Ok(schema) => {
                 prop_assert!(inhabited[0], "a type without values was described: {schema:?}");
@@ -466,7 +466,7 @@ fn a_great_many_types_that_hold_one_another_are_traced_in_small_passes() {
     let mut tracer = ServiceTracer::new("Made");
     tracer
         .method("call", false)
-        .arg::<Made>("value")
+        .read_only_arg::<Made>("value")
         .returns::<()>();
     // Traced whole; the flattened canonical form of so many structs held inline is over its
     // bound, which is refused as it should be.

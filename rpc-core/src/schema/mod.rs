@@ -28,6 +28,7 @@
 
 mod canonical;
 mod compare;
+mod read_back;
 mod render;
 mod trace;
 
@@ -223,24 +224,71 @@ impl ServiceSchema {
 }
 
 /// Why a service's schema could not be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the schema of `{service}::{method}` cannot be made: {place} (of type `{type_name}`) cannot \
-     be described, because {reason}. Mark the method `#[rpc(opaque)]` to send it without a \
-     schema"
-)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaError {
     /// The service.
-    pub service: String,
+    pub service: &'static str,
     /// The method whose type failed.
     pub method: String,
     /// Where in the method: "the argument `x`", "the result", "the streamed items".
     pub place: String,
     /// The Rust type, as the compiler names it.
-    pub type_name: String,
+    pub type_name: &'static str,
     /// Why.
     pub reason: String,
+    /// What kind of problem it is, which says how to mend it.
+    pub problem: SchemaProblem,
 }
+
+/// What kind of problem a [`SchemaError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SchemaProblem {
+    /// The type cannot be described: it needs a self-describing encoding (an untagged enum,
+    /// `#[serde(flatten)]`, `serde_json::Value`), contains itself with no way out, or nests too
+    /// widely. Marking the method `#[rpc(opaque)]` sends it without a schema.
+    Undescribable,
+    /// A value of the type does not read back as itself: written with postcard, as every call
+    /// is, its bytes read back as an error or as another value. A field its `Serialize` leaves
+    /// out (`#[serde(skip_serializing_if = "...")]`, `skip_serializing`) is the usual cause:
+    /// postcard is not self-describing, and every field written must be read back in order.
+    /// Every call carrying such a value would fail or be misread, schema or not.
+    NotReadBack,
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SchemaError {
+            service,
+            method,
+            place,
+            type_name,
+            reason,
+            problem,
+        } = self;
+        write!(
+            f,
+            "the schema of `{service}::{method}` cannot be made: {place} (of type `{type_name}`) "
+        )?;
+        match problem {
+            SchemaProblem::Undescribable => write!(
+                f,
+                "cannot be described, because {reason}. Mark the method `#[rpc(opaque)]` to send \
+                 it without a schema"
+            ),
+            SchemaProblem::NotReadBack => write!(
+                f,
+                "does not read back what it writes: {reason}. rpc-core encodes with postcard, \
+                 which writes no field names: every field a value writes is read back in order, \
+                 so a field left out when written (`#[serde(skip_serializing_if = \"...\")]`, \
+                 `skip_serializing`) or a `Serialize` that disagrees with its `Deserialize` \
+                 breaks every call that carries it. Write every field the type reads"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SchemaError {}
 
 /// Traces the schemas of a service's methods, one after another. Generated code calls it.
 #[derive(Debug)]
@@ -292,15 +340,16 @@ impl ServiceTracer {
             }
             let Some(form) = canonical::method(method, &types) else {
                 return Err(SchemaError {
-                    service: self.name.to_owned(),
+                    service: self.name,
                     method: method.name.clone(),
                     place: "its arguments and result".to_owned(),
-                    type_name: "(all of them)".to_owned(),
+                    type_name: "(all of them)",
                     reason: format!(
                         "their canonical form would be over {} bytes: their types' fields \
                          nest too widely",
                         canonical::MAX_LEN
                     ),
+                    problem: SchemaProblem::Undescribable,
                 });
             };
             method.fingerprint = canonical::fingerprint(&form);
@@ -312,27 +361,34 @@ impl ServiceTracer {
         })
     }
 
+    /// The schema of `T`, for `place` in `method`; a value of `T` made up while tracing that
+    /// fails `check` fails the service's schema.
     fn trace<T: DeserializeOwned>(
         &mut self,
         method: &str,
         place: impl FnOnce() -> String,
+        check: fn(&[T]) -> Result<(), String>,
     ) -> Schema {
         if self.error.is_some() {
             return Schema::Unit;
         }
-        match self.tracer.trace::<T>() {
-            Ok(schema) => schema,
-            Err(reason) => {
-                self.error = Some(SchemaError {
-                    service: self.name.to_owned(),
-                    method: method.to_owned(),
-                    place: place(),
-                    type_name: std::any::type_name::<T>().to_owned(),
-                    reason,
-                });
-                Schema::Unit
-            }
-        }
+        let traced = self.tracer.trace_made::<T>();
+        let (reason, problem) = match traced {
+            Ok((schema, made)) => match check(&made) {
+                Ok(()) => return schema,
+                Err(reason) => (reason, SchemaProblem::NotReadBack),
+            },
+            Err(reason) => (reason, SchemaProblem::Undescribable),
+        };
+        self.error = Some(SchemaError {
+            service: self.name,
+            method: method.to_owned(),
+            place: place(),
+            type_name: std::any::type_name::<T>(),
+            reason,
+            problem,
+        });
+        Schema::Unit
     }
 }
 
@@ -353,7 +409,7 @@ impl MethodTracer<'_> {
     }
 
     /// Its next argument, `name`, of type `T`.
-    pub fn arg<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
+    pub fn arg<T: Serialize + DeserializeOwned>(mut self, name: &'static str) -> Self {
         let schema = self.schema::<T>(|| format!("the argument `{name}`"));
         self.method.args.push(Field {
             name: name.to_owned(),
@@ -363,7 +419,7 @@ impl MethodTracer<'_> {
     }
 
     /// Its streamed argument, `name`, with items of type `T`.
-    pub fn upload<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
+    pub fn upload<T: Serialize + DeserializeOwned>(mut self, name: &'static str) -> Self {
         let schema = self.schema::<T>(|| format!("the items of the streamed argument `{name}`"));
         self.method.upload = Some(Field {
             name: name.to_owned(),
@@ -373,23 +429,48 @@ impl MethodTracer<'_> {
     }
 
     /// Its result, of type `T`.
-    pub fn returns<T: DeserializeOwned>(mut self) {
+    pub fn returns<T: Serialize + DeserializeOwned>(mut self) {
         self.method.result = self.schema::<T>(|| "the result".to_owned());
         self.done();
     }
 
     /// Its streamed result, with items of type `T`.
-    pub fn streams<T: DeserializeOwned>(mut self) {
+    pub fn streams<T: Serialize + DeserializeOwned>(mut self) {
         self.method.result = self.schema::<T>(|| "the streamed result's items".to_owned());
         self.method.download = true;
         self.done();
     }
 
-    fn schema<T: DeserializeOwned>(&mut self, place: impl FnOnce() -> String) -> Schema {
+    /// The schema of `T`, for `place`, if it reads back what it writes.
+    fn schema<T: Serialize + DeserializeOwned>(
+        &mut self,
+        place: impl FnOnce() -> String,
+    ) -> Schema {
+        self.schema_checked(place, read_back::check::<T>)
+    }
+
+    /// The schema of `T`, for `place`, if its made-up values pass `check`.
+    fn schema_checked<T: DeserializeOwned>(
+        &mut self,
+        place: impl FnOnce() -> String,
+        check: fn(&[T]) -> Result<(), String>,
+    ) -> Schema {
         if self.opaque.is_some() {
             return Schema::Named(std::any::type_name::<T>().to_owned());
         }
-        self.service.trace::<T>(&self.method.name, place)
+        self.service.trace::<T>(&self.method.name, place, check)
+    }
+
+    /// An argument, `name`, of a type that is only read, not written: for tests of tracing
+    /// alone, whose types deserialize by hand.
+    #[cfg(test)]
+    pub(crate) fn read_only_arg<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
+        let schema = self.schema_checked::<T>(|| format!("the argument `{name}`"), |_| Ok(()));
+        self.method.args.push(Field {
+            name: name.to_owned(),
+            schema,
+        });
+        self
     }
 
     fn done(mut self) {

@@ -10,7 +10,7 @@ use super::canonical;
 use super::*;
 
 /// The schema of a one-method service taking a `T` and returning `()`, and its fingerprint.
-fn traced<T: DeserializeOwned>() -> (ServiceSchema, u64) {
+fn traced<T: Serialize + DeserializeOwned>() -> (ServiceSchema, u64) {
     let mut tracer = ServiceTracer::new("Test");
     tracer
         .method("call", false)
@@ -21,7 +21,7 @@ fn traced<T: DeserializeOwned>() -> (ServiceSchema, u64) {
     (schema, fingerprint)
 }
 
-fn fingerprint<T: DeserializeOwned>() -> u64 {
+fn fingerprint<T: Serialize + DeserializeOwned>() -> u64 {
     traced::<T>().1
 }
 
@@ -172,21 +172,21 @@ fn every_kind_of_type_is_described() {
 #[test]
 fn fingerprints_follow_the_bytes_on_the_wire() {
     mod before {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct User {
             pub name: String,
             pub age: u32,
         }
     }
     mod renamed {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct Person {
             pub full_name: std::string::String,
             pub years: u32,
         }
     }
     mod added {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct User {
             pub name: String,
             pub age: u32,
@@ -194,27 +194,27 @@ fn fingerprints_follow_the_bytes_on_the_wire() {
         }
     }
     mod retyped {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct User {
             pub name: String,
             pub age: u64,
         }
     }
     mod reordered {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct User {
             pub age: u32,
             pub name: String,
         }
     }
     mod removed {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct User {
             pub name: String,
         }
     }
     type Years = u32;
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Aliased {
         name: String,
         age: Years,
@@ -244,29 +244,29 @@ fn fingerprints_follow_the_bytes_on_the_wire() {
 
 #[test]
 fn enum_fingerprints_follow_their_variants() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Before {
         A,
         B(u8),
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Inserted {
         A,
         New,
         B(u8),
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Appended {
         A,
         B(u8),
         New,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Renamed {
         First,
         Second(u8),
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Wider {
         A,
         B(u16),
@@ -289,7 +289,7 @@ fn byte_buffers_and_byte_vectors_are_one_thing_on_the_wire() {
 
 #[test]
 fn recursive_types_get_distinct_fingerprints() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Other {
         Leaf(u32),
         Node(Box<Other>),
@@ -301,7 +301,7 @@ fn recursive_types_get_distinct_fingerprints() {
 
 #[test]
 fn a_type_postcard_cannot_carry_is_refused_with_its_name() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     #[serde(untagged)]
     enum Loose {
         Number(u32),
@@ -318,13 +318,14 @@ fn a_type_postcard_cannot_carry_is_refused_with_its_name() {
         .expect_err("untagged enums need deserialize_any");
     assert_eq!(error.method, "call");
     assert_eq!(error.place, "the argument `loose`");
+    assert_eq!(error.problem, SchemaProblem::Undescribable);
     assert!(error.type_name.ends_with("Loose"), "{error}");
     assert!(error.to_string().contains("#[rpc(opaque)]"), "{error}");
 }
 
 #[test]
 fn a_type_that_refuses_zeros_is_traced_with_ones() {
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Ids {
         first: std::num::NonZeroU32,
         rest: Vec<std::num::NonZeroU64>,
@@ -344,7 +345,7 @@ fn a_type_that_refuses_zeros_is_traced_with_ones() {
         ])
     );
     // The same bytes on the wire as the plain integers: the same fingerprint.
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Plain {
         first: u32,
         rest: Vec<u64>,
@@ -356,6 +357,7 @@ fn a_type_that_refuses_zeros_is_traced_with_ones() {
 #[test]
 fn a_type_whose_deserialize_refuses_made_up_values_is_refused_with_why() {
     /// Accepts no value at all.
+    #[derive(Serialize)]
     struct Never;
     impl<'de> Deserialize<'de> for Never {
         fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Never, D::Error> {
@@ -379,7 +381,7 @@ fn a_type_whose_deserialize_refuses_made_up_values_is_refused_with_why() {
 
 #[test]
 fn a_type_that_contains_itself_with_no_way_out_is_refused() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Endless {
         next: Box<Endless>,
     }
@@ -395,13 +397,13 @@ fn a_type_that_contains_itself_with_no_way_out_is_refused() {
 #[test]
 fn two_types_of_one_name_are_told_apart() {
     mod a {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct Item {
             pub id: u32,
         }
     }
     mod b {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct Item {
             pub label: String,
         }
@@ -439,7 +441,7 @@ fn the_canonical_form_is_the_one_docs_wire_md_works_through() {
 
 #[test]
 fn a_recursive_type_is_traced_whatever_comes_after_the_recursion() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Deep {
         next: Option<Box<Deep>>,
         children: Vec<Deep>,
@@ -456,7 +458,7 @@ fn a_recursive_type_is_traced_whatever_comes_after_the_recursion() {
 
 #[test]
 fn instances_of_a_generic_type_are_told_apart() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Fail;
     let (schema, _) = traced::<(Result<i64, Fail>, Result<String, Fail>)>();
     assert_eq!(
@@ -478,7 +480,7 @@ fn instances_of_a_generic_type_are_told_apart() {
 
 #[test]
 fn every_variant_of_an_enum_inside_an_enum_is_traced() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Failure {
         Overflow,
         Invalid { why: String },
@@ -563,12 +565,12 @@ fn a_description_whose_types_expand_without_end_is_compared_in_bounded_time() {
 
 #[test]
 fn differences_inside_recursive_types_are_found_without_going_round() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Before {
         Leaf(u32),
         Node(Box<Before>, Box<Before>),
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum After {
         Leaf(u64),
         Node(Box<After>, Box<After>),
@@ -647,21 +649,21 @@ fn a_schema_too_long_or_too_deep_has_no_canonical_form() {
 
 #[test]
 fn struct_variants_and_recursive_structs_count_their_fields() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Narrow {
         Point { x: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     enum Wide {
         Point { x: u16 },
     }
     assert_ne!(fingerprint::<Narrow>(), fingerprint::<Wide>());
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct ByteList {
         value: u8,
         next: Option<Box<ByteList>>,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct WordList {
         value: u16,
         next: Option<Box<WordList>>,
@@ -671,11 +673,11 @@ fn struct_variants_and_recursive_structs_count_their_fields() {
 
 #[test]
 fn types_that_contain_themselves_through_maps_and_tuples_get_fingerprints() {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Directory {
         entries: BTreeMap<String, Directory>,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     struct Pairs {
         pairs: Vec<(u8, Pairs)>,
     }
@@ -721,7 +723,7 @@ fn a_difference_is_named_where_it_is_not_at_the_first_argument() {
 }
 
 /// A one-method service whose `call` takes a `T` named `value` and returns an `R`.
-fn service_of<T: DeserializeOwned, R: DeserializeOwned>() -> ServiceSchema {
+fn service_of<T: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned>() -> ServiceSchema {
     let mut tracer = ServiceTracer::new("Test");
     tracer
         .method("call", false)
@@ -731,7 +733,7 @@ fn service_of<T: DeserializeOwned, R: DeserializeOwned>() -> ServiceSchema {
 }
 
 /// What `difference` says of `call` taking a `Before` here and an `After` on the server.
-fn said<Before: DeserializeOwned, After: DeserializeOwned>() -> String {
+fn said<Before: Serialize + DeserializeOwned, After: Serialize + DeserializeOwned>() -> String {
     difference(
         &service_of::<Before, ()>(),
         &service_of::<After, ()>(),
@@ -744,51 +746,51 @@ mod shapes {
     #![allow(dead_code)]
     use std::collections::BTreeMap;
 
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub struct Two {
         pub a: u8,
         pub b: u8,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub struct Three {
         pub a: u8,
         pub b: u8,
         pub c: u8,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub struct TwoWide {
         pub a: u8,
         pub b: u16,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum Kind {
         Unit,
         One(u8),
         Pair(u8, u8),
         Named { x: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum KindOne {
         Unit,
         One(u16),
         Pair(u8, u8),
         Named { x: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum KindPair {
         Unit,
         One(u8),
         Pair(u8, u16),
         Named { x: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum KindNamed {
         Unit,
         One(u8),
         Pair(u8, u8),
         Named { x: u16 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum KindShort {
         Unit,
         One(u8),
@@ -938,20 +940,20 @@ fn incompatibilities_are_the_removed_and_the_changed_methods() {
 mod more_shapes {
     #![allow(dead_code)]
 
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum Short {
         Named { x: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub enum Long {
         Named { x: u16, y: u8 },
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub struct ByteChain {
         pub next: Option<Box<ByteChain>>,
         pub value: u8,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize)]
     pub struct WordChain {
         pub next: Option<Box<WordChain>>,
         pub value: u16,
@@ -1047,7 +1049,7 @@ fn a_service_reads_back_as_rust() {
 }
 
 /// The rendering of a service whose one method takes a `T`.
-fn rendered<T: DeserializeOwned>() -> String {
+fn rendered<T: Serialize + DeserializeOwned>() -> String {
     traced::<T>().0.to_rust()
 }
 
@@ -1059,14 +1061,14 @@ fn a_type_that_holds_itself_inline_holds_itself_boxed() {
     assert!(rust.contains("    Cons(u32, Box<List>),\n"), "{rust}");
 
     // Through another type, and through an option: every reference in the cycle is boxed.
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Expr {
         Num(i64),
         Let(Box<Binding>),
         Maybe(Option<(u8, Box<Expr>)>),
         Many(Vec<Expr>),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Binding {
         value: Box<Expr>,
         names: HashMap<String, Expr>,
@@ -1117,14 +1119,14 @@ fn service_taking(args: Vec<(&str, Schema)>, types: Vec<(&str, TypeDef)>) -> Ser
 
 #[test]
 fn map_keys_derive_what_hashing_needs_and_keys_that_cannot_be_hashed_go_as_pairs() {
-    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    #[derive(Serialize, Deserialize, PartialEq, Eq, Hash)]
     enum Key {
         Plain,
         Tagged(Tag),
     }
-    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    #[derive(Serialize, Deserialize, PartialEq, Eq, Hash)]
     struct Tag(String);
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Maps {
         by_key: HashMap<Key, u8>,
         nested: BTreeMap<String, HashMap<Vec<u64>, u8>>,
@@ -1205,7 +1207,7 @@ fn map_keys_derive_what_hashing_needs_and_keys_that_cannot_be_hashed_go_as_pairs
 
 #[test]
 fn names_that_are_not_identifiers_are_made_ones() {
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Named {
         r#type: u8,
         #[serde(rename = "first-name")]
@@ -1253,13 +1255,13 @@ fn an_enum_that_holds_itself_through_a_struct_is_traced_whatever_its_variants_or
     // `Let` holds the enum again through `Binding`, so it is complete only once every variant
     // is known; the tracer once took it again and again, first in order, and never reached
     // `Many`: "it contains itself with no way out".
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Expr {
         Num(i64),
         Let(Box<Binding>),
         Many(Vec<Expr>),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Binding {
         value: Box<Expr>,
     }
@@ -1330,18 +1332,18 @@ fn recursive_types_users_write_are_traced() {
     let named = |name: &str| Schema::Named(name.to_owned());
     let seq = |item: Schema| Schema::Seq(Box::new(item));
 
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Expr {
         Bin(Box<Bin>),
         Lit(u8),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Bin {
         op: Op,
         l: Expr,
         r: Expr,
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Op {
         Add,
         Sub,
@@ -1374,12 +1376,12 @@ fn recursive_types_users_write_are_traced() {
         ])
     );
 
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Cons {
         Cell(u8, Box<Cons>),
         Nil,
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Lists {
         a: Cons,
         b: Cons,
@@ -1397,7 +1399,7 @@ fn recursive_types_users_write_are_traced() {
         ])
     );
 
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Ty {
         Fn(Vec<Ty>, Box<Ty>),
         Tuple(Vec<Ty>),
@@ -1421,18 +1423,18 @@ fn recursive_types_users_write_are_traced() {
         ])
     );
 
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Stmt {
         Block(Block),
         Expr(Value),
         Empty,
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Block {
         stmts: Vec<Stmt>,
         tail: Option<Box<Value>>,
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Value {
         Block(Box<Block>),
         If(Box<Value>, Box<Block>, Option<Box<Block>>),
@@ -1449,7 +1451,7 @@ fn recursive_types_users_write_are_traced() {
     // Found by the properties over made-up types (`made_up.rs`): a variant that ends only
     // through an option whose item is not known yet; one whose sequence's items hold the enum
     // again, through an option of an option.
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Maybe {
         Again(Box<Maybe>, u8),
         Ends(Option<Box<Maybe>>, Option<u8>),
@@ -1471,18 +1473,18 @@ fn recursive_types_users_write_are_traced() {
             ),
         ])
     );
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Outer {
         Many(Vec<Inner>, u8),
         Again(Box<Outer>, u8),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Inner {
         back: Option<Option<Box<Outer>>>,
     }
     // A map keyed by the enum that holds it (the outermost map is given an entry, whose key
     // ends in an empty map); a cycle through four enums whose one way out is the third's.
-    #[derive(Deserialize, PartialEq, Eq, Hash)]
+    #[derive(Serialize, Deserialize, PartialEq, Eq, Hash)]
     enum Keyed {
         Map(BTreeMap<Keyed, u8>),
     }
@@ -1505,22 +1507,22 @@ fn recursive_types_users_write_are_traced() {
             Variant::Newtype(map(named("Keyed"), Schema::U8))
         )])
     );
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum First {
         Second((Second,), u8),
         Again(Box<First>, u8),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Second {
         First((Box<First>,)),
         Third((Third,)),
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Third {
         Fourth(Box<Fourth>),
         End,
     }
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     enum Fourth {
         First(Box<First>),
     }
@@ -1545,7 +1547,7 @@ fn recursive_types_users_write_are_traced() {
 
 #[test]
 fn instances_of_a_generic_type_render_as_names_rust_would_give_them() {
-    #[derive(Deserialize)]
+    #[derive(Serialize, Deserialize)]
     struct Page<T> {
         items: Vec<T>,
     }
@@ -1557,4 +1559,121 @@ fn instances_of_a_generic_type_render_as_names_rust_would_give_them() {
         rust.contains("async fn call(&self, value: (PageString, PageVecU8));"),
         "{rust}"
     );
+}
+
+/// The error of a one-method service taking a `T`.
+fn refused<T: Serialize + DeserializeOwned>() -> SchemaError {
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("call", false)
+        .arg::<T>("value")
+        .returns::<()>();
+    tracer.finish().expect_err("refused")
+}
+
+#[test]
+fn a_field_left_out_when_empty_is_refused_as_not_read_back() {
+    #[derive(Serialize, Deserialize)]
+    struct Query {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        tag: u8,
+    }
+    let error = refused::<Query>();
+    assert_eq!(error.problem, SchemaProblem::NotReadBack);
+    assert_eq!(
+        (&error.method[..], &error.place[..]),
+        ("call", "the argument `value`")
+    );
+    assert!(error.type_name.ends_with("Query"), "{error}");
+    assert!(
+        error
+            .reason
+            .contains("the bytes ended before the value did"),
+        "{error}"
+    );
+    let said = error.to_string();
+    assert!(said.contains("does not read back what it writes"), "{said}");
+    assert!(said.contains("skip_serializing_if"), "{said}");
+    assert!(
+        !said.contains("#[rpc(opaque)]"),
+        "opaque would not mend it: {said}"
+    );
+}
+
+#[test]
+fn a_field_left_out_deep_inside_options_and_sequences_is_refused() {
+    #[derive(Serialize, Deserialize)]
+    struct Leaf {
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<u8>,
+        weight: u32,
+    }
+    #[derive(Serialize, Deserialize)]
+    struct Branch {
+        leaves: Vec<Leaf>,
+    }
+    #[derive(Serialize, Deserialize)]
+    struct Tree {
+        trunk: Option<Branch>,
+        height: u8,
+    }
+    // The leaf's tags are left out inside an option and a sequence.
+    assert_eq!(refused::<Tree>().problem, SchemaProblem::NotReadBack);
+    assert_eq!(
+        refused::<Option<Vec<Leaf>>>().problem,
+        SchemaProblem::NotReadBack
+    );
+}
+
+#[test]
+fn a_field_never_written_or_a_serialize_that_disagrees_is_refused() {
+    #[derive(Serialize, Deserialize)]
+    struct Never {
+        #[serde(skip_serializing, default)]
+        secret: u8,
+        shown: u8,
+    }
+    assert_eq!(refused::<Never>().problem, SchemaProblem::NotReadBack);
+
+    /// Writes two bytes where it reads one.
+    #[derive(Deserialize)]
+    struct Wide(u8);
+    impl Serialize for Wide {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            (self.0, self.0).serialize(serializer)
+        }
+    }
+    let error = refused::<Wide>();
+    assert_eq!(error.problem, SchemaProblem::NotReadBack);
+    assert!(
+        error.reason.contains("read back from the first 1 alone"),
+        "{error}"
+    );
+}
+
+#[test]
+fn fields_skipped_both_ways_and_values_their_serialize_refuses_pass() {
+    #[derive(Serialize, Deserialize)]
+    struct Cached {
+        #[serde(skip)]
+        memo: Option<u64>,
+        key: String,
+    }
+    /// Refuses to be written when empty: a program never sends one, so nothing is learned
+    /// from it.
+    #[derive(Deserialize)]
+    struct NonEmpty(Vec<u8>);
+    impl Serialize for NonEmpty {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            if self.0.is_empty() {
+                return Err(serde::ser::Error::custom("empty"));
+            }
+            self.0.serialize(serializer)
+        }
+    }
+    traced::<Cached>();
+    traced::<NonEmpty>();
+    traced::<Vec<NonEmpty>>();
 }

@@ -50,6 +50,11 @@ const MAX_NESTING: usize = 3;
 /// How many passes one type may take.
 const MAX_PASSES: usize = 10_000;
 
+/// How many levels of options, sequences and maps the values made to be written and read back
+/// hold something at, at the most ([`Tracer::trace_made`]): one value for each count from none
+/// up to this.
+const MADE_LEVELS: u8 = 4;
+
 /// Why tracing stopped.
 #[derive(Debug)]
 pub(super) enum TraceError {
@@ -113,6 +118,12 @@ pub(super) struct Tracer {
     /// Whether values are made up as ones (`1`, `"a"`, `true`) rather than zeros (`0`, `""`,
     /// `false`): for a type that refuses zeros, such as `NonZeroU32`.
     ones: bool,
+    /// Once a type is traced, while making its values ([`Tracer::trace_made`]): how many levels
+    /// of options, sequences and maps hold something (`Some`, an item, an entry); deeper ones,
+    /// and those within a type nested in itself, hold nothing. `None` while tracing.
+    holding: Option<u8>,
+    /// How many levels of options, sequences and maps the value being made is within.
+    level: u8,
 }
 
 /// A named type's key: its serde name, and its Rust type's name (which tells apart two types
@@ -162,24 +173,19 @@ fn short(type_name: &str) -> String {
 }
 
 impl Tracer {
-    /// The schema of `T`, tracing as many passes as it takes.
-    pub(super) fn trace<T: DeserializeOwned>(&mut self) -> Result<Schema, String> {
+    /// The schema of `T`, tracing as many passes as it takes, and values of `T` made up on
+    /// the way: those the passes made, then, the type traced, one for each count of levels of
+    /// options, sequences and maps that hold something, from none up to [`MADE_LEVELS`] (so
+    /// that a field is made both empty and full at each level: a value that writes what it
+    /// does not read back is found where a field is left out when empty).
+    pub(super) fn trace_made<T: DeserializeOwned>(&mut self) -> Result<(Schema, Vec<T>), String> {
         let mut root = Format::Unknown;
-        let mut succeeded = false;
+        let mut made = Vec::new();
         self.ones = false;
         for _ in 0..MAX_PASSES {
-            self.learned = false;
-            self.stack.clear();
-            self.stacked.clear();
-            self.nested = 0;
-            self.again.clear();
-            self.entered.clear();
-            let pass = T::deserialize(Tracing {
-                tracer: self,
-                slot: &mut root,
-            });
+            let pass = self.pass::<T>(&mut root);
             match pass {
-                Ok(_) => succeeded = true,
+                Ok(value) => made.push(value),
                 Err(TraceError::Recursion) => {}
                 // Refused a zero: the passes go on with ones, which learn the same shapes.
                 Err(TraceError::Refused(_)) if !self.ones => {
@@ -191,8 +197,14 @@ impl Tracer {
                 }
             }
             // Complete, and some pass made a value: the type has values, all of them described.
-            if succeeded && self.complete(&root) {
-                return Ok(self.finish(&root));
+            if !made.is_empty() && self.complete(&root) {
+                for levels in 0..=MADE_LEVELS {
+                    self.holding = Some(levels);
+                    let value = self.pass::<T>(&mut root);
+                    self.holding = None;
+                    made.extend(value.ok());
+                }
+                return Ok((self.finish(&root), made));
             }
             if !self.learned {
                 break;
@@ -203,6 +215,32 @@ impl Tracer {
              variant ends the nesting)"
                 .to_owned(),
         ))
+    }
+
+    /// One pass: deserializes a `T` into what is known of it as `root`.
+    fn pass<T: DeserializeOwned>(&mut self, root: &mut Format) -> Result<T, TraceError> {
+        self.learned = false;
+        self.stack.clear();
+        self.stacked.clear();
+        self.nested = 0;
+        self.again.clear();
+        self.entered.clear();
+        self.level = 0;
+        T::deserialize(Tracing {
+            tracer: self,
+            slot: root,
+        })
+    }
+
+    /// Whether an option, a sequence or a map whose contents are `settled` (nothing more to
+    /// learn from them here) holds something: while tracing, where there is more to learn and
+    /// nothing ends; while making values, at the levels that hold something, outside any type
+    /// nested in itself.
+    fn holds(&self, settled: bool) -> bool {
+        match self.holding {
+            Some(levels) => self.level < levels && self.nested == 0,
+            None => !settled && !self.ending(),
+        }
     }
 
     /// `why`, saying in which named type tracing stopped.
@@ -787,13 +825,16 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         let Format::Option(inner) = slot else {
             unreachable!("learned as an option");
         };
-        if tracer.settled(inner) || tracer.ending() {
+        if !tracer.holds(tracer.settled(inner)) {
             return visitor.visit_none();
         }
-        visitor.visit_some(Tracing {
-            tracer,
+        tracer.level += 1;
+        let value = visitor.visit_some(Tracing {
+            tracer: &mut *tracer,
             slot: inner,
-        })
+        });
+        tracer.level -= 1;
+        value
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -836,10 +877,17 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a sequence");
         };
         let mut slots = std::collections::VecDeque::new();
-        if !tracer.settled(item) && !tracer.ending() {
+        let holds = tracer.holds(tracer.settled(item));
+        if holds {
             slots.push_back(&mut **item);
         }
-        visitor.visit_seq(Items { tracer, slots })
+        tracer.level += u8::from(holds);
+        let value = visitor.visit_seq(Items {
+            tracer: &mut *tracer,
+            slots,
+        });
+        tracer.level -= u8::from(holds);
+        value
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -888,8 +936,15 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             unreachable!("learned as a map");
         };
         let settled = tracer.settled(key) && tracer.settled(value);
-        let entry = (!settled && !tracer.ending()).then_some((&mut **key, &mut **value));
-        visitor.visit_map(Entries { tracer, entry })
+        let holds = tracer.holds(settled);
+        let entry = holds.then_some((&mut **key, &mut **value));
+        tracer.level += u8::from(holds);
+        let made = visitor.visit_map(Entries {
+            tracer: &mut *tracer,
+            entry,
+        });
+        tracer.level -= u8::from(holds);
+        made
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
