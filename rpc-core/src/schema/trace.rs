@@ -50,6 +50,10 @@ const MAX_NESTING: usize = 3;
 /// How many passes one type may take.
 const MAX_PASSES: usize = 10_000;
 
+/// How many values of the passes that trace a type are kept, to be written and read back
+/// ([`Tracer::trace_made`]).
+const MADE_KEPT: usize = 64;
+
 /// How many levels of options, sequences and maps the values made to be written and read back
 /// hold something at, at the most ([`Tracer::trace_made`]): one value for each count from none
 /// up to this.
@@ -185,7 +189,10 @@ impl Tracer {
         for _ in 0..MAX_PASSES {
             let pass = self.pass::<T>(&mut root);
             match pass {
-                Ok(value) => made.push(value),
+                // The first passes' values, each learning another part; a type that takes
+                // thousands of passes is not kept in memory thousands of times.
+                Ok(value) if made.len() < MADE_KEPT => made.push(value),
+                Ok(_) => {}
                 Err(TraceError::Recursion) => {}
                 // Refused a zero: the passes go on with ones, which learn the same shapes.
                 Err(TraceError::Refused(_)) if !self.ones => {
