@@ -1621,6 +1621,18 @@ fn a_field_left_out_deep_inside_options_and_sequences_is_refused() {
     }
     // The leaf's tags are left out inside an option and a sequence.
     assert_eq!(refused::<Tree>().problem, SchemaProblem::NotReadBack);
+    #[derive(Serialize, Deserialize)]
+    enum Shape {
+        Dot,
+        Line(u8, u8),
+        Text {
+            #[serde(skip_serializing_if = "String::is_empty")]
+            text: String,
+            size: u8,
+        },
+    }
+    // Left out in an enum's last variant, inside a sequence.
+    assert_eq!(refused::<Vec<Shape>>().problem, SchemaProblem::NotReadBack);
     assert_eq!(
         refused::<Option<Vec<Leaf>>>().problem,
         SchemaProblem::NotReadBack

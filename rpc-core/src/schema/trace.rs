@@ -50,6 +50,10 @@ const MAX_NESTING: usize = 3;
 /// How many passes one type may take.
 const MAX_PASSES: usize = 10_000;
 
+/// How many variants of each enum the values made to be written and read back take in turn, at
+/// the most ([`Tracer::trace_made`]): enums of more variants have their first ones made.
+const MADE_CHOICES: usize = 16;
+
 /// How many values of the passes that trace a type are kept, to be written and read back
 /// ([`Tracer::trace_made`]).
 const MADE_KEPT: usize = 64;
@@ -128,6 +132,9 @@ pub(super) struct Tracer {
     holding: Option<u8>,
     /// How many levels of options, sequences and maps the value being made is within.
     level: u8,
+    /// While making values: which variant each enum takes, outside any type nested in itself
+    /// (this one, counted round its variants).
+    choice: usize,
 }
 
 /// A named type's key: its serde name, and its Rust type's name (which tells apart two types
@@ -178,10 +185,11 @@ fn short(type_name: &str) -> String {
 
 impl Tracer {
     /// The schema of `T`, tracing as many passes as it takes, and values of `T` made up on
-    /// the way: those the passes made, then, the type traced, one for each count of levels of
-    /// options, sequences and maps that hold something, from none up to [`MADE_LEVELS`] (so
-    /// that a field is made both empty and full at each level: a value that writes what it
-    /// does not read back is found where a field is left out when empty).
+    /// the way: those the first passes made, then, the type traced, one for each count of
+    /// levels of options, sequences and maps that hold something, from none up to
+    /// [`MADE_LEVELS`], and each enum's variants in turn (so that every field of every variant
+    /// is made both empty and full at each level: a value that writes what it does not read
+    /// back is found where a field is left out when empty).
     pub(super) fn trace_made<T: DeserializeOwned>(&mut self) -> Result<(Schema, Vec<T>), String> {
         let mut root = Format::Unknown;
         let mut made = Vec::new();
@@ -205,12 +213,16 @@ impl Tracer {
             }
             // Complete, and some pass made a value: the type has values, all of them described.
             if !made.is_empty() && self.complete(&root) {
+                let choices = self.most_variants();
                 for levels in 0..=MADE_LEVELS {
-                    self.holding = Some(levels);
-                    let value = self.pass::<T>(&mut root);
-                    self.holding = None;
-                    made.extend(value.ok());
+                    for choice in 0..choices {
+                        self.holding = Some(levels);
+                        self.choice = choice;
+                        let value = self.pass::<T>(&mut root);
+                        made.extend(value.ok());
+                    }
                 }
+                self.holding = None;
                 return Ok((self.finish(&root), made));
             }
             if !self.learned {
@@ -222,6 +234,16 @@ impl Tracer {
              variant ends the nesting)"
                 .to_owned(),
         ))
+    }
+
+    /// The most variants of any enum traced, up to [`MADE_CHOICES`], and at least one: how
+    /// many values to make at each level, each with its enums' variants chosen in turn.
+    fn most_variants(&self) -> usize {
+        let variants = self.types.values().map(|container| match container {
+            Container::Enum(variants) => variants.len(),
+            _ => 1,
+        });
+        variants.max().unwrap_or(1).clamp(1, MADE_CHOICES)
     }
 
     /// One pass: deserializes a `T` into what is known of it as `root`.
@@ -245,9 +267,18 @@ impl Tracer {
     /// nested in itself.
     fn holds(&self, settled: bool) -> bool {
         match self.holding {
-            Some(levels) => self.level < levels && self.nested == 0,
+            Some(levels) => self.level < levels && self.making_in_full(),
             None => !settled && !self.ending(),
         }
+    }
+
+    /// While making values, whether the value being made is made in full (its options and
+    /// sequences holding something at the levels that do, its enums taking the variant
+    /// chosen): outside any type nested in itself, or entered before in the pass, which end as
+    /// soon as they can. Each type is so made in full once a pass, and a pass over types that
+    /// hold one another stays as small as tracing's.
+    fn making_in_full(&self) -> bool {
+        self.nested == 0 && !self.again.contains(&true)
     }
 
     /// `why`, saying in which named type tracing stopped.
@@ -539,9 +570,14 @@ impl Tracer {
         if depth >= MAX_NESTING {
             return Err(TraceError::Recursion);
         }
-        // A type is learned where it is first entered outside an ending value.
+        // A type is learned, or made in full, where it is first entered outside an ending
+        // value.
         let again = self.entered.contains(key);
-        if !again && !self.ending() {
+        let ending = match self.holding {
+            Some(_) => !self.making_in_full(),
+            None => self.ending(),
+        };
+        if !again && !ending {
             self.entered.insert(key.clone());
         }
         if let Some(name) = self.names.get(key) {
@@ -656,6 +692,10 @@ impl Tracer {
     /// it); where some type is nested in itself, the one that may end soonest, so that the
     /// nesting stops: what a value holds is learned where nothing nests.
     fn pick_variant(&self, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
+        // Making values in full: the variant chosen for this value.
+        if self.holding.is_some() && self.making_in_full() && !variants.is_empty() {
+            return self.choice % variants.len();
+        }
         let nested = self.ending();
         let settled = |variant: &Option<VariantFormat>| {
             variant.is_some() && parts(variant).all(|part| self.settled(part))
