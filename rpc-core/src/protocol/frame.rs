@@ -298,7 +298,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// copies that move it, not of a peer's answer: it does not busy poll then. The low-water
     /// mark wakes it once much of it has come, and the CPU time a poll would spend is the time
     /// the peer and the kernel need to send it (1 MiB echoes between two processes on two
-    /// cores ran about a fifth slower with the reader polling through them).
+    /// cores ran about a tenth slower with the reader polling through them).
     fn awaits_large_rest(&self) -> bool {
         self.splitting.is_some() || length_prefix(&self.buf).is_some_and(|size| size >= LARGE_FRAME)
     }
