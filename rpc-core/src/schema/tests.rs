@@ -374,8 +374,109 @@ fn a_type_whose_deserialize_refuses_made_up_values_is_refused_with_why() {
     assert!(
         error
             .reason
-            .contains("refused the made-up values (zeros and empty strings, then ones and \"a\"): 1 is not welcome"),
+            .contains("refused the made-up values (zeros and empty strings, then ones and \"a\""),
         "{error}"
+    );
+}
+
+#[test]
+fn a_deserialize_that_refuses_every_text_is_refused_with_what_it_said() {
+    /// Accepts no text at all.
+    #[derive(Serialize)]
+    struct Mute;
+    impl<'de> Deserialize<'de> for Mute {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Mute, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            Err(serde::de::Error::custom(format!("{text:?} is not welcome")))
+        }
+    }
+    let error = refused::<Mute>();
+    assert_eq!(error.problem, SchemaProblem::Undescribable);
+    // Offered every text in turn, then ones, which offer the last again.
+    assert!(error.reason.contains("\"1s\" is not welcome"), "{error}");
+}
+
+/// What types that travel as text parse, and one that reads a byte string of a fixed size.
+mod parsed {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// A date, `YYYY-MM-DD`, as date types read one.
+    pub struct Date(pub String);
+    impl<'de> Deserialize<'de> for Date {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Date, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            let digits = |range: std::ops::Range<usize>| {
+                text.get(range)
+                    .is_some_and(|part| part.bytes().all(|b| b.is_ascii_digit()))
+            };
+            let dashes = text.len() == 10 && &text[4..5] == "-" && &text[7..8] == "-";
+            if dashes && digits(0..4) && digits(5..7) && digits(8..10) {
+                Ok(Date(text))
+            } else {
+                Err(serde::de::Error::custom(format!("{text:?} is not a date")))
+            }
+        }
+    }
+    impl Serialize for Date {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(&self.0)
+        }
+    }
+
+    /// A socket address, read from its text.
+    pub struct Address(pub std::net::SocketAddr);
+    impl<'de> Deserialize<'de> for Address {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map(Address).map_err(serde::de::Error::custom)
+        }
+    }
+    impl Serialize for Address {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_str(&self.0)
+        }
+    }
+
+    /// Sixteen bytes, as a UUID reads them where the format is not human-readable.
+    pub struct Id(pub [u8; 16]);
+    impl<'de> Deserialize<'de> for Id {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
+            let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+            let bytes: [u8; 16] = bytes[..]
+                .try_into()
+                .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))?;
+            Ok(Id(bytes))
+        }
+    }
+    impl Serialize for Id {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+#[test]
+fn types_that_parse_text_or_read_fixed_bytes_are_offered_what_they_read() {
+    #[derive(Serialize, Deserialize)]
+    struct Booking {
+        on: parsed::Date,
+        at: Option<parsed::Address>,
+        ids: Vec<parsed::Id>,
+        name: String,
+    }
+    let (schema, _) = traced::<Booking>();
+    let field = |name: &str, schema: Schema| Field {
+        name: name.to_owned(),
+        schema,
+    };
+    assert_eq!(
+        schema.types["Booking"],
+        TypeDef::Struct(vec![
+            field("on", Schema::Str),
+            field("at", Schema::Option(Box::new(Schema::Str))),
+            field("ids", Schema::Seq(Box::new(Schema::Bytes))),
+            field("name", Schema::Str),
+        ])
     );
 }
 

@@ -50,6 +50,44 @@ const MAX_NESTING: usize = 3;
 /// How many passes one type may take.
 const MAX_PASSES: usize = 10_000;
 
+/// Texts offered in turn, one a pass, to a type that refuses `""` and `"a"` where it reads a
+/// string: what the types of common crates that travel as text parse (a number, a date and
+/// time with and without its offset, a date, a time, a UUID, an address with and without a
+/// port, a URL, a version, a duration).
+const TEXTS: &[&str] = &[
+    "0",
+    "1970-01-01T00:00:00Z",
+    "1970-01-01T00:00:00",
+    "1970-01-01",
+    "00:00:00",
+    "00000000-0000-0000-0000-000000000000",
+    "127.0.0.1",
+    "127.0.0.1:1",
+    "http://localhost/",
+    "0.0.0",
+    "1s",
+];
+
+/// The lengths of the byte strings of zeros offered in turn, one a pass, to a type that refuses
+/// an empty one and `b"a"`: what fixed-size values read (a UUID's 16 bytes, a hash's 32...).
+const BYTE_LENGTHS: &[usize] = &[16, 32, 4, 8, 12, 20, 24, 48, 64];
+
+/// What a place is offered in turn when the type read there refuses what it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Offer {
+    /// One of [`TEXTS`].
+    Text,
+    /// A byte string of one of [`BYTE_LENGTHS`].
+    Bytes,
+}
+
+/// Where a text or a byte string is read: what is offered, in which named type being
+/// deserialized (none at the root), and how many texts or byte strings were read in it before,
+/// plus one. The type that reads it may be no named type of its own (a date parsed from a
+/// `String` it read), so the place stands for it: the same from pass to pass where what comes
+/// before it in its named type does.
+type Site = (Offer, Option<Key>, u32);
+
 /// How many variants of each enum the values made to be written and read back take in turn, at
 /// the most ([`Tracer::trace_made`]): enums of more variants have their first ones made.
 const MADE_CHOICES: usize = 16;
@@ -89,7 +127,8 @@ impl de::Error for TraceError {
     fn custom<T: fmt::Display>(message: T) -> Self {
         TraceError::Refused(format!(
             "its Deserialize refused the made-up values (zeros and empty strings, then ones \
-             and \"a\"): {message}"
+             and \"a\", and where it refused those, common texts such as a date or an address \
+             and byte strings of zeros of common lengths): {message}"
         ))
     }
 }
@@ -135,6 +174,15 @@ pub(super) struct Tracer {
     /// While making values: which variant each enum takes, outside any type nested in itself
     /// (this one, counted round its variants).
     choice: usize,
+    /// For each place where the type read refused the text or byte string it was offered:
+    /// which of [`TEXTS`] or [`BYTE_LENGTHS`] it is offered now, from 1 for the first.
+    offers: BTreeMap<Site, usize>,
+    /// Where the last value of this pass was read, if it was a text or a byte string: where a
+    /// refusal that ends the pass then comes from.
+    last_offer: Option<Site>,
+    /// For each entry of `stack`, and first for the root, how many texts and byte strings were
+    /// read in it so far in this pass.
+    offered_in: Vec<u32>,
 }
 
 /// A named type's key: its serde name, and its Rust type's name (which tells apart two types
@@ -202,7 +250,9 @@ impl Tracer {
                 Ok(value) if made.len() < MADE_KEPT => made.push(value),
                 Ok(_) => {}
                 Err(TraceError::Recursion) => {}
-                // Refused a zero: the passes go on with ones, which learn the same shapes.
+                // Refused a text or byte string: the next pass offers it the next. Refused a
+                // zero: the passes go on with ones. Either learns the same shapes.
+                Err(TraceError::Refused(_)) if self.offer_next() => continue,
                 Err(TraceError::Refused(_)) if !self.ones => {
                     self.ones = true;
                     continue;
@@ -246,6 +296,54 @@ impl Tracer {
         variants.max().unwrap_or(1).clamp(1, MADE_CHOICES)
     }
 
+    /// Whether the pass just made ended on a text or a byte string, refused by the type that
+    /// read it (no other value was read after it), and that place has more to be offered: it
+    /// is, at the next pass.
+    fn offer_next(&mut self) -> bool {
+        let Some(site) = self.last_offer.take() else {
+            return false;
+        };
+        let most = match site.0 {
+            Offer::Text => TEXTS.len(),
+            Offer::Bytes => BYTE_LENGTHS.len(),
+        };
+        let offered = self.offers.entry(site).or_default();
+        *offered += 1;
+        *offered <= most
+    }
+
+    /// Where the next `offer` is read, noted as the last value read.
+    fn site(&mut self, offer: Offer) -> Option<usize> {
+        let read_before = self.offered_in.last_mut().map_or(0, |read| {
+            *read += 1;
+            *read
+        });
+        let site = (offer, self.stack.last().cloned(), read_before);
+        let offered = self.offers.get(&site).copied();
+        self.last_offer = Some(site);
+        offered
+    }
+
+    /// The text offered where a string is read: `""`, or `"a"` with ones, unless the type read
+    /// there refused those (then one of [`TEXTS`]).
+    fn text(&mut self) -> &'static str {
+        match self.site(Offer::Text) {
+            Some(offered) => TEXTS[(offered - 1).min(TEXTS.len() - 1)],
+            None if self.ones => "a",
+            None => "",
+        }
+    }
+
+    /// The byte string offered where one is read: empty, or `b"a"` with ones, unless the type
+    /// read there refused those (then zeros of one of [`BYTE_LENGTHS`]).
+    fn byte_string(&mut self) -> Vec<u8> {
+        match self.site(Offer::Bytes) {
+            Some(offered) => vec![0; BYTE_LENGTHS[(offered - 1).min(BYTE_LENGTHS.len() - 1)]],
+            None if self.ones => b"a".to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     /// One pass: deserializes a `T` into what is known of it as `root`.
     fn pass<T: DeserializeOwned>(&mut self, root: &mut Format) -> Result<T, TraceError> {
         self.learned = false;
@@ -255,6 +353,9 @@ impl Tracer {
         self.again.clear();
         self.entered.clear();
         self.level = 0;
+        self.last_offer = None;
+        self.offered_in.clear();
+        self.offered_in.push(0);
         T::deserialize(Tracing {
             tracer: self,
             slot: root,
@@ -587,6 +688,7 @@ impl Tracer {
         }
         self.stack.push(key.clone());
         self.again.push(again);
+        self.offered_in.push(0);
         Ok(match self.types.get(key) {
             Some(known) => known.clone(),
             None => {
@@ -599,6 +701,7 @@ impl Tracer {
     /// Puts a named type's entry back, with what this pass learned of it.
     fn leave(&mut self, key: Key, filled: Container) -> Result<(), TraceError> {
         self.stack.pop();
+        self.offered_in.pop();
         if let Some(count) = self
             .names
             .get(&key)
@@ -797,6 +900,7 @@ struct Tracing<'t> {
 
 impl Tracing<'_> {
     fn primitive(self, schema: Schema) -> Result<(), TraceError> {
+        self.tracer.last_offer = None;
         self.tracer.learn(self.slot, Format::Known(schema))
     }
 
@@ -838,10 +942,30 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         deserialize_f32 => F32, visit_f32(0.0, 1.0);
         deserialize_f64 => F64, visit_f64(0.0, 1.0);
         deserialize_char => Char, visit_char('\0', 'a');
-        deserialize_str => Str, visit_str("", "a");
-        deserialize_string => Str, visit_string(String::new(), "a".to_owned());
-        deserialize_bytes => Bytes, visit_bytes(&[], b"a");
-        deserialize_byte_buf => Bytes, visit_byte_buf(Vec::new(), b"a".to_vec());
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Known(Schema::Str))?;
+        visitor.visit_str(tracer.text())
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Known(Schema::Str))?;
+        visitor.visit_string(tracer.text().to_owned())
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Known(Schema::Bytes))?;
+        visitor.visit_bytes(&tracer.byte_string())
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
+        let Tracing { tracer, slot } = self;
+        tracer.learn(slot, Format::Known(Schema::Bytes))?;
+        visitor.visit_byte_buf(tracer.byte_string())
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
