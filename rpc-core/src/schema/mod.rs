@@ -244,10 +244,15 @@ pub struct SchemaError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SchemaProblem {
-    /// The type cannot be described: it needs a self-describing encoding (an untagged enum,
-    /// `#[serde(flatten)]`, `serde_json::Value`), contains itself with no way out, or nests too
-    /// widely. Marking the method `#[rpc(opaque)]` sends it without a schema.
+    /// The type cannot be described: its `Deserialize` refuses every value made up to read
+    /// it, it contains itself with no way out, or its fields nest too widely. Marking the
+    /// method `#[rpc(opaque)]` sends it without a schema.
     Undescribable,
+    /// The type cannot travel over rpc-core at all: its `Deserialize` asks the format what
+    /// comes next (an untagged or internally tagged enum, `#[serde(flatten)]`,
+    /// `serde_json::Value`), which postcard, not self-describing, cannot say. Sent without a
+    /// schema, its values would still fail to decode.
+    NotCarried,
     /// A value of the type does not read back as itself: written with postcard, as every call
     /// is, its bytes read back as an error or as another value. A field its `Serialize` leaves
     /// out (`#[serde(skip_serializing_if = "...")]`, `skip_serializing`) is the usual cause:
@@ -275,6 +280,14 @@ impl fmt::Display for SchemaError {
                 f,
                 "cannot be described, because {reason}. Mark the method `#[rpc(opaque)]` to send \
                  it without a schema"
+            ),
+            SchemaProblem::NotCarried => write!(
+                f,
+                "cannot travel over rpc-core, because {reason}. Carry what it holds in a type \
+                 postcard can read without asking: an externally tagged enum (serde's default) \
+                 rather than an untagged or internally tagged one, fields written out rather \
+                 than flattened, or a self-describing value as its encoded text or bytes (a \
+                 JSON `String`)"
             ),
             SchemaProblem::NotReadBack => write!(
                 f,
@@ -378,7 +391,7 @@ impl ServiceTracer {
                 Ok(()) => return schema,
                 Err(reason) => (reason, SchemaProblem::NotReadBack),
             },
-            Err(reason) => (reason, SchemaProblem::Undescribable),
+            Err(untraced) => untraced,
         };
         self.error = Some(SchemaError {
             service: self.name,

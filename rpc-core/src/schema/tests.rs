@@ -318,8 +318,30 @@ fn a_type_postcard_cannot_carry_is_refused_with_its_name() {
         .expect_err("untagged enums need deserialize_any");
     assert_eq!(error.method, "call");
     assert_eq!(error.place, "the argument `loose`");
-    assert_eq!(error.problem, SchemaProblem::Undescribable);
+    assert_eq!(error.problem, SchemaProblem::NotCarried);
     assert!(error.type_name.ends_with("Loose"), "{error}");
+    let said = error.to_string();
+    assert!(said.contains("cannot travel over rpc-core"), "{said}");
+    assert!(said.contains("externally tagged enum"), "{said}");
+    assert!(
+        !said.contains("#[rpc(opaque)]"),
+        "opaque would not carry it: {said}"
+    );
+}
+
+#[test]
+fn a_type_whose_deserialize_refuses_every_value_is_told_of_opaque() {
+    /// Accepts nothing, so no schema is read from it; postcard could carry it.
+    #[derive(Serialize)]
+    struct Picky(u8);
+    impl<'de> Deserialize<'de> for Picky {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Picky, D::Error> {
+            let n = u8::deserialize(deserializer)?;
+            Err(serde::de::Error::custom(format!("{n} is too small")))
+        }
+    }
+    let error = refused::<Picky>();
+    assert_eq!(error.problem, SchemaProblem::Undescribable);
     assert!(error.to_string().contains("#[rpc(opaque)]"), "{error}");
 }
 

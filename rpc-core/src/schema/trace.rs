@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
-use super::{Field, Schema, TypeDef, Variant};
+use super::{Field, Schema, SchemaProblem, TypeDef, Variant};
 
 /// A type's shape while it is being traced: a [`Schema`] with parts not known yet.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,13 +110,17 @@ pub(super) enum TraceError {
     Refused(String),
     /// The type cannot be described.
     Unsupported(String),
+    /// The type asks the format what comes next, which postcard cannot say: it cannot travel.
+    NotCarried(String),
 }
 
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TraceError::Recursion => f.write_str("the type contains itself at every turn"),
-            TraceError::Refused(why) | TraceError::Unsupported(why) => f.write_str(why),
+            TraceError::Refused(why)
+            | TraceError::Unsupported(why)
+            | TraceError::NotCarried(why) => f.write_str(why),
         }
     }
 }
@@ -238,7 +242,9 @@ impl Tracer {
     /// [`MADE_LEVELS`], and each enum's variants in turn (so that every field of every variant
     /// is made both empty and full at each level: a value that writes what it does not read
     /// back is found where a field is left out when empty).
-    pub(super) fn trace_made<T: DeserializeOwned>(&mut self) -> Result<(Schema, Vec<T>), String> {
+    pub(super) fn trace_made<T: DeserializeOwned>(
+        &mut self,
+    ) -> Result<(Schema, Vec<T>), (String, SchemaProblem)> {
         let mut root = Format::Unknown;
         let mut made = Vec::new();
         self.ones = false;
@@ -258,7 +264,10 @@ impl Tracer {
                     continue;
                 }
                 Err(TraceError::Refused(why) | TraceError::Unsupported(why)) => {
-                    return Err(self.located(why));
+                    return Err((self.located(why), SchemaProblem::Undescribable));
+                }
+                Err(TraceError::NotCarried(why)) => {
+                    return Err((self.located(why), SchemaProblem::NotCarried));
                 }
             }
             // Complete, and some pass made a value: the type has values, all of them described.
@@ -279,10 +288,13 @@ impl Tracer {
                 break;
             }
         }
-        Err(self.located(
-            "it contains itself with no way out (no `Option`, sequence, map or other enum \
-             variant ends the nesting)"
-                .to_owned(),
+        Err((
+            self.located(
+                "it contains itself with no way out (no `Option`, sequence, map or other enum \
+                 variant ends the nesting)"
+                    .to_owned(),
+            ),
+            SchemaProblem::Undescribable,
         ))
     }
 
@@ -974,10 +986,10 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
     }
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, TraceError> {
-        Err(TraceError::Unsupported(
+        Err(TraceError::NotCarried(
             "it asks the format what comes next (an untagged or internally tagged enum, \
              `#[serde(flatten)]`, or a self-describing value such as `serde_json::Value`), \
-             which postcard cannot say: it does not travel over rpc-core"
+             which postcard, writing no field names nor kinds, cannot say"
                 .to_owned(),
         ))
     }
