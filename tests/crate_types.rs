@@ -3,6 +3,8 @@
 //! each refuses the made-up `""` and `"a"`, yet their schemas are made (tracing offers them
 //! common texts and byte lengths) and calls carry them.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rpc_core::ServiceClient;
 use rpc_core::schema::{Schema, TypeDef};
@@ -18,6 +20,7 @@ pub struct Booking {
     pub time: NaiveTime,
     pub id: Uuid,
     pub guests: Vec<Uuid>,
+    pub arrivals: BTreeMap<Uuid, DateTime<Utc>>,
     pub note: Option<String>,
 }
 
@@ -56,6 +59,10 @@ fn dates_times_and_uuids_are_described_as_they_travel() {
             ("time", Schema::Str),
             ("id", Schema::Bytes),
             ("guests", Schema::Seq(Box::new(Schema::Bytes))),
+            (
+                "arrivals",
+                Schema::Map(Box::new(Schema::Bytes), Box::new(Schema::Str))
+            ),
             ("note", Schema::Option(Box::new(Schema::Str))),
         ]
     );
@@ -75,6 +82,10 @@ async fn dates_times_and_uuids_travel_in_calls() {
             time,
             id: Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0),
             guests: vec![Uuid::nil(), Uuid::max()],
+            arrivals: BTreeMap::from([
+                (Uuid::nil(), DateTime::UNIX_EPOCH),
+                (Uuid::max(), DateTime::from_timestamp(1, 0).expect("a time")),
+            ]),
             note: Some("window seat".to_owned()),
         };
         let kept = client.book(booking.clone()).await.expect("booked");
