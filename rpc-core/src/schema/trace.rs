@@ -374,6 +374,15 @@ impl Tracer {
         })
     }
 
+    /// Runs `read` one level of options, sequences and maps further in if `holds`, as what an
+    /// option, a sequence or a map holds is read.
+    fn deeper<R>(&mut self, holds: bool, read: impl FnOnce(&mut Tracer) -> R) -> R {
+        self.level += u8::from(holds);
+        let read = read(self);
+        self.level -= u8::from(holds);
+        read
+    }
+
     /// Whether an option, a sequence or a map whose contents are `settled` (nothing more to
     /// learn from them here) holds something: while tracing, where there is more to learn and
     /// nothing ends; while making values, at the levels that hold something, outside any type
@@ -1011,13 +1020,12 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         if !tracer.holds(tracer.settled(inner)) {
             return visitor.visit_none();
         }
-        tracer.level += 1;
-        let value = visitor.visit_some(Tracing {
-            tracer: &mut *tracer,
-            slot: inner,
-        });
-        tracer.level -= 1;
-        value
+        tracer.deeper(true, |tracer| {
+            visitor.visit_some(Tracing {
+                tracer,
+                slot: inner,
+            })
+        })
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -1064,13 +1072,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         if holds {
             slots.push_back(&mut **item);
         }
-        tracer.level += u8::from(holds);
-        let value = visitor.visit_seq(Items {
-            tracer: &mut *tracer,
-            slots,
-        });
-        tracer.level -= u8::from(holds);
-        value
+        tracer.deeper(holds, |tracer| visitor.visit_seq(Items { tracer, slots }))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -1121,13 +1123,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         let settled = tracer.settled(key) && tracer.settled(value);
         let holds = tracer.holds(settled);
         let entry = holds.then_some((&mut **key, &mut **value));
-        tracer.level += u8::from(holds);
-        let made = visitor.visit_map(Entries {
-            tracer: &mut *tracer,
-            entry,
-        });
-        tracer.level -= u8::from(holds);
-        made
+        tracer.deeper(holds, |tracer| visitor.visit_map(Entries { tracer, entry }))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
