@@ -81,6 +81,16 @@ enum Offer {
     Bytes,
 }
 
+impl Offer {
+    /// How many there are to offer in turn.
+    fn count(self) -> usize {
+        match self {
+            Offer::Text => TEXTS.len(),
+            Offer::Bytes => BYTE_LENGTHS.len(),
+        }
+    }
+}
+
 /// Where a text or a byte string is read: what is offered, in which named type being
 /// deserialized (none at the root), and how many texts or byte strings were read in it before,
 /// plus one. The type that reads it may be no named type of its own (a date parsed from a
@@ -179,7 +189,7 @@ pub(super) struct Tracer {
     /// (this one, counted round its variants).
     choice: usize,
     /// For each place where the type read refused the text or byte string it was offered:
-    /// which of [`TEXTS`] or [`BYTE_LENGTHS`] it is offered now, from 1 for the first.
+    /// which of [`TEXTS`] or [`BYTE_LENGTHS`] it is offered now.
     offers: BTreeMap<Site, usize>,
     /// Where the last value of this pass was read, if it was a text or a byte string: where a
     /// refusal that ends the pass then comes from.
@@ -315,13 +325,18 @@ impl Tracer {
         let Some(site) = self.last_offer.take() else {
             return false;
         };
-        let most = match site.0 {
-            Offer::Text => TEXTS.len(),
-            Offer::Bytes => BYTE_LENGTHS.len(),
-        };
-        let offered = self.offers.entry(site).or_default();
-        *offered += 1;
-        *offered <= most
+        let count = site.0.count();
+        match self.offers.get_mut(&site) {
+            None => {
+                self.offers.insert(site, 0);
+                true
+            }
+            Some(offered) if *offered + 1 < count => {
+                *offered += 1;
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// Where the next `offer` is read, noted as the last value read.
@@ -340,7 +355,7 @@ impl Tracer {
     /// there refused those (then one of [`TEXTS`]).
     fn text(&mut self) -> &'static str {
         match self.site(Offer::Text) {
-            Some(offered) => TEXTS[(offered - 1).min(TEXTS.len() - 1)],
+            Some(offered) => TEXTS[offered],
             None if self.ones => "a",
             None => "",
         }
@@ -350,7 +365,7 @@ impl Tracer {
     /// read there refused those (then zeros of one of [`BYTE_LENGTHS`]).
     fn byte_string(&mut self) -> Vec<u8> {
         match self.site(Offer::Bytes) {
-            Some(offered) => vec![0; BYTE_LENGTHS[(offered - 1).min(BYTE_LENGTHS.len() - 1)]],
+            Some(offered) => vec![0; BYTE_LENGTHS[offered]],
             None if self.ones => b"a".to_vec(),
             None => Vec::new(),
         }
@@ -388,19 +403,11 @@ impl Tracer {
     /// nothing ends; while making values, at the levels that hold something, outside any type
     /// nested in itself.
     fn holds(&self, settled: bool) -> bool {
-        match self.holding {
-            Some(levels) => self.level < levels && self.making_in_full(),
-            None => !settled && !self.ending(),
-        }
-    }
-
-    /// While making values, whether the value being made is made in full (its options and
-    /// sequences holding something at the levels that do, its enums taking the variant
-    /// chosen): outside any type nested in itself, or entered before in the pass, which end as
-    /// soon as they can. Each type is so made in full once a pass, and a pass over types that
-    /// hold one another stays as small as tracing's.
-    fn making_in_full(&self) -> bool {
-        self.nested == 0 && !self.again.contains(&true)
+        let wanted = match self.holding {
+            Some(levels) => self.level < levels,
+            None => !settled,
+        };
+        wanted && !self.ending()
     }
 
     /// `why`, saying in which named type tracing stopped.
@@ -520,14 +527,18 @@ impl Tracer {
     /// learn; a value of it could be as large as its type allows). There an option is `None`,
     /// a sequence or map empty, and an enum takes the variant that may end soonest: every type
     /// a value holds is learned where nothing nests, further out, and a pass explores only
-    /// what is still to learn.
+    /// what is still to learn. While making values, where every type is known whole, only the
+    /// first two hold: each type is made in full where first entered in a pass (options and
+    /// sequences holding something at the levels that do, enums taking the variant chosen), and
+    /// a pass over types that hold one another stays as small as tracing's.
     fn ending(&self) -> bool {
         self.nested > 0
             || self.again.contains(&true)
-            || self
-                .stack
-                .last()
-                .is_some_and(|innermost| self.known_whole(innermost))
+            || (self.holding.is_none()
+                && self
+                    .stack
+                    .last()
+                    .is_some_and(|innermost| self.known_whole(innermost)))
     }
 
     /// Whether every part of the named type `key`, and of every named type it reaches, is
@@ -695,11 +706,7 @@ impl Tracer {
         // A type is learned, or made in full, where it is first entered outside an ending
         // value.
         let again = self.entered.contains(key);
-        let ending = match self.holding {
-            Some(_) => !self.making_in_full(),
-            None => self.ending(),
-        };
-        if !again && !ending {
+        if !again && !self.ending() {
             self.entered.insert(key.clone());
         }
         if let Some(name) = self.names.get(key) {
@@ -816,8 +823,8 @@ impl Tracer {
     /// it); where some type is nested in itself, the one that may end soonest, so that the
     /// nesting stops: what a value holds is learned where nothing nests.
     fn pick_variant(&self, variants: &[(&'static str, Option<VariantFormat>)]) -> usize {
-        // Making values in full: the variant chosen for this value.
-        if self.holding.is_some() && self.making_in_full() && !variants.is_empty() {
+        // Making values, where nothing ends: the variant chosen for this value.
+        if self.holding.is_some() && !self.ending() && !variants.is_empty() {
             return self.choice % variants.len();
         }
         let nested = self.ending();
