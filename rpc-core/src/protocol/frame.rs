@@ -228,7 +228,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     socket.lower();
                 }
                 match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
-                    Poll::Pending if !self.awaits_large_rest() => self.poll_read_past_tokio(cx),
+                    Poll::Pending => self.poll_read_past_tokio(cx),
                     read => read,
                 }
             }
@@ -305,7 +305,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// While busy polling, the bytes that have come that tokio has not seen yet: it sees a
     /// socket's bytes only when a thread polls its I/O driver, which a sleeping worker may hold
-    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll. Such a
+    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll (nor
+    /// while it waits for the rest of a large frame, [`FrameReader::awaits_large_rest`]). Such a
     /// read spends the task's budget as tokio's own reads do, and none is made once the budget
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
     /// its reader from ever giving the other tasks on its thread their turn.
@@ -313,7 +314,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let (Some(busy), Some(socket)) = (&self.busy_poll, &self.socket) else {
             return Poll::Pending;
         };
-        if !busy.polls_now() {
+        if self.awaits_large_rest() || !busy.polls_now() {
             return Poll::Pending;
         }
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
