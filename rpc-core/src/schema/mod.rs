@@ -424,6 +424,11 @@ impl MethodTracer<'_> {
     /// Its next argument, `name`, of type `T`.
     pub fn arg<T: Serialize + DeserializeOwned>(mut self, name: &'static str) -> Self {
         let schema = self.schema::<T>(|| format!("the argument `{name}`"));
+        self.with_arg(name, schema)
+    }
+
+    /// Its next argument, `name`, of `schema`.
+    fn with_arg(mut self, name: &'static str, schema: Schema) -> Self {
         self.method.args.push(Field {
             name: name.to_owned(),
             schema,
@@ -479,11 +484,7 @@ impl MethodTracer<'_> {
     #[cfg(test)]
     pub(crate) fn read_only_arg<T: DeserializeOwned>(mut self, name: &'static str) -> Self {
         let schema = self.schema_checked::<T>(|| format!("the argument `{name}`"), |_| Ok(()));
-        self.method.args.push(Field {
-            name: name.to_owned(),
-            schema,
-        });
-        self
+        self.with_arg(name, schema)
     }
 
     fn done(mut self) {
