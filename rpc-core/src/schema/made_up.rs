@@ -1,8 +1,8 @@
 //! Properties of tracing, over types made up at random: structs and enums that hold each
-//! other, directly, in options, sequences, maps and tuples, and numbers that refuse zero. Each is deserialized by hand, as serde's derive
-//! would, from a description held by the test: whenever every type it reaches has values (every
-//! cycle has a way out), tracing describes it exactly; it never describes a type without values,
-//! and never panics or runs away.
+//! other, directly, in options, sequences, maps and tuples, and numbers that refuse zero. Each
+//! is deserialized by hand, as serde's derive would, from a description held by the test:
+//! whenever every type it reaches has values (every cycle has a way out), tracing describes it
+//! exactly; it never describes a type without values, and never panics or runs away.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -224,12 +224,12 @@ impl ServerBuilder {
     ///
     /// The window adapts, up to `window`, as the client's does, so a connection whose requests
     /// come further apart stops polling after a few windows in vain, and one with a stream open
-    /// or a large frame coming does not poll (see the client's). A client on the same runtime (one of this crate's,
-    /// over TCP) is polled for only after a read that brought several of its requests: there
-    /// a call's two ends meet without a thread to wake, and polling after a lone call only
-    /// slows it, but pipelined callers' next requests come sooner than a sleeping worker wakes
-    /// (on a two-core machine, 32 callers on one connection made about a quarter more calls a
-    /// second). A client in this process over a Unix socket is never polled for, nor one whose
+    /// or a large frame coming does not poll (see the client's). A client on the same runtime
+    /// (one of this crate's, over TCP) is polled for only after a read that brought several of
+    /// its requests: there a call's two ends meet without a thread to wake, and polling after a
+    /// lone call only slows it, but pipelined callers' next requests come sooner than a
+    /// sleeping worker wakes (on a two-core machine, 32 callers on one connection made about a
+    /// quarter more calls a second). A client in this process over a Unix socket is never polled for, nor one whose
     /// connection came through [`serve_connection`](ServerBuilder::serve_connection), which
     /// cannot be placed. A client on another runtime of this process is, as another
     /// process's. Polling never starts before a connection's handshake is done.
