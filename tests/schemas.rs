@@ -362,6 +362,103 @@ async fn a_type_that_does_not_read_back_what_it_writes_is_refused_at_serve_and_a
     }
 }
 
+/// A validated newtype of a form of its own, and two services carrying it: one that names a
+/// text it accepts, one that does not.
+mod validated {
+    use serde::{Deserialize, Serialize};
+
+    /// Three capitals, a dash, four digits.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(try_from = "String", into = "String")]
+    pub struct Sku(String);
+
+    impl TryFrom<String> for Sku {
+        type Error = String;
+        fn try_from(text: String) -> Result<Sku, String> {
+            let bytes = text.as_bytes();
+            let valid = bytes.len() == 8
+                && bytes[..3].iter().all(u8::is_ascii_uppercase)
+                && bytes[3] == b'-'
+                && bytes[4..].iter().all(u8::is_ascii_digit);
+            match valid {
+                true => Ok(Sku(text)),
+                false => Err(format!("{text:?} is not a SKU")),
+            }
+        }
+    }
+
+    impl From<Sku> for String {
+        fn from(sku: Sku) -> String {
+            sku.0
+        }
+    }
+
+    #[rpc_core::service(texts("ABC-0001"))]
+    pub trait Shop {
+        async fn price(&self, sku: Sku) -> u64;
+        async fn restock(&self, skus: Vec<Sku>) -> Option<Sku>;
+    }
+
+    #[rpc_core::service]
+    pub trait Unnamed {
+        async fn price(&self, sku: Sku) -> u64;
+    }
+}
+
+impl validated::Shop for Taker {
+    async fn price(&self, _: validated::Sku) -> u64 {
+        1
+    }
+
+    async fn restock(&self, skus: Vec<validated::Sku>) -> Option<validated::Sku> {
+        skus.last().cloned()
+    }
+}
+
+impl validated::Unnamed for Taker {
+    async fn price(&self, _: validated::Sku) -> u64 {
+        1
+    }
+}
+
+#[tokio::test]
+async fn a_service_names_the_texts_its_validated_types_accept() {
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(validated::ShopServer::new(Taker)));
+    let client = within("connecting", validated::ShopClient::connect(addr))
+        .await
+        .expect("connects");
+    let skus = vec!["XYZ-0042".to_owned().try_into().expect("a SKU")];
+    let last = within("restocking", client.restock(skus.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(last, skus.last().cloned());
+    let sku = "ABC-0001".to_owned().try_into().expect("a SKU");
+    let price = within("pricing", client.price(sku))
+        .await
+        .expect("answered");
+    assert_eq!(price, 1);
+
+    // Without the text, the same type cannot be described: serving and connecting say how to
+    // name one.
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    let served = server.serve(validated::UnnamedServer::new(Taker)).await;
+    let error = served.expect_err("refused before accepting anything");
+    assert!(
+        error.to_string().contains("#[rpc_core::service(texts("),
+        "{error}"
+    );
+    match validated::UnnamedClient::connect(addr).await {
+        Err(RpcError::Schema(error)) => {
+            assert_eq!(error.problem, rpc_core::schema::SchemaProblem::TextRefused);
+            assert_eq!(error.place, "the argument `sku`");
+        }
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn an_opaque_method_is_called_without_a_schema() {
     let server = Server::bind("127.0.0.1:0").await.expect("binds");

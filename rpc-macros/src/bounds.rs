@@ -230,7 +230,7 @@ mod tests {
             }
         };
         let mut errors = crate::parse::Errors::default();
-        let service = crate::parse::service(item, &mut errors);
+        let service = crate::parse::service(proc_macro2::TokenStream::new(), item, &mut errors);
         errors.finish().expect("a service");
         let predicates = WireTypes::of(&service).predicates().to_string();
         assert_eq!(

@@ -41,6 +41,7 @@ fn service_trait(service: &Service) -> TokenStream {
         ident,
         supertraits,
         methods,
+        ..
     } = service;
     let supertraits = supertraits.iter();
     let methods = methods.iter().map(|method| {
@@ -174,6 +175,7 @@ fn schema(service: &Service, wire: &WireTypes) -> TokenStream {
     let bounds = wire.predicates();
     let function = schema_fn(service);
     let name = service.ident.to_string();
+    let texts = &service.texts;
     let tracer = local("tracer");
     let methods = service.methods.iter().map(|method| {
         let Method {
@@ -222,7 +224,7 @@ fn schema(service: &Service, wire: &WireTypes) -> TokenStream {
                 >,
             > = ::rpc_core::__private::OnceLock::new();
             SCHEMA.get_or_init(|| {
-                let mut #tracer = ::rpc_core::schema::ServiceTracer::new(#name);
+                let mut #tracer = ::rpc_core::schema::ServiceTracer::with_texts(#name, &[#(#texts),*]);
                 #(#methods)*
                 #tracer.finish()
             })

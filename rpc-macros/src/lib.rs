@@ -113,6 +113,50 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
+/// # Service options
+///
+/// - `#[service(texts("SKU-0001", ...))]`: texts that the service's types of a form of their own
+///   accept. A method's types get their schema by deserializing made-up values; where a type
+///   reads a text, it is offered `""`, `"a"`, then these, then common forms (a date, an address,
+///   an email address...). A validated newtype (`#[serde(try_from = "String")]`) that refuses
+///   them all leaves the service without a schema (`SchemaProblem::TextRefused`, at serve and at
+///   connect) unless one of its texts is named here. The texts change no fingerprint: the type
+///   travels as the `String` it reads.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Three capitals, a dash, four digits.
+/// #[derive(Clone, Serialize, Deserialize)]
+/// #[serde(try_from = "String", into = "String")]
+/// pub struct Sku(String);
+///
+/// impl TryFrom<String> for Sku {
+///     type Error = String;
+///     fn try_from(text: String) -> Result<Sku, String> {
+///         let b = text.as_bytes();
+///         let valid = b.len() == 8 && b[..3].iter().all(u8::is_ascii_uppercase) && b[3] == b'-';
+///         if valid { Ok(Sku(text)) } else { Err(format!("{text:?} is not a SKU")) }
+///     }
+/// }
+///
+/// impl From<Sku> for String {
+///     fn from(sku: Sku) -> String {
+///         sku.0
+///     }
+/// }
+///
+/// #[rpc_core::service(texts("ABC-0001"))]
+/// pub trait Shop {
+///     async fn price(&self, sku: Sku) -> u64;
+/// }
+///
+/// use rpc_core::ServiceClient;
+///
+/// let schema = ShopClient::INFO.describe().expect("described with the service's text");
+/// assert_eq!(schema.methods[0].args[0].schema, rpc_core::schema::Schema::Str);
+/// ```
+///
 /// # Streams
 ///
 /// A method that returns `rpc_core::Streaming<T>` sends its result item by item; one that takes
@@ -184,15 +228,9 @@ fn generate(
     args: proc_macro2::TokenStream,
     input: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
-    if !args.is_empty() {
-        return Err(syn::Error::new_spanned(
-            args,
-            "#[service] takes no arguments",
-        ));
-    }
     let item: syn::ItemTrait = syn::parse2(input)?;
     let mut errors = parse::Errors::default();
-    let service = parse::service(item, &mut errors);
+    let service = parse::service(args, item, &mut errors);
     validate::service(&service, &mut errors);
     errors.finish()?;
     Ok(expand::service(&service))

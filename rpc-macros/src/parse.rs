@@ -7,8 +7,8 @@ use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
 use syn::visit::Visit;
 use syn::{
-    Attribute, FnArg, Ident, ItemTrait, Pat, ReturnType, Signature, Token, TraitItem, TraitItemFn,
-    Type, TypeParamBound, Visibility,
+    Attribute, FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, Signature, Token, TraitItem,
+    TraitItemFn, Type, TypeParamBound, Visibility,
 };
 
 use crate::{fingerprint, names};
@@ -21,6 +21,9 @@ pub(crate) struct Service {
     pub(crate) ident: Ident,
     pub(crate) supertraits: Punctuated<TypeParamBound, Token![+]>,
     pub(crate) methods: Vec<Method>,
+    /// `#[service(texts("..."))]`: texts the service's types that parse a form of their own
+    /// accept, offered to them when their schema is traced.
+    pub(crate) texts: Vec<LitStr>,
 }
 
 /// One `async fn` of the trait.
@@ -105,7 +108,8 @@ impl Errors {
 
 /// Builds the model, adding to `errors` every shape that cannot be served. The model is
 /// complete either way, so that [`crate::validate`] can report its own findings too.
-pub(crate) fn service(item: ItemTrait, errors: &mut Errors) -> Service {
+pub(crate) fn service(args: TokenStream, item: ItemTrait, errors: &mut Errors) -> Service {
+    let texts = service_options(args, errors);
     if let Some(unsafety) = &item.unsafety {
         errors.spanned(unsafety, "a service trait cannot be `unsafe`");
     }
@@ -131,7 +135,35 @@ pub(crate) fn service(item: ItemTrait, errors: &mut Errors) -> Service {
         ident: item.ident,
         supertraits: item.supertraits,
         methods,
+        texts,
     }
+}
+
+/// The attribute's own options, `#[service(texts("SKU-0001", ...))]`: the texts given.
+fn service_options(args: TokenStream, errors: &mut Errors) -> Vec<LitStr> {
+    let mut texts = Vec::new();
+    let options = syn::meta::parser(|option| {
+        if !option.path.is_ident("texts") {
+            return Err(option.error(
+                "unknown service option; the one there is: `texts(\"...\", ...)`, texts the \
+                 service's types that parse a form of their own accept",
+            ));
+        }
+        let list;
+        syn::parenthesized!(list in option.input);
+        let given = list.parse_terminated(<LitStr as syn::parse::Parse>::parse, Token![,])?;
+        if given.is_empty() {
+            return Err(
+                option.error("`texts(...)` names at least one text, as `texts(\"SKU-0001\")`")
+            );
+        }
+        texts.extend(given);
+        Ok(())
+    });
+    if let Err(error) = syn::parse::Parser::parse2(options, args) {
+        errors.push(error);
+    }
+    texts
 }
 
 fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
@@ -504,7 +536,7 @@ mod tests {
     /// The service `item` makes, or the errors it gets, as text.
     fn parsed(item: ItemTrait) -> Result<Service, String> {
         let mut errors = Errors::default();
-        let parsed = service(item, &mut errors);
+        let parsed = service(proc_macro2::TokenStream::new(), item, &mut errors);
         match errors.finish() {
             Ok(()) => Ok(parsed),
             Err(error) => Err(error.into_iter().map(|e| e.to_string()).collect()),

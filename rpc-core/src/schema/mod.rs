@@ -248,6 +248,10 @@ pub enum SchemaProblem {
     /// it, it contains itself with no way out, or its fields nest too widely. Marking the
     /// method `#[rpc(opaque)]` sends it without a schema.
     Undescribable,
+    /// The type reads a text and refused every one offered: it parses a form of its own (a
+    /// validated newtype, `#[serde(try_from = "String")]`). Naming a text it accepts in the
+    /// service's attribute, `#[rpc_core::service(texts("SKU-0001"))]`, lets it be described.
+    TextRefused,
     /// The type cannot travel over rpc-core at all: its `Deserialize` asks the format what
     /// comes next (an untagged or internally tagged enum, `#[serde(flatten)]`,
     /// `serde_json::Value`), which postcard, not self-describing, cannot say. Sent without a
@@ -280,6 +284,13 @@ impl fmt::Display for SchemaError {
                 f,
                 "cannot be described, because {reason}. Mark the method `#[rpc(opaque)]` to send \
                  it without a schema"
+            ),
+            SchemaProblem::TextRefused => write!(
+                f,
+                "cannot be described, because {reason}. If it parses a text of a form of its \
+                 own, name one it accepts in the service's attribute: \
+                 `#[rpc_core::service(texts(\"...\"))]`; or mark the method `#[rpc(opaque)]` \
+                 to send it without a schema"
             ),
             SchemaProblem::NotCarried => write!(
                 f,
@@ -315,9 +326,16 @@ pub struct ServiceTracer {
 impl ServiceTracer {
     /// Starts the schema of the service `name`.
     pub fn new(name: &'static str) -> Self {
+        ServiceTracer::with_texts(name, &[])
+    }
+
+    /// Starts the schema of the service `name`, whose types that parse a text of a form of
+    /// their own accept one of `texts` (`#[rpc_core::service(texts("SKU-0001"))]`): offered
+    /// where a type refuses `""` and `"a"`, before common ones such as a date or an address.
+    pub fn with_texts(name: &'static str, texts: &'static [&'static str]) -> Self {
         ServiceTracer {
             name,
-            tracer: trace::Tracer::default(),
+            tracer: trace::Tracer::with_texts(texts),
             methods: Vec::new(),
             error: None,
         }

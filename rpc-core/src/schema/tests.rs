@@ -413,9 +413,18 @@ fn a_deserialize_that_refuses_every_text_is_refused_with_what_it_said() {
         }
     }
     let error = refused::<Mute>();
-    assert_eq!(error.problem, SchemaProblem::Undescribable);
+    assert_eq!(error.problem, SchemaProblem::TextRefused);
     // Offered every text in turn, then ones, which offer the last again.
-    assert!(error.reason.contains("\"1s\" is not welcome"), "{error}");
+    assert!(
+        error.reason.contains("\"text/plain\" is not welcome"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("`#[rpc_core::service(texts(\"...\"))]`"),
+        "says how to name one it accepts: {error}"
+    );
 }
 
 /// What types that travel as text parse, and one that reads a byte string of a fixed size.
@@ -475,6 +484,123 @@ mod parsed {
             serializer.serialize_bytes(&self.0)
         }
     }
+}
+
+/// Validated newtypes, as `#[serde(try_from = "String")]` reads them: the text is read as a
+/// `String`, then checked.
+mod validated {
+    use serde::{Deserialize, Serialize};
+
+    /// Defines a newtype over `String` that accepts the texts `accepts` does.
+    macro_rules! validated {
+        ($name:ident, $accepts:expr) => {
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+            #[serde(try_from = "String", into = "String")]
+            pub struct $name(pub String);
+            impl TryFrom<String> for $name {
+                type Error = String;
+                fn try_from(text: String) -> Result<Self, String> {
+                    let accepts: fn(&str) -> bool = $accepts;
+                    match accepts(&text) {
+                        true => Ok($name(text)),
+                        false => Err(format!("{text:?} is refused")),
+                    }
+                }
+            }
+            impl From<$name> for String {
+                fn from(value: $name) -> String {
+                    value.0
+                }
+            }
+        };
+    }
+
+    validated!(Email, |text| text.split_once('@').is_some_and(
+        |(user, domain)| { !user.is_empty() && domain.contains('.') }
+    ));
+    validated!(Username, |text| {
+        (3..=32).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase())
+    });
+    validated!(Sku, |text| {
+        let bytes = text.as_bytes();
+        bytes.len() == 8
+            && bytes[..3].iter().all(u8::is_ascii_uppercase)
+            && bytes[3] == b'-'
+            && bytes[4..].iter().all(u8::is_ascii_digit)
+    });
+}
+
+#[test]
+fn validated_texts_of_common_forms_are_offered_one_they_accept() {
+    #[derive(Serialize, Deserialize)]
+    struct Account {
+        email: validated::Email,
+        name: Option<validated::Username>,
+    }
+    let (schema, _) = traced::<Account>();
+    assert_eq!(
+        schema.types["Account"],
+        TypeDef::Struct(vec![
+            Field {
+                name: "email".into(),
+                schema: Schema::Str
+            },
+            Field {
+                name: "name".into(),
+                schema: Schema::Option(Box::new(Schema::Str))
+            },
+        ])
+    );
+}
+
+#[test]
+fn what_one_type_accepted_at_the_root_is_not_where_another_starts() {
+    // Both read their text at the root, the same place by its named type (none): the username
+    // must be offered the texts from the first again, not from where the email left off.
+    let mut tracer = ServiceTracer::new("Test");
+    tracer
+        .method("mail", false)
+        .arg::<validated::Email>("to")
+        .returns::<()>();
+    tracer
+        .method("greet", false)
+        .arg::<validated::Username>("name")
+        .returns::<()>();
+    let schema = tracer.finish().expect("describable");
+    assert_eq!(schema.methods[1].args[0].schema, Schema::Str);
+}
+
+#[test]
+fn a_service_names_the_texts_its_own_types_accept() {
+    let error = refused::<validated::Sku>();
+    assert_eq!(error.problem, SchemaProblem::TextRefused);
+    assert!(error.reason.contains("is refused"), "{error}");
+
+    #[derive(Serialize, Deserialize)]
+    struct Line {
+        sku: validated::Sku,
+        count: u32,
+    }
+    let mut tracer = ServiceTracer::with_texts("Test", &["12", "ABC-0001"]);
+    tracer
+        .method("price", false)
+        .arg::<validated::Sku>("sku")
+        .returns::<Line>();
+    let schema = tracer.finish().expect("described with the service's text");
+    assert_eq!(schema.methods[0].args[0].schema, Schema::Str);
+    // It travels as the `String` it reads: the fingerprint is a `String`'s.
+    #[derive(Serialize, Deserialize)]
+    struct PlainLine {
+        sku: String,
+        count: u32,
+    }
+    let mut plain = ServiceTracer::new("Test");
+    plain
+        .method("price", false)
+        .arg::<String>("sku")
+        .returns::<PlainLine>();
+    let plain = plain.finish().expect("describable");
+    assert_eq!(schema.methods[0].fingerprint, plain.methods[0].fingerprint);
 }
 
 #[test]

@@ -51,9 +51,10 @@ const MAX_NESTING: usize = 3;
 const MAX_PASSES: usize = 10_000;
 
 /// Texts offered in turn, one a pass, to a type that refuses `""` and `"a"` where it reads a
-/// string: what the types of common crates that travel as text parse (a number, a date and
-/// time with and without its offset, a date, a time, a UUID, an address with and without a
-/// port, a URL, a version, a duration).
+/// string, after the service's own ([`Tracer::with_texts`]): what the types of common crates
+/// and validated newtypes that travel as text parse (a number, a date and time with and
+/// without its offset, a date, a time, a UUID, an address with and without a port, a URL, a
+/// version, a duration, a word, an email address, a domain, a network, a media type).
 const TEXTS: &[&str] = &[
     "0",
     "1970-01-01T00:00:00Z",
@@ -66,6 +67,11 @@ const TEXTS: &[&str] = &[
     "http://localhost/",
     "0.0.0",
     "1s",
+    "name",
+    "name@example.com",
+    "example.com",
+    "127.0.0.1/32",
+    "text/plain",
 ];
 
 /// The lengths of the byte strings of zeros offered in turn, one a pass, to a type that refuses
@@ -75,20 +81,10 @@ const BYTE_LENGTHS: &[usize] = &[16, 32, 4, 8, 12, 20, 24, 48, 64];
 /// What a place is offered in turn when the type read there refuses what it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Offer {
-    /// One of [`TEXTS`].
+    /// One of the service's texts, then of [`TEXTS`].
     Text,
     /// A byte string of one of [`BYTE_LENGTHS`].
     Bytes,
-}
-
-impl Offer {
-    /// How many there are to offer in turn.
-    fn count(self) -> usize {
-        match self {
-            Offer::Text => TEXTS.len(),
-            Offer::Bytes => BYTE_LENGTHS.len(),
-        }
-    }
 }
 
 /// Where a text or a byte string is read: what is offered, in which named type being
@@ -141,8 +137,9 @@ impl de::Error for TraceError {
     fn custom<T: fmt::Display>(message: T) -> Self {
         TraceError::Refused(format!(
             "its Deserialize refused the made-up values (zeros and empty strings, then ones \
-             and \"a\", and where it refused those, common texts such as a date or an address \
-             and byte strings of zeros of common lengths): {message}"
+             and \"a\", and where it refused those, the service's own texts, common ones such \
+             as a date, an address or an email address, and byte strings of zeros of common \
+             lengths): {message}"
         ))
     }
 }
@@ -188,8 +185,13 @@ pub(super) struct Tracer {
     /// While making values: which variant each enum takes, outside any type nested in itself
     /// (this one, counted round its variants).
     choice: usize,
+    /// Texts of the forms the service's own types parse, offered before [`TEXTS`].
+    texts: &'static [&'static str],
+    /// Whether a pass ended on a text refused after every text was offered: the service may
+    /// name one its type accepts.
+    texts_refused: bool,
     /// For each place where the type read refused the text or byte string it was offered:
-    /// which of [`TEXTS`] or [`BYTE_LENGTHS`] it is offered now.
+    /// which of the texts or [`BYTE_LENGTHS`] it is offered now.
     offers: BTreeMap<Site, usize>,
     /// Where the last value of this pass was read, if it was a text or a byte string: where a
     /// refusal that ends the pass then comes from.
@@ -246,6 +248,14 @@ fn short(type_name: &str) -> String {
 }
 
 impl Tracer {
+    /// A tracer that offers `texts` where a type refuses `""` and `"a"`, before [`TEXTS`].
+    pub(super) fn with_texts(texts: &'static [&'static str]) -> Tracer {
+        Tracer {
+            texts,
+            ..Tracer::default()
+        }
+    }
+
     /// The schema of `T`, tracing as many passes as it takes, and values of `T` made up on
     /// the way: those the first passes made, then, the type traced, one for each count of
     /// levels of options, sequences and maps that hold something, from none up to
@@ -258,6 +268,9 @@ impl Tracer {
         let mut root = Format::Unknown;
         let mut made = Vec::new();
         self.ones = false;
+        // A place is known by its named type, or none at the root: what another root type
+        // accepted there says nothing of this one.
+        self.offers.clear();
         for _ in 0..MAX_PASSES {
             let pass = self.pass::<T>(&mut root);
             match pass {
@@ -272,6 +285,9 @@ impl Tracer {
                 Err(TraceError::Refused(_)) if !self.ones => {
                     self.ones = true;
                     continue;
+                }
+                Err(TraceError::Refused(why)) if self.texts_refused => {
+                    return Err((self.located(why), SchemaProblem::TextRefused));
                 }
                 Err(TraceError::Refused(why) | TraceError::Unsupported(why)) => {
                     return Err((self.located(why), SchemaProblem::Undescribable));
@@ -320,12 +336,16 @@ impl Tracer {
 
     /// Whether the pass just made ended on a text or a byte string, refused by the type that
     /// read it (no other value was read after it), and that place has more to be offered: it
-    /// is, at the next pass.
+    /// is, at the next pass. Notes whether it was a text with none left to offer.
     fn offer_next(&mut self) -> bool {
+        self.texts_refused = false;
         let Some(site) = self.last_offer.take() else {
             return false;
         };
-        let count = site.0.count();
+        let count = match site.0 {
+            Offer::Text => self.texts.len() + TEXTS.len(),
+            Offer::Bytes => BYTE_LENGTHS.len(),
+        };
         match self.offers.get_mut(&site) {
             None => {
                 self.offers.insert(site, 0);
@@ -335,7 +355,10 @@ impl Tracer {
                 *offered += 1;
                 true
             }
-            Some(_) => false,
+            Some(_) => {
+                self.texts_refused |= site.0 == Offer::Text;
+                false
+            }
         }
     }
 
@@ -352,10 +375,13 @@ impl Tracer {
     }
 
     /// The text offered where a string is read: `""`, or `"a"` with ones, unless the type read
-    /// there refused those (then one of [`TEXTS`]).
+    /// there refused those (then one of the service's texts, then of [`TEXTS`]).
     fn text(&mut self) -> &'static str {
         match self.site(Offer::Text) {
-            Some(offered) => TEXTS[offered],
+            Some(offered) => match self.texts.get(offered) {
+                Some(text) => text,
+                None => TEXTS[offered - self.texts.len()],
+            },
             None if self.ones => "a",
             None => "",
         }
