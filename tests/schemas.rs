@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rpc_core::schema::{Schema, TypeDef};
 use rpc_core::{RpcError, Server, ServerBuilder, ServiceClient};
-use rpc_tests::{RawClient, VERSION, frame, hello, string, varint, within};
+use rpc_tests::{RawClient, VERSION, frame, hello, serve_on_loopback, string, varint, within};
 
 /// The server's version of the service.
 mod served {
@@ -423,9 +423,7 @@ impl validated::Unnamed for Taker {
 
 #[tokio::test]
 async fn a_service_names_the_texts_its_validated_types_accept() {
-    let server = Server::bind("127.0.0.1:0").await.expect("binds");
-    let addr = server.local_addr().expect("an address");
-    tokio::spawn(server.serve(validated::ShopServer::new(Taker)));
+    let addr = serve_on_loopback(Server::builder(), validated::ShopServer::new(Taker)).await;
     let client = within("connecting", validated::ShopClient::connect(addr))
         .await
         .expect("connects");
