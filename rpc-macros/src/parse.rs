@@ -387,23 +387,17 @@ fn arguments(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
 fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
     struct Nested<'e> {
         errors: &'e mut Errors,
+        message: &'static str,
     }
     impl<'ast> Visit<'ast> for Nested<'_> {
         fn visit_path_segment(&mut self, segment: &'ast syn::PathSegment) {
             if segment.ident == "Streaming" {
-                self.errors.spanned(
-                    segment,
-                    "`Streaming` must be an argument's whole type or the whole return type, \
-                     not part of another type",
-                );
+                self.errors.spanned(segment, self.message);
             }
             syn::visit::visit_path_segment(self, segment);
         }
     }
-    let top = match ty {
-        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
-        _ => None,
-    };
+    let top = last_segment(ty);
     match top {
         Some(segment) if segment.ident == "Streaming" => {
             let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
@@ -416,7 +410,8 @@ fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
             });
             match (types.next(), types.next(), generics.args.len()) {
                 (Some(item), None, 1) => {
-                    Nested { errors }.visit_type(item);
+                    let message = NESTED_STREAM;
+                    Nested { errors, message }.visit_type(item);
                     Some(item.clone())
                 }
                 _ => {
@@ -426,9 +421,43 @@ fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
             }
         }
         _ => {
-            Nested { errors }.visit_type(ty);
+            let message = match top {
+                Some(segment) if segment.ident == "Result" && first_is_stream(segment) => {
+                    "a stream cannot be wrapped in `Result`: return `Streaming<T>` and fail it \
+                     with the error (`Streaming::from_results`, `StreamSender::fail`: the caller \
+                     gets it as `RpcError::StreamFailed`, its last item), or stream \
+                     `Result<T, E>` items, each carrying its own error"
+                }
+                _ => NESTED_STREAM,
+            };
+            Nested { errors, message }.visit_type(ty);
             None
         }
+    }
+}
+
+/// What is said of `Streaming` found inside another type.
+const NESTED_STREAM: &str = "`Streaming` must be an argument's whole type or the whole return \
+                             type, not part of another type";
+
+/// The last segment of `ty`'s path, if it is a path (`Streaming` of `rpc_core::Streaming<T>`).
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        _ => None,
+    }
+}
+
+/// Whether the first generic argument of `segment` is a `Streaming` (`Result<Streaming<T>, E>`).
+fn first_is_stream(segment: &syn::PathSegment) -> bool {
+    let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+        return false;
+    };
+    match generics.args.first() {
+        Some(syn::GenericArgument::Type(first)) => {
+            last_segment(first).is_some_and(|inner| inner.ident == "Streaming")
+        }
+        _ => false,
     }
 }
 
