@@ -236,6 +236,19 @@ impl Typed<'_> {
                 return serializer.serialize_u128(big);
             }
             Some(Err(big)) => return Err(does_not_fit(&big)),
+            // serde_json reads an integer past 64 bits as a float, which keeps ~16 digits.
+            None if is_past_64_bits(self.json) => {
+                return Err(match self.schema {
+                    Schema::I128 | Schema::U128 => self.fail_with(format!(
+                        "`{}`: {} has more digits than a JSON number keeps; write an integer \
+                         past 64 bits as a string of its digits (\"{}\")",
+                        self.path,
+                        self.json,
+                        u128::MAX
+                    )),
+                    _ => does_not_fit(self.json),
+                });
+            }
             None => return Err(self.fail(expected)),
         };
         let out_of_range = || does_not_fit(&n);
@@ -909,6 +922,12 @@ impl<'de> Visitor<'de> for VariantToJson<'_> {
     }
 }
 
+/// Whether `json` is a whole number past what 64 bits hold, which serde_json reads as a float.
+fn is_past_64_bits(json: &Value) -> bool {
+    json.as_f64()
+        .is_some_and(|f| f.fract() == 0.0 && !(-(2f64.powi(63))..2f64.powi(64)).contains(&f))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1057,6 +1076,17 @@ mod tests {
         assert_eq!(
             encode(&Schema::I128, &types, &json!(u128::MAX.to_string()), "v"),
             Err(format!("`v`: {} does not fit in i128", u128::MAX))
+        );
+        // Written as a JSON number, it is read as a float: refused, saying how to write it.
+        let as_number: Value = serde_json::from_str(&u128::MAX.to_string()).expect("parses");
+        let refused = encode(&Schema::U128, &types, &as_number, "v").expect_err("lossy");
+        assert!(
+            refused.contains("write an integer past 64 bits as a string"),
+            "{refused}"
+        );
+        assert_eq!(
+            encode(&Schema::U64, &types, &as_number, "v"),
+            Err("`v`: 3.402823669209385e+38 does not fit in u64".to_owned())
         );
     }
 
