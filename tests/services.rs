@@ -276,6 +276,28 @@ async fn two_services_of_one_name_are_refused_at_start() {
             "{error}"
         );
     }
+    // Two traits of one name in two modules are two services a client cannot tell apart.
+    mod other {
+        #[rpc_core::service]
+        pub trait Kv {
+            async fn size(&self) -> u64;
+        }
+    }
+    impl other::Kv for MyKv {
+        async fn size(&self) -> u64 {
+            0
+        }
+    }
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let services = Services::new()
+        .add(KvServer::new(MyKv))
+        .add(other::KvServer::new(MyKv));
+    let error = server.serve(services).await.expect_err("refused");
+    assert!(
+        error.to_string().contains("two are named `Kv`")
+            && error.to_string().contains("rename one of the traits"),
+        "{error}"
+    );
 }
 
 /// The bytes: a server of several services appends their table to its hello, and a qualified

@@ -323,7 +323,11 @@ impl<S: ServiceSet> Served<S> {
                 let why = if info.name == "rpc" {
                     "`rpc` is the name of every server's own methods".to_owned()
                 } else {
-                    format!("two are named `{}`", info.name)
+                    format!(
+                        "two are named `{}`, and a client names the service it calls by its \
+                         trait's name: rename one of the traits",
+                        info.name
+                    )
                 };
                 return Err(RpcError::Services(why));
             }
