@@ -357,7 +357,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
             }
         }
     });
-    let stream = local("S");
+    let stream = local("__RpcStream");
     let (client, req) = (local("client"), local("request"));
     let dispatch_arms = service.methods.iter().map(|method| {
         let Method {

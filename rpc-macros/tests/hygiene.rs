@@ -118,6 +118,33 @@ mod no_prelude {
     }
 }
 
+/// Traits named as generic parameters usually are.
+mod one_letter {
+    #[rpc_core::service]
+    pub trait S {
+        async fn twice(&self, n: u32) -> u32;
+    }
+
+    #[rpc_core::service]
+    pub trait T {
+        async fn thrice(&self, n: u32) -> u32;
+    }
+
+    pub struct Impl;
+
+    impl S for Impl {
+        async fn twice(&self, n: u32) -> u32 {
+            n * 2
+        }
+    }
+
+    impl T for Impl {
+        async fn thrice(&self, n: u32) -> u32 {
+            n * 3
+        }
+    }
+}
+
 use rpc_core::{Service, ServiceClient};
 use shadowing::{ShadowedClient, ShadowedRequest, ShadowedServer, T};
 
@@ -185,6 +212,21 @@ async fn no_implicit_prelude_is_fine() {
     );
     let rotated = client.rotate(vec![1, 2, 3].into()).await.expect("rotate");
     assert_eq!(rotated.into_vec(), [2, 3, 1]);
+}
+
+#[tokio::test]
+async fn traits_named_like_generic_parameters_are_fine() {
+    let (client_end, server_end) = tokio::io::duplex(4096);
+    tokio::spawn(rpc_core::serve_connection(
+        server_end,
+        one_letter::SServer::new(one_letter::Impl),
+    ));
+    let client = one_letter::SClient::from_stream(client_end)
+        .await
+        .expect("handshake");
+    assert_eq!(client.twice(2).await.expect("twice"), 4);
+    let local = one_letter::TClient::local(one_letter::Impl);
+    assert_eq!(local.thrice(2).await.expect("thrice"), 6);
 }
 
 #[test]
