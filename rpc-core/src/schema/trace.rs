@@ -54,8 +54,9 @@ const MAX_PASSES: usize = 10_000;
 /// string, after the service's own ([`Tracer::with_texts`]): what the types of common crates
 /// and validated newtypes that travel as text parse (a number, a date and time with and
 /// without its offset, a date, a time, a UUID, an address with and without a port, a URL, a
-/// version, a duration, a word, an email address, a domain, a network, a media type).
-const TEXTS: &[&str] = &[
+/// version, a duration, a word, an email address, a domain, a network, a media type, a date
+/// and time in a time zone, a ULID).
+pub(super) const TEXTS: &[&str] = &[
     "0",
     "1970-01-01T00:00:00Z",
     "1970-01-01T00:00:00",
@@ -72,6 +73,8 @@ const TEXTS: &[&str] = &[
     "example.com",
     "127.0.0.1/32",
     "text/plain",
+    "1970-01-01T00:00:00+00:00[UTC]",
+    "00000000000000000000000000",
 ];
 
 /// The lengths of the byte strings of zeros offered in turn, one a pass, to a type that refuses
