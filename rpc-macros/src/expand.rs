@@ -369,9 +369,11 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         } = method;
         let idents = args.iter().map(|arg| &arg.ident);
         let pattern = request_variant(&request, method);
+        // Called by path: by method syntax, a method named like a trait method that takes `self`
+        // by value (`into`) would be that trait's.
         quote! {
             #(#cfgs)*
-            #pattern => #client.#ident(#(#idents),*).await.map(#response::#variant),
+            #pattern => #name::#ident(&#client, #(#idents),*).await.map(#response::#variant),
         }
     });
     quote! {

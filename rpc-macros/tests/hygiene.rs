@@ -145,6 +145,30 @@ mod one_letter {
     }
 }
 
+/// Methods named like methods of traits every type has.
+mod common_method_names {
+    #[rpc_core::service]
+    pub trait Conversions {
+        async fn into(&self) -> u8;
+        async fn clone(&self) -> u8;
+        async fn to_owned(&self) -> u8;
+    }
+
+    pub struct Impl;
+
+    impl Conversions for Impl {
+        async fn into(&self) -> u8 {
+            1
+        }
+        async fn clone(&self) -> u8 {
+            2
+        }
+        async fn to_owned(&self) -> u8 {
+            3
+        }
+    }
+}
+
 use rpc_core::{Service, ServiceClient};
 use shadowing::{ShadowedClient, ShadowedRequest, ShadowedServer, T};
 
@@ -227,6 +251,28 @@ async fn traits_named_like_generic_parameters_are_fine() {
     assert_eq!(client.twice(2).await.expect("twice"), 4);
     let local = one_letter::TClient::local(one_letter::Impl);
     assert_eq!(local.thrice(2).await.expect("thrice"), 6);
+}
+
+#[tokio::test]
+async fn methods_named_like_common_trait_methods_are_the_services() {
+    use common_method_names::{ConversionsClient, ConversionsRequest, ConversionsResponse, Impl};
+    let client = ConversionsClient::local(Impl);
+    // The client's own dispatch, as its tower service runs a request, reaches each of them.
+    let requests = [
+        ConversionsRequest::Into,
+        ConversionsRequest::Clone,
+        ConversionsRequest::ToOwned,
+    ];
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(match client.dispatch(request).await.expect("answered") {
+            ConversionsResponse::Into(n) => ("into", n),
+            ConversionsResponse::Clone(n) => ("clone", n),
+            ConversionsResponse::ToOwned(n) => ("to_owned", n),
+        });
+    }
+    assert_eq!(answers, [("into", 1), ("clone", 2), ("to_owned", 3)]);
+    assert_eq!(ConversionsClient::into(&client).await.expect("into"), 1);
 }
 
 #[test]
