@@ -289,6 +289,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         let Method {
             cfgs,
             docs,
+            deprecated,
             ident,
             args,
             output,
@@ -332,6 +333,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         quote! {
             #(#cfgs)*
             #(#docs)*
+            #(#deprecated)*
             // The trait decides how many arguments there are; a lint belongs there, not here.
             #[allow(clippy::too_many_arguments)]
             #vis async fn #ident(&self, #(#arg_idents: #arg_types),*)
@@ -457,6 +459,8 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
             type Request = #request;
             type Response = #response;
 
+            // A deprecated method is still served and dispatched; its callers are warned.
+            #[allow(deprecated)]
             fn dispatch(
                 &self,
                 #req: #request,
@@ -657,6 +661,7 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
                 }
             }
 
+            #[allow(deprecated)]
             fn call(
                 &self,
                 #req: #request,

@@ -72,7 +72,8 @@ use proc_macro::TokenStream;
 ///     `CalcClient::local(implementation)`, which calls an implementation in this process, and
 ///     `CalcClient::sharing(&other_client)`, a client over another service's connection to a
 ///     server of several services (`rpc_core::Services`);
-///   - one `async fn` per method, with the trait method's doc comments, returning
+///   - one `async fn` per method, with the trait method's doc comments and `#[deprecated]`
+///     (the server still serves a deprecated method without a warning), returning
 ///     `Result<T, rpc_core::RpcError>`;
 ///   - `with_deadline(duration)` and `with_metadata(key, value)`: the same connection, with
 ///     calls that carry another deadline, or an entry more of metadata:

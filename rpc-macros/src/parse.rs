@@ -34,6 +34,8 @@ pub(crate) struct Method {
     pub(crate) cfgs: Vec<Attribute>,
     /// The doc comments, repeated on the client method.
     pub(crate) docs: Vec<Attribute>,
+    /// `#[deprecated]`, repeated on the client method, so that its callers are told too.
+    pub(crate) deprecated: Vec<Attribute>,
     pub(crate) ident: Ident,
     /// The name on the wire: the identifier without `r#`.
     pub(crate) name: String,
@@ -253,10 +255,16 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         .filter(|a| a.path().is_ident("doc"))
         .cloned()
         .collect();
+    let deprecated = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("deprecated"))
+        .cloned()
+        .collect();
     Method {
         attrs,
         cfgs,
         docs,
+        deprecated,
         ident: sig.ident,
         name,
         variant,
