@@ -148,8 +148,10 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// Whether `ty` is built only of primitives, `String`, `Vec`, `Option`, `Box`, tuples and
-/// arrays, spelled by their plain names: serde types whatever the user declared.
+/// Whether `ty` is built only of primitives, `String`, `Vec`, `Option`, `Box`, tuples of up to
+/// 16 items and arrays of up to 32, spelled by their plain names: serde types whatever the user
+/// declared. serde implements its traits for tuples and arrays only up to those sizes: a larger
+/// one gets its bound, and so its error at the type.
 fn is_std_serde(ty: &Type) -> bool {
     const PRIMITIVES: &[&str] = &[
         "bool", "char", "f32", "f64", "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16",
@@ -157,8 +159,8 @@ fn is_std_serde(ty: &Type) -> bool {
     ];
     const CONTAINERS: &[&str] = &["Vec", "Option", "Box"];
     match ty {
-        Type::Tuple(tuple) => tuple.elems.iter().all(is_std_serde),
-        Type::Array(array) => is_std_serde(&array.elem),
+        Type::Tuple(tuple) => tuple.elems.len() <= 16 && tuple.elems.iter().all(is_std_serde),
+        Type::Array(array) => array_len_at_most(&array.len, 32) && is_std_serde(&array.elem),
         Type::Group(group) => is_std_serde(&group.elem),
         Type::Paren(paren) => is_std_serde(&paren.elem),
         Type::Path(path) if path.qself.is_none() && path.path.segments.len() == 1 => {
@@ -181,6 +183,17 @@ fn is_std_serde(ty: &Type) -> bool {
     }
 }
 
+/// Whether an array's length is written as a number no greater than `most`.
+fn array_len_at_most(len: &syn::Expr, most: usize) -> bool {
+    match len {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(int),
+            ..
+        }) => int.base10_parse::<usize>().is_ok_and(|len| len <= most),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +207,8 @@ mod tests {
             "Option<(u32, [u8; 4])>",
             "()",
             "(u8)",
+            "[u8; 32]",
+            "(u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8)",
         ] {
             let ty: Type = syn::parse_str(plain).expect("a type");
             assert!(is_std_serde(&ty), "{plain}");
@@ -213,6 +228,10 @@ mod tests {
             // Named like a standard type, but another's.
             "<T>::String",
             "u32::Alias",
+            // Past what serde implements its traits for.
+            "[u8; 33]",
+            "[u8; N]",
+            "(u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8, u8)",
         ];
         for user in others {
             let ty: Type = syn::parse_str(user).expect("a type");
