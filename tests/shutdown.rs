@@ -151,3 +151,54 @@ async fn calls_still_running_when_the_grace_ends_fail_instead_of_hanging() {
         other => panic!("expected Interrupted, got {other:?}"),
     }
 }
+
+/// `Duration::MAX` given for every duration a server or a client takes means "never", not a
+/// panic: an instant that far off overflowed, killing the server's accept loop (handshake
+/// timeout) and the caller of a client that failed to reconnect (backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_setting_takes_duration_max_as_never() {
+    let never = Duration::MAX;
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let server = Server::builder()
+        .handshake_timeout(never)
+        .idle_timeout(never)
+        .keepalive(never, never)
+        .shutdown_grace(never)
+        .busy_poll(never)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(LabServer::new(lab), async {
+        let _ = stopped.await;
+    }));
+    let client = within(
+        "connecting",
+        LabClient::builder()
+            .deadline(never)
+            .keepalive(never, never)
+            .reconnect_backoff(never, never)
+            .connect_timeout(never)
+            .busy_poll(never)
+            .connect(addr),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(within("a call", client.add(2, 3)).await.expect("adds"), 5);
+
+    // Draining with a grace of "never", the running call finishes and the server stops.
+    let running = a_running_call(&client, &probe).await;
+    stop.send(()).expect("the server listens for its stop");
+    finish(&probe, running, serving).await;
+    // Reconnecting fails, and backs off for "never" without a panic. (A call after that would
+    // wait out the backoff within its deadline: with both "never", forever, as asked.)
+    let mut failed = first_failure(&client).await;
+    if !matches!(failed, RpcError::Connect { .. }) {
+        failed = within("a call to a server that is gone", client.add(1, 1))
+            .await
+            .expect_err("the server is gone");
+    }
+    assert!(matches!(failed, RpcError::Connect { .. }), "{failed:?}");
+}

@@ -10,8 +10,20 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+
+/// About thirty years: where a setting's duration would take an instant past what an `Instant`
+/// holds (`Duration::MAX` given for "never"), the instant is this far off instead, as tokio's
+/// own timers do.
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `at` plus `by`; never past [`FAR`] after `at`, so that a setting of `Duration::MAX` means
+/// "never" rather than a panic.
+pub(crate) fn after(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by.min(FAR)).unwrap_or(at)
+}
 
 /// A timer polled cheaply while it has not fired. See the module's documentation.
 #[derive(Debug)]
@@ -79,6 +91,17 @@ mod tests {
 
     /// Armed once, the alarm still wakes the task that waits on it, polled cheaply in between;
     /// reset, it goes off at its new deadline and not at the old one.
+    #[test]
+    fn a_duration_past_what_an_instant_holds_is_far_off_not_a_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(after(now, Duration::MAX), now + FAR);
+        assert!(FAR > Duration::from_secs(29 * 365 * 24 * 60 * 60));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_alarm_polled_cheaply_still_goes_off_and_reset_moves_it() {
         let start = Instant::now();

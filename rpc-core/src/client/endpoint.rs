@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::connection::Connection;
+use crate::alarm;
 use crate::peer_process::PeerProcess;
 use crate::service::ServiceInfo;
 use crate::{RpcError, telemetry, transport};
@@ -251,7 +252,7 @@ impl Endpoint {
         live.call_failures = 0;
         live.ejections = live.ejections.saturating_add(1);
         let wait = backoff(live.ejections, &self.config);
-        live.ejected_until = Some(Instant::now() + wait);
+        live.ejected_until = Some(alarm::after(Instant::now(), wait));
         drop(live);
         tracing::info!(endpoint = %self.name(), ?wait, "calls kept failing: ejected for a while");
         changed(&self.changes);
@@ -328,7 +329,7 @@ impl Endpoint {
                 live.last_error = Some(error.clone());
                 live.failures = live.failures.saturating_add(1);
                 let wait = backoff(live.failures, &self.config);
-                live.retry_at = Some(Instant::now() + wait);
+                live.retry_at = Some(alarm::after(Instant::now(), wait));
                 tracing::debug!(target = ?self.target, %error, ?wait, "connecting failed");
                 telemetry::endpoint_failed(self.service.name);
             }

@@ -12,6 +12,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
 use super::budget::{GaveWay, PATIENCE, Share};
+use crate::alarm;
 
 /// Wraps a writer so that a write (or flush, or shutdown) that cannot make progress for
 /// `limit` fails with [`io::ErrorKind::TimedOut`]. The timer is armed only while the transport
@@ -72,7 +73,7 @@ impl<W> StallGuard<W> {
     /// When the timer of a stall that began at `since` should next fire: at the limit, or
     /// sooner to look whether the connection should give way.
     fn next_look(&self, since: Instant, now: Instant) -> Option<Instant> {
-        let limit = self.limit.map(|limit| since + limit);
+        let limit = self.limit.map(|limit| alarm::after(since, limit));
         let give_way = self.share.as_ref().map(|_| now + PATIENCE);
         match (limit, give_way) {
             (Some(limit), Some(give_way)) => Some(limit.min(give_way)),
@@ -111,7 +112,7 @@ impl<W> StallGuard<W> {
             }
             let now = Instant::now();
             if let Some(limit) = self.limit
-                && now >= since + limit
+                && now >= alarm::after(since, limit)
             {
                 break Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -17,6 +17,7 @@ use super::budget::Share;
 use super::outbox::{Item, Outgoing, Queue, WriteNow, WriteThrough, WroteNow};
 use super::stall::StallGuard;
 use super::{Frame, Head};
+use crate::alarm;
 use crate::slots::CallSlots;
 use crate::telemetry::Traffic;
 
@@ -337,11 +338,11 @@ async fn write_queued<W: AsyncWrite + Unpin>(
                 ready = queue.ready() => ready,
                 () = timer.as_mut() => {
                     let mut writer = wire.lock().await;
-                    let due = writer.last_write + *interval;
+                    let due = alarm::after(writer.last_write, *interval);
                     if due <= Instant::now() {
                         writer.send(&Head::Ping.frame().into()).await?;
                         writer.last_write = Instant::now();
-                        timer.as_mut().reset(writer.last_write + *interval);
+                        timer.as_mut().reset(alarm::after(writer.last_write, *interval));
                     } else {
                         timer.as_mut().reset(due);
                     }

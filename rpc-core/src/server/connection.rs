@@ -27,7 +27,7 @@ use super::calls::{Calls, Link, NewCall};
 use super::kept_box::KeptBox;
 use super::registry::{Handshake, Registration};
 use super::services::{Served, ServiceSet};
-use crate::alarm::Alarm;
+use crate::alarm::{self, Alarm};
 use crate::health::{self, service::HealthServer, service::Reporting};
 use crate::metadata::{MetadataError, MetadataLimits};
 use crate::peer::Peer;
@@ -293,7 +293,7 @@ where
                     // Asked to make room, a connection draining already gives its running
                     // calls the grace too: the server asks no other until this one closes.
                     if raised.has(Signal::MakeRoom) && room_due.is_none() {
-                        room_due = Some(Instant::now() + config.shutdown_grace);
+                        room_due = Some(alarm::after(Instant::now(), config.shutdown_grace));
                     }
                     if connection.draining {
                         continue;
@@ -969,7 +969,7 @@ impl IdleTimer {
     fn new(timeout: Duration) -> Self {
         IdleTimer {
             timeout,
-            timer: Alarm::at(Instant::now() + timeout),
+            timer: Alarm::at(alarm::after(Instant::now(), timeout)),
         }
     }
 
@@ -985,7 +985,7 @@ impl IdleTimer {
     /// the whole timeout. If not, sets the timer for when it would be.
     fn is_over(&mut self, idle_since: Option<Instant>) -> bool {
         let now = Instant::now();
-        let due = idle_since.map_or(now + self.timeout, |since| since + self.timeout);
+        let due = alarm::after(idle_since.unwrap_or(now), self.timeout);
         if due <= now {
             return true;
         }

@@ -48,6 +48,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::alarm;
 use crate::intercept::ServerInterceptor;
 use crate::metadata::MetadataLimits;
 use crate::peer::Peer;
@@ -791,7 +792,7 @@ impl<S: ServiceSet> Spawner<'_, S> {
             handshake,
         });
         // The whole handshake, TLS included, must be over by then.
-        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let deadline = alarm::after(tokio::time::Instant::now(), config.handshake_timeout);
         let span = connection::span(self.service.first_name(), peer);
         let serving = async move {
             let served = match io {
@@ -856,7 +857,7 @@ where
     S: ServiceSet,
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let deadline = alarm::after(tokio::time::Instant::now(), config.handshake_timeout);
     let span = connection::span(service.first_name(), None);
     let io = transport::Shared(io);
     let (peer, process) = (Peer::default(), PeerProcess::Unknown);
