@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rpc_core::{RpcError, Server};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, VERSION, frame, held_loopback_port, hello, loopback_listener,
-    start_tcp, start_tcp_with, string, varint, within,
+    LabClient, LabImpl, RawClient, VERSION, frame, held_loopback_port, hello, lab_hello,
+    lab_methods, loopback_listener, start_tcp, start_tcp_with, string, varint, within,
 };
 
 /// The largest hello a peer accepts (docs/wire.md, section 2: "until the hellos are exchanged").
@@ -206,6 +206,49 @@ async fn a_hello_of_exactly_64_kib_is_read() {
     assert_eq!(largest.len() - 4, MAX_HELLO_LEN);
     raw.send(&largest).await;
     servers_hello_then_close(&mut raw).await;
+}
+
+/// A hello may be larger than the frames a side takes after it (its method tables grow with
+/// the service): it is read up to 64 KiB whatever `max_frame_len` says. With the hello held to
+/// the limit, a server or client built with a small one could not finish a handshake.
+#[tokio::test]
+async fn a_hello_larger_than_the_frames_a_side_takes_is_read() {
+    let addr = start_tcp_with(Server::builder().max_frame_len(1024), LabImpl::default()).await;
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&hello(&"x".repeat(8 * 1024), VERSION)).await;
+    servers_hello_then_close(&mut raw).await;
+
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        // Bytes after a hello's fields are ignored (section 11): 8 KiB of them.
+        let mut payload = lab_hello(lab_methods(), 0, 0)[4..].to_vec();
+        payload.extend(vec![0; 8 * 1024]);
+        raw.send(&frame(&payload)).await;
+        raw
+    });
+    let client = LabClient::builder().max_frame_len(1024).connect(addr);
+    within("the handshake", client).await.expect("connects");
+    drop(server.await.expect("the raw server"));
+}
+
+/// A limit on frames under 1 KiB, which no connection could work within (its own pings and
+/// error answers are larger), is raised to 1 KiB on either side: calls go through.
+#[tokio::test]
+async fn a_frame_limit_under_one_kib_is_raised_to_it() {
+    let addr = start_tcp_with(Server::builder().max_frame_len(0), LabImpl::default()).await;
+    let client = within(
+        "connecting",
+        LabClient::builder().max_frame_len(0).connect(addr),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(within("a call", client.add(2, 3)).await.expect("adds"), 5);
+    let refused = within("a call over the limit", client.echo(vec![7; 2048])).await;
+    assert!(
+        matches!(refused, Err(RpcError::FrameTooLarge { .. })),
+        "{refused:?}"
+    );
 }
 
 /// The same of a server's hello, for a client.

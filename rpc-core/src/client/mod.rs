@@ -48,7 +48,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::intercept::ClientInterceptor;
 use crate::peer_process::PeerProcess;
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive};
+use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP, MIN_FRAME_LEN};
 use crate::service::ServiceInfo;
 use crate::{Metadata, RpcError};
 use channel::Backend;
@@ -214,11 +214,12 @@ impl<C: ServiceClient> ClientBuilder<C> {
         self
     }
 
-    /// The largest frame payload accepted from the server, in bytes (default 16 MiB, at most
-    /// `u32::MAX`). The server learns it in the handshake and reports a result that would not
-    /// fit as an error instead of sending it. A frame over it closes the connection unread.
+    /// The largest frame payload accepted from the server, in bytes (default 16 MiB, at least
+    /// 1 KiB, at most `u32::MAX`). The server learns it in the handshake and reports a result
+    /// that would not fit as an error instead of sending it. A frame over it closes the
+    /// connection unread. The server's hello may be larger, up to 64 KiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.config.max_frame_len = bytes;
+        self.config.max_frame_len = bytes.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN_CAP);
         self
     }
 

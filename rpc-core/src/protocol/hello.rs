@@ -313,7 +313,9 @@ impl<'a> Hello<'a> {
     ) -> Result<PeerInfo, RpcError> {
         let not_a_peer =
             || RpcError::Handshake("the peer's first frame is not an rpc-core hello".into());
-        reader.set_max_frame_len(MAX_HELLO_LEN.min(max_frame_len));
+        // A hello carries the peer's method tables: it may be larger than the frames this side
+        // takes after it, up to its own bound.
+        reader.set_max_frame_len(MAX_HELLO_LEN);
         let payload = match reader.next_frame().await {
             Ok(Some(payload)) => payload,
             Ok(None) => return Err(RpcError::ConnectionClosed),

@@ -68,6 +68,11 @@ impl KeepAlive {
 /// The largest limit the 4-byte length prefix can express.
 pub(crate) const MAX_FRAME_LEN_CAP: usize = u32::MAX as usize;
 
+/// The smallest limit on frames a builder takes: below it a connection's own frames (pings,
+/// cancellations, credit) and its error answers would not fit, and a connection could carry
+/// nothing. A smaller setting is raised to it.
+pub(crate) const MIN_FRAME_LEN: usize = 1024;
+
 /// What a frame is. The variant index is the first byte of every payload (postcard encodes it
 /// as a varint, and every index here is below 128).
 #[derive(Debug, Serialize, Deserialize)]

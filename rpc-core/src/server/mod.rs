@@ -55,7 +55,9 @@ use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
 use crate::peer_process::PeerProcess;
-use crate::protocol::{Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP};
+use crate::protocol::{
+    Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP, MIN_FRAME_LEN,
+};
 use crate::slots::HeldRequests;
 use crate::transport;
 use crate::{Context, RpcError, Status};
@@ -150,11 +152,12 @@ impl ServerBuilder {
         self
     }
 
-    /// The largest frame payload accepted from a client, in bytes (default 16 MiB, at most
-    /// `u32::MAX`). Clients learn it in the handshake and refuse to send a larger request; a
-    /// frame over it closes that connection without being read.
+    /// The largest frame payload accepted from a client, in bytes (default 16 MiB, at least
+    /// 1 KiB, at most `u32::MAX`). Clients learn it in the handshake and refuse to send a
+    /// larger request; a frame over it closes that connection without being read. The hello
+    /// that opens a connection may be larger, up to 64 KiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.config.max_frame_len = bytes.min(MAX_FRAME_LEN_CAP);
+        self.config.max_frame_len = bytes.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN_CAP);
         self
     }
 
@@ -902,7 +905,7 @@ mod tests {
     #[test]
     fn every_setting_lands_where_it_is_used() {
         let config = Server::builder()
-            .max_frame_len(1)
+            .max_frame_len(1001 * 1024)
             .max_in_flight_per_connection(2)
             .max_connections(3)
             .handshake_timeout(Duration::from_secs(4))
@@ -917,7 +920,7 @@ mod tests {
             .max_argument_bytes_per_connection(14)
             .max_argument_bytes(15)
             .config;
-        assert_eq!(config.max_frame_len, 1);
+        assert_eq!(config.max_frame_len, 1001 * 1024);
         assert_eq!(config.max_in_flight, 2);
         assert_eq!(config.max_connections, 3);
         assert_eq!(config.handshake_timeout, Duration::from_secs(4));
@@ -955,6 +958,8 @@ mod tests {
         assert_eq!(config.max_in_flight, 1);
         assert_eq!(config.max_connections, 1);
         assert_eq!(config.max_uploads, 1);
+        let tiny = Server::builder().max_frame_len(0).config;
+        assert_eq!(tiny.max_frame_len, MIN_FRAME_LEN);
     }
 
     #[tokio::test]
