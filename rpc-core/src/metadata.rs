@@ -171,8 +171,9 @@ impl Metadata {
         let (count, mut rest) =
             postcard::take_from_bytes::<u64>(bytes).map_err(MetadataError::Malformed)?;
         if count > limits.max_entries as u64 {
+            let entries = if count == 1 { "entry" } else { "entries" };
             return Err(MetadataError::OverLimit(format!(
-                "the call's metadata has {count} entries, over the server's limit of {}",
+                "the call's metadata has {count} {entries}, over the server's limit of {}",
                 limits.max_entries
             )));
         }
