@@ -39,23 +39,31 @@ pub type Types = BTreeMap<String, TypeDef>;
 /// `{"order": {...}}` or `[{...}]` for an argument that is a struct).
 pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result<Vec<u8>, String> {
     let args = &method.args;
+    let miscounted = |given: usize| {
+        let takes = match args.len() {
+            1 => "1 argument".to_owned(),
+            n => format!("{n} arguments"),
+        };
+        let given = match given {
+            0 => "none were given".to_owned(),
+            1 => "1 was given".to_owned(),
+            n => format!("{n} were given"),
+        };
+        format!(
+            "`{}` takes {takes} ({}), and {given}",
+            method.name,
+            signature(args),
+        )
+    };
     let values: Vec<&Value> = match json {
         Value::Null if args.is_empty() => Vec::new(),
+        // Nothing given (or `null`), where the one argument is no option that `null` could be.
+        Value::Null if !matches!(args.as_slice(), [only] if takes_null(&only.schema)) => {
+            return Err(miscounted(0));
+        }
         Value::Array(items) => {
             if items.len() != args.len() {
-                let takes = match args.len() {
-                    1 => "1 argument".to_owned(),
-                    n => format!("{n} arguments"),
-                };
-                let given = match items.len() {
-                    1 => "1 was given".to_owned(),
-                    n => format!("{n} were given"),
-                };
-                return Err(format!(
-                    "`{}` takes {takes} ({}), and {given}",
-                    method.name,
-                    signature(args),
-                ));
+                return Err(miscounted(items.len()));
             }
             items.iter().collect()
         }
@@ -104,6 +112,11 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
         out.extend(encode(&arg.schema, types, value, &arg.name)?);
     }
     Ok(out)
+}
+
+/// Whether `null` is a value of `schema`: an option's `None`, or the unit.
+fn takes_null(schema: &Schema) -> bool {
+    matches!(schema, Schema::Option(_) | Schema::Unit)
 }
 
 /// Encodes one value of type `schema` from `json`; `path` names it in errors.
@@ -1317,11 +1330,16 @@ mod tests {
         assert_eq!(encode_args(name, types, &json!({"of": "ada"})), Ok(some));
         let none = postcard::to_allocvec(&None::<String>).expect("encodes");
         assert_eq!(encode_args(name, types, &json!(null)), Ok(none));
+        // Nothing given for a method that takes something.
         assert_eq!(
             encode_args(add, types, &json!(null)),
+            Err("`add` takes 2 arguments (a: i64, b: i64), and none were given".to_owned())
+        );
+        assert_eq!(
+            encode_args(add, types, &json!(true)),
             Err(
                 "the arguments of `add` are a JSON object keyed by name, or an array: \
-                 (a: i64, b: i64); found null"
+                 (a: i64, b: i64); found `true`"
                     .to_owned()
             )
         );
