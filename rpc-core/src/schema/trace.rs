@@ -359,7 +359,7 @@ impl Tracer {
                 true
             }
             Some(_) => {
-                self.texts_refused |= site.0 == Offer::Text;
+                self.texts_refused = site.0 == Offer::Text;
                 false
             }
         }
