@@ -58,6 +58,40 @@ async fn unix_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A server restarted on the path of one that stopped (or crashed) binds: the socket file left
+/// there is stale. One still listening is not taken over, nor is a file that is no socket.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_unix_socket_left_by_a_server_that_is_gone_is_replaced() {
+    let (dir, path) = socket_path("restart");
+    let first = Server::bind_unix(&path).expect("binds");
+    let taken = Server::bind_unix(&path).expect_err("another server listens there");
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    drop(first);
+    assert!(
+        path.exists(),
+        "the stopped server's socket file is left behind"
+    );
+
+    let again = Server::bind_unix(&path).expect("binds over the stale socket");
+    tokio::spawn(again.serve(LabServer::new(LabImpl::default())));
+    let client = LabClient::builder()
+        .connect_unix(&path)
+        .await
+        .expect("connects");
+    exercise(client).await;
+
+    let not_a_socket = dir.join("notes.txt");
+    std::fs::write(&not_a_socket, "keep me").expect("writes");
+    let refused = Server::bind_unix(&not_a_socket).expect_err("a file that is no socket");
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(
+        std::fs::read_to_string(&not_a_socket).expect("kept"),
+        "keep me"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Over a Unix socket a handler learns who the client is from the system: here, this very
 /// process, whose user owns the socket file it made. Over TCP there is no such thing.
 #[cfg(unix)]

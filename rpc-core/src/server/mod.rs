@@ -489,10 +489,21 @@ impl ServerBuilder {
         Ok(self.server(Listener::Tcp(TcpListener::bind(addr).await?)))
     }
 
-    /// Listens on a Unix domain socket at `path`, which must not exist yet.
+    /// Listens on a Unix domain socket at `path`. A socket file left there by a server that is
+    /// gone (it crashed, or stopped: nothing removes the file) is replaced; a socket some
+    /// process still listens on, or any other file, is an error
+    /// ([`io::ErrorKind::AddrInUse`]), as is a missing directory.
     #[cfg(unix)]
     pub fn bind_unix(self, path: impl AsRef<std::path::Path>) -> io::Result<Server> {
-        Ok(self.server(Listener::Unix(tokio::net::UnixListener::bind(path)?)))
+        let path = path.as_ref();
+        let listener = match tokio::net::UnixListener::bind(path) {
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse && is_stale_socket(path) => {
+                std::fs::remove_file(path)?;
+                tokio::net::UnixListener::bind(path)?
+            }
+            bound => bound?,
+        };
+        Ok(self.server(Listener::Unix(listener)))
     }
 
     /// Serves `service` on one connection you established (an in-memory pipe from
@@ -876,6 +887,17 @@ where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     Server::builder().serve_connection(io, service).await
+}
+
+/// Whether `path` is a Unix socket that no process listens on: connecting to it is refused.
+#[cfg(unix)]
+fn is_stale_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
+    is_socket
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|error| error.kind() == io::ErrorKind::ConnectionRefused)
 }
 
 #[cfg(test)]
