@@ -25,6 +25,16 @@ pub(crate) fn after(at: Instant, by: Duration) -> Instant {
     at.checked_add(by.min(FAR)).unwrap_or(at)
 }
 
+/// The shortest period of what a side does over and over by itself (pings, health checks,
+/// lookups of a name): a setting of zero would do it in a loop without pause, burning a core
+/// and flooding the peer.
+pub(crate) const MIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// `period`, or [`MIN_PERIOD`] if shorter.
+pub(crate) fn period(period: Duration) -> Duration {
+    period.max(MIN_PERIOD)
+}
+
 /// A timer polled cheaply while it has not fired. See the module's documentation.
 #[derive(Debug)]
 pub(crate) struct Alarm {

@@ -167,8 +167,10 @@ impl<C: ServiceClient> ClientBuilder<C> {
 
     /// How long to wait before reconnecting to a server that could not be reached: `min` after
     /// the first failure, doubling with each failure up to `max`, each wait drawn at random
-    /// between half and all of that (defaults: 100 ms and 10 s).
+    /// between half and all of that (defaults: 100 ms and 10 s; a `min` under 1 ms is taken as
+    /// 1 ms, so that a call waiting for a server that is down does not retry in a loop).
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
         self.config.reconnect_min = min;
         self.config.reconnect_max = max.max(min);
         self
@@ -201,8 +203,9 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// Sends a ping after `interval` of sending nothing else, and presumes the server dead (all
     /// pending calls fail with [`RpcError::KeepaliveTimeout`]) after waiting `timeout` for its
     /// bytes in vain. The timeout is never shorter than twice the server's own ping interval.
-    /// Defaults: 15 s and 45 s.
+    /// Defaults: 15 s and 45 s; an interval under 10 ms is taken as 10 ms.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        let interval = crate::alarm::period(interval);
         self.config.keepalive = Some(KeepAlive { interval, timeout });
         self
     }
@@ -303,9 +306,10 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// For a balanced client ([`balance`](Self::balance), [`resolve`](Self::resolve)): asks
     /// each connected server whether it is serving every `every`, and passes over those that
     /// say they are not (a server draining for shutdown, one set not serving) until they say
-    /// they are. See [`health`](crate::health). Off by default.
+    /// they are. See [`health`](crate::health). Off by default; a period under 10 ms is taken
+    /// as 10 ms.
     pub fn health_checks(mut self, every: Duration) -> Self {
-        self.config.health_checks = Some(every);
+        self.config.health_checks = Some(crate::alarm::period(every));
         self
     }
 
@@ -465,6 +469,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// [`ClientBuilder::balance`] does, and resolves it again every `refresh`: servers that
     /// appear in its A/AAAA records are added, servers that vanish are removed (as Kubernetes
     /// headless services and Consul publish a pool). Fails if the first lookup finds nothing.
+    /// A `refresh` under 10 ms is taken as 10 ms.
     pub async fn resolve(self, name: impl Into<String>, refresh: Duration) -> Result<C, RpcError> {
         let config = Arc::new(self.config.clone());
         let source = discovery::Source::System(name.into());
@@ -549,6 +554,24 @@ mod tests {
             .reconnect_backoff(min, Duration::from_secs(1))
             .config;
         assert_eq!((config.reconnect_min, config.reconnect_max), (min, min));
+    }
+
+    /// What a client does over and over by itself never runs in a loop without pause.
+    #[test]
+    fn periods_of_zero_are_raised() {
+        let config = ClientBuilder::<DynamicClient>::new()
+            .keepalive(Duration::ZERO, Duration::from_secs(1))
+            .health_checks(Duration::ZERO)
+            .reconnect_backoff(Duration::ZERO, Duration::ZERO)
+            .config;
+        let keepalive = config.keepalive.expect("on");
+        assert_eq!(keepalive.interval, crate::alarm::MIN_PERIOD);
+        assert_eq!(config.health_checks, Some(crate::alarm::MIN_PERIOD));
+        let backoff = (config.reconnect_min, config.reconnect_max);
+        assert_eq!(
+            backoff,
+            (Duration::from_millis(1), Duration::from_millis(1))
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::ClientConfig;
 use super::discovery::{Found, Source};
 use super::endpoint::{Changes, Endpoint, Target, changes, random};
-use crate::RpcError;
 use crate::health::ServingStatus;
 use crate::service::ServiceInfo;
 use crate::task::AbortOnDrop;
+use crate::{RpcError, alarm};
 
 /// The endpoints of a balanced client.
 #[derive(Debug)]
@@ -213,9 +213,10 @@ async fn probe(every: Duration, pool: Weak<Pool>) {
     }
 }
 
-/// Looks `source` up again every `refresh` for as long as the pool lives. A failed lookup keeps
-/// the endpoints the pool has.
+/// Looks `source` up again every `refresh` (at least [`MIN_PERIOD`](alarm::MIN_PERIOD)) for as
+/// long as the pool lives. A failed lookup keeps the endpoints the pool has.
 async fn follow(source: Source, refresh: Duration, pool: Weak<Pool>) {
+    let refresh = alarm::period(refresh);
     loop {
         tokio::time::sleep(refresh).await;
         let found = source.lookup().await;

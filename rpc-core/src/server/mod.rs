@@ -463,8 +463,9 @@ impl ServerBuilder {
     /// client sent nothing for `timeout`: a client that vanished without closing. The timeout is
     /// never shorter than twice the client's own ping interval. A write the client does not
     /// read for `timeout` closes the connection too, freeing what was queued for it. Defaults:
-    /// 15 s and 45 s.
+    /// 15 s and 45 s; an interval under 10 ms is taken as 10 ms.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        let interval = crate::alarm::period(interval);
         self.config.keepalive = Some(KeepAlive { interval, timeout });
         self
     }
@@ -980,8 +981,13 @@ mod tests {
         assert_eq!(config.max_in_flight, 1);
         assert_eq!(config.max_connections, 1);
         assert_eq!(config.max_uploads, 1);
-        let tiny = Server::builder().max_frame_len(0).config;
+        let tiny = Server::builder()
+            .max_frame_len(0)
+            .keepalive(Duration::ZERO, Duration::from_secs(1))
+            .config;
         assert_eq!(tiny.max_frame_len, MIN_FRAME_LEN);
+        let keepalive = tiny.keepalive.expect("on");
+        assert_eq!(keepalive.interval, crate::alarm::MIN_PERIOD);
     }
 
     #[tokio::test]
