@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, ServiceClient, StatusCode, Streaming};
 use rpc_tests::{
-    LabClient, LabImpl, Probe, RawClient, VERSION, frame, hello, read_frame_from, read_varint,
-    request, start_tcp_with, string, within,
+    LabClient, LabImpl, Probe, RawClient, VERSION, frame, hello, lab_hello, lab_methods,
+    loopback_listener, read_frame_from, read_varint, request, start_tcp_with, string, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,6 +545,50 @@ async fn an_idle_connection_is_told_and_closed() {
     let before = within("going away", raw.expect_go_away(1, "idle")).await;
     assert!(before.is_empty(), "nothing but the go-away: {before:?}");
     within("closing", raw.expect_closed()).await;
+}
+
+/// A request the client sent before it read the go-away, as one crossing it on the wire, is
+/// read and answered "not run" (code 7), which a client may make again on another connection:
+/// a server that closed at once would leave it unread, and the call's fate unknown.
+#[tokio::test]
+async fn a_request_that_crossed_the_go_away_is_answered_not_run() {
+    let addr = start_tcp_with(
+        Server::builder().idle_timeout(Duration::from_millis(100)),
+        LabImpl::default(),
+    )
+    .await;
+    let mut raw = RawClient::handshake(addr).await;
+    within("going away", raw.expect_go_away(1, "idle")).await;
+    raw.send(&request(1, "add", &[0x02, 0x02])).await;
+    let answer = within("an answer", raw.read_frame())
+        .await
+        .expect("answered, not reset");
+    assert_eq!(
+        answer[..4],
+        [0x02, 0x01, 0x01, 0x07],
+        "call 1 not run: {answer:?}"
+    );
+    within("closing", raw.expect_closed()).await;
+}
+
+/// A client told to go away with no call waiting closes the connection at once, so that the
+/// server, reading on for requests that crossed its go-away, need not wait out its linger.
+#[tokio::test]
+async fn a_client_told_to_go_away_with_nothing_waiting_closes() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        let mut go_away = vec![0x05, 0x01, 4];
+        go_away.extend_from_slice(b"idle");
+        raw.send(&frame(&go_away)).await;
+        within("the client to close", raw.expect_closed()).await;
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    within("the server's test", server)
+        .await
+        .expect("the client closed");
+    drop(client);
 }
 
 #[tokio::test]

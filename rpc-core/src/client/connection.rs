@@ -824,6 +824,10 @@ async fn read_responses<R: AsyncRead + Unpin>(
                     closer.close(RpcError::ClosedByServer {
                         reason: message.into_owned(),
                     });
+                } else if !pending.any_waiting() && !streams.any_open() {
+                    // Nothing left to wait for: closing tells the server at once, which
+                    // otherwise reads on for a while, for requests that crossed its go-away.
+                    break RpcError::ConnectionClosed;
                 }
             }
             Ok((head, _)) => break protocol::misplaced(Sender::Server, &head),

@@ -384,6 +384,11 @@ impl Pending {
         self.is_draining.load(Ordering::Acquire)
     }
 
+    /// Whether any call still waits for its answer.
+    pub(crate) fn any_waiting(&self) -> bool {
+        self.state().calls.values().any(Waiter::is_waiting)
+    }
+
     /// Takes no new calls; the ones waiting still get their answers.
     pub(crate) fn drain(&self) {
         self.state().draining = true;

@@ -51,7 +51,9 @@ const MAX_PARKED: usize = 2;
 
 /// After closing on a protocol error, how long and how much the server goes on reading (and
 /// discarding) of what the peer still sends, so that closing the socket with unread bytes does
-/// not reset the connection before the peer has read the go-away.
+/// not reset the connection before the peer has read the go-away; and how long a connection
+/// drained for shutdown or idleness goes on reading requests that crossed its go-away, to
+/// answer them "not run".
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -230,6 +232,7 @@ where
             tunnel,
             registration: registration.as_ref(),
             draining: false,
+            lingers: false,
             kept: KeptBox::default(),
         };
         let byte_strings = ByteStrings {
@@ -257,12 +260,23 @@ where
         // When the calls of a connection asked to make room, busy as it was, are dropped if they
         // are still running.
         let mut room_due: Option<Instant> = None;
+        // Drained for shutdown or idleness, the connection still reads until the client closes
+        // it, for at most LINGER: a request the client sent before it read the go-away is
+        // answered "not run" (which the client may make again elsewhere), not lost unread.
+        let mut linger_due: Option<Instant> = None;
         let ended = 'serve: loop {
             if std::mem::take(&mut turn_due) {
                 crate::task::take_turn().await;
             }
-            if connection.draining && calls.is_empty() && connection.parked.is_empty() {
-                break Ok(());
+            if connection.draining
+                && calls.is_empty()
+                && connection.parked.is_empty()
+                && linger_due.is_none()
+            {
+                if !connection.lingers {
+                    break Ok(());
+                }
+                linger_due = Some(Instant::now() + LINGER);
             }
             let gate = connection.read_gate(&meter);
             // In order: the signals and the idle timer cost a load each while nothing is up
@@ -326,7 +340,8 @@ where
                         }
                     }
                 }
-                () = calls.wait_idle(), if connection.draining => {}
+                () = calls.wait_idle(), if connection.draining && linger_due.is_none() => {}
+                () = until(linger_due), if linger_due.is_some() => break Ok(()),
                 () = until(room_due), if room_due.is_some() => {
                     tracing::debug!(?peer_addr, "dropping the calls still running to make room");
                     calls.abort_all();
@@ -560,6 +575,9 @@ struct Connection<'a, S: ServiceSet> {
     registration: Option<&'a Registration>,
     /// The server takes no new calls on this connection.
     draining: bool,
+    /// Drained, the connection goes on reading for a while (see `LINGER`): not when it makes
+    /// room for a newcomer, whose place it must give up at once.
+    lingers: bool,
     /// The box of the last call to answer on its first poll, for the next call's future.
     kept: KeptBox,
 }
@@ -625,6 +643,7 @@ impl<S: ServiceSet> Connection<'_, S> {
     /// ran, as not run.
     fn start_draining(&mut self, reason: u32, message: &str) {
         self.draining = true;
+        self.lingers = reason != go_away::MAKING_ROOM;
         if let Some(registration) = self.registration {
             registration.leave();
         }
