@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rpc_core::ServiceClient;
 use rpc_core::schema::{Incompatibility, ServiceSchema, incompatibilities};
@@ -28,7 +28,12 @@ use rpc_core::schema::{Incompatibility, ServiceSchema, incompatibilities};
 #[derive(Debug)]
 pub enum LockError {
     /// The file could not be read or written.
-    Io(io::Error),
+    Io {
+        /// The lock file's path.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
     /// The file is not a lock file.
     Malformed(String),
     /// The service's schema could not be made.
@@ -40,7 +45,13 @@ pub enum LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::Io(error) => write!(f, "the lock file could not be used: {error}"),
+            LockError::Io { path, error } => {
+                write!(
+                    f,
+                    "the lock file {} could not be used: {error}",
+                    path.display()
+                )
+            }
             LockError::Malformed(why) => {
                 write!(f, "the lock file is not a service's schema: {why}")
             }
@@ -79,12 +90,21 @@ pub fn write(schema: &ServiceSchema, path: impl AsRef<Path>) -> Result<(), LockE
     let mut text =
         serde_json::to_string_pretty(schema).map_err(|e| LockError::Malformed(e.to_string()))?;
     text.push('\n');
-    std::fs::write(path, text).map_err(LockError::Io)
+    let path = path.as_ref();
+    std::fs::write(path, text).map_err(|error| io_error(path, error))
+}
+
+fn io_error(path: &Path, error: io::Error) -> LockError {
+    LockError::Io {
+        path: path.to_owned(),
+        error,
+    }
 }
 
 /// Reads the lock file at `path`.
 pub fn read(path: impl AsRef<Path>) -> Result<ServiceSchema, LockError> {
-    let text = std::fs::read_to_string(path).map_err(LockError::Io)?;
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|error| io_error(path, error))?;
     serde_json::from_str(&text).map_err(|e| LockError::Malformed(e.to_string()))
 }
 

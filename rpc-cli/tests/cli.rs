@@ -599,6 +599,15 @@ async fn a_lock_file_catches_incompatible_changes_and_lets_additions_pass() {
         Checked::Written
     );
     assert!(fresh.exists());
+
+    // A file that cannot be read is named.
+    let missing = dir.join("missing").join("shop.lock.json");
+    let unread = lockfile::read(&missing).expect_err("no such file");
+    let said = unread.to_string();
+    assert!(
+        said.starts_with(&format!("the lock file {} ", missing.display())),
+        "{said}"
+    );
 }
 
 /// A second service, to serve beside `Shop`.
