@@ -591,6 +591,35 @@ async fn a_client_told_to_go_away_with_nothing_waiting_closes() {
     drop(client);
 }
 
+/// The same once the last call the client waited for is answered after the go-away.
+#[tokio::test]
+async fn a_client_told_to_go_away_closes_once_its_last_call_is_answered() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        let call = within("the call", raw.read_frame())
+            .await
+            .expect("a request");
+        let id = call[1];
+        let mut go_away = vec![0x05, 0x00, 8];
+        go_away.extend_from_slice(b"stopping");
+        raw.send(&frame(&go_away)).await;
+        raw.send(&frame(&[0x02, id, 0x00, 0x04])).await;
+        within("the client to close", raw.expect_closed()).await;
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    assert_eq!(
+        within("the call", client.add(1, 1))
+            .await
+            .expect("answered"),
+        2
+    );
+    within("the server's test", server)
+        .await
+        .expect("the client closed");
+}
+
 #[tokio::test]
 async fn a_connection_told_to_go_away_sends_no_new_calls() {
     let addr = start_tcp_with(

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Streaming};
 use rpc_tests::{
-    RawClient, VERSION, frame, hello_serving_back, read_varint, request, reverse_frame, string,
-    varint, within,
+    RawClient, STREAM_WINDOW, VERSION, frame, hello_serving_back, loopback_listener, read_varint,
+    request, reverse_frame, service_hello, string, varint, within,
 };
 use tokio::sync::mpsc;
 
@@ -455,6 +455,50 @@ async fn the_reverse_connection_byte_by_byte() {
     assert_eq!(&answer[..4], &[0x02, 0x08, 0x00, 0x01], "Ok(Err(...))");
     let message = String::from_utf8_lossy(&answer[5..]);
     assert!(message.contains("closed"), "{message}");
+}
+
+/// A client that serves back keeps its connection when the server goes away with none of the
+/// client's own calls waiting: the server's calls to it may still be running, or come.
+#[tokio::test]
+async fn a_client_that_serves_back_stays_for_its_servers_calls_after_a_go_away() {
+    let (listener, addr) = loopback_listener().await;
+    let hub = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        let methods = &HubClient::INFO.describe().expect("described").methods;
+        raw.send(&service_hello("Hub", methods, 0, 0, STREAM_WINDOW))
+            .await;
+        // The reverse connection's client hello, as a hub sends it (docs/wire.md section 12).
+        let inner_hello = [
+            0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00,
+            0x00, 0x80, 0x80, 0x40,
+        ];
+        raw.send(&frame(&inner_hello)).await;
+        let worker_hello = within("the worker's hello", raw.read_frame())
+            .await
+            .expect("a frame");
+        assert_eq!(worker_hello[..2], [0x09, 0x00], "{worker_hello:?}");
+        let mut go_away = vec![0x05, 0x00, 8];
+        go_away.extend_from_slice(b"stopping");
+        raw.send(&frame(&go_away)).await;
+        // `double(21)`, called back after the go-away: answered 42 (zigzag 84).
+        raw.send(&reverse_frame(&request(1, "double", &[42]))).await;
+        let answer = within("the worker's answer", raw.read_frame())
+            .await
+            .expect("answered, not closed");
+        assert_eq!(answer, [0x09, 0x02, 0x01, 0x00, 84]);
+    });
+    let (events, _) = mpsc::unbounded_channel();
+    let worker = MyWorker {
+        events,
+        hub: Arc::new(OnceLock::new()),
+    };
+    let client = HubClient::builder()
+        .serve(WorkerServer::new(worker))
+        .connect(addr)
+        .await
+        .expect("connects");
+    within("the hub's test", hub).await.expect("answered");
+    drop(client);
 }
 
 /// The next Response of the outer connection, past frames of the reverse connection (and

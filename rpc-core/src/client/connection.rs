@@ -787,6 +787,11 @@ async fn read_responses<R: AsyncRead + Unpin>(
             } else if !answers.keep(id, reply) || !more {
                 pending.complete_all(&mut answers);
             }
+            if pending.is_draining()
+                && done_draining(pending, streams, &mut answers, tunnel.as_ref())
+            {
+                break RpcError::ConnectionClosed;
+            }
             continue;
         }
         // Whatever else the frame is, the responses before it reach their calls first.
@@ -810,7 +815,14 @@ async fn read_responses<R: AsyncRead + Unpin>(
                     break error;
                 }
             }
-            Ok((Head::StreamEnd { id, outcome }, _)) => streams.end(id, outcome.into()),
+            Ok((Head::StreamEnd { id, outcome }, _)) => {
+                streams.end(id, outcome.into());
+                if pending.is_draining()
+                    && done_draining(pending, streams, &mut answers, tunnel.as_ref())
+                {
+                    break RpcError::ConnectionClosed;
+                }
+            }
             Ok((Head::Credit { id, bytes }, _)) => {
                 if let Err(error) = streams.grant(id, bytes) {
                     break error;
@@ -824,9 +836,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
                     closer.close(RpcError::ClosedByServer {
                         reason: message.into_owned(),
                     });
-                } else if !pending.any_waiting() && !streams.any_open() {
-                    // Nothing left to wait for: closing tells the server at once, which
-                    // otherwise reads on for a while, for requests that crossed its go-away.
+                } else if done_draining(pending, streams, &mut answers, tunnel.as_ref()) {
                     break RpcError::ConnectionClosed;
                 }
             }
@@ -838,6 +848,21 @@ async fn read_responses<R: AsyncRead + Unpin>(
     tracing::debug!(%reason, "client connection closed");
     closer.close(reason);
     writer.abort();
+}
+
+/// Whether a connection the server sent away has nothing left to wait for: no call waiting for
+/// its answer (the answers read are handed over first), no stream open, and no service served
+/// back, whose calls from the server may still be running or come. Then the client closes it,
+/// which tells the server at once; the server otherwise reads on for a while, for requests
+/// that crossed its go-away.
+fn done_draining(
+    pending: &Pending,
+    streams: &Streams,
+    answers: &mut Answers,
+    tunnel: Option<&Tunnel>,
+) -> bool {
+    pending.complete_all(answers);
+    tunnel.is_none() && !pending.any_waiting() && !streams.any_open()
 }
 
 #[cfg(test)]
