@@ -204,7 +204,9 @@ impl ServerBuilder {
     /// (default 5 minutes). Its client is told first, so its next call fails with
     /// [`RpcError::ServerClosing`] (and a reconnecting client connects again) instead of being
     /// lost. A peer that completes the handshake and then says nothing holds its connection
-    /// no longer than this, whatever ping interval it announced.
+    /// no longer than this, whatever ping interval it announced. Zero closes every connection
+    /// as soon as it opens; [`disable_idle_timeout`](Self::disable_idle_timeout) turns the
+    /// timeout off.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
         self
