@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rpc_core::{RpcError, Server, ServiceClient, StatusCode, Streaming};
 use rpc_tests::{
-    LabClient, LabImpl, Probe, RawClient, VERSION, frame, hello, lab_hello, lab_methods,
-    loopback_listener, read_frame_from, read_varint, request, start_tcp_with, string, within,
+    LabClient, LabImpl, Probe, RawClient, VERSION, frame, go_away_frame, hello, loopback_listener,
+    read_frame_from, read_varint, request, start_tcp_with, string, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,11 +577,8 @@ async fn a_request_that_crossed_the_go_away_is_answered_not_run() {
 async fn a_client_told_to_go_away_with_nothing_waiting_closes() {
     let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
-        let mut go_away = vec![0x05, 0x01, 4];
-        go_away.extend_from_slice(b"idle");
-        raw.send(&frame(&go_away)).await;
+        let mut raw = RawClient::accept_as_lab(&listener).await;
+        raw.send(&go_away_frame(1, "idle")).await;
         within("the client to close", raw.expect_closed()).await;
     });
     let client = LabClient::connect(addr).await.expect("connects");
@@ -596,15 +593,12 @@ async fn a_client_told_to_go_away_with_nothing_waiting_closes() {
 async fn a_client_told_to_go_away_closes_once_its_last_call_is_answered() {
     let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        let mut raw = RawClient::accept_as_lab(&listener).await;
         let call = within("the call", raw.read_frame())
             .await
             .expect("a request");
         let id = call[1];
-        let mut go_away = vec![0x05, 0x00, 8];
-        go_away.extend_from_slice(b"stopping");
-        raw.send(&frame(&go_away)).await;
+        raw.send(&go_away_frame(0, "stopping")).await;
         raw.send(&frame(&[0x02, id, 0x00, 0x04])).await;
         within("the client to close", raw.expect_closed()).await;
     });

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rpc_core::{Context, RpcError, Server, ServerBuilder, ServiceClient, Streaming};
 use rpc_tests::{
-    RawClient, STREAM_WINDOW, VERSION, frame, hello_serving_back, loopback_listener, read_varint,
-    request, reverse_frame, service_hello, string, varint, within,
+    RawClient, STREAM_WINDOW, VERSION, frame, go_away_frame, hello_serving_back, loopback_listener,
+    read_varint, request, reverse_frame, service_hello, string, varint, within,
 };
 use tokio::sync::mpsc;
 
@@ -477,9 +477,7 @@ async fn a_client_that_serves_back_stays_for_its_servers_calls_after_a_go_away()
             .await
             .expect("a frame");
         assert_eq!(worker_hello[..2], [0x09, 0x00], "{worker_hello:?}");
-        let mut go_away = vec![0x05, 0x00, 8];
-        go_away.extend_from_slice(b"stopping");
-        raw.send(&frame(&go_away)).await;
+        raw.send(&go_away_frame(0, "stopping")).await;
         // `double(21)`, called back after the go-away: answered 42 (zigzag 84).
         raw.send(&reverse_frame(&request(1, "double", &[42]))).await;
         let answer = within("the worker's answer", raw.read_frame())

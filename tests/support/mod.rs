@@ -534,6 +534,16 @@ pub fn hello_serving_back(service: &str) -> Vec<u8> {
     hello
 }
 
+/// A go-away frame: `reason` (0 shutting down, 1 idle, 2 making room, 3 protocol error), then
+/// `message`, of fewer than 128 bytes.
+pub fn go_away_frame(reason: u8, message: &str) -> Vec<u8> {
+    let len = u8::try_from(message.len()).expect("a short message");
+    assert!(len < 0x80, "a one-byte length");
+    let mut payload = vec![0x05, reason, len];
+    payload.extend_from_slice(message.as_bytes());
+    frame(&payload)
+}
+
 /// Wraps a frame (length prefix included) of the reverse connection, the calls from a server
 /// to its client, in an outer frame of kind 9 (docs/wire.md section 12).
 pub fn reverse_frame(inner: &[u8]) -> Vec<u8> {
@@ -666,6 +676,14 @@ impl RawClient {
             .await
             .expect("a hello");
         (raw, hello)
+    }
+
+    /// Accepts a client of `Lab` on `listener`, playing the server by hand: reads the client's
+    /// hello and answers with a server's.
+    pub async fn accept_as_lab(listener: &tokio::net::TcpListener) -> Self {
+        let (mut raw, _) = Self::accept(listener).await;
+        raw.send(&lab_hello(lab_methods(), 0, 0)).await;
+        raw
     }
 
     /// Connects, sends `hello` (a whole frame) and reads the server's hello.
