@@ -85,7 +85,8 @@ struct Target {
     /// Metadata for the call, `key=value`; may be given more than once.
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
     headers: Vec<String>,
-    /// How long to wait for the answer: `500ms`, `5s`, `2m` (30s unless given).
+    /// How long to wait for the answer: `500ms`, `5s`, `2m` (30s unless given). Given, it bounds
+    /// connecting and the handshake too (10s unless given).
     #[arg(long, value_parser = parse_duration)]
     deadline: Option<Duration>,
     /// Connect over TLS, trusting the platform's authorities unless `--ca` is given.
@@ -295,6 +296,11 @@ async fn connect(target: &Target) -> Result<(DynamicClient, ServiceSchema), Fail
 /// Connects as `target` says, with `deadline` for each call.
 async fn connect_only(target: &Target, deadline: Duration) -> Result<DynamicClient, Failure> {
     let mut builder = DynamicClient::builder().deadline(deadline);
+    // A probe given a deadline (`rpc health --deadline 1s`) answers within it, also when what
+    // listens there never completes a handshake.
+    if let Some(deadline) = target.deadline {
+        builder = builder.connect_timeout(deadline);
+    }
     for header in &target.headers {
         let Some((key, value)) = header.split_once('=') else {
             return Err(Failure::Usage(format!(

@@ -154,6 +154,31 @@ async fn fails(args: &[&str], code: i32) -> String {
     stderr(&output)
 }
 
+/// A deadline given bounds connecting too: a probe of something that listens but never speaks
+/// our protocol fails within it, saying so, instead of after the 10 s handshake timeout.
+#[tokio::test]
+async fn a_deadline_bounds_the_handshake_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("an address").to_string();
+    let mute = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await.expect("accepts");
+            accepted.push(stream);
+        }
+    });
+    for command in ["health", "describe"] {
+        let said = fails(&[command, "--deadline", "200ms", &addr], 1).await;
+        assert!(
+            said.contains("did not complete the handshake within 200ms"),
+            "{command}: {said}"
+        );
+    }
+    mute.abort();
+}
+
 /// `rpc health` asks without reflection, prints the status, and exits 0 only for serving.
 #[tokio::test]
 async fn health_prints_the_status_and_fails_unless_serving() {
