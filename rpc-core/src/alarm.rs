@@ -99,8 +99,7 @@ mod tests {
 
     use super::*;
 
-    /// Armed once, the alarm still wakes the task that waits on it, polled cheaply in between;
-    /// reset, it goes off at its new deadline and not at the old one.
+    /// A setting of `Duration::MAX` ("never") gives an instant far off, not an overflow.
     #[test]
     fn a_duration_past_what_an_instant_holds_is_far_off_not_a_panic() {
         let now = Instant::now();
@@ -112,6 +111,8 @@ mod tests {
         assert!(FAR > Duration::from_secs(29 * 365 * 24 * 60 * 60));
     }
 
+    /// Armed once, the alarm still wakes the task that waits on it, polled cheaply in between;
+    /// reset, it goes off at its new deadline and not at the old one.
     #[tokio::test(start_paused = true)]
     async fn an_alarm_polled_cheaply_still_goes_off_and_reset_moves_it() {
         let start = Instant::now();
