@@ -787,9 +787,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             } else if !answers.keep(id, reply) || !more {
                 pending.complete_all(&mut answers);
             }
-            if pending.is_draining()
-                && done_draining(pending, streams, &mut answers, tunnel.as_ref())
-            {
+            if done_draining(pending, streams, &mut answers, tunnel.as_ref()) {
                 break RpcError::ConnectionClosed;
             }
             continue;
@@ -817,9 +815,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
             }
             Ok((Head::StreamEnd { id, outcome }, _)) => {
                 streams.end(id, outcome.into());
-                if pending.is_draining()
-                    && done_draining(pending, streams, &mut answers, tunnel.as_ref())
-                {
+                if done_draining(pending, streams, &mut answers, tunnel.as_ref()) {
                     break RpcError::ConnectionClosed;
                 }
             }
@@ -850,17 +846,21 @@ async fn read_responses<R: AsyncRead + Unpin>(
     writer.abort();
 }
 
-/// Whether a connection the server sent away has nothing left to wait for: no call waiting for
-/// its answer (the answers read are handed over first), no stream open, and no service served
-/// back, whose calls from the server may still be running or come. Then the client closes it,
-/// which tells the server at once; the server otherwise reads on for a while, for requests
-/// that crossed its go-away.
+/// Whether the server sent the connection away (an atomic load while it has not, as each
+/// answer comes) and it has nothing left to wait for: no call waiting for its answer (the
+/// answers read are handed over first), no stream open, and no service served back, whose
+/// calls from the server may still be running or come. Then the client closes it, which tells
+/// the server at once; the server otherwise reads on for a while, for requests that crossed
+/// its go-away.
 fn done_draining(
     pending: &Pending,
     streams: &Streams,
     answers: &mut Answers,
     tunnel: Option<&Tunnel>,
 ) -> bool {
+    if !pending.is_draining() {
+        return false;
+    }
     pending.complete_all(answers);
     tunnel.is_none() && !pending.any_waiting() && !streams.any_open()
 }
