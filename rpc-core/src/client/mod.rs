@@ -48,7 +48,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::intercept::ClientInterceptor;
 use crate::peer_process::PeerProcess;
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, KeepAlive, MAX_FRAME_LEN_CAP, MIN_FRAME_LEN};
+use crate::protocol::{self, DEFAULT_MAX_FRAME_LEN, KeepAlive};
 use crate::service::ServiceInfo;
 use crate::{Metadata, RpcError};
 use channel::Backend;
@@ -205,8 +205,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// bytes in vain. The timeout is never shorter than twice the server's own ping interval.
     /// Defaults: 15 s and 45 s; an interval under 10 ms is taken as 10 ms.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        let interval = crate::alarm::period(interval);
-        self.config.keepalive = Some(KeepAlive { interval, timeout });
+        self.config.keepalive = Some(KeepAlive::new(interval, timeout));
         self
     }
 
@@ -222,7 +221,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// that would not fit as an error instead of sending it. A frame over it closes the
     /// connection unread. The server's hello may be larger, up to 64 KiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.config.max_frame_len = bytes.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN_CAP);
+        self.config.max_frame_len = protocol::frame_limit(bytes);
         self
     }
 

@@ -63,6 +63,15 @@ impl KeepAlive {
         interval: std::time::Duration::from_secs(15),
         timeout: std::time::Duration::from_secs(45),
     };
+
+    /// The settings a builder was given, with an interval of at least
+    /// [`MIN_PERIOD`](crate::alarm::MIN_PERIOD): zero would ping without pause.
+    pub(crate) fn new(interval: std::time::Duration, timeout: std::time::Duration) -> Self {
+        KeepAlive {
+            interval: crate::alarm::period(interval),
+            timeout,
+        }
+    }
 }
 
 /// The largest limit the 4-byte length prefix can express.
@@ -72,6 +81,12 @@ pub(crate) const MAX_FRAME_LEN_CAP: usize = u32::MAX as usize;
 /// cancellations, credit) and its error answers would not fit, and a connection could carry
 /// nothing. A smaller setting is raised to it.
 pub(crate) const MIN_FRAME_LEN: usize = 1024;
+
+/// The limit on frames a builder was given `bytes` for: within [`MIN_FRAME_LEN`] and
+/// [`MAX_FRAME_LEN_CAP`].
+pub(crate) fn frame_limit(bytes: usize) -> usize {
+    bytes.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN_CAP)
+}
 
 /// What a frame is. The variant index is the first byte of every payload (postcard encodes it
 /// as a varint, and every index here is below 128).

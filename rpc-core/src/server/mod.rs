@@ -55,9 +55,7 @@ use crate::peer::Peer;
 #[cfg(unix)]
 use crate::peer::PeerCredentials;
 use crate::peer_process::PeerProcess;
-use crate::protocol::{
-    Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive, MAX_FRAME_LEN_CAP, MIN_FRAME_LEN,
-};
+use crate::protocol::{self, Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAlive};
 use crate::slots::HeldRequests;
 use crate::transport;
 use crate::{Context, RpcError, Status};
@@ -157,7 +155,7 @@ impl ServerBuilder {
     /// larger request; a frame over it closes that connection without being read. The hello
     /// that opens a connection may be larger, up to 64 KiB.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.config.max_frame_len = bytes.clamp(MIN_FRAME_LEN, MAX_FRAME_LEN_CAP);
+        self.config.max_frame_len = protocol::frame_limit(bytes);
         self
     }
 
@@ -467,8 +465,7 @@ impl ServerBuilder {
     /// read for `timeout` closes the connection too, freeing what was queued for it. Defaults:
     /// 15 s and 45 s; an interval under 10 ms is taken as 10 ms.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        let interval = crate::alarm::period(interval);
-        self.config.keepalive = Some(KeepAlive { interval, timeout });
+        self.config.keepalive = Some(KeepAlive::new(interval, timeout));
         self
     }
 
@@ -906,6 +903,7 @@ fn is_stale_socket(path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{MAX_FRAME_LEN_CAP, MIN_FRAME_LEN};
 
     #[test]
     fn every_default_is_bounded() {
