@@ -141,6 +141,15 @@ pub(crate) fn service(args: TokenStream, item: ItemTrait, errors: &mut Errors) -
     }
 }
 
+/// The attributes of `attrs` named `name` (`#[cfg]`, `#[doc]`...), to repeat on generated items.
+fn named(attrs: &[Attribute], name: &str) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident(name))
+        .cloned()
+        .collect()
+}
+
 /// The attribute's own options, `#[service(texts("SKU-0001", ...))]`: the texts given.
 fn service_options(args: TokenStream, errors: &mut Errors) -> Vec<LitStr> {
     let mut texts = Vec::new();
@@ -245,26 +254,11 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
     let arg_types: Vec<TokenStream> = args.iter().map(|arg| arg.ty.to_token_stream()).collect();
     // Only an opaque method's fingerprint comes from its text; any other's, from its schema.
     let opaque = opaque.then(|| fingerprint::method(&name, &arg_types, &output.to_token_stream()));
-    let cfgs = attrs
-        .iter()
-        .filter(|a| a.path().is_ident("cfg"))
-        .cloned()
-        .collect();
-    let docs = attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .cloned()
-        .collect();
-    let deprecated = attrs
-        .iter()
-        .filter(|a| a.path().is_ident("deprecated"))
-        .cloned()
-        .collect();
     Method {
+        cfgs: named(&attrs, "cfg"),
+        docs: named(&attrs, "doc"),
+        deprecated: named(&attrs, "deprecated"),
         attrs,
-        cfgs,
-        docs,
-        deprecated,
         ident: sig.ident,
         name,
         variant,
