@@ -12,7 +12,8 @@ use rpc_tests::{
     RawClient, STREAM_WINDOW, VERSION, frame, go_away_frame, hello_serving_back, loopback_listener,
     read_varint, request, reverse_frame, service_hello, string, varint, within,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 /// The server's service.
 #[rpc_core::service]
@@ -32,6 +33,9 @@ pub trait Worker {
     async fn double(&self, x: i64) -> i64;
     /// Reports "started {tag}", then waits for ever; reports "dropped {tag}" when dropped.
     async fn hold(&self, tag: String);
+    /// Reports "started {tag}", then waits until the test lets one such call go, and returns
+    /// `tag`.
+    async fn finish(&self, tag: String) -> String;
     /// `0..to`, streamed.
     async fn count(&self, to: u64) -> Streaming<u64>;
     /// The sum of a stream of numbers.
@@ -77,6 +81,8 @@ impl Hub for MyHub {
 struct MyWorker {
     events: mpsc::UnboundedSender<String>,
     hub: Arc<OnceLock<HubClient>>,
+    /// Each permit lets one `finish` return.
+    release: Arc<Notify>,
 }
 
 /// Reports "dropped {tag}" when the handler holding it is dropped.
@@ -97,6 +103,12 @@ impl Worker for MyWorker {
         let _guard = Dropped(self.events.clone(), tag.clone());
         let _ = self.events.send(format!("started {tag}"));
         std::future::pending::<()>().await;
+    }
+
+    async fn finish(&self, tag: String) -> String {
+        let _ = self.events.send(format!("started {tag}"));
+        self.release.notified().await;
+        tag
     }
 
     async fn count(&self, to: u64) -> Streaming<u64> {
@@ -123,17 +135,34 @@ struct Setup {
     hub: HubClient,
     worker: WorkerClient,
     events: mpsc::UnboundedReceiver<String>,
+    /// Each permit lets one of the worker's `finish` calls return.
+    release: Arc<Notify>,
     addr: std::net::SocketAddr,
 }
 
 async fn start_hub(
     builder: ServerBuilder,
 ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<WorkerClient>) {
+    let (addr, joined, _serving) = start_hub_until(builder, std::future::pending()).await;
+    (addr, joined)
+}
+
+/// A hub server that shuts down once `stop` is over: its address, the clients of what its
+/// callers serve back as they join, and the task serving it.
+async fn start_hub_until(
+    builder: ServerBuilder,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<WorkerClient>,
+    JoinHandle<std::io::Result<()>>,
+) {
     let (joined_tx, joined) = mpsc::unbounded_channel();
     let server = builder.bind("127.0.0.1:0").await.expect("binds");
     let addr = server.local_addr().expect("has an address");
-    tokio::spawn(server.serve(HubServer::new(MyHub { joined: joined_tx })));
-    (addr, joined)
+    let hub = HubServer::new(MyHub { joined: joined_tx });
+    let serving = tokio::spawn(server.serve_with_shutdown(hub, stop));
+    (addr, joined, serving)
 }
 
 async fn setup_with(hub_settings: ServerBuilder, worker_settings: ServerBuilder) -> Setup {
@@ -147,12 +176,24 @@ async fn setup_linked(
     worker_settings: ServerBuilder,
     link: bool,
 ) -> Setup {
-    let (addr, mut joined) = start_hub(hub_settings).await;
+    let (addr, joined) = start_hub(hub_settings).await;
+    connect_worker(addr, joined, worker_settings, link).await
+}
+
+/// A client of the hub at `addr` that serves a worker back with `worker_settings`, joined.
+async fn connect_worker(
+    addr: std::net::SocketAddr,
+    mut joined: mpsc::UnboundedReceiver<WorkerClient>,
+    worker_settings: ServerBuilder,
+    link: bool,
+) -> Setup {
     let (events_tx, events) = mpsc::unbounded_channel();
     let hub_cell = Arc::new(OnceLock::new());
+    let release = Arc::new(Notify::new());
     let worker = MyWorker {
         events: events_tx,
         hub: Arc::clone(&hub_cell),
+        release: Arc::clone(&release),
     };
     let hub = HubClient::builder()
         .serve_with(worker_settings, WorkerServer::new(worker))
@@ -167,6 +208,7 @@ async fn setup_linked(
         hub,
         worker,
         events,
+        release,
         addr,
     }
 }
@@ -370,6 +412,87 @@ async fn when_the_client_goes_the_servers_calls_fail_and_its_handlers_stop() {
     assert!(setup.worker.channel().is_closed());
 }
 
+/// A server shutting down lets its own calls to a client that serves back finish before it
+/// closes their connection, as it lets the client's calls to it finish: a coordinator that
+/// stops gracefully gets its workers' answers. A call it makes once it drains is refused
+/// before it leaves, as not run.
+#[tokio::test]
+async fn a_server_shutting_down_waits_for_its_calls_to_its_client() {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let hub_settings = Server::builder().shutdown_grace(Duration::from_secs(600));
+    let (addr, joined, serving) = start_hub_until(hub_settings, async {
+        let _ = stopped.await;
+    })
+    .await;
+    let mut setup = connect_worker(addr, joined, Server::builder(), true).await;
+    let worker = setup.worker.clone();
+    let running = tokio::spawn(async move { worker.finish("last".into()).await });
+    assert_eq!(next_event(&mut setup.events).await, "started last");
+
+    stop.send(()).expect("the hub listens for its stop");
+    let refused = loop {
+        match within("a call back while the hub drains", setup.worker.double(1)).await {
+            Ok(doubled) => assert_eq!(doubled, 2),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(&refused, RpcError::ServerClosing { method } if method == "double"),
+        "{refused:?}"
+    );
+    // Well past the second a drained connection reads on before it closes (docs/wire.md
+    // section 9), on a paused clock that runs ahead whenever nothing is left to do: the
+    // connection is still open for the call that runs.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::resume();
+    setup.release.notify_one();
+    let answer = within("the running call", running).await.expect("joins");
+    assert_eq!(answer.expect("answered"), "last");
+    within("the hub's shutdown", serving)
+        .await
+        .expect("joins")
+        .expect("the hub stops cleanly");
+}
+
+/// At the connection limit, a connection on which the server's own call to its client runs is
+/// busy, as one running a call of the client's is: an idle one gives way to the newcomer
+/// instead, though it has gone less long without a request.
+#[tokio::test]
+async fn at_the_connection_limit_a_connection_with_a_call_back_running_is_busy() {
+    let (addr, joined, _serving) =
+        start_hub_until(Server::builder().max_connections(2), std::future::pending()).await;
+    let mut setup = connect_worker(addr, joined, Server::builder(), true).await;
+    let worker = setup.worker.clone();
+    let running = tokio::spawn(async move { worker.finish("busy".into()).await });
+    assert_eq!(next_event(&mut setup.events).await, "started busy");
+    // Connected after the worker's last request: the worker's connection has gone longer
+    // without one, and is the first asked to give way.
+    let mut idle = RawClient::greet(addr, &rpc_tests::hello("Hub", VERSION)).await;
+
+    let newcomer = tokio::spawn(HubClient::connect(addr));
+    let before = within(
+        "the idle one to be told",
+        idle.expect_go_away(2, "connection limit"),
+    )
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+    let newcomer = within("the newcomer", newcomer)
+        .await
+        .expect("joins")
+        .expect("admitted");
+    assert_eq!(newcomer.incr(1).await.expect("served"), 2);
+    assert_eq!(
+        within("a call back", setup.worker.double(4))
+            .await
+            .expect("not sent away"),
+        8
+    );
+    setup.release.notify_one();
+    let answer = within("the running call", running).await.expect("joins");
+    assert_eq!(answer.expect("answered"), "busy");
+}
+
 #[tokio::test]
 async fn a_set_that_cannot_be_served_fails_the_connection_before_it_is_made() {
     let (addr, _joined) = start_hub(Server::builder()).await;
@@ -385,22 +508,9 @@ impl Other for Noop {
     async fn nothing(&self) {}
 }
 
-#[tokio::test]
-async fn the_reverse_connection_byte_by_byte() {
-    let (addr, _joined) = start_hub(Server::builder()).await;
-    let mut raw = RawClient::greet(addr, &hello_serving_back("Hub")).await;
-    // The server opens the reverse connection at once: its client's hello, in a kind-9 frame,
-    // byte for byte as docs/wire.md section 12 shows it.
-    let inner_hello = within("the reverse hello", raw.read_frame())
-        .await
-        .expect("a frame");
-    let wire_md = [
-        0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00, 0x00,
-        0x80, 0x80, 0x40,
-    ];
-    assert_eq!(inner_hello, wire_md);
-
-    // The raw client answers as a server of `Worker` with `double` (its real fingerprint).
+/// The hello a raw client sends on the reverse connection as a server of `Worker` with
+/// `double` alone (its real fingerprint).
+fn worker_hello() -> Vec<u8> {
     let double = WorkerClient::INFO
         .describe()
         .expect("described")
@@ -419,10 +529,12 @@ async fn the_reverse_connection_byte_by_byte() {
     hello.extend(varint(double.fingerprint));
     hello.extend([0x00, 0x00]);
     hello.extend(varint(64 * 1024));
-    raw.send(&reverse_frame(&frame(&hello))).await;
+    hello
+}
 
-    // `ask(21)`: the hub's handler calls `double(21)` back, in a kind-9 Request.
-    raw.send(&request(7, "ask", &[42])).await;
+/// Reads the next call of `double` on the reverse connection, checks that it doubles `x`
+/// (zigzag `2 * x` on the wire, under 64) and returns its id.
+async fn next_double(raw: &mut RawClient, x: u8) -> u64 {
     let call = within("the call back", raw.read_frame())
         .await
         .expect("a frame");
@@ -435,7 +547,30 @@ async fn the_reverse_connection_byte_by_byte() {
     let rest = &call[2 + used..];
     assert_eq!(&rest[..7], &string("double")[..]);
     let (_timeout_ms, used) = read_varint(&rest[7..]);
-    assert_eq!(&rest[7 + used..], &[0x00, 42], "no metadata, then 21");
+    assert_eq!(&rest[7 + used..], &[0x00, 2 * x], "no metadata, then {x}");
+    id
+}
+
+#[tokio::test]
+async fn the_reverse_connection_byte_by_byte() {
+    let (addr, _joined) = start_hub(Server::builder()).await;
+    let mut raw = RawClient::greet(addr, &hello_serving_back("Hub")).await;
+    // The server opens the reverse connection at once: its client's hello, in a kind-9 frame,
+    // byte for byte as docs/wire.md section 12 shows it.
+    let inner_hello = within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    let wire_md = [
+        0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00, 0x00,
+        0x80, 0x80, 0x40,
+    ];
+    assert_eq!(inner_hello, wire_md);
+
+    raw.send(&reverse_frame(&frame(&worker_hello()))).await;
+
+    // `ask(21)`: the hub's handler calls `double(21)` back, in a kind-9 Request.
+    raw.send(&request(7, "ask", &[42])).await;
+    let id = next_double(&mut raw, 21).await;
     // Answered with 42: Response, the id, Ok, zigzag 42 = 84.
     let mut answer = vec![0x02];
     answer.extend(varint(id));
@@ -455,6 +590,56 @@ async fn the_reverse_connection_byte_by_byte() {
     assert_eq!(&answer[..4], &[0x02, 0x08, 0x00, 0x01], "Ok(Err(...))");
     let message = String::from_utf8_lossy(&answer[5..]);
     assert!(message.contains("closed"), "{message}");
+}
+
+/// A server shutting down, byte by byte (docs/wire.md sections 9 and 12): the GoAway goes out
+/// on the outer connection while the server's call back runs; once it is answered, the server
+/// ends its direction of the reverse connection, then closes.
+#[tokio::test]
+async fn a_server_ends_its_reverse_connection_once_its_calls_back_are_answered() {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (addr, mut joined, serving) = start_hub_until(Server::builder(), async {
+        let _ = stopped.await;
+    })
+    .await;
+    let mut raw = RawClient::greet(addr, &hello_serving_back("Hub")).await;
+    within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    raw.send(&reverse_frame(&frame(&worker_hello()))).await;
+    // `join`: answered Ok(()), and the test holds the hub's client of the raw worker.
+    raw.send(&request(1, "join", &[])).await;
+    assert_eq!(
+        next_outer_response(&mut raw).await,
+        [0x02, 0x01, 0x00, 0x00]
+    );
+    let worker = within("the worker client", joined.recv())
+        .await
+        .expect("a worker");
+    let call = tokio::spawn(async move { worker.double(21).await });
+    let id = next_double(&mut raw, 21).await;
+
+    stop.send(()).expect("the hub listens for its stop");
+    let before = within("the go-away", raw.expect_go_away(0, "shutting down")).await;
+    assert!(before.is_empty(), "{before:?}");
+    let mut answer = vec![0x02];
+    answer.extend(varint(id));
+    answer.extend([0x00, 84]);
+    raw.send(&reverse_frame(&frame(&answer))).await;
+    assert_eq!(
+        within("the call back", call)
+            .await
+            .expect("joins")
+            .expect("answered"),
+        42
+    );
+    let end = within("the end of the reverse connection", raw.read_frame()).await;
+    assert_eq!(end.expect("a frame, not a close"), [0x09]);
+    within("the close", raw.expect_closed()).await;
+    within("the hub's shutdown", serving)
+        .await
+        .expect("joins")
+        .expect("the hub stops cleanly");
 }
 
 /// A client that serves back keeps its connection when the server goes away with none of the
@@ -489,6 +674,7 @@ async fn a_client_that_serves_back_stays_for_its_servers_calls_after_a_go_away()
     let worker = MyWorker {
         events,
         hub: Arc::new(OnceLock::new()),
+        release: Arc::default(),
     };
     let client = HubClient::builder()
         .serve(WorkerServer::new(worker))
@@ -589,6 +775,7 @@ async fn calls_back_travel_inside_tls_like_the_rest() {
     let worker = MyWorker {
         events,
         hub: Arc::new(OnceLock::new()),
+        release: Arc::default(),
     };
     let hub = HubClient::builder()
         .tls(ClientTls::trusting_pem(authority.pem()).expect("the authority"))

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::client::Channel;
 use crate::dynamic::DynamicClient;
-use crate::protocol::{FrameReader, LENGTH_PREFIX, Meter, Outbox};
+use crate::protocol::{FrameReader, Head, LENGTH_PREFIX, Meter, Outbox};
 use crate::server::{Served, ServerBuilder, ServerConfig, ServiceSet, serve_reverse};
 use crate::task::AbortOnDrop;
 use crate::{RpcError, ServiceClient};
@@ -55,6 +55,9 @@ pub(crate) struct Tunnel {
     incoming: Option<mpsc::UnboundedSender<Unread>>,
     /// The bytes handed over and not yet written into the pipe.
     unread: Arc<Meter>,
+    /// Closed once this side's reverse connection has ended its direction: the pump carrying
+    /// its frames out holds the only receiver.
+    sending: watch::Sender<()>,
     _pumps: [AbortOnDrop; 2],
 }
 
@@ -67,12 +70,15 @@ impl Tunnel {
         let (read, write) = tokio::io::split(outer);
         let (incoming, taken) = mpsc::unbounded_channel();
         let unread = Arc::new(Meter::new(MAX_UNREAD, None));
-        let sending = tokio::spawn(send_out(read, outbox, max_frame_len(peer_max_frame_len)));
+        let (sending, sent_all) = watch::channel(());
+        let max_frame_len = max_frame_len(peer_max_frame_len);
+        let send = tokio::spawn(send_out(read, outbox, max_frame_len, sent_all));
         let taking = tokio::spawn(take_in(taken, write));
         let tunnel = Tunnel {
             incoming: Some(incoming),
             unread,
-            _pumps: [AbortOnDrop::new(&sending), AbortOnDrop::new(&taking)],
+            sending,
+            _pumps: [AbortOnDrop::new(&send), AbortOnDrop::new(&taking)],
         };
         (tunnel, inner)
     }
@@ -94,6 +100,28 @@ impl Tunnel {
         let _ = incoming.send(Unread::hold(inner, &self.unread));
     }
 
+    /// Tells this side's client of the reverse connection, as a GoAway from its peer would,
+    /// to make no new call and to close once the calls it made are answered and its streams
+    /// are done: the server's side, as the outer connection drains. Once the peer has ended
+    /// its direction, the client has closed, or soon will, all the same.
+    pub(crate) fn go_away(&self, reason: u32, message: &str) {
+        if let Some(incoming) = &self.incoming {
+            let frame = Head::go_away(reason, message).frame();
+            let _ = incoming.send(Unread::hold(&frame[LENGTH_PREFIX..], &self.unread));
+        }
+    }
+
+    /// Whether this side's reverse connection has ended its direction, its last frame handed
+    /// to the outer connection: whatever its side called is over.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.sending.is_closed()
+    }
+
+    /// Returns once [`Tunnel::has_ended`] holds.
+    pub(crate) async fn ended(&self) {
+        self.sending.closed().await;
+    }
+
     /// Whether the outer reader may read another frame: the reverse connection has taken all
     /// but a little of what was handed over.
     pub(crate) fn may_read(&self) -> bool {
@@ -111,6 +139,20 @@ pub(crate) fn may_read(tunnel: Option<&Tunnel>) -> bool {
     tunnel.is_none_or(Tunnel::may_read)
 }
 
+/// Whether the reverse connection, if any, has ended its direction ([`Tunnel::has_ended`]).
+pub(crate) fn has_ended(tunnel: Option<&Tunnel>) -> bool {
+    tunnel.is_none_or(Tunnel::has_ended)
+}
+
+/// Returns once [`has_ended`] holds for `tunnel`; never without one (then it always holds, and
+/// nobody waits).
+pub(crate) async fn ended(tunnel: Option<&Tunnel>) {
+    match tunnel {
+        Some(tunnel) => tunnel.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Returns once [`may_read`] holds for `tunnel`; never without one (then it always holds, and
 /// nobody waits).
 pub(crate) async fn wait_may_read(tunnel: Option<&Tunnel>) {
@@ -123,8 +165,14 @@ pub(crate) async fn wait_may_read(tunnel: Option<&Tunnel>) {
 /// Carries the reverse connection's frames out, each in an outer frame of kind 9 behind the
 /// outer connection's other frames; when the reverse connection ends its direction, so does
 /// the last frame this sends, the kind byte alone. Waits while the outer connection has more
-/// queued than its limit, so that the reverse connection's own limits hold it back.
-async fn send_out(read: ReadHalf<DuplexStream>, outbox: Outbox, max_frame_len: usize) {
+/// queued than its limit, so that the reverse connection's own limits hold it back. Drops
+/// `_sent_all` when it is over.
+async fn send_out(
+    read: ReadHalf<DuplexStream>,
+    outbox: Outbox,
+    max_frame_len: usize,
+    _sent_all: watch::Receiver<()>,
+) {
     let mut reader = FrameReader::new(read, max_frame_len);
     loop {
         outbox.meter().wait_may_read().await;
@@ -289,6 +337,12 @@ impl Caller {
             connected,
             _connecting: AbortOnDrop::new(&connecting),
         }
+    }
+
+    /// Whether a call the server made over the reverse connection still waits for its
+    /// answer, or a stream of one is open.
+    pub(crate) fn is_calling(&self) -> bool {
+        matches!(&*self.connected.borrow(), Some(Ok(channel)) if channel.has_calls_waiting())
     }
 
     /// A client of the service `C` the connection's client serves back. Each call is checked

@@ -296,6 +296,16 @@ impl Channel {
         &self.metadata
     }
 
+    /// Whether a call made through this channel's own connection still waits for its answer,
+    /// or a stream of one is open. Only a channel over one given connection (`connect_stream`,
+    /// as the server's client of a reverse connection is) has one of its own; others say no.
+    pub(crate) fn has_calls_waiting(&self) -> bool {
+        match &*self.backend {
+            Backend::Fixed(connection) => connection.has_calls_waiting(),
+            Backend::Local(_) | Backend::Endpoint(..) | Backend::Pool(..) => false,
+        }
+    }
+
     /// Whether no connection is up: for one stream, that it closed for good; for a server or
     /// servers, that the next call will have to connect first.
     pub fn is_closed(&self) -> bool {

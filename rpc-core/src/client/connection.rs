@@ -276,6 +276,12 @@ impl Connection {
         self.pending.is_closed()
     }
 
+    /// Whether a call made on this connection still waits for its answer, or a stream of one
+    /// is open.
+    pub(crate) fn has_calls_waiting(&self) -> bool {
+        self.pending.any_waiting() || self.streams.any_open()
+    }
+
     /// Whether the server said it takes no new calls on this connection.
     pub(crate) fn is_draining(&self) -> bool {
         self.pending.is_draining()

@@ -271,6 +271,7 @@ where
             if connection.draining
                 && calls.is_empty()
                 && connection.parked.is_empty()
+                && reverse::has_ended(connection.tunnel.as_ref())
                 && linger_due.is_none()
             {
                 if !connection.lingers {
@@ -327,7 +328,10 @@ where
                              holds more of its connections than any other",
                         );
                     } else if raised.has(Signal::GiveWay) {
-                        if calls.is_empty() && connection.parked.is_empty() {
+                        if calls.is_empty()
+                            && connection.parked.is_empty()
+                            && !connection.calls_back()
+                        {
                             tracing::debug!(?peer_addr, "an idle connection gives way to a new one");
                             connection.start_draining(
                                 go_away::MAKING_ROOM,
@@ -340,7 +344,14 @@ where
                         }
                     }
                 }
-                () = calls.wait_idle(), if connection.draining && linger_due.is_none() => {}
+                // Draining, the connection waits for its calls to finish, and for the server's
+                // own calls to a client that serves back.
+                () = calls.wait_idle(),
+                    if connection.draining && linger_due.is_none() && !calls.is_empty() => {}
+                () = reverse::ended(connection.tunnel.as_ref()),
+                    if connection.draining
+                        && linger_due.is_none()
+                        && !reverse::has_ended(connection.tunnel.as_ref()) => {}
                 () = until(linger_due), if linger_due.is_some() => break Ok(()),
                 () = until(room_due), if room_due.is_some() => {
                     tracing::debug!(?peer_addr, "dropping the calls still running to make room");
@@ -639,6 +650,15 @@ impl<S: ServiceSet> Connection<'_, S> {
         }
     }
 
+    /// Whether a call the server made to a client that serves back is still running: the
+    /// connection is busy with it as with the client's own calls.
+    fn calls_back(&self) -> bool {
+        self.peer
+            .caller
+            .as_ref()
+            .is_some_and(|caller| caller.is_calling())
+    }
+
     /// Takes no new calls: tells the client why, and answers the parked requests, which never
     /// ran, as not run.
     fn start_draining(&mut self, reason: u32, message: &str) {
@@ -648,6 +668,9 @@ impl<S: ServiceSet> Connection<'_, S> {
             registration.leave();
         }
         self.link.outbox.send_head(&Head::go_away(reason, message));
+        if let Some(tunnel) = &self.tunnel {
+            tunnel.go_away(reason, message);
+        }
         for parked in std::mem::take(&mut self.parked) {
             self.refuse(
                 parked.id,
