@@ -113,6 +113,9 @@ impl Context {
     /// and limits of any client's (the deadline is 30 s unless changed with `with_deadline`),
     /// and fail with [`RpcError::ConnectionClosed`] once the connection is gone.
     ///
+    /// To spread calls over many such callers, add each to a [`CallerPool`](crate::CallerPool)
+    /// instead.
+    ///
     /// Fails with [`RpcError::CallerServesNothing`] if the caller serves nothing back. A
     /// caller that serves another service than `C` fails each call with
     /// [`RpcError::WrongService`].

@@ -97,7 +97,7 @@ mod transport;
 pub mod __private;
 
 pub use client::{
-    Channel, ClientBuilder, EndpointState, EndpointStatus, ServerAddr, ServiceClient,
+    CallerPool, Channel, ClientBuilder, EndpointState, EndpointStatus, ServerAddr, ServiceClient,
 };
 pub use context::Context;
 pub use error::RpcError;

@@ -342,21 +342,30 @@ impl Caller {
     /// Whether a call the server made over the reverse connection still waits for its
     /// answer, or a stream of one is open.
     pub(crate) fn is_calling(&self) -> bool {
-        matches!(&*self.connected.borrow(), Some(Ok(channel)) if channel.has_calls_waiting())
+        match &*self.connected.borrow() {
+            Some(Ok(channel)) => channel
+                .fixed_connection()
+                .is_some_and(|connection| connection.has_calls_waiting()),
+            _ => false,
+        }
     }
 
     /// A client of the service `C` the connection's client serves back. Each call is checked
     /// against what it serves before it is sent.
     pub(crate) async fn client<C: ServiceClient>(&self) -> Result<C, RpcError> {
+        Ok(self.channel().await?.client::<C>())
+    }
+
+    /// The channel over the reverse connection, once its hellos are exchanged.
+    pub(crate) async fn channel(&self) -> Result<Channel, RpcError> {
         let mut connected = self.connected.clone();
-        let channel = match connected.wait_for(Option::is_some).await {
+        match connected.wait_for(Option::is_some).await {
             Ok(connected) => match &*connected {
                 Some(channel) => channel.clone(),
                 None => Err(RpcError::ConnectionClosed),
             },
             Err(_) => Err(RpcError::ConnectionClosed),
-        }?;
-        Ok(channel.client::<C>())
+        }
     }
 }
 

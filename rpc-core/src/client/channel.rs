@@ -296,13 +296,12 @@ impl Channel {
         &self.metadata
     }
 
-    /// Whether a call made through this channel's own connection still waits for its answer,
-    /// or a stream of one is open. Only a channel over one given connection (`connect_stream`,
-    /// as the server's client of a reverse connection is) has one of its own; others say no.
-    pub(crate) fn has_calls_waiting(&self) -> bool {
+    /// The one connection of a channel over a given stream (`connect_stream`, as the server's
+    /// client of a reverse connection is); `None` for any other channel.
+    pub(crate) fn fixed_connection(&self) -> Option<&Arc<Connection>> {
         match &*self.backend {
-            Backend::Fixed(connection) => connection.has_calls_waiting(),
-            Backend::Local(_) | Backend::Endpoint(..) | Backend::Pool(..) => false,
+            Backend::Fixed(connection) => Some(connection),
+            Backend::Local(_) | Backend::Endpoint(..) | Backend::Pool(..) => None,
         }
     }
 
@@ -806,7 +805,22 @@ impl Channel {
         avoid: Option<&Arc<Endpoint>>,
     ) -> Result<Target<'_>, RpcError> {
         loop {
-            match self.target_once(spec, avoid).await {
+            // Seen before the pool is looked at: an endpoint added after that is not missed.
+            let mut pool_changes = match &*self.backend {
+                Backend::Pool(pool, _) if self.wait_for_ready => Some(pool.changes().subscribe()),
+                _ => None,
+            };
+            let found = self.target_once(spec, avoid).await;
+            // A pool with no endpoint yet (no caller added, no server found) may be given one:
+            // waited for, within the deadline.
+            if let (Err(RpcError::NoEndpoints), Some(changes)) = (&found, &mut pool_changes) {
+                until(spec.expires, changes.changed())
+                    .await
+                    .map_err(|_| spec.deadline_exceeded())?
+                    .map_err(|_| RpcError::NoEndpoints)?;
+                continue;
+            }
+            match found {
                 Err(
                     RpcError::Connect { .. }
                     | RpcError::ConnectTimeout(_)

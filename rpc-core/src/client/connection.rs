@@ -276,6 +276,11 @@ impl Connection {
         self.pending.is_closed()
     }
 
+    /// Checks that the server serves `service`.
+    pub(crate) fn check_has(&self, service: &str) -> Result<(), RpcError> {
+        self.server.check_has(service)
+    }
+
     /// Whether a call made on this connection still waits for its answer, or a stream of one
     /// is open.
     pub(crate) fn has_calls_waiting(&self) -> bool {

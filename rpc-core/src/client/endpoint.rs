@@ -37,6 +37,10 @@ pub(crate) enum Target {
     /// A Unix domain socket.
     #[cfg(unix)]
     Unix(std::path::PathBuf),
+    /// A connection made elsewhere and given to the endpoint, named for listings: a caller's
+    /// reverse connection ([`CallerPool`](crate::CallerPool)). It is never made again: once it
+    /// is gone, so is the endpoint.
+    Given(String),
 }
 
 /// How many calls in a row may fail on an endpoint before it is ejected for a while.
@@ -172,10 +176,30 @@ impl Endpoint {
                 (None, Some(addr)) => addr.to_string(),
                 (_, None) => "(no address)".to_owned(),
             },
-            Target::Named { name, .. } => name.clone(),
+            Target::Named { name, .. } | Target::Given(name) => name.clone(),
             #[cfg(unix)]
             Target::Unix(path) => path.display().to_string(),
         }
+    }
+
+    /// An endpoint over `connection`, made elsewhere, which it never makes again.
+    pub(crate) fn given(
+        name: String,
+        connection: Arc<Connection>,
+        service: ServiceInfo,
+        config: Arc<ClientConfig>,
+        changes: Changes,
+    ) -> Self {
+        connection.count_close_in(Arc::clone(&changes));
+        let endpoint = Endpoint::new(Target::Given(name), service, config, changes);
+        endpoint.live().connection = Some(connection);
+        endpoint
+    }
+
+    /// Whether its connection was given and is gone, or takes no new calls: it will never
+    /// take another.
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.target, Target::Given(_)) && self.live_connection().is_none()
     }
 
     /// What it is doing, for a listing.
@@ -289,6 +313,9 @@ impl Endpoint {
         if let Some(connection) = self.live_connection() {
             return Ok(connection);
         }
+        if matches!(self.target, Target::Given(_)) {
+            return Err(RpcError::ConnectionClosed);
+        }
         let attempts_seen = self.live().attempts;
         let _turn = self.connecting.lock().await;
         if let Some(connection) = self.live_connection() {
@@ -356,6 +383,7 @@ impl Endpoint {
                         .collect();
                     (Cow::Owned(addrs), host)
                 }
+                Target::Given(_) => return Err(RpcError::ConnectionClosed),
                 #[cfg(unix)]
                 Target::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path)

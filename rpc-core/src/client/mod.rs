@@ -24,6 +24,7 @@
 //! ```
 
 mod address;
+mod callers;
 mod channel;
 mod connection;
 pub(crate) mod discovery;
@@ -34,6 +35,7 @@ mod pool;
 mod retry;
 
 pub use address::ServerAddr;
+pub use callers::CallerPool;
 pub use channel::Channel;
 pub use endpoint::{EndpointState, EndpointStatus};
 
@@ -462,6 +464,19 @@ impl<C: ServiceClient> ClientBuilder<C> {
         let pool = Pool::fixed(targets, C::INFO, config);
         let budget = self.budget();
         self.client(Backend::Pool(pool, budget))
+    }
+
+    /// A client balanced over the clients that serve this service back to servers of this
+    /// process and that a handler adds to the [`CallerPool`] returned beside it: workers that
+    /// dial out to a coordinator, which spreads its calls over them as over the servers of
+    /// [`balance`](Self::balance). The settings of calls apply (deadline, metadata, retries,
+    /// wait for ready, health checks, interceptor); those of connections do not, the
+    /// connections being the callers'.
+    pub fn caller_pool(self) -> (C, CallerPool) {
+        let pool = Pool::new(Vec::new(), C::INFO, Arc::new(self.config.clone()));
+        let callers = CallerPool::new(Arc::clone(&pool));
+        let budget = self.budget();
+        (self.client(Backend::Pool(pool, budget)), callers)
     }
 
     /// Balances calls over the addresses `name` (`host:port`) resolves to, as

@@ -5,8 +5,9 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use super::ClientConfig;
+use super::connection::Connection;
 use super::discovery::{Found, Source};
-use super::endpoint::{Changes, Endpoint, Target, changes, random};
+use super::endpoint::{Changes, Endpoint, Target, changed, changes, random};
 use crate::health::ServingStatus;
 use crate::service::ServiceInfo;
 use crate::task::AbortOnDrop;
@@ -84,6 +85,11 @@ impl Pool {
         *self.prober.lock().unwrap_or_else(PoisonError::into_inner) = Some(AbortOnDrop::new(&task));
     }
 
+    /// The service its client calls.
+    pub(crate) fn service(&self) -> ServiceInfo {
+        self.service
+    }
+
     /// The counter of its endpoints' changes.
     pub(crate) fn changes(&self) -> &Changes {
         &self.changes
@@ -137,8 +143,62 @@ impl Pool {
         }
         *endpoints = kept;
         drop(endpoints);
-        self.changes
-            .send_modify(|count| *count = count.wrapping_add(1));
+        changed(&self.changes);
+    }
+
+    /// Adds an endpoint over `connection`, made elsewhere and named `name`, unless one is
+    /// there already; takes it out again once the connection closes.
+    pub(crate) fn add_given(self: &Arc<Self>, name: String, connection: &Arc<Connection>) {
+        let mut endpoints = self
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let holds = |endpoint: &&Arc<Endpoint>| {
+            endpoint
+                .live_connection()
+                .is_some_and(|held| Arc::ptr_eq(&held, connection))
+        };
+        if endpoints.iter().any(|endpoint| holds(&endpoint)) {
+            return;
+        }
+        let endpoint = Arc::new(Endpoint::given(
+            name,
+            Arc::clone(connection),
+            self.service,
+            Arc::clone(&self.config),
+            Arc::clone(&self.changes),
+        ));
+        endpoints.push(Arc::clone(&endpoint));
+        drop(endpoints);
+        changed(&self.changes);
+        let pool = Arc::downgrade(self);
+        let connection = Arc::clone(connection);
+        tokio::spawn(async move {
+            connection.closed().await;
+            if let Some(pool) = pool.upgrade() {
+                pool.remove(&endpoint);
+            }
+        });
+    }
+
+    /// Takes `endpoint` out of the pool, if it is in it.
+    fn remove(&self, endpoint: &Arc<Endpoint>) {
+        self.endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|kept| !Arc::ptr_eq(kept, endpoint));
+        changed(&self.changes);
+    }
+
+    /// How many endpoints may take calls or come back: not those whose given connection is
+    /// gone.
+    pub(crate) fn len(&self) -> usize {
+        self.endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|endpoint| !endpoint.is_spent())
+            .count()
     }
 
     /// The endpoints, in no particular order.

@@ -140,6 +140,12 @@ impl PeerInfo {
         Err(self.not_served(expected))
     }
 
+    /// Checks that the peer serves `service`, under the name its hello gave or among the
+    /// others it announced.
+    pub(crate) fn check_has(&self, service: &str) -> Result<(), RpcError> {
+        self.table(service).map(drop)
+    }
+
     /// The method table of `service`: the one the hellos named, or another the peer
     /// announced.
     fn table(&self, service: &str) -> Result<&Fingerprints, RpcError> {

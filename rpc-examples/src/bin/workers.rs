@@ -8,18 +8,20 @@
 //! cargo run -p rpc-examples --bin workers -- --workers 6 --tasks 50000 --no-kill
 //! ```
 //!
-//! Workers come and go: unless told not to, the coordinator kills one with SIGKILL (`kill -9`) a
-//! third of the way through, with tasks in flight on it, and starts a new one, which joins. The
-//! tasks the killed worker held fail on the coordinator's side (its connection is gone) and are
-//! handed to the others. At the end the coordinator checks that every task was counted exactly
+//! The workers that join form a `CallerPool`: one client balances the tasks over them, each to
+//! the less busy of two picked at random. Workers come and go: unless told not to, the
+//! coordinator kills one with SIGKILL (`kill -9`) a third of the way through, with tasks in
+//! flight on it, and starts a new one, which joins. The killed worker leaves the pool as its
+//! connection closes, and the tasks it held are made again on the others (`count_primes` is
+//! `#[rpc(idempotent)]`). At the end the coordinator checks that every task was counted exactly
 //! once and that the total is right.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rpc_core::{Context, Server, ServiceClient};
+use rpc_core::{CallerPool, Context, Server, ServiceClient};
 use rpc_examples::primes::{
     Counted, Counter, Job, PrimeWorkerClient, PrimeWorkerServer, Processes, Tally, spread,
 };
@@ -30,7 +32,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// How many tasks are in flight at once, over all workers.
 const IN_FLIGHT: usize = 32;
 
-/// How long the coordinator waits for a worker when it has none.
+/// How long a task waits for a worker when the pool has none, and the coordinator for the
+/// workers it started to join.
 const NO_WORKER_LIMIT: Duration = Duration::from_secs(30);
 
 /// The coordinator's service: what a worker calls once it has connected.
@@ -67,87 +70,34 @@ async fn worker(addr: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The workers that joined, as the coordinator calls them.
-#[derive(Default)]
-struct Pool {
-    workers: Mutex<Vec<Joined>>,
-    joined: Notify,
-    next: AtomicUsize,
-}
-
-#[derive(Clone)]
-struct Joined {
-    name: String,
-    client: PrimeWorkerClient,
-}
-
-impl Pool {
-    /// The next worker whose connection is open, round robin; waits for one to join if none
-    /// is, for at most [`NO_WORKER_LIMIT`].
-    async fn pick(&self) -> Result<Joined, Error> {
-        let wait = async {
-            loop {
-                let joined = self.joined.notified();
-                if let Some(worker) = self.next_open() {
-                    return worker;
-                }
-                joined.await;
-            }
-        };
-        tokio::time::timeout(NO_WORKER_LIMIT, wait)
-            .await
-            .map_err(|_| format!("no worker in the pool for {NO_WORKER_LIMIT:?}").into())
-    }
-
-    /// The workers whose connections are open: one whose connection is gone leaves the pool.
-    fn open_workers(&self) -> std::sync::MutexGuard<'_, Vec<Joined>> {
-        let mut workers = self.workers.lock().expect("pool lock");
-        workers.retain(|worker| !worker.client.channel().is_closed());
-        workers
-    }
-
-    fn next_open(&self) -> Option<Joined> {
-        let workers = self.open_workers();
-        let count = workers.len();
-        (count > 0).then(|| workers[self.next.fetch_add(1, Ordering::Relaxed) % count].clone())
-    }
-
-    /// Returns once `count` workers with open connections are in the pool.
-    async fn wait_for(&self, count: usize) {
-        loop {
-            let joined = self.joined.notified();
-            if self.len() >= count {
-                return;
-            }
-            joined.await;
-        }
-    }
-
-    /// How many workers with open connections the pool has.
-    fn len(&self) -> usize {
-        self.open_workers().len()
-    }
-}
-
 struct MyCoordinator {
-    pool: Arc<Pool>,
+    /// The workers that joined, as one client balances its calls over them.
+    workers: CallerPool,
+    joined: Arc<Notify>,
 }
 
 impl Coordinator for MyCoordinator {
     async fn join(&self, name: String) -> Result<(), String> {
-        // A client of what the caller serves back, on the connection it opened.
-        let client = Context::current()
-            .caller::<PrimeWorkerClient>()
+        // The caller, serving `PrimeWorker` back on the connection it opened, joins the pool;
+        // it leaves by itself when that connection closes.
+        self.workers
+            .add(&Context::current())
             .await
             .map_err(|error| error.to_string())?;
         println!("workers: {name} joined");
-        self.pool
-            .workers
-            .lock()
-            .expect("pool lock")
-            .push(Joined { name, client });
-        self.pool.joined.notify_waiters();
+        self.joined.notify_waiters();
         Ok(())
+    }
+}
+
+/// Returns once `count` workers are in the pool.
+async fn wait_for(pool: &CallerPool, joined: &Notify, count: usize) {
+    loop {
+        let notified = joined.notified();
+        if pool.len() >= count {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -162,26 +112,32 @@ fn start_worker(workers: &mut Processes, addr: &str) -> Result<u32, Error> {
 }
 
 async fn coordinate(options: Job) -> Result<(), Error> {
-    let pool = Arc::new(Pool::default());
+    // Calls made before any worker has joined wait for one, within their deadline.
+    let (workers, pool) = PrimeWorkerClient::builder()
+        .wait_for_ready(true)
+        .deadline(NO_WORKER_LIMIT)
+        .caller_pool();
+    let joined = Arc::new(Notify::new());
     let server = Server::bind("127.0.0.1:0").await?;
     let addr = server.local_addr()?.to_string();
     println!("workers: coordinator listening on {addr}");
     let service = CoordinatorServer::new(MyCoordinator {
-        pool: Arc::clone(&pool),
+        workers: pool.clone(),
+        joined: Arc::clone(&joined),
     });
     let serving = tokio::spawn(server.serve(service));
 
-    let mut workers = Processes::default();
+    let mut processes = Processes::default();
     for _ in 0..options.workers {
-        start_worker(&mut workers, &addr)?;
+        start_worker(&mut processes, &addr)?;
     }
 
-    let handed_again = Arc::new(AtomicU64::new(0));
+    let resubmitted = Arc::new(AtomicU64::new(0));
     let mut done = spread(options.tasks, IN_FLIGHT, {
-        let (pool, handed_again, span) = (pool.clone(), handed_again.clone(), options.span);
+        let (workers, resubmitted, span) = (workers.clone(), resubmitted.clone(), options.span);
         move |task| {
-            let (pool, handed_again) = (pool.clone(), handed_again.clone());
-            async move { run_task(&pool, task, span, &handed_again).await }
+            let (workers, resubmitted) = (workers.clone(), resubmitted.clone());
+            async move { run_task(&workers, task, span, &resubmitted).await }
         }
     });
 
@@ -191,53 +147,51 @@ async fn coordinate(options: Job) -> Result<(), Error> {
         let (task, counted) = done.recv().await.ok_or("the dispatcher stopped")?;
         tally.record(task, counted?)?;
         if options.kill_one && tally.len() == kill_at {
-            let victim = &mut workers.0[0];
+            let victim = &mut processes.0[0];
             victim.kill()?; // SIGKILL: the process dies with calls in flight
             victim.wait()?;
             println!(
                 "workers: killed worker pid {} (kill -9) with tasks in flight",
                 victim.id()
             );
-            let pid = start_worker(&mut workers, &addr)?;
+            let pid = start_worker(&mut processes, &addr)?;
             println!("workers: started worker pid {pid} to take its place");
         }
     }
     // The worker started in the place of the killed one may still be joining.
-    tokio::time::timeout(NO_WORKER_LIMIT, pool.wait_for(options.workers))
+    tokio::time::timeout(NO_WORKER_LIMIT, wait_for(&pool, &joined, options.workers))
         .await
         .map_err(|_| "the workers started did not all join")?;
     println!("workers: {} workers in the pool at the end", pool.len());
 
     println!(
-        "workers: {} tasks handed to another worker after theirs was lost",
-        handed_again.load(Ordering::Relaxed)
+        "workers: {} tasks submitted again by the coordinator (the client made the other lost \
+         calls again by itself)",
+        resubmitted.load(Ordering::Relaxed)
     );
     serving.abort();
     tally.verify("workers", options.tasks, options.span)?;
     Ok(())
 }
 
-/// Counts one task's primes on a worker of the pool; if that worker is lost before it
-/// answers, hands the task to another.
+/// Counts one task's primes on the least busy of two workers of the pool. The client already
+/// makes a call lost with its worker again on another when its retry budget allows; past that,
+/// the coordinator submits the task again itself, a few times, before giving up on the job.
 async fn run_task(
-    pool: &Pool,
+    workers: &PrimeWorkerClient,
     task: u64,
     span: u64,
-    handed_again: &AtomicU64,
+    resubmitted: &AtomicU64,
 ) -> Result<Counted, Error> {
     let (from, to) = (task * span, task * span + span);
     let mut attempts = 0;
     loop {
-        let worker = pool.pick().await?;
-        match worker.client.count_primes(from, to).await {
+        match workers.count_primes(from, to).await {
             Ok(counted) => return Ok(counted),
             Err(error) if attempts < 5 => {
                 attempts += 1;
-                handed_again.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "workers: task {task} handed again after {}: {error}",
-                    worker.name
-                );
+                resubmitted.fetch_add(1, Ordering::Relaxed);
+                eprintln!("workers: task {task} submitted again after: {error}");
             }
             Err(error) => return Err(error.into()),
         }

@@ -1,0 +1,239 @@
+//! One balanced client over the clients that serve a service back (`CallerPool`), over real
+//! sockets: calls spread over the callers added, a caller that goes leaves, a call waits for the
+//! first caller when it waits for ready, an idempotent call whose caller vanished runs on
+//! another, and callers that serve the wrong thing are refused with a clear error.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rpc_core::{CallerPool, Context, RpcError, Server, ServiceClient};
+use rpc_tests::within;
+use tokio::sync::mpsc;
+
+/// The coordinator's service.
+#[rpc_core::service]
+pub trait Coordinator {
+    /// Adds the caller to the coordinator's pool of workers.
+    async fn join(&self) -> Result<(), String>;
+}
+
+/// What a worker serves back.
+#[rpc_core::service]
+pub trait Worker {
+    /// The worker's name.
+    async fn name(&self) -> String;
+    /// The worker's name; a worker told to hold reports "started {name}" and never answers.
+    #[rpc(idempotent)]
+    async fn task(&self) -> String;
+}
+
+/// A service of another name.
+#[rpc_core::service]
+pub trait Other {
+    /// Nothing.
+    async fn nothing(&self);
+}
+
+struct MyCoordinator {
+    workers: CallerPool,
+}
+
+impl Coordinator for MyCoordinator {
+    async fn join(&self) -> Result<(), String> {
+        self.workers
+            .add(&Context::current())
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+struct MyWorker {
+    name: String,
+    /// Where a worker that holds its tasks reports them; `None` for one that answers them.
+    holds: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl Worker for MyWorker {
+    async fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn task(&self) -> String {
+        if let Some(started) = &self.holds {
+            let _ = started.send(format!("started {}", self.name));
+            std::future::pending::<()>().await;
+        }
+        self.name.clone()
+    }
+}
+
+struct NoOther;
+
+impl Other for NoOther {
+    async fn nothing(&self) {}
+}
+
+/// A coordinator whose pool's client is `workers`, and its address.
+async fn coordinator(pool: CallerPool) -> std::net::SocketAddr {
+    let server = Server::bind("127.0.0.1:0").await.expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(CoordinatorServer::new(MyCoordinator { workers: pool })));
+    addr
+}
+
+/// A worker named `name` connected to the coordinator at `addr` and joined; its client of the
+/// coordinator holds the connection it serves on.
+async fn join(
+    addr: std::net::SocketAddr,
+    name: &str,
+    holds: Option<mpsc::UnboundedSender<String>>,
+) -> CoordinatorClient {
+    let worker = MyWorker {
+        name: name.to_owned(),
+        holds,
+    };
+    let client = CoordinatorClient::builder()
+        .serve(WorkerServer::new(worker))
+        .connect(addr)
+        .await
+        .expect("connects");
+    within("join", client.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    client
+}
+
+#[tokio::test]
+async fn calls_spread_over_the_callers_added() {
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let _joined = [
+        join(addr, "w1", None).await,
+        join(addr, "w2", None).await,
+        join(addr, "w3", None).await,
+    ];
+    assert_eq!(pool.len(), 3);
+    let listed = workers.channel().endpoints();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|endpoint| endpoint.state == rpc_core::EndpointState::Connected),
+        "{listed:?}"
+    );
+    let mut answered = HashSet::new();
+    for _ in 0..60 {
+        answered.insert(within("a call", workers.name()).await.expect("answered"));
+    }
+    let all: HashSet<String> = ["w1", "w2", "w3"].map(String::from).into();
+    assert_eq!(
+        answered, all,
+        "each of two picked at random: 60 calls reach all three"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_added_twice_is_in_the_pool_once() {
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let joined = join(addr, "w1", None).await;
+    within("join again", joined.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    assert_eq!(pool.len(), 1);
+    assert_eq!(workers.channel().endpoints().len(), 1);
+}
+
+#[tokio::test]
+async fn a_caller_whose_connection_closes_leaves_the_pool() {
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let first = join(addr, "w1", None).await;
+    let _second = join(addr, "w2", None).await;
+    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
+    drop(first);
+    within("the pool to lose a caller", async {
+        while let Some(listed) = changes.next().await {
+            if listed.len() == 1 {
+                return;
+            }
+        }
+        panic!("the changes ended");
+    })
+    .await;
+    assert_eq!(pool.len(), 1);
+    for _ in 0..10 {
+        assert_eq!(
+            within("a call", workers.name()).await.expect("answered"),
+            "w2"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_pool_fails_a_call_at_once_unless_it_waits_for_ready() {
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    assert!(pool.is_empty());
+    assert!(matches!(
+        within("a call", workers.name()).await,
+        Err(RpcError::NoEndpoints)
+    ));
+
+    let (workers, pool) = WorkerClient::builder().wait_for_ready(true).caller_pool();
+    let addr = coordinator(pool).await;
+    let call = tokio::spawn(async move { workers.name().await });
+    // On this test's one thread, the call runs until it waits before the worker connects.
+    tokio::task::yield_now().await;
+    let _joined = join(addr, "late", None).await;
+    let answer = within("the waiting call", call).await.expect("joins");
+    assert_eq!(answer.expect("answered once a worker joined"), "late");
+
+    let (workers, _pool) = WorkerClient::builder()
+        .wait_for_ready(true)
+        .deadline(Duration::from_millis(50))
+        .caller_pool();
+    assert!(matches!(
+        within("a call", workers.name()).await,
+        Err(RpcError::DeadlineExceeded { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_idempotent_call_whose_caller_vanished_runs_on_another() {
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let (started, mut events) = mpsc::unbounded_channel();
+    let holding = join(addr, "holding", Some(started)).await;
+    let call = tokio::spawn(async move { workers.task().await });
+    assert_eq!(
+        within("the task to start", events.recv()).await.as_deref(),
+        Some("started holding")
+    );
+    let _other = join(addr, "other", None).await;
+    drop(holding);
+    let answer = within("the task", call).await.expect("joins");
+    assert_eq!(answer.expect("made again on the other"), "other");
+}
+
+#[tokio::test]
+async fn callers_that_serve_another_service_or_nothing_are_refused() {
+    let (_workers, pool) = WorkerClient::builder().caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let other = CoordinatorClient::builder()
+        .serve(OtherServer::new(NoOther))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let refused = within("join", other.join()).await.expect("answered");
+    assert_eq!(
+        refused,
+        Err("the server does not serve `Worker`: it serves `Other`".to_owned())
+    );
+    let nothing = CoordinatorClient::connect(addr).await.expect("connects");
+    let refused = within("join", nothing.join()).await.expect("answered");
+    assert_eq!(refused, Err(RpcError::CallerServesNothing.to_string()));
+    assert!(pool.is_empty());
+}
