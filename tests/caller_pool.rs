@@ -1,7 +1,8 @@
 //! One balanced client over the clients that serve a service back (`CallerPool`), over real
 //! sockets: calls spread over the callers added, a caller that goes leaves, a call waits for the
 //! first caller when it waits for ready, an idempotent call whose caller vanished runs on
-//! another, and callers that serve the wrong thing are refused with a clear error.
+//! another, and callers that serve the wrong thing (or another build of it) are refused with a
+//! clear error.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -26,6 +27,23 @@ pub trait Worker {
     /// The worker's name; a worker told to hold reports "started {name}" and never answers.
     #[rpc(idempotent)]
     async fn task(&self) -> String;
+}
+
+/// An older build of `Worker`, whose `name` gave a number.
+mod older {
+    #[rpc_core::service]
+    pub trait Worker {
+        /// The worker's number.
+        async fn name(&self) -> u64;
+    }
+
+    pub struct Numbered;
+
+    impl Worker for Numbered {
+        async fn name(&self) -> u64 {
+            7
+        }
+    }
 }
 
 /// A service of another name.
@@ -219,7 +237,7 @@ async fn an_idempotent_call_whose_caller_vanished_runs_on_another() {
 }
 
 #[tokio::test]
-async fn callers_that_serve_another_service_or_nothing_are_refused() {
+async fn callers_that_serve_another_service_another_build_or_nothing_are_refused() {
     let (_workers, pool) = WorkerClient::builder().caller_pool();
     let addr = coordinator(pool.clone()).await;
     let other = CoordinatorClient::builder()
@@ -231,6 +249,17 @@ async fn callers_that_serve_another_service_or_nothing_are_refused() {
     assert_eq!(
         refused,
         Err("the server does not serve `Worker`: it serves `Other`".to_owned())
+    );
+    let older = CoordinatorClient::builder()
+        .serve(older::WorkerServer::new(older::Numbered))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let refused = within("join", older.join()).await.expect("answered");
+    let message = refused.expect_err("refused");
+    assert!(
+        message.contains("`name`") && message.contains("`String` here and `u64`"),
+        "{message}"
     );
     let nothing = CoordinatorClient::connect(addr).await.expect("connects");
     let refused = within("join", nothing.join()).await.expect("answered");

@@ -44,6 +44,23 @@ pub trait Worker {
     async fn via_hub(&self, x: i64) -> i64;
 }
 
+/// An older build of `Worker`, whose `double` took and gave text.
+mod older {
+    #[rpc_core::service]
+    pub trait Worker {
+        /// `x` twice.
+        async fn double(&self, x: String) -> String;
+    }
+
+    pub struct Doubler;
+
+    impl Worker for Doubler {
+        async fn double(&self, x: String) -> String {
+            x.repeat(2)
+        }
+    }
+}
+
 /// A service of another name, served back by a client the hub takes for a worker.
 #[rpc_core::service]
 pub trait Other {
@@ -491,6 +508,32 @@ async fn at_the_connection_limit_a_connection_with_a_call_back_running_is_busy()
     setup.release.notify_one();
     let answer = within("the running call", running).await.expect("joins");
     assert_eq!(answer.expect("answered"), "busy");
+}
+
+/// The server's calls back are checked against what the client serves, fingerprints included,
+/// as a client's calls are against its server's: a client built from another version of the
+/// trait is told which signature differs, before anything is sent.
+#[tokio::test]
+async fn a_call_back_of_a_method_with_another_signature_is_refused() {
+    let (addr, mut joined) = start_hub(Server::builder()).await;
+    let hub = HubClient::builder()
+        .serve(older::WorkerServer::new(older::Doubler))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let worker = join(&hub, &mut joined).await;
+    let refused = within("a call back", worker.double(2)).await;
+    match refused {
+        Err(RpcError::SignatureMismatch { method, difference }) => {
+            assert_eq!(method, "double");
+            let difference = difference.expect("what differs");
+            assert!(
+                difference.contains("`i64` here and `String`"),
+                "{difference}"
+            );
+        }
+        other => panic!("expected a signature mismatch, got {other:?}"),
+    }
 }
 
 #[tokio::test]

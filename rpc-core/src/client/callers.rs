@@ -77,8 +77,10 @@ impl CallerPool {
     /// nothing. It stays until its connection closes.
     ///
     /// Fails with [`RpcError::CallerServesNothing`] if the caller serves nothing back, with
-    /// [`RpcError::WrongService`] if it serves other services than the pool's client calls, and
-    /// with [`RpcError::ConnectionClosed`] if its connection is gone.
+    /// [`RpcError::WrongService`] if it serves other services than the pool's client calls, with
+    /// [`RpcError::SignatureMismatch`] if it has a method of that service with another
+    /// signature (an older or newer build of the trait), and with
+    /// [`RpcError::ConnectionClosed`] if its connection is gone.
     pub async fn add(&self, context: &Context) -> Result<(), RpcError> {
         let caller = context
             .peer
@@ -90,7 +92,16 @@ impl CallerPool {
         let connection = channel
             .fixed_connection()
             .ok_or(RpcError::ConnectionClosed)?;
-        connection.check_has(self.pool.service().name)?;
+        let service = self.pool.service();
+        connection.check_has(service.name)?;
+        // A method the caller lacks fails its calls as unknown, as a server's does; one it has
+        // with another signature would fail a share of the pool's calls, and is refused here.
+        for method in service.methods {
+            match connection.check_call(&service, method) {
+                Ok(()) | Err(RpcError::UnknownMethod { .. }) => {}
+                Err(error) => return Err(channel.for_service(service).explain(error).await),
+            }
+        }
         let name = context
             .peer_addr()
             .map_or_else(|| "a caller".to_owned(), |addr| addr.to_string());

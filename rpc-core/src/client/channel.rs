@@ -211,9 +211,14 @@ impl Channel {
     /// over: a server without it fails the call with [`RpcError::WrongService`]. A local
     /// client serves its one service only, and fails calls of any other the same way.
     pub fn client<C: crate::ServiceClient>(&self) -> C {
+        C::from_channel(self.for_service(C::INFO))
+    }
+
+    /// The same connections, for calls of `service`.
+    pub(crate) fn for_service(&self, service: ServiceInfo) -> Channel {
         let mut channel = self.clone();
-        channel.service = C::INFO;
-        C::from_channel(channel)
+        channel.service = service;
+        channel
     }
 
     /// The same connections, with calls that wait at most `deadline` (from when each call is
@@ -560,7 +565,13 @@ impl Channel {
     /// The error a failed call reports; for a method whose signature differs from the
     /// server's, with what differs, if the server describes itself.
     async fn failed(&self, failure: Failure, method: &MethodInfo) -> RpcError {
-        match failure.into_error(method.name) {
+        self.explain(failure.into_error(method.name)).await
+    }
+
+    /// `error`; for a method whose signature differs from the server's, with what differs, if
+    /// the server describes itself.
+    pub(crate) async fn explain(&self, error: RpcError) -> RpcError {
+        match error {
             RpcError::SignatureMismatch {
                 method,
                 difference: None,

@@ -42,6 +42,9 @@ pub(crate) struct Connection {
     streams: Arc<Streams>,
     next_id: AtomicU64,
     server: PeerInfo,
+    /// The service whose fingerprints the handshake compared with the server's table (empty
+    /// for a generic client's connection, which compared none).
+    compared: &'static str,
     /// The last method of the hellos' service found in the server's table, with the same
     /// fingerprint: [`LastChecked`].
     checked: LastChecked,
@@ -251,12 +254,29 @@ impl Connection {
             streams,
             next_id: AtomicU64::new(0),
             server,
+            compared: service.name,
             checked: LastChecked::default(),
             _reader: AbortOnDrop::new(&reader),
             _serving_back: serving,
             calls_sent,
             _end: end,
         }))
+    }
+
+    /// Checks a call of `method` of `service` against the server's table: that the server has
+    /// it, with the same fingerprint. The handshake compared the fingerprints of the service
+    /// the connection was made for; another, called over a generic client's connection (as a
+    /// server calls a client that serves back), is compared here.
+    pub(crate) fn check_call(
+        &self,
+        service: &ServiceInfo,
+        method: &MethodInfo,
+    ) -> Result<(), RpcError> {
+        if service.name.is_empty() || service.name == self.compared {
+            self.server.check_method(method)
+        } else {
+            self.server.check_other(service, method)
+        }
     }
 
     /// Whether `service` is the one the server's hello named, whose methods go unqualified. A
@@ -314,7 +334,7 @@ impl Connection {
         let own = self.is_own(&spec.service);
         let checked = if own {
             self.checked
-                .check(method, || self.server.check_method(method))
+                .check(method, || self.check_call(&spec.service, method))
         } else {
             self.server.check_other(&spec.service, method)
         };
