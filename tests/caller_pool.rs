@@ -5,12 +5,13 @@
 //! clear error.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use rpc_core::{CallerPool, Context, RpcError, Server, ServiceClient};
 use rpc_tests::within;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// The coordinator's service.
 #[rpc_core::service]
@@ -68,8 +69,16 @@ impl Coordinator for MyCoordinator {
 
 struct MyWorker {
     name: String,
-    /// Where a worker that holds its tasks reports them; `None` for one that answers them.
-    holds: Option<mpsc::UnboundedSender<String>>,
+    /// Where a worker that holds its tasks reports them, and what lets one go; `None` for one
+    /// that answers them at once.
+    holds: Option<Holds>,
+}
+
+/// Where a worker that holds its tasks reports each, and what lets one go.
+#[derive(Clone)]
+struct Holds {
+    started: mpsc::UnboundedSender<String>,
+    release: Arc<Notify>,
 }
 
 impl Worker for MyWorker {
@@ -78,9 +87,9 @@ impl Worker for MyWorker {
     }
 
     async fn task(&self) -> String {
-        if let Some(started) = &self.holds {
-            let _ = started.send(format!("started {}", self.name));
-            std::future::pending::<()>().await;
+        if let Some(holds) = &self.holds {
+            let _ = holds.started.send(format!("started {}", self.name));
+            holds.release.notified().await;
         }
         self.name.clone()
     }
@@ -102,11 +111,7 @@ async fn coordinator(pool: CallerPool) -> std::net::SocketAddr {
 
 /// A worker named `name` connected to the coordinator at `addr` and joined; its client of the
 /// coordinator holds the connection it serves on.
-async fn join(
-    addr: std::net::SocketAddr,
-    name: &str,
-    holds: Option<mpsc::UnboundedSender<String>>,
-) -> CoordinatorClient {
+async fn join(addr: std::net::SocketAddr, name: &str, holds: Option<Holds>) -> CoordinatorClient {
     let worker = MyWorker {
         name: name.to_owned(),
         holds,
@@ -224,7 +229,11 @@ async fn an_idempotent_call_whose_caller_vanished_runs_on_another() {
     let (workers, pool) = WorkerClient::builder().caller_pool();
     let addr = coordinator(pool.clone()).await;
     let (started, mut events) = mpsc::unbounded_channel();
-    let holding = join(addr, "holding", Some(started)).await;
+    let holds = Holds {
+        started,
+        release: Arc::default(),
+    };
+    let holding = join(addr, "holding", Some(holds)).await;
     let call = tokio::spawn(async move { workers.task().await });
     assert_eq!(
         within("the task to start", events.recv()).await.as_deref(),
@@ -234,6 +243,58 @@ async fn an_idempotent_call_whose_caller_vanished_runs_on_another() {
     drop(holding);
     let answer = within("the task", call).await.expect("joins");
     assert_eq!(answer.expect("made again on the other"), "other");
+}
+
+/// A worker leaves gracefully: told to stop serving back, it takes no new task (calls made
+/// from then on wait for, and go to, another worker), finishes the one it runs, and leaves
+/// the pool, its own connection still open.
+#[tokio::test]
+async fn a_worker_that_stops_serving_back_finishes_its_task_and_leaves() {
+    let (workers, pool) = WorkerClient::builder().wait_for_ready(true).caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let (started, mut events) = mpsc::unbounded_channel();
+    let holds = Holds {
+        started,
+        release: Arc::default(),
+    };
+    let leaving = join(addr, "leaving", Some(holds.clone())).await;
+    let running = tokio::spawn({
+        let workers = workers.clone();
+        async move { workers.task().await }
+    });
+    assert_eq!(
+        within("the task to start", events.recv()).await.as_deref(),
+        Some("started leaving")
+    );
+
+    let stopped = leaving.channel().stop_serving_back();
+    // Told at once: a call made now waits for another worker rather than going to this one.
+    let waiting = tokio::spawn({
+        let workers = workers.clone();
+        async move { workers.name().await }
+    });
+    let _staying = join(addr, "staying", None).await;
+    let answer = within("the call made after", waiting).await.expect("joins");
+    assert_eq!(answer.expect("answered"), "staying");
+
+    holds.release.notify_one();
+    let answer = within("the running task", running).await.expect("joins");
+    assert_eq!(answer.expect("finished where it ran"), "leaving");
+    within("the worker to stop serving", stopped).await;
+    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
+    within("the pool to lose the worker", async {
+        while pool.len() != 1 || workers.channel().endpoints().len() != 1 {
+            changes.next().await.expect("changes go on");
+        }
+    })
+    .await;
+    assert!(!leaving.channel().is_closed(), "its own connection stays");
+    for _ in 0..10 {
+        assert_eq!(
+            within("a call", workers.name()).await.expect("answered"),
+            "staying"
+        );
+    }
 }
 
 #[tokio::test]

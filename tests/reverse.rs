@@ -685,26 +685,48 @@ async fn a_server_ends_its_reverse_connection_once_its_calls_back_are_answered()
         .expect("the hub stops cleanly");
 }
 
+/// Accepts a client that serves back on `listener` as a raw hub would: the hub's hello, then
+/// the reverse connection's client hello (docs/wire.md section 12), and the client's answer to
+/// it.
+async fn accept_as_hub(listener: &tokio::net::TcpListener) -> RawClient {
+    let (mut raw, _) = RawClient::accept(listener).await;
+    let methods = &HubClient::INFO.describe().expect("described").methods;
+    raw.send(&service_hello("Hub", methods, 0, 0, STREAM_WINDOW))
+        .await;
+    let inner_hello = [
+        0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00, 0x00,
+        0x80, 0x80, 0x40,
+    ];
+    raw.send(&frame(&inner_hello)).await;
+    let worker_hello = within("the worker's hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(worker_hello[..2], [0x09, 0x00], "{worker_hello:?}");
+    raw
+}
+
+/// A client of the hub at `addr` that serves a worker back, with no link to the hub.
+async fn connect_serving_back(addr: std::net::SocketAddr) -> HubClient {
+    let (events, _) = mpsc::unbounded_channel();
+    let worker = MyWorker {
+        events,
+        hub: Arc::new(OnceLock::new()),
+        release: Arc::default(),
+    };
+    HubClient::builder()
+        .serve(WorkerServer::new(worker))
+        .connect(addr)
+        .await
+        .expect("connects")
+}
+
 /// A client that serves back keeps its connection when the server goes away with none of the
 /// client's own calls waiting: the server's calls to it may still be running, or come.
 #[tokio::test]
 async fn a_client_that_serves_back_stays_for_its_servers_calls_after_a_go_away() {
     let (listener, addr) = loopback_listener().await;
     let hub = tokio::spawn(async move {
-        let (mut raw, _) = RawClient::accept(&listener).await;
-        let methods = &HubClient::INFO.describe().expect("described").methods;
-        raw.send(&service_hello("Hub", methods, 0, 0, STREAM_WINDOW))
-            .await;
-        // The reverse connection's client hello, as a hub sends it (docs/wire.md section 12).
-        let inner_hello = [
-            0x09, 0x00, 0x72, 0x70, 0x63, 0x63, 0x02, 0xff, 0xff, 0xff, 0x07, 0x00, 0x00, 0x00,
-            0x00, 0x80, 0x80, 0x40,
-        ];
-        raw.send(&frame(&inner_hello)).await;
-        let worker_hello = within("the worker's hello", raw.read_frame())
-            .await
-            .expect("a frame");
-        assert_eq!(worker_hello[..2], [0x09, 0x00], "{worker_hello:?}");
+        let mut raw = accept_as_hub(&listener).await;
         raw.send(&go_away_frame(0, "stopping")).await;
         // `double(21)`, called back after the go-away: answered 42 (zigzag 84).
         raw.send(&reverse_frame(&request(1, "double", &[42]))).await;
@@ -713,19 +735,47 @@ async fn a_client_that_serves_back_stays_for_its_servers_calls_after_a_go_away()
             .expect("answered, not closed");
         assert_eq!(answer, [0x09, 0x02, 0x01, 0x00, 84]);
     });
-    let (events, _) = mpsc::unbounded_channel();
-    let worker = MyWorker {
-        events,
-        hub: Arc::new(OnceLock::new()),
-        release: Arc::default(),
-    };
-    let client = HubClient::builder()
-        .serve(WorkerServer::new(worker))
-        .connect(addr)
-        .await
-        .expect("connects");
+    let client = connect_serving_back(addr).await;
     within("the hub's test", hub).await.expect("answered");
     drop(client);
+}
+
+/// A client that stops serving back, byte by byte (docs/wire.md section 12): it sends, inside
+/// the reverse connection, the GoAway of a server shutting down; a request the server sends
+/// after it is answered "not run" (code 7); and once the server ends its direction, so does
+/// the client, the outer connection staying open.
+#[tokio::test]
+async fn a_client_that_stops_serving_back_says_so_inside_the_reverse_connection() {
+    let (listener, addr) = loopback_listener().await;
+    let (stop, stopping) = oneshot::channel::<()>();
+    let hub = tokio::spawn(async move {
+        let mut raw = accept_as_hub(&listener).await;
+        stop.send(()).expect("the test waits");
+        let go_away = within("the go-away", raw.read_frame())
+            .await
+            .expect("a frame");
+        let message = b"the server is shutting down";
+        let mut expected = vec![0x09, 0x05, 0x00, message.len() as u8];
+        expected.extend(message);
+        assert_eq!(go_away, expected);
+        raw.send(&reverse_frame(&request(1, "double", &[42]))).await;
+        let answer = within("the answer", raw.read_frame())
+            .await
+            .expect("a frame");
+        assert_eq!(answer[..5], [0x09, 0x02, 0x01, 0x01, 0x07], "{answer:?}");
+        // The hub ends its direction; the client ends its own.
+        raw.send(&frame(&[0x09])).await;
+        let end = within("the client's end", raw.read_frame()).await;
+        assert_eq!(end.expect("a frame, not a close"), [0x09]);
+        raw
+    });
+    let client = connect_serving_back(addr).await;
+    within("the hub's hellos", stopping)
+        .await
+        .expect("the hub said hello");
+    within("serving back to stop", client.channel().stop_serving_back()).await;
+    let _raw = within("the hub's test", hub).await.expect("as expected");
+    assert!(!client.channel().is_closed(), "the outer connection stays");
 }
 
 /// The next Response of the outer connection, past frames of the reverse connection (and

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::Channel;
 use crate::dynamic::DynamicClient;
 use crate::protocol::{FrameReader, Head, LENGTH_PREFIX, Meter, Outbox};
-use crate::server::{Served, ServerBuilder, ServerConfig, ServiceSet, serve_reverse};
+use crate::server::{Served, ServerBuilder, ServerConfig, ServiceSet, Stop, serve_reverse};
 use crate::task::AbortOnDrop;
 use crate::{RpcError, ServiceClient};
 
@@ -264,14 +264,55 @@ impl ServeBack {
         self.0.queue_limit()
     }
 
-    /// Serves the reverse connection on `pipe` until it ends, taking frames of at most
-    /// `max_frame_len` bytes.
+    /// Serves the reverse connection on `pipe` until it ends or, told by `stop`, drains,
+    /// taking frames of at most `max_frame_len` bytes.
     pub(crate) fn serve(
         &self,
         pipe: DuplexStream,
         max_frame_len: usize,
+        stop: Stop,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        self.0.serve(pipe, max_frame_len)
+        self.0.serve(pipe, max_frame_len, stop)
+    }
+}
+
+/// A client's service served back on one of its connections: the task serving it, and what
+/// tells it to stop.
+pub(crate) struct ServingBack {
+    stop: Stop,
+    /// Never changes; closed once the task serving ends.
+    ended: watch::Receiver<()>,
+    _task: AbortOnDrop,
+}
+
+impl ServingBack {
+    /// Serves `serve_back` on the reverse connection's `pipe`, taking frames of at most
+    /// `max_frame_len` bytes.
+    pub(crate) fn start(serve_back: &ServeBack, pipe: DuplexStream, max_frame_len: usize) -> Self {
+        let stop = Stop::default();
+        let (alive, ended) = watch::channel(());
+        let serving = serve_back.serve(pipe, max_frame_len, stop.clone());
+        let task = tokio::spawn(async move {
+            serving.await;
+            drop(alive);
+        });
+        ServingBack {
+            stop,
+            ended,
+            _task: AbortOnDrop::new(&task),
+        }
+    }
+
+    /// Tells the service served back, at once, to take no new call: the server hears so on the
+    /// reverse connection (a GoAway), the calls running answer, then the reverse connection
+    /// closes, and the future returned with it.
+    pub(crate) fn stop(&self) -> impl Future<Output = ()> + Send + use<> {
+        self.stop.stop();
+        let mut ended = self.ended.clone();
+        async move {
+            // Nothing is ever sent: this returns once the task has ended.
+            let _ = ended.changed().await;
+        }
     }
 }
 
@@ -282,6 +323,7 @@ trait ServeBackSet: Send + Sync {
         &self,
         pipe: DuplexStream,
         max_frame_len: usize,
+        stop: Stop,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
@@ -299,10 +341,11 @@ impl<S: ServiceSet> ServeBackSet for Prepared<S> {
         &self,
         pipe: DuplexStream,
         max_frame_len: usize,
+        stop: Stop,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let mut config = self.config.clone();
         config.max_frame_len = config.max_frame_len.min(max_frame_len);
-        Box::pin(serve_reverse(Arc::clone(&self.served), config, pipe))
+        Box::pin(serve_reverse(Arc::clone(&self.served), config, pipe, stop))
     }
 }
 

@@ -301,6 +301,36 @@ impl Channel {
         &self.metadata
     }
 
+    /// Tells the service this client serves back ([`ClientBuilder::serve`]) to take no new
+    /// call from the server on the client's connections, at once, when this is called: the
+    /// server hears so at once (a GoAway on the reverse connection), and calls it makes from then
+    /// on fail there as not run (a [`CallerPool`](crate::CallerPool) makes them on its other
+    /// callers). The future returned resolves once the calls already running have answered.
+    /// The client's own calls go on. A worker leaving its coordinator gracefully calls this,
+    /// awaits it, then drops its client. A connection made after this (a reconnection) serves
+    /// back again.
+    ///
+    /// [`ClientBuilder::serve`]: crate::ClientBuilder::serve
+    pub fn stop_serving_back(&self) -> impl Future<Output = ()> + Send + use<> {
+        let connections: Vec<Arc<Connection>> = match &*self.backend {
+            Backend::Local(_) => Vec::new(),
+            Backend::Fixed(connection) => vec![Arc::clone(connection)],
+            Backend::Endpoint(endpoint, _) => endpoint.live_connection().into_iter().collect(),
+            Backend::Pool(pool, _) => pool
+                .endpoints()
+                .iter()
+                .filter_map(|endpoint| endpoint.live_connection())
+                .collect(),
+        };
+        let stopping: Vec<_> = connections
+            .iter()
+            .map(|connection| connection.stop_serving_back())
+            .collect();
+        async move {
+            futures_util::future::join_all(stopping).await;
+        }
+    }
+
     /// The one connection of a channel over a given stream (`connect_stream`, as the server's
     /// client of a reverse connection is); `None` for any other channel.
     pub(crate) fn fixed_connection(&self) -> Option<&Arc<Connection>> {

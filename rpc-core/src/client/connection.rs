@@ -1,6 +1,7 @@
 //! One live, multiplexed connection to a server: many calls in flight, answers in any order.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::protocol::{
     Outbox, Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away,
     write_frames_through,
 };
-use crate::reverse::{self, Tunnel};
+use crate::reverse::{self, ServingBack, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::slots::{CallSlot, CallSlots};
 use crate::stream::registry::InboundParts;
@@ -52,7 +53,7 @@ pub(crate) struct Connection {
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
     /// What the client serves back to the server, on the reverse connection inside this one.
-    _serving_back: Option<AbortOnDrop>,
+    serving_back: Option<ServingBack>,
     /// With busy polling on, where each call sent tells the reader an answer is on its way.
     calls_sent: Option<Arc<CallSent>>,
     /// Over TCP, this connection's end in this process's table of them, for as long as it
@@ -232,8 +233,8 @@ impl Connection {
             Some(serve_back) => {
                 let (tunnel, pipe) = Tunnel::open(outbox.clone(), server.max_frame_len);
                 let max_frame_len = reverse::max_frame_len(config.max_frame_len);
-                let serving = tokio::spawn(serve_back.serve(pipe, max_frame_len));
-                (Some(tunnel), Some(AbortOnDrop::new(&serving)))
+                let serving = ServingBack::start(&serve_back, pipe, max_frame_len);
+                (Some(tunnel), Some(serving))
             }
             None => (None, None),
         };
@@ -257,7 +258,7 @@ impl Connection {
             compared: service.name,
             checked: LastChecked::default(),
             _reader: AbortOnDrop::new(&reader),
-            _serving_back: serving,
+            serving_back: serving,
             calls_sent,
             _end: end,
         }))
@@ -294,6 +295,18 @@ impl Connection {
     /// Whether the connection has closed.
     pub(crate) fn is_closed(&self) -> bool {
         self.pending.is_closed()
+    }
+
+    /// Tells the service this client serves back on this connection, at once, to take no new
+    /// call from the server; the future returned resolves once the calls running have answered
+    /// and the reverse connection has closed (at once if the client serves nothing back).
+    pub(crate) fn stop_serving_back(&self) -> impl Future<Output = ()> + Send + use<> {
+        let stopping = self.serving_back.as_ref().map(ServingBack::stop);
+        async move {
+            if let Some(stopping) = stopping {
+                stopping.await;
+            }
+        }
     }
 
     /// Checks that the server serves `service`.

@@ -212,21 +212,25 @@ impl Pool {
     /// The endpoint for the next call: of two picked at random, the one with fewer calls
     /// outstanding ("power of two choices"). Endpoints waiting to reconnect or ejected are
     /// passed over while others are up, and so are those in `avoid` (where the call just
-    /// failed) while there are others.
+    /// failed) while there are others; those whose given connection takes no new calls always.
     pub(crate) fn pick(&self, avoid: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, RpcError> {
         let endpoints = self
             .endpoints
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let others: Vec<&Arc<Endpoint>> = endpoints
+        // A connection given to the pool that takes no new calls (a caller that stopped
+        // serving back) will never take one again: its endpoint is passed over, and an empty
+        // pool waits for ready as for a first caller.
+        let usable: Vec<&Arc<Endpoint>> = endpoints
             .iter()
+            .filter(|endpoint| !endpoint.is_spent())
+            .collect();
+        let others: Vec<&Arc<Endpoint>> = usable
+            .iter()
+            .copied()
             .filter(|endpoint| !avoid.iter().any(|avoid| Arc::ptr_eq(avoid, endpoint)))
             .collect();
-        let others = if others.is_empty() {
-            endpoints.iter().collect()
-        } else {
-            others
-        };
+        let others = if others.is_empty() { usable } else { others };
         let up: Vec<&Arc<Endpoint>> = others
             .iter()
             .copied()

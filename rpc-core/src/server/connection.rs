@@ -65,8 +65,17 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// and 16 less than never: each turn costs a wakeup.)
 const HANDLED_PER_TURN: usize = 64;
 
-/// What a connection of a listening server shares with the server; `None` for a connection
-/// served on its own.
+/// Where a connection belongs.
+#[derive(Debug)]
+pub(crate) enum Place {
+    /// To a listening server, whose connections share its budgets and registry.
+    Listener(Shared),
+    /// To no listener: a connection served on its own, or a reverse connection, which the one
+    /// holding the other end of `stop` may tell to drain, as a server shutting down would.
+    Alone { stop: Arc<Attention> },
+}
+
+/// What a connection of a listening server shares with the server.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The bytes queued for peers across the server.
@@ -109,13 +118,19 @@ pub(crate) fn serve<S, IO>(
     config: &ServerConfig,
     peer: Peer,
     process: PeerProcess,
-    shared: Option<Shared>,
+    place: Place,
     handshake_deadline: Instant,
 ) -> impl Future<Output = Result<(), RpcError>>
 where
     S: ServiceSet,
     IO: crate::transport::Split,
 {
+    // The writer ending, the server shutting down and the server asking this connection to
+    // give way all come through here.
+    let (shared, attention) = match place {
+        Place::Listener(shared) => (Some(shared), Arc::default()),
+        Place::Alone { stop } => (None, stop),
+    };
     let (read, write) = io.split();
     let socket = IO::tcp_socket(&read);
     let mut reader = FrameReader::new(read, config.max_frame_len);
@@ -174,9 +189,6 @@ where
             shared.as_ref().map(|shared| Arc::clone(&shared.requests)),
         );
         writer.watch_calls(Arc::clone(&slots));
-        // The writer ending, the server shutting down and the server asking this connection to
-        // give way all come through here.
-        let attention = Arc::new(Attention::default());
         let ended = RaiseOnDrop(Arc::clone(&attention), Signal::WriterEnded);
         // Not an `async` block around the writer's future: that would hold the future twice,
         // as what it captured and as what it awaits (0.6 KiB more per connection).

@@ -59,6 +59,7 @@ use crate::protocol::{self, Budget, DEFAULT_MAX_FRAME_LEN, FrameMemory, KeepAliv
 use crate::slots::HeldRequests;
 use crate::transport;
 use crate::{Context, RpcError, Status};
+use attention::Attention;
 use listener::{AcceptError, Accepted, Listener};
 use registry::{Handshake, Registry};
 pub(crate) use services::Served;
@@ -515,7 +516,7 @@ impl ServerBuilder {
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let service = Arc::new(Served::new(service)?);
-        serve_alone(io, service, &self.config).await
+        serve_alone(io, service, &self.config, Stop::default()).await
     }
 
     /// The settings, for a client that serves a service back to its server
@@ -724,7 +725,7 @@ fn serve_tcp<'a, S: ServiceSet>(
     service: Arc<Served<S>>,
     config: &'a ServerConfig,
     addr: Option<SocketAddr>,
-    shared: Option<connection::Shared>,
+    shared: connection::Place,
     deadline: tokio::time::Instant,
 ) -> impl Future<Output = Result<(), RpcError>> + Send + 'a {
     #[cfg(feature = "tls")]
@@ -799,7 +800,7 @@ impl<S: ServiceSet> Spawner<'_, S> {
     ) -> impl Future<Output = ()> + Send + 'static {
         let service = Arc::clone(self.service);
         let config = Arc::clone(self.config);
-        let shared = Some(connection::Shared {
+        let shared = connection::Place::Listener(connection::Shared {
             budget: Arc::clone(self.budget),
             frame_memory: Arc::clone(self.frame_memory),
             requests: Arc::clone(self.requests),
@@ -848,24 +849,39 @@ impl fmt::Debug for Server {
     }
 }
 
+/// Tells a connection served on its own to drain, as a server shutting down tells each of
+/// its connections: it takes no new call, lets those running answer, then closes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stop(Arc<Attention>);
+
+impl Stop {
+    /// Tells the connection, at once; again changes nothing.
+    pub(crate) fn stop(&self) {
+        self.0.raise(attention::Signal::ShuttingDown);
+    }
+}
+
 /// Serves the reverse connection on `pipe`: the calls a client's server makes to it over the
-/// connection the client opened (`crate::reverse`).
+/// connection the client opened (`crate::reverse`), until the connection ends or, told by
+/// `stop`, it drains.
 pub(crate) async fn serve_reverse<S: ServiceSet>(
     service: Arc<Served<S>>,
     config: ServerConfig,
     pipe: tokio::io::DuplexStream,
+    stop: Stop,
 ) {
-    if let Err(error) = serve_alone(pipe, service, &config).await {
+    if let Err(error) = serve_alone(pipe, service, &config, stop).await {
         tracing::debug!(%error, "the connection serving the server's calls closed");
     }
 }
 
-/// Serves one connection that belongs to no listener: no peer address, no shutdown signal or
-/// connection registry, the handshake due within the configured timeout.
+/// Serves one connection that belongs to no listener: no peer address and no connection
+/// registry, the handshake due within the configured timeout; it drains when told by `stop`.
 async fn serve_alone<S, IO>(
     io: IO,
     service: Arc<Served<S>>,
     config: &ServerConfig,
+    stop: Stop,
 ) -> Result<(), RpcError>
 where
     S: ServiceSet,
@@ -875,7 +891,8 @@ where
     let span = connection::span(service.first_name(), None);
     let io = transport::Shared(io);
     let (peer, process) = (Peer::default(), PeerProcess::Unknown);
-    let serving = connection::serve(io, service, config, peer, process, None, deadline);
+    let place = connection::Place::Alone { stop: stop.0 };
+    let serving = connection::serve(io, service, config, peer, process, place, deadline);
     serving.instrument(span).await
 }
 
