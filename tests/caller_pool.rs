@@ -327,3 +327,78 @@ async fn callers_that_serve_another_service_another_build_or_nothing_are_refused
     assert_eq!(refused, Err(RpcError::CallerServesNothing.to_string()));
     assert!(pool.is_empty());
 }
+
+/// A worker that joins again whenever its connection closes comes back to a coordinator that
+/// restarted on the same address, and the new coordinator's pool calls it.
+#[tokio::test]
+async fn a_worker_that_joins_again_comes_back_to_a_restarted_coordinator() {
+    let (first_workers, first_pool) = WorkerClient::builder().caller_pool();
+    let server = Server::builder()
+        .shutdown_grace(Duration::from_secs(600))
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("an address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(
+        CoordinatorServer::new(MyCoordinator {
+            workers: first_pool.clone(),
+        }),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let worker = WorkerServer::new(MyWorker {
+        name: "loyal".to_owned(),
+        holds: None,
+    });
+    let coordinator = CoordinatorClient::builder()
+        .serve(worker)
+        .wait_for_ready(true)
+        .connect(addr)
+        .await
+        .expect("connects");
+    // The worker's loop: join, serve until the connection closes, join again.
+    let rejoining = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            loop {
+                match coordinator.join().await {
+                    Ok(Ok(())) => coordinator.channel().closed().await,
+                    failed => return failed,
+                }
+            }
+        }
+    });
+    let mut changes = std::pin::pin!(first_workers.channel().endpoint_changes());
+    within("the first join", async {
+        while first_pool.is_empty() {
+            changes.next().await.expect("changes go on");
+        }
+    })
+    .await;
+    assert_eq!(
+        within("a call", first_workers.name())
+            .await
+            .expect("answered"),
+        "loyal"
+    );
+
+    stop.send(()).expect("the coordinator listens");
+    within("the first coordinator to stop", serving)
+        .await
+        .expect("joins")
+        .expect("stops cleanly");
+    let (workers, pool) = WorkerClient::builder().wait_for_ready(true).caller_pool();
+    let server = Server::bind(addr)
+        .await
+        .expect("binds the same address again");
+    tokio::spawn(server.serve(CoordinatorServer::new(MyCoordinator { workers: pool })));
+    assert_eq!(
+        within("a call to the worker come back", workers.name())
+            .await
+            .expect("answered"),
+        "loyal"
+    );
+    rejoining.abort();
+}
