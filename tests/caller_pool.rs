@@ -1,9 +1,9 @@
 //! One balanced client over the clients that serve a service back (`CallerPool`), over real
 //! sockets: calls spread over the callers added, a caller that goes leaves, a call waits for the
 //! first caller when it waits for ready, an idempotent call whose caller vanished runs on
-//! another, and callers that serve the wrong thing (or another build of it) are refused with a
-//! clear error.
-
+//! another, a caller that never answers is ejected, one that stops serving back finishes what
+//! it runs and leaves, a worker that rejoins comes back to a restarted coordinator, and callers
+//! that serve the wrong thing (or another build of it) are refused with a clear error.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,6 +243,43 @@ async fn an_idempotent_call_whose_caller_vanished_runs_on_another() {
     drop(holding);
     let answer = within("the task", call).await.expect("joins");
     assert_eq!(answer.expect("made again on the other"), "other");
+}
+
+/// A worker that takes tasks and never answers them fails them at their deadlines, and is
+/// ejected after five in a row: the pool's calls then go to the worker that answers.
+#[tokio::test]
+async fn a_worker_that_never_answers_is_ejected() {
+    let (workers, pool) = WorkerClient::builder()
+        .deadline(Duration::from_millis(100))
+        .reconnect_backoff(Duration::from_secs(600), Duration::from_secs(600))
+        .caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let (started, _events) = mpsc::unbounded_channel();
+    let mute = Holds {
+        started,
+        release: Arc::default(),
+    };
+    let _mute = join(addr, "mute", Some(mute)).await;
+    let _answering = join(addr, "answering", None).await;
+    let mut timed_out = 0;
+    while timed_out < 5 {
+        match within("a task", workers.task()).await {
+            Ok(name) => assert_eq!(name, "answering"),
+            Err(RpcError::DeadlineExceeded { .. }) => timed_out += 1,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    let listed = workers.channel().endpoints();
+    assert!(
+        listed
+            .iter()
+            .any(|endpoint| endpoint.state == rpc_core::EndpointState::Ejected),
+        "{listed:?}"
+    );
+    for _ in 0..20 {
+        let answer = within("a task", workers.task()).await;
+        assert_eq!(answer.expect("answered"), "answering");
+    }
 }
 
 /// A worker leaves gracefully: told to stop serving back, it takes no new task (calls made
