@@ -4,6 +4,7 @@
 //! another, a caller that never answers is ejected, one that stops serving back finishes what
 //! it runs and leaves, a worker that rejoins comes back to a restarted coordinator, and callers
 //! that serve the wrong thing (or another build of it) are refused with a clear error.
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
