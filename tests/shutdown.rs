@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rpc_core::{RpcError, Server};
+use rpc_core::{RpcError, Server, ServiceClient};
 use rpc_tests::{LabClient, LabImpl, LabServer, Probe, within};
 use tokio::sync::oneshot;
 
@@ -201,4 +201,79 @@ async fn every_duration_setting_takes_duration_max_as_never() {
             .expect_err("the server is gone");
     }
     assert!(matches!(failed, RpcError::Connect { .. }), "{failed:?}");
+}
+
+/// Serves `lab` on the server end of an in-memory pipe with `grace`, until the returned sender
+/// fires (`serve_connection_with_shutdown`), and connects a client on the other end.
+async fn serve_alone_until(
+    grace: Duration,
+    lab: LabImpl,
+) -> (
+    LabClient,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), RpcError>>,
+) {
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        let signal = async {
+            let _ = stopped.await;
+        };
+        Server::builder()
+            .shutdown_grace(grace)
+            .serve_connection_with_shutdown(server_end, LabServer::new(lab), signal)
+            .await
+    });
+    let client = LabClient::from_stream(client_end).await.expect("handshake");
+    (client, stop, serving)
+}
+
+/// A connection served on its own drains as a listener's do when its signal comes: the
+/// running call finishes, new calls are refused as not run, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_served_alone_drains_when_told() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (client, stop, serving) = serve_alone_until(Duration::from_secs(20), lab).await;
+    let running = a_running_call(&client, &probe).await;
+
+    stop.send(())
+        .expect("the connection listens for the signal");
+    match first_failure(&client).await {
+        RpcError::ServerClosing { method } => assert_eq!(method, "add"),
+        other => panic!("expected ServerClosing, got {other:?}"),
+    }
+    probe.open("finish me");
+    let finished = within("the running call", running).await.expect("joins");
+    assert_eq!(finished.expect("the running call completes"), "finish me");
+    within("the connection to close", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+    assert!(client.channel().is_closed());
+}
+
+/// A connection served on its own drops the calls still running when its grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_served_alone_drops_its_calls_when_the_grace_ends() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (client, stop, serving) = serve_alone_until(Duration::from_millis(100), lab).await;
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move { client.hold("stuck".into()).await }
+    });
+    assert_eq!(probe.next_event().await, "started stuck");
+
+    stop.send(())
+        .expect("the connection listens for the signal");
+    within("the connection to close", serving)
+        .await
+        .expect("joins")
+        .expect("a clean shutdown");
+    assert_eq!(probe.next_event().await, "dropped stuck");
+    match within("the stuck call", stuck).await.expect("joins") {
+        Err(RpcError::Interrupted { method, .. }) => assert_eq!(method, "hold"),
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
 }

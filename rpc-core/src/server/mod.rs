@@ -515,8 +515,45 @@ impl ServerBuilder {
         S: ServiceSet,
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let never = std::future::pending();
+        self.serve_connection_with_shutdown(io, service, never)
+            .await
+    }
+
+    /// Serves `service` on one connection you established, as
+    /// [`serve_connection`](Self::serve_connection) does, until the client closes it or
+    /// `signal` completes; then drains it as [`Server::serve_with_shutdown`] drains its
+    /// connections: tells the client that the connection takes no new calls (a call that
+    /// arrives anyway fails with [`RpcError::ServerClosing`]), lets the running calls finish and
+    /// answer for up to the [shutdown grace](ServerBuilder::shutdown_grace), then drops those
+    /// still running and closes.
+    pub async fn serve_connection_with_shutdown<S, IO, F>(
+        &self,
+        io: IO,
+        service: S,
+        signal: F,
+    ) -> Result<(), RpcError>
+    where
+        S: ServiceSet,
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
         let service = Arc::new(Served::new(service)?);
-        serve_alone(io, service, &self.config, Stop::default()).await
+        let stop = Stop::default();
+        let serving = serve_alone(io, service, &self.config, stop.clone());
+        let mut serving = std::pin::pin!(serving);
+        tokio::select! {
+            served = &mut serving => return served,
+            () = signal => stop.stop(),
+        }
+        let grace_over = alarm::after(tokio::time::Instant::now(), self.config.shutdown_grace);
+        match tokio::time::timeout_at(grace_over, serving).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!("the shutdown grace ran out; dropping the calls still running");
+                Ok(())
+            }
+        }
     }
 
     /// The settings, for a client that serves a service back to its server
