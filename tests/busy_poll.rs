@@ -2,8 +2,8 @@
 //! its last bytes instead of letting it sleep, on the server and on the client, when its peer
 //! runs in another process or on another runtime of this one; calls, streams and large byte
 //! strings go through as without it; once the window is over the thread sleeps again; and a
-//! peer on the same runtime is polled for only by a server that read several of its requests at
-//! once.
+//! peer on the same runtime is polled for only after a read that brought several frames at
+//! once, by a server or by a client with few calls in flight.
 //!
 //! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
 //! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
@@ -238,6 +238,28 @@ fn a_server_polls_for_pipelined_calls_of_a_client_on_its_runtime() {
         sleeps.slept_since(before)
     });
     assert!(!slept, "the server's reader polls after the batch");
+}
+
+/// A client polls for a server on its own runtime after a read that brought several answers
+/// while few of its calls are in flight, as a handful of pipelined callers' answers come: here
+/// the server does not poll at all, and the thread stays awake after the answers.
+#[test]
+fn a_client_polls_for_pipelined_answers_of_a_server_on_its_runtime() {
+    let (runtime, sleeps) = watched_runtime();
+    let slept = runtime.block_on(async move {
+        let addr = serve_here(None, LabImpl::default()).await;
+        let client = called_once(addr, Some(FOREVER)).await;
+        let calls = (0..8).map(|i| client.add(i, 1));
+        let sums = within("the calls", futures_util::future::join_all(calls)).await;
+        for (i, sum) in (0..8).zip(sums) {
+            assert_eq!(sum.expect("add"), i + 1);
+        }
+        let before = sleeps.so_far();
+        // The spell watched, not a wait for something to happen: nothing is sent during it.
+        tokio::time::sleep(QUIET).await;
+        sleeps.slept_since(before)
+    });
+    assert!(!slept, "the client's reader polls after the batch");
 }
 
 /// A peer that keeps a server's reader polling, as one that sends a byte within every window

@@ -565,8 +565,9 @@ pub fn write(
              adapts, up to the one given: the last two rows are sequential calls started 1 ms \
              apart, further than it. The tables above measure rpc-core as its defaults build \
              it: polling across two processes and between the single-thread runtimes of one; \
-             on one shared runtime, where a call's two ends meet without a wakeup, only a \
-             server polls, after a read that brought several requests.\n\n```sh\ncargo run --release -p rpc-bench \
+             on one shared runtime, where a call's two ends meet without a wakeup, a reader \
+             polls only after a read that brought several frames, and a client's only while \
+             at most 64 of its calls are in flight.\n\n```sh\ncargo run --release -p rpc-bench \
              -- --busy-poll\n```\n\n{}\n",
             busy_table(busy)
         );

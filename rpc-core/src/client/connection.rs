@@ -208,10 +208,20 @@ impl Connection {
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         let streams = Arc::new(Streams::new(window, server.stream_window));
         let (elsewhere, end) = peer.place();
-        let calls_sent = reader.set_busy_poll(elsewhere.then_some(config.busy_poll), &streams);
+        // A server over TCP on this runtime is polled for only after reads of several answers,
+        // with few calls in flight.
+        let nearby = !elsewhere && end.is_some();
+        let polling = (elsewhere || nearby).then_some(config.busy_poll);
+        let calls_sent = reader.set_busy_poll(polling, &streams);
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
+        // There a lone call's answer is not polled for: its callers need not say when a call
+        // went out (a clock read each).
+        let calls_sent = calls_sent.filter(|_| !nearby);
+        if nearby {
+            reader.busy_poll_after_batches_only(Some(Arc::clone(&slots)));
+        }
         writer.watch_calls(Arc::clone(&slots));
         // A client serving back queues its answers like a server, within a limit, so that a
         // server that reads nothing cannot make it hold them without bound.

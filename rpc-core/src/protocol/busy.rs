@@ -4,9 +4,9 @@
 //! answers to calls made one after another then find the reader's thread awake. It is on by
 //! default, up to [`DEFAULT_WINDOW`], on every connection whose peer runs in another process,
 //! or on another runtime of this one ([`crate::peer_process`]). On one runtime a call's two ends
-//! meet without a thread woken, and polling after a lone call only slows them: there a server's
-//! reader polls only after a read that brought several requests, a pipelining client's
-//! ([`BusyPoll::after_batches_only`]), and a client's reader not at all.
+//! meet without a thread woken, and polling after a lone call only slows them: there a reader
+//! polls only after a read that brought several frames, a pipelining peer's, and a client's
+//! only while few of its calls are in flight ([`BusyPoll::after_batches_only`]).
 //!
 //! The window adapts to the connection, between nothing and the window the builder was given
 //! (its most), as a guest kernel's halt polling does:
@@ -60,6 +60,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::Context;
 use std::time::{Duration, Instant};
 
+use crate::slots::CallSlots;
 use crate::stream::Streams;
 
 /// The most window of a client's and a server's busy polling unless set: about what a call's
@@ -102,12 +103,17 @@ pub(super) struct BusyPoll {
     /// Whether it polls only after reads that brought [`BATCH`] frames or more
     /// ([`BusyPoll::after_batches_only`]).
     after_batches_only: bool,
+    /// A client's calls in flight: it polls only while at most [`FEW_CALLS`] are.
+    in_flight: Option<Arc<CallSlots>>,
     /// The frames handed on since the last read, up to [`BATCH`].
     frames_since_read: u8,
 }
 
 /// How many frames one read must bring for a reader polling only after batches to poll.
 const BATCH: u8 = 2;
+
+/// How many calls in flight a client's reader polling only after batches polls with, at most.
+const FEW_CALLS: usize = 64;
 
 /// What a reader has done since its last bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +168,7 @@ impl BusyPoll {
             calls: Arc::default(),
             streams,
             after_batches_only: false,
+            in_flight: None,
             frames_since_read: 0,
         }
     }
@@ -172,10 +179,18 @@ impl BusyPoll {
     /// took 15 µs, and 21–27 with the server polling); requests that come several to a read
     /// are pipelined callers', whose next ones come sooner than a sleeping worker wakes (32
     /// callers on one connection: 336–388k calls/s, 423–493k polling after batches, in
-    /// interleaved runs of `rpc-bench --profile 32 --setup shared`). A client's reader polling
-    /// after batches measured no better, and 256 callers worse.
-    pub(super) fn after_batches_only(&mut self) {
+    /// interleaved runs of `rpc-bench --profile 32 --setup shared`).
+    ///
+    /// A client's reader gives its calls `in_flight`: it polls only while at most
+    /// [`FEW_CALLS`] are. With more, its answers come in full batches, both workers are busy,
+    /// and each turn a polling reader takes makes its worker look for I/O again: on that
+    /// setup, polling after batches whatever the calls in flight made 32 callers 382–408k
+    /// calls/s against 318–339k, but 256 callers 747–813k against 819–841k; with at most 64
+    /// in flight, 32 callers 368–388k against 325–340k, and 256 callers 794–826k against
+    /// 794–842k (interleaved, 2026-12-05).
+    pub(super) fn after_batches_only(&mut self, in_flight: Option<Arc<CallSlots>>) {
         self.after_batches_only = true;
+        self.in_flight = in_flight;
     }
 
     /// A frame the last read brought was handed on, a `large` one or not. After a large frame
@@ -189,9 +204,14 @@ impl BusyPoll {
         }
     }
 
-    /// Whether the last read's frames allow polling.
+    /// Whether the last read's frames, and the calls in flight, allow polling.
     fn batch_allows(&self) -> bool {
-        !self.after_batches_only || self.frames_since_read >= BATCH
+        !self.after_batches_only
+            || self.frames_since_read >= BATCH
+                && self
+                    .in_flight
+                    .as_ref()
+                    .is_none_or(|in_flight| in_flight.taken() <= FEW_CALLS)
     }
 
     /// Where callers tell this reader of the calls they send.
@@ -508,7 +528,7 @@ mod tests {
     fn a_reader_polling_after_batches_only_polls_after_a_read_of_several_frames() {
         let most = Duration::from_secs(3600);
         let mut busy = BusyPoll::new(most, no_streams());
-        busy.after_batches_only();
+        busy.after_batches_only(None);
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         busy.read();
@@ -528,6 +548,36 @@ mod tests {
         busy.read();
         busy.frame(false);
         assert!(!busy.poll_again(&mut cx), "the next read brought one");
+    }
+
+    /// A client's reader polling only after batches polls after a read of several answers only
+    /// while at most [`FEW_CALLS`] calls are in flight.
+    #[test]
+    fn a_clients_reader_polling_after_batches_polls_only_while_few_calls_are_in_flight() {
+        let in_flight = CallSlots::new(usize::MAX);
+        let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
+        busy.after_batches_only(Some(Arc::clone(&in_flight)));
+        let (_wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut calls: Vec<_> = (0..=FEW_CALLS)
+            .map(|_| in_flight.try_take().expect("a slot"))
+            .collect();
+        busy.read();
+        busy.frame(false);
+        busy.frame(false);
+        assert!(!busy.polls_now(), "{} calls in flight", FEW_CALLS + 1);
+        assert!(
+            !busy.poll_again(&mut cx),
+            "{} calls in flight",
+            FEW_CALLS + 1
+        );
+
+        calls.pop();
+        busy.read();
+        busy.frame(false);
+        busy.frame(false);
+        assert!(busy.polls_now(), "{FEW_CALLS} calls in flight");
+        assert!(busy.poll_again(&mut cx), "{FEW_CALLS} calls in flight");
     }
 
     /// A reader whose connection has a stream open does not poll, whatever its window, and

@@ -17,6 +17,7 @@ use super::spare;
 use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
+use crate::slots::CallSlots;
 use crate::stream::Streams;
 use crate::tcp_socket::TcpSocket;
 use crate::telemetry::Traffic;
@@ -186,11 +187,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
-    /// Makes busy polling, if set, poll only after reads that brought several frames: for a
-    /// server's reader whose client runs on the same runtime ([`busy`](super::busy)).
-    pub(crate) fn busy_poll_after_batches_only(&mut self) {
+    /// Makes busy polling, if set, poll only after reads that brought several frames, and for
+    /// a client, given its calls `in_flight`, only while few are: for a reader whose peer runs
+    /// on the same runtime ([`busy`](super::busy)).
+    pub(crate) fn busy_poll_after_batches_only(&mut self, in_flight: Option<Arc<CallSlots>>) {
         if let Some(busy) = &mut self.busy_poll {
-            busy.after_batches_only();
+            busy.after_batches_only(in_flight);
         }
     }
 

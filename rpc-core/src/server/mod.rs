@@ -234,10 +234,11 @@ impl ServerBuilder {
     /// its requests: there a call's two ends meet without a thread to wake, and polling after a
     /// lone call only slows it, but pipelined callers' next requests come sooner than a
     /// sleeping worker wakes (on a two-core machine, 32 callers on one connection made about a
-    /// quarter more calls a second). A client in this process over a Unix socket is never polled for, nor one whose
-    /// connection came through [`serve_connection`](ServerBuilder::serve_connection), which
-    /// cannot be placed. A client on another runtime of this process is, as another
-    /// process's. Polling never starts before a connection's handshake is done.
+    /// quarter more calls a second). A client in this process over a Unix socket is never
+    /// polled for, nor one whose connection came through
+    /// [`serve_connection`](ServerBuilder::serve_connection), which cannot be placed. A client
+    /// on another runtime of this process is, as another process's. Polling never starts
+    /// before a connection's handshake is done.
     ///
     /// The price is CPU time: a worker thread stays busy while a connection's requests keep
     /// coming within the window. A client that sends a byte within every window can keep one
