@@ -220,13 +220,24 @@ fn ends_on_one_runtime_do_not_poll_for_each_other() {
 
 /// A server polls for a client on its own runtime after a read that brought several of its
 /// requests, as pipelined callers' come: calls started together, sent before the server's
-/// reader has its turn on their one thread, keep that thread awake afterwards.
+/// reader has its turn on their one thread, keep that thread awake afterwards (the client here
+/// does not poll).
 #[test]
 fn a_server_polls_for_pipelined_calls_of_a_client_on_its_runtime() {
+    let slept = slept_after_pipelined_calls(Some(FOREVER), None);
+    assert!(!slept, "the server's reader polls after the batch");
+}
+
+/// Whether the one thread of a runtime on which a server with `server_window` and a client
+/// with `client_window` run slept after eight calls made at once.
+fn slept_after_pipelined_calls(
+    server_window: Option<Duration>,
+    client_window: Option<Duration>,
+) -> bool {
     let (runtime, sleeps) = watched_runtime();
-    let slept = runtime.block_on(async move {
-        let addr = serve_here(Some(FOREVER), LabImpl::default()).await;
-        let client = called_once(addr, Some(FOREVER)).await;
+    runtime.block_on(async move {
+        let addr = serve_here(server_window, LabImpl::default()).await;
+        let client = called_once(addr, client_window).await;
         let calls = (0..8).map(|i| client.add(i, 1));
         let sums = within("the calls", futures_util::future::join_all(calls)).await;
         for (i, sum) in (0..8).zip(sums) {
@@ -236,8 +247,7 @@ fn a_server_polls_for_pipelined_calls_of_a_client_on_its_runtime() {
         // The spell watched, not a wait for something to happen: nothing is sent during it.
         tokio::time::sleep(QUIET).await;
         sleeps.slept_since(before)
-    });
-    assert!(!slept, "the server's reader polls after the batch");
+    })
 }
 
 /// A client polls for a server on its own runtime after a read that brought several answers
@@ -245,20 +255,7 @@ fn a_server_polls_for_pipelined_calls_of_a_client_on_its_runtime() {
 /// the server does not poll at all, and the thread stays awake after the answers.
 #[test]
 fn a_client_polls_for_pipelined_answers_of_a_server_on_its_runtime() {
-    let (runtime, sleeps) = watched_runtime();
-    let slept = runtime.block_on(async move {
-        let addr = serve_here(None, LabImpl::default()).await;
-        let client = called_once(addr, Some(FOREVER)).await;
-        let calls = (0..8).map(|i| client.add(i, 1));
-        let sums = within("the calls", futures_util::future::join_all(calls)).await;
-        for (i, sum) in (0..8).zip(sums) {
-            assert_eq!(sum.expect("add"), i + 1);
-        }
-        let before = sleeps.so_far();
-        // The spell watched, not a wait for something to happen: nothing is sent during it.
-        tokio::time::sleep(QUIET).await;
-        sleeps.slept_since(before)
-    });
+    let slept = slept_after_pipelined_calls(None, Some(FOREVER));
     assert!(!slept, "the client's reader polls after the batch");
 }
 
