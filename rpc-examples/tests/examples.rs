@@ -347,15 +347,20 @@ fn middleware_audits_every_call_through_the_rate_limit() {
 }
 
 #[test]
-fn workers_dial_out_and_the_coordinator_survives_one_killed() {
+fn workers_dial_out_and_the_coordinator_survives_one_killed_and_one_leaving() {
     let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_workers"), &["--tasks", "3000"]);
     assert!(ok, "{stdout}");
     assert!(
         stdout.contains("(kill -9) with tasks in flight"),
         "{stdout}"
     );
-    // Three workers, then the one started in the killed one's place.
-    assert_eq!(stdout.matches(" joined").count(), 4, "{stdout}");
+    // Three workers, then the ones started in the places of the killed one and the one that
+    // left.
+    assert_eq!(stdout.matches(" joined").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains("left the pool, the tasks it ran done"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("workers: 3 workers in the pool at the end"),
         "{stdout}"

@@ -13,19 +13,22 @@
 //! coordinator kills one with SIGKILL (`kill -9`) a third of the way through, with tasks in
 //! flight on it, and starts a new one, which joins. The killed worker leaves the pool as its
 //! connection closes, and the tasks it held are made again on the others (`count_primes` is
-//! `#[rpc(idempotent)]`). At the end the coordinator checks that every task was counted exactly
-//! once and that the total is right.
+//! `#[rpc(idempotent)]`). Two thirds of the way through, it asks another to leave (a line on
+//! its standard input): that worker stops serving back, takes no new task, finishes those it
+//! runs and leaves; another takes its place. At the end the coordinator checks that every task
+//! was counted exactly once and that the total is right.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rpc_core::{CallerPool, Context, Server, ServiceClient};
 use rpc_examples::primes::{
     Counted, Counter, Job, PrimeWorkerClient, PrimeWorkerServer, Processes, Tally, spread,
 };
-use tokio::sync::Notify;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,23 +60,38 @@ async fn main() -> Result<(), Error> {
 }
 
 /// A worker process: connects to the coordinator, serving `PrimeWorker` back, joins, and serves
-/// until the coordinator's connection closes.
+/// until the coordinator's connection closes, or, asked to leave by a line on its standard
+/// input, until the tasks it runs are done.
 async fn worker(addr: &str) -> Result<(), Error> {
     let coordinator = CoordinatorClient::builder()
         .serve(PrimeWorkerServer::new(Counter))
         .connect(addr)
         .await?;
-    coordinator
-        .join(format!("pid {}", std::process::id()))
-        .await??;
-    coordinator.channel().closed().await;
+    let pid = std::process::id();
+    coordinator.join(format!("pid {pid}")).await??;
+    let (ask, asked) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if std::io::stdin()
+            .read_line(&mut line)
+            .is_ok_and(|read| read > 0)
+        {
+            let _ = ask.send(());
+        }
+    });
+    tokio::select! {
+        () = coordinator.channel().closed() => {}
+        Ok(()) = asked => {
+            coordinator.channel().stop_serving_back().await;
+            println!("workers: pid {pid} left the pool, the tasks it ran done");
+        }
+    }
     Ok(())
 }
 
 struct MyCoordinator {
     /// The workers that joined, as one client balances its calls over them.
     workers: CallerPool,
-    joined: Arc<Notify>,
 }
 
 impl Coordinator for MyCoordinator {
@@ -85,26 +103,26 @@ impl Coordinator for MyCoordinator {
             .await
             .map_err(|error| error.to_string())?;
         println!("workers: {name} joined");
-        self.joined.notify_waiters();
         Ok(())
     }
 }
 
-/// Returns once `count` workers are in the pool.
-async fn wait_for(pool: &CallerPool, joined: &Notify, count: usize) {
-    loop {
-        let notified = joined.notified();
-        if pool.len() >= count {
+/// Returns once the pool of `workers` holds exactly `count` workers.
+async fn wait_for(workers: &PrimeWorkerClient, pool: &CallerPool, count: usize) {
+    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
+    while pool.len() != count {
+        if changes.next().await.is_none() {
             return;
         }
-        notified.await;
     }
 }
 
-/// Starts a worker process that connects to the coordinator at `addr`; returns its id.
+/// Starts a worker process that connects to the coordinator at `addr`; returns its id. A line
+/// written to its standard input asks it to leave.
 fn start_worker(workers: &mut Processes, addr: &str) -> Result<u32, Error> {
     let child = Command::new(std::env::current_exe()?)
         .args(["worker", addr])
+        .stdin(Stdio::piped())
         .spawn()?;
     let pid = child.id();
     workers.0.push(child);
@@ -117,13 +135,11 @@ async fn coordinate(options: Job) -> Result<(), Error> {
         .wait_for_ready(true)
         .deadline(NO_WORKER_LIMIT)
         .caller_pool();
-    let joined = Arc::new(Notify::new());
     let server = Server::bind("127.0.0.1:0").await?;
     let addr = server.local_addr()?.to_string();
     println!("workers: coordinator listening on {addr}");
     let service = CoordinatorServer::new(MyCoordinator {
         workers: pool.clone(),
-        joined: Arc::clone(&joined),
     });
     let serving = tokio::spawn(server.serve(service));
 
@@ -142,6 +158,7 @@ async fn coordinate(options: Job) -> Result<(), Error> {
     });
 
     let kill_at = options.tasks / 3;
+    let leave_at = options.tasks * 2 / 3;
     let mut tally = Tally::default();
     while tally.len() < options.tasks {
         let (task, counted) = done.recv().await.ok_or("the dispatcher stopped")?;
@@ -157,11 +174,25 @@ async fn coordinate(options: Job) -> Result<(), Error> {
             let pid = start_worker(&mut processes, &addr)?;
             println!("workers: started worker pid {pid} to take its place");
         }
+        if options.kill_one && tally.len() == leave_at {
+            let leaving = &mut processes.0[1];
+            if let Some(stdin) = &mut leaving.stdin {
+                writeln!(stdin, "leave")?;
+            }
+            println!("workers: asked worker pid {} to leave", leaving.id());
+            let pid = start_worker(&mut processes, &addr)?;
+            println!("workers: started worker pid {pid} to take its place");
+        }
     }
-    // The worker started in the place of the killed one may still be joining.
-    tokio::time::timeout(NO_WORKER_LIMIT, wait_for(&pool, &joined, options.workers))
+    if options.kill_one {
+        // The worker asked to leave exits once the tasks it ran are done.
+        let leaving = &mut processes.0[1];
+        tokio::task::block_in_place(|| leaving.wait())?;
+    }
+    // The workers started in the places of the others may still be joining.
+    tokio::time::timeout(NO_WORKER_LIMIT, wait_for(&workers, &pool, options.workers))
         .await
-        .map_err(|_| "the workers started did not all join")?;
+        .map_err(|_| "the pool did not come back to as many workers as were started")?;
     println!("workers: {} workers in the pool at the end", pool.len());
 
     println!(
