@@ -440,3 +440,36 @@ async fn a_worker_that_joins_again_comes_back_to_a_restarted_coordinator() {
     );
     rejoining.abort();
 }
+
+/// Callers over a Unix socket have no address: the pool names each by its process id.
+#[cfg(unix)]
+#[tokio::test]
+async fn callers_over_a_unix_socket_are_named_by_their_process() {
+    let dir = std::env::temp_dir().join(format!("rpc-core-callers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("coordinator.sock");
+    let (workers, pool) = WorkerClient::builder().caller_pool();
+    let server = Server::bind_unix(&path).expect("binds");
+    tokio::spawn(server.serve(CoordinatorServer::new(MyCoordinator { workers: pool })));
+    let worker = MyWorker {
+        name: "local".to_owned(),
+        holds: None,
+    };
+    let coordinator = CoordinatorClient::builder()
+        .serve(WorkerServer::new(worker))
+        .connect_unix(&path)
+        .await
+        .expect("connects");
+    within("join", coordinator.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    let listed = workers.channel().endpoints();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].endpoint, format!("pid {}", std::process::id()));
+    assert_eq!(
+        within("a call", workers.name()).await.expect("answered"),
+        "local"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,8 @@ use crate::{Context, RpcError};
 /// servers: each call goes to the less busy of two picked at random, a call that did not run
 /// is made again on another, an `#[rpc(idempotent)]` call whose caller vanished with it in
 /// flight too, and one on which calls keep failing is ejected for a while.
-/// `channel().endpoints()` lists them, named by their addresses. With
+/// `channel().endpoints()` lists them, named by their addresses (over a Unix socket, by their
+/// process ids). With
 /// [`wait_for_ready`](crate::ClientBuilder::wait_for_ready), a call made while the pool is
 /// empty waits, within its deadline, for a caller to be added; without, it fails with
 /// [`RpcError::NoEndpoints`].
@@ -102,10 +103,7 @@ impl CallerPool {
                 Err(error) => return Err(channel.for_service(service).explain(error).await),
             }
         }
-        let name = context
-            .peer_addr()
-            .map_or_else(|| "a caller".to_owned(), |addr| addr.to_string());
-        self.pool.add_given(name, connection);
+        self.pool.add_given(name(context), connection);
         Ok(())
     }
 
@@ -117,5 +115,17 @@ impl CallerPool {
     /// Whether no caller is in the pool.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a caller's endpoint is called in listings: its address; over a Unix socket, its process
+/// id where the system tells it.
+fn name(context: &Context) -> String {
+    if let Some(addr) = context.peer_addr() {
+        return addr.to_string();
+    }
+    match context.peer_credentials().and_then(|peer| peer.pid()) {
+        Some(pid) => format!("pid {pid}"),
+        None => "a caller".to_owned(),
     }
 }
