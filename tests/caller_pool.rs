@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rpc_core::{CallerPool, Context, RpcError, Server, ServiceClient};
-use rpc_tests::within;
+use rpc_tests::{
+    RawClient, STREAM_WINDOW, hello_serving_back, request, reverse_frame, service_hello, within,
+};
 use tokio::sync::{Notify, mpsc};
 
 /// The coordinator's service.
@@ -472,4 +474,81 @@ async fn callers_over_a_unix_socket_are_named_by_their_process() {
         "local"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A peer that joins as a worker over every connection the coordinator allows, all from one
+/// address, and sits on each task it is given, locks no newcomer out: connections busy with
+/// the coordinator's calls back are busy to its connection limit too, so with none idle it asks
+/// the address holding the most to make room.
+#[tokio::test]
+async fn workers_that_sit_on_their_tasks_lock_no_newcomer_out() {
+    let (workers, pool) = WorkerClient::builder()
+        .deadline(Duration::from_secs(600))
+        .caller_pool();
+    let server = Server::builder()
+        .max_connections(2)
+        .shutdown_grace(Duration::from_millis(100))
+        .bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = server.local_addr().expect("an address");
+    tokio::spawn(server.serve(CoordinatorServer::new(MyCoordinator {
+        workers: pool.clone(),
+    })));
+    let mut sitting = [sitting_worker(addr).await, sitting_worker(addr).await];
+    assert_eq!(pool.len(), 2);
+    // A task each: the second goes to the worker with none (the less busy of the two).
+    let _tasks = [
+        tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.task().await }
+        }),
+        tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.task().await }
+        }),
+    ];
+    for raw in &mut sitting {
+        let task = within("a task", raw.read_frame()).await.expect("a frame");
+        assert_eq!(task[..2], [0x09, 0x01], "a Request called back: {task:?}");
+    }
+
+    let newcomer = within("a newcomer", CoordinatorClient::connect(addr))
+        .await
+        .expect("admitted");
+    let joined = within("the newcomer's call", newcomer.join()).await;
+    assert!(joined.expect("answered").is_err(), "it serves nothing back");
+}
+
+/// A raw client from 127.0.0.2 that serves `Worker` back, joins the coordinator at `addr`, and
+/// will never answer what it is called.
+async fn sitting_worker(addr: std::net::SocketAddr) -> RawClient {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("an address"))
+        .expect("binds another loopback address");
+    let stream = socket.connect(addr).await.expect("connects");
+    let mut raw = RawClient { stream };
+    raw.send(&hello_serving_back("Coordinator")).await;
+    let hello = within("the coordinator's hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(hello[..5], *b"\x00rpcc");
+    let inner = within("the reverse hello", raw.read_frame())
+        .await
+        .expect("a frame");
+    assert_eq!(inner[..2], [0x09, 0x00]);
+    let methods = &WorkerClient::INFO.describe().expect("described").methods;
+    let worker_hello = service_hello("Worker", methods, 0, 0, STREAM_WINDOW);
+    raw.send(&reverse_frame(&worker_hello)).await;
+    raw.send(&request(1, "join", &[])).await;
+    loop {
+        let frame = within("the answer to join", raw.read_frame())
+            .await
+            .expect("a frame");
+        if frame[0] == 0x02 {
+            assert_eq!(frame, [0x02, 0x01, 0x00, 0x00], "Ok(Ok(()))");
+            return raw;
+        }
+    }
 }

@@ -202,12 +202,6 @@ where
         let _writer_guard = AbortOnDrop::new(&writer);
         let calls = Arc::new(Calls::default());
         let _calls_guard = AbortCallsOnDrop(Arc::clone(&calls));
-        // The handshake is over: the connection moves to the established ones.
-        let registration = shared.map(|shared| {
-            let attention = Arc::clone(&attention);
-            shared.handshake.register(Arc::clone(&calls), attention)
-        });
-
         let peer_addr = peer.addr;
         // A client that serves back gets a reverse connection inside this one, and the server a
         // client of it, which every call's context hands out.
@@ -218,6 +212,14 @@ where
             let caller = Caller::connect(pipe, max_frame_len, config.stream_window);
             peer.caller = Some(Arc::new(caller));
             tunnel
+        });
+        // The handshake is over: the connection moves to the established ones.
+        let registration = shared.map(|shared| {
+            let attention = Arc::clone(&attention);
+            let calls_back = peer.caller.clone();
+            shared
+                .handshake
+                .register(Arc::clone(&calls), calls_back, attention)
         });
         let mut connection = Connection {
             service: &service,

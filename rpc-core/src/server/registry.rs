@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::attention::{Attention, Signal};
 use super::calls::Calls;
+use crate::reverse::Caller;
 
 /// The address a client is counted under when connections are counted per address: an IPv4
 /// address itself (also when mapped into IPv6), an IPv6 address by its /64 prefix, which one
@@ -70,6 +71,8 @@ struct InHandshake {
 #[derive(Debug)]
 struct Entry {
     calls: Arc<Calls>,
+    /// The server's client of what the connection's client serves back, if it does.
+    calls_back: Option<Arc<Caller>>,
     /// The peer's address, for a connection over IP.
     address: Option<IpAddr>,
     /// It was asked to make room though busy ([`Registry::ask_busiest_address_to_give_way`]).
@@ -80,6 +83,14 @@ struct Entry {
     last_active: AtomicU64,
     /// Where the connection hears that it is to give way, or that the server shuts down.
     attention: Arc<Attention>,
+}
+
+impl Entry {
+    /// Whether the connection has no call running: none of its client's, and none of the
+    /// server's to a client that serves back.
+    fn is_idle(&self) -> bool {
+        self.calls.is_empty() && !self.calls_back.as_ref().is_some_and(|c| c.is_calling())
+    }
 }
 
 impl Default for Registry {
@@ -156,13 +167,15 @@ impl Registry {
         true
     }
 
-    /// Adds a connection whose calls are `calls`, until the returned registration is dropped.
-    /// It is asked to give way, and told that the server shuts down (at once, if it is shutting
-    /// down already), through `attention`.
+    /// Adds a connection whose calls are `calls`, and whose calls back to a client that serves
+    /// back go through `calls_back`, until the returned registration is dropped. It is asked
+    /// to give way, and told that the server shuts down (at once, if it is shutting down
+    /// already), through `attention`.
     fn register(
         self: &Arc<Self>,
         key: u64,
         calls: Arc<Calls>,
+        calls_back: Option<Arc<Caller>>,
         attention: Arc<Attention>,
     ) -> Registration {
         let mut connections = self.connections();
@@ -173,6 +186,7 @@ impl Registry {
         let since = handshake.map_or_else(|| self.since_epoch(Instant::now()), |h| h.since);
         let entry = Arc::new(Entry {
             calls,
+            calls_back,
             address,
             making_room: AtomicBool::new(false),
             last_active: AtomicU64::new(since),
@@ -200,7 +214,7 @@ impl Registry {
             .connections()
             .entries
             .values()
-            .filter(|entry| entry.calls.is_empty())
+            .filter(|entry| entry.is_idle())
             .min_by_key(|entry| entry.last_active.load(Ordering::Relaxed))
             .cloned();
         match idlest {
@@ -284,14 +298,21 @@ impl Handshake {
         }
     }
 
-    /// The handshake is over: the connection, whose calls are `calls`, is established until
-    /// the returned registration is dropped. It is asked to give way, and told that the server
-    /// shuts down (at once, if it is shutting down already), through `attention`.
-    pub(crate) fn register(self, calls: Arc<Calls>, attention: Arc<Attention>) -> Registration {
+    /// The handshake is over: the connection, whose calls are `calls` and whose calls back go
+    /// through `calls_back`, is established until the returned registration is dropped. It is
+    /// asked to give way, and told that the server shuts down (at once, if it is shutting down
+    /// already), through `attention`.
+    pub(crate) fn register(
+        self,
+        calls: Arc<Calls>,
+        calls_back: Option<Arc<Caller>>,
+        attention: Arc<Attention>,
+    ) -> Registration {
         // Moved from one list to the other under the lock a newcomer chooses under: a
         // connection is chosen to be closed only while it is still in its handshake. (Dropping
         // `self` afterwards finds nothing left to remove.)
-        self.registry.register(self.key, calls, attention)
+        self.registry
+            .register(self.key, calls, calls_back, attention)
     }
 }
 
@@ -358,9 +379,11 @@ mod tests {
         address: Option<IpAddr>,
     ) -> (Registration, Arc<Attention>) {
         let attention = Arc::new(Attention::default());
-        let registration = registry
-            .begin_handshake(address)
-            .register(Arc::new(Calls::default()), Arc::clone(&attention));
+        let registration = registry.begin_handshake(address).register(
+            Arc::new(Calls::default()),
+            None,
+            Arc::clone(&attention),
+        );
         (registration, attention)
     }
 
@@ -508,7 +531,11 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_millis(1)).await;
         let (_second, second_attention) = connection(&registry);
         let first_attention = Arc::new(Attention::default());
-        let _first = first.register(Arc::new(Calls::default()), Arc::clone(&first_attention));
+        let _first = first.register(
+            Arc::new(Calls::default()),
+            None,
+            Arc::clone(&first_attention),
+        );
         assert!(registry.ask_idlest_to_give_way());
         assert!(
             raised(&first_attention, Signal::GiveWay),
@@ -531,7 +558,7 @@ mod tests {
         let second = registry.begin_handshake(None);
         registry.name_task(second.key(), older.abort_handle());
         // Its handshake over, the second is no longer one to close.
-        let _established = second.register(Arc::new(Calls::default()), Arc::default());
+        let _established = second.register(Arc::new(Calls::default()), None, Arc::default());
         let third = registry.begin_handshake(None);
         registry.name_task(third.key(), newest.abort_handle());
         let unnamed = registry.begin_handshake(None);
