@@ -153,12 +153,12 @@ impl Pool {
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let holds = |endpoint: &&Arc<Endpoint>| {
+        let held = endpoints.iter().any(|endpoint| {
             endpoint
                 .live_connection()
                 .is_some_and(|held| Arc::ptr_eq(&held, connection))
-        };
-        if endpoints.iter().any(|endpoint| holds(&endpoint)) {
+        });
+        if held {
             return;
         }
         let endpoint = Arc::new(Endpoint::given(
@@ -221,16 +221,15 @@ impl Pool {
         // A connection given to the pool that takes no new calls (a caller that stopped
         // serving back) will never take one again: its endpoint is passed over, and an empty
         // pool waits for ready as for a first caller.
-        let usable: Vec<&Arc<Endpoint>> = endpoints
-            .iter()
-            .filter(|endpoint| !endpoint.is_spent())
-            .collect();
-        let others: Vec<&Arc<Endpoint>> = usable
-            .iter()
-            .copied()
+        let usable = || endpoints.iter().filter(|endpoint| !endpoint.is_spent());
+        let others: Vec<&Arc<Endpoint>> = usable()
             .filter(|endpoint| !avoid.iter().any(|avoid| Arc::ptr_eq(avoid, endpoint)))
             .collect();
-        let others = if others.is_empty() { usable } else { others };
+        let others = if others.is_empty() {
+            usable().collect()
+        } else {
+            others
+        };
         let up: Vec<&Arc<Endpoint>> = others
             .iter()
             .copied()
