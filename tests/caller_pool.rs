@@ -179,22 +179,30 @@ async fn a_caller_whose_connection_closes_leaves_the_pool() {
     let addr = coordinator(pool.clone()).await;
     let first = join(addr, "w1", None).await;
     let _second = join(addr, "w2", None).await;
-    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
     drop(first);
-    within("the pool to lose a caller", async {
-        while let Some(listed) = changes.next().await {
-            if listed.len() == 1 {
-                return;
-            }
+    until_the_pool_holds(&workers, &pool, 1).await;
+    assert_eq!(pool.len(), 1);
+    every_call_answered_by(&workers, "w2").await;
+}
+
+/// Returns once the pool of `workers` holds exactly `count` callers, counted and listed alike.
+async fn until_the_pool_holds(workers: &WorkerClient, pool: &CallerPool, count: usize) {
+    // Subscribed before the pool is first looked at: no change is missed.
+    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
+    within("the pool to change", async {
+        while pool.len() != count || workers.channel().endpoints().len() != count {
+            changes.next().await.expect("changes go on");
         }
-        panic!("the changes ended");
     })
     .await;
-    assert_eq!(pool.len(), 1);
+}
+
+/// Makes ten calls with `workers`, each answered by the worker named `name`.
+async fn every_call_answered_by(workers: &WorkerClient, name: &str) {
     for _ in 0..10 {
         assert_eq!(
             within("a call", workers.name()).await.expect("answered"),
-            "w2"
+            name
         );
     }
 }
@@ -321,20 +329,9 @@ async fn a_worker_that_stops_serving_back_finishes_its_task_and_leaves() {
     let answer = within("the running task", running).await.expect("joins");
     assert_eq!(answer.expect("finished where it ran"), "leaving");
     within("the worker to stop serving", stopped).await;
-    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
-    within("the pool to lose the worker", async {
-        while pool.len() != 1 || workers.channel().endpoints().len() != 1 {
-            changes.next().await.expect("changes go on");
-        }
-    })
-    .await;
+    until_the_pool_holds(&workers, &pool, 1).await;
     assert!(!leaving.channel().is_closed(), "its own connection stays");
-    for _ in 0..10 {
-        assert_eq!(
-            within("a call", workers.name()).await.expect("answered"),
-            "staying"
-        );
-    }
+    every_call_answered_by(&workers, "staying").await;
 }
 
 #[tokio::test]
@@ -410,13 +407,7 @@ async fn a_worker_that_joins_again_comes_back_to_a_restarted_coordinator() {
             }
         }
     });
-    let mut changes = std::pin::pin!(first_workers.channel().endpoint_changes());
-    within("the first join", async {
-        while first_pool.is_empty() {
-            changes.next().await.expect("changes go on");
-        }
-    })
-    .await;
+    until_the_pool_holds(&first_workers, &first_pool, 1).await;
     assert_eq!(
         within("a call", first_workers.name())
             .await
