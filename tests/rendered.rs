@@ -94,6 +94,21 @@ async fn the_rendered_client_of_odd_types_calls_the_server() {
         client.tally(upload).await.expect("tally"),
         2 * Odd::sample().items()
     );
+    let mut numbered = client
+        .numbered(2)
+        .await
+        .expect("answered")
+        .expect("a stream");
+    let mut keys = Vec::new();
+    while let Some(key) = numbered.next().await {
+        keys.push(key.expect("a key"));
+    }
+    assert_eq!(keys, [odds::Key::Numbered(0), odds::Key::Numbered(1)]);
+    let refused = client.numbered(300).await.expect("answered");
+    assert!(
+        matches!(refused, Err(odds::Key::Numbered(255))),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

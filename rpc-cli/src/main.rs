@@ -35,7 +35,8 @@ enum Command {
         target: Target,
     },
     /// Call a method: arguments as JSON, the result printed as JSON (a streamed result as one
-    /// JSON line per item; a streamed argument is read as JSON lines from stdin).
+    /// JSON line per item, or, when the method returned an error instead, `{"Err": ...}` and
+    /// exit code 1; a streamed argument is read as JSON lines from stdin).
     Call {
         #[command(flatten)]
         target: Target,
@@ -451,6 +452,23 @@ async fn call(
                     .map_err(Failure::Failed)?;
                 out(format_args!("{value}\n"))?;
             }
+        }
+        // The method returns `Result<Streaming<T>, E>`, and its error came instead of the
+        // stream: printed as the `Err` it is, and the exit code says the stream did not come.
+        DynamicReply::StreamError(error) => {
+            let Some(error_schema) = method.download.error() else {
+                return Err(Failure::Failed(
+                    "the server answered an error for a stream that cannot fail".to_owned(),
+                ));
+            };
+            let value = json::decode(error_schema, &schema.types, error.as_bytes())
+                .map_err(Failure::Failed)?;
+            let value = Value::Object([("Err".to_owned(), value)].into_iter().collect());
+            out(format_args!("{}\n", pretty(&value)))?;
+            return Err(Failure::Failed(format!(
+                "`{}` returned an error instead of its stream",
+                method.name
+            )));
         }
     }
     if bad_input.load(Ordering::Acquire) {

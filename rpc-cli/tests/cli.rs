@@ -42,6 +42,11 @@ pub(crate) struct Receipt {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Price(pub(crate) u64);
 
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum NotSold {
+    Unknown { item: String },
+}
+
 #[rpc_core::service]
 pub(crate) trait Shop {
     async fn add(&self, a: i64, b: i64) -> i64;
@@ -50,6 +55,7 @@ pub(crate) trait Shop {
     async fn total(&self, prices: Streaming<Price>) -> u64;
     async fn whoami(&self) -> String;
     async fn wait(&self);
+    async fn prices(&self, item: String) -> Result<Streaming<u64>, NotSold>;
 }
 
 struct MyShop;
@@ -96,6 +102,13 @@ impl Shop for MyShop {
 
     async fn wait(&self) {
         std::future::pending::<()>().await;
+    }
+
+    async fn prices(&self, item: String) -> Result<Streaming<u64>, NotSold> {
+        match item.as_str() {
+            "tea" => Ok(Streaming::iter([3, 4])),
+            _ => Err(NotSold::Unknown { item }),
+        }
     }
 }
 
@@ -284,6 +297,12 @@ async fn describe_prints_the_service_as_rust() {
         "{rust}"
     );
     assert!(rust.contains("    async fn wait(&self);"), "{rust}");
+    assert!(
+        rust.contains(
+            "    async fn prices(&self, item: String) -> Result<Streaming<u64>, NotSold>;"
+        ),
+        "{rust}"
+    );
     assert!(rust.contains("pub struct Price(pub u64);"), "{rust}");
     assert!(rust.contains("pub enum Size {\n    Small,\n    Large {\n        grams: u32,\n    },\n    Custom(f64),\n}"), "{rust}");
     assert!(
@@ -492,6 +511,18 @@ async fn streams_go_as_json_lines_both_ways() {
         stderr(&output)
     );
 
+    // A method that returns `Result<Streaming<T>, E>`: its items, or its error and code 1.
+    assert_eq!(ok(&["call", &addr, "prices", "\"tea\""]).await, "3\n4\n");
+    let output = rpc(&["call", &addr, "prices", "\"gold\""], "").await;
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let printed: Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    assert_eq!(printed, json!({"Err": {"Unknown": {"item": "gold"}}}));
+    assert!(
+        stderr(&output).contains("`prices` returned an error instead of its stream"),
+        "{}",
+        stderr(&output)
+    );
+
     // Reading stops at the first bad line: the lines after it are never judged.
     let output = rpc(&["call", &addr, "total"], "\"five\"\n\"six\"\n\"seven\"\n").await;
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
@@ -543,6 +574,7 @@ mod changed {
         async fn total(&self, prices: rpc_core::Streaming<super::Price>) -> u64;
         async fn whoami(&self) -> String;
         async fn wait(&self);
+        async fn prices(&self, item: String) -> Result<rpc_core::Streaming<u64>, super::NotSold>;
         async fn refund(&self, order: u64) -> bool;
     }
 }
@@ -557,6 +589,7 @@ mod grown {
         async fn total(&self, prices: rpc_core::Streaming<super::Price>) -> u64;
         async fn whoami(&self) -> String;
         async fn wait(&self);
+        async fn prices(&self, item: String) -> Result<rpc_core::Streaming<u64>, super::NotSold>;
         async fn refund(&self, order: u64) -> bool;
     }
 }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use crate::client::{ClientBuilder, ServerAddr};
 use crate::protocol::{CodecError, DESCRIBE_METHOD, Decode, Encode};
-use crate::schema::{MethodSchema, SchemaError, ServiceSchema, ServiceTracer};
+use crate::schema::{Download, MethodSchema, SchemaError, ServiceSchema, ServiceTracer};
 use crate::stream::Outbound;
 use crate::{Channel, MethodInfo, RpcError, ServiceClient, ServiceInfo, Streaming};
 
@@ -105,6 +105,9 @@ pub enum DynamicReply {
     Value(Encoded),
     /// The encoded items of a streamed result.
     Stream(Streaming<Encoded>),
+    /// The encoded error a method that returns `Result<Streaming<T>, E>` returned instead of
+    /// its stream ([`Download::ItemsOrError`](crate::schema::Download::ItemsOrError)).
+    StreamError(Encoded),
 }
 
 /// A generic client's schema: no methods of its own.
@@ -211,9 +214,20 @@ impl DynamicClient {
                 });
             }
         };
-        if method.download {
-            let stream = self.channel.download(info, &args, upload).await?;
-            return Ok(DynamicReply::Stream(stream));
+        match &method.download {
+            Download::None => {}
+            Download::Items => {
+                let stream = self.channel.download(info, &args, upload).await?;
+                return Ok(DynamicReply::Stream(stream));
+            }
+            Download::ItemsOrError(_) => {
+                return Ok(
+                    match self.channel.download_or_error(info, &args, upload).await? {
+                        Ok(stream) => DynamicReply::Stream(stream),
+                        Err(error) => DynamicReply::StreamError(error),
+                    },
+                );
+            }
         }
         let value = match upload {
             Some(upload) => self.channel.upload(info, &args, upload).await?,

@@ -33,6 +33,30 @@ pub fn encode_stream<T: Serialize + Send + 'static>(
     Ok(Some(Outbound::new(stream)))
 }
 
+/// A streamed return value or, in its place, an error (`Result<Streaming<T>, E>`): the answer's
+/// body is the postcard encoding of `Result<(), E>`, and the stream follows only an `Ok`.
+pub fn encode_stream_or_error<T: Serialize + Send + 'static, E: Serialize>(
+    result: Result<Streaming<T>, E>,
+    out: &mut Vec<u8>,
+) -> Result<Option<Outbound>, CodecError> {
+    match result {
+        Ok(stream) => {
+            protocol::append(&Ok::<(), ()>(()), out)?;
+            Ok(Some(Outbound::new(stream)))
+        }
+        Err(error) => {
+            protocol::append(&Err::<(), &E>(&error), out)?;
+            Ok(None)
+        }
+    }
+}
+
+/// What a deserialized response enum holds for a method that returns
+/// `Result<Streaming<T>, E>`: the stream is not serialized, and an empty one stands for it.
+pub fn no_stream<T: Send + 'static, E>() -> Result<Streaming<T>, E> {
+    Ok(Streaming::default())
+}
+
 /// A type whose arguments and return values the generated code sends as one byte string from
 /// their own memory: `Vec<u8>` and `serde_bytes::ByteBuf`, which `#[service]` knows by their
 /// spelling.

@@ -115,6 +115,11 @@ def expected_fingerprints():
         ("Calc", "count"): fnv1a(b"\x00" + tuple_node() + u64),
         # fn tail(&self, from_line: u64) -> Streaming<String>
         ("LogTail", "tail"): fnv1a(b"\x02" + tuple_node(u64) + bytes([STREAMED]) + text),
+        # fn lines(&self, from: u64, to: u64) -> Result<Streaming<String>, TooFewLines>, the
+        # error a struct of one u64 (written), flattened to it
+        ("LogTail", "lines"): fnv1a(
+            b"\x06" + tuple_node(u64, u64) + bytes([STREAMED]) + text + u64
+        ),
         # fn upload(&self, name: String, chunks: Streaming<ByteBuf>) -> Result<Receipt, _>
         ("FileStore", "upload"): fnv1a(
             b"\x01" + tuple_node(text) + bytes([STREAMED, BYTES])

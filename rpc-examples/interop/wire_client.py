@@ -83,7 +83,10 @@ def decode_service_schema(body):
         args = fields(r)
         upload = (r.string(), schema(r)) if r.byte() else None
         result = schema(r)
-        download, idempotent, fingerprint = r.byte(), r.byte(), r.varint()
+        # 0: one value, 1: a stream, 2: a stream or, instead of it, an error of this schema.
+        download = r.varint()
+        download = (download, schema(r) if download == 2 else None)
+        idempotent, fingerprint = r.byte(), r.varint()
         methods[method] = (args, upload, result, download, idempotent, fingerprint)
     types = {r.string(): type_def(r) for _ in range(r.varint())}
     assert r.done(), "bytes after the schema"
@@ -104,13 +107,18 @@ class Canonical:
         self.types = types
 
     def method(self, args, upload, result, download):
-        out = bytes([(1 if upload else 0) + (2 if download else 0)])
+        streams, error = download
+        shape = (1 if upload else 0) + (2 if streams else 0) + (4 if error is not None else 0)
+        out = bytes([shape])
         out += self.tuple_node([schema for _, schema in args], [])
         if upload:
             out += bytes([STREAMED]) + self.node(upload[1], [])
-        if download:
+        if streams:
             out += bytes([STREAMED])
-        return out + self.node(result, [])
+        out += self.node(result, [])
+        if error is not None:
+            out += self.node(error, [])
+        return out
 
     def named_in(self, schema):
         """The names a schema refers to, through options, sequences, maps and tuples."""
@@ -312,6 +320,31 @@ def streams(conn, hello):
         break
     check(message["kind"] == RESPONSE and message["id"] == 11 and message["ok"],
           "after a Cancel, the stream stops and calls go on")
+
+    # A method that returns Result<Streaming<T>, E>: the Response's body is Result<(), E>, and
+    # the items follow only Ok(()).
+    conn.send(request(15, "LogTail.lines", varint(0) + varint(2)))
+    answer = conn.message()
+    check(answer["kind"] == RESPONSE and answer["id"] == 15 and answer["ok"]
+          and answer["body"] == b"\x00", "a fallible stream starts with a Response of Ok(())")
+    lines = []
+    while True:
+        message = conn.message()
+        if message["kind"] == STREAM_END:
+            check(message["id"] == 15, "its StreamEnd")
+            break
+        assert message["kind"] == STREAM_ITEM and message["id"] == 15, message
+        lines.append(Reader(message["body"]).string())
+    check(lines == ["boot step 1 done", "boot step 2 done"], f"two lines: {lines}")
+    conn.send(request(16, "LogTail.lines", varint(0) + varint(1_000_000)))
+    answer = conn.message()
+    r = Reader(answer["body"])
+    check(answer["kind"] == RESPONSE and answer["id"] == 16 and answer["ok"] and r.byte() == 1
+          and r.varint() >= 3 and r.done(), "or a Response of Err(TooFewLines { written })")
+    conn.send(request(17, "count"))
+    answer = conn.message()
+    check(answer["kind"] == RESPONSE and answer["id"] == 17,
+          "no stream follows the error: the next frame answers the next call")
 
     window = hello["stream_window"]
     data = bytes(i % 251 for i in range(300_000))

@@ -14,6 +14,16 @@ pub trait LogTail {
     /// Streams every line from `from_line` on: the ones written already, then each new one as it
     /// is written, until the caller drops the stream.
     async fn tail(&self, from_line: u64) -> Streaming<String>;
+    /// Streams the lines `from..to` written already; if the log has fewer, says how many it
+    /// has instead.
+    async fn lines(&self, from: u64, to: u64) -> Result<Streaming<String>, TooFewLines>;
+}
+
+/// The log holds fewer lines than were asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TooFewLines {
+    /// How many lines it holds.
+    pub written: u64,
 }
 
 /// An in-memory log. Clones share the same lines.
@@ -84,6 +94,16 @@ impl LogTail for Log {
             }
         });
         stream
+    }
+
+    async fn lines(&self, from: u64, to: u64) -> Result<Streaming<String>, TooFewLines> {
+        let lines = self.inner.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let written = lines.len() as u64;
+        if to > written {
+            return Err(TooFewLines { written });
+        }
+        let (from, to) = (from.min(to) as usize, to as usize);
+        Ok(Streaming::iter(lines[from..to].to_vec()))
     }
 }
 

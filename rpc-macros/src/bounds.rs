@@ -120,7 +120,8 @@ impl FieldBounds<'_> {
     }
 }
 
-/// The types a method encodes or decodes: its plain arguments, its result, its stream items.
+/// The types a method encodes or decodes: its plain arguments, its result, its stream items,
+/// the error that may come instead of its streamed result.
 fn sent_types(method: &Method) -> impl Iterator<Item = &Type> {
     let args = method
         .args
@@ -128,6 +129,7 @@ fn sent_types(method: &Method) -> impl Iterator<Item = &Type> {
         .map(|arg| arg.stream_item.as_ref().unwrap_or(&arg.ty));
     let result = method.download.as_ref().unwrap_or(&method.output);
     args.chain(std::iter::once(result))
+        .chain(method.download_error.as_ref())
 }
 
 /// All of `tokens` at `span`, so that every bound on a type has the same span: the one serde

@@ -146,6 +146,15 @@ fn response_enum(service: &Service, wire: &WireTypes) -> TokenStream {
             ..
         } = method;
         let doc = format!("What [`{}::{}`] returned.", service.ident, method.ident);
+        if method.download_error.is_some() {
+            let doc =
+                format!("{doc} Not serialized: a deserialized response holds an empty stream.");
+            return quote! {
+                #(#cfgs)*
+                #[doc = #doc]
+                #variant(#[serde(skip, default = "::rpc_core::__private::no_stream")] #output),
+            };
+        }
         if method.download.is_some() {
             let doc =
                 format!("{doc} Not serialized: a deserialized response holds an empty stream.");
@@ -195,9 +204,10 @@ fn schema(service: &Service, wire: &WireTypes) -> TokenStream {
             let (item, name) = (&upload.stream_item, upload.ident.unraw().to_string());
             quote! { .upload::<#item>(#name) }
         });
-        let result = match &method.download {
-            Some(item) => quote! { .streams::<#item>() },
-            None => {
+        let result = match (&method.download, &method.download_error) {
+            (Some(item), Some(error)) => quote! { .streams_or_fails::<#item, #error>() },
+            (Some(item), None) => quote! { .streams::<#item>() },
+            (None, _) => {
                 let output = &method.output;
                 quote! { .returns::<#output>() }
             }
@@ -300,6 +310,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
         let plain: Vec<TokenStream> = method.plain_args().map(sent_form).collect();
         let info = method_info(method);
         let channel_call = |call: TokenStream| quote! { self.#channel.#call.await };
+        let fallible = method.download_error.is_some();
         let call = match (method.upload(), method.download.is_some()) {
             // Read into memory of its own when large, a byte string becomes the result as it is.
             (None, false) if method.output_as_bytes => quote! {
@@ -307,6 +318,9 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
                     .await
             },
             (None, false) => channel_call(quote! { call(&#info, &(#(#plain,)*)) }),
+            (None, true) if fallible => {
+                channel_call(quote! { call_streaming_or_error(&#info, &(#(#plain,)*)) })
+            }
             (None, true) => channel_call(quote! { call_streaming(&#info, &(#(#plain,)*)) }),
             (Some(upload), false) => {
                 let upload = &upload.ident;
@@ -319,13 +333,25 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
             }
             (Some(upload), true) => {
                 let upload = &upload.ident;
-                channel_call(quote! { call_bidi(&#info, &(#(#plain,)*), #upload) })
+                let call = if fallible {
+                    quote! { call_bidi_or_error }
+                } else {
+                    quote! { call_bidi }
+                };
+                channel_call(quote! { #call(&#info, &(#(#plain,)*), #upload) })
             }
         };
         let name = &method.name;
         let variant = &method.variant;
         let build = request_variant(&request, method);
-        let local_value = if method.download.is_some() {
+        let local_value = if fallible {
+            let stream = local("stream");
+            quote! {
+                ::core::result::Result::map(#value, |#stream| {
+                    ::rpc_core::__private::local_stream(&self.#channel, &#info, #stream)
+                })
+            }
+        } else if method.download.is_some() {
             quote! { ::rpc_core::__private::local_stream(&self.#channel, &#info, #value) }
         } else {
             quote! { #value }
@@ -591,7 +617,9 @@ fn server(service: &Service, wire: &WireTypes) -> TokenStream {
     });
     let encode_arms = service.methods.iter().map(|method| {
         let Method { cfgs, variant, .. } = method;
-        let encode = if method.download.is_some() {
+        let encode = if method.download_error.is_some() {
+            quote! { ::rpc_core::__private::encode_stream_or_error(#value, #out) }
+        } else if method.download.is_some() {
             quote! { ::rpc_core::__private::encode_stream(#value) }
         } else if method.output_as_bytes {
             quote! {

@@ -163,10 +163,14 @@ use proc_macro::TokenStream;
 /// A method that returns `rpc_core::Streaming<T>` sends its result item by item; one that takes
 /// a `Streaming<T>` argument (at most one) receives it item by item; a method may do both. Items
 /// flow under credit, so a slow reader holds back a fast producer, and the call's deadline
-/// covers the whole stream.
+/// covers the whole stream. A method that may fail before its stream starts (a file that is not
+/// there) returns `Result<Streaming<T>, E>`: the client gets the error, typed, instead of the
+/// stream (`Result<Result<Streaming<T>, E>, RpcError>`).
 ///
 /// ```
 /// use rpc_core::Streaming;
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # pub struct NoSuchFile;
 ///
 /// #[rpc_core::service]
 /// pub trait Logs {
@@ -174,6 +178,8 @@ use proc_macro::TokenStream;
 ///     async fn tail(&self, file: String) -> Streaming<String>;
 ///     /// Stores lines as they come; returns how many.
 ///     async fn append(&self, file: String, lines: Streaming<String>) -> u64;
+///     /// The lines of `file`, or why there are none.
+///     async fn read(&self, file: String) -> Result<Streaming<String>, NoSuchFile>;
 /// }
 /// ```
 ///

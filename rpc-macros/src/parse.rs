@@ -44,8 +44,11 @@ pub(crate) struct Method {
     pub(crate) args: Vec<Arg>,
     /// The return type; `()` when none is written.
     pub(crate) output: Type,
-    /// The item type, when the method returns `Streaming<T>`.
+    /// The item type, when the method returns `Streaming<T>` or `Result<Streaming<T>, E>`.
     pub(crate) download: Option<Type>,
+    /// The error type, when the method returns `Result<Streaming<T>, E>`: an error that comes
+    /// instead of the stream.
+    pub(crate) download_error: Option<Type>,
     /// The return type is written `Vec<u8>` or `ByteBuf`: sent as one byte string from its own
     /// memory, see [`is_byte_string`]. Never for a streamed result, spelled `Streaming<T>`.
     pub(crate) output_as_bytes: bool,
@@ -239,7 +242,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
             (**ty).clone()
         }
     };
-    let download = streaming_item(&output, errors);
+    let (download, download_error) = download(&output, errors);
     let mut streamed = args.iter().filter(|arg| arg.stream_item.is_some());
     if let (Some(_), Some(second)) = (streamed.next(), streamed.next()) {
         errors.spanned(
@@ -266,6 +269,7 @@ fn method(function: TraitItemFn, errors: &mut Errors) -> Method {
         output_as_bytes: is_byte_string(&output),
         output,
         download,
+        download_error,
         opaque,
         idempotent,
     }
@@ -423,18 +427,54 @@ fn streaming_item(ty: &Type, errors: &mut Errors) -> Option<Type> {
             }
         }
         _ => {
-            let message = match top {
-                Some(segment) if segment.ident == "Result" && first_is_stream(segment) => {
-                    "a stream cannot be wrapped in `Result`: return `Streaming<T>` and fail it \
-                     with the error (`Streaming::from_results`, `StreamSender::fail`: the caller \
-                     gets it as `RpcError::StreamFailed`, its last item), or stream \
-                     `Result<T, E>` items, each carrying its own error"
-                }
-                _ => NESTED_STREAM,
-            };
+            let message = NESTED_STREAM;
             Nested { errors, message }.visit_type(ty);
             None
         }
+    }
+}
+
+/// What a method's result streams: the item type of `Streaming<T>`, and the error type too of
+/// `Result<Streaming<T>, E>`, whose error comes instead of the stream.
+fn download(output: &Type, errors: &mut Errors) -> (Option<Type>, Option<Type>) {
+    let Some(segment) = last_segment(output).filter(|segment| segment.ident == "Result") else {
+        return (streaming_item(output, errors), None);
+    };
+    let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+        return (streaming_item(output, errors), None);
+    };
+    let types: Vec<&Type> = generics
+        .args
+        .iter()
+        .filter_map(|arg| match arg {
+            syn::GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect();
+    let first_streams = types
+        .first()
+        .and_then(|first| last_segment(first))
+        .is_some_and(|first| first.ident == "Streaming");
+    match types[..] {
+        [items, error] if first_streams => {
+            let item = streaming_item(items, errors);
+            if streaming_item(error, errors).is_some() {
+                errors.spanned(
+                    error,
+                    "the error that comes instead of a stream is no stream",
+                );
+            }
+            (item, Some(error.clone()))
+        }
+        _ if first_streams => {
+            errors.spanned(
+                generics,
+                "write the error type out, `Result<Streaming<T>, E>`: the error that comes \
+                 instead of the stream is sent as that type",
+            );
+            (None, None)
+        }
+        _ => (streaming_item(output, errors), None),
     }
 }
 
@@ -447,19 +487,6 @@ fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
     match ty {
         Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
         _ => None,
-    }
-}
-
-/// Whether the first generic argument of `segment` is a `Streaming` (`Result<Streaming<T>, E>`).
-fn first_is_stream(segment: &syn::PathSegment) -> bool {
-    let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
-        return false;
-    };
-    match generics.args.first() {
-        Some(syn::GenericArgument::Type(first)) => {
-            last_segment(first).is_some_and(|inner| inner.ident == "Streaming")
-        }
-        _ => false,
     }
 }
 

@@ -45,4 +45,5 @@ pub trait Odds {
     async fn names(&self, sets: Vec<Vec<String>>, unit: Unit, empty: Empty) -> u64;
     async fn tally(&self, odds: Streaming<Odd>) -> u64;
     async fn samples(&self, count: u64) -> Streaming<Odd>;
+    async fn numbered(&self, count: u16) -> Result<Streaming<Key>, Key>;
 }

@@ -128,6 +128,9 @@ pub trait Odds {
     async fn tally(&self, odds: Streaming<Odd>) -> u64;
     /// `count` copies of [`Odd::sample`].
     async fn samples(&self, count: u64) -> Streaming<Odd>;
+    /// The keys from `Numbered(0)` to `Numbered(count - 1)`, or, for more than `u8` numbers,
+    /// the last key there could be instead.
+    async fn numbered(&self, count: u16) -> Result<Streaming<Key>, Key>;
 }
 
 /// The implementation.
@@ -164,6 +167,14 @@ impl Odds for OddsImpl {
 
     async fn samples(&self, count: u64) -> Streaming<Odd> {
         Streaming::iter((0..count).map(|_| Odd::sample()))
+    }
+
+    async fn numbered(&self, count: u16) -> Result<Streaming<Key>, Key> {
+        if count > 256 {
+            return Err(Key::Numbered(u8::MAX));
+        }
+        let numbers = (0..count).map(|n| Key::Numbered(u8::try_from(n).unwrap_or(u8::MAX)));
+        Ok(Streaming::iter(numbers))
     }
 }
 

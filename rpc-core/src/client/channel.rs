@@ -696,6 +696,64 @@ impl Channel {
         self.download(method, args, upload).await
     }
 
+    /// Calls a method that returns a stream or, instead of it, an error
+    /// (`Result<Streaming<T>, E>`). The call's deadline covers the whole stream; dropping the
+    /// stream cancels the call.
+    pub async fn call_streaming_or_error<A, T, E>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+    ) -> Result<Result<Streaming<T>, E>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        T: serde::de::DeserializeOwned + Send + 'static,
+        E: serde::de::DeserializeOwned,
+    {
+        self.download_or_error(method, args, None).await
+    }
+
+    /// Calls a method that takes a stream and returns one or, instead of it, an error; `upload`
+    /// goes on being sent while the returned stream is read, and stops if an error comes.
+    pub async fn call_bidi_or_error<A, U, T, E>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Streaming<U>,
+    ) -> Result<Result<Streaming<T>, E>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        U: Serialize + Send + 'static,
+        T: serde::de::DeserializeOwned + Send + 'static,
+        E: serde::de::DeserializeOwned,
+    {
+        let upload = Some(Outbound::new(upload));
+        self.download_or_error(method, args, upload).await
+    }
+
+    /// Makes a call whose result is a stream or an error in its place. The call's span, and
+    /// its count in the metrics, last until the stream ends or is dropped, or the error comes.
+    pub(crate) async fn download_or_error<A, T, E>(
+        &self,
+        method: &'static MethodInfo,
+        args: &A,
+        upload: Option<Outbound>,
+    ) -> Result<Result<Streaming<T>, E>, RpcError>
+    where
+        A: Encode + ?Sized,
+        T: Decode + Send + 'static,
+        E: Decode,
+    {
+        let (answered, end) = self.call_once(method, args, upload, true).await?;
+        match answered.into_stream_or_error(end) {
+            Ok(Ok(stream)) => Ok(Ok(stream)),
+            Ok(Err((error, end))) => ended(end, Ok(Err(error))),
+            Err(failed) => {
+                let (failure, end) = *failed;
+                ended(end, Err(self.failed(failure, method).await))
+            }
+        }
+    }
+
     /// Makes a call whose result is a stream. The call's span, and its count in the metrics,
     /// last until the stream ends or is dropped.
     pub(crate) async fn download<A, T>(

@@ -563,6 +563,47 @@ impl Answered {
         if let Err(failure) = self.take_body() {
             return Err(Box::new((failure, end)));
         }
+        Ok(self.stream(end))
+    }
+
+    /// The streamed result of a call whose method may return an error instead of its stream
+    /// (`Result<Streaming<T>, E>`): the answer's body is the postcard encoding of a
+    /// `Result<(), E>`, and the stream follows only an `Ok`. An `Err` ends the call: with it
+    /// comes `end`, to record that the call is over.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_stream_or_error<T, E>(
+        mut self,
+        end: CallEnd,
+    ) -> Result<Result<Streaming<T>, (E, CallEnd)>, Box<(Failure, CallEnd)>>
+    where
+        T: Decode + Send + 'static,
+        E: Decode,
+    {
+        let (mut body, tail) = match self.take_body() {
+            Ok(body) => body,
+            Err(failure) => return Err(Box::new((failure, end))),
+        };
+        let decoded = match (body.first(), body.len(), &tail) {
+            (Some(&0), 1, None) => return Ok(Ok(self.stream(end))),
+            (Some(&1), len, _) => protocol::decode_with(&mut body, 1..len, tail, E::decode_lent)
+                .map_err(|error| error.to_string()),
+            _ => Err("it is neither `Ok(())` nor an `Err` (a first byte of 0 or 1)".to_owned()),
+        };
+        match decoded {
+            Ok(error) => Ok(Err((error, end))),
+            Err(reason) => {
+                let method = self.method.name.to_owned();
+                let reason = format!("the answer to a call of a streamed result: {reason}");
+                Err(Box::new((
+                    Failure::Final(RpcError::Decode { method, reason }),
+                    end,
+                )))
+            }
+        }
+    }
+
+    /// The call's stream, once its answer said it follows.
+    fn stream<T: Decode + Send + 'static>(mut self, end: CallEnd) -> Streaming<T> {
         let Some((parts, outbox)) = self.inbound.take() else {
             unreachable!("a streaming call registers its stream");
         };
@@ -576,7 +617,7 @@ impl Answered {
             upload: self.upload,
             end: Some(end),
         };
-        Ok(stream::inbound_stream(parts, options))
+        stream::inbound_stream(parts, options)
     }
 
     /// The answer's body, moved out: a clone would change the reference count the body

@@ -26,10 +26,14 @@ pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
 }
 
 /// A method's canonical form: a byte saying which sides stream, the arguments as one tuple,
-/// the streamed argument's items, and the result (or the streamed result's items).
+/// the streamed argument's items, the result (or the streamed result's items), and the error
+/// that may come instead of a streamed result.
 pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -> Option<Vec<u8>> {
     let mut writer = Writer::new(types);
-    let shape = u8::from(method.upload.is_some()) | (u8::from(method.download) << 1);
+    let error = method.download.error();
+    let shape = u8::from(method.upload.is_some())
+        | (u8::from(method.download.is_stream()) << 1)
+        | (u8::from(error.is_some()) << 2);
     writer.out.push(shape);
     let args: Vec<&Schema> = method.args.iter().map(|arg| &arg.schema).collect();
     writer.tuple(&args);
@@ -37,10 +41,13 @@ pub(super) fn method(method: &MethodSchema, types: &BTreeMap<String, TypeDef>) -
         writer.out.push(STREAM);
         writer.node(&upload.schema);
     }
-    if method.download {
+    if method.download.is_stream() {
         writer.out.push(STREAM);
     }
     writer.node(&method.result);
+    if let Some(error) = error {
+        writer.node(error);
+    }
     writer.finish()
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant, canonical};
+use super::{Download, Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant, canonical};
 
 /// How many levels of types a difference is looked for in.
 const MAX_DEPTH: usize = 32;
@@ -126,21 +126,27 @@ impl Sides<'_> {
             }
             _ => {}
         }
-        if ours.download != theirs.download {
-            let streams = |download: bool| {
-                if download {
-                    "streams"
-                } else {
-                    "does not stream"
-                }
-            };
-            return format!(
-                "it {} its result {} and {} {}",
-                streams(ours.download),
-                self.here,
-                streams(theirs.download),
-                self.there
-            );
+        let streams = |download: &Download| match download {
+            Download::None => "does not stream its result",
+            Download::Items => "streams its result",
+            Download::ItemsOrError(_) => "streams its result or returns an error instead",
+        };
+        match (&ours.download, &theirs.download) {
+            (Download::ItemsOrError(mine), Download::ItemsOrError(peers))
+                if !self.same(mine, peers) =>
+            {
+                return self.explain("the error returned instead of a stream", mine, peers, 0);
+            }
+            (mine, peers) if std::mem::discriminant(mine) != std::mem::discriminant(peers) => {
+                return format!(
+                    "it {} {} and {} {}",
+                    streams(mine),
+                    self.here,
+                    streams(peers),
+                    self.there
+                );
+            }
+            _ => {}
         }
         if !self.same(&ours.result, &theirs.result) {
             return self.explain("the result", &ours.result, &theirs.result, 0);

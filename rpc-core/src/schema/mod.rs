@@ -174,13 +174,96 @@ pub struct MethodSchema {
     pub upload: Option<Field>,
     /// What the method returns; for a streamed result, the items' type.
     pub result: Schema,
-    /// Whether the result is a stream of `result` items.
-    pub download: bool,
+    /// Whether the result is a stream of `result` items, and whether an error may come in its
+    /// place.
+    pub download: Download,
     /// Whether running the method twice does no harm (`#[rpc(idempotent)]`).
     pub idempotent: bool,
     /// The hash of the method's canonical schema: equal on both sides exactly when they
     /// encode its arguments and result alike.
     pub fingerprint: u64,
+}
+
+/// Whether a method's result is streamed, and how.
+///
+/// In postcard a varint variant index, so that the first two read as postcard's `false` and
+/// `true`: the schemas of methods that do not return a fallible stream are the bytes they were
+/// when this was a `bool`. In JSON (lock files) likewise `false`, `true`, or
+/// `{"ItemsOrError": schema}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Download {
+    /// One value of the method's `result` type (`-> T`).
+    None,
+    /// A stream of `result` items (`-> Streaming<T>`).
+    Items,
+    /// A stream of `result` items, or, instead of the stream, an error of this type
+    /// (`-> Result<Streaming<T>, E>`).
+    ItemsOrError(Schema),
+}
+
+/// [`Download`] as postcard writes it: a variant index, then the error's schema.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Download")]
+enum DownloadWire<S> {
+    None,
+    Items,
+    ItemsOrError(S),
+}
+
+/// [`Download`] as JSON writes it: a `bool`, or the error's schema under its variant's name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DownloadJson {
+    Flag(bool),
+    Tagged(DownloadWire<Schema>),
+}
+
+impl Serialize for Download {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Download::None if serializer.is_human_readable() => serializer.serialize_bool(false),
+            Download::Items if serializer.is_human_readable() => serializer.serialize_bool(true),
+            Download::None => DownloadWire::<&Schema>::None.serialize(serializer),
+            Download::Items => DownloadWire::<&Schema>::Items.serialize(serializer),
+            Download::ItemsOrError(error) => {
+                DownloadWire::ItemsOrError(error).serialize(serializer)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Download {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = if deserializer.is_human_readable() {
+            match DownloadJson::deserialize(deserializer)? {
+                DownloadJson::Flag(false) => DownloadWire::None,
+                DownloadJson::Flag(true) => DownloadWire::Items,
+                DownloadJson::Tagged(wire) => wire,
+            }
+        } else {
+            DownloadWire::deserialize(deserializer)?
+        };
+        Ok(match wire {
+            DownloadWire::None => Download::None,
+            DownloadWire::Items => Download::Items,
+            DownloadWire::ItemsOrError(error) => Download::ItemsOrError(error),
+        })
+    }
+}
+
+impl Download {
+    /// Whether the result is streamed.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, Download::None)
+    }
+
+    /// The type of the error that may come instead of the stream.
+    pub fn error(&self) -> Option<&Schema> {
+        match self {
+            Download::ItemsOrError(error) => Some(error),
+            Download::None | Download::Items => None,
+        }
+    }
 }
 
 /// Everything a service's methods send and receive.
@@ -350,7 +433,7 @@ impl ServiceTracer {
                 args: Vec::new(),
                 upload: None,
                 result: Schema::Unit,
-                download: false,
+                download: Download::None,
                 idempotent,
                 fingerprint: 0,
             },
@@ -473,7 +556,20 @@ impl MethodTracer<'_> {
     /// Its streamed result, with items of type `T`.
     pub fn streams<T: Serialize + DeserializeOwned>(mut self) {
         self.method.result = self.schema::<T>(|| "the streamed result's items".to_owned());
-        self.method.download = true;
+        self.method.download = Download::Items;
+        self.done();
+    }
+
+    /// Its streamed result, with items of type `T`, or instead of the stream an error of type
+    /// `E` (`-> Result<Streaming<T>, E>`).
+    pub fn streams_or_fails<T, E>(mut self)
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+    {
+        self.method.result = self.schema::<T>(|| "the streamed result's items".to_owned());
+        let error = self.schema::<E>(|| "the error returned instead of a stream".to_owned());
+        self.method.download = Download::ItemsOrError(error);
         self.done();
     }
 

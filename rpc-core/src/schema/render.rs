@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::canonical::references;
-use super::{Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant};
+use super::{Download, Field, MethodSchema, Schema, ServiceSchema, TypeDef, Variant};
 
 /// A type as Rust writes it, for a person reading a message (`Display` for [`Schema`]).
 pub(super) fn schema(schema: &Schema) -> String {
@@ -385,11 +385,19 @@ impl<'a> Source<'a> {
             self.streams.set(true);
         }
         let result = self.ty(&method.result, None, false);
-        let result = if method.download {
-            self.streams.set(true);
-            format!("Streaming<{result}>")
-        } else {
-            result
+        let result = match &method.download {
+            Download::None => result,
+            Download::Items => {
+                self.streams.set(true);
+                format!("Streaming<{result}>")
+            }
+            Download::ItemsOrError(error) => {
+                self.streams.set(true);
+                format!(
+                    "Result<Streaming<{result}>, {}>",
+                    self.ty(error, None, false)
+                )
+            }
         };
         let returns = if result == "()" {
             String::new()

@@ -799,7 +799,7 @@ fn a_description_whose_types_expand_without_end_is_compared_in_bounded_time() {
         }],
         upload: None,
         result: Schema::Unit,
-        download: false,
+        download: Download::None,
         idempotent: false,
         fingerprint,
     };
@@ -857,7 +857,13 @@ fn differences_inside_recursive_types_are_found_without_going_round() {
 /// A method's canonical form says which sides stream (section 5.1 of docs/wire.md).
 #[test]
 fn streamed_arguments_and_results_are_in_the_canonical_form() {
-    let form = |upload: bool, download: bool| {
+    /// What the method returns.
+    enum Returns {
+        Value,
+        Stream,
+        StreamOrError,
+    }
+    let form = |upload: bool, returns: Returns| {
         let mut tracer = ServiceTracer::new("Test");
         let method = tracer.method("call", false);
         let method = if upload {
@@ -865,18 +871,24 @@ fn streamed_arguments_and_results_are_in_the_canonical_form() {
         } else {
             method
         };
-        if download {
-            method.streams::<u16>();
-        } else {
-            method.returns::<u16>();
+        match returns {
+            Returns::Value => method.returns::<u16>(),
+            Returns::Stream => method.streams::<u16>(),
+            Returns::StreamOrError => method.streams_or_fails::<u16, u32>(),
         }
         let schema = tracer.finish().expect("describable");
         schema.canonical_form(&schema.methods[0]).expect("small")
     };
-    assert_eq!(form(false, false), [0, 0, 8]);
-    assert_eq!(form(true, false), [1, 0, 24, 7, 8]);
-    assert_eq!(form(false, true), [2, 0, 24, 8]);
-    assert_eq!(form(true, true), [3, 0, 24, 7, 24, 8]);
+    assert_eq!(form(false, Returns::Value), [0, 0, 8]);
+    assert_eq!(form(true, Returns::Value), [1, 0, 24, 7, 8]);
+    assert_eq!(form(false, Returns::Stream), [2, 0, 24, 8]);
+    assert_eq!(form(true, Returns::Stream), [3, 0, 24, 7, 24, 8]);
+    assert_eq!(
+        form(false, Returns::StreamOrError),
+        [6, 0, 24, 8, 9],
+        "the error's node ends the form"
+    );
+    assert_eq!(form(true, Returns::StreamOrError), [7, 0, 24, 7, 24, 8, 9]);
 }
 
 #[test]
@@ -972,7 +984,7 @@ fn a_difference_is_named_where_it_is_not_at_the_first_argument() {
         ],
         upload: None,
         result: Schema::Unit,
-        download: false,
+        download: Download::None,
         idempotent: false,
         fingerprint: 0,
     };
@@ -1155,7 +1167,28 @@ fn differences_in_streams_and_results_are_named() {
     );
     assert_eq!(
         difference(&streaming(false, true), &ours, "call").as_deref(),
-        Some("it streams its result here and does not stream on the server")
+        Some("it streams its result here and does not stream its result on the server")
+    );
+    let fallible = |error: bool| {
+        let mut tracer = ServiceTracer::new("Test");
+        let method = tracer.method("call", false).arg::<u8>("value");
+        if error {
+            method.streams_or_fails::<u8, String>();
+        } else {
+            method.streams_or_fails::<u8, u8>();
+        }
+        tracer.finish().expect("describable")
+    };
+    assert_eq!(
+        difference(&fallible(true), &streaming(false, true), "call").as_deref(),
+        Some(
+            "it streams its result or returns an error instead here and streams its result on \
+             the server"
+        )
+    );
+    assert_eq!(
+        difference(&fallible(true), &fallible(false), "call").as_deref(),
+        Some("the error returned instead of a stream is `String` here and `u8` on the server")
     );
     let mut tracer = ServiceTracer::new("Test");
     tracer
@@ -1376,7 +1409,7 @@ fn service_taking(args: Vec<(&str, Schema)>, types: Vec<(&str, TypeDef)>) -> Ser
             args: args.into_iter().map(field).collect(),
             upload: None,
             result: Schema::Unit,
-            download: false,
+            download: Download::None,
             idempotent: false,
             fingerprint: 1,
         }],
@@ -1958,4 +1991,30 @@ fn fields_skipped_both_ways_and_values_their_serialize_refuses_pass() {
     traced::<Cached>();
     traced::<NonEmpty>();
     traced::<Vec<NonEmpty>>();
+}
+
+/// `download` was a `bool`: the schemas of services without a method that returns
+/// `Result<Streaming<T>, E>` keep their bytes (docs/wire.md, section 6.1). (Lock files, in JSON,
+/// keep theirs too: rpc-cli's tests.)
+#[test]
+fn download_reads_and_writes_as_the_bool_it_was() {
+    let postcard = |download: &Download| postcard::to_stdvec(download).expect("encodes");
+    assert_eq!(
+        postcard(&Download::None),
+        postcard::to_stdvec(&false).expect("encodes")
+    );
+    assert_eq!(
+        postcard(&Download::Items),
+        postcard::to_stdvec(&true).expect("encodes")
+    );
+    let fallible = Download::ItemsOrError(Schema::U8);
+    assert_eq!(
+        postcard(&fallible),
+        [2, 7],
+        "variant 2, then the error's schema: u8"
+    );
+    for download in [Download::None, Download::Items, fallible] {
+        let back: Download = postcard::from_bytes(&postcard(&download)).expect("decodes");
+        assert_eq!(back, download);
+    }
 }
