@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rpc_core::{RpcError, ServiceClient};
-use rpc_tests::odd::{self, Empty, Odd, OddsClient, Unit};
+use rpc_tests::odd::{self, Empty, Key, Odd, OddsClient, Unit};
 use rpc_tests::rng::Rng;
 use rpc_tests::{
     LabClient, RawClient, STREAM_WINDOW, frame, lab_hello, lab_methods, loopback_listener,
@@ -311,20 +311,37 @@ async fn every_call_to_a_server_of_mutated_answers_ends_and_nothing_panics() {
 
 /// One call of Odds', of the `turn`th kind.
 async fn call_odds(client: OddsClient, turn: usize, outcomes: Arc<Outcomes>) {
-    match turn % 5 {
+    match turn % 6 {
         0 => outcomes.count(client.items(Odd::sample()).await, 36),
         1 => outcomes.count(client.echo(Odd::sample()).await, Odd::sample()),
         2 => outcomes.count(client.present(HashMap::new()).await, 1),
         3 => outcomes.count(client.names(Vec::new(), Unit, Empty {}).await, 2),
-        _ => {
+        4 => {
             let items = async { client.samples(3).await?.try_collect::<Vec<_>>().await };
             outcomes.count(items.await, vec![Odd::sample(); 3]);
+        }
+        _ => {
+            let answer = async {
+                match client.numbered(2).await? {
+                    Ok(keys) => Ok(Ok(keys.try_collect::<Vec<_>>().await?)),
+                    Err(last) => Ok(Err(last)),
+                }
+            };
+            // The server answers the stream to even ids and an error to odd ones: either is
+            // right as it was sent.
+            let answer = answer.await;
+            let right = match &answer {
+                Ok(Err(_)) => Err(Key::Numbered(u8::MAX)),
+                _ => Ok(vec![Key::Numbered(0), Key::Numbered(1)]),
+            };
+            outcomes.count(answer, right);
         }
     }
 }
 
 /// Results and streamed items of odd types mutated (structs of no fields, options of options,
-/// 128-bit integers, characters, floats, maps keyed by enums, sets of strings and of units):
+/// 128-bit integers, characters, floats, maps keyed by enums, sets of strings and of units, an
+/// error that comes instead of a stream):
 /// every call ends, nothing panics, and a well-behaved server of them is then called correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
@@ -340,6 +357,14 @@ async fn every_call_for_mutated_values_of_odd_types_ends_and_nothing_panics() {
         "present" => vec![ok(id, &[1])],
         "names" => vec![ok(id, &[2])],
         "samples" => streamed(id, (0..3).map(|_| echoed.clone())),
+        // `Result<Streaming<Key>, Key>`: `Ok(())`, then `Numbered(0)` and `Numbered(1)`; or
+        // `Err(Numbered(255))`.
+        "numbered" if id.is_multiple_of(2) => {
+            let mut payloads = streamed(id, (0..2).map(|n| vec![0x01, n]));
+            payloads[0] = ok(id, &[0x00]);
+            payloads
+        }
+        "numbered" => vec![ok(id, &[0x01, 0x01, 0xff])],
         other => panic!("the client makes no call of `{other}`"),
     };
     let (listener, addr) = loopback_listener().await;
