@@ -9,8 +9,11 @@
 //! is an object when its keys are strings, no two alike, and otherwise an array of `[key,
 //! value]` pairs; as input it may be either, an object's keys read as JSON (`"true"`, `"1.5"`)
 //! where the key's type takes no string. Integers past 64 bits are strings, and any integer
-//! may be typed as one. Objects keep their order: a struct's fields print as it declares them,
-//! a map's entries as they came.
+//! may be typed as one. Where serde_json would lose a value, writing `Some(None)` of an
+//! `Option<Option<T>>` as `null`, its `None`, a `Some` whose value is written `null` (or
+//! `{"Some": ...}`) is `{"Some": value}`; as input, `{"Some": value}` is read so for any option
+//! of a type that writes `null`. Objects keep their order: a struct's fields print as it
+//! declares them, a map's entries as they came.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -117,6 +120,32 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
 /// Whether `null` is a value of `schema`: an option's `None`, or the unit.
 fn takes_null(schema: &Schema) -> bool {
     matches!(schema, Schema::Option(_) | Schema::Unit)
+}
+
+/// Whether JSON writes some value of `schema` as `null`: an option's `None`, the unit, a unit
+/// struct, or a newtype of one of them. An option of such a type writes its `Some` as
+/// `{"Some": value}` where the value is `null` or itself of that form, so that `Some(None)` is
+/// not read as `None`; it reads either form.
+fn writes_null(schema: &Schema, types: &Types, depth: usize) -> bool {
+    match schema {
+        Schema::Option(_) | Schema::Unit => true,
+        _ if depth > MAX_DEPTH => false,
+        Schema::Named(name) => match types.get(name) {
+            Some(TypeDef::UnitStruct) => true,
+            Some(TypeDef::NewtypeStruct(inner)) => writes_null(inner, types, depth + 1),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The value inside `{"Some": value}`, the form an option of a type that writes `null` takes
+/// for its `Some`.
+fn explicit_some(json: &Value) -> Option<&Value> {
+    match json {
+        Value::Object(object) if object.len() == 1 => object.get("Some"),
+        _ => None,
+    }
 }
 
 /// Encodes one value of type `schema` from `json`; `path` names it in errors.
@@ -496,7 +525,14 @@ impl Serialize for Typed<'_> {
             },
             Schema::Option(inner) => match self.json {
                 Value::Null => serializer.serialize_none(),
-                json => serializer.serialize_some(&self.child(inner, json, self.path.clone())),
+                json => {
+                    // `{"Some": null}` is `Some(None)` of an `Option<Option<T>>`; a plain value
+                    // is `Some` of it, where it cannot be mistaken for `None`.
+                    let json = explicit_some(json)
+                        .filter(|_| writes_null(inner, self.types, self.depth))
+                        .unwrap_or(json);
+                    serializer.serialize_some(&self.child(inner, json, self.path.clone()))
+                }
             },
             Schema::Seq(item) => match self.json {
                 Value::Array(items) => {
@@ -787,7 +823,16 @@ impl<'de> Visitor<'de> for ToJson<'_> {
         let Schema::Option(inner) = self.0.schema else {
             return Err(self.0.fail("an option where none was described"));
         };
-        self.0.of(inner).deserialize(deserializer)
+        let value = self.0.of(inner).deserialize(deserializer)?;
+        // Written plainly, a `Some` whose value is `null` would read back as `None`, and one
+        // whose value is `{"Some": ...}` as the `Some` of what is inside.
+        let ambiguous = value.is_null() || explicit_some(&value).is_some();
+        if ambiguous && writes_null(inner, self.0.types, self.0.depth) {
+            return Ok(Value::Object(
+                [("Some".to_owned(), value)].into_iter().collect(),
+            ));
+        }
+        Ok(value)
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
@@ -1365,6 +1410,65 @@ mod tests {
         let map = Schema::Map(Box::new(Schema::Unit), Box::new(Schema::Unit));
         let refused = decode(&map, &types, &lie);
         assert!(refused.is_err_and(|why| why.ends_with("one a byte and 4096 more")));
+    }
+
+    /// An option of an option (or of the unit) writes `Some(None)` as `{"Some": null}`, which
+    /// `null`, its `None`, would lose; a `Some` that `null` cannot be mistaken for stays plain.
+    #[test]
+    fn some_of_a_value_written_null_is_written_apart_from_none() {
+        let types = Types::new();
+        let option = |inner| Schema::Option(Box::new(inner));
+        let twice = option(option(Schema::U8));
+        let cases = [
+            (None, json!(null)),
+            (Some(None), json!({"Some": null})),
+            (Some(Some(5u8)), json!(5)),
+        ];
+        for (value, written) in cases {
+            let bytes = postcard::to_allocvec(&value).expect("encodes");
+            assert_eq!(
+                decode(&twice, &types, &bytes),
+                Ok(written.clone()),
+                "{value:?}"
+            );
+            assert_eq!(
+                encode(&twice, &types, &written, "v"),
+                Ok(bytes),
+                "{value:?}"
+            );
+        }
+        let some_five = postcard::to_allocvec(&Some(Some(5u8))).expect("encodes");
+        assert_eq!(
+            encode(&twice, &types, &json!({"Some": 5}), "v"),
+            Ok(some_five)
+        );
+
+        let thrice = option(twice);
+        let value = Some(Some(None::<u8>));
+        let bytes = postcard::to_allocvec(&value).expect("encodes");
+        let written = json!({"Some": {"Some": null}});
+        assert_eq!(decode(&thrice, &types, &bytes), Ok(written.clone()));
+        assert_eq!(encode(&thrice, &types, &written, "v"), Ok(bytes));
+
+        let unit = option(Schema::Unit);
+        let bytes = postcard::to_allocvec(&Some(())).expect("encodes");
+        assert_eq!(decode(&unit, &types, &bytes), Ok(json!({"Some": null})));
+        assert_eq!(
+            encode(&unit, &types, &json!({"Some": null}), "v"),
+            Ok(bytes)
+        );
+
+        // An option of a type that writes no `null` keeps `{"Some": ...}` for the type itself.
+        let mut types = Types::new();
+        let variants = vec![("Some".to_owned(), Variant::Newtype(Schema::U8))];
+        types.insert("Maybe".to_owned(), TypeDef::Enum(variants));
+        let maybe = option(Schema::Named("Maybe".into()));
+        let bytes = [1, 0, 7];
+        assert_eq!(decode(&maybe, &types, &bytes), Ok(json!({"Some": 7})));
+        assert_eq!(
+            encode(&maybe, &types, &json!({"Some": 7}), "v"),
+            Ok(bytes.to_vec())
+        );
     }
 
     /// Values nest up to [`MAX_DEPTH`] below the top, in JSON and in postcard, and no deeper.
