@@ -2,14 +2,16 @@
 //! sockets: calls spread over the callers added, a caller that goes leaves, a call waits for the
 //! first caller when it waits for ready, an idempotent call whose caller vanished runs on
 //! another, a caller that never answers is ejected, one that stops serving back finishes what
-//! it runs and leaves, a worker that rejoins comes back to a restarted coordinator, and callers
-//! that serve the wrong thing (or another build of it) are refused with a clear error.
+//! it runs and leaves, one that says it is not serving is passed over until it serves again, a
+//! worker that rejoins comes back to a restarted coordinator, and callers that serve the wrong
+//! thing (or another build of it) are refused with a clear error.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use rpc_core::health::ServingStatus;
 use rpc_core::{CallerPool, Context, RpcError, Server, ServiceClient};
 use rpc_tests::{
     RawClient, STREAM_WINDOW, hello_serving_back, request, reverse_frame, service_hello, within,
@@ -205,6 +207,63 @@ async fn every_call_answered_by(workers: &WorkerClient, name: &str) {
             name
         );
     }
+}
+
+/// Returns once as many of the endpoints of `workers` as `count` are listed not serving.
+async fn until_not_serving(workers: &WorkerClient, count: usize) {
+    let mut changes = std::pin::pin!(workers.channel().endpoint_changes());
+    let not_serving = || {
+        let listed = workers.channel().endpoints();
+        let state = rpc_core::EndpointState::NotServing;
+        listed
+            .iter()
+            .filter(|endpoint| endpoint.state == state)
+            .count()
+    };
+    within("the health probes to see it", async {
+        while not_serving() != count {
+            changes.next().await.expect("changes go on");
+        }
+    })
+    .await;
+}
+
+/// A worker that says it is not serving (`ServerBuilder::health` of what it serves back with)
+/// gets no call from a coordinator that checks its callers' health, until it serves again.
+#[tokio::test]
+async fn a_worker_that_says_it_is_not_serving_gets_no_calls_until_it_serves_again() {
+    let checked = WorkerClient::builder().health_checks(Duration::from_millis(10));
+    let (workers, pool) = checked.caller_pool();
+    let addr = coordinator(pool.clone()).await;
+    let server = Server::builder();
+    let health = server.health();
+    let worker = MyWorker {
+        name: "w1".to_owned(),
+        holds: None,
+    };
+    let first = CoordinatorClient::builder()
+        .serve_with(server, WorkerServer::new(worker))
+        .connect(addr)
+        .await
+        .expect("connects");
+    within("join", first.join())
+        .await
+        .expect("answered")
+        .expect("joined");
+    let _second = join(addr, "w2", None).await;
+    until_the_pool_holds(&workers, &pool, 2).await;
+
+    health.set(ServingStatus::NotServing);
+    until_not_serving(&workers, 1).await;
+    every_call_answered_by(&workers, "w2").await;
+
+    health.set(ServingStatus::Serving);
+    until_not_serving(&workers, 0).await;
+    let mut answered = HashSet::new();
+    for _ in 0..40 {
+        answered.insert(within("a call", workers.name()).await.expect("answered"));
+    }
+    assert!(answered.contains("w1"), "back in the pool: {answered:?}");
 }
 
 #[tokio::test]

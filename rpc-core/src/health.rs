@@ -3,8 +3,10 @@
 //!
 //! Every server answers health requests beside its own service (docs/wire.md, "Health"):
 //! `rpc.health.check` with the service's status now, `rpc.health.watch` with it now and then at
-//! each change. [`Server::health`](crate::Server::health) sets it; graceful shutdown marks the
-//! server not serving before it drains. A client asks with [`Channel::health`] or
+//! each change. [`Server::health`](crate::Server::health) sets it (and
+//! [`ServerBuilder::health`](crate::ServerBuilder::health) for what a builder makes, a service
+//! that a client serves back included: a worker that takes no task for a while); graceful
+//! shutdown marks the server not serving before it drains. A client asks with [`Channel::health`] or
 //! [`Channel::watch_health`] (about one service of a server of several,
 //! [`Channel::service_health`]), and a balanced client can probe its endpoints with it
 //! ([`ClientBuilder::health_checks`](crate::ClientBuilder::health_checks)), passing over those

@@ -72,10 +72,20 @@ pub struct Server {
 }
 
 /// Settings for a server's connections, with bounded defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[must_use = "a builder does nothing until it binds or serves"]
 pub struct ServerBuilder {
     config: ServerConfig,
+}
+
+/// A clone has a health status of its own ([`ServerBuilder::health`]): each server reports its
+/// own, even when two are built from one builder.
+impl Clone for ServerBuilder {
+    fn clone(&self) -> Self {
+        let mut config = self.config.clone();
+        config.health = crate::health::HealthReporter::default();
+        ServerBuilder { config }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -564,13 +574,31 @@ impl ServerBuilder {
     }
 
     fn server(self, listener: Listener) -> Server {
-        let mut config = self.config;
-        // Each server has a status of its own, even when built from one builder.
-        config.health = crate::health::HealthReporter::default();
         Server {
             listener,
-            config: Arc::new(config),
+            config: Arc::new(self.config),
         }
+    }
+
+    /// Sets the status health calls report, as [`Server::health`] does, for what this builder
+    /// makes: the server it binds, the connections it serves on their own
+    /// ([`serve_connection`](Self::serve_connection)), or the service a client serves back with
+    /// it ([`ClientBuilder::serve_with`](crate::ClientBuilder::serve_with)), where a worker
+    /// tells a coordinator that checks its callers' health
+    /// ([`ClientBuilder::health_checks`](crate::ClientBuilder::health_checks)) to send it no
+    /// tasks for a while. A clone of the builder has a status of its own.
+    ///
+    /// ```
+    /// use rpc_core::health::ServingStatus;
+    ///
+    /// let builder = rpc_core::Server::builder();
+    /// let health = builder.health();
+    /// health.set(ServingStatus::NotServing);
+    /// assert_eq!(builder.health().status(), ServingStatus::NotServing);
+    /// assert_eq!(builder.clone().health().status(), ServingStatus::Serving);
+    /// ```
+    pub fn health(&self) -> crate::health::HealthReporter {
+        self.config.health.clone()
     }
 }
 
