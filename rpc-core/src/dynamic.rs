@@ -106,7 +106,7 @@ pub enum DynamicReply {
     /// The encoded items of a streamed result.
     Stream(Streaming<Encoded>),
     /// The encoded error a method that returns `Result<Streaming<T>, E>` returned instead of
-    /// its stream ([`Download::ItemsOrError`](crate::schema::Download::ItemsOrError)).
+    /// its stream ([`Download::ItemsOrError`]).
     StreamError(Encoded),
 }
 

@@ -2,6 +2,8 @@
 //!
 //! A method that returns [`Streaming<T>`] streams its results to the client; a method that takes
 //! one (as its one streamed argument) receives a stream from the client; a method may do both.
+//! One that returns `Result<Streaming<T>, E>` may answer an error instead of its stream, which
+//! the client gets typed, with no stream.
 //! Items travel as their own frames on the call's connection, interleaved with every other call,
 //! and the receiver grants the sender credit as it consumes, so a slow reader holds back a fast
 //! writer instead of letting memory grow.
