@@ -1,13 +1,13 @@
 //! Methods that return `Result<Streaming<T>, E>`: the error comes instead of the stream, typed,
 //! over real TCP and in process; the stream follows only an `Ok`; a failed call holds nothing
-//! on either end; the bytes on the wire are those docs/wire.md gives (section 7).
+//! on either end; the bytes on the wire are those docs/wire.md gives (sections 5.1, 6.1 and 7).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use rpc_core::{Server, ServiceClient, Streaming};
-use rpc_tests::{RawClient, VERSION, hello, request, serve_on_loopback, within};
+use rpc_tests::{RawClient, VERSION, hello, request, serve_on_loopback, string, varint, within};
 use serde::{Deserialize, Serialize};
 
 /// Why a file cannot be opened.
@@ -231,4 +231,46 @@ async fn the_bytes_are_as_the_wire_document_says() {
         let got = within("a frame", raw.read_frame()).await.expect("a frame");
         assert_eq!(got, expected);
     }
+}
+
+/// docs/wire.md, sections 6.1 and 5.1: the method's schema says `download` `02` with the error's
+/// schema after it, and its fingerprint hashes the canonical form with shape `06` and the error's
+/// node at the end.
+#[tokio::test]
+async fn the_schema_on_the_wire_names_the_error_and_the_fingerprint_hashes_it() {
+    let addr = serve_on_loopback(Server::builder(), FilesServer::new(memory())).await;
+    let mut raw = RawClient::greet(addr, &hello("Files", VERSION)).await;
+    raw.send(&request(1, "rpc.describe", b"")).await;
+    let answer = within("the description", raw.read_frame())
+        .await
+        .expect("a frame");
+    // Response, id 1, Ok; then the ServiceSchema: "Files", two methods, the first "lines".
+    let mut expected = vec![0x02, 0x01, 0x00];
+    expected.extend(string("Files"));
+    expected.push(0x02);
+    expected.extend(string("lines"));
+    expected.push(0x01); // one argument:
+    expected.extend(string("name"));
+    expected.push(15); // a string
+    expected.push(0x00); // no streamed argument
+    expected.push(15); // items: strings
+    expected.push(0x02); // download: a stream or an error, of the schema
+    expected.push(21); // named
+    expected.extend(string("OpenError"));
+    expected.push(0x00); // not idempotent
+    // `06` a stream or an error; the arguments: a string; `18` the stream; its items: strings;
+    // the error: an enum of two variants, a string and a unit.
+    let canonical: [u8; 8] = [0x06, 0x0f, 0x18, 0x0f, 0x15, 0x02, 0x0f, 0x00];
+    let fingerprint = canonical
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    expected.extend(varint(fingerprint));
+    assert!(
+        answer.starts_with(&expected),
+        "{:02x?}\n{:02x?}",
+        &answer[..expected.len().min(answer.len())],
+        expected
+    );
 }
