@@ -6,8 +6,8 @@
 //! each change. [`Server::health`](crate::Server::health) sets it (and
 //! [`ServerBuilder::health`](crate::ServerBuilder::health) for what a builder makes, a service
 //! that a client serves back included: a worker that takes no task for a while); graceful
-//! shutdown marks the server not serving before it drains. A client asks with [`Channel::health`] or
-//! [`Channel::watch_health`] (about one service of a server of several,
+//! shutdown marks the server not serving before it drains. A client asks with
+//! [`Channel::health`] or [`Channel::watch_health`] (about one service of a server of several,
 //! [`Channel::service_health`]), and a balanced client can probe its endpoints with it
 //! ([`ClientBuilder::health_checks`](crate::ClientBuilder::health_checks)), passing over those
 //! not serving.
