@@ -262,7 +262,7 @@ fn tail_follows_the_log_and_stops() {
     let (ok, stdout, _) = run(env!("CARGO_BIN_EXE_tail"), &[]);
     assert!(ok, "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 11, "{stdout}");
+    assert_eq!(lines.len(), 14, "{stdout}");
     assert_eq!(lines[0], "tail: boot step 1 done", "the backlog first");
     assert_eq!(
         lines[3], "tail: request 1 served",
@@ -270,6 +270,12 @@ fn tail_follows_the_log_and_stops() {
     );
     assert_eq!(lines[9], "tail: request 7 served");
     assert_eq!(lines[10], "tail: stopped after 10 lines");
+    assert_eq!(lines[11], "tail: written already: boot step 1 done");
+    assert_eq!(lines[12], "tail: written already: boot step 2 done");
+    assert!(
+        lines[13].starts_with("tail: 1000000 lines refused: the log holds "),
+        "a stream refused before it starts: {stdout}"
+    );
 }
 
 #[test]

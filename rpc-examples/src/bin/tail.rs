@@ -5,12 +5,14 @@
 //! ```
 //!
 //! The server writes a line every 50 ms; the client reads the backlog and then new lines as they
-//! come, and stops after ten. Dropping its stream cancels the call on the server.
+//! come, and stops after ten. Dropping its stream cancels the call on the server. Then it asks
+//! for lines written already, which the server may refuse before streaming any
+//! (`Result<Streaming<String>, TooFewLines>`): the first two, and a million.
 
 use std::time::Duration;
 
 use rpc_core::Server;
-use rpc_examples::streams::{Log, LogTailClient, LogTailServer};
+use rpc_examples::streams::{Log, LogTailClient, LogTailServer, TooFewLines};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,5 +40,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(lines);
     println!("tail: stopped after 10 lines");
+
+    for count in [2, 1_000_000] {
+        match client.lines(0, count).await? {
+            Ok(mut lines) => {
+                while let Some(line) = lines.next().await {
+                    println!("tail: written already: {}", line?);
+                }
+            }
+            Err(TooFewLines { written }) => {
+                println!("tail: {count} lines refused: the log holds {written}")
+            }
+        }
+    }
     Ok(())
 }
