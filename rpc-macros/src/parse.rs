@@ -464,7 +464,9 @@ fn download(output: &Type, errors: &mut Errors) -> (Option<Type>, Option<Type>) 
                     "the error that comes instead of a stream is no stream",
                 );
             }
-            (item, Some(error.clone()))
+            // Only with its items known is the method one that streams, or may fail instead.
+            let error = item.as_ref().map(|_| error.clone());
+            (item, error)
         }
         _ if first_streams => {
             errors.spanned(
@@ -588,7 +590,8 @@ mod tests {
     use syn::parse_quote;
 
     use super::{
-        Errors, ItemTrait, Service, Type, check_owned, is_byte_string, service, streaming_item,
+        Errors, ItemTrait, Service, Type, check_owned, download, is_byte_string, service,
+        streaming_item,
     };
 
     /// The service `item` makes, or the errors it gets, as text.
@@ -668,6 +671,41 @@ mod tests {
         );
         let mut errors = Errors::default();
         assert!(streaming_item(&parse_quote!(<X>::Streaming<u8>), &mut errors).is_none());
+    }
+
+    /// What a return type streams, as text: the items, the error, and whether it was refused.
+    fn downloads(output: Type) -> (Option<String>, Option<String>, bool) {
+        let mut errors = Errors::default();
+        let text = |ty: Type| ty.to_token_stream().to_string();
+        let (items, error) = download(&output, &mut errors);
+        (items.map(text), error.map(text), errors.finish().is_err())
+    }
+
+    #[test]
+    fn a_result_of_a_stream_streams_its_items_or_sends_its_error() {
+        let some = |text: &str| Some(text.to_owned());
+        let fallible = downloads(parse_quote!(Result<Streaming<u8>, String>));
+        assert_eq!(fallible, (some("u8"), some("String"), false));
+        let qualified = downloads(parse_quote!(std::result::Result<Streaming<u8>, E>));
+        assert_eq!(qualified, (some("u8"), some("E"), false));
+        assert_eq!(
+            downloads(parse_quote!(Streaming<u8>)),
+            (some("u8"), None, false)
+        );
+        assert_eq!(
+            downloads(parse_quote!(Result<u8, String>)),
+            (None, None, false)
+        );
+        for refused in [
+            parse_quote!(io::Result<Streaming<u8>>),
+            parse_quote!(Result<Streaming<u8>, Streaming<u8>>),
+            parse_quote!(Result<Streaming, String>),
+            parse_quote!(Result<Option<Streaming<u8>>, String>),
+        ] {
+            let (items, error, failed) = downloads(refused);
+            assert!(failed, "refused");
+            assert!(error.is_none() || items.is_some(), "no error without items");
+        }
     }
 
     #[test]
