@@ -46,6 +46,49 @@ pub(crate) async fn take_turn() {
     .await;
 }
 
+/// A future that `make`s its work, boxed, when first polled: for a branch of a `select!` that is
+/// seldom enabled (a connection draining, lingering, making room). `select!` builds every
+/// branch's future each time round, enabled or not, and the task holds them all between turns:
+/// built in place, such a branch's future (a timer, a wait for a signal: a hundred bytes and
+/// more each) took its room in every connection's task for as long as the connection lasted,
+/// where this takes a pointer and what `make` captures.
+pub(crate) fn when_polled<F, W>(make: F) -> WhenPolled<F, W>
+where
+    F: FnOnce() -> W + Unpin,
+    W: Future,
+{
+    WhenPolled {
+        make: Some(make),
+        work: None,
+    }
+}
+
+/// See [`when_polled`].
+pub(crate) struct WhenPolled<F, W> {
+    make: Option<F>,
+    work: Option<std::pin::Pin<Box<W>>>,
+}
+
+impl<F, W> Future for WhenPolled<F, W>
+where
+    F: FnOnce() -> W + Unpin,
+    W: Future,
+{
+    type Output = W::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<W::Output> {
+        let this = self.get_mut();
+        if let Some(make) = this.make.take() {
+            this.work = Some(Box::pin(make()));
+        }
+        match &mut this.work {
+            Some(work) => work.as_mut().poll(cx),
+            // Polled again after it was ready, as a fused branch never is.
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// The deadline passed before the work was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DeadlinePassed;
@@ -87,6 +130,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A branch's future is made only when polled, and takes a pointer's room until then where
+    /// the future it makes takes far more.
+    #[tokio::test]
+    async fn work_made_when_polled_is_made_then_and_not_before() {
+        let made = std::cell::Cell::new(0);
+        let waiting = when_polled(|| {
+            made.set(made.get() + 1);
+            tokio::time::sleep(Duration::from_millis(1))
+        });
+        let sleep = tokio::time::sleep(Duration::from_millis(1));
+        assert!(std::mem::size_of_val(&waiting) * 2 < std::mem::size_of_val(&sleep));
+        assert_eq!(made.get(), 0, "nothing made before the first poll");
+        waiting.await;
+        assert_eq!(made.get(), 1);
+        let never = when_polled(|| -> std::future::Ready<()> { unreachable!("never polled") });
+        drop(never);
+    }
 
     /// Work done at its first poll is done, deadline or not, as with tokio's `timeout`; work
     /// that waits is cut off at the deadline, and work that finishes before it is not.

@@ -41,7 +41,7 @@ use crate::reverse::{self, Caller, Tunnel};
 use crate::service::DecodeError;
 use crate::slots::{CallSlot, CallSlots, HeldRequests, OVER_SERVER_LIMIT, Reservation};
 use crate::stream::{InboundSlot, Streams};
-use crate::task::AbortOnDrop;
+use crate::task::{AbortOnDrop, when_polled};
 use crate::telemetry::{OpenConnection, Side, Traffic};
 use crate::{Metadata, RpcError, StatusCode};
 
@@ -359,15 +359,16 @@ where
                     }
                 }
                 // Draining, the connection waits for its calls to finish, and for the server's
-                // own calls to a client that serves back.
-                () = calls.wait_idle(),
+                // own calls to a client that serves back. These branches and the two timers
+                // after them are seldom enabled: their futures are made when first polled.
+                () = when_polled(|| calls.wait_idle()),
                     if connection.draining && linger_due.is_none() && !calls.is_empty() => {}
-                () = reverse::ended(connection.tunnel.as_ref()),
+                () = when_polled(|| reverse::ended(connection.tunnel.as_ref())),
                     if connection.draining
                         && linger_due.is_none()
                         && !reverse::has_ended(connection.tunnel.as_ref()) => {}
-                () = until(linger_due), if linger_due.is_some() => break Ok(()),
-                () = until(room_due), if room_due.is_some() => {
+                () = when_polled(|| until(linger_due)), if linger_due.is_some() => break Ok(()),
+                () = when_polled(|| until(room_due)), if room_due.is_some() => {
                     tracing::debug!(?peer_addr, "dropping the calls still running to make room");
                     calls.abort_all();
                     break Ok(());
@@ -388,7 +389,7 @@ where
                     connection.start_parked(slot);
                 }
                 () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
-                () = reverse::wait_may_read(connection.tunnel.as_ref()),
+                () = when_polled(|| reverse::wait_may_read(connection.tunnel.as_ref())),
                     if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
                 frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
                     if gate.is_open() => match frame {
