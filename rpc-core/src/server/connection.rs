@@ -920,19 +920,21 @@ impl<S: ServiceSet> Connection<'_, S> {
         Some(slot.with_upload(self.uploads.try_take()?))
     }
 
-    /// What the oldest parked request needs to start, once it is free: a future that owns the
-    /// slots, to be polled beside futures that borrow the connection.
-    fn slots_for_parked(&self) -> impl Future<Output = CallSlot> + use<S> {
-        let slots = Arc::clone(&self.slots);
+    /// What the oldest parked request needs to start, once it is free. It borrows the slots:
+    /// built at every turn of the connection's loop, parked requests or not, a future that
+    /// owned them cost two reference-count updates a turn on counts that every call's slot
+    /// updates too.
+    fn slots_for_parked(&self) -> impl Future<Output = CallSlot> + '_ {
+        let (slots, uploads) = (&self.slots, &self.uploads);
         let front = self.parked.front();
         let upload = front.is_some_and(|parked| parked.upload);
-        let uploads = upload.then(|| Arc::clone(&self.uploads));
         let bytes = front.map_or(0, |parked| parked.bytes);
         async move {
             let slot = slots.take_counting(bytes).await;
-            match uploads {
-                Some(uploads) => slot.with_upload(uploads.take().await),
-                None => slot,
+            if upload {
+                slot.with_upload(uploads.take().await)
+            } else {
+                slot
             }
         }
     }
