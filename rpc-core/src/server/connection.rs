@@ -388,7 +388,9 @@ where
                 {
                     connection.start_parked(slot);
                 }
-                () = meter.wait_may_read(), if gate.room_to_park && !gate.answers_drained => {}
+                // Enabled only while the client leaves answers unread: made when polled too.
+                () = when_polled(|| meter.wait_may_read()),
+                    if gate.room_to_park && !gate.answers_drained => {}
                 () = when_polled(|| reverse::wait_may_read(connection.tunnel.as_ref())),
                     if gate.room_to_park && gate.answers_drained && !gate.reverse_taken => {}
                 frame = reader.next_frame_split(|prefix| byte_strings.from(prefix)),
