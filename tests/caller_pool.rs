@@ -117,12 +117,22 @@ async fn coordinator(pool: CallerPool) -> std::net::SocketAddr {
 /// A worker named `name` connected to the coordinator at `addr` and joined; its client of the
 /// coordinator holds the connection it serves on.
 async fn join(addr: std::net::SocketAddr, name: &str, holds: Option<Holds>) -> CoordinatorClient {
+    join_with(Server::builder(), addr, name, holds).await
+}
+
+/// [`join`], serving back with the settings of `server`.
+async fn join_with(
+    server: rpc_core::ServerBuilder,
+    addr: std::net::SocketAddr,
+    name: &str,
+    holds: Option<Holds>,
+) -> CoordinatorClient {
     let worker = MyWorker {
         name: name.to_owned(),
         holds,
     };
     let client = CoordinatorClient::builder()
-        .serve(WorkerServer::new(worker))
+        .serve_with(server, WorkerServer::new(worker))
         .connect(addr)
         .await
         .expect("connects");
@@ -237,19 +247,7 @@ async fn a_worker_that_says_it_is_not_serving_gets_no_calls_until_it_serves_agai
     let addr = coordinator(pool.clone()).await;
     let server = Server::builder();
     let health = server.health();
-    let worker = MyWorker {
-        name: "w1".to_owned(),
-        holds: None,
-    };
-    let first = CoordinatorClient::builder()
-        .serve_with(server, WorkerServer::new(worker))
-        .connect(addr)
-        .await
-        .expect("connects");
-    within("join", first.join())
-        .await
-        .expect("answered")
-        .expect("joined");
+    let _first = join_with(server, addr, "w1", None).await;
     let _second = join(addr, "w2", None).await;
     until_the_pool_holds(&workers, &pool, 2).await;
 
