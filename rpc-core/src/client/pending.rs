@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -135,13 +135,32 @@ impl Waiter {
 
 /// The waiting calls of one connection, by request id. Once closed, it accepts no new call and
 /// every call that was waiting has been told why.
-#[derive(Debug, Default)]
+///
+/// The calls are spread over [`SHARDS`] tables by id, each behind a lock of its own on a line
+/// of memory of its own: every call takes its table's lock four times (registered, claimed by
+/// the writer, answered, and its answer taken), from the caller's thread, the writer's and the
+/// reader's, and behind one lock for them all the threads of a runtime waited for each other.
+/// On one shared runtime, in medians of six interleaved runs, four tables each on a line of its
+/// own took 256 callers on one connection 5% higher (four sharing lines, 1%); 32 callers, and
+/// two processes, saw no change. They cost an idle connection 0.3 KiB.
+#[derive(Debug)]
 pub(crate) struct Pending {
-    state: Mutex<State>,
+    shards: [Shard; SHARDS],
+    /// The deadline the connection's reader has its timer set for: the earliest of the waiting
+    /// calls' when it last looked, or an earlier one registered since.
+    timer_at: Mutex<Option<Instant>>,
+    /// A copy of `timer_at` that a call reads without the lock, in nanoseconds from `origin`
+    /// (`u64::MAX` for none); while [`Pending::expire`] works out the next, `u64::MAX` too, so
+    /// that a call registered meanwhile takes the lock and waits for the answer.
+    timer_at_nanos: AtomicU64,
+    origin: Instant,
+    /// Why the table closed, and whom to tell: locked only to close it and to read why.
+    ending: Mutex<Ending>,
     /// Turns true when the table closes.
     closed: watch::Sender<bool>,
-    /// Copies of `state.closed.is_some()` and `state.draining`, read on every call without the
-    /// lock; set under it.
+    /// Whether the table is closed, and whether the server said it takes no new calls: set
+    /// before the tables are gone through, and read under a table's lock by a call joining it,
+    /// so that a call either sees them or is in its table when the closing comes to it.
     is_closed: AtomicBool,
     is_draining: AtomicBool,
     /// Set, and the connection's reader woken, when a call's deadline comes before the one the
@@ -150,21 +169,28 @@ pub(crate) struct Pending {
     reader: AtomicWaker,
 }
 
+/// How many tables the waiting calls are spread over: call `id` waits in table `id %
+/// SHARDS`. Ids count up, so calls made one after another go to different tables.
+const SHARDS: usize = 4;
+
+/// One of the tables, on a line of memory of its own.
 #[derive(Debug, Default)]
-struct State {
-    calls: HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>,
-    /// The deadline the connection's reader has its timer set for: the earliest of the
-    /// waiting calls' when it last looked, or an earlier one registered since.
-    next_deadline: Option<Instant>,
+#[repr(align(64))]
+struct Shard(Mutex<Calls>);
+
+/// The calls of one table, by id.
+type Calls = HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug, Default)]
+struct Ending {
     closed: Option<RpcError>,
-    /// The server said it takes no new calls.
-    draining: bool,
     /// Counted once the table closes: the watchers of the client whose connection this is.
     count_close_in: Option<Changes>,
 }
 
 /// Hashes the ids this side gives its own calls, one after another from 1: a multiplication
 /// spreads them over the table's buckets (its low bits) and sets its tags (the high bits) apart.
+/// The bits that pick the table are the same for all of a table's ids, and are left out.
 /// SipHash, the map's default, guards against keys a peer picks to collide; a peer picks none of
 /// these, and SipHash cost two hashes per call for nothing.
 #[derive(Debug, Default)]
@@ -178,7 +204,8 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, id: u64) {
-        self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let within_table = id / SHARDS as u64;
+        self.0 = (self.0 ^ within_table).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 
     fn finish(&self) -> u64 {
@@ -199,10 +226,33 @@ struct Waiter {
     takes_byte_string: bool,
 }
 
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            shards: Default::default(),
+            timer_at: Mutex::new(None),
+            timer_at_nanos: AtomicU64::new(u64::MAX),
+            origin: Instant::now(),
+            ending: Mutex::default(),
+            closed: watch::Sender::default(),
+            is_closed: AtomicBool::default(),
+            is_draining: AtomicBool::default(),
+            earlier_deadline: AtomicBool::default(),
+            reader: AtomicWaker::default(),
+        }
+    }
+}
+
 impl Pending {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding the lock; if one ever did, the map is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The table of call `id`, locked.
+    fn calls(&self, id: u64) -> MutexGuard<'_, Calls> {
+        // `id % SHARDS` is below `SHARDS`, which fits in a `u64`.
+        let shard = &self.shards[(id % SHARDS as u64) as usize];
+        lock(&shard.0)
+    }
+
+    fn ending(&self) -> MutexGuard<'_, Ending> {
+        lock(&self.ending)
     }
 
     /// Registers a call to `method` whose request is `request`, to be claimed by the writer, or
@@ -219,15 +269,16 @@ impl Pending {
         takes_byte_string: bool,
         waker: Waker,
     ) -> Result<ReplyFuture<'_>, RpcError> {
-        let mut state = self.state();
+        let mut calls = self.calls(id);
         // The server said it takes no new calls: that says more than how the connection ended.
-        if state.draining {
+        if self.is_draining() {
             return Err(RpcError::ServerClosing {
                 method: method.to_owned(),
             });
         }
-        if let Some(reason) = &state.closed {
-            return Err(reason.clone());
+        if self.is_closed() {
+            drop(calls);
+            return Err(self.close_reason());
         }
         let registered = WakerIdentity::of(&waker);
         let waiter = Waiter {
@@ -238,15 +289,21 @@ impl Pending {
             expires,
             takes_byte_string,
         };
-        state.calls.insert(id, waiter);
+        calls.insert(id, waiter);
+        drop(calls);
         // Calls mostly share their channel's deadline, so this is rare: the first call's, and
         // one shorter than those before it.
         if let Some(expires) = expires
-            && state.next_deadline.is_none_or(|next| expires < next)
+            && self.nanos(expires) < self.timer_at_nanos.load(Ordering::Acquire)
         {
-            state.next_deadline = Some(expires);
-            self.earlier_deadline.store(true, Ordering::Release);
-            self.reader.wake();
+            let mut timer_at = lock(&self.timer_at);
+            if timer_at.is_none_or(|at| expires < at) {
+                *timer_at = Some(expires);
+                self.timer_at_nanos
+                    .store(self.nanos(expires), Ordering::Release);
+                self.earlier_deadline.store(true, Ordering::Release);
+                self.reader.wake();
+            }
         }
         Ok(ReplyFuture {
             pending: self,
@@ -257,16 +314,16 @@ impl Pending {
 
     /// Whether call `id` waits for a result that is a byte string it takes as it was read.
     pub(crate) fn takes_byte_string(&self, id: u64) -> bool {
-        let state = self.state();
-        let waiter = state.calls.get(&id);
+        let calls = self.calls(id);
+        let waiter = calls.get(&id);
         waiter.is_some_and(|waiter| waiter.takes_byte_string && waiter.is_waiting())
     }
 
     /// The reply to call `id` if it came, taken with the call's place in the table; otherwise
     /// the call waits, to be woken when it comes. `None` if the call is not in the table.
     fn poll_reply(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
-        let mut state = self.state();
-        let Some(waiter) = state.calls.get_mut(&id) else {
+        let mut calls = self.calls(id);
+        let Some(waiter) = calls.get_mut(&id) else {
             return Poll::Ready(None);
         };
         if let Slot::Waiting { waker, .. } = &mut waiter.reply {
@@ -276,7 +333,7 @@ impl Pending {
             }
             return Poll::Pending;
         }
-        Poll::Ready(state.calls.remove(&id).and_then(Waiter::into_reply))
+        Poll::Ready(calls.remove(&id).and_then(Waiter::into_reply))
     }
 
     /// Fails each waiting call whose deadline has passed at `now` with [`Reply::Expired`],
@@ -285,15 +342,20 @@ impl Pending {
     /// has one, until [`Pending::poll_earlier_deadline`].
     ///
     /// It looks at every waiting call, but only when the timer fires or a call's deadline
-    /// comes before the one it was set for: about once per deadline's length while calls
+    /// comes before the one its table knew of: about once per deadline's length while calls
     /// share one.
     pub(crate) fn expire(&self, now: Instant, mut cancel: impl FnMut(u64)) -> Option<Instant> {
-        let (expired, next) = {
-            let mut state = self.state();
-            // Each expired call: its id, whether its request was written, its task.
-            let mut expired = Vec::new();
-            let mut next = None::<Instant>;
-            for (&id, waiter) in state.calls.iter_mut().filter(|(_, w)| w.is_waiting()) {
+        // Each expired call: its id, whether its request was written, its task.
+        let mut expired = Vec::new();
+        let mut next = None::<Instant>;
+        let mut timer_at = lock(&self.timer_at);
+        // A call registered while the tables are gone through waits for the lock, and then
+        // compares its deadline with the one found.
+        self.timer_at_nanos.store(u64::MAX, Ordering::Release);
+        for shard in &self.shards {
+            let mut calls = lock(&shard.0);
+            let waiting = calls.iter_mut().filter(|(_, w)| w.is_waiting());
+            for (&id, waiter) in waiting {
                 match waiter.expires {
                     Some(at) if at <= now => {
                         let written = waiter.is_written();
@@ -303,10 +365,12 @@ impl Pending {
                     None => {}
                 }
             }
-            state.next_deadline = next;
-            (expired, next)
-        };
-        // Outside the lock: a Cancel may be written to the socket straight away.
+        }
+        *timer_at = next;
+        let at = next.map_or(u64::MAX, |at| self.nanos(at));
+        self.timer_at_nanos.store(at, Ordering::Release);
+        drop(timer_at);
+        // Outside the locks: a Cancel may be written to the socket straight away.
         for (id, written, waker) in expired {
             if written {
                 cancel(id);
@@ -339,8 +403,7 @@ impl Pending {
     /// was dropped) is discarded.
     pub(crate) fn complete(&self, id: u64, reply: Reply) {
         let waker = self
-            .state()
-            .calls
+            .calls(id)
             .get_mut(&id)
             .and_then(|waiter| waiter.answer(reply));
         if let Some(waker) = waker {
@@ -348,16 +411,25 @@ impl Pending {
         }
     }
 
-    /// Hands each of `answers`' replies to the call waiting for it, under one lock of the table,
-    /// then wakes those calls. Replies nobody waits for any more are discarded.
+    /// Hands each of `answers`' replies to the call waiting for it, under one lock of each table
+    /// they wait in, then wakes those calls. Replies nobody waits for any more are discarded.
     pub(crate) fn complete_all(&self, answers: &mut Answers) {
         if answers.replies.is_empty() {
             return;
         }
-        {
-            let mut state = self.state();
-            for (id, reply) in answers.replies.drain(..) {
-                let waiter = state.calls.get_mut(&id);
+        for (index, shard) in self.shards.iter().enumerate() {
+            if !answers.replies.iter().any(|(id, _)| in_shard(*id, index)) {
+                continue;
+            }
+            let mut calls = lock(&shard.0);
+            let mut at = 0;
+            while at < answers.replies.len() {
+                if !in_shard(answers.replies[at].0, index) {
+                    at += 1;
+                    continue;
+                }
+                let (id, reply) = answers.replies.swap_remove(at);
+                let waiter = calls.get_mut(&id);
                 if let Some(waker) = waiter.and_then(|waiter| waiter.answer(reply)) {
                     answers.wakers.push(waker);
                 }
@@ -370,7 +442,7 @@ impl Pending {
 
     /// Forgets a call that stopped waiting, taking its request back if it was not written yet.
     pub(crate) fn forget(&self, id: u64) -> Forgotten {
-        match self.state().calls.remove(&id).map(|waiter| waiter.reply) {
+        match self.calls(id).remove(&id).map(|waiter| waiter.reply) {
             None | Some(Slot::Ready(_)) => Forgotten::NotWaiting,
             Some(Slot::Waiting {
                 unsent: Some(_), ..
@@ -386,42 +458,41 @@ impl Pending {
 
     /// Whether any call still waits for its answer.
     pub(crate) fn any_waiting(&self) -> bool {
-        self.state().calls.values().any(Waiter::is_waiting)
+        let waits = |shard: &Shard| lock(&shard.0).values().any(Waiter::is_waiting);
+        self.shards.iter().any(waits)
     }
 
     /// Takes no new calls; the ones waiting still get their answers.
     pub(crate) fn drain(&self) {
-        self.state().draining = true;
         self.is_draining.store(true, Ordering::Release);
     }
 
     /// Closes the table: every waiting call fails with `reason`, and so does every later
     /// [`Pending::register`]. Only the first reason is kept.
     pub(crate) fn close(&self, reason: RpcError) {
-        let (wakers, count_close_in): (Vec<Waker>, _) = {
-            let mut state = self.state();
-            if state.closed.is_some() {
+        let count_close_in = {
+            let mut ending = self.ending();
+            if ending.closed.is_some() {
                 return;
             }
-            state.closed = Some(reason.clone());
+            ending.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::Release);
-            state.next_deadline = None;
-            // Each call takes its reply, and its place in the table, when it is woken.
-            let wakers = state
-                .calls
-                .values_mut()
-                .filter(|waiter| waiter.is_waiting())
-                .filter_map(|waiter| {
-                    let reply = if waiter.is_written() {
-                        Reply::Failed(reason.clone())
-                    } else {
-                        Reply::NotSent(reason.clone())
-                    };
-                    waiter.answer(reply)
-                })
-                .collect();
-            (wakers, state.count_close_in.take())
+            ending.count_close_in.take()
         };
+        // Each call takes its reply, and its place in the table, when it is woken.
+        let mut wakers = Vec::new();
+        for shard in &self.shards {
+            let mut calls = lock(&shard.0);
+            let waiting = calls.values_mut().filter(|w| w.is_waiting());
+            wakers.extend(waiting.filter_map(|waiter| {
+                let reply = if waiter.is_written() {
+                    Reply::Failed(reason.clone())
+                } else {
+                    Reply::NotSent(reason.clone())
+                };
+                waiter.answer(reply)
+            }));
+        }
         for waker in wakers {
             waker.wake();
         }
@@ -435,12 +506,12 @@ impl Pending {
     /// client's watchers hear that a connection ended, with no task of its own (half a
     /// kilobyte for every connection) waiting for that.
     pub(crate) fn count_close_in(&self, changes: Changes) {
-        let mut state = self.state();
-        if state.closed.is_none() {
-            state.count_close_in = Some(changes);
+        let mut ending = self.ending();
+        if ending.closed.is_none() {
+            ending.count_close_in = Some(changes);
             return;
         }
-        drop(state);
+        drop(ending);
         endpoint::changed(&changes);
     }
 
@@ -453,7 +524,7 @@ impl Pending {
 
     /// Why the table closed; [`RpcError::ConnectionClosed`] if it has not (yet) recorded one.
     pub(crate) fn close_reason(&self) -> RpcError {
-        self.state()
+        self.ending()
             .closed
             .clone()
             .unwrap_or(RpcError::ConnectionClosed)
@@ -463,6 +534,23 @@ impl Pending {
     pub(crate) fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
     }
+
+    /// `at` in nanoseconds from `origin` (0 before it), below `u64::MAX`.
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX).min(u64::MAX - 1)
+    }
+}
+
+/// Whether call `id` waits in table `index`.
+fn in_shard(id: u64, index: usize) -> bool {
+    id % SHARDS as u64 == index as u64
+}
+
+/// Locks `mutex`. No code panics while holding one of these locks; if one ever did, what it
+/// guards is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The reply to one registered call, as [`Pending::register`] returns it: `None` if the call
@@ -541,11 +629,11 @@ impl WakerIdentity {
 
 impl Claim for Pending {
     fn claim(&self, id: u64) -> Option<Frame> {
-        self.state().calls.get_mut(&id)?.claim(false)
+        self.calls(id).get_mut(&id)?.claim(false)
     }
 
     fn claim_contiguous(&self, id: u64) -> Option<Frame> {
-        self.state().calls.get_mut(&id)?.claim(true)
+        self.calls(id).get_mut(&id)?.claim(true)
     }
 }
 
@@ -849,6 +937,34 @@ mod tests {
         pending.complete(1, Reply::Ok(Bytes::new(), None));
         assert_eq!(first.0.load(Ordering::Relaxed), 0);
         assert_eq!(last.0.load(Ordering::Relaxed), 1);
+    }
+
+    /// The reader looks at the calls' deadlines again only for a call whose deadline comes
+    /// before the one its timer is set for, whichever table the call waits in: calls made one
+    /// after another, each later than the last, do not make it look at every call each time.
+    #[tokio::test(start_paused = true)]
+    async fn only_an_earlier_deadline_makes_the_reader_look_again() {
+        let pending = Pending::default();
+        let now = Instant::now();
+        let at = |ms| Some(now + std::time::Duration::from_millis(ms));
+        let register = |id, expires| {
+            pending
+                .register(id, "f", request(), expires, false, Waker::noop().clone())
+                .map(drop)
+                .expect("open");
+        };
+        register(1, at(10));
+        assert!(pending.take_earlier_deadline(), "the first deadline");
+        assert_eq!(pending.expire(now, |_| {}), at(10));
+        pending.complete(1, Reply::Ok(Bytes::new(), None));
+        assert_eq!(pending.forget(1), Forgotten::NotWaiting);
+        for id in 2..2 + SHARDS as u64 {
+            register(id, at(10 + id));
+            assert!(!pending.take_earlier_deadline(), "call {id} ends later");
+        }
+        register(100, at(5));
+        assert!(pending.take_earlier_deadline(), "earlier than the timer");
+        assert_eq!(pending.expire(now, |_| {}), at(5));
     }
 
     #[test]
