@@ -847,8 +847,9 @@ impl<R> FrameReader<R> {
     }
 }
 
-/// A frame of this many bytes or more is large: see [`is_large`].
-const LARGE_FRAME: usize = 64 * 1024;
+/// A frame of this many bytes or more is large: see [`is_large`]. One to send goes straight
+/// through an idle writer whatever the calls in flight (`Outbox::write_through`).
+pub(super) const LARGE_FRAME: usize = 64 * 1024;
 
 /// Whether a frame read, its `payload` and the `tail` its byte string was read into if it came
 /// apart, is large. A connection's reader that has handed on a large frame gives the runtime a

@@ -284,6 +284,33 @@ impl Frame {
         self.bytes[at..at + LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
     }
 
+    /// What is left of the frame once its first `written` bytes are written (empty if they are
+    /// all): its own bytes copied, the spliced payloads shared.
+    pub(crate) fn rest_after(&self, written: usize) -> Frame {
+        /// Takes what is left of `piece` once `skip` more bytes are written, from the `skip`.
+        fn left(piece: &[u8], skip: &mut usize) -> std::ops::RangeFrom<usize> {
+            let written = (*skip).min(piece.len());
+            *skip -= written;
+            written..
+        }
+        let mut rest = Frame::default();
+        let mut skip = written;
+        let mut from = 0;
+        for (at, payload) in &self.spliced {
+            let own = &self.bytes[from..*at];
+            rest.bytes.extend_from_slice(&own[left(own, &mut skip)]);
+            let unwritten = left(payload, &mut skip);
+            if unwritten.start < payload.len() {
+                rest.spliced
+                    .push((rest.bytes.len(), payload.slice(unwritten)));
+            }
+            from = *at;
+        }
+        let own = &self.bytes[from..];
+        rest.bytes.extend_from_slice(&own[left(own, &mut skip)]);
+        rest
+    }
+
     /// Appends the frame to `slices` as the pieces a vectored write sends in order.
     pub(crate) fn push_slices<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
         let mut from = 0;
@@ -321,6 +348,47 @@ mod tests {
             &[0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]
         );
         assert!(FrameStart::new(&[9; 13]).is_none());
+    }
+
+    /// The bytes a vectored write of `frame` sends.
+    fn sent(frame: &Frame) -> Vec<u8> {
+        let mut slices = Vec::new();
+        frame.push_slices(&mut slices);
+        slices
+            .iter()
+            .flat_map(|slice| slice.iter().copied())
+            .collect()
+    }
+
+    /// The rest of a frame after any number of its bytes is the frame's bytes from there, its
+    /// spliced payload still shared for as long as any of it is left.
+    #[test]
+    fn the_rest_of_a_frame_is_its_bytes_from_where_a_write_ended() {
+        let payload = Payload::from((0..SPLICE_MIN).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut frame = Frame::from(vec![1, 2, 3]);
+        frame.append(&(&payload, 9u8)).expect("encodes");
+        assert_eq!(frame.spliced.len(), 1, "the payload is spliced in");
+        let whole = sent(&frame);
+        let before = whole.len() - SPLICE_MIN - 1;
+        for written in [
+            0,
+            1,
+            before,
+            before + 1,
+            before + SPLICE_MIN,
+            whole.len() - 1,
+        ] {
+            let rest = frame.rest_after(written);
+            assert_eq!(sent(&rest), &whole[written..], "after {written} bytes");
+            assert_eq!(rest.len(), whole.len() - written);
+            let payload_left = written < before + SPLICE_MIN;
+            assert_eq!(
+                rest.spliced.len(),
+                usize::from(payload_left),
+                "after {written}"
+            );
+        }
+        assert_eq!(frame.rest_after(whole.len()).len(), 0, "nothing left");
     }
 
     /// A value whose encoding always fails.

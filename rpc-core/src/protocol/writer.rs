@@ -79,14 +79,49 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes what the transport takes of `bytes` at once, without waiting: a task queueing a
     /// frame while the writer is idle sends it this way, rather than waking the writer to. Only
-    /// a small frame: a large one takes long to write whatever wakes the writer, and what the
-    /// transport did not take at once would have to be copied aside. `None` when it took none,
-    /// and the frame goes to the writer whole.
+    /// a small frame ([`FrameWriter::write_large_now`] takes large ones): what the transport
+    /// did not take at once is copied aside. `None` when it took none, and the frame goes to the
+    /// writer whole.
     pub(super) fn write_now(&mut self, bytes: &[u8]) -> Option<WroteNow> {
         if bytes.len() >= COALESCE_BELOW {
             return None;
         }
         self.write_without_waiting(bytes)
+    }
+
+    /// Writes what the transport takes of a large `frame` at once, without waiting, in one
+    /// vectored write of its pieces; what it did not take is the rest of the frame, its
+    /// spliced payloads shared rather than copied. `None` when it took none.
+    pub(super) fn write_large_now(&mut self, frame: &Frame) -> Option<WroteNow> {
+        if self.closed {
+            return None;
+        }
+        let mut io = Pin::new(self.io.get_mut());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut slices = Vec::new();
+        frame.push_slices(&mut slices);
+        let mut unwritten = &mut slices[..];
+        let mut written = 0;
+        while !unwritten.is_empty() {
+            match io.as_mut().poll_write_vectored(&mut cx, unwritten) {
+                Poll::Ready(Ok(taken)) if taken > 0 => {
+                    written += taken;
+                    IoSlice::advance_slices(&mut unwritten, taken);
+                }
+                _ => break,
+            }
+        }
+        if written == 0 {
+            return None;
+        }
+        let whole = unwritten.is_empty();
+        let flushed = whole && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
+        self.sent(written);
+        self.last_write = Instant::now();
+        Some(WroteNow {
+            rest: (!whole).then(|| frame.rest_after(written)),
+            flushed,
+        })
     }
 
     /// Has `gather` copy frames into the batch, then writes it as [`FrameWriter::write_now`]
@@ -298,6 +333,10 @@ impl<W: AsyncWrite + Unpin + Send> WriteThrough for Mutex<FrameWriter<W>> {
 impl<W: AsyncWrite + Unpin> WriteNow for FrameWriter<W> {
     fn write_now(&mut self, bytes: &[u8]) -> Option<WroteNow> {
         FrameWriter::write_now(self, bytes)
+    }
+
+    fn write_large_now(&mut self, frame: &Frame) -> Option<WroteNow> {
+        FrameWriter::write_large_now(self, frame)
     }
 
     fn write_gathered_now(
@@ -831,7 +870,7 @@ pub(super) mod through_tests {
 
     use super::write_tests::Trickle;
     use super::*;
-    use crate::protocol::{FrameReader, Outbox, StreamFrames};
+    use crate::protocol::{FrameReader, Outbox, StreamFrames, codec, frame};
 
     /// Counts how often a task is woken (here, the writer's).
     #[derive(Default)]
@@ -903,17 +942,18 @@ pub(super) mod through_tests {
             received
         }
 
-        /// The bytes the peer has received so far.
+        /// The bytes the peer has received so far (read outside tokio's budget for a task,
+        /// which a test reading a large frame would spend).
         fn received(&mut self) -> Vec<u8> {
             let mut received = Vec::new();
             let mut buf = [0u8; 256];
-            while let Some(Ok(read)) = self.peer.read(&mut buf).now_or_never() {
-                if read == 0 {
-                    break;
+            loop {
+                let read = tokio::task::unconstrained(self.peer.read(&mut buf)).now_or_never();
+                match read {
+                    Some(Ok(read)) if read > 0 => received.extend_from_slice(&buf[..read]),
+                    _ => return received,
                 }
-                received.extend_from_slice(&buf[..read]);
             }
-            received
         }
     }
 
@@ -1035,8 +1075,9 @@ pub(super) mod through_tests {
         assert_eq!(idle.received_with_the_writer(expected.len()), expected);
     }
 
+    /// A frame too large to copy aside, but not large, goes to the writer while calls are few.
     #[tokio::test]
-    async fn a_large_frame_goes_to_the_writer() {
+    async fn a_frame_too_large_to_copy_aside_goes_to_the_writer() {
         let mut idle = Idle::new(1 << 20).await;
         let large = crate::protocol::frame::tests::frame(&vec![7; COALESCE_BELOW]);
         assert!(idle.outbox.send(large.clone(), None));
@@ -1044,6 +1085,51 @@ pub(super) mod through_tests {
         assert_eq!(idle.wakes(), 1, "for the writer");
         assert!(idle.poll_writer().is_pending());
         assert_eq!(idle.received(), large);
+    }
+
+    /// A large frame goes straight through an idle writer however many calls are in flight,
+    /// and gives back the slot of the call it answers once written.
+    #[tokio::test]
+    async fn a_large_frame_goes_straight_through_whatever_the_calls_in_flight() {
+        let mut idle = Idle::new(1 << 20).await;
+        let _second = idle.slots.try_take().expect("a slot");
+        let answered = idle.slots.try_take().expect("a slot");
+        let large = crate::protocol::frame::tests::frame(&vec![7; frame::LARGE_FRAME]);
+        assert!(idle.outbox.send(large.clone(), Some(answered)));
+        assert_eq!(idle.wakes(), 0, "written by the task that queued it");
+        assert_eq!(
+            idle.outbox.meter().queued(),
+            0,
+            "nothing left to the writer"
+        );
+        assert_eq!(idle.slots.taken(), 2, "the answered call's slot is back");
+        let received = idle.received_with_the_writer(large.len());
+        assert!(received == large, "the frame, whole");
+    }
+
+    /// What the transport does not take of a large frame written straight through goes first
+    /// in line to the writer, its spliced payload shared rather than copied, with the slot of
+    /// the call it answers, which comes back once the writer has written it.
+    #[tokio::test]
+    async fn the_rest_of_a_large_frame_goes_to_the_writer_with_its_slot() {
+        let mut idle = Idle::new(frame::LARGE_FRAME / 4).await;
+        let answered = idle.slots.try_take().expect("a slot");
+        let payload = crate::Payload::from(vec![7u8; frame::LARGE_FRAME]);
+        let mut large = Frame::from(Head::Cancel { id: 1 }.frame());
+        large.append(&payload).expect("encodes");
+        let mut expected = Head::Cancel { id: 1 }.frame();
+        codec::append(&payload, &mut expected).expect("encodes");
+        assert!(idle.outbox.send(large, Some(answered)));
+        let mut received = idle.received();
+        assert!(!received.is_empty(), "a part written at once");
+        assert!(received.len() < expected.len(), "and only a part");
+        assert_eq!(idle.wakes(), 1, "the writer is woken for the rest");
+        assert_eq!(idle.slots.taken(), 2, "held with the rest");
+        assert!(idle.outbox.send(cancel(2), None));
+        expected.extend(cancel(2));
+        received.extend(idle.received_with_the_writer(expected.len() - received.len()));
+        assert!(received == expected, "the rest of the frame, then the next");
+        assert_eq!(idle.slots.taken(), 1, "given back once written");
     }
 
     #[tokio::test]
