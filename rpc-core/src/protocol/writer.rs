@@ -96,6 +96,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if self.closed {
             return None;
         }
+        // Past the stall guard, as in `write_without_waiting`.
         let mut io = Pin::new(self.io.get_mut());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut slices = Vec::new();
@@ -111,17 +112,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 _ => break,
             }
         }
-        if written == 0 {
-            return None;
-        }
         let whole = unwritten.is_empty();
-        let flushed = whole && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
-        self.sent(written);
-        self.last_write = Instant::now();
-        Some(WroteNow {
-            rest: (!whole).then(|| frame.rest_after(written)),
-            flushed,
-        })
+        self.wrote_without_waiting(written, whole, || frame.rest_after(written))
     }
 
     /// Has `gather` copy frames into the batch, then writes it as [`FrameWriter::write_now`]
@@ -159,15 +151,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 _ => break,
             }
         }
+        let whole = written == bytes.len();
+        self.wrote_without_waiting(written, whole, || Frame::from(bytes[written..].to_vec()))
+    }
+
+    /// What a write without waiting that took `written` bytes, `whole` if that was all of
+    /// them, leaves for the writer: `rest` if it was not whole, or a flush if the transport
+    /// has yet to make one. `None` when it took none.
+    fn wrote_without_waiting(
+        &mut self,
+        written: usize,
+        whole: bool,
+        rest: impl FnOnce() -> Frame,
+    ) -> Option<WroteNow> {
         if written == 0 {
             return None;
         }
-        let flushed =
-            written == bytes.len() && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let io = Pin::new(self.io.get_mut());
+        let flushed = whole && matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
         self.sent(written);
         self.last_write = Instant::now();
         Some(WroteNow {
-            rest: (written < bytes.len()).then(|| Frame::from(bytes[written..].to_vec())),
+            rest: (!whole).then(rest),
             flushed,
         })
     }
