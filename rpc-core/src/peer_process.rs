@@ -5,7 +5,8 @@
 //! turns from the tasks it waits for: in this crate's benchmark, on one shared runtime, its
 //! sequential calls took 20.8 µs against 5.4 with both ends polling. Two runtimes of one process
 //! have threads of their own, each woken as another process's would be: there polling took
-//! sequential calls between two single-thread runtimes from 71.4 µs to 6.8 (BENCHMARKS.md).
+//! sequential calls between two single-thread runtimes from 71.4 µs to 6.8
+//! (docs/benchmark-history.md).
 //!
 //! A Unix socket's system names its peer's process. A TCP connection's does not, so this
 //! process keeps a table of the local addresses of the TCP connections its clients and servers

@@ -9,7 +9,7 @@
 //! where waking an idle core is dear, those wakeups are much of the frame's cost. With the mark
 //! (`SO_RCVLOWAT`) raised to what is missing of the frame (up to [`MAX_MARK`]), the kernel wakes
 //! the reader only once that much is there: 1 MiB echoes over one connection between two
-//! processes measured a tenth faster (BENCHMARKS.md).
+//! processes measured a tenth faster (docs/benchmark-history.md).
 //!
 //! The mark never exceeds what is still missing of the frame, which a peer keeping to the
 //! protocol sends whole; it is back to one byte before anything else is read. It stays within
@@ -25,19 +25,19 @@
 //! nothing until that sleeping worker was woken, which is the wakeup busy polling is there to
 //! spare. So a busy polling reader whose read through tokio finds nothing reads the socket itself
 //! ([`TcpSocket::read_now`]). Between two processes on a two-core machine, sequential calls' p99
-//! fell from 110-115 µs to 70-75 and their median from 7.7-8.1 to 6.8-7.0 (BENCHMARKS.md). tokio is
-//! not misled: bytes read here leave its readiness as it was, and the event their arrival raised at
-//! most wakes the reader once more to find nothing. Such a read reports what a read through tokio
-//! would, the stream's end and its errors too: a socket reports a reset once, and a reader that
-//! passed over it would then read a clean end. It spends the task's budget as tokio's reads do, so
-//! that a peer whose bytes keep coming cannot keep its reader from yielding to the other tasks on
-//! its thread.
+//! fell from 110-115 µs to 70-75 and their median from 7.7-8.1 to 6.8-7.0
+//! (docs/benchmark-history.md). tokio is not misled: bytes read here leave its readiness as it
+//! was, and the event their arrival raised at most wakes the reader once more to find nothing.
+//! Such a read reports what a read through tokio would, the stream's end and its errors too: a
+//! socket reports a reset once, and a reader that passed over it would then read a clean end. It
+//! spends the task's budget as tokio's reads do, so that a peer whose bytes keep coming cannot
+//! keep its reader from yielding to the other tasks on its thread.
 
 use std::io;
 
 /// The highest mark raised. A higher one spared more wakeups between two processes (512 KiB:
 /// a fifth faster than none) but left the cores idle in turn within one (a fifth slower), where
-/// this one measured within the noise of none (BENCHMARKS.md).
+/// this one measured within the noise of none (docs/benchmark-history.md).
 pub(crate) const MAX_MARK: usize = 128 * 1024;
 
 /// The TCP socket a connection's reader reads: its receive low-water mark as the reader moves

@@ -455,7 +455,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// answers. `channel().endpoints()` lists them. An address given more than once is reached
     /// over a connection for each time: calls that move large payloads then spread over
     /// several TCP connections to one server, which moved 1 MiB echoes a fifth faster than one
-    /// connection in BENCHMARKS.md's runs.
+    /// connection in the runs docs/benchmark-history.md records.
     pub fn balance<A: ServerAddr>(self, addrs: impl IntoIterator<Item = A>) -> C {
         let config = Arc::new(self.config.clone());
         let targets = addrs
