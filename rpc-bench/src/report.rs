@@ -672,6 +672,31 @@ fn chart(results: &Results) -> String {
 mod tests {
     use super::*;
 
+    /// BENCHMARKS.md is the template filled in by the last `--write`: prose edited by hand in
+    /// one and not the other would be lost, or contradicted, at the next run.
+    #[test]
+    fn benchmarks_md_has_the_templates_prose() {
+        let template = include_str!("benchmarks.md");
+        let written =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"))
+                .expect("BENCHMARKS.md is read");
+        let (opening, rest) = template.split_once("{machine}").expect("a {machine} mark");
+        let (between, closing) = rest.split_once("{sections}").expect("a {sections} mark");
+        let edit_both = "edit BENCHMARKS.md and rpc-bench/src/benchmarks.md alike";
+        assert!(
+            written.starts_with(opening),
+            "the opening differs: {edit_both}"
+        );
+        assert!(
+            written.contains(between),
+            "the prose before the tables differs: {edit_both}"
+        );
+        assert!(
+            written.ends_with(closing),
+            "the prose after the tables differs: {edit_both}"
+        );
+    }
+
     /// A row that no system has a figure for (the counters, with the server on another machine)
     /// is left out; a row with a figure stays.
     #[test]
