@@ -16,9 +16,9 @@ use super::pending::{Answers, Forgotten, Pending, Reply, SmallValue};
 use crate::alarm::Alarm;
 use crate::peer_process::{End, PeerProcess};
 use crate::protocol::{
-    self, CallSent, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, Head, Hello, Meter,
-    Outbox, Outcome, PeerInfo, Queue, Sender, Tail, code, finish_frame, go_away,
-    write_frames_through,
+    self, CallSent, Claim, Decode, Encode, Frame, FrameReader, FrameWriter, GatedWrite, Head,
+    Hello, Meter, Outbox, Outcome, PeerInfo, Queue, SendGate, Sender, Tail, code, finish_frame,
+    go_away, write_frames_through,
 };
 use crate::reverse::{self, ServingBack, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
@@ -187,7 +187,7 @@ impl Connection {
         let socket = S::tcp_socket(&read);
         let mut reader = FrameReader::new(read, config.max_frame_len);
         reader.set_tcp_socket(socket);
-        let mut writer = FrameWriter::new(write);
+        let mut writer = FrameWriter::new(GatedWrite::new(write));
         let window = config.stream_window;
         Hello::new(
             service,
@@ -221,6 +221,13 @@ impl Connection {
         let calls_sent = calls_sent.filter(|_| !nearby);
         if nearby {
             reader.busy_poll_after_batches_only(Some(Arc::clone(&slots)));
+            // The server shares this runtime, whose workers run the writer and the reader side
+            // by side: the reader waits for a small send under way rather than sleep in the
+            // socket's lock.
+            let gate = Arc::new(SendGate::default());
+            if reader.wait_for_sends(&gate) {
+                writer.transport_mut().raise_around_writes(gate);
+            }
         }
         writer.watch_calls(Arc::clone(&slots));
         // A client serving back queues its answers like a server, within a limit, so that a

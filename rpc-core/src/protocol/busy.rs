@@ -60,6 +60,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::Context;
 use std::time::{Duration, Instant};
 
+use super::SendGate;
 use crate::slots::CallSlots;
 use crate::stream::Streams;
 
@@ -107,6 +108,9 @@ pub(super) struct BusyPoll {
     in_flight: Option<Arc<CallSlots>>,
     /// The frames handed on since the last read, up to [`BATCH`].
     frames_since_read: u8,
+    /// A client's gate, raised while its writer sends on the same socket: it waits for such
+    /// a send before it reads ([`SendGate`]).
+    send_gate: Option<Arc<SendGate>>,
 }
 
 /// How many frames one read must bring for a reader polling only after batches to poll.
@@ -170,6 +174,7 @@ impl BusyPoll {
             after_batches_only: false,
             in_flight: None,
             frames_since_read: 0,
+            send_gate: None,
         }
     }
 
@@ -191,6 +196,16 @@ impl BusyPoll {
     pub(super) fn after_batches_only(&mut self, in_flight: Option<Arc<CallSlots>>) {
         self.after_batches_only = true;
         self.in_flight = in_flight;
+    }
+
+    /// Waits before each read for a small send under way on the same socket, as `gate` tells.
+    pub(super) fn wait_for_sends(&mut self, gate: Arc<SendGate>) {
+        self.send_gate = Some(gate);
+    }
+
+    /// The gate to wait at before a read, if any.
+    pub(super) fn send_gate(&self) -> Option<&SendGate> {
+        self.send_gate.as_deref()
     }
 
     /// A frame the last read brought was handed on, a `large` one or not. After a large frame

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, Sleep};
 
 use super::LENGTH_PREFIX;
+use super::SendGate;
 use super::busy::{BusyPoll, CallSent};
 use super::frame_memory::{self, FrameMemory, Share};
 use super::spare;
@@ -170,6 +171,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.socket = socket;
     }
 
+    /// Makes each read between frames wait for a small send under way on the same socket, as
+    /// `gate` tells ([`SendGate`]), if the reader busy polls: the gate is kept with what busy
+    /// polling keeps, boxed, so that the readers that have neither hold no more. Returns
+    /// whether it does.
+    pub(crate) fn wait_for_sends(&mut self, gate: &Arc<SendGate>) -> bool {
+        match &mut self.busy_poll {
+            Some(busy) => {
+                busy.wait_for_sends(Arc::clone(gate));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Makes a read that finds nothing within a window of the last bytes read, or of the last
     /// call sent, poll again at the runtime's next turn rather than wait to be woken: the
     /// thread stays busy, so bytes that come within the window need no sleeping thread woken.
@@ -228,6 +243,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             None => {
                 if let Some(socket) = &mut self.socket {
                     socket.lower();
+                }
+                if let Some(gate) = self.busy_poll.as_deref().and_then(BusyPoll::send_gate) {
+                    gate.wait_for_send();
                 }
                 match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
                     Poll::Pending => self.poll_read_past_tokio(cx),

@@ -17,6 +17,7 @@ mod outbox;
 mod outgoing;
 #[cfg(test)]
 mod properties;
+mod send_gate;
 mod spare;
 mod stall;
 mod tail;
@@ -34,6 +35,7 @@ pub(crate) use frame_memory::FrameMemory;
 pub(crate) use hello::{Hello, PeerInfo};
 pub(crate) use outbox::{Claim, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
+pub(crate) use send_gate::{GatedWrite, SendGate};
 pub(crate) use spare::{copied, shared};
 pub(crate) use tail::{Tail, decode_with, take as take_tail};
 pub(crate) use violation::{Sender, misplaced, undecodable};

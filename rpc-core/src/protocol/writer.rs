@@ -67,6 +67,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    /// The transport, to change how it writes before the writer starts.
+    pub(crate) fn transport_mut(&mut self) -> &mut W {
+        self.io.get_mut()
+    }
+
     /// Lets the writer see how many calls are in flight: `slots`, each held by one call.
     pub(crate) fn watch_calls(&mut self, slots: Arc<CallSlots>) {
         self.calls = Some(slots);
