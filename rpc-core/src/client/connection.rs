@@ -185,6 +185,8 @@ impl Connection {
         let serve_back = config.serve_back.clone().transpose()?;
         let (read, write) = stream.split();
         let socket = S::tcp_socket(&read);
+        // Whether the reader reads a TCP socket itself, not through TLS.
+        let plain_tcp = socket.is_some();
         let mut reader = FrameReader::new(read, config.max_frame_len);
         reader.set_tcp_socket(socket);
         let mut writer = FrameWriter::new(GatedWrite::new(write));
@@ -221,9 +223,12 @@ impl Connection {
         let calls_sent = calls_sent.filter(|_| !nearby);
         if nearby {
             reader.busy_poll_after_batches_only(Some(Arc::clone(&slots)));
-            // The server shares this runtime, whose workers run the writer and the reader side
-            // by side: the reader waits for a small send under way rather than sleep in the
-            // socket's lock.
+        }
+        // The server shares this runtime, whose workers run the writer and the reader side by
+        // side: a reader of the TCP socket itself waits for a small send under way rather than
+        // sleep in the socket's lock. (Over TLS the halves take turns at the lock
+        // `tokio::io::split` holds across each read and write.)
+        if nearby && plain_tcp {
             let gate = Arc::new(SendGate::default());
             if reader.wait_for_sends(&gate) {
                 writer.transport_mut().raise_around_writes(gate);

@@ -15,8 +15,9 @@
 //! shared`, interleaved), 32 callers made 448–526k calls/s against 441–478k (medians 493k and
 //! 463k, twelve and nine runs), with half the thread switches and 1.75 of the two cores busy
 //! against 1.55; 256 callers, 4 and 100 connections, 1 MiB echoes and sequential calls
-//! measured as before. Large writes leave the gate down. Connections whose peer runs elsewhere
-//! have none: there a thread asleep in the lock gives its core to the other process, and a
+//! measured as before. Large writes leave the gate down. Connections over TLS have none, their
+//! halves taking turns at the lock `tokio::io::split` holds across each read and write; nor
+//! have connections whose peer runs elsewhere: there a thread asleep in the lock gives its core to the other process, and a
 //! reader that spun for every send kept it (13–27% fewer calls/s across two processes). The
 //! reader keeps the gate with its busy polling's state, which is boxed, so it waits only if it
 //! busy polls, as it does by default: a gate in every reader took 0.1 KiB more per idle
