@@ -866,7 +866,8 @@ impl<R> FrameReader<R> {
 }
 
 /// A frame of this many bytes or more is large: see [`is_large`]. One to send goes straight
-/// through an idle writer whatever the calls in flight (`Outbox::write_through`).
+/// through an idle writer whatever the calls in flight (`Outbox::write_through`), and a send
+/// of as many bytes leaves a client's send gate down (`SendGate`).
 pub(super) const LARGE_FRAME: usize = 64 * 1024;
 
 /// Whether a frame read, its `payload` and the `tail` its byte string was read into if it came

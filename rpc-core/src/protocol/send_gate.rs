@@ -32,12 +32,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
 
+use super::frame::LARGE_FRAME;
+
 /// The longest a reader spins for a send to end before it reads anyway.
 const MOST_SPIN: Duration = Duration::from_micros(20);
-
-/// Sends of this many bytes or more leave the gate down: they take longer than a reader should
-/// spin for.
-const SMALL_SEND: usize = 64 * 1024;
 
 /// Whether a small send is under way on a connection's socket.
 #[derive(Debug)]
@@ -60,7 +58,8 @@ impl SendGate {
     /// Runs `send`, a send of `len` bytes, with the gate raised if it is small. One send at a
     /// time: the connection's writer is behind a lock.
     pub(crate) fn around<T>(&self, len: usize, send: impl FnOnce() -> T) -> T {
-        if len >= SMALL_SEND {
+        // A large send takes longer than a reader should spin for.
+        if len >= LARGE_FRAME {
             return send();
         }
         let _raised = Raised::new(&self.sending);
@@ -172,8 +171,8 @@ mod tests {
     #[test]
     fn only_a_small_send_raises_the_gate_and_it_is_down_after() {
         let gate = SendGate::default();
-        assert!(gate.around(SMALL_SEND - 1, || is_raised(&gate)));
-        assert!(!gate.around(SMALL_SEND, || is_raised(&gate)));
+        assert!(gate.around(LARGE_FRAME - 1, || is_raised(&gate)));
+        assert!(!gate.around(LARGE_FRAME, || is_raised(&gate)));
         assert!(!is_raised(&gate));
         let panicked = std::panic::catch_unwind(|| gate.around(10, || panic!("a send failed")));
         assert!(panicked.is_err());
@@ -268,7 +267,7 @@ mod tests {
         write.write_all(b"before the gate").await.expect("written");
         write.raise_around_writes(Arc::clone(&gate));
         write.write_all(b"a small frame").await.expect("written");
-        let large = vec![0; SMALL_SEND];
+        let large = vec![0; LARGE_FRAME];
         let small = [0; 8];
         let slices = [IoSlice::new(&small), IoSlice::new(&small)];
         let written = write.write_vectored(&slices).await.expect("written");
