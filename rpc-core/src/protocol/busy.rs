@@ -299,14 +299,21 @@ impl BusyPoll {
 
     /// Whether a read that found nothing now polls again at the runtime's next turn (it has
     /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
-    /// not gone to sleep since its last bytes, and has no stream open.
-    pub(super) fn poll_again(&mut self, cx: &mut Context<'_>) -> bool {
-        self.poll_again_at(cx, Instant::now)
+    /// not gone to sleep since its last bytes, and has no stream open. A reader that
+    /// `reads_socket_itself` ([`crate::tcp_socket`]) is polled again at its worker's next turn;
+    /// one that reads through tokio once its worker has polled for I/O, where its bytes show.
+    pub(super) fn poll_again(&mut self, cx: &mut Context<'_>, reads_socket_itself: bool) -> bool {
+        self.poll_again_at(cx, reads_socket_itself, Instant::now)
     }
 
     /// [`BusyPoll::poll_again`], at the time `now` tells: read only if the reader may poll at
     /// all, so that a reader asleep, or one of a lone call's request, reads no clock.
-    fn poll_again_at(&mut self, cx: &mut Context<'_>, now: impl FnOnce() -> Instant) -> bool {
+    fn poll_again_at(
+        &mut self,
+        cx: &mut Context<'_>,
+        reads_socket_itself: bool,
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
         match self.since_read {
             SinceRead::Slept => return false,
             _ if self.streams.any_open() || !self.batch_allows() => {
@@ -322,9 +329,25 @@ impl BusyPoll {
             }
             _ => self.since_read = SinceRead::Polled,
         }
-        // Deferred to the runtime's next turn, after the tasks already waiting: tokio polls its
-        // I/O driver without sleeping first, and no other thread is woken for it.
-        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+        if reads_socket_itself {
+            // Back of its worker's queue, after the tasks already waiting: its next look at
+            // the socket needs no I/O polled for, which tokio's `yield_now` does at each turn
+            // (an `epoll_wait` each), and each turn it stays on the CPU then costs less. With
+            // 32 callers on one connection, taking turns this way made 1.28-1.40 times the
+            // calls a second on one shared runtime and 1.25-1.32 times across two processes
+            // (five times fewer context switches, a third the writes), 256 callers 1.08-1.13
+            // times on a shared runtime but 0.90-0.96 across two processes; a sequential
+            // call's p99 across two processes fell from 60-73 µs to 9 (interleaved runs,
+            // 2026-12-05).
+            cx.waker().wake_by_ref();
+        } else {
+            // Deferred until the worker has polled its I/O driver, without sleeping first:
+            // what a read through tokio waits for to see new bytes. Woken at once instead,
+            // such a reader found nothing until the runtime's periodic look for I/O (a
+            // sequential call over TLS across two processes went from a median of 9.5-10.2 µs
+            // to 17.3-18.5).
+            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+        }
         true
     }
 }
@@ -395,18 +418,21 @@ mod tests {
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(
-            !busy.poll_again_at(&mut cx, || past),
+            !busy.poll_again_at(&mut cx, false, || past),
             "past its window, it waits"
         );
         busy.calls().now();
         let sent = busy.calls.last().expect("a call went out");
         assert!(busy.polls_at(sent), "within the window from the call sent");
-        assert!(!busy.poll_again_at(&mut cx, || sent), "asleep, it waits on");
+        assert!(
+            !busy.poll_again_at(&mut cx, false, || sent),
+            "asleep, it waits on"
+        );
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "and asks for no turn");
 
         busy.read_at(sent);
         assert!(
-            busy.poll_again_at(&mut cx, || sent),
+            busy.poll_again_at(&mut cx, false, || sent),
             "its bytes came: it polls again"
         );
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its turn");
@@ -420,7 +446,7 @@ mod tests {
         let (mut busy, past) = past_its_window();
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        assert!(!busy.poll_again_at(&mut cx, || past));
+        assert!(!busy.poll_again_at(&mut cx, false, || past));
         assert_eq!(busy.window, busy.most, "it had not polled");
 
         // Polls through its window in vain, and goes to sleep, as many times in a row as halve
@@ -431,7 +457,7 @@ mod tests {
                 assert_eq!(busy.window, before, "not before the second time");
                 busy.since_read = SinceRead::Polled;
                 assert!(
-                    !busy.poll_again_at(&mut cx, || past),
+                    !busy.poll_again_at(&mut cx, false, || past),
                     "past its window, it waits"
                 );
                 assert_eq!(busy.since_read, SinceRead::Slept);
@@ -457,7 +483,7 @@ mod tests {
         busy.read_at(past);
         busy.calls().now();
         assert!(
-            !busy.poll_again(&mut cx),
+            !busy.poll_again(&mut cx, false),
             "no window: not even after bytes and a call"
         );
     }
@@ -530,7 +556,10 @@ mod tests {
         let mut busy = BusyPoll::new(most, no_streams());
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        assert!(busy.poll_again(&mut cx), "within its window, it polls");
+        assert!(
+            busy.poll_again(&mut cx, false),
+            "within its window, it polls"
+        );
         assert_eq!(busy.since_read, SinceRead::Polled);
         busy.read();
         assert_eq!(busy.since_read, SinceRead::Nothing);
@@ -549,20 +578,23 @@ mod tests {
         busy.read();
         busy.frame(false);
         assert!(!busy.polls_now(), "one frame: no read past tokio");
-        assert!(!busy.poll_again(&mut cx), "one frame: it waits");
+        assert!(!busy.poll_again(&mut cx, false), "one frame: it waits");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
 
         busy.read();
         busy.frame(false);
         busy.frame(false);
         assert!(busy.polls_now());
-        assert!(busy.poll_again(&mut cx), "two frames: it polls");
-        assert!(busy.poll_again(&mut cx), "and on, within its window");
+        assert!(busy.poll_again(&mut cx, false), "two frames: it polls");
+        assert!(busy.poll_again(&mut cx, false), "and on, within its window");
         assert_eq!(busy.window, nanos(most), "a lone frame cost no window");
 
         busy.read();
         busy.frame(false);
-        assert!(!busy.poll_again(&mut cx), "the next read brought one");
+        assert!(
+            !busy.poll_again(&mut cx, false),
+            "the next read brought one"
+        );
     }
 
     /// A client's reader polling only after batches polls after a read of several answers only
@@ -582,7 +614,7 @@ mod tests {
         busy.frame(false);
         assert!(!busy.polls_now(), "{} calls in flight", FEW_CALLS + 1);
         assert!(
-            !busy.poll_again(&mut cx),
+            !busy.poll_again(&mut cx, false),
             "{} calls in flight",
             FEW_CALLS + 1
         );
@@ -592,7 +624,10 @@ mod tests {
         busy.frame(false);
         busy.frame(false);
         assert!(busy.polls_now(), "{FEW_CALLS} calls in flight");
-        assert!(busy.poll_again(&mut cx), "{FEW_CALLS} calls in flight");
+        assert!(
+            busy.poll_again(&mut cx, false),
+            "{FEW_CALLS} calls in flight"
+        );
     }
 
     /// A reader whose connection has a stream open does not poll, whatever its window, and
@@ -608,23 +643,54 @@ mod tests {
         let now = busy.read;
 
         let upload = streams.open_outbound(1);
-        assert!(!busy.poll_again_at(&mut cx, || now), "a stream going out");
+        assert!(
+            !busy.poll_again_at(&mut cx, false, || now),
+            "a stream going out"
+        );
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         busy.read_at(now);
         drop(upload);
         let download = streams.open_inbound(2);
-        assert!(!busy.poll_again_at(&mut cx, || now), "a stream coming in");
+        assert!(
+            !busy.poll_again_at(&mut cx, false, || now),
+            "a stream coming in"
+        );
         drop(download);
         assert!(
-            !busy.poll_again_at(&mut cx, || now),
+            !busy.poll_again_at(&mut cx, false, || now),
             "asleep until its next bytes"
         );
 
         busy.read_at(now);
         assert!(
-            busy.poll_again_at(&mut cx, || now),
+            busy.poll_again_at(&mut cx, false, || now),
             "no stream open: it polls"
         );
         assert_eq!(busy.window, nanos(most));
+    }
+
+    /// A reader that reads its socket itself is polled again at its worker's next turn: woken
+    /// at once. One that reads through tokio is woken only once the runtime has polled for I/O,
+    /// where its bytes would show: not before this task's next turn.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reader_of_its_own_socket_is_woken_at_once_one_through_tokio_after_io() {
+        let most = Duration::from_secs(3600);
+        for reads_socket_itself in [true, false] {
+            let mut busy = BusyPoll::new(most, no_streams());
+            let (wakes, waker) = counted();
+            let mut cx = Context::from_waker(&waker);
+            assert!(
+                busy.poll_again(&mut cx, reads_socket_itself),
+                "within its window"
+            );
+            let woken_at_once = wakes.0.load(Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            let woken_after_io = wakes.0.load(Ordering::SeqCst);
+            if reads_socket_itself {
+                assert_eq!((woken_at_once, woken_after_io), (1, 1));
+            } else {
+                assert_eq!((woken_at_once, woken_after_io), (0, 1));
+            }
+        }
     }
 }

@@ -267,9 +267,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             share.waiting_for_peer();
         }
         let large_rest = self.awaits_large_rest();
+        let reads_socket_itself = self.socket.is_some();
         if let Some(busy) = &mut self.busy_poll
             && !large_rest
-            && busy.poll_again(cx)
+            && busy.poll_again(cx, reads_socket_itself)
         {
             return Poll::Pending;
         }
