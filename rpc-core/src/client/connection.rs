@@ -221,8 +221,9 @@ impl Connection {
         // There a lone call's answer is not polled for: its callers need not say when a call
         // went out (a clock read each).
         let calls_sent = calls_sent.filter(|_| !nearby);
+        reader.busy_poll_counting_calls(&slots);
         if nearby {
-            reader.busy_poll_after_batches_only(Some(Arc::clone(&slots)));
+            reader.busy_poll_after_batches_only();
         }
         // The server shares this runtime, whose workers run the writer and the reader side by
         // side: a reader of the TCP socket itself waits for a small send under way rather than

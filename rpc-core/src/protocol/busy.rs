@@ -104,7 +104,7 @@ pub(super) struct BusyPoll {
     /// Whether it polls only after reads that brought [`BATCH`] frames or more
     /// ([`BusyPoll::after_batches_only`]).
     after_batches_only: bool,
-    /// A client's calls in flight: it polls only while at most [`FEW_CALLS`] are.
+    /// A client's calls in flight ([`BusyPoll::count_calls`]).
     in_flight: Option<Arc<CallSlots>>,
     /// The frames handed on since the last read, up to [`BATCH`].
     frames_since_read: u8,
@@ -116,7 +116,8 @@ pub(super) struct BusyPoll {
 /// How many frames one read must bring for a reader polling only after batches to poll.
 const BATCH: u8 = 2;
 
-/// How many calls in flight a client's reader polling only after batches polls with, at most.
+/// How many calls in flight a client's reader takes its worker's next turn with, at most, and
+/// polling only after batches, polls with at all ([`BusyPoll::count_calls`]).
 const FEW_CALLS: usize = 64;
 
 /// What a reader has done since its last bytes.
@@ -186,16 +187,33 @@ impl BusyPoll {
     /// callers on one connection: 336–388k calls/s, 423–493k polling after batches, in
     /// interleaved runs of `rpc-bench --profile 32 --setup shared`).
     ///
-    /// A client's reader gives its calls `in_flight`: it polls only while at most
-    /// [`FEW_CALLS`] are. With more, its answers come in full batches, both workers are busy,
-    /// and each turn a polling reader takes makes its worker look for I/O again: on that
-    /// setup, polling after batches whatever the calls in flight made 32 callers 382–408k
-    /// calls/s against 318–339k, but 256 callers 747–813k against 819–841k; with at most 64
-    /// in flight, 32 callers 368–388k against 325–340k, and 256 callers 794–826k against
-    /// 794–842k (interleaved, 2026-12-05).
-    pub(super) fn after_batches_only(&mut self, in_flight: Option<Arc<CallSlots>>) {
+    /// A client's reader that counts its calls ([`BusyPoll::count_calls`]) polls so only while
+    /// at most [`FEW_CALLS`] are in flight. With more, its answers come in full batches, both
+    /// workers are busy, and each turn a polling reader takes makes its worker look for I/O
+    /// again: on that setup, polling after batches whatever the calls in flight made 32 callers
+    /// 382–408k calls/s against 318–339k, but 256 callers 747–813k against 819–841k; with at
+    /// most 64 in flight, 32 callers 368–388k against 325–340k, and 256 callers 794–826k
+    /// against 794–842k (interleaved, 2026-12-05).
+    pub(super) fn after_batches_only(&mut self) {
         self.after_batches_only = true;
-        self.in_flight = in_flight;
+    }
+
+    /// Counts a client's calls `in_flight`. While more than [`FEW_CALLS`] are, a reader polling
+    /// only after batches does not poll, and any other polls again only once its worker has
+    /// polled for I/O, not at its next turn ([`BusyPoll::poll_again`]): its answers then come
+    /// in full batches, its worker has the callers they wake to run, and a reader taking a turn
+    /// among them made 256 callers on one connection 4–11% slower across two processes and 2–8%
+    /// between single-thread runtimes, where 32 callers gained a quarter (interleaved,
+    /// 2026-12-05).
+    pub(super) fn count_calls(&mut self, in_flight: Arc<CallSlots>) {
+        self.in_flight = Some(in_flight);
+    }
+
+    /// Whether at most [`FEW_CALLS`] calls are in flight, or the reader does not count them.
+    fn few_calls(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_none_or(|in_flight| in_flight.taken() <= FEW_CALLS)
     }
 
     /// Waits before each read for a small send under way on the same socket, as `gate` tells.
@@ -221,12 +239,7 @@ impl BusyPoll {
 
     /// Whether the last read's frames, and the calls in flight, allow polling.
     fn batch_allows(&self) -> bool {
-        !self.after_batches_only
-            || self.frames_since_read >= BATCH
-                && self
-                    .in_flight
-                    .as_ref()
-                    .is_none_or(|in_flight| in_flight.taken() <= FEW_CALLS)
+        !self.after_batches_only || self.frames_since_read >= BATCH && self.few_calls()
     }
 
     /// Where callers tell this reader of the calls they send.
@@ -300,8 +313,9 @@ impl BusyPoll {
     /// Whether a read that found nothing now polls again at the runtime's next turn (it has
     /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
     /// not gone to sleep since its last bytes, and has no stream open. A reader that
-    /// `reads_socket_itself` ([`crate::tcp_socket`]) is polled again at its worker's next turn;
-    /// one that reads through tokio once its worker has polled for I/O, where its bytes show.
+    /// `reads_socket_itself` ([`crate::tcp_socket`]) is polled again at its worker's next turn,
+    /// unless it counts more than [`FEW_CALLS`] calls in flight; otherwise once its worker has
+    /// polled for I/O, where the bytes of a reader through tokio show.
     pub(super) fn poll_again(&mut self, cx: &mut Context<'_>, reads_socket_itself: bool) -> bool {
         self.poll_again_at(cx, reads_socket_itself, Instant::now)
     }
@@ -329,7 +343,7 @@ impl BusyPoll {
             }
             _ => self.since_read = SinceRead::Polled,
         }
-        if reads_socket_itself {
+        if reads_socket_itself && self.few_calls() {
             // Back of its worker's queue, after the tasks already waiting: its next look at
             // the socket needs no I/O polled for, which tokio's `yield_now` does at each turn
             // (an `epoll_wait` each), and each turn it stays on the CPU then costs less. With
@@ -345,7 +359,8 @@ impl BusyPoll {
             // what a read through tokio waits for to see new bytes. Woken at once instead,
             // such a reader found nothing until the runtime's periodic look for I/O (a
             // sequential call over TLS across two processes went from a median of 9.5-10.2 µs
-            // to 17.3-18.5).
+            // to 17.3-18.5). A client's reader with many calls in flight waits so too
+            // ([`BusyPoll::count_calls`]).
             let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         }
         true
@@ -572,7 +587,7 @@ mod tests {
     fn a_reader_polling_after_batches_only_polls_after_a_read_of_several_frames() {
         let most = Duration::from_secs(3600);
         let mut busy = BusyPoll::new(most, no_streams());
-        busy.after_batches_only(None);
+        busy.after_batches_only();
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         busy.read();
@@ -603,7 +618,8 @@ mod tests {
     fn a_clients_reader_polling_after_batches_polls_only_while_few_calls_are_in_flight() {
         let in_flight = CallSlots::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
-        busy.after_batches_only(Some(Arc::clone(&in_flight)));
+        busy.after_batches_only();
+        busy.count_calls(Arc::clone(&in_flight));
         let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         let mut calls: Vec<_> = (0..=FEW_CALLS)
@@ -692,5 +708,36 @@ mod tests {
                 assert_eq!((woken_at_once, woken_after_io), (0, 1));
             }
         }
+    }
+
+    /// A client's reader of its own socket with more than [`FEW_CALLS`] calls in flight polls
+    /// again only once its worker has polled for I/O; with that many or fewer, at its next
+    /// turn.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_clients_reader_with_many_calls_in_flight_polls_again_after_io() {
+        let in_flight = CallSlots::new(usize::MAX);
+        let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
+        busy.count_calls(Arc::clone(&in_flight));
+        let mut slots: Vec<_> = (0..=FEW_CALLS)
+            .map(|_| in_flight.try_take().expect("a slot"))
+            .collect();
+        let (wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        assert!(busy.poll_again(&mut cx, true), "it polls");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "not at once");
+        tokio::task::yield_now().await;
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "after I/O was polled for"
+        );
+
+        slots.pop();
+        assert!(busy.poll_again(&mut cx, true), "it polls");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            2,
+            "{FEW_CALLS} in flight: at once"
+        );
     }
 }

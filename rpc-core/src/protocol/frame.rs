@@ -202,12 +202,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
-    /// Makes busy polling, if set, poll only after reads that brought several frames, and for
-    /// a client, given its calls `in_flight`, only while few are: for a reader whose peer runs
-    /// on the same runtime ([`busy`](super::busy)).
-    pub(crate) fn busy_poll_after_batches_only(&mut self, in_flight: Option<Arc<CallSlots>>) {
+    /// Makes busy polling, if set, poll only after reads that brought several frames (and for
+    /// a client that counts its calls, only while few are in flight): for a reader whose peer
+    /// runs on the same runtime ([`busy`](super::busy)).
+    pub(crate) fn busy_poll_after_batches_only(&mut self) {
         if let Some(busy) = &mut self.busy_poll {
-            busy.after_batches_only(in_flight);
+            busy.after_batches_only();
+        }
+    }
+
+    /// Has busy polling, if set, count a client's calls `in_flight`: with many, a reader polls
+    /// more sparingly ([`busy`](super::busy)).
+    pub(crate) fn busy_poll_counting_calls(&mut self, in_flight: &Arc<CallSlots>) {
+        if let Some(busy) = &mut self.busy_poll {
+            busy.count_calls(Arc::clone(in_flight));
         }
     }
 

@@ -169,7 +169,7 @@ where
         let nearby = !elsewhere && end.is_some();
         reader.set_busy_poll((elsewhere || nearby).then_some(config.busy_poll), &streams);
         if nearby {
-            reader.busy_poll_after_batches_only(None);
+            reader.busy_poll_after_batches_only();
         }
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
