@@ -203,8 +203,8 @@ impl BusyPoll {
     /// polled for I/O, not at its next turn ([`BusyPoll::poll_again`]): its answers then come
     /// in full batches, its worker has the callers they wake to run, and a reader taking a turn
     /// among them made 256 callers on one connection 4–11% slower across two processes and 2–8%
-    /// between single-thread runtimes, where 32 callers gained a quarter (interleaved,
-    /// 2026-12-05).
+    /// between single-thread runtimes (interleaved, 2026-12-05), where with 32 callers taking
+    /// turns gained a quarter across two processes and lost nothing between those runtimes.
     pub(super) fn count_calls(&mut self, in_flight: Arc<CallSlots>) {
         self.in_flight = Some(in_flight);
     }
@@ -347,19 +347,19 @@ impl BusyPoll {
             // Back of its worker's queue, after the tasks already waiting: its next look at
             // the socket needs no I/O polled for, which tokio's `yield_now` does at each turn
             // (an `epoll_wait` each), and each turn it stays on the CPU then costs less. With
-            // 32 callers on one connection, taking turns this way made 1.28-1.40 times the
-            // calls a second on one shared runtime and 1.25-1.32 times across two processes
-            // (five times fewer context switches, a third the writes), 256 callers 1.08-1.13
-            // times on a shared runtime but 0.90-0.96 across two processes; a sequential
-            // call's p99 across two processes fell from 60-73 µs to 9 (interleaved runs,
-            // 2026-12-05).
+            // 32 callers on one connection, taking turns this way made 1.28–1.40 times the
+            // calls a second on one shared runtime and 1.25–1.32 times across two processes
+            // (five times fewer context switches, a third the writes), 256 callers 1.08–1.13
+            // times on a shared runtime but 0.90–0.96 across two processes, which
+            // [`BusyPoll::count_calls`] takes back; a sequential call's p99 across two
+            // processes fell from 60–73 µs to 9 (interleaved runs, 2026-12-05).
             cx.waker().wake_by_ref();
         } else {
             // Deferred until the worker has polled its I/O driver, without sleeping first:
             // what a read through tokio waits for to see new bytes. Woken at once instead,
             // such a reader found nothing until the runtime's periodic look for I/O (a
-            // sequential call over TLS across two processes went from a median of 9.5-10.2 µs
-            // to 17.3-18.5). A client's reader with many calls in flight waits so too
+            // sequential call over TLS across two processes went from a median of 9.5–10.2 µs
+            // to 17.3–18.5). A client's reader with many calls in flight waits so too
             // ([`BusyPoll::count_calls`]).
             let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         }
