@@ -245,3 +245,35 @@ fn a_busy_reader_whose_task_spent_its_budget_waits_for_its_next_turn() {
         "{next:?}"
     );
 }
+
+/// A busy polling reader that reads its TCP socket itself asks for its worker's next turn: it
+/// is woken at once. One that reads through tokio (here, of an in-memory pipe) is woken only
+/// once the runtime has polled its I/O driver, where its bytes would show.
+#[test]
+fn a_busy_reader_of_its_own_socket_is_polled_again_without_a_look_for_io() {
+    let runtime = runtime_with_io();
+    let (_peer, accepted) = blocking_pair();
+    let mut own_socket = {
+        let _inside = runtime.enter();
+        reader_of(accepted, true)
+    };
+    let (_tx, rx) = tokio::io::duplex(1024);
+    let mut through_tokio = FrameReader::new(rx, 1024);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    through_tokio.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+
+    let woken = |poll: &mut dyn FnMut(&Waker) -> bool| {
+        runtime.block_on(async {
+            let count = Arc::new(Wakes::default());
+            let waker = Waker::from(Arc::clone(&count));
+            assert!(poll(&waker), "nothing to read: pending");
+            let at_once = count.0.load(Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            (at_once, count.0.load(Ordering::SeqCst))
+        })
+    };
+    let own = woken(&mut |waker| poll_once(&mut own_socket, waker).is_pending());
+    assert_eq!(own, (1, 1), "its own socket: woken at once");
+    let tokio = woken(&mut |waker| poll_once(&mut through_tokio, waker).is_pending());
+    assert_eq!(tokio, (0, 1), "through tokio: woken after the look for I/O");
+}
