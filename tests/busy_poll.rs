@@ -3,7 +3,7 @@
 //! runs in another process or on another runtime of this one; calls, streams and large byte
 //! strings go through as without it; once the window is over the thread sleeps again; and a
 //! peer on the same runtime is polled for only after a read that brought several frames at
-//! once, by a server or by a client with few calls in flight.
+//! once, by a server or by a client.
 //!
 //! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
 //! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
@@ -250,8 +250,8 @@ fn slept_after_pipelined_calls(
     })
 }
 
-/// A client polls for a server on its own runtime after a read that brought several answers
-/// while few of its calls are in flight, as a handful of pipelined callers' answers come: here
+/// A client polls for a server on its own runtime after a read that brought several answers,
+/// as pipelined callers' answers come: here
 /// the server does not poll at all, and the thread stays awake after the answers.
 #[test]
 fn a_client_polls_for_pipelined_answers_of_a_server_on_its_runtime() {

@@ -211,7 +211,7 @@ impl Connection {
         let streams = Arc::new(Streams::new(window, server.stream_window));
         let (elsewhere, end) = peer.place();
         // A server over TCP on this runtime is polled for only after reads of several answers,
-        // with few calls in flight.
+        // whatever the calls in flight.
         let nearby = !elsewhere && end.is_some();
         let polling = (elsewhere || nearby).then_some(config.busy_poll);
         let calls_sent = reader.set_busy_poll(polling, &streams);

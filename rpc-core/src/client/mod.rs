@@ -253,12 +253,11 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// that move them, and polling for them slowed 1 MiB echoes.
     ///
     /// A server on the same runtime (one of this crate's, over TCP) is polled for only after a
-    /// read that brought several answers, with at most 64 calls in flight: where a call's two
-    /// ends share a runtime they meet without a thread to wake, and the benchmark's sequential
-    /// calls were slower with polling (20.8 µs against 5.4), but a few pipelined callers'
-    /// answers come sooner than a sleeping worker wakes (32 callers on one connection, on two
-    /// cores: 358–393k calls/s against 303–343k); with more calls in flight both workers are
-    /// busy anyway. The server polls for such a client likewise, after a read that brought
+    /// read that brought several answers: where a call's two ends share a runtime they meet
+    /// without a thread to wake, and the benchmark's sequential calls were slower with polling
+    /// (20.8 µs against 5.4), but pipelined callers' answers come sooner than a sleeping worker
+    /// wakes (32 callers on one connection, on two cores: 358–393k calls/s against 303–343k).
+    /// The server polls for such a client likewise, after a read that brought
     /// several of its requests. A server in this process over a Unix socket is never polled
     /// for, nor one reached through [`connect_stream`](ClientBuilder::connect_stream), which
     /// cannot be placed; one on another runtime of this process is, as another process's: its

@@ -116,8 +116,8 @@ pub(super) struct BusyPoll {
 /// How many frames one read must bring for a reader polling only after batches to poll.
 const BATCH: u8 = 2;
 
-/// How many calls in flight a client's reader takes its worker's next turn with, at most, and
-/// polling only after batches, polls with at all ([`BusyPoll::count_calls`]).
+/// How many calls in flight a client's reader takes its worker's next turn with, at most,
+/// unless it polls only after batches ([`BusyPoll::count_calls`]).
 const FEW_CALLS: usize = 64;
 
 /// What a reader has done since its last bytes.
@@ -187,33 +187,39 @@ impl BusyPoll {
     /// callers on one connection: 336–388k calls/s, 423–493k polling after batches, in
     /// interleaved runs of `rpc-bench --profile 32 --setup shared`).
     ///
-    /// A client's reader that counts its calls ([`BusyPoll::count_calls`]) polls so only while
-    /// at most [`FEW_CALLS`] are in flight. With more, its answers come in full batches, both
-    /// workers are busy, and each turn a polling reader takes makes its worker look for I/O
-    /// again: on that setup, polling after batches whatever the calls in flight made 32 callers
-    /// 382–408k calls/s against 318–339k, but 256 callers 747–813k against 819–841k; with at
-    /// most 64 in flight, 32 callers 368–388k against 325–340k, and 256 callers 794–826k
-    /// against 794–842k (interleaved, 2026-12-05).
+    /// A client's reader so polls whatever its calls in flight, and when it reads its socket
+    /// itself, at its worker's next turn ([`BusyPoll::poll_again`]). When a polling reader
+    /// waited at each turn for its worker to look for I/O, polling with more than 64 calls in
+    /// flight cost 256 callers on one connection about 5% on that setup (747–813k calls/s
+    /// against 819–841k), and a client's reader polled only with fewer; taking turns, polling
+    /// whatever the calls in flight made 256 callers 1.23–1.44M calls/s against 1.00–1.06M
+    /// (interleaved, 2026-12-05), and other workloads as before.
     pub(super) fn after_batches_only(&mut self) {
         self.after_batches_only = true;
     }
 
-    /// Counts a client's calls `in_flight`. While more than [`FEW_CALLS`] are, a reader polling
-    /// only after batches does not poll, and any other polls again only once its worker has
-    /// polled for I/O, not at its next turn ([`BusyPoll::poll_again`]): its answers then come
-    /// in full batches, its worker has the callers they wake to run, and a reader taking a turn
-    /// among them made 256 callers on one connection 4–11% slower across two processes and 2–8%
-    /// between single-thread runtimes (interleaved, 2026-12-05), where with 32 callers taking
-    /// turns gained a quarter across two processes and lost nothing between those runtimes.
+    /// Counts a client's calls `in_flight`. While more than [`FEW_CALLS`] are, a reader that
+    /// does not poll only after batches (its server is elsewhere) polls again only once its
+    /// worker has polled for I/O, not at its next turn ([`BusyPoll::poll_again`]): its answers
+    /// then come in full batches, its worker has the callers they wake to run, and a reader
+    /// taking a turn among them made 256 callers on one connection 4–11% slower across two
+    /// processes and 2–8% between single-thread runtimes (interleaved, 2026-12-05), where with
+    /// 32 callers taking turns gained a quarter across two processes and lost nothing between
+    /// those runtimes. A reader polling only after batches takes its turns whatever the calls
+    /// in flight ([`BusyPoll::after_batches_only`]).
     pub(super) fn count_calls(&mut self, in_flight: Arc<CallSlots>) {
         self.in_flight = Some(in_flight);
     }
 
-    /// Whether at most [`FEW_CALLS`] calls are in flight, or the reader does not count them.
-    fn few_calls(&self) -> bool {
-        self.in_flight
-            .as_ref()
-            .is_none_or(|in_flight| in_flight.taken() <= FEW_CALLS)
+    /// Whether a reader that reads its socket itself takes its worker's next turn to poll
+    /// again: unless it counts more than [`FEW_CALLS`] calls in flight and does not poll only
+    /// after batches.
+    fn takes_turns(&self) -> bool {
+        self.after_batches_only
+            || self
+                .in_flight
+                .as_ref()
+                .is_none_or(|in_flight| in_flight.taken() <= FEW_CALLS)
     }
 
     /// Waits before each read for a small send under way on the same socket, as `gate` tells.
@@ -237,9 +243,9 @@ impl BusyPoll {
         }
     }
 
-    /// Whether the last read's frames, and the calls in flight, allow polling.
+    /// Whether the last read's frames allow polling.
     fn batch_allows(&self) -> bool {
-        !self.after_batches_only || self.frames_since_read >= BATCH && self.few_calls()
+        !self.after_batches_only || self.frames_since_read >= BATCH
     }
 
     /// Where callers tell this reader of the calls they send.
@@ -314,8 +320,9 @@ impl BusyPoll {
     /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
     /// not gone to sleep since its last bytes, and has no stream open. A reader that
     /// `reads_socket_itself` ([`crate::tcp_socket`]) is polled again at its worker's next turn,
-    /// unless it counts more than [`FEW_CALLS`] calls in flight; otherwise once its worker has
-    /// polled for I/O, where the bytes of a reader through tokio show.
+    /// unless it counts more than [`FEW_CALLS`] calls in flight and its server is elsewhere
+    /// ([`BusyPoll::count_calls`]); otherwise once its worker has polled for I/O, where the
+    /// bytes of a reader through tokio show.
     pub(super) fn poll_again(&mut self, cx: &mut Context<'_>, reads_socket_itself: bool) -> bool {
         self.poll_again_at(cx, reads_socket_itself, Instant::now)
     }
@@ -343,7 +350,7 @@ impl BusyPoll {
             }
             _ => self.since_read = SinceRead::Polled,
         }
-        if reads_socket_itself && self.few_calls() {
+        if reads_socket_itself && self.takes_turns() {
             // Back of its worker's queue, after the tasks already waiting: its next look at
             // the socket needs no I/O polled for, which tokio's `yield_now` does at each turn
             // (an `epoll_wait` each), and each turn it stays on the CPU then costs less. With
@@ -359,8 +366,8 @@ impl BusyPoll {
             // what a read through tokio waits for to see new bytes. Woken at once instead,
             // such a reader found nothing until the runtime's periodic look for I/O (a
             // sequential call over TLS across two processes went from a median of 9.5–10.2 µs
-            // to 17.3–18.5). A client's reader with many calls in flight waits so too
-            // ([`BusyPoll::count_calls`]).
+            // to 17.3–18.5). A client's reader with many calls in flight and its server
+            // elsewhere waits so too ([`BusyPoll::count_calls`]).
             let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         }
         true
@@ -612,38 +619,26 @@ mod tests {
         );
     }
 
-    /// A client's reader polling only after batches polls after a read of several answers only
-    /// while at most [`FEW_CALLS`] calls are in flight.
-    #[test]
-    fn a_clients_reader_polling_after_batches_polls_only_while_few_calls_are_in_flight() {
+    /// A client's reader polling only after batches polls after a read of several answers
+    /// whatever its calls in flight, and reading its socket itself, takes its worker's next turn
+    /// with more than [`FEW_CALLS`] in flight too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_clients_reader_polling_after_batches_polls_whatever_its_calls_in_flight() {
         let in_flight = CallSlots::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
         busy.after_batches_only();
         busy.count_calls(Arc::clone(&in_flight));
-        let (_wakes, waker) = counted();
+        let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        let mut calls: Vec<_> = (0..=FEW_CALLS)
+        let _calls: Vec<_> = (0..=FEW_CALLS)
             .map(|_| in_flight.try_take().expect("a slot"))
             .collect();
         busy.read();
         busy.frame(false);
         busy.frame(false);
-        assert!(!busy.polls_now(), "{} calls in flight", FEW_CALLS + 1);
-        assert!(
-            !busy.poll_again(&mut cx, false),
-            "{} calls in flight",
-            FEW_CALLS + 1
-        );
-
-        calls.pop();
-        busy.read();
-        busy.frame(false);
-        busy.frame(false);
-        assert!(busy.polls_now(), "{FEW_CALLS} calls in flight");
-        assert!(
-            busy.poll_again(&mut cx, false),
-            "{FEW_CALLS} calls in flight"
-        );
+        assert!(busy.polls_now(), "{} calls in flight", FEW_CALLS + 1);
+        assert!(busy.poll_again(&mut cx, true), "it polls");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "at its next turn");
     }
 
     /// A reader whose connection has a stream open does not poll, whatever its window, and
@@ -710,9 +705,9 @@ mod tests {
         }
     }
 
-    /// A client's reader of its own socket with more than [`FEW_CALLS`] calls in flight polls
-    /// again only once its worker has polled for I/O; with that many or fewer, at its next
-    /// turn.
+    /// A client's reader of its own socket with more than [`FEW_CALLS`] calls in flight, its
+    /// server elsewhere (polling after any read), polls again only once its worker has polled
+    /// for I/O; with that many or fewer, at its next turn.
     #[tokio::test(flavor = "current_thread")]
     async fn a_clients_reader_with_many_calls_in_flight_polls_again_after_io() {
         let in_flight = CallSlots::new(usize::MAX);

@@ -202,9 +202,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.busy_poll.as_ref().map(|busy| Arc::clone(busy.calls()))
     }
 
-    /// Makes busy polling, if set, poll only after reads that brought several frames (and for
-    /// a client that counts its calls, only while few are in flight): for a reader whose peer
-    /// runs on the same runtime ([`busy`](super::busy)).
+    /// Makes busy polling, if set, poll only after reads that brought several frames: for a
+    /// reader whose peer runs on the same runtime ([`busy`](super::busy)).
     pub(crate) fn busy_poll_after_batches_only(&mut self) {
         if let Some(busy) = &mut self.busy_poll {
             busy.after_batches_only();
