@@ -257,12 +257,12 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// without a thread to wake, and the benchmark's sequential calls were slower with polling
     /// (20.8 µs against 5.4), but pipelined callers' answers come sooner than a sleeping worker
     /// wakes (32 callers on one connection, on two cores: 358–393k calls/s against 303–343k).
-    /// The server polls for such a client likewise, after a read that brought
-    /// several of its requests. A server in this process over a Unix socket is never polled
-    /// for, nor one reached through [`connect_stream`](ClientBuilder::connect_stream), which
-    /// cannot be placed; one on another runtime of this process is, as another process's: its
-    /// threads are its own. It pairs with the server's
-    /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
+    /// The server polls for such a client likewise, after a read that brought several of its
+    /// requests. A server in this process over a Unix socket is never polled for, nor one
+    /// reached through [`connect_stream`](ClientBuilder::connect_stream), which cannot be
+    /// placed; one on another runtime of this process is, as another process's: its threads
+    /// are its own. It pairs with the server's [`busy_poll`](crate::ServerBuilder::busy_poll);
+    /// a zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self
