@@ -566,8 +566,8 @@ pub fn write(
              apart, further than it. The tables above measure rpc-core as its defaults build \
              it: polling across two processes and between the single-thread runtimes of one; \
              on one shared runtime, where a call's two ends meet without a wakeup, a reader \
-             polls only after a read that brought several frames.\n\n```sh\ncargo run --release -p rpc-bench \
-             -- --busy-poll\n```\n\n{}\n",
+             polls only after a read that brought several frames.\n\n```sh\ncargo run \
+             --release -p rpc-bench -- --busy-poll\n```\n\n{}\n",
             busy_table(busy)
         );
     }

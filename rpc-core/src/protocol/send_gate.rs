@@ -8,20 +8,20 @@
 //! connection of a shared two-worker runtime, three in four of the process's thread switches
 //! were a reader's `recv` asleep in `lock_sock` while the other worker sent.
 //!
-//! A [`SendGate`] is shared by such a client's write half ([`GatedWrite`]), which raises it
-//! around each write of a small frame or batch, and its reader, which spins before a read
-//! until the gate is down, for at most [`MOST_SPIN`]: a small send on loopback takes a few
-//! microseconds, less than the two switches. There, by hand (`rpc-bench --profile 32 --setup
-//! shared`, interleaved), 32 callers made 448–526k calls/s against 441–478k (medians 493k and
-//! 463k, twelve and nine runs), with half the thread switches and 1.75 of the two cores busy
-//! against 1.55; 256 callers, 4 and 100 connections, 1 MiB echoes and sequential calls
-//! measured as before. Large writes leave the gate down. Connections over TLS have none, their
-//! halves taking turns at the lock `tokio::io::split` holds across each read and write; nor
-//! have connections whose peer runs elsewhere: there a thread asleep in the lock gives its core to the other process, and a
-//! reader that spun for every send kept it (13–27% fewer calls/s across two processes). The
-//! reader keeps the gate with its busy polling's state, which is boxed, so it waits only if it
-//! busy polls, as it does by default: a gate in every reader took 0.1 KiB more per idle
-//! connection. The write half's costs 0.15 KiB (15,394 bytes against 15,240, both ends).
+//! A [`SendGate`] is shared by such a client's write half ([`GatedWrite`]), which raises it around
+//! each write of a small frame or batch, and its reader, which spins before a read until the gate
+//! is down, for at most [`MOST_SPIN`]: a small send on loopback takes a few microseconds, less than
+//! the two switches. There, by hand (`rpc-bench --profile 32 --setup shared`, interleaved), 32
+//! callers made 448–526k calls/s against 441–478k (medians 493k and 463k, twelve and nine runs),
+//! with half the thread switches and 1.75 of the two cores busy against 1.55; 256 callers, 4 and
+//! 100 connections, 1 MiB echoes and sequential calls measured as before. Large writes leave the
+//! gate down. Connections over TLS have none, their halves taking turns at the lock
+//! `tokio::io::split` holds across each read and write; nor have connections whose peer runs
+//! elsewhere: there a thread asleep in the lock gives its core to the other process, and a reader
+//! that spun for every send kept it (13–27% fewer calls/s across two processes). The reader keeps
+//! the gate with its busy polling's state, which is boxed, so it waits only if it busy polls, as it
+//! does by default: a gate in every reader took 0.1 KiB more per idle connection. The write half's
+//! costs 0.15 KiB (15,394 bytes against 15,240, both ends).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
