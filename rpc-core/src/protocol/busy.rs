@@ -243,6 +243,12 @@ impl BusyPoll {
         }
     }
 
+    /// Whether frames of the last read were handed on, and the reader has not polled again
+    /// (nor gone to sleep) since.
+    pub(super) fn handed_on_since_read(&self) -> bool {
+        self.frames_since_read > 0 && self.since_read == SinceRead::Nothing
+    }
+
     /// Whether the last read's frames allow polling.
     fn batch_allows(&self) -> bool {
         !self.after_batches_only || self.frames_since_read >= BATCH

@@ -331,6 +331,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.splitting.is_some() || length_prefix(&self.buf).is_some_and(|size| size >= LARGE_FRAME)
     }
 
+    /// Whether a polling reader that has handed on the frames of its last read takes a turn
+    /// before it reads again (it has asked to be polled again, then): the tasks those frames
+    /// woke, a caller its answer, run first, rather than after the reader has looked for more
+    /// bytes in vain, which took a sequential call's answer a look at the socket (a system
+    /// call) and a poll of tokio's longer to reach its caller. Across two processes, sequential
+    /// calls' median went from 7.5–7.7 µs to 7.1–7.4, and 32 callers on one connection made
+    /// 12–14% more calls a second (interleaved, 2026-12-05).
+    fn turn_before_reading(&mut self, cx: &mut Context<'_>) -> bool {
+        let large_rest = self.awaits_large_rest();
+        let reads_socket_itself = self.socket.is_some();
+        match &mut self.busy_poll {
+            Some(busy) if busy.handed_on_since_read() && !large_rest => {
+                busy.poll_again(cx, reads_socket_itself)
+            }
+            _ => false,
+        }
+    }
+
     /// While busy polling, the bytes that have come that tokio has not seen yet: it sees a
     /// socket's bytes only when a thread polls its I/O driver, which a sleeping worker may hold
     /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll (nor
@@ -463,6 +481,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 None => {
                     if let Some(payload) = self.buffered_frame()? {
                         return Poll::Ready(Ok(Some((payload, None))));
+                    }
+                    if self.turn_before_reading(cx) {
+                        return Poll::Pending;
                     }
                     if let Some(size) = self.may_split() {
                         // Reading apart saves a copy, for the memory of a second allocation

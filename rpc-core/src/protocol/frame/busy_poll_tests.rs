@@ -67,6 +67,38 @@ fn a_busy_reader_asks_to_be_polled_again_without_bytes_to_wake_it() {
     }
 }
 
+/// A busy reader that has handed on the frames of a read takes a turn before it reads again,
+/// though the next frame's bytes are already there: the task the frame woke runs first. A
+/// reader that does not poll reads them at once.
+#[test]
+fn a_busy_reader_takes_a_turn_after_handing_on_a_read_before_it_reads_again() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    for busy in [true, false] {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 1024);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        let count = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&count));
+        for (payload, number) in [(&b"one"[..], 1), (&b"two"[..], 2)] {
+            runtime
+                .block_on(tx.write_all(&frame(payload)))
+                .expect("writes");
+            if busy && number > 1 {
+                assert!(poll_once(&mut reader, &waker).is_pending(), "a turn first");
+                assert_eq!(count.0.load(Ordering::SeqCst), 1, "and woken for it");
+            }
+            let read = poll_once(&mut reader, &waker);
+            assert!(
+                matches!(&read, Poll::Ready(Ok(Some(read))) if read[..] == payload[..]),
+                "busy: {busy}, frame {number}: {read:?}"
+            );
+        }
+    }
+}
+
 /// A busy reader does not poll while the rest of a large frame is still to come, whether
 /// it reads the frame whole or its byte string apart, nor after handing it on, until its
 /// next bytes: those come at the pace of the copies that move large frames. A small frame
