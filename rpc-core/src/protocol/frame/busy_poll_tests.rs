@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::task::Waker;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use super::super::writer::through_tests::Wakes;
 use super::split_tests::ending_in_bytes;
@@ -36,6 +36,16 @@ fn a_zero_window_turns_busy_polling_off() {
     assert!(reader.set_busy_poll(window, &streams).is_some());
 }
 
+/// An in-memory pipe's near end, and a reader of its far end that busy polls for an hour if
+/// `busy`.
+fn pipe_reader(busy: bool) -> (DuplexStream, FrameReader<DuplexStream>) {
+    let (tx, rx) = tokio::io::duplex(1024);
+    let mut reader = FrameReader::new(rx, 1024);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+    (tx, reader)
+}
+
 /// A reader that busy polls and finds nothing asks to be polled again, though no bytes came
 /// to wake it, read after read; one that does not waits for the bytes' wakeup. Polled
 /// outside a runtime, where tokio wakes a task that defers itself at once.
@@ -45,10 +55,7 @@ fn a_busy_reader_asks_to_be_polled_again_without_bytes_to_wake_it() {
         .build()
         .expect("a runtime");
     for busy in [true, false] {
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::new(rx, 1024);
-        let streams = Arc::new(Streams::new(1024, 1024));
-        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        let (mut tx, mut reader) = pipe_reader(busy);
         runtime
             .block_on(tx.write_all(&frame(b"one")))
             .expect("writes");
@@ -76,10 +83,7 @@ fn a_busy_reader_takes_a_turn_after_handing_on_a_read_before_it_reads_again() {
         .build()
         .expect("a runtime");
     for busy in [true, false] {
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::new(rx, 1024);
-        let streams = Arc::new(Streams::new(1024, 1024));
-        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        let (mut tx, mut reader) = pipe_reader(busy);
         let count = Arc::new(Wakes::default());
         let waker = Waker::from(Arc::clone(&count));
         for (payload, number) in [(&b"one"[..], 1), (&b"two"[..], 2)] {
