@@ -293,10 +293,7 @@ fn a_busy_reader_of_its_own_socket_is_polled_again_without_a_look_for_io() {
         let _inside = runtime.enter();
         reader_of(accepted, true)
     };
-    let (_tx, rx) = tokio::io::duplex(1024);
-    let mut through_tokio = FrameReader::new(rx, 1024);
-    let streams = Arc::new(Streams::new(1024, 1024));
-    through_tokio.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    let (_tx, mut through_tokio) = pipe_reader(true);
 
     let woken = |poll: &mut dyn FnMut(&Waker) -> bool| {
         runtime.block_on(async {
