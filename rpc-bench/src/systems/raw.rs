@@ -106,6 +106,11 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     Some(u32::from_be_bytes(prefix) as usize)
 }
 
+/// The length of the frame at the start of `buf`, if all of it is there.
+fn whole_frame_len(buf: &[u8]) -> Option<usize> {
+    frame_len(buf).filter(|len| buf.len() >= PREFIX + len)
+}
+
 /// Reads until a whole frame is in `read`; its body is `read[PREFIX..PREFIX + len]`. The rest
 /// of a large frame is waited for under `mark`, raised; anything else is polled for while
 /// `spin` polls, after a frame was sent.
@@ -160,7 +165,7 @@ async fn serve_connection(stream: TcpStream) {
         .is_some()
     {
         // Answer every whole frame that has arrived, then send the answers in one write.
-        while let Some(len) = frame_len(&read).filter(|len| read.len() >= PREFIX + len) {
+        while let Some(len) = whole_frame_len(&read) {
             let Some((&tag, args)) = read[PREFIX..PREFIX + len].split_first() else {
                 return;
             };
@@ -331,7 +336,7 @@ impl RawClient {
     async fn receive<R: DeserializeOwned>(&mut self) -> R {
         // A frame already read is taken without a read's future: a stream's items mostly are,
         // and making that future cost its rate a fifth.
-        let len = match frame_len(&self.read).filter(|len| self.read.len() >= PREFIX + len) {
+        let len = match whole_frame_len(&self.read) {
             Some(len) => len,
             None => read_frame(
                 &mut self.stream,
@@ -479,7 +484,7 @@ impl Spin {
     }
 
     /// Whether a reader that finds nothing reads again rather than wait.
-    fn polls(&mut self) -> bool {
+    fn polls(&self) -> bool {
         self.until.is_some_and(|until| Instant::now() < until)
     }
 
