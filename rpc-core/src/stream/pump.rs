@@ -127,6 +127,10 @@ trait EncodeNext: Send {
 }
 
 impl<T: Encode + Send + 'static> EncodeNext for Streaming<T> {
+    // Inlined into `encode_ready`'s loop, with `encode_item`: as calls, the two saved and
+    // restored registers for every item, 99 of the 503 instructions a small number cost both
+    // ends (callgrind), and such a stream ran 15-20% slower between two processes.
+    #[inline(always)]
     fn poll_encode(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -158,7 +162,8 @@ fn failure(error: &RpcError) -> Failure {
 }
 
 /// Appends `item` as a whole StreamItem frame, returning its cost; within `scope` if one is
-/// open for the batch.
+/// open for the batch. Always inlined, for the reason `poll_encode` is.
+#[inline(always)]
 fn encode_item<T: Encode>(
     into: &mut Encoding<'_>,
     scope: Option<&OpenScope>,
