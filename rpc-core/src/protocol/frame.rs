@@ -804,7 +804,20 @@ impl<R> FrameReader<R> {
 
     /// The next frame's payload if the reads so far brought all of it, without reading: for a
     /// loop that handles every frame one read brought before it turns to anything else.
+    ///
+    /// An empty buffer, which four of the six looks a sequential call's two ends take find, is
+    /// told inline: as calls that returned their answer through memory, those looks took 150 of
+    /// the 16,700 instructions of such a call on a shared runtime (callgrind).
+    #[inline]
     pub(crate) fn buffered_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
+        if self.buf.len() < LENGTH_PREFIX {
+            return Ok(None);
+        }
+        self.take_buffered_frame()
+    }
+
+    /// [`FrameReader::buffered_frame`] with the buffer holding at least a length prefix.
+    fn take_buffered_frame(&mut self) -> Result<Option<Bytes>, RpcError> {
         let Some(size) = length_prefix(&self.buf) else {
             return Ok(None);
         };
