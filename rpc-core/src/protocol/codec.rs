@@ -164,7 +164,10 @@ struct AppendTo<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for AppendTo<'_> {
     type Output = ();
 
-    #[inline]
+    // Always inlined: left to the compiler, it was inlined or not from one build to the next,
+    // and out of line a stream's small numbers cost 31 more instructions each, a sequential
+    // call 85 more and a call among 32 callers 89 more (callgrind, shared runtime for calls).
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if data.len() < outgoing::SPLICE_MIN {
             append_bytes(self.0, data);
