@@ -151,8 +151,12 @@ impl<T: Send + 'static> Streaming<T> {
     }
 
     /// The next item, or `None` once the stream has ended.
-    pub async fn next(&mut self) -> Option<Result<T, RpcError>> {
-        StreamExt::next(self).await
+    // `StreamExt::next`'s future itself, not one of an `async fn` around it: that future's own
+    // state machine cost a stream of small numbers 8 more instructions an item (callgrind). It
+    // returns a future, as `async fn next` did, not an item as `Iterator::next` does.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> impl Future<Output = Option<Result<T, RpcError>>> + '_ {
+        StreamExt::next(self)
     }
 }
 
