@@ -468,8 +468,8 @@ struct InboundStream<T> {
     head_len: usize,
     /// Items of `run` decoded already and not taken yet, the next last: taken with `pop`, which
     /// cost a stream of small numbers 12 fewer instructions an item than a `VecDeque` taken
-    /// from its front (callgrind). The first that failed to decode ends the stream, and those
-    /// before it here are dropped with it.
+    /// from its front (callgrind). The first that failed to decode ends the stream, and the
+    /// items that came after it are dropped with it.
     ahead: Vec<Result<T, protocol::CodecError>>,
     /// The cost of the items taken since credit was last granted back.
     consumed: i64,
