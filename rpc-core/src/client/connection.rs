@@ -208,8 +208,9 @@ impl Connection {
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
-        let streams = Arc::new(Streams::new(window, server.stream_window));
         let (elsewhere, end) = peer.place();
+        let streams =
+            Arc::new(Streams::new(window, server.stream_window).peer_elsewhere(elsewhere));
         // A server over TCP on this runtime is polled for only after reads of several answers,
         // whatever the calls in flight.
         let nearby = !elsewhere && end.is_some();

@@ -163,8 +163,10 @@ where
         reader.count_traffic(traffic);
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
-        let streams = Arc::new(Streams::new(config.stream_window, client.stream_window));
         let (elsewhere, end) = process.place();
+        let streams = Arc::new(
+            Streams::new(config.stream_window, client.stream_window).peer_elsewhere(elsewhere),
+        );
         // A client over TCP on this runtime is polled for only after reads of several requests.
         let nearby = !elsewhere && end.is_some();
         reader.set_busy_poll((elsewhere || nearby).then_some(config.busy_poll), &streams);

@@ -65,6 +65,9 @@ pub(crate) struct Streams {
     own_window: u32,
     /// The credit each outgoing stream starts with: the window the peer announced.
     peer_window: u32,
+    /// Whether the peer runs on threads of its own (another process, another runtime), so that
+    /// no stream it receives waits on this runtime's workers for a sender's turn.
+    peer_elsewhere: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +111,16 @@ impl Streams {
             open: AtomicUsize::new(0),
             own_window,
             peer_window,
+            peer_elsewhere: false,
         }
+    }
+
+    /// These streams, with a peer that runs on threads of its own if `elsewhere`
+    /// ([`PeerProcess::is_elsewhere`](crate::peer_process::PeerProcess::is_elsewhere)): their
+    /// senders then take no turns for the peer's sake (`pump`).
+    pub(crate) fn peer_elsewhere(mut self, elsewhere: bool) -> Self {
+        self.peer_elsewhere = elsewhere;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -378,6 +390,13 @@ impl SendWindow {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.changed.notify_one();
+    }
+}
+
+impl OutboundCredit {
+    /// Whether the stream's receiver runs on threads of its own: [`Streams::peer_elsewhere`].
+    pub(crate) fn receiver_elsewhere(&self) -> bool {
+        self.streams.peer_elsewhere
     }
 }
 
