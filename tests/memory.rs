@@ -792,3 +792,35 @@ fn a_call_allocates_nothing_both_ends_with_every_feature_on() {
         assert!(per_call < 0.5, "{per_call} allocations per call, both ends");
     });
 }
+
+/// A client that gives every stream it receives the largest window there is (4 GiB of credit),
+/// calls a method whose stream never waits, and reads nothing: what the server queues for it
+/// stays bounded, and is freed once the server drops the connection. (Its stream's sender,
+/// which takes no turns for a peer elsewhere, queued items until the credit ran out, and the
+/// writer never had the turn that would have found the connection stalled.)
+#[test]
+fn a_stream_to_a_client_that_grants_a_vast_window_and_never_reads_is_bounded() {
+    scenario(async {
+        let addr = impatient_server().await;
+        let start = baseline();
+        let mut raw = RawClient::handshake_with_window(addr, u32::MAX).await;
+        raw.send(&request(1, "count", &varint(u64::MAX))).await;
+        // Pings, to learn when the server has dropped the connection: a write then fails.
+        let cut_off = within("the connection to be dropped", async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                raw.stream.write_all(&frame(&[0x04])).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        assert!(cut_off.is_err());
+        // The stream's frames waiting for the writer (at most 1 MiB), and the connection's
+        // buffers.
+        let peak = peak_above(start);
+        assert!(peak < 8 * MIB, "{} MiB held at the peak", peak / MIB);
+        drop(raw);
+        freed_to(start, KEPT).await;
+    });
+}

@@ -686,6 +686,11 @@ impl Meter {
 pub(crate) struct StreamFrames {
     frames: Mutex<VecDeque<Frame>>,
     meter: Arc<Meter>,
+    /// The bytes of the frames here, as the meter counts them.
+    unwritten: AtomicUsize,
+    /// Told each time frames leave, for the stream's sender waiting for room
+    /// ([`StreamFrames::wait_unwritten_below`]).
+    left: Notify,
 }
 
 impl fmt::Debug for StreamFrames {
@@ -699,13 +704,17 @@ impl StreamFrames {
         Arc::new(StreamFrames {
             frames: Mutex::new(VecDeque::new()),
             meter: Arc::clone(&outbox.meter),
+            unwritten: AtomicUsize::new(0),
+            left: Notify::new(),
         })
     }
 
     /// Queues `frame` on `outbox`, behind everything queued there. `false` when the writer is
     /// gone.
     pub(crate) fn send(self: &Arc<Self>, outbox: &Outbox, frame: Frame) -> bool {
-        self.meter.hold(cost(&frame));
+        let cost = cost(&frame);
+        self.meter.hold(cost);
+        self.unwritten.fetch_add(cost, Ordering::AcqRel);
         self.lock().push_back(frame);
         outbox.send_claim(Arc::clone(self) as Arc<dyn Claim>, 0)
     }
@@ -715,12 +724,28 @@ impl StreamFrames {
         !self.lock().is_empty()
     }
 
+    /// Returns once the frames here hold fewer than `most` bytes (as the meter counts them).
+    pub(crate) async fn wait_unwritten_below(&self, most: usize) {
+        while self.unwritten.load(Ordering::Acquire) >= most {
+            // A frame that leaves between the look and the wait leaves a permit: no wakeup is
+            // lost.
+            self.left.notified().await;
+        }
+    }
+
     /// Drops the frames not yet written.
     pub(crate) fn take_back(&self) {
         let frames = std::mem::take(&mut *self.lock());
         for frame in frames {
-            self.meter.release(cost(&frame));
+            self.uncount(cost(&frame));
         }
+    }
+
+    /// Uncounts a frame of `cost` that left.
+    fn uncount(&self, cost: usize) {
+        self.meter.release(cost);
+        self.unwritten.fetch_sub(cost, Ordering::AcqRel);
+        self.left.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
@@ -746,7 +771,7 @@ impl Drop for StreamFrames {
 impl Claim for StreamFrames {
     fn claim(&self, _: u64) -> Option<Frame> {
         let frame = self.lock().pop_front()?;
-        self.meter.release(cost(&frame));
+        self.uncount(cost(&frame));
         Some(frame)
     }
 
@@ -756,7 +781,7 @@ impl Claim for StreamFrames {
             frames.front()?.contiguous()?;
             frames.pop_front()?
         };
-        self.meter.release(cost(&frame));
+        self.uncount(cost(&frame));
         Some(frame)
     }
 }

@@ -35,6 +35,13 @@ const BATCH_SLACK: usize = 1024;
 /// A writer that keeps up, on another worker, costs the pump no yield.
 const YIELD_AFTER: usize = 4 * BATCH_BYTES;
 
+/// The most bytes of a stream's frames that wait unwritten before its pump waits for the writer
+/// to take some. The credit bounds them anyway, below this with a window of 1 MiB, the default;
+/// but a receiver may grant up to 4 GiB and read nothing, and a pump that takes no turns
+/// ([`takes_turns`]) would then queue all that before the writer it woke (in its worker's
+/// next-task slot) had a turn to find the connection stalled.
+const UNWRITTEN_MOST: usize = 1024 * 1024;
+
 /// Whether a pump yields after [`YIELD_AFTER`] bytes: unless the stream's receiver runs on
 /// threads of its own and the pump's runtime has other workers. There a yield hands the pump to
 /// another worker, a wakeup no receiver is waiting for: across two processes a stream of small
@@ -241,6 +248,7 @@ pub(crate) async fn pump(
     let mut busy = 0;
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
+        frames.wait_unwritten_below(UNWRITTEN_MOST).await;
         let mut batch = Frame::default();
         let mut into = Encoding {
             start,
