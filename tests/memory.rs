@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
-    LabClient, LabImpl, RawClient, answers_at, frame, lab_hello, lab_methods, loopback_listener,
-    read_frame_from, request, reverse_frame, start_tcp_with, string, varint, within,
+    LabClient, LabImpl, RawClient, answers_at, frame, lab_hello, lab_hello_with_window,
+    lab_methods, loopback_listener, read_frame_from, request, reverse_frame, start_tcp_with,
+    string, varint, within,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -822,5 +823,42 @@ fn a_stream_to_a_client_that_grants_a_vast_window_and_never_reads_is_bounded() {
         assert!(peak < 8 * MIB, "{} MiB held at the peak", peak / MIB);
         drop(raw);
         freed_to(start, KEPT).await;
+    });
+}
+
+/// The same from a client's side: a server that grants every upload the largest window there
+/// is and reads nothing, sent a stream that never waits. The client holds a bounded amount and
+/// drops the stalled connection.
+#[test]
+fn an_upload_to_a_server_that_grants_a_vast_window_and_never_reads_is_bounded() {
+    scenario(async {
+        let (listener, addr) = loopback_listener().await;
+        let deaf_server = tokio::spawn(async move {
+            let (mut raw, _) = RawClient::accept(&listener).await;
+            raw.send(&lab_hello_with_window(lab_methods(), 100, 64, u32::MAX))
+                .await;
+            // Pings keep the client from presuming this side dead; it never reads again.
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                raw.send(&frame(&[0x04])).await;
+            }
+        });
+        let start = baseline();
+        let client = LabClient::builder()
+            .keepalive(Duration::from_millis(100), Duration::from_secs(1))
+            .connect(addr)
+            .await
+            .expect("connects");
+        let sum = client.sum(rpc_core::Streaming::iter(0..u64::MAX));
+        let outcome = within("the upload to fail", sum).await;
+        assert!(outcome.is_err(), "nothing is answered");
+        within("the stalled connection to close", client.channel().closed()).await;
+        // The stream's frames waiting for the writer (at most 1 MiB), and the connection's
+        // buffers.
+        let peak = peak_above(start);
+        assert!(peak < 8 * MIB, "{} MiB held at the peak", peak / MIB);
+        drop(client);
+        freed_to(start, KEPT).await;
+        deaf_server.abort();
     });
 }
