@@ -158,22 +158,28 @@ async fn flood_without_reading(method: &str) {
     freed_to(start, NOTHING_KEPT).await;
 }
 
+/// A server that greets one client with `hello`, then reads nothing, and pings every 100 ms so
+/// that the client does not take it for dead; its address, and its task.
+async fn deaf_server(hello: Vec<u8>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&hello).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raw.send(&frame(&[0x04])).await;
+        }
+    });
+    (addr, server)
+}
+
 /// 2,000 calls of 64 KiB to a server that stops reading: calls that time out take their
 /// requests back, the client detects that its writes make no progress and drops the
 /// connection, and memory goes back to where it was. (It used to keep ~100 MiB.)
 #[test]
 fn abandoned_calls_to_a_server_that_stops_reading_are_freed() {
     scenario(async {
-        let (listener, addr) = loopback_listener().await;
-        let deaf_server = tokio::spawn(async move {
-            let (mut raw, _) = RawClient::accept(&listener).await;
-            raw.send(&lab_hello(lab_methods(), 100, 64)).await;
-            // Pings keep the client from presuming this side dead; it never reads again.
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                raw.send(&frame(&[0x04])).await;
-            }
-        });
+        let (addr, deaf_server) = deaf_server(lab_hello(lab_methods(), 100, 64)).await;
         let start = baseline();
         let client = LabClient::builder()
             .keepalive(Duration::from_millis(100), Duration::from_secs(1))
@@ -832,17 +838,8 @@ fn a_stream_to_a_client_that_grants_a_vast_window_and_never_reads_is_bounded() {
 #[test]
 fn an_upload_to_a_server_that_grants_a_vast_window_and_never_reads_is_bounded() {
     scenario(async {
-        let (listener, addr) = loopback_listener().await;
-        let deaf_server = tokio::spawn(async move {
-            let (mut raw, _) = RawClient::accept(&listener).await;
-            raw.send(&lab_hello_with_window(lab_methods(), 100, 64, u32::MAX))
-                .await;
-            // Pings keep the client from presuming this side dead; it never reads again.
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                raw.send(&frame(&[0x04])).await;
-            }
-        });
+        let hello = lab_hello_with_window(lab_methods(), 100, 64, u32::MAX);
+        let (addr, deaf_server) = deaf_server(hello).await;
         let start = baseline();
         let client = LabClient::builder()
             .keepalive(Duration::from_millis(100), Duration::from_secs(1))
