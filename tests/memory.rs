@@ -807,28 +807,43 @@ fn a_call_allocates_nothing_both_ends_with_every_feature_on() {
 /// writer never had the turn that would have found the connection stalled.)
 #[test]
 fn a_stream_to_a_client_that_grants_a_vast_window_and_never_reads_is_bounded() {
-    scenario(async {
-        let addr = impatient_server().await;
-        let start = baseline();
-        let mut raw = RawClient::handshake_with_window(addr, u32::MAX).await;
-        raw.send(&request(1, "count", &varint(u64::MAX))).await;
-        // Pings, to learn when the server has dropped the connection: a write then fails.
-        let cut_off: std::io::Result<std::convert::Infallible> =
-            within("the connection to be dropped", async {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    raw.stream.write_all(&frame(&[0x04])).await?;
-                }
-            })
-            .await;
-        assert!(cut_off.is_err());
-        // The stream's frames waiting for the writer (at most 1 MiB), and the connection's
-        // buffers.
-        let peak = peak_above(start);
-        assert!(peak < 8 * MIB, "{} MiB held at the peak", peak / MIB);
-        drop(raw);
-        freed_to(start, KEPT).await;
-    });
+    // The stream's frames waiting for the writer (at most 1 MiB), and the connection's buffers.
+    scenario(streams_never_read(1, 8 * MIB));
+}
+
+/// The same with 32 such streams on one connection: together they queue no more than the
+/// connection's limit (4 MiB by default), past it a batch each. (Each stream bounded alone, they
+/// held 1 MiB each, 32 MiB; a client may open as many as it may make calls, 1,024 by default.)
+#[test]
+fn many_streams_to_a_client_that_grants_vast_windows_and_never_reads_are_bounded_together() {
+    scenario(streams_never_read(32, 12 * MIB));
+}
+
+/// Opens `streams` streams that never wait, each with a 4 GiB window, on one raw connection that
+/// reads nothing; checks the server holds under `most` bytes at the peak, drops the connection
+/// and frees what it held.
+async fn streams_never_read(streams: u64, most: usize) {
+    let addr = impatient_server().await;
+    let start = baseline();
+    let mut raw = RawClient::handshake_with_window(addr, u32::MAX).await;
+    let requests: Vec<u8> = (1..=streams)
+        .flat_map(|id| request(id, "count", &varint(u64::MAX)))
+        .collect();
+    raw.send(&requests).await;
+    // Pings, to learn when the server has dropped the connection: a write then fails.
+    let cut_off: std::io::Result<std::convert::Infallible> =
+        within("the connection to be dropped", async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                raw.stream.write_all(&frame(&[0x04])).await?;
+            }
+        })
+        .await;
+    assert!(cut_off.is_err());
+    let peak = peak_above(start);
+    assert!(peak < most, "{} MiB held at the peak", peak / MIB);
+    drop(raw);
+    freed_to(start, KEPT).await;
 }
 
 /// The same from a client's side: a server that grants every upload the largest window there

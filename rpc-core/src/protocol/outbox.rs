@@ -648,13 +648,16 @@ impl Meter {
     /// own limit and the server-wide budget. A connection with nothing queued always may, so
     /// that no connection is locked out by the others' backlog.
     pub(crate) fn may_read(&self) -> bool {
-        let queued = self.queued();
-        queued == 0
-            || (queued < self.limit
-                && self
-                    .share
-                    .as_ref()
-                    .is_none_or(|share| !share.budget().reached()))
+        self.queued() == 0 || !self.is_full()
+    }
+
+    /// Whether the connection's queue is at its own limit, or the server at its budget.
+    pub(crate) fn is_full(&self) -> bool {
+        self.queued() >= self.limit
+            || self
+                .share
+                .as_ref()
+                .is_some_and(|share| share.budget().reached())
     }
 
     /// Returns once [`Meter::may_read`] holds.
@@ -689,7 +692,7 @@ pub(crate) struct StreamFrames {
     /// The bytes of the frames here, as the meter counts them.
     unwritten: AtomicUsize,
     /// Told each time frames leave, for the stream's sender waiting for room
-    /// ([`StreamFrames::wait_unwritten_below`]).
+    /// ([`StreamFrames::wait_for_room`]).
     left: Notify,
 }
 
@@ -724,13 +727,26 @@ impl StreamFrames {
         !self.lock().is_empty()
     }
 
-    /// Returns once the frames here hold fewer than `most` bytes (as the meter counts them).
-    pub(crate) async fn wait_unwritten_below(&self, most: usize) {
-        while self.unwritten.load(Ordering::Acquire) >= most {
+    /// Returns once the frames here hold fewer than `most` bytes (as the meter counts them),
+    /// and either none at all or the connection's queue is not full ([`Meter::is_full`]).
+    ///
+    /// So the streams of one connection together queue no more than its limit, past it one
+    /// batch each at most, whatever windows their receivers grant: a server's client may open
+    /// as many streams as it may make calls. A stream with nothing queued may always send, so
+    /// that none is locked out by the others' backlog; one with frames queued is woken as they
+    /// leave.
+    pub(crate) async fn wait_for_room(&self, most: usize) {
+        while !self.has_room(most) {
             // A frame that leaves between the look and the wait leaves a permit: no wakeup is
             // lost.
             self.left.notified().await;
         }
+    }
+
+    /// Whether [`StreamFrames::wait_for_room`] would return at once.
+    pub(crate) fn has_room(&self, most: usize) -> bool {
+        let unwritten = self.unwritten.load(Ordering::Acquire);
+        unwritten < most && (unwritten == 0 || !self.meter.is_full())
     }
 
     /// Drops the frames not yet written.
@@ -921,6 +937,49 @@ mod tests {
         );
         drop(queue);
         assert_eq!(outbox.meter().queued(), 0);
+    }
+
+    /// On a full connection, a stream with frames queued waits until enough of them leave,
+    /// and one with none sends at once; on any, a stream waits while its own frames hold its
+    /// most.
+    #[tokio::test]
+    async fn a_stream_waits_for_room_while_its_frames_fill_the_connection_or_its_most() {
+        // Each frame counts for its length and `ENTRY_OVERHEAD`, 128 bytes.
+        let (outbox, _queue) = Outbox::with_meter(Meter::new(300, None));
+        let (idle, busy) = (StreamFrames::new(&outbox), StreamFrames::new(&outbox));
+        assert!(busy.send(&outbox, Frame::from(vec![1u8; 60])));
+        assert!(busy.send(&outbox, Frame::from(vec![2u8; 10])));
+        assert!(outbox.meter().is_full());
+        let has_room = |frames: &Arc<StreamFrames>, most: usize| {
+            let frames = Arc::clone(frames);
+            let now = std::time::Duration::ZERO;
+            async move {
+                tokio::time::timeout(now, frames.wait_for_room(most))
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(
+            has_room(&idle, usize::MAX).await,
+            "nothing of its own queued"
+        );
+        assert!(!has_room(&busy, usize::MAX).await, "the connection is full");
+
+        let waiting = tokio::spawn({
+            let busy = Arc::clone(&busy);
+            async move { busy.wait_for_room(usize::MAX).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The writer takes the first frame: the connection is no longer full.
+        assert_eq!(busy.claim(0).map(|frame| frame.len()), Some(60));
+        assert!(!outbox.meter().is_full());
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .expect("joins");
+        assert!(has_room(&busy, usize::MAX).await);
+        assert!(!has_room(&busy, 138).await, "its own frames hold its most");
     }
 
     #[tokio::test]

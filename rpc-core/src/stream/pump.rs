@@ -39,7 +39,9 @@ const YIELD_AFTER: usize = 4 * BATCH_BYTES;
 /// to take some. The credit bounds them anyway, below this with a window of 1 MiB, the default;
 /// but a receiver may grant up to 4 GiB and read nothing, and a pump that takes no turns
 /// ([`takes_turns`]) would then queue all that before the writer it woke (in its worker's
-/// next-task slot) had a turn to find the connection stalled.
+/// next-task slot) had a turn to find the connection stalled. Past the connection's own limit
+/// (a server's `max_queued_bytes_per_connection`) a pump waits while any of its frames do
+/// ([`StreamFrames::wait_for_room`]), so that many streams hold no more than one.
 const UNWRITTEN_MOST: usize = 1024 * 1024;
 
 /// Whether a pump yields after [`YIELD_AFTER`] bytes: unless the stream's receiver runs on
@@ -248,7 +250,9 @@ pub(crate) async fn pump(
     let mut busy = 0;
     // `None` for a clean end; otherwise why the stream failed.
     let failure = loop {
-        frames.wait_unwritten_below(UNWRITTEN_MOST).await;
+        if !frames.has_room(UNWRITTEN_MOST) {
+            frames.wait_for_room(UNWRITTEN_MOST).await;
+        }
         let mut batch = Frame::default();
         let mut into = Encoding {
             start,
