@@ -851,25 +851,36 @@ async fn streams_never_read(streams: u64, most: usize) {
 /// drops the stalled connection.
 #[test]
 fn an_upload_to_a_server_that_grants_a_vast_window_and_never_reads_is_bounded() {
-    scenario(async {
-        let hello = lab_hello_with_window(lab_methods(), 100, 64, u32::MAX);
-        let (addr, deaf_server) = deaf_server(hello).await;
-        let start = baseline();
-        let client = LabClient::builder()
-            .keepalive(Duration::from_millis(100), Duration::from_secs(1))
-            .connect(addr)
-            .await
-            .expect("connects");
-        let sum = client.sum(rpc_core::Streaming::iter(0..u64::MAX));
-        let outcome = within("the upload to fail", sum).await;
-        assert!(outcome.is_err(), "nothing is answered");
-        within("the stalled connection to close", client.channel().closed()).await;
-        // The stream's frames waiting for the writer (at most 1 MiB), and the connection's
-        // buffers.
-        let peak = peak_above(start);
-        assert!(peak < 8 * MIB, "{} MiB held at the peak", peak / MIB);
-        drop(client);
-        freed_to(start, KEPT).await;
-        deaf_server.abort();
-    });
+    // The stream's frames waiting for the writer (at most 1 MiB), and the connection's buffers.
+    scenario(uploads_never_read(1, 8 * MIB));
+}
+
+/// The same with 16 such uploads on one connection: together they queue no more than 4 MiB,
+/// past it a batch each. (Each bounded alone, they held 1 MiB each.)
+#[test]
+fn many_uploads_to_a_server_that_grants_vast_windows_and_never_reads_are_bounded_together() {
+    scenario(uploads_never_read(16, 10 * MIB));
+}
+
+/// Sends `uploads` streams that never wait, on one connection to a server that grants each a
+/// 4 GiB window and reads nothing; checks the client holds under `most` bytes at the peak, drops
+/// the stalled connection and frees what it held.
+async fn uploads_never_read(uploads: usize, most: usize) {
+    let hello = lab_hello_with_window(lab_methods(), 100, 64, u32::MAX);
+    let (addr, deaf_server) = deaf_server(hello).await;
+    let start = baseline();
+    let client = LabClient::builder()
+        .keepalive(Duration::from_millis(100), Duration::from_secs(1))
+        .connect(addr)
+        .await
+        .expect("connects");
+    let sums = (0..uploads).map(|_| client.sum(rpc_core::Streaming::iter(0..u64::MAX)));
+    let outcomes = within("the uploads to fail", futures_util::future::join_all(sums)).await;
+    assert!(outcomes.iter().all(Result::is_err), "nothing is answered");
+    within("the stalled connection to close", client.channel().closed()).await;
+    let peak = peak_above(start);
+    assert!(peak < most, "{} MiB held at the peak", peak / MIB);
+    drop(client);
+    freed_to(start, KEPT).await;
+    deaf_server.abort();
 }

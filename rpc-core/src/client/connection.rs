@@ -238,11 +238,12 @@ impl Connection {
         }
         writer.watch_calls(Arc::clone(&slots));
         // A client serving back queues its answers like a server, within a limit, so that a
-        // server that reads nothing cannot make it hold them without bound.
-        let (outbox, queue) = match &serve_back {
-            Some(serve_back) => Outbox::with_meter(Meter::new(serve_back.queue_limit(), None)),
-            None => Outbox::new(),
-        };
+        // server that reads nothing cannot make it hold them without bound. Its uploads keep to
+        // the limit together either way (`StreamFrames::wait_for_room`).
+        let queue_limit = serve_back
+            .as_ref()
+            .map_or(QUEUE_LIMIT, |serve_back| serve_back.queue_limit());
+        let (outbox, queue) = Outbox::with_meter(Meter::new(queue_limit, None));
         let pending = Arc::new(Pending::default());
         outbox.claim_requests_from(Arc::clone(&pending) as Arc<dyn Claim>);
         let heartbeat = config.keepalive.map(|keepalive| keepalive.interval);
@@ -766,6 +767,12 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
 /// How many frames in a row the reader reads at most before it looks whether the first deadline
 /// has passed; otherwise it looks only when it has nothing to read.
 const LOOK_AT_DEADLINES_EVERY: u32 = 256;
+
+/// How many bytes of a connection's frames may wait unwritten before its uploads, each past
+/// what it has queued already, wait for the writer: a server's default limit for a connection.
+/// A server that grants every upload a vast window and reads nothing then makes the client hold
+/// about this much, rather than 1 MiB an upload.
+const QUEUE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Where the value begins of the response whose payload starts with `prefix`, if it answers a
 /// call that takes its result, a byte string, as it was read: for the reader to read a large
