@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rpc_core::{Server, ServiceClient};
 use rpc_tests::{
     LabClient, LabImpl, RawClient, answers_at, frame, lab_hello, lab_hello_with_window,
@@ -237,7 +238,9 @@ fn a_client_that_floods_and_goes_silent_is_dropped_and_its_memory_freed() {
 
 /// Twenty clients that each ask for 8 MiB of answers and read nothing: past the server-wide
 /// budget, connections with answers waiting stop reading, so the server holds the budget and
-/// one answer per connection, not every connection's share.
+/// one answer per connection, not every connection's share. A newcomer's streams still flow,
+/// both ways, though a stream's sender waits while the server is past its budget and any of
+/// its frames wait unwritten.
 #[test]
 fn the_server_wide_budget_caps_what_all_connections_hold() {
     scenario(async {
@@ -259,6 +262,22 @@ fn the_server_wide_budget_caps_what_all_connections_hold() {
         }
         // Every hog has been read from at least once, and the server still serves a newcomer.
         let client = a_newcomer_is_served(addr).await;
+        const ITEMS: u64 = 100_000;
+        let stream = within("a stream", client.count(ITEMS))
+            .await
+            .expect("starts");
+        let counted = within(
+            "its items",
+            stream.fold(0, |n, item| async move {
+                assert_eq!(item.expect("an item"), n);
+                n + 1
+            }),
+        )
+        .await;
+        assert_eq!(counted, ITEMS);
+        let upload = client.sum(rpc_core::Streaming::iter(0..ITEMS));
+        let sum = within("an upload", upload).await.expect("summed");
+        assert_eq!(sum, ITEMS * (ITEMS - 1) / 2);
         let peak = peak_above(start);
         assert!(
             peak < 40 * MIB,
