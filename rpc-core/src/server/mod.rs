@@ -387,7 +387,9 @@ impl ServerBuilder {
     /// How many bytes of answers may wait for one client to read them before the server stops
     /// reading that client's requests (default 4 MiB). The server reads on once the client has
     /// read enough; a connection with nothing queued is always read, so one answer of any size
-    /// still goes through.
+    /// still goes through. Past it, each stream the connection sends waits too while any of its
+    /// items wait unwritten, so that a client's streams, however many and whatever windows it
+    /// grants them, hold about this much together.
     pub fn max_queued_bytes_per_connection(mut self, bytes: usize) -> Self {
         self.config.max_queued_per_connection = bytes;
         self
@@ -395,8 +397,9 @@ impl ServerBuilder {
 
     /// How many bytes of answers may wait for their clients across the whole server, past each
     /// connection's first 64 KiB, before connections that have answers waiting stop reading
-    /// requests (default 256 MiB). Connections with nothing queued are still read, so no
-    /// client is locked out by others that do not read.
+    /// requests, and streams with items waiting unwritten stop sending more (default 256 MiB).
+    /// Connections with nothing queued are still read, and streams with nothing waiting still
+    /// send, so no client is locked out by others that do not read.
     ///
     /// The calls a connection runs when it stops reading still answer, up to
     /// [`max_in_flight_per_connection`](Self::max_in_flight_per_connection) of them, so a
