@@ -951,7 +951,7 @@ mod tests {
         assert!(busy.send(&outbox, Frame::from(vec![1u8; 60])));
         assert!(busy.send(&outbox, Frame::from(vec![2u8; 10])));
         assert!(outbox.meter().is_full());
-        let has_room = |frames: &Arc<StreamFrames>, most: usize| {
+        let ready_at_once = |frames: &Arc<StreamFrames>, most: usize| {
             let frames = Arc::clone(frames);
             let now = std::time::Duration::ZERO;
             async move {
@@ -961,10 +961,13 @@ mod tests {
             }
         };
         assert!(
-            has_room(&idle, usize::MAX).await,
+            ready_at_once(&idle, usize::MAX).await,
             "nothing of its own queued"
         );
-        assert!(!has_room(&busy, usize::MAX).await, "the connection is full");
+        assert!(
+            !ready_at_once(&busy, usize::MAX).await,
+            "the connection is full"
+        );
 
         let waiting = tokio::spawn({
             let busy = Arc::clone(&busy);
@@ -979,8 +982,11 @@ mod tests {
             .await
             .expect("woken")
             .expect("joins");
-        assert!(has_room(&busy, usize::MAX).await);
-        assert!(!has_room(&busy, 138).await, "its own frames hold its most");
+        assert!(ready_at_once(&busy, usize::MAX).await);
+        assert!(
+            !ready_at_once(&busy, 138).await,
+            "its own frames hold its most"
+        );
     }
 
     #[tokio::test]

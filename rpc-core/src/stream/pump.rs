@@ -39,9 +39,10 @@ const YIELD_AFTER: usize = 4 * BATCH_BYTES;
 /// to take some. The credit bounds them anyway, below this with a window of 1 MiB, the default;
 /// but a receiver may grant up to 4 GiB and read nothing, and a pump that takes no turns
 /// ([`takes_turns`]) would then queue all that before the writer it woke (in its worker's
-/// next-task slot) had a turn to find the connection stalled. Past the connection's own limit
-/// (a server's `max_queued_bytes_per_connection`) a pump waits while any of its frames do
-/// ([`StreamFrames::wait_for_room`]), so that many streams hold no more than one.
+/// next-task slot) had a turn to find the connection stalled. Once the connection's queue is
+/// full (a server's `max_queued_bytes_per_connection`, or its budget), a pump waits while any of
+/// its frames wait ([`StreamFrames::wait_for_room`]), so that however many streams a connection
+/// sends, they hold about its limit together.
 const UNWRITTEN_MOST: usize = 1024 * 1024;
 
 /// Whether a pump yields after [`YIELD_AFTER`] bytes: unless the stream's receiver runs on
