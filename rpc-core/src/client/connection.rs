@@ -242,7 +242,9 @@ impl Connection {
         // the limit together either way (`StreamFrames::wait_for_room`).
         let queue_limit = serve_back
             .as_ref()
-            .map_or(QUEUE_LIMIT, |serve_back| serve_back.queue_limit());
+            .map_or(protocol::DEFAULT_QUEUE_LIMIT, |serve_back| {
+                serve_back.queue_limit()
+            });
         let (outbox, queue) = Outbox::with_meter(Meter::new(queue_limit, None));
         let pending = Arc::new(Pending::default());
         outbox.claim_requests_from(Arc::clone(&pending) as Arc<dyn Claim>);
@@ -767,12 +769,6 @@ async fn write_requests<W: AsyncWrite + Unpin + Send + 'static>(
 /// How many frames in a row the reader reads at most before it looks whether the first deadline
 /// has passed; otherwise it looks only when it has nothing to read.
 const LOOK_AT_DEADLINES_EVERY: u32 = 256;
-
-/// How many bytes of a connection's frames may wait unwritten before its uploads, each past
-/// what it has queued already, wait for the writer: a server's default limit for a connection.
-/// A server that grants every upload a vast window and reads nothing then makes the client hold
-/// about this much, rather than 1 MiB an upload.
-const QUEUE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Where the value begins of the response whose payload starts with `prefix`, if it answers a
 /// call that takes its result, a byte string, as it was read: for the reader to read a large

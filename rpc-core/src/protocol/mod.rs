@@ -33,7 +33,7 @@ pub(crate) use frame::tests::frame;
 pub(crate) use frame::{FrameReader, is_large, length_prefix};
 pub(crate) use frame_memory::FrameMemory;
 pub(crate) use hello::{Hello, PeerInfo};
-pub(crate) use outbox::{Claim, Meter, Outbox, Queue, StreamFrames};
+pub(crate) use outbox::{Claim, DEFAULT_QUEUE_LIMIT, Meter, Outbox, Queue, StreamFrames};
 pub(crate) use outgoing::{Frame, FrameStart, OpenScope, offer};
 pub(crate) use send_gate::{GatedWrite, SendGate};
 pub(crate) use spare::{copied, shared};

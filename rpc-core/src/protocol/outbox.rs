@@ -586,6 +586,13 @@ impl Outbox {
     }
 }
 
+/// How many bytes may wait unwritten on one connection unless told otherwise: a server's
+/// `max_queued_bytes_per_connection` by default, and a client's own limit, past which its
+/// uploads wait for the writer ([`StreamFrames::wait_for_room`]). A peer that grants every
+/// stream a vast window and reads nothing then makes the sender hold about this much, rather
+/// than 1 MiB a stream.
+pub(crate) const DEFAULT_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Counts the bytes queued on one connection, against the connection's own limit and the
 /// server-wide budget.
 #[derive(Debug)]

@@ -130,7 +130,7 @@ impl Default for ServerBuilder {
                 keepalive: Some(KeepAlive::DEFAULT),
                 shutdown_grace: Duration::from_secs(30),
                 metadata: MetadataLimits::DEFAULT,
-                max_queued_per_connection: 4 * 1024 * 1024,
+                max_queued_per_connection: protocol::DEFAULT_QUEUE_LIMIT,
                 max_queued: 256 * 1024 * 1024,
                 max_argument_bytes_per_connection: 64 * 1024 * 1024,
                 max_argument_bytes: 1024 * 1024 * 1024,
