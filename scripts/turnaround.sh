@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Where a sequential call's time goes across two processes: each end's turnaround (user space,
+# from the system call that read a frame to the one that sends the next) and the transit between
+# them (the kernel's: from one end's send to the other's read that returns it, polls included).
+# A call's round trip is the client's turnaround, two transits and the server's turnaround, so
+# this says which end a gap in `rpc-bench`'s p50 is in, and whether it is user code at all,
+# which neither the p50 nor an instruction count can.
+#
+#     scripts/turnaround.sh [SYSTEM]
+#     scripts/turnaround.sh             # rpc-core
+#     scripts/turnaround.sh raw         # the floor, for comparison
+#
+# SYSTEM is one of `rpc-bench --profile`'s: rpc-core (the default), tarpc, tonic or raw. With
+# BENCH set to a saved `rpc-bench` binary, runs that one instead of building one: to compare two
+# builds, save each (`cp target/release/rpc-bench /tmp/before-bench`) and run them in turn. Runs
+# `rpc-bench --profile latency SYSTEM` (server and client in two processes on default
+# runtimes) under `perf record`, with the system calls' tracepoints: needs perf and the right to
+# trace them (root, or kernel.perf_event_paranoid at -1 with tracefs readable). The tracepoints
+# add some of their own time to every figure alike, so compare figures of one machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+system=${1:-rpc-core}
+command -v perf >/dev/null || {
+    echo "turnaround.sh: needs perf (apt install linux-perf, or linux-tools)" >&2
+    exit 2
+}
+bench=${BENCH:-target/release/rpc-bench}
+if [[ -z ${BENCH:-} ]]; then
+    cargo build --release -p rpc-bench --quiet
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+# The benchmark's process execs first and is the client; the server's, its child, second.
+# Reads that returned nothing (a poll that found no bytes) are left out as they happen.
+perf record --quiet -o "$out/perf.data" \
+    -e sched:sched_process_exec \
+    -e syscalls:sys_exit_recvfrom --filter 'ret > 0' \
+    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendmsg \
+    -- "$bench" --profile latency "$system" --setup cross-process \
+    >"$out/report" 2>"$out/perf"
+perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out="$out" '
+    {
+        split($1, ids, "/"); pid = ids[1]; time = $2 + 0
+    }
+    /sched_process_exec/ {
+        role[pid] = (++execs == 1) ? "client" : "server"
+        next
+    }
+    /sys_exit_recvfrom/ {
+        if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/transit")
+        received[pid] = time
+        next
+    }
+    /sys_enter_(sendto|writev|sendmsg)/ {
+        if (pid in received && pid in role) {
+            print (time - received[pid]) * 1e9 > (out "/" role[pid])
+            delete received[pid]
+        }
+        sender = pid; sent = time
+    }
+'
+quartiles() {
+    sort -n "$1" | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "no samples"; exit }
+        printf "p50 %.2f µs (p25 %.2f, p75 %.2f; %d samples)\n",
+            v[int(NR / 2) + 1] / 1000, v[int(NR / 4) + 1] / 1000, v[int(3 * NR / 4) + 1] / 1000, NR
+    }'
+}
+for part in client server transit; do
+    if [[ ! -s $out/$part ]]; then
+        echo "turnaround.sh: no $part samples; perf said: $(cat "$out/perf")" >&2
+        exit 1
+    fi
+done
+echo "$system, sequential calls across two processes: $(cat "$out/report")"
+echo "  client's turnaround (answer read to next request sent): $(quartiles "$out/client")"
+echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
+echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
