@@ -18,6 +18,8 @@
 # trace them (root, or kernel.perf_event_paranoid at -1 with tracefs readable). The tracepoints
 # add some of their own time to every figure alike, so compare figures of one machine.
 set -euo pipefail
+# A saved build named from where the script was started.
+saved=${BENCH:+$(realpath -m -- "$BENCH")}
 cd "$(dirname "$0")/.."
 
 system=${1:-rpc-core}
@@ -25,20 +27,28 @@ command -v perf >/dev/null || {
     echo "turnaround.sh: needs perf (apt install linux-perf, or linux-tools)" >&2
     exit 2
 }
-bench=${BENCH:-target/release/rpc-bench}
-if [[ -z ${BENCH:-} ]]; then
+bench=${saved:-target/release/rpc-bench}
+if [[ -z $saved ]]; then
     cargo build --release -p rpc-bench --quiet
 fi
+[[ -x $bench ]] || {
+    echo "turnaround.sh: no rpc-bench to run at $bench" >&2
+    exit 2
+}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # The benchmark's process execs first and is the client; the server's, its child, second.
 # Reads that returned nothing (a poll that found no bytes) are left out as they happen.
-perf record --quiet -o "$out/perf.data" \
+if ! perf record --quiet -o "$out/perf.data" \
     -e sched:sched_process_exec \
     -e syscalls:sys_exit_recvfrom --filter 'ret > 0' \
     -e syscalls:sys_enter_sendto -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendmsg \
     -- "$bench" --profile latency "$system" --setup cross-process \
-    >"$out/report" 2>"$out/perf"
+    >"$out/report" 2>"$out/perf"; then
+    echo "turnaround.sh: perf record failed:" >&2
+    cat "$out/perf" >&2
+    exit 1
+fi
 perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out="$out" '
     {
         split($1, ids, "/"); pid = ids[1]; time = $2 + 0
