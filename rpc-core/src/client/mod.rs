@@ -240,8 +240,9 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// a half times the calls from 32 callers (two full runs, 2026-12-05).
     ///
     /// The window adapts, up to `window`: it doubles when bytes come just after it ended twice
-    /// in a row and halves after polling through it in vain twice in a row, and a reader that
-    /// went to sleep sleeps until its next bytes. So calls that follow each other closely are
+    /// in a row (up to twice `window` after the bytes before them: a reader that slept reads
+    /// them only once woken, which can take about as long) and halves after polling through it
+    /// in vain twice in a row, and a reader that went to sleep sleeps until its next bytes. So calls that follow each other closely are
     /// answered to a thread awake, and calls further apart than `window` cost little more than
     /// without busy polling: in the benchmark, calls started 1 ms apart took 13.4–14.6 µs
     /// against 12.8–13.4 without, at 40–55 µs of CPU time a call across both processes either
