@@ -4,7 +4,9 @@
 # them (the kernel's: from one end's send to the other's read that returns it, polls included).
 # A call's round trip is the client's turnaround, two transits and the server's turnaround, so
 # this says which end a gap in `rpc-bench`'s p50 is in, and whether it is user code at all,
-# which neither the p50 nor an instruction count can.
+# which neither the p50 nor an instruction count can. It also times whole calls, from one answer
+# the client reads to the next, with the share of them over 50 µs: calls whose reader slept and
+# was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99.
 #
 #     scripts/turnaround.sh [SYSTEM]
 #     scripts/turnaround.sh             # rpc-core
@@ -59,6 +61,8 @@ perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out=
     }
     /sys_exit_recvfrom/ {
         if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/transit")
+        if (role[pid] == "client" && answered != "") print (time - answered) * 1e9 > (out "/calls")
+        if (role[pid] == "client") answered = time
         received[pid] = time
         next
     }
@@ -77,7 +81,15 @@ quartiles() {
             v[int(NR / 2) + 1] / 1000, v[int(NR / 4) + 1] / 1000, v[int(3 * NR / 4) + 1] / 1000, NR
     }'
 }
-for part in client server transit; do
+# The tail of `$1`'s samples, and the share of them over 50 µs.
+tail_of() {
+    sort -n "$1" | awk '{ v[NR] = $1; if ($1 > 50000) slow++ } END {
+        printf "p50 %.2f µs, p90 %.2f, p99 %.2f; %.2f%% over 50 µs (%d samples)\n",
+            v[int(NR / 2) + 1] / 1000, v[int(9 * NR / 10) + 1] / 1000,
+            v[int(99 * NR / 100) + 1] / 1000, 100 * slow / NR, NR
+    }'
+}
+for part in client server transit calls; do
     if [[ ! -s $out/$part ]]; then
         echo "turnaround.sh: no $part samples; perf said: $(cat "$out/perf")" >&2
         exit 1
@@ -87,3 +99,4 @@ echo "$system, sequential calls across two processes: $(cat "$out/report")"
 echo "  client's turnaround (answer read to next request sent): $(quartiles "$out/client")"
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
 echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
+echo "  calls (one answer read to the next, at the client):     $(tail_of "$out/calls")"
