@@ -50,8 +50,10 @@
 //! driver, often one asleep, is woken ([`crate::tcp_socket`]).
 //!
 //! So a connection whose frames come closer together than the most polls for them, and one
-//! whose frames come further apart stops after a few windows' worth of CPU time, rather than
-//! polling a whole window after every frame. On a two-core virtual machine, with 100 µs on both
+//! whose frames come further apart than twice the most stops after a few windows' worth of CPU
+//! time, rather than polling a whole window after every frame. (Frames between the two keep
+//! the window they have: such a connection polls for up to the most after each, for frames
+//! that a sleeping reader would read a wakeup late.) On a two-core virtual machine, with 100 µs on both
 //! ends, calls started a millisecond apart (`rpc-bench --busy-poll`, its last two rows) took a
 //! median 13.4–14.6 µs, against 12.8–13.4 with busy polling off, at 40–55 µs of CPU time a call
 //! across both processes either way. With the window fixed they had taken 57–64 µs, at 276–280
