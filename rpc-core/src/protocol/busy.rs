@@ -53,13 +53,13 @@
 //! whose frames come further apart than twice the most stops after a few windows' worth of CPU
 //! time, rather than polling a whole window after every frame. (Frames between the two keep
 //! the window they have: such a connection polls for up to the most after each, for frames
-//! that a sleeping reader would read a wakeup late.) On a two-core virtual machine, with 100 µs on both
-//! ends, calls started a millisecond apart (`rpc-bench --busy-poll`, its last two rows) took a
-//! median 13.4–14.6 µs, against 12.8–13.4 with busy polling off, at 40–55 µs of CPU time a call
-//! across both processes either way. With the window fixed they had taken 57–64 µs, at 276–280
-//! µs of CPU time: each end paid its whole window after every frame, and a thread that polls
-//! while its peer's sleeps slowed the peer's wakeup there. Calls close together went as fast
-//! either way.
+//! that a sleeping reader would read a wakeup late.) On a two-core virtual machine, with 100 µs
+//! on both ends, calls started a millisecond apart (`rpc-bench --busy-poll`, its last two rows)
+//! took a median 13.4–14.6 µs, against 12.8–13.4 with busy polling off, at 40–55 µs of CPU time
+//! a call across both processes either way. With the window fixed they had taken 57–64 µs, at
+//! 276–280 µs of CPU time: each end paid its whole window after every frame, and a thread that
+//! polls while its peer's sleeps slowed the peer's wakeup there. Calls close together went as
+//! fast either way.
 //!
 //! Times come from the system's clock, not tokio's: a spin never lets a paused clock advance,
 //! so under tokio's paused clock it would never end.

@@ -255,8 +255,9 @@ impl ServerBuilder {
     /// worker thread busy, and one that sends a byte within every two windows half the time or
     /// more, since bytes that come a wakeup late keep the window open (see the client's).
     /// Every connection polling on a thread shares its polling, so no more than the runtime's
-    /// worker threads are ever busy for it, and its other tasks keep their turns. A server whose cores are better spent elsewhere, or which serves clients
-    /// it does not trust with that, turns it off with a zero window.
+    /// worker threads are ever busy for it, and its other tasks keep their turns. A server whose
+    /// cores are better spent elsewhere, or which serves clients it does not trust with that,
+    /// turns it off with a zero window.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self
