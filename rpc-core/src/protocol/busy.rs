@@ -575,7 +575,11 @@ mod tests {
         assert_eq!(busy.window, micros(64));
         busy.read_at(after(1_000));
         busy.read_at(after(90));
-        assert_eq!(busy.window, micros(64), "a gap past the most in between");
+        assert_eq!(
+            busy.window,
+            micros(64),
+            "a gap past reach (twice the most) in between"
+        );
         busy.read_at(after(90));
         busy.read_at(after(90));
         assert_eq!(busy.window, nanos(most), "held to the most");
@@ -583,7 +587,7 @@ mod tests {
         busy.window = micros(10);
         busy.in_vain = 1;
         busy.read_at(after(1_000));
-        assert_eq!(busy.window, micros(10), "a gap past the most");
+        assert_eq!(busy.window, micros(10), "a gap past reach");
         assert_eq!(busy.in_vain, 1);
         busy.read_at(after(3));
         assert_eq!(busy.window, micros(10));
