@@ -6,7 +6,8 @@
 # this says which end a gap in `rpc-bench`'s p50 is in, and whether it is user code at all,
 # which neither the p50 nor an instruction count can. It also times whole calls, from one answer
 # the client reads to the next, with the share of them over 50 µs: calls whose reader slept and
-# was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99.
+# was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99;
+# and of those, how many had each of the four parts longest, which says where the p99 is lost.
 #
 #     scripts/turnaround.sh [SYSTEM]
 #     scripts/turnaround.sh             # rpc-core
@@ -61,8 +62,24 @@ perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out=
     }
     /sys_exit_recvfrom/ {
         if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/transit")
-        if (role[pid] == "client" && answered != "") print (time - answered) * 1e9 > (out "/calls")
-        if (role[pid] == "client") answered = time
+        if (role[pid] == "client") {
+            if (answered != "") print (time - answered) * 1e9 > (out "/calls")
+            # A call over 50 µs: which of its four parts took longest.
+            if (answered != "" && time - answered > 50e-6 && s_sent != "") {
+                longest = "the client turnaround"; most = c_sent - answered
+                if (s_read - c_sent > most) {
+                    longest = "the request transit"; most = s_read - c_sent
+                }
+                if (s_sent - s_read > most) {
+                    longest = "the server turnaround"; most = s_sent - s_read
+                }
+                if (time - s_sent > most) longest = "the answer transit"
+                print longest > (out "/slow")
+            }
+            answered = time; c_sent = ""; s_read = ""; s_sent = ""
+        } else if (c_sent != "" && s_read == "") {
+            s_read = time
+        }
         received[pid] = time
         next
     }
@@ -71,6 +88,8 @@ perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out=
             print (time - received[pid]) * 1e9 > (out "/" role[pid])
             delete received[pid]
         }
+        if (role[pid] == "client" && c_sent == "") c_sent = time
+        if (role[pid] == "server" && s_read != "" && s_sent == "") s_sent = time
         sender = pid; sent = time
     }
 '
@@ -89,6 +108,21 @@ tail_of() {
             v[int(99 * NR / 100) + 1] / 1000, 100 * slow / NR, NR
     }'
 }
+# The share of calls over 50 µs in which each part took longest, the largest first.
+longest_parts() {
+    if [[ ! -s $1 ]]; then
+        echo "none"
+        return
+    fi
+    sort "$1" | uniq -c | sort -rn | awk '{
+        count[NR] = $1; $1 = ""; part[NR] = substr($0, 2); total += count[NR]
+    } END {
+        for (i = 1; i <= NR; i++) {
+            printf "%s%s %.0f%%", (i > 1 ? ", " : ""), part[i], 100 * count[i] / total
+        }
+        printf " (%d calls)\n", total
+    }'
+}
 for part in client server transit calls; do
     if [[ ! -s $out/$part ]]; then
         echo "turnaround.sh: no $part samples; perf said: $(cat "$out/perf")" >&2
@@ -100,3 +134,4 @@ echo "  client's turnaround (answer read to next request sent): $(quartiles "$ou
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
 echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
 echo "  calls (one answer read to the next, at the client):     $(tail_of "$out/calls")"
+echo "  calls over 50 µs, by their longest part: $(longest_parts "$out/slow")"
