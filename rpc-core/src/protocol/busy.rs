@@ -56,10 +56,12 @@
 //! that a sleeping reader would read a wakeup late.) On a two-core virtual machine, with 100 µs
 //! on both ends, calls started a millisecond apart (`rpc-bench --busy-poll`, its last two rows)
 //! took a median 13.4–14.6 µs, against 12.8–13.4 with busy polling off, at 40–55 µs of CPU time
-//! a call across both processes either way. With the window fixed they had taken 57–64 µs, at
-//! 276–280 µs of CPU time: each end paid its whole window after every frame, and a thread that
-//! polls while its peer's sleeps slowed the peer's wakeup there. Calls close together went as
-//! fast either way.
+//! a call across both processes either way, when the window began to adapt. With the window
+//! fixed they had taken 57–64 µs, at 276–280 µs of CPU time: each end paid its whole window
+//! after every frame, and a thread that polls while its peer's sleeps slowed the peer's wakeup
+//! there. Calls close together went as fast either way. In the last two full runs (2026-12-06,
+//! on a slower virtual machine of that kind), calls 1 ms apart took 20.5 and 23.1 µs against
+//! 20.2 and 20.5 with polling off, at 65 and 90 µs of CPU time a call against 60 and 75.
 //!
 //! Times come from the system's clock, not tokio's: a spin never lets a paused clock advance,
 //! so under tokio's paused clock it would never end.
