@@ -38,6 +38,8 @@ fi
     echo "turnaround.sh: no rpc-bench to run at $bench" >&2
     exit 2
 }
+# A call slower than this many microseconds is one whose reader slept (see above).
+slow_us=50
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # The benchmark's process execs first and is the client; the server's, its child, second.
@@ -52,7 +54,8 @@ if ! perf record --quiet -o "$out/perf.data" \
     cat "$out/perf" >&2
     exit 1
 fi
-perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out="$out" '
+perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null |
+    awk -v out="$out" -v slow_us="$slow_us" '
     {
         split($1, ids, "/"); pid = ids[1]; time = $2 + 0
     }
@@ -64,8 +67,8 @@ perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null | awk -v out=
         if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/transit")
         if (role[pid] == "client") {
             if (answered != "") print (time - answered) * 1e9 > (out "/calls")
-            # A call over 50 µs: which of its four parts took longest.
-            if (answered != "" && time - answered > 50e-6 && s_sent != "") {
+            # A slow call: which of its four parts took longest.
+            if (answered != "" && (time - answered) * 1e6 > slow_us && s_sent != "") {
                 longest = "the client turnaround"; most = c_sent - answered
                 if (s_read - c_sent > most) {
                     longest = "the request transit"; most = s_read - c_sent
@@ -100,15 +103,15 @@ quartiles() {
             v[int(NR / 2) + 1] / 1000, v[int(NR / 4) + 1] / 1000, v[int(3 * NR / 4) + 1] / 1000, NR
     }'
 }
-# The tail of `$1`'s samples, and the share of them over 50 µs.
+# The tail of `$1`'s samples, and the share of them slow.
 tail_of() {
-    sort -n "$1" | awk '{ v[NR] = $1; if ($1 > 50000) slow++ } END {
-        printf "p50 %.2f µs, p90 %.2f, p99 %.2f; %.2f%% over 50 µs (%d samples)\n",
+    sort -n "$1" | awk -v slow_us="$slow_us" '{ v[NR] = $1; if ($1 > slow_us * 1000) slow++ } END {
+        printf "p50 %.2f µs, p90 %.2f, p99 %.2f; %.2f%% over %d µs (%d samples)\n",
             v[int(NR / 2) + 1] / 1000, v[int(9 * NR / 10) + 1] / 1000,
-            v[int(99 * NR / 100) + 1] / 1000, 100 * slow / NR, NR
+            v[int(99 * NR / 100) + 1] / 1000, 100 * slow / NR, slow_us, NR
     }'
 }
-# The share of calls over 50 µs in which each part took longest, the largest first.
+# The share of slow calls in which each part took longest, the largest first.
 longest_parts() {
     if [[ ! -s $1 ]]; then
         echo "none"
@@ -134,4 +137,4 @@ echo "  client's turnaround (answer read to next request sent): $(quartiles "$ou
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
 echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
 echo "  calls (one answer read to the next, at the client):     $(tail_of "$out/calls")"
-echo "  calls over 50 µs, by their longest part: $(longest_parts "$out/slow")"
+echo "  calls over $slow_us µs, by their longest part: $(longest_parts "$out/slow")"
