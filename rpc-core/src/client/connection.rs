@@ -220,7 +220,7 @@ impl Connection {
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
         // There a lone call's answer is not polled for: its callers need not say when a call
-        // went out (a clock read each).
+        // went out.
         let calls_sent = calls_sent.filter(|_| !nearby);
         reader.busy_poll_counting_calls(&slots);
         if nearby {

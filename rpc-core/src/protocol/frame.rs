@@ -358,10 +358,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
     /// its reader from ever giving the other tasks on its thread their turn.
     fn poll_read_past_tokio(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let (Some(busy), Some(socket)) = (&self.busy_poll, &self.socket) else {
+        let large_rest = self.awaits_large_rest();
+        let (Some(busy), Some(socket)) = (&mut self.busy_poll, &self.socket) else {
             return Poll::Pending;
         };
-        if self.awaits_large_rest() || !busy.polls_now() {
+        if large_rest || !busy.polls_now() {
             return Poll::Pending;
         }
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
