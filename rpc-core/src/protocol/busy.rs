@@ -106,9 +106,9 @@ pub(super) struct BusyPoll {
     window: u64,
     /// When the reader last read bytes.
     read: Instant,
-    /// When the reader, polling, first saw that a call went out since it last read bytes
-    /// ([`CallSent`]), if it has.
-    sent: Option<Instant>,
+    /// What the window runs from: the last bytes read, or the look since at which the reader
+    /// last saw that a call had gone out ([`CallSent`]), whichever came later.
+    from: Instant,
     /// What the reader has done since its last bytes.
     since_read: SinceRead,
     /// How many times in a row, up to [`IN_VAIN_TO_HALVE`], it polled through its window in vain.
@@ -183,7 +183,7 @@ impl BusyPoll {
             most: nanos(most),
             window: nanos(most),
             read: now,
-            sent: None,
+            from: now,
             since_read: SinceRead::Nothing,
             in_vain: 0,
             missed: 0,
@@ -301,7 +301,7 @@ impl BusyPoll {
         self.read = now;
         // A call that went out before these bytes came starts no later window than they do.
         self.calls.take();
-        self.sent = None;
+        self.from = now;
         self.since_read = SinceRead::Nothing;
         self.frames_since_read = 0;
     }
@@ -313,13 +313,12 @@ impl BusyPoll {
         gap <= self.most.saturating_mul(2)
     }
 
-    /// What the window runs from at `now`: the last bytes read, or the first look since at
-    /// which a call had gone out, whichever came later; a call sent just now is seen now.
+    /// What the window runs from at `now`: a call sent since the last look is seen now.
     fn since(&mut self, now: Instant) -> Instant {
         if self.calls.take() {
-            self.sent = Some(now);
+            self.from = self.from.max(now);
         }
-        self.sent.map_or(self.read, |sent| sent.max(self.read))
+        self.from
     }
 
     /// Whether a read that found nothing at `now` polls again at the runtime's next turn.
