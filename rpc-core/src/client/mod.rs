@@ -244,11 +244,13 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// them only once woken, which can take about as long) and halves after polling through it
     /// in vain twice in a row, and a reader that went to sleep sleeps until its next bytes. So
     /// calls that follow each other closely are answered to a thread awake, and calls further
-    /// apart than twice `window` cost a little more than without busy polling: in the benchmark's
-    /// last two full runs (2026-12-06), calls started 1 ms apart took 20.5 and 23.1 µs against
-    /// 20.2 and 20.5 without, at 65 and 90 µs of CPU time a call across both processes against
-    /// 60 and 75. The price is a busy core while frames keep coming within the window, or
-    /// within twice it.
+    /// apart than twice `window` cost about as much as without busy polling, or a little more: in
+    /// two of the benchmark's full runs on one virtual machine (2026-12-06), calls started 1 ms
+    /// apart took 20.5 and 23.1 µs against 20.2 and 20.5 without, at 65 and 90 µs of CPU time a
+    /// call across both processes against 60 and 75; on another, where a thread woken after a
+    /// millisecond asleep took longer, 83.1 µs against 70.5 in the full run, and 73.8–82.0 against
+    /// 75.4–93.9 in three pairs by hand. The price is a busy core while frames keep coming within
+    /// the window, or within twice it.
     /// A connection with a stream open, either way, does not poll: its items keep the reader
     /// busy while they flow, and polling between them took CPU time the sender needed (a
     /// stream of small items went a third slower with it). Nor does a reader amid a frame of

@@ -59,9 +59,11 @@
 //! a call across both processes either way, when the window began to adapt. With the window
 //! fixed they had taken 57–64 µs, at 276–280 µs of CPU time: each end paid its whole window
 //! after every frame, and a thread that polls while its peer's sleeps slowed the peer's wakeup
-//! there. Calls close together went as fast either way. In the last two full runs (2026-12-06,
-//! on a slower virtual machine of that kind), calls 1 ms apart took 20.5 and 23.1 µs against
-//! 20.2 and 20.5 with polling off, at 65 and 90 µs of CPU time a call against 60 and 75.
+//! there. Calls close together went as fast either way. In two full runs of 2026-12-06, on a slower
+//! virtual machine of that kind, calls 1 ms apart took 20.5 and 23.1 µs against 20.2 and 20.5 with
+//! polling off, at 65 and 90 µs of CPU time a call against 60 and 75; in the next, on one where a
+//! thread woken after a millisecond asleep took longer, 83.1 µs against 70.5, at 75 against 70 (by
+//! hand there, three pairs: 73.8–82.0 against 75.4–93.9).
 //!
 //! Times come from the system's clock, not tokio's: a spin never lets a paused clock advance,
 //! so under tokio's paused clock it would never end.
