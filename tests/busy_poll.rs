@@ -1,13 +1,14 @@
 //! Busy polling: with it on, a connection's reader keeps its thread running for the window after
 //! its last bytes instead of letting it sleep, on the server and on the client, when its peer
 //! runs in another process or on another runtime of this one; calls, streams and large byte
-//! strings go through as without it; once the window is over the thread sleeps again; and a
-//! peer on the same runtime is polled for only after a read that brought several frames at
-//! once, by a server or by a client.
+//! strings go through as without it; once the window is over the thread sleeps again; a peer
+//! on the same runtime is polled for only after a read that brought several frames at once, by
+//! a server or by a client; and a client's reader on a multi-thread runtime polls while a call
+//! is in flight, not once its only call is answered.
 //!
-//! Each end runs on a single-thread runtime of its own that watches its thread go to sleep and
-//! wake (`on_thread_park`, `on_thread_unpark`): a thread kept running by a reader that finds
-//! nothing never sleeps. A peer "in another process" is reached through a relay of raw sockets,
+//! Each end runs on a single-thread runtime of its own (the client of the last, on two workers)
+//! that watches its threads go to sleep and wake (`on_thread_park`, `on_thread_unpark`): a
+//! thread kept running by a reader that finds nothing never sleeps. A peer "in another process" is reached through a relay of raw sockets,
 //! whose ends are not this crate's: as far as either end can tell, the relay is its peer, and
 //! it runs elsewhere.
 
@@ -352,6 +353,89 @@ fn a_call_sent_after_the_window_leaves_the_clients_thread_asleep_while_in_flight
         assert!(
             client_sleeps.slept_since(before),
             "the call in flight does not keep it awake"
+        );
+        probe.open("gate");
+        let answer = within("the answer", call).await.expect("the call's task");
+        assert_eq!(answer.expect("wait"), "gate");
+    });
+}
+
+/// How many workers a watched multi-thread runtime has.
+const WORKERS: usize = 2;
+
+/// Whether a multi-thread runtime's workers have all been asleep at once.
+#[derive(Debug, Default)]
+struct Workers {
+    /// How many are asleep now.
+    asleep: AtomicUsize,
+    /// Whether all have been at once since [`Workers::watch`].
+    all_asleep: AtomicBool,
+}
+
+impl Workers {
+    /// Watches from now: whether all are asleep now, or will be before the next look.
+    fn watch(&self) {
+        let all = self.asleep.load(Ordering::SeqCst) == WORKERS;
+        self.all_asleep.store(all, Ordering::SeqCst);
+    }
+
+    /// Whether all have been asleep at once since [`Workers::watch`].
+    fn all_slept(&self) -> bool {
+        self.all_asleep.load(Ordering::SeqCst)
+    }
+}
+
+/// A multi-thread runtime of [`WORKERS`] workers, and how they sleep.
+fn watched_multi_thread_runtime() -> (Runtime, Arc<Workers>) {
+    let workers = Arc::new(Workers::default());
+    let (parked, unparked) = (Arc::clone(&workers), Arc::clone(&workers));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .on_thread_park(move || {
+            if parked.asleep.fetch_add(1, Ordering::SeqCst) + 1 == WORKERS {
+                parked.all_asleep.store(true, Ordering::SeqCst);
+            }
+        })
+        .on_thread_unpark(move || {
+            unparked.asleep.fetch_sub(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect("a runtime");
+    (runtime, workers)
+}
+
+/// On a multi-thread runtime, a client's reader that has handed on the answer to its only call
+/// in flight waits for the next call rather than poll, even within its window: every worker
+/// sleeps. (A worker that its turn woke displaced the caller's, and polled for the whole window
+/// while the caller waited to send its next call: `busy`'s doc.) The next call sent wakes the
+/// reader to poll for its answer: while that call is in flight within the window, a worker is
+/// always awake.
+#[test]
+fn a_clients_reader_on_a_multi_thread_runtime_polls_while_a_call_is_in_flight() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, _) = start_server(Some(Duration::ZERO), lab);
+    let addr = relay_to(addr);
+    let (runtime, workers) = watched_multi_thread_runtime();
+    runtime.block_on(async move {
+        let client = called_once(addr, Some(FOREVER)).await;
+        workers.watch();
+        // The spell watched, not a wait for something to happen: no call is made during it.
+        tokio::time::sleep(QUIET).await;
+        assert!(
+            workers.all_slept(),
+            "with no call in flight, every worker sleeps"
+        );
+
+        let call = tokio::spawn(async move { client.wait("gate".to_owned()).await });
+        assert_eq!(probe.next_event().await, "waiting gate");
+        workers.watch();
+        // The spell watched: the handler holds the call, well within the window.
+        tokio::time::sleep(QUIET).await;
+        assert!(
+            !workers.all_slept(),
+            "with a call in flight, the reader polls for its answer"
         );
         probe.open("gate");
         let answer = within("the answer", call).await.expect("the call's task");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
 use super::ClientConfig;
@@ -222,7 +223,12 @@ impl Connection {
         // There a lone call's answer is not polled for: its callers need not say when a call
         // went out.
         let calls_sent = calls_sent.filter(|_| !nearby);
-        reader.busy_poll_counting_calls(&slots);
+        // Having answered its only call in flight, the reader waits for the next call rather
+        // than poll, where a turn it took could wake a second worker of the runtime to displace
+        // the caller's: unless the server calls back, whose calls it polls on for.
+        let workers_share = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread);
+        reader.busy_poll_counting_calls(&slots, workers_share && serve_back.is_none());
         if nearby {
             reader.busy_poll_after_batches_only();
         }

@@ -44,6 +44,10 @@
 //!   took the CPU time its peer and the kernel needed to send them (between two processes on
 //!   a two-core virtual machine, 1 MiB echoes made five times the system calls they make
 //!   without polling, and ran about a tenth slower).
+//! - A client's reader on a runtime of several workers that has handed on the answer to its
+//!   only call in flight does not poll, but waits for the next call to be sent, which wakes it
+//!   to poll for that call's answer ([`BusyPoll::wait_for_call`]): no answer is on its way, and
+//!   its polling took the core that its caller needed to send the next call.
 //!
 //! A reader of a TCP socket that polls looks at the socket itself when tokio finds nothing: on
 //! a multi-thread runtime, tokio sees a socket's bytes only once the worker holding its I/O
@@ -74,8 +78,10 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Context;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
 
 use super::SendGate;
 use crate::slots::CallSlots;
@@ -131,6 +137,9 @@ pub(super) struct BusyPoll {
     /// A client's gate, raised while its writer sends on the same socket: it waits for such
     /// a send before it reads ([`SendGate`]).
     send_gate: Option<Arc<SendGate>>,
+    /// Whether a client's reader waits for a call to be sent after answering its only call in
+    /// flight ([`BusyPoll::wait_for_call`]).
+    waits_for_calls: bool,
 }
 
 /// How many frames one read must bring for a reader polling only after batches to poll.
@@ -149,26 +158,59 @@ enum SinceRead {
     Polled,
     /// It went to sleep: it polls no more until its next bytes come.
     Slept,
+    /// A client's reader handed on the answer to its only call in flight: it polls no more
+    /// until a call is sent or bytes come ([`BusyPoll::wait_for_call`]).
+    AwaitsCall,
 }
 
 /// Where a client's callers tell its reader that a call went out: the answer is on its way, so
 /// a reader that polls does for a window from when it sees that, at its next look. The reader
 /// reads the clock at each look anyway; a caller that did at every call spent about 110
 /// instructions on it, 2.3% of the client's with 32 callers on one connection (callgrind).
+///
+/// A reader that answered its only call in flight waits for the next call here rather than
+/// poll ([`BusyPoll::wait_for_call`]), and the call sent wakes it.
 #[derive(Debug, Default)]
 pub(crate) struct CallSent {
     /// A call went out since the reader last looked.
     sent: AtomicBool,
+    /// The reader waits for a call to be sent, to poll for its answer.
+    waits: AtomicBool,
+    /// Where the reader waits.
+    reader: AtomicWaker,
 }
 
 impl CallSent {
-    /// A call went out: a reader that polls does for its window from its next look.
+    /// A call went out: a reader that polls does for its window from its next look, and one
+    /// that waits for a call is woken.
     pub(crate) fn now(&self) {
         // Written only if it changes: with many callers, a store at every call would take the
         // line from the reader's core each time.
         if !self.sent.load(Ordering::Relaxed) {
-            self.sent.store(true, Ordering::Release);
+            // Sequentially consistent with the reader's note that it waits and its look at
+            // this flag after it ([`CallSent::wait`]): one of the two sees the other's.
+            self.sent.store(true, Ordering::SeqCst);
         }
+        if self.waits.load(Ordering::SeqCst) && self.waits.swap(false, Ordering::SeqCst) {
+            self.reader.wake();
+        }
+    }
+
+    /// The reader waits for a call to be sent, to be woken with `waker`; false if one was
+    /// already (it does not wait then).
+    fn wait(&self, waker: &Waker) -> bool {
+        self.reader.register(waker);
+        self.waits.store(true, Ordering::SeqCst);
+        if self.sent.load(Ordering::SeqCst) {
+            self.waits.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a call went out since the reader last looked, leaving that for its look.
+    fn is_sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
     }
 
     /// Whether a call went out since the last time this was asked.
@@ -195,6 +237,7 @@ impl BusyPoll {
             in_flight: None,
             frames_since_read: 0,
             send_gate: None,
+            waits_for_calls: false,
         }
     }
 
@@ -225,9 +268,12 @@ impl BusyPoll {
     /// processes and 2–8% between single-thread runtimes (interleaved, 2026-12-05), where with
     /// 32 callers taking turns gained a quarter across two processes and lost nothing between
     /// those runtimes. A reader polling only after batches takes its turns whatever the calls
-    /// in flight ([`BusyPoll::after_batches_only`]).
-    pub(super) fn count_calls(&mut self, in_flight: Arc<CallSlots>) {
+    /// in flight ([`BusyPoll::after_batches_only`]). If `waits_for_calls`, a reader that has
+    /// answered its only call in flight waits for the next call rather than poll
+    /// ([`BusyPoll::wait_for_call`]).
+    pub(super) fn count_calls(&mut self, in_flight: Arc<CallSlots>, waits_for_calls: bool) {
         self.in_flight = Some(in_flight);
+        self.waits_for_calls = waits_for_calls;
     }
 
     /// Whether a reader that reads its socket itself takes its worker's next turn to poll
@@ -266,6 +312,45 @@ impl BusyPoll {
     /// (nor gone to sleep) since.
     pub(super) fn handed_on_since_read(&self) -> bool {
         self.frames_since_read > 0 && self.since_read == SinceRead::Nothing
+    }
+
+    /// At the turn a reader takes after handing on a read's frames, whether it waits for a call to
+    /// be sent instead, having answered its only call in flight: no answer is on its way. It
+    /// registers `cx`'s waker for the next call sent ([`CallSent::now`] wakes it), and reads on
+    /// without polling, for the bytes that may come anyway (a ping, a call back) and its silence
+    /// timer. Only a client that says so waits ([`BusyPoll::count_calls`]): one on a runtime of
+    /// several workers that serves nothing back. There, the turn had the reader polled on while its
+    /// caller, woken by the answer, sent the next call; and a turn wakes a parked worker to share
+    /// the work, which took the reader from the queue and polled for the whole window, 100 µs, on
+    /// the core of the worker running the caller, which waited to send the call that would end it.
+    /// Across two processes on a two-core VM, waiting for the call took the sequential calls over
+    /// 50 µs from 0.96–1.82% to 0.32–0.57%, of which those late in the client's turnaround from
+    /// 76–88% to 25–32% (`scripts/turnaround.sh`, three interleaved pairs, 2026-12-06); the p99
+    /// from 27.2–128.9 µs to 25.8–36.3 untraced (five pairs), the p50 and the rates with 32 and 256
+    /// callers the same within noise.
+    pub(super) fn wait_for_call(&mut self, cx: &mut Context<'_>) -> bool {
+        let alone = self.waits_for_calls
+            && !self.after_batches_only
+            && self.frames_since_read == 1
+            && self.in_flight.as_deref().is_some_and(CallSlots::lone_call);
+        if !alone || !self.calls.wait(cx.waker()) {
+            return false;
+        }
+        self.since_read = SinceRead::AwaitsCall;
+        true
+    }
+
+    /// Whether a reader may poll as far as a call goes: one waiting for a call polls once one
+    /// has been sent, for a window from the look that sees it.
+    fn call_allows(&mut self) -> bool {
+        if self.since_read != SinceRead::AwaitsCall {
+            return true;
+        }
+        if self.calls.is_sent() {
+            self.since_read = SinceRead::Nothing;
+            return true;
+        }
+        false
     }
 
     /// Whether the last read's frames allow polling.
@@ -332,7 +417,8 @@ impl BusyPoll {
     /// sleep since its last bytes, has no stream open, and is within its window. Such a read
     /// may look past tokio for bytes its driver has not seen yet ([`crate::tcp_socket`]).
     pub(super) fn polls_now(&mut self) -> bool {
-        self.since_read != SinceRead::Slept
+        self.call_allows()
+            && self.since_read != SinceRead::Slept
             && !self.streams.any_open()
             && self.batch_allows()
             && self.polls_at(Instant::now())
@@ -372,7 +458,7 @@ impl BusyPoll {
         reads_socket_itself: bool,
         now: impl FnOnce() -> Instant,
     ) -> bool {
-        if self.since_read == SinceRead::Slept {
+        if self.since_read == SinceRead::Slept || !self.call_allows() {
             return false;
         }
         if self.streams.any_open() || !self.batch_allows() {
@@ -506,6 +592,92 @@ mod tests {
             "its bytes came: it polls again"
         );
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its turn");
+    }
+
+    /// A client's reader with a call in flight that has read a frame and handed it on, within a
+    /// window longer than any test.
+    fn answered(in_flight: &Arc<CallSlots>, waits_for_calls: bool) -> BusyPoll {
+        let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
+        busy.count_calls(Arc::clone(in_flight), waits_for_calls);
+        busy.read();
+        busy.frame(false);
+        busy
+    }
+
+    /// A client's reader that handed on the answer to its only call in flight waits for the next
+    /// call at its turn, within its window: it asks for no turn and polls no more, until a call
+    /// sent wakes it (once), and then polls for that call's answer, or until bytes come.
+    #[test]
+    fn a_reader_that_answered_its_only_call_waits_for_the_next() {
+        let in_flight = CallSlots::new(usize::MAX);
+        let call = in_flight.try_take().expect("a slot");
+        let mut busy = answered(&in_flight, true);
+        let (wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            busy.wait_for_call(&mut cx),
+            "its only call answered, it waits"
+        );
+        assert!(!busy.polls_now(), "and polls no more");
+        assert!(!busy.poll_again(&mut cx, true), "nor asks for a turn");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+        drop(call);
+        busy.calls().now();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a call sent wakes it");
+        busy.calls().now();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "once");
+        assert!(busy.polls_now(), "and it polls for the call's answer");
+        assert!(busy.poll_again(&mut cx, true));
+
+        busy.read();
+        busy.frame(false);
+        assert!(
+            busy.wait_for_call(&mut cx),
+            "answered again, it waits again"
+        );
+        busy.read();
+        assert!(busy.polls_now(), "bytes come: it polls after them");
+    }
+
+    /// A reader with another call in flight, or one sent since its read, takes its turn and
+    /// polls on, as does one whose client does not wait for calls (one served back, or on a
+    /// single-thread runtime), one that polls only after batches, and one that handed on more
+    /// than one frame.
+    #[test]
+    fn a_reader_waits_for_a_call_only_with_none_in_flight_or_sent() {
+        let (_wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let in_flight = CallSlots::new(usize::MAX);
+        let _answered = in_flight.try_take().expect("a slot");
+
+        let other = in_flight.try_take().expect("a slot");
+        let mut busy = answered(&in_flight, true);
+        assert!(!busy.wait_for_call(&mut cx), "another call in flight");
+        drop(other);
+
+        let mut busy = answered(&in_flight, true);
+        busy.calls().now();
+        assert!(!busy.wait_for_call(&mut cx), "a call sent since the read");
+        assert!(busy.polls_now());
+
+        let mut busy = answered(&in_flight, false);
+        assert!(
+            !busy.wait_for_call(&mut cx),
+            "a client that does not wait for calls"
+        );
+
+        let mut busy = answered(&in_flight, true);
+        busy.after_batches_only();
+        assert!(
+            !busy.wait_for_call(&mut cx),
+            "a reader polling after batches only"
+        );
+
+        let mut busy = answered(&in_flight, true);
+        busy.frame(false);
+        assert!(!busy.wait_for_call(&mut cx), "two frames handed on");
+        assert!(busy.polls_now(), "each polls on within its window");
     }
 
     /// Every second time in a row that a reader polls through its window in vain, it polls for
@@ -708,7 +880,7 @@ mod tests {
         let in_flight = CallSlots::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
         busy.after_batches_only();
-        busy.count_calls(Arc::clone(&in_flight));
+        busy.count_calls(Arc::clone(&in_flight), true);
         let (wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         let _calls: Vec<_> = (0..=FEW_CALLS)
@@ -793,7 +965,7 @@ mod tests {
     async fn a_clients_reader_with_many_calls_in_flight_polls_again_after_io() {
         let in_flight = CallSlots::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
-        busy.count_calls(Arc::clone(&in_flight));
+        busy.count_calls(Arc::clone(&in_flight), true);
         let mut slots: Vec<_> = (0..=FEW_CALLS)
             .map(|_| in_flight.try_take().expect("a slot"))
             .collect();

@@ -212,9 +212,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Has busy polling, if set, count a client's calls `in_flight`: with many, a reader polls
     /// more sparingly ([`busy`](super::busy)).
-    pub(crate) fn busy_poll_counting_calls(&mut self, in_flight: &Arc<CallSlots>) {
+    pub(crate) fn busy_poll_counting_calls(
+        &mut self,
+        in_flight: &Arc<CallSlots>,
+        waits_for_calls: bool,
+    ) {
         if let Some(busy) = &mut self.busy_poll {
-            busy.count_calls(Arc::clone(in_flight));
+            busy.count_calls(Arc::clone(in_flight), waits_for_calls);
         }
     }
 
@@ -333,11 +337,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// call) and a poll of tokio's longer to reach its caller. Across two processes, sequential
     /// calls' median went from 7.5–7.7 µs to 7.1–7.4, and 32 callers on one connection made
     /// 12–14% more calls a second (interleaved, 2026-12-05).
+    ///
+    /// A client's reader that answered its only call in flight takes no such turn: it reads on
+    /// without polling, and waits for the next call to be sent ([`BusyPoll::wait_for_call`]).
     fn turn_before_reading(&mut self, cx: &mut Context<'_>) -> bool {
-        self.busy_poll
-            .as_deref()
-            .is_some_and(BusyPoll::handed_on_since_read)
-            && self.poll_again(cx)
+        let Some(busy) = self.busy_poll.as_deref_mut() else {
+            return false;
+        };
+        busy.handed_on_since_read() && !busy.wait_for_call(cx) && self.poll_again(cx)
     }
 
     /// Whether the reader, busy polling and not waiting for the rest of a large frame, asks to
