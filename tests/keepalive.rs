@@ -45,6 +45,38 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     silent_server.abort();
 }
 
+/// A client's reader that has answered its only call waits for the next call rather than poll
+/// (busy polling on a runtime of several workers, its server elsewhere as far as it can tell),
+/// and watches for silence all the same: a server that answers and then says nothing is found
+/// silent, and the idle connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_its_next_call_detects_a_server_gone_silent() {
+    let (listener, addr) = loopback_listener().await;
+    let silent_server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&lab_hello(lab_methods(), 50, 0)).await;
+        let request = raw.read_frame().await.expect("the request");
+        // The answer to call `request[1]` (an id below 128): `Ok(5)`, zigzag-encoded.
+        raw.send(&frame(&[0x02, request[1], 0x00, 10])).await;
+        // Then nothing, the connection held open.
+        raw.read_frame().await;
+        raw
+    });
+    let client = LabClient::builder()
+        .keepalive(INTERVAL, TIMEOUT)
+        .busy_poll(Duration::from_secs(3600))
+        .connect(addr)
+        .await
+        .expect("connects");
+    assert_eq!(within("the call", client.add(2, 3)).await.expect("add"), 5);
+    within(
+        "the silent server's connection to close",
+        client.channel().closed(),
+    )
+    .await;
+    silent_server.abort();
+}
+
 /// A client that announces pings and then says nothing: the server pings it meanwhile, and
 /// closes the connection once the client has been silent for the timeout, not before.
 #[tokio::test]
