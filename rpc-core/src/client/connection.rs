@@ -226,9 +226,9 @@ impl Connection {
         // Having answered its only call in flight, the reader waits for the next call rather
         // than poll, where a turn it took could wake a second worker of the runtime to displace
         // the caller's: unless the server calls back, whose calls it polls on for.
-        let workers_share = tokio::runtime::Handle::try_current()
+        let several_workers = tokio::runtime::Handle::try_current()
             .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread);
-        reader.busy_poll_counting_calls(&slots, workers_share && serve_back.is_none());
+        reader.busy_poll_counting_calls(&slots, several_workers && serve_back.is_none());
         if nearby {
             reader.busy_poll_after_batches_only();
         }

@@ -211,7 +211,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Has busy polling, if set, count a client's calls `in_flight`: with many, a reader polls
-    /// more sparingly ([`busy`](super::busy)).
+    /// more sparingly; and if `waits_for_calls`, one that has answered its only call in flight
+    /// waits for the next instead of polling ([`busy`](super::busy)).
     pub(crate) fn busy_poll_counting_calls(
         &mut self,
         in_flight: &Arc<CallSlots>,
