@@ -32,8 +32,18 @@
 //! socket reports a reset once, and a reader that passed over it would then read a clean end. It
 //! spends the task's budget as tokio's reads do, so that a peer whose bytes keep coming cannot
 //! keep its reader from yielding to the other tasks on its thread.
+//!
+//! A reader of a stream layered over TCP, TLS, reads through its layer, which reads the socket
+//! through tokio: it looks past tokio through the TCP stream beneath ([`TcpUnderTls`]).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(feature = "tls")]
+mod under_tls;
+
+#[cfg(feature = "tls")]
+pub(crate) use under_tls::TcpUnderTls;
 
 /// The highest mark raised. A higher one spared more wakeups between two processes (512 KiB:
 /// a fifth faster than none) but left the cores idle in turn within one (a fifth slower), where
@@ -52,6 +62,27 @@ pub(crate) struct TcpSocket {
     mark: u32,
     /// Lowered to judge the peer's silence: not raised again until bytes have been read.
     held_low: bool,
+}
+
+/// Whether a read of the TCP stream under another layer (TLS) that tokio finds nothing for
+/// reads the socket itself: on while the reader of the layer above busy polls, which sets it
+/// before each read (`TcpUnderTls`).
+#[derive(Debug, Default)]
+pub(crate) struct ReadsPastTokio(AtomicBool);
+
+impl ReadsPastTokio {
+    /// Turns reads past tokio on or off.
+    pub(crate) fn set(&self, on: bool) {
+        // One task reads at a time, and tokio orders a task's polls: no other memory depends
+        // on this.
+        self.0.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether reads past tokio are on.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl TcpSocket {
@@ -168,20 +199,48 @@ mod sys {
         socket: &TcpSocket,
         buf: &mut bytes::BytesMut,
     ) -> Option<io::Result<usize>> {
-        let room = buf.spare_capacity_mut();
+        let read = receive_now(socket.fd, buf.spare_capacity_mut())?;
+        if let Ok(read) = read {
+            // SAFETY: the kernel initialised the first `read` bytes of the spare room, which
+            // follows `buf`'s bytes.
+            unsafe { buf.set_len(buf.len() + read) };
+        }
+        Some(read)
+    }
+
+    /// Reads what has arrived into `buf`'s unfilled part, without waiting.
+    #[cfg(feature = "tls")]
+    pub(super) fn read_now_into(
+        stream: &tokio::net::TcpStream,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Option<io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+
+        // SAFETY: only the kernel writes there, and it writes bytes: nothing initialised is
+        // made uninitialised.
+        let read = receive_now(stream.as_raw_fd(), unsafe { buf.unfilled_mut() })?;
+        if let Ok(read) = read {
+            // SAFETY: the kernel initialised the first `read` bytes of the unfilled part.
+            unsafe { buf.assume_init(read) };
+            buf.advance(read);
+        }
+        Some(read)
+    }
+
+    /// Reads what has arrived on `fd`, an open socket, into `room`, without waiting: `None`
+    /// if nothing has, or `room` is empty.
+    fn receive_now(
+        fd: std::os::fd::RawFd,
+        room: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<io::Result<usize>> {
         if room.is_empty() {
             return None;
         }
-        // SAFETY: `fd` is open, as in `set_mark`; `room` is valid for writes of its length,
-        // and the kernel writes at most that many bytes there.
-        let read = unsafe {
-            libc::recv(
-                socket.fd,
-                room.as_mut_ptr().cast(),
-                room.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        // SAFETY: `fd` is open: its reader holds the stream it is of (`TcpSocket::of`,
+        // `read_now_into`); `room` is valid for writes of its length, and the kernel writes at
+        // most that many bytes there.
+        let read =
+            unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
         let Ok(read) = usize::try_from(read) else {
             let error = io::Error::last_os_error();
             return match error.kind() {
@@ -189,9 +248,6 @@ mod sys {
                 _ => Some(Err(error)),
             };
         };
-        // SAFETY: the kernel initialised the first `read` bytes of the spare room, which
-        // follows `buf`'s bytes.
-        unsafe { buf.set_len(buf.len() + read) };
         Some(Ok(read))
     }
 
@@ -223,7 +279,7 @@ mod sys {
     }
 }
 
-/// Elsewhere no mark is moved (`TcpSocket::of` gives none).
+/// Elsewhere no mark is moved (`TcpSocket::of` gives none), nor a socket read past tokio.
 #[cfg(not(target_os = "linux"))]
 mod sys {
     use super::{TcpSocket, io};
@@ -237,6 +293,14 @@ mod sys {
     }
 
     pub(super) fn read_now(_: &TcpSocket, _: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
+
+    #[cfg(feature = "tls")]
+    pub(super) fn read_now_into(
+        _: &tokio::net::TcpStream,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Option<io::Result<usize>> {
         None
     }
 }

@@ -7,11 +7,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
-use crate::tcp_socket::TcpSocket;
+use crate::tcp_socket::{ReadsPastTokio, TcpSocket};
 
 /// A byte stream a connection runs over, split into the half its reader task reads from and
 /// the half its writer task writes to.
@@ -25,6 +26,12 @@ pub(crate) trait Split {
     /// moves the socket's receive low-water mark, and reads it past tokio while busy polling.
     fn tcp_socket(read: &Self::Read) -> Option<TcpSocket> {
         let _ = read;
+        None
+    }
+
+    /// The switch of the TCP stream beneath, if the stream is layered over one (TLS): its
+    /// reader turns on reads past tokio there while it busy polls.
+    fn reads_past_tokio(&self) -> Option<Arc<ReadsPastTokio>> {
         None
     }
 }
@@ -64,6 +71,40 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Split for Shared<S> {
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self.0)
+    }
+}
+
+/// A TLS stream over TCP, split as [`Shared`] is, whose reader reads the TCP socket beneath
+/// past tokio while it busy polls ([`TcpUnderTls`](crate::tcp_socket::TcpUnderTls)).
+#[cfg(feature = "tls")]
+pub(crate) struct TlsOverTcp<S> {
+    stream: S,
+    reads_past_tokio: Arc<ReadsPastTokio>,
+}
+
+#[cfg(feature = "tls")]
+impl<S> TlsOverTcp<S> {
+    /// `stream`, a TLS session over a [`TcpUnderTls`](crate::tcp_socket::TcpUnderTls) whose
+    /// switch is `reads_past_tokio`.
+    pub(crate) fn new(stream: S, reads_past_tokio: Arc<ReadsPastTokio>) -> Self {
+        TlsOverTcp {
+            stream,
+            reads_past_tokio,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Split for TlsOverTcp<S> {
+    type Read = tokio::io::ReadHalf<S>;
+    type Write = tokio::io::WriteHalf<S>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self.stream)
+    }
+
+    fn reads_past_tokio(&self) -> Option<Arc<ReadsPastTokio>> {
+        Some(Arc::clone(&self.reads_past_tokio))
     }
 }
 

@@ -184,12 +184,14 @@ impl Connection {
         // set of services to serve back that cannot be served.
         service.describe()?;
         let serve_back = config.serve_back.clone().transpose()?;
+        let beneath = stream.reads_past_tokio();
         let (read, write) = stream.split();
         let socket = S::tcp_socket(&read);
         // Whether the reader reads a TCP socket itself, not through TLS.
         let plain_tcp = socket.is_some();
         let mut reader = FrameReader::new(read, config.max_frame_len);
         reader.set_tcp_socket(socket);
+        reader.set_tcp_beneath(beneath);
         let mut writer = FrameWriter::new(GatedWrite::new(write));
         let window = config.stream_window;
         Hello::new(

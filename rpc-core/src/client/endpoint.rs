@@ -400,7 +400,6 @@ impl Endpoint {
             if let Some(tls) = &self.config.tls {
                 let addr = stream.peer_addr().map_err(failed)?;
                 let stream = tls.connect(stream, host.as_deref(), addr).await?;
-                let stream = transport::Shared(stream);
                 return Connection::establish(stream, peer, &self.service, &self.config)
                     .await
                     .map_err(crate::tls::refused_after_handshake);

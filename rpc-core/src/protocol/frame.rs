@@ -20,7 +20,7 @@ use crate::RpcError;
 use crate::alarm::Alarm;
 use crate::slots::CallSlots;
 use crate::stream::Streams;
-use crate::tcp_socket::TcpSocket;
+use crate::tcp_socket::{ReadsPastTokio, TcpSocket};
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -121,6 +121,9 @@ pub(crate) struct FrameReader<R> {
     /// receive low-water mark is raised while a frame's byte string comes in, and a busy
     /// polling reader reads it past tokio.
     socket: Option<TcpSocket>,
+    /// The switch of the TCP stream beneath the layer this reads through (TLS), if it is one:
+    /// on while the reader busy polls, for that stream to read its socket past tokio.
+    beneath: Option<Arc<ReadsPastTokio>>,
 }
 
 /// A frame's payload, with the byte string that ends it when that was read into memory of its
@@ -161,6 +164,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             split_refused: false,
             busy_poll: None,
             socket: None,
+            beneath: None,
         }
     }
 
@@ -169,6 +173,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// come, and reads the socket past tokio while busy polling.
     pub(crate) fn set_tcp_socket(&mut self, socket: Option<TcpSocket>) {
         self.socket = socket;
+    }
+
+    /// Gives the reader the switch of the TCP stream beneath the layer it reads through (TLS),
+    /// which it turns on while it busy polls, so that the stream reads its socket past tokio
+    /// then, as the reader itself does with a TCP socket it reads directly.
+    pub(crate) fn set_tcp_beneath(&mut self, switch: Option<Arc<ReadsPastTokio>>) {
+        self.beneath = switch;
     }
 
     /// Makes each read between frames wait for a small send under way on the same socket, as
@@ -242,6 +253,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// between polls: each makes its read afresh, which leaves nothing half done when the wait
     /// is dropped, and costs no future's state on the way in and out of every read.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<usize>, RpcError>> {
+        if self.beneath.is_some() {
+            let on = self.looks_past_tokio();
+            if let Some(switch) = &self.beneath {
+                switch.set(on);
+            }
+        }
         let (io, buf) = (&mut self.io, &mut self.buf);
         let read = match &mut self.splitting {
             Some(splitting) => {
@@ -352,7 +369,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// be polled again rather than wait for its bytes ([`BusyPoll::poll_again`]).
     fn poll_again(&mut self, cx: &mut Context<'_>) -> bool {
         let large_rest = self.awaits_large_rest();
-        let reads_socket_itself = self.socket.is_some();
+        let reads_socket_itself = self.socket.is_some() || self.beneath.is_some();
         self.busy_poll
             .as_deref_mut()
             .is_some_and(|busy| !large_rest && busy.poll_again(cx, reads_socket_itself))
@@ -366,13 +383,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
     /// its reader from ever giving the other tasks on its thread their turn.
     fn poll_read_past_tokio(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let large_rest = self.awaits_large_rest();
-        let (Some(busy), Some(socket)) = (&mut self.busy_poll, &self.socket) else {
-            return Poll::Pending;
-        };
-        if large_rest || !busy.polls_now() {
+        if self.socket.is_none() || !self.looks_past_tokio() {
             return Poll::Pending;
         }
+        let Some(socket) = &self.socket else {
+            return Poll::Pending;
+        };
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
         let read = socket
             .read_now(&mut self.buf)
@@ -383,12 +399,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         read
     }
 
+    /// Whether a read that tokio finds nothing for looks at the socket past tokio: the reader
+    /// busy polls now, and does not wait for the rest of a large frame.
+    fn looks_past_tokio(&mut self) -> bool {
+        let large_rest = self.awaits_large_rest();
+        self.busy_poll
+            .as_deref_mut()
+            .is_some_and(|busy| !large_rest && busy.polls_now())
+    }
+
     /// Reads and drops what the peer still sends, up to `limit` bytes, until it closes its
     /// direction or the stream fails. For a connection being closed: closing a socket with
     /// unread bytes resets it, and a reset can destroy what the peer has not read yet.
     pub(crate) async fn discard_until_end(&mut self, limit: usize) {
         if let Some(socket) = &mut self.socket {
             socket.lower();
+        }
+        if let Some(switch) = &self.beneath {
+            switch.set(false);
         }
         self.splitting = None;
         self.buf.clear();

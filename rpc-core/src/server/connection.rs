@@ -131,10 +131,12 @@ where
         Place::Listener(shared) => (Some(shared), Arc::default()),
         Place::Alone { stop } => (None, stop),
     };
+    let beneath = io.reads_past_tokio();
     let (read, write) = io.split();
     let socket = IO::tcp_socket(&read);
     let mut reader = FrameReader::new(read, config.max_frame_len);
     reader.set_tcp_socket(socket);
+    reader.set_tcp_beneath(beneath);
     if let Some(shared) = &shared {
         reader.share_memory(Arc::clone(&shared.frame_memory));
     }

@@ -811,7 +811,6 @@ fn serve_tcp<'a, S: ServiceSet>(
                 identity,
                 ..Peer::default()
             };
-            let io = transport::Shared(io);
             connection::serve(io, service, config, peer, process, shared, deadline).await
         };
         return Either::Left(serving.boxed());
@@ -835,7 +834,7 @@ async fn accept_tls(
     deadline: tokio::time::Instant,
 ) -> Result<
     (
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        transport::TlsOverTcp<crate::tls::ServerStream>,
         Option<Arc<crate::PeerIdentity>>,
     ),
     RpcError,

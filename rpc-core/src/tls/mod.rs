@@ -53,7 +53,15 @@ pub use tokio_rustls::rustls;
 
 use crate::RpcError;
 use crate::peer::PeerIdentity;
+use crate::tcp_socket::TcpUnderTls;
+use crate::transport::TlsOverTcp;
 use certs::{Identity, Reloadable};
+
+/// A server's side of a TLS session, over TCP.
+pub(crate) type ServerStream = tokio_rustls::server::TlsStream<TcpUnderTls>;
+
+/// A client's side of a TLS session, over TCP.
+pub(crate) type ClientStream = tokio_rustls::client::TlsStream<TcpUnderTls>;
 
 /// A TLS setting could not be made: a file could not be read, a PEM held nothing usable, or
 /// rustls refused the result.
@@ -190,10 +198,9 @@ impl ServerTls {
     pub(crate) async fn accept(
         &self,
         io: TcpStream,
-    ) -> io::Result<(
-        tokio_rustls::server::TlsStream<TcpStream>,
-        Option<Arc<PeerIdentity>>,
-    )> {
+    ) -> io::Result<(TlsOverTcp<ServerStream>, Option<Arc<PeerIdentity>>)> {
+        let io = TcpUnderTls::new(io);
+        let reads_past_tokio = io.switch();
         let stream = self.acceptor.accept(io).await?;
         let identity = stream
             .get_ref()
@@ -201,7 +208,7 @@ impl ServerTls {
             .peer_certificates()
             .and_then(identity::read)
             .map(Arc::new);
-        Ok((stream, identity))
+        Ok((TlsOverTcp::new(stream, reads_past_tokio), identity))
     }
 }
 
@@ -308,7 +315,7 @@ impl ClientTls {
         io: TcpStream,
         host: Option<&str>,
         addr: SocketAddr,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RpcError> {
+    ) -> Result<TlsOverTcp<ClientStream>, RpcError> {
         let name = match (&self.server_name, host) {
             (Some(name), _) => name.clone(),
             (None, Some(host)) => ServerName::try_from(host.to_owned()).map_err(|_| {
@@ -316,10 +323,11 @@ impl ClientTls {
             })?,
             (None, None) => ServerName::IpAddress(addr.ip().into()),
         };
-        self.connector
-            .connect(name, io)
-            .await
-            .map_err(|error| handshake_failed(&error))
+        let io = TcpUnderTls::new(io);
+        let reads_past_tokio = io.switch();
+        let stream = self.connector.connect(name, io).await;
+        let stream = stream.map_err(|error| handshake_failed(&error))?;
+        Ok(TlsOverTcp::new(stream, reads_past_tokio))
     }
 }
 

@@ -74,6 +74,45 @@ fn a_busy_reader_asks_to_be_polled_again_without_bytes_to_wake_it() {
     }
 }
 
+/// A busy polling reader of a layer over TCP (TLS) turns on reads past tokio in the TCP stream
+/// beneath for its reads while it polls, so that its bytes are found there as a reader of the
+/// socket itself finds them, and turns them off while the rest of a large frame is to come. A
+/// reader that does not poll leaves them off.
+#[test]
+fn a_busy_reader_over_tls_turns_on_reads_past_tokio_beneath_it_while_it_polls() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    for busy in [true, false] {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(rx, 2 * LARGE_FRAME);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
+        let beneath = Arc::new(ReadsPastTokio::default());
+        reader.set_tcp_beneath(Some(Arc::clone(&beneath)));
+
+        runtime
+            .block_on(tx.write_all(&frame(b"one")))
+            .expect("writes");
+        assert!(poll_once(&mut reader, Waker::noop()).is_ready());
+        // Past the turn a busy reader takes after handing a frame on, to a read that finds
+        // nothing.
+        for _ in 0..3 {
+            assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+        }
+        assert_eq!(beneath.is_on(), busy, "busy: {busy}");
+
+        let large = frame(&vec![7; LARGE_FRAME]);
+        runtime
+            .block_on(tx.write_all(&large[..100]))
+            .expect("writes");
+        for _ in 0..3 {
+            assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+            assert!(!beneath.is_on(), "on amid a large frame; busy: {busy}");
+        }
+    }
+}
+
 /// A busy reader that has handed on the frames of a read takes a turn before it reads again,
 /// though the next frame's bytes are already there: the task the frame woke runs first. A
 /// reader that does not poll reads them at once.
