@@ -242,8 +242,8 @@ fn main() {
         println!("\n## {}\n\n{}", setup.name(), report::table(&results));
         runs.push(results);
     }
-    // Over TLS only across processes, where users run it, and only the workloads where
-    // encryption costs most.
+    // Over TLS only across processes, where users run it: sequential calls, and the workloads
+    // where encryption costs most.
     let tls = (setups.contains(&Setup::CrossProcess) && !busy_only).then(|| {
         let results = report::TlsResults {
             tonic: across_processes::<TonicTls, _>("", |server| {

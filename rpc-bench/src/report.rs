@@ -334,6 +334,16 @@ pub struct TlsResults {
 pub fn tls_table(results: &TlsResults) -> String {
     let rows = [
         (
+            "Sequential latency, p50 (µs)",
+            results.rpc.latency_p50_us,
+            results.tonic.latency_p50_us,
+        ),
+        (
+            "Sequential latency, p99 (µs)",
+            results.rpc.latency_p99_us,
+            results.tonic.latency_p99_us,
+        ),
+        (
             "1 connection, 256 callers (calls/s)",
             results.rpc.pipelined_256,
             results.tonic.pipelined_256,

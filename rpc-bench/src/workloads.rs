@@ -150,6 +150,10 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
 /// One system's figures over TLS: the workloads where encryption costs most.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TlsFigures {
+    /// Sequential calls: median latency, in microseconds.
+    pub latency_p50_us: Option<f64>,
+    /// Sequential calls: 99th percentile latency, in microseconds.
+    pub latency_p99_us: Option<f64>,
     /// Calls per second on one connection with 256 concurrent callers.
     pub pipelined_256: Option<f64>,
     /// MiB/s of 1 MiB `Vec<u8>` payloads echoed, 4 in flight.
@@ -158,10 +162,13 @@ pub struct TlsFigures {
 
 /// The figures of a system whose connections are encrypted.
 pub async fn over_tls<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TlsFigures {
-    let client = S::connect(server.addr).await;
+    let mut client = S::connect(server.addr).await;
+    let (p50, p99) = latency::<S>(&mut client, effort).await;
     let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
     let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, effort).await;
     TlsFigures {
+        latency_p50_us: Some(p50),
+        latency_p99_us: Some(p99),
         pipelined_256,
         bulk_vec: Some(bulk_vec.mib_per_s),
     }
