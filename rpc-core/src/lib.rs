@@ -81,10 +81,10 @@ pub mod schema;
 mod server;
 mod service;
 mod slots;
+mod socket;
 mod status;
 mod stream;
 mod task;
-mod tcp_socket;
 mod telemetry;
 #[cfg(test)]
 mod test_sockets;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
-use crate::tcp_socket::{ReadsPastTokio, TcpSocket};
+use crate::socket::{ReadsPastTokio, Socket};
 
 /// A byte stream a connection runs over, split into the half its reader task reads from and
 /// the half its writer task writes to.
@@ -22,9 +22,10 @@ pub(crate) trait Split {
 
     fn split(self) -> (Self::Read, Self::Write);
 
-    /// The TCP socket `read` reads, if it reads one directly (not through TLS): its reader
-    /// moves the socket's receive low-water mark, and reads it past tokio while busy polling.
-    fn tcp_socket(read: &Self::Read) -> Option<TcpSocket> {
+    /// The socket `read` reads, if it reads one directly (TCP or Unix, not through TLS): its
+    /// reader reads it past tokio while busy polling, and moves a TCP socket's receive
+    /// low-water mark.
+    fn socket(read: &Self::Read) -> Option<Socket> {
         let _ = read;
         None
     }
@@ -45,8 +46,8 @@ impl Split for TcpStream {
         self.into_split()
     }
 
-    fn tcp_socket(read: &Self::Read) -> Option<TcpSocket> {
-        TcpSocket::of(read.as_ref())
+    fn socket(read: &Self::Read) -> Option<Socket> {
+        Socket::of_tcp(read.as_ref())
     }
 }
 
@@ -58,6 +59,10 @@ impl Split for tokio::net::UnixStream {
 
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+
+    fn socket(read: &Self::Read) -> Option<Socket> {
+        Socket::of_unix(read.as_ref())
     }
 }
 
@@ -75,7 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Split for Shared<S> {
 }
 
 /// A TLS stream over TCP, split as [`Shared`] is, whose reader reads the TCP socket beneath
-/// past tokio while it busy polls ([`TcpUnderTls`](crate::tcp_socket::TcpUnderTls)).
+/// past tokio while it busy polls ([`TcpUnderTls`](crate::socket::TcpUnderTls)).
 #[cfg(feature = "tls")]
 pub(crate) struct TlsOverTcp<S> {
     stream: S,
@@ -84,7 +89,7 @@ pub(crate) struct TlsOverTcp<S> {
 
 #[cfg(feature = "tls")]
 impl<S> TlsOverTcp<S> {
-    /// `stream`, a TLS session over a [`TcpUnderTls`](crate::tcp_socket::TcpUnderTls) whose
+    /// `stream`, a TLS session over a [`TcpUnderTls`](crate::socket::TcpUnderTls) whose
     /// switch is `reads_past_tokio`.
     pub(crate) fn new(stream: S, reads_past_tokio: Arc<ReadsPastTokio>) -> Self {
         TlsOverTcp {
@@ -157,7 +162,7 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         let (client, accepted) = tokio::join!(connect_tcp(addr), accept_tcp(&listener));
         let (read, _write) = Split::split(client.expect("connects"));
-        let socket = <TcpStream as Split>::tcp_socket(&read).expect("a TCP socket on Linux");
+        let socket = <TcpStream as Split>::socket(&read).expect("a TCP socket on Linux");
         let mut peer = accepted.expect("accepts").0;
         peer.write_all(b"ping").await.expect("writes");
         let mut buf = bytes::BytesMut::with_capacity(16);

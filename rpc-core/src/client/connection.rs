@@ -24,6 +24,7 @@ use crate::protocol::{
 use crate::reverse::{self, ServingBack, Tunnel};
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::slots::{CallSlot, CallSlots};
+use crate::socket::Socket;
 use crate::stream::registry::InboundParts;
 use crate::stream::{self, InboundOptions, Outbound, Streams, Upload};
 use crate::task::{AbortOnDrop, until};
@@ -186,11 +187,11 @@ impl Connection {
         let serve_back = config.serve_back.clone().transpose()?;
         let beneath = stream.reads_past_tokio();
         let (read, write) = stream.split();
-        let socket = S::tcp_socket(&read);
+        let socket = S::socket(&read);
         // Whether the reader reads a TCP socket itself, not through TLS.
-        let plain_tcp = socket.is_some();
+        let plain_tcp = socket.as_ref().is_some_and(Socket::is_tcp);
         let mut reader = FrameReader::new(read, config.max_frame_len);
-        reader.set_tcp_socket(socket);
+        reader.set_socket(socket);
         reader.set_tcp_beneath(beneath);
         let mut writer = FrameWriter::new(GatedWrite::new(write));
         let window = config.stream_window;

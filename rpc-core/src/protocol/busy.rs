@@ -49,9 +49,9 @@
 //!   to poll for that call's answer ([`BusyPoll::wait_for_call`]): no answer is on its way, and
 //!   its polling took the core that its caller needed to send the next call.
 //!
-//! A reader of a TCP socket that polls looks at the socket itself when tokio finds nothing: on
-//! a multi-thread runtime, tokio sees a socket's bytes only once the worker holding its I/O
-//! driver, often one asleep, is woken ([`crate::tcp_socket`]). A reader over TLS has the TCP
+//! A reader of a TCP or Unix socket that polls looks at the socket itself when tokio finds
+//! nothing: on a multi-thread runtime, tokio sees a socket's bytes only once the worker holding
+//! its I/O driver, often one asleep, is woken ([`crate::socket`]). A reader over TLS has the TCP
 //! stream beneath look so for it.
 //!
 //! So a connection whose frames come closer together than the most polls for them, and one
@@ -416,7 +416,7 @@ impl BusyPoll {
 
     /// Whether a read that finds nothing now would poll again: the reader has not gone to
     /// sleep since its last bytes, has no stream open, and is within its window. Such a read
-    /// may look past tokio for bytes its driver has not seen yet ([`crate::tcp_socket`]).
+    /// may look past tokio for bytes its driver has not seen yet ([`crate::socket`]).
     pub(super) fn polls_now(&mut self) -> bool {
         self.call_allows()
             && self.since_read != SinceRead::Slept
@@ -443,7 +443,7 @@ impl BusyPoll {
     /// Whether a read that found nothing now polls again at the runtime's next turn (it has
     /// asked to be, then) rather than waits for its bytes: whether it is within its window, has
     /// not gone to sleep since its last bytes, and has no stream open. A reader that
-    /// `reads_socket_itself` ([`crate::tcp_socket`]), or has the TCP stream beneath its TLS
+    /// `reads_socket_itself` ([`crate::socket`]), or has the TCP stream beneath its TLS
     /// read it, is polled again at its worker's next turn,
     /// unless it counts more than [`FEW_CALLS`] calls in flight and its server is elsewhere
     /// ([`BusyPoll::count_calls`]); otherwise once its worker has polled for I/O, where the
@@ -488,8 +488,8 @@ impl BusyPoll {
             cx.waker().wake_by_ref();
         } else {
             // Deferred until the worker has polled its I/O driver, without sleeping first:
-            // what a read through tokio waits for to see new bytes (over a Unix socket, or a
-            // stream the user connected). Woken at once instead, such a reader found nothing
+            // what a read through tokio waits for to see new bytes (over a stream the user
+            // connected). Woken at once instead, such a reader found nothing
             // until the runtime's periodic look for I/O (a sequential call over TLS across two
             // processes, when TLS read through tokio alone, went from a median of 9.5–10.2 µs
             // to 17.3–18.5). A client's reader with many calls in flight and its server

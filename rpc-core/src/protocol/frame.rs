@@ -19,8 +19,8 @@ use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
 use crate::slots::CallSlots;
+use crate::socket::{ReadsPastTokio, Socket};
 use crate::stream::Streams;
-use crate::tcp_socket::{ReadsPastTokio, TcpSocket};
 use crate::telemetry::Traffic;
 
 /// The least room a read makes: small frames arrive many to a read.
@@ -117,10 +117,10 @@ pub(crate) struct FrameReader<R> {
     split_refused: bool,
     /// Busy polling, if on. Boxed: few connections have it, and every idle one holds a reader.
     busy_poll: Option<Box<BusyPoll>>,
-    /// The TCP socket this reads, if it reads one directly ([`crate::tcp_socket`]): its
-    /// receive low-water mark is raised while a frame's byte string comes in, and a busy
-    /// polling reader reads it past tokio.
-    socket: Option<TcpSocket>,
+    /// The socket this reads, if it reads one directly, TCP or Unix ([`crate::socket`]): a
+    /// busy polling reader reads it past tokio, and a TCP socket's receive low-water mark is
+    /// raised while a frame's byte string comes in.
+    socket: Option<Socket>,
     /// The switch of the TCP stream beneath the layer this reads through (TLS), if it is one:
     /// on while the reader busy polls, for that stream to read its socket past tokio.
     beneath: Option<Arc<ReadsPastTokio>>,
@@ -168,10 +168,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Gives the reader `socket`, the TCP socket it reads: it moves the socket's low-water mark
-    /// while a large frame's byte string comes in, so that it is woken once much of it has
-    /// come, and reads the socket past tokio while busy polling.
-    pub(crate) fn set_tcp_socket(&mut self, socket: Option<TcpSocket>) {
+    /// Gives the reader `socket`, the socket it reads: it reads the socket past tokio while
+    /// busy polling, and moves a TCP socket's low-water mark while a large frame's byte string
+    /// comes in, so that it is woken once much of it has come.
+    pub(crate) fn set_socket(&mut self, socket: Option<Socket>) {
         self.socket = socket;
     }
 
@@ -377,7 +377,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// While busy polling, the bytes that have come that tokio has not seen yet: it sees a
     /// socket's bytes only when a thread polls its I/O driver, which a sleeping worker may hold
-    /// ([`crate::tcp_socket`]). Pending if there are none, or the reader does not poll (nor
+    /// ([`crate::socket`]). Pending if there are none, or the reader does not poll (nor
     /// while it waits for the rest of a large frame, [`FrameReader::awaits_large_rest`]). Such a
     /// read spends the task's budget as tokio's own reads do, and none is made once the budget
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep

@@ -133,9 +133,9 @@ where
     };
     let beneath = io.reads_past_tokio();
     let (read, write) = io.split();
-    let socket = IO::tcp_socket(&read);
+    let socket = IO::socket(&read);
     let mut reader = FrameReader::new(read, config.max_frame_len);
-    reader.set_tcp_socket(socket);
+    reader.set_socket(socket);
     reader.set_tcp_beneath(beneath);
     if let Some(shared) = &shared {
         reader.share_memory(Arc::clone(&shared.frame_memory));

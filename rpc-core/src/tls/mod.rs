@@ -53,7 +53,7 @@ pub use tokio_rustls::rustls;
 
 use crate::RpcError;
 use crate::peer::PeerIdentity;
-use crate::tcp_socket::TcpUnderTls;
+use crate::socket::TcpUnderTls;
 use crate::transport::TlsOverTcp;
 use certs::{Identity, Reloadable};
 

@@ -212,9 +212,9 @@ fn reader_of(
     accepted.set_nonblocking(true).expect("non-blocking");
     let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
     let (read, _write) = stream.into_split();
-    let socket = TcpSocket::of(read.as_ref());
+    let socket = Socket::of_tcp(read.as_ref());
     let mut reader = FrameReader::new(read, 1024);
-    reader.set_tcp_socket(socket);
+    reader.set_socket(socket);
     let streams = Arc::new(Streams::new(1024, 1024));
     reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
     reader
@@ -244,6 +244,37 @@ fn a_busy_reader_finds_bytes_the_driver_has_not_seen() {
         // Waits, blocking, until the frame is in the socket.
         accepted.peek(&mut [0; 1]).expect("the frame comes");
         let mut reader = reader_of(accepted, busy);
+
+        let polled = poll_once(&mut reader, Waker::noop());
+        if busy {
+            assert!(
+                matches!(&polled, Poll::Ready(Ok(Some(payload))) if payload[..] == b"one"[..]),
+                "{polled:?}"
+            );
+        } else {
+            assert!(polled.is_pending(), "{polled:?}");
+        }
+    }
+}
+
+/// So does a busy polling reader of a Unix socket, whose bytes tokio sees as late.
+#[test]
+fn a_busy_reader_of_a_unix_socket_finds_bytes_the_driver_has_not_seen() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    for busy in [true, false] {
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        peer.write_all(&frame(b"one")).expect("writes");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let stream = tokio::net::UnixStream::from_std(ours).expect("registers");
+        let (read, _write) = stream.into_split();
+        let socket = Socket::of_unix(read.as_ref());
+        let mut reader = FrameReader::new(read, 1024);
+        reader.set_socket(socket);
+        let streams = Arc::new(Streams::new(1024, 1024));
+        reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
 
         let polled = poll_once(&mut reader, Waker::noop());
         if busy {

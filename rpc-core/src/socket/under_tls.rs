@@ -12,7 +12,7 @@ use super::{ReadsPastTokio, sys};
 
 /// A TCP stream under a TLS session: read and written through tokio, but for a read that tokio
 /// finds nothing for while [`ReadsPastTokio`] is on, which reads the socket itself, as a busy
-/// polling reader of plain TCP does ([`crate::tcp_socket`]). A TLS session reads its bytes
+/// polling reader of plain TCP does ([`crate::socket`]). A TLS session reads its bytes
 /// through this, and its reader could not reach the socket otherwise: over TLS between two
 /// processes, a sequential call's p99 was about 128 µs with tokio alone, its answers seen a
 /// wakeup late while the worker holding tokio's I/O driver slept (docs/benchmark-history.md).

@@ -1,5 +1,6 @@
-//! What a connection's reader does with its TCP socket past tokio, on Linux: it moves the
-//! socket's receive low-water mark, and while busy polling it reads the socket itself.
+//! What a connection's reader does with its socket past tokio, on Linux: it moves a TCP
+//! socket's receive low-water mark, and while busy polling it reads its socket, TCP or Unix,
+//! itself.
 //!
 //! # The low-water mark
 //!
@@ -15,7 +16,9 @@
 //! protocol sends whole; it is back to one byte before anything else is read. It stays within
 //! half the socket's receive buffer, so that raising it never makes the kernel grow the buffer
 //! and clamp the window to the mark. Bytes below it wake no one, so before a reader judges its
-//! peer silent it lowers the mark ([`TcpSocket::lower_for_silence`]) and looks again.
+//! peer silent it lowers the mark ([`Socket::lower_for_silence`]) and looks again. A Unix
+//! socket's mark is left alone: its readiness does not heed it, and a reader would be woken at
+//! every arrival all the same.
 //!
 //! # Reads while busy polling
 //!
@@ -24,9 +27,10 @@
 //! sleep first, waiting in it for events: a reader busy polling on another worker would find
 //! nothing until that sleeping worker was woken, which is the wakeup busy polling is there to
 //! spare. So a busy polling reader whose read through tokio finds nothing reads the socket itself
-//! ([`TcpSocket::read_now`]). Between two processes on a two-core machine, sequential calls' p99
+//! ([`Socket::read_now`]). Between two processes on a two-core machine, sequential calls' p99
 //! fell from 110-115 µs to 70-75 and their median from 7.7-8.1 to 6.8-7.0
-//! (docs/benchmark-history.md). tokio is not misled: bytes read here leave its readiness as it
+//! (docs/benchmark-history.md); over a Unix socket, where busy polling found nothing until a
+//! wakeup, the p99 was 242-246 µs with it on and 37-50 with it off (BENCHMARKS.md). tokio is not misled: bytes read here leave its readiness as it
 //! was, and the event their arrival raised at most wakes the reader once more to find nothing.
 //! Such a read reports what a read through tokio would, the stream's end and its errors too: a
 //! socket reports a reset once, and a reader that passed over it would then read a clean end. It
@@ -53,7 +57,7 @@ pub(crate) const MAX_MARK: usize = 128 * 1024;
 /// The TCP socket a connection's reader reads: its receive low-water mark as the reader moves
 /// it, and reads past tokio.
 #[derive(Debug)]
-pub(crate) struct TcpSocket {
+pub(crate) struct Socket {
     /// The socket, borrowed for as long as the reader holding this holds its read half.
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
@@ -62,6 +66,8 @@ pub(crate) struct TcpSocket {
     mark: u32,
     /// Lowered to judge the peer's silence: not raised again until bytes have been read.
     held_low: bool,
+    /// Whether the mark is moved: a TCP socket's, not a Unix socket's (the module's doc).
+    moves_mark: bool,
 }
 
 /// Whether a read of the TCP stream under another layer (TLS) that tokio finds nothing for
@@ -85,22 +91,41 @@ impl ReadsPastTokio {
     }
 }
 
-impl TcpSocket {
+impl Socket {
     /// `stream`'s socket, for the reader of its read half; `None` where its mark is not moved
     /// nor read past tokio (other systems than Linux).
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
-    pub(crate) fn of(stream: &tokio::net::TcpStream) -> Option<TcpSocket> {
+    pub(crate) fn of_tcp(stream: &tokio::net::TcpStream) -> Option<Socket> {
         #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            Some(TcpSocket {
-                fd: stream.as_raw_fd(),
-                mark: 1,
-                held_low: false,
-            })
-        }
+        return Some(Socket::new(std::os::fd::AsRawFd::as_raw_fd(stream), true));
         #[cfg(not(target_os = "linux"))]
         None
+    }
+
+    /// `stream`'s socket, for the reader of its read half, read past tokio while busy polling
+    /// but with its mark left alone (the module's doc); `None` on other systems than Linux.
+    #[cfg(unix)]
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+    pub(crate) fn of_unix(stream: &tokio::net::UnixStream) -> Option<Socket> {
+        #[cfg(target_os = "linux")]
+        return Some(Socket::new(std::os::fd::AsRawFd::as_raw_fd(stream), false));
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    fn new(fd: std::os::fd::RawFd, moves_mark: bool) -> Socket {
+        Socket {
+            fd,
+            mark: 1,
+            held_low: false,
+            moves_mark,
+        }
+    }
+
+    /// Whether this is a TCP socket.
+    pub(crate) fn is_tcp(&self) -> bool {
+        self.moves_mark
     }
 
     /// Before waiting for more of a large frame of which `missing` bytes have not come: raises
@@ -108,6 +133,9 @@ impl TcpSocket {
     /// it to `missing` if it is above. A failure leaves the mark where it was, which only
     /// costs wakeups.
     pub(crate) fn before_waiting_for(&mut self, missing: usize) {
+        if !self.moves_mark {
+            return;
+        }
         if self.held_low || missing <= 1 {
             return self.lower();
         }
@@ -170,13 +198,13 @@ impl TcpSocket {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod sys {
-    use super::{TcpSocket, io};
+    use super::{Socket, io};
 
     /// Sets `SO_RCVLOWAT` to `mark` bytes.
-    pub(super) fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
+    pub(super) fn set_mark(socket: &Socket, mark: u32) -> io::Result<()> {
         let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
         // SAFETY: `fd` is the socket of a read half its reader holds as long as it holds this
-        // (`TcpSocket::of`), so it is open; the option's value is a `c_int` whose address and
+        // (`Socket::of_tcp`), so it is open; the option's value is a `c_int` whose address and
         // size are passed, and the kernel only reads it.
         let done = unsafe {
             libc::setsockopt(
@@ -196,7 +224,7 @@ mod sys {
 
     /// Reads what has arrived into `buf`'s spare room, without waiting.
     pub(super) fn read_now(
-        socket: &TcpSocket,
+        socket: &Socket,
         buf: &mut bytes::BytesMut,
     ) -> Option<io::Result<usize>> {
         let read = receive_now(socket.fd, buf.spare_capacity_mut())?;
@@ -236,7 +264,7 @@ mod sys {
         if room.is_empty() {
             return None;
         }
-        // SAFETY: `fd` is open: its reader holds the stream it is of (`TcpSocket::of`,
+        // SAFETY: `fd` is open: its reader holds the stream it is of (`Socket::of_tcp`,
         // `read_now_into`); `room` is valid for writes of its length, and the kernel writes at
         // most that many bytes there.
         let read =
@@ -252,12 +280,12 @@ mod sys {
     }
 
     /// The socket's receive buffer (`SO_RCVBUF`), in bytes.
-    pub(super) fn receive_buffer(socket: &TcpSocket) -> io::Result<usize> {
+    pub(super) fn receive_buffer(socket: &Socket) -> io::Result<usize> {
         get(socket, libc::SO_RCVBUF)
     }
 
     /// The socket-level option `name`, an `int`, as a count of bytes.
-    pub(super) fn get(socket: &TcpSocket, name: libc::c_int) -> io::Result<usize> {
+    pub(super) fn get(socket: &Socket, name: libc::c_int) -> io::Result<usize> {
         let mut value: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: as in `set_mark`, `fd` is open; `value` and `len` are valid for writes of
@@ -279,20 +307,20 @@ mod sys {
     }
 }
 
-/// Elsewhere no mark is moved (`TcpSocket::of` gives none), nor a socket read past tokio.
+/// Elsewhere no mark is moved (`Socket::of_tcp` gives none), nor a socket read past tokio.
 #[cfg(not(target_os = "linux"))]
 mod sys {
-    use super::{TcpSocket, io};
+    use super::{Socket, io};
 
-    pub(super) fn set_mark(_: &TcpSocket, _: u32) -> io::Result<()> {
+    pub(super) fn set_mark(_: &Socket, _: u32) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    pub(super) fn receive_buffer(_: &TcpSocket) -> io::Result<usize> {
+    pub(super) fn receive_buffer(_: &Socket) -> io::Result<usize> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    pub(super) fn read_now(_: &TcpSocket, _: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+    pub(super) fn read_now(_: &Socket, _: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
         None
     }
 
@@ -311,7 +339,7 @@ mod tests {
     use crate::test_sockets::pair;
 
     /// The mark the kernel holds for `socket`.
-    fn kernel_mark(socket: &TcpSocket) -> usize {
+    fn kernel_mark(socket: &Socket) -> usize {
         sys::get(socket, libc::SO_RCVLOWAT).expect("the mark")
     }
 
@@ -320,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn the_mark_never_passes_what_is_missing_nor_half_the_buffer() {
         let (_client, server) = pair().await;
-        let mut socket = TcpSocket::of(&server).expect("on Linux");
+        let mut socket = Socket::of_tcp(&server).expect("on Linux");
         let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
         socket.before_waiting_for(8 << 20);
         assert_eq!(kernel_mark(&socket), MAX_MARK.min(half_buffer));
@@ -332,11 +360,31 @@ mod tests {
         assert_eq!(kernel_mark(&socket), 1);
     }
 
+    /// A Unix socket's mark is never moved, its readiness not heeding it; what has come is
+    /// read past tokio all the same.
+    #[tokio::test]
+    async fn a_unix_sockets_mark_stays_at_one_byte_and_it_is_read_past_tokio() {
+        use std::io::Write;
+
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let ours = tokio::net::UnixStream::from_std(ours).expect("registers");
+        let mut socket = Socket::of_unix(&ours).expect("on Linux");
+        assert!(!socket.is_tcp());
+        socket.before_waiting_for(100_000);
+        assert_eq!(kernel_mark(&socket), 1);
+
+        peer.write_all(b"bytes").expect("writes");
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        assert_eq!(socket.read_now(&mut buf).expect("bytes").expect("read"), 5);
+        assert_eq!(&buf[..], b"bytes");
+    }
+
     /// Lowered to judge the peer's silence, the mark stays low until bytes are read.
     #[tokio::test]
     async fn a_mark_lowered_for_silence_stays_low_until_bytes_are_read() {
         let (_client, server) = pair().await;
-        let mut socket = TcpSocket::of(&server).expect("on Linux");
+        let mut socket = Socket::of_tcp(&server).expect("on Linux");
         assert!(!socket.lower_for_silence(), "not raised: truly silent");
         socket.before_waiting_for(100_000);
         assert!(kernel_mark(&socket) > 1);
@@ -357,7 +405,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
 
         let (mut client, server) = pair().await;
-        let socket = TcpSocket::of(&server).expect("on Linux");
+        let socket = Socket::of_tcp(&server).expect("on Linux");
         let mut buf = bytes::BytesMut::with_capacity(64);
         buf.extend_from_slice(b"kept ");
         assert!(socket.read_now(&mut buf).is_none(), "nothing has come");
@@ -385,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn read_now_reports_a_reset() {
         let (client, server) = pair().await;
-        let socket = TcpSocket::of(&server).expect("on Linux");
+        let socket = Socket::of_tcp(&server).expect("on Linux");
         // A linger of zero closes with a reset, at once.
         #[allow(deprecated)]
         client
