@@ -27,7 +27,9 @@
 //! `--remote` measures them from here (with `--quick` or `--profile` too), leaving out what
 //! needs both processes' counters (allocations, heap, page faults).
 //!
-//! `WORKLOAD` is `latency`, `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
+//! `WORKLOAD` is `latency`, `latency-main` (the same calls made on the thread that runs the
+//! runtime's `block_on`, as a `#[tokio::main]` function makes them, not on one of its workers),
+//! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
 //! one connection), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
 //! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream`, `idle` (heap per idle
 //! connection, for a heap profiler), `allocs` (allocations per call), or `local` (sequential
@@ -67,7 +69,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
-WORKLOAD: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle, allocs or local
+WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
+          allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client or rpc-core-4-connections";
 
@@ -405,6 +408,14 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
     let effort = Effort::PROFILE;
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
+    if workload == "latency-main" {
+        let (p50, p99) = deployment.run_here(async move {
+            let mut client = S::connect(server.addr).await;
+            workloads::latency::<S>(&mut client, effort).await
+        });
+        let calls = workloads::latency_calls(effort);
+        return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
+    }
     deployment.run(async move {
         let mut client = S::connect(server.addr).await;
         let bytes = match workload.as_str() {
@@ -462,8 +473,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             "100x32" => (100, 32),
             other => {
                 return format!(
-                    "no workload called {other}: latency, spaced, 32, 256, 4x64, 100x32, vec, buf, \
-                     shared, stream, idle, allocs or local"
+                    "no workload called {other}: latency, latency-main, spaced, 32, 256, 4x64, \
+                     100x32, vec, buf, shared, stream, idle, allocs or local"
                 );
             }
         };

@@ -206,6 +206,13 @@ impl Deployment {
         }
     }
 
+    /// Runs `work` on this thread, in the clients' runtime's `block_on`, as a program's
+    /// `#[tokio::main]` function runs: one thread more than the runtime's workers, which wakes
+    /// it for each answer.
+    pub fn run_here<T>(&self, work: impl Future<Output = T>) -> T {
+        self.clients.block_on(work)
+    }
+
     /// Runs `work` as a task on the clients' runtime, and waits for its output.
     ///
     /// A task, not `block_on`: `block_on` would run it on the calling thread, one more thread
