@@ -29,9 +29,10 @@
 //! spare. So a busy polling reader whose read through tokio finds nothing reads the socket itself
 //! ([`Socket::read_now`]). Between two processes on a two-core machine, sequential calls' p99
 //! fell from 110-115 µs to 70-75 and their median from 7.7-8.1 to 6.8-7.0
-//! (docs/benchmark-history.md); over a Unix socket, where busy polling found nothing until a
-//! wakeup, the p99 was 242-246 µs with it on and 37-50 with it off (BENCHMARKS.md). tokio is not misled: bytes read here leave its readiness as it
-//! was, and the event their arrival raised at most wakes the reader once more to find nothing.
+//! (docs/benchmark-history.md); over a Unix socket, where polling through tokio had found
+//! nothing until a wakeup, their p99 fell from 120-139 µs to 17-34 (BENCHMARKS.md). tokio is not
+//! misled: bytes read here leave its readiness as it was, and the event their arrival raised at
+//! most wakes the reader once more to find nothing.
 //! Such a read reports what a read through tokio would, the stream's end and its errors too: a
 //! socket reports a reset once, and a reader that passed over it would then read a clean end. It
 //! spends the task's budget as tokio's reads do, so that a peer whose bytes keep coming cannot
