@@ -320,7 +320,12 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     eprintln!("measuring {} ({})", S::NAME, setup.name());
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
-    deployment.run(workloads::measure::<S>(server, effort))
+    let addr = server.addr;
+    let mut figures = deployment.run(workloads::measure::<S>(server, effort));
+    let (p50, p99) = deployment.run_here(workloads::sequential_from_here::<S>(addr, effort));
+    figures.main_p50_us = Some(p50);
+    figures.main_p99_us = Some(p99);
+    figures
 }
 
 /// rpc-core across two processes without and with a tracing subscriber, each figure the median
@@ -409,10 +414,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
     let deployment = Deployment::start::<S>(setup);
     let server = deployment.server.clone();
     if workload == "latency-main" {
-        let (p50, p99) = deployment.run_here(async move {
-            let mut client = S::connect(server.addr).await;
-            workloads::latency::<S>(&mut client, effort).await
-        });
+        let sequential = workloads::sequential_from_here::<S>(server.addr, effort);
+        let (p50, p99) = deployment.run_here(sequential);
         let calls = workloads::latency_calls(effort);
         return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
     }

@@ -80,6 +80,20 @@ fn rows() -> Vec<Row> {
             goals: &[(Tarpc, 1.0)],
         },
         Row {
+            label: "Sequential latency from `main`, p50",
+            unit: "µs",
+            pick: |f| f.main_p50_us,
+            better: Better::Lower,
+            goals: &[(Raw, 1.10), (Tarpc, 0.9)],
+        },
+        Row {
+            label: "Sequential latency from `main`, p99",
+            unit: "µs",
+            pick: |f| f.main_p99_us,
+            better: Better::Lower,
+            goals: &[(Tarpc, 1.0)],
+        },
+        Row {
             label: "1 connection, 32 callers",
             unit: "calls/s",
             pick: |f| f.pipelined_32,

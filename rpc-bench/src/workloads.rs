@@ -55,6 +55,10 @@ pub struct Figures {
     /// Sequential calls: median and 99th-percentile latency, in microseconds.
     pub latency_p50_us: Option<f64>,
     pub latency_p99_us: Option<f64>,
+    /// The same, made on the thread that runs the runtime's `block_on`, as a `#[tokio::main]`
+    /// function makes them, not on one of its workers.
+    pub main_p50_us: Option<f64>,
+    pub main_p99_us: Option<f64>,
     /// Calls per second on one connection with 32 and 256 concurrent callers.
     pub pipelined_32: Option<f64>,
     pub pipelined_256: Option<f64>,
@@ -85,6 +89,8 @@ impl Figures {
         Figures {
             latency_p50_us: median(|f| f.latency_p50_us),
             latency_p99_us: median(|f| f.latency_p99_us),
+            main_p50_us: median(|f| f.main_p50_us),
+            main_p99_us: median(|f| f.main_p99_us),
             pipelined_32: median(|f| f.pipelined_32),
             pipelined_256: median(|f| f.pipelined_256),
             four_connections: median(|f| f.four_connections),
@@ -132,6 +138,9 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     Figures {
         latency_p50_us: Some(p50),
         latency_p99_us: Some(p99),
+        // Measured apart, on the thread that runs the runtime (`sequential_from_here`).
+        main_p50_us: None,
+        main_p99_us: None,
         pipelined_32,
         pipelined_256,
         four_connections,
@@ -145,6 +154,17 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
         allocations_per_call: allocations,
         idle_connection_bytes: idle,
     }
+}
+
+/// Sequential calls' median and 99th-percentile latency, in microseconds, on a connection of
+/// their own, made wherever this future runs: on the thread that runs the runtime's `block_on`,
+/// when run there (`Deployment::run_here`).
+pub async fn sequential_from_here<S: System>(
+    addr: std::net::SocketAddr,
+    effort: Effort,
+) -> (f64, f64) {
+    let mut client = S::connect(addr).await;
+    latency::<S>(&mut client, effort).await
 }
 
 /// One system's figures over TLS: the workloads where encryption costs most.
