@@ -490,7 +490,7 @@ impl Spin {
 
     /// Reads what has come into `read`'s spare room, without waiting: tokio learns of bytes
     /// only when a worker polls its I/O driver, which a polling reader would otherwise wait
-    /// for (as rpc-core's readers read theirs, `rpc-core/src/tcp_socket.rs`).
+    /// for (as rpc-core's readers read theirs, `rpc-core/src/socket.rs`).
     fn read_now(&self, read: &mut BytesMut) -> std::io::Result<usize> {
         read.reserve(4096);
         let spare = read.spare_capacity_mut();
@@ -523,7 +523,7 @@ async fn take_turn() {
 const MAX_MARK: usize = 128 * 1024;
 
 /// A TCP socket's receive low-water mark (`SO_RCVLOWAT`, on Linux), moved as rpc-core's readers
-/// move theirs (`rpc-core/src/tcp_socket.rs`): raised, while the rest of a large frame comes in,
+/// move theirs (`rpc-core/src/socket.rs`): raised, while the rest of a large frame comes in,
 /// to what is missing of it, up to [`MAX_MARK`] and half the socket's receive buffer, so that
 /// the reader is woken once much of it has come rather than at every segment; back to one byte
 /// between frames. The mark never passes what is missing, which the peer sends whole.

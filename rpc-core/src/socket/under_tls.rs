@@ -126,8 +126,7 @@ mod tests {
         let watched = accepted.try_clone().expect("a second handle");
         let mut stream = TcpUnderTls::new(TcpStream::from_std(accepted).expect("registers"));
         let mut buf = [0; 16];
-        // tokio takes a fresh socket for readable once: a first read finds nothing and clears
-        // that, with the socket empty.
+        // Nothing has come, and tokio's driver, never polled here, has seen nothing.
         assert!(poll_once(&mut stream, &mut buf).is_pending());
 
         peer.write_all(b"ping").expect("writes");
