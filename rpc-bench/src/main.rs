@@ -407,6 +407,13 @@ where
     deployment.run(workload(server))
 }
 
+/// A profile's line for sequential calls' median and p99: `scripts/instructions.sh` reads the
+/// count of calls that ends it.
+fn sequential_report((p50, p99): (f64, f64), effort: Effort) -> String {
+    let calls = workloads::latency_calls(effort);
+    format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)")
+}
+
 /// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),
 /// for a profiler to watch.
 fn profile<S: System>(setup: Setup, workload: String) -> String {
@@ -415,9 +422,7 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
     let server = deployment.server.clone();
     if workload == "latency-main" {
         let sequential = workloads::sequential_from_here::<S>(server.addr, effort);
-        let (p50, p99) = deployment.run_here(sequential);
-        let calls = workloads::latency_calls(effort);
-        return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
+        return sequential_report(deployment.run_here(sequential), effort);
     }
     deployment.run(async move {
         let mut client = S::connect(server.addr).await;
@@ -456,9 +461,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 };
             }
             "latency" => {
-                let (p50, p99) = workloads::latency::<S>(&mut client, effort).await;
-                let calls = workloads::latency_calls(effort);
-                return format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)");
+                let quantiles = workloads::latency::<S>(&mut client, effort).await;
+                return sequential_report(quantiles, effort);
             }
             "spaced" => {
                 let (p50, calls) = workloads::spaced::<S>(&mut client, effort).await;

@@ -67,8 +67,8 @@ pub(crate) struct Socket {
     mark: u32,
     /// Lowered to judge the peer's silence: not raised again until bytes have been read.
     held_low: bool,
-    /// Whether the mark is moved: a TCP socket's, not a Unix socket's (the module's doc).
-    moves_mark: bool,
+    /// A TCP socket, whose mark is moved; a Unix socket's is not (the module's doc).
+    tcp: bool,
 }
 
 /// Whether a read of the TCP stream under another layer (TLS) that tokio finds nothing for
@@ -115,18 +115,18 @@ impl Socket {
     }
 
     #[cfg(target_os = "linux")]
-    fn new(fd: std::os::fd::RawFd, moves_mark: bool) -> Socket {
+    fn new(fd: std::os::fd::RawFd, tcp: bool) -> Socket {
         Socket {
             fd,
             mark: 1,
             held_low: false,
-            moves_mark,
+            tcp,
         }
     }
 
     /// Whether this is a TCP socket.
     pub(crate) fn is_tcp(&self) -> bool {
-        self.moves_mark
+        self.tcp
     }
 
     /// Before waiting for more of a large frame of which `missing` bytes have not come: raises
@@ -134,7 +134,7 @@ impl Socket {
     /// it to `missing` if it is above. A failure leaves the mark where it was, which only
     /// costs wakeups.
     pub(crate) fn before_waiting_for(&mut self, missing: usize) {
-        if !self.moves_mark {
+        if !self.tcp {
             return;
         }
         if self.held_low || missing <= 1 {
