@@ -433,7 +433,7 @@ impl Connection {
             return Err(Failure::NotRun(self.pending.close_reason()));
         }
         if let Some(calls_sent) = &self.calls_sent {
-            calls_sent.now();
+            calls_sent.now_from_here();
         }
         let upload = upload.zip(credit).map(|(items, credit)| {
             Upload::start(id, items, credit, &self.outbox, self.server.max_frame_len)
