@@ -445,7 +445,10 @@ fn a_clients_reader_on_a_multi_thread_runtime_polls_while_a_call_is_in_flight() 
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two
 /// parts) go through as they do without busy polling, on the default multi-thread runtime,
-/// between ends that take each other for other processes'.
+/// between ends that take each other for other processes'. The test's body runs in `block_on`,
+/// as a `#[tokio::main]` function's does: its calls are made off the runtime's workers, whose
+/// answers the client's reader polls for yielding its thread between looks; calls from a
+/// spawned task, in between, go through as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
     let window = Duration::from_micros(100);
@@ -468,6 +471,18 @@ async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
 
     for i in 0..200 {
         assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
+    }
+    let from_a_task = client.clone();
+    let spawned = tokio::spawn(async move {
+        for i in 0..50 {
+            assert_eq!(from_a_task.add(i, 2).await.expect("add"), i + 2);
+        }
+    });
+    within("calls from a task", spawned)
+        .await
+        .expect("the task");
+    for i in 0..50 {
+        assert_eq!(client.add(i, 3).await.expect("add"), i + 3);
     }
     let calls = (0..64).map(|i| {
         let client = client.clone();
