@@ -43,6 +43,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 
 #[cfg(feature = "tls")]
 mod under_tls;
@@ -55,8 +56,8 @@ pub(crate) use under_tls::TcpUnderTls;
 /// this one measured within the noise of none (docs/benchmark-history.md).
 pub(crate) const MAX_MARK: usize = 128 * 1024;
 
-/// The TCP socket a connection's reader reads: its receive low-water mark as the reader moves
-/// it, and reads past tokio.
+/// The socket a connection's reader reads, TCP or Unix: a TCP socket's receive low-water mark
+/// as the reader moves it, and reads past tokio.
 #[derive(Debug)]
 pub(crate) struct Socket {
     /// The socket, borrowed for as long as the reader holding this holds its read half.
@@ -69,6 +70,22 @@ pub(crate) struct Socket {
     held_low: bool,
     /// A TCP socket, whose mark is moved; a Unix socket's is not (the module's doc).
     tcp: bool,
+}
+
+/// Makes `read`, a read past tokio, as tokio makes its own: only while the task has budget
+/// left, and spending it when the read brings something (bytes, the end or an error), so that a
+/// peer whose bytes keep coming cannot keep its reader from yielding to the other tasks on its
+/// thread. Pending if the budget is spent or nothing has come.
+pub(crate) fn poll_past_tokio(
+    cx: &mut Context<'_>,
+    read: impl FnOnce() -> Option<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    let budget = ready!(tokio::task::coop::poll_proceed(cx));
+    let Some(read) = read() else {
+        return Poll::Pending;
+    };
+    budget.made_progress();
+    Poll::Ready(read)
 }
 
 /// Whether a read of the TCP stream under another layer (TLS) that tokio finds nothing for

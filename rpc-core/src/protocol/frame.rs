@@ -19,7 +19,7 @@ use super::tail::{self, Split, Tail};
 use crate::RpcError;
 use crate::alarm::Alarm;
 use crate::slots::CallSlots;
-use crate::socket::{ReadsPastTokio, Socket};
+use crate::socket::{self, ReadsPastTokio, Socket};
 use crate::stream::Streams;
 use crate::telemetry::Traffic;
 
@@ -389,14 +389,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let Some(socket) = &self.socket else {
             return Poll::Pending;
         };
-        let budget = ready!(tokio::task::coop::poll_proceed(cx));
-        let read = socket
-            .read_now(&mut self.buf)
-            .map_or(Poll::Pending, Poll::Ready);
-        if read.is_ready() {
-            budget.made_progress();
-        }
-        read
+        socket::poll_past_tokio(cx, || socket.read_now(&mut self.buf))
     }
 
     /// Whether a read that tokio finds nothing for looks at the socket past tokio: the reader

@@ -3,12 +3,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{ReadsPastTokio, sys};
+use super::{ReadsPastTokio, poll_past_tokio, sys};
 
 /// A TCP stream under a TLS session: read and written through tokio, but for a read that tokio
 /// finds nothing for while [`ReadsPastTokio`] is on, which reads the socket itself, as a busy
@@ -37,17 +37,10 @@ impl TcpUnderTls {
         Arc::clone(&self.reads_past_tokio)
     }
 
-    /// Reads what has come past tokio: as a read through tokio would, spending the task's
-    /// budget, and none once it is spent. Pending if nothing has.
+    /// Reads what has come past tokio, as a read through tokio would ([`poll_past_tokio`]).
+    /// Pending if nothing has.
     fn poll_read_now(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let budget = ready!(tokio::task::coop::poll_proceed(cx));
-        match sys::read_now_into(&self.stream, buf) {
-            Some(read) => {
-                budget.made_progress();
-                Poll::Ready(read.map(drop))
-            }
-            None => Poll::Pending,
-        }
+        poll_past_tokio(cx, || sys::read_now_into(&self.stream, buf)).map_ok(drop)
     }
 }
 
