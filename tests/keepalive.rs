@@ -45,6 +45,38 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     silent_server.abort();
 }
 
+/// A client's reader polling for its call's answer, within a window far longer than the
+/// keep-alive's timeout, watches for silence all the same: a server that reads the call and
+/// then says nothing is found silent, and the call fails, rather than wait for the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_polling_for_an_answer_detects_a_server_gone_silent() {
+    let (listener, addr) = loopback_listener().await;
+    let silent_server = tokio::spawn(async move {
+        let (mut raw, _) = RawClient::accept(&listener).await;
+        raw.send(&lab_hello(lab_methods(), 50, 0)).await;
+        // The call is read and never answered; then nothing, the connection held open.
+        raw.read_frame().await.expect("the request");
+        raw.read_frame().await;
+        raw
+    });
+    let client = LabClient::builder()
+        .keepalive(INTERVAL, TIMEOUT)
+        .busy_poll(Duration::from_secs(3600))
+        .connect(addr)
+        .await
+        .expect("connects");
+    match within("a call to a silent server", client.add(1, 2)).await {
+        Err(RpcError::Interrupted { cause, .. }) => {
+            assert!(
+                matches!(*cause, RpcError::KeepaliveTimeout(silence) if silence == TIMEOUT),
+                "{cause}"
+            );
+        }
+        other => panic!("expected Interrupted by the keep-alive timeout, got {other:?}"),
+    }
+    silent_server.abort();
+}
+
 /// A client's reader that has answered its only call waits for the next call rather than poll
 /// (busy polling on a runtime of several workers, its server elsewhere as far as it can tell),
 /// and watches for silence all the same: a server that answers and then says nothing is found

@@ -432,6 +432,11 @@ impl Connection {
             self.pending.forget(id);
             return Err(Failure::NotRun(self.pending.close_reason()));
         }
+        // Told after the request went out: a reader woken by it then overlaps no write. A
+        // request written straight through may be answered, and its answer read, before this
+        // runs on, and the reader then polls one window for nothing (bounded by its window,
+        // which such polls in vain shrink). Told before the write, calls made from `main`
+        // took a median 2–3 µs longer (four interleaved pairs, 2026-12-06).
         if let Some(calls_sent) = &self.calls_sent {
             calls_sent.now_from_here();
         }

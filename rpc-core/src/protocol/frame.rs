@@ -295,12 +295,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if let Some(share) = &mut self.share {
             share.waiting_for_peer();
         }
-        if self.poll_again(cx) {
-            return Poll::Pending;
-        }
+        let polls_again = self.poll_again(cx);
         // An empty buffer that holds a large allocation gives it up if nothing comes for a
-        // while.
-        if self.splitting.is_none() && self.buf.is_empty() && self.holds_large {
+        // while: a reader that waits for its bytes, not one that polls for them.
+        if !polls_again && self.splitting.is_none() && self.buf.is_empty() && self.holds_large {
             let idle = self
                 .large_idle
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(LARGE_BUFFER_IDLE)));
@@ -310,9 +308,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Poll::Ready(Ok(None));
             }
         }
-        // Only a read that waits has a silence to time. No bytes come in during it but its own:
-        // the silence ends where it ends now. A limit past the clock's range, from a peer's
-        // absurd ping interval, is no limit.
+        // A read that found nothing has a silence to time, whether it waits or polls again: a
+        // reader polling within a window longer than the limit, or kept polling by calls sent
+        // to a peer that answers none, would otherwise never find the peer silent. No bytes
+        // come in during it but its own: the silence ends where it ends now. A limit past the
+        // clock's range, from a peer's absurd ping interval, is no limit.
         let Some((limit, silent_until)) = self
             .silence_limit
             .and_then(|limit| Some((limit, self.last_read.checked_add(limit)?)))
