@@ -3,8 +3,9 @@
 //! runs in another process or on another runtime of this one; calls, streams and large byte
 //! strings go through as without it; once the window is over the thread sleeps again; a peer
 //! on the same runtime is polled for only after a read that brought several frames at once, by
-//! a server or by a client; and a client's reader on a multi-thread runtime polls while a call
-//! is in flight, not once its only call is answered.
+//! a server or by a client; a client's reader on a multi-thread runtime polls while a call
+//! is in flight, not once its only call is answered; and a call made off the runtime's workers
+//! polls for its answer itself.
 //!
 //! Each end runs on a single-thread runtime of its own (the client of the last, on two workers)
 //! that watches its threads go to sleep and wake (`on_thread_park`, `on_thread_unpark`): a
@@ -441,6 +442,39 @@ fn a_clients_reader_on_a_multi_thread_runtime_polls_while_a_call_is_in_flight() 
         let answer = within("the answer", call).await.expect("the call's task");
         assert_eq!(answer.expect("wait"), "gate");
     });
+}
+
+/// A call made off the runtime's workers, in `block_on` as a `#[tokio::main]` function's body
+/// makes it, polls for its answer itself, on its own thread: while it is in flight within the
+/// window, every worker sleeps (where a call made from a task keeps one awake, its reader
+/// polling there: the test above).
+#[test]
+fn a_call_made_off_the_workers_polls_for_its_own_answer() {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, _) = start_server(Some(Duration::ZERO), lab);
+    let addr = relay_to(addr);
+    let (runtime, workers) = watched_multi_thread_runtime();
+    let client = runtime.block_on(called_once(addr, Some(FOREVER)));
+    // Watched from a thread of its own, while the call waits in `block_on`.
+    let watcher = std::thread::spawn(move || {
+        let (watching, _) = watched_runtime();
+        watching.block_on(async move {
+            assert_eq!(within("the call", probe.next_event()).await, "waiting gate");
+            workers.watch();
+            // The spell watched: the handler holds the call, well within the window.
+            tokio::time::sleep(QUIET).await;
+            let all_slept = workers.all_slept();
+            probe.open("gate");
+            all_slept
+        })
+    });
+    let answer = runtime.block_on(within("the answer", client.wait("gate".to_owned())));
+    assert_eq!(answer.expect("wait"), "gate");
+    assert!(
+        watcher.join().expect("the watcher"),
+        "with a call made off the workers in flight, every worker sleeps"
+    );
 }
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two

@@ -79,6 +79,36 @@ async fn a_slow_call_does_not_hold_back_the_fast_ones_behind_it() {
     assert_eq!(slow.expect("slow call"), "slow");
 }
 
+/// A call made off the runtime's workers (this test's body runs in `block_on`) reads its own
+/// answer, driving the connection's reader while it waits; polled once and then left aside, it
+/// keeps no other call waiting for theirs: a call from a task, and another from `block_on`,
+/// are answered meanwhile, and the call left aside is answered once polled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_aside_off_the_workers_keeps_no_other_call_waiting() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let mut aside = Box::pin(client.wait("aside".into()));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        aside.as_mut().poll(&mut cx).is_pending(),
+        "held at its gate"
+    );
+
+    let from_a_task = tokio::spawn({
+        let client = client.clone();
+        async move { client.add(1, 2).await }
+    });
+    let answer = within("a call from a task", from_a_task).await;
+    assert_eq!(answer.expect("joins").expect("add"), 3);
+    let answer = within("another call from block_on", client.add(3, 4)).await;
+    assert_eq!(answer.expect("add"), 7);
+
+    client.open("aside".into()).await.expect("open");
+    let answer = within("the call left aside", aside).await;
+    assert_eq!(answer.expect("wait"), "aside");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_calls_on_one_client_complete() {
     let client = LabClient::connect(start_tcp().await)

@@ -231,6 +231,13 @@ impl CallSlots {
         self.taken.load(Ordering::Relaxed)
     }
 
+    /// How many slots are taken, sequentially consistent with their taking and giving back:
+    /// of two calls, one taking a slot and then looking at a flag, the other setting the flag
+    /// and then looking here, one sees the other's.
+    pub(crate) fn taken_now(&self) -> usize {
+        self.taken.load(Ordering::SeqCst)
+    }
+
     /// Whether at most one call is in flight.
     pub(crate) fn lone_call(&self) -> bool {
         self.taken() <= 1

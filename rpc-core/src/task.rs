@@ -1,5 +1,5 @@
-//! Tying a spawned task's life to its owner's, bounding work by a deadline, and giving the
-//! other ready tasks a turn.
+//! Tying a spawned task's life to its owner's, bounding work by a deadline, giving the other
+//! ready tasks a turn, and telling a task from code run off the runtime's workers.
 
 use std::future::Future;
 use std::task::Poll;
@@ -125,6 +125,12 @@ pub(crate) async fn until<F: Future>(
     .await
 }
 
+/// Whether the code running now is off the runtime's workers: not a task, but a future driven
+/// by `block_on`, as `#[tokio::main]`'s body is, on a thread of its own.
+pub(crate) fn is_off_the_workers() -> bool {
+    tokio::task::try_id().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -187,5 +193,19 @@ mod tests {
         assert!(running.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.get(), 1, "one poll in the turn");
         assert_eq!(running.await, Ok(2));
+    }
+
+    /// Code run in `block_on`'s future is off the workers; code run in a spawned task is not.
+    #[test]
+    fn a_future_driven_by_block_on_is_off_the_workers() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("a runtime");
+        assert!(runtime.block_on(async { is_off_the_workers() }));
+        let in_task = runtime
+            .block_on(runtime.spawn(async { is_off_the_workers() }))
+            .expect("the task");
+        assert!(!in_task);
     }
 }

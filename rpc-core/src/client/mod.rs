@@ -33,6 +33,7 @@ mod local;
 mod pending;
 mod pool;
 mod retry;
+mod shared_reader;
 
 pub use address::ServerAddr;
 pub use callers::CallerPool;

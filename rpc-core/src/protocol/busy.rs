@@ -227,12 +227,6 @@ impl CallSent {
         self.sent.load(Ordering::Acquire)
     }
 
-    /// A call went out from the code running now: [`CallSent::now`], off the workers unless
-    /// this is a task (a future driven by `block_on` is none).
-    pub(crate) fn now_from_here(&self) {
-        self.now(tokio::task::try_id().is_none());
-    }
-
     /// Whether the last call went out from a thread off the runtime's workers.
     fn off_workers(&self) -> bool {
         self.off_workers.load(Ordering::Relaxed)
@@ -380,9 +374,10 @@ impl BusyPoll {
 
     /// Whether a client's reader that polls yields its thread between looks: one on a runtime of
     /// several workers ([`BusyPoll::count_calls`]) whose last call went out from a thread off
-    /// them ([`CallSent::now`]).
+    /// them ([`CallSent::now`]), polled by its task on a worker. Polled by that caller itself
+    /// (`client::shared_reader`), it does not: the thread it would yield is the caller's.
     fn yields_thread(&self) -> bool {
-        self.waits_for_calls && self.calls.off_workers()
+        self.waits_for_calls && self.calls.off_workers() && !crate::task::is_off_the_workers()
     }
 
     /// Whether the last read's frames allow polling.
@@ -727,45 +722,41 @@ mod tests {
         assert!(busy.polls_now(), "each polls on within its window");
     }
 
-    /// A client's reader on a runtime of several workers yields its thread between looks while
-    /// its last call went out from a thread off the workers, and not once one goes out from a
-    /// task; a reader whose client does not wait for calls (on a single-thread runtime) never
-    /// does.
+    /// A client's reader on a runtime of several workers, polled by its task, yields its thread
+    /// between looks while its last call went out from a thread off the workers, and not once
+    /// one goes out from a task; polled by that caller itself, off the workers, it does not; a
+    /// reader whose client does not wait for calls (on a single-thread runtime) never does.
     #[test]
     fn a_reader_yields_its_thread_while_its_last_call_came_from_off_the_workers() {
-        let in_flight = CallSlots::new(usize::MAX);
-        let _call = in_flight.try_take().expect("a slot");
-        let busy = answered(&in_flight, true);
-        assert!(!busy.yields_thread(), "no call sent yet");
-        busy.calls().now(true);
-        assert!(busy.yields_thread(), "sent from off the workers");
-        busy.calls().now(false);
-        assert!(!busy.yields_thread(), "the next from a task");
-
-        let single = answered(&in_flight, false);
-        single.calls().now(true);
-        assert!(
-            !single.yields_thread(),
-            "one runtime thread: no other to yield to"
-        );
-    }
-
-    /// A call is sent from off the workers when made in `block_on`'s future, as
-    /// `#[tokio::main]`'s body is, and from a task when made in a spawned one.
-    #[test]
-    fn a_call_made_in_block_on_is_sent_from_off_the_workers() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
             .expect("a runtime");
-        let sent = Arc::new(CallSent::default());
-        runtime.block_on(async { sent.now_from_here() });
-        assert!(sent.off_workers(), "made in block_on");
-        let spawned = Arc::clone(&sent);
-        runtime
-            .block_on(runtime.spawn(async move { spawned.now_from_here() }))
-            .expect("the task");
-        assert!(!sent.off_workers(), "made in a task");
+        let on_a_worker = |busy: BusyPoll| {
+            runtime
+                .block_on(runtime.spawn(async move { (busy.yields_thread(), busy) }))
+                .expect("the task")
+        };
+        let in_flight = CallSlots::new(usize::MAX);
+        let _call = in_flight.try_take().expect("a slot");
+        let busy = answered(&in_flight, true);
+        let (yields, busy) = on_a_worker(busy);
+        assert!(!yields, "no call sent yet");
+        busy.calls().now(true);
+        let (yields, busy) = on_a_worker(busy);
+        assert!(yields, "sent from off the workers");
+        assert!(
+            !busy.yields_thread(),
+            "polled by the caller, off the workers"
+        );
+        busy.calls().now(false);
+        let (yields, _) = on_a_worker(busy);
+        assert!(!yields, "the next from a task");
+
+        let single = answered(&in_flight, false);
+        single.calls().now(true);
+        let (yields, _) = on_a_worker(single);
+        assert!(!yields, "one runtime thread: no other to yield to");
     }
 
     /// Every second time in a row that a reader polls through its window in vain, it polls for
