@@ -258,16 +258,17 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// core from the caller about to send the next call (across two processes, the benchmark's
     /// sequential p99 was 25.8–36.3 µs waiting so, against 27.2–128.9 polling, in five pairs by
     /// hand, 2026-12-06).
-    /// Calls made in a `#[tokio::main]` function itself, on the thread that runs the runtime
-    /// rather than on one of its workers, gain less: the reader, on a worker, wakes that thread
-    /// with each answer, and the next call wakes the reader's worker, so each pays two wakeups.
-    /// While it polls for the answer to such a call, the reader yields its thread between
-    /// looks, so that the caller's thread, one more than the workers, does not wait for a core
-    /// the reader holds: across two processes on two cores, such calls' p99 went from 78–128
-    /// µs to 23.5–28.6, their median from 11.7–12.2 µs to 14.1–15.6 (four interleaved pairs,
-    /// 2026-12-06), where the same calls made from a spawned task took about 9 and 17–35. A
-    /// program that makes calls one at a time gets the lowest latency by making them from a
-    /// task it spawns.
+    /// A call made in a `#[tokio::main]` function itself, on the thread that runs the runtime
+    /// rather than on one of its workers, polls the connection's reader itself while it waits, when
+    /// it is the connection's only call in flight and no stream is open: its own thread polls, and
+    /// reads its answer, so that neither the answer nor the next call wakes a thread. Across two
+    /// processes on two cores, such calls' median went from 11.3–13.3 µs to 7.6–12.2 (the floor's,
+    /// a program with no framework, 7.1–11.4) and their p99 from 16.6–21.5 µs to 17.0–46.3 (the
+    /// floor's 13.3–39.9), in six interleaved rounds by hand (2026-12-06): a longer tail, the
+    /// caller's thread polling on a core it shares. Another call in flight, or a stream open, hands
+    /// the reader back to its task, which yields its thread between looks for the answer to such a
+    /// call, so that the caller's thread, one more than the workers, does not wait for a core the
+    /// reader holds.
     /// A connection with a stream open, either way, does not poll: its items keep the reader
     /// busy while they flow, and polling between them took CPU time the sender needed (a
     /// stream of small items went a third slower with it). Nor does a reader amid a frame of

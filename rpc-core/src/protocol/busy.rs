@@ -48,8 +48,10 @@
 //!   only call in flight does not poll, but waits for the next call to be sent, which wakes it
 //!   to poll for that call's answer ([`BusyPoll::wait_for_call`]): no answer is on its way, and
 //!   its polling took the core that its caller needed to send the next call.
-//! - A client's reader on such a runtime that polls for the answer to a call made off its
-//!   workers, in a `block_on` as `#[tokio::main]`'s body is, yields its thread between looks
+//! - A call made off such a runtime's workers, in a `block_on` as `#[tokio::main]`'s body is,
+//!   mostly polls the reader itself while it waits (`client::shared_reader`), and its thread
+//!   polls then. A reader that its task polls for the answer to such a call (one another caller
+//!   drives, or one crowded by other calls) yields its thread between looks
 //!   ([`BusyPoll::poll_again`]): the caller's thread is one more than the workers, and on two
 //!   cores, with the reader and its server both polling, a caller woken with its answer waited
 //!   at times for one of them to be preempted.
