@@ -63,6 +63,8 @@ pub(crate) struct Connection {
     serving_back: Option<ServingBack>,
     /// With busy polling on, where each call sent tells the reader an answer is on its way.
     calls_sent: Option<Arc<CallSent>>,
+    /// The server runs on this runtime: only calls made off its workers tell `calls_sent`.
+    server_nearby: bool,
     /// Over TCP, this connection's end in this process's table of them, for as long as it
     /// lives.
     _end: Option<End>,
@@ -228,9 +230,9 @@ impl Connection {
         writer.set_stall_limit(config.keepalive.map(|keepalive| keepalive.timeout));
 
         let slots = CallSlots::new(server.max_concurrent_calls.unwrap_or(usize::MAX));
-        // There a lone call's answer is not polled for: its callers need not say when a call
+        // There a lone call's answer is polled for only by a caller off the runtime's workers
+        // that drives the reader (`BusyPoll::batches_only`): only such callers say when a call
         // went out.
-        let calls_sent = calls_sent.filter(|_| !nearby);
         // Having answered its only call in flight, the reader waits for the next call rather
         // than poll, where a turn it took could wake a second worker of the runtime to displace
         // the caller's: unless the server calls back, whose calls it polls on for.
@@ -303,6 +305,7 @@ impl Connection {
             shared_reader,
             serving_back: serving,
             calls_sent,
+            server_nearby: nearby,
             _end: end,
         }))
     }
@@ -460,7 +463,9 @@ impl Connection {
         // runs on, and the reader then polls one window for nothing (bounded by its window,
         // which such polls in vain shrink). Told before the write, calls made from `main`
         // took a median 2–3 µs longer (four interleaved pairs, 2026-12-06).
-        if let Some(calls_sent) = &self.calls_sent {
+        if let Some(calls_sent) = &self.calls_sent
+            && (off_workers || !self.server_nearby)
+        {
             calls_sent.now(off_workers);
         }
         let upload = upload.zip(credit).map(|(items, credit)| {
@@ -718,6 +723,9 @@ async fn answer_driving(answer: ReplyFuture<'_>, driving: &Driving) -> Option<Re
         if driving.drive(cx) {
             return Pin::new(&mut answer).poll(cx);
         }
+        // The reader's task has it for a turn, a short one: looked at again at once, rather
+        // than after a wake from the task's worker, which the caller's thread would sleep for.
+        cx.waker().wake_by_ref();
         Poll::Pending
     })
     .await

@@ -275,17 +275,21 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// 64 KiB or more, or after one until its next bytes: those come at the pace of the copies
     /// that move them, and polling for them slowed 1 MiB echoes.
     ///
-    /// A server on the same runtime (one of this crate's, over TCP) is polled for only after a
-    /// read that brought several answers: where a call's two ends share a runtime they meet
-    /// without a thread to wake, and the benchmark's sequential calls were slower with polling
-    /// (20.8 µs against 5.4), but pipelined callers' answers come sooner than a sleeping worker
-    /// wakes (32 callers on one connection, on two cores: 358–393k calls/s against 303–343k).
-    /// The server polls for such a client likewise, after a read that brought several of its
-    /// requests. A server in this process over a Unix socket is never polled for, nor one
-    /// reached through [`connect_stream`](ClientBuilder::connect_stream), which cannot be
-    /// placed; one on another runtime of this process is, as another process's: its threads
-    /// are its own. It pairs with the server's [`busy_poll`](crate::ServerBuilder::busy_poll);
-    /// a zero window turns it off.
+    /// A server on the same runtime (one of this crate's, over TCP) is polled for only after a read
+    /// that brought several answers: where a call's two ends share a runtime they meet without a
+    /// thread to wake, and the benchmark's sequential calls were slower with polling (20.8 µs
+    /// against 5.4), but pipelined callers' answers come sooner than a sleeping worker wakes (32
+    /// callers on one connection, on two cores: 358–393k calls/s against 303–343k). The server
+    /// polls for such a client likewise, after a read that brought several of its requests. But a
+    /// call made off the runtime's workers (in `#[tokio::main]`'s body), which polls the reader
+    /// itself, polls for its answer as for a server elsewhere: its two ends are on two threads, the
+    /// caller's and a worker, and the caller would otherwise sleep until a worker found its answer
+    /// (by hand, such calls' median went from 19.9–21.5 µs to 12.8–13.7, the floor's 15.7–16.5, in
+    /// three interleaved rounds, 2026-12-06). A server in this process over a Unix socket is never
+    /// polled for, nor one reached through [`connect_stream`](ClientBuilder::connect_stream), which
+    /// cannot be placed; one on another runtime of this process is, as another process's: its
+    /// threads are its own. It pairs with the server's
+    /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self

@@ -351,7 +351,7 @@ impl BusyPoll {
     /// callers the same within noise.
     pub(super) fn wait_for_call(&mut self, cx: &mut Context<'_>) -> bool {
         let alone = self.waits_for_calls
-            && !self.after_batches_only
+            && !self.batches_only()
             && self.frames_since_read == 1
             && self.in_flight.as_deref().is_some_and(CallSlots::lone_call);
         if !alone || !self.calls.wait(cx.waker()) {
@@ -379,12 +379,24 @@ impl BusyPoll {
     /// them ([`CallSent::now`]), polled by its task on a worker. Polled by that caller itself
     /// (`client::shared_reader`), it does not: the thread it would yield is the caller's.
     fn yields_thread(&self) -> bool {
-        self.waits_for_calls && self.calls.off_workers() && !crate::task::is_off_the_workers()
+        self.waits_for_calls
+            && !self.after_batches_only
+            && self.calls.off_workers()
+            && !crate::task::is_off_the_workers()
     }
 
     /// Whether the last read's frames allow polling.
     fn batch_allows(&self) -> bool {
-        !self.after_batches_only || self.frames_since_read >= BATCH
+        !self.batches_only() || self.frames_since_read >= BATCH
+    }
+
+    /// Whether the reader polls only after batches now: if it is to
+    /// ([`BusyPoll::after_batches_only`]), unless a caller off the runtime's workers polls it
+    /// (`client::shared_reader`). A call's two ends then run on two threads, the caller's and a
+    /// worker, as they do with the peer elsewhere, and the caller polls for its answer as it
+    /// would there, rather than sleep until a worker finds the answer and wakes it.
+    fn batches_only(&self) -> bool {
+        self.after_batches_only && !crate::task::is_off_the_workers()
     }
 
     /// Where callers tell this reader of the calls they send.
@@ -554,6 +566,18 @@ mod tests {
     use super::super::writer::through_tests::Wakes;
     use super::*;
 
+    /// What `work` returns, run in a task on one of a runtime's workers, as a reader's task
+    /// polls it; the test's own thread is off the workers, as a caller driving a reader is.
+    fn on_a_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("a runtime");
+        runtime
+            .block_on(runtime.spawn(async move { work() }))
+            .expect("the task")
+    }
+
     /// The window runs from the last bytes read, or from the first look at which a call had
     /// gone out since them, whichever came later. Bytes read after a call went out start the
     /// window themselves: the call sent before them is no later reason to poll.
@@ -713,9 +737,18 @@ mod tests {
 
         let mut busy = answered(&in_flight, true);
         busy.after_batches_only();
+        let (waits, mut busy) = on_a_worker(move || {
+            let (_wakes, waker) = counted();
+            (busy.wait_for_call(&mut Context::from_waker(&waker)), busy)
+        });
         assert!(
-            !busy.wait_for_call(&mut cx),
-            "a reader polling after batches only"
+            !waits,
+            "a reader polling after batches only, polled by its task"
+        );
+        busy.calls().take();
+        assert!(
+            busy.wait_for_call(&mut cx),
+            "the same, polled off the workers by a caller driving it"
         );
 
         let mut busy = answered(&in_flight, true);
@@ -730,15 +763,7 @@ mod tests {
     /// reader whose client does not wait for calls (on a single-thread runtime) never does.
     #[test]
     fn a_reader_yields_its_thread_while_its_last_call_came_from_off_the_workers() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .expect("a runtime");
-        let on_a_worker = |busy: BusyPoll| {
-            runtime
-                .block_on(runtime.spawn(async move { (busy.yields_thread(), busy) }))
-                .expect("the task")
-        };
+        let on_a_worker = |busy: BusyPoll| on_a_worker(move || (busy.yields_thread(), busy));
         let in_flight = CallSlots::new(usize::MAX);
         let _call = in_flight.try_take().expect("a slot");
         let busy = answered(&in_flight, true);
@@ -926,31 +951,48 @@ mod tests {
     /// more, for its window as any reader, and not after one that brought one.
     #[test]
     fn a_reader_polling_after_batches_only_polls_after_a_read_of_several_frames() {
-        let most = Duration::from_secs(3600);
-        let mut busy = BusyPoll::new(most, no_streams());
+        on_a_worker(|| {
+            let most = Duration::from_secs(3600);
+            let mut busy = BusyPoll::new(most, no_streams());
+            busy.after_batches_only();
+            let (wakes, waker) = counted();
+            let mut cx = Context::from_waker(&waker);
+            busy.read();
+            busy.frame(false);
+            assert!(!busy.polls_now(), "one frame: no read past tokio");
+            assert!(!busy.poll_again(&mut cx, false), "one frame: it waits");
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+            busy.read();
+            busy.frame(false);
+            busy.frame(false);
+            assert!(busy.polls_now());
+            assert!(busy.poll_again(&mut cx, false), "two frames: it polls");
+            assert!(busy.poll_again(&mut cx, false), "and on, within its window");
+            assert_eq!(busy.window, nanos(most), "a lone frame cost no window");
+
+            busy.read();
+            busy.frame(false);
+            assert!(
+                !busy.poll_again(&mut cx, false),
+                "the next read brought one"
+            );
+        });
+    }
+
+    /// A reader polling only after batches that a caller off the runtime's workers polls
+    /// (`client::shared_reader`) polls after a read of one frame too, as a reader of a peer
+    /// elsewhere does: the call's two ends are on two threads.
+    #[test]
+    fn a_reader_polling_after_batches_only_polls_after_one_frame_when_driven_off_the_workers() {
+        let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
         busy.after_batches_only();
-        let (wakes, waker) = counted();
+        let (_wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         busy.read();
         busy.frame(false);
-        assert!(!busy.polls_now(), "one frame: no read past tokio");
-        assert!(!busy.poll_again(&mut cx, false), "one frame: it waits");
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
-
-        busy.read();
-        busy.frame(false);
-        busy.frame(false);
-        assert!(busy.polls_now());
-        assert!(busy.poll_again(&mut cx, false), "two frames: it polls");
-        assert!(busy.poll_again(&mut cx, false), "and on, within its window");
-        assert_eq!(busy.window, nanos(most), "a lone frame cost no window");
-
-        busy.read();
-        busy.frame(false);
-        assert!(
-            !busy.poll_again(&mut cx, false),
-            "the next read brought one"
-        );
+        assert!(busy.polls_now(), "one frame: a read past tokio");
+        assert!(busy.poll_again(&mut cx, true), "one frame: it polls");
     }
 
     /// A client's reader polling only after batches polls after a read of several answers
@@ -958,6 +1000,13 @@ mod tests {
     /// with more than [`FEW_CALLS`] in flight too.
     #[tokio::test(flavor = "current_thread")]
     async fn a_clients_reader_polling_after_batches_polls_whatever_its_calls_in_flight() {
+        // In a task: polled off the workers, a reader polls whatever it is to poll after.
+        tokio::spawn(polls_whatever_its_calls_in_flight())
+            .await
+            .expect("the task");
+    }
+
+    async fn polls_whatever_its_calls_in_flight() {
         let in_flight = CallSlots::new(usize::MAX);
         let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
         busy.after_batches_only();
