@@ -293,133 +293,158 @@ mod tests {
         (Arc::clone(&counts), Waker::from(counts))
     }
 
+    /// A shared reader of a [`Waits`] future, its task polled once, and a caller's waker: each
+    /// counts its wakes.
+    struct Fixture {
+        waits: Arc<Waits>,
+        reader: Arc<SharedReader>,
+        task: Pin<Box<dyn Future<Output = ()> + Send>>,
+        task_wakes: Arc<Counts>,
+        task_waker: Waker,
+        caller_wakes: Arc<Counts>,
+        caller_waker: Waker,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let waits = Arc::new(Waits::default());
+            let reader = SharedReader::new(waits.future());
+            let task = Box::pin(Arc::clone(&reader).task());
+            let (task_wakes, task_waker) = counting();
+            let (caller_wakes, caller_waker) = counting();
+            let mut fixture = Fixture {
+                waits,
+                reader,
+                task,
+                task_wakes,
+                task_waker,
+                caller_wakes,
+                caller_waker,
+            };
+            assert!(fixture.poll_task().is_pending());
+            fixture
+        }
+
+        fn poll_task(&mut self) -> Poll<()> {
+            let mut cx = Context::from_waker(&self.task_waker);
+            self.task.as_mut().poll(&mut cx)
+        }
+
+        /// Starts driving for a caller that is alone as long as `alone` says.
+        fn start_driving(&self, alone: impl FnMut() -> bool) -> Option<Driving> {
+            self.reader.start_driving(&self.caller_waker, alone)
+        }
+
+        fn drive(&self, driving: &Driving) -> bool {
+            driving.drive(&Context::from_waker(&self.caller_waker))
+        }
+
+        fn task_wakes(&self) -> usize {
+            self.task_wakes.0.load(Ordering::SeqCst)
+        }
+
+        fn caller_wakes(&self) -> usize {
+            self.caller_wakes.0.load(Ordering::SeqCst)
+        }
+
+        fn polls(&self) -> usize {
+            self.waits.polls.load(Ordering::SeqCst)
+        }
+    }
+
     #[test]
     fn while_a_caller_drives_the_reader_its_wakes_go_to_the_caller_and_after_to_the_task() {
-        let waits = Arc::new(Waits::default());
-        let reader = SharedReader::new(waits.future());
-        let mut task = Box::pin(Arc::clone(&reader).task());
-        let (task_wakes, task_waker) = counting();
-        let (caller_wakes, caller_waker) = counting();
-        let mut task_cx = Context::from_waker(&task_waker);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
-
-        let driving = reader
-            .start_driving(&caller_waker, || true)
-            .expect("nobody drives yet");
+        let mut fixture = Fixture::new();
+        let driving = fixture.start_driving(|| true).expect("nobody drives yet");
         assert!(
-            reader.start_driving(&caller_waker, || true).is_none(),
+            fixture.start_driving(|| true).is_none(),
             "one caller at a time"
         );
         // Registered by the task with its own waker: that wake still reaches the task.
-        waits.wake();
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
-        assert_eq!(waits.polls.load(Ordering::SeqCst), 2);
+        fixture.waits.wake();
+        assert_eq!(fixture.task_wakes(), 1);
+        assert!(fixture.drive(&driving));
+        assert_eq!(fixture.polls(), 2);
         // Registered by the caller's turn: the wake goes to the caller.
-        waits.wake();
-        assert_eq!(caller_wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        fixture.waits.wake();
+        assert_eq!(fixture.caller_wakes(), 1);
+        assert_eq!(fixture.task_wakes(), 1);
         // The caller stops with that wake not yet polled for: it takes one more turn itself
         // rather than wake the task.
         drop(driving);
-        assert_eq!(waits.polls.load(Ordering::SeqCst), 3);
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(fixture.polls(), 3);
+        assert_eq!(fixture.task_wakes(), 1);
         // What that turn waits for wakes the task.
-        waits.wake();
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 2);
-        assert_eq!(caller_wakes.0.load(Ordering::SeqCst), 1);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
-        assert_eq!(waits.polls.load(Ordering::SeqCst), 4);
+        fixture.waits.wake();
+        assert_eq!(fixture.task_wakes(), 2);
+        assert_eq!(fixture.caller_wakes(), 1);
+        assert!(fixture.poll_task().is_pending());
+        assert_eq!(fixture.polls(), 4);
         // Polled by the task since, with the route's waker: it wakes the task.
-        waits.wake();
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 3);
-        assert_eq!(caller_wakes.0.load(Ordering::SeqCst), 1);
+        fixture.waits.wake();
+        assert_eq!(fixture.task_wakes(), 3);
+        assert_eq!(fixture.caller_wakes(), 1);
     }
 
     #[test]
     fn a_call_that_crowds_a_driven_reader_sends_its_wakes_to_the_task_and_wakes_it() {
-        let waits = Arc::new(Waits::default());
-        let reader = SharedReader::new(waits.future());
-        let mut task = Box::pin(Arc::clone(&reader).task());
-        let (task_wakes, task_waker) = counting();
-        let (caller_wakes, caller_waker) = counting();
-        let mut task_cx = Context::from_waker(&task_waker);
-        let task_wakes = move || task_wakes.0.load(Ordering::SeqCst);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
-
-        let not_alone = reader.start_driving(&caller_waker, || false);
+        let mut fixture = Fixture::new();
+        let not_alone = fixture.start_driving(|| false);
         assert!(not_alone.is_none(), "a call not alone does not drive");
-        reader.crowd_if_driven();
-        assert_eq!(task_wakes(), 0, "nobody drives");
+        fixture.reader.crowd_if_driven();
+        assert_eq!(fixture.task_wakes(), 0, "nobody drives");
 
-        let driving = reader.start_driving(&caller_waker, || true);
-        let driving = driving.expect("alone");
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
-        reader.crowd_if_driven();
-        assert_eq!(task_wakes(), 1, "woken to take a turn");
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
-        waits.wake();
-        assert_eq!(task_wakes(), 2, "what the reader waits for wakes the task");
-        assert_eq!(caller_wakes.0.load(Ordering::SeqCst), 0);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
+        let driving = fixture.start_driving(|| true).expect("alone");
+        assert!(fixture.drive(&driving));
+        fixture.reader.crowd_if_driven();
+        assert_eq!(fixture.task_wakes(), 1, "woken to take a turn");
+        assert!(fixture.poll_task().is_pending());
+        fixture.waits.wake();
+        assert_eq!(
+            fixture.task_wakes(),
+            2,
+            "what the reader waits for wakes the task"
+        );
+        assert_eq!(fixture.caller_wakes(), 0);
+        assert!(fixture.poll_task().is_pending());
         drop(driving);
 
         // Found crowded right after it was taken: the task hears at once.
         let mut looks = [true, false].into_iter();
-        let driving = reader.start_driving(&caller_waker, || looks.next().unwrap_or(false));
+        let driving = fixture.start_driving(|| looks.next().unwrap_or(false));
         assert!(driving.is_some());
-        assert_eq!(task_wakes(), 3);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
+        assert_eq!(fixture.task_wakes(), 3);
+        assert!(fixture.poll_task().is_pending());
         drop(driving);
 
         // Uncrowded for the next caller that finds itself alone.
-        let driving = reader.start_driving(&caller_waker, || true);
-        let driving = driving.expect("alone");
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
-        waits.wake();
-        assert_eq!(caller_wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(task_wakes(), 3);
+        let driving = fixture.start_driving(|| true).expect("alone");
+        assert!(fixture.drive(&driving));
+        fixture.waits.wake();
+        assert_eq!(fixture.caller_wakes(), 1);
+        assert_eq!(fixture.task_wakes(), 3);
     }
 
     #[test]
     fn a_caller_that_stops_after_its_turn_with_no_wake_since_leaves_the_task_asleep() {
-        let waits = Arc::new(Waits::default());
-        let reader = SharedReader::new(waits.future());
-        let mut task = Box::pin(Arc::clone(&reader).task());
-        let (task_wakes, task_waker) = counting();
-        let (_, caller_waker) = counting();
-        assert!(
-            task.as_mut()
-                .poll(&mut Context::from_waker(&task_waker))
-                .is_pending()
-        );
-        let driving = reader
-            .start_driving(&caller_waker, || true)
-            .expect("nobody drives yet");
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
+        let fixture = Fixture::new();
+        let driving = fixture.start_driving(|| true).expect("nobody drives yet");
+        assert!(fixture.drive(&driving));
         drop(driving);
-        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(fixture.task_wakes(), 0);
     }
 
     #[test]
     fn a_reader_that_ends_under_a_caller_ends_its_task() {
-        let waits = Arc::new(Waits::default());
-        let reader = SharedReader::new(waits.future());
-        let mut task = Box::pin(Arc::clone(&reader).task());
-        let (task_wakes, task_waker) = counting();
-        let (_, caller_waker) = counting();
-        let mut task_cx = Context::from_waker(&task_waker);
-        assert!(task.as_mut().poll(&mut task_cx).is_pending());
-        let driving = reader
-            .start_driving(&caller_waker, || true)
-            .expect("nobody drives yet");
-        waits.done.store(true, Ordering::SeqCst);
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
-        assert!(task_wakes.0.load(Ordering::SeqCst) >= 1);
-        assert!(task.as_mut().poll(&mut task_cx).is_ready());
+        let mut fixture = Fixture::new();
+        let driving = fixture.start_driving(|| true).expect("nobody drives yet");
+        fixture.waits.done.store(true, Ordering::SeqCst);
+        assert!(fixture.drive(&driving));
+        assert!(fixture.task_wakes() >= 1);
+        assert!(fixture.poll_task().is_ready());
         // Driven after its end, it is not polled again.
-        assert!(driving.drive(&Context::from_waker(&caller_waker)));
-        assert_eq!(waits.polls.load(Ordering::SeqCst), 2);
+        assert!(fixture.drive(&driving));
+        assert_eq!(fixture.polls(), 2);
     }
 
     #[test]
