@@ -27,7 +27,7 @@ use futures_util::task::AtomicWaker;
 type ReaderFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A connection's reader, polled by its task ([`SharedReader::task`]) or by a caller that
-/// drives it while it waits for its answer ([`SharedReader::drive`]).
+/// drives it while it waits for its answer ([`Driving::drive`]).
 pub(crate) struct SharedReader {
     /// The reader's future, `None` once it has ended. Locked only while it is polled.
     future: Mutex<Option<ReaderFuture>>,

@@ -6,7 +6,8 @@
 //! on another runtime of this one ([`crate::peer_process`]). On one runtime a call's two ends meet
 //! without a thread woken, and polling after a lone call only slows them: there a reader polls only
 //! after a read that brought several frames, a pipelining peer's, and a client's only while few of
-//! its calls are in flight ([`BusyPoll::after_batches_only`]).
+//! its calls are in flight ([`BusyPoll::after_batches_only`]), unless a call made off the runtime's
+//! workers polls it itself, whose two ends are on two threads ([`BusyPoll::batches_only`]).
 //!
 //! The window adapts to the connection, between nothing and the window the builder was given
 //! (its most), as a guest kernel's halt polling does:
