@@ -110,7 +110,7 @@ impl SharedReader {
             if routed || std::mem::take(&mut first) {
                 self.route.task.register(cx.waker());
             }
-            match self.take_turn(if routed { &self.waker } else { cx.waker() }, routed) {
+            match self.take_turn((!routed).then_some(cx.waker())) {
                 Turn::Ended => Poll::Ready(()),
                 Turn::Polled | Turn::Busy => Poll::Pending,
             }
@@ -165,30 +165,32 @@ impl SharedReader {
         self.route.task.wake();
     }
 
-    /// Polls the future once, unless another is polling it, with `waker` for what it waits for;
-    /// `routed`, whether a caller has ever driven it (until then, nobody looks at its wakes).
-    fn take_turn(&self, waker: &Waker, routed: bool) -> Turn {
-        let mut future = match self.future.try_lock() {
-            Ok(future) => future,
+    /// Polls the future once, unless another is polling it, with the route's waker for what it
+    /// waits for, or with `unrouted`, the task's own, until a caller has driven the reader (until
+    /// then, nobody looks at its wakes).
+    fn take_turn(&self, unrouted: Option<&Waker>) -> Turn {
+        let locked = match self.future.try_lock() {
+            // Found busy: the one polling passes the wake on once it is done. Looked at again
+            // after saying so, in case it was done before it could see it.
             Err(TryLockError::WouldBlock) => {
-                // Found busy: the one polling passes the wake on once it is done. Looked at
-                // again after saying so, in case it was done before it could see it.
                 self.route.contended.store(true, Ordering::SeqCst);
-                match self.future.try_lock() {
-                    Ok(future) => future,
-                    Err(TryLockError::WouldBlock) => return Turn::Busy,
-                    Err(TryLockError::Poisoned(_)) => return Turn::Ended,
-                }
+                self.future.try_lock()
             }
+            locked => locked,
+        };
+        let mut future = match locked {
+            Ok(future) => future,
+            Err(TryLockError::WouldBlock) => return Turn::Busy,
             // The reader panicked in an earlier poll, and cannot be polled again.
             Err(TryLockError::Poisoned(_)) => return Turn::Ended,
         };
         let Some(reader) = future.as_mut() else {
             return Turn::Ended;
         };
-        if routed {
+        if unrouted.is_none() {
             self.route.woken.store(false, Ordering::SeqCst);
         }
+        let waker = unrouted.unwrap_or(&self.waker);
         let turn = match reader.as_mut().poll(&mut Context::from_waker(waker)) {
             Poll::Ready(()) => {
                 *future = None;
@@ -223,7 +225,7 @@ impl Driving {
     pub(crate) fn drive(&self, cx: &Context<'_>) -> bool {
         let route = &self.reader.route;
         route.caller.register(cx.waker());
-        self.reader.take_turn(&self.reader.waker, true) != Turn::Busy
+        self.reader.take_turn(None) != Turn::Busy
     }
 }
 
@@ -239,7 +241,7 @@ impl Drop for Driving {
         // one call in ten; handed to the task, it woke a worker to take the turn, which a
         // caller starting the next call then found busy.)
         if route.woken.load(Ordering::SeqCst) {
-            self.reader.take_turn(&self.reader.waker, true);
+            self.reader.take_turn(None);
         }
     }
 }
