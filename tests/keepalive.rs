@@ -17,6 +17,29 @@ use tokio::time::Instant;
 const INTERVAL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_millis(200);
 
+/// A client pinging every `INTERVAL` that gives a server up after `TIMEOUT` of silence, busy
+/// polling for up to `window` (as by default if `None`).
+async fn keepalive_client(addr: std::net::SocketAddr, window: Option<Duration>) -> LabClient {
+    let mut builder = LabClient::builder().keepalive(INTERVAL, TIMEOUT);
+    if let Some(window) = window {
+        builder = builder.busy_poll(window);
+    }
+    builder.connect(addr).await.expect("connects")
+}
+
+/// Asserts that `call`, made to a server gone silent, fails for its silence of `TIMEOUT`.
+async fn fails_for_silence<T: std::fmt::Debug>(call: impl Future<Output = Result<T, RpcError>>) {
+    match within("a call to a silent server", call).await {
+        Err(RpcError::Interrupted { cause, .. }) => {
+            assert!(
+                matches!(*cause, RpcError::KeepaliveTimeout(silence) if silence == TIMEOUT),
+                "{cause}"
+            );
+        }
+        other => panic!("expected Interrupted by the keep-alive timeout, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
     let (listener, addr) = loopback_listener().await;
@@ -27,20 +50,8 @@ async fn a_client_detects_a_server_gone_silent_and_fails_its_calls() {
         raw.read_frame().await;
         raw
     });
-    let client = LabClient::builder()
-        .keepalive(INTERVAL, TIMEOUT)
-        .connect(addr)
-        .await
-        .expect("connects");
-    match within("a call to a silent server", client.add(1, 2)).await {
-        Err(RpcError::Interrupted { cause, .. }) => {
-            assert!(
-                matches!(*cause, RpcError::KeepaliveTimeout(silence) if silence == TIMEOUT),
-                "{cause}"
-            );
-        }
-        other => panic!("expected Interrupted by the keep-alive timeout, got {other:?}"),
-    }
+    let client = keepalive_client(addr, None).await;
+    fails_for_silence(client.add(1, 2)).await;
     assert!(client.channel().is_closed());
     silent_server.abort();
 }
@@ -59,21 +70,8 @@ async fn a_client_polling_for_an_answer_detects_a_server_gone_silent() {
         raw.read_frame().await;
         raw
     });
-    let client = LabClient::builder()
-        .keepalive(INTERVAL, TIMEOUT)
-        .busy_poll(Duration::from_secs(3600))
-        .connect(addr)
-        .await
-        .expect("connects");
-    match within("a call to a silent server", client.add(1, 2)).await {
-        Err(RpcError::Interrupted { cause, .. }) => {
-            assert!(
-                matches!(*cause, RpcError::KeepaliveTimeout(silence) if silence == TIMEOUT),
-                "{cause}"
-            );
-        }
-        other => panic!("expected Interrupted by the keep-alive timeout, got {other:?}"),
-    }
+    let client = keepalive_client(addr, Some(Duration::from_secs(3600))).await;
+    fails_for_silence(client.add(1, 2)).await;
     silent_server.abort();
 }
 
@@ -94,12 +92,7 @@ async fn a_client_waiting_for_its_next_call_detects_a_server_gone_silent() {
         raw.read_frame().await;
         raw
     });
-    let client = LabClient::builder()
-        .keepalive(INTERVAL, TIMEOUT)
-        .busy_poll(Duration::from_secs(3600))
-        .connect(addr)
-        .await
-        .expect("connects");
+    let client = keepalive_client(addr, Some(Duration::from_secs(3600))).await;
     assert_eq!(within("the call", client.add(2, 3)).await.expect("add"), 5);
     within(
         "the silent server's connection to close",
@@ -253,11 +246,7 @@ async fn a_client_keeps_an_idle_connection_to_a_server_that_pings() {
             .expect("answers");
         writer
     });
-    let client = LabClient::builder()
-        .keepalive(INTERVAL, TIMEOUT)
-        .connect(addr)
-        .await
-        .expect("connects");
+    let client = keepalive_client(addr, None).await;
     within("twenty client pings", counted)
         .await
         .expect("the server counts");
