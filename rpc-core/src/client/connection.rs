@@ -710,12 +710,8 @@ impl Answered {
     }
 }
 
-/// A call that was queued and waits for its answer. Dropped while still armed (the caller gave
-/// up), it takes its request back if it was not written yet, and otherwise tells the server to
-/// drop the handler, as the connection's reader does for a call past its deadline.
 /// `answer`, the reader driven meanwhile by the caller that waits for it.
-async fn answer_driving(answer: ReplyFuture<'_>, driving: &Driving) -> Option<Reply> {
-    let mut answer = answer;
+async fn answer_driving(mut answer: ReplyFuture<'_>, driving: &Driving) -> Option<Reply> {
     std::future::poll_fn(|cx| {
         if let Poll::Ready(reply) = Pin::new(&mut answer).poll(cx) {
             return Poll::Ready(reply);
@@ -731,6 +727,9 @@ async fn answer_driving(answer: ReplyFuture<'_>, driving: &Driving) -> Option<Re
     .await
 }
 
+/// A call that was queued and waits for its answer. Dropped while still armed (the caller gave
+/// up), it takes its request back if it was not written yet, and otherwise tells the server to
+/// drop the handler, as the connection's reader does for a call past its deadline.
 struct Waiting<'a> {
     connection: &'a Connection,
     id: u64,
