@@ -111,6 +111,15 @@ async fn called_once(addr: SocketAddr, window: Option<Duration>) -> LabClient {
     client
 }
 
+/// A lab server that answers at once (its readers not polling), reached through a relay so
+/// that its client sees a peer on threads of its own, and the probe of its handlers.
+fn relayed_lab() -> (Arc<rpc_tests::Probe>, SocketAddr) {
+    let lab = LabImpl::default();
+    let probe = lab.probe();
+    let (addr, _) = start_server(Some(Duration::ZERO), lab);
+    (probe, relay_to(addr))
+}
+
 /// A relay to `target` on a thread and runtime of its own: the address that reaches `target`
 /// through it. Its sockets are not this crate's, so each end takes it for a peer in another
 /// process. It relays until the test ends.
@@ -334,10 +343,7 @@ fn a_peer_that_has_not_shaken_hands_keeps_no_server_thread_awake() {
 #[test]
 fn a_call_sent_after_the_window_leaves_the_clients_thread_asleep_while_in_flight() {
     let window = Duration::from_secs(1);
-    let lab = LabImpl::default();
-    let probe = lab.probe();
-    let (addr, _) = start_server(Some(Duration::ZERO), lab);
-    let addr = relay_to(addr);
+    let (probe, addr) = relayed_lab();
     let (runtime, client_sleeps) = watched_runtime();
     runtime.block_on(async move {
         let client = LabClient::builder().busy_poll(window).connect(addr);
@@ -414,10 +420,7 @@ fn watched_multi_thread_runtime() -> (Runtime, Arc<Workers>) {
 /// always awake.
 #[test]
 fn a_clients_reader_on_a_multi_thread_runtime_polls_while_a_call_is_in_flight() {
-    let lab = LabImpl::default();
-    let probe = lab.probe();
-    let (addr, _) = start_server(Some(Duration::ZERO), lab);
-    let addr = relay_to(addr);
+    let (probe, addr) = relayed_lab();
     let (runtime, workers) = watched_multi_thread_runtime();
     runtime.block_on(async move {
         let client = called_once(addr, Some(FOREVER)).await;
@@ -450,10 +453,7 @@ fn a_clients_reader_on_a_multi_thread_runtime_polls_while_a_call_is_in_flight() 
 /// polling there: the test above).
 #[test]
 fn a_call_made_off_the_workers_polls_for_its_own_answer() {
-    let lab = LabImpl::default();
-    let probe = lab.probe();
-    let (addr, _) = start_server(Some(Duration::ZERO), lab);
-    let addr = relay_to(addr);
+    let (probe, addr) = relayed_lab();
     let (runtime, workers) = watched_multi_thread_runtime();
     let client = runtime.block_on(called_once(addr, Some(FOREVER)));
     // Watched from a thread of its own, while the call waits in `block_on`.
