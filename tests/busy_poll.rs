@@ -5,7 +5,7 @@
 //! on the same runtime is polled for only after a read that brought several frames at once, by
 //! a server or by a client; a client's reader on a multi-thread runtime polls while a call
 //! is in flight, not once its only call is answered; and a call made off the runtime's workers
-//! polls for its answer itself.
+//! polls for its answer itself, which wakes none of them.
 //!
 //! Each end runs on a single-thread runtime of its own (the client of the last, on two workers)
 //! that watches its threads go to sleep and wake (`on_thread_park`, `on_thread_unpark`): a
@@ -377,6 +377,8 @@ struct Workers {
     asleep: AtomicUsize,
     /// Whether all have been at once since [`Workers::watch`].
     all_asleep: AtomicBool,
+    /// Their threads, by id, as the kernel names them.
+    threads: std::sync::Mutex<Vec<String>>,
 }
 
 impl Workers {
@@ -390,12 +392,32 @@ impl Workers {
     fn all_slept(&self) -> bool {
         self.all_asleep.load(Ordering::SeqCst)
     }
+
+    /// How many times their threads have gone to sleep in the kernel, all told: a worker woken
+    /// by tokio's I/O driver for an event that gives it nothing to do sleeps again at once,
+    /// unseen by the runtime's hooks, but not by the kernel's count.
+    fn kernel_sleeps(&self) -> u64 {
+        let threads = self.threads.lock().expect("not poisoned");
+        threads
+            .iter()
+            .map(|tid| {
+                let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+                    .expect("the thread's status");
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|count| count.trim().parse::<u64>().ok())
+                    .expect("a count")
+            })
+            .sum()
+    }
 }
 
 /// A multi-thread runtime of [`WORKERS`] workers, and how they sleep.
 fn watched_multi_thread_runtime() -> (Runtime, Arc<Workers>) {
     let workers = Arc::new(Workers::default());
     let (parked, unparked) = (Arc::clone(&workers), Arc::clone(&workers));
+    let started = Arc::clone(&workers);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
@@ -406,6 +428,15 @@ fn watched_multi_thread_runtime() -> (Runtime, Arc<Workers>) {
         })
         .on_thread_unpark(move || {
             unparked.asleep.fetch_sub(1, Ordering::SeqCst);
+        })
+        .on_thread_start(move || {
+            // `/proc/thread-self` links to `PID/task/TID`.
+            if let Ok(link) = std::fs::read_link("/proc/thread-self")
+                && let Some(tid) = link.file_name()
+            {
+                let mut threads = started.threads.lock().expect("not poisoned");
+                threads.push(tid.to_string_lossy().into_owned());
+            }
         })
         .build()
         .expect("a runtime");
@@ -475,6 +506,43 @@ fn a_call_made_off_the_workers_polls_for_its_own_answer() {
         watcher.join().expect("the watcher"),
         "with a call made off the workers in flight, every worker sleeps"
     );
+}
+
+/// The answer to a call made off the runtime's workers, which that call reads itself, wakes none
+/// of them: while it polls, its socket's low-water mark is above the answer, so that the kernel
+/// does not wake the worker asleep in tokio's I/O driver for bytes already taken care of (on a
+/// machine of two cores, that worker took the caller's core at times, `rpc-core/src/socket.rs`).
+/// Such a wakeup leaves the worker nothing to do: the kernel's count of the workers' sleeps
+/// tells it, not the runtime's hooks.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_answer_to_a_call_made_off_the_workers_wakes_none_of_them() {
+    let (probe, addr) = relayed_lab();
+    let (runtime, workers) = watched_multi_thread_runtime();
+    let client = runtime.block_on(called_once(addr, Some(FOREVER)));
+    let watched = Arc::clone(&workers);
+    // Watched from a thread of its own, while the call waits in `block_on`.
+    let watcher = std::thread::spawn(move || {
+        let (watching, _) = watched_runtime();
+        watching.block_on(async move {
+            assert_eq!(within("the call", probe.next_event()).await, "waiting gate");
+            watched.watch();
+            // The spell watched: the handler holds the call, well within the window.
+            tokio::time::sleep(QUIET).await;
+            let all_slept = watched.all_slept();
+            let sleeps = watched.kernel_sleeps();
+            probe.open("gate");
+            (all_slept, sleeps)
+        })
+    });
+    let answer = runtime.block_on(within("the answer", client.wait("gate".to_owned())));
+    assert_eq!(answer.expect("wait"), "gate");
+    // The spell watched after the answer: a worker it woke would have slept again within it.
+    std::thread::sleep(QUIET);
+    let sleeps_after = workers.kernel_sleeps();
+    let (all_slept, sleeps_before) = watcher.join().expect("the watcher");
+    assert!(all_slept, "every worker sleeps while the call is in flight");
+    assert_eq!(sleeps_after, sleeps_before, "the answer woke a worker");
 }
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two

@@ -13,12 +13,29 @@
 //! processes measured a tenth faster (docs/benchmark-history.md).
 //!
 //! The mark never exceeds what is still missing of the frame, which a peer keeping to the
-//! protocol sends whole; it is back to one byte before anything else is read. It stays within
+//! protocol sends whole; it is back to one byte before anything else is read (but while a
+//! caller off the runtime's workers polls, below). It stays within
 //! half the socket's receive buffer, so that raising it never makes the kernel grow the buffer
 //! and clamp the window to the mark. Bytes below it wake no one, so before a reader judges its
 //! peer silent it lowers the mark ([`Socket::lower_for_silence`]) and looks again. A Unix
 //! socket's mark is left alone: its readiness does not heed it, and a reader would be woken at
 //! every arrival all the same.
+//!
+//! # The mark while a caller off the workers polls
+//!
+//! A call made off the runtime's workers (in `#[tokio::main]`'s body) polls its connection's
+//! reader itself while it waits, and reads its answer past tokio. The runtime's workers are idle
+//! then, and the one holding tokio's I/O driver sleeps in it: without more, each answer's
+//! arrival woke that worker to find it already read, and on a machine of two cores, where the
+//! caller's thread and the server's polling reader keep both busy, the worker woken took the
+//! caller's core at times. Across two processes on a two-core VM, such calls' p50 settled, from
+//! one process to the next, either at about 8.3 µs or, in one run in ten to one in four, at
+//! 12-14 µs, where a client worker woken at each answer shared the caller's core and the caller
+//! lost 2.7 µs a call between reading its answer and sending the next request. So while such a
+//! caller polls, the mark is [`POLLING_MARK`]: the small frames the caller reads itself wake no
+//! thread. It is back to one byte whenever the reader stops polling, before it waits: lowering
+//! the mark wakes the reader through tokio at once if bytes below it came meanwhile, as the
+//! kernel checks the new mark against what is there.
 //!
 //! # Reads while busy polling
 //!
@@ -55,6 +72,12 @@ pub(crate) use under_tls::TcpUnderTls;
 /// a fifth faster than none) but left the cores idle in turn within one (a fifth slower), where
 /// this one measured within the noise of none (docs/benchmark-history.md).
 pub(crate) const MAX_MARK: usize = 128 * 1024;
+
+/// The mark while a caller off the runtime's workers polls the reader: above the small frames
+/// such a caller waits for, so that their arrival wakes no worker, and far below half of any
+/// receive buffer the kernel sizes itself, so that it never grows the buffer nor clamps the
+/// window. A frame of this much or more wakes the driver as it would without.
+pub(crate) const POLLING_MARK: usize = 4096;
 
 /// The socket a connection's reader reads, TCP or Unix: a TCP socket's receive low-water mark
 /// as the reader moves it, and reads past tokio.
@@ -159,14 +182,24 @@ impl Socket {
         }
         if self.mark() > missing {
             self.set(missing);
-        } else if self.mark == 1 {
+        } else if self.mark() == 1 || self.mark() == POLLING_MARK {
             let room = sys::receive_buffer(self).map_or(0, |bytes| bytes / 2);
             self.set(missing.min(MAX_MARK).min(room));
         }
     }
 
-    /// Back to one byte: between frames, and before anything but a large frame's string is
-    /// read.
+    /// While a caller off the runtime's workers polls the reader for its answer: raises the
+    /// mark to [`POLLING_MARK`], so that the small frames the caller reads itself wake no
+    /// worker of the runtime (the module's doc). Not a Unix socket's, nor one held low to judge
+    /// the peer's silence.
+    pub(crate) fn raise_while_polling(&mut self) {
+        if self.tcp && !self.held_low {
+            self.set(POLLING_MARK);
+        }
+    }
+
+    /// Back to one byte: between frames, before anything but a large frame's string is read,
+    /// and before a reader that polled waits.
     pub(crate) fn lower(&mut self) {
         self.set(1);
     }
@@ -181,6 +214,12 @@ impl Socket {
         self.lower();
         self.held_low = true;
         true
+    }
+
+    /// The mark the kernel holds for the socket, for tests.
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) fn kernel_mark(&self) -> usize {
+        sys::get(self, libc::SO_RCVLOWAT).expect("the mark")
     }
 
     /// Bytes were read: the mark may be raised again.
@@ -358,7 +397,7 @@ mod tests {
 
     /// The mark the kernel holds for `socket`.
     fn kernel_mark(socket: &Socket) -> usize {
-        sys::get(socket, libc::SO_RCVLOWAT).expect("the mark")
+        socket.kernel_mark()
     }
 
     /// The mark follows what is missing of a frame, within half the receive buffer and
@@ -391,11 +430,41 @@ mod tests {
         assert!(!socket.is_tcp());
         socket.before_waiting_for(100_000);
         assert_eq!(kernel_mark(&socket), 1);
+        socket.raise_while_polling();
+        assert_eq!(kernel_mark(&socket), 1, "nor raised for polling");
 
         peer.write_all(b"bytes").expect("writes");
         let mut buf = bytes::BytesMut::with_capacity(64);
         assert_eq!(socket.read_now(&mut buf).expect("bytes").expect("read"), 5);
         assert_eq!(&buf[..], b"bytes");
+    }
+
+    /// Raised while a caller off the runtime's workers polls, the mark is [`POLLING_MARK`],
+    /// back to one byte when lowered; a large frame's string raises it on from there, and a
+    /// mark held low to judge the peer's silence is not raised for polling.
+    #[tokio::test]
+    async fn the_mark_while_a_caller_polls_is_the_polling_mark() {
+        let (_client, server) = pair().await;
+        let mut socket = Socket::of_tcp(&server).expect("on Linux");
+        socket.raise_while_polling();
+        assert_eq!(kernel_mark(&socket), POLLING_MARK);
+        socket.lower();
+        assert_eq!(kernel_mark(&socket), 1);
+
+        socket.raise_while_polling();
+        let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
+        socket.before_waiting_for(8 << 20);
+        assert_eq!(
+            kernel_mark(&socket),
+            MAX_MARK.min(half_buffer),
+            "raised for a large frame's string from the polling mark"
+        );
+
+        socket.lower();
+        socket.before_waiting_for(100_000);
+        assert!(socket.lower_for_silence());
+        socket.raise_while_polling();
+        assert_eq!(kernel_mark(&socket), 1, "held low");
     }
 
     /// Lowered to judge the peer's silence, the mark stays low until bytes are read.

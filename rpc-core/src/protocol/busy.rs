@@ -51,7 +51,9 @@
 //!   its polling took the core that its caller needed to send the next call.
 //! - A call made off such a runtime's workers, in a `block_on` as `#[tokio::main]`'s body is,
 //!   mostly polls the reader itself while it waits (`client::shared_reader`), and its thread
-//!   polls then. A reader that its task polls for the answer to such a call (one another caller
+//!   polls then, with its TCP socket's low-water mark raised so that the answer it reads
+//!   itself wakes no worker ([`crate::socket`]).
+//!   A reader that its task polls for the answer to such a call (one another caller
 //!   drives, or one crowded by other calls) yields its thread between looks
 //!   ([`BusyPoll::poll_again`]): the caller's thread is one more than the workers, and on two
 //!   cores, with the reader and its server both polling, a caller woken with its answer waited

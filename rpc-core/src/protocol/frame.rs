@@ -259,6 +259,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 switch.set(on);
             }
         }
+        let polls_for_caller = self.polls_for_caller_off_the_workers();
         let (io, buf) = (&mut self.io, &mut self.buf);
         let read = match &mut self.splitting {
             Some(splitting) => {
@@ -271,7 +272,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             None => {
                 if let Some(socket) = &mut self.socket {
-                    socket.lower();
+                    if polls_for_caller {
+                        socket.raise_while_polling();
+                    } else {
+                        socket.lower();
+                    }
                 }
                 if let Some(gate) = self.busy_poll.as_deref().and_then(BusyPoll::send_gate) {
                     gate.wait_for_send();
@@ -296,6 +301,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             share.waiting_for_peer();
         }
         let polls_again = self.poll_again(cx);
+        // A mark raised for a caller's polling is lowered before the reader waits, so that what
+        // comes from now on, or came below it, wakes the reader through tokio.
+        if !polls_again
+            && self.splitting.is_none()
+            && let Some(socket) = &mut self.socket
+        {
+            socket.lower();
+        }
         // An empty buffer that holds a large allocation gives it up if nothing comes for a
         // while: a reader that waits for its bytes, not one that polls for them.
         if !polls_again && self.splitting.is_none() && self.buf.is_empty() && self.holds_large {
@@ -363,6 +376,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return false;
         };
         busy.handed_on_since_read() && !busy.wait_for_call(cx) && self.poll_again(cx)
+    }
+
+    /// Whether the reader is polled, busy polling a TCP socket between frames, by a caller off
+    /// the runtime's workers (`client::shared_reader`): its socket's mark is raised while so, so
+    /// that the frames the caller reads itself wake no worker ([`crate::socket`]).
+    fn polls_for_caller_off_the_workers(&mut self) -> bool {
+        self.splitting.is_none()
+            && self.socket.as_ref().is_some_and(Socket::is_tcp)
+            && crate::task::is_off_the_workers()
+            && self.looks_past_tokio()
     }
 
     /// Whether the reader, busy polling and not waiting for the rest of a large frame, asks to

@@ -376,3 +376,65 @@ fn a_busy_reader_of_its_own_socket_is_polled_again_without_a_look_for_io() {
     let tokio = woken(&mut |waker| poll_once(&mut through_tokio, waker).is_pending());
     assert_eq!(tokio, (0, 1), "through tokio: woken after the look for I/O");
 }
+
+/// A busy polling reader of a TCP socket, polled between frames by a caller off the runtime's
+/// workers (as `block_on` polls it: no task), raises its socket's mark to
+/// [`socket::POLLING_MARK`] while it polls, so that the frames the caller reads itself wake no
+/// worker, and lowers it to one byte once it stops polling, here to wait for the rest of a large
+/// frame. Polled in a task, it never raises it.
+#[test]
+fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    let (mut peer, accepted) = blocking_pair();
+    accepted.set_nonblocking(true).expect("non-blocking");
+    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+    let (read, _write) = stream.into_split();
+    let socket = Socket::of_tcp(read.as_ref());
+    let mut reader = FrameReader::new(read, 2 * LARGE_FRAME);
+    reader.set_socket(socket);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
+
+    peer.write_all(&frame(b"one")).expect("writes");
+    finds_the_frame_only_if_busy(&mut reader, true);
+    assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+    assert_eq!(
+        mark(&reader),
+        Some(socket::POLLING_MARK),
+        "raised while it polls"
+    );
+
+    // The head of a frame of 64 KiB or more, which the reader waits for without polling. Each
+    // poll looks at the socket itself: polled until the head has come.
+    let large = frame(&vec![7; LARGE_FRAME]);
+    peer.write_all(&large[..100]).expect("writes");
+    while reader.buf.is_empty() {
+        assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+    }
+    assert_eq!(mark(&reader), Some(1), "lowered once it stops polling");
+
+    peer.write_all(&large[100..]).expect("writes");
+    peer.write_all(&frame(b"two")).expect("writes");
+    let in_a_task = runtime.block_on(tokio::spawn(async move {
+        for expected in [LARGE_FRAME, 3] {
+            let payload = reader
+                .next_frame()
+                .await
+                .expect("a frame")
+                .expect("not the end");
+            assert_eq!(payload.len(), expected);
+        }
+        let waits = std::future::poll_fn(|cx| Poll::Ready(poll_once(&mut reader, cx.waker())));
+        assert!(waits.await.is_pending(), "nothing more: it polls");
+        mark(&reader)
+    }));
+    assert_eq!(
+        in_a_task.expect("the task"),
+        Some(1),
+        "not raised in a task"
+    );
+}
