@@ -520,9 +520,7 @@ fn a_call_made_off_the_workers_polls_for_its_own_answer() {
         all_slept,
         "with a call made off the workers in flight, every worker sleeps"
     );
-    if cfg!(target_os = "linux") {
-        assert_eq!(sleeps_after, sleeps_before, "the answer woke a worker");
-    }
+    assert_eq!(sleeps_after, sleeps_before, "the answer woke a worker");
 }
 
 /// Calls one at a time and many at once, a stream each way and large byte strings (read in two

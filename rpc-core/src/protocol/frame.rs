@@ -282,7 +282,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     gate.wait_for_send();
                 }
                 match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
-                    Poll::Pending => self.poll_read_past_tokio(cx),
+                    Poll::Pending => self.poll_read_past_tokio(cx, polls_for_caller),
                     read => read,
                 }
             }
@@ -301,24 +301,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             share.waiting_for_peer();
         }
         let polls_again = self.poll_again(cx);
-        // A mark raised for a caller's polling is lowered before the reader waits, so that what
-        // comes from now on, or came below it, wakes the reader through tokio.
-        if !polls_again
-            && self.splitting.is_none()
-            && let Some(socket) = &mut self.socket
-        {
-            socket.lower();
-        }
-        // An empty buffer that holds a large allocation gives it up if nothing comes for a
-        // while: a reader that waits for its bytes, not one that polls for them.
-        if !polls_again && self.splitting.is_none() && self.buf.is_empty() && self.holds_large {
-            let idle = self
-                .large_idle
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(LARGE_BUFFER_IDLE)));
-            if idle.as_mut().poll(cx).is_ready() {
-                self.large_idle = None;
-                self.give_up_large();
-                return Poll::Ready(Ok(None));
+        if !polls_again && self.splitting.is_none() {
+            // A mark raised for a caller's polling is lowered before the reader waits, so that
+            // what comes from now on, or came below it, wakes the reader through tokio.
+            if let Some(socket) = &mut self.socket {
+                socket.lower();
+            }
+            // An empty buffer that holds a large allocation gives it up if nothing comes for a
+            // while: a reader that waits for its bytes, not one that polls for them.
+            if self.buf.is_empty() && self.holds_large {
+                let idle = self
+                    .large_idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(LARGE_BUFFER_IDLE)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    self.large_idle = None;
+                    self.give_up_large();
+                    return Poll::Ready(Ok(None));
+                }
             }
         }
         // A read that found nothing has a silence to time, whether it waits or polls again: a
@@ -404,9 +403,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// while it waits for the rest of a large frame, [`FrameReader::awaits_large_rest`]). Such a
     /// read spends the task's budget as tokio's own reads do, and none is made once the budget
     /// is spent (the task yields then): a peer whose bytes keep coming would otherwise keep
-    /// its reader from ever giving the other tasks on its thread their turn.
-    fn poll_read_past_tokio(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.socket.is_none() || !self.looks_past_tokio() {
+    /// its reader from ever giving the other tasks on its thread their turn. `polls_for_caller`
+    /// if the read was made for a caller off the workers, already known to poll: not asked again,
+    /// which would read the clock a second time.
+    fn poll_read_past_tokio(
+        &mut self,
+        cx: &mut Context<'_>,
+        polls_for_caller: bool,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.socket.is_none() || !(polls_for_caller || self.looks_past_tokio()) {
             return Poll::Pending;
         }
         let Some(socket) = &self.socket else {
