@@ -364,6 +364,12 @@ impl BusyPoll {
         true
     }
 
+    /// Whether the reader has handed on the answer to its only call in flight and waits for the
+    /// next call to be sent ([`BusyPoll::wait_for_call`]).
+    pub(super) fn awaits_call(&self) -> bool {
+        self.since_read == SinceRead::AwaitsCall
+    }
+
     /// Whether a reader may poll as far as a call goes: one waiting for a call polls once one
     /// has been sent, for a window from the look that sees it.
     fn call_allows(&mut self) -> bool {

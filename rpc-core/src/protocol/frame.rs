@@ -260,6 +260,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         let polls_for_caller = self.polls_for_caller_off_the_workers();
+        let keeps_mark = !polls_for_caller && self.awaits_call_off_the_workers();
         let (io, buf) = (&mut self.io, &mut self.buf);
         let read = match &mut self.splitting {
             Some(splitting) => {
@@ -274,7 +275,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if let Some(socket) = &mut self.socket {
                     if polls_for_caller {
                         socket.raise_while_polling();
-                    } else {
+                    } else if !keeps_mark {
                         socket.lower();
                     }
                 }
@@ -303,8 +304,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let polls_again = self.poll_again(cx);
         if !polls_again && self.splitting.is_none() {
             // A mark raised for a caller's polling is lowered before the reader waits, so that
-            // what comes from now on, or came below it, wakes the reader through tokio.
-            if let Some(socket) = &mut self.socket {
+            // what comes from now on, or came below it, wakes the reader through tokio: but
+            // for the caller's next call (`keeps_mark`).
+            if let Some(socket) = self.socket.as_mut().filter(|_| !keeps_mark) {
                 socket.lower();
             }
             // An empty buffer that holds a large allocation gives it up if nothing comes for a
@@ -385,6 +387,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             && self.socket.as_ref().is_some_and(Socket::is_tcp)
             && crate::task::is_off_the_workers()
             && self.looks_past_tokio()
+    }
+
+    /// Whether the reader, polled by a caller off the runtime's workers, has handed on that
+    /// caller's answer and waits for its next call ([`BusyPoll::wait_for_call`]): a socket's
+    /// mark raised for the caller's polling stays raised until then, rather than be lowered
+    /// now and raised again as the next call is sent, two system calls a call, the first of
+    /// them between the answer and the next request. No answer is on its way meanwhile. What
+    /// else the peer sends below the mark (a ping, a going-away) is read at the next call, or
+    /// once the reader's task polls it, which lowers the mark (the call may have been the
+    /// caller's last): at the peer's silence ([`FrameReader::set_silence_limit`]), or when a
+    /// call made from a task wakes it. The peer's end of the stream wakes it whatever the mark.
+    fn awaits_call_off_the_workers(&self) -> bool {
+        self.splitting.is_none()
+            && self.socket.as_ref().is_some_and(Socket::is_tcp)
+            && self.busy_poll.as_deref().is_some_and(BusyPoll::awaits_call)
+            && crate::task::is_off_the_workers()
     }
 
     /// Whether the reader, busy polling and not waiting for the rest of a large frame, asks to

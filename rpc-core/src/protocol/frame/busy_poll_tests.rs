@@ -438,3 +438,77 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
         "not raised in a task"
     );
 }
+
+/// A client's busy polling reader of a TCP socket, polled by a caller off the runtime's workers,
+/// that has handed on the answer to its only call in flight keeps its socket's mark raised for
+/// that caller's next call, rather than lower it to wait and raise it again as the call goes
+/// out (two system calls a call, one between the answer and the next request). Polled in its
+/// task, as once the caller is gone, it lowers it, so that what comes next wakes it.
+#[test]
+fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_polls() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    let (mut peer, accepted) = blocking_pair();
+    accepted.set_nonblocking(true).expect("non-blocking");
+    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+    let (read, _write) = stream.into_split();
+    let socket = Socket::of_tcp(read.as_ref());
+    let mut reader = FrameReader::new(read, 1024);
+    reader.set_socket(socket);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    let in_flight = CallSlots::new(usize::MAX);
+    reader.busy_poll_counting_calls(&in_flight, true);
+    let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
+    let calls_sent = |reader: &FrameReader<_>| {
+        let busy = reader.busy_poll.as_deref().expect("busy polling");
+        busy.calls().now(true);
+    };
+
+    for call in 0..2 {
+        let _slot = in_flight.try_take().expect("a slot");
+        calls_sent(&reader);
+        assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+        assert_eq!(
+            mark(&reader),
+            Some(socket::POLLING_MARK),
+            "raised while the caller polls for its answer ({call})"
+        );
+        peer.write_all(&frame(b"one")).expect("writes");
+        let answer = loop {
+            match poll_once(&mut reader, Waker::noop()) {
+                Poll::Pending => std::hint::spin_loop(),
+                Poll::Ready(answer) => break answer,
+            }
+        };
+        assert!(
+            matches!(&answer, Ok(Some(payload)) if payload[..] == b"one"[..]),
+            "{answer:?}"
+        );
+        assert!(poll_once(&mut reader, Waker::noop()).is_pending());
+        assert!(
+            reader
+                .busy_poll
+                .as_deref()
+                .is_some_and(BusyPoll::awaits_call)
+        );
+        assert_eq!(
+            mark(&reader),
+            Some(socket::POLLING_MARK),
+            "kept for the caller's next call ({call})"
+        );
+    }
+
+    let in_its_task = runtime.block_on(tokio::spawn(async move {
+        let waits = std::future::poll_fn(|cx| Poll::Ready(poll_once(&mut reader, cx.waker())));
+        assert!(waits.await.is_pending(), "nothing has come");
+        mark(&reader)
+    }));
+    assert_eq!(
+        in_its_task.expect("the task"),
+        Some(1),
+        "lowered once its task polls it"
+    );
+}
