@@ -592,3 +592,42 @@ async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
         .expect("echo");
     assert!(echoed == large, "the large byte string came back as sent");
 }
+
+/// With its server on the same runtime, calls made in `block_on` (which poll for their own
+/// answers, on the caller's thread) leave the connection's reader ready to be woken by what
+/// comes next: answers to calls from tasks, which tell the reader nothing when they go out
+/// there, and a stream's small items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_tasks_after_calls_made_off_the_workers_go_through_with_the_server_nearby() {
+    let addr = serve_here(Some(FOREVER), LabImpl::default()).await;
+    let client = within(
+        "a connection",
+        LabClient::builder().busy_poll(FOREVER).connect(addr),
+    )
+    .await
+    .expect("connects");
+    for round in 0..3 {
+        for i in 0..20 {
+            assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
+        }
+        let from_a_task = client.clone();
+        let spawned = tokio::spawn(async move {
+            for i in 0..20 {
+                assert_eq!(from_a_task.add(i, 2).await.expect("add"), i + 2);
+            }
+        });
+        within("calls from a task", spawned)
+            .await
+            .expect("the task");
+        assert_eq!(client.add(round, 3).await.expect("add"), round + 3);
+        let mut numbers = within("a stream", client.count(100))
+            .await
+            .expect("a stream");
+        let mut expected = 0;
+        while let Some(number) = within("an item", numbers.next()).await {
+            assert_eq!(number.expect("an item"), expected);
+            expected += 1;
+        }
+        assert_eq!(expected, 100);
+    }
+}

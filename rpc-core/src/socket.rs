@@ -36,11 +36,14 @@
 //! thread. It is back to one byte whenever the reader stops polling, before it waits: lowering
 //! the mark wakes the reader through tokio at once if bytes below it came meanwhile, as the
 //! kernel checks the new mark against what is there. But for the wait between that caller's
-//! answer and its next call, when no answer is on its way: lowered there and raised again as the
-//! next call went out, the mark cost two system calls a call, the first of them between the
-//! answer and the next request (its client's turnaround went from 1.50 µs to 1.24, 2026-12-06).
-//! It is lowered once the reader's task polls the reader instead, at the peer's silence or for a
-//! call made from a task; the peer's end of the stream wakes the reader whatever the mark.
+//! answer and its next call, with the server in another process or on another runtime and no
+//! stream open, when nothing is on its way: lowered there and raised again as the next call went
+//! out, the mark cost two system calls a call, the first of them between the answer and the next
+//! request (its client's turnaround went from 1.50 µs to 1.24, 2026-12-06). It is lowered once
+//! the reader's task polls the reader instead, at the peer's silence or for a call made from a
+//! task, which tells the reader it went out (with the server on the client's runtime it tells
+//! nothing, and the mark is lowered at once); the peer's end of the stream wakes the reader
+//! whatever the mark.
 //!
 //! # Reads while busy polling
 //!

@@ -365,9 +365,13 @@ impl BusyPoll {
     }
 
     /// Whether the reader has handed on the answer to its only call in flight and waits for the
-    /// next call to be sent ([`BusyPoll::wait_for_call`]).
-    pub(super) fn awaits_call(&self) -> bool {
+    /// next call to be sent ([`BusyPoll::wait_for_call`]), with no stream open, and every call
+    /// sent will tell it so: its server is elsewhere. (With the server on the client's runtime,
+    /// where the reader polls only after batches, calls from tasks tell it nothing.)
+    pub(super) fn awaits_a_call_it_is_told_of(&self) -> bool {
         self.since_read == SinceRead::AwaitsCall
+            && !self.after_batches_only
+            && !self.streams.any_open()
     }
 
     /// Whether a reader may poll as far as a call goes: one waiting for a call polls once one
@@ -715,6 +719,41 @@ mod tests {
         );
         busy.read();
         assert!(busy.polls_now(), "bytes come: it polls after them");
+    }
+
+    /// A reader waiting for the next call keeps a socket's mark raised for it only if that call
+    /// will tell it (its server is elsewhere, not polled for only after batches) and no stream is
+    /// open: otherwise an answer or an item may come that only a lowered mark wakes it for.
+    #[test]
+    fn a_reader_awaits_a_call_it_is_told_of_only_from_afar_with_no_stream_open() {
+        let (_wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let in_flight = CallSlots::new(usize::MAX);
+        let _call = in_flight.try_take().expect("a slot");
+        let streams = no_streams();
+        let mut waiting = |after_batches_only: bool| {
+            let mut busy = BusyPoll::new(Duration::from_secs(3600), Arc::clone(&streams));
+            busy.count_calls(Arc::clone(&in_flight), true);
+            if after_batches_only {
+                busy.after_batches_only();
+            }
+            busy.read();
+            busy.frame(false);
+            // Off the workers (no runtime here), a reader that polls only after batches waits
+            // for calls too.
+            assert!(busy.wait_for_call(&mut cx), "it waits for the next call");
+            busy
+        };
+        assert!(waiting(false).awaits_a_call_it_is_told_of());
+        assert!(
+            !waiting(true).awaits_a_call_it_is_told_of(),
+            "its server nearby"
+        );
+        let _download = streams.open_inbound(1);
+        assert!(
+            !waiting(false).awaits_a_call_it_is_told_of(),
+            "a stream open"
+        );
     }
 
     /// A reader with another call in flight, or one sent since its read, takes its turn and

@@ -390,18 +390,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Whether the reader, polled by a caller off the runtime's workers, has handed on that
-    /// caller's answer and waits for its next call ([`BusyPoll::wait_for_call`]): a socket's
-    /// mark raised for the caller's polling stays raised until then, rather than be lowered
-    /// now and raised again as the next call is sent, two system calls a call, the first of
-    /// them between the answer and the next request. No answer is on its way meanwhile. What
-    /// else the peer sends below the mark (a ping, a going-away) is read at the next call, or
-    /// once the reader's task polls it, which lowers the mark (the call may have been the
-    /// caller's last): at the peer's silence ([`FrameReader::set_silence_limit`]), or when a
-    /// call made from a task wakes it. The peer's end of the stream wakes it whatever the mark.
+    /// caller's answer and waits for the next call, which will tell it
+    /// ([`BusyPoll::awaits_a_call_it_is_told_of`]): a socket's mark raised for the caller's
+    /// polling stays raised until then, rather than be lowered now and raised again as the
+    /// next call is sent, two system calls a call, the first of them between the answer and the
+    /// next request. No answer, and no stream's item, is on its way meanwhile. What else the
+    /// peer sends below the mark (a ping, a going-away) is read at the next call, or once the
+    /// reader's task polls it, which lowers the mark (the call may have been the caller's
+    /// last): at the peer's silence ([`FrameReader::set_silence_limit`]), or when a call made
+    /// from a task wakes it. The peer's end of the stream wakes it whatever the mark.
     fn awaits_call_off_the_workers(&self) -> bool {
         self.splitting.is_none()
             && self.socket.as_ref().is_some_and(Socket::is_tcp)
-            && self.busy_poll.as_deref().is_some_and(BusyPoll::awaits_call)
+            && self
+                .busy_poll
+                .as_deref()
+                .is_some_and(BusyPoll::awaits_a_call_it_is_told_of)
             && crate::task::is_off_the_workers()
     }
 

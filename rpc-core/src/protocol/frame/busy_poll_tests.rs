@@ -492,7 +492,7 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
             reader
                 .busy_poll
                 .as_deref()
-                .is_some_and(BusyPoll::awaits_call)
+                .is_some_and(BusyPoll::awaits_a_call_it_is_told_of)
         );
         assert_eq!(
             mark(&reader),
