@@ -549,18 +549,7 @@ async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
     .await
     .expect("connects");
 
-    for i in 0..200 {
-        assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
-    }
-    let from_a_task = client.clone();
-    let spawned = tokio::spawn(async move {
-        for i in 0..50 {
-            assert_eq!(from_a_task.add(i, 2).await.expect("add"), i + 2);
-        }
-    });
-    within("calls from a task", spawned)
-        .await
-        .expect("the task");
+    calls_here_then_from_a_task(&client, 200).await;
     for i in 0..50 {
         assert_eq!(client.add(i, 3).await.expect("add"), i + 3);
     }
@@ -571,15 +560,7 @@ async fn calls_streams_and_large_byte_strings_go_through_with_busy_polling() {
     let sums = within("calls at once", futures_util::future::join_all(calls)).await;
     assert_eq!(sums, (0..64).map(|i| 2 * i).collect::<Vec<_>>());
 
-    let mut numbers = within("a stream", client.count(10_000))
-        .await
-        .expect("a stream");
-    let mut expected = 0;
-    while let Some(number) = within("an item", numbers.next()).await {
-        assert_eq!(number.expect("an item"), expected);
-        expected += 1;
-    }
-    assert_eq!(expected, 10_000);
+    counts_to(&client, 10_000).await;
     let upload = Streaming::iter(1..=1000u64);
     assert_eq!(
         within("an upload", client.sum(upload)).await.expect("sum"),
@@ -607,27 +588,37 @@ async fn calls_from_tasks_after_calls_made_off_the_workers_go_through_with_the_s
     .await
     .expect("connects");
     for round in 0..3 {
-        for i in 0..20 {
-            assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
-        }
-        let from_a_task = client.clone();
-        let spawned = tokio::spawn(async move {
-            for i in 0..20 {
-                assert_eq!(from_a_task.add(i, 2).await.expect("add"), i + 2);
-            }
-        });
-        within("calls from a task", spawned)
-            .await
-            .expect("the task");
+        calls_here_then_from_a_task(&client, 20).await;
         assert_eq!(client.add(round, 3).await.expect("add"), round + 3);
-        let mut numbers = within("a stream", client.count(100))
-            .await
-            .expect("a stream");
-        let mut expected = 0;
-        while let Some(number) = within("an item", numbers.next()).await {
-            assert_eq!(number.expect("an item"), expected);
-            expected += 1;
-        }
-        assert_eq!(expected, 100);
+        counts_to(&client, 100).await;
     }
+}
+
+/// `calls` sequential calls made here, then as many from a spawned task, each answered.
+async fn calls_here_then_from_a_task(client: &LabClient, calls: i64) {
+    for i in 0..calls {
+        assert_eq!(client.add(i, 1).await.expect("add"), i + 1);
+    }
+    let from_a_task = client.clone();
+    let spawned = tokio::spawn(async move {
+        for i in 0..calls {
+            assert_eq!(from_a_task.add(i, 2).await.expect("add"), i + 2);
+        }
+    });
+    within("calls from a task", spawned)
+        .await
+        .expect("the task");
+}
+
+/// Reads a stream of the numbers below `count` to its end.
+async fn counts_to(client: &LabClient, count: u64) {
+    let mut numbers = within("a stream", client.count(count))
+        .await
+        .expect("a stream");
+    let mut expected = 0;
+    while let Some(number) = within("an item", numbers.next()).await {
+        assert_eq!(number.expect("an item"), expected);
+        expected += 1;
+    }
+    assert_eq!(expected, count);
 }

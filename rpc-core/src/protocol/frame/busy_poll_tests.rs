@@ -377,6 +377,27 @@ fn a_busy_reader_of_its_own_socket_is_polled_again_without_a_look_for_io() {
     assert_eq!(tokio, (0, 1), "through tokio: woken after the look for I/O");
 }
 
+/// A reader of an accepted TCP socket, of frames up to `max_frame_len`, that busy polls for an
+/// hour and reads the socket itself; the socket's peer, and the write half kept open.
+fn polling_tcp_reader(
+    max_frame_len: usize,
+) -> (
+    std::net::TcpStream,
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let (peer, accepted) = blocking_pair();
+    accepted.set_nonblocking(true).expect("non-blocking");
+    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
+    let (read, write) = stream.into_split();
+    let socket = Socket::of_tcp(read.as_ref());
+    let mut reader = FrameReader::new(read, max_frame_len);
+    reader.set_socket(socket);
+    let streams = Arc::new(Streams::new(1024, 1024));
+    reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    (peer, reader, write)
+}
+
 /// A busy polling reader of a TCP socket, polled between frames by a caller off the runtime's
 /// workers (as `block_on` polls it: no task), raises its socket's mark to
 /// [`socket::POLLING_MARK`] while it polls, so that the frames the caller reads itself wake no
@@ -388,15 +409,7 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
 
     let runtime = runtime_with_io();
     let _inside = runtime.enter();
-    let (mut peer, accepted) = blocking_pair();
-    accepted.set_nonblocking(true).expect("non-blocking");
-    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
-    let (read, _write) = stream.into_split();
-    let socket = Socket::of_tcp(read.as_ref());
-    let mut reader = FrameReader::new(read, 2 * LARGE_FRAME);
-    reader.set_socket(socket);
-    let streams = Arc::new(Streams::new(1024, 1024));
-    reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    let (mut peer, mut reader, _write) = polling_tcp_reader(2 * LARGE_FRAME);
     let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
 
     peer.write_all(&frame(b"one")).expect("writes");
@@ -450,15 +463,7 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
 
     let runtime = runtime_with_io();
     let _inside = runtime.enter();
-    let (mut peer, accepted) = blocking_pair();
-    accepted.set_nonblocking(true).expect("non-blocking");
-    let stream = tokio::net::TcpStream::from_std(accepted).expect("registers");
-    let (read, _write) = stream.into_split();
-    let socket = Socket::of_tcp(read.as_ref());
-    let mut reader = FrameReader::new(read, 1024);
-    reader.set_socket(socket);
-    let streams = Arc::new(Streams::new(1024, 1024));
-    reader.set_busy_poll(Some(Duration::from_secs(3600)), &streams);
+    let (mut peer, mut reader, _write) = polling_tcp_reader(1024);
     let in_flight = CallSlots::new(usize::MAX);
     reader.busy_poll_counting_calls(&in_flight, true);
     let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
