@@ -259,8 +259,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 switch.set(on);
             }
         }
-        let polls_for_caller = self.polls_for_caller_off_the_workers();
-        let keeps_mark = !polls_for_caller && self.awaits_call_off_the_workers();
+        // Whether the reader is polled, busy polling a TCP socket between frames, by a caller off
+        // the runtime's workers (`client::shared_reader`): its socket's mark is raised while so,
+        // so that the frames the caller reads itself wake no worker ([`crate::socket`]).
+        let by_caller = self.read_by_caller_off_the_workers();
+        let polls_for_caller = by_caller && self.looks_past_tokio();
+        // Or whether that caller's answer was handed on and the reader waits for the next call,
+        // which will tell it ([`BusyPoll::awaits_a_call_it_is_told_of`]): the mark raised for
+        // the caller's polling stays raised until then, rather than be lowered now and raised
+        // again as the next call is sent, two system calls a call, the first of them between
+        // the answer and the next request. No answer, and no stream's item, is on its way
+        // meanwhile. What else the peer sends below the mark (a ping, a going-away) is read at
+        // the next call, or once the reader's task polls it, which lowers the mark (the call
+        // may have been the caller's last): at the peer's silence
+        // ([`FrameReader::set_silence_limit`]), or when a call made from a task wakes it. The
+        // peer's end of the stream wakes it whatever the mark.
+        let keeps_mark = by_caller
+            && !polls_for_caller
+            && self
+                .busy_poll
+                .as_deref()
+                .is_some_and(BusyPoll::awaits_a_call_it_is_told_of);
         let (io, buf) = (&mut self.io, &mut self.buf);
         let read = match &mut self.splitting {
             Some(splitting) => {
@@ -379,33 +398,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         busy.handed_on_since_read() && !busy.wait_for_call(cx) && self.poll_again(cx)
     }
 
-    /// Whether the reader is polled, busy polling a TCP socket between frames, by a caller off
-    /// the runtime's workers (`client::shared_reader`): its socket's mark is raised while so, so
-    /// that the frames the caller reads itself wake no worker ([`crate::socket`]).
-    fn polls_for_caller_off_the_workers(&mut self) -> bool {
+    /// Whether the reader, between frames of a TCP socket, is polled by a caller off the
+    /// runtime's workers (`client::shared_reader`), whose socket mark it moves (`poll_read_more`).
+    fn read_by_caller_off_the_workers(&self) -> bool {
         self.splitting.is_none()
             && self.socket.as_ref().is_some_and(Socket::is_tcp)
-            && crate::task::is_off_the_workers()
-            && self.looks_past_tokio()
-    }
-
-    /// Whether the reader, polled by a caller off the runtime's workers, has handed on that
-    /// caller's answer and waits for the next call, which will tell it
-    /// ([`BusyPoll::awaits_a_call_it_is_told_of`]): a socket's mark raised for the caller's
-    /// polling stays raised until then, rather than be lowered now and raised again as the
-    /// next call is sent, two system calls a call, the first of them between the answer and the
-    /// next request. No answer, and no stream's item, is on its way meanwhile. What else the
-    /// peer sends below the mark (a ping, a going-away) is read at the next call, or once the
-    /// reader's task polls it, which lowers the mark (the call may have been the caller's
-    /// last): at the peer's silence ([`FrameReader::set_silence_limit`]), or when a call made
-    /// from a task wakes it. The peer's end of the stream wakes it whatever the mark.
-    fn awaits_call_off_the_workers(&self) -> bool {
-        self.splitting.is_none()
-            && self.socket.as_ref().is_some_and(Socket::is_tcp)
-            && self
-                .busy_poll
-                .as_deref()
-                .is_some_and(BusyPoll::awaits_a_call_it_is_told_of)
             && crate::task::is_off_the_workers()
     }
 
