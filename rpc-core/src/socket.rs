@@ -403,11 +403,6 @@ mod tests {
     use super::*;
     use crate::test_sockets::pair;
 
-    /// The mark the kernel holds for `socket`.
-    fn kernel_mark(socket: &Socket) -> usize {
-        socket.kernel_mark()
-    }
-
     /// The mark follows what is missing of a frame, within half the receive buffer and
     /// [`MAX_MARK`], and is back to one byte between frames.
     #[tokio::test]
@@ -416,13 +411,13 @@ mod tests {
         let mut socket = Socket::of_tcp(&server).expect("on Linux");
         let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
         socket.before_waiting_for(8 << 20);
-        assert_eq!(kernel_mark(&socket), MAX_MARK.min(half_buffer));
+        assert_eq!(socket.kernel_mark(), MAX_MARK.min(half_buffer));
         socket.before_waiting_for(1000);
-        assert_eq!(kernel_mark(&socket), 1000, "lowered to what is missing");
+        assert_eq!(socket.kernel_mark(), 1000, "lowered to what is missing");
         socket.before_waiting_for(5000);
-        assert_eq!(kernel_mark(&socket), 1000, "not raised within the frame");
+        assert_eq!(socket.kernel_mark(), 1000, "not raised within the frame");
         socket.lower();
-        assert_eq!(kernel_mark(&socket), 1);
+        assert_eq!(socket.kernel_mark(), 1);
     }
 
     /// A Unix socket's mark is never moved, its readiness not heeding it; what has come is
@@ -437,9 +432,9 @@ mod tests {
         let mut socket = Socket::of_unix(&ours).expect("on Linux");
         assert!(!socket.is_tcp());
         socket.before_waiting_for(100_000);
-        assert_eq!(kernel_mark(&socket), 1);
+        assert_eq!(socket.kernel_mark(), 1);
         socket.raise_while_polling();
-        assert_eq!(kernel_mark(&socket), 1, "nor raised for polling");
+        assert_eq!(socket.kernel_mark(), 1, "nor raised for polling");
 
         peer.write_all(b"bytes").expect("writes");
         let mut buf = bytes::BytesMut::with_capacity(64);
@@ -455,15 +450,15 @@ mod tests {
         let (_client, server) = pair().await;
         let mut socket = Socket::of_tcp(&server).expect("on Linux");
         socket.raise_while_polling();
-        assert_eq!(kernel_mark(&socket), POLLING_MARK);
+        assert_eq!(socket.kernel_mark(), POLLING_MARK);
         socket.lower();
-        assert_eq!(kernel_mark(&socket), 1);
+        assert_eq!(socket.kernel_mark(), 1);
 
         socket.raise_while_polling();
         let half_buffer = sys::receive_buffer(&socket).expect("a buffer") / 2;
         socket.before_waiting_for(8 << 20);
         assert_eq!(
-            kernel_mark(&socket),
+            socket.kernel_mark(),
             MAX_MARK.min(half_buffer),
             "raised for a large frame's string from the polling mark"
         );
@@ -472,7 +467,7 @@ mod tests {
         socket.before_waiting_for(100_000);
         assert!(socket.lower_for_silence());
         socket.raise_while_polling();
-        assert_eq!(kernel_mark(&socket), 1, "held low");
+        assert_eq!(socket.kernel_mark(), 1, "held low");
     }
 
     /// Lowered to judge the peer's silence, the mark stays low until bytes are read.
@@ -482,14 +477,14 @@ mod tests {
         let mut socket = Socket::of_tcp(&server).expect("on Linux");
         assert!(!socket.lower_for_silence(), "not raised: truly silent");
         socket.before_waiting_for(100_000);
-        assert!(kernel_mark(&socket) > 1);
+        assert!(socket.kernel_mark() > 1);
         assert!(socket.lower_for_silence());
-        assert_eq!(kernel_mark(&socket), 1);
+        assert_eq!(socket.kernel_mark(), 1);
         socket.before_waiting_for(100_000);
-        assert_eq!(kernel_mark(&socket), 1, "held low");
+        assert_eq!(socket.kernel_mark(), 1, "held low");
         socket.heard();
         socket.before_waiting_for(100_000);
-        assert!(kernel_mark(&socket) > 1, "raised again after a read");
+        assert!(socket.kernel_mark() > 1, "raised again after a read");
     }
 
     /// What has arrived is read into the buffer's spare room, after the bytes already there;

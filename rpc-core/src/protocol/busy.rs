@@ -678,7 +678,16 @@ mod tests {
     /// A client's reader with a call in flight that has read a frame and handed it on, within a
     /// window longer than any test.
     fn answered(in_flight: &Arc<CallSlots>, waits_for_calls: bool) -> BusyPoll {
-        let mut busy = BusyPoll::new(Duration::from_secs(3600), no_streams());
+        answered_beside(in_flight, waits_for_calls, no_streams())
+    }
+
+    /// [`answered`], on a connection whose streams are `streams`.
+    fn answered_beside(
+        in_flight: &Arc<CallSlots>,
+        waits_for_calls: bool,
+        streams: Arc<Streams>,
+    ) -> BusyPoll {
+        let mut busy = BusyPoll::new(Duration::from_secs(3600), streams);
         busy.count_calls(Arc::clone(in_flight), waits_for_calls);
         busy.read();
         busy.frame(false);
@@ -732,13 +741,10 @@ mod tests {
         let _call = in_flight.try_take().expect("a slot");
         let streams = no_streams();
         let mut waiting = |after_batches_only: bool| {
-            let mut busy = BusyPoll::new(Duration::from_secs(3600), Arc::clone(&streams));
-            busy.count_calls(Arc::clone(&in_flight), true);
+            let mut busy = answered_beside(&in_flight, true, Arc::clone(&streams));
             if after_batches_only {
                 busy.after_batches_only();
             }
-            busy.read();
-            busy.frame(false);
             // Off the workers (no runtime here), a reader that polls only after batches waits
             // for calls too.
             assert!(busy.wait_for_call(&mut cx), "it waits for the next call");

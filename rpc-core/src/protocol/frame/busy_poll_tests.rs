@@ -398,6 +398,11 @@ fn polling_tcp_reader(
     (peer, reader, write)
 }
 
+/// The receive low-water mark the kernel holds for `reader`'s socket, if it has one.
+fn socket_mark<R>(reader: &FrameReader<R>) -> Option<usize> {
+    reader.socket.as_ref().map(Socket::kernel_mark)
+}
+
 /// A busy polling reader of a TCP socket, polled between frames by a caller off the runtime's
 /// workers (as `block_on` polls it: no task), raises its socket's mark to
 /// [`socket::POLLING_MARK`] while it polls, so that the frames the caller reads itself wake no
@@ -410,13 +415,12 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
     let runtime = runtime_with_io();
     let _inside = runtime.enter();
     let (mut peer, mut reader, _write) = polling_tcp_reader(2 * LARGE_FRAME);
-    let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
 
     peer.write_all(&frame(b"one")).expect("writes");
     finds_the_frame_only_if_busy(&mut reader, true);
     assert!(poll_once(&mut reader, Waker::noop()).is_pending());
     assert_eq!(
-        mark(&reader),
+        socket_mark(&reader),
         Some(socket::POLLING_MARK),
         "raised while it polls"
     );
@@ -428,7 +432,11 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
     while reader.buf.is_empty() {
         assert!(poll_once(&mut reader, Waker::noop()).is_pending());
     }
-    assert_eq!(mark(&reader), Some(1), "lowered once it stops polling");
+    assert_eq!(
+        socket_mark(&reader),
+        Some(1),
+        "lowered once it stops polling"
+    );
 
     peer.write_all(&large[100..]).expect("writes");
     peer.write_all(&frame(b"two")).expect("writes");
@@ -443,7 +451,7 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
         }
         let waits = std::future::poll_fn(|cx| Poll::Ready(poll_once(&mut reader, cx.waker())));
         assert!(waits.await.is_pending(), "nothing more: it polls");
-        mark(&reader)
+        socket_mark(&reader)
     }));
     assert_eq!(
         in_a_task.expect("the task"),
@@ -466,7 +474,6 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
     let (mut peer, mut reader, _write) = polling_tcp_reader(1024);
     let in_flight = CallSlots::new(usize::MAX);
     reader.busy_poll_counting_calls(&in_flight, true);
-    let mark = |reader: &FrameReader<_>| reader.socket.as_ref().map(Socket::kernel_mark);
     let calls_sent = |reader: &FrameReader<_>| {
         let busy = reader.busy_poll.as_deref().expect("busy polling");
         busy.calls().now(true);
@@ -477,7 +484,7 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
         calls_sent(&reader);
         assert!(poll_once(&mut reader, Waker::noop()).is_pending());
         assert_eq!(
-            mark(&reader),
+            socket_mark(&reader),
             Some(socket::POLLING_MARK),
             "raised while the caller polls for its answer ({call})"
         );
@@ -500,7 +507,7 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
                 .is_some_and(BusyPoll::awaits_a_call_it_is_told_of)
         );
         assert_eq!(
-            mark(&reader),
+            socket_mark(&reader),
             Some(socket::POLLING_MARK),
             "kept for the caller's next call ({call})"
         );
@@ -509,7 +516,7 @@ fn a_reader_awaiting_its_callers_next_call_keeps_its_mark_raised_until_its_task_
     let in_its_task = runtime.block_on(tokio::spawn(async move {
         let waits = std::future::poll_fn(|cx| Poll::Ready(poll_once(&mut reader, cx.waker())));
         assert!(waits.await.is_pending(), "nothing has come");
-        mark(&reader)
+        socket_mark(&reader)
     }));
     assert_eq!(
         in_its_task.expect("the task"),
