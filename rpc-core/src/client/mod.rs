@@ -234,67 +234,42 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// polled again at the runtime's next turn instead of waiting to be woken: its worker thread
     /// runs on, giving every other task its turns, so the answers that come within the window
     /// find a thread awake, and the thread that receives them nothing to wake. Where waking a
-    /// sleeping thread is slow, as in many virtual machines, this is most of a call's latency:
-    /// in this crate's benchmark on a two-core virtual machine, with both ends polling as by
-    /// default, the median sequential call across two processes took about 8 µs instead of
-    /// about 75, its p99 9–18 µs instead of 114–122, and one connection carried two to two and
-    /// a half times the calls from 32 callers (two full runs, 2026-12-05).
+    /// sleeping thread is slow, as in many virtual machines, that wakeup is most of a call's
+    /// latency: in this crate's benchmark on two-core virtual machines, both ends polling took
+    /// the median sequential call across two processes from 16–100 µs, by machine, to 7–8 µs
+    /// (the repository's BENCHMARKS.md, *Busy polling*, has each run's figures).
     ///
     /// The window adapts, up to `window`: it doubles when bytes come just after it ended twice
-    /// in a row (up to twice `window` after the bytes before them: a reader that slept reads
-    /// them only once woken, which can take about as long) and halves after polling through it
-    /// in vain twice in a row, and a reader that went to sleep sleeps until its next bytes. So
-    /// calls that follow each other closely are answered to a thread awake, and calls further
-    /// apart than twice `window` cost about as much as without busy polling, or a little more: in
-    /// two of the benchmark's full runs on one virtual machine (2026-12-06), calls started 1 ms
-    /// apart took 20.5 and 23.1 µs against 20.2 and 20.5 without, at 65 and 90 µs of CPU time a
-    /// call across both processes against 60 and 75; on another, where a thread woken after a
-    /// millisecond asleep took longer, 83.1 µs against 70.5 in the full run, and 73.8–82.0 against
-    /// 75.4–93.9 in three pairs by hand. The price is a busy core while frames keep coming within
-    /// the window, or within twice it.
-    /// On a runtime of several workers, a reader that has handed on the answer to its only call in
-    /// flight polls no more, but waits for the next call sent, which wakes it to poll for that
-    /// call's answer: no answer is on its way, and a worker that the reader's polling woke took the
-    /// core from the caller about to send the next call (across two processes, the benchmark's
-    /// sequential p99 was 25.8–36.3 µs waiting so, against 27.2–128.9 polling, in five pairs by
-    /// hand, 2026-12-06).
-    /// A call made in a `#[tokio::main]` function itself, on the thread that runs the runtime
-    /// rather than on one of its workers, polls the connection's reader itself while it waits, when
-    /// it is the connection's only call in flight and no stream is open: its own thread polls, and
-    /// reads its answer, so that neither the answer nor the next call wakes a thread. Across two
-    /// processes on two cores, such calls' median went from 11.3–13.3 µs to 7.6–12.2 (the floor's,
-    /// a program with no framework, 7.1–11.4) and their p99 from 16.6–21.5 µs to 17.0–46.3 (the
-    /// floor's 13.3–39.9), in six interleaved rounds by hand (2026-12-06): a longer tail, the
-    /// caller's thread polling on a core it shares. While such a caller polls, its TCP socket's
-    /// low-water mark is raised above the answers it reads itself, so that their arrival wakes
-    /// none of the runtime's workers, one of which used to take the caller's core at times: in
-    /// one run in ten to one in four, such calls' median was 12–14 µs; with the mark raised,
-    /// 7.8–8.2 µs in 25 runs against 8.5–12.7 without and the floor's 7.5–10.9 (interleaved,
-    /// 2026-12-06). Another call in flight, or a stream open, hands
-    /// the reader back to its task, which yields its thread between looks for the answer to such a
-    /// call, so that the caller's thread, one more than the workers, does not wait for a core the
-    /// reader holds.
-    /// A connection with a stream open, either way, does not poll: its items keep the reader
-    /// busy while they flow, and polling between them took CPU time the sender needed (a
-    /// stream of small items went a third slower with it). Nor does a reader amid a frame of
-    /// 64 KiB or more, or after one until its next bytes: those come at the pace of the copies
-    /// that move them, and polling for them slowed 1 MiB echoes.
+    /// in a row (up to twice `window` after the bytes before them, since a reader that slept
+    /// reads them only once woken) and halves after polling through it in vain twice in a row;
+    /// a reader that went to sleep sleeps until its next bytes. Calls further apart than twice
+    /// `window` cost about what they cost without polling. Where polling would not help, the
+    /// reader does not poll:
     ///
-    /// A server on the same runtime (one of this crate's, over TCP) is polled for only after a read
-    /// that brought several answers: where a call's two ends share a runtime they meet without a
-    /// thread to wake, and the benchmark's sequential calls were slower with polling (20.8 µs
-    /// against 5.4), but pipelined callers' answers come sooner than a sleeping worker wakes (32
-    /// callers on one connection, on two cores: 358–393k calls/s against 303–343k). The server
-    /// polls for such a client likewise, after a read that brought several of its requests. But a
-    /// call made off the runtime's workers (in `#[tokio::main]`'s body), which polls the reader
-    /// itself, polls for its answer as for a server elsewhere: its two ends are on two threads, the
-    /// caller's and a worker, and the caller would otherwise sleep until a worker found its answer
-    /// (by hand, such calls' median went from 19.9–21.5 µs to 12.8–13.7, the floor's 15.7–16.5, in
-    /// three interleaved rounds, 2026-12-06). A server in this process over a Unix socket is never
-    /// polled for, nor one reached through [`connect_stream`](ClientBuilder::connect_stream), which
-    /// cannot be placed; one on another runtime of this process is, as another process's: its
-    /// threads are its own. It pairs with the server's
-    /// [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window turns it off.
+    /// - on a runtime of several workers, after handing on the answer to its only call in
+    ///   flight: it waits for the next call sent to wake it, rather than hold a core that
+    ///   call's caller needs;
+    /// - while a stream is open, either way (its items keep the reader busy), and amid a frame
+    ///   of 64 KiB or more or after one until its next bytes (those come at the pace of the
+    ///   copies that move them);
+    /// - for a server on the same runtime (one of this crate's, over TCP), except after a read
+    ///   that brought several answers, as pipelined callers get: a call's two ends meet there
+    ///   without a thread to wake, and polling after a lone call only slows it;
+    /// - for a server in this process over a Unix socket, or one reached through
+    ///   [`connect_stream`](ClientBuilder::connect_stream), which cannot be placed. One on another
+    ///   runtime of this process is polled for, as another process's: its threads are its own.
+    ///
+    /// A call made off the runtime's workers (in a `#[tokio::main]` function itself, on the
+    /// thread that runs the runtime), alone on its connection with no stream open, polls the
+    /// reader itself while it waits, with a server on the same runtime too (its two ends are on
+    /// two threads): its own thread reads its answer, and while it polls, the TCP socket's
+    /// low-water mark is raised above such answers, so that neither the answer nor the next call
+    /// wakes a thread. Another call in flight, or a stream open, hands the reader back to its
+    /// task, which then yields its thread between looks for such a call's answer.
+    ///
+    /// The price is a busy core while frames keep coming within the window, or within twice it.
+    /// It pairs with the server's [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window
+    /// turns it off.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self

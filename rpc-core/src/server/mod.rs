@@ -235,7 +235,7 @@ impl ServerBuilder {
     /// turns, so a client's next request that comes within the window finds a thread awake.
     /// Where waking a sleeping thread is slow, as in many virtual machines, that wakeup is most
     /// of a call's latency (see the client's [`busy_poll`](crate::ClientBuilder::busy_poll),
-    /// which it pairs with: the figures there are for both ends polling, as by default).
+    /// which it pairs with).
     ///
     /// The window adapts, up to `window`, as the client's does, so a connection whose requests
     /// come further apart stops polling after a few windows in vain, and one with a stream open
