@@ -321,6 +321,30 @@ struct Access<'a, A> {
     claimed: bool,
 }
 
+impl<A> Access<'_, A> {
+    /// An element or key taken from a collection: counted, if the peer claimed how many come,
+    /// against the items the value may hold ([`Limits::item`]).
+    #[inline]
+    fn counted<T, E: de::Error>(&self, taken: Option<T>) -> Result<Option<T>, E> {
+        if self.claimed && taken.is_some() {
+            self.level.limits.item()?;
+        }
+        Ok(taken)
+    }
+
+    /// The peer's count, for the room a collection makes before its items come: within what
+    /// the value's bytes can hold, all told, for a claimed one ([`Limits::room_for`]).
+    #[inline]
+    fn room(&self, count: Option<usize>) -> Option<usize> {
+        let count = count?;
+        Some(if self.claimed {
+            self.level.limits.room_for(count)
+        } else {
+            count
+        })
+    }
+}
+
 /// Decodes one part of a value with what depth is left.
 struct Seed<'a, S> {
     seed: S,
@@ -346,22 +370,12 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Access<'_, A> {
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
         let element = self.inner.next_element_seed(Seed { seed, level })?;
-        if self.claimed && element.is_some() {
-            level.limits.item()?;
-        }
-        Ok(element)
+        self.counted(element)
     }
 
-    /// The peer's count, for the room a collection makes before its items come: within what
-    /// the value's bytes can hold, all told, for a claimed one ([`Limits::room_for`]).
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        let count = self.inner.size_hint()?;
-        if self.claimed {
-            Some(self.level.limits.room_for(count))
-        } else {
-            Some(count)
-        }
+        self.room(self.inner.size_hint())
     }
 }
 
@@ -375,10 +389,7 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
     ) -> Result<Option<S::Value>, A::Error> {
         let level = self.level;
         let key = self.inner.next_key_seed(Seed { seed, level })?;
-        if self.claimed && key.is_some() {
-            level.limits.item()?;
-        }
-        Ok(key)
+        self.counted(key)
     }
 
     #[inline]
@@ -387,16 +398,9 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
         self.inner.next_value_seed(Seed { seed, level })
     }
 
-    /// The peer's count, for the room a collection makes before its items come: within what
-    /// the value's bytes can hold, all told, for a claimed one ([`Limits::room_for`]).
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        let count = self.inner.size_hint()?;
-        if self.claimed {
-            Some(self.level.limits.room_for(count))
-        } else {
-            Some(count)
-        }
+        self.room(self.inner.size_hint())
     }
 }
 
