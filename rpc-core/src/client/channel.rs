@@ -25,7 +25,7 @@ use crate::schema::ServiceSchema;
 use crate::service::{MethodInfo, ServiceInfo};
 use crate::stream::Outbound;
 use crate::task::until;
-use crate::telemetry::{self, CallEnd, Side};
+use crate::telemetry::{self, CallEnd, Meters, Side};
 use crate::{Metadata, RpcError, Streaming};
 
 /// The connection or connections of a generated client, with the options its calls are made
@@ -55,6 +55,8 @@ pub struct Channel {
     service: ServiceInfo,
     /// Whether a call waits for a server to come back rather than failing at once.
     wait_for_ready: bool,
+    /// The handles of its calls' metrics, shared with its clones.
+    meters: Arc<Meters>,
 }
 
 /// Where calls go.
@@ -183,6 +185,7 @@ impl Channel {
             interceptor,
             service,
             wait_for_ready,
+            meters: Arc::new(Meters::new(Side::Client)),
         }
     }
 
@@ -430,7 +433,7 @@ impl Channel {
         R: Decode,
     {
         let span = self.span(method);
-        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
         let metadata = self.call_metadata(&span);
         let mut spec = self.spec(method, &metadata);
         spec.takes_byte_string = takes_byte_string;
@@ -508,7 +511,7 @@ impl Channel {
             });
         }
         let span = self.span(method);
-        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
         let metadata = self.call_metadata(&span).into_owned();
         let called = local.call(method, request, self.deadline, metadata);
         ended(end, in_span!(span, called))
@@ -790,7 +793,7 @@ impl Channel {
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
-        let end = CallEnd::start(&span, Side::Client, self.service.name, method.name);
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
         match in_span!(span, call) {
             Ok(answered) => Ok((answered, end)),
             Err(failure) => ended(end, Err(self.failed(failure, method).await)),

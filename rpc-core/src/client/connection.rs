@@ -216,7 +216,7 @@ impl Connection {
         server.check_serves(service.name)?;
         server.compare(service.describe()?);
         let traffic = Traffic::new(Side::Client, service.name);
-        reader.count_traffic(traffic);
+        reader.count_traffic(traffic.clone());
         writer.count_traffic(traffic);
         reader.set_silence_limit(server.silence_limit(config.keepalive));
         let (elsewhere, end) = peer.place();

@@ -599,7 +599,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(busy) = &mut self.busy_poll {
                 busy.read();
             }
-            if let Some(traffic) = self.traffic {
+            if let Some(traffic) = &self.traffic {
                 traffic.received(read);
             }
         }

@@ -62,7 +62,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Notes `bytes` written.
     fn sent(&self, bytes: usize) {
-        if let Some(traffic) = self.traffic {
+        if let Some(traffic) = &self.traffic {
             traffic.sent(bytes);
         }
     }

@@ -28,7 +28,7 @@ use crate::protocol::{
 use crate::slots::CallSlot;
 use crate::stream::{self, Outbound, Streams};
 use crate::task::until;
-use crate::telemetry::{CallEnd, OK, Side};
+use crate::telemetry::{CallEnd, Meters, OK};
 use crate::{Context, Metadata};
 
 /// The calls of one connection that are running, by request id.
@@ -130,7 +130,7 @@ impl Calls {
             crate::telemetry::trace_context::extract(&context.metadata, &span);
         }
         let _entered = span.enter();
-        let end = CallEnd::start(&span, Side::Server, service_name, method);
+        let end = CallEnd::start(&span, &link.meters, service_name, method);
         if let Some(refusal) = intercept(link, &context) {
             refusal.send(end, link, slot);
             return;
@@ -309,6 +309,8 @@ pub(crate) struct Link {
     pub(crate) panic_messages: bool,
     /// The server's check of every call before its handler runs.
     pub(crate) interceptor: Option<ServerInterceptor>,
+    /// The handles of the server's call metrics.
+    pub(crate) meters: Arc<Meters>,
     /// The connection's layers around its handlers.
     #[cfg(feature = "tower")]
     pub(crate) stack: Option<crate::middleware::Stack>,

@@ -162,7 +162,7 @@ where
         let name = service.infos[index].name;
         let _open = OpenConnection::new(Side::Server, name);
         let traffic = Traffic::new(Side::Server, name);
-        reader.count_traffic(traffic);
+        reader.count_traffic(traffic.clone());
         writer.count_traffic(traffic);
         reader.set_silence_limit(client.silence_limit(config.keepalive));
         let (elsewhere, end) = process.place();
@@ -240,6 +240,7 @@ where
                 client_max_frame_len: client.max_frame_len,
                 panic_messages: config.panic_messages,
                 interceptor: config.interceptor.clone(),
+                meters: Arc::clone(&config.meters),
                 #[cfg(feature = "tower")]
                 stack: config.layers.stack(),
             },

@@ -112,6 +112,8 @@ pub(crate) struct ServerConfig {
     /// The server's status, as health calls report it.
     pub(crate) health: crate::health::HealthReporter,
     pub(crate) interceptor: Option<ServerInterceptor>,
+    /// The handles of the calls' metrics, shared by the servers the builder makes.
+    pub(crate) meters: Arc<crate::telemetry::Meters>,
     #[cfg(feature = "tower")]
     pub(crate) layers: middleware::Layers,
     #[cfg(feature = "tls")]
@@ -142,6 +144,9 @@ impl Default for ServerBuilder {
                 reflection: true,
                 health: crate::health::HealthReporter::default(),
                 interceptor: None,
+                meters: Arc::new(crate::telemetry::Meters::new(
+                    crate::telemetry::Side::Server,
+                )),
                 #[cfg(feature = "tower")]
                 layers: middleware::Layers::default(),
                 #[cfg(feature = "tls")]

@@ -17,64 +17,23 @@
 //! | `rpc_bytes_received_total`, `rpc_bytes_sent_total` | counter | (the protocol's bytes, after the handshake; under TLS, before encryption) |
 
 #[cfg(feature = "metrics")]
-use std::time::Instant;
+mod labels;
+#[cfg(feature = "metrics")]
+mod meters;
 
 #[cfg(feature = "metrics")]
-use metrics::Label;
+pub(crate) use meters::Meters;
 
-/// The label sets of the metrics, each made once for the process, and the metrics registered
-/// by keys that borrow them. `metrics::counter!` with labels that are not literals builds them
-/// into a new vector at each use: a dozen allocations per call, whether a recorder is installed
-/// or not.
-#[cfg(feature = "metrics")]
-mod labels {
-    use std::collections::HashMap;
-    use std::sync::{OnceLock, PoisonError, RwLock};
+/// The handles of the call metrics of the methods one channel or server calls: without the
+/// `metrics` feature, nothing.
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug)]
+pub(crate) struct Meters;
 
-    use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata};
-
-    /// What the `metrics` macros would say of a metric recorded here.
-    static METADATA: Metadata<'static> =
-        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-    type Sets = HashMap<Box<[(&'static str, &'static str)]>, &'static [Label]>;
-
-    /// The label set of `pairs`, made on its first use and kept for the process. Label values
-    /// are names the program holds for ever (a side, its services' and methods' names, status
-    /// codes), so there are a few sets per method, as a recorder keeps a few series.
-    pub(super) fn of(pairs: &[(&'static str, &'static str)]) -> &'static [Label] {
-        static SETS: OnceLock<RwLock<Sets>> = OnceLock::new();
-        let sets = SETS.get_or_init(RwLock::default);
-        if let Some(labels) = sets
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(pairs)
-        {
-            return labels;
-        }
-        let mut sets = sets.write().unwrap_or_else(PoisonError::into_inner);
-        sets.entry(pairs.into()).or_insert_with(|| {
-            let labels: Box<[Label]> = pairs
-                .iter()
-                .map(|&(key, value)| Label::from_static_parts(key, value))
-                .collect();
-            Box::leak(labels)
-        })
-    }
-
-    pub(super) fn counter(name: &'static str, labels: &'static [Label]) -> Counter {
-        let key = Key::from_static_parts(name, labels);
-        metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA))
-    }
-
-    pub(super) fn gauge(name: &'static str, labels: &'static [Label]) -> Gauge {
-        let key = Key::from_static_parts(name, labels);
-        metrics::with_recorder(|recorder| recorder.register_gauge(&key, &METADATA))
-    }
-
-    pub(super) fn histogram(name: &'static str, labels: &'static [Label]) -> Histogram {
-        let key = Key::from_static_parts(name, labels);
-        metrics::with_recorder(|recorder| recorder.register_histogram(&key, &METADATA))
+#[cfg(not(feature = "metrics"))]
+impl Meters {
+    pub(crate) fn new(_side: Side) -> Self {
+        Meters
     }
 }
 
@@ -97,18 +56,6 @@ impl Side {
 
 /// The status code of a call answered with its result.
 pub(crate) const OK: u32 = 0;
-
-/// The `code` label of a call's status code, without allocating.
-fn code_label(code: u32) -> &'static str {
-    const LABELS: [&str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|code| LABELS.get(code))
-        .copied()
-        .unwrap_or("other")
-}
 
 /// Whether any subscriber may want rpc-core's spans, a connection's and a call's, which are at
 /// `INFO`. When none does, none is made ([`tracing::Span::none`]): where tracing's `log` feature
@@ -159,48 +106,24 @@ pub(crate) fn kept_span(span: &tracing::Span) -> Option<tracing::Span> {
 pub(crate) struct CallEnd {
     /// The call's span, unless it is [`tracing::Span::none`]: then nothing is kept to drop.
     span: Option<tracing::Span>,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    side: Side,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    service: &'static str,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    method: &'static str,
-    /// `side`, `service` and `method`, and `side` and `service`, as label sets.
     #[cfg(feature = "metrics")]
-    labels: (&'static [Label], &'static [Label]),
-    #[cfg(feature = "metrics")]
-    started: Instant,
+    running: meters::Running,
     finished: bool,
 }
 
 impl CallEnd {
-    /// Counts a call of `method` started, under `span`.
+    /// Counts a call of `service`'s `method` started, under `span`, in `meters`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn start(
         span: &tracing::Span,
-        side: Side,
+        meters: &Meters,
         service: &'static str,
         method: &'static str,
     ) -> Self {
-        #[cfg(feature = "metrics")]
-        let labels = {
-            let side = ("side", side.label());
-            let labels = (
-                labels::of(&[side, ("service", service), ("method", method)]),
-                labels::of(&[side, ("service", service)]),
-            );
-            labels::counter("rpc_calls_started_total", labels.0).increment(1);
-            labels::gauge("rpc_calls_in_flight", labels.1).increment(1.0);
-            labels
-        };
         CallEnd {
             span: kept_span(span),
-            side,
-            service,
-            method,
             #[cfg(feature = "metrics")]
-            labels,
-            #[cfg(feature = "metrics")]
-            started: Instant::now(),
+            running: meters::Running::start(meters, service, method),
             finished: false,
         }
     }
@@ -211,6 +134,7 @@ impl CallEnd {
     }
 
     /// The call ended with status `code`: [`OK`], or the error code it was answered with.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn finish(mut self, code: u32) {
         // A span no subscriber wants still looks each field up by name: skipped.
         if let Some(span) = self.span.as_ref().filter(|span| !span.is_disabled()) {
@@ -220,7 +144,8 @@ impl CallEnd {
             }
         }
         self.finished = true;
-        self.count(code_label(code));
+        #[cfg(feature = "metrics")]
+        self.running.end(meters::Code::of(code));
     }
 
     /// The call failed on the client: `error` says how.
@@ -230,31 +155,16 @@ impl CallEnd {
             span.record("otel.status_description", tracing::field::display(error));
         }
         self.finished = true;
-        self.count("error");
-    }
-
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    fn count(&self, code: &'static str) {
         #[cfg(feature = "metrics")]
-        {
-            let finished = labels::of(&[
-                ("side", self.side.label()),
-                ("service", self.service),
-                ("method", self.method),
-                ("code", code),
-            ]);
-            labels::counter("rpc_calls_finished_total", finished).increment(1);
-            labels::histogram("rpc_call_duration_seconds", self.labels.0)
-                .record(self.started.elapsed().as_secs_f64());
-            labels::gauge("rpc_calls_in_flight", self.labels.1).decrement(1.0);
-        }
+        self.running.end(meters::Code::ERROR);
     }
 }
 
 impl Drop for CallEnd {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
         if !self.finished {
-            self.count("cancelled");
+            self.running.end(meters::Code::CANCELLED);
         }
     }
 }
@@ -262,21 +172,24 @@ impl Drop for CallEnd {
 /// One open connection, counted in `rpc_connections_open` until dropped.
 #[derive(Debug)]
 pub(crate) struct OpenConnection {
-    /// `side` and `service`, as a label set.
+    /// Its `side` and `service`'s gauge.
     #[cfg(feature = "metrics")]
-    labels: &'static [Label],
+    open: metrics::Gauge,
 }
 
 impl OpenConnection {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn new(side: Side, service: &'static str) -> Self {
         #[cfg(feature = "metrics")]
-        let labels = labels::of(&[("side", side.label()), ("service", service)]);
+        let open = labels::gauge(
+            "rpc_connections_open",
+            labels::of(&[("side", side.label()), ("service", service)]),
+        );
         #[cfg(feature = "metrics")]
-        labels::gauge("rpc_connections_open", labels).increment(1.0);
+        open.increment(1.0);
         OpenConnection {
             #[cfg(feature = "metrics")]
-            labels,
+            open,
         }
     }
 }
@@ -284,40 +197,45 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        labels::gauge("rpc_connections_open", self.labels).decrement(1.0);
+        self.open.decrement(1.0);
     }
 }
 
 /// Which connection's bytes a reader or writer counts (`rpc_bytes_received_total`,
-/// `rpc_bytes_sent_total`).
-#[derive(Debug, Clone, Copy)]
+/// `rpc_bytes_sent_total`), through handles registered when the connection opens.
+#[derive(Debug, Clone)]
 pub(crate) struct Traffic {
-    /// `side` and `service`, as a label set.
     #[cfg(feature = "metrics")]
-    labels: &'static [Label],
+    received: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    sent: metrics::Counter,
 }
 
 impl Traffic {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn new(side: Side, service: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        let labels = labels::of(&[("side", side.label()), ("service", service)]);
         Traffic {
             #[cfg(feature = "metrics")]
-            labels: labels::of(&[("side", side.label()), ("service", service)]),
+            received: labels::counter("rpc_bytes_received_total", labels),
+            #[cfg(feature = "metrics")]
+            sent: labels::counter("rpc_bytes_sent_total", labels),
         }
     }
 
     /// `bytes` more were read from the connection.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn received(self, bytes: usize) {
+    pub(crate) fn received(&self, bytes: usize) {
         #[cfg(feature = "metrics")]
-        labels::counter("rpc_bytes_received_total", self.labels).increment(bytes as u64);
+        self.received.increment(bytes as u64);
     }
 
     /// `bytes` more were written to the connection.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn sent(self, bytes: usize) {
+    pub(crate) fn sent(&self, bytes: usize) {
         #[cfg(feature = "metrics")]
-        labels::counter("rpc_bytes_sent_total", self.labels).increment(bytes as u64);
+        self.sent.increment(bytes as u64);
     }
 }
 

@@ -1,0 +1,230 @@
+//! The handles of the metrics recorded at every call and every read or write, registered once
+//! and kept: registering looks a metric up by its name and labels, in rpc-core's table of label
+//! sets and then in the recorder's, under their locks, which every call on every thread would
+//! otherwise do several times over (BENCHMARKS.md says what that cost).
+//!
+//! As with any handle of the `metrics` facade, what is registered stays with the recorder
+//! installed then: a channel's or server's, when it first calls or serves each method; a
+//! connection's, when it opens. Install the recorder before the first connection.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Label};
+
+use super::{Side, labels};
+
+/// The values of a finished call's `code` label: the status codes of docs/wire.md by number,
+/// then any other, then a call dropped before it ended and a failure on a client.
+const CODES: [&str; 20] = [
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    "10",
+    "11",
+    "12",
+    "13",
+    "14",
+    "15",
+    "16",
+    "other",
+    "cancelled",
+    "error",
+];
+
+/// Where a call's end is among [`CODES`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Code(usize);
+
+impl Code {
+    /// A call dropped before it ended.
+    pub(crate) const CANCELLED: Code = Code(18);
+    /// A call that failed on a client.
+    pub(crate) const ERROR: Code = Code(19);
+
+    /// The call ended with status `code`.
+    pub(crate) fn of(code: u32) -> Code {
+        const OTHER: usize = 17;
+        Code(usize::try_from(code).map_or(OTHER, |code| code.min(OTHER)))
+    }
+}
+
+/// One method's call metrics on one side: `rpc_calls_started_total`, `rpc_calls_in_flight`,
+/// `rpc_call_duration_seconds`, and `rpc_calls_finished_total` by code, each code's counter
+/// registered when a call first ends with it.
+#[derive(Debug)]
+pub(crate) struct CallMeters {
+    /// `side`, `service` and `method`, to which a finished call's code is added.
+    side: &'static str,
+    service: &'static str,
+    method: &'static str,
+    started: Counter,
+    in_flight: Gauge,
+    duration: Histogram,
+    finished: [OnceLock<Counter>; CODES.len()],
+}
+
+impl CallMeters {
+    fn register(side: Side, service: &'static str, method: &'static str) -> Self {
+        let side = side.label();
+        let of_method = labels::of(&[("side", side), ("service", service), ("method", method)]);
+        let of_service = labels::of(&[("side", side), ("service", service)]);
+        CallMeters {
+            side,
+            service,
+            method,
+            started: labels::counter("rpc_calls_started_total", of_method),
+            in_flight: labels::gauge("rpc_calls_in_flight", of_service),
+            duration: labels::histogram("rpc_call_duration_seconds", of_method),
+            finished: Default::default(),
+        }
+    }
+
+    /// A call started.
+    pub(crate) fn started(&self) {
+        self.started.increment(1);
+        self.in_flight.increment(1.0);
+    }
+
+    /// A call that started `took` ago ended with `code`.
+    pub(crate) fn finished(&self, code: Code, took: Duration) {
+        let counter = self.finished[code.0].get_or_init(|| {
+            let labels: &'static [Label] = labels::of(&[
+                ("side", self.side),
+                ("service", self.service),
+                ("method", self.method),
+                ("code", CODES[code.0]),
+            ]);
+            labels::counter("rpc_calls_finished_total", labels)
+        });
+        counter.increment(1);
+        self.duration.record(took.as_secs_f64());
+        self.in_flight.decrement(1.0);
+    }
+}
+
+/// How many methods a [`Meters`] keeps the handles of; the calls of any more register theirs
+/// at each call.
+const KEPT_METHODS: usize = 32;
+
+/// The [`CallMeters`] of the methods one channel or server calls or serves, each registered at
+/// its first call and found by its names after that, with no lock: a method's entry, once
+/// filled, never changes.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    side: Side,
+    kept: [OnceLock<Kept>; KEPT_METHODS],
+}
+
+#[derive(Debug)]
+struct Kept {
+    service: &'static str,
+    method: &'static str,
+    meters: Arc<CallMeters>,
+}
+
+impl Kept {
+    fn is(&self, service: &str, method: &str) -> bool {
+        self.method == method && self.service == service
+    }
+}
+
+impl Meters {
+    /// No method's meters yet, for calls on `side`.
+    pub(crate) fn new(side: Side) -> Self {
+        Meters {
+            side,
+            kept: Default::default(),
+        }
+    }
+
+    /// The meters of `service`'s `method`, registered if this is its first call here.
+    pub(crate) fn of(&self, service: &'static str, method: &'static str) -> Arc<CallMeters> {
+        for slot in &self.kept {
+            let kept = match slot.get() {
+                Some(kept) => kept,
+                // The first free slot: filled with this method's, unless another call fills it
+                // first (with its own method's, perhaps).
+                None => slot.get_or_init(|| Kept {
+                    service,
+                    method,
+                    meters: Arc::new(CallMeters::register(self.side, service, method)),
+                }),
+            };
+            if kept.is(service, method) {
+                return Arc::clone(&kept.meters);
+            }
+        }
+        Arc::new(CallMeters::register(self.side, service, method))
+    }
+}
+
+/// A call's meters and when it started, until it ends.
+#[derive(Debug)]
+pub(crate) struct Running {
+    meters: Arc<CallMeters>,
+    started: Instant,
+}
+
+impl Running {
+    /// A call of `service`'s `method` starts, counted in `meters`.
+    pub(crate) fn start(meters: &Meters, service: &'static str, method: &'static str) -> Self {
+        let meters = meters.of(service, method);
+        meters.started();
+        Running {
+            meters,
+            started: Instant::now(),
+        }
+    }
+
+    /// The call ended with `code`.
+    pub(crate) fn end(&self, code: Code) {
+        self.meters.finished(code, self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Code, Meters};
+    use crate::telemetry::Side;
+
+    #[test]
+    fn a_status_code_is_its_own_label_and_any_other_is_other() {
+        assert_eq!(super::CODES[Code::of(0).0], "0");
+        assert_eq!(super::CODES[Code::of(16).0], "16");
+        assert_eq!(super::CODES[Code::of(17).0], "other");
+        assert_eq!(super::CODES[Code::of(u32::MAX).0], "other");
+        assert_eq!(super::CODES[Code::CANCELLED.0], "cancelled");
+        assert_eq!(super::CODES[Code::ERROR.0], "error");
+    }
+
+    /// A method's meters are registered once and found again; a table whose every slot is
+    /// taken still gives meters of their own to the calls of one more method.
+    #[test]
+    fn a_methods_meters_are_kept_and_found_by_its_names() {
+        let meters = Meters::new(Side::Server);
+        let first = meters.of("Calc", "add");
+        assert!(std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "add")));
+        assert!(!std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "sub")));
+        assert!(!std::sync::Arc::ptr_eq(&first, &meters.of("Other", "add")));
+        let names: Vec<&'static str> = (0..super::KEPT_METHODS)
+            .map(|n| &*Box::leak(format!("m{n}").into_boxed_str()))
+            .collect();
+        for name in &names {
+            meters.of("Calc", name);
+        }
+        let beyond = meters.of("Calc", "beyond");
+        assert!(!std::sync::Arc::ptr_eq(
+            &beyond,
+            &meters.of("Calc", "beyond")
+        ));
+        assert!(std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "add")));
+    }
+}
