@@ -12,6 +12,7 @@
 //! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
 //! cargo run --release -p rpc-bench -- --busy-poll            # only rpc-core, busy polling on or off
 //! cargo run --release -p rpc-bench -- --profile 256 --tracing  # with a tracing subscriber
+//! cargo run --release -p rpc-bench --features metrics -- --profile 256 --metrics  # recorded
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
 //!
@@ -66,7 +67,7 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 /// How to run the benchmark, for `--help` and a flag it does not know.
 const USAGE: &str = "\
 usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls|--busy-poll]
-       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing]
+       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing] [--metrics]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
@@ -82,6 +83,7 @@ const FLAGS: &[&str] = &[
     "--remote",
     "--setup",
     "--tracing",
+    "--metrics",
     "--traced-figures",
     "--profile",
     "--quick",
@@ -125,7 +127,14 @@ fn main() {
     let _certs = systems::certs::RemovedAtExit;
     if let Some(at) = flag("--remote") {
         let servers = args.get(at + 1).map_or("", String::as_str);
-        let only_here = ["--setup", "--write", "--tls", "--busy-poll", "--tracing"];
+        let only_here = [
+            "--setup",
+            "--write",
+            "--tls",
+            "--busy-poll",
+            "--tracing",
+            "--metrics",
+        ];
         if let Some(other) = only_here.iter().find(|name| flag(name).is_some()) {
             eprintln!("rpc-bench: {other} measures on this machine alone, not with --remote");
             std::process::exit(2);
@@ -161,6 +170,21 @@ fn main() {
             std::process::exit(2);
         }
         setup::trace_everything();
+    }
+    if flag("--metrics").is_some() {
+        if flag("--profile").is_none() {
+            eprintln!("rpc-bench: --metrics goes with --profile");
+            std::process::exit(2);
+        }
+        #[cfg(feature = "metrics")]
+        setup::record_metrics();
+        #[cfg(not(feature = "metrics"))]
+        {
+            eprintln!(
+                "rpc-bench: --metrics needs a build with rpc-core's metrics: --features metrics"
+            );
+            std::process::exit(2);
+        }
     }
     if flag("--traced-figures").is_some() {
         // A client of the tracing section's (`traced_rounds`), in a process of its own.

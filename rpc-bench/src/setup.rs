@@ -237,6 +237,23 @@ pub fn trace_everything() {
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 }
 
+/// Tells a server process to record metrics as its parent does.
+const METRICS_VARIABLE: &str = "RPC_BENCH_METRICS";
+
+/// Whether this process installed a recorder ([`record_metrics`]).
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs, for the rest of this process, a Prometheus recorder (which keeps every metric for
+/// a scrape that never comes here): what rpc-core's `metrics` feature costs a program that
+/// exports its metrics. Server processes started afterwards do the same.
+#[cfg(feature = "metrics")]
+pub fn record_metrics() {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder");
+    RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The runtime `#[tokio::main]` builds.
 fn default_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -271,6 +288,9 @@ impl ChildServer {
         let mut command = Command::new(program);
         if tracing::dispatcher::has_been_set() {
             command.env(TRACING_VARIABLE, "1");
+        }
+        if RECORDING.load(std::sync::atomic::Ordering::Relaxed) {
+            command.env(METRICS_VARIABLE, "1");
         }
         let mut child = command
             .args(["--serve", system])
@@ -319,6 +339,10 @@ impl Drop for ChildServer {
 pub fn serve_child(system: &str) -> Result<(), String> {
     if std::env::var_os(TRACING_VARIABLE).is_some() {
         trace_everything();
+    }
+    #[cfg(feature = "metrics")]
+    if std::env::var_os(METRICS_VARIABLE).is_some() {
+        record_metrics();
     }
     let runtime = default_runtime();
     let addr = match system {
