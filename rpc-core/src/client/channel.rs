@@ -433,9 +433,10 @@ impl Channel {
         R: Decode,
     {
         let span = self.span(method);
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
+        let now = Instant::now();
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, now);
         let metadata = self.call_metadata(&span);
-        let mut spec = self.spec(method, &metadata);
+        let mut spec = self.spec(method, &metadata, now);
         spec.takes_byte_string = takes_byte_string;
         let mut avoid = None;
         let mut not_run_retries = self.not_run_retries();
@@ -511,7 +512,8 @@ impl Channel {
             });
         }
         let span = self.span(method);
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
+        let now = Instant::now();
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, now);
         let metadata = self.call_metadata(&span).into_owned();
         let called = local.call(method, request, self.deadline, metadata);
         ended(end, in_span!(span, called))
@@ -590,7 +592,7 @@ impl Channel {
             return Ok(vec![self.service.name.to_owned()]);
         }
         let metadata = Metadata::new();
-        let mut spec = self.spec(&DESCRIBE, &metadata);
+        let mut spec = self.spec(&DESCRIBE, &metadata, Instant::now());
         let target = self.target(&mut spec, None).await?;
         Ok(target.connection.served())
     }
@@ -793,7 +795,13 @@ impl Channel {
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name);
+        let end = CallEnd::start(
+            &span,
+            &self.meters,
+            self.service.name,
+            method.name,
+            Instant::now(),
+        );
         match in_span!(span, call) {
             Ok(answered) => Ok((answered, end)),
             Err(failure) => ended(end, Err(self.failed(failure, method).await)),
@@ -809,18 +817,24 @@ impl Channel {
         span: &tracing::Span,
     ) -> Result<Answered, Failure> {
         let metadata = self.call_metadata(span);
-        let mut spec = self.spec(method, &metadata);
+        let mut spec = self.spec(method, &metadata, Instant::now());
         let target = self.target(&mut spec, None).await;
         let target = target.map_err(Failure::Final)?;
         target.connection.start(spec, args, upload, download).await
     }
 
-    fn spec<'a>(&self, method: &'static MethodInfo, metadata: &'a Metadata) -> CallSpec<'a> {
+    /// What a call of `method` made `now` goes out with.
+    fn spec<'a>(
+        &self,
+        method: &'static MethodInfo,
+        metadata: &'a Metadata,
+        now: Instant,
+    ) -> CallSpec<'a> {
         CallSpec {
             service: self.service,
             method,
             deadline: self.deadline,
-            expires: Instant::now().checked_add(self.deadline),
+            expires: now.checked_add(self.deadline),
             fresh: true,
             metadata,
             takes_byte_string: false,

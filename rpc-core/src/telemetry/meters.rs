@@ -131,8 +131,10 @@ struct Kept {
 }
 
 impl Kept {
+    /// Whether this is `service`'s `method`: the same names, most often at the same place.
     fn is(&self, service: &str, method: &str) -> bool {
-        self.method == method && self.service == service
+        let same = |kept: &str, name: &str| std::ptr::eq(kept, name) || kept == name;
+        same(self.method, method) && same(self.service, service)
     }
 }
 
@@ -174,14 +176,16 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// A call of `service`'s `method` starts, counted in `meters`.
-    pub(crate) fn start(meters: &Meters, service: &'static str, method: &'static str) -> Self {
+    /// A call of `service`'s `method` started at `started`, counted in `meters`.
+    pub(crate) fn start(
+        meters: &Meters,
+        service: &'static str,
+        method: &'static str,
+        started: Instant,
+    ) -> Self {
         let meters = meters.of(service, method);
         meters.started();
-        Running {
-            meters,
-            started: Instant::now(),
-        }
+        Running { meters, started }
     }
 
     /// The call ended with `code`.

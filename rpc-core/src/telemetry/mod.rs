@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `rpc_calls_started_total` | counter | `method` |
 //! | `rpc_calls_finished_total` | counter | `method`, `code` (`0` for a result, else the error code of `docs/wire.md`; `cancelled` for a call dropped before it ended; on a client, `error` for any failure) |
-//! | `rpc_call_duration_seconds` | histogram | `method` |
+//! | `rpc_call_duration_seconds` | histogram | `method` (on a server, from the request's arrival) |
 //! | `rpc_calls_in_flight` | gauge | |
 //! | `rpc_connections_open` | gauge | |
 //! | `rpc_client_retries_total` | counter | `method` |
@@ -112,18 +112,20 @@ pub(crate) struct CallEnd {
 }
 
 impl CallEnd {
-    /// Counts a call of `service`'s `method` started, under `span`, in `meters`.
+    /// Counts a call of `service`'s `method` started, under `span`, in `meters`; its duration
+    /// counts from `started` (on a server, when its request arrived).
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn start(
         span: &tracing::Span,
         meters: &Meters,
         service: &'static str,
         method: &'static str,
+        started: tokio::time::Instant,
     ) -> Self {
         CallEnd {
             span: kept_span(span),
             #[cfg(feature = "metrics")]
-            running: meters::Running::start(meters, service, method),
+            running: meters::Running::start(meters, service, method, started.into_std()),
             finished: false,
         }
     }
