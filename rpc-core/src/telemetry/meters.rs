@@ -110,17 +110,24 @@ impl CallMeters {
     }
 }
 
-/// How many methods a [`Meters`] keeps the handles of; the calls of any more register theirs
-/// at each call.
-const KEPT_METHODS: usize = 32;
+/// How many methods' handles one [`Segment`] of a [`Meters`] keeps.
+const SEGMENT: usize = 16;
 
 /// The [`CallMeters`] of the methods one channel or server calls or serves, each registered at
 /// its first call and found by its names after that, with no lock: a method's entry, once
-/// filled, never changes.
+/// filled, never changes. The methods are the program's own, named by its code, so there are
+/// as many entries as it has methods at most.
 #[derive(Debug)]
 pub(crate) struct Meters {
     side: Side,
-    kept: [OnceLock<Kept>; KEPT_METHODS],
+    first: Segment,
+}
+
+/// Room for [`SEGMENT`] methods' meters, and the next segment once they are filled.
+#[derive(Debug, Default)]
+struct Segment {
+    kept: [OnceLock<Kept>; SEGMENT],
+    next: OnceLock<Box<Segment>>,
 }
 
 #[derive(Debug)]
@@ -143,28 +150,31 @@ impl Meters {
     pub(crate) fn new(side: Side) -> Self {
         Meters {
             side,
-            kept: Default::default(),
+            first: Segment::default(),
         }
     }
 
     /// The meters of `service`'s `method`, registered if this is its first call here.
     pub(crate) fn of(&self, service: &'static str, method: &'static str) -> Arc<CallMeters> {
-        for slot in &self.kept {
-            let kept = match slot.get() {
-                Some(kept) => kept,
-                // The first free slot: filled with this method's, unless another call fills it
-                // first (with its own method's, perhaps).
-                None => slot.get_or_init(|| Kept {
-                    service,
-                    method,
-                    meters: Arc::new(CallMeters::register(self.side, service, method)),
-                }),
-            };
-            if kept.is(service, method) {
-                return Arc::clone(&kept.meters);
+        let mut segment = &self.first;
+        loop {
+            for slot in &segment.kept {
+                let kept = match slot.get() {
+                    Some(kept) => kept,
+                    // The first free slot: filled with this method's, unless another call fills
+                    // it first (with its own method's, perhaps).
+                    None => slot.get_or_init(|| Kept {
+                        service,
+                        method,
+                        meters: Arc::new(CallMeters::register(self.side, service, method)),
+                    }),
+                };
+                if kept.is(service, method) {
+                    return Arc::clone(&kept.meters);
+                }
             }
+            segment = segment.next.get_or_init(Box::default);
         }
-        Arc::new(CallMeters::register(self.side, service, method))
     }
 }
 
@@ -196,6 +206,8 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::{Code, Meters};
     use crate::telemetry::Side;
 
@@ -209,26 +221,25 @@ mod tests {
         assert_eq!(super::CODES[Code::ERROR.0], "error");
     }
 
-    /// A method's meters are registered once and found again; a table whose every slot is
-    /// taken still gives meters of their own to the calls of one more method.
+    /// A method's meters are registered once and found again, however many methods come
+    /// before it.
     #[test]
     fn a_methods_meters_are_kept_and_found_by_its_names() {
         let meters = Meters::new(Side::Server);
         let first = meters.of("Calc", "add");
-        assert!(std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "add")));
-        assert!(!std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "sub")));
-        assert!(!std::sync::Arc::ptr_eq(&first, &meters.of("Other", "add")));
-        let names: Vec<&'static str> = (0..super::KEPT_METHODS)
+        assert!(Arc::ptr_eq(&first, &meters.of("Calc", "add")));
+        assert!(!Arc::ptr_eq(&first, &meters.of("Calc", "sub")));
+        assert!(!Arc::ptr_eq(&first, &meters.of("Other", "add")));
+        // The same name, made at another place, is the same method.
+        let elsewhere: &'static str = Box::leak(String::from("add").into_boxed_str());
+        assert!(Arc::ptr_eq(&first, &meters.of("Calc", elsewhere)));
+        let names: Vec<&'static str> = (0..3 * super::SEGMENT)
             .map(|n| &*Box::leak(format!("m{n}").into_boxed_str()))
             .collect();
-        for name in &names {
-            meters.of("Calc", name);
+        let kept: Vec<_> = names.iter().map(|name| meters.of("Calc", name)).collect();
+        for (name, kept) in names.iter().zip(&kept) {
+            assert!(Arc::ptr_eq(kept, &meters.of("Calc", name)), "{name}");
         }
-        let beyond = meters.of("Calc", "beyond");
-        assert!(!std::sync::Arc::ptr_eq(
-            &beyond,
-            &meters.of("Calc", "beyond")
-        ));
-        assert!(std::sync::Arc::ptr_eq(&first, &meters.of("Calc", "add")));
+        assert!(Arc::ptr_eq(&first, &meters.of("Calc", "add")));
     }
 }
