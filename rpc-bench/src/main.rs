@@ -12,6 +12,7 @@
 //! cargo run --release -p rpc-bench -- --tls                  # only rpc-core and tonic over TLS
 //! cargo run --release -p rpc-bench -- --busy-poll            # only rpc-core, busy polling on or off
 //! cargo run --release -p rpc-bench -- --profile 256 --tracing  # with a tracing subscriber
+//! cargo run --release -p rpc-bench -- --profile 256 --tracing fmt  # with tracing's fmt layer
 //! cargo run --release -p rpc-bench --features metrics -- --profile 256 --metrics  # recorded
 //! cargo run --release -p rpc-bench -- --profile WORKLOAD [SYSTEM] [--setup S]  # for perf
 //! ```
@@ -67,7 +68,7 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 /// How to run the benchmark, for `--help` and a flag it does not know.
 const USAGE: &str = "\
 usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls|--busy-poll]
-       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing] [--metrics]
+       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing [fmt]] [--metrics]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
@@ -161,7 +162,7 @@ fn main() {
             }
         }
     };
-    if flag("--tracing").is_some() {
+    if let Some(at) = flag("--tracing") {
         if flag("--profile").is_none() && flag("--traced-figures").is_none() {
             eprintln!(
                 "rpc-bench: --tracing goes with --profile; a full run measures tracing's cost \
@@ -169,7 +170,11 @@ fn main() {
             );
             std::process::exit(2);
         }
-        setup::trace_everything();
+        let subscriber = match args.get(at + 1).map(String::as_str) {
+            Some("fmt") => setup::Subscriber::Fmt,
+            _ => setup::Subscriber::Registry,
+        };
+        setup::trace_everything(subscriber);
     }
     if flag("--metrics").is_some() {
         if flag("--profile").is_none() {

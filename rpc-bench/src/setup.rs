@@ -227,14 +227,56 @@ impl Deployment {
 /// Tells a server process to trace as its parent does.
 const TRACING_VARIABLE: &str = "RPC_BENCH_TRACING";
 
-/// Installs, for the rest of this process, a subscriber that records every span and event (in
-/// `tracing-subscriber`'s registry) and writes nothing: what tracing costs a program that has a
-/// subscriber, before the cost of its output. Server processes started afterwards do the same.
-pub fn trace_everything() {
+/// The subscriber [`trace_everything`] installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscriber {
+    /// `tracing-subscriber`'s registry, which records every span and event, and writes
+    /// nothing: what tracing costs before any output.
+    Registry,
+    /// The registry with `tracing-subscriber`'s `fmt` layer at `INFO`, writing to nowhere: what
+    /// a program that logs with `tracing_subscriber::fmt::init()` has, before the cost of
+    /// writing its lines. It formats each span's fields when the span is made or records more.
+    Fmt,
+}
+
+impl Subscriber {
+    fn name(self) -> &'static str {
+        match self {
+            Subscriber::Registry => "registry",
+            Subscriber::Fmt => "fmt",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Subscriber::Registry, Subscriber::Fmt]
+            .into_iter()
+            .find(|subscriber| subscriber.name() == name)
+    }
+}
+
+/// The subscriber this process installed, if any.
+static TRACING: std::sync::OnceLock<Subscriber> = std::sync::OnceLock::new();
+
+/// Installs `subscriber` for the rest of this process. Server processes started afterwards do
+/// the same.
+pub fn trace_everything(subscriber: Subscriber) {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_subscriber::layer::Identity::new());
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    TRACING.set(subscriber).expect("the only subscriber");
+    let registry = tracing_subscriber::registry();
+    let set = match subscriber {
+        Subscriber::Registry => tracing::subscriber::set_global_default(
+            registry.with(tracing_subscriber::layer::Identity::new()),
+        ),
+        Subscriber::Fmt => tracing::subscriber::set_global_default(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            ),
+        ),
+    };
+    set.expect("the only subscriber");
 }
 
 /// Tells a server process to record metrics as its parent does.
@@ -286,8 +328,8 @@ impl ChildServer {
     fn spawn(system: &str) -> ChildServer {
         let program = std::env::current_exe().expect("the benchmark's own path");
         let mut command = Command::new(program);
-        if tracing::dispatcher::has_been_set() {
-            command.env(TRACING_VARIABLE, "1");
+        if let Some(subscriber) = TRACING.get() {
+            command.env(TRACING_VARIABLE, subscriber.name());
         }
         if RECORDING.load(std::sync::atomic::Ordering::Relaxed) {
             command.env(METRICS_VARIABLE, "1");
@@ -337,8 +379,9 @@ impl Drop for ChildServer {
 /// The child's side of [`ChildServer`]: serves `system` on the default runtime until told to
 /// exit or its standard input closes.
 pub fn serve_child(system: &str) -> Result<(), String> {
-    if std::env::var_os(TRACING_VARIABLE).is_some() {
-        trace_everything();
+    if let Ok(name) = std::env::var(TRACING_VARIABLE) {
+        let subscriber = Subscriber::from_name(&name).ok_or("no such subscriber")?;
+        trace_everything(subscriber);
     }
     #[cfg(feature = "metrics")]
     if std::env::var_os(METRICS_VARIABLE).is_some() {
