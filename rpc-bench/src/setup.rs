@@ -233,9 +233,9 @@ pub enum Subscriber {
     /// `tracing-subscriber`'s registry, which records every span and event, and writes
     /// nothing: what tracing costs before any output.
     Registry,
-    /// The registry with `tracing-subscriber`'s `fmt` layer at `INFO`, writing to nowhere: what
-    /// a program that logs with `tracing_subscriber::fmt::init()` has, before the cost of
-    /// writing its lines. It formats each span's fields when the span is made or records more.
+    /// `tracing-subscriber`'s `fmt` subscriber as `fmt::init()` builds it, at `INFO`, writing
+    /// to nowhere: what a program that logs through `tracing` has, before the cost of writing
+    /// its lines. It formats each span's fields when the span is made or records more.
     Fmt,
 }
 
@@ -260,20 +260,17 @@ static TRACING: std::sync::OnceLock<Subscriber> = std::sync::OnceLock::new();
 /// Installs `subscriber` for the rest of this process. Server processes started afterwards do
 /// the same.
 pub fn trace_everything(subscriber: Subscriber) {
-    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     TRACING.set(subscriber).expect("the only subscriber");
-    let registry = tracing_subscriber::registry();
     let set = match subscriber {
         Subscriber::Registry => tracing::subscriber::set_global_default(
-            registry.with(tracing_subscriber::layer::Identity::new()),
+            tracing_subscriber::registry().with(tracing_subscriber::layer::Identity::new()),
         ),
+        // As `fmt::init()` builds it, at its default level.
         Subscriber::Fmt => tracing::subscriber::set_global_default(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::sink)
-                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-            ),
+            tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .finish(),
         ),
     };
     set.expect("the only subscriber");

@@ -196,12 +196,12 @@ impl Channel {
         }
         tracing::info_span!(
             "rpc.call",
-            otel.kind = "client",
+            otel.kind = %"client",
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
-            rpc.system = "rpc-core",
-            rpc.service = self.service.name,
-            rpc.method = method.name,
+            rpc.system = %"rpc-core",
+            rpc.service = %self.service.name,
+            rpc.method = %method.name,
             rpc.status_code = tracing::field::Empty,
         )
     }

@@ -507,11 +507,11 @@ fn call_span(context: &Context) -> tracing::Span {
     }
     tracing::info_span!(
         "rpc.call",
-        otel.kind = "server",
+        otel.kind = %"server",
         otel.status_code = tracing::field::Empty,
-        rpc.system = "rpc-core",
-        rpc.service = context.service,
-        rpc.method = context.method,
+        rpc.system = %"rpc-core",
+        rpc.service = %context.service,
+        rpc.method = %context.method,
         rpc.request_id = context.request_id,
         rpc.status_code = tracing::field::Empty,
     )

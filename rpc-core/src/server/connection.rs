@@ -97,9 +97,9 @@ pub(crate) fn span(service: &'static str, peer: Option<std::net::SocketAddr>) ->
     }
     let span = tracing::info_span!(
         "rpc.connection",
-        otel.kind = "server",
-        rpc.system = "rpc-core",
-        rpc.service = service,
+        otel.kind = %"server",
+        rpc.system = %"rpc-core",
+        rpc.service = %service,
         client.address = tracing::field::Empty,
     );
     if let Some(peer) = peer {
