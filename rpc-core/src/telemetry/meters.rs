@@ -242,4 +242,35 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&first, &meters.of("Calc", "add")));
     }
+
+    /// A call records through the handles its method's first call registered, in the recorder
+    /// installed then: registering at each call again would record the second call below in
+    /// the second recorder.
+    #[test]
+    fn a_call_records_through_the_handles_of_its_methods_first_call() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let calls_started = |recorder: &DebuggingRecorder| -> Vec<u64> {
+            let snapshot = recorder.snapshotter().snapshot().into_vec();
+            snapshot
+                .into_iter()
+                .filter(|(key, ..)| key.key().name() == "rpc_calls_started_total")
+                .filter_map(|(.., value)| match value {
+                    DebugValue::Counter(count) => Some(count),
+                    _ => None,
+                })
+                .collect()
+        };
+        let meters = Meters::new(Side::Client);
+        let call = || {
+            let started = std::time::Instant::now();
+            let running = super::Running::start(&meters, "Calc", "add", started);
+            running.end(Code::of(0));
+        };
+        let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+        metrics::with_local_recorder(&first, call);
+        metrics::with_local_recorder(&second, call);
+        assert_eq!(calls_started(&first), [2]);
+        assert_eq!(calls_started(&second), Vec::<u64>::new());
+    }
 }
