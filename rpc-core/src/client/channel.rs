@@ -439,7 +439,9 @@ impl Channel {
         let mut spec = self.spec(method, &metadata, now);
         spec.takes_byte_string = takes_byte_string;
         let mut avoid = None;
-        let mut not_run_retries = self.not_run_retries();
+        // Counted at the first call that did not run: a pool's endpoints are not counted at
+        // every call.
+        let mut not_run_retries = None;
         // The span is entered around each step rather than wrapped around the whole call, and
         // only when a subscriber wants it: a wrapper would move the call's large state once
         // more on every call.
@@ -465,8 +467,9 @@ impl Channel {
             };
             let retry = match (&failure, self.budget()) {
                 (Failure::NotRun(_), Some(_)) => {
-                    not_run_retries = not_run_retries.saturating_sub(1);
-                    not_run_retries > 0
+                    let left = not_run_retries.get_or_insert_with(|| self.not_run_retries());
+                    *left = left.saturating_sub(1);
+                    *left > 0
                 }
                 (Failure::Lost(_), Some(budget)) => method.idempotent && budget.withdraw(),
                 _ => false,
@@ -872,7 +875,7 @@ impl Channel {
         match &*self.backend {
             Backend::Local(_) | Backend::Fixed(_) => 1,
             Backend::Endpoint(..) => 2,
-            Backend::Pool(pool, _) => pool.endpoints().len() + 1,
+            Backend::Pool(pool, _) => pool.count() + 1,
         }
     }
 
@@ -976,7 +979,7 @@ impl Channel {
                 // for the others, and when none can be, the error names each one.
                 let mut tried: Vec<Arc<Endpoint>> = avoid.into_iter().cloned().collect();
                 let mut causes = Vec::new();
-                let endpoints = pool.endpoints().len().max(1);
+                let endpoints = pool.count().max(1);
                 loop {
                     let (endpoint, connection) = connect(pool.pick(&tried)?).await?;
                     match connection {

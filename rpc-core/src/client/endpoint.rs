@@ -296,6 +296,25 @@ impl Endpoint {
             .cloned()
     }
 
+    /// Whether a call may go here now, as far as the endpoint knows, in one look at its state:
+    /// not a given connection that is gone, not backing off after failed attempts to connect,
+    /// not ejected, not reported as not serving. (An endpoint with no connection that may
+    /// make one may take a call: it connects for it.)
+    pub(crate) fn takes_calls(&self) -> bool {
+        let live = self.live();
+        let connected = live
+            .connection
+            .as_ref()
+            .is_some_and(|connection| !connection.is_closed() && !connection.is_draining());
+        if live.not_serving || (!connected && matches!(self.target, Target::Given(_))) {
+            return false;
+        }
+        // The clock is read only where a wait is set: a healthy endpoint costs no look at it.
+        let now = Instant::now;
+        let not_ejected = live.ejected_until.is_none_or(|until| until <= now());
+        not_ejected && (connected || live.retry_at.is_none_or(|retry_at| retry_at <= now()))
+    }
+
     /// Whether the last attempts to connect failed and the next may not be made yet.
     pub(crate) fn is_backing_off(&self) -> bool {
         self.live_connection().is_none()
@@ -442,10 +461,25 @@ fn backoff(failures: u32, config: &ClientConfig) -> Duration {
     half + Duration::from_nanos(random() % jitter_range)
 }
 
-/// A random number, from the standard library's per-instance hash keys: enough for jitter and
-/// for picking endpoints, without a random-number crate.
+/// A random number, enough for jitter and for picking endpoints, without a random-number
+/// crate: each thread runs its own xorshift64* generator, seeded from the standard library's
+/// random hash keys: a hash of nothing under fresh keys at each draw costs about 80
+/// instructions a number, and a pool draws two at every call.
 pub(crate) fn random() -> u64 {
-    RandomState::new().build_hasher().finish()
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(
+            // Never zero: xorshift stays at zero from there.
+            RandomState::new().build_hasher().finish() | 1,
+        );
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
 }
 
 #[cfg(test)]
@@ -658,5 +692,13 @@ mod tests {
     fn random_numbers_differ() {
         let draws: std::collections::HashSet<u64> = (0..100).map(|_| random()).collect();
         assert!(draws.len() > 90);
+    }
+
+    /// Each thread draws its own numbers: two threads started alike do not draw the same.
+    #[test]
+    fn threads_draw_different_random_numbers() {
+        let draw = || std::thread::spawn(|| (0..4).map(|_| random()).collect::<Vec<_>>());
+        let (a, b) = (draw(), draw());
+        assert_ne!(a.join().expect("draws"), b.join().expect("draws"));
     }
 }

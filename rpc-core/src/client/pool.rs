@@ -209,15 +209,54 @@ impl Pool {
             .clone()
     }
 
+    /// How many endpoints it has, whatever their state.
+    pub(crate) fn count(&self) -> usize {
+        self.endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The endpoint for the next call: of two picked at random, the one with fewer calls
     /// outstanding ("power of two choices"). Endpoints waiting to reconnect or ejected are
     /// passed over while others are up, and so are those in `avoid` (where the call just
     /// failed) while there are others; those whose given connection takes no new calls always.
+    ///
+    /// Two endpoints drawn from all of them are looked at first, and when both may take the
+    /// call, the less busy takes it: a pair drawn so is as likely as any other of those that
+    /// may, so the choice is the same as drawing among those, without looking at every
+    /// endpoint at every call, which a pool of many workers would pay for at each. Otherwise
+    /// (an endpoint down, out or to avoid was drawn) every endpoint is looked at.
     pub(crate) fn pick(&self, avoid: &[Arc<Endpoint>]) -> Result<Arc<Endpoint>, RpcError> {
         let endpoints = self
             .endpoints
             .read()
             .unwrap_or_else(PoisonError::into_inner);
+        let takes = |endpoint: &Arc<Endpoint>| {
+            endpoint.takes_calls() && !avoid.iter().any(|avoid| Arc::ptr_eq(avoid, endpoint))
+        };
+        let drawn = match endpoints.len() {
+            0 => None,
+            1 => Some((&endpoints[0], &endpoints[0])),
+            n => {
+                let (first, second) = two_of(n);
+                Some((&endpoints[first], &endpoints[second]))
+            }
+        };
+        if let Some((a, b)) = drawn
+            && takes(a)
+            && (Arc::ptr_eq(a, b) || takes(b))
+        {
+            return Ok(Arc::clone(less_busy(a, b)));
+        }
+        Self::pick_looking_at_all(&endpoints, avoid)
+    }
+
+    /// [`Pool::pick`], looking at every endpoint.
+    fn pick_looking_at_all(
+        endpoints: &[Arc<Endpoint>],
+        avoid: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, RpcError> {
         // A connection given to the pool that takes no new calls (a caller that stopped
         // serving back) will never take one again: its endpoint is passed over, and an empty
         // pool waits for ready as for a first caller.
@@ -240,19 +279,29 @@ impl Pool {
             0 => Err(RpcError::NoEndpoints),
             1 => Ok(Arc::clone(candidates[0])),
             n => {
-                let first = (random() % n as u64) as usize;
-                let mut second = (random() % (n as u64 - 1)) as usize;
-                if second >= first {
-                    second += 1;
-                }
-                let (a, b) = (candidates[first], candidates[second]);
-                Ok(Arc::clone(if b.outstanding() < a.outstanding() {
-                    b
-                } else {
-                    a
-                }))
+                let (first, second) = two_of(n);
+                Ok(Arc::clone(less_busy(candidates[first], candidates[second])))
             }
         }
+    }
+}
+
+/// Two different indexes below `n` (at least 2), drawn at random.
+fn two_of(n: usize) -> (usize, usize) {
+    let first = (random() % n as u64) as usize;
+    let mut second = (random() % (n as u64 - 1)) as usize;
+    if second >= first {
+        second += 1;
+    }
+    (first, second)
+}
+
+/// Of `a` and `b`, the one with fewer calls outstanding; `a` if they have as many.
+fn less_busy<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>) -> &'a Arc<Endpoint> {
+    if b.outstanding() < a.outstanding() {
+        b
+    } else {
+        a
     }
 }
 
@@ -356,5 +405,49 @@ mod tests {
         );
         let empty = Pool::new(Vec::new(), SERVICE, Arc::default());
         assert!(matches!(empty.pick(&[]), Err(RpcError::NoEndpoints)));
+    }
+
+    /// An endpoint reported not serving is passed over while others are up, whichever two are
+    /// drawn; when none is up, calls still go to one (which fails them, or has come back).
+    #[test]
+    fn pick_passes_over_an_endpoint_out_while_others_are_up() {
+        let pool = Pool::new(found(&[1, 2, 3, 4, 5, 6, 7, 8]), SERVICE, Arc::default());
+        let endpoints = pool.endpoints();
+        endpoints[3].set_serving(false);
+        let mut picked = [0; 8];
+        for _ in 0..4000 {
+            let endpoint = pool.pick(&[]).expect("an endpoint");
+            let at = endpoints
+                .iter()
+                .position(|each| Arc::ptr_eq(each, &endpoint))
+                .expect("one of the pool's");
+            picked[at] += 1;
+        }
+        assert_eq!(picked[3], 0, "the endpoint out: {picked:?}");
+        assert!(
+            picked
+                .iter()
+                .enumerate()
+                .all(|(at, count)| at == 3 || *count > 200),
+            "every other is picked about as often: {picked:?}"
+        );
+        for endpoint in &endpoints {
+            endpoint.set_serving(false);
+        }
+        assert!(
+            pool.pick(&[]).is_ok(),
+            "with none up, one still takes the call"
+        );
+    }
+
+    /// A call that did not run on every endpoint but one goes to that one.
+    #[test]
+    fn pick_goes_where_the_call_did_not_fail() {
+        let pool = Pool::new(found(&[1, 2, 3, 4]), SERVICE, Arc::default());
+        let endpoints = pool.endpoints();
+        for _ in 0..100 {
+            let picked = pool.pick(&endpoints[1..]).expect("an endpoint");
+            assert!(Arc::ptr_eq(&picked, &endpoints[0]));
+        }
     }
 }
