@@ -819,6 +819,35 @@ fn a_call_allocates_nothing_both_ends_with_every_feature_on() {
     });
 }
 
+/// The same through a pool of servers (`balance`): picking a server takes no list of them.
+/// (Each call cloned the pool's list to count it and collected two more to draw from: three
+/// allocations a call.)
+#[test]
+fn a_call_through_a_pool_allocates_nothing_both_ends() {
+    scenario(async {
+        let servers = [
+            start_tcp_with(Server::builder(), LabImpl::default()).await,
+            start_tcp_with(Server::builder(), LabImpl::default()).await,
+            start_tcp_with(Server::builder(), LabImpl::default()).await,
+        ];
+        let client = LabClient::builder().balance(servers);
+        // A first call on each connection: each is made at its first call.
+        for _ in 0..30 {
+            within("a first call", client.add(1, 2)).await.expect("add");
+        }
+        const CALLS: usize = 1000;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for i in 0..CALLS {
+            within("a call", client.add(i as i64, 1))
+                .await
+                .expect("add");
+        }
+        let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let per_call = made as f64 / CALLS as f64;
+        assert!(per_call < 0.5, "{per_call} allocations per call, both ends");
+    });
+}
+
 /// A client that gives every stream it receives the largest window there is (4 GiB of credit),
 /// calls a method whose stream never waits, and reads nothing: what the server queues for it
 /// stays bounded, and is freed once the server drops the connection. (Its stream's sender,
