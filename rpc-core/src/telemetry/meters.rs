@@ -88,13 +88,13 @@ impl CallMeters {
     }
 
     /// A call started.
-    pub(crate) fn started(&self) {
+    fn started(&self) {
         self.started.increment(1);
         self.in_flight.increment(1.0);
     }
 
     /// A call that started `took` ago ended with `code`.
-    pub(crate) fn finished(&self, code: Code, took: Duration) {
+    fn finished(&self, code: Code, took: Duration) {
         let counter = self.finished[code.0].get_or_init(|| {
             let labels: &'static [Label] = labels::of(&[
                 ("side", self.side),
