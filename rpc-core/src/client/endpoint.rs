@@ -558,7 +558,8 @@ mod tests {
     }
 
     /// An ejection and a backoff last until their instant and no longer, for the listing and
-    /// for the pool's choice alike.
+    /// for the pool's choice alike; an endpoint reported not serving takes no call until it is
+    /// reported serving again.
     #[tokio::test(start_paused = true)]
     async fn an_ejection_and_a_backoff_end_at_their_instant() {
         let endpoint = unreachable(ClientConfig::default());
@@ -566,21 +567,34 @@ mod tests {
         assert!(shown.starts_with("Endpoint { target: Tcp"), "{shown}");
         assert_eq!(endpoint.status().state, EndpointState::Idle);
         assert!(!endpoint.is_out());
+        assert!(
+            endpoint.takes_calls(),
+            "not connected yet, it connects for a call"
+        );
 
         let ten_seconds = Duration::from_secs(10);
         endpoint.live().ejected_until = Some(Instant::now() + ten_seconds);
         assert_eq!(endpoint.status().state, EndpointState::Ejected);
         assert!(endpoint.is_out());
+        assert!(!endpoint.takes_calls(), "ejected");
         tokio::time::advance(ten_seconds).await;
         assert_eq!(endpoint.status().state, EndpointState::Idle);
         assert!(!endpoint.is_out());
+        assert!(endpoint.takes_calls(), "the ejection is over");
 
         endpoint.live().retry_at = Some(Instant::now() + ten_seconds);
         assert_eq!(endpoint.status().state, EndpointState::BackingOff);
         assert!(endpoint.is_backing_off());
+        assert!(!endpoint.takes_calls(), "backing off");
         tokio::time::advance(ten_seconds).await;
         assert_eq!(endpoint.status().state, EndpointState::Idle);
         assert!(!endpoint.is_backing_off());
+        assert!(endpoint.takes_calls(), "the backoff is over");
+
+        endpoint.set_serving(false);
+        assert!(!endpoint.takes_calls(), "not serving");
+        endpoint.set_serving(true);
+        assert!(endpoint.takes_calls(), "serving again");
     }
 
     #[tokio::test(start_paused = true)]
