@@ -434,7 +434,7 @@ impl Channel {
     {
         let span = self.span(method);
         let now = Instant::now();
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, now);
+        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, || now);
         let metadata = self.call_metadata(&span);
         let mut spec = self.spec(method, &metadata, now);
         spec.takes_byte_string = takes_byte_string;
@@ -515,8 +515,13 @@ impl Channel {
             });
         }
         let span = self.span(method);
-        let now = Instant::now();
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, now);
+        let end = CallEnd::start(
+            &span,
+            &self.meters,
+            self.service.name,
+            method.name,
+            Instant::now,
+        );
         let metadata = self.call_metadata(&span).into_owned();
         let called = local.call(method, request, self.deadline, metadata);
         ended(end, in_span!(span, called))
@@ -803,7 +808,7 @@ impl Channel {
             &self.meters,
             self.service.name,
             method.name,
-            Instant::now(),
+            Instant::now,
         );
         match in_span!(span, call) {
             Ok(answered) => Ok((answered, end)),

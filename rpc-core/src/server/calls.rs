@@ -130,7 +130,7 @@ impl Calls {
             crate::telemetry::trace_context::extract(&context.metadata, &span);
         }
         let _entered = span.enter();
-        let end = CallEnd::start(&span, &link.meters, service_name, method, arrived);
+        let end = CallEnd::start(&span, &link.meters, service_name, method, || arrived);
         if let Some(refusal) = intercept(link, &context) {
             refusal.send(end, link, slot);
             return;

@@ -113,19 +113,20 @@ pub(crate) struct CallEnd {
 
 impl CallEnd {
     /// Counts a call of `service`'s `method` started, under `span`, in `meters`; its duration
-    /// counts from `started` (on a server, when its request arrived).
+    /// counts from what `started` says (on a server, when its request arrived), asked only when
+    /// a duration is recorded.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn start(
         span: &tracing::Span,
         meters: &Meters,
         service: &'static str,
         method: &'static str,
-        started: tokio::time::Instant,
+        started: impl FnOnce() -> tokio::time::Instant,
     ) -> Self {
         CallEnd {
             span: kept_span(span),
             #[cfg(feature = "metrics")]
-            running: meters::Running::start(meters, service, method, started.into_std()),
+            running: meters::Running::start(meters, service, method, started().into_std()),
             finished: false,
         }
     }
