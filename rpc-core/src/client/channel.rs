@@ -206,6 +206,18 @@ impl Channel {
         )
     }
 
+    /// The record of a call of `method` from its start to its end, under `span`, counted in the
+    /// channel's metrics; its duration counts from what `started` says, asked only when the
+    /// metrics record one.
+    fn call_end(
+        &self,
+        span: &tracing::Span,
+        method: &MethodInfo,
+        started: impl FnOnce() -> Instant,
+    ) -> CallEnd {
+        CallEnd::start(span, &self.meters, self.service.name, method.name, started)
+    }
+
     /// A client of another service over the same connections: for a server of several
     /// services ([`Services`](crate::Services)), clients of each share one connection, and one
     /// reconnection policy, deadline and metadata.
@@ -434,7 +446,7 @@ impl Channel {
     {
         let span = self.span(method);
         let now = Instant::now();
-        let end = CallEnd::start(&span, &self.meters, self.service.name, method.name, || now);
+        let end = self.call_end(&span, method, || now);
         let metadata = self.call_metadata(&span);
         let mut spec = self.spec(method, &metadata, now);
         spec.takes_byte_string = takes_byte_string;
@@ -515,13 +527,7 @@ impl Channel {
             });
         }
         let span = self.span(method);
-        let end = CallEnd::start(
-            &span,
-            &self.meters,
-            self.service.name,
-            method.name,
-            Instant::now,
-        );
+        let end = self.call_end(&span, method, Instant::now);
         let metadata = self.call_metadata(&span).into_owned();
         let called = local.call(method, request, self.deadline, metadata);
         ended(end, in_span!(span, called))
@@ -803,13 +809,7 @@ impl Channel {
     {
         let span = self.span(method);
         let call = self.stream_once(method, args, upload, download, &span);
-        let end = CallEnd::start(
-            &span,
-            &self.meters,
-            self.service.name,
-            method.name,
-            Instant::now,
-        );
+        let end = self.call_end(&span, method, Instant::now);
         match in_span!(span, call) {
             Ok(answered) => Ok((answered, end)),
             Err(failure) => ended(end, Err(self.failed(failure, method).await)),
