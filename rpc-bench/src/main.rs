@@ -68,7 +68,7 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 /// How to run the benchmark, for `--help` and a flag it does not know.
 const USAGE: &str = "\
 usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--tls|--busy-poll]
-       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing [fmt]] [--metrics]
+       rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing [registry|fmt]] [--metrics]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
@@ -170,9 +170,14 @@ fn main() {
             );
             std::process::exit(2);
         }
-        let subscriber = match args.get(at + 1).map(String::as_str) {
-            Some("fmt") => setup::Subscriber::Fmt,
-            _ => setup::Subscriber::Registry,
+        // A word after the flag names the subscriber; a mistyped one is refused, not measured
+        // as the default.
+        let subscriber = match args.get(at + 1).filter(|word| !word.starts_with('-')) {
+            None => setup::Subscriber::Registry,
+            Some(name) => setup::Subscriber::from_name(name).unwrap_or_else(|| {
+                eprintln!("rpc-bench: no subscriber called {name}: registry (the default) or fmt");
+                std::process::exit(2);
+            }),
         };
         setup::trace_everything(subscriber);
     }

@@ -247,7 +247,8 @@ impl Subscriber {
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
+    /// The subscriber called `name` (as `--tracing` takes it).
+    pub fn from_name(name: &str) -> Option<Self> {
         [Subscriber::Registry, Subscriber::Fmt]
             .into_iter()
             .find(|subscriber| subscriber.name() == name)
