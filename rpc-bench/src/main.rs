@@ -38,8 +38,9 @@
 //! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
 //! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-no-busy-poll` (busy polling
 //! off at both ends), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (on at that
-//! end alone), or `rpc-core-4-connections` (one client over four connections to the server,
-//! through `ClientBuilder::balance`).
+//! end alone), `rpc-core-4-connections` (one client over four connections to the server,
+//! through `ClientBuilder::balance`), or `rpc-core-token` (a bearer token in every call's
+//! metadata, checked by the server's interceptor).
 
 mod alloc;
 mod counters;
@@ -56,7 +57,7 @@ use systems::System;
 use systems::raw::Raw;
 use systems::rpc::{
     RpcCore, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreNoBusyPoll,
-    RpcCoreTls,
+    RpcCoreTls, RpcCoreToken,
 };
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
@@ -74,7 +75,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
 WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
           allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
-        rpc-core-busy-poll-server, rpc-core-busy-poll-client or rpc-core-4-connections";
+        rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections or
+        rpc-core-token";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
 /// does not start a run of several minutes.
@@ -237,10 +239,11 @@ fn main() {
             RpcCoreBusyServer::NAME => profile::<RpcCoreBusyServer>(setups[0], workload),
             RpcCoreBusyClient::NAME => profile::<RpcCoreBusyClient>(setups[0], workload),
             RpcCoreFourConnections::NAME => profile::<RpcCoreFourConnections>(setups[0], workload),
+            RpcCoreToken::NAME => profile::<RpcCoreToken>(setups[0], workload),
             other => format!(
                 "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls, \
-                 rpc-core-no-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client or \
-                 rpc-core-4-connections"
+                 rpc-core-no-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client, \
+                 rpc-core-4-connections or rpc-core-token"
             ),
         };
         println!("{report}");

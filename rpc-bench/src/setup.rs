@@ -13,7 +13,7 @@ use crate::systems::certs;
 use crate::systems::raw::Raw;
 use crate::systems::rpc::{
     RpcCore, RpcCoreBusyClient, RpcCoreBusyServer, RpcCoreFourConnections, RpcCoreNoBusyPoll,
-    RpcCoreTls,
+    RpcCoreTls, RpcCoreToken,
 };
 use crate::systems::tarpc::Tarpc;
 use crate::systems::tonic::{Tonic, TonicTls};
@@ -394,6 +394,7 @@ pub fn serve_child(system: &str) -> Result<(), String> {
         RpcCoreFourConnections::NAME => {
             runtime.block_on(RpcCoreFourConnections::serve(LOOPBACK))?
         }
+        RpcCoreToken::NAME => runtime.block_on(RpcCoreToken::serve(LOOPBACK))?,
         TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK))?,
         other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };

@@ -48,9 +48,18 @@ pub fn local_client() -> BenchClient {
 /// rpc-core, over plain TCP or, with `TLS`, over TLS with the run's certificates; the ends
 /// that `BUSY` names ([`BUSY_SERVER`], [`BUSY_CLIENT`], [`BUSY_BOTH`] or 0) busy poll as they
 /// do by default, and the others not at all; a client reaches the server over `CONNECTIONS`
-/// connections.
+/// connections; with `TOKEN`, every call carries a bearer token in its metadata, which the
+/// server's interceptor checks, as a server that authenticates its callers does.
 #[derive(Debug)]
-pub struct RpcCoreOver<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize>;
+pub struct RpcCoreOver<
+    const TLS: bool,
+    const BUSY: u8,
+    const CONNECTIONS: usize,
+    const TOKEN: bool = false,
+>;
+
+/// The token of `rpc-core-token`'s calls: as long as a typical bearer token's header value.
+const TOKEN_VALUE: &str = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
 
 /// In `RpcCoreOver`'s `BUSY`: the server busy polls.
 pub const BUSY_SERVER: u8 = 1;
@@ -80,16 +89,21 @@ pub type RpcCoreBusyClient = RpcCoreOver<false, BUSY_CLIENT, 1>;
 /// four times to `ClientBuilder::balance`, as a user moving large payloads may.
 pub type RpcCoreFourConnections = RpcCoreOver<false, BUSY_BOTH, 4>;
 
-impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
-    for RpcCoreOver<TLS, BUSY, CONNECTIONS>
+/// rpc-core over TCP, every call authenticated: a bearer token in its metadata, checked by the
+/// server's interceptor.
+pub type RpcCoreToken = RpcCoreOver<false, BUSY_BOTH, 1, true>;
+
+impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize, const TOKEN: bool> System
+    for RpcCoreOver<TLS, BUSY, CONNECTIONS, TOKEN>
 {
-    const NAME: &str = match (TLS, BUSY, CONNECTIONS) {
-        (false, BUSY_BOTH, 1) => "rpc-core",
-        (true, BUSY_BOTH, 1) => "rpc-core-tls",
-        (false, 0, 1) => "rpc-core-no-busy-poll",
-        (false, BUSY_SERVER, 1) => "rpc-core-busy-poll-server",
-        (false, BUSY_CLIENT, 1) => "rpc-core-busy-poll-client",
-        (false, BUSY_BOTH, 4) => "rpc-core-4-connections",
+    const NAME: &str = match (TLS, BUSY, CONNECTIONS, TOKEN) {
+        (false, BUSY_BOTH, 1, false) => "rpc-core",
+        (true, BUSY_BOTH, 1, false) => "rpc-core-tls",
+        (false, 0, 1, false) => "rpc-core-no-busy-poll",
+        (false, BUSY_SERVER, 1, false) => "rpc-core-busy-poll-server",
+        (false, BUSY_CLIENT, 1, false) => "rpc-core-busy-poll-client",
+        (false, BUSY_BOTH, 4, false) => "rpc-core-4-connections",
+        (false, BUSY_BOTH, 1, true) => "rpc-core-token",
         _ => panic!("no name for this rpc-core: name it before measuring it"),
     };
     type Client = BenchClient;
@@ -104,6 +118,13 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
         }
         if BUSY & BUSY_SERVER == 0 {
             builder = builder.busy_poll(Duration::ZERO);
+        }
+        if TOKEN {
+            builder = builder.intercept(|call| match call.metadata().get_str("authorization") {
+                Some(TOKEN_VALUE) => Ok(()),
+                Some(_) => Err(rpc_core::Status::permission_denied("not this token")),
+                None => Err(rpc_core::Status::unauthenticated("no token")),
+            });
         }
         let server = builder
             .bind(bind)
@@ -122,6 +143,9 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize> System
         }
         if BUSY & BUSY_CLIENT == 0 {
             builder = builder.busy_poll(Duration::ZERO);
+        }
+        if TOKEN {
+            builder = builder.metadata("authorization", TOKEN_VALUE);
         }
         if CONNECTIONS > 1 {
             return builder.balance([addr; CONNECTIONS]);
