@@ -22,7 +22,48 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: Vec<(String, Vec<u8>)>,
+    entries: Vec<Entry>,
+}
+
+/// One key and its value, in one allocation: a server decodes every call's metadata, and an
+/// auth token as a `String` and a `Vec<u8>` of their own, with a list of keys to find repeats
+/// in, made four allocations a call.
+#[derive(Clone, PartialEq, Eq)]
+struct Entry {
+    /// The key's bytes, then the value's.
+    bytes: Box<[u8]>,
+    /// Where the key ends.
+    key_len: usize,
+}
+
+impl Entry {
+    fn new(key: &str, value: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(value);
+        Entry {
+            bytes: bytes.into_boxed_slice(),
+            key_len: key.len(),
+        }
+    }
+
+    fn key(&self) -> &str {
+        std::str::from_utf8(self.key_bytes()).expect("an entry is made from a `str` key")
+    }
+
+    fn key_bytes(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.key_len..]
+    }
+
+    fn position(entries: &[Entry], key: &str) -> Option<usize> {
+        entries
+            .iter()
+            .position(|entry| entry.key_bytes() == key.as_bytes())
+    }
 }
 
 impl Metadata {
@@ -34,25 +75,23 @@ impl Metadata {
     /// Sets `key` to `value`, replacing an earlier value of the same key.
     pub fn insert(&mut self, key: impl Into<String>, value: impl AsRef<[u8]>) {
         let key = key.into();
-        let value = value.as_ref().to_vec();
-        match self.entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
-            None => self.entries.push((key, value)),
+        let entry = Entry::new(&key, value.as_ref());
+        match Entry::position(&self.entries, &key) {
+            Some(at) => self.entries[at] = entry,
+            None => self.entries.push(entry),
         }
     }
 
     /// Removes `key`, returning its value if it had one.
     pub fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
-        let at = self.entries.iter().position(|(k, _)| k == key)?;
-        Some(self.entries.remove(at).1)
+        let at = Entry::position(&self.entries, key)?;
+        Some(self.entries.remove(at).value().to_vec())
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
+        let at = Entry::position(&self.entries, key)?;
+        Some(self.entries[at].value())
     }
 
     /// The value of `key`, if it is UTF-8 text.
@@ -62,7 +101,16 @@ impl Metadata {
 
     /// Every entry, in the order first inserted.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.entries
+            .iter()
+            .map(|entry| (entry.key(), entry.value()))
+    }
+
+    /// Every entry's key and value as bytes, in the order first inserted.
+    pub(crate) fn entry_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .map(|entry| (entry.key_bytes(), entry.value()))
     }
 
     /// How many entries there are.
@@ -99,7 +147,7 @@ impl Serialize for Metadata {
             }
         }
         let mut seq = serializer.serialize_seq(Some(self.entries.len()))?;
-        for (key, value) in &self.entries {
+        for (key, value) in self.iter() {
             seq.serialize_element(&(key, Bytes(value)))?;
         }
         seq.end()
@@ -177,7 +225,7 @@ impl Metadata {
                 limits.max_entries
             )));
         }
-        let mut decoded = Decoded::default();
+        let mut decoded = Decoded::with_capacity(count as usize);
         let mut len = 0usize;
         for _ in 0..count {
             let ((key, value), after) = postcard::take_from_bytes::<(&str, &[u8])>(rest)
@@ -201,8 +249,9 @@ impl Metadata {
 #[derive(Default)]
 struct Decoded<'a> {
     metadata: Metadata,
-    /// The keys of `metadata`'s entries, borrowed from the bytes being decoded.
-    keys: Vec<&'a str>,
+    /// The keys of the first [`Self::SCAN_UP_TO`] entries, borrowed from the bytes being
+    /// decoded, for the index once there are more.
+    first_keys: [&'a str; Decoded::SCAN_UP_TO],
     index: Option<HashMap<&'a str, usize>>,
 }
 
@@ -210,32 +259,41 @@ impl<'a> Decoded<'a> {
     /// Past this many entries, keys are found through a hash index.
     const SCAN_UP_TO: usize = 8;
 
+    /// Room for `count` entries, which the caller has bounded.
+    fn with_capacity(count: usize) -> Self {
+        let mut decoded = Decoded::default();
+        decoded.metadata.entries.reserve_exact(count);
+        decoded
+    }
+
     fn push(&mut self, key: &'a str, value: &[u8]) {
+        let entries = &mut self.metadata.entries;
         let found = match &self.index {
             Some(index) => index.get(key).copied(),
-            None => self.keys.iter().position(|k| *k == key),
+            None => Entry::position(entries, key),
         };
-        let entries = &mut self.metadata.entries;
+        let entry = Entry::new(key, value);
         if let Some(at) = found {
-            entries[at].1 = value.to_vec();
+            entries[at] = entry;
             return;
         }
-        entries.push((key.to_owned(), value.to_vec()));
-        self.keys.push(key);
+        entries.push(entry);
+        let at = entries.len() - 1;
         match &mut self.index {
             Some(index) => {
-                index.insert(key, self.keys.len() - 1);
+                index.insert(key, at);
             }
-            None if self.keys.len() > Self::SCAN_UP_TO => {
-                let index = self
-                    .keys
+            None if at < Self::SCAN_UP_TO => self.first_keys[at] = key,
+            None => {
+                let mut index: HashMap<&'a str, usize> = self
+                    .first_keys
                     .iter()
                     .enumerate()
                     .map(|(at, k)| (*k, at))
                     .collect();
+                index.insert(key, at);
                 self.index = Some(index);
             }
-            None => {}
         }
     }
 }

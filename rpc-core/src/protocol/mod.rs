@@ -300,13 +300,7 @@ pub(crate) fn begin_request(
         timeout_ms,
     };
     let mut bytes = head.start(64)?;
-    // Metadata holds no payload to splice in: appended as it is, and no metadata as the count
-    // 0 that postcard makes of it.
-    if metadata.is_empty() {
-        bytes.push(0);
-    } else {
-        append(metadata, &mut bytes)?;
-    }
+    head::put_metadata(&mut bytes, metadata);
     Ok(Frame::from(bytes))
 }
 
