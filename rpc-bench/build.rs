@@ -16,6 +16,7 @@ fn main() {
         .name("Bench")
         .package("bench")
         .method(method("add", "Add", "AddRequest", "Number").build())
+        .method(method("add_awaiting", "AddAwaiting", "AddRequest", "Number").build())
         .method(method("echo_vec", "EchoVec", "VecMessage", "VecMessage").build())
         .method(method("echo_bytes", "EchoBytes", "BytesMessage", "BytesMessage").build())
         .method(

@@ -32,7 +32,7 @@
 //! `WORKLOAD` is `latency`, `latency-main` (the same calls made on the thread that runs the
 //! runtime's `block_on`, as a `#[tokio::main]` function makes them, not on one of its workers),
 //! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
-//! one connection), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
+//! one connection), `256-awaiting` (256 callers of a handler that awaits once), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
 //! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream`, `idle` (heap per idle
 //! connection, for a heap profiler), `allocs` (allocations per call), or `local` (sequential
 //! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
@@ -61,7 +61,7 @@ use systems::rpc::{
 };
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
-use workloads::{Bytes, Effort};
+use workloads::{Bytes, Call, Effort};
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
@@ -72,8 +72,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing [registry|fmt]] [--metrics]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
-WORKLOAD: latency, latency-main, spaced, 32, 256, 4x64, 100x32, vec, buf, shared, stream, idle,
-          allocs or local
+WORKLOAD: latency, latency-main, spaced, 32, 256, 256-awaiting, 4x64, 100x32, vec, buf, shared,
+          stream, idle, allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections or
         rpc-core-token";
@@ -511,20 +511,24 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                     None => format!("{} has no streams", S::NAME),
                 };
             }
-            "" | "256" => (1, 256),
+            "" | "256" | "256-awaiting" => (1, 256),
             "32" => (1, 32),
             "4x64" => (4, 64),
             "100x32" => (100, 32),
             other => {
                 return format!(
-                    "no workload called {other}: latency, latency-main, spaced, 32, 256, 4x64, \
-                     100x32, vec, buf, shared, stream, idle, allocs or local"
+                    "no workload called {other}: latency, latency-main, spaced, 32, 256, \
+                     256-awaiting, 4x64, 100x32, vec, buf, shared, stream, idle, allocs or local"
                 );
             }
         };
+        let call = match workload.as_str() {
+            "256-awaiting" => Call::AddAwaiting,
+            _ => Call::Add,
+        };
         drop(client);
         let clients = workloads::connections::<S>(server.addr, connections).await;
-        match workloads::counted_throughput::<S>(&clients, callers, effort).await {
+        match workloads::counted_throughput::<S>(&clients, callers, call, effort).await {
             Some(rate) => format!(
                 "{:.0} calls/s, {connections} × {callers} callers ({} calls)",
                 rate.per_second, rate.count

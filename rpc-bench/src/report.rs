@@ -108,6 +108,13 @@ fn rows() -> Vec<Row> {
             goals: &[(Tarpc, 4.0), (Tonic, 5.0)],
         },
         Row {
+            label: "1 connection, 256 callers, handler awaits once",
+            unit: "calls/s",
+            pick: |f| f.awaiting_256,
+            better: Better::Higher,
+            goals: &[(Tonic, 5.0)],
+        },
+        Row {
             label: "4 connections, 64 callers each",
             unit: "calls/s",
             pick: |f| f.four_connections,

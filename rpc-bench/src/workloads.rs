@@ -62,6 +62,8 @@ pub struct Figures {
     /// Calls per second on one connection with 32 and 256 concurrent callers.
     pub pipelined_32: Option<f64>,
     pub pipelined_256: Option<f64>,
+    /// The same with 256 callers, of a handler that awaits once before it answers.
+    pub awaiting_256: Option<f64>,
     /// Calls per second over 4 connections, 64 callers on each.
     pub four_connections: Option<f64>,
     /// Calls per second over 100 connections, 32 callers on each.
@@ -93,6 +95,7 @@ impl Figures {
             main_p99_us: median(|f| f.main_p99_us),
             pipelined_32: median(|f| f.pipelined_32),
             pipelined_256: median(|f| f.pipelined_256),
+            awaiting_256: median(|f| f.awaiting_256),
             four_connections: median(|f| f.four_connections),
             many_connections: median(|f| f.many_connections),
             bulk_vec: median(|f| f.bulk_vec),
@@ -125,6 +128,9 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     let allocations = allocations_per_call::<S>(&server, &mut client, effort).await;
     let pipelined_32 = throughput::<S>(std::slice::from_ref(&client), 32, effort).await;
     let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
+    let awaiting = Call::AddAwaiting;
+    let one = std::slice::from_ref(&client);
+    let awaiting_256 = counted_throughput::<S>(one, 256, awaiting, effort).await;
     let four = connections::<S>(addr, 4).await;
     let four_connections = throughput::<S>(&four, 64, effort).await;
     drop(four);
@@ -143,6 +149,7 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
         main_p99_us: None,
         pipelined_32,
         pipelined_256,
+        awaiting_256: awaiting_256.map(|rate| rate.per_second),
         four_connections,
         many_connections,
         bulk_vec: Some(bulk_vec.mib_per_s),
@@ -284,7 +291,7 @@ pub async fn busy<S: System>(server: Arc<ServerEnd>, effort: Effort) -> BusyFigu
     let latency_cpu_us = cpu_us_per_call(&server, before, latency_calls(effort) as u64);
     let clients = std::slice::from_ref(&client);
     let before = server.counters();
-    let rate = counted_throughput::<S>(clients, 32, effort).await;
+    let rate = counted_throughput::<S>(clients, 32, Call::Add, effort).await;
     let pipelined_32_cpu_us = rate.and_then(|rate| cpu_us_per_call(&server, before, rate.count));
     let pipelined_256 = throughput::<S>(clients, 256, effort).await;
     let before = server.counters();
@@ -395,14 +402,24 @@ pub async fn throughput<S: System>(
     callers: usize,
     effort: Effort,
 ) -> Option<f64> {
-    let rate = counted_throughput::<S>(clients, callers, effort).await?;
+    let rate = counted_throughput::<S>(clients, callers, Call::Add, effort).await?;
     Some(rate.per_second)
 }
 
-/// [`throughput`], with the number of calls made.
+/// Which method the callers of [`counted_throughput`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `add`, whose handler answers on its first poll.
+    Add,
+    /// `add_awaiting`, whose handler awaits once first ([`crate::systems::handler_awaits`]).
+    AddAwaiting,
+}
+
+/// [`throughput`] of `call`, with the number of calls made.
 pub async fn counted_throughput<S: System>(
     clients: &[S::Client],
     callers: usize,
+    call: Call,
     effort: Effort,
 ) -> Option<Rate> {
     let start = Instant::now();
@@ -419,7 +436,11 @@ pub async fn counted_throughput<S: System>(
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    S::add(&mut client, caller as u64 + done, 1).await;
+                    let a = caller as u64 + done;
+                    match call {
+                        Call::Add => S::add(&mut client, a, 1).await,
+                        Call::AddAwaiting => S::add_awaiting(&mut client, a, 1).await,
+                    };
                     done += 1;
                 }
                 done

@@ -1,4 +1,5 @@
-//! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`;
+//! The systems measured, each serving and calling the same service: `add(u64, u64) -> u64`,
+//! and `add_awaiting`, the same from a handler that awaits once before it answers;
 //! echoes of a byte payload as a `Vec<u8>`, as a `serde_bytes::ByteBuf` (the two ways users
 //! write byte buffers) and as the system's own shared byte type (`rpc_core::Payload`,
 //! `bytes::Bytes`); and `count(n)`, a stream of `n` numbers, where the system streams.
@@ -39,6 +40,10 @@ pub trait System: Send + Sync + 'static {
     /// Calls `add`.
     fn add(client: &mut Self::Client, a: u64, b: u64) -> impl Future<Output = u64> + Send;
 
+    /// Calls `add_awaiting`, whose handler awaits once ([`handler_awaits`]) before it answers,
+    /// as one that awaits a database or another service does.
+    fn add_awaiting(client: &mut Self::Client, a: u64, b: u64) -> impl Future<Output = u64> + Send;
+
     /// Echoes a `Vec<u8>`.
     fn echo_vec(client: &mut Self::Client, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
 
@@ -54,4 +59,11 @@ pub trait System: Send + Sync + 'static {
     /// Receives a stream of the numbers `0..items`, checking each in turn, and counts them;
     /// `None` where the system has no streams. Every system does the same work per item.
     fn count(client: &mut Self::Client, items: u64) -> impl Future<Output = Option<u64>> + Send;
+}
+
+/// What `add_awaiting`'s handler awaits in every system: one turn of the scheduler
+/// (`tokio::task::yield_now`), so that it does not answer on its first poll, as a handler that
+/// awaits a database or another service does not, while the work it waits for costs nothing.
+pub async fn handler_awaits() {
+    tokio::task::yield_now().await;
 }

@@ -51,6 +51,7 @@ pub struct RawClient {
 const ADD: u8 = 0;
 const ECHO: u8 = 1;
 const COUNT: u8 = 2;
+const ADD_AWAITING: u8 = 3;
 
 /// The length prefix.
 const PREFIX: usize = 4;
@@ -174,6 +175,13 @@ async fn serve_connection(stream: TcpStream) {
                     let Ok((a, b)) = postcard::from_bytes::<(u64, u64)>(args) else {
                         return;
                     };
+                    encode(&mut write, None, &a.wrapping_add(b));
+                }
+                ADD_AWAITING => {
+                    let Ok((a, b)) = postcard::from_bytes::<(u64, u64)>(args) else {
+                        return;
+                    };
+                    super::handler_awaits().await;
                     encode(&mut write, None, &a.wrapping_add(b));
                 }
                 ECHO => {
@@ -392,6 +400,10 @@ impl System for Raw {
 
     async fn add(client: &mut RawClient, a: u64, b: u64) -> u64 {
         client.call(ADD, &(a, b)).await
+    }
+
+    async fn add_awaiting(client: &mut RawClient, a: u64, b: u64) -> u64 {
+        client.call(ADD_AWAITING, &(a, b)).await
     }
 
     async fn echo_vec(client: &mut RawClient, bytes: Vec<u8>) -> Vec<u8> {

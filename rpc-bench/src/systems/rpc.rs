@@ -14,6 +14,7 @@ use super::{System, certs};
 #[rpc_core::service]
 pub trait Bench {
     async fn add(&self, a: u64, b: u64) -> u64;
+    async fn add_awaiting(&self, a: u64, b: u64) -> u64;
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8>;
     async fn echo_buf(&self, bytes: ByteBuf) -> ByteBuf;
     async fn echo_shared(&self, bytes: Payload) -> Payload;
@@ -24,6 +25,10 @@ struct Impl;
 
 impl Bench for Impl {
     async fn add(&self, a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    async fn add_awaiting(&self, a: u64, b: u64) -> u64 {
+        super::handler_awaits().await;
         a.wrapping_add(b)
     }
     async fn echo_vec(&self, bytes: Vec<u8>) -> Vec<u8> {
@@ -159,6 +164,10 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize, const TOKEN: boo
 
     async fn add(client: &mut BenchClient, a: u64, b: u64) -> u64 {
         client.add(a, b).await.expect("add")
+    }
+
+    async fn add_awaiting(client: &mut BenchClient, a: u64, b: u64) -> u64 {
+        client.add_awaiting(a, b).await.expect("add_awaiting")
     }
 
     async fn echo_vec(client: &mut BenchClient, bytes: Vec<u8>) -> Vec<u8> {

@@ -14,6 +14,7 @@ use super::System;
 #[tarpc::service]
 pub trait Bench {
     async fn add(a: u64, b: u64) -> u64;
+    async fn add_awaiting(a: u64, b: u64) -> u64;
     async fn echo_vec(bytes: Vec<u8>) -> Vec<u8>;
     async fn echo_buf(bytes: ByteBuf) -> ByteBuf;
     async fn echo_shared(bytes: Bytes) -> Bytes;
@@ -24,6 +25,10 @@ struct Impl;
 
 impl Bench for Impl {
     async fn add(self, _: context::Context, a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    async fn add_awaiting(self, _: context::Context, a: u64, b: u64) -> u64 {
+        super::handler_awaits().await;
         a.wrapping_add(b)
     }
     async fn echo_vec(self, _: context::Context, bytes: Vec<u8>) -> Vec<u8> {
@@ -78,6 +83,11 @@ impl System for Tarpc {
 
     async fn add(client: &mut BenchClient, a: u64, b: u64) -> u64 {
         client.add(context::current(), a, b).await.expect("add")
+    }
+
+    async fn add_awaiting(client: &mut BenchClient, a: u64, b: u64) -> u64 {
+        let answer = client.add_awaiting(context::current(), a, b).await;
+        answer.expect("add_awaiting")
     }
 
     async fn echo_vec(client: &mut BenchClient, bytes: Vec<u8>) -> Vec<u8> {

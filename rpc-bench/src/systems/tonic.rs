@@ -76,6 +76,14 @@ impl Bench for Impl {
         }))
     }
 
+    async fn add_awaiting(&self, request: Request<AddRequest>) -> Result<Response<Number>, Status> {
+        super::handler_awaits().await;
+        let AddRequest { a, b } = request.into_inner();
+        Ok(Response::new(Number {
+            value: a.wrapping_add(b),
+        }))
+    }
+
     async fn echo_vec(&self, request: Request<VecMessage>) -> Result<Response<VecMessage>, Status> {
         Ok(Response::new(request.into_inner()))
     }
@@ -165,6 +173,11 @@ impl<const TLS: bool> System for TonicOver<TLS> {
     async fn add(client: &mut Self::Client, a: u64, b: u64) -> u64 {
         let answer = client.add(AddRequest { a, b }).await.expect("add");
         answer.into_inner().value
+    }
+
+    async fn add_awaiting(client: &mut Self::Client, a: u64, b: u64) -> u64 {
+        let answer = client.add_awaiting(AddRequest { a, b }).await;
+        answer.expect("add_awaiting").into_inner().value
     }
 
     async fn echo_vec(client: &mut Self::Client, bytes: Vec<u8>) -> Vec<u8> {
