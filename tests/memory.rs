@@ -854,6 +854,52 @@ fn a_call_with_a_token_allocates_only_the_servers_copy_of_its_metadata() {
     });
 }
 
+/// A second service on the same server, for calls of a service other than the one a
+/// connection's hello named.
+#[rpc_core::service]
+pub trait Doubler {
+    /// `2 * x`.
+    async fn double(&self, x: i64) -> i64;
+}
+
+struct MyDoubler;
+
+impl Doubler for MyDoubler {
+    async fn double(&self, x: i64) -> i64 {
+        2 * x
+    }
+}
+
+/// A client of the second service of a server of two, over the connection of a client of the
+/// first (`Channel::client`): its calls name their method qualified by the service, and allocate
+/// nothing for it. (The qualified name was made as a string at every call: two allocations.)
+#[test]
+fn a_call_of_another_service_on_a_shared_connection_allocates_nothing_both_ends() {
+    scenario(async {
+        let server = Server::builder().bind("127.0.0.1:0").await.expect("binds");
+        let addr = server.local_addr().expect("an address");
+        let services = rpc_core::Services::new()
+            .add(rpc_tests::LabServer::new(LabImpl::default()))
+            .add(DoublerServer::new(MyDoubler));
+        tokio::spawn(server.serve(services));
+        let lab = LabClient::connect(addr).await.expect("connects");
+        let doubler: DoublerClient = lab.channel().client();
+        within("a first call", doubler.double(2))
+            .await
+            .expect("doubles");
+        const CALLS: usize = 1000;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for i in 0..CALLS {
+            within("a call", doubler.double(i as i64))
+                .await
+                .expect("doubles");
+        }
+        let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let per_call = made as f64 / CALLS as f64;
+        assert!(per_call < 0.5, "{per_call} allocations per call, both ends");
+    });
+}
+
 /// Makes a thousand calls with `client` and fails if they allocated, both ends, half an
 /// allocation a call or more: an allocation now and then (a table growing, a store of spare
 /// frames refilled) is not one a call.

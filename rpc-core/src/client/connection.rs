@@ -539,15 +539,9 @@ impl Connection {
         };
         // A service other than the one the hellos named (not `own`) is called by its qualified
         // name.
-        let qualified;
-        let name = if own {
-            spec.method.name
-        } else {
-            qualified = format!("{}.{}", spec.service.name, spec.method.name);
-            &qualified
-        };
-        let mut frame =
-            protocol::begin_request(id, name, timeout_ms, spec.metadata).map_err(encode_failed)?;
+        let service = (!own).then_some(spec.service.name);
+        let method = spec.method.name;
+        let mut frame = protocol::begin_request(id, service, method, timeout_ms, spec.metadata);
         frame
             .encode(|bytes| args.encode(bytes))
             .map_err(encode_failed)?;

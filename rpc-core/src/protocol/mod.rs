@@ -287,21 +287,20 @@ impl<'a> Head<'a> {
     }
 }
 
-/// Starts a request frame: its head, then its metadata, ready for the arguments.
+/// Starts a request frame: its head, then its metadata, ready for the arguments. With
+/// `service`, the method is named qualified by it, `service.method`.
 pub(crate) fn begin_request(
     id: u64,
+    service: Option<&str>,
     method: &str,
     timeout_ms: u64,
     metadata: &crate::Metadata,
-) -> Result<Frame, CodecError> {
-    let head = Head::Request {
-        id,
-        method,
-        timeout_ms,
-    };
-    let mut bytes = head.start(64)?;
+) -> Frame {
+    let mut bytes = spare::small(64);
+    bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+    head::put_request_head(&mut bytes, id, service, method, timeout_ms);
     head::put_metadata(&mut bytes, metadata);
-    Ok(Frame::from(bytes))
+    Frame::from(bytes)
 }
 
 /// Fills in the length prefix of a frame started with [`Head::begin_frame`], refusing a payload
@@ -367,7 +366,7 @@ mod tests {
     #[test]
     fn request_head_bytes_match_wire_md() {
         // docs/wire.md, "Example": call `add` with id 1.
-        let mut frame = begin_request(1, "add", 100, &crate::Metadata::new()).expect("encodes");
+        let mut frame = begin_request(1, None, "add", 100, &crate::Metadata::new());
         frame.append(&(2i64, 3i64)).expect("encodes");
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
@@ -423,7 +422,7 @@ mod tests {
     fn request_metadata_bytes_match_wire_md() {
         let mut metadata = crate::Metadata::new();
         metadata.insert("k", "v");
-        let mut frame = begin_request(2, "f", 0, &metadata).expect("encodes");
+        let mut frame = begin_request(2, None, "f", 0, &metadata);
         finish_frame(&mut frame, DEFAULT_MAX_FRAME_LEN).expect("fits");
         assert_eq!(
             frame.contiguous().expect("nothing spliced"),
