@@ -411,10 +411,7 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for EachCounted<'_, A> {
         Ok(element)
     }
 
-    #[inline]
-    fn size_hint(&self) -> Option<usize> {
-        self.0.size_hint()
-    }
+    // No `size_hint`: postcard tells none for such a sequence, and none is given for it.
 }
 
 impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Access<'_, A> {
