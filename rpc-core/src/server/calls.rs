@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub(crate) struct Calls {
     /// How many calls `running` holds, for a look without the lock: most calls answer on their
     /// first poll and are never in it.
     count: AtomicUsize,
+    /// The highest id of a call that became a task: no call of a higher id is running, and a
+    /// client whose ids only grow, as rpc-core's do, is never looked up for one.
+    highest: AtomicU64,
     /// Woken when the last running call ends.
     idle: Notify,
 }
@@ -57,6 +60,7 @@ impl Default for Calls {
                 idle_since: Instant::now(),
             }),
             count: AtomicUsize::new(0),
+            highest: AtomicU64::new(0),
             idle: Notify::new(),
         }
     }
@@ -211,6 +215,7 @@ impl Calls {
         {
             let mut running = self.running();
             running.calls.insert(id, abort);
+            self.highest.fetch_max(id, Ordering::Relaxed);
             self.count.store(running.calls.len(), Ordering::Release);
         }
         let link = link.clone();
@@ -280,9 +285,11 @@ impl Calls {
         }
     }
 
-    /// Whether call `id` is running.
+    /// Whether call `id` is running. Asked by the connection's task, which alone starts calls.
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        self.count.load(Ordering::Acquire) > 0 && self.running().calls.contains_key(&id)
+        id <= self.highest.load(Ordering::Relaxed)
+            && self.count.load(Ordering::Acquire) > 0
+            && self.running().calls.contains_key(&id)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
