@@ -371,6 +371,11 @@ impl Connection {
         self.pending.is_draining()
     }
 
+    /// Whether new calls may go over it: it is open, and the server has not said otherwise.
+    pub(crate) fn takes_new_calls(&self) -> bool {
+        !self.is_closed() && !self.is_draining()
+    }
+
     /// Returns once the connection has closed.
     pub(crate) async fn closed(&self) {
         self.pending.wait_closed().await;

@@ -229,16 +229,6 @@ impl Endpoint {
         }
     }
 
-    /// Whether it is not to be called for now: calls kept failing on it, or it said it is not
-    /// serving.
-    pub(crate) fn is_out(&self) -> bool {
-        let live = self.live();
-        live.not_serving
-            || live
-                .ejected_until
-                .is_some_and(|until| until > Instant::now())
-    }
-
     /// Records what a health probe said.
     pub(crate) fn set_serving(&self, serving: bool) {
         let mut live = self.live();
@@ -292,7 +282,7 @@ impl Endpoint {
         self.live()
             .connection
             .as_ref()
-            .filter(|connection| !connection.is_closed() && !connection.is_draining())
+            .filter(|connection| connection.takes_new_calls())
             .cloned()
     }
 
@@ -305,7 +295,7 @@ impl Endpoint {
         let connected = live
             .connection
             .as_ref()
-            .is_some_and(|connection| !connection.is_closed() && !connection.is_draining());
+            .is_some_and(|connection| connection.takes_new_calls());
         if live.not_serving || (!connected && matches!(self.target, Target::Given(_))) {
             return false;
         }
@@ -313,15 +303,6 @@ impl Endpoint {
         let now = Instant::now;
         let not_ejected = live.ejected_until.is_none_or(|until| until <= now());
         not_ejected && (connected || live.retry_at.is_none_or(|retry_at| retry_at <= now()))
-    }
-
-    /// Whether the last attempts to connect failed and the next may not be made yet.
-    pub(crate) fn is_backing_off(&self) -> bool {
-        self.live_connection().is_none()
-            && self
-                .live()
-                .retry_at
-                .is_some_and(|retry_at| retry_at > Instant::now())
     }
 
     /// A connection that takes calls: the current one, or a new one, made once the backoff
@@ -543,15 +524,15 @@ mod tests {
         for _ in 0..EJECT_AFTER - 1 {
             endpoint.record_call(true);
         }
-        assert!(!endpoint.is_out(), "one failure short");
+        assert!(endpoint.takes_calls(), "one failure short");
         endpoint.record_call(false);
         assert!(heard(), "a success after failures");
         for _ in 0..EJECT_AFTER - 1 {
             endpoint.record_call(true);
         }
-        assert!(!endpoint.is_out(), "the count started over");
+        assert!(endpoint.takes_calls(), "the count started over");
         endpoint.record_call(true);
-        assert!(endpoint.is_out(), "the last failure in a row ejects");
+        assert!(!endpoint.takes_calls(), "the last failure in a row ejects");
         assert!(heard(), "the ejection");
         endpoint.record_call(false);
         assert!(heard(), "a success after an ejection");
@@ -566,7 +547,6 @@ mod tests {
         let shown = format!("{endpoint:?}");
         assert!(shown.starts_with("Endpoint { target: Tcp"), "{shown}");
         assert_eq!(endpoint.status().state, EndpointState::Idle);
-        assert!(!endpoint.is_out());
         assert!(
             endpoint.takes_calls(),
             "not connected yet, it connects for a call"
@@ -575,20 +555,16 @@ mod tests {
         let ten_seconds = Duration::from_secs(10);
         endpoint.live().ejected_until = Some(Instant::now() + ten_seconds);
         assert_eq!(endpoint.status().state, EndpointState::Ejected);
-        assert!(endpoint.is_out());
         assert!(!endpoint.takes_calls(), "ejected");
         tokio::time::advance(ten_seconds).await;
         assert_eq!(endpoint.status().state, EndpointState::Idle);
-        assert!(!endpoint.is_out());
         assert!(endpoint.takes_calls(), "the ejection is over");
 
         endpoint.live().retry_at = Some(Instant::now() + ten_seconds);
         assert_eq!(endpoint.status().state, EndpointState::BackingOff);
-        assert!(endpoint.is_backing_off());
         assert!(!endpoint.takes_calls(), "backing off");
         tokio::time::advance(ten_seconds).await;
         assert_eq!(endpoint.status().state, EndpointState::Idle);
-        assert!(!endpoint.is_backing_off());
         assert!(endpoint.takes_calls(), "the backoff is over");
 
         endpoint.set_serving(false);
@@ -608,7 +584,7 @@ mod tests {
             endpoint.connection().await.is_err(),
             "the first attempt fails"
         );
-        assert!(endpoint.is_backing_off());
+        assert_eq!(endpoint.status().state, EndpointState::BackingOff);
         let waiting: Vec<_> = (0..10)
             .map(|_| {
                 let endpoint = Arc::clone(&endpoint);

@@ -272,7 +272,7 @@ impl Pool {
         let up: Vec<&Arc<Endpoint>> = others
             .iter()
             .copied()
-            .filter(|endpoint| !endpoint.is_backing_off() && !endpoint.is_out())
+            .filter(|endpoint| endpoint.takes_calls())
             .collect();
         let candidates = if up.is_empty() { others } else { up };
         match candidates.len() {
