@@ -126,11 +126,10 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     let mut client = S::connect(addr).await;
     let (p50, p99) = latency::<S>(&mut client, effort).await;
     let allocations = allocations_per_call::<S>(&server, &mut client, effort).await;
-    let pipelined_32 = throughput::<S>(std::slice::from_ref(&client), 32, effort).await;
-    let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
-    let awaiting = Call::AddAwaiting;
     let one = std::slice::from_ref(&client);
-    let awaiting_256 = counted_throughput::<S>(one, 256, awaiting, effort).await;
+    let pipelined_32 = throughput::<S>(one, 32, effort).await;
+    let pipelined_256 = throughput::<S>(one, 256, effort).await;
+    let awaiting_256 = counted_throughput::<S>(one, 256, Call::AddAwaiting, effort).await;
     let four = connections::<S>(addr, 4).await;
     let four_connections = throughput::<S>(&four, 64, effort).await;
     drop(four);
