@@ -31,16 +31,16 @@
 //!
 //! `WORKLOAD` is `latency`, `latency-main` (the same calls made on the thread that runs the
 //! runtime's `block_on`, as a `#[tokio::main]` function makes them, not on one of its workers),
-//! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on
-//! one connection), `256-awaiting` (256 callers of a handler that awaits once), `4x64` (4 connections with 64 callers each), `100x32` (100 connections with
-//! 32 each), `vec`, `buf` or `shared` (the 1 MiB echoes), `stream`, `idle` (heap per idle
-//! connection, for a heap profiler), `allocs` (allocations per call), or `local` (sequential
-//! calls through an in-process client, with no server); `SYSTEM` is `rpc-core` (the default),
-//! `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`, `rpc-core-no-busy-poll` (busy polling
-//! off at both ends), `rpc-core-busy-poll-server` or `rpc-core-busy-poll-client` (on at that
-//! end alone), `rpc-core-4-connections` (one client over four connections to the server,
-//! through `ClientBuilder::balance`), or `rpc-core-token` (a bearer token in every call's
-//! metadata, checked by the server's interceptor).
+//! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on one connection),
+//! `256-awaiting` (256 callers of a handler that awaits once), `4x64` (4 connections with 64
+//! callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared` (the 1 MiB
+//! echoes), `stream`, `idle` (heap per idle connection, for a heap profiler), `allocs` (allocations
+//! per call), or `local` (sequential calls through an in-process client, with no server); `SYSTEM`
+//! is `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
+//! `rpc-core-no-busy-poll` (busy polling off at both ends), `rpc-core-busy-poll-server` or
+//! `rpc-core-busy-poll-client` (on at that end alone), `rpc-core-4-connections` (one client over
+//! four connections to the server, through `ClientBuilder::balance`), or `rpc-core-token` (a bearer
+//! token in every call's metadata, checked by the server's interceptor).
 
 mod alloc;
 mod counters;
