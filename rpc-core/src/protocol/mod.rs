@@ -280,11 +280,19 @@ impl<'a> Head<'a> {
     /// The bytes of a frame begun with this head, in a buffer of `capacity` bytes (at most
     /// [`spare::SMALL_MAX`]) to start with: room for the length prefix, then the head.
     fn start(&self, capacity: usize) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = spare::small(capacity);
-        bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+        let mut bytes = frame_bytes(capacity);
         self.encode_into(&mut bytes)?;
         Ok(bytes)
     }
+}
+
+/// The bytes of a frame to be written, in a buffer of `capacity` bytes (at most
+/// [`spare::SMALL_MAX`]) to start with: room for the length prefix, filled in once the payload
+/// is whole.
+fn frame_bytes(capacity: usize) -> Vec<u8> {
+    let mut bytes = spare::small(capacity);
+    bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+    bytes
 }
 
 /// Starts a request frame: its head, then its metadata, ready for the arguments. With
@@ -296,8 +304,7 @@ pub(crate) fn begin_request(
     timeout_ms: u64,
     metadata: &crate::Metadata,
 ) -> Frame {
-    let mut bytes = spare::small(64);
-    bytes.extend_from_slice(&[0; LENGTH_PREFIX]);
+    let mut bytes = frame_bytes(64);
     head::put_request_head(&mut bytes, id, service, method, timeout_ms);
     head::put_metadata(&mut bytes, metadata);
     Frame::from(bytes)
