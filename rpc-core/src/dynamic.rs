@@ -167,7 +167,7 @@ impl DynamicClient {
 
     /// The same connection, with `key` set to `value` in the metadata of every call.
     #[must_use]
-    pub fn with_metadata(&self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+    pub fn with_metadata(&self, key: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
         DynamicClient {
             channel: self.channel.with_metadata(key, value),
         }

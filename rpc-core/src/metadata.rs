@@ -73,10 +73,10 @@ impl Metadata {
     }
 
     /// Sets `key` to `value`, replacing an earlier value of the same key.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl AsRef<[u8]>) {
-        let key = key.into();
-        let entry = Entry::new(&key, value.as_ref());
-        match Entry::position(&self.entries, &key) {
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        let entry = Entry::new(key, value.as_ref());
+        match Entry::position(&self.entries, key) {
             Some(at) => self.entries[at] = entry,
             None => self.entries.push(entry),
         }

@@ -249,9 +249,6 @@ pub use tower;
 /// `Vec`, for generated code in crates whose prelude lacks it.
 pub type Vec<T> = std::vec::Vec<T>;
 
-/// `String`, for generated code in crates whose prelude lacks it.
-pub type String = std::string::String;
-
 #[cfg(test)]
 mod tests {
     use super::*;

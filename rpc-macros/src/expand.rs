@@ -468,7 +468,7 @@ fn client(service: &Service, wire: &WireTypes) -> TokenStream {
             #[must_use]
             #vis fn with_metadata(
                 &self,
-                key: impl ::core::convert::Into<::rpc_core::__private::String>,
+                key: impl ::core::convert::AsRef<::core::primitive::str>,
                 value: impl ::core::convert::AsRef<[::core::primitive::u8]>,
             ) -> Self {
                 Self { #channel: self.#channel.with_metadata(key, value) }

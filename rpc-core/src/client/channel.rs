@@ -300,7 +300,7 @@ impl Channel {
 
     /// The same connections, with `key` set to `value` in the metadata of every call.
     #[must_use]
-    pub fn with_metadata(&self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Channel {
+    pub fn with_metadata(&self, key: impl AsRef<str>, value: impl AsRef<[u8]>) -> Channel {
         let mut channel = self.clone();
         Arc::make_mut(&mut channel.metadata).insert(key, value);
         channel

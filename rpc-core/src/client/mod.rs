@@ -198,7 +198,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
 
     /// Attaches `key` = `value` to every call of this client, such as an auth token. A call's
     /// own `with_metadata` entries override these.
-    pub fn metadata(mut self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+    pub fn metadata(mut self, key: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
         self.config.metadata.insert(key, value);
         self
     }
