@@ -1048,3 +1048,49 @@ async fn uploads_never_read(uploads: usize, most: usize) {
     freed_to(start, KEPT).await;
     deaf_server.abort();
 }
+
+/// A short stream, each way, costs a bounded number of allocations to set up, both ends: the
+/// source's boxes, the server's task for the call and its boxes, the stream's registrations, its
+/// channel to the consumer, the batch it is sent in and the consumer's room for the items it
+/// decodes ahead. (That room grew item by item: three allocations for ten numbers, not one.)
+#[test]
+fn a_stream_of_ten_numbers_allocates_a_bounded_number_of_times_each_way() {
+    const STREAMS: usize = 100;
+    scenario(async {
+        let server = start_tcp_with(Server::builder(), LabImpl::default()).await;
+        let client = LabClient::connect(server).await.expect("connects");
+        let download = || async {
+            let mut numbers = client.count(10).await.expect("a stream");
+            let mut received = 0;
+            while let Some(number) = numbers.next().await {
+                assert_eq!(number.expect("a number"), received);
+                received += 1;
+            }
+            assert_eq!(received, 10);
+        };
+        let upload = || async {
+            let sum = client.sum(rpc_core::Streaming::iter(0..10u64)).await;
+            assert_eq!(sum.expect("a sum"), 45);
+        };
+        // The first of each kind registers its meters and grows the tables it is kept in.
+        within("a first download", download()).await;
+        within("a first upload", upload()).await;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..STREAMS {
+            within("a download", download()).await;
+        }
+        let downloads = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..STREAMS {
+            within("an upload", upload()).await;
+        }
+        let uploads = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let per = |made: usize| made as f64 / STREAMS as f64;
+        let (downloads, uploads) = (per(downloads), per(uploads));
+        assert!(
+            downloads < 20.5,
+            "{downloads} allocations a download, both ends"
+        );
+        assert!(uploads < 21.5, "{uploads} allocations an upload, both ends");
+    });
+}

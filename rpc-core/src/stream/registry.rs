@@ -626,6 +626,9 @@ impl<T: Decode> InboundStream<T> {
     /// lending per batch, not per item.
     fn decode_ahead(&mut self) {
         let room = (AHEAD_BYTES / size_of::<Result<T, protocol::CodecError>>().max(1)).max(1);
+        // Room for a whole batch at the first: grown item by item, a stream of ten numbers
+        // allocated three times for it.
+        self.ahead.reserve_exact(room);
         let (head_len, ahead) = (self.head_len, &mut self.ahead);
         let whole = 0..self.run.len();
         let (taken, cost) = crate::payload::decoding(&mut self.run, whole, |frames| {
