@@ -362,6 +362,7 @@ fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
     let (p50, p99) = deployment.run_here(workloads::sequential_from_here::<S>(addr, effort));
     figures.main_p50_us = Some(p50);
     figures.main_p99_us = Some(p99);
+    eprintln!("  {}", figures.summary());
     figures
 }
 

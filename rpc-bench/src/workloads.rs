@@ -85,6 +85,33 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Every figure measured, on one line, for the run's log: each round's figures are printed
+    /// as they come, so that a median that stands out can be traced to its round.
+    pub fn summary(&self) -> String {
+        let figures = [
+            ("p50 µs", self.latency_p50_us),
+            ("p99 µs", self.latency_p99_us),
+            ("from main p50 µs", self.main_p50_us),
+            ("from main p99 µs", self.main_p99_us),
+            ("32 callers/s", self.pipelined_32),
+            ("256 callers/s", self.pipelined_256),
+            ("256 awaiting/s", self.awaiting_256),
+            ("4x64/s", self.four_connections),
+            ("100x32/s", self.many_connections),
+            ("vec MiB/s", self.bulk_vec),
+            ("buf MiB/s", self.bulk_buf),
+            ("shared MiB/s", self.bulk_shared),
+            ("stream items/s", self.stream_items),
+            ("allocations", self.allocations_per_call),
+            ("idle bytes", self.idle_connection_bytes),
+        ];
+        let measured: Vec<String> = figures
+            .iter()
+            .filter_map(|(name, figure)| figure.map(|value| format!("{name} {value:.1}")))
+            .collect();
+        measured.join(", ")
+    }
+
     /// Each figure's median over `rounds` (the lower middle one of an even count).
     pub fn median(rounds: &[Figures]) -> Figures {
         let median = |figure| median_of(rounds, figure);
@@ -583,7 +610,18 @@ pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> Option<f64>
 
 #[cfg(test)]
 mod tests {
-    use super::TracedFigures;
+    use super::{Figures, TracedFigures};
+
+    #[test]
+    fn a_rounds_summary_names_each_figure_measured_and_no_other() {
+        let figures = Figures {
+            latency_p50_us: Some(9.94),
+            pipelined_256: Some(1_235_804.4),
+            ..Figures::default()
+        };
+        assert_eq!(figures.summary(), "p50 µs 9.9, 256 callers/s 1235804.4");
+        assert_eq!(Figures::default().summary(), "");
+    }
 
     #[test]
     fn traced_figures_cross_the_pipe_whole() {
