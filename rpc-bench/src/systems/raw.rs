@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::{Handle, Id};
+use tokio::runtime::{Handle, Id, RuntimeFlavor};
 use tokio::sync::mpsc;
 
 use super::System;
@@ -455,7 +455,9 @@ fn runs_elsewhere(ends: &Ends, addr: SocketAddr) -> bool {
 /// on this machine costs tens of microseconds; after a large frame it waits at once (the rest
 /// of a 1 MiB frame is long in coming, and a spinning core is one the sender could use). A peer
 /// on the same runtime is never polled for: there the two ends meet on the runtime's threads,
-/// and a reader that polls only takes turns from the task it waits for.
+/// and a reader that polls only takes turns from the task it waits for. But a caller off the
+/// workers ([`off_the_workers`]) polls for its answer whoever its peer is, as rpc-core's does:
+/// its thread is one of its own, which a worker would otherwise wake for every answer.
 #[derive(Debug)]
 struct Spin {
     /// The socket, open for as long as the connection whose reader holds this.
@@ -491,7 +493,7 @@ impl Spin {
             let elsewhere = addr.is_some_and(|addr| runs_elsewhere(&CLIENT_ENDS, addr));
             self.peer = Where::Known(elsewhere);
         }
-        let on = matches!(self.peer, Where::Known(true));
+        let on = matches!(self.peer, Where::Known(true)) || off_the_workers();
         self.until = (on && len < LARGE).then(|| Instant::now() + SPIN_WINDOW);
     }
 
@@ -514,6 +516,16 @@ impl Spin {
         }
         Ok(came)
     }
+}
+
+/// Whether the code running now is off a multi-thread runtime's workers: a future driven by
+/// `block_on`, as `#[tokio::main]`'s body is, on a thread of its own (as rpc-core tells it).
+/// A single-thread runtime's `block_on` is its only thread, whose tasks a caller that polled
+/// would hold up.
+fn off_the_workers() -> bool {
+    tokio::task::try_id().is_none()
+        && Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread)
 }
 
 /// Wakes the task and lets its worker run the others queued before it polls the task again:
