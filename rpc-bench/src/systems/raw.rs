@@ -125,7 +125,9 @@ async fn read_frame(
         let mut large = false;
         if let Some(len) = frame_len(read) {
             if read.len() >= PREFIX + len {
-                mark.lower();
+                if !spin.keeps_the_mark_raised() {
+                    mark.lower();
+                }
                 return Some(len);
             }
             read.reserve(PREFIX + len - read.len());
@@ -135,6 +137,9 @@ async fn read_frame(
             }
         }
         if !large && spin.polls() {
+            if spin.keeps_the_mark_raised() {
+                mark.raise_for_polling();
+            }
             match spin.read_now(read) {
                 Ok(0) => return None,
                 Ok(_) => continue,
@@ -145,6 +150,10 @@ async fn read_frame(
                 Err(_) => return None,
             }
         }
+        // Waiting through tokio, which the mark raised for polling would keep from waking the
+        // reader for a small frame: lowered first, which wakes it at once for bytes below the
+        // mark that came meanwhile.
+        mark.lower_after_polling();
         if stream.read_buf(read).await.ok()? == 0 {
             return None;
         }
@@ -273,6 +282,8 @@ impl RawClient {
 
     /// Sends an echo of `bytes`, a large byte string, from their own memory.
     async fn send_large_echo(&mut self, bytes: &[u8]) {
+        // Its answer is read through tokio, not polled for.
+        self.mark.lower_after_polling();
         // The frame of the byte string's length alone, made the frame of the whole string.
         self.write.clear();
         encode(&mut self.write, Some(ECHO), &bytes.len());
@@ -466,6 +477,8 @@ struct Spin {
     peer: Where,
     /// Until when the reader polls.
     until: Option<Instant>,
+    /// Whether the reader is a caller's off the workers, which polls with the mark raised.
+    off_the_workers: bool,
 }
 
 /// Where a connection's peer runs.
@@ -484,6 +497,7 @@ impl Spin {
             fd: stream.as_raw_fd(),
             peer,
             until: None,
+            off_the_workers: false,
         }
     }
 
@@ -493,8 +507,18 @@ impl Spin {
             let elsewhere = addr.is_some_and(|addr| runs_elsewhere(&CLIENT_ENDS, addr));
             self.peer = Where::Known(elsewhere);
         }
-        let on = matches!(self.peer, Where::Known(true)) || off_the_workers();
+        self.off_the_workers = off_the_workers();
+        let on = matches!(self.peer, Where::Known(true)) || self.off_the_workers;
         self.until = (on && len < LARGE).then(|| Instant::now() + SPIN_WINDOW);
+    }
+
+    /// Whether the reader polls with its socket's mark at [`POLLING_MARK`], and keeps it there
+    /// between its calls, as rpc-core's caller off the workers does (`rpc-core/src/socket.rs`):
+    /// the small frames it reads itself then wake no worker, which on two cores may take the
+    /// caller's. Kept between calls, where nothing is on its way, it costs no system call a
+    /// call; it is lowered before the reader waits through tokio.
+    fn keeps_the_mark_raised(&self) -> bool {
+        self.off_the_workers && self.until.is_some()
     }
 
     /// Whether a reader that finds nothing reads again rather than wait.
@@ -546,6 +570,10 @@ async fn take_turn() {
 /// The most a mark is raised to, as rpc-core's readers raise theirs.
 const MAX_MARK: usize = 128 * 1024;
 
+/// The mark while a caller off the workers polls for its answer, as rpc-core's is then: above
+/// any small frame.
+const POLLING_MARK: usize = 4096;
+
 /// A TCP socket's receive low-water mark (`SO_RCVLOWAT`, on Linux), moved as rpc-core's readers
 /// move theirs (`rpc-core/src/socket.rs`): raised, while the rest of a large frame comes in,
 /// to what is missing of it, up to [`MAX_MARK`] and half the socket's receive buffer, so that
@@ -572,7 +600,7 @@ impl LowWater {
     fn before_waiting_for(&mut self, missing: usize) {
         if self.mark > missing {
             self.set(missing.max(1));
-        } else if self.mark == 1 {
+        } else if self.mark == 1 || self.mark == POLLING_MARK {
             let room = socket::receive_buffer(self.fd).map_or(0, |bytes| bytes / 2);
             self.set(missing.min(MAX_MARK).min(room).max(1));
         }
@@ -581,6 +609,20 @@ impl LowWater {
     /// Back to one byte.
     fn lower(&mut self) {
         self.set(1);
+    }
+
+    /// To [`POLLING_MARK`], unless raised for a large frame.
+    fn raise_for_polling(&mut self) {
+        if self.mark == 1 {
+            self.set(POLLING_MARK);
+        }
+    }
+
+    /// Back to one byte if raised for polling.
+    fn lower_after_polling(&mut self) {
+        if self.mark == POLLING_MARK {
+            self.lower();
+        }
     }
 
     fn set(&mut self, mark: usize) {
