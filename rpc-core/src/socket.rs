@@ -243,6 +243,17 @@ impl Socket {
         sys::read_now(self, buf)
     }
 
+    /// Reads what has arrived, up to `most` bytes, onto the end of `bytes`, within its spare
+    /// room, without waiting: the rest of a frame's byte string, read straight into the vector
+    /// it is received as. `None` if nothing has come, or there is no room.
+    pub(crate) fn read_now_onto(
+        &self,
+        bytes: &mut Vec<u8>,
+        most: usize,
+    ) -> Option<io::Result<usize>> {
+        sys::read_now_onto(self, bytes, most)
+    }
+
     fn mark(&self) -> usize {
         usize::try_from(self.mark).unwrap_or(usize::MAX)
     }
@@ -297,6 +308,23 @@ mod sys {
             // SAFETY: the kernel initialised the first `read` bytes of the spare room, which
             // follows `buf`'s bytes.
             unsafe { buf.set_len(buf.len() + read) };
+        }
+        Some(read)
+    }
+
+    /// Reads what has arrived, up to `most` bytes, into `bytes`' spare room, without waiting.
+    pub(super) fn read_now_onto(
+        socket: &Socket,
+        bytes: &mut Vec<u8>,
+        most: usize,
+    ) -> Option<io::Result<usize>> {
+        let spare = bytes.spare_capacity_mut();
+        let room = spare.len().min(most);
+        let read = receive_now(socket.fd, &mut spare[..room])?;
+        if let Ok(read) = read {
+            // SAFETY: the kernel initialised the first `read` bytes of the spare room, which
+            // follows `bytes`' bytes.
+            unsafe { bytes.set_len(bytes.len() + read) };
         }
         Some(read)
     }
@@ -386,6 +414,14 @@ mod sys {
     }
 
     pub(super) fn read_now(_: &Socket, _: &mut bytes::BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
+
+    pub(super) fn read_now_onto(
+        _: &Socket,
+        _: &mut Vec<u8>,
+        _: usize,
+    ) -> Option<io::Result<usize>> {
         None
     }
 

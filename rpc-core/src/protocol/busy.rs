@@ -39,12 +39,13 @@
 //!   items flow they keep its reader busy, and a reader polling between them took the CPU time
 //!   its peer needed to send them (on a two-core virtual machine, a stream of small items
 //!   between two processes went a third slower with both ends polling).
-//! - A reader does not poll while the rest of a large frame (64 KiB or more) is still to come,
+//! - A reader does not poll while the rest of a large frame (128 KiB or more) is still to come,
 //!   nor after handing one on, until its next bytes. Such frames come at the pace of the
 //!   copies that move them, which a wakeup does not slow much; a reader polling through them
 //!   took the CPU time its peer and the kernel needed to send them (between two processes on
 //!   a two-core virtual machine, 1 MiB echoes made five times the system calls they make
-//!   without polling, and ran about a tenth slower).
+//!   without polling, and ran about a tenth slower). A smaller frame's rest comes within a
+//!   window, and is polled for (`frame::UNPOLLED_FRAME`).
 //! - A client's reader on a runtime of several workers that has handed on the answer to its
 //!   only call in flight does not poll, but waits for the next call to be sent, which wakes it
 //!   to poll for that call's answer ([`BusyPoll::wait_for_call`]): no answer is on its way, and

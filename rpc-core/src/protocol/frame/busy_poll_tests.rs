@@ -85,7 +85,7 @@ fn a_busy_reader_over_tls_turns_on_reads_past_tokio_beneath_it_while_it_polls() 
         .expect("a runtime");
     for busy in [true, false] {
         let (mut tx, rx) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::new(rx, 2 * LARGE_FRAME);
+        let mut reader = FrameReader::new(rx, 2 * UNPOLLED_FRAME);
         let streams = Arc::new(Streams::new(1024, 1024));
         reader.set_busy_poll(busy.then_some(Duration::from_secs(3600)), &streams);
         let beneath = Arc::new(ReadsPastTokio::default());
@@ -102,7 +102,7 @@ fn a_busy_reader_over_tls_turns_on_reads_past_tokio_beneath_it_while_it_polls() 
         }
         assert_eq!(beneath.is_on(), busy, "busy: {busy}");
 
-        let large = frame(&vec![7; LARGE_FRAME]);
+        let large = frame(&vec![7; UNPOLLED_FRAME]);
         runtime
             .block_on(tx.write_all(&large[..100]))
             .expect("writes");
@@ -142,10 +142,10 @@ fn a_busy_reader_takes_a_turn_after_handing_on_a_read_before_it_reads_again() {
     }
 }
 
-/// A busy reader does not poll while the rest of a large frame is still to come, whether
-/// it reads the frame whole or its byte string apart, nor after handing it on, until its
-/// next bytes: those come at the pace of the copies that move large frames. A small frame
-/// after it starts polling again.
+/// A busy reader does not poll while the rest of a frame of [`UNPOLLED_FRAME`] or more is
+/// still to come, whether it reads the frame whole or its byte string apart, nor after handing
+/// it on, until its next bytes: those come at the pace of the copies that move such frames. A
+/// small frame after it starts polling again.
 #[test]
 fn a_busy_reader_does_not_poll_through_or_after_a_large_frame() {
     // With timers: an empty buffer that held a large frame times its quiet spell.
@@ -154,7 +154,7 @@ fn a_busy_reader_does_not_poll_through_or_after_a_large_frame() {
         .build()
         .expect("a runtime");
     let _inside = runtime.enter();
-    let length = LARGE_FRAME.max(tail::MIN_TAIL) + 100;
+    let length = UNPOLLED_FRAME.max(tail::MIN_TAIL) + 100;
     for split_at in [None, Some(1)] {
         let (mut tx, rx) = tokio::io::duplex(4 * length);
         let mut reader = FrameReader::new(rx, 4 * length);
@@ -403,6 +403,53 @@ fn socket_mark<R>(reader: &FrameReader<R>) -> Option<usize> {
     reader.socket.as_ref().map(Socket::kernel_mark)
 }
 
+/// A frame of 64 KiB or more but under [`UNPOLLED_FRAME`] is polled for as a small one is, whole
+/// or read apart: its rest comes within a polling window, and readers that slept for it (and
+/// after it) and were woken cost echoes of 70,000 bytes across two processes a third of their
+/// rate. Here the runtime never polls its I/O driver, so that only a reader that reads the
+/// socket itself gets the rest.
+#[test]
+fn a_busy_reader_polls_through_a_frame_under_the_unpolled_size() {
+    use std::io::Write;
+
+    let runtime = runtime_with_io();
+    let _inside = runtime.enter();
+    let length = LARGE_FRAME.max(tail::MIN_TAIL) + 100;
+    assert!(length + 100 < UNPOLLED_FRAME);
+    for split_at in [None, Some(1)] {
+        let (mut peer, mut reader, _write) = polling_tcp_reader(2 * UNPOLLED_FRAME);
+        let mut split = |prefix: &[u8]| split_at.filter(|_| prefix.starts_with(b"h"));
+        let mut cx = Context::from_waker(Waker::noop());
+        let whole = frame(&ending_in_bytes(b"h", length, 7));
+        let (start, rest) = whole.split_at(1000);
+        peer.write_all(start).expect("writes");
+        // A guard against a reader that never reads the socket itself, which would leave the
+        // rest unread for ever.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while reader.buf.is_empty() {
+            let polled = std::pin::pin!(reader.next_frame_split(&mut split)).poll(&mut cx);
+            assert!(polled.is_pending(), "{polled:?}");
+            assert!(std::time::Instant::now() < give_up, "the start never read");
+        }
+        peer.write_all(rest).expect("writes");
+        let read = loop {
+            match std::pin::pin!(reader.next_frame_split(&mut split)).poll(&mut cx) {
+                Poll::Pending => {
+                    let waiting = std::time::Instant::now() < give_up;
+                    assert!(waiting, "split at {split_at:?}: the rest never read");
+                }
+                Poll::Ready(read) => break read,
+            }
+        };
+        assert!(
+            matches!(&read, Ok(Some((head, tail)))
+                if head.len() + tail.as_ref().map_or(0, Tail::len) > length
+                    && tail.is_some() == split_at.is_some()),
+            "split at {split_at:?}: {read:?}"
+        );
+    }
+}
+
 /// A busy polling reader of a TCP socket, polled between frames by a caller off the runtime's
 /// workers (as `block_on` polls it: no task), raises its socket's mark to
 /// [`socket::POLLING_MARK`] while it polls, so that the frames the caller reads itself wake no
@@ -414,7 +461,7 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
 
     let runtime = runtime_with_io();
     let _inside = runtime.enter();
-    let (mut peer, mut reader, _write) = polling_tcp_reader(2 * LARGE_FRAME);
+    let (mut peer, mut reader, _write) = polling_tcp_reader(2 * UNPOLLED_FRAME);
 
     peer.write_all(&frame(b"one")).expect("writes");
     finds_the_frame_only_if_busy(&mut reader, true);
@@ -425,9 +472,9 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
         "raised while it polls"
     );
 
-    // The head of a frame of 64 KiB or more, which the reader waits for without polling. Each
+    // The head of a frame of 128 KiB or more, which the reader waits for without polling. Each
     // poll looks at the socket itself: polled until the head has come.
-    let large = frame(&vec![7; LARGE_FRAME]);
+    let large = frame(&vec![7; UNPOLLED_FRAME]);
     peer.write_all(&large[..100]).expect("writes");
     while reader.buf.is_empty() {
         assert!(poll_once(&mut reader, Waker::noop()).is_pending());
@@ -441,7 +488,7 @@ fn a_busy_reader_raises_its_mark_only_while_a_caller_off_the_workers_polls_it() 
     peer.write_all(&large[100..]).expect("writes");
     peer.write_all(&frame(b"two")).expect("writes");
     let in_a_task = runtime.block_on(tokio::spawn(async move {
-        for expected in [LARGE_FRAME, 3] {
+        for expected in [UNPOLLED_FRAME, 3] {
             let payload = reader
                 .next_frame()
                 .await
