@@ -34,7 +34,7 @@
 //! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on one connection),
 //! `256-awaiting` (256 callers of a handler that awaits once), `4x64` (4 connections with 64
 //! callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared` (the 1 MiB
-//! echoes), `stream`, `idle` (heap per idle connection, for a heap profiler), `allocs` (allocations
+//! echoes; `vec:BYTES` and so on for echoes of another size), `stream`, `idle` (heap per idle connection, for a heap profiler), `allocs` (allocations
 //! per call), or `local` (sequential calls through an in-process client, with no server); `SYSTEM`
 //! is `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
 //! `rpc-core-no-busy-poll` (busy polling off at both ends), `rpc-core-busy-poll-server` or
@@ -72,8 +72,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --profile WORKLOAD [SYSTEM] [--setup S] [--tracing [registry|fmt]] [--metrics]
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
-WORKLOAD: latency, latency-main, spaced, 32, 256, 256-awaiting, 4x64, 100x32, vec, buf, shared,
-          stream, idle, allocs or local
+WORKLOAD: latency, latency-main, spaced, 32, 256, 256-awaiting, 4x64, 100x32, vec[:BYTES],
+          buf[:BYTES], shared[:BYTES], stream, idle, allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections or
         rpc-core-token";
@@ -454,6 +454,22 @@ fn sequential_report((p50, p99): (f64, f64), effort: Effort) -> String {
 
 /// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),
 /// for a profiler to watch.
+/// The echoes `workload` names, if it is one of them: `vec`, `buf` or `shared`, of
+/// [`workloads::ECHO_BYTES`], or of as many bytes as `:BYTES` after the name says (`vec:70000`).
+fn echo_workload(workload: &str) -> Option<(Bytes, usize)> {
+    let (name, size) = match workload.split_once(':') {
+        Some((name, size)) => (name, size.parse().ok().filter(|&size| size > 0)?),
+        None => (workload, workloads::ECHO_BYTES),
+    };
+    let bytes = match name {
+        "vec" => Bytes::Vec,
+        "buf" => Bytes::Buf,
+        "shared" => Bytes::Shared,
+        _ => return None,
+    };
+    Some((bytes, size))
+}
+
 fn profile<S: System>(setup: Setup, workload: String) -> String {
     let effort = Effort::PROFILE;
     let deployment = Deployment::start::<S>(setup);
@@ -464,20 +480,12 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
     }
     deployment.run(async move {
         let mut client = S::connect(server.addr).await;
-        let bytes = match workload.as_str() {
-            "vec" => Some(Bytes::Vec),
-            "buf" => Some(Bytes::Buf),
-            "shared" => Some(Bytes::Shared),
-            _ => None,
-        };
-        if let Some(bytes) = bytes {
-            let bulk = workloads::bulk::<S>(&server, &client, bytes, effort).await;
+        if let Some((bytes, size)) = echo_workload(&workload) {
+            let bulk = workloads::bulk::<S>(&server, &client, bytes, size, effort).await;
+            let echoes = format!("{:.0} MiB/s of echoes of {size} bytes", bulk.mib_per_s);
             return match bulk.faults_per_call {
-                Some(faults) => format!(
-                    "{:.0} MiB/s of 1 MiB echoes, {faults:.1} page faults per echo",
-                    bulk.mib_per_s
-                ),
-                None => format!("{:.0} MiB/s of 1 MiB echoes", bulk.mib_per_s),
+                Some(faults) => format!("{echoes}, {faults:.1} page faults per echo"),
+                None => echoes,
             };
         }
         let (connections, callers) = match workload.as_str() {
@@ -519,7 +527,8 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
             other => {
                 return format!(
                     "no workload called {other}: latency, latency-main, spaced, 32, 256, \
-                     256-awaiting, 4x64, 100x32, vec, buf, shared, stream, idle, allocs or local"
+                     256-awaiting, 4x64, 100x32, vec[:BYTES], buf[:BYTES], shared[:BYTES], stream, \
+                     idle, allocs or local"
                 );
             }
         };
@@ -552,4 +561,28 @@ fn resolve(servers: &str) -> Result<std::net::SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| format!("{servers:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_workload_names_its_kind_and_may_name_its_size() {
+        assert!(matches!(
+            echo_workload("vec"),
+            Some((Bytes::Vec, workloads::ECHO_BYTES))
+        ));
+        assert!(matches!(
+            echo_workload("buf:70000"),
+            Some((Bytes::Buf, 70_000))
+        ));
+        assert!(matches!(
+            echo_workload("shared:4096"),
+            Some((Bytes::Shared, 4096))
+        ));
+        for not_one in ["vec:0", "vec:", "vec:many", "stream", "stream:10"] {
+            assert!(echo_workload(not_one).is_none(), "{not_one}");
+        }
+    }
 }

@@ -163,9 +163,9 @@ pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figur
     let many = connections::<S>(addr, 100).await;
     let many_connections = throughput::<S>(&many, 32, effort).await;
     drop(many);
-    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, effort).await;
-    let bulk_buf = bulk::<S>(&server, &client, Bytes::Buf, effort).await;
-    let bulk_shared = bulk::<S>(&server, &client, Bytes::Shared, effort).await;
+    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, ECHO_BYTES, effort).await;
+    let bulk_buf = bulk::<S>(&server, &client, Bytes::Buf, ECHO_BYTES, effort).await;
+    let bulk_shared = bulk::<S>(&server, &client, Bytes::Shared, ECHO_BYTES, effort).await;
     let stream_items = stream::<S>(&mut client, effort).await;
     Figures {
         latency_p50_us: Some(p50),
@@ -218,7 +218,7 @@ pub async fn over_tls<S: System>(server: Arc<ServerEnd>, effort: Effort) -> TlsF
     let mut client = S::connect(server.addr).await;
     let (p50, p99) = latency::<S>(&mut client, effort).await;
     let pipelined_256 = throughput::<S>(std::slice::from_ref(&client), 256, effort).await;
-    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, effort).await;
+    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, ECHO_BYTES, effort).await;
     TlsFigures {
         latency_p50_us: Some(p50),
         latency_p99_us: Some(p99),
@@ -501,16 +501,23 @@ pub struct Bulk {
     pub faults_per_call: Option<f64>,
 }
 
-/// 1 MiB payloads echoed, 4 in flight on one connection. A system that makes one call at a
-/// time (the raw floor) makes them on 4 connections of its own: what the machine can move with
-/// 4 echoes in flight and no framework, the ceiling for every system's figure.
+/// A mebibyte, as a rate's unit.
+const MIB: f64 = (1024 * 1024) as f64;
+
+/// The size of the echoes the full run measures.
+pub const ECHO_BYTES: usize = 1024 * 1024;
+
+/// Payloads of `size` bytes echoed ([`ECHO_BYTES`] in the full run), 4 in flight on one
+/// connection. A system that makes one call at a time (the raw floor) makes them on 4
+/// connections of its own: what the machine can move with 4 echoes in flight and no framework,
+/// the ceiling for every system's figure.
 pub async fn bulk<S: System>(
     server: &ServerEnd,
     client: &S::Client,
     bytes: Bytes,
+    size: usize,
     effort: Effort,
 ) -> Bulk {
-    const PAYLOAD: usize = 1024 * 1024;
     let done = Arc::new(AtomicU64::new(0));
     let mut callers = Vec::with_capacity(4);
     for _ in 0..4 {
@@ -522,7 +529,7 @@ pub async fn bulk<S: System>(
     // A first echo on each, outside the count: buffers sized for the first 1 MiB frame are set
     // up once per connection, not per call.
     for caller in &mut callers {
-        S::echo_vec(caller, vec![7u8; PAYLOAD]).await;
+        S::echo_vec(caller, vec![7u8; size]).await;
     }
     let before = server.counters();
     let start = Instant::now();
@@ -531,7 +538,7 @@ pub async fn bulk<S: System>(
     for mut client in callers {
         let done = Arc::clone(&done);
         tasks.push(tokio::spawn(async move {
-            let payload = vec![7u8; PAYLOAD];
+            let payload = vec![7u8; size];
             // Sent again and again as a user would: a `Vec<u8>` or a `ByteBuf` as a copy, the
             // shared type as a clone of one buffer (a shared handle).
             let shared = S::Shared::from(payload.clone());
@@ -547,7 +554,7 @@ pub async fn bulk<S: System>(
                         back.as_ref().len()
                     }
                 };
-                assert_eq!(back, PAYLOAD);
+                assert_eq!(back, size);
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -561,7 +568,7 @@ pub async fn bulk<S: System>(
         spent.minor_faults as f64 / calls.max(1) as f64
     });
     Bulk {
-        mib_per_s: calls as f64 / start.elapsed().as_secs_f64(),
+        mib_per_s: (calls * size as u64) as f64 / MIB / start.elapsed().as_secs_f64(),
         faults_per_call: faults,
     }
 }
