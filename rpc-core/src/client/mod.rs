@@ -250,7 +250,7 @@ impl<C: ServiceClient> ClientBuilder<C> {
     ///   flight: it waits for the next call sent to wake it, rather than hold a core that
     ///   call's caller needs;
     /// - while a stream is open, either way (its items keep the reader busy), and amid a frame
-    ///   of 64 KiB or more or after one until its next bytes (those come at the pace of the
+    ///   of 128 KiB or more or after one until its next bytes (those come at the pace of the
     ///   copies that move them);
     /// - for a server on the same runtime (one of this crate's, over TCP), except after a read
     ///   that brought several answers, as pipelined callers get: a call's two ends meet there
