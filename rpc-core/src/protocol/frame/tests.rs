@@ -338,3 +338,17 @@ async fn a_shorter_limit_replaces_the_timer_of_a_longer_one() {
         "gave up after {gave_up:?}"
     );
 }
+
+/// A frame read is large, and its reader takes a turn after handing it on, from
+/// [`UNPOLLED_FRAME`] bytes, its byte string read apart counted in: below that a stream of
+/// chunks of 64 KiB ran at half the rate of one of 60 KiB, each chunk a turn.
+#[test]
+fn a_frame_is_large_to_read_from_the_unpolled_size() {
+    let under = vec![7; UNPOLLED_FRAME - 1];
+    assert!(!is_large(&under, None));
+    assert!(!is_large(&vec![7; LARGE_FRAME + 100], None));
+    assert!(is_large(&vec![7; UNPOLLED_FRAME], None));
+    let tail = Tail::new(vec![7; UNPOLLED_FRAME - 10], &[0x80, 0x80, 0x08]);
+    assert!(is_large(&[0; 10], Some(&tail)));
+    assert!(!is_large(&[0; 9], Some(&tail)));
+}
