@@ -34,7 +34,8 @@
 //! `spaced` (sequential calls 1 ms apart), `32` or `256` (callers on one connection),
 //! `256-awaiting` (256 callers of a handler that awaits once), `4x64` (4 connections with 64
 //! callers each), `100x32` (100 connections with 32 each), `vec`, `buf` or `shared` (the 1 MiB
-//! echoes; `vec:BYTES` and so on for echoes of another size), `stream`, `idle` (heap per idle connection, for a heap profiler), `allocs` (allocations
+//! echoes; `vec:BYTES` and so on for echoes of another size), `stream`, `chunks` (a stream of
+//! 64 KiB chunks, or `chunks:BYTES`; rpc-core alone), `idle` (heap per idle connection, for a heap profiler), `allocs` (allocations
 //! per call), or `local` (sequential calls through an in-process client, with no server); `SYSTEM`
 //! is `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
 //! `rpc-core-no-busy-poll` (busy polling off at both ends), `rpc-core-busy-poll-server` or
@@ -73,7 +74,7 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
        rpc-bench --serve-all ADDR           (servers for another machine's --remote)
        rpc-bench --remote HOST:PORT [--quick] [--profile WORKLOAD [SYSTEM]]
 WORKLOAD: latency, latency-main, spaced, 32, 256, 256-awaiting, 4x64, 100x32, vec[:BYTES],
-          buf[:BYTES], shared[:BYTES], stream, idle, allocs or local
+          buf[:BYTES], shared[:BYTES], stream, chunks[:BYTES], idle, allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
         rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections or
         rpc-core-token";
@@ -470,6 +471,18 @@ fn echo_workload(workload: &str) -> Option<(Bytes, usize)> {
     Some((bytes, size))
 }
 
+/// The size of the chunks `workload` streams: `chunks`, of 64 KiB, or `chunks:BYTES`.
+fn chunk_size(workload: &str) -> Option<usize> {
+    match workload.strip_prefix("chunks")? {
+        "" => Some(64 * 1024),
+        size => size
+            .strip_prefix(':')?
+            .parse()
+            .ok()
+            .filter(|&size| size > 0),
+    }
+}
+
 fn profile<S: System>(setup: Setup, workload: String) -> String {
     let effort = Effort::PROFILE;
     let deployment = Deployment::start::<S>(setup);
@@ -514,6 +527,15 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 let (p50, calls) = workloads::spaced::<S>(&mut client, effort).await;
                 return format!("calls 1 ms apart: p50 {p50:.1} µs ({calls} calls)");
             }
+            chunks if chunks.starts_with("chunks") => {
+                let Some(size) = chunk_size(chunks) else {
+                    return format!("no workload called {chunks}: chunks or chunks:BYTES");
+                };
+                return match workloads::chunk_stream::<S>(&mut client, size, effort).await {
+                    Some(rate) => format!("{rate:.0} MiB/s of streamed chunks of {size} bytes"),
+                    None => format!("{} has no streams of chunks", S::NAME),
+                };
+            }
             "stream" => {
                 return match workloads::counted_stream::<S>(&mut client, effort).await {
                     Some(rate) => format!("{:.0} items/s ({} items)", rate.per_second, rate.count),
@@ -528,7 +550,7 @@ fn profile<S: System>(setup: Setup, workload: String) -> String {
                 return format!(
                     "no workload called {other}: latency, latency-main, spaced, 32, 256, \
                      256-awaiting, 4x64, 100x32, vec[:BYTES], buf[:BYTES], shared[:BYTES], stream, \
-                     idle, allocs or local"
+                     chunks[:BYTES], idle, allocs or local"
                 );
             }
         };
@@ -583,6 +605,15 @@ mod tests {
         ));
         for not_one in ["vec:0", "vec:", "vec:many", "stream", "stream:10"] {
             assert!(echo_workload(not_one).is_none(), "{not_one}");
+        }
+    }
+
+    #[test]
+    fn a_chunked_stream_is_of_64_kib_unless_it_says() {
+        assert_eq!(chunk_size("chunks"), Some(64 * 1024));
+        assert_eq!(chunk_size("chunks:70000"), Some(70_000));
+        for not_one in ["chunks:0", "chunks:", "chunks70000", "chunk", "vec"] {
+            assert_eq!(chunk_size(not_one), None, "{not_one}");
         }
     }
 }

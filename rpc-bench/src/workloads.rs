@@ -581,6 +581,26 @@ pub async fn stream<S: System>(client: &mut S::Client, effort: Effort) -> Option
     Some(rate.per_second)
 }
 
+/// MiB/s of streams of chunks of `size` bytes, 256 MiB a stream, one after another for the
+/// effort's window (at least one); `None` for a system without such streams.
+pub async fn chunk_stream<S: System>(
+    client: &mut S::Client,
+    size: usize,
+    effort: Effort,
+) -> Option<f64> {
+    let count = ((256 << 20) / size).max(1) as u64;
+    let start = Instant::now();
+    let mut received = 0;
+    loop {
+        let bytes = S::chunks(client, size as u64, count).await?;
+        assert_eq!(bytes, count * size as u64, "every chunk whole");
+        received += bytes;
+        if start.elapsed() >= effort.window {
+            return Some(received as f64 / MIB / start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// [`stream`], with the number of items received.
 pub async fn counted_stream<S: System>(client: &mut S::Client, effort: Effort) -> Option<Rate> {
     let start = Instant::now();

@@ -59,6 +59,17 @@ pub trait System: Send + Sync + 'static {
     /// Receives a stream of the numbers `0..items`, checking each in turn, and counts them;
     /// `None` where the system has no streams. Every system does the same work per item.
     fn count(client: &mut Self::Client, items: u64) -> impl Future<Output = Option<u64>> + Send;
+
+    /// Receives a stream of `count` chunks of `size` bytes each, of the system's shared byte
+    /// type, as a file sent in pieces comes, and returns how many bytes came; `None` where the
+    /// system has no such stream (rpc-core alone, here).
+    fn chunks(
+        _client: &mut Self::Client,
+        _size: u64,
+        _count: u64,
+    ) -> impl Future<Output = Option<u64>> + Send {
+        async { None }
+    }
 }
 
 /// What `add_awaiting`'s handler awaits in every system: one turn of the scheduler

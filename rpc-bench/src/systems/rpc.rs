@@ -19,6 +19,7 @@ pub trait Bench {
     async fn echo_buf(&self, bytes: ByteBuf) -> ByteBuf;
     async fn echo_shared(&self, bytes: Payload) -> Payload;
     async fn count(&self, items: u64) -> Streaming<u64>;
+    async fn chunks(&self, size: u64, count: u64) -> Streaming<Payload>;
 }
 
 struct Impl;
@@ -42,6 +43,11 @@ impl Bench for Impl {
     }
     async fn count(&self, items: u64) -> Streaming<u64> {
         Streaming::iter(0..items)
+    }
+    async fn chunks(&self, size: u64, count: u64) -> Streaming<Payload> {
+        // One chunk's memory, sent again and again: the stream's cost, not the source's.
+        let chunk = Payload::from(vec![7u8; usize::try_from(size).unwrap_or(0)]);
+        Streaming::iter((0..count).map(move |_| chunk.clone()))
     }
 }
 
@@ -188,6 +194,15 @@ impl<const TLS: bool, const BUSY: u8, const CONNECTIONS: usize, const TOKEN: boo
         while let Some(item) = stream.next().await {
             assert_eq!(item.expect("an item"), received);
             received += 1;
+        }
+        Some(received)
+    }
+
+    async fn chunks(client: &mut BenchClient, size: u64, count: u64) -> Option<u64> {
+        let mut stream = client.chunks(size, count).await.expect("a stream");
+        let mut received = 0;
+        while let Some(chunk) = stream.next().await {
+            received += chunk.expect("a chunk").len() as u64;
         }
         Some(received)
     }
