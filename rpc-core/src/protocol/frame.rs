@@ -1030,9 +1030,9 @@ pub(super) const LARGE_FRAME: usize = 64 * 1024;
 /// waits until the reader runs out of bytes, and with large frames arriving one after another it
 /// rarely does. With it, the woken task runs at once and the reader goes on, on another worker
 /// if one is free. A turn costs a wakeup of a worker that may be asleep: with the line at 64
-/// KiB, a stream of 64 KiB chunks across two processes ran at 1.2-2.0 GB/s against 2.6-3.4
-/// with it where it is, where 60 KiB chunks ran at 2.9-4.0 either way; echoes of 70,000 and
-/// 98,304 bytes moved within the noise.
+/// KiB, a stream of 64 KiB chunks across two processes took a fifth more CPU time a byte and
+/// three to four times the context switches than with it where it is (`rpc-bench --profile
+/// chunks`); echoes of 70,000 and 98,304 bytes moved within the noise.
 pub(crate) fn is_large(payload: &[u8], tail: Option<&Tail>) -> bool {
     payload.len() + tail.map_or(0, Tail::len) >= UNPOLLED_FRAME
 }
