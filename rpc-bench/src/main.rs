@@ -453,15 +453,19 @@ fn sequential_report((p50, p99): (f64, f64), effort: Effort) -> String {
     format!("sequential p50 {p50:.1} µs, p99 {p99:.1} µs ({calls} calls)")
 }
 
-/// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),
-/// for a profiler to watch.
+/// A workload's name and the size after it (`vec:70000`), or `default` where it names none;
+/// `None` for a size that is not a count of bytes above zero.
+fn sized(workload: &str, default: usize) -> Option<(&str, usize)> {
+    match workload.split_once(':') {
+        Some((name, size)) => Some((name, size.parse().ok().filter(|&size| size > 0)?)),
+        None => Some((workload, default)),
+    }
+}
+
 /// The echoes `workload` names, if it is one of them: `vec`, `buf` or `shared`, of
 /// [`workloads::ECHO_BYTES`], or of as many bytes as `:BYTES` after the name says (`vec:70000`).
 fn echo_workload(workload: &str) -> Option<(Bytes, usize)> {
-    let (name, size) = match workload.split_once(':') {
-        Some((name, size)) => (name, size.parse().ok().filter(|&size| size > 0)?),
-        None => (workload, workloads::ECHO_BYTES),
-    };
+    let (name, size) = sized(workload, workloads::ECHO_BYTES)?;
     let bytes = match name {
         "vec" => Bytes::Vec,
         "buf" => Bytes::Buf,
@@ -473,16 +477,14 @@ fn echo_workload(workload: &str) -> Option<(Bytes, usize)> {
 
 /// The size of the chunks `workload` streams: `chunks`, of 64 KiB, or `chunks:BYTES`.
 fn chunk_size(workload: &str) -> Option<usize> {
-    match workload.strip_prefix("chunks")? {
-        "" => Some(64 * 1024),
-        size => size
-            .strip_prefix(':')?
-            .parse()
-            .ok()
-            .filter(|&size| size > 0),
+    match sized(workload, 64 * 1024)? {
+        ("chunks", size) => Some(size),
+        _ => None,
     }
 }
 
+/// Runs one workload for 5 s (or 200,000 sequential calls; streams of 10,000,000 items for 5 s),
+/// for a profiler to watch.
 fn profile<S: System>(setup: Setup, workload: String) -> String {
     let effort = Effort::PROFILE;
     let deployment = Deployment::start::<S>(setup);
