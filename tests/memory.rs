@@ -912,15 +912,7 @@ fn a_call_of_another_service_on_a_shared_connection_allocates_nothing_both_ends(
         within("a first call", doubler.double(2))
             .await
             .expect("doubles");
-        const CALLS: usize = 1000;
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        for i in 0..CALLS {
-            within("a call", doubler.double(i as i64))
-                .await
-                .expect("doubles");
-        }
-        let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        let per_call = made as f64 / CALLS as f64;
+        let per_call = allocations_per_call_of(|i| doubler.double(i)).await;
         assert!(per_call < 0.5, "{per_call} allocations per call, both ends");
     });
 }
@@ -935,12 +927,18 @@ async fn assert_allocates_nothing_per_call(client: &LabClient) {
 
 /// The allocations a call of `client` makes, both ends, over a thousand calls.
 async fn allocations_per_call(client: &LabClient) -> f64 {
+    allocations_per_call_of(|i| client.add(i, 1)).await
+}
+
+/// The allocations each of a thousand calls `call` makes, both ends, each given its number.
+async fn allocations_per_call_of<F>(mut call: impl FnMut(i64) -> F) -> f64
+where
+    F: Future<Output = Result<i64, rpc_core::RpcError>>,
+{
     const CALLS: usize = 1000;
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for i in 0..CALLS {
-        within("a call", client.add(i as i64, 1))
-            .await
-            .expect("add");
+        within("a call", call(i as i64)).await.expect("a call");
     }
     let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
     made as f64 / CALLS as f64
