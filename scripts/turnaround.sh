@@ -9,14 +9,18 @@
 # was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99;
 # and of those, how many had each of the four parts longest, which says where the p99 is lost.
 #
-#     scripts/turnaround.sh [SYSTEM]
-#     scripts/turnaround.sh             # rpc-core
-#     scripts/turnaround.sh raw         # the floor, for comparison
+#     scripts/turnaround.sh [SYSTEM] [PROFILE]
+#     scripts/turnaround.sh                       # rpc-core
+#     scripts/turnaround.sh raw                   # the floor, for comparison
+#     scripts/turnaround.sh rpc-core latency-main # the same calls made from `main`
 #
-# SYSTEM is one of `rpc-bench --profile`'s: rpc-core (the default), tarpc, tonic or raw. With
+# SYSTEM is one of `rpc-bench --profile`'s: rpc-core (the default), tarpc, tonic or raw;
+# PROFILE is latency (the default: calls made from a task) or latency-main (the same calls made
+# on the thread that runs the runtime's `block_on`, as a `#[tokio::main]` function makes them,
+# which takes no hand-over from the connection's reader task to the caller's). With
 # BENCH set to a saved `rpc-bench` binary, runs that one instead of building one: to compare two
 # builds, save each (`cp target/release/rpc-bench /tmp/before-bench`) and run them in turn. Runs
-# `rpc-bench --profile latency SYSTEM` (server and client in two processes on default
+# `rpc-bench --profile PROFILE SYSTEM` (server and client in two processes on default
 # runtimes) under `perf record`, with the system calls' tracepoints: needs perf and the right to
 # trace them (root, or kernel.perf_event_paranoid at -1 with tracefs readable). The tracepoints
 # add some of their own time to every figure alike, so compare figures of one machine.
@@ -26,6 +30,14 @@ saved=${BENCH:+$(realpath -m -- "$BENCH")}
 cd "$(dirname "$0")/.."
 
 system=${1:-rpc-core}
+profile=${2:-latency}
+case $profile in
+latency | latency-main) ;;
+*)
+    echo "turnaround.sh: PROFILE is latency or latency-main, not $profile" >&2
+    exit 2
+    ;;
+esac
 command -v perf >/dev/null || {
     echo "turnaround.sh: needs perf (apt install linux-perf, or linux-tools)" >&2
     exit 2
@@ -48,7 +60,7 @@ if ! perf record --quiet -o "$out/perf.data" \
     -e sched:sched_process_exec \
     -e syscalls:sys_exit_recvfrom --filter 'ret > 0' \
     -e syscalls:sys_enter_sendto -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendmsg \
-    -- "$bench" --profile latency "$system" --setup cross-process \
+    -- "$bench" --profile "$profile" "$system" --setup cross-process \
     >"$out/report" 2>"$out/perf"; then
     echo "turnaround.sh: perf record failed:" >&2
     cat "$out/perf" >&2
@@ -132,7 +144,7 @@ for part in client server transit calls; do
         exit 1
     fi
 done
-echo "$system, sequential calls across two processes: $(cat "$out/report")"
+echo "$system, sequential calls ($profile) across two processes: $(cat "$out/report")"
 echo "  client's turnaround (answer read to next request sent): $(quartiles "$out/client")"
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
 echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
