@@ -207,7 +207,7 @@ fn number(value: Option<f64>) -> String {
 }
 
 /// One goal of a row judged: the ratio, how it reads, and whether it is met. `None` where a
-/// figure is missing.
+/// figure is missing, or the one it is compared with is zero (no ratio to read).
 struct Verdict {
     ratio: f64,
     goal: f64,
@@ -225,7 +225,7 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
             met: ours < goal,
         });
     }
-    let theirs = (row.pick)(baseline.pick(results))?;
+    let theirs = (row.pick)(baseline.pick(results)).filter(|&theirs| theirs > 0.0)?;
     let ratio = ours / theirs;
     let (met, sign) = match row.better {
         Better::Higher => (ratio >= goal, "≥"),
@@ -282,9 +282,12 @@ pub fn table(results: &Results) -> String {
                 format!("{}: {mark}", v.reads)
             })
             .collect();
+        // A ratio to a figure of zero reads as nothing (tarpc's page faults, all reused memory
+        // on one runtime, printed `NaN×` and `inf×`).
         if row.goals.is_empty()
             && let (Some(ours), Some(theirs)) =
                 ((row.pick)(&results.rpc), (row.pick)(&results.tarpc))
+            && theirs > 0.0
         {
             reads.push(format!("{:.2}× tarpc", ours / theirs));
         }
@@ -749,6 +752,43 @@ mod tests {
         );
         assert!(!table.contains("Allocations per call"), "{table}");
         assert_eq!(table.lines().count(), 3, "{table}");
+    }
+
+    /// A figure compared with one of zero has no ratio: the row shows the figures and no `NaN×`
+    /// or `inf×`.
+    #[test]
+    fn a_ratio_to_a_figure_of_zero_is_left_out() {
+        let faults = |faults: f64| Figures {
+            faults_vec: Some(faults),
+            ..Figures::default()
+        };
+        let results = Results {
+            setup: Setup::Shared,
+            rpc: faults(0.0),
+            tarpc: faults(0.0),
+            tonic: faults(191.0),
+            raw: faults(0.0),
+        };
+        let row = |results: &Results| {
+            table(results)
+                .lines()
+                .find(|line| line.starts_with("| Page faults per 1 MiB echo, `Vec<u8>`"))
+                .expect("the row")
+                .to_owned()
+        };
+        assert_eq!(
+            row(&results),
+            "| Page faults per 1 MiB echo, `Vec<u8>` | 0.0 | 0.0 | 191 | 0.0 |  |"
+        );
+        let results = Results {
+            tarpc: faults(4.0),
+            ..results
+        };
+        assert!(
+            row(&results).ends_with("| 0.00× tarpc |"),
+            "{}",
+            row(&results)
+        );
     }
 
     /// The busy polling table shows each of the four runs in its own column, in the order of
