@@ -845,7 +845,7 @@ const LOOK_AT_DEADLINES_EVERY: u32 = 256;
 /// worker's queue) before it reads on, so that the calls it woke run first. Without it a reader
 /// with many calls in flight woke them by the hundred in one poll, and on one shared runtime
 /// 256 callers on one connection fell at random, run by run, to half their calls a second
-/// (0.64M-0.97M against 1.38M-1.52M), with both cores busy and the functions that touch what
+/// (0.64M-0.99M against 1.31M-1.52M), with both cores busy and the functions that touch what
 /// the callers share taking four to eight times as long a call: the callers ran on both
 /// workers, and those lines went from core to core at every call. With the turn every 64, by
 /// hand (5 s runs, interleaved with the build before): 1.25M-1.47M calls/s in all of nine runs
