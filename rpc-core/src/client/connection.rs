@@ -852,7 +852,9 @@ const LOOK_AT_DEADLINES_EVERY: u32 = 256;
 /// there; across two processes 256 callers made 1.32M-1.39M against 1.17M-1.26M (five runs of
 /// each) and, with handlers that await, 0.80M-0.84M against 0.67M (two); 32 callers, 4 and 100
 /// connections moved within the noise. (Every 32: 1.30M-1.32M on one shared runtime and
-/// 1.15M-1.26M across two processes; every 128: 1.49M-1.50M and 1.19M-1.25M.) A sequential
+/// 1.15M-1.26M across two processes; every 128: 1.49M-1.50M and 1.19M-1.25M.) Between
+/// single-thread runtimes, where the woken calls run on the reader's one thread whatever it
+/// does, the turns cost 256 callers a twentieth (1.47M-1.48M against 1.56M). A sequential
 /// caller's reader takes one turn in 64 calls, with nothing else to run.
 const ANSWERS_PER_TURN: u32 = 64;
 
