@@ -852,10 +852,11 @@ const LOOK_AT_DEADLINES_EVERY: u32 = 256;
 /// there; across two processes 256 callers made 1.32M-1.39M against 1.17M-1.26M (five runs of
 /// each) and, with handlers that await, 0.80M-0.84M against 0.67M (two); 32 callers, 4 and 100
 /// connections moved within the noise. (Every 32: 1.30M-1.32M on one shared runtime and
-/// 1.15M-1.26M across two processes; every 128: 1.49M-1.50M and 1.19M-1.25M.) Between
-/// single-thread runtimes, where the woken calls run on the reader's one thread whatever it
-/// does, the turns cost 256 callers a twentieth (1.47M-1.48M against 1.56M). A sequential
-/// caller's reader takes one turn in 64 calls, with nothing else to run.
+/// 1.15M-1.26M across two processes; every 128: 1.49M-1.50M and 1.19M-1.25M.) On a runtime of
+/// one thread, where the woken calls run on the reader's thread whatever it does, the reader
+/// takes no such turn: between single-thread runtimes the turns cost 256 callers a twentieth
+/// (1.47M-1.48M against 1.56M). A sequential caller's reader takes one turn in 64 calls, with
+/// nothing else to run.
 const ANSWERS_PER_TURN: u32 = 64;
 
 /// Where the value begins of the response whose payload starts with `prefix`, if it answers a
@@ -914,13 +915,16 @@ async fn read_responses<R: AsyncRead + Unpin>(
     // Responses that came in one read with more behind them, handed to their calls together
     // once the frames read so far are all taken (or before anything else is done).
     let mut answers = Answers::default();
-    // Responses handed on since the reader last took a turn: see `ANSWERS_PER_TURN`.
+    // Responses handed on since the reader last took a turn: see `ANSWERS_PER_TURN`. A runtime
+    // of one thread has no other worker to spread the woken calls to, and no turn to take.
     let mut answered_since_turn = 0;
+    let turns_per_batch = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread);
     let reason = loop {
         if std::mem::take(&mut turn_due) {
             tokio::task::yield_now().await;
         }
-        if answered_since_turn >= ANSWERS_PER_TURN {
+        if turns_per_batch && answered_since_turn >= ANSWERS_PER_TURN {
             answered_since_turn = 0;
             pending.complete_all(&mut answers);
             crate::task::take_turn().await;
@@ -1146,13 +1150,27 @@ mod tests {
 
     /// A reader that finds many responses read at once hands on `ANSWERS_PER_TURN` of them,
     /// then takes a turn, so that the calls it woke run before it wakes more; and it hands on
-    /// the rest at its next polls.
-    #[tokio::test]
+    /// the rest at its next polls, a batch at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_reader_takes_a_turn_after_handing_on_a_batch_of_answers() {
-        const CALLS: u64 = 200;
+        let woken = calls_woken_at_each_poll(200).await;
+        assert_eq!(woken, [64, 128, 192, 200], "calls woken after each poll");
+    }
+
+    /// On a runtime of one thread, which has no other worker to spread the woken calls to, the
+    /// reader takes no such turn: one poll hands on every response read.
+    #[tokio::test]
+    async fn a_reader_on_one_thread_hands_on_every_answer_read_in_one_poll() {
+        assert_eq!(calls_woken_at_each_poll(200).await, [200]);
+    }
+
+    /// Registers `calls` calls, makes their responses come in one read, and polls the reader
+    /// until every call is woken: how many are woken by the end of each poll. Each poll but the
+    /// last ends with the reader waking itself for its turn.
+    async fn calls_woken_at_each_poll(calls: u64) -> Vec<usize> {
         let pending = Arc::new(Pending::default());
         let callers = Arc::new(CountingWaker::default());
-        let replies: Vec<_> = (1..=CALLS)
+        let replies: Vec<_> = (1..=calls)
             .map(|id| {
                 let request = Frame::from(vec![0u8; 8]);
                 let waker = std::task::Waker::from(Arc::clone(&callers));
@@ -1161,9 +1179,9 @@ mod tests {
                     .expect("registers")
             })
             .collect();
-        // Every response at once, in one read: `Ok` with the value 1.
+        // Every response at once: `Ok` with the value 1.
         let mut bytes = Vec::new();
-        for id in 1..=CALLS {
+        for id in 1..=calls {
             let mut payload = postcard::to_stdvec(&Head::Response {
                 id,
                 outcome: Outcome::Ok,
@@ -1194,30 +1212,21 @@ mod tests {
         let reader = Arc::new(CountingWaker::default());
         let waker = std::task::Waker::from(Arc::clone(&reader));
         let mut cx = std::task::Context::from_waker(&waker);
-        let woken = || callers.0.load(Ordering::SeqCst);
-
-        assert!(reading.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(
-            woken(),
-            ANSWERS_PER_TURN as usize,
-            "one batch of calls woken"
-        );
-        assert_eq!(reader.0.load(Ordering::SeqCst), 1, "the reader woke itself");
-        // Its next polls hand on the rest, a batch at a time.
-        let mut polls = 1;
-        while woken() < CALLS as usize {
+        let mut woken = Vec::new();
+        while woken.last() != Some(&usize::try_from(calls).expect("few")) {
+            assert!(woken.len() < 10, "calls woken after each poll: {woken:?}");
             assert!(reading.as_mut().poll(&mut cx).is_pending());
-            polls += 1;
-            assert!(
-                polls <= 4,
-                "{} of {CALLS} calls woken after {polls} polls",
-                woken()
-            );
+            woken.push(callers.0.load(Ordering::SeqCst));
         }
-        assert_eq!(polls, CALLS.div_ceil(u64::from(ANSWERS_PER_TURN)));
+        assert_eq!(
+            reader.0.load(Ordering::SeqCst),
+            woken.len() - 1,
+            "a turn, the reader waking itself, after each batch but the last"
+        );
         drop(replies);
         writer.abort();
         drop(server);
+        woken
     }
 
     /// A response's value is offered for a split only if it answers a waiting call that takes
