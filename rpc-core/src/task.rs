@@ -131,6 +131,26 @@ pub(crate) fn is_off_the_workers() -> bool {
     tokio::task::try_id().is_none()
 }
 
+/// Whether the code running now runs on a runtime of several workers: one a task woken here
+/// may move to another worker of, unlike a runtime of one thread.
+pub(crate) fn runs_on_several_workers() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
+    })
+}
+
+/// A waker that counts how often it is woken: the tests' stand-in for a task.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Wakes(pub(crate) std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

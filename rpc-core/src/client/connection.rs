@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
 use super::ClientConfig;
@@ -236,8 +235,7 @@ impl Connection {
         // Having answered its only call in flight, the reader waits for the next call rather
         // than poll, where a turn it took could wake a second worker of the runtime to displace
         // the caller's: unless the server calls back, whose calls it polls on for.
-        let several_workers = tokio::runtime::Handle::try_current()
-            .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread);
+        let several_workers = crate::task::runs_on_several_workers();
         reader.busy_poll_counting_calls(&slots, several_workers && serve_back.is_none());
         if nearby {
             reader.busy_poll_after_batches_only();
@@ -918,8 +916,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
     // Responses handed on since the reader last took a turn: see `ANSWERS_PER_TURN`. A runtime
     // of one thread has no other worker to spread the woken calls to, and no turn to take.
     let mut answered_since_turn = 0;
-    let turns_per_batch = tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() != RuntimeFlavor::CurrentThread);
+    let turns_per_batch = crate::task::runs_on_several_workers();
     let reason = loop {
         if std::mem::take(&mut turn_due) {
             tokio::task::yield_now().await;
@@ -1080,6 +1077,7 @@ fn done_draining(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::Wakes;
 
     /// What is left of a deadline goes to the server in whole milliseconds, rounded up as a
     /// count of microseconds is, and never as 0, which would mean none.
@@ -1134,20 +1132,6 @@ mod tests {
         assert_eq!(checks.get(), 3, "still remembered after a failure");
     }
 
-    /// Counts the wakes of the tasks it stands for.
-    #[derive(Default)]
-    struct CountingWaker(AtomicUsize);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// A reader that finds many responses read at once hands on `ANSWERS_PER_TURN` of them,
     /// then takes a turn, so that the calls it woke run before it wakes more; and it hands on
     /// the rest at its next polls, a batch at a time.
@@ -1169,7 +1153,7 @@ mod tests {
     /// last ends with the reader waking itself for its turn.
     async fn calls_woken_at_each_poll(calls: u64) -> Vec<usize> {
         let pending = Arc::new(Pending::default());
-        let callers = Arc::new(CountingWaker::default());
+        let callers = Arc::new(Wakes::default());
         let replies: Vec<_> = (1..=calls)
             .map(|id| {
                 let request = Frame::from(vec![0u8; 8]);
@@ -1209,7 +1193,7 @@ mod tests {
             None,
         );
         let mut reading = std::pin::pin!(reading);
-        let reader = Arc::new(CountingWaker::default());
+        let reader = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(Arc::clone(&reader));
         let mut cx = std::task::Context::from_waker(&waker);
         let mut woken = Vec::new();

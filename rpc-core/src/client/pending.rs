@@ -647,6 +647,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::task::Wakes;
 
     fn request() -> Frame {
         Frame::from(vec![0u8; 8])
@@ -920,16 +921,6 @@ mod tests {
         woken.expect("woken by the close");
         let at_once = tokio::time::timeout(ten_seconds, pending.wait_closed()).await;
         at_once.expect("closed already");
-    }
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Wakes(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// A call polled last from another task (a future moved, or raced in a `select!` of a

@@ -252,6 +252,8 @@ mod tests {
 
     use std::sync::atomic::AtomicUsize;
 
+    use crate::task::Wakes;
+
     /// A future that counts its polls and waits for `wake` each time, as a reader waits for
     /// its socket.
     #[derive(Default)]
@@ -280,18 +282,8 @@ mod tests {
         }
     }
 
-    /// A waker that counts its wakes.
-    #[derive(Default)]
-    struct Counts(AtomicUsize);
-
-    impl Wake for Counts {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting() -> (Arc<Counts>, Waker) {
-        let counts = Arc::new(Counts::default());
+    fn counting() -> (Arc<Wakes>, Waker) {
+        let counts = Arc::new(Wakes::default());
         (Arc::clone(&counts), Waker::from(counts))
     }
 
@@ -301,9 +293,9 @@ mod tests {
         waits: Arc<Waits>,
         reader: Arc<SharedReader>,
         task: Pin<Box<dyn Future<Output = ()> + Send>>,
-        task_wakes: Arc<Counts>,
+        task_wakes: Arc<Wakes>,
         task_waker: Waker,
-        caller_wakes: Arc<Counts>,
+        caller_wakes: Arc<Wakes>,
         caller_waker: Waker,
     }
 

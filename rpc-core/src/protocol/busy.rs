@@ -577,8 +577,8 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::task::{Context, Waker};
 
-    use super::super::writer::through_tests::Wakes;
     use super::*;
+    use crate::task::Wakes;
 
     /// What `work` returns, run in a task on one of a runtime's workers, as a reader's task
     /// polls it; the test's own thread is off the workers, as a caller driving a reader is.

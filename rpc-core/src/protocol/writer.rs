@@ -872,26 +872,17 @@ mod keepalive_tests {
 pub(super) mod through_tests {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Wake, Waker};
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Waker};
 
     use crate::slots::{CallSlot, CallSlots};
+    use crate::task::Wakes;
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::write_tests::Trickle;
     use super::*;
     use crate::protocol::{FrameReader, Outbox, StreamFrames, codec, frame};
-
-    /// Counts how often a task is woken (here, the writer's).
-    #[derive(Default)]
-    pub(in crate::protocol) struct Wakes(pub(in crate::protocol) AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     type Writing = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 

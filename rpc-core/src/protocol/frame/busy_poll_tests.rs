@@ -5,10 +5,10 @@ use std::task::Waker;
 
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-use super::super::writer::through_tests::Wakes;
 use super::split_tests::ending_in_bytes;
 use super::tests::frame;
 use super::*;
+use crate::task::Wakes;
 use crate::test_sockets::blocking_pair;
 
 /// Polls `reader` once for its next frame, with `waker`.

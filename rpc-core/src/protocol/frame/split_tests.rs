@@ -159,7 +159,7 @@ async fn a_share_taken_in_the_poll_that_waits_can_be_taken_back() {
 
     use futures_util::FutureExt;
 
-    use super::super::writer::through_tests::Wakes;
+    use crate::task::Wakes;
 
     const TOTAL: usize = 1 << 20;
     let memory = FrameMemory::new(TOTAL, 0);
