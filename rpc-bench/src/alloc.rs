@@ -117,12 +117,14 @@ mod tests {
     #[test]
     fn threads_count_apart_and_the_sums_see_them_all() {
         const BLOCK: usize = 16 << 20;
+        // What tests running meanwhile may hold at once: the machine's probe holds 3 MiB.
+        const OTHERS: usize = 4 << 20;
         let here = std::ptr::from_ref(shard());
         let before = live_bytes();
         let block = vec![1_u8; BLOCK];
         let held = live_bytes();
         assert!(
-            held - before >= (BLOCK - (1 << 20)) as isize,
+            held - before >= (BLOCK - OTHERS) as isize,
             "the block is counted live"
         );
         let (there, allocated) = std::thread::spawn(move || {
@@ -141,7 +143,7 @@ mod tests {
             "{allocated} allocations counted of 1000 at least"
         );
         assert!(
-            held - live_bytes() >= (BLOCK - (1 << 20)) as isize,
+            held - live_bytes() >= (BLOCK - OTHERS) as isize,
             "the block freed on the other thread is no longer live"
         );
     }

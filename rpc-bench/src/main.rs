@@ -45,6 +45,7 @@
 
 mod alloc;
 mod counters;
+mod machine;
 mod report;
 mod setup;
 mod systems;
@@ -62,7 +63,7 @@ use systems::rpc::{
 };
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
-use workloads::{Bytes, Call, Effort};
+use workloads::{Bytes, Call, Effort, Part};
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
@@ -264,13 +265,13 @@ fn main() {
     let mut runs = Vec::new();
     for setup in setups.iter().copied().filter(|_| !tls_only && !busy_only) {
         let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
+        let mut probes = machine::Probes::default();
         for round in 1..=effort.rounds {
-            eprintln!("round {round} of {}", effort.rounds);
-            let [raw, tarpc, tonic, rpc] = &mut rounds;
-            raw.push(measure::<Raw>(setup, effort));
-            tarpc.push(measure::<Tarpc>(setup, effort));
-            tonic.push(measure::<Tonic>(setup, effort));
-            rpc.push(measure::<RpcCore>(setup, effort));
+            eprintln!("round {round} of {} ({})", effort.rounds, setup.name());
+            let figures = measure_round(setup, effort, round, &mut probes);
+            for (figures, rounds) in figures.into_iter().zip(&mut rounds) {
+                rounds.push(figures);
+            }
         }
         let [raw, tarpc, tonic, rpc] = rounds.map(|figures| workloads::Figures::median(&figures));
         let results = report::Results {
@@ -279,8 +280,14 @@ fn main() {
             tarpc,
             tonic,
             rpc,
+            probes,
         };
-        println!("\n## {}\n\n{}", setup.name(), report::table(&results));
+        println!(
+            "\n## {}\n\n{}\n{}",
+            setup.name(),
+            report::table(&results),
+            report::probed(&results.probes).trim_end()
+        );
         runs.push(results);
     }
     // Over TLS only across processes, where users run it: sequential calls, and the workloads
@@ -354,17 +361,94 @@ fn main() {
     }
 }
 
-fn measure<S: System>(setup: Setup, effort: Effort) -> workloads::Figures {
-    eprintln!("measuring {} ({})", S::NAME, setup.name());
-    let deployment = Deployment::start::<S>(setup);
-    let server = deployment.server.clone();
-    let addr = server.addr;
-    let mut figures = deployment.run(workloads::measure::<S>(server, effort));
-    let (p50, p99) = deployment.run_here(workloads::sequential_from_here::<S>(addr, effort));
-    figures.main_p50_us = Some(p50);
-    figures.main_p99_us = Some(p99);
-    eprintln!("  {}", figures.summary());
-    figures
+/// One system deployed for a round, with the figures it has measured so far.
+trait Contender {
+    fn name(&self) -> &'static str;
+    /// Measures one part of the workloads.
+    fn measure(&mut self, part: Part, effort: Effort);
+    /// The round's figures; the system's deployment ends.
+    fn into_figures(self: Box<Self>) -> workloads::Figures;
+}
+
+struct Deployed<S> {
+    deployment: Deployment,
+    figures: workloads::Figures,
+    system: std::marker::PhantomData<S>,
+}
+
+impl<S: System> Deployed<S> {
+    fn start(setup: Setup) -> Box<dyn Contender> {
+        Box::new(Deployed::<S> {
+            deployment: Deployment::start::<S>(setup),
+            figures: workloads::Figures::default(),
+            system: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<S: System> Contender for Deployed<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn measure(&mut self, part: Part, effort: Effort) {
+        let figures = std::mem::take(&mut self.figures);
+        self.figures = workloads::measure_part::<S>(&self.deployment, part, effort, figures);
+    }
+
+    fn into_figures(self: Box<Self>) -> workloads::Figures {
+        self.figures
+    }
+}
+
+/// One round of a setup: every system deployed at once, then each part of the workloads
+/// measured for every system in turn (in the opposite order every other round) before the
+/// next part, so that a row's figures are measured within seconds of each other rather than
+/// minutes apart. The machine's cross-core copy rate is probed before each system's turn at a
+/// part and after the last, into `probes`. The figures of raw, tarpc, tonic and rpc-core, in that order.
+fn measure_round(
+    setup: Setup,
+    effort: Effort,
+    round: usize,
+    probes: &mut machine::Probes,
+) -> [workloads::Figures; 4] {
+    let mut systems = [
+        Deployed::<Raw>::start(setup),
+        Deployed::<Tarpc>::start(setup),
+        Deployed::<Tonic>::start(setup),
+        Deployed::<RpcCore>::start(setup),
+    ];
+    let mut order = [0, 1, 2, 3];
+    if round.is_multiple_of(2) {
+        order.reverse();
+    }
+    for part in Part::ALL {
+        // A probe before each system's turn and one after the last, so that a state that came
+        // and went while the part was measured is seen too.
+        let mut rates = Vec::with_capacity(order.len() + 1);
+        for &at in &order {
+            rates.push(machine::cross_core_copy_rate());
+            eprintln!(
+                "measuring {} ({}): {}",
+                systems[at].name(),
+                setup.name(),
+                part.name()
+            );
+            systems[at].measure(part, effort);
+        }
+        rates.push(machine::cross_core_copy_rate());
+        if let Some((low, high)) = probes.note_part(&rates) {
+            eprintln!(
+                "  the machine's cross-core copy rate moved between {low:.0} and {high:.0} MiB/s"
+            );
+        }
+    }
+    systems.map(|system| {
+        let name = system.name();
+        let figures = system.into_figures();
+        eprintln!("  {name}: {}", figures.summary());
+        figures
+    })
 }
 
 /// rpc-core across two processes without and with a tracing subscriber, each figure the median

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
+use crate::machine::Probes;
 use crate::setup::Setup;
 use crate::workloads::{BusyFigures, Figures, TlsFigures, TracedFigures};
 
@@ -14,6 +15,8 @@ pub struct Results {
     pub tarpc: Figures,
     pub tonic: Figures,
     pub raw: Figures,
+    /// What the machine's probes found while the setup was measured.
+    pub probes: Probes,
 }
 
 /// Whether a larger figure is better.
@@ -321,6 +324,24 @@ fn unmet(results: &Results) -> String {
     out
 }
 
+/// What the machine's probes found while a setup was measured, as a paragraph (ending in a
+/// blank line); nothing if it was not probed.
+pub fn probed(probes: &Probes) -> String {
+    let Some((low, high)) = probes.range else {
+        return String::new();
+    };
+    format!(
+        "The machine's cross-core copy rate (a 1 MiB buffer handed between two threads, \
+         `rpc-bench/src/machine.rs`), probed before each system's turn at a workload and after \
+         the last: {} to {} MiB/s; it moved more than twofold while the systems of {} of the \
+         {} workloads measured were measured.\n\n",
+        number(Some(low)),
+        number(Some(high)),
+        probes.unsteady,
+        probes.parts,
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -567,11 +588,12 @@ pub fn write(
         let _ = write!(
             sections,
             "## {}\n\n{}\n\n```sh\ncargo run --release -p rpc-bench -- --setup {}\n```\n\n{}\n\
-             Goals not met in this setup:\n\n{}\n",
+             {}Goals not met in this setup:\n\n{}\n",
             setup_title(setup),
             setup.describe(),
             setup.name(),
             table(results),
+            probed(&results.probes),
             unmet(results),
         );
     }
@@ -744,6 +766,7 @@ mod tests {
             tarpc: measured.clone(),
             tonic: measured.clone(),
             raw: measured,
+            probes: Probes::default(),
         };
         let table = table(&results);
         assert!(
@@ -768,6 +791,7 @@ mod tests {
             tarpc: faults(0.0),
             tonic: faults(191.0),
             raw: faults(0.0),
+            probes: Probes::default(),
         };
         let row = |results: &Results| {
             table(results)
@@ -789,6 +813,21 @@ mod tests {
             "{}",
             row(&results)
         );
+    }
+
+    #[test]
+    fn the_probes_read_as_a_range_and_a_count() {
+        assert_eq!(probed(&Probes::default()), "");
+        let mut probes = Probes::default();
+        let _ = probes.note_part(&[Some(22_041.4), Some(21_000.0)]);
+        let _ = probes.note_part(&[Some(2_473.0), None, Some(21_500.0)]);
+        let paragraph = probed(&probes);
+        assert!(paragraph.contains(": 2473 to 22,041 MiB/s"), "{paragraph}");
+        assert!(
+            paragraph.contains("systems of 1 of the 2 workloads"),
+            "{paragraph}"
+        );
+        assert!(paragraph.ends_with(".\n\n"), "{paragraph}");
     }
 
     /// The busy polling table shows each of the four runs in its own column, in the order of

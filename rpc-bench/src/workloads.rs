@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 
 use crate::counters::{self, Counters};
-use crate::setup::ServerEnd;
+use crate::setup::{Deployment, ServerEnd};
 use crate::systems::System;
 
 /// How long each throughput figure is measured for, how many calls the sequential ones make,
@@ -145,47 +145,152 @@ fn median_of<T>(rounds: &[T], figure: fn(&T) -> Option<f64>) -> Option<f64> {
     values.get(values.len().saturating_sub(1) / 2).copied()
 }
 
-/// Every workload, in an order where none disturbs the next: idle memory first, while nothing
-/// else has run and left buffers to be freed in their own time.
-pub async fn measure<S: System>(server: Arc<ServerEnd>, effort: Effort) -> Figures {
+/// A share of the workloads that a full run measures for every system in turn before it moves
+/// on to the next, so that a row's figures are measured within seconds of each other (see
+/// [`crate::machine`] for why). In [`Part::ALL`]'s order, none disturbs the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Heap per idle connection: first, while nothing else has run and left buffers to be
+    /// freed in their own time.
+    Idle,
+    /// Sequential calls from a task, then allocations per call on the same connection.
+    Sequential,
+    /// Sequential calls on the thread that runs the runtime's `block_on`.
+    FromMain,
+    /// 32 and 256 callers on one connection, and 256 callers of a handler that awaits.
+    Pipelined,
+    /// 4 connections with 64 callers each.
+    FourConnections,
+    /// 100 connections with 32 callers each.
+    ManyConnections,
+    /// 1 MiB echoes of one byte type.
+    Echoes(Bytes),
+    /// A stream of small items.
+    Stream,
+}
+
+impl Part {
+    /// Every part, in the order a round measures them.
+    pub const ALL: [Part; 10] = [
+        Part::Idle,
+        Part::Sequential,
+        Part::FromMain,
+        Part::Pipelined,
+        Part::FourConnections,
+        Part::ManyConnections,
+        Part::Echoes(Bytes::Vec),
+        Part::Echoes(Bytes::Buf),
+        Part::Echoes(Bytes::Shared),
+        Part::Stream,
+    ];
+
+    /// The part's name, for the run's log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Idle => "idle connections",
+            Part::Sequential => "sequential calls",
+            Part::FromMain => "sequential calls from main",
+            Part::Pipelined => "one connection's callers",
+            Part::FourConnections => "4 connections",
+            Part::ManyConnections => "100 connections",
+            Part::Echoes(Bytes::Vec) => "1 MiB echoes of `Vec<u8>`",
+            Part::Echoes(Bytes::Buf) => "1 MiB echoes of `ByteBuf`",
+            Part::Echoes(Bytes::Shared) => "1 MiB echoes of the shared byte type",
+            Part::Stream => "a stream",
+        }
+    }
+}
+
+/// Measures `part` of `S`'s workloads on `deployment`, into `figures`: each part on a
+/// connection (or several) of its own, as a task of the clients' runtime, but for the calls
+/// from main, made on the thread that runs its `block_on`.
+pub fn measure_part<S: System>(
+    deployment: &Deployment,
+    part: Part,
+    effort: Effort,
+    figures: Figures,
+) -> Figures {
+    let server = deployment.server.clone();
     let addr = server.addr;
-    let idle = idle_connection_bytes::<S>(&server).await;
-    let mut client = S::connect(addr).await;
-    let (p50, p99) = latency::<S>(&mut client, effort).await;
-    let allocations = allocations_per_call::<S>(&server, &mut client, effort).await;
-    let one = std::slice::from_ref(&client);
-    let pipelined_32 = throughput::<S>(one, 32, effort).await;
-    let pipelined_256 = throughput::<S>(one, 256, effort).await;
-    let awaiting_256 = counted_throughput::<S>(one, 256, Call::AddAwaiting, effort).await;
-    let four = connections::<S>(addr, 4).await;
-    let four_connections = throughput::<S>(&four, 64, effort).await;
-    drop(four);
-    let many = connections::<S>(addr, 100).await;
-    let many_connections = throughput::<S>(&many, 32, effort).await;
-    drop(many);
-    let bulk_vec = bulk::<S>(&server, &client, Bytes::Vec, ECHO_BYTES, effort).await;
-    let bulk_buf = bulk::<S>(&server, &client, Bytes::Buf, ECHO_BYTES, effort).await;
-    let bulk_shared = bulk::<S>(&server, &client, Bytes::Shared, ECHO_BYTES, effort).await;
-    let stream_items = stream::<S>(&mut client, effort).await;
-    Figures {
-        latency_p50_us: Some(p50),
-        latency_p99_us: Some(p99),
-        // Measured apart, on the thread that runs the runtime (`sequential_from_here`).
-        main_p50_us: None,
-        main_p99_us: None,
-        pipelined_32,
-        pipelined_256,
-        awaiting_256: awaiting_256.map(|rate| rate.per_second),
-        four_connections,
-        many_connections,
-        bulk_vec: Some(bulk_vec.mib_per_s),
-        bulk_buf: Some(bulk_buf.mib_per_s),
-        bulk_shared: Some(bulk_shared.mib_per_s),
-        faults_vec: bulk_vec.faults_per_call,
-        faults_buf: bulk_buf.faults_per_call,
-        stream_items,
-        allocations_per_call: allocations,
-        idle_connection_bytes: idle,
+    match part {
+        Part::Idle => deployment.run(async move {
+            Figures {
+                idle_connection_bytes: idle_connection_bytes::<S>(&server).await,
+                ..figures
+            }
+        }),
+        Part::Sequential => deployment.run(async move {
+            let mut client = S::connect(addr).await;
+            let (p50, p99) = latency::<S>(&mut client, effort).await;
+            Figures {
+                latency_p50_us: Some(p50),
+                latency_p99_us: Some(p99),
+                allocations_per_call: allocations_per_call::<S>(&server, &mut client, effort).await,
+                ..figures
+            }
+        }),
+        Part::FromMain => {
+            let (p50, p99) = deployment.run_here(sequential_from_here::<S>(addr, effort));
+            Figures {
+                main_p50_us: Some(p50),
+                main_p99_us: Some(p99),
+                ..figures
+            }
+        }
+        Part::Pipelined => deployment.run(async move {
+            let client = S::connect(addr).await;
+            let one = std::slice::from_ref(&client);
+            Figures {
+                pipelined_32: throughput::<S>(one, 32, effort).await,
+                pipelined_256: throughput::<S>(one, 256, effort).await,
+                awaiting_256: counted_throughput::<S>(one, 256, Call::AddAwaiting, effort)
+                    .await
+                    .map(|rate| rate.per_second),
+                ..figures
+            }
+        }),
+        Part::FourConnections => deployment.run(async move {
+            let four = connections::<S>(addr, 4).await;
+            Figures {
+                four_connections: throughput::<S>(&four, 64, effort).await,
+                ..figures
+            }
+        }),
+        Part::ManyConnections => deployment.run(async move {
+            let many = connections::<S>(addr, 100).await;
+            Figures {
+                many_connections: throughput::<S>(&many, 32, effort).await,
+                ..figures
+            }
+        }),
+        Part::Echoes(bytes) => deployment.run(async move {
+            let client = S::connect(addr).await;
+            let echoes = bulk::<S>(&server, &client, bytes, ECHO_BYTES, effort).await;
+            let rate = Some(echoes.mib_per_s);
+            match bytes {
+                Bytes::Vec => Figures {
+                    bulk_vec: rate,
+                    faults_vec: echoes.faults_per_call,
+                    ..figures
+                },
+                Bytes::Buf => Figures {
+                    bulk_buf: rate,
+                    faults_buf: echoes.faults_per_call,
+                    ..figures
+                },
+                Bytes::Shared => Figures {
+                    bulk_shared: rate,
+                    ..figures
+                },
+            }
+        }),
+        Part::Stream => deployment.run(async move {
+            let mut client = S::connect(addr).await;
+            Figures {
+                stream_items: stream::<S>(&mut client, effort).await,
+                ..figures
+            }
+        }),
     }
 }
 
@@ -632,6 +737,17 @@ pub async fn idle_connection_bytes<S: System>(server: &ServerEnd) -> Option<f64>
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = server.counters()?;
     drop(clients);
+    // The next system's idle connections are counted next, in the same processes: their
+    // heap first settles, closing these, until two readings 50 ms apart agree (for up to 2 s).
+    let mut last = after.live_bytes;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = server.counters()?.live_bytes;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     Some((after - before).live_bytes as f64 / CONNECTIONS as f64)
 }
 
