@@ -404,8 +404,8 @@ impl<S: System> Contender for Deployed<S> {
 /// One round of a setup: every system deployed at once, then each part of the workloads
 /// measured for every system in turn (in the opposite order every other round) before the
 /// next part, so that a row's figures are measured within seconds of each other rather than
-/// minutes apart. The machine's cross-core copy rate is probed before each system's turn at a
-/// part and after the last, into `probes`. The figures of raw, tarpc, tonic and rpc-core, in that order.
+/// minutes apart; each turn in the machine's fast state when it can be (`probes`). The figures
+/// of raw, tarpc, tonic and rpc-core, in that order.
 fn measure_round(
     setup: Setup,
     effort: Effort,
@@ -423,24 +423,15 @@ fn measure_round(
         order.reverse();
     }
     for part in Part::ALL {
-        // A probe before each system's turn and one after the last, so that a state that came
-        // and went while the part was measured is seen too.
-        let mut rates = Vec::with_capacity(order.len() + 1);
         for &at in &order {
-            rates.push(machine::cross_core_copy_rate());
+            let system = &mut systems[at];
             eprintln!(
                 "measuring {} ({}): {}",
-                systems[at].name(),
+                system.name(),
                 setup.name(),
                 part.name()
             );
-            systems[at].measure(part, effort);
-        }
-        rates.push(machine::cross_core_copy_rate());
-        if let Some((low, high)) = probes.note_part(&rates) {
-            eprintln!(
-                "  the machine's cross-core copy rate moved between {low:.0} and {high:.0} MiB/s"
-            );
+            probes.turn(|| system.measure(part, effort));
         }
     }
     systems.map(|system| {

@@ -332,13 +332,14 @@ pub fn probed(probes: &Probes) -> String {
     };
     format!(
         "The machine's cross-core copy rate (a 1 MiB buffer handed between two threads, \
-         `rpc-bench/src/machine.rs`), probed before each system's turn at a workload and after \
-         the last: {} to {} MiB/s; it moved more than twofold while the systems of {} of the \
-         {} workloads measured were measured.\n\n",
+         `rpc-bench/src/machine.rs`), probed before and after each system's turn at a workload: \
+         {} to {} MiB/s. Of the {} turns, {} began or ended in the slow state (below a quarter \
+         of the fastest rate) and were measured again, and {} still did at their third measuring.\n\n",
         number(Some(low)),
         number(Some(high)),
-        probes.unsteady,
-        probes.parts,
+        probes.turns,
+        probes.measured_again,
+        probes.slow,
     )
 }
 
@@ -816,17 +817,20 @@ mod tests {
     }
 
     #[test]
-    fn the_probes_read_as_a_range_and_a_count() {
+    fn the_probes_read_as_a_range_and_counts() {
         assert_eq!(probed(&Probes::default()), "");
         let mut probes = Probes::default();
-        let _ = probes.note_part(&[Some(22_041.4), Some(21_000.0)]);
-        let _ = probes.note_part(&[Some(2_473.0), None, Some(21_500.0)]);
+        probes.range = Some((2_473.0, 22_041.4));
+        probes.turns = 120;
+        probes.measured_again = 31;
+        probes.slow = 2;
         let paragraph = probed(&probes);
-        assert!(paragraph.contains(": 2473 to 22,041 MiB/s"), "{paragraph}");
+        assert!(paragraph.contains(": 2473 to 22,041 MiB/s."), "{paragraph}");
         assert!(
-            paragraph.contains("systems of 1 of the 2 workloads"),
+            paragraph.contains("Of the 120 turns, 31 began or ended in the slow state"),
             "{paragraph}"
         );
+        assert!(paragraph.contains("and 2 still did"), "{paragraph}");
         assert!(paragraph.ends_with(".\n\n"), "{paragraph}");
     }
 
