@@ -363,6 +363,7 @@ fn main() {
 
 /// One system deployed for a round, with the figures it has measured so far.
 trait Contender {
+    /// The system's name.
     fn name(&self) -> &'static str;
     /// Measures one part of the workloads.
     fn measure(&mut self, part: Part, effort: Effort);
@@ -370,6 +371,7 @@ trait Contender {
     fn into_figures(self: Box<Self>) -> workloads::Figures;
 }
 
+/// A [`Contender`]: system `S` deployed, and what it has measured.
 struct Deployed<S> {
     deployment: Deployment,
     figures: workloads::Figures,
