@@ -116,6 +116,16 @@ impl Probes {
         Some(rate)
     }
 
+    /// Knows the rates `other` probed too, as the fastest to judge the state by.
+    pub fn learn(&mut self, other: &Probes) {
+        if let Some((low, high)) = other.range {
+            self.range = Some(match self.range {
+                Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
+                None => (low, high),
+            });
+        }
+    }
+
     /// Whether `rate` is of the fast state.
     pub fn is_fast(&self, rate: f64) -> bool {
         self.range.is_none_or(|(_, fastest)| 4.0 * rate >= fastest)
@@ -194,6 +204,22 @@ mod tests {
             rate_now: || RATES.with_borrow_mut(Vec::pop),
             ..Probes::default()
         }
+    }
+
+    #[test]
+    fn probes_learn_the_rates_others_probed() {
+        let setup = Probes {
+            range: Some((2_000.0, 10_000.0)),
+            turns: 40,
+            ..Probes::default()
+        };
+        let mut later = Probes::default();
+        later.learn(&Probes::default());
+        assert_eq!(later.range, None);
+        later.learn(&setup);
+        assert_eq!(later.range, Some((2_000.0, 10_000.0)));
+        assert_eq!(later.turns, 0, "only the rates");
+        assert!(!later.is_fast(2_400.0), "slow against the fastest learned");
     }
 
     #[test]

@@ -290,15 +290,25 @@ fn main() {
         );
         runs.push(results);
     }
+    // The sections below measure one system or configuration whole after another: each in the
+    // machine's fast state when it can be, judged by the fastest rate the setups probed.
+    let mut gate = machine::Probes::default();
+    for run in &runs {
+        gate.learn(&run.probes);
+    }
     // Over TLS only across processes, where users run it: sequential calls, and the workloads
     // where encryption costs most.
     let tls = (setups.contains(&Setup::CrossProcess) && !busy_only).then(|| {
         let results = report::TlsResults {
-            tonic: across_processes::<TonicTls, _>("", |server| {
-                workloads::over_tls::<TonicTls>(server, effort)
+            tonic: in_fast_state(&mut gate, || {
+                across_processes::<TonicTls, _>("", |server| {
+                    workloads::over_tls::<TonicTls>(server, effort)
+                })
             }),
-            rpc: across_processes::<RpcCoreTls, _>("", |server| {
-                workloads::over_tls::<RpcCoreTls>(server, effort)
+            rpc: in_fast_state(&mut gate, || {
+                across_processes::<RpcCoreTls, _>("", |server| {
+                    workloads::over_tls::<RpcCoreTls>(server, effort)
+                })
             }),
         };
         println!(
@@ -310,17 +320,25 @@ fn main() {
     // Across processes only, where a sleeping thread's wakeup costs most.
     let busy = (setups.contains(&Setup::CrossProcess) && !tls_only).then(|| {
         let results = report::BusyResults {
-            off: across_processes::<RpcCoreNoBusyPoll, _>("", |server| {
-                workloads::busy::<RpcCoreNoBusyPoll>(server, effort)
+            off: in_fast_state(&mut gate, || {
+                across_processes::<RpcCoreNoBusyPoll, _>("", |server| {
+                    workloads::busy::<RpcCoreNoBusyPoll>(server, effort)
+                })
             }),
-            server: across_processes::<RpcCoreBusyServer, _>("", |server| {
-                workloads::busy::<RpcCoreBusyServer>(server, effort)
+            server: in_fast_state(&mut gate, || {
+                across_processes::<RpcCoreBusyServer, _>("", |server| {
+                    workloads::busy::<RpcCoreBusyServer>(server, effort)
+                })
             }),
-            client: across_processes::<RpcCoreBusyClient, _>("", |server| {
-                workloads::busy::<RpcCoreBusyClient>(server, effort)
+            client: in_fast_state(&mut gate, || {
+                across_processes::<RpcCoreBusyClient, _>("", |server| {
+                    workloads::busy::<RpcCoreBusyClient>(server, effort)
+                })
             }),
-            both: across_processes::<RpcCore, _>("", |server| {
-                workloads::busy::<RpcCore>(server, effort)
+            both: in_fast_state(&mut gate, || {
+                across_processes::<RpcCore, _>("", |server| {
+                    workloads::busy::<RpcCore>(server, effort)
+                })
             }),
         };
         println!(
@@ -330,7 +348,7 @@ fn main() {
         results
     });
     let traced = (setups.contains(&Setup::CrossProcess) && !tls_only && !busy_only).then(|| {
-        let results = traced_rounds(effort, flag("--quick").is_some());
+        let results = traced_rounds(effort, flag("--quick").is_some(), &mut gate);
         println!(
             "\n## tracing on, cross-process\n\n{}",
             report::traced_table(&results)
@@ -449,7 +467,7 @@ fn measure_round(
 /// reverses. Each measurement's client runs in a process of its own (`--traced-figures`, with
 /// its server in a child of that), as a subscriber once installed stays for the rest of its
 /// process, and this one measures the other sections without.
-fn traced_rounds(effort: Effort, quick: bool) -> report::TracedResults {
+fn traced_rounds(effort: Effort, quick: bool, gate: &mut machine::Probes) -> report::TracedResults {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..effort.rounds {
         let order = if round % 2 == 0 {
@@ -458,7 +476,7 @@ fn traced_rounds(effort: Effort, quick: bool) -> report::TracedResults {
             [true, false]
         };
         for traced in order {
-            let figures = traced_in_child(traced, quick);
+            let figures = in_fast_state(gate, || traced_in_child(traced, quick));
             if traced {
                 on.push(figures);
             } else {
@@ -470,6 +488,14 @@ fn traced_rounds(effort: Effort, quick: bool) -> report::TracedResults {
         off: workloads::TracedFigures::median(&off),
         on: workloads::TracedFigures::median(&on),
     }
+}
+
+/// What `measure` gives, measured as one turn of `gate`: in the machine's fast state when it
+/// can be, and again (up to twice) if it began or ended in the slow one.
+fn in_fast_state<T>(gate: &mut machine::Probes, mut measure: impl FnMut() -> T) -> T {
+    let mut measured = None;
+    gate.turn(|| measured = Some(measure()));
+    measured.expect("a turn measures at least once")
 }
 
 /// One measurement of [`traced_rounds`]: this program run as `rpc-bench --traced-figures`, with
