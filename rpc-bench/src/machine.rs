@@ -109,21 +109,23 @@ impl Probes {
     /// Probes once, and notes the rate.
     pub fn probe(&mut self) -> Option<f64> {
         let rate = (self.rate_now)()?;
-        self.range = Some(match self.range {
-            Some((low, high)) => (low.min(rate), high.max(rate)),
-            None => (rate, rate),
-        });
+        self.widen(rate, rate);
         Some(rate)
     }
 
     /// Knows the rates `other` probed too, as the fastest to judge the state by.
     pub fn learn(&mut self, other: &Probes) {
         if let Some((low, high)) = other.range {
-            self.range = Some(match self.range {
-                Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
-                None => (low, high),
-            });
+            self.widen(low, high);
         }
+    }
+
+    /// Takes `low` and `high` into the range of rates probed.
+    fn widen(&mut self, low: f64, high: f64) {
+        self.range = Some(match self.range {
+            Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
+            None => (low, high),
+        });
     }
 
     /// Whether `rate` is of the fast state.
