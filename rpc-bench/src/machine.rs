@@ -87,9 +87,10 @@ pub struct Probes {
     pub range: Option<(f64, f64)>,
     /// How many turns were measured.
     pub turns: usize,
-    /// How many of them were measured again, having begun or ended in the slow state.
+    /// How many measurings were made again, of turns that began or ended in the slow state: a
+    /// turn measured three times counts two.
     pub measured_again: usize,
-    /// How many turns began or ended in the slow state at their last measuring.
+    /// How many turns began or ended in the slow state at their third measuring, too.
     pub slow: usize,
 }
 

@@ -333,13 +333,14 @@ pub fn probed(probes: &Probes) -> String {
     format!(
         "The machine's cross-core copy rate (a 1 MiB buffer handed between two threads, \
          `rpc-bench/src/machine.rs`), probed before and after each system's turn at a workload: \
-         {} to {} MiB/s. Of the {} turns, {} began or ended in the slow state (below a quarter \
-         of the fastest rate) and were measured again, and {} still did at their third measuring.\n\n",
+         {} to {} MiB/s. A turn that began or ended in the slow state (below a quarter of the \
+         fastest rate) was measured again, up to twice: {} measurings in all were made again, \
+         and {} of the {} turns were in the slow state still at their third.\n\n",
         number(Some(low)),
         number(Some(high)),
-        probes.turns,
         probes.measured_again,
         probes.slow,
+        probes.turns,
     )
 }
 
@@ -827,10 +828,14 @@ mod tests {
         let paragraph = probed(&probes);
         assert!(paragraph.contains(": 2473 to 22,041 MiB/s."), "{paragraph}");
         assert!(
-            paragraph.contains("Of the 120 turns, 31 began or ended in the slow state"),
+            paragraph.contains("31 measurings in all were made again"),
             "{paragraph}"
         );
-        assert!(paragraph.contains("and 2 still did"), "{paragraph}");
+        assert!(
+            paragraph
+                .contains("and 2 of the 120 turns were in the slow state still at their third."),
+            "{paragraph}"
+        );
         assert!(paragraph.ends_with(".\n\n"), "{paragraph}");
     }
 
