@@ -76,15 +76,19 @@ pub fn cross_core_copy_rate() -> Option<f64> {
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The probes of one setup's run: each system's turn at each workload is measured in the
-/// machine's fast state when it can be. A rate below a quarter of the fastest probed so far is
+/// machine's fast state when it can be. A rate below a quarter of the fastest probed so far in
+/// the whole run (this setup's probes and those of the runs it [learned](Probes::learn) from) is
 /// the slow state: the fast state reads about 10,000 MiB/s here, at times twice that, and the
 /// slow one 2,000 (a machine without such states is always fast).
 #[derive(Debug, Clone, Copy)]
 pub struct Probes {
     /// What probes the machine: [`cross_core_copy_rate`], but in tests.
     rate_now: fn() -> Option<f64>,
-    /// The lowest and the highest rate probed, in MiB/s; `None` before the first probe.
+    /// The lowest and the highest rate these probes read, in MiB/s; `None` before the first.
     pub range: Option<(f64, f64)>,
+    /// The fastest rate probed in the run so far, these probes' and those learned: what the
+    /// state is judged by. `None` before any.
+    fastest: Option<f64>,
     /// How many turns were measured.
     pub turns: usize,
     /// How many measurings were made again, of turns that began or ended in the slow state: a
@@ -99,6 +103,7 @@ impl Default for Probes {
         Probes {
             rate_now: cross_core_copy_rate,
             range: None,
+            fastest: None,
             turns: 0,
             measured_again: 0,
             slow: 0,
@@ -110,28 +115,31 @@ impl Probes {
     /// Probes once, and notes the rate.
     pub fn probe(&mut self) -> Option<f64> {
         let rate = (self.rate_now)()?;
-        self.widen(rate, rate);
+        self.range = Some(match self.range {
+            Some((lowest, highest)) => (lowest.min(rate), highest.max(rate)),
+            None => (rate, rate),
+        });
+        self.learn_of(rate);
         Some(rate)
     }
 
-    /// Knows the rates `other` probed too, as the fastest to judge the state by.
+    /// Judges the state by the fastest rate `other` knows too, without taking its rates into
+    /// the range these probes report: a setup measured after another knows from its first
+    /// turn what the fast state reads.
     pub fn learn(&mut self, other: &Probes) {
-        if let Some((low, high)) = other.range {
-            self.widen(low, high);
+        if let Some(rate) = other.fastest {
+            self.learn_of(rate);
         }
     }
 
-    /// Takes `low` and `high` into the range of rates probed.
-    fn widen(&mut self, low: f64, high: f64) {
-        self.range = Some(match self.range {
-            Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
-            None => (low, high),
-        });
+    /// Takes `rate` as the fastest known if it is.
+    fn learn_of(&mut self, rate: f64) {
+        self.fastest = Some(self.fastest.map_or(rate, |fastest| fastest.max(rate)));
     }
 
     /// Whether `rate` is of the fast state.
     pub fn is_fast(&self, rate: f64) -> bool {
-        self.range.is_none_or(|(_, fastest)| 4.0 * rate >= fastest)
+        self.fastest.is_none_or(|fastest| 4.0 * rate >= fastest)
     }
 
     /// Probes until the machine is in its fast state, for up to 10 s: whether it is.
@@ -188,7 +196,8 @@ mod tests {
             probes.is_fast(1.0),
             "anything is fast before the first probe"
         );
-        probes.range = Some((2_000.0, 20_000.0));
+        probes.learn_of(2_000.0);
+        probes.learn_of(20_000.0);
         assert!(probes.is_fast(10_000.0));
         assert!(probes.is_fast(5_000.0));
         assert!(!probes.is_fast(4_999.0));
@@ -210,19 +219,30 @@ mod tests {
     }
 
     #[test]
-    fn probes_learn_the_rates_others_probed() {
-        let setup = Probes {
-            range: Some((2_000.0, 10_000.0)),
-            turns: 40,
-            ..Probes::default()
-        };
-        let mut later = Probes::default();
+    fn probes_judge_by_the_fastest_rate_others_probed_and_report_their_own() {
+        let mut setup = scripted(&[2_000.0, 10_000.0]);
+        setup.probe();
+        setup.probe();
+        setup.turns = 40;
+        let mut later = scripted(&[2_400.0, 9_000.0]);
         later.learn(&Probes::default());
-        assert_eq!(later.range, None);
+        assert!(
+            later.is_fast(1.0),
+            "nothing learned from probes that probed nothing"
+        );
         later.learn(&setup);
-        assert_eq!(later.range, Some((2_000.0, 10_000.0)));
-        assert_eq!(later.turns, 0, "only the rates");
         assert!(!later.is_fast(2_400.0), "slow against the fastest learned");
+        assert_eq!(later.range, None, "the rates learned are not this setup's");
+        assert_eq!(later.turns, 0, "only the rates");
+        // Its first turn waits for the fast state, though it has probed nothing of its own.
+        let mut left_at_measuring = Vec::new();
+        later.turn(|| left_at_measuring.push(RATES.with_borrow(Vec::len)));
+        assert_eq!(
+            left_at_measuring,
+            [0],
+            "measured once, after the fast probe"
+        );
+        assert_eq!(later.range, Some((2_400.0, 9_000.0)));
     }
 
     #[test]

@@ -262,10 +262,14 @@ fn main() {
         eprintln!("rpc-bench: --write rewrites every table, so it needs the full run");
         std::process::exit(2);
     }
-    let mut runs = Vec::new();
+    let mut runs: Vec<report::Results> = Vec::new();
     for setup in setups.iter().copied().filter(|_| !tls_only && !busy_only) {
         let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
+        // Judged from its first turn by the fastest rate the setups before it probed.
         let mut probes = machine::Probes::default();
+        for run in &runs {
+            probes.learn(&run.probes);
+        }
         for round in 1..=effort.rounds {
             eprintln!("round {round} of {} ({})", effort.rounds, setup.name());
             let figures = measure_round(setup, effort, round, &mut probes);

@@ -334,8 +334,9 @@ pub fn probed(probes: &Probes) -> String {
         "The machine's cross-core copy rate (a 1 MiB buffer handed between two threads, \
          `rpc-bench/src/machine.rs`), probed before and after each system's turn at a workload: \
          {} to {} MiB/s. A turn that began or ended in the slow state (below a quarter of the \
-         fastest rate) was measured again, up to twice: {} measurings in all were made again, \
-         and {} of the {} turns were in the slow state still at their third.\n\n",
+         fastest rate probed so far in the run) was measured again, up to twice: {} measurings \
+         in all were made again, and {} of the {} turns were in the slow state still at their \
+         third.\n\n",
         number(Some(low)),
         number(Some(high)),
         probes.measured_again,
