@@ -46,6 +46,20 @@ pub(crate) async fn take_turn() {
     .await;
 }
 
+/// Runs `work`, noting in `waited` whether it had to wait (returned `Pending` at a poll): the
+/// calling task then gave up its turn, and the tasks it woke before ran.
+pub(crate) async fn noting_wait<F: Future>(work: F, waited: &mut bool) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        let polled = work.as_mut().poll(cx);
+        if polled.is_pending() {
+            *waited = true;
+        }
+        polled
+    })
+    .await
+}
+
 /// A future that `make`s its work, boxed, when first polled: for a branch of a `select!` that is
 /// seldom enabled (a connection draining, lingering, making room). `select!` builds every
 /// branch's future each time round, enabled or not, and the task holds them all between turns:
@@ -173,6 +187,25 @@ mod tests {
         assert_eq!(made.get(), 1);
         let never = when_polled(|| -> std::future::Ready<()> { unreachable!("never polled") });
         drop(never);
+    }
+
+    /// Work that returns `Pending` at a poll is noted as having waited; work ready at once is
+    /// not.
+    #[tokio::test]
+    async fn a_wait_is_noted_only_where_the_work_waited() {
+        let mut waited = false;
+        assert_eq!(noting_wait(async { 3 }, &mut waited).await, 3);
+        assert!(!waited, "ready at its first poll");
+        let output = noting_wait(
+            async {
+                take_turn().await;
+                4
+            },
+            &mut waited,
+        )
+        .await;
+        assert_eq!(output, 4);
+        assert!(waited, "it gave up a turn");
     }
 
     /// Work done at its first poll is done, deadline or not, as with tokio's `timeout`; work
