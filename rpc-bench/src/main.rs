@@ -266,10 +266,7 @@ fn main() {
     for setup in setups.iter().copied().filter(|_| !tls_only && !busy_only) {
         let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
         // Judged from its first turn by the fastest rate the setups before it probed.
-        let mut probes = machine::Probes::default();
-        for run in &runs {
-            probes.learn(&run.probes);
-        }
+        let mut probes = probes_after(&runs);
         for round in 1..=effort.rounds {
             eprintln!("round {round} of {} ({})", effort.rounds, setup.name());
             let figures = measure_round(setup, effort, round, &mut probes);
@@ -296,23 +293,16 @@ fn main() {
     }
     // The sections below measure one system or configuration whole after another: each in the
     // machine's fast state when it can be, judged by the fastest rate the setups probed.
-    let mut gate = machine::Probes::default();
-    for run in &runs {
-        gate.learn(&run.probes);
-    }
+    let mut gate = probes_after(&runs);
     // Over TLS only across processes, where users run it: sequential calls, and the workloads
     // where encryption costs most.
     let tls = (setups.contains(&Setup::CrossProcess) && !busy_only).then(|| {
         let results = report::TlsResults {
-            tonic: in_fast_state(&mut gate, || {
-                across_processes::<TonicTls, _>("", |server| {
-                    workloads::over_tls::<TonicTls>(server, effort)
-                })
+            tonic: across_processes_in_fast_state::<TonicTls, _>(&mut gate, |server| {
+                workloads::over_tls::<TonicTls>(server, effort)
             }),
-            rpc: in_fast_state(&mut gate, || {
-                across_processes::<RpcCoreTls, _>("", |server| {
-                    workloads::over_tls::<RpcCoreTls>(server, effort)
-                })
+            rpc: across_processes_in_fast_state::<RpcCoreTls, _>(&mut gate, |server| {
+                workloads::over_tls::<RpcCoreTls>(server, effort)
             }),
         };
         println!(
@@ -324,25 +314,17 @@ fn main() {
     // Across processes only, where a sleeping thread's wakeup costs most.
     let busy = (setups.contains(&Setup::CrossProcess) && !tls_only).then(|| {
         let results = report::BusyResults {
-            off: in_fast_state(&mut gate, || {
-                across_processes::<RpcCoreNoBusyPoll, _>("", |server| {
-                    workloads::busy::<RpcCoreNoBusyPoll>(server, effort)
-                })
+            off: across_processes_in_fast_state::<RpcCoreNoBusyPoll, _>(&mut gate, |server| {
+                workloads::busy::<RpcCoreNoBusyPoll>(server, effort)
             }),
-            server: in_fast_state(&mut gate, || {
-                across_processes::<RpcCoreBusyServer, _>("", |server| {
-                    workloads::busy::<RpcCoreBusyServer>(server, effort)
-                })
+            server: across_processes_in_fast_state::<RpcCoreBusyServer, _>(&mut gate, |server| {
+                workloads::busy::<RpcCoreBusyServer>(server, effort)
             }),
-            client: in_fast_state(&mut gate, || {
-                across_processes::<RpcCoreBusyClient, _>("", |server| {
-                    workloads::busy::<RpcCoreBusyClient>(server, effort)
-                })
+            client: across_processes_in_fast_state::<RpcCoreBusyClient, _>(&mut gate, |server| {
+                workloads::busy::<RpcCoreBusyClient>(server, effort)
             }),
-            both: in_fast_state(&mut gate, || {
-                across_processes::<RpcCore, _>("", |server| {
-                    workloads::busy::<RpcCore>(server, effort)
-                })
+            both: across_processes_in_fast_state::<RpcCore, _>(&mut gate, |server| {
+                workloads::busy::<RpcCore>(server, effort)
             }),
         };
         println!(
@@ -492,6 +474,28 @@ fn traced_rounds(effort: Effort, quick: bool, gate: &mut machine::Probes) -> rep
         off: workloads::TracedFigures::median(&off),
         on: workloads::TracedFigures::median(&on),
     }
+}
+
+/// The probes a section measured after `runs` judges the machine's state with: knowing from
+/// its first turn the fastest rate they probed.
+fn probes_after(runs: &[report::Results]) -> machine::Probes {
+    let mut probes = machine::Probes::default();
+    for run in runs {
+        probes.learn(&run.probes);
+    }
+    probes
+}
+
+/// [`across_processes`], measured as one turn of `gate` ([`in_fast_state`]).
+fn across_processes_in_fast_state<S: System, F>(
+    gate: &mut machine::Probes,
+    workload: impl Fn(Arc<ServerEnd>) -> F,
+) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    in_fast_state(gate, || across_processes::<S, _>("", &workload))
 }
 
 /// What `measure` gives, measured as one turn of `gate`: in the machine's fast state when it
