@@ -877,10 +877,12 @@ struct Turns {
 }
 
 impl Turns {
-    /// The reader handed a response on.
+    /// The reader handed a response on. The counts stop at their most rather than wrap: a
+    /// reader on a runtime of one thread, which takes no turns, counts on for as long as its
+    /// connection lasts.
     fn answered(&mut self) {
-        self.since_turn += 1;
-        self.since_wait += 1;
+        self.since_turn = self.since_turn.saturating_add(1);
+        self.since_wait = self.since_wait.saturating_add(1);
     }
 
     /// The reader waited for its next frame (gave up its turn).
@@ -1128,6 +1130,20 @@ fn done_draining(
 mod tests {
     use super::*;
     use crate::task::Wakes;
+
+    /// A reader that never takes its turns (a runtime of one thread) counts on without
+    /// overflowing, and would take one at once if asked.
+    #[test]
+    fn a_reader_that_takes_no_turns_counts_on_at_the_most() {
+        let mut turns = Turns {
+            since_turn: u32::MAX - 1,
+            since_wait: u32::MAX - 1,
+        };
+        turns.answered();
+        turns.answered();
+        assert_eq!((turns.since_turn, turns.since_wait), (u32::MAX, u32::MAX));
+        assert!(turns.take_due());
+    }
 
     /// A reader answering one call at a time never takes a turn, however many calls it
     /// answers; one handing on responses several to a read takes one every 64, waits and all.
