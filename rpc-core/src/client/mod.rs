@@ -32,6 +32,7 @@ mod endpoint;
 mod local;
 mod pending;
 mod pool;
+mod reader;
 mod retry;
 mod shared_reader;
 
