@@ -45,7 +45,7 @@
 //! ```
 //!
 //! The pieces:
-//! - [`service`]: the attribute macro; see its documentation for what it generates.
+//! - [`macro@service`]: the attribute macro; see its documentation for what it generates.
 //! - [`Server`] and [`ServerBuilder`]: listen on TCP or a Unix socket, or serve one stream.
 //! - [`ClientBuilder`] and [`Channel`]: connect a generated client; [`Channel`] is the shared,
 //!   multiplexed connection inside it.

@@ -64,7 +64,8 @@
 //! keep its reader from yielding to the other tasks on its thread.
 //!
 //! A reader of a stream layered over TCP, TLS, reads through its layer, which reads the socket
-//! through tokio: it looks past tokio through the TCP stream beneath ([`TcpUnderTls`]).
+//! through tokio: it looks past tokio through the TCP stream beneath (`TcpUnderTls`, with the
+//! `tls` feature).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -97,7 +97,7 @@ pub(crate) struct FrameReader<R> {
     /// The size of the allocation `buf` is in, as the reader made it.
     buf_alloc: usize,
     /// On a server, this reader's share of the memory all its connections hold for large
-    /// frames ([`frame_memory`](super::frame_memory)). Boxed: clients have none.
+    /// frames ([`frame_memory`]). Boxed: clients have none.
     share: Option<Box<Share>>,
     /// `buf`'s allocation held a large frame: worth keeping as a spare once `buf` leaves it.
     large_here: bool,

@@ -299,9 +299,9 @@ impl ServerBuilder {
     /// service and method, the metadata, the client's address and, where there is one, its
     /// verified TLS certificate or Unix credentials. Returning a [`Status`] refuses the call:
     /// its handler never runs, and the client gets the status as
-    /// [`RpcError::Unauthenticated`](crate::RpcError::Unauthenticated),
-    /// [`RpcError::PermissionDenied`](crate::RpcError::PermissionDenied) or
-    /// [`RpcError::Refused`](crate::RpcError::Refused).
+    /// [`RpcError::Unauthenticated`],
+    /// [`RpcError::PermissionDenied`] or
+    /// [`RpcError::Refused`].
     ///
     /// ```
     /// use rpc_core::{Server, Status};
@@ -367,7 +367,7 @@ impl ServerBuilder {
     }
 
     /// Sends a panicking handler's message to the client, in
-    /// [`RpcError::HandlerPanicked`](crate::RpcError::HandlerPanicked) (default: off). Panic
+    /// [`RpcError::HandlerPanicked`] (default: off). Panic
     /// messages can hold what clients should not see (paths, data, internal state), so by
     /// default the client learns only that the handler panicked, and the call's id under which
     /// the server logged the message. Turn it on where the clients are your own tests.
