@@ -47,7 +47,9 @@ pub(crate) async fn take_turn() {
 }
 
 /// Runs `work`, noting in `waited` whether it had to wait (returned `Pending` at a poll): the
-/// calling task then gave up its turn, and the tasks it woke before ran.
+/// calling task then gave up its turn, and the tasks it woke before ran. (Noted through a
+/// reference rather than returned beside the output: the pair cost the client's reader 23 more
+/// instructions a sequential call, in the poll that moves the frame into it; callgrind.)
 pub(crate) async fn noting_wait<F: Future>(work: F, waited: &mut bool) -> F::Output {
     let mut work = std::pin::pin!(work);
     std::future::poll_fn(|cx| {
