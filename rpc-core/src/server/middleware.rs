@@ -22,15 +22,15 @@
 //!
 //! - The server's [interceptor](crate::ServerBuilder::intercept), if any, runs first; then the
 //!   layers, the first one added outermost; then the handler.
-//! - Each connection gets its own stack, made with [`Layer::layer`] when
-//!   it opens: a `ConcurrencyLimitLayer` limits the calls of each connection, a
-//!   `GlobalConcurrencyLimitLayer` those of the whole server.
+//! - Each connection gets its own stack, made with [`Layer::layer`] when it opens: a
+//!   `ConcurrencyLimitLayer` limits the calls of each connection, a `GlobalConcurrencyLimitLayer`
+//!   those of the whole server.
 //! - A call waits for the stack to be ready (`poll_ready`) in its own task, never in the
 //!   connection's reader: a rate limit slows calls down and holds their slots, while
 //!   cancellations and stream credit keep flowing. The wait counts against the call's deadline.
 //! - A layer refuses a call by failing with an error; the client gets a status, and the
-//!   connection stays open. A [`Status`] goes as it is; tower's `Elapsed`
-//!   (from `Timeout`) as [`RpcError::DeadlineExceeded`](crate::RpcError::DeadlineExceeded);
+//!   connection stays open. A [`Status`] goes as it is; tower's `Elapsed` (from `Timeout`) as
+//!   [`RpcError::DeadlineExceeded`](crate::RpcError::DeadlineExceeded);
 //!   tower's `Overloaded` (from `LoadShed`) as [`StatusCode::Unavailable`], which a balancing
 //!   client retries on another server; any other error as [`StatusCode::Internal`], its text
 //!   kept in the server's log. Fail a call with `Unavailable` only before its handler ran: the

@@ -298,10 +298,8 @@ impl ServerBuilder {
     /// Checks every call before its handler runs. `check` sees the call's [`Context`]: the
     /// service and method, the metadata, the client's address and, where there is one, its
     /// verified TLS certificate or Unix credentials. Returning a [`Status`] refuses the call:
-    /// its handler never runs, and the client gets the status as
-    /// [`RpcError::Unauthenticated`],
-    /// [`RpcError::PermissionDenied`] or
-    /// [`RpcError::Refused`].
+    /// its handler never runs, and the client gets the status as [`RpcError::Unauthenticated`],
+    /// [`RpcError::PermissionDenied`] or [`RpcError::Refused`].
     ///
     /// ```
     /// use rpc_core::{Server, Status};
@@ -366,11 +364,11 @@ impl ServerBuilder {
         self
     }
 
-    /// Sends a panicking handler's message to the client, in
-    /// [`RpcError::HandlerPanicked`] (default: off). Panic
-    /// messages can hold what clients should not see (paths, data, internal state), so by
-    /// default the client learns only that the handler panicked, and the call's id under which
-    /// the server logged the message. Turn it on where the clients are your own tests.
+    /// Sends a panicking handler's message to the client, in [`RpcError::HandlerPanicked`]
+    /// (default: off). Panic messages can hold what clients should not see (paths, data,
+    /// internal state), so by default the client learns only that the handler panicked, and the
+    /// call's id under which the server logged the message. Turn it on where the clients are
+    /// your own tests.
     pub fn expose_panic_messages(mut self, expose: bool) -> Self {
         self.config.panic_messages = expose;
         self
