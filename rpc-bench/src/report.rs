@@ -365,7 +365,7 @@ fn machine() -> String {
             .unwrap_or_default()
     };
     // Named because 1 MiB echoes over loopback depend on it: across two processes rpc-core's
-    // ran 20-127% faster under CUBIC, Linux's default, than under BBR, whose window on loopback
+    // ran 5-127% faster under CUBIC, Linux's default, than under BBR, whose window on loopback
     // stays near 1 MiB (BENCHMARKS.md, *How it was measured*).
     let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map_or_else(|_| "unknown".to_owned(), |name| name.trim().to_owned());
