@@ -33,7 +33,9 @@ pub(crate) const DEFAULT_WINDOW: u32 = 1024 * 1024;
 
 /// A receiver with `window` grants credit back once its consumer has taken this many bytes'
 /// worth of items: often enough that the sender does not run dry while the grant is on its way,
-/// seldom enough that grants cost next to nothing.
+/// seldom enough that grants cost next to nothing. A quarter: granting at an eighth or at a
+/// half, streams of small numbers between two processes ran 9% and 25% slower (medians of four
+/// interleaved pairs each, 2026-12-07).
 pub(crate) fn grant_at(window: u32) -> i64 {
     i64::from(window / 4).max(1)
 }
