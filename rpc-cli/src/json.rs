@@ -44,19 +44,16 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
     let args = &method.args;
     let miscounted = |given: usize| {
         let takes = match args.len() {
-            1 => "1 argument".to_owned(),
-            n => format!("{n} arguments"),
+            0 => "no arguments".to_owned(),
+            1 => format!("1 argument ({})", signature(args)),
+            n => format!("{n} arguments ({})", signature(args)),
         };
         let given = match given {
             0 => "none were given".to_owned(),
             1 => "1 was given".to_owned(),
             n => format!("{n} were given"),
         };
-        format!(
-            "`{}` takes {takes} ({}), and {given}",
-            method.name,
-            signature(args),
-        )
+        format!("`{}` takes {takes}, and {given}", method.name)
     };
     let values: Vec<&Value> = match json {
         Value::Null if args.is_empty() => Vec::new(),
@@ -100,15 +97,8 @@ pub fn encode_args(method: &MethodSchema, types: &Types, json: &Value) -> Result
             values
         }
         alone if args.len() == 1 => vec![alone],
-        other => {
-            return Err(format!(
-                "the arguments of `{}` are a JSON object keyed by name, or an array: ({}); \
-                 found {}",
-                method.name,
-                signature(args),
-                kind(other)
-            ));
-        }
+        // One value where the method takes none or several: as `rpc call ADDR add 2` gives it.
+        other => return Err(format!("{} ({})", miscounted(1), kind(other))),
     };
     let mut out = Vec::new();
     for (arg, value) in args.iter().zip(values) {
@@ -1382,9 +1372,20 @@ mod tests {
         );
         assert_eq!(
             encode_args(add, types, &json!(true)),
+            Err("`add` takes 2 arguments (a: i64, b: i64), and 1 was given (`true`)".to_owned())
+        );
+        assert_eq!(
+            encode_args(now, types, &json!(5)),
+            Err("`now` takes no arguments, and 1 was given (the number 5)".to_owned())
+        );
+        assert_eq!(
+            encode_args(now, types, &json!([5])),
+            Err("`now` takes no arguments, and 1 was given".to_owned())
+        );
+        assert_eq!(
+            encode_args(add, types, &json!(2)),
             Err(
-                "the arguments of `add` are a JSON object keyed by name, or an array: \
-                 (a: i64, b: i64); found `true`"
+                "`add` takes 2 arguments (a: i64, b: i64), and 1 was given (the number 2)"
                     .to_owned()
             )
         );

@@ -350,9 +350,7 @@ async fn call_takes_each_argument_on_its_own() {
     );
     let said = fails(&["call", &addr, "add", "2"], 2).await;
     assert!(
-        said.contains(
-            "a JSON object keyed by name, or an array: (a: i64, b: i64); found the number 2"
-        ),
+        said.contains("`add` takes 2 arguments (a: i64, b: i64), and 1 was given (the number 2)"),
         "{said}"
     );
     // Judged before connecting: no server listens at this address's port 9.
