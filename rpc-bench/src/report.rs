@@ -216,6 +216,11 @@ struct Verdict {
     goal: f64,
     reads: String,
     met: bool,
+    /// The raw floor's own ratio against the same peer, and whether that meets the goal: a goal
+    /// against tarpc or tonic that the floor misses too is past what this machine reaches with
+    /// no framework at all. `None` for goals against the floor itself or a fixed limit, and
+    /// where the floor has no figure.
+    floor: Option<(f64, bool)>,
 }
 
 fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> Option<Verdict> {
@@ -226,13 +231,24 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
             goal,
             reads: format!("{ours:.1} {} (goal < {goal})", row.unit),
             met: ours < goal,
+            floor: None,
         });
     }
     let theirs = (row.pick)(baseline.pick(results)).filter(|&theirs| theirs > 0.0)?;
+    let meets = |ratio: f64| match row.better {
+        Better::Higher => ratio >= goal,
+        Better::Lower => ratio <= goal,
+    };
+    let sign = match row.better {
+        Better::Higher => "≥",
+        Better::Lower => "≤",
+    };
     let ratio = ours / theirs;
-    let (met, sign) = match row.better {
-        Better::Higher => (ratio >= goal, "≥"),
-        Better::Lower => (ratio <= goal, "≤"),
+    let floor = match baseline {
+        Baseline::Tarpc | Baseline::Tonic => {
+            (row.pick)(&results.raw).map(|raw| (raw / theirs, meets(raw / theirs)))
+        }
+        Baseline::Raw | Baseline::Absolute => None,
     };
     Some(Verdict {
         ratio,
@@ -242,7 +258,8 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
             shown(ratio, goal),
             baseline.name()
         ),
-        met,
+        met: meets(ratio),
+        floor,
     })
 }
 
@@ -280,9 +297,14 @@ pub fn table(results: &Results) -> String {
             .goals
             .iter()
             .filter_map(|goal| verdict(&row, *goal, results))
-            .map(|v| {
-                let mark = if v.met { "met" } else { "**not met**" };
-                format!("{}: {mark}", v.reads)
+            .map(|v| match (v.met, v.floor) {
+                (true, _) => format!("{}: met", v.reads),
+                (false, None) => format!("{}: **not met**", v.reads),
+                (false, Some((floor, _))) => format!(
+                    "{}: **not met** (the floor: {}×)",
+                    v.reads,
+                    shown(floor, v.goal)
+                ),
             })
             .collect();
         // A ratio to a figure of zero reads as nothing (tarpc's page faults, all reused memory
@@ -308,20 +330,43 @@ pub fn table(results: &Results) -> String {
     out
 }
 
-/// The goals a setup's run did not meet, as a markdown list.
+/// The goals a setup's run did not meet, as two markdown lists under their headings: those the
+/// raw floor meets (or has no figure for), and those it misses too, which no framework could
+/// have met on this machine in this run.
 fn unmet(results: &Results) -> String {
-    let mut out = String::new();
+    let (mut within, mut past) = (String::new(), String::new());
     for row in rows() {
         for goal in row.goals {
-            if let Some(v) = verdict(&row, *goal, results).filter(|v| !v.met) {
-                let _ = writeln!(out, "- {}: {}", row.label, v.reads);
+            let Some(v) = verdict(&row, *goal, results).filter(|v| !v.met) else {
+                continue;
+            };
+            match v.floor {
+                None => {
+                    let _ = writeln!(within, "- {}: {}", row.label, v.reads);
+                }
+                Some((floor, floor_met)) => {
+                    let list = if floor_met { &mut within } else { &mut past };
+                    let _ = writeln!(
+                        list,
+                        "- {}: {}; the floor {}×",
+                        row.label,
+                        v.reads,
+                        shown(floor, v.goal)
+                    );
+                }
             }
         }
     }
-    if out.is_empty() {
-        out.push_str("- none\n");
+    for list in [&mut within, &mut past] {
+        if list.is_empty() {
+            list.push_str("- none\n");
+        }
     }
-    out
+    format!(
+        "Goals not met in this setup, where the raw floor meets them (or has no figure):\n\n\
+         {within}\nGoals not met in this setup that the raw floor misses too, with no framework \
+         at all:\n\n{past}"
+    )
 }
 
 /// What the machine's probes found while a setup was measured, as a paragraph (ending in a
@@ -596,7 +641,7 @@ pub fn write(
         let _ = write!(
             sections,
             "## {}\n\n{}\n\n```sh\ncargo run --release -p rpc-bench -- --setup {}\n```\n\n{}\n\
-             {}Goals not met in this setup:\n\n{}\n",
+             {}{}\n",
             setup_title(setup),
             setup.describe(),
             setup.name(),
@@ -691,19 +736,20 @@ fn chart(results: &Results) -> String {
             }
         }
     }
-    let (width, bar_left, bar_width, row_height) = (980.0, 420.0, 480.0, 34.0);
+    let (width, bar_left, bar_width, row_height) = (1040.0, 420.0, 480.0, 34.0);
     let height = 60.0 + row_height * bars.len() as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"13\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"20\" y=\"28\" font-size=\"16\" font-weight=\"bold\">rpc-core against its \
-         goals, {} (bar: achieved ratio; line: goal)</text>\n",
+         goals, {} (bar: achieved ratio; line: goal; dashed: the raw floor's ratio)</text>\n",
         results.setup.name()
     );
     for (i, (label, v)) in bars.iter().enumerate() {
         let y = 45.0 + row_height * i as f64;
-        let scale = (v.ratio.max(v.goal) * 1.15).max(1.0);
+        let floor = v.floor.map(|(floor, _)| floor);
+        let scale = (v.ratio.max(v.goal).max(floor.unwrap_or(0.0)) * 1.15).max(1.0);
         let bar = bar_width * v.ratio / scale;
         let mark = bar_left + bar_width * v.goal / scale;
         let color = if v.met { "#2e7d32" } else { "#c62828" };
@@ -726,6 +772,16 @@ fn chart(results: &Results) -> String {
             v.ratio,
             v.goal,
         );
+        if let Some(floor) = floor {
+            let at = bar_left + bar_width * floor / scale;
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{at:.1}\" y1=\"{}\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"#888\" \
+                 stroke-width=\"2\" stroke-dasharray=\"3,2\"/>",
+                y - 3.0,
+                y + 23.0,
+            );
+        }
     }
     svg.push_str("</svg>\n");
     svg
@@ -873,6 +929,95 @@ mod tests {
         assert!(
             table.contains("| Sequential latency, p99 (µs) | — | — | — | — | — |"),
             "{table}"
+        );
+    }
+
+    /// A goal missed against tarpc or tonic says what the raw floor made against the same peer,
+    /// and one the floor misses too is listed apart: past what this machine reached with no
+    /// framework in the run. Goals against the floor itself, and rows the floor has no figure
+    /// for, stay in the first list with no floor to quote.
+    #[test]
+    fn unmet_goals_are_split_by_whether_the_floor_meets_them() {
+        let results = Results {
+            setup: Setup::CrossProcess,
+            rpc: Figures {
+                latency_p50_us: Some(12.0),
+                pipelined_32: Some(660_000.0),
+                bulk_buf: Some(1223.0),
+                stream_items: Some(48.0e6),
+                ..Figures::default()
+            },
+            tarpc: Figures {
+                latency_p50_us: Some(105.0),
+                pipelined_32: Some(244_000.0),
+                bulk_buf: Some(899.0),
+                ..Figures::default()
+            },
+            tonic: Figures {
+                latency_p50_us: Some(174.0),
+                pipelined_32: Some(30_000.0),
+                bulk_buf: Some(384.0),
+                stream_items: Some(22.0e6),
+                ..Figures::default()
+            },
+            raw: Figures {
+                latency_p50_us: Some(9.7),
+                bulk_buf: Some(2097.0),
+                stream_items: Some(61.0e6),
+                ..Figures::default()
+            },
+            probes: Probes::default(),
+        };
+        let lists = unmet(&results);
+        let (within, past) = lists
+            .split_once("that the raw floor misses too")
+            .expect("two lists");
+        assert!(
+            within.contains("- Sequential latency, p50: 1.24× raw (goal ≤ 1.1×)\n"),
+            "{lists}"
+        );
+        assert!(
+            within.contains("- 1 connection, 32 callers: 2.70× tarpc (goal ≥ 3×)\n"),
+            "{lists}"
+        );
+        assert!(
+            within.contains(
+                "- 1 MiB echo, `ByteBuf`, 4 in flight: 1.36× tarpc (goal ≥ 2×); the floor 2.33×\n"
+            ),
+            "{lists}"
+        );
+        assert!(
+            within.contains(
+                "- 1 MiB echo, `ByteBuf`, 4 in flight: 3.18× tonic (goal ≥ 5×); the floor 5.46×\n"
+            ),
+            "{lists}"
+        );
+        assert!(!past.contains("ByteBuf"), "{lists}");
+        assert!(
+            past.contains("- Stream of small items: 2.18× tonic (goal ≥ 5×); the floor 2.77×\n"),
+            "{lists}"
+        );
+        assert!(!within.contains("Stream of small items"), "{lists}");
+        let table = table(&results);
+        assert!(
+            table.contains("2.18× tonic (goal ≥ 5×): **not met** (the floor: 2.77×) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("0.11× tarpc (goal ≤ 0.9×): met |"),
+            "a met goal quotes no floor: {table}"
+        );
+        let without_a_floor = unmet(&Results {
+            rpc: results.tarpc.clone(),
+            tarpc: results.tarpc.clone(),
+            tonic: Figures::default(),
+            raw: Figures::default(),
+            ..results
+        });
+        assert!(
+            without_a_floor.contains("- 1 connection, 32 callers: 1.00× tarpc (goal ≥ 3×)\n")
+                && without_a_floor.ends_with("with no framework at all:\n\n- none\n"),
+            "{without_a_floor}"
         );
     }
 
