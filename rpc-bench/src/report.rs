@@ -736,7 +736,7 @@ fn chart(results: &Results) -> String {
             }
         }
     }
-    let (width, bar_left, bar_width, row_height) = (1040.0, 420.0, 480.0, 34.0);
+    let (width, bar_left, bar_width, row_height) = (1100.0, 420.0, 480.0, 34.0);
     let height = 60.0 + row_height * bars.len() as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
