@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Where a sequential call's time goes across two processes: each end's turnaround (user space,
-# from the system call that read a frame to the one that sends the next) and the transit between
-# them (the kernel's: from one end's send to the other's read that returns it, polls included).
-# A call's round trip is the client's turnaround, two transits and the server's turnaround, so
-# this says which end a gap in `rpc-bench`'s p50 is in, and whether it is user code at all,
-# which neither the p50 nor an instruction count can. It also times whole calls, from one answer
+# from the system call that read a frame to the one that sends the next) and the transit each
+# way between them (the kernel's: from one end's send to the other's read that returns it, polls
+# included, so that a request's transit is longer for a server whose looks come further apart,
+# and an answer's for such a client). A call's round trip is the client's turnaround, the two
+# transits and the server's turnaround, so this says which end a gap in `rpc-bench`'s p50 is in,
+# and whether it is user code at all, which neither the p50 nor an instruction count can. It also times whole calls, from one answer
 # the client reads to the next, with the share of them over 50 µs: calls whose reader slept and
 # was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99;
 # and of those, how many had each of the four parts longest, which says where the p99 is lost.
@@ -76,7 +77,8 @@ perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null |
         next
     }
     /sys_exit_recvfrom/ {
-        if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/transit")
+        # A request ends its transit in a read of the server, an answer in one of the client.
+        if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/" role[pid] "-transit")
         if (role[pid] == "client") {
             if (answered != "") print (time - answered) * 1e9 > (out "/calls")
             # A slow call: which of its four parts took longest.
@@ -138,7 +140,7 @@ longest_parts() {
         printf " (%d calls)\n", total
     }'
 }
-for part in client server transit calls; do
+for part in client server server-transit client-transit calls; do
     if [[ ! -s $out/$part ]]; then
         echo "turnaround.sh: no $part samples; perf said: $(cat "$out/perf")" >&2
         exit 1
@@ -147,6 +149,7 @@ done
 echo "$system, sequential calls ($profile) across two processes: $(cat "$out/report")"
 echo "  client's turnaround (answer read to next request sent): $(quartiles "$out/client")"
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
-echo "  transit (one end's send to the other's read of it):     $(quartiles "$out/transit")"
+echo "  request transit (client's send to the server's read):   $(quartiles "$out/server-transit")"
+echo "  answer transit (server's send to the client's read):    $(quartiles "$out/client-transit")"
 echo "  calls (one answer read to the next, at the client):     $(tail_of "$out/calls")"
 echo "  calls over $slow_us µs, by their longest part: $(longest_parts "$out/slow")"
