@@ -264,23 +264,23 @@ fn main() {
     }
     let mut runs: Vec<report::Results> = Vec::new();
     for setup in setups.iter().copied().filter(|_| !tls_only && !busy_only) {
-        let mut rounds: [Vec<workloads::Figures>; 4] = Default::default();
+        let mut rounds = Vec::with_capacity(effort.rounds);
         // Judged from its first turn by the fastest rate the setups before it probed.
         let mut probes = probes_after(&runs);
         for round in 1..=effort.rounds {
             eprintln!("round {round} of {} ({})", effort.rounds, setup.name());
-            let figures = measure_round(setup, effort, round, &mut probes);
-            for (figures, rounds) in figures.into_iter().zip(&mut rounds) {
-                rounds.push(figures);
-            }
+            let [raw, tarpc, tonic, rpc] = measure_round(setup, effort, round, &mut probes);
+            rounds.push(report::Systems {
+                rpc,
+                tarpc,
+                tonic,
+                raw,
+            });
         }
-        let [raw, tarpc, tonic, rpc] = rounds.map(|figures| workloads::Figures::median(&figures));
         let results = report::Results {
             setup,
-            raw,
-            tarpc,
-            tonic,
-            rpc,
+            figures: report::Systems::median(&rounds),
+            rounds,
             probes,
         };
         println!(
@@ -347,7 +347,10 @@ fn main() {
         .map(|run| {
             let results = report::LocalResults {
                 local: measure_local(effort),
-                remote: (run.rpc.latency_p50_us, run.rpc.latency_p99_us),
+                remote: (
+                    run.figures.rpc.latency_p50_us,
+                    run.figures.rpc.latency_p99_us,
+                ),
             };
             println!("\n## in-process calls\n\n{}", report::local_table(&results));
             results

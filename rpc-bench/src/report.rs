@@ -11,12 +11,38 @@ use crate::workloads::{BusyFigures, Figures, TlsFigures, TracedFigures};
 #[derive(Debug)]
 pub struct Results {
     pub setup: Setup,
+    /// Each figure's median over the setup's rounds: what its table shows, and what the goals
+    /// are judged by.
+    pub figures: Systems,
+    /// Each round's figures, in the order measured.
+    pub rounds: Vec<Systems>,
+    /// What the machine's probes found while the setup was measured.
+    pub probes: Probes,
+}
+
+/// Each system's figures: one round's, or each figure's median over a setup's rounds.
+#[derive(Debug, Clone, Default)]
+pub struct Systems {
     pub rpc: Figures,
     pub tarpc: Figures,
     pub tonic: Figures,
     pub raw: Figures,
-    /// What the machine's probes found while the setup was measured.
-    pub probes: Probes,
+}
+
+impl Systems {
+    /// Each system's every figure's median over `rounds`.
+    pub fn median(rounds: &[Systems]) -> Systems {
+        let median = |system: fn(&Systems) -> &Figures| {
+            let figures: Vec<Figures> = rounds.iter().map(|round| system(round).clone()).collect();
+            Figures::median(&figures)
+        };
+        Systems {
+            rpc: median(|round| &round.rpc),
+            tarpc: median(|round| &round.tarpc),
+            tonic: median(|round| &round.tonic),
+            raw: median(|round| &round.raw),
+        }
+    }
 }
 
 /// Whether a larger figure is better.
@@ -46,12 +72,12 @@ impl Baseline {
         }
     }
 
-    fn pick(self, results: &Results) -> &Figures {
+    fn pick(self, systems: &Systems) -> &Figures {
         match self {
-            Baseline::Raw => &results.raw,
-            Baseline::Tarpc => &results.tarpc,
-            Baseline::Tonic => &results.tonic,
-            Baseline::Absolute => &results.rpc,
+            Baseline::Raw => &systems.raw,
+            Baseline::Tarpc => &systems.tarpc,
+            Baseline::Tonic => &systems.tonic,
+            Baseline::Absolute => &systems.rpc,
         }
     }
 }
@@ -223,8 +249,8 @@ struct Verdict {
     floor: Option<(f64, bool)>,
 }
 
-fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> Option<Verdict> {
-    let ours = (row.pick)(&results.rpc)?;
+fn verdict(row: &Row, (baseline, goal): (Baseline, f64), systems: &Systems) -> Option<Verdict> {
+    let ours = (row.pick)(&systems.rpc)?;
     if baseline == Baseline::Absolute {
         return Some(Verdict {
             ratio: ours,
@@ -234,7 +260,7 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
             floor: None,
         });
     }
-    let theirs = (row.pick)(baseline.pick(results)).filter(|&theirs| theirs > 0.0)?;
+    let theirs = (row.pick)(baseline.pick(systems)).filter(|&theirs| theirs > 0.0)?;
     let meets = |ratio: f64| match row.better {
         Better::Higher => ratio >= goal,
         Better::Lower => ratio <= goal,
@@ -246,7 +272,7 @@ fn verdict(row: &Row, (baseline, goal): (Baseline, f64), results: &Results) -> O
     let ratio = ours / theirs;
     let floor = match baseline {
         Baseline::Tarpc | Baseline::Tonic => {
-            (row.pick)(&results.raw).map(|raw| (raw / theirs, meets(raw / theirs)))
+            (row.pick)(&systems.raw).map(|raw| (raw / theirs, meets(raw / theirs)))
         }
         Baseline::Raw | Baseline::Absolute => None,
     };
@@ -276,6 +302,7 @@ fn shown(ratio: f64, goal: f64) -> String {
 
 /// The results of one setup as a markdown table.
 pub fn table(results: &Results) -> String {
+    let systems = &results.figures;
     let mut out = String::new();
     out.push_str(
         "| Workload | rpc-core | tarpc | tonic | raw floor | rpc-core against its goals |\n",
@@ -283,9 +310,9 @@ pub fn table(results: &Results) -> String {
     out.push_str("|---|---:|---:|---:|---:|---|\n");
     // A row no system has a figure for (the counters, with the server on another machine) is
     // left out rather than shown empty.
-    let systems = [&results.rpc, &results.tarpc, &results.tonic, &results.raw];
+    let all = [&systems.rpc, &systems.tarpc, &systems.tonic, &systems.raw];
     for row in rows() {
-        if systems.iter().all(|figures| (row.pick)(figures).is_none()) {
+        if all.iter().all(|figures| (row.pick)(figures).is_none()) {
             continue;
         }
         let unit = if row.unit.is_empty() {
@@ -296,7 +323,7 @@ pub fn table(results: &Results) -> String {
         let mut reads: Vec<String> = row
             .goals
             .iter()
-            .filter_map(|goal| verdict(&row, *goal, results))
+            .filter_map(|goal| verdict(&row, *goal, systems))
             .map(|v| match (v.met, v.floor) {
                 (true, _) => format!("{}: met", v.reads),
                 (false, None) => format!("{}: **not met**", v.reads),
@@ -311,7 +338,7 @@ pub fn table(results: &Results) -> String {
         // on one runtime, printed `NaN×` and `inf×`).
         if row.goals.is_empty()
             && let (Some(ours), Some(theirs)) =
-                ((row.pick)(&results.rpc), (row.pick)(&results.tarpc))
+                ((row.pick)(&systems.rpc), (row.pick)(&systems.tarpc))
             && theirs > 0.0
         {
             reads.push(format!("{:.2}× tarpc", ours / theirs));
@@ -320,10 +347,10 @@ pub fn table(results: &Results) -> String {
             out,
             "| {}{unit} | {} | {} | {} | {} | {} |",
             row.label,
-            number((row.pick)(&results.rpc)),
-            number((row.pick)(&results.tarpc)),
-            number((row.pick)(&results.tonic)),
-            number((row.pick)(&results.raw)),
+            number((row.pick)(&systems.rpc)),
+            number((row.pick)(&systems.tarpc)),
+            number((row.pick)(&systems.tonic)),
+            number((row.pick)(&systems.raw)),
             reads.join("; "),
         );
     }
@@ -337,7 +364,7 @@ fn unmet(results: &Results) -> String {
     let (mut within, mut past) = (String::new(), String::new());
     for row in rows() {
         for goal in row.goals {
-            let Some(v) = verdict(&row, *goal, results).filter(|v| !v.met) else {
+            let Some(v) = verdict(&row, *goal, &results.figures).filter(|v| !v.met) else {
                 continue;
             };
             match v.floor {
@@ -366,6 +393,55 @@ fn unmet(results: &Results) -> String {
         "Goals not met in this setup, where the raw floor meets them (or has no figure):\n\n\
          {within}\nGoals not met in this setup that the raw floor misses too, with no framework \
          at all:\n\n{past}"
+    )
+}
+
+/// The goals that some of a setup's rounds met and others did not, each with its figure in
+/// every round, after a blank line: a verdict on the medians that a round reverses is as near
+/// its goal as the machine's noise, whichever way it went. Nothing for a run of one round.
+fn split_by_rounds(results: &Results) -> String {
+    if results.rounds.len() < 2 {
+        return String::new();
+    }
+    let mut list = String::new();
+    for row in rows() {
+        for &goal in row.goals {
+            let Some(median) = verdict(&row, goal, &results.figures) else {
+                continue;
+            };
+            let rounds: Vec<Option<Verdict>> = results
+                .rounds
+                .iter()
+                .map(|round| verdict(&row, goal, round))
+                .collect();
+            let judged = rounds.iter().flatten().count();
+            let met = rounds.iter().flatten().filter(|v| v.met).count();
+            if met == 0 || met == judged {
+                continue;
+            }
+            let figures: Vec<String> = rounds
+                .iter()
+                .map(|round| match (round, goal.0) {
+                    (None, _) => "—".to_owned(),
+                    (Some(v), Baseline::Absolute) => format!("{:.1} {}", v.ratio, row.unit),
+                    (Some(v), _) => format!("{}×", shown(v.ratio, v.goal)),
+                })
+                .collect();
+            let _ = writeln!(
+                list,
+                "- {}: {}, met in {met} of {judged} rounds: {}",
+                row.label,
+                median.reads,
+                figures.join(", ")
+            );
+        }
+    }
+    if list.is_empty() {
+        list.push_str("- none\n");
+    }
+    format!(
+        "\nGoals met in some rounds and not in others (each round's figure, in the order \
+         measured; the verdicts above are the medians'):\n\n{list}"
     )
 }
 
@@ -641,13 +717,14 @@ pub fn write(
         let _ = write!(
             sections,
             "## {}\n\n{}\n\n```sh\ncargo run --release -p rpc-bench -- --setup {}\n```\n\n{}\n\
-             {}{}\n",
+             {}{}{}\n",
             setup_title(setup),
             setup.describe(),
             setup.name(),
             table(results),
             probed(&results.probes),
             unmet(results),
+            split_by_rounds(results),
         );
     }
     if let Some(tls) = tls {
@@ -727,7 +804,7 @@ fn chart(results: &Results) -> String {
     let mut bars = Vec::new();
     for row in rows() {
         for goal in row.goals {
-            if let Some(v) = verdict(&row, *goal, results) {
+            if let Some(v) = verdict(&row, *goal, &results.figures) {
                 let label = match goal.0 {
                     Baseline::Absolute => row.label.to_owned(),
                     baseline => format!("{} vs {}", row.label, baseline.name()),
@@ -826,10 +903,13 @@ mod tests {
         };
         let results = Results {
             setup: Setup::Remote,
-            rpc: measured.clone(),
-            tarpc: measured.clone(),
-            tonic: measured.clone(),
-            raw: measured,
+            figures: Systems {
+                rpc: measured.clone(),
+                tarpc: measured.clone(),
+                tonic: measured.clone(),
+                raw: measured,
+            },
+            rounds: Vec::new(),
             probes: Probes::default(),
         };
         let table = table(&results);
@@ -851,10 +931,13 @@ mod tests {
         };
         let results = Results {
             setup: Setup::Shared,
-            rpc: faults(0.0),
-            tarpc: faults(0.0),
-            tonic: faults(191.0),
-            raw: faults(0.0),
+            figures: Systems {
+                rpc: faults(0.0),
+                tarpc: faults(0.0),
+                tonic: faults(191.0),
+                raw: faults(0.0),
+            },
+            rounds: Vec::new(),
             probes: Probes::default(),
         };
         let row = |results: &Results| {
@@ -869,7 +952,10 @@ mod tests {
             "| Page faults per 1 MiB echo, `Vec<u8>` | 0.0 | 0.0 | 191 | 0.0 |  |"
         );
         let results = Results {
-            tarpc: faults(4.0),
+            figures: Systems {
+                tarpc: faults(4.0),
+                ..results.figures
+            },
             ..results
         };
         assert!(
@@ -938,8 +1024,7 @@ mod tests {
     /// for, stay in the first list with no floor to quote.
     #[test]
     fn unmet_goals_are_split_by_whether_the_floor_meets_them() {
-        let results = Results {
-            setup: Setup::CrossProcess,
+        let systems = Systems {
             rpc: Figures {
                 latency_p50_us: Some(12.0),
                 pipelined_32: Some(660_000.0),
@@ -966,6 +1051,11 @@ mod tests {
                 stream_items: Some(61.0e6),
                 ..Figures::default()
             },
+        };
+        let results = Results {
+            setup: Setup::CrossProcess,
+            figures: systems.clone(),
+            rounds: Vec::new(),
             probes: Probes::default(),
         };
         let lists = unmet(&results);
@@ -1008,10 +1098,12 @@ mod tests {
             "a met goal quotes no floor: {table}"
         );
         let without_a_floor = unmet(&Results {
-            rpc: results.tarpc.clone(),
-            tarpc: results.tarpc.clone(),
-            tonic: Figures::default(),
-            raw: Figures::default(),
+            figures: Systems {
+                rpc: systems.tarpc.clone(),
+                tarpc: systems.tarpc,
+                tonic: Figures::default(),
+                raw: Figures::default(),
+            },
             ..results
         });
         assert!(
@@ -1019,6 +1111,80 @@ mod tests {
                 && without_a_floor.ends_with("with no framework at all:\n\n- none\n"),
             "{without_a_floor}"
         );
+    }
+
+    /// A goal that some rounds met and others did not is listed with its figure in every round,
+    /// under the medians' verdict; one that every round met, or none did, is not; and a run of
+    /// one round lists nothing.
+    #[test]
+    fn goals_the_rounds_split_are_listed_with_each_rounds_figure() {
+        let round = |p50: f64, callers_32: f64, idle_kib: f64| Systems {
+            rpc: Figures {
+                latency_p50_us: Some(p50),
+                pipelined_32: Some(callers_32),
+                pipelined_256: Some(300_000.0),
+                idle_connection_bytes: Some(idle_kib * 1024.0),
+                ..Figures::default()
+            },
+            tarpc: Figures {
+                latency_p50_us: Some(100.0),
+                pipelined_32: Some(100_000.0),
+                pipelined_256: Some(100_000.0),
+                ..Figures::default()
+            },
+            tonic: Figures::default(),
+            raw: Figures {
+                latency_p50_us: Some(10.0),
+                ..Figures::default()
+            },
+        };
+        let rounds = vec![
+            round(11.6, 290_000.0, 15.0),
+            round(10.6, 320_000.0, 15.5),
+            round(10.6, 310_000.0, 16.5),
+        ];
+        let results = Results {
+            setup: Setup::CrossProcess,
+            figures: Systems::median(&rounds),
+            rounds,
+            probes: Probes::default(),
+        };
+        let list = split_by_rounds(&results);
+        assert!(
+            list.starts_with("\nGoals met in some rounds and not in others"),
+            "{list}"
+        );
+        assert!(
+            list.contains(
+                "- Sequential latency, p50: 1.06× raw (goal ≤ 1.1×), met in 2 of 3 rounds: \
+                 1.16×, 1.06×, 1.06×\n"
+            ),
+            "{list}"
+        );
+        assert!(
+            list.contains(
+                "- 1 connection, 32 callers: 3.10× tarpc (goal ≥ 3×), met in 2 of 3 rounds: \
+                 2.90×, 3.20×, 3.10×\n"
+            ),
+            "{list}"
+        );
+        assert!(
+            list.contains(
+                "- Heap per idle connection: 15.5 KiB (goal < 16), met in 2 of 3 rounds: 15.0 \
+                 KiB, 15.5 KiB, 16.5 KiB\n"
+            ),
+            "{list}"
+        );
+        assert!(
+            !list.contains("(goal ≤ 0.9×)"),
+            "met in every round: {list}"
+        );
+        assert!(!list.contains("256 callers"), "met in no round: {list}");
+        let one_round = Results {
+            rounds: results.rounds[..1].to_vec(),
+            ..results
+        };
+        assert_eq!(split_by_rounds(&one_round), "");
     }
 
     /// A ratio that misses its goal by less than two decimals show is printed with a third, so
