@@ -5,10 +5,11 @@
 # included, so that a request's transit is longer for a server whose looks come further apart,
 # and an answer's for such a client). A call's round trip is the client's turnaround, the two
 # transits and the server's turnaround, so this says which end a gap in `rpc-bench`'s p50 is in,
-# and whether it is user code at all, which neither the p50 nor an instruction count can. It also times whole calls, from one answer
-# the client reads to the next, with the share of them over 50 µs: calls whose reader slept and
-# was woken rather than polled (a wakeup takes tens of microseconds on a VM), what moves the p99;
-# and of those, how many had each of the four parts longest, which says where the p99 is lost.
+# and whether it is user code at all, which neither the p50 nor an instruction count can. It also
+# times whole calls, from one answer the client reads to the next, with the share of them over
+# 50 µs: calls whose reader slept and was woken rather than polled (a wakeup takes tens of
+# microseconds on a VM), what moves the p99; and of those, how many had each of the four parts
+# longest, which says where the p99 is lost.
 #
 #     scripts/turnaround.sh [SYSTEM] [PROFILE]
 #     scripts/turnaround.sh                       # rpc-core
