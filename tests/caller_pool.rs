@@ -495,8 +495,7 @@ async fn a_worker_that_joins_again_comes_back_to_a_restarted_coordinator() {
 #[cfg(unix)]
 #[tokio::test]
 async fn callers_over_a_unix_socket_are_named_by_their_process() {
-    let dir = std::env::temp_dir().join(format!("rpc-core-callers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = rpc_tests::ScratchDir::new("core-callers");
     let path = dir.join("coordinator.sock");
     let (workers, pool) = WorkerClient::builder().caller_pool();
     let server = Server::bind_unix(&path).expect("binds");
@@ -521,7 +520,6 @@ async fn callers_over_a_unix_socket_are_named_by_their_process() {
         within("a call", workers.name()).await.expect("answered"),
         "local"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A peer that joins as a worker over every connection the coordinator allows, all from one

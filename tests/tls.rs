@@ -399,14 +399,13 @@ fn tls_settings_print_what_they_hold() {
 async fn a_server_reads_its_certificate_and_key_from_files() {
     let authority = Authority::new("servers");
     let issued = authority.issue("vault", SERVER_NAMES);
-    let dir = std::env::temp_dir().join(format!("rpc-tls-files-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = rpc_tests::ScratchDir::new("tls-files");
     let (chain, key) = (dir.join("server.pem"), dir.join("server.key"));
     std::fs::write(&chain, &issued.chain).expect("writes");
     std::fs::write(&key, &issued.key).expect("writes");
     let tls = ServerTls::from_pem_files(&chain, &key).expect("reads both");
     let missing = ServerTls::from_pem_files(dir.join("none.pem"), &key);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     let addr = serve(Server::builder().tls(tls)).await;
     let client = connect(addr, client_tls(&authority))

@@ -31,18 +31,16 @@ async fn tcp() {
 /// A fresh directory of this test process, named after `tag`, and the path of a socket in it
 /// that does not exist yet.
 #[cfg(unix)]
-fn socket_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("rpc-core-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+fn socket_path(tag: &str) -> (rpc_tests::ScratchDir, std::path::PathBuf) {
+    let dir = rpc_tests::ScratchDir::new(&format!("core-{tag}"));
     let path = dir.join("lab.sock");
-    let _ = std::fs::remove_file(&path);
     (dir, path)
 }
 
 #[cfg(unix)]
 #[tokio::test]
 async fn unix_socket() {
-    let (dir, path) = socket_path("test");
+    let (_dir, path) = socket_path("test");
     let server = Server::bind_unix(&path).expect("binds");
     assert!(
         server.local_addr().is_err(),
@@ -55,7 +53,6 @@ async fn unix_socket() {
         .await
         .expect("connects");
     exercise(client).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A server restarted on the path of one that stopped (or crashed) binds: the socket file left
@@ -89,7 +86,6 @@ async fn a_unix_socket_left_by_a_server_that_is_gone_is_replaced() {
         std::fs::read_to_string(&not_a_socket).expect("kept"),
         "keep me"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Over a Unix socket a handler learns who the client is from the system: here, this very
@@ -112,7 +108,7 @@ async fn a_unix_socket_client_is_known_by_its_credentials() {
     assert_eq!(uid, owner.uid());
     assert_eq!(gid, owner.gid());
     assert_eq!(pid, i32::try_from(std::process::id()).ok());
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     let tcp = LabClient::connect(rpc_tests::start_tcp().await)
         .await

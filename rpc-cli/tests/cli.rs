@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use rpc_core::health::ServingStatus;
 use rpc_core::{Context, Server, ServerBuilder, Streaming};
 use rpc_tests::certs::Authority;
-use rpc_tests::within;
+use rpc_tests::{ScratchDir, within};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -549,8 +549,7 @@ async fn calls_go_over_tls_with_the_authority_given() {
     let issued = authority.issue("localhost", &["localhost", "127.0.0.1"]);
     let tls = rpc_core::tls::ServerTls::from_pem(&issued.chain, &issued.key).expect("TLS");
     let addr = serve(Server::builder().tls(tls)).await.to_string();
-    let dir = std::env::temp_dir().join(format!("rpc-cli-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = ScratchDir::new("cli-tls");
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, authority.pem()).expect("writes");
     let ca = ca.to_str().expect("UTF-8");
@@ -598,8 +597,7 @@ async fn a_lock_file_catches_incompatible_changes_and_lets_additions_pass() {
     use rpc_core::ServiceClient;
 
     let addr = serve(Server::builder()).await.to_string();
-    let dir = std::env::temp_dir().join(format!("rpc-cli-lock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = ScratchDir::new("cli-lock");
     let file = dir.join("shop.lock.json");
     let path = file.to_str().expect("UTF-8");
     let _ = std::fs::remove_file(&file);

@@ -412,6 +412,34 @@ pub fn held_loopback_port() -> (tokio::net::TcpSocket, SocketAddr) {
     (socket, addr)
 }
 
+/// A fresh directory of this test process under the system's temporary directory, removed
+/// with everything in it when dropped, so that a test leaves no files behind (a private key
+/// among them), whether it passes or panics.
+#[derive(Debug)]
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// Makes `rpc-{tag}-{process id}`, emptied first of what an earlier process of the same id
+    /// may have left.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rpc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        ScratchDir(dir)
+    }
+
+    /// The path of `name` in the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Fails the test, instead of hanging it, if `work` does not finish in 20 s. A guard against
 /// hangs, not a measure of speed: every use finishes in milliseconds when the code works.
 pub async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
