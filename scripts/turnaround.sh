@@ -26,7 +26,23 @@
 # runtimes) under `perf record`, with the system calls' tracepoints: needs perf and the right to
 # trace them (root, or kernel.perf_event_paranoid at -1 with tracefs readable). The tracepoints
 # add some of their own time to every figure alike, so compare figures of one machine.
+#
+#     scripts/turnaround.sh --pinned [SYSTEM] [PROFILE]
+#
+# With `--pinned`, the server runs alone on CPU 1 (`rpc-bench --serve-all`) and the client alone
+# on CPU 0 (`rpc-bench --remote`), each process a runtime of one worker: not how users run them,
+# and no figure for BENCHMARKS.md, but the instrument for a change to either end's own work. On
+# the two-core VM of the runs, unpinned calls fall from run to run into one mode or another some
+# 4 µs slower, and it takes ten interleaved pairs of runs to tell a change of 0.1 µs; pinned, five
+# runs in a row of each system kept their p50 within 0.2 µs (both systems' in one mode, which the
+# machine may change between hours), and each end's turnaround within 0.05 µs. Needs two cores and
+# `taskset`; the servers listen on loopback ports from PORT (7411 unless set) to PORT+3.
 set -euo pipefail
+pinned=false
+if [[ ${1:-} == --pinned ]]; then
+    pinned=true
+    shift
+fi
 # A saved build named from where the script was started.
 saved=${BENCH:+$(realpath -m -- "$BENCH")}
 cd "$(dirname "$0")/.."
@@ -56,27 +72,59 @@ fi
 slow_us=50
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-# The benchmark's process execs first and is the client; the server's, its child, second.
-# Reads that returned nothing (a poll that found no bytes) are left out as they happen.
-if ! perf record --quiet -o "$out/perf.data" \
-    -e sched:sched_process_exec \
-    -e syscalls:sys_exit_recvfrom --filter 'ret > 0' \
-    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendmsg \
-    -- "$bench" --profile "$profile" "$system" --setup cross-process \
-    >"$out/report" 2>"$out/perf"; then
+events=(
+    -e sched:sched_process_exec
+    # Reads that returned nothing (a poll that found no bytes) are left out as they happen.
+    -e syscalls:sys_exit_recvfrom --filter 'ret > 0'
+    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendmsg
+)
+server=""
+if $pinned; then
+    port=${PORT:-7411}
+    taskset -c 1 "$bench" --serve-all "127.0.0.1:$port" >"$out/serve" 2>&1 &
+    server=$!
+    trap 'kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
+    for _ in $(seq 100); do
+        grep -q "rpc-bench --remote" "$out/serve" && break
+        kill -0 "$server" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "rpc-bench --remote" "$out/serve" || {
+        echo "turnaround.sh: the pinned servers did not start:" >&2
+        cat "$out/serve" >&2
+        exit 1
+    }
+    # The whole system's events, the server's among them: the client is the process that
+    # execs (`taskset`, then the benchmark in its place).
+    run=(perf record --quiet -a -o "$out/perf.data" "${events[@]}"
+        -- taskset -c 0 "$bench" --remote "127.0.0.1:$port" --profile "$profile" "$system")
+    setup="pinned to a core each"
+else
+    # The benchmark's process execs first and is the client; the server's, its child, second.
+    run=(perf record --quiet -o "$out/perf.data" "${events[@]}"
+        -- "$bench" --profile "$profile" "$system" --setup cross-process)
+    setup="across two processes"
+fi
+if ! "${run[@]}" >"$out/report" 2>"$out/perf"; then
     echo "turnaround.sh: perf record failed:" >&2
     cat "$out/perf" >&2
     exit 1
 fi
 perf script --ns -i "$out/perf.data" -F pid,time,event 2>/dev/null |
-    awk -v out="$out" -v slow_us="$slow_us" '
+    awk -v out="$out" -v slow_us="$slow_us" -v server="$server" '
+    BEGIN {
+        if (server != "") role[server] = "server"
+    }
     {
         split($1, ids, "/"); pid = ids[1]; time = $2 + 0
     }
     /sched_process_exec/ {
-        role[pid] = (++execs == 1) ? "client" : "server"
+        if (server == "") role[pid] = (++execs == 1) ? "client" : "server"
+        else if (++execs == 1) role[pid] = "client"
         next
     }
+    # Another process of the system, when the whole system is traced.
+    !(pid in role) { next }
     /sys_exit_recvfrom/ {
         # A request ends its transit in a read of the server, an answer in one of the client.
         if (sender != "" && sender != pid) print (time - sent) * 1e9 > (out "/" role[pid] "-transit")
@@ -147,7 +195,7 @@ for part in client server server-transit client-transit calls; do
         exit 1
     fi
 done
-echo "$system, sequential calls ($profile) across two processes: $(cat "$out/report")"
+echo "$system, sequential calls ($profile) $setup: $(tail -n 1 "$out/report")"
 echo "  client's turnaround (answer read to next request sent): $(quartiles "$out/client")"
 echo "  server's turnaround (request read to answer sent):      $(quartiles "$out/server")"
 echo "  request transit (client's send to the server's read):   $(quartiles "$out/server-transit")"
