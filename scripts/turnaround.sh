@@ -34,9 +34,13 @@
 # and no figure for BENCHMARKS.md, but the instrument for a change to either end's own work. On
 # the two-core VM of the runs, unpinned calls fall from run to run into one mode or another some
 # 4 µs slower, and it takes ten interleaved pairs of runs to tell a change of 0.1 µs; pinned, five
-# runs in a row of each system kept their p50 within 0.2 µs (both systems' in one mode, which the
-# machine may change between hours), and each end's turnaround within 0.05 µs. Needs two cores and
-# `taskset`; the servers listen on loopback ports from PORT (7411 unless set) to PORT+3.
+# interleaved pairs kept each system's p50 within 0.2 µs and each end's turnaround within 0.05 µs
+# (the machine still moves both systems into its slower mode for minutes at a time: compare runs
+# made together, interleaved). Needs two cores and `taskset`; the servers listen on loopback ports
+# from PORT (7411 unless set) to PORT+3. With TOKIO_WORKER_THREADS=2 in the environment (tokio
+# reads it), each process has the two workers the default runtime has on two cores, and takes
+# their paths: a client's reader that answered its only call waits for the next call to be sent
+# rather than poll, which with one worker it does not.
 set -euo pipefail
 pinned=false
 if [[ ${1:-} == --pinned ]]; then
