@@ -40,8 +40,10 @@
 //! is `rpc-core` (the default), `tarpc`, `tonic`, `raw`, `rpc-core-tls`, `tonic-tls`,
 //! `rpc-core-no-busy-poll` (busy polling off at both ends), `rpc-core-busy-poll-server` or
 //! `rpc-core-busy-poll-client` (on at that end alone), `rpc-core-4-connections` (one client over
-//! four connections to the server, through `ClientBuilder::balance`), or `rpc-core-token` (a bearer
-//! token in every call's metadata, checked by the server's interceptor).
+//! four connections to the server, through `ClientBuilder::balance`), `rpc-core-token` (a bearer
+//! token in every call's metadata, checked by the server's interceptor), or `rpc-core-raw-client`
+//! (rpc-core's server, called by a client written by hand as the floor's is: set beside the floor
+//! and rpc-core, its sequential figures split rpc-core's cost between its two ends).
 
 mod alloc;
 mod counters;
@@ -63,6 +65,7 @@ use systems::rpc::{
 };
 use systems::tarpc::Tarpc;
 use systems::tonic::{Tonic, TonicTls};
+use systems::wire::RpcCoreRawClient;
 use workloads::{Bytes, Call, Effort, Part};
 
 #[global_allocator]
@@ -77,8 +80,8 @@ usage: rpc-bench [--write] [--setup cross-process|shared|isolated] [--quick] [--
 WORKLOAD: latency, latency-main, spaced, 32, 256, 256-awaiting, 4x64, 100x32, vec[:BYTES],
           buf[:BYTES], shared[:BYTES], stream, chunks[:BYTES], idle, allocs or local
 SYSTEM: rpc-core (the default), tarpc, tonic, raw, rpc-core-tls, tonic-tls, rpc-core-no-busy-poll,
-        rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections or
-        rpc-core-token";
+        rpc-core-busy-poll-server, rpc-core-busy-poll-client, rpc-core-4-connections,
+        rpc-core-token or rpc-core-raw-client";
 
 /// The flags `main` reads; any other is refused rather than ignored, so that a mistyped flag
 /// does not start a run of several minutes.
@@ -226,7 +229,9 @@ fn main() {
         }
         let system = args.get(at + 2).filter(|a| !a.starts_with("--"));
         let system = system.map_or("rpc-core", String::as_str);
-        if setups[0] == Setup::Remote && !setup::SERVED_FOR_REMOTE.contains(&system) {
+        if setups[0] == Setup::Remote
+            && !setup::SERVED_FOR_REMOTE.contains(&setup::served_as(system))
+        {
             eprintln!("rpc-bench: --remote measures rpc-core, tarpc, tonic or raw, not {system}");
             std::process::exit(2);
         }
@@ -242,10 +247,11 @@ fn main() {
             RpcCoreBusyClient::NAME => profile::<RpcCoreBusyClient>(setups[0], workload),
             RpcCoreFourConnections::NAME => profile::<RpcCoreFourConnections>(setups[0], workload),
             RpcCoreToken::NAME => profile::<RpcCoreToken>(setups[0], workload),
+            RpcCoreRawClient::NAME => profile::<RpcCoreRawClient>(setups[0], workload),
             other => format!(
                 "no system called {other}: rpc-core, tarpc, tonic, raw, rpc-core-tls, tonic-tls, \
                  rpc-core-no-busy-poll, rpc-core-busy-poll-server, rpc-core-busy-poll-client, \
-                 rpc-core-4-connections or rpc-core-token"
+                 rpc-core-4-connections, rpc-core-token or rpc-core-raw-client"
             ),
         };
         println!("{report}");

@@ -17,6 +17,7 @@ use crate::systems::rpc::{
 };
 use crate::systems::tarpc::Tarpc;
 use crate::systems::tonic::{Tonic, TonicTls};
+use crate::systems::wire::RpcCoreRawClient;
 
 /// Where the server and the clients run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,19 @@ pub fn use_remote_servers(first: SocketAddr) {
         .expect("the remote servers are chosen once");
 }
 
-/// The address of `system`'s server among those served from `first` on.
+/// The system among [`SERVED_FOR_REMOTE`] whose server `system`'s client calls: its own, but
+/// for `rpc-core-raw-client`, a hand-written client of rpc-core's server.
+pub fn served_as(system: &str) -> &str {
+    if system == RpcCoreRawClient::NAME {
+        RpcCore::NAME
+    } else {
+        system
+    }
+}
+
+/// The address of the server that `system`'s client calls among those served from `first` on.
 fn served_at(first: SocketAddr, system: &str) -> Option<SocketAddr> {
+    let system = served_as(system);
     let index = SERVED_FOR_REMOTE.iter().position(|name| *name == system)?;
     let port = first.port().checked_add(u16::try_from(index).ok()?)?;
     Some(SocketAddr::new(first.ip(), port))
@@ -395,6 +407,7 @@ pub fn serve_child(system: &str) -> Result<(), String> {
             runtime.block_on(RpcCoreFourConnections::serve(LOOPBACK))?
         }
         RpcCoreToken::NAME => runtime.block_on(RpcCoreToken::serve(LOOPBACK))?,
+        RpcCoreRawClient::NAME => runtime.block_on(RpcCoreRawClient::serve(LOOPBACK))?,
         TonicTls::NAME => runtime.block_on(TonicTls::serve(LOOPBACK))?,
         other => runtime.block_on(serve_plain(other, LOOPBACK))?,
     };
@@ -467,6 +480,11 @@ mod tests {
         assert_eq!(ports, [7700, 7701, 7702, 7703]);
         let tonic = served_at(first, Tonic::NAME).expect("served");
         assert_eq!(tonic, "192.0.2.7:7702".parse().expect("an address"));
+        assert_eq!(
+            served_at(first, RpcCoreRawClient::NAME),
+            Some(first),
+            "the hand-written client calls rpc-core's server"
+        );
     }
 
     /// The remote setup calls the server that `--serve-all` put first, at the address given to

@@ -9,6 +9,7 @@ pub mod raw;
 pub mod rpc;
 pub mod tarpc;
 pub mod tonic;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -54,7 +54,7 @@ const COUNT: u8 = 2;
 const ADD_AWAITING: u8 = 3;
 
 /// The length prefix.
-const PREFIX: usize = 4;
+pub(super) const PREFIX: usize = 4;
 
 /// A byte string this long or longer is written from its own memory, not copied into a frame.
 const LARGE: usize = 64 * 1024;
@@ -72,7 +72,7 @@ fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
 /// postcard's output appended to a vector where it is: a varint or a short string a byte at a
 /// time, anything longer in one copy. (`postcard::to_extend` goes through `Extend` a byte at a
 /// time, and how the compiler inlined it moved the floor's stream by half from build to build.)
-struct Append<'a>(&'a mut Vec<u8>);
+pub(super) struct Append<'a>(pub(super) &'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
@@ -273,9 +273,26 @@ impl RawClient {
         self.receive().await
     }
 
+    /// A connection over `stream`, whose peer runs on threads of its own if `elsewhere`.
+    pub(super) fn over(stream: TcpStream, elsewhere: bool) -> Self {
+        RawClient {
+            mark: LowWater::of(&stream),
+            spin: Spin::of(&stream, Where::Known(elsewhere)),
+            stream,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: Vec::with_capacity(64 * 1024),
+        }
+    }
+
     async fn send<A: Serialize>(&mut self, tag: u8, args: &A) {
+        self.send_frame(|write| encode(write, Some(tag), args))
+            .await;
+    }
+
+    /// Sends the frame that `build` appends to the (cleared) write buffer, in one write.
+    pub(super) async fn send_frame(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
         self.write.clear();
-        encode(&mut self.write, Some(tag), args);
+        build(&mut self.write);
         self.stream.write_all(&self.write).await.expect("writes");
         self.spin.after_frame(self.write.len());
     }
@@ -353,6 +370,12 @@ impl RawClient {
     }
 
     async fn receive<R: DeserializeOwned>(&mut self) -> R {
+        self.receive_with(|payload| postcard::from_bytes(payload).expect("decodes"))
+            .await
+    }
+
+    /// What `take` makes of the next frame's payload, read where it lies.
+    pub(super) async fn receive_with<T>(&mut self, take: impl FnOnce(&[u8]) -> T) -> T {
         // A frame already read is taken without a read's future: a stream's items mostly are,
         // and making that future cost its rate a fifth.
         let len = match whole_frame_len(&self.read) {
@@ -364,11 +387,11 @@ impl RawClient {
                 &mut self.spin,
             )
             .await
-            .expect("an answer"),
+            .expect("a frame"),
         };
-        let answer = postcard::from_bytes(&self.read[PREFIX..PREFIX + len]).expect("decodes");
+        let taken = take(&self.read[PREFIX..PREFIX + len]);
         self.read.advance(PREFIX + len);
-        answer
+        taken
     }
 }
 
@@ -396,13 +419,7 @@ impl System for Raw {
         let stream = TcpStream::connect(addr).await.expect("connects");
         stream.set_nodelay(true).expect("nodelay");
         add_end(&CLIENT_ENDS, stream.local_addr().expect("address"));
-        RawClient {
-            mark: LowWater::of(&stream),
-            spin: Spin::of(&stream, Where::Known(runs_elsewhere(&SERVER_ENDS, addr))),
-            stream,
-            read: BytesMut::with_capacity(64 * 1024),
-            write: Vec::with_capacity(64 * 1024),
-        }
+        RawClient::over(stream, runs_elsewhere(&SERVER_ENDS, addr))
     }
 
     fn share(_: &RawClient) -> Option<RawClient> {
@@ -444,18 +461,18 @@ const SPIN_WINDOW: Duration = Duration::from_micros(100);
 
 /// The floor's ends in this process, by address, each with the runtime it runs on: its
 /// servers' listening addresses and its clients' local ones.
-type Ends = LazyLock<Mutex<HashMap<SocketAddr, Id>>>;
-static SERVER_ENDS: Ends = LazyLock::new(Mutex::default);
+pub(super) type Ends = LazyLock<Mutex<HashMap<SocketAddr, Id>>>;
+pub(super) static SERVER_ENDS: Ends = LazyLock::new(Mutex::default);
 static CLIENT_ENDS: Ends = LazyLock::new(Mutex::default);
 
 /// Notes an end at `addr`, on this runtime.
-fn add_end(ends: &Ends, addr: SocketAddr) {
+pub(super) fn add_end(ends: &Ends, addr: SocketAddr) {
     let mut ends = ends.lock().unwrap_or_else(PoisonError::into_inner);
     ends.insert(addr, Handle::current().id());
 }
 
 /// Whether the peer at `addr` runs on threads of its own: not one of `ends` on this runtime.
-fn runs_elsewhere(ends: &Ends, addr: SocketAddr) -> bool {
+pub(super) fn runs_elsewhere(ends: &Ends, addr: SocketAddr) -> bool {
     let ends = ends.lock().unwrap_or_else(PoisonError::into_inner);
     ends.get(&addr) != Some(&Handle::current().id())
 }
