@@ -16,7 +16,9 @@
 #     scripts/turnaround.sh raw                   # the floor, for comparison
 #     scripts/turnaround.sh rpc-core latency-main # the same calls made from `main`
 #
-# SYSTEM is one of `rpc-bench --profile`'s: rpc-core (the default), tarpc, tonic or raw;
+# SYSTEM is one of `rpc-bench --profile`'s: rpc-core (the default), tarpc, tonic, raw, or
+# rpc-core-raw-client (rpc-core's server under a client written as the floor's, which splits a
+# gap between rpc-core's two ends);
 # PROFILE is latency (the default: calls made from a task) or latency-main (the same calls made
 # on the thread that runs the runtime's `block_on`, as a `#[tokio::main]` function makes them,
 # which takes no hand-over from the connection's reader task to the caller's). With
