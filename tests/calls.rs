@@ -2,7 +2,10 @@
 //! and many calls multiplexed on one connection, answered out of order.
 
 use futures_util::future::join_all;
-use rpc_tests::{LabClient, MathError, echoed_as_sent, start_tcp, within};
+use rpc_tests::{
+    LabClient, MathError, RawClient, echoed_as_sent, frame, go_away_frame, loopback_listener,
+    start_tcp, within,
+};
 
 #[tokio::test]
 async fn a_call_returns_the_handlers_result() {
@@ -107,6 +110,86 @@ async fn a_call_left_aside_off_the_workers_keeps_no_other_call_waiting() {
     client.open("aside".into()).await.expect("open");
     let answer = within("the call left aside", aside).await;
     assert_eq!(answer.expect("wait"), "aside");
+}
+
+/// The same for a call from a task on one of the runtime's workers, which reads its own answer
+/// too while it is the connection's only call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_aside_on_a_worker_keeps_no_other_call_waiting() {
+    let client = LabClient::connect(start_tcp().await)
+        .await
+        .expect("connects");
+    let (held, is_held) = tokio::sync::oneshot::channel();
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let aside = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut aside = Box::pin(client.wait("aside".into()));
+            let pending = aside
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                .is_pending();
+            held.send(pending).expect("the test waits");
+            resumed.await.expect("resumed");
+            aside.await
+        }
+    });
+    assert!(
+        within("the call held aside", is_held).await.expect("sent"),
+        "held at its gate"
+    );
+
+    let from_a_task = tokio::spawn({
+        let client = client.clone();
+        async move { client.add(1, 2).await }
+    });
+    let answer = within("a call from another task", from_a_task).await;
+    assert_eq!(answer.expect("joins").expect("add"), 3);
+    let answer = within("a call from block_on", client.add(3, 4)).await;
+    assert_eq!(answer.expect("add"), 7);
+
+    client.open("aside".into()).await.expect("open");
+    resume.send(()).expect("the task waits");
+    let answer = within("the call left aside", aside).await;
+    assert_eq!(answer.expect("joins").expect("wait"), "aside");
+}
+
+/// A reader that stops once it has answered the call of a task that reads its own answer
+/// (`client::shared_reader`) still looks at its socket after that, with no other call made: the
+/// server's go-away, sent after the answer, is read, and the client, with nothing left to wait
+/// for, closes the connection.
+async fn a_reader_stopped_for_a_task_reads_on() {
+    let (listener, addr) = loopback_listener().await;
+    let server = tokio::spawn(async move {
+        let mut raw = RawClient::accept_as_lab(&listener).await;
+        let call = within("the call", raw.read_frame())
+            .await
+            .expect("a request");
+        let id = call[1];
+        raw.send(&frame(&[0x02, id, 0x00, 0x04])).await;
+        raw.send(&go_away_frame(0, "stopping")).await;
+        within("the client to close", raw.expect_closed()).await;
+    });
+    let client = LabClient::connect(addr).await.expect("connects");
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.add(1, 1).await }
+    });
+    let answer = within("the call", call).await.expect("joins");
+    assert_eq!(answer.expect("answered"), 2);
+    within("the server's test", server)
+        .await
+        .expect("the client closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_stopped_for_a_task_on_a_worker_reads_on() {
+    a_reader_stopped_for_a_task_reads_on().await;
+}
+
+#[tokio::test]
+async fn a_reader_stopped_for_a_task_on_a_runtime_of_one_thread_reads_on() {
+    a_reader_stopped_for_a_task_reads_on().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
