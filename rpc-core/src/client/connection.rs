@@ -56,7 +56,7 @@ pub(crate) struct Connection {
     /// Once nobody can call any more, the reader has nothing to wait for. (The writer ends by
     /// itself when the last outbox sender is dropped, shutting the connection down.)
     _reader: AbortOnDrop,
-    /// The reader, which a call made off the runtime's workers drives while it waits.
+    /// The reader, which the connection's only call in flight drives while it waits.
     shared_reader: Arc<SharedReader>,
     /// What the client serves back to the server, on the reverse connection inside this one.
     serving_back: Option<ServingBack>,
