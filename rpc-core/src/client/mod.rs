@@ -267,8 +267,8 @@ impl<C: ServiceClient> ClientBuilder<C> {
     /// low-water mark is raised above such answers, so that neither the answer nor the next call
     /// wakes a thread. Another call in flight, or a stream open, hands the reader back to its
     /// task, which then yields its thread between looks for such a call's answer. A call from a
-    /// task, alone on its connection with its server elsewhere, polls the reader itself too:
-    /// its answer reaches it with no other task run in between.
+    /// task, alone on its connection with its server elsewhere and busy polling on, polls the
+    /// reader itself too: its answer reaches it with no other task run in between.
     ///
     /// The price is a busy core while frames keep coming within the window, or within twice it.
     /// It pairs with the server's [`busy_poll`](crate::ServerBuilder::busy_poll); a zero window

@@ -100,6 +100,7 @@ thread_local! {
 /// some 0.13-0.16 µs (TSC probes on a two-core VM, 2026-12-08). A caller off the workers takes
 /// no such stop: its reader's task would run on a worker, while the caller's next call looks
 /// for the reader and finds it busy.
+#[inline]
 pub(crate) fn stops_for_driver(id: u64) -> bool {
     if DRIVEN_FOR.with(Cell::get) != Some(id) {
         return false;
