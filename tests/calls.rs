@@ -192,6 +192,49 @@ async fn a_reader_stopped_for_a_task_on_a_runtime_of_one_thread_reads_on() {
     a_reader_stopped_for_a_task_reads_on().await;
 }
 
+/// Calls made on another runtime than their connection's, from a task and from `block_on`,
+/// are answered; that runtime gone, the connection serves calls from its own as before. (The
+/// connection's reader is polled by such calls' waits only on its own runtime, where the timers
+/// it makes live as long as it does.)
+#[test]
+fn calls_from_another_runtime_are_answered_and_outlive_it() {
+    let home = tokio::runtime::Runtime::new().expect("a runtime");
+    let client = home.block_on(async {
+        LabClient::connect(start_tcp().await)
+            .await
+            .expect("connects")
+    });
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let from_a_task = other.spawn({
+        let client = client.clone();
+        async move {
+            let small = client.add(2, 3).await;
+            let large = client.echo(vec![7; 300 * 1024]).await;
+            (small, large)
+        }
+    });
+    let (small, large) = other
+        .block_on(within("calls from another runtime's task", from_a_task))
+        .expect("joins");
+    assert_eq!(small.expect("add"), 5);
+    assert_eq!(large.expect("echo").len(), 300 * 1024);
+    let from_block_on = other.block_on(within("a call from its block_on", client.add(4, 5)));
+    assert_eq!(from_block_on.expect("add"), 9);
+    drop(other);
+    home.block_on(async {
+        for i in 0..3 {
+            let answer = within("a call from the connection's runtime", client.add(i, 1)).await;
+            assert_eq!(answer.expect("add"), i + 1);
+        }
+        let large = within("a large echo", client.echo(vec![1; 300 * 1024])).await;
+        assert_eq!(large.expect("echo").len(), 300 * 1024);
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_calls_on_one_client_complete() {
     let client = LabClient::connect(start_tcp().await)

@@ -58,6 +58,10 @@ pub(crate) struct Connection {
     _reader: AbortOnDrop,
     /// The reader, which the connection's only call in flight drives while it waits.
     shared_reader: Arc<SharedReader>,
+    /// The runtime the reader's task runs on. A call drives the reader only on it: polled on
+    /// another, the reader would make its timers there, on a runtime that may have none, or may
+    /// be gone before them.
+    runtime: tokio::runtime::Id,
     /// What the client serves back to the server, on the reverse connection inside this one.
     serving_back: Option<ServingBack>,
     /// With busy polling on, where each call sent tells the reader an answer is on its way.
@@ -289,6 +293,7 @@ impl Connection {
         );
         let shared_reader = SharedReader::new(reading);
         let reader = tokio::spawn(Arc::clone(&shared_reader).task());
+        let runtime = tokio::runtime::Handle::current().id();
         Ok(Arc::new(Connection {
             outbox,
             slots,
@@ -304,6 +309,7 @@ impl Connection {
             serving_back: serving,
             calls_sent,
             server_nearby: nearby,
+            runtime,
             _end: end,
         }))
     }
@@ -431,8 +437,7 @@ impl Connection {
         let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
         // The call reads its own answer, if no other call does already and it is the only one in
         // flight: from before the request leaves, so that the reader's wake at its sending comes
-        // here rather than to the reader's task. Only within a runtime, whose timers the reader
-        // may set. Made off the runtime's workers (in a `block_on`), it spares a thread's wakeup
+        // here rather than to the reader's task. Made off the runtime's workers (in a `block_on`), it spares a thread's wakeup
         // for each answer and each request; from a task on a worker, the reader's hand-over to
         // the caller's task and its look at its socket before the caller runs
         // (`shared_reader::stops_for_driver`): a sequential call's p50 across two processes on
@@ -444,15 +449,21 @@ impl Connection {
         let alone = || {
             self.slots.taken_now() <= 1 && !self.streams.any_open() && self.serving_back.is_none()
         };
-        // A task is on a runtime's worker. It drives only a reader that polls for its answer
-        // (`BusyPoll`), its server elsewhere: one that waits for the runtime to wake it gains
-        // nothing from the hand-over spared, and a caller woken by the runtime itself waited
-        // longer (with the server on the caller's runtime, a p50 of 24-27 µs against 15; with
-        // busy polling off across two processes, 58.4-59.8 µs against 57.8-58.9).
+        // Only on the runtime the reader's task runs on: polled on another, the reader would make
+        // its timers there, on a runtime that may have none or may be gone before them. A task
+        // drives only a reader that polls for its answer (`BusyPoll`), its server elsewhere: one
+        // that waits for the runtime to wake it gains nothing from the hand-over spared, and a
+        // caller woken by the runtime itself waited longer (with the server on the caller's
+        // runtime, a p50 of 24-27 µs against 15; with busy polling off across two processes,
+        // 58.4-59.8 µs against 57.8-58.9).
+        let on_its_runtime = || {
+            tokio::runtime::Handle::try_current().is_ok_and(|runtime| runtime.id() == self.runtime)
+        };
         let (may_drive, on_a_worker) = if off_workers {
-            (tokio::runtime::Handle::try_current().is_ok(), None)
+            (on_its_runtime(), None)
         } else {
-            (self.calls_sent.is_some() && !self.server_nearby, Some(id))
+            let polls = self.calls_sent.is_some() && !self.server_nearby;
+            (polls && alone() && on_its_runtime(), Some(id))
         };
         let driving = may_drive
             .then(|| self.shared_reader.start_driving(&waker, on_a_worker, alone))
