@@ -437,10 +437,10 @@ impl Connection {
         let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
         // The call reads its own answer, if no other call does already and it is the only one in
         // flight: from before the request leaves, so that the reader's wake at its sending comes
-        // here rather than to the reader's task. Made off the runtime's workers (in a `block_on`), it spares a thread's wakeup
-        // for each answer and each request; from a task on a worker, the reader's hand-over to
-        // the caller's task and its look at its socket before the caller runs
-        // (`shared_reader::stops_for_driver`): a sequential call's p50 across two processes on
+        // here rather than to the reader's task. Made off the runtime's workers (in a `block_on`),
+        // it spares a thread's wakeup for each answer and each request; from a task on a worker,
+        // the reader's hand-over to the caller's task and its look at its socket before the caller
+        // runs (`shared_reader::stops_for_driver`): a sequential call's p50 across two processes on
         // default runtimes went from 9.9-10.1 µs to 9.7-9.8 (six interleaved pairs, 2026-12-08),
         // and pinned to a core each 0.1-0.3 µs lower in ten pairs, one worker or two.
         let off_workers = is_off_the_workers();
