@@ -232,7 +232,10 @@ fn main() {
         if setups[0] == Setup::Remote
             && !setup::SERVED_FOR_REMOTE.contains(&setup::served_as(system))
         {
-            eprintln!("rpc-bench: --remote measures rpc-core, tarpc, tonic or raw, not {system}");
+            eprintln!(
+                "rpc-bench: --remote measures rpc-core, tarpc, tonic, raw or \
+                 rpc-core-raw-client, not {system}"
+            );
             std::process::exit(2);
         }
         let report = match system {

@@ -54,13 +54,13 @@ const COUNT: u8 = 2;
 const ADD_AWAITING: u8 = 3;
 
 /// The length prefix.
-pub(super) const PREFIX: usize = 4;
+const PREFIX: usize = 4;
 
 /// A byte string this long or longer is written from its own memory, not copied into a frame.
 const LARGE: usize = 64 * 1024;
 
 /// Appends a frame: its length, an optional tag, then `value` in postcard.
-fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
+pub(super) fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX]);
     out.extend(tag);
@@ -72,7 +72,7 @@ fn encode(out: &mut Vec<u8>, tag: Option<u8>, value: &impl Serialize) {
 /// postcard's output appended to a vector where it is: a varint or a short string a byte at a
 /// time, anything longer in one copy. (`postcard::to_extend` goes through `Extend` a byte at a
 /// time, and how the compiler inlined it moved the floor's stream by half from build to build.)
-pub(super) struct Append<'a>(pub(super) &'a mut Vec<u8>);
+struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();

@@ -17,11 +17,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::System;
-use super::raw::{self, Append, PREFIX, RawClient};
+use super::raw::{self, RawClient};
 use super::rpc::RpcCore;
 
 /// rpc-core's server, with a client of its protocol written by hand as the floor's is.
@@ -40,93 +39,44 @@ const HELLO: u8 = 0x00;
 const REQUEST: u8 = 0x01;
 const RESPONSE: u8 = 0x02;
 
+/// The protocol version this client speaks.
+const VERSION: u32 = 2;
+
 /// The deadline each call carries, as a channel's default deadline of 30 s does.
 const TIMEOUT_MS: u64 = 30_000;
 
 /// The largest frame this client accepts, as the benchmark's rpc-core clients do.
-const MAX_FRAME_LEN: u64 = 64 << 20;
+const MAX_FRAME_LEN: u32 = 64 << 20;
 
 /// The stream window this client announces: rpc-core's default (it reads no streams).
-const STREAM_WINDOW: u64 = 1 << 20;
+const STREAM_WINDOW: u32 = 1 << 20;
 
-/// Appends `value` as a varint.
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Appends `text` as a postcard string.
-fn put_string(out: &mut Vec<u8>, text: &str) {
-    put_varint(out, text.len() as u64);
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// Writes the payload's length into the prefix of the frame that starts at `start`.
-fn seal(out: &mut [u8], start: usize) {
-    let len = u32::try_from(out.len() - start - PREFIX).expect("a frame under 4 GiB");
-    out[start..start + PREFIX].copy_from_slice(&len.to_be_bytes());
-}
-
-/// This client's hello: the benchmark's service, no methods of its own, no pings.
-fn hello() -> Vec<u8> {
-    let mut out = vec![0; PREFIX];
-    out.push(HELLO);
-    out.extend_from_slice(b"rpcc");
-    put_varint(&mut out, 2);
-    put_varint(&mut out, MAX_FRAME_LEN);
-    put_string(&mut out, "Bench");
-    put_varint(&mut out, 0); // methods
-    put_varint(&mut out, 0); // ping interval
-    put_varint(&mut out, 0); // max concurrent calls: a client's
-    put_varint(&mut out, STREAM_WINDOW);
-    seal(&mut out, 0);
-    out
-}
-
-/// Reads a varint at the start of `bytes`: its value and the bytes after it.
-fn take_varint(bytes: &[u8]) -> (u64, &[u8]) {
-    let mut value = 0;
-    for (at, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * at);
-        if byte & 0x80 == 0 {
-            return (value, &bytes[at + 1..]);
-        }
-    }
-    panic!("the server sent a varint longer than ten bytes");
-}
+/// A method table or metadata with no entries: a count of 0.
+const NONE: &[(&str, u64)] = &[];
 
 /// The result in the payload of the answer to call `id`: a Response, of that id, `Ok`.
 fn result_of<R: DeserializeOwned>(payload: &[u8], id: u64) -> R {
-    let Some((&RESPONSE, head)) = payload.split_first() else {
-        panic!("the server sent a frame other than the answer: {payload:02x?}");
-    };
-    let (answered, outcome) = take_varint(head);
+    let ((kind, answered, outcome), body) = postcard::take_from_bytes::<(u8, u64, u8)>(payload)
+        .unwrap_or_else(|error| panic!("an answer's head, not {payload:02x?}: {error}"));
+    assert_eq!(
+        kind, RESPONSE,
+        "the server sent a frame other than the answer"
+    );
     assert_eq!(answered, id, "the answer is to the call made");
-    match outcome.split_first() {
-        Some((0x00, body)) => postcard::from_bytes(body).expect("the result decodes"),
-        _ => panic!("the call failed: {outcome:02x?}"),
-    }
+    assert_eq!(outcome, 0x00, "the call failed: {body:02x?}");
+    postcard::from_bytes(body).expect("the result decodes")
 }
 
 impl WireClient {
-    /// Calls `method` of the connection's service with `args`, an argument tuple.
+    /// Calls `method` of the connection's service with `args`, an argument tuple: a request's
+    /// head is its id, the method's name, its timeout and its metadata (none), in postcard,
+    /// and its arguments follow (docs/wire.md, sections 4 and 6).
     async fn call<A: Serialize, R: DeserializeOwned>(&mut self, method: &str, args: &A) -> R {
         let id = self.next_id;
         self.next_id += 1;
+        let request = (id, method, TIMEOUT_MS, NONE, args);
         self.connection
-            .send_frame(|out| {
-                out.extend_from_slice(&[0; PREFIX]);
-                out.push(REQUEST);
-                put_varint(out, id);
-                put_string(out, method);
-                put_varint(out, TIMEOUT_MS);
-                put_varint(out, 0); // metadata
-                postcard::serialize_with_flavor(args, Append(out)).expect("encodes");
-                seal(out, 0);
-            })
+            .send_frame(|out| raw::encode(out, Some(REQUEST), &request))
             .await;
         self.connection
             .receive_with(|payload| result_of(payload, id))
@@ -146,18 +96,32 @@ impl System for RpcCoreRawClient {
     }
 
     async fn connect(addr: SocketAddr) -> WireClient {
-        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        let stream = TcpStream::connect(addr).await.expect("connects");
         stream.set_nodelay(true).expect("nodelay");
-        stream.write_all(&hello()).await.expect("sends its hello");
-        // The server's hello, whose method table this client does not check.
-        let mut prefix = [0; PREFIX];
-        stream.read_exact(&mut prefix).await.expect("a hello back");
-        let mut theirs = vec![0; u32::from_be_bytes(prefix) as usize];
-        stream.read_exact(&mut theirs).await.expect("a hello back");
-        assert_eq!(theirs.get(..5), Some(&b"\x00rpcc"[..]), "an rpc-core hello");
         let elsewhere = raw::runs_elsewhere(&raw::SERVER_ENDS, addr);
+        let mut connection = RawClient::over(stream, elsewhere);
+        // The benchmark's service, no methods of its own, no pings, no limit (docs/wire.md,
+        // section 5); the server's hello, whose method table this client does not check.
+        let hello = (
+            *b"rpcc",
+            VERSION,
+            MAX_FRAME_LEN,
+            "Bench",
+            NONE,
+            0u64,
+            0u32,
+            STREAM_WINDOW,
+        );
+        connection
+            .send_frame(|out| raw::encode(out, Some(HELLO), &hello))
+            .await;
+        connection
+            .receive_with(|theirs| {
+                assert_eq!(theirs.get(..5), Some(&b"\x00rpcc"[..]), "an rpc-core hello");
+            })
+            .await;
         WireClient {
-            connection: RawClient::over(stream, elsewhere),
+            connection,
             next_id: 0,
         }
     }
