@@ -162,10 +162,7 @@ async fn a_reader_stopped_for_a_task_reads_on() {
     let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
         let mut raw = RawClient::accept_as_lab(&listener).await;
-        let call = within("the call", raw.read_frame())
-            .await
-            .expect("a request");
-        let id = call[1];
+        let id = raw.read_request_id().await;
         raw.send(&frame(&[0x02, id, 0x00, 0x04])).await;
         raw.send(&go_away_frame(0, "stopping")).await;
         within("the client to close", raw.expect_closed()).await;

@@ -594,10 +594,7 @@ async fn a_client_told_to_go_away_closes_once_its_last_call_is_answered() {
     let (listener, addr) = loopback_listener().await;
     let server = tokio::spawn(async move {
         let mut raw = RawClient::accept_as_lab(&listener).await;
-        let call = within("the call", raw.read_frame())
-            .await
-            .expect("a request");
-        let id = call[1];
+        let id = raw.read_request_id().await;
         raw.send(&go_away_frame(0, "stopping")).await;
         raw.send(&frame(&[0x02, id, 0x00, 0x04])).await;
         within("the client to close", raw.expect_closed()).await;

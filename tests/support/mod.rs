@@ -758,6 +758,19 @@ impl RawClient {
         read_frame_from(&mut self.stream).await
     }
 
+    /// Reads the next frame, which must be a request, playing the server; returns its id, which
+    /// must be under 128 (one byte as a varint).
+    pub async fn read_request_id(&mut self) -> u8 {
+        let request = within("a request", self.read_frame())
+            .await
+            .expect("a request, not the connection's end");
+        assert_eq!(request.first(), Some(&0x01), "a request: {request:02x?}");
+        match request.get(1) {
+            Some(&id) if id < 0x80 => id,
+            _ => panic!("a request with an id of one byte: {request:02x?}"),
+        }
+    }
+
     /// Reads frames until a go-away, which must give `reason` (0 shutting down, 1 idle, 2 making
     /// room, 3 protocol error) and a message containing `says`; returns the frames before it.
     pub async fn expect_go_away(&mut self, reason: u8, says: &str) -> Vec<Vec<u8>> {
